@@ -1,0 +1,89 @@
+"""Writes an engine directory: config.json, rank0.engine, tokenizer/."""
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kiln.builder.engine.format import (FORMAT_VERSION, aligned, header_size,
+                                        write_preamble_and_header)
+from kiln.builder.ir import Graph, torch_dtype
+
+RANK_FILE = "rank0.engine"
+
+
+@dataclass(slots=True)
+class KernelBundle:
+    """AOT-compiled kernels for the plan: JSON-able launch metadata and named binary blobs."""
+    header: dict = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+def _layout(header: dict, sizes: dict[tuple[str, str], int]) -> None:
+    """Assigns aligned absolute offsets after the header, growing until the header fits."""
+    base = 0
+    while True:
+        offset = base
+        for (section, name), nbytes in sizes.items():
+            header[section][name]["offset"] = offset
+            offset = aligned(offset + nbytes)
+        need = header_size(header)
+        if need <= base:
+            return
+        base = need
+
+
+def write_rank_file(path: Path, graph: Graph, kernels: KernelBundle, dtype: str,
+                    on_weight: Callable[[str, int], None] = lambda name, nbytes: None) -> tuple[int, int]:
+    """Streams every weight of `graph` (one tensor in memory at a time) and the kernel blobs.
+
+    Returns (file size, header CRC-32)."""
+    weights = [n for n, v in graph.values.items() if v.kind == "weight"]
+    header = {"format_version": FORMAT_VERSION, "graph": graph.to_json(),
+              "kernels": kernels.header, "weights": {}, "blobs": {}}
+    sizes: dict[tuple[str, str], int] = {}
+    for name in weights:
+        v = graph.values[name]
+        nbytes = torch.Size(v.shape).numel() * torch.empty((), dtype=torch_dtype(v.dtype)).element_size()
+        header["weights"][name] = {"offset": 0, "nbytes": nbytes, "dtype": v.dtype,
+                                   "shape": list(v.shape), "crc32": "00000000"}
+        sizes[("weights", name)] = nbytes
+    for key, blob in kernels.blobs.items():
+        header["blobs"][key] = {"offset": 0, "nbytes": len(blob), "crc32": "00000000"}
+        sizes[("blobs", key)] = len(blob)
+    _layout(header, sizes)
+
+    with open(path, "wb") as f:
+        write_preamble_and_header(f, header)
+        for name in weights:
+            entry = header["weights"][name]
+            tensor = graph.sources[name].load(torch_dtype(entry["dtype"])).contiguous()
+            if list(tensor.shape) != entry["shape"]:
+                raise ValueError(f"{name}: source gave {list(tensor.shape)}, plan says {entry['shape']}")
+            data = tensor.view(torch.uint8).reshape(-1).numpy()
+            f.seek(entry["offset"])
+            f.write(data)
+            entry["crc32"] = f"{zlib.crc32(data):08x}"
+            on_weight(name, entry["nbytes"])
+            del tensor, data
+        for key, blob in kernels.blobs.items():
+            entry = header["blobs"][key]
+            f.seek(entry["offset"])
+            f.write(blob)
+            entry["crc32"] = f"{zlib.crc32(blob):08x}"
+        end = max([e["offset"] + e["nbytes"] for s in ("weights", "blobs")
+                   for e in header[s].values()], default=header_size(header))
+        f.seek(end)
+        f.truncate(aligned(end))
+        size = aligned(end)
+        f.seek(0)
+        crc = write_preamble_and_header(f, header)
+    return size, crc
+
+
+def write_config(path: Path, config: dict) -> None:
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,2 @@
+class KilnError(Exception):
+    """A user-facing error whose message is one line."""

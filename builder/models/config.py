@@ -1,0 +1,183 @@
+"""Model and build configs: slotted dataclasses that validate themselves."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from kiln.builder.errors import KilnError
+from kiln.builder.ops.rope import SUPPORTED_ROPE_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class ArchSpec:
+    """What an architecture adds to the Llama decoder, as data rather than name checks."""
+    qkv_bias: bool | None = None  # None: read config["attention_bias"]
+    qk_norm: bool = False
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "LlamaForCausalLM": ArchSpec(),
+    "MistralForCausalLM": ArchSpec(),
+    "Qwen2ForCausalLM": ArchSpec(qkv_bias=True),
+    "Qwen3ForCausalLM": ArchSpec(qk_norm=True),
+}
+
+
+def _rope_params(hf: dict) -> tuple[float, dict | None]:
+    """(theta, scaling) from either transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters)."""
+    params = dict(hf.get("rope_parameters") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling = hf.get("rope_scaling") or (params or None)
+    if scaling:
+        scaling = dict(scaling)
+        scaling.setdefault("rope_type", scaling.pop("type", "default"))
+        if scaling["rope_type"] == "default":
+            scaling = None
+    return theta, scaling
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    qk_norm: bool
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise KilnError(f"architecture {self.architecture!r} is not supported; "
+                            f"supported: {', '.join(ARCHITECTURES)}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise KilnError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise KilnError(f"model config: num_attention_heads {self.num_heads} is not a multiple "
+                            f"of num_key_value_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise KilnError(f"model config: head_dim {self.head_dim} must be even for RoPE")
+        kind = (self.rope_scaling or {}).get("rope_type", "default")
+        if kind not in SUPPORTED_ROPE_TYPES:
+            raise KilnError(f"rope_scaling type {kind!r} is not supported; supported: "
+                            f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "ModelConfig":
+        archs = hf.get("architectures") or []
+        if len(archs) != 1:
+            raise KilnError(f"config.json lists architectures {archs}; expected exactly one of "
+                            f"{', '.join(ARCHITECTURES)}")
+        arch = archs[0]
+        if arch not in ARCHITECTURES:
+            raise KilnError(f"architecture {arch!r} is not supported; supported: "
+                            f"{', '.join(ARCHITECTURES)}")
+        spec = ARCHITECTURES[arch]
+        try:
+            heads = int(hf["num_attention_heads"])
+            hidden = int(hf["hidden_size"])
+            theta, scaling = _rope_params(hf)
+            window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+            return cls(
+                architecture=arch,
+                vocab_size=int(hf["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(hf["intermediate_size"]),
+                num_layers=int(hf["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+                head_dim=int(hf.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                rope_theta=theta,
+                rope_scaling=scaling,
+                max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                attention_bias=bool(hf.get("attention_bias", False)) if spec.qkv_bias is None
+                else spec.qkv_bias,
+                qk_norm=spec.qk_norm,
+                sliding_window=int(window) if window else None,
+                bos_token_id=hf.get("bos_token_id"),
+                eos_token_id=hf.get("eos_token_id"),
+            )
+        except KeyError as missing:
+            raise KilnError(f"config.json has no {missing.args[0]!r}; is this a {arch} "
+                            "checkpoint saved by transformers?") from None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelConfig":
+        return cls(**data)
+
+    @property
+    def rope_attrs(self) -> dict:
+        return {"head_dim": self.head_dim, "theta": self.rope_theta, "scaling": self.rope_scaling}
+
+    def num_params(self) -> int:
+        h, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+        per_layer = attn + 3 * h * i + 2 * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + self.num_layers * per_layer + h + head
+
+
+BUILD_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(slots=True)
+class BuildConfig:
+    dtype: str = "float16"
+    max_batch_size: int = 64
+    max_seq_len: int = 2048
+    max_num_tokens: int = 4096
+    tokens_per_block: int = 32
+    tp_size: int = 1
+    targets: list[int] = field(default_factory=lambda: [80, 89, 90])
+
+    def __post_init__(self) -> None:
+        if self.dtype not in BUILD_DTYPES:
+            raise KilnError(f"--dtype {self.dtype} is not supported; use one of {', '.join(BUILD_DTYPES)}")
+        for name in ("max_batch_size", "max_seq_len", "max_num_tokens", "tokens_per_block"):
+            if getattr(self, name) < 1:
+                raise KilnError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.tokens_per_block & (self.tokens_per_block - 1):
+            raise KilnError(f"--tokens-per-block must be a power of two, got {self.tokens_per_block}")
+        if self.tp_size != 1:
+            raise KilnError("tensor parallelism is not supported yet: use tp_size 1")
+        for sm in self.targets:
+            if sm not in (75, 80, 86, 87, 89, 90, 100, 120):
+                raise KilnError(f"--target-sm {sm} is not a known NVIDIA architecture; use e.g. 80, 89 or 90")
+
+    def check_against(self, model: ModelConfig) -> None:
+        if self.max_seq_len > model.max_position_embeddings:
+            raise KilnError(f"--max-seq-len {self.max_seq_len} exceeds what the model supports "
+                            f"({model.max_position_embeddings} positions); use --max-seq-len "
+                            f"{model.max_position_embeddings} or less")
+        if model.sliding_window and self.max_seq_len > model.sliding_window:
+            raise KilnError(f"--max-seq-len {self.max_seq_len} exceeds the model's sliding window "
+                            f"({model.sliding_window}); use --max-seq-len {model.sliding_window} or less")
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return -(-self.max_seq_len // self.tokens_per_block)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BuildConfig":
+        return cls(**data)

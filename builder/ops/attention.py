@@ -1,0 +1,73 @@
+"""Paged attention over the KV cache, with the KV write (and optionally RoPE) folded in.
+
+Inputs: q, k, v, positions, slot_mapping, block_tables, context_lens, query_start.
+Each step token's k and v are written to its slot; then every query token at position p
+attends causally to its own sequence's cached positions 0..p.
+"""
+from __future__ import annotations
+
+import torch
+
+from kiln.builder.ops import register
+from kiln.builder.ops._shapes import expect, of
+from kiln.builder.ops.rope import apply_rope
+
+STEP_INPUTS = ("positions", "slot_mapping", "block_tables", "context_lens", "query_start")
+
+
+def _infer(node, graph):
+    a = node.attrs
+    dtype, qshape = of(graph, node.inputs[0])
+    expect(qshape[-1] == a["num_heads"] * a["head_dim"], node, "q width != num_heads * head_dim")
+    for name in node.inputs[1:3]:
+        expect(of(graph, name)[1][-1] == a["num_kv_heads"] * a["head_dim"], node,
+               f"{name} width != num_kv_heads * head_dim")
+    expect(a["num_heads"] % a["num_kv_heads"] == 0, node, "num_heads not a multiple of num_kv_heads")
+    return [(dtype, qshape)]
+
+
+def write_kv(cache: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    tpb, nkv, hd = cache.shape[4], cache.shape[3], cache.shape[5]
+    slots = slot_mapping.long()
+    blocks, offsets = slots // tpb, slots % tpb
+    cache[layer, 0, blocks, :, offsets, :] = k.reshape(-1, nkv, hd).to(cache.dtype)
+    cache[layer, 1, blocks, :, offsets, :] = v.reshape(-1, nkv, hd).to(cache.dtype)
+
+
+def read_kv(cache: torch.Tensor, layer: int, block_row: torch.Tensor, length: int):
+    """The first `length` cached keys and values of one sequence: [length, kv_heads, hd] each."""
+    tpb = cache.shape[4]
+    blocks = block_row[: (length + tpb - 1) // tpb].long()
+    k = cache[layer, 0, blocks].permute(0, 2, 1, 3).reshape(-1, cache.shape[3], cache.shape[5])
+    v = cache[layer, 1, blocks].permute(0, 2, 1, 3).reshape(-1, cache.shape[3], cache.shape[5])
+    return k[:length], v[:length]
+
+
+def _reference(node, inputs, ctx):
+    q, k, v, positions, slot_mapping, block_tables, context_lens, query_start = inputs
+    a = node.attrs
+    if a.get("rope"):
+        q = apply_rope(q, positions, a["rope"])
+        k = apply_rope(k, positions, a["rope"])
+    write_kv(ctx.kv_cache, a["layer"], k, v, slot_mapping)
+    nq, nkv, hd = a["num_heads"], a["num_kv_heads"], a["head_dim"]
+    out = torch.empty_like(q)
+    for b in range(context_lens.shape[0]):
+        start, end = int(query_start[b]), int(query_start[b + 1])
+        if end == start:
+            continue
+        keys, values = read_kv(ctx.kv_cache, a["layer"], block_tables[b], int(context_lens[b]))
+        qs = q[start:end].reshape(end - start, nq, hd).float().transpose(0, 1)      # [nq, t, hd]
+        ks = keys.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)      # [nq, L, hd]
+        vs = values.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)
+        scores = (qs @ ks.transpose(1, 2)) * a["scale"]
+        key_pos = torch.arange(keys.shape[0])
+        mask = key_pos[None, :] > positions[start:end].long()[:, None]
+        scores = scores.masked_fill(mask[None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[start:end] = (probs @ vs).transpose(0, 1).reshape(end - start, nq * hd).to(q.dtype)
+    return [out]
+
+
+register("attention", _infer, _reference)

@@ -1,0 +1,38 @@
+"""Elementwise ops: add, mul, silu, silu_mul, cast."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kiln.builder.ir import torch_dtype
+from kiln.builder.ops import register
+from kiln.builder.ops._shapes import expect, of, same_as_first
+
+
+def _binary_infer(node, graph):
+    a, b = of(graph, node.inputs[0]), of(graph, node.inputs[1])
+    expect(a == b, node, f"operands differ: {a} vs {b}")
+    return [a]
+
+
+def _silu_mul_infer(node, graph):
+    dtype, shape = of(graph, node.inputs[0])
+    width = shape[-1]
+    expect(isinstance(width, int) and width % 2 == 0, node, f"last dim {width} is not even")
+    return [(dtype, (*shape[:-1], width // 2))]
+
+
+def _silu_mul(node, inputs, ctx):
+    gate, up = inputs[0].chunk(2, dim=-1)
+    return [F.silu(gate) * up]
+
+
+def _cast_infer(node, graph):
+    return [(node.attrs["dtype"], of(graph, node.inputs[0])[1])]
+
+
+register("add", _binary_infer, lambda node, x, ctx: [x[0] + x[1]])
+register("mul", _binary_infer, lambda node, x, ctx: [x[0] * x[1]])
+register("silu", same_as_first, lambda node, x, ctx: [F.silu(x[0])])
+register("silu_mul", _silu_mul_infer, _silu_mul)
+register("cast", _cast_infer, lambda node, x, ctx: [x[0].to(torch_dtype(node.attrs["dtype"]))])

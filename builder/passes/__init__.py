@@ -1,0 +1,38 @@
+"""The ordered pass pipeline that turns a model's plain graph into an engine's plan."""
+from __future__ import annotations
+
+from typing import Callable
+
+from kiln.builder.ir import Graph
+from kiln.builder.passes.drop_dead_values import drop_dead_values
+from kiln.builder.passes.fold_rope_into_attention import fold_rope_into_attention
+from kiln.builder.passes.fuse_add_rmsnorm import fuse_add_rmsnorm
+from kiln.builder.passes.fuse_gate_up import fuse_gate_up
+from kiln.builder.passes.fuse_qkv import fuse_qkv
+from kiln.builder.passes.gather_last_tokens import gather_last_tokens
+from kiln.builder.passes.plan_memory import plan_memory
+
+Pass = Callable[[Graph, object], Graph]
+
+PIPELINE: list[tuple[str, Pass]] = [
+    # Phase 1: fewer, larger GEMMs.
+    ("fuse_qkv", fuse_qkv),
+    ("fuse_gate_up", fuse_gate_up),
+    # Phase 2: attention takes pre-RoPE q/k and does RoPE + KV write + attention in one op.
+    ("fold_rope_into_attention", fold_rope_into_attention),
+    # Phase 3: the LM head on last tokens only (before the norm fusion, which it moves through).
+    ("gather_last_tokens", gather_last_tokens),
+    ("fuse_add_rmsnorm", fuse_add_rmsnorm),
+    # Phase 4: clean up and lay out memory.
+    ("drop_dead_values", drop_dead_values),
+    ("plan_memory", plan_memory),
+]
+
+
+def run_pipeline(graph: Graph, build, disabled: frozenset[str] = frozenset()) -> Graph:
+    """Runs every pass in order; a disabled pass is a no-op so the pipeline keeps its shape."""
+    for name, fn in PIPELINE:
+        if name not in disabled:
+            graph = fn(graph, build)
+    graph.verify()
+    return graph

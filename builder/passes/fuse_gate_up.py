@@ -1,0 +1,31 @@
+"""Fuse mul(silu(x @ gate.T), x @ up.T) into one linear over [gate; up] and silu_mul."""
+from __future__ import annotations
+
+from kiln.builder.ir import Graph, Node
+from kiln.builder.passes._rewrite import concat_source, single_user
+
+
+def fuse_gate_up(graph: Graph, build=None) -> Graph:
+    g = graph.copy()
+    made = g.producers()
+    for mul in [n for n in g.nodes if n.op == "mul"]:
+        silu = made.get(mul.inputs[0])
+        if silu is None or silu.op != "silu" or not single_user(g, silu.outputs[0]):
+            continue
+        gate, up = made.get(silu.inputs[0]), made.get(mul.inputs[1])
+        if not (gate and up and gate.op == up.op == "linear" and gate.inputs[0] == up.inputs[0]
+                and len(gate.inputs) == len(up.inputs) == 2
+                and single_user(g, gate.outputs[0]) and single_user(g, up.outputs[0])):
+            continue
+        wg, wu = gate.inputs[1], up.inputs[1]
+        prefix = wg.rsplit(".", 2)[0]
+        rows = g.values[wg].shape[0] + g.values[wu].shape[0]
+        fused_w = g.add_weight(f"{prefix}.gate_up.weight", g.values[wg].dtype,
+                               (rows, g.values[wg].shape[1]), concat_source(g, [wg, wu]))
+        gu = g.add_value(f"{prefix}.gate_up", g.values[gate.outputs[0]].dtype,
+                         (*g.values[gate.outputs[0]].shape[:-1], rows))
+        first = g.nodes.index(gate)
+        g.nodes = [n for n in g.nodes if n not in (gate, up, silu, mul)]
+        g.nodes[first:first] = [Node("linear", [gate.inputs[0], fused_w], [gu]),
+                                Node("silu_mul", [gu], [mul.outputs[0]])]
+    return g

@@ -1,0 +1,93 @@
+"""Test utilities: tiny random checkpoints and a minimal paged-KV step driver."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            rms_norm_eps=1e-5)
+
+
+def tiny_config(arch: str, **overrides):
+    import transformers
+
+    kw = dict(TINY)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(**kw, rope_theta=10000.0,
+                                       rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                     "original_max_position_embeddings": 64},
+                                       tie_word_embeddings=False)
+    elif arch == "llama-tied":
+        cfg = transformers.LlamaConfig(**kw, tie_word_embeddings=True)
+    elif arch == "mistral":
+        cfg = transformers.MistralConfig(**kw, sliding_window=None)
+    elif arch == "qwen2":
+        cfg = transformers.Qwen2Config(**kw, tie_word_embeddings=False)
+    elif arch == "qwen3":
+        cfg = transformers.Qwen3Config(**kw, head_dim=32, tie_word_embeddings=False)
+    else:
+        raise ValueError(arch)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def make_tiny_checkpoint(arch: str, path: Path, seed: int = 0, **overrides) -> Path:
+    """A random HF model of the given family, saved with save_pretrained (float32)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    with torch.no_grad():  # HF inits some norms to ones and biases to zeros: randomize all
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] in
+                                                 (cfg.hidden_size, getattr(cfg, "head_dim", 0)) else 0.0))
+    model.save_pretrained(path)
+    return path
+
+
+class PagedSequences:
+    """Allocates KV blocks (in shuffled order) and turns (sequence, token count) lists into
+    the step ABI, the way the runtime's scheduler does."""
+
+    def __init__(self, tokens_per_block: int, max_blocks_per_seq: int, num_blocks: int, seed: int = 0):
+        self.tpb, self.max_blocks = tokens_per_block, max_blocks_per_seq
+        self.free = list(range(num_blocks))
+        random.Random(seed).shuffle(self.free)
+        self.tokens: list[list[int]] = []
+        self.computed: list[int] = []
+        self.blocks: list[list[int]] = []
+
+    def add(self, tokens: list[int]) -> int:
+        self.tokens.append(list(tokens))
+        self.computed.append(0)
+        self.blocks.append([])
+        return len(self.tokens) - 1
+
+    def step(self, plan: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        ids, pos, slots, ctx, qstart, last = [], [], [], [], [0], []
+        table = np.zeros((len(plan), self.max_blocks), dtype=np.int32)
+        for row, (sid, n) in enumerate(plan):
+            start = self.computed[sid]
+            assert start + n <= len(self.tokens[sid])
+            for p in range(start, start + n):
+                if p // self.tpb >= len(self.blocks[sid]):
+                    self.blocks[sid].append(self.free.pop())
+                ids.append(self.tokens[sid][p])
+                pos.append(p)
+                slots.append(self.blocks[sid][p // self.tpb] * self.tpb + p % self.tpb)
+            self.computed[sid] += n
+            table[row, : len(self.blocks[sid])] = self.blocks[sid]
+            ctx.append(start + n)
+            qstart.append(qstart[-1] + n)
+            last.append(qstart[-1] - 1)
+        return {"input_ids": np.array(ids, np.int32), "positions": np.array(pos, np.int32),
+                "slot_mapping": np.array(slots, np.int64), "block_tables": table,
+                "context_lens": np.array(ctx, np.int32), "query_start": np.array(qstart, np.int32),
+                "last_token_index": np.array(last, np.int32)}
