@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import time
@@ -48,6 +49,8 @@ def _phase(report_phases: dict, name: str):
 
 
 def _compile_kernels(plan, build: BuildConfig) -> KernelBundle:
+    if importlib.util.find_spec("kiln.builder.kernels") is None:
+        return KernelBundle()
     from kiln.builder.kernels import compile_plan
     return compile_plan(plan, build)
 

@@ -37,18 +37,44 @@ def tiny_config(arch: str, **overrides):
     return cfg
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+
+def make_tiny_tokenizer(path: Path, vocab_size: int = TINY["vocab_size"]):
+    """A byte-level BPE tokenizer trained on a little English; ids 0-2 are <unk> <s> </s>."""
+    import pydoc_data.topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = list(pydoc_data.topics.topics.values())[:40]
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return fast
+
+
 def make_tiny_checkpoint(arch: str, path: Path, seed: int = 0, **overrides) -> Path:
-    """A random HF model of the given family, saved with save_pretrained (float32)."""
+    """A random HF model of the given family with a small tokenizer, saved with save_pretrained
+    (float32)."""
     import transformers
 
     torch.manual_seed(seed)
     cfg = tiny_config(arch, **overrides)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
-    with torch.no_grad():  # HF inits some norms to ones and biases to zeros: randomize all
-        for p in model.parameters():
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():  # HF inits norms to ones and biases to zeros: randomize all
+        for p in model.parameters():  # norms around 1, everything else around 0
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] in
                                                  (cfg.hidden_size, getattr(cfg, "head_dim", 0)) else 0.0))
     model.save_pretrained(path)
+    make_tiny_tokenizer(path, cfg.vocab_size)
     return path
 
 

@@ -16,3 +16,18 @@ def concat_source(graph: Graph, names: list[str], dim: int = 0) -> WeightSource:
 def single_user(graph: Graph, value: str) -> bool:
     users = graph.consumers()[value]
     return len(users) == 1 and graph.values[value].kind != "output"
+
+
+def toposort(graph: Graph) -> None:
+    """Reorders nodes so every input is defined first, keeping the given order where it can."""
+    defined = {n for n, v in graph.values.items() if v.kind in ("input", "weight")}
+    pending, ordered = list(graph.nodes), []
+    while pending:
+        for i, node in enumerate(pending):
+            if all(name in defined for name in node.inputs):
+                ordered.append(pending.pop(i))
+                defined.update(node.outputs)
+                break
+        else:
+            raise ValueError(f"graph has a cycle or undefined input near {pending[0].op}")
+    graph.nodes = ordered

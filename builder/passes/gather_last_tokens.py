@@ -6,7 +6,7 @@ and LM head then run on B rows instead of T.
 from __future__ import annotations
 
 from kiln.builder.ir import Graph, Node
-from kiln.builder.passes._rewrite import single_user
+from kiln.builder.passes._rewrite import single_user, toposort
 
 ROW_WISE = {"linear", "rmsnorm", "add", "cast", "silu", "mul", "silu_mul"}
 
@@ -45,4 +45,5 @@ def gather_last_tokens(graph: Graph, build=None) -> Graph:
             del g.values[old_out]
             moved = True
             break
+    toposort(g)
     return g

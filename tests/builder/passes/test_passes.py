@@ -1,0 +1,179 @@
+"""Each pass: a Before graph, the pass, an After graph, structural equality."""
+from __future__ import annotations
+
+import torch
+
+from graphs import HD, I, NKV, NQ, ROPE, STEP, H, V, attention_attrs, inputs, weight
+from kiln.builder.ir import Graph
+from kiln.builder.models import BuildConfig
+from kiln.builder.passes import (PIPELINE, drop_dead_values, fold_rope_into_attention,
+                                 fuse_add_rmsnorm, fuse_gate_up, fuse_qkv, gather_last_tokens,
+                                 plan_memory, run_pipeline)
+
+
+def base(with_bias: bool = False) -> Graph:
+    g = Graph()
+    inputs(g)
+    weight(g, "embed.weight", V, H)
+    g.call("embedding", ["input_ids", "embed.weight"], ["x"])
+    return g
+
+
+def test_fuse_qkv():
+    before = base()
+    for part, rows in (("q", NQ * HD), ("k", NKV * HD), ("v", NKV * HD)):
+        weight(before, f"l.{part}.weight", rows, H)
+        weight(before, f"l.{part}.bias", rows)
+        before.call("linear", ["x", f"l.{part}.weight", f"l.{part}.bias"], [f"l.{part}"])
+    after = fuse_qkv(before)
+
+    expect = base()
+    expect.nodes += [
+        type(expect.nodes[0])("linear", ["x", "l.qkv.weight", "l.qkv.bias"], ["l.qkv"]),
+        type(expect.nodes[0])("split", ["l.qkv"], ["l.q", "l.k", "l.v"], {"sizes": [16, 8, 8]}),
+    ]
+    assert after.structure() == expect.structure()
+    assert after.values["l.qkv.weight"].shape == (32, H)
+    fused = after.sources["l.qkv.weight"].load(torch.float32)
+    parts = [before.sources[f"l.{p}.weight"].load(torch.float32) for p in "qkv"]
+    assert torch.equal(fused, torch.cat(parts))
+    assert torch.equal(after.sources["l.qkv.bias"].load(torch.float32),
+                       torch.cat([before.sources[f"l.{p}.bias"].load(torch.float32) for p in "qkv"]))
+
+
+def test_fuse_qkv_leaves_other_linears():
+    g = base()
+    weight(g, "l.q.weight", 16, H)
+    weight(g, "l.k.weight", 8, H)
+    g.call("linear", ["x", "l.q.weight"], ["a"])
+    g.call("linear", ["x", "l.k.weight"], ["b"])
+    assert fuse_qkv(g).structure() == g.structure()
+
+
+def test_fuse_gate_up():
+    before = base()
+    weight(before, "l.gate.weight", I, H)
+    weight(before, "l.up.weight", I, H)
+    before.call("linear", ["x", "l.gate.weight"], ["g"])
+    before.call("linear", ["x", "l.up.weight"], ["u"])
+    before.call("silu", ["g"], ["s"])
+    before.call("mul", ["s", "u"], ["m"])
+    after = fuse_gate_up(before)
+    assert [(n.op, n.inputs, n.outputs) for n in after.nodes[1:]] == [
+        ("linear", ["x", "l.gate_up.weight"], ["l.gate_up"]),
+        ("silu_mul", ["l.gate_up"], ["m"]),
+    ]
+    w = after.sources["l.gate_up.weight"].load(torch.float32)
+    assert torch.equal(w, torch.cat([before.sources["l.gate.weight"].load(torch.float32),
+                                     before.sources["l.up.weight"].load(torch.float32)]))
+
+
+def test_fold_rope_into_attention():
+    before = base()
+    for part, rows in (("q", NQ * HD), ("k", NKV * HD), ("v", NKV * HD)):
+        weight(before, f"{part}.weight", rows, H)
+        before.call("linear", ["x", f"{part}.weight"], [part])
+    before.call("rope", ["q", "positions"], ["q_rot"], **ROPE)
+    before.call("rope", ["k", "positions"], ["k_rot"], **ROPE)
+    before.call("attention", ["q_rot", "k_rot", "v", *STEP], ["a"], **attention_attrs())
+    after = fold_rope_into_attention(before)
+    assert after.ops() == ["embedding", "linear", "linear", "linear", "attention"]
+    attn = after.nodes[-1]
+    assert attn.inputs[:3] == ["q", "k", "v"] and attn.attrs["rope"] == ROPE
+
+
+def test_gather_last_tokens_moves_through_row_wise_ops():
+    before = base()
+    weight(before, "norm.weight", H)
+    weight(before, "head.weight", V, H)
+    before.call("rmsnorm", ["x", "norm.weight"], ["n"], eps=1e-5)
+    before.call("linear", ["n", "head.weight"], ["logits_all"])
+    before.call("gather_last", ["logits_all", "last_token_index"], ["last"])
+    before.call("cast", ["last"], ["logits"], dtype="float32")
+    after = gather_last_tokens(before)
+    assert [(n.op, n.inputs, n.outputs) for n in after.nodes[1:]] == [
+        ("gather_last", ["x", "last_token_index"], ["x.last"]),
+        ("rmsnorm", ["x.last", "norm.weight"], ["n.last"]),
+        ("linear", ["n.last", "head.weight"], ["last"]),
+        ("cast", ["last"], ["logits"]),
+    ]
+    assert after.values["n.last"].shape == ("B", H) and "n" not in after.values
+
+
+def test_gather_last_tokens_gathers_both_add_operands_and_stops_at_shared_values():
+    before = base()
+    weight(before, "w.weight", H, H)
+    before.call("linear", ["x", "w.weight"], ["y"])
+    before.call("add", ["x", "y"], ["s"])
+    before.call("gather_last", ["s", "last_token_index"], ["out"])
+    after = gather_last_tokens(before)
+    # x feeds both the linear and the add, so its gather stops there; y's moves through.
+    assert [(n.op, n.inputs, n.outputs) for n in after.nodes[1:]] == [
+        ("gather_last", ["x", "last_token_index"], ["x.last"]),
+        ("linear", ["x.last", "w.weight"], ["y.last"]),
+        ("add", ["x.last", "y.last"], ["out"]),
+    ]
+
+
+def test_fuse_add_rmsnorm():
+    before = base()
+    weight(before, "w.weight", H, H)
+    weight(before, "norm.weight", H)
+    before.call("linear", ["x", "w.weight"], ["y"])
+    before.call("add", ["x", "y"], ["h"])
+    before.call("rmsnorm", ["h", "norm.weight"], ["n"], eps=1e-6)
+    before.call("add", ["h", "n"], ["out"])
+    after = fuse_add_rmsnorm(before)
+    assert [(n.op, n.inputs, n.outputs, n.attrs) for n in after.nodes[2:]] == [
+        ("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], {"eps": 1e-6}),
+        ("add", ["h", "n"], ["out"], {}),
+    ]
+
+
+def test_drop_dead_values():
+    before = base()
+    weight(before, "unused.weight", H, H)
+    weight(before, "w.weight", H, H)
+    before.call("linear", ["x", "unused.weight"], ["dead"])
+    before.call("linear", ["x", "w.weight"], ["y"])
+    before.values["y"].kind = "output"
+    after = drop_dead_values(before)
+    assert after.ops() == ["embedding", "linear"]
+    assert "unused.weight" not in after.values and "unused.weight" not in after.sources
+    assert "dead" not in after.values and "input_ids" in after.values
+
+
+def test_plan_memory_reuses_dead_buffers_and_aliases_splits():
+    g = base()
+    weight(g, "w.weight", 32, H)
+    weight(g, "o.weight", H, 16)
+    g.call("linear", ["x", "w.weight"], ["qkv"])
+    g.call("split", ["qkv"], ["q", "k"], sizes=[16, 16])
+    g.call("add", ["q", "k"], ["s"])
+    g.call("linear", ["s", "o.weight"], ["y"])
+    g.values["y"].kind = "output"
+    build = BuildConfig(dtype="float32", max_num_tokens=8, max_batch_size=2, max_seq_len=64,
+                        tokens_per_block=16)
+    plan = plan_memory(g, build).memory_plan
+    # T=8 float32: x [8,16] 512 B, qkv [8,32] 1024 B, s 512 B, y 512 B; 256-byte aligned.
+    assert plan["offsets"] == {"x": 0, "qkv": 512, "q": 512, "k": 512 + 64, "s": 0, "y": 512}
+    assert plan["views"] == {"q": {"of": "qkv", "row_stride": 32}, "k": {"of": "qkv", "row_stride": 32}}
+    assert plan["arena_bytes"] == 1536
+    assert plan["symbols"] == {"T": 8, "B": 2, "MAXBLK": 4}
+
+
+def test_pipeline_order_and_disabled_pass_is_a_no_op():
+    assert [name for name, _ in PIPELINE] == [
+        "fuse_qkv", "fuse_gate_up", "fold_rope_into_attention", "gather_last_tokens",
+        "fuse_add_rmsnorm", "drop_dead_values", "plan_memory"]
+    g = base()
+    weight(g, "gate.weight", I, H)
+    weight(g, "up.weight", I, H)
+    g.call("linear", ["x", "gate.weight"], ["a"])
+    g.call("linear", ["x", "up.weight"], ["b"])
+    g.call("silu", ["a"], ["s"])
+    g.call("mul", ["s", "b"], ["m"])
+    g.values["m"].kind = "output"
+    build = BuildConfig(dtype="float32", max_num_tokens=4, max_batch_size=1, max_seq_len=32)
+    assert "silu_mul" in run_pipeline(g, build).ops()
+    assert "silu_mul" not in run_pipeline(g, build, disabled=frozenset({"fuse_gate_up"})).ops()
