@@ -70,7 +70,9 @@ def build_engine(checkpoint: str | Path, output: str | Path, build: BuildConfig,
                  overwrite: bool = False, progress: bool = True) -> BuildReport:
     checkpoint, output = Path(checkpoint), Path(output)
     phases: dict[str, float] = {}
-    with _phase(phases, "read checkpoint"), open_checkpoint(checkpoint) as ckpt:
+    with _phase(phases, "open checkpoint"):
+        ckpt = open_checkpoint(checkpoint)
+    with ckpt:
         model = ModelConfig.from_hf(ckpt.hf_config)
         build.check_against(model)
         report = BuildReport(output, model, num_params=model.num_params(), phases=phases)

@@ -6,10 +6,7 @@ import pytest
 import torch
 import transformers
 
-from kiln.builder.build import build_engine
-from kiln.builder.checkpoint import find_bundled_gguf
 from kiln.builder.engine import load_engine
-from kiln.builder.models import BuildConfig
 from kiln.runtime.reference import ReferenceBackend
 from kiln_testing import PagedSequences
 
@@ -19,20 +16,13 @@ NEW_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    gguf = find_bundled_gguf()
-    out = tmp_path_factory.mktemp("smol") / "engine"
-    build = BuildConfig(dtype="float32", max_batch_size=4, max_seq_len=256, max_num_tokens=128,
-                        tokens_per_block=16)
-    build_engine(gguf, out, build, progress=False)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return load_engine(out), model, tokenizer
+def smol(smollm2):
+    engine_dir, model, tokenizer = smollm2
+    return load_engine(engine_dir), model, tokenizer
 
 
-def test_config_and_tokenizer(smollm2):
-    engine, model, tokenizer = smollm2
+def test_config_and_tokenizer(smol):
+    engine, model, tokenizer = smol
     m = engine.config.model
     assert (m.architecture, m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads,
             m.vocab_size, m.tie_word_embeddings) == ("LlamaForCausalLM", 30, 576, 9, 3, 49152, True)
@@ -42,8 +32,8 @@ def test_config_and_tokenizer(smollm2):
     assert ours.chat_template
 
 
-def test_greedy_continuations_equal_transformers(smollm2):
-    engine, model, tokenizer = smollm2
+def test_greedy_continuations_equal_transformers(smol):
+    engine, model, tokenizer = smol
     backend = ReferenceBackend.for_engine(engine, num_blocks=64)
     b = engine.config.build
     seqs = PagedSequences(b.tokens_per_block, b.max_blocks_per_seq, 64)

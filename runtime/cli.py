@@ -1,0 +1,59 @@
+"""engine-run: generate from an engine, streaming the answer to the terminal."""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from kiln.builder.cli import one_line_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--engine", "engine_dir", required=True, type=click.Path(), help="Engine directory.")
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the engine's chat template.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--presence-penalty", type=float, default=0.0, show_default=True)
+@click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop text (repeatable).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@one_line_errors
+def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, min_p,
+             repetition_penalty, presence_penalty, frequency_penalty, seed, stop, device):
+    """Generate from a Kiln engine and stream the answer."""
+    from kiln.runtime import ModelRunner
+
+    start = time.perf_counter()
+    with ModelRunner.from_dir(engine_dir, device=None if device == "auto" else device) as runner:
+        ids = runner.tokenizer.chat(prompt) if chat else runner.tokenizer.encode(prompt)
+        loaded = time.perf_counter()
+        stream = runner.generate(
+            [ids], max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=1 if temperature == 0.0 else top_k, top_p=top_p, min_p=min_p,
+            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, random_seed=seed,
+            stop_words_list=list(stop) or None, streaming=True, return_dict=True)
+        shown, first, out = "", None, None
+        for out in stream:
+            n = int(out["sequence_lengths"][0, 0])
+            text = runner.tokenizer.decode(out["output_ids"][0, 0, len(ids): n].tolist())
+            if first is None:
+                first = time.perf_counter()
+            if text.startswith(shown):  # hold back until a multi-byte character completes
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+        done = time.perf_counter()
+        new = int(out["sequence_lengths"][0, 0]) - len(ids)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        click.echo(f"[{runner.device}: {new} tokens, load {loaded - start:.2f}s, first token "
+                   f"{(first or done) - loaded:.2f}s, {new / max(done - loaded, 1e-9):.1f} tok/s, "
+                   f"finish: {out['finish_reasons'][0]}]", err=True)

