@@ -49,9 +49,10 @@ def _phase(report_phases: dict, name: str):
 
 
 def _compile_kernels(plan, build: BuildConfig) -> KernelBundle:
-    if importlib.util.find_spec("kiln.builder.kernels") is None:
+    try:
+        from kiln.builder.kernels import compile_plan
+    except ImportError:
         return KernelBundle()
-    from kiln.builder.kernels import compile_plan
     return compile_plan(plan, build)
 
 

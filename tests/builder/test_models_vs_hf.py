@@ -13,7 +13,7 @@ from kiln.builder.models import BuildConfig
 from kiln.runtime.reference import ReferenceBackend
 from kiln_testing import PagedSequences, make_tiny_checkpoint
 
-ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
+ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3"]
 BUILD = BuildConfig(dtype="float32", max_batch_size=4, max_seq_len=128, max_num_tokens=64,
                     tokens_per_block=4)
 

