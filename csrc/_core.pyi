@@ -1,0 +1,250 @@
+"""Kiln runtime core: KV cache manager, scheduler, sampler and executor (C++, pybind11)."""
+
+import enum
+from collections.abc import Sequence as _Seq
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+def version() -> str: ...
+
+class SamplingConfig:
+    """How one request picks its tokens; temperature 0 = greedy (lowest id on ties)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    seed: int | None
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+    ) -> None: ...
+    def validate(self) -> str | None:
+        """The problem with these values (one line), or None."""
+
+class ExecutorConfig:
+    """Limits and cache shape; the number of KV blocks comes from the backend."""
+
+    max_batch_size: int
+    max_num_tokens: int
+    max_seq_len: int
+    tokens_per_block: int
+    vocab_size: int
+    enable_kv_cache_reuse: bool
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_batch_size: int = 8,
+        max_num_tokens: int = 512,
+        max_seq_len: int = 2048,
+        tokens_per_block: int = 16,
+        enable_kv_cache_reuse: bool = True,
+    ) -> None: ...
+    @property
+    def max_blocks_per_seq(self) -> int: ...
+    def validate(self) -> str | None: ...
+
+class FinishReason(enum.Enum):
+    NOT_FINISHED = 0
+    END_ID = 1
+    STOP_WORDS = 2
+    LENGTH = 3
+    CANCELLED = 4
+    ERROR = 5
+
+class Request:
+    """One generation request. The end id and a matched stop word stay in the output."""
+
+    input_token_ids: list[int]
+    max_new_tokens: int
+    sampling_config: SamplingConfig
+    end_id: int
+    pad_id: int
+    stop_words: list[list[int]]
+    streaming: bool
+    return_log_probs: bool
+    priority: int
+    def __init__(
+        self,
+        input_token_ids: _Seq[int],
+        *,
+        max_new_tokens: int = 16,
+        sampling_config: SamplingConfig = ...,
+        end_id: int = -1,
+        pad_id: int = -1,
+        stop_words: _Seq[_Seq[int]] = ...,
+        streaming: bool = False,
+        return_log_probs: bool = False,
+        priority: int = 0,
+    ) -> None: ...
+
+class Response:
+    """New tokens of a request: per step when streaming, else all in the final response."""
+
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def output_token_ids(self) -> list[int]: ...
+    @property
+    def log_probs(self) -> list[float]: ...
+    @property
+    def is_final(self) -> bool: ...
+    @property
+    def finish_reason(self) -> FinishReason: ...
+    @property
+    def error_message(self) -> str: ...
+    @property
+    def has_error(self) -> bool: ...
+
+class KvCacheManager:
+    """Paged KV block tables with prefix reuse (block metadata only, no memory)."""
+
+    def __init__(self, num_blocks: int, tokens_per_block: int, enable_reuse: bool = True) -> None: ...
+    @property
+    def num_blocks(self) -> int: ...
+    @property
+    def tokens_per_block(self) -> int: ...
+    @property
+    def num_free_blocks(self) -> int: ...
+    def num_reusable_tokens(self, tokens: _Seq[int]) -> int: ...
+    def can_add_sequence(self, tokens: _Seq[int], num_tokens: int) -> bool: ...
+    def add_sequence(self, request_id: int, tokens: _Seq[int], num_tokens: int) -> int: ...
+    def can_allocate(self, request_id: int, num_tokens: int) -> bool: ...
+    def token_capacity(self, request_id: int) -> int: ...
+    def allocate(self, request_id: int, num_tokens: int) -> None: ...
+    def cache_computed_blocks(self, request_id: int, tokens: _Seq[int], num_computed_tokens: int) -> None: ...
+    def remove_sequence(self, request_id: int) -> None: ...
+    def has_sequence(self, request_id: int) -> bool: ...
+    def block_ids(self, request_id: int) -> list[int]: ...
+    def free_block_ids(self) -> list[int]:
+        """Free blocks in eviction order (least recently used first)."""
+    def reset_prefix_cache(self) -> None: ...
+    def stats(self) -> dict[str, int | float]:
+        """total_blocks, used_blocks, free_blocks, cached_blocks, looked_up_tokens, reused_tokens, hit_rate."""
+
+class Sequence:
+    @property
+    def id(self) -> int: ...
+    @property
+    def tokens(self) -> list[int]: ...
+    @property
+    def num_prompt_tokens(self) -> int: ...
+    @property
+    def num_computed_tokens(self) -> int: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def num_preemptions(self) -> int: ...
+
+class ScheduledSequence:
+    @property
+    def id(self) -> int: ...
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def start_position(self) -> int: ...
+    @property
+    def is_decode(self) -> bool: ...
+    @property
+    def samples_next_token(self) -> bool: ...
+
+class SchedulerOutput:
+    @property
+    def sequences(self) -> list[ScheduledSequence]: ...
+    @property
+    def preempted(self) -> list[int]: ...
+    @property
+    def num_prefill_tokens(self) -> int: ...
+    @property
+    def num_decode_tokens(self) -> int: ...
+    def empty(self) -> bool: ...
+
+class Scheduler:
+    """Token-budget iteration-level batching over a KvCacheManager (kept alive by the scheduler)."""
+
+    def __init__(
+        self, kv_cache: KvCacheManager, *, max_batch_size: int, max_num_tokens: int, max_seq_len: int
+    ) -> None: ...
+    def check_fits(self, num_prompt_tokens: int, max_new_tokens: int) -> str | None: ...
+    def add_request(
+        self, request_id: int, prompt: _Seq[int], max_new_tokens: int, priority: int = 0
+    ) -> str | None:
+        """Queues a request; returns why it can never run instead (and queues nothing)."""
+    def schedule(self) -> SchedulerOutput: ...
+    def update_computed(self, output: SchedulerOutput) -> None: ...
+    def append_token(self, request_id: int, token: int) -> None: ...
+    def remove_request(self, request_id: int) -> bool: ...
+    def sequence(self, request_id: int) -> Sequence | None: ...
+    def waiting_ids(self) -> list[int]: ...
+    def running_ids(self) -> list[int]: ...
+    def has_unfinished(self) -> bool: ...
+    @property
+    def num_preemptions(self) -> int: ...
+
+def apply_penalties(
+    logits: _Seq[float], config: SamplingConfig, tokens: _Seq[int], num_prompt_tokens: int
+) -> list[float]:
+    """HF repetition penalty over all tokens, OpenAI presence/frequency over generated ones."""
+
+def apply_temperature_and_filters(logits: _Seq[float], config: SamplingConfig) -> list[float]:
+    """Temperature, then top-k, top-p, min-p; masked entries become -inf."""
+
+class Sampler:
+    """The executor's CPU sampler with one request's generator."""
+
+    def __init__(self, vocab_size: int, seed: int = 0) -> None: ...
+    def sample(
+        self,
+        logits: _Seq[float],
+        config: SamplingConfig,
+        tokens: _Seq[int] = ...,
+        num_prompt_tokens: int | None = None,
+    ) -> tuple[int, float]: ...
+
+class _StepBackend(Protocol):
+    """What the executor needs from a backend written in Python (for typing only)."""
+
+    num_blocks: int
+    def forward(self, step: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]: ...
+
+class Backend:
+    """Base of the backends written in C++ (the GPU plan executor)."""
+
+    @property
+    def num_blocks(self) -> int: ...
+
+class Executor:
+    """Inflight-batching executor over a backend, running on its own thread."""
+
+    def __init__(self, config: ExecutorConfig, backend: Backend | _StepBackend) -> None: ...
+    def enqueue_request(self, request: Request) -> int: ...
+    def enqueue_requests(self, requests: _Seq[Request]) -> list[int]: ...
+    def await_responses(
+        self, request_id: int | None = None, *, timeout_ms: float | None = None
+    ) -> list[Response]:
+        """Ready responses (of one request when request_id is given), waiting up to timeout_ms
+        (forever when None) for one; [] at once when nothing is in flight."""
+    def cancel_request(self, request_id: int) -> None: ...
+    def shutdown(self) -> None: ...
+    def get_latest_iteration_stats(self) -> dict[str, int] | None: ...
+    def get_kv_cache_stats(self) -> dict[str, int | float]: ...
+    @property
+    def config(self) -> ExecutorConfig: ...
+    def __enter__(self) -> Executor: ...
+    def __exit__(self, *args: object) -> None: ...

@@ -1,2 +1,404 @@
+// kiln._core: the runtime core (KV cache manager, scheduler, sampler, executor) for Python.
+// Names are snake_case; csrc/_core.pyi mirrors this file.
+#include "py_backend.h"
+#include "runtime/executor.h"
+#include "runtime/kv_cache_manager.h"
+#include "runtime/sampler.h"
+#include "runtime/scheduler.h"
+
+#include <pybind11/native_enum.h>
 #include <pybind11/pybind11.h>
-PYBIND11_MODULE(_core, m) { m.def("version", [] { return "0.1.0"; }); }
+#include <pybind11/stl.h>
+
+#include <mutex>
+#include <sstream>
+
+#ifdef KILN_WITH_CUDA
+#include "gpu/bind.h"
+#endif
+
+namespace py = pybind11;
+using namespace py::literals;
+
+namespace kiln
+{
+namespace
+{
+py::dict toDict(KvCacheStats const& s)
+{
+    return py::dict("total_blocks"_a = s.totalBlocks, "used_blocks"_a = s.usedBlocks, "free_blocks"_a = s.freeBlocks,
+        "cached_blocks"_a = s.cachedBlocks, "looked_up_tokens"_a = s.lookedUpTokens,
+        "reused_tokens"_a = s.reusedTokens, "hit_rate"_a = s.hitRate);
+}
+
+py::object toDict(std::optional<IterationStats> const& stats)
+{
+    if (!stats)
+    {
+        return py::none();
+    }
+    IterationStats const& s = *stats;
+    return py::dict("iteration"_a = s.iteration, "num_scheduled_requests"_a = s.numScheduledRequests,
+        "num_prefill_tokens"_a = s.numPrefillTokens, "num_decode_tokens"_a = s.numDecodeTokens,
+        "num_waiting_requests"_a = s.numWaitingRequests, "num_running_requests"_a = s.numRunningRequests,
+        "kv_used_blocks"_a = s.kvUsedBlocks, "kv_free_blocks"_a = s.kvFreeBlocks,
+        "total_computed_prompt_tokens"_a = s.totalComputedPromptTokens, "total_reused_tokens"_a = s.totalReusedTokens,
+        "total_preemptions"_a = s.totalPreemptions);
+}
+
+std::optional<std::chrono::milliseconds> toTimeout(std::optional<double> timeoutMs)
+{
+    if (!timeoutMs)
+    {
+        return std::nullopt;
+    }
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::max(*timeoutMs, 0.0)));
+}
+
+/// Executors alive in this process, so an atexit hook can stop their threads while Python can
+/// still hand them the GIL (a thread asking for it during finalization would be killed).
+struct LiveExecutors
+{
+    std::mutex mutex;
+    std::vector<std::weak_ptr<Executor>> executors;
+};
+
+LiveExecutors& liveExecutors()
+{
+    static auto* live = new LiveExecutors(); // leaked on purpose: outlives module teardown
+    return *live;
+}
+
+std::shared_ptr<Executor> makeExecutor(ExecutorConfig const& config, py::object const& backend)
+{
+    std::shared_ptr<Backend> impl = py::isinstance<Backend>(backend) ? backend.cast<std::shared_ptr<Backend>>()
+                                                                     : std::make_shared<PyBackend>(backend);
+    // Joining the loop thread must not hold the GIL: the thread may be waiting for it in forward.
+    auto executor = std::shared_ptr<Executor>(new Executor(config, std::move(impl)), [](Executor* e) {
+        if (PyGILState_Check() != 0)
+        {
+            py::gil_scoped_release release;
+            e->shutdown();
+        }
+        delete e;
+    });
+    LiveExecutors& live = liveExecutors();
+    std::lock_guard<std::mutex> lock(live.mutex);
+    live.executors.erase(std::remove_if(live.executors.begin(), live.executors.end(),
+                             [](std::weak_ptr<Executor> const& w) { return w.expired(); }),
+        live.executors.end());
+    live.executors.push_back(executor);
+    return executor;
+}
+
+void shutdownLiveExecutors()
+{
+    std::vector<std::shared_ptr<Executor>> executors;
+    {
+        LiveExecutors& live = liveExecutors();
+        std::lock_guard<std::mutex> lock(live.mutex);
+        for (auto const& weak : live.executors)
+        {
+            if (auto executor = weak.lock())
+            {
+                executors.push_back(std::move(executor));
+            }
+        }
+    }
+    {
+        py::gil_scoped_release release;
+        for (auto const& executor : executors)
+        {
+            executor->shutdown();
+        }
+    }
+}
+
+template <typename T>
+std::string reprOf(char const* name, T const& fields)
+{
+    std::ostringstream os;
+    os << name << "(" << fields << ")";
+    return os.str();
+}
+
+void bindConfigs(py::module_& m)
+{
+    py::class_<SamplingConfig>(m, "SamplingConfig", "How one request picks its tokens; temperature 0 = greedy.")
+        .def(py::init([](float temperature, SizeType topK, float topP, float minP, float repetitionPenalty,
+                          float presencePenalty, float frequencyPenalty, std::optional<std::uint64_t> seed) {
+            return SamplingConfig{temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed};
+        }),
+            py::kw_only(), "temperature"_a = 1.0F, "top_k"_a = 0, "top_p"_a = 1.0F, "min_p"_a = 0.0F,
+            "repetition_penalty"_a = 1.0F, "presence_penalty"_a = 0.0F, "frequency_penalty"_a = 0.0F,
+            "seed"_a = py::none())
+        .def_readwrite("temperature", &SamplingConfig::temperature)
+        .def_readwrite("top_k", &SamplingConfig::topK)
+        .def_readwrite("top_p", &SamplingConfig::topP)
+        .def_readwrite("min_p", &SamplingConfig::minP)
+        .def_readwrite("repetition_penalty", &SamplingConfig::repetitionPenalty)
+        .def_readwrite("presence_penalty", &SamplingConfig::presencePenalty)
+        .def_readwrite("frequency_penalty", &SamplingConfig::frequencyPenalty)
+        .def_readwrite("seed", &SamplingConfig::seed)
+        .def("validate", &SamplingConfig::validate, "The problem with these values (one line), or None.")
+        .def("__repr__", [](SamplingConfig const& c) {
+            std::ostringstream os;
+            os << "temperature=" << c.temperature << ", top_k=" << c.topK << ", top_p=" << c.topP
+               << ", min_p=" << c.minP << ", repetition_penalty=" << c.repetitionPenalty
+               << ", presence_penalty=" << c.presencePenalty << ", frequency_penalty=" << c.frequencyPenalty
+               << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None");
+            return reprOf("SamplingConfig", os.str());
+        });
+
+    py::class_<ExecutorConfig>(m, "ExecutorConfig", "Limits and cache shape; num_blocks comes from the backend.")
+        .def(py::init([](SizeType vocabSize, SizeType maxBatchSize, SizeType maxNumTokens, SizeType maxSeqLen,
+                          SizeType tokensPerBlock, bool enableKvCacheReuse) {
+            return ExecutorConfig{maxBatchSize, maxNumTokens, maxSeqLen, tokensPerBlock, vocabSize, enableKvCacheReuse};
+        }),
+            py::kw_only(), "vocab_size"_a, "max_batch_size"_a = 8, "max_num_tokens"_a = 512, "max_seq_len"_a = 2048,
+            "tokens_per_block"_a = 16, "enable_kv_cache_reuse"_a = true)
+        .def_readwrite("max_batch_size", &ExecutorConfig::maxBatchSize)
+        .def_readwrite("max_num_tokens", &ExecutorConfig::maxNumTokens)
+        .def_readwrite("max_seq_len", &ExecutorConfig::maxSeqLen)
+        .def_readwrite("tokens_per_block", &ExecutorConfig::tokensPerBlock)
+        .def_readwrite("vocab_size", &ExecutorConfig::vocabSize)
+        .def_readwrite("enable_kv_cache_reuse", &ExecutorConfig::enableKvCacheReuse)
+        .def_property_readonly("max_blocks_per_seq", &ExecutorConfig::maxBlocksPerSeq)
+        .def("validate", &ExecutorConfig::validate, "The problem with these values (one line), or None.");
+}
+
+void bindRequests(py::module_& m)
+{
+    py::native_enum<FinishReason>(m, "FinishReason", "enum.Enum", "Why a request stopped.")
+        .value("NOT_FINISHED", FinishReason::kNotFinished)
+        .value("END_ID", FinishReason::kEndId)
+        .value("STOP_WORDS", FinishReason::kStopWords)
+        .value("LENGTH", FinishReason::kLength)
+        .value("CANCELLED", FinishReason::kCancelled)
+        .value("ERROR", FinishReason::kError)
+        .finalize();
+
+    py::class_<Request>(m, "Request", "One generation request.")
+        .def(py::init([](std::vector<TokenIdType> inputTokenIds, SizeType maxNewTokens, SamplingConfig samplingConfig,
+                          TokenIdType endId, TokenIdType padId, std::vector<std::vector<TokenIdType>> stopWords,
+                          bool streaming, bool returnLogProbs, SizeType priority) {
+            return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
+                streaming, returnLogProbs, priority};
+        }),
+            "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
+            "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
+            "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0)
+        .def_readwrite("input_token_ids", &Request::inputTokenIds)
+        .def_readwrite("max_new_tokens", &Request::maxNewTokens)
+        .def_readwrite("sampling_config", &Request::samplingConfig)
+        .def_readwrite("end_id", &Request::endId)
+        .def_readwrite("pad_id", &Request::padId)
+        .def_readwrite("stop_words", &Request::stopWords)
+        .def_readwrite("streaming", &Request::streaming)
+        .def_readwrite("return_log_probs", &Request::returnLogProbs)
+        .def_readwrite("priority", &Request::priority);
+
+    py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
+        .def_readonly("request_id", &Response::requestId)
+        .def_readonly("output_token_ids", &Response::outputTokenIds)
+        .def_readonly("log_probs", &Response::logProbs)
+        .def_readonly("is_final", &Response::isFinal)
+        .def_readonly("finish_reason", &Response::finishReason)
+        .def_readonly("error_message", &Response::errorMessage)
+        .def_property_readonly("has_error", [](Response const& r) { return r.finishReason == FinishReason::kError; })
+        .def("__repr__", [](Response const& r) {
+            std::ostringstream os;
+            os << "request_id=" << r.requestId << ", num_tokens=" << r.outputTokenIds.size()
+               << ", is_final=" << (r.isFinal ? "True" : "False") << ", finish_reason=" << toString(r.finishReason);
+            if (!r.errorMessage.empty())
+            {
+                os << ", error_message='" << r.errorMessage << "'";
+            }
+            return reprOf("Response", os.str());
+        });
+}
+
+void bindCacheAndScheduler(py::module_& m)
+{
+    py::class_<KvCacheManager>(m, "KvCacheManager", "Paged KV block tables with prefix reuse (metadata only).")
+        .def(py::init([](SizeType numBlocks, SizeType tokensPerBlock, bool enableReuse) {
+            return std::make_unique<KvCacheManager>(KvCacheConfig{numBlocks, tokensPerBlock, enableReuse});
+        }),
+            "num_blocks"_a, "tokens_per_block"_a, "enable_reuse"_a = true)
+        .def_property_readonly("num_blocks", &KvCacheManager::numBlocks)
+        .def_property_readonly("tokens_per_block", &KvCacheManager::tokensPerBlock)
+        .def_property_readonly("num_free_blocks", &KvCacheManager::numFreeBlocks)
+        .def("num_reusable_tokens", &KvCacheManager::numReusableTokens, "tokens"_a)
+        .def("can_add_sequence", &KvCacheManager::canAddSequence, "tokens"_a, "num_tokens"_a)
+        .def("add_sequence", &KvCacheManager::addSequence, "request_id"_a, "tokens"_a, "num_tokens"_a)
+        .def("can_allocate", &KvCacheManager::canAllocate, "request_id"_a, "num_tokens"_a)
+        .def("token_capacity", &KvCacheManager::tokenCapacity, "request_id"_a)
+        .def("allocate", &KvCacheManager::allocate, "request_id"_a, "num_tokens"_a)
+        .def("cache_computed_blocks", &KvCacheManager::cacheComputedBlocks, "request_id"_a, "tokens"_a,
+            "num_computed_tokens"_a)
+        .def("remove_sequence", &KvCacheManager::removeSequence, "request_id"_a)
+        .def("has_sequence", &KvCacheManager::hasSequence, "request_id"_a)
+        .def("block_ids", &KvCacheManager::blockIds, "request_id"_a)
+        .def("free_block_ids", &KvCacheManager::freeBlockIds)
+        .def("reset_prefix_cache", &KvCacheManager::resetPrefixCache)
+        .def("stats", [](KvCacheManager const& kv) { return toDict(kv.stats()); });
+
+    py::class_<Sequence>(m, "Sequence", "Scheduling state of one request.")
+        .def_readonly("id", &Sequence::id)
+        .def_readonly("tokens", &Sequence::tokens)
+        .def_readonly("num_prompt_tokens", &Sequence::numPromptTokens)
+        .def_readonly("num_computed_tokens", &Sequence::numComputedTokens)
+        .def_readonly("max_new_tokens", &Sequence::maxNewTokens)
+        .def_readonly("priority", &Sequence::priority)
+        .def_readonly("num_preemptions", &Sequence::numPreemptions);
+
+    py::class_<ScheduledSequence>(m, "ScheduledSequence", "One sequence's share of a step.")
+        .def_readonly("id", &ScheduledSequence::id)
+        .def_readonly("num_tokens", &ScheduledSequence::numTokens)
+        .def_readonly("start_position", &ScheduledSequence::startPosition)
+        .def_readonly("is_decode", &ScheduledSequence::isDecode)
+        .def_readonly("samples_next_token", &ScheduledSequence::samplesNextToken)
+        .def("__repr__", [](ScheduledSequence const& s) {
+            return "ScheduledSequence(id=" + std::to_string(s.id) + ", num_tokens=" + std::to_string(s.numTokens) + ")";
+        });
+
+    py::class_<SchedulerOutput>(m, "SchedulerOutput", "What the scheduler decided for one step.")
+        .def_readonly("sequences", &SchedulerOutput::sequences)
+        .def_readonly("preempted", &SchedulerOutput::preempted)
+        .def_readonly("num_prefill_tokens", &SchedulerOutput::numPrefillTokens)
+        .def_readonly("num_decode_tokens", &SchedulerOutput::numDecodeTokens)
+        .def("empty", &SchedulerOutput::empty);
+
+    py::class_<Scheduler>(m, "Scheduler", "Token-budget iteration-level batching over a KvCacheManager.")
+        .def(py::init([](KvCacheManager& kvCache, SizeType maxBatchSize, SizeType maxNumTokens, SizeType maxSeqLen) {
+            return std::make_unique<Scheduler>(SchedulerConfig{maxBatchSize, maxNumTokens, maxSeqLen}, kvCache);
+        }),
+            "kv_cache"_a, py::kw_only(), "max_batch_size"_a, "max_num_tokens"_a, "max_seq_len"_a,
+            py::keep_alive<1, 2>())
+        .def("check_fits", &Scheduler::checkFits, "num_prompt_tokens"_a, "max_new_tokens"_a)
+        .def("add_request", &Scheduler::addRequest, "request_id"_a, "prompt"_a, "max_new_tokens"_a, "priority"_a = 0)
+        .def("schedule", &Scheduler::schedule)
+        .def("update_computed", &Scheduler::updateComputed, "output"_a)
+        .def("append_token", &Scheduler::appendToken, "request_id"_a, "token"_a)
+        .def("remove_request", &Scheduler::removeRequest, "request_id"_a)
+        .def("sequence", [](Scheduler const& s, IdType id) -> std::optional<Sequence> {
+            Sequence const* seq = s.find(id);
+            return seq != nullptr ? std::optional<Sequence>(*seq) : std::nullopt;
+        }, "request_id"_a)
+        .def("waiting_ids", &Scheduler::waitingIds)
+        .def("running_ids", &Scheduler::runningIds)
+        .def("has_unfinished", &Scheduler::hasUnfinished)
+        .def_property_readonly("num_preemptions", &Scheduler::numPreemptions);
+}
+
+/// A Sampler with its own generator, so Python can draw like one request does.
+struct SeededSampler
+{
+    Sampler sampler;
+    std::mt19937_64 rng;
+};
+
+void bindSampler(py::module_& m)
+{
+    m.def("apply_penalties", [](std::vector<float> logits, SamplingConfig const& config,
+                                 std::vector<TokenIdType> const& tokens, SizeType numPromptTokens) {
+        applyPenalties(logits, config, tokens, numPromptTokens);
+        return logits;
+    }, "logits"_a, "config"_a, "tokens"_a, "num_prompt_tokens"_a);
+    m.def("apply_temperature_and_filters", [](std::vector<float> logits, SamplingConfig const& config) {
+        applyTemperatureAndFilters(logits, config);
+        return logits;
+    }, "logits"_a, "config"_a);
+
+    py::class_<SeededSampler>(m, "Sampler", "The executor's CPU sampler with one request's generator.")
+        .def(py::init([](SizeType vocabSize, std::uint64_t seed) {
+            return SeededSampler{Sampler(vocabSize), std::mt19937_64(seed)};
+        }), "vocab_size"_a, "seed"_a = 0)
+        .def("sample", [](SeededSampler& s, std::vector<float> const& logits, SamplingConfig const& config,
+                          std::vector<TokenIdType> const& tokens, std::optional<SizeType> numPromptTokens) {
+            if (static_cast<SizeType>(logits.size()) != s.sampler.vocabSize())
+            {
+                throw std::invalid_argument("expected " + std::to_string(s.sampler.vocabSize()) + " logits, got "
+                    + std::to_string(logits.size()));
+            }
+            SampleResult const r = s.sampler.sample(logits.data(), config, tokens,
+                numPromptTokens.value_or(static_cast<SizeType>(tokens.size())), s.rng);
+            return py::make_tuple(r.token, r.logProb);
+        }, "logits"_a, "config"_a, "tokens"_a = std::vector<TokenIdType>(), "num_prompt_tokens"_a = py::none());
+}
+
+void bindExecutor(py::module_& m)
+{
+    // C++ backends (the GPU plan executor) derive from this; Python backends are duck-typed.
+    py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend", "Base of the backends written in C++.")
+        .def_property_readonly("num_blocks", &Backend::numBlocks);
+
+    using Ms = std::optional<double>;
+    py::class_<Executor, std::shared_ptr<Executor>>(m, "Executor", "Inflight-batching executor over a backend.")
+        .def(py::init(&makeExecutor), "config"_a, "backend"_a)
+        .def("enqueue_request", &Executor::enqueueRequest, "request"_a, py::call_guard<py::gil_scoped_release>())
+        .def("enqueue_requests", [](Executor& e, std::vector<Request> const& requests) {
+            py::gil_scoped_release release;
+            std::vector<IdType> ids;
+            for (Request const& r : requests)
+            {
+                ids.push_back(e.enqueueRequest(r));
+            }
+            return ids;
+        }, "requests"_a)
+        .def("await_responses", [](Executor& e, std::optional<IdType> id, Ms timeoutMs) {
+            py::gil_scoped_release release;
+            return id ? e.awaitResponses(*id, toTimeout(timeoutMs)) : e.awaitResponses(toTimeout(timeoutMs));
+        }, "request_id"_a = py::none(), py::kw_only(), "timeout_ms"_a = py::none())
+        .def("cancel_request", &Executor::cancelRequest, "request_id"_a, py::call_guard<py::gil_scoped_release>())
+        .def("shutdown", &Executor::shutdown, py::call_guard<py::gil_scoped_release>())
+        .def("get_latest_iteration_stats", [](Executor const& e) { return toDict(e.getLatestIterationStats()); })
+        .def("get_kv_cache_stats", [](Executor const& e) { return toDict(e.getKvCacheStats()); })
+        .def_property_readonly("config", &Executor::getConfig)
+        .def("__enter__", [](py::object self) { return self; })
+        .def("__exit__", [](Executor& e, py::args const&) {
+            py::gil_scoped_release release;
+            e.shutdown();
+        });
+}
+
+void translateInvalidArgument(std::exception_ptr error)
+{
+    try
+    {
+        if (error)
+        {
+            std::rethrow_exception(error);
+        }
+    }
+    catch (std::invalid_argument const& e)
+    {
+        try
+        {
+            py::object const kilnError = py::module_::import("kiln.builder.errors").attr("KilnError");
+            PyErr_SetString(kilnError.ptr(), e.what());
+        }
+        catch (py::error_already_set const&)
+        {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    }
+}
+} // namespace
+} // namespace kiln
+
+PYBIND11_MODULE(_core, m)
+{
+    m.doc() = "Kiln runtime core: KV cache manager, scheduler, sampler and executor.";
+    m.def("version", [] { return "0.1.0"; });
+    py::register_exception_translator(&kiln::translateInvalidArgument);
+    kiln::bindConfigs(m);
+    kiln::bindRequests(m);
+    kiln::bindCacheAndScheduler(m);
+    kiln::bindSampler(m);
+    kiln::bindExecutor(m);
+#ifdef KILN_WITH_CUDA
+    kiln::gpu::bind(m); // PlanExecutor derives from Backend, bound above
+#endif
+    py::module_::import("atexit").attr("register")(py::cpp_function(&kiln::shutdownLiveExecutors));
+}

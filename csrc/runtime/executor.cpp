@@ -1,0 +1,433 @@
+#include "runtime/executor.h"
+
+#include "runtime/response_queue.h"
+#include "runtime/sampler.h"
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+namespace kiln
+{
+namespace
+{
+std::string oneLine(std::string text)
+{
+    std::replace(text.begin(), text.end(), '\n', ' ');
+    return text;
+}
+} // namespace
+
+class Executor::Impl
+{
+public:
+    Impl(ExecutorConfig const& config, std::shared_ptr<Backend> backend)
+        : mConfig(checked(config))
+        , mBackend(std::move(backend))
+        , mKvCache({numBlocksOf(mBackend.get()), config.tokensPerBlock, config.enableKvCacheReuse})
+        , mScheduler({config.maxBatchSize, config.maxNumTokens, config.maxSeqLen}, mKvCache)
+        , mSampler(config.vocabSize)
+        , mSeeder(std::random_device{}())
+        , mKvStats(mKvCache.stats())
+    {
+        mThread = std::thread([this] { loop(); });
+    }
+
+    ~Impl()
+    {
+        shutdown();
+    }
+
+    Impl(Impl const&) = delete;
+    Impl& operator=(Impl const&) = delete;
+
+    IdType enqueue(Request const& request)
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        IdType const id = mNextId++;
+        if (mStopping)
+        {
+            mResponses.push({{id, {}, {}, true, FinishReason::kError, "the executor is shut down; create a new one"}});
+            return id;
+        }
+        mResponses.expect(id);
+        mIncoming.emplace_back(id, request);
+        mWorkCv.notify_one();
+        return id;
+    }
+
+    std::vector<Response> await(std::optional<IdType> id, std::optional<std::chrono::milliseconds> timeout)
+    {
+        return mResponses.take(id, timeout);
+    }
+
+    void cancel(IdType id)
+    {
+        if (!mResponses.isExpected(id))
+        {
+            return;
+        }
+        std::lock_guard<std::mutex> lock(mMutex);
+        mCancelled.push_back(id);
+        mWorkCv.notify_one();
+    }
+
+    void shutdown()
+    {
+        {
+            std::lock_guard<std::mutex> lock(mMutex);
+            mStopping = true;
+        }
+        mWorkCv.notify_all();
+        std::call_once(mJoined, [this] { mThread.join(); });
+    }
+
+    std::optional<IterationStats> latestStats() const
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        return mLatestStats;
+    }
+
+    KvCacheStats kvStats() const
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        return mKvStats;
+    }
+
+    ExecutorConfig const& config() const
+    {
+        return mConfig;
+    }
+
+private:
+    /// Per-request state the scheduler does not need.
+    struct RequestState
+    {
+        Request request;
+        std::mt19937_64 rng;
+        std::vector<float> logProbs;
+        SizeType numSent = 0; ///< generated tokens already in a response
+    };
+
+    static ExecutorConfig const& checked(ExecutorConfig const& config)
+    {
+        if (auto problem = config.validate())
+        {
+            throw std::invalid_argument("invalid executor config: " + *problem);
+        }
+        return config;
+    }
+
+    static SizeType numBlocksOf(Backend const* backend)
+    {
+        if (backend == nullptr)
+        {
+            throw std::invalid_argument("the executor needs a backend, got none");
+        }
+        SizeType const n = backend->numBlocks();
+        if (n < 1)
+        {
+            throw std::invalid_argument(
+                "the backend holds " + std::to_string(n) + " KV blocks; give it at least one (num_blocks >= 1)");
+        }
+        return n;
+    }
+
+    void loop()
+    {
+        while (true)
+        {
+            std::deque<std::pair<IdType, Request>> incoming;
+            std::vector<IdType> cancelled;
+            {
+                std::unique_lock<std::mutex> lock(mMutex);
+                mWorkCv.wait(lock, [this] {
+                    return mStopping || !mIncoming.empty() || !mCancelled.empty() || mScheduler.hasUnfinished();
+                });
+                if (mStopping)
+                {
+                    break;
+                }
+                incoming.swap(mIncoming);
+                cancelled.swap(mCancelled);
+            }
+            for (auto& [id, request] : incoming)
+            {
+                admit(id, std::move(request));
+            }
+            for (IdType const id : cancelled)
+            {
+                finish(id, FinishReason::kCancelled, "");
+            }
+            step();
+            publish();
+        }
+        drain();
+    }
+
+    void admit(IdType id, Request request)
+    {
+        auto problem = validateRequest(request, mConfig.vocabSize);
+        if (!problem)
+        {
+            problem = mScheduler.addRequest(id, request.inputTokenIds, request.maxNewTokens, request.priority);
+        }
+        if (problem)
+        {
+            mOutbox.push_back({id, {}, {}, true, FinishReason::kError, "bad request: " + *problem});
+            return;
+        }
+        auto const& seed = request.samplingConfig.seed;
+        std::mt19937_64 rng(seed ? *seed : mSeeder());
+        mStates.emplace(id, RequestState{std::move(request), rng, {}, 0});
+    }
+
+    void step()
+    {
+        SchedulerOutput const output = mScheduler.schedule();
+        if (output.empty())
+        {
+            return;
+        }
+        std::optional<std::string> failure;
+        try
+        {
+            StepInputs const inputs = buildStepInputs(output, mScheduler, mKvCache, mConfig.maxBlocksPerSeq());
+            std::vector<float> logits = mBackend->forward(inputs);
+            std::size_t const expected = output.sequences.size() * static_cast<std::size_t>(mConfig.vocabSize);
+            if (logits.size() != expected)
+            {
+                throw std::runtime_error("forward returned " + std::to_string(logits.size()) + " logits, expected "
+                    + std::to_string(output.sequences.size()) + " x " + std::to_string(mConfig.vocabSize));
+            }
+            mScheduler.updateComputed(output);
+            for (std::size_t i = 0; i < output.sequences.size(); ++i)
+            {
+                if (output.sequences[i].samplesNextToken)
+                {
+                    sampleAndUpdate(output.sequences[i].id, logits.data() + i * static_cast<std::size_t>(mConfig.vocabSize));
+                }
+            }
+        }
+        catch (std::exception const& e)
+        {
+            failure = oneLine(e.what());
+        }
+        if (failure)
+        {
+            // The step's KV writes are suspect, so its requests fail; everyone else carries on.
+            for (ScheduledSequence const& s : output.sequences)
+            {
+                finish(s.id, FinishReason::kError, "the backend failed in step " + std::to_string(mIteration) + ": " + *failure);
+            }
+        }
+        recordStats(output);
+    }
+
+    void sampleAndUpdate(IdType id, float const* logits)
+    {
+        RequestState& state = mStates.at(id);
+        Sequence const& seq = *mScheduler.find(id);
+        SampleResult result;
+        try
+        {
+            result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng);
+        }
+        catch (std::runtime_error const& e)
+        {
+            finish(id, FinishReason::kError, std::string("sampling failed: ") + e.what());
+            return;
+        }
+        mScheduler.appendToken(id, result.token);
+        if (state.request.returnLogProbs)
+        {
+            state.logProbs.push_back(result.logProb);
+        }
+        FinishReason const reason = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen);
+        if (reason != FinishReason::kNotFinished)
+        {
+            finish(id, reason, "");
+        }
+        else if (state.request.streaming)
+        {
+            mOutbox.push_back(takeUnsent(id, state, false, reason, ""));
+        }
+    }
+
+    Response takeUnsent(IdType id, RequestState& state, bool isFinal, FinishReason reason, std::string error)
+    {
+        Response response{id, {}, {}, isFinal, reason, std::move(error)};
+        if (Sequence const* seq = mScheduler.find(id))
+        {
+            auto const from = static_cast<std::size_t>(seq->numPromptTokens + state.numSent);
+            response.outputTokenIds.assign(seq->tokens.begin() + static_cast<std::ptrdiff_t>(from), seq->tokens.end());
+            if (state.request.returnLogProbs)
+            {
+                response.logProbs.assign(state.logProbs.begin() + state.numSent, state.logProbs.end());
+            }
+            state.numSent = seq->numGeneratedTokens();
+        }
+        return response;
+    }
+
+    void finish(IdType id, FinishReason reason, std::string const& error)
+    {
+        auto const it = mStates.find(id);
+        if (it == mStates.end())
+        {
+            return;
+        }
+        mOutbox.push_back(takeUnsent(id, it->second, true, reason, error));
+        mScheduler.removeRequest(id);
+        mStates.erase(it);
+    }
+
+    void recordStats(SchedulerOutput const& output)
+    {
+        mTotalPromptTokens += output.numPrefillTokens;
+        KvCacheStats const kv = mKvCache.stats();
+        IterationStats stats;
+        stats.iteration = mIteration++;
+        stats.numScheduledRequests = static_cast<SizeType>(output.sequences.size());
+        stats.numPrefillTokens = output.numPrefillTokens;
+        stats.numDecodeTokens = output.numDecodeTokens;
+        stats.numWaitingRequests = static_cast<SizeType>(mScheduler.waitingIds().size());
+        stats.numRunningRequests = static_cast<SizeType>(mScheduler.runningIds().size());
+        stats.kvUsedBlocks = kv.usedBlocks;
+        stats.kvFreeBlocks = kv.freeBlocks;
+        stats.totalComputedPromptTokens = mTotalPromptTokens;
+        stats.totalReusedTokens = kv.reusedTokens;
+        stats.totalPreemptions = mScheduler.numPreemptions();
+        mPendingStats = stats;
+    }
+
+    void publish()
+    {
+        {
+            // Stats first, so a client woken by a response sees the state that produced it.
+            std::lock_guard<std::mutex> lock(mMutex);
+            if (mPendingStats)
+            {
+                mLatestStats = mPendingStats;
+            }
+            mKvStats = mKvCache.stats();
+        }
+        mResponses.push(std::move(mOutbox));
+        mOutbox.clear();
+    }
+
+    void drain()
+    {
+        std::deque<std::pair<IdType, Request>> incoming;
+        {
+            std::lock_guard<std::mutex> lock(mMutex);
+            incoming.swap(mIncoming);
+            mCancelled.clear();
+        }
+        std::string const why = "the executor shut down before the request finished";
+        for (auto const& entry : incoming)
+        {
+            mOutbox.push_back({entry.first, {}, {}, true, FinishReason::kCancelled, why});
+        }
+        std::vector<IdType> pending;
+        for (auto const& entry : mStates)
+        {
+            pending.push_back(entry.first);
+        }
+        std::sort(pending.begin(), pending.end());
+        for (IdType const id : pending)
+        {
+            finish(id, FinishReason::kCancelled, why);
+        }
+        publish();
+    }
+
+    ExecutorConfig const mConfig;
+    std::shared_ptr<Backend> mBackend;
+    // Loop-thread state.
+    KvCacheManager mKvCache;
+    Scheduler mScheduler;
+    Sampler mSampler;
+    std::mt19937_64 mSeeder;
+    std::unordered_map<IdType, RequestState> mStates;
+    std::vector<Response> mOutbox;
+    std::int64_t mIteration = 0;
+    std::int64_t mTotalPromptTokens = 0;
+    std::optional<IterationStats> mPendingStats;
+    ResponseQueue mResponses;
+    // Shared state, guarded by mMutex.
+    mutable std::mutex mMutex;
+    std::condition_variable mWorkCv;
+    std::deque<std::pair<IdType, Request>> mIncoming;
+    std::vector<IdType> mCancelled;
+    IdType mNextId = 1;
+    bool mStopping = false;
+    std::optional<IterationStats> mLatestStats;
+    KvCacheStats mKvStats;
+    std::once_flag mJoined;
+    std::thread mThread;
+};
+
+Executor::Executor(ExecutorConfig const& config, std::shared_ptr<Backend> backend)
+    : mImpl(std::make_unique<Impl>(config, std::move(backend)))
+{
+}
+
+Executor::~Executor()
+{
+    if (mImpl)
+    {
+        mImpl->shutdown();
+    }
+}
+
+Executor::Executor(Executor&&) noexcept = default;
+Executor& Executor::operator=(Executor&&) noexcept = default;
+
+IdType Executor::enqueueRequest(Request const& request)
+{
+    return mImpl->enqueue(request);
+}
+
+std::vector<Response> Executor::awaitResponses(std::optional<std::chrono::milliseconds> timeout)
+{
+    return mImpl->await(std::nullopt, timeout);
+}
+
+std::vector<Response> Executor::awaitResponses(IdType id, std::optional<std::chrono::milliseconds> timeout)
+{
+    return mImpl->await(id, timeout);
+}
+
+void Executor::cancelRequest(IdType id)
+{
+    mImpl->cancel(id);
+}
+
+void Executor::shutdown()
+{
+    mImpl->shutdown();
+}
+
+std::optional<IterationStats> Executor::getLatestIterationStats() const
+{
+    return mImpl->latestStats();
+}
+
+KvCacheStats Executor::getKvCacheStats() const
+{
+    return mImpl->kvStats();
+}
+
+ExecutorConfig const& Executor::getConfig() const
+{
+    return mImpl->config();
+}
+
+} // namespace kiln

@@ -1,0 +1,90 @@
+#include "runtime/request.h"
+
+#include <algorithm>
+
+namespace kiln
+{
+namespace
+{
+std::optional<std::string> checkToken(std::string const& what, TokenIdType token, SizeType vocabSize, bool allowNone)
+{
+    if ((allowNone && token == -1) || (token >= 0 && token < vocabSize))
+    {
+        return std::nullopt;
+    }
+    return what + " is " + std::to_string(token) + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")"
+        + (allowNone ? " (use -1 for none)" : "");
+}
+} // namespace
+
+std::optional<std::string> validateRequest(Request const& request, SizeType vocabSize)
+{
+    if (request.inputTokenIds.empty())
+    {
+        return "input_token_ids is empty; pass at least one token";
+    }
+    for (std::size_t i = 0; i < request.inputTokenIds.size(); ++i)
+    {
+        if (auto p = checkToken("input_token_ids[" + std::to_string(i) + "]", request.inputTokenIds[i], vocabSize, false))
+        {
+            return p;
+        }
+    }
+    if (request.maxNewTokens < 1)
+    {
+        return "max_new_tokens is " + std::to_string(request.maxNewTokens) + "; ask for at least 1 new token";
+    }
+    if (auto p = checkToken("end_id", request.endId, vocabSize, true))
+    {
+        return p;
+    }
+    if (auto p = checkToken("pad_id", request.padId, vocabSize, true))
+    {
+        return p;
+    }
+    for (std::size_t i = 0; i < request.stopWords.size(); ++i)
+    {
+        std::string const name = "stop_words[" + std::to_string(i) + "]";
+        if (request.stopWords[i].empty())
+        {
+            return name + " is empty; each stop word needs at least one token";
+        }
+        for (std::size_t j = 0; j < request.stopWords[i].size(); ++j)
+        {
+            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", request.stopWords[i][j], vocabSize, false))
+            {
+                return p;
+            }
+        }
+    }
+    if (auto p = request.samplingConfig.validate())
+    {
+        return "sampling_config: " + *p;
+    }
+    return std::nullopt;
+}
+
+FinishReason stopReason(
+    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen)
+{
+    auto const numGenerated = static_cast<SizeType>(tokens.size()) - numPromptTokens;
+    if (numGenerated > 0 && request.endId >= 0 && tokens.back() == request.endId)
+    {
+        return FinishReason::kEndId;
+    }
+    for (auto const& word : request.stopWords)
+    {
+        if (!word.empty() && static_cast<SizeType>(word.size()) <= numGenerated
+            && std::equal(word.rbegin(), word.rend(), tokens.rbegin()))
+        {
+            return FinishReason::kStopWords;
+        }
+    }
+    if (numGenerated >= request.maxNewTokens || static_cast<SizeType>(tokens.size()) >= maxSeqLen)
+    {
+        return FinishReason::kLength;
+    }
+    return FinishReason::kNotFinished;
+}
+
+} // namespace kiln

@@ -1,0 +1,39 @@
+#pragma once
+
+#include "runtime/response.h"
+#include "runtime/sampling_config.h"
+#include "runtime/types.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kiln
+{
+
+/// @brief One generation request as a client submits it.
+struct Request
+{
+    std::vector<TokenIdType> inputTokenIds;
+    SizeType maxNewTokens = 16;
+    SamplingConfig samplingConfig;
+    TokenIdType endId = -1; ///< stop after generating this token; -1 = never
+    TokenIdType padId = -1; ///< kept for callers that pad batches; outputs are never padded
+    /// @brief Stop once the generated tokens end with any of these sequences; the matched
+    /// sequence stays in the output (as in TensorRT-LLM), and so does end_id.
+    std::vector<std::vector<TokenIdType>> stopWords;
+    bool streaming = false;      ///< a response per step with the new tokens
+    bool returnLogProbs = false; ///< log-probability of each generated token
+    SizeType priority = 0;       ///< higher is admitted first; equal ones in arrival order
+};
+
+/// @brief What is wrong with `request` for a model of `vocabSize` tokens (one line), or nullopt.
+/// Lengths against max_seq_len and the KV pool are the scheduler's to check.
+[[nodiscard]] std::optional<std::string> validateRequest(Request const& request, SizeType vocabSize);
+
+/// @brief Why `request` stops now that its sequence is `tokens` (prompt first), or kNotFinished.
+/// End id first, then stop words (matched among generated tokens only), then the length limits.
+[[nodiscard]] FinishReason stopReason(
+    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen);
+
+} // namespace kiln

@@ -1,0 +1,50 @@
+#pragma once
+
+#include "runtime/types.h"
+
+#include <string>
+#include <vector>
+
+namespace kiln
+{
+
+/// @brief Why a request stopped.
+enum class FinishReason
+{
+    kNotFinished, ///< a streaming response that is not the last
+    kEndId,
+    kStopWords,
+    kLength, ///< max_new_tokens or max_seq_len reached
+    kCancelled,
+    kError,
+};
+
+/// @brief Lower-case name of a finish reason ("end_id", "stop_words", ...).
+[[nodiscard]] inline char const* toString(FinishReason reason)
+{
+    switch (reason)
+    {
+    case FinishReason::kNotFinished: return "not_finished";
+    case FinishReason::kEndId: return "end_id";
+    case FinishReason::kStopWords: return "stop_words";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+    }
+    return "unknown";
+}
+
+/// @brief What the executor returns for a request: some or all of its new tokens.
+struct Response
+{
+    IdType requestId = 0;
+    /// @brief Tokens not sent before: when streaming, those of the last step; otherwise, in the
+    /// single final response, all generated tokens.
+    std::vector<TokenIdType> outputTokenIds;
+    std::vector<float> logProbs; ///< one per output token when requested
+    bool isFinal = false;
+    FinishReason finishReason = FinishReason::kNotFinished;
+    std::string errorMessage; ///< one line, when finishReason is kError
+};
+
+} // namespace kiln

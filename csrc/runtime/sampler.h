@@ -1,0 +1,58 @@
+#pragma once
+
+#include "runtime/sampling_config.h"
+#include "runtime/types.h"
+
+#include <random>
+#include <vector>
+
+namespace kiln
+{
+
+/// @brief A picked token and its log-probability under the processed distribution.
+struct SampleResult
+{
+    TokenIdType token = 0;
+    float logProb = 0.0F;
+};
+
+/// @brief Applies the HF repetition penalty (over prompt and output tokens) and the OpenAI
+/// presence/frequency penalties (over output tokens) to `logits` in place.
+void applyPenalties(std::vector<float>& logits, SamplingConfig const& config, std::vector<TokenIdType> const& tokens,
+    SizeType numPromptTokens);
+
+/// @brief Divides by the temperature, then masks (to -inf) by top-k, top-p and min-p in that
+/// order, as HF's warpers do. Requires a non-greedy config.
+void applyTemperatureAndFilters(std::vector<float>& logits, SamplingConfig const& config);
+
+/// @brief Log-softmax of `logits` at `token`.
+[[nodiscard]] float logSoftmaxAt(std::vector<float> const& logits, TokenIdType token);
+
+/// @brief Picks next tokens on the CPU from one row of logits at a time.
+///
+/// Greedy takes the argmax of the penalized logits (lowest id on ties, like torch.argmax).
+/// Otherwise one uniform draw from the request's own generator picks from the processed
+/// distribution, so a seeded request samples the same tokens however it is batched.
+class Sampler
+{
+public:
+    /// @brief A sampler for rows of `vocabSize` logits.
+    explicit Sampler(SizeType vocabSize);
+
+    /// @brief Logits per row.
+    [[nodiscard]] SizeType vocabSize() const
+    {
+        return mVocabSize;
+    }
+
+    /// @brief Picks the next token of a sequence whose tokens (prompt first) are `tokens`.
+    /// Throws std::runtime_error when the row holds NaN or no finite value.
+    [[nodiscard]] SampleResult sample(float const* logits, SamplingConfig const& config,
+        std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng);
+
+private:
+    SizeType mVocabSize;
+    std::vector<float> mScratch;
+};
+
+} // namespace kiln

@@ -1,0 +1,34 @@
+#pragma once
+
+#include "runtime/types.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace kiln
+{
+
+/// @brief How one request picks its tokens. Defaults are "off", with temperature 1 (plain
+/// sampling, as in vLLM); temperature 0 means greedy.
+struct SamplingConfig
+{
+    float temperature = 1.0F;      ///< 0 = greedy (argmax, lowest id on ties)
+    SizeType topK = 0;             ///< keep the k highest logits (ties at the k-th kept); 0 = off
+    float topP = 1.0F;             ///< keep the smallest set with probability >= top_p; 1 = off
+    float minP = 0.0F;             ///< drop tokens below min_p * max probability; 0 = off
+    float repetitionPenalty = 1.0F; ///< HF: divide positive / multiply negative logits of seen tokens
+    float presencePenalty = 0.0F;  ///< OpenAI: subtract once per generated token id
+    float frequencyPenalty = 0.0F; ///< OpenAI: subtract per occurrence among generated tokens
+    std::optional<std::uint64_t> seed; ///< per-request generator; unset = drawn by the executor
+
+    /// @brief What is wrong with these values (one line), or nullopt when they are valid.
+    [[nodiscard]] std::optional<std::string> validate() const;
+    /// @brief Whether decoding is greedy.
+    [[nodiscard]] bool isGreedy() const
+    {
+        return temperature == 0.0F;
+    }
+};
+
+} // namespace kiln

@@ -1,0 +1,173 @@
+#pragma once
+
+// A deterministic stand-in for a model: it keeps the token of every KV slot it is given, reads
+// each sequence's whole context back through its block table, and favours one next token that
+// depends on that context. A wrong block table, slot mapping or reused block therefore changes
+// the generated tokens.
+
+#include "runtime/backend.h"
+#include "runtime/request.h"
+#include "runtime/response.h"
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace kiln::test
+{
+
+/// The token the fake model favours after `context`.
+inline TokenIdType favouredToken(std::vector<TokenIdType> const& context, SizeType vocabSize)
+{
+    std::int64_t sum = 0;
+    for (TokenIdType const t : context)
+    {
+        sum += t;
+    }
+    auto const last = static_cast<std::int64_t>(context.back());
+    auto const position = static_cast<std::int64_t>(context.size()) - 1;
+    return static_cast<TokenIdType>((last * 7 + position + sum % 13) % vocabSize);
+}
+
+/// What greedy decoding of the fake model yields for `request`, with the executor's stop rules.
+struct Expected
+{
+    std::vector<TokenIdType> tokens;
+    FinishReason reason = FinishReason::kLength;
+};
+
+inline Expected expectedGreedy(Request const& request, SizeType maxSeqLen, SizeType vocabSize)
+{
+    Expected e;
+    std::vector<TokenIdType> context = request.inputTokenIds;
+    while (true)
+    {
+        TokenIdType const next = favouredToken(context, vocabSize);
+        e.tokens.push_back(next);
+        context.push_back(next);
+        if (next == request.endId)
+        {
+            e.reason = FinishReason::kEndId;
+            return e;
+        }
+        for (auto const& word : request.stopWords)
+        {
+            if (word.size() <= e.tokens.size() && std::equal(word.rbegin(), word.rend(), e.tokens.rbegin()))
+            {
+                e.reason = FinishReason::kStopWords;
+                return e;
+            }
+        }
+        if (static_cast<SizeType>(e.tokens.size()) >= request.maxNewTokens
+            || static_cast<SizeType>(context.size()) >= maxSeqLen)
+        {
+            return e;
+        }
+    }
+}
+
+class FakeBackend final : public Backend
+{
+public:
+    FakeBackend(SizeType numBlocks, SizeType tokensPerBlock, SizeType vocabSize)
+        : mNumBlocks(numBlocks)
+        , mTokensPerBlock(tokensPerBlock)
+        , mVocabSize(vocabSize)
+        , mSlots(static_cast<std::size_t>(numBlocks) * tokensPerBlock, -1)
+    {
+    }
+
+    [[nodiscard]] SizeType numBlocks() const override
+    {
+        return mNumBlocks;
+    }
+
+    [[nodiscard]] std::vector<float> forward(StepInputs const& step) override
+    {
+        std::int64_t const index = mSteps++;
+        if (onStep)
+        {
+            onStep(step);
+        }
+        if (failWhen && failWhen(step))
+        {
+            throw std::runtime_error("injected failure in step " + std::to_string(index));
+        }
+        check(step);
+        for (SizeType t = 0; t < step.numTokens(); ++t)
+        {
+            mSlots[static_cast<std::size_t>(step.slotMapping[t])] = step.inputIds[t];
+        }
+        std::vector<float> logits;
+        for (SizeType b = 0; b < step.numSequences; ++b)
+        {
+            std::vector<TokenIdType> context;
+            for (SizeType pos = 0; pos < step.contextLens[b]; ++pos)
+            {
+                BlockIdType const block = step.blockTables[static_cast<std::size_t>(b) * step.maxBlocksPerSeq + pos / mTokensPerBlock];
+                context.push_back(mSlots[static_cast<std::size_t>(block) * mTokensPerBlock + pos % mTokensPerBlock]);
+            }
+            TokenIdType const favoured = favouredToken(context, mVocabSize);
+            for (TokenIdType v = 0; v < mVocabSize; ++v)
+            {
+                float const noise = static_cast<float>((v * 31 + favoured * 17) % 23) * 0.1F;
+                logits.push_back(v == favoured ? 5.0F + noise : noise);
+            }
+        }
+        return logits;
+    }
+
+    /// Steps run so far (failed ones included).
+    [[nodiscard]] std::int64_t numSteps() const
+    {
+        return mSteps.load();
+    }
+
+    /// When set, called first in every step (to pace or hold the executor).
+    std::function<void(StepInputs const&)> onStep;
+    /// When set, forward throws in the steps for which it returns true.
+    std::function<bool(StepInputs const&)> failWhen;
+
+private:
+    void check(StepInputs const& step) const
+    {
+        auto require = [](bool ok, char const* what) {
+            if (!ok)
+            {
+                throw std::logic_error(std::string("step ABI violated: ") + what);
+            }
+        };
+        auto const b = static_cast<std::size_t>(step.numSequences);
+        require(step.positions.size() == step.inputIds.size() && step.slotMapping.size() == step.inputIds.size(), "[T] sizes");
+        require(step.contextLens.size() == b && step.lastTokenIndex.size() == b && step.queryStart.size() == b + 1, "[B] sizes");
+        require(step.blockTables.size() == b * step.maxBlocksPerSeq, "block_tables size");
+        require(step.queryStart.front() == 0 && step.queryStart.back() == step.numTokens(), "query_start ends");
+        for (std::size_t i = 0; i < b; ++i)
+        {
+            SizeType const begin = step.queryStart[i];
+            SizeType const end = step.queryStart[i + 1];
+            require(begin < end && step.lastTokenIndex[i] == end - 1, "query_start monotone");
+            for (SizeType t = begin; t < end; ++t)
+            {
+                SizeType const pos = step.positions[t];
+                require(pos == step.contextLens[i] - (end - t), "positions end at context_len");
+                require(step.inputIds[t] >= 0 && step.inputIds[t] < mVocabSize, "input id in vocab");
+                BlockIdType const block = step.blockTables[i * step.maxBlocksPerSeq + pos / mTokensPerBlock];
+                require(block >= 0 && block < mNumBlocks, "block id in pool");
+                require(step.slotMapping[t] == static_cast<std::int64_t>(block) * mTokensPerBlock + pos % mTokensPerBlock,
+                    "slot_mapping matches block_tables");
+            }
+        }
+    }
+
+    SizeType mNumBlocks;
+    SizeType mTokensPerBlock;
+    SizeType mVocabSize;
+    std::vector<TokenIdType> mSlots;
+    std::atomic<std::int64_t> mSteps{0};
+};
+
+} // namespace kiln::test

@@ -1,0 +1,335 @@
+#include "fake_backend.h"
+#include "response_collector.h"
+
+#include "runtime/executor.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+using namespace kiln;
+using kiln::test::ResponseCollector;
+using std::chrono::milliseconds;
+
+namespace
+{
+constexpr SizeType kVocab = 64;
+constexpr SizeType kTpb = 4;
+
+ExecutorConfig smallConfig(SizeType maxSeqLen = 64)
+{
+    ExecutorConfig c;
+    c.maxBatchSize = 4;
+    c.maxNumTokens = 16;
+    c.maxSeqLen = maxSeqLen;
+    c.tokensPerBlock = kTpb;
+    c.vocabSize = kVocab;
+    return c;
+}
+
+Request greedy(std::vector<TokenIdType> prompt, SizeType maxNew)
+{
+    Request r;
+    r.inputTokenIds = std::move(prompt);
+    r.maxNewTokens = maxNew;
+    r.samplingConfig.temperature = 0.0F;
+    return r;
+}
+
+struct Fixture
+{
+    explicit Fixture(SizeType numBlocks = 32, ExecutorConfig const& config = smallConfig())
+        : backend(std::make_shared<test::FakeBackend>(numBlocks, config.tokensPerBlock, config.vocabSize))
+        , executor(config, backend)
+    {
+    }
+
+    std::shared_ptr<test::FakeBackend> backend;
+    Executor executor;
+    ResponseCollector responses;
+};
+} // namespace
+
+TEST(Executor, GreedyOutputsFollowTheModel)
+{
+    Fixture f;
+    std::vector<Request> requests{greedy({1, 2, 3}, 10), greedy({5, 9, 11, 13, 17, 19, 23}, 12), greedy({40}, 5)};
+    std::vector<IdType> ids;
+    for (auto const& r : requests)
+    {
+        ids.push_back(f.executor.enqueueRequest(r));
+    }
+    EXPECT_EQ(ids, (std::vector<IdType>{1, 2, 3}));
+    f.responses.collect(f.executor, ids);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+    {
+        auto const& o = f.responses.outcomes[ids[i]];
+        EXPECT_EQ(o.tokens, test::expectedGreedy(requests[i], 64, kVocab).tokens);
+        EXPECT_EQ(o.numResponses, 1);
+        EXPECT_EQ(o.final.finishReason, FinishReason::kLength);
+    }
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+}
+
+TEST(Executor, StreamingEqualsNonStreamingAndLogProbsAreExact)
+{
+    Fixture f;
+    Request plain = greedy({3, 1, 4, 1, 5}, 9);
+    plain.returnLogProbs = true;
+    Request streamed = plain;
+    streamed.streaming = true;
+    IdType const a = f.executor.enqueueRequest(plain);
+    IdType const b = f.executor.enqueueRequest(streamed);
+    f.responses.collect(f.executor, {a, b});
+    auto const& pa = f.responses.outcomes[a];
+    auto const& pb = f.responses.outcomes[b];
+    EXPECT_EQ(pa.tokens, pb.tokens);
+    EXPECT_EQ(pa.logProbs, pb.logProbs);
+    EXPECT_EQ(pb.numResponses, 9);
+    ASSERT_EQ(pa.logProbs.size(), 9U);
+    // The fake model puts 5 + noise on the favoured token and noise elsewhere.
+    std::vector<TokenIdType> context = plain.inputTokenIds;
+    for (std::size_t i = 0; i < pa.tokens.size(); ++i)
+    {
+        TokenIdType const fav = test::favouredToken(context, kVocab);
+        double z = 0.0;
+        for (TokenIdType v = 0; v < kVocab; ++v)
+        {
+            z += std::exp((v * 31 + fav * 17) % 23 * 0.1 + (v == fav ? 5.0 : 0.0));
+        }
+        double const expected = 5.0 + (fav * 31 + fav * 17) % 23 * 0.1 - std::log(z);
+        EXPECT_NEAR(pa.logProbs[i], expected, 1e-4);
+        context.push_back(pa.tokens[i]);
+    }
+}
+
+TEST(Executor, StopsAtEndIdStopWordsAndMaxSeqLen)
+{
+    Fixture f;
+    Request base = greedy({7, 8, 9}, 20);
+    auto const full = test::expectedGreedy(base, 64, kVocab).tokens;
+    Request withEnd = base;
+    withEnd.endId = full[4];
+    Request withStop = base;
+    withStop.stopWords = {{63, 63}, {full[2], full[3]}};
+    Request tooLong = greedy(std::vector<TokenIdType>(60, 5), 10);
+    IdType const e = f.executor.enqueueRequest(withEnd);
+    IdType const s = f.executor.enqueueRequest(withStop);
+    IdType const l = f.executor.enqueueRequest(tooLong);
+    f.responses.collect(f.executor, {e, s, l});
+    auto const endAt = static_cast<std::ptrdiff_t>(std::find(full.begin(), full.end(), full[4]) - full.begin()) + 1;
+    EXPECT_EQ(f.responses.outcomes[e].tokens, std::vector<TokenIdType>(full.begin(), full.begin() + endAt));
+    EXPECT_EQ(f.responses.outcomes[e].final.finishReason, FinishReason::kEndId);
+    EXPECT_EQ(f.responses.outcomes[s].tokens, test::expectedGreedy(withStop, 64, kVocab).tokens);
+    EXPECT_EQ(f.responses.outcomes[s].final.finishReason, FinishReason::kStopWords);
+    EXPECT_EQ(f.responses.outcomes[l].tokens.size(), 4U); // 60 + 4 = max_seq_len
+    EXPECT_EQ(f.responses.outcomes[l].final.finishReason, FinishReason::kLength);
+}
+
+TEST(Executor, BadRequestsGetOneLineErrors)
+{
+    Fixture f(8);
+    auto bad = [&](Request const& r) {
+        IdType const id = f.executor.enqueueRequest(r);
+        f.responses.collect(f.executor, {id});
+        auto const& o = f.responses.outcomes[id];
+        EXPECT_EQ(o.final.finishReason, FinishReason::kError);
+        return o.final.errorMessage;
+    };
+    EXPECT_EQ(bad(greedy({}, 4)), "bad request: input_token_ids is empty; pass at least one token");
+    EXPECT_EQ(bad(greedy({1, 64}, 4)), "bad request: input_token_ids[1] is 64, outside the vocabulary [0, 64)");
+    EXPECT_EQ(bad(greedy({1}, 0)), "bad request: max_new_tokens is 0; ask for at least 1 new token");
+    Request hot = greedy({1}, 4);
+    hot.samplingConfig.temperature = -1.0F;
+    EXPECT_EQ(bad(hot), "bad request: sampling_config: temperature is -1 but must be a finite value >= 0 (0 = greedy)");
+    Request stop = greedy({1}, 4);
+    stop.stopWords = {{}};
+    EXPECT_EQ(bad(stop), "bad request: stop_words[0] is empty; each stop word needs at least one token");
+    EXPECT_EQ(bad(greedy(std::vector<TokenIdType>(64, 1), 4)),
+        "bad request: the prompt has 64 tokens but max_seq_len is 64; shorten it to at most 63 tokens or build "
+        "the engine with a larger max_seq_len");
+    EXPECT_EQ(bad(greedy(std::vector<TokenIdType>(30, 1), 10)),
+        "bad request: a prompt of 30 tokens plus up to 10 new tokens needs 10 KV blocks but the cache has only 8; "
+        "lower max_new_tokens or give the backend more KV blocks");
+    IdType const good = f.executor.enqueueRequest(greedy({1, 2}, 3));
+    f.responses.collect(f.executor, {good});
+    EXPECT_EQ(f.responses.outcomes[good].final.finishReason, FinishReason::kLength);
+}
+
+TEST(Executor, BackendFailureFailsThatStepOnly)
+{
+    Fixture f;
+    f.backend->failWhen = [](StepInputs const& s) {
+        return std::find(s.inputIds.begin(), s.inputIds.end(), 63) != s.inputIds.end();
+    };
+    IdType const poisoned = f.executor.enqueueRequest(greedy({1, 63, 2}, 4));
+    f.responses.collect(f.executor, {poisoned});
+    auto const& o = f.responses.outcomes[poisoned];
+    EXPECT_EQ(o.final.finishReason, FinishReason::kError);
+    EXPECT_EQ(o.final.errorMessage, "the backend failed in step 0: injected failure in step 0");
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    Request const ok = greedy({1, 2}, 5);
+    IdType const fine = f.executor.enqueueRequest(ok);
+    f.responses.collect(f.executor, {fine});
+    EXPECT_EQ(f.responses.outcomes[fine].tokens, test::expectedGreedy(ok, 64, kVocab).tokens);
+}
+
+TEST(Executor, CancelMidStreamFreesBlocks)
+{
+    Fixture f;
+    std::atomic<bool> cancelled{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        while (f.backend->numSteps() > 2 && !cancelled)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    Request r = greedy({1, 2, 3}, 40);
+    r.streaming = true;
+    IdType const id = f.executor.enqueueRequest(r);
+    auto first = f.executor.awaitResponses(id, milliseconds(5000));
+    ASSERT_FALSE(first.empty());
+    f.executor.cancelRequest(id);
+    cancelled = true;
+    f.responses.add(first);
+    f.responses.collect(f.executor, {id});
+    auto const& o = f.responses.outcomes[id];
+    EXPECT_EQ(o.final.finishReason, FinishReason::kCancelled);
+    auto const full = test::expectedGreedy(r, 64, kVocab).tokens;
+    ASSERT_LT(o.tokens.size(), full.size());
+    EXPECT_EQ(o.tokens, std::vector<TokenIdType>(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(o.tokens.size())));
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    f.executor.cancelRequest(id); // answered: no-op
+    EXPECT_TRUE(f.executor.awaitResponses(id, milliseconds(0)).empty());
+}
+
+TEST(Executor, ShutdownAnswersPendingRequests)
+{
+    Fixture f;
+    std::atomic<bool> entered{false};
+    std::atomic<bool> release{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        entered = true;
+        while (!release)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    std::vector<IdType> ids;
+    for (TokenIdType t = 1; t <= 6; ++t)
+    {
+        ids.push_back(f.executor.enqueueRequest(greedy({t, t}, 10)));
+    }
+    while (!entered)
+    {
+        std::this_thread::sleep_for(milliseconds(1));
+    }
+    std::thread stopper([&] { f.executor.shutdown(); });
+    std::this_thread::sleep_for(milliseconds(20));
+    release = true;
+    stopper.join();
+    f.responses.collect(f.executor, ids);
+    for (IdType const id : ids)
+    {
+        auto const& o = f.responses.outcomes[id];
+        EXPECT_EQ(o.numFinals, 1);
+        EXPECT_EQ(o.final.finishReason, FinishReason::kCancelled);
+        EXPECT_EQ(o.final.errorMessage, "the executor shut down before the request finished");
+    }
+    IdType const late = f.executor.enqueueRequest(greedy({1}, 1));
+    auto const r = f.executor.awaitResponses(late, milliseconds(0));
+    ASSERT_EQ(r.size(), 1U);
+    EXPECT_EQ(r[0].errorMessage, "the executor is shut down; create a new one");
+    EXPECT_TRUE(f.executor.awaitResponses().empty()); // nothing in flight: returns at once
+    f.executor.shutdown();
+}
+
+TEST(Executor, SeededSamplingIgnoresBatching)
+{
+    Request seeded;
+    seeded.inputTokenIds = {4, 8, 15, 16, 23, 42};
+    seeded.maxNewTokens = 12;
+    seeded.samplingConfig.temperature = 1.5F;
+    seeded.samplingConfig.seed = 1234;
+    auto run = [&](int companions) {
+        Fixture f;
+        std::vector<IdType> ids;
+        for (int i = 0; i < companions; ++i)
+        {
+            Request other = seeded;
+            other.inputTokenIds = {static_cast<TokenIdType>(i + 1), 2, 3};
+            other.samplingConfig.seed = static_cast<std::uint64_t>(i);
+            ids.push_back(f.executor.enqueueRequest(other));
+        }
+        IdType const id = f.executor.enqueueRequest(seeded);
+        ids.push_back(id);
+        f.responses.collect(f.executor, ids);
+        return f.responses.outcomes[id].tokens;
+    };
+    auto const alone = run(0);
+    EXPECT_EQ(alone.size(), 12U);
+    EXPECT_EQ(alone, run(5));
+    EXPECT_NE(alone, test::expectedGreedy(seeded, 64, kVocab).tokens); // really sampled
+}
+
+TEST(Executor, PreemptionKeepsOutputsExactAndPrefixReuseSavesCompute)
+{
+    ExecutorConfig config = smallConfig(64);
+    config.maxBatchSize = 6;
+    config.maxNumTokens = 64;
+    Fixture f(12, config);
+    std::atomic<bool> go{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        while (!go)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    std::vector<Request> requests;
+    std::vector<IdType> ids;
+    for (TokenIdType i = 0; i < 6; ++i)
+    {
+        requests.push_back(greedy({1, 2, 3, 4, 5, 6, 7, static_cast<TokenIdType>(10 + i)}, 24));
+        ids.push_back(f.executor.enqueueRequest(requests.back()));
+    }
+    go = true;
+    f.responses.collect(f.executor, ids);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+    {
+        EXPECT_EQ(f.responses.outcomes[ids[i]].tokens, test::expectedGreedy(requests[i], 64, kVocab).tokens);
+    }
+    auto const stats = f.executor.getLatestIterationStats();
+    ASSERT_TRUE(stats.has_value());
+    EXPECT_GT(stats->totalPreemptions, 0);
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+
+    // The same 20-token prompt twice: the second computes only its last (partial) block.
+    Fixture g;
+    Request const prompt20 = greedy({9, 8, 7, 6, 5, 4, 3, 2, 1, 9, 8, 7, 6, 5, 4, 3, 2, 1, 9, 8}, 2);
+    IdType const first = g.executor.enqueueRequest(prompt20);
+    g.responses.collect(g.executor, {first});
+    auto const before = g.executor.getLatestIterationStats().value();
+    EXPECT_EQ(before.totalComputedPromptTokens, 20);
+    IdType const second = g.executor.enqueueRequest(prompt20);
+    g.responses.collect(g.executor, {second});
+    auto const after = g.executor.getLatestIterationStats().value();
+    EXPECT_EQ(after.totalComputedPromptTokens, 24);
+    EXPECT_EQ(after.totalReusedTokens, 16);
+    EXPECT_EQ(g.responses.outcomes[first].tokens, g.responses.outcomes[second].tokens);
+    auto const kv = g.executor.getKvCacheStats();
+    EXPECT_EQ(kv.reusedTokens, 16);
+    EXPECT_EQ(kv.lookedUpTokens, 40);
+    EXPECT_GT(kv.cachedBlocks, 0);
+}
+
+TEST(Executor, RejectsBadConfigs)
+{
+    auto backend = std::make_shared<test::FakeBackend>(8, 4, 16);
+    ExecutorConfig c = smallConfig();
+    c.vocabSize = 0;
+    EXPECT_THROW(Executor(c, backend), std::invalid_argument);
+    EXPECT_THROW(Executor(smallConfig(), nullptr), std::invalid_argument);
+    EXPECT_THROW(Executor(smallConfig(), std::make_shared<test::FakeBackend>(0, 4, 16)), std::invalid_argument);
+}

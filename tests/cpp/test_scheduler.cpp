@@ -1,0 +1,201 @@
+#include "runtime/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <utility>
+
+using kiln::IdType;
+using kiln::KvCacheConfig;
+using kiln::KvCacheManager;
+using kiln::Scheduler;
+using kiln::SchedulerConfig;
+using kiln::SchedulerOutput;
+using kiln::SizeType;
+using kiln::TokenIdType;
+using Step = std::vector<std::pair<IdType, SizeType>>;
+
+namespace
+{
+std::vector<TokenIdType> prompt(SizeType n, TokenIdType first = 1)
+{
+    std::vector<TokenIdType> t(static_cast<std::size_t>(n));
+    std::iota(t.begin(), t.end(), first);
+    return t;
+}
+
+/// Runs steps like the executor does, with a model that always emits token 9.
+class Harness
+{
+public:
+    Harness(SchedulerConfig const& config, KvCacheConfig const& kv)
+        : kvCache(kv)
+        , scheduler(config, kvCache)
+    {
+    }
+
+    void add(IdType id, SizeType promptLen, SizeType maxNew, SizeType priority = 0, TokenIdType first = 1)
+    {
+        ASSERT_EQ(scheduler.addRequest(id, prompt(promptLen, first), maxNew, priority), std::nullopt);
+    }
+
+    /// One step: what ran, as (id, tokens).
+    Step step()
+    {
+        last = scheduler.schedule();
+        Step ran;
+        scheduler.updateComputed(last);
+        for (auto const& s : last.sequences)
+        {
+            ran.emplace_back(s.id, s.numTokens);
+            if (s.samplesNextToken)
+            {
+                scheduler.appendToken(s.id, 9);
+                auto const* seq = scheduler.find(s.id);
+                if (seq->numGeneratedTokens() == seq->maxNewTokens)
+                {
+                    finished.push_back(s.id);
+                    scheduler.removeRequest(s.id);
+                }
+            }
+        }
+        return ran;
+    }
+
+    KvCacheManager kvCache;
+    Scheduler scheduler;
+    SchedulerOutput last;
+    std::vector<IdType> finished;
+};
+} // namespace
+
+TEST(Scheduler, FillsTheTokenBudgetDecodesFirstThenChunks)
+{
+    Harness h({4, 8, 64}, {32, 4, false});
+    h.add(1, 5, 3);
+    h.add(2, 10, 2);
+    h.add(3, 3, 2);
+    EXPECT_EQ(h.step(), (Step{{1, 5}, {2, 3}}));
+    EXPECT_EQ(h.last.numPrefillTokens, 8);
+    EXPECT_FALSE(h.last.sequences[1].samplesNextToken);
+    EXPECT_EQ(h.step(), (Step{{1, 1}, {2, 7}}));
+    EXPECT_TRUE(h.last.sequences[0].isDecode);
+    EXPECT_EQ(h.last.sequences[1].startPosition, 3);
+    EXPECT_EQ(h.step(), (Step{{1, 1}, {2, 1}, {3, 3}}));
+    EXPECT_EQ(h.last.numDecodeTokens, 2);
+    EXPECT_EQ(h.last.numPrefillTokens, 3);
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1, 2}));
+    EXPECT_EQ(h.step(), (Step{{3, 1}}));
+    EXPECT_FALSE(h.scheduler.hasUnfinished());
+    EXPECT_TRUE(h.scheduler.schedule().empty());
+    EXPECT_EQ(h.kvCache.stats().usedBlocks, 0);
+}
+
+TEST(Scheduler, RespectsMaxBatchSize)
+{
+    Harness h({2, 100, 64}, {32, 4, false});
+    h.add(1, 2, 2);
+    h.add(2, 2, 2);
+    h.add(3, 2, 2);
+    EXPECT_EQ(h.step(), (Step{{1, 2}, {2, 2}}));
+    EXPECT_EQ(h.scheduler.waitingIds(), (std::vector<IdType>{3}));
+    EXPECT_EQ(h.step(), (Step{{1, 1}, {2, 1}}));
+    EXPECT_EQ(h.step(), (Step{{3, 2}}));
+}
+
+TEST(Scheduler, AdmitsByPriorityThenArrival)
+{
+    Harness h({1, 100, 64}, {32, 4, false});
+    h.add(1, 2, 1, 0);
+    h.add(2, 2, 1, 5);
+    h.add(3, 2, 1, 0);
+    h.add(4, 2, 1, 5);
+    EXPECT_EQ(h.scheduler.waitingIds(), (std::vector<IdType>{2, 4, 1, 3}));
+    EXPECT_EQ(h.step(), (Step{{2, 2}}));
+    EXPECT_EQ(h.step(), (Step{{4, 2}}));
+    EXPECT_EQ(h.step(), (Step{{1, 2}}));
+    EXPECT_EQ(h.step(), (Step{{3, 2}}));
+}
+
+TEST(Scheduler, PreemptsTheNewestAndResumesItWithItsTokens)
+{
+    // 4 blocks of 2 tokens: two sequences of 4 tokens fill the pool.
+    Harness h({4, 16, 64}, {4, 2, false});
+    h.add(1, 3, 4);
+    h.add(2, 3, 4);
+    EXPECT_EQ(h.step(), (Step{{1, 3}, {2, 3}}));
+    EXPECT_EQ(h.step(), (Step{{1, 1}, {2, 1}}));
+    // Request 1 needs a third block: request 2 (newest) is preempted; nobody is admitted.
+    EXPECT_EQ(h.step(), (Step{{1, 1}}));
+    EXPECT_EQ(h.last.preempted, (std::vector<IdType>{2}));
+    EXPECT_EQ(h.scheduler.numPreemptions(), 1);
+    EXPECT_EQ(h.scheduler.waitingIds(), (std::vector<IdType>{2}));
+    EXPECT_EQ(h.scheduler.find(2)->tokens, (std::vector<TokenIdType>{1, 2, 3, 9, 9}));
+    EXPECT_EQ(h.scheduler.find(2)->numComputedTokens, 0);
+    // Request 2 needs 3 blocks to recompute 5 tokens; only 1 is free until request 1 finishes.
+    EXPECT_EQ(h.step(), (Step{{1, 1}}));
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1}));
+    EXPECT_EQ(h.step(), (Step{{2, 5}}));
+    EXPECT_FALSE(h.last.sequences[0].isDecode);
+    EXPECT_EQ(h.step(), (Step{{2, 1}}));
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1, 2}));
+    EXPECT_EQ(h.kvCache.stats().usedBlocks, 0);
+}
+
+TEST(Scheduler, PreemptsItselfWhenItIsTheNewest)
+{
+    Harness h({4, 16, 64}, {4, 2, false});
+    h.add(1, 4, 3); // 3 blocks at most
+    h.add(2, 2, 3); // 2 blocks at most
+    EXPECT_EQ(h.step(), (Step{{1, 4}, {2, 2}}));
+    // Request 1 (oldest) needs block 3 of 4: free; request 2 then needs a second block: none is
+    // left, and it is the newest, so it preempts itself.
+    EXPECT_EQ(h.step(), (Step{{1, 1}}));
+    EXPECT_EQ(h.last.preempted, (std::vector<IdType>{2}));
+    EXPECT_EQ(h.step(), (Step{{1, 1}}));
+    EXPECT_EQ(h.step(), (Step{{2, 3}}));
+    EXPECT_EQ(h.step(), (Step{{2, 1}}));
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1, 2}));
+}
+
+TEST(Scheduler, ChunkedPrefillOfALongPrompt)
+{
+    Harness h({4, 4, 64}, {32, 4, false});
+    h.add(1, 10, 1);
+    h.add(2, 1, 1);
+    EXPECT_EQ(h.step(), (Step{{1, 4}}));
+    EXPECT_EQ(h.step(), (Step{{1, 4}}));
+    EXPECT_EQ(h.step(), (Step{{1, 2}, {2, 1}}));
+    EXPECT_TRUE(h.last.sequences[0].samplesNextToken);
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1, 2}));
+}
+
+TEST(Scheduler, ReusesCachedPrefixOnAdmission)
+{
+    Harness h({4, 64, 64}, {32, 4, true});
+    h.add(1, 10, 1);
+    EXPECT_EQ(h.step(), (Step{{1, 10}}));
+    h.add(2, 10, 1); // same prompt: 2 full blocks cached, the last token's block recomputed
+    EXPECT_EQ(h.step(), (Step{{2, 2}}));
+    EXPECT_EQ(h.last.sequences[0].startPosition, 8);
+    EXPECT_EQ(h.kvCache.stats().reusedTokens, 8);
+}
+
+TEST(Scheduler, RejectsRequestsThatCanNeverRun)
+{
+    KvCacheManager kv(KvCacheConfig{4, 4, true});
+    Scheduler s({4, 64, 32}, kv);
+    EXPECT_EQ(s.addRequest(1, prompt(32), 1),
+        "the prompt has 32 tokens but max_seq_len is 32; shorten it to at most 31 tokens or build the engine "
+        "with a larger max_seq_len");
+    EXPECT_EQ(s.addRequest(2, prompt(10), 8),
+        "a prompt of 10 tokens plus up to 8 new tokens needs 5 KV blocks but the cache has only 4; lower "
+        "max_new_tokens or give the backend more KV blocks");
+    EXPECT_EQ(s.addRequest(3, prompt(10), 7), std::nullopt); // 16 KV tokens: 4 blocks
+    EXPECT_EQ(s.addRequest(4, {}, 7), "the prompt is empty; pass at least one input token");
+    EXPECT_EQ(s.addRequest(5, prompt(3), 0), "max_new_tokens is 0; ask for at least 1 new token");
+    EXPECT_EQ(s.addRequest(3, prompt(3), 1), "request id 3 is already scheduled");
+    EXPECT_EQ(s.waitingIds(), (std::vector<IdType>{3}));
+    EXPECT_TRUE(s.removeRequest(3));
+    EXPECT_FALSE(s.removeRequest(3));
+}
