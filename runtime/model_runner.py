@@ -22,7 +22,8 @@ def _available_ram() -> int:
         return 8 << 30
 
 
-def _pick_device(device: str | None) -> str:
+def pick_device(device: str | None) -> str:
+    """Returns "cpu" or "cuda": the one asked for (checked), or the GPU when there is one."""
     if device not in (None, "cpu", "cuda"):
         raise KilnError(f"device {device!r} is not supported; use 'cpu', 'cuda' or None (auto)")
     has_gpu = hasattr(_core, "PlanExecutor") and torch.cuda.is_available()
@@ -57,7 +58,7 @@ class ModelRunner:
         if not 0.0 < kv_cache_free_gpu_memory_fraction <= 1.0:
             raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                             f"{kv_cache_free_gpu_memory_fraction}")
-        device = _pick_device(device)
+        device = pick_device(device)
         max_blocks = None
         if max_tokens_in_paged_kv_cache is not None:
             if max_tokens_in_paged_kv_cache < build.tokens_per_block:

@@ -1,0 +1,1 @@
+"""engine-bench: throughput and latency of an engine, beside HuggingFace and the roofline."""

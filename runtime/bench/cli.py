@@ -1,0 +1,305 @@
+"""engine-bench: prepare datasets, measure throughput and latency, against HuggingFace."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kiln.builder.cli import one_line_errors
+from kiln.builder.errors import KilnError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+# Decode tokens of the batch-1 probe that every throughput report sets against the roofline.
+PROBE_TOKENS = 64
+
+
+@click.group(context_settings=CONTEXT)
+def bench_main():
+    """Benchmark a Kiln engine: datasets, throughput, latency, HuggingFace and the roofline."""
+
+
+# -- prepare ------------------------------------------------------------------------------
+
+@bench_main.group(context_settings=CONTEXT)
+@click.option("--output", "-o", default="-", show_default=True, type=click.Path(),
+              help="JSON-lines file to write ('-': standard output).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def prepare(ctx, output, seed):
+    """Write a synthetic dataset: one {"input_ids", "output_tokens"} object a line."""
+    ctx.obj = {"output": output, "seed": seed}
+
+
+def _lengths(f):
+    for name, what in (("output", "Output"), ("input", "Input")):
+        f = click.option(f"--{name}-stdev", type=float, default=0.0, show_default=True,
+                         help=f"{what} length standard deviation (0: fixed).")(f)
+        f = click.option(f"--{name}-mean", type=float, required=name == "output",
+                         help=f"{what} length mean (tokens).")(f)
+    return click.option("--num-requests", type=int, required=True)(f)
+
+
+def _emit(ctx, requests) -> None:
+    from kiln.runtime.bench.dataset import DatasetStats, write_jsonl
+
+    output = ctx.obj["output"]
+    if output == "-":
+        for r in requests:
+            click.echo(json.dumps({"task_id": r.task_id, "input_ids": r.input_ids,
+                                   "output_tokens": r.output_tokens}))
+    else:
+        write_jsonl(output, requests)
+    click.echo(f"dataset: {DatasetStats.of(requests).describe()}"
+               + ("" if output == "-" else f" -> {output}"), err=True)
+
+
+def _engine_vocab(engine_dir: str) -> int:
+    from kiln.builder.engine.loader import EngineConfig
+
+    config, _ = EngineConfig.read(Path(engine_dir) / "config.json")
+    return config.model.vocab_size
+
+
+@prepare.command("token-norm-dist", context_settings=CONTEXT)
+@_lengths
+@click.option("--engine", "engine_dir", type=click.Path(), help="Engine whose vocabulary to draw from.")
+@click.option("--vocab-size", type=int, help="Vocabulary size to draw from (instead of --engine).")
+@click.pass_context
+@one_line_errors
+def token_norm_dist(ctx, num_requests, input_mean, input_stdev, output_mean, output_stdev,
+                    engine_dir, vocab_size):
+    """Random token ids with normally distributed (or fixed) input and output lengths."""
+    from kiln.runtime.bench.dataset import LengthDist, synthetic
+
+    if (engine_dir is None) == (vocab_size is None):
+        raise KilnError("pass exactly one of --engine DIR and --vocab-size N")
+    if input_mean is None:
+        raise KilnError("pass --input-mean (the mean prompt length in tokens)")
+    vocab = vocab_size if vocab_size is not None else _engine_vocab(engine_dir)
+    _emit(ctx, synthetic(num_requests, LengthDist(input_mean, input_stdev),
+                         LengthDist(output_mean, output_stdev), vocab, ctx.obj["seed"]))
+
+
+@prepare.command("text", context_settings=CONTEXT)
+@click.argument("text_file", type=click.Path())
+@_lengths
+@click.option("--engine", "engine_dir", type=click.Path(), help="Engine whose tokenizer to use.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(),
+              help="HuggingFace tokenizer directory (instead of --engine).")
+@click.option("--lines", is_flag=True, help="One prompt per line, at its own length (no --input-mean).")
+@click.pass_context
+@one_line_errors
+def text(ctx, text_file, num_requests, input_mean, input_stdev, output_mean, output_stdev,
+         engine_dir, tokenizer_dir, lines):
+    """Prompts cut from a text file by a tokenizer: windows of the drawn length, or lines."""
+    from kiln.runtime.bench.dataset import LengthDist, from_lines, from_text
+
+    if (engine_dir is None) == (tokenizer_dir is None):
+        raise KilnError("pass exactly one of --engine DIR and --tokenizer DIR")
+    path = Path(text_file)
+    if not path.is_file():
+        raise KilnError(f"text file {path} does not exist")
+    tokenizer = _tokenizer(Path(engine_dir) / "tokenizer" if engine_dir else Path(tokenizer_dir))
+    content = path.read_text(encoding="utf-8", errors="replace")
+    outputs, seed = LengthDist(output_mean, output_stdev), ctx.obj["seed"]
+    if lines:
+        requests = from_lines(content, lambda s: tokenizer(s)["input_ids"], num_requests, outputs, seed)
+    else:
+        if input_mean is None:
+            raise KilnError("pass --input-mean (prompt length in tokens) or --lines")
+        requests = from_text(content, lambda s: tokenizer(s, add_special_tokens=False)["input_ids"],
+                             num_requests, LengthDist(input_mean, input_stdev), outputs, seed)
+    _emit(ctx, requests)
+
+
+def _tokenizer(directory: Path):
+    if not (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
+        raise KilnError(f"{directory} holds no tokenizer; pass --tokenizer with a HuggingFace "
+                        "tokenizer directory, or use token-norm-dist")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(directory)
+
+
+# -- throughput and latency ---------------------------------------------------------------
+
+def _common(f):
+    for option in reversed([
+        click.option("--engine", "engine_dir", required=True, type=click.Path(), help="Engine directory."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--baseline", type=click.Choice(["hf"]),
+                     help="Also run HuggingFace transformers generate on the same device."),
+        click.option("--json", "json_path", type=click.Path(),
+                     help="Write the report as JSON to this file ('-': standard output)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]):
+        f = option(f)
+    return f
+
+
+@bench_main.command(context_settings=CONTEXT)
+@_common
+@click.option("--dataset", required=True, type=click.Path(), help="JSON lines from `engine-bench prepare`.")
+@click.option("--num-requests", type=int, help="Use only the first N requests of the dataset.")
+@click.option("--concurrency", help="Most requests in flight; a comma list (1,8,64) runs a sweep.")
+@click.option("--request-rate", type=float, help="Requests per second, Poisson arrivals. "
+              "Default: all requests at once.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed requests first.")
+@click.option("--max-batch-size", type=int, help="Default: the engine's.")
+@click.option("--max-num-tokens", type=int, help="Default: the engine's.")
+@click.option("--kv-cache-free-gpu-memory-fraction", "kv_fraction", type=float, default=0.9, show_default=True)
+@click.option("--kv-cache-reuse/--no-kv-cache-reuse", default=False, show_default=True,
+              help="Prefix caching (off: repeated prompts would not be computed).")
+@click.option("--baseline-max-requests", type=int, help="Run only the first N requests through HF.")
+@click.option("--baseline-batch-size", type=int, help="HF static batch size. Default: Kiln's max batch.")
+@click.option("--plot", "plot_path", type=click.Path(), help="PNG of latency against throughput.")
+@one_line_errors
+def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_requests, concurrency,
+               request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, kv_cache_reuse,
+               baseline_max_requests, baseline_batch_size, plot_path):
+    """Throughput and latency of a dataset: all at once, at a rate, or at fixed concurrency."""
+    from kiln.runtime import ModelRunner
+    from kiln.runtime.bench import baseline_hf, report
+    from kiln.runtime.bench.dataset import DatasetStats, check_fits, read_jsonl
+    from kiln.runtime.bench.latency import run_latency
+    from kiln.runtime.bench.throughput import Load, run_throughput, warm_up
+
+    requests = read_jsonl(dataset)
+    if num_requests is not None:
+        if num_requests < 1:
+            raise KilnError(f"--num-requests must be at least 1, got {num_requests}")
+        requests = requests[:num_requests]
+    loads = [Load(c, request_rate, seed) for c in _concurrencies(concurrency)]
+    for name, value in (("--baseline-max-requests", baseline_max_requests),
+                        ("--baseline-batch-size", baseline_batch_size)):
+        if value is not None and (not baseline or value < 1):
+            raise KilnError(f"{name} takes a positive count and applies with --baseline hf only")
+    _check_outputs(json_path, plot_path)
+    device, bandwidth = _device_and_bandwidth(device)
+    with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
+                              max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,
+                              kv_cache_free_gpu_memory_fraction=kv_fraction) as runner:
+        check_fits(requests, runner.max_seq_len, runner.vocab_size)
+        warm_up(runner, requests, warmup, runner.vocab_size, seed)
+        runs = [run_throughput(runner, requests, load) for load in loads]
+        probe_len = min(PROBE_TOKENS, runner.max_seq_len - 1)
+        prompt = requests[0].input_ids[: runner.max_seq_len - probe_len]
+        probe = run_latency(runner, prompt, probe_len, iterations=2, warmup=0)
+        engine, kiln_batch = runner.engine, runner.executor.config.max_batch_size
+    del runner  # its device memory goes back before HF needs it
+    doc = _document("throughput", device, engine)
+    doc["dataset"] = DatasetStats.of(requests).to_json()
+    doc["runs"] = [run.to_json() for run in runs]
+    doc["baseline"] = None
+    if baseline:
+        baseline_hf.free_memory()
+        share = requests[: baseline_max_requests] if baseline_max_requests else requests
+        model, weights = baseline_hf.load_hf_model(engine, device)
+        hf = baseline_hf.run_hf_throughput(model, weights, share, baseline_batch_size or kiln_batch, device)
+        del model
+        baseline_hf.free_memory()
+        best = max(doc["runs"], key=lambda r: r["metrics"]["output_tokens_per_s"])["metrics"]
+        doc["baseline"] = hf.to_json() | {"ratio": report.ratios(
+            best, hf.metrics.to_json(), ("requests_per_s", "output_tokens_per_s", "total_tokens_per_s"))}
+    _finish(doc, engine, bandwidth, probe.decode_tokens_per_s, json_path)
+    if plot_path:
+        report.plot(doc, plot_path)
+        click.echo(f"plot -> {plot_path}", err=True)
+
+
+@bench_main.command(context_settings=CONTEXT)
+@_common
+@click.option("--input-len", type=int, default=128, show_default=True)
+@click.option("--output-len", type=int, default=128, show_default=True)
+@click.option("--iterations", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@one_line_errors
+def latency(engine_dir, device, baseline, json_path, seed, input_len, output_len, iterations, warmup):
+    """Batch-1 decode tokens/s and time to first token for one input/output length."""
+    from kiln.runtime import ModelRunner
+    from kiln.runtime.bench import baseline_hf
+    from kiln.runtime.bench.latency import random_prompt, run_latency
+
+    if input_len < 1:
+        raise KilnError(f"--input-len must be at least 1, got {input_len}")
+    _check_outputs(json_path, None)
+    device, bandwidth = _device_and_bandwidth(device)
+    with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=1,
+                              enable_kv_cache_reuse=False) as runner:
+        if input_len + output_len > runner.max_seq_len:
+            raise KilnError(f"--input-len {input_len} + --output-len {output_len} exceeds the "
+                            f"engine's max_seq_len {runner.max_seq_len}; use shorter lengths")
+        prompt = random_prompt(input_len, runner.vocab_size, seed)
+        kiln = run_latency(runner, prompt, output_len, iterations, warmup)
+        engine = runner.engine
+    del runner
+    doc = _document("latency", device, engine)
+    doc["latency"] = {"kiln": kiln.to_json(), "hf": None, "ratio": None}
+    if baseline:
+        baseline_hf.free_memory()
+        model, weights = baseline_hf.load_hf_model(engine, device)
+        hf = baseline_hf.run_hf_latency(model, prompt, output_len, iterations, warmup, device)
+        del model
+        baseline_hf.free_memory()
+        doc["latency"] |= {"hf": hf.to_json() | {"weights": weights}, "ratio": {
+            "decode_tokens_per_s": kiln.decode_tokens_per_s / hf.decode_tokens_per_s,
+            "ttft_speedup": hf.ttft_ms.p50 / kiln.ttft_ms.p50}}
+    _finish(doc, engine, bandwidth, kiln.decode_tokens_per_s, json_path)
+
+
+def _concurrencies(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise KilnError(f"--concurrency takes integers separated by commas (e.g. 1,8,64), "
+                        f"got {text!r}") from None
+    if not values:
+        raise KilnError("--concurrency is empty; give e.g. 64 or 1,8,64")
+    return values
+
+
+def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
+    """Refuse unwritable outputs before a long run, not after it."""
+    for option, path in (("--json", json_path), ("--plot", plot_path)):
+        if path and path != "-" and not Path(path).resolve().parent.is_dir():
+            raise KilnError(f"{option} {path}: its folder does not exist; create it or choose another path")
+    if plot_path:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            raise KilnError("--plot needs matplotlib: pip install matplotlib (or kiln[bench])")
+
+
+def _device_and_bandwidth(asked: str):
+    """The device the runner will use, and its copy bandwidth, measured before the runner
+    takes its memory."""
+    from kiln.runtime.bench.roofline import measure_copy_bandwidth
+    from kiln.runtime.model_runner import pick_device
+
+    device = pick_device(None if asked == "auto" else asked)
+    return device, measure_copy_bandwidth(device)
+
+
+def _document(command: str, device: str, engine) -> dict:
+    from kiln.runtime.bench import report
+
+    return {"schema": report.SCHEMA_ID, "command": command, "date": report.now_utc(),
+            "env": report.environment(device), "engine": report.engine_info(engine)}
+
+
+def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: str | None) -> None:
+    from kiln.runtime.bench import report
+    from kiln.runtime.bench.roofline import Roofline, decode_bytes_per_token, weight_bytes
+
+    roofline = Roofline(weight_bytes(engine), decode_bytes_per_token(engine), bandwidth)
+    doc["roofline"] = roofline.to_json(kiln_tokens_per_s)
+    table = report.render(doc)
+    if json_path == "-":
+        click.echo(table, err=True)
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
+        click.echo(f"json -> {json_path}", err=True)

@@ -1,0 +1,132 @@
+"""Benchmark metrics from a timeline: when each request was sent and each of its tokens came.
+
+Definitions (those of trtllm-bench and vLLM's benchmarks):
+- time to first token (TTFT): first token's arrival - the request's arrival;
+- inter-token latency (ITL): per request, (last token - first token) / (tokens - 1);
+- end-to-end latency (E2E): last token's arrival - the request's arrival;
+- throughput: counts over the run's duration, from its start to the last token of any request.
+Percentiles interpolate linearly between the two nearest ranks (numpy's default).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(slots=True)
+class RequestTiming:
+    """One request's timeline, in seconds of one clock; a token time per output token."""
+    arrival: float
+    input_len: int
+    token_times: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.arrival
+
+    @property
+    def e2e(self) -> float:
+        return self.token_times[-1] - self.arrival
+
+    @property
+    def itl(self) -> float | None:
+        n = len(self.token_times)
+        return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Mean and percentiles of a latency, in milliseconds."""
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @classmethod
+    def of_seconds(cls, values: list[float]) -> "Distribution | None":
+        if not values:
+            return None
+        ms = np.asarray(values, dtype=np.float64) * 1e3
+        p50, p90, p99 = (float(np.percentile(ms, q)) for q in PERCENTILES)
+        return cls(float(ms.mean()), p50, p90, p99)
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
+
+
+@dataclass(slots=True)
+class StepLog:
+    """The executor's per-step stats, as seen by polling its latest ones during a run."""
+    first_iteration: int | None = None
+    last_iteration: int | None = None
+    steps_seen: int = 0
+    peak_batch: int = 0
+    peak_running: int = 0
+    peak_kv_blocks: int = 0
+    preemptions_at_start: int | None = None
+    preemptions: int = 0
+
+    def observe(self, stats: dict | None) -> None:
+        if stats is None or stats["iteration"] == self.last_iteration:
+            return
+        if self.first_iteration is None:
+            self.first_iteration = stats["iteration"]
+            self.preemptions_at_start = stats["total_preemptions"]
+        self.last_iteration = stats["iteration"]
+        self.steps_seen += 1
+        self.peak_batch = max(self.peak_batch, stats["num_scheduled_requests"])
+        self.peak_running = max(self.peak_running, stats["num_running_requests"])
+        self.peak_kv_blocks = max(self.peak_kv_blocks, stats["kv_used_blocks"])
+        self.preemptions = stats["total_preemptions"] - self.preemptions_at_start
+
+    @property
+    def steps_total(self) -> int:
+        if self.first_iteration is None:
+            return 0
+        return self.last_iteration - self.first_iteration + 1
+
+
+@dataclass(slots=True)
+class RunMetrics:
+    num_requests: int
+    duration_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    total_output_tokens: int
+    ttft_ms: Distribution
+    itl_ms: Distribution | None
+    e2e_ms: Distribution
+
+    def to_json(self) -> dict:
+        return {"num_requests": self.num_requests, "duration_s": self.duration_s,
+                "requests_per_s": self.requests_per_s,
+                "output_tokens_per_s": self.output_tokens_per_s,
+                "total_tokens_per_s": self.total_tokens_per_s,
+                "total_output_tokens": self.total_output_tokens,
+                "ttft_ms": self.ttft_ms.to_json(),
+                "itl_ms": self.itl_ms.to_json() if self.itl_ms else None,
+                "e2e_ms": self.e2e_ms.to_json()}
+
+
+def summarize(timings: list[RequestTiming], start: float) -> RunMetrics:
+    """Throughput and latency of a finished run that began at `start`."""
+    done = [t for t in timings if t.token_times]
+    if len(done) != len(timings) or not done:
+        raise ValueError("every request of a run must have produced tokens")
+    end = max(t.token_times[-1] for t in done)
+    duration = end - start
+    if duration <= 0:
+        raise ValueError(f"a run must take time; it began at {start} and ended at {end}")
+    out_tokens = sum(len(t.token_times) for t in done)
+    in_tokens = sum(t.input_len for t in done)
+    itls = [t.itl for t in done if t.itl is not None]
+    return RunMetrics(
+        num_requests=len(done), duration_s=duration, requests_per_s=len(done) / duration,
+        output_tokens_per_s=out_tokens / duration,
+        total_tokens_per_s=(in_tokens + out_tokens) / duration, total_output_tokens=out_tokens,
+        ttft_ms=Distribution.of_seconds([t.ttft for t in done]),
+        itl_ms=Distribution.of_seconds(itls), e2e_ms=Distribution.of_seconds([t.e2e for t in done]))

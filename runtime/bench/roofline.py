@@ -1,0 +1,111 @@
+"""The batch-1 decode roofline: one token cannot come faster than its weights can be read.
+
+At batch 1 every decode step streams each weight matrix once, so
+    roofline tokens/s = bytes read per token / memory bandwidth,
+with the bandwidth measured in the same run as a large device-to-device copy (what a kernel
+that only reads and writes memory achieves, rather than the datasheet's peak). KV cache reads
+are left out: they only lower the true ceiling, so the fraction reported is conservative.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kiln.builder.ir import dtype_size
+
+GPU_COPY_BYTES = 1 << 30
+CPU_COPY_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Bandwidth:
+    bytes_per_s: float
+    method: str
+    buffer_bytes: int
+
+    def to_json(self) -> dict:
+        return {"bytes_per_s": self.bytes_per_s, "method": self.method,
+                "buffer_bytes": self.buffer_bytes}
+
+
+def measure_copy_bandwidth(device: str, nbytes: int | None = None,
+                           iterations: int | None = None) -> Bandwidth:
+    """Copy bandwidth counting read + write bytes: CUDA events on a GPU, the host clock on CPU."""
+    if device == "cuda":
+        nbytes = nbytes or min(GPU_COPY_BYTES, torch.cuda.mem_get_info()[0] // 4)
+        iterations = iterations or 20
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(iterations):
+            dst.copy_(src)
+        end.record()
+        end.synchronize()
+        seconds = begin.elapsed_time(end) / 1e3
+        name = torch.cuda.get_device_name()
+        method = f"device-to-device copy of {nbytes >> 20} MiB on {name}, timed with CUDA events"
+    else:
+        nbytes = nbytes or CPU_COPY_BYTES
+        iterations = iterations or 5
+        src = torch.ones(nbytes, dtype=torch.uint8)
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            dst.copy_(src)
+        seconds = time.perf_counter() - start
+        method = f"host memcpy of {nbytes >> 20} MiB (no GPU: the CPU backend's bound), host clock"
+    del src, dst
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the runner sizes its KV cache from the memory left free
+    return Bandwidth(2 * nbytes * iterations / seconds, method, nbytes)
+
+
+def weight_bytes(engine) -> int:
+    """Bytes of every weight in the engine."""
+    return sum(t.numel() * t.element_size() for t in engine.weights.values())
+
+
+def decode_bytes_per_token(engine) -> int:
+    """Weight bytes one batch-1 decode step reads: all of a weight, except a table that only
+    an embedding lookup reads, of which one row is read."""
+    graph = engine.graph
+    users: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            users.setdefault(name, set()).add(node.op)
+    total = 0
+    for name in graph.of_kind("weight"):
+        value = graph.values[name]
+        size = dtype_size(value.dtype)
+        for d in value.shape:
+            size *= d
+        if users.get(name) == {"embedding"}:
+            size //= value.shape[0]
+        total += size
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Roofline:
+    weight_bytes: int
+    bytes_per_token: int
+    bandwidth: Bandwidth
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.bandwidth.bytes_per_s / self.bytes_per_token
+
+    def fraction(self, tokens_per_s: float) -> float:
+        return tokens_per_s / self.tokens_per_s
+
+    def to_json(self, kiln_tokens_per_s: float | None) -> dict:
+        return {"weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token,
+                "bandwidth": self.bandwidth.to_json(), "tokens_per_s": self.tokens_per_s,
+                "kiln_tokens_per_s": kiln_tokens_per_s,
+                "fraction": None if kiln_tokens_per_s is None else self.fraction(kiln_tokens_per_s)}

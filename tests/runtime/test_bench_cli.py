@@ -1,0 +1,144 @@
+"""engine-bench throughput and latency end to end on a tiny CPU engine, with the HF baseline."""
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from kiln.runtime.bench.cli import bench_main
+from kiln.runtime.bench.dataset import LengthDist, synthetic, write_jsonl
+from kiln.runtime.bench.report import SCHEMA
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_engine, tmp_path_factory):
+    _, engine = tiny_engine("llama")
+    root = tmp_path_factory.mktemp("bench")
+    requests = synthetic(10, LengthDist(12, 4), LengthDist(6, 2), vocab_size=320, seed=0)
+    write_jsonl(root / "d.jsonl", requests)
+    return engine, root, requests
+
+
+def invoke(*args):
+    return CliRunner().invoke(bench_main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def sweep(setup):
+    engine, root, requests = setup
+    result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu",
+                    "--concurrency", "1,3", "--warmup", "1", "--baseline", "hf",
+                    "--baseline-max-requests", "5", "--baseline-batch-size", "2",
+                    "--json", root / "t.json", "--plot", root / "t.png")
+    assert result.exit_code == 0, result.output
+    return result, json.loads((root / "t.json").read_text())
+
+
+def test_throughput_sweep_report(setup, sweep):
+    _, _, requests = setup
+    result, doc = sweep
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["command"] == "throughput" and doc["env"]["device"] == "cpu"
+    assert doc["dataset"]["num_requests"] == 10
+    assert doc["dataset"]["total_output_tokens"] == sum(r.output_tokens for r in requests)
+    one, three = doc["runs"]
+    assert one["load"] == {"description": "concurrency 1", "concurrency": 1, "request_rate": None}
+    assert three["load"]["concurrency"] == 3
+    for run in (one, three):  # every output reached its target length
+        assert run["metrics"]["num_requests"] == 10
+        assert run["metrics"]["total_output_tokens"] == sum(r.output_tokens for r in requests)
+        assert run["kv_cache"]["tokens_per_block"] == 4 and run["preemptions"] == 0
+        assert 0 < run["kv_cache"]["peak_used_blocks"] <= run["kv_cache"]["total_blocks"]
+        assert 0 < run["steps"]["seen"] <= run["steps"]["total"]
+    assert one["peak_batch"] == 1 and one["peak_running"] == 1
+    assert 1 <= three["peak_batch"] <= 3 and three["peak_running"] <= 3
+    base = doc["baseline"]
+    assert (base["num_requests"], base["batch_size"], base["weights"]) == (5, 2, "the engine's weights")
+    assert base["metrics"]["total_output_tokens"] == sum(r.output_tokens for r in requests[:5])
+    best = max(doc["runs"], key=lambda r: r["metrics"]["output_tokens_per_s"])["metrics"]
+    assert base["ratio"]["output_tokens_per_s"] == best["output_tokens_per_s"] / base["metrics"]["output_tokens_per_s"]
+    roof = doc["roofline"]
+    assert roof["fraction"] == roof["kiln_tokens_per_s"] / roof["tokens_per_s"]
+    assert "host memcpy" in roof["bandwidth"]["method"]
+    out = result.stdout
+    for text in ("Kiln — concurrency 1", "Kiln — concurrency 3", "peak batch 1 ·",
+                 "HuggingFace — transformers generate, static batches of up to 2, longest first; "
+                 "the engine's weights (5 of 10 requests)", "Kiln/HF (best Kiln run): requests/s",
+                 "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests"):
+        assert text in out, text
+
+
+def test_plot_is_written(setup, sweep):
+    _, root, _ = setup
+    data = (root / "t.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_schema_is_not_vacuous(sweep):
+    _, doc = sweep
+    for breaks in (lambda d: d.pop("runs"), lambda d: d["runs"][0]["metrics"].pop("ttft_ms"),
+                   lambda d: d["runs"][0]["kv_cache"].update(peak_fraction=1.5),
+                   lambda d: d.update(schema="other/1"), lambda d: d["baseline"].pop("ratio")):
+        broken = copy.deepcopy(doc)
+        breaks(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, SCHEMA)
+
+
+def test_request_rate_to_stdout_json(setup):
+    engine, root, _ = setup
+    result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu",
+                    "--num-requests", "4", "--request-rate", "400", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["runs"][0]["load"]["request_rate"] == 400.0 and doc["baseline"] is None
+    assert doc["runs"][0]["metrics"]["num_requests"] == 4
+    assert "Kiln — 400 requests/s (Poisson)" in result.stderr
+
+
+def test_latency_with_baseline(setup):
+    engine, _, _ = setup
+    result = invoke("latency", "--engine", engine, "--device", "cpu", "--input-len", "9",
+                    "--output-len", "5", "--iterations", "2", "--baseline", "hf", "--json", "-")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, SCHEMA)
+    kiln, hf = doc["latency"]["kiln"], doc["latency"]["hf"]
+    assert (kiln["input_len"], kiln["output_len"], kiln["iterations"]) == (9, 5, 2)
+    assert hf["weights"] == "the engine's weights" and hf["iterations"] == 2
+    assert doc["latency"]["ratio"]["decode_tokens_per_s"] == kiln["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+    assert doc["roofline"]["kiln_tokens_per_s"] == kiln["decode_tokens_per_s"]
+    assert "batch 1 · input 9 · output 5 · 2 iterations" in result.stderr
+    assert "HuggingFace generate" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--concurrency", "2,x"], "--concurrency takes integers separated by commas (e.g. 1,8,64), got '2,x'"),
+    (["--concurrency", "0"], "--concurrency must be at least 1, got 0"),
+    (["--num-requests", "0"], "--num-requests must be at least 1, got 0"),
+    (["--baseline-max-requests", "4"], "--baseline-max-requests takes a positive count and applies "
+                                        "with --baseline hf only"),
+    (["--json", "/nonexistent/dir/t.json"], "--json /nonexistent/dir/t.json: its folder does not "
+                                            "exist; create it or choose another path"),
+])
+def test_throughput_refusals(setup, args, message):
+    engine, root, _ = setup
+    result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu", *args)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {message}"
+
+
+def test_dataset_too_long_for_the_engine(setup, tmp_path):
+    engine, _, _ = setup
+    write_jsonl(tmp_path / "long.jsonl", synthetic(2, LengthDist(100), LengthDist(40), 320))
+    result = invoke("throughput", "--engine", engine, "--dataset", tmp_path / "long.jsonl", "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: request 0 needs 100 + 40 tokens, more than the engine's "
+                                     "max_seq_len 128; rebuild with a larger --max-seq-len or prepare "
+                                     "shorter requests")
+    result = invoke("latency", "--engine", engine, "--device", "cpu", "--input-len", "100", "--output-len", "40")
+    assert result.stderr.strip().startswith("error: --input-len 100 + --output-len 40 exceeds")

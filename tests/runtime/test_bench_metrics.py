@@ -1,0 +1,110 @@
+"""engine-bench metric math on scripted timelines, arrivals, step stats and the roofline."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kiln.builder.errors import KilnError
+from kiln.runtime.bench.metrics import Distribution, RequestTiming, StepLog, summarize
+from kiln.runtime.bench.roofline import (Bandwidth, Roofline, decode_bytes_per_token,
+                                         measure_copy_bandwidth, weight_bytes)
+from kiln.runtime.bench.throughput import Load
+
+# Times are multiples of 1/8 s, exact in binary; only the percentile interpolation rounds.
+TIMELINE = [
+    RequestTiming(0.0, 5, [0.125, 0.25, 0.375, 0.5]),   # TTFT 125, ITL 125, E2E 500 ms
+    RequestTiming(0.0, 6, [0.25, 0.5, 0.75]),           # TTFT 250, ITL 250, E2E 750
+    RequestTiming(0.5, 7, [0.875, 1.125]),              # TTFT 375, ITL 250, E2E 625
+    RequestTiming(1.0, 8, [1.5]),                       # TTFT 500, no ITL, E2E 500
+]
+
+
+def _close(got: Distribution, want: Distribution) -> bool:
+    return got.to_json() == pytest.approx(want.to_json(), rel=1e-12, abs=0)
+
+
+def test_per_request_latencies():
+    t = TIMELINE[2]
+    assert (t.ttft, t.itl, t.e2e) == (0.375, 0.25, 0.625)
+    assert TIMELINE[3].itl is None
+
+
+def test_run_metrics_on_a_scripted_timeline():
+    m = summarize(TIMELINE, start=0.0)
+    assert m.num_requests == 4 and m.duration_s == 1.5 and m.total_output_tokens == 10
+    assert m.requests_per_s == 4 / 1.5
+    assert m.output_tokens_per_s == 10 / 1.5
+    assert m.total_tokens_per_s == (26 + 10) / 1.5
+    # TTFT 125, 250, 375, 500: p90 sits 0.7 of the way from rank 3 to rank 4.
+    assert _close(m.ttft_ms, Distribution(mean=312.5, p50=312.5, p90=462.5, p99=496.25))
+    assert _close(m.itl_ms, Distribution(mean=625 / 3, p50=250.0, p90=250.0, p99=250.0))
+    # E2E sorted 500, 500, 625, 750.
+    assert _close(m.e2e_ms, Distribution(mean=593.75, p50=562.5, p90=712.5, p99=746.25))
+    late = summarize(TIMELINE, start=-0.5)
+    assert late.duration_s == 2.0 and late.requests_per_s == 2.0
+
+
+def test_percentiles_match_linear_interpolation():
+    values = list(np.random.default_rng(0).exponential(0.05, 1001))
+    d = Distribution.of_seconds(values)
+    ms = sorted(v * 1e3 for v in values)
+    # 1001 values: p50, p90 and p99 land exactly on ranks 500, 900 and 990.
+    assert (d.p50, d.p90, d.p99) == (ms[500], ms[900], ms[990])
+    assert Distribution.of_seconds([]) is None
+
+
+def test_summarize_refuses_unfinished_runs():
+    with pytest.raises(ValueError, match="every request"):
+        summarize([RequestTiming(0.0, 1, [])], start=0.0)
+
+
+def _stats(iteration, scheduled, running, used, preemptions=0):
+    return {"iteration": iteration, "num_scheduled_requests": scheduled,
+            "num_running_requests": running, "kv_used_blocks": used,
+            "total_preemptions": preemptions}
+
+
+def test_step_log_peaks_and_coverage():
+    log = StepLog()
+    for s in [None, _stats(10, 4, 4, 12, 2), _stats(10, 4, 4, 12, 2), _stats(11, 8, 9, 30, 2),
+              _stats(14, 6, 6, 41, 5), _stats(15, 2, 1, 7, 5)]:
+        log.observe(s)
+    assert (log.peak_batch, log.peak_running, log.peak_kv_blocks) == (8, 9, 41)
+    assert (log.steps_seen, log.steps_total, log.preemptions) == (4, 6, 3)
+
+
+def test_arrivals():
+    assert Load().arrival_offsets(3) == [0.0, 0.0, 0.0]
+    offsets = Load(request_rate=20.0, seed=1).arrival_offsets(4000)
+    assert offsets[0] == 0.0 and offsets == sorted(offsets)
+    gaps = np.diff(offsets)
+    assert abs(gaps.mean() - 0.05) < 0.05 * 3 / np.sqrt(4000)  # exponential: stdev = mean
+    assert Load(request_rate=20.0, seed=1).arrival_offsets(5) == offsets[:5]
+    assert Load(concurrency=8).describe() == "concurrency 8"
+    assert Load(concurrency=8, request_rate=2.5).describe() == "2.5 requests/s (Poisson), concurrency 8"
+    with pytest.raises(KilnError, match="--concurrency must be at least 1"):
+        Load(concurrency=0)
+    with pytest.raises(KilnError, match="--request-rate must be positive"):
+        Load(request_rate=0.0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-tied"])
+def test_decode_bytes_per_token(tiny_engine, arch):
+    from kiln.builder.engine import load_engine
+
+    engine = load_engine(tiny_engine(arch)[1])
+    total = weight_bytes(engine)
+    assert total == sum(t.numel() * 4 for t in engine.weights.values())
+    embed = engine.weights["embed.weight"]
+    if arch == "llama":  # the table is only looked up: one row (64 floats) is read
+        assert decode_bytes_per_token(engine) == total - embed.numel() * 4 + 64 * 4
+    else:  # tied: the table is also the LM head, read whole
+        assert decode_bytes_per_token(engine) == total
+
+
+def test_roofline_math_and_cpu_bandwidth():
+    r = Roofline(weight_bytes=2_000, bytes_per_token=1_000, bandwidth=Bandwidth(4e6, "test", 1))
+    assert r.tokens_per_s == 4000.0 and r.fraction(1000.0) == 0.25
+    assert r.to_json(1000.0)["fraction"] == 0.25 and r.to_json(None)["fraction"] is None
+    bw = measure_copy_bandwidth("cpu", nbytes=16 << 20, iterations=2)
+    assert bw.bytes_per_s > 1e8 and "host memcpy of 16 MiB" in bw.method and bw.buffer_bytes == 16 << 20
