@@ -159,7 +159,7 @@ class ModelRunner:
                     log_probs[i] += r.log_probs
                     if r.is_final:
                         pending.discard(r.request_id)
-                        reasons[i] = str(r.finish_reason)
+                        reasons[i] = r.finish_reason.name.lower()
                         if r.has_error:
                             errors[i] = r.error_message
                 if pending and requests[0].streaming:

@@ -1,0 +1,152 @@
+"""From an OpenAI request body to executor requests, checked the way TGI checks them.
+
+Every problem becomes a 400 naming the parameter, before anything reaches the executor. The
+requests themselves are built by kiln.runtime.requests, as ModelRunner.generate builds them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kiln import _core
+from kiln.builder.errors import KilnError
+from kiln.runtime.requests import GenerationParams, make_requests
+from kiln.runtime.serve.detokenizer import TextStream
+from kiln.runtime.serve.errors import ApiError, bad_request
+from kiln.runtime.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+MAX_CHOICES = 64   # n times the number of prompts, for one HTTP request
+MAX_STOP = 16      # stop strings per request
+
+
+@dataclass(slots=True)
+class Limits:
+    vocab_size: int
+    max_seq_len: int
+    eos_id: int | None
+
+
+@dataclass(slots=True)
+class Choice:
+    """One sequence the client asked for (a prompt, or one of its n samples)."""
+    index: int
+    prompt_index: int
+    prompt: list[int]
+    request: "_core.Request"
+    text: TextStream
+    tokens: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    last_token_at: float = 0.0
+
+
+def completion_prompts(body: CompletionRequest, tokenizer, limits: Limits) -> list[list[int]]:
+    p = body.prompt
+    if isinstance(p, str):
+        prompts = [tokenizer.encode(p)]
+    elif p and all(isinstance(x, str) for x in p):
+        prompts = [tokenizer.encode(x) for x in p]
+    elif p and all(isinstance(x, int) for x in p):
+        prompts = [list(p)]
+    else:
+        prompts = [list(x) for x in p]
+    if not prompts:
+        raise bad_request("prompt is empty; pass a string, a list of strings or token ids", "prompt")
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise bad_request(f"prompt {i} is empty (it encodes to no tokens)", "prompt")
+        bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
+        if bad is not None:
+            raise bad_request(f"prompt {i} has token id {bad}, outside the vocabulary "
+                              f"[0, {limits.vocab_size})", "prompt")
+    return prompts
+
+
+def chat_prompt(body: ChatCompletionRequest, tokenizer) -> list[int]:
+    if not body.messages:
+        raise bad_request("messages is empty; pass at least one message", "messages")
+    hf = tokenizer.hf
+    if not hf.chat_template:
+        raise bad_request("this model's tokenizer has no chat template; use /v1/completions",
+                          "messages", "no_chat_template")
+    messages = [m.as_template_message() for m in body.messages]
+    try:
+        ids = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as e:  # the template's own checks (roles, order) raise from Jinja
+        raise bad_request(f"the chat template refused the messages: {e}", "messages") from None
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return list(ids)
+
+
+def _max_tokens(asked: int | None, longest_prompt: int, limits: Limits, param: str) -> int:
+    room = limits.max_seq_len - longest_prompt
+    if room < 1:
+        raise ApiError(400, f"the prompt has {longest_prompt} tokens, but this model's maximum "
+                       f"context length is {limits.max_seq_len} tokens; shorten the prompt",
+                       param="prompt", code="context_length_exceeded")
+    if asked is None:
+        return room
+    if asked < 1:
+        raise bad_request(f"{param} is {asked}; ask for at least 1 token", param)
+    if asked > room:
+        raise ApiError(400, f"this model's maximum context length is {limits.max_seq_len} tokens, "
+                       f"but the prompt has {longest_prompt} tokens and {param} asks for {asked} "
+                       f"more; shorten the prompt or ask for at most {room}", param=param,
+                       code="context_length_exceeded")
+    return asked
+
+
+def _stops(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP:
+        raise bad_request(f"stop has {len(stops)} strings; pass at most {MAX_STOP}", "stop")
+    if any(s == "" for s in stops):
+        raise bad_request("stop contains an empty string; remove it", "stop")
+    return stops
+
+
+def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
+         want_log_probs: bool) -> list[Choice]:
+    """The executor requests for `prompts`, n of each, with the body's sampling parameters."""
+    if not 1 <= body.n <= MAX_CHOICES:
+        raise bad_request(f"n is {body.n}; it must be between 1 and {MAX_CHOICES}", "n")
+    if body.n * len(prompts) > MAX_CHOICES:
+        raise bad_request(f"{len(prompts)} prompts times n={body.n} asks for more than "
+                          f"{MAX_CHOICES} completions in one request; split it", "n")
+    param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    new_tokens = _max_tokens(max_tokens, max(len(p) for p in prompts), limits, param)
+    stops = _stops(body.stop)
+    end_id = -1 if body.ignore_eos or limits.eos_id is None else limits.eos_id
+    params = GenerationParams(
+        max_new_tokens=new_tokens, end_id=end_id, pad_id=max(end_id, 0),
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_k=body.top_k or 0, top_p=1.0 if body.top_p is None else body.top_p,
+        min_p=body.min_p or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0, random_seed=body.seed,
+        output_log_probs=want_log_probs)
+    if params.top_k < 0:
+        raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
+    problem = params.sampling_config(0).validate()
+    if problem:
+        raise bad_request(problem, problem.split(" ", 1)[0])
+    expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(body.n)]
+    try:
+        # Streaming requests even for a single JSON answer: stop strings are matched on the text
+        # as it grows, and the request is cancelled as soon as one matches.
+        requests = make_requests([p for _, p in expanded], params, stops or None, True, tokenizer)
+    except KilnError as e:
+        raise bad_request(str(e), "stop") from None
+    return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops))
+            for i, ((k, p), r) in enumerate(zip(expanded, requests))]
+
+
+def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
+    prompts = completion_prompts(body, tokenizer, limits)
+    return plan(body, prompts, body.max_tokens, tokenizer, limits, body.logprobs is not None)
+
+
+def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
+    prompt = chat_prompt(body, tokenizer)
+    asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs)

@@ -1,0 +1,149 @@
+"""OpenAI request bodies for /v1/completions and /v1/chat/completions.
+
+Field names and defaults follow OpenAI's API; `top_k`, `min_p`, `repetition_penalty` and
+`ignore_eos` are the extensions vLLM made familiar (pass them through the client's extra_body).
+Fields the server cannot honour are refused with a 400 rather than silently ignored.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kiln.runtime.serve.errors import ApiError, bad_request
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # extensions
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        """(param, why) for each field asked for that the server cannot do."""
+        out = []
+        if self.logit_bias:
+            out.append(("logit_bias", "logit_bias is not supported; remove it"))
+        return out
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        out = super().unsupported()
+        if self.echo:
+            out.append(("echo", "echo is not supported; remove it or set it to false"))
+        if self.best_of not in (None, 1):
+            out.append(("best_of", "best_of > 1 is not supported; use n for several completions"))
+        if self.suffix:
+            out.append(("suffix", "suffix (insertion) is not supported; remove it"))
+        if self.logprobs not in (None, 0, 1):
+            out.append(("logprobs", f"logprobs={self.logprobs} is not supported; Kiln returns the "
+                                    "chosen token's log-probability only (use 0 or 1)"))
+        return out
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... reach the chat template
+
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def as_template_message(self) -> dict:
+        msg = self.model_dump(exclude_none=True)
+        if isinstance(self.content, list):
+            msg["content"] = "".join(p.text for p in self.content)
+        return msg
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict] | None = None
+    response_format: dict | None = None
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        out = super().unsupported()
+        if self.top_logprobs:
+            out.append(("top_logprobs", "top_logprobs > 0 is not supported; Kiln returns the "
+                                        "chosen token's log-probability only"))
+        if self.tools:
+            out.append(("tools", "tool calling is not supported; remove tools"))
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            out.append(("response_format", "structured output is not supported; use "
+                                           "response_format {\"type\": \"text\"}"))
+        return out
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _is_type_tag(part) -> bool:
+    """Pydantic names the member of a union it tried in the error's location."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper())
+
+
+def _describe(errors: list[dict]) -> tuple[str, str | None]:
+    """One line for the first bad field, and the field's name."""
+    loc = errors[0]["loc"]
+    path = [p for p in loc if not _is_type_tag(p)]
+    where = ".".join(str(p) for p in path) or "body"
+    tried = []  # the union members pydantic tried at this field, when it is a union
+    for e in errors:
+        field_path = [p for p in e["loc"] if not _is_type_tag(p)]
+        if (field_path[: len(path)] == path and len(e["loc"]) > len(path)
+                and _is_type_tag(e["loc"][len(path)])):
+            tried.append(e["loc"][len(path)])
+    if len(set(tried)) > 1:  # a union: none of its members fit
+        return f"{where} must be one of: {' | '.join(dict.fromkeys(tried))}", where
+    if errors[0]["type"] == "missing":
+        return f"{where} is required", where
+    return f"{where} is invalid: {errors[0]['msg']}", where
+
+
+def parse(model: type[_Sampling], body) -> _Sampling:
+    """The request body as `model`, or a 400 naming the first bad field."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        parsed = model.model_validate(body)
+    except ValidationError as e:
+        raise bad_request(*_describe(e.errors())) from None
+    problems = parsed.unsupported()
+    if problems:
+        param, why = problems[0]
+        raise ApiError(400, why, param=param, code="unsupported_parameter")
+    return parsed

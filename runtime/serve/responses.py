@@ -1,0 +1,106 @@
+"""OpenAI response bodies: whole answers and streamed chunks, for completions and chat."""
+from __future__ import annotations
+
+import time
+import uuid
+
+# The executor's finish reasons in OpenAI's words.
+FINISH_REASONS = {"end_id": "stop", "stop_words": "stop", "stop": "stop", "length": "length",
+                  "cancelled": "abort"}
+
+
+def usage(choices) -> dict:
+    prompt = sum({c.prompt_index: len(c.prompt) for c in choices}.values())  # n samples: once
+    completion = sum(len(c.tokens) for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+class ResponseFormat:
+    object_name = ""
+    chunk_name = ""
+    id_prefix = ""
+
+    def __init__(self, model: str, tokenizer, want_log_probs: bool) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.want_log_probs = want_log_probs
+        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _envelope(self, name: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": name, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def whole(self, choices) -> dict:
+        body = self._envelope(self.object_name, [self.choice(c) for c in choices])
+        body["usage"] = usage(choices)
+        return body
+
+    def usage_chunk(self, choices) -> dict:
+        body = self._envelope(self.chunk_name, [])
+        body["usage"] = usage(choices)
+        return body
+
+    def _token_texts(self, tokens) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in tokens]
+
+    # per kind
+    def choice(self, c) -> dict:
+        raise NotImplementedError
+
+    def chunk(self, c, text: str, tokens, log_probs, finish_reason: str | None) -> dict:
+        raise NotImplementedError
+
+    def start_chunks(self, choices) -> list[dict]:
+        return []
+
+
+class CompletionFormat(ResponseFormat):
+    object_name = chunk_name = "text_completion"
+    id_prefix = "cmpl"
+
+    def _log_probs(self, tokens, log_probs) -> dict | None:
+        if not self.want_log_probs:
+            return None
+        return {"tokens": self._token_texts(tokens), "token_logprobs": list(log_probs),
+                "top_logprobs": None, "text_offset": None}
+
+    def choice(self, c) -> dict:
+        return {"index": c.index, "text": c.text.text,
+                "logprobs": self._log_probs(c.tokens, c.log_probs),
+                "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
+
+    def chunk(self, c, text, tokens, log_probs, finish_reason) -> dict:
+        return self._envelope(self.chunk_name, [{
+            "index": c.index, "text": text, "logprobs": self._log_probs(tokens, log_probs),
+            "finish_reason": FINISH_REASONS.get(finish_reason, finish_reason)}])
+
+
+class ChatFormat(ResponseFormat):
+    object_name = "chat.completion"
+    chunk_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def _log_probs(self, tokens, log_probs) -> dict | None:
+        if not self.want_log_probs:
+            return None
+        return {"content": [{"token": s, "logprob": lp, "bytes": list(s.encode()),
+                             "top_logprobs": []}
+                            for s, lp in zip(self._token_texts(tokens), log_probs)]}
+
+    def choice(self, c) -> dict:
+        return {"index": c.index, "message": {"role": "assistant", "content": c.text.text},
+                "logprobs": self._log_probs(c.tokens, c.log_probs),
+                "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
+
+    def start_chunks(self, choices) -> list[dict]:
+        return [self._envelope(self.chunk_name, [{
+            "index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+            "finish_reason": None}]) for c in choices]
+
+    def chunk(self, c, text, tokens, log_probs, finish_reason) -> dict:
+        return self._envelope(self.chunk_name, [{
+            "index": c.index, "delta": {"content": text} if text or not finish_reason else {},
+            "logprobs": self._log_probs(tokens, log_probs),
+            "finish_reason": FINISH_REASONS.get(finish_reason, finish_reason)}])

@@ -1,0 +1,230 @@
+"""Kiln engine model for Triton's Python backend (decoupled: responses stream).
+
+Every Triton request goes into one Kiln executor, which batches them in flight. One thread
+sends each executor response back through the request's response sender and cancels the
+requests whose clients cancelled. Parameters come from config.pbtxt: engine_dir, max_batch_size,
+max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device.
+
+Decoding is greedy unless `temperature` > 0 is given; then runtime_top_k (0 = off),
+runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed. Responses
+carry only generated tokens (never the prompt): in streaming mode the tokens new since the last
+response, otherwise all of them in one final response.
+"""
+import json
+import queue
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+# Postprocessing decodes each response with this many tokens sent before it.
+from kiln.runtime.serve.detokenizer import CONTEXT_TOKENS
+
+POLL_S = 0.02  # how often cancelled requests are looked for
+NOT_FINISHED = "not_finished"
+
+
+class _Stream:
+    """One Triton request in flight."""
+
+    __slots__ = ("sender", "prompt_len", "num_sent", "tail", "cancelling")
+
+    def __init__(self, sender, prompt_len):
+        self.sender = sender
+        self.prompt_len = prompt_len
+        self.num_sent = 0       # generated tokens sent so far
+        self.tail = []          # the last CONTEXT_TOKENS of them
+        self.cancelling = False
+
+
+def _array(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _scalar(request, name, default, cast):
+    a = _array(request, name)
+    if a is None:
+        return default
+    if a.size != 1:
+        raise ValueError(f"{name} must hold one value, got shape {list(a.shape)}")
+    return cast(a.reshape(-1)[0])
+
+
+def _stop_words(request):
+    """TensorRT-LLM's stop_words_list [1, 2, L]: concatenated ids, then end offsets (-1 pads)."""
+    a = _array(request, "stop_words_list")
+    if a is None or a.size == 0:
+        return []
+    if a.ndim != 3 or a.shape[:2] != (1, 2):
+        raise ValueError(f"stop_words_list must have shape [1, 2, L], got {list(a.shape)}")
+    ids, offsets = a[0, 0].tolist(), a[0, 1].tolist()
+    words, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        if not start < end <= len(ids):
+            raise ValueError(f"stop_words_list offsets {offsets} do not split {len(ids)} ids")
+        words.append(ids[start:end])
+        start = end
+    return words
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from kiln.runtime import ModelRunner
+        from kiln.runtime.requests import GenerationParams, make_requests
+
+        self.config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(self.config):
+            raise pb_utils.TritonModelException(
+                "the Kiln engine model streams its responses; set model_transaction_policy "
+                "{ decoupled: true } in its config.pbtxt")
+        p = {k: v["string_value"] for k, v in self.config.get("parameters", {}).items()}
+        if "engine_dir" not in p:
+            raise pb_utils.TritonModelException("config.pbtxt has no engine_dir parameter; "
+                                                "regenerate the repository with engine-triton-repo")
+        def number(key):
+            return int(p[key]) if p.get(key) else None
+
+        device = p.get("device", "auto")
+        self.runner = ModelRunner.from_dir(
+            p["engine_dir"], max_batch_size=number("max_batch_size"),
+            max_num_tokens=number("max_num_tokens"),
+            kv_cache_free_gpu_memory_fraction=float(p.get("kv_cache_free_gpu_memory_fraction", 0.9)),
+            enable_kv_cache_reuse=p.get("enable_kv_cache_reuse", "true").lower() == "true",
+            device=None if device == "auto" else device)
+        self.make_params, self.make_requests = GenerationParams, make_requests
+        eos = self.runner.tokenizer.eos_id
+        self.default_end_id = -1 if eos is None else eos
+        self.responses = queue.SimpleQueue()
+        self.streams = {}               # executor request id -> _Stream
+        self.lock = threading.Lock()    # submit + register is atomic for the sender thread
+        self.stopping = threading.Event()
+        self.sender = threading.Thread(target=self._send_loop, name="kiln-triton-sender", daemon=True)
+        self.sender.start()
+
+    # -- requests in ------------------------------------------------------------------------
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                kiln_request, prompt_len = self._to_kiln(request)
+            except Exception as e:  # any bad input fails its request alone
+                sender.send(_error(str(e), pb_utils.TritonError.INVALID_ARG),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            with self.lock:
+                rid, _ = self.runner.router.submit(kiln_request, self.responses)
+                self.streams[rid] = _Stream(sender, prompt_len)
+        return None
+
+    def _to_kiln(self, request):
+        ids = _array(request, "input_ids")
+        if ids is None:
+            raise ValueError("input_ids is required")
+        if ids.ndim != 2 or ids.shape[0] != 1:
+            raise ValueError(f"send one sequence per request: input_ids must have shape [1, n], "
+                             f"got {list(ids.shape)}")
+        prompt = [int(t) for t in ids[0]]
+        length = _scalar(request, "input_lengths", len(prompt), int)
+        if not 0 <= length <= len(prompt):
+            raise ValueError(f"input_lengths is {length} but input_ids has {len(prompt)} tokens")
+        prompt = prompt[:length]
+        max_new = _scalar(request, "request_output_len", None, int)
+        if max_new is None:
+            raise ValueError("request_output_len is required")
+        end_id = _scalar(request, "end_id", self.default_end_id, int)
+        temperature = _scalar(request, "temperature", 0.0, float)
+        params = self.make_params(
+            max_new_tokens=max_new, end_id=end_id,
+            pad_id=_scalar(request, "pad_id", max(end_id, 0), int),
+            temperature=temperature, top_k=_scalar(request, "runtime_top_k", 0, int),
+            top_p=_scalar(request, "runtime_top_p", 1.0, float),
+            min_p=_scalar(request, "runtime_min_p", 0.0, float),
+            repetition_penalty=_scalar(request, "repetition_penalty", 1.0, float),
+            presence_penalty=_scalar(request, "presence_penalty", 0.0, float),
+            frequency_penalty=_scalar(request, "frequency_penalty", 0.0, float),
+            random_seed=_scalar(request, "random_seed", None, int),
+            output_log_probs=_scalar(request, "return_log_probs", False, bool))
+        streaming = _scalar(request, "streaming", False, bool)
+        stops = _stop_words(request)
+        made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer)
+        return made[0], len(prompt)
+
+    # -- responses out ----------------------------------------------------------------------
+    def _send_loop(self):
+        checked = time.monotonic()
+        while not (self.stopping.is_set() and not self.streams):
+            try:
+                response = self.responses.get(timeout=POLL_S)
+            except queue.Empty:
+                response = None
+            if response is not None:
+                with self.lock:
+                    stream = self.streams.get(response.request_id)
+                if stream is not None:
+                    self._send(response.request_id, stream, response)
+            # Asking Triton whether a request was cancelled is a round trip to the server
+            # process: do it for all requests every POLL_S, not after every response.
+            if time.monotonic() - checked >= POLL_S:
+                self._cancel_abandoned()
+                checked = time.monotonic()
+
+    def _send(self, rid, stream, r):
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if r.is_final:
+            with self.lock:
+                del self.streams[rid]
+        if r.has_error:
+            bad = r.error_message.startswith("bad request: ")
+            code = pb_utils.TritonError.INVALID_ARG if bad else pb_utils.TritonError.INTERNAL
+            stream.sender.send(_error(r.error_message.removeprefix("bad request: "), code), flags=final)
+            return
+        reason = r.finish_reason.name.lower()
+        if reason == "cancelled":
+            stream.sender.send(_error("the request was cancelled", pb_utils.TritonError.CANCELLED),
+                               flags=final)
+            return
+        new = list(r.output_token_ids)
+        context = stream.tail
+        stream.tail = (context + new)[-CONTEXT_TOKENS:]
+        stream.num_sent += len(new)
+        outputs = [
+            pb_utils.Tensor("output_ids", np.array([new], dtype=np.int32)),
+            pb_utils.Tensor("context_ids", np.array([context], dtype=np.int32)),
+            pb_utils.Tensor("sequence_length",
+                            np.array([[stream.prompt_len + stream.num_sent]], dtype=np.int32)),
+            pb_utils.Tensor("output_log_probs", np.array([list(r.log_probs)], dtype=np.float32)),
+            pb_utils.Tensor("finish_reason",
+                            np.array([[reason if r.is_final else NOT_FINISHED]], dtype=np.object_)),
+        ]
+        stream.sender.send(pb_utils.InferenceResponse(output_tensors=outputs),
+                           flags=final if r.is_final else 0)
+
+    def _cancel_abandoned(self):
+        with self.lock:
+            streams = list(self.streams.items())
+        for rid, stream in streams:
+            if not stream.cancelling and stream.sender.is_cancelled():
+                stream.cancelling = True
+                self.runner.router.cancel(rid)
+
+    def finalize(self):
+        with self.lock:
+            pending = list(self.streams)
+        for rid in pending:  # each gets its final "cancelled" response
+            self.runner.router.cancel(rid)
+        self.stopping.set()
+        self.sender.join(timeout=10)
+        self.runner.shutdown()
+        with self.lock:
+            left, self.streams = list(self.streams.values()), {}
+        for stream in left:  # every request ends with a final flag, even if its answer was lost
+            stream.sender.send(_error("the model was unloaded", pb_utils.TritonError.UNAVAILABLE),
+                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -1,0 +1,295 @@
+"""engine-serve's app on loopback, driven by the `openai` client: answers equal
+ModelRunner.generate; 64 concurrent streams complete; disconnects cancel; bad requests get
+their 4xx; /metrics is Prometheus text."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from kiln.runtime import ModelRunner
+from kiln.runtime.serve.app import create_app
+
+TEXTS = ["the object", "a function returns", "class definitions", "In the module",
+         "import statement", "the value of", "with the", "exceptions are raised"]
+
+
+class LiveServer:
+    """The app under uvicorn on 127.0.0.1, on a free port, in a thread."""
+
+    def __init__(self, runner, **kw) -> None:
+        self.app = create_app(runner, model_name="tiny", **kw)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="critical"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    @property
+    def state(self):
+        return self.app.state.server
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def runners(tiny_engine):
+    _, engine = tiny_engine("llama")
+    with ModelRunner.from_dir(engine, device="cpu") as served, \
+            ModelRunner.from_dir(engine, device="cpu") as reference:
+        yield served, reference
+
+
+@pytest.fixture(scope="module")
+def live(runners):
+    with LiveServer(runners[0]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def generated(reference, prompt, n, **kw):
+    """Reference tokens: ModelRunner.generate, stopping at the tokenizer's end id."""
+    kw.setdefault("top_k", 1)
+    out = reference.generate([prompt], max_new_tokens=n, end_id=reference.tokenizer.eos_id,
+                             return_dict=True, **kw)
+    return out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist(), out
+
+
+def reason(ids, n):
+    return "length" if len(ids) == n else "stop"
+
+
+def wait_until_idle(runner, live, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if runner.kv_cache_stats()["used_blocks"] == 0 and live.state.engine.in_flight == 0:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_completions_equal_generate(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    ids, _ = generated(ref, tok.encode(TEXTS[0]), 14)
+    out = client.completions.create(model="tiny", prompt=TEXTS[0], max_tokens=14, temperature=0)
+    assert out.choices[0].text == tok.decode(ids)
+    assert out.choices[0].finish_reason == reason(ids, 14)
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(tok.encode(TEXTS[0])), len(ids))
+    prompt = tok.encode(TEXTS[1])  # token ids in, a batch of prompts
+    ids1, _ = generated(ref, prompt, 10)
+    out = client.completions.create(model="tiny", prompt=[prompt, tok.encode(TEXTS[0])],
+                                    max_tokens=10, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1]
+    assert out.choices[0].text == tok.decode(ids1)
+    assert out.choices[1].text == tok.decode(generated(ref, tok.encode(TEXTS[0]), 10)[0])
+
+
+def test_completions_stream_equal_generate(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    ids, _ = generated(ref, tok.encode(TEXTS[2]), 20)
+    chunks = list(client.completions.create(model="tiny", prompt=TEXTS[2], max_tokens=20,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    text_chunks = [c for c in chunks if c.choices]
+    assert len(text_chunks) > 2
+    assert "".join(c.choices[0].text for c in text_chunks) == tok.decode(ids)
+    assert [c.choices[0].finish_reason for c in text_chunks[:-1]] == [None] * (len(text_chunks) - 1)
+    assert text_chunks[-1].choices[0].finish_reason == reason(ids, 20)
+    assert chunks[-1].usage.completion_tokens == len(ids)
+
+
+def test_chat_equal_generate(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    prompt = tok.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    ids, _ = generated(ref, prompt, 16)
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, temperature=0)
+    assert out.choices[0].message.role == "assistant"
+    assert out.choices[0].message.content == tok.decode(ids)
+    assert out.usage.prompt_tokens == len(prompt)
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16,
+                                            temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == tok.decode(ids)
+    assert chunks[-1].choices[0].finish_reason == reason(ids, 16)
+    # no max_tokens: up to the context limit
+    ids, _ = generated(ref, tok.chat("hi"), ref.max_seq_len - len(tok.chat("hi")))
+    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                         temperature=0)
+    assert out.choices[0].message.content == tok.decode(ids)
+
+
+def test_seeded_sampling_n_and_log_probs(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    prompt = tok.encode(TEXTS[3])
+    kw = dict(temperature=0.9, top_p=0.9, min_p=0.02, repetition_penalty=1.1,
+              presence_penalty=0.3, frequency_penalty=0.2)
+    out = ref.generate([prompt, prompt], max_new_tokens=12, end_id=tok.eos_id, top_k=30,
+                       random_seed=7, output_log_probs=True, return_dict=True, **kw)
+    expected = [out["output_ids"][i, 0, len(prompt): out["sequence_lengths"][i, 0]].tolist()
+                for i in range(2)]
+    res = client.completions.create(
+        model="tiny", prompt=TEXTS[3], max_tokens=12, n=2, seed=7, logprobs=1,
+        temperature=kw["temperature"], top_p=kw["top_p"], presence_penalty=kw["presence_penalty"],
+        frequency_penalty=kw["frequency_penalty"],
+        extra_body={"top_k": 30, "min_p": kw["min_p"], "repetition_penalty": kw["repetition_penalty"]})
+    assert [c.text for c in res.choices] == [tok.decode(e) for e in expected]
+    for i, c in enumerate(res.choices):
+        assert c.logprobs.token_logprobs == pytest.approx(out["log_probs"][i], abs=1e-4)
+        assert c.logprobs.tokens == [tok.decode([t]) for t in expected[i]]
+    assert res.usage.prompt_tokens == len(prompt)  # counted once for n samples
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                          max_tokens=5, temperature=0, logprobs=True)
+    ids, g = generated(ref, tok.chat("x"), 5, output_log_probs=True)
+    assert [e.logprob for e in chat.choices[0].logprobs.content] == pytest.approx(g["log_probs"][0], abs=1e-4)
+
+
+def test_stop_strings_cut_the_text(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    ids, _ = generated(ref, tok.encode(TEXTS[4]), 30)
+    full = tok.decode(ids)
+    stop = next(full[i: i + 2] for i in range(4, len(full) - 2) if full[i: i + 2].isprintable()
+                and full[i: i + 2].strip() and "\ufffd" not in full[i: i + 2])
+    expect = full[: full.index(stop)]
+    out = client.completions.create(model="tiny", prompt=TEXTS[4], max_tokens=30, temperature=0,
+                                    stop=[stop, "never-there"])
+    assert (out.choices[0].text, out.choices[0].finish_reason) == (expect, "stop")
+    chunks = list(client.completions.create(model="tiny", prompt=TEXTS[4], max_tokens=30,
+                                            temperature=0, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == expect
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_64_concurrent_streams_complete(live, runners):
+    served, ref = runners
+    tok = ref.tokenizer
+    prompts = [f"{TEXTS[i % 8]} {i}" for i in range(64)]
+    batch = ref.generate([tok.encode(p) for p in prompts], max_new_tokens=10, end_id=tok.eos_id,
+                         top_k=1, return_dict=True)
+    expected = [tok.decode(batch["output_ids"][i, 0, len(tok.encode(p)): batch["sequence_lengths"][i, 0]].tolist())
+                for i, p in enumerate(prompts)]
+    client = openai.AsyncOpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    async def one(i):
+        text = ""
+        async for c in await client.completions.create(model="tiny", prompt=prompts[i],
+                                                       max_tokens=10, temperature=0, stream=True):
+            text += c.choices[0].text
+        return text
+
+    async def all_of_them():
+        try:
+            return await asyncio.gather(*(one(i) for i in range(64)))
+        finally:
+            await client.close()
+
+    assert asyncio.run(all_of_them()) == expected
+    assert wait_until_idle(served, live)
+
+
+def slow_steps(monkeypatch, runner, seconds):
+    forward = runner.backend.forward
+    monkeypatch.setattr(runner.backend, "forward", lambda step: (time.sleep(seconds), forward(step))[1])
+
+
+def test_disconnect_cancels_and_frees_blocks(live, runners, monkeypatch):
+    served, _ = runners
+    slow_steps(monkeypatch, served, 0.01)
+    body = {"prompt": TEXTS[5], "max_tokens": 100, "temperature": 0, "ignore_eos": True}
+    before = live.state.engine.cancelled
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+        assert wait_until_idle(served, live)  # long before 100 slow steps end
+        assert live.state.engine.cancelled == before + 1
+        with pytest.raises(httpx.ReadTimeout):  # a client that gives up on a whole answer
+            http.post("/v1/chat/completions", timeout=0.3, json={
+                "messages": [{"role": "user", "content": "x"}], "max_tokens": 100,
+                "temperature": 0, "ignore_eos": True})
+        assert wait_until_idle(served, live)
+        assert live.state.engine.cancelled == before + 2
+    stats = served.kv_cache_stats()
+    assert stats["free_blocks"] == stats["total_blocks"]
+
+
+def test_queue_bound_answers_503_with_retry_after(runners, monkeypatch):
+    served, _ = runners
+    slow_steps(monkeypatch, served, 0.01)
+    body = {"prompt": "x", "max_tokens": 60, "temperature": 0, "ignore_eos": True, "stream": True}
+    with LiveServer(served, max_queue_size=1) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+        batch = served.executor.config.max_batch_size
+        streams = [http.stream("POST", "/v1/completions", json=body) for _ in range(batch)]
+        assert all(s.__enter__().status_code == 200 for s in streams)  # a full batch running
+        waiting = threading.Thread(target=lambda: http.post("/v1/completions", json=body))
+        waiting.start()  # one waits for a slot: within the bound
+        while live.state.engine.in_flight < batch + 1:
+            time.sleep(0.005)
+        r = http.post("/v1/completions", json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        assert "retry in 1 s" in r.json()["error"]["message"]
+        for s in streams:
+            s.__exit__(None, None, None)
+        waiting.join()
+        assert wait_until_idle(served, live)
+
+
+def test_models_health_and_metrics(live, client, runners):
+    served, _ = runners
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    with httpx.Client(base_url=live.url) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        client.completions.create(model="tiny", prompt="x", max_tokens=3, temperature=0)
+        assert wait_until_idle(served, live)
+        text = http.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("kiln_http_requests", "kiln_requests_finished", "kiln_prompt_tokens",
+                 "kiln_generation_tokens", "kiln_time_to_first_token_seconds",
+                 "kiln_inter_token_latency_seconds", "kiln_request_latency_seconds",
+                 "kiln_requests_in_flight", "kiln_queue_depth", "kiln_kv_cache_blocks",
+                 "kiln_kv_cache_usage_ratio", "kiln_executor_waiting_requests"):
+        assert name in families, name
+
+    def value(family, sample_name, **labels):
+        return next(s.value for s in families[family].samples
+                    if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value("kiln_requests_in_flight", "kiln_requests_in_flight") == 0
+    assert value("kiln_kv_cache_blocks", "kiln_kv_cache_blocks", state="used") == 0
+    assert value("kiln_kv_cache_blocks", "kiln_kv_cache_blocks", state="total") == \
+        served.kv_cache_stats()["total_blocks"]
+    assert value("kiln_http_requests", "kiln_http_requests_total", path="/health", status="200") >= 1
+    ttft = value("kiln_time_to_first_token_seconds", "kiln_time_to_first_token_seconds_count")
+    assert ttft >= 1
+    assert value("kiln_generation_tokens", "kiln_generation_tokens_total") >= 3

@@ -1,0 +1,120 @@
+"""Every bad request gets its 4xx with a JSON body saying what was wrong, and none of them
+disturbs a good request running at the same time or takes the server down."""
+from __future__ import annotations
+
+import re
+import threading
+
+import httpx
+import openai
+import pytest
+
+from kiln.runtime import ModelRunner
+from test_serve import LiveServer, generated
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_engine):
+    _, engine = tiny_engine("llama")
+    with ModelRunner.from_dir(engine, device="cpu") as runner, LiveServer(runner) as live, \
+            httpx.Client(base_url=live.url, timeout=30) as http:
+        yield runner, live, http
+
+
+BAD = [
+    (COMPLETIONS, {"prompt": "the " * 200, "max_tokens": 4}, 400, "context_length_exceeded",
+     r"the prompt has \d+ tokens, but this model's maximum context length is 128"),
+    (COMPLETIONS, {"prompt": "the object", "max_tokens": 126}, 400, "context_length_exceeded",
+     r"prompt has \d+ tokens and max_tokens asks for 126 more; .* at most \d+"),
+    (CHAT, {"messages": USER, "max_completion_tokens": 500}, 400, "context_length_exceeded",
+     "max_completion_tokens asks for 500"),
+    (COMPLETIONS, {"prompt": "x", "max_tokens": 0}, 400, 400, "max_tokens is 0; ask for at least 1"),
+    (COMPLETIONS, {"prompt": "x", "temperature": -1}, 400, 400, "temperature is -1 but must be"),
+    (COMPLETIONS, {"prompt": "x", "top_p": 1.5}, 400, 400, r"top_p is 1.5 but must be in \(0, 1\]"),
+    (COMPLETIONS, {"prompt": "x", "top_k": -2}, 400, 400, "top_k is -2"),
+    (CHAT, {"messages": USER, "presence_penalty": 3}, 400, 400, r"presence_penalty is 3 but must be in \[-2, 2\]"),
+    (COMPLETIONS, {"prompt": "x", "n": 0}, 400, 400, "n is 0"),
+    (COMPLETIONS, {"prompt": ["a", "b"], "n": 40}, 400, 400, "more than 64 completions"),
+    (COMPLETIONS, {"prompt": "x", "model": "gpt-4"}, 404, "model_not_found", "model 'gpt-4' does not exist"),
+    (CHAT, {"messages": USER, "model": "other"}, 404, "model_not_found", "this server serves 'tiny'"),
+    (COMPLETIONS, {"max_tokens": 3}, 400, 400, "prompt is required"),
+    (COMPLETIONS, {"prompt": ["a", 3]}, 400, 400, r"prompt must be one of: str \| list\[str\]"),
+    (COMPLETIONS, {"prompt": [5, 100000]}, 400, 400, r"token id 100000, outside the vocabulary \[0, 320\)"),
+    (COMPLETIONS, {"prompt": []}, 400, 400, "prompt is empty"),
+    (COMPLETIONS, {"prompt": "x", "max_tokens": "many"}, 400, 400, "max_tokens is invalid"),
+    (COMPLETIONS, {"prompt": "x", "stop": ["ok", ""]}, 400, 400, "stop contains an empty string"),
+    (COMPLETIONS, {"prompt": "x", "stop": ["s"] * 17}, 400, 400, "pass at most 16"),
+    (COMPLETIONS, {"prompt": "x", "logprobs": 5}, 400, "unsupported_parameter", "logprobs=5 is not supported"),
+    (COMPLETIONS, {"prompt": "x", "echo": True}, 400, "unsupported_parameter", "echo is not supported"),
+    (COMPLETIONS, {"prompt": "x", "logit_bias": {"5": 10}}, 400, "unsupported_parameter", "logit_bias"),
+    (CHAT, {"messages": []}, 400, 400, "messages is empty"),
+    (CHAT, {"messages": [{"content": "x"}]}, 400, 400, r"messages\.0\.role is required"),
+    (CHAT, {"messages": [{"role": "user", "content": 7}]}, 400, 400, r"messages\.0\.content must be one of"),
+    (CHAT, {"messages": USER, "top_logprobs": 3}, 400, "unsupported_parameter", "top_logprobs"),
+    (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "unsupported_parameter", "tool calling"),
+    (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, 400,
+     "unsupported_parameter", "structured output"),
+    (CHAT, [1, 2], 400, 400, "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, code, message", BAD,
+                         ids=[f"{i}-{b[0].rsplit('/', 1)[1]}" for i, b in enumerate(BAD)])
+def test_bad_request_gets_its_4xx(setup, path, body, status, code, message):
+    runner, _, http = setup
+    good = {}
+    worker = threading.Thread(target=lambda: good.update(r=http.post(COMPLETIONS, json={
+        "prompt": "the object", "max_tokens": 20, "temperature": 0})))
+    worker.start()
+    r = http.post(path, json=body)
+    worker.join()
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == code
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+    assert re.search(message, error["message"]), error["message"]
+    assert "\n" not in error["message"]
+    assert good["r"].status_code == 200
+    ids, _ = generated(runner, runner.tokenizer.encode("the object"), 20)
+    assert good["r"].json()["choices"][0]["text"] == runner.tokenizer.decode(ids)
+
+
+def test_malformed_http(setup):
+    _, _, http = setup
+    r = http.post(COMPLETIONS, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = http.post(COMPLETIONS, content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    r = http.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"] == "no route /v1/nothing"
+    r = http.get(COMPLETIONS)
+    assert r.status_code == 405 and "GET is not allowed" in r.json()["error"]["message"]
+    assert http.get("/health").status_code == 200
+
+
+def test_openai_client_raises_the_matching_errors(setup):
+    _, live, _ = setup
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 128"):
+        client.completions.create(model="tiny", prompt="the " * 200, max_tokens=4)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="nope", messages=USER)
+    with pytest.raises(openai.BadRequestError, match="context length") as err:
+        client.completions.create(model="tiny", prompt="the object", max_tokens=1000, stream=True)
+    assert err.value.status_code == 400  # refused before the stream starts
+
+
+def test_unexpected_failure_is_a_500_and_the_server_stays_up(setup, monkeypatch):
+    runner, _, http = setup
+    monkeypatch.setattr(runner.tokenizer, "encode", lambda *a, **k: 1 / 0)
+    r = http.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 2})
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == "internal error: ZeroDivisionError: division by zero"
+    monkeypatch.undo()
+    r = http.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
