@@ -13,13 +13,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kiln.builder.checkpoint import open_checkpoint
+from kiln.builder.checkpoint import Checkpoint, open_checkpoint
 from kiln.builder.engine.format import FORMAT_VERSION
 from kiln.builder.engine.writer import RANK_FILE, KernelBundle, write_config, write_rank_file
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph
 from kiln.builder.passes import run_pipeline
+from kiln.quantize.options import CalibrationOptions
+from kiln.quantize.options import prepare as prepare_quantization
 
 
 def kiln_version() -> str:
@@ -39,6 +41,7 @@ class BuildReport:
     ops_before: Counter = field(default_factory=Counter)
     ops_after: Counter = field(default_factory=Counter)
     num_kernels: int = 0
+    build: BuildConfig | None = None  # as built: a pre-quantized checkpoint settles its mode
 
 
 @contextmanager
@@ -49,6 +52,8 @@ def _phase(report_phases: dict, name: str):
 
 
 def _compile_kernels(plan, build: BuildConfig) -> KernelBundle:
+    if build.quant_mode:  # quantized ops have no GPU lowering yet: such engines run on the CPU
+        return KernelBundle()
     try:
         from kiln.builder.kernels import compile_plan
     except ImportError:
@@ -59,7 +64,8 @@ def _compile_kernels(plan, build: BuildConfig) -> KernelBundle:
 def _prepare_output(output: Path, checkpoint: Path, overwrite: bool) -> Path:
     if output.exists() and not overwrite:
         raise KilnError(f"output directory {output} exists; pass --overwrite to replace it")
-    if output.resolve() == checkpoint.resolve() or checkpoint.resolve().is_relative_to(output.resolve()):
+    if checkpoint.exists() and (output.resolve() == checkpoint.resolve()
+                                or checkpoint.resolve().is_relative_to(output.resolve())):
         raise KilnError(f"output directory {output} holds the checkpoint; choose another --output")
     staging = output.parent / f".{output.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -67,18 +73,25 @@ def _prepare_output(output: Path, checkpoint: Path, overwrite: bool) -> Path:
     return staging
 
 
-def build_engine(checkpoint: str | Path, output: str | Path, build: BuildConfig,
-                 overwrite: bool = False, progress: bool = True) -> BuildReport:
-    checkpoint, output = Path(checkpoint), Path(output)
+def build_engine(checkpoint: str | Path | Checkpoint, output: str | Path, build: BuildConfig,
+                 overwrite: bool = False, progress: bool = True,
+                 calibration: CalibrationOptions | None = None) -> BuildReport:
+    """`checkpoint` is a path to open or an open Checkpoint (e.g. RandomCheckpoint); either is
+    closed when the build ends. `calibration` says what text --quant calibrates on."""
+    output = Path(output)
     phases: dict[str, float] = {}
     with _phase(phases, "open checkpoint"):
-        ckpt = open_checkpoint(checkpoint)
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+    checkpoint = ckpt.path
     with ckpt:
         model = ModelConfig.from_hf(ckpt.hf_config)
         build.check_against(model)
         report = BuildReport(output, model, num_params=model.num_params(), phases=phases)
         staging = _prepare_output(output, checkpoint, overwrite)
         try:
+            with _phase(phases, "tokenizer"):
+                ckpt.save_tokenizer(staging / "tokenizer")
+            build = prepare_quantization(build, ckpt, staging / "tokenizer", calibration, model)
             with _phase(phases, "declare network"):
                 graph = build_graph(model, build, ckpt)
                 report.ops_before = Counter(graph.ops())
@@ -94,8 +107,6 @@ def build_engine(checkpoint: str | Path, output: str | Path, build: BuildConfig,
                 size, crc = write_rank_file(staging / RANK_FILE, plan, kernels, build.dtype,
                                             on_weight=lambda name, nbytes: bar.update(nbytes))
                 bar.close()
-            with _phase(phases, "tokenizer"):
-                ckpt.save_tokenizer(staging / "tokenizer")
             write_config(staging / "config.json", {
                 "format_version": FORMAT_VERSION,
                 "kiln_version": kiln_version(),
@@ -110,6 +121,7 @@ def build_engine(checkpoint: str | Path, output: str | Path, build: BuildConfig,
             shutil.rmtree(staging, ignore_errors=True)
             raise
     report.engine_bytes = size
+    report.build = build
     return report
 
 

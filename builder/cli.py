@@ -8,6 +8,8 @@ from functools import wraps
 import click
 
 from kiln.builder.errors import KilnError
+from kiln.builder.model_shapes import SHAPE_NAMES
+from kiln.quantize.mode import KV_CACHE_NAMES, QUANT_NAMES
 
 
 def one_line_errors(fn):
@@ -31,8 +33,15 @@ def human_bytes(n: float) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--checkpoint", required=True, type=click.Path(),
+@click.option("--checkpoint", type=click.Path(),
               help="HuggingFace checkpoint directory or .gguf file.")
+@click.option("--random-weights", "random_weights", metavar="NAME",
+              help="Instead of --checkpoint: random weights in the exact shape of a real model, "
+                   f"made on the fly (for speed measurements). One of: {', '.join(SHAPE_NAMES)}.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of --random-weights.")
+@click.option("--random-layers", type=int, default=None, hidden=True,
+              help="Keep only the first N layers of --random-weights (tests).")
 @click.option("--output", required=True, type=click.Path(), help="Engine directory to write.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float16",
               show_default=True)
@@ -43,29 +52,63 @@ def human_bytes(n: float) -> str:
               help="Most tokens one step computes (prefill chunks + decodes).")
 @click.option("--tokens-per-block", type=int, default=32, show_default=True)
 @click.option("--target-sm", "target_sm", type=int, multiple=True,
-              help="GPU architecture to compile kernels for (repeatable). Default: 80 89 90.")
+              help="GPU architecture to compile kernels for (repeatable). Default: 80 89 90 "
+                   "(89 90 for FP8).")
+@click.option("--quant", metavar="MODE", default=None,
+              help=f"Quantization: {'|'.join(QUANT_NAMES)} (calibrated with nvidia-modelopt). "
+                   "Default: none, or a pre-quantized checkpoint's mode.")
+@click.option("--kv-cache-dtype", metavar="|".join(KV_CACHE_NAMES), default="auto",
+              show_default=True, help="KV cache dtype; auto: --dtype, or a pre-quantized "
+                                      "checkpoint's.")
+@click.option("--calib-dataset", type=click.Path(), default=None,
+              help="Calibration text (UTF-8 or .jsonl). Default: Python's pydoc_data.topics.")
+@click.option("--calib-size", type=int, default=32, show_default=True,
+              help="Calibration windows.")
+@click.option("--calib-seq-len", type=int, default=None,
+              help="Tokens per calibration window. Default: 512, or the model's limit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
-def build_main(checkpoint, output, dtype, max_batch_size, max_seq_len, max_num_tokens,
-               tokens_per_block, target_sm, overwrite, quiet):
-    """Build a Kiln engine from a checkpoint."""
+def build_main(checkpoint, random_weights, seed, random_layers, output, dtype, max_batch_size,
+               max_seq_len, max_num_tokens, tokens_per_block, target_sm, quant, kv_cache_dtype,
+               calib_dataset, calib_size, calib_seq_len, overwrite, quiet):
+    """Build a Kiln engine from a checkpoint (or from random weights of a named model shape)."""
     from kiln.builder.build import build_engine
     from kiln.builder.checkpoint import open_checkpoint
     from kiln.builder.models import BuildConfig, ModelConfig
+    from kiln.quantize.options import CalibrationOptions, cli_settings, default_targets
 
+    if (checkpoint is None) == (random_weights is None):
+        raise KilnError("pass exactly one of --checkpoint PATH and --random-weights NAME "
+                        f"(NAME one of {', '.join(SHAPE_NAMES)})")
+    if random_layers is not None and random_weights is None:
+        raise KilnError("--random-layers applies to --random-weights only; drop it")
+    if random_weights is not None:
+        from kiln.builder.random_weights import RandomCheckpoint
+        checkpoint = RandomCheckpoint(random_weights, seed=seed, num_layers=random_layers)
     if max_seq_len is None:
-        with open_checkpoint(checkpoint) as ckpt:
-            max_seq_len = min(ModelConfig.from_hf(ckpt.hf_config).max_position_embeddings, 4096)
+        if random_weights is not None:
+            hf_config = checkpoint.hf_config
+        else:
+            with open_checkpoint(checkpoint) as ckpt:
+                hf_config = ckpt.hf_config
+        max_seq_len = min(ModelConfig.from_hf(hf_config).max_position_embeddings, 4096)
+    quant, kv_cache_dtype = cli_settings(None if random_weights else checkpoint, quant,
+                                         kv_cache_dtype)
     build = BuildConfig(dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
                         max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block,
-                        targets=list(target_sm) or [80, 89, 90])
-    report = build_engine(checkpoint, output, build, overwrite=overwrite, progress=not quiet)
+                        targets=list(target_sm) or default_targets(quant, kv_cache_dtype),
+                        quant=quant, kv_cache_dtype=kv_cache_dtype)
+    calibration = CalibrationOptions(calib_dataset, calib_size, calib_seq_len)
+    report = build_engine(checkpoint, output, build, overwrite=overwrite, progress=not quiet,
+                          calibration=calibration)
     m = report.model
     click.echo(f"built {report.output}")
     click.echo(f"  model       {m.architecture}: {report.num_params / 1e6:.1f}M parameters, "
                f"{m.num_layers} layers, hidden {m.hidden_size}, vocab {m.vocab_size}")
-    click.echo(f"  engine      {human_bytes(report.engine_bytes)} ({dtype}), "
+    quantized = "" if quant == "none" else f", {quant}"
+    quantized += "" if kv_cache_dtype == "auto" else f", {kv_cache_dtype} KV cache"
+    click.echo(f"  engine      {human_bytes(report.engine_bytes)} ({dtype}{quantized}), "
                f"{sum(report.ops_after.values())} ops (from {sum(report.ops_before.values())}), "
                f"{report.num_kernels} kernel binaries")
     click.echo("  phases      " + ", ".join(f"{k} {v:.2f}s" for k, v in report.phases.items())

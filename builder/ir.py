@@ -16,6 +16,10 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "int32": torch.int32,
     "int64": torch.int64,
+    # quantized weights, activations and KV caches (kiln.quantize.pack)
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "float8_e4m3fn": torch.float8_e4m3fn,
 }
 
 

@@ -248,3 +248,43 @@ class Executor:
     def config(self) -> ExecutorConfig: ...
     def __enter__(self) -> Executor: ...
     def __exit__(self, *args: object) -> None: ...
+
+class PlanExecutor(Backend):
+    """The GPU backend: runs an engine's compiled plan on one GPU (present when kiln._core was
+    built with CUDA; it imports and constructs only where a driver and a GPU exist)."""
+
+    def __init__(
+        self,
+        engine: Any,
+        kv_cache_free_gpu_memory_fraction: float = 0.9,
+        num_blocks: int | None = None,
+        device: int = 0,
+    ) -> None: ...
+    def forward(self, step: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
+        """Runs one step (the ABI arrays as numpy); returns float32 logits [B, vocab]."""
+    def memory(self) -> dict[str, int]:
+        """Bytes of weights, activations, workspace and KV cache, free memory before the KV
+        cache was sized, and the total."""
+    def gemm_choices(self) -> list[dict[str, Any]]:
+        """The cuBLASLt algorithm chosen per (m, n, k, dtype, bias)."""
+    def describe(self) -> str: ...
+
+class _GpuModule:
+    """kiln._core.gpu: GPU plan executor internals, for tests and tools."""
+
+    @staticmethod
+    def eval_expr(expr: str, symbols: dict[str, int]) -> int: ...
+    @staticmethod
+    def device_count() -> int: ...
+    @staticmethod
+    def launch_cubin(
+        cubin: bytes,
+        name: str,
+        grid: tuple[int, int, int],
+        num_warps: int,
+        shared: int,
+        args: list[tuple[str, int | float]],
+        num_extra_params: int,
+    ) -> None: ...
+
+gpu: _GpuModule

@@ -22,11 +22,14 @@ def _available_ram() -> int:
         return 8 << 30
 
 
-def pick_device(device: str | None) -> str:
-    """Returns "cpu" or "cuda": the one asked for (checked), or the GPU when there is one."""
+def pick_device(device: str | None, engine: Engine | None = None) -> str:
+    """Returns "cpu" or "cuda": the one asked for (checked), or the GPU when there is one and
+    the engine (if given) carries kernels."""
     if device not in (None, "cpu", "cuda"):
         raise KilnError(f"device {device!r} is not supported; use 'cpu', 'cuda' or None (auto)")
     has_gpu = hasattr(_core, "PlanExecutor") and torch.cuda.is_available()
+    if device is None and engine is not None and not engine.kernels:
+        return "cpu"  # built without Triton: only the reference backend can run it
     if device == "cuda" and not has_gpu:
         raise KilnError("device='cuda' asked for, but no CUDA GPU (or no GPU support in "
                         "kiln._core) is available; use device='cpu'")
@@ -58,7 +61,7 @@ class ModelRunner:
         if not 0.0 < kv_cache_free_gpu_memory_fraction <= 1.0:
             raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                             f"{kv_cache_free_gpu_memory_fraction}")
-        device = pick_device(device)
+        device = pick_device(device, engine)
         max_blocks = None
         if max_tokens_in_paged_kv_cache is not None:
             if max_tokens_in_paged_kv_cache < build.tokens_per_block:

@@ -24,10 +24,12 @@ class ReferenceBackend:
         self.num_blocks = num_blocks
         self.graph = engine.graph
         self.weights = engine.weights
-        # Unwritten cache slots hold NaN so that reading one poisons the logits visibly.
+        # Unwritten cache slots hold NaN so that reading one poisons the logits visibly (an
+        # int8 cache has no NaN: it starts at zero).
+        kv_dtype = torch_dtype(b.kv_dtype)
         self.kv_cache = torch.full(
             (m.num_layers, 2, num_blocks, m.num_kv_heads, b.tokens_per_block, m.head_dim),
-            float("nan"), dtype=torch_dtype(b.dtype))
+            0 if kv_dtype == torch.int8 else float("nan"), dtype=kv_dtype)
         self.ctx = ops.StepContext(kv_cache=self.kv_cache)
         self.outputs = self.graph.of_kind("output")
 

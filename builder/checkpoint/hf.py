@@ -13,6 +13,7 @@ from kiln.builder.errors import KilnError
 from .base import Checkpoint, one_line
 from .hf_files import load_bin, locate_weights, read_config, safetensors_header
 from .names import canonical_from_hf
+from .prequantized import recognise as recognise_prequantized
 from .tokenizer import save_hf_tokenizer
 
 
@@ -32,11 +33,9 @@ class HFCheckpoint(Checkpoint):
     def __init__(self, directory: Path):
         self.path = directory
         self.hf_config = read_config(directory)
-        quant = self.hf_config.get("quantization_config")
-        if quant:
-            method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
-            raise KilnError(f"{directory} is a pre-quantized checkpoint ({method}); build from the "
-                            "unquantized checkpoint and let engine-build quantize it")
+        # A pre-quantized checkpoint Kiln reads (prequantized.py), else None; KilnError for
+        # formats it does not read.
+        self.prequantized = recognise_prequantized(directory, self.hf_config)
         weights = locate_weights(directory)
         self._kind = weights.kind
         self._handles: list = []
@@ -47,6 +46,8 @@ class HFCheckpoint(Checkpoint):
             self.close()
             raise
         self._settle_tied_head()
+        if self.prequantized:
+            self.prequantized.attach(self, _Entry)
         self._check_complete()
 
     def _open(self, files: list[Path], weight_map: dict[str, Path] | None) -> None:
@@ -70,6 +71,8 @@ class HFCheckpoint(Checkpoint):
                                     "lists for it; re-download the checkpoint")
             for hf_name, (shape, dtype) in metas.items():
                 name = canonical_from_hf(hf_name)
+                if name is None and self.prequantized:
+                    name = self.prequantized.canonical(hf_name)
                 if name is not None and name not in self._entries:
                     self._entries[name] = _Entry(index, hf_name, shape, dtype)
 
@@ -92,6 +95,8 @@ class HFCheckpoint(Checkpoint):
     def _load(self, name: str) -> torch.Tensor:
         if not self._handles:
             raise KilnError(f"checkpoint {self.path} is closed; open it again to read {name!r}")
+        if self.prequantized and name in self.prequantized.dequantized:
+            return self.prequantized.load(name)
         entry = self._entries[name]
         handle = self._handles[entry.file]
         if self._kind == "safetensors":

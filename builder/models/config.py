@@ -1,11 +1,13 @@
 """Model and build configs: slotted dataclasses that validate themselves."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
 from kiln.builder.errors import KilnError
 from kiln.builder.ops.rope import SUPPORTED_ROPE_TYPES
+from kiln.quantize.mode import check_targets, quant_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,13 @@ class BuildConfig:
     tokens_per_block: int = 32
     tp_size: int = 1
     targets: list[int] = field(default_factory=lambda: [80, 89, 90])
+    quant: str = "none"                # kiln.quantize.mode: QUANT_NAMES
+    kv_cache_dtype: str = "auto"       # "auto" (= dtype), "fp8" or "int8"
+    quant_mode: int | None = None      # QuantMode flags of the two above, for the C++ runtime
+    # Where quantization scales come from (kiln.quantize.calibrate): used by the quantize_*
+    # passes, never serialized, like TensorRT's IBuilderConfig.int8_calibrator.
+    calibrator: object = field(default=None, repr=False, compare=False,
+                               metadata={"serialize": False})
 
     def __post_init__(self) -> None:
         if self.dtype not in BUILD_DTYPES:
@@ -172,6 +181,12 @@ class BuildConfig:
         for sm in self.targets:
             if sm not in (75, 80, 86, 87, 89, 90, 100, 120):
                 raise KilnError(f"--target-sm {sm} is not a known NVIDIA architecture; use e.g. 80, 89 or 90")
+        mode = quant_mode(self.quant, self.kv_cache_dtype)
+        if self.quant_mode is not None and self.quant_mode != int(mode):
+            raise KilnError(f"build.quant_mode {self.quant_mode} does not match --quant {self.quant} "
+                            f"--kv-cache-dtype {self.kv_cache_dtype} ({int(mode)}); rebuild the engine")
+        self.quant_mode = int(mode)
+        check_targets(mode, self.quant, self.kv_cache_dtype, self.targets)
 
     def check_against(self, model: ModelConfig) -> None:
         if self.max_seq_len > model.max_position_embeddings:
@@ -186,8 +201,14 @@ class BuildConfig:
     def max_blocks_per_seq(self) -> int:
         return -(-self.max_seq_len // self.tokens_per_block)
 
+    @property
+    def kv_dtype(self) -> str:
+        """The IR dtype the KV cache holds."""
+        return {"fp8": "float8_e4m3fn", "int8": "int8"}.get(self.kv_cache_dtype, self.dtype)
+
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.metadata.get("serialize", True)}
 
     @classmethod
     def from_json(cls, data: dict) -> "BuildConfig":

@@ -3,6 +3,10 @@
 Inputs: q, k, v, positions, slot_mapping, block_tables, context_lens, query_start.
 Each step token's k and v are written to its slot; then every query token at position p
 attends causally to its own sequence's cached positions 0..p.
+
+A quantized KV cache (attr kv_dtype "float8_e4m3fn" or "int8") adds two inputs, k_scale and
+v_scale (float32 [1] each): k and v are quantized with them on the way in and dequantized on
+the way out (kiln.builder.ops.quant.quantize_kv / dequantize_kv).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 
 from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
+from kiln.builder.ops.quant import dequantize_kv, quantize_kv
 from kiln.builder.ops.rope import apply_rope
 
 STEP_INPUTS = ("positions", "slot_mapping", "block_tables", "context_lens", "query_start")
@@ -23,14 +28,22 @@ def _infer(node, graph):
         expect(of(graph, name)[1][-1] == a["num_kv_heads"] * a["head_dim"], node,
                f"{name} width != num_kv_heads * head_dim")
     expect(a["num_heads"] % a["num_kv_heads"] == 0, node, "num_heads not a multiple of num_kv_heads")
+    if a.get("kv_dtype"):
+        expect(a["kv_dtype"] in ("float8_e4m3fn", "int8"), node, f"kv_dtype {a['kv_dtype']!r}")
+        expect(len(node.inputs) == 10 and all(of(graph, n) == ("float32", (1,))
+                                              for n in node.inputs[8:]), node,
+               "a quantized KV cache needs k_scale and v_scale inputs, float32 [1] each")
     return [(dtype, qshape)]
 
 
 def write_kv(cache: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, kv_quant: tuple | None = None) -> None:
+    """kv_quant: (kv_dtype, k_scale, v_scale) for a quantized cache."""
     tpb, nkv, hd = cache.shape[4], cache.shape[3], cache.shape[5]
     slots = slot_mapping.long()
     blocks, offsets = slots // tpb, slots % tpb
+    if kv_quant:
+        k, v = quantize_kv(k, kv_quant[0], kv_quant[1]), quantize_kv(v, kv_quant[0], kv_quant[2])
     cache[layer, 0, blocks, :, offsets, :] = k.reshape(-1, nkv, hd).to(cache.dtype)
     cache[layer, 1, blocks, :, offsets, :] = v.reshape(-1, nkv, hd).to(cache.dtype)
 
@@ -45,12 +58,13 @@ def read_kv(cache: torch.Tensor, layer: int, block_row: torch.Tensor, length: in
 
 
 def _reference(node, inputs, ctx):
-    q, k, v, positions, slot_mapping, block_tables, context_lens, query_start = inputs
+    q, k, v, positions, slot_mapping, block_tables, context_lens, query_start = inputs[:8]
     a = node.attrs
+    kv_quant = (a["kv_dtype"], *inputs[8:10]) if a.get("kv_dtype") else None
     if a.get("rope"):
         q = apply_rope(q, positions, a["rope"])
         k = apply_rope(k, positions, a["rope"])
-    write_kv(ctx.kv_cache, a["layer"], k, v, slot_mapping)
+    write_kv(ctx.kv_cache, a["layer"], k, v, slot_mapping, kv_quant)
     nq, nkv, hd = a["num_heads"], a["num_kv_heads"], a["head_dim"]
     out = torch.empty_like(q)
     for b in range(context_lens.shape[0]):
@@ -58,6 +72,8 @@ def _reference(node, inputs, ctx):
         if end == start:
             continue
         keys, values = read_kv(ctx.kv_cache, a["layer"], block_tables[b], int(context_lens[b]))
+        if kv_quant:
+            keys, values = dequantize_kv(keys, kv_quant[1]), dequantize_kv(values, kv_quant[2])
         qs = q[start:end].reshape(end - start, nq, hd).float().transpose(0, 1)      # [nq, t, hd]
         ks = keys.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)      # [nq, L, hd]
         vs = values.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)

@@ -11,6 +11,9 @@ from kiln.builder.passes.fuse_gate_up import fuse_gate_up
 from kiln.builder.passes.fuse_qkv import fuse_qkv
 from kiln.builder.passes.gather_last_tokens import gather_last_tokens
 from kiln.builder.passes.plan_memory import plan_memory
+from kiln.builder.passes.quantize_fuse_producers import quantize_fuse_producers
+from kiln.builder.passes.quantize_kv_cache import quantize_kv_cache
+from kiln.builder.passes.quantize_linears import quantize_linears
 
 Pass = Callable[[Graph, object], Graph]
 
@@ -23,7 +26,12 @@ PIPELINE: list[tuple[str, Pass]] = [
     # Phase 3: the LM head on last tokens only (before the norm fusion, which it moves through).
     ("gather_last_tokens", gather_last_tokens),
     ("fuse_add_rmsnorm", fuse_add_rmsnorm),
-    # Phase 4: clean up and lay out memory.
+    # Phase 4: quantization (no-ops unless --quant / --kv-cache-dtype ask): calibrate on the
+    # fused plan, quantized GEMMs and KV cache, then quantization fused into norms / SiLU-mul.
+    ("quantize_linears", quantize_linears),
+    ("quantize_kv_cache", quantize_kv_cache),
+    ("quantize_fuse_producers", quantize_fuse_producers),
+    # Phase 5: clean up and lay out memory.
     ("drop_dead_values", drop_dead_values),
     ("plan_memory", plan_memory),
 ]

@@ -165,7 +165,8 @@ def test_plan_memory_reuses_dead_buffers_and_aliases_splits():
 def test_pipeline_order_and_disabled_pass_is_a_no_op():
     assert [name for name, _ in PIPELINE] == [
         "fuse_qkv", "fuse_gate_up", "fold_rope_into_attention", "gather_last_tokens",
-        "fuse_add_rmsnorm", "drop_dead_values", "plan_memory"]
+        "fuse_add_rmsnorm", "quantize_linears", "quantize_kv_cache", "quantize_fuse_producers",
+        "drop_dead_values", "plan_memory"]
     g = base()
     weight(g, "gate.weight", I, H)
     weight(g, "up.weight", I, H)

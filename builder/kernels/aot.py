@@ -1,0 +1,102 @@
+"""Ahead-of-time compilation of kernel specializations to cubins, with an on-disk cache.
+
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` needs no GPU. The cache
+(~/.cache/kiln/kernels, or $KILN_KERNEL_CACHE) is keyed by the Triton version, the kernel's
+source hash (JITFunction.cache_key covers the function and what it calls), the
+specialization and the SM, so a rebuild of an unchanged engine compiles nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kiln.builder.kernels.spec import KernelSpec, source_key
+
+_PARAM = re.compile(r"\.param\s+(?:\.align\s+\d+\s+)?\.(u64|b64|s64|u32|b32|s32|f32|f64|b8)\b")
+
+
+@dataclass(slots=True)
+class Compiled:
+    cubin: bytes
+    meta: dict  # name, num_warps, shared, params (PTX types), scratch sizes
+    cached: bool = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KILN_KERNEL_CACHE", Path.home() / ".cache" / "kiln" / "kernels"))
+
+
+def entry_params(ptx: str, name: str) -> list[str]:
+    """The PTX types of the kernel entry's parameters, in order (Triton appends scratch
+    pointers after the signature's runtime parameters: their number differs by version)."""
+    start = ptx.index(f".entry {name}(")
+    end = ptx.index(")", start)
+    types = _PARAM.findall(ptx[start:end])
+    mapping = {"b64": "u64", "s64": "u64", "b32": "u32", "s32": "u32"}
+    return [mapping.get(t, t) for t in types]
+
+
+def _cache_key(spec: KernelSpec, sm: int) -> str:
+    data = json.dumps([triton.__version__, source_key(spec.fn), spec.describe(), sm], sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
+    key = _cache_key(spec, sm)
+    cubin_path, meta_path = cache_dir() / f"{key}.cubin", cache_dir() / f"{key}.json"
+    if use_cache and cubin_path.is_file() and meta_path.is_file():
+        try:
+            return Compiled(cubin_path.read_bytes(), json.loads(meta_path.read_text()), cached=True)
+        except (OSError, ValueError):
+            pass  # a damaged entry is rebuilt below
+    attrs = {(i,): [["tt.divisibility", 16]] for i in spec.divisible}
+    src = ASTSource(fn=spec.fn, signature=dict(spec.signature), constexprs=dict(spec.constexprs),
+                    attrs=attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", sm, 32),
+                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
+                                     "enable_fp_fusion": True})
+    md = kernel.metadata
+    runtime = [n for n, t in spec.signature.items() if t != "constexpr"]
+    params = entry_params(kernel.asm["ptx"], md.name)
+    if len(params) < len(runtime):
+        raise RuntimeError(f"{spec.qualname}: PTX entry has {len(params)} parameters, "
+                           f"signature has {len(runtime)}")
+    meta = {"name": md.name, "num_warps": md.num_warps, "shared": md.shared,
+            "params": params, "num_extra_params": len(params) - len(runtime),
+            "global_scratch_size": getattr(md, "global_scratch_size", 0),
+            "profile_scratch_size": getattr(md, "profile_scratch_size", 0),
+            "triton": triton.__version__}
+    if meta["global_scratch_size"] or meta["profile_scratch_size"]:
+        raise RuntimeError(f"{spec.qualname} needs global scratch memory, which the plan "
+                           "executor does not provide")
+    cubin = kernel.asm["cubin"]
+    if use_cache:
+        _write_atomic(cubin_path, cubin)
+        _write_atomic(meta_path, json.dumps(meta).encode())
+    return Compiled(cubin, meta)
+
+
+def cubin_sm(cubin: bytes) -> int:
+    """The SM a cubin's machine code is for, from its ELF header (e_flags): the old CUDA ELF
+    ABI keeps it in the low byte, the newer one (OS ABI 0x41) in the second byte."""
+    if cubin[:4] != b"\x7fELF":
+        raise ValueError("not a cubin (no ELF magic)")
+    flags = int.from_bytes(cubin[48:52], "little")
+    return (flags >> 8) & 0xFF if cubin[7] >= 0x41 else flags & 0xFF

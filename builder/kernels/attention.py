@@ -1,0 +1,291 @@
+"""Paged attention for a mixed step: prefill chunks and decodes in one launch.
+
+Reference: kiln.builder.ops.attention (each query token at position p attends to its
+sequence's cached keys 0..p; GQA shares one kv head among GROUP query heads). The op lowers to
+  1. rope_kv_kernel (rope.py): RoPE on q and k, k and v into the paged cache;
+  2. when some sequence has more than one query token (MAXQ > 1): paged_attention_kernel, a
+     flash-attention loop over the cache. A program owns BLOCK_Q query tokens of one sequence
+     times the GROUP query heads of one kv head (BLOCK_M rows), so GQA loads each K/V tile once
+     for the whole group. Query blocks are numbered per sequence without a host-side table:
+     sequence b starts at block query_start[b] // BLOCK_Q + b, so T // BLOCK_Q + B programs
+     cover any step, and each finds its sequence by binary search over query_start;
+  3. when every sequence decodes one token (MAXQ == 1): paged_decode_kernel splits each
+     sequence's context into S ranges (split-KV: long contexts at small batch still fill the
+     GPU); with S > 1, paged_decode_reduce_kernel merges the partial softmax states.
+Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in float32.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.rope import plan_rope_kv
+from kiln.builder.kernels.spec import F32, I32, pow2
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 32
+SPLIT_TOKENS = 128  # fewest context tokens worth a split of their own
+
+
+@triton.jit
+def _find_sequence(query_start_ptr, num_seqs, qblock, BLOCK_Q: tl.constexpr):
+    lo = 0
+    hi = num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tl.load(query_start_ptr + mid) // BLOCK_Q + mid <= qblock:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a.to(b.dtype), b)
+
+
+@triton.jit
+def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
+            qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
+            TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """Online softmax over cached keys lo..hi-1 of one sequence (block table at bt_ptr)."""
+    d_ok = d < HEAD_DIM
+    for start in range(lo, hi, TILE):
+        j = start + tl.arange(0, TILE)
+        j_ok = j < hi
+        block = tl.load(bt_ptr + j // TPB, mask=j_ok, other=0).to(tl.int64)
+        kv = block * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM) + (j % TPB) * HEAD_DIM
+        k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=j_ok[None, :] & d_ok[:, None],
+                    other=0.0)
+        s = _dot(q, k, IEEE) * qk_scale
+        if CAUSAL:
+            visible = (j[None, :] <= q_pos[:, None]) & j_ok[None, :]
+        else:
+            visible = j_ok[None, :] & (q_pos[:, None] >= 0)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
+                    other=0.0)
+        acc = acc * alpha[:, None] + _dot(p, v, IEEE)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
+                           context_lens_ptr, query_start_ptr, num_seqs, max_blocks, scale,
+                           Q_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, NKV: tl.constexpr,
+                           GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+                           TPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
+                           TILE: tl.constexpr, IEEE: tl.constexpr):
+    qblock = tl.program_id(0)
+    kvh = tl.program_id(1)
+    seq = _find_sequence(query_start_ptr, num_seqs, qblock, BLOCK_Q)
+    q_begin = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_begin
+    first = (qblock - (q_begin // BLOCK_Q + seq)) * BLOCK_Q
+    if first < q_len:
+        prefix = tl.load(context_lens_ptr + seq) - q_len
+        rows = tl.arange(0, BLOCK_M)
+        t = first + rows // GROUP
+        head = kvh * GROUP + rows % GROUP
+        row_ok = (rows < BLOCK_Q * GROUP) & (t < q_len)
+        d = tl.arange(0, DIM_PAD)
+        mask = row_ok[:, None] & (d[None, :] < HEAD_DIM)
+        tok = (q_begin + t).to(tl.int64)
+        q = tl.load(q_ptr + tok[:, None] * Q_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
+                    mask=mask, other=0.0)
+        acc = tl.zeros([BLOCK_M, DIM_PAD], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        bt_ptr = block_tables_ptr + seq.to(tl.int64) * max_blocks
+        kv_end = prefix + tl.minimum(first + BLOCK_Q, q_len)
+        acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
+                                prefix + t, 0, kv_end, scale * 1.4426950408889634, d, NKV,
+                                HEAD_DIM, TPB, TILE, True, IEEE)
+        out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+        tl.store(out_ptr + tok[:, None] * OUT_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
+                        context_lens_ptr, query_start_ptr, max_blocks, num_splits, scale,
+                        Q_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, NQ: tl.constexpr,
+                        NKV: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                        DIM_PAD: tl.constexpr, TPB: tl.constexpr, BLOCK_M: tl.constexpr,
+                        TILE: tl.constexpr, IEEE: tl.constexpr):
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    ctx_len = tl.load(context_lens_ptr + seq)
+    per = tl.cdiv(tl.cdiv(ctx_len, TILE), num_splits) * TILE
+    lo = split * per
+    hi = tl.minimum(ctx_len, lo + per)
+    rows = tl.arange(0, BLOCK_M)
+    head = kvh * GROUP + rows
+    row_ok = rows < GROUP
+    d = tl.arange(0, DIM_PAD)
+    mask = row_ok[:, None] & (d[None, :] < HEAD_DIM)
+    tok = tl.load(query_start_ptr + seq).to(tl.int64)
+    q = tl.load(q_ptr + tok * Q_STRIDE + head[:, None] * HEAD_DIM + d[None, :], mask=mask,
+                other=0.0)
+    acc = tl.zeros([BLOCK_M, DIM_PAD], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    bt_ptr = block_tables_ptr + seq.to(tl.int64) * max_blocks
+    q_pos = tl.zeros([BLOCK_M], dtype=tl.int32)
+    acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
+                            hi, scale * 1.4426950408889634, d, NKV, HEAD_DIM, TPB, TILE, False,
+                            IEEE)
+    if num_splits == 1:
+        out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+        tl.store(out_ptr + tok * OUT_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        # partials [B, NQ, num_splits, HEAD_DIM + 2]: unnormalized acc, then max and sum.
+        row = ((seq * NQ + head).to(tl.int64) * num_splits + split) * (HEAD_DIM + 2)
+        tl.store(partial_ptr + row[:, None] + d[None, :], acc, mask=mask)
+        tl.store(partial_ptr + row + HEAD_DIM, m_i, mask=row_ok)
+        tl.store(partial_ptr + row + HEAD_DIM + 1, l_i, mask=row_ok)
+
+
+@triton.jit
+def paged_decode_reduce_kernel(out_ptr, partial_ptr, query_start_ptr, num_splits,
+                               OUT_STRIDE: tl.constexpr, NQ: tl.constexpr,
+                               HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+                               SPLITS_PAD: tl.constexpr):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    sp = tl.arange(0, SPLITS_PAD)
+    sp_ok = sp < num_splits
+    d = tl.arange(0, DIM_PAD)
+    d_ok = d < HEAD_DIM
+    rows = ((seq * NQ + head).to(tl.int64) * num_splits + sp) * (HEAD_DIM + 2)
+    m = tl.load(partial_ptr + rows + HEAD_DIM, mask=sp_ok, other=float("-inf"))
+    l = tl.load(partial_ptr + rows + HEAD_DIM + 1, mask=sp_ok, other=0.0)
+    top = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
+    acc = tl.load(partial_ptr + rows[:, None] + d[None, :], mask=sp_ok[:, None] & d_ok[None, :],
+                  other=0.0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tok = tl.load(query_start_ptr + seq).to(tl.int64)
+    tl.store(out_ptr + tok * OUT_STRIDE + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty),
+             mask=d_ok)
+
+
+# -- configuration shared by the lowering and the direct launches ------------------------------
+
+def _tile(head_dim: int, fp32: bool) -> int:
+    """Keys per loop step: K and V tiles, double-buffered, stay under sm_89's 99 KB."""
+    if fp32 and head_dim > 128:
+        return 16
+    return 32 if head_dim > 128 or fp32 else 64
+
+
+def prefill_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
+    group = nq // nkv
+    block_m = max(64, pow2(group))
+    return dict(GROUP=group, BLOCK_M=block_m, BLOCK_Q=max(1, block_m // group),
+                DIM_PAD=max(16, pow2(head_dim)), TILE=_tile(head_dim, fp32))
+
+
+def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
+    group = nq // nkv
+    return dict(GROUP=group, BLOCK_M=max(16, pow2(group)), DIM_PAD=max(16, pow2(head_dim)),
+                TILE=_tile(head_dim, fp32))
+
+
+def splits_formula(nkv: int) -> str:
+    """S: split the context when B * NKV programs would leave the GPU under-filled."""
+    return (f"max(1, min({MAX_SPLITS}, cdiv(2 * NSM, B * {nkv}), "
+            f"cdiv(MAXCTX, {SPLIT_TOKENS})))")
+
+
+def partials_bytes_formula(nq: int, head_dim: int) -> str:
+    """Scratch for the partial states: B * S <= 2 * NSM + B for any B (see splits_formula)."""
+    return f"(2 * NSM + B) * {nq} * {head_dim + 2} * 4"
+
+
+# -- lowering -----------------------------------------------------------------------------------
+
+def plan_attention(node, ctx):
+    q, k, v, _pos, _slots, block_tables, context_lens, query_start = node.inputs
+    (out,) = node.outputs
+    a = node.attrs
+    nq, nkv, hd, rope = a["num_heads"], a["num_kv_heads"], a["head_dim"], a.get("rope")
+    plan_rope_kv(ctx, q=q, q_out=out, k=k, v=v, layer=a["layer"], nq=nq, nkv=nkv, head_dim=hd,
+                 rope=rope)
+    q_src = out if rope else q  # the prologue left the rotated q in the output buffer
+    ieee = ctx.dtype(out) == "float32"
+    common = dict(q_ptr=ctx.ptr(q_src), k_cache_ptr=ctx.kv(a["layer"], 0),
+                  v_cache_ptr=ctx.kv(a["layer"], 1), block_tables_ptr=ctx.ptr(block_tables),
+                  context_lens_ptr=ctx.ptr(context_lens), query_start_ptr=ctx.ptr(query_start),
+                  scale=F32(a["scale"]))
+    shape = dict(Q_STRIDE=ctx.row_stride(q_src), OUT_STRIDE=ctx.row_stride(out), NKV=nkv,
+                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee)
+    cfg = prefill_config(nq, nkv, hd, ieee)
+    ctx.launch(paged_attention_kernel, grid=(f"T // {cfg['BLOCK_Q']} + B", nkv), when="MAXQ > 1",
+               num_warps=4 if hd <= 64 else 8, num_stages=2,
+               args=dict(common, out_ptr=ctx.ptr(out), num_seqs=I32("B"),
+                         max_blocks=I32("MAXBLK")),
+               constexprs=dict(shape, **cfg))
+    splits = ctx.derive(splits_formula(nkv))
+    partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
+    dcfg = decode_config(nq, nkv, hd, ieee)
+    ctx.launch(paged_decode_kernel, grid=("B", nkv, splits), when="MAXQ == 1",
+               num_warps=4, num_stages=2,
+               args=dict(common, out_ptr=ctx.ptr(out), partial_ptr=partials,
+                         max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
+               constexprs=dict(shape, NQ=nq, **dcfg))
+    ctx.launch(paged_decode_reduce_kernel, grid=("B", nq), when=f"MAXQ == 1 and {splits} > 1",
+               num_warps=4,
+               args=dict(out_ptr=ctx.ptr(out), partial_ptr=partials,
+                         query_start_ptr=ctx.ptr(query_start), num_splits=I32(splits)),
+               constexprs=dict(OUT_STRIDE=ctx.row_stride(out), NQ=nq, HEAD_DIM=hd,
+                               DIM_PAD=max(16, pow2(hd)), SPLITS_PAD=MAX_SPLITS))
+
+
+# -- direct launches ----------------------------------------------------------------------------
+
+def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
+                    head_dim: int, scale: float, num_splits: int | None = None, out=None):
+    """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
+    tokens_per_block, hd]), taking the decode path when every sequence has one query token."""
+    import torch
+
+    t, b = q.shape[0], context_lens.shape[0]
+    nkv, tpb = k_cache.shape[1], k_cache.shape[2]
+    out = q.new_empty((t, num_heads * head_dim)) if out is None else out
+    shape = dict(Q_STRIDE=q.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
+                 TPB=tpb, IEEE=q.dtype == torch.float32)
+    common = (q, k_cache, v_cache, block_tables, context_lens, query_start)
+    fp32 = q.dtype == torch.float32
+    if t > b:
+        cfg = prefill_config(num_heads, nkv, head_dim, fp32)
+        direct(paged_attention_kernel, q)[(t // cfg["BLOCK_Q"] + b, nkv)](
+            out, *common, b, block_tables.stride(0), scale, **shape, **cfg,
+            num_warps=4 if head_dim <= 64 else 8, num_stages=2)
+        return out
+    splits = num_splits or 1
+    partials = torch.empty(b * num_heads * splits * (head_dim + 2), dtype=torch.float32,
+                           device=q.device)
+    dcfg = decode_config(num_heads, nkv, head_dim, fp32)
+    direct(paged_decode_kernel, q)[(b, nkv, splits)](
+        out, partials, *common, block_tables.stride(0), splits, scale, **shape, NQ=num_heads,
+        **dcfg, num_warps=4, num_stages=2)
+    if splits > 1:
+        direct(paged_decode_reduce_kernel, q)[(b, num_heads)](
+            out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,
+            HEAD_DIM=head_dim, DIM_PAD=max(16, pow2(head_dim)), SPLITS_PAD=MAX_SPLITS,
+            num_warps=4)
+    return out

@@ -1,0 +1,81 @@
+"""Assembles the engine's "kernels" header section and cubin blobs from a lowered plan.
+
+Header layout (docs/architecture.md, "GPU plan executor"):
+  format, triton, targets, dtype, limits, arena_bytes, kv_cache, step_inputs, outputs,
+  derived [[symbol, formula]], scratch {name: [size formulas]}, constants {name: table},
+  kernels {id: {fn, signature, constexprs, num_warps, num_stages,
+                sm: {"90": {blob, name, shared, params, num_extra_params}}}},
+  program [{kind: "kernel", kernel, grid, args, when} | {kind: "gemm", ...}]
+"""
+from __future__ import annotations
+
+import triton
+
+from kiln.builder.kernels.aot import compile_spec
+from kiln.builder.kernels.lower import kernels_of, lower, program_json
+
+FORMAT = 1
+
+
+def _kv_cache(graph, build) -> dict:
+    attn = [n for n in graph.nodes if n.op == "attention"]
+    if not attn:
+        return {"num_layers": 0, "num_kv_heads": 0, "head_dim": 0,
+                "tokens_per_block": build.tokens_per_block, "dtype": build.dtype}
+    a = attn[0].attrs
+    for node in attn:
+        if (node.attrs["num_kv_heads"], node.attrs["head_dim"]) != (a["num_kv_heads"], a["head_dim"]):
+            raise ValueError("attention layers differ in num_kv_heads or head_dim; the paged "
+                             "KV cache needs one shape for all layers")
+    return {"num_layers": max(n.attrs["layer"] for n in attn) + 1,
+            "num_kv_heads": a["num_kv_heads"], "head_dim": a["head_dim"],
+            "tokens_per_block": build.tokens_per_block, "dtype": build.dtype}
+
+
+def _outputs(ctx) -> dict:
+    out = {}
+    for name in ctx.graph.of_kind("output"):
+        v = ctx.graph.values[name]
+        out[name] = {"ref": ctx.ref(name)[0], "dtype": v.dtype, "rows": str(v.shape[0]),
+                     "cols": int(v.shape[-1])}
+    return out
+
+
+def build_bundle(graph, build, progress=None):
+    from kiln.builder.engine.writer import KernelBundle
+
+    ctx = lower(graph, build)
+    specs = kernels_of(ctx)
+    kernels, blobs = {}, {}
+    total, done = len(specs) * len(build.targets), 0
+    for key, spec in specs.items():
+        entry = spec.describe()
+        entry["sm"] = {}
+        for sm in build.targets:
+            compiled = compile_spec(spec, sm)
+            blob = f"kernels/{key}.sm{sm}"
+            blobs[blob] = compiled.cubin
+            entry["sm"][str(sm)] = dict(compiled.meta, blob=blob)
+            done += 1
+            if progress:
+                progress(done, total)
+        kernels[key] = entry
+    header = {
+        "format": FORMAT,
+        "triton": triton.__version__,
+        "targets": list(build.targets),
+        "dtype": build.dtype,
+        "limits": {"max_num_tokens": build.max_num_tokens, "max_batch_size": build.max_batch_size,
+                   "max_seq_len": build.max_seq_len, "max_blocks_per_seq": build.max_blocks_per_seq,
+                   "tokens_per_block": build.tokens_per_block},
+        "arena_bytes": graph.memory_plan["arena_bytes"],
+        "kv_cache": _kv_cache(graph, build),
+        "step_inputs": {n: graph.values[n].dtype for n in graph.of_kind("input")},
+        "outputs": _outputs(ctx),
+        "derived": [[name, formula] for name, formula in ctx.derived.items()],
+        "scratch": ctx.scratch_sizes,
+        "constants": ctx.constants,
+        "kernels": kernels,
+        "program": program_json(ctx),
+    }
+    return KernelBundle(header=header, blobs=blobs)

@@ -1,0 +1,149 @@
+"""Lowers a plan (the graph after the pass pipeline, with its memory plan) to a program:
+kernel launches and GEMMs whose buffers are references (spec.py) and whose sizes are
+expressions over the step's symbols (symbols.py)."""
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from kiln.builder.ir import Graph
+from kiln.builder.kernels import attention, elementwise, gather, gemm, norm, rope
+from kiln.builder.kernels.spec import Gemm, KernelSpec, Launch, Ptr, kernel_spec
+from kiln.builder.kernels.symbols import STEP_SYMBOLS, check
+
+PLANNERS = {
+    "embedding": gather.plan_embedding,
+    "gather_last": gather.plan_gather_last,
+    "rmsnorm": norm.plan_rmsnorm,
+    "add_rmsnorm": norm.plan_add_rmsnorm,
+    "head_rmsnorm": norm.plan_head_rmsnorm,
+    "rope": rope.plan_rope,
+    "attention": attention.plan_attention,
+    "linear": gemm.plan_linear,
+    "silu_mul": elementwise.plan_silu_mul,
+    "silu": elementwise.plan_silu,
+    "add": elementwise.plan_add,
+    "mul": elementwise.plan_mul,
+    "cast": elementwise.plan_cast,
+    "split": lambda node, ctx: None,  # outputs are views of the input: nothing to run
+}
+
+
+class LoweringContext:
+    """What a family's plan_<op> needs: buffer references, strides, rows and launch makers."""
+
+    def __init__(self, graph: Graph, build) -> None:
+        if graph.memory_plan is None:
+            raise ValueError("the plan has no memory plan: run the plan_memory pass first")
+        self.graph = graph
+        self.build = build
+        self.tokens_per_block = build.tokens_per_block
+        self.plan = graph.memory_plan
+        self.program: list[Launch | Gemm] = []
+        self.constants: dict[str, dict] = {}
+        self.scratch_sizes: dict[str, list[str]] = {}
+        self.derived: dict[str, str] = {}
+        self.label = ""
+
+    # -- values -------------------------------------------------------------------------------
+    def dtype(self, name: str) -> str:
+        return self.graph.values[name].dtype
+
+    def width(self, name: str) -> int:
+        return int(self.graph.values[name].shape[-1])
+
+    def rows(self, name: str) -> str:
+        return str(self.graph.values[name].shape[0])
+
+    def row_stride(self, name: str) -> int:
+        view = self.plan["views"].get(name)
+        return int(view["row_stride"]) if view else self.width(name)
+
+    def ref(self, name: str) -> tuple[dict, int]:
+        """(reference, known byte alignment) of a value's first element."""
+        kind = self.graph.values[name].kind
+        if kind == "input":
+            return {"input": name}, 256
+        if kind == "weight":
+            return {"weight": name}, 256
+        offset = self.plan["offsets"][name]
+        return {"arena": offset}, offset & -offset if offset else 256
+
+    def ptr(self, name: str) -> Ptr:
+        ref, align = self.ref(name)
+        return Ptr(ref, self.dtype(name), align)
+
+    def kv(self, layer: int, half: int) -> Ptr:
+        return Ptr({"kv": layer, "half": half}, self.build.dtype)
+
+    def const(self, dtype: str, values: list) -> Ptr:
+        """A small table uploaded once at load; equal tables share one upload."""
+        code = {"float32": "f", "int32": "i"}[dtype]
+        digest = hashlib.sha256(struct.pack(f"<{len(values)}{code}", *values)).hexdigest()[:12]
+        name = f"{dtype}.{digest}"
+        self.constants[name] = {"dtype": dtype, "values": list(values)}
+        return Ptr({"const": name}, dtype)
+
+    def scratch(self, name: str, nbytes: str) -> Ptr:
+        """Device scratch shared by every launch that names it (launches run in order); its
+        size, an expression over NSM and the build limits, is the largest asked for."""
+        sizes = self.scratch_sizes.setdefault(name, [])
+        if nbytes not in sizes:
+            sizes.append(nbytes)
+        return Ptr({"scratch": name}, "float32")
+
+    def derive(self, formula: str) -> str:
+        """A per-step symbol computed from the step's symbols; equal formulas share one."""
+        for name, existing in self.derived.items():
+            if existing == formula:
+                return name
+        name = f"S{len(self.derived)}"
+        check(formula, set(STEP_SYMBOLS) | set(self.derived))
+        self.derived[name] = formula
+        return name
+
+    # -- program ------------------------------------------------------------------------------
+    def launch(self, fn, grid: tuple, args: dict, constexprs: dict, num_warps: int,
+               num_stages: int = 1, when: str | None = None) -> None:
+        spec, json_args = kernel_spec(fn, args, constexprs, num_warps, num_stages)
+        grid3 = tuple(str(g) for g in grid) + ("1",) * (3 - len(grid))
+        names = set(STEP_SYMBOLS) | set(self.derived)
+        for g in grid3:
+            check(g, names)
+        for a in json_args:
+            if "i32" in a:
+                check(a["i32"], names)
+        if when is not None:
+            check(when, names)
+        self.program.append(Launch(spec, grid3, json_args, when, self.label))
+
+    def gemm(self, g: Gemm) -> None:
+        g.label = self.label
+        self.program.append(g)
+
+
+def lower(graph: Graph, build) -> LoweringContext:
+    ctx = LoweringContext(graph, build)
+    for index, node in enumerate(graph.nodes):
+        planner = PLANNERS.get(node.op)
+        if planner is None:
+            raise ValueError(f"no GPU lowering for op {node.op!r}")
+        ctx.label = f"{index}:{node.op}:{node.outputs[0]}"
+        planner(node, ctx)
+    return ctx
+
+
+def kernels_of(ctx: LoweringContext) -> dict[str, KernelSpec]:
+    return {step.kernel.key: step.kernel for step in ctx.program if isinstance(step, Launch)}
+
+
+def program_json(ctx: LoweringContext) -> list[dict]:
+    out = []
+    for step in ctx.program:
+        if isinstance(step, Gemm):
+            out.append(step.to_json())
+        else:
+            out.append({"kind": "kernel", "label": step.label, "kernel": step.kernel.key,
+                        "grid": list(step.grid), "args": step.args, "when": step.when})
+    return out
+

@@ -1,0 +1,141 @@
+"""What a plan lowers to: kernel launches and GEMMs whose arguments are references.
+
+A reference names a buffer the C++ plan executor owns, resolved once at load:
+`{"arena": byte_offset}` (activation arena), `{"input": name}` (a step input),
+`{"weight": name}`, `{"kv": layer, "half": 0|1}` (K or V of one layer in the paged cache),
+`{"scratch": name, "offset": bytes}`, `{"const": name}` (a small table uploaded at load).
+Scalars are `{"i32": expr}` (an expression over the step's symbols, see symbols.py) or
+`{"f32": number}`.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+
+TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
+                "int32": "i32", "int64": "i64"}
+
+
+@dataclass(slots=True)
+class Ptr:
+    """A pointer argument: what it refers to, its element dtype, its known byte alignment."""
+    ref: dict
+    dtype: str
+    align: int = 256
+
+
+@dataclass(slots=True)
+class I32:
+    expr: str | int
+
+
+@dataclass(slots=True)
+class F32:
+    value: float
+
+
+@dataclass(slots=True)
+class KernelSpec:
+    """One specialization of a Triton kernel: everything triton.compile needs but the target."""
+    fn: object  # triton JITFunction
+    signature: dict[str, str]
+    constexprs: dict
+    divisible: tuple[int, ...]  # indices of pointer params known to be 16-byte aligned
+    num_warps: int
+    num_stages: int
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.fn.fn.__module__}.{self.fn.fn.__name__}"
+
+    def describe(self) -> dict:
+        return {"fn": self.qualname, "signature": self.signature, "constexprs": self.constexprs,
+                "divisible": list(self.divisible), "num_warps": self.num_warps,
+                "num_stages": self.num_stages}
+
+    @property
+    def key(self) -> str:
+        """A short id, equal for equal specializations of the same source."""
+        data = json.dumps([self.describe(), source_key(self.fn)], sort_keys=True)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Launch:
+    kernel: KernelSpec
+    grid: tuple[str, str, str]
+    args: list[dict]
+    when: str | None = None
+    label: str = ""
+
+
+@dataclass(slots=True)
+class Gemm:
+    """out[M, N] = a[M, K] @ w[N, K].T (+ bias[N]), row-major, through cuBLASLt."""
+    a: dict
+    w: dict
+    out: dict
+    bias: dict | None
+    m: str | int
+    n: int
+    k: int
+    lda: int
+    ldc: int
+    dtype: str
+    label: str = ""
+
+    def to_json(self) -> dict:
+        return {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
+                "bias": self.bias, "m": str(self.m), "n": self.n, "k": self.k,
+                "lda": self.lda, "ldc": self.ldc, "dtype": self.dtype}
+
+
+def kernel_spec(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int = 1
+                ) -> tuple[KernelSpec, list[dict]]:
+    """Orders `args` and `constexprs` by the kernel's parameters; returns the spec and the
+    launch's JSON arguments (runtime parameters only, in order)."""
+    names = list(fn.arg_names)
+    unknown = set(args) | set(constexprs)
+    unknown -= set(names)
+    if unknown:
+        raise ValueError(f"{fn.fn.__name__} has no parameters {sorted(unknown)}")
+    signature, json_args, divisible = {}, [], []
+    for index, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        if name not in args:
+            raise ValueError(f"{fn.fn.__name__}: no value for parameter {name}")
+        arg = args[name]
+        if isinstance(arg, Ptr):
+            signature[name] = "*" + TRITON_TYPES[arg.dtype]
+            json_args.append(dict(arg.ref))
+            if arg.align % 16 == 0:
+                divisible.append(index)
+        elif isinstance(arg, I32):
+            signature[name] = "i32"
+            json_args.append({"i32": str(arg.expr)})
+        elif isinstance(arg, F32):
+            signature[name] = "fp32"
+            json_args.append({"f32": float(arg.value)})
+        else:
+            raise TypeError(f"{fn.fn.__name__}.{name}: {arg!r} is not Ptr, I32 or F32")
+    spec = KernelSpec(fn, signature, {k: constexprs[k] for k in names if k in constexprs},
+                      tuple(divisible), num_warps, num_stages)
+    return spec, json_args
+
+
+def source_key(fn) -> str:
+    """Triton's hash of the kernel's source and what it calls (a source hash under the
+    interpreter, whose functions have none)."""
+    key = getattr(fn, "cache_key", None)
+    if key is None:
+        key = hashlib.sha256(inspect.getsource(fn.fn).encode()).hexdigest()
+    return key
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= n."""
+    return 1 << max(0, (int(n) - 1).bit_length())

@@ -1,0 +1,272 @@
+#include "gpu/gemm.h"
+
+#include "gpu/cuda_check.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace kiln::gpu
+{
+namespace
+{
+
+std::string typeName(cudaDataType_t type)
+{
+    switch (type)
+    {
+    case CUDA_R_16BF: return "bfloat16";
+    case CUDA_R_16F: return "float16";
+    case CUDA_R_32F: return "float32";
+    default: return "type" + std::to_string(static_cast<int>(type));
+    }
+}
+
+/// The largest power of two (<= 256) that divides the address: cuBLASLt's heuristic assumes
+/// 256-byte aligned operands unless told otherwise.
+std::uint32_t alignment(void const* p)
+{
+    auto const address = reinterpret_cast<std::uintptr_t>(p);
+    std::uint32_t align = 256;
+    while (align > 1 && address % align != 0)
+    {
+        align /= 2;
+    }
+    return align;
+}
+
+constexpr int kCandidates = 8;
+constexpr int kTuneMaxM = 64;
+constexpr int kTuneReps = 3;
+
+} // namespace
+
+struct GemmRunner::Problem
+{
+    GemmProblem p;
+    cublasLtMatmulDesc_t desc = nullptr;
+    std::uint32_t alignA = 256; // the weight (cuBLASLt's A)
+    std::uint32_t alignB = 256; // the activation (cuBLASLt's B)
+    std::uint32_t alignC = 256;
+};
+
+struct GemmRunner::Plan
+{
+    cublasLtMatrixLayout_t a = nullptr; // w: K x N column-major, transposed by the op
+    cublasLtMatrixLayout_t b = nullptr; // activations: K x M column-major (ld = lda)
+    cublasLtMatrixLayout_t c = nullptr; // out: N x M column-major (ld = ldc)
+    cublasLtMatmulAlgo_t algo{};
+    GemmChoice choice;
+};
+
+GemmRunner::GemmRunner(std::string const& cublasLtPath, std::size_t workspaceBytes)
+    : mApi(std::make_unique<CublasLtApi>(cublasLtPath))
+    , mWorkspaceBytes(workspaceBytes)
+{
+    mApi->check(mApi->create(&mHandle), "cublasLtCreate");
+    if (mWorkspaceBytes > 0)
+    {
+        KILN_CUDA_CHECK(cudaMalloc(&mWorkspace, mWorkspaceBytes));
+    }
+}
+
+GemmRunner::~GemmRunner()
+{
+    for (auto& [key, plan] : mPlans)
+    {
+        mApi->matrixLayoutDestroy(plan->a);
+        mApi->matrixLayoutDestroy(plan->b);
+        mApi->matrixLayoutDestroy(plan->c);
+    }
+    for (auto& problem : mProblems)
+    {
+        mApi->matmulDescDestroy(problem->desc);
+    }
+    if (mWorkspace != nullptr)
+    {
+        cudaFree(mWorkspace);
+    }
+    if (mHandle != nullptr)
+    {
+        mApi->destroy(mHandle);
+    }
+}
+
+int GemmRunner::add(GemmProblem const& p)
+{
+    auto problem = std::make_unique<Problem>();
+    problem->p = p;
+    problem->alignA = alignment(p.w);
+    problem->alignB = alignment(p.a);
+    problem->alignC = alignment(p.out);
+    auto& api = *mApi;
+    api.check(api.matmulDescCreate(&problem->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    cublasOperation_t const transA = CUBLAS_OP_T;
+    cublasOperation_t const transB = CUBLAS_OP_N;
+    api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_TRANSA, &transA, sizeof(transA)),
+        "cublasLtMatmulDescSetAttribute(TRANSA)");
+    api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_TRANSB, &transB, sizeof(transB)),
+        "cublasLtMatmulDescSetAttribute(TRANSB)");
+    if (p.bias != nullptr)
+    {
+        cublasLtEpilogue_t const epilogue = CUBLASLT_EPILOGUE_BIAS;
+        api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
+            "cublasLtMatmulDescSetAttribute(EPILOGUE)");
+        api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)),
+            "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+        api.check(api.matmulDescSetAttribute(
+                      problem->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &problem->p.type, sizeof(problem->p.type)),
+            "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)");
+    }
+    mProblems.push_back(std::move(problem));
+    return static_cast<int>(mProblems.size()) - 1;
+}
+
+GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_t stream)
+{
+    GemmProblem const& p = problem.p;
+    auto const key = std::make_tuple(static_cast<int>(p.type), p.n, p.k, p.lda, p.ldc, p.bias != nullptr, m,
+        static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)));
+    if (auto const it = mPlans.find(key); it != mPlans.end())
+    {
+        return *it->second;
+    }
+    auto& api = *mApi;
+    auto plan = std::make_unique<Plan>();
+    api.check(api.matrixLayoutCreate(&plan->a, p.type, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
+    api.check(api.matrixLayoutCreate(&plan->b, p.type, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
+    api.check(api.matrixLayoutCreate(&plan->c, p.type, p.n, m, p.ldc), "cublasLtMatrixLayoutCreate(out)");
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    api.check(api.preferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    auto setPref = [&](cublasLtMatmulPreferenceAttributes_t attr, auto value, char const* what)
+    {
+        api.check(api.preferenceSetAttribute(pref, attr, &value, sizeof(value)), what);
+    };
+    cublasLtMatmulHeuristicResult_t results[kCandidates]{};
+    int found = 0;
+    try
+    {
+        setPref(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<std::uint64_t>(mWorkspaceBytes),
+            "preference MAX_WORKSPACE_BYTES");
+        setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, problem.alignA, "preference MIN_ALIGNMENT_A");
+        setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, problem.alignB, "preference MIN_ALIGNMENT_B");
+        setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, problem.alignC, "preference MIN_ALIGNMENT_C");
+        setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, problem.alignC, "preference MIN_ALIGNMENT_D");
+        api.check(api.algoGetHeuristic(
+                      mHandle, problem.desc, plan->a, plan->b, plan->c, plan->c, pref, kCandidates, results, &found),
+            "cublasLtMatmulAlgoGetHeuristic");
+    }
+    catch (...)
+    {
+        api.preferenceDestroy(pref);
+        throw;
+    }
+    api.preferenceDestroy(pref);
+    if (found == 0)
+    {
+        throw std::runtime_error("cuBLASLt has no algorithm for a " + typeName(p.type) + " GEMM with M="
+            + std::to_string(m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k));
+    }
+    int best = 0;
+    std::string tuning = "heuristic's first of " + std::to_string(found);
+    if (found > 1 && m <= kTuneMaxM)
+    {
+        // Time the candidates on the real operands (the output is rewritten by the real run).
+        KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+        float bestUs = -1.0F;
+        float firstUs = -1.0F;
+        for (int i = 0; i < found; ++i)
+        {
+            if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > mWorkspaceBytes)
+                continue;
+            float const us = timeAlgo(problem, *plan, results[i].algo, stream);
+            if (i == 0)
+                firstUs = us;
+            if (us >= 0 && (bestUs < 0 || us < bestUs))
+            {
+                bestUs = us;
+                best = i;
+            }
+        }
+        tuning = "timed " + std::to_string(found) + " candidates: #" + std::to_string(best) + " "
+            + std::to_string(static_cast<int>(bestUs + 0.5F)) + " us (first " + std::to_string(static_cast<int>(firstUs + 0.5F))
+            + " us)";
+    }
+    cublasLtMatmulHeuristicResult_t const& result = results[best];
+    plan->algo = result.algo;
+    // The algo's opaque words hold its id first; tile and stage ids follow in later words.
+    plan->choice = GemmChoice{m, p.n, p.k, typeName(p.type), p.bias != nullptr,
+        "algo " + std::to_string(result.algo.data[0]) + " config " + std::to_string(result.algo.data[1]) + "/"
+            + std::to_string(result.algo.data[2]) + " waves " + std::to_string(result.wavesCount) + "; " + tuning};
+    return *mPlans.emplace(key, std::move(plan)).first->second;
+}
+
+void GemmRunner::run(int id, int m, cudaStream_t stream)
+{
+    Problem const& problem = *mProblems.at(static_cast<std::size_t>(id));
+    if (m <= 0)
+    {
+        return;
+    }
+    Plan& plan = planFor(problem, m, stream);
+    float const alpha = 1.0F;
+    float const beta = 0.0F;
+    GemmProblem const& p = problem.p;
+    mApi->check(mApi->matmul(mHandle, problem.desc, &alpha, p.w, plan.a, p.a, plan.b, &beta, p.out, plan.c, p.out,
+                    plan.c, &plan.algo, mWorkspace, mWorkspaceBytes, stream),
+        "cublasLtMatmul");
+}
+
+float GemmRunner::timeAlgo(
+    Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo, cudaStream_t stream)
+{
+    GemmProblem const& p = problem.p;
+    float const alpha = 1.0F;
+    float const beta = 0.0F;
+    auto once = [&]()
+    {
+        return mApi->matmul(mHandle, problem.desc, &alpha, p.w, plan.a, p.a, plan.b, &beta, p.out, plan.c, p.out,
+            plan.c, &algo, mWorkspace, mWorkspaceBytes, stream);
+    };
+    if (once() != CUBLAS_STATUS_SUCCESS) // a candidate that does not run is skipped
+    {
+        return -1.0F;
+    }
+    cudaEvent_t start = nullptr;
+    cudaEvent_t stop = nullptr;
+    KILN_CUDA_CHECK(cudaEventCreate(&start));
+    KILN_CUDA_CHECK(cudaEventCreate(&stop));
+    float best = -1.0F;
+    for (int rep = 0; rep < kTuneReps; ++rep)
+    {
+        KILN_CUDA_CHECK(cudaEventRecord(start, stream));
+        mApi->check(once(), "cublasLtMatmul (timing)");
+        KILN_CUDA_CHECK(cudaEventRecord(stop, stream));
+        KILN_CUDA_CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        best = best < 0 ? ms * 1000.0F : std::min(best, ms * 1000.0F);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return best;
+}
+
+std::vector<GemmChoice> GemmRunner::choices() const
+{
+    std::vector<GemmChoice> out;
+    for (auto const& [key, plan] : mPlans)
+    {
+        out.push_back(plan->choice);
+    }
+    return out;
+}
+
+std::string GemmRunner::describe() const
+{
+    return "cuBLASLt " + std::to_string(mApi->getVersion()) + " (" + mApi->path() + ")";
+}
+
+} // namespace kiln::gpu

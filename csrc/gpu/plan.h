@@ -1,0 +1,147 @@
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace kiln::gpu
+{
+
+/// @brief A buffer a program argument points into (see kiln.builder.kernels.spec).
+struct BufferRef
+{
+    enum class Kind
+    {
+        Arena,   ///< activation arena + offset
+        Input,   ///< a step input, by name
+        Weight,  ///< a weight, by name
+        Kv,      ///< K (half 0) or V (half 1) of one layer of the paged cache
+        Scratch, ///< a named scratch buffer + offset
+        Const,   ///< a small uploaded table, by name
+    };
+    Kind kind = Kind::Arena;
+    std::int64_t offset = 0;
+    std::string name;
+    int layer = 0;
+    int half = 0;
+};
+
+/// @brief One runtime parameter of a kernel launch.
+struct KernelArg
+{
+    enum class Kind
+    {
+        Pointer,
+        Int32,
+        Float32
+    };
+    Kind kind = Kind::Pointer;
+    BufferRef ref;
+    std::string expr; ///< Int32: an expression over the step's symbols
+    float value = 0;  ///< Float32
+};
+
+/// @brief A kernel compiled for one SM.
+struct KernelBinary
+{
+    std::string name;                ///< entry symbol
+    std::string cubin;               ///< ELF bytes
+    int numWarps = 4;
+    int sharedBytes = 0;
+    std::vector<std::string> params; ///< PTX parameter types ("u64", "u32", "f32"), scratch included
+    int numExtraParams = 0;          ///< trailing scratch pointers Triton adds: passed as null
+};
+
+/// @brief A kernel specialization with its binaries, keyed by SM (80, 89, 90, ...).
+struct KernelDesc
+{
+    std::map<int, KernelBinary> bySm;
+};
+
+struct LaunchStep
+{
+    std::string label;
+    std::string kernel;
+    std::array<std::string, 3> grid;
+    std::vector<KernelArg> args;
+    std::string when; ///< empty: always
+};
+
+/// @brief out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), row-major.
+struct GemmStep
+{
+    std::string label;
+    BufferRef a;
+    BufferRef w;
+    BufferRef out;
+    std::optional<BufferRef> bias;
+    std::string m;
+    int n = 0;
+    int k = 0;
+    int lda = 0;
+    int ldc = 0;
+    std::string dtype;
+};
+
+struct OutputSpec
+{
+    BufferRef ref;
+    std::string rows;
+    int cols = 0;
+    std::string dtype;
+};
+
+/// @brief Everything the plan executor runs, as compile_plan wrote it in the engine header's
+/// "kernels" section (docs/architecture.md, "GPU plan executor").
+struct PlanSpec
+{
+    std::string dtype;
+    int maxNumTokens = 0;
+    int maxBatchSize = 0;
+    int maxSeqLen = 0;
+    int maxBlocksPerSeq = 0;
+    int tokensPerBlock = 0;
+    std::int64_t arenaBytes = 0;
+    int numLayers = 0;
+    int numKvHeads = 0;
+    int headDim = 0;
+    std::string kvDtype;
+    std::map<std::string, std::string> stepInputs; ///< name -> dtype
+    OutputSpec logits;
+    std::vector<std::pair<std::string, std::string>> derived;
+    std::map<std::string, std::vector<std::string>> scratch; ///< name -> size expressions (max wins)
+    std::map<std::string, std::vector<float>> constants;
+    std::map<std::string, KernelDesc> kernels;
+    std::vector<std::variant<LaunchStep, GemmStep>> program;
+};
+
+/// @brief A weight's bytes in host memory (e.g. the mmap'd engine file), valid during load.
+struct WeightData
+{
+    std::string name;
+    void const* data = nullptr;
+    std::size_t nbytes = 0;
+};
+
+struct PlanExecutorOptions
+{
+    int device = 0;
+    /// Fraction of the GPU memory still free after weights and activations that the KV cache takes.
+    double kvCacheFreeGpuMemoryFraction = 0.9;
+    /// Fixed KV block count instead of the fraction (tests).
+    std::optional<int> numBlocks;
+    /// libcublasLt to try after $KILN_CUBLASLT_LIBRARY and the loader's search (e.g. the
+    /// nvidia-cublas wheel's copy); empty: none.
+    std::string cublasLtPath;
+};
+
+/// @brief Size of one element of `dtype` ("float32", "float16", "bfloat16", "int32", "int64").
+[[nodiscard]] std::size_t dtypeSize(std::string const& dtype);
+
+} // namespace kiln::gpu

@@ -1,0 +1,704 @@
+#include "gpu/plan_executor.h"
+
+#include "gpu/cuda_check.h"
+#include "gpu/device_memory.h"
+#include "gpu/driver.h"
+#include "gpu/expr.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <variant>
+
+namespace kiln::gpu
+{
+namespace
+{
+
+constexpr std::size_t kAlign = 256;
+constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hopper
+constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM"};
+enum StepSymbol
+{
+    kT,
+    kB,
+    kMaxCtx,
+    kMaxQ,
+    kMaxBlk,
+    kNsm
+};
+
+std::size_t alignUp(std::size_t n)
+{
+    return (n + kAlign - 1) / kAlign * kAlign;
+}
+
+std::string gib(std::size_t bytes)
+{
+    std::ostringstream out;
+    out.precision(2);
+    out << std::fixed << static_cast<double>(bytes) / (1ULL << 30U) << " GiB";
+    return out.str();
+}
+
+cudaDataType_t cudaType(std::string const& dtype)
+{
+    if (dtype == "bfloat16")
+    {
+        return CUDA_R_16BF;
+    }
+    if (dtype == "float16")
+    {
+        return CUDA_R_16F;
+    }
+    if (dtype == "float32")
+    {
+        return CUDA_R_32F;
+    }
+    throw std::invalid_argument("GEMMs in " + dtype + " are not supported");
+}
+
+struct ResolvedKernel
+{
+    CUfunction function = nullptr;
+    KernelBinary const* binary = nullptr;
+};
+
+struct ResolvedLaunch
+{
+    std::string label;
+    CUfunction function = nullptr;
+    unsigned threads = 0;
+    unsigned shared = 0;
+    Expr grid[3];
+    std::optional<Expr> when;
+    std::vector<std::pair<std::size_t, Expr>> intArgs; // slot index, expression
+    std::vector<std::uint64_t> slots;                  // one 8-byte slot per parameter
+    std::vector<void*> params;
+};
+
+struct ResolvedGemm
+{
+    std::string label;
+    int id = 0;
+    Expr m;
+};
+
+/// The step inputs' host fields, by ABI name.
+std::pair<void const*, std::size_t> hostInput(StepInputs const& s, std::string const& name)
+{
+    auto bytes = [](auto const& v) { return std::make_pair(static_cast<void const*>(v.data()), v.size() * sizeof(v[0])); };
+    if (name == "input_ids")
+        return bytes(s.inputIds);
+    if (name == "positions")
+        return bytes(s.positions);
+    if (name == "slot_mapping")
+        return bytes(s.slotMapping);
+    if (name == "block_tables")
+        return bytes(s.blockTables);
+    if (name == "context_lens")
+        return bytes(s.contextLens);
+    if (name == "query_start")
+        return bytes(s.queryStart);
+    if (name == "last_token_index")
+        return bytes(s.lastTokenIndex);
+    throw std::invalid_argument("the plan reads step input '" + name + "', which the runtime does not provide");
+}
+
+} // namespace
+
+std::size_t dtypeSize(std::string const& dtype)
+{
+    if (dtype == "float32" || dtype == "int32")
+        return 4;
+    if (dtype == "float16" || dtype == "bfloat16")
+        return 2;
+    if (dtype == "int64")
+        return 8;
+    throw std::invalid_argument("unknown dtype '" + dtype + "'");
+}
+
+class PlanExecutor::Impl
+{
+public:
+    Impl(PlanSpec plan, std::vector<WeightData> const& weights, PlanExecutorOptions const& options)
+        : mSpec(std::move(plan))
+        , mDevice(options.device)
+        , mDriver(DriverApi::get())
+    {
+        KILN_CUDA_CHECK(cudaSetDevice(mDevice));
+        KILN_CUDA_CHECK(cudaGetDeviceProperties(&mProps, mDevice));
+        mSm = mProps.major * 10 + mProps.minor;
+        for (char const* name : kStepSymbols)
+        {
+            mSymbols.add(name);
+        }
+        for (auto const& [name, formula] : mSpec.derived)
+        {
+            mDerived.push_back(Expr::parse(formula, mSymbols));
+            mSymbols.add(name);
+        }
+        mValues.assign(mSymbols.size(), 0);
+        mValues[kNsm] = mProps.multiProcessorCount;
+
+        try
+        {
+            loadKernels();
+            allocate(weights, options);
+            resolveProgram();
+            KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&mStream, cudaStreamNonBlocking));
+        }
+        catch (...)
+        {
+            unload();
+            throw;
+        }
+    }
+
+    ~Impl()
+    {
+        cudaSetDevice(mDevice);
+        if (mStream != nullptr)
+        {
+            cudaStreamSynchronize(mStream);
+            cudaStreamDestroy(mStream);
+        }
+        unload();
+    }
+
+    int numBlocks() const
+    {
+        return mNumBlocks;
+    }
+
+    std::vector<float> forward(StepInputs const& step)
+    {
+        KILN_CUDA_CHECK(cudaSetDevice(mDevice));
+        validate(step);
+        for (std::size_t i = 0; i < mDerived.size(); ++i)
+        {
+            mValues[std::size(kStepSymbols) + i] = mDerived[i].eval(mValues);
+        }
+        for (auto const& [name, input] : mInputs)
+        {
+            auto const [data, bytes] = hostInput(step, name);
+            if (bytes == 0)
+                continue;
+            std::memcpy(mHostInputs.get<char>() + input.offset, data, bytes);
+            KILN_CUDA_CHECK(cudaMemcpyAsync(mInputBuffer.get<char>() + input.offset,
+                mHostInputs.get<char>() + input.offset, bytes, cudaMemcpyHostToDevice, mStream));
+        }
+        for (auto& item : mProgram)
+        {
+            if (auto* launch = std::get_if<ResolvedLaunch>(&item))
+            {
+                run(*launch);
+            }
+            else
+            {
+                auto& gemm = std::get<ResolvedGemm>(item);
+                mGemm->run(gemm.id, static_cast<int>(gemm.m.eval(mValues)), mStream);
+            }
+        }
+        auto const rows = static_cast<std::size_t>(mLogitsRows.eval(mValues));
+        std::size_t const count = rows * static_cast<std::size_t>(mSpec.logits.cols);
+        KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>(), reinterpret_cast<void const*>(mLogits),
+            count * sizeof(float), cudaMemcpyDeviceToHost, mStream));
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+        KILN_CUDA_CHECK(cudaGetLastError());
+        return std::vector<float>(mHostLogits.get<float>(), mHostLogits.get<float>() + count);
+    }
+
+    MemoryReport memory() const
+    {
+        return mMemory;
+    }
+
+    std::vector<GemmChoice> gemmChoices() const
+    {
+        return mGemm->choices();
+    }
+
+    std::string describe() const
+    {
+        return std::string(mProps.name) + " (sm_" + std::to_string(mSm) + ", " + std::to_string(mProps.multiProcessorCount)
+            + " SMs), cubins for sm_" + std::to_string(mCubinSm) + ", " + mGemm->describe() + ", "
+            + std::to_string(mNumBlocks) + " KV blocks";
+    }
+
+private:
+    void unload() noexcept
+    {
+        mGemm.reset();
+        for (CUmodule module : mModules)
+        {
+            mDriver.moduleUnload(module);
+        }
+        mModules.clear();
+    }
+
+    struct InputRegion
+    {
+        std::size_t offset = 0;
+        std::size_t capacity = 0;
+    };
+
+    /// The engine's cubins for this device: its own SM, else the newest of the same major
+    /// version not above it (sm_80 code runs on sm_86 and sm_89).
+    void loadKernels()
+    {
+        std::vector<int> available;
+        if (!mSpec.kernels.empty())
+        {
+            for (auto const& [sm, binary] : mSpec.kernels.begin()->second.bySm)
+                available.push_back(sm);
+        }
+        int chosen = -1;
+        for (int sm : available)
+        {
+            if (sm == mSm)
+                chosen = sm;
+        }
+        if (chosen < 0 && mSm / 10 < 9)
+        {
+            for (int sm : available)
+                if (sm / 10 == mSm / 10 && sm < mSm)
+                    chosen = std::max(chosen, sm);
+        }
+        if (chosen < 0)
+        {
+            std::string list;
+            for (int sm : available)
+                list += (list.empty() ? "sm_" : ", sm_") + std::to_string(sm);
+            throw std::invalid_argument("engine has kernels for " + (list.empty() ? std::string("no GPU") : list + " only")
+                + "; this GPU is sm_" + std::to_string(mSm) + ": rebuild with --target-sm " + std::to_string(mSm));
+        }
+        mCubinSm = chosen;
+        int optinShared = 0;
+        KILN_CUDA_CHECK(cudaDeviceGetAttribute(&optinShared, cudaDevAttrMaxSharedMemoryPerBlockOptin, mDevice));
+        for (auto const& [id, desc] : mSpec.kernels)
+        {
+            auto const it = desc.bySm.find(chosen);
+            if (it == desc.bySm.end())
+                throw std::runtime_error("engine kernel " + id + " has no cubin for sm_" + std::to_string(chosen)
+                    + ": the engine is damaged; rebuild it with engine-build");
+            KernelBinary const& binary = it->second;
+            if (binary.sharedBytes > optinShared)
+                throw std::invalid_argument("kernel " + binary.name + " needs " + std::to_string(binary.sharedBytes)
+                    + " bytes of shared memory, this GPU allows " + std::to_string(optinShared)
+                    + ": rebuild the engine for sm_" + std::to_string(mSm));
+            CUmodule module = nullptr;
+            mDriver.check(mDriver.moduleLoadData(&module, binary.cubin.data()), "cuModuleLoadData");
+            mModules.push_back(module);
+            CUfunction function = nullptr;
+            mDriver.check(mDriver.moduleGetFunction(&function, module, binary.name.c_str()), "cuModuleGetFunction");
+            if (binary.sharedBytes > 48 * 1024)
+            {
+                mDriver.check(mDriver.funcSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                  binary.sharedBytes),
+                    "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)");
+            }
+            mKernels[id] = ResolvedKernel{function, &binary};
+        }
+    }
+
+    std::size_t loadLimitValue(std::string const& formula) const
+    {
+        // Scratch sizes are evaluated for the largest step the engine accepts.
+        std::vector<std::int64_t> values(mSymbols.size(), 0);
+        values[kT] = mSpec.maxNumTokens;
+        values[kB] = mSpec.maxBatchSize;
+        values[kMaxCtx] = mSpec.maxSeqLen;
+        values[kMaxQ] = mSpec.maxNumTokens;
+        values[kMaxBlk] = mSpec.maxBlocksPerSeq;
+        values[kNsm] = mProps.multiProcessorCount;
+        return static_cast<std::size_t>(std::max<std::int64_t>(0, Expr::parse(formula, mSymbols).eval(values)));
+    }
+
+    void allocate(std::vector<WeightData> const& weights, PlanExecutorOptions const& options)
+    {
+        // Sizes first, so a model that does not fit is refused before anything is uploaded.
+        std::size_t weightBytes = 0;
+        for (auto const& w : weights)
+            weightBytes += alignUp(w.nbytes);
+        std::size_t inputBytes = 0;
+        auto const maxT = static_cast<std::size_t>(mSpec.maxNumTokens);
+        auto const maxB = static_cast<std::size_t>(mSpec.maxBatchSize);
+        for (auto const& [name, dtype] : mSpec.stepInputs)
+        {
+            std::size_t elems = maxT;
+            if (name == "block_tables")
+                elems = maxB * static_cast<std::size_t>(mSpec.maxBlocksPerSeq);
+            else if (name == "query_start")
+                elems = maxB + 1;
+            else if (name == "context_lens" || name == "last_token_index")
+                elems = maxB;
+            mInputs[name] = InputRegion{inputBytes, elems * dtypeSize(dtype)};
+            inputBytes += alignUp(elems * dtypeSize(dtype));
+        }
+        std::size_t scratchBytes = 0;
+        std::map<std::string, std::size_t> scratchOffsets;
+        for (auto const& [name, formulas] : mSpec.scratch)
+        {
+            std::size_t size = 0;
+            for (auto const& f : formulas)
+                size = std::max(size, loadLimitValue(f));
+            scratchOffsets[name] = scratchBytes;
+            scratchBytes += alignUp(std::max<std::size_t>(size, 1));
+        }
+        std::size_t constBytes = 0;
+        std::map<std::string, std::size_t> constOffsets;
+        for (auto const& [name, values] : mSpec.constants)
+        {
+            constOffsets[name] = constBytes;
+            constBytes += alignUp(values.size() * sizeof(float));
+        }
+        std::size_t const activationBytes = alignUp(static_cast<std::size_t>(mSpec.arenaBytes)) + inputBytes
+            + scratchBytes + constBytes;
+        std::size_t freeBytes = 0;
+        std::size_t totalBytes = 0;
+        KILN_CUDA_CHECK(cudaMemGetInfo(&freeBytes, &totalBytes));
+        std::size_t const need = weightBytes + activationBytes + kWorkspaceBytes;
+        if (need > freeBytes)
+        {
+            throw std::invalid_argument("the model does not fit on GPU " + std::to_string(mDevice) + " (" + mProps.name
+                + "): weights " + gib(weightBytes) + " + activations " + gib(activationBytes) + " + workspace "
+                + gib(kWorkspaceBytes) + " = " + gib(need) + ", but only " + gib(freeBytes) + " of " + gib(totalBytes)
+                + " are free; use a smaller model, dtype or --max-num-tokens");
+        }
+
+        mWeights = DeviceMemory(weightBytes);
+        uploadWeights(weights);
+        mArena = DeviceMemory(alignUp(static_cast<std::size_t>(mSpec.arenaBytes)));
+        mInputBuffer = DeviceMemory(inputBytes);
+        mHostInputs = PinnedMemory(inputBytes);
+        mScratch = DeviceMemory(scratchBytes);
+        for (auto const& [name, offset] : scratchOffsets)
+            mScratchPtr[name] = mScratch.address() + offset;
+        mConsts = DeviceMemory(constBytes);
+        for (auto const& [name, values] : mSpec.constants)
+        {
+            mConstPtr[name] = mConsts.address() + constOffsets[name];
+            KILN_CUDA_CHECK(cudaMemcpy(reinterpret_cast<void*>(mConstPtr[name]), values.data(),
+                values.size() * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        mHostLogits = PinnedMemory(maxB * static_cast<std::size_t>(mSpec.logits.cols) * sizeof(float));
+        mGemm = std::make_unique<GemmRunner>(options.cublasLtPath, kWorkspaceBytes);
+
+        // The KV cache takes its fraction of what is left.
+        KILN_CUDA_CHECK(cudaMemGetInfo(&freeBytes, &totalBytes));
+        mBlockElems = static_cast<std::size_t>(mSpec.numKvHeads) * mSpec.tokensPerBlock * mSpec.headDim;
+        std::size_t const blockBytes = static_cast<std::size_t>(mSpec.numLayers) * 2 * mBlockElems * dtypeSize(mSpec.kvDtype);
+        auto const budget = static_cast<std::size_t>(static_cast<double>(freeBytes) * options.kvCacheFreeGpuMemoryFraction);
+        std::size_t blocks = options.numBlocks ? static_cast<std::size_t>(*options.numBlocks)
+                                               : (blockBytes > 0 ? budget / blockBytes : 0);
+        blocks = std::min<std::size_t>(blocks, 1U << 30U);
+        if (!options.numBlocks && blocks < static_cast<std::size_t>(mSpec.maxBlocksPerSeq))
+        {
+            throw std::invalid_argument("the KV cache does not fit: one sequence of max_seq_len " + std::to_string(mSpec.maxSeqLen)
+                + " needs " + std::to_string(mSpec.maxBlocksPerSeq) + " blocks of " + std::to_string(blockBytes)
+                + " bytes, but " + std::to_string(options.kvCacheFreeGpuMemoryFraction) + " of the " + gib(freeBytes)
+                + " left after weights holds " + std::to_string(blocks) + "; raise the fraction or lower --max-seq-len");
+        }
+        if (blocks * blockBytes > freeBytes)
+            throw std::invalid_argument("a KV cache of " + std::to_string(blocks) + " blocks needs " + gib(blocks * blockBytes)
+                + " but only " + gib(freeBytes) + " are free");
+        mNumBlocks = static_cast<int>(blocks);
+        mKv = DeviceMemory(blocks * blockBytes);
+        mMemory = MemoryReport{weightBytes, activationBytes, kWorkspaceBytes, blocks * blockBytes, freeBytes, totalBytes};
+    }
+
+    /// Weights go through two pinned staging buffers, so reading the next chunk from the
+    /// (memory-mapped) file overlaps the copy of the last.
+    void uploadWeights(std::vector<WeightData> const& weights)
+    {
+        constexpr std::size_t kChunk = 64U << 20U;
+        PinnedMemory staging[2] = {PinnedMemory(kChunk), PinnedMemory(kChunk)};
+        cudaEvent_t done[2] = {nullptr, nullptr};
+        cudaStream_t stream = nullptr;
+        KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        KILN_CUDA_CHECK(cudaEventCreateWithFlags(&done[0], cudaEventDisableTiming));
+        KILN_CUDA_CHECK(cudaEventCreateWithFlags(&done[1], cudaEventDisableTiming));
+        int turn = 0;
+        std::size_t offset = 0;
+        try
+        {
+            for (auto const& w : weights)
+            {
+                mWeightPtr[w.name] = mWeights.address() + offset;
+                for (std::size_t at = 0; at < w.nbytes; at += kChunk)
+                {
+                    std::size_t const n = std::min(kChunk, w.nbytes - at);
+                    KILN_CUDA_CHECK(cudaEventSynchronize(done[turn]));
+                    std::memcpy(staging[turn].get<char>(), static_cast<char const*>(w.data) + at, n);
+                    KILN_CUDA_CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(mWeights.address() + offset + at),
+                        staging[turn].get<char>(), n, cudaMemcpyHostToDevice, stream));
+                    KILN_CUDA_CHECK(cudaEventRecord(done[turn], stream));
+                    turn ^= 1;
+                }
+                offset += alignUp(w.nbytes);
+            }
+            KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+        }
+        catch (...)
+        {
+            cudaStreamSynchronize(stream);
+            cudaEventDestroy(done[0]);
+            cudaEventDestroy(done[1]);
+            cudaStreamDestroy(stream);
+            throw;
+        }
+        cudaEventDestroy(done[0]);
+        cudaEventDestroy(done[1]);
+        cudaStreamDestroy(stream);
+    }
+
+    CUdeviceptr resolve(BufferRef const& ref, std::string const& where) const
+    {
+        auto lookup = [&](auto const& map, char const* what) -> CUdeviceptr
+        {
+            auto const it = map.find(ref.name);
+            if (it == map.end())
+                throw std::runtime_error(where + " uses " + what + " '" + ref.name + "' that the engine does not have");
+            return static_cast<CUdeviceptr>(it->second);
+        };
+        switch (ref.kind)
+        {
+        case BufferRef::Kind::Arena:
+            if (ref.offset < 0 || ref.offset >= mSpec.arenaBytes)
+                throw std::runtime_error(where + " points outside the activation arena");
+            return mArena.address() + static_cast<CUdeviceptr>(ref.offset);
+        case BufferRef::Kind::Input:
+        {
+            auto const it = mInputs.find(ref.name);
+            if (it == mInputs.end())
+                throw std::runtime_error(where + " uses step input '" + ref.name + "' that the plan does not declare");
+            return mInputBuffer.address() + it->second.offset;
+        }
+        case BufferRef::Kind::Weight: return lookup(mWeightPtr, "weight");
+        case BufferRef::Kind::Scratch: return lookup(mScratchPtr, "scratch") + static_cast<CUdeviceptr>(ref.offset);
+        case BufferRef::Kind::Const: return lookup(mConstPtr, "table");
+        case BufferRef::Kind::Kv:
+        {
+            if (ref.layer < 0 || ref.layer >= mSpec.numLayers || ref.half < 0 || ref.half > 1)
+                throw std::runtime_error(where + " uses KV layer " + std::to_string(ref.layer) + " of "
+                    + std::to_string(mSpec.numLayers));
+            std::size_t const plane = static_cast<std::size_t>(ref.layer * 2 + ref.half) * mNumBlocks * mBlockElems;
+            return mKv.address() + plane * dtypeSize(mSpec.kvDtype);
+        }
+        }
+        throw std::logic_error("unknown buffer kind");
+    }
+
+    void resolveProgram()
+    {
+        for (auto const& item : mSpec.program)
+        {
+            if (auto const* step = std::get_if<LaunchStep>(&item))
+            {
+                auto const kernel = mKernels.find(step->kernel);
+                if (kernel == mKernels.end())
+                    throw std::runtime_error(step->label + " launches unknown kernel " + step->kernel);
+                KernelBinary const& binary = *kernel->second.binary;
+                if (binary.params.size() != step->args.size() + static_cast<std::size_t>(binary.numExtraParams))
+                    throw std::runtime_error(step->label + ": " + binary.name + " takes " + std::to_string(binary.params.size())
+                        + " parameters, the program passes " + std::to_string(step->args.size()) + " + "
+                        + std::to_string(binary.numExtraParams) + " scratch");
+                ResolvedLaunch launch;
+                launch.label = step->label;
+                launch.function = kernel->second.function;
+                launch.threads = static_cast<unsigned>(32 * binary.numWarps);
+                launch.shared = static_cast<unsigned>(binary.sharedBytes);
+                for (int d = 0; d < 3; ++d)
+                    launch.grid[d] = Expr::parse(step->grid[static_cast<std::size_t>(d)], mSymbols);
+                if (!step->when.empty())
+                    launch.when = Expr::parse(step->when, mSymbols);
+                launch.slots.assign(binary.params.size(), 0);
+                for (std::size_t i = 0; i < step->args.size(); ++i)
+                {
+                    KernelArg const& arg = step->args[i];
+                    static char const* const kExpected[] = {"u64", "u32", "f32"};
+                    char const* expected = kExpected[static_cast<int>(arg.kind)];
+                    if (binary.params[i] != expected)
+                        throw std::runtime_error(step->label + ": parameter " + std::to_string(i) + " of " + binary.name
+                            + " is " + binary.params[i] + ", the program passes " + expected);
+                    if (arg.kind == KernelArg::Kind::Pointer)
+                        launch.slots[i] = resolve(arg.ref, step->label);
+                    else if (arg.kind == KernelArg::Kind::Float32)
+                        std::memcpy(&launch.slots[i], &arg.value, sizeof(float));
+                    else
+                        launch.intArgs.emplace_back(i, Expr::parse(arg.expr, mSymbols));
+                }
+                // Trailing scratch pointers stay 0 (null).
+                for (auto& slot : launch.slots)
+                    launch.params.push_back(&slot);
+                mProgram.emplace_back(std::move(launch));
+            }
+            else
+            {
+                auto const& g = std::get<GemmStep>(item);
+                GemmProblem problem{cudaType(g.dtype), g.n, g.k, g.lda, g.ldc,
+                    reinterpret_cast<void const*>(resolve(g.a, g.label)),
+                    reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
+                    g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr};
+                mProgram.emplace_back(ResolvedGemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols)});
+            }
+        }
+        mLogits = resolve(mSpec.logits.ref, "the logits output");
+        mLogitsRows = Expr::parse(mSpec.logits.rows, mSymbols);
+        if (mSpec.logits.dtype != "float32")
+            throw std::runtime_error("the plan's logits are " + mSpec.logits.dtype + ", the runtime reads float32");
+    }
+
+    void run(ResolvedLaunch& launch)
+    {
+        if (launch.when && launch.when->eval(mValues) == 0)
+            return;
+        std::int64_t grid[3];
+        for (int d = 0; d < 3; ++d)
+        {
+            grid[d] = launch.grid[d].eval(mValues);
+            if (grid[d] <= 0)
+                return;
+        }
+        for (auto const& [slot, expr] : launch.intArgs)
+        {
+            auto const value = static_cast<std::int32_t>(expr.eval(mValues));
+            std::memcpy(&launch.slots[slot], &value, sizeof(value));
+        }
+        mDriver.check(mDriver.launchKernel(launch.function, static_cast<unsigned>(grid[0]), static_cast<unsigned>(grid[1]),
+                          static_cast<unsigned>(grid[2]), launch.threads, 1, 1, launch.shared, mStream,
+                          launch.params.data(), nullptr),
+            launch.label.c_str());
+    }
+
+    /// A step outside the engine's limits would read or write out of bounds: refuse it.
+    void validate(StepInputs const& s)
+    {
+        auto fail = [](std::string const& what) { throw std::invalid_argument("bad step: " + what); };
+        auto const t = static_cast<std::int64_t>(s.inputIds.size());
+        std::int64_t const b = s.numSequences;
+        if (t < 1 || t > mSpec.maxNumTokens)
+            fail(std::to_string(t) + " tokens, the engine takes 1.." + std::to_string(mSpec.maxNumTokens));
+        if (b < 1 || b > mSpec.maxBatchSize)
+            fail(std::to_string(b) + " sequences, the engine takes 1.." + std::to_string(mSpec.maxBatchSize));
+        if (static_cast<std::int64_t>(s.positions.size()) != t || static_cast<std::int64_t>(s.slotMapping.size()) != t)
+            fail("positions and slot_mapping must have one entry per token");
+        if (static_cast<std::int64_t>(s.contextLens.size()) != b || static_cast<std::int64_t>(s.lastTokenIndex.size()) != b
+            || static_cast<std::int64_t>(s.queryStart.size()) != b + 1)
+            fail("context_lens, last_token_index need B entries and query_start B + 1");
+        std::int64_t const maxBlk = s.maxBlocksPerSeq;
+        if (maxBlk < 1 || static_cast<std::int64_t>(s.blockTables.size()) != b * maxBlk
+            || b * maxBlk > static_cast<std::int64_t>(mSpec.maxBatchSize) * mSpec.maxBlocksPerSeq)
+            fail("block_tables must be [B, MAXBLK] within the engine's max_batch_size x max_blocks_per_seq");
+        std::int64_t const vocab = mSpec.logits.cols;
+        for (auto id : s.inputIds)
+            if (id < 0 || id >= vocab)
+                fail("token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(vocab));
+        std::int64_t const slots = static_cast<std::int64_t>(mNumBlocks) * mSpec.tokensPerBlock;
+        for (auto slot : s.slotMapping)
+            if (slot >= slots)
+                fail("KV slot " + std::to_string(slot) + " beyond the cache's " + std::to_string(slots));
+        if (s.queryStart[0] != 0 || s.queryStart[static_cast<std::size_t>(b)] != t)
+            fail("query_start must run from 0 to T");
+        std::int64_t maxCtx = 0;
+        std::int64_t maxQ = 0;
+        for (std::int64_t i = 0; i < b; ++i)
+        {
+            std::int64_t const q = s.queryStart[static_cast<std::size_t>(i + 1)] - s.queryStart[static_cast<std::size_t>(i)];
+            std::int64_t const ctx = s.contextLens[static_cast<std::size_t>(i)];
+            if (q < 0 || ctx < q || ctx > maxBlk * mSpec.tokensPerBlock)
+                fail("sequence " + std::to_string(i) + " has " + std::to_string(q) + " query tokens and context "
+                    + std::to_string(ctx) + " (its blocks hold " + std::to_string(maxBlk * mSpec.tokensPerBlock) + ")");
+            for (std::int64_t j = 0; j < (ctx + mSpec.tokensPerBlock - 1) / mSpec.tokensPerBlock; ++j)
+            {
+                auto const block = s.blockTables[static_cast<std::size_t>(i * maxBlk + j)];
+                if (block < 0 || block >= mNumBlocks)
+                    fail("block " + std::to_string(block) + " of sequence " + std::to_string(i) + " outside the cache's "
+                        + std::to_string(mNumBlocks));
+            }
+            auto const last = s.lastTokenIndex[static_cast<std::size_t>(i)];
+            if (last < 0 || last >= t)
+                fail("last_token_index " + std::to_string(last) + " outside 0.." + std::to_string(t - 1));
+            maxCtx = std::max(maxCtx, ctx);
+            maxQ = std::max(maxQ, q);
+        }
+        mValues[kT] = t;
+        mValues[kB] = b;
+        mValues[kMaxCtx] = maxCtx;
+        mValues[kMaxQ] = maxQ;
+        mValues[kMaxBlk] = maxBlk;
+    }
+
+    PlanSpec mSpec;
+    int mDevice = 0;
+    DriverApi const& mDriver;
+    cudaDeviceProp mProps{};
+    int mSm = 0;
+    int mCubinSm = 0;
+    SymbolTable mSymbols;
+    std::vector<Expr> mDerived;
+    std::vector<std::int64_t> mValues;
+    std::vector<CUmodule> mModules;
+    std::map<std::string, ResolvedKernel> mKernels;
+    DeviceMemory mWeights;
+    DeviceMemory mArena;
+    DeviceMemory mInputBuffer;
+    DeviceMemory mScratch;
+    DeviceMemory mConsts;
+    DeviceMemory mKv;
+    PinnedMemory mHostInputs;
+    PinnedMemory mHostLogits;
+    std::map<std::string, InputRegion> mInputs;
+    std::map<std::string, CUdeviceptr> mWeightPtr;
+    std::map<std::string, CUdeviceptr> mScratchPtr;
+    std::map<std::string, CUdeviceptr> mConstPtr;
+    std::size_t mBlockElems = 0;
+    int mNumBlocks = 0;
+    MemoryReport mMemory;
+    std::unique_ptr<GemmRunner> mGemm;
+    std::vector<std::variant<ResolvedLaunch, ResolvedGemm>> mProgram;
+    CUdeviceptr mLogits = 0;
+    Expr mLogitsRows;
+    cudaStream_t mStream = nullptr;
+};
+
+PlanExecutor::PlanExecutor(PlanSpec plan, std::vector<WeightData> const& weights, PlanExecutorOptions const& options)
+    : mImpl(std::make_unique<Impl>(std::move(plan), weights, options))
+{
+}
+
+PlanExecutor::~PlanExecutor() = default;
+
+SizeType PlanExecutor::numBlocks() const
+{
+    return mImpl->numBlocks();
+}
+
+std::vector<float> PlanExecutor::forward(StepInputs const& step)
+{
+    return mImpl->forward(step);
+}
+
+MemoryReport PlanExecutor::memory() const
+{
+    return mImpl->memory();
+}
+
+std::vector<GemmChoice> PlanExecutor::gemmChoices() const
+{
+    return mImpl->gemmChoices();
+}
+
+std::string PlanExecutor::describe() const
+{
+    return mImpl->describe();
+}
+
+} // namespace kiln::gpu

@@ -1,0 +1,64 @@
+#pragma once
+
+#include "gpu/gemm.h"
+#include "gpu/plan.h"
+#include "runtime/backend.h"
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln::gpu
+{
+
+/// @brief Where the GPU memory went at load.
+struct MemoryReport
+{
+    std::size_t weightBytes = 0;
+    std::size_t arenaBytes = 0;  ///< activations, step inputs, scratch, tables
+    std::size_t workspaceBytes = 0;
+    std::size_t kvCacheBytes = 0;
+    std::size_t freeBeforeKvBytes = 0;
+    std::size_t totalBytes = 0;
+};
+
+/// @brief The GPU backend: runs an engine's compiled plan (Triton cubins loaded through the
+/// driver API, GEMMs through cuBLASLt) on one GPU, one step at a time, on its own stream.
+///
+/// At construction it picks the cubins for the device's SM, uploads the weights, allocates the
+/// activation arena and sizes the paged KV cache from the memory left. forward() uploads the
+/// step's ABI arrays, launches the program and returns float32 logits [B, vocab].
+class PlanExecutor final : public Backend
+{
+public:
+    /// @brief Loads `plan` with `weights` (host bytes, read during the call). Throws
+    /// std::invalid_argument with one line when the engine cannot run here (no cubins for this
+    /// SM, the model or its KV cache does not fit), std::runtime_error when CUDA fails.
+    PlanExecutor(PlanSpec plan, std::vector<WeightData> const& weights, PlanExecutorOptions const& options);
+    ~PlanExecutor() override;
+
+    PlanExecutor(PlanExecutor const&) = delete;
+    PlanExecutor& operator=(PlanExecutor const&) = delete;
+    PlanExecutor(PlanExecutor&&) = delete;
+    PlanExecutor& operator=(PlanExecutor&&) = delete;
+
+    /// @brief Physical KV blocks in the cache.
+    [[nodiscard]] SizeType numBlocks() const override;
+    /// @brief Runs one step. Throws std::invalid_argument for a step outside the engine's
+    /// limits, std::runtime_error for a CUDA failure.
+    [[nodiscard]] std::vector<float> forward(StepInputs const& step) override;
+
+    /// @brief Memory use as sized at load.
+    [[nodiscard]] MemoryReport memory() const;
+    /// @brief cuBLASLt's algorithm per GEMM shape and M so far.
+    [[nodiscard]] std::vector<GemmChoice> gemmChoices() const;
+    /// @brief Device, SM of the cubins in use, cuBLASLt version.
+    [[nodiscard]] std::string describe() const;
+
+private:
+    class Impl;
+    std::unique_ptr<Impl> mImpl;
+};
+
+} // namespace kiln::gpu

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Kiln's GPU check, in one run on a machine with an NVIDIA GPU:
+#   1. install Kiln editable (builds kiln._core with the GPU plan executor),
+#   2. the GPU tests: pytest -m gpu tests/gpu (kernels vs references, AOT cubins through the
+#      driver API, whole engines vs the reference backend and HuggingFace),
+#   3. the speed check: batch-1 decode of a Llama-3.1-8B-shaped bf16 engine beside the roofline.
+# Pure-Python packages the machine lacks can be carried as wheels in .whl/. Logs go to $OUT
+# (when set) or build/gpu-check; the speed table prints last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LOG=${OUT:-build/gpu-check}
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/kiln-wheels .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/kiln-wheels${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "== install"
+if ! $PY -m pip install --no-build-isolation --no-deps -e . >"$LOG/install.log" 2>&1; then
+  tail -40 "$LOG/install.log"
+  exit 1
+fi
+$PY -c "from kiln import _core; assert hasattr(_core, 'PlanExecutor'), 'kiln._core was built without the GPU plan executor'" || exit 1
+
+# An engine built on a CPU-only machine, carried here (see tests/gpu/test_runtime_gpu.py).
+[ -d .carry/cpu-built/engine ] && export KILN_CPU_BUILT_ENGINE=$PWD/.carry/cpu-built
+echo "== pytest -m gpu tests/gpu"
+$PY -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider ${KILN_PYTEST_ARGS:-} 2>&1 | tee "$LOG/pytest.log" | tail -40
+tests_rc=${PIPESTATUS[0]}
+
+echo "== speed check"
+$PY tests/gpu/speed_check.py 2>&1 | tee "$LOG/speed.log" | tail -30
+speed_rc=${PIPESTATUS[0]}
+exit $(( tests_rc != 0 || speed_rc != 0 ))

@@ -1,0 +1,126 @@
+"""compile_plan on a CPU-only machine: cubins for sm_80/89/90 with launch metadata, a program
+that references only what the header defines, and the build cache."""
+import json
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from kiln_testing import make_tiny_checkpoint  # noqa: E402
+
+from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
+from kiln.builder.kernels import aot, compile_plan  # noqa: E402
+from kiln.builder.kernels.symbols import STEP_SYMBOLS, evaluate  # noqa: E402
+from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
+from kiln.builder.passes import run_pipeline  # noqa: E402
+
+TARGETS = [80, 89, 90]
+
+
+def plan_for(tmp_path_factory, arch: str, dtype: str):
+    path = make_tiny_checkpoint(arch, tmp_path_factory.mktemp(arch))
+    build = BuildConfig(dtype=dtype, max_batch_size=4, max_seq_len=128, max_num_tokens=64,
+                        tokens_per_block=16, targets=TARGETS)
+    with open_checkpoint(path) as ckpt:
+        model = ModelConfig.from_hf(ckpt.hf_config)
+        return run_pipeline(build_graph(model, build, ckpt), build), build
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernel-cache")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(cache, monkeypatch):
+    monkeypatch.setenv("KILN_KERNEL_CACHE", str(cache))
+
+
+@pytest.mark.parametrize("arch,dtype", [("llama", "bfloat16"), ("qwen3", "float16"),
+                                        ("qwen2", "float32")])
+def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtype):
+    graph, build = plan_for(tmp_path_factory, arch, dtype)
+    bundle = compile_plan(graph, build)
+    header = bundle.header
+    json.dumps(header)  # the header is JSON-able as it stands
+    assert header["targets"] == TARGETS and header["dtype"] == dtype
+    kernels = header["kernels"]
+    fns = {k["fn"].rsplit(".", 1)[1] for k in kernels.values()}
+    assert {"gather_rows_kernel", "rmsnorm_kernel", "add_rmsnorm_kernel", "rope_kv_kernel",
+            "paged_attention_kernel", "paged_decode_kernel", "paged_decode_reduce_kernel",
+            "silu_mul_kernel", "cast_kernel"} <= fns
+    if arch == "qwen3":
+        assert "head_rmsnorm_kernel" in fns
+    for entry in kernels.values():
+        runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
+        assert set(entry["sm"]) == {str(sm) for sm in TARGETS}
+        for sm, meta in entry["sm"].items():
+            cubin = bundle.blobs[meta["blob"]]
+            assert aot.cubin_sm(cubin) == int(sm)
+            assert meta["num_warps"] == entry["num_warps"] and meta["shared"] >= 0
+            # Triton appends scratch pointers after the signature's runtime parameters.
+            assert len(meta["params"]) == len(runtime) + meta["num_extra_params"]
+            assert meta["params"][len(runtime):] == ["u64"] * meta["num_extra_params"]
+            for name, ptx in zip(runtime, meta["params"]):
+                t = entry["signature"][name]
+                assert ptx == {"i32": "u32", "fp32": "f32"}.get(t, "u64"), (name, t, ptx)
+    assert set(bundle.blobs) == {m["blob"] for e in kernels.values() for m in e["sm"].values()}
+
+
+def test_program_references_resolve(tmp_path_factory):
+    graph, build = plan_for(tmp_path_factory, "llama", "bfloat16")
+    header = compile_plan(graph, build).header
+    symbols = dict(T=64, B=4, MAXCTX=128, MAXQ=16, MAXBLK=8, NSM=132)
+    for name, formula in header["derived"]:
+        symbols[name] = evaluate(formula, symbols)
+    weights = set(graph.of_kind("weight"))
+    gemms = 0
+    for step in header["program"]:
+        refs = [step["a"], step["w"], step["out"]] + ([step["bias"]] if step["bias"] else []) \
+            if step["kind"] == "gemm" else step["args"]
+        for ref in refs:
+            if "arena" in ref:
+                assert 0 <= ref["arena"] < header["arena_bytes"]
+            elif "weight" in ref:
+                assert ref["weight"] in weights
+            elif "input" in ref:
+                assert ref["input"] in header["step_inputs"]
+            elif "const" in ref:
+                assert ref["const"] in header["constants"]
+            elif "scratch" in ref:
+                assert ref["scratch"] in header["scratch"]
+            elif "kv" in ref:
+                assert 0 <= ref["kv"] < header["kv_cache"]["num_layers"] and ref["half"] in (0, 1)
+            elif "i32" in ref:
+                assert evaluate(ref["i32"], symbols) >= 0
+            else:
+                assert set(ref) == {"f32"}
+        if step["kind"] == "gemm":
+            gemms += 1
+            assert evaluate(step["m"], symbols) in (64, 4)
+        else:
+            assert step["kernel"] in header["kernels"]
+            assert all(evaluate(g, symbols) >= 1 for g in step["grid"])
+    assert gemms == 4 * header["kv_cache"]["num_layers"] + 1  # qkv, o, gate_up, down; lm_head
+    assert set(STEP_SYMBOLS) <= set(symbols)
+
+
+def test_second_compile_hits_the_cache(tmp_path_factory, monkeypatch):
+    graph, build = plan_for(tmp_path_factory, "llama", "float16")
+    first = compile_plan(graph, build)
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("triton.compile called although every kernel is cached")
+
+    monkeypatch.setattr(aot.triton, "compile", no_compile)
+    second = compile_plan(graph, build)
+    assert second.header == first.header and second.blobs == first.blobs
+
+
+def test_no_triton_gives_an_empty_bundle(tmp_path_factory, monkeypatch):
+    import kiln.builder.kernels as kernels
+
+    graph, build = plan_for(tmp_path_factory, "llama", "float16")
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    bundle = kernels.compile_plan(graph, build)
+    assert bundle.header == {} and bundle.blobs == {}

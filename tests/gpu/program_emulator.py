@@ -1,0 +1,113 @@
+"""Runs an engine's GPU program (the "kernels" header section) in Python, as the C++ plan
+executor does: the same launches, arguments, grids, conditions and buffers, with the Triton
+kernels launched by name (Triton's interpreter on CPU tensors under TRITON_INTERPRET=1, its JIT on
+CUDA tensors) and the GEMMs done by torch. It checks the lowering (arena offsets and views,
+aliasing, strides, symbol expressions) end to end where no GPU is available, and serves as a
+second executor to compare the C++ one with on a GPU.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import torch
+
+from kiln.builder.kernels.symbols import evaluate
+
+TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+         "i32": torch.int32, "i64": torch.int64}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ProgramEmulator:
+    """`forward(step)` like a backend; `num_sms` plays NSM (it decides the KV splits)."""
+
+    def __init__(self, engine, num_blocks: int, device: str = "cpu", num_sms: int = 132) -> None:
+        self.h = h = engine.kernels
+        self.device, self.num_sms, self.num_blocks = device, num_sms, num_blocks
+        self.weights = {n: w.to(device) for n, w in engine.weights.items()}
+        # 0xFF bytes are NaN in every float dtype: an activation read before it is written shows.
+        self.arena = torch.full((h["arena_bytes"],), 255, dtype=torch.uint8, device=device)
+        kv = h["kv_cache"]
+        self.kv = torch.full((kv["num_layers"], 2, num_blocks, kv["num_kv_heads"],
+                              kv["tokens_per_block"], kv["head_dim"]), float("nan"),
+                             dtype=DTYPES[kv["dtype"]], device=device)
+        lim = h["limits"]
+        at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
+                    "MAXCTX": lim["max_seq_len"], "MAXQ": lim["max_num_tokens"],
+                    "MAXBLK": lim["max_blocks_per_seq"], "NSM": num_sms}
+        self.scratch = {name: torch.full((max(evaluate(f, at_limit) for f in sizes) // 4 + 1,),
+                                         float("nan"), dtype=torch.float32, device=device)
+                        for name, sizes in h["scratch"].items()}
+        self.consts = {name: torch.tensor(t["values"], dtype=torch.float32, device=device)
+                       for name, t in h["constants"].items()}
+        self.fns = {}
+        for key, entry in h["kernels"].items():
+            module, name = entry["fn"].rsplit(".", 1)
+            self.fns[key] = getattr(importlib.import_module(module), name)
+        self.inputs: dict[str, torch.Tensor] = {}
+
+    def pointer(self, ref: dict, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor whose first element is the referenced address."""
+        if "arena" in ref:
+            return self.arena[ref["arena"]:].view(dtype)
+        if "input" in ref:
+            return self.inputs[ref["input"]]
+        if "weight" in ref:
+            return self.weights[ref["weight"]]
+        if "kv" in ref:
+            return self.kv[ref["kv"], ref["half"]]
+        if "scratch" in ref:
+            return self.scratch[ref["scratch"]][ref.get("offset", 0) // 4:]
+        if "const" in ref:
+            return self.consts[ref["const"]]
+        raise ValueError(f"unknown reference {ref}")
+
+    def _launch(self, step: dict, symbols: dict) -> None:
+        if step["when"] is not None and not evaluate(step["when"], symbols):
+            return
+        grid = tuple(evaluate(g, symbols) for g in step["grid"])
+        if min(grid) <= 0:
+            return
+        entry = self.h["kernels"][step["kernel"]]
+        runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
+        kwargs = dict(entry["constexprs"])
+        for name, arg in zip(runtime, step["args"]):
+            t = entry["signature"][name]
+            if "i32" in arg:
+                kwargs[name] = evaluate(arg["i32"], symbols)
+            elif "f32" in arg:
+                kwargs[name] = arg["f32"]
+            else:
+                kwargs[name] = self.pointer(arg, TORCH[t.lstrip("*")])
+        self.fns[step["kernel"]][grid](**kwargs, num_warps=entry["num_warps"],
+                                       num_stages=entry["num_stages"])
+
+    def _gemm(self, g: dict, symbols: dict) -> None:
+        m = evaluate(g["m"], symbols)
+        dtype = DTYPES[g["dtype"]]
+        a = torch.as_strided(self.pointer(g["a"], dtype), (m, g["k"]), (g["lda"], 1))
+        out = torch.as_strided(self.pointer(g["out"], dtype), (m, g["n"]), (g["ldc"], 1))
+        bias = self.pointer(g["bias"], dtype)[: g["n"]] if g["bias"] else None
+        w = self.pointer(g["w"], dtype)
+        out.copy_(torch.nn.functional.linear(a.float(), w.float(), None if bias is None else
+                                             bias.float()).to(dtype))
+
+    def forward(self, step: dict) -> np.ndarray:
+        self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+                       for k, v in step.items()}
+        qs = step["query_start"]
+        symbols = {"T": len(step["input_ids"]), "B": len(step["context_lens"]),
+                   "MAXCTX": int(step["context_lens"].max()), "MAXQ": int(np.diff(qs).max()),
+                   "MAXBLK": step["block_tables"].shape[1], "NSM": self.num_sms}
+        for name, formula in self.h["derived"]:
+            symbols[name] = evaluate(formula, symbols)
+        for item in self.h["program"]:
+            if item["kind"] == "gemm":
+                self._gemm(item, symbols)
+            else:
+                self._launch(item, symbols)
+        out = self.h["outputs"]["logits"]
+        rows = evaluate(out["rows"], symbols)
+        logits = self.pointer(out["ref"], torch.float32)[: rows * out["cols"]]
+        return logits.view(rows, out["cols"]).cpu().numpy().copy()

@@ -1,0 +1,91 @@
+"""Every Triton kernel against its torch reference on the GPU, fp32/fp16/bf16, several shapes."""
+import pytest
+import torch
+
+import kernel_checks as kc
+
+pytestmark = pytest.mark.gpu
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ROW_SHAPES = [(1, 576), (7, 2048), (300, 4096), (33, 5120), (4, 8192)]
+# (num_heads, num_kv_heads, head_dim): Llama-3-8B, Qwen2.5-7B, SmolLM2, MHA, Qwen3-like GQA 8
+HEADS = [(32, 8, 128), (28, 4, 128), (9, 3, 64), (16, 16, 64), (16, 2, 128)]
+
+
+@pytest.fixture(autouse=True)
+def on_gpu(sm):
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", ROW_SHAPES)
+def test_rmsnorm_and_add_rmsnorm(dtype, rows, width):
+    assert kc.check_rmsnorm("cuda", dtype, rows, width, seed=rows) < kc.TOL[dtype]
+    assert kc.check_add_rmsnorm("cuda", dtype, rows, width, seed=rows + 1) < kc.TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,head_dim", [(32, 128), (8, 128), (14, 64)])
+def test_head_rmsnorm(dtype, heads, head_dim):
+    assert kc.check_head_rmsnorm("cuda", dtype, 37, heads, head_dim, seed=heads) < kc.TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", [(1, 14336), (65, 8960), (300, 1536)])
+def test_silu_mul_and_elementwise(dtype, rows, width):
+    assert kc.check_silu_mul("cuda", dtype, rows, width, seed=rows) < kc.TOL[dtype]
+    assert kc.check_elementwise("cuda", dtype, rows, width, seed=rows + 2) < kc.TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", [(32768, 4096), (49152, 576)])
+def test_embedding_and_gather_last_are_exact(dtype, rows, width):
+    assert kc.check_gather("cuda", dtype, rows, width, seed=1) == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,head_dim", [(32, 128), (9, 64)])
+def test_rope_llama3_at_large_positions(dtype, heads, head_dim):
+    assert kc.check_rope("cuda", dtype, 300, heads, head_dim, seed=heads) < kc.TOL[dtype]
+
+
+SCENARIOS = {
+    "prefill": ([0, 0], [200, 77]),
+    "chunked+decode": ([0, 96, 513, 40], [150, 37, 1, 1]),
+    "decode": ([0, 17, 900, 2999, 64], [1, 1, 1, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nq,nkv,hd", HEADS)
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_attention(dtype, nq, nkv, hd, scenario):
+    prefixes, q_lens = SCENARIOS[scenario]
+    out, cache = kc.check_attention("cuda", dtype, nq, nkv, hd, prefixes, q_lens, seed=nq + hd,
+                                    tokens_per_block=32)
+    assert out < kc.TOL[dtype], f"attention error {out}"
+    assert cache < kc.TOL[dtype], f"cache error {cache}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("splits", [2, 7, 32])
+@pytest.mark.parametrize("tokens_per_block", [16, 64])
+def test_split_kv_decode(dtype, splits, tokens_per_block):
+    out, _ = kc.check_attention("cuda", dtype, 32, 8, 128, [4000, 129, 5], [1, 1, 1], seed=splits,
+                                tokens_per_block=tokens_per_block, num_splits=splits)
+    assert out < kc.TOL[dtype]
+
+
+def test_attention_without_rope():
+    out, cache = kc.check_attention("cuda", torch.bfloat16, 16, 4, 64, [10, 0], [30, 5], seed=3,
+                                    rope_on=False)
+    assert out < kc.TOL[torch.bfloat16] and cache == 0.0
+
+
+@pytest.mark.parametrize("rows,vocab", [(1, 128256), (9, 151936), (3, 320)])
+def test_greedy_is_torch_argmax(rows, vocab):
+    assert kc.check_greedy("cuda", rows, vocab, seed=rows) == 0
+
+
+@pytest.mark.parametrize("vocab", [320, 32768])
+def test_sampling_stays_in_the_filtered_set(vocab):
+    assert kc.check_sampling("cuda", vocab, seed=vocab, draws=64) == 0

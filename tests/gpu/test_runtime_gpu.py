@@ -1,0 +1,79 @@
+"""The runtime on the GPU backend: inflight batching, a request that can never fit, and an
+engine built on a machine with no GPU."""
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from kiln.builder.errors import KilnError
+from kiln.runtime import ModelRunner
+
+pytestmark = pytest.mark.gpu
+
+
+def greedy_hf(model, prompt, n):
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids
+
+
+def prompts(lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 320, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_inflight_batching_gives_the_tokens_of_running_alone(core, sm, tiny_engine):
+    _, path = tiny_engine("qwen3", "float32", targets=(sm,))
+    batch = prompts((11, 23, 6, 40, 15, 8), seed=5)
+    with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=4096) as runner:
+        alone = [runner.generate([p], max_new_tokens=16, end_id=-1)[0, 0].tolist() for p in batch]
+        results = [None] * len(batch)
+
+        def go(i):
+            results[i] = runner.generate([batch[i]], max_new_tokens=16, end_id=-1)[0, 0].tolist()
+
+        threads = []
+        for i in range(len(batch)):  # each arrives while the earlier ones decode
+            threads.append(threading.Thread(target=go, args=(i,)))
+            threads[-1].start()
+            threading.Event().wait(0.005)
+        for t in threads:
+            t.join()
+    assert results == alone
+
+
+def test_request_that_never_fits_the_pool_fails_alone(core, sm, tiny_engine):
+    ckpt, path = tiny_engine("llama", "float32", targets=(sm,))
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    good = prompts((10,), seed=3)[0]
+    # 16 blocks of 4 tokens: 64 tokens of KV in all.
+    with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=64) as runner:
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(
+            out=runner.generate([good], max_new_tokens=20, end_id=-1)))
+        worker.start()
+        with pytest.raises(KilnError, match="request 0 of the batch failed"):
+            runner.generate([prompts((60,), seed=4)[0]], max_new_tokens=40, end_id=-1)
+        worker.join()
+        assert result["out"][0, 0].tolist() == greedy_hf(model, good, 20)
+        assert runner.kv_cache_stats()["used_blocks"] == 0
+
+
+def test_engine_built_on_a_cpu_only_machine_runs():
+    """KILN_CPU_BUILT_ENGINE names a folder with `hf/` (a tiny checkpoint) and `engine/` (built
+    from it on a machine with no GPU, cubins from that machine's Triton)."""
+    where = os.environ.get("KILN_CPU_BUILT_ENGINE")
+    if not where or not torch.cuda.is_available():
+        pytest.skip("set KILN_CPU_BUILT_ENGINE to an engine built on a CPU-only machine")
+    root = Path(where)
+    model = transformers.AutoModelForCausalLM.from_pretrained(root / "hf", dtype=torch.float32).eval()
+    batch = prompts((9, 21), seed=6)
+    with ModelRunner.from_dir(root / "engine", device="cuda") as runner:
+        out = runner.generate(batch, max_new_tokens=12, end_id=-1, return_dict=True)
+    for i, p in enumerate(batch):
+        assert out["output_ids"][i, 0, : len(p) + 12].tolist() == greedy_hf(model, p, 12)

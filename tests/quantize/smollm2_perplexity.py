@@ -1,0 +1,61 @@
+"""Perplexity of SmolLM2-135M on pydoc_data.topics, float32 against each quantization mode.
+
+    python tests/quantize/smollm2_perplexity.py OUT_DIR [MODE ...]   # MODE: quant or quant+kv
+
+Builds each engine from the bundled GGUF (calibrating on the default text), evaluates it with
+the CPU reference backend and appends one JSON line per mode to OUT_DIR/perplexity.jsonl.
+test_smollm2_perplexity.py runs it (opt-in: KILN_SLOW=1); docs/quantization.md shows its table.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+MODES = ["none", "fp8", "fp8+fp8", "none+fp8", "none+int8", "int8_sq", "int8_wo", "int4_awq",
+         "int4_gptq"]
+WINDOW = 1024
+
+
+def build_config(quant: str, kv: str):
+    from kiln.builder.models import BuildConfig
+
+    return BuildConfig(dtype="float32", max_batch_size=256, max_seq_len=WINDOW,
+                       max_num_tokens=256, tokens_per_block=32, targets=[89, 90], quant=quant,
+                       kv_cache_dtype=kv)
+
+
+def measure(mode: str, out: Path, max_tokens: int | None = None) -> dict:
+    from kiln.builder.build import build_engine
+    from kiln.builder.checkpoint import find_bundled_gguf
+    from kiln.builder.engine import load_engine
+    from kiln.quantize.dataset import default_text, tokenize
+    from kiln.runtime.eval import perplexity
+
+    quant, _, kv = mode.partition("+")
+    engine_dir = out / f"engine-{mode}"
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = build_engine(find_bundled_gguf(), engine_dir, build_config(quant, kv or "auto"),
+                              overwrite=True, progress=False)
+    built = time.perf_counter()
+    engine = load_engine(engine_dir)
+    ids = tokenize(default_text(), engine.tokenizer_dir)
+    result = perplexity(engine, ids, WINDOW, max_tokens=max_tokens)
+    row = {"mode": mode, "quant": quant, "kv_cache_dtype": kv or "auto",
+           "perplexity": result.value, "tokens": result.tokens,
+           "engine_mib": round(report.engine_bytes / 2**20, 1),
+           "build_s": round(built - start, 1), "eval_s": round(time.perf_counter() - built, 1)}
+    with open(out / "perplexity.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    for mode in sys.argv[2:] or MODES:
+        print(json.dumps(measure(mode, out)), flush=True)

@@ -1,0 +1,129 @@
+"""Each quantized engine agrees with modelopt's fake-quantized model of it.
+
+The calibrator keeps the module modelopt calibrated (the plan's GEMMs as nn.Linear, modelopt's
+quantizers inserted); its forward is modelopt's fake quantization. The engine, built from the
+same calibration, runs its quantized ops on the CPU reference backend. Logits of every token
+must agree within 1e-3 of the largest logit (observed: a few 1e-6).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed")
+
+from kiln.builder.build import build_engine  # noqa: E402
+from kiln.builder.engine import load_engine  # noqa: E402
+from kiln.builder.models import BuildConfig  # noqa: E402
+from kiln.quantize.calibrate import ModeloptCalibrator, modelopt_config  # noqa: E402
+from kiln.quantize.mode import quant_mode  # noqa: E402
+from kiln.runtime.reference import ReferenceBackend  # noqa: E402
+from kiln_testing import make_tiny_checkpoint  # noqa: E402
+
+TOLERANCE = 1e-3
+WEIGHT_DTYPE = {"fp8": "float8_e4m3fn", "int8_sq": "int8", "int8_wo": "int8", "int4_awq": "uint8",
+                "int4_gptq": "uint8"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    return {arch: make_tiny_checkpoint(arch, root / arch, seed=i)
+            for i, arch in enumerate(["llama", "qwen2"])}
+
+
+def engine_logits(engine, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of every token of each row of `tokens`, each row a sequence."""
+    b = engine.config.build
+    rows, length = tokens.shape
+    blocks = length // b.tokens_per_block
+    backend = ReferenceBackend(engine, rows * blocks)
+    table = np.zeros((rows, b.max_blocks_per_seq), dtype=np.int32)
+    table[:, :blocks] = np.arange(rows * blocks).reshape(rows, blocks)
+    step = {"input_ids": tokens.reshape(-1).numpy().astype(np.int32),
+            "positions": np.tile(np.arange(length, dtype=np.int32), rows),
+            "slot_mapping": np.arange(rows * length, dtype=np.int64),
+            "block_tables": table,
+            "context_lens": np.full(rows, length, dtype=np.int32),
+            "query_start": (np.arange(rows + 1) * length).astype(np.int32),
+            "last_token_index": np.arange(rows * length, dtype=np.int32)}
+    return torch.from_numpy(backend.forward(step))
+
+
+def build(ckpt, out, quant: str, kv: str = "auto", seed: int = 0):
+    calibration = torch.randint(3, 320, (6, 32), generator=torch.Generator().manual_seed(seed))
+    calibrator = ModeloptCalibrator(calibration, device="cpu")
+    config = BuildConfig(dtype="float32", max_batch_size=64, max_seq_len=128, max_num_tokens=64,
+                         tokens_per_block=8, targets=[89, 90], quant=quant, kv_cache_dtype=kv,
+                         calibrator=calibrator)
+    report = build_engine(ckpt, out, config, progress=False)
+    return load_engine(out), calibrator, report
+
+
+def assert_agrees_with_modelopt(engine, calibrator, seed: int = 1) -> float:
+    tokens = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(seed))
+    ours = engine_logits(engine, tokens)
+    with torch.no_grad():
+        fake = calibrator.module(tokens, all_logits=True).cpu()
+    diff = (ours - fake).abs().max().item()
+    assert diff <= TOLERANCE * fake.abs().max().item(), diff
+    return diff
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("quant", list(WEIGHT_DTYPE))
+def test_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, arch, quant):
+    engine, calibrator, report = build(checkpoints[arch], tmp_path / "e", quant)
+    assert_agrees_with_modelopt(engine, calibrator)
+    config = json.loads((tmp_path / "e" / "config.json").read_text())["build"]
+    assert (config["quant"], config["kv_cache_dtype"], config["quant_mode"]) == (
+        quant, "auto", int(quant_mode(quant, "auto")))
+    w = engine.weights["layers.0.qkv.weight"]
+    assert str(w.dtype).removeprefix("torch.") == WEIGHT_DTYPE[quant]
+    assert report.num_kernels == 0  # quantized plans run on the CPU reference backend for now
+    ops = set(engine.graph.ops())
+    expected = {"fp8": {"linear_fp8", "rmsnorm_quant", "add_rmsnorm_quant", "silu_mul_quant"},
+                "int8_sq": {"linear_w8a8", "rmsnorm_quant", "add_rmsnorm_quant", "silu_mul_quant"}}
+    assert expected.get(quant, {"linear_wo"}) <= ops
+    assert "linear" in ops  # the LM head stays unquantized
+
+
+@pytest.mark.parametrize("quant, kv", [("none", "fp8"), ("none", "int8"), ("fp8", "fp8"),
+                                       ("int4_awq", "int8")])
+def test_quantized_kv_cache_agrees_with_modelopt(checkpoints, tmp_path, quant, kv):
+    engine, calibrator, _ = build(checkpoints["llama"], tmp_path / "e", quant, kv)
+    assert_agrees_with_modelopt(engine, calibrator)
+    attn = [n for n in engine.graph.nodes if n.op == "attention"]
+    assert all(n.attrs["kv_dtype"] == {"fp8": "float8_e4m3fn", "int8": "int8"}[kv] for n in attn)
+    backend = ReferenceBackend(engine, 4)
+    assert backend.kv_cache.dtype == {"fp8": torch.float8_e4m3fn, "int8": torch.int8}[kv]
+    k_scale = engine.weights["layers.1.k_scale"]
+    amax = calibrator.module.kv["1"].k_bmm_quantizer.amax
+    assert torch.allclose(k_scale, amax.reshape(1) / (448.0 if kv == "fp8" else 127.0))
+
+
+def test_modelopt_recipes():
+    cfg = modelopt_config("int8_sq", "fp8", {})
+    assert cfg["algorithm"] == {"method": "smoothquant", "alpha": 0.5}
+    assert {"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": (4, 3), "axis": None}} \
+        in cfg["quant_cfg"]
+    cfg = modelopt_config("int4_gptq", "auto", {"layers_0_qkv_weight": 64})
+    assert cfg["algorithm"] == {"method": "gptq"}
+    assert cfg["quant_cfg"][-1] == {"quantizer_name": "linears.layers_0_qkv_weight.weight_quantizer",
+                                    "cfg": {"num_bits": 4, "block_sizes": {-1: 64, "type": "static"}}}
+    assert modelopt_config("int4_awq", "auto", {})["algorithm"]["method"] == "awq_lite"
+
+
+def test_awq_smoothing_reaches_the_engine(checkpoints, tmp_path):
+    """AWQ's per-channel scales are folded into the norms (qkv, gate_up) or kept as the GEMM's
+    pre_quant_scale input (o, down), and are not all ones."""
+    engine, calibrator, _ = build(checkpoints["llama"], tmp_path / "e", "int4_awq")
+    wo = {n.inputs[1]: n for n in engine.graph.nodes if n.op == "linear_wo"}
+    assert wo["layers.0.o.weight"].attrs["pre_quant_scale"]
+    assert not wo["layers.0.qkv.weight"].attrs["pre_quant_scale"]
+    assert "layers.0.attn_norm.smoothed_weight" in engine.weights
+    pqs = engine.weights["layers.0.o.pre_quant_scale"]
+    assert pqs.shape == (64,) and (pqs - 1).abs().max() > 1e-3

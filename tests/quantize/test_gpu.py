@@ -1,0 +1,64 @@
+"""On the GPU (pytest -m gpu): calibration runs on the GPU, and each quantized engine agrees with
+modelopt's fake-quantized model there too, on the GPU plan executor when the engine has kernels
+for its quantized ops."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+MODES = [("fp8", "auto"), ("int8_sq", "auto"), ("int8_wo", "auto"), ("int4_awq", "auto"),
+         ("int4_gptq", "auto"), ("fp8", "fp8"), ("none", "int8")]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    pytest.importorskip("modelopt.torch.quantization", reason="needs nvidia-modelopt")
+    from kiln_testing import make_tiny_checkpoint
+    return make_tiny_checkpoint("llama", tmp_path_factory.mktemp("qgpu") / "hf")
+
+
+def gpu_build(ckpt, out, quant, kv):
+    from kiln.builder.build import build_engine
+    from kiln.builder.engine import load_engine
+    from kiln.builder.models import BuildConfig
+    from kiln.quantize.calibrate import ModeloptCalibrator
+
+    major, minor = torch.cuda.get_device_capability()
+    calibrator = ModeloptCalibrator(torch.randint(3, 320, (6, 32), generator=torch.Generator().manual_seed(0)),
+                                    device="cuda")
+    build = BuildConfig(dtype="float32", max_batch_size=64, max_seq_len=128, max_num_tokens=64,
+                        tokens_per_block=8, targets=[major * 10 + minor], quant=quant,
+                        kv_cache_dtype=kv, calibrator=calibrator)
+    build_engine(ckpt, out, build, progress=False)
+    return load_engine(out), calibrator
+
+
+@pytest.mark.parametrize("quant, kv", MODES)
+def test_gpu_calibration_and_engine_agree_with_modelopt(ckpt, tmp_path, quant, kv):
+    from test_calibration import TOLERANCE, engine_logits
+
+    engine, calibrator = gpu_build(ckpt, tmp_path / "e", quant, kv)
+    tokens = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fake = calibrator.module(tokens, all_logits=True).float().cpu()
+    bound = TOLERANCE * fake.abs().max().item()
+    assert (engine_logits(engine, tokens) - fake).abs().max().item() <= bound
+    from kiln import _core
+    if not (engine.kernels and hasattr(_core, "PlanExecutor")):
+        pytest.skip("the engine has no GPU kernels for its quantized ops")
+    backend = _core.PlanExecutor(engine, 0.5)
+    step = {"input_ids": tokens.reshape(-1).numpy().astype(np.int32),
+            "positions": np.tile(np.arange(24, dtype=np.int32), 2),
+            "slot_mapping": np.arange(48, dtype=np.int64),
+            "block_tables": np.pad(np.arange(6, dtype=np.int32).reshape(2, 3),
+                                   ((0, 0), (0, engine.config.build.max_blocks_per_seq - 3))),
+            "context_lens": np.array([24, 24], dtype=np.int32),
+            "query_start": np.array([0, 24, 48], dtype=np.int32),
+            "last_token_index": np.arange(48, dtype=np.int32)}
+    ours = torch.from_numpy(np.asarray(backend.forward(step)))
+    assert (ours - fake).abs().max().item() <= bound
