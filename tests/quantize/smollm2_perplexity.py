@@ -1,6 +1,7 @@
 """Perplexity of SmolLM2-135M on pydoc_data.topics, float32 against each quantization mode.
 
-    python tests/quantize/smollm2_perplexity.py OUT_DIR [MODE ...]   # MODE: quant or quant+kv
+    python tests/quantize/smollm2_perplexity.py OUT_DIR [--dtype D] [MODE ...]
+    # MODE: quant or quant+kv, e.g. fp8+fp8; D: float32 (default) or bfloat16
 
 Builds each engine from the bundled GGUF (calibrating on the default text), evaluates it with
 the CPU reference backend and appends one JSON line per mode to OUT_DIR/perplexity.jsonl.
@@ -19,15 +20,15 @@ MODES = ["none", "fp8", "fp8+fp8", "none+fp8", "none+int8", "int8_sq", "int8_wo"
 WINDOW = 1024
 
 
-def build_config(quant: str, kv: str):
+def build_config(quant: str, kv: str, dtype: str):
     from kiln.builder.models import BuildConfig
 
-    return BuildConfig(dtype="float32", max_batch_size=256, max_seq_len=WINDOW,
+    return BuildConfig(dtype=dtype, max_batch_size=256, max_seq_len=WINDOW,
                        max_num_tokens=256, tokens_per_block=32, targets=[89, 90], quant=quant,
                        kv_cache_dtype=kv)
 
 
-def measure(mode: str, out: Path, max_tokens: int | None = None) -> dict:
+def measure(mode: str, out: Path, max_tokens: int | None = None, dtype: str = "float32") -> dict:
     from kiln.builder.build import build_engine
     from kiln.builder.checkpoint import find_bundled_gguf
     from kiln.builder.engine import load_engine
@@ -35,17 +36,18 @@ def measure(mode: str, out: Path, max_tokens: int | None = None) -> dict:
     from kiln.runtime.eval import perplexity
 
     quant, _, kv = mode.partition("+")
-    engine_dir = out / f"engine-{mode}"
+    engine_dir = out / f"engine-{dtype}-{mode}"
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = build_engine(find_bundled_gguf(), engine_dir, build_config(quant, kv or "auto"),
-                              overwrite=True, progress=False)
+        report = build_engine(find_bundled_gguf(), engine_dir,
+                              build_config(quant, kv or "auto", dtype), overwrite=True,
+                              progress=False)
     built = time.perf_counter()
     engine = load_engine(engine_dir)
     ids = tokenize(default_text(), engine.tokenizer_dir)
     result = perplexity(engine, ids, WINDOW, max_tokens=max_tokens)
-    row = {"mode": mode, "quant": quant, "kv_cache_dtype": kv or "auto",
+    row = {"mode": mode, "dtype": dtype, "quant": quant, "kv_cache_dtype": kv or "auto",
            "perplexity": result.value, "tokens": result.tokens,
            "engine_mib": round(report.engine_bytes / 2**20, 1),
            "build_s": round(built - start, 1), "eval_s": round(time.perf_counter() - built, 1)}
@@ -55,7 +57,10 @@ def measure(mode: str, out: Path, max_tokens: int | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1])
+    out, args = Path(sys.argv[1]), sys.argv[2:]
+    dtype = "float32"
+    if args[:1] == ["--dtype"]:
+        dtype, args = args[1], args[2:]
     out.mkdir(parents=True, exist_ok=True)
-    for mode in sys.argv[2:] or MODES:
-        print(json.dumps(measure(mode, out)), flush=True)
+    for mode in args or MODES:
+        print(json.dumps(measure(mode, out, dtype=dtype)), flush=True)
