@@ -259,9 +259,17 @@ class PlanExecutor(Backend):
         kv_cache_free_gpu_memory_fraction: float = 0.9,
         num_blocks: int | None = None,
         device: int = 0,
+        cuda_graphs: bool = True,
     ) -> None: ...
     def forward(self, step: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
         """Runs one step (the ABI arrays as numpy); returns float32 logits [B, vocab]."""
+    def run_step(self, step: dict[str, npt.NDArray[Any]], logit_rows: list[int]) -> dict[str, npt.NDArray[Any]]:
+        """Runs one step as the executor does: {"tokens", "logprobs"} of the greedy pick per row
+        (empty when the engine has none) and "logits" [len(logit_rows), vocab]."""
+    cuda_graphs: bool
+    """Whether decode-only steps run as CUDA graphs (captured per launch shape on first use)."""
+    def graph_stats(self) -> dict[str, int]:
+        """{"captured", "replays", "eager_steps"} so far."""
     def memory(self) -> dict[str, int]:
         """Bytes of weights, activations, workspace and KV cache, free memory before the KV
         cache was sized, and the total."""

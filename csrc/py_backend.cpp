@@ -52,7 +52,7 @@ SizeType PyBackend::numBlocks() const
     return mNumBlocks;
 }
 
-std::vector<float> PyBackend::forward(StepInputs const& step)
+StepOutput PyBackend::forward(StepInputs const& step)
 {
     py::gil_scoped_acquire gil;
     try
@@ -82,7 +82,7 @@ std::vector<float> PyBackend::forward(StepInputs const& step)
                       .cast<std::string>()
                 + ", expected (" + std::to_string(numSeqs) + ", vocab)");
         }
-        return {logits.data(), logits.data() + logits.size()};
+        return StepOutput{{logits.data(), logits.data() + logits.size()}, {}, {}};
     }
     catch (py::error_already_set const& e)
     {

@@ -27,7 +27,7 @@ public:
     [[nodiscard]] SizeType numBlocks() const override;
     /// @brief Calls `backend.forward` with the step as numpy arrays; a Python exception becomes
     /// std::runtime_error with its first line.
-    [[nodiscard]] std::vector<float> forward(StepInputs const& step) override;
+    [[nodiscard]] StepOutput forward(StepInputs const& step) override;
 
 private:
     pybind11::object mBackend;

@@ -51,9 +51,10 @@ class ModelRunner:
     def from_dir(cls, engine_dir, *, max_batch_size: int | None = None,
                  max_num_tokens: int | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  enable_kv_cache_reuse: bool = True, max_tokens_in_paged_kv_cache: int | None = None,
-                 device: str | None = None) -> "ModelRunner":
+                 device: str | None = None, cuda_graphs: bool = True) -> "ModelRunner":
         """Loads an engine. The KV pool takes kv_cache_free_gpu_memory_fraction of free memory
-        (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache."""
+        (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache.
+        On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False."""
         engine = load_engine(engine_dir)
         build = engine.config.build
         max_batch_size = cls._limit("max_batch_size", max_batch_size, build.max_batch_size)
@@ -69,7 +70,8 @@ class ModelRunner:
                                 f"less than one block ({build.tokens_per_block} tokens)")
             max_blocks = max_tokens_in_paged_kv_cache // build.tokens_per_block
         if device == "cuda":
-            backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks)
+            backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks,
+                                         cuda_graphs=cuda_graphs)
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1

@@ -13,6 +13,13 @@ sequence's cached keys 0..p; GQA shares one kv head among GROUP query heads). Th
      sequence's context into S ranges (split-KV: long contexts at small batch still fill the
      GPU); with S > 1, paged_decode_reduce_kernel merges the partial softmax states.
 Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in float32.
+
+A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it) is read a tile at a
+time and converted in registers to q's dtype, which holds every fp8 and int8 value exactly; the
+dequantization factors are then applied in float32 where they cost nothing and add no rounding:
+k_scale folds into the softmax scale (q.(s k) = s (q.k)) and v_scale multiplies the float32
+accumulator once (sum p (s v) = s sum p v), before it is normalized or stored as a partial.
+With KV_QUANT 0 the scale pointers are not read.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
-from kiln.builder.kernels.rope import plan_rope_kv
+from kiln.builder.kernels.rope import kv_quant, plan_rope_kv
 from kiln.builder.kernels.spec import F32, I32, pow2
 
 LOG2E = 1.4426950408889634
@@ -52,7 +59,8 @@ def _dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
             qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
-            TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+            TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+            KV_QUANT: tl.constexpr):
     """Online softmax over cached keys lo..hi-1 of one sequence (block table at bt_ptr)."""
     d_ok = d < HEAD_DIM
     for start in range(lo, hi, TILE):
@@ -62,6 +70,8 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
         kv = block * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM) + (j % TPB) * HEAD_DIM
         k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=j_ok[None, :] & d_ok[:, None],
                     other=0.0)
+        if KV_QUANT != 0:
+            k = k.to(q.dtype)
         s = _dot(q, k, IEEE) * qk_scale
         if CAUSAL:
             visible = (j[None, :] <= q_pos[:, None]) & j_ok[None, :]
@@ -75,6 +85,8 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
                     other=0.0)
+        if KV_QUANT != 0:
+            v = v.to(q.dtype)
         acc = acc * alpha[:, None] + _dot(p, v, IEEE)
         m_i = m_new
     return acc, m_i, l_i
@@ -83,10 +95,11 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
 @triton.jit
 def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
                            context_lens_ptr, query_start_ptr, num_seqs, max_blocks, scale,
-                           Q_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, NKV: tl.constexpr,
-                           GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-                           TPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
-                           TILE: tl.constexpr, IEEE: tl.constexpr):
+                           k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
+                           OUT_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, TPB: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
+                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
     qblock = tl.program_id(0)
     kvh = tl.program_id(1)
     seq = _find_sequence(query_start_ptr, num_seqs, qblock, BLOCK_Q)
@@ -109,9 +122,14 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         bt_ptr = block_tables_ptr + seq.to(tl.int64) * max_blocks
         kv_end = prefix + tl.minimum(first + BLOCK_Q, q_len)
+        qk_scale = scale * 1.4426950408889634
+        if KV_QUANT != 0:
+            qk_scale = qk_scale * tl.load(k_scale_ptr)
         acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
-                                prefix + t, 0, kv_end, scale * 1.4426950408889634, d, NKV,
-                                HEAD_DIM, TPB, TILE, True, IEEE)
+                                prefix + t, 0, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
+                                True, IEEE, KV_QUANT)
+        if KV_QUANT != 0:
+            acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
         tl.store(out_ptr + tok[:, None] * OUT_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -120,10 +138,11 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
 @triton.jit
 def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
                         context_lens_ptr, query_start_ptr, max_blocks, num_splits, scale,
-                        Q_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, NQ: tl.constexpr,
-                        NKV: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        DIM_PAD: tl.constexpr, TPB: tl.constexpr, BLOCK_M: tl.constexpr,
-                        TILE: tl.constexpr, IEEE: tl.constexpr):
+                        k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
+                        OUT_STRIDE: tl.constexpr, NQ: tl.constexpr, NKV: tl.constexpr,
+                        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+                        TPB: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
+                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -144,9 +163,13 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * max_blocks
     q_pos = tl.zeros([BLOCK_M], dtype=tl.int32)
+    qk_scale = scale * 1.4426950408889634
+    if KV_QUANT != 0:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
     acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
-                            hi, scale * 1.4426950408889634, d, NKV, HEAD_DIM, TPB, TILE, False,
-                            IEEE)
+                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT)
+    if KV_QUANT != 0:
+        acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
         tl.store(out_ptr + tok * OUT_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
@@ -219,20 +242,28 @@ def partials_bytes_formula(nq: int, head_dim: int) -> str:
 # -- lowering -----------------------------------------------------------------------------------
 
 def plan_attention(node, ctx):
-    q, k, v, _pos, _slots, block_tables, context_lens, query_start = node.inputs
+    q, k, v, _pos, _slots, block_tables, context_lens, query_start = node.inputs[:8]
     (out,) = node.outputs
     a = node.attrs
     nq, nkv, hd, rope = a["num_heads"], a["num_kv_heads"], a["head_dim"], a.get("rope")
+    k_cache, v_cache = ctx.kv(a["layer"], 0), ctx.kv(a["layer"], 1)
+    want = a.get("kv_dtype") or ctx.build.dtype
+    if k_cache.dtype != want:
+        raise ValueError(f"attention layer {a['layer']} expects a {want} KV cache, but the "
+                         f"build's cache holds {k_cache.dtype}")
+    kv_scales = tuple(node.inputs[8:10]) if a.get("kv_dtype") else None
     plan_rope_kv(ctx, q=q, q_out=out, k=k, v=v, layer=a["layer"], nq=nq, nkv=nkv, head_dim=hd,
-                 rope=rope)
+                 rope=rope, kv_scales=kv_scales)
     q_src = out if rope else q  # the prologue left the rotated q in the output buffer
     ieee = ctx.dtype(out) == "float32"
-    common = dict(q_ptr=ctx.ptr(q_src), k_cache_ptr=ctx.kv(a["layer"], 0),
-                  v_cache_ptr=ctx.kv(a["layer"], 1), block_tables_ptr=ctx.ptr(block_tables),
-                  context_lens_ptr=ctx.ptr(context_lens), query_start_ptr=ctx.ptr(query_start),
-                  scale=F32(a["scale"]))
+    quant = kv_quant(k_cache.dtype)
+    k_scale, v_scale = map(ctx.ptr, kv_scales) if quant else (k_cache, v_cache)
+    common = dict(q_ptr=ctx.ptr(q_src), k_cache_ptr=k_cache, v_cache_ptr=v_cache,
+                  block_tables_ptr=ctx.ptr(block_tables), context_lens_ptr=ctx.ptr(context_lens),
+                  query_start_ptr=ctx.ptr(query_start), scale=F32(a["scale"]),
+                  k_scale_ptr=k_scale, v_scale_ptr=v_scale)
     shape = dict(Q_STRIDE=ctx.row_stride(q_src), OUT_STRIDE=ctx.row_stride(out), NKV=nkv,
-                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee)
+                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant)
     cfg = prefill_config(nq, nkv, hd, ieee)
     ctx.launch(paged_attention_kernel, grid=(f"T // {cfg['BLOCK_Q']} + B", nkv), when="MAXQ > 1",
                num_warps=4 if hd <= 64 else 8, num_stages=2,
@@ -258,22 +289,26 @@ def plan_attention(node, ctx):
 # -- direct launches ----------------------------------------------------------------------------
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
-                    head_dim: int, scale: float, num_splits: int | None = None, out=None):
+                    head_dim: int, scale: float, num_splits: int | None = None, out=None,
+                    k_scale=None, v_scale=None):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
-    tokens_per_block, hd]), taking the decode path when every sequence has one query token."""
+    tokens_per_block, hd]), taking the decode path when every sequence has one query token.
+    A float8_e4m3fn or int8 cache is dequantized with k_scale / v_scale (float32 [1])."""
     import torch
 
     t, b = q.shape[0], context_lens.shape[0]
     nkv, tpb = k_cache.shape[1], k_cache.shape[2]
+    quant = kv_quant(k_cache.dtype)
     out = q.new_empty((t, num_heads * head_dim)) if out is None else out
     shape = dict(Q_STRIDE=q.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
-                 TPB=tpb, IEEE=q.dtype == torch.float32)
+                 TPB=tpb, IEEE=q.dtype == torch.float32, KV_QUANT=quant)
     common = (q, k_cache, v_cache, block_tables, context_lens, query_start)
+    scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     fp32 = q.dtype == torch.float32
     if t > b:
         cfg = prefill_config(num_heads, nkv, head_dim, fp32)
         direct(paged_attention_kernel, q)[(t // cfg["BLOCK_Q"] + b, nkv)](
-            out, *common, b, block_tables.stride(0), scale, **shape, **cfg,
+            out, *common, b, block_tables.stride(0), scale, *scales, **shape, **cfg,
             num_warps=4 if head_dim <= 64 else 8, num_stages=2)
         return out
     splits = num_splits or 1
@@ -281,8 +316,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
                            device=q.device)
     dcfg = decode_config(num_heads, nkv, head_dim, fp32)
     direct(paged_decode_kernel, q)[(b, nkv, splits)](
-        out, partials, *common, block_tables.stride(0), splits, scale, **shape, NQ=num_heads,
-        **dcfg, num_warps=4, num_stages=2)
+        out, partials, *common, block_tables.stride(0), splits, scale, *scales, **shape,
+        NQ=num_heads, **dcfg, num_warps=4, num_stages=2)
     if splits > 1:
         direct(paged_decode_reduce_kernel, q)[(b, num_heads)](
             out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,

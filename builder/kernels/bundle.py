@@ -2,6 +2,7 @@
 
 Header layout (docs/architecture.md, "GPU plan executor"):
   format, triton, targets, dtype, limits, arena_bytes, kv_cache, step_inputs, outputs,
+  select {ref, rows, capacity} (greedy tokens then log-probs; null: none),
   derived [[symbol, formula]], scratch {name: [size formulas]}, constants {name: table},
   kernels {id: {fn, signature, constexprs, num_warps, num_stages,
                 sm: {"90": {blob, name, shared, params, num_extra_params}}}},
@@ -18,18 +19,24 @@ FORMAT = 1
 
 
 def _kv_cache(graph, build) -> dict:
+    """The paged cache's shape and storage dtype (build.kv_dtype: the engine's dtype, or
+    float8_e4m3fn / int8 for --kv-cache-dtype fp8 / int8)."""
     attn = [n for n in graph.nodes if n.op == "attention"]
     if not attn:
         return {"num_layers": 0, "num_kv_heads": 0, "head_dim": 0,
-                "tokens_per_block": build.tokens_per_block, "dtype": build.dtype}
+                "tokens_per_block": build.tokens_per_block, "dtype": build.kv_dtype}
     a = attn[0].attrs
     for node in attn:
         if (node.attrs["num_kv_heads"], node.attrs["head_dim"]) != (a["num_kv_heads"], a["head_dim"]):
             raise ValueError("attention layers differ in num_kv_heads or head_dim; the paged "
                              "KV cache needs one shape for all layers")
+        if (node.attrs.get("kv_dtype") or build.dtype) != build.kv_dtype:
+            raise ValueError(f"attention layer {node.attrs['layer']} stores its KV cache as "
+                             f"{node.attrs.get('kv_dtype') or build.dtype}, the build as "
+                             f"{build.kv_dtype}: run the quantize_kv_cache pass")
     return {"num_layers": max(n.attrs["layer"] for n in attn) + 1,
             "num_kv_heads": a["num_kv_heads"], "head_dim": a["head_dim"],
-            "tokens_per_block": build.tokens_per_block, "dtype": build.dtype}
+            "tokens_per_block": build.tokens_per_block, "dtype": build.kv_dtype}
 
 
 def _outputs(ctx) -> dict:
@@ -72,6 +79,7 @@ def build_bundle(graph, build, progress=None):
         "kv_cache": _kv_cache(graph, build),
         "step_inputs": {n: graph.values[n].dtype for n in graph.of_kind("input")},
         "outputs": _outputs(ctx),
+        "select": ctx.select,
         "derived": [[name, formula] for name, formula in ctx.derived.items()],
         "scratch": ctx.scratch_sizes,
         "constants": ctx.constants,

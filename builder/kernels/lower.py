@@ -7,7 +7,8 @@ import hashlib
 import struct
 
 from kiln.builder.ir import Graph
-from kiln.builder.kernels import attention, elementwise, gather, gemm, norm, rope
+from kiln.builder.kernels import (attention, elementwise, gather, gemm, norm, quant, rope,
+                                sampling)
 from kiln.builder.kernels.spec import Gemm, KernelSpec, Launch, Ptr, kernel_spec
 from kiln.builder.kernels.symbols import STEP_SYMBOLS, check
 
@@ -26,6 +27,7 @@ PLANNERS = {
     "mul": elementwise.plan_mul,
     "cast": elementwise.plan_cast,
     "split": lambda node, ctx: None,  # outputs are views of the input: nothing to run
+    **quant.PLANNERS,
 }
 
 
@@ -43,6 +45,7 @@ class LoweringContext:
         self.constants: dict[str, dict] = {}
         self.scratch_sizes: dict[str, list[str]] = {}
         self.derived: dict[str, str] = {}
+        self.select: dict | None = None  # the greedy pick over the logits (sampling.plan_select)
         self.label = ""
 
     # -- values -------------------------------------------------------------------------------
@@ -74,7 +77,8 @@ class LoweringContext:
         return Ptr(ref, self.dtype(name), align)
 
     def kv(self, layer: int, half: int) -> Ptr:
-        return Ptr({"kv": layer, "half": half}, self.build.dtype)
+        """K (half 0) or V (half 1) of one layer, in the cache's storage dtype."""
+        return Ptr({"kv": layer, "half": half}, self.build.kv_dtype)
 
     def const(self, dtype: str, values: list) -> Ptr:
         """A small table uploaded once at load; equal tables share one upload."""
@@ -130,6 +134,10 @@ def lower(graph: Graph, build) -> LoweringContext:
             raise ValueError(f"no GPU lowering for op {node.op!r}")
         ctx.label = f"{index}:{node.op}:{node.outputs[0]}"
         planner(node, ctx)
+    logits = graph.values.get("logits")
+    if logits is not None and logits.kind == "output" and logits.dtype == "float32":
+        ctx.label = "select:logits"
+        ctx.select = sampling.plan_select(ctx, "logits")
     return ctx
 
 

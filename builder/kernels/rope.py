@@ -8,6 +8,13 @@ libdevice's accurate __nv_cosf/__nv_sinf (full range reduction), so large positi
 token's q heads into `q_out`, rotates its k heads and writes k and v to the cache slot
 slot_mapping[token] (cache layout [num_blocks, num_kv_heads, tokens_per_block, head_dim] per
 layer and half). Slots < 0 are skipped.
+
+A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8) stores the codes of
+kiln.builder.ops.quant.quantize_kv bit for bit given the same k and v values: the rotated k is
+rounded to the model dtype first (the reference rotates in it), then multiplied by the
+correctly rounded float32 reciprocal of its static per-layer scale (k_scale_ptr / v_scale_ptr,
+float32 [1]); fp8 saturates at +-448 and rounds to nearest even, int8 rounds half to even and
+clamps to [-128, 127].
 """
 from __future__ import annotations
 
@@ -19,9 +26,34 @@ from kiln.builder.kernels.norm import row_warps
 from kiln.builder.kernels.spec import pow2
 
 
+KV_QUANT = {"float8_e4m3fn": 1, "int8": 2}  # the KV_QUANT constexpr of a cache dtype (else 0)
+
+
+def kv_quant(dtype) -> int:
+    """KV_QUANT of a cache dtype: an IR dtype name or a torch dtype."""
+    return KV_QUANT.get(str(dtype).removeprefix("torch."), 0)
+
+
 @triton.jit
-def _rotate(src_ptr, dst_ptr, i, c, s, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
-            HEAD_DIM: tl.constexpr, DST_HEAD_STRIDE: tl.constexpr, ROPE: tl.constexpr):
+def _quantize(y, inv_scale, SRC_TY: tl.constexpr, QUANT: tl.constexpr):
+    """quantize_kv's value before the final cast: fp8 saturated; int8 rounded and clamped."""
+    x = y.to(SRC_TY).to(tl.float32) * inv_scale
+    if QUANT == 1:
+        return tl.minimum(tl.maximum(x, -448.0), 448.0)
+    else:
+        # Round half to even without libdevice (the interpreter has none); clamping first is
+        # the same as clamping after, and keeps every step below exact in float32.
+        x = tl.minimum(tl.maximum(x, -128.0), 127.0)
+        r = tl.floor(x)
+        f = x - r
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        return tl.where((f > 0.5) | ((f == 0.5) & odd), r + 1.0, r)
+
+
+@triton.jit
+def _rotate(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
+            HEAD_DIM: tl.constexpr, DST_HEAD_STRIDE: tl.constexpr, ROPE: tl.constexpr,
+            QUANT: tl.constexpr):
     heads = tl.arange(0, HEADS_PAD)
     mask = (heads[:, None] < HEADS) & (i[None, :] < HEAD_DIM // 2)
     src = heads[:, None] * HEAD_DIM + i[None, :]
@@ -34,17 +66,21 @@ def _rotate(src_ptr, dst_ptr, i, c, s, HEADS: tl.constexpr, HEADS_PAD: tl.conste
     else:
         y1 = x1
         y2 = x2
+    if QUANT != 0:
+        y1 = _quantize(y1, inv_scale, src_ptr.dtype.element_ty, QUANT)
+        y2 = _quantize(y2, inv_scale, src_ptr.dtype.element_ty, QUANT)
     tl.store(dst_ptr + dst, y1.to(dst_ptr.dtype.element_ty), mask=mask)
     tl.store(dst_ptr + dst + HEAD_DIM // 2, y2.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def rope_kv_kernel(q_out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, positions_ptr,
-                   slot_ptr, inv_freq_ptr, Q_STRIDE: tl.constexpr, Q_OUT_STRIDE: tl.constexpr,
-                   K_STRIDE: tl.constexpr, V_STRIDE: tl.constexpr, NQ: tl.constexpr,
-                   NKV: tl.constexpr, HEAD_DIM: tl.constexpr, NQ_PAD: tl.constexpr,
-                   NKV_PAD: tl.constexpr, HALF_PAD: tl.constexpr, TPB: tl.constexpr,
-                   ROPE: tl.constexpr, WRITE_Q: tl.constexpr, WRITE_KV: tl.constexpr):
+                   slot_ptr, inv_freq_ptr, k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
+                   Q_OUT_STRIDE: tl.constexpr, K_STRIDE: tl.constexpr, V_STRIDE: tl.constexpr,
+                   NQ: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   NQ_PAD: tl.constexpr, NKV_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
+                   TPB: tl.constexpr, ROPE: tl.constexpr, WRITE_Q: tl.constexpr,
+                   WRITE_KV: tl.constexpr, KV_QUANT: tl.constexpr):
     tok = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, HALF_PAD)
     if ROPE:
@@ -56,16 +92,23 @@ def rope_kv_kernel(q_out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, pos
         c = tl.zeros([HALF_PAD], dtype=tl.float32)
         s = tl.zeros([HALF_PAD], dtype=tl.float32)
     if WRITE_Q:
-        _rotate(q_ptr + tok * Q_STRIDE, q_out_ptr + tok * Q_OUT_STRIDE, i, c, s, NQ, NQ_PAD,
-                HEAD_DIM, HEAD_DIM, ROPE)
+        _rotate(q_ptr + tok * Q_STRIDE, q_out_ptr + tok * Q_OUT_STRIDE, i, c, s, 1.0, NQ,
+                NQ_PAD, HEAD_DIM, HEAD_DIM, ROPE, 0)
     if WRITE_KV:
         slot = tl.load(slot_ptr + tok)
         if slot >= 0:
             base = (slot // TPB) * (NKV * TPB * HEAD_DIM) + (slot % TPB) * HEAD_DIM
-            _rotate(k_ptr + tok * K_STRIDE, k_cache_ptr + base, i, c, s, NKV, NKV_PAD, HEAD_DIM,
-                    TPB * HEAD_DIM, ROPE)
-            _rotate(v_ptr + tok * V_STRIDE, v_cache_ptr + base, i, c, s, NKV, NKV_PAD, HEAD_DIM,
-                    TPB * HEAD_DIM, False)
+            if KV_QUANT != 0:
+                # torch.reciprocal's correctly rounded 1 / scale (a plain division is approximate)
+                k_inv = tl.math.div_rn(1.0, tl.load(k_scale_ptr))
+                v_inv = tl.math.div_rn(1.0, tl.load(v_scale_ptr))
+            else:
+                k_inv = 1.0
+                v_inv = 1.0
+            _rotate(k_ptr + tok * K_STRIDE, k_cache_ptr + base, i, c, s, k_inv, NKV, NKV_PAD,
+                    HEAD_DIM, TPB * HEAD_DIM, ROPE, KV_QUANT)
+            _rotate(v_ptr + tok * V_STRIDE, v_cache_ptr + base, i, c, s, v_inv, NKV, NKV_PAD,
+                    HEAD_DIM, TPB * HEAD_DIM, False, KV_QUANT)
 
 
 def _warps(nq: int, head_dim: int) -> int:
@@ -73,11 +116,11 @@ def _warps(nq: int, head_dim: int) -> int:
 
 
 def _constexprs(nq, nkv, head_dim, tpb, q_stride, q_out_stride, k_stride, v_stride, rope,
-                write_q, write_kv) -> dict:
+                write_q, write_kv, quant=0) -> dict:
     return dict(Q_STRIDE=q_stride, Q_OUT_STRIDE=q_out_stride, K_STRIDE=k_stride,
                 V_STRIDE=v_stride, NQ=nq, NKV=nkv, HEAD_DIM=head_dim, NQ_PAD=pow2(nq),
                 NKV_PAD=pow2(nkv), HALF_PAD=pow2(head_dim // 2), TPB=tpb, ROPE=rope,
-                WRITE_Q=write_q, WRITE_KV=write_kv)
+                WRITE_Q=write_q, WRITE_KV=write_kv, KV_QUANT=quant)
 
 
 def inv_freq_table(rope: dict) -> list[float]:
@@ -88,20 +131,27 @@ def inv_freq_table(rope: dict) -> list[float]:
 # -- lowering -----------------------------------------------------------------------------------
 
 def plan_rope_kv(ctx, *, q, q_out, k, v, layer: int, nq: int, nkv: int, head_dim: int,
-                 rope: dict | None) -> None:
+                 rope: dict | None, kv_scales: tuple[str, str] | None = None) -> None:
     """The attention prologue: RoPE on q (into q_out) and k, k/v into the cache of `layer`.
-    Without rope, only the cache write (q stays where it is)."""
+    Without rope, only the cache write (q stays where it is). kv_scales: the k_scale and
+    v_scale values of a quantized cache."""
     table = ctx.const("float32", inv_freq_table(rope)) if rope else ctx.ptr("positions")
     q_out_ptr = ctx.ptr(q_out) if rope else ctx.ptr(q)
+    k_cache, v_cache = ctx.kv(layer, 0), ctx.kv(layer, 1)
+    quant = kv_quant(k_cache.dtype)
+    if bool(quant) != bool(kv_scales):
+        raise ValueError(f"layer {layer}: a {k_cache.dtype} KV cache with kv_scales {kv_scales}; "
+                         "a quantized cache needs k_scale and v_scale, and only it")
+    k_scale, v_scale = map(ctx.ptr, kv_scales) if quant else (k_cache, v_cache)
     ctx.launch(rope_kv_kernel, grid=("T",), num_warps=_warps(nq, head_dim),
                args=dict(q_out_ptr=q_out_ptr, q_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k),
-                         v_ptr=ctx.ptr(v), k_cache_ptr=ctx.kv(layer, 0),
-                         v_cache_ptr=ctx.kv(layer, 1), positions_ptr=ctx.ptr("positions"),
-                         slot_ptr=ctx.ptr("slot_mapping"), inv_freq_ptr=table),
+                         v_ptr=ctx.ptr(v), k_cache_ptr=k_cache, v_cache_ptr=v_cache,
+                         positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
+                         inv_freq_ptr=table, k_scale_ptr=k_scale, v_scale_ptr=v_scale),
                constexprs=_constexprs(nq, nkv, head_dim, ctx.tokens_per_block,
                                       ctx.row_stride(q), ctx.row_stride(q_out if rope else q),
                                       ctx.row_stride(k), ctx.row_stride(v), bool(rope),
-                                      bool(rope), True))
+                                      bool(rope), True, quant))
 
 
 def plan_rope(node, ctx):
@@ -114,7 +164,7 @@ def plan_rope(node, ctx):
                args=dict(q_out_ptr=ctx.ptr(out), q_ptr=ctx.ptr(x), k_ptr=ctx.ptr(x),
                          v_ptr=ctx.ptr(x), k_cache_ptr=ctx.ptr(x), v_cache_ptr=ctx.ptr(x),
                          positions_ptr=ctx.ptr(positions), slot_ptr=ctx.ptr("slot_mapping"),
-                         inv_freq_ptr=table),
+                         inv_freq_ptr=table, k_scale_ptr=ctx.ptr(x), v_scale_ptr=ctx.ptr(x)),
                constexprs=_constexprs(heads, 1, hd, 1, ctx.row_stride(x), ctx.row_stride(out),
                                       0, 0, True, True, False))
 
@@ -122,14 +172,17 @@ def plan_rope(node, ctx):
 # -- direct launches ----------------------------------------------------------------------------
 
 def rope_kv(q, k, v, positions, slot_mapping, k_cache, v_cache, inv_freq, head_dim: int,
-            rope: bool = True):
+            rope: bool = True, k_scale=None, v_scale=None):
     """Rotates q (returned, contiguous) and k; writes k, v into k_cache/v_cache
-    ([num_blocks, num_kv_heads, tokens_per_block, head_dim] each)."""
+    ([num_blocks, num_kv_heads, tokens_per_block, head_dim] each), quantized with k_scale /
+    v_scale (float32 [1]) when the cache is float8_e4m3fn or int8."""
     nq, nkv = q.shape[1] // head_dim, k.shape[1] // head_dim
+    quant = kv_quant(k_cache.dtype)
     q_out = q.new_empty(q.shape)
     direct(rope_kv_kernel, q)[(q.shape[0],)](
         q_out, q, k, v, k_cache, v_cache, positions, slot_mapping, inv_freq,
+        k_scale if quant else k_cache, v_scale if quant else v_cache,
         **_constexprs(nq, nkv, head_dim, k_cache.shape[2], q.stride(0), q_out.stride(0),
-                      k.stride(0), v.stride(0), rope, True, True),
+                      k.stride(0), v.stride(0), rope, True, True, quant),
         num_warps=_warps(nq, head_dim))
     return q_out

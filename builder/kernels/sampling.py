@@ -19,19 +19,30 @@ BISECT_STEPS = 40
 
 
 @triton.jit
-def greedy_kernel(out_ptr, logits_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+def greedy_kernel(out_ptr, logprob_ptr, logits_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+    """out[row]: the argmax (-1 when the row holds NaN or no finite value); logprob[row]: the
+    log-softmax there, from an online log-sum-exp over the same pass."""
     row = tl.program_id(0).to(tl.int64)
     best = float("-inf")
     best_index = 0
+    total = 0.0
+    bad = 0
     for start in range(0, VOCAB, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(logits_ptr + row * VOCAB + cols, mask=cols < VOCAB, other=float("-inf"))
+        bad += tl.sum((x != x).to(tl.int32), axis=0)
         top = tl.max(x, axis=0)
         index = tl.min(tl.where(x == top, cols, VOCAB), axis=0)
+        new_best = tl.maximum(best, top)
+        shift = tl.where(new_best == float("-inf"), 0.0, new_best)
+        total = total * tl.exp(best - shift) + tl.sum(tl.exp(x - shift), axis=0)
         if top > best:
-            best = top
             best_index = index
+        best = new_best
+    if (bad > 0) | (best == float("-inf")) | (best == float("inf")):
+        best_index = -1
     tl.store(out_ptr + row, best_index)
+    tl.store(logprob_ptr + row, -tl.log(total))
 
 
 @triton.jit
@@ -113,12 +124,34 @@ def sample_kernel(out_ptr, logits_ptr, temperature_ptr, top_k_ptr, top_p_ptr, mi
 # -- direct launches ----------------------------------------------------------------------------
 
 def greedy(logits):
+    """(argmax per row, -1 for a row with NaN or no finite value; log-softmax there)."""
     import torch
 
     out = torch.empty(logits.shape[0], dtype=torch.int32, device=logits.device)
-    direct(greedy_kernel, logits)[(logits.shape[0],)](out, logits, VOCAB=logits.shape[1],
+    logprob = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    direct(greedy_kernel, logits)[(logits.shape[0],)](out, logprob, logits, VOCAB=logits.shape[1],
                                                       BLOCK=BLOCK, num_warps=8)
-    return out
+    return out, logprob
+
+
+# -- lowering -----------------------------------------------------------------------------------
+
+def plan_select(ctx, logits: str) -> dict:
+    """The greedy pick of every logits row, on the GPU, so a greedy step copies B tokens back
+    instead of B x vocab logits. Returns the engine header's "select" entry: tokens (int32 [B])
+    then log-probs (float32 [B]) in one scratch buffer, one copy."""
+    from kiln.builder.kernels.spec import Ptr
+
+    vocab = ctx.width(logits)
+    rows = ctx.rows(logits)
+    max_rows = ctx.build.max_batch_size
+    tokens = ctx.scratch("select", str(8 * max_rows))
+    logprobs = Ptr({"scratch": "select", "offset": 4 * max_rows}, "float32")
+    ctx.launch(greedy_kernel, grid=(rows,), num_warps=8,
+               args=dict(out_ptr=Ptr(tokens.ref, "int32"), logprob_ptr=logprobs,
+                         logits_ptr=ctx.ptr(logits)),
+               constexprs=dict(VOCAB=vocab, BLOCK=BLOCK))
+    return {"ref": {"scratch": "select"}, "rows": rows, "capacity": max_rows}
 
 
 def sample(logits, temperature, top_k, top_p, min_p, seed):

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass
 
 TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
-                "int32": "i32", "int64": "i64"}
+                "int32": "i32", "int64": "i64", "int8": "i8", "uint8": "u8",
+                "float8_e4m3fn": "fp8e4nv"}
 
 
 @dataclass(slots=True)
@@ -73,7 +74,11 @@ class Launch:
 
 @dataclass(slots=True)
 class Gemm:
-    """out[M, N] = a[M, K] @ w[N, K].T (+ bias[N]), row-major, through cuBLASLt."""
+    """out[M, N] = a[M, K] @ w[N, K].T (+ bias[N]), row-major, through cuBLASLt.
+
+    `dtype` is the output's (and bias's) type. For FP8, `in_dtype` is "float8_e4m3fn" (a and w)
+    and `a_scale`, `w_scale` point at float32 per-tensor dequantization scales:
+    out = (a_scale * w_scale) * (a @ w.T) (+ bias)."""
     a: dict
     w: dict
     out: dict
@@ -85,11 +90,17 @@ class Gemm:
     ldc: int
     dtype: str
     label: str = ""
+    in_dtype: str | None = None
+    a_scale: dict | None = None
+    w_scale: dict | None = None
 
     def to_json(self) -> dict:
-        return {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
-                "bias": self.bias, "m": str(self.m), "n": self.n, "k": self.k,
-                "lda": self.lda, "ldc": self.ldc, "dtype": self.dtype}
+        out = {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
+               "bias": self.bias, "m": str(self.m), "n": self.n, "k": self.k,
+               "lda": self.lda, "ldc": self.ldc, "dtype": self.dtype}
+        if self.in_dtype is not None:
+            out.update(in_dtype=self.in_dtype, a_scale=self.a_scale, w_scale=self.w_scale)
+        return out
 
 
 def kernel_spec(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int = 1

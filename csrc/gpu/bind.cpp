@@ -107,6 +107,12 @@ PlanSpec toPlan(py::object const& engine)
     p.logits = OutputSpec{toRef(field(logits, "ref", "logits").cast<py::dict>()),
         field(logits, "rows", "logits").cast<std::string>(), field(logits, "cols", "logits").cast<int>(),
         field(logits, "dtype", "logits").cast<std::string>()};
+    if (h.contains("select") && !h["select"].is_none())
+    {
+        auto select = h["select"].cast<py::dict>();
+        p.select = SelectSpec{toRef(field(select, "ref", "select").cast<py::dict>()),
+            field(select, "rows", "select").cast<std::string>(), field(select, "capacity", "select").cast<int>()};
+    }
     for (auto item : field(h, "derived", "the header").cast<py::list>())
     {
         auto pair = item.cast<py::list>();
@@ -152,6 +158,12 @@ PlanSpec toPlan(py::object const& engine)
             g.lda = field(s, "lda", "a gemm").cast<int>();
             g.ldc = field(s, "ldc", "a gemm").cast<int>();
             g.dtype = field(s, "dtype", "a gemm").cast<std::string>();
+            if (s.contains("in_dtype") && !s["in_dtype"].is_none())
+            {
+                g.inDtype = s["in_dtype"].cast<std::string>();
+                g.aScale = toRef(field(s, "a_scale", "an FP8 gemm").cast<py::dict>());
+                g.wScale = toRef(field(s, "w_scale", "an FP8 gemm").cast<py::dict>());
+            }
             p.program.emplace_back(std::move(g));
             continue;
         }
@@ -331,36 +343,72 @@ void bind(py::module_& m)
     py::class_<PlanExecutor, Backend, std::shared_ptr<PlanExecutor>>(m, "PlanExecutor",
         "The GPU backend: runs an engine's compiled plan on one GPU (docs/architecture.md, GPU plan executor).")
         .def(py::init(
-                 [](py::object engine, double fraction, std::optional<int> numBlocks, int device)
+                 [](py::object engine, double fraction, std::optional<int> numBlocks, int device, bool cudaGraphs)
                  {
                      PlanSpec plan = toPlan(engine);
                      std::vector<WeightData> weights = weightsOf(engine);
-                     PlanExecutorOptions options{device, fraction, numBlocks, wheelCublasLt()};
+                     PlanExecutorOptions options{device, fraction, numBlocks, wheelCublasLt(), cudaGraphs};
                      py::gil_scoped_release release;
                      return std::make_shared<PlanExecutor>(std::move(plan), weights, options);
                  }),
             py::arg("engine"), py::arg("kv_cache_free_gpu_memory_fraction") = 0.9, py::arg("num_blocks") = py::none(),
-            py::arg("device") = 0,
+            py::arg("device") = 0, py::arg("cuda_graphs") = true,
             "Loads `engine` (kiln.builder.engine.Engine, or any object with .kernels, .weights {name: contiguous "
-            "CPU tensor} and .blob(key)) onto GPU `device`.")
+            "CPU tensor} and .blob(key)) onto GPU `device`. cuda_graphs: run decode-only steps as CUDA graphs.")
         .def_property_readonly("num_blocks", &PlanExecutor::numBlocks)
         .def(
             "forward",
             [](PlanExecutor& self, py::dict step)
             {
                 StepInputs inputs = toStep(step);
-                std::vector<float> logits;
+                StepOutput result;
                 {
                     py::gil_scoped_release release;
-                    logits = self.forward(inputs);
+                    result = self.forward(inputs);
                 }
                 auto const rows = static_cast<py::ssize_t>(inputs.numSequences);
-                auto const cols = rows > 0 ? static_cast<py::ssize_t>(logits.size()) / rows : 0;
+                auto const cols = rows > 0 ? static_cast<py::ssize_t>(result.logits.size()) / rows : 0;
                 py::array_t<float> out({rows, cols});
-                std::memcpy(out.mutable_data(), logits.data(), logits.size() * sizeof(float));
+                std::memcpy(out.mutable_data(), result.logits.data(), result.logits.size() * sizeof(float));
                 return out;
             },
             py::arg("step"), "Runs one step (the ABI arrays as numpy); returns float32 logits [B, vocab].")
+        .def(
+            "run_step",
+            [](PlanExecutor& self, py::dict step, std::vector<SizeType> logitRows)
+            {
+                StepInputs inputs = toStep(step);
+                inputs.logitRows = std::move(logitRows);
+                StepOutput result;
+                {
+                    py::gil_scoped_release release;
+                    result = self.forward(inputs);
+                }
+                auto const rows = static_cast<py::ssize_t>(inputs.logitRows->size());
+                auto const cols = rows > 0 ? static_cast<py::ssize_t>(result.logits.size()) / rows : 0;
+                py::array_t<float> logits({rows, cols});
+                if (!result.logits.empty())
+                    std::memcpy(logits.mutable_data(), result.logits.data(), result.logits.size() * sizeof(float));
+                py::dict out;
+                out["tokens"] = py::array_t<std::int32_t>(static_cast<py::ssize_t>(result.tokens.size()), result.tokens.data());
+                out["logprobs"] = py::array_t<float>(static_cast<py::ssize_t>(result.logProbs.size()), result.logProbs.data());
+                out["logits"] = logits;
+                return out;
+            },
+            py::arg("step"), py::arg("logit_rows"),
+            "Runs one step as the executor does: {tokens, logprobs} of the greedy pick per row (empty when the "
+            "engine has none) and logits [len(logit_rows), vocab] of the rows asked for.")
+        .def_property("cuda_graphs", &PlanExecutor::cudaGraphs, &PlanExecutor::setCudaGraphs, "Whether decode-only steps run as CUDA graphs.")
+        .def("graph_stats",
+            [](PlanExecutor const& self)
+            {
+                GraphStats const g = self.graphStats();
+                py::dict d;
+                d["captured"] = g.captured;
+                d["replays"] = g.replays;
+                d["eager_steps"] = g.eagerSteps;
+                return d;
+            })
         .def("memory",
             [](PlanExecutor const& self)
             {

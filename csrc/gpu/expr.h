@@ -43,6 +43,19 @@ public:
     /// @brief The value under `values` (indexed like the SymbolTable); throws
     /// std::invalid_argument on division by zero.
     [[nodiscard]] std::int64_t eval(std::vector<std::int64_t> const& values) const;
+    /// @brief The symbol indices the expression reads.
+    [[nodiscard]] std::vector<std::size_t> symbols() const
+    {
+        std::vector<std::size_t> out;
+        for (Op const& op : mCode)
+        {
+            if (op.kind == Kind::Symbol)
+            {
+                out.push_back(static_cast<std::size_t>(op.value));
+            }
+        }
+        return out;
+    }
     [[nodiscard]] std::string const& text() const
     {
         return mText;

@@ -19,6 +19,7 @@ std::string typeName(cudaDataType_t type)
     case CUDA_R_16BF: return "bfloat16";
     case CUDA_R_16F: return "float16";
     case CUDA_R_32F: return "float32";
+    case CUDA_R_8F_E4M3: return "float8_e4m3fn";
     default: return "type" + std::to_string(static_cast<int>(type));
     }
 }
@@ -108,6 +109,16 @@ int GemmRunner::add(GemmProblem const& p)
         "cublasLtMatmulDescSetAttribute(TRANSA)");
     api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_TRANSB, &transB, sizeof(transB)),
         "cublasLtMatmulDescSetAttribute(TRANSB)");
+    if (p.inType != p.type)
+    {
+        // FP8 (Hopper/Ada): D = alpha * (scaleA * A) @ (scaleB * B); cuBLASLt's A is our w.
+        if (p.aScale == nullptr || p.wScale == nullptr)
+            throw std::invalid_argument("an FP8 GEMM needs the scales of a and w");
+        api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.wScale, sizeof(p.wScale)),
+            "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
+        api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p.aScale, sizeof(p.aScale)),
+            "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+    }
     if (p.bias != nullptr)
     {
         cublasLtEpilogue_t const epilogue = CUBLASLT_EPILOGUE_BIAS;
@@ -126,16 +137,16 @@ int GemmRunner::add(GemmProblem const& p)
 GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_t stream)
 {
     GemmProblem const& p = problem.p;
-    auto const key = std::make_tuple(static_cast<int>(p.type), p.n, p.k, p.lda, p.ldc, p.bias != nullptr, m,
-        static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)));
+    auto const key = std::make_tuple(static_cast<int>(p.type) * 1000 + static_cast<int>(p.inType), p.n, p.k, p.lda,
+        p.ldc, p.bias != nullptr, m, static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)));
     if (auto const it = mPlans.find(key); it != mPlans.end())
     {
         return *it->second;
     }
     auto& api = *mApi;
     auto plan = std::make_unique<Plan>();
-    api.check(api.matrixLayoutCreate(&plan->a, p.type, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
-    api.check(api.matrixLayoutCreate(&plan->b, p.type, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
+    api.check(api.matrixLayoutCreate(&plan->a, p.inType, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
+    api.check(api.matrixLayoutCreate(&plan->b, p.inType, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
     api.check(api.matrixLayoutCreate(&plan->c, p.type, p.n, m, p.ldc), "cublasLtMatrixLayoutCreate(out)");
 
     cublasLtMatmulPreference_t pref = nullptr;
@@ -197,10 +208,19 @@ GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_
     cublasLtMatmulHeuristicResult_t const& result = results[best];
     plan->algo = result.algo;
     // The algo's opaque words hold its id first; tile and stage ids follow in later words.
-    plan->choice = GemmChoice{m, p.n, p.k, typeName(p.type), p.bias != nullptr,
+    plan->choice = GemmChoice{m, p.n, p.k, p.inType == p.type ? typeName(p.type) : typeName(p.inType) + "->" + typeName(p.type),
+        p.bias != nullptr,
         "algo " + std::to_string(result.algo.data[0]) + " config " + std::to_string(result.algo.data[1]) + "/"
             + std::to_string(result.algo.data[2]) + " waves " + std::to_string(result.wavesCount) + "; " + tuning};
     return *mPlans.emplace(key, std::move(plan)).first->second;
+}
+
+void GemmRunner::prepare(int id, int m, cudaStream_t stream)
+{
+    if (m > 0)
+    {
+        planFor(*mProblems.at(static_cast<std::size_t>(id)), m, stream);
+    }
 }
 
 void GemmRunner::run(int id, int m, cudaStream_t stream)

@@ -18,7 +18,8 @@ namespace kiln::gpu
 /// fixed buffers and a per-step M.
 struct GemmProblem
 {
-    cudaDataType_t type = CUDA_R_16BF;
+    cudaDataType_t type = CUDA_R_16BF;   ///< out and bias
+    cudaDataType_t inType = CUDA_R_16BF; ///< a and w (CUDA_R_8F_E4M3 with the scales below)
     int n = 0;
     int k = 0;
     int lda = 0;
@@ -27,6 +28,8 @@ struct GemmProblem
     void const* w = nullptr;
     void* out = nullptr;
     void const* bias = nullptr;
+    void const* aScale = nullptr; ///< device float32: a's per-tensor dequantization scale (FP8)
+    void const* wScale = nullptr; ///< device float32: w's
 };
 
 /// @brief The algorithm cuBLASLt's heuristic chose for one shape and M, for reports.
@@ -60,6 +63,9 @@ public:
     [[nodiscard]] int add(GemmProblem const& problem);
     /// @brief Enqueues problem `id` with M rows on `stream`.
     void run(int id, int m, cudaStream_t stream);
+    /// @brief Picks (and, for small M, times) the algorithm for problem `id` at `m` rows now, so
+    /// a later run() does nothing but launch (as a CUDA graph capture needs).
+    void prepare(int id, int m, cudaStream_t stream);
     /// @brief Every (shape, M) chosen so far.
     [[nodiscard]] std::vector<GemmChoice> choices() const;
     /// @brief cuBLASLt's version number and library path.

@@ -73,7 +73,8 @@ struct LaunchStep
     std::string when; ///< empty: always
 };
 
-/// @brief out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), row-major.
+/// @brief out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), row-major; FP8: out = (a_scale * w_scale)
+/// * (a @ w^T) (+ bias).
 struct GemmStep
 {
     std::string label;
@@ -86,7 +87,10 @@ struct GemmStep
     int k = 0;
     int lda = 0;
     int ldc = 0;
-    std::string dtype;
+    std::string dtype;   ///< out's and bias's
+    std::string inDtype; ///< a's and w's when they differ ("float8_e4m3fn"); empty: dtype
+    std::optional<BufferRef> aScale; ///< FP8: float32 per-tensor dequantization scale of a
+    std::optional<BufferRef> wScale; ///< FP8: the same for w
 };
 
 struct OutputSpec
@@ -95,6 +99,15 @@ struct OutputSpec
     std::string rows;
     int cols = 0;
     std::string dtype;
+};
+
+/// @brief Where the plan's greedy pick over the logits leaves its results: int32 tokens
+/// [capacity] then float32 log-probs [capacity], `rows` of each valid.
+struct SelectSpec
+{
+    BufferRef ref;
+    std::string rows;
+    int capacity = 0;
 };
 
 /// @brief Everything the plan executor runs, as compile_plan wrote it in the engine header's
@@ -114,6 +127,7 @@ struct PlanSpec
     std::string kvDtype;
     std::map<std::string, std::string> stepInputs; ///< name -> dtype
     OutputSpec logits;
+    std::optional<SelectSpec> select; ///< absent in engines built before the greedy pick
     std::vector<std::pair<std::string, std::string>> derived;
     std::map<std::string, std::vector<std::string>> scratch; ///< name -> size expressions (max wins)
     std::map<std::string, std::vector<float>> constants;
@@ -139,6 +153,9 @@ struct PlanExecutorOptions
     /// libcublasLt to try after $KILN_CUBLASLT_LIBRARY and the loader's search (e.g. the
     /// nvidia-cublas wheel's copy); empty: none.
     std::string cublasLtPath;
+    /// Run decode-only steps as CUDA graphs (one per batch bucket and launch shape, captured on
+    /// first use); their batch is padded up to the bucket.
+    bool cudaGraphs = true;
 };
 
 /// @brief Size of one element of `dtype` ("float32", "float16", "bfloat16", "int32", "int64").

@@ -23,6 +23,7 @@ namespace
 
 constexpr std::size_t kAlign = 256;
 constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hopper
+constexpr std::size_t kMaxGraphs = 256;                // past it, new launch shapes run eagerly
 constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM"};
 enum StepSymbol
 {
@@ -121,6 +122,8 @@ std::size_t dtypeSize(std::string const& dtype)
         return 2;
     if (dtype == "int64")
         return 8;
+    if (dtype == "int8" || dtype == "uint8" || dtype == "float8_e4m3fn")
+        return 1;
     throw std::invalid_argument("unknown dtype '" + dtype + "'");
 }
 
@@ -131,6 +134,7 @@ public:
         : mSpec(std::move(plan))
         , mDevice(options.device)
         , mDriver(DriverApi::get())
+        , mCudaGraphs(options.cudaGraphs)
     {
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
         KILN_CUDA_CHECK(cudaGetDeviceProperties(&mProps, mDevice));
@@ -177,42 +181,57 @@ public:
         return mNumBlocks;
     }
 
-    std::vector<float> forward(StepInputs const& step)
+    StepOutput forward(StepInputs const& step)
     {
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
         validate(step);
+        // A decode-only step (one token per sequence) runs as a CUDA graph, its batch padded up
+        // to a bucket so few graphs serve every batch size.
+        bool const graph = mCudaGraphs && mValues[kMaxQ] == 1 && mValues[kT] == mValues[kB];
+        StepInputs const* inputs = &step;
+        if (graph)
+        {
+            std::int64_t const bucket = batchBucket(mValues[kB]);
+            if (bucket != mValues[kB])
+            {
+                pad(step, bucket);
+                inputs = &mPadded;
+                mValues[kT] = bucket;
+                mValues[kB] = bucket;
+            }
+        }
         for (std::size_t i = 0; i < mDerived.size(); ++i)
         {
             mValues[std::size(kStepSymbols) + i] = mDerived[i].eval(mValues);
         }
-        for (auto const& [name, input] : mInputs)
+        upload(*inputs);
+        if (graph)
         {
-            auto const [data, bytes] = hostInput(step, name);
-            if (bytes == 0)
-                continue;
-            std::memcpy(mHostInputs.get<char>() + input.offset, data, bytes);
-            KILN_CUDA_CHECK(cudaMemcpyAsync(mInputBuffer.get<char>() + input.offset,
-                mHostInputs.get<char>() + input.offset, bytes, cudaMemcpyHostToDevice, mStream));
+            runGraph();
         }
-        for (auto& item : mProgram)
+        else
         {
-            if (auto* launch = std::get_if<ResolvedLaunch>(&item))
-            {
-                run(*launch);
-            }
-            else
-            {
-                auto& gemm = std::get<ResolvedGemm>(item);
-                mGemm->run(gemm.id, static_cast<int>(gemm.m.eval(mValues)), mStream);
-            }
+            runProgram();
+            ++mGraphStats.eagerSteps;
         }
-        auto const rows = static_cast<std::size_t>(mLogitsRows.eval(mValues));
-        std::size_t const count = rows * static_cast<std::size_t>(mSpec.logits.cols);
-        KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>(), reinterpret_cast<void const*>(mLogits),
-            count * sizeof(float), cudaMemcpyDeviceToHost, mStream));
-        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
-        KILN_CUDA_CHECK(cudaGetLastError());
-        return std::vector<float>(mHostLogits.get<float>(), mHostLogits.get<float>() + count);
+        return collect(step);
+    }
+
+    void setCudaGraphs(bool on)
+    {
+        mCudaGraphs = on;
+    }
+
+    bool cudaGraphs() const
+    {
+        return mCudaGraphs;
+    }
+
+    GraphStats graphStats() const
+    {
+        GraphStats stats = mGraphStats;
+        stats.captured = static_cast<int>(mGraphs.size());
+        return stats;
     }
 
     MemoryReport memory() const
@@ -235,6 +254,11 @@ public:
 private:
     void unload() noexcept
     {
+        for (auto& [key, exec] : mGraphs)
+        {
+            cudaGraphExecDestroy(exec);
+        }
+        mGraphs.clear();
         mGemm.reset();
         for (CUmodule module : mModules)
         {
@@ -543,17 +567,248 @@ private:
             else
             {
                 auto const& g = std::get<GemmStep>(item);
-                GemmProblem problem{cudaType(g.dtype), g.n, g.k, g.lda, g.ldc,
+                cudaDataType_t const outType = cudaType(g.dtype);
+                cudaDataType_t inType = outType;
+                void const* aScale = nullptr;
+                void const* wScale = nullptr;
+                if (!g.inDtype.empty() && g.inDtype != g.dtype)
+                {
+                    if (g.inDtype != "float8_e4m3fn" || !g.aScale || !g.wScale)
+                        throw std::runtime_error(g.label + ": a GEMM over " + g.inDtype
+                            + " needs float8_e4m3fn with both scales: the engine is damaged; rebuild it");
+                    if (mSm < 89)
+                        throw std::invalid_argument("the engine runs FP8 GEMMs, which need SM 89 or newer; this GPU is sm_"
+                            + std::to_string(mSm) + ": rebuild without --quant fp8");
+                    inType = CUDA_R_8F_E4M3;
+                    aScale = reinterpret_cast<void const*>(resolve(*g.aScale, g.label));
+                    wScale = reinterpret_cast<void const*>(resolve(*g.wScale, g.label));
+                }
+                GemmProblem problem{outType, inType, g.n, g.k, g.lda, g.ldc,
                     reinterpret_cast<void const*>(resolve(g.a, g.label)),
                     reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
-                    g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr};
+                    g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale};
                 mProgram.emplace_back(ResolvedGemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols)});
             }
         }
         mLogits = resolve(mSpec.logits.ref, "the logits output");
         mLogitsRows = Expr::parse(mSpec.logits.rows, mSymbols);
+        if (mSpec.select)
+        {
+            if (mSpec.select->capacity < mSpec.maxBatchSize)
+                throw std::runtime_error("the greedy pick holds " + std::to_string(mSpec.select->capacity)
+                    + " rows, fewer than max_batch_size: the engine is damaged; rebuild it with engine-build");
+            mSelect = resolve(mSpec.select->ref, "the greedy pick");
+            mHostSelect = PinnedMemory(8 * static_cast<std::size_t>(mSpec.select->capacity));
+        }
+        // A graph is valid for every step whose symbols read by the program are equal.
+        std::vector<bool> used(mSymbols.size(), false);
+        auto mark = [&](Expr const& e)
+        {
+            for (std::size_t index : e.symbols())
+                used[index] = true;
+        };
+        for (auto const& item : mProgram)
+        {
+            if (auto const* launch = std::get_if<ResolvedLaunch>(&item))
+            {
+                for (auto const& g : launch->grid)
+                    mark(g);
+                if (launch->when)
+                    mark(*launch->when);
+                for (auto const& [slot, expr] : launch->intArgs)
+                    mark(expr);
+            }
+            else
+            {
+                mark(std::get<ResolvedGemm>(item).m);
+            }
+        }
+        for (std::size_t i = 0; i < used.size(); ++i)
+            if (used[i])
+                mGraphSymbols.push_back(i);
         if (mSpec.logits.dtype != "float32")
             throw std::runtime_error("the plan's logits are " + mSpec.logits.dtype + ", the runtime reads float32");
+    }
+
+    /// Decode batches run padded up to 1, 2, 4, 8, then multiples of 8 up to 128, then of 32.
+    std::int64_t batchBucket(std::int64_t b) const
+    {
+        std::int64_t bucket = 1;
+        if (b <= 8)
+        {
+            while (bucket < b)
+                bucket *= 2;
+        }
+        else
+        {
+            std::int64_t const step = b <= 128 ? 8 : 32;
+            bucket = (b + step - 1) / step * step;
+        }
+        return std::min<std::int64_t>(bucket, std::min(mSpec.maxBatchSize, mSpec.maxNumTokens));
+    }
+
+    /// `step` with rows appended up to `bucket`: each pad row decodes token 0 at position 0 over
+    /// one cached token of block 0 and writes no KV (slot -1); its outputs are never read.
+    void pad(StepInputs const& step, std::int64_t bucket)
+    {
+        mPadded = step;
+        auto const maxBlk = static_cast<std::size_t>(step.maxBlocksPerSeq);
+        for (auto b = static_cast<std::int32_t>(step.numSequences); b < bucket; ++b)
+        {
+            mPadded.inputIds.push_back(0);
+            mPadded.positions.push_back(0);
+            mPadded.slotMapping.push_back(-1);
+            mPadded.blockTables.resize(mPadded.blockTables.size() + maxBlk, 0);
+            mPadded.contextLens.push_back(1);
+            mPadded.queryStart.push_back(b + 1);
+            mPadded.lastTokenIndex.push_back(b);
+        }
+        mPadded.numSequences = static_cast<SizeType>(bucket);
+    }
+
+    void upload(StepInputs const& step)
+    {
+        for (auto const& [name, input] : mInputs)
+        {
+            auto const [data, bytes] = hostInput(step, name);
+            if (bytes == 0)
+                continue;
+            std::memcpy(mHostInputs.get<char>() + input.offset, data, bytes);
+            KILN_CUDA_CHECK(cudaMemcpyAsync(mInputBuffer.get<char>() + input.offset,
+                mHostInputs.get<char>() + input.offset, bytes, cudaMemcpyHostToDevice, mStream));
+        }
+    }
+
+    void runProgram()
+    {
+        for (auto& item : mProgram)
+        {
+            if (auto* launch = std::get_if<ResolvedLaunch>(&item))
+            {
+                run(*launch);
+            }
+            else
+            {
+                auto& gemm = std::get<ResolvedGemm>(item);
+                mGemm->run(gemm.id, static_cast<int>(gemm.m.eval(mValues)), mStream);
+            }
+        }
+    }
+
+    /// Replays the graph for this step's launch shape: the values of every symbol the program
+    /// reads. The first step of a shape captures it.
+    void runGraph()
+    {
+        std::vector<std::int64_t> key;
+        key.reserve(mGraphSymbols.size());
+        for (std::size_t index : mGraphSymbols)
+            key.push_back(mValues[index]);
+        auto it = mGraphs.find(key);
+        if (it == mGraphs.end())
+        {
+            if (mGraphs.size() >= kMaxGraphs)
+            {
+                runProgram();
+                ++mGraphStats.eagerSteps;
+                return;
+            }
+            // cuBLASLt's choice per M may time candidates, which a capture cannot hold: now.
+            for (auto& item : mProgram)
+                if (auto* gemm = std::get_if<ResolvedGemm>(&item))
+                    mGemm->prepare(gemm->id, static_cast<int>(gemm->m.eval(mValues)), mStream);
+            KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
+            cudaGraph_t graph = nullptr;
+            try
+            {
+                runProgram();
+            }
+            catch (...)
+            {
+                cudaStreamEndCapture(mStream, &graph);
+                if (graph != nullptr)
+                    cudaGraphDestroy(graph);
+                throw;
+            }
+            KILN_CUDA_CHECK(cudaStreamEndCapture(mStream, &graph));
+            cudaGraphExec_t exec = nullptr;
+            cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
+            cudaGraphDestroy(graph);
+            KILN_CUDA_CHECK(instantiated);
+            it = mGraphs.emplace(std::move(key), exec).first;
+        }
+        KILN_CUDA_CHECK(cudaGraphLaunch(it->second, mStream));
+        ++mGraphStats.replays;
+    }
+
+    /// Copies back what the caller reads: the greedy picks and the logits of
+    /// step.logitRows when the plan picks and the caller asked so, else every row's logits.
+    StepOutput collect(StepInputs const& step)
+    {
+        auto const rows = static_cast<std::size_t>(step.numSequences);
+        auto const cols = static_cast<std::size_t>(mSpec.logits.cols);
+        auto const* logits = reinterpret_cast<float const*>(mLogits);
+        bool const pick = mSelect != 0 && step.logitRows.has_value();
+        std::vector<SizeType> all;
+        if (!pick)
+        {
+            all.resize(rows);
+            for (std::size_t i = 0; i < rows; ++i)
+                all[i] = static_cast<SizeType>(i);
+        }
+        std::vector<SizeType> const& wanted = pick ? *step.logitRows : all;
+        if (!wanted.empty())
+        {
+            // One copy of the span when the rows are many, else one per row.
+            auto const first = static_cast<std::size_t>(wanted.front());
+            auto const last = static_cast<std::size_t>(wanted.back());
+            if (last >= rows || first > last)
+                throw std::invalid_argument("bad step: logit rows must be ascending within 0.." + std::to_string(rows - 1));
+            bool const span = wanted.size() > 8 || last - first + 1 == wanted.size();
+            if (span)
+            {
+                KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>(), logits + first * cols,
+                    (last - first + 1) * cols * sizeof(float), cudaMemcpyDeviceToHost, mStream));
+            }
+            else
+            {
+                for (std::size_t i = 0; i < wanted.size(); ++i)
+                    KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>() + i * cols,
+                        logits + static_cast<std::size_t>(wanted[i]) * cols, cols * sizeof(float), cudaMemcpyDeviceToHost,
+                        mStream));
+            }
+            if (pick)
+            {
+                KILN_CUDA_CHECK(cudaMemcpyAsync(mHostSelect.get<char>(), reinterpret_cast<void const*>(mSelect),
+                    mHostSelect.size(), cudaMemcpyDeviceToHost, mStream));
+            }
+            KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+            StepOutput out;
+            out.logits.resize(wanted.size() * cols);
+            for (std::size_t i = 0; i < wanted.size(); ++i)
+            {
+                std::size_t const from = span ? static_cast<std::size_t>(wanted[i]) - first : i;
+                std::memcpy(out.logits.data() + i * cols, mHostLogits.get<float>() + from * cols, cols * sizeof(float));
+            }
+            if (pick)
+                fillPicks(out, rows);
+            KILN_CUDA_CHECK(cudaGetLastError());
+            return out;
+        }
+        StepOutput out;
+        KILN_CUDA_CHECK(cudaMemcpyAsync(mHostSelect.get<char>(), reinterpret_cast<void const*>(mSelect), mHostSelect.size(),
+            cudaMemcpyDeviceToHost, mStream));
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+        KILN_CUDA_CHECK(cudaGetLastError());
+        fillPicks(out, rows);
+        return out;
+    }
+
+    void fillPicks(StepOutput& out, std::size_t rows) const
+    {
+        auto const* tokens = mHostSelect.get<std::int32_t>();
+        auto const* logProbs = reinterpret_cast<float const*>(tokens + mSpec.select->capacity);
+        out.tokens.assign(tokens, tokens + rows);
+        out.logProbs.assign(logProbs, logProbs + rows);
     }
 
     void run(ResolvedLaunch& launch)
@@ -666,6 +921,13 @@ private:
     std::vector<std::variant<ResolvedLaunch, ResolvedGemm>> mProgram;
     CUdeviceptr mLogits = 0;
     Expr mLogitsRows;
+    CUdeviceptr mSelect = 0; ///< 0: the plan has no greedy pick
+    PinnedMemory mHostSelect;
+    bool mCudaGraphs = true;
+    std::vector<std::size_t> mGraphSymbols;
+    std::map<std::vector<std::int64_t>, cudaGraphExec_t> mGraphs;
+    GraphStats mGraphStats;
+    StepInputs mPadded;
     cudaStream_t mStream = nullptr;
 };
 
@@ -681,9 +943,24 @@ SizeType PlanExecutor::numBlocks() const
     return mImpl->numBlocks();
 }
 
-std::vector<float> PlanExecutor::forward(StepInputs const& step)
+StepOutput PlanExecutor::forward(StepInputs const& step)
 {
     return mImpl->forward(step);
+}
+
+void PlanExecutor::setCudaGraphs(bool on)
+{
+    mImpl->setCudaGraphs(on);
+}
+
+bool PlanExecutor::cudaGraphs() const
+{
+    return mImpl->cudaGraphs();
+}
+
+GraphStats PlanExecutor::graphStats() const
+{
+    return mImpl->graphStats();
 }
 
 MemoryReport PlanExecutor::memory() const

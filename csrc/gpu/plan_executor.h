@@ -5,6 +5,7 @@
 #include "runtime/backend.h"
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,12 +24,21 @@ struct MemoryReport
     std::size_t totalBytes = 0;
 };
 
+/// @brief How steps ran: CUDA graphs captured and replayed, steps run launch by launch.
+struct GraphStats
+{
+    int captured = 0;
+    std::int64_t replays = 0;
+    std::int64_t eagerSteps = 0;
+};
+
 /// @brief The GPU backend: runs an engine's compiled plan (Triton cubins loaded through the
 /// driver API, GEMMs through cuBLASLt) on one GPU, one step at a time, on its own stream.
 ///
 /// At construction it picks the cubins for the device's SM, uploads the weights, allocates the
 /// activation arena and sizes the paged KV cache from the memory left. forward() uploads the
-/// step's ABI arrays, launches the program and returns float32 logits [B, vocab].
+/// step's ABI arrays, launches the program (a decode-only step as a CUDA graph) and returns the
+/// greedy picks with the logits of the rows asked for (see StepOutput).
 class PlanExecutor final : public Backend
 {
 public:
@@ -47,7 +57,12 @@ public:
     [[nodiscard]] SizeType numBlocks() const override;
     /// @brief Runs one step. Throws std::invalid_argument for a step outside the engine's
     /// limits, std::runtime_error for a CUDA failure.
-    [[nodiscard]] std::vector<float> forward(StepInputs const& step) override;
+    [[nodiscard]] StepOutput forward(StepInputs const& step) override;
+    /// @brief Turns CUDA graphs for decode steps on or off (captured graphs are kept).
+    void setCudaGraphs(bool on);
+    [[nodiscard]] bool cudaGraphs() const;
+    /// @brief Graphs captured and replayed so far.
+    [[nodiscard]] GraphStats graphStats() const;
 
     /// @brief Memory use as sized at load.
     [[nodiscard]] MemoryReport memory() const;

@@ -8,6 +8,19 @@
 namespace kiln
 {
 
+/// @brief What one step returns.
+///
+/// A backend that picks greedy tokens itself (the GPU plan executor) fills `tokens` and
+/// `logProbs` for every row and returns `logits` only for StepInputs::logitRows, so a greedy
+/// step moves B tokens instead of B x vocab logits. A backend that does not leaves `tokens` empty
+/// and returns the logits of every row.
+struct StepOutput
+{
+    std::vector<float> logits;        ///< float32 [rows, vocab], row-major
+    std::vector<TokenIdType> tokens;  ///< [B] argmax per row (lowest id on ties); -1: NaN or no finite logit
+    std::vector<float> logProbs;      ///< [B] log-softmax at tokens[i]
+};
+
 /// @brief Runs the model for one step. Owns the KV cache memory; the executor owns its layout.
 ///
 /// The executor calls forward from its own thread, one step at a time.
@@ -23,9 +36,9 @@ public:
 
     /// @brief Physical KV blocks the backend holds.
     [[nodiscard]] virtual SizeType numBlocks() const = 0;
-    /// @brief Runs one step; returns float32 logits [B, vocab], row-major. May throw: the step's
-    /// requests then fail and the executor carries on.
-    [[nodiscard]] virtual std::vector<float> forward(StepInputs const& step) = 0;
+    /// @brief Runs one step (see StepOutput). May throw: the step's requests then fail and the
+    /// executor carries on.
+    [[nodiscard]] virtual StepOutput forward(StepInputs const& step) = 0;
 };
 
 } // namespace kiln

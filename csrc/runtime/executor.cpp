@@ -198,20 +198,50 @@ private:
         std::optional<std::string> failure;
         try
         {
-            StepInputs const inputs = buildStepInputs(output, mScheduler, mKvCache, mConfig.maxBlocksPerSeq());
-            std::vector<float> logits = mBackend->forward(inputs);
-            std::size_t const expected = output.sequences.size() * static_cast<std::size_t>(mConfig.vocabSize);
-            if (logits.size() != expected)
+            StepInputs inputs = buildStepInputs(output, mScheduler, mKvCache, mConfig.maxBlocksPerSeq());
+            std::size_t const numRows = output.sequences.size();
+            std::vector<SizeType> logitRows;
+            for (std::size_t i = 0; i < numRows; ++i)
             {
-                throw std::runtime_error("forward returned " + std::to_string(logits.size()) + " logits, expected "
-                    + std::to_string(output.sequences.size()) + " x " + std::to_string(mConfig.vocabSize));
+                ScheduledSequence const& s = output.sequences[i];
+                if (s.samplesNextToken && !mStates.at(s.id).request.samplingConfig.isPlainGreedy())
+                {
+                    logitRows.push_back(static_cast<SizeType>(i));
+                }
+            }
+            inputs.logitRows = logitRows;
+            StepOutput const result = mBackend->forward(inputs);
+            auto const vocab = static_cast<std::size_t>(mConfig.vocabSize);
+            bool const picked = !result.tokens.empty();
+            std::size_t const rows = picked ? logitRows.size() : numRows;
+            if (result.logits.size() != rows * vocab
+                || (picked && (result.tokens.size() != numRows || result.logProbs.size() != numRows)))
+            {
+                std::string const tokens = picked ? " and " + std::to_string(result.tokens.size()) + " tokens" : "";
+                throw std::runtime_error("forward returned " + std::to_string(result.logits.size()) + " logits" + tokens
+                    + ", expected " + std::to_string(rows) + " x " + std::to_string(vocab)
+                    + (picked ? " and " + std::to_string(numRows) + " tokens" : ""));
             }
             mScheduler.updateComputed(output);
-            for (std::size_t i = 0; i < output.sequences.size(); ++i)
+            std::size_t nextLogitRow = 0;
+            for (std::size_t i = 0; i < numRows; ++i)
             {
-                if (output.sequences[i].samplesNextToken)
+                ScheduledSequence const& s = output.sequences[i];
+                if (!s.samplesNextToken)
                 {
-                    sampleAndUpdate(output.sequences[i].id, logits.data() + i * static_cast<std::size_t>(mConfig.vocabSize));
+                    continue;
+                }
+                if (picked && nextLogitRow < logitRows.size() && logitRows[nextLogitRow] == static_cast<SizeType>(i))
+                {
+                    sampleAndUpdate(s.id, result.logits.data() + nextLogitRow++ * vocab);
+                }
+                else if (picked)
+                {
+                    acceptPicked(s.id, result.tokens[i], result.logProbs[i]);
+                }
+                else
+                {
+                    sampleAndUpdate(s.id, result.logits.data() + i * vocab);
                 }
             }
         }
@@ -244,6 +274,24 @@ private:
             finish(id, FinishReason::kError, std::string("sampling failed: ") + e.what());
             return;
         }
+        accept(id, result);
+    }
+
+    /// A greedy token the backend picked; -1 marks a row with NaN or no finite logit.
+    void acceptPicked(IdType id, TokenIdType token, float logProb)
+    {
+        if (token < 0 || token >= mConfig.vocabSize)
+        {
+            finish(id, FinishReason::kError, "sampling failed: the backend returned NaN logits or a row with no finite value");
+            return;
+        }
+        accept(id, SampleResult{token, logProb});
+    }
+
+    void accept(IdType id, SampleResult const& result)
+    {
+        RequestState& state = mStates.at(id);
+        Sequence const& seq = *mScheduler.find(id);
         mScheduler.appendToken(id, result.token);
         if (state.request.returnLogProbs)
         {

@@ -29,6 +29,12 @@ struct SamplingConfig
     {
         return temperature == 0.0F;
     }
+    /// @brief Greedy with no penalty: the token is the argmax of the raw logits, which a
+    /// backend may pick itself.
+    [[nodiscard]] bool isPlainGreedy() const
+    {
+        return isGreedy() && repetitionPenalty == 1.0F && presencePenalty == 0.0F && frequencyPenalty == 0.0F;
+    }
 };
 
 } // namespace kiln

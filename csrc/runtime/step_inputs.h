@@ -5,6 +5,7 @@
 #include "runtime/types.h"
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace kiln
@@ -22,6 +23,9 @@ struct StepInputs
     std::vector<std::int32_t> contextLens;    ///< [B] KV length after this step
     std::vector<std::int32_t> queryStart;     ///< [B + 1]
     std::vector<std::int32_t> lastTokenIndex; ///< [B]
+    /// Rows whose logits the caller reads when the backend picks greedy tokens itself
+    /// (ascending); nullopt: every row.
+    std::optional<std::vector<SizeType>> logitRows;
 
     /// @brief T, the tokens in this step.
     [[nodiscard]] SizeType numTokens() const

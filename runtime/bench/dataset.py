@@ -136,6 +136,7 @@ def from_lines(text: str, encode: Callable[[str], list[int]], num_requests: int,
 
 
 def write_jsonl(path: str | Path, requests: list[BenchRequest]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for r in requests:
             f.write(json.dumps({"task_id": r.task_id, "input_ids": r.input_ids,

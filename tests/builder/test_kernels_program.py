@@ -35,8 +35,12 @@ errors = []
 for plan in schedule:
     step = seqs.step([tuple(p) for p in plan])
     a, b = ref.forward(step), emu.forward(step)
+    tokens, logprobs = emu.picks
+    expect = torch.log_softmax(torch.from_numpy(b).double(), -1)
+    chosen = expect[torch.arange(len(b)), torch.from_numpy(b).argmax(-1)].numpy()
     errors.append([float(np.linalg.norm(b.astype(np.float64) - a) / np.linalg.norm(a)),
-                   bool((a.argmax(-1) == b.argmax(-1)).all())])
+                   bool((a.argmax(-1) == b.argmax(-1)).all()),
+                   bool((tokens == b.argmax(-1)).all()), float(np.abs(logprobs - chosen).max())])
     for row, (sid, _) in enumerate(plan):
         if seqs.computed[sid] == len(seqs.tokens[sid]):
             seqs.tokens[sid].append(int(a[row].argmax()))
@@ -63,13 +67,16 @@ def run(engine_dir: Path, schedule) -> list:
                                         ("qwen3", "float16")])
 def test_program_matches_reference_backend(tiny_engine, arch, dtype):
     _, engine = tiny_engine(arch, dtype, targets=(90,))
-    for i, (err, same_argmax) in enumerate(run(engine, MIXED)):
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(engine, MIXED)):
         assert err < BOUND[dtype], f"step {i}: error {err:.2e}"
         assert same_argmax or dtype != "float32"
+        # The program's greedy pick over its own logits: torch.argmax and log_softmax.
+        assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
 
 
 def test_program_long_context_split_kv(tiny_engine):
     _, engine = tiny_engine("llama", "float32", targets=(90,), max_seq_len=256,
                             tokens_per_block=16)
-    for i, (err, same_argmax) in enumerate(run(engine, LONG)):
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(engine, LONG)):
         assert err < BOUND["float32"] and same_argmax, f"step {i}: error {err:.2e}"
+        assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"

@@ -11,7 +11,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <functional>
+#include <numeric>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -85,7 +88,7 @@ public:
         return mNumBlocks;
     }
 
-    [[nodiscard]] std::vector<float> forward(StepInputs const& step) override
+    [[nodiscard]] StepOutput forward(StepInputs const& step) override
     {
         std::int64_t const index = mSteps++;
         if (onStep)
@@ -117,8 +120,42 @@ public:
                 logits.push_back(v == favoured ? 5.0F + noise : noise);
             }
         }
-        return logits;
+        if (!pickGreedy)
+        {
+            return StepOutput{std::move(logits), {}, {}};
+        }
+        // As the GPU plan executor does: greedy picks for every row, logits for logitRows only.
+        StepOutput out;
+        auto const vocab = static_cast<std::size_t>(mVocabSize);
+        for (SizeType b = 0; b < step.numSequences; ++b)
+        {
+            float const* row = logits.data() + static_cast<std::size_t>(b) * vocab;
+            auto const best = static_cast<TokenIdType>(std::max_element(row, row + vocab) - row);
+            double sum = 0.0;
+            for (std::size_t v = 0; v < vocab; ++v)
+            {
+                sum += std::exp(static_cast<double>(row[v]) - row[best]);
+            }
+            out.tokens.push_back(poisonRow && *poisonRow == b ? -1 : best);
+            out.logProbs.push_back(static_cast<float>(-std::log(sum)));
+        }
+        std::vector<SizeType> all(static_cast<std::size_t>(step.numSequences));
+        std::iota(all.begin(), all.end(), 0);
+        for (SizeType b : step.logitRows.value_or(all))
+        {
+            float const* row = logits.data() + static_cast<std::size_t>(b) * vocab;
+            out.logits.insert(out.logits.end(), row, row + vocab);
+        }
+        lastLogitRows = step.logitRows.value_or(all);
+        return out;
     }
+
+    /// Pick greedy tokens here, returning logits only for the rows the executor asks for.
+    bool pickGreedy = false;
+    /// With pickGreedy: the row whose pick is marked bad (-1), as for NaN logits.
+    std::optional<SizeType> poisonRow;
+    /// The logit rows of the last step.
+    std::vector<SizeType> lastLogitRows;
 
     /// Steps run so far (failed ones included).
     [[nodiscard]] std::int64_t numSteps() const

@@ -274,6 +274,77 @@ TEST(Executor, SeededSamplingIgnoresBatching)
     EXPECT_NE(alone, test::expectedGreedy(seeded, 64, kVocab).tokens); // really sampled
 }
 
+TEST(Executor, BackendPickedGreedyTokensEqualCpuSampling)
+{
+    // A backend that picks greedy tokens itself is asked for the logits of the other rows only,
+    // and every request comes out as when the executor samples all rows on the CPU.
+    std::vector<Request> requests{greedy({1, 2, 3}, 9), greedy({7, 7, 8}, 9), greedy({9, 10}, 9), greedy({30}, 9)};
+    requests[0].returnLogProbs = true;
+    requests[1].samplingConfig.repetitionPenalty = 1.3F;
+    requests[2].samplingConfig.temperature = 0.8F;
+    requests[2].samplingConfig.seed = 77;
+    requests[3].samplingConfig.presencePenalty = 0.5F;
+    auto run = [&](bool pick, std::vector<std::vector<SizeType>>* logitRows) {
+        Fixture f;
+        f.backend->pickGreedy = pick;
+        if (logitRows != nullptr)
+        {
+            f.backend->onStep = [&](StepInputs const& step) { logitRows->push_back(step.logitRows.value()); };
+        }
+        std::vector<IdType> ids;
+        for (auto const& r : requests)
+        {
+            ids.push_back(f.executor.enqueueRequest(r));
+        }
+        f.responses.collect(f.executor, ids);
+        std::vector<test::Outcome> out;
+        for (IdType id : ids)
+        {
+            out.push_back(f.responses.outcomes[id]);
+        }
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+        return out;
+    };
+    std::vector<std::vector<SizeType>> logitRows;
+    auto const cpu = run(false, nullptr);
+    auto const picked = run(true, &logitRows);
+    for (std::size_t i = 0; i < requests.size(); ++i)
+    {
+        EXPECT_EQ(picked[i].tokens, cpu[i].tokens) << "request " << i;
+        EXPECT_EQ(picked[i].tokens.size(), 9U);
+        ASSERT_EQ(picked[i].logProbs.size(), cpu[i].logProbs.size());
+        for (std::size_t j = 0; j < cpu[i].logProbs.size(); ++j)
+        {
+            EXPECT_NEAR(picked[i].logProbs[j], cpu[i].logProbs[j], 1e-5);
+        }
+    }
+    EXPECT_EQ(picked[0].tokens, test::expectedGreedy(requests[0], 64, kVocab).tokens);
+    // Plain greedy rows (request 0) never ask for logits; the others always do when sampling.
+    ASSERT_FALSE(logitRows.empty());
+    for (auto const& rows : logitRows)
+    {
+        EXPECT_LE(rows.size(), 3U);
+        EXPECT_TRUE(std::is_sorted(rows.begin(), rows.end()));
+    }
+}
+
+TEST(Executor, BadBackendPickFailsThatRequestOnly)
+{
+    Fixture f;
+    f.backend->pickGreedy = true;
+    f.backend->poisonRow = 0;
+    IdType const a = f.executor.enqueueRequest(greedy({1, 2, 3, 4, 5, 6}, 4));
+    f.responses.collect(f.executor, {a});
+    EXPECT_EQ(f.responses.outcomes[a].final.finishReason, FinishReason::kError);
+    EXPECT_NE(f.responses.outcomes[a].final.errorMessage.find("NaN"), std::string::npos);
+    f.backend->poisonRow.reset();
+    Request const ok = greedy({2, 3}, 5);
+    IdType const b = f.executor.enqueueRequest(ok);
+    f.responses.collect(f.executor, {b});
+    EXPECT_EQ(f.responses.outcomes[b].tokens, test::expectedGreedy(ok, 64, kVocab).tokens);
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+}
+
 TEST(Executor, PreemptionKeepsOutputsExactAndPrefixReuseSavesCompute)
 {
     ExecutorConfig config = smallConfig(64);

@@ -58,7 +58,7 @@ class ProgramEmulator:
         if "kv" in ref:
             return self.kv[ref["kv"], ref["half"]]
         if "scratch" in ref:
-            return self.scratch[ref["scratch"]][ref.get("offset", 0) // 4:]
+            return self.scratch[ref["scratch"]][ref.get("offset", 0) // 4:].view(dtype)
         if "const" in ref:
             return self.consts[ref["const"]]
         raise ValueError(f"unknown reference {ref}")
@@ -110,4 +110,10 @@ class ProgramEmulator:
         out = self.h["outputs"]["logits"]
         rows = evaluate(out["rows"], symbols)
         logits = self.pointer(out["ref"], torch.float32)[: rows * out["cols"]]
+        select = self.h.get("select")
+        if select:  # the greedy pick: tokens then log-probs
+            ref = select["ref"]
+            self.picks = (self.pointer(ref, torch.int32)[:rows].cpu().numpy().copy(),
+                          self.pointer(dict(ref, offset=4 * select["capacity"]),
+                                       torch.float32)[:rows].cpu().numpy().copy())
         return logits.view(rows, out["cols"]).cpu().numpy().copy()

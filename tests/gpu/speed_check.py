@@ -46,25 +46,48 @@ def copy_bandwidth(nbytes: int = 4 << 30, reps: int = 10) -> float:
     return 2 * nbytes / statistics.median(times[2:])
 
 
-def decode_rate(gpu, vocab: int, batch: int, prompt: int, steps: int, tpb: int, max_blocks: int):
-    """Wall-clock seconds per decode step (median) for `batch` sequences after a prefill."""
+def decode_rate(gpu, vocab: int, batch: int, prompt: int, steps: int, tpb: int, max_blocks: int,
+                graphs: bool):
+    """Wall-clock seconds per decode step (median) for `batch` sequences after a prefill, each
+    step as the executor runs it: greedy picks on the GPU, no logits copied back."""
     from kiln_testing import PagedSequences
 
+    gpu.cuda_graphs = graphs
     seqs = PagedSequences(tpb, max_blocks, gpu.num_blocks, seed=0)
     g = torch.Generator().manual_seed(batch)
     for _ in range(batch):
         seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
-    logits = gpu.forward(seqs.step([(s, prompt) for s in range(batch)]))
+    per_step = max(1, 2048 // prompt)  # prefill in steps within max_num_tokens
+    picks = []
+    for first in range(0, batch, per_step):
+        chunk = [(s, prompt) for s in range(first, min(batch, first + per_step))]
+        picks.extend(gpu.run_step(seqs.step(chunk), [])["tokens"].tolist())
     times = []
     for _ in range(steps):
         for s in range(batch):
-            seqs.tokens[s].append(int(logits[s].argmax()))
+            assert picks[s] >= 0, "non-finite logits"
+            seqs.tokens[s].append(int(picks[s]))
         step = seqs.step([(s, 1) for s in range(batch)])
         start = time.perf_counter()
-        logits = gpu.forward(step)
+        picks = gpu.run_step(step, [])["tokens"]
         times.append(time.perf_counter() - start)
-    assert torch.isfinite(torch.from_numpy(logits)).all(), "non-finite logits"
     return statistics.median(times[5:]), times
+
+
+def prefill_time(gpu, vocab: int, prompt: int, tpb: int, max_blocks: int, reps: int = 5) -> float:
+    """Seconds (median) from a batch-1 prompt of `prompt` tokens to its first token."""
+    from kiln_testing import PagedSequences
+
+    times = []
+    for rep in range(reps + 1):
+        seqs = PagedSequences(tpb, max_blocks, gpu.num_blocks, seed=rep)
+        g = torch.Generator().manual_seed(rep)
+        seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
+        step = seqs.step([(0, prompt)])
+        start = time.perf_counter()
+        gpu.run_step(step, [])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def main() -> None:
@@ -82,7 +105,7 @@ def main() -> None:
 
     major, minor = torch.cuda.get_device_capability()
     sm = major * 10 + minor
-    build = BuildConfig(dtype="bfloat16", max_batch_size=8, max_seq_len=4096,
+    build = BuildConfig(dtype="bfloat16", max_batch_size=64, max_seq_len=4096,
                         max_num_tokens=2048, tokens_per_block=32, targets=[sm])
     t0 = time.perf_counter()
     with RandomCheckpoint(args.shape) as ckpt:
@@ -96,7 +119,7 @@ def main() -> None:
     t3 = time.perf_counter()
     weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
     engine = InMemoryEngine(bundle, weights)
-    blocks = 8 * build.max_blocks_per_seq + 8
+    blocks = 64 * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     t4 = time.perf_counter()
     del weights, engine
@@ -105,28 +128,34 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     roofline = bandwidth / weight_bytes
     rows = []
-    for batch in (1, 8):
-        step_s, _ = decode_rate(gpu, model.vocab_size, batch, args.prompt, args.steps,
-                                build.tokens_per_block, build.max_blocks_per_seq)
-        rows.append((batch, step_s))
+    for batch in (1, 8, 64):
+        for graphs in (False, True):
+            step_s, _ = decode_rate(gpu, model.vocab_size, batch, args.prompt, args.steps,
+                                    build.tokens_per_block, build.max_blocks_per_seq, graphs)
+            rows.append((batch, graphs, step_s))
+    ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
+                        build.max_blocks_per_seq)
     choices = [c for c in gpu.gemm_choices() if c["m"] == 1]
     print("cuBLASLt choices at M=1:")
     for c in choices:
         print(f"  N={c['n']:>6} K={c['k']:>6}: {c['algorithm']}")
+    print(f"CUDA graphs: {gpu.graph_stats()}")
     print()
-    print(f"{'what':<44}{'value':>16}")
-    print(f"{'model':<44}{args.shape + ' bf16':>16}")
-    print(f"{'weights (GB)':<44}{weight_bytes / 1e9:>16.2f}")
-    print(f"{'plan + compile_plan (s)':<44}{t2 - t0:>16.1f}")
-    print(f"{'random weights drawn (s)':<44}{t3 - t2:>16.1f}")
-    print(f"{'PlanExecutor load (s)':<44}{t4 - t3:>16.1f}")
-    print(f"{'d2d copy bandwidth, read+write (TB/s)':<44}{bandwidth / 1e12:>16.2f}")
-    print(f"{'roofline batch-1 decode (tok/s)':<44}{roofline:>16.1f}")
-    for batch, step_s in rows:
-        label = f"decode batch {batch}, ctx {args.prompt}+{args.steps}"
-        print(f"{label + ' (ms/step)':<44}{step_s * 1e3:>16.2f}")
-        print(f"{label + ' (tok/s)':<44}{batch / step_s:>16.1f}")
-    print(f"{'batch-1 decode / roofline':<44}{(1 / rows[0][1]) / roofline:>16.1%}")
+    print(f"{'what':<48}{'value':>14}")
+    print(f"{'model':<48}{args.shape + ' bf16':>14}")
+    print(f"{'weights (GB)':<48}{weight_bytes / 1e9:>14.2f}")
+    print(f"{'plan + compile_plan (s)':<48}{t2 - t0:>14.1f}")
+    print(f"{'random weights drawn (s)':<48}{t3 - t2:>14.1f}")
+    print(f"{'PlanExecutor load (s)':<48}{t4 - t3:>14.1f}")
+    print(f"{'d2d copy bandwidth, read+write (TB/s)':<48}{bandwidth / 1e12:>14.2f}")
+    print(f"{'roofline batch-1 decode (tok/s)':<48}{roofline:>14.1f}")
+    for batch, graphs, step_s in rows:
+        label = f"decode b{batch} ctx {args.prompt}+{args.steps} {'graphs' if graphs else 'eager'}"
+        print(f"{label + ' (ms/step)':<48}{step_s * 1e3:>14.2f}")
+        print(f"{label + ' (tok/s)':<48}{batch / step_s:>14.1f}")
+    best1 = min(step_s for batch, _, step_s in rows if batch == 1)
+    print(f"{'batch-1 decode / roofline':<48}{(1 / best1) / roofline:>14.1%}")
+    print(f"{'time to first token, 2048-token prompt (ms)':<48}{ttft * 1e3:>14.1f}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,61 @@ def test_attention_without_rope():
     assert out < kc.TOL[torch.bfloat16] and cache == 0.0
 
 
+KV_DTYPES = ["float8_e4m3fn", "int8"]
+KV_SCENARIOS = {
+    "prefill": ([0, 0], [200, 77]),
+    "chunked+decode": ([0, 96, 513, 1900], [150, 37, 1, 1]),
+    "decode": ([0, 17, 900, 2047, 64], [1, 1, 1, 1, 1]),
+}
+
+
+@pytest.fixture
+def kv_dtype(request, sm):
+    if request.param == "float8_e4m3fn" and sm < 89:
+        pytest.skip(f"an fp8 KV cache needs SM 89 or newer, this GPU is SM {sm}")
+    return request.param
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, indirect=True)
+@pytest.mark.parametrize("nq,nkv,hd", [(32, 8, 128), (28, 4, 128), (9, 3, 64)])
+@pytest.mark.parametrize("scenario", list(KV_SCENARIOS))
+def test_attention_quantized_kv_cache(kv_dtype, nq, nkv, hd, scenario):
+    prefixes, q_lens = KV_SCENARIOS[scenario]
+    out, bad_k, bad_v = kc.check_attention_quant("cuda", torch.bfloat16, kv_dtype, nq, nkv, hd,
+                                                 prefixes, q_lens, seed=nq + hd,
+                                                 tokens_per_block=32)
+    assert out < kc.TOL[torch.bfloat16], f"attention error {out}"
+    assert (bad_k, bad_v) == (0, 0)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, indirect=True)
+@pytest.mark.parametrize("splits", [2, 7, 32])
+@pytest.mark.parametrize("tokens_per_block", [16, 64])
+def test_split_kv_decode_quantized(kv_dtype, splits, tokens_per_block):
+    out, bad_k, bad_v = kc.check_attention_quant("cuda", torch.bfloat16, kv_dtype, 32, 8, 128,
+                                                 [2000, 129, 5], [1, 1, 1], seed=splits,
+                                                 tokens_per_block=tokens_per_block,
+                                                 num_splits=splits)
+    assert out < kc.TOL[torch.bfloat16] and (bad_k, bad_v) == (0, 0)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rope_on", [True, False])
+def test_attention_quantized_kv_cache_other_dtypes(kv_dtype, dtype, rope_on):
+    out, bad_k, bad_v = kc.check_attention_quant("cuda", dtype, kv_dtype, 32, 8, 128,
+                                                 [0, 300, 1500], [120, 1, 40], seed=5,
+                                                 tokens_per_block=32, rope_on=rope_on)
+    assert out < kc.TOL[dtype] and (bad_k, bad_v) == (0, 0)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kv_write_matches_quantize_kv_exactly(kv_dtype, dtype):
+    """Ties, saturation, zeros and tiny values: round to nearest even as quantize_kv does."""
+    assert kc.check_kv_write("cuda", dtype, kv_dtype, 300, 8, 128, seed=3) == 0
+
+
 @pytest.mark.parametrize("rows,vocab", [(1, 128256), (9, 151936), (3, 320)])
 def test_greedy_is_torch_argmax(rows, vocab):
     assert kc.check_greedy("cuda", rows, vocab, seed=rows) == 0

@@ -111,7 +111,7 @@ def test_check_fits():
 
 def test_prepare_token_norm_dist_cli(tiny_engine, tmp_path):
     _, engine = tiny_engine("llama")
-    out = tmp_path / "d.jsonl"
+    out = tmp_path / "data" / "d.jsonl"  # the folder is made
     args = ["prepare", "--output", str(out), "--seed", "5", "token-norm-dist", "--num-requests", "40",
             "--input-mean", "20", "--input-stdev", "4", "--output-mean", "6", "--engine", str(engine)]
     result = CliRunner().invoke(bench_main, args)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# engine-bench on a GPU machine, as docs/performance.md describes: builds the Llama-3.1-8B-shaped
+# BF16 engine (random weights) unless it exists, prepares the datasets, and runs the sets named on
+# the command line, each beside HuggingFace:
+#   bash scripts/bench_gpu.sh latency 128:128:3000:256:128 2048:128:1000:64:32
+# A set is ISL:OSL:REQUESTS:HF_REQUESTS:HF_BATCH. Results (JSON) and logs go to $OUT/bench (when
+# set) or build/bench; each command's table prints as it finishes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DIR=${OUT:-build}/bench
+E=${KILN_BENCH_ENGINE:-engines/llama-3.1-8b-bf16}
+SM=${KILN_BENCH_SM:-$($PY -c "import torch; a, b = torch.cuda.get_device_capability(); print(a * 10 + b)")}
+mkdir -p "$DIR" data
+export PYTHONUNBUFFERED=1
+rc=0
+
+if [ ! -f "$E/config.json" ]; then
+  echo "== engine-build $E"
+  start=$(date +%s%N)
+  $PY -c "import sys; from kiln.builder.cli import build_main; build_main(prog_name='engine-build')" --random-weights llama-3.1-8b --dtype bfloat16 --output "$E" \
+    --max-batch-size 256 --max-seq-len 4096 --max-num-tokens 8192 --target-sm "$SM" --overwrite \
+    2>&1 | tail -15 || exit 1
+  echo "engine-build wall time: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+fi
+
+for what in "$@"; do
+  if [ "$what" = latency ]; then
+    echo "== latency 128/128"
+    $PY -m kiln.runtime.bench latency --engine "$E" --input-len 128 --output-len 128 \
+      --iterations 3 --baseline hf --json "$DIR/latency-128-128.json" 2>&1 | tail -25 || rc=1
+    continue
+  fi
+  IFS=: read -r isl osl n hf_n hf_b <<< "$what"
+  data=data/$isl-$osl-$n.jsonl
+  [ -f "$data" ] || $PY -m kiln.runtime.bench prepare -o "$data" token-norm-dist --engine "$E" \
+    --num-requests "$n" --input-mean "$isl" --output-mean "$osl" || exit 1
+  echo "== throughput $isl/$osl, $n requests (HF: $hf_n at batch $hf_b)"
+  $PY -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" --baseline hf \
+    --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b" \
+    --json "$DIR/throughput-$isl-$osl.json" 2>&1 | tail -40 || rc=1
+done
+exit $rc

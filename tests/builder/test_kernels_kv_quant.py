@@ -1,0 +1,89 @@
+"""compile_plan with a quantized KV cache (--kv-cache-dtype fp8 / int8) on a CPU-only machine:
+the header records the cache's storage dtype, and the KV write and attention kernels take a
+cache of that type plus the layer's calibrated k_scale / v_scale weights as float32 pointers."""
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from kiln_testing import make_tiny_checkpoint  # noqa: E402
+
+from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
+from kiln.builder.kernels import compile_plan  # noqa: E402
+from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
+from kiln.builder.passes import run_pipeline  # noqa: E402
+from kiln.quantize.calibration import Calibration  # noqa: E402
+
+KV_KERNELS = ("rope_kv_kernel", "paged_attention_kernel", "paged_decode_kernel")
+# kv_cache_dtype -> (targets, header dtype, Triton pointer type, KV_QUANT)
+MODES = {"auto": ([80, 90], "bfloat16", "*bf16", 0),
+         "fp8": ([89, 90], "float8_e4m3fn", "*fp8e4nv", 1),
+         "int8": ([80, 90], "int8", "*i8", 2)}
+
+
+class FixedCalibrator:
+    """KV scales only: layer i gets k_scale 0.01 * (i + 1) and v_scale 0.02 * (i + 1)."""
+
+    def calibrate(self, graph, build) -> Calibration:
+        layers = {n.attrs["layer"] for n in graph.nodes if n.op == "attention"}
+        return Calibration(kv_scales={i: (torch.tensor([0.01 * (i + 1)]),
+                                          torch.tensor([0.02 * (i + 1)])) for i in layers})
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("KILN_KERNEL_CACHE", str(tmp_path_factory.getbasetemp() / "kv-kernels"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint("llama", tmp_path_factory.mktemp("llama"))
+
+
+def compiled(checkpoint, kv: str):
+    build = BuildConfig(dtype="bfloat16", max_batch_size=4, max_seq_len=128, max_num_tokens=64,
+                        tokens_per_block=16, targets=MODES[kv][0], kv_cache_dtype=kv,
+                        calibrator=FixedCalibrator())
+    with open_checkpoint(checkpoint) as ckpt:
+        graph = run_pipeline(build_graph(ModelConfig.from_hf(ckpt.hf_config), build, ckpt), build)
+    return graph, compile_plan(graph, build).header
+
+
+def runtime_args(header, step) -> dict:
+    """A launch's JSON arguments by parameter name."""
+    sig = header["kernels"][step["kernel"]]["signature"]
+    return dict(zip([n for n, t in sig.items() if t != "constexpr"], step["args"]))
+
+
+@pytest.mark.parametrize("kv", list(MODES))
+def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
+    targets, dtype, pointer, quant = MODES[kv]
+    graph, header = compiled(checkpoint, kv)
+    assert header["kv_cache"] == {"num_layers": 2, "num_kv_heads": 2, "head_dim": 16,
+                                  "tokens_per_block": 16, "dtype": dtype}
+    assert header["dtype"] == "bfloat16" and header["targets"] == targets
+    launches = {}
+    for step in header["program"]:
+        if step["kind"] != "kernel":
+            continue
+        entry = header["kernels"][step["kernel"]]
+        fn = entry["fn"].rsplit(".", 1)[1]
+        if fn not in KV_KERNELS:
+            continue
+        sig, args = entry["signature"], runtime_args(header, step)
+        layer = args["k_cache_ptr"]["kv"]
+        launches.setdefault(fn, []).append(layer)
+        assert entry["constexprs"]["KV_QUANT"] == quant
+        assert (sig["k_cache_ptr"], sig["v_cache_ptr"]) == (pointer, pointer)
+        assert (args["k_cache_ptr"], args["v_cache_ptr"]) == ({"kv": layer, "half": 0},
+                                                              {"kv": layer, "half": 1})
+        assert set(entry["sm"]) == {str(sm) for sm in targets}
+        if quant:
+            assert (sig["k_scale_ptr"], sig["v_scale_ptr"]) == ("*fp32", "*fp32")
+            assert args["k_scale_ptr"] == {"weight": f"layers.{layer}.k_scale"}
+            assert args["v_scale_ptr"] == {"weight": f"layers.{layer}.v_scale"}
+            assert graph.values[f"layers.{layer}.k_scale"].kind == "weight"
+        else:  # not read: any pointer will do, the cache's own
+            assert (args["k_scale_ptr"], args["v_scale_ptr"]) == (args["k_cache_ptr"],
+                                                                  args["v_cache_ptr"])
+    assert launches == {fn: [0, 1] for fn in KV_KERNELS}

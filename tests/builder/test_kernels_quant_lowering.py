@@ -1,0 +1,113 @@
+"""The lowering of every quantized op (kiln.builder.kernels.quant, quant_gemm): the launches,
+GEMMs, launch conditions and buffers each plans, and cubins for the GPUs that run them."""
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from kiln.builder.ir import Graph, WeightSource  # noqa: E402
+from kiln.builder.kernels import aot  # noqa: E402
+from kiln.builder.kernels.lower import lower  # noqa: E402
+from kiln.builder.kernels.spec import Gemm, Launch  # noqa: E402
+
+H, I, DT = 256, 512, "bfloat16"
+
+
+def quantized_graph() -> Graph:
+    """One of each quantized op, shapes checked by the ops' inference."""
+    g = Graph()
+    src = WeightSource(load=lambda dtype: None, describe="test")
+    g.add_value("x", DT, ("T", H), "input")
+    g.add_value("res", DT, ("T", H), "input")
+
+    def weight(name, dtype, *shape):
+        return g.add_weight(name, dtype, shape, src)
+
+    norm_w, s1 = weight("norm.weight", DT, H), weight("in_scale", "float32", 1)
+    g.call("add_rmsnorm_quant", ["x", "res", norm_w, s1], ["q8", "sum"], eps=1e-5,
+           qdtype="float8_e4m3fn")
+    g.call("linear_fp8", ["q8", weight("qkv.weight", "float8_e4m3fn", 384, H), s1,
+                          weight("qkv.weight_scale", "float32", 1)], ["qkv"], dtype=DT)
+    g.call("rmsnorm_quant", ["sum", norm_w], ["qi", "qi_scale"], eps=1e-5, qdtype="int8")
+    g.call("linear_w8a8", ["qi", "qi_scale", weight("up.weight", "int8", 2 * I, H),
+                           weight("up.weight_scale", "float32", 2 * I),
+                           weight("up.bias", DT, 2 * I)], ["up"], dtype=DT)
+    g.call("silu_mul_quant", ["up", weight("down.pre_quant_scale", "float32", I)],
+           ["act", "act_scale"], qdtype="int8")
+    g.call("silu_mul_quant", ["up", s1], ["act8"], qdtype="float8_e4m3fn")
+    g.call("quantize_int8", ["qkv"], ["qq", "qq_scale"])
+    g.call("quantize_fp8", ["qkv", s1], ["qq8"])
+    g.call("linear_wo", ["x", weight("awq.weight", "uint8", I, H // 2),
+                         weight("awq.weight_scale", DT, I, H // 128),
+                         weight("awq.weight_zero", "uint8", I, H // 128),
+                         weight("awq.pre_quant_scale", "float32", H)], ["awq"],
+           bits=4, group_size=128, zero_point=True, pre_quant_scale=True, bias=False)
+    g.call("linear_wo", ["x", weight("wo8.weight", "int8", H, H),
+                         weight("wo8.weight_scale", DT, H, 1)], ["wo8"],
+           bits=8, group_size=H, zero_point=False, pre_quant_scale=False, bias=False)
+    acts = [n for n, v in g.values.items() if v.kind == "activation"]
+    g.memory_plan = {"offsets": {n: 4096 * i for i, n in enumerate(acts)}, "views": {}}
+    return g
+
+
+@pytest.fixture(scope="module")
+def lowered():
+    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT)
+    return lower(quantized_graph(), build)
+
+
+def steps_of(ctx, op):
+    return [s for s in ctx.program if s.label.split(":")[1] == op]
+
+
+def test_each_op_lowers_to_its_kernels(lowered):
+    names = {op: [s.kernel.fn.fn.__name__ if isinstance(s, Launch) else "gemm"
+                  for s in steps_of(lowered, op)]
+             for op in ("add_rmsnorm_quant", "linear_fp8", "rmsnorm_quant", "linear_w8a8",
+                        "silu_mul_quant", "quantize_int8", "quantize_fp8", "linear_wo")}
+    assert names == {
+        "add_rmsnorm_quant": ["rmsnorm_quant_kernel"], "linear_fp8": ["gemm"],
+        "rmsnorm_quant": ["rmsnorm_quant_kernel"], "linear_w8a8": ["w8a8_kernel"] * 2,
+        "silu_mul_quant": ["int8_rows_kernel", "fp8_rows_kernel"],
+        "quantize_int8": ["int8_rows_kernel"], "quantize_fp8": ["fp8_rows_kernel"],
+        "linear_wo": ["wo_gemm_kernel", "splitk_reduce_kernel", "wo_gemm_kernel"] * 2}
+
+
+def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
+    (gemm,) = steps_of(lowered, "linear_fp8")
+    assert isinstance(gemm, Gemm)
+    assert gemm.to_json() == {
+        "kind": "gemm", "label": gemm.label, "a": {"arena": 0}, "w": {"weight": "qkv.weight"},
+        "out": {"arena": 4096 * 2}, "bias": None, "m": "T", "n": 384, "k": H, "lda": H,
+        "ldc": 384, "dtype": DT, "in_dtype": "float8_e4m3fn", "a_scale": {"weight": "in_scale"},
+        "w_scale": {"weight": "qkv.weight_scale"}}
+
+
+def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):
+    w8a8 = steps_of(lowered, "linear_w8a8")
+    assert [s.when for s in w8a8] == ["T <= 16", "T > 16"]
+    assert [s.grid for s in w8a8] == [("cdiv(T, 16)", "32", "1"), ("cdiv(T, 128)", "8", "1")]
+    small, reduce, large = steps_of(lowered, "linear_wo")[:3]
+    splits = small.grid[2]
+    assert lowered.derived[splits] == "max(1, min(16, 2, cdiv(2 * NSM, 8)))"
+    assert small.grid == ("1", "8", splits) and small.when == "T <= 16"
+    assert reduce.when == f"T <= 16 and {splits} > 1" and large.when == "T > 16"
+    assert {"i32": splits} in small.args and {"i32": "1"} in large.args
+    assert lowered.scratch_sizes == {"quant_gemm_partials": [str(16 * 16 * I * 4),
+                                                             str(16 * 16 * H * 4)]}
+    awq = small.kernel.constexprs
+    assert (awq["BITS"], awq["GROUP"], awq["HAS_ZERO"], awq["HAS_PQS"], awq["PER_STEP"]) == \
+        (4, 128, True, True, True)
+
+
+def test_kernels_compile_for_their_gpus(lowered, tmp_path, monkeypatch):
+    """Every specialization compiles to a cubin for sm_90; the integer ones also for sm_80
+    (fp8 needs sm_89, as QuantMode's min_sm says)."""
+    monkeypatch.setenv("KILN_KERNEL_CACHE", str(tmp_path))
+    specs = {s.kernel.key: s.kernel for s in lowered.program if isinstance(s, Launch)}
+    for spec in specs.values():
+        fp8 = any(t == "*fp8e4nv" for t in spec.signature.values())
+        for sm in ([90] if fp8 else [90, 80]):
+            compiled = aot.compile_spec(spec, sm, use_cache=False)
+            assert aot.cubin_sm(compiled.cubin) == sm and compiled.meta["shared"] >= 0

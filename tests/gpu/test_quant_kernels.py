@@ -1,0 +1,90 @@
+"""Every quantized-op kernel against its op's torch reference on the GPU, at real shapes:
+fp32/fp16/bf16 activations; fp8 where the GPU has it (sm_89+)."""
+import pytest
+import torch
+
+import quant_kernel_checks as qc
+from kernel_checks import TOL
+
+pytestmark = pytest.mark.gpu
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+DTYPES = [F32, F16, BF16]
+ROW_SHAPES = [(1, 576), (7, 2048), (300, 4096), (33, 5120), (4, 8192)]
+FP8, INT8 = qc.FP8, qc.INT8
+
+
+@pytest.fixture(autouse=True)
+def on_gpu(sm):
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=[FP8, INT8], ids=["fp8", "int8"])
+def qdtype(request, sm):
+    if request.param == FP8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", ROW_SHAPES + [(5, 14336)])
+def test_quantize_is_exact(dtype, rows, width, qdtype):
+    if qdtype == FP8:
+        assert qc.check_quantize_fp8("cuda", dtype, rows, width, seed=rows) == 0.0
+    else:
+        assert qc.check_quantize_int8("cuda", dtype, rows, width, seed=rows) == 0.0
+        assert qc.check_quantize_int8("cuda", dtype, rows, width, seed=rows + 1, smooth=True) == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", ROW_SHAPES)
+@pytest.mark.parametrize("add", [False, True], ids=["rmsnorm", "add_rmsnorm"])
+def test_rmsnorm_quant(dtype, rows, width, add, qdtype):
+    err = qc.check_rmsnorm_quant("cuda", dtype, rows, width, seed=rows, qdtype=qdtype, add=add)
+    assert err <= qc.QFLIP
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", [(1, 14336), (65, 8960), (300, 1536), (3, 28672)])
+@pytest.mark.parametrize("smooth", [False, True])
+def test_silu_mul_quant(dtype, rows, width, smooth, qdtype):
+    if qdtype == FP8 and smooth:
+        pytest.skip("fp8 takes a scale, not a smoother")
+    err = qc.check_silu_mul_quant("cuda", dtype, rows, width, seed=rows, qdtype=qdtype,
+                                  smooth=smooth)
+    assert err <= qc.QFLIP
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 16, 17, 128])
+@pytest.mark.parametrize("n,k,bias", [(4096, 4096, False), (6144, 4096, True), (576, 1536, True)])
+def test_linear_w8a8(dtype, m, n, k, bias):
+    assert qc.check_linear_w8a8("cuda", dtype, m, n, k, seed=m, bias=bias) < TOL[dtype]
+
+
+# (bits, group, zero_point, pre_quant_scale, bias): AWQ, GPTQ (symmetric), int4 with 64-wide
+# groups, int8 weight-only per channel.
+WO = {"awq": (4, 128, True, True, False), "gptq": (4, 128, False, False, True),
+      "int4-g64": (4, 64, True, False, False), "int8": (8, None, False, True, True)}
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("m", [1, 16, 128])
+@pytest.mark.parametrize("variant", list(WO))
+def test_linear_wo_4096(dtype, m, variant):
+    bits, group, zp, pqs, bias = WO[variant]
+    err = qc.check_linear_wo("cuda", dtype, m, 4096, 4096, seed=m, bits=bits,
+                             group=group or 4096, zero_point=zp, pqs=pqs, bias=bias)
+    assert err < TOL[dtype]
+
+
+@pytest.mark.parametrize("m,splits", [(1, 1), (4, 7), (16, 16), (5, None), (40, None)])
+@pytest.mark.parametrize("variant", list(WO))
+def test_linear_wo_splits_and_odd_shapes(m, splits, variant):
+    """SmolLM2's width (N=576), K=1472 (not a multiple of BLOCK_K) where the groups allow it,
+    split counts forced or picked as the plan picks them, float32 and bfloat16."""
+    bits, group, zp, pqs, bias = WO[variant]
+    k = 1536 if group == 128 else 1472
+    for dtype in (F32, BF16):
+        err = qc.check_linear_wo("cuda", dtype, m, 576, k, seed=m, bits=bits, group=group or k,
+                                 zero_point=zp, pqs=pqs, bias=bias, num_splits=splits)
+        assert err < TOL[dtype], (dtype, err)
