@@ -48,17 +48,20 @@ def _outputs(ctx) -> dict:
     return out
 
 
-def build_bundle(graph, build, progress=None):
+def build_bundle(graph, build, progress=None, compile: bool = True):
+    """The header and cubins; with compile=False the header only, each kernel with no binaries
+    (what tests/gpu/program_emulator.py needs, and all Triton's interpreter can give)."""
     from kiln.builder.engine.writer import KernelBundle
 
     ctx = lower(graph, build)
     specs = kernels_of(ctx)
     kernels, blobs = {}, {}
-    total, done = len(specs) * len(build.targets), 0
+    targets = build.targets if compile else []
+    total, done = len(specs) * len(targets), 0
     for key, spec in specs.items():
         entry = spec.describe()
         entry["sm"] = {}
-        for sm in build.targets:
+        for sm in targets:
             compiled = compile_spec(spec, sm)
             blob = f"kernels/{key}.sm{sm}"
             blobs[blob] = compiled.cubin

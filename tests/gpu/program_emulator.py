@@ -15,8 +15,10 @@ import torch
 from kiln.builder.kernels.symbols import evaluate
 
 TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-         "i32": torch.int32, "i64": torch.int64}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+         "i32": torch.int32, "i64": torch.int64, "i8": torch.int8, "u8": torch.uint8,
+         "fp8e4nv": torch.float8_e4m3fn}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int8": torch.int8, "uint8": torch.uint8, "float8_e4m3fn": torch.float8_e4m3fn}
 
 
 class ProgramEmulator:
@@ -29,9 +31,10 @@ class ProgramEmulator:
         # 0xFF bytes are NaN in every float dtype: an activation read before it is written shows.
         self.arena = torch.full((h["arena_bytes"],), 255, dtype=torch.uint8, device=device)
         kv = h["kv_cache"]
+        # 0xFF bytes: NaN in every float dtype (fp8 included), -1 in int8.
         self.kv = torch.full((kv["num_layers"], 2, num_blocks, kv["num_kv_heads"],
-                              kv["tokens_per_block"], kv["head_dim"]), float("nan"),
-                             dtype=DTYPES[kv["dtype"]], device=device)
+                              kv["tokens_per_block"], kv["head_dim"] * DTYPES[kv["dtype"]].itemsize),
+                             255, dtype=torch.uint8, device=device).view(DTYPES[kv["dtype"]])
         lim = h["limits"]
         at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
                     "MAXCTX": lim["max_seq_len"], "MAXQ": lim["max_num_tokens"],
@@ -86,12 +89,16 @@ class ProgramEmulator:
     def _gemm(self, g: dict, symbols: dict) -> None:
         m = evaluate(g["m"], symbols)
         dtype = DTYPES[g["dtype"]]
-        a = torch.as_strided(self.pointer(g["a"], dtype), (m, g["k"]), (g["lda"], 1))
+        in_dtype = DTYPES[g.get("in_dtype") or g["dtype"]]
+        a = torch.as_strided(self.pointer(g["a"], in_dtype), (m, g["k"]), (g["lda"], 1))
         out = torch.as_strided(self.pointer(g["out"], dtype), (m, g["n"]), (g["ldc"], 1))
         bias = self.pointer(g["bias"], dtype)[: g["n"]] if g["bias"] else None
-        w = self.pointer(g["w"], dtype)
-        out.copy_(torch.nn.functional.linear(a.float(), w.float(), None if bias is None else
-                                             bias.float()).to(dtype))
+        w = self.pointer(g["w"], in_dtype).reshape(-1)[: g["n"] * g["k"]].view(g["n"], g["k"])
+        y = a.float() @ w.float().T
+        if g.get("in_dtype"):  # FP8: per-tensor dequantization scales
+            y = y * (self.pointer(g["a_scale"], torch.float32)[0]
+                     * self.pointer(g["w_scale"], torch.float32)[0])
+        out.copy_((y if bias is None else y + bias.float()).to(dtype))
 
     def forward(self, step: dict) -> np.ndarray:
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
