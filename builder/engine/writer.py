@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -14,6 +16,7 @@ from kiln.builder.engine.format import (FORMAT_VERSION, aligned, header_size,
 from kiln.builder.ir import Graph, torch_dtype
 
 RANK_FILE = "rank0.engine"
+IN_FLIGHT = 3  # weights being written or checksummed while the next one is made
 
 
 @dataclass(slots=True)
@@ -59,17 +62,7 @@ def write_rank_file(path: Path, graph: Graph, kernels: KernelBundle, dtype: str,
 
     with open(path, "wb") as f:
         write_preamble_and_header(f, header)
-        for name in weights:
-            entry = header["weights"][name]
-            tensor = graph.sources[name].load(torch_dtype(entry["dtype"])).contiguous()
-            if list(tensor.shape) != entry["shape"]:
-                raise ValueError(f"{name}: source gave {list(tensor.shape)}, plan says {entry['shape']}")
-            data = tensor.view(torch.uint8).reshape(-1).numpy()
-            f.seek(entry["offset"])
-            f.write(data)
-            entry["crc32"] = f"{zlib.crc32(data):08x}"
-            on_weight(name, entry["nbytes"])
-            del tensor, data
+        _write_weights(f, graph, weights, header["weights"], on_weight)
         for key, blob in kernels.blobs.items():
             entry = header["blobs"][key]
             f.seek(entry["offset"])
@@ -83,6 +76,41 @@ def write_rank_file(path: Path, graph: Graph, kernels: KernelBundle, dtype: str,
         f.seek(0)
         crc = write_preamble_and_header(f, header)
     return size, crc
+
+
+def _write_weights(f, graph: Graph, names: list[str], entries: dict,
+                   on_weight: Callable[[str, int], None]) -> None:
+    """Draws or reads each weight on this thread while one thread writes the previous ones
+    (in file order) and two compute their CRC-32s (zlib and file writes release the GIL), so
+    making, writing and checksumming 16 GB overlap instead of adding up. At most IN_FLIGHT
+    tensors are held at once."""
+    in_flight: deque = deque()
+
+    def finish_oldest() -> None:
+        name, data, written, crc = in_flight.popleft()
+        written.result()
+        entries[name]["crc32"] = f"{crc.result():08x}"
+        on_weight(name, entries[name]["nbytes"])
+
+    def write(offset: int, data) -> None:
+        f.seek(offset)
+        f.write(data)
+
+    # On an error the pools finish what was queued before it propagates (their exit waits).
+    with ThreadPoolExecutor(1) as writer, ThreadPoolExecutor(2) as checksums:
+        for name in names:
+            entry = entries[name]
+            tensor = graph.sources[name].load(torch_dtype(entry["dtype"])).contiguous()
+            if list(tensor.shape) != entry["shape"]:
+                raise ValueError(f"{name}: source gave {list(tensor.shape)}, plan says {entry['shape']}")
+            data = tensor.view(torch.uint8).reshape(-1).numpy()
+            in_flight.append((name, data, writer.submit(write, entry["offset"], data),
+                              checksums.submit(zlib.crc32, data)))
+            del tensor, data
+            while len(in_flight) > IN_FLIGHT:
+                finish_oldest()
+        while in_flight:
+            finish_oldest()
 
 
 def write_config(path: Path, config: dict) -> None:

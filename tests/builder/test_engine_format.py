@@ -113,3 +113,28 @@ def test_missing_pieces_refused(copy, tmp_path):
     (copy / "config.json").unlink()
     with pytest.raises(KilnError, match="config.json is missing"):
         load_engine(copy)
+
+
+def test_a_weight_that_fails_to_load_fails_the_write(built, tmp_path):
+    """Weights are written and checksummed on other threads while the next is made: an error
+    making one still comes out of the writer, after the writes already queued."""
+    from kiln.builder.engine.writer import KernelBundle, write_rank_file
+
+    ckpt_dir, _ = built
+    from kiln.builder.models import ModelConfig, build_graph
+    from kiln.builder.passes import run_pipeline
+
+    with open_checkpoint(ckpt_dir) as ckpt:
+        graph = run_pipeline(build_graph(ModelConfig.from_hf(ckpt.hf_config), BUILD, ckpt), BUILD)
+        names = [n for n, v in graph.values.items() if v.kind == "weight"]
+        written = []
+
+        class Failing:
+            def load(self, dtype):
+                raise OSError("the checkpoint shard is unreadable")
+
+        graph.sources[names[5]] = Failing()
+        with pytest.raises(OSError, match="unreadable"):
+            write_rank_file(tmp_path / RANK_FILE, graph, KernelBundle(), "bfloat16",
+                            on_weight=lambda name, nbytes: written.append(name))
+    assert written == names[: len(written)] and len(written) <= 5
