@@ -44,6 +44,9 @@ class ExecutorConfig:
     tokens_per_block: int
     vocab_size: int
     enable_kv_cache_reuse: bool
+    capacity_scheduler_policy: str
+    """"max_utilization" (preempt the newest when out of blocks) or "guaranteed_no_evict"
+    (admit only requests that can run to their full length)."""
     def __init__(
         self,
         *,
@@ -53,6 +56,7 @@ class ExecutorConfig:
         max_seq_len: int = 2048,
         tokens_per_block: int = 16,
         enable_kv_cache_reuse: bool = True,
+        capacity_scheduler_policy: str = "max_utilization",
     ) -> None: ...
     @property
     def max_blocks_per_seq(self) -> int: ...

@@ -24,6 +24,17 @@ namespace kiln
 {
 namespace
 {
+/// The policy named `name`; a bad name is a ValueError that lists the good ones.
+CapacityPolicy policyNamed(std::string const& name)
+{
+    if (auto const policy = capacityPolicyNamed(name))
+    {
+        return *policy;
+    }
+    throw std::invalid_argument("capacity_scheduler_policy must be 'max_utilization' or 'guaranteed_no_evict', got '"
+        + name + "'");
+}
+
 py::dict toDict(KvCacheStats const& s)
 {
     return py::dict("total_blocks"_a = s.totalBlocks, "used_blocks"_a = s.usedBlocks, "free_blocks"_a = s.freeBlocks,
@@ -152,17 +163,22 @@ void bindConfigs(py::module_& m)
 
     py::class_<ExecutorConfig>(m, "ExecutorConfig", "Limits and cache shape; num_blocks comes from the backend.")
         .def(py::init([](SizeType vocabSize, SizeType maxBatchSize, SizeType maxNumTokens, SizeType maxSeqLen,
-                          SizeType tokensPerBlock, bool enableKvCacheReuse) {
-            return ExecutorConfig{maxBatchSize, maxNumTokens, maxSeqLen, tokensPerBlock, vocabSize, enableKvCacheReuse};
+                          SizeType tokensPerBlock, bool enableKvCacheReuse, std::string const& policy) {
+            return ExecutorConfig{maxBatchSize, maxNumTokens, maxSeqLen, tokensPerBlock, vocabSize, enableKvCacheReuse,
+                policyNamed(policy)};
         }),
             py::kw_only(), "vocab_size"_a, "max_batch_size"_a = 8, "max_num_tokens"_a = 512, "max_seq_len"_a = 2048,
-            "tokens_per_block"_a = 16, "enable_kv_cache_reuse"_a = true)
+            "tokens_per_block"_a = 16, "enable_kv_cache_reuse"_a = true,
+            "capacity_scheduler_policy"_a = "max_utilization")
         .def_readwrite("max_batch_size", &ExecutorConfig::maxBatchSize)
         .def_readwrite("max_num_tokens", &ExecutorConfig::maxNumTokens)
         .def_readwrite("max_seq_len", &ExecutorConfig::maxSeqLen)
         .def_readwrite("tokens_per_block", &ExecutorConfig::tokensPerBlock)
         .def_readwrite("vocab_size", &ExecutorConfig::vocabSize)
         .def_readwrite("enable_kv_cache_reuse", &ExecutorConfig::enableKvCacheReuse)
+        .def_property(
+            "capacity_scheduler_policy", [](ExecutorConfig const& c) { return capacityPolicyName(c.capacityPolicy); },
+            [](ExecutorConfig& c, std::string const& name) { c.capacityPolicy = policyNamed(name); })
         .def_property_readonly("max_blocks_per_seq", &ExecutorConfig::maxBlocksPerSeq)
         .def("validate", &ExecutorConfig::validate, "The problem with these values (one line), or None.");
 }
@@ -270,11 +286,13 @@ void bindCacheAndScheduler(py::module_& m)
         .def("empty", &SchedulerOutput::empty);
 
     py::class_<Scheduler>(m, "Scheduler", "Token-budget iteration-level batching over a KvCacheManager.")
-        .def(py::init([](KvCacheManager& kvCache, SizeType maxBatchSize, SizeType maxNumTokens, SizeType maxSeqLen) {
-            return std::make_unique<Scheduler>(SchedulerConfig{maxBatchSize, maxNumTokens, maxSeqLen}, kvCache);
+        .def(py::init([](KvCacheManager& kvCache, SizeType maxBatchSize, SizeType maxNumTokens, SizeType maxSeqLen,
+                          std::string const& policy) {
+            return std::make_unique<Scheduler>(
+                SchedulerConfig{maxBatchSize, maxNumTokens, maxSeqLen, policyNamed(policy)}, kvCache);
         }),
             "kv_cache"_a, py::kw_only(), "max_batch_size"_a, "max_num_tokens"_a, "max_seq_len"_a,
-            py::keep_alive<1, 2>())
+            "capacity_scheduler_policy"_a = "max_utilization", py::keep_alive<1, 2>())
         .def("check_fits", &Scheduler::checkFits, "num_prompt_tokens"_a, "max_new_tokens"_a)
         .def("add_request", &Scheduler::addRequest, "request_id"_a, "prompt"_a, "max_new_tokens"_a, "priority"_a = 0)
         .def("schedule", &Scheduler::schedule)

@@ -12,6 +12,8 @@ from kiln.builder.engine import Engine, load_engine
 from kiln.builder.errors import KilnError
 from kiln.runtime.router import ResponseRouter
 from kiln.runtime.requests import GenerationParams, make_requests, normalize_inputs
+
+CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
 from kiln.runtime.tokenizer import EngineTokenizer
 
 
@@ -51,10 +53,16 @@ class ModelRunner:
     def from_dir(cls, engine_dir, *, max_batch_size: int | None = None,
                  max_num_tokens: int | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  enable_kv_cache_reuse: bool = True, max_tokens_in_paged_kv_cache: int | None = None,
-                 device: str | None = None, cuda_graphs: bool = True) -> "ModelRunner":
+                 device: str | None = None, cuda_graphs: bool = True,
+                 capacity_scheduler_policy: str = "max_utilization") -> "ModelRunner":
         """Loads an engine. The KV pool takes kv_cache_free_gpu_memory_fraction of free memory
         (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache.
-        On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False."""
+        On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False.
+        capacity_scheduler_policy: "max_utilization" (admit while prompts fit, preempt the newest
+        when out of blocks) or "guaranteed_no_evict" (admit only what can run to its full length)."""
+        if capacity_scheduler_policy not in CAPACITY_POLICIES:
+            raise KilnError(f"capacity_scheduler_policy must be one of {', '.join(CAPACITY_POLICIES)}, "
+                            f"got {capacity_scheduler_policy!r}")
         engine = load_engine(engine_dir)
         build = engine.config.build
         max_batch_size = cls._limit("max_batch_size", max_batch_size, build.max_batch_size)
@@ -81,7 +89,8 @@ class ModelRunner:
         config = _core.ExecutorConfig(
             vocab_size=engine.config.model.vocab_size, max_batch_size=max_batch_size,
             max_num_tokens=max_num_tokens, max_seq_len=build.max_seq_len,
-            tokens_per_block=build.tokens_per_block, enable_kv_cache_reuse=enable_kv_cache_reuse)
+            tokens_per_block=build.tokens_per_block, enable_kv_cache_reuse=enable_kv_cache_reuse,
+            capacity_scheduler_policy=capacity_scheduler_policy)
         return cls(engine, _core.Executor(config, backend), backend, device)
 
     @staticmethod

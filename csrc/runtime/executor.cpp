@@ -31,7 +31,7 @@ public:
         : mConfig(checked(config))
         , mBackend(std::move(backend))
         , mKvCache({numBlocksOf(mBackend.get()), config.tokensPerBlock, config.enableKvCacheReuse})
-        , mScheduler({config.maxBatchSize, config.maxNumTokens, config.maxSeqLen}, mKvCache)
+        , mScheduler({config.maxBatchSize, config.maxNumTokens, config.maxSeqLen, config.capacityPolicy}, mKvCache)
         , mSampler(config.vocabSize)
         , mSeeder(std::random_device{}())
         , mKvStats(mKvCache.stats())

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "runtime/capacity_policy.h"
 #include "runtime/types.h"
 
 #include <optional>
@@ -17,6 +18,7 @@ struct ExecutorConfig
     SizeType tokensPerBlock = 16;
     SizeType vocabSize = 0;
     bool enableKvCacheReuse = true;
+    CapacityPolicy capacityPolicy = CapacityPolicy::kMaxUtilization;
 
     /// @brief Width of the step's block tables: blocks of the longest sequence.
     [[nodiscard]] SizeType maxBlocksPerSeq() const

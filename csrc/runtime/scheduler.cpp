@@ -6,6 +6,20 @@
 namespace kiln
 {
 
+std::optional<CapacityPolicy> capacityPolicyNamed(std::string const& name)
+{
+    if (name == "max_utilization")
+        return CapacityPolicy::kMaxUtilization;
+    if (name == "guaranteed_no_evict")
+        return CapacityPolicy::kGuaranteedNoEvict;
+    return std::nullopt;
+}
+
+std::string capacityPolicyName(CapacityPolicy policy)
+{
+    return policy == CapacityPolicy::kGuaranteedNoEvict ? "guaranteed_no_evict" : "max_utilization";
+}
+
 Scheduler::Scheduler(SchedulerConfig const& config, KvCacheManager& kvCache)
     : mConfig(config)
     , mKvCache(&kvCache)
@@ -160,8 +174,27 @@ void Scheduler::preempt(IdType id, SchedulerOutput& output, SizeType& budget)
     output.preempted.push_back(id);
 }
 
+SizeType Scheduler::finalBlocks(Sequence const& seq) const
+{
+    SizeType const length = std::min(seq.numPromptTokens + seq.maxNewTokens, mConfig.maxSeqLen);
+    return mKvCache->numBlocksFor(std::max(length, static_cast<SizeType>(seq.tokens.size())));
+}
+
+SizeType Scheduler::reservedBlocks() const
+{
+    SizeType reserved = 0;
+    for (IdType const id : mRunning)
+    {
+        auto const held = static_cast<SizeType>(mKvCache->blockIds(id).size());
+        reserved += std::max<SizeType>(0, finalBlocks(mSequences.at(id)) - held);
+    }
+    return reserved;
+}
+
 void Scheduler::admitWaiting(SchedulerOutput& output, SizeType& budget)
 {
+    bool const noEvict = mConfig.capacityPolicy == CapacityPolicy::kGuaranteedNoEvict;
+    SizeType reserved = noEvict ? reservedBlocks() : 0;
     while (!mWaiting.empty() && static_cast<SizeType>(output.sequences.size()) < mConfig.maxBatchSize && budget > 0)
     {
         IdType const id = mWaiting.front();
@@ -172,7 +205,17 @@ void Scheduler::admitWaiting(SchedulerOutput& output, SizeType& budget)
         {
             return; // strict order: later requests wait behind this one
         }
+        // Counting reused blocks as new too keeps the guarantee when they sit unreferenced in
+        // the free pool (admission takes them out of it).
+        if (noEvict && finalBlocks(seq) > mKvCache->numFreeBlocks() - reserved)
+        {
+            return;
+        }
         seq.numComputedTokens = mKvCache->addSequence(id, seq.tokens, reusable + numTokens);
+        if (noEvict)
+        {
+            reserved += std::max<SizeType>(0, finalBlocks(seq) - static_cast<SizeType>(mKvCache->blockIds(id).size()));
+        }
         mWaiting.pop_front();
         mRunning.push_back(id);
         bool const last = seq.numComputedTokens + numTokens == static_cast<SizeType>(seq.tokens.size());

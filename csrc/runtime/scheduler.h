@@ -1,5 +1,6 @@
 #pragma once
 
+#include "runtime/capacity_policy.h"
 #include "runtime/kv_cache_manager.h"
 #include "runtime/sequence.h"
 #include "runtime/types.h"
@@ -20,6 +21,7 @@ struct SchedulerConfig
     SizeType maxBatchSize = 0; ///< sequences per step
     SizeType maxNumTokens = 0; ///< tokens per step
     SizeType maxSeqLen = 0;    ///< prompt plus generated tokens
+    CapacityPolicy capacityPolicy = CapacityPolicy::kMaxUtilization;
 };
 
 /// @brief One sequence's share of a step.
@@ -98,6 +100,10 @@ private:
     void preempt(IdType id, SchedulerOutput& output, SizeType& budget);
     void scheduleRunning(bool decodes, SchedulerOutput& output, SizeType& budget);
     void admitWaiting(SchedulerOutput& output, SizeType& budget);
+    /// Blocks `seq` holds or will hold at its full length.
+    [[nodiscard]] SizeType finalBlocks(Sequence const& seq) const;
+    /// Blocks the running requests will still take as they grow to their full length.
+    [[nodiscard]] SizeType reservedBlocks() const;
 
     SchedulerConfig mConfig;
     KvCacheManager* mKvCache;

@@ -148,6 +148,10 @@ def _common(f):
 @click.option("--max-batch-size", type=int, help="Default: the engine's.")
 @click.option("--max-num-tokens", type=int, help="Default: the engine's.")
 @click.option("--kv-cache-free-gpu-memory-fraction", "kv_fraction", type=float, default=0.9, show_default=True)
+@click.option("--capacity-scheduler-policy", type=click.Choice(["max_utilization", "guaranteed_no_evict"]),
+              default="max_utilization", show_default=True,
+              help="Admit while prompts fit and preempt when out of KV blocks, or admit only what can "
+                   "run to its full length.")
 @click.option("--kv-cache-reuse/--no-kv-cache-reuse", default=False, show_default=True,
               help="Prefix caching (off: repeated prompts would not be computed).")
 @click.option("--baseline-max-requests", type=int, help="Run only the first N requests through HF.")
@@ -155,7 +159,8 @@ def _common(f):
 @click.option("--plot", "plot_path", type=click.Path(), help="PNG of latency against throughput.")
 @one_line_errors
 def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_requests, concurrency,
-               request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, kv_cache_reuse,
+               request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, capacity_scheduler_policy,
+               kv_cache_reuse,
                baseline_max_requests, baseline_batch_size, plot_path):
     """Throughput and latency of a dataset: all at once, at a rate, or at fixed concurrency."""
     from kiln.runtime import ModelRunner
@@ -178,7 +183,8 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
     device, bandwidth = _device_and_bandwidth(device)
     with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
                               max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,
-                              kv_cache_free_gpu_memory_fraction=kv_fraction) as runner:
+                              kv_cache_free_gpu_memory_fraction=kv_fraction,
+                              capacity_scheduler_policy=capacity_scheduler_policy) as runner:
         check_fits(requests, runner.max_seq_len, runner.vocab_size)
         warm_up(runner, requests, warmup, runner.vocab_size, seed)
         runs = [run_throughput(runner, requests, load) for load in loads]

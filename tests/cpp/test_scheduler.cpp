@@ -142,6 +142,69 @@ TEST(Scheduler, PreemptsTheNewestAndResumesItWithItsTokens)
     EXPECT_EQ(h.kvCache.stats().usedBlocks, 0);
 }
 
+TEST(Scheduler, GuaranteedNoEvictAdmitsOnlyWhatCanFinish)
+{
+    // The pool of the preemption case above: request 1 reserves its full 7 tokens (4 blocks),
+    // so request 2 waits instead of being admitted and preempted later.
+    Harness h({4, 16, 64, kiln::CapacityPolicy::kGuaranteedNoEvict}, {4, 2, false});
+    h.add(1, 3, 4);
+    h.add(2, 3, 4);
+    EXPECT_EQ(h.step(), (Step{{1, 3}}));
+    EXPECT_EQ(h.scheduler.waitingIds(), (std::vector<IdType>{2}));
+    for (int i = 0; i < 3; ++i)
+    {
+        EXPECT_EQ(h.step(), (Step{{1, 1}}));
+    }
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1}));
+    EXPECT_EQ(h.step(), (Step{{2, 3}}));
+    for (int i = 0; i < 3; ++i)
+    {
+        EXPECT_EQ(h.step(), (Step{{2, 1}}));
+    }
+    EXPECT_EQ(h.finished, (std::vector<IdType>{1, 2}));
+    EXPECT_EQ(h.scheduler.numPreemptions(), 0);
+    EXPECT_EQ(h.kvCache.stats().usedBlocks, 0);
+}
+
+TEST(Scheduler, GuaranteedNoEvictNeverPreemptsUnderLoad)
+{
+    // Many requests of mixed lengths through a small pool: max_utilization preempts, the
+    // guaranteed policy never does, and both finish everything with every block returned.
+    for (auto const policy : {kiln::CapacityPolicy::kMaxUtilization, kiln::CapacityPolicy::kGuaranteedNoEvict})
+    {
+        Harness h({8, 24, 64, policy}, {24, 4, false});
+        for (IdType id = 1; id <= 20; ++id)
+        {
+            h.add(id, 2 + static_cast<SizeType>(id * 7 % 13), 3 + static_cast<SizeType>(id * 5 % 17));
+        }
+        int steps = 0;
+        while (h.scheduler.hasUnfinished() && steps++ < 2000)
+        {
+            h.step();
+            auto const stats = h.kvCache.stats();
+            ASSERT_LE(stats.usedBlocks, stats.totalBlocks);
+        }
+        EXPECT_EQ(h.finished.size(), 20U);
+        EXPECT_EQ(h.kvCache.stats().usedBlocks, 0);
+        if (policy == kiln::CapacityPolicy::kGuaranteedNoEvict)
+        {
+            EXPECT_EQ(h.scheduler.numPreemptions(), 0);
+        }
+        else
+        {
+            EXPECT_GT(h.scheduler.numPreemptions(), 0);
+        }
+    }
+}
+
+TEST(Scheduler, CapacityPolicyNames)
+{
+    EXPECT_EQ(kiln::capacityPolicyNamed("guaranteed_no_evict"), kiln::CapacityPolicy::kGuaranteedNoEvict);
+    EXPECT_EQ(kiln::capacityPolicyNamed("max_utilization"), kiln::CapacityPolicy::kMaxUtilization);
+    EXPECT_EQ(kiln::capacityPolicyNamed("static"), std::nullopt);
+    EXPECT_EQ(kiln::capacityPolicyName(kiln::CapacityPolicy::kGuaranteedNoEvict), "guaranteed_no_evict");
+}
+
 TEST(Scheduler, PreemptsItselfWhenItIsTheNewest)
 {
     Harness h({4, 16, 64}, {4, 2, false});

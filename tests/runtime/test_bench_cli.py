@@ -91,9 +91,11 @@ def test_schema_is_not_vacuous(sweep):
 def test_request_rate_to_stdout_json(setup):
     engine, root, _ = setup
     result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu",
-                    "--num-requests", "4", "--request-rate", "400", "--warmup", "0", "--json", "-")
+                    "--num-requests", "4", "--request-rate", "400", "--warmup", "0", "--json", "-",
+                    "--capacity-scheduler-policy", "guaranteed_no_evict")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
+    assert doc["runs"][0]["preemptions"] == 0
     jsonschema.validate(doc, SCHEMA)
     assert doc["runs"][0]["load"]["request_rate"] == 400.0 and doc["baseline"] is None
     assert doc["runs"][0]["metrics"]["num_requests"] == 4

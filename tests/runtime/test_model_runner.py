@@ -112,6 +112,24 @@ def test_preemption_when_blocks_run_out_loses_nothing(tiny_engine):
         assert out["output_ids"][i, 0, : len(p) + 24].tolist() == p + expected[i]
 
 
+def test_guaranteed_no_evict_admits_only_what_can_finish(tiny_engine):
+    ckpt, engine = tiny_engine("llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    batch = prompts(320, (18, 22, 15, 20), seed=31)
+    expected = [hf_greedy(model, p, 24) for p in batch]
+    # The pool of the preemption case above: now requests wait instead of being preempted.
+    with ModelRunner.from_dir(engine, device="cpu", max_tokens_in_paged_kv_cache=80,
+                              capacity_scheduler_policy="guaranteed_no_evict") as runner:
+        out = runner.generate(batch, max_new_tokens=24, end_id=-1, return_dict=True)
+        assert runner.iteration_stats()["total_preemptions"] == 0
+        assert runner.kv_cache_stats()["used_blocks"] == 0
+    for i, p in enumerate(batch):
+        assert out["output_ids"][i, 0, : len(p) + 24].tolist() == p + expected[i]
+    with pytest.raises(KilnError, match="capacity_scheduler_policy must be one of max_utilization, "
+                                        "guaranteed_no_evict, got 'static'"):
+        ModelRunner.from_dir(engine, device="cpu", capacity_scheduler_policy="static")
+
+
 def test_streaming_yields_exactly_the_non_streaming_tokens(runners):
     runner, _ = runners("mistral")
     batch = prompts(runner.vocab_size, (7, 19), seed=2)
