@@ -1,7 +1,8 @@
 """Perplexity of SmolLM2-135M on pydoc_data.topics, float32 against each quantization mode.
 
-    python tests/quantize/smollm2_perplexity.py OUT_DIR [--dtype D] [MODE ...]
-    # MODE: quant or quant+kv, e.g. fp8+fp8; D: float32 (default) or bfloat16
+    python tests/quantize/smollm2_perplexity.py OUT_DIR [--dtype D] [--max-tokens N] [MODE ...]
+    # MODE: quant or quant+kv, e.g. fp8+fp8; D: float32 (default) or bfloat16;
+    # N: score the first N tokens of the text only (default: all of it)
 
 Builds each engine from the bundled GGUF (calibrating on the default text), evaluates it with
 the CPU reference backend and appends one JSON line per mode to OUT_DIR/perplexity.jsonl.
@@ -58,9 +59,13 @@ def measure(mode: str, out: Path, max_tokens: int | None = None, dtype: str = "f
 
 if __name__ == "__main__":
     out, args = Path(sys.argv[1]), sys.argv[2:]
-    dtype = "float32"
-    if args[:1] == ["--dtype"]:
-        dtype, args = args[1], args[2:]
+    dtype, max_tokens = "float32", None
+    while args[:1] in (["--dtype"], ["--max-tokens"]):
+        if args[0] == "--dtype":
+            dtype = args[1]
+        else:
+            max_tokens = int(args[1])
+        args = args[2:]
     out.mkdir(parents=True, exist_ok=True)
     for mode in args or MODES:
-        print(json.dumps(measure(mode, out, dtype=dtype)), flush=True)
+        print(json.dumps(measure(mode, out, max_tokens=max_tokens, dtype=dtype)), flush=True)
