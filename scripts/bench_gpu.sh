@@ -3,8 +3,9 @@
 # BF16 engine (random weights) unless it exists, prepares the datasets, and runs the sets named on
 # the command line, each beside HuggingFace:
 #   bash scripts/bench_gpu.sh latency 128:128:3000:256:128 2048:128:1000:64:32
-# A set is ISL:OSL:REQUESTS:HF_REQUESTS:HF_BATCH. Results (JSON) and logs go to $OUT/bench (when
-# set) or build/bench; each command's table prints as it finishes.
+# A set is ISL:OSL:REQUESTS:HF_REQUESTS:HF_BATCH. KILN_BENCH_POLICY picks the capacity scheduler
+# policy (max_utilization, the default, or guaranteed_no_evict). Results (JSON) and logs go to
+# $OUT/bench (when set) or build/bench; each command's table prints as it finishes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -38,6 +39,7 @@ for what in "$@"; do
   echo "== throughput $isl/$osl, $n requests (HF: $hf_n at batch $hf_b)"
   $PY -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" --baseline hf \
     --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b" \
+    --capacity-scheduler-policy "${KILN_BENCH_POLICY:-max_utilization}" \
     --json "$DIR/throughput-$isl-$osl.json" 2>&1 | tail -40 || rc=1
 done
 exit $rc
