@@ -1,7 +1,11 @@
 """Test utilities: tiny random checkpoints and a minimal paged-KV step driver."""
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +123,13 @@ class PagedSequences:
                 "slot_mapping": np.array(slots, np.int64), "block_tables": table,
                 "context_lens": np.array(ctx, np.int32), "query_start": np.array(qstart, np.int32),
                 "last_token_index": np.array(last, np.int32)}
+
+
+def run_interpreted(args: list[str], timeout: int = 1200):
+    """Runs `python *args` with TRITON_INTERPRET=1 (every Triton kernel on the CPU, in Triton's
+    interpreter) and returns the JSON of its last output line."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

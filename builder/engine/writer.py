@@ -87,7 +87,7 @@ def _write_weights(f, graph: Graph, names: list[str], entries: dict,
     in_flight: deque = deque()
 
     def finish_oldest() -> None:
-        name, data, written, crc = in_flight.popleft()
+        name, written, crc = in_flight.popleft()
         written.result()
         entries[name]["crc32"] = f"{crc.result():08x}"
         on_weight(name, entries[name]["nbytes"])
@@ -104,7 +104,8 @@ def _write_weights(f, graph: Graph, names: list[str], entries: dict,
             if list(tensor.shape) != entry["shape"]:
                 raise ValueError(f"{name}: source gave {list(tensor.shape)}, plan says {entry['shape']}")
             data = tensor.view(torch.uint8).reshape(-1).numpy()
-            in_flight.append((name, data, writer.submit(write, entry["offset"], data),
+            # The queued calls hold the array until they have run.
+            in_flight.append((name, writer.submit(write, entry["offset"], data),
                               checksums.submit(zlib.crc32, data)))
             del tensor, data
             while len(in_flight) > IN_FLIGHT:

@@ -2,7 +2,7 @@
 
 Header layout (docs/architecture.md, "GPU plan executor"):
   format, triton, targets, dtype, limits, arena_bytes, kv_cache, step_inputs, outputs,
-  select {ref, rows, capacity} (greedy tokens then log-probs; null: none),
+  select {ref, capacity} (greedy tokens then log-probs; null: none),
   derived [[symbol, formula]], scratch {name: [size formulas]}, constants {name: table},
   kernels {id: {fn, signature, constexprs, num_warps, num_stages,
                 sm: {"90": {blob, name, shared, params, num_extra_params}}}},

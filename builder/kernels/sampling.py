@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.spec import Ptr
 
 BLOCK = 2048
 BISECT_STEPS = 40
@@ -134,26 +135,6 @@ def greedy(logits):
     return out, logprob
 
 
-# -- lowering -----------------------------------------------------------------------------------
-
-def plan_select(ctx, logits: str) -> dict:
-    """The greedy pick of every logits row, on the GPU, so a greedy step copies B tokens back
-    instead of B x vocab logits. Returns the engine header's "select" entry: tokens (int32 [B])
-    then log-probs (float32 [B]) in one scratch buffer, one copy."""
-    from kiln.builder.kernels.spec import Ptr
-
-    vocab = ctx.width(logits)
-    rows = ctx.rows(logits)
-    max_rows = ctx.build.max_batch_size
-    tokens = ctx.scratch("select", str(8 * max_rows))
-    logprobs = Ptr({"scratch": "select", "offset": 4 * max_rows}, "float32")
-    ctx.launch(greedy_kernel, grid=(rows,), num_warps=8,
-               args=dict(out_ptr=Ptr(tokens.ref, "int32"), logprob_ptr=logprobs,
-                         logits_ptr=ctx.ptr(logits)),
-               constexprs=dict(VOCAB=vocab, BLOCK=BLOCK))
-    return {"ref": {"scratch": "select"}, "rows": rows, "capacity": max_rows}
-
-
 def sample(logits, temperature, top_k, top_p, min_p, seed):
     """One token per row; every parameter is a per-row tensor (top_k <= 0: no top-k)."""
     import torch
@@ -163,6 +144,23 @@ def sample(logits, temperature, top_k, top_p, min_p, seed):
         out, logits, temperature, top_k, top_p, min_p, seed, VOCAB=logits.shape[1],
         BLOCK=BLOCK, STEPS=BISECT_STEPS, num_warps=8)
     return out
+
+
+# -- lowering -----------------------------------------------------------------------------------
+
+def plan_select(ctx, logits: str) -> dict:
+    """The greedy pick of every logits row, on the GPU, so a greedy step copies B tokens back
+    instead of B x vocab logits. Returns the engine header's "select" entry: tokens (int32) then
+    log-probs (float32), `capacity` of each, in one scratch buffer, one copy."""
+    vocab = ctx.width(logits)
+    max_rows = ctx.build.max_batch_size
+    tokens = ctx.scratch("select", str(8 * max_rows))
+    logprobs = Ptr({"scratch": "select", "offset": 4 * max_rows}, "float32")
+    ctx.launch(greedy_kernel, grid=(ctx.rows(logits),), num_warps=8,
+               args=dict(out_ptr=Ptr(tokens.ref, "int32"), logprob_ptr=logprobs,
+                         logits_ptr=ctx.ptr(logits)),
+               constexprs=dict(VOCAB=vocab, BLOCK=BLOCK))
+    return {"ref": {"scratch": "select"}, "capacity": max_rows}
 
 
 def reference_filter(logits, temperature: float, top_k: int, top_p: float, min_p: float):

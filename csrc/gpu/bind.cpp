@@ -110,8 +110,8 @@ PlanSpec toPlan(py::object const& engine)
     if (h.contains("select") && !h["select"].is_none())
     {
         auto select = h["select"].cast<py::dict>();
-        p.select = SelectSpec{toRef(field(select, "ref", "select").cast<py::dict>()),
-            field(select, "rows", "select").cast<std::string>(), field(select, "capacity", "select").cast<int>()};
+        p.select = SelectSpec{
+            toRef(field(select, "ref", "select").cast<py::dict>()), field(select, "capacity", "select").cast<int>()};
     }
     for (auto item : field(h, "derived", "the header").cast<py::list>())
     {

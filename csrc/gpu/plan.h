@@ -102,11 +102,10 @@ struct OutputSpec
 };
 
 /// @brief Where the plan's greedy pick over the logits leaves its results: int32 tokens
-/// [capacity] then float32 log-probs [capacity], `rows` of each valid.
+/// [capacity] then float32 log-probs [capacity], one of each per logits row.
 struct SelectSpec
 {
     BufferRef ref;
-    std::string rows;
     int capacity = 0;
 };
 

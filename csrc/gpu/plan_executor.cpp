@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -591,7 +592,6 @@ private:
             }
         }
         mLogits = resolve(mSpec.logits.ref, "the logits output");
-        mLogitsRows = Expr::parse(mSpec.logits.rows, mSymbols);
         if (mSpec.select)
         {
             if (mSpec.select->capacity < mSpec.maxBatchSize)
@@ -748,58 +748,51 @@ private:
         auto const cols = static_cast<std::size_t>(mSpec.logits.cols);
         auto const* logits = reinterpret_cast<float const*>(mLogits);
         bool const pick = mSelect != 0 && step.logitRows.has_value();
-        std::vector<SizeType> all;
-        if (!pick)
+        std::vector<SizeType> wanted;
+        if (pick)
         {
-            all.resize(rows);
-            for (std::size_t i = 0; i < rows; ++i)
-                all[i] = static_cast<SizeType>(i);
+            wanted = *step.logitRows;
         }
-        std::vector<SizeType> const& wanted = pick ? *step.logitRows : all;
-        if (!wanted.empty())
+        else
         {
-            // One copy of the span when the rows are many, else one per row.
-            auto const first = static_cast<std::size_t>(wanted.front());
-            auto const last = static_cast<std::size_t>(wanted.back());
-            if (last >= rows || first > last)
-                throw std::invalid_argument("bad step: logit rows must be ascending within 0.." + std::to_string(rows - 1));
-            bool const span = wanted.size() > 8 || last - first + 1 == wanted.size();
-            if (span)
-            {
-                KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>(), logits + first * cols,
-                    (last - first + 1) * cols * sizeof(float), cudaMemcpyDeviceToHost, mStream));
-            }
-            else
-            {
-                for (std::size_t i = 0; i < wanted.size(); ++i)
-                    KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>() + i * cols,
-                        logits + static_cast<std::size_t>(wanted[i]) * cols, cols * sizeof(float), cudaMemcpyDeviceToHost,
-                        mStream));
-            }
-            if (pick)
-            {
-                KILN_CUDA_CHECK(cudaMemcpyAsync(mHostSelect.get<char>(), reinterpret_cast<void const*>(mSelect),
-                    mHostSelect.size(), cudaMemcpyDeviceToHost, mStream));
-            }
-            KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
-            StepOutput out;
-            out.logits.resize(wanted.size() * cols);
-            for (std::size_t i = 0; i < wanted.size(); ++i)
-            {
-                std::size_t const from = span ? static_cast<std::size_t>(wanted[i]) - first : i;
-                std::memcpy(out.logits.data() + i * cols, mHostLogits.get<float>() + from * cols, cols * sizeof(float));
-            }
-            if (pick)
-                fillPicks(out, rows);
-            KILN_CUDA_CHECK(cudaGetLastError());
-            return out;
+            wanted.resize(rows);
+            std::iota(wanted.begin(), wanted.end(), 0);
         }
-        StepOutput out;
-        KILN_CUDA_CHECK(cudaMemcpyAsync(mHostSelect.get<char>(), reinterpret_cast<void const*>(mSelect), mHostSelect.size(),
-            cudaMemcpyDeviceToHost, mStream));
+        // One copy of the span when the rows are many or contiguous, else one per row.
+        std::size_t const first = wanted.empty() ? 0 : static_cast<std::size_t>(wanted.front());
+        std::size_t const last = wanted.empty() ? 0 : static_cast<std::size_t>(wanted.back());
+        if (!wanted.empty() && (last >= rows || first > last))
+            throw std::invalid_argument("bad step: logit rows must be ascending within 0.." + std::to_string(rows - 1));
+        bool const span = wanted.size() > 8 || last - first + 1 == wanted.size();
+        if (!wanted.empty() && span)
+        {
+            KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>(), logits + first * cols,
+                (last - first + 1) * cols * sizeof(float), cudaMemcpyDeviceToHost, mStream));
+        }
+        for (std::size_t i = 0; !span && i < wanted.size(); ++i)
+        {
+            KILN_CUDA_CHECK(cudaMemcpyAsync(mHostLogits.get<float>() + i * cols,
+                logits + static_cast<std::size_t>(wanted[i]) * cols, cols * sizeof(float), cudaMemcpyDeviceToHost,
+                mStream));
+        }
+        if (pick)
+        {
+            KILN_CUDA_CHECK(cudaMemcpyAsync(mHostSelect.get<char>(), reinterpret_cast<void const*>(mSelect),
+                mHostSelect.size(), cudaMemcpyDeviceToHost, mStream));
+        }
         KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
         KILN_CUDA_CHECK(cudaGetLastError());
-        fillPicks(out, rows);
+        StepOutput out;
+        out.logits.resize(wanted.size() * cols);
+        for (std::size_t i = 0; i < wanted.size(); ++i)
+        {
+            std::size_t const from = span ? static_cast<std::size_t>(wanted[i]) - first : i;
+            std::memcpy(out.logits.data() + i * cols, mHostLogits.get<float>() + from * cols, cols * sizeof(float));
+        }
+        if (pick)
+        {
+            fillPicks(out, rows);
+        }
         return out;
     }
 
@@ -920,7 +913,6 @@ private:
     std::unique_ptr<GemmRunner> mGemm;
     std::vector<std::variant<ResolvedLaunch, ResolvedGemm>> mProgram;
     CUdeviceptr mLogits = 0;
-    Expr mLogitsRows;
     CUdeviceptr mSelect = 0; ///< 0: the plan has no greedy pick
     PinnedMemory mHostSelect;
     bool mCudaGraphs = true;

@@ -200,7 +200,7 @@ private:
         {
             StepInputs inputs = buildStepInputs(output, mScheduler, mKvCache, mConfig.maxBlocksPerSeq());
             std::size_t const numRows = output.sequences.size();
-            std::vector<SizeType> logitRows;
+            std::vector<SizeType>& logitRows = inputs.logitRows.emplace();
             for (std::size_t i = 0; i < numRows; ++i)
             {
                 ScheduledSequence const& s = output.sequences[i];
@@ -209,7 +209,6 @@ private:
                     logitRows.push_back(static_cast<SizeType>(i));
                 }
             }
-            inputs.logitRows = logitRows;
             StepOutput const result = mBackend->forward(inputs);
             auto const vocab = static_cast<std::size_t>(mConfig.vocabSize);
             bool const picked = !result.tokens.empty();

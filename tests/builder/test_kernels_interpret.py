@@ -2,13 +2,12 @@
 torch references (tests/gpu/kernel_checks.py, in one subprocess started with
 TRITON_INTERPRET=1). bfloat16 attention is left to the GPU tests: the interpreter does not
 support bfloat16 matrix products."""
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from kiln_testing import run_interpreted
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
@@ -20,12 +19,7 @@ CASES = {name: bound for name, _, _, bound in kernel_checks.interpreter_cases()}
 
 @pytest.fixture(scope="module")
 def results():
-    script = Path(kernel_checks.__file__)
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted([kernel_checks.__file__], timeout=1200)
 
 
 OLD_INTERPRETER = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9)

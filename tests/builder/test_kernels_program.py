@@ -2,12 +2,11 @@
 tests/gpu/program_emulator.py through Triton's interpreter, against the reference backend:
 prefill, chunked prefill mixed with decodes, decodes, and long-context split-KV decodes."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from kiln_testing import run_interpreted
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
@@ -57,12 +56,8 @@ BOUND = {"float32": 1e-5, "float16": 1e-2}  # whole engines: 16-bit roundings ad
 
 
 def run(engine_dir: Path, schedule) -> list:
-    env = dict(os.environ, TRITON_INTERPRET="1")
     tests = str(Path(__file__).parents[1])
-    proc = subprocess.run([sys.executable, "-c", RUN, str(engine_dir), json.dumps(schedule), tests],
-                          env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(["-c", RUN, str(engine_dir), json.dumps(schedule), tests])
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama-bias", "float32"),

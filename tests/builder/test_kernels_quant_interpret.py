@@ -6,13 +6,12 @@ What the interpreter cannot check is left to tests/gpu/test_quant_kernels.py: it
 fp8e4nv conversion rounds wrongly where rounding carries into the next power of two (125.5 ->
 64), its float32 -> bfloat16 conversion truncates instead of rounding to nearest even, and it
 cannot multiply bfloat16 matrices."""
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from kiln_testing import run_interpreted
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
@@ -37,12 +36,7 @@ def skip_reason(name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def results():
-    script = Path(quant_kernel_checks.__file__)
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted([quant_kernel_checks.__file__], timeout=900)
 
 
 @pytest.mark.parametrize("name", list(CASES))
