@@ -278,7 +278,9 @@ class PlanExecutor(Backend):
         """Bytes of weights, activations, workspace and KV cache, free memory before the KV
         cache was sized, and the total."""
     def gemm_choices(self) -> list[dict[str, Any]]:
-        """The cuBLASLt algorithm chosen per (m, n, k, dtype, bias)."""
+        """The cuBLASLt algorithm chosen per (m, n, k, dtype, bias); then, with dtype "choice",
+        what each GEMM shape with alternatives runs at m (cuBLASLt or a small-M kernel) and the
+        times that decided it."""
     def describe(self) -> str: ...
 
 class _GpuModule:

@@ -1,19 +1,130 @@
-"""Linear layers as cuBLASLt GEMMs (run by the C++ plan executor, csrc/gpu/gemm.cpp).
+"""Linear layers: cuBLASLt GEMMs (run by the C++ plan executor, csrc/gpu/gemm.cpp), each with
+Triton alternatives for a few rows that the executor may pick instead.
 
 Reference: kiln.builder.ops.linear: out[M, N] = x[M, K] @ w[N, K].T (+ bias[N]). M is the
 value's row symbol (T or B); the executor picks cuBLASLt's algorithm per M at run time through
 cublasLtMatmulAlgoGetHeuristic and remembers it.
+
+A decode step's GEMMs have M of 1 to 16 and only stream the weight, so their speed is the
+bandwidth they reach. cuBLASLt's kernels leave some of it unused on narrow layers (N of a few
+thousand: too few tiles to keep every SM loading). `small_m_gemm_kernel` gives each program
+BLOCK_N weight rows over the whole K (one 16-row tensor-core tile of x against them), so a
+4096-wide layer already spreads over 256 programs. Each GEMM carries its configurations as
+alternatives for M <= SMALL_M; the executor times them against cuBLASLt's pick the first time
+it meets an M and keeps the fastest (GemmChoice reports it). FP8 GEMMs (linear_fp8) get the same
+kernel with SCALED: the e4m3 operands are widened to float16 (exactly: every e4m3 value is a
+float16 value) for the tensor cores, and out = (x @ w.T) * (a_scale * w_scale) (+ bias).
 """
 from __future__ import annotations
 
-from kiln.builder.kernels.spec import Gemm
+import triton
+import triton.language as tl
+
+from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.spec import I32, Gemm
+
+SMALL_M = 16
+# (BLOCK_N, BLOCK_K, num_warps, num_stages): the alternatives offered for M <= SMALL_M, for
+# 16-bit weights and, twice as deep in K for the same bytes a step, for FP8 ones.
+SMALL_CONFIGS = ((16, 256, 4, 4), (32, 128, 4, 4))
+SMALL_CONFIGS_FP8 = ((16, 512, 4, 4), (32, 256, 4, 4))
+
+
+@triton.jit
+def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, M,
+                        X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
+                        K: tl.constexpr, HAS_BIAS: tl.constexpr, SCALED: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        IEEE: tl.constexpr):
+    """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K."""
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    cols64 = cols.to(tl.int64)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if K % BLOCK_K == 0 and N % BLOCK_N == 0:
+            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
+        else:
+            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if SCALED:
+            x = x.to(tl.float16)
+            w = w.to(tl.float16)
+        if IEEE:
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w, acc)
+    if SCALED:
+        acc = acc * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
+                x_stride: int, out_stride: int) -> dict:
+    block_n, block_k = config[:2]
+    return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
+                BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_K=max(16, min(block_k, triton.next_power_of_2(k))),
+                IEEE=dtype == "float32" and not scaled)
+
+
+def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
+                         scales: tuple[str, str] | None = None) -> list[dict]:
+    """The Gemm alternatives of out = x @ w.T (+ bias) for M <= SMALL_M; `scales`: FP8's
+    (a_scale, w_scale) values."""
+    n, k = (int(d) for d in ctx.graph.values[w].shape)
+    alternatives = []
+    for config in SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS:
+        unused = ctx.ptr(w)  # stands in for an absent operand: never read
+        launch = ctx.make_launch(
+            small_m_gemm_kernel, grid=(-(-n // config[0]),), num_warps=config[2],
+            num_stages=config[3],
+            args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
+                      bias_ptr=ctx.ptr(bias) if bias else unused,
+                      a_scale_ptr=ctx.ptr(scales[0]) if scales else unused,
+                      w_scale_ptr=ctx.ptr(scales[1]) if scales else unused,
+                      M=I32(ctx.rows(out))),
+            constexprs=_constexprs(config, n, k, bias is not None, scales is not None,
+                                   ctx.dtype(out), ctx.row_stride(x), ctx.row_stride(out)))
+        alternatives.append({"max_m": SMALL_M, "steps": [launch]})
+    return alternatives
 
 
 def plan_linear(node, ctx):
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) == 3 else None
     (out,) = node.outputs
-    n, k = ctx.graph.values[w].shape
+    n, k = (int(d) for d in ctx.graph.values[w].shape)
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
-                  bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=int(n), k=int(k),
-                  lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out)))
+                  bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
+                  lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
+                  alternatives=small_m_alternatives(ctx, x, w, out, bias)))
+
+
+# -- direct launches ----------------------------------------------------------------------------
+
+def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtype=None):
+    """The M <= SMALL_M alternative `config` (an index into SMALL_CONFIGS, or SMALL_CONFIGS_FP8
+    with `scales` = (a_scale, w_scale) float32 [1] tensors for FP8 x and w) on torch tensors;
+    `dtype`: out's, when x is FP8."""
+    m, k = x.shape
+    n = w.shape[0]
+    if m > SMALL_M:
+        raise ValueError(f"the small-M GEMM takes at most {SMALL_M} rows, got {m}")
+    out = x.new_empty((m, n), dtype=dtype or x.dtype) if out is None else out
+    cfg = (SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS)[config]
+    unused = w
+    direct(small_m_gemm_kernel, x)[(-(-n // cfg[0]),)](
+        out, x, w, unused if bias is None else bias, *(scales or (unused, unused)), m,
+        **_constexprs(cfg, n, k, bias is not None, scales is not None,
+                      str(out.dtype).split(".")[1], x.stride(0), out.stride(0)),
+        num_warps=cfg[2], num_stages=cfg[3])
+    return out

@@ -109,6 +109,12 @@ class LoweringContext:
     # -- program ------------------------------------------------------------------------------
     def launch(self, fn, grid: tuple, args: dict, constexprs: dict, num_warps: int,
                num_stages: int = 1, when: str | None = None) -> None:
+        self.program.append(self.make_launch(fn, grid, args, constexprs, num_warps, num_stages,
+                                             when))
+
+    def make_launch(self, fn, grid: tuple, args: dict, constexprs: dict, num_warps: int,
+                    num_stages: int = 1, when: str | None = None) -> Launch:
+        """A checked launch, not yet in the program (e.g. a GEMM's alternative)."""
         spec, json_args = kernel_spec(fn, args, constexprs, num_warps, num_stages)
         grid3 = tuple(str(g) for g in grid) + ("1",) * (3 - len(grid))
         names = set(STEP_SYMBOLS) | set(self.derived)
@@ -119,7 +125,7 @@ class LoweringContext:
                 check(a["i32"], names)
         if when is not None:
             check(when, names)
-        self.program.append(Launch(spec, grid3, json_args, when, self.label))
+        return Launch(spec, grid3, json_args, when, self.label)
 
     def gemm(self, g: Gemm) -> None:
         g.label = self.label
@@ -142,16 +148,11 @@ def lower(graph: Graph, build) -> LoweringContext:
 
 
 def kernels_of(ctx: LoweringContext) -> dict[str, KernelSpec]:
-    return {step.kernel.key: step.kernel for step in ctx.program if isinstance(step, Launch)}
+    launches = [launch for step in ctx.program
+                for launch in (step.launches() if isinstance(step, Gemm) else [step])]
+    return {launch.kernel.key: launch.kernel for launch in launches}
 
 
 def program_json(ctx: LoweringContext) -> list[dict]:
-    out = []
-    for step in ctx.program:
-        if isinstance(step, Gemm):
-            out.append(step.to_json())
-        else:
-            out.append({"kind": "kernel", "label": step.label, "kernel": step.kernel.key,
-                        "grid": list(step.grid), "args": step.args, "when": step.when})
-    return out
+    return [step.to_json() for step in ctx.program]
 

@@ -1,5 +1,6 @@
 """Quantized GEMMs: linear_w8a8 (INT8 x INT8 -> INT32 tensor cores), linear_wo (weight-only
-INT8 / INT4 dequantized in registers) and linear_fp8 (cuBLASLt FP8, run by the C++ executor).
+INT8 / INT4 dequantized in registers) and linear_fp8 (cuBLASLt FP8, run by the C++ executor,
+with gemm.py's small-M alternatives).
 
 Reference: kiln.builder.ops.quant (layouts: kiln.quantize.pack), out[M, N] = x[M, K] @ w.T.
   w8a8: acc = q @ w.T in int32 (exact), out = (acc.f32 * row_scale[m] * w_scale[n] + bias).
@@ -24,6 +25,7 @@ import triton.language as tl
 
 from kiln.builder.errors import KilnError
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.gemm import small_m_alternatives
 from kiln.builder.kernels.spec import Gemm, I32
 
 SMALL_M = 16
@@ -211,7 +213,8 @@ def plan_linear_fp8(node, ctx):
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(q), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
                   in_dtype="float8_e4m3fn", a_scale=ctx.ref(x_scale)[0],
-                  w_scale=ctx.ref(w_scale)[0]))
+                  w_scale=ctx.ref(w_scale)[0],
+                  alternatives=small_m_alternatives(ctx, q, w, out, bias, (x_scale, w_scale))))
 
 
 def plan_linear_w8a8(node, ctx):

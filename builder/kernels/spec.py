@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                 "int32": "i32", "int64": "i64", "int8": "i8", "uint8": "u8",
@@ -71,6 +71,10 @@ class Launch:
     when: str | None = None
     label: str = ""
 
+    def to_json(self) -> dict:
+        return {"kind": "kernel", "label": self.label, "kernel": self.kernel.key,
+                "grid": list(self.grid), "args": self.args, "when": self.when}
+
 
 @dataclass(slots=True)
 class Gemm:
@@ -78,7 +82,11 @@ class Gemm:
 
     `dtype` is the output's (and bias's) type. For FP8, `in_dtype` is "float8_e4m3fn" (a and w)
     and `a_scale`, `w_scale` point at float32 per-tensor dequantization scales:
-    out = (a_scale * w_scale) * (a @ w.T) (+ bias)."""
+    out = (a_scale * w_scale) * (a @ w.T) (+ bias).
+
+    `alternatives`: launches that compute the same output for M <= max_m, each
+    {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
+    the fastest."""
     a: dict
     w: dict
     out: dict
@@ -93,6 +101,7 @@ class Gemm:
     in_dtype: str | None = None
     a_scale: dict | None = None
     w_scale: dict | None = None
+    alternatives: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
@@ -100,7 +109,14 @@ class Gemm:
                "lda": self.lda, "ldc": self.ldc, "dtype": self.dtype}
         if self.in_dtype is not None:
             out.update(in_dtype=self.in_dtype, a_scale=self.a_scale, w_scale=self.w_scale)
+        if self.alternatives:
+            out["alternatives"] = [{"max_m": alt["max_m"],
+                                    "steps": [step.to_json() for step in alt["steps"]]}
+                                   for alt in self.alternatives]
         return out
+
+    def launches(self) -> list[Launch]:
+        return [step for alt in self.alternatives for step in alt["steps"]]
 
 
 def kernel_spec(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int = 1

@@ -79,6 +79,39 @@ std::string bytesOf(py::handle blob)
     return std::string(static_cast<char const*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize));
 }
 
+LaunchStep toLaunch(py::dict const& s, std::string const& label)
+{
+    LaunchStep l;
+    l.label = label;
+    l.kernel = field(s, "kernel", "a launch").cast<std::string>();
+    auto grid = field(s, "grid", "a launch").cast<std::vector<std::string>>();
+    if (grid.size() != 3)
+        throw std::invalid_argument("engine kernels header: a grid needs 3 dimensions");
+    std::copy(grid.begin(), grid.end(), l.grid.begin());
+    l.when = s["when"].is_none() ? std::string() : s["when"].cast<std::string>();
+    for (auto a : field(s, "args", "a launch").cast<py::list>())
+    {
+        auto d = a.cast<py::dict>();
+        KernelArg arg;
+        if (d.contains("i32"))
+        {
+            arg.kind = KernelArg::Kind::Int32;
+            arg.expr = d["i32"].cast<std::string>();
+        }
+        else if (d.contains("f32"))
+        {
+            arg.kind = KernelArg::Kind::Float32;
+            arg.value = d["f32"].cast<float>();
+        }
+        else
+        {
+            arg.ref = toRef(d);
+        }
+        l.args.push_back(std::move(arg));
+    }
+    return l;
+}
+
 PlanSpec toPlan(py::object const& engine)
 {
     py::dict const h = engine.attr("kernels");
@@ -164,37 +197,22 @@ PlanSpec toPlan(py::object const& engine)
                 g.aScale = toRef(field(s, "a_scale", "an FP8 gemm").cast<py::dict>());
                 g.wScale = toRef(field(s, "w_scale", "an FP8 gemm").cast<py::dict>());
             }
+            if (s.contains("alternatives"))
+            {
+                for (auto alt : s["alternatives"].cast<py::list>())
+                {
+                    auto a = alt.cast<py::dict>();
+                    GemmAlternative alternative;
+                    alternative.maxM = field(a, "max_m", "a gemm alternative").cast<int>();
+                    for (auto step : field(a, "steps", "a gemm alternative").cast<py::list>())
+                        alternative.steps.push_back(toLaunch(step.cast<py::dict>(), label));
+                    g.alternatives.push_back(std::move(alternative));
+                }
+            }
             p.program.emplace_back(std::move(g));
             continue;
         }
-        LaunchStep l;
-        l.label = label;
-        l.kernel = field(s, "kernel", "a launch").cast<std::string>();
-        auto grid = field(s, "grid", "a launch").cast<std::vector<std::string>>();
-        if (grid.size() != 3)
-            throw std::invalid_argument("engine kernels header: a grid needs 3 dimensions");
-        std::copy(grid.begin(), grid.end(), l.grid.begin());
-        l.when = s["when"].is_none() ? std::string() : s["when"].cast<std::string>();
-        for (auto a : field(s, "args", "a launch").cast<py::list>())
-        {
-            auto d = a.cast<py::dict>();
-            KernelArg arg;
-            if (d.contains("i32"))
-            {
-                arg.kind = KernelArg::Kind::Int32;
-                arg.expr = d["i32"].cast<std::string>();
-            }
-            else if (d.contains("f32"))
-            {
-                arg.kind = KernelArg::Kind::Float32;
-                arg.value = d["f32"].cast<float>();
-            }
-            else
-            {
-                arg.ref = toRef(d);
-            }
-            l.args.push_back(std::move(arg));
-        }
+        LaunchStep l = toLaunch(s, label);
         p.program.emplace_back(std::move(l));
     }
     return p;

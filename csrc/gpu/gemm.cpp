@@ -1,6 +1,7 @@
 #include "gpu/gemm.h"
 
 #include "gpu/cuda_check.h"
+#include "gpu/timing.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -223,6 +224,17 @@ void GemmRunner::prepare(int id, int m, cudaStream_t stream)
     }
 }
 
+float GemmRunner::time(int id, int m, cudaStream_t stream)
+{
+    Problem const& problem = *mProblems.at(static_cast<std::size_t>(id));
+    Plan const& plan = planFor(problem, m, stream);
+    float const us = timeAlgo(problem, plan, plan.algo, stream);
+    if (us < 0)
+        throw std::runtime_error("cuBLASLt's chosen algorithm failed to run for M=" + std::to_string(m) + " N="
+            + std::to_string(problem.p.n) + " K=" + std::to_string(problem.p.k));
+    return us;
+}
+
 void GemmRunner::run(int id, int m, cudaStream_t stream)
 {
     Problem const& problem = *mProblems.at(static_cast<std::size_t>(id));
@@ -254,24 +266,7 @@ float GemmRunner::timeAlgo(
     {
         return -1.0F;
     }
-    cudaEvent_t start = nullptr;
-    cudaEvent_t stop = nullptr;
-    KILN_CUDA_CHECK(cudaEventCreate(&start));
-    KILN_CUDA_CHECK(cudaEventCreate(&stop));
-    float best = -1.0F;
-    for (int rep = 0; rep < kTuneReps; ++rep)
-    {
-        KILN_CUDA_CHECK(cudaEventRecord(start, stream));
-        mApi->check(once(), "cublasLtMatmul (timing)");
-        KILN_CUDA_CHECK(cudaEventRecord(stop, stream));
-        KILN_CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0;
-        KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        best = best < 0 ? ms * 1000.0F : std::min(best, ms * 1000.0F);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return best;
+    return bestOfRuns(stream, kTuneReps, [&]() { mApi->check(once(), "cublasLtMatmul (timing)"); });
 }
 
 std::vector<GemmChoice> GemmRunner::choices() const

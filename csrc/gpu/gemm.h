@@ -66,6 +66,9 @@ public:
     /// @brief Picks (and, for small M, times) the algorithm for problem `id` at `m` rows now, so
     /// a later run() does nothing but launch (as a CUDA graph capture needs).
     void prepare(int id, int m, cudaStream_t stream);
+    /// @brief Microseconds problem `id` takes at `m` rows with its chosen algorithm (the best of
+    /// a few runs; the output is overwritten), to weigh it against other kernels.
+    [[nodiscard]] float time(int id, int m, cudaStream_t stream);
     /// @brief Every (shape, M) chosen so far.
     [[nodiscard]] std::vector<GemmChoice> choices() const;
     /// @brief cuBLASLt's version number and library path.

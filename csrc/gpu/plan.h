@@ -73,8 +73,16 @@ struct LaunchStep
     std::string when; ///< empty: always
 };
 
+/// @brief Launches that compute a GEMM's output for M <= maxM, in place of cuBLASLt.
+struct GemmAlternative
+{
+    int maxM = 0;
+    std::vector<LaunchStep> steps;
+};
+
 /// @brief out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), row-major; FP8: out = (a_scale * w_scale)
-/// * (a @ w^T) (+ bias).
+/// * (a @ w^T) (+ bias). The executor times the alternatives against cuBLASLt per M and runs
+/// the fastest.
 struct GemmStep
 {
     std::string label;
@@ -91,6 +99,7 @@ struct GemmStep
     std::string inDtype; ///< a's and w's when they differ ("float8_e4m3fn"); empty: dtype
     std::optional<BufferRef> aScale; ///< FP8: float32 per-tensor dequantization scale of a
     std::optional<BufferRef> wScale; ///< FP8: the same for w
+    std::vector<GemmAlternative> alternatives;
 };
 
 struct OutputSpec

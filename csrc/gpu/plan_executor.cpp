@@ -4,6 +4,7 @@
 #include "gpu/device_memory.h"
 #include "gpu/driver.h"
 #include "gpu/expr.h"
+#include "gpu/timing.h"
 
 #include <cuda_runtime_api.h>
 
@@ -85,11 +86,21 @@ struct ResolvedLaunch
     std::vector<void*> params;
 };
 
+struct ResolvedAlternative
+{
+    int maxM = 0;
+    std::vector<ResolvedLaunch> steps;
+};
+
 struct ResolvedGemm
 {
     std::string label;
     int id = 0;
     Expr m;
+    int n = 0;
+    int k = 0;
+    std::string shape; ///< GEMMs of equal shape (and alternatives) share their choices
+    std::vector<ResolvedAlternative> alternatives;
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -242,7 +253,10 @@ public:
 
     std::vector<GemmChoice> gemmChoices() const
     {
-        return mGemm->choices();
+        std::vector<GemmChoice> out = mGemm->choices();
+        for (auto const& c : mAlternativeChoices)
+            out.push_back(GemmChoice{c.m, c.n, c.k, "choice", false, c.label + ": " + c.report});
+        return out;
     }
 
     std::string describe() const
@@ -521,49 +535,54 @@ private:
         throw std::logic_error("unknown buffer kind");
     }
 
+    ResolvedLaunch resolveLaunch(LaunchStep const& step)
+    {
+        auto const kernel = mKernels.find(step.kernel);
+        if (kernel == mKernels.end())
+            throw std::runtime_error(step.label + " launches unknown kernel " + step.kernel);
+        KernelBinary const& binary = *kernel->second.binary;
+        if (binary.params.size() != step.args.size() + static_cast<std::size_t>(binary.numExtraParams))
+            throw std::runtime_error(step.label + ": " + binary.name + " takes " + std::to_string(binary.params.size())
+                + " parameters, the program passes " + std::to_string(step.args.size()) + " + "
+                + std::to_string(binary.numExtraParams) + " scratch");
+        ResolvedLaunch launch;
+        launch.label = step.label;
+        launch.function = kernel->second.function;
+        launch.threads = static_cast<unsigned>(32 * binary.numWarps);
+        launch.shared = static_cast<unsigned>(binary.sharedBytes);
+        for (int d = 0; d < 3; ++d)
+            launch.grid[d] = Expr::parse(step.grid[static_cast<std::size_t>(d)], mSymbols);
+        if (!step.when.empty())
+            launch.when = Expr::parse(step.when, mSymbols);
+        launch.slots.assign(binary.params.size(), 0);
+        for (std::size_t i = 0; i < step.args.size(); ++i)
+        {
+            KernelArg const& arg = step.args[i];
+            static char const* const kExpected[] = {"u64", "u32", "f32"};
+            char const* expected = kExpected[static_cast<int>(arg.kind)];
+            if (binary.params[i] != expected)
+                throw std::runtime_error(step.label + ": parameter " + std::to_string(i) + " of " + binary.name
+                    + " is " + binary.params[i] + ", the program passes " + expected);
+            if (arg.kind == KernelArg::Kind::Pointer)
+                launch.slots[i] = resolve(arg.ref, step.label);
+            else if (arg.kind == KernelArg::Kind::Float32)
+                std::memcpy(&launch.slots[i], &arg.value, sizeof(float));
+            else
+                launch.intArgs.emplace_back(i, Expr::parse(arg.expr, mSymbols));
+        }
+        // Trailing scratch pointers stay 0 (null).
+        for (auto& slot : launch.slots)
+            launch.params.push_back(&slot);
+        return launch;
+    }
+
     void resolveProgram()
     {
         for (auto const& item : mSpec.program)
         {
             if (auto const* step = std::get_if<LaunchStep>(&item))
             {
-                auto const kernel = mKernels.find(step->kernel);
-                if (kernel == mKernels.end())
-                    throw std::runtime_error(step->label + " launches unknown kernel " + step->kernel);
-                KernelBinary const& binary = *kernel->second.binary;
-                if (binary.params.size() != step->args.size() + static_cast<std::size_t>(binary.numExtraParams))
-                    throw std::runtime_error(step->label + ": " + binary.name + " takes " + std::to_string(binary.params.size())
-                        + " parameters, the program passes " + std::to_string(step->args.size()) + " + "
-                        + std::to_string(binary.numExtraParams) + " scratch");
-                ResolvedLaunch launch;
-                launch.label = step->label;
-                launch.function = kernel->second.function;
-                launch.threads = static_cast<unsigned>(32 * binary.numWarps);
-                launch.shared = static_cast<unsigned>(binary.sharedBytes);
-                for (int d = 0; d < 3; ++d)
-                    launch.grid[d] = Expr::parse(step->grid[static_cast<std::size_t>(d)], mSymbols);
-                if (!step->when.empty())
-                    launch.when = Expr::parse(step->when, mSymbols);
-                launch.slots.assign(binary.params.size(), 0);
-                for (std::size_t i = 0; i < step->args.size(); ++i)
-                {
-                    KernelArg const& arg = step->args[i];
-                    static char const* const kExpected[] = {"u64", "u32", "f32"};
-                    char const* expected = kExpected[static_cast<int>(arg.kind)];
-                    if (binary.params[i] != expected)
-                        throw std::runtime_error(step->label + ": parameter " + std::to_string(i) + " of " + binary.name
-                            + " is " + binary.params[i] + ", the program passes " + expected);
-                    if (arg.kind == KernelArg::Kind::Pointer)
-                        launch.slots[i] = resolve(arg.ref, step->label);
-                    else if (arg.kind == KernelArg::Kind::Float32)
-                        std::memcpy(&launch.slots[i], &arg.value, sizeof(float));
-                    else
-                        launch.intArgs.emplace_back(i, Expr::parse(arg.expr, mSymbols));
-                }
-                // Trailing scratch pointers stay 0 (null).
-                for (auto& slot : launch.slots)
-                    launch.params.push_back(&slot);
-                mProgram.emplace_back(std::move(launch));
+                mProgram.emplace_back(resolveLaunch(*step));
             }
             else
             {
@@ -588,7 +607,19 @@ private:
                     reinterpret_cast<void const*>(resolve(g.a, g.label)),
                     reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
                     g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale};
-                mProgram.emplace_back(ResolvedGemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols)});
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k,
+                    g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x" + std::to_string(g.k) + "/"
+                        + std::to_string(g.lda) + "/" + std::to_string(g.ldc) + (g.bias ? "/bias" : "") + "/"
+                        + std::to_string(g.alternatives.size()),
+                    {}};
+                for (auto const& alternative : g.alternatives)
+                {
+                    ResolvedAlternative resolved{alternative.maxM, {}};
+                    for (auto const& step : alternative.steps)
+                        resolved.steps.push_back(resolveLaunch(step));
+                    gemm.alternatives.push_back(std::move(resolved));
+                }
+                mProgram.emplace_back(std::move(gemm));
             }
         }
         mLogits = resolve(mSpec.logits.ref, "the logits output");
@@ -607,20 +638,28 @@ private:
             for (std::size_t index : e.symbols())
                 used[index] = true;
         };
+        auto markLaunch = [&](ResolvedLaunch const& launch)
+        {
+            for (auto const& g : launch.grid)
+                mark(g);
+            if (launch.when)
+                mark(*launch.when);
+            for (auto const& [slot, expr] : launch.intArgs)
+                mark(expr);
+        };
         for (auto const& item : mProgram)
         {
             if (auto const* launch = std::get_if<ResolvedLaunch>(&item))
             {
-                for (auto const& g : launch->grid)
-                    mark(g);
-                if (launch->when)
-                    mark(*launch->when);
-                for (auto const& [slot, expr] : launch->intArgs)
-                    mark(expr);
+                markLaunch(*launch);
             }
             else
             {
-                mark(std::get<ResolvedGemm>(item).m);
+                auto const& gemm = std::get<ResolvedGemm>(item);
+                mark(gemm.m);
+                for (auto const& alternative : gemm.alternatives)
+                    for (auto const& launch : alternative.steps)
+                        markLaunch(launch);
             }
         }
         for (std::size_t i = 0; i < used.size(); ++i)
@@ -689,10 +728,75 @@ private:
             }
             else
             {
-                auto& gemm = std::get<ResolvedGemm>(item);
-                mGemm->run(gemm.id, static_cast<int>(gemm.m.eval(mValues)), mStream);
+                runGemm(std::get<ResolvedGemm>(item));
             }
         }
+    }
+
+    void runGemm(ResolvedGemm& gemm)
+    {
+        auto const m = gemm.m.eval(mValues);
+        int const choice = gemm.alternatives.empty() ? -1 : choose(gemm, m);
+        if (choice < 0)
+        {
+            mGemm->run(gemm.id, static_cast<int>(m), mStream);
+            return;
+        }
+        for (auto& launch : gemm.alternatives[static_cast<std::size_t>(choice)].steps)
+            run(launch);
+    }
+
+    /// What runs `gemm` at `m` rows: cuBLASLt (-1) or the alternative that times fastest, timed
+    /// on this step's operands for the first GEMM of its shape (the output is rewritten by the
+    /// real run). Never called during a capture: runGraph decides before it captures.
+    int choose(ResolvedGemm& gemm, std::int64_t m)
+    {
+        auto const key = std::make_pair(gemm.shape, m);
+        if (auto const it = mChosen.find(key); it != mChosen.end())
+            return it->second;
+        int best = -1;
+        std::vector<float> times;
+        if (m > 0)
+        {
+            float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream);
+            times.push_back(bestUs);
+            for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
+            {
+                auto& alternative = gemm.alternatives[i];
+                if (m > alternative.maxM)
+                    continue;
+                float const us = timeLaunches(alternative.steps);
+                times.push_back(us);
+                if (us < bestUs)
+                {
+                    bestUs = us;
+                    best = static_cast<int>(i);
+                }
+            }
+        }
+        mChosen.emplace(key, best);
+        if (times.size() > 1)
+        {
+            std::string report = best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best);
+            report += " (timed us: cuBLASLt";
+            for (std::size_t i = 0; i < times.size(); ++i)
+                report += (i == 0 ? " " : ", #" + std::to_string(i - 1) + " ") + std::to_string(static_cast<int>(times[i] + 0.5F));
+            report += ")";
+            mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label, report});
+        }
+        return best;
+    }
+
+    /// The best of a few runs of `launches`, in microseconds, after one untimed run.
+    float timeLaunches(std::vector<ResolvedLaunch>& launches)
+    {
+        auto once = [&]()
+        {
+            for (auto& launch : launches)
+                run(launch);
+        };
+        once();
+        return bestOfRuns(mStream, 3, once);
     }
 
     /// Replays the graph for this step's launch shape: the values of every symbol the program
@@ -712,10 +816,16 @@ private:
                 ++mGraphStats.eagerSteps;
                 return;
             }
-            // cuBLASLt's choice per M may time candidates, which a capture cannot hold: now.
+            // The choices per M time candidates, which a capture cannot hold: now.
             for (auto& item : mProgram)
+            {
                 if (auto* gemm = std::get_if<ResolvedGemm>(&item))
-                    mGemm->prepare(gemm->id, static_cast<int>(gemm->m.eval(mValues)), mStream);
+                {
+                    auto const m = gemm->m.eval(mValues);
+                    if (gemm->alternatives.empty() || choose(*gemm, m) < 0)
+                        mGemm->prepare(gemm->id, static_cast<int>(m), mStream);
+                }
+            }
             KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
             cudaGraph_t graph = nullptr;
             try
@@ -919,6 +1029,16 @@ private:
     std::vector<std::size_t> mGraphSymbols;
     std::map<std::vector<std::int64_t>, cudaGraphExec_t> mGraphs;
     GraphStats mGraphStats;
+    struct AlternativeChoice
+    {
+        int m = 0;
+        int n = 0;
+        int k = 0;
+        std::string label;
+        std::string report;
+    };
+    std::vector<AlternativeChoice> mAlternativeChoices;
+    std::map<std::pair<std::string, std::int64_t>, int> mChosen; ///< (GEMM shape, M) -> choice
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
 };

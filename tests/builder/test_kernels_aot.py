@@ -76,8 +76,13 @@ def test_program_references_resolve(tmp_path_factory):
     weights = set(graph.of_kind("weight"))
     gemms = 0
     for step in header["program"]:
+        alternatives = [a for alt in step.get("alternatives", []) for a in alt["steps"]]
         refs = [step["a"], step["w"], step["out"]] + ([step["bias"]] if step["bias"] else []) \
+            + [arg for a in alternatives for arg in a["args"]] \
             if step["kind"] == "gemm" else step["args"]
+        for a in alternatives:
+            assert a["kernel"] in header["kernels"] and a["when"] is None
+            assert all(evaluate(g, symbols) >= 1 for g in a["grid"])
         for ref in refs:
             if "arena" in ref:
                 assert 0 <= ref["arena"] < header["arena_bytes"]
@@ -98,6 +103,7 @@ def test_program_references_resolve(tmp_path_factory):
         if step["kind"] == "gemm":
             gemms += 1
             assert evaluate(step["m"], symbols) in (64, 4)
+            assert [alt["max_m"] for alt in step["alternatives"]] == [16, 16]
         else:
             assert step["kernel"] in header["kernels"]
             assert all(evaluate(g, symbols) >= 1 for g in step["grid"])

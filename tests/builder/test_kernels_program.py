@@ -32,7 +32,9 @@ seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, blocks, 
 gen = torch.Generator().manual_seed(11)
 for n in lengths:
     seqs.add(torch.randint(0, engine.config.model.vocab_size, (n,), generator=gen).tolist())
-ref, emu = ReferenceBackend(engine, blocks), ProgramEmulator(engine, blocks)
+alternative = None if sys.argv[4] == "none" else int(sys.argv[4])
+ref = ReferenceBackend(engine, blocks)
+emu = ProgramEmulator(engine, blocks, gemm_alternative=alternative)
 errors = []
 for plan in schedule:
     step = seqs.step([tuple(p) for p in plan])
@@ -55,9 +57,11 @@ LONG = [[240, 5], [[0, 59], [1, 5]]] + [[[0, 64]]] * 2 + [[[0, 53], [1, 1]]] + [
 BOUND = {"float32": 1e-5, "float16": 1e-2}  # whole engines: 16-bit roundings add up
 
 
-def run(engine_dir: Path, schedule) -> list:
+def run(engine_dir: Path, schedule, gemm_alternative: int | None = None) -> list:
+    """`gemm_alternative`: each GEMM runs that alternative (kernels/gemm.py) where M allows."""
     tests = str(Path(__file__).parents[1])
-    return run_interpreted(["-c", RUN, str(engine_dir), json.dumps(schedule), tests])
+    return run_interpreted(["-c", RUN, str(engine_dir), json.dumps(schedule), tests,
+                            str(gemm_alternative).lower()])
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama-bias", "float32"),
@@ -69,6 +73,18 @@ def test_program_matches_reference_backend(tiny_engine, arch, dtype):
         assert err < BOUND[dtype], f"step {i}: error {err:.2e}"
         assert same_argmax or dtype != "float32"
         # The program's greedy pick over its own logits: torch.argmax and log_softmax.
+        assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
+
+
+@pytest.mark.parametrize("arch,dtype,alternative", [("llama", "float32", 0), ("llama-bias", "float32", 1),
+                                                    ("qwen2", "float16", 0), ("qwen2", "float16", 1)])
+def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative):
+    """Decode steps (M <= 16) through the GEMMs' Triton alternatives instead of cuBLASLt."""
+    _, engine = tiny_engine(arch, dtype, targets=(90,))
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(
+            run(engine, MIXED, gemm_alternative=alternative)):
+        assert err < BOUND[dtype], f"step {i}: error {err:.2e}"
+        assert same_argmax or dtype != "float32"
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
 
 

@@ -77,11 +77,23 @@ def test_each_op_lowers_to_its_kernels(lowered):
 def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
     (gemm,) = steps_of(lowered, "linear_fp8")
     assert isinstance(gemm, Gemm)
-    assert gemm.to_json() == {
+    plan = gemm.to_json()
+    alternatives = plan.pop("alternatives")
+    assert plan == {
         "kind": "gemm", "label": gemm.label, "a": {"arena": 0}, "w": {"weight": "qkv.weight"},
         "out": {"arena": 4096 * 2}, "bias": None, "m": "T", "n": 384, "k": H, "lda": H,
         "ldc": 384, "dtype": DT, "in_dtype": "float8_e4m3fn", "a_scale": {"weight": "in_scale"},
         "w_scale": {"weight": "qkv.weight_scale"}}
+    # For M <= 16 the executor may run the scaled small-M kernel instead, fed the same operands.
+    assert [a["max_m"] for a in alternatives] == [16, 16]
+    for alternative, launch in zip(alternatives, gemm.launches()):
+        (step,) = alternative["steps"]
+        assert launch.kernel.fn.fn.__name__ == "small_m_gemm_kernel"
+        assert launch.kernel.constexprs["SCALED"] and not launch.kernel.constexprs["HAS_BIAS"]
+        assert step["args"][:3] == [{"arena": 4096 * 2}, {"arena": 0}, {"weight": "qkv.weight"}]
+        assert step["args"][4:] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"},
+                                    {"i32": "T"}]
+        assert step["grid"] == [str(-(-384 // launch.kernel.constexprs["BLOCK_N"])), "1", "1"]
 
 
 def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):

@@ -371,6 +371,22 @@ def check_sampling(device, vocab, seed, draws=64):
     return bad
 
 
+def check_small_m_gemm(device, dtype, m, n, k, seed, config, bias=True):
+    """The M <= 16 alternative of a linear (kernels/gemm.py) against ops' linear, x a strided
+    view and out poisoned; the worst of out's rel_err and that of any row M.. it wrote."""
+    from kiln.builder.kernels import gemm
+    g = torch.Generator().manual_seed(seed)
+    wide = _rand(g, (m, k + 24), dtype, device)
+    x = wide[:, 8:8 + k]
+    w = _rand(g, (n, k), dtype, device, k ** -0.5)
+    b = _rand(g, (n,), dtype, device) if bias else None
+    out = torch.full((m + 2, n), float("nan"), dtype=dtype, device=device)
+    gemm.linear_small_m(x, w, b, config=config, out=out[:m])
+    (ref,) = _ref("linear", [x, w] + ([b] if bias else []))
+    assert torch.isnan(out[m:]).all(), "the kernel wrote rows beyond M"
+    return rel_err(out[:m], ref)
+
+
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
 def interpreter_cases():
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
@@ -428,6 +444,16 @@ def interpreter_cases():
         ("kv_write-int8-float16", check_kv_write,
          dict(dtype=f16, kv_dtype=i8, tokens=9, nkv=2, head_dim=32, seed=14), 0),
         ("greedy", check_greedy, dict(rows=3, vocab=5000, seed=8), 0),
+    ]
+    # The interpreter cannot multiply bfloat16 matrices: bfloat16 is checked on the GPU.
+    for dtype in (f32, f16):
+        d = str(dtype).split(".")[1]
+        for m, n, k, config, bias in [(1, 64, 256, 0, False), (5, 50, 72, 1, True),
+                                      (16, 96, 512, 0, True), (3, 40, 300, 1, False)]:
+            cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
+                          dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
+                          TOL[dtype]))
+    cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),
     ]
     return cases

@@ -22,9 +22,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class ProgramEmulator:
-    """`forward(step)` like a backend; `num_sms` plays NSM (it decides the KV splits)."""
+    """`forward(step)` like a backend; `num_sms` plays NSM (it decides the KV splits).
+    `gemm_alternative`: the index of the alternative each GEMM runs when M allows it (the C++
+    executor picks one by timing); None: every GEMM through torch."""
 
-    def __init__(self, engine, num_blocks: int, device: str = "cpu", num_sms: int = 132) -> None:
+    def __init__(self, engine, num_blocks: int, device: str = "cpu", num_sms: int = 132,
+                 gemm_alternative: int | None = None) -> None:
+        self.gemm_alternative = gemm_alternative
         self.h = h = engine.kernels
         self.device, self.num_sms, self.num_blocks = device, num_sms, num_blocks
         self.weights = {n: w.to(device) for n, w in engine.weights.items()}
@@ -88,6 +92,13 @@ class ProgramEmulator:
 
     def _gemm(self, g: dict, symbols: dict) -> None:
         m = evaluate(g["m"], symbols)
+        alternatives = g.get("alternatives") or []
+        if self.gemm_alternative is not None and self.gemm_alternative < len(alternatives):
+            alternative = alternatives[self.gemm_alternative]
+            if m <= alternative["max_m"]:
+                for step in alternative["steps"]:
+                    self._launch(step, symbols)
+                return
         dtype = DTYPES[g["dtype"]]
         in_dtype = DTYPES[g.get("in_dtype") or g["dtype"]]
         a = torch.as_strided(self.pointer(g["a"], in_dtype), (m, g["k"]), (g["lda"], 1))

@@ -126,6 +126,23 @@ def check_linear_w8a8(device, dtype, m, n, k, seed, bias=True):
     return rel_err(out, ref)
 
 
+def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True):
+    """linear_fp8's M <= 16 alternative (kernels/gemm.py, SCALED) on FP8 operands made by torch."""
+    from kiln.builder.kernels import gemm
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn((m, k), generator=g) * 40).to(torch.float8_e4m3fn)
+    w = (torch.randn((n, k), generator=g) * 40).to(torch.float8_e4m3fn)
+    x_scale = (torch.rand(1, generator=g) + 0.5) / 40
+    w_scale = (torch.rand(1, generator=g) + 0.5) / 40 / k ** 0.5
+    b = [_rand(g, (n,), dtype, device)] if bias else []
+    out = _poison(g, (m, n), dtype, device)
+    gemm.linear_small_m(q.to(device), w.to(device), *b, config=config, out=out,
+                        scales=(x_scale.to(device), w_scale.to(device)))
+    name = str(dtype).split(".")[1]
+    (ref,) = _ref("linear_fp8", [q, w, x_scale, w_scale, *b], {"dtype": name})
+    return rel_err(out, ref)
+
+
 def wo_weight(gen, n, k, bits, group, zero_point, dtype):
     """(w, scales [n, k / group] in dtype, zeros or None), quantized as quantize_linears does."""
     wf = torch.randn((n, k), generator=gen) * 0.05
@@ -184,6 +201,10 @@ def interpreter_cases():
             ]
         cases += [
             (f"linear_w8a8-small-{d}", check_linear_w8a8, dict(dtype=dtype, m=5, n=80, k=200, seed=7), TOL[dtype]),
+            (f"linear_fp8-small_m-c0-{d}", check_linear_fp8_small_m,
+             dict(dtype=dtype, m=3, n=72, k=1024, seed=14, config=0), TOL[dtype]),
+            (f"linear_fp8-small_m-c1-{d}", check_linear_fp8_small_m,
+             dict(dtype=dtype, m=16, n=40, k=200, seed=15, config=1, bias=False), TOL[dtype]),
             (f"linear_w8a8-large-{d}", check_linear_w8a8,
              dict(dtype=dtype, m=40, n=136, k=192, seed=8, bias=False), TOL[dtype]),
             (f"linear_wo-int4-awq-split3-{d}", check_linear_wo,

@@ -90,11 +90,45 @@ def prefill_time(gpu, vocab: int, prompt: int, tpb: int, max_blocks: int, reps: 
     return statistics.median(times[1:])
 
 
+def profile_decode(gpu, vocab: int, prompt: int, tpb: int, max_blocks: int, steps: int = 20,
+                   graphs: bool = True) -> list[tuple[str, float, int]]:
+    """Device time per batch-1 decode step of each kernel (by name, CUPTI through torch's
+    profiler): [(name, microseconds per step, launches per step)], largest first, and the
+    total under the name "all kernels"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kiln_testing import PagedSequences
+
+    gpu.cuda_graphs = graphs
+    seqs = PagedSequences(tpb, max_blocks, gpu.num_blocks, seed=1)
+    seqs.add(torch.randint(0, vocab, (prompt,), generator=torch.Generator().manual_seed(5)).tolist())
+    pick = int(gpu.run_step(seqs.step([(0, prompt)]), [])["tokens"][0])
+    for _ in range(3):  # warm: graphs captured, GEMM choices made
+        seqs.tokens[0].append(pick)
+        pick = int(gpu.run_step(seqs.step([(0, 1)]), [])["tokens"][0])
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            seqs.tokens[0].append(pick)
+            pick = int(gpu.run_step(seqs.step([(0, 1)]), [])["tokens"][0])
+    totals: dict[str, list] = {}
+    for event in prof.events():
+        if event.device_type.name != "CUDA" or "memcpy" in event.name.lower():
+            continue
+        entry = totals.setdefault(event.name, [0.0, 0])
+        entry[0] += event.device_time
+        entry[1] += 1
+    rows = sorted(((name, us / steps, n // steps) for name, (us, n) in totals.items()),
+                  key=lambda r: -r[1])
+    return [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))] + rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="llama-3.1-8b")
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each kernel's device time per batch-1 decode step")
     args = parser.parse_args()
 
     from kiln import _core
@@ -135,8 +169,17 @@ def main() -> None:
             rows.append((batch, graphs, step_s))
     ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
                         build.max_blocks_per_seq)
+    if args.profile:
+        print("device time per batch-1 decode step (graphs), by kernel:")
+        try:
+            for name, us, launches in profile_decode(gpu, model.vocab_size, args.prompt,
+                                                     build.tokens_per_block,
+                                                     build.max_blocks_per_seq):
+                print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
+        except Exception as e:  # the speed table below still prints
+            print(f"  the profile failed: {type(e).__name__}: {e}")
     choices = [c for c in gpu.gemm_choices() if c["m"] == 1]
-    print("cuBLASLt choices at M=1:")
+    print("cuBLASLt algorithms at M=1, then what each GEMM shape runs (chosen by timing):")
     for c in choices:
         print(f"  N={c['n']:>6} K={c['k']:>6}: {c['algorithm']}")
     print(f"CUDA graphs: {gpu.graph_stats()}")

@@ -144,3 +144,12 @@ def test_greedy_is_torch_argmax(rows, vocab):
 @pytest.mark.parametrize("vocab", [320, 32768])
 def test_sampling_stays_in_the_filtered_set(vocab):
     assert kc.check_sampling("cuda", vocab, seed=vocab, draws=64) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 7, 16])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (1000, 576), (50, 72)])
+@pytest.mark.parametrize("config", [0, 1])
+def test_small_m_gemm(dtype, m, n, k, config):
+    err = kc.check_small_m_gemm("cuda", dtype, m, n, k, seed=m + n, config=config, bias=n == 1000)
+    assert err < kc.TOL[dtype], f"error {err:.2e}"

@@ -88,3 +88,14 @@ def test_linear_wo_splits_and_odd_shapes(m, splits, variant):
         err = qc.check_linear_wo("cuda", dtype, m, 576, k, seed=m, bits=bits, group=group or k,
                                  zero_point=zp, pqs=pqs, bias=bias, num_splits=splits)
         assert err < TOL[dtype], (dtype, err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 7, 16])
+@pytest.mark.parametrize("n,k,bias", [(6144, 4096, False), (4096, 14336, False), (576, 1536, True)])
+@pytest.mark.parametrize("config", [0, 1])
+def test_linear_fp8_small_m(dtype, m, n, k, bias, config):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    err = qc.check_linear_fp8_small_m("cuda", dtype, m, n, k, seed=m + n, config=config, bias=bias)
+    assert err < TOL[dtype], f"error {err:.2e}"
