@@ -52,12 +52,6 @@ def _phase(report_phases: dict, name: str):
 
 
 def _compile_kernels(plan, build: BuildConfig) -> KernelBundle:
-    if build.quant_mode:
-        # The quantized kernels and their lowering (kernels/quant.py, quant_gemm.py, the
-        # quantized KV cache in rope.py/attention.py) are checked kernel by kernel; engines carry
-        # them once the executor's FP8 GEMM and whole-engine GPU checks are in. Until then a
-        # quantized engine runs on the CPU reference backend.
-        return KernelBundle()
     try:
         from kiln.builder.kernels import compile_plan
     except ImportError:

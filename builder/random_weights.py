@@ -32,6 +32,8 @@ class RandomCheckpoint(Checkpoint):
     """Random weights of the shape `name` (see SHAPE_NAMES); `num_layers` keeps only the first
     layers (every tensor keeps its real shape), for tests that cannot afford the whole model."""
 
+    has_tokenizer = False  # --quant calibrates on random token ids
+
     def __init__(self, name: str, seed: int = 0, num_layers: int | None = None) -> None:
         config = real_config(name)
         if config is None:

@@ -18,9 +18,9 @@ from kiln.builder.ir import Graph
 from kiln.quantize import pack
 from kiln.quantize.calibration import Calibration, LinearQuant, quantized_linears
 from kiln.quantize.graph_module import GraphModule, KVCacheInput, module_key
+from kiln.quantize.mode import GROUP_SIZES, INT4_MODES
 
 SMOOTHQUANT_ALPHA = 0.5
-GROUP_SIZES = (128, 64, 32)  # int4: the largest that divides a GEMM's K
 TOKENS_PER_FORWARD = 2048
 PER_TOKEN_DYNAMIC = {"num_bits": 8, "axis": None, "block_sizes": {-1: None, "type": "dynamic"}}
 
@@ -55,7 +55,16 @@ def _quant_kv_class():
     return QuantKVCacheInput
 
 
-def group_size_for(weight_name: str, k: int) -> int:
+def group_size_for(weight_name: str, k: int, requested: int | None = None) -> int:
+    """The int4 group of a GEMM with K input channels: `requested` (--quant-group-size), which
+    must divide K; by default the largest of GROUP_SIZES that does."""
+    if requested is not None:
+        if k % requested:
+            fits = [g for g in GROUP_SIZES if k % g == 0]
+            hint = f"use {' or '.join(map(str, fits))}" if fits else "use --quant int8_wo or fp8"
+            raise KilnError(f"--quant-group-size {requested} does not divide K={k} of "
+                            f"{weight_name}; {hint} for this model")
+        return requested
     for group in GROUP_SIZES:
         if k % group == 0:
             return group
@@ -116,8 +125,9 @@ class ModeloptCalibrator:
         kv_quant = kv in ("fp8", "int8")
         module = GraphModule(graph, linears, kv_quantizers=kv_quant, device=self.device)
         groups = {}
-        if quant in ("int4_awq", "int4_gptq"):
-            groups = {module_key(w): group_size_for(w, graph.values[w].shape[1])
+        if quant in INT4_MODES:
+            groups = {module_key(w): group_size_for(w, graph.values[w].shape[1],
+                                                    build.quant_group_size)
                       for w in (n.inputs[1] for n in linears)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

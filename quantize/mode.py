@@ -2,7 +2,9 @@
 
 The flags, the named modes (`--quant`), the KV cache options (`--kv-cache-dtype`), the valid
 combinations and the oldest GPU each flag runs on are data in quant_mode.json, read here and
-compiled into csrc/runtime/quant_mode.h, so Python and C++ agree by construction.
+compiled into csrc/runtime/quant_mode.h, so Python and C++ agree by construction. The int4
+modes' group sizes (`--quant-group-size`) are checked here too; each GEMM's own group is an
+attr of its linear_wo node, not a flag.
 """
 from __future__ import annotations
 
@@ -73,6 +75,23 @@ def check_targets(mode: QuantMode, quant: str, kv_cache_dtype: str, targets: lis
                 else f"--kv-cache-dtype {kv_cache_dtype}")
         raise KilnError(f"{what} needs SM {need} or newer, but --target-sm includes "
                         f"{', '.join(map(str, old))}; drop those targets or choose another mode")
+
+
+GROUP_SIZES = (128, 64, 32)  # int4; by default each GEMM takes the largest that divides its K
+INT4_MODES = ("int4_awq", "int4_gptq")
+
+
+def check_group_size(quant: str, group_size: int | None) -> None:
+    """--quant-group-size: None (the default rule) or one of GROUP_SIZES, with an int4 mode."""
+    if group_size is None:
+        return
+    if quant not in INT4_MODES:
+        raise KilnError(f"--quant-group-size applies to --quant {' and '.join(INT4_MODES)} only; "
+                        f"drop it for --quant {quant}")
+    if group_size not in GROUP_SIZES:
+        sizes = sorted(GROUP_SIZES)
+        raise KilnError(f"--quant-group-size {group_size} is not supported; use "
+                        f"{', '.join(map(str, sizes[:-1]))} or {sizes[-1]}")
 
 
 def describe(mode: QuantMode) -> str:

@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from kiln.builder.errors import KilnError
 
 
@@ -42,6 +44,9 @@ def _follow_checkpoint(build, pre) -> "object":
             "no KV cache scales"
         raise KilnError(f"--kv-cache-dtype {kv} does not fit the checkpoint, which has {have}; "
                         "leave --kv-cache-dtype out")
+    if build.quant_group_size not in (None, pre.group_size):
+        raise KilnError(f"--quant-group-size {build.quant_group_size} does not fit the checkpoint, "
+                        f"which has groups of {pre.group_size}; leave --quant-group-size out")
     return dataclasses.replace(build, quant=pre.quant, kv_cache_dtype=kv, quant_mode=None,
                                calibrator=pre)
 
@@ -64,8 +69,18 @@ def prepare(build, ckpt, tokenizer_dir: Path, options: CalibrationOptions | None
     if seq_len > model.max_position_embeddings:
         raise KilnError(f"--calib-seq-len {seq_len} exceeds the model's "
                         f"{model.max_position_embeddings} positions; lower it")
-    ids = tokenize(read_text(options.dataset), tokenizer_dir)
-    batches = calibration_batches(ids, options.size, seq_len, options.dataset or DEFAULT_NAME)
+    if getattr(ckpt, "has_tokenizer", True):
+        ids = tokenize(read_text(options.dataset), tokenizer_dir)
+        source = options.dataset or DEFAULT_NAME
+    elif options.dataset is not None:
+        raise KilnError(f"--calib-dataset needs a tokenizer and {ckpt!r} has none; leave it "
+                        "out (random weights calibrate on random token ids)")
+    else:  # random weights: random tokens exercise them as well as any text would
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, model.vocab_size, (options.size * seq_len,),
+                            generator=generator).tolist()
+        source = "random token ids"
+    batches = calibration_batches(ids, options.size, seq_len, source)
     return dataclasses.replace(build, calibrator=ModeloptCalibrator(batches))
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Kiln's GPU check, in one run on a machine with an NVIDIA GPU:
 #   1. install Kiln editable (builds kiln._core with the GPU plan executor),
-#   2. the GPU tests: pytest -m gpu tests/gpu (kernels vs references, AOT cubins through the
-#      driver API, whole engines vs the reference backend and HuggingFace),
+#   2. the GPU tests: pytest -m gpu tests/gpu tests/quantize/test_gpu.py (kernels vs references,
+#      AOT cubins through the driver API, whole engines vs the reference backend, HuggingFace
+#      and modelopt's fake-quantized models),
 #   3. the speed check: batch-1 decode of a Llama-3.1-8B-shaped bf16 engine beside the roofline.
 # Pure-Python packages the machine lacks can be carried as wheels in .whl/. Logs go to $OUT
 # (when set) or build/gpu-check; the speed table prints last.
@@ -28,8 +29,9 @@ $PY -c "from kiln import _core; assert hasattr(_core, 'PlanExecutor'), 'kiln._co
 
 # An engine built on a CPU-only machine, carried here (see tests/gpu/test_runtime_gpu.py).
 [ -d .carry/cpu-built/engine ] && export KILN_CPU_BUILT_ENGINE=$PWD/.carry/cpu-built
-echo "== pytest -m gpu tests/gpu"
-$PY -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider ${KILN_PYTEST_ARGS:-} 2>&1 | tee "$LOG/pytest.log" | tail -40
+echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py"
+$PY -m pytest -m gpu tests/gpu tests/quantize/test_gpu.py -q -rs -p no:cacheprovider ${KILN_PYTEST_ARGS:-} \
+  2>&1 | tee "$LOG/pytest.log" | tail -40
 tests_rc=${PIPESTATUS[0]}
 
 echo "== speed check"

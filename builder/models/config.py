@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from kiln.builder.errors import KilnError
 from kiln.builder.ops.rope import SUPPORTED_ROPE_TYPES
-from kiln.quantize.mode import check_targets, quant_mode
+from kiln.quantize.mode import check_group_size, check_targets, quant_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +163,9 @@ class BuildConfig:
     quant: str = "none"                # kiln.quantize.mode: QUANT_NAMES
     kv_cache_dtype: str = "auto"       # "auto" (= dtype), "fp8" or "int8"
     quant_mode: int | None = None      # QuantMode flags of the two above, for the C++ runtime
+    # int4: input channels per weight scale (32, 64 or 128); None: 128, or the largest of 64 and
+    # 32 that divides a GEMM's K. Each linear_wo node's group_size attr is what it got.
+    quant_group_size: int | None = None
     # Where quantization scales come from (kiln.quantize.calibrate): used by the quantize_*
     # passes, never serialized, like TensorRT's IBuilderConfig.int8_calibrator.
     calibrator: object = field(default=None, repr=False, compare=False,
@@ -186,6 +189,7 @@ class BuildConfig:
             raise KilnError(f"build.quant_mode {self.quant_mode} does not match --quant {self.quant} "
                             f"--kv-cache-dtype {self.kv_cache_dtype} ({int(mode)}); rebuild the engine")
         self.quant_mode = int(mode)
+        check_group_size(self.quant, self.quant_group_size)
         check_targets(mode, self.quant, self.kv_cache_dtype, self.targets)
 
     def check_against(self, model: ModelConfig) -> None:

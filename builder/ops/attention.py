@@ -78,7 +78,7 @@ def _reference(node, inputs, ctx):
         ks = keys.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)      # [nq, L, hd]
         vs = values.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)
         scores = (qs @ ks.transpose(1, 2)) * a["scale"]
-        key_pos = torch.arange(keys.shape[0])
+        key_pos = torch.arange(keys.shape[0], device=positions.device)
         mask = key_pos[None, :] > positions[start:end].long()[:, None]
         scores = scores.masked_fill(mask[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)

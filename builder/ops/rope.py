@@ -35,7 +35,7 @@ def inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
 
 def cos_sin(positions: torch.Tensor, attrs: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     freq = inv_freq(attrs["head_dim"], attrs["theta"], attrs.get("scaling"))
-    angles = positions.float()[:, None] * freq[None, :]
+    angles = positions.float()[:, None] * freq.to(positions.device)[None, :]
     emb = torch.cat((angles, angles), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 

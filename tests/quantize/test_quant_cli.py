@@ -65,6 +65,13 @@ def test_fp8_defaults_to_targets_that_run_it(ckpt, tmp_path):
     (["--kv-cache-dtype", "fp8", "--target-sm", "86"],
      r"--kv-cache-dtype fp8 needs SM 89 or newer, but --target-sm includes 86"),
     (["--quant", "int8_wo", "--calib-size", "0"], r"--calib-size must be at least 1, got 0$"),
+    (["--quant", "int4_awq", "--quant-group-size", "48"],
+     r"--quant-group-size 48 is not supported; use 32, 64 or 128$"),
+    (["--quant", "fp8", "--quant-group-size", "64"],
+     r"--quant-group-size applies to --quant int4_awq and int4_gptq only; drop it for --quant "
+     r"fp8$"),
+    (["--quant-group-size", "64"], r"--quant-group-size applies to --quant int4_awq and "
+                                   r"int4_gptq only; drop it for --quant none$"),
 ])
 def test_bad_modes(ckpt, tmp_path, args, pattern):
     assert_one_line_error(build("--checkpoint", ckpt, "--output", tmp_path / "e", *args), pattern)
@@ -101,11 +108,32 @@ def test_bad_calibration_text(ckpt, tmp_path):
     assert not out.exists()
 
 
+def test_int4_group_size_from_the_command_line(ckpt, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization", reason="needs nvidia-modelopt")
+    out = tmp_path / "e"
+    result = build("--checkpoint", ckpt, "--output", out, "--quant", "int4_awq",
+                   "--quant-group-size", "32", "--calib-size", "2", "--calib-seq-len", "16")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["build"]["quant_group_size"] == 32
+    assert_one_line_error(
+        build("--checkpoint", ckpt, "--output", tmp_path / "e2", "--quant", "int4_gptq",
+              "--quant-group-size", "128", "--calib-size", "2", "--calib-seq-len", "16"),
+        r"--quant-group-size 128 does not divide K=64 of layers\.0\.qkv\.weight; use 64 or 32 "
+        r"for this model$")
+    assert not (tmp_path / "e2").exists()
+
+
 def test_prequantized_checkpoints_from_the_command_line(tmp_path):
     pre, _ = write_int4_checkpoint("llama", tmp_path, "gptq", group=32, symmetric=True)
     result = build("--checkpoint", pre, "--output", tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert "int4_gptq" in result.stdout
+    assert build("--checkpoint", pre, "--output", tmp_path / "e1", "--quant-group-size", "32",
+                 "--overwrite").exit_code == 0
+    assert_one_line_error(build("--checkpoint", pre, "--output", tmp_path / "e4",
+                                "--quant-group-size", "64"),
+                          r"--quant-group-size 64 does not fit the checkpoint, which has groups "
+                          r"of 32; leave --quant-group-size out$")
     assert_one_line_error(build("--checkpoint", pre, "--output", tmp_path / "e2", "--quant", "fp8"),
                           r"the checkpoint is pre-quantized as int4_gptq \(gptq\); build it with "
                           r"--quant int4_gptq or leave --quant out")
