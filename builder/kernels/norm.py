@@ -15,16 +15,23 @@ from kiln.builder.kernels.spec import F32, pow2
 
 
 @triton.jit
+def norm_row(x, w_ptr, cols, mask, eps, H: tl.constexpr, DT: tl.constexpr):
+    """One row x (float32, [BLOCK]) normalized, rounded to DT, times the weight: float32, for
+    the caller to round to DT."""
+    inv = tl.math.rsqrt(tl.sum(x * x, axis=0) / H + eps)
+    y = (x * inv).to(DT).to(tl.float32)
+    return tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) * y
+
+
+@triton.jit
 def rmsnorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
                    H: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
     x = tl.load(x_ptr + row * X_STRIDE + cols, mask=mask, other=0.0).to(tl.float32)
-    inv = tl.math.rsqrt(tl.sum(x * x, axis=0) / H + eps)
-    y = (x * inv).to(out_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * OUT_STRIDE + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+    y = norm_row(x, w_ptr, cols, mask, eps, H, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * OUT_STRIDE + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -38,11 +45,8 @@ def add_rmsnorm_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, w_ptr, eps, X_STRIDE: t
     r = tl.load(res_ptr + row * RES_STRIDE + cols, mask=mask, other=0.0).to(tl.float32)
     total = (x + r).to(sum_ptr.dtype.element_ty)
     tl.store(sum_ptr + row * SUM_STRIDE + cols, total, mask=mask)
-    s = total.to(tl.float32)
-    inv = tl.math.rsqrt(tl.sum(s * s, axis=0) / H + eps)
-    y = (s * inv).to(out_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * OUT_STRIDE + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+    y = norm_row(total.to(tl.float32), w_ptr, cols, mask, eps, H, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * OUT_STRIDE + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -21,7 +21,7 @@ from triton.language.extra import libdevice
 
 from kiln.builder.kernels import quant_gemm
 from kiln.builder.kernels.direct import direct, interpreting
-from kiln.builder.kernels.norm import row_warps
+from kiln.builder.kernels.norm import norm_row, row_warps
 from kiln.builder.kernels.spec import F32, pow2
 
 FP8, INT8 = "float8_e4m3fn", "int8"
@@ -124,10 +124,8 @@ def rmsnorm_quant_kernel(q_ptr, row_scale_ptr, sum_ptr, x_ptr, res_ptr, w_ptr, s
         total = (x + r).to(sum_ptr.dtype.element_ty)
         tl.store(sum_ptr + row * SUM_STRIDE + cols, total, mask=mask)
         x = total.to(tl.float32)
-    inv = tl.math.rsqrt(tl.sum(x * x, axis=0) / H + eps)
-    y = (x * inv).to(x_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    y = (w * y).to(x_ptr.dtype.element_ty).to(tl.float32)
+    y = norm_row(x, w_ptr, cols, mask, eps, H, x_ptr.dtype.element_ty)
+    y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
     if IS_FP8:
         q = _fp8(y, tl.math.div_rn(1.0, tl.load(scale_ptr)), q_ptr.dtype.element_ty)
     else:

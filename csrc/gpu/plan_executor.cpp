@@ -99,7 +99,8 @@ struct ResolvedGemm
     Expr m;
     int n = 0;
     int k = 0;
-    std::string shape; ///< GEMMs of equal shape (and alternatives) share their choices
+    int shape = 0; ///< GEMMs of equal shape (and alternatives) share their choices
+    int maxM = 0;  ///< the most rows any alternative takes (0: none)
     std::vector<ResolvedAlternative> alternatives;
 };
 
@@ -607,17 +608,18 @@ private:
                     reinterpret_cast<void const*>(resolve(g.a, g.label)),
                     reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
                     g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale};
-                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k,
-                    g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x" + std::to_string(g.k) + "/"
-                        + std::to_string(g.lda) + "/" + std::to_string(g.ldc) + (g.bias ? "/bias" : "") + "/"
-                        + std::to_string(g.alternatives.size()),
-                    {}};
+                std::string const shape = g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x"
+                    + std::to_string(g.k) + "/" + std::to_string(g.lda) + "/" + std::to_string(g.ldc)
+                    + (g.bias ? "/bias" : "") + "/" + std::to_string(g.alternatives.size());
+                auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}};
                 for (auto const& alternative : g.alternatives)
                 {
                     ResolvedAlternative resolved{alternative.maxM, {}};
                     for (auto const& step : alternative.steps)
                         resolved.steps.push_back(resolveLaunch(step));
                     gemm.alternatives.push_back(std::move(resolved));
+                    gemm.maxM = std::max(gemm.maxM, alternative.maxM);
                 }
                 mProgram.emplace_back(std::move(gemm));
             }
@@ -736,7 +738,7 @@ private:
     void runGemm(ResolvedGemm& gemm)
     {
         auto const m = gemm.m.eval(mValues);
-        int const choice = gemm.alternatives.empty() ? -1 : choose(gemm, m);
+        int const choice = m <= gemm.maxM ? choose(gemm, m) : -1;
         if (choice < 0)
         {
             mGemm->run(gemm.id, static_cast<int>(m), mStream);
@@ -746,9 +748,10 @@ private:
             run(launch);
     }
 
-    /// What runs `gemm` at `m` rows: cuBLASLt (-1) or the alternative that times fastest, timed
-    /// on this step's operands for the first GEMM of its shape (the output is rewritten by the
-    /// real run). Never called during a capture: runGraph decides before it captures.
+    /// What runs `gemm` at `m` (<= gemm.maxM) rows: cuBLASLt (-1) or the alternative that times
+    /// fastest, timed on this step's operands for the first GEMM of its shape (the output is
+    /// rewritten by the real run). Never called during a capture: runGraph decides before it
+    /// captures.
     int choose(ResolvedGemm& gemm, std::int64_t m)
     {
         auto const key = std::make_pair(gemm.shape, m);
@@ -822,7 +825,7 @@ private:
                 if (auto* gemm = std::get_if<ResolvedGemm>(&item))
                 {
                     auto const m = gemm->m.eval(mValues);
-                    if (gemm->alternatives.empty() || choose(*gemm, m) < 0)
+                    if (m > gemm->maxM || choose(*gemm, m) < 0)
                         mGemm->prepare(gemm->id, static_cast<int>(m), mStream);
                 }
             }
@@ -1038,7 +1041,8 @@ private:
         std::string report;
     };
     std::vector<AlternativeChoice> mAlternativeChoices;
-    std::map<std::pair<std::string, std::int64_t>, int> mChosen; ///< (GEMM shape, M) -> choice
+    std::map<std::string, int> mShapeIds;                    ///< a GEMM shape's description -> its id
+    std::map<std::pair<int, std::int64_t>, int> mChosen; ///< (GEMM shape id, M) -> choice
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
 };
