@@ -43,8 +43,22 @@ def _rint(x):
 
 
 @triton.jit
+def e4m3_grid(x):
+    """x (float32, within +-448) rounded to the float8_e4m3fn grid (to nearest even), as the cast
+    to it rounds. The GPU's cast rounds by itself. Triton's interpreter drops the carry of a
+    mantissa that rounds up into the next power of two (1.996 -> 1.0), so there the rounding is
+    done here and the cast is exact: steps of 2**(e - 3), e the exponent (at least -6)."""
+    if INTERPRETED:
+        e = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(x), 1e-30))), -6.0)
+        step = tl.exp2(e - 3.0)
+        return _rint(x / step) * step
+    else:
+        return x
+
+
+@triton.jit
 def _fp8(y, inv, Q_TYPE: tl.constexpr):
-    return tl.minimum(tl.maximum(y * inv, -448.0), 448.0).to(Q_TYPE)
+    return e4m3_grid(tl.minimum(tl.maximum(y * inv, -448.0), 448.0)).to(Q_TYPE)
 
 
 @triton.jit

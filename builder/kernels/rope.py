@@ -23,6 +23,7 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.norm import row_warps
+from kiln.builder.kernels.quant import e4m3_grid
 from kiln.builder.kernels.spec import pow2
 
 
@@ -39,7 +40,7 @@ def _quantize(y, inv_scale, SRC_TY: tl.constexpr, QUANT: tl.constexpr):
     """quantize_kv's value before the final cast: fp8 saturated; int8 rounded and clamped."""
     x = y.to(SRC_TY).to(tl.float32) * inv_scale
     if QUANT == 1:
-        return tl.minimum(tl.maximum(x, -448.0), 448.0)
+        return e4m3_grid(tl.minimum(tl.maximum(x, -448.0), 448.0))
     else:
         # Round half to even without libdevice (the interpreter has none); clamping first is
         # the same as clamping after, and keeps every step below exact in float32.

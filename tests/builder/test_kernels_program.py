@@ -96,12 +96,20 @@ def test_program_long_context_split_kv(tiny_engine):
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
 
 
-@pytest.mark.parametrize("quant,kv", [("int8_sq", "auto"), ("int8_wo", "auto"), ("int4_awq", "auto"),
-                                      ("int4_gptq", "auto"), ("none", "int8")])
+# Attention's float32 sums are taken in another order than the reference's (about 1e-7
+# apart). A value that sits that close to an e4m3 rounding boundary lands on the neighbouring
+# code, 1/16 to 1/8 of it away, which moves the logits by up to about 1e-2 (measured 8.7e-3 once
+# in three calibrations with an FP8 cache and FP8 activations). One such step is allowed where
+# the engine has e4m3 codes; the other steps must agree to 1e-4.
+TIE_BOUND = 2e-2
+
+
+@pytest.mark.parametrize("quant,kv", [("fp8", "auto"), ("int8_sq", "auto"), ("int8_wo", "auto"),
+                                      ("int4_awq", "auto"), ("int4_gptq", "auto"), ("none", "int8"),
+                                      ("none", "fp8"), ("fp8", "fp8")])
 def test_quantized_program_matches_reference_backend(tmp_path, quant, kv):
     """The quantized kernels and their lowering, whole: the program of a calibrated engine
-    against the quantized ops' torch references. (FP8 is left to the GPU tests: Triton's
-    interpreter rounds float32 -> fp8 wrongly.)"""
+    against the quantized ops' torch references."""
     pytest.importorskip("modelopt.torch.quantization", reason="needs nvidia-modelopt")
     import torch
 
@@ -117,6 +125,9 @@ def test_quantized_program_matches_reference_backend(tmp_path, quant, kv):
                         tokens_per_block=4, targets=[90], quant=quant, kv_cache_dtype=kv,
                         calibrator=calibrator)
     build_engine(ckpt, tmp_path / "e", build, progress=False)
-    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(tmp_path / "e", MIXED)):
-        assert err < 1e-4, f"step {i}: error {err:.2e}"
+    results = run(tmp_path / "e", MIXED)
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
+        assert err < TIE_BOUND, f"step {i}: error {err:.2e}"
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
+    ties = sum(err >= 1e-4 for err, *_ in results)
+    assert ties <= (1 if "fp8" in (quant, kv) else 0), [f"{e[0]:.1e}" for e in results]

@@ -2,10 +2,11 @@
 ops' torch references (tests/gpu/quant_kernel_checks.py, in one subprocess started with
 TRITON_INTERPRET=1); and the lowering of each quantized op to launches and GEMMs.
 
-What the interpreter cannot check is left to tests/gpu/test_quant_kernels.py: its float32 ->
-fp8e4nv conversion rounds wrongly where rounding carries into the next power of two (125.5 ->
-64), its float32 -> bfloat16 conversion truncates instead of rounding to nearest even, and it
-cannot multiply bfloat16 matrices."""
+Its float32 -> fp8e4nv conversion rounds wrongly where rounding carries into the next power of
+two (125.5 -> 64); the kernels round to the e4m3 grid themselves under the interpreter
+(quant.e4m3_grid), so their fp8 codes are checked here too. What the interpreter cannot check
+is left to tests/gpu/test_quant_kernels.py: its float32 -> bfloat16 conversion truncates
+instead of rounding to nearest even, and it cannot multiply bfloat16 matrices."""
 import sys
 from pathlib import Path
 
@@ -19,15 +20,11 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "gpu"))
 import quant_kernel_checks  # noqa: E402
 
 CASES = {name: bound for name, _, _, bound in quant_kernel_checks.interpreter_cases()}
-FP8_REASON = ("Triton's interpreter converts float32 to fp8e4nv wrongly at binade carries; "
-              "fp8 outputs are checked on the GPU (test_quant_kernels.py)")
 BF16_REASON = ("Triton's interpreter truncates float32 -> bfloat16 and cannot multiply "
                "bfloat16 matrices; bfloat16 is checked on the GPU (test_quant_kernels.py)")
 
 
 def skip_reason(name: str) -> str | None:
-    if "fp8" in name and not name.startswith("linear_fp8"):  # linear_fp8 takes torch's codes
-        return FP8_REASON
     exact_bf16 = ("rmsnorm_quant", "silu_mul_quant", "linear_wo")
     if name.endswith("bfloat16") and any(op in name for op in exact_bf16):
         return BF16_REASON
