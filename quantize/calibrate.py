@@ -36,7 +36,20 @@ def import_modelopt():
                         "it with pip install 'kiln[quant]'") from None
     if KVCacheInput not in QuantModuleRegistry:
         QuantModuleRegistry.register({KVCacheInput: "kiln.KVCacheInput"})(_quant_kv_class())
+    _torch_fp8_fake_quant()
     return mtq
+
+
+def _torch_fp8_fake_quant() -> None:
+    """modelopt compiles a CUDA extension for its FP8 fake quantizer the first time one runs on a
+    GPU (about 50 s on an H100 host, once per machine). Without it modelopt takes its torch path
+    (fp8_eager: x * (448 / amax), saturated, cast to e4m3 and back), the one it runs on the CPU,
+    so calibration takes that path everywhere and a first FP8 build compiles nothing. (Its int8
+    and int4 fake quantizers have no torch path on the GPU: their extension still compiles.)"""
+    from modelopt.torch.quantization import extensions
+
+    if not hasattr(extensions.get_cuda_ext_fp8, "extension"):
+        extensions.get_cuda_ext_fp8.extension = None
 
 
 def _quant_kv_class():

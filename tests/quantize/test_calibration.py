@@ -154,3 +154,20 @@ def test_awq_smoothing_reaches_the_engine(checkpoints, tmp_path):
     assert "layers.0.attn_norm.smoothed_weight" in engine.weights
     pqs = engine.weights["layers.0.o.pre_quant_scale"]
     assert pqs.shape == (64,) and (pqs - 1).abs().max() > 1e-3
+
+
+def test_fp8_fake_quant_takes_the_torch_path():
+    """No CUDA extension is compiled for FP8 calibration: modelopt's FP8 fake quantizer runs its
+    torch path (the CPU's) on the GPU too: the e4m3 codes of x * (448 / amax), times the
+    reciprocal of that factor."""
+    import modelopt.torch.quantization.tensor_quant as tq
+    from modelopt.torch.quantization import extensions
+
+    from kiln.quantize.calibrate import import_modelopt
+
+    import_modelopt()
+    assert extensions.get_cuda_ext_fp8() is None
+    x, amax = torch.randn(4, 64) * 3, torch.tensor(5.0)
+    factor = 448 / amax
+    expect = (x * factor).clamp(-448, 448).to(torch.float8_e4m3fn).float() * (1 / factor)
+    assert torch.equal(tq.scaled_e4m3_impl(x, amax), expect)
