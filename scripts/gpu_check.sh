@@ -30,9 +30,10 @@ $PY -c "from kiln import _core; assert hasattr(_core, 'PlanExecutor'), 'kiln._co
 # An engine built on a CPU-only machine, carried here (see tests/gpu/test_runtime_gpu.py).
 [ -d .carry/cpu-built/engine ] && export KILN_CPU_BUILT_ENGINE=$PWD/.carry/cpu-built
 # The speed check runs first, so its figures are in $LOG/speed.log even when the tests run
-# past a time limit; its table is printed last.
+# past a time limit (with each kernel's device time in a batch-1 decode step); its table is
+# printed last.
 echo "== speed check (table at the end)"
-$PY tests/gpu/speed_check.py >"$LOG/speed.log" 2>&1
+$PY tests/gpu/speed_check.py --profile >"$LOG/speed.log" 2>&1
 speed_rc=$?
 echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py"
 $PY -m pytest -m gpu tests/gpu tests/quantize/test_gpu.py -q -rs -p no:cacheprovider --durations=12 \
