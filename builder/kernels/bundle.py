@@ -48,20 +48,18 @@ def _outputs(ctx) -> dict:
     return out
 
 
-def build_bundle(graph, build, progress=None, compile: bool = True):
-    """The header and cubins; with compile=False the header only, each kernel with no binaries
-    (what tests/gpu/program_emulator.py needs, and all Triton's interpreter can give)."""
+def build_bundle(graph, build, progress=None):
+    """The header and cubins."""
     from kiln.builder.engine.writer import KernelBundle
 
     ctx = lower(graph, build)
     specs = kernels_of(ctx)
     kernels, blobs = {}, {}
-    targets = build.targets if compile else []
-    total, done = len(specs) * len(targets), 0
+    total, done = len(specs) * len(build.targets), 0
     for key, spec in specs.items():
         entry = spec.describe()
         entry["sm"] = {}
-        for sm in targets:
+        for sm in build.targets:
             compiled = compile_spec(spec, sm)
             blob = f"kernels/{key}.sm{sm}"
             blobs[blob] = compiled.cubin

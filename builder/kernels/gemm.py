@@ -31,6 +31,15 @@ SMALL_CONFIGS_FP8 = ((16, 512, 4, 4), (32, 256, 4, 4))
 
 
 @triton.jit
+def mma(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b; IEEE: in full float32 (float32 models), else the inputs' tensor-core rate."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
 def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, M,
                         X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, SCALED: tl.constexpr,
@@ -56,10 +65,7 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
         if SCALED:
             x = x.to(tl.float16)
             w = w.to(tl.float16)
-        if IEEE:
-            acc = tl.dot(x, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w, acc)
+        acc = mma(x, w, acc, IEEE)
     if SCALED:
         acc = acc * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
     if HAS_BIAS:

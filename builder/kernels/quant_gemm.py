@@ -25,7 +25,7 @@ import triton.language as tl
 
 from kiln.builder.errors import KilnError
 from kiln.builder.kernels.direct import direct
-from kiln.builder.kernels.gemm import small_m_alternatives
+from kiln.builder.kernels.gemm import mma, small_m_alternatives
 from kiln.builder.kernels.spec import Gemm, I32
 
 SMALL_M = 16
@@ -34,14 +34,6 @@ REDUCE_BLOCK = 1024
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 WO_SMALL, WO_LARGE = (SMALL_M, 64, 128, 4, 3), (64, 128, 64, 4, 3)
 W8A8_SMALL, W8A8_LARGE = (SMALL_M, 32, 256, 4, 3), (128, 128, 64, 8, 3)
-
-
-@triton.jit
-def _mma(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -137,8 +129,8 @@ def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pq
                             NG, GROUP, BITS, HAS_ZERO, PER_STEP, BLOCK_K)
             x_even = _x_cols(x_ptr, pqs_ptr, rows64, row_ok, k, k_ok, X_STRIDE, HAS_PQS)
             x_odd = _x_cols(x_ptr, pqs_ptr, rows64, row_ok, k + 1, k_ok, X_STRIDE, HAS_PQS)
-            acc = _mma(x_even, w_lo, acc, IEEE)
-            acc = _mma(x_odd, w_hi, acc, IEEE)
+            acc = mma(x_even, w_lo, acc, IEEE)
+            acc = mma(x_odd, w_hi, acc, IEEE)
         else:
             k = c * BLOCK_K + tl.arange(0, BLOCK_K)
             k_ok = k < K
@@ -146,7 +138,7 @@ def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pq
                         mask=k_ok[:, None] & col_ok[None, :], other=0)
             w = _dequant(u, scales_ptr, zeros_ptr, cols64, col_ok, k, k_ok, c, DT, NG, GROUP,
                          BITS, HAS_ZERO, PER_STEP, BLOCK_K)
-            acc = _mma(_x_cols(x_ptr, pqs_ptr, rows64, row_ok, k, k_ok, X_STRIDE, HAS_PQS), w,
+            acc = mma(_x_cols(x_ptr, pqs_ptr, rows64, row_ok, k, k_ok, X_STRIDE, HAS_PQS), w,
                        acc, IEEE)
     mask = row_ok[:, None] & col_ok[None, :]
     if num_splits == 1:

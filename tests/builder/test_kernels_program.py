@@ -21,9 +21,6 @@ from kiln_testing import PagedSequences
 from program_emulator import ProgramEmulator
 
 engine = load_engine(sys.argv[1])
-if not engine.kernels:  # a quantized engine: its program, compiled here from its plan
-    from kiln.builder.kernels.bundle import build_bundle
-    engine.kernels = build_bundle(engine.graph, engine.config.build, compile=False).header
 schedule = json.loads(sys.argv[2])
 lengths = schedule.pop(0)
 build = engine.config.build

@@ -1,8 +1,7 @@
 """Quantized engines on the GPU plan executor against the CPU reference backend running the same
 engine (the quantized ops' torch references): prefill, chunked prefill mixed with decodes, and
-decodes as CUDA graphs. The program is compiled here from the engine's own plan, so this checks
-the quantized kernels, their lowering and the FP8 cuBLASLt GEMM whole, before engine-build puts
-them in quantized engines."""
+decodes as CUDA graphs: the quantized kernels, their lowering and the FP8 cuBLASLt GEMM whole,
+as engine-build puts them in the engine."""
 import numpy as np
 import pytest
 import torch
@@ -27,22 +26,6 @@ MODES = [("fp8", "auto"), ("int8_sq", "auto"), ("int8_wo", "auto"), ("int4_awq",
 #    for FP8 only the first bound applies (the exact FP8 program is checked on the CPU in
 #    tests/builder/test_kernels_program.py).
 BOUND = 8e-2
-
-
-class CompiledEngine:
-    """What PlanExecutor reads: the engine's weights with a program compiled from its plan."""
-
-    def __init__(self, engine, sm: int) -> None:
-        from dataclasses import replace
-
-        from kiln.builder.kernels import compile_plan
-
-        build = replace(engine.config.build, targets=[sm])
-        bundle = compile_plan(engine.graph, build)
-        self.kernels, self._blobs, self.weights = bundle.header, bundle.blobs, engine.weights
-
-    def blob(self, key: str) -> bytes:
-        return self._blobs[key]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +65,7 @@ def test_quantized_engine_matches_reference(core, sm, ckpt, unquantized, tmp_pat
                         calibrator=calibrator)
     build_engine(ckpt, tmp_path / "e", build, progress=False)
     engine = load_engine(tmp_path / "e")
-    gpu = core.PlanExecutor(CompiledEngine(engine, sm), num_blocks=NUM_BLOCKS)
+    gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS)
     steps, _ = run_schedule([ReferenceBackend(engine, NUM_BLOCKS), gpu,
                              ReferenceBackend(unquantized, NUM_BLOCKS)], engine)
     for i, (ref, out, exact) in enumerate(zip(*steps)):

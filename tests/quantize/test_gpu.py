@@ -3,9 +3,15 @@ modelopt's fake-quantized model there too, on the GPU plan executor when the eng
 for its quantized ops."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "gpu"))
+from kernel_checks import rel_err  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -74,9 +80,5 @@ def test_gpu_calibration_and_engine_agree_with_modelopt(ckpt, tmp_path, quant, k
     plain = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     with torch.no_grad():
         exact = plain(tokens).logits.reshape(-1, ours.shape[-1])[[23, 47]]
-    own, gpu = rel(fake[[23, 47]], exact), rel(ours, exact)
+    own, gpu = rel_err(fake[[23, 47]], exact), rel_err(ours, exact)
     assert gpu < 2 * own + 0.01, f"GPU {gpu:.3f} from the unquantized model, fake-quantized {own:.3f}"
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
