@@ -9,6 +9,7 @@ fake-quantized model of the engine, which the tests compare the engine against.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 
 import torch
@@ -36,20 +37,22 @@ def import_modelopt():
                         "it with pip install 'kiln[quant]'") from None
     if KVCacheInput not in QuantModuleRegistry:
         QuantModuleRegistry.register({KVCacheInput: "kiln.KVCacheInput"})(_quant_kv_class())
-    _torch_fp8_fake_quant()
+    _torch_fake_quant()
     return mtq
 
 
-def _torch_fp8_fake_quant() -> None:
-    """modelopt compiles a CUDA extension for its FP8 fake quantizer the first time one runs on a
-    GPU (about 50 s on an H100 host, once per machine). Without it modelopt takes its torch path
-    (fp8_eager: x * (448 / amax), saturated, cast to e4m3 and back), the one it runs on the CPU,
-    so calibration takes that path everywhere and a first FP8 build compiles nothing. (Its int8
-    and int4 fake quantizers have no torch path on the GPU: their extension still compiles.)"""
+def _torch_fake_quant() -> None:
+    """modelopt compiles CUDA extensions for its fake quantizers the first time one runs on a
+    GPU (about 50 s each on an H100 host, once per machine). Without them modelopt takes its
+    torch path, the one it runs on the CPU (FP8: x * (448 / amax), saturated, cast to e4m3 and
+    back; integers: round(x * bound / amax) clamped, times amax / bound), so calibration
+    computes the same on the GPU as on the CPU and a first build compiles nothing. Its int4
+    block quantizer takes that path on the GPU in any case."""
     from modelopt.torch.quantization import extensions
 
-    if not hasattr(extensions.get_cuda_ext_fp8, "extension"):
-        extensions.get_cuda_ext_fp8.extension = None
+    for loader in (extensions.get_cuda_ext, extensions.get_cuda_ext_fp8):
+        if not hasattr(loader, "extension"):
+            loader.extension = None
 
 
 def _quant_kv_class():
@@ -117,10 +120,13 @@ class ModeloptCalibrator:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.module: GraphModule | None = None
         self._result: Calibration | None = None
+        self.seconds = 0.0  # the calibration's wall time, once it has run
 
     def calibrate(self, graph: Graph, build) -> Calibration:
         if self._result is None:
+            start = time.perf_counter()
             self._result = self._run(graph, build)
+            self.seconds = time.perf_counter() - start
         return self._result
 
     def forward_loop(self, module: GraphModule) -> None:
@@ -166,7 +172,6 @@ class ModeloptCalibrator:
 def _linear_quant(quant: str, lin, group: int | None) -> LinearQuant:
     n, k = lin.weight.shape
     amax = lin.weight_quantizer.amax.detach().float().cpu()
-    weight = lin.weight.detach().float().cpu()
     iq = lin.input_quantizer
     pqs = None
     if getattr(iq, "_enable_pre_quant_scale", False) and iq.pre_quant_scale is not None:
@@ -175,6 +180,10 @@ def _linear_quant(quant: str, lin, group: int | None) -> LinearQuant:
         return LinearQuant(weight_scale=pack.scale_from_amax(amax.reshape(1), pack.FP8_MAX),
                            input_scale=pack.scale_from_amax(iq.amax.detach().cpu().reshape(1),
                                                             pack.FP8_MAX))
+    # Smoothing (int8_sq) and AWQ change the weight, so it is kept; FP8 and int8_wo quantize
+    # the checkpoint's own, read again as the engine is written.
+    keep = quant == "int8_sq" or quant in INT4_MODES
+    weight = lin.weight.detach().float().cpu() if keep else None
     if quant == "int8_sq":
         return LinearQuant(weight_scale=pack.scale_from_amax(amax.reshape(n), pack.INT8_MAX),
                            group_size=k, weight=weight, pre_quant_scale=pqs)

@@ -31,13 +31,13 @@ def scale_from_amax(amax: torch.Tensor, bound: float) -> torch.Tensor:
 
 def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """float8_e4m3fn(x / scale), rounded to nearest even and saturated at +-448."""
-    y = x.float() * torch.reciprocal(scale.float())
+    y = x.float() * torch.reciprocal(scale.float().to(x.device))
     return y.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
 
 def to_int(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """round(x / scale) clamped to [lo, hi], as float32 integers (round half to even)."""
-    return torch.round(x.float() * torch.reciprocal(scale.float())).clamp(lo, hi)
+    return torch.round(x.float() * torch.reciprocal(scale.float().to(x.device))).clamp(lo, hi)
 
 
 def per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +80,7 @@ def quantize_weight(w: torch.Tensor, bits: int, scales: torch.Tensor, group_size
     if k % group_size or scales.shape != (n, k // group_size):
         raise ValueError(f"scales {tuple(scales.shape)} do not fit weight {(n, k)} in groups "
                          f"of {group_size}")
-    s = _per_group(scales.float(), group_size)
+    s = _per_group(scales.float().to(w.device), group_size)
     if bits == 8:
         if zeros is not None:
             raise ValueError("int8 weights are symmetric: no zero points")
@@ -90,7 +90,8 @@ def quantize_weight(w: torch.Tensor, bits: int, scales: torch.Tensor, group_size
     if zeros is None:
         u = to_int(w, s, -INT4_SYMMETRIC_ZERO, INT4_MAX) + INT4_SYMMETRIC_ZERO
     else:
-        u = (to_int(w, s, -15, 15) + _per_group(zeros.float(), group_size)).clamp(0, 15)
+        zero = _per_group(zeros.float().to(w.device), group_size)
+        u = (to_int(w, s, -15, 15) + zero).clamp(0, 15)
     return pack_int4(u)
 
 

@@ -6,18 +6,20 @@
 # A set is ISL:OSL:REQUESTS:HF_REQUESTS:HF_BATCH. KILN_BENCH_POLICY picks the capacity scheduler
 # policy (max_utilization, the default, or guaranteed_no_evict). KILN_BENCH_QUANT=fp8 (or another
 # --quant mode) builds and measures a quantized engine instead, calibrated on random token ids and
-# with no HF baseline (HF's figures are the BF16 run's). Results (JSON) and logs go to $OUT/bench
+# with no HF baseline (HF's figures are the BF16 run's); KILN_BENCH_KV=fp8 (or int8) quantizes
+# the KV cache too. Results (JSON) and logs go to $OUT/bench
 # (when set) or build/bench; each command's table prints as it finishes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DIR=${OUT:-build}/bench
 QUANT=${KILN_BENCH_QUANT:-none}
-if [ "$QUANT" = none ]; then
-  E=${KILN_BENCH_ENGINE:-engines/llama-3.1-8b-bf16}; TAG=""; BASELINE=(--baseline hf)
-else
-  E=${KILN_BENCH_ENGINE:-engines/llama-3.1-8b-$QUANT}; TAG="-$QUANT"; BASELINE=()
-fi
+KV=${KILN_BENCH_KV:-auto}
+if [ "$QUANT" = none ]; then NAME=bf16; TAG=""; else NAME=$QUANT; TAG="-$QUANT"; fi
+[ "$KV" = auto ] || { NAME="$NAME-kv$KV"; TAG="$TAG-kv$KV"; }
+E=${KILN_BENCH_ENGINE:-engines/llama-3.1-8b-$NAME}
+BASELINE=()
+[ "$QUANT$KV" = noneauto ] && BASELINE=(--baseline hf)
 SM=${KILN_BENCH_SM:-$($PY -c "import torch; a, b = torch.cuda.get_device_capability(); print(a * 10 + b)")}
 mkdir -p "$DIR" data
 export PYTHONUNBUFFERED=1
@@ -28,7 +30,7 @@ if [ ! -f "$E/config.json" ]; then
   start=$(date +%s%N)
   $PY -c "import sys; from kiln.builder.cli import build_main; build_main(prog_name='engine-build')" --random-weights llama-3.1-8b --dtype bfloat16 --output "$E" \
     --max-batch-size 256 --max-seq-len 4096 --max-num-tokens 8192 --target-sm "$SM" --overwrite \
-    --quant "$QUANT" --calib-size 8 --calib-seq-len 256 \
+    --quant "$QUANT" --kv-cache-dtype "$KV" --calib-size 8 --calib-seq-len 256 \
     2>&1 | tail -15 || exit 1
   echo "engine-build wall time: $(( ($(date +%s%N) - start) / 1000000 )) ms"
 fi
@@ -46,7 +48,7 @@ for what in "$@"; do
     --num-requests "$n" --input-mean "$isl" --output-mean "$osl" || exit 1
   echo "== throughput $isl/$osl, $n requests (HF: $hf_n at batch $hf_b)"
   hf=()
-  [ "$QUANT" = none ] && hf=(--baseline hf --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b")
+  [ ${#BASELINE[@]} -gt 0 ] && hf=(--baseline hf --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b")
   $PY -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" "${hf[@]}" \
     --capacity-scheduler-policy "${KILN_BENCH_POLICY:-max_utilization}" \
     --json "$DIR/throughput-$isl-$osl$TAG.json" 2>&1 | tail -40 || rc=1

@@ -15,7 +15,8 @@ sequence's cached keys 0..p; GQA shares one kv head among GROUP query heads). Th
 Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in float32.
 
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it) is read a tile at a
-time and converted in registers to q's dtype, which holds every fp8 and int8 value exactly; the
+time and converted in registers to q's dtype (float16 for an FP8 cache of a 16-bit build: q is
+converted once, see _fp8_cache_operand), which holds every fp8 and int8 value exactly; the
 dequantization factors are then applied in float32 where they cost nothing and add no rounding:
 k_scale folds into the softmax scale (q.(s k) = s (q.k)) and v_scale multiplies the float32
 accumulator once (sum p (s v) = s sum p v), before it is normalized or stored as a partial.
@@ -54,6 +55,18 @@ def _dot(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a.to(b.dtype), b)
+
+
+@triton.jit
+def _fp8_cache_operand(q, IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
+    """q in the dtype the cache's tiles convert to: with an FP8 cache, float16 for 16-bit
+    builds, since e4m3 -> float16 is one conversion instruction for two values (e4m3 ->
+    bfloat16 takes three, which made the loop conversion-bound at half the bandwidth). Every
+    e4m3 value is a float16 value, and so is every bfloat16 q of magnitude 2^-14 to 65504."""
+    if KV_QUANT == 1:
+        if not IEEE:
+            q = q.to(tl.float16)
+    return q
 
 
 @triton.jit
@@ -117,6 +130,7 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
         tok = (q_begin + t).to(tl.int64)
         q = tl.load(q_ptr + tok[:, None] * Q_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
                     mask=mask, other=0.0)
+        q = _fp8_cache_operand(q, IEEE, KV_QUANT)
         acc = tl.zeros([BLOCK_M, DIM_PAD], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -158,6 +172,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     tok = tl.load(query_start_ptr + seq).to(tl.int64)
     q = tl.load(q_ptr + tok * Q_STRIDE + head[:, None] * HEAD_DIM + d[None, :], mask=mask,
                 other=0.0)
+    q = _fp8_cache_operand(q, IEEE, KV_QUANT)
     acc = tl.zeros([BLOCK_M, DIM_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)

@@ -21,6 +21,7 @@ from kiln.quantize import pack
 from kiln.quantize.calibration import LinearQuant, quantized_linears
 
 NORMS = ("rmsnorm", "add_rmsnorm")
+QUANTIZE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _lazy(fn, describe: str) -> WeightSource:
@@ -74,7 +75,9 @@ def _quantized_weight(g: Graph, w: str, lq: LinearQuant, dtype: str, shape: tupl
     weight = lq.weight
 
     def load() -> torch.Tensor:
-        return quantize(weight if weight is not None else source.load(torch.float32))
+        # On the GPU when there is one: rounding 8B float32 values on the host takes a minute.
+        t = weight if weight is not None else source.load(torch.float32)
+        return quantize(t.to(QUANTIZE_DEVICE)).cpu()
 
     g.values[w].dtype, g.values[w].shape = dtype, shape
     g.sources[w] = _lazy(load, f"quantized:{w}")

@@ -1,8 +1,10 @@
 """Batch-1 decode speed of a Llama-3.1-8B-shaped bfloat16 engine (random weights drawn on the
-GPU, kept in memory: no engine file), beside the roofline: weight bytes over the measured
+GPU, kept in memory: no engine file), or of an engine built by engine-build (`--engine DIR`, a
+quantized one too), beside the roofline: the bytes a decode step reads over the measured
 device-to-device copy bandwidth. Prints a table last.
 
     python tests/gpu/speed_check.py [--steps 256] [--prompt 128] [--shape llama-3.1-8b]
+                                    [--engine DIR] [--profile]
 """
 from __future__ import annotations
 
@@ -90,26 +92,32 @@ def prefill_time(gpu, vocab: int, prompt: int, tpb: int, max_blocks: int, reps: 
     return statistics.median(times[1:])
 
 
-def profile_decode(gpu, vocab: int, prompt: int, tpb: int, max_blocks: int, steps: int = 20,
-                   graphs: bool = True) -> list[tuple[str, float, int]]:
-    """Device time per batch-1 decode step of each kernel (by name, CUPTI through torch's
-    profiler): [(name, microseconds per step, launches per step)], largest first, and the
-    total under the name "all kernels"."""
+def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_blocks: int,
+                   steps: int = 20, graphs: bool = True) -> list[tuple[str, float, int]]:
+    """Device time per decode step of `batch` sequences of each kernel (by name, CUPTI through
+    torch's profiler): [(name, microseconds per step, launches per step)], largest first, and
+    the total under the name "all kernels"."""
     from torch.profiler import ProfilerActivity, profile
 
     from kiln_testing import PagedSequences
 
     gpu.cuda_graphs = graphs
     seqs = PagedSequences(tpb, max_blocks, gpu.num_blocks, seed=1)
-    seqs.add(torch.randint(0, vocab, (prompt,), generator=torch.Generator().manual_seed(5)).tolist())
-    pick = int(gpu.run_step(seqs.step([(0, prompt)]), [])["tokens"][0])
+    g = torch.Generator().manual_seed(5)
+    for _ in range(batch):
+        seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
+    picks = gpu.run_step(seqs.step([(s, prompt) for s in range(batch)]), [])["tokens"].tolist()
+
+    def step() -> list[int]:
+        for s in range(batch):
+            seqs.tokens[s].append(int(picks[s]))
+        return gpu.run_step(seqs.step([(s, 1) for s in range(batch)]), [])["tokens"].tolist()
+
     for _ in range(3):  # warm: graphs captured, GEMM choices made
-        seqs.tokens[0].append(pick)
-        pick = int(gpu.run_step(seqs.step([(0, 1)]), [])["tokens"][0])
+        picks = step()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            seqs.tokens[0].append(pick)
-            pick = int(gpu.run_step(seqs.step([(0, 1)]), [])["tokens"][0])
+            picks = step()
     totals: dict[str, list] = {}
     for event in prof.events():
         if event.device_type.name != "CUDA" or "memcpy" in event.name.lower():
@@ -127,8 +135,10 @@ def main() -> None:
     parser.add_argument("--shape", default="llama-3.1-8b")
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--engine", help="an engine directory (engine-build's --output) to time "
+                        "instead of the in-memory bf16 one")
     parser.add_argument("--profile", action="store_true",
-                        help="also print each kernel's device time per batch-1 decode step")
+                        help="also print each kernel's device time per decode step, batch 1 and 8")
     args = parser.parse_args()
 
     from kiln import _core
@@ -137,30 +147,43 @@ def main() -> None:
     from kiln.builder.passes import run_pipeline
     from kiln.builder.random_weights import RandomCheckpoint
 
-    major, minor = torch.cuda.get_device_capability()
-    sm = major * 10 + minor
-    build = BuildConfig(dtype="bfloat16", max_batch_size=64, max_seq_len=4096,
-                        max_num_tokens=2048, tokens_per_block=32, targets=[sm])
     t0 = time.perf_counter()
-    with RandomCheckpoint(args.shape) as ckpt:
-        model = ModelConfig.from_hf(ckpt.hf_config)
-        graph = run_pipeline(build_graph(model, build, ckpt), build)
-        t1 = time.perf_counter()
-        bundle = compile_plan(graph, build)
-        t2 = time.perf_counter()
-        weights = {n: graph.sources[n].load(torch.bfloat16).contiguous()
-                   for n in graph.of_kind("weight")}
-    t3 = time.perf_counter()
-    weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
-    engine = InMemoryEngine(bundle, weights)
+    if args.engine:
+        from kiln.builder.engine import load_engine
+        from kiln.runtime.bench.roofline import decode_bytes_per_token
+
+        engine = load_engine(args.engine, verify=False)
+        model, build = engine.config.model, engine.config.build
+        label = f"{args.engine.rstrip('/').split('/')[-1]}"
+        read_bytes = decode_bytes_per_token(engine)
+        t1 = t2 = t3 = time.perf_counter()
+    else:
+        major, minor = torch.cuda.get_device_capability()
+        build = BuildConfig(dtype="bfloat16", max_batch_size=64, max_seq_len=4096,
+                            max_num_tokens=2048, tokens_per_block=32, targets=[major * 10 + minor])
+        with RandomCheckpoint(args.shape) as ckpt:
+            model = ModelConfig.from_hf(ckpt.hf_config)
+            graph = run_pipeline(build_graph(model, build, ckpt), build)
+            t1 = time.perf_counter()
+            bundle = compile_plan(graph, build)
+            t2 = time.perf_counter()
+            weights = {n: graph.sources[n].load(torch.bfloat16).contiguous()
+                       for n in graph.of_kind("weight")}
+        t3 = time.perf_counter()
+        # Every weight is read once a step (the embedding table too: a bound on the safe side).
+        read_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+        engine = InMemoryEngine(bundle, weights)
+        label = args.shape + " bf16"
     blocks = 64 * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     t4 = time.perf_counter()
-    del weights, engine
+    del engine
+    if not args.engine:
+        del weights
     print(gpu.describe(), flush=True)
 
     bandwidth = copy_bandwidth()
-    roofline = bandwidth / weight_bytes
+    roofline = bandwidth / read_bytes
     rows = []
     for batch in (1, 8, 64):
         for graphs in (False, True):
@@ -169,26 +192,28 @@ def main() -> None:
             rows.append((batch, graphs, step_s))
     ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
                         build.max_blocks_per_seq)
-    if args.profile:
-        print("device time per batch-1 decode step (graphs), by kernel:")
+    for batch in (1, 8) if args.profile else ():
+        print(f"device time per batch-{batch} decode step (graphs), by kernel:")
         try:
-            for name, us, launches in profile_decode(gpu, model.vocab_size, args.prompt,
+            for name, us, launches in profile_decode(gpu, model.vocab_size, batch, args.prompt,
                                                      build.tokens_per_block,
                                                      build.max_blocks_per_seq):
                 print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
         except Exception as e:  # the speed table below still prints
             print(f"  the profile failed: {type(e).__name__}: {e}")
-    choices = [c for c in gpu.gemm_choices() if c["m"] == 1]
-    print("cuBLASLt algorithms at M=1, then what each GEMM shape runs (chosen by timing):")
-    for c in choices:
-        print(f"  N={c['n']:>6} K={c['k']:>6}: {c['algorithm']}")
+    for m in (1, 8):
+        print(f"cuBLASLt algorithms at M={m}, then what each GEMM shape runs (chosen by timing):")
+        for c in gpu.gemm_choices():
+            if c["m"] == m:
+                print(f"  N={c['n']:>6} K={c['k']:>6}: {c['algorithm']}")
     print(f"CUDA graphs: {gpu.graph_stats()}")
     print()
     print(f"{'what':<48}{'value':>14}")
-    print(f"{'model':<48}{args.shape + ' bf16':>14}")
-    print(f"{'weights (GB)':<48}{weight_bytes / 1e9:>14.2f}")
-    print(f"{'plan + compile_plan (s)':<48}{t2 - t0:>14.1f}")
-    print(f"{'random weights drawn (s)':<48}{t3 - t2:>14.1f}")
+    print(f"{'model':<48}{label:>14}")
+    print(f"{'bytes read per decode step (GB)':<48}{read_bytes / 1e9:>14.2f}")
+    if not args.engine:
+        print(f"{'plan + compile_plan (s)':<48}{t2 - t0:>14.1f}")
+        print(f"{'random weights drawn (s)':<48}{t3 - t2:>14.1f}")
     print(f"{'PlanExecutor load (s)':<48}{t4 - t3:>14.1f}")
     print(f"{'d2d copy bandwidth, read+write (TB/s)':<48}{bandwidth / 1e12:>14.2f}")
     print(f"{'roofline batch-1 decode (tok/s)':<48}{roofline:>14.1f}")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import kernel_checks as kc
+from kiln.builder.kernels.gemm import SMALL_CONFIGS
 
 pytestmark = pytest.mark.gpu
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -150,7 +151,7 @@ def test_sampling_stays_in_the_filtered_set(vocab):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 7, 16])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (1000, 576), (50, 72)])
-@pytest.mark.parametrize("config", [0, 1])
+@pytest.mark.parametrize("config", range(len(SMALL_CONFIGS)))
 def test_small_m_gemm(dtype, m, n, k, config):
     err = kc.check_small_m_gemm("cuda", dtype, m, n, k, seed=m + n, config=config, bias=n == 1000)
     assert err < kc.TOL[dtype], f"error {err:.2e}"

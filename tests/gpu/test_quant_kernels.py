@@ -5,6 +5,7 @@ import torch
 
 import quant_kernel_checks as qc
 from kernel_checks import TOL
+from kiln.builder.kernels.gemm import SMALL_CONFIGS_FP8
 
 pytestmark = pytest.mark.gpu
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -93,7 +94,7 @@ def test_linear_wo_splits_and_odd_shapes(m, splits, variant):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 7, 16])
 @pytest.mark.parametrize("n,k,bias", [(6144, 4096, False), (4096, 14336, False), (576, 1536, True)])
-@pytest.mark.parametrize("config", [0, 1])
+@pytest.mark.parametrize("config", range(len(SMALL_CONFIGS_FP8)))
 def test_linear_fp8_small_m(dtype, m, n, k, bias, config):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")

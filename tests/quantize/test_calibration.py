@@ -156,17 +156,21 @@ def test_awq_smoothing_reaches_the_engine(checkpoints, tmp_path):
     assert pqs.shape == (64,) and (pqs - 1).abs().max() > 1e-3
 
 
-def test_fp8_fake_quant_takes_the_torch_path():
-    """No CUDA extension is compiled for FP8 calibration: modelopt's FP8 fake quantizer runs its
-    torch path (the CPU's) on the GPU too: the e4m3 codes of x * (448 / amax), times the
-    reciprocal of that factor."""
+def test_fake_quant_takes_the_torch_path():
+    """No CUDA extension is compiled for calibration: modelopt's fake quantizers run their torch
+    path (the CPU's) on the GPU too. FP8: the e4m3 codes of x * (448 / amax), times the
+    reciprocal of that factor; integers: rounded and clamped codes of x * (bound / amax)."""
     import modelopt.torch.quantization.tensor_quant as tq
     from modelopt.torch.quantization import extensions
 
     from kiln.quantize.calibrate import import_modelopt
 
     import_modelopt()
-    assert extensions.get_cuda_ext_fp8() is None
+    assert extensions.get_cuda_ext_fp8() is None and extensions.get_cuda_ext() is None
+    x, amax = torch.randn(4, 64) * 3, torch.tensor(5.0)
+    factor = 127 / amax
+    expect = torch.round(x * factor).clamp(-127, 127) / factor
+    assert torch.equal(tq.fake_tensor_quant(x, amax, None, 8), expect)
     x, amax = torch.randn(4, 64) * 3, torch.tensor(5.0)
     factor = 448 / amax
     expect = (x * factor).clamp(-448, 448).to(torch.float8_e4m3fn).float() * (1 / factor)

@@ -38,6 +38,7 @@ def test_quantized_build_and_inspect(ckpt, tmp_path):
                    "--kv-cache-dtype", "int8", "--calib-size", "4", "--calib-seq-len", "32")
     assert result.exit_code == 0, result.output
     assert "(float32, int8_sq, int8 KV cache)" in result.stdout
+    assert re.search(r"passes \d+\.\d+s, calibrate \d+\.\d+s", result.stdout), result.stdout
     config = json.loads((out / "config.json").read_text())["build"]
     assert (config["quant"], config["kv_cache_dtype"], config["quant_mode"], config["targets"]) == (
         "int8_sq", "int8", 158, [80, 89, 90])

@@ -1,0 +1,98 @@
+"""Bandwidth of the paged decode attention kernel (kiln.builder.kernels.attention) per launch
+configuration, for a bfloat16 and an FP8 KV cache: Llama-3.1-8B's heads (32 query, 8 KV,
+head_dim 128), 32 tokens a block, every sequence's blocks scattered over the cache.
+
+Bytes = the K and V a launch reads (every sequence's whole context); each figure is the median
+of CUDA-event timings of back-to-back launches; max err is against the default configuration.
+
+    python tests/gpu/attention_sweep.py [--cases 256:3072:1,1:384:8] [--configs 64:4:2,...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+NQ, NKV, HD, TPB = 32, 8, 128, 32
+CASES = "256:3072:1,64:3072:1,1:384:8,1:4096:32"  # batch:context:splits
+CONFIGS = "64:4:2,64:4:3,64:8:2,128:4:2,128:8:2,128:8:3,32:4:3"  # TILE:num_warps:num_stages
+
+
+def time_launch(launch, reps: int = 10) -> float:
+    launch()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=CASES)
+    parser.add_argument("--configs", default=CONFIGS)
+    args = parser.parse_args()
+
+    from kiln.builder.kernels import attention as att
+
+    print(f"{'kv':<6}{'B':>5}{'ctx':>6}{'S':>4}  {'TILE:warps:stages':<19}{'us':>9}{'TB/s':>7}"
+          f"{'  max err':>10}")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for case in args.cases.split(","):
+        b, ctx, splits = (int(v) for v in case.split(":"))
+        per_seq = -(-ctx // TPB)
+        num_blocks = b * per_seq + 1
+        tables = torch.randperm(num_blocks - 1, generator=g, device="cuda")[:b * per_seq]
+        tables = tables.reshape(b, per_seq).to(torch.int32)
+        lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+        qstart = torch.arange(b + 1, dtype=torch.int32, device="cuda")
+        q = torch.randn((b, NQ * HD), generator=g, device="cuda").to(torch.bfloat16)
+        k16 = torch.randn((num_blocks, NKV, TPB, HD), generator=g, device="cuda").to(torch.bfloat16)
+        v16 = torch.randn((num_blocks, NKV, TPB, HD), generator=g, device="cuda").to(torch.bfloat16)
+        k_scale = torch.tensor([4.0 / 448], device="cuda")
+        v_scale = torch.tensor([4.0 / 448], device="cuda")
+        caches = {"bf16": (k16, v16, None, None),
+                  "fp8": ((k16.float() / k_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
+                          (v16.float() / v_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
+                          k_scale, v_scale)}
+        for kv, (kc, vc, ks, vs) in caches.items():
+            nbytes = 2 * b * ctx * NKV * HD * kc.element_size()
+            ref = att.paged_attention(q, kc, vc, tables, lens, qstart, NQ, HD, HD ** -0.5,
+                                      num_splits=splits, k_scale=ks, v_scale=vs).float()
+            for config in args.configs.split(","):
+                tile, warps, stages = (int(v) for v in config.split(":"))
+                out = torch.empty_like(q)
+                partials = torch.empty(b * NQ * splits * (HD + 2), dtype=torch.float32,
+                                       device="cuda")
+                shape = dict(Q_STRIDE=q.stride(0), OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD,
+                             TPB=TPB, IEEE=False, KV_QUANT=att.kv_quant(kc.dtype), NQ=NQ,
+                             GROUP=NQ // NKV, BLOCK_M=16, DIM_PAD=HD, TILE=tile)
+                scales = (ks, vs) if ks is not None else (kc, vc)
+
+                def launch():
+                    att.paged_decode_kernel[(b, NKV, splits)](
+                        out, partials, q, kc, vc, tables, lens, qstart, tables.stride(0), splits,
+                        HD ** -0.5, *scales, **shape, num_warps=warps, num_stages=stages)
+                    if splits > 1:
+                        att.paged_decode_reduce_kernel[(b, NQ)](
+                            out, partials, qstart, splits, OUT_STRIDE=out.stride(0), NQ=NQ,
+                            HEAD_DIM=HD, DIM_PAD=HD, SPLITS_PAD=att.MAX_SPLITS, num_warps=4)
+                try:
+                    seconds = time_launch(launch)
+                except Exception as e:  # a configuration that does not fit: say so, go on
+                    print(f"{kv:<6}{b:>5}{ctx:>6}{splits:>4}  {config:<19} failed: "
+                          f"{type(e).__name__}: {str(e)[:60]}")
+                    continue
+                err = (out.float() - ref).abs().max().item()
+                print(f"{kv:<6}{b:>5}{ctx:>6}{splits:>4}  {config:<19}{seconds * 1e6:>9.1f}"
+                      f"{nbytes / seconds / 1e12:>7.2f}{err:>10.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Bandwidth of the decode GEMMs of a Llama-3.1-8B-shaped layer at M = 1, per kernel and
+configuration: cuBLASLt (torch), the small-M Triton kernel's configurations
+(kiln.builder.kernels.gemm), and for FP8 weights torch._scaled_mm beside the SCALED kernel.
+
+Each figure is a CUDA graph of back-to-back launches, each on another copy of the weight (the
+copies together exceed the L2 cache), as a decode step runs them; bytes = the weight's.
+
+    python tests/gpu/gemm_sweep.py [--configs 16:256:4:4,32:128:4:4] [--m 1]
+                                   [--int4 16:64:128:4:3,... [--skip-16bit]]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+CONFIGS = ("16:256:4:4,32:128:4:4,16:128:4:4,16:512:4:3,16:256:8:3,32:256:8:3,64:128:4:3,"
+           "16:128:2:6")
+CONFIGS_FP8 = "16:512:4:4,32:256:4:4,16:256:4:4,16:1024:4:3,32:512:8:3,64:256:4:3,16:256:2:6"
+
+
+def graph_time(launch, copies: int, reps: int = 64) -> float:
+    """Seconds per launch: `reps` launches in one CUDA graph, launch(i) using copy i % copies."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for i in range(copies):  # compile and warm outside the capture
+            launch(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for i in range(reps):
+            launch(i % copies)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / reps)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=CONFIGS)
+    parser.add_argument("--configs-fp8", default=CONFIGS_FP8)
+    parser.add_argument("--m", type=int, default=1)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--int4", default="",
+                        help="also time the W4A16 small-M kernel with these WO_SMALL configs "
+                        "(BLOCK_M:BLOCK_N:BLOCK_K:warps:stages, comma separated)")
+    parser.add_argument("--skip-16bit", action="store_true", help="only the --int4 rows")
+    args = parser.parse_args()
+
+    from kiln.builder.kernels import gemm
+
+    def configs(text):
+        return [tuple(int(v) for v in c.split(":")) for c in text.split(",") if c]
+
+    fp8 = torch.cuda.get_device_capability() >= (8, 9)
+    print(f"{'shape':<9}{'N':>7}{'K':>7}  {'kernel':<28}{'us':>8}{'TB/s':>7}")
+    for name in args.shapes.split(","):
+        n, k = SHAPES[name]
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(args.m, k, device="cuda", generator=g).bfloat16()
+        if args.skip_16bit:
+            int4_rows(name, n, k, x, args.int4)
+            continue
+        copies = max(2, -(-(256 << 20) // (n * k * 2)))
+        ws = [torch.randn(n, k, device="cuda", generator=g).mul_(0.02).bfloat16()
+              for _ in range(copies)]
+        out = torch.empty(args.m, n, device="cuda", dtype=torch.bfloat16)
+        rows = [("cuBLASLt (torch.mm)", lambda i: torch.mm(x, ws[i].t(), out=out))]
+        gemm.SMALL_CONFIGS = tuple(configs(args.configs))
+        for c, cfg in enumerate(gemm.SMALL_CONFIGS):
+            rows.append((f"small-M {':'.join(map(str, cfg))}",
+                         lambda i, c=c: gemm.linear_small_m(x, ws[i], config=c, out=out)))
+        for label, launch in rows:
+            t = graph_time(launch, copies)
+            print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{n * k * 2 / t / 1e12:>7.2f}",
+                  flush=True)
+        if not fp8:
+            continue
+        wq = [w.float().clamp(-448, 448).to(torch.float8_e4m3fn) for w in ws]
+        del ws
+        xq = x.float().to(torch.float8_e4m3fn)
+        one = torch.ones(1, device="cuda")
+        copies8 = len(wq)
+        rows = []
+        x16 = torch.zeros(16, k, device="cuda", dtype=torch.float8_e4m3fn)
+        x16[: args.m] = xq
+        out16 = torch.empty(16, n, device="cuda", dtype=torch.bfloat16)
+        rows.append(("cuBLASLt (_scaled_mm, M=16)",
+                     lambda i: torch._scaled_mm(x16, wq[i].t(), one, one,
+                                                out_dtype=torch.bfloat16)))
+        gemm.SMALL_CONFIGS_FP8 = tuple(configs(args.configs_fp8))
+        for c, cfg in enumerate(gemm.SMALL_CONFIGS_FP8):
+            rows.append((f"small-M fp8 {':'.join(map(str, cfg))}",
+                         lambda i, c=c: gemm.linear_small_m(xq, wq[i], config=c, out=out,
+                                                            scales=(one, one),
+                                                            dtype=torch.bfloat16)))
+        for label, launch in rows:
+            t = graph_time(launch, copies8)
+            print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{n * k / t / 1e12:>7.2f}",
+                  flush=True)
+        del wq
+        torch.cuda.empty_cache()
+        if args.int4:
+            int4_rows(name, n, k, x, args.int4)
+
+
+def int4_rows(name: str, n: int, k: int, x, configs_text: str, group: int = 128) -> None:
+    """linear_wo (kernels/quant_gemm.py) on a packed int4 weight with bfloat16 group scales,
+    for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:num_warps:num_stages (split-K
+    as the plan picks it); bytes = the packed weight and its scales."""
+    from kiln.builder.kernels import quant_gemm
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    nbytes = n * k // 2 + n * (k // group) * 2
+    copies = max(2, -(-(256 << 20) // nbytes))
+    ws = [torch.randint(0, 256, (n, k // 2), device="cuda", generator=g, dtype=torch.int32)
+          .to(torch.uint8) for _ in range(copies)]
+    scales = (torch.rand(n, k // group, device="cuda", generator=g) * 0.01).bfloat16()
+    out = torch.empty(x.shape[0], n, device="cuda", dtype=torch.bfloat16)
+    default = quant_gemm.WO_SMALL
+    for text in configs_text.split(","):
+        quant_gemm.WO_SMALL = tuple(int(v) for v in text.split(":"))
+        t = graph_time(lambda i: quant_gemm.linear_wo(x, ws[i], scales, 4, group, out=out),
+                       copies)
+        splits = quant_gemm.splits_for(n, k, torch.cuda.get_device_properties(0).multi_processor_count)
+        label = f"int4 {text} S={splits}"
+        print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{nbytes / t / 1e12:>7.2f}",
+              flush=True)
+    quant_gemm.WO_SMALL = default
+
+
+if __name__ == "__main__":
+    main()
