@@ -70,9 +70,9 @@ def main() -> None:
                 out = torch.empty_like(q)
                 partials = torch.empty(b * NQ * splits * (HD + 2), dtype=torch.float32,
                                        device="cuda")
-                shape = dict(Q_STRIDE=q.stride(0), OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD,
-                             TPB=TPB, IEEE=False, KV_QUANT=att.kv_quant(kc.dtype), NQ=NQ,
-                             GROUP=NQ // NKV, BLOCK_M=16, DIM_PAD=HD, TILE=tile)
+                shape = dict(att.decode_config(NQ, NKV, HD), Q_STRIDE=q.stride(0),
+                             OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD, TPB=TPB, IEEE=False,
+                             KV_QUANT=att.kv_quant(kc.dtype), NQ=NQ, TILE=tile)
                 scales = (ks, vs) if ks is not None else (kc, vc)
 
                 def launch():

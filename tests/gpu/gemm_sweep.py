@@ -93,7 +93,6 @@ def main() -> None:
         rows = []
         x16 = torch.zeros(16, k, device="cuda", dtype=torch.float8_e4m3fn)
         x16[: args.m] = xq
-        out16 = torch.empty(16, n, device="cuda", dtype=torch.bfloat16)
         rows.append(("cuBLASLt (_scaled_mm, M=16)",
                      lambda i: torch._scaled_mm(x16, wq[i].t(), one, one,
                                                 out_dtype=torch.bfloat16)))

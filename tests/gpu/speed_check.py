@@ -154,9 +154,9 @@ def main() -> None:
 
         engine = load_engine(args.engine, verify=False)
         model, build = engine.config.model, engine.config.build
-        label = f"{args.engine.rstrip('/').split('/')[-1]}"
+        label = Path(args.engine).name
         read_bytes = decode_bytes_per_token(engine)
-        t1 = t2 = t3 = time.perf_counter()
+        t3 = time.perf_counter()
     else:
         major, minor = torch.cuda.get_device_capability()
         build = BuildConfig(dtype="bfloat16", max_batch_size=64, max_seq_len=4096,
@@ -164,7 +164,6 @@ def main() -> None:
         with RandomCheckpoint(args.shape) as ckpt:
             model = ModelConfig.from_hf(ckpt.hf_config)
             graph = run_pipeline(build_graph(model, build, ckpt), build)
-            t1 = time.perf_counter()
             bundle = compile_plan(graph, build)
             t2 = time.perf_counter()
             weights = {n: graph.sources[n].load(torch.bfloat16).contiguous()
