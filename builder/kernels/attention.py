@@ -237,10 +237,16 @@ def prefill_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict
                 DIM_PAD=max(16, pow2(head_dim)), TILE=_tile(head_dim, fp32))
 
 
-def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
+def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False,
+                  kv_8bit: bool = False) -> dict:
+    """An 8-bit cache takes twice the keys per step: the same bytes a step as a 16-bit one, and
+    half the steps over which to spread each tile's conversion and softmax update."""
     group = nq // nkv
+    tile = _tile(head_dim, fp32)
+    if kv_8bit and not fp32 and head_dim <= 128:
+        tile *= 2
     return dict(GROUP=group, BLOCK_M=max(16, pow2(group)), DIM_PAD=max(16, pow2(head_dim)),
-                TILE=_tile(head_dim, fp32))
+                TILE=tile)
 
 
 def splits_formula(nkv: int) -> str:
@@ -287,7 +293,7 @@ def plan_attention(node, ctx):
                constexprs=dict(shape, **cfg))
     splits = ctx.derive(splits_formula(nkv))
     partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
-    dcfg = decode_config(nq, nkv, hd, ieee)
+    dcfg = decode_config(nq, nkv, hd, ieee, kv_8bit=bool(quant))
     ctx.launch(paged_decode_kernel, grid=("B", nkv, splits), when="MAXQ == 1",
                num_warps=4, num_stages=2,
                args=dict(common, out_ptr=ctx.ptr(out), partial_ptr=partials,
@@ -329,7 +335,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     splits = num_splits or 1
     partials = torch.empty(b * num_heads * splits * (head_dim + 2), dtype=torch.float32,
                            device=q.device)
-    dcfg = decode_config(num_heads, nkv, head_dim, fp32)
+    dcfg = decode_config(num_heads, nkv, head_dim, fp32, kv_8bit=bool(quant))
     direct(paged_decode_kernel, q)[(b, nkv, splits)](
         out, partials, *common, block_tables.stride(0), splits, scale, *scales, **shape,
         NQ=num_heads, **dcfg, num_warps=4, num_stages=2)

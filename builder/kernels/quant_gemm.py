@@ -1,22 +1,26 @@
 """Quantized GEMMs: linear_w8a8 (INT8 x INT8 -> INT32 tensor cores), linear_wo (weight-only
-INT8 / INT4 dequantized in registers) and linear_fp8 (cuBLASLt FP8, run by the C++ executor,
-with gemm.py's small-M alternatives).
+INT8 / INT4) and linear_fp8 (cuBLASLt FP8, run by the C++ executor, with gemm.py's small-M
+alternatives).
 
 Reference: kiln.builder.ops.quant (layouts: kiln.quantize.pack), out[M, N] = x[M, K] @ w.T.
   w8a8: acc = q @ w.T in int32 (exact), out = (acc.f32 * row_scale[m] * w_scale[n] + bias).
   wo:   wd = ((u - zero) * scale).to(dtype), x' = (x.f32 * pre_quant_scale).to(dtype),
         out = x' @ wd.T + bias with float32 accumulation (IEEE products for float32 builds).
-An int4 byte holds elements 2j (low nibble) and 2j + 1 (high nibble) of a row, so the kernel
-never interleaves nibbles: it multiplies the even columns of x by the low nibbles and the odd
-ones by the high nibbles, two dots of BLOCK_K / 2 per K step. A group's scale covers a whole
-K step when the group is a multiple of BLOCK_K (or spans K); otherwise it is gathered per
-element.
+An int4 byte holds elements 2j (low nibble) and 2j + 1 (high nibble) of a row.
 
-Two shapes per GEMM, picked per step by a `when` on the row count M:
-  M <= 16: one 16-row block; linear_wo also splits K over S programs (S fills about two waves
-           of the GPU's SMs), each streaming its share of the packed weight once, and
-           splitk_reduce_kernel adds the float32 partials in a fixed order (deterministic);
-  M > 16:  tiles of 64 (wo) or 128 (w8a8) rows by 128 columns over the whole K.
+linear_w8a8: two shapes, picked per step by a `when` on the row count M: one 16-row block for
+M <= 16, tiles of 128 x 128 above.
+
+linear_wo is a Gemm, so the executor times its ways to run per M and keeps the fastest:
+  - cuBLASLt on the weight dequantized into scratch by wo_dequant_kernel (bit for bit the
+    reference's wd), after scale_cols_kernel's x' where there is a pre-quant scale: the Gemm's
+    prologue, run only when cuBLASLt is picked; the only way for M > 16 (prefill);
+  - wo_gemv_kernel, for 1 row, 2 rows and groups of 4 rows up to 16: CUDA-core FMAs over the
+    packed words, never a tensor-core tile (whose operand layout a 4-bit load does not have);
+  - wo_gemm_kernel for M <= 16: one 16-row tensor-core block, the even columns of x against
+    the low nibbles and the odd ones against the high nibbles, K split over S programs (S
+    fills about two waves of the GPU's SMs) and the float32 partials added in a fixed order by
+    splitk_reduce_kernel (deterministic).
 """
 from __future__ import annotations
 
@@ -32,8 +36,17 @@ SMALL_M = 16
 MAX_SPLITS = 16
 REDUCE_BLOCK = 1024
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-WO_SMALL, WO_LARGE = (SMALL_M, 64, 128, 4, 3), (64, 128, 64, 4, 3)
+WO_SMALL = (SMALL_M, 64, 128, 4, 3)
 W8A8_SMALL, W8A8_LARGE = (SMALL_M, 32, 256, 4, 3), (128, 128, 64, 8, 3)
+# (BLOCK_N, BLOCK_W words, num_warps, num_stages) of the GEMV; (BLOCK_N, BLOCK_K, num_warps) of the
+# dequantization; the block of scale_cols_kernel.
+WO_GEMV = (8, 128, 4, 1)
+# One row: each is offered and the executor keeps the fastest per shape (on the H200, 8:64:2
+# for wide layers, 8:256:8 for narrow ones; tests/gpu/gemm_sweep.py --gemv).
+WO_GEMV_M1 = (WO_GEMV, (8, 256, 8, 1), (8, 64, 2, 1))
+GEMV_MAX_M = SMALL_M
+WO_DEQUANT = (16, 256, 4)
+SCALE_BLOCK = 1024
 
 
 @triton.jit
@@ -152,6 +165,201 @@ def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pq
 
 
 @triton.jit
+def _gemv_x(x_ptr, pqs_ptr, ROW: tl.constexpr, M, k, k_ok, X_STRIDE: tl.constexpr,
+            HAS_PQS: tl.constexpr):
+    """float32 x'[min(ROW, M - 1), k] (zero past K), x' = x times the pre-quant scale, rounded
+    to x's dtype. Rows past M repeat the last one: their results are never stored."""
+    x = tl.load(x_ptr + tl.minimum(M - 1, ROW) * X_STRIDE + k, mask=k_ok, other=0.0)
+    if HAS_PQS:
+        p = tl.load(pqs_ptr + k, mask=k_ok, other=0.0)
+        x = (x.to(tl.float32) * p).to(x_ptr.dtype.element_ty)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _value(words, zero, x, p: tl.constexpr, BITS: tl.constexpr):
+    """(value p of each word - zero) * x, exactly, in float32. 4-bit values 0..4 stay in
+    place (u * 16^p, below bit 23) and x is scaled by 16^-p (exact); the others are shifted
+    down first."""
+    if BITS == 4 and p <= 4:
+        u = words & (0xF << (4 * p))
+        magic = 8388608.0 + zero * (16.0 ** p)
+        x = x * (1.0 / 16.0 ** p)
+    else:
+        u = (words >> (BITS * p)) & ((1 << BITS) - 1)
+        if BITS == 8:
+            u = u ^ 0x80  # int8 as offset binary: u = value + 128
+        magic = 8388608.0 + zero
+    return ((u | 0x4B000000).to(tl.float32, bitcast=True) - magic) * x[None, :]
+
+
+@triton.jit
+def _word_dots(words, zero, x, BITS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """[BLOCK_N, BLOCK_W]: each word's values minus the zero, dotted with x [BLOCK_W, 32 / BITS]
+    (float32), one fused multiply-add per value. x's columns are split off within a thread;
+    a value u becomes a float by bits alone: (u | 0x4B000000) is the float 2^23 + u, and
+    subtracting 2^23 + zero leaves u - zero exactly."""
+    if BITS == 8:
+        x4 = tl.reshape(x, [BLOCK_W, 2, 2])  # value 2a + b
+        x_b0, x_b1 = tl.split(x4)
+        x0, x2 = tl.split(x_b0)
+        x1, x3 = tl.split(x_b1)
+        d = _value(words, zero, x0, 0, BITS)
+        d += _value(words, zero, x1, 1, BITS)
+        d += _value(words, zero, x2, 2, BITS)
+        d += _value(words, zero, x3, 3, BITS)
+    else:
+        x8 = tl.reshape(x, [BLOCK_W, 2, 2, 2])  # value 4a + 2b + c
+        x_c0, x_c1 = tl.split(x8)
+        x_b0, x_b1 = tl.split(x_c0)
+        x_b2, x_b3 = tl.split(x_c1)
+        x0, x4 = tl.split(x_b0)
+        x2, x6 = tl.split(x_b1)
+        x1, x5 = tl.split(x_b2)
+        x3, x7 = tl.split(x_b3)
+        d = _value(words, zero, x0, 0, BITS)
+        d += _value(words, zero, x1, 1, BITS)
+        d += _value(words, zero, x2, 2, BITS)
+        d += _value(words, zero, x3, 3, BITS)
+        d += _value(words, zero, x4, 4, BITS)
+        d += _value(words, zero, x5, 5, BITS)
+        d += _value(words, zero, x6, 6, BITS)
+        d += _value(words, zero, x7, 7, BITS)
+    return d
+
+
+@triton.jit
+def _gemv_weights(words_ptr, scales_ptr, zeros_ptr, cols, col_ok, i, W_STRIDE, WORDS: tl.constexpr,
+                  GROUP_WORDS: tl.constexpr, NG: tl.constexpr, BITS: tl.constexpr,
+                  HAS_ZERO: tl.constexpr):
+    """The words i of columns cols ([BLOCK_N, BLOCK_W]), their groups' float32 scales and
+    zeros; nothing past WORDS."""
+    ok = col_ok[:, None] & (i < WORDS)[None, :]
+    cols64 = cols.to(tl.int64)
+    words = tl.load(words_ptr + cols64[:, None] * W_STRIDE + i[None, :], mask=ok, other=0)
+    at = cols64[:, None] * NG + (i // GROUP_WORDS)[None, :]
+    s = tl.load(scales_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        zero = tl.load(zeros_ptr + at, mask=ok, other=0).to(tl.float32)
+    elif BITS == 4:
+        zero = tl.full(words.shape, 8.0, tl.float32)  # pack.INT4_SYMMETRIC_ZERO
+    else:
+        zero = tl.full(words.shape, 128.0, tl.float32)  # int8 read as offset binary
+    return words, s, zero
+
+
+@triton.jit(do_not_specialize=["W_STRIDE"])
+def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_ptr, M, W_STRIDE,
+                   X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
+                   K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
+                   HAS_ZERO: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Rows ROWS * program_id(0) on (at most ROWS of them, ROWS <= 4) of columns block
+    program_id(1), on CUDA cores; consecutive programs share a weight tile, so a second group
+    of rows mostly finds it in L2.
+
+    The weight streams as 32-bit words of PER_WORD = 32 / BITS values, value p of word i being
+    element i * PER_WORD + p of the row (the packing's byte order, little-endian): a tile of
+    [BLOCK_N, BLOCK_W] words meets x as [BLOCK_W, PER_WORD]. A value u becomes a float by bits
+    alone: (u | 0x4B000000) is the float 2^23 + u, and subtracting 2^23 + zero leaves u - zero
+    exactly. Each word's products with x are summed in float32 and scaled by its group's scale
+    once per word."""
+    PER_WORD: tl.constexpr = 32 // BITS
+    WORDS: tl.constexpr = K // PER_WORD
+    GROUP_WORDS: tl.constexpr = GROUP // PER_WORD
+    NG: tl.constexpr = K // GROUP
+    row0 = tl.program_id(0) * ROWS
+    x_ptr += row0.to(tl.int64) * X_STRIDE
+    out_ptr += row0.to(tl.int64) * OUT_STRIDE
+    M -= row0
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    words_ptr = w_ptr.to(tl.pointer_type(tl.uint32))
+    acc0 = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    for w0 in range(0, WORDS, BLOCK_W):
+        i = w0 + tl.arange(0, BLOCK_W)
+        words, s, zero = _gemv_weights(words_ptr, scales_ptr, zeros_ptr, cols, col_ok, i,
+                                       W_STRIDE, WORDS, GROUP_WORDS, NG, BITS, HAS_ZERO)
+        k = i[:, None] * PER_WORD + tl.arange(0, PER_WORD)[None, :]
+        k_ok = (i < WORDS)[:, None]
+        acc0 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 0, M, k, k_ok, X_STRIDE,
+                                                 HAS_PQS), BITS, BLOCK_W) * s
+        if ROWS > 1:
+            acc1 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 1, M, k, k_ok, X_STRIDE,
+                                                     HAS_PQS), BITS, BLOCK_W) * s
+        if ROWS > 2:
+            acc2 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 2, M, k, k_ok, X_STRIDE,
+                                                     HAS_PQS), BITS, BLOCK_W) * s
+            acc3 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 3, M, k, k_ok, X_STRIDE,
+                                                     HAS_PQS), BITS, BLOCK_W) * s
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    DT = out_ptr.dtype.element_ty
+    tl.store(out_ptr + cols, (tl.sum(acc0, axis=1) + bias).to(DT), mask=col_ok)
+    if ROWS > 1:
+        tl.store(out_ptr + OUT_STRIDE + cols, (tl.sum(acc1, axis=1) + bias).to(DT),
+                 mask=col_ok & (tl.full([BLOCK_N], 1, tl.int32) < M))
+    if ROWS > 2:
+        tl.store(out_ptr + 2 * OUT_STRIDE + cols, (tl.sum(acc2, axis=1) + bias).to(DT),
+                 mask=col_ok & (tl.full([BLOCK_N], 2, tl.int32) < M))
+        tl.store(out_ptr + 3 * OUT_STRIDE + cols, (tl.sum(acc3, axis=1) + bias).to(DT),
+                 mask=col_ok & (tl.full([BLOCK_N], 3, tl.int32) < M))
+
+
+@triton.jit
+def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, zeros_ptr, N: tl.constexpr, K: tl.constexpr,
+                      BITS: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[N, K] = ((u - zero) * scale).to(out's dtype): the weight cuBLASLt multiplies for
+    M > SMALL_M, as the reference rounds it."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    cols64 = cols.to(tl.int64)
+    NG: tl.constexpr = K // GROUP
+    DT = out_ptr.dtype.element_ty
+    if BITS == 4:
+        j = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        ok = col_ok[:, None] & (j < K // 2)[None, :]
+        packed = tl.load(w_ptr + cols64[:, None] * (K // 2) + j[None, :], mask=ok, other=0)
+        at = cols64[:, None] * NG + ((2 * j) // GROUP)[None, :]  # 2j, 2j + 1: one group
+        s = tl.load(scales_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        if HAS_ZERO:
+            z = tl.load(zeros_ptr + at, mask=ok, other=0).to(tl.float32)
+        else:
+            z = 8.0  # pack.INT4_SYMMETRIC_ZERO
+        lo = (((packed & 0xF).to(tl.float32) - z) * s).to(DT)
+        hi = (((packed >> 4).to(tl.float32) - z) * s).to(DT)
+        k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        tl.store(out_ptr + cols64[:, None] * K + k[None, :],
+                 tl.reshape(tl.join(lo, hi), [BLOCK_N, BLOCK_K]),
+                 mask=col_ok[:, None] & (k < K)[None, :])
+    else:
+        k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        ok = col_ok[:, None] & (k < K)[None, :]
+        u = tl.load(w_ptr + cols64[:, None] * K + k[None, :], mask=ok, other=0)
+        s = tl.load(scales_ptr + cols64[:, None] * NG + (k // GROUP)[None, :], mask=ok,
+                    other=0.0).to(tl.float32)
+        tl.store(out_ptr + cols64[:, None] * K + k[None, :], (u.to(tl.float32) * s).to(DT),
+                 mask=ok)
+
+
+@triton.jit
+def scale_cols_kernel(out_ptr, x_ptr, pqs_ptr, M, X_STRIDE: tl.constexpr, K: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """out[m, :] = (x[m, :] * pre_quant_scale).to(x's dtype), rows of K contiguous."""
+    row = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = k < K
+    x = tl.load(x_ptr + row * X_STRIDE + k, mask=ok, other=0.0)
+    p = tl.load(pqs_ptr + k, mask=ok, other=0.0)
+    tl.store(out_ptr + row * K + k, (x.to(tl.float32) * p).to(x_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def splitk_reduce_kernel(out_ptr, partial_ptr, bias_ptr, M, num_splits,
                          OUT_STRIDE: tl.constexpr, N: tl.constexpr, HAS_BIAS: tl.constexpr,
                          BLOCK: tl.constexpr):
@@ -227,39 +435,91 @@ def plan_linear_w8a8(node, ctx):
                                    BLOCK_K=bk))
 
 
+def gemv_fits(bits: int, group: int, k: int) -> bool:
+    """Whether wo_gemv_kernel takes the weight: whole 32-bit words per row and per group."""
+    per_word = 32 // bits
+    return k % per_word == 0 and group % per_word == 0
+
+
+def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, zeros: bool, pqs: bool,
+                    bias: bool, cfg: tuple | None = None) -> dict:
+    block_n, block_w = (cfg or WO_GEMV)[:2]
+    words = k * bits // 32
+    return dict(N=n, K=k, BITS=bits, GROUP=group, HAS_ZERO=zeros, HAS_PQS=pqs, HAS_BIAS=bias,
+                ROWS=rows, BLOCK_N=block_n, BLOCK_W=min(block_w, triton.next_power_of_2(words)))
+
+
 def plan_linear_wo(node, ctx):
+    """A Gemm: cuBLASLt on the weight dequantized into scratch (the prologue; x times the
+    pre-quant scale too, when there is one), with the GEMV (1 row, 2 rows, groups of 4 rows up
+    to SMALL_M) and the split-K tensor-core kernel (M <= SMALL_M) as alternatives the executor
+    times against it."""
     from kiln.builder.ops.quant import _wo_operands
+    from kiln.builder.kernels.spec import Ptr
     at, a = _wo_operands(node), node.attrs
     x, w, scales = node.inputs[:3]
     opt = {name: node.inputs[i] for name, i in at.items()}
     (out,) = node.outputs
     n, k = int(ctx.graph.values[out].shape[-1]), ctx.width(x)
     m = ctx.rows(out)
+    dtype = ctx.dtype(out)
+    size = {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+    bits, group = a["bits"], a["group_size"]
+    zeros, pqs, bias = "zeros" in at, "pre_quant_scale" in at, "bias" in at
     args = dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
                 scales_ptr=ctx.ptr(scales), zeros_ptr=ctx.ptr(opt.get("zeros", w)),
                 pqs_ptr=ctx.ptr(opt.get("pre_quant_scale", scales)),
                 bias_ptr=ctx.ptr(opt.get("bias", scales)), M=I32(m))  # absent ones: never read
     strides = dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out))
-    flags = (a["bits"], a["group_size"], "zeros" in at, "pre_quant_scale" in at, "bias" in at,
-             ctx.dtype(out))
+
+    alternatives = []
+    if gemv_fits(bits, group, k):
+        shapes = [(1, 1, cfg) for cfg in WO_GEMV_M1] + [(2, 2, WO_GEMV), (4, GEMV_MAX_M, WO_GEMV)]
+        for rows, max_m, cfg in shapes:
+            alternatives.append({"max_m": max_m, "steps": [ctx.make_launch(
+                wo_gemv_kernel, grid=(_cdiv(m, rows), _cdiv(n, cfg[0])),
+                num_warps=cfg[2], num_stages=cfg[3],
+                args=dict(args, W_STRIDE=I32(k * bits // 32)),
+                constexprs=dict(strides, **gemv_constexprs(n, k, rows, bits, group, zeros, pqs,
+                                                           bias, cfg)))]})
     splits = ctx.derive(splits_formula(n, k))
     partials = ctx.scratch("quant_gemm_partials", str(MAX_SPLITS * SMALL_M * n * 4))
-    small = f"{m} <= {SMALL_M}"
     _, bn, _, warps, stages = WO_SMALL
-    ctx.launch(wo_gemm_kernel, grid=(1, _cdiv(n, bn), splits), when=small, num_warps=warps,
-               num_stages=stages, args=dict(args, partial_ptr=partials, num_splits=I32(splits)),
-               constexprs=dict(strides, **wo_constexprs(WO_SMALL, n, k, *flags)))
-    ctx.launch(splitk_reduce_kernel, grid=(m, _cdiv(n, REDUCE_BLOCK)), num_warps=4,
-               when=f"{small} and {splits} > 1",
-               args=dict(out_ptr=args["out_ptr"], partial_ptr=partials, bias_ptr=args["bias_ptr"],
-                         M=I32(m), num_splits=I32(splits)),
-               constexprs=dict(OUT_STRIDE=strides["OUT_STRIDE"], N=n, HAS_BIAS="bias" in at,
-                               BLOCK=REDUCE_BLOCK))
-    bm, bn, _, warps, stages = WO_LARGE
-    ctx.launch(wo_gemm_kernel, grid=(_cdiv(m, bm), _cdiv(n, bn), 1), when=f"{m} > {SMALL_M}",
-               num_warps=warps, num_stages=stages,
-               args=dict(args, partial_ptr=partials, num_splits=I32(1)),
-               constexprs=dict(strides, **wo_constexprs(WO_LARGE, n, k, *flags)))
+    flags = (bits, group, zeros, pqs, bias, dtype)
+    alternatives.append({"max_m": SMALL_M, "steps": [
+        ctx.make_launch(wo_gemm_kernel, grid=(1, _cdiv(n, bn), splits), num_warps=warps,
+                        num_stages=stages,
+                        args=dict(args, partial_ptr=partials, num_splits=I32(splits)),
+                        constexprs=dict(strides, **wo_constexprs(WO_SMALL, n, k, *flags))),
+        ctx.make_launch(splitk_reduce_kernel, grid=(m, _cdiv(n, REDUCE_BLOCK)), num_warps=4,
+                        when=f"{splits} > 1",
+                        args=dict(out_ptr=args["out_ptr"], partial_ptr=partials,
+                                  bias_ptr=args["bias_ptr"], M=I32(m), num_splits=I32(splits)),
+                        constexprs=dict(OUT_STRIDE=strides["OUT_STRIDE"], N=n, HAS_BIAS=bias,
+                                        BLOCK=REDUCE_BLOCK))]})
+
+    prologue = []
+    a_ref, lda = ctx.ref(x)[0], ctx.row_stride(x)
+    if pqs:
+        scaled = Ptr(ctx.scratch("wo_scaled_x", str(ctx.build.max_num_tokens * k * size)).ref,
+                     dtype)
+        prologue.append(ctx.make_launch(
+            scale_cols_kernel, grid=(m, _cdiv(k, SCALE_BLOCK)), num_warps=4,
+            args=dict(out_ptr=scaled, x_ptr=args["x_ptr"], pqs_ptr=args["pqs_ptr"], M=I32(m)),
+            constexprs=dict(X_STRIDE=strides["X_STRIDE"], K=k, BLOCK=SCALE_BLOCK)))
+        a_ref, lda = scaled.ref, k
+    weight = Ptr(ctx.scratch("wo_dequantized_weight", str(n * k * size)).ref, dtype)
+    bn, bk, warps = WO_DEQUANT
+    prologue.append(ctx.make_launch(
+        wo_dequant_kernel, grid=(_cdiv(n, bn), _cdiv(k, bk)), num_warps=warps,
+        args=dict(out_ptr=weight, w_ptr=args["w_ptr"], scales_ptr=args["scales_ptr"],
+                  zeros_ptr=args["zeros_ptr"]),
+        constexprs=dict(N=n, K=k, BITS=bits, GROUP=group, HAS_ZERO=zeros, BLOCK_N=bn,
+                        BLOCK_K=bk)))
+    ctx.gemm(Gemm(a=a_ref, w=weight.ref, out=ctx.ref(out)[0],
+                  bias=ctx.ref(opt["bias"])[0] if bias else None, m=m, n=n, k=k, lda=lda,
+                  ldc=strides["OUT_STRIDE"], dtype=dtype, alternatives=alternatives,
+                  prologue=prologue))
 
 
 # -- direct launches ----------------------------------------------------------------------------
@@ -279,33 +539,79 @@ def linear_w8a8(q, row_scale, w, w_scale, bias=None, dtype=None, out=None):
 
 
 def linear_wo(x, w, scales, bits: int, group_size: int, zeros=None, pre_quant_scale=None,
-              bias=None, num_splits: int | None = None, out=None):
-    """The M <= 16 split-K path (num_splits: S, else as the plan picks it) or the tiled one."""
+              bias=None, num_splits: int | None = None, out=None, path: str | None = None,
+              gemv_config: tuple | None = None):
+    """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "splitk"
+    (M <= SMALL_M; num_splits: S, else as the plan picks it) or "dequant" (the weight
+    dequantized, then torch's matmul in the place of cuBLASLt); None: gemv for M <= 4 where
+    the weight allows it, splitk for M <= SMALL_M (or when num_splits is given), else dequant."""
     import torch
     m, k = x.shape
     n = w.shape[0]
     out = x.new_empty((m, n)) if out is None else out
     dtype = str(x.dtype).split(".")[1]
-    cfg = WO_SMALL if m <= SMALL_M else WO_LARGE
+    some = scales  # any tensor stands in for an absent operand: it is never read
+    opt = (some if zeros is None else zeros, some if pre_quant_scale is None else pre_quant_scale,
+           some if bias is None else bias)
+    flags = (zeros is not None, pre_quant_scale is not None, bias is not None)
+    if path is None:
+        if num_splits is None and m <= 4 and gemv_fits(bits, group_size, k):
+            path = "gemv"
+        else:
+            path = "splitk" if m <= SMALL_M else "dequant"
+    if path == "gemv":
+        if m > GEMV_MAX_M or not gemv_fits(bits, group_size, k):
+            raise ValueError(f"the GEMV takes M <= {GEMV_MAX_M} and whole words per group, got "
+                             f"M={m}, K={k}, group {group_size}, {bits} bits")
+        rows = 1 if m == 1 else 2 if m == 2 else 4
+        cfg = gemv_config or WO_GEMV
+        direct(wo_gemv_kernel, x)[(_cdiv(m, rows), _cdiv(n, cfg[0]))](
+            out, x, w, scales, *opt, m, k * bits // 32, X_STRIDE=x.stride(0),
+            OUT_STRIDE=out.stride(0),
+            **gemv_constexprs(n, k, rows, bits, group_size, *flags, cfg=cfg), num_warps=cfg[2],
+            num_stages=cfg[3] if len(cfg) > 3 else 3)
+        return out
+    if path == "dequant":
+        xs = x
+        if pre_quant_scale is not None:
+            xs = torch.empty((m, k), dtype=x.dtype, device=x.device)
+            direct(scale_cols_kernel, x)[(m, _cdiv(k, SCALE_BLOCK))](
+                xs, x, pre_quant_scale, m, X_STRIDE=x.stride(0), K=k, BLOCK=SCALE_BLOCK,
+                num_warps=4)
+        wd = dequantize(w, scales, bits, group_size, zeros, x.dtype)
+        y = torch.nn.functional.linear(xs, wd, bias)
+        out.copy_(y)
+        return out
     if m > SMALL_M:
-        splits = 1
-    elif num_splits is not None:
+        raise ValueError(f"the split-K kernel takes M <= {SMALL_M}, got {m}")
+    if num_splits is not None:
         splits = num_splits
     else:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
         splits = splits_for(n, k, sms)
     partials = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32,
                            device=x.device)
-    some = scales  # any tensor stands in for an absent operand: it is never read
-    direct(wo_gemm_kernel, x)[(_cdiv(m, cfg[0]), _cdiv(n, cfg[1]), splits)](
-        out, partials, x, w, scales, some if zeros is None else zeros,
-        some if pre_quant_scale is None else pre_quant_scale, some if bias is None else bias, m,
-        splits, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0),
-        **wo_constexprs(cfg, n, k, bits, group_size, zeros is not None,
-                        pre_quant_scale is not None, bias is not None, dtype),
-        num_warps=cfg[3], num_stages=cfg[4])
+    direct(wo_gemm_kernel, x)[(1, _cdiv(n, WO_SMALL[1]), splits)](
+        out, partials, x, w, scales, *opt, m, splits, X_STRIDE=x.stride(0),
+        OUT_STRIDE=out.stride(0),
+        **wo_constexprs(WO_SMALL, n, k, bits, group_size, *flags, dtype),
+        num_warps=WO_SMALL[3], num_stages=WO_SMALL[4])
     if splits > 1:
         direct(splitk_reduce_kernel, x)[(m, _cdiv(n, REDUCE_BLOCK))](
-            out, partials, some if bias is None else bias, m, splits, OUT_STRIDE=out.stride(0),
+            out, partials, opt[2], m, splits, OUT_STRIDE=out.stride(0),
             N=n, HAS_BIAS=bias is not None, BLOCK=REDUCE_BLOCK, num_warps=4)
+    return out
+
+
+def dequantize(w, scales, bits: int, group_size: int, zeros=None, dtype=None, out=None):
+    """The dequantized weight [N, K] in `dtype` (scales' when None), by wo_dequant_kernel."""
+    import torch
+    n = w.shape[0]
+    k = w.shape[1] * (2 if bits == 4 else 1)
+    if out is None:
+        out = torch.empty((n, k), dtype=dtype or scales.dtype, device=w.device)
+    bn, bk, warps = WO_DEQUANT
+    direct(wo_dequant_kernel, w)[(_cdiv(n, bn), _cdiv(k, bk))](
+        out, w, scales, scales if zeros is None else zeros, N=n, K=k, BITS=bits,
+        GROUP=group_size, HAS_ZERO=zeros is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return out

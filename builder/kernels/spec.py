@@ -86,7 +86,8 @@ class Gemm:
 
     `alternatives`: launches that compute the same output for M <= max_m, each
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
-    the fastest."""
+    the fastest. `prologue`: launches that write cuBLASLt's operands (a weight dequantized into
+    scratch); they run, and are timed, only when cuBLASLt runs."""
     a: dict
     w: dict
     out: dict
@@ -102,6 +103,7 @@ class Gemm:
     a_scale: dict | None = None
     w_scale: dict | None = None
     alternatives: list[dict] = field(default_factory=list)
+    prologue: list[Launch] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
@@ -113,10 +115,12 @@ class Gemm:
             out["alternatives"] = [{"max_m": alt["max_m"],
                                     "steps": [step.to_json() for step in alt["steps"]]}
                                    for alt in self.alternatives]
+        if self.prologue:
+            out["prologue"] = [step.to_json() for step in self.prologue]
         return out
 
     def launches(self) -> list[Launch]:
-        return [step for alt in self.alternatives for step in alt["steps"]]
+        return self.prologue + [step for alt in self.alternatives for step in alt["steps"]]
 
 
 def kernel_spec(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int = 1

@@ -209,6 +209,9 @@ PlanSpec toPlan(py::object const& engine)
                     g.alternatives.push_back(std::move(alternative));
                 }
             }
+            if (s.contains("prologue"))
+                for (auto step : s["prologue"].cast<py::list>())
+                    g.prologue.push_back(toLaunch(step.cast<py::dict>(), label));
             p.program.emplace_back(std::move(g));
             continue;
         }

@@ -82,7 +82,8 @@ struct GemmAlternative
 
 /// @brief out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), row-major; FP8: out = (a_scale * w_scale)
 /// * (a @ w^T) (+ bias). The executor times the alternatives against cuBLASLt per M and runs
-/// the fastest.
+/// the fastest. `prologue` writes cuBLASLt's operands (e.g. a weight dequantized into scratch):
+/// it runs, and is timed, only with cuBLASLt.
 struct GemmStep
 {
     std::string label;
@@ -100,6 +101,7 @@ struct GemmStep
     std::optional<BufferRef> aScale; ///< FP8: float32 per-tensor dequantization scale of a
     std::optional<BufferRef> wScale; ///< FP8: the same for w
     std::vector<GemmAlternative> alternatives;
+    std::vector<LaunchStep> prologue;
 };
 
 struct OutputSpec

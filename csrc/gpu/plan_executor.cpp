@@ -102,6 +102,7 @@ struct ResolvedGemm
     int shape = 0; ///< GEMMs of equal shape (and alternatives) share their choices
     int maxM = 0;  ///< the most rows any alternative takes (0: none)
     std::vector<ResolvedAlternative> alternatives;
+    std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -621,6 +622,8 @@ private:
                     gemm.alternatives.push_back(std::move(resolved));
                     gemm.maxM = std::max(gemm.maxM, alternative.maxM);
                 }
+                for (auto const& step : g.prologue)
+                    gemm.prologue.push_back(resolveLaunch(step));
                 mProgram.emplace_back(std::move(gemm));
             }
         }
@@ -662,6 +665,8 @@ private:
                 for (auto const& alternative : gemm.alternatives)
                     for (auto const& launch : alternative.steps)
                         markLaunch(launch);
+                for (auto const& launch : gemm.prologue)
+                    markLaunch(launch);
             }
         }
         for (std::size_t i = 0; i < used.size(); ++i)
@@ -741,6 +746,8 @@ private:
         int const choice = m <= gemm.maxM ? choose(gemm, m) : -1;
         if (choice < 0)
         {
+            for (auto& launch : gemm.prologue)
+                run(launch);
             mGemm->run(gemm.id, static_cast<int>(m), mStream);
             return;
         }
@@ -761,7 +768,8 @@ private:
         std::vector<float> times;
         if (m > 0)
         {
-            float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream);
+            float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream)
+                + (gemm.prologue.empty() ? 0.0F : timeLaunches(gemm.prologue));
             times.push_back(bestUs);
             for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
             {

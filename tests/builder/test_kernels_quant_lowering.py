@@ -54,7 +54,7 @@ def quantized_graph() -> Graph:
 
 @pytest.fixture(scope="module")
 def lowered():
-    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT)
+    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
     return lower(quantized_graph(), build)
 
 
@@ -72,7 +72,7 @@ def test_each_op_lowers_to_its_kernels(lowered):
         "rmsnorm_quant": ["rmsnorm_quant_kernel"], "linear_w8a8": ["w8a8_kernel"] * 2,
         "silu_mul_quant": ["int8_rows_kernel", "fp8_rows_kernel"],
         "quantize_int8": ["int8_rows_kernel"], "quantize_fp8": ["fp8_rows_kernel"],
-        "linear_wo": ["wo_gemm_kernel", "splitk_reduce_kernel", "wo_gemm_kernel"] * 2}
+        "linear_wo": ["gemm"] * 2}
 
 
 def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
@@ -101,24 +101,61 @@ def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):
     w8a8 = steps_of(lowered, "linear_w8a8")
     assert [s.when for s in w8a8] == ["T <= 16", "T > 16"]
     assert [s.grid for s in w8a8] == [("cdiv(T, 16)", "32", "1"), ("cdiv(T, 128)", "8", "1")]
-    small, reduce, large = steps_of(lowered, "linear_wo")[:3]
+
+
+
+def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lowered):
+    awq, wo8 = steps_of(lowered, "linear_wo")
+    assert isinstance(awq, Gemm) and isinstance(wo8, Gemm)
+    plan = awq.to_json()
+    alternatives, prologue = plan.pop("alternatives"), plan.pop("prologue")
+    # cuBLASLt multiplies x * pre_quant_scale by the weight, both written to scratch first.
+    assert plan == {
+        "kind": "gemm", "label": awq.label, "a": {"scratch": "wo_scaled_x"},
+        "w": {"scratch": "wo_dequantized_weight"}, "out": {"arena": awq.out["arena"]},
+        "bias": None, "m": "T", "n": I, "k": H, "lda": H, "ldc": I, "dtype": DT}
+    scale, dequant = awq.prologue
+    assert scale.kernel.fn.fn.__name__ == "scale_cols_kernel"
+    assert scale.grid == ("T", "1", "1") and scale.args[0] == {"scratch": "wo_scaled_x"}
+    assert dequant.kernel.fn.fn.__name__ == "wo_dequant_kernel"
+    assert dequant.args[:2] == [{"scratch": "wo_dequantized_weight"}, {"weight": "awq.weight"}]
+    assert [prologue[i]["kernel"] for i in (0, 1)] == [scale.kernel.key, dequant.kernel.key]
+    # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, then split-K
+    # for up to 16.
+    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16]
+    gemvs = [alt["steps"][0] for alt in awq.alternatives[:5]]
+    assert [g.kernel.constexprs["ROWS"] for g in gemvs] == [1, 1, 1, 2, 4]
+    assert [g.kernel.constexprs["BLOCK_W"] for g in gemvs] == [H // 8] * 5  # K / 8 words: one tile
+    assert [g.grid for g in gemvs] == [("cdiv(T, 1)", "64", "1")] * 3 + [
+        ("cdiv(T, 2)", "64", "1"), ("cdiv(T, 4)", "64", "1")]
+    assert all(g.kernel.fn.fn.__name__ == "wo_gemv_kernel" and g.when is None for g in gemvs)
+    c = gemvs[0].kernel.constexprs
+    assert (c["BITS"], c["GROUP"], c["HAS_ZERO"], c["HAS_PQS"], c["HAS_BIAS"]) == \
+        (4, 128, True, True, False)
+    small, reduce = awq.alternatives[5]["steps"]
     splits = small.grid[2]
     assert lowered.derived[splits] == "max(1, min(16, 2, cdiv(2 * NSM, 8)))"
-    assert small.grid == ("1", "8", splits) and small.when == "T <= 16"
-    assert reduce.when == f"T <= 16 and {splits} > 1" and large.when == "T > 16"
-    assert {"i32": splits} in small.args and {"i32": "1"} in large.args
-    assert lowered.scratch_sizes == {"quant_gemm_partials": [str(16 * 16 * I * 4),
-                                                             str(16 * 16 * H * 4)]}
-    awq = small.kernel.constexprs
-    assert (awq["BITS"], awq["GROUP"], awq["HAS_ZERO"], awq["HAS_PQS"], awq["PER_STEP"]) == \
-        (4, 128, True, True, True)
+    assert small.grid == ("1", "8", splits) and small.when is None
+    assert reduce.when == f"{splits} > 1" and {"i32": splits} in small.args
+    awq_c = small.kernel.constexprs
+    assert (awq_c["BITS"], awq_c["GROUP"], awq_c["HAS_ZERO"], awq_c["HAS_PQS"],
+            awq_c["PER_STEP"]) == (4, 128, True, True, True)
+    # int8 per channel without a pre-quant scale: x goes to cuBLASLt as it is.
+    assert wo8.a == {"input": "x"} and wo8.lda == H
+    assert [p.kernel.fn.fn.__name__ for p in wo8.prologue] == ["wo_dequant_kernel"]
+    assert wo8.alternatives[0]["steps"][0].kernel.constexprs["BITS"] == 8
+    assert lowered.scratch_sizes == {
+        "quant_gemm_partials": [str(16 * 16 * I * 4), str(16 * 16 * H * 4)],
+        "wo_scaled_x": [str(64 * H * 2)],
+        "wo_dequantized_weight": [str(I * H * 2), str(H * H * 2)]}
 
 
 def test_kernels_compile_for_their_gpus(lowered, tmp_path, monkeypatch):
     """Every specialization compiles to a cubin for sm_90; the integer ones also for sm_80
     (fp8 needs sm_89, as QuantMode's min_sm says)."""
     monkeypatch.setenv("KILN_KERNEL_CACHE", str(tmp_path))
-    specs = {s.kernel.key: s.kernel for s in lowered.program if isinstance(s, Launch)}
+    specs = {launch.kernel.key: launch.kernel for s in lowered.program
+             for launch in (s.launches() if isinstance(s, Gemm) else [s])}
     for spec in specs.values():
         fp8 = any(t == "*fp8e4nv" for t in spec.signature.values())
         for sm in ([90] if fp8 else [90, 80]):

@@ -6,7 +6,8 @@ Each figure is a CUDA graph of back-to-back launches, each on another copy of th
 copies together exceed the L2 cache), as a decode step runs them; bytes = the weight's.
 
     python tests/gpu/gemm_sweep.py [--configs 16:256:4:4,32:128:4:4] [--m 1]
-                                   [--int4 16:64:128:4:3,... [--skip-16bit]]
+                                   [--int4 16:64:128:4:3,...] [--gemv 4:128:4,...]
+                                   [--skip-16bit]
 """
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ def main() -> None:
     parser.add_argument("--int4", default="",
                         help="also time the W4A16 small-M kernel with these WO_SMALL configs "
                         "(BLOCK_M:BLOCK_N:BLOCK_K:warps:stages, comma separated)")
-    parser.add_argument("--skip-16bit", action="store_true", help="only the --int4 rows")
+    parser.add_argument("--gemv", default="",
+                        help="also time the W4A16 GEMV (M <= 4) with these WO_GEMV configs "
+                        "(BLOCK_N:BLOCK_W:warps, comma separated)")
+    parser.add_argument("--skip-16bit", action="store_true", help="only the --int4/--gemv rows")
     args = parser.parse_args()
 
     from kiln.builder.kernels import gemm
@@ -68,7 +72,7 @@ def main() -> None:
         g = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(args.m, k, device="cuda", generator=g).bfloat16()
         if args.skip_16bit:
-            int4_rows(name, n, k, x, args.int4)
+            int4_rows(name, n, k, x, args.int4, args.gemv)
             continue
         copies = max(2, -(-(256 << 20) // (n * k * 2)))
         ws = [torch.randn(n, k, device="cuda", generator=g).mul_(0.02).bfloat16()
@@ -108,14 +112,17 @@ def main() -> None:
                   flush=True)
         del wq
         torch.cuda.empty_cache()
-        if args.int4:
-            int4_rows(name, n, k, x, args.int4)
+        if args.int4 or args.gemv:
+            int4_rows(name, n, k, x, args.int4, args.gemv)
 
 
-def int4_rows(name: str, n: int, k: int, x, configs_text: str, group: int = 128) -> None:
-    """linear_wo (kernels/quant_gemm.py) on a packed int4 weight with bfloat16 group scales,
-    for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:num_warps:num_stages (split-K
-    as the plan picks it); bytes = the packed weight and its scales."""
+def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
+              group: int = 128) -> None:
+    """linear_wo (kernels/quant_gemm.py) on a packed int4 weight with bfloat16 group scales:
+    the split-K kernel for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:warps:stages
+    (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps, and the dequantization
+    that precedes cuBLASLt for M > 16 (bytes: read and written); bytes = the packed weight and
+    its scales."""
     from kiln.builder.kernels import quant_gemm
 
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -125,14 +132,29 @@ def int4_rows(name: str, n: int, k: int, x, configs_text: str, group: int = 128)
           .to(torch.uint8) for _ in range(copies)]
     scales = (torch.rand(n, k // group, device="cuda", generator=g) * 0.01).bfloat16()
     out = torch.empty(x.shape[0], n, device="cuda", dtype=torch.bfloat16)
+    rows = []
     default = quant_gemm.WO_SMALL
-    for text in configs_text.split(","):
-        quant_gemm.WO_SMALL = tuple(int(v) for v in text.split(":"))
-        t = graph_time(lambda i: quant_gemm.linear_wo(x, ws[i], scales, 4, group, out=out),
-                       copies)
+    for text in filter(None, splitk_text.split(",")):
+        cfg = tuple(int(v) for v in text.split(":"))
         splits = quant_gemm.splits_for(n, k, torch.cuda.get_device_properties(0).multi_processor_count)
-        label = f"int4 {text} S={splits}"
-        print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{nbytes / t / 1e12:>7.2f}",
+
+        def splitk(i, cfg=cfg):
+            quant_gemm.WO_SMALL = cfg
+            quant_gemm.linear_wo(x, ws[i], scales, 4, group, out=out, path="splitk")
+        rows.append((f"int4 {text} S={splits}", splitk, nbytes))
+    for text in filter(None, gemv_text.split(",")):
+        cfg = tuple(int(v) for v in text.split(":"))
+        rows.append((f"int4 gemv {text}",
+                     lambda i, cfg=cfg: quant_gemm.linear_wo(x, ws[i], scales, 4, group, out=out,
+                                                             path="gemv", gemv_config=cfg),
+                     nbytes))
+    wd = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
+    rows.append(("int4 dequantize (r+w)",
+                 lambda i: quant_gemm.dequantize(ws[i], scales, 4, group, out=wd),
+                 nbytes + n * k * 2))
+    for label, launch, moved in rows:
+        t = graph_time(launch, copies)
+        print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{moved / t / 1e12:>7.2f}",
               flush=True)
     quant_gemm.WO_SMALL = default
 

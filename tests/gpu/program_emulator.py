@@ -99,6 +99,8 @@ class ProgramEmulator:
                 for step in alternative["steps"]:
                     self._launch(step, symbols)
                 return
+        for step in g.get("prologue") or []:
+            self._launch(step, symbols)
         dtype = DTYPES[g["dtype"]]
         in_dtype = DTYPES[g.get("in_dtype") or g["dtype"]]
         a = torch.as_strided(self.pointer(g["a"], in_dtype), (m, g["k"]), (g["lda"], 1))

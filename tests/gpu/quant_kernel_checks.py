@@ -159,7 +159,7 @@ def wo_weight(gen, n, k, bits, group, zero_point, dtype):
 
 
 def check_linear_wo(device, dtype, m, n, k, seed, bits, group, zero_point=False, pqs=False,
-                    bias=False, num_splits=None):
+                    bias=False, num_splits=None, path=None):
     from kiln.builder.kernels import quant_gemm
     g = torch.Generator().manual_seed(seed)
     w, scales, zeros = wo_weight(g, n, k, bits, group, zero_point, dtype)
@@ -173,7 +173,7 @@ def check_linear_wo(device, dtype, m, n, k, seed, bits, group, zero_point=False,
     dev = [None if t is None else t.to(device) for t in (x, w, scales, zeros, p, b)]
     out = _poison(g, (m, n), dtype, device)
     quant_gemm.linear_wo(dev[0], dev[1], dev[2], bits, group, dev[3], dev[4], dev[5],
-                         num_splits=num_splits, out=out)
+                         num_splits=num_splits, out=out, path=path)
     return rel_err(out, ref)
 
 
@@ -220,6 +220,21 @@ def interpreter_cases():
                   num_splits=2), TOL[dtype]),
             (f"linear_wo-int8-large-{d}", check_linear_wo,
              dict(dtype=dtype, m=20, n=130, k=200, seed=13, bits=8, group=200, bias=True), TOL[dtype]),
+            (f"linear_wo-gemv-awq-{d}", check_linear_wo,
+             dict(dtype=dtype, m=1, n=40, k=512, seed=16, bits=4, group=128, zero_point=True,
+                  pqs=True, path="gemv"), TOL[dtype]),
+            (f"linear_wo-gemv-gptq-2-{d}", check_linear_wo,
+             dict(dtype=dtype, m=2, n=37, k=256, seed=17, bits=4, group=64, bias=True,
+                  path="gemv"), TOL[dtype]),
+            (f"linear_wo-gemv-groups-{d}", check_linear_wo,
+             dict(dtype=dtype, m=9, n=24, k=256, seed=20, bits=4, group=128, zero_point=True,
+                  pqs=True, path="gemv"), TOL[dtype]),
+            (f"linear_wo-gemv-int8-3-{d}", check_linear_wo,
+             dict(dtype=dtype, m=3, n=24, k=200, seed=18, bits=8, group=200, pqs=True,
+                  bias=True, path="gemv"), TOL[dtype]),
+            (f"linear_wo-dequant-{d}", check_linear_wo,
+             dict(dtype=dtype, m=5, n=48, k=256, seed=19, bits=4, group=32, zero_point=True,
+                  pqs=True, path="dequant"), TOL[dtype]),
         ]
     return cases
 

@@ -68,27 +68,50 @@ WO = {"awq": (4, 128, True, True, False), "gptq": (4, 128, False, False, True),
       "int4-g64": (4, 64, True, False, False), "int8": (8, None, False, True, True)}
 
 
+# (M, path): the GEMV for 1, 2 and groups of 4 rows (3 runs as 4, 13 as 4 groups), split-K up
+# to 16, cuBLASLt's dequantized weight above (torch's matmul here).
+WO_PATHS = [(1, "gemv"), (2, "gemv"), (3, "gemv"), (4, "gemv"), (13, "gemv"), (1, "splitk"),
+            (16, "splitk"), (17, "dequant"), (128, "dequant")]
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16])
-@pytest.mark.parametrize("m", [1, 16, 128])
+@pytest.mark.parametrize("m,path", WO_PATHS)
 @pytest.mark.parametrize("variant", list(WO))
-def test_linear_wo_4096(dtype, m, variant):
+def test_linear_wo_4096(dtype, m, path, variant):
     bits, group, zp, pqs, bias = WO[variant]
     err = qc.check_linear_wo("cuda", dtype, m, 4096, 4096, seed=m, bits=bits,
-                             group=group or 4096, zero_point=zp, pqs=pqs, bias=bias)
+                             group=group or 4096, zero_point=zp, pqs=pqs, bias=bias, path=path)
     assert err < TOL[dtype]
 
 
-@pytest.mark.parametrize("m,splits", [(1, 1), (4, 7), (16, 16), (5, None), (40, None)])
+@pytest.mark.parametrize("m,splits,path", [(1, 1, None), (4, 7, None), (16, 16, None),
+                                           (5, None, None), (40, None, None), (1, None, "gemv"),
+                                           (3, None, "gemv")])
 @pytest.mark.parametrize("variant", list(WO))
-def test_linear_wo_splits_and_odd_shapes(m, splits, variant):
+def test_linear_wo_splits_and_odd_shapes(m, splits, path, variant):
     """SmolLM2's width (N=576), K=1472 (not a multiple of BLOCK_K) where the groups allow it,
     split counts forced or picked as the plan picks them, float32 and bfloat16."""
     bits, group, zp, pqs, bias = WO[variant]
     k = 1536 if group == 128 else 1472
     for dtype in (F32, BF16):
         err = qc.check_linear_wo("cuda", dtype, m, 576, k, seed=m, bits=bits, group=group or k,
-                                 zero_point=zp, pqs=pqs, bias=bias, num_splits=splits)
+                                 zero_point=zp, pqs=pqs, bias=bias, num_splits=splits,
+                                 path=path)
         assert err < TOL[dtype], (dtype, err)
+
+
+def test_dequantize_is_exact():
+    """The weight cuBLASLt multiplies for M > 16 is the reference's, bit for bit."""
+    from kiln.builder.kernels import quant_gemm
+    from kiln.quantize import pack
+    g = torch.Generator().manual_seed(3)
+    for dtype in DTYPES:
+        for variant, (bits, group, zp, _, _) in WO.items():
+            w, scales, zeros = qc.wo_weight(g, 1000, 1536, bits, group or 1536, zp, dtype)
+            ref = pack.dequantize_weight(w, bits, scales, group or 1536, zeros).to(dtype)
+            out = quant_gemm.dequantize(w.cuda(), scales.cuda(), bits, group or 1536,
+                                        None if zeros is None else zeros.cuda())
+            assert torch.equal(out.cpu(), ref), (dtype, variant)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
