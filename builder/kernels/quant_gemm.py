@@ -30,7 +30,8 @@ import triton.language as tl
 from kiln.builder.errors import KilnError
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.gemm import mma, small_m_alternatives
-from kiln.builder.kernels.spec import Gemm, I32
+from kiln.builder.ir import dtype_size
+from kiln.builder.kernels.spec import I32, Gemm, Ptr
 
 SMALL_M = 16
 MAX_SPLITS = 16
@@ -194,37 +195,37 @@ def _value(words, zero, x, p: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _dot4(d, words, zero, x0, x1, x2, x3, p: tl.constexpr, BITS: tl.constexpr):
+    """d plus values p..p + 3 of each word (minus the zero) times x0..x3, one FMA each."""
+    d += _value(words, zero, x0, p, BITS)
+    d += _value(words, zero, x1, p + 1, BITS)
+    d += _value(words, zero, x2, p + 2, BITS)
+    d += _value(words, zero, x3, p + 3, BITS)
+    return d
+
+
+@triton.jit
 def _word_dots(words, zero, x, BITS: tl.constexpr, BLOCK_W: tl.constexpr):
     """[BLOCK_N, BLOCK_W]: each word's values minus the zero, dotted with x [BLOCK_W, 32 / BITS]
     (float32), one fused multiply-add per value. x's columns are split off within a thread;
     a value u becomes a float by bits alone: (u | 0x4B000000) is the float 2^23 + u, and
     subtracting 2^23 + zero leaves u - zero exactly."""
+    d = tl.full(words.shape, -0.0, tl.float32)  # -0.0 + v * x is v * x: no add is left
     if BITS == 8:
-        x4 = tl.reshape(x, [BLOCK_W, 2, 2])  # value 2a + b
-        x_b0, x_b1 = tl.split(x4)
+        x_b0, x_b1 = tl.split(tl.reshape(x, [BLOCK_W, 2, 2]))  # value 2a + b
         x0, x2 = tl.split(x_b0)
         x1, x3 = tl.split(x_b1)
-        d = _value(words, zero, x0, 0, BITS)
-        d += _value(words, zero, x1, 1, BITS)
-        d += _value(words, zero, x2, 2, BITS)
-        d += _value(words, zero, x3, 3, BITS)
+        d = _dot4(d, words, zero, x0, x1, x2, x3, 0, BITS)
     else:
-        x8 = tl.reshape(x, [BLOCK_W, 2, 2, 2])  # value 4a + 2b + c
-        x_c0, x_c1 = tl.split(x8)
+        x_c0, x_c1 = tl.split(tl.reshape(x, [BLOCK_W, 2, 2, 2]))  # value 4a + 2b + c
         x_b0, x_b1 = tl.split(x_c0)
         x_b2, x_b3 = tl.split(x_c1)
         x0, x4 = tl.split(x_b0)
         x2, x6 = tl.split(x_b1)
         x1, x5 = tl.split(x_b2)
         x3, x7 = tl.split(x_b3)
-        d = _value(words, zero, x0, 0, BITS)
-        d += _value(words, zero, x1, 1, BITS)
-        d += _value(words, zero, x2, 2, BITS)
-        d += _value(words, zero, x3, 3, BITS)
-        d += _value(words, zero, x4, 4, BITS)
-        d += _value(words, zero, x5, 5, BITS)
-        d += _value(words, zero, x6, 6, BITS)
-        d += _value(words, zero, x7, 7, BITS)
+        d = _dot4(d, words, zero, x0, x1, x2, x3, 0, BITS)
+        d = _dot4(d, words, zero, x4, x5, x6, x7, 4, BITS)
     return d
 
 
@@ -455,7 +456,6 @@ def plan_linear_wo(node, ctx):
     to SMALL_M) and the split-K tensor-core kernel (M <= SMALL_M) as alternatives the executor
     times against it."""
     from kiln.builder.ops.quant import _wo_operands
-    from kiln.builder.kernels.spec import Ptr
     at, a = _wo_operands(node), node.attrs
     x, w, scales = node.inputs[:3]
     opt = {name: node.inputs[i] for name, i in at.items()}
@@ -463,7 +463,7 @@ def plan_linear_wo(node, ctx):
     n, k = int(ctx.graph.values[out].shape[-1]), ctx.width(x)
     m = ctx.rows(out)
     dtype = ctx.dtype(out)
-    size = {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+    size = dtype_size(dtype)
     bits, group = a["bits"], a["group_size"]
     zeros, pqs, bias = "zeros" in at, "pre_quant_scale" in at, "bias" in at
     args = dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
@@ -569,7 +569,7 @@ def linear_wo(x, w, scales, bits: int, group_size: int, zeros=None, pre_quant_sc
             out, x, w, scales, *opt, m, k * bits // 32, X_STRIDE=x.stride(0),
             OUT_STRIDE=out.stride(0),
             **gemv_constexprs(n, k, rows, bits, group_size, *flags, cfg=cfg), num_warps=cfg[2],
-            num_stages=cfg[3] if len(cfg) > 3 else 3)
+            num_stages=cfg[3])
         return out
     if path == "dequant":
         xs = x

@@ -609,9 +609,16 @@ private:
                     reinterpret_cast<void const*>(resolve(g.a, g.label)),
                     reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
                     g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale};
-                std::string const shape = g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x"
+                // The choice is an index into the alternatives: only GEMMs that offer the same
+                // kernels (and prologue) may share it.
+                std::string shape = g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x"
                     + std::to_string(g.k) + "/" + std::to_string(g.lda) + "/" + std::to_string(g.ldc)
-                    + (g.bias ? "/bias" : "") + "/" + std::to_string(g.alternatives.size());
+                    + (g.bias ? "/bias" : "");
+                for (auto const& alternative : g.alternatives)
+                    for (auto const& step : alternative.steps)
+                        shape += "/" + step.kernel;
+                for (auto const& step : g.prologue)
+                    shape += "/prologue:" + step.kernel;
                 auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
                 ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}};
                 for (auto const& alternative : g.alternatives)

@@ -6,7 +6,7 @@ Each figure is a CUDA graph of back-to-back launches, each on another copy of th
 copies together exceed the L2 cache), as a decode step runs them; bytes = the weight's.
 
     python tests/gpu/gemm_sweep.py [--configs 16:256:4:4,32:128:4:4] [--m 1]
-                                   [--int4 16:64:128:4:3,...] [--gemv 4:128:4,...]
+                                   [--int4 16:64:128:4:3,...] [--gemv 8:128:4:1,...]
                                    [--skip-16bit]
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
                         "(BLOCK_M:BLOCK_N:BLOCK_K:warps:stages, comma separated)")
     parser.add_argument("--gemv", default="",
                         help="also time the W4A16 GEMV (M <= 4) with these WO_GEMV configs "
-                        "(BLOCK_N:BLOCK_W:warps, comma separated)")
+                        "(BLOCK_N:BLOCK_W:warps:stages, comma separated)")
     parser.add_argument("--skip-16bit", action="store_true", help="only the --int4/--gemv rows")
     args = parser.parse_args()
 
@@ -120,9 +120,9 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
               group: int = 128) -> None:
     """linear_wo (kernels/quant_gemm.py) on a packed int4 weight with bfloat16 group scales:
     the split-K kernel for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:warps:stages
-    (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps, and the dequantization
-    that precedes cuBLASLt for M > 16 (bytes: read and written); bytes = the packed weight and
-    its scales."""
+    (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps:stages, and the
+    dequantization that precedes cuBLASLt for M > 16 (bytes: read and written); bytes = the
+    packed weight and its scales."""
     from kiln.builder.kernels import quant_gemm
 
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -136,7 +136,8 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
     default = quant_gemm.WO_SMALL
     for text in filter(None, splitk_text.split(",")):
         cfg = tuple(int(v) for v in text.split(":"))
-        splits = quant_gemm.splits_for(n, k, torch.cuda.get_device_properties(0).multi_processor_count)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        splits = quant_gemm.splits_for(n, k, sms)
 
         def splitk(i, cfg=cfg):
             quant_gemm.WO_SMALL = cfg
