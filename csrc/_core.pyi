@@ -264,6 +264,7 @@ class PlanExecutor(Backend):
         num_blocks: int | None = None,
         device: int = 0,
         cuda_graphs: bool = True,
+        programmatic_launch: bool = True,
     ) -> None: ...
     def forward(self, step: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
         """Runs one step (the ABI arrays as numpy); returns float32 logits [B, vocab]."""
@@ -272,6 +273,10 @@ class PlanExecutor(Backend):
         (empty when the engine has none) and "logits" [len(logit_rows), vocab]."""
     cuda_graphs: bool
     """Whether decode-only steps run as CUDA graphs (captured per launch shape on first use)."""
+    programmatic_launch: bool
+    """Whether kernels compiled for it (SM 90 and newer) launch with programmatic stream
+    serialization, each starting while the one before finishes; setting it drops the captured
+    graphs."""
     def graph_stats(self) -> dict[str, int]:
         """{"captured", "replays", "eager_steps"} so far."""
     def memory(self) -> dict[str, int]:

@@ -19,6 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from kiln.builder.kernels import pdl
 from kiln.builder.kernels.spec import KernelSpec, source_key
 
 _PARAM = re.compile(r"\.param\s+(?:\.align\s+\d+\s+)?\.(u64|b64|s64|u32|b32|s32|f32|f64|b8)\b")
@@ -27,7 +28,7 @@ _PARAM = re.compile(r"\.param\s+(?:\.align\s+\d+\s+)?\.(u64|b64|s64|u32|b32|s32|
 @dataclass(slots=True)
 class Compiled:
     cubin: bytes
-    meta: dict  # name, num_warps, shared, params (PTX types), scratch sizes
+    meta: dict  # name, num_warps, shared, params (PTX types), pdl, scratch sizes
     cached: bool = False
 
 
@@ -46,7 +47,8 @@ def entry_params(ptx: str, name: str) -> list[str]:
 
 
 def _cache_key(spec: KernelSpec, sm: int) -> str:
-    data = json.dumps([triton.__version__, source_key(spec.fn), spec.describe(), sm], sort_keys=True)
+    data = json.dumps([triton.__version__, source_key(spec.fn), spec.describe(), sm,
+                       pdl.mode(sm, spec.fn.fn.__name__)], sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()
 
 
@@ -67,8 +69,12 @@ def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
         except (OSError, ValueError):
             pass  # a damaged entry is rebuilt below
     attrs = {(i,): [["tt.divisibility", 16]] for i in spec.divisible}
-    src = ASTSource(fn=spec.fn, signature=dict(spec.signature), constexprs=dict(spec.constexprs),
-                    attrs=attrs)
+    constexprs = dict(spec.constexprs)
+    takes_pdl = pdl.PARAM in spec.signature
+    pdl_mode = pdl.mode(sm, spec.fn.fn.__name__) if takes_pdl else pdl.OFF
+    if takes_pdl:
+        constexprs[pdl.PARAM] = pdl_mode
+    src = ASTSource(fn=spec.fn, signature=dict(spec.signature), constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", sm, 32),
                             options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
                                      "enable_fp_fusion": True})
@@ -78,8 +84,13 @@ def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
     if len(params) < len(runtime):
         raise RuntimeError(f"{spec.qualname}: PTX entry has {len(params)} parameters, "
                            f"signature has {len(runtime)}")
+    waits = "griddepcontrol.wait" in kernel.asm["ptx"]
+    if pdl_mode != pdl.OFF and not waits:
+        raise RuntimeError(f"{spec.qualname} takes PDL but never waits on its predecessor: "
+                           "call pdl.enter(PDL) first")
     meta = {"name": md.name, "num_warps": md.num_warps, "shared": md.shared,
             "params": params, "num_extra_params": len(params) - len(runtime),
+            "pdl": pdl_mode != pdl.OFF,
             "global_scratch_size": getattr(md, "global_scratch_size", 0),
             "profile_scratch_size": getattr(md, "profile_scratch_size", 0),
             "triton": triton.__version__}

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rope import kv_quant, plan_rope_kv
 from kiln.builder.kernels.spec import F32, I32, pow2
 
@@ -112,7 +113,8 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            OUT_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
                            HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, TPB: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
-                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
+                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     qblock = tl.program_id(0)
     kvh = tl.program_id(1)
     seq = _find_sequence(query_start_ptr, num_seqs, qblock, BLOCK_Q)
@@ -156,7 +158,8 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         OUT_STRIDE: tl.constexpr, NQ: tl.constexpr, NKV: tl.constexpr,
                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                         TPB: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
-                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
+                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -201,7 +204,8 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
 def paged_decode_reduce_kernel(out_ptr, partial_ptr, query_start_ptr, num_splits,
                                OUT_STRIDE: tl.constexpr, NQ: tl.constexpr,
                                HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-                               SPLITS_PAD: tl.constexpr):
+                               SPLITS_PAD: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     sp = tl.arange(0, SPLITS_PAD)

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.pdl import enter
 
 BLOCK = 1024
 WARPS = 4
@@ -17,7 +18,8 @@ ADD, MUL = 0, 1
 
 @triton.jit
 def silu_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                    WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH
@@ -29,7 +31,8 @@ def silu_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.const
 
 @triton.jit
 def silu_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+                WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH
@@ -41,7 +44,8 @@ def silu_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr
 @triton.jit
 def binary_kernel(out_ptr, a_ptr, b_ptr, A_STRIDE: tl.constexpr, B_STRIDE: tl.constexpr,
                   OUT_STRIDE: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr,
-                  OP: tl.constexpr):
+                  OP: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH
@@ -56,7 +60,8 @@ def binary_kernel(out_ptr, a_ptr, b_ptr, A_STRIDE: tl.constexpr, B_STRIDE: tl.co
 
 @triton.jit
 def cast_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+                WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH

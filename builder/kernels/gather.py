@@ -7,12 +7,15 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.norm import row_warps
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import pow2
 
 
 @triton.jit
 def gather_rows_kernel(out_ptr, src_ptr, index_ptr, SRC_STRIDE: tl.constexpr,
-                       OUT_STRIDE: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+                       OUT_STRIDE: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr,
+                       PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     src = tl.load(index_ptr + row).to(tl.int64)
     for start in tl.static_range(0, WIDTH, BLOCK):

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm
 
 SMALL_M = 16
@@ -46,8 +47,9 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
                         X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, SCALED: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        IEEE: tl.constexpr):
+                        IEEE: tl.constexpr, PDL: tl.constexpr = 0):
     """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K."""
+    enter(PDL)
     rows = tl.arange(0, BLOCK_M)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M

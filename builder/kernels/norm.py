@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import F32, pow2
 
 
@@ -25,7 +26,8 @@ def norm_row(x, w_ptr, cols, mask, eps, H: tl.constexpr, DT: tl.constexpr):
 
 @triton.jit
 def rmsnorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                   H: tl.constexpr, BLOCK: tl.constexpr):
+                   H: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
@@ -37,7 +39,9 @@ def rmsnorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr, OUT_STRID
 @triton.jit
 def add_rmsnorm_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, w_ptr, eps, X_STRIDE: tl.constexpr,
                        RES_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                       SUM_STRIDE: tl.constexpr, H: tl.constexpr, BLOCK: tl.constexpr):
+                       SUM_STRIDE: tl.constexpr, H: tl.constexpr, BLOCK: tl.constexpr,
+                       PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
@@ -52,7 +56,8 @@ def add_rmsnorm_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, w_ptr, eps, X_STRIDE: t
 @triton.jit
 def head_rmsnorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr,
                         OUT_STRIDE: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        HEADS_PAD: tl.constexpr, DIM_PAD: tl.constexpr):
+                        HEADS_PAD: tl.constexpr, DIM_PAD: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, HEADS_PAD)
     d = tl.arange(0, DIM_PAD)

@@ -22,6 +22,7 @@ from triton.language.extra import libdevice
 from kiln.builder.kernels import quant_gemm
 from kiln.builder.kernels.direct import direct, interpreting
 from kiln.builder.kernels.norm import norm_row, row_warps
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import F32, pow2
 
 FP8, INT8 = "float8_e4m3fn", "int8"
@@ -95,7 +96,9 @@ def _source(x_ptr, sm_ptr, row, col, mask, X_STRIDE: tl.constexpr, WIDTH: tl.con
 
 @triton.jit
 def fp8_rows_kernel(q_ptr, x_ptr, scale_ptr, X_STRIDE: tl.constexpr, Q_STRIDE: tl.constexpr,
-                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, SILU_MUL: tl.constexpr):
+                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, SILU_MUL: tl.constexpr,
+                    PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH
@@ -107,7 +110,8 @@ def fp8_rows_kernel(q_ptr, x_ptr, scale_ptr, X_STRIDE: tl.constexpr, Q_STRIDE: t
 @triton.jit
 def int8_rows_kernel(q_ptr, row_scale_ptr, x_ptr, sm_ptr, X_STRIDE: tl.constexpr,
                      Q_STRIDE: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr,
-                     SILU_MUL: tl.constexpr, SMOOTH: tl.constexpr):
+                     SILU_MUL: tl.constexpr, SMOOTH: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     top = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, WIDTH, BLOCK):
@@ -127,8 +131,10 @@ def int8_rows_kernel(q_ptr, row_scale_ptr, x_ptr, sm_ptr, X_STRIDE: tl.constexpr
 def rmsnorm_quant_kernel(q_ptr, row_scale_ptr, sum_ptr, x_ptr, res_ptr, w_ptr, scale_ptr, eps,
                          X_STRIDE: tl.constexpr, RES_STRIDE: tl.constexpr,
                          Q_STRIDE: tl.constexpr, SUM_STRIDE: tl.constexpr, H: tl.constexpr,
-                         BLOCK: tl.constexpr, ADD: tl.constexpr, IS_FP8: tl.constexpr):
+                         BLOCK: tl.constexpr, ADD: tl.constexpr, IS_FP8: tl.constexpr,
+                         PDL: tl.constexpr = 0):
     """rmsnorm (ADD: of x + residual, whose sum is stored) as norm.py computes it, quantized."""
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H

@@ -28,9 +28,10 @@ import triton
 import triton.language as tl
 
 from kiln.builder.errors import KilnError
+from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.gemm import mma, small_m_alternatives
-from kiln.builder.ir import dtype_size
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
 
 SMALL_M = 16
@@ -54,7 +55,8 @@ SCALE_BLOCK = 1024
 def w8a8_kernel(out_ptr, q_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, M,
                 Q_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
                 K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < M, cols < N
@@ -116,9 +118,10 @@ def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pq
                    N: tl.constexpr, K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
                    HAS_ZERO: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    PER_STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                   BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = 0):
     """Rows block program_id(0), columns block program_id(1), K share program_id(2) of
     num_splits: the result, or with num_splits > 1 a float32 partial [split, M, N]."""
+    enter(PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     split = tl.program_id(2)
@@ -254,7 +257,8 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_p
                    X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
                    K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
                    HAS_ZERO: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+                   PDL: tl.constexpr = 0):
     """Rows ROWS * program_id(0) on (at most ROWS of them, ROWS <= 4) of columns block
     program_id(1), on CUDA cores; consecutive programs share a weight tile, so a second group
     of rows mostly finds it in L2.
@@ -265,6 +269,7 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_p
     alone: (u | 0x4B000000) is the float 2^23 + u, and subtracting 2^23 + zero leaves u - zero
     exactly. Each word's products with x are summed in float32 and scaled by its group's scale
     once per word."""
+    enter(PDL)
     PER_WORD: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = K // PER_WORD
     GROUP_WORDS: tl.constexpr = GROUP // PER_WORD
@@ -314,9 +319,10 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_p
 @triton.jit
 def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, zeros_ptr, N: tl.constexpr, K: tl.constexpr,
                       BITS: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
     """out[N, K] = ((u - zero) * scale).to(out's dtype): the weight cuBLASLt multiplies for
     M > SMALL_M, as the reference rounds it."""
+    enter(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     cols64 = cols.to(tl.int64)
@@ -350,8 +356,9 @@ def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, zeros_ptr, N: tl.constexpr, K:
 
 @triton.jit
 def scale_cols_kernel(out_ptr, x_ptr, pqs_ptr, M, X_STRIDE: tl.constexpr, K: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
     """out[m, :] = (x[m, :] * pre_quant_scale).to(x's dtype), rows of K contiguous."""
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = k < K
@@ -363,7 +370,8 @@ def scale_cols_kernel(out_ptr, x_ptr, pqs_ptr, M, X_STRIDE: tl.constexpr, K: tl.
 @triton.jit
 def splitk_reduce_kernel(out_ptr, partial_ptr, bias_ptr, M, num_splits,
                          OUT_STRIDE: tl.constexpr, N: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.norm import row_warps
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.quant import e4m3_grid
 from kiln.builder.kernels.spec import pow2
 
@@ -81,7 +82,8 @@ def rope_kv_kernel(q_out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, pos
                    NQ: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                    NQ_PAD: tl.constexpr, NKV_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
                    TPB: tl.constexpr, ROPE: tl.constexpr, WRITE_Q: tl.constexpr,
-                   WRITE_KV: tl.constexpr, KV_QUANT: tl.constexpr):
+                   WRITE_KV: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
     tok = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, HALF_PAD)
     if ROPE:

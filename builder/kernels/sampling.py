@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Ptr
 
 BLOCK = 2048
@@ -39,9 +40,11 @@ def _fold(x, cols, best, best_index, total, bad, VOCAB: tl.constexpr):
 
 
 @triton.jit
-def greedy_kernel(out_ptr, logprob_ptr, logits_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+def greedy_kernel(out_ptr, logprob_ptr, logits_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr,
+                  PDL: tl.constexpr = 0):
     """out[row]: the argmax (-1 when the row holds NaN or no finite value); logprob[row]: the
     log-softmax there, from an online log-sum-exp over the same pass."""
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     best = float("-inf")
     best_index = 0
@@ -58,9 +61,11 @@ def greedy_kernel(out_ptr, logprob_ptr, logits_ptr, VOCAB: tl.constexpr, BLOCK: 
 
 
 @triton.jit
-def greedy_partial_kernel(part_ptr, logits_ptr, chunk, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+def greedy_partial_kernel(part_ptr, logits_ptr, chunk, VOCAB: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr = 0):
     """Chunk program_id(1) (`chunk` logits from program_id(1) * chunk) of row program_id(0):
     part[row, c] = (max, its lowest index, sum of exp(x - max), NaN count)."""
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     chunks = tl.num_programs(1)
@@ -81,8 +86,10 @@ def greedy_partial_kernel(part_ptr, logits_ptr, chunk, VOCAB: tl.constexpr, BLOC
 
 
 @triton.jit
-def greedy_combine_kernel(out_ptr, logprob_ptr, part_ptr, chunks, MAX_CHUNKS: tl.constexpr):
+def greedy_combine_kernel(out_ptr, logprob_ptr, part_ptr, chunks, MAX_CHUNKS: tl.constexpr,
+                          PDL: tl.constexpr = 0):
     """greedy_kernel's results for row program_id(0) from its `chunks` partials."""
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, MAX_CHUNKS)
     ok = c < chunks
@@ -117,7 +124,9 @@ def _count_above(logits_ptr, row, thr, inv_t, top, VOCAB: tl.constexpr, BLOCK: t
 
 @triton.jit
 def sample_kernel(out_ptr, logits_ptr, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr,
-                  seed_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+                  seed_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr,
+                  PDL: tl.constexpr = 0):
+    enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     inv_t = 1.0 / tl.load(temperature_ptr + row)
     top_k = tl.load(top_k_ptr + row)

@@ -14,6 +14,8 @@ import inspect
 import json
 from dataclasses import dataclass, field
 
+from kiln.builder.kernels import pdl
+
 TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                 "int32": "i32", "int64": "i64", "int8": "i8", "uint8": "u8",
                 "float8_e4m3fn": "fp8e4nv"}
@@ -134,7 +136,7 @@ def kernel_spec(fn, args: dict, constexprs: dict, num_warps: int, num_stages: in
         raise ValueError(f"{fn.fn.__name__} has no parameters {sorted(unknown)}")
     signature, json_args, divisible = {}, [], []
     for index, name in enumerate(names):
-        if name in constexprs:
+        if name in constexprs or name == pdl.PARAM:  # PDL: set per target by aot.compile_spec
             signature[name] = "constexpr"
             continue
         if name not in args:

@@ -167,7 +167,8 @@ PlanSpec toPlan(py::object const& engine)
                 bytesOf(engine.attr("blob")(blob)), field(m, "num_warps", "a kernel").cast<int>(),
                 field(m, "shared", "a kernel").cast<int>(),
                 field(m, "params", "a kernel").cast<std::vector<std::string>>(),
-                field(m, "num_extra_params", "a kernel").cast<int>()};
+                field(m, "num_extra_params", "a kernel").cast<int>(),
+                m.contains("pdl") && m["pdl"].cast<bool>()};
         }
         p.kernels[id.cast<std::string>()] = std::move(desc);
     }
@@ -364,18 +365,21 @@ void bind(py::module_& m)
     py::class_<PlanExecutor, Backend, std::shared_ptr<PlanExecutor>>(m, "PlanExecutor",
         "The GPU backend: runs an engine's compiled plan on one GPU (docs/architecture.md, GPU plan executor).")
         .def(py::init(
-                 [](py::object engine, double fraction, std::optional<int> numBlocks, int device, bool cudaGraphs)
+                 [](py::object engine, double fraction, std::optional<int> numBlocks, int device, bool cudaGraphs,
+                     bool programmaticLaunch)
                  {
                      PlanSpec plan = toPlan(engine);
                      std::vector<WeightData> weights = weightsOf(engine);
-                     PlanExecutorOptions options{device, fraction, numBlocks, wheelCublasLt(), cudaGraphs};
+                     PlanExecutorOptions options{
+                         device, fraction, numBlocks, wheelCublasLt(), cudaGraphs, programmaticLaunch};
                      py::gil_scoped_release release;
                      return std::make_shared<PlanExecutor>(std::move(plan), weights, options);
                  }),
             py::arg("engine"), py::arg("kv_cache_free_gpu_memory_fraction") = 0.9, py::arg("num_blocks") = py::none(),
-            py::arg("device") = 0, py::arg("cuda_graphs") = true,
+            py::arg("device") = 0, py::arg("cuda_graphs") = true, py::arg("programmatic_launch") = true,
             "Loads `engine` (kiln.builder.engine.Engine, or any object with .kernels, .weights {name: contiguous "
-            "CPU tensor} and .blob(key)) onto GPU `device`. cuda_graphs: run decode-only steps as CUDA graphs.")
+            "CPU tensor} and .blob(key)) onto GPU `device`. cuda_graphs: run decode-only steps as CUDA graphs. "
+            "programmatic_launch: let each kernel compiled for it start while the one before finishes.")
         .def_property_readonly("num_blocks", &PlanExecutor::numBlocks)
         .def(
             "forward",
@@ -420,6 +424,9 @@ void bind(py::module_& m)
             "Runs one step as the executor does: {tokens, logprobs} of the greedy pick per row (empty when the "
             "engine has none) and logits [len(logit_rows), vocab] of the rows asked for.")
         .def_property("cuda_graphs", &PlanExecutor::cudaGraphs, &PlanExecutor::setCudaGraphs, "Whether decode-only steps run as CUDA graphs.")
+        .def_property("programmatic_launch", &PlanExecutor::programmaticLaunch, &PlanExecutor::setProgrammaticLaunch,
+            "Whether kernels compiled for it launch with programmatic stream serialization (setting it drops the "
+            "captured graphs).")
         .def("graph_stats",
             [](PlanExecutor const& self)
             {

@@ -36,6 +36,7 @@ DriverApi loadDriver()
     load(api.moduleGetFunction, "cuModuleGetFunction");
     load(api.funcSetAttribute, "cuFuncSetAttribute");
     load(api.launchKernel, "cuLaunchKernel");
+    load(api.launchKernelEx, "cuLaunchKernelEx");
     load(api.getErrorString, "cuGetErrorString");
     return api;
 }

@@ -15,6 +15,7 @@ struct DriverApi
     decltype(&cuModuleGetFunction) moduleGetFunction = nullptr;
     decltype(&cuFuncSetAttribute) funcSetAttribute = nullptr;
     decltype(&cuLaunchKernel) launchKernel = nullptr;
+    decltype(&cuLaunchKernelEx) launchKernelEx = nullptr;
     decltype(&cuGetErrorString) getErrorString = nullptr;
 
     /// @brief The process's table, filled on first use; throws std::runtime_error when the

@@ -56,6 +56,7 @@ struct KernelBinary
     int sharedBytes = 0;
     std::vector<std::string> params; ///< PTX parameter types ("u64", "u32", "f32"), scratch included
     int numExtraParams = 0;          ///< trailing scratch pointers Triton adds: passed as null
+    bool pdl = false;                ///< waits on its predecessor first: may launch programmatically
 };
 
 /// @brief A kernel specialization with its binaries, keyed by SM (80, 89, 90, ...).
@@ -166,6 +167,9 @@ struct PlanExecutorOptions
     /// Run decode-only steps as CUDA graphs (one per batch bucket and launch shape, captured on
     /// first use); their batch is padded up to the bucket.
     bool cudaGraphs = true;
+    /// Launch kernels compiled for it (KernelBinary::pdl) with programmatic stream
+    /// serialization: each may start while the kernel before it finishes (SM 90 and newer).
+    bool programmaticLaunch = true;
 };
 
 /// @brief Size of one element of `dtype` ("float32", "float16", "bfloat16", "int32", "int64").

@@ -79,6 +79,7 @@ struct ResolvedLaunch
     CUfunction function = nullptr;
     unsigned threads = 0;
     unsigned shared = 0;
+    bool pdl = false;
     Expr grid[3];
     std::optional<Expr> when;
     std::vector<std::pair<std::size_t, Expr>> intArgs; // slot index, expression
@@ -149,6 +150,7 @@ public:
         , mDevice(options.device)
         , mDriver(DriverApi::get())
         , mCudaGraphs(options.cudaGraphs)
+        , mProgrammaticLaunch(options.programmaticLaunch)
     {
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
         KILN_CUDA_CHECK(cudaGetDeviceProperties(&mProps, mDevice));
@@ -241,6 +243,20 @@ public:
         return mCudaGraphs;
     }
 
+    void setProgrammaticLaunch(bool on)
+    {
+        if (on == mProgrammaticLaunch)
+            return;
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+        dropGraphs();
+        mProgrammaticLaunch = on;
+    }
+
+    bool programmaticLaunch() const
+    {
+        return mProgrammaticLaunch;
+    }
+
     GraphStats graphStats() const
     {
         GraphStats stats = mGraphStats;
@@ -269,13 +285,18 @@ public:
     }
 
 private:
-    void unload() noexcept
+    void dropGraphs() noexcept
     {
         for (auto& [key, exec] : mGraphs)
         {
             cudaGraphExecDestroy(exec);
         }
         mGraphs.clear();
+    }
+
+    void unload() noexcept
+    {
+        dropGraphs();
         mGemm.reset();
         for (CUmodule module : mModules)
         {
@@ -552,6 +573,7 @@ private:
         launch.function = kernel->second.function;
         launch.threads = static_cast<unsigned>(32 * binary.numWarps);
         launch.shared = static_cast<unsigned>(binary.sharedBytes);
+        launch.pdl = binary.pdl;
         for (int d = 0; d < 3; ++d)
             launch.grid[d] = Expr::parse(step.grid[static_cast<std::size_t>(d)], mSymbols);
         if (!step.when.empty())
@@ -620,7 +642,7 @@ private:
                 for (auto const& step : g.prologue)
                     shape += "/prologue:" + step.kernel;
                 auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
-                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}};
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}};
                 for (auto const& alternative : g.alternatives)
                 {
                     ResolvedAlternative resolved{alternative.maxM, {}};
@@ -948,9 +970,31 @@ private:
             auto const value = static_cast<std::int32_t>(expr.eval(mValues));
             std::memcpy(&launch.slots[slot], &value, sizeof(value));
         }
-        mDriver.check(mDriver.launchKernel(launch.function, static_cast<unsigned>(grid[0]), static_cast<unsigned>(grid[1]),
-                          static_cast<unsigned>(grid[2]), launch.threads, 1, 1, launch.shared, mStream,
-                          launch.params.data(), nullptr),
+        if (!(launch.pdl && mProgrammaticLaunch))
+        {
+            mDriver.check(mDriver.launchKernel(launch.function, static_cast<unsigned>(grid[0]),
+                              static_cast<unsigned>(grid[1]), static_cast<unsigned>(grid[2]), launch.threads, 1, 1,
+                              launch.shared, mStream, launch.params.data(), nullptr),
+                launch.label.c_str());
+            return;
+        }
+        // The kernel waits for its predecessor's writes before touching memory (pdl.enter), so
+        // it may be launched, and its blocks placed, while that kernel still runs.
+        CUlaunchAttribute attribute{};
+        attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
+        CUlaunchConfig config{};
+        config.gridDimX = static_cast<unsigned>(grid[0]);
+        config.gridDimY = static_cast<unsigned>(grid[1]);
+        config.gridDimZ = static_cast<unsigned>(grid[2]);
+        config.blockDimX = launch.threads;
+        config.blockDimY = 1;
+        config.blockDimZ = 1;
+        config.sharedMemBytes = launch.shared;
+        config.hStream = mStream;
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+        mDriver.check(mDriver.launchKernelEx(&config, launch.function, launch.params.data(), nullptr),
             launch.label.c_str());
     }
 
@@ -1044,6 +1088,7 @@ private:
     CUdeviceptr mSelect = 0; ///< 0: the plan has no greedy pick
     PinnedMemory mHostSelect;
     bool mCudaGraphs = true;
+    bool mProgrammaticLaunch = true;
     std::vector<std::size_t> mGraphSymbols;
     std::map<std::vector<std::int64_t>, cudaGraphExec_t> mGraphs;
     GraphStats mGraphStats;
@@ -1082,6 +1127,16 @@ StepOutput PlanExecutor::forward(StepInputs const& step)
 void PlanExecutor::setCudaGraphs(bool on)
 {
     mImpl->setCudaGraphs(on);
+}
+
+void PlanExecutor::setProgrammaticLaunch(bool on)
+{
+    mImpl->setProgrammaticLaunch(on);
+}
+
+bool PlanExecutor::programmaticLaunch() const
+{
+    return mImpl->programmaticLaunch();
 }
 
 bool PlanExecutor::cudaGraphs() const

@@ -61,6 +61,9 @@ public:
     /// @brief Turns CUDA graphs for decode steps on or off (captured graphs are kept).
     void setCudaGraphs(bool on);
     [[nodiscard]] bool cudaGraphs() const;
+    /// @brief Turns programmatic dependent launch on or off; drops the captured graphs.
+    void setProgrammaticLaunch(bool on);
+    [[nodiscard]] bool programmaticLaunch() const;
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
 

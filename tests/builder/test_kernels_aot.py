@@ -1,5 +1,6 @@
 """compile_plan on a CPU-only machine: cubins for sm_80/89/90 with launch metadata, a program
 that references only what the header defines, and the build cache."""
+import importlib
 import json
 
 import pytest
@@ -9,7 +10,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
-from kiln.builder.kernels import aot, compile_plan  # noqa: E402
+from kiln.builder.kernels import aot, compile_plan, pdl  # noqa: E402
 from kiln.builder.kernels.gemm import SMALL_CONFIGS  # noqa: E402
 from kiln.builder.kernels.symbols import STEP_SYMBOLS, evaluate  # noqa: E402
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
@@ -59,6 +60,8 @@ def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtyp
             cubin = bundle.blobs[meta["blob"]]
             assert aot.cubin_sm(cubin) == int(sm)
             assert meta["num_warps"] == entry["num_warps"] and meta["shared"] >= 0
+            # Every plan kernel waits on its predecessor first where the target has PDL.
+            assert meta["pdl"] == pdl.enabled(int(sm)) == (int(sm) >= 90)
             # Triton appends scratch pointers after the signature's runtime parameters.
             assert len(meta["params"]) == len(runtime) + meta["num_extra_params"]
             assert meta["params"][len(runtime):] == ["u64"] * meta["num_extra_params"]
@@ -131,3 +134,42 @@ def test_no_triton_gives_an_empty_bundle(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(kernels, "triton_available", lambda: False)
     bundle = kernels.compile_plan(graph, build)
     assert bundle.header == {} and bundle.blobs == {}
+
+
+def test_every_kernel_takes_pdl_and_enters_first():
+    """A kernel without PDL would be launched serially; one that takes it must wait before
+    touching memory, which compile_spec checks in the PTX."""
+    import triton
+    names = ["attention", "elementwise", "gather", "gemm", "norm", "quant", "quant_gemm", "rope",
+             "sampling"]
+    kernels = [fn for name in names
+               for attr, fn in vars(importlib.import_module(f"kiln.builder.kernels.{name}")).items()
+               if attr.endswith("_kernel") and isinstance(fn, triton.runtime.JITFunction)]
+    assert len(kernels) >= 20
+    assert pdl.HOLD <= {fn.fn.__name__ for fn in kernels}
+    for fn in kernels:
+        name = fn.fn.__name__
+        assert pdl.mode(80, name) == pdl.OFF
+        assert pdl.mode(90, name) == (pdl.WAIT if name in pdl.HOLD else pdl.WAIT_AND_RELEASE)
+    for fn in kernels:
+        assert fn.arg_names[-1] == pdl.PARAM, fn.fn.__name__
+        body = fn.src.split(":\n", 1)[1].lstrip()
+        if body.startswith('"""'):
+            body = body.split('"""', 2)[2].lstrip()
+        assert body.startswith("enter(PDL)"), fn.fn.__name__
+
+
+def test_a_kernel_that_never_waits_is_refused():
+    import triton
+    import triton.language as tl
+
+    from kiln.builder.kernels.spec import Ptr, kernel_spec
+
+    @triton.jit
+    def forgets_to_wait(out_ptr, PDL: tl.constexpr = 0):
+        tl.store(out_ptr, 1)
+
+    spec, _ = kernel_spec(forgets_to_wait, {"out_ptr": Ptr({"arena": 0}, "int32")}, {}, num_warps=1)
+    assert not aot.compile_spec(spec, 80, use_cache=False).meta["pdl"]
+    with pytest.raises(RuntimeError, match="never waits on its predecessor"):
+        aot.compile_spec(spec, 90, use_cache=False)

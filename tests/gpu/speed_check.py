@@ -96,12 +96,14 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
                    steps: int = 20, graphs: bool = True) -> list[tuple[str, float, int]]:
     """Device time per decode step of `batch` sequences of each kernel (by name, CUPTI through
     torch's profiler): [(name, microseconds per step, launches per step)], largest first, and
-    the total under the name "all kernels"."""
+    the total under the name "all kernels". Kernels launch serially here: launched
+    programmatically, a kernel's time would include its wait for the one before."""
     from torch.profiler import ProfilerActivity, profile
 
     from kiln_testing import PagedSequences
 
     gpu.cuda_graphs = graphs
+    gpu.programmatic_launch = False
     seqs = PagedSequences(tpb, max_blocks, gpu.num_blocks, seed=1)
     g = torch.Generator().manual_seed(5)
     for _ in range(batch):
@@ -125,6 +127,7 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
         entry = totals.setdefault(event.name, [0.0, 0])
         entry[0] += event.device_time
         entry[1] += 1
+    gpu.programmatic_launch = True
     rows = sorted(((name, us / steps, n // steps) for name, (us, n) in totals.items()),
                   key=lambda r: -r[1])
     return [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))] + rows
@@ -184,15 +187,20 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     roofline = bandwidth / read_bytes
     rows = []
+    # "serial": every kernel launched after the one before has finished (no programmatic
+    # dependent launch), for the lever's before and after.
+    modes = [("eager", False, True), ("graphs", True, True), ("graphs, serial", True, False)]
     for batch in (1, 8, 64):
-        for graphs in (False, True):
+        for mode, graphs, pdl in modes:
+            gpu.programmatic_launch = pdl
             step_s, _ = decode_rate(gpu, model.vocab_size, batch, args.prompt, args.steps,
                                     build.tokens_per_block, build.max_blocks_per_seq, graphs)
-            rows.append((batch, graphs, step_s))
+            rows.append((batch, mode, step_s))
+    gpu.programmatic_launch = True
     ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
                         build.max_blocks_per_seq)
     for batch in (1, 8) if args.profile else ():
-        print(f"device time per batch-{batch} decode step (graphs), by kernel:")
+        print(f"device time per batch-{batch} decode step (graphs, serial launch), by kernel:")
         try:
             for name, us, launches in profile_decode(gpu, model.vocab_size, batch, args.prompt,
                                                      build.tokens_per_block,
@@ -216,11 +224,11 @@ def main() -> None:
     print(f"{'PlanExecutor load (s)':<48}{t4 - t3:>14.1f}")
     print(f"{'d2d copy bandwidth, read+write (TB/s)':<48}{bandwidth / 1e12:>14.2f}")
     print(f"{'roofline batch-1 decode (tok/s)':<48}{roofline:>14.1f}")
-    for batch, graphs, step_s in rows:
-        label = f"decode b{batch} ctx {args.prompt}+{args.steps} {'graphs' if graphs else 'eager'}"
+    for batch, mode, step_s in rows:
+        label = f"decode b{batch} ctx {args.prompt}+{args.steps} {mode}"
         print(f"{label + ' (ms/step)':<48}{step_s * 1e3:>14.2f}")
         print(f"{label + ' (tok/s)':<48}{batch / step_s:>14.1f}")
-    best1 = min(step_s for batch, _, step_s in rows if batch == 1)
+    best1 = min(step_s for batch, mode, step_s in rows if batch == 1 and "serial" not in mode)
     print(f"{'batch-1 decode / roofline':<48}{(1 / best1) / roofline:>14.1%}")
     print(f"{'time to first token, 2048-token prompt (ms)':<48}{ttft * 1e3:>14.1f}")
 

@@ -99,3 +99,26 @@ def test_greedy_pick_is_argmax_and_log_softmax(core, sm, tiny_engine, dtype):
         some = gpu.run_step(step, [1, 3])
         assert np.array_equal(some["logits"], full["logits"][[1, 3]])
         advance(seqs, plan, full["logits"])
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_programmatic_launch_equals_serial_launch(core, sm, tiny_engine, graphs):
+    engine = load_engine(tiny_engine("llama", "bfloat16", targets=(sm,), max_seq_len=256,
+                                     max_num_tokens=256, tokens_per_block=16)[1])
+    metas = [entry["sm"][str(sm)] for entry in engine.kernels["kernels"].values()]
+    assert all(m["pdl"] == (sm >= 90) for m in metas)
+    gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS, cuda_graphs=graphs)
+    assert gpu.programmatic_launch
+    seqs = sequences(engine, (110, 10, 60, 33), seed=11)
+    plans = [[(0, 110), (1, 10), (2, 60), (3, 33)]] + [[(s, 1) for s in range(4)]] * 6 \
+        + [[(1, 1), (3, 1)]] * 3
+    for i, plan in enumerate(plans):
+        step = seqs.step(plan)
+        gpu.programmatic_launch = False
+        serial = gpu.forward(step)
+        gpu.programmatic_launch = True
+        overlapped = gpu.forward(step)  # rewrites the same KV slots with the same values
+        assert np.array_equal(serial, overlapped), f"step {i}: programmatic launch changed the logits"
+        advance(seqs, plan, serial)
+    if graphs:
+        assert gpu.graph_stats()["captured"] >= 1
