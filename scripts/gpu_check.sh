@@ -44,11 +44,13 @@ declare -A shard_args=(
   [quant_kernels]="tests/gpu/test_quant_kernels.py"
   [rest]="tests/gpu tests/quantize/test_gpu.py --ignore=tests/gpu/test_kernels.py --ignore=tests/gpu/test_quant_kernels.py"
 )
+# KILN_PYTEST_ARGS: more pytest arguments, quoted as in a shell (KILN_PYTEST_ARGS="-k 'a or b'").
+eval "extra=(${KILN_PYTEST_ARGS:-})"
 declare -A pids
 for shard in "${shards[@]}"; do
-  # shellcheck disable=SC2086  # the arguments are word lists
+  # shellcheck disable=SC2086  # the shard's arguments are a word list
   $PY -m pytest -m gpu ${shard_args[$shard]} -q -rs -p no:cacheprovider --durations=5 \
-    ${KILN_PYTEST_ARGS:-} >"$LOG/pytest-$shard.log" 2>&1 &
+    "${extra[@]}" >"$LOG/pytest-$shard.log" 2>&1 &
   pids[$shard]=$!
 done
 tests_rc=0
