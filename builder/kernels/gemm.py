@@ -20,9 +20,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.spec import I32, Gemm
+from kiln.builder.kernels.spec import F32, I32, Gemm
+from kiln.builder.passes.plan_memory import dim_value
 
 SMALL_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): the alternatives offered for M <= SMALL_M, for
@@ -31,6 +33,9 @@ SMALL_M = 16
 # (tests/gpu/gemm_sweep.py): no one of them is best on every shape.
 SMALL_CONFIGS = ((16, 256, 4, 4), (32, 128, 4, 4), (16, 512, 4, 3), (16, 128, 2, 6))
 SMALL_CONFIGS_FP8 = ((16, 512, 4, 4), (32, 256, 4, 4), (16, 256, 2, 6), (64, 256, 4, 3))
+# The configurations norm_gemm_kernel is offered in: the two that won at M = 1 on the H200
+# (q/k/v and gate/up #3, o and the LM head #1); each one more is 4 kernels to compile.
+NORM_CONFIGS = (SMALL_CONFIGS[1], SMALL_CONFIGS[3])
 
 
 @triton.jit
@@ -78,6 +83,54 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
              acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def norm_gemm_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, eps, M,
+                     X_STRIDE: tl.constexpr, RES_STRIDE: tl.constexpr, SUM_STRIDE: tl.constexpr,
+                     OUT_STRIDE: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+                     PDL: tl.constexpr = 0):
+    """small_m_gemm_kernel on rmsnorm(x (+ res)) * g, the norm folded into the K loop: the
+    row's sum of squares accumulates beside (x * g) @ w.T, which is scaled by the row's
+    1 / rms at the end. With HAS_RES, program 0 also stores the rounded sum x + res."""
+    enter(PDL)
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    cols64 = cols.to(tl.int64)
+    sum_rows = tl.where(tl.program_id(0) == 0, M, 0)  # program 0 stores the residual sum
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        x_ok = row_ok[:, None] & k_ok[None, :]
+        x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=x_ok,
+                    other=0.0).to(tl.float32)
+        if HAS_RES:
+            r = tl.load(res_ptr + rows[:, None] * RES_STRIDE + k[None, :], mask=x_ok,
+                        other=0.0).to(tl.float32)
+            total = (x + r).to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + rows[:, None] * SUM_STRIDE + k[None, :], total,
+                     mask=(rows < sum_rows)[:, None] & k_ok[None, :])
+            x = total.to(tl.float32)
+        squares += tl.sum(x * x, axis=1)
+        g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        a = (x * g[None, :]).to(w_ptr.dtype.element_ty)
+        if K % BLOCK_K == 0 and N % BLOCK_N == 0:
+            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
+        else:
+            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = mma(a, w, acc, IEEE)
+    acc = acc * tl.math.rsqrt(squares / K + eps)[:, None]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
                 x_stride: int, out_stride: int) -> dict:
     block_n, block_k = config[:2]
@@ -108,15 +161,80 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
     return alternatives
 
 
+def norm_alternatives(ctx, norm: dict, w: str, out: str, bias: str | None) -> list[dict]:
+    """The Gemm alternatives of out = rmsnorm(x (+ res)) @ w.T (+ bias) in one kernel each
+    (norm_gemm_kernel, one per NORM_CONFIGS), for M <= SMALL_M; `norm` as fold_norm records it."""
+    n, k = (int(d) for d in ctx.graph.values[w].shape)
+    x, res, total = norm["x"], norm["res"], norm["sum"]
+    unused = ctx.ptr(w)  # stands in for an absent operand: never read or written
+    alternatives = []
+    for config in NORM_CONFIGS:
+        consts = _constexprs(config, n, k, bias is not None, False, ctx.dtype(out),
+                             ctx.row_stride(x), ctx.row_stride(out))
+        del consts["SCALED"]
+        launch = ctx.make_launch(
+            norm_gemm_kernel, grid=(-(-n // config[0]),), num_warps=config[2],
+            num_stages=config[3],
+            args=dict(out_ptr=ctx.ptr(out), sum_ptr=ctx.ptr(total) if res else unused,
+                      x_ptr=ctx.ptr(x), res_ptr=ctx.ptr(res) if res else unused,
+                      g_ptr=ctx.ptr(norm["g"]), w_ptr=ctx.ptr(w),
+                      bias_ptr=ctx.ptr(bias) if bias else unused, eps=F32(norm["eps"]),
+                      M=I32(ctx.rows(out))),
+            constexprs=dict(consts, RES_STRIDE=ctx.row_stride(res) if res else 0,
+                            SUM_STRIDE=ctx.row_stride(total) if res else 0,
+                            HAS_RES=res is not None))
+        alternatives.append({"max_m": SMALL_M, "steps": [launch]})
+    return alternatives
+
+
+def _arena_bytes(ctx, name: str) -> tuple[int, int] | None:
+    """The arena bytes a value spans at the largest step (None: not in the arena)."""
+    ref, _ = ctx.ref(name)
+    if "arena" not in ref:
+        return None
+    v = ctx.graph.values[name]
+    rows = dim_value(v.shape[0], ctx.plan["symbols"])
+    return ref["arena"], ref["arena"] + rows * ctx.row_stride(name) * dtype_size(v.dtype)
+
+
+def fold_norm(ctx, node, launch, x: str, res: str | None, total: str | None, g: str,
+              eps: float) -> bool:
+    """Leaves the rmsnorm `launch` of a node marked `fold_into_next` (passes/
+    fold_norms_into_linears.py) to the linear right after it: the GEMM then runs the norm as its
+    cuBLASLt prologue and first in each small-M alternative, and offers norm_gemm_kernel beside
+    them. Not when the linear's output shares arena bytes with x or res, which the folded
+    kernel reads while other programs write the output (plan_memory keeps them apart)."""
+    nxt, normed = ctx.next_node, node.outputs[0]
+    if not node.attrs.get("fold_into_next"):
+        return False
+    if nxt is None or nxt.op != "linear" or nxt.inputs[0] != normed:
+        raise ValueError(f"{ctx.label}: marked fold_into_next, but {normed} does not feed the "
+                         "next node's linear")
+    written = _arena_bytes(ctx, nxt.outputs[0])
+    for read in (x, res):
+        span = _arena_bytes(ctx, read) if read else None
+        if written and span and written[0] < span[1] and span[0] < written[1]:
+            return False
+    ctx.folded_norms[normed] = {"launch": launch, "x": x, "res": res, "sum": total, "g": g,
+                                "eps": eps}
+    return True
+
+
 def plan_linear(node, ctx):
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) == 3 else None
     (out,) = node.outputs
     n, k = (int(d) for d in ctx.graph.values[w].shape)
+    alternatives, prologue = small_m_alternatives(ctx, x, w, out, bias), []
+    norm = ctx.folded_norms.pop(x, None)
+    if norm is not None:
+        prologue = [norm["launch"]]
+        alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
+                        for alt in alternatives] + norm_alternatives(ctx, norm, w, out, bias)
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
-                  alternatives=small_m_alternatives(ctx, x, w, out, bias)))
+                  alternatives=alternatives, prologue=prologue))
 
 
 # -- direct launches ----------------------------------------------------------------------------
@@ -138,3 +256,28 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
                       str(out.dtype).split(".")[1], x.stride(0), out.stride(0)),
         num_warps=cfg[2], num_stages=cfg[3])
     return out
+
+
+def linear_norm_small_m(x, g, w, eps: float, res=None, bias=None, config: int = 0, out=None,
+                        total=None):
+    """norm_gemm_kernel with configuration `config` (an index into SMALL_CONFIGS) on torch
+    tensors: out = rmsnorm(x (+ res)) * g @ w.T (+ bias); with `res`, `total` (made when None)
+    receives x + res. Returns (out, total)."""
+    m, k = x.shape
+    n = w.shape[0]
+    if m > SMALL_M:
+        raise ValueError(f"the small-M GEMM takes at most {SMALL_M} rows, got {m}")
+    out = x.new_empty((m, n)) if out is None else out
+    if res is not None and total is None:
+        total = x.new_empty(x.shape)
+    cfg = SMALL_CONFIGS[config]
+    consts = _constexprs(cfg, n, k, bias is not None, False, str(out.dtype).split(".")[1],
+                         x.stride(0), out.stride(0))
+    del consts["SCALED"]
+    direct(norm_gemm_kernel, x)[(-(-n // cfg[0]),)](
+        out, w if total is None else total, x, w if res is None else res, g, w,
+        w if bias is None else bias, eps, m, **consts,
+        RES_STRIDE=0 if res is None else res.stride(0),
+        SUM_STRIDE=0 if total is None else total.stride(0), HAS_RES=res is not None,
+        num_warps=cfg[2], num_stages=cfg[3])
+    return out, total

@@ -47,6 +47,8 @@ class LoweringContext:
         self.derived: dict[str, str] = {}
         self.select: dict | None = None  # the greedy pick over the logits (sampling.plan_select)
         self.label = ""
+        self.next_node = None  # the node after the one being lowered
+        self.folded_norms: dict[str, dict] = {}  # norm output -> its launch (gemm.fold_norm)
 
     # -- values -------------------------------------------------------------------------------
     def dtype(self, name: str) -> str:
@@ -139,7 +141,10 @@ def lower(graph: Graph, build) -> LoweringContext:
         if planner is None:
             raise ValueError(f"no GPU lowering for op {node.op!r}")
         ctx.label = f"{index}:{node.op}:{node.outputs[0]}"
+        ctx.next_node = graph.nodes[index + 1] if index + 1 < len(graph.nodes) else None
         planner(node, ctx)
+    if ctx.folded_norms:
+        raise AssertionError(f"norms left to a linear that never ran: {sorted(ctx.folded_norms)}")
     logits = graph.values.get("logits")
     if logits is not None and logits.kind == "output" and logits.dtype == "float32":
         ctx.label = "select:logits"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kiln.builder.kernels import gemm
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import F32, pow2
@@ -82,23 +83,29 @@ def plan_rmsnorm(node, ctx):
     (x, w), (out,) = node.inputs, node.outputs
     h = ctx.width(x)
     block = pow2(h)
-    ctx.launch(rmsnorm_kernel, grid=(ctx.rows(out),), num_warps=row_warps(block),
-               args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
-                         eps=F32(node.attrs["eps"])),
-               constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out), H=h,
-                               BLOCK=block))
+    launch = ctx.make_launch(
+        rmsnorm_kernel, grid=(ctx.rows(out),), num_warps=row_warps(block),
+        args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
+                  eps=F32(node.attrs["eps"])),
+        constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out), H=h,
+                        BLOCK=block))
+    if not gemm.fold_norm(ctx, node, launch, x, None, None, w, node.attrs["eps"]):
+        ctx.program.append(launch)
 
 
 def plan_add_rmsnorm(node, ctx):
     (x, res, w), (out, total) = node.inputs, node.outputs
     h = ctx.width(x)
     block = pow2(h)
-    ctx.launch(add_rmsnorm_kernel, grid=(ctx.rows(out),), num_warps=row_warps(block),
-               args=dict(out_ptr=ctx.ptr(out), sum_ptr=ctx.ptr(total), x_ptr=ctx.ptr(x),
-                         res_ptr=ctx.ptr(res), w_ptr=ctx.ptr(w), eps=F32(node.attrs["eps"])),
-               constexprs=dict(X_STRIDE=ctx.row_stride(x), RES_STRIDE=ctx.row_stride(res),
-                               OUT_STRIDE=ctx.row_stride(out), SUM_STRIDE=ctx.row_stride(total),
-                               H=h, BLOCK=block))
+    launch = ctx.make_launch(
+        add_rmsnorm_kernel, grid=(ctx.rows(out),), num_warps=row_warps(block),
+        args=dict(out_ptr=ctx.ptr(out), sum_ptr=ctx.ptr(total), x_ptr=ctx.ptr(x),
+                  res_ptr=ctx.ptr(res), w_ptr=ctx.ptr(w), eps=F32(node.attrs["eps"])),
+        constexprs=dict(X_STRIDE=ctx.row_stride(x), RES_STRIDE=ctx.row_stride(res),
+                        OUT_STRIDE=ctx.row_stride(out), SUM_STRIDE=ctx.row_stride(total),
+                        H=h, BLOCK=block))
+    if not gemm.fold_norm(ctx, node, launch, x, res, total, w, node.attrs["eps"]):
+        ctx.program.append(launch)
 
 
 def plan_head_rmsnorm(node, ctx):

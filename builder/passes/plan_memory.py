@@ -3,6 +3,7 @@ largest step the engine accepts (max_num_tokens tokens, max_batch_size sequences
 
 Values whose lifetimes do not overlap share bytes (greedy first fit in order of definition).
 The outputs of `split` are views of their input (row stride = input width), never copies.
+The inputs of a norm marked `fold_into_next` live through the next node, which reads them.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ def plan_memory(graph: Graph, build) -> Graph:
             if name in last_use:
                 root = _root(name, views)
                 last_use[root] = max(last_use[root], step)
+        # A norm folded into the next linear runs with it (fold_norms_into_linears).
+        for name in node.inputs if node.attrs.get("fold_into_next") else ():
+            if name in last_use:
+                root = _root(name, views)
+                last_use[root] = max(last_use[root], step + 1)
 
     offsets: dict[str, int] = {}
     live: list[tuple[int, int, str]] = []  # (offset, size, name)

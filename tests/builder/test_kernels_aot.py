@@ -11,7 +11,7 @@ from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
 from kiln.builder.kernels import aot, compile_plan, pdl  # noqa: E402
-from kiln.builder.kernels.gemm import SMALL_CONFIGS  # noqa: E402
+from kiln.builder.kernels.gemm import NORM_CONFIGS, SMALL_CONFIGS  # noqa: E402
 from kiln.builder.kernels.symbols import STEP_SYMBOLS, evaluate  # noqa: E402
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
 from kiln.builder.passes import run_pipeline  # noqa: E402
@@ -79,8 +79,10 @@ def test_program_references_resolve(tmp_path_factory):
         symbols[name] = evaluate(formula, symbols)
     weights = set(graph.of_kind("weight"))
     gemms = 0
+    folded = 0
     for step in header["program"]:
         alternatives = [a for alt in step.get("alternatives", []) for a in alt["steps"]]
+        alternatives += step.get("prologue", [])
         refs = [step["a"], step["w"], step["out"]] + ([step["bias"]] if step["bias"] else []) \
             + [arg for a in alternatives for arg in a["args"]] \
             if step["kind"] == "gemm" else step["args"]
@@ -107,11 +109,25 @@ def test_program_references_resolve(tmp_path_factory):
         if step["kind"] == "gemm":
             gemms += 1
             assert evaluate(step["m"], symbols) in (64, 4)
-            assert [alt["max_m"] for alt in step["alternatives"]] == [16] * len(SMALL_CONFIGS)
+            prologue = step.get("prologue", [])
+            # A norm folded into the GEMM: cuBLASLt's prologue, first in each small-M
+            # alternative, and a fused alternative per configuration after them.
+            assert [alt["max_m"] for alt in step["alternatives"]] \
+                == [16] * (len(SMALL_CONFIGS) + (len(NORM_CONFIGS) if prologue else 0))
+            if prologue:
+                folded += 1
+                fns = [header["kernels"][alt["steps"][0]["kernel"]]["fn"].rsplit(".", 1)[1]
+                       for alt in step["alternatives"]]
+                assert fns[len(SMALL_CONFIGS):] == ["norm_gemm_kernel"] * len(NORM_CONFIGS)
+                assert all(alt["steps"][0] == prologue[0]
+                           for alt in step["alternatives"][:len(SMALL_CONFIGS)])
         else:
             assert step["kernel"] in header["kernels"]
             assert all(evaluate(g, symbols) >= 1 for g in step["grid"])
     assert gemms == 4 * header["kv_cache"]["num_layers"] + 1  # qkv, o, gate_up, down; lm_head
+    assert folded == 2 * header["kv_cache"]["num_layers"] + 1  # the norms before qkv, gate_up, lm_head
+    assert not any("norm" in header["kernels"][s["kernel"]]["fn"]
+                   for s in header["program"] if s["kind"] == "kernel")
     assert set(STEP_SYMBOLS) <= set(symbols)
 
 

@@ -74,9 +74,13 @@ def test_program_matches_reference_backend(tiny_engine, arch, dtype):
 
 
 @pytest.mark.parametrize("arch,dtype,alternative", [("llama", "float32", 0), ("llama-bias", "float32", 1),
-                                                    ("qwen2", "float16", 0), ("qwen2", "float16", 1)])
+                                                    ("qwen2", "float16", 0), ("qwen2", "float16", 1),
+                                                    ("llama", "float32", 4), ("llama-bias", "float32", 5),
+                                                    ("qwen2", "float16", 4), ("qwen3", "float32", 5)])
 def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative):
-    """Decode steps (M <= 16) through the GEMMs' Triton alternatives instead of cuBLASLt."""
+    """Decode steps (M <= 16) through the GEMMs' Triton alternatives instead of cuBLASLt; from
+    4 on, the GEMMs that took in the norm before them run it in the same kernel
+    (norm_gemm_kernel), the others cuBLASLt."""
     _, engine = tiny_engine(arch, dtype, targets=(90,))
     for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(
             run(engine, MIXED, gemm_alternative=alternative)):

@@ -388,6 +388,32 @@ def check_small_m_gemm(device, dtype, m, n, k, seed, config, bias=True):
     return rel_err(out[:m], ref)
 
 
+def check_norm_gemm(device, dtype, m, n, k, seed, config, residual=True, bias=False):
+    """The small-M alternative that takes in the norm before it (norm_gemm_kernel) against
+    ops' add_rmsnorm (or rmsnorm) then linear, x a strided view and out poisoned: the worst of
+    out's rel_err and the residual sum's, which must equal add_rmsnorm's exactly."""
+    from kiln.builder.kernels import gemm
+    g = torch.Generator().manual_seed(seed)
+    wide = _rand(g, (m, k + 24), dtype, device)
+    x = wide[:, 8:8 + k]
+    res = _rand(g, (m, k), dtype, device) if residual else None
+    gamma = _rand(g, (k,), dtype, device, 0.1, 1.0)
+    w = _rand(g, (n, k), dtype, device, k ** -0.5)
+    b = _rand(g, (n,), dtype, device) if bias else None
+    out = torch.full((m + 2, n), float("nan"), dtype=dtype, device=device)
+    total = torch.full((m, k), float("nan"), dtype=dtype, device=device) if residual else None
+    gemm.linear_norm_small_m(x, gamma, w, 1e-5, res=res, bias=b, config=config, out=out[:m],
+                             total=total)
+    if residual:
+        normed, want_total = _ref("add_rmsnorm", [x, res, gamma], {"eps": 1e-5}, n_out=2)
+        assert torch.equal(total.cpu(), want_total), "the residual sum differs from add_rmsnorm's"
+    else:
+        (normed,) = _ref("rmsnorm", [x, gamma], {"eps": 1e-5})
+    (ref,) = _ref("linear", [normed, w.cpu()] + ([b.cpu()] if bias else []))
+    assert torch.isnan(out[m:]).all(), "the kernel wrote rows beyond M"
+    return rel_err(out[:m], ref)
+
+
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
 def interpreter_cases():
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
@@ -455,6 +481,14 @@ def interpreter_cases():
                                       (16, 96, 512, 0, True), (3, 40, 300, 1, False)]:
             cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
                           dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
+                          TOL[dtype]))
+        for m, n, k, config, residual, bias in [(1, 64, 256, 0, True, False),
+                                                (5, 50, 72, 1, True, True),
+                                                (16, 96, 512, 2, False, False),
+                                                (3, 40, 300, 3, True, False)]:
+            cases.append((f"norm_gemm-{d}-{m}x{n}x{k}-c{config}{'-res' if residual else ''}",
+                          check_norm_gemm, dict(dtype=dtype, m=m, n=n, k=k, seed=m + n + 1,
+                                                config=config, residual=residual, bias=bias),
                           TOL[dtype]))
     cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),

@@ -155,3 +155,14 @@ def test_sampling_stays_in_the_filtered_set(vocab):
 def test_small_m_gemm(dtype, m, n, k, config):
     err = kc.check_small_m_gemm("cuda", dtype, m, n, k, seed=m + n, config=config, bias=n == 1000)
     assert err < kc.TOL[dtype], f"error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 7, 16])
+@pytest.mark.parametrize("n,k,residual", [(6144, 4096, True), (28672, 4096, False),
+                                          (1000, 576, True)])
+@pytest.mark.parametrize("config", range(len(SMALL_CONFIGS)))
+def test_norm_gemm(dtype, m, n, k, residual, config):
+    err = kc.check_norm_gemm("cuda", dtype, m, n, k, seed=m + n, config=config,
+                             residual=residual, bias=n == 1000)
+    assert err < kc.TOL[dtype], f"error {err:.2e}"

@@ -6,9 +6,9 @@ import torch
 from graphs import HD, I, NKV, NQ, ROPE, STEP, H, V, attention_attrs, inputs, weight
 from kiln.builder.ir import Graph
 from kiln.builder.models import BuildConfig
-from kiln.builder.passes import (PIPELINE, drop_dead_values, fold_rope_into_attention,
-                                 fuse_add_rmsnorm, fuse_gate_up, fuse_qkv, gather_last_tokens,
-                                 plan_memory, run_pipeline)
+from kiln.builder.passes import (PIPELINE, drop_dead_values, fold_norms_into_linears,
+                                 fold_rope_into_attention, fuse_add_rmsnorm, fuse_gate_up,
+                                 fuse_qkv, gather_last_tokens, plan_memory, run_pipeline)
 
 
 def base(with_bias: bool = False) -> Graph:
@@ -130,6 +130,51 @@ def test_fuse_add_rmsnorm():
     ]
 
 
+def norms_then_linears() -> Graph:
+    g = base()
+    weight(g, "w.weight", H, H)
+    weight(g, "u.weight", H, H)
+    weight(g, "norm.weight", H)
+    g.call("linear", ["x", "w.weight"], ["y"])
+    g.call("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], eps=1e-6)
+    g.call("linear", ["n", "u.weight"], ["z"])  # right after, its only reader: marked
+    g.call("rmsnorm", ["z", "norm.weight"], ["m"], eps=1e-6)
+    g.call("add", ["m", "h"], ["a"])
+    g.call("linear", ["m", "u.weight"], ["b"])  # m has two readers: not marked
+    g.call("rmsnorm", ["b", "norm.weight"], ["c"], eps=1e-6)
+    g.call("add", ["c", "a"], ["d"])
+    g.call("linear", ["c", "u.weight"], ["e"])  # not right after the norm: not marked
+    g.values["d"].kind = g.values["e"].kind = "output"
+    return g
+
+
+def test_fold_norms_into_linears():
+    after = fold_norms_into_linears(norms_then_linears())
+    assert [(n.op, n.attrs) for n in after.nodes[1:]] == [
+        ("linear", {}), ("add_rmsnorm", {"eps": 1e-6, "fold_into_next": True}), ("linear", {}),
+        ("rmsnorm", {"eps": 1e-6}), ("add", {}), ("linear", {}), ("rmsnorm", {"eps": 1e-6}),
+        ("add", {}), ("linear", {})]
+
+
+def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
+    build = BuildConfig(dtype="float32", max_num_tokens=8, max_batch_size=2, max_seq_len=64,
+                        tokens_per_block=16)
+    g = base()
+    weight(g, "w.weight", H, H)
+    weight(g, "norm.weight", H)
+    g.call("linear", ["x", "w.weight"], ["y"])
+    g.call("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], eps=1e-6)
+    g.call("linear", ["n", "w.weight"], ["z"])
+    g.call("add", ["z", "h"], ["out"])
+    g.values["out"].kind = "output"
+    # T=8 float32 [8,16]: 512 B each. Unmarked, z reuses the bytes of x or y, whose last
+    # reader is the norm.
+    unmarked = plan_memory(g, build).memory_plan["offsets"]
+    assert unmarked["z"] in (unmarked["x"], unmarked["y"])
+    plan = plan_memory(fold_norms_into_linears(g), build).memory_plan["offsets"]
+    assert len({plan["z"], plan["y"], plan["x"], plan["n"], plan["h"]}) == 5
+
+
 def test_drop_dead_values():
     before = base()
     weight(before, "unused.weight", H, H)
@@ -166,7 +211,7 @@ def test_pipeline_order_and_disabled_pass_is_a_no_op():
     assert [name for name, _ in PIPELINE] == [
         "fuse_qkv", "fuse_gate_up", "fold_rope_into_attention", "gather_last_tokens",
         "fuse_add_rmsnorm", "quantize_linears", "quantize_kv_cache", "quantize_fuse_producers",
-        "drop_dead_values", "plan_memory"]
+        "drop_dead_values", "fold_norms_into_linears", "plan_memory"]
     g = base()
     weight(g, "gate.weight", I, H)
     weight(g, "up.weight", I, H)
