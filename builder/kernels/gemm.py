@@ -20,11 +20,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import F32, I32, Gemm
-from kiln.builder.passes.plan_memory import dim_value
 
 SMALL_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): the alternatives offered for M <= SMALL_M, for
@@ -48,6 +46,27 @@ def mma(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _weight_tile(w_ptr, cols64, k, k_ok, col_ok, N: tl.constexpr, K: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """w[cols, k] as a [BLOCK_K, BLOCK_N] tile (unmasked where the blocks divide the shape)."""
+    if K % BLOCK_K == 0 and N % BLOCK_N == 0:
+        return tl.load(w_ptr + cols64[None, :] * K + k[:, None])
+    else:
+        return tl.load(w_ptr + cols64[None, :] * K + k[:, None],
+                       mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(out_ptr, acc, bias_ptr, rows, cols, row_ok, col_ok, OUT_STRIDE: tl.constexpr,
+                HAS_BIAS: tl.constexpr):
+    """out[rows, cols] = acc (+ bias[cols]), in out's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, M,
                         X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, SCALED: tl.constexpr,
@@ -66,21 +85,14 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
         k_ok = k < K
         x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if K % BLOCK_K == 0 and N % BLOCK_N == 0:
-            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
-        else:
-            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        w = _weight_tile(w_ptr, cols64, k, k_ok, col_ok, N, K, BLOCK_N, BLOCK_K)
         if SCALED:
             x = x.to(tl.float16)
             w = w.to(tl.float16)
         acc = mma(x, w, acc, IEEE)
     if SCALED:
         acc = acc * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    _store_rows(out_ptr, acc, bias_ptr, rows, cols, row_ok, col_ok, OUT_STRIDE, HAS_BIAS)
 
 
 @triton.jit
@@ -118,17 +130,10 @@ def norm_gemm_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, e
         squares += tl.sum(x * x, axis=1)
         g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         a = (x * g[None, :]).to(w_ptr.dtype.element_ty)
-        if K % BLOCK_K == 0 and N % BLOCK_N == 0:
-            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
-        else:
-            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        w = _weight_tile(w_ptr, cols64, k, k_ok, col_ok, N, K, BLOCK_N, BLOCK_K)
         acc = mma(a, w, acc, IEEE)
     acc = acc * tl.math.rsqrt(squares / K + eps)[:, None]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    _store_rows(out_ptr, acc, bias_ptr, rows, cols, row_ok, col_ok, OUT_STRIDE, HAS_BIAS)
 
 
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
@@ -137,6 +142,15 @@ def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: 
     return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
                 BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_K=max(16, min(block_k, triton.next_power_of_2(k))),
                 IEEE=dtype == "float32" and not scaled)
+
+
+def _norm_constexprs(config: tuple, n: int, k: int, bias: bool, dtype: str, x_stride: int,
+                     out_stride: int, res_stride: int | None, sum_stride: int | None) -> dict:
+    """norm_gemm_kernel's constexprs; `res_stride` None: no residual."""
+    consts = _constexprs(config, n, k, bias, False, dtype, x_stride, out_stride)
+    del consts["SCALED"]
+    return dict(consts, RES_STRIDE=res_stride or 0, SUM_STRIDE=sum_stride or 0,
+                HAS_RES=res_stride is not None)
 
 
 def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
@@ -169,9 +183,6 @@ def norm_alternatives(ctx, norm: dict, w: str, out: str, bias: str | None) -> li
     unused = ctx.ptr(w)  # stands in for an absent operand: never read or written
     alternatives = []
     for config in NORM_CONFIGS:
-        consts = _constexprs(config, n, k, bias is not None, False, ctx.dtype(out),
-                             ctx.row_stride(x), ctx.row_stride(out))
-        del consts["SCALED"]
         launch = ctx.make_launch(
             norm_gemm_kernel, grid=(-(-n // config[0]),), num_warps=config[2],
             num_stages=config[3],
@@ -180,43 +191,28 @@ def norm_alternatives(ctx, norm: dict, w: str, out: str, bias: str | None) -> li
                       g_ptr=ctx.ptr(norm["g"]), w_ptr=ctx.ptr(w),
                       bias_ptr=ctx.ptr(bias) if bias else unused, eps=F32(norm["eps"]),
                       M=I32(ctx.rows(out))),
-            constexprs=dict(consts, RES_STRIDE=ctx.row_stride(res) if res else 0,
-                            SUM_STRIDE=ctx.row_stride(total) if res else 0,
-                            HAS_RES=res is not None))
+            constexprs=_norm_constexprs(config, n, k, bias is not None, ctx.dtype(out),
+                                        ctx.row_stride(x), ctx.row_stride(out),
+                                        ctx.row_stride(res) if res else None,
+                                        ctx.row_stride(total) if res else None))
         alternatives.append({"max_m": SMALL_M, "steps": [launch]})
     return alternatives
-
-
-def _arena_bytes(ctx, name: str) -> tuple[int, int] | None:
-    """The arena bytes a value spans at the largest step (None: not in the arena)."""
-    ref, _ = ctx.ref(name)
-    if "arena" not in ref:
-        return None
-    v = ctx.graph.values[name]
-    rows = dim_value(v.shape[0], ctx.plan["symbols"])
-    return ref["arena"], ref["arena"] + rows * ctx.row_stride(name) * dtype_size(v.dtype)
 
 
 def fold_norm(ctx, node, launch, x: str, res: str | None, total: str | None, g: str,
               eps: float) -> bool:
     """Leaves the rmsnorm `launch` of a node marked `fold_into_next` (passes/
-    fold_norms_into_linears.py) to the linear right after it: the GEMM then runs the norm as its
-    cuBLASLt prologue and first in each small-M alternative, and offers norm_gemm_kernel beside
-    them. Not when the linear's output shares arena bytes with x or res, which the folded
-    kernel reads while other programs write the output (plan_memory keeps them apart)."""
-    nxt, normed = ctx.next_node, node.outputs[0]
+    fold_norms_into_linears.py, which also keeps x and res alive through the linear) to the
+    linear right after it: the GEMM then runs the norm as its cuBLASLt prologue and first in
+    each small-M alternative, and offers norm_gemm_kernel beside them."""
     if not node.attrs.get("fold_into_next"):
         return False
-    if nxt is None or nxt.op != "linear" or nxt.inputs[0] != normed:
-        raise ValueError(f"{ctx.label}: marked fold_into_next, but {normed} does not feed the "
-                         "next node's linear")
-    written = _arena_bytes(ctx, nxt.outputs[0])
-    for read in (x, res):
-        span = _arena_bytes(ctx, read) if read else None
-        if written and span and written[0] < span[1] and span[0] < written[1]:
-            return False
-    ctx.folded_norms[normed] = {"launch": launch, "x": x, "res": res, "sum": total, "g": g,
-                                "eps": eps}
+    nxt = ctx.next_node
+    if nxt is None or nxt.op != "linear" or nxt.inputs[0] != node.outputs[0]:
+        raise ValueError(f"{ctx.label}: marked fold_into_next, but {node.outputs[0]} does not "
+                         "feed the next node's linear")
+    ctx.folded_norms[node.outputs[0]] = {"launch": launch, "x": x, "res": res, "sum": total,
+                                         "g": g, "eps": eps}
     return True
 
 
@@ -271,13 +267,11 @@ def linear_norm_small_m(x, g, w, eps: float, res=None, bias=None, config: int = 
     if res is not None and total is None:
         total = x.new_empty(x.shape)
     cfg = SMALL_CONFIGS[config]
-    consts = _constexprs(cfg, n, k, bias is not None, False, str(out.dtype).split(".")[1],
-                         x.stride(0), out.stride(0))
-    del consts["SCALED"]
     direct(norm_gemm_kernel, x)[(-(-n // cfg[0]),)](
         out, w if total is None else total, x, w if res is None else res, g, w,
-        w if bias is None else bias, eps, m, **consts,
-        RES_STRIDE=0 if res is None else res.stride(0),
-        SUM_STRIDE=0 if total is None else total.stride(0), HAS_RES=res is not None,
+        w if bias is None else bias, eps, m,
+        **_norm_constexprs(cfg, n, k, bias is not None, str(out.dtype).split(".")[1],
+                           x.stride(0), out.stride(0), None if res is None else res.stride(0),
+                           None if total is None else total.stride(0)),
         num_warps=cfg[2], num_stages=cfg[3])
     return out, total

@@ -40,16 +40,16 @@ except ImportError:  # a Triton without grid dependency control: launches stay s
         pass
 
 
-def mode(sm: int, kernel: str) -> int:
-    """PDL's value for `kernel` (a function name) compiled for `sm`."""
-    if not (AVAILABLE and sm >= MIN_SM):
-        return OFF
-    return WAIT if kernel in HOLD else WAIT_AND_RELEASE
-
-
 def enabled(sm: int) -> bool:
     """Whether kernels compiled for `sm` wait on their predecessor."""
     return AVAILABLE and sm >= MIN_SM
+
+
+def mode(sm: int, kernel: str) -> int:
+    """PDL's value for `kernel` (a function name) compiled for `sm`."""
+    if not enabled(sm):
+        return OFF
+    return WAIT if kernel in HOLD else WAIT_AND_RELEASE
 
 
 @triton.jit

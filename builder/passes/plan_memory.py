@@ -50,15 +50,12 @@ def plan_memory(graph: Graph, build) -> Graph:
     activations = [n for n, v in g.values.items() if v.kind in ("activation", "output")]
     last_use = {name: len(g.nodes) if g.values[name].kind == "output" else -1 for name in activations}
     for step, node in enumerate(g.nodes):
+        # A norm folded into the next linear runs with it (fold_norms_into_linears).
+        until = step + 1 if node.attrs.get("fold_into_next") else step
         for name in node.inputs + node.outputs:
             if name in last_use:
                 root = _root(name, views)
-                last_use[root] = max(last_use[root], step)
-        # A norm folded into the next linear runs with it (fold_norms_into_linears).
-        for name in node.inputs if node.attrs.get("fold_into_next") else ():
-            if name in last_use:
-                root = _root(name, views)
-                last_use[root] = max(last_use[root], step + 1)
+                last_use[root] = max(last_use[root], until)
 
     offsets: dict[str, int] = {}
     live: list[tuple[int, int, str]] = []  # (offset, size, name)
