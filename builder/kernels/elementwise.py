@@ -8,6 +8,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kiln.builder.kernels import gemm
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
 
@@ -78,10 +79,13 @@ def _grid(rows, width: int) -> tuple:
 def plan_silu_mul(node, ctx):
     (x,), (out,) = node.inputs, node.outputs
     width = ctx.width(out)
-    ctx.launch(silu_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
-               args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
-               constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
-                               WIDTH=width, BLOCK=BLOCK))
+    launch = ctx.make_launch(
+        silu_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
+        args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
+        constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
+                        WIDTH=width, BLOCK=BLOCK))
+    if not gemm.fold(ctx, node, launch, gemm.SILU_MUL, x):
+        ctx.program.append(launch)
 
 
 def _plan_unary(kernel):

@@ -14,6 +14,12 @@ alternatives for M <= SMALL_M; the executor times them against cuBLASLt's pick t
 it meets an M and keeps the fastest (GemmChoice reports it). FP8 GEMMs (linear_fp8) get the same
 kernel with SCALED: the e4m3 operands are widened to float16 (exactly: every e4m3 value is a
 float16 value) for the tensor cores, and out = (x @ w.T) * (a_scale * w_scale) (+ bias).
+
+One row (batch-1 decode) is a matrix-vector product: `gemv_kernel` streams BLOCK_N weight rows
+a program on CUDA cores, with no 16-row tile of which 15 rows are padding, and can take in the
+kernel before the GEMM (its prologue, folded by passes/fold_into_linears.py): an RMSNorm, with
+or without the residual add, or SiLU-mul. Those are then no launch of their own at M = 1; at
+other M the folded kernel runs first in each alternative and before cuBLASLt.
 """
 from __future__ import annotations
 
@@ -31,9 +37,13 @@ SMALL_M = 16
 # (tests/gpu/gemm_sweep.py): no one of them is best on every shape.
 SMALL_CONFIGS = ((16, 256, 4, 4), (32, 128, 4, 4), (16, 512, 4, 3), (16, 128, 2, 6))
 SMALL_CONFIGS_FP8 = ((16, 512, 4, 4), (32, 256, 4, 4), (16, 256, 2, 6), (64, 256, 4, 3))
-# The configurations norm_gemm_kernel is offered in: the two that won at M = 1 on the H200
-# (q/k/v and gate/up #3, o and the LM head #1); each one more is 4 kernels to compile.
-NORM_CONFIGS = (SMALL_CONFIGS[1], SMALL_CONFIGS[3])
+# (BLOCK_N, BLOCK_K, num_warps) of the one-row alternatives (gemv_kernel): 8, 16 and 4 KiB of
+# weight a program per step (32, 64 and 32 values a thread), 512 to 1,024 programs for a
+# 4096-wide layer.
+GEMV_CONFIGS = ((8, 512, 4), (8, 1024, 4), (4, 512, 2))
+# gemv_kernel's PROLOGUE: what x is turned into before the product (constexprs, so the kernel
+# can compare with them).
+PLAIN, NORM, ADD_NORM, SILU_MUL = (tl.constexpr(p) for p in range(4))
 
 
 @triton.jit
@@ -43,27 +53,6 @@ def mma(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
-
-
-@triton.jit
-def _weight_tile(w_ptr, cols64, k, k_ok, col_ok, N: tl.constexpr, K: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """w[cols, k] as a [BLOCK_K, BLOCK_N] tile (unmasked where the blocks divide the shape)."""
-    if K % BLOCK_K == 0 and N % BLOCK_N == 0:
-        return tl.load(w_ptr + cols64[None, :] * K + k[:, None])
-    else:
-        return tl.load(w_ptr + cols64[None, :] * K + k[:, None],
-                       mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-
-
-@triton.jit
-def _store_rows(out_ptr, acc, bias_ptr, rows, cols, row_ok, col_ok, OUT_STRIDE: tl.constexpr,
-                HAS_BIAS: tl.constexpr):
-    """out[rows, cols] = acc (+ bias[cols]), in out's dtype."""
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -85,55 +74,73 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
         k_ok = k < K
         x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = _weight_tile(w_ptr, cols64, k, k_ok, col_ok, N, K, BLOCK_N, BLOCK_K)
+        if K % BLOCK_K == 0 and N % BLOCK_N == 0:
+            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
+        else:
+            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         if SCALED:
             x = x.to(tl.float16)
             w = w.to(tl.float16)
         acc = mma(x, w, acc, IEEE)
     if SCALED:
         acc = acc * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
-    _store_rows(out_ptr, acc, bias_ptr, rows, cols, row_ok, col_ok, OUT_STRIDE, HAS_BIAS)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def norm_gemm_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, eps, M,
-                     X_STRIDE: tl.constexpr, RES_STRIDE: tl.constexpr, SUM_STRIDE: tl.constexpr,
-                     OUT_STRIDE: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
-                     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
-                     PDL: tl.constexpr = 0):
-    """small_m_gemm_kernel on rmsnorm(x (+ res)) * g, the norm folded into the K loop: the
-    row's sum of squares accumulates beside (x * g) @ w.T, which is scaled by the row's
-    1 / rms at the end. With HAS_RES, program 0 also stores the rounded sum x + res."""
+def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, eps,
+                N: tl.constexpr, K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
+    """Row 0 of out, columns block program_id(0): prologue(x[0]) @ w.T (+ bias), the products
+    summed in float32 on CUDA cores ([BLOCK_N, BLOCK_K] partial sums, reduced once at the end).
+
+    PROLOGUE (x's first row turned into the GEMM's input a, as the kernel it replaces computes it):
+      PLAIN     a = x
+      NORM      a = rmsnorm(x) * g: the sum of squares accumulates beside (x * g) @ w.T, which is
+                scaled by 1 / rms at the end
+      ADD_NORM  the same on t = x + res (rounded to sum's dtype); program 0 stores t to sum_ptr
+      SILU_MUL  a = silu(x[:K]) * x[K:2K], rounded as silu_mul_kernel rounds it
+    """
     enter(PDL)
-    rows = tl.arange(0, BLOCK_M)
+    DT = out_ptr.dtype.element_ty
+    EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < M
     col_ok = cols < N
-    cols64 = cols.to(tl.int64)
-    sum_rows = tl.where(tl.program_id(0) == 0, M, 0)  # program 0 stores the residual sum
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+    sum_k = tl.where(tl.program_id(0) == 0, K, 0)  # program 0 stores the residual sum
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
-        x_ok = row_ok[:, None] & k_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=x_ok,
-                    other=0.0).to(tl.float32)
-        if HAS_RES:
-            r = tl.load(res_ptr + rows[:, None] * RES_STRIDE + k[None, :], mask=x_ok,
-                        other=0.0).to(tl.float32)
-            total = (x + r).to(sum_ptr.dtype.element_ty)
-            tl.store(sum_ptr + rows[:, None] * SUM_STRIDE + k[None, :], total,
-                     mask=(rows < sum_rows)[:, None] & k_ok[None, :])
-            x = total.to(tl.float32)
-        squares += tl.sum(x * x, axis=1)
-        g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        a = (x * g[None, :]).to(w_ptr.dtype.element_ty)
-        w = _weight_tile(w_ptr, cols64, k, k_ok, col_ok, N, K, BLOCK_N, BLOCK_K)
-        acc = mma(a, w, acc, IEEE)
-    acc = acc * tl.math.rsqrt(squares / K + eps)[:, None]
-    _store_rows(out_ptr, acc, bias_ptr, rows, cols, row_ok, col_ok, OUT_STRIDE, HAS_BIAS)
+        a = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        if PROLOGUE == SILU_MUL:
+            up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
+            act = (a / (1.0 + tl.exp(-a))).to(DT).to(tl.float32)
+            a = (act * up).to(DT).to(tl.float32)
+        if PROLOGUE == ADD_NORM:
+            r = tl.load(res_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+            total = (a + r).to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + k, total, mask=k < sum_k)
+            a = total.to(tl.float32)
+        if PROLOGUE == NORM or PROLOGUE == ADD_NORM:
+            squares += a * a
+            a = a * tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        if EVEN:
+            w = tl.load(w_rows + k[None, :])
+        else:
+            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += w.to(tl.float32) * a[None, :]
+    y = tl.sum(acc, axis=1)
+    if PROLOGUE == NORM or PROLOGUE == ADD_NORM:
+        y = y * tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + cols, y.to(DT), mask=col_ok)
 
 
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
@@ -144,13 +151,9 @@ def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: 
                 IEEE=dtype == "float32" and not scaled)
 
 
-def _norm_constexprs(config: tuple, n: int, k: int, bias: bool, dtype: str, x_stride: int,
-                     out_stride: int, res_stride: int | None, sum_stride: int | None) -> dict:
-    """norm_gemm_kernel's constexprs; `res_stride` None: no residual."""
-    consts = _constexprs(config, n, k, bias, False, dtype, x_stride, out_stride)
-    del consts["SCALED"]
-    return dict(consts, RES_STRIDE=res_stride or 0, SUM_STRIDE=sum_stride or 0,
-                HAS_RES=res_stride is not None)
+def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool) -> dict:
+    return dict(N=n, K=k, PROLOGUE=int(prologue), HAS_BIAS=bias, BLOCK_N=config[0],
+                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))))
 
 
 def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
@@ -175,44 +178,43 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
     return alternatives
 
 
-def norm_alternatives(ctx, norm: dict, w: str, out: str, bias: str | None) -> list[dict]:
-    """The Gemm alternatives of out = rmsnorm(x (+ res)) @ w.T (+ bias) in one kernel each
-    (norm_gemm_kernel, one per NORM_CONFIGS), for M <= SMALL_M; `norm` as fold_norm records it."""
+def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
+                      folded: dict | None) -> list[dict]:
+    """The one-row alternatives of out = prologue(x) @ w.T (+ bias), one per GEMV_CONFIGS;
+    `folded`: the kernel before the GEMM as fold() records it (None: x is the GEMM's input)."""
     n, k = (int(d) for d in ctx.graph.values[w].shape)
-    x, res, total = norm["x"], norm["res"], norm["sum"]
     unused = ctx.ptr(w)  # stands in for an absent operand: never read or written
+    folded = folded or {"prologue": PLAIN, "x": x}
+    ptr = lambda name: ctx.ptr(folded[name]) if folded.get(name) else unused  # noqa: E731
     alternatives = []
-    for config in NORM_CONFIGS:
+    for config in GEMV_CONFIGS:
         launch = ctx.make_launch(
-            norm_gemm_kernel, grid=(-(-n // config[0]),), num_warps=config[2],
-            num_stages=config[3],
-            args=dict(out_ptr=ctx.ptr(out), sum_ptr=ctx.ptr(total) if res else unused,
-                      x_ptr=ctx.ptr(x), res_ptr=ctx.ptr(res) if res else unused,
-                      g_ptr=ctx.ptr(norm["g"]), w_ptr=ctx.ptr(w),
-                      bias_ptr=ctx.ptr(bias) if bias else unused, eps=F32(norm["eps"]),
-                      M=I32(ctx.rows(out))),
-            constexprs=_norm_constexprs(config, n, k, bias is not None, ctx.dtype(out),
-                                        ctx.row_stride(x), ctx.row_stride(out),
-                                        ctx.row_stride(res) if res else None,
-                                        ctx.row_stride(total) if res else None))
-        alternatives.append({"max_m": SMALL_M, "steps": [launch]})
+            gemv_kernel, grid=(-(-n // config[0]),), num_warps=config[2], num_stages=3,
+            args=dict(out_ptr=ctx.ptr(out), sum_ptr=ptr("sum"), x_ptr=ctx.ptr(folded["x"]),
+                      res_ptr=ptr("res"), g_ptr=ptr("g"), w_ptr=ctx.ptr(w),
+                      bias_ptr=ctx.ptr(bias) if bias else unused,
+                      eps=F32(folded.get("eps", 0.0))),
+            constexprs=_gemv_constexprs(config, n, k, folded["prologue"], bias is not None))
+        alternatives.append({"max_m": 1, "steps": [launch]})
     return alternatives
 
 
-def fold_norm(ctx, node, launch, x: str, res: str | None, total: str | None, g: str,
-              eps: float) -> bool:
-    """Leaves the rmsnorm `launch` of a node marked `fold_into_next` (passes/
-    fold_norms_into_linears.py, which also keeps x and res alive through the linear) to the
-    linear right after it: the GEMM then runs the norm as its cuBLASLt prologue and first in
-    each small-M alternative, and offers norm_gemm_kernel beside them."""
+def fold(ctx, node, launch, prologue: int, x: str, res: str | None = None,
+         total: str | None = None, g: str | None = None, eps: float = 0.0) -> bool:
+    """Leaves `launch`, the kernel of a node marked `fold_into_next` (passes/fold_into_linears.py,
+    which also keeps its inputs alive through the linear), to the linear right after it: that
+    linear runs it before cuBLASLt and first in each small-M alternative, and its one-row
+    alternatives compute it as their `prologue` (NORM, ADD_NORM or SILU_MUL, on x, res, g,
+    eps; `total` receives ADD_NORM's residual sum). False for an unmarked node: the caller
+    launches it."""
     if not node.attrs.get("fold_into_next"):
         return False
     nxt = ctx.next_node
     if nxt is None or nxt.op != "linear" or nxt.inputs[0] != node.outputs[0]:
         raise ValueError(f"{ctx.label}: marked fold_into_next, but {node.outputs[0]} does not "
                          "feed the next node's linear")
-    ctx.folded_norms[node.outputs[0]] = {"launch": launch, "x": x, "res": res, "sum": total,
-                                         "g": g, "eps": eps}
+    ctx.folded[node.outputs[0]] = {"launch": launch, "prologue": prologue, "x": x, "res": res,
+                                   "sum": total, "g": g, "eps": eps}
     return True
 
 
@@ -221,12 +223,11 @@ def plan_linear(node, ctx):
     bias = node.inputs[2] if len(node.inputs) == 3 else None
     (out,) = node.outputs
     n, k = (int(d) for d in ctx.graph.values[w].shape)
-    alternatives, prologue = small_m_alternatives(ctx, x, w, out, bias), []
-    norm = ctx.folded_norms.pop(x, None)
-    if norm is not None:
-        prologue = [norm["launch"]]
-        alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
-                        for alt in alternatives] + norm_alternatives(ctx, norm, w, out, bias)
+    folded = ctx.folded.pop(x, None)
+    prologue = [folded["launch"]] if folded else []
+    alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
+                    for alt in small_m_alternatives(ctx, x, w, out, bias)]
+    alternatives += gemv_alternatives(ctx, x, w, out, bias, folded)
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
@@ -254,24 +255,20 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
     return out
 
 
-def linear_norm_small_m(x, g, w, eps: float, res=None, bias=None, config: int = 0, out=None,
-                        total=None):
-    """norm_gemm_kernel with configuration `config` (an index into SMALL_CONFIGS) on torch
-    tensors: out = rmsnorm(x (+ res)) * g @ w.T (+ bias); with `res`, `total` (made when None)
-    receives x + res. Returns (out, total)."""
-    m, k = x.shape
-    n = w.shape[0]
-    if m > SMALL_M:
-        raise ValueError(f"the small-M GEMM takes at most {SMALL_M} rows, got {m}")
-    out = x.new_empty((m, n)) if out is None else out
-    if res is not None and total is None:
-        total = x.new_empty(x.shape)
-    cfg = SMALL_CONFIGS[config]
-    direct(norm_gemm_kernel, x)[(-(-n // cfg[0]),)](
-        out, w if total is None else total, x, w if res is None else res, g, w,
-        w if bias is None else bias, eps, m,
-        **_norm_constexprs(cfg, n, k, bias is not None, str(out.dtype).split(".")[1],
-                           x.stride(0), out.stride(0), None if res is None else res.stride(0),
-                           None if total is None else total.stride(0)),
-        num_warps=cfg[2], num_stages=cfg[3])
+def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAIN, g=None,
+                eps: float = 0.0, res=None, total=None):
+    """gemv_kernel with configuration `config` (an index into GEMV_CONFIGS) on torch tensors:
+    out[1, N] = prologue(x[:1]) @ w.T (+ bias), the prologue's operands as gemv_kernel names
+    them (`total`, made when None, receives x + res with ADD_NORM). Returns (out, total)."""
+    n, k = w.shape
+    out = x.new_empty((1, n)) if out is None else out
+    if prologue == ADD_NORM and total is None:
+        total = x.new_empty((1, k))
+    cfg = GEMV_CONFIGS[config]
+    unused = w
+    direct(gemv_kernel, x)[(-(-n // cfg[0]),)](
+        out, unused if total is None else total, x, unused if res is None else res,
+        unused if g is None else g, w, unused if bias is None else bias, eps,
+        **_gemv_constexprs(cfg, n, k, prologue, bias is not None), num_warps=cfg[2],
+        num_stages=3)
     return out, total

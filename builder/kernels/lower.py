@@ -48,7 +48,7 @@ class LoweringContext:
         self.select: dict | None = None  # the greedy pick over the logits (sampling.plan_select)
         self.label = ""
         self.next_node = None  # the node after the one being lowered
-        self.folded_norms: dict[str, dict] = {}  # norm output -> its launch (gemm.fold_norm)
+        self.folded: dict[str, dict] = {}  # output of a kernel left to the next linear (gemm.fold)
 
     # -- values -------------------------------------------------------------------------------
     def dtype(self, name: str) -> str:
@@ -143,8 +143,8 @@ def lower(graph: Graph, build) -> LoweringContext:
         ctx.label = f"{index}:{node.op}:{node.outputs[0]}"
         ctx.next_node = graph.nodes[index + 1] if index + 1 < len(graph.nodes) else None
         planner(node, ctx)
-    if ctx.folded_norms:
-        raise AssertionError(f"norms left to a linear that never ran: {sorted(ctx.folded_norms)}")
+    if ctx.folded:
+        raise AssertionError(f"kernels left to a linear that never ran: {sorted(ctx.folded)}")
     logits = graph.values.get("logits")
     if logits is not None and logits.kind == "output" and logits.dtype == "float32":
         ctx.label = "select:logits"

@@ -89,7 +89,7 @@ def plan_rmsnorm(node, ctx):
                   eps=F32(node.attrs["eps"])),
         constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out), H=h,
                         BLOCK=block))
-    if not gemm.fold_norm(ctx, node, launch, x, None, None, w, node.attrs["eps"]):
+    if not gemm.fold(ctx, node, launch, gemm.NORM, x, g=w, eps=node.attrs["eps"]):
         ctx.program.append(launch)
 
 
@@ -104,7 +104,7 @@ def plan_add_rmsnorm(node, ctx):
         constexprs=dict(X_STRIDE=ctx.row_stride(x), RES_STRIDE=ctx.row_stride(res),
                         OUT_STRIDE=ctx.row_stride(out), SUM_STRIDE=ctx.row_stride(total),
                         H=h, BLOCK=block))
-    if not gemm.fold_norm(ctx, node, launch, x, res, total, w, node.attrs["eps"]):
+    if not gemm.fold(ctx, node, launch, gemm.ADD_NORM, x, res, total, w, node.attrs["eps"]):
         ctx.program.append(launch)
 
 

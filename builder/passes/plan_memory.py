@@ -3,7 +3,7 @@ largest step the engine accepts (max_num_tokens tokens, max_batch_size sequences
 
 Values whose lifetimes do not overlap share bytes (greedy first fit in order of definition).
 The outputs of `split` are views of their input (row stride = input width), never copies.
-The inputs of a norm marked `fold_into_next` live through the next node, which reads them.
+The inputs of a node marked `fold_into_next` live through the next node, which reads them.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def plan_memory(graph: Graph, build) -> Graph:
     activations = [n for n, v in g.values.items() if v.kind in ("activation", "output")]
     last_use = {name: len(g.nodes) if g.values[name].kind == "output" else -1 for name in activations}
     for step, node in enumerate(g.nodes):
-        # A norm folded into the next linear runs with it (fold_norms_into_linears).
+        # A kernel folded into the next linear runs with it (fold_into_linears).
         until = step + 1 if node.attrs.get("fold_into_next") else step
         for name in node.inputs + node.outputs:
             if name in last_use:

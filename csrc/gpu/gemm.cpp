@@ -135,7 +135,7 @@ int GemmRunner::add(GemmProblem const& p)
     return static_cast<int>(mProblems.size()) - 1;
 }
 
-GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_t stream)
+GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_t stream, ColdL2 const* cold)
 {
     GemmProblem const& p = problem.p;
     auto const key = std::make_tuple(static_cast<int>(p.type) * 1000 + static_cast<int>(p.inType), p.n, p.k, p.lda,
@@ -187,13 +187,14 @@ GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_
     {
         // Time the candidates on the real operands (the output is rewritten by the real run).
         KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::unique_ptr<ColdL2 const> const own = cold == nullptr ? std::make_unique<ColdL2 const>() : nullptr;
         float bestUs = -1.0F;
         float firstUs = -1.0F;
         for (int i = 0; i < found; ++i)
         {
             if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > mWorkspaceBytes)
                 continue;
-            float const us = timeAlgo(problem, *plan, results[i].algo, stream);
+            float const us = timeAlgo(problem, *plan, results[i].algo, stream, cold != nullptr ? *cold : *own);
             if (i == 0)
                 firstUs = us;
             if (us >= 0 && (bestUs < 0 || us < bestUs))
@@ -224,11 +225,11 @@ void GemmRunner::prepare(int id, int m, cudaStream_t stream)
     }
 }
 
-float GemmRunner::time(int id, int m, cudaStream_t stream)
+float GemmRunner::time(int id, int m, cudaStream_t stream, ColdL2 const& cold)
 {
     Problem const& problem = *mProblems.at(static_cast<std::size_t>(id));
-    Plan const& plan = planFor(problem, m, stream);
-    float const us = timeAlgo(problem, plan, plan.algo, stream);
+    Plan const& plan = planFor(problem, m, stream, &cold);
+    float const us = timeAlgo(problem, plan, plan.algo, stream, cold);
     if (us < 0)
         throw std::runtime_error("cuBLASLt's chosen algorithm failed to run for M=" + std::to_string(m) + " N="
             + std::to_string(problem.p.n) + " K=" + std::to_string(problem.p.k));
@@ -251,8 +252,8 @@ void GemmRunner::run(int id, int m, cudaStream_t stream)
         "cublasLtMatmul");
 }
 
-float GemmRunner::timeAlgo(
-    Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo, cudaStream_t stream)
+float GemmRunner::timeAlgo(Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo,
+    cudaStream_t stream, ColdL2 const& cold)
 {
     GemmProblem const& p = problem.p;
     float const alpha = 1.0F;
@@ -266,7 +267,7 @@ float GemmRunner::timeAlgo(
     {
         return -1.0F;
     }
-    return bestOfRuns(stream, kTuneReps, [&]() { mApi->check(once(), "cublasLtMatmul (timing)"); });
+    return bestOfRuns(stream, kTuneReps, [&]() { mApi->check(once(), "cublasLtMatmul (timing)"); }, &cold);
 }
 
 std::vector<GemmChoice> GemmRunner::choices() const

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "gpu/cublaslt.h"
+#include "gpu/timing.h"
 
 #include <cuda_runtime_api.h>
 
@@ -67,8 +68,9 @@ public:
     /// a later run() does nothing but launch (as a CUDA graph capture needs).
     void prepare(int id, int m, cudaStream_t stream);
     /// @brief Microseconds problem `id` takes at `m` rows with its chosen algorithm (the best of
-    /// a few runs; the output is overwritten), to weigh it against other kernels.
-    [[nodiscard]] float time(int id, int m, cudaStream_t stream);
+    /// a few runs, each after `cold` evicts L2; the output is overwritten), to weigh it against
+    /// other kernels.
+    [[nodiscard]] float time(int id, int m, cudaStream_t stream, ColdL2 const& cold);
     /// @brief Every (shape, M) chosen so far.
     [[nodiscard]] std::vector<GemmChoice> choices() const;
     /// @brief cuBLASLt's version number and library path.
@@ -77,8 +79,10 @@ public:
 private:
     struct Plan;
     struct Problem;
-    Plan& planFor(Problem const& problem, int m, cudaStream_t stream);
-    float timeAlgo(Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo, cudaStream_t stream);
+    /// `cold`: evicts L2 before each timed run when the algorithm is tuned (made here when null).
+    Plan& planFor(Problem const& problem, int m, cudaStream_t stream, ColdL2 const* cold = nullptr);
+    float timeAlgo(Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo, cudaStream_t stream,
+        ColdL2 const& cold);
 
     std::unique_ptr<CublasLtApi> mApi;
     cublasLtHandle_t mHandle = nullptr;

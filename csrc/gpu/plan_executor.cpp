@@ -797,15 +797,16 @@ private:
         std::vector<float> times;
         if (m > 0)
         {
-            float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream)
-                + (gemm.prologue.empty() ? 0.0F : timeLaunches(gemm.prologue));
+            ColdL2 const cold;
+            float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream, cold)
+                + (gemm.prologue.empty() ? 0.0F : timeLaunches(gemm.prologue, cold));
             times.push_back(bestUs);
             for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
             {
                 auto& alternative = gemm.alternatives[i];
                 if (m > alternative.maxM)
                     continue;
-                float const us = timeLaunches(alternative.steps);
+                float const us = timeLaunches(alternative.steps, cold);
                 times.push_back(us);
                 if (us < bestUs)
                 {
@@ -827,8 +828,9 @@ private:
         return best;
     }
 
-    /// The best of a few runs of `launches`, in microseconds, after one untimed run.
-    float timeLaunches(std::vector<ResolvedLaunch>& launches)
+    /// The best of a few runs of `launches`, in microseconds, after one untimed run; L2 is
+    /// evicted before each timed one.
+    float timeLaunches(std::vector<ResolvedLaunch>& launches, ColdL2 const& cold)
     {
         auto once = [&]()
         {
@@ -836,7 +838,7 @@ private:
                 run(launch);
         };
         once();
-        return bestOfRuns(mStream, 3, once);
+        return bestOfRuns(mStream, 3, once, &cold);
     }
 
     /// Replays the graph for this step's launch shape: the values of every symbol the program

@@ -10,8 +10,8 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
-from kiln.builder.kernels import aot, compile_plan, pdl  # noqa: E402
-from kiln.builder.kernels.gemm import NORM_CONFIGS, SMALL_CONFIGS  # noqa: E402
+from kiln.builder.kernels import aot, compile_plan, gemm, pdl  # noqa: E402
+from kiln.builder.kernels.gemm import GEMV_CONFIGS, SMALL_CONFIGS  # noqa: E402
 from kiln.builder.kernels.symbols import STEP_SYMBOLS, evaluate  # noqa: E402
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
 from kiln.builder.passes import run_pipeline  # noqa: E402
@@ -110,23 +110,31 @@ def test_program_references_resolve(tmp_path_factory):
             gemms += 1
             assert evaluate(step["m"], symbols) in (64, 4)
             prologue = step.get("prologue", [])
-            # A norm folded into the GEMM: cuBLASLt's prologue, first in each small-M
-            # alternative, and a fused alternative per configuration after them.
+            # The small-M alternatives, then the one-row ones. A kernel folded into the GEMM
+            # (the norms before qkv, gate_up and the LM head; SiLU-mul before down) is
+            # cuBLASLt's prologue, first in each small-M alternative and inside the one-row
+            # kernel.
             assert [alt["max_m"] for alt in step["alternatives"]] \
-                == [16] * (len(SMALL_CONFIGS) + (len(NORM_CONFIGS) if prologue else 0))
-            if prologue:
-                folded += 1
-                fns = [header["kernels"][alt["steps"][0]["kernel"]]["fn"].rsplit(".", 1)[1]
-                       for alt in step["alternatives"]]
-                assert fns[len(SMALL_CONFIGS):] == ["norm_gemm_kernel"] * len(NORM_CONFIGS)
-                assert all(alt["steps"][0] == prologue[0]
-                           for alt in step["alternatives"][:len(SMALL_CONFIGS)])
+                == [16] * len(SMALL_CONFIGS) + [1] * len(GEMV_CONFIGS)
+            fns = [header["kernels"][alt["steps"][-1]["kernel"]]["fn"].rsplit(".", 1)[1]
+                   for alt in step["alternatives"]]
+            assert fns == ["small_m_gemm_kernel"] * len(SMALL_CONFIGS) \
+                + ["gemv_kernel"] * len(GEMV_CONFIGS)
+            assert [alt["steps"][:-1] for alt in step["alternatives"]] \
+                == [prologue] * len(SMALL_CONFIGS) + [[]] * len(GEMV_CONFIGS)
+            folded += bool(prologue)
+            before = header["kernels"][prologue[0]["kernel"]]["fn"].rsplit(".", 1)[1] \
+                if prologue else None
+            kinds = {None: gemm.PLAIN, "rmsnorm_kernel": gemm.NORM,
+                     "add_rmsnorm_kernel": gemm.ADD_NORM, "silu_mul_kernel": gemm.SILU_MUL}
+            assert {header["kernels"][alt["steps"][-1]["kernel"]]["constexprs"]["PROLOGUE"]
+                    for alt in step["alternatives"][len(SMALL_CONFIGS):]} == {int(kinds[before])}
         else:
             assert step["kernel"] in header["kernels"]
             assert all(evaluate(g, symbols) >= 1 for g in step["grid"])
     assert gemms == 4 * header["kv_cache"]["num_layers"] + 1  # qkv, o, gate_up, down; lm_head
-    assert folded == 2 * header["kv_cache"]["num_layers"] + 1  # the norms before qkv, gate_up, lm_head
-    assert not any("norm" in header["kernels"][s["kernel"]]["fn"]
+    assert folded == 3 * header["kv_cache"]["num_layers"] + 1
+    assert not any(fn in header["kernels"][s["kernel"]]["fn"] for fn in ("norm", "silu_mul")
                    for s in header["program"] if s["kind"] == "kernel")
     assert set(STEP_SYMBOLS) <= set(symbols)
 

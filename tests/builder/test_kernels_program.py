@@ -48,6 +48,7 @@ for plan in schedule:
 print(json.dumps(errors))
 """
 MIXED = [[7, 13, 20], [[0, 7], [1, 6], [2, 10]], [[1, 7], [2, 10], [0, 1]]] + [[[0, 1], [1, 1], [2, 1]]] * 3
+SINGLE = [[9], [[0, 9]]] + [[[0, 1]]] * 4  # one sequence: its decode steps are one-row GEMMs
 # One sequence of 240 tokens in chunks beside a short one, then decodes whose context
 # (> 128 tokens) makes the executor split the KV range (S = 2) and reduce.
 LONG = [[240, 5], [[0, 59], [1, 5]]] + [[[0, 64]]] * 2 + [[[0, 53], [1, 1]]] + [[[0, 1], [1, 1]]] * 3
@@ -73,17 +74,19 @@ def test_program_matches_reference_backend(tiny_engine, arch, dtype):
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
 
 
-@pytest.mark.parametrize("arch,dtype,alternative", [("llama", "float32", 0), ("llama-bias", "float32", 1),
-                                                    ("qwen2", "float16", 0), ("qwen2", "float16", 1),
-                                                    ("llama", "float32", 4), ("llama-bias", "float32", 5),
-                                                    ("qwen2", "float16", 4), ("qwen3", "float32", 5)])
-def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative):
+@pytest.mark.parametrize("arch,dtype,alternative,schedule", [
+    ("llama", "float32", 0, "mixed"), ("llama-bias", "float32", 1, "mixed"),
+    ("qwen2", "float16", 0, "mixed"), ("qwen2", "float16", 1, "mixed"),
+    ("llama", "float32", 4, "single"), ("llama-bias", "float32", 5, "single"),
+    ("qwen2", "float16", 6, "single"), ("qwen3", "float32", 4, "single"),
+    ("qwen3", "float16", 5, "single")])
+def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative, schedule):
     """Decode steps (M <= 16) through the GEMMs' Triton alternatives instead of cuBLASLt; from
-    4 on, the GEMMs that took in the norm before them run it in the same kernel
-    (norm_gemm_kernel), the others cuBLASLt."""
+    4 on, the one-row alternatives (gemv_kernel) of one sequence's decode steps, which take in
+    the norm or SiLU-mul before the GEMM."""
     _, engine = tiny_engine(arch, dtype, targets=(90,))
     for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(
-            run(engine, MIXED, gemm_alternative=alternative)):
+            run(engine, MIXED if schedule == "mixed" else SINGLE, gemm_alternative=alternative)):
         assert err < BOUND[dtype], f"step {i}: error {err:.2e}"
         assert same_argmax or dtype != "float32"
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"

@@ -388,30 +388,37 @@ def check_small_m_gemm(device, dtype, m, n, k, seed, config, bias=True):
     return rel_err(out[:m], ref)
 
 
-def check_norm_gemm(device, dtype, m, n, k, seed, config, residual=True, bias=False):
-    """The small-M alternative that takes in the norm before it (norm_gemm_kernel) against
-    ops' add_rmsnorm (or rmsnorm) then linear, x a strided view and out poisoned: the worst of
-    out's rel_err and the residual sum's, which must equal add_rmsnorm's exactly."""
+def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
+    """The one-row alternative of a linear (gemv_kernel) against ops' `prologue` ("plain",
+    "rmsnorm", "add_rmsnorm" or "silu_mul") then linear, x the first row of a strided view and
+    out poisoned: out's rel_err; add_rmsnorm's sum must come out exactly."""
     from kiln.builder.kernels import gemm
     g = torch.Generator().manual_seed(seed)
-    wide = _rand(g, (m, k + 24), dtype, device)
-    x = wide[:, 8:8 + k]
-    res = _rand(g, (m, k), dtype, device) if residual else None
+    width = 2 * k if prologue == "silu_mul" else k
+    wide = _rand(g, (3, width + 24), dtype, device)
+    x = wide[:, 8:8 + width]
+    res = _rand(g, (1, k), dtype, device)
     gamma = _rand(g, (k,), dtype, device, 0.1, 1.0)
     w = _rand(g, (n, k), dtype, device, k ** -0.5)
     b = _rand(g, (n,), dtype, device) if bias else None
-    out = torch.full((m + 2, n), float("nan"), dtype=dtype, device=device)
-    total = torch.full((m, k), float("nan"), dtype=dtype, device=device) if residual else None
-    gemm.linear_norm_small_m(x, gamma, w, 1e-5, res=res, bias=b, config=config, out=out[:m],
-                             total=total)
-    if residual:
-        normed, want_total = _ref("add_rmsnorm", [x, res, gamma], {"eps": 1e-5}, n_out=2)
+    out = torch.full((2, n), float("nan"), dtype=dtype, device=device)
+    total = torch.full((1, k), float("nan"), dtype=dtype, device=device)
+    kind = {"plain": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM,
+            "silu_mul": gemm.SILU_MUL}[prologue]
+    gemm.linear_gemv(x, w, b, config=config, out=out[:1], prologue=kind, g=gamma, eps=1e-5,
+                     res=res, total=total)
+    if prologue == "add_rmsnorm":
+        a, want_total = _ref("add_rmsnorm", [x[:1], res, gamma], {"eps": 1e-5}, n_out=2)
         assert torch.equal(total.cpu(), want_total), "the residual sum differs from add_rmsnorm's"
+    elif prologue == "rmsnorm":
+        (a,) = _ref("rmsnorm", [x[:1], gamma], {"eps": 1e-5})
+    elif prologue == "silu_mul":
+        (a,) = _ref("silu_mul", [x[:1]])
     else:
-        (normed,) = _ref("rmsnorm", [x, gamma], {"eps": 1e-5})
-    (ref,) = _ref("linear", [normed, w.cpu()] + ([b.cpu()] if bias else []))
-    assert torch.isnan(out[m:]).all(), "the kernel wrote rows beyond M"
-    return rel_err(out[:m], ref)
+        a = x[:1]
+    (ref,) = _ref("linear", [a, w] + ([b] if bias else []))
+    assert torch.isnan(out[1:]).all(), "the kernel wrote beyond row 0"
+    return rel_err(out[:1], ref)
 
 
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
@@ -482,14 +489,13 @@ def interpreter_cases():
             cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
                           dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
                           TOL[dtype]))
-        for m, n, k, config, residual, bias in [(1, 64, 256, 0, True, False),
-                                                (5, 50, 72, 1, True, True),
-                                                (16, 96, 512, 2, False, False),
-                                                (3, 40, 300, 3, True, False)]:
-            cases.append((f"norm_gemm-{d}-{m}x{n}x{k}-c{config}{'-res' if residual else ''}",
-                          check_norm_gemm, dict(dtype=dtype, m=m, n=n, k=k, seed=m + n + 1,
-                                                config=config, residual=residual, bias=bias),
-                          TOL[dtype]))
+        for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
+                                             (50, 72, 1, "rmsnorm", True),
+                                             (96, 1100, 2, "silu_mul", False),
+                                             (40, 300, 0, "plain", True)]:
+            cases.append((f"gemv-{d}-{n}x{k}-c{config}-{prologue}", check_gemv,
+                          dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
+                               prologue=prologue, bias=bias), TOL[dtype]))
     cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),
     ]

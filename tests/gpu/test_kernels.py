@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import kernel_checks as kc
-from kiln.builder.kernels.gemm import NORM_CONFIGS, SMALL_CONFIGS
+from kiln.builder.kernels.gemm import GEMV_CONFIGS, SMALL_CONFIGS
 
 pytestmark = pytest.mark.gpu
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -158,11 +158,11 @@ def test_small_m_gemm(dtype, m, n, k, config):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [1, 7, 16])
-@pytest.mark.parametrize("n,k,residual", [(6144, 4096, True), (28672, 4096, False),
-                                          (1000, 576, True)])
-@pytest.mark.parametrize("config", [SMALL_CONFIGS.index(c) for c in NORM_CONFIGS])
-def test_norm_gemm(dtype, m, n, k, residual, config):
-    err = kc.check_norm_gemm("cuda", dtype, m, n, k, seed=m + n, config=config,
-                             residual=residual, bias=n == 1000)
+@pytest.mark.parametrize("n,k,prologue", [(6144, 4096, "add_rmsnorm"), (4096, 4096, "plain"),
+                                          (28672, 4096, "rmsnorm"), (4096, 14336, "silu_mul"),
+                                          (1000, 576, "add_rmsnorm"), (50, 72, "silu_mul")])
+@pytest.mark.parametrize("config", range(len(GEMV_CONFIGS)))
+def test_gemv(dtype, n, k, prologue, config):
+    err = kc.check_gemv("cuda", dtype, n, k, seed=n + k, config=config, prologue=prologue,
+                        bias=n == 1000)
     assert err < kc.TOL[dtype], f"error {err:.2e}"

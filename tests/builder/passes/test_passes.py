@@ -6,7 +6,7 @@ import torch
 from graphs import HD, I, NKV, NQ, ROPE, STEP, H, V, attention_attrs, inputs, weight
 from kiln.builder.ir import Graph
 from kiln.builder.models import BuildConfig
-from kiln.builder.passes import (PIPELINE, drop_dead_values, fold_norms_into_linears,
+from kiln.builder.passes import (PIPELINE, drop_dead_values, fold_into_linears,
                                  fold_rope_into_attention, fuse_add_rmsnorm, fuse_gate_up,
                                  fuse_qkv, gather_last_tokens, plan_memory, run_pipeline)
 
@@ -134,6 +134,7 @@ def norms_then_linears() -> Graph:
     g = base()
     weight(g, "w.weight", H, H)
     weight(g, "u.weight", H, H)
+    weight(g, "v.weight", 2 * H, H)
     weight(g, "norm.weight", H)
     g.call("linear", ["x", "w.weight"], ["y"])
     g.call("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], eps=1e-6)
@@ -143,17 +144,19 @@ def norms_then_linears() -> Graph:
     g.call("linear", ["m", "u.weight"], ["b"])  # m has two readers: not marked
     g.call("rmsnorm", ["b", "norm.weight"], ["c"], eps=1e-6)
     g.call("add", ["c", "a"], ["d"])
-    g.call("linear", ["c", "u.weight"], ["e"])  # not right after the norm: not marked
-    g.values["d"].kind = g.values["e"].kind = "output"
+    g.call("linear", ["c", "v.weight"], ["e"])  # not right after the norm: not marked
+    g.call("silu_mul", ["e"], ["s"])
+    g.call("linear", ["s", "u.weight"], ["f"])  # marked, as a norm is
+    g.values["d"].kind = g.values["f"].kind = "output"
     return g
 
 
-def test_fold_norms_into_linears():
-    after = fold_norms_into_linears(norms_then_linears())
+def test_fold_into_linears():
+    after = fold_into_linears(norms_then_linears())
     assert [(n.op, n.attrs) for n in after.nodes[1:]] == [
         ("linear", {}), ("add_rmsnorm", {"eps": 1e-6, "fold_into_next": True}), ("linear", {}),
         ("rmsnorm", {"eps": 1e-6}), ("add", {}), ("linear", {}), ("rmsnorm", {"eps": 1e-6}),
-        ("add", {}), ("linear", {})]
+        ("add", {}), ("linear", {}), ("silu_mul", {"fold_into_next": True}), ("linear", {})]
 
 
 def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
@@ -171,7 +174,7 @@ def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
     # reader is the norm.
     unmarked = plan_memory(g, build).memory_plan["offsets"]
     assert unmarked["z"] in (unmarked["x"], unmarked["y"])
-    plan = plan_memory(fold_norms_into_linears(g), build).memory_plan["offsets"]
+    plan = plan_memory(fold_into_linears(g), build).memory_plan["offsets"]
     assert len({plan["z"], plan["y"], plan["x"], plan["n"], plan["h"]}) == 5
 
 
@@ -211,7 +214,7 @@ def test_pipeline_order_and_disabled_pass_is_a_no_op():
     assert [name for name, _ in PIPELINE] == [
         "fuse_qkv", "fuse_gate_up", "fold_rope_into_attention", "gather_last_tokens",
         "fuse_add_rmsnorm", "quantize_linears", "quantize_kv_cache", "quantize_fuse_producers",
-        "drop_dead_values", "fold_norms_into_linears", "plan_memory"]
+        "drop_dead_values", "fold_into_linears", "plan_memory"]
     g = base()
     weight(g, "gate.weight", I, H)
     weight(g, "up.weight", I, H)
