@@ -89,7 +89,8 @@ class Gemm:
     `alternatives`: launches that compute the same output for M <= max_m, each
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
     the fastest. `prologue`: launches that write cuBLASLt's operands (a weight dequantized into
-    scratch); they run, and are timed, only when cuBLASLt runs."""
+    scratch, or a norm or SiLU-mul folded into the GEMM, which each alternative runs or
+    computes itself); they run, and are timed, only when cuBLASLt runs."""
     a: dict
     w: dict
     out: dict

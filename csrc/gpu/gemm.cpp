@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -187,14 +188,15 @@ GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_
     {
         // Time the candidates on the real operands (the output is rewritten by the real run).
         KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
-        std::unique_ptr<ColdL2 const> const own = cold == nullptr ? std::make_unique<ColdL2 const>() : nullptr;
+        std::optional<ColdL2> own;
+        ColdL2 const& evict = cold != nullptr ? *cold : own.emplace();
         float bestUs = -1.0F;
         float firstUs = -1.0F;
         for (int i = 0; i < found; ++i)
         {
             if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > mWorkspaceBytes)
                 continue;
-            float const us = timeAlgo(problem, *plan, results[i].algo, stream, cold != nullptr ? *cold : *own);
+            float const us = timeAlgo(problem, *plan, results[i].algo, stream, evict);
             if (i == 0)
                 firstUs = us;
             if (us >= 0 && (bestUs < 0 || us < bestUs))
@@ -267,7 +269,7 @@ float GemmRunner::timeAlgo(Problem const& problem, Plan const& plan, cublasLtMat
     {
         return -1.0F;
     }
-    return bestOfRuns(stream, kTuneReps, [&]() { mApi->check(once(), "cublasLtMatmul (timing)"); }, &cold);
+    return bestOfRuns(stream, kTuneReps, [&]() { mApi->check(once(), "cublasLtMatmul (timing)"); }, cold);
 }
 
 std::vector<GemmChoice> GemmRunner::choices() const

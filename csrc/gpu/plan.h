@@ -83,8 +83,9 @@ struct GemmAlternative
 
 /// @brief out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), row-major; FP8: out = (a_scale * w_scale)
 /// * (a @ w^T) (+ bias). The executor times the alternatives against cuBLASLt per M and runs
-/// the fastest. `prologue` writes cuBLASLt's operands (e.g. a weight dequantized into scratch):
-/// it runs, and is timed, only with cuBLASLt.
+/// the fastest. `prologue` writes cuBLASLt's operands (a weight dequantized into scratch, or a
+/// norm or SiLU-mul folded into the GEMM, which each alternative runs or computes itself): it
+/// runs, and is timed, only with cuBLASLt.
 struct GemmStep
 {
     std::string label;

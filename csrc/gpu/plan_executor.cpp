@@ -838,7 +838,7 @@ private:
                 run(launch);
         };
         once();
-        return bestOfRuns(mStream, 3, once, &cold);
+        return bestOfRuns(mStream, 3, once, cold);
     }
 
     /// Replays the graph for this step's launch shape: the values of every symbol the program

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "gpu/cuda_check.h"
+#include "gpu/device_memory.h"
 
 #include <cuda_runtime_api.h>
 
@@ -26,39 +27,29 @@ public:
         int l2Bytes = 0;
         KILN_CUDA_CHECK(cudaGetDevice(&device));
         KILN_CUDA_CHECK(cudaDeviceGetAttribute(&l2Bytes, cudaDevAttrL2CacheSize, device));
-        mBytes = 2 * static_cast<std::size_t>(l2Bytes);
-        if (mBytes > 0 && cudaMalloc(&mBuffer, mBytes) != cudaSuccess)
-        {
-            (void) cudaGetLastError(); // out of memory is not sticky: clear it and time warm
-            mBuffer = nullptr;
-        }
+        std::size_t freeBytes = 0;
+        std::size_t totalBytes = 0;
+        KILN_CUDA_CHECK(cudaMemGetInfo(&freeBytes, &totalBytes));
+        std::size_t const bytes = 2 * static_cast<std::size_t>(l2Bytes);
+        if (bytes <= freeBytes)
+            mBuffer = DeviceMemory(bytes);
     }
-    ~ColdL2()
-    {
-        if (mBuffer != nullptr)
-            cudaFree(mBuffer);
-    }
-    ColdL2(ColdL2 const&) = delete;
-    ColdL2& operator=(ColdL2 const&) = delete;
-    ColdL2(ColdL2&&) = delete;
-    ColdL2& operator=(ColdL2&&) = delete;
 
     /// @brief Enqueues the write that evicts L2 (nothing without the buffer).
     void evict(cudaStream_t stream) const
     {
-        if (mBuffer != nullptr)
-            KILN_CUDA_CHECK(cudaMemsetAsync(mBuffer, 0, mBytes, stream));
+        if (mBuffer.size() > 0)
+            KILN_CUDA_CHECK(cudaMemsetAsync(mBuffer.get<void>(), 0, mBuffer.size(), stream));
     }
 
 private:
-    void* mBuffer = nullptr;
-    std::size_t mBytes = 0;
+    DeviceMemory mBuffer;
 };
 
 /// @brief The fastest of `reps` runs of `once()` (which enqueues work on `stream`), in
-/// microseconds, each timed between two CUDA events; with `cold`, L2 is evicted before each.
+/// microseconds, each timed between two CUDA events after `cold` evicts L2.
 template <typename Once>
-float bestOfRuns(cudaStream_t stream, int reps, Once&& once, ColdL2 const* cold = nullptr)
+float bestOfRuns(cudaStream_t stream, int reps, Once&& once, ColdL2 const& cold)
 {
     struct Events
     {
@@ -78,8 +69,7 @@ float bestOfRuns(cudaStream_t stream, int reps, Once&& once, ColdL2 const* cold 
     float best = -1.0F;
     for (int rep = 0; rep < reps; ++rep)
     {
-        if (cold != nullptr)
-            cold->evict(stream);
+        cold.evict(stream);
         KILN_CUDA_CHECK(cudaEventRecord(events.start, stream));
         once();
         KILN_CUDA_CHECK(cudaEventRecord(events.stop, stream));
