@@ -5,6 +5,10 @@ then per-token dynamic activations, as the INT8 GEMM computes them); INT8_WEIGHT
 INT4_AWQ_CFG (awq_lite); INT4_BLOCKWISE_WEIGHT_ONLY_CFG with GPTQ; FP8_KV_CFG and its int8
 twin for the KV cache. The calibrated module stays on `self.module`: it is modelopt's
 fake-quantized model of the engine, which the tests compare the engine against.
+
+The int4 modes' weight quantizers are Kiln's own asymmetric groups with float offsets
+(int4_calib.py: a modelopt quantizer backend), so that AWQ's scale search and GPTQ's updates
+evaluate the grid the engine stores; AWQ also weighs leaving a weight unscaled.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from kiln.builder.ir import Graph
 from kiln.quantize import pack
 from kiln.quantize.calibration import Calibration, LinearQuant, quantized_linears
 from kiln.quantize.graph_module import GraphModule, KVCacheInput, module_key
+from kiln.quantize.int4_calib import (MIN_MAX_BACKEND, UnscaledCandidate,
+                                      register_min_max_backend, scales_and_offsets)
 from kiln.quantize.mode import GROUP_SIZES, INT4_MODES
 
 SMOOTHQUANT_ALPHA = 0.5
@@ -38,6 +44,7 @@ def import_modelopt():
     if KVCacheInput not in QuantModuleRegistry:
         QuantModuleRegistry.register({KVCacheInput: "kiln.KVCacheInput"})(_quant_kv_class())
     _torch_fake_quant()
+    register_min_max_backend()
     return mtq
 
 
@@ -71,9 +78,11 @@ def _quant_kv_class():
     return QuantKVCacheInput
 
 
-def group_size_for(weight_name: str, k: int, requested: int | None = None) -> int:
+def group_size_for(weight_name: str, k: int, requested: int | None = None,
+                   native: int | None = None) -> int:
     """The int4 group of a GEMM with K input channels: `requested` (--quant-group-size), which
-    must divide K; by default the largest of GROUP_SIZES that does."""
+    must divide K; by default the checkpoint's `native` blocks (a GGUF's Q4_1: 32) where they
+    are one of GROUP_SIZES and divide K, else the largest of GROUP_SIZES that does."""
     if requested is not None:
         if k % requested:
             fits = [g for g in GROUP_SIZES if k % g == 0]
@@ -81,6 +90,8 @@ def group_size_for(weight_name: str, k: int, requested: int | None = None) -> in
             raise KilnError(f"--quant-group-size {requested} does not divide K={k} of "
                             f"{weight_name}; {hint} for this model")
         return requested
+    if native in GROUP_SIZES and k % native == 0:
+        return native
     for group in GROUP_SIZES:
         if k % group == 0:
             return group
@@ -100,10 +111,13 @@ def modelopt_config(quant: str, kv_cache_dtype: str, group_sizes: dict[str, int]
         cfg["algorithm"] = {"method": "smoothquant", "alpha": SMOOTHQUANT_ALPHA}
     if quant == "int4_gptq":
         cfg["algorithm"] = {"method": "gptq"}
+    if quant == "int4_awq":  # keep awq_lite's losses for UnscaledCandidate
+        cfg["algorithm"] = dict(cfg["algorithm"], debug=True)
     for key, group in group_sizes.items():
         blocks = {-1: group, "type": "static"}
         cfg["quant_cfg"].append({"quantizer_name": f"linears.{key}.weight_quantizer",
-                                 "cfg": {"num_bits": 4, "block_sizes": blocks}})
+                                 "cfg": {"num_bits": 4, "block_sizes": blocks,
+                                         "backend": MIN_MAX_BACKEND}})
     if kv_cache_dtype == "fp8":
         cfg["quant_cfg"] += copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"])
     elif kv_cache_dtype == "int8":
@@ -113,14 +127,19 @@ def modelopt_config(quant: str, kv_cache_dtype: str, group_sizes: dict[str, int]
 
 
 class ModeloptCalibrator:
-    """Calibrates a build on `batches` (int64 [N, L] token windows) with modelopt."""
+    """Calibrates a build on `batches` (int64 [N, L] token windows) with modelopt;
+    `native_group_size`: the int4 group the checkpoint's weights already have (the default
+    without --quant-group-size)."""
 
-    def __init__(self, batches: torch.Tensor, device: str | None = None) -> None:
+    def __init__(self, batches: torch.Tensor, device: str | None = None,
+                 native_group_size: int | None = None) -> None:
         self.batches = batches
+        self.native_group_size = native_group_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.module: GraphModule | None = None
         self._result: Calibration | None = None
         self.seconds = 0.0  # the calibration's wall time, once it has run
+        self.unscaled: list[str] = []  # int4_awq: the linears AWQ's scaling left as they were
 
     def calibrate(self, graph: Graph, build) -> Calibration:
         if self._result is None:
@@ -146,11 +165,18 @@ class ModeloptCalibrator:
         groups = {}
         if quant in INT4_MODES:
             groups = {module_key(w): group_size_for(w, graph.values[w].shape[1],
-                                                    build.quant_group_size)
+                                                    build.quant_group_size,
+                                                    self.native_group_size)
                       for w in (n.inputs[1] for n in linears)}
+        unscaled = UnscaledCandidate() if quant == "int4_awq" else None
+        loop = unscaled.forward_loop(self.forward_loop) if unscaled else self.forward_loop
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mtq.quantize(module, modelopt_config(quant, kv, groups), forward_loop=self.forward_loop)
+            mtq.quantize(module, modelopt_config(quant, kv, groups), forward_loop=loop)
+            if unscaled:
+                names = {module_key(n.inputs[1]): n.inputs[1] for n in linears}
+                self.unscaled = unscaled.settle(
+                    module, lambda key: graph.sources[names[key]].load(torch.float32))
             if quant == "int8_sq":  # the INT8 GEMM quantizes each token with its own scale
                 mtq.set_quantizer_attribute(module, "*input_quantizer", PER_TOKEN_DYNAMIC)
                 for lin in module.linears.values():
@@ -171,24 +197,26 @@ class ModeloptCalibrator:
 
 def _linear_quant(quant: str, lin, group: int | None) -> LinearQuant:
     n, k = lin.weight.shape
-    amax = lin.weight_quantizer.amax.detach().float().cpu()
     iq = lin.input_quantizer
     pqs = None
     if getattr(iq, "_enable_pre_quant_scale", False) and iq.pre_quant_scale is not None:
         pqs = iq.pre_quant_scale.detach().float().cpu().reshape(k)
+    if quant in INT4_MODES:  # AWQ and GPTQ change the weight, so it is kept
+        weight = lin.weight.detach().float().cpu()
+        scales, offsets = scales_and_offsets(lin, weight, group)
+        return LinearQuant(weight_scale=scales, group_size=group, weight=weight,
+                           offsets=offsets, pre_quant_scale=pqs)
+    amax = lin.weight_quantizer.amax.detach().float().cpu()
     if quant == "fp8":
         return LinearQuant(weight_scale=pack.scale_from_amax(amax.reshape(1), pack.FP8_MAX),
                            input_scale=pack.scale_from_amax(iq.amax.detach().cpu().reshape(1),
                                                             pack.FP8_MAX))
-    # Smoothing (int8_sq) and AWQ change the weight, so it is kept; FP8 and int8_wo quantize
-    # the checkpoint's own, read again as the engine is written.
-    keep = quant == "int8_sq" or quant in INT4_MODES
-    weight = lin.weight.detach().float().cpu() if keep else None
+    # Smoothing (int8_sq) changes the weight, so it is kept; FP8 and int8_wo quantize the
+    # checkpoint's own, read again as the engine is written.
     if quant == "int8_sq":
         return LinearQuant(weight_scale=pack.scale_from_amax(amax.reshape(n), pack.INT8_MAX),
-                           group_size=k, weight=weight, pre_quant_scale=pqs)
+                           group_size=k, weight=lin.weight.detach().float().cpu(),
+                           pre_quant_scale=pqs)
     if quant == "int8_wo":
         return LinearQuant(weight_scale=pack.scale_from_amax(amax.reshape(n), pack.INT8_MAX),
                            group_size=k)
-    scales = pack.scale_from_amax(amax.reshape(n, k // group), pack.INT4_MAX)
-    return LinearQuant(weight_scale=scales, group_size=group, weight=weight, pre_quant_scale=pqs)

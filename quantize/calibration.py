@@ -18,14 +18,15 @@ class LinearQuant:
                       (SmoothQuant / AWQ smoothing, GPTQ updates); None: the graph's own weight
     weight_scale      fp8: [1]; int8: [N]; int4: [N, K // group_size]
     group_size        input channels per weight scale (int8 per-channel: K; fp8: 0)
-    zeros             uint8 [N, K // group_size] zero points of an asymmetric int4 weight
+    offsets           float32 [N, K // group_size]: an asymmetric int4 weight's group offsets
+                      (w = (u - 8) * scale + offset); None: symmetric
     input_scale       fp8: the static per-tensor activation scale [1]
     pre_quant_scale   float32 [K]: the linear computes (x * pre_quant_scale) @ weight.T
     """
     weight_scale: torch.Tensor
     group_size: int = 0
     weight: torch.Tensor | None = None
-    zeros: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
     input_scale: torch.Tensor | None = None
     pre_quant_scale: torch.Tensor | None = None
 

@@ -81,7 +81,10 @@ def prepare(build, ckpt, tokenizer_dir: Path, options: CalibrationOptions | None
                             generator=generator).tolist()
         source = "random token ids"
     batches = calibration_batches(ids, options.size, seq_len, source)
-    return dataclasses.replace(build, calibrator=ModeloptCalibrator(batches))
+    # A block-quantized GGUF's own blocks are the int4 groups its weights already have.
+    native = getattr(ckpt, "block_size", None)
+    return dataclasses.replace(build, calibrator=ModeloptCalibrator(batches,
+                                                                    native_group_size=native))
 
 
 def cli_settings(checkpoint_path, quant: str | None, kv_cache_dtype: str) -> tuple[str, str]:

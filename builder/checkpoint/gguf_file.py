@@ -13,6 +13,7 @@ from kiln.builder.errors import KilnError
 from .base import Checkpoint, one_line
 from .gguf_config import build_hf_config, field_value
 from .names import canonical_from_gguf
+from .prequantized import LINEARS
 from .tokenizer import save_gguf_tokenizer
 
 GGUF_MAGIC = b"GGUF"
@@ -90,6 +91,7 @@ class GGUFCheckpoint(Checkpoint):
             self._entries[name] = _Entry(index, shapes[tensor.name], _stored_dtype(tensor),
                                          heads[part] if permuted and part in heads else 0)
         self._check_complete()
+        self.block_size = self._linear_block_size()
 
     @staticmethod
     def _open_reader(path: Path):
@@ -102,6 +104,18 @@ class GGUFCheckpoint(Checkpoint):
         except Exception as error:  # the reader raises ValueError, KeyError, IndexError, ...
             raise KilnError(f"{path} is not a readable GGUF file ({one_line(error)}); "
                             f"{_REDOWNLOAD}") from None
+
+    def _linear_block_size(self) -> int | None:
+        """Input channels per quantization block shared by every decoder linear weight (32 for
+        Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; 256 for K-quants), None where they differ or are
+        floats: the groups an int4 build of the file has natively (--quant-group-size)."""
+        from gguf import GGML_QUANT_SIZES
+
+        sizes = {GGML_QUANT_SIZES[self._reader.tensors[entry.index].tensor_type][0]
+                 for name, entry in self._entries.items()
+                 if name.startswith("layers.") and name.split(".")[2] in LINEARS}
+        size = sizes.pop() if len(sizes) == 1 else 1
+        return size if size > 1 else None
 
     def _names(self) -> dict[str, _Entry]:
         return self._entries

@@ -1,8 +1,10 @@
 """Pre-quantized HuggingFace checkpoints: modelopt FP8 exports, AutoAWQ (GEMM) and GPTQ INT4.
 
 A recognised checkpoint reads like any other: `load("layers.0.q.weight")` gives the weight
-dequantized to float. It is also its build's calibrator: its scales and zero points become
-the engine's, so re-quantizing a dequantized weight gives back the checkpoint's own values
+dequantized to float. It is also its build's calibrator: its scales become the engine's and
+its integer zero points the engine's float group offsets, (8 - zero) * scale (exact in a
+float32 build; a 16-bit one stores both in its dtype, each rounded once), so re-quantizing a
+dequantized weight gives back the checkpoint's nibbles
 (fused q/k/v and gate/up of an FP8 checkpoint share the largest of their scales, as vLLM and
 modelopt's own export do).
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from kiln.builder.errors import KilnError
+from kiln.quantize import pack
 
 PARTS = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}  # fused weights of the passes
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -206,9 +209,11 @@ class Prequantized:
                 continue
             parts = [self._int4(n) for n in names]
             zeros = torch.cat([z for _, _, z in parts])
+            scales = torch.cat([s for _, s, _ in parts])
+            symmetric = bool((zeros == pack.INT4_SYMMETRIC_ZERO).all())
             result.linears[node.inputs[1]] = LinearQuant(
-                weight_scale=torch.cat([s for _, s, _ in parts]), group_size=self.group_size,
-                zeros=None if bool((zeros == 8).all()) else zeros.to(torch.uint8))
+                weight_scale=scales, group_size=self.group_size,
+                offsets=None if symmetric else pack.offsets_from_zeros(zeros, scales))
         if self.kv_cache_dtype == "fp8":
             for node in graph.nodes:
                 if node.op == "attention":

@@ -19,7 +19,7 @@ from pathlib import Path
 from kiln.builder.errors import KilnError
 
 MAGIC = b"KILNENG\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: int4 linear_wo groups carry float offsets, not integer zero points
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIQ")  # magic, version, header length
 REBUILD = "rebuild it with engine-build"

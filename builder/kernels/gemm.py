@@ -19,7 +19,9 @@ One row (batch-1 decode) is a matrix-vector product: `gemv_kernel` streams BLOCK
 a program on CUDA cores, with no 16-row tile of which 15 rows are padding, and can take in the
 kernel before the GEMM (its prologue, folded by passes/fold_into_linears.py): an RMSNorm, with
 or without the residual add, or SiLU-mul. Those are then no launch of their own at M = 1; at
-other M the folded kernel runs first in each alternative and before cuBLASLt.
+other M the folded kernel runs first in each alternative and before cuBLASLt. For linear_fp8
+it also takes in the quantization of x (QUANTIZE: x rounded to e4m3 in the kernel, after the
+norm or SiLU-mul of the quantization kernel folded into it).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.spec import F32, I32, Gemm
+from kiln.builder.kernels.rounding import to_e4m3
+from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
 
 SMALL_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): the alternatives offered for M <= SMALL_M, for
@@ -41,6 +44,9 @@ SMALL_CONFIGS_FP8 = ((16, 512, 4, 4), (32, 256, 4, 4), (16, 256, 2, 6), (64, 256
 # weight a program per step (32, 64 and 32 values a thread), 512 to 1,024 programs for a
 # 4096-wide layer.
 GEMV_CONFIGS = ((8, 512, 4), (8, 1024, 4), (4, 512, 2))
+# FP8 weights: the same bytes a step (twice the values), and one configuration with twice the
+# rows, over which a folded prologue's work on x (the same in every program) is shared.
+GEMV_CONFIGS_FP8 = ((8, 1024, 4), (4, 1024, 2), (16, 1024, 8))
 # gemv_kernel's PROLOGUE: what x is turned into before the product (constexprs, so the kernel
 # can compare with them).
 PLAIN, NORM, ADD_NORM, SILU_MUL = (tl.constexpr(p) for p in range(4))
@@ -92,8 +98,9 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
 
 
 @triton.jit
-def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, eps,
-                N: tl.constexpr, K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
+                eps, N: tl.constexpr, K: tl.constexpr, PROLOGUE: tl.constexpr,
+                QUANTIZE: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
     """Row 0 of out, columns block program_id(0): prologue(x[0]) @ w.T (+ bias), the products
     summed in float32 on CUDA cores ([BLOCK_N, BLOCK_K] partial sums, reduced once at the end).
@@ -104,16 +111,33 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, eps,
                 scaled by 1 / rms at the end
       ADD_NORM  the same on t = x + res (rounded to sum's dtype); program 0 stores t to sum_ptr
       SILU_MUL  a = silu(x[:K]) * x[K:2K], rounded as silu_mul_kernel rounds it
+    QUANTIZE: a is then rounded to e4m3 with 1 / a_scale, as the FP8 quantization kernels do
+    (quant.py: their norms round as rmsnorm_quant_kernel does, so 1 / rms is found first, in a
+    pass over x that the main loop then reads again from cache). SCALED: FP8 operands (x already
+    e4m3 without QUANTIZE), out = (a @ w.T) * (a_scale * w_scale) (+ bias).
     """
     enter(PDL)
     DT = out_ptr.dtype.element_ty
     EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
+    NORMED: tl.constexpr = PROLOGUE == NORM or PROLOGUE == ADD_NORM
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
     sum_k = tl.where(tl.program_id(0) == 0, K, 0)  # program 0 stores the residual sum
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+    inv_rms = 1.0
+    if QUANTIZE and NORMED:
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            if PROLOGUE == ADD_NORM:
+                r = tl.load(res_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+                a = (a + r).to(sum_ptr.dtype.element_ty).to(tl.float32)
+            squares += a * a
+        inv_rms = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
+    if QUANTIZE:
+        inv_scale = tl.math.div_rn(1.0, tl.load(a_scale_ptr))
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
@@ -127,17 +151,25 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, eps,
             total = (a + r).to(sum_ptr.dtype.element_ty)
             tl.store(sum_ptr + k, total, mask=k < sum_k)
             a = total.to(tl.float32)
-        if PROLOGUE == NORM or PROLOGUE == ADD_NORM:
-            squares += a * a
-            a = a * tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        if NORMED:
+            gamma = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+            if QUANTIZE:
+                a = (gamma * (a * inv_rms).to(DT).to(tl.float32)).to(DT).to(tl.float32)
+            else:
+                squares += a * a
+                a = a * gamma
+        if QUANTIZE:
+            a = to_e4m3(a, inv_scale, w_ptr.dtype.element_ty).to(tl.float32)
         if EVEN:
             w = tl.load(w_rows + k[None, :])
         else:
             w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc += w.to(tl.float32) * a[None, :]
     y = tl.sum(acc, axis=1)
-    if PROLOGUE == NORM or PROLOGUE == ADD_NORM:
+    if NORMED and not QUANTIZE:
         y = y * tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
+    if SCALED:
+        y = y * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + cols, y.to(DT), mask=col_ok)
@@ -151,8 +183,10 @@ def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: 
                 IEEE=dtype == "float32" and not scaled)
 
 
-def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool) -> dict:
-    return dict(N=n, K=k, PROLOGUE=int(prologue), HAS_BIAS=bias, BLOCK_N=config[0],
+def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool,
+                     quantize: bool = False, scaled: bool = False) -> dict:
+    return dict(N=n, K=k, PROLOGUE=int(prologue), QUANTIZE=quantize, SCALED=scaled,
+                HAS_BIAS=bias, BLOCK_N=config[0],
                 BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))))
 
 
@@ -178,43 +212,57 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
     return alternatives
 
 
-def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
-                      folded: dict | None) -> list[dict]:
-    """The one-row alternatives of out = prologue(x) @ w.T (+ bias), one per GEMV_CONFIGS;
-    `folded`: the kernel before the GEMM as fold() records it (None: x is the GEMM's input)."""
+def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None, folded: dict | None,
+                      scales: tuple[str, str] | None = None) -> list[dict]:
+    """The one-row alternatives of out = prologue(x) @ w.T (+ bias), one per GEMV_CONFIGS (FP8:
+    GEMV_CONFIGS_FP8, `scales` = (a_scale, w_scale), a kernel folded into it quantizing x);
+    `folded`: the kernel before the GEMM as fold() records it (None: x is the GEMM's input).
+    With one, each configuration is also offered after that kernel's own launch, reading x:
+    each of the GEMV's programs redoes the prologue over all of x, which may cost more than
+    the launch it saves."""
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     unused = ctx.ptr(w)  # stands in for an absent operand: never read or written
-    folded = folded or {"prologue": PLAIN, "x": x}
-    ptr = lambda name: ctx.ptr(folded[name]) if folded.get(name) else unused  # noqa: E731
-    alternatives = []
-    for config in GEMV_CONFIGS:
-        launch = ctx.make_launch(
+
+    def launch(config, fold: dict) -> Launch:
+        ptr = lambda name: ctx.ptr(fold[name]) if fold.get(name) else unused  # noqa: E731
+        return ctx.make_launch(
             gemv_kernel, grid=(-(-n // config[0]),), num_warps=config[2], num_stages=3,
-            args=dict(out_ptr=ctx.ptr(out), sum_ptr=ptr("sum"), x_ptr=ctx.ptr(folded["x"]),
+            args=dict(out_ptr=ctx.ptr(out), sum_ptr=ptr("sum"), x_ptr=ctx.ptr(fold["x"]),
                       res_ptr=ptr("res"), g_ptr=ptr("g"), w_ptr=ctx.ptr(w),
                       bias_ptr=ctx.ptr(bias) if bias else unused,
-                      eps=F32(folded.get("eps", 0.0))),
-            constexprs=_gemv_constexprs(config, n, k, folded["prologue"], bias is not None))
-        alternatives.append({"max_m": 1, "steps": [launch]})
+                      a_scale_ptr=ctx.ptr(scales[0]) if scales else unused,
+                      w_scale_ptr=ctx.ptr(scales[1]) if scales else unused,
+                      eps=F32(fold.get("eps", 0.0))),
+            constexprs=_gemv_constexprs(config, n, k, fold["prologue"], bias is not None,
+                                        bool(scales) and fold is folded, scales is not None))
+
+    configs = GEMV_CONFIGS_FP8 if scales else GEMV_CONFIGS
+    plain = {"prologue": PLAIN, "x": x}
+    alternatives = [{"max_m": 1, "steps": [launch(c, folded or plain)]} for c in configs]
+    if folded:
+        alternatives += [{"max_m": 1, "steps": [folded["launch"], launch(c, plain)]}
+                         for c in configs]
     return alternatives
 
 
 def fold(ctx, node, launch, prologue: int, x: str, res: str | None = None,
-         total: str | None = None, g: str | None = None, eps: float = 0.0) -> bool:
+         total: str | None = None, g: str | None = None, eps: float = 0.0,
+         scale: str | None = None) -> bool:
     """Leaves `launch`, the kernel of a node marked `fold_into_next` (passes/fold_into_linears.py,
     which also keeps its inputs alive through the linear), to the linear right after it: that
     linear runs it before cuBLASLt and first in each small-M alternative, and its one-row
-    alternatives compute it as their `prologue` (NORM, ADD_NORM or SILU_MUL, on x, res, g,
-    eps; `total` receives ADD_NORM's residual sum). False for an unmarked node: the caller
-    launches it."""
+    alternatives compute it as their `prologue` (PLAIN, NORM, ADD_NORM or SILU_MUL, on x, res,
+    g, eps; `total` receives ADD_NORM's residual sum), then, for an FP8 quantization kernel
+    folded into linear_fp8, round it to e4m3 with `scale`. False for an unmarked node: the
+    caller launches it."""
     if not node.attrs.get("fold_into_next"):
         return False
     nxt = ctx.next_node
-    if nxt is None or nxt.op != "linear" or nxt.inputs[0] != node.outputs[0]:
+    if nxt is None or nxt.op not in ("linear", "linear_fp8") or nxt.inputs[0] != node.outputs[0]:
         raise ValueError(f"{ctx.label}: marked fold_into_next, but {node.outputs[0]} does not "
                          "feed the next node's linear")
     ctx.folded[node.outputs[0]] = {"launch": launch, "prologue": prologue, "x": x, "res": res,
-                                   "sum": total, "g": g, "eps": eps}
+                                   "sum": total, "g": g, "eps": eps, "scale": scale}
     return True
 
 
@@ -256,19 +304,25 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
 
 
 def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAIN, g=None,
-                eps: float = 0.0, res=None, total=None):
-    """gemv_kernel with configuration `config` (an index into GEMV_CONFIGS) on torch tensors:
+                eps: float = 0.0, res=None, total=None, scales=None, dtype=None):
+    """gemv_kernel with configuration `config` (an index into GEMV_CONFIGS, or GEMV_CONFIGS_FP8
+    with `scales` = (a_scale, w_scale) float32 [1] tensors for an FP8 w) on torch tensors:
     out[1, N] = prologue(x[:1]) @ w.T (+ bias), the prologue's operands as gemv_kernel names
-    them (`total`, made when None, receives x + res with ADD_NORM). Returns (out, total)."""
+    them (`total`, made when None, receives x + res with ADD_NORM). With `scales`, an FP8 x is
+    the quantized input; any other x is quantized after the prologue. `dtype`: out's, when x is
+    FP8. Returns (out, total)."""
+    import torch
     n, k = w.shape
-    out = x.new_empty((1, n)) if out is None else out
+    out = x.new_empty((1, n), dtype=dtype or x.dtype) if out is None else out
     if prologue == ADD_NORM and total is None:
         total = x.new_empty((1, k))
-    cfg = GEMV_CONFIGS[config]
+    cfg = (GEMV_CONFIGS_FP8 if scales else GEMV_CONFIGS)[config]
+    quantize = scales is not None and x.dtype != torch.float8_e4m3fn
     unused = w
     direct(gemv_kernel, x)[(-(-n // cfg[0]),)](
         out, unused if total is None else total, x, unused if res is None else res,
-        unused if g is None else g, w, unused if bias is None else bias, eps,
-        **_gemv_constexprs(cfg, n, k, prologue, bias is not None), num_warps=cfg[2],
-        num_stages=3)
+        unused if g is None else g, w, unused if bias is None else bias,
+        *(scales or (unused, unused)), eps,
+        **_gemv_constexprs(cfg, n, k, prologue, bias is not None, quantize, scales is not None),
+        num_warps=cfg[2], num_stages=3)
     return out, total

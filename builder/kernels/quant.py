@@ -17,49 +17,17 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-from kiln.builder.kernels import quant_gemm
-from kiln.builder.kernels.direct import direct, interpreting
+from kiln.builder.kernels import gemm, quant_gemm
+from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.norm import norm_row, row_warps
 from kiln.builder.kernels.pdl import enter
+from kiln.builder.kernels.rounding import rint, to_e4m3
 from kiln.builder.kernels.spec import F32, pow2
 
 FP8, INT8 = "float8_e4m3fn", "int8"
 ROW_BLOCK = 4096  # int8 rows are walked in chunks of at most this many elements
 FP8_BLOCK = 1024
-INTERPRETED = tl.constexpr(interpreting())  # fixed per process: Triton's interpreter or not
-
-
-@triton.jit
-def _rint(x):
-    """Round half to even. The GPU rounds with cvt.rni; the interpreter has no libdevice, so
-    there 1.5 * 2**23 is added and taken away (no fraction bits are left at that size: the
-    addition rounds). On the GPU that would let the compiler fuse the product before it into
-    an FMA, which rounds the exact product instead of the float32 one the reference rounds."""
-    if INTERPRETED:
-        return (x + 12582912.0) - 12582912.0
-    else:
-        return libdevice.rint(x)
-
-
-@triton.jit
-def e4m3_grid(x):
-    """x (float32, within +-448) rounded to the float8_e4m3fn grid (to nearest even), as the cast
-    to it rounds. The GPU's cast rounds by itself. Triton's interpreter drops the carry of a
-    mantissa that rounds up into the next power of two (1.996 -> 1.0), so there the rounding is
-    done here and the cast is exact: steps of 2**(e - 3), e the exponent (at least -6)."""
-    if INTERPRETED:
-        e = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(x), 1e-30))), -6.0)
-        step = tl.exp2(e - 3.0)
-        return _rint(x / step) * step
-    else:
-        return x
-
-
-@triton.jit
-def _fp8(y, inv, Q_TYPE: tl.constexpr):
-    return e4m3_grid(tl.minimum(tl.maximum(y * inv, -448.0), 448.0)).to(Q_TYPE)
 
 
 @triton.jit
@@ -72,7 +40,7 @@ def _safe(amax):
 def _int8(y, amax):
     """Per-token int8 codes of y (float32) for the row maximum amax."""
     factor = tl.math.div_rn(1.0, _safe(amax)) * 127.0  # as torch evaluates 127 / amax
-    q = tl.minimum(tl.maximum(_rint(y * factor), -128.0), 127.0)
+    q = tl.minimum(tl.maximum(rint(y * factor), -128.0), 127.0)
     return tl.where(amax > 5.9604644775390625e-08, q, 0.0).to(tl.int8)
 
 
@@ -104,7 +72,7 @@ def fp8_rows_kernel(q_ptr, x_ptr, scale_ptr, X_STRIDE: tl.constexpr, Q_STRIDE: t
     mask = col < WIDTH
     inv = tl.math.div_rn(1.0, tl.load(scale_ptr))
     y = _source(x_ptr, scale_ptr, row, col, mask, X_STRIDE, WIDTH, SILU_MUL, False)
-    tl.store(q_ptr + row * Q_STRIDE + col, _fp8(y, inv, q_ptr.dtype.element_ty), mask=mask)
+    tl.store(q_ptr + row * Q_STRIDE + col, to_e4m3(y, inv, q_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -147,7 +115,7 @@ def rmsnorm_quant_kernel(q_ptr, row_scale_ptr, sum_ptr, x_ptr, res_ptr, w_ptr, s
     y = norm_row(x, w_ptr, cols, mask, eps, H, x_ptr.dtype.element_ty)
     y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
     if IS_FP8:
-        q = _fp8(y, tl.math.div_rn(1.0, tl.load(scale_ptr)), q_ptr.dtype.element_ty)
+        q = to_e4m3(y, tl.math.div_rn(1.0, tl.load(scale_ptr)), q_ptr.dtype.element_ty)
     else:
         amax = tl.max(tl.abs(y), axis=0)
         q = _int8(y, amax)
@@ -168,15 +136,21 @@ def _rows_launch(qdtype: str, rows, width: int) -> tuple[tuple, int, int]:
 
 # -- lowering: plan node -> launches ------------------------------------------------------------
 
-def _plan_rows(ctx, qdtype: str, outs, x: str, extra: str | None, width: int, silu_mul: bool):
-    """quantize_* and silu_mul_quant: `extra` is the fp8 scale or the int8 smoother."""
+def _plan_rows(ctx, node, qdtype: str, x: str, extra: str | None, width: int, silu_mul: bool):
+    """quantize_* and silu_mul_quant: `extra` is the fp8 scale or the int8 smoother. An fp8 one
+    marked fold_into_next is left to the linear_fp8 after it (gemm.fold)."""
+    outs = node.outputs
     grid, block, warps = _rows_launch(qdtype, ctx.rows(outs[0]), width)
     common = dict(X_STRIDE=ctx.row_stride(x), Q_STRIDE=ctx.row_stride(outs[0]), WIDTH=width,
                   BLOCK=block, SILU_MUL=silu_mul)
     if qdtype == FP8:
-        ctx.launch(fp8_rows_kernel, grid=grid, num_warps=warps,
-                   args=dict(q_ptr=ctx.ptr(outs[0]), x_ptr=ctx.ptr(x), scale_ptr=ctx.ptr(extra)),
-                   constexprs=common)
+        launch = ctx.make_launch(
+            fp8_rows_kernel, grid=grid, num_warps=warps,
+            args=dict(q_ptr=ctx.ptr(outs[0]), x_ptr=ctx.ptr(x), scale_ptr=ctx.ptr(extra)),
+            constexprs=common)
+        if not gemm.fold(ctx, node, launch, gemm.SILU_MUL if silu_mul else gemm.PLAIN, x,
+                         scale=extra):
+            ctx.program.append(launch)
         return
     q, row_scale = outs
     ctx.launch(int8_rows_kernel, grid=grid, num_warps=warps,
@@ -186,21 +160,20 @@ def _plan_rows(ctx, qdtype: str, outs, x: str, extra: str | None, width: int, si
 
 
 def plan_quantize_fp8(node, ctx):
-    (x, scale), outs = node.inputs, node.outputs
-    _plan_rows(ctx, FP8, outs, x, scale, ctx.width(x), False)
+    x, scale = node.inputs
+    _plan_rows(ctx, node, FP8, x, scale, ctx.width(x), False)
 
 
 def plan_quantize_int8(node, ctx):
     x = node.inputs[0]
     smoother = node.inputs[1] if len(node.inputs) == 2 else None
-    _plan_rows(ctx, INT8, node.outputs, x, smoother, ctx.width(x), False)
+    _plan_rows(ctx, node, INT8, x, smoother, ctx.width(x), False)
 
 
 def plan_silu_mul_quant(node, ctx):
     x = node.inputs[0]
     extra = node.inputs[1] if len(node.inputs) == 2 else None
-    _plan_rows(ctx, node.attrs["qdtype"], node.outputs, x, extra, ctx.width(node.outputs[0]),
-               True)
+    _plan_rows(ctx, node, node.attrs["qdtype"], x, extra, ctx.width(node.outputs[0]), True)
 
 
 def _plan_norm_quant(node, ctx, add: bool):
@@ -212,16 +185,19 @@ def _plan_norm_quant(node, ctx, add: bool):
     total = outs[-1] if add else None
     h = ctx.width(x)
     block = pow2(h)
-    ctx.launch(rmsnorm_quant_kernel, grid=(ctx.rows(q),), num_warps=row_warps(block),
-               args=dict(q_ptr=ctx.ptr(q), row_scale_ptr=ctx.ptr(row_scale or x),
-                         sum_ptr=ctx.ptr(total or x), x_ptr=ctx.ptr(x), res_ptr=ctx.ptr(res or x),
-                         w_ptr=ctx.ptr(w), scale_ptr=ctx.ptr(scale or w),
-                         eps=F32(node.attrs["eps"])),  # unused pointers: any valid buffer
-               constexprs=dict(X_STRIDE=ctx.row_stride(x),
-                               RES_STRIDE=ctx.row_stride(res) if add else 0,
-                               Q_STRIDE=ctx.row_stride(q),
-                               SUM_STRIDE=ctx.row_stride(total) if add else 0, H=h, BLOCK=block,
-                               ADD=add, IS_FP8=is_fp8))
+    launch = ctx.make_launch(
+        rmsnorm_quant_kernel, grid=(ctx.rows(q),), num_warps=row_warps(block),
+        args=dict(q_ptr=ctx.ptr(q), row_scale_ptr=ctx.ptr(row_scale or x),
+                  sum_ptr=ctx.ptr(total or x), x_ptr=ctx.ptr(x), res_ptr=ctx.ptr(res or x),
+                  w_ptr=ctx.ptr(w), scale_ptr=ctx.ptr(scale or w),
+                  eps=F32(node.attrs["eps"])),  # unused pointers: any valid buffer
+        constexprs=dict(X_STRIDE=ctx.row_stride(x), RES_STRIDE=ctx.row_stride(res) if add else 0,
+                        Q_STRIDE=ctx.row_stride(q),
+                        SUM_STRIDE=ctx.row_stride(total) if add else 0, H=h, BLOCK=block,
+                        ADD=add, IS_FP8=is_fp8))
+    if not gemm.fold(ctx, node, launch, gemm.ADD_NORM if add else gemm.NORM, x, res, total, w,
+                     node.attrs["eps"], scale):
+        ctx.program.append(launch)
 
 
 def plan_rmsnorm_quant(node, ctx):

@@ -4,7 +4,9 @@ alternatives).
 
 Reference: kiln.builder.ops.quant (layouts: kiln.quantize.pack), out[M, N] = x[M, K] @ w.T.
   w8a8: acc = q @ w.T in int32 (exact), out = (acc.f32 * row_scale[m] * w_scale[n] + bias).
-  wo:   wd = ((u - zero) * scale).to(dtype), x' = (x.f32 * pre_quant_scale).to(dtype),
+  wo:   wd = ((u - 8) * scale + offset).to(dtype) for int4 (offset 0 where the weight has
+        none; one fused multiply-add, as the reference rounds it), u * scale for int8,
+        x' = (x.f32 * pre_quant_scale).to(dtype),
         out = x' @ wd.T + bias with float32 accumulation (IEEE products for float32 builds).
 An int4 byte holds elements 2j (low nibble) and 2j + 1 (high nibble) of a row.
 
@@ -30,7 +32,7 @@ import triton.language as tl
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct
-from kiln.builder.kernels.gemm import mma, small_m_alternatives
+from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
 
@@ -92,10 +94,11 @@ def _x_cols(x_ptr, pqs_ptr, rows64, row_ok, k, k_ok, X_STRIDE: tl.constexpr,
 
 
 @triton.jit
-def _dequant(u, s_ptr, z_ptr, cols64, col_ok, k, k_ok, c, DT: tl.constexpr, NG: tl.constexpr,
-             GROUP: tl.constexpr, BITS: tl.constexpr, HAS_ZERO: tl.constexpr,
+def _dequant(u, s_ptr, o_ptr, cols64, col_ok, k, k_ok, c, DT: tl.constexpr, NG: tl.constexpr,
+             GROUP: tl.constexpr, BITS: tl.constexpr, HAS_OFFSET: tl.constexpr,
              PER_STEP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """((u - zero) * scale).to(DT) of a weight tile u [len(k), BLOCK_N] at columns k."""
+    """((u - 8) * scale + offset).to(DT) (int4) or (u * scale).to(DT) (int8) of a weight tile
+    u [len(k), BLOCK_N] at columns k."""
     if PER_STEP:  # one group per column of the tile: [1, BLOCK_N]
         at = (cols64 * NG + (c * BLOCK_K) // GROUP)[None, :]
         ok = col_ok[None, :]
@@ -103,20 +106,20 @@ def _dequant(u, s_ptr, z_ptr, cols64, col_ok, k, k_ok, c, DT: tl.constexpr, NG: 
         at = cols64[None, :] * NG + (k // GROUP)[:, None]
         ok = k_ok[:, None] & col_ok[None, :]
     s = tl.load(s_ptr + at, mask=ok, other=0.0).to(tl.float32)
-    if HAS_ZERO:
-        v = u.to(tl.float32) - tl.load(z_ptr + at, mask=ok, other=0).to(tl.float32)
-    elif BITS == 4:
+    if BITS == 4:
         v = u.to(tl.float32) - 8.0  # pack.INT4_SYMMETRIC_ZERO
     else:
         v = u.to(tl.float32)
+    if HAS_OFFSET:
+        return tl.fma(v, s, tl.load(o_ptr + at, mask=ok, other=0.0).to(tl.float32)).to(DT)
     return (v * s).to(DT)
 
 
 @triton.jit
-def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_ptr,
-                   M, num_splits, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr, pqs_ptr,
+                   bias_ptr, M, num_splits, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
                    N: tl.constexpr, K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
-                   HAS_ZERO: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    PER_STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = 0):
     """Rows block program_id(0), columns block program_id(1), K share program_id(2) of
@@ -140,10 +143,10 @@ def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pq
             k_ok = k < K
             packed = tl.load(w_ptr + cols64[None, :] * (K // 2) + j[:, None],
                              mask=k_ok[:, None] & col_ok[None, :], other=0)
-            w_lo = _dequant(packed & 0xF, scales_ptr, zeros_ptr, cols64, col_ok, k, k_ok, c, DT,
-                            NG, GROUP, BITS, HAS_ZERO, PER_STEP, BLOCK_K)
-            w_hi = _dequant(packed >> 4, scales_ptr, zeros_ptr, cols64, col_ok, k, k_ok, c, DT,
-                            NG, GROUP, BITS, HAS_ZERO, PER_STEP, BLOCK_K)
+            w_lo = _dequant(packed & 0xF, scales_ptr, offsets_ptr, cols64, col_ok, k, k_ok, c,
+                            DT, NG, GROUP, BITS, HAS_OFFSET, PER_STEP, BLOCK_K)
+            w_hi = _dequant(packed >> 4, scales_ptr, offsets_ptr, cols64, col_ok, k, k_ok, c,
+                            DT, NG, GROUP, BITS, HAS_OFFSET, PER_STEP, BLOCK_K)
             x_even = _x_cols(x_ptr, pqs_ptr, rows64, row_ok, k, k_ok, X_STRIDE, HAS_PQS)
             x_odd = _x_cols(x_ptr, pqs_ptr, rows64, row_ok, k + 1, k_ok, X_STRIDE, HAS_PQS)
             acc = mma(x_even, w_lo, acc, IEEE)
@@ -153,8 +156,8 @@ def wo_gemm_kernel(out_ptr, partial_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pq
             k_ok = k < K
             u = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
                         mask=k_ok[:, None] & col_ok[None, :], other=0)
-            w = _dequant(u, scales_ptr, zeros_ptr, cols64, col_ok, k, k_ok, c, DT, NG, GROUP,
-                         BITS, HAS_ZERO, PER_STEP, BLOCK_K)
+            w = _dequant(u, scales_ptr, offsets_ptr, cols64, col_ok, k, k_ok, c, DT, NG, GROUP,
+                         BITS, HAS_OFFSET, PER_STEP, BLOCK_K)
             acc = mma(_x_cols(x_ptr, pqs_ptr, rows64, row_ok, k, k_ok, X_STRIDE, HAS_PQS), w,
                        acc, IEEE)
     mask = row_ok[:, None] & col_ok[None, :]
@@ -233,30 +236,43 @@ def _word_dots(words, zero, x, BITS: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
-def _gemv_weights(words_ptr, scales_ptr, zeros_ptr, cols, col_ok, i, W_STRIDE, WORDS: tl.constexpr,
-                  GROUP_WORDS: tl.constexpr, NG: tl.constexpr, BITS: tl.constexpr,
-                  HAS_ZERO: tl.constexpr):
-    """The words i of columns cols ([BLOCK_N, BLOCK_W]), their groups' float32 scales and
-    zeros; nothing past WORDS."""
+def _gemv_weights(words_ptr, scales_ptr, offsets_ptr, cols, col_ok, i, W_STRIDE,
+                  WORDS: tl.constexpr, GROUP_WORDS: tl.constexpr, NG: tl.constexpr,
+                  BITS: tl.constexpr, HAS_OFFSET: tl.constexpr):
+    """The words i of columns cols ([BLOCK_N, BLOCK_W]), their groups' float32 scales, the
+    zero each value is read against, and the groups' float32 offsets (the scales where the
+    weight has none: never read); nothing past WORDS."""
     ok = col_ok[:, None] & (i < WORDS)[None, :]
     cols64 = cols.to(tl.int64)
     words = tl.load(words_ptr + cols64[:, None] * W_STRIDE + i[None, :], mask=ok, other=0)
     at = cols64[:, None] * NG + (i // GROUP_WORDS)[None, :]
     s = tl.load(scales_ptr + at, mask=ok, other=0.0).to(tl.float32)
-    if HAS_ZERO:
-        zero = tl.load(zeros_ptr + at, mask=ok, other=0).to(tl.float32)
-    elif BITS == 4:
+    o = s
+    if HAS_OFFSET:
+        o = tl.load(offsets_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    if BITS == 4:
         zero = tl.full(words.shape, 8.0, tl.float32)  # pack.INT4_SYMMETRIC_ZERO
     else:
         zero = tl.full(words.shape, 128.0, tl.float32)  # int8 read as offset binary
-    return words, s, zero
+    return words, s, zero, o
+
+
+@triton.jit
+def _gemv_row(acc, words, s, zero, o, x, BITS: tl.constexpr, BLOCK_W: tl.constexpr,
+              HAS_OFFSET: tl.constexpr):
+    """acc plus one row's word dots times their scales, and with offsets the offset times the
+    sum of x over each word (x [BLOCK_W, PER_WORD]: reduced once, for all BLOCK_N columns)."""
+    acc += _word_dots(words, zero, x, BITS, BLOCK_W) * s
+    if HAS_OFFSET:
+        acc += o * tl.sum(x, axis=1)[None, :]
+    return acc
 
 
 @triton.jit(do_not_specialize=["W_STRIDE"])
-def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_ptr, M, W_STRIDE,
-                   X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
+def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr, pqs_ptr, bias_ptr, M,
+                   W_STRIDE, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr, N: tl.constexpr,
                    K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
-                   HAS_ZERO: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
                    PDL: tl.constexpr = 0):
     """Rows ROWS * program_id(0) on (at most ROWS of them, ROWS <= 4) of columns block
@@ -267,8 +283,9 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_p
     element i * PER_WORD + p of the row (the packing's byte order, little-endian): a tile of
     [BLOCK_N, BLOCK_W] words meets x as [BLOCK_W, PER_WORD]. A value u becomes a float by bits
     alone: (u | 0x4B000000) is the float 2^23 + u, and subtracting 2^23 + zero leaves u - zero
-    exactly. Each word's products with x are summed in float32 and scaled by its group's scale
-    once per word."""
+    exactly (zero 8 for int4, 128 for int8 read as offset binary). Each word's products with x
+    are summed in float32 and scaled by its group's scale once per word; an int4 weight's
+    offsets add offset * (the sum of x over the word), one more multiply-add per word."""
     enter(PDL)
     PER_WORD: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = K // PER_WORD
@@ -287,20 +304,24 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_p
     acc3 = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
     for w0 in range(0, WORDS, BLOCK_W):
         i = w0 + tl.arange(0, BLOCK_W)
-        words, s, zero = _gemv_weights(words_ptr, scales_ptr, zeros_ptr, cols, col_ok, i,
-                                       W_STRIDE, WORDS, GROUP_WORDS, NG, BITS, HAS_ZERO)
+        words, s, zero, o = _gemv_weights(words_ptr, scales_ptr, offsets_ptr, cols, col_ok, i,
+                                          W_STRIDE, WORDS, GROUP_WORDS, NG, BITS, HAS_OFFSET)
         k = i[:, None] * PER_WORD + tl.arange(0, PER_WORD)[None, :]
         k_ok = (i < WORDS)[:, None]
-        acc0 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 0, M, k, k_ok, X_STRIDE,
-                                                 HAS_PQS), BITS, BLOCK_W) * s
+        acc0 = _gemv_row(acc0, words, s, zero, o,
+                         _gemv_x(x_ptr, pqs_ptr, 0, M, k, k_ok, X_STRIDE, HAS_PQS), BITS,
+                         BLOCK_W, HAS_OFFSET)
         if ROWS > 1:
-            acc1 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 1, M, k, k_ok, X_STRIDE,
-                                                     HAS_PQS), BITS, BLOCK_W) * s
+            acc1 = _gemv_row(acc1, words, s, zero, o,
+                             _gemv_x(x_ptr, pqs_ptr, 1, M, k, k_ok, X_STRIDE, HAS_PQS), BITS,
+                             BLOCK_W, HAS_OFFSET)
         if ROWS > 2:
-            acc2 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 2, M, k, k_ok, X_STRIDE,
-                                                     HAS_PQS), BITS, BLOCK_W) * s
-            acc3 += _word_dots(words, zero, _gemv_x(x_ptr, pqs_ptr, 3, M, k, k_ok, X_STRIDE,
-                                                     HAS_PQS), BITS, BLOCK_W) * s
+            acc2 = _gemv_row(acc2, words, s, zero, o,
+                             _gemv_x(x_ptr, pqs_ptr, 2, M, k, k_ok, X_STRIDE, HAS_PQS), BITS,
+                             BLOCK_W, HAS_OFFSET)
+            acc3 = _gemv_row(acc3, words, s, zero, o,
+                             _gemv_x(x_ptr, pqs_ptr, 3, M, k, k_ok, X_STRIDE, HAS_PQS), BITS,
+                             BLOCK_W, HAS_OFFSET)
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -317,11 +338,13 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, zeros_ptr, pqs_ptr, bias_p
 
 
 @triton.jit
-def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, zeros_ptr, N: tl.constexpr, K: tl.constexpr,
-                      BITS: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
-    """out[N, K] = ((u - zero) * scale).to(out's dtype): the weight cuBLASLt multiplies for
-    M > SMALL_M, as the reference rounds it."""
+def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, offsets_ptr, N: tl.constexpr,
+                      K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
+                      HAS_OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PDL: tl.constexpr = 0):
+    """out[N, K] = ((u - 8) * scale + offset).to(out's dtype) (int4; one fused multiply-add)
+    or (u * scale).to(out's dtype) (int8): the weight cuBLASLt multiplies for M > SMALL_M, as
+    the reference rounds it."""
     enter(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -334,12 +357,15 @@ def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, zeros_ptr, N: tl.constexpr, K:
         packed = tl.load(w_ptr + cols64[:, None] * (K // 2) + j[None, :], mask=ok, other=0)
         at = cols64[:, None] * NG + ((2 * j) // GROUP)[None, :]  # 2j, 2j + 1: one group
         s = tl.load(scales_ptr + at, mask=ok, other=0.0).to(tl.float32)
-        if HAS_ZERO:
-            z = tl.load(zeros_ptr + at, mask=ok, other=0).to(tl.float32)
+        lo = (packed & 0xF).to(tl.float32) - 8.0  # pack.INT4_SYMMETRIC_ZERO
+        hi = (packed >> 4).to(tl.float32) - 8.0
+        if HAS_OFFSET:
+            o = tl.load(offsets_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            lo = tl.fma(lo, s, o).to(DT)
+            hi = tl.fma(hi, s, o).to(DT)
         else:
-            z = 8.0  # pack.INT4_SYMMETRIC_ZERO
-        lo = (((packed & 0xF).to(tl.float32) - z) * s).to(DT)
-        hi = (((packed >> 4).to(tl.float32) - z) * s).to(DT)
+            lo = (lo * s).to(DT)
+            hi = (hi * s).to(DT)
         k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         tl.store(out_ptr + cols64[:, None] * K + k[None, :],
                  tl.reshape(tl.join(lo, hi), [BLOCK_N, BLOCK_K]),
@@ -389,10 +415,10 @@ def _cdiv(a, b: int):
     return f"cdiv({a}, {b})" if isinstance(a, str) else -(-a // b)
 
 
-def wo_constexprs(cfg: tuple, n: int, k: int, bits: int, group: int, zeros: bool, pqs: bool,
+def wo_constexprs(cfg: tuple, n: int, k: int, bits: int, group: int, offsets: bool, pqs: bool,
                   bias: bool, dtype: str) -> dict:
     bm, bn, bk = cfg[:3]
-    return dict(N=n, K=k, BITS=bits, GROUP=group, HAS_ZERO=zeros, HAS_PQS=pqs, HAS_BIAS=bias,
+    return dict(N=n, K=k, BITS=bits, GROUP=group, HAS_OFFSET=offsets, HAS_PQS=pqs, HAS_BIAS=bias,
                 PER_STEP=group % bk == 0 or group == k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                 IEEE=dtype == "float32")
 
@@ -418,12 +444,20 @@ def plan_linear_fp8(node, ctx):
     if k % 16 or n % 16:
         raise KilnError(f"{w}: FP8 GEMMs need N and K multiples of 16 (cuBLASLt), got N={n} "
                         f"K={k}; build this model with --quant int8_sq or without --quant")
+    folded = ctx.folded.pop(q, None)
+    if folded and folded["scale"] != x_scale:
+        raise KilnError(f"{ctx.label}: {q} is quantized with {folded['scale']}, but the GEMM "
+                        f"scales it by {x_scale}")
+    prologue = [folded["launch"]] if folded else []
+    scales = (x_scale, w_scale)
+    alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
+                    for alt in small_m_alternatives(ctx, q, w, out, bias, scales)]
+    alternatives += gemv_alternatives(ctx, q, w, out, bias, folded, scales)
     ctx.gemm(Gemm(a=ctx.ref(q)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(q), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
                   in_dtype="float8_e4m3fn", a_scale=ctx.ref(x_scale)[0],
-                  w_scale=ctx.ref(w_scale)[0],
-                  alternatives=small_m_alternatives(ctx, q, w, out, bias, (x_scale, w_scale))))
+                  w_scale=ctx.ref(w_scale)[0], alternatives=alternatives, prologue=prologue))
 
 
 def plan_linear_w8a8(node, ctx):
@@ -450,11 +484,11 @@ def gemv_fits(bits: int, group: int, k: int) -> bool:
     return k % per_word == 0 and group % per_word == 0
 
 
-def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, zeros: bool, pqs: bool,
+def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, offsets: bool, pqs: bool,
                     bias: bool, cfg: tuple | None = None) -> dict:
     block_n, block_w = (cfg or WO_GEMV)[:2]
     words = k * bits // 32
-    return dict(N=n, K=k, BITS=bits, GROUP=group, HAS_ZERO=zeros, HAS_PQS=pqs, HAS_BIAS=bias,
+    return dict(N=n, K=k, BITS=bits, GROUP=group, HAS_OFFSET=offsets, HAS_PQS=pqs, HAS_BIAS=bias,
                 ROWS=rows, BLOCK_N=block_n, BLOCK_W=min(block_w, triton.next_power_of_2(words)))
 
 
@@ -473,9 +507,9 @@ def plan_linear_wo(node, ctx):
     dtype = ctx.dtype(out)
     size = dtype_size(dtype)
     bits, group = a["bits"], a["group_size"]
-    zeros, pqs, bias = "zeros" in at, "pre_quant_scale" in at, "bias" in at
+    offsets, pqs, bias = "offsets" in at, "pre_quant_scale" in at, "bias" in at
     args = dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
-                scales_ptr=ctx.ptr(scales), zeros_ptr=ctx.ptr(opt.get("zeros", w)),
+                scales_ptr=ctx.ptr(scales), offsets_ptr=ctx.ptr(opt.get("offsets", scales)),
                 pqs_ptr=ctx.ptr(opt.get("pre_quant_scale", scales)),
                 bias_ptr=ctx.ptr(opt.get("bias", scales)), M=I32(m))  # absent ones: never read
     strides = dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out))
@@ -488,12 +522,12 @@ def plan_linear_wo(node, ctx):
                 wo_gemv_kernel, grid=(_cdiv(m, rows), _cdiv(n, cfg[0])),
                 num_warps=cfg[2], num_stages=cfg[3],
                 args=dict(args, W_STRIDE=I32(k * bits // 32)),
-                constexprs=dict(strides, **gemv_constexprs(n, k, rows, bits, group, zeros, pqs,
-                                                           bias, cfg)))]})
+                constexprs=dict(strides, **gemv_constexprs(n, k, rows, bits, group, offsets,
+                                                           pqs, bias, cfg)))]})
     splits = ctx.derive(splits_formula(n, k))
     partials = ctx.scratch("quant_gemm_partials", str(MAX_SPLITS * SMALL_M * n * 4))
     _, bn, _, warps, stages = WO_SMALL
-    flags = (bits, group, zeros, pqs, bias, dtype)
+    flags = (bits, group, offsets, pqs, bias, dtype)
     alternatives.append({"max_m": SMALL_M, "steps": [
         ctx.make_launch(wo_gemm_kernel, grid=(1, _cdiv(n, bn), splits), num_warps=warps,
                         num_stages=stages,
@@ -521,8 +555,8 @@ def plan_linear_wo(node, ctx):
     prologue.append(ctx.make_launch(
         wo_dequant_kernel, grid=(_cdiv(n, bn), _cdiv(k, bk)), num_warps=warps,
         args=dict(out_ptr=weight, w_ptr=args["w_ptr"], scales_ptr=args["scales_ptr"],
-                  zeros_ptr=args["zeros_ptr"]),
-        constexprs=dict(N=n, K=k, BITS=bits, GROUP=group, HAS_ZERO=zeros, BLOCK_N=bn,
+                  offsets_ptr=args["offsets_ptr"]),
+        constexprs=dict(N=n, K=k, BITS=bits, GROUP=group, HAS_OFFSET=offsets, BLOCK_N=bn,
                         BLOCK_K=bk)))
     ctx.gemm(Gemm(a=a_ref, w=weight.ref, out=ctx.ref(out)[0],
                   bias=ctx.ref(opt["bias"])[0] if bias else None, m=m, n=n, k=k, lda=lda,
@@ -546,7 +580,7 @@ def linear_w8a8(q, row_scale, w, w_scale, bias=None, dtype=None, out=None):
     return out
 
 
-def linear_wo(x, w, scales, bits: int, group_size: int, zeros=None, pre_quant_scale=None,
+def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_scale=None,
               bias=None, num_splits: int | None = None, out=None, path: str | None = None,
               gemv_config: tuple | None = None):
     """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "splitk"
@@ -559,9 +593,9 @@ def linear_wo(x, w, scales, bits: int, group_size: int, zeros=None, pre_quant_sc
     out = x.new_empty((m, n)) if out is None else out
     dtype = str(x.dtype).split(".")[1]
     some = scales  # any tensor stands in for an absent operand: it is never read
-    opt = (some if zeros is None else zeros, some if pre_quant_scale is None else pre_quant_scale,
-           some if bias is None else bias)
-    flags = (zeros is not None, pre_quant_scale is not None, bias is not None)
+    opt = (some if offsets is None else offsets,
+           some if pre_quant_scale is None else pre_quant_scale, some if bias is None else bias)
+    flags = (offsets is not None, pre_quant_scale is not None, bias is not None)
     if path is None:
         if num_splits is None and m <= 4 and gemv_fits(bits, group_size, k):
             path = "gemv"
@@ -586,7 +620,7 @@ def linear_wo(x, w, scales, bits: int, group_size: int, zeros=None, pre_quant_sc
             direct(scale_cols_kernel, x)[(m, _cdiv(k, SCALE_BLOCK))](
                 xs, x, pre_quant_scale, m, X_STRIDE=x.stride(0), K=k, BLOCK=SCALE_BLOCK,
                 num_warps=4)
-        wd = dequantize(w, scales, bits, group_size, zeros, x.dtype)
+        wd = dequantize(w, scales, bits, group_size, offsets, x.dtype)
         y = torch.nn.functional.linear(xs, wd, bias)
         out.copy_(y)
         return out
@@ -611,7 +645,7 @@ def linear_wo(x, w, scales, bits: int, group_size: int, zeros=None, pre_quant_sc
     return out
 
 
-def dequantize(w, scales, bits: int, group_size: int, zeros=None, dtype=None, out=None):
+def dequantize(w, scales, bits: int, group_size: int, offsets=None, dtype=None, out=None):
     """The dequantized weight [N, K] in `dtype` (scales' when None), by wo_dequant_kernel."""
     import torch
     n = w.shape[0]
@@ -620,6 +654,7 @@ def dequantize(w, scales, bits: int, group_size: int, zeros=None, dtype=None, ou
         out = torch.empty((n, k), dtype=dtype or scales.dtype, device=w.device)
     bn, bk, warps = WO_DEQUANT
     direct(wo_dequant_kernel, w)[(_cdiv(n, bn), _cdiv(k, bk))](
-        out, w, scales, scales if zeros is None else zeros, N=n, K=k, BITS=bits,
-        GROUP=group_size, HAS_ZERO=zeros is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        out, w, scales, scales if offsets is None else offsets, N=n, K=k, BITS=bits,
+        GROUP=group_size, HAS_OFFSET=offsets is not None, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=warps)
     return out

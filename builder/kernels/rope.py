@@ -24,7 +24,7 @@ import triton.language as tl
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.norm import row_warps
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.quant import e4m3_grid
+from kiln.builder.kernels.rounding import e4m3_grid
 from kiln.builder.kernels.spec import pow2
 
 

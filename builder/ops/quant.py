@@ -7,7 +7,7 @@ ops"); number formats and packing are kiln.quantize.pack's. Scales are dequantiz
   quantize_int8     x, (smoother[K])                     -> q int8, row_scale[T]  (per token)
   linear_fp8        q, w fp8[N,K], x_scale[1], w_scale[1], (bias)          -> [T,N] dtype
   linear_w8a8       q, row_scale[T], w int8[N,K], w_scale[N], (bias)       -> [T,N] dtype
-  linear_wo         x, w, scales[N,K/G], (zeros), (pre_quant_scale[K]), (bias) -> [T,N]
+  linear_wo         x, w, scales[N,K/G], (offsets[N,K/G]), (pre_quant_scale[K]), (bias) -> [T,N]
   rmsnorm_quant     x, w, (scale)            -> q (fp8) | q, row_scale (int8)
   add_rmsnorm_quant x, residual, w, (scale)  -> q, sum | q, row_scale, sum
   silu_mul_quant    x[T,2I], (scale | smoother) -> q | q, row_scale
@@ -124,7 +124,7 @@ def _linear_w8a8(node, inputs, ctx):
 def _wo_operands(node) -> dict[str, int]:
     """Positions of linear_wo's inputs: x, weight, scales, then the optional ones in order."""
     names = ["x", "weight", "scales"] + [name for attr, name in (
-        ("zero_point", "zeros"), ("pre_quant_scale", "pre_quant_scale"), ("bias", "bias"))
+        ("offset", "offsets"), ("pre_quant_scale", "pre_quant_scale"), ("bias", "bias"))
         if node.attrs.get(attr)]
     expect(len(names) == len(node.inputs), node, f"expects inputs {names}")
     return {name: i for i, name in enumerate(names)}
@@ -142,9 +142,9 @@ def _linear_wo_infer(node, graph):
     expect((wd, ws) == want, node, f"weight must be {want[0]}{list(want[1])}, got {wd}{list(ws)}")
     expect(of(graph, node.inputs[2]) == (xd, (n, k // group)), node,
            f"scales must be {xd} [{n}, {k // group}]")
-    if "zeros" in at:
-        expect(bits == 4 and of(graph, node.inputs[at["zeros"]]) == ("uint8", (n, k // group)),
-               node, "zeros must be uint8 [N, K / group_size] of an int4 weight")
+    if "offsets" in at:
+        expect(bits == 4 and of(graph, node.inputs[at["offsets"]]) == (xd, (n, k // group)),
+               node, f"offsets must be {xd} [{n}, {k // group}] of an int4 weight")
     if "pre_quant_scale" in at:
         _expect_vector(node, graph, at["pre_quant_scale"], k, "pre_quant_scale")
     if "bias" in at:
@@ -155,8 +155,8 @@ def _linear_wo_infer(node, graph):
 def _linear_wo(node, inputs, ctx):
     at, a = _wo_operands(node), node.attrs
     x = inputs[0]
-    zeros = inputs[at["zeros"]] if "zeros" in at else None
-    w = pack.dequantize_weight(inputs[1], a["bits"], inputs[2], a["group_size"], zeros)
+    offsets = inputs[at["offsets"]] if "offsets" in at else None
+    w = pack.dequantize_weight(inputs[1], a["bits"], inputs[2], a["group_size"], offsets)
     if "pre_quant_scale" in at:
         x = (x.float() * inputs[at["pre_quant_scale"]].float()).to(x.dtype)
     bias = inputs[at["bias"]] if "bias" in at else None

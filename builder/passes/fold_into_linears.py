@@ -1,19 +1,24 @@
-"""Mark each rmsnorm / add_rmsnorm / silu_mul whose output feeds only the linear right after it
-(`fold_into_next`). The GPU lowering then runs that kernel inside the linear's GEMM step, where
-the one-row alternative does both in one kernel (kernels/gemm.py, fold), and the memory plan
-keeps the kernel's inputs alive through the linear, which may read them."""
+"""Mark each kernel whose output feeds only the linear right after it (`fold_into_next`): an
+rmsnorm / add_rmsnorm / silu_mul before a linear, and an FP8 quantization (quantize_fp8, or one
+fused into its producer) before a linear_fp8. The GPU lowering then runs that kernel inside the
+linear's GEMM step, where the one-row alternative does both in one kernel (kernels/gemm.py,
+fold), and the memory plan keeps the kernel's inputs alive through the linear, which may read
+them."""
 from __future__ import annotations
 
 from kiln.builder.ir import Graph
 
-FOLDABLE = ("rmsnorm", "add_rmsnorm", "silu_mul")
+FOLDABLE = {"linear": ("rmsnorm", "add_rmsnorm", "silu_mul"),
+            "linear_fp8": ("quantize_fp8", "rmsnorm_quant", "add_rmsnorm_quant",
+                           "silu_mul_quant")}
 
 
 def fold_into_linears(graph: Graph, build=None) -> Graph:
     g = graph.copy()
     consumers = g.consumers()
     for node, nxt in zip(g.nodes, g.nodes[1:]):
-        out = node.outputs[0] if node.op in FOLDABLE else None
-        if out and nxt.op == "linear" and nxt.inputs[0] == out and consumers[out] == [nxt]:
+        out = node.outputs[0]
+        if (node.op in FOLDABLE.get(nxt.op, ()) and nxt.inputs[0] == out
+                and consumers[out] == [nxt]):
             node.attrs["fold_into_next"] = True
     return g

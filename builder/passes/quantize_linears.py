@@ -2,10 +2,11 @@
 
     fp8      quantize_fp8(x, input_scale) -> linear_fp8(q, w fp8, input_scale, weight_scale)
     int8_sq  quantize_int8(x, [smoother]) -> linear_w8a8(q, row_scale, w int8, weight_scale)
-    int8_wo, int4_awq, int4_gptq      -> linear_wo(x, w, weight_scale, [zeros], [pre_quant_scale])
+    int8_wo, int4_awq, int4_gptq
+             linear_wo(x, w, weight_scale, [weight_offset], [pre_quant_scale])
 
 A weight keeps its name and takes its quantized dtype; its scales sit beside it
-(`<prefix>.weight_scale`, `.input_scale`, `.weight_zero`, `.pre_quant_scale`, HF-style). A
+(`<prefix>.weight_scale`, `.input_scale`, `.weight_offset`, `.pre_quant_scale`, HF-style). A
 pre-quant scale (SmoothQuant's smoother, AWQ's scale) is folded into the RMSNorm weight that
 feeds the linear when the norm's output has no other reader, and kept as an input otherwise.
 Weights are quantized lazily, when the engine writer reads them. No-op without --quant.
@@ -116,17 +117,17 @@ def _rewrite(g: Graph, node: Node, lq: LinearQuant, build) -> list[Node]:
     group = lq.group_size or k
     # Stored in the activation dtype, as the kernel reads them; weights are rounded with the
     # stored values so that the engine is consistent with itself.
-    scales = lq.weight_scale.reshape(n, k // group).to(torch_dtype(act_dtype)).float()
-    zeros = lq.zeros
+    act = torch_dtype(act_dtype)
+    scales = lq.weight_scale.reshape(n, k // group).to(act).float()
+    offsets = None if lq.offsets is None else lq.offsets.reshape(n, k // group).to(act).float()
     shape = (n, k) if bits == 8 else (n, k // 2)
     _quantized_weight(g, w, lq, "int8" if bits == 8 else "uint8", shape,
-                      lambda t: pack.quantize_weight(t, bits, scales, group, zeros))
-    inputs = [x, w, _constant(g, f"{prefix}.weight_scale", scales.to(torch_dtype(act_dtype)),
-                              act_dtype)]
-    if zeros is not None:
-        inputs.append(_constant(g, f"{prefix}.weight_zero", zeros.to(torch.uint8), "uint8"))
+                      lambda t: pack.quantize_weight(t, bits, scales, group, offsets))
+    inputs = [x, w, _constant(g, f"{prefix}.weight_scale", scales.to(act), act_dtype)]
+    if offsets is not None:
+        inputs.append(_constant(g, f"{prefix}.weight_offset", offsets.to(act), act_dtype))
     if pqs is not None:
         inputs.append(_constant(g, f"{prefix}.pre_quant_scale", pqs))
-    attrs = {"bits": bits, "group_size": group, "zero_point": zeros is not None,
+    attrs = {"bits": bits, "group_size": group, "offset": offsets is not None,
              "pre_quant_scale": pqs is not None, "bias": bool(bias)}
     return [Node("linear_wo", inputs + list(bias), [out], attrs)]

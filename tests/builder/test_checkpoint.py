@@ -343,6 +343,8 @@ def test_gguf_quantized_llama(tmp_path, qtype):
             assert ckpt.meta(name) == (tuple(want.shape), torch.float32 if array.ndim == 1 else stored)
             assert torch.equal(ckpt.load(name, torch.float32), torch.from_numpy(np.asarray(array, np.float32)))
         assert ckpt.load("layers.0.q.weight").dtype == stored
+        # the int4 groups the file's weights already have (Q4_0 ... Q8_0: blocks of 32)
+        assert ckpt.block_size == (None if qtype in (Q.F16, Q.BF16) else 32)
 
 
 def hf_llama3_factors(theta, head_dim, scaling):

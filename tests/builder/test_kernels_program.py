@@ -108,12 +108,16 @@ def test_program_long_context_split_kv(tiny_engine):
 TIE_BOUND = 2e-2
 
 
-@pytest.mark.parametrize("quant,kv", [("fp8", "auto"), ("int8_sq", "auto"), ("int8_wo", "auto"),
-                                      ("int4_awq", "auto"), ("int4_gptq", "auto"), ("none", "int8"),
-                                      ("none", "fp8"), ("fp8", "fp8")])
-def test_quantized_program_matches_reference_backend(tmp_path, quant, kv):
+@pytest.mark.parametrize("quant,kv,alternative", [
+    ("fp8", "auto", None), ("int8_sq", "auto", None), ("int8_wo", "auto", None),
+    ("int4_awq", "auto", None), ("int4_gptq", "auto", None), ("none", "int8", None),
+    ("none", "fp8", None), ("fp8", "fp8", None), ("fp8", "fp8", 4), ("fp8", "auto", 8)])
+def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, alternative):
     """The quantized kernels and their lowering, whole: the program of a calibrated engine
-    against the quantized ops' torch references."""
+    against the quantized ops' torch references. With an `alternative`, one sequence's decode
+    steps through FP8's one-row GEMMs: 4, the first configuration with the norm, SiLU-mul or
+    quantization before it folded in (x quantized in the kernel); 8, the second configuration
+    after that kernel's own launch."""
     pytest.importorskip("modelopt.torch.quantization", reason="needs nvidia-modelopt")
     import torch
 
@@ -129,7 +133,7 @@ def test_quantized_program_matches_reference_backend(tmp_path, quant, kv):
                         tokens_per_block=4, targets=[90], quant=quant, kv_cache_dtype=kv,
                         calibrator=calibrator)
     build_engine(ckpt, tmp_path / "e", build, progress=False)
-    results = run(tmp_path / "e", MIXED)
+    results = run(tmp_path / "e", MIXED if alternative is None else SINGLE, alternative)
     for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
         assert err < TIE_BOUND, f"step {i}: error {err:.2e}"
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"

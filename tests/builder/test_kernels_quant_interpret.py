@@ -4,7 +4,7 @@ TRITON_INTERPRET=1); and the lowering of each quantized op to launches and GEMMs
 
 Its float32 -> fp8e4nv conversion rounds wrongly where rounding carries into the next power of
 two (125.5 -> 64); the kernels round to the e4m3 grid themselves under the interpreter
-(quant.e4m3_grid), so their fp8 codes are checked here too. What the interpreter cannot check
+(rounding.e4m3_grid), so their fp8 codes are checked here too. What the interpreter cannot check
 is left to tests/gpu/test_quant_kernels.py: its float32 -> bfloat16 conversion truncates
 instead of rounding to nearest even, and it cannot multiply bfloat16 matrices."""
 import sys

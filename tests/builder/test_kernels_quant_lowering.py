@@ -8,7 +8,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 from kiln.builder.ir import Graph, WeightSource  # noqa: E402
 from kiln.builder.kernels import aot  # noqa: E402
-from kiln.builder.kernels.gemm import SMALL_CONFIGS_FP8  # noqa: E402
+from kiln.builder.kernels.gemm import GEMV_CONFIGS_FP8, SMALL_CONFIGS_FP8  # noqa: E402
 from kiln.builder.kernels.lower import lower  # noqa: E402
 from kiln.builder.kernels.spec import Gemm, Launch  # noqa: E402
 
@@ -41,12 +41,12 @@ def quantized_graph() -> Graph:
     g.call("quantize_fp8", ["qkv", s1], ["qq8"])
     g.call("linear_wo", ["x", weight("awq.weight", "uint8", I, H // 2),
                          weight("awq.weight_scale", DT, I, H // 128),
-                         weight("awq.weight_zero", "uint8", I, H // 128),
+                         weight("awq.weight_offset", DT, I, H // 128),
                          weight("awq.pre_quant_scale", "float32", H)], ["awq"],
-           bits=4, group_size=128, zero_point=True, pre_quant_scale=True, bias=False)
+           bits=4, group_size=128, offset=True, pre_quant_scale=True, bias=False)
     g.call("linear_wo", ["x", weight("wo8.weight", "int8", H, H),
                          weight("wo8.weight_scale", DT, H, 1)], ["wo8"],
-           bits=8, group_size=H, zero_point=False, pre_quant_scale=False, bias=False)
+           bits=8, group_size=H, offset=False, pre_quant_scale=False, bias=False)
     acts = [n for n, v in g.values.items() if v.kind == "activation"]
     g.memory_plan = {"offsets": {n: 4096 * i for i, n in enumerate(acts)}, "views": {}}
     return g
@@ -85,16 +85,65 @@ def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
         "out": {"arena": 4096 * 2}, "bias": None, "m": "T", "n": 384, "k": H, "lda": H,
         "ldc": 384, "dtype": DT, "in_dtype": "float8_e4m3fn", "a_scale": {"weight": "in_scale"},
         "w_scale": {"weight": "qkv.weight_scale"}}
-    # For M <= 16 the executor may run the scaled small-M kernel instead, fed the same operands.
-    assert [a["max_m"] for a in alternatives] == [16] * len(SMALL_CONFIGS_FP8)
-    for alternative, launch in zip(alternatives, gemm.launches()):
+    # For M <= 16 the executor may run the scaled small-M kernel instead, fed the same operands,
+    # and for one row the scaled GEMV.
+    assert [a["max_m"] for a in alternatives] == ([16] * len(SMALL_CONFIGS_FP8)
+                                                  + [1] * len(GEMV_CONFIGS_FP8))
+    launches = gemm.launches()
+    for alternative, launch in zip(alternatives, launches):
         (step,) = alternative["steps"]
+        assert step["args"][0] == {"arena": 4096 * 2}
+        assert step["grid"] == [str(-(-384 // launch.kernel.constexprs["BLOCK_N"])), "1", "1"]
+    for launch in launches[:len(SMALL_CONFIGS_FP8)]:
         assert launch.kernel.fn.fn.__name__ == "small_m_gemm_kernel"
         assert launch.kernel.constexprs["SCALED"] and not launch.kernel.constexprs["HAS_BIAS"]
-        assert step["args"][:3] == [{"arena": 4096 * 2}, {"arena": 0}, {"weight": "qkv.weight"}]
-        assert step["args"][4:] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"},
-                                    {"i32": "T"}]
-        assert step["grid"] == [str(-(-384 // launch.kernel.constexprs["BLOCK_N"])), "1", "1"]
+        assert launch.to_json()["args"][1:3] == [{"arena": 0}, {"weight": "qkv.weight"}]
+        assert launch.to_json()["args"][4:] == [{"weight": "in_scale"},
+                                                {"weight": "qkv.weight_scale"}, {"i32": "T"}]
+    for launch in launches[len(SMALL_CONFIGS_FP8):]:
+        c = launch.kernel.constexprs
+        assert launch.kernel.fn.fn.__name__ == "gemv_kernel"
+        assert (c["PROLOGUE"], c["QUANTIZE"], c["SCALED"]) == (0, False, True)
+        args = launch.to_json()["args"]
+        assert args[1:7] == [{"weight": "qkv.weight"}, {"arena": 0}] + [
+            {"weight": "qkv.weight"}] * 4  # x is the FP8 input; unused operands: the weight
+        assert args[7:9] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"}]
+
+
+def test_fp8_quantization_folded_into_the_gemm():
+    """Marked by fold_into_linears, the FP8 norm before a linear_fp8 runs inside its GEMM step:
+    before cuBLASLt and the small-M kernels, and in the one-row kernel as its prologue, which
+    quantizes x itself (the FP8 input is then never written at M = 1)."""
+    from kiln.builder.passes import fold_into_linears
+    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
+    g = fold_into_linears(quantized_graph())
+    marked = [n.op for n in g.nodes if n.attrs.get("fold_into_next")]
+    assert marked == ["add_rmsnorm_quant"]  # the only quantization feeding a linear_fp8 alone
+    ctx = lower(g, build)
+    assert steps_of(ctx, "add_rmsnorm_quant") == []
+    (gemm,) = steps_of(ctx, "linear_fp8")
+    (norm,) = gemm.prologue
+    assert norm.kernel.fn.fn.__name__ == "rmsnorm_quant_kernel"
+    small = gemm.alternatives[:len(SMALL_CONFIGS_FP8)]
+    assert all(alt["steps"][0] is norm and len(alt["steps"]) == 2 for alt in small)
+    one_row = gemm.alternatives[len(SMALL_CONFIGS_FP8):]
+    assert [alt["max_m"] for alt in one_row] == [1] * 2 * len(GEMV_CONFIGS_FP8)
+    for alt in one_row[:len(GEMV_CONFIGS_FP8)]:
+        (launch,) = alt["steps"]
+        c = launch.kernel.constexprs
+        assert (c["PROLOGUE"], c["QUANTIZE"], c["SCALED"]) == (2, True, True)  # ADD_NORM
+        args = launch.to_json()["args"]
+        # out, sum, x, res, gamma, w, bias (unused), a_scale, w_scale, eps
+        assert args[:9] == [{"arena": 4096 * 2}, {"arena": 4096 * 1}, {"input": "x"},
+                            {"input": "res"}, {"weight": "norm.weight"},
+                            {"weight": "qkv.weight"}, {"weight": "qkv.weight"},
+                            {"weight": "in_scale"}, {"weight": "qkv.weight_scale"}]
+    # Then each configuration after the norm's own launch, on the FP8 input it writes.
+    for alt in one_row[len(GEMV_CONFIGS_FP8):]:
+        first, launch = alt["steps"]
+        c = launch.kernel.constexprs
+        assert first is norm and (c["PROLOGUE"], c["QUANTIZE"], c["SCALED"]) == (0, False, True)
+        assert launch.to_json()["args"][2] == {"arena": 0}
 
 
 def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):
@@ -118,7 +167,8 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lo
     assert scale.kernel.fn.fn.__name__ == "scale_cols_kernel"
     assert scale.grid == ("T", "1", "1") and scale.args[0] == {"scratch": "wo_scaled_x"}
     assert dequant.kernel.fn.fn.__name__ == "wo_dequant_kernel"
-    assert dequant.args[:2] == [{"scratch": "wo_dequantized_weight"}, {"weight": "awq.weight"}]
+    assert dequant.args[:4] == [{"scratch": "wo_dequantized_weight"}, {"weight": "awq.weight"},
+                                {"weight": "awq.weight_scale"}, {"weight": "awq.weight_offset"}]
     assert [prologue[i]["kernel"] for i in (0, 1)] == [scale.kernel.key, dequant.kernel.key]
     # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, then split-K
     # for up to 16.
@@ -130,7 +180,7 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lo
         ("cdiv(T, 2)", "64", "1"), ("cdiv(T, 4)", "64", "1")]
     assert all(g.kernel.fn.fn.__name__ == "wo_gemv_kernel" and g.when is None for g in gemvs)
     c = gemvs[0].kernel.constexprs
-    assert (c["BITS"], c["GROUP"], c["HAS_ZERO"], c["HAS_PQS"], c["HAS_BIAS"]) == \
+    assert (c["BITS"], c["GROUP"], c["HAS_OFFSET"], c["HAS_PQS"], c["HAS_BIAS"]) == \
         (4, 128, True, True, False)
     small, reduce = awq.alternatives[5]["steps"]
     splits = small.grid[2]
@@ -138,7 +188,7 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lo
     assert small.grid == ("1", "8", splits) and small.when is None
     assert reduce.when == f"{splits} > 1" and {"i32": splits} in small.args
     awq_c = small.kernel.constexprs
-    assert (awq_c["BITS"], awq_c["GROUP"], awq_c["HAS_ZERO"], awq_c["HAS_PQS"],
+    assert (awq_c["BITS"], awq_c["GROUP"], awq_c["HAS_OFFSET"], awq_c["HAS_PQS"],
             awq_c["PER_STEP"]) == (4, 128, True, True, True)
     # int8 per channel without a pre-quant scale: x goes to cuBLASLt as it is.
     assert wo8.a == {"input": "x"} and wo8.lda == H

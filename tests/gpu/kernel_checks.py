@@ -422,6 +422,53 @@ def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
 
 
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
+def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False):
+    """linear_fp8's one-row alternative (gemv_kernel, SCALED) against ops' FP8 quantization
+    `prologue` then linear_fp8: "fp8" (x already quantized), "quantize" (quantize_fp8),
+    "rmsnorm", "add_rmsnorm" (*_quant) or "silu_mul" (silu_mul_quant), x the first row of a
+    strided view, scales that saturate some values, out poisoned: out's rel_err;
+    add_rmsnorm's sum must come out exactly."""
+    from kiln.builder.kernels import gemm
+    g = torch.Generator().manual_seed(seed)
+    fp8 = torch.float8_e4m3fn
+    width = 2 * k if prologue == "silu_mul" else k
+    wide = _rand(g, (3, width + 24), dtype, device, 2.0)
+    x = wide[:, 8:8 + width]
+    res = _rand(g, (1, k), dtype, device, 3.0)
+    gamma = _rand(g, (k,), dtype, device, 0.2, 1.0)
+    w = (torch.randn((n, k), generator=g) * 40).to(fp8).to(device)
+    w_scale = ((torch.rand(1, generator=g) + 0.5) / 40 / k ** 0.5).to(device)
+    a_scale = torch.tensor([{"rmsnorm": 2.5, "add_rmsnorm": 2.5, "silu_mul": 3.0}.get(
+        prologue, 5.0) / 448]).to(device)
+    b = [_rand(g, (n,), dtype, device)] if bias else []
+    out = torch.full((2, n), float("nan"), dtype=dtype, device=device)
+    total = torch.full((1, k), float("nan"), dtype=dtype, device=device)
+    attrs = {"eps": 1e-5, "qdtype": "float8_e4m3fn"}
+    if prologue == "fp8":
+        (q,) = _ref("quantize_fp8", [x[:1], a_scale])
+        gemm.linear_gemv(q.to(device), w, *b, config=config, out=out[:1],
+                         scales=(a_scale, w_scale), dtype=dtype)
+    else:
+        kind = {"quantize": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM,
+                "silu_mul": gemm.SILU_MUL}[prologue]
+        gemm.linear_gemv(x, w, *b, config=config, out=out[:1], prologue=kind, g=gamma,
+                         eps=1e-5, res=res, total=total, scales=(a_scale, w_scale))
+        if prologue == "add_rmsnorm":
+            q, want_total = _ref("add_rmsnorm_quant", [x[:1], res, gamma, a_scale], attrs,
+                                 n_out=2)
+            assert torch.equal(total.cpu(), want_total), "the residual sum differs"
+        elif prologue == "rmsnorm":
+            (q,) = _ref("rmsnorm_quant", [x[:1], gamma, a_scale], attrs)
+        elif prologue == "silu_mul":
+            (q,) = _ref("silu_mul_quant", [x[:1], a_scale], attrs)
+        else:
+            (q,) = _ref("quantize_fp8", [x[:1], a_scale])
+    name = str(dtype).split(".")[1]
+    (ref,) = _ref("linear_fp8", [q, w, a_scale, w_scale, *b], {"dtype": name})
+    assert torch.isnan(out[1:]).all(), "the kernel wrote beyond row 0"
+    return rel_err(out[:1], ref)
+
+
 def interpreter_cases():
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     cases = []
@@ -494,6 +541,14 @@ def interpreter_cases():
                                              (96, 1100, 2, "silu_mul", False),
                                              (40, 300, 0, "plain", True)]:
             cases.append((f"gemv-{d}-{n}x{k}-c{config}-{prologue}", check_gemv,
+                          dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
+                               prologue=prologue, bias=bias), TOL[dtype]))
+        for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
+                                             (50, 72, 1, "rmsnorm", True),
+                                             (96, 1100, 2, "silu_mul", False),
+                                             (40, 300, 2, "quantize", True),
+                                             (48, 512, 0, "fp8", False)]:
+            cases.append((f"gemv_fp8-{d}-{n}x{k}-c{config}-{prologue}", check_gemv_fp8,
                           dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
                                prologue=prologue, bias=bias), TOL[dtype]))
     cases += [

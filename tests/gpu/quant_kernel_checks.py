@@ -143,38 +143,54 @@ def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True):
     return rel_err(out, ref)
 
 
-def wo_weight(gen, n, k, bits, group, zero_point, dtype):
-    """(w, scales [n, k / group] in dtype, zeros or None), quantized as quantize_linears does."""
-    wf = torch.randn((n, k), generator=gen) * 0.05
-    grouped = wf.reshape(n, k // group, group)
-    if zero_point:
-        lo, hi = grouped.amin(-1).clamp(max=0), grouped.amax(-1).clamp(min=0)
-        scales = ((hi - lo) / 15).clamp_min(1e-6).to(dtype).float()
-        zeros = torch.round(-lo / scales).clamp(0, 15).to(torch.uint8)
+def wo_weight(gen, n, k, bits, group, offset, dtype):
+    """(w, scales [n, k / group] in dtype, offsets in dtype or None), quantized as
+    quantize_linears does: asymmetric groups from each group's minimum to its maximum (every
+    offset a nonzero float), or symmetric ones."""
+    wf = torch.randn((n, k), generator=gen) * 0.05 + torch.rand((n, 1), generator=gen) * 0.02
+    if offset:
+        scales, offsets = pack.int4_min_max(wf, group)
+        scales, offsets = scales.to(dtype).float(), offsets.to(dtype).float()
+        assert bool((offsets != 0).all())
     else:
         bound = pack.INT4_MAX if bits == 4 else pack.INT8_MAX
+        grouped = wf.reshape(n, k // group, group)
         scales = pack.scale_from_amax(grouped.abs().amax(-1), bound).to(dtype).float()
-        zeros = None
-    return pack.quantize_weight(wf, bits, scales, group, zeros), scales.to(dtype), zeros
+        offsets = None
+    w = pack.quantize_weight(wf, bits, scales, group, offsets)
+    return w, scales.to(dtype), None if offsets is None else offsets.to(dtype)
 
 
-def check_linear_wo(device, dtype, m, n, k, seed, bits, group, zero_point=False, pqs=False,
+def check_linear_wo(device, dtype, m, n, k, seed, bits, group, offset=False, pqs=False,
                     bias=False, num_splits=None, path=None):
     from kiln.builder.kernels import quant_gemm
     g = torch.Generator().manual_seed(seed)
-    w, scales, zeros = wo_weight(g, n, k, bits, group, zero_point, dtype)
+    w, scales, offsets = wo_weight(g, n, k, bits, group, offset, dtype)
     x = _rand(g, (m, k + 3), dtype, "cpu")[:, :k]  # strided rows
     p = (torch.rand(k, generator=g) + 0.5) if pqs else None
     b = _rand(g, (n,), dtype, "cpu") if bias else None
-    inputs = [x, w, scales] + [t for t in (zeros, p, b) if t is not None]
-    attrs = {"bits": bits, "group_size": group, "zero_point": zero_point,
+    inputs = [x, w, scales] + [t for t in (offsets, p, b) if t is not None]
+    attrs = {"bits": bits, "group_size": group, "offset": offset,
              "pre_quant_scale": pqs, "bias": bias}
     (ref,) = _ref("linear_wo", inputs, attrs)
-    dev = [None if t is None else t.to(device) for t in (x, w, scales, zeros, p, b)]
+    dev = [None if t is None else t.to(device) for t in (x, w, scales, offsets, p, b)]
     out = _poison(g, (m, n), dtype, device)
     quant_gemm.linear_wo(dev[0], dev[1], dev[2], bits, group, dev[3], dev[4], dev[5],
                          num_splits=num_splits, out=out, path=path)
     return rel_err(out, ref)
+
+
+def check_dequantize(device, dtype, n, k, seed, bits, group, offset=False):
+    """wo_dequant_kernel against pack.dequantize_weight in dtype: the fraction of elements
+    that differ (0: bit for bit, as cuBLASLt's operand must be)."""
+    from kiln.builder.kernels import quant_gemm
+    g = torch.Generator().manual_seed(seed)
+    w, scales, offsets = wo_weight(g, n, k, bits, group, offset, dtype)
+    ref = pack.dequantize_weight(w, bits, scales, group, offsets).to(dtype)
+    out = quant_gemm.dequantize(w.to(device), scales.to(device), bits, group,
+                                None if offsets is None else offsets.to(device))
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    return (out.cpu() != ref).double().mean().item()
 
 
 # Cases the CPU interpreter runs in reasonable time: (name, check, kwargs, bound).
@@ -208,12 +224,12 @@ def interpreter_cases():
             (f"linear_w8a8-large-{d}", check_linear_w8a8,
              dict(dtype=dtype, m=40, n=136, k=192, seed=8, bias=False), TOL[dtype]),
             (f"linear_wo-int4-awq-split3-{d}", check_linear_wo,
-             dict(dtype=dtype, m=3, n=96, k=384, seed=9, bits=4, group=128, zero_point=True,
+             dict(dtype=dtype, m=3, n=96, k=384, seed=9, bits=4, group=128, offset=True,
                   pqs=True, bias=True, num_splits=3), TOL[dtype]),
             (f"linear_wo-int4-g32-{d}", check_linear_wo,
              dict(dtype=dtype, m=2, n=72, k=320, seed=10, bits=4, group=32, num_splits=1), TOL[dtype]),
             (f"linear_wo-int4-large-{d}", check_linear_wo,
-             dict(dtype=dtype, m=33, n=136, k=320, seed=11, bits=4, group=64, zero_point=True,
+             dict(dtype=dtype, m=33, n=136, k=320, seed=11, bits=4, group=64, offset=True,
                   bias=True), TOL[dtype]),
             (f"linear_wo-int8-{d}", check_linear_wo,
              dict(dtype=dtype, m=1, n=64, k=200, seed=12, bits=8, group=200, pqs=True,
@@ -221,19 +237,29 @@ def interpreter_cases():
             (f"linear_wo-int8-large-{d}", check_linear_wo,
              dict(dtype=dtype, m=20, n=130, k=200, seed=13, bits=8, group=200, bias=True), TOL[dtype]),
             (f"linear_wo-gemv-awq-{d}", check_linear_wo,
-             dict(dtype=dtype, m=1, n=40, k=512, seed=16, bits=4, group=128, zero_point=True,
+             dict(dtype=dtype, m=1, n=40, k=512, seed=16, bits=4, group=128, offset=True,
                   pqs=True, path="gemv"), TOL[dtype]),
             (f"linear_wo-gemv-gptq-2-{d}", check_linear_wo,
              dict(dtype=dtype, m=2, n=37, k=256, seed=17, bits=4, group=64, bias=True,
                   path="gemv"), TOL[dtype]),
             (f"linear_wo-gemv-groups-{d}", check_linear_wo,
-             dict(dtype=dtype, m=9, n=24, k=256, seed=20, bits=4, group=128, zero_point=True,
+             dict(dtype=dtype, m=9, n=24, k=256, seed=20, bits=4, group=128, offset=True,
                   pqs=True, path="gemv"), TOL[dtype]),
             (f"linear_wo-gemv-int8-3-{d}", check_linear_wo,
              dict(dtype=dtype, m=3, n=24, k=200, seed=18, bits=8, group=200, pqs=True,
                   bias=True, path="gemv"), TOL[dtype]),
+            (f"linear_wo-int4-q4_1-split2-{d}", check_linear_wo,
+             dict(dtype=dtype, m=4, n=72, k=320, seed=21, bits=4, group=32, offset=True,
+                  bias=True, num_splits=2), TOL[dtype]),
+            (f"linear_wo-gemv-q4_1-2-{d}", check_linear_wo,
+             dict(dtype=dtype, m=2, n=40, k=256, seed=22, bits=4, group=32, offset=True,
+                  bias=True, path="gemv"), TOL[dtype]),
+            (f"linear_wo-dequantize-exact-{d}", check_dequantize,
+             dict(dtype=dtype, n=40, k=320, seed=23, bits=4, group=32, offset=True), 0.0),
+            (f"linear_wo-dequantize-exact-symmetric-{d}", check_dequantize,
+             dict(dtype=dtype, n=24, k=256, seed=24, bits=4, group=64), 0.0),
             (f"linear_wo-dequant-{d}", check_linear_wo,
-             dict(dtype=dtype, m=5, n=48, k=256, seed=19, bits=4, group=32, zero_point=True,
+             dict(dtype=dtype, m=5, n=48, k=256, seed=19, bits=4, group=32, offset=True,
                   pqs=True, path="dequant"), TOL[dtype]),
         ]
     return cases

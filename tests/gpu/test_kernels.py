@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import kernel_checks as kc
-from kiln.builder.kernels.gemm import GEMV_CONFIGS, SMALL_CONFIGS
+from kiln.builder.kernels.gemm import GEMV_CONFIGS, GEMV_CONFIGS_FP8, SMALL_CONFIGS
 
 pytestmark = pytest.mark.gpu
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -165,4 +165,17 @@ def test_small_m_gemm(dtype, m, n, k, config):
 def test_gemv(dtype, n, k, prologue, config):
     err = kc.check_gemv("cuda", dtype, n, k, seed=n + k, config=config, prologue=prologue,
                         bias=n == 1000)
+    assert err < kc.TOL[dtype], f"error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,prologue", [(6144, 4096, "add_rmsnorm"), (4096, 4096, "quantize"),
+                                          (28672, 4096, "add_rmsnorm"), (4096, 14336, "silu_mul"),
+                                          (1000, 576, "rmsnorm"), (50, 72, "fp8")])
+@pytest.mark.parametrize("config", range(len(GEMV_CONFIGS_FP8)))
+def test_gemv_fp8(dtype, n, k, prologue, config):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    err = kc.check_gemv_fp8("cuda", dtype, n, k, seed=n + k, config=config, prologue=prologue,
+                            bias=n == 1000)
     assert err < kc.TOL[dtype], f"error {err:.2e}"

@@ -62,10 +62,12 @@ def test_linear_w8a8(dtype, m, n, k, bias):
     assert qc.check_linear_w8a8("cuda", dtype, m, n, k, seed=m, bias=bias) < TOL[dtype]
 
 
-# (bits, group, zero_point, pre_quant_scale, bias): AWQ, GPTQ (symmetric), int4 with 64-wide
-# groups, int8 weight-only per channel.
+# (bits, group, offset, pre_quant_scale, bias): AWQ (float group offsets), GPTQ (symmetric),
+# int4 with 64-wide groups and offsets, Q4_1's groups of 32 with offsets, int8 weight-only
+# per channel.
 WO = {"awq": (4, 128, True, True, False), "gptq": (4, 128, False, False, True),
-      "int4-g64": (4, 64, True, False, False), "int8": (8, None, False, True, True)}
+      "int4-g64": (4, 64, True, False, False), "q4_1": (4, 32, True, False, True),
+      "int8": (8, None, False, True, True)}
 
 
 # (M, path): the GEMV for 1, 2 and groups of 4 rows (3 runs as 4, 13 as 4 groups), split-K up
@@ -80,7 +82,7 @@ WO_PATHS = [(1, "gemv"), (2, "gemv"), (3, "gemv"), (4, "gemv"), (13, "gemv"), (1
 def test_linear_wo_4096(dtype, m, path, variant):
     bits, group, zp, pqs, bias = WO[variant]
     err = qc.check_linear_wo("cuda", dtype, m, 4096, 4096, seed=m, bits=bits,
-                             group=group or 4096, zero_point=zp, pqs=pqs, bias=bias, path=path)
+                             group=group or 4096, offset=zp, pqs=pqs, bias=bias, path=path)
     assert err < TOL[dtype]
 
 
@@ -95,7 +97,7 @@ def test_linear_wo_splits_and_odd_shapes(m, splits, path, variant):
     k = 1536 if group == 128 else 1472
     for dtype in (F32, BF16):
         err = qc.check_linear_wo("cuda", dtype, m, 576, k, seed=m, bits=bits, group=group or k,
-                                 zero_point=zp, pqs=pqs, bias=bias, num_splits=splits,
+                                 offset=zp, pqs=pqs, bias=bias, num_splits=splits,
                                  path=path)
         assert err < TOL[dtype], (dtype, err)
 
@@ -107,10 +109,10 @@ def test_dequantize_is_exact():
     g = torch.Generator().manual_seed(3)
     for dtype in DTYPES:
         for variant, (bits, group, zp, _, _) in WO.items():
-            w, scales, zeros = qc.wo_weight(g, 1000, 1536, bits, group or 1536, zp, dtype)
-            ref = pack.dequantize_weight(w, bits, scales, group or 1536, zeros).to(dtype)
+            w, scales, offsets = qc.wo_weight(g, 1000, 1536, bits, group or 1536, zp, dtype)
+            ref = pack.dequantize_weight(w, bits, scales, group or 1536, offsets).to(dtype)
             out = quant_gemm.dequantize(w.cuda(), scales.cuda(), bits, group or 1536,
-                                        None if zeros is None else zeros.cuda())
+                                        None if offsets is None else offsets.cuda())
             assert torch.equal(out.cpu(), ref), (dtype, variant)
 
 

@@ -132,6 +132,16 @@ def test_group_size_must_divide_k(checkpoints, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_group_size_defaults_to_the_checkpoints_blocks():
+    from kiln.quantize.calibrate import group_size_for
+
+    assert group_size_for("w", 576) == 64
+    assert group_size_for("w", 576, native=32) == 32  # a Q4_1 GGUF
+    assert group_size_for("w", 1536, native=256) == 128  # K-quants' super-blocks: not a group
+    assert group_size_for("w", 576, requested=64, native=32) == 64
+    assert group_size_for("w", 96, native=64) == 32  # 64 does not divide K
+
+
 def test_modelopt_recipes():
     cfg = modelopt_config("int8_sq", "fp8", {})
     assert cfg["algorithm"] == {"method": "smoothquant", "alpha": 0.5}
@@ -139,9 +149,12 @@ def test_modelopt_recipes():
         in cfg["quant_cfg"]
     cfg = modelopt_config("int4_gptq", "auto", {"layers_0_qkv_weight": 64})
     assert cfg["algorithm"] == {"method": "gptq"}
-    assert cfg["quant_cfg"][-1] == {"quantizer_name": "linears.layers_0_qkv_weight.weight_quantizer",
-                                    "cfg": {"num_bits": 4, "block_sizes": {-1: 64, "type": "static"}}}
-    assert modelopt_config("int4_awq", "auto", {})["algorithm"]["method"] == "awq_lite"
+    assert cfg["quant_cfg"][-1] == {
+        "quantizer_name": "linears.layers_0_qkv_weight.weight_quantizer",
+        "cfg": {"num_bits": 4, "block_sizes": {-1: 64, "type": "static"},
+                "backend": "kiln_int4_min_max"}}
+    assert modelopt_config("int4_awq", "auto", {})["algorithm"] == {
+        "method": "awq_lite", "alpha_step": 0.1, "debug": True}
 
 
 def test_awq_smoothing_reaches_the_engine(checkpoints, tmp_path):
@@ -154,6 +167,52 @@ def test_awq_smoothing_reaches_the_engine(checkpoints, tmp_path):
     assert "layers.0.attn_norm.smoothed_weight" in engine.weights
     pqs = engine.weights["layers.0.o.pre_quant_scale"]
     assert pqs.shape == (64,) and (pqs - 1).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def q4_1_checkpoint(tmp_path_factory):
+    """A tiny llama whose decoder weights are GGUF Q4_1's: per group of 32 input channels
+    d * q + m, d and m float16 and q in 0..15, 0 and 15 in each group."""
+    from safetensors.torch import load_file, save_file
+
+    path = make_tiny_checkpoint("llama", tmp_path_factory.mktemp("q4_1") / "llama", seed=3)
+    tensors = load_file(str(path / "model.safetensors"))
+    for name, w in tensors.items():
+        if ".layers." in name and name.endswith("proj.weight"):
+            grouped = w.float().reshape(w.shape[0], -1, 32)
+            m = grouped.amin(-1, keepdim=True).half().float()
+            d = ((grouped.amax(-1, keepdim=True) - m) / 15).half().float()
+            q = torch.round((grouped - m) / d).clamp(0, 15)
+            q[..., 0], q[..., 1] = 0, 15
+            tensors[name] = (d * q + m).reshape(w.shape)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("quant", ["int4_awq", "int4_gptq"])
+def test_int4_gives_back_a_q4_1_weight(q4_1_checkpoint, tmp_path, quant):
+    """Groups of 32 with a float offset are Q4_1's own: AWQ keeps every weight unscaled (its
+    scaled candidates all lose more), GPTQ has no error to spread, and each engine weight
+    dequantizes to the checkpoint's exactly."""
+    from kiln.builder.checkpoint import open_checkpoint
+    from kiln.quantize import pack
+
+    engine, calibrator, _ = build(q4_1_checkpoint, tmp_path / "e", quant, group_size=32)
+    assert_agrees_with_modelopt(engine, calibrator)
+    wo = [n for n in engine.graph.nodes if n.op == "linear_wo"]
+    assert len(wo) == 8 and all(n.attrs["offset"] and not n.attrs["pre_quant_scale"]
+                                for n in wo)
+    if quant == "int4_awq":
+        assert len(calibrator.unscaled) == 8
+    parts = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+    with open_checkpoint(q4_1_checkpoint) as ckpt:
+        for node in wo:
+            prefix, kind = node.inputs[1].rsplit(".", 2)[:2]
+            original = torch.cat([ckpt.load(f"{prefix}.{p}.weight", torch.float32)
+                                  for p in parts.get(kind, (kind,))])
+            w, scales, offsets = (engine.weights[v] for v in node.inputs[1:4])
+            got = pack.dequantize_weight(w, 4, scales, 32, offsets)
+            assert torch.equal(got, original), node.inputs[1]
 
 
 def test_fake_quant_takes_the_torch_path():

@@ -62,31 +62,44 @@ def test_linear_w8a8_is_exact_integer_math():
     assert torch.equal(y, acc.float() * rs[:, None] * ws[None, :])
 
 
-@pytest.mark.parametrize("bits, zero_point, pqs", [(4, False, False), (4, True, True), (8, False, True)])
-def test_linear_wo(bits, zero_point, pqs):
+@pytest.mark.parametrize("bits, offset, pqs", [(4, False, False), (4, True, True), (8, False, True)])
+def test_linear_wo(bits, offset, pqs):
+    """Against a plain float64 dequantization: (u - 8) * scale + offset, u * scale for int8."""
     x = torch.randn(T, K, generator=gen(7))
     group = 32 if bits == 4 else K
     scales = torch.rand(N, K // group, generator=gen(8)) / 10 + 0.01
+    offsets = torch.randn(N, K // group, generator=gen(10)) / 10  # floats, none of them 0
     if bits == 4:
         u = torch.randint(0, 16, (N, K), generator=gen(9), dtype=torch.uint8)
         w = pack.pack_int4(u)
-        zeros = torch.randint(0, 16, (N, K // group), generator=gen(10), dtype=torch.uint8)
-        z = zeros if zero_point else torch.full_like(zeros, 8)
-        real = (u.double() - z.double().repeat_interleave(group, 1)) * scales.double().repeat_interleave(group, 1)
+        real = (u.double() - 8) * scales.double().repeat_interleave(group, 1)
+        if offset:
+            real += offsets.double().repeat_interleave(group, 1)
     else:
         w = torch.randint(-128, 128, (N, K), generator=gen(9), dtype=torch.int8)
         real = w.double() * scales.double()
     values = {"x": x, "w": w, "s": scales}
     names = ["x", "w", "s"]
-    if zero_point:
-        values["z"], names = zeros, names + ["z"]
+    if offset:
+        values["o"], names = offsets, names + ["o"]
     p = torch.rand(K, generator=gen(11)) + 0.5
     if pqs:
         values["p"], names = p, names + ["p"]
     (y,) = run("linear_wo", values, names, ["y"], bits=bits, group_size=group,
-               zero_point=zero_point, pre_quant_scale=pqs, bias=False)
+               offset=offset, pre_quant_scale=pqs, bias=False)
     expected = (x.double() * (p.double() if pqs else 1.0)) @ real.T
     assert torch.allclose(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_wo_offsets_round_once():
+    """The reference's int4 weight with offsets is (u - 8) * scale + offset rounded once to
+    float32, as a fused multiply-add gives it (the kernels' tl.fma), then to the dtype."""
+    scales = torch.tensor([[1.2296912670135498]])  # 7 * scale is not exact in float32
+    offsets = torch.tensor([[-8.60783863067627]])
+    u = torch.full((1, 2), 15, dtype=torch.uint8)
+    w = pack.dequantize_weight(pack.pack_int4(u), 4, scales, 2, offsets)
+    assert w.tolist() == [[2.0 ** -22] * 2]  # 7 * scale + offset, rounded once
+    assert (7 * scales + offsets).item() == 0.0  # rounded twice
 
 
 @pytest.mark.parametrize("qdtype", ["float8_e4m3fn", "int8"])
@@ -161,10 +174,15 @@ def test_inference_refuses_wrong_operands():
     g.add_value("u", "uint8", (N, K // 2), "weight")
     g.add_value("xf", "float32", ("T", K), "input")
     g.add_value("sc", "float32", (N, K // 32), "weight")
-    with pytest.raises(ValueError, match=r"expects inputs \['x', 'weight', 'scales', 'zeros'\]"):
-        g.call("linear_wo", ["xf", "u", "sc"], ["y"], bits=4, group_size=32, zero_point=True,
+    with pytest.raises(ValueError, match=r"expects inputs \['x', 'weight', 'scales', 'offsets'\]"):
+        g.call("linear_wo", ["xf", "u", "sc"], ["y"], bits=4, group_size=32, offset=True,
                pre_quant_scale=False, bias=False)
-    g.call("linear_wo", ["xf", "u", "sc"], ["y"], bits=4, group_size=32, zero_point=False,
+    g.add_value("zeros", "uint8", (N, K // 32), "weight")
+    with pytest.raises(ValueError, match=r"offsets must be float32 \[%d, %d\] of an int4 weight"
+                       % (N, K // 32)):
+        g.call("linear_wo", ["xf", "u", "sc", "zeros"], ["y"], bits=4, group_size=32,
+               offset=True, pre_quant_scale=False, bias=False)
+    g.call("linear_wo", ["xf", "u", "sc"], ["y"], bits=4, group_size=32, offset=False,
            pre_quant_scale=False, bias=False)
     assert g.values["y"].dtype == "float32" and g.values["y"].shape == ("T", N)
     node = Node("attention", ["xf"] * 8, ["o"], dict(layer=0, num_heads=2, num_kv_heads=2,

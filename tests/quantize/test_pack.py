@@ -31,14 +31,75 @@ def test_int4_symmetric_weight_round_trip():
     assert torch.equal(again, q)
 
 
-def test_int4_zero_points():
+def test_int4_offsets():
     w = torch.tensor([[0.0, 0.1, 0.2, 0.3, 1.5, -1.5, 0.05, 0.0]])
     scales = torch.tensor([[0.1, 0.2]])
-    zeros = torch.tensor([[2, 7]], dtype=torch.uint8)
-    q = pack.quantize_weight(w, 4, scales, 4, zeros)
-    assert pack.unpack_int4(q).tolist() == [[2, 3, 4, 5, 15, 0, 7, 7]]  # 1.5/.2=7.5->8+7 clamps
-    assert torch.allclose(pack.dequantize_weight(q, 4, scales, 4, zeros),
-                          torch.tensor([[0.0, 0.1, 0.2, 0.3, 1.6, -1.4, 0.0, 0.0]]))
+    offsets = torch.tensor([[0.6, -0.2]])  # (8 - zero) * scale of zeros 2 and 9
+    q = pack.quantize_weight(w, 4, scales, 4, offsets)
+    # round((w - offset) / scale) + 8: 1.7 / .2 = 8.5 rounds to even, 16 clamps to 15;
+    # -1.3 / .2 = -6.5 rounds to even; .25 / .2 = 1.25 rounds to 1
+    assert pack.unpack_int4(q).tolist() == [[2, 3, 4, 5, 15, 2, 9, 9]]
+    assert torch.allclose(pack.dequantize_weight(q, 4, scales, 4, offsets),
+                          torch.tensor([[0.0, 0.1, 0.2, 0.3, 1.2, -1.4, 0.0, 0.0]]), atol=1e-7)
+
+
+def test_offsets_from_integer_zeros():
+    zeros = torch.tensor([[0, 8, 15]], dtype=torch.uint8)
+    scales = torch.tensor([[0.5, 0.25, 0.125]])
+    assert pack.offsets_from_zeros(zeros, scales).tolist() == [[4.0, 0.0, -0.875]]
+    u = torch.tensor([[3, 11, 0, 15, 7, 14]], dtype=torch.uint8)
+    q = pack.pack_int4(u)
+    # (u - zero) * scale == (u - 8) * scale + (8 - zero) * scale
+    by_zeros = (u.float() - zeros.float().repeat_interleave(2, 1)) * scales.repeat_interleave(2, 1)
+    offsets = pack.offsets_from_zeros(zeros, scales)
+    assert torch.equal(pack.dequantize_weight(q, 4, scales, 2, offsets), by_zeros)
+
+
+def q4_1_weight(seed: int, rows: int, k: int, dtype=torch.float16):
+    """A weight on GGUF Q4_1's grid: per group of 32, d * q + m with q in 0..15 (0 and 15 in
+    every group), d and m 16-bit floats, as the bundled SmolLM2 stores it."""
+    g = torch.Generator().manual_seed(seed)
+    groups = k // 32
+    d = (torch.rand(rows, groups, generator=g) * 0.01 + 0.001).to(dtype).float()
+    m = (-8 * d * (torch.rand(rows, groups, generator=g) + 0.5)).to(dtype).float()
+    q = torch.randint(0, 16, (rows, groups, 32), generator=g)
+    q[..., 0], q[..., 1] = 0, 15
+    w = d[..., None] * q + m[..., None]
+    return w.reshape(rows, k), d, m, q.reshape(rows, k)
+
+
+def test_int4_min_max_gives_back_a_q4_1_weight():
+    """Groups of 32 from each group's minimum to its maximum are Q4_1's own: the nibbles are
+    its codes, and in float32 the weight comes back exactly."""
+    w, d, m, q = q4_1_weight(0, 8, 128)
+    scales, offsets = pack.int4_min_max(w, 32)
+    assert torch.equal(scales, d) and torch.equal(offsets, m + 8 * d)
+    packed = pack.quantize_weight(w, 4, scales, 32, offsets)
+    assert torch.equal(pack.unpack_int4(packed).long(), q)
+    assert torch.equal(pack.dequantize_weight(packed, 4, scales, 32, offsets), w)
+
+
+def test_int4_min_max_in_bfloat16_is_within_the_rounding_of_d_and_m():
+    """Stored in bfloat16 (a bfloat16 engine's scales and offsets), d and m + 8d round once;
+    the nibbles are still Q4_1's codes and each weight is off by no more than that rounding:
+    |u - 8| times d's rounding plus the offset's."""
+    w, d, m, q = q4_1_weight(1, 16, 256)
+    scales, offsets = (t.to(torch.bfloat16).float() for t in pack.int4_min_max(w, 32))
+    packed = pack.quantize_weight(w, 4, scales, 32, offsets)
+    assert torch.equal(pack.unpack_int4(packed).long(), q)
+    err = (pack.dequantize_weight(packed, 4, scales, 32, offsets) - w).abs()
+    bound = (8 * (scales - d).abs() + (offsets - (m + 8 * d)).abs()).repeat_interleave(32, 1)
+    assert bool((err <= bound * (1 + 1e-6)).all())
+    assert err.max() <= 2 ** -8 * w.abs().max()  # what rounding w itself to bfloat16 could cost
+
+
+def test_int4_min_max_of_a_constant_group():
+    w = torch.cat([torch.full((1, 4), 0.3), torch.tensor([[0.0, 1.5, 0.5, 0.7]])], dim=1)
+    scales, offsets = pack.int4_min_max(w, 4)
+    assert torch.equal(scales, torch.tensor([[1 / 15, 0.1]]))
+    packed = pack.quantize_weight(w, 4, scales, 4, offsets)
+    assert pack.unpack_int4(packed).tolist() == [[0, 0, 0, 0, 0, 15, 5, 7]]
+    assert torch.allclose(pack.dequantize_weight(packed, 4, scales, 4, offsets), w, atol=1e-6)
 
 
 def test_int8_per_channel():

@@ -55,20 +55,59 @@ def test_int4_checkpoints_keep_their_values(tmp_path, method, symmetric, quant):
     assert torch.equal(all_logits(tmp_path / "engine"), all_logits(tmp_path / "float"))
     engine = load_engine(tmp_path / "engine")
     o = next(n for n in engine.graph.nodes if n.op == "linear_wo" and n.inputs[1] == "layers.0.o.weight")
-    assert o.attrs == {"bits": 4, "group_size": 32, "zero_point": not symmetric,
+    assert o.attrs == {"bits": 4, "group_size": 32, "offset": not symmetric,
                        "pre_quant_scale": False, "bias": False}
-    # the engine holds the checkpoint's own nibbles and scales
+    # the engine holds the checkpoint's own nibbles and scales, its zero points as float
+    # offsets (8 - zero) * scale
     raw = load_file(str(pre / "model.safetensors"))
     scales = raw["model.layers.0.self_attn.o_proj.scales"].float().T
     assert torch.equal(engine.weights["layers.0.o.weight_scale"], scales)
     w = reference["model.layers.0.self_attn.o_proj.weight"]
     if symmetric:
+        assert "layers.0.o.weight_offset" not in engine.weights
         expected = pack.quantize_weight(w, 4, scales, 32)
     else:
-        zeros = engine.weights["layers.0.o.weight_zero"]
-        expected = pack.quantize_weight(w, 4, scales, 32, zeros)
-        assert torch.equal(pack.dequantize_weight(expected, 4, scales, 32, zeros), w)
+        offsets = engine.weights["layers.0.o.weight_offset"]
+        with open_checkpoint(pre) as ckpt:
+            zeros = ckpt.prequantized._int4("layers.0.o")[2]
+        assert torch.equal(offsets, pack.offsets_from_zeros(zeros, scales))
+        expected = pack.quantize_weight(w, 4, scales, 32, offsets)
+        assert torch.equal(pack.dequantize_weight(expected, 4, scales, 32, offsets), w)
     assert torch.equal(engine.weights["layers.0.o.weight"], expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_int4_zero_points_in_a_16_bit_engine(tmp_path, dtype):
+    """A 16-bit engine stores scales and offsets (8 - zero) * scale in the activation dtype,
+    each rounded once: the nibbles are the checkpoint's, and each weight is off by at most
+    |u - 8| times its scale's rounding plus its offset's (float16 keeps the checkpoint's
+    scales exactly, so only the offset's half unit in the last place remains)."""
+    pre, dequantized = write_int4_checkpoint("llama", tmp_path, "awq", group=32)
+    build_engine(pre, tmp_path / "engine", BuildConfig(**dict(SMALL, dtype=dtype)),
+                 progress=False)
+    engine = load_engine(tmp_path / "engine")
+    reference = load_file(str(dequantized / "model.safetensors"))
+    raw = load_file(str(pre / "model.safetensors"))
+    act = getattr(torch, dtype)
+    for part, hf in (("o", "self_attn.o_proj"), ("down", "mlp.down_proj")):
+        exact_scales = raw[f"model.layers.1.{hf}.scales"].T.float()
+        scales = engine.weights[f"layers.1.{part}.weight_scale"]
+        offsets = engine.weights[f"layers.1.{part}.weight_offset"]
+        assert scales.dtype == offsets.dtype == act
+        assert torch.equal(scales, exact_scales.to(act))
+        with open_checkpoint(pre) as ckpt:
+            zeros = ckpt.prequantized._int4(f"layers.1.{part}")[2]
+        exact = pack.offsets_from_zeros(zeros, exact_scales)
+        assert torch.equal(offsets, exact.to(act))
+        nibbles = engine.weights[f"layers.1.{part}.weight"]
+        w = reference[f"model.layers.1.{hf}.weight"]
+        assert torch.equal(nibbles, pack.quantize_weight(w, 4, exact_scales, 32, exact))
+        got = pack.dequantize_weight(nibbles, 4, scales, 32, offsets)
+        bound = (8 * (scales.float() - exact_scales).abs()
+                 + (offsets.float() - exact).abs()).repeat_interleave(32, 1)
+        assert bool(((got - w).abs() <= bound * (1 + 1e-6)).all())
+        if dtype == "float16":
+            assert torch.equal(scales.float(), exact_scales)
 
 
 def test_modelopt_fp8_export(tmp_path):

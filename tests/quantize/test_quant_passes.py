@@ -165,33 +165,37 @@ def test_int8_smoothquant_folds_the_smoother_into_the_norm():
     fused.verify()
 
 
-def test_int4_weight_only_with_zero_points_and_pre_quant_scale():
+def test_int4_weight_only_with_offsets_and_pre_quant_scale():
     g = before()
     scales = torch.rand(H, I // 32, generator=torch.Generator().manual_seed(4)) / 10 + 0.01
-    zeros = torch.randint(0, 16, (H, I // 32), generator=torch.Generator().manual_seed(5))
+    offsets = torch.randn(H, I // 32, generator=torch.Generator().manual_seed(5)) / 10
     pqs = torch.rand(I, generator=torch.Generator().manual_seed(6)) + 0.5
     calib = Calibration(linears={
         "layers.0.gate_up.weight": LinearQuant(weight_scale=torch.full((2 * I, 1), 0.1), group_size=64),
         "layers.0.down.weight": LinearQuant(weight_scale=scales, group_size=32,
-                                            zeros=zeros.to(torch.uint8), pre_quant_scale=pqs)})
+                                            offsets=offsets, pre_quant_scale=pqs)})
     build = build_config("int4_awq", calib)
     down = g.sources["layers.0.down.weight"].load(torch.float32)
     q = quantize_linears(g, build)
     assert q.structure() == structure(HEAD + [
         node("rmsnorm", ["embed", "layers.0.mlp_norm.weight"], ["layers.0.mlp_in"], eps=1e-5),
         node("linear_wo", ["layers.0.mlp_in", "layers.0.gate_up.weight", "layers.0.gate_up.weight_scale"],
-             ["layers.0.gate_up"], bits=4, group_size=64, zero_point=False, pre_quant_scale=False,
+             ["layers.0.gate_up"], bits=4, group_size=64, offset=False, pre_quant_scale=False,
              bias=False),
         node("silu_mul", ["layers.0.gate_up"], ["layers.0.mlp_act"]),
         node("linear_wo", ["layers.0.mlp_act", "layers.0.down.weight", "layers.0.down.weight_scale",
-                           "layers.0.down.weight_zero", "layers.0.down.pre_quant_scale"],
-             ["layers.0.mlp_out"], bits=4, group_size=32, zero_point=True, pre_quant_scale=True,
+                           "layers.0.down.weight_offset", "layers.0.down.pre_quant_scale"],
+             ["layers.0.mlp_out"], bits=4, group_size=32, offset=True, pre_quant_scale=True,
              bias=False)] + TAIL)
     q.verify()
     assert (q.values["layers.0.down.weight"].dtype, q.values["layers.0.down.weight"].shape) == (
         "uint8", (H, I // 2))
+    # the offsets are stored in the activation dtype, beside the scales
+    offset = q.values["layers.0.down.weight_offset"]
+    assert (offset.dtype, offset.shape) == ("float32", (H, I // 32))
+    assert torch.equal(q.sources["layers.0.down.weight_offset"].load(torch.float32), offsets)
     assert torch.equal(q.sources["layers.0.down.weight"].load(torch.uint8),
-                       pack.quantize_weight(down, 4, scales, 32, zeros))
+                       pack.quantize_weight(down, 4, scales, 32, offsets))
     assert quantize_fuse_producers(q, build).structure() == q.structure()  # nothing to fuse
 
 

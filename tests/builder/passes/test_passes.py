@@ -159,6 +159,29 @@ def test_fold_into_linears():
         ("add", {}), ("linear", {}), ("silu_mul", {"fold_into_next": True}), ("linear", {})]
 
 
+def test_fold_into_linears_takes_fp8_quantization_into_linear_fp8():
+    g = base()
+    fp8 = "float8_e4m3fn"
+    g.add_weight("w.weight", fp8, (H, H), g.sources["embed.weight"])
+    weight(g, "s", 1)
+    weight(g, "norm.weight", H)
+    g.call("quantize_fp8", ["x", "s"], ["q"])
+    g.call("linear_fp8", ["q", "w.weight", "s", "s"], ["y"], dtype="float32")  # marked
+    g.call("add_rmsnorm_quant", ["y", "x", "norm.weight", "s"], ["n", "h"], eps=1e-6,
+           qdtype=fp8)
+    g.call("linear_fp8", ["n", "w.weight", "s", "s"], ["z"], dtype="float32")  # marked
+    g.call("rmsnorm", ["z", "norm.weight"], ["m"], eps=1e-6)  # feeds no linear
+    g.call("quantize_fp8", ["m", "s"], ["q2"])
+    g.call("linear_fp8", ["q2", "w.weight", "s", "s"], ["e"], dtype="float32")
+    g.call("linear_fp8", ["q2", "w.weight", "s", "s"], ["f"], dtype="float32")  # 2 readers
+    g.values["e"].kind = g.values["f"].kind = g.values["h"].kind = "output"
+    after = fold_into_linears(g)
+    assert [(n.op, n.attrs.get("fold_into_next", False)) for n in after.nodes[1:]] == [
+        ("quantize_fp8", True), ("linear_fp8", False), ("add_rmsnorm_quant", True),
+        ("linear_fp8", False), ("rmsnorm", False), ("quantize_fp8", False),
+        ("linear_fp8", False), ("linear_fp8", False)]
+
+
 def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
     build = BuildConfig(dtype="float32", max_num_tokens=8, max_batch_size=2, max_seq_len=64,
                         tokens_per_block=16)
