@@ -122,15 +122,16 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
     the split-K kernel for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:warps:stages
     (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps:stages, and the
     dequantization that precedes cuBLASLt for M > 16 (bytes: read and written); bytes = the
-    packed weight and its scales."""
+    packed weight, its scales and its offsets (asymmetric groups, as calibration makes them)."""
     from kiln.builder.kernels import quant_gemm
 
     g = torch.Generator(device="cuda").manual_seed(1)
-    nbytes = n * k // 2 + n * (k // group) * 2
+    nbytes = n * k // 2 + 2 * n * (k // group) * 2
     copies = max(2, -(-(256 << 20) // nbytes))
     ws = [torch.randint(0, 256, (n, k // 2), device="cuda", generator=g, dtype=torch.int32)
           .to(torch.uint8) for _ in range(copies)]
     scales = (torch.rand(n, k // group, device="cuda", generator=g) * 0.01).bfloat16()
+    offsets = (torch.randn(n, k // group, device="cuda", generator=g) * 0.01).bfloat16()
     out = torch.empty(x.shape[0], n, device="cuda", dtype=torch.bfloat16)
     rows = []
     default = quant_gemm.WO_SMALL
@@ -141,17 +142,18 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
 
         def splitk(i, cfg=cfg):
             quant_gemm.WO_SMALL = cfg
-            quant_gemm.linear_wo(x, ws[i], scales, 4, group, out=out, path="splitk")
+            quant_gemm.linear_wo(x, ws[i], scales, 4, group, offsets, out=out, path="splitk")
         rows.append((f"int4 {text} S={splits}", splitk, nbytes))
     for text in filter(None, gemv_text.split(",")):
         cfg = tuple(int(v) for v in text.split(":"))
         rows.append((f"int4 gemv {text}",
-                     lambda i, cfg=cfg: quant_gemm.linear_wo(x, ws[i], scales, 4, group, out=out,
+                     lambda i, cfg=cfg: quant_gemm.linear_wo(x, ws[i], scales, 4, group, offsets,
+                                                             out=out,
                                                              path="gemv", gemv_config=cfg),
                      nbytes))
     wd = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
     rows.append(("int4 dequantize (r+w)",
-                 lambda i: quant_gemm.dequantize(ws[i], scales, 4, group, out=wd),
+                 lambda i: quant_gemm.dequantize(ws[i], scales, 4, group, offsets, out=wd),
                  nbytes + n * k * 2))
     for label, launch, moved in rows:
         t = graph_time(launch, copies)

@@ -145,13 +145,14 @@ def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True):
 
 def wo_weight(gen, n, k, bits, group, offset, dtype):
     """(w, scales [n, k / group] in dtype, offsets in dtype or None), quantized as
-    quantize_linears does: asymmetric groups from each group's minimum to its maximum (every
-    offset a nonzero float), or symmetric ones."""
+    quantize_linears does: asymmetric groups from each group's minimum to its maximum (nearly
+    every offset a nonzero float: one within float16's smallest step of 0 rounds to 0), or
+    symmetric ones."""
     wf = torch.randn((n, k), generator=gen) * 0.05 + torch.rand((n, 1), generator=gen) * 0.02
     if offset:
         scales, offsets = pack.int4_min_max(wf, group)
         scales, offsets = scales.to(dtype).float(), offsets.to(dtype).float()
-        assert bool((offsets != 0).all())
+        assert float((offsets != 0).float().mean()) > 0.99
     else:
         bound = pack.INT4_MAX if bits == 4 else pack.INT8_MAX
         grouped = wf.reshape(n, k // group, group)
@@ -162,7 +163,7 @@ def wo_weight(gen, n, k, bits, group, offset, dtype):
 
 
 def check_linear_wo(device, dtype, m, n, k, seed, bits, group, offset=False, pqs=False,
-                    bias=False, num_splits=None, path=None):
+                    bias=False, num_splits=None, path=None, gemv_config=None):
     from kiln.builder.kernels import quant_gemm
     g = torch.Generator().manual_seed(seed)
     w, scales, offsets = wo_weight(g, n, k, bits, group, offset, dtype)
@@ -176,7 +177,7 @@ def check_linear_wo(device, dtype, m, n, k, seed, bits, group, offset=False, pqs
     dev = [None if t is None else t.to(device) for t in (x, w, scales, offsets, p, b)]
     out = _poison(g, (m, n), dtype, device)
     quant_gemm.linear_wo(dev[0], dev[1], dev[2], bits, group, dev[3], dev[4], dev[5],
-                         num_splits=num_splits, out=out, path=path)
+                         num_splits=num_splits, out=out, path=path, gemv_config=gemv_config)
     return rel_err(out, ref)
 
 
@@ -254,6 +255,12 @@ def interpreter_cases():
             (f"linear_wo-gemv-q4_1-2-{d}", check_linear_wo,
              dict(dtype=dtype, m=2, n=40, k=256, seed=22, bits=4, group=32, offset=True,
                   bias=True, path="gemv"), TOL[dtype]),
+            (f"linear_wo-gemv-wide-{d}", check_linear_wo,
+             dict(dtype=dtype, m=1, n=40, k=1536, seed=25, bits=4, group=128, offset=True,
+                  pqs=True, path="gemv", gemv_config=(8, 256, 8, 1)), TOL[dtype]),
+            (f"linear_wo-gemv-narrow-int8-{d}", check_linear_wo,
+             dict(dtype=dtype, m=1, n=24, k=200, seed=26, bits=8, group=200, bias=True,
+                  path="gemv", gemv_config=(8, 16, 2, 1)), TOL[dtype]),
             (f"linear_wo-dequantize-exact-{d}", check_dequantize,
              dict(dtype=dtype, n=40, k=320, seed=23, bits=4, group=32, offset=True), 0.0),
             (f"linear_wo-dequantize-exact-symmetric-{d}", check_dequantize,

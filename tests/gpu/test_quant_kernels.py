@@ -5,6 +5,7 @@ import torch
 
 import quant_kernel_checks as qc
 from kernel_checks import TOL
+from kiln.builder.kernels import quant_gemm
 from kiln.builder.kernels.gemm import SMALL_CONFIGS_FP8
 
 pytestmark = pytest.mark.gpu
@@ -84,6 +85,21 @@ def test_linear_wo_4096(dtype, m, path, variant):
     err = qc.check_linear_wo("cuda", dtype, m, 4096, 4096, seed=m, bits=bits,
                              group=group or 4096, offset=zp, pqs=pqs, bias=bias, path=path)
     assert err < TOL[dtype]
+
+
+@pytest.mark.parametrize("config", range(len(quant_gemm.WO_GEMV_M1)))
+@pytest.mark.parametrize("n,k", [(4096, 4096), (576, 1536), (4096, 14336)])
+@pytest.mark.parametrize("variant", ["awq", "q4_1", "int8"])
+def test_linear_wo_gemv_configs(variant, n, k, config):
+    """Each one-row GEMV configuration the plan offers, on Llama's widths and SmolLM2's, where
+    K is not a multiple of the tile."""
+    bits, group, zp, pqs, bias = WO[variant]
+    cfg = quant_gemm.WO_GEMV_M1[config]
+    for dtype in (F32, BF16):
+        err = qc.check_linear_wo("cuda", dtype, 1, n, k, seed=config, bits=bits,
+                                 group=group or k, offset=zp, pqs=pqs, bias=bias, path="gemv",
+                                 gemv_config=cfg)
+        assert err < TOL[dtype], (dtype, cfg, err)
 
 
 @pytest.mark.parametrize("m,splits,path", [(1, 1, None), (4, 7, None), (16, 16, None),
