@@ -536,21 +536,16 @@ def interpreter_cases():
             cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
                           dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
                           TOL[dtype]))
-        for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
-                                             (50, 72, 1, "rmsnorm", True),
-                                             (96, 1100, 2, "silu_mul", False),
-                                             (40, 300, 0, "plain", True)]:
-            cases.append((f"gemv-{d}-{n}x{k}-c{config}-{prologue}", check_gemv,
-                          dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
-                               prologue=prologue, bias=bias), TOL[dtype]))
-        for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
-                                             (50, 72, 1, "rmsnorm", True),
-                                             (96, 1100, 2, "silu_mul", False),
-                                             (40, 300, 2, "quantize", True),
-                                             (48, 512, 0, "fp8", False)]:
-            cases.append((f"gemv_fp8-{d}-{n}x{k}-c{config}-{prologue}", check_gemv_fp8,
-                          dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
-                               prologue=prologue, bias=bias), TOL[dtype]))
+        shared = [(64, 256, 0, "add_rmsnorm", False), (50, 72, 1, "rmsnorm", True),
+                  (96, 1100, 2, "silu_mul", False)]
+        for name, check, extra in [
+                ("gemv", check_gemv, [(40, 300, 0, "plain", True)]),
+                ("gemv_fp8", check_gemv_fp8, [(40, 300, 2, "quantize", True),
+                                              (48, 512, 0, "fp8", False)])]:
+            for n, k, config, prologue, bias in shared + extra:
+                cases.append((f"{name}-{d}-{n}x{k}-c{config}-{prologue}", check,
+                              dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
+                                   prologue=prologue, bias=bias), TOL[dtype]))
     cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),
     ]
