@@ -3,7 +3,8 @@
 Header layout (docs/architecture.md, "GPU plan executor"):
   format, triton, targets, dtype, limits, arena_bytes, kv_cache, step_inputs, outputs,
   select {ref, capacity} (greedy tokens then log-probs; null: none),
-  derived [[symbol, formula]], scratch {name: [size formulas]}, constants {name: table},
+  derived [[symbol, formula]], scratch {name: [size formulas]}, zeroed_scratch [names of
+  scratch that holds zeros at load], constants {name: table},
   kernels {id: {fn, signature, constexprs, num_warps, num_stages,
                 sm: {"90": {blob, name, shared, params, num_extra_params}}}},
   program [{kind: "kernel", kernel, grid, args, when} | {kind: "gemm", ...}]
@@ -83,6 +84,7 @@ def build_bundle(graph, build, progress=None):
         "select": ctx.select,
         "derived": [[name, formula] for name, formula in ctx.derived.items()],
         "scratch": ctx.scratch_sizes,
+        "zeroed_scratch": sorted(ctx.zeroed_scratch),
         "constants": ctx.constants,
         "kernels": kernels,
         "program": program_json(ctx),

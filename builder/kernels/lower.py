@@ -44,6 +44,7 @@ class LoweringContext:
         self.program: list[Launch | Gemm] = []
         self.constants: dict[str, dict] = {}
         self.scratch_sizes: dict[str, list[str]] = {}
+        self.zeroed_scratch: set[str] = set()
         self.derived: dict[str, str] = {}
         self.select: dict | None = None  # the greedy pick over the logits (sampling.plan_select)
         self.label = ""
@@ -90,9 +91,12 @@ class LoweringContext:
         self.constants[name] = {"dtype": dtype, "values": list(values)}
         return Ptr({"const": name}, dtype)
 
-    def scratch(self, name: str, nbytes: str) -> Ptr:
+    def scratch(self, name: str, nbytes: str, zeroed: bool = False) -> Ptr:
         """Device scratch shared by every launch that names it (launches run in order); its
-        size, an expression over NSM and the build limits, is the largest asked for."""
+        size, an expression over NSM and the build limits, is the largest asked for. `zeroed`:
+        it holds zeros at load, and each launch that uses it leaves it so."""
+        if zeroed:
+            self.zeroed_scratch.add(name)
         sizes = self.scratch_sizes.setdefault(name, [])
         if nbytes not in sizes:
             sizes.append(nbytes)

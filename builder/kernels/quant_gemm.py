@@ -18,7 +18,10 @@ linear_wo is a Gemm, so the executor times its ways to run per M and keeps the f
     reference's wd), after scale_cols_kernel's x' where there is a pre-quant scale: the Gemm's
     prologue, run only when cuBLASLt is picked; the only way for M > 16 (prefill);
   - wo_gemv_kernel, for 1 row, 2 rows and groups of 4 rows up to 16: CUDA-core FMAs over the
-    packed words, never a tensor-core tile (whose operand layout a 4-bit load does not have);
+    packed words;
+  - wo_mma_kernel for int4 in groups of a multiple of 64 and M <= 8 or 16 (16-bit models):
+    tensor cores on the weight dequantized in registers, two values an instruction (inline
+    PTX), K split over S programs whose last adds the partials in a fixed order;
   - wo_gemm_kernel for M <= 16: one 16-row tensor-core block, the even columns of x against
     the low nibbles and the odd ones against the high nibbles, K split over S programs (S
     fills about two waves of the GPU's SMs) and the float32 partials added in a fixed order by
@@ -26,12 +29,14 @@ linear_wo is a Gemm, so the executor times its ways to run per M and keeps the f
 """
 from __future__ import annotations
 
+import math
+
 import triton
 import triton.language as tl
 
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
-from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.direct import direct, interpreting
 from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
@@ -49,6 +54,10 @@ WO_GEMV = (8, 128, 4, 1)
 # for wide layers, 8:256:8 for narrow ones; tests/gpu/gemm_sweep.py --gemv).
 WO_GEMV_M1 = (WO_GEMV, (8, 256, 8, 1), (8, 64, 2, 1))
 GEMV_MAX_M = SMALL_M
+# (BLOCK_N, BLOCK_H halfwords, num_warps, num_stages, BLOCK_M) of the int4 tensor-core kernel,
+# each offered for M <= BLOCK_M; the executor keeps the fastest per shape (on the H200 at M = 1,
+# 32:64:1 for gate/up, 64:64:2 for qkv and down; tests/gpu/gemm_sweep.py --mma).
+WO_MMA = ((64, 64, 2, 3, 8), (32, 64, 1, 3, 8), (64, 64, 2, 3, 16))
 WO_DEQUANT = (16, 256, 4)
 SCALE_BLOCK = 1024
 
@@ -337,6 +346,138 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr, pqs_ptr, bias
                  mask=col_ok & (tl.full([BLOCK_N], 3, tl.int32) < M))
 
 
+def _int4_dequant_asm(fma: str, magic: int, one: int, minus_zero: int) -> tl.constexpr:
+    """Inline PTX for _int4_values: one register $4 of two halfwords (elements 4i..4i + 3 and
+    4i + 4..4i + 7 of a row), the group's scale $5 and offset $6 twice; out: $q the values q
+    and q + 4 as a pair. (u | magic) is the 16-bit float 2^e + u; one FMA takes 2^e + 8 off
+    (exact), the next is the reference's one rounding of (u - 8) * scale + offset."""
+    lines = [".reg .b32 r<4>, one, bias;", f"mov.b32 one, {one:#x};",
+             f"mov.b32 bias, {minus_zero:#x};", "mov.b32 r0, $4;"]
+    lines += [f"shr.u32 r{q}, $4, {4 * q};" for q in (1, 2, 3)]
+    lines += [f"lop3.b32 ${q}, r{q}, 0x000F000F, {magic:#x}, 0xea;" for q in range(4)]
+    lines += [f"{fma} ${q}, ${q}, one, bias;" for q in range(4)]
+    lines += [f"{fma} ${q}, ${q}, $5, $6;" for q in range(4)]
+    return tl.constexpr("{\n" + "\n".join(lines) + "\n}")
+
+
+# bfloat16: 128 + u, minus 136; float16: 1024 + u, minus 1032.
+_INT4_BF16 = _int4_dequant_asm("fma.rn.bf16x2", 0x43004300, 0x3F803F80, 0xC308C308)
+_INT4_F16 = _int4_dequant_asm("fma.rn.f16x2", 0x64006400, 0x3C003C00, 0xE408E408)
+
+
+@triton.jit
+def _int4_values(hw, s, o, DT: tl.constexpr, ASM: tl.constexpr):
+    """The dequantized values q = 0..3 of each halfword of hw ([BLOCK_N, BLOCK_H] uint16,
+    element 4i + q of a row being nibble q of halfword i), ((u - 8) * s + o) in DT, s and o
+    [BLOCK_N, BLOCK_H] each halfword's group's: with ASM, two values an instruction (bfloat16,
+    float16); else in float32, rounded once (the interpreter)."""
+    if ASM:
+        if DT == tl.bfloat16:
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _INT4_BF16, "=r,=r,=r,=r,r,r,r", [hw, s, o],
+                dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
+        else:
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _INT4_F16, "=r,=r,=r,=r,r,r,r", [hw, s, o],
+                dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=2)
+    else:
+        sf = s.to(tl.float32)
+        of = o.to(tl.float32)
+        w0 = tl.fma((hw & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
+        w1 = tl.fma(((hw >> 4) & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
+        w2 = tl.fma(((hw >> 8) & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
+        w3 = tl.fma((hw >> 12).to(tl.float32) - 8.0, sf, of).to(DT)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _step_groups(ptr, cols64, col_ok, c, NG: tl.constexpr, GH: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+    """[BLOCK_N, BLOCK_H]: the group value (scale or offset) of each halfword of step c, read
+    once per group."""
+    if BLOCK_H > GH:
+        g = (c * BLOCK_H) // GH + tl.arange(0, BLOCK_H // GH)
+        v = tl.load(ptr + cols64[:, None] * NG + g[None, :], mask=col_ok[:, None], other=0.0)
+        return tl.reshape(tl.broadcast_to(v[:, :, None], [BLOCK_N, BLOCK_H // GH, GH]),
+                          [BLOCK_N, BLOCK_H])
+    else:
+        v = tl.load(ptr + cols64 * NG + (c * BLOCK_H) // GH, mask=col_ok, other=0.0)
+        return tl.broadcast_to(v[:, None], [BLOCK_N, BLOCK_H])
+
+
+@triton.jit(do_not_specialize=["num_splits"])
+def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr,
+                  pqs_ptr, bias_ptr, M, num_splits, X_STRIDE: tl.constexpr,
+                  OUT_STRIDE: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                  GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_H: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = 0):
+    """int4 x M <= BLOCK_M rows on tensor cores: columns block program_id(0), K share
+    program_id(1) of num_splits. out^T [BLOCK_N, BLOCK_M] = wd [BLOCK_N, K] @ x'^T, the weight
+    read as halfwords of 4 values (BLOCK_H of them a step: whole groups or part of one) and
+    dequantized in registers (_int4_values, rounded as the reference rounds wd) into four
+    operands, value q of each halfword meeting x's columns 4i + q. With num_splits > 1 each
+    program writes its float32 partial [M, BLOCK_N] and counts itself in count[program_id(0)];
+    the last of a block adds the partials in split order (deterministic), writes the result
+    and sets the count back to 0."""
+    enter(PDL)
+    H: tl.constexpr = K // 4
+    NG: tl.constexpr = K // GROUP
+    GH: tl.constexpr = GROUP // 4
+    STEPS: tl.constexpr = H // BLOCK_H
+    DT = out_ptr.dtype.element_ty
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    cols64 = cols.to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    h_ptr = w_ptr.to(tl.pointer_type(tl.uint16))
+    kk = tl.arange(0, 4 * BLOCK_H)
+    per = tl.cdiv(STEPS, num_splits)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for c in range(split * per, tl.minimum(STEPS, split * per + per)):
+        i = c * BLOCK_H + tl.arange(0, BLOCK_H)
+        hw = tl.load(h_ptr + cols64[:, None] * H + i[None, :], mask=col_ok[:, None], other=0)
+        s = _step_groups(scales_ptr, cols64, col_ok, c, NG, GH, BLOCK_N, BLOCK_H)
+        if HAS_OFFSET:
+            o = _step_groups(offsets_ptr, cols64, col_ok, c, NG, GH, BLOCK_N, BLOCK_H)
+        else:
+            o = tl.full([BLOCK_N, BLOCK_H], -0.0, DT)
+        w0, w1, w2, w3 = _int4_values(hw, s, o, DT, ASM)
+        k = c * (4 * BLOCK_H) + kk
+        x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=row_ok[:, None],
+                    other=0.0)
+        if HAS_PQS:
+            x = (x.to(tl.float32) * tl.load(pqs_ptr + k)[None, :]).to(DT)
+        x_a, x_b = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_H, 2, 2]))  # column 4i + 2a + b
+        x0, x2 = tl.split(x_a)
+        x1, x3 = tl.split(x_b)
+        acc = tl.dot(w0, tl.trans(x0), acc)
+        acc = tl.dot(w1, tl.trans(x1), acc)
+        acc = tl.dot(w2, tl.trans(x2), acc)
+        acc = tl.dot(w3, tl.trans(x3), acc)
+    mask = col_ok[:, None] & row_ok[None, :]
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    at = rows[None, :] * OUT_STRIDE + cols64[:, None]
+    if num_splits == 1:
+        tl.store(out_ptr + at, (acc + bias[:, None]).to(DT), mask=mask)
+    else:
+        part = partial_ptr + rows[None, :] * N + cols64[:, None]
+        tl.store(part + split * M * N, acc, mask=mask)
+        tl.debug_barrier()
+        if tl.atomic_add(count_ptr + tile, 1, sem="acq_rel") == num_splits - 1:
+            tl.debug_barrier()
+            total = bias[:, None] + tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            for s in range(0, num_splits):
+                total += tl.load(part + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + at, total.to(DT), mask=mask)
+            tl.store(count_ptr + tile, 0)
+
+
 @triton.jit
 def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, offsets_ptr, N: tl.constexpr,
                       K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
@@ -484,6 +625,41 @@ def gemv_fits(bits: int, group: int, k: int) -> bool:
     return k % per_word == 0 and group % per_word == 0
 
 
+def mma_fits(bits: int, group: int, k: int, dtype: str) -> bool:
+    """Whether wo_mma_kernel takes the weight: int4 in groups of a multiple of 64 (a step of
+    at least 16 halfwords in one group), a 16-bit model."""
+    return bits == 4 and group % 64 == 0 and k % group == 0 and dtype in ("bfloat16", "float16")
+
+
+def mma_constexprs(n: int, k: int, group: int, offsets: bool, pqs: bool, bias: bool,
+                   cfg: tuple, asm: bool = True) -> dict:
+    return dict(N=n, K=k, GROUP=group, HAS_OFFSET=offsets, HAS_PQS=pqs, HAS_BIAS=bias,
+                BLOCK_M=cfg[4], BLOCK_N=cfg[0], BLOCK_H=_mma_block_h(k, group, cfg), ASM=asm)
+
+
+def _mma_block_h(k: int, group: int, cfg: tuple) -> int:
+    """Halfwords a step: the configuration's, halved until the steps tile K, whole groups
+    or part of one."""
+    gh, bh = group // 4, cfg[1]
+    while bh > gh and (k // 4) % bh:
+        bh //= 2
+    return bh if bh % gh == 0 or gh % bh == 0 else math.gcd(bh, gh)
+
+
+def _mma_steps(k: int, group: int, cfg: tuple) -> int:
+    return k // 4 // _mma_block_h(k, group, cfg)
+
+
+def mma_splits_formula(n: int, k: int, group: int, cfg: tuple) -> str:
+    """S of wo_mma_kernel: about six programs per SM, at least one step each."""
+    return (f"max(1, min({MAX_SPLITS}, {_mma_steps(k, group, cfg)}, "
+            f"cdiv(6 * NSM, {-(-n // cfg[0])})))")
+
+
+def mma_splits(n: int, k: int, group: int, cfg: tuple, num_sms: int) -> int:
+    return max(1, min(MAX_SPLITS, _mma_steps(k, group, cfg), -(-6 * num_sms // -(-n // cfg[0]))))
+
+
 def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, offsets: bool, pqs: bool,
                     bias: bool, cfg: tuple | None = None) -> dict:
     block_n, block_w = (cfg or WO_GEMV)[:2]
@@ -539,6 +715,17 @@ def plan_linear_wo(node, ctx):
                                   bias_ptr=args["bias_ptr"], M=I32(m), num_splits=I32(splits)),
                         constexprs=dict(OUT_STRIDE=strides["OUT_STRIDE"], N=n, HAS_BIAS=bias,
                                         BLOCK=REDUCE_BLOCK))]})
+    if mma_fits(bits, group, k, dtype):
+        counts = ctx.scratch("wo_mma_counts", str(4 * _cdiv(n, min(c[0] for c in WO_MMA))),
+                             zeroed=True)
+        for cfg in WO_MMA:
+            mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg))
+            alternatives.append({"max_m": cfg[4], "steps": [ctx.make_launch(
+                wo_mma_kernel, grid=(_cdiv(n, cfg[0]), mma_s), num_warps=cfg[2],
+                num_stages=cfg[3],
+                args=dict(args, partial_ptr=partials, count_ptr=counts, num_splits=I32(mma_s)),
+                constexprs=dict(strides, **mma_constexprs(n, k, group, offsets, pqs, bias,
+                                                          cfg)))]})
 
     prologue = []
     a_ref, lda = ctx.ref(x)[0], ctx.row_stride(x)
@@ -582,8 +769,11 @@ def linear_w8a8(q, row_scale, w, w_scale, bias=None, dtype=None, out=None):
 
 def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_scale=None,
               bias=None, num_splits: int | None = None, out=None, path: str | None = None,
-              gemv_config: tuple | None = None):
-    """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "splitk"
+              gemv_config: tuple | None = None, mma_config: tuple | None = None,
+              workspace: tuple | None = None):
+    """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "mma"
+    (M <= 16, int4 in groups of a multiple of 64; num_splits: S, else as the plan picks it;
+    workspace: its float32 partials and int32 counts, the counts 0, else new ones), "splitk"
     (M <= SMALL_M; num_splits: S, else as the plan picks it) or "dequant" (the weight
     dequantized, then torch's matmul in the place of cuBLASLt); None: gemv for M <= 4 where
     the weight allows it, splitk for M <= SMALL_M (or when num_splits is given), else dequant."""
@@ -612,6 +802,26 @@ def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_
             OUT_STRIDE=out.stride(0),
             **gemv_constexprs(n, k, rows, bits, group_size, *flags, cfg=cfg), num_warps=cfg[2],
             num_stages=cfg[3])
+        return out
+    if path == "mma":
+        cfg = mma_config or WO_MMA[-1]
+        if m > cfg[4] or not mma_fits(bits, group_size, k, dtype):
+            raise ValueError(f"the int4 tensor-core kernel takes M <= {cfg[4]}, int4 groups of "
+                             f"a multiple of 64 and a 16-bit dtype, got M={m}, group "
+                             f"{group_size}, {bits} bits, {dtype}")
+        if num_splits is None:
+            sms = (torch.cuda.get_device_properties(x.device).multi_processor_count
+                   if x.is_cuda else 4)
+            num_splits = mma_splits(n, k, group_size, cfg, sms)
+        tiles = _cdiv(n, cfg[0])
+        partials, counts = workspace or (
+            torch.empty(max(1, num_splits * m * n), dtype=torch.float32, device=x.device),
+            torch.zeros(tiles, dtype=torch.int32, device=x.device))
+        direct(wo_mma_kernel, x)[(tiles, num_splits)](
+            out, partials, counts, x, w, scales, *opt, m, num_splits, X_STRIDE=x.stride(0),
+            OUT_STRIDE=out.stride(0),
+            **mma_constexprs(n, k, group_size, *flags, cfg=cfg, asm=not interpreting()),
+            num_warps=cfg[2], num_stages=cfg[3])
         return out
     if path == "dequant":
         xs = x

@@ -152,6 +152,8 @@ PlanSpec toPlan(py::object const& engine)
         p.derived.emplace_back(pair[0].cast<std::string>(), pair[1].cast<std::string>());
     }
     p.scratch = field(h, "scratch", "the header").cast<std::map<std::string, std::vector<std::string>>>();
+    if (h.contains("zeroed_scratch"))
+        p.zeroedScratch = h["zeroed_scratch"].cast<std::vector<std::string>>();
     for (auto [name, table] : field(h, "constants", "the header").cast<py::dict>())
     {
         p.constants[name.cast<std::string>()] = table.cast<py::dict>()["values"].cast<std::vector<float>>();

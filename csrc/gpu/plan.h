@@ -142,6 +142,7 @@ struct PlanSpec
     std::optional<SelectSpec> select; ///< absent in engines built before the greedy pick
     std::vector<std::pair<std::string, std::string>> derived;
     std::map<std::string, std::vector<std::string>> scratch; ///< name -> size expressions (max wins)
+    std::vector<std::string> zeroedScratch;                  ///< scratch that holds zeros at load
     std::map<std::string, std::vector<float>> constants;
     std::map<std::string, KernelDesc> kernels;
     std::vector<std::variant<LaunchStep, GemmStep>> program;

@@ -406,11 +406,13 @@ private:
         }
         std::size_t scratchBytes = 0;
         std::map<std::string, std::size_t> scratchOffsets;
+        std::map<std::string, std::size_t> scratchSizes;
         for (auto const& [name, formulas] : mSpec.scratch)
         {
             std::size_t size = 0;
             for (auto const& f : formulas)
                 size = std::max(size, loadLimitValue(f));
+            scratchSizes[name] = size;
             scratchOffsets[name] = scratchBytes;
             scratchBytes += alignUp(std::max<std::size_t>(size, 1));
         }
@@ -443,6 +445,12 @@ private:
         mScratch = DeviceMemory(scratchBytes);
         for (auto const& [name, offset] : scratchOffsets)
             mScratchPtr[name] = mScratch.address() + offset;
+        for (auto const& name : mSpec.zeroedScratch)
+        {
+            if (!scratchSizes.count(name))
+                throw std::invalid_argument("the plan zeroes scratch '" + name + "', which it does not size");
+            KILN_CUDA_CHECK(cudaMemset(reinterpret_cast<void*>(mScratchPtr[name]), 0, scratchSizes[name]));
+        }
         mConsts = DeviceMemory(constBytes);
         for (auto const& [name, values] : mSpec.constants)
         {

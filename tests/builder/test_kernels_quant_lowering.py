@@ -153,7 +153,7 @@ def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):
 
 
 
-def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lowered):
+def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mma(lowered):
     awq, wo8 = steps_of(lowered, "linear_wo")
     assert isinstance(awq, Gemm) and isinstance(wo8, Gemm)
     plan = awq.to_json()
@@ -170,9 +170,9 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lo
     assert dequant.args[:4] == [{"scratch": "wo_dequantized_weight"}, {"weight": "awq.weight"},
                                 {"weight": "awq.weight_scale"}, {"weight": "awq.weight_offset"}]
     assert [prologue[i]["kernel"] for i in (0, 1)] == [scale.kernel.key, dequant.kernel.key]
-    # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, then split-K
-    # for up to 16.
-    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16]
+    # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, split-K for
+    # up to 16, then the tensor-core kernel in its three shapes for up to 8 or 16.
+    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16, 8, 8, 16]
     gemvs = [alt["steps"][0] for alt in awq.alternatives[:5]]
     assert [g.kernel.constexprs["ROWS"] for g in gemvs] == [1, 1, 1, 2, 4]
     assert [g.kernel.constexprs["BLOCK_W"] for g in gemvs] == [H // 8] * 5  # K / 8 words: one tile
@@ -190,6 +190,22 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lo
     awq_c = small.kernel.constexprs
     assert (awq_c["BITS"], awq_c["GROUP"], awq_c["HAS_OFFSET"], awq_c["HAS_PQS"],
             awq_c["PER_STEP"]) == (4, 128, True, True, True)
+    mmas = [alt["steps"] for alt in awq.alternatives[6:]]
+    assert all(len(steps) == 1 for steps in mmas)
+    mmas = [steps[0] for steps in mmas]
+    assert all(m.kernel.fn.fn.__name__ == "wo_mma_kernel" and m.when is None for m in mmas)
+    assert [m.grid[0] for m in mmas] == [str(I // 64), str(I // 32), str(I // 64)]
+    assert all(m.grid[2] == "1" and {"i32": m.grid[1]} in m.args for m in mmas)
+    assert [lowered.derived[m.grid[1]] for m in mmas] == [
+        "max(1, min(16, 1, cdiv(6 * NSM, 8)))", "max(1, min(16, 1, cdiv(6 * NSM, 16)))",
+        "max(1, min(16, 1, cdiv(6 * NSM, 8)))"]
+    c = mmas[0].kernel.constexprs
+    # K = 256: one step of 64 halfwords, two groups of 128.
+    assert (c["GROUP"], c["BLOCK_H"], c["BLOCK_M"], c["BLOCK_N"], c["HAS_OFFSET"], c["HAS_PQS"],
+            c["ASM"]) == (128, 64, 8, 64, True, True, True)
+    assert mmas[0].args[:3] == [{"arena": awq.out["arena"]}, {"scratch": "quant_gemm_partials"},
+                                {"scratch": "wo_mma_counts"}]
+    assert lowered.zeroed_scratch == {"wo_mma_counts"}
     # int8 per channel without a pre-quant scale: x goes to cuBLASLt as it is.
     assert wo8.a == {"input": "x"} and wo8.lda == H
     assert [p.kernel.fn.fn.__name__ for p in wo8.prologue] == ["wo_dequant_kernel"]
@@ -197,7 +213,8 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_and_splitk(lo
     assert lowered.scratch_sizes == {
         "quant_gemm_partials": [str(16 * 16 * I * 4), str(16 * 16 * H * 4)],
         "wo_scaled_x": [str(64 * H * 2)],
-        "wo_dequantized_weight": [str(I * H * 2), str(H * H * 2)]}
+        "wo_dequantized_weight": [str(I * H * 2), str(H * H * 2)],
+        "wo_mma_counts": [str(4 * I // 32)]}
 
 
 def test_kernels_compile_for_their_gpus(lowered, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ copies together exceed the L2 cache), as a decode step runs them; bytes = the we
 
     python tests/gpu/gemm_sweep.py [--configs 16:256:4:4,32:128:4:4] [--m 1]
                                    [--int4 16:64:128:4:3,...] [--gemv 8:128:4:1,...]
-                                   [--skip-16bit]
+                                   [--mma 64:32:1:3:8[:S],...] [--skip-16bit]
 """
 from __future__ import annotations
 
@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("--gemv", default="",
                         help="also time the W4A16 GEMV (M <= 4) with these WO_GEMV configs "
                         "(BLOCK_N:BLOCK_W:warps:stages, comma separated)")
-    parser.add_argument("--skip-16bit", action="store_true", help="only the --int4/--gemv rows")
+    parser.add_argument("--mma", default="",
+                        help="also time the int4 tensor-core kernel with these WO_MMA configs "
+                        "(BLOCK_N:BLOCK_H:warps:stages:BLOCK_M[:splits], comma separated)")
+    parser.add_argument("--skip-16bit", action="store_true",
+                        help="only the --int4/--gemv/--mma rows")
     args = parser.parse_args()
 
     from kiln.builder.kernels import gemm
@@ -72,7 +76,7 @@ def main() -> None:
         g = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(args.m, k, device="cuda", generator=g).bfloat16()
         if args.skip_16bit:
-            int4_rows(name, n, k, x, args.int4, args.gemv)
+            int4_rows(name, n, k, x, args.int4, args.gemv, args.mma)
             continue
         copies = max(2, -(-(256 << 20) // (n * k * 2)))
         ws = [torch.randn(n, k, device="cuda", generator=g).mul_(0.02).bfloat16()
@@ -112,15 +116,17 @@ def main() -> None:
                   flush=True)
         del wq
         torch.cuda.empty_cache()
-        if args.int4 or args.gemv:
-            int4_rows(name, n, k, x, args.int4, args.gemv)
+        if args.int4 or args.gemv or args.mma:
+            int4_rows(name, n, k, x, args.int4, args.gemv, args.mma)
 
 
 def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
-              group: int = 128) -> None:
+              mma_text: str = "", group: int = 128) -> None:
     """linear_wo (kernels/quant_gemm.py) on a packed int4 weight with bfloat16 group scales:
     the split-K kernel for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:warps:stages
-    (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps:stages, and the
+    (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps:stages, the tensor-core
+    kernel for each BLOCK_N:BLOCK_H:warps:stages:BLOCK_M (S given or as the plan picks it),
+    and the
     dequantization that precedes cuBLASLt for M > 16 (bytes: read and written); bytes = the
     packed weight, its scales and its offsets (asymmetric groups, as calibration makes them)."""
     from kiln.builder.kernels import quant_gemm
@@ -150,6 +156,17 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
                      lambda i, cfg=cfg: quant_gemm.linear_wo(x, ws[i], scales, 4, group, offsets,
                                                              out=out,
                                                              path="gemv", gemv_config=cfg),
+                     nbytes))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for text in filter(None, mma_text.split(",")):
+        cfg = tuple(int(v) for v in text.split(":"))
+        splits = cfg[5] if len(cfg) > 5 else quant_gemm.mma_splits(n, k, group, cfg, sms)
+        space = (torch.empty(splits * x.shape[0] * n, device="cuda"),
+                 torch.zeros(n, device="cuda", dtype=torch.int32))
+        rows.append((f"int4 mma {':'.join(map(str, cfg[:5]))} S={splits}",
+                     lambda i, cfg=cfg[:5], splits=splits, space=space: quant_gemm.linear_wo(
+                         x, ws[i], scales, 4, group, offsets, out=out, path="mma",
+                         mma_config=cfg, num_splits=splits, workspace=space),
                      nbytes))
     wd = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
     rows.append(("int4 dequantize (r+w)",

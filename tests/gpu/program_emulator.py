@@ -46,6 +46,8 @@ class ProgramEmulator:
         self.scratch = {name: torch.full((max(evaluate(f, at_limit) for f in sizes) // 4 + 1,),
                                          float("nan"), dtype=torch.float32, device=device)
                         for name, sizes in h["scratch"].items()}
+        for name in h.get("zeroed_scratch", []):
+            self.scratch[name].zero_()
         self.consts = {name: torch.tensor(t["values"], dtype=torch.float32, device=device)
                        for name, t in h["constants"].items()}
         self.fns = {}

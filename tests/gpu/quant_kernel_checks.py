@@ -163,7 +163,7 @@ def wo_weight(gen, n, k, bits, group, offset, dtype):
 
 
 def check_linear_wo(device, dtype, m, n, k, seed, bits, group, offset=False, pqs=False,
-                    bias=False, num_splits=None, path=None, gemv_config=None):
+                    bias=False, num_splits=None, path=None, gemv_config=None, mma_config=None):
     from kiln.builder.kernels import quant_gemm
     g = torch.Generator().manual_seed(seed)
     w, scales, offsets = wo_weight(g, n, k, bits, group, offset, dtype)
@@ -177,7 +177,8 @@ def check_linear_wo(device, dtype, m, n, k, seed, bits, group, offset=False, pqs
     dev = [None if t is None else t.to(device) for t in (x, w, scales, offsets, p, b)]
     out = _poison(g, (m, n), dtype, device)
     quant_gemm.linear_wo(dev[0], dev[1], dev[2], bits, group, dev[3], dev[4], dev[5],
-                         num_splits=num_splits, out=out, path=path, gemv_config=gemv_config)
+                         num_splits=num_splits, out=out, path=path, gemv_config=gemv_config,
+                         mma_config=mma_config)
     return rel_err(out, ref)
 
 
@@ -269,6 +270,18 @@ def interpreter_cases():
              dict(dtype=dtype, m=5, n=48, k=256, seed=19, bits=4, group=32, offset=True,
                   pqs=True, path="dequant"), TOL[dtype]),
         ]
+        if dtype != f32:  # the tensor-core int4 kernel takes 16-bit models
+            cases += [
+                (f"linear_wo-mma-awq-split3-{d}", check_linear_wo,
+                 dict(dtype=dtype, m=3, n=72, k=512, seed=27, bits=4, group=128, offset=True,
+                      pqs=True, bias=True, path="mma", num_splits=3), TOL[dtype]),
+                (f"linear_wo-mma-g64-{d}", check_linear_wo,
+                 dict(dtype=dtype, m=1, n=40, k=256, seed=28, bits=4, group=64, bias=True,
+                      path="mma", num_splits=1, mma_config=(64, 32, 2, 3, 8)), TOL[dtype]),
+                (f"linear_wo-mma-groups-split2-{d}", check_linear_wo,  # 4 groups a step
+                 dict(dtype=dtype, m=5, n=72, k=1024, seed=29, bits=4, group=64, offset=True,
+                      path="mma", num_splits=2, mma_config=(64, 64, 2, 3, 8)), TOL[dtype]),
+            ]
     return cases
 
 

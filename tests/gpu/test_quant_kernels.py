@@ -102,6 +102,42 @@ def test_linear_wo_gemv_configs(variant, n, k, config):
         assert err < TOL[dtype], (dtype, cfg, err)
 
 
+@pytest.mark.parametrize("config", range(len(quant_gemm.WO_MMA)))
+@pytest.mark.parametrize("m,n,k,splits", [(1, 4096, 4096, None), (1, 28672, 4096, None),
+                                          (8, 6144, 4096, None), (16, 4096, 14336, None),
+                                          (1, 576, 1536, None), (3, 4160, 4096, 7)])
+@pytest.mark.parametrize("variant", ["awq", "gptq", "int4-g64"])
+def test_linear_wo_mma(variant, m, n, k, splits, config):
+    """The int4 tensor-core kernel, each configuration the plan offers, on Llama's and
+    SmolLM2's widths, S as the plan picks it, none, and 7 (uneven shares)."""
+    bits, group, zp, pqs, bias = WO[variant]
+    cfg = quant_gemm.WO_MMA[config]
+    if m > cfg[4]:
+        pytest.skip(f"configuration {cfg} takes M <= {cfg[4]}")
+    for dtype in (F16, BF16):
+        err = qc.check_linear_wo("cuda", dtype, m, n, k, seed=config + m, bits=bits,
+                                 group=group, offset=zp, pqs=pqs, bias=bias, path="mma",
+                                 num_splits=splits, mma_config=cfg)
+        assert err < TOL[dtype], (dtype, cfg, err)
+
+
+def test_linear_wo_mma_counts_return_to_zero():
+    """Split programs count themselves in a workspace the plan reuses: after each launch the
+    counts are 0 again, and a second launch gives the same bits."""
+    from kiln.builder.kernels import quant_gemm
+    g = torch.Generator().manual_seed(5)
+    w, scales, offsets = qc.wo_weight(g, 4096, 4096, 4, 128, True, BF16)
+    w, scales, offsets = w.cuda(), scales.cuda(), offsets.cuda()
+    x = torch.randn(3, 4096, generator=g).bfloat16().cuda()
+    cfg = quant_gemm.WO_MMA[-1]
+    space = (torch.empty(5 * 3 * 4096, device="cuda"),
+             torch.zeros(4096 // cfg[0], device="cuda", dtype=torch.int32))
+    outs = [quant_gemm.linear_wo(x, w, scales, 4, 128, offsets, path="mma", mma_config=cfg,
+                                 num_splits=5, workspace=space) for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+    assert not space[1].any()
+
+
 @pytest.mark.parametrize("m,splits,path", [(1, 1, None), (4, 7, None), (16, 16, None),
                                            (5, None, None), (40, None, None), (1, None, "gemv"),
                                            (3, None, "gemv")])
