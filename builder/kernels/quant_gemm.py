@@ -40,6 +40,7 @@ from kiln.builder.kernels.direct import direct, interpreting
 from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
+from kiln.builder.kernels.symbols import evaluate
 
 SMALL_M = 16
 MAX_SPLITS = 16
@@ -352,9 +353,10 @@ def _int4_dequant_asm(fma: str, magic: int, one: int, minus_zero: int) -> tl.con
     and q + 4 as a pair. (u | magic) is the 16-bit float 2^e + u; one FMA takes 2^e + 8 off
     (exact), the next is the reference's one rounding of (u - 8) * scale + offset."""
     lines = [".reg .b32 r<4>, one, bias;", f"mov.b32 one, {one:#x};",
-             f"mov.b32 bias, {minus_zero:#x};", "mov.b32 r0, $4;"]
+             f"mov.b32 bias, {minus_zero:#x};"]
     lines += [f"shr.u32 r{q}, $4, {4 * q};" for q in (1, 2, 3)]
-    lines += [f"lop3.b32 ${q}, r{q}, 0x000F000F, {magic:#x}, 0xea;" for q in range(4)]
+    lines += [f"lop3.b32 ${q}, {f'r{q}' if q else '$4'}, 0x000F000F, {magic:#x}, 0xea;"
+              for q in range(4)]
     lines += [f"{fma} ${q}, ${q}, one, bias;" for q in range(4)]
     lines += [f"{fma} ${q}, ${q}, $5, $6;" for q in range(4)]
     return tl.constexpr("{\n" + "\n".join(lines) + "\n}")
@@ -571,8 +573,7 @@ def splits_formula(n: int, k: int) -> str:
 
 
 def splits_for(n: int, k: int, num_sms: int) -> int:
-    bn, bk = WO_SMALL[1], WO_SMALL[2]
-    return max(1, min(MAX_SPLITS, -(-k // bk), -(-2 * num_sms // -(-n // bn))))
+    return evaluate(splits_formula(n, k), {"NSM": num_sms})
 
 
 # -- lowering -----------------------------------------------------------------------------------
@@ -646,18 +647,15 @@ def _mma_block_h(k: int, group: int, cfg: tuple) -> int:
     return bh if bh % gh == 0 or gh % bh == 0 else math.gcd(bh, gh)
 
 
-def _mma_steps(k: int, group: int, cfg: tuple) -> int:
-    return k // 4 // _mma_block_h(k, group, cfg)
-
-
 def mma_splits_formula(n: int, k: int, group: int, cfg: tuple) -> str:
     """S of wo_mma_kernel: about six programs per SM, at least one step each."""
-    return (f"max(1, min({MAX_SPLITS}, {_mma_steps(k, group, cfg)}, "
+    steps = k // 4 // _mma_block_h(k, group, cfg)
+    return (f"max(1, min({MAX_SPLITS}, {steps}, "
             f"cdiv(6 * NSM, {-(-n // cfg[0])})))")
 
 
 def mma_splits(n: int, k: int, group: int, cfg: tuple, num_sms: int) -> int:
-    return max(1, min(MAX_SPLITS, _mma_steps(k, group, cfg), -(-6 * num_sms // -(-n // cfg[0]))))
+    return evaluate(mma_splits_formula(n, k, group, cfg), {"NSM": num_sms})
 
 
 def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, offsets: bool, pqs: bool,
