@@ -2,7 +2,7 @@
 # Kiln's GPU check, in one run on a machine with an NVIDIA GPU:
 #   1. install Kiln editable (builds kiln._core with the GPU plan executor),
 #   2. the speed check: decode of a Llama-3.1-8B-shaped bf16 engine beside the roofline,
-#   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in three concurrent
+#   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in four concurrent
 #      shards: kernels vs references, AOT cubins through the driver API, whole engines vs the
 #      reference backend, HuggingFace and modelopt's fake-quantized models.
 # Pure-Python packages the machine lacks can be carried as wheels in .whl/. Logs go to $OUT
@@ -35,14 +35,15 @@ $PY -c "from kiln import _core; assert hasattr(_core, 'PlanExecutor'), 'kiln._co
 echo "== speed check (table at the end)"
 $PY tests/gpu/speed_check.py --profile >"$LOG/speed.log" 2>&1
 speed_rc=$?
-# The tests run as three concurrent pytest processes (the kernel tests spend most of their
+# The tests run as four concurrent pytest processes (the kernel tests spend most of their
 # time compiling on the CPU), so that the whole check fits in ten minutes.
-echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py (3 shards at once)"
-shards=(kernels quant_kernels rest)
+echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py (4 shards at once)"
+shards=(kernels quant_kernels wo_kernels rest)
 declare -A shard_args=(
   [kernels]="tests/gpu/test_kernels.py"
   [quant_kernels]="tests/gpu/test_quant_kernels.py"
-  [rest]="tests/gpu tests/quantize/test_gpu.py --ignore=tests/gpu/test_kernels.py --ignore=tests/gpu/test_quant_kernels.py"
+  [wo_kernels]="tests/gpu/test_wo_kernels.py"
+  [rest]="tests/gpu tests/quantize/test_gpu.py --ignore=tests/gpu/test_kernels.py --ignore=tests/gpu/test_quant_kernels.py --ignore=tests/gpu/test_wo_kernels.py"
 )
 # KILN_PYTEST_ARGS: more pytest arguments, quoted as in a shell (KILN_PYTEST_ARGS="-k 'a or b'").
 eval "extra=(${KILN_PYTEST_ARGS:-})"

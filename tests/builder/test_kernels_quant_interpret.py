@@ -5,8 +5,9 @@ TRITON_INTERPRET=1); and the lowering of each quantized op to launches and GEMMs
 Its float32 -> fp8e4nv conversion rounds wrongly where rounding carries into the next power of
 two (125.5 -> 64); the kernels round to the e4m3 grid themselves under the interpreter
 (rounding.e4m3_grid), so their fp8 codes are checked here too. What the interpreter cannot check
-is left to tests/gpu/test_quant_kernels.py: its float32 -> bfloat16 conversion truncates
-instead of rounding to nearest even, and it cannot multiply bfloat16 matrices."""
+is left to tests/gpu/test_quant_kernels.py and test_wo_kernels.py: its float32 -> bfloat16
+conversion truncates instead of rounding to nearest even, and it cannot multiply bfloat16
+matrices."""
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import quant_kernel_checks  # noqa: E402
 
 CASES = {name: bound for name, _, _, bound in quant_kernel_checks.interpreter_cases()}
 BF16_REASON = ("Triton's interpreter truncates float32 -> bfloat16 and cannot multiply "
-               "bfloat16 matrices; bfloat16 is checked on the GPU (test_quant_kernels.py)")
+               "bfloat16 matrices; bfloat16 is checked on the GPU (tests/gpu)")
 
 
 def skip_reason(name: str) -> str | None:

@@ -1,7 +1,7 @@
 """Each quantized-op kernel (kiln.builder.kernels.quant, quant_gemm) against its op's torch
 reference (kiln.builder.ops.quant) on fresh seeded random inputs.
 
-Shared by tests/gpu/test_quant_kernels.py (on the GPU) and
+Shared by tests/gpu/test_quant_kernels.py and test_wo_kernels.py (on the GPU) and
 tests/builder/test_kernels_quant_interpret.py (Triton's interpreter on the CPU). Outputs are
 poisoned first (NaN, or random codes), so an element the kernel does not write fails.
 
