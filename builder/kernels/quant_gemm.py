@@ -55,10 +55,13 @@ WO_GEMV = (8, 128, 4, 1)
 # for wide layers, 8:256:8 for narrow ones; tests/gpu/gemm_sweep.py --gemv).
 WO_GEMV_M1 = (WO_GEMV, (8, 256, 8, 1), (8, 64, 2, 1))
 GEMV_MAX_M = SMALL_M
-# (BLOCK_N, BLOCK_H halfwords, num_warps, num_stages, BLOCK_M) of the int4 tensor-core kernel,
-# each offered for M <= BLOCK_M; the executor keeps the fastest per shape (on the H200 at M = 1,
-# 32:64:1 for gate/up, 64:64:2 for qkv and down; tests/gpu/gemm_sweep.py --mma).
-WO_MMA = ((64, 64, 2, 3, 8), (32, 64, 1, 3, 8), (64, 64, 2, 3, 16))
+# (BLOCK_N, BLOCK_H halfwords, num_warps, num_stages, BLOCK_M, most rows M) of the int4
+# tensor-core kernel; the executor keeps the fastest per shape and M, cuBLASLt on the
+# dequantized weight included (on the H200 at M = 1, 32:64:1 for gate/up, 64:64:2 for qkv and
+# down; tests/gpu/gemm_sweep.py --mma). With 4 or 8 warps Triton issues warpgroup MMAs (wgmma),
+# the dequantized weight their register operand.
+WO_MMA = ((64, 64, 2, 3, 8, 8), (32, 64, 1, 3, 8, 8), (64, 64, 2, 3, 16, 16),
+          (64, 32, 4, 3, 32, 32), (64, 32, 4, 3, 64, 256), (128, 32, 8, 3, 64, 256))
 WO_DEQUANT = (16, 256, 4)
 SCALE_BLOCK = 1024
 
@@ -414,26 +417,27 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
                   GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr,
                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_H: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = 0):
-    """int4 x M <= BLOCK_M rows on tensor cores: columns block program_id(0), K share
-    program_id(1) of num_splits. out^T [BLOCK_N, BLOCK_M] = wd [BLOCK_N, K] @ x'^T, the weight
-    read as halfwords of 4 values (BLOCK_H of them a step: whole groups or part of one) and
-    dequantized in registers (_int4_values, rounded as the reference rounds wd) into four
+    """int4 on tensor cores: rows block program_id(0) (the blocks of one column block run
+    side by side, so its weight is read from memory once), columns block program_id(1), K
+    share program_id(2) of num_splits. out^T [BLOCK_N, BLOCK_M] = wd [BLOCK_N, K] @ x'^T, the
+    weight read as halfwords of 4 values (BLOCK_H of them a step: whole groups or part of one)
+    and dequantized in registers (_int4_values, rounded as the reference rounds wd) into four
     operands, value q of each halfword meeting x's columns 4i + q. With num_splits > 1 each
-    program writes its float32 partial [M, BLOCK_N] and counts itself in count[program_id(0)];
-    the last of a block adds the partials in split order (deterministic), writes the result
-    and sets the count back to 0."""
+    program writes its float32 partial [BLOCK_M, BLOCK_N] of the [M, N] partial of its split
+    and counts itself in its (rows, columns) block's count; the last of a block adds the
+    partials in split order (deterministic), writes the result and sets the count back to 0."""
     enter(PDL)
     H: tl.constexpr = K // 4
     NG: tl.constexpr = K // GROUP
     GH: tl.constexpr = GROUP // 4
     STEPS: tl.constexpr = H // BLOCK_H
     DT = out_ptr.dtype.element_ty
-    tile = tl.program_id(0)
-    split = tl.program_id(1)
+    tile = tl.program_id(1)
+    split = tl.program_id(2)
     cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     cols64 = cols.to(tl.int64)
-    rows = tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     h_ptr = w_ptr.to(tl.pointer_type(tl.uint16))
     kk = tl.arange(0, 4 * BLOCK_H)
@@ -471,13 +475,14 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
         part = partial_ptr + rows[None, :] * N + cols64[:, None]
         tl.store(part + split * M * N, acc, mask=mask)
         tl.debug_barrier()
-        if tl.atomic_add(count_ptr + tile, 1, sem="acq_rel") == num_splits - 1:
+        count_ptr += tile * tl.num_programs(0) + tl.program_id(0)
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == num_splits - 1:
             tl.debug_barrier()
             total = bias[:, None] + tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             for s in range(0, num_splits):
                 total += tl.load(part + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
             tl.store(out_ptr + at, total.to(DT), mask=mask)
-            tl.store(count_ptr + tile, 0)
+            tl.store(count_ptr, 0)
 
 
 @triton.jit
@@ -647,15 +652,18 @@ def _mma_block_h(k: int, group: int, cfg: tuple) -> int:
     return bh if bh % gh == 0 or gh % bh == 0 else math.gcd(bh, gh)
 
 
-def mma_splits_formula(n: int, k: int, group: int, cfg: tuple) -> str:
-    """S of wo_mma_kernel: about six programs per SM, at least one step each."""
+def mma_splits_formula(n: int, k: int, group: int, cfg: tuple, m: str) -> str:
+    """S of wo_mma_kernel at `m` rows: about six programs per SM, at least one step each, and
+    S * M <= MAX_SPLITS * SMALL_M (the partials' scratch)."""
     steps = k // 4 // _mma_block_h(k, group, cfg)
+    rows = f"max(1, {m})"
     return (f"max(1, min({MAX_SPLITS}, {steps}, "
-            f"cdiv(6 * NSM, {-(-n // cfg[0])})))")
+            f"cdiv(6 * NSM, {-(-n // cfg[0])} * cdiv({rows}, {cfg[4]})), "
+            f"{MAX_SPLITS * SMALL_M} // {rows}))")
 
 
-def mma_splits(n: int, k: int, group: int, cfg: tuple, num_sms: int) -> int:
-    return evaluate(mma_splits_formula(n, k, group, cfg), {"NSM": num_sms})
+def mma_splits(n: int, k: int, group: int, cfg: tuple, num_sms: int, m: int) -> int:
+    return evaluate(mma_splits_formula(n, k, group, cfg, "M"), {"NSM": num_sms, "M": m})
 
 
 def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, offsets: bool, pqs: bool,
@@ -669,8 +677,9 @@ def gemv_constexprs(n: int, k: int, rows: int, bits: int, group: int, offsets: b
 def plan_linear_wo(node, ctx):
     """A Gemm: cuBLASLt on the weight dequantized into scratch (the prologue; x times the
     pre-quant scale too, when there is one), with the GEMV (1 row, 2 rows, groups of 4 rows up
-    to SMALL_M) and the split-K tensor-core kernel (M <= SMALL_M) as alternatives the executor
-    times against it."""
+    to SMALL_M), the split-K tensor-core kernel (M <= SMALL_M) and, for int4 in groups of a
+    multiple of 64, wo_mma_kernel (each WO_MMA configuration up to its most rows) as
+    alternatives the executor times against it."""
     from kiln.builder.ops.quant import _wo_operands
     at, a = _wo_operands(node), node.attrs
     x, w, scales = node.inputs[:3]
@@ -714,12 +723,13 @@ def plan_linear_wo(node, ctx):
                         constexprs=dict(OUT_STRIDE=strides["OUT_STRIDE"], N=n, HAS_BIAS=bias,
                                         BLOCK=REDUCE_BLOCK))]})
     if mma_fits(bits, group, k, dtype):
-        counts = ctx.scratch("wo_mma_counts", str(4 * _cdiv(n, min(c[0] for c in WO_MMA))),
-                             zeroed=True)
+        blocks = max(_cdiv(n, c[0]) * _cdiv(c[5], c[4]) for c in WO_MMA)
+        counts = ctx.scratch("wo_mma_counts", str(4 * blocks), zeroed=True)
         for cfg in WO_MMA:
-            mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg))
-            alternatives.append({"max_m": cfg[4], "steps": [ctx.make_launch(
-                wo_mma_kernel, grid=(_cdiv(n, cfg[0]), mma_s), num_warps=cfg[2],
+            mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg, m))
+            alternatives.append({"max_m": cfg[5], "steps": [ctx.make_launch(
+                wo_mma_kernel, grid=(_cdiv(m, cfg[4]), _cdiv(n, cfg[0]), mma_s),
+                num_warps=cfg[2],
                 num_stages=cfg[3],
                 args=dict(args, partial_ptr=partials, count_ptr=counts, num_splits=I32(mma_s)),
                 constexprs=dict(strides, **mma_constexprs(n, k, group, offsets, pqs, bias,
@@ -770,7 +780,8 @@ def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_
               gemv_config: tuple | None = None, mma_config: tuple | None = None,
               workspace: tuple | None = None):
     """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "mma"
-    (M <= 16, int4 in groups of a multiple of 64; num_splits: S, else as the plan picks it;
+    (int4 in groups of a multiple of 64, M up to the configuration's; mma_config: a WO_MMA
+    entry, else the 16-row one; num_splits: S, else as the plan picks it;
     workspace: its float32 partials and int32 counts, the counts 0, else new ones), "splitk"
     (M <= SMALL_M; num_splits: S, else as the plan picks it) or "dequant" (the weight
     dequantized, then torch's matmul in the place of cuBLASLt); None: gemv for M <= 4 where
@@ -802,20 +813,20 @@ def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_
             num_stages=cfg[3])
         return out
     if path == "mma":
-        cfg = mma_config or WO_MMA[-1]
-        if m > cfg[4] or not mma_fits(bits, group_size, k, dtype):
-            raise ValueError(f"the int4 tensor-core kernel takes M <= {cfg[4]}, int4 groups of "
+        cfg = mma_config or WO_MMA[2]
+        if m > cfg[5] or not mma_fits(bits, group_size, k, dtype):
+            raise ValueError(f"the int4 tensor-core kernel takes M <= {cfg[5]}, int4 groups of "
                              f"a multiple of 64 and a 16-bit dtype, got M={m}, group "
                              f"{group_size}, {bits} bits, {dtype}")
         if num_splits is None:
             sms = (torch.cuda.get_device_properties(x.device).multi_processor_count
                    if x.is_cuda else 4)
-            num_splits = mma_splits(n, k, group_size, cfg, sms)
-        tiles = _cdiv(n, cfg[0])
+            num_splits = mma_splits(n, k, group_size, cfg, sms, m)
+        grid = (_cdiv(m, cfg[4]), _cdiv(n, cfg[0]), num_splits)
         partials, counts = workspace or (
             torch.empty(max(1, num_splits * m * n), dtype=torch.float32, device=x.device),
-            torch.zeros(tiles, dtype=torch.int32, device=x.device))
-        direct(wo_mma_kernel, x)[(tiles, num_splits)](
+            torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=x.device))
+        direct(wo_mma_kernel, x)[grid](
             out, partials, counts, x, w, scales, *opt, m, num_splits, X_STRIDE=x.stride(0),
             OUT_STRIDE=out.stride(0),
             **mma_constexprs(n, k, group_size, *flags, cfg=cfg, asm=not interpreting()),

@@ -171,8 +171,9 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
                                 {"weight": "awq.weight_scale"}, {"weight": "awq.weight_offset"}]
     assert [prologue[i]["kernel"] for i in (0, 1)] == [scale.kernel.key, dequant.kernel.key]
     # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, split-K for
-    # up to 16, then the tensor-core kernel in its three shapes for up to 8 or 16.
-    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16, 8, 8, 16]
+    # up to 16, then the tensor-core kernel in its three shapes for up to 8 or 16 rows and
+    # three for more (row blocks of 32 and 64).
+    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16, 8, 8, 16, 32, 256, 256]
     gemvs = [alt["steps"][0] for alt in awq.alternatives[:5]]
     assert [g.kernel.constexprs["ROWS"] for g in gemvs] == [1, 1, 1, 2, 4]
     assert [g.kernel.constexprs["BLOCK_W"] for g in gemvs] == [H // 8] * 5  # K / 8 words: one tile
@@ -194,11 +195,16 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
     assert all(len(steps) == 1 for steps in mmas)
     mmas = [steps[0] for steps in mmas]
     assert all(m.kernel.fn.fn.__name__ == "wo_mma_kernel" and m.when is None for m in mmas)
-    assert [m.grid[0] for m in mmas] == [str(I // 64), str(I // 32), str(I // 64)]
-    assert all(m.grid[2] == "1" and {"i32": m.grid[1]} in m.args for m in mmas)
-    assert [lowered.derived[m.grid[1]] for m in mmas] == [
-        "max(1, min(16, 1, cdiv(6 * NSM, 8)))", "max(1, min(16, 1, cdiv(6 * NSM, 16)))",
-        "max(1, min(16, 1, cdiv(6 * NSM, 8)))"]
+    block_m = [8, 8, 16, 32, 64, 64]
+    assert [m.grid[:2] for m in mmas] == [
+        (f"cdiv(T, {bm})", str(I // bn)) for bm, bn in zip(block_m, [64, 32, 64, 64, 64, 128])]
+    assert all({"i32": m.grid[2]} in m.args for m in mmas)
+    # S: about six programs an SM, at most one per step of K (256: 1 step of 64 halfwords, 2
+    # of 32), S * M within the partials' scratch (16 splits of 16 rows).
+    assert [lowered.derived[m.grid[2]] for m in mmas] == [
+        f"max(1, min(16, {steps}, cdiv(6 * NSM, {blocks} * cdiv(max(1, T), {bm})), "
+        f"256 // max(1, T)))"
+        for steps, blocks, bm in zip([1, 1, 1, 2, 2, 2], [8, 16, 8, 8, 8, 4], block_m)]
     c = mmas[0].kernel.constexprs
     # K = 256: one step of 64 halfwords, two groups of 128.
     assert (c["GROUP"], c["BLOCK_H"], c["BLOCK_M"], c["BLOCK_N"], c["HAS_OFFSET"], c["HAS_PQS"],
@@ -214,7 +220,7 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
         "quant_gemm_partials": [str(16 * 16 * I * 4), str(16 * 16 * H * 4)],
         "wo_scaled_x": [str(64 * H * 2)],
         "wo_dequantized_weight": [str(I * H * 2), str(H * H * 2)],
-        "wo_mma_counts": [str(4 * I // 32)]}
+        "wo_mma_counts": [str(4 * (I // 64) * 4)]}  # the most blocks: 64 x 64 up to 256 rows
 
 
 def test_kernels_compile_for_their_gpus(lowered, tmp_path, monkeypatch):

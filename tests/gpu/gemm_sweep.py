@@ -1,5 +1,5 @@
-"""Bandwidth of the decode GEMMs of a Llama-3.1-8B-shaped layer at M = 1, per kernel and
-configuration: cuBLASLt (torch), the small-M Triton kernel's configurations
+"""Bandwidth of the decode GEMMs of a Llama-3.1-8B-shaped layer at M = 1 (or --m), per kernel
+and configuration: cuBLASLt (torch), the small-M Triton kernel's configurations
 (kiln.builder.kernels.gemm), and for FP8 weights torch._scaled_mm beside the SCALED kernel.
 
 Each figure is a CUDA graph of back-to-back launches, each on another copy of the weight (the
@@ -126,12 +126,13 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
     the split-K kernel for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:warps:stages
     (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps:stages, the tensor-core
     kernel for each BLOCK_N:BLOCK_H:warps:stages:BLOCK_M (S given or as the plan picks it),
-    and the
-    dequantization that precedes cuBLASLt for M > 16 (bytes: read and written); bytes = the
-    packed weight, its scales and its offsets (asymmetric groups, as calibration makes them)."""
+    the dequantization that precedes cuBLASLt for M > 16 (bytes: read and written) and the
+    two together; bytes = the packed weight, its scales and its offsets (asymmetric groups, as
+    calibration makes them)."""
     from kiln.builder.kernels import quant_gemm
 
     g = torch.Generator(device="cuda").manual_seed(1)
+    m = x.shape[0]
     nbytes = n * k // 2 + 2 * n * (k // group) * 2
     copies = max(2, -(-(256 << 20) // nbytes))
     ws = [torch.randint(0, 256, (n, k // 2), device="cuda", generator=g, dtype=torch.int32)
@@ -159,12 +160,13 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
                      nbytes))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for text in filter(None, mma_text.split(",")):
-        cfg = tuple(int(v) for v in text.split(":"))
-        splits = cfg[5] if len(cfg) > 5 else quant_gemm.mma_splits(n, k, group, cfg, sms)
-        space = (torch.empty(splits * x.shape[0] * n, device="cuda"),
-                 torch.zeros(n, device="cuda", dtype=torch.int32))
+        given = tuple(int(v) for v in text.split(":"))
+        cfg = given[:5] + (max(given[4], m),)
+        splits = given[5] if len(given) > 5 else quant_gemm.mma_splits(n, k, group, cfg, sms, m)
+        space = (torch.empty(splits * m * n, device="cuda"),
+                 torch.zeros(-(-m // cfg[4]) * n, device="cuda", dtype=torch.int32))
         rows.append((f"int4 mma {':'.join(map(str, cfg[:5]))} S={splits}",
-                     lambda i, cfg=cfg[:5], splits=splits, space=space: quant_gemm.linear_wo(
+                     lambda i, cfg=cfg, splits=splits, space=space: quant_gemm.linear_wo(
                          x, ws[i], scales, 4, group, offsets, out=out, path="mma",
                          mma_config=cfg, num_splits=splits, workspace=space),
                      nbytes))
@@ -172,6 +174,11 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
     rows.append(("int4 dequantize (r+w)",
                  lambda i: quant_gemm.dequantize(ws[i], scales, 4, group, offsets, out=wd),
                  nbytes + n * k * 2))
+
+    def dequant_mm(i):
+        quant_gemm.dequantize(ws[i], scales, 4, group, offsets, out=wd)
+        torch.mm(x, wd.t(), out=out)
+    rows.append(("int4 dequantize + cuBLASLt", dequant_mm, nbytes))
     for label, launch, moved in rows:
         t = graph_time(launch, copies)
         print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{moved / t / 1e12:>7.2f}",

@@ -277,10 +277,13 @@ def interpreter_cases():
                       pqs=True, bias=True, path="mma", num_splits=3), TOL[dtype]),
                 (f"linear_wo-mma-g64-{d}", check_linear_wo,
                  dict(dtype=dtype, m=1, n=40, k=256, seed=28, bits=4, group=64, bias=True,
-                      path="mma", num_splits=1, mma_config=(64, 32, 2, 3, 8)), TOL[dtype]),
+                      path="mma", num_splits=1, mma_config=(64, 32, 2, 3, 8, 8)), TOL[dtype]),
                 (f"linear_wo-mma-groups-split2-{d}", check_linear_wo,  # 4 groups a step
                  dict(dtype=dtype, m=5, n=72, k=1024, seed=29, bits=4, group=64, offset=True,
-                      path="mma", num_splits=2, mma_config=(64, 64, 2, 3, 8)), TOL[dtype]),
+                      path="mma", num_splits=2, mma_config=(64, 64, 2, 3, 8, 8)), TOL[dtype]),
+                (f"linear_wo-mma-row-blocks-split2-{d}", check_linear_wo,  # 3 x 2 blocks
+                 dict(dtype=dtype, m=40, n=72, k=512, seed=30, bits=4, group=128, offset=True,
+                      path="mma", num_splits=2, mma_config=(64, 32, 4, 3, 16, 64)), TOL[dtype]),
             ]
     return cases
 

@@ -208,7 +208,7 @@ def main() -> None:
                 print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
         except Exception as e:  # the speed table below still prints
             print(f"  the profile failed: {type(e).__name__}: {e}")
-    for m in (1, 8):
+    for m in (1, 8, 64):
         print(f"cuBLASLt algorithms at M={m}, then what each GEMM shape runs (chosen by timing):")
         for c in gpu.gemm_choices():
             if c["m"] == m:

@@ -57,18 +57,37 @@ def test_linear_wo_gemv_configs(variant, n, k, config):
         assert err < TOL[dtype], (dtype, cfg, err)
 
 
-@pytest.mark.parametrize("config", range(len(quant_gemm.WO_MMA)))
+SMALL_MMA = [i for i, cfg in enumerate(quant_gemm.WO_MMA) if cfg[5] <= quant_gemm.SMALL_M]
+ROWS_MMA = [i for i in range(len(quant_gemm.WO_MMA)) if i not in SMALL_MMA]
+
+
+@pytest.mark.parametrize("config", SMALL_MMA)
 @pytest.mark.parametrize("m,n,k,splits", [(1, 4096, 4096, None), (1, 28672, 4096, None),
                                           (8, 6144, 4096, None), (16, 4096, 14336, None),
                                           (1, 576, 1536, None), (3, 4160, 4096, 7)])
 @pytest.mark.parametrize("variant", ["awq", "gptq", "int4-g64"])
 def test_linear_wo_mma(variant, m, n, k, splits, config):
-    """The int4 tensor-core kernel, each configuration the plan offers, on Llama's and
-    SmolLM2's widths, S as the plan picks it, none, and 7 (uneven shares)."""
+    """The int4 tensor-core kernel, each configuration the plan offers for M <= 16, on Llama's
+    and SmolLM2's widths, S as the plan picks it, none, and 7 (uneven shares)."""
+    check_mma(variant, m, n, k, splits, config)
+
+
+@pytest.mark.parametrize("config", ROWS_MMA)
+@pytest.mark.parametrize("m,n,k,splits", [(1, 6144, 4096, None), (32, 4096, 4096, None),
+                                          (100, 28672, 4096, None), (256, 4096, 14336, None),
+                                          (77, 576, 1536, 3)])
+@pytest.mark.parametrize("variant", ["awq", "gptq", "int4-g64"])
+def test_linear_wo_mma_row_blocks(variant, m, n, k, splits, config):
+    """The configurations for more rows (blocks of 32-64 rows, warpgroup MMAs): one row, whole
+    and partial row blocks, split K as the plan picks it and forced to 3 over 2 row blocks."""
+    check_mma(variant, m, n, k, splits, config)
+
+
+def check_mma(variant, m, n, k, splits, config):
     bits, group, zp, pqs, bias = WO[variant]
     cfg = quant_gemm.WO_MMA[config]
-    if m > cfg[4]:
-        pytest.skip(f"configuration {cfg} takes M <= {cfg[4]}")
+    if m > cfg[5]:
+        pytest.skip(f"configuration {cfg} takes M <= {cfg[5]}")
     for dtype in (F16, BF16):
         err = qc.check_linear_wo("cuda", dtype, m, n, k, seed=config + m, bits=bits,
                                  group=group, offset=zp, pqs=pqs, bias=bias, path="mma",
@@ -76,20 +95,26 @@ def test_linear_wo_mma(variant, m, n, k, splits, config):
         assert err < TOL[dtype], (dtype, cfg, err)
 
 
-def test_linear_wo_mma_counts_return_to_zero():
+@pytest.mark.parametrize("config", [2, len(quant_gemm.WO_MMA) - 1])
+def test_linear_wo_mma_counts_return_to_zero(config):
     """Split programs count themselves in a workspace the plan reuses: after each launch the
-    counts are 0 again, and a second launch gives the same bits."""
+    counts are 0 again, and a second launch gives the same bits (three row blocks of the
+    configurations for more rows)."""
+    cfg = quant_gemm.WO_MMA[config]
+    m = min(cfg[5], 2 * cfg[4] + 5)
     g = torch.Generator().manual_seed(5)
     w, scales, offsets = qc.wo_weight(g, 4096, 4096, 4, 128, True, BF16)
     w, scales, offsets = w.cuda(), scales.cuda(), offsets.cuda()
-    x = torch.randn(3, 4096, generator=g).bfloat16().cuda()
-    cfg = quant_gemm.WO_MMA[-1]
-    space = (torch.empty(5 * 3 * 4096, device="cuda"),
-             torch.zeros(4096 // cfg[0], device="cuda", dtype=torch.int32))
+    x = torch.randn(m, 4096, generator=g).bfloat16().cuda()
+    splits = 5
+    space = (torch.empty(splits * m * 4096, device="cuda"),
+             torch.zeros(-(-m // cfg[4]) * 4096 // cfg[0], device="cuda", dtype=torch.int32))
     outs = [quant_gemm.linear_wo(x, w, scales, 4, 128, offsets, path="mma", mma_config=cfg,
-                                 num_splits=5, workspace=space) for _ in range(2)]
+                                 num_splits=splits, workspace=space) for _ in range(2)]
     assert torch.equal(outs[0], outs[1])
     assert not space[1].any()
+    ref = quant_gemm.linear_wo(x, w, scales, 4, 128, offsets, path="dequant")
+    assert (outs[0].float() - ref.float()).abs().max() <= 0.02 * ref.float().abs().max()
 
 
 @pytest.mark.parametrize("m,splits,path", [(1, 1, None), (4, 7, None), (16, 16, None),
