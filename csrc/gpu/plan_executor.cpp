@@ -802,20 +802,20 @@ private:
         if (auto const it = mChosen.find(key); it != mChosen.end())
             return it->second;
         int best = -1;
-        std::vector<float> times;
+        std::vector<std::pair<int, float>> times;  // (alternative, us); -1: cuBLASLt
         if (m > 0)
         {
             ColdL2 const cold;
             float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream, cold)
                 + (gemm.prologue.empty() ? 0.0F : timeLaunches(gemm.prologue, cold));
-            times.push_back(bestUs);
+            times.emplace_back(-1, bestUs);
             for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
             {
                 auto& alternative = gemm.alternatives[i];
                 if (m > alternative.maxM)
                     continue;
                 float const us = timeLaunches(alternative.steps, cold);
-                times.push_back(us);
+                times.emplace_back(static_cast<int>(i), us);
                 if (us < bestUs)
                 {
                     bestUs = us;
@@ -827,9 +827,10 @@ private:
         if (times.size() > 1)
         {
             std::string report = best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best);
-            report += " (timed us: cuBLASLt";
-            for (std::size_t i = 0; i < times.size(); ++i)
-                report += (i == 0 ? " " : ", #" + std::to_string(i - 1) + " ") + std::to_string(static_cast<int>(times[i] + 0.5F));
+            report += " (timed us:";
+            for (auto const& [index, us] : times)
+                report += (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ")
+                    + std::to_string(static_cast<int>(us + 0.5F));
             report += ")";
             mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label, report});
         }
