@@ -729,8 +729,7 @@ def plan_linear_wo(node, ctx):
             mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg, m))
             alternatives.append({"max_m": cfg[5], "steps": [ctx.make_launch(
                 wo_mma_kernel, grid=(_cdiv(m, cfg[4]), _cdiv(n, cfg[0]), mma_s),
-                num_warps=cfg[2],
-                num_stages=cfg[3],
+                num_warps=cfg[2], num_stages=cfg[3],
                 args=dict(args, partial_ptr=partials, count_ptr=counts, num_splits=I32(mma_s)),
                 constexprs=dict(strides, **mma_constexprs(n, k, group, offsets, pqs, bias,
                                                           cfg)))]})
