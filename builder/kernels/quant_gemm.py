@@ -16,12 +16,14 @@ M <= 16, tiles of 128 x 128 above.
 linear_wo is a Gemm, so the executor times its ways to run per M and keeps the fastest:
   - cuBLASLt on the weight dequantized into scratch by wo_dequant_kernel (bit for bit the
     reference's wd), after scale_cols_kernel's x' where there is a pre-quant scale: the Gemm's
-    prologue, run only when cuBLASLt is picked; the only way for M > 16 (prefill);
+    prologue, run only when cuBLASLt is picked; the only way for M > 256 (prefill), and for
+    M > 16 where wo_mma_kernel does not take the weight;
   - wo_gemv_kernel, for 1 row, 2 rows and groups of 4 rows up to 16: CUDA-core FMAs over the
     packed words;
-  - wo_mma_kernel for int4 in groups of a multiple of 64 and M <= 8 or 16 (16-bit models):
-    tensor cores on the weight dequantized in registers, two values an instruction (inline
-    PTX), K split over S programs whose last adds the partials in a fixed order;
+  - wo_mma_kernel for int4 in groups of a multiple of 64 (16-bit models), one block of 8 or
+    16 rows or blocks of 32 or 64 rows up to M = 256: tensor cores on the weight dequantized
+    in registers, two values an instruction (inline PTX), K split over S programs whose last
+    adds the partials in a fixed order;
   - wo_gemm_kernel for M <= 16: one 16-row tensor-core block, the even columns of x against
     the low nibbles and the odd ones against the high nibbles, K split over S programs (S
     fills about two waves of the GPU's SMs) and the float32 partials added in a fixed order by
