@@ -2,16 +2,20 @@
 
 Reference: kiln.builder.ops.attention (each query token at position p attends to its
 sequence's cached keys 0..p; GQA shares one kv head among GROUP query heads). The op lowers to
-  1. rope_kv_kernel (rope.py): RoPE on q and k, k and v into the paged cache;
-  2. when some sequence has more than one query token (MAXQ > 1): paged_attention_kernel, a
+  1. when some sequence has more than one query token (MAXQ > 1): rope_kv_kernel (rope.py),
+     RoPE on q and k, k and v into the paged cache; then paged_attention_kernel, a
      flash-attention loop over the cache. A program owns BLOCK_Q query tokens of one sequence
      times the GROUP query heads of one kv head (BLOCK_M rows), so GQA loads each K/V tile once
      for the whole group. Query blocks are numbered per sequence without a host-side table:
      sequence b starts at block query_start[b] // BLOCK_Q + b, so T // BLOCK_Q + B programs
      cover any step, and each finds its sequence by binary search over query_start;
-  3. when every sequence decodes one token (MAXQ == 1): paged_decode_kernel splits each
+  2. when every sequence decodes one token (MAXQ == 1): paged_decode_kernel splits each
      sequence's context into S ranges (split-KV: long contexts at small batch still fill the
-     GPU); with S > 1, paged_decode_reduce_kernel merges the partial softmax states.
+     GPU); with S > 1, paged_decode_reduce_kernel merges the partial softmax states. RoPE and
+     the KV write are its prologue (rope_kv_kernel's functions, so the same arithmetic):
+     every program rotates its kv head's GROUP query heads into the output buffer and reads
+     them back from there, and the program of the split that holds the new token writes that
+     token's k and v into the cache before its loop reads them.
 Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in float32.
 
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it) is read a tile at a
@@ -29,7 +33,8 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.rope import kv_quant, plan_rope_kv
+from kiln.builder.kernels.rope import (kv_quant, plan_rope_kv, rope_angles, rope_kv, rope_table,
+                                     rotate_heads, write_kv_token)
 from kiln.builder.kernels.spec import F32, I32, pow2
 
 LOG2E = 1.4426950408889634
@@ -152,13 +157,41 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
 
 
 @triton.jit
+def _decode_prologue(q_in_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, positions_ptr,
+                     slot_ptr, inv_freq_ptr, k_scale_ptr, v_scale_ptr, tok, kvh, writes_kv,
+                     Q_IN_STRIDE: tl.constexpr, Q_STRIDE: tl.constexpr, K_STRIDE: tl.constexpr,
+                     V_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
+                     GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HALF_PAD: tl.constexpr,
+                     TPB: tl.constexpr, ROPE: tl.constexpr, KV_QUANT: tl.constexpr):
+    """rope_kv_kernel's work for one decode token and one kv head, with its arithmetic: RoPE on
+    the GROUP query heads of kv head `kvh` (q_in -> q, where the attention reads them) and,
+    where `writes_kv`, k rotated and v into the token's cache slot."""
+    i, c, s = rope_angles(positions_ptr, inv_freq_ptr, tok, HEAD_DIM, HALF_PAD, ROPE)
+    if ROPE:
+        rotate_heads(q_in_ptr + tok * Q_IN_STRIDE + kvh * GROUP * HEAD_DIM,
+                     q_ptr + tok * Q_STRIDE + kvh * GROUP * HEAD_DIM, i, c, s, 1.0, GROUP,
+                     GROUP_PAD, HEAD_DIM, HEAD_DIM, ROPE, 0)
+    if writes_kv:
+        head = kvh * (TPB * HEAD_DIM)
+        write_kv_token(k_ptr + tok * K_STRIDE + kvh * HEAD_DIM,
+                       v_ptr + tok * V_STRIDE + kvh * HEAD_DIM, k_cache_ptr + head,
+                       v_cache_ptr + head, tl.load(slot_ptr + tok), k_scale_ptr, v_scale_ptr, i,
+                       c, s, 1, 1, NKV, HEAD_DIM, TPB, ROPE, KV_QUANT)
+
+
+@triton.jit
 def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
                         context_lens_ptr, query_start_ptr, max_blocks, num_splits, scale,
-                        k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
+                        k_scale_ptr, v_scale_ptr, q_in_ptr, k_ptr, v_ptr, positions_ptr,
+                        slot_ptr, inv_freq_ptr, Q_STRIDE: tl.constexpr,
                         OUT_STRIDE: tl.constexpr, NQ: tl.constexpr, NKV: tl.constexpr,
                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                         TPB: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
-                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
+                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PROLOGUE: tl.constexpr = 0,
+                        Q_IN_STRIDE: tl.constexpr = 0, K_STRIDE: tl.constexpr = 0,
+                        V_STRIDE: tl.constexpr = 0, GROUP_PAD: tl.constexpr = 1,
+                        HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0,
+                        PDL: tl.constexpr = 0):
     enter(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -167,12 +200,20 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     per = tl.cdiv(tl.cdiv(ctx_len, TILE), num_splits) * TILE
     lo = split * per
     hi = tl.minimum(ctx_len, lo + per)
+    tok = tl.load(query_start_ptr + seq).to(tl.int64)
+    if PROLOGUE:
+        # The split that holds the new token writes its k and v; the others never read it.
+        _decode_prologue(q_in_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr,
+                         positions_ptr, slot_ptr, inv_freq_ptr, k_scale_ptr, v_scale_ptr, tok,
+                         kvh, (lo < ctx_len) & (ctx_len <= hi), Q_IN_STRIDE, Q_STRIDE,
+                         K_STRIDE, V_STRIDE, NKV, GROUP, GROUP_PAD, HEAD_DIM, HALF_PAD, TPB,
+                         ROPE, KV_QUANT)
+        tl.debug_barrier()  # the program's own writes, visible to all its threads
     rows = tl.arange(0, BLOCK_M)
     head = kvh * GROUP + rows
     row_ok = rows < GROUP
     d = tl.arange(0, DIM_PAD)
     mask = row_ok[:, None] & (d[None, :] < HEAD_DIM)
-    tok = tl.load(query_start_ptr + seq).to(tl.int64)
     q = tl.load(q_ptr + tok * Q_STRIDE + head[:, None] * HEAD_DIM + d[None, :], mask=mask,
                 other=0.0)
     q = _fp8_cache_operand(q, IEEE, KV_QUANT)
@@ -278,8 +319,8 @@ def plan_attention(node, ctx):
                          f"build's cache holds {k_cache.dtype}")
     kv_scales = tuple(node.inputs[8:10]) if a.get("kv_dtype") else None
     plan_rope_kv(ctx, q=q, q_out=out, k=k, v=v, layer=a["layer"], nq=nq, nkv=nkv, head_dim=hd,
-                 rope=rope, kv_scales=kv_scales)
-    q_src = out if rope else q  # the prologue left the rotated q in the output buffer
+                 rope=rope, kv_scales=kv_scales, when="MAXQ > 1")
+    q_src = out if rope else q  # RoPE leaves the rotated q in the output buffer
     ieee = ctx.dtype(out) == "float32"
     quant = kv_quant(k_cache.dtype)
     k_scale, v_scale = map(ctx.ptr, kv_scales) if quant else (k_cache, v_cache)
@@ -298,11 +339,17 @@ def plan_attention(node, ctx):
     splits = ctx.derive(splits_formula(nkv))
     partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
     dcfg = decode_config(nq, nkv, hd, ieee, kv_8bit=bool(quant))
+    # A decode step's RoPE and KV write run inside the decode kernel (no launch of their own).
+    prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
+                    positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
+                    inv_freq_ptr=rope_table(ctx, rope))
     ctx.launch(paged_decode_kernel, grid=("B", nkv, splits), when="MAXQ == 1",
                num_warps=4, num_stages=2,
-               args=dict(common, out_ptr=ctx.ptr(out), partial_ptr=partials,
+               args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
                          max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
-               constexprs=dict(shape, NQ=nq, **dcfg))
+               constexprs=dict(shape, NQ=nq, **dcfg,
+                               **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
+                                                     ctx.row_stride(v), nq, nkv, hd, rope)))
     ctx.launch(paged_decode_reduce_kernel, grid=("B", nq), when=f"MAXQ == 1 and {splits} > 1",
                num_warps=4,
                args=dict(out_ptr=ctx.ptr(out), partial_ptr=partials,
@@ -311,23 +358,39 @@ def plan_attention(node, ctx):
                                DIM_PAD=max(16, pow2(hd)), SPLITS_PAD=MAX_SPLITS))
 
 
+def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nkv: int,
+                        head_dim: int, rope) -> dict:
+    """paged_decode_kernel's constexprs for RoPE and the KV write in the kernel."""
+    return dict(PROLOGUE=True, Q_IN_STRIDE=q_stride, K_STRIDE=k_stride, V_STRIDE=v_stride,
+                GROUP_PAD=pow2(nq // nkv), HALF_PAD=pow2(head_dim // 2), ROPE=bool(rope))
+
+
 # -- direct launches ----------------------------------------------------------------------------
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
-                    k_scale=None, v_scale=None):
+                    k_scale=None, v_scale=None, new_kv: dict | None = None):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
     tokens_per_block, hd]), taking the decode path when every sequence has one query token.
-    A float8_e4m3fn or int8 cache is dequantized with k_scale / v_scale (float32 [1])."""
+    A float8_e4m3fn or int8 cache is dequantized with k_scale / v_scale (float32 [1]).
+    new_kv (k, v, positions, slot_mapping, inv_freq, rope) makes it the whole attention op, as
+    the plan runs it: q and k rotated when rope, k and v written into the cache first, by
+    rope_kv_kernel before a prefill and inside the decode kernel for a decode step."""
     import torch
 
     t, b = q.shape[0], context_lens.shape[0]
+    if new_kv is not None and t > b:
+        n = new_kv
+        q = rope_kv(q, n["k"], n["v"], n["positions"], n["slot_mapping"], k_cache, v_cache,
+                    n["inv_freq"], head_dim, rope=n["rope"], k_scale=k_scale, v_scale=v_scale)
+        new_kv = None
     nkv, tpb = k_cache.shape[1], k_cache.shape[2]
     quant = kv_quant(k_cache.dtype)
     out = q.new_empty((t, num_heads * head_dim)) if out is None else out
-    shape = dict(Q_STRIDE=q.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
+    q_src = out if new_kv is not None and new_kv["rope"] else q
+    shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
                  TPB=tpb, IEEE=q.dtype == torch.float32, KV_QUANT=quant)
-    common = (q, k_cache, v_cache, block_tables, context_lens, query_start)
+    common = (q_src, k_cache, v_cache, block_tables, context_lens, query_start)
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     fp32 = q.dtype == torch.float32
     if t > b:
@@ -336,13 +399,20 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
             out, *common, b, block_tables.stride(0), scale, *scales, **shape, **cfg,
             num_warps=4 if head_dim <= 64 else 8, num_stages=2)
         return out
+    if new_kv is not None:
+        n = new_kv
+        prologue = (q, n["k"], n["v"], n["positions"], n["slot_mapping"], n["inv_freq"])
+        shape.update(prologue_constexprs(q.stride(0), n["k"].stride(0), n["v"].stride(0),
+                                         num_heads, nkv, head_dim, n["rope"]))
+    else:
+        prologue = (q,) * 6  # never read
     splits = num_splits or 1
     partials = torch.empty(b * num_heads * splits * (head_dim + 2), dtype=torch.float32,
                            device=q.device)
     dcfg = decode_config(num_heads, nkv, head_dim, fp32, kv_8bit=bool(quant))
     direct(paged_decode_kernel, q)[(b, nkv, splits)](
-        out, partials, *common, block_tables.stride(0), splits, scale, *scales, **shape,
-        NQ=num_heads, **dcfg, num_warps=4, num_stages=2)
+        out, partials, *common, block_tables.stride(0), splits, scale, *scales, *prologue,
+        **shape, NQ=num_heads, **dcfg, num_warps=4, num_stages=2)
     if splits > 1:
         direct(paged_decode_reduce_kernel, q)[(b, num_heads)](
             out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,

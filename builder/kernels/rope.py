@@ -53,9 +53,11 @@ def _quantize(y, inv_scale, SRC_TY: tl.constexpr, QUANT: tl.constexpr):
 
 
 @triton.jit
-def _rotate(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
-            HEAD_DIM: tl.constexpr, DST_HEAD_STRIDE: tl.constexpr, ROPE: tl.constexpr,
-            QUANT: tl.constexpr):
+def rotate_heads(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr,
+                 HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, DST_HEAD_STRIDE: tl.constexpr,
+                 ROPE: tl.constexpr, QUANT: tl.constexpr):
+    """HEADS heads of one token, src (contiguous heads) -> dst, rotated with (c, s) when ROPE,
+    quantized (times inv_scale) when QUANT."""
     heads = tl.arange(0, HEADS_PAD)
     mask = (heads[:, None] < HEADS) & (i[None, :] < HEAD_DIM // 2)
     src = heads[:, None] * HEAD_DIM + i[None, :]
@@ -85,6 +87,20 @@ def rope_kv_kernel(q_out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, pos
                    WRITE_KV: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
     enter(PDL)
     tok = tl.program_id(0).to(tl.int64)
+    i, c, s = rope_angles(positions_ptr, inv_freq_ptr, tok, HEAD_DIM, HALF_PAD, ROPE)
+    if WRITE_Q:
+        rotate_heads(q_ptr + tok * Q_STRIDE, q_out_ptr + tok * Q_OUT_STRIDE, i, c, s, 1.0, NQ,
+                     NQ_PAD, HEAD_DIM, HEAD_DIM, ROPE, 0)
+    if WRITE_KV:
+        write_kv_token(k_ptr + tok * K_STRIDE, v_ptr + tok * V_STRIDE, k_cache_ptr, v_cache_ptr,
+                       tl.load(slot_ptr + tok), k_scale_ptr, v_scale_ptr, i, c, s, NKV, NKV_PAD,
+                       NKV, HEAD_DIM, TPB, ROPE, KV_QUANT)
+
+
+@triton.jit
+def rope_angles(positions_ptr, inv_freq_ptr, tok, HEAD_DIM: tl.constexpr,
+                HALF_PAD: tl.constexpr, ROPE: tl.constexpr):
+    """(i, cos, sin) of token `tok`'s angles, i = 0..HALF_PAD-1 (zeros without ROPE)."""
     i = tl.arange(0, HALF_PAD)
     if ROPE:
         pos = tl.load(positions_ptr + tok).to(tl.float32)
@@ -94,24 +110,29 @@ def rope_kv_kernel(q_out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, pos
     else:
         c = tl.zeros([HALF_PAD], dtype=tl.float32)
         s = tl.zeros([HALF_PAD], dtype=tl.float32)
-    if WRITE_Q:
-        _rotate(q_ptr + tok * Q_STRIDE, q_out_ptr + tok * Q_OUT_STRIDE, i, c, s, 1.0, NQ,
-                NQ_PAD, HEAD_DIM, HEAD_DIM, ROPE, 0)
-    if WRITE_KV:
-        slot = tl.load(slot_ptr + tok)
-        if slot >= 0:
-            base = (slot // TPB) * (NKV * TPB * HEAD_DIM) + (slot % TPB) * HEAD_DIM
-            if KV_QUANT != 0:
-                # torch.reciprocal's correctly rounded 1 / scale (a plain division is approximate)
-                k_inv = tl.math.div_rn(1.0, tl.load(k_scale_ptr))
-                v_inv = tl.math.div_rn(1.0, tl.load(v_scale_ptr))
-            else:
-                k_inv = 1.0
-                v_inv = 1.0
-            _rotate(k_ptr + tok * K_STRIDE, k_cache_ptr + base, i, c, s, k_inv, NKV, NKV_PAD,
-                    HEAD_DIM, TPB * HEAD_DIM, ROPE, KV_QUANT)
-            _rotate(v_ptr + tok * V_STRIDE, v_cache_ptr + base, i, c, s, v_inv, NKV, NKV_PAD,
-                    HEAD_DIM, TPB * HEAD_DIM, False, KV_QUANT)
+    return i, c, s
+
+
+@triton.jit
+def write_kv_token(k_src, v_src, k_cache_ptr, v_cache_ptr, slot, k_scale_ptr, v_scale_ptr, i, c,
+                   s, HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, NKV: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, TPB: tl.constexpr, ROPE: tl.constexpr,
+                   KV_QUANT: tl.constexpr):
+    """One token's HEADS kv heads from k_src / v_src (k rotated) into cache slot `slot`
+    (skipped when < 0); the cache pointers are those of the first of the heads."""
+    if slot >= 0:
+        base = (slot // TPB) * (NKV * TPB * HEAD_DIM) + (slot % TPB) * HEAD_DIM
+        if KV_QUANT != 0:
+            # torch.reciprocal's correctly rounded 1 / scale (a plain division is approximate)
+            k_inv = tl.math.div_rn(1.0, tl.load(k_scale_ptr))
+            v_inv = tl.math.div_rn(1.0, tl.load(v_scale_ptr))
+        else:
+            k_inv = 1.0
+            v_inv = 1.0
+        rotate_heads(k_src, k_cache_ptr + base, i, c, s, k_inv, HEADS, HEADS_PAD, HEAD_DIM,
+                     TPB * HEAD_DIM, ROPE, KV_QUANT)
+        rotate_heads(v_src, v_cache_ptr + base, i, c, s, v_inv, HEADS, HEADS_PAD, HEAD_DIM,
+                     TPB * HEAD_DIM, False, KV_QUANT)
 
 
 def _warps(nq: int, head_dim: int) -> int:
@@ -133,12 +154,18 @@ def inv_freq_table(rope: dict) -> list[float]:
 
 # -- lowering -----------------------------------------------------------------------------------
 
+def rope_table(ctx, rope: dict | None):
+    """The inv_freq table a kernel reads for `rope` (without rope, any pointer: never read)."""
+    return ctx.const("float32", inv_freq_table(rope)) if rope else ctx.ptr("positions")
+
+
 def plan_rope_kv(ctx, *, q, q_out, k, v, layer: int, nq: int, nkv: int, head_dim: int,
-                 rope: dict | None, kv_scales: tuple[str, str] | None = None) -> None:
+                 rope: dict | None, kv_scales: tuple[str, str] | None = None,
+                 when: str | None = None) -> None:
     """The attention prologue: RoPE on q (into q_out) and k, k/v into the cache of `layer`.
     Without rope, only the cache write (q stays where it is). kv_scales: the k_scale and
-    v_scale values of a quantized cache."""
-    table = ctx.const("float32", inv_freq_table(rope)) if rope else ctx.ptr("positions")
+    v_scale values of a quantized cache; `when`: the launch's condition."""
+    table = rope_table(ctx, rope)
     q_out_ptr = ctx.ptr(q_out) if rope else ctx.ptr(q)
     k_cache, v_cache = ctx.kv(layer, 0), ctx.kv(layer, 1)
     quant = kv_quant(k_cache.dtype)
@@ -146,7 +173,7 @@ def plan_rope_kv(ctx, *, q, q_out, k, v, layer: int, nq: int, nkv: int, head_dim
         raise ValueError(f"layer {layer}: a {k_cache.dtype} KV cache with kv_scales {kv_scales}; "
                          "a quantized cache needs k_scale and v_scale, and only it")
     k_scale, v_scale = map(ctx.ptr, kv_scales) if quant else (k_cache, v_cache)
-    ctx.launch(rope_kv_kernel, grid=("T",), num_warps=_warps(nq, head_dim),
+    ctx.launch(rope_kv_kernel, grid=("T",), num_warps=_warps(nq, head_dim), when=when,
                args=dict(q_out_ptr=q_out_ptr, q_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k),
                          v_ptr=ctx.ptr(v), k_cache_ptr=k_cache, v_cache_ptr=v_cache,
                          positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),

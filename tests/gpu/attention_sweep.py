@@ -78,7 +78,8 @@ def main() -> None:
                 def launch():
                     att.paged_decode_kernel[(b, NKV, splits)](
                         out, partials, q, kc, vc, tables, lens, qstart, tables.stride(0), splits,
-                        HD ** -0.5, *scales, **shape, num_warps=warps, num_stages=stages)
+                        HD ** -0.5, *scales, *(q,) * 6, **shape, num_warps=warps,
+                        num_stages=stages)  # no prologue: its six pointers are not read
                     if splits > 1:
                         att.paged_decode_reduce_kernel[(b, NQ)](
                             out, partials, qstart, splits, OUT_STRIDE=out.stride(0), NQ=NQ,

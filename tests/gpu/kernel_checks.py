@@ -136,9 +136,10 @@ def paged_step(gen: random.Random, tokens_per_block: int, num_blocks: int, prefi
 
 
 def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
-                    tokens_per_block=16, num_splits=None, rope_on=True):
+                    tokens_per_block=16, num_splits=None, rope_on=True, fused=False):
     """RoPE + KV write + paged attention (the attention op) against the reference; returns
-    (output error, cache error)."""
+    (output error, cache error). fused: RoPE and the KV write as the plan runs them (inside
+    the decode kernel for a decode step), not by rope_kv_kernel first."""
     from kiln.builder.kernels import attention, rope
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -161,16 +162,61 @@ def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
     qd, kd, vd = torch.split(qkv_d, [nq * head_dim, nkv * head_dim, nkv * head_dim], dim=1)
     table = torch.tensor(rope.inv_freq_table(attrs["rope"]) if rope_on else [0.0],
                          dtype=torch.float32, device=device)
-    q_rot = rope.rope_kv(qd, kd, vd, dev["positions"], dev["slot_mapping"], kc[0, 0], kc[0, 1],
-                         table, head_dim, rope=rope_on)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
-    attention.paged_attention(q_rot, kc[0, 0], kc[0, 1], dev["block_tables"],
+    new_kv = dict(k=kd, v=vd, positions=dev["positions"], slot_mapping=dev["slot_mapping"],
+                  inv_freq=table, rope=rope_on)
+    if not fused:
+        qd = rope.rope_kv(qd, kd, vd, dev["positions"], dev["slot_mapping"], kc[0, 0],
+                          kc[0, 1], table, head_dim, rope=rope_on)
+    attention.paged_attention(qd, kc[0, 0], kc[0, 1], dev["block_tables"],
                               dev["context_lens"], dev["query_start"], nq, head_dim,
-                              attrs["scale"], num_splits=num_splits, out=out)
+                              attrs["scale"], num_splits=num_splits, out=out,
+                              new_kv=new_kv if fused else None)
     slots = step["slot_mapping"]
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
     written = kc.cpu()[0, :, blocks, :, offs, :]
     return rel_err(out, ref), rel_err(written, ref_cache[0, :, blocks, :, offs, :])
+
+
+def compare_fused_decode(device, dtype, nq, nkv, head_dim, prefixes, seed, num_splits,
+                         tokens_per_block=16, kv_dtype=None):
+    """A decode step's attention op both ways: rope_kv_kernel then the decode kernel, and
+    RoPE + KV write inside the decode kernel. Returns the elements of the output and of the
+    cache that differ (the fused way computes the same values with the same functions)."""
+    from kiln.builder.kernels import attention, rope
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    q_lens = [1] * len(prefixes)
+    num_blocks = sum(-(-(p + 1) // tokens_per_block) for p in prefixes) + 3
+    step = {n: x.to(device) for n, x in
+            paged_step(rng, tokens_per_block, num_blocks, prefixes, q_lens).items()}
+    shape = (num_blocks, nkv, tokens_per_block, head_dim)
+    if kv_dtype:
+        k_scale, v_scale = _kv_scales(g, kv_dtype)
+        cache = _quantized_cache(g, kv_dtype, shape, k_scale, v_scale).to(device)
+        scales = dict(k_scale=k_scale.to(device), v_scale=v_scale.to(device))
+    else:
+        cache, scales = _rand(g, (1, 2, *shape), dtype, device), {}
+    qkv = _rand(g, (len(prefixes), (nq + 2 * nkv) * head_dim), dtype, device)
+    q, k, v = torch.split(qkv, [nq * head_dim, nkv * head_dim, nkv * head_dim], dim=1)
+    table = torch.tensor(rope.inv_freq_table(dict(LLAMA3_ROPE, head_dim=head_dim)),
+                         dtype=torch.float32, device=device)
+    outs, caches = [], []
+    for fused in (False, True):
+        kc = cache.clone()
+        out = torch.full((len(prefixes), nq * head_dim), float("nan"), dtype=dtype, device=device)
+        x = q
+        if not fused:
+            x = rope.rope_kv(q, k, v, step["positions"], step["slot_mapping"], kc[0, 0], kc[0, 1],
+                             table, head_dim, **scales)
+        attention.paged_attention(
+            x, kc[0, 0], kc[0, 1], step["block_tables"], step["context_lens"],
+            step["query_start"], nq, head_dim, head_dim ** -0.5, num_splits=num_splits, out=out,
+            new_kv=dict(k=k, v=v, positions=step["positions"], slot_mapping=step["slot_mapping"],
+                        inv_freq=table, rope=True) if fused else None, **scales)
+        outs.append(out.cpu())
+        caches.append(kc.cpu())
+    return _mismatches(outs[0], outs[1]), _mismatches(caches[0], caches[1])
 
 
 KV_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "int8": torch.int8}
@@ -215,7 +261,7 @@ def _steps_apart(a: torch.Tensor, b: torch.Tensor, kv_dtype: str) -> torch.Tenso
 
 def check_attention_quant(device, dtype, kv_dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
                           tokens_per_block=16, num_splits=None, rope_on=True,
-                          kernel_writes=True):
+                          kernel_writes=True, fused=False):
     """The attention op over a float8_e4m3fn or int8 KV cache with static k/v scales. Returns
     (output error, bad k codes, bad v codes):
     - the write against the reference's (float32 RoPE rounded to the dtype, then
@@ -226,7 +272,8 @@ def check_attention_quant(device, dtype, kv_dtype, nq, nkv, head_dim, prefixes, 
     - the output against the reference over the same data: q as the kernel rotated it and the
       cache as the kernel wrote it, so only the attention's arithmetic is measured.
     kernel_writes=False leaves the step's cache write to the reference: Triton's interpreter
-    converts float32 to fp8 without carrying the rounding into the exponent."""
+    converts float32 to fp8 without carrying the rounding into the exponent. fused: as in
+    check_attention (q for the reference rotated by rope_kv_kernel, writing nothing)."""
     from kiln.builder.kernels import attention, rope
     from kiln.builder.ops.attention import write_kv
     from kiln.builder.ops.quant import dequantize_kv
@@ -258,13 +305,16 @@ def check_attention_quant(device, dtype, kv_dtype, nq, nkv, head_dim, prefixes, 
     table = torch.tensor(rope.inv_freq_table(rope_attrs) if rope_on else [0.0],
                          dtype=torch.float32, device=device)
     own = dev["slot_mapping"] if kernel_writes else torch.full_like(dev["slot_mapping"], -1)
-    q_rot = rope.rope_kv(qd, kd, vd, dev["positions"], own, kc[0, 0], kc[0, 1], table,
+    q_rot = rope.rope_kv(qd, kd, vd, dev["positions"],
+                         torch.full_like(own, -1) if fused else own, kc[0, 0], kc[0, 1], table,
                          head_dim, rope=rope_on, k_scale=ks, v_scale=vs)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
-    attention.paged_attention(q_rot, kc[0, 0], kc[0, 1], dev["block_tables"],
+    new_kv = dict(k=kd, v=vd, positions=dev["positions"], slot_mapping=own, inv_freq=table,
+                  rope=rope_on)
+    attention.paged_attention(qd if fused else q_rot, kc[0, 0], kc[0, 1], dev["block_tables"],
                               dev["context_lens"], dev["query_start"], nq, head_dim,
                               head_dim ** -0.5, num_splits=num_splits, out=out, k_scale=ks,
-                              v_scale=vs)
+                              v_scale=vs, new_kv=new_kv if fused else None)
 
     got = kc.cpu()
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
@@ -494,12 +544,23 @@ def interpreter_cases():
              dict(dtype=dtype, nq=4, nkv=2, head_dim=32, prefixes=[0, 21], q_lens=[19, 5], seed=5), TOL[dtype]),
             (f"attention-decode-{d}", check_attention,
              dict(dtype=dtype, nq=4, nkv=2, head_dim=32, prefixes=[0, 40, 3], q_lens=[1, 1, 1], seed=6), TOL[dtype]),
+            (f"attention-decode-fused-{d}", check_attention,
+             dict(dtype=dtype, nq=4, nkv=2, head_dim=32, prefixes=[0, 40, 3], q_lens=[1, 1, 1], seed=6,
+                  fused=True), TOL[dtype]),
         ]
     cases += [
         ("attention-split3-float32", check_attention,
          dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5], q_lens=[1, 1], seed=6, num_splits=3), TOL[f32]),
+        ("attention-split3-fused-float32", check_attention,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5], q_lens=[1, 1], seed=6, num_splits=3,
+              fused=True), TOL[f32]),
         ("attention-norope-float32", check_attention,
          dict(dtype=f32, nq=4, nkv=4, head_dim=16, prefixes=[0], q_lens=[9], seed=7, rope_on=False), TOL[f32]),
+        ("attention-fused-equals-unfused-float32", compare_fused_decode,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 33], seed=8, num_splits=3), 0),
+        ("attention-norope-fused-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=4, head_dim=16, prefixes=[0, 30], q_lens=[1, 1], seed=7, rope_on=False,
+              fused=True), TOL[f32]),
     ]
     # Quantized KV cache. The interpreter's float32 -> fp8 conversion is wrong (a rounding
     # that crosses a power of two is not carried into the exponent), so fp8 cases leave the
@@ -515,6 +576,10 @@ def interpreter_cases():
                 (f"attention-kv-{kv}-split3-{d}", check_attention_quant,
                  dict(dtype=dtype, kv_dtype=kv, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 0],
                       q_lens=[1, 1, 1], seed=11, num_splits=3, kernel_writes=writes), TOL[dtype]),
+                (f"attention-kv-{kv}-split3-fused-{d}", check_attention_quant,
+                 dict(dtype=dtype, kv_dtype=kv, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 0],
+                      q_lens=[1, 1, 1], seed=11, num_splits=3, kernel_writes=writes, fused=True),
+                 TOL[dtype]),
             ]
         cases.append((f"attention-kv-{kv}-norope-float32", check_attention_quant,
                       dict(dtype=f32, kv_dtype=kv, nq=4, nkv=4, head_dim=16, prefixes=[3],

@@ -70,10 +70,25 @@ def test_attention(dtype, nq, nkv, hd, scenario):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("splits", [2, 7, 32])
 @pytest.mark.parametrize("tokens_per_block", [16, 64])
-def test_split_kv_decode(dtype, splits, tokens_per_block):
+@pytest.mark.parametrize("fused", [False, True])
+def test_split_kv_decode(dtype, splits, tokens_per_block, fused):
     out, _ = kc.check_attention("cuda", dtype, 32, 8, 128, [4000, 129, 5], [1, 1, 1], seed=splits,
-                                tokens_per_block=tokens_per_block, num_splits=splits)
+                                tokens_per_block=tokens_per_block, num_splits=splits, fused=fused)
     assert out < kc.TOL[dtype]
+
+
+@pytest.mark.parametrize("kv_dtype", [None, "float8_e4m3fn", "int8"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("splits", [1, 3, 32])
+def test_decode_with_rope_inside_equals_rope_kv_first(kv_dtype, dtype, splits, sm):
+    """The plan's decode (RoPE and the KV write inside the decode kernel) against rope_kv_kernel
+    then the decode kernel: the same output and cache, bit for bit."""
+    if kv_dtype == "float8_e4m3fn" and sm < 89:
+        pytest.skip(f"an fp8 KV cache needs SM 89 or newer, this GPU is SM {sm}")
+    if kv_dtype and dtype == torch.float32:
+        pytest.skip("quantized caches are for 16-bit builds here")
+    assert kc.compare_fused_decode("cuda", dtype, 32, 8, 128, [4000, 129, 5, 0, 63], seed=splits,
+                                   num_splits=splits, kv_dtype=kv_dtype) == (0, 0)
 
 
 def test_attention_without_rope():
@@ -112,11 +127,12 @@ def test_attention_quantized_kv_cache(kv_dtype, nq, nkv, hd, scenario):
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES, indirect=True)
 @pytest.mark.parametrize("splits", [2, 7, 32])
 @pytest.mark.parametrize("tokens_per_block", [16, 64])
-def test_split_kv_decode_quantized(kv_dtype, splits, tokens_per_block):
+@pytest.mark.parametrize("fused", [False, True])
+def test_split_kv_decode_quantized(kv_dtype, splits, tokens_per_block, fused):
     out, bad_k, bad_v = kc.check_attention_quant("cuda", torch.bfloat16, kv_dtype, 32, 8, 128,
                                                  [2000, 129, 5], [1, 1, 1], seed=splits,
                                                  tokens_per_block=tokens_per_block,
-                                                 num_splits=splits)
+                                                 num_splits=splits, fused=fused)
     assert out < kc.TOL[torch.bfloat16] and (bad_k, bad_v) == (0, 0)
 
 
