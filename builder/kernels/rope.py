@@ -1,13 +1,15 @@
-"""RoPE fused with the paged KV-cache write: the prologue of the attention op.
+"""RoPE fused with the paged KV-cache write: the prologue of the attention op (its own kernel
+before a prefill; its functions, rope_angles, rotate_heads and write_kv_token, also make the
+decode kernel's prologue, attention.py).
 
 Reference: kiln.builder.ops.rope.apply_rope (HuggingFace rotate-half RoPE; the per-pair
 frequencies, llama3/linear scaling included, come from kiln.builder.ops.rope.inv_freq and are
 uploaded as a small table) and kiln.builder.ops.attention.write_kv. The angle is
 float32(position) * inv_freq exactly as transformers computes it; tl.cos/tl.sin lower to
-libdevice's accurate __nv_cosf/__nv_sinf (full range reduction), so large positions stay exact. One program handles one token: it rotates the
-token's q heads into `q_out`, rotates its k heads and writes k and v to the cache slot
-slot_mapping[token] (cache layout [num_blocks, num_kv_heads, tokens_per_block, head_dim] per
-layer and half). Slots < 0 are skipped.
+libdevice's accurate __nv_cosf/__nv_sinf (full range reduction), so large positions stay
+exact. One program handles one token: it rotates the token's q heads into `q_out`, rotates its
+k heads and writes k and v to the cache slot slot_mapping[token] (cache layout [num_blocks,
+num_kv_heads, tokens_per_block, head_dim] per layer and half). Slots < 0 are skipped.
 
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8) stores the codes of
 kiln.builder.ops.quant.quantize_kv bit for bit given the same k and v values: the rotated k is
