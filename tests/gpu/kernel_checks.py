@@ -135,12 +135,31 @@ def paged_step(gen: random.Random, tokens_per_block: int, num_blocks: int, prefi
             "query_start": torch.tensor(qstart, dtype=torch.int32)}
 
 
+def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, out, rope_on,
+                  num_splits=None, slot_mapping=None, k_scale=None, v_scale=None):
+    """The attention op on the GPU kernels into `out`: rope_kv_kernel then the attention
+    kernels, or (fused) as the plan runs it, RoPE and the KV write inside the decode kernel.
+    Returns the q the attention kernels read (rotated by rope_kv_kernel unless fused)."""
+    from kiln.builder.kernels import attention, rope
+    slots = step["slot_mapping"] if slot_mapping is None else slot_mapping
+    if not fused:
+        q = rope.rope_kv(q, k, v, step["positions"], slots, k_cache, v_cache, table, head_dim,
+                         rope=rope_on, k_scale=k_scale, v_scale=v_scale)
+    new_kv = dict(k=k, v=v, positions=step["positions"], slot_mapping=slots, inv_freq=table,
+                  rope=rope_on)
+    attention.paged_attention(q, k_cache, v_cache, step["block_tables"], step["context_lens"],
+                              step["query_start"], nq, head_dim, head_dim ** -0.5,
+                              num_splits=num_splits, out=out, k_scale=k_scale, v_scale=v_scale,
+                              new_kv=new_kv if fused else None)
+    return q
+
+
 def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
                     tokens_per_block=16, num_splits=None, rope_on=True, fused=False):
     """RoPE + KV write + paged attention (the attention op) against the reference; returns
     (output error, cache error). fused: RoPE and the KV write as the plan runs them (inside
     the decode kernel for a decode step), not by rope_kv_kernel first."""
-    from kiln.builder.kernels import attention, rope
+    from kiln.builder.kernels import rope
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     num_blocks = sum(-(-(p + q) // tokens_per_block) for p, q in zip(prefixes, q_lens)) + 3
@@ -163,15 +182,8 @@ def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
     table = torch.tensor(rope.inv_freq_table(attrs["rope"]) if rope_on else [0.0],
                          dtype=torch.float32, device=device)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
-    new_kv = dict(k=kd, v=vd, positions=dev["positions"], slot_mapping=dev["slot_mapping"],
-                  inv_freq=table, rope=rope_on)
-    if not fused:
-        qd = rope.rope_kv(qd, kd, vd, dev["positions"], dev["slot_mapping"], kc[0, 0],
-                          kc[0, 1], table, head_dim, rope=rope_on)
-    attention.paged_attention(qd, kc[0, 0], kc[0, 1], dev["block_tables"],
-                              dev["context_lens"], dev["query_start"], nq, head_dim,
-                              attrs["scale"], num_splits=num_splits, out=out,
-                              new_kv=new_kv if fused else None)
+    _attention_op(fused, qd, kd, vd, dev, kc[0, 0], kc[0, 1], table, nq, head_dim, out, rope_on,
+                  num_splits)
     slots = step["slot_mapping"]
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
     written = kc.cpu()[0, :, blocks, :, offs, :]
@@ -183,7 +195,7 @@ def compare_fused_decode(device, dtype, nq, nkv, head_dim, prefixes, seed, num_s
     """A decode step's attention op both ways: rope_kv_kernel then the decode kernel, and
     RoPE + KV write inside the decode kernel. Returns the elements of the output and of the
     cache that differ (the fused way computes the same values with the same functions)."""
-    from kiln.builder.kernels import attention, rope
+    from kiln.builder.kernels import rope
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     q_lens = [1] * len(prefixes)
@@ -205,15 +217,8 @@ def compare_fused_decode(device, dtype, nq, nkv, head_dim, prefixes, seed, num_s
     for fused in (False, True):
         kc = cache.clone()
         out = torch.full((len(prefixes), nq * head_dim), float("nan"), dtype=dtype, device=device)
-        x = q
-        if not fused:
-            x = rope.rope_kv(q, k, v, step["positions"], step["slot_mapping"], kc[0, 0], kc[0, 1],
-                             table, head_dim, **scales)
-        attention.paged_attention(
-            x, kc[0, 0], kc[0, 1], step["block_tables"], step["context_lens"],
-            step["query_start"], nq, head_dim, head_dim ** -0.5, num_splits=num_splits, out=out,
-            new_kv=dict(k=k, v=v, positions=step["positions"], slot_mapping=step["slot_mapping"],
-                        inv_freq=table, rope=True) if fused else None, **scales)
+        _attention_op(fused, q, k, v, step, kc[0, 0], kc[0, 1], table, nq, head_dim, out, True,
+                      num_splits, **scales)
         outs.append(out.cpu())
         caches.append(kc.cpu())
     return _mismatches(outs[0], outs[1]), _mismatches(caches[0], caches[1])
@@ -274,7 +279,7 @@ def check_attention_quant(device, dtype, kv_dtype, nq, nkv, head_dim, prefixes, 
     kernel_writes=False leaves the step's cache write to the reference: Triton's interpreter
     converts float32 to fp8 without carrying the rounding into the exponent. fused: as in
     check_attention (q for the reference rotated by rope_kv_kernel, writing nothing)."""
-    from kiln.builder.kernels import attention, rope
+    from kiln.builder.kernels import rope
     from kiln.builder.ops.attention import write_kv
     from kiln.builder.ops.quant import dequantize_kv
     from kiln.builder.ops.rope import apply_rope
@@ -305,16 +310,12 @@ def check_attention_quant(device, dtype, kv_dtype, nq, nkv, head_dim, prefixes, 
     table = torch.tensor(rope.inv_freq_table(rope_attrs) if rope_on else [0.0],
                          dtype=torch.float32, device=device)
     own = dev["slot_mapping"] if kernel_writes else torch.full_like(dev["slot_mapping"], -1)
-    q_rot = rope.rope_kv(qd, kd, vd, dev["positions"],
-                         torch.full_like(own, -1) if fused else own, kc[0, 0], kc[0, 1], table,
-                         head_dim, rope=rope_on, k_scale=ks, v_scale=vs)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
-    new_kv = dict(k=kd, v=vd, positions=dev["positions"], slot_mapping=own, inv_freq=table,
-                  rope=rope_on)
-    attention.paged_attention(qd if fused else q_rot, kc[0, 0], kc[0, 1], dev["block_tables"],
-                              dev["context_lens"], dev["query_start"], nq, head_dim,
-                              head_dim ** -0.5, num_splits=num_splits, out=out, k_scale=ks,
-                              v_scale=vs, new_kv=new_kv if fused else None)
+    q_rot = _attention_op(fused, qd, kd, vd, dev, kc[0, 0], kc[0, 1], table, nq, head_dim, out,
+                          rope_on, num_splits, own, ks, vs)
+    if fused:  # the q the kernel rotated, for the reference: rope_kv_kernel's, writing nothing
+        q_rot = rope.rope_kv(qd, kd, vd, dev["positions"], torch.full_like(own, -1), kc[0, 0],
+                             kc[0, 1], table, head_dim, rope=rope_on, k_scale=ks, v_scale=vs)
 
     got = kc.cpu()
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
