@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace kiln::gpu
 {
@@ -56,9 +57,13 @@ struct GemmRunner::Problem
 
 struct GemmRunner::Plan
 {
+    int m = 0;
+    GemmProblem problem;                // the first of its shape (for reports)
     cublasLtMatrixLayout_t a = nullptr; // w: K x N column-major, transposed by the op
     cublasLtMatrixLayout_t b = nullptr; // activations: K x M column-major (ld = lda)
     cublasLtMatrixLayout_t c = nullptr; // out: N x M column-major (ld = ldc)
+    std::vector<cublasLtMatmulHeuristicResult_t> candidates; // the heuristic's, best first
+    std::size_t tunedOver = 0;          // how many GEMMs the candidates were timed over (0: not timed)
     cublasLtMatmulAlgo_t algo{};
     GemmChoice choice;
 };
@@ -136,17 +141,67 @@ int GemmRunner::add(GemmProblem const& p)
     return static_cast<int>(mProblems.size()) - 1;
 }
 
-GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_t stream, ColdL2 const* cold)
+GemmRunner::PlanKey GemmRunner::keyOf(Problem const& problem, int m)
 {
     GemmProblem const& p = problem.p;
-    auto const key = std::make_tuple(static_cast<int>(p.type) * 1000 + static_cast<int>(p.inType), p.n, p.k, p.lda,
-        p.ldc, p.bias != nullptr, m, static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)));
-    if (auto const it = mPlans.find(key); it != mPlans.end())
+    return std::make_tuple(static_cast<int>(p.type) * 1000 + static_cast<int>(p.inType), p.n, p.k, p.lda, p.ldc,
+        p.bias != nullptr, m,
+        static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)));
+}
+
+GemmRunner::Plan& GemmRunner::planFor(
+    std::vector<Problem const*> const& peers, int m, cudaStream_t stream, ColdL2 const* cold)
+{
+    auto const key = keyOf(*peers.front(), m);
+    auto it = mPlans.find(key);
+    if (it == mPlans.end())
+        it = mPlans.emplace(key, makePlan(*peers.front(), m)).first;
+    Plan& plan = *it->second;
+    if (plan.candidates.size() < 2 || m > kTuneMaxM)
+        return plan;
+    std::vector<Problem const*> same;
+    for (Problem const* peer : peers)
+        if (keyOf(*peer, m) == key)
+            same.push_back(peer);
+    if (same.size() <= plan.tunedOver)
+        return plan;
+    // Time the candidates on the real operands (the outputs are rewritten by the real run); a
+    // plan tuned on fewer GEMMs (one run before the step's choices) is tuned again.
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::optional<ColdL2> own;
+    ColdL2 const& evict = cold != nullptr ? *cold : own.emplace();
+    std::size_t best = 0;
+    float bestUs = -1.0F;
+    float firstUs = -1.0F;
+    for (std::size_t i = 0; i < plan.candidates.size(); ++i)
     {
-        return *it->second;
+        auto const& candidate = plan.candidates[i];
+        if (candidate.state != CUBLAS_STATUS_SUCCESS || candidate.workspaceSize > mWorkspaceBytes)
+            continue;
+        float const us = timeAlgo(same, plan, candidate.algo, stream, evict);
+        if (i == 0)
+            firstUs = us;
+        if (us >= 0 && (bestUs < 0 || us < bestUs))
+        {
+            bestUs = us;
+            best = i;
+        }
     }
+    plan.tunedOver = same.size();
+    choose(plan, best,
+        "timed " + std::to_string(plan.candidates.size()) + " candidates over " + std::to_string(same.size())
+            + " GEMMs: #" + std::to_string(best) + " " + std::to_string(static_cast<int>(bestUs + 0.5F))
+            + " us a GEMM (first " + std::to_string(static_cast<int>(firstUs + 0.5F)) + " us)");
+    return plan;
+}
+
+std::unique_ptr<GemmRunner::Plan> GemmRunner::makePlan(Problem const& problem, int m)
+{
+    GemmProblem const& p = problem.p;
     auto& api = *mApi;
     auto plan = std::make_unique<Plan>();
+    plan->m = m;
+    plan->problem = p;
     api.check(api.matrixLayoutCreate(&plan->a, p.inType, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
     api.check(api.matrixLayoutCreate(&plan->b, p.inType, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
     api.check(api.matrixLayoutCreate(&plan->c, p.type, p.n, m, p.ldc), "cublasLtMatrixLayoutCreate(out)");
@@ -182,60 +237,34 @@ GemmRunner::Plan& GemmRunner::planFor(Problem const& problem, int m, cudaStream_
         throw std::runtime_error("cuBLASLt has no algorithm for a " + typeName(p.type) + " GEMM with M="
             + std::to_string(m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k));
     }
-    int best = 0;
-    std::string tuning = "heuristic's first of " + std::to_string(found);
-    if (found > 1 && m <= kTuneMaxM)
-    {
-        // Time the candidates on the real operands (the output is rewritten by the real run).
-        KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
-        std::optional<ColdL2> own;
-        ColdL2 const& evict = cold != nullptr ? *cold : own.emplace();
-        float bestUs = -1.0F;
-        float firstUs = -1.0F;
-        for (int i = 0; i < found; ++i)
-        {
-            if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > mWorkspaceBytes)
-                continue;
-            float const us = timeAlgo(problem, *plan, results[i].algo, stream, evict);
-            if (i == 0)
-                firstUs = us;
-            if (us >= 0 && (bestUs < 0 || us < bestUs))
-            {
-                bestUs = us;
-                best = i;
-            }
-        }
-        tuning = "timed " + std::to_string(found) + " candidates: #" + std::to_string(best) + " "
-            + std::to_string(static_cast<int>(bestUs + 0.5F)) + " us (first " + std::to_string(static_cast<int>(firstUs + 0.5F))
-            + " us)";
-    }
-    cublasLtMatmulHeuristicResult_t const& result = results[best];
-    plan->algo = result.algo;
+    plan->candidates.assign(results, results + found);
+    choose(*plan, 0, "heuristic's first of " + std::to_string(found));
+    return plan;
+}
+
+void GemmRunner::choose(Plan& plan, std::size_t candidate, std::string const& how)
+{
+    auto const& result = plan.candidates[candidate];
+    GemmProblem const& p = plan.problem;
+    plan.algo = result.algo;
     // The algo's opaque words hold its id first; tile and stage ids follow in later words.
-    plan->choice = GemmChoice{m, p.n, p.k, p.inType == p.type ? typeName(p.type) : typeName(p.inType) + "->" + typeName(p.type),
-        p.bias != nullptr,
+    plan.choice = GemmChoice{plan.m, p.n, p.k,
+        p.inType == p.type ? typeName(p.type) : typeName(p.inType) + "->" + typeName(p.type), p.bias != nullptr,
         "algo " + std::to_string(result.algo.data[0]) + " config " + std::to_string(result.algo.data[1]) + "/"
-            + std::to_string(result.algo.data[2]) + " waves " + std::to_string(result.wavesCount) + "; " + tuning};
-    return *mPlans.emplace(key, std::move(plan)).first->second;
+            + std::to_string(result.algo.data[2]) + " waves " + std::to_string(result.wavesCount) + "; " + how};
 }
 
-void GemmRunner::prepare(int id, int m, cudaStream_t stream)
+void GemmRunner::prepare(std::vector<int> const& ids, int m, cudaStream_t stream, ColdL2 const* cold)
 {
-    if (m > 0)
+    if (m <= 0 || ids.empty())
     {
-        planFor(*mProblems.at(static_cast<std::size_t>(id)), m, stream);
+        return;
     }
-}
-
-float GemmRunner::time(int id, int m, cudaStream_t stream, ColdL2 const& cold)
-{
-    Problem const& problem = *mProblems.at(static_cast<std::size_t>(id));
-    Plan const& plan = planFor(problem, m, stream, &cold);
-    float const us = timeAlgo(problem, plan, plan.algo, stream, cold);
-    if (us < 0)
-        throw std::runtime_error("cuBLASLt's chosen algorithm failed to run for M=" + std::to_string(m) + " N="
-            + std::to_string(problem.p.n) + " K=" + std::to_string(problem.p.k));
-    return us;
+    std::vector<Problem const*> peers;
+    peers.reserve(ids.size());
+    for (int id : ids)
+        peers.push_back(mProblems.at(static_cast<std::size_t>(id)).get());
+    planFor(peers, m, stream, cold);
 }
 
 void GemmRunner::run(int id, int m, cudaStream_t stream)
@@ -245,7 +274,7 @@ void GemmRunner::run(int id, int m, cudaStream_t stream)
     {
         return;
     }
-    Plan& plan = planFor(problem, m, stream);
+    Plan& plan = planFor({&problem}, m, stream, nullptr);
     float const alpha = 1.0F;
     float const beta = 0.0F;
     GemmProblem const& p = problem.p;
@@ -254,22 +283,27 @@ void GemmRunner::run(int id, int m, cudaStream_t stream)
         "cublasLtMatmul");
 }
 
-float GemmRunner::timeAlgo(Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo,
-    cudaStream_t stream, ColdL2 const& cold)
+float GemmRunner::timeAlgo(std::vector<Problem const*> const& peers, Plan const& plan,
+    cublasLtMatmulAlgo_t const& algo, cudaStream_t stream, ColdL2 const& cold)
 {
-    GemmProblem const& p = problem.p;
     float const alpha = 1.0F;
     float const beta = 0.0F;
-    auto once = [&]()
+    auto once = [&](Problem const& problem)
     {
+        GemmProblem const& p = problem.p;
         return mApi->matmul(mHandle, problem.desc, &alpha, p.w, plan.a, p.a, plan.b, &beta, p.out, plan.c, p.out,
             plan.c, &algo, mWorkspace, mWorkspaceBytes, stream);
     };
-    if (once() != CUBLAS_STATUS_SUCCESS) // a candidate that does not run is skipped
+    if (once(*peers.front()) != CUBLAS_STATUS_SUCCESS) // a candidate that does not run is skipped
     {
         return -1.0F;
     }
-    return bestOfRuns(stream, kTuneReps, [&]() { mApi->check(once(), "cublasLtMatmul (timing)"); }, cold);
+    auto const all = [&]()
+    {
+        for (Problem const* peer : peers)
+            mApi->check(once(*peer), "cublasLtMatmul (timing)");
+    };
+    return bestOfRuns(stream, kTuneReps, all, cold) / static_cast<float>(peers.size());
 }
 
 std::vector<GemmChoice> GemmRunner::choices() const

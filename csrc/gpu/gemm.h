@@ -48,7 +48,8 @@ struct GemmChoice
 /// column-major out^T[N, M] = w[K, N]^T @ a^T[K, M] (w transposed, a as is). The algorithm for
 /// each (shape, M) is chosen on first use and kept: cublasLtMatmulAlgoGetHeuristic's candidates,
 /// timed on the GPU for small M (decode-sized GEMMs, where the heuristic's first pick can leave
-/// half the GPU idle), its first pick otherwise.
+/// half the GPU idle), its first pick otherwise. A candidate is timed over every GEMM of the
+/// shape it is given, back to back, as a step runs them (each reads its own weight from memory).
 class GemmRunner
 {
 public:
@@ -64,13 +65,12 @@ public:
     [[nodiscard]] int add(GemmProblem const& problem);
     /// @brief Enqueues problem `id` with M rows on `stream`.
     void run(int id, int m, cudaStream_t stream);
-    /// @brief Picks (and, for small M, times) the algorithm for problem `id` at `m` rows now, so
-    /// a later run() does nothing but launch (as a CUDA graph capture needs).
-    void prepare(int id, int m, cudaStream_t stream);
-    /// @brief Microseconds problem `id` takes at `m` rows with its chosen algorithm (the best of
-    /// a few runs, each after `cold` evicts L2; the output is overwritten), to weigh it against
-    /// other kernels.
-    [[nodiscard]] float time(int id, int m, cudaStream_t stream, ColdL2 const& cold);
+    /// @brief Picks (and, for small M, times) the algorithm for the shape of problems `ids` at
+    /// `m` rows now, so a later run() of any of them does nothing but launch (as a CUDA graph
+    /// capture needs). Each candidate is timed over those of `ids` that share the first's shape
+    /// and alignment, back to back (their outputs are overwritten), after `cold` evicts L2
+    /// (made here when null).
+    void prepare(std::vector<int> const& ids, int m, cudaStream_t stream, ColdL2 const* cold = nullptr);
     /// @brief Every (shape, M) chosen so far.
     [[nodiscard]] std::vector<GemmChoice> choices() const;
     /// @brief cuBLASLt's version number and library path.
@@ -79,17 +79,24 @@ public:
 private:
     struct Plan;
     struct Problem;
-    /// `cold`: evicts L2 before each timed run when the algorithm is tuned (made here when null).
-    Plan& planFor(Problem const& problem, int m, cudaStream_t stream, ColdL2 const* cold = nullptr);
-    float timeAlgo(Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo, cudaStream_t stream,
-        ColdL2 const& cold);
+    using PlanKey = std::tuple<int, int, int, int, int, bool, int, int>;
+    static PlanKey keyOf(Problem const& problem, int m);
+    /// The plan of peers[0]'s shape at `m` rows. For small M its candidates are timed, each
+    /// over those of `peers` of that shape back to back after `cold` evicts L2 (made here when
+    /// null): when the plan is new, and again when more such GEMMs are given than last time.
+    Plan& planFor(std::vector<Problem const*> const& peers, int m, cudaStream_t stream, ColdL2 const* cold);
+    /// A plan with the heuristic's candidates for `problem`'s shape at `m` rows, its first chosen.
+    std::unique_ptr<Plan> makePlan(Problem const& problem, int m);
+    static void choose(Plan& plan, std::size_t candidate, std::string const& how);
+    float timeAlgo(std::vector<Problem const*> const& peers, Plan const& plan, cublasLtMatmulAlgo_t const& algo,
+        cudaStream_t stream, ColdL2 const& cold);
 
     std::unique_ptr<CublasLtApi> mApi;
     cublasLtHandle_t mHandle = nullptr;
     void* mWorkspace = nullptr;
     std::size_t mWorkspaceBytes = 0;
     std::vector<std::unique_ptr<Problem>> mProblems;
-    std::map<std::tuple<int, int, int, int, int, bool, int, int>, std::unique_ptr<Plan>> mPlans;
+    std::map<PlanKey, std::unique_ptr<Plan>> mPlans;
 };
 
 } // namespace kiln::gpu

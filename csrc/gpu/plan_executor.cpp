@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <iomanip>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -26,6 +27,7 @@ namespace
 constexpr std::size_t kAlign = 256;
 constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hopper
 constexpr std::size_t kMaxGraphs = 256;                // past it, new launch shapes run eagerly
+constexpr std::size_t kTimedGemms = 8; // GEMMs of one shape a candidate is timed over, back to back
 constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM"};
 enum StepSymbol
 {
@@ -227,6 +229,7 @@ public:
         }
         else
         {
+            prepareGemms();
             runProgram();
             ++mGraphStats.eagerSteps;
         }
@@ -640,10 +643,12 @@ private:
                     reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
                     g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale};
                 // The choice is an index into the alternatives: only GEMMs that offer the same
-                // kernels (and prologue) may share it.
+                // kernels (and prologue) may share it; and those with the same rows, so that the
+                // GEMMs a choice is timed over all have its M (the layers' GEMMs, not the last
+                // layer's on the last tokens only).
                 std::string shape = g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x"
                     + std::to_string(g.k) + "/" + std::to_string(g.lda) + "/" + std::to_string(g.ldc)
-                    + (g.bias ? "/bias" : "");
+                    + (g.bias ? "/bias" : "") + "/rows:" + g.m;
                 for (auto const& alternative : g.alternatives)
                     for (auto const& step : alternative.steps)
                         shape += "/" + step.kernel;
@@ -661,6 +666,9 @@ private:
                 }
                 for (auto const& step : g.prologue)
                     gemm.prologue.push_back(resolveLaunch(step));
+                if (mShapeMembers.size() <= static_cast<std::size_t>(shapeId))
+                    mShapeMembers.resize(static_cast<std::size_t>(shapeId) + 1);
+                mShapeMembers[static_cast<std::size_t>(shapeId)].push_back(mProgram.size());
                 mProgram.emplace_back(std::move(gemm));
             }
         }
@@ -780,7 +788,8 @@ private:
     void runGemm(ResolvedGemm& gemm)
     {
         auto const m = gemm.m.eval(mValues);
-        int const choice = m <= gemm.maxM ? choose(gemm, m) : -1;
+        // prepareGemms chose before the step (timing here would overwrite live buffers).
+        int const choice = m > 0 && m <= gemm.maxM ? mChosen.at({gemm.shape, m}) : -1;
         if (choice < 0)
         {
             for (auto& launch : gemm.prologue)
@@ -792,29 +801,85 @@ private:
             run(launch);
     }
 
+    /// Decides, before a step runs, what each of its GEMMs runs at this step's M (cuBLASLt's
+    /// algorithm, or an alternative), so the step itself only launches. Timing runs GEMMs on
+    /// whatever their buffers hold; before the step nothing in them is live (the step inputs and
+    /// the KV cache are never a GEMM's output), and the step rewrites them.
+    void prepareGemms()
+    {
+        for (auto& item : mProgram)
+        {
+            auto* gemm = std::get_if<ResolvedGemm>(&item);
+            if (gemm == nullptr)
+                continue;
+            auto const m = gemm->m.eval(mValues);
+            if (m <= 0 || mChosen.count({gemm->shape, m}) != 0)
+                continue;
+            if (m <= gemm->maxM)
+            {
+                choose(*gemm, m);
+                continue;
+            }
+            std::vector<int> ids;
+            for (ResolvedGemm* peer : timedPeers(*gemm))
+                ids.push_back(peer->id);
+            mGemm->prepare(ids, static_cast<int>(m), mStream);
+            mChosen.emplace(std::make_pair(gemm->shape, m), -1);
+        }
+    }
+
+    /// The GEMMs a choice for `gemm`'s shape is timed over: up to kTimedGemms of the program's
+    /// GEMMs of that shape and rows (the layers'), `gemm` first.
+    std::vector<ResolvedGemm*> timedPeers(ResolvedGemm& gemm)
+    {
+        std::vector<ResolvedGemm*> peers{&gemm};
+        for (std::size_t index : mShapeMembers[static_cast<std::size_t>(gemm.shape)])
+        {
+            auto& peer = std::get<ResolvedGemm>(mProgram[index]);
+            if (peers.size() < kTimedGemms && &peer != &gemm)
+                peers.push_back(&peer);
+        }
+        return peers;
+    }
+
     /// What runs `gemm` at `m` (<= gemm.maxM) rows: cuBLASLt (-1) or the alternative that times
-    /// fastest, timed on this step's operands for the first GEMM of its shape (the output is
-    /// rewritten by the real run). Never called during a capture: runGraph decides before it
-    /// captures.
+    /// fastest. Each candidate is timed over several GEMMs of the shape back to back, as a step
+    /// runs them one after another (each reads its own weight from memory, and launches overlap
+    /// as in the step), so a microsecond of launch or timing noise weighs little. Decided by
+    /// prepareGemms before a step: timing writes those GEMMs' outputs.
     int choose(ResolvedGemm& gemm, std::int64_t m)
     {
         auto const key = std::make_pair(gemm.shape, m);
         if (auto const it = mChosen.find(key); it != mChosen.end())
             return it->second;
         int best = -1;
-        std::vector<std::pair<int, float>> times;  // (alternative, us); -1: cuBLASLt
+        std::vector<std::pair<int, float>> times;  // (alternative, us a GEMM); -1: cuBLASLt
+        auto const peers = timedPeers(gemm);
         if (m > 0)
         {
             ColdL2 const cold;
-            float bestUs = mGemm->time(gemm.id, static_cast<int>(m), mStream, cold)
-                + (gemm.prologue.empty() ? 0.0F : timeLaunches(gemm.prologue, cold));
+            std::vector<int> ids;
+            for (ResolvedGemm* peer : peers)
+                ids.push_back(peer->id);
+            mGemm->prepare(ids, static_cast<int>(m), mStream, &cold);
+            float bestUs = timeEach(peers, cold,
+                [&](ResolvedGemm& g)
+                {
+                    for (auto& launch : g.prologue)
+                        run(launch);
+                    mGemm->run(g.id, static_cast<int>(m), mStream);
+                });
             times.emplace_back(-1, bestUs);
             for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
             {
-                auto& alternative = gemm.alternatives[i];
-                if (m > alternative.maxM)
+                if (m > gemm.alternatives[i].maxM)
                     continue;
-                float const us = timeLaunches(alternative.steps, cold);
+                float const us = timeEach(peers, cold,
+                    [&](ResolvedGemm& g)
+                    {
+                        for (auto& launch : g.alternatives[i].steps)
+                            run(launch);
+                    });
                 times.emplace_back(static_cast<int>(i), us);
                 if (us < bestUs)
                 {
@@ -826,28 +891,29 @@ private:
         mChosen.emplace(key, best);
         if (times.size() > 1)
         {
-            std::string report = best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best);
-            report += " (timed us:";
+            std::ostringstream report;
+            report << (best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best)) << " (timed over "
+                   << peers.size() << " GEMMs, us a GEMM:" << std::fixed << std::setprecision(1);
             for (auto const& [index, us] : times)
-                report += (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ")
-                    + std::to_string(static_cast<int>(us + 0.5F));
-            report += ")";
-            mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label, report});
+                report << (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ") << us;
+            report << ")";
+            mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label, report.str()});
         }
         return best;
     }
 
-    /// The best of a few runs of `launches`, in microseconds, after one untimed run; L2 is
-    /// evicted before each timed one.
-    float timeLaunches(std::vector<ResolvedLaunch>& launches, ColdL2 const& cold)
+    /// Microseconds a GEMM: the best of a few runs of `runOne` over each of `peers` in turn,
+    /// after one untimed run; L2 is evicted before each timed one.
+    template <typename RunOne>
+    float timeEach(std::vector<ResolvedGemm*> const& peers, ColdL2 const& cold, RunOne&& runOne)
     {
         auto once = [&]()
         {
-            for (auto& launch : launches)
-                run(launch);
+            for (ResolvedGemm* peer : peers)
+                runOne(*peer);
         };
         once();
-        return bestOfRuns(mStream, 3, once, cold);
+        return bestOfRuns(mStream, 3, once, cold) / static_cast<float>(peers.size());
     }
 
     /// Replays the graph for this step's launch shape: the values of every symbol the program
@@ -868,15 +934,7 @@ private:
                 return;
             }
             // The choices per M time candidates, which a capture cannot hold: now.
-            for (auto& item : mProgram)
-            {
-                if (auto* gemm = std::get_if<ResolvedGemm>(&item))
-                {
-                    auto const m = gemm->m.eval(mValues);
-                    if (m > gemm->maxM || choose(*gemm, m) < 0)
-                        mGemm->prepare(gemm->id, static_cast<int>(m), mStream);
-                }
-            }
+            prepareGemms();
             KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
             cudaGraph_t graph = nullptr;
             try
@@ -1113,7 +1171,8 @@ private:
     };
     std::vector<AlternativeChoice> mAlternativeChoices;
     std::map<std::string, int> mShapeIds;                    ///< a GEMM shape's description -> its id
-    std::map<std::pair<int, std::int64_t>, int> mChosen; ///< (GEMM shape id, M) -> choice
+    std::map<std::pair<int, std::int64_t>, int> mChosen; ///< (GEMM shape id, M) -> choice (-1: cuBLASLt)
+    std::vector<std::vector<std::size_t>> mShapeMembers;  ///< GEMM shape id -> its GEMMs' places in mProgram
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
 };
