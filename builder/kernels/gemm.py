@@ -98,6 +98,18 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
 
 
 @triton.jit
+def _weight_tile(w_rows, k0, col_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """w[cols, k0:k0 + BLOCK_K] (w_rows: the rows' starts). Past the last tile, EVEN reads the
+    last one again (from cache; never used), the other case masks it off."""
+    if EVEN:
+        k = tl.minimum(k0, K - BLOCK_K) + tl.arange(0, BLOCK_K)
+        return tl.load(w_rows + k[None, :])
+    else:
+        k = k0 + tl.arange(0, BLOCK_K)
+        return tl.load(w_rows + k[None, :], mask=col_ok[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
 def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
                 eps, N: tl.constexpr, K: tl.constexpr, PROLOGUE: tl.constexpr,
                 QUANTIZE: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -116,13 +128,16 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
     pass over x that the main loop then reads again from cache). SCALED: FP8 operands (x already
     e4m3 without QUANTIZE), out = (a @ w.T) * (a_scale * w_scale) (+ bias).
     """
-    enter(PDL)
-    DT = out_ptr.dtype.element_ty
     EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
-    NORMED: tl.constexpr = PROLOGUE == NORM or PROLOGUE == ADD_NORM
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+    # The weight is no kernel's output: its first tile is read while the kernel waits for the
+    # kernel before it (PDL), and each later tile one step ahead of its use.
+    w_next = _weight_tile(w_rows, 0, col_ok, K, BLOCK_K, EVEN)
+    enter(PDL)
+    DT = out_ptr.dtype.element_ty
+    NORMED: tl.constexpr = PROLOGUE == NORM or PROLOGUE == ADD_NORM
     sum_k = tl.where(tl.program_id(0) == 0, K, 0)  # program 0 stores the residual sum
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -160,10 +175,8 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
                 a = a * gamma
         if QUANTIZE:
             a = to_e4m3(a, inv_scale, w_ptr.dtype.element_ty).to(tl.float32)
-        if EVEN:
-            w = tl.load(w_rows + k[None, :])
-        else:
-            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        w = w_next
+        w_next = _weight_tile(w_rows, k0 + BLOCK_K, col_ok, K, BLOCK_K, EVEN)
         acc += w.to(tl.float32) * a[None, :]
     y = tl.sum(acc, axis=1)
     if NORMED and not QUANTIZE:

@@ -2,10 +2,11 @@
 
 A kernel launched with the programmatic-stream-serialization attribute may start while the
 kernel before it in the stream is still running. Every plan kernel takes a `PDL` constexpr
-(0 by default; `aot.compile_spec` sets it for SM 90 and newer) and calls `enter(PDL)` as its
-first statement: it waits there until the previous kernel has finished and its writes are
+(0 by default; `aot.compile_spec` sets it for SM 90 and newer) and calls `enter(PDL)` before
+it touches memory: it waits there until the previous kernel has finished and its writes are
 visible, so nothing reads or writes memory before its producers are done, while its launch and
-block start overlap the previous kernel's end. With PDL = 2 it then also lets the next kernel
+block start overlap the previous kernel's end. Only what no kernel writes may be read before
+it: the one-row GEMM (gemm.gemv_kernel, in WEIGHTS_FIRST) loads its first weight tile first. With PDL = 2 it then also lets the next kernel
 launch at once (its blocks are placed and wait in turn), rather than as its own blocks exit.
 A kernel launched without the attribute, or on a GPU without the feature, runs the two
 instructions as no-ops.
@@ -22,8 +23,13 @@ OFF, WAIT, WAIT_AND_RELEASE = 0, 1, 2
 # path (RoPE + KV write, attention, the split-KV reduce) slowed a batch-8 decode step of the
 # Llama-3.1-8B shape from 4.56 to 5.18 ms on the H200, where every other kernel's early release
 # gains ~2% at batch 1 and 8 (tests/gpu/speed_check.py: "graphs" against "graphs, serial").
+# The reduce alone released early (so the o-projection's one-row GEMM could load its first
+# weight tile during it) left batch 1 as it was and took batch 8 from 4.50 to 4.76 ms.
 HOLD = frozenset({"rope_kv_kernel", "paged_attention_kernel", "paged_decode_kernel",
                   "paged_decode_reduce_kernel"})
+
+# Kernels that read their weight (w_ptr, which no kernel writes) before enter(PDL).
+WEIGHTS_FIRST = frozenset({"gemv_kernel"})
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
