@@ -39,7 +39,7 @@ from kiln.builder.kernels.spec import F32, I32, pow2
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
-SPLIT_TOKENS = 128  # fewest context tokens worth a split of their own
+SPLIT_TOKENS = 64  # fewest context tokens worth a split of their own
 
 
 @triton.jit
