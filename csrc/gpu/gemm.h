@@ -87,6 +87,7 @@ private:
     Plan& planFor(std::vector<Problem const*> const& peers, int m, cudaStream_t stream, ColdL2 const* cold);
     /// A plan with the heuristic's candidates for `problem`'s shape at `m` rows, its first chosen.
     std::unique_ptr<Plan> makePlan(Problem const& problem, int m);
+    /// Makes the plan's `candidate` its algorithm; `how` says how it was picked (for reports).
     static void choose(Plan& plan, std::size_t candidate, std::string const& how);
     float timeAlgo(std::vector<Problem const*> const& peers, Plan const& plan, cublasLtMatmulAlgo_t const& algo,
         cudaStream_t stream, ColdL2 const& cold);

@@ -820,10 +820,7 @@ private:
                 choose(*gemm, m);
                 continue;
             }
-            std::vector<int> ids;
-            for (ResolvedGemm* peer : timedPeers(*gemm))
-                ids.push_back(peer->id);
-            mGemm->prepare(ids, static_cast<int>(m), mStream);
+            prepareCublasLt(timedPeers(*gemm), m, nullptr);
             mChosen.emplace(std::make_pair(gemm->shape, m), -1);
         }
     }
@@ -842,53 +839,52 @@ private:
         return peers;
     }
 
+    /// cuBLASLt's algorithm for `peers`' shape at `m` rows, timed over them (GemmRunner::prepare).
+    void prepareCublasLt(std::vector<ResolvedGemm*> const& peers, std::int64_t m, ColdL2 const* cold)
+    {
+        std::vector<int> ids;
+        for (ResolvedGemm* peer : peers)
+            ids.push_back(peer->id);
+        mGemm->prepare(ids, static_cast<int>(m), mStream, cold);
+    }
+
     /// What runs `gemm` at `m` (<= gemm.maxM) rows: cuBLASLt (-1) or the alternative that times
     /// fastest. Each candidate is timed over several GEMMs of the shape back to back, as a step
     /// runs them one after another (each reads its own weight from memory, and launches overlap
     /// as in the step), so a microsecond of launch or timing noise weighs little. Decided by
-    /// prepareGemms before a step: timing writes those GEMMs' outputs.
-    int choose(ResolvedGemm& gemm, std::int64_t m)
+    /// prepareGemms before a step (m > 0): timing writes those GEMMs' outputs.
+    void choose(ResolvedGemm& gemm, std::int64_t m)
     {
-        auto const key = std::make_pair(gemm.shape, m);
-        if (auto const it = mChosen.find(key); it != mChosen.end())
-            return it->second;
-        int best = -1;
-        std::vector<std::pair<int, float>> times;  // (alternative, us a GEMM); -1: cuBLASLt
         auto const peers = timedPeers(gemm);
-        if (m > 0)
+        ColdL2 const cold;
+        prepareCublasLt(peers, m, &cold);
+        int best = -1;
+        float bestUs = timeEach(peers, cold,
+            [&](ResolvedGemm& g)
+            {
+                for (auto& launch : g.prologue)
+                    run(launch);
+                mGemm->run(g.id, static_cast<int>(m), mStream);
+            });
+        std::vector<std::pair<int, float>> times{{-1, bestUs}}; // (alternative, us a GEMM); -1: cuBLASLt
+        for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {
-            ColdL2 const cold;
-            std::vector<int> ids;
-            for (ResolvedGemm* peer : peers)
-                ids.push_back(peer->id);
-            mGemm->prepare(ids, static_cast<int>(m), mStream, &cold);
-            float bestUs = timeEach(peers, cold,
+            if (m > gemm.alternatives[i].maxM)
+                continue;
+            float const us = timeEach(peers, cold,
                 [&](ResolvedGemm& g)
                 {
-                    for (auto& launch : g.prologue)
+                    for (auto& launch : g.alternatives[i].steps)
                         run(launch);
-                    mGemm->run(g.id, static_cast<int>(m), mStream);
                 });
-            times.emplace_back(-1, bestUs);
-            for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
+            times.emplace_back(static_cast<int>(i), us);
+            if (us < bestUs)
             {
-                if (m > gemm.alternatives[i].maxM)
-                    continue;
-                float const us = timeEach(peers, cold,
-                    [&](ResolvedGemm& g)
-                    {
-                        for (auto& launch : g.alternatives[i].steps)
-                            run(launch);
-                    });
-                times.emplace_back(static_cast<int>(i), us);
-                if (us < bestUs)
-                {
-                    bestUs = us;
-                    best = static_cast<int>(i);
-                }
+                bestUs = us;
+                best = static_cast<int>(i);
             }
         }
-        mChosen.emplace(key, best);
+        mChosen.emplace(std::make_pair(gemm.shape, m), best);
         if (times.size() > 1)
         {
             std::ostringstream report;
@@ -899,7 +895,6 @@ private:
             report << ")";
             mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label, report.str()});
         }
-        return best;
     }
 
     /// Microseconds a GEMM: the best of a few runs of `runOne` over each of `peers` in turn,
