@@ -6,8 +6,9 @@ kernel before it in the stream is still running. Every plan kernel takes a `PDL`
 it touches memory: it waits there until the previous kernel has finished and its writes are
 visible, so nothing reads or writes memory before its producers are done, while its launch and
 block start overlap the previous kernel's end. Only what no kernel writes may be read before
-it: the one-row GEMM (gemm.gemv_kernel, in WEIGHTS_FIRST) loads its first weight tile first. With PDL = 2 it then also lets the next kernel
-launch at once (its blocks are placed and wait in turn), rather than as its own blocks exit.
+it: the one-row GEMM (gemm.gemv_kernel, in WEIGHTS_FIRST) loads its first weight tile first.
+With PDL = 2 it then also lets the next kernel launch at once (its blocks are placed and wait
+in turn), rather than as its own blocks exit.
 A kernel launched without the attribute, or on a GPU without the feature, runs the two
 instructions as no-ops.
 """

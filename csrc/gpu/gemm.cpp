@@ -274,7 +274,9 @@ void GemmRunner::run(int id, int m, cudaStream_t stream)
     {
         return;
     }
-    Plan& plan = planFor({&problem}, m, stream, nullptr);
+    // A plan, once made, is tuned already (prepare() retunes it over more GEMMs, run() never).
+    auto const known = mPlans.find(keyOf(problem, m));
+    Plan& plan = known != mPlans.end() ? *known->second : planFor({&problem}, m, stream, nullptr);
     float const alpha = 1.0F;
     float const beta = 0.0F;
     GemmProblem const& p = problem.p;

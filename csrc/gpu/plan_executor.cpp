@@ -832,8 +832,10 @@ private:
         std::vector<ResolvedGemm*> peers{&gemm};
         for (std::size_t index : mShapeMembers[static_cast<std::size_t>(gemm.shape)])
         {
+            if (peers.size() == kTimedGemms)
+                break;
             auto& peer = std::get<ResolvedGemm>(mProgram[index]);
-            if (peers.size() < kTimedGemms && &peer != &gemm)
+            if (&peer != &gemm)
                 peers.push_back(&peer);
         }
         return peers;
