@@ -294,10 +294,12 @@ def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False,
                 TILE=tile)
 
 
-def splits_formula(nkv: int) -> str:
-    """S: split the context when B * NKV programs would leave the GPU under-filled."""
+def splits_formula(nkv: int, tile: int) -> str:
+    """S: split the context when B * NKV programs would leave the GPU under-filled; a split
+    holds SPLIT_TOKENS or more, and at least one tile of `tile` keys (a split is whole tiles:
+    more splits than tiles would be empty)."""
     return (f"max(1, min({MAX_SPLITS}, cdiv(2 * NSM, B * {nkv}), "
-            f"cdiv(MAXCTX, {SPLIT_TOKENS})))")
+            f"cdiv(MAXCTX, {max(SPLIT_TOKENS, tile)})))")
 
 
 def partials_bytes_formula(nq: int, head_dim: int) -> str:
@@ -336,9 +338,9 @@ def plan_attention(node, ctx):
                args=dict(common, out_ptr=ctx.ptr(out), num_seqs=I32("B"),
                          max_blocks=I32("MAXBLK")),
                constexprs=dict(shape, **cfg))
-    splits = ctx.derive(splits_formula(nkv))
-    partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
     dcfg = decode_config(nq, nkv, hd, ieee, kv_8bit=bool(quant))
+    splits = ctx.derive(splits_formula(nkv, dcfg["TILE"]))
+    partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
     # A decode step's RoPE and KV write run inside the decode kernel (no launch of their own).
     prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
                     positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),

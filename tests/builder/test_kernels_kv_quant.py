@@ -87,3 +87,11 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
             assert (args["k_scale_ptr"], args["v_scale_ptr"]) == (args["k_cache_ptr"],
                                                                   args["v_cache_ptr"])
     assert launches == {fn: [0, 1] for fn in KV_KERNELS}
+    # A decode split is whole tiles: an 8-bit cache's tile holds 128 keys (16-bit: 64), and
+    # the context splits no finer.
+    decode = next(s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
+        s["kernel"]]["fn"].endswith(".paged_decode_kernel"))
+    tile = header["kernels"][decode["kernel"]]["constexprs"]["TILE"]
+    assert tile == (128 if quant else 64)
+    splits = dict(header["derived"])[decode["grid"][2]]
+    assert splits.endswith(f"cdiv(MAXCTX, {tile})))")
