@@ -37,7 +37,6 @@ $PY tests/gpu/speed_check.py --profile >"$LOG/speed.log" 2>&1
 speed_rc=$?
 # The tests run as six concurrent pytest processes (the kernel tests spend most of their
 # time compiling on the CPU), so that the whole check fits in ten minutes.
-echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py (${#shards[@]} shards at once)"
 K=tests/gpu/test_kernels.py
 WO=tests/gpu/test_wo_kernels.py
 ATTENTION="$K::test_attention $K::test_attention_without_rope $K::test_attention_quantized_kv_cache
@@ -45,6 +44,7 @@ ATTENTION="$K::test_attention $K::test_attention_without_rope $K::test_attention
   $K::test_split_kv_decode_quantized $K::test_decode_with_rope_inside_equals_rope_kv_first
   $K::test_kv_write_matches_quantize_kv_exactly"
 shards=(attention kernels quant_kernels wo_paths wo_shapes rest)
+echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py (${#shards[@]} shards at once)"
 declare -A shard_args=(
   [attention]="$ATTENTION"
   # --deselect takes node-id prefixes: every attention test above, and nothing else.
