@@ -21,8 +21,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== install"
-# The install's log stays out of $LOG unless it fails: the device tool returns at most eight
-# files, and the speed log and the shards' logs come first.
+# The install's log goes to $LOG only when the install fails: $LOG keeps to the speed log and
+# the shards' logs (a machine that returns few files returns those).
 if ! $PY -m pip install --no-build-isolation --no-deps -e . >/tmp/kiln-install.log 2>&1; then
   cp /tmp/kiln-install.log "$LOG/install.log"
   tail -40 "$LOG/install.log"
