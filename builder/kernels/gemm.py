@@ -21,7 +21,9 @@ kernel before the GEMM (its prologue, folded by passes/fold_into_linears.py): an
 or without the residual add, or SiLU-mul. Those are then no launch of their own at M = 1; at
 other M the folded kernel runs first in each alternative and before cuBLASLt. For linear_fp8
 it also takes in the quantization of x (QUANTIZE: x rounded to e4m3 in the kernel, after the
-norm or SiLU-mul of the quantization kernel folded into it).
+norm or SiLU-mul of the quantization kernel folded into it). A gate/up GEMM takes in the
+SiLU-mul after it instead (its epilogue, GLU): the one-row kernel then writes silu(gate) * up,
+and at other M the SiLU-mul runs last in each alternative and after cuBLASLt.
 """
 from __future__ import annotations
 
@@ -113,7 +115,8 @@ def _weight_tile(w_rows, k0, col_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, EVE
 def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
                 eps, N: tl.constexpr, K: tl.constexpr, PROLOGUE: tl.constexpr,
                 QUANTIZE: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GLU: tl.constexpr = 0,
+                PDL: tl.constexpr = 0):
     """Row 0 of out, columns block program_id(0): prologue(x[0]) @ w.T (+ bias), the products
     summed in float32 on CUDA cores ([BLOCK_N, BLOCK_K] partial sums, reduced once at the end).
 
@@ -127,10 +130,18 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
     (quant.py: their norms round as rmsnorm_quant_kernel does, so 1 / rms is found first, in a
     pass over x that the main loop then reads again from cache). SCALED: FP8 operands (x already
     e4m3 without QUANTIZE), out = (a @ w.T) * (a_scale * w_scale) (+ bias).
+    GLU: the SiLU-mul after the GEMM too (a gate/up GEMM, w's first N / 2 rows the gates): out
+    holds silu(y[:N/2]) * y[N/2:], rounded as silu_mul_kernel rounds y; the program takes its
+    BLOCK_N / 2 outputs' gate and up rows, interleaved.
     """
     EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
+    if GLU:
+        pair = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2
+        col_ok = pair < N // 2
+        cols = pair + (tl.arange(0, BLOCK_N) % 2) * (N // 2)
+    else:
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
     # The weight is no kernel's output: its first tile is read while the kernel waits for the
     # kernel before it (PDL), and each later tile one step ahead of its use.
@@ -185,7 +196,13 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
         y = y * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + cols, y.to(DT), mask=col_ok)
+    if GLU:
+        gate, up = tl.split(tl.reshape(y.to(DT).to(tl.float32), [BLOCK_N // 2, 2]))
+        act = (gate / (1.0 + tl.exp(-gate))).to(DT).to(tl.float32)
+        j = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(out_ptr + j, (act * up).to(DT), mask=j < N // 2)
+    else:
+        tl.store(out_ptr + cols, y.to(DT), mask=col_ok)
 
 
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
@@ -197,10 +214,10 @@ def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: 
 
 
 def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool,
-                     quantize: bool = False, scaled: bool = False) -> dict:
+                     quantize: bool = False, scaled: bool = False, glu: bool = False) -> dict:
     return dict(N=n, K=k, PROLOGUE=int(prologue), QUANTIZE=quantize, SCALED=scaled,
                 HAS_BIAS=bias, BLOCK_N=config[0],
-                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))))
+                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))), GLU=glu)
 
 
 def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
@@ -226,35 +243,45 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
 
 
 def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None, folded: dict | None,
-                      scales: tuple[str, str] | None = None) -> list[dict]:
+                      scales: tuple[str, str] | None = None,
+                      epilogue: tuple[Launch, str] | None = None) -> list[dict]:
     """The one-row alternatives of out = prologue(x) @ w.T (+ bias), one per GEMV_CONFIGS (FP8:
     GEMV_CONFIGS_FP8, `scales` = (a_scale, w_scale), a kernel folded into it quantizing x);
     `folded`: the kernel before the GEMM as fold() records it (None: x is the GEMM's input).
     With one, each configuration is also offered after that kernel's own launch, reading x:
     each of the GEMV's programs redoes the prologue over all of x, which may cost more than
-    the launch it saves."""
+    the launch it saves. `epilogue`: (the SiLU-mul launch after the GEMM, its output); each
+    configuration then comes twice, with the SiLU-mul inside (GLU, writing its output) and
+    before that launch."""
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     unused = ctx.ptr(w)  # stands in for an absent operand: never read or written
 
-    def launch(config, fold: dict) -> Launch:
+    def launch(config, fold: dict, glu: bool = False) -> Launch:
         ptr = lambda name: ctx.ptr(fold[name]) if fold.get(name) else unused  # noqa: E731
         return ctx.make_launch(
             gemv_kernel, grid=(-(-n // config[0]),), num_warps=config[2], num_stages=3,
-            args=dict(out_ptr=ctx.ptr(out), sum_ptr=ptr("sum"), x_ptr=ctx.ptr(fold["x"]),
-                      res_ptr=ptr("res"), g_ptr=ptr("g"), w_ptr=ctx.ptr(w),
-                      bias_ptr=ctx.ptr(bias) if bias else unused,
+            args=dict(out_ptr=ctx.ptr(epilogue[1] if glu else out), sum_ptr=ptr("sum"),
+                      x_ptr=ctx.ptr(fold["x"]), res_ptr=ptr("res"), g_ptr=ptr("g"),
+                      w_ptr=ctx.ptr(w), bias_ptr=ctx.ptr(bias) if bias else unused,
                       a_scale_ptr=ctx.ptr(scales[0]) if scales else unused,
                       w_scale_ptr=ctx.ptr(scales[1]) if scales else unused,
                       eps=F32(fold.get("eps", 0.0))),
             constexprs=_gemv_constexprs(config, n, k, fold["prologue"], bias is not None,
-                                        bool(scales) and fold is folded, scales is not None))
+                                        bool(scales) and fold is folded, scales is not None,
+                                        glu))
+
+    def ways(config, fold: dict) -> list[list[Launch]]:
+        if epilogue is None:
+            return [[launch(config, fold)]]
+        return [[launch(config, fold, glu=True)], [launch(config, fold), epilogue[0]]]
 
     configs = GEMV_CONFIGS_FP8 if scales else GEMV_CONFIGS
     plain = {"prologue": PLAIN, "x": x}
-    alternatives = [{"max_m": 1, "steps": [launch(c, folded or plain)]} for c in configs]
+    alternatives = [{"max_m": 1, "steps": steps}
+                    for c in configs for steps in ways(c, folded or plain)]
     if folded:
-        alternatives += [{"max_m": 1, "steps": [folded["launch"], launch(c, plain)]}
-                         for c in configs]
+        alternatives += [{"max_m": 1, "steps": [folded["launch"]] + steps}
+                         for c in configs for steps in ways(c, plain)]
     return alternatives
 
 
@@ -286,13 +313,30 @@ def plan_linear(node, ctx):
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     folded = ctx.folded.pop(x, None)
     prologue = [folded["launch"]] if folded else []
-    alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
+    epilogue = _epilogue(node, ctx)
+    after = [epilogue[0]] if epilogue else []
+    alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"] + after}
                     for alt in small_m_alternatives(ctx, x, w, out, bias)]
-    alternatives += gemv_alternatives(ctx, x, w, out, bias, folded)
+    alternatives += gemv_alternatives(ctx, x, w, out, bias, folded, epilogue=epilogue)
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
-                  alternatives=alternatives, prologue=prologue))
+                  alternatives=alternatives, prologue=prologue, epilogue=after))
+
+
+def _epilogue(node, ctx) -> tuple[Launch, str] | None:
+    """(launch, output) of the SiLU-mul after this linear that it runs (marked
+    fold_into_previous by passes/fold_into_linears.py), or None."""
+    nxt = ctx.next_node
+    if nxt is None or not nxt.attrs.get("fold_into_previous"):
+        return None
+    if nxt.op != "silu_mul" or nxt.inputs[0] != node.outputs[0]:
+        raise ValueError(f"{ctx.label}: the next node is marked fold_into_previous, but is no "
+                         f"SiLU-mul of {node.outputs[0]}")
+    from kiln.builder.kernels.elementwise import silu_mul_launch
+    launch = silu_mul_launch(nxt, ctx)
+    ctx.epilogues[nxt.outputs[0]] = launch
+    return launch, nxt.outputs[0]
 
 
 # -- direct launches ----------------------------------------------------------------------------
@@ -317,16 +361,19 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
 
 
 def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAIN, g=None,
-                eps: float = 0.0, res=None, total=None, scales=None, dtype=None):
+                eps: float = 0.0, res=None, total=None, scales=None, dtype=None,
+                glu: bool = False):
     """gemv_kernel with configuration `config` (an index into GEMV_CONFIGS, or GEMV_CONFIGS_FP8
     with `scales` = (a_scale, w_scale) float32 [1] tensors for an FP8 w) on torch tensors:
     out[1, N] = prologue(x[:1]) @ w.T (+ bias), the prologue's operands as gemv_kernel names
     them (`total`, made when None, receives x + res with ADD_NORM). With `scales`, an FP8 x is
     the quantized input; any other x is quantized after the prologue. `dtype`: out's, when x is
-    FP8. Returns (out, total)."""
+    FP8. `glu`: out[1, N / 2] = silu(y[:, :N/2]) * y[:, N/2:] of that product y, as
+    silu_mul rounds it. Returns (out, total)."""
     import torch
     n, k = w.shape
-    out = x.new_empty((1, n), dtype=dtype or x.dtype) if out is None else out
+    if out is None:
+        out = x.new_empty((1, n // 2 if glu else n), dtype=dtype or x.dtype)
     if prologue == ADD_NORM and total is None:
         total = x.new_empty((1, k))
     cfg = (GEMV_CONFIGS_FP8 if scales else GEMV_CONFIGS)[config]
@@ -336,6 +383,7 @@ def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAI
         out, unused if total is None else total, x, unused if res is None else res,
         unused if g is None else g, w, unused if bias is None else bias,
         *(scales or (unused, unused)), eps,
-        **_gemv_constexprs(cfg, n, k, prologue, bias is not None, quantize, scales is not None),
+        **_gemv_constexprs(cfg, n, k, prologue, bias is not None, quantize, scales is not None,
+                           glu),
         num_warps=cfg[2], num_stages=3)
     return out, total

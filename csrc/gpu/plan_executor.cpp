@@ -106,6 +106,7 @@ struct ResolvedGemm
     int maxM = 0;  ///< the most rows any alternative takes (0: none)
     std::vector<ResolvedAlternative> alternatives;
     std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
+    std::vector<ResolvedLaunch> epilogue; ///< runs after cuBLASLt only
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -654,8 +655,10 @@ private:
                         shape += "/" + step.kernel;
                 for (auto const& step : g.prologue)
                     shape += "/prologue:" + step.kernel;
+                for (auto const& step : g.epilogue)
+                    shape += "/epilogue:" + step.kernel;
                 auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
-                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}};
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}, {}};
                 for (auto const& alternative : g.alternatives)
                 {
                     ResolvedAlternative resolved{alternative.maxM, {}};
@@ -666,6 +669,8 @@ private:
                 }
                 for (auto const& step : g.prologue)
                     gemm.prologue.push_back(resolveLaunch(step));
+                for (auto const& step : g.epilogue)
+                    gemm.epilogue.push_back(resolveLaunch(step));
                 if (mShapeMembers.size() <= static_cast<std::size_t>(shapeId))
                     mShapeMembers.resize(static_cast<std::size_t>(shapeId) + 1);
                 mShapeMembers[static_cast<std::size_t>(shapeId)].push_back(mProgram.size());
@@ -711,6 +716,8 @@ private:
                     for (auto const& launch : alternative.steps)
                         markLaunch(launch);
                 for (auto const& launch : gemm.prologue)
+                    markLaunch(launch);
+                for (auto const& launch : gemm.epilogue)
                     markLaunch(launch);
             }
         }
@@ -792,12 +799,20 @@ private:
         int const choice = m > 0 && m <= gemm.maxM ? mChosen.at({gemm.shape, m}) : -1;
         if (choice < 0)
         {
-            for (auto& launch : gemm.prologue)
-                run(launch);
-            mGemm->run(gemm.id, static_cast<int>(m), mStream);
+            runCublasLt(gemm, m);
             return;
         }
         for (auto& launch : gemm.alternatives[static_cast<std::size_t>(choice)].steps)
+            run(launch);
+    }
+
+    /// The GEMM through cuBLASLt, with the launches that write its operands and those after it.
+    void runCublasLt(ResolvedGemm& gemm, std::int64_t m)
+    {
+        for (auto& launch : gemm.prologue)
+            run(launch);
+        mGemm->run(gemm.id, static_cast<int>(m), mStream);
+        for (auto& launch : gemm.epilogue)
             run(launch);
     }
 
@@ -861,13 +876,7 @@ private:
         ColdL2 const cold;
         prepareCublasLt(peers, m, &cold);
         int best = -1;
-        float bestUs = timeEach(peers, cold,
-            [&](ResolvedGemm& g)
-            {
-                for (auto& launch : g.prologue)
-                    run(launch);
-                mGemm->run(g.id, static_cast<int>(m), mStream);
-            });
+        float bestUs = timeEach(peers, cold, [&](ResolvedGemm& g) { runCublasLt(g, m); });
         std::vector<std::pair<int, float>> times{{-1, bestUs}}; // (alternative, us a GEMM); -1: cuBLASLt
         for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {

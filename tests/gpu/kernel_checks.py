@@ -472,6 +472,25 @@ def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
     return rel_err(out[:1], ref)
 
 
+def check_gemv_glu(device, dtype, n, k, seed, config, prologue="plain", bias=False):
+    """gemv_kernel with the SiLU-mul inside (GLU: a gate/up GEMM's epilogue) against the same
+    GEMV then silu_mul_kernel: the elements that differ (none: the same arithmetic)."""
+    from kiln.builder.kernels import elementwise, gemm
+    g = torch.Generator().manual_seed(seed)
+    x = _rand(g, (1, k), dtype, device)
+    res = _rand(g, (1, k), dtype, device)
+    gamma = _rand(g, (k,), dtype, device, 0.1, 1.0)
+    w = _rand(g, (n, k), dtype, device, k ** -0.5)
+    b = _rand(g, (n,), dtype, device) if bias else None
+    kind = {"plain": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM}[prologue]
+    common = dict(config=config, prologue=kind, g=gamma, eps=1e-5, res=res)
+    y, _ = gemm.linear_gemv(x, w, b, **common)
+    out = torch.full((2, n // 2), float("nan"), dtype=dtype, device=device)
+    gemm.linear_gemv(x, w, b, out=out[:1], glu=True, **common)
+    assert torch.isnan(out[1:]).all(), "the kernel wrote beyond row 0"
+    return _mismatches(out[:1].cpu(), elementwise.silu_mul(y).cpu())
+
+
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
 def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False):
     """linear_fp8's one-row alternative (gemv_kernel, SCALED) against ops' FP8 quantization
@@ -612,6 +631,12 @@ def interpreter_cases():
                 cases.append((f"{name}-{d}-{n}x{k}-c{config}-{prologue}", check,
                               dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
                                    prologue=prologue, bias=bias), TOL[dtype]))
+        for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
+                                             (36, 72, 1, "rmsnorm", True),
+                                             (44, 300, 2, "plain", False)]:
+            cases.append((f"gemv_glu-{d}-{n}x{k}-c{config}-{prologue}", check_gemv_glu,
+                          dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
+                               prologue=prologue, bias=bias), 0))
     cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),
     ]

@@ -185,6 +185,15 @@ def test_gemv(dtype, n, k, prologue, config):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,prologue", [(28672, 4096, "add_rmsnorm"), (28672, 4096, "plain"),
+                                          (1000, 576, "rmsnorm"), (36, 72, "plain")])
+@pytest.mark.parametrize("config", range(len(GEMV_CONFIGS)))
+def test_gemv_glu_equals_gemv_then_silu_mul(dtype, n, k, prologue, config):
+    assert kc.check_gemv_glu("cuda", dtype, n, k, seed=n + k, config=config, prologue=prologue,
+                             bias=n == 1000) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,prologue", [(6144, 4096, "add_rmsnorm"), (4096, 4096, "quantize"),
                                           (28672, 4096, "add_rmsnorm"), (4096, 14336, "silu_mul"),
                                           (1000, 576, "rmsnorm"), (50, 72, "fp8")])
