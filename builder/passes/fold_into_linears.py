@@ -1,10 +1,11 @@
 """Mark each kernel whose output feeds only the linear right after it (`fold_into_next`): an
 rmsnorm / add_rmsnorm / silu_mul before a linear, and an FP8 quantization (quantize_fp8, or one
 fused into its producer) before a linear_fp8; and a silu_mul that alone reads the linear right
-before it (`fold_into_previous`: a gate/up GEMM's SiLU-mul, which then folds into that GEMM
-rather than into the one after). The GPU lowering runs the kernel inside the linear's GEMM
-step, where the one-row alternative does both in one kernel (kernels/gemm.py, fold and
-epilogue), and the memory plan keeps the inputs of every node of that step alive to its end."""
+before it (`fold_into_previous`: a gate/up GEMM's SiLU-mul, FP8-quantized after a linear_fp8,
+which then folds into that GEMM rather than into the one after). The GPU lowering runs the
+kernel inside the linear's GEMM step, where the one-row and small-M alternatives do both in one
+kernel (kernels/gemm.py, fold and take_epilogue), and the memory plan keeps the inputs of every
+node of that step alive to its end."""
 from __future__ import annotations
 
 from kiln.builder.ir import Graph
@@ -14,7 +15,16 @@ FOLDABLE = {"linear": ("rmsnorm", "add_rmsnorm", "silu_mul"),
                            "silu_mul_quant")}
 
 
-EPILOGUES = {"linear": ("silu_mul",)}
+EPILOGUES = {"linear": ("silu_mul",), "linear_fp8": ("silu_mul_quant",)}
+
+
+def _epilogue(node, nxt) -> bool:
+    """Whether nxt is a SiLU-mul a GEMM kernel can write after node's product: any after a
+    linear, an FP8 one (static scale) after a linear_fp8."""
+    if nxt.op not in EPILOGUES.get(node.op, ()):
+        return False
+    return nxt.op != "silu_mul_quant" or (nxt.attrs.get("qdtype") == "float8_e4m3fn"
+                                          and len(nxt.inputs) == 2)
 
 
 def fold_into_linears(graph: Graph, build=None) -> Graph:
@@ -22,7 +32,7 @@ def fold_into_linears(graph: Graph, build=None) -> Graph:
     consumers = g.consumers()
     for node, nxt in zip(g.nodes, g.nodes[1:]):
         out = node.outputs[0]
-        if (nxt.op in EPILOGUES.get(node.op, ()) and nxt.inputs[0] == out
+        if (_epilogue(node, nxt) and nxt.inputs[0] == out
                 and consumers[out] == [nxt]):
             nxt.attrs["fold_into_previous"] = True
     for node, nxt in zip(g.nodes, g.nodes[1:]):

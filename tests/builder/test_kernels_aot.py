@@ -114,15 +114,16 @@ def test_program_references_resolve(tmp_path_factory):
             # The small-M alternatives, then the one-row ones. A kernel folded into the GEMM
             # (the norms before qkv, gate_up and the LM head) is cuBLASLt's prologue, first in
             # each small-M alternative and inside the one-row kernel, which is also offered
-            # after that kernel's own launch; gate_up's SiLU-mul is cuBLASLt's epilogue, last
-            # in each small-M alternative, and each one-row configuration comes with it inside
-            # (GLU) and before its launch.
+            # after that kernel's own launch; gate_up's SiLU-mul is cuBLASLt's epilogue, and
+            # each small-M and one-row configuration comes with it inside (GLU) and before its
+            # launch.
             fn = lambda s: header["kernels"][s["kernel"]]["fn"].rsplit(".", 1)[1]  # noqa: E731
             before = fn(prologue[0]) if prologue else None
             kinds = {None: gemm.PLAIN, "rmsnorm_kernel": gemm.NORM,
                      "add_rmsnorm_kernel": gemm.ADD_NORM}
             ways = [(True, []), (False, epilogue)] if epilogue else [(False, [])]
-            want = [(prologue, "small_m_gemm_kernel", epilogue, None, None)] * len(SMALL_CONFIGS)
+            want = [(prologue, "small_m_gemm_kernel", post, None, glu)
+                    for _ in SMALL_CONFIGS for glu, post in ways]
             for pre, kind in [([], before)] + ([(prologue, None)] if prologue else []):
                 want += [(pre, "gemv_kernel", post, int(kinds[kind]), glu)
                          for _ in GEMV_CONFIGS for glu, post in ways]
@@ -135,8 +136,9 @@ def test_program_references_resolve(tmp_path_factory):
                 got.append((alt["steps"][:i], fn(main), alt["steps"][i + 1:], c.get("PROLOGUE"),
                             c.get("GLU")))
             assert got == want
+            small = len(SMALL_CONFIGS) * len(ways)
             assert [alt["max_m"] for alt in step["alternatives"]] \
-                == [16] * len(SMALL_CONFIGS) + [1] * (len(want) - len(SMALL_CONFIGS))
+                == [16] * small + [1] * (len(want) - small)
             folded += bool(prologue)
             epilogues += [fn(e) for e in epilogue]
         else:

@@ -472,23 +472,49 @@ def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
     return rel_err(out[:1], ref)
 
 
-def check_gemv_glu(device, dtype, n, k, seed, config, prologue="plain", bias=False):
-    """gemv_kernel with the SiLU-mul inside (GLU: a gate/up GEMM's epilogue) against the same
-    GEMV then silu_mul_kernel: the elements that differ (none: the same arithmetic)."""
-    from kiln.builder.kernels import elementwise, gemm
+def check_glu(device, dtype, n, k, seed, config, kernel="gemv", m=1, fp8=False,
+              prologue="plain", bias=False, exact=True):
+    """A gate/up GEMM's kernel with the SiLU-mul inside (GLU: its epilogue) against the same
+    kernel then the SiLU-mul's own (silu_mul_kernel; with `fp8`, FP8 operands and silu_mul_quant's
+    fp8_rows_kernel): the elements that differ (none: the same arithmetic). `kernel`: "gemv"
+    (one row, after `prologue`) or "small_m" (m rows). Neither writes beyond its rows.
+    Not `exact`: rel_err instead (Triton's interpreter multiplies tiles with numpy, whose sums
+    may round differently by a column's place in the tile, which GLU changes)."""
+    from kiln.builder.kernels import elementwise, gemm, quant
     g = torch.Generator().manual_seed(seed)
-    x = _rand(g, (1, k), dtype, device)
-    res = _rand(g, (1, k), dtype, device)
+    e4m3 = torch.float8_e4m3fn
+    if fp8 and prologue == "plain":
+        x = (torch.randn((m, k), generator=g) * 40).to(e4m3).to(device)
+    else:
+        x = _rand(g, (m, k), dtype, device, 2.0 if fp8 else 1.0)
+    res = _rand(g, (m, k), dtype, device)
     gamma = _rand(g, (k,), dtype, device, 0.1, 1.0)
-    w = _rand(g, (n, k), dtype, device, k ** -0.5)
+    if fp8:
+        w = (torch.randn((n, k), generator=g) * 40).to(e4m3).to(device)
+        scales = (((torch.rand(1, generator=g) + 0.5) / 40).to(device),
+                  ((torch.rand(1, generator=g) + 0.5) / 40 / k ** 0.5).to(device))
+        act_scale = torch.tensor([3.0 / 448]).to(device)
+    else:
+        w = _rand(g, (n, k), dtype, device, k ** -0.5)
+        scales = act_scale = None
     b = _rand(g, (n,), dtype, device) if bias else None
-    kind = {"plain": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM}[prologue]
-    common = dict(config=config, prologue=kind, g=gamma, eps=1e-5, res=res)
-    y, _ = gemm.linear_gemv(x, w, b, **common)
-    out = torch.full((2, n // 2), float("nan"), dtype=dtype, device=device)
-    gemm.linear_gemv(x, w, b, out=out[:1], glu=True, **common)
-    assert torch.isnan(out[1:]).all(), "the kernel wrote beyond row 0"
-    return _mismatches(out[:1].cpu(), elementwise.silu_mul(y).cpu())
+    out = torch.full((m + 1, n // 2), float("nan"), dtype=dtype, device=device)
+    if fp8:
+        out = out.to(e4m3)
+    if kernel == "gemv":
+        kind = {"plain": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM}[prologue]
+        common = dict(config=config, prologue=kind, g=gamma, eps=1e-5, res=res, scales=scales,
+                      dtype=dtype)
+        y, _ = gemm.linear_gemv(x, w, b, **common)
+        gemm.linear_gemv(x, w, b, out=out[:m], glu=True, act_scale=act_scale, **common)
+    else:
+        y = gemm.linear_small_m(x, w, b, config=config, scales=scales, dtype=dtype)
+        gemm.linear_small_m(x, w, b, config=config, out=out[:m], scales=scales, dtype=dtype,
+                            glu=True, act_scale=act_scale)
+    assert torch.isnan(out[m:].float()).all(), "the kernel wrote beyond its rows"
+    ref = quant.silu_mul_quant(y, "float8_e4m3fn", act_scale)[0] if fp8 \
+        else elementwise.silu_mul(y)
+    return _mismatches(out[:m].cpu(), ref.cpu()) if exact else rel_err(out[:m].float(), ref)
 
 
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
@@ -631,12 +657,20 @@ def interpreter_cases():
                 cases.append((f"{name}-{d}-{n}x{k}-c{config}-{prologue}", check,
                               dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
                                    prologue=prologue, bias=bias), TOL[dtype]))
-        for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
-                                             (36, 72, 1, "rmsnorm", True),
-                                             (44, 300, 2, "plain", False)]:
-            cases.append((f"gemv_glu-{d}-{n}x{k}-c{config}-{prologue}", check_gemv_glu,
-                          dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
-                               prologue=prologue, bias=bias), 0))
+        for fp8 in (False, True):
+            f = "-fp8" if fp8 else ""
+            for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
+                                                 (36, 72, 1, "rmsnorm", True),
+                                                 (44, 300, 2, "plain", False)]:
+                cases.append((f"gemv_glu{f}-{d}-{n}x{k}-c{config}-{prologue}", check_glu,
+                              dict(dtype=dtype, n=n, k=k, seed=n + k, config=config, fp8=fp8,
+                                   prologue=prologue, bias=bias), 0))
+            for m, n, k, config, bias in [(1, 64, 256, 0, False), (5, 100, 72, 1, True),
+                                          (16, 96, 512, 2, False)]:
+                cases.append((f"small_m_glu{f}-{d}-{m}x{n}x{k}-c{config}", check_glu,
+                              dict(dtype=dtype, n=n, k=k, seed=m + n, config=config,
+                                   kernel="small_m", m=m, fp8=fp8, bias=bias, exact=fp8),
+                              0 if fp8 else TOL[dtype]))
     cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),
     ]

@@ -187,6 +187,28 @@ def test_fold_into_linears_takes_fp8_quantization_into_linear_fp8():
         ("linear_fp8", False), ("linear_fp8", False)]
 
 
+def test_fold_into_linears_takes_an_fp8_silu_mul_quant_into_the_linear_fp8_before():
+    g = base()
+    fp8 = "float8_e4m3fn"
+    g.add_weight("gu.weight", fp8, (2 * H, H), g.sources["embed.weight"])
+    g.add_weight("d.weight", fp8, (H, H), g.sources["embed.weight"])
+    weight(g, "s", 1)
+    weight(g, "smooth", H)
+    g.call("quantize_fp8", ["x", "s"], ["q"])
+    g.call("linear_fp8", ["q", "gu.weight", "s", "s"], ["e"], dtype="float32")
+    g.call("silu_mul_quant", ["e", "s"], ["a"], qdtype=fp8)  # e's only reader: the epilogue
+    g.call("linear_fp8", ["a", "d.weight", "s", "s"], ["y"], dtype="float32")
+    g.call("linear_fp8", ["q", "gu.weight", "s", "s"], ["e2"], dtype="float32")
+    g.call("silu_mul_quant", ["e2", "smooth"], ["a2", "a2_scale"], qdtype="int8")  # not FP8
+    g.values["y"].kind = g.values["a2"].kind = g.values["a2_scale"].kind = "output"
+    after = fold_into_linears(g)
+    assert [(n.op, n.attrs.get("fold_into_next", False), n.attrs.get("fold_into_previous", False))
+            for n in after.nodes[1:]] == [
+        ("quantize_fp8", False, False), ("linear_fp8", False, False),
+        ("silu_mul_quant", False, True), ("linear_fp8", False, False),
+        ("linear_fp8", False, False), ("silu_mul_quant", False, False)]
+
+
 def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
     build = BuildConfig(dtype="float32", max_num_tokens=8, max_batch_size=2, max_seq_len=64,
                         tokens_per_block=16)
