@@ -13,7 +13,9 @@ BLOCK_N weight rows over the whole K (one 16-row tensor-core tile of x against t
 alternatives for M <= SMALL_M; the executor times them against cuBLASLt's pick the first time
 it meets an M and keeps the fastest (GemmChoice reports it). FP8 GEMMs (linear_fp8) get the same
 kernel with SCALED: the e4m3 operands are widened to float16 (exactly: every e4m3 value is a
-float16 value) for the tensor cores, and out = (x @ w.T) * (a_scale * w_scale) (+ bias).
+float16 value) for the tensor cores, and out = (x @ w.T) * (a_scale * w_scale) (+ bias). Its
+SWAP configurations compute (w @ x.T).T instead, 64 weight rows a warpgroup: an MMA shape
+Hopper's wgmma takes, in e4m3 for FP8 (no widening) with x's 16 rows as its N.
 
 One row (batch-1 decode) is a matrix-vector product: `gemv_kernel` streams BLOCK_N weight rows
 a program on CUDA cores, with no 16-row tile of which 15 rows are padding, and can take in the
@@ -37,12 +39,16 @@ from kiln.builder.kernels.rounding import to_e4m3
 from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
 
 SMALL_M = 16
-# (BLOCK_N, BLOCK_K, num_warps, num_stages): the alternatives offered for M <= SMALL_M, for
-# 16-bit weights and, twice as deep in K for the same bytes a step, for FP8 ones. Each set
+# (BLOCK_N, BLOCK_K, num_warps, num_stages, SWAP): the alternatives offered for M <= SMALL_M,
+# for 16-bit weights and, twice as deep in K for the same bytes a step, for FP8 ones. Each set
 # holds the configurations that came out best on some Llama-3.1-8B layer at M = 1 on the H100
-# (tests/gpu/gemm_sweep.py): no one of them is best on every shape.
-SMALL_CONFIGS = ((16, 256, 4, 4), (32, 128, 4, 4), (16, 512, 4, 3), (16, 128, 2, 6))
-SMALL_CONFIGS_FP8 = ((16, 512, 4, 4), (32, 256, 4, 4), (16, 256, 2, 6), (64, 256, 4, 3))
+# (tests/gpu/gemm_sweep.py): no one of them is best on every shape. SWAP ones multiply
+# w @ x.T: 64 weight rows a warpgroup are the MMA's M, which Hopper's wgmma takes (FP8 in e4m3
+# itself, no widening), x's 16 rows its N.
+SMALL_CONFIGS = ((16, 256, 4, 4, False), (32, 128, 4, 4, False), (16, 512, 4, 3, False),
+                 (16, 128, 2, 6, False), (64, 128, 4, 4, True))
+SMALL_CONFIGS_FP8 = ((16, 512, 4, 4, False), (32, 256, 4, 4, False), (16, 256, 2, 6, False),
+                     (64, 256, 4, 3, False), (64, 256, 4, 4, True), (128, 128, 4, 4, True))
 # (BLOCK_N, BLOCK_K, num_warps) of the one-row alternatives (gemv_kernel): 8, 16 and 4 KiB of
 # weight a program per step (32, 64 and 32 values a thread), 512 to 1,024 programs for a
 # 4096-wide layer.
@@ -69,9 +75,12 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
                         act_scale_ptr, M, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
                         N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                         SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, IEEE: tl.constexpr, GLU: tl.constexpr = 0,
-                        ACT_STRIDE: tl.constexpr = 0, PDL: tl.constexpr = 0):
-    """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K.
+                        BLOCK_K: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0,
+                        GLU: tl.constexpr = 0, ACT_STRIDE: tl.constexpr = 0,
+                        PDL: tl.constexpr = 0):
+    """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K: x @ w.T,
+    or with SWAP (w @ x.T).T. SCALED: FP8 operands, widened to float16 for x @ w.T (every e4m3
+    value is a float16 value) and multiplied in e4m3 with SWAP (on Hopper, wgmma's e4m3 MMA).
     GLU: the SiLU-mul after the GEMM too, written to act (glu_store); the program then takes
     BLOCK_N / 2 outputs' gate and up rows, interleaved, and out is not written."""
     enter(PDL)
@@ -79,21 +88,37 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
     cols, col_ok = _columns(N, BLOCK_N, GLU)
     row_ok = rows < M
     cols64 = cols.to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :],
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if K % BLOCK_K == 0 and N % BLOCK_N == 0:
-            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
-        else:
-            w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        if SCALED:
-            x = x.to(tl.float16)
-            w = w.to(tl.float16)
-        acc = mma(x, w, acc, IEEE)
+    EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
+    if SWAP:
+        acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < K
+            x_t = tl.load(x_ptr + rows[None, :] * X_STRIDE + k[:, None],
+                          mask=row_ok[None, :] & k_ok[:, None], other=0.0)
+            if EVEN:
+                w = tl.load(w_ptr + cols64[:, None] * K + k[None, :])
+            else:
+                w = tl.load(w_ptr + cols64[:, None] * K + k[None, :],
+                            mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            acc_t = mma(w, x_t, acc_t, IEEE)
+        acc = tl.trans(acc_t)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < K
+            x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            if EVEN:
+                w = tl.load(w_ptr + cols64[None, :] * K + k[:, None])
+            else:
+                w = tl.load(w_ptr + cols64[None, :] * K + k[:, None],
+                            mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            if SCALED:
+                x = x.to(tl.float16)
+                w = w.to(tl.float16)
+            acc = mma(x, w, acc, IEEE)
     if SCALED:
         acc = acc * (tl.load(a_scale_ptr) * tl.load(w_scale_ptr))
     if HAS_BIAS:
@@ -240,10 +265,12 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
                 x_stride: int, out_stride: int, act_stride: int | None = None) -> dict:
     """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU."""
-    block_n, block_k = config[:2]
+    block_n, block_k, _, _, swap = config
+    least = 32 if scaled and swap else 16  # the K of one MMA: 32 e4m3 values, 16 of 16 bits
     return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
-                BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_K=max(16, min(block_k, triton.next_power_of_2(k))),
-                IEEE=dtype == "float32" and not scaled, GLU=act_stride is not None,
+                BLOCK_M=SMALL_M, BLOCK_N=block_n,
+                BLOCK_K=max(least, min(block_k, triton.next_power_of_2(k))),
+                IEEE=dtype == "float32" and not scaled, SWAP=swap, GLU=act_stride is not None,
                 ACT_STRIDE=act_stride or 0)
 
 

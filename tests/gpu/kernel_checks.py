@@ -643,7 +643,8 @@ def interpreter_cases():
     for dtype in (f32, f16):
         d = str(dtype).split(".")[1]
         for m, n, k, config, bias in [(1, 64, 256, 0, False), (5, 50, 72, 1, True),
-                                      (16, 96, 512, 0, True), (3, 40, 300, 1, False)]:
+                                      (16, 96, 512, 0, True), (3, 40, 300, 1, False),
+                                      (1, 64, 256, 4, False), (7, 100, 200, 4, True)]:
             cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
                           dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
                           TOL[dtype]))
@@ -666,7 +667,7 @@ def interpreter_cases():
                               dict(dtype=dtype, n=n, k=k, seed=n + k, config=config, fp8=fp8,
                                    prologue=prologue, bias=bias), 0))
             for m, n, k, config, bias in [(1, 64, 256, 0, False), (5, 100, 72, 1, True),
-                                          (16, 96, 512, 2, False)]:
+                                          (16, 96, 512, 2, False), (3, 200, 128, 4, False)]:
                 cases.append((f"small_m_glu{f}-{d}-{m}x{n}x{k}-c{config}", check_glu,
                               dict(dtype=dtype, n=n, k=k, seed=m + n, config=config,
                                    kernel="small_m", m=m, fp8=fp8, bias=bias, exact=fp8),
