@@ -80,7 +80,9 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
                         PDL: tl.constexpr = 0):
     """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K: x @ w.T,
     or with SWAP (w @ x.T).T. SCALED: FP8 operands, widened to float16 for x @ w.T (every e4m3
-    value is a float16 value) and multiplied in e4m3 with SWAP (on Hopper, wgmma's e4m3 MMA).
+    value is a float16 value) and multiplied in e4m3 with SWAP (on Hopper, wgmma's e4m3 MMA,
+    whose own sums keep fewer bits than float32: each MMA's is added to the float32
+    accumulator, as cuBLASLt does without fast accumulation, not all of K summed inside it).
     GLU: the SiLU-mul after the GEMM too, written to act (glu_store); the program then takes
     BLOCK_N / 2 outputs' gate and up rows, interleaved, and out is not written."""
     enter(PDL)
@@ -101,7 +103,10 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
             else:
                 w = tl.load(w_ptr + cols64[:, None] * K + k[None, :],
                             mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            acc_t = mma(w, x_t, acc_t, IEEE)
+            if SCALED:  # each MMA's sum (32 products) added to acc_t in float32
+                acc_t = tl.dot(w, x_t, acc_t, max_num_imprecise_acc=32)
+            else:
+                acc_t = mma(w, x_t, acc_t, IEEE)
         acc = tl.trans(acc_t)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)

@@ -198,8 +198,7 @@ def test_gemv_glu_equals_gemv_then_silu_mul(dtype, fp8, n, k, prologue, config):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fp8", [False, True], ids=["", "fp8"])
-@pytest.mark.parametrize("m,n,k", [(1, 28672, 4096), (8, 28672, 4096), (16, 1000, 576),
-                                   (3, 36, 72)])
+@pytest.mark.parametrize("m,n,k", [(1, 28672, 4096), (8, 28672, 4096), (5, 1000, 72)])
 @pytest.mark.parametrize("config", range(len(SMALL_CONFIGS)))
 def test_small_m_glu_equals_small_m_then_silu_mul(dtype, fp8, m, n, k, config):
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
