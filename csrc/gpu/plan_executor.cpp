@@ -107,6 +107,7 @@ struct ResolvedGemm
     std::vector<ResolvedAlternative> alternatives;
     std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
     std::vector<ResolvedLaunch> epilogue; ///< runs after cuBLASLt only
+    std::optional<std::size_t> before;    ///< the program's kernel right before it, if no GEMM
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -658,7 +659,7 @@ private:
                 for (auto const& step : g.epilogue)
                     shape += "/epilogue:" + step.kernel;
                 auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
-                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}, {}};
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}, {}, {}};
                 for (auto const& alternative : g.alternatives)
                 {
                     ResolvedAlternative resolved{alternative.maxM, {}};
@@ -671,6 +672,8 @@ private:
                     gemm.prologue.push_back(resolveLaunch(step));
                 for (auto const& step : g.epilogue)
                     gemm.epilogue.push_back(resolveLaunch(step));
+                if (!mProgram.empty() && std::holds_alternative<ResolvedLaunch>(mProgram.back()))
+                    gemm.before = mProgram.size() - 1;
                 if (mShapeMembers.size() <= static_cast<std::size_t>(shapeId))
                     mShapeMembers.resize(static_cast<std::size_t>(shapeId) + 1);
                 mShapeMembers[static_cast<std::size_t>(shapeId)].push_back(mProgram.size());
@@ -868,26 +871,46 @@ private:
     /// What runs `gemm` at `m` (<= gemm.maxM) rows: cuBLASLt (-1) or the alternative that times
     /// fastest. Each candidate is timed over several GEMMs of the shape back to back, as a step
     /// runs them one after another (each reads its own weight from memory, and launches overlap
-    /// as in the step), so a microsecond of launch or timing noise weighs little. Decided by
-    /// prepareGemms before a step (m > 0): timing writes those GEMMs' outputs.
+    /// as in the step), so a microsecond of launch or timing noise weighs little; each after the
+    /// kernel before its GEMM in the program, as in the step, where a kernel that starts reading
+    /// its weight while that one finishes (programmatic launch) gains what it cannot after
+    /// another GEMM; those kernels' time alone is taken off. Decided by prepareGemms before a
+    /// step (m > 0): timing writes those GEMMs' and kernels' outputs, which the step rewrites
+    /// before reading (the decode kernel's K and V of this step's tokens included).
     void choose(ResolvedGemm& gemm, std::int64_t m)
     {
         auto const peers = timedPeers(gemm);
         ColdL2 const cold;
         prepareCublasLt(peers, m, &cold);
+        auto const before = [&](ResolvedGemm& g)
+        {
+            if (g.before)
+                run(std::get<ResolvedLaunch>(mProgram[*g.before]));
+        };
+        bool const led
+            = std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
+        float const leadUs = led ? timeEach(peers, cold, before) : 0.0F;
         int best = -1;
-        float bestUs = timeEach(peers, cold, [&](ResolvedGemm& g) { runCublasLt(g, m); });
+        float bestUs = timeEach(peers, cold,
+                           [&](ResolvedGemm& g)
+                           {
+                               before(g);
+                               runCublasLt(g, m);
+                           })
+            - leadUs;
         std::vector<std::pair<int, float>> times{{-1, bestUs}}; // (alternative, us a GEMM); -1: cuBLASLt
         for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {
             if (m > gemm.alternatives[i].maxM)
                 continue;
             float const us = timeEach(peers, cold,
-                [&](ResolvedGemm& g)
-                {
-                    for (auto& launch : g.alternatives[i].steps)
-                        run(launch);
-                });
+                                 [&](ResolvedGemm& g)
+                                 {
+                                     before(g);
+                                     for (auto& launch : g.alternatives[i].steps)
+                                         run(launch);
+                                 })
+                - leadUs;
             times.emplace_back(static_cast<int>(i), us);
             if (us < bestUs)
             {
@@ -900,7 +923,8 @@ private:
         {
             std::ostringstream report;
             report << (best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best)) << " (timed over "
-                   << peers.size() << " GEMMs, us a GEMM:" << std::fixed << std::setprecision(1);
+                   << peers.size() << " GEMMs" << (led ? " after the kernel before each" : "")
+                   << ", us a GEMM:" << std::fixed << std::setprecision(1);
             for (auto const& [index, us] : times)
                 report << (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ") << us;
             report << ")";
