@@ -107,7 +107,7 @@ struct ResolvedGemm
     std::vector<ResolvedAlternative> alternatives;
     std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
     std::vector<ResolvedLaunch> epilogue; ///< runs after cuBLASLt only
-    std::optional<std::size_t> before;    ///< the program's kernel right before it, if no GEMM
+    std::optional<std::size_t> before;    ///< the program's item right before it
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -672,7 +672,7 @@ private:
                     gemm.prologue.push_back(resolveLaunch(step));
                 for (auto const& step : g.epilogue)
                     gemm.epilogue.push_back(resolveLaunch(step));
-                if (!mProgram.empty() && std::holds_alternative<ResolvedLaunch>(mProgram.back()))
+                if (!mProgram.empty())
                     gemm.before = mProgram.size() - 1;
                 if (mShapeMembers.size() <= static_cast<std::size_t>(shapeId))
                     mShapeMembers.resize(static_cast<std::size_t>(shapeId) + 1);
@@ -871,12 +871,14 @@ private:
     /// What runs `gemm` at `m` (<= gemm.maxM) rows: cuBLASLt (-1) or the alternative that times
     /// fastest. Each candidate is timed over several GEMMs of the shape back to back, as a step
     /// runs them one after another (each reads its own weight from memory, and launches overlap
-    /// as in the step), so a microsecond of launch or timing noise weighs little; each after the
-    /// kernel before its GEMM in the program, as in the step, where a kernel that starts reading
-    /// its weight while that one finishes (programmatic launch) gains what it cannot after
-    /// another GEMM; those kernels' time alone is taken off. Decided by prepareGemms before a
-    /// step (m > 0): timing writes those GEMMs' and kernels' outputs, which the step rewrites
-    /// before reading (the decode kernel's K and V of this step's tokens included).
+    /// as in the step), so a microsecond of launch or timing noise weighs little; each after
+    /// what runs before its GEMM in the step (the kernel, or the GEMM as chosen already: the
+    /// program is prepared in order), since programmatic launch overlaps the two: a kernel that
+    /// starts reading its weight while a light kernel finishes gains what it cannot after a
+    /// GEMM, and one whose blocks wait on a GEMM's may slow it. That item's time alone is taken
+    /// off. Decided by prepareGemms before a step (m > 0): timing writes those GEMMs' and
+    /// kernels' outputs, which the step rewrites before reading (the decode kernel's K and V of
+    /// this step's tokens included).
     void choose(ResolvedGemm& gemm, std::int64_t m)
     {
         auto const peers = timedPeers(gemm);
@@ -884,8 +886,19 @@ private:
         prepareCublasLt(peers, m, &cold);
         auto const before = [&](ResolvedGemm& g)
         {
-            if (g.before)
-                run(std::get<ResolvedLaunch>(mProgram[*g.before]));
+            if (!g.before)
+                return;
+            auto& item = mProgram[*g.before];
+            if (auto* launch = std::get_if<ResolvedLaunch>(&item))
+            {
+                run(*launch);
+                return;
+            }
+            auto& previous = std::get<ResolvedGemm>(item);
+            auto const rows = previous.m.eval(mValues);
+            // A GEMM not prepared yet (a later layer's, of a shape further on) runs no lead.
+            if (rows > 0 && mChosen.count({previous.shape, rows}) != 0)
+                runGemm(previous);
         };
         bool const led
             = std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
@@ -923,7 +936,7 @@ private:
         {
             std::ostringstream report;
             report << (best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best)) << " (timed over "
-                   << peers.size() << " GEMMs" << (led ? " after the kernel before each" : "")
+                   << peers.size() << " GEMMs" << (led ? " after what runs before each" : "")
                    << ", us a GEMM:" << std::fixed << std::setprecision(1);
             for (auto const& [index, us] : times)
                 report << (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ") << us;
