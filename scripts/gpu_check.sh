@@ -2,7 +2,7 @@
 # Kiln's GPU check, in one run on a machine with an NVIDIA GPU:
 #   1. install Kiln editable (builds kiln._core with the GPU plan executor),
 #   2. the speed check: decode of a Llama-3.1-8B-shaped bf16 engine beside the roofline,
-#   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in six concurrent
+#   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in seven concurrent
 #      shards: kernels vs references, AOT cubins through the driver API, whole engines vs the
 #      reference backend, HuggingFace and modelopt's fake-quantized models.
 # Pure-Python packages the machine lacks can be carried as wheels in .whl/. Logs go to $OUT
@@ -38,7 +38,7 @@ $PY -c "from kiln import _core; assert hasattr(_core, 'PlanExecutor'), 'kiln._co
 echo "== speed check (table at the end)"
 $PY tests/gpu/speed_check.py --profile >"$LOG/speed.log" 2>&1
 speed_rc=$?
-# The tests run as six concurrent pytest processes (the kernel tests spend most of their
+# The tests run as seven concurrent pytest processes (the kernel tests spend most of their
 # time compiling on the CPU), so that the whole check fits in ten minutes.
 K=tests/gpu/test_kernels.py
 WO=tests/gpu/test_wo_kernels.py
@@ -46,13 +46,15 @@ ATTENTION="$K::test_attention $K::test_attention_without_rope $K::test_attention
   $K::test_attention_quantized_kv_cache_other_dtypes $K::test_split_kv_decode
   $K::test_split_kv_decode_quantized $K::test_decode_with_rope_inside_equals_rope_kv_first
   $K::test_kv_write_matches_quantize_kv_exactly"
-shards=(attention kernels quant_kernels wo_paths wo_shapes rest)
+shards=(attention kernels glu quant_kernels wo_paths wo_shapes rest)
 echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py (${#shards[@]} shards at once)"
 declare -A shard_args=(
   [attention]="$ATTENTION"
   # --deselect takes node-id prefixes: every attention test above, and nothing else.
   [kernels]="$K --deselect $K::test_attention --deselect $K::test_split_kv_decode
-    --deselect $K::test_decode_with_rope --deselect $K::test_kv_write"
+    --deselect $K::test_decode_with_rope --deselect $K::test_kv_write
+    --deselect $K::test_gemv_glu --deselect $K::test_small_m_glu"
+  [glu]="$K::test_gemv_glu_equals_gemv_then_silu_mul $K::test_small_m_glu_equals_small_m_then_silu_mul"
   [quant_kernels]="tests/gpu/test_quant_kernels.py"
   [wo_paths]="$WO::test_linear_wo_4096 $WO::test_linear_wo_gemv_configs $WO::test_dequantize_is_exact"
   [wo_shapes]="$WO::test_linear_wo_mma $WO::test_linear_wo_mma_row_blocks $WO::test_linear_wo_mma_counts_return_to_zero $WO::test_linear_wo_splits_and_odd_shapes"

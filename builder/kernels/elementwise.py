@@ -76,15 +76,24 @@ def _grid(rows, width: int) -> tuple:
 
 # -- lowering -----------------------------------------------------------------------------------
 
-def plan_silu_mul(node, ctx):
+def silu_mul_launch(node, ctx):
     (x,), (out,) = node.inputs, node.outputs
     width = ctx.width(out)
-    launch = ctx.make_launch(
+    return ctx.make_launch(
         silu_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
         args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
         constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
                         WIDTH=width, BLOCK=BLOCK))
-    if not gemm.fold(ctx, node, launch, gemm.SILU_MUL, x):
+
+
+def plan_silu_mul(node, ctx):
+    if node.attrs.get("fold_into_previous"):  # the gate/up linear before it runs it
+        if ctx.epilogues.pop(node.outputs[0], None) is None:
+            raise ValueError(f"{ctx.label}: marked fold_into_previous, but the linear before "
+                             "it did not take it")
+        return
+    launch = silu_mul_launch(node, ctx)
+    if not gemm.fold(ctx, node, launch, gemm.SILU_MUL, node.inputs[0]):
         ctx.program.append(launch)
 
 

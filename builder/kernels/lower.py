@@ -50,6 +50,7 @@ class LoweringContext:
         self.label = ""
         self.next_node = None  # the node after the one being lowered
         self.folded: dict[str, dict] = {}  # output of a kernel left to the next linear (gemm.fold)
+        self.epilogues: dict[str, Launch] = {}  # output of a kernel the linear before ran
 
     # -- values -------------------------------------------------------------------------------
     def dtype(self, name: str) -> str:
@@ -147,8 +148,9 @@ def lower(graph: Graph, build) -> LoweringContext:
         ctx.label = f"{index}:{node.op}:{node.outputs[0]}"
         ctx.next_node = graph.nodes[index + 1] if index + 1 < len(graph.nodes) else None
         planner(node, ctx)
-    if ctx.folded:
-        raise AssertionError(f"kernels left to a linear that never ran: {sorted(ctx.folded)}")
+    if ctx.folded or ctx.epilogues:
+        raise AssertionError("kernels folded into a linear left unplanned: "
+                             f"{sorted(ctx.folded) + sorted(ctx.epilogues)}")
     logits = graph.values.get("logits")
     if logits is not None and logits.kind == "output" and logits.dtype == "float32":
         ctx.label = "select:logits"

@@ -136,22 +136,37 @@ def _rows_launch(qdtype: str, rows, width: int) -> tuple[tuple, int, int]:
 
 # -- lowering: plan node -> launches ------------------------------------------------------------
 
+def fp8_rows_launch(ctx, node, x: str, scale: str, silu_mul: bool):
+    """The fp8_rows_kernel launch of an FP8 quantize_fp8 or silu_mul_quant node."""
+    (q,) = node.outputs
+    width = ctx.width(q)
+    grid, block, warps = _rows_launch(FP8, ctx.rows(q), width)
+    return ctx.make_launch(
+        fp8_rows_kernel, grid=grid, num_warps=warps,
+        args=dict(q_ptr=ctx.ptr(q), x_ptr=ctx.ptr(x), scale_ptr=ctx.ptr(scale)),
+        constexprs=dict(X_STRIDE=ctx.row_stride(x), Q_STRIDE=ctx.row_stride(q), WIDTH=width,
+                        BLOCK=block, SILU_MUL=silu_mul))
+
+
 def _plan_rows(ctx, node, qdtype: str, x: str, extra: str | None, width: int, silu_mul: bool):
     """quantize_* and silu_mul_quant: `extra` is the fp8 scale or the int8 smoother. An fp8 one
-    marked fold_into_next is left to the linear_fp8 after it (gemm.fold)."""
+    marked fold_into_next is left to the linear_fp8 after it (gemm.fold); one marked
+    fold_into_previous was taken by the linear_fp8 before it (gemm.take_epilogue)."""
+    if node.attrs.get("fold_into_previous"):
+        if ctx.epilogues.pop(node.outputs[0], None) is None:
+            raise ValueError(f"{ctx.label}: marked fold_into_previous, but the linear before "
+                             "it did not take it")
+        return
     outs = node.outputs
-    grid, block, warps = _rows_launch(qdtype, ctx.rows(outs[0]), width)
-    common = dict(X_STRIDE=ctx.row_stride(x), Q_STRIDE=ctx.row_stride(outs[0]), WIDTH=width,
-                  BLOCK=block, SILU_MUL=silu_mul)
     if qdtype == FP8:
-        launch = ctx.make_launch(
-            fp8_rows_kernel, grid=grid, num_warps=warps,
-            args=dict(q_ptr=ctx.ptr(outs[0]), x_ptr=ctx.ptr(x), scale_ptr=ctx.ptr(extra)),
-            constexprs=common)
+        launch = fp8_rows_launch(ctx, node, x, extra, silu_mul)
         if not gemm.fold(ctx, node, launch, gemm.SILU_MUL if silu_mul else gemm.PLAIN, x,
                          scale=extra):
             ctx.program.append(launch)
         return
+    grid, block, warps = _rows_launch(qdtype, ctx.rows(outs[0]), width)
+    common = dict(X_STRIDE=ctx.row_stride(x), Q_STRIDE=ctx.row_stride(outs[0]), WIDTH=width,
+                  BLOCK=block, SILU_MUL=silu_mul)
     q, row_scale = outs
     ctx.launch(int8_rows_kernel, grid=grid, num_warps=warps,
                args=dict(q_ptr=ctx.ptr(q), row_scale_ptr=ctx.ptr(row_scale), x_ptr=ctx.ptr(x),

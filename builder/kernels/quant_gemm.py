@@ -39,6 +39,7 @@ import triton.language as tl
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct, interpreting
+from kiln.builder.kernels.gemm import take_epilogue
 from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
@@ -599,14 +600,16 @@ def plan_linear_fp8(node, ctx):
                         f"scales it by {x_scale}")
     prologue = [folded["launch"]] if folded else []
     scales = (x_scale, w_scale)
+    epilogue = take_epilogue(node, ctx)
     alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
-                    for alt in small_m_alternatives(ctx, q, w, out, bias, scales)]
-    alternatives += gemv_alternatives(ctx, q, w, out, bias, folded, scales)
+                    for alt in small_m_alternatives(ctx, q, w, out, bias, scales, epilogue)]
+    alternatives += gemv_alternatives(ctx, q, w, out, bias, folded, scales, epilogue)
     ctx.gemm(Gemm(a=ctx.ref(q)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(q), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
                   in_dtype="float8_e4m3fn", a_scale=ctx.ref(x_scale)[0],
-                  w_scale=ctx.ref(w_scale)[0], alternatives=alternatives, prologue=prologue))
+                  w_scale=ctx.ref(w_scale)[0], alternatives=alternatives, prologue=prologue,
+                  epilogue=[epilogue["launch"]] if epilogue else []))
 
 
 def plan_linear_w8a8(node, ctx):

@@ -90,7 +90,8 @@ class Gemm:
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
     the fastest. `prologue`: launches that write cuBLASLt's operands (a weight dequantized into
     scratch, or a norm or SiLU-mul folded into the GEMM, which each alternative runs or
-    computes itself); they run, and are timed, only when cuBLASLt runs."""
+    computes itself); they run, and are timed, only when cuBLASLt runs. `epilogue`: launches
+    after cuBLASLt (a gate/up GEMM's SiLU-mul), likewise run or computed by each alternative."""
     a: dict
     w: dict
     out: dict
@@ -107,6 +108,7 @@ class Gemm:
     w_scale: dict | None = None
     alternatives: list[dict] = field(default_factory=list)
     prologue: list[Launch] = field(default_factory=list)
+    epilogue: list[Launch] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
@@ -120,10 +122,13 @@ class Gemm:
                                    for alt in self.alternatives]
         if self.prologue:
             out["prologue"] = [step.to_json() for step in self.prologue]
+        if self.epilogue:
+            out["epilogue"] = [step.to_json() for step in self.epilogue]
         return out
 
     def launches(self) -> list[Launch]:
-        return self.prologue + [step for alt in self.alternatives for step in alt["steps"]]
+        return (self.prologue + self.epilogue
+                + [step for alt in self.alternatives for step in alt["steps"]])
 
 
 def kernel_spec(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int = 1

@@ -3,13 +3,24 @@ largest step the engine accepts (max_num_tokens tokens, max_batch_size sequences
 
 Values whose lifetimes do not overlap share bytes (greedy first fit in order of definition).
 The outputs of `split` are views of their input (row stride = input width), never copies.
-The inputs of a node marked `fold_into_next` live through the next node, which reads them.
+The nodes of one GEMM step (a linear, a node before it marked `fold_into_next`, one after it
+marked `fold_into_previous`: passes/fold_into_linears.py) run as one: their inputs live to the
+step's last node, since a kernel of the step may read them while it writes any of its outputs.
 """
 from __future__ import annotations
 
 from kiln.builder.ir import Graph, dtype_size
 
 ALIGN = 256
+
+
+def _step_end(nodes, i: int) -> int:
+    """The last node of the GEMM step node i runs in (itself, when it folds into none)."""
+    while nodes[i].attrs.get("fold_into_next") and i + 1 < len(nodes):
+        i += 1
+    while i + 1 < len(nodes) and nodes[i + 1].attrs.get("fold_into_previous"):
+        i += 1
+    return i
 
 
 def dim_value(dim, symbols: dict[str, int]) -> int:
@@ -50,8 +61,7 @@ def plan_memory(graph: Graph, build) -> Graph:
     activations = [n for n, v in g.values.items() if v.kind in ("activation", "output")]
     last_use = {name: len(g.nodes) if g.values[name].kind == "output" else -1 for name in activations}
     for step, node in enumerate(g.nodes):
-        # A kernel folded into the next linear runs with it (fold_into_linears).
-        until = step + 1 if node.attrs.get("fold_into_next") else step
+        until = _step_end(g.nodes, step)
         for name in node.inputs + node.outputs:
             if name in last_use:
                 root = _root(name, views)

@@ -215,6 +215,9 @@ PlanSpec toPlan(py::object const& engine)
             if (s.contains("prologue"))
                 for (auto step : s["prologue"].cast<py::list>())
                     g.prologue.push_back(toLaunch(step.cast<py::dict>(), label));
+            if (s.contains("epilogue"))
+                for (auto step : s["epilogue"].cast<py::list>())
+                    g.epilogue.push_back(toLaunch(step.cast<py::dict>(), label));
             p.program.emplace_back(std::move(g));
             continue;
         }

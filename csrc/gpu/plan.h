@@ -85,7 +85,8 @@ struct GemmAlternative
 /// * (a @ w^T) (+ bias). The executor times the alternatives against cuBLASLt per M and runs
 /// the fastest. `prologue` writes cuBLASLt's operands (a weight dequantized into scratch, or a
 /// norm or SiLU-mul folded into the GEMM, which each alternative runs or computes itself): it
-/// runs, and is timed, only with cuBLASLt.
+/// runs, and is timed, only with cuBLASLt; so does `epilogue`, after it (a gate/up GEMM's
+/// SiLU-mul).
 struct GemmStep
 {
     std::string label;
@@ -104,6 +105,7 @@ struct GemmStep
     std::optional<BufferRef> wScale; ///< FP8: the same for w
     std::vector<GemmAlternative> alternatives;
     std::vector<LaunchStep> prologue;
+    std::vector<LaunchStep> epilogue;
 };
 
 struct OutputSpec

@@ -106,6 +106,8 @@ struct ResolvedGemm
     int maxM = 0;  ///< the most rows any alternative takes (0: none)
     std::vector<ResolvedAlternative> alternatives;
     std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
+    std::vector<ResolvedLaunch> epilogue; ///< runs after cuBLASLt only
+    std::optional<std::size_t> before;    ///< the program's item right before it
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -654,8 +656,10 @@ private:
                         shape += "/" + step.kernel;
                 for (auto const& step : g.prologue)
                     shape += "/prologue:" + step.kernel;
+                for (auto const& step : g.epilogue)
+                    shape += "/epilogue:" + step.kernel;
                 auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
-                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}};
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}, {}, {}};
                 for (auto const& alternative : g.alternatives)
                 {
                     ResolvedAlternative resolved{alternative.maxM, {}};
@@ -666,6 +670,10 @@ private:
                 }
                 for (auto const& step : g.prologue)
                     gemm.prologue.push_back(resolveLaunch(step));
+                for (auto const& step : g.epilogue)
+                    gemm.epilogue.push_back(resolveLaunch(step));
+                if (!mProgram.empty())
+                    gemm.before = mProgram.size() - 1;
                 if (mShapeMembers.size() <= static_cast<std::size_t>(shapeId))
                     mShapeMembers.resize(static_cast<std::size_t>(shapeId) + 1);
                 mShapeMembers[static_cast<std::size_t>(shapeId)].push_back(mProgram.size());
@@ -711,6 +719,8 @@ private:
                     for (auto const& launch : alternative.steps)
                         markLaunch(launch);
                 for (auto const& launch : gemm.prologue)
+                    markLaunch(launch);
+                for (auto const& launch : gemm.epilogue)
                     markLaunch(launch);
             }
         }
@@ -792,12 +802,20 @@ private:
         int const choice = m > 0 && m <= gemm.maxM ? mChosen.at({gemm.shape, m}) : -1;
         if (choice < 0)
         {
-            for (auto& launch : gemm.prologue)
-                run(launch);
-            mGemm->run(gemm.id, static_cast<int>(m), mStream);
+            runCublasLt(gemm, m);
             return;
         }
         for (auto& launch : gemm.alternatives[static_cast<std::size_t>(choice)].steps)
+            run(launch);
+    }
+
+    /// The GEMM through cuBLASLt, with the launches that write its operands and those after it.
+    void runCublasLt(ResolvedGemm& gemm, std::int64_t m)
+    {
+        for (auto& launch : gemm.prologue)
+            run(launch);
+        mGemm->run(gemm.id, static_cast<int>(m), mStream);
+        for (auto& launch : gemm.epilogue)
             run(launch);
     }
 
@@ -853,32 +871,59 @@ private:
     /// What runs `gemm` at `m` (<= gemm.maxM) rows: cuBLASLt (-1) or the alternative that times
     /// fastest. Each candidate is timed over several GEMMs of the shape back to back, as a step
     /// runs them one after another (each reads its own weight from memory, and launches overlap
-    /// as in the step), so a microsecond of launch or timing noise weighs little. Decided by
-    /// prepareGemms before a step (m > 0): timing writes those GEMMs' outputs.
+    /// as in the step), so a microsecond of launch or timing noise weighs little; each after
+    /// what runs before its GEMM in the step (the kernel, or the GEMM as chosen already: the
+    /// program is prepared in order), since programmatic launch overlaps the two: a kernel that
+    /// starts reading its weight while a light kernel finishes gains what it cannot after a
+    /// GEMM, and one whose blocks wait on a GEMM's may slow it. That item's time alone is taken
+    /// off. Decided by prepareGemms before a step (m > 0): timing writes those GEMMs' and
+    /// kernels' outputs, which the step rewrites before reading (the decode kernel's K and V of
+    /// this step's tokens included).
     void choose(ResolvedGemm& gemm, std::int64_t m)
     {
         auto const peers = timedPeers(gemm);
         ColdL2 const cold;
         prepareCublasLt(peers, m, &cold);
+        auto const before = [&](ResolvedGemm& g)
+        {
+            if (!g.before)
+                return;
+            auto& item = mProgram[*g.before];
+            if (auto* launch = std::get_if<ResolvedLaunch>(&item))
+            {
+                run(*launch);
+                return;
+            }
+            auto& previous = std::get<ResolvedGemm>(item);
+            auto const rows = previous.m.eval(mValues);
+            // A GEMM not prepared yet (a later layer's, of a shape further on) runs no lead.
+            if (rows > 0 && mChosen.count({previous.shape, rows}) != 0)
+                runGemm(previous);
+        };
+        bool const led
+            = std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
+        float const leadUs = led ? timeEach(peers, cold, before) : 0.0F;
         int best = -1;
         float bestUs = timeEach(peers, cold,
-            [&](ResolvedGemm& g)
-            {
-                for (auto& launch : g.prologue)
-                    run(launch);
-                mGemm->run(g.id, static_cast<int>(m), mStream);
-            });
+                           [&](ResolvedGemm& g)
+                           {
+                               before(g);
+                               runCublasLt(g, m);
+                           })
+            - leadUs;
         std::vector<std::pair<int, float>> times{{-1, bestUs}}; // (alternative, us a GEMM); -1: cuBLASLt
         for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {
             if (m > gemm.alternatives[i].maxM)
                 continue;
             float const us = timeEach(peers, cold,
-                [&](ResolvedGemm& g)
-                {
-                    for (auto& launch : g.alternatives[i].steps)
-                        run(launch);
-                });
+                                 [&](ResolvedGemm& g)
+                                 {
+                                     before(g);
+                                     for (auto& launch : g.alternatives[i].steps)
+                                         run(launch);
+                                 })
+                - leadUs;
             times.emplace_back(static_cast<int>(i), us);
             if (us < bestUs)
             {
@@ -891,7 +936,8 @@ private:
         {
             std::ostringstream report;
             report << (best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best)) << " (timed over "
-                   << peers.size() << " GEMMs, us a GEMM:" << std::fixed << std::setprecision(1);
+                   << peers.size() << " GEMMs" << (led ? " after what runs before each" : "")
+                   << ", us a GEMM:" << std::fixed << std::setprecision(1);
             for (auto const& [index, us] : times)
                 report << (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ") << us;
             report << ")";

@@ -80,9 +80,10 @@ def test_program_references_resolve(tmp_path_factory):
     weights = set(graph.of_kind("weight"))
     gemms = 0
     folded = 0
+    epilogues = []
     for step in header["program"]:
         alternatives = [a for alt in step.get("alternatives", []) for a in alt["steps"]]
-        alternatives += step.get("prologue", [])
+        alternatives += step.get("prologue", []) + step.get("epilogue", [])
         refs = [step["a"], step["w"], step["out"]] + ([step["bias"]] if step["bias"] else []) \
             + [arg for a in alternatives for arg in a["args"]] \
             if step["kind"] == "gemm" else step["args"]
@@ -109,34 +110,43 @@ def test_program_references_resolve(tmp_path_factory):
         if step["kind"] == "gemm":
             gemms += 1
             assert evaluate(step["m"], symbols) in (64, 4)
-            prologue = step.get("prologue", [])
+            prologue, epilogue = step.get("prologue", []), step.get("epilogue", [])
             # The small-M alternatives, then the one-row ones. A kernel folded into the GEMM
-            # (the norms before qkv, gate_up and the LM head; SiLU-mul before down) is
-            # cuBLASLt's prologue, first in each small-M alternative and inside the one-row
-            # kernel, which is also offered after that kernel's own launch.
-            ones = len(GEMV_CONFIGS) * (2 if prologue else 1)
-            assert [alt["max_m"] for alt in step["alternatives"]] \
-                == [16] * len(SMALL_CONFIGS) + [1] * ones
-            fns = [header["kernels"][alt["steps"][-1]["kernel"]]["fn"].rsplit(".", 1)[1]
-                   for alt in step["alternatives"]]
-            assert fns == ["small_m_gemm_kernel"] * len(SMALL_CONFIGS) + ["gemv_kernel"] * ones
-            assert [alt["steps"][:-1] for alt in step["alternatives"]] \
-                == [prologue] * len(SMALL_CONFIGS) + [[]] * len(GEMV_CONFIGS) \
-                + [prologue] * (ones - len(GEMV_CONFIGS))
-            folded += bool(prologue)
-            before = header["kernels"][prologue[0]["kernel"]]["fn"].rsplit(".", 1)[1] \
-                if prologue else None
+            # (the norms before qkv, gate_up and the LM head) is cuBLASLt's prologue, first in
+            # each small-M alternative and inside the one-row kernel, which is also offered
+            # after that kernel's own launch; gate_up's SiLU-mul is cuBLASLt's epilogue, and
+            # each small-M and one-row configuration comes with it inside (GLU) and before its
+            # launch.
+            fn = lambda s: header["kernels"][s["kernel"]]["fn"].rsplit(".", 1)[1]  # noqa: E731
+            before = fn(prologue[0]) if prologue else None
             kinds = {None: gemm.PLAIN, "rmsnorm_kernel": gemm.NORM,
-                     "add_rmsnorm_kernel": gemm.ADD_NORM, "silu_mul_kernel": gemm.SILU_MUL}
-            first = len(SMALL_CONFIGS)
-            assert [header["kernels"][alt["steps"][-1]["kernel"]]["constexprs"]["PROLOGUE"]
-                    for alt in step["alternatives"][first:]] \
-                == [int(kinds[before])] * len(GEMV_CONFIGS) + [0] * (ones - len(GEMV_CONFIGS))
+                     "add_rmsnorm_kernel": gemm.ADD_NORM}
+            ways = [(True, []), (False, epilogue)] if epilogue else [(False, [])]
+            want = [(prologue, "small_m_gemm_kernel", post, None, glu)
+                    for _ in SMALL_CONFIGS for glu, post in ways]
+            for pre, kind in [([], before)] + ([(prologue, None)] if prologue else []):
+                want += [(pre, "gemv_kernel", post, int(kinds[kind]), glu)
+                         for _ in GEMV_CONFIGS for glu, post in ways]
+            got = []
+            for alt in step["alternatives"]:
+                i = next(j for j, s in enumerate(alt["steps"])
+                         if fn(s) in ("small_m_gemm_kernel", "gemv_kernel"))
+                main = alt["steps"][i]
+                c = header["kernels"][main["kernel"]]["constexprs"]
+                got.append((alt["steps"][:i], fn(main), alt["steps"][i + 1:], c.get("PROLOGUE"),
+                            c.get("GLU")))
+            assert got == want
+            small = len(SMALL_CONFIGS) * len(ways)
+            assert [alt["max_m"] for alt in step["alternatives"]] \
+                == [16] * small + [1] * (len(want) - small)
+            folded += bool(prologue)
+            epilogues += [fn(e) for e in epilogue]
         else:
             assert step["kernel"] in header["kernels"]
             assert all(evaluate(g, symbols) >= 1 for g in step["grid"])
     assert gemms == 4 * header["kv_cache"]["num_layers"] + 1  # qkv, o, gate_up, down; lm_head
-    assert folded == 3 * header["kv_cache"]["num_layers"] + 1
+    assert folded == 2 * header["kv_cache"]["num_layers"] + 1
+    assert epilogues == ["silu_mul_kernel"] * header["kv_cache"]["num_layers"]
     assert not any(fn in header["kernels"][s["kernel"]]["fn"] for fn in ("norm", "silu_mul")
                    for s in header["program"] if s["kind"] == "kernel")
     assert set(STEP_SYMBOLS) <= set(symbols)

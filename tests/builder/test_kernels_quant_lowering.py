@@ -99,7 +99,8 @@ def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
         assert launch.kernel.constexprs["SCALED"] and not launch.kernel.constexprs["HAS_BIAS"]
         assert launch.to_json()["args"][1:3] == [{"arena": 0}, {"weight": "qkv.weight"}]
         assert launch.to_json()["args"][4:] == [{"weight": "in_scale"},
-                                                {"weight": "qkv.weight_scale"}, {"i32": "T"}]
+                                                {"weight": "qkv.weight_scale"}] + [
+            {"weight": "qkv.weight"}] * 2 + [{"i32": "T"}]  # no SiLU-mul output: the weight
     for launch in launches[len(SMALL_CONFIGS_FP8):]:
         c = launch.kernel.constexprs
         assert launch.kernel.fn.fn.__name__ == "gemv_kernel"
@@ -107,7 +108,8 @@ def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
         args = launch.to_json()["args"]
         assert args[1:7] == [{"weight": "qkv.weight"}, {"arena": 0}] + [
             {"weight": "qkv.weight"}] * 4  # x is the FP8 input; unused operands: the weight
-        assert args[7:9] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"}]
+        assert args[7:11] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"}] + [
+            {"weight": "qkv.weight"}] * 2
 
 
 def test_fp8_quantization_folded_into_the_gemm():
@@ -144,6 +146,46 @@ def test_fp8_quantization_folded_into_the_gemm():
         c = launch.kernel.constexprs
         assert first is norm and (c["PROLOGUE"], c["QUANTIZE"], c["SCALED"]) == (0, False, True)
         assert launch.to_json()["args"][2] == {"arena": 0}
+
+
+def test_fp8_silu_mul_quant_is_the_gate_up_gemms_epilogue():
+    """An FP8 SiLU-mul quantization that alone reads a linear_fp8 runs inside that GEMM step:
+    after cuBLASLt, and in each small-M and one-row configuration both inside the kernel (GLU,
+    writing the e4m3 output with its scale) and as its own launch after it."""
+    from kiln.builder.passes import fold_into_linears
+    g = Graph()
+    src = WeightSource(load=lambda dtype: None, describe="test")
+    g.add_value("q", "float8_e4m3fn", ("T", H), "input")
+    s = g.add_weight("s", "float32", (1,), src)
+    w = g.add_weight("gate_up.weight", "float8_e4m3fn", (2 * I, H), src)
+    g.call("linear_fp8", ["q", w, s, s], ["gate_up"], dtype=DT)
+    g.call("silu_mul_quant", ["gate_up", s], ["act"], qdtype="float8_e4m3fn")
+    g.values["act"].kind = "output"
+    g = fold_into_linears(g)
+    assert g.nodes[-1].attrs == {"qdtype": "float8_e4m3fn", "fold_into_previous": True}
+    g.memory_plan = {"offsets": {"gate_up": 0, "act": 4096 * 16}, "views": {}}
+    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT,
+                                   max_num_tokens=64))
+    assert steps_of(ctx, "silu_mul_quant") == []
+    (gemm,) = steps_of(ctx, "linear_fp8")
+    (after,) = gemm.epilogue
+    assert after.kernel.fn.fn.__name__ == "fp8_rows_kernel" and after.kernel.constexprs["SILU_MUL"]
+    assert gemm.prologue == []
+    names = [[step.kernel.fn.fn.__name__ for step in alt["steps"]] for alt in gemm.alternatives]
+    assert names == [["small_m_gemm_kernel"], ["small_m_gemm_kernel", "fp8_rows_kernel"]] * len(
+        SMALL_CONFIGS_FP8) + [["gemv_kernel"], ["gemv_kernel", "fp8_rows_kernel"]] * len(
+        GEMV_CONFIGS_FP8)
+    for alt in gemm.alternatives:
+        main = alt["steps"][0]
+        glu = len(alt["steps"]) == 1
+        assert bool(main.kernel.constexprs["GLU"]) == glu
+        assert alt["steps"][1:] in ([], [after])
+        # act_ptr, act_scale_ptr: the SiLU-mul's output and scale, or unused (the weight).
+        act = [{"arena": 4096 * 16}, {"weight": "s"}] if glu else [{"weight": w}] * 2
+        i = 6 if main.kernel.fn.fn.__name__ == "small_m_gemm_kernel" else 9
+        assert main.to_json()["args"][i:i + 2] == act
+        if glu and i == 6:
+            assert main.kernel.constexprs["ACT_STRIDE"] == I
 
 
 def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):

@@ -472,6 +472,51 @@ def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
     return rel_err(out[:1], ref)
 
 
+def check_glu(device, dtype, n, k, seed, config, kernel="gemv", m=1, fp8=False,
+              prologue="plain", bias=False, exact=True):
+    """A gate/up GEMM's kernel with the SiLU-mul inside (GLU: its epilogue) against the same
+    kernel then the SiLU-mul's own (silu_mul_kernel; with `fp8`, FP8 operands and silu_mul_quant's
+    fp8_rows_kernel): the elements that differ (none: the same arithmetic). `kernel`: "gemv"
+    (one row, after `prologue`) or "small_m" (m rows). Neither writes beyond its rows.
+    Not `exact`: rel_err instead (Triton's interpreter multiplies tiles with numpy, whose sums
+    may round differently by a column's place in the tile, which GLU changes)."""
+    from kiln.builder.kernels import elementwise, gemm, quant
+    g = torch.Generator().manual_seed(seed)
+    e4m3 = torch.float8_e4m3fn
+    if fp8 and prologue == "plain":
+        x = (torch.randn((m, k), generator=g) * 40).to(e4m3).to(device)
+    else:
+        x = _rand(g, (m, k), dtype, device, 2.0 if fp8 else 1.0)
+    res = _rand(g, (m, k), dtype, device)
+    gamma = _rand(g, (k,), dtype, device, 0.1, 1.0)
+    if fp8:
+        w = (torch.randn((n, k), generator=g) * 40).to(e4m3).to(device)
+        scales = (((torch.rand(1, generator=g) + 0.5) / 40).to(device),
+                  ((torch.rand(1, generator=g) + 0.5) / 40 / k ** 0.5).to(device))
+        act_scale = torch.tensor([3.0 / 448]).to(device)
+    else:
+        w = _rand(g, (n, k), dtype, device, k ** -0.5)
+        scales = act_scale = None
+    b = _rand(g, (n,), dtype, device) if bias else None
+    out = torch.full((m + 1, n // 2), float("nan"), dtype=dtype, device=device)
+    if fp8:
+        out = out.to(e4m3)
+    if kernel == "gemv":
+        kind = {"plain": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM}[prologue]
+        common = dict(config=config, prologue=kind, g=gamma, eps=1e-5, res=res, scales=scales,
+                      dtype=dtype)
+        y, _ = gemm.linear_gemv(x, w, b, **common)
+        gemm.linear_gemv(x, w, b, out=out[:m], glu=True, act_scale=act_scale, **common)
+    else:
+        y = gemm.linear_small_m(x, w, b, config=config, scales=scales, dtype=dtype)
+        gemm.linear_small_m(x, w, b, config=config, out=out[:m], scales=scales, dtype=dtype,
+                            glu=True, act_scale=act_scale)
+    assert torch.isnan(out[m:].float()).all(), "the kernel wrote beyond its rows"
+    ref = quant.silu_mul_quant(y, "float8_e4m3fn", act_scale)[0] if fp8 \
+        else elementwise.silu_mul(y)
+    return _mismatches(out[:m].cpu(), ref.cpu()) if exact else rel_err(out[:m].float(), ref)
+
+
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
 def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False):
     """linear_fp8's one-row alternative (gemv_kernel, SCALED) against ops' FP8 quantization
@@ -598,7 +643,8 @@ def interpreter_cases():
     for dtype in (f32, f16):
         d = str(dtype).split(".")[1]
         for m, n, k, config, bias in [(1, 64, 256, 0, False), (5, 50, 72, 1, True),
-                                      (16, 96, 512, 0, True), (3, 40, 300, 1, False)]:
+                                      (16, 96, 512, 0, True), (3, 40, 300, 1, False),
+                                      (1, 64, 256, 4, False), (7, 100, 200, 4, True)]:
             cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
                           dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
                           TOL[dtype]))
@@ -612,6 +658,20 @@ def interpreter_cases():
                 cases.append((f"{name}-{d}-{n}x{k}-c{config}-{prologue}", check,
                               dict(dtype=dtype, n=n, k=k, seed=n + k, config=config,
                                    prologue=prologue, bias=bias), TOL[dtype]))
+        for fp8 in (False, True):
+            f = "-fp8" if fp8 else ""
+            for n, k, config, prologue, bias in [(64, 256, 0, "add_rmsnorm", False),
+                                                 (36, 72, 1, "rmsnorm", True),
+                                                 (44, 300, 2, "plain", False)]:
+                cases.append((f"gemv_glu{f}-{d}-{n}x{k}-c{config}-{prologue}", check_glu,
+                              dict(dtype=dtype, n=n, k=k, seed=n + k, config=config, fp8=fp8,
+                                   prologue=prologue, bias=bias), 0))
+            for m, n, k, config, bias in [(1, 64, 256, 0, False), (5, 100, 72, 1, True),
+                                          (16, 96, 512, 2, False), (3, 200, 128, 4, False)]:
+                cases.append((f"small_m_glu{f}-{d}-{m}x{n}x{k}-c{config}", check_glu,
+                              dict(dtype=dtype, n=n, k=k, seed=m + n, config=config,
+                                   kernel="small_m", m=m, fp8=fp8, bias=bias, exact=fp8),
+                              0 if fp8 else TOL[dtype]))
     cases += [
         ("sampling", check_sampling, dict(vocab=300, seed=9, draws=16), 0),
     ]

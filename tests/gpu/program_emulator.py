@@ -114,6 +114,8 @@ class ProgramEmulator:
             y = y * (self.pointer(g["a_scale"], torch.float32)[0]
                      * self.pointer(g["w_scale"], torch.float32)[0])
         out.copy_((y if bias is None else y + bias.float()).to(dtype))
+        for step in g.get("epilogue") or []:
+            self._launch(step, symbols)
 
     def forward(self, step: dict) -> np.ndarray:
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)

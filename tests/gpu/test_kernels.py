@@ -185,6 +185,29 @@ def test_gemv(dtype, n, k, prologue, config):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fp8", [False, True], ids=["", "fp8"])
+@pytest.mark.parametrize("n,k,prologue", [(28672, 4096, "add_rmsnorm"), (28672, 4096, "plain"),
+                                          (1000, 576, "rmsnorm"), (36, 72, "plain")])
+@pytest.mark.parametrize("config", range(len(GEMV_CONFIGS)))
+def test_gemv_glu_equals_gemv_then_silu_mul(dtype, fp8, n, k, prologue, config):
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    assert kc.check_glu("cuda", dtype, n, k, seed=n + k, config=config, fp8=fp8,
+                        prologue=prologue, bias=n == 1000) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fp8", [False, True], ids=["", "fp8"])
+@pytest.mark.parametrize("m,n,k", [(1, 28672, 4096), (8, 28672, 4096), (5, 1000, 72)])
+@pytest.mark.parametrize("config", range(len(SMALL_CONFIGS)))
+def test_small_m_glu_equals_small_m_then_silu_mul(dtype, fp8, m, n, k, config):
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    assert kc.check_glu("cuda", dtype, n, k, seed=m + n, config=config, kernel="small_m", m=m,
+                        fp8=fp8, bias=n == 1000) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,prologue", [(6144, 4096, "add_rmsnorm"), (4096, 4096, "quantize"),
                                           (28672, 4096, "add_rmsnorm"), (4096, 14336, "silu_mul"),
                                           (1000, 576, "rmsnorm"), (50, 72, "fp8")])

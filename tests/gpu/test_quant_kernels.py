@@ -71,4 +71,7 @@ def test_linear_fp8_small_m(dtype, m, n, k, bias, config):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
     err = qc.check_linear_fp8_small_m("cuda", dtype, m, n, k, seed=m + n, config=config, bias=bias)
-    assert err < TOL[dtype], f"error {err:.2e}"
+    # SWAP multiplies in e4m3 on Hopper's tensor cores, whose sums within one MMA keep fewer
+    # bits than float32 (measured up to 4.7e-5 on the H200; cuBLASLt's FP8 GEMM 1.3e-4).
+    bound = max(TOL[dtype], 1e-4) if SMALL_CONFIGS_FP8[config][4] else TOL[dtype]
+    assert err < bound, f"error {err:.2e}"

@@ -135,6 +135,7 @@ def norms_then_linears() -> Graph:
     weight(g, "w.weight", H, H)
     weight(g, "u.weight", H, H)
     weight(g, "v.weight", 2 * H, H)
+    weight(g, "half.weight", H, H // 2)
     weight(g, "norm.weight", H)
     g.call("linear", ["x", "w.weight"], ["y"])
     g.call("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], eps=1e-6)
@@ -145,9 +146,12 @@ def norms_then_linears() -> Graph:
     g.call("rmsnorm", ["b", "norm.weight"], ["c"], eps=1e-6)
     g.call("add", ["c", "a"], ["d"])
     g.call("linear", ["c", "v.weight"], ["e"])  # not right after the norm: not marked
-    g.call("silu_mul", ["e"], ["s"])
-    g.call("linear", ["s", "u.weight"], ["f"])  # marked, as a norm is
-    g.values["d"].kind = g.values["f"].kind = "output"
+    g.call("silu_mul", ["e"], ["s"])  # the linear before's only reader: its epilogue
+    g.call("linear", ["s", "u.weight"], ["f"])
+    g.call("add", ["f", "f"], ["f1"])
+    g.call("silu_mul", ["f1"], ["s2"])  # after no linear: folded into the next, as a norm is
+    g.call("linear", ["s2", "half.weight"], ["f2"])
+    g.values["d"].kind = g.values["f"].kind = g.values["f2"].kind = "output"
     return g
 
 
@@ -156,7 +160,8 @@ def test_fold_into_linears():
     assert [(n.op, n.attrs) for n in after.nodes[1:]] == [
         ("linear", {}), ("add_rmsnorm", {"eps": 1e-6, "fold_into_next": True}), ("linear", {}),
         ("rmsnorm", {"eps": 1e-6}), ("add", {}), ("linear", {}), ("rmsnorm", {"eps": 1e-6}),
-        ("add", {}), ("linear", {}), ("silu_mul", {"fold_into_next": True}), ("linear", {})]
+        ("add", {}), ("linear", {}), ("silu_mul", {"fold_into_previous": True}),
+        ("linear", {}), ("add", {}), ("silu_mul", {"fold_into_next": True}), ("linear", {})]
 
 
 def test_fold_into_linears_takes_fp8_quantization_into_linear_fp8():
@@ -182,6 +187,28 @@ def test_fold_into_linears_takes_fp8_quantization_into_linear_fp8():
         ("linear_fp8", False), ("linear_fp8", False)]
 
 
+def test_fold_into_linears_takes_an_fp8_silu_mul_quant_into_the_linear_fp8_before():
+    g = base()
+    fp8 = "float8_e4m3fn"
+    g.add_weight("gu.weight", fp8, (2 * H, H), g.sources["embed.weight"])
+    g.add_weight("d.weight", fp8, (H, H), g.sources["embed.weight"])
+    weight(g, "s", 1)
+    weight(g, "smooth", H)
+    g.call("quantize_fp8", ["x", "s"], ["q"])
+    g.call("linear_fp8", ["q", "gu.weight", "s", "s"], ["e"], dtype="float32")
+    g.call("silu_mul_quant", ["e", "s"], ["a"], qdtype=fp8)  # e's only reader: the epilogue
+    g.call("linear_fp8", ["a", "d.weight", "s", "s"], ["y"], dtype="float32")
+    g.call("linear_fp8", ["q", "gu.weight", "s", "s"], ["e2"], dtype="float32")
+    g.call("silu_mul_quant", ["e2", "smooth"], ["a2", "a2_scale"], qdtype="int8")  # not FP8
+    g.values["y"].kind = g.values["a2"].kind = g.values["a2_scale"].kind = "output"
+    after = fold_into_linears(g)
+    assert [(n.op, n.attrs.get("fold_into_next", False), n.attrs.get("fold_into_previous", False))
+            for n in after.nodes[1:]] == [
+        ("quantize_fp8", False, False), ("linear_fp8", False, False),
+        ("silu_mul_quant", False, True), ("linear_fp8", False, False),
+        ("linear_fp8", False, False), ("silu_mul_quant", False, False)]
+
+
 def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
     build = BuildConfig(dtype="float32", max_num_tokens=8, max_batch_size=2, max_seq_len=64,
                         tokens_per_block=16)
@@ -199,6 +226,30 @@ def test_plan_memory_keeps_a_folded_norms_inputs_through_the_linear():
     assert unmarked["z"] in (unmarked["x"], unmarked["y"])
     plan = plan_memory(fold_into_linears(g), build).memory_plan["offsets"]
     assert len({plan["z"], plan["y"], plan["x"], plan["n"], plan["h"]}) == 5
+
+
+def test_plan_memory_keeps_a_gemm_steps_inputs_through_its_epilogue():
+    """A norm folded into a gate/up linear and the SiLU-mul after it run as one GEMM step: the
+    SiLU-mul's output may be written while the norm's and the linear's inputs are read."""
+    build = BuildConfig(dtype="float32", max_num_tokens=8, max_batch_size=2, max_seq_len=64,
+                        tokens_per_block=16)
+    g = base()
+    weight(g, "w.weight", H, H)
+    weight(g, "v.weight", 2 * H, H)
+    weight(g, "norm.weight", H)
+    g.call("linear", ["x", "w.weight"], ["y"])
+    g.call("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], eps=1e-6)
+    g.call("linear", ["n", "v.weight"], ["e"])
+    g.call("silu_mul", ["e"], ["s"])
+    g.call("add", ["s", "h"], ["out"])
+    g.values["out"].kind = "output"
+    unmarked = plan_memory(g, build).memory_plan["offsets"]
+    assert unmarked["s"] in (unmarked["x"], unmarked["y"], unmarked["n"])
+    folded = fold_into_linears(g)
+    assert folded.nodes[-4].attrs == {"eps": 1e-6, "fold_into_next": True}
+    assert folded.nodes[-2].attrs == {"fold_into_previous": True}
+    plan = plan_memory(folded, build).memory_plan["offsets"]
+    assert len({plan[v] for v in ("x", "y", "n", "h", "e", "s")}) == 6
 
 
 def test_drop_dead_values():
