@@ -93,7 +93,8 @@ def prefill_time(gpu, vocab: int, prompt: int, tpb: int, max_blocks: int, reps: 
 
 
 def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_blocks: int,
-                   steps: int = 20, graphs: bool = True) -> list[tuple[str, float, int]]:
+                   steps: int = 20, graphs: bool = True,
+                   max_tokens: int = 2048) -> list[tuple[str, float, int]]:
     """Device time per decode step of `batch` sequences of each kernel (by name, CUPTI through
     torch's profiler): [(name, microseconds per step, launches per step)], largest first, and
     the total under the name "all kernels". Kernels launch serially here: launched
@@ -108,7 +109,11 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
     g = torch.Generator().manual_seed(5)
     for _ in range(batch):
         seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
-    picks = gpu.run_step(seqs.step([(s, prompt) for s in range(batch)]), [])["tokens"].tolist()
+    per_step = max(1, max_tokens // prompt)  # prefill in steps within max_num_tokens
+    picks = []
+    for first in range(0, batch, per_step):
+        chunk = [(s, prompt) for s in range(first, min(batch, first + per_step))]
+        picks.extend(gpu.run_step(seqs.step(chunk), [])["tokens"].tolist())
 
     def step() -> list[int]:
         for s in range(batch):
