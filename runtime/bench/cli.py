@@ -121,6 +121,104 @@ def _tokenizer(directory: Path):
     return AutoTokenizer.from_pretrained(directory)
 
 
+# -- build ---------------------------------------------------------------------------------
+
+@bench_main.command("build", context_settings=CONTEXT | {"ignore_unknown_options": True})
+@click.option("--dataset", required=True, type=click.Path(),
+              help="JSON lines from `engine-bench prepare`: the lengths to size the engine for.")
+@click.option("--gpu-memory-gib", type=float,
+              help="Memory of the GPU the engine will run on. Default: GPU 0's.")
+@click.option("--kv-cache-free-gpu-memory-fraction", "kv_fraction", type=float, default=0.9,
+              show_default=True, help="The share of free memory the KV cache will get at run time.")
+@click.option("--print-only", is_flag=True, help="Print the engine-build command; build nothing.")
+@click.argument("build_args", nargs=-1, type=click.UNPROCESSED)
+@one_line_errors
+def build(dataset, gpu_memory_gib, kv_fraction, print_only, build_args):
+    """engine-build, sized for a throughput run of DATASET on this GPU.
+
+    BUILD_ARGS are engine-build's options (e.g. --random-weights llama-3.1-8b --dtype bfloat16
+    --output DIR). Unless given there, --max-batch-size is the number of the dataset's requests
+    the KV cache holds, --max-num-tokens what a step needs to keep that batch full, and
+    --max-seq-len the dataset's longest request (kiln.runtime.bench.tuning says how)."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    from kiln.builder.cli import build_main
+    from kiln.runtime.bench.dataset import read_jsonl
+    from kiln.runtime.bench.tuning import engine_settings
+
+    path = Path(dataset)
+    if not path.is_file():
+        raise KilnError(f"dataset {path} does not exist; write one with `engine-bench prepare`")
+    requests = read_jsonl(path)
+    if not requests:
+        raise KilnError(f"dataset {path} holds no request")
+    args = list(build_args)
+    ctx = build_main.make_context("engine-build", list(args))
+    params = ctx.params
+    model = _build_model(params)
+    quant, kv_cache_dtype = _build_quant(params)
+    settings = engine_settings(
+        model, dtype=params["dtype"], quant=quant, kv_cache_dtype=kv_cache_dtype,
+        gpu_memory=_gpu_memory(gpu_memory_gib),
+        input_len=sum(r.input_len for r in requests) / len(requests),
+        output_len=sum(r.output_tokens for r in requests) / len(requests),
+        max_len=max(r.input_len + r.output_tokens for r in requests),
+        kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"])
+    given = {name for name in ("max_batch_size", "max_num_tokens", "max_seq_len")
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    computed = settings.build_args()
+    for i in range(0, len(computed), 2):
+        if computed[i][2:].replace("-", "_") not in given:
+            args += computed[i:i + 2]
+    click.echo(f"sizing: {settings.describe()}" + (f" (given: {', '.join(sorted(given))})" if given else ""))
+    click.echo("engine-build " + shlex.join(args))
+    if not print_only:
+        build_main.main(args=args, prog_name="engine-build", standalone_mode=False)
+
+
+def _build_model(params: dict):
+    from kiln.builder.models import ModelConfig
+
+    if params["random_weights"] is not None:
+        from kiln.builder.random_weights import RandomCheckpoint
+
+        hf_config = RandomCheckpoint(params["random_weights"], seed=params["seed"],
+                                     num_layers=params["random_layers"]).hf_config
+    elif params["checkpoint"] is not None:
+        from kiln.builder.checkpoint import open_checkpoint
+
+        with open_checkpoint(params["checkpoint"]) as ckpt:
+            hf_config = ckpt.hf_config
+    else:
+        raise KilnError("pass engine-build's --checkpoint PATH or --random-weights NAME: the "
+                        "model to size the engine for")
+    return ModelConfig.from_hf(hf_config)
+
+
+def _build_quant(params: dict) -> tuple[str, str]:
+    from kiln.quantize.options import cli_settings
+
+    checkpoint = None if params["random_weights"] is not None else params["checkpoint"]
+    return cli_settings(checkpoint, params["quant"], params["kv_cache_dtype"])
+
+
+def _gpu_memory(gib: float | None) -> float:
+    from kiln.runtime.bench.tuning import GIB
+
+    if gib is not None:
+        if gib <= 0:
+            raise KilnError(f"--gpu-memory-gib must be positive, got {gib}")
+        return gib * GIB
+    import torch
+
+    if not torch.cuda.is_available():
+        raise KilnError("no GPU here; pass --gpu-memory-gib with the memory of the GPU the engine "
+                        "will run on")
+    return float(torch.cuda.get_device_properties(0).total_memory)
+
+
 # -- throughput and latency ---------------------------------------------------------------
 
 def _common(f):

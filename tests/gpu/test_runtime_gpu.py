@@ -77,3 +77,19 @@ def test_engine_built_on_a_cpu_only_machine_runs():
         out = runner.generate(batch, max_new_tokens=12, end_id=-1, return_dict=True)
     for i, p in enumerate(batch):
         assert out["output_ids"][i, 0, : len(p) + 12].tolist() == greedy_hf(model, p, 12)
+
+
+def test_batch_of_hundreds_gives_the_tokens_of_small_batches(core, sm, tiny_engine):
+    """An engine built for 640 sequences (engine-bench build picks batches that large for
+    throughput runs): 600 requests at once, decode steps of up to 600 rows as CUDA graphs of
+    buckets past 512, give the tokens the same requests give 8 at a time."""
+    _, path = tiny_engine("llama", "float32", targets=(sm,), max_batch_size=640,
+                          max_num_tokens=2048, max_seq_len=64, tokens_per_block=16)
+    batch = prompts([7 + i % 13 for i in range(600)], seed=11)
+    with ModelRunner.from_dir(path, device="cuda") as runner:
+        wide = runner.generate(batch, max_new_tokens=10, end_id=-1, return_dict=True)
+        assert runner.kv_cache_stats()["used_blocks"] == 0
+    with ModelRunner.from_dir(path, device="cuda", max_batch_size=8) as runner:
+        narrow = runner.generate(batch, max_new_tokens=10, end_id=-1, return_dict=True)
+    assert (wide["sequence_lengths"] == narrow["sequence_lengths"]).all()
+    assert (wide["output_ids"] == narrow["output_ids"]).all()
