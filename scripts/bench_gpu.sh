@@ -32,7 +32,13 @@ rc=0
 # engine-build's options for every engine here; the limits are the shared engine's.
 BUILD=(--random-weights llama-3.1-8b --dtype bfloat16 --target-sm "$SM" --overwrite
   --quant "$QUANT" --kv-cache-dtype "$KV" --calib-size 8 --calib-seq-len 256)
-if [ ! -f "$E/config.json" ]; then
+# The shared engine serves latency and, with KILN_BENCH_SIZED=0, every set; sized engines only
+# need the datasets, drawn from the model's vocabulary.
+shared=0
+[ "${KILN_BENCH_SIZED:-1}" = 0 ] && shared=1
+for what in "$@"; do [ "$what" = latency ] && shared=1; done
+VOCAB=$($PY -c "from kiln.builder.models import ModelConfig; from kiln.builder.random_weights import RandomCheckpoint; print(ModelConfig.from_hf(RandomCheckpoint('llama-3.1-8b').hf_config).vocab_size)") || exit 1
+if [ $shared = 1 ] && [ ! -f "$E/config.json" ]; then
   echo "== engine-build $E"
   start=$(date +%s%N)
   $PY -c "import sys; from kiln.builder.cli import build_main; build_main(prog_name='engine-build')" \
@@ -50,7 +56,7 @@ for what in "$@"; do
   fi
   IFS=: read -r isl osl n hf_n hf_b <<< "$what"
   data=data/$isl-$osl-$n.jsonl
-  [ -f "$data" ] || $PY -m kiln.runtime.bench prepare -o "$data" token-norm-dist --engine "$E" \
+  [ -f "$data" ] || $PY -m kiln.runtime.bench prepare -o "$data" token-norm-dist --vocab-size "$VOCAB" \
     --num-requests "$n" --input-mean "$isl" --output-mean "$osl" || exit 1
   run_engine=$E
   if [ "${KILN_BENCH_SIZED:-1}" != 0 ]; then
