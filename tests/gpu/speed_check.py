@@ -4,7 +4,12 @@ quantized one too), beside the roofline: the bytes a decode step reads over the 
 device-to-device copy bandwidth. Prints a table last.
 
     python tests/gpu/speed_check.py [--steps 256] [--prompt 128] [--shape llama-3.1-8b]
-                                    [--engine DIR] [--profile]
+                                    [--engine DIR] [--profile] [--batches 1,8,64]
+                                    [--profile-batches 1,8]
+
+Batches past 64 (e.g. --batches 1,8,64,256 --profile-batches 256, a throughput run's decode
+step) size the in-memory engine to the largest; an engine from --engine must have been built
+for them.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ def copy_bandwidth(nbytes: int = 4 << 30, reps: int = 10) -> float:
 
 
 def decode_rate(gpu, vocab: int, batch: int, prompt: int, steps: int, tpb: int, max_blocks: int,
-                graphs: bool):
+                graphs: bool, max_tokens: int = 2048):
     """Wall-clock seconds per decode step (median) for `batch` sequences after a prefill, each
     step as the executor runs it: greedy picks on the GPU, no logits copied back."""
     from kiln_testing import PagedSequences
@@ -59,7 +64,7 @@ def decode_rate(gpu, vocab: int, batch: int, prompt: int, steps: int, tpb: int, 
     g = torch.Generator().manual_seed(batch)
     for _ in range(batch):
         seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
-    per_step = max(1, 2048 // prompt)  # prefill in steps within max_num_tokens
+    per_step = max(1, max_tokens // prompt)  # prefill in steps within max_num_tokens
     picks = []
     for first in range(0, batch, per_step):
         chunk = [(s, prompt) for s in range(first, min(batch, first + per_step))]
@@ -138,6 +143,16 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
     return [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))] + rows
 
 
+def _batch_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of batch sizes (e.g. 1,8,64), got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes are positive integers, got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="llama-3.1-8b")
@@ -146,7 +161,11 @@ def main() -> None:
     parser.add_argument("--engine", help="an engine directory (engine-build's --output) to time "
                         "instead of the in-memory bf16 one")
     parser.add_argument("--profile", action="store_true",
-                        help="also print each kernel's device time per decode step, batch 1 and 8")
+                        help="also print each kernel's device time per decode step (--profile-batches)")
+    parser.add_argument("--batches", default="1,8,64", type=_batch_list,
+                        help="decode batch sizes to time (comma list)")
+    parser.add_argument("--profile-batches", default="1,8", type=_batch_list,
+                        help="batch sizes --profile breaks down by kernel (comma list)")
     args = parser.parse_args()
 
     from kiln import _core
@@ -167,8 +186,10 @@ def main() -> None:
         t3 = time.perf_counter()
     else:
         major, minor = torch.cuda.get_device_capability()
-        build = BuildConfig(dtype="bfloat16", max_batch_size=64, max_seq_len=4096,
-                            max_num_tokens=2048, tokens_per_block=32, targets=[major * 10 + minor])
+        largest = max(args.batches + (args.profile_batches if args.profile else []))
+        build = BuildConfig(dtype="bfloat16", max_batch_size=max(64, largest), max_seq_len=4096,
+                            max_num_tokens=max(2048, largest), tokens_per_block=32,
+                            targets=[major * 10 + minor])
         with RandomCheckpoint(args.shape) as ckpt:
             model = ModelConfig.from_hf(ckpt.hf_config)
             graph = run_pipeline(build_graph(model, build, ckpt), build)
@@ -181,7 +202,12 @@ def main() -> None:
         read_bytes = sum(w.numel() * w.element_size() for w in weights.values())
         engine = InMemoryEngine(bundle, weights)
         label = args.shape + " bf16"
-    blocks = 64 * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
+    asked = args.batches + (args.profile_batches if args.profile else [])
+    if max(asked) > build.max_batch_size:
+        sys.exit(f"the engine takes at most {build.max_batch_size} sequences; drop the larger "
+                 "batches or build one for them")
+    most = max([64] + asked)
+    blocks = most * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     t4 = time.perf_counter()
     del engine
@@ -195,25 +221,27 @@ def main() -> None:
     # "serial": every kernel launched after the one before has finished (no programmatic
     # dependent launch), for the lever's before and after.
     modes = [("eager", False, True), ("graphs", True, True), ("graphs, serial", True, False)]
-    for batch in (1, 8, 64):
+    for batch in args.batches:
         for mode, graphs, pdl in modes:
             gpu.programmatic_launch = pdl
             step_s, _ = decode_rate(gpu, model.vocab_size, batch, args.prompt, args.steps,
-                                    build.tokens_per_block, build.max_blocks_per_seq, graphs)
+                                    build.tokens_per_block, build.max_blocks_per_seq, graphs,
+                                    build.max_num_tokens)
             rows.append((batch, mode, step_s))
     gpu.programmatic_launch = True
     ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
                         build.max_blocks_per_seq)
-    for batch in (1, 8) if args.profile else ():
+    for batch in args.profile_batches if args.profile else ():
         print(f"device time per batch-{batch} decode step (graphs, serial launch), by kernel:")
         try:
             for name, us, launches in profile_decode(gpu, model.vocab_size, batch, args.prompt,
                                                      build.tokens_per_block,
-                                                     build.max_blocks_per_seq):
+                                                     build.max_blocks_per_seq,
+                                                     max_tokens=build.max_num_tokens):
                 print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
         except Exception as e:  # the speed table below still prints
             print(f"  the profile failed: {type(e).__name__}: {e}")
-    for m in (1, 8, 64):
+    for m in args.batches:
         print(f"cuBLASLt algorithms at M={m}, then what each GEMM shape runs (chosen by timing):")
         for c in gpu.gemm_choices():
             if c["m"] == m:
@@ -233,8 +261,9 @@ def main() -> None:
         label = f"decode b{batch} ctx {args.prompt}+{args.steps} {mode}"
         print(f"{label + ' (ms/step)':<48}{step_s * 1e3:>14.2f}")
         print(f"{label + ' (tok/s)':<48}{batch / step_s:>14.1f}")
-    best1 = min(step_s for batch, mode, step_s in rows if batch == 1 and "serial" not in mode)
-    print(f"{'batch-1 decode / roofline':<48}{(1 / best1) / roofline:>14.1%}")
+    if 1 in args.batches:
+        best1 = min(step_s for batch, mode, step_s in rows if batch == 1 and "serial" not in mode)
+        print(f"{'batch-1 decode / roofline':<48}{(1 / best1) / roofline:>14.1%}")
     print(f"{'time to first token, 2048-token prompt (ms)':<48}{ttft * 1e3:>14.1f}")
 
 
