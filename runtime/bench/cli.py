@@ -157,6 +157,8 @@ def build(dataset, gpu_memory_gib, kv_fraction, print_only, build_args):
     args = list(build_args)
     ctx = build_main.make_context("engine-build", list(args))
     params = ctx.params
+    given = {name for name in ("max_batch_size", "max_num_tokens", "max_seq_len")
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     model = _build_model(params)
     quant, kv_cache_dtype = _build_quant(params)
     settings = engine_settings(
@@ -165,13 +167,11 @@ def build(dataset, gpu_memory_gib, kv_fraction, print_only, build_args):
         input_len=sum(r.input_len for r in requests) / len(requests),
         output_len=sum(r.output_tokens for r in requests) / len(requests),
         max_len=max(r.input_len + r.output_tokens for r in requests),
-        kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"])
-    given = {name for name in ("max_batch_size", "max_num_tokens", "max_seq_len")
-             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    computed = settings.build_args()
-    for i in range(0, len(computed), 2):
-        if computed[i][2:].replace("-", "_") not in given:
-            args += computed[i:i + 2]
+        kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"],
+        max_batch_size=params["max_batch_size"] if "max_batch_size" in given else None)
+    for name, value in settings.limits().items():
+        if name not in given:
+            args += [f"--{name.replace('_', '-')}", str(value)]
     click.echo(f"sizing: {settings.describe()}" + (f" (given: {', '.join(sorted(given))})" if given else ""))
     click.echo("engine-build " + shlex.join(args))
     if not print_only:

@@ -50,10 +50,10 @@ class EngineSettings:
     kv_bytes_per_token: int
     requests_in_cache: float
 
-    def build_args(self) -> list[str]:
-        return ["--max-batch-size", str(self.max_batch_size),
-                "--max-num-tokens", str(self.max_num_tokens),
-                "--max-seq-len", str(self.max_seq_len)]
+    def limits(self) -> dict[str, int]:
+        """engine-build's limits by option name (max_batch_size, ...)."""
+        return {"max_batch_size": self.max_batch_size, "max_num_tokens": self.max_num_tokens,
+                "max_seq_len": self.max_seq_len}
 
     def describe(self) -> str:
         return (f"weights ~{self.weight_bytes / GIB:.1f} GiB, KV cache ~{self.kv_cache_bytes / GIB:.1f} "
@@ -86,10 +86,11 @@ def _round_up(value: float, step: int) -> int:
 
 def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_memory: float,
                     input_len: float, output_len: float, max_len: int,
-                    kv_fraction: float = 0.9, tokens_per_block: int = 32) -> EngineSettings:
+                    kv_fraction: float = 0.9, tokens_per_block: int = 32,
+                    max_batch_size: int | None = None) -> EngineSettings:
     """Max batch size, max num tokens and max seq len for requests of `input_len` prompt and
     `output_len` output tokens on average (`max_len` the longest prompt + output) on a GPU of
-    `gpu_memory` bytes."""
+    `gpu_memory` bytes; max num tokens for `max_batch_size` where it is given."""
     if dtype not in DTYPE_BYTES:
         raise KilnError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPE_BYTES)}")
     if input_len <= 0 or output_len <= 0:
@@ -113,7 +114,7 @@ def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_m
         raise KilnError(f"the KV cache (~{cache / GIB:.2f} GiB) holds no request of the dataset's "
                         f"lengths ({input_len:.0f} + {output_len:.0f} tokens); use shorter requests "
                         "or a larger GPU")
-    batch = min(MAX_BATCH, _round_up(requests, BATCH_STEP))
+    batch = max_batch_size or min(MAX_BATCH, _round_up(requests, BATCH_STEP))
     tokens = _round_up(batch * (1 + input_len / output_len), TOKENS_STEP)
     tokens = max(MIN_TOKENS, min(MAX_TOKENS, tokens), batch)
     seq_len = min(_round_up(max_len, tokens_per_block), model.max_position_embeddings)

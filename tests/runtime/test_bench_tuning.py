@@ -59,6 +59,9 @@ def test_tokens_keep_the_batch_full_within_bounds(llama8b):
     assert s.max_num_tokens == min(MAX_TOKENS, -(-want // 1024) * 1024)
     huge = settings(llama8b, 4000, 64, 64, quant="fp8", kv="fp8")
     assert huge.max_batch_size == MAX_BATCH and huge.max_num_tokens >= MAX_BATCH
+    # A batch given keeps itself full: 512 x (1 + 16) = 8,704 tokens, in steps of 1,024.
+    given = settings(llama8b, 141, 2048, 128, max_batch_size=512)
+    assert (given.max_batch_size, given.max_num_tokens) == (512, 9216)
 
 
 def test_errors_say_what_to_change(llama8b):
@@ -93,6 +96,15 @@ def test_print_only_names_the_sizes_and_keeps_what_was_given(dataset, tmp_path):
     assert "--max-num-tokens 4096" in line and line.count("--max-num-tokens") == 1
     assert "--max-batch-size" in line and "--max-seq-len" in line
     assert not (tmp_path / "e").exists()
+    result = invoke("build", "--dataset", dataset, "--gpu-memory-gib", 80, "--print-only",
+                    "--random-weights", "llama-3.1-8b", "--output", tmp_path / "e",
+                    "--max-batch-size", 2048)
+    line = next(s for s in result.output.splitlines() if s.startswith("engine-build "))
+    # The given batch is the one kept full: 2,048 x (1 + input / output), the dataset's means.
+    lengths = [json.loads(row) for row in dataset.read_text().splitlines()]
+    ratio = sum(len(r["input_ids"]) for r in lengths) / sum(r["output_tokens"] for r in lengths)
+    tokens = -(-2048 * (1 + ratio) // 1024) * 1024
+    assert line.count("--max-batch-size") == 1 and f"--max-num-tokens {int(tokens)}" in line
 
 
 def test_builds_an_engine_with_the_sizes(tiny_engine, dataset, tmp_path):
