@@ -54,7 +54,10 @@ py::object toDict(std::optional<IterationStats> const& stats)
         "num_waiting_requests"_a = s.numWaitingRequests, "num_running_requests"_a = s.numRunningRequests,
         "kv_used_blocks"_a = s.kvUsedBlocks, "kv_free_blocks"_a = s.kvFreeBlocks,
         "total_computed_prompt_tokens"_a = s.totalComputedPromptTokens, "total_reused_tokens"_a = s.totalReusedTokens,
-        "total_preemptions"_a = s.totalPreemptions);
+        "total_preemptions"_a = s.totalPreemptions, "step_us"_a = s.stepMicros, "forward_us"_a = s.forwardMicros,
+        "total_step_us"_a = s.totalStepMicros, "total_forward_us"_a = s.totalForwardMicros,
+        "total_prefill_step_us"_a = s.totalPrefillStepMicros, "total_prefill_steps"_a = s.totalPrefillSteps,
+        "total_decode_tokens"_a = s.totalDecodeTokens);
 }
 
 std::optional<std::chrono::milliseconds> toTimeout(std::optional<double> timeoutMs)

@@ -5,6 +5,7 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -190,11 +191,13 @@ private:
 
     void step()
     {
+        auto const start = std::chrono::steady_clock::now();
         SchedulerOutput const output = mScheduler.schedule();
         if (output.empty())
         {
             return;
         }
+        double forwardMicros = 0;
         std::optional<std::string> failure;
         try
         {
@@ -209,7 +212,9 @@ private:
                     logitRows.push_back(static_cast<SizeType>(i));
                 }
             }
+            auto const forwardStart = std::chrono::steady_clock::now();
             StepOutput const result = mBackend->forward(inputs);
+            forwardMicros = microsSince(forwardStart);
             auto const vocab = static_cast<std::size_t>(mConfig.vocabSize);
             bool const picked = !result.tokens.empty();
             std::size_t const rows = picked ? logitRows.size() : numRows;
@@ -256,7 +261,12 @@ private:
                 finish(s.id, FinishReason::kError, "the backend failed in step " + std::to_string(mIteration) + ": " + *failure);
             }
         }
-        recordStats(output);
+        recordStats(output, microsSince(start), forwardMicros);
+    }
+
+    static double microsSince(std::chrono::steady_clock::time_point start)
+    {
+        return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     }
 
     void sampleAndUpdate(IdType id, float const* logits)
@@ -335,9 +345,17 @@ private:
         mStates.erase(it);
     }
 
-    void recordStats(SchedulerOutput const& output)
+    void recordStats(SchedulerOutput const& output, double stepMicros, double forwardMicros)
     {
         mTotalPromptTokens += output.numPrefillTokens;
+        mTotals.totalStepMicros += stepMicros;
+        mTotals.totalForwardMicros += forwardMicros;
+        mTotals.totalDecodeTokens += output.numDecodeTokens;
+        if (output.numPrefillTokens > 0)
+        {
+            mTotals.totalPrefillStepMicros += stepMicros;
+            ++mTotals.totalPrefillSteps;
+        }
         KvCacheStats const kv = mKvCache.stats();
         IterationStats stats;
         stats.iteration = mIteration++;
@@ -351,6 +369,13 @@ private:
         stats.totalComputedPromptTokens = mTotalPromptTokens;
         stats.totalReusedTokens = kv.reusedTokens;
         stats.totalPreemptions = mScheduler.numPreemptions();
+        stats.stepMicros = stepMicros;
+        stats.forwardMicros = forwardMicros;
+        stats.totalStepMicros = mTotals.totalStepMicros;
+        stats.totalForwardMicros = mTotals.totalForwardMicros;
+        stats.totalPrefillStepMicros = mTotals.totalPrefillStepMicros;
+        stats.totalPrefillSteps = mTotals.totalPrefillSteps;
+        stats.totalDecodeTokens = mTotals.totalDecodeTokens;
         mPendingStats = stats;
     }
 
@@ -407,6 +432,7 @@ private:
     std::int64_t mIteration = 0;
     std::int64_t mTotalPromptTokens = 0;
     std::optional<IterationStats> mPendingStats;
+    IterationStats mTotals; ///< only its running totals are kept
     ResponseQueue mResponses;
     // Shared state, guarded by mMutex.
     mutable std::mutex mMutex;

@@ -59,7 +59,9 @@ class Distribution:
 
 @dataclass(slots=True)
 class StepLog:
-    """The executor's per-step stats, as seen by polling its latest ones during a run."""
+    """The executor's per-step stats, as seen by polling its latest ones during a run. The
+    running totals make the counts and times exact over the run's steps, whichever were seen:
+    `start` takes the stats from before the run (None: the run's first step is the executor's)."""
     first_iteration: int | None = None
     last_iteration: int | None = None
     steps_seen: int = 0
@@ -68,14 +70,24 @@ class StepLog:
     peak_kv_blocks: int = 0
     preemptions_at_start: int | None = None
     preemptions: int = 0
+    before: dict | None = None  # the totals before the run's first step
+    last: dict | None = None
+
+    def start(self, stats: dict | None) -> None:
+        self.before = stats
+        self.preemptions_at_start = stats["total_preemptions"] if stats else 0
+        self.first_iteration = stats["iteration"] + 1 if stats else 0
 
     def observe(self, stats: dict | None) -> None:
         if stats is None or stats["iteration"] == self.last_iteration:
             return
+        if self.before is not None and stats["iteration"] <= self.before["iteration"]:
+            return  # a step from before the run
         if self.first_iteration is None:
             self.first_iteration = stats["iteration"]
             self.preemptions_at_start = stats["total_preemptions"]
         self.last_iteration = stats["iteration"]
+        self.last = stats
         self.steps_seen += 1
         self.peak_batch = max(self.peak_batch, stats["num_scheduled_requests"])
         self.peak_running = max(self.peak_running, stats["num_running_requests"])
@@ -84,9 +96,36 @@ class StepLog:
 
     @property
     def steps_total(self) -> int:
-        if self.first_iteration is None:
+        if self.first_iteration is None or self.last_iteration is None:
             return 0
         return self.last_iteration - self.first_iteration + 1
+
+    def _delta(self, key: str) -> float:
+        return self.last[key] - (self.before[key] if self.before else 0)
+
+    def timing(self) -> dict | None:
+        """Where the run's step time went (None until a step is seen, or when the executor does
+        not time its steps): steps that computed prompt tokens and decode-only steps, their
+        count and mean wall time, tokens a step, and the backend's share of the step time."""
+        if self.last is None or "total_step_us" not in self.last:
+            return None
+        if self.before is None and self.first_iteration != 0:
+            return None  # the totals hold steps from before the run
+        steps = self.steps_total
+        prefill = int(self._delta("total_prefill_steps"))
+        step_us, prefill_us = self._delta("total_step_us"), self._delta("total_prefill_step_us")
+        decode_only = steps - prefill
+        return {
+            "with_prompt": {"count": prefill,
+                            "ms_mean": prefill_us / prefill / 1e3 if prefill else None,
+                            "prompt_tokens_mean": (self._delta("total_computed_prompt_tokens") / prefill
+                                                   if prefill else None)},
+            "decode_only": {"count": decode_only,
+                            "ms_mean": (step_us - prefill_us) / decode_only / 1e3 if decode_only else None},
+            "decode_tokens_mean": self._delta("total_decode_tokens") / steps if steps else 0.0,
+            "step_s": step_us / 1e6,
+            "forward_share": self._delta("total_forward_us") / step_us if step_us > 0 else None,
+        }
 
 
 @dataclass(slots=True)

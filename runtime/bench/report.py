@@ -29,6 +29,9 @@ _LATENCY = {"type": "object",
                            "iterations": {"type": "integer"}, "ttft_ms": _DIST, "e2e_ms": _DIST,
                            "decode_tokens_per_s": {"type": "number"}}}
 _NUM_OR_NULL = {"type": ["number", "null"]}
+_STEP_KIND = {"type": "object", "required": ["count"],
+              "properties": {"count": {"type": "integer"},
+                             "ms_mean": _NUM_OR_NULL, "prompt_tokens_mean": _NUM_OR_NULL}}
 _RUN = {"type": "object",
         "required": ["load", "metrics", "peak_batch", "peak_running", "preemptions", "kv_cache", "steps"],
         "properties": {
@@ -46,7 +49,11 @@ _RUN = {"type": "object",
                                         "peak_fraction": {"type": "number", "minimum": 0, "maximum": 1},
                                         "tokens_per_block": {"type": "integer"}}},
             "steps": {"type": "object", "required": ["seen", "total"],
-                      "properties": {"seen": {"type": "integer"}, "total": {"type": "integer"}}}}}
+                      "properties": {"seen": {"type": "integer"}, "total": {"type": "integer"},
+                                     "with_prompt": _STEP_KIND, "decode_only": _STEP_KIND,
+                                     "decode_tokens_mean": {"type": "number"},
+                                     "step_s": {"type": "number"},
+                                     "forward_share": _NUM_OR_NULL}}}}
 _SUMMARY = {"type": "object", "required": ["mean", "stdev", "min", "max"],
             "properties": {k: {"type": "number"} for k in ("mean", "stdev", "min", "max")}}
 _RATIO = {"oneOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}]}
@@ -192,6 +199,19 @@ def _roofline_lines(r: dict) -> list[str]:
             "cache reads are not counted)"]
 
 
+def _steps_line(steps: dict) -> str:
+    """Where the step time went: steps with prompt tokens against decode-only ones."""
+    def kind(k: dict, what: str) -> str:
+        if not k["count"]:
+            return f"0 {what}"
+        tokens = f", {k['prompt_tokens_mean']:.0f} prompt tokens" if k.get("prompt_tokens_mean") else ""
+        return f"{k['count']} {what} ({k['ms_mean']:.2f} ms each{tokens})"
+    share = steps["forward_share"]
+    return (f"  steps {steps['step_s']:.2f} s: {kind(steps['with_prompt'], 'with prompt tokens')}, "
+            f"{kind(steps['decode_only'], 'decode-only')}; {steps['decode_tokens_mean']:.1f} decode "
+            f"tokens a step" + (f"; the backend {100 * share:.1f}% of it" if share is not None else ""))
+
+
 def render(doc: dict) -> str:
     lines = _header(doc)
     if doc["command"] == "throughput":
@@ -203,6 +223,8 @@ def render(doc: dict) -> str:
                       f"{kv['total_blocks']} blocks ({100 * kv['peak_fraction']:.1f}%, "
                       f"{kv['tokens_per_block']} tokens each) · preemptions {run['preemptions']} · "
                       f"stats seen on {steps['seen']} of {steps['total']} steps"]
+            if "with_prompt" in steps:
+                lines.append(_steps_line(steps))
             lines += _latency_rows(run["metrics"])
         if len(doc["runs"]) > 1:
             lines += ["", f"  {'load':<28}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}"

@@ -72,7 +72,7 @@ class ThroughputRun:
                              "peak_used_blocks": s.peak_kv_blocks,
                              "peak_fraction": s.peak_kv_blocks / max(self.kv_total_blocks, 1),
                              "tokens_per_block": self.tokens_per_block},
-                "steps": {"seen": s.steps_seen, "total": s.steps_total}}
+                "steps": {"seen": s.steps_seen, "total": s.steps_total} | (s.timing() or {})}
 
 
 def make_request(r: BenchRequest) -> "_core.Request":
@@ -91,6 +91,7 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
     timings: list[RequestTiming | None] = [None] * n
     index_of: dict[int, int] = {}
     log = StepLog()
+    log.start(runner.executor.get_latest_iteration_stats())
     sent = finished = 0
     live: set[int] = set()
     start = clock()

@@ -375,6 +375,16 @@ TEST(Executor, PreemptionKeepsOutputsExactAndPrefixReuseSavesCompute)
     ASSERT_TRUE(stats.has_value());
     EXPECT_GT(stats->totalPreemptions, 0);
     EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    // Step times: the backend's share inside each step's, the prompt steps' inside the total.
+    EXPECT_GT(stats->stepMicros, 0.0);
+    EXPECT_LE(stats->forwardMicros, stats->stepMicros);
+    EXPECT_LE(stats->totalForwardMicros, stats->totalStepMicros);
+    EXPECT_LE(stats->totalPrefillStepMicros, stats->totalStepMicros);
+    EXPECT_GE(stats->totalPrefillSteps, 1);
+    EXPECT_LE(stats->totalPrefillSteps, stats->iteration + 1);
+    // Every generated token is a decode token but those a prompt step samples: each request's
+    // first, and the first after each preemption (its recomputation is a prompt again).
+    EXPECT_EQ(stats->totalDecodeTokens, 6 * 24 - 6 - stats->totalPreemptions);
 
     // The same 20-token prompt twice: the second computes only its last (partial) block.
     Fixture g;

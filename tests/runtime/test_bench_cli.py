@@ -52,7 +52,16 @@ def test_throughput_sweep_report(setup, sweep):
         assert run["metrics"]["total_output_tokens"] == sum(r.output_tokens for r in requests)
         assert run["kv_cache"]["tokens_per_block"] == 4 and run["preemptions"] == 0
         assert 0 < run["kv_cache"]["peak_used_blocks"] <= run["kv_cache"]["total_blocks"]
-        assert 0 < run["steps"]["seen"] <= run["steps"]["total"]
+        steps = run["steps"]
+        assert 0 < steps["seen"] <= steps["total"]
+        # Exact over the run's steps (the warm-up's excluded): every prompt token in a prompt
+        # step, every output token but each request's first in a decode token.
+        prompt, decode = steps["with_prompt"], steps["decode_only"]
+        assert prompt["count"] + decode["count"] == steps["total"] and prompt["count"] >= 1
+        assert prompt["prompt_tokens_mean"] * prompt["count"] == sum(r.input_len for r in requests)
+        outputs = sum(r.output_tokens for r in requests)
+        assert steps["decode_tokens_mean"] * steps["total"] == pytest.approx(outputs - 10)
+        assert 0 < steps["forward_share"] <= 1 and steps["step_s"] > 0
     assert one["peak_batch"] == 1 and one["peak_running"] == 1
     assert 1 <= three["peak_batch"] <= 3 and three["peak_running"] <= 3
     base = doc["baseline"]
@@ -67,7 +76,8 @@ def test_throughput_sweep_report(setup, sweep):
     for text in ("Kiln — concurrency 1", "Kiln — concurrency 3", "peak batch 1 ·",
                  "HuggingFace — transformers generate, static batches of up to 2, longest first; "
                  "the engine's weights (5 of 10 requests)", "Kiln/HF (best Kiln run): requests/s",
-                 "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests"):
+                 "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests",
+                 "with prompt tokens (", "decode tokens a step; the backend"):
         assert text in out, text
 
 

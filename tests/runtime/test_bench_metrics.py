@@ -73,6 +73,44 @@ def test_step_log_peaks_and_coverage():
     assert (log.steps_seen, log.steps_total, log.preemptions) == (4, 6, 3)
 
 
+def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals):
+    """Stats of one step, with the executor's running totals updated in `totals`."""
+    totals["total_step_us"] += step_us
+    totals["total_forward_us"] += forward_us
+    totals["total_decode_tokens"] += decode_tokens
+    totals["total_computed_prompt_tokens"] += prefill_tokens
+    if prefill_tokens:
+        totals["total_prefill_step_us"] += step_us
+        totals["total_prefill_steps"] += 1
+    return _stats(iteration, 4, 4, 10) | {"step_us": step_us, "forward_us": forward_us} | totals
+
+
+def test_step_log_times_the_run_steps_only():
+    totals = dict.fromkeys(("total_step_us", "total_forward_us", "total_decode_tokens",
+                            "total_computed_prompt_tokens", "total_prefill_step_us",
+                            "total_prefill_steps"), 0)
+    warmup = _timed(0, 30, 0, 5000.0, 4000.0, totals)  # before the run
+    log = StepLog()
+    log.start(dict(warmup))
+    steps = [_timed(1, 64, 0, 2000.0, 1900.0, totals), _timed(2, 16, 4, 1000.0, 900.0, totals),
+             _timed(3, 0, 4, 400.0, 300.0, totals), _timed(4, 0, 4, 600.0, 500.0, totals),
+             _timed(5, 0, 3, 500.0, 400.0, totals)]
+    for i in (0, 2, 4):  # polling sees some steps only; the totals still count them all
+        log.observe(dict(steps[i]))
+    log.observe(dict(warmup))  # stale: from before the run
+    t = log.timing()
+    assert log.steps_total == 5 and log.steps_seen == 3
+    assert t["with_prompt"] == {"count": 2, "ms_mean": 1.5, "prompt_tokens_mean": 40.0}
+    assert t["decode_only"] == {"count": 3, "ms_mean": 0.5}
+    assert t["decode_tokens_mean"] == pytest.approx(15 / 5)
+    assert t["step_s"] == pytest.approx(4.5e-3)
+    assert t["forward_share"] == pytest.approx(4000 / 4500)
+    # Without the stats from before the run, totals that include earlier steps give nothing.
+    blind = StepLog()
+    blind.observe(dict(steps[4]))
+    assert blind.timing() is None
+
+
 def test_arrivals():
     assert Load().arrival_offsets(3) == [0.0, 0.0, 0.0]
     offsets = Load(request_rate=20.0, seed=1).arrival_offsets(4000)
