@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Latency buckets in seconds: CPU test engines take milliseconds a step, large models on a GPU
 # tens of milliseconds, and a first token behind a long queue can take seconds.
@@ -40,6 +40,14 @@ class _EngineCollector:
                                 value=kv["used_blocks"] / max(kv["total_blocks"], 1))
         yield GaugeMetricFamily("kiln_prefix_cache_hit_rate", "Share of looked-up prompt "
                                 "tokens served from the prefix cache.", value=kv["hit_rate"])
+        yield CounterMetricFamily("kiln_executor_steps", "Executor steps run.",
+                                  value=step["iteration"] + 1 if step else 0)
+        yield CounterMetricFamily("kiln_executor_step_seconds", "Wall time of the executor's "
+                                  "steps (scheduling, the model, sampling).",
+                                  value=step.get("total_step_us", 0) / 1e6)
+        yield CounterMetricFamily("kiln_executor_forward_seconds", "Of the steps' time, the "
+                                  "model's forward (the rest is host work between forwards).",
+                                  value=step.get("total_forward_us", 0) / 1e6)
 
 
 class ServerMetrics:

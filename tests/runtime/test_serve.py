@@ -293,3 +293,7 @@ def test_models_health_and_metrics(live, client, runners):
     ttft = value("kiln_time_to_first_token_seconds", "kiln_time_to_first_token_seconds_count")
     assert ttft >= 1
     assert value("kiln_generation_tokens", "kiln_generation_tokens_total") >= 3
+    step_s = value("kiln_executor_step_seconds", "kiln_executor_step_seconds_total")
+    forward_s = value("kiln_executor_forward_seconds", "kiln_executor_forward_seconds_total")
+    assert value("kiln_executor_steps", "kiln_executor_steps_total") >= 3  # a prompt + 2 decodes
+    assert 0 < forward_s <= step_s
