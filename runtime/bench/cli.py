@@ -124,8 +124,9 @@ def _tokenizer(directory: Path):
 # -- build ---------------------------------------------------------------------------------
 
 @bench_main.command("build", context_settings=CONTEXT | {"ignore_unknown_options": True})
-@click.option("--dataset", required=True, type=click.Path(),
-              help="JSON lines from `engine-bench prepare`: the lengths to size the engine for.")
+@click.option("--dataset", "datasets", required=True, multiple=True, type=click.Path(),
+              help="JSON lines from `engine-bench prepare`: the lengths to size the engine for "
+                   "(repeatable: an engine for each of them, its limits the largest).")
 @click.option("--gpu-memory-gib", type=float,
               help="Memory of the GPU the engine will run on. Default: GPU 0's.")
 @click.option("--kv-cache-free-gpu-memory-fraction", "kv_fraction", type=float, default=0.9,
@@ -133,13 +134,15 @@ def _tokenizer(directory: Path):
 @click.option("--print-only", is_flag=True, help="Print the engine-build command; build nothing.")
 @click.argument("build_args", nargs=-1, type=click.UNPROCESSED)
 @one_line_errors
-def build(dataset, gpu_memory_gib, kv_fraction, print_only, build_args):
-    """engine-build, sized for a throughput run of DATASET on this GPU.
+def build(datasets, gpu_memory_gib, kv_fraction, print_only, build_args):
+    """engine-build, sized for throughput runs of the datasets on this GPU.
 
     BUILD_ARGS are engine-build's options (e.g. --random-weights llama-3.1-8b --dtype bfloat16
-    --output DIR). Unless given there, --max-batch-size is the number of the dataset's requests
+    --output DIR). Unless given there, --max-batch-size is the number of a dataset's requests
     the KV cache holds, --max-num-tokens what a step needs to keep that batch full, and
-    --max-seq-len the dataset's longest request (kiln.runtime.bench.tuning says how)."""
+    --max-seq-len the dataset's longest request (kiln.runtime.bench.tuning says how), each the
+    largest over the datasets; `engine-bench throughput --max-batch-size` then caps a run at
+    its own dataset's batch."""
     import shlex
 
     from click.core import ParameterSource
@@ -148,12 +151,15 @@ def build(dataset, gpu_memory_gib, kv_fraction, print_only, build_args):
     from kiln.runtime.bench.dataset import read_jsonl
     from kiln.runtime.bench.tuning import engine_settings
 
-    path = Path(dataset)
-    if not path.is_file():
-        raise KilnError(f"dataset {path} does not exist; write one with `engine-bench prepare`")
-    requests = read_jsonl(path)
-    if not requests:
-        raise KilnError(f"dataset {path} holds no request")
+    loaded = []
+    for dataset in datasets:
+        path = Path(dataset)
+        if not path.is_file():
+            raise KilnError(f"dataset {path} does not exist; write one with `engine-bench prepare`")
+        requests = read_jsonl(path)
+        if not requests:
+            raise KilnError(f"dataset {path} holds no request")
+        loaded.append((path, requests))
     args = list(build_args)
     ctx = build_main.make_context("engine-build", list(args))
     params = ctx.params
@@ -161,18 +167,25 @@ def build(dataset, gpu_memory_gib, kv_fraction, print_only, build_args):
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     model = _build_model(params)
     quant, kv_cache_dtype = _build_quant(params)
-    settings = engine_settings(
-        model, dtype=params["dtype"], quant=quant, kv_cache_dtype=kv_cache_dtype,
-        gpu_memory=_gpu_memory(gpu_memory_gib),
-        input_len=sum(r.input_len for r in requests) / len(requests),
-        output_len=sum(r.output_tokens for r in requests) / len(requests),
-        max_len=max(r.input_len + r.output_tokens for r in requests),
-        kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"],
-        max_batch_size=params["max_batch_size"] if "max_batch_size" in given else None)
-    for name, value in settings.limits().items():
+    memory = _gpu_memory(gpu_memory_gib)
+    limits: dict[str, int] = {}
+    for path, requests in loaded:
+        settings = engine_settings(
+            model, dtype=params["dtype"], quant=quant, kv_cache_dtype=kv_cache_dtype,
+            gpu_memory=memory,
+            input_len=sum(r.input_len for r in requests) / len(requests),
+            output_len=sum(r.output_tokens for r in requests) / len(requests),
+            max_len=max(r.input_len + r.output_tokens for r in requests),
+            kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"],
+            max_batch_size=params["max_batch_size"] if "max_batch_size" in given else None)
+        click.echo(f"sizing {path}: {settings.describe()}")
+        for name, value in settings.limits().items():
+            limits[name] = max(limits.get(name, 0), value)
+    for name, value in limits.items():
         if name not in given:
             args += [f"--{name.replace('_', '-')}", str(value)]
-    click.echo(f"sizing: {settings.describe()}" + (f" (given: {', '.join(sorted(given))})" if given else ""))
+    if given:
+        click.echo(f"given: {', '.join(sorted(given))}")
     click.echo("engine-build " + shlex.join(args))
     if not print_only:
         build_main.main(args=args, prog_name="engine-build", standalone_mode=False)

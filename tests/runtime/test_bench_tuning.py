@@ -126,6 +126,20 @@ def test_builds_an_engine_with_the_sizes(tiny_engine, dataset, tmp_path):
         want.max_batch_size, want.max_num_tokens, want.max_seq_len)
 
 
+def test_several_datasets_take_the_largest_limits(tmp_path, dataset):
+    long = tmp_path / "long.jsonl"
+    write_jsonl(long, synthetic(5, LengthDist(900, 0), LengthDist(100, 0), vocab_size=320, seed=2))
+    result = invoke("build", "--dataset", dataset, "--dataset", long, "--gpu-memory-gib", 80,
+                    "--print-only", "--random-weights", "llama-3.1-8b", "--dtype", "bfloat16",
+                    "--output", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    batches = [int(line.split(" -> max batch ")[1].split(",")[0])
+               for line in result.output.splitlines() if line.startswith("sizing ")]
+    line = next(s for s in result.output.splitlines() if s.startswith("engine-build "))
+    assert len(batches) == 2 and batches[0] > batches[1]  # short requests: more at once
+    assert f"--max-batch-size {batches[0]}" in line and "--max-seq-len 1024" in line
+
+
 @pytest.mark.parametrize("args, message", [
     (["--gpu-memory-gib", 80, "--output", "x"], "--checkpoint PATH or --random-weights NAME"),
     (["--gpu-memory-gib", -1, "--random-weights", "llama-3.1-8b", "--output", "x"],
