@@ -347,7 +347,7 @@ private:
 
     void recordStats(SchedulerOutput const& output, double stepMicros, double forwardMicros)
     {
-        mTotalPromptTokens += output.numPrefillTokens;
+        mTotals.totalComputedPromptTokens += output.numPrefillTokens;
         mTotals.totalStepMicros += stepMicros;
         mTotals.totalForwardMicros += forwardMicros;
         mTotals.totalDecodeTokens += output.numDecodeTokens;
@@ -366,7 +366,7 @@ private:
         stats.numRunningRequests = static_cast<SizeType>(mScheduler.runningIds().size());
         stats.kvUsedBlocks = kv.usedBlocks;
         stats.kvFreeBlocks = kv.freeBlocks;
-        stats.totalComputedPromptTokens = mTotalPromptTokens;
+        stats.totalComputedPromptTokens = mTotals.totalComputedPromptTokens;
         stats.totalReusedTokens = kv.reusedTokens;
         stats.totalPreemptions = mScheduler.numPreemptions();
         stats.stepMicros = stepMicros;
@@ -430,7 +430,6 @@ private:
     std::unordered_map<IdType, RequestState> mStates;
     std::vector<Response> mOutbox;
     std::int64_t mIteration = 0;
-    std::int64_t mTotalPromptTokens = 0;
     std::optional<IterationStats> mPendingStats;
     IterationStats mTotals; ///< only its running totals are kept
     ResponseQueue mResponses;

@@ -104,10 +104,10 @@ class StepLog:
         return self.last[key] - (self.before[key] if self.before else 0)
 
     def timing(self) -> dict | None:
-        """Where the run's step time went (None until a step is seen, or when the executor does
-        not time its steps): steps that computed prompt tokens and decode-only steps, their
-        count and mean wall time, tokens a step, and the backend's share of the step time."""
-        if self.last is None or "total_step_us" not in self.last:
+        """Where the run's step time went (None until a step is seen): steps that computed
+        prompt tokens and decode-only steps, their count and mean wall time, tokens a step, and
+        the backend's share of the step time."""
+        if self.last is None:
             return None
         if self.before is None and self.first_iteration != 0:
             return None  # the totals hold steps from before the run

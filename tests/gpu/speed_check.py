@@ -174,6 +174,7 @@ def main() -> None:
     from kiln.builder.passes import run_pipeline
     from kiln.builder.random_weights import RandomCheckpoint
 
+    largest = max(args.batches + (args.profile_batches if args.profile else []))
     t0 = time.perf_counter()
     if args.engine:
         from kiln.builder.engine import load_engine
@@ -186,7 +187,6 @@ def main() -> None:
         t3 = time.perf_counter()
     else:
         major, minor = torch.cuda.get_device_capability()
-        largest = max(args.batches + (args.profile_batches if args.profile else []))
         build = BuildConfig(dtype="bfloat16", max_batch_size=max(64, largest), max_seq_len=4096,
                             max_num_tokens=max(2048, largest), tokens_per_block=32,
                             targets=[major * 10 + minor])
@@ -202,12 +202,10 @@ def main() -> None:
         read_bytes = sum(w.numel() * w.element_size() for w in weights.values())
         engine = InMemoryEngine(bundle, weights)
         label = args.shape + " bf16"
-    asked = args.batches + (args.profile_batches if args.profile else [])
-    if max(asked) > build.max_batch_size:
+    if largest > build.max_batch_size:
         sys.exit(f"the engine takes at most {build.max_batch_size} sequences; drop the larger "
                  "batches or build one for them")
-    most = max([64] + asked)
-    blocks = most * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
+    blocks = max(64, largest) * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     t4 = time.perf_counter()
     del engine
