@@ -141,8 +141,10 @@ def build(datasets, gpu_memory_gib, kv_fraction, print_only, build_args):
     --output DIR). Unless given there, --max-batch-size is the number of a dataset's requests
     the KV cache holds, --max-num-tokens what a step needs to keep that batch full, and
     --max-seq-len the dataset's longest request (kiln.runtime.bench.tuning says how), each the
-    largest over the datasets; `engine-bench throughput --max-batch-size` then caps a run at
-    its own dataset's batch."""
+    largest over the datasets. Each dataset's line ends with the batch a throughput run of it
+    is best capped at (`engine-bench throughput --max-batch-size`): what the cache holds, or,
+    where the run goes in waves of requests that finish together, the batch that makes the
+    waves equal."""
     import shlex
 
     from click.core import ParameterSource
@@ -178,7 +180,7 @@ def build(datasets, gpu_memory_gib, kv_fraction, print_only, build_args):
             max_len=max(r.input_len + r.output_tokens for r in requests),
             kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"],
             max_batch_size=params["max_batch_size"] if "max_batch_size" in given else None)
-        click.echo(f"sizing {path}: {settings.describe()}")
+        click.echo(f"sizing {path}: {settings.describe(len(requests))}")
         for name, value in settings.limits().items():
             limits[name] = max(limits.get(name, 0), value)
     for name, value in limits.items():

@@ -49,17 +49,38 @@ class EngineSettings:
     kv_cache_bytes: float
     kv_bytes_per_token: int
     requests_in_cache: float
+    input_len: float
+    output_len: float
 
     def limits(self) -> dict[str, int]:
         """engine-build's limits by option name (max_batch_size, ...)."""
         return {"max_batch_size": self.max_batch_size, "max_num_tokens": self.max_num_tokens,
                 "max_seq_len": self.max_seq_len}
 
-    def describe(self) -> str:
+    def run_batch(self, num_requests: int) -> int:
+        """The batch a throughput run of `num_requests` such requests is capped at.
+
+        Requests admitted together decode together and, of equal lengths, finish together. When
+        filling the batch takes under half of their decode steps, the run goes in waves, and a
+        last wave much smaller than the others decodes at a small batch, where a step costs
+        nearly what a full one does (the weights are read whatever the batch); so the waves are
+        made equal. Where prompts are long beside the outputs, requests are admitted and finish
+        throughout the run, and the batch is what the cache holds."""
+        holds = max(1, min(self.max_batch_size, int(self.requests_in_cache)))
+        fill_steps = holds * self.input_len / self.max_num_tokens
+        if num_requests <= holds or 2 * fill_steps >= self.output_len:
+            return self.max_batch_size
+        waves = -(-num_requests // holds)
+        return -(-num_requests // waves)
+
+    def describe(self, num_requests: int | None = None) -> str:
+        runs = ""
+        if num_requests is not None:
+            runs = f"; its {num_requests} requests run at batch {self.run_batch(num_requests)}"
         return (f"weights ~{self.weight_bytes / GIB:.1f} GiB, KV cache ~{self.kv_cache_bytes / GIB:.1f} "
                 f"GiB at {self.kv_bytes_per_token} bytes a token: ~{self.requests_in_cache:.0f} "
                 f"requests of the dataset's lengths -> max batch {self.max_batch_size}, max num "
-                f"tokens {self.max_num_tokens}, max seq len {self.max_seq_len}")
+                f"tokens {self.max_num_tokens}, max seq len {self.max_seq_len}{runs}")
 
 
 def weight_bytes(model, dtype: str, quant: str) -> float:
@@ -118,4 +139,5 @@ def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_m
     tokens = _round_up(batch * (1 + input_len / output_len), TOKENS_STEP)
     tokens = max(MIN_TOKENS, min(MAX_TOKENS, tokens), batch)
     seq_len = min(_round_up(max_len, tokens_per_block), model.max_position_embeddings)
-    return EngineSettings(batch, tokens, seq_len, weights, cache, per_token, requests)
+    return EngineSettings(batch, tokens, seq_len, weights, cache, per_token, requests, input_len,
+                          output_len)

@@ -64,6 +64,23 @@ def test_tokens_keep_the_batch_full_within_bounds(llama8b):
     assert (given.max_batch_size, given.max_num_tokens) == (512, 9216)
 
 
+def test_a_run_in_waves_makes_them_equal(llama8b):
+    # 2048/2048 with an FP8 cache on 141 GiB: ~450 requests fit; filling them takes ~113 steps
+    # of 8,192 tokens against 2,048 decode steps, so 500 requests run as two waves of 250, not
+    # one of ~450 and one of ~50.
+    s = settings(llama8b, 141, 2048, 2048, quant="fp8", kv="fp8")
+    holds = int(s.requests_in_cache)
+    assert 400 < holds < 500
+    assert s.run_batch(500) == 250
+    assert s.run_batch(3 * holds + 1) == -(-(3 * holds + 1) // 4)
+    # Within what the cache holds: the engine's batch, which does not bind.
+    assert s.run_batch(holds) == s.max_batch_size
+    # Long prompts, short outputs: filling the batch (~400 x 2048 / 8192 steps) takes longer than
+    # half the 128 decode steps, requests come and go throughout, and the cache's batch stands.
+    flow = settings(llama8b, 141, 2048, 128)
+    assert flow.run_batch(1000) == flow.max_batch_size
+
+
 def test_errors_say_what_to_change(llama8b):
     with pytest.raises(KilnError, match="leave no memory for a KV cache.*--quant"):
         settings(llama8b, 12, 128, 128)
@@ -138,6 +155,10 @@ def test_several_datasets_take_the_largest_limits(tmp_path, dataset):
     line = next(s for s in result.output.splitlines() if s.startswith("engine-build "))
     assert len(batches) == 2 and batches[0] > batches[1]  # short requests: more at once
     assert f"--max-batch-size {batches[0]}" in line and "--max-seq-len 1024" in line
+    # Each sizing line ends with the batch its dataset's run is capped at.
+    runs = [line.rsplit(" run at batch ", 1)[1] for line in result.output.splitlines()
+            if line.startswith("sizing ")]
+    assert runs == [str(batches[0]), str(batches[1])]
 
 
 @pytest.mark.parametrize("args, message", [
