@@ -5,11 +5,14 @@ device-to-device copy bandwidth. Prints a table last.
 
     python tests/gpu/speed_check.py [--steps 256] [--prompt 128] [--shape llama-3.1-8b]
                                     [--engine DIR] [--profile] [--batches 1,8,64]
-                                    [--profile-batches 1,8]
+                                    [--profile-batches 1,8] [--profile-mixed P:L:D:C,...]
 
 Batches past 64 (e.g. --batches 1,8,64,256 --profile-batches 256, a throughput run's decode
 step) size the in-memory engine to the largest; an engine from --engine must have been built
-for them.
+for them. --profile-mixed breaks down a step that carries prompts and decodes together, as a
+throughput run's prompt steps do: P prompts of L tokens beside D sequences decoding at C tokens
+of context (e.g. 50:128:1792:192, a 128/128 run's step of 8,192 tokens; 3:2048:416:2112, a
+2048/128 run's).
 """
 from __future__ import annotations
 
@@ -104,8 +107,6 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
     torch's profiler): [(name, microseconds per step, launches per step)], largest first, and
     the total under the name "all kernels". Kernels launch serially here: launched
     programmatically, a kernel's time would include its wait for the one before."""
-    from torch.profiler import ProfilerActivity, profile
-
     from kiln_testing import PagedSequences
 
     gpu.cuda_graphs = graphs
@@ -127,9 +128,26 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
 
     for _ in range(3):  # warm: graphs captured, GEMM choices made
         picks = step()
+
+    def timed() -> None:
+        nonlocal picks
+        picks = step()
+
+    try:
+        return kernel_times(timed, steps)
+    finally:
+        gpu.programmatic_launch = True
+
+
+def kernel_times(run, steps: int) -> list[tuple[str, float, int]]:
+    """Device time of each kernel (by name, CUPTI through torch's profiler) over `steps` calls
+    of `run`: [(name, microseconds per call, launches per call)], largest first, after the
+    total under the name "all kernels"."""
+    from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            picks = step()
+            run()
     totals: dict[str, list] = {}
     for event in prof.events():
         if event.device_type.name != "CUDA" or "memcpy" in event.name.lower():
@@ -137,10 +155,73 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
         entry = totals.setdefault(event.name, [0.0, 0])
         entry[0] += event.device_time
         entry[1] += 1
-    gpu.programmatic_launch = True
     rows = sorted(((name, us / steps, n // steps) for name, (us, n) in totals.items()),
                   key=lambda r: -r[1])
     return [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))] + rows
+
+
+def prefill(gpu, seqs, rows: list[tuple[int, int]], max_tokens: int) -> None:
+    """Computes `rows` ((sequence, tokens) each) in steps of at most `max_tokens` tokens, a
+    sequence longer than that in chunks."""
+    chunk: list[tuple[int, int]] = []
+    room = max_tokens
+    for sid, n in rows:
+        while n > 0:
+            take = min(n, room)
+            chunk.append((sid, take))
+            n -= take
+            room -= take
+            if room == 0:
+                gpu.run_step(seqs.step(chunk), [])
+                chunk, room = [], max_tokens
+    if chunk:
+        gpu.run_step(seqs.step(chunk), [])
+
+
+def mixed_spec(text: str) -> tuple[int, int, int, int]:
+    """PROMPTS:PROMPT_LEN:DECODES:CONTEXT of --profile-mixed."""
+    try:
+        values = tuple(int(v) for v in text.split(":"))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0 or values[1] < 1 or values[3] < 1 or \
+            values[0] + values[2] < 1:
+        raise argparse.ArgumentTypeError(
+            f"a mixed step is PROMPTS:PROMPT_LEN:DECODES:CONTEXT (e.g. 50:128:1792:192), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def mixed_size(spec: tuple[int, int, int, int], tpb: int) -> tuple[int, int, int]:
+    """Rows, tokens and KV blocks of a mixed step."""
+    prompts, length, decodes, context = spec
+    blocks = prompts * -(-length // tpb) + decodes * -(-(context + 1) // tpb)
+    return prompts + decodes, prompts * length + decodes, blocks
+
+
+def profile_mixed(gpu, vocab: int, spec: tuple[int, int, int, int], tpb: int, max_blocks: int,
+                  max_tokens: int, steps: int = 10) -> list[tuple[str, float, int]]:
+    """Device time per step of each kernel, as profile_decode, for one step that decodes a
+    token of `decodes` sequences of `context` tokens (computed beforehand) and computes
+    `prompts` prompts of `length` tokens; the same step, run again, rewrites the same KV."""
+    from kiln_testing import PagedSequences
+
+    prompts, length, decodes, context = spec
+    gpu.programmatic_launch = False
+    seqs = PagedSequences(tpb, max_blocks, gpu.num_blocks, seed=2)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(decodes):
+        seqs.add(torch.randint(0, vocab, (context + 1,), generator=g).tolist())
+    for _ in range(prompts):
+        seqs.add(torch.randint(0, vocab, (length,), generator=g).tolist())
+    prefill(gpu, seqs, [(s, context) for s in range(decodes)], max_tokens)
+    step = seqs.step([(s, 1) for s in range(decodes)] +
+                     [(decodes + p, length) for p in range(prompts)])
+    for _ in range(2):  # warm: GEMM choices made
+        gpu.run_step(step, [])
+    try:
+        return kernel_times(lambda: gpu.run_step(step, []), steps)
+    finally:
+        gpu.programmatic_launch = True
 
 
 def _batch_list(text: str) -> list[int]:
@@ -166,6 +247,9 @@ def main() -> None:
                         help="decode batch sizes to time (comma list)")
     parser.add_argument("--profile-batches", default="1,8", type=_batch_list,
                         help="batch sizes --profile breaks down by kernel (comma list)")
+    parser.add_argument("--profile-mixed", default=[], type=lambda t: [mixed_spec(v) for v in t.split(",")],
+                        help="steps of prompts and decodes together to break down by kernel "
+                             "(PROMPTS:PROMPT_LEN:DECODES:CONTEXT, comma list)")
     args = parser.parse_args()
 
     from kiln import _core
@@ -175,6 +259,9 @@ def main() -> None:
     from kiln.builder.random_weights import RandomCheckpoint
 
     largest = max(args.batches + (args.profile_batches if args.profile else []))
+    mixed = [mixed_size(spec, 32) for spec in args.profile_mixed]
+    rows_needed = max([largest] + [m[0] for m in mixed])
+    tokens_needed = max([largest] + [m[1] for m in mixed])
     t0 = time.perf_counter()
     if args.engine:
         from kiln.builder.engine import load_engine
@@ -187,8 +274,8 @@ def main() -> None:
         t3 = time.perf_counter()
     else:
         major, minor = torch.cuda.get_device_capability()
-        build = BuildConfig(dtype="bfloat16", max_batch_size=max(64, largest), max_seq_len=4096,
-                            max_num_tokens=max(2048, largest), tokens_per_block=32,
+        build = BuildConfig(dtype="bfloat16", max_batch_size=max(64, rows_needed), max_seq_len=4096,
+                            max_num_tokens=max(2048, tokens_needed), tokens_per_block=32,
                             targets=[major * 10 + minor])
         with RandomCheckpoint(args.shape) as ckpt:
             model = ModelConfig.from_hf(ckpt.hf_config)
@@ -202,10 +289,19 @@ def main() -> None:
         read_bytes = sum(w.numel() * w.element_size() for w in weights.values())
         engine = InMemoryEngine(bundle, weights)
         label = args.shape + " bf16"
-    if largest > build.max_batch_size:
+    if rows_needed > build.max_batch_size:
         sys.exit(f"the engine takes at most {build.max_batch_size} sequences; drop the larger "
                  "batches or build one for them")
-    blocks = max(64, largest) * -(-(args.prompt + args.steps) // build.tokens_per_block) + build.max_blocks_per_seq
+    if tokens_needed > build.max_num_tokens:
+        sys.exit(f"the engine takes at most {build.max_num_tokens} tokens a step; make the mixed "
+                 "steps smaller or build one for them")
+    for prompts, length, decodes, context in args.profile_mixed:
+        if max(length, context + 1) > build.max_seq_len:
+            sys.exit(f"a mixed step's sequences ({length} and {context + 1} tokens) must fit the "
+                     f"engine's max seq len {build.max_seq_len}")
+    mixed = [mixed_size(spec, build.tokens_per_block) for spec in args.profile_mixed]
+    blocks = max([max(64, largest) * -(-(args.prompt + args.steps) // build.tokens_per_block)]
+                 + [m[2] for m in mixed]) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     t4 = time.perf_counter()
     del engine
@@ -236,6 +332,18 @@ def main() -> None:
                                                      build.tokens_per_block,
                                                      build.max_blocks_per_seq,
                                                      max_tokens=build.max_num_tokens):
+                print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
+        except Exception as e:  # the speed table below still prints
+            print(f"  the profile failed: {type(e).__name__}: {e}")
+    for spec in args.profile_mixed:
+        prompts, length, decodes, context = spec
+        print(f"device time per step of {prompts} prompts of {length} tokens and {decodes} "
+              f"decodes at {context} tokens of context (serial launch), by kernel:")
+        try:
+            for name, us, launches in profile_mixed(gpu, model.vocab_size, spec,
+                                                    build.tokens_per_block,
+                                                    build.max_blocks_per_seq,
+                                                    build.max_num_tokens):
                 print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
         except Exception as e:  # the speed table below still prints
             print(f"  the profile failed: {type(e).__name__}: {e}")
