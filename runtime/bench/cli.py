@@ -304,9 +304,15 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         probe_len = min(PROBE_TOKENS, runner.max_seq_len - 1)
         prompt = requests[0].input_ids[: runner.max_seq_len - probe_len]
         probe = run_latency(runner, prompt, probe_len, iterations=2, warmup=0)
-        engine, kiln_batch = runner.engine, runner.executor.config.max_batch_size
+        engine, config = runner.engine, runner.executor.config
+        kiln_batch = config.max_batch_size
     del runner  # its device memory goes back before HF needs it
     doc = _document("throughput", device, engine)
+    doc["runtime"] = {"max_batch_size": config.max_batch_size,
+                      "max_num_tokens": config.max_num_tokens,
+                      "kv_cache_free_gpu_memory_fraction": kv_fraction,
+                      "capacity_scheduler_policy": config.capacity_scheduler_policy,
+                      "kv_cache_reuse": config.enable_kv_cache_reuse}
     doc["dataset"] = DatasetStats.of(requests).to_json()
     doc["runs"] = [run.to_json() for run in runs]
     doc["baseline"] = None

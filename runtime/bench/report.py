@@ -78,6 +78,16 @@ SCHEMA = {
                                   "max_batch_size": {"type": "integer"},
                                   "max_num_tokens": {"type": "integer"},
                                   "max_seq_len": {"type": "integer"}}},
+        "runtime": {"type": "object",
+                    "required": ["max_batch_size", "max_num_tokens",
+                                 "kv_cache_free_gpu_memory_fraction", "capacity_scheduler_policy",
+                                 "kv_cache_reuse"],
+                    "properties": {"max_batch_size": {"type": "integer", "minimum": 1},
+                                   "max_num_tokens": {"type": "integer", "minimum": 1},
+                                   "kv_cache_free_gpu_memory_fraction": {"type": "number"},
+                                   "capacity_scheduler_policy": {
+                                       "enum": ["max_utilization", "guaranteed_no_evict"]},
+                                   "kv_cache_reuse": {"type": "boolean"}}},
         "dataset": {"type": "object",
                     "required": ["num_requests", "input_len", "output_len", "total_input_tokens",
                                  "total_output_tokens"],
@@ -181,6 +191,14 @@ def _throughput_line(m: dict) -> str:
             f"{m['total_tokens_per_s']:.1f} total tok/s")
 
 
+def _runtime_line(r: dict) -> str:
+    """The limits the run had, which may be below the engine's (`--max-batch-size`, ...)."""
+    return (f"runtime  max batch {r['max_batch_size']}, max tokens {r['max_num_tokens']} · KV cache "
+            f"{r['kv_cache_free_gpu_memory_fraction']:g} of free memory · "
+            f"{r['capacity_scheduler_policy']} · prefix caching "
+            f"{'on' if r['kv_cache_reuse'] else 'off'}")
+
+
 def _dataset_line(d: dict) -> str:
     def one(s: dict) -> str:
         return f"{s['mean']:.1f} ± {s['stdev']:.1f} [{s['min']:.0f}..{s['max']:.0f}]"
@@ -215,6 +233,8 @@ def _steps_line(steps: dict) -> str:
 def render(doc: dict) -> str:
     lines = _header(doc)
     if doc["command"] == "throughput":
+        if doc.get("runtime"):
+            lines.append(_runtime_line(doc["runtime"]))
         lines.append(_dataset_line(doc["dataset"]))
         for run in doc["runs"]:
             kv, steps = run["kv_cache"], run["steps"]

@@ -69,6 +69,12 @@ def test_throughput_sweep_report(setup, sweep):
     assert base["metrics"]["total_output_tokens"] == sum(r.output_tokens for r in requests[:5])
     best = max(doc["runs"], key=lambda r: r["metrics"]["output_tokens_per_s"])["metrics"]
     assert base["ratio"]["output_tokens_per_s"] == best["output_tokens_per_s"] / base["metrics"]["output_tokens_per_s"]
+    # The run's own limits: the engine's, unless capped on the command line.
+    assert doc["runtime"] == {"max_batch_size": doc["engine"]["max_batch_size"],
+                              "max_num_tokens": doc["engine"]["max_num_tokens"],
+                              "kv_cache_free_gpu_memory_fraction": 0.9,
+                              "capacity_scheduler_policy": "max_utilization",
+                              "kv_cache_reuse": False}
     roof = doc["roofline"]
     assert roof["fraction"] == roof["kiln_tokens_per_s"] / roof["tokens_per_s"]
     assert "host memcpy" in roof["bandwidth"]["method"]
@@ -77,7 +83,8 @@ def test_throughput_sweep_report(setup, sweep):
                  "HuggingFace — transformers generate, static batches of up to 2, longest first; "
                  "the engine's weights (5 of 10 requests)", "Kiln/HF (best Kiln run): requests/s",
                  "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests",
-                 "with prompt tokens (", "decode tokens a step; the backend"):
+                 "with prompt tokens (", "decode tokens a step; the backend",
+                 "max_utilization · prefix caching off"):
         assert text in out, text
 
 
@@ -91,7 +98,8 @@ def test_schema_is_not_vacuous(sweep):
     _, doc = sweep
     for breaks in (lambda d: d.pop("runs"), lambda d: d["runs"][0]["metrics"].pop("ttft_ms"),
                    lambda d: d["runs"][0]["kv_cache"].update(peak_fraction=1.5),
-                   lambda d: d.update(schema="other/1"), lambda d: d["baseline"].pop("ratio")):
+                   lambda d: d.update(schema="other/1"), lambda d: d["baseline"].pop("ratio"),
+                   lambda d: d["runtime"].update(capacity_scheduler_policy="fifo")):
         broken = copy.deepcopy(doc)
         breaks(broken)
         with pytest.raises(jsonschema.ValidationError):
@@ -102,10 +110,12 @@ def test_request_rate_to_stdout_json(setup):
     engine, root, _ = setup
     result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu",
                     "--num-requests", "4", "--request-rate", "400", "--warmup", "0", "--json", "-",
-                    "--capacity-scheduler-policy", "guaranteed_no_evict")
+                    "--capacity-scheduler-policy", "guaranteed_no_evict", "--max-batch-size", "2")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["runs"][0]["preemptions"] == 0
+    assert doc["runs"][0]["preemptions"] == 0 and doc["runs"][0]["peak_batch"] <= 2
+    assert doc["runtime"]["max_batch_size"] == 2 < doc["engine"]["max_batch_size"]
+    assert doc["runtime"]["capacity_scheduler_policy"] == "guaranteed_no_evict"
     jsonschema.validate(doc, SCHEMA)
     assert doc["runs"][0]["load"]["request_rate"] == 400.0 and doc["baseline"] is None
     assert doc["runs"][0]["metrics"]["num_requests"] == 4
