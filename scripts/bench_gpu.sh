@@ -3,16 +3,17 @@
 # BF16 engine (random weights), prepares the datasets, and runs the sets named on the command
 # line, each beside HuggingFace:
 #   bash scripts/bench_gpu.sh latency 128:128:3000:256:128 2048:128:1000:64:32
-# A set is ISL:OSL:REQUESTS:HF_REQUESTS:HF_BATCH (HF_REQUESTS 0: no HF run). KILN_BENCH_POLICY picks the capacity scheduler
-# policy (max_utilization, the default, or guaranteed_no_evict). KILN_BENCH_QUANT=fp8 (or another
-# --quant mode) builds and measures a quantized engine instead, calibrated on random token ids and
-# with no HF baseline (HF's figures are the BF16 run's); KILN_BENCH_KV=fp8 (or int8) quantizes
-# the KV cache too.
+# A set is ISL:OSL:REQUESTS:HF_REQUESTS:HF_BATCH (HF_REQUESTS 0: no HF run). KILN_BENCH_POLICY
+# picks the capacity scheduler policy (max_utilization, the default, or guaranteed_no_evict).
+# KILN_BENCH_QUANT=fp8 (or another --quant mode) builds and measures a quantized engine instead,
+# calibrated on random token ids and with no HF baseline (HF's figures are the BF16 run's);
+# KILN_BENCH_KV=fp8 (or int8) quantizes the KV cache too.
 # The engine is sized for the sets' datasets by `engine-bench build`, as trtllm-bench sizes its
 # engines: its max batch size is the most requests of any dataset the KV cache holds, and each
-# set runs capped at its own dataset's batch (`engine-bench throughput --max-batch-size`: what the
-# cache holds, or the batch that makes the waves of a dataset whose requests finish together
-# equal); latency runs on it too. KILN_BENCH_SIZED=0 runs everything on the engine of max batch 256 instead.
+# set runs capped at its own dataset's batch (`engine-bench throughput --max-batch-size`: what
+# the cache holds, or the batch that makes equal waves of a dataset whose requests finish
+# together); latency runs on it too. KILN_BENCH_SIZED=0 runs everything on the engine of max
+# batch 256 instead.
 # Results (JSON) and logs go to $OUT/bench (when set) or build/bench; each command's table prints
 # as it finishes.
 set -uo pipefail
@@ -85,7 +86,8 @@ for what in "$@"; do
   fi
   echo "== throughput $isl/$osl, $n requests ${cap[*]} (HF: $hf_n at batch $hf_b)"
   hf=()
-  [ ${#BASELINE[@]} -gt 0 ] && [ "${hf_n:-0}" != 0 ] && hf=(--baseline hf --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b")
+  [ ${#BASELINE[@]} -gt 0 ] && [ "${hf_n:-0}" != 0 ] \
+    && hf=(--baseline hf --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b")
   $PY -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" "${cap[@]}" "${hf[@]}" \
     --capacity-scheduler-policy "${KILN_BENCH_POLICY:-max_utilization}" \
     --json "$DIR/throughput-$isl-$osl$TAG.json" 2>&1 | tail -40 || rc=1

@@ -191,11 +191,14 @@ def mixed_spec(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def mixed_size(spec: tuple[int, int, int, int], tpb: int) -> tuple[int, int, int]:
-    """Rows, tokens and KV blocks of a mixed step."""
+def _mixed_list(text: str) -> list[tuple[int, int, int, int]]:
+    return [mixed_spec(v) for v in text.split(",")]
+
+
+def mixed_blocks(spec: tuple[int, int, int, int], tpb: int) -> int:
+    """KV blocks the sequences of a mixed step take."""
     prompts, length, decodes, context = spec
-    blocks = prompts * -(-length // tpb) + decodes * -(-(context + 1) // tpb)
-    return prompts + decodes, prompts * length + decodes, blocks
+    return prompts * -(-length // tpb) + decodes * -(-(context + 1) // tpb)
 
 
 def profile_mixed(gpu, vocab: int, spec: tuple[int, int, int, int], tpb: int, max_blocks: int,
@@ -247,7 +250,7 @@ def main() -> None:
                         help="decode batch sizes to time (comma list)")
     parser.add_argument("--profile-batches", default="1,8", type=_batch_list,
                         help="batch sizes --profile breaks down by kernel (comma list)")
-    parser.add_argument("--profile-mixed", default=[], type=lambda t: [mixed_spec(v) for v in t.split(",")],
+    parser.add_argument("--profile-mixed", default=[], type=_mixed_list,
                         help="steps of prompts and decodes together to break down by kernel "
                              "(PROMPTS:PROMPT_LEN:DECODES:CONTEXT, comma list)")
     args = parser.parse_args()
@@ -259,9 +262,9 @@ def main() -> None:
     from kiln.builder.random_weights import RandomCheckpoint
 
     largest = max(args.batches + (args.profile_batches if args.profile else []))
-    mixed = [mixed_size(spec, 32) for spec in args.profile_mixed]
-    rows_needed = max([largest] + [m[0] for m in mixed])
-    tokens_needed = max([largest] + [m[1] for m in mixed])
+    # A mixed step's rows and tokens: P + D and P x L + D.
+    rows_needed = max([largest] + [p + d for p, _, d, _ in args.profile_mixed])
+    tokens_needed = max([largest] + [p * n + d for p, n, d, _ in args.profile_mixed])
     t0 = time.perf_counter()
     if args.engine:
         from kiln.builder.engine import load_engine
@@ -299,9 +302,9 @@ def main() -> None:
         if max(length, context + 1) > build.max_seq_len:
             sys.exit(f"a mixed step's sequences ({length} and {context + 1} tokens) must fit the "
                      f"engine's max seq len {build.max_seq_len}")
-    mixed = [mixed_size(spec, build.tokens_per_block) for spec in args.profile_mixed]
     blocks = max([max(64, largest) * -(-(args.prompt + args.steps) // build.tokens_per_block)]
-                 + [m[2] for m in mixed]) + build.max_blocks_per_seq
+                 + [mixed_blocks(spec, build.tokens_per_block) for spec in args.profile_mixed]
+                 ) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     t4 = time.perf_counter()
     del engine
