@@ -146,6 +146,7 @@ def build(datasets, gpu_memory_gib, kv_fraction, print_only, build_args):
     where the run goes in waves of requests that finish together, the batch that makes the
     waves equal."""
     import shlex
+    import statistics
 
     from click.core import ParameterSource
 
@@ -172,11 +173,14 @@ def build(datasets, gpu_memory_gib, kv_fraction, print_only, build_args):
     memory = _gpu_memory(gpu_memory_gib)
     limits: dict[str, int] = {}
     for path, requests in loaded:
+        outputs = [r.output_tokens for r in requests]
+        output_len = sum(outputs) / len(outputs)
         settings = engine_settings(
             model, dtype=params["dtype"], quant=quant, kv_cache_dtype=kv_cache_dtype,
             gpu_memory=memory,
             input_len=sum(r.input_len for r in requests) / len(requests),
-            output_len=sum(r.output_tokens for r in requests) / len(requests),
+            output_len=output_len,
+            output_spread=statistics.pstdev(outputs) / output_len,
             max_len=max(r.input_len + r.output_tokens for r in requests),
             kv_fraction=kv_fraction, tokens_per_block=params["tokens_per_block"],
             max_batch_size=params["max_batch_size"] if "max_batch_size" in given else None)

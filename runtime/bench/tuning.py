@@ -28,6 +28,8 @@ BATCH_STEP = 32
 # Max num tokens: at least the 8,192 the speed figures are measured with (long prompts run in
 # chunks of that size), at most 16,384 (activations grow with it), in steps of 1,024.
 MIN_TOKENS, MAX_TOKENS, TOKENS_STEP = 8192, 16384, 1024
+# Outputs whose standard deviation exceeds this share of their mean do not finish in waves.
+WAVE_SPREAD = 0.25
 # Memory the engine needs beside its weights and KV cache: activations of max num tokens,
 # cuBLASLt's workspace, the CUDA context (a few GiB on a GPU of 80 GiB or more).
 RESERVE_FRACTION = 0.05
@@ -51,6 +53,7 @@ class EngineSettings:
     requests_in_cache: float
     input_len: float
     output_len: float
+    output_spread: float = 0.0
 
     def limits(self) -> dict[str, int]:
         """engine-build's limits by option name (max_batch_size, ...)."""
@@ -64,11 +67,13 @@ class EngineSettings:
         filling the batch takes under half of their decode steps, the run goes in waves, and a
         last wave much smaller than the others decodes at a small batch, where a step costs
         nearly what a full one does (the weights are read whatever the batch); so the waves are
-        made equal. Where prompts are long beside the outputs, requests are admitted and finish
-        throughout the run, and the batch is what the cache holds."""
+        made equal. Where prompts are long beside the outputs, or the outputs' lengths spread
+        (their standard deviation over a quarter of their mean), requests are admitted and
+        finish throughout the run, and the batch is what the cache holds."""
         holds = max(1, min(self.max_batch_size, int(self.requests_in_cache)))
         fill_steps = holds * self.input_len / self.max_num_tokens
-        if num_requests <= holds or 2 * fill_steps >= self.output_len:
+        if (num_requests <= holds or 2 * fill_steps >= self.output_len
+                or self.output_spread > WAVE_SPREAD):
             return self.max_batch_size
         waves = -(-num_requests // holds)
         return -(-num_requests // waves)
@@ -108,10 +113,11 @@ def _round_up(value: float, step: int) -> int:
 def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_memory: float,
                     input_len: float, output_len: float, max_len: int,
                     kv_fraction: float = 0.9, tokens_per_block: int = 32,
-                    max_batch_size: int | None = None) -> EngineSettings:
+                    max_batch_size: int | None = None, output_spread: float = 0.0) -> EngineSettings:
     """Max batch size, max num tokens and max seq len for requests of `input_len` prompt and
-    `output_len` output tokens on average (`max_len` the longest prompt + output) on a GPU of
-    `gpu_memory` bytes; max num tokens for `max_batch_size` where it is given."""
+    `output_len` output tokens on average (`max_len` the longest prompt + output; the outputs'
+    standard deviation `output_spread` times their mean) on a GPU of `gpu_memory` bytes; max
+    num tokens for `max_batch_size` where it is given."""
     if dtype not in DTYPE_BYTES:
         raise KilnError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPE_BYTES)}")
     if input_len <= 0 or output_len <= 0:
@@ -140,4 +146,4 @@ def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_m
     tokens = max(MIN_TOKENS, min(MAX_TOKENS, tokens), batch)
     seq_len = min(_round_up(max_len, tokens_per_block), model.max_position_embeddings)
     return EngineSettings(batch, tokens, seq_len, weights, cache, per_token, requests, input_len,
-                          output_len)
+                          output_len, output_spread)

@@ -79,6 +79,9 @@ def test_a_run_in_waves_makes_them_equal(llama8b):
     # half the 128 decode steps, requests come and go throughout, and the cache's batch stands.
     flow = settings(llama8b, 141, 2048, 128)
     assert flow.run_batch(1000) == flow.max_batch_size
+    # Outputs of spread lengths finish throughout too.
+    spread = settings(llama8b, 141, 2048, 2048, quant="fp8", kv="fp8", output_spread=0.5)
+    assert spread.run_batch(500) == spread.max_batch_size
 
 
 def test_errors_say_what_to_change(llama8b):
