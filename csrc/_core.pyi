@@ -279,8 +279,9 @@ class PlanExecutor(Backend):
     """Whether kernels compiled for it (SM 90 and newer) launch with programmatic stream
     serialization, each starting while the one before finishes; setting it drops the captured
     graphs."""
-    def graph_stats(self) -> dict[str, int]:
-        """{"captured", "replays", "eager_steps"} so far."""
+    def graph_stats(self) -> dict[str, float]:
+        """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
+        capturing and instantiating them."""
     def memory(self) -> dict[str, int]:
         """Bytes of weights, activations, workspace and KV cache, free memory before the KV
         cache was sized, and the total."""

@@ -440,6 +440,7 @@ void bind(py::module_& m)
                 d["captured"] = g.captured;
                 d["replays"] = g.replays;
                 d["eager_steps"] = g.eagerSteps;
+                d["capture_s"] = g.captureSeconds;
                 return d;
             })
         .def("memory",

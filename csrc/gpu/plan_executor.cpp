@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <iomanip>
@@ -978,6 +979,7 @@ private:
             }
             // The choices per M time candidates, which a capture cannot hold: now.
             prepareGemms();
+            auto const captureStart = std::chrono::steady_clock::now();
             KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
             cudaGraph_t graph = nullptr;
             try
@@ -996,6 +998,8 @@ private:
             cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
             cudaGraphDestroy(graph);
             KILN_CUDA_CHECK(instantiated);
+            mGraphStats.captureSeconds
+                += std::chrono::duration<double>(std::chrono::steady_clock::now() - captureStart).count();
             it = mGraphs.emplace(std::move(key), exec).first;
         }
         KILN_CUDA_CHECK(cudaGraphLaunch(it->second, mStream));

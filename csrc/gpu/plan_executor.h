@@ -30,6 +30,7 @@ struct GraphStats
     int captured = 0;
     std::int64_t replays = 0;
     std::int64_t eagerSteps = 0;
+    double captureSeconds = 0.0; ///< host time capturing and instantiating, all graphs
 };
 
 /// @brief The GPU backend: runs an engine's compiled plan (Triton cubins loaded through the

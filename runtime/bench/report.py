@@ -53,7 +53,13 @@ _RUN = {"type": "object",
                                      "with_prompt": _STEP_KIND, "decode_only": _STEP_KIND,
                                      "decode_tokens_mean": {"type": "number"},
                                      "step_s": {"type": "number"},
-                                     "forward_share": _NUM_OR_NULL}}}}
+                                     "forward_share": _NUM_OR_NULL}},
+            "graphs": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["captured", "replays", "eager_steps", "capture_s"],
+                "properties": {"captured": {"type": "integer", "minimum": 0},
+                               "replays": {"type": "integer", "minimum": 0},
+                               "eager_steps": {"type": "integer", "minimum": 0},
+                               "capture_s": {"type": "number", "minimum": 0}}}]}}}
 _SUMMARY = {"type": "object", "required": ["mean", "stdev", "min", "max"],
             "properties": {k: {"type": "number"} for k in ("mean", "stdev", "min", "max")}}
 _RATIO = {"oneOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}]}
@@ -245,6 +251,11 @@ def render(doc: dict) -> str:
                       f"stats seen on {steps['seen']} of {steps['total']} steps"]
             if "with_prompt" in steps:
                 lines.append(_steps_line(steps))
+            if run.get("graphs"):
+                g = run["graphs"]
+                lines.append(f"  CUDA graphs: {g['replays']} decode steps replayed, {g['captured']} "
+                             f"captured ({g['capture_s']:.2f} s of the host's), {g['eager_steps']} "
+                             "steps launch by launch")
             lines += _latency_rows(run["metrics"])
         if len(doc["runs"]) > 1:
             lines += ["", f"  {'load':<28}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}"

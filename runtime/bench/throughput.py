@@ -62,6 +62,7 @@ class ThroughputRun:
     steps: StepLog = field(default_factory=StepLog)
     kv_total_blocks: int = 0
     tokens_per_block: int = 0
+    graphs: dict | None = None
 
     def to_json(self) -> dict:
         s = self.steps
@@ -72,7 +73,22 @@ class ThroughputRun:
                              "peak_used_blocks": s.peak_kv_blocks,
                              "peak_fraction": s.peak_kv_blocks / max(self.kv_total_blocks, 1),
                              "tokens_per_block": self.tokens_per_block},
-                "steps": {"seen": s.steps_seen, "total": s.steps_total} | (s.timing() or {})}
+                "steps": {"seen": s.steps_seen, "total": s.steps_total} | (s.timing() or {}),
+                "graphs": self.graphs}
+
+
+def graph_stats(backend) -> dict | None:
+    """The GPU backend's CUDA graph counts (captured, replays, eager steps, capture seconds);
+    None for a backend without graphs."""
+    stats = getattr(backend, "graph_stats", None)
+    return dict(stats()) if stats is not None else None
+
+
+def graph_delta(before: dict | None, after: dict | None) -> dict | None:
+    """What a run added to the backend's graph counts."""
+    if before is None or after is None:
+        return None
+    return {key: after[key] - before[key] for key in after}
 
 
 def make_request(r: BenchRequest) -> "_core.Request":
@@ -92,6 +108,7 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
     index_of: dict[int, int] = {}
     log = StepLog()
     log.start(runner.executor.get_latest_iteration_stats())
+    graphs_before = graph_stats(runner.backend)
     sent = finished = 0
     live: set[int] = set()
     start = clock()
@@ -129,7 +146,8 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
             runner.router.cancel(rid)
     kv = runner.executor.get_kv_cache_stats()
     return ThroughputRun(load, summarize(timings, start), timings, log, kv["total_blocks"],
-                         runner.engine.config.build.tokens_per_block)
+                         runner.engine.config.build.tokens_per_block,
+                         graph_delta(graphs_before, graph_stats(runner.backend)))
 
 
 def _record(r, now: float, requests, timings, index_of, live) -> int:

@@ -39,7 +39,7 @@ def test_graph_replay_equals_eager(core, sm, tiny_engine, dtype):
     seqs = sequences(engine, (110, 10, 60, 33), seed=7)
     prefill = [(0, 110), (1, 10), (2, 60), (3, 33)]
     advance(seqs, prefill, gpu.forward(seqs.step(prefill)))  # a prefill never runs as a graph
-    assert gpu.graph_stats() == {"captured": 0, "replays": 0, "eager_steps": 1}
+    assert gpu.graph_stats() == {"captured": 0, "replays": 0, "eager_steps": 1, "capture_s": 0.0}
     shapes = [[(0, 1), (1, 1), (2, 1), (3, 1)], [(1, 1), (3, 1)], [(0, 1)]]
     replays = 0
     for i in range(60):
@@ -55,6 +55,7 @@ def test_graph_replay_equals_eager(core, sm, tiny_engine, dtype):
     stats = gpu.graph_stats()
     assert stats["replays"] == replays
     assert 3 <= stats["captured"] < replays  # reused with new inputs, new ones per shape
+    assert 0.0 < stats["capture_s"] < 60.0
 
 
 def test_padded_batch_gives_the_unpadded_tokens(core, sm, tiny_engine):

@@ -62,6 +62,7 @@ def test_throughput_sweep_report(setup, sweep):
         outputs = sum(r.output_tokens for r in requests)
         assert steps["decode_tokens_mean"] * steps["total"] == pytest.approx(outputs - 10)
         assert 0 < steps["forward_share"] <= 1 and steps["step_s"] > 0
+        assert run["graphs"] is None  # the CPU backend runs no CUDA graphs
     assert one["peak_batch"] == 1 and one["peak_running"] == 1
     assert 1 <= three["peak_batch"] <= 3 and three["peak_running"] <= 3
     base = doc["baseline"]
@@ -164,3 +165,41 @@ def test_dataset_too_long_for_the_engine(setup, tmp_path):
                                      "shorter requests")
     result = invoke("latency", "--engine", engine, "--device", "cpu", "--input-len", "100", "--output-len", "40")
     assert result.stderr.strip().startswith("error: --input-len 100 + --output-len 40 exceeds")
+
+
+def test_graph_counts_are_the_runs_own(setup):
+    """A backend with CUDA graphs (the GPU's) has its counts over the run reported; the CPU
+    backend has none."""
+    from kiln.runtime import ModelRunner
+    from kiln.runtime.bench import report
+    from kiln.runtime.bench.throughput import run_throughput
+
+    engine, _, requests = setup
+
+    class Counting:
+        seen = iter([{"captured": 1, "replays": 2, "eager_steps": 3, "capture_s": 0.5},
+                     {"captured": 4, "replays": 10, "eager_steps": 5, "capture_s": 1.25}])
+
+        def graph_stats(self):
+            return next(self.seen)
+
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        assert run_throughput(runner, requests[:2]).to_json()["graphs"] is None
+        runner.backend = Counting()
+        run = run_throughput(runner, requests[:3]).to_json()
+    assert run["graphs"] == {"captured": 3, "replays": 8, "eager_steps": 2, "capture_s": 0.75}
+    doc = {"schema": report.SCHEMA_ID, "command": "throughput", "date": "d",
+           "env": {k: None for k in ("device", "device_name", "kiln", "torch", "transformers",
+                                     "cuda", "python")},
+           "engine": {"path": "e", "architecture": "a", "num_params": 1, "dtype": "float32",
+                      "max_batch_size": 1, "max_num_tokens": 1, "max_seq_len": 1},
+           "dataset": {"num_requests": 3, "input_len": {"mean": 1, "stdev": 0, "min": 1, "max": 1},
+                       "output_len": {"mean": 1, "stdev": 0, "min": 1, "max": 1},
+                       "total_input_tokens": 3, "total_output_tokens": 3},
+           "runs": [run], "baseline": None,
+           "roofline": {"weight_bytes": 1, "bytes_per_token": 1,
+                        "bandwidth": {"bytes_per_s": 1.0, "method": "m", "buffer_bytes": 1},
+                        "tokens_per_s": 1.0, "kiln_tokens_per_s": None, "fraction": None}}
+    jsonschema.validate(doc, SCHEMA)
+    assert ("CUDA graphs: 8 decode steps replayed, 3 captured (0.75 s of the host's), 2 steps "
+            "launch by launch") in report.render(doc)
