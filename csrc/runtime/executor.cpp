@@ -357,7 +357,7 @@ private:
             ++mTotals.totalPrefillSteps;
         }
         KvCacheStats const kv = mKvCache.stats();
-        IterationStats stats;
+        IterationStats stats = mTotals;
         stats.iteration = mIteration++;
         stats.numScheduledRequests = static_cast<SizeType>(output.sequences.size());
         stats.numPrefillTokens = output.numPrefillTokens;
@@ -366,16 +366,10 @@ private:
         stats.numRunningRequests = static_cast<SizeType>(mScheduler.runningIds().size());
         stats.kvUsedBlocks = kv.usedBlocks;
         stats.kvFreeBlocks = kv.freeBlocks;
-        stats.totalComputedPromptTokens = mTotals.totalComputedPromptTokens;
         stats.totalReusedTokens = kv.reusedTokens;
         stats.totalPreemptions = mScheduler.numPreemptions();
         stats.stepMicros = stepMicros;
         stats.forwardMicros = forwardMicros;
-        stats.totalStepMicros = mTotals.totalStepMicros;
-        stats.totalForwardMicros = mTotals.totalForwardMicros;
-        stats.totalPrefillStepMicros = mTotals.totalPrefillStepMicros;
-        stats.totalPrefillSteps = mTotals.totalPrefillSteps;
-        stats.totalDecodeTokens = mTotals.totalDecodeTokens;
         mPendingStats = stats;
     }
 
@@ -431,7 +425,7 @@ private:
     std::vector<Response> mOutbox;
     std::int64_t mIteration = 0;
     std::optional<IterationStats> mPendingStats;
-    IterationStats mTotals; ///< only its running totals are kept
+    IterationStats mTotals; ///< only its running totals are kept; each step's stats start from them
     ResponseQueue mResponses;
     // Shared state, guarded by mMutex.
     mutable std::mutex mMutex;

@@ -67,11 +67,7 @@ def decode_rate(gpu, vocab: int, batch: int, prompt: int, steps: int, tpb: int, 
     g = torch.Generator().manual_seed(batch)
     for _ in range(batch):
         seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
-    per_step = max(1, max_tokens // prompt)  # prefill in steps within max_num_tokens
-    picks = []
-    for first in range(0, batch, per_step):
-        chunk = [(s, prompt) for s in range(first, min(batch, first + per_step))]
-        picks.extend(gpu.run_step(seqs.step(chunk), [])["tokens"].tolist())
+    picks = prefill(gpu, seqs, [(s, prompt) for s in range(batch)], max_tokens)
     times = []
     for _ in range(steps):
         for s in range(batch):
@@ -115,11 +111,7 @@ def profile_decode(gpu, vocab: int, batch: int, prompt: int, tpb: int, max_block
     g = torch.Generator().manual_seed(5)
     for _ in range(batch):
         seqs.add(torch.randint(0, vocab, (prompt,), generator=g).tolist())
-    per_step = max(1, max_tokens // prompt)  # prefill in steps within max_num_tokens
-    picks = []
-    for first in range(0, batch, per_step):
-        chunk = [(s, prompt) for s in range(first, min(batch, first + per_step))]
-        picks.extend(gpu.run_step(seqs.step(chunk), [])["tokens"].tolist())
+    picks = prefill(gpu, seqs, [(s, prompt) for s in range(batch)], max_tokens)
 
     def step() -> list[int]:
         for s in range(batch):
@@ -160,10 +152,17 @@ def kernel_times(run, steps: int) -> list[tuple[str, float, int]]:
     return [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))] + rows
 
 
-def prefill(gpu, seqs, rows: list[tuple[int, int]], max_tokens: int) -> None:
+def prefill(gpu, seqs, rows: list[tuple[int, int]], max_tokens: int) -> list[int]:
     """Computes `rows` ((sequence, tokens) each) in steps of at most `max_tokens` tokens, a
-    sequence longer than that in chunks."""
+    sequence longer than that in chunks; returns each row's greedy pick after its last token."""
+    picks: dict[int, int] = {}
     chunk: list[tuple[int, int]] = []
+
+    def run() -> None:
+        tokens = gpu.run_step(seqs.step(chunk), [])["tokens"]
+        for (sid, _), token in zip(chunk, tokens.tolist()):
+            picks[sid] = token  # a later chunk of the sequence overwrites an earlier one's
+
     room = max_tokens
     for sid, n in rows:
         while n > 0:
@@ -172,10 +171,11 @@ def prefill(gpu, seqs, rows: list[tuple[int, int]], max_tokens: int) -> None:
             n -= take
             room -= take
             if room == 0:
-                gpu.run_step(seqs.step(chunk), [])
+                run()
                 chunk, room = [], max_tokens
     if chunk:
-        gpu.run_step(seqs.step(chunk), [])
+        run()
+    return [picks[sid] for sid, _ in rows]
 
 
 def mixed_spec(text: str) -> tuple[int, int, int, int]:
