@@ -1,21 +1,29 @@
-"""Paged attention for a mixed step: prefill chunks and decodes in one launch.
+"""Paged attention for a mixed step: decodes and prefill chunks.
 
 Reference: kiln.builder.ops.attention (each query token at position p attends to its
-sequence's cached keys 0..p; GQA shares one kv head among GROUP query heads). The op lowers to
-  1. when some sequence has more than one query token (MAXQ > 1): rope_kv_kernel (rope.py),
-     RoPE on q and k, k and v into the paged cache; then paged_attention_kernel, a
-     flash-attention loop over the cache. A program owns BLOCK_Q query tokens of one sequence
-     times the GROUP query heads of one kv head (BLOCK_M rows), so GQA loads each K/V tile once
-     for the whole group. Query blocks are numbered per sequence without a host-side table:
-     sequence b starts at block query_start[b] // BLOCK_Q + b, so T // BLOCK_Q + B programs
-     cover any step, and each finds its sequence by binary search over query_start;
-  2. when every sequence decodes one token (MAXQ == 1): paged_decode_kernel splits each
-     sequence's context into S ranges (split-KV: long contexts at small batch still fill the
-     GPU); with S > 1, paged_decode_reduce_kernel merges the partial softmax states. RoPE and
-     the KV write are its prologue (rope_kv_kernel's functions, so the same arithmetic):
-     every program rotates its kv head's GROUP query heads into the output buffer and reads
-     them back from there, and the program of the split that holds the new token writes that
-     token's k and v into the cache before its loop reads them.
+sequence's cached keys 0..p; GQA shares one kv head among GROUP query heads). A step's
+sequences come decodes first (the scheduler's order), and the op treats its leading sequences
+of one query token each (BD of the B, the step symbol) apart from the rest:
+  1. paged_decode_kernel for the first BD sequences: it splits each sequence's context into S
+     ranges (split-KV: long contexts at small batch still fill the GPU); with S > 1,
+     paged_decode_reduce_kernel merges the partial softmax states. RoPE and the KV write are its
+     prologue (rope_kv_kernel's functions, so the same arithmetic): every program rotates its
+     kv head's GROUP query heads into the output buffer and reads them back from there, and the
+     program of the split that holds the new token writes that token's k and v into the cache
+     before its loop reads them. A program owns one token, so a decode reads each K/V tile once
+     for its GROUP query heads and nothing else;
+  2. for the sequences after them (prompt chunks, and any one-token sequence among them):
+     rope_kv_kernel (rope.py), RoPE on q and k, k and v into the paged cache; then
+     paged_attention_kernel, a flash-attention loop over the cache. A program owns BLOCK_Q
+     query tokens of one sequence times the GROUP query heads of one kv head (BLOCK_M rows), so
+     GQA loads each K/V tile once for the whole group. Query blocks are numbered per sequence
+     without a host-side table: sequence b (from BD on) starts at block
+     (query_start[b] - BD) // BLOCK_Q + b - BD, so (T - BD) // BLOCK_Q + B - BD programs cover
+     any step, and each finds its sequence by binary search over query_start.
+A decode-only step (BD == B) launches only the first; a step without decodes first, only the
+second. A decode in the flash kernel would fill GROUP of its BLOCK_M rows and search the whole
+step for its sequence: at ~1,800 decodes beside 50 prompts that kernel took 4-5x the decode
+kernel's time for the same K/V bytes.
 Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in float32.
 
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it) is read a tile at a
@@ -43,12 +51,14 @@ SPLIT_TOKENS = 64  # fewest context tokens worth a split of their own
 
 
 @triton.jit
-def _find_sequence(query_start_ptr, num_seqs, qblock, BLOCK_Q: tl.constexpr):
-    lo = 0
+def _find_sequence(query_start_ptr, first_seq, first_tok, num_seqs, qblock,
+                   BLOCK_Q: tl.constexpr):
+    """The sequence (first_seq..num_seqs-1) whose query blocks hold block `qblock`."""
+    lo = first_seq
     hi = num_seqs
     while lo < hi:
         mid = (lo + hi) // 2
-        if tl.load(query_start_ptr + mid) // BLOCK_Q + mid <= qblock:
+        if (tl.load(query_start_ptr + mid) - first_tok) // BLOCK_Q + mid - first_seq <= qblock:
             lo = mid + 1
         else:
             hi = mid
@@ -113,8 +123,8 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
 
 @triton.jit
 def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
-                           context_lens_ptr, query_start_ptr, num_seqs, max_blocks, scale,
-                           k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
+                           context_lens_ptr, query_start_ptr, num_seqs, first_seq, max_blocks,
+                           scale, k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
                            OUT_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
                            HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, TPB: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
@@ -122,10 +132,11 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
     enter(PDL)
     qblock = tl.program_id(0)
     kvh = tl.program_id(1)
-    seq = _find_sequence(query_start_ptr, num_seqs, qblock, BLOCK_Q)
+    first_tok = tl.load(query_start_ptr + first_seq)
+    seq = _find_sequence(query_start_ptr, first_seq, first_tok, num_seqs, qblock, BLOCK_Q)
     q_begin = tl.load(query_start_ptr + seq)
     q_len = tl.load(query_start_ptr + seq + 1) - q_begin
-    first = (qblock - (q_begin // BLOCK_Q + seq)) * BLOCK_Q
+    first = (qblock - ((q_begin - first_tok) // BLOCK_Q + seq - first_seq)) * BLOCK_Q
     if first < q_len:
         prefix = tl.load(context_lens_ptr + seq) - q_len
         rows = tl.arange(0, BLOCK_M)
@@ -282,6 +293,12 @@ def prefill_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict
                 DIM_PAD=max(16, pow2(head_dim)), TILE=_tile(head_dim, fp32))
 
 
+def prefill_warps(head_dim: int) -> int:
+    """The flash kernel's warps: a 64-row block on 8 warps ran at 134 TFLOP/s and on 4 at 237
+    (H200, three causal 2,048-token prompts, head_dim 128: tests/gpu/attention_sweep.py)."""
+    return 4 if head_dim <= 128 else 8
+
+
 def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False,
                   kv_8bit: bool = False) -> dict:
     """An 8-bit cache takes twice the keys per step: the same bytes a step as a 16-bit one, and
@@ -295,15 +312,15 @@ def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False,
 
 
 def splits_formula(nkv: int, tile: int) -> str:
-    """S: split the context when B * NKV programs would leave the GPU under-filled; a split
+    """S: split the context when BD * NKV programs would leave the GPU under-filled; a split
     holds SPLIT_TOKENS or more, and at least one tile of `tile` keys (a split is whole tiles:
     more splits than tiles would be empty)."""
-    return (f"max(1, min({MAX_SPLITS}, cdiv(2 * NSM, B * {nkv}), "
+    return (f"max(1, min({MAX_SPLITS}, cdiv(2 * NSM, max(1, BD) * {nkv}), "
             f"cdiv(MAXCTX, {max(SPLIT_TOKENS, tile)})))")
 
 
 def partials_bytes_formula(nq: int, head_dim: int) -> str:
-    """Scratch for the partial states: B * S <= 2 * NSM + B for any B (see splits_formula)."""
+    """Scratch for the partial states: BD * S <= 2 * NSM + BD <= 2 * NSM + B (splits_formula)."""
     return f"(2 * NSM + B) * {nq} * {head_dim + 2} * 4"
 
 
@@ -320,8 +337,6 @@ def plan_attention(node, ctx):
         raise ValueError(f"attention layer {a['layer']} expects a {want} KV cache, but the "
                          f"build's cache holds {k_cache.dtype}")
     kv_scales = tuple(node.inputs[8:10]) if a.get("kv_dtype") else None
-    plan_rope_kv(ctx, q=q, q_out=out, k=k, v=v, layer=a["layer"], nq=nq, nkv=nkv, head_dim=hd,
-                 rope=rope, kv_scales=kv_scales, when="MAXQ > 1")
     q_src = out if rope else q  # RoPE leaves the rotated q in the output buffer
     ieee = ctx.dtype(out) == "float32"
     quant = kv_quant(k_cache.dtype)
@@ -332,32 +347,34 @@ def plan_attention(node, ctx):
                   k_scale_ptr=k_scale, v_scale_ptr=v_scale)
     shape = dict(Q_STRIDE=ctx.row_stride(q_src), OUT_STRIDE=ctx.row_stride(out), NKV=nkv,
                  HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant)
-    cfg = prefill_config(nq, nkv, hd, ieee)
-    ctx.launch(paged_attention_kernel, grid=(f"T // {cfg['BLOCK_Q']} + B", nkv), when="MAXQ > 1",
-               num_warps=4 if hd <= 64 else 8, num_stages=2,
-               args=dict(common, out_ptr=ctx.ptr(out), num_seqs=I32("B"),
-                         max_blocks=I32("MAXBLK")),
-               constexprs=dict(shape, **cfg))
+    # The leading BD sequences (decodes): RoPE, the KV write and attention in the decode kernel.
     dcfg = decode_config(nq, nkv, hd, ieee, kv_8bit=bool(quant))
     splits = ctx.derive(splits_formula(nkv, dcfg["TILE"]))
     partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
-    # A decode step's RoPE and KV write run inside the decode kernel (no launch of their own).
     prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
                     positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
                     inv_freq_ptr=rope_table(ctx, rope))
-    ctx.launch(paged_decode_kernel, grid=("B", nkv, splits), when="MAXQ == 1",
-               num_warps=4, num_stages=2,
+    ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=4, num_stages=2,
                args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
                          max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
                constexprs=dict(shape, NQ=nq, **dcfg,
                                **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
                                                      ctx.row_stride(v), nq, nkv, hd, rope)))
-    ctx.launch(paged_decode_reduce_kernel, grid=("B", nq), when=f"MAXQ == 1 and {splits} > 1",
+    ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",
                num_warps=4,
                args=dict(out_ptr=ctx.ptr(out), partial_ptr=partials,
                          query_start_ptr=ctx.ptr(query_start), num_splits=I32(splits)),
                constexprs=dict(OUT_STRIDE=ctx.row_stride(out), NQ=nq, HEAD_DIM=hd,
                                DIM_PAD=max(16, pow2(hd)), SPLITS_PAD=MAX_SPLITS))
+    # The sequences after them (prompt chunks): rope_kv_kernel, then the flash kernel.
+    plan_rope_kv(ctx, q=q, q_out=out, k=k, v=v, layer=a["layer"], nq=nq, nkv=nkv, head_dim=hd,
+                 rope=rope, kv_scales=kv_scales, first_token="BD")
+    cfg = prefill_config(nq, nkv, hd, ieee)
+    ctx.launch(paged_attention_kernel, grid=(f"(T - BD) // {cfg['BLOCK_Q']} + B - BD", nkv),
+               num_warps=prefill_warps(hd), num_stages=2,
+               args=dict(common, out_ptr=ctx.ptr(out), num_seqs=I32("B"), first_seq=I32("BD"),
+                         max_blocks=I32("MAXBLK")),
+               constexprs=dict(shape, **cfg))
 
 
 def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nkv: int,
@@ -369,55 +386,73 @@ def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nk
 
 # -- direct launches ----------------------------------------------------------------------------
 
+def leading_decodes(query_start) -> int:
+    """BD: how many of a step's sequences, from the first, have one query token each."""
+    starts = [int(x) for x in query_start]
+    n = 0
+    while n + 1 < len(starts) and starts[n + 1] - starts[n] == 1:
+        n += 1
+    return n
+
+
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
                     k_scale=None, v_scale=None, new_kv: dict | None = None):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
-    tokens_per_block, hd]), taking the decode path when every sequence has one query token.
+    tokens_per_block, hd]), launched as the plan launches it: the leading one-token sequences
+    through the decode kernel (num_splits ranges each), the rest through the flash kernel.
     A float8_e4m3fn or int8 cache is dequantized with k_scale / v_scale (float32 [1]).
     new_kv (k, v, positions, slot_mapping, inv_freq, rope) makes it the whole attention op, as
-    the plan runs it: q and k rotated when rope, k and v written into the cache first, by
-    rope_kv_kernel before a prefill and inside the decode kernel for a decode step."""
+    the plan runs it: q and k rotated when rope, k and v written into the cache, inside the
+    decode kernel for the leading decodes and by rope_kv_kernel first for the other tokens.
+    Without it, q is already rotated and the cache already holds the step's k and v."""
     import torch
 
     t, b = q.shape[0], context_lens.shape[0]
-    if new_kv is not None and t > b:
-        n = new_kv
-        q = rope_kv(q, n["k"], n["v"], n["positions"], n["slot_mapping"], k_cache, v_cache,
-                    n["inv_freq"], head_dim, rope=n["rope"], k_scale=k_scale, v_scale=v_scale)
-        new_kv = None
+    bd = leading_decodes(query_start.tolist())
     nkv, tpb = k_cache.shape[1], k_cache.shape[2]
     quant = kv_quant(k_cache.dtype)
     out = q.new_empty((t, num_heads * head_dim)) if out is None else out
-    q_src = out if new_kv is not None and new_kv["rope"] else q
-    shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
-                 TPB=tpb, IEEE=q.dtype == torch.float32, KV_QUANT=quant)
-    common = (q_src, k_cache, v_cache, block_tables, context_lens, query_start)
-    scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
+    rope_on = new_kv is not None and new_kv["rope"]
     fp32 = q.dtype == torch.float32
-    if t > b:
+    scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
+    shape = dict(OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim, TPB=tpb, IEEE=fp32,
+                 KV_QUANT=quant)
+    if bd > 0:
+        q_src = out if rope_on else q
+        dshape = dict(shape, Q_STRIDE=q_src.stride(0))
+        if new_kv is not None:
+            n = new_kv
+            prologue = (q, n["k"], n["v"], n["positions"], n["slot_mapping"], n["inv_freq"])
+            dshape.update(prologue_constexprs(q.stride(0), n["k"].stride(0), n["v"].stride(0),
+                                              num_heads, nkv, head_dim, n["rope"]))
+        else:
+            prologue = (q,) * 6  # never read
+        splits = num_splits or 1
+        partials = torch.empty(bd * num_heads * splits * (head_dim + 2), dtype=torch.float32,
+                               device=q.device)
+        dcfg = decode_config(num_heads, nkv, head_dim, fp32, kv_8bit=bool(quant))
+        direct(paged_decode_kernel, q)[(bd, nkv, splits)](
+            out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,
+            block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, NQ=num_heads,
+            **dcfg, num_warps=4, num_stages=2)
+        if splits > 1:
+            direct(paged_decode_reduce_kernel, q)[(bd, num_heads)](
+                out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,
+                HEAD_DIM=head_dim, DIM_PAD=max(16, pow2(head_dim)), SPLITS_PAD=MAX_SPLITS,
+                num_warps=4)
+    if bd < b:
+        q_src = q
+        if new_kv is not None:
+            n = new_kv
+            q_src = rope_kv(q, n["k"], n["v"], n["positions"], n["slot_mapping"], k_cache,
+                            v_cache, n["inv_freq"], head_dim, rope=n["rope"], k_scale=k_scale,
+                            v_scale=v_scale, first_token=bd, q_out=out if n["rope"] else None)
+            if not n["rope"]:
+                q_src = q  # without RoPE rope_kv_kernel writes only the cache
         cfg = prefill_config(num_heads, nkv, head_dim, fp32)
-        direct(paged_attention_kernel, q)[(t // cfg["BLOCK_Q"] + b, nkv)](
-            out, *common, b, block_tables.stride(0), scale, *scales, **shape, **cfg,
-            num_warps=4 if head_dim <= 64 else 8, num_stages=2)
-        return out
-    if new_kv is not None:
-        n = new_kv
-        prologue = (q, n["k"], n["v"], n["positions"], n["slot_mapping"], n["inv_freq"])
-        shape.update(prologue_constexprs(q.stride(0), n["k"].stride(0), n["v"].stride(0),
-                                         num_heads, nkv, head_dim, n["rope"]))
-    else:
-        prologue = (q,) * 6  # never read
-    splits = num_splits or 1
-    partials = torch.empty(b * num_heads * splits * (head_dim + 2), dtype=torch.float32,
-                           device=q.device)
-    dcfg = decode_config(num_heads, nkv, head_dim, fp32, kv_8bit=bool(quant))
-    direct(paged_decode_kernel, q)[(b, nkv, splits)](
-        out, partials, *common, block_tables.stride(0), splits, scale, *scales, *prologue,
-        **shape, NQ=num_heads, **dcfg, num_warps=4, num_stages=2)
-    if splits > 1:
-        direct(paged_decode_reduce_kernel, q)[(b, num_heads)](
-            out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,
-            HEAD_DIM=head_dim, DIM_PAD=max(16, pow2(head_dim)), SPLITS_PAD=MAX_SPLITS,
-            num_warps=4)
+        direct(paged_attention_kernel, q)[((t - bd) // cfg["BLOCK_Q"] + b - bd, nkv)](
+            out, q_src, k_cache, v_cache, block_tables, context_lens, query_start, b, bd,
+            block_tables.stride(0), scale, *scales, **shape, Q_STRIDE=q_src.stride(0), **cfg,
+            num_warps=prefill_warps(head_dim), num_stages=2)
     return out

@@ -27,7 +27,7 @@ from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.norm import row_warps
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rounding import e4m3_grid
-from kiln.builder.kernels.spec import pow2
+from kiln.builder.kernels.spec import I32, pow2
 
 
 KV_QUANT = {"float8_e4m3fn": 1, "int8": 2}  # the KV_QUANT constexpr of a cache dtype (else 0)
@@ -81,14 +81,15 @@ def rotate_heads(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr,
 
 @triton.jit
 def rope_kv_kernel(q_out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, positions_ptr,
-                   slot_ptr, inv_freq_ptr, k_scale_ptr, v_scale_ptr, Q_STRIDE: tl.constexpr,
+                   slot_ptr, inv_freq_ptr, k_scale_ptr, v_scale_ptr, first_token,
+                   Q_STRIDE: tl.constexpr,
                    Q_OUT_STRIDE: tl.constexpr, K_STRIDE: tl.constexpr, V_STRIDE: tl.constexpr,
                    NQ: tl.constexpr, NKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                    NQ_PAD: tl.constexpr, NKV_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
                    TPB: tl.constexpr, ROPE: tl.constexpr, WRITE_Q: tl.constexpr,
                    WRITE_KV: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
     enter(PDL)
-    tok = tl.program_id(0).to(tl.int64)
+    tok = (tl.program_id(0) + first_token).to(tl.int64)
     i, c, s = rope_angles(positions_ptr, inv_freq_ptr, tok, HEAD_DIM, HALF_PAD, ROPE)
     if WRITE_Q:
         rotate_heads(q_ptr + tok * Q_STRIDE, q_out_ptr + tok * Q_OUT_STRIDE, i, c, s, 1.0, NQ,
@@ -163,10 +164,10 @@ def rope_table(ctx, rope: dict | None):
 
 def plan_rope_kv(ctx, *, q, q_out, k, v, layer: int, nq: int, nkv: int, head_dim: int,
                  rope: dict | None, kv_scales: tuple[str, str] | None = None,
-                 when: str | None = None) -> None:
-    """The attention prologue: RoPE on q (into q_out) and k, k/v into the cache of `layer`.
-    Without rope, only the cache write (q stays where it is). kv_scales: the k_scale and
-    v_scale values of a quantized cache; `when`: the launch's condition."""
+                 first_token: str = "0") -> None:
+    """The attention prologue: RoPE on q (into q_out) and k, k/v into the cache of `layer`, for
+    the step's tokens from `first_token` (a formula) on. Without rope, only the cache write (q
+    stays where it is). kv_scales: the k_scale and v_scale values of a quantized cache."""
     table = rope_table(ctx, rope)
     q_out_ptr = ctx.ptr(q_out) if rope else ctx.ptr(q)
     k_cache, v_cache = ctx.kv(layer, 0), ctx.kv(layer, 1)
@@ -175,11 +176,12 @@ def plan_rope_kv(ctx, *, q, q_out, k, v, layer: int, nq: int, nkv: int, head_dim
         raise ValueError(f"layer {layer}: a {k_cache.dtype} KV cache with kv_scales {kv_scales}; "
                          "a quantized cache needs k_scale and v_scale, and only it")
     k_scale, v_scale = map(ctx.ptr, kv_scales) if quant else (k_cache, v_cache)
-    ctx.launch(rope_kv_kernel, grid=("T",), num_warps=_warps(nq, head_dim), when=when,
+    ctx.launch(rope_kv_kernel, grid=(f"T - {first_token}",), num_warps=_warps(nq, head_dim),
                args=dict(q_out_ptr=q_out_ptr, q_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k),
                          v_ptr=ctx.ptr(v), k_cache_ptr=k_cache, v_cache_ptr=v_cache,
                          positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
-                         inv_freq_ptr=table, k_scale_ptr=k_scale, v_scale_ptr=v_scale),
+                         inv_freq_ptr=table, k_scale_ptr=k_scale, v_scale_ptr=v_scale,
+                         first_token=I32(first_token)),
                constexprs=_constexprs(nq, nkv, head_dim, ctx.tokens_per_block,
                                       ctx.row_stride(q), ctx.row_stride(q_out if rope else q),
                                       ctx.row_stride(k), ctx.row_stride(v), bool(rope),
@@ -196,7 +198,8 @@ def plan_rope(node, ctx):
                args=dict(q_out_ptr=ctx.ptr(out), q_ptr=ctx.ptr(x), k_ptr=ctx.ptr(x),
                          v_ptr=ctx.ptr(x), k_cache_ptr=ctx.ptr(x), v_cache_ptr=ctx.ptr(x),
                          positions_ptr=ctx.ptr(positions), slot_ptr=ctx.ptr("slot_mapping"),
-                         inv_freq_ptr=table, k_scale_ptr=ctx.ptr(x), v_scale_ptr=ctx.ptr(x)),
+                         inv_freq_ptr=table, k_scale_ptr=ctx.ptr(x), v_scale_ptr=ctx.ptr(x),
+                         first_token=I32(0)),
                constexprs=_constexprs(heads, 1, hd, 1, ctx.row_stride(x), ctx.row_stride(out),
                                       0, 0, True, True, False))
 
@@ -204,17 +207,19 @@ def plan_rope(node, ctx):
 # -- direct launches ----------------------------------------------------------------------------
 
 def rope_kv(q, k, v, positions, slot_mapping, k_cache, v_cache, inv_freq, head_dim: int,
-            rope: bool = True, k_scale=None, v_scale=None):
-    """Rotates q (returned, contiguous) and k; writes k, v into k_cache/v_cache
-    ([num_blocks, num_kv_heads, tokens_per_block, head_dim] each), quantized with k_scale /
-    v_scale (float32 [1]) when the cache is float8_e4m3fn or int8."""
+            rope: bool = True, k_scale=None, v_scale=None, first_token: int = 0, q_out=None):
+    """Rotates q (into q_out, returned; by default a new tensor) and k; writes k, v into
+    k_cache/v_cache ([num_blocks, num_kv_heads, tokens_per_block, head_dim] each), quantized
+    with k_scale / v_scale (float32 [1]) when the cache is float8_e4m3fn or int8. Only the
+    tokens from first_token on: q_out's rows before it are left as they are."""
     nq, nkv = q.shape[1] // head_dim, k.shape[1] // head_dim
     quant = kv_quant(k_cache.dtype)
-    q_out = q.new_empty(q.shape)
-    direct(rope_kv_kernel, q)[(q.shape[0],)](
-        q_out, q, k, v, k_cache, v_cache, positions, slot_mapping, inv_freq,
-        k_scale if quant else k_cache, v_scale if quant else v_cache,
-        **_constexprs(nq, nkv, head_dim, k_cache.shape[2], q.stride(0), q_out.stride(0),
-                      k.stride(0), v.stride(0), rope, True, True, quant),
-        num_warps=_warps(nq, head_dim))
+    q_out = q.new_empty(q.shape) if q_out is None else q_out
+    if q.shape[0] > first_token:
+        direct(rope_kv_kernel, q)[(q.shape[0] - first_token,)](
+            q_out, q, k, v, k_cache, v_cache, positions, slot_mapping, inv_freq,
+            k_scale if quant else k_cache, v_scale if quant else v_cache, first_token,
+            **_constexprs(nq, nkv, head_dim, k_cache.shape[2], q.stride(0), q_out.stride(0),
+                          k.stride(0), v.stride(0), rope, True, True, quant),
+            num_warps=_warps(nq, head_dim))
     return q_out

@@ -6,14 +6,16 @@ integers, symbols, `+ - * // %`, comparisons, `and`/`or`/`not`, `cdiv(a, b)`, `m
 
 Symbols of a step: T (tokens), B (sequences), MAXCTX (longest context after the step), MAXQ
 (most query tokens of one sequence), MAXBLK (block-table row length), NSM (the GPU's
-multiprocessors); a plan may add derived symbols (evaluated in order, each from the ones before).
+multiprocessors), BD (how many sequences, from the first, have one query token each: the
+decodes, which the scheduler puts first); a plan may add derived symbols (evaluated in order,
+each from the ones before).
 """
 from __future__ import annotations
 
 import ast
 from typing import Mapping
 
-STEP_SYMBOLS = ("T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM")
+STEP_SYMBOLS = ("T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD")
 
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
            ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,

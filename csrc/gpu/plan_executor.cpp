@@ -29,7 +29,8 @@ constexpr std::size_t kAlign = 256;
 constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hopper
 constexpr std::size_t kMaxGraphs = 256;                // past it, new launch shapes run eagerly
 constexpr std::size_t kTimedGemms = 8; // GEMMs of one shape a candidate is timed over, back to back
-constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM"};
+// BD: how many sequences, from the first, have one query token each (the step's decodes).
+constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD"};
 enum StepSymbol
 {
     kT,
@@ -37,7 +38,8 @@ enum StepSymbol
     kMaxCtx,
     kMaxQ,
     kMaxBlk,
-    kNsm
+    kNsm,
+    kBd
 };
 
 std::size_t alignUp(std::size_t n)
@@ -219,6 +221,7 @@ public:
                 inputs = &mPadded;
                 mValues[kT] = bucket;
                 mValues[kB] = bucket;
+                mValues[kBd] = bucket;
             }
         }
         for (std::size_t i = 0; i < mDerived.size(); ++i)
@@ -386,6 +389,7 @@ private:
         values[kMaxQ] = mSpec.maxNumTokens;
         values[kMaxBlk] = mSpec.maxBlocksPerSeq;
         values[kNsm] = mProps.multiProcessorCount;
+        values[kBd] = mSpec.maxBatchSize;
         return static_cast<std::size_t>(std::max<std::int64_t>(0, Expr::parse(formula, mSymbols).eval(values)));
     }
 
@@ -1145,9 +1149,12 @@ private:
             fail("query_start must run from 0 to T");
         std::int64_t maxCtx = 0;
         std::int64_t maxQ = 0;
+        std::int64_t leadingDecodes = 0;
         for (std::int64_t i = 0; i < b; ++i)
         {
             std::int64_t const q = s.queryStart[static_cast<std::size_t>(i + 1)] - s.queryStart[static_cast<std::size_t>(i)];
+            if (q == 1 && leadingDecodes == i)
+                ++leadingDecodes;
             std::int64_t const ctx = s.contextLens[static_cast<std::size_t>(i)];
             if (q < 0 || ctx < q || ctx > maxBlk * mSpec.tokensPerBlock)
                 fail("sequence " + std::to_string(i) + " has " + std::to_string(q) + " query tokens and context "
@@ -1170,6 +1177,7 @@ private:
         mValues[kMaxCtx] = maxCtx;
         mValues[kMaxQ] = maxQ;
         mValues[kMaxBlk] = maxBlk;
+        mValues[kBd] = leadingDecodes;
     }
 
     PlanSpec mSpec;

@@ -1,11 +1,15 @@
-"""Bandwidth of the paged decode attention kernel (kiln.builder.kernels.attention) per launch
-configuration, for a bfloat16 and an FP8 KV cache: Llama-3.1-8B's heads (32 query, 8 KV,
-head_dim 128), 32 tokens a block, every sequence's blocks scattered over the cache.
+"""Speed of the paged attention kernels (kiln.builder.kernels.attention) per launch
+configuration: Llama-3.1-8B's heads (32 query, 8 KV, head_dim 128), 32 tokens a block, every
+sequence's blocks scattered over the cache.
 
-Bytes = the K and V a launch reads (every sequence's whole context); each figure is the median
-of CUDA-event timings of back-to-back launches; max err is against the default configuration.
+Decode (paged_decode_kernel), for a bfloat16 and an FP8 KV cache: bytes = the K and V a launch
+reads (every sequence's whole context). Prefill (paged_attention_kernel, bfloat16 cache, causal
+prompts): FLOP/s = 4 * heads * head_dim per (query, visible key) pair, over the launch's time.
+Each figure is the median of CUDA-event timings of back-to-back launches; max err is against
+the default configuration.
 
     python tests/gpu/attention_sweep.py [--cases 256:3072:1,1:384:8] [--configs 64:4:2,...]
+        [--prefill 3:2048,50:128] [--prefill-configs 64:64:8:2,...]
 """
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ import torch
 NQ, NKV, HD, TPB = 32, 8, 128, 32
 CASES = "256:3072:1,64:3072:1,1:384:8,1:4096:32"  # batch:context:splits
 CONFIGS = "64:4:2,64:4:3,64:8:2,128:4:2,128:8:2,128:8:3,32:4:3"  # TILE:num_warps:num_stages
+PREFILL = "3:2048,50:128,1:2048"  # prompts:length
+# BLOCK_M:TILE:num_warps:num_stages (the first is what the plan launches)
+PREFILL_CONFIGS = "64:64:4:2,64:64:8:2,64:64:4:3,128:64:8:2,128:64:8:3,128:128:8:2,128:32:4:3"
 
 
 def time_launch(launch, reps: int = 10) -> float:
@@ -37,8 +44,62 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=CASES)
     parser.add_argument("--configs", default=CONFIGS)
+    parser.add_argument("--prefill", default=PREFILL)
+    parser.add_argument("--prefill-configs", default=PREFILL_CONFIGS)
     args = parser.parse_args()
+    if args.cases:
+        decode_sweep(args)
+    if args.prefill:
+        prefill_sweep(args)
 
+
+def scattered_tables(g, b: int, blocks_each: int):
+    num_blocks = b * blocks_each + 1
+    tables = torch.randperm(num_blocks - 1, generator=g, device="cuda")[:b * blocks_each]
+    return tables.reshape(b, blocks_each).to(torch.int32), num_blocks
+
+
+def prefill_sweep(args) -> None:
+    from kiln.builder.kernels import attention as att
+
+    print(f"{'prompts':>8}{'len':>6}  {'BLOCK_M:TILE:warps:stages':<27}{'us':>9}{'TFLOP/s':>9}"
+          f"{'  max err':>10}")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for case in args.prefill.split(","):
+        b, length = (int(v) for v in case.split(":"))
+        tables, num_blocks = scattered_tables(g, b, -(-length // TPB))
+        lens = torch.full((b,), length, dtype=torch.int32, device="cuda")
+        qstart = torch.arange(b + 1, dtype=torch.int32, device="cuda") * length
+        t = b * length
+        q = torch.randn((t, NQ * HD), generator=g, device="cuda").to(torch.bfloat16)
+        kc = torch.randn((num_blocks, NKV, TPB, HD), generator=g, device="cuda").to(torch.bfloat16)
+        vc = torch.randn((num_blocks, NKV, TPB, HD), generator=g, device="cuda").to(torch.bfloat16)
+        flops = 4 * NQ * HD * b * length * (length + 1) / 2
+        ref = None
+        for config in args.prefill_configs.split(","):
+            block_m, tile, warps, stages = (int(v) for v in config.split(":"))
+            cfg = dict(att.prefill_config(NQ, NKV, HD), BLOCK_M=block_m,
+                       BLOCK_Q=block_m // (NQ // NKV), TILE=tile)
+            out = torch.empty_like(q)
+
+            def launch():
+                att.paged_attention_kernel[(t // cfg["BLOCK_Q"] + b, NKV)](
+                    out, q, kc, vc, tables, lens, qstart, b, 0, tables.stride(0), HD ** -0.5,
+                    kc, vc, Q_STRIDE=q.stride(0), OUT_STRIDE=out.stride(0), NKV=NKV,
+                    HEAD_DIM=HD, TPB=TPB, IEEE=False, KV_QUANT=0, **cfg, num_warps=warps,
+                    num_stages=stages)
+            try:
+                seconds = time_launch(launch)
+            except Exception as e:  # a configuration that does not fit: say so, go on
+                print(f"{b:>8}{length:>6}  {config:<27} failed: {type(e).__name__}: {str(e)[:60]}")
+                continue
+            ref = out.float() if ref is None else ref
+            err = (out.float() - ref).abs().max().item()
+            print(f"{b:>8}{length:>6}  {config:<27}{seconds * 1e6:>9.1f}"
+                  f"{flops / seconds / 1e12:>9.1f}{err:>10.1e}", flush=True)
+
+
+def decode_sweep(args) -> None:
     from kiln.builder.kernels import attention as att
 
     print(f"{'kv':<6}{'B':>5}{'ctx':>6}{'S':>4}  {'TILE:warps:stages':<19}{'us':>9}{'TB/s':>7}"

@@ -12,6 +12,7 @@ import importlib
 import numpy as np
 import torch
 
+from kiln.builder.kernels.attention import leading_decodes
 from kiln.builder.kernels.symbols import evaluate
 
 TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -42,7 +43,8 @@ class ProgramEmulator:
         lim = h["limits"]
         at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
                     "MAXCTX": lim["max_seq_len"], "MAXQ": lim["max_num_tokens"],
-                    "MAXBLK": lim["max_blocks_per_seq"], "NSM": num_sms}
+                    "MAXBLK": lim["max_blocks_per_seq"], "NSM": num_sms,
+                    "BD": lim["max_batch_size"]}
         self.scratch = {name: torch.full((max(evaluate(f, at_limit) for f in sizes) // 4 + 1,),
                                          float("nan"), dtype=torch.float32, device=device)
                         for name, sizes in h["scratch"].items()}
@@ -123,7 +125,8 @@ class ProgramEmulator:
         qs = step["query_start"]
         symbols = {"T": len(step["input_ids"]), "B": len(step["context_lens"]),
                    "MAXCTX": int(step["context_lens"].max()), "MAXQ": int(np.diff(qs).max()),
-                   "MAXBLK": step["block_tables"].shape[1], "NSM": self.num_sms}
+                   "MAXBLK": step["block_tables"].shape[1], "NSM": self.num_sms,
+                   "BD": leading_decodes(qs)}
         for name, formula in self.h["derived"]:
             symbols[name] = evaluate(formula, symbols)
         for item in self.h["program"]:

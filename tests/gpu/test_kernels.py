@@ -52,6 +52,7 @@ def test_rope_llama3_at_large_positions(dtype, heads, head_dim):
 SCENARIOS = {
     "prefill": ([0, 0], [200, 77]),
     "chunked+decode": ([0, 96, 513, 40], [150, 37, 1, 1]),
+    "decodes+chunked": ([513, 40, 2999, 0, 96, 7], [1, 1, 1, 150, 37, 1]),
     "decode": ([0, 17, 900, 2999, 64], [1, 1, 1, 1, 1]),
 }
 
