@@ -26,6 +26,16 @@ _CMPOPS = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b,
 _CALLS = {"cdiv": lambda a, b: -(-a // b), "min": min, "max": max}
 
 
+def leading_decodes(query_start) -> int:
+    """BD of a step whose query_start is given: how many sequences, from the first, have one
+    query token each (csrc/gpu/plan_executor.cpp counts it the same way)."""
+    starts = [int(x) for x in query_start]
+    n = 0
+    while n + 1 < len(starts) and starts[n + 1] - starts[n] == 1:
+        n += 1
+    return n
+
+
 def evaluate(expr: str | int, symbols: Mapping[str, int]) -> int:
     """The value of `expr` (an int or an expression string) under `symbols`."""
     if isinstance(expr, int):

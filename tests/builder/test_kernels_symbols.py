@@ -4,9 +4,21 @@ import random
 
 import pytest
 
-from kiln.builder.kernels.symbols import check, evaluate
+from kiln.builder.kernels.attention import splits_formula
+from kiln.builder.kernels.symbols import check, evaluate, leading_decodes
 
 SYMBOLS = {"T": 37, "B": 5, "MAXCTX": 4000, "MAXQ": 1, "MAXBLK": 128, "NSM": 132, "S0": 3}
+
+
+def test_leading_decodes_counts_one_token_sequences_from_the_first():
+    assert leading_decodes([0, 1, 2, 9, 10]) == 2  # two decodes, a prompt chunk, a decode
+    assert leading_decodes([0, 1, 2, 3]) == 3  # a decode-only step
+    assert leading_decodes([0, 7, 8]) == 0  # a prompt chunk first
+    assert leading_decodes([0]) == 0
+    # The decode kernel's splits in a step without decodes: defined, as for one decode (its
+    # grid is then empty).
+    assert evaluate(splits_formula(8, 64), dict(SYMBOLS, BD=0)) == 32
+    assert evaluate(splits_formula(8, 64), dict(SYMBOLS, BD=2, MAXCTX=4000)) == 17
 
 
 def random_expr(rng: random.Random, depth: int = 0) -> str:

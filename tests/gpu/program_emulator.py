@@ -12,8 +12,7 @@ import importlib
 import numpy as np
 import torch
 
-from kiln.builder.kernels.attention import leading_decodes
-from kiln.builder.kernels.symbols import evaluate
+from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
 TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
          "i32": torch.int32, "i64": torch.int64, "i8": torch.int8, "u8": torch.uint8,
