@@ -405,14 +405,13 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     nkv, tpb = k_cache.shape[1], k_cache.shape[2]
     quant = kv_quant(k_cache.dtype)
     out = q.new_empty((t, num_heads * head_dim)) if out is None else out
-    rope_on = new_kv is not None and new_kv["rope"]
+    q_src = out if new_kv is not None and new_kv["rope"] else q  # RoPE rotates q into out
     fp32 = q.dtype == torch.float32
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
-    shape = dict(OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim, TPB=tpb, IEEE=fp32,
-                 KV_QUANT=quant)
+    shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
+                 TPB=tpb, IEEE=fp32, KV_QUANT=quant)
     if bd > 0:
-        q_src = out if rope_on else q
-        dshape = dict(shape, Q_STRIDE=q_src.stride(0))
+        dshape = dict(shape)
         if new_kv is not None:
             n = new_kv
             prologue = (q, n["k"], n["v"], n["positions"], n["slot_mapping"], n["inv_freq"])
@@ -434,17 +433,14 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
                 HEAD_DIM=head_dim, DIM_PAD=max(16, pow2(head_dim)), SPLITS_PAD=MAX_SPLITS,
                 num_warps=4)
     if bd < b:
-        q_src = q
-        if new_kv is not None:
+        if new_kv is not None:  # without RoPE the q it returns is a copy: q stays where it is
             n = new_kv
-            q_src = rope_kv(q, n["k"], n["v"], n["positions"], n["slot_mapping"], k_cache,
-                            v_cache, n["inv_freq"], head_dim, rope=n["rope"], k_scale=k_scale,
-                            v_scale=v_scale, first_token=bd, q_out=out if n["rope"] else None)
-            if not n["rope"]:
-                q_src = q  # without RoPE rope_kv_kernel writes only the cache
+            rope_kv(q, n["k"], n["v"], n["positions"], n["slot_mapping"], k_cache, v_cache,
+                    n["inv_freq"], head_dim, rope=n["rope"], k_scale=k_scale, v_scale=v_scale,
+                    first_token=bd, q_out=out if n["rope"] else None)
         cfg = prefill_config(num_heads, nkv, head_dim, fp32)
         direct(paged_attention_kernel, q)[((t - bd) // cfg["BLOCK_Q"] + b - bd, nkv)](
             out, q_src, k_cache, v_cache, block_tables, context_lens, query_start, b, bd,
-            block_tables.stride(0), scale, *scales, **shape, Q_STRIDE=q_src.stride(0), **cfg,
+            block_tables.stride(0), scale, *scales, **shape, **cfg,
             num_warps=prefill_warps(head_dim), num_stages=2)
     return out

@@ -616,6 +616,9 @@ def interpreter_cases():
         ("attention-norope-fused-float32", check_attention,
          dict(dtype=f32, nq=4, nkv=4, head_dim=16, prefixes=[0, 30], q_lens=[1, 1], seed=7, rope_on=False,
               fused=True), TOL[f32]),
+        ("attention-norope-decodes-first-fused-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=4, head_dim=16, prefixes=[30, 0], q_lens=[1, 9], seed=7, rope_on=False,
+              fused=True), TOL[f32]),
     ]
     # Quantized KV cache. The interpreter's float32 -> fp8 conversion is wrong (a rounding
     # that crosses a power of two is not carried into the exponent), so fp8 cases leave the
