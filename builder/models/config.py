@@ -151,6 +151,11 @@ class ModelConfig:
 BUILD_DTYPES = ("float32", "float16", "bfloat16")
 
 
+def kv_dtype_of(kv_cache_dtype: str, dtype: str) -> str:
+    """The IR dtype a KV cache holds: --kv-cache-dtype fp8 or int8, else ("auto") the build's."""
+    return {"fp8": "float8_e4m3fn", "int8": "int8"}.get(kv_cache_dtype, dtype)
+
+
 @dataclass(slots=True)
 class BuildConfig:
     dtype: str = "float16"
@@ -208,7 +213,7 @@ class BuildConfig:
     @property
     def kv_dtype(self) -> str:
         """The IR dtype the KV cache holds."""
-        return {"fp8": "float8_e4m3fn", "int8": "int8"}.get(self.kv_cache_dtype, self.dtype)
+        return kv_dtype_of(self.kv_cache_dtype, self.dtype)
 
     def to_json(self) -> dict:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)

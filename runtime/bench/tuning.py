@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.builder.errors import KilnError
+from kiln.builder.ir import dtype_size
+from kiln.builder.models.config import BUILD_DTYPES, kv_dtype_of
 
 GIB = 1 << 30
 # The most sequences an engine is built for here: past it the batch's own buffers (logits rows,
@@ -38,7 +40,6 @@ RESERVE_FRACTION = 0.05
 # the LM head stay in the build dtype. int4: half a byte, plus a float16 scale per 128 values.
 LINEAR_BYTES = {"none": None, "fp8": 1.0, "int8_sq": 1.0, "int8_wo": 1.0,
                 "int4_awq": 0.5 + 2 / 128, "int4_gptq": 0.5 + 2 / 128}
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def weight_bytes(model, dtype: str, quant: str) -> float:
     """Bytes of the engine's weights: the linear layers at the mode's width, the rest at dtype's."""
     if quant not in LINEAR_BYTES:
         raise KilnError(f"unknown quantization mode {quant!r}; one of {', '.join(LINEAR_BYTES)}")
-    width = DTYPE_BYTES[dtype]
+    width = dtype_size(dtype)
     h = model.hidden_size
     tables = model.vocab_size * h * (1 if model.tie_word_embeddings else 2)
     linear = model.num_params() - tables - (2 * model.num_layers + 1) * h
@@ -102,7 +103,7 @@ def weight_bytes(model, dtype: str, quant: str) -> float:
 
 def kv_bytes_per_token(model, dtype: str, kv_cache_dtype: str) -> int:
     """K and V of one token over every layer."""
-    width = DTYPE_BYTES[dtype] if kv_cache_dtype == "auto" else 1
+    width = dtype_size(kv_dtype_of(kv_cache_dtype, dtype))
     return 2 * model.num_layers * model.num_kv_heads * model.head_dim * width
 
 
@@ -118,8 +119,8 @@ def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_m
     `output_len` output tokens on average (`max_len` the longest prompt + output; the outputs'
     standard deviation `output_spread` times their mean) on a GPU of `gpu_memory` bytes; max
     num tokens for `max_batch_size` where it is given."""
-    if dtype not in DTYPE_BYTES:
-        raise KilnError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPE_BYTES)}")
+    if dtype not in BUILD_DTYPES:
+        raise KilnError(f"unknown dtype {dtype!r}; one of {', '.join(BUILD_DTYPES)}")
     if input_len <= 0 or output_len <= 0:
         raise KilnError(f"the dataset's mean lengths must be positive, got input {input_len} and "
                         f"output {output_len}")

@@ -54,6 +54,7 @@ def main() -> None:
 
 
 def scattered_tables(g, b: int, blocks_each: int):
+    """Block tables [b, blocks_each] over a cache of one block more, in random order."""
     num_blocks = b * blocks_each + 1
     tables = torch.randperm(num_blocks - 1, generator=g, device="cuda")[:b * blocks_each]
     return tables.reshape(b, blocks_each).to(torch.int32), num_blocks
@@ -107,10 +108,7 @@ def decode_sweep(args) -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     for case in args.cases.split(","):
         b, ctx, splits = (int(v) for v in case.split(":"))
-        per_seq = -(-ctx // TPB)
-        num_blocks = b * per_seq + 1
-        tables = torch.randperm(num_blocks - 1, generator=g, device="cuda")[:b * per_seq]
-        tables = tables.reshape(b, per_seq).to(torch.int32)
+        tables, num_blocks = scattered_tables(g, b, -(-ctx // TPB))
         lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
         qstart = torch.arange(b + 1, dtype=torch.int32, device="cuda")
         q = torch.randn((b, NQ * HD), generator=g, device="cuda").to(torch.bfloat16)

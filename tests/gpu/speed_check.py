@@ -227,6 +227,17 @@ def profile_mixed(gpu, vocab: int, spec: tuple[int, int, int, int], tpb: int, ma
         gpu.programmatic_launch = True
 
 
+def print_profile(title: str, profile) -> None:
+    """Prints `profile()`'s kernel times under `title`; a failed profile is reported, so the
+    speed table after it still prints."""
+    print(f"{title}, by kernel:")
+    try:
+        for name, us, launches in profile():
+            print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
+    except Exception as e:
+        print(f"  the profile failed: {type(e).__name__}: {e}")
+
+
 def _batch_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -329,27 +340,16 @@ def main() -> None:
     ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
                         build.max_blocks_per_seq)
     for batch in args.profile_batches if args.profile else ():
-        print(f"device time per batch-{batch} decode step (graphs, serial launch), by kernel:")
-        try:
-            for name, us, launches in profile_decode(gpu, model.vocab_size, batch, args.prompt,
-                                                     build.tokens_per_block,
-                                                     build.max_blocks_per_seq,
-                                                     max_tokens=build.max_num_tokens):
-                print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
-        except Exception as e:  # the speed table below still prints
-            print(f"  the profile failed: {type(e).__name__}: {e}")
+        print_profile(f"device time per batch-{batch} decode step (graphs, serial launch)",
+                      lambda: profile_decode(gpu, model.vocab_size, batch, args.prompt,
+                                             build.tokens_per_block, build.max_blocks_per_seq,
+                                             max_tokens=build.max_num_tokens))
     for spec in args.profile_mixed:
         prompts, length, decodes, context = spec
-        print(f"device time per step of {prompts} prompts of {length} tokens and {decodes} "
-              f"decodes at {context} tokens of context (serial launch), by kernel:")
-        try:
-            for name, us, launches in profile_mixed(gpu, model.vocab_size, spec,
-                                                    build.tokens_per_block,
-                                                    build.max_blocks_per_seq,
-                                                    build.max_num_tokens):
-                print(f"  {us:9.1f} us  {launches:4d}x  {name[:90]}")
-        except Exception as e:  # the speed table below still prints
-            print(f"  the profile failed: {type(e).__name__}: {e}")
+        print_profile(f"device time per step of {prompts} prompts of {length} tokens and "
+                      f"{decodes} decodes at {context} tokens of context (serial launch)",
+                      lambda: profile_mixed(gpu, model.vocab_size, spec, build.tokens_per_block,
+                                            build.max_blocks_per_seq, build.max_num_tokens))
     for m in args.batches:
         print(f"cuBLASLt algorithms at M={m}, then what each GEMM shape runs (chosen by timing):")
         for c in gpu.gemm_choices():
