@@ -28,10 +28,11 @@ Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in f
 
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it) is read a tile at a
 time and converted in registers to q's dtype (float16 for an FP8 cache of a 16-bit build: q is
-converted once, see _fp8_cache_operand), which holds every fp8 and int8 value exactly; the
-dequantization factors are then applied in float32 where they cost nothing and add no rounding:
-k_scale folds into the softmax scale (q.(s k) = s (q.k)) and v_scale multiplies the float32
-accumulator once (sum p (s v) = s sum p v), before it is normalized or stored as a partial.
+converted once, see _fp8_cache_operand; V where it is loaded, see _v_operand), which holds
+every fp8 and int8 value exactly; the dequantization factors are then applied in float32
+where they cost nothing and add no rounding: k_scale folds into the softmax scale
+(q.(s k) = s (q.k)) and v_scale multiplies the float32 accumulator once
+(sum p (s v) = s sum p v), before it is normalized or stored as a partial.
 With KV_QUANT 0 the scale pointers are not read.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kiln.builder.kernels.direct import direct
+from kiln.builder.kernels.direct import direct, interpreting
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rope import (kv_quant, plan_rope_kv, rope_angles, rope_kv, rope_table,
                                      rotate_heads, write_kv_token)
@@ -87,10 +88,28 @@ def _fp8_cache_operand(q, IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
 
 
 @triton.jit
+def _v_operand(v, dtype: tl.constexpr, ASM: tl.constexpr):
+    """An 8-bit cache's V tile, converted to `dtype` in the layout it was loaded in. Left to
+    itself, Triton converts it in the dot's operand layout, where each thread gathers its 8-bit
+    values of V (the dot's second operand, reduced over its rows) from shared memory one byte a
+    load: 128 such loads a thread for a tile of 128 keys, and an FP8 cache read at 1.5-2.4 TB/s
+    where a bfloat16 one is read at 3.5-4.1 (H200, tests/gpu/attention_sweep.py). With ASM, a
+    move Triton may not reorder (an impure inline instruction, free once assembled) keeps the
+    conversion here, so the 16-bit tile takes the path a bfloat16 cache's does (ldmatrix.trans).
+    Without ASM (the interpreter has no inline assembly; float32 builds) the result is the
+    same."""
+    w = v.to(dtype)
+    if ASM:
+        w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=w.dtype,
+                                      is_pure=False, pack=2)
+    return w
+
+
+@triton.jit
 def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
             qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
             TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-            KV_QUANT: tl.constexpr):
+            KV_QUANT: tl.constexpr, ASM: tl.constexpr):
     """Online softmax over cached keys lo..hi-1 of one sequence (block table at bt_ptr)."""
     d_ok = d < HEAD_DIM
     for start in range(lo, hi, TILE):
@@ -116,7 +135,7 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
         v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
                     other=0.0)
         if KV_QUANT != 0:
-            v = v.to(q.dtype)
+            v = _v_operand(v, q.dtype, ASM)
         acc = acc * alpha[:, None] + _dot(p, v, IEEE)
         m_i = m_new
     return acc, m_i, l_i
@@ -129,7 +148,8 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            OUT_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
                            HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, TPB: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
-                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
+                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, ASM: tl.constexpr = 0,
+                           PDL: tl.constexpr = 0):
     enter(PDL)
     qblock = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -160,7 +180,7 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
             qk_scale = qk_scale * tl.load(k_scale_ptr)
         acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
                                 prefix + t, 0, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
-                                True, IEEE, KV_QUANT)
+                                True, IEEE, KV_QUANT, ASM)
         if KV_QUANT != 0:
             acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
@@ -199,7 +219,8 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         OUT_STRIDE: tl.constexpr, NQ: tl.constexpr, NKV: tl.constexpr,
                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                         TPB: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
-                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PROLOGUE: tl.constexpr = 0,
+                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, ASM: tl.constexpr = 0,
+                        PROLOGUE: tl.constexpr = 0,
                         Q_IN_STRIDE: tl.constexpr = 0, K_STRIDE: tl.constexpr = 0,
                         V_STRIDE: tl.constexpr = 0, GROUP_PAD: tl.constexpr = 1,
                         HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0,
@@ -238,7 +259,8 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     if KV_QUANT != 0:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
     acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
-                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT)
+                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT,
+                            ASM)
     if KV_QUANT != 0:
         acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
@@ -300,16 +322,20 @@ def prefill_warps(head_dim: int) -> int:
     return 4 if head_dim <= 128 else 8
 
 
-def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False,
-                  kv_8bit: bool = False) -> dict:
-    """An 8-bit cache takes twice the keys per step: the same bytes a step as a 16-bit one, and
-    half the steps over which to spread each tile's conversion and softmax update."""
+def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
+    """An 8-bit cache takes the tile a 16-bit one does: with V converted where it is loaded
+    (_v_operand), 64 keys a step read an FP8 cache faster than 128 up to ~2,000 tokens of
+    context (2,048 sequences of 192: 330 against 405 us a layer) and 3% slower at 3,072 (H200,
+    Llama-3.1-8B heads)."""
     group = nq // nkv
-    tile = _tile(head_dim, fp32)
-    if kv_8bit and not fp32 and head_dim <= 128:
-        tile *= 2
     return dict(GROUP=group, BLOCK_M=max(16, pow2(group)), DIM_PAD=max(16, pow2(head_dim)),
-                TILE=tile)
+                TILE=_tile(head_dim, fp32))
+
+
+def converts_in_place(quant: int, fp32: bool) -> bool:
+    """The ASM constexpr of the attention kernels: an 8-bit cache's V converted where it is
+    loaded (_v_operand), on the GPU only."""
+    return bool(quant) and not fp32 and not interpreting()
 
 
 def splits_formula(nkv: int, tile: int) -> str:
@@ -347,9 +373,10 @@ def plan_attention(node, ctx):
                   query_start_ptr=ctx.ptr(query_start), scale=F32(a["scale"]),
                   k_scale_ptr=k_scale, v_scale_ptr=v_scale)
     shape = dict(Q_STRIDE=ctx.row_stride(q_src), OUT_STRIDE=ctx.row_stride(out), NKV=nkv,
-                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant)
+                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant,
+                 ASM=converts_in_place(quant, ieee))
     # The leading BD sequences (decodes): RoPE, the KV write and attention in the decode kernel.
-    dcfg = decode_config(nq, nkv, hd, ieee, kv_8bit=bool(quant))
+    dcfg = decode_config(nq, nkv, hd, ieee)
     splits = ctx.derive(splits_formula(nkv, dcfg["TILE"]))
     partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
     prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
@@ -409,7 +436,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     fp32 = q.dtype == torch.float32
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
-                 TPB=tpb, IEEE=fp32, KV_QUANT=quant)
+                 TPB=tpb, IEEE=fp32, KV_QUANT=quant, ASM=converts_in_place(quant, fp32))
     if bd > 0:
         dshape = dict(shape)
         if new_kv is not None:
@@ -422,7 +449,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
         splits = num_splits or 1
         partials = torch.empty(bd * num_heads * splits * (head_dim + 2), dtype=torch.float32,
                                device=q.device)
-        dcfg = decode_config(num_heads, nkv, head_dim, fp32, kv_8bit=bool(quant))
+        dcfg = decode_config(num_heads, nkv, head_dim, fp32)
         direct(paged_decode_kernel, q)[(bd, nkv, splits)](
             out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,
             block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, NQ=num_heads,

@@ -131,7 +131,8 @@ def decode_sweep(args) -> None:
                                        device="cuda")
                 shape = dict(att.decode_config(NQ, NKV, HD), Q_STRIDE=q.stride(0),
                              OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD, TPB=TPB, IEEE=False,
-                             KV_QUANT=att.kv_quant(kc.dtype), NQ=NQ, TILE=tile)
+                             KV_QUANT=att.kv_quant(kc.dtype), NQ=NQ, TILE=tile,
+                             ASM=att.converts_in_place(att.kv_quant(kc.dtype), False))
                 scales = (ks, vs) if ks is not None else (kc, vc)
 
                 def launch():
