@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
@@ -217,30 +217,3 @@ def test_a_kernel_that_never_waits_is_refused():
     assert not aot.compile_spec(spec, 80, use_cache=False).meta["pdl"]
     with pytest.raises(RuntimeError, match="never waits on its predecessor"):
         aot.compile_spec(spec, 90, use_cache=False)
-
-
-@pytest.mark.parametrize("cache", ["fp8e4nv", "i8"])
-def test_8bit_cache_v_is_converted_where_loaded(cache):
-    """The decode kernel over an 8-bit cache, compiled for sm_90 as a plan compiles it (ASM on):
-    no thread gathers V from shared memory a byte at a time (attention._v_operand)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from kiln.builder.kernels import attention as att
-
-    quant = 1 if cache == "fp8e4nv" else 2
-    assert att.converts_in_place(quant, fp32=False) and not att.converts_in_place(0, False)
-    sig = dict(out_ptr="*bf16", partial_ptr="*fp32", q_ptr="*bf16", k_cache_ptr=f"*{cache}",
-               v_cache_ptr=f"*{cache}", block_tables_ptr="*i32", context_lens_ptr="*i32",
-               query_start_ptr="*i32", max_blocks="i32", num_splits="i32", scale="fp32",
-               k_scale_ptr="*fp32", v_scale_ptr="*fp32", q_in_ptr="*bf16", k_ptr="*bf16",
-               v_ptr="*bf16", positions_ptr="*i32", slot_ptr="*i32", inv_freq_ptr="*fp32")
-    constexprs = dict(att.decode_config(32, 8, 128), Q_STRIDE=6144, OUT_STRIDE=4096, NQ=32,
-                      NKV=8, HEAD_DIM=128, TPB=32, IEEE=False, KV_QUANT=quant, ASM=True, PDL=0,
-                      **att.prologue_constexprs(6144, 6144, 6144, 32, 8, 128, rope=True))
-    sig.update({name: "constexpr" for name in constexprs})
-    src = ASTSource(fn=att.paged_decode_kernel, signature=sig, constexprs=constexprs)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": 4, "num_stages": 2}).asm["ptx"]
-    assert "mma.sync" in ptx
-    assert "ld.shared.b8" not in ptx and "ld.shared.u8" not in ptx

@@ -1,10 +1,12 @@
 """compile_plan with a quantized KV cache (--kv-cache-dtype fp8 / int8) on a CPU-only machine:
 the header records the cache's storage dtype, and the KV write and attention kernels take a
 cache of that type plus the layer's calibrated k_scale / v_scale weights as float32 pointers."""
+import importlib
+
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
@@ -98,3 +100,26 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
     assert constexprs["ASM"] == (bool(quant) and not interpreting())
     splits = dict(header["derived"])[decode["grid"][2]]
     assert splits.endswith(f"cdiv(MAXCTX, {tile})))")
+
+
+@pytest.mark.parametrize("kv", ["fp8", "int8"])
+def test_8bit_cache_v_is_converted_where_loaded(checkpoint, kv):
+    """The plan's decode kernel over an 8-bit cache, compiled for sm_90 as the plan records it
+    (ASM on): no thread gathers V from shared memory a byte at a time (attention._v_operand)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kiln.builder.kernels import attention as att
+
+    quant = MODES[kv][3]
+    assert att.converts_in_place(quant, fp32=False) and not att.converts_in_place(0, False)
+    _, header = compiled(checkpoint, kv)
+    entry = next(e for e in header["kernels"].values() if e["fn"].endswith(".paged_decode_kernel"))
+    module, name = entry["fn"].rsplit(".", 1)
+    src = ASTSource(fn=getattr(importlib.import_module(module), name),
+                    signature=entry["signature"], constexprs=dict(entry["constexprs"], PDL=0))
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": entry["num_warps"],
+                                  "num_stages": entry["num_stages"]}).asm["ptx"]
+    assert "mma.sync" in ptx
+    assert "ld.shared.b8" not in ptx and "ld.shared.u8" not in ptx

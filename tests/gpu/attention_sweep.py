@@ -121,6 +121,7 @@ def decode_sweep(args) -> None:
                           (v16.float() / v_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
                           k_scale, v_scale)}
         for kv, (kc, vc, ks, vs) in caches.items():
+            quant = att.kv_quant(kc.dtype)
             nbytes = 2 * b * ctx * NKV * HD * kc.element_size()
             ref = att.paged_attention(q, kc, vc, tables, lens, qstart, NQ, HD, HD ** -0.5,
                                       num_splits=splits, k_scale=ks, v_scale=vs).float()
@@ -131,8 +132,8 @@ def decode_sweep(args) -> None:
                                        device="cuda")
                 shape = dict(att.decode_config(NQ, NKV, HD), Q_STRIDE=q.stride(0),
                              OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD, TPB=TPB, IEEE=False,
-                             KV_QUANT=att.kv_quant(kc.dtype), NQ=NQ, TILE=tile,
-                             ASM=att.converts_in_place(att.kv_quant(kc.dtype), False))
+                             KV_QUANT=quant, NQ=NQ, TILE=tile,
+                             ASM=att.converts_in_place(quant, False))
                 scales = (ks, vs) if ks is not None else (kc, vc)
 
                 def launch():
