@@ -11,7 +11,8 @@ of one query token each (BD of the B, the step symbol) apart from the rest:
      kv head's GROUP query heads into the output buffer and reads them back from there, and the
      program of the split that holds the new token writes that token's k and v into the cache
      before its loop reads them. A program owns one token, so a decode reads each K/V tile once
-     for its GROUP query heads and nothing else;
+     for its GROUP query heads and nothing else. Over an 8-bit cache it has two launches, for
+     short and for long splits, and a step takes one (decode_warps_stages);
   2. for the sequences after them (prompt chunks, and any one-token sequence among them):
      rope_kv_kernel (rope.py), RoPE on q and k, k and v into the paged cache; then
      paged_attention_kernel, a flash-attention loop over the cache. A program owns BLOCK_Q
@@ -332,6 +333,27 @@ def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
                 TILE=_tile(head_dim, fp32))
 
 
+LONG_SPLIT_TOKENS = 1024  # context tokens a split holds from which an 8-bit cache's decode
+# runs on 2 warps, 3 stages deep (decode_warps_stages)
+
+
+def decode_warps_stages(quant: int, fp32: bool, long: bool) -> tuple[int, int]:
+    """The decode kernel's (num_warps, num_stages). Over an 8-bit cache a 64-key tile is 16 KB
+    of K and V, half a 16-bit one's, and a long split runs faster on 2 warps with two tiles in
+    flight; a short one on 4 warps with one. H200, Llama-3.1-8B heads, FP8 cache, us a layer
+    on 4 warps x 2 stages against 2 x 3 (tests/gpu/attention_sweep.py): 2,048 sequences x 384
+    tokens 551 / 621, 1,000 x 768 534 / 545, 512 x 1,024 391 / 386, 250 x 1,536 319 / 298,
+    250 x 3,584 654 / 602."""
+    if long and quant and not fp32:
+        return 2, 3
+    return 4, 2
+
+
+def long_split_formula(splits: str) -> str:
+    """1 when a split of the step's longest context holds LONG_SPLIT_TOKENS or more."""
+    return f"cdiv(MAXCTX, {splits}) >= {LONG_SPLIT_TOKENS}"
+
+
 def converts_in_place(quant: int, fp32: bool) -> bool:
     """The ASM constexpr of the attention kernels: an 8-bit cache's V converted where it is
     loaded (_v_operand), on the GPU only."""
@@ -382,12 +404,19 @@ def plan_attention(node, ctx):
     prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
                     positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
                     inv_freq_ptr=rope_table(ctx, rope))
-    ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=4, num_stages=2,
-               args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
-                         max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
-               constexprs=dict(shape, NQ=nq, **dcfg,
-                               **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
-                                                     ctx.row_stride(v), nq, nkv, hd, rope)))
+    short, long = (decode_warps_stages(quant, ieee, v) for v in (False, True))
+    # One launch, or with an 8-bit cache one per length of split (a step takes one of them).
+    picks = [(short, None)] if short == long else [
+        (config, f"{ctx.derive(long_split_formula(splits))} == {int(is_long)}")
+        for config, is_long in ((short, False), (long, True))]
+    for (warps, stages), when in picks:
+        ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
+                   num_stages=stages, when=when,
+                   args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
+                             max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
+                   constexprs=dict(shape, NQ=nq, **dcfg,
+                                   **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
+                                                         ctx.row_stride(v), nq, nkv, hd, rope)))
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",
                num_warps=4,
                args=dict(out_ptr=ctx.ptr(out), partial_ptr=partials,
@@ -450,10 +479,12 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
         partials = torch.empty(bd * num_heads * splits * (head_dim + 2), dtype=torch.float32,
                                device=q.device)
         dcfg = decode_config(num_heads, nkv, head_dim, fp32)
+        long = -(-int(context_lens.max()) // splits) >= LONG_SPLIT_TOKENS  # as MAXCTX
+        warps, stages = decode_warps_stages(quant, fp32, long)
         direct(paged_decode_kernel, q)[(bd, nkv, splits)](
             out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,
             block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, NQ=num_heads,
-            **dcfg, num_warps=4, num_stages=2)
+            **dcfg, num_warps=warps, num_stages=stages)
         if splits > 1:
             direct(paged_decode_reduce_kernel, q)[(bd, num_heads)](
                 out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,

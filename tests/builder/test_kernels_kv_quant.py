@@ -12,6 +12,7 @@ from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
 from kiln.builder.kernels import compile_plan  # noqa: E402
+from kiln.builder.kernels.attention import LONG_SPLIT_TOKENS  # noqa: E402
 from kiln.builder.kernels.direct import interpreting  # noqa: E402
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
 from kiln.builder.passes import run_pipeline  # noqa: E402
@@ -89,7 +90,21 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
         else:  # not read: any pointer will do, the cache's own
             assert (args["k_scale_ptr"], args["v_scale_ptr"]) == (args["k_cache_ptr"],
                                                                   args["v_cache_ptr"])
-    assert launches == {fn: [0, 1] for fn in KV_KERNELS}
+    # An 8-bit cache's decode kernel: two launches a layer, the step's split length picks one.
+    twice = bool(quant)
+    assert launches == {fn: [0, 0, 1, 1] if twice and fn == "paged_decode_kernel" else [0, 1]
+                        for fn in KV_KERNELS}
+    decodes = [s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
+        s["kernel"]]["fn"].endswith(".paged_decode_kernel")]
+    configs = [(header["kernels"][s["kernel"]]["num_warps"],
+                header["kernels"][s["kernel"]]["num_stages"], s.get("when")) for s in decodes[:2]]
+    if twice:
+        long = decodes[0]["when"].split(" == ")[0]
+        assert dict(header["derived"])[long] == (f"cdiv(MAXCTX, {decodes[0]['grid'][2]}) >= "
+                                                 f"{LONG_SPLIT_TOKENS}")
+        assert configs == [(4, 2, f"{long} == 0"), (2, 3, f"{long} == 1")]
+    else:
+        assert configs[0] == (4, 2, None)
     # A decode split is whole tiles of 64 keys, whatever the cache's dtype, and the context
     # splits no finer. On the GPU an 8-bit cache's V is converted where it is loaded (ASM).
     decode = next(s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
@@ -114,12 +129,15 @@ def test_8bit_cache_v_is_converted_where_loaded(checkpoint, kv):
     quant = MODES[kv][3]
     assert att.converts_in_place(quant, fp32=False) and not att.converts_in_place(0, False)
     _, header = compiled(checkpoint, kv)
-    entry = next(e for e in header["kernels"].values() if e["fn"].endswith(".paged_decode_kernel"))
-    module, name = entry["fn"].rsplit(".", 1)
-    src = ASTSource(fn=getattr(importlib.import_module(module), name),
-                    signature=entry["signature"], constexprs=dict(entry["constexprs"], PDL=0))
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": entry["num_warps"],
-                                  "num_stages": entry["num_stages"]}).asm["ptx"]
-    assert "mma.sync" in ptx
-    assert "ld.shared.b8" not in ptx and "ld.shared.u8" not in ptx
+    entries = [e for e in header["kernels"].values() if e["fn"].endswith(".paged_decode_kernel")]
+    assert len(entries) == 2  # the short-split and the long-split launch
+    for entry in entries:
+        module, name = entry["fn"].rsplit(".", 1)
+        src = ASTSource(fn=getattr(importlib.import_module(module), name),
+                        signature=entry["signature"], constexprs=dict(entry["constexprs"], PDL=0),
+                        attrs={(i,): [["tt.divisibility", 16]] for i in entry["divisible"]})
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                             options={"num_warps": entry["num_warps"],
+                                      "num_stages": entry["num_stages"]}).asm["ptx"]
+        assert "mma.sync" in ptx and "cp.async" in ptx  # K and V reach shared memory 16 B a copy
+        assert "ld.shared.b8" not in ptx and "ld.shared.u8" not in ptx

@@ -146,3 +146,39 @@ def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, altern
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
     ties = sum(err >= 1e-4 for err, *_ in results)
     assert ties <= (1 if "fp8" in (quant, kv) else 0), [f"{e[0]:.1e}" for e in results]
+
+
+class KVScales:
+    """Calibration of the KV cache's scales only: 0.05 for every layer's K and V."""
+
+    def calibrate(self, graph, build):
+        import torch
+
+        from kiln.quantize.calibration import Calibration
+
+        layers = {n.attrs["layer"] for n in graph.nodes if n.op == "attention"}
+        return Calibration(kv_scales={i: (torch.tensor([0.05]), torch.tensor([0.05]))
+                                      for i in layers})
+
+
+def test_program_8bit_cache_decode_launch_per_split_length(tmp_path, monkeypatch):
+    """A 16-bit build's decode kernel over an 8-bit cache has two launches, for splits shorter
+    than attention.LONG_SPLIT_TOKENS and for longer ones; at 16 tokens MIXED's decode steps take
+    both (the first at 15 tokens, the last at 33), and every step equals the reference backend."""
+    from kiln.builder.build import build_engine
+    from kiln.builder.engine.loader import load_engine
+    from kiln.builder.kernels import attention
+    from kiln.builder.models import BuildConfig
+    from kiln_testing import make_tiny_checkpoint
+
+    monkeypatch.setattr(attention, "LONG_SPLIT_TOKENS", 16)
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
+    build = BuildConfig(dtype="float16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
+                        tokens_per_block=4, targets=[90], kv_cache_dtype="int8",
+                        calibrator=KVScales())
+    build_engine(ckpt, tmp_path / "e", build, progress=False)
+    derived = load_engine(tmp_path / "e").kernels["derived"]
+    assert sum(f.endswith(">= 16") for _, f in derived) == 1
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(tmp_path / "e", MIXED)):
+        assert err < BOUND["float16"] and same_argmax, f"step {i}: error {err:.2e}"
+        assert picks_argmax and logprob_err < 1e-3, f"step {i}: pick error {logprob_err:.2e}"

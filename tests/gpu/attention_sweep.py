@@ -9,7 +9,7 @@ Each figure is the median of CUDA-event timings of back-to-back launches; max er
 the default configuration.
 
     python tests/gpu/attention_sweep.py [--cases 256:3072:1,1:384:8] [--configs 64:4:2,...]
-        [--prefill 3:2048,50:128] [--prefill-configs 64:64:8:2,...]
+        [--kv bf16,fp8] [--prefill 3:2048,50:128] [--prefill-configs 64:64:8:2,...]
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=CASES)
     parser.add_argument("--configs", default=CONFIGS)
+    parser.add_argument("--kv", default="bf16,fp8", help="the decode cases' cache dtypes")
     parser.add_argument("--prefill", default=PREFILL)
     parser.add_argument("--prefill-configs", default=PREFILL_CONFIGS)
     args = parser.parse_args()
@@ -120,7 +121,8 @@ def decode_sweep(args) -> None:
                   "fp8": ((k16.float() / k_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
                           (v16.float() / v_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
                           k_scale, v_scale)}
-        for kv, (kc, vc, ks, vs) in caches.items():
+        for kv in args.kv.split(","):
+            kc, vc, ks, vs = caches[kv]
             quant = att.kv_quant(kc.dtype)
             nbytes = 2 * b * ctx * NKV * HD * kc.element_size()
             ref = att.paged_attention(q, kc, vc, tables, lens, qstart, NQ, HD, HD ** -0.5,

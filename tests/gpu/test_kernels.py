@@ -126,7 +126,7 @@ def test_attention_quantized_kv_cache(kv_dtype, nq, nkv, hd, scenario):
 
 
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES, indirect=True)
-@pytest.mark.parametrize("splits", [2, 7, 32])
+@pytest.mark.parametrize("splits", [1, 2, 7, 32])
 @pytest.mark.parametrize("tokens_per_block", [16, 64])
 @pytest.mark.parametrize("fused", [False, True])
 def test_split_kv_decode_quantized(kv_dtype, splits, tokens_per_block, fused):
