@@ -67,9 +67,9 @@ def rotate_heads(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr,
     x1 = tl.load(src_ptr + src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src_ptr + src + HEAD_DIM // 2, mask=mask, other=0.0).to(tl.float32)
     if ROPE:
-        # Written as the fused multiply-adds they compile to, so that which product is fused
-        # does not depend on the kernel's layout: every kernel that rotates (rope_kv_kernel, the
-        # decode kernel's prologue on 2 or 4 warps) gives the same bits.
+        # Explicit fused multiply-adds: left to the compiler, which product of a rotation is
+        # fused depends on the kernel's layout, and rope_kv_kernel and the decode kernel's
+        # prologue (on 2 or on 4 warps) would differ in the last bit now and then.
         y1 = tl.fma(x1, c[None, :], -(x2 * s[None, :]))
         y2 = tl.fma(x2, c[None, :], x1 * s[None, :])
     else:
