@@ -46,7 +46,7 @@ from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rope import (kv_quant, plan_rope_kv, rope_angles, rope_kv, rope_table,
                                      rotate_heads, write_kv_token)
 from kiln.builder.kernels.spec import F32, I32, pow2
-from kiln.builder.kernels.symbols import leading_decodes
+from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
@@ -479,8 +479,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
         partials = torch.empty(bd * num_heads * splits * (head_dim + 2), dtype=torch.float32,
                                device=q.device)
         dcfg = decode_config(num_heads, nkv, head_dim, fp32)
-        long = -(-int(context_lens.max()) // splits) >= LONG_SPLIT_TOKENS  # as MAXCTX
-        warps, stages = decode_warps_stages(quant, fp32, long)
+        long = evaluate(long_split_formula("S"), {"MAXCTX": int(context_lens.max()), "S": splits})
+        warps, stages = decode_warps_stages(quant, fp32, bool(long))
         direct(paged_decode_kernel, q)[(bd, nkv, splits)](
             out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,
             block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, NQ=num_heads,
