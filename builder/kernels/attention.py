@@ -27,10 +27,10 @@ step for its sequence: 1,792 decodes beside 50 prompts of 128 tokens took 50.4 m
 a step that way (Llama-3.1-8B shape, H200), and 13.7 + 5.4 ms split between the two kernels.
 Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in float32.
 
-A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it) is read a tile at a
-time and converted in registers to q's dtype (float16 for an FP8 cache of a 16-bit build: q is
-converted once, see _fp8_cache_operand; V where it is loaded, see _v_operand), which holds
-every fp8 and int8 value exactly; the dequantization factors are then applied in float32
+A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it, V transposed in each
+block: rope.v_transposed) is read a tile at a time and converted in registers to q's dtype
+(float16 for an FP8 cache of a 16-bit build: q is converted once, see _fp8_cache_operand),
+which holds every fp8 and int8 value exactly; the dequantization factors are then applied in float32
 where they cost nothing and add no rounding: k_scale folds into the softmax scale
 (q.(s k) = s (q.k)) and v_scale multiplies the float32 accumulator once
 (sum p (s v) = s sum p v), before it is normalized or stored as a partial.
@@ -41,10 +41,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kiln.builder.kernels.direct import direct, interpreting
+from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.rope import (kv_quant, plan_rope_kv, rope_angles, rope_kv, rope_table,
-                                     rotate_heads, write_kv_token)
+from kiln.builder.kernels.rope import (check_cache_layout, kv_quant, plan_rope_kv, rope_angles,
+                                     rope_kv, rope_table, rotate_heads, write_kv_token)
 from kiln.builder.kernels.spec import F32, I32, pow2
 from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
@@ -89,35 +89,27 @@ def _fp8_cache_operand(q, IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
 
 
 @triton.jit
-def _v_operand(v, dtype: tl.constexpr, ASM: tl.constexpr):
-    """An 8-bit cache's V tile, converted to `dtype` in the layout it was loaded in. Left to
-    itself, Triton converts it in the dot's operand layout, where each thread gathers its 8-bit
-    values of V (the dot's second operand, reduced over its rows) from shared memory one byte a
-    load: 128 such loads a thread for a tile of 128 keys, and an FP8 cache read at 1.5-2.4 TB/s
-    where a bfloat16 one is read at 3.5-4.1 (H200, tests/gpu/attention_sweep.py). With ASM, a
-    move Triton may not reorder (an impure inline instruction, free once assembled) keeps the
-    conversion here, so the 16-bit tile takes the path a bfloat16 cache's does (ldmatrix.trans).
-    Without ASM (the interpreter has no inline assembly; float32 builds) the result is the
-    same."""
-    w = v.to(dtype)
-    if ASM:
-        w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=w.dtype,
-                                      is_pure=False, pack=2)
-    return w
-
-
-@triton.jit
 def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
             qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
             TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-            KV_QUANT: tl.constexpr, ASM: tl.constexpr):
-    """Online softmax over cached keys lo..hi-1 of one sequence (block table at bt_ptr)."""
+            KV_QUANT: tl.constexpr):
+    """Online softmax over cached keys lo..hi-1 (lo a multiple of TILE) of one sequence (block
+    table at bt_ptr). An 8-bit cache's V (rope.v_transposed: [head_dim, tokens] a block) is
+    read keys-contiguous and masked by whole blocks only, so its tiles load 16 bytes a copy:
+    the keys past hi in the last block (and any tile's blocks past it: block 0) are read
+    too, and weigh 0 (p = 0). The executor zeroes the cache when it allocates it and every
+    write stores a finite code (fp8 saturates), so 0 * v is 0 there."""
     d_ok = d < HEAD_DIM
+    last_block = tl.cdiv(hi, TPB)
     for start in range(lo, hi, TILE):
-        j = start + tl.arange(0, TILE)
+        j = tl.multiple_of(start, TILE) + tl.arange(0, TILE)
         j_ok = j < hi
-        block = tl.load(bt_ptr + j // TPB, mask=j_ok, other=0).to(tl.int64)
-        kv = block * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM) + (j % TPB) * HEAD_DIM
+        if KV_QUANT != 0:
+            block = tl.load(bt_ptr + j // TPB, mask=j // TPB < last_block, other=0)
+        else:
+            block = tl.load(bt_ptr + j // TPB, mask=j_ok, other=0)
+        head = block.to(tl.int64) * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM)
+        kv = head + (j % TPB) * HEAD_DIM
         k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=j_ok[None, :] & d_ok[:, None],
                     other=0.0)
         if KV_QUANT != 0:
@@ -133,10 +125,13 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
-                    other=0.0)
         if KV_QUANT != 0:
-            v = _v_operand(v, q.dtype, ASM)
+            v_t = tl.load(v_cache_ptr + (head + j % TPB)[None, :] + d[:, None] * TPB,
+                          mask=d_ok[:, None], other=0.0)
+            v = tl.trans(v_t).to(q.dtype)
+        else:
+            v = tl.load(v_cache_ptr + kv[:, None] + d[None, :],
+                        mask=j_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + _dot(p, v, IEEE)
         m_i = m_new
     return acc, m_i, l_i
@@ -149,8 +144,7 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            OUT_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
                            HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, TPB: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
-                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, ASM: tl.constexpr = 0,
-                           PDL: tl.constexpr = 0):
+                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
     enter(PDL)
     qblock = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -181,7 +175,7 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
             qk_scale = qk_scale * tl.load(k_scale_ptr)
         acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
                                 prefix + t, 0, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
-                                True, IEEE, KV_QUANT, ASM)
+                                True, IEEE, KV_QUANT)
         if KV_QUANT != 0:
             acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
@@ -220,8 +214,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         OUT_STRIDE: tl.constexpr, NQ: tl.constexpr, NKV: tl.constexpr,
                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                         TPB: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
-                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, ASM: tl.constexpr = 0,
-                        PROLOGUE: tl.constexpr = 0,
+                        IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PROLOGUE: tl.constexpr = 0,
                         Q_IN_STRIDE: tl.constexpr = 0, K_STRIDE: tl.constexpr = 0,
                         V_STRIDE: tl.constexpr = 0, GROUP_PAD: tl.constexpr = 1,
                         HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0,
@@ -260,8 +253,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     if KV_QUANT != 0:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
     acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
-                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT,
-                            ASM)
+                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT)
     if KV_QUANT != 0:
         acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
@@ -324,10 +316,11 @@ def prefill_warps(head_dim: int) -> int:
 
 
 def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
-    """An 8-bit cache takes the tile a 16-bit one does: with V converted where it is loaded
-    (_v_operand), 64 keys a step read an FP8 cache faster than 128 up to ~2,000 tokens of
-    context (2,048 sequences of 192: 330 against 405 us a layer) and 3% slower at 3,072 (H200,
-    Llama-3.1-8B heads)."""
+    """An 8-bit cache takes the tile a 16-bit one does, 64 keys a step. With V transposed
+    (rope.v_transposed) that is the faster tile at short contexts and 128 at long ones (H200,
+    Llama-3.1-8B heads, FP8 cache, us a layer at 64 / 128 keys on 4 warps: 2,048 sequences x
+    160 tokens 304 / 444, x 384 496 / 463; 250 x 3,584 580 / 504, and 582 on 2 warps x 3
+    stages, what a long split runs)."""
     group = nq // nkv
     return dict(GROUP=group, BLOCK_M=max(16, pow2(group)), DIM_PAD=max(16, pow2(head_dim)),
                 TILE=_tile(head_dim, fp32))
@@ -352,12 +345,6 @@ def decode_warps_stages(quant: int, fp32: bool, long: bool) -> tuple[int, int]:
 def long_split_formula(splits: str) -> str:
     """1 when a split of the step's longest context holds LONG_SPLIT_TOKENS or more."""
     return f"cdiv(MAXCTX, {splits}) >= {LONG_SPLIT_TOKENS}"
-
-
-def converts_in_place(quant: int, fp32: bool) -> bool:
-    """The ASM constexpr of the attention kernels: an 8-bit cache's V converted where it is
-    loaded (_v_operand), on the GPU only."""
-    return bool(quant) and not fp32 and not interpreting()
 
 
 def splits_formula(nkv: int, tile: int) -> str:
@@ -395,8 +382,7 @@ def plan_attention(node, ctx):
                   query_start_ptr=ctx.ptr(query_start), scale=F32(a["scale"]),
                   k_scale_ptr=k_scale, v_scale_ptr=v_scale)
     shape = dict(Q_STRIDE=ctx.row_stride(q_src), OUT_STRIDE=ctx.row_stride(out), NKV=nkv,
-                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant,
-                 ASM=converts_in_place(quant, ieee))
+                 HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant)
     # The leading BD sequences (decodes): RoPE, the KV write and attention in the decode kernel.
     dcfg = decode_config(nq, nkv, hd, ieee)
     splits = ctx.derive(splits_formula(nkv, dcfg["TILE"]))
@@ -447,7 +433,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
                     k_scale=None, v_scale=None, new_kv: dict | None = None):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
-    tokens_per_block, hd]), launched as the plan launches it: the leading one-token sequences
+    tokens_per_block, hd], an 8-bit v_cache as rope.v_transposed stores it), launched as the plan launches it: the leading one-token sequences
     through the decode kernel (num_splits ranges each), the rest through the flash kernel.
     A float8_e4m3fn or int8 cache is dequantized with k_scale / v_scale (float32 [1]).
     new_kv (k, v, positions, slot_mapping, inv_freq, rope) makes it the whole attention op, as
@@ -460,12 +446,13 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     bd = leading_decodes(query_start.tolist())
     nkv, tpb = k_cache.shape[1], k_cache.shape[2]
     quant = kv_quant(k_cache.dtype)
+    check_cache_layout(k_cache, v_cache, head_dim)
     out = q.new_empty((t, num_heads * head_dim)) if out is None else out
     q_src = out if new_kv is not None and new_kv["rope"] else q  # RoPE rotates q into out
     fp32 = q.dtype == torch.float32
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
-                 TPB=tpb, IEEE=fp32, KV_QUANT=quant, ASM=converts_in_place(quant, fp32))
+                 TPB=tpb, IEEE=fp32, KV_QUANT=quant)
     if bd > 0:
         dshape = dict(shape)
         if new_kv is not None:

@@ -9,7 +9,8 @@ float32(position) * inv_freq exactly as transformers computes it; tl.cos/tl.sin 
 libdevice's accurate __nv_cosf/__nv_sinf (full range reduction), so large positions stay
 exact. One program handles one token: it rotates the token's q heads into `q_out`, rotates its
 k heads and writes k and v to the cache slot slot_mapping[token] (cache layout [num_blocks,
-num_kv_heads, tokens_per_block, head_dim] per layer and half). Slots < 0 are skipped.
+num_kv_heads, tokens_per_block, head_dim] per layer and half, but for an 8-bit cache's V:
+v_transposed). Slots < 0 are skipped.
 
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8) stores the codes of
 kiln.builder.ops.quant.quantize_kv bit for bit given the same k and v values: the rotated k is
@@ -38,6 +39,42 @@ def kv_quant(dtype) -> int:
     return KV_QUANT.get(str(dtype).removeprefix("torch."), 0)
 
 
+def v_transposed(dtype) -> bool:
+    """Whether a cache of `dtype` stores V transposed in each block: [num_blocks, num_kv_heads,
+    head_dim, tokens_per_block], so the attention kernels read an 8-bit V tile keys-contiguous,
+    the layout in which its values convert straight into the P @ V product's operand (K is
+    keys-contiguous already, as [tokens, head_dim] is the Q @ K^T operand's own). 16-bit caches
+    keep [num_blocks, num_kv_heads, tokens_per_block, head_dim] for both halves."""
+    return kv_quant(dtype) != 0
+
+
+def check_cache_layout(k_cache, v_cache, head_dim: int) -> None:
+    """Raises ValueError unless k_cache is [num_blocks, nkv, tokens_per_block, head_dim] and
+    v_cache the same in the layout its dtype stores (v_cache_stored), both contiguous."""
+    k_shape = tuple(k_cache.shape)
+    transposed = v_transposed(v_cache.dtype)
+    want = k_shape[:2] + k_shape[2:][::-1] if transposed else k_shape
+    if (len(k_shape) != 4 or k_shape[3] != head_dim or tuple(v_cache.shape) != want
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
+        v_form = "[num_blocks, nkv, head_dim, tokens_per_block]" if transposed else "K's"
+        raise ValueError(
+            f"KV cache planes of shapes {k_shape} and {tuple(v_cache.shape)} ({v_cache.dtype}); "
+            f"expected contiguous [num_blocks, nkv, tokens_per_block, {head_dim}] and V as "
+            f"{v_form}: pass V through v_cache_stored")
+
+
+def v_cache_view(v_stored):
+    """A cache's V plane as [num_blocks, num_kv_heads, tokens_per_block, head_dim], whatever
+    its layout (a view: writes reach the cache)."""
+    return v_stored.transpose(-1, -2) if v_transposed(v_stored.dtype) else v_stored
+
+
+def v_cache_stored(v):
+    """The V plane [num_blocks, num_kv_heads, tokens_per_block, head_dim] in the layout the
+    kernels read (a copy when it is transposed, else v itself)."""
+    return v.transpose(-1, -2).contiguous() if v_transposed(v.dtype) else v
+
+
 @triton.jit
 def _quantize(y, inv_scale, SRC_TY: tl.constexpr, QUANT: tl.constexpr):
     """quantize_kv's value before the final cast: fp8 saturated; int8 rounded and clamped."""
@@ -57,13 +94,13 @@ def _quantize(y, inv_scale, SRC_TY: tl.constexpr, QUANT: tl.constexpr):
 @triton.jit
 def rotate_heads(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr,
                  HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, DST_HEAD_STRIDE: tl.constexpr,
-                 ROPE: tl.constexpr, QUANT: tl.constexpr):
-    """HEADS heads of one token, src (contiguous heads) -> dst, rotated with (c, s) when ROPE,
-    quantized (times inv_scale) when QUANT."""
+                 ROPE: tl.constexpr, QUANT: tl.constexpr, DST_STRIDE: tl.constexpr = 1):
+    """HEADS heads of one token, src (contiguous heads) -> dst (a head's values DST_STRIDE
+    apart), rotated with (c, s) when ROPE, quantized (times inv_scale) when QUANT."""
     heads = tl.arange(0, HEADS_PAD)
     mask = (heads[:, None] < HEADS) & (i[None, :] < HEAD_DIM // 2)
     src = heads[:, None] * HEAD_DIM + i[None, :]
-    dst = heads[:, None] * DST_HEAD_STRIDE + i[None, :]
+    dst = heads[:, None] * DST_HEAD_STRIDE + i[None, :] * DST_STRIDE
     x1 = tl.load(src_ptr + src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src_ptr + src + HEAD_DIM // 2, mask=mask, other=0.0).to(tl.float32)
     if ROPE:
@@ -79,7 +116,8 @@ def rotate_heads(src_ptr, dst_ptr, i, c, s, inv_scale, HEADS: tl.constexpr,
         y1 = _quantize(y1, inv_scale, src_ptr.dtype.element_ty, QUANT)
         y2 = _quantize(y2, inv_scale, src_ptr.dtype.element_ty, QUANT)
     tl.store(dst_ptr + dst, y1.to(dst_ptr.dtype.element_ty), mask=mask)
-    tl.store(dst_ptr + dst + HEAD_DIM // 2, y2.to(dst_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst_ptr + dst + (HEAD_DIM // 2) * DST_STRIDE, y2.to(dst_ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
@@ -125,9 +163,11 @@ def write_kv_token(k_src, v_src, k_cache_ptr, v_cache_ptr, slot, k_scale_ptr, v_
                    HEAD_DIM: tl.constexpr, TPB: tl.constexpr, ROPE: tl.constexpr,
                    KV_QUANT: tl.constexpr):
     """One token's HEADS kv heads from k_src / v_src (k rotated) into cache slot `slot`
-    (skipped when < 0); the cache pointers are those of the first of the heads."""
+    (skipped when < 0); the cache pointers are those of the first of the heads. An 8-bit
+    cache's V is stored transposed in each block (v_transposed)."""
     if slot >= 0:
-        base = (slot // TPB) * (NKV * TPB * HEAD_DIM) + (slot % TPB) * HEAD_DIM
+        block = (slot // TPB) * (NKV * TPB * HEAD_DIM)
+        base = block + (slot % TPB) * HEAD_DIM
         if KV_QUANT != 0:
             # torch.reciprocal's correctly rounded 1 / scale (a plain division is approximate)
             k_inv = tl.math.div_rn(1.0, tl.load(k_scale_ptr))
@@ -137,8 +177,12 @@ def write_kv_token(k_src, v_src, k_cache_ptr, v_cache_ptr, slot, k_scale_ptr, v_
             v_inv = 1.0
         rotate_heads(k_src, k_cache_ptr + base, i, c, s, k_inv, HEADS, HEADS_PAD, HEAD_DIM,
                      TPB * HEAD_DIM, ROPE, KV_QUANT)
-        rotate_heads(v_src, v_cache_ptr + base, i, c, s, v_inv, HEADS, HEADS_PAD, HEAD_DIM,
-                     TPB * HEAD_DIM, False, KV_QUANT)
+        if KV_QUANT != 0:
+            rotate_heads(v_src, v_cache_ptr + block + slot % TPB, i, c, s, v_inv, HEADS,
+                         HEADS_PAD, HEAD_DIM, TPB * HEAD_DIM, False, KV_QUANT, TPB)
+        else:
+            rotate_heads(v_src, v_cache_ptr + base, i, c, s, v_inv, HEADS, HEADS_PAD, HEAD_DIM,
+                         TPB * HEAD_DIM, False, KV_QUANT)
 
 
 def _warps(nq: int, head_dim: int) -> int:
@@ -212,11 +256,13 @@ def plan_rope(node, ctx):
 def rope_kv(q, k, v, positions, slot_mapping, k_cache, v_cache, inv_freq, head_dim: int,
             rope: bool = True, k_scale=None, v_scale=None, first_token: int = 0, q_out=None):
     """Rotates q (into q_out, returned; by default a new tensor) and k; writes k, v into
-    k_cache/v_cache ([num_blocks, num_kv_heads, tokens_per_block, head_dim] each), quantized
-    with k_scale / v_scale (float32 [1]) when the cache is float8_e4m3fn or int8. Only the
-    tokens from first_token on: q_out's rows before it are left as they are."""
+    k_cache/v_cache ([num_blocks, num_kv_heads, tokens_per_block, head_dim] each, an 8-bit
+    v_cache as v_transposed stores it: see v_cache_stored), quantized with k_scale / v_scale
+    (float32 [1]) when the cache is float8_e4m3fn or int8. Only the tokens from first_token
+    on: q_out's rows before it are left as they are."""
     nq, nkv = q.shape[1] // head_dim, k.shape[1] // head_dim
     quant = kv_quant(k_cache.dtype)
+    check_cache_layout(k_cache, v_cache, head_dim)
     q_out = q.new_empty(q.shape) if q_out is None else q_out
     if q.shape[0] > first_token:
         direct(rope_kv_kernel, q)[(q.shape[0] - first_token,)](

@@ -491,6 +491,9 @@ private:
                 + " but only " + gib(freeBytes) + " are free");
         mNumBlocks = static_cast<int>(blocks);
         mKv = DeviceMemory(blocks * blockBytes);
+        // Zeroed once: the attention kernels read an 8-bit cache's V by whole blocks, past a
+        // sequence's last token too (weighted 0), so every byte must hold a finite value.
+        KILN_CUDA_CHECK(cudaMemset(reinterpret_cast<void*>(mKv.address()), 0, blocks * blockBytes));
         mMemory = MemoryReport{weightBytes, activationBytes, kWorkspaceBytes, blocks * blockBytes, freeBytes, totalBytes};
     }
 

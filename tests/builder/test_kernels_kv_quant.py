@@ -2,6 +2,7 @@
 the header records the cache's storage dtype, and the KV write and attention kernels take a
 cache of that type plus the layer's calibrated k_scale / v_scale weights as float32 pointers."""
 import importlib
+import re
 
 import pytest
 import torch
@@ -13,7 +14,6 @@ from kiln_testing import make_tiny_checkpoint  # noqa: E402
 from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
 from kiln.builder.kernels import compile_plan  # noqa: E402
 from kiln.builder.kernels.attention import LONG_SPLIT_TOKENS  # noqa: E402
-from kiln.builder.kernels.direct import interpreting  # noqa: E402
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
 from kiln.builder.passes import run_pipeline  # noqa: E402
 from kiln.quantize.calibration import Calibration  # noqa: E402
@@ -106,28 +106,25 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
     else:
         assert configs[0] == (4, 2, None)
     # A decode split is whole tiles of 64 keys, whatever the cache's dtype, and the context
-    # splits no finer. On the GPU an 8-bit cache's V is converted where it is loaded (ASM).
+    # splits no finer.
     decode = next(s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
         s["kernel"]]["fn"].endswith(".paged_decode_kernel"))
     constexprs = header["kernels"][decode["kernel"]]["constexprs"]
     tile = constexprs["TILE"]
     assert tile == 64
-    assert constexprs["ASM"] == (bool(quant) and not interpreting())
     splits = dict(header["derived"])[decode["grid"][2]]
     assert splits.endswith(f"cdiv(MAXCTX, {tile})))")
 
 
 @pytest.mark.parametrize("kv", ["fp8", "int8"])
-def test_8bit_cache_v_is_converted_where_loaded(checkpoint, kv):
-    """The plan's decode kernel over an 8-bit cache, compiled for sm_90 as the plan records it
-    (ASM on): no thread gathers V from shared memory a byte at a time (attention._v_operand)."""
+def test_8bit_cache_v_tiles_reach_shared_memory_in_wide_copies(checkpoint, kv):
+    """The plan's decode kernel over an 8-bit cache (V transposed in each block,
+    rope.v_transposed), compiled for sm_90 as the plan records it: V's tiles reach shared memory
+    in cp.async copies as wide as the tile allows, and no thread gathers V from it a byte at a
+    time."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kiln.builder.kernels import attention as att
-
-    quant = MODES[kv][3]
-    assert att.converts_in_place(quant, fp32=False) and not att.converts_in_place(0, False)
     _, header = compiled(checkpoint, kv)
     entries = [e for e in header["kernels"].values() if e["fn"].endswith(".paged_decode_kernel")]
     assert len(entries) == 2  # the short-split and the long-split launch
@@ -136,8 +133,37 @@ def test_8bit_cache_v_is_converted_where_loaded(checkpoint, kv):
         src = ASTSource(fn=getattr(importlib.import_module(module), name),
                         signature=entry["signature"], constexprs=dict(entry["constexprs"], PDL=0),
                         attrs={(i,): [["tt.divisibility", 16]] for i in entry["divisible"]})
-        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+        asm = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                              options={"num_warps": entry["num_warps"],
-                                      "num_stages": entry["num_stages"]}).asm["ptx"]
-        assert "mma.sync" in ptx and "cp.async" in ptx  # K and V reach shared memory 16 B a copy
+                                      "num_stages": entry["num_stages"]}).asm
+        ptx = asm["ptx"]
+        # V's tile (_attend's v_t) copied as wide as it allows: 16 bytes, or its bytes over
+        # the threads when fewer
+        c = entry["constexprs"]
+        width = min(16, c["DIM_PAD"] * c["TILE"] // (32 * entry["num_warps"]))
+        v_copies = re.findall(r"%v_t\w* = ttg\.async_copy_global_to_local .*"
+                              r"\{contiguity = (\d+) : i32\}", asm["ttgir"])
+        assert "mma.sync" in ptx and v_copies and {int(n) for n in v_copies} == {width}
         assert "ld.shared.b8" not in ptx and "ld.shared.u8" not in ptx
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8, torch.bfloat16])
+def test_direct_launches_take_v_in_the_layout_the_cache_stores(dtype):
+    """An 8-bit V plane is stored [num_blocks, nkv, head_dim, tokens_per_block]
+    (rope.v_transposed); a direct launch given it in K's layout says so, before any kernel
+    runs, and v_cache_stored / v_cache_view convert between the two."""
+    from kiln.builder.kernels import rope
+    k = torch.zeros((3, 2, 16, 32), dtype=dtype)
+    v = torch.arange(3 * 2 * 16 * 32).reshape(3, 2, 16, 32).remainder(100).to(dtype)
+    stored = rope.v_cache_stored(v)
+    assert torch.equal(rope.v_cache_view(stored).float(), v.float())
+    if dtype.itemsize == 1:
+        assert stored.shape == (3, 2, 32, 16) and stored.is_contiguous()
+        x = torch.zeros((1, 2 * 32), dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match="pass V through v_cache_stored"):
+            rope.rope_kv(x, x, x, torch.zeros(1, dtype=torch.int32),
+                         torch.zeros(1, dtype=torch.int64), k, v, torch.zeros(16), 32,
+                         k_scale=torch.ones(1), v_scale=torch.ones(1))
+    else:
+        assert stored is v
+    rope.check_cache_layout(k, stored, 32)

@@ -103,6 +103,7 @@ def prefill_sweep(args) -> None:
 
 def decode_sweep(args) -> None:
     from kiln.builder.kernels import attention as att
+    from kiln.builder.kernels.rope import v_cache_stored
 
     print(f"{'kv':<6}{'B':>5}{'ctx':>6}{'S':>4}  {'TILE:warps:stages':<19}{'us':>9}{'TB/s':>7}"
           f"{'  max err':>10}")
@@ -119,7 +120,8 @@ def decode_sweep(args) -> None:
         v_scale = torch.tensor([4.0 / 448], device="cuda")
         caches = {"bf16": (k16, v16, None, None),
                   "fp8": ((k16.float() / k_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
-                          (v16.float() / v_scale).clamp(-448, 448).to(torch.float8_e4m3fn),
+                          v_cache_stored((v16.float() / v_scale).clamp(-448, 448)
+                                         .to(torch.float8_e4m3fn)),
                           k_scale, v_scale)}
         for kv in args.kv.split(","):
             kc, vc, ks, vs = caches[kv]
@@ -134,8 +136,7 @@ def decode_sweep(args) -> None:
                                        device="cuda")
                 shape = dict(att.decode_config(NQ, NKV, HD), Q_STRIDE=q.stride(0),
                              OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD, TPB=TPB, IEEE=False,
-                             KV_QUANT=quant, NQ=NQ, TILE=tile,
-                             ASM=att.converts_in_place(quant, False))
+                             KV_QUANT=quant, NQ=NQ, TILE=tile)
                 scales = (ks, vs) if ks is not None else (kc, vc)
 
                 def launch():

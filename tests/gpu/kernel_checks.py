@@ -139,18 +139,23 @@ def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, o
                   num_splits=None, slot_mapping=None, k_scale=None, v_scale=None):
     """The attention op on the GPU kernels into `out`: rope_kv_kernel then the attention
     kernels, or (fused) as the plan runs it, RoPE and the KV write inside the decode kernel.
-    Returns the q the attention kernels read (rotated by rope_kv_kernel unless fused)."""
+    Returns the q the attention kernels read (rotated by rope_kv_kernel unless fused).
+    v_cache is [num_blocks, nkv, tokens_per_block, head_dim] in any dtype: the kernels get it
+    in the layout they read (rope.v_cache_stored) and what they write comes back to it."""
     from kiln.builder.kernels import attention, rope
     slots = step["slot_mapping"] if slot_mapping is None else slot_mapping
+    stored = rope.v_cache_stored(v_cache)
     if not fused:
-        q = rope.rope_kv(q, k, v, step["positions"], slots, k_cache, v_cache, table, head_dim,
+        q = rope.rope_kv(q, k, v, step["positions"], slots, k_cache, stored, table, head_dim,
                          rope=rope_on, k_scale=k_scale, v_scale=v_scale)
     new_kv = dict(k=k, v=v, positions=step["positions"], slot_mapping=slots, inv_freq=table,
                   rope=rope_on)
-    attention.paged_attention(q, k_cache, v_cache, step["block_tables"], step["context_lens"],
+    attention.paged_attention(q, k_cache, stored, step["block_tables"], step["context_lens"],
                               step["query_start"], nq, head_dim, head_dim ** -0.5,
                               num_splits=num_splits, out=out, k_scale=k_scale, v_scale=v_scale,
                               new_kv=new_kv if fused else None)
+    if stored is not v_cache:
+        v_cache.copy_(rope.v_cache_view(stored))
     return q
 
 
@@ -315,7 +320,8 @@ def check_attention_quant(device, dtype, kv_dtype, nq, nkv, head_dim, prefixes, 
                           rope_on, num_splits, own, ks, vs)
     if fused:  # the q the kernel rotated, for the reference: rope_kv_kernel's, writing nothing
         q_rot = rope.rope_kv(qd, kd, vd, dev["positions"], torch.full_like(own, -1), kc[0, 0],
-                             kc[0, 1], table, head_dim, rope=rope_on, k_scale=ks, v_scale=vs)
+                             rope.v_cache_stored(kc[0, 1]), table, head_dim, rope=rope_on,
+                             k_scale=ks, v_scale=vs)
 
     got = kc.cpu()
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
@@ -373,9 +379,11 @@ def check_kv_write(device, dtype, kv_dtype, tokens, nkv, head_dim, seed, tokens_
     write_kv(ref, 0, k, v, slots, (kv_dtype, k_scale, v_scale))
     kc = cache.to(device)
     positions = torch.arange(tokens, dtype=torch.int32, device=device)
+    v_stored = rope.v_cache_stored(kc[0, 1])
     rope.rope_kv(k.to(device)[:, :head_dim], k.to(device), v.to(device), positions,
-                 slots.to(device), kc[0, 0], kc[0, 1], torch.zeros(1, device=device), head_dim,
+                 slots.to(device), kc[0, 0], v_stored, torch.zeros(1, device=device), head_dim,
                  rope=False, k_scale=k_scale.to(device), v_scale=v_scale.to(device))
+    kc[0, 1] = rope.v_cache_view(v_stored)
     return _mismatches(kc, ref)
 
 

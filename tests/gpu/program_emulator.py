@@ -35,10 +35,13 @@ class ProgramEmulator:
         # 0xFF bytes are NaN in every float dtype: an activation read before it is written shows.
         self.arena = torch.full((h["arena_bytes"],), 255, dtype=torch.uint8, device=device)
         kv = h["kv_cache"]
-        # 0xFF bytes: NaN in every float dtype (fp8 included), -1 in int8.
+        # 0xFF bytes: NaN in every 16-bit float dtype, so a slot read before it is written
+        # shows. An 8-bit cache starts zeroed, as the executor's does: its V is read by whole
+        # blocks (attention._attend), slots past a sequence's end too, weighted 0.
         self.kv = torch.full((kv["num_layers"], 2, num_blocks, kv["num_kv_heads"],
                               kv["tokens_per_block"], kv["head_dim"] * DTYPES[kv["dtype"]].itemsize),
-                             255, dtype=torch.uint8, device=device).view(DTYPES[kv["dtype"]])
+                             0 if DTYPES[kv["dtype"]].itemsize == 1 else 255, dtype=torch.uint8,
+                             device=device).view(DTYPES[kv["dtype"]])
         lim = h["limits"]
         at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
                     "MAXCTX": lim["max_seq_len"], "MAXQ": lim["max_num_tokens"],
@@ -82,8 +85,6 @@ class ProgramEmulator:
         entry = self.h["kernels"][step["kernel"]]
         runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
         kwargs = dict(entry["constexprs"])
-        if kwargs.get("ASM"):  # an identity move that only orders instructions on the GPU; the
-            kwargs["ASM"] = 0  # interpreter has no inline assembly (attention._v_operand)
         for name, arg in zip(runtime, step["args"]):
             t = entry["signature"][name]
             if "i32" in arg:
