@@ -30,8 +30,8 @@ Softmax runs in base 2 (exp2) with the scale folded in; products accumulate in f
 A quantized cache (KV_QUANT 1: float8_e4m3fn, 2: int8; rope.py writes it, V transposed in each
 block: rope.v_transposed) is read a tile at a time and converted in registers to q's dtype
 (float16 for an FP8 cache of a 16-bit build: q is converted once, see _fp8_cache_operand),
-which holds every fp8 and int8 value exactly; the dequantization factors are then applied in float32
-where they cost nothing and add no rounding: k_scale folds into the softmax scale
+which holds every fp8 and int8 value exactly; the dequantization factors are then applied in
+float32 where they cost nothing and add no rounding: k_scale folds into the softmax scale
 (q.(s k) = s (q.k)) and v_scale multiplies the float32 accumulator once
 (sum p (s v) = s sum p v), before it is normalized or stored as a partial.
 With KV_QUANT 0 the scale pointers are not read.
@@ -433,8 +433,9 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
                     k_scale=None, v_scale=None, new_kv: dict | None = None):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
-    tokens_per_block, hd], an 8-bit v_cache as rope.v_transposed stores it), launched as the plan launches it: the leading one-token sequences
-    through the decode kernel (num_splits ranges each), the rest through the flash kernel.
+    tokens_per_block, hd], an 8-bit v_cache as rope.v_transposed stores it), launched as the
+    plan launches it: the leading one-token sequences through the decode kernel (num_splits
+    ranges each), the rest through the flash kernel.
     A float8_e4m3fn or int8 cache is dequantized with k_scale / v_scale (float32 [1]).
     new_kv (k, v, positions, slot_mapping, inv_freq, rope) makes it the whole attention op, as
     the plan runs it: q and k rotated when rope, k and v written into the cache, inside the
