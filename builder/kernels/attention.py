@@ -104,10 +104,8 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
     for start in range(lo, hi, TILE):
         j = tl.multiple_of(start, TILE) + tl.arange(0, TILE)
         j_ok = j < hi
-        if KV_QUANT != 0:
-            block = tl.load(bt_ptr + j // TPB, mask=j // TPB < last_block, other=0)
-        else:
-            block = tl.load(bt_ptr + j // TPB, mask=j_ok, other=0)
+        block_ok = j // TPB < last_block if KV_QUANT != 0 else j_ok  # whole blocks for V^T
+        block = tl.load(bt_ptr + j // TPB, mask=block_ok, other=0)
         head = block.to(tl.int64) * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM)
         kv = head + (j % TPB) * HEAD_DIM
         k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=j_ok[None, :] & d_ok[:, None],

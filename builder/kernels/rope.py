@@ -177,12 +177,11 @@ def write_kv_token(k_src, v_src, k_cache_ptr, v_cache_ptr, slot, k_scale_ptr, v_
             v_inv = 1.0
         rotate_heads(k_src, k_cache_ptr + base, i, c, s, k_inv, HEADS, HEADS_PAD, HEAD_DIM,
                      TPB * HEAD_DIM, ROPE, KV_QUANT)
-        if KV_QUANT != 0:
-            rotate_heads(v_src, v_cache_ptr + block + slot % TPB, i, c, s, v_inv, HEADS,
-                         HEADS_PAD, HEAD_DIM, TPB * HEAD_DIM, False, KV_QUANT, TPB)
-        else:
-            rotate_heads(v_src, v_cache_ptr + base, i, c, s, v_inv, HEADS, HEADS_PAD, HEAD_DIM,
-                         TPB * HEAD_DIM, False, KV_QUANT)
+        # V transposed: a slot's values TPB apart from its own offset in the block
+        V_SLOT: tl.constexpr = 1 if KV_QUANT != 0 else HEAD_DIM
+        V_STRIDE: tl.constexpr = TPB if KV_QUANT != 0 else 1
+        rotate_heads(v_src, v_cache_ptr + block + (slot % TPB) * V_SLOT, i, c, s, v_inv, HEADS,
+                     HEADS_PAD, HEAD_DIM, TPB * HEAD_DIM, False, KV_QUANT, V_STRIDE)
 
 
 def _warps(nq: int, head_dim: int) -> int:

@@ -12,6 +12,7 @@ import importlib
 import numpy as np
 import torch
 
+from kiln.builder.kernels.rope import v_transposed
 from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
 TORCH = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -40,7 +41,7 @@ class ProgramEmulator:
         # blocks (attention._attend), slots past a sequence's end too, weighted 0.
         self.kv = torch.full((kv["num_layers"], 2, num_blocks, kv["num_kv_heads"],
                               kv["tokens_per_block"], kv["head_dim"] * DTYPES[kv["dtype"]].itemsize),
-                             0 if DTYPES[kv["dtype"]].itemsize == 1 else 255, dtype=torch.uint8,
+                             0 if v_transposed(kv["dtype"]) else 255, dtype=torch.uint8,
                              device=device).view(DTYPES[kv["dtype"]])
         lim = h["limits"]
         at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
