@@ -11,8 +11,9 @@ of one query token each (BD of the B, the step symbol) apart from the rest:
      kv head's GROUP query heads into the output buffer and reads them back from there, and the
      program of the split that holds the new token writes that token's k and v into the cache
      before its loop reads them. A program owns one token, so a decode reads each K/V tile once
-     for its GROUP query heads and nothing else. Over an 8-bit cache it has two launches, for
-     short and for long splits, and a step takes one (decode_warps_stages);
+     for its GROUP query heads and nothing else. Over an 8-bit cache it has three launches, for
+     short unsplit contexts, short split ones and long splits, and a step takes one
+     (decode_launch);
   2. for the sequences after them (prompt chunks, and any one-token sequence among them):
      rope_kv_kernel (rope.py), RoPE on q and k, k and v into the paged cache; then
      paged_attention_kernel, a flash-attention loop over the cache. A program owns BLOCK_Q
@@ -314,30 +315,61 @@ def prefill_warps(head_dim: int) -> int:
 
 
 def decode_config(nq: int, nkv: int, head_dim: int, fp32: bool = False) -> dict:
-    """An 8-bit cache takes the tile a 16-bit one does, 64 keys a step. With V transposed
-    (rope.v_transposed) that is the faster tile at short contexts and 128 at long ones (H200,
-    Llama-3.1-8B heads, FP8 cache, us a layer at 64 / 128 keys on 4 warps: 2,048 sequences x
-    160 tokens 304 / 444, x 384 496 / 463; 250 x 3,584 580 / 504, and 582 on 2 warps x 3
-    stages, what a long split runs)."""
+    """The decode kernel's shape constexprs; TILE is a 16-bit cache's (decode_launch picks
+    each launch's own)."""
     group = nq // nkv
     return dict(GROUP=group, BLOCK_M=max(16, pow2(group)), DIM_PAD=max(16, pow2(head_dim)),
                 TILE=_tile(head_dim, fp32))
 
 
 LONG_SPLIT_TOKENS = 1024  # context tokens a split holds from which an 8-bit cache's decode
-# runs on 2 warps, 3 stages deep (decode_warps_stages)
+# takes its long-split launch (decode_launch)
 
 
-def decode_warps_stages(quant: int, fp32: bool, long: bool) -> tuple[int, int]:
-    """The decode kernel's (num_warps, num_stages). Over an 8-bit cache a 64-key tile is 16 KB
-    of K and V, half a 16-bit one's, and a long split runs faster on 2 warps with two tiles in
-    flight; a short one on 4 warps with one. H200, Llama-3.1-8B heads, FP8 cache, us a layer
-    on 4 warps x 2 stages against 2 x 3 (tests/gpu/attention_sweep.py): 2,048 sequences x 384
-    tokens 551 / 621, 1,000 x 768 534 / 545, 512 x 1,024 391 / 386, 250 x 1,536 319 / 298,
-    250 x 3,584 654 / 602."""
-    if long and quant and not fp32:
-        return 2, 3
-    return 4, 2
+def decode_launch(cfg: dict, quant: int, fp32: bool, long: bool,
+                  split: bool) -> tuple[int, int, int]:
+    """(TILE, num_warps, num_stages) of a decode launch; cfg: decode_config's; `long`: the
+    step's splits hold LONG_SPLIT_TOKENS or more; `split`: S > 1 (few sequences).
+
+    A 16-bit cache: 64 keys a step on 4 warps, 2 stages, which reads the cache at 3.9-4.4 TB/s
+    from 160 to 3,584 tokens a sequence (H200, Llama-3.1-8B heads; the copy bandwidth is 4.3).
+    An 8-bit cache (V transposed, rope.v_transposed) moves half the bytes a key, so a program
+    is over sooner. When the step has sequences enough to fill the GPU unsplit (S = 1) and
+    they are short, 4-warp programs (six fit an SM by registers) leave the memory idle: those
+    steps take 32 keys a step on one warp per 16 x 128 float32 accumulator (~24 programs an
+    SM). H200, FP8 cache, us a layer (tests/gpu/attention_sweep.py) at 64 keys x 4 warps x
+    2 stages, 64 x 2 x 3 and 32 x 1 x 2: 2,048 sequences x 136 tokens 237 / 241 / 177; x 160
+    235 / 238 / 181; x 224 296 / 300 / 245; x 384 434 / 446 / 404; 1,000 x 768 426 / 436 /
+    395 (the 128/128 benchmark: 29,028 output tok/s from 27,459). A split context (batch 1:
+    a layer's decode 6.6 us on one warp against 5.9 on four, speed check) keeps 4 x 2; long
+    splits take 2 warps x 3 stages: in the engine (2048/2048, 250 sequences, FP8 + FP8 KV)
+    their decode steps took 19.35 ms against 19.78 with 128 keys x 4 warps x 2 stages, which
+    the kernel alone times faster (500 x 2,048: 579 / 530 us; 250 x 3,584: 503 / 469)."""
+    if not quant or fp32:
+        return cfg["TILE"], 4, 2
+    if long:
+        return cfg["TILE"], 2, 3
+    if split:
+        return cfg["TILE"], 4, 2
+    return 32, max(1, cfg["BLOCK_M"] * cfg["DIM_PAD"] // 2048), 2
+
+
+def decode_launches(cfg: dict, quant: int, fp32: bool,
+                    long: str, splits: str) -> list[tuple[tuple[int, int, int], str | None]]:
+    """[(decode_launch's config, the condition a step takes it on)]: one launch per distinct
+    config (None: every step) over the long-split symbol and S."""
+    cases: dict[tuple, list[str]] = {}
+    for is_long in (False, True):
+        whole, split = (decode_launch(cfg, quant, fp32, is_long, v) for v in (False, True))
+        if whole == split:
+            cases.setdefault(whole, []).append(f"{long} == {int(is_long)}")
+        else:
+            cases.setdefault(whole, []).append(f"{long} == {int(is_long)} and {splits} == 1")
+            cases.setdefault(split, []).append(f"{long} == {int(is_long)} and {splits} > 1")
+    if len(cases) == 1:
+        return [(next(iter(cases)), None)]
+    return [(config, " or ".join(f"({w})" for w in whens) if len(whens) > 1 else whens[0])
+            for config, whens in cases.items()]
 
 
 def long_split_formula(splits: str) -> str:
@@ -388,17 +420,14 @@ def plan_attention(node, ctx):
     prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
                     positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
                     inv_freq_ptr=rope_table(ctx, rope))
-    short, long = (decode_warps_stages(quant, ieee, v) for v in (False, True))
-    # One launch, or with an 8-bit cache one per length of split (a step takes one of them).
-    picks = [(short, None)] if short == long else [
-        (config, f"{ctx.derive(long_split_formula(splits))} == {int(is_long)}")
-        for config, is_long in ((short, False), (long, True))]
-    for (warps, stages), when in picks:
+    # One launch, or with an 8-bit cache one per config (a step takes one of them).
+    long = ctx.derive(long_split_formula(splits)) if quant and not ieee else "0"
+    for (tile, warps, stages), when in decode_launches(dcfg, quant, ieee, long, splits):
         ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
                    num_stages=stages, when=when,
                    args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
                              max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
-                   constexprs=dict(shape, NQ=nq, **dcfg,
+                   constexprs=dict(shape, NQ=nq, **dict(dcfg, TILE=tile),
                                    **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
                                                          ctx.row_stride(v), nq, nkv, hd, rope)))
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",
@@ -466,11 +495,11 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
                                device=q.device)
         dcfg = decode_config(num_heads, nkv, head_dim, fp32)
         long = evaluate(long_split_formula("S"), {"MAXCTX": int(context_lens.max()), "S": splits})
-        warps, stages = decode_warps_stages(quant, fp32, bool(long))
+        tile, warps, stages = decode_launch(dcfg, quant, fp32, bool(long), splits > 1)
         direct(paged_decode_kernel, q)[(bd, nkv, splits)](
             out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,
             block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, NQ=num_heads,
-            **dcfg, num_warps=warps, num_stages=stages)
+            **dict(dcfg, TILE=tile), num_warps=warps, num_stages=stages)
         if splits > 1:
             direct(paged_decode_reduce_kernel, q)[(bd, num_heads)](
                 out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,

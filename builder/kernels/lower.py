@@ -141,21 +141,40 @@ class LoweringContext:
 
 def lower(graph: Graph, build) -> LoweringContext:
     ctx = LoweringContext(graph, build)
+    last = []  # the last node's launches
     for index, node in enumerate(graph.nodes):
         planner = PLANNERS.get(node.op)
         if planner is None:
             raise ValueError(f"no GPU lowering for op {node.op!r}")
         ctx.label = f"{index}:{node.op}:{node.outputs[0]}"
         ctx.next_node = graph.nodes[index + 1] if index + 1 < len(graph.nodes) else None
+        before = len(ctx.program)
         planner(node, ctx)
+        last = ctx.program[before:]
     if ctx.folded or ctx.epilogues:
         raise AssertionError("kernels folded into a linear left unplanned: "
                              f"{sorted(ctx.folded) + sorted(ctx.epilogues)}")
     logits = graph.values.get("logits")
     if logits is not None and logits.kind == "output" and logits.dtype == "float32":
         ctx.label = "select:logits"
-        ctx.select = sampling.plan_select(ctx, "logits")
+        ctx.select = sampling.plan_select(ctx, _logits_source(ctx, last))
     return ctx
+
+
+def _logits_source(ctx: LoweringContext, last: list) -> str:
+    """The buffer the greedy pick reads. When the float32 logits are the last node's cast of
+    the LM head's 16-bit output, the pick reads that output (the same values, half the bytes;
+    nothing runs after the cast to overwrite it) and the cast runs only in steps whose logits
+    the host reads (LOGITS, symbols.py): a greedy step writes no float32 logits at all."""
+    node = ctx.graph.nodes[-1] if ctx.graph.nodes else None
+    if (node is None or node.op != "cast" or node.outputs != ["logits"]
+            or ctx.dtype(node.inputs[0]) not in ("bfloat16", "float16")
+            or ctx.row_stride(node.inputs[0]) != ctx.width(node.inputs[0])
+            or not all(isinstance(step, Launch) and step.when is None for step in last)):
+        return "logits"
+    for step in last:
+        step.when = "LOGITS > 0"
+    return node.inputs[0]
 
 
 def kernels_of(ctx: LoweringContext) -> dict[str, KernelSpec]:

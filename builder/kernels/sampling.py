@@ -1,6 +1,8 @@
 """Token selection on the GPU from float32 logits [B, vocab].
 
-greedy_kernel: argmax per row, the lowest index among equal maxima (torch.argmax's choice).
+greedy_kernel: argmax per row, the lowest index among equal maxima (torch.argmax's choice). Its
+logits may be 16-bit too (a 16-bit LM head's output, before the cast to float32): each value is
+read as float32, so the picks and log-probs are those of the cast.
 For few rows one program a row would leave most SMs idle over a 128k vocabulary, so the row is
 split into S chunks instead: greedy_partial_kernel reduces each chunk (max, its lowest index,
 the sum of exp(x - max), NaN count) and greedy_combine_kernel merges a row's S partials.
@@ -52,7 +54,8 @@ def greedy_kernel(out_ptr, logprob_ptr, logits_ptr, VOCAB: tl.constexpr, BLOCK: 
     bad = 0
     for start in range(0, VOCAB, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        x = tl.load(logits_ptr + row * VOCAB + cols, mask=cols < VOCAB, other=float("-inf"))
+        x = tl.load(logits_ptr + row * VOCAB + cols, mask=cols < VOCAB,
+                    other=float("-inf")).to(tl.float32)
         best, best_index, total, bad = _fold(x, cols, best, best_index, total, bad, VOCAB)
     if (bad > 0) | (best == float("-inf")) | (best == float("inf")):
         best_index = -1
@@ -76,7 +79,7 @@ def greedy_partial_kernel(part_ptr, logits_ptr, chunk, VOCAB: tl.constexpr, BLOC
     for start in range(c * chunk, tl.minimum(c * chunk + chunk, VOCAB), BLOCK):
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(logits_ptr + row * VOCAB + cols, mask=(cols < VOCAB) & (cols < c * chunk + chunk),
-                    other=float("-inf"))
+                    other=float("-inf")).to(tl.float32)
         best, best_index, total, bad = _fold(x, cols, best, best_index, total, bad, VOCAB)
     at = (row * chunks + c) * 4
     tl.store(part_ptr + at, best)

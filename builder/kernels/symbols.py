@@ -7,15 +7,16 @@ integers, symbols, `+ - * // %`, comparisons, `and`/`or`/`not`, `cdiv(a, b)`, `m
 Symbols of a step: T (tokens), B (sequences), MAXCTX (longest context after the step), MAXQ
 (most query tokens of one sequence), MAXBLK (block-table row length), NSM (the GPU's
 multiprocessors), BD (how many sequences, from the first, have one query token each: the
-decodes, which the scheduler puts first); a plan may add derived symbols (evaluated in order,
-each from the ones before).
+decodes, which the scheduler puts first), LOGITS (1 when the host reads float32 logits rows
+after the step, 0 when it reads only the greedy picks); a plan may add derived symbols
+(evaluated in order, each from the ones before).
 """
 from __future__ import annotations
 
 import ast
 from typing import Mapping
 
-STEP_SYMBOLS = ("T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD")
+STEP_SYMBOLS = ("T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD", "LOGITS")
 
 _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
            ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,

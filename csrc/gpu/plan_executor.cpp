@@ -30,7 +30,8 @@ constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hop
 constexpr std::size_t kMaxGraphs = 256;                // past it, new launch shapes run eagerly
 constexpr std::size_t kTimedGemms = 8; // GEMMs of one shape a candidate is timed over, back to back
 // BD: how many sequences, from the first, have one query token each (the step's decodes).
-constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD"};
+// LOGITS: 1 when the step's float32 logits are copied back (some row asked for), else 0.
+constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD", "LOGITS"};
 enum StepSymbol
 {
     kT,
@@ -39,7 +40,8 @@ enum StepSymbol
     kMaxQ,
     kMaxBlk,
     kNsm,
-    kBd
+    kBd,
+    kLogits
 };
 
 std::size_t alignUp(std::size_t n)
@@ -208,6 +210,8 @@ public:
     {
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
         validate(step);
+        // collect() copies every row's logits back unless the plan picks and the caller named rows.
+        mValues[kLogits] = mSelect == 0 || !step.logitRows.has_value() || !step.logitRows->empty() ? 1 : 0;
         // A decode-only step (one token per sequence) runs as a CUDA graph, its batch padded up
         // to a bucket so few graphs serve every batch size.
         bool const graph = mCudaGraphs && mValues[kMaxQ] == 1 && mValues[kT] == mValues[kB];
@@ -390,6 +394,7 @@ private:
         values[kMaxBlk] = mSpec.maxBlocksPerSeq;
         values[kNsm] = mProps.multiProcessorCount;
         values[kBd] = mSpec.maxBatchSize;
+        values[kLogits] = 1;
         return static_cast<std::size_t>(std::max<std::int64_t>(0, Expr::parse(formula, mSymbols).eval(values)));
     }
 

@@ -74,7 +74,7 @@ def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtyp
 def test_program_references_resolve(tmp_path_factory):
     graph, build = plan_for(tmp_path_factory, "llama", "bfloat16")
     header = compile_plan(graph, build).header
-    symbols = dict(T=64, B=4, MAXCTX=128, MAXQ=16, MAXBLK=8, NSM=132, BD=2)
+    symbols = dict(T=64, B=4, MAXCTX=128, MAXQ=16, MAXBLK=8, NSM=132, BD=2, LOGITS=1)
     for name, formula in header["derived"]:
         symbols[name] = evaluate(formula, symbols)
     weights = set(graph.of_kind("weight"))
@@ -150,6 +150,38 @@ def test_program_references_resolve(tmp_path_factory):
     assert not any(fn in header["kernels"][s["kernel"]]["fn"] for fn in ("norm", "silu_mul")
                    for s in header["program"] if s["kind"] == "kernel")
     assert set(STEP_SYMBOLS) <= set(symbols)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_greedy_pick_reads_the_lm_head_output(tmp_path_factory, dtype):
+    """A 16-bit build's greedy pick reads the LM head's output, and the cast of it to the float32
+    logits runs only in steps whose logits the host reads (LOGITS); a float32 build's pick
+    reads the logits output, written every step."""
+    graph, build = plan_for(tmp_path_factory, "llama", dtype)
+    header = compile_plan(graph, build).header
+
+    def args(step):
+        sig = header["kernels"][step["kernel"]]["signature"]
+        return dict(zip([n for n, t in sig.items() if t != "constexpr"], step["args"]))
+
+    def launches(name):
+        return [s for s in header["program"] if s["kind"] == "kernel"
+                and header["kernels"][s["kernel"]]["fn"].endswith("." + name)]
+
+    picks = launches("greedy_kernel") + launches("greedy_partial_kernel")
+    read = [args(s)["logits_ptr"] for s in picks]
+    logits = header["outputs"]["logits"]["ref"]
+    casts = launches("cast_kernel")
+    if dtype == "bfloat16":
+        assert [s["when"] for s in casts] == ["LOGITS > 0"]
+        after = header["program"][header["program"].index(casts[0]) + 1:]
+        assert len(after) == 3 and all(  # nothing but the pick runs after it
+            header["kernels"][s["kernel"]]["fn"].rsplit(".", 1)[1].startswith("greedy_")
+            for s in after)
+        assert len(picks) == 2 and read == [args(casts[0])["x_ptr"]] * 2 and read[0] != logits
+    else:
+        assert all(s["when"] is None for s in casts)
+        assert len(picks) == 2 and read == [logits] * 2
 
 
 def test_second_compile_hits_the_cache(tmp_path_factory, monkeypatch):

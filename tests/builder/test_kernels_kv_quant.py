@@ -14,6 +14,7 @@ from kiln_testing import make_tiny_checkpoint  # noqa: E402
 from kiln.builder.checkpoint import open_checkpoint  # noqa: E402
 from kiln.builder.kernels import compile_plan  # noqa: E402
 from kiln.builder.kernels.attention import LONG_SPLIT_TOKENS  # noqa: E402
+from kiln.builder.kernels.symbols import evaluate  # noqa: E402
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E402
 from kiln.builder.passes import run_pipeline  # noqa: E402
 from kiln.quantize.calibration import Calibration  # noqa: E402
@@ -90,30 +91,32 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
         else:  # not read: any pointer will do, the cache's own
             assert (args["k_scale_ptr"], args["v_scale_ptr"]) == (args["k_cache_ptr"],
                                                                   args["v_cache_ptr"])
-    # An 8-bit cache's decode kernel: two launches a layer, the step's split length picks one.
-    twice = bool(quant)
-    assert launches == {fn: [0, 0, 1, 1] if twice and fn == "paged_decode_kernel" else [0, 1]
-                        for fn in KV_KERNELS}
+    # An 8-bit cache's decode kernel: three launches a layer, the step's symbols pick one.
+    thrice = bool(quant)
+    assert launches == {fn: [0, 0, 0, 1, 1, 1] if thrice and fn == "paged_decode_kernel"
+                        else [0, 1] for fn in KV_KERNELS}
     decodes = [s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
         s["kernel"]]["fn"].endswith(".paged_decode_kernel")]
-    configs = [(header["kernels"][s["kernel"]]["num_warps"],
-                header["kernels"][s["kernel"]]["num_stages"], s.get("when")) for s in decodes[:2]]
-    if twice:
-        long = decodes[0]["when"].split(" == ")[0]
-        assert dict(header["derived"])[long] == (f"cdiv(MAXCTX, {decodes[0]['grid'][2]}) >= "
+    configs = [(header["kernels"][s["kernel"]]["constexprs"]["TILE"],
+                header["kernels"][s["kernel"]]["num_warps"],
+                header["kernels"][s["kernel"]]["num_stages"], s.get("when")) for s in decodes[:3]]
+    splits = decodes[0]["grid"][2]
+    if thrice:
+        # Short unsplit contexts: 32 keys a step on one warp (a 16 x 16 accumulator); short
+        # split ones 64 on 4 warps; long splits 64 on 2 warps, 3 stages.
+        long = decodes[2]["when"].split(" == ")[0]
+        assert dict(header["derived"])[long] == (f"cdiv(MAXCTX, {splits}) >= "
                                                  f"{LONG_SPLIT_TOKENS}")
-        assert configs == [(4, 2, f"{long} == 0"), (2, 3, f"{long} == 1")]
+        assert configs == [(32, 1, 2, f"{long} == 0 and {splits} == 1"),
+                           (64, 4, 2, f"{long} == 0 and {splits} > 1"),
+                           (64, 2, 3, f"{long} == 1")]
+        # Exactly one of them runs in any step.
+        for values in ({long: a, splits: b} for a in (0, 1) for b in (1, 2, 32)):
+            assert sum(evaluate(w, values) for *_, w in configs) == 1
     else:
-        assert configs[0] == (4, 2, None)
-    # A decode split is whole tiles of 64 keys, whatever the cache's dtype, and the context
-    # splits no finer.
-    decode = next(s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
-        s["kernel"]]["fn"].endswith(".paged_decode_kernel"))
-    constexprs = header["kernels"][decode["kernel"]]["constexprs"]
-    tile = constexprs["TILE"]
-    assert tile == 64
-    splits = dict(header["derived"])[decode["grid"][2]]
-    assert splits.endswith(f"cdiv(MAXCTX, {tile})))")
+        assert configs[0] == (64, 4, 2, None)
+    # Whatever the launch's tile, a split holds 64 keys or more: the context splits no finer.
+    assert dict(header["derived"])[splits].endswith("cdiv(MAXCTX, 64)))")
 
 
 @pytest.mark.parametrize("kv", ["fp8", "int8"])
@@ -127,7 +130,7 @@ def test_8bit_cache_v_tiles_reach_shared_memory_in_wide_copies(checkpoint, kv):
 
     _, header = compiled(checkpoint, kv)
     entries = [e for e in header["kernels"].values() if e["fn"].endswith(".paged_decode_kernel")]
-    assert len(entries) == 2  # the short-split and the long-split launch
+    assert len(entries) == 3  # short unsplit, short split and long-split launches
     for entry in entries:
         module, name = entry["fn"].rsplit(".", 1)
         src = ASTSource(fn=getattr(importlib.import_module(module), name),

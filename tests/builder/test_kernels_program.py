@@ -33,10 +33,16 @@ alternative = None if sys.argv[4] == "none" else int(sys.argv[4])
 ref = ReferenceBackend(engine, blocks)
 emu = ProgramEmulator(engine, blocks, gemm_alternative=alternative)
 errors = []
+picks_only = sys.argv[5] == "1"  # each step first as a greedy step: no float32 logits
 for plan in schedule:
     step = seqs.step([tuple(p) for p in plan])
+    if picks_only:  # the same step again below writes the same KV values
+        assert emu.forward(step, logits=False) is None
+        picked = [p.copy() for p in emu.picks]
     a, b = ref.forward(step), emu.forward(step)
     tokens, logprobs = emu.picks
+    if picks_only:
+        assert (picked[0] == tokens).all() and (picked[1] == logprobs).all(), "picks differ"
     expect = torch.log_softmax(torch.from_numpy(b).double(), -1)
     chosen = expect[torch.arange(len(b)), torch.from_numpy(b).argmax(-1)].numpy()
     errors.append([float(np.linalg.norm(b.astype(np.float64) - a) / np.linalg.norm(a)),
@@ -62,11 +68,14 @@ LONG = [[240, 5], [[0, 59], [1, 5]]] + [[[0, 64]]] * 2 + [[[0, 53], [1, 1]]] + [
 BOUND = {"float32": 1e-5, "float16": 1e-2}  # whole engines: 16-bit roundings add up
 
 
-def run(engine_dir: Path, schedule, gemm_alternative: int | None = None) -> list:
-    """`gemm_alternative`: each GEMM runs that alternative (kernels/gemm.py) where M allows."""
+def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
+        picks_only_first: bool = False) -> list:
+    """`gemm_alternative`: each GEMM runs that alternative (kernels/gemm.py) where M allows.
+    `picks_only_first`: each step runs first as a step whose host reads only the greedy picks
+    (no float32 logits written), whose picks must equal the full step's."""
     tests = str(Path(__file__).parents[1])
     return run_interpreted(["-c", RUN, str(engine_dir), json.dumps(schedule), tests,
-                            str(gemm_alternative).lower()])
+                            str(gemm_alternative).lower(), str(int(picks_only_first))])
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama-bias", "float32"),
@@ -74,7 +83,9 @@ def run(engine_dir: Path, schedule, gemm_alternative: int | None = None) -> list
                                         ("qwen3", "float16")])
 def test_program_matches_reference_backend(tiny_engine, arch, dtype):
     _, engine = tiny_engine(arch, dtype, targets=(90,))
-    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(engine, MIXED)):
+    # 16-bit builds: every step also as a greedy step, whose pick reads the LM head's output.
+    results = run(engine, MIXED, picks_only_first=dtype == "float16")
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
         assert err < BOUND[dtype], f"step {i}: error {err:.2e}"
         assert same_argmax or dtype != "float32"
         # The program's greedy pick over its own logits: torch.argmax and log_softmax.
@@ -162,9 +173,10 @@ class KVScales:
 
 
 def test_program_8bit_cache_decode_launch_per_split_length(tmp_path, monkeypatch):
-    """A 16-bit build's decode kernel over an 8-bit cache has two launches, for splits shorter
-    than attention.LONG_SPLIT_TOKENS and for longer ones; at 16 tokens MIXED's decode steps take
-    both (the first at 15 tokens, the last at 33), and every step equals the reference backend."""
+    """A 16-bit build's decode kernel over an 8-bit cache has launches for splits shorter than
+    attention.LONG_SPLIT_TOKENS and for longer ones; at 16 tokens MIXED's decode steps (unsplit)
+    take both kinds (the first at 15 tokens, the last at 33), and every step equals the
+    reference backend."""
     from kiln.builder.build import build_engine
     from kiln.builder.engine.loader import load_engine
     from kiln.builder.kernels import attention

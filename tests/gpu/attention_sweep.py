@@ -5,7 +5,7 @@ sequence's blocks scattered over the cache.
 Decode (paged_decode_kernel), for a bfloat16 and an FP8 KV cache: bytes = the K and V a launch
 reads (every sequence's whole context). Prefill (paged_attention_kernel, bfloat16 cache, causal
 prompts): FLOP/s = 4 * heads * head_dim per (query, visible key) pair, over the launch's time.
-Each figure is the median of CUDA-event timings of back-to-back launches; max err is against
+Each figure is a launch's share of back-to-back launches timed by CUDA events (median of 3); max err is against
 the default configuration.
 
     python tests/gpu/attention_sweep.py [--cases 256:3072:1,1:384:8] [--configs 64:4:2,...]
@@ -26,17 +26,20 @@ PREFILL = "3:2048,50:128,1:2048"  # prompts:length
 PREFILL_CONFIGS = "64:64:4:2,64:64:8:2,64:64:4:3,128:64:8:2,128:64:8:3,128:128:8:2,128:32:4:3"
 
 
-def time_launch(launch, reps: int = 10) -> float:
+def time_launch(launch, reps: int = 20) -> float:
+    """Seconds a launch takes: `reps` back-to-back launches between two events (so the host's
+    launch overhead, ~tens of us a Triton launch, hides under the kernels), median of 3."""
     launch()
     torch.cuda.synchronize()
     times = []
-    for _ in range(reps):
+    for _ in range(3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        launch()
+        for _ in range(reps):
+            launch()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(start.elapsed_time(end) / 1e3 / reps)
     return statistics.median(times)
 
 

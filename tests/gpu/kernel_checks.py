@@ -387,16 +387,19 @@ def check_kv_write(device, dtype, kv_dtype, tokens, nkv, head_dim, seed, tokens_
     return _mismatches(kc, ref)
 
 
-def check_greedy(device, rows, vocab, seed, chunks=1):
+def check_greedy(device, rows, vocab, seed, chunks=1, dtype=torch.float32):
     """argmax with ties, the log-softmax there, and -1 for a row with NaN or no finite value,
-    each row in one program or split in `chunks`: returns the number of rows that differ from
-    torch."""
+    each row in one program or split in `chunks`, over logits of `dtype` (a 16-bit one as the
+    LM head writes them, compared with torch on their float32 cast): returns the number of rows
+    that differ from torch."""
     from kiln.builder.kernels import sampling
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn((rows + 2, vocab), generator=g).round(decimals=1) * 4  # many ties
     logits[rows, vocab // 2] = float("nan")
     logits[rows + 1] = float("-inf")
+    logits = logits.to(dtype)
     tokens, logprobs = sampling.greedy(logits.to(device), chunks=chunks)
+    logits = logits.float()
     tokens, logprobs = tokens.cpu().long(), logprobs.cpu()
     want = logits[:rows].argmax(-1)
     want_lp = torch.log_softmax(logits[:rows].double(), -1)[torch.arange(rows), want]
@@ -664,6 +667,8 @@ def interpreter_cases():
         ("greedy", check_greedy, dict(rows=3, vocab=5000, seed=8), 0),
         ("greedy-split3", check_greedy, dict(rows=3, vocab=5000, seed=8, chunks=3), 0),
         ("greedy-split64", check_greedy, dict(rows=2, vocab=9000, seed=9, chunks=64), 0),
+        ("greedy-bf16", check_greedy, dict(rows=3, vocab=5000, seed=8, chunks=3,
+                                           dtype=torch.bfloat16), 0),
     ]
     # The interpreter cannot multiply bfloat16 matrices: bfloat16 is checked on the GPU.
     for dtype in (f32, f16):

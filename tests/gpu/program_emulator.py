@@ -47,7 +47,7 @@ class ProgramEmulator:
         at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
                     "MAXCTX": lim["max_seq_len"], "MAXQ": lim["max_num_tokens"],
                     "MAXBLK": lim["max_blocks_per_seq"], "NSM": num_sms,
-                    "BD": lim["max_batch_size"]}
+                    "BD": lim["max_batch_size"], "LOGITS": 1}
         self.scratch = {name: torch.full((max(evaluate(f, at_limit) for f in sizes) // 4 + 1,),
                                          float("nan"), dtype=torch.float32, device=device)
                         for name, sizes in h["scratch"].items()}
@@ -122,14 +122,16 @@ class ProgramEmulator:
         for step in g.get("epilogue") or []:
             self._launch(step, symbols)
 
-    def forward(self, step: dict) -> np.ndarray:
+    def forward(self, step: dict, logits: bool = True) -> np.ndarray | None:
+        """The step's float32 logits; `logits` False runs it as a step whose host reads only
+        the greedy picks (LOGITS 0) and returns None."""
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
                        for k, v in step.items()}
         qs = step["query_start"]
         symbols = {"T": len(step["input_ids"]), "B": len(step["context_lens"]),
                    "MAXCTX": int(step["context_lens"].max()), "MAXQ": int(np.diff(qs).max()),
                    "MAXBLK": step["block_tables"].shape[1], "NSM": self.num_sms,
-                   "BD": leading_decodes(qs)}
+                   "BD": leading_decodes(qs), "LOGITS": int(logits)}
         for name, formula in self.h["derived"]:
             symbols[name] = evaluate(formula, symbols)
         for item in self.h["program"]:
@@ -139,11 +141,11 @@ class ProgramEmulator:
                 self._launch(item, symbols)
         out = self.h["outputs"]["logits"]
         rows = evaluate(out["rows"], symbols)
-        logits = self.pointer(out["ref"], torch.float32)[: rows * out["cols"]]
+        values = self.pointer(out["ref"], torch.float32)[: rows * out["cols"]]
         select = self.h.get("select")
         if select:  # the greedy pick: tokens then log-probs
             ref = select["ref"]
             self.picks = (self.pointer(ref, torch.int32)[:rows].cpu().numpy().copy(),
                           self.pointer(dict(ref, offset=4 * select["capacity"]),
                                        torch.float32)[:rows].cpu().numpy().copy())
-        return logits.view(rows, out["cols"]).cpu().numpy().copy()
+        return values.view(rows, out["cols"]).cpu().numpy().copy() if logits else None

@@ -156,8 +156,9 @@ def test_kv_write_matches_quantize_kv_exactly(kv_dtype, dtype):
 
 @pytest.mark.parametrize("rows,vocab", [(1, 128256), (9, 151936), (3, 320)])
 @pytest.mark.parametrize("chunks", [1, 7, 64])
-def test_greedy_is_torch_argmax(rows, vocab, chunks):
-    assert kc.check_greedy("cuda", rows, vocab, seed=rows, chunks=chunks) == 0
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_greedy_is_torch_argmax(rows, vocab, chunks, dtype):
+    assert kc.check_greedy("cuda", rows, vocab, seed=rows, chunks=chunks, dtype=dtype) == 0
 
 
 @pytest.mark.parametrize("vocab", [320, 32768])
