@@ -337,8 +337,10 @@ def main() -> None:
                                     build.max_num_tokens)
             rows.append((batch, mode, step_s))
     gpu.programmatic_launch = True
+    # A 2,048-token prompt, where the engine holds one (an engine sized for 128/128 does not).
+    fits = min(build.max_seq_len, build.max_num_tokens) >= 2048
     ttft = prefill_time(gpu, model.vocab_size, 2048, build.tokens_per_block,
-                        build.max_blocks_per_seq)
+                        build.max_blocks_per_seq) if fits else None
     for batch in args.profile_batches if args.profile else ():
         print_profile(f"device time per batch-{batch} decode step (graphs, serial launch)",
                       lambda: profile_decode(gpu, model.vocab_size, batch, args.prompt,
@@ -373,7 +375,11 @@ def main() -> None:
     if 1 in args.batches:
         best1 = min(step_s for batch, mode, step_s in rows if batch == 1 and "serial" not in mode)
         print(f"{'batch-1 decode / roofline':<48}{(1 / best1) / roofline:>14.1%}")
-    print(f"{'time to first token, 2048-token prompt (ms)':<48}{ttft * 1e3:>14.1f}")
+    if ttft is None:
+        print(f"{'time to first token, 2048-token prompt':<48}{'not measured':>14} (the engine's "
+              f"max seq {build.max_seq_len}, max tokens {build.max_num_tokens})")
+    else:
+        print(f"{'time to first token, 2048-token prompt (ms)':<48}{ttft * 1e3:>14.1f}")
 
 
 if __name__ == "__main__":
