@@ -354,22 +354,24 @@ def decode_launch(cfg: dict, quant: int, fp32: bool, long: bool,
     return 32, max(1, cfg["BLOCK_M"] * cfg["DIM_PAD"] // 2048), 2
 
 
-def decode_launches(cfg: dict, quant: int, fp32: bool,
-                    long: str, splits: str) -> list[tuple[tuple[int, int, int], str | None]]:
+def decode_launches(cfg: dict, quant: int, fp32: bool, splits: str,
+                    long_symbol) -> list[tuple[tuple[int, int, int], str | None]]:
     """[(decode_launch's config, the condition a step takes it on)]: one launch per distinct
-    config (None: every step) over the long-split symbol and S."""
+    config (None: every step) over S and the long-split symbol, which long_symbol() names
+    (called only when the configs differ)."""
     cases: dict[tuple, list[str]] = {}
     for is_long in (False, True):
         whole, split = (decode_launch(cfg, quant, fp32, is_long, v) for v in (False, True))
         if whole == split:
-            cases.setdefault(whole, []).append(f"{long} == {int(is_long)}")
+            cases.setdefault(whole, []).append(f"{{long}} == {int(is_long)}")
         else:
-            cases.setdefault(whole, []).append(f"{long} == {int(is_long)} and {splits} == 1")
-            cases.setdefault(split, []).append(f"{long} == {int(is_long)} and {splits} > 1")
+            cases.setdefault(whole, []).append(f"{{long}} == {int(is_long)} and {splits} == 1")
+            cases.setdefault(split, []).append(f"{{long}} == {int(is_long)} and {splits} > 1")
     if len(cases) == 1:
         return [(next(iter(cases)), None)]
-    return [(config, " or ".join(f"({w})" for w in whens) if len(whens) > 1 else whens[0])
-            for config, whens in cases.items()]
+    long = long_symbol()
+    return [(config, (" or ".join(f"({w})" for w in whens) if len(whens) > 1 else whens[0])
+             .format(long=long)) for config, whens in cases.items()]
 
 
 def long_split_formula(splits: str) -> str:
@@ -421,8 +423,9 @@ def plan_attention(node, ctx):
                     positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
                     inv_freq_ptr=rope_table(ctx, rope))
     # One launch, or with an 8-bit cache one per config (a step takes one of them).
-    long = ctx.derive(long_split_formula(splits)) if quant and not ieee else "0"
-    for (tile, warps, stages), when in decode_launches(dcfg, quant, ieee, long, splits):
+    launches = decode_launches(dcfg, quant, ieee, splits,
+                               lambda: ctx.derive(long_split_formula(splits)))
+    for (tile, warps, stages), when in launches:
         ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
                    num_stages=stages, when=when,
                    args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
