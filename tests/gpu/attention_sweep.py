@@ -5,11 +5,16 @@ sequence's blocks scattered over the cache.
 Decode (paged_decode_kernel), for a bfloat16 and an FP8 KV cache: bytes = the K and V a launch
 reads (every sequence's whole context). Prefill (paged_attention_kernel, bfloat16 cache, causal
 prompts): FLOP/s = 4 * heads * head_dim per (query, visible key) pair, over the launch's time.
-Each figure is a launch's share of back-to-back launches timed by CUDA events (median of 3); max err is against
-the default configuration.
+Each figure is a launch's share of back-to-back launches timed by CUDA events (median of 3);
+max err is against the default configuration. --prologue runs the decode kernel as a plan's
+step does: RoPE on q, and each sequence's new k and v rotated and written into the cache (its
+last context token) inside the kernel, so each program first waits on those loads and stores;
+--rope-first does that work in rope_kv_kernel (the prefill's way) and times it with the decode
+kernel after it.
 
     python tests/gpu/attention_sweep.py [--cases 256:3072:1,1:384:8] [--configs 64:4:2,...]
-        [--kv bf16,fp8] [--prefill 3:2048,50:128] [--prefill-configs 64:64:8:2,...]
+        [--kv bf16,fp8] [--prologue | --rope-first] [--prefill 3:2048,50:128]
+        [--prefill-configs 64:64:8:2,...]
 """
 from __future__ import annotations
 
@@ -48,6 +53,11 @@ def main() -> None:
     parser.add_argument("--cases", default=CASES)
     parser.add_argument("--configs", default=CONFIGS)
     parser.add_argument("--kv", default="bf16,fp8", help="the decode cases' cache dtypes")
+    step = parser.add_mutually_exclusive_group()
+    step.add_argument("--prologue", action="store_true",
+                      help="decode with RoPE and the KV write inside the kernel, as a step does")
+    step.add_argument("--rope-first", action="store_true",
+                      help="RoPE and the KV write by rope_kv_kernel, then the decode kernel")
     parser.add_argument("--prefill", default=PREFILL)
     parser.add_argument("--prefill-configs", default=PREFILL_CONFIGS)
     args = parser.parse_args()
@@ -106,17 +116,27 @@ def prefill_sweep(args) -> None:
 
 def decode_sweep(args) -> None:
     from kiln.builder.kernels import attention as att
-    from kiln.builder.kernels.rope import v_cache_stored
+    from kiln.builder.kernels.rope import inv_freq_table, rope_kv, v_cache_stored
 
     print(f"{'kv':<6}{'B':>5}{'ctx':>6}{'S':>4}  {'TILE:warps:stages':<19}{'us':>9}{'TB/s':>7}"
-          f"{'  max err':>10}")
+          f"{'  max err':>10}" + ("  (RoPE and the KV write inside)" if args.prologue else
+                                  "  (rope_kv_kernel, then decode)" if args.rope_first else ""))
     g = torch.Generator(device="cuda").manual_seed(0)
+    inv_freq = torch.tensor(inv_freq_table(dict(head_dim=HD, theta=500000.0)),
+                            dtype=torch.float32, device="cuda")
     for case in args.cases.split(","):
         b, ctx, splits = (int(v) for v in case.split(":"))
         tables, num_blocks = scattered_tables(g, b, -(-ctx // TPB))
         lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
         qstart = torch.arange(b + 1, dtype=torch.int32, device="cuda")
         q = torch.randn((b, NQ * HD), generator=g, device="cuda").to(torch.bfloat16)
+        # The step's new token of each sequence: its last context position, in its last block.
+        positions = lens - 1
+        slots = tables.gather(1, (positions // TPB)[:, None].long())[:, 0] * TPB + positions % TPB
+        new_k, new_v = (torch.randn((b, NKV * HD), generator=g, device="cuda").to(torch.bfloat16)
+                        for _ in range(2))
+        new_kv = dict(k=new_k, v=new_v, positions=positions, slot_mapping=slots,
+                      inv_freq=inv_freq, rope=True) if args.prologue or args.rope_first else None
         k16 = torch.randn((num_blocks, NKV, TPB, HD), generator=g, device="cuda").to(torch.bfloat16)
         v16 = torch.randn((num_blocks, NKV, TPB, HD), generator=g, device="cuda").to(torch.bfloat16)
         k_scale = torch.tensor([4.0 / 448], device="cuda")
@@ -131,7 +151,8 @@ def decode_sweep(args) -> None:
             quant = att.kv_quant(kc.dtype)
             nbytes = 2 * b * ctx * NKV * HD * kc.element_size()
             ref = att.paged_attention(q, kc, vc, tables, lens, qstart, NQ, HD, HD ** -0.5,
-                                      num_splits=splits, k_scale=ks, v_scale=vs).float()
+                                      num_splits=splits, k_scale=ks, v_scale=vs,
+                                      new_kv=new_kv).float()
             for config in args.configs.split(","):
                 tile, warps, stages = (int(v) for v in config.split(":"))
                 out = torch.empty_like(q)
@@ -141,12 +162,23 @@ def decode_sweep(args) -> None:
                              OUT_STRIDE=out.stride(0), NKV=NKV, HEAD_DIM=HD, TPB=TPB, IEEE=False,
                              KV_QUANT=quant, NQ=NQ, TILE=tile)
                 scales = (ks, vs) if ks is not None else (kc, vc)
+                if args.prologue:  # q rotated into out, where the kernel then reads it
+                    q_src, prologue = out, (q, new_k, new_v, positions, slots, inv_freq)
+                    shape.update(att.prologue_constexprs(q.stride(0), new_k.stride(0),
+                                                         new_v.stride(0), NQ, NKV, HD, True))
+                elif args.rope_first:  # q rotated into out by rope_kv_kernel
+                    q_src, prologue = out, (q,) * 6
+                else:
+                    q_src, prologue = q, (q,) * 6  # never read
 
                 def launch():
+                    if args.rope_first:
+                        rope_kv(q, new_k, new_v, positions, slots, kc, vc, inv_freq, HD,
+                                k_scale=ks, v_scale=vs, q_out=out)
                     att.paged_decode_kernel[(b, NKV, splits)](
-                        out, partials, q, kc, vc, tables, lens, qstart, tables.stride(0), splits,
-                        HD ** -0.5, *scales, *(q,) * 6, **shape, num_warps=warps,
-                        num_stages=stages)  # no prologue: its six pointers are not read
+                        out, partials, q_src, kc, vc, tables, lens, qstart, tables.stride(0),
+                        splits, HD ** -0.5, *scales, *prologue, **shape, num_warps=warps,
+                        num_stages=stages)
                     if splits > 1:
                         att.paged_decode_reduce_kernel[(b, NQ)](
                             out, partials, qstart, splits, OUT_STRIDE=out.stride(0), NQ=NQ,

@@ -1,0 +1,58 @@
+"""Rate of cuBLAS's own choice (torch.matmul, bfloat16) on a Llama-3.1-8B layer's GEMM shapes
+at the M of a throughput run's steps: the ceiling Kiln's cuBLASLt GEMMs are set against.
+
+Each figure is the median of 3 runs of 20 back-to-back GEMMs between two CUDA events, on
+random operands (never zeros: the tensor cores draw less power on them).
+
+    python tests/gpu/gemm_rate.py [--m 8192,2048,3000] [--square 8192]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+          "down": (4096, 14336), "lm_head": (128256, 4096)}  # (N, K)
+
+
+def seconds(a: torch.Tensor, w: torch.Tensor, reps: int = 20) -> float:
+    for _ in range(3):
+        a @ w.T
+    times = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            a @ w.T
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / reps)
+    return statistics.median(times)
+
+
+def row(name: str, m: int, n: int, k: int) -> None:
+    g = torch.Generator(device="cuda").manual_seed(m + n + k)
+    a = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    t = seconds(a, w)
+    print(f"{name:<9}{m:>7}{n:>8}{k:>7}{t * 1e6:>10.1f}{2 * m * n * k / t / 1e12:>9.1f}",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--m", default="8192,2048,3000", help="rows (tokens a step), comma list")
+    parser.add_argument("--square", type=int, default=8192, help="also M = N = K of this (0: not)")
+    args = parser.parse_args()
+    print(f"{'shape':<9}{'M':>7}{'N':>8}{'K':>7}{'us':>10}{'TFLOP/s':>9}")
+    for m in (int(v) for v in args.m.split(",") if v):
+        for name, (n, k) in SHAPES.items():
+            row(name, m, n, k)
+    if args.square:
+        row("square", args.square, args.square, args.square)
+
+
+if __name__ == "__main__":
+    main()
