@@ -2,9 +2,9 @@
 # Kiln's GPU check, in one run on a machine with an NVIDIA GPU:
 #   1. install Kiln editable (builds kiln._core with the GPU plan executor),
 #   2. the speed check: decode of a Llama-3.1-8B-shaped bf16 engine beside the roofline,
-#   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in nine concurrent
-#      shards: kernels vs references, AOT cubins through the driver API, whole engines vs the
-#      reference backend, HuggingFace and modelopt's fake-quantized models.
+#   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in concurrent shards
+#      (tests/gpu/shards.py): kernels vs references, AOT cubins through the driver API, whole
+#      engines vs the reference backend, HuggingFace and modelopt's fake-quantized models.
 # Pure-Python packages the machine lacks can be carried as wheels in .whl/. Logs go to $OUT
 # (when set) or build/gpu-check; the speed table prints last.
 set -uo pipefail
@@ -42,31 +42,16 @@ if [ "${KILN_GPU_CHECK_SPEED:-1}" != 0 ]; then
   $PY tests/gpu/speed_check.py --profile >"$LOG/speed.log" 2>&1
   speed_rc=$?
 fi
-# The tests run as nine concurrent pytest processes (the kernel tests spend most of their
-# time compiling on the CPU), so that the whole check fits in ten minutes: as seven, the
-# longest two took ~540 s of a 579 s check on a 16-core H200 host (2026-12-03).
-K=tests/gpu/test_kernels.py
-WO=tests/gpu/test_wo_kernels.py
-ATTENTION="$K::test_attention $K::test_attention_without_rope $K::test_attention_quantized_kv_cache
-  $K::test_attention_quantized_kv_cache_other_dtypes $K::test_split_kv_decode
-  $K::test_split_kv_decode_quantized $K::test_decode_with_rope_inside_equals_rope_kv_first
-  $K::test_kv_write_matches_quantize_kv_exactly"
-shards=(attention kernels glu quant_kernels wo_paths wo_mma wo_shapes engines rest)
+# The tests run as concurrent pytest processes, one a shard (tests/gpu/shards.py: the kernel
+# tests spend most of their time compiling on the CPU, one core a process), so that the whole
+# check fits in ten minutes.
+mapfile -t shards < <($PY tests/gpu/shards.py)
+[ "${#shards[@]}" -gt 0 ] || { echo "tests/gpu/shards.py named no shard"; exit 1; }
 echo "== pytest -m gpu tests/gpu tests/quantize/test_gpu.py (${#shards[@]} shards at once)"
-declare -A shard_args=(
-  [attention]="$ATTENTION"
-  # --deselect takes node-id prefixes: every attention test above, and nothing else.
-  [kernels]="$K --deselect $K::test_attention --deselect $K::test_split_kv_decode
-    --deselect $K::test_decode_with_rope --deselect $K::test_kv_write
-    --deselect $K::test_gemv_glu --deselect $K::test_small_m_glu"
-  [glu]="$K::test_gemv_glu_equals_gemv_then_silu_mul $K::test_small_m_glu_equals_small_m_then_silu_mul"
-  [quant_kernels]="tests/gpu/test_quant_kernels.py"
-  [wo_paths]="$WO::test_linear_wo_4096 $WO::test_linear_wo_gemv_configs $WO::test_dequantize_is_exact"
-  [wo_mma]="$WO::test_linear_wo_mma"
-  [wo_shapes]="$WO::test_linear_wo_mma_row_blocks $WO::test_linear_wo_mma_counts_return_to_zero $WO::test_linear_wo_splits_and_odd_shapes"
-  [engines]="tests/gpu/test_engines.py tests/gpu/test_quant_engines.py"
-  [rest]="tests/gpu tests/quantize/test_gpu.py --ignore=tests/gpu/test_kernels.py --ignore=tests/gpu/test_quant_kernels.py --ignore=tests/gpu/test_wo_kernels.py --ignore=tests/gpu/test_engines.py --ignore=tests/gpu/test_quant_engines.py"
-)
+declare -A shard_args
+for shard in "${shards[@]}"; do
+  shard_args[$shard]=$($PY tests/gpu/shards.py "$shard") || exit 1
+done
 # KILN_PYTEST_ARGS: more pytest arguments, quoted as in a shell (KILN_PYTEST_ARGS="-k 'a or b'").
 eval "extra=(${KILN_PYTEST_ARGS:-})"
 declare -A pids

@@ -1,0 +1,74 @@
+"""The GPU check's shards: scripts/gpu_check.sh runs each as its own pytest process, all at once
+(the kernel tests spend most of their time compiling on the CPU, one core a process). Each shard
+is a list of pytest arguments; together they select every `-m gpu` test exactly once, which
+tests/gpu/test_shards.py checks on the CPU.
+
+    python tests/gpu/shards.py          the shards' names, one a line
+    python tests/gpu/shards.py NAME     that shard's pytest arguments, on one line
+
+Nine shards took 537 s on a 16-core H200 host (2026-12-04), the longest (the attention tests)
+501 s, more than the ten minutes of a device call leave beside the ~100-s speed check; the
+large ones are split by test function. `--deselect` takes node-id prefixes: deselecting
+`test_attention` deselects every test whose name starts so.
+"""
+from __future__ import annotations
+
+import sys
+
+K = "tests/gpu/test_kernels.py"
+Q = "tests/gpu/test_quant_kernels.py"
+WO = "tests/gpu/test_wo_kernels.py"
+ENGINES = ("tests/gpu/test_engines.py", "tests/gpu/test_quant_engines.py")
+# The attention tests of test_kernels.py, in two shards (67 and 109 tests today).
+ATTENTION_A = ("test_attention", "test_attention_without_rope",
+               "test_kv_write_matches_quantize_kv_exactly")
+ATTENTION_B = ("test_split_kv_decode", "test_split_kv_decode_quantized",
+               "test_decode_with_rope_inside_equals_rope_kv_first",
+               "test_attention_quantized_kv_cache",
+               "test_attention_quantized_kv_cache_other_dtypes")
+# Names (prefixes) the "kernels" shard leaves to the shards above and below.
+KERNELS_ELSEWHERE = ("test_attention", "test_split_kv_decode", "test_decode_with_rope",
+                     "test_kv_write", "test_gemv_glu", "test_small_m_glu", "test_small_m_gemm")
+
+
+def _tests(path: str, names) -> list[str]:
+    return [f"{path}::{name}" for name in names]
+
+
+def _deselect(path: str, prefixes) -> list[str]:
+    return [arg for prefix in prefixes for arg in ("--deselect", f"{path}::{prefix}")]
+
+
+SHARDS: dict[str, list[str]] = {
+    "attention_a": _tests(K, ATTENTION_A),
+    "attention_b": _tests(K, ATTENTION_B),
+    "small_m": _tests(K, ["test_small_m_gemm"]),
+    "kernels": [K, *_deselect(K, KERNELS_ELSEWHERE)],
+    "gemv_glu": _tests(K, ["test_gemv_glu_equals_gemv_then_silu_mul"]),
+    "small_m_glu": _tests(K, ["test_small_m_glu_equals_small_m_then_silu_mul"]),
+    "fp8_small_m": _tests(Q, ["test_linear_fp8_small_m"]),
+    "quant_kernels": [Q, *_deselect(Q, ["test_linear_fp8_small_m"])],
+    "wo_paths": _tests(WO, ["test_linear_wo_4096", "test_linear_wo_gemv_configs",
+                            "test_dequantize_is_exact"]),
+    "wo_mma": _tests(WO, ["test_linear_wo_mma"]),
+    "wo_shapes": _tests(WO, ["test_linear_wo_mma_row_blocks",
+                             "test_linear_wo_mma_counts_return_to_zero",
+                             "test_linear_wo_splits_and_odd_shapes"]),
+    "engines": [ENGINES[0]],
+    "quant_engines": [ENGINES[1]],
+    "rest": ["tests/gpu", "tests/quantize/test_gpu.py",
+             *(f"--ignore={path}" for path in (K, Q, WO, *ENGINES))],
+}
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        print("\n".join(SHARDS))
+    elif argv[0] in SHARDS:
+        print(" ".join(SHARDS[argv[0]]))
+    else:
+        sys.exit(f"no GPU-check shard {argv[0]!r}; the shards: {', '.join(SHARDS)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
