@@ -9,34 +9,19 @@ random operands (never zeros: the tensor cores draw less power on them).
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
+from attention_sweep import time_launch
+from gemm_sweep import SHAPES as LAYER
 
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
-          "down": (4096, 14336), "lm_head": (128256, 4096)}  # (N, K)
-
-
-def seconds(a: torch.Tensor, w: torch.Tensor, reps: int = 20) -> float:
-    for _ in range(3):
-        a @ w.T
-    times = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            a @ w.T
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / reps)
-    return statistics.median(times)
+SHAPES = {**LAYER, "lm_head": (128256, 4096)}  # (N, K)
 
 
 def row(name: str, m: int, n: int, k: int) -> None:
     g = torch.Generator(device="cuda").manual_seed(m + n + k)
     a = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
     w = torch.randn(n, k, device="cuda", generator=g, dtype=torch.bfloat16)
-    t = seconds(a, w)
+    t = time_launch(lambda: a @ w.T)
     print(f"{name:<9}{m:>7}{n:>8}{k:>7}{t * 1e6:>10.1f}{2 * m * n * k / t / 1e12:>9.1f}",
           flush=True)
 
