@@ -1,6 +1,7 @@
 """Turning ModelRunner.generate's arguments into executor requests."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +27,10 @@ class GenerationParams:
     output_log_probs: bool
 
     def sampling_config(self, index: int) -> "_core.SamplingConfig":
-        greedy = self.temperature == 0.0 or self.top_k == 1
+        # Greedy (temperature 0 or top_k 1) is passed on as temperature 0, top_k 0; values out
+        # of range go on as given, so that the executor refuses the request and says which.
+        valid = math.isfinite(self.temperature) and self.temperature >= 0.0 and self.top_k >= 0
+        greedy = valid and (self.temperature == 0.0 or self.top_k == 1)
         # One seed for the batch gives each request its own stream, reproducibly.
         seed = None if self.random_seed is None else self.random_seed + index
         return _core.SamplingConfig(

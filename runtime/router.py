@@ -5,10 +5,23 @@ callers (threads, server handlers) can wait on their own requests at once.
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 
 from kiln import _core
+
+_OPEN: "weakref.WeakSet[ResponseRouter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_routers() -> None:
+    """Stops every router's thread at interpreter exit, while the interpreter still runs: a
+    daemon thread stopped later, as it retakes the GIL on its way out of await_responses,
+    would abort the process ("terminate called without an active exception")."""
+    for router in list(_OPEN):
+        router.close()
 
 
 class ResponseRouter:
@@ -20,6 +33,7 @@ class ResponseRouter:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kiln-responses", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     def submit(self, request: "_core.Request", q: queue.SimpleQueue | None = None,
                ) -> tuple[int, queue.SimpleQueue]:

@@ -25,7 +25,9 @@ OFF, WAIT, WAIT_AND_RELEASE = 0, 1, 2
 # Llama-3.1-8B shape from 4.56 to 5.18 ms on the H200, where every other kernel's early release
 # gains ~2% at batch 1 and 8 (tests/gpu/speed_check.py: "graphs" against "graphs, serial").
 # The reduce alone released early (so the o-projection's one-row GEMM could load its first
-# weight tile during it) left batch 1 as it was and took batch 8 from 4.50 to 4.76 ms.
+# weight tile during it) left batch 1 as it was and took batch 8 from 4.50 to 4.76 ms. Every
+# kernel releasing the next one before its own wait (so a chain of kernels is placed early)
+# measured level with this at batch 1, 8 and 64 (docs/performance.md, 2026-12-04, night).
 HOLD = frozenset({"rope_kv_kernel", "paged_attention_kernel", "paged_decode_kernel",
                   "paged_decode_reduce_kernel"})
 

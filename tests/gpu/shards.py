@@ -7,9 +7,11 @@ tests/gpu/test_shards.py checks on the CPU.
     python tests/gpu/shards.py NAME     that shard's pytest arguments, on one line
 
 Nine shards took 537 s on a 16-core H200 host (2026-12-04), the longest (the attention tests)
-501 s, more than the ten minutes of a device call leave beside the ~100-s speed check; the
-large ones are split by test function. `--deselect` takes node-id prefixes: deselecting
-`test_attention` deselects every test whose name starts so.
+501 s; the large ones are split by test function. The check is bound by the host's cores:
+the fourteen at once took ~470 s there, and with the ~100-s speed check more than a ten-minute
+device call, which then runs them in two calls (KILN_GPU_CHECK_SHARDS in scripts/gpu_check.sh).
+`--deselect` takes node-id prefixes: deselecting `test_attention` deselects every test whose
+name starts so.
 """
 from __future__ import annotations
 

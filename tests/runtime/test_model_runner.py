@@ -1,6 +1,9 @@
 """ModelRunner over the C++ executor and the CPU reference backend, against HuggingFace."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -224,6 +227,9 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(batch=[[5, 100000]]), "vocab"),
     (dict(temperature=-1.0, top_k=0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),  # with the default top_k=1 (greedy) too
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature=0.0, top_k=-3), "top_k"),
     (dict(top_p=1.5, top_k=0), "top_p"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):
@@ -240,6 +246,30 @@ def test_bad_requests_fail_alone(runners, bad, message):
     worker.join()
     assert result["out"][0, 0].tolist() == good + expected
     assert runner.kv_cache_stats()["used_blocks"] == 0
+
+
+def test_exit_with_a_request_in_flight_stops_every_thread_first(tiny_engine):
+    """A process that exits with a request still running (here an abandoned stream) stops the
+    runner's threads in its exit hooks, while the interpreter still runs, and exits with status
+    0. A thread left running into the interpreter's finalization is stopped when it next takes
+    the GIL; the router's, coming back from await_responses through C++ that retakes the GIL,
+    then aborts the process ("terminate called without an active exception") in about one exit
+    of five."""
+    _, engine = tiny_engine("llama")
+    script = textwrap.dedent(f"""
+        import atexit
+        from kiln.runtime import ModelRunner
+
+        runner = ModelRunner.from_dir({str(engine)!r}, device="cpu")
+        stream = runner.generate([[5, 6, 7]], max_new_tokens=100, streaming=True)
+        next(stream)
+        atexit._run_exitfuncs()  # the hooks the interpreter runs first when it exits
+        print("router thread alive:", runner.router._thread.is_alive())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert (done.returncode, done.stdout.strip()) == (0, "router thread alive: False"), (
+        done.stdout + done.stderr[-2000:])
 
 
 def test_strings_in_text_out(runners):
