@@ -31,8 +31,12 @@ class GenerationParams:
         # of range go on as given, so that the executor refuses the request and says which.
         valid = math.isfinite(self.temperature) and self.temperature >= 0.0 and self.top_k >= 0
         greedy = valid and (self.temperature == 0.0 or self.top_k == 1)
-        # One seed for the batch gives each request its own stream, reproducibly.
-        seed = None if self.random_seed is None else self.random_seed + index
+        # One seed for the batch gives each request its own stream, reproducibly. Any integer
+        # is a seed: the executor's are 64-bit unsigned, so it is taken modulo 2**64.
+        if self.random_seed is not None and (not isinstance(self.random_seed, int)
+                                             or isinstance(self.random_seed, bool)):
+            raise KilnError(f"random_seed must be an integer, got {self.random_seed!r}")
+        seed = None if self.random_seed is None else (self.random_seed + index) % (1 << 64)
         return _core.SamplingConfig(
             temperature=0.0 if greedy else self.temperature, top_k=0 if greedy else self.top_k,
             top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,

@@ -190,6 +190,12 @@ def test_seeded_sampling_is_reproducible(runners):
     c = runner.generate(batch, random_seed=99, **kw)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+    # any integer seeds, taken modulo 2**64: -1 is 2**64 - 1
+    assert torch.equal(runner.generate(batch, random_seed=-1, **kw),
+                       runner.generate(batch, random_seed=(1 << 64) - 1, **kw))
+    assert torch.equal(runner.generate(batch, random_seed=1234 + (5 << 64), **kw), a)
+    with pytest.raises(KilnError, match="random_seed must be an integer, got 1.5"):
+        runner.generate(batch, random_seed=1.5, **kw)
 
 
 def test_log_probs_returned(runners):

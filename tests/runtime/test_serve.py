@@ -167,6 +167,16 @@ def test_seeded_sampling_n_and_log_probs(client, runners):
         assert c.logprobs.token_logprobs == pytest.approx(out["log_probs"][i], abs=1e-4)
         assert c.logprobs.tokens == [tok.decode([t]) for t in expected[i]]
     assert res.usage.prompt_tokens == len(prompt)  # counted once for n samples
+    # a negative seed is a seed too (modulo 2**64), as the runner takes it
+    out = ref.generate([prompt], max_new_tokens=6, end_id=tok.eos_id, top_k=30, random_seed=-3,
+                       return_dict=True, **kw)
+    res = client.completions.create(
+        model="tiny", prompt=TEXTS[3], max_tokens=6, seed=-3, temperature=kw["temperature"],
+        top_p=kw["top_p"], presence_penalty=kw["presence_penalty"],
+        frequency_penalty=kw["frequency_penalty"],
+        extra_body={"top_k": 30, "min_p": kw["min_p"], "repetition_penalty": kw["repetition_penalty"]})
+    assert res.choices[0].text == tok.decode(
+        out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist())
     chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
                                           max_tokens=5, temperature=0, logprobs=True)
     ids, g = generated(ref, tok.chat("x"), 5, output_log_probs=True)
