@@ -133,3 +133,79 @@ def run_interpreted(args: list[str], timeout: int = 1200):
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def mixed_traffic(runner, model, threads: int = 6) -> None:
+    """Sends from `threads` threads, at once and in random order, good requests (some streamed),
+    bad ones and streams abandoned midway to `runner` (a ModelRunner over the tiny llama
+    checkpoint whose HF `model` is given, with a KV pool far too small for them all, so that
+    requests are preempted and resumed). Checks that every good request gets exactly the HF
+    model's greedy tokens, that every bad one fails alone with its own error, and that no
+    block stays in use."""
+    import threading
+
+    import pytest
+
+    from kiln.builder.errors import KilnError
+
+    rng = random.Random(5)
+    g = torch.Generator().manual_seed(41)
+    goods = [torch.randint(3, 320, (rng.randint(5, 24),), generator=g).tolist() for _ in range(12)]
+    expected = []
+    with torch.no_grad():
+        for p in goods:
+            ids = list(p)
+            for _ in range(16):
+                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            expected.append(ids)
+    abandoned = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (9, 17, 12, 21)]
+    jobs = ([("good", i, i % 3 == 0) for i in range(12)]
+            + [("bad", [], "empty"), ("bad", [5] * 200, "max_seq_len"),
+               ("bad", [5, 100000], "vocab"), ("bad", [7] * 150, "max_seq_len")]
+            + [("abandon", p, None) for p in abandoned])
+    rng.shuffle(jobs)
+    outcomes: dict[int, object] = {}
+    start = threading.Barrier(threads)
+
+    def run(job):
+        kind, what, extra = job
+        if kind == "good":
+            out = runner.generate([goods[what]], max_new_tokens=16, end_id=-1, streaming=extra)
+            if extra:
+                for out in out:
+                    pass
+            return out[0, 0].tolist()
+        if kind == "bad":
+            with pytest.raises(KilnError, match=extra):
+                runner.generate([what], max_new_tokens=8, end_id=-1)
+            return None
+        stream = runner.generate([what], max_new_tokens=40, end_id=-1, streaming=True)
+        for k, _ in enumerate(stream):
+            if k == 2:
+                break
+        stream.close()
+        return None
+
+    def worker(w):
+        start.wait()
+        for n in range(w, len(jobs), threads):
+            try:
+                outcomes[n] = run(jobs[n])
+            except BaseException as e:  # noqa: BLE001  reported below, with its job
+                outcomes[n] = e
+
+    workers = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for n, job in enumerate(jobs):
+        assert not isinstance(outcomes[n], BaseException), (job, outcomes[n])
+        if job[0] == "good":
+            assert outcomes[n] == expected[job[1]], job
+    assert runner.iteration_stats()["total_preemptions"] > 0
+    for _ in range(100):  # abandoned streams are cancelled as the executor gets to them
+        if runner.kv_cache_stats()["used_blocks"] == 0:
+            break
+        threading.Event().wait(0.02)
+    assert runner.kv_cache_stats()["used_blocks"] == 0

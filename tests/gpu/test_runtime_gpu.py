@@ -1,5 +1,5 @@
-"""The runtime on the GPU backend: inflight batching, a request that can never fit, and an
-engine built on a machine with no GPU."""
+"""The runtime on the GPU backend: inflight batching, a request that can never fit, mixed
+traffic under preemption, and an engine built on a machine with no GPU."""
 import os
 import threading
 from pathlib import Path
@@ -10,6 +10,7 @@ import transformers
 
 from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
+from kiln_testing import mixed_traffic
 
 pytestmark = pytest.mark.gpu
 
@@ -62,6 +63,14 @@ def test_request_that_never_fits_the_pool_fails_alone(core, sm, tiny_engine):
         worker.join()
         assert result["out"][0, 0].tolist() == greedy_hf(model, good, 20)
         assert runner.kv_cache_stats()["used_blocks"] == 0
+
+
+def test_mixed_traffic_under_preemption_loses_nothing_and_leaks_no_block(core, sm, tiny_engine):
+    """kiln_testing.mixed_traffic on the plan executor, CUDA graphs on (tests/runtime: the CPU)."""
+    ckpt, path = tiny_engine("llama", "float32", targets=(sm,))
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=96) as runner:
+        mixed_traffic(runner, model)
 
 
 def test_engine_built_on_a_cpu_only_machine_runs():

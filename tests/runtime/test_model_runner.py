@@ -1,7 +1,6 @@
 """ModelRunner over the C++ executor and the CPU reference backend, against HuggingFace."""
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import transformers
 
 from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
+from kiln_testing import mixed_traffic
 
 ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
 
@@ -117,67 +117,11 @@ def test_preemption_when_blocks_run_out_loses_nothing(tiny_engine):
 
 
 def test_mixed_traffic_under_preemption_loses_nothing_and_leaks_no_block(tiny_engine):
-    """Six threads send, at once and in random order, good requests (some streamed), bad ones
-    and streams abandoned midway into a KV pool far too small for them all (so requests are
-    preempted and resumed): every good request gets exactly HuggingFace's greedy tokens, every
-    bad one fails alone with its own error, and no block stays in use."""
+    """kiln_testing.mixed_traffic on the CPU backend (tests/gpu/test_runtime_gpu.py: on the GPU)."""
     ckpt, engine = tiny_engine("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    rng = random.Random(5)
-    goods = prompts(320, [rng.randint(5, 24) for _ in range(12)], seed=41)
-    expected = [hf_greedy(model, p, 16) for p in goods]
-    jobs = ([("good", i, i % 3 == 0) for i in range(12)]
-            + [("bad", [], "empty"), ("bad", [5] * 200, "max_seq_len"),
-               ("bad", [5, 100000], "vocab"), ("bad", [7] * 150, "max_seq_len")]
-            + [("abandon", p, None) for p in prompts(320, (9, 17, 12, 21), seed=42)])
-    rng.shuffle(jobs)
-    outcomes: dict[int, object] = {}
-    start = threading.Barrier(6)
-
-    def run(job):
-        kind, what, extra = job
-        if kind == "good":
-            kw = dict(max_new_tokens=16, end_id=-1, streaming=extra)
-            out = runner.generate([goods[what]], **kw)
-            if extra:
-                for out in out:
-                    pass
-            return out[0, 0].tolist()
-        if kind == "bad":
-            with pytest.raises(KilnError, match=extra):
-                runner.generate([what], max_new_tokens=8, end_id=-1)
-            return None
-        stream = runner.generate([what], max_new_tokens=40, end_id=-1, streaming=True)
-        for k, _ in enumerate(stream):
-            if k == 2:
-                break
-        stream.close()
-        return None
-
-    def worker(w):
-        start.wait()
-        for n in range(w, len(jobs), 6):
-            try:
-                outcomes[n] = run(jobs[n])
-            except BaseException as e:  # noqa: BLE001  reported below, with its job
-                outcomes[n] = e
-
     with ModelRunner.from_dir(engine, device="cpu", max_tokens_in_paged_kv_cache=96) as runner:
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for n, job in enumerate(jobs):
-            assert not isinstance(outcomes[n], BaseException), (job, outcomes[n])
-            if job[0] == "good":
-                assert outcomes[n] == goods[job[1]] + expected[job[1]], job
-        assert runner.iteration_stats()["total_preemptions"] > 0
-        for _ in range(100):  # abandoned streams are cancelled as the executor gets to them
-            if runner.kv_cache_stats()["used_blocks"] == 0:
-                break
-            threading.Event().wait(0.02)
-        assert runner.kv_cache_stats()["used_blocks"] == 0
+        mixed_traffic(runner, model)
 
 
 def test_guaranteed_no_evict_admits_only_what_can_finish(tiny_engine):
