@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +28,26 @@ class GenerationParams:
     random_seed: int | None
     output_log_probs: bool
 
+    def __post_init__(self) -> None:
+        """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
+        errors rather than a binding's TypeError; the executor checks the ranges."""
+        for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed"):
+            value = getattr(self, name)
+            if value is None and name == "random_seed":
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                setattr(self, name, operator.index(value))
+            except TypeError:
+                raise KilnError(f"{name} must be an integer, got {value!r}") from None
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                     "frequency_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise KilnError(f"{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))
+
     def sampling_config(self, index: int) -> "_core.SamplingConfig":
         # Greedy (temperature 0 or top_k 1) is passed on as temperature 0, top_k 0; values out
         # of range go on as given, so that the executor refuses the request and says which.
@@ -33,9 +55,6 @@ class GenerationParams:
         greedy = valid and (self.temperature == 0.0 or self.top_k == 1)
         # One seed for the batch gives each request its own stream, reproducibly. Any integer
         # is a seed: the executor's are 64-bit unsigned, so it is taken modulo 2**64.
-        if self.random_seed is not None and (not isinstance(self.random_seed, int)
-                                             or isinstance(self.random_seed, bool)):
-            raise KilnError(f"random_seed must be an integer, got {self.random_seed!r}")
         seed = None if self.random_seed is None else (self.random_seed + index) % (1 << 64)
         return _core.SamplingConfig(
             temperature=0.0 if greedy else self.temperature, top_k=0 if greedy else self.top_k,
@@ -70,12 +89,19 @@ def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]
 def _stop_words(stop_words_list, batch: int, tokenizer) -> list[list[list[int]]]:
     """Per request, its stop sequences. Accepts one list for all requests or one per request,
     each a list of token-id sequences or strings."""
-    if not stop_words_list:
+    if stop_words_list is None or (isinstance(stop_words_list, (list, tuple))
+                                   and not stop_words_list):
         return [[] for _ in range(batch)]
+    if not isinstance(stop_words_list, (list, tuple)):
+        raise KilnError("stop_words_list must be a list of stop words (strings or lists of "
+                        f"token ids), or one such list a prompt; got {stop_words_list!r}")
 
     def words(items) -> list[list[int]]:
         out = []
         for w in items:
+            if not isinstance(w, (str, list, tuple)) or (
+                    not isinstance(w, str) and not all(isinstance(t, int) for t in w)):
+                raise KilnError(f"stop word {w!r} is neither a string nor a list of token ids")
             seq = tokenizer.encode(w, add_special_tokens=False) if isinstance(w, str) else list(w)
             if not seq:
                 raise KilnError("a stop word is empty; remove it")

@@ -9,8 +9,12 @@ import atexit
 import queue
 import threading
 import weakref
+from dataclasses import dataclass
 
 from kiln import _core
+from kiln.builder.errors import KilnError
+
+SHUT_DOWN = "the runner is shut down; create a new one"
 
 _OPEN: "weakref.WeakSet[ResponseRouter]" = weakref.WeakSet()
 
@@ -22,6 +26,20 @@ def _close_open_routers() -> None:
     would abort the process ("terminate called without an active exception")."""
     for router in list(_OPEN):
         router.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedResponse:
+    """The final response of a request whose router closed before the executor's final one
+    came: cancelled, as the executor's own shutdown ends a request (the fields of
+    _core.Response)."""
+    request_id: int
+    output_token_ids: tuple = ()
+    log_probs: tuple = ()
+    is_final: bool = True
+    finish_reason: "_core.FinishReason" = _core.FinishReason.CANCELLED
+    error_message: str = "the runner shut down before the request finished"
+    has_error: bool = False
 
 
 class ResponseRouter:
@@ -40,8 +58,14 @@ class ResponseRouter:
         """Enqueues a request; its responses arrive in `q` (a new queue unless given, so one
         caller can share a queue among its requests), the final one last."""
         q = q if q is not None else queue.SimpleQueue()
+        if self._closed.is_set():
+            raise KilnError(SHUT_DOWN)
         rid = self.executor.enqueue_request(request)
         with self._lock:
+            if self._closed.is_set():  # closed since the check above, its sweep already done
+                self.executor.cancel_request(rid)
+                self._deliver(rid, q, ClosedResponse(rid))
+                return rid, q
             self._queues[rid] = q
             for r in self._early.pop(rid, []):
                 self._deliver(rid, q, r)
@@ -68,5 +92,18 @@ class ResponseRouter:
                 self._closed.wait(0.002)  # idle: await_responses returns at once with nothing in flight
 
     def close(self) -> None:
-        self._closed.set()
+        """Stops the thread, then ends every request still registered: with the executor's
+        responses already out (its own shutdown's final ones among them), else cancelled
+        (ClosedResponse; the executor is asked to cancel it), so that no caller waits on a
+        queue nobody feeds. Idempotent."""
+        with self._lock:
+            self._closed.set()
         self._thread.join(timeout=5)
+        with self._lock:
+            for r in self.executor.await_responses(timeout_ms=0.0):
+                q = self._queues.get(r.request_id)
+                if q is not None:
+                    self._deliver(r.request_id, q, r)
+            for rid, q in list(self._queues.items()):
+                self.executor.cancel_request(rid)
+                self._deliver(rid, q, ClosedResponse(rid))

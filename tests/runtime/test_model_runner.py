@@ -6,6 +6,7 @@ import sys
 import textwrap
 import threading
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -203,6 +204,9 @@ def test_seeded_sampling_is_reproducible(runners):
     assert torch.equal(runner.generate(batch, random_seed=-1, **kw),
                        runner.generate(batch, random_seed=(1 << 64) - 1, **kw))
     assert torch.equal(runner.generate(batch, random_seed=1234 + (5 << 64), **kw), a)
+    # numpy and 0-d torch values are taken as the Python numbers they hold
+    kw_np = kw | dict(temperature=np.float32(1.3), top_k=np.int64(50))
+    assert torch.equal(runner.generate(batch, random_seed=torch.tensor(1234), **kw_np), a)
     with pytest.raises(KilnError, match="random_seed must be an integer, got 1.5"):
         runner.generate(batch, random_seed=1.5, **kw)
 
@@ -246,6 +250,10 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(temperature=float("nan")), "temperature"),
     (dict(temperature=0.0, top_k=-3), "top_k"),
     (dict(top_p=1.5, top_k=0), "top_p"),
+    (dict(max_new_tokens=2.5), "max_new_tokens must be an integer, got 2.5"),
+    (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+    (dict(stop_words_list=5), "stop_words_list must be a list of stop words"),
+    (dict(stop_words_list=[3.5]), "stop word 3.5 is neither a string nor a list of token ids"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):
     runner, model = runners("llama")
@@ -261,6 +269,47 @@ def test_bad_requests_fail_alone(runners, bad, message):
     worker.join()
     assert result["out"][0, 0].tolist() == good + expected
     assert runner.kv_cache_stats()["used_blocks"] == 0
+
+
+def test_shutdown_ends_requests_in_flight_and_refuses_new_ones(tiny_engine):
+    """shutdown() with a request in flight ends it (cancelled, the tokens so far kept) rather
+    than leave its caller waiting; a request after shutdown is refused at once."""
+    _, engine = tiny_engine("llama")
+    runner = ModelRunner.from_dir(engine, device="cpu")
+    forward = runner.backend.forward
+
+    def slow(step):  # keeps the request running while shutdown() comes
+        threading.Event().wait(0.01)
+        return forward(step)
+
+    runner.backend.forward = slow
+    result = {}
+
+    def call(name, **kw):
+        try:
+            result[name] = runner.generate([[5, 6, 7]], end_id=-1, return_dict=True, **kw)
+        except BaseException as e:  # noqa: BLE001  checked below
+            result[name] = e
+
+    worker = threading.Thread(target=call, args=("in_flight",), kwargs=dict(max_new_tokens=100),
+                              daemon=True)
+    worker.start()
+    for _ in range(500):
+        if runner.kv_cache_stats()["used_blocks"] > 0:
+            break
+        threading.Event().wait(0.01)
+    runner.shutdown()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "generate() still waits after shutdown()"
+    out = result["in_flight"]
+    assert out["finish_reasons"] == ["cancelled"], out
+    assert 3 < int(out["sequence_lengths"][0, 0]) < 3 + 100
+    late = threading.Thread(target=call, args=("late",), kwargs=dict(max_new_tokens=4),
+                            daemon=True)
+    late.start()
+    late.join(timeout=60)
+    assert not late.is_alive(), "generate() after shutdown() waits forever"
+    assert isinstance(result["late"], KilnError) and "shut down" in str(result["late"])
 
 
 def test_exit_with_a_request_in_flight_stops_every_thread_first(tiny_engine):
