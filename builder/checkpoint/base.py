@@ -73,12 +73,17 @@ class Checkpoint(abc.ABC):
                             "check that the checkpoint matches the model being built")
 
     def _check_complete(self) -> None:
-        """Refuse a checkpoint that lacks any tensor the decoder needs."""
+        """Refuse a checkpoint that lacks any tensor the decoder needs; one of a model Kiln
+        does not build (another architecture) is refused for that, not for its tensors."""
         num_layers = int(self.hf_config.get("num_hidden_layers", 0))
         tied = bool(self.hf_config.get("tie_word_embeddings", False))
         present = self._names()
         missing = [n for n in required_names(num_layers, tied) if n not in present]
         if missing:
+            if self.hf_config.get("architectures"):
+                from kiln.builder.models.config import ModelConfig
+
+                ModelConfig.from_hf(self.hf_config)  # refuses another architecture by name
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise KilnError(f"checkpoint {self.path} lacks tensors {shown}; "
                             "re-download the checkpoint or check that it is a complete model")

@@ -98,6 +98,10 @@ class ModelConfig:
             raise KilnError(f"architecture {arch!r} is not supported; supported: "
                             f"{', '.join(ARCHITECTURES)}")
         spec = ARCHITECTURES[arch]
+        act = hf.get("hidden_act", hf.get("hidden_activation", "silu"))
+        if act not in ("silu", "swish"):
+            raise KilnError(f"config.json: hidden_act {act!r} is not supported; Kiln runs "
+                            f"{arch}'s MLP as silu(gate) * up (hidden_act 'silu')")
         try:
             heads = int(hf["num_attention_heads"])
             hidden = int(hf["hidden_size"])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from kiln.builder.cli import build_main, inspect_main
 from kiln.builder.engine import RANK_FILE, load_engine
-from kiln_testing import make_tiny_checkpoint
+from kiln_testing import make_tiny_checkpoint, make_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,32 @@ def test_unsupported_architecture(broken, tmp_path):
     assert_one_line_error(build("--checkpoint", broken, "--output", tmp_path / "e"),
                           "'GPT2LMHeadModel' is not supported; supported: LlamaForCausalLM, "
                           "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM")
+
+
+def test_foreign_model_is_refused_by_its_architecture_not_its_tensors(tmp_path):
+    """A GPT-2 checkpoint has none of the Llama tensor names: the refusal names the
+    architecture, not the tensors it lacks."""
+    import transformers
+
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=320)).save_pretrained(gpt2)
+    make_tiny_tokenizer(gpt2)
+    assert_one_line_error(build("--checkpoint", gpt2, "--output", tmp_path / "e"),
+                          "architecture 'GPT2LMHeadModel' is not supported; supported: "
+                          "LlamaForCausalLM")
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh", "relu"])
+def test_mlp_activation_other_than_silu_is_refused(broken, tmp_path, act):
+    """Kiln's MLP is silu(gate) * up: another hidden_act would build and silently compute
+    something else."""
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["hidden_act"] = act
+    (broken / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(build("--checkpoint", broken, "--output", tmp_path / "e"),
+                          f"config.json: hidden_act '{act}' is not supported; Kiln runs "
+                          r"LlamaForCausalLM's MLP as silu\(gate\) \* up")
 
 
 def test_tensor_shape_mismatch(broken, tmp_path):
