@@ -94,13 +94,13 @@ def _stop_words(stop_words_list, batch: int, tokenizer) -> list[list[list[int]]]
         return [[] for _ in range(batch)]
     if not isinstance(stop_words_list, (list, tuple)):
         raise KilnError("stop_words_list must be a list of stop words (strings or lists of "
-                        f"token ids), or one such list a prompt; got {stop_words_list!r}")
+                        f"token ids), or one such list per prompt; got {stop_words_list!r}")
 
     def words(items) -> list[list[int]]:
         out = []
         for w in items:
             if not isinstance(w, (str, list, tuple)) or (
-                    not isinstance(w, str) and not all(isinstance(t, int) for t in w)):
+                    not isinstance(w, str) and not all(isinstance(t, numbers.Integral) for t in w)):
                 raise KilnError(f"stop word {w!r} is neither a string nor a list of token ids")
             seq = tokenizer.encode(w, add_special_tokens=False) if isinstance(w, str) else list(w)
             if not seq:
