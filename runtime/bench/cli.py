@@ -168,6 +168,9 @@ def build(datasets, gpu_memory_gib, kv_fraction, print_only, build_args):
     params = ctx.params
     given = {name for name in ("max_batch_size", "max_num_tokens", "max_seq_len")
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    for name in sorted(given):
+        if params[name] < 1:  # refused here, before it sizes the rest around it
+            raise KilnError(f"--{name.replace('_', '-')} must be at least 1, got {params[name]}")
     model = _build_model(params)
     quant, kv_cache_dtype = _build_quant(params)
     memory = _gpu_memory(gpu_memory_gib)

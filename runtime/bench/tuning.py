@@ -142,7 +142,8 @@ def engine_settings(model, *, dtype: str, quant: str, kv_cache_dtype: str, gpu_m
         raise KilnError(f"the KV cache (~{cache / GIB:.2f} GiB) holds no request of the dataset's "
                         f"lengths ({input_len:.0f} + {output_len:.0f} tokens); use shorter requests "
                         "or a larger GPU")
-    batch = max_batch_size or min(MAX_BATCH, _round_up(requests, BATCH_STEP))
+    batch = (min(MAX_BATCH, _round_up(requests, BATCH_STEP)) if max_batch_size is None
+             else max_batch_size)
     tokens = _round_up(batch * (1 + input_len / output_len), TOKENS_STEP)
     tokens = max(MIN_TOKENS, min(MAX_TOKENS, tokens), batch)
     seq_len = min(_round_up(max_len, tokens_per_block), model.max_position_embeddings)

@@ -168,6 +168,10 @@ def test_several_datasets_take_the_largest_limits(tmp_path, dataset):
     (["--gpu-memory-gib", 80, "--output", "x"], "--checkpoint PATH or --random-weights NAME"),
     (["--gpu-memory-gib", -1, "--random-weights", "llama-3.1-8b", "--output", "x"],
      "--gpu-memory-gib must be positive"),
+    (["--gpu-memory-gib", 80, "--random-weights", "llama-3.1-8b", "--output", "x",
+      "--max-batch-size", 0], "--max-batch-size must be at least 1, got 0"),
+    (["--gpu-memory-gib", 80, "--random-weights", "llama-3.1-8b", "--output", "x",
+      "--max-seq-len", -3], "--max-seq-len must be at least 1, got -3"),
 ])
 def test_bad_input_is_one_line(dataset, args, message):
     result = invoke("build", "--dataset", dataset, "--print-only", *args)

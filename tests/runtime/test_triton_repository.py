@@ -160,6 +160,12 @@ def test_cli_writes_and_refuses(tiny_engine, tmp_path):
                    "cannot name the engine model")
     one_line_error(invoke("--engine", engine, "--output", tmp_path / "s", "--max-batch-size", "99"),
                    r"outside what the engine was built for \(1..8\)")
+    one_line_error(invoke("--engine", engine, "--output", tmp_path / "s", "--max-batch-size", "0"),
+                   r"max_batch_size=0 is outside what the engine was built for \(1..8\)")
+    for tokens in ("0", "999"):
+        one_line_error(invoke("--engine", engine, "--output", tmp_path / "s", "--max-num-tokens",
+                              tokens),
+                       rf"max_num_tokens={tokens} is outside what the engine was built for \(1..64\)")
     one_line_error(invoke("--engine", engine, "--output", tmp_path / "s",
                           "--kv-cache-free-gpu-memory-fraction", "1.5"), r"must be in \(0, 1\]")
     assert not (tmp_path / "s").exists()
