@@ -135,6 +135,15 @@ def run_interpreted(args: list[str], timeout: int = 1200):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """HF greedy continuation, teacher-forced past an end id so all n tokens are compared."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
 def mixed_traffic(runner, model, threads: int = 6) -> None:
     """Sends from `threads` threads, at once and in random order, good requests (some streamed),
     bad ones and streams abandoned midway to `runner` (a ModelRunner over the tiny llama
@@ -151,13 +160,7 @@ def mixed_traffic(runner, model, threads: int = 6) -> None:
     rng = random.Random(5)
     g = torch.Generator().manual_seed(41)
     goods = [torch.randint(3, 320, (rng.randint(5, 24),), generator=g).tolist() for _ in range(12)]
-    expected = []
-    with torch.no_grad():
-        for p in goods:
-            ids = list(p)
-            for _ in range(16):
-                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-            expected.append(ids)
+    expected = [p + hf_greedy(model, p, 16) for p in goods]
     abandoned = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (9, 17, 12, 21)]
     jobs = ([("good", i, i % 3 == 0) for i in range(12)]
             + [("bad", [], "empty"), ("bad", [5] * 200, "max_seq_len"),

@@ -9,7 +9,7 @@ import transformers
 from kiln.builder.engine import load_engine
 from kiln.builder.errors import KilnError
 from kiln.runtime.reference import ReferenceBackend
-from kiln_testing import PagedSequences
+from kiln_testing import PagedSequences, hf_greedy
 
 pytestmark = pytest.mark.gpu
 
@@ -96,13 +96,7 @@ def test_model_runner_on_gpu_is_greedy_huggingface(core, sm, tiny_engine, arch):
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(5)
     batch = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (5, 17, 9, 30)]
-    expected = []
-    with torch.no_grad():
-        for p in batch:
-            ids = list(p)
-            for _ in range(12):
-                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-            expected.append(ids)
+    expected = [p + hf_greedy(model, p, 12) for p in batch]
     with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=4096) as runner:
         assert runner.device == "cuda"
         out = runner.generate(batch, max_new_tokens=12, end_id=-1, return_dict=True)

@@ -10,17 +10,9 @@ import transformers
 
 from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
-from kiln_testing import mixed_traffic
+from kiln_testing import hf_greedy, mixed_traffic
 
 pytestmark = pytest.mark.gpu
-
-
-def greedy_hf(model, prompt, n):
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids
 
 
 def prompts(lengths, seed):
@@ -61,7 +53,7 @@ def test_request_that_never_fits_the_pool_fails_alone(core, sm, tiny_engine):
         with pytest.raises(KilnError, match="request 0 of the batch failed"):
             runner.generate([prompts((60,), seed=4)[0]], max_new_tokens=40, end_id=-1)
         worker.join()
-        assert result["out"][0, 0].tolist() == greedy_hf(model, good, 20)
+        assert result["out"][0, 0].tolist() == good + hf_greedy(model, good, 20)
         assert runner.kv_cache_stats()["used_blocks"] == 0
 
 
@@ -85,7 +77,7 @@ def test_engine_built_on_a_cpu_only_machine_runs():
     with ModelRunner.from_dir(root / "engine", device="cuda") as runner:
         out = runner.generate(batch, max_new_tokens=12, end_id=-1, return_dict=True)
     for i, p in enumerate(batch):
-        assert out["output_ids"][i, 0, : len(p) + 12].tolist() == greedy_hf(model, p, 12)
+        assert out["output_ids"][i, 0, : len(p) + 12].tolist() == p + hf_greedy(model, p, 12)
 
 
 def test_batch_of_hundreds_gives_the_tokens_of_small_batches(core, sm, tiny_engine):

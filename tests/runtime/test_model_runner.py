@@ -13,18 +13,9 @@ import transformers
 
 from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
-from kiln_testing import mixed_traffic
+from kiln_testing import hf_greedy, mixed_traffic
 
 ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
-
-
-def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """HF greedy continuation, teacher-forced past an end id so all n tokens are compared."""
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
 
 
 def prompts(vocab: int, lengths, seed: int) -> list[list[int]]:
