@@ -104,6 +104,18 @@ def _stops(stop) -> list[str]:
     return stops
 
 
+def _stop_token_ids(ids, limits: Limits) -> list[int]:
+    ids = list(ids or [])
+    if len(ids) > MAX_STOP:
+        raise bad_request(f"stop_token_ids has {len(ids)} ids; pass at most {MAX_STOP}",
+                          "stop_token_ids")
+    bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"stop_token_ids has token id {bad}, outside the vocabulary "
+                          f"[0, {limits.vocab_size})", "stop_token_ids")
+    return ids
+
+
 def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
          want_log_probs: bool) -> list[Choice]:
     """The executor requests for `prompts`, n of each, with the body's sampling parameters."""
@@ -115,6 +127,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
     new_tokens = _max_tokens(max_tokens, max(len(p) for p in prompts), limits, param)
     stops = _stops(body.stop)
+    stop_ids = _stop_token_ids(body.stop_token_ids, limits)
     end_id = -1 if body.ignore_eos or limits.eos_id is None else limits.eos_id
     params = GenerationParams(
         max_new_tokens=new_tokens, end_id=end_id, pad_id=max(end_id, 0),
@@ -134,7 +147,11 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     try:
         # Streaming requests even for a single JSON answer: stop strings are matched on the text
         # as it grows, and the request is cancelled as soon as one matches.
-        requests = make_requests([p for _, p in expanded], params, stops or None, True, tokenizer)
+        # stop_token_ids end a request as its stop strings' tokens do (the executor's stop
+        # words); the token stays in the output, its text too unless it is a special token.
+        words = stops + [[t] for t in stop_ids]
+        requests = make_requests([p for _, p in expanded], params,
+                                 [words] * len(expanded) if words else None, True, tokenizer)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops))

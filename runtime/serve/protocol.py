@@ -1,12 +1,14 @@
 """OpenAI request bodies for /v1/completions and /v1/chat/completions.
 
-Field names and defaults follow OpenAI's API; `top_k`, `min_p`, `repetition_penalty` and
-`ignore_eos` are the extensions vLLM made familiar (pass them through the client's extra_body).
-Fields the server cannot honour are refused with a 400 rather than silently ignored.
+Field names and defaults follow OpenAI's API; `top_k`, `min_p`, `repetition_penalty`,
+`ignore_eos` and `stop_token_ids` are the extensions vLLM made familiar (pass them through the
+client's extra_body). Fields the server cannot honour, OpenAI's or vLLM's, are refused with a
+400 rather than silently ignored; fields that change nothing in the output (`user`, `store`,
+`metadata`, ...) are accepted and ignored.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -37,12 +39,46 @@ class _Sampling(BaseModel):
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
+    min_tokens: int = 0
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    use_beam_search: bool = False
+    prompt_logprobs: int | None = None
+    truncate_prompt_tokens: int | None = None
+    bad_words: list[str] | None = None
+    allowed_token_ids: list[int] | None = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, why) for each field asked for that the server cannot do."""
         out = []
         if self.logit_bias:
             out.append(("logit_bias", "logit_bias is not supported; remove it"))
+        if self.min_tokens:
+            out.append(("min_tokens", "min_tokens is not supported; remove it"))
+        if self.include_stop_str_in_output:
+            out.append(("include_stop_str_in_output", "include_stop_str_in_output is not "
+                                                      "supported; remove it"))
+        if not self.skip_special_tokens:
+            out.append(("skip_special_tokens", "skip_special_tokens=false is not supported; "
+                                               "special tokens are always left out of the text"))
+        if self.use_beam_search:
+            out.append(("use_beam_search", "beam search is not supported; remove "
+                                           "use_beam_search"))
+        for name in ("prompt_logprobs", "truncate_prompt_tokens"):
+            if getattr(self, name) is not None:
+                out.append((name, f"{name} is not supported; remove it"))
+        for name in ("bad_words", "allowed_token_ids"):
+            if getattr(self, name):
+                out.append((name, f"{name} is not supported; remove it"))
+        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+            if getattr(self, name) is not None:
+                out.append((name, f"structured output is not supported; remove {name}"))
         return out
 
 
@@ -93,7 +129,12 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    functions: list[dict] | None = None
+    function_call: str | dict | None = None
     response_format: dict | None = None
+    modalities: list[str] | None = None
+    prediction: dict | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
@@ -102,6 +143,17 @@ class ChatCompletionRequest(_Sampling):
                                         "chosen token's log-probability only"))
         if self.tools:
             out.append(("tools", "tool calling is not supported; remove tools"))
+        if self.tool_choice not in (None, "none", "auto"):
+            out.append(("tool_choice", "tool calling is not supported; remove tool_choice"))
+        if self.functions or self.function_call not in (None, "none", "auto"):
+            param = "functions" if self.functions else "function_call"
+            out.append((param, f"function calling is not supported; remove {param}"))
+        if self.modalities and set(self.modalities) != {"text"}:
+            out.append(("modalities", "only text output is supported; remove modalities or "
+                                      "pass [\"text\"]"))
+        if self.prediction is not None:
+            out.append(("prediction", "predicted outputs are not supported; remove "
+                                      "prediction"))
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             out.append(("response_format", "structured output is not supported; use "
                                            "response_format {\"type\": \"text\"}"))

@@ -200,6 +200,25 @@ def test_stop_strings_cut_the_text(client, runners):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_stop_token_ids_end_the_completion(client, runners):
+    """vLLM's stop_token_ids: generation ends on the first of them, which stays in the
+    output (its text too, unless it is a special token), finish_reason "stop"."""
+    _, ref = runners
+    tok = ref.tokenizer
+    ids, _ = generated(ref, tok.encode(TEXTS[4]), 30)
+    at = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])
+    expect = tok.decode(ids[: at + 1])
+    body = dict(model="tiny", prompt=TEXTS[4], max_tokens=30, temperature=0)
+    unseen = next(t for t in range(len(tok.hf)) if t not in ids[: at + 1])
+    out = client.completions.create(**body, extra_body={"stop_token_ids": [unseen, ids[at]]})
+    assert (out.choices[0].text, out.choices[0].finish_reason) == (expect, "stop")
+    assert out.usage.completion_tokens == at + 1
+    chunks = list(client.completions.create(**body, stream=True,
+                                            extra_body={"stop_token_ids": [ids[at]]}))
+    assert "".join(c.choices[0].text for c in chunks) == expect
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_64_concurrent_streams_complete(live, runners):
     served, ref = runners
     tok = ref.tokenizer
