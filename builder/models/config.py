@@ -193,6 +193,10 @@ class BuildConfig:
         for sm in self.targets:
             if sm not in (75, 80, 86, 87, 89, 90, 100, 120):
                 raise KilnError(f"--target-sm {sm} is not a known NVIDIA architecture; use e.g. 80, 89 or 90")
+        old = sorted(sm for sm in self.targets if sm < 80)
+        if self.dtype == "bfloat16" and old:
+            raise KilnError(f"--dtype bfloat16 needs SM 80 or newer, but --target-sm includes "
+                            f"{old[0]}; use --dtype float16 for it, or drop it")
         mode = quant_mode(self.quant, self.kv_cache_dtype)
         if self.quant_mode is not None and self.quant_mode != int(mode):
             raise KilnError(f"build.quant_mode {self.quant_mode} does not match --quant {self.quant} "

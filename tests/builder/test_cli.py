@@ -134,6 +134,16 @@ def test_max_seq_len_beyond_model(ckpt, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_bfloat16_for_a_gpu_without_it_is_refused(ckpt, tmp_path):
+    """SM 75 (Turing) has no bfloat16 arithmetic: a bfloat16 engine for it is refused by name;
+    float16 builds for it."""
+    assert_one_line_error(build("--checkpoint", ckpt, "--output", tmp_path / "e", "--dtype",
+                                "bfloat16", "--target-sm", "75", "--target-sm", "90"),
+                          "--dtype bfloat16 needs SM 80 or newer, but --target-sm includes 75; "
+                          "use --dtype float16")
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.fixture
 def engine_copy(ckpt, tmp_path):
     out = tmp_path / "engine"
