@@ -36,6 +36,10 @@ float32 where they cost nothing and add no rounding: k_scale folds into the soft
 (q.(s k) = s (q.k)) and v_scale multiplies the float32 accumulator once
 (sum p (s v) = s sum p v), before it is normalized or stored as a partial.
 With KV_QUANT 0 the scale pointers are not read.
+
+An attention op with out_qdtype (an FP8 engine's o-projection input, ops.attention) has every
+kernel that writes output rows write them as e4m3 with its static scale (OUT_FP8, _store_out:
+the 16-bit value, then quant.fp8_rows_kernel's rounding), so no quantization launch follows.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rope import (check_cache_layout, kv_quant, plan_rope_kv, rope_angles,
                                      rope_kv, rope_table, rotate_heads, write_kv_token)
+from kiln.builder.kernels.rounding import to_e4m3
 from kiln.builder.kernels.spec import F32, I32, pow2
 from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
@@ -67,6 +72,30 @@ def _find_sequence(query_start_ptr, first_seq, first_tok, num_seqs, qblock,
         else:
             hi = mid
     return lo - 1
+
+
+@triton.jit
+def _out_inv(out_scale_ptr, OUT_FP8: tl.constexpr):
+    """1 / the output's FP8 scale (1 without OUT_FP8), loaded where a kernel starts so the
+    load is not on its critical path at the end."""
+    if OUT_FP8:
+        return tl.math.div_rn(1.0, tl.load(out_scale_ptr))
+    else:
+        return 1.0
+
+
+@triton.jit
+def _store_out(out_ptr, out8_ptr, inv, tok, head, d, value, mask, OUT_STRIDE: tl.constexpr,
+               OUT8_STRIDE: tl.constexpr, HEAD_DIM: tl.constexpr, OUT_FP8: tl.constexpr):
+    """The attention output rows `tok` (heads `head`, dims d) in out's dtype, or with OUT_FP8
+    quantized from that value to e4m3 with `inv` (_out_inv) into out8_ptr, as
+    quant.fp8_rows_kernel quantizes it."""
+    y = value.to(out_ptr.dtype.element_ty)
+    if OUT_FP8:
+        tl.store(out8_ptr + tok * OUT8_STRIDE + head * HEAD_DIM + d,
+                 to_e4m3(y.to(tl.float32), inv, out8_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out_ptr + tok * OUT_STRIDE + head * HEAD_DIM + d, y, mask=mask)
 
 
 @triton.jit
@@ -143,8 +172,11 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            OUT_STRIDE: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr,
                            HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, TPB: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
-                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PDL: tl.constexpr = 0):
+                           IEEE: tl.constexpr, KV_QUANT: tl.constexpr, out8_ptr=None,
+                           out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
+                           OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0):
     enter(PDL)
+    inv = _out_inv(out_scale_ptr, OUT_FP8)
     qblock = tl.program_id(0)
     kvh = tl.program_id(1)
     first_tok = tl.load(query_start_ptr + first_seq)
@@ -178,8 +210,8 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
         if KV_QUANT != 0:
             acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
-        tl.store(out_ptr + tok[:, None] * OUT_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_out(out_ptr, out8_ptr, inv, tok[:, None], head[:, None], d[None, :], out, mask,
+                   OUT_STRIDE, OUT8_STRIDE, HEAD_DIM, OUT_FP8)
 
 
 @triton.jit
@@ -216,9 +248,11 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         IEEE: tl.constexpr, KV_QUANT: tl.constexpr, PROLOGUE: tl.constexpr = 0,
                         Q_IN_STRIDE: tl.constexpr = 0, K_STRIDE: tl.constexpr = 0,
                         V_STRIDE: tl.constexpr = 0, GROUP_PAD: tl.constexpr = 1,
-                        HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0,
-                        PDL: tl.constexpr = 0):
+                        HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0, out8_ptr=None,
+                        out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
+                        OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0):
     enter(PDL)
+    inv = _out_inv(out_scale_ptr, OUT_FP8)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -257,8 +291,8 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
         acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
-        tl.store(out_ptr + tok * OUT_STRIDE + head[:, None] * HEAD_DIM + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_out(out_ptr, out8_ptr, inv, tok, head[:, None], d[None, :], out, mask,
+                   OUT_STRIDE, OUT8_STRIDE, HEAD_DIM, OUT_FP8)
     else:
         # partials [B, NQ, num_splits, HEAD_DIM + 2]: unnormalized acc, then max and sum.
         row = ((seq * NQ + head).to(tl.int64) * num_splits + split) * (HEAD_DIM + 2)
@@ -271,8 +305,11 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
 def paged_decode_reduce_kernel(out_ptr, partial_ptr, query_start_ptr, num_splits,
                                OUT_STRIDE: tl.constexpr, NQ: tl.constexpr,
                                HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-                               SPLITS_PAD: tl.constexpr, PDL: tl.constexpr = 0):
+                               SPLITS_PAD: tl.constexpr, out8_ptr=None, out_scale_ptr=None,
+                               OUT8_STRIDE: tl.constexpr = 0, OUT_FP8: tl.constexpr = 0,
+                               PDL: tl.constexpr = 0):
     enter(PDL)
+    inv = _out_inv(out_scale_ptr, OUT_FP8)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     sp = tl.arange(0, SPLITS_PAD)
@@ -288,8 +325,8 @@ def paged_decode_reduce_kernel(out_ptr, partial_ptr, query_start_ptr, num_splits
                   other=0.0)
     out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
     tok = tl.load(query_start_ptr + seq).to(tl.int64)
-    tl.store(out_ptr + tok * OUT_STRIDE + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty),
-             mask=d_ok)
+    _store_out(out_ptr, out8_ptr, inv, tok, head, d, out, d_ok, OUT_STRIDE, OUT8_STRIDE,
+               HEAD_DIM, OUT_FP8)
 
 
 # -- configuration shared by the lowering and the direct launches ------------------------------
@@ -396,7 +433,7 @@ def partials_bytes_formula(nq: int, head_dim: int) -> str:
 
 def plan_attention(node, ctx):
     q, k, v, _pos, _slots, block_tables, context_lens, query_start = node.inputs[:8]
-    (out,) = node.outputs
+    out, *quantized = node.outputs  # with out_qdtype: the FP8 output too (ops.attention)
     a = node.attrs
     nq, nkv, hd, rope = a["num_heads"], a["num_kv_heads"], a["head_dim"], a.get("rope")
     k_cache, v_cache = ctx.kv(a["layer"], 0), ctx.kv(a["layer"], 1)
@@ -415,6 +452,11 @@ def plan_attention(node, ctx):
                   k_scale_ptr=k_scale, v_scale_ptr=v_scale)
     shape = dict(Q_STRIDE=ctx.row_stride(q_src), OUT_STRIDE=ctx.row_stride(out), NKV=nkv,
                  HEAD_DIM=hd, TPB=ctx.tokens_per_block, IEEE=ieee, KV_QUANT=quant)
+    # The output's FP8 quantization: every kernel that writes output rows writes them as e4m3.
+    out8 = dict(out8_ptr=ctx.ptr(quantized[0]), out_scale_ptr=ctx.ptr(node.inputs[-1])) \
+        if quantized else dict(out8_ptr=ctx.ptr(out), out_scale_ptr=ctx.ptr(out))  # unread
+    out8_shape = dict(OUT8_STRIDE=ctx.row_stride(quantized[0]) if quantized else 0,
+                      OUT_FP8=bool(quantized))
     # The leading BD sequences (decodes): RoPE, the KV write and attention in the decode kernel.
     dcfg = decode_config(nq, nkv, hd, ieee)
     splits = ctx.derive(splits_formula(nkv, dcfg["TILE"]))
@@ -428,16 +470,17 @@ def plan_attention(node, ctx):
     for (tile, warps, stages), when in launches:
         ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
                    num_stages=stages, when=when,
-                   args=dict(common, **prologue, out_ptr=ctx.ptr(out), partial_ptr=partials,
-                             max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
-                   constexprs=dict(shape, NQ=nq, **dict(dcfg, TILE=tile),
+                   args=dict(common, **prologue, **out8, out_ptr=ctx.ptr(out),
+                             partial_ptr=partials, max_blocks=I32("MAXBLK"),
+                             num_splits=I32(splits)),
+                   constexprs=dict(shape, **out8_shape, NQ=nq, **dict(dcfg, TILE=tile),
                                    **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
                                                          ctx.row_stride(v), nq, nkv, hd, rope)))
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",
                num_warps=4,
-               args=dict(out_ptr=ctx.ptr(out), partial_ptr=partials,
+               args=dict(out8, out_ptr=ctx.ptr(out), partial_ptr=partials,
                          query_start_ptr=ctx.ptr(query_start), num_splits=I32(splits)),
-               constexprs=dict(OUT_STRIDE=ctx.row_stride(out), NQ=nq, HEAD_DIM=hd,
+               constexprs=dict(out8_shape, OUT_STRIDE=ctx.row_stride(out), NQ=nq, HEAD_DIM=hd,
                                DIM_PAD=max(16, pow2(hd)), SPLITS_PAD=MAX_SPLITS))
     # The sequences after them (prompt chunks): rope_kv_kernel, then the flash kernel.
     plan_rope_kv(ctx, q=q, q_out=out, k=k, v=v, layer=a["layer"], nq=nq, nkv=nkv, head_dim=hd,
@@ -445,9 +488,9 @@ def plan_attention(node, ctx):
     cfg = prefill_config(nq, nkv, hd, ieee)
     ctx.launch(paged_attention_kernel, grid=(f"(T - BD) // {cfg['BLOCK_Q']} + B - BD", nkv),
                num_warps=prefill_warps(hd), num_stages=2,
-               args=dict(common, out_ptr=ctx.ptr(out), num_seqs=I32("B"), first_seq=I32("BD"),
-                         max_blocks=I32("MAXBLK")),
-               constexprs=dict(shape, **cfg))
+               args=dict(common, **out8, out_ptr=ctx.ptr(out), num_seqs=I32("B"),
+                         first_seq=I32("BD"), max_blocks=I32("MAXBLK")),
+               constexprs=dict(shape, **out8_shape, **cfg))
 
 
 def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nkv: int,
@@ -461,7 +504,8 @@ def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nk
 
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
-                    k_scale=None, v_scale=None, new_kv: dict | None = None):
+                    k_scale=None, v_scale=None, new_kv: dict | None = None,
+                    out_fp8=None, out_scale=None):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
     tokens_per_block, hd], an 8-bit v_cache as rope.v_transposed stores it), launched as the
     plan launches it: the leading one-token sequences through the decode kernel (num_splits
@@ -470,7 +514,10 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     new_kv (k, v, positions, slot_mapping, inv_freq, rope) makes it the whole attention op, as
     the plan runs it: q and k rotated when rope, k and v written into the cache, inside the
     decode kernel for the leading decodes and by rope_kv_kernel first for the other tokens.
-    Without it, q is already rotated and the cache already holds the step's k and v."""
+    Without it, q is already rotated and the cache already holds the step's k and v.
+    out_fp8 (float8_e4m3fn [T, nq*hd]) with out_scale (float32 [1]): the output is written
+    there, quantized, as the plan writes an attention op's with out_qdtype (out then holds
+    only the rotated q)."""
     import torch
 
     t, b = q.shape[0], context_lens.shape[0]
@@ -484,6 +531,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
                  TPB=tpb, IEEE=fp32, KV_QUANT=quant)
+    fp8 = dict(out8_ptr=out_fp8, out_scale_ptr=out_scale,
+               OUT8_STRIDE=out_fp8.stride(0), OUT_FP8=True) if out_fp8 is not None else {}
     if bd > 0:
         dshape = dict(shape)
         if new_kv is not None:
@@ -501,13 +550,13 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
         tile, warps, stages = decode_launch(dcfg, quant, fp32, bool(long), splits > 1)
         direct(paged_decode_kernel, q)[(bd, nkv, splits)](
             out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,
-            block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, NQ=num_heads,
-            **dict(dcfg, TILE=tile), num_warps=warps, num_stages=stages)
+            block_tables.stride(0), splits, scale, *scales, *prologue, **dshape, **fp8,
+            NQ=num_heads, **dict(dcfg, TILE=tile), num_warps=warps, num_stages=stages)
         if splits > 1:
             direct(paged_decode_reduce_kernel, q)[(bd, num_heads)](
                 out, partials, query_start, splits, OUT_STRIDE=out.stride(0), NQ=num_heads,
                 HEAD_DIM=head_dim, DIM_PAD=max(16, pow2(head_dim)), SPLITS_PAD=MAX_SPLITS,
-                num_warps=4)
+                **fp8, num_warps=4)
     if bd < b:
         if new_kv is not None:  # without RoPE the q it returns is a copy: q stays where it is
             n = new_kv
@@ -517,6 +566,6 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
         cfg = prefill_config(num_heads, nkv, head_dim, fp32)
         direct(paged_attention_kernel, q)[((t - bd) // cfg["BLOCK_Q"] + b - bd, nkv)](
             out, q_src, k_cache, v_cache, block_tables, context_lens, query_start, b, bd,
-            block_tables.stride(0), scale, *scales, **shape, **cfg,
+            block_tables.stride(0), scale, *scales, **shape, **cfg, **fp8,
             num_warps=prefill_warps(head_dim), num_stages=2)
     return out

@@ -7,6 +7,11 @@ attends causally to its own sequence's cached positions 0..p.
 A quantized KV cache (attr kv_dtype "float8_e4m3fn" or "int8") adds two inputs, k_scale and
 v_scale (float32 [1] each): k and v are quantized with them on the way in and dequantized on
 the way out (kiln.builder.ops.quant.quantize_kv / dequantize_kv).
+
+With attr out_qdtype "float8_e4m3fn" (quantize_fuse_producers: the attention output's FP8
+quantization for the o-projection's linear_fp8) a last input, the static scale (float32 [1]),
+and a second output, the output quantized as quantize_fp8 quantizes it, are added; the first
+output stays the unquantized one (on the GPU, the rotated q's buffer).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch
 
 from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
-from kiln.builder.ops.quant import dequantize_kv, quantize_kv
+from kiln.builder.ops.quant import dequantize_kv, quantize_activation, quantize_kv
 from kiln.builder.ops.rope import apply_rope
 
 STEP_INPUTS = ("positions", "slot_mapping", "block_tables", "context_lens", "query_start")
@@ -28,12 +33,20 @@ def _infer(node, graph):
         expect(of(graph, name)[1][-1] == a["num_kv_heads"] * a["head_dim"], node,
                f"{name} width != num_kv_heads * head_dim")
     expect(a["num_heads"] % a["num_kv_heads"] == 0, node, "num_heads not a multiple of num_kv_heads")
+    quant_out = bool(a.get("out_qdtype"))
     if a.get("kv_dtype"):
         expect(a["kv_dtype"] in ("float8_e4m3fn", "int8"), node, f"kv_dtype {a['kv_dtype']!r}")
-        expect(len(node.inputs) == 10 and all(of(graph, n) == ("float32", (1,))
-                                              for n in node.inputs[8:]), node,
-               "a quantized KV cache needs k_scale and v_scale inputs, float32 [1] each")
-    return [(dtype, qshape)]
+        expect(len(node.inputs) == 10 + quant_out and all(
+            of(graph, n) == ("float32", (1,)) for n in node.inputs[8:10]), node,
+            "a quantized KV cache needs k_scale and v_scale inputs, float32 [1] each")
+    else:
+        expect(len(node.inputs) == 8 + quant_out, node, f"{len(node.inputs)} inputs")
+    if not quant_out:
+        return [(dtype, qshape)]
+    expect(a["out_qdtype"] == "float8_e4m3fn", node, f"out_qdtype {a['out_qdtype']!r}")
+    expect(of(graph, node.inputs[-1]) == ("float32", (1,)), node,
+           "the output's FP8 scale must be a float32 [1]")
+    return [(dtype, qshape), ("float8_e4m3fn", qshape)]
 
 
 def write_kv(cache: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor,
@@ -83,6 +96,8 @@ def _reference(node, inputs, ctx):
         scores = scores.masked_fill(mask[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[start:end] = (probs @ vs).transpose(0, 1).reshape(end - start, nq * hd).to(q.dtype)
+    if a.get("out_qdtype"):
+        return [out, quantize_activation(out, a["out_qdtype"], inputs[-1])[0]]
     return [out]
 
 

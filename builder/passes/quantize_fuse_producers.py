@@ -4,6 +4,8 @@ SiLU-mul kernel writes the quantized activation directly (one pass over memory, 
     rmsnorm      + quantize_fp8 / quantize_int8 -> rmsnorm_quant
     add_rmsnorm  + quantize_fp8 / quantize_int8 -> add_rmsnorm_quant   (residual sum kept)
     silu_mul     + quantize_fp8 / quantize_int8 -> silu_mul_quant      (smoother kept)
+    attention    + quantize_fp8                 -> attention, out_qdtype fp8 (the scale its
+                                                   last input, the quantized output its second)
 
 Only where the quantization is the produced value's sole reader. No-op on unquantized plans.
 """
@@ -18,6 +20,11 @@ QDTYPE = {"quantize_fp8": "float8_e4m3fn", "quantize_int8": "int8"}
 def _fused(producer: Node, quant: Node) -> Node | None:
     extra = quant.inputs[1:]  # fp8: the scale; int8: the optional smoother
     qdtype = QDTYPE[quant.op]
+    if producer.op == "attention":
+        if qdtype != "float8_e4m3fn" or producer.attrs.get("out_qdtype"):
+            return None
+        return Node("attention", [*producer.inputs, *extra], [*producer.outputs, *quant.outputs],
+                    dict(producer.attrs, out_qdtype=qdtype))
     if producer.op == "silu_mul":
         return Node("silu_mul_quant", [producer.inputs[0], *extra], quant.outputs,
                     {"qdtype": qdtype})
@@ -45,6 +52,7 @@ def quantize_fuse_producers(graph: Graph, build=None) -> Graph:
         at = g.nodes.index(producer)
         g.nodes = [n for n in g.nodes if n is not producer and n is not quant]
         g.nodes.insert(at, fused)
-        del g.values[quant.inputs[0]]
+        if quant.inputs[0] not in fused.outputs:  # attention keeps its unquantized output
+            del g.values[quant.inputs[0]]
         made = g.producers()
     return g

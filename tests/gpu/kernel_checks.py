@@ -229,6 +229,39 @@ def compare_fused_decode(device, dtype, nq, nkv, head_dim, prefixes, seed, num_s
     return _mismatches(outs[0], outs[1]), _mismatches(caches[0], caches[1])
 
 
+def check_attention_fp8_output(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
+                               num_splits=None, tokens_per_block=16):
+    """The attention op writing its output as e4m3 (ops.attention's out_qdtype, as the plan
+    runs it: RoPE and the KV write inside, decodes first, then the flash kernel) against the
+    same kernels' 16-bit output quantized by the reference (pack.to_fp8, saturating).
+    Returns the e4m3 codes that differ."""
+    from kiln.builder.kernels import attention, rope
+    from kiln.quantize import pack
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    num_blocks = sum(-(-(p + q) // tokens_per_block) for p, q in zip(prefixes, q_lens)) + 3
+    step = {n: x.to(device) for n, x in
+            paged_step(rng, tokens_per_block, num_blocks, prefixes, q_lens).items()}
+    t = int(step["query_start"][-1])
+    cache = _rand(g, (2, num_blocks, nkv, tokens_per_block, head_dim), dtype, device)
+    qkv = _rand(g, (t, (nq + 2 * nkv) * head_dim), dtype, device)
+    q, k, v = torch.split(qkv, [nq * head_dim, nkv * head_dim, nkv * head_dim], dim=1)
+    table = torch.tensor(rope.inv_freq_table(dict(LLAMA3_ROPE, head_dim=head_dim)),
+                         dtype=torch.float32, device=device)
+    new_kv = dict(k=k, v=v, positions=step["positions"], slot_mapping=step["slot_mapping"],
+                  inv_freq=table, rope=True)
+    args = (q, cache[0], cache[1], step["block_tables"], step["context_lens"],
+            step["query_start"], nq, head_dim, head_dim ** -0.5)
+    out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
+    attention.paged_attention(*args, num_splits=num_splits, out=out, new_kv=new_kv)
+    # The largest outputs map past 448: they saturate.
+    scale = torch.tensor([out.float().abs().max().item() / 600], device=device)
+    fp8 = torch.empty((t, nq * head_dim), dtype=torch.float8_e4m3fn, device=device)
+    attention.paged_attention(*args, num_splits=num_splits, out=torch.empty_like(out),
+                              new_kv=new_kv, out_fp8=fp8, out_scale=scale)
+    return _mismatches(fp8, pack.to_fp8(out.cpu(), scale.cpu()))
+
+
 KV_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "int8": torch.int8}
 KV_BOUND = {"float8_e4m3fn": 448.0, "int8": 127.0}
 
@@ -623,6 +656,15 @@ def interpreter_cases():
         ("attention-split3-decodes-first-fused-float32", check_attention,
          dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 12], q_lens=[1, 1, 9], seed=6,
               num_splits=3, fused=True), TOL[f32]),
+        ("attention-fp8-output-float32", check_attention_fp8_output,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 0, 21], q_lens=[1, 1, 19, 5],
+              seed=6), 0),
+        ("attention-fp8-output-split3-float32", check_attention_fp8_output,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 12], q_lens=[1, 1, 9], seed=7,
+              num_splits=3), 0),
+        ("attention-fp8-output-float16", check_attention_fp8_output,
+         dict(dtype=f16, nq=4, nkv=2, head_dim=32, prefixes=[40, 3, 0], q_lens=[1, 1, 19],
+              seed=8, num_splits=2), 0),
         ("attention-norope-float32", check_attention,
          dict(dtype=f32, nq=4, nkv=4, head_dim=16, prefixes=[0], q_lens=[9], seed=7, rope_on=False), TOL[f32]),
         ("attention-fused-equals-unfused-float32", compare_fused_decode,

@@ -21,9 +21,10 @@ K = "tests/gpu/test_kernels.py"
 Q = "tests/gpu/test_quant_kernels.py"
 WO = "tests/gpu/test_wo_kernels.py"
 ENGINES = ("tests/gpu/test_engines.py", "tests/gpu/test_quant_engines.py")
-# The attention tests of test_kernels.py, in two shards (67 and 109 tests today).
+# The attention tests of test_kernels.py, in two shards (76 and 109 tests today).
 ATTENTION_A = ("test_attention", "test_attention_without_rope",
-               "test_kv_write_matches_quantize_kv_exactly")
+               "test_kv_write_matches_quantize_kv_exactly",
+               "test_attention_writes_its_output_as_fp8")
 ATTENTION_B = ("test_split_kv_decode", "test_split_kv_decode_quantized",
                "test_decode_with_rope_inside_equals_rope_kv_first",
                "test_attention_quantized_kv_cache",

@@ -92,6 +92,15 @@ def test_decode_with_rope_inside_equals_rope_kv_first(kv_dtype, dtype, splits, s
                                    num_splits=splits, kv_dtype=kv_dtype) == (0, 0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("splits", [1, 3, 32])
+def test_attention_writes_its_output_as_fp8(dtype, splits):
+    """An FP8 engine's attention writes the o-projection's e4m3 input itself (decode kernel,
+    split-KV reduce and flash kernel): the codes pack.to_fp8 gives for the 16-bit output."""
+    assert kc.check_attention_fp8_output("cuda", dtype, 32, 8, 128, [4000, 129, 5, 0, 63],
+                                         [1, 1, 1, 37, 1], seed=splits, num_splits=splits) == 0
+
+
 def test_attention_without_rope():
     out, cache = kc.check_attention("cuda", torch.bfloat16, 16, 4, 64, [10, 0], [30, 5], seed=3,
                                     rope_on=False)

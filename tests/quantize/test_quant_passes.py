@@ -219,6 +219,49 @@ def test_kv_cache_pass():
     assert not g.nodes[0].attrs.get("kv_dtype")
 
 
+def _attention_then_o(kv: str):
+    """attention -> o-projection (linear), as a layer has them, and the build quantizing both."""
+    g = Graph()
+    for name, (dtype, shape) in STEP_INPUTS.items():
+        g.add_value(name, dtype, shape, "input")
+    for name in ("q", "k", "v"):
+        g.add_value(name, "float32", ("T", 32), "input")
+    weight(g, "layers.0.o.weight", 32, 32)
+    attrs = dict(layer=0, num_heads=2, num_kv_heads=2, head_dim=16, scale=0.25, rope=None)
+    g.call("attention", ["q", "k", "v", *STEP], ["layers.0.attn"], **attrs)
+    g.call("linear", ["layers.0.attn", "layers.0.o.weight"], ["o"])
+    g.values["o"].kind = "output"
+    calib = Calibration(linears={"layers.0.o.weight": LinearQuant(
+        weight_scale=torch.tensor([0.01]), input_scale=torch.tensor([0.02]))},
+        kv_scales={0: (torch.tensor([0.5]), torch.tensor([0.25]))})
+    build = build_config("fp8", calib, kv=kv)
+    return quantize_kv_cache(quantize_linears(g, build), build), build, attrs
+
+
+def test_fp8_attention_output_quantized_by_attention():
+    """The o-projection's FP8 quantization folds into the attention op: the scale its last
+    input, the e4m3 output its second (the unquantized output stays the first)."""
+    for kv in ("auto", "fp8"):
+        q, build, attrs = _attention_then_o(kv)
+        kv_in = ["layers.0.k_scale", "layers.0.v_scale"] if kv == "fp8" else []
+        kv_attr = {"kv_dtype": "float8_e4m3fn"} if kv == "fp8" else {}
+        fused = quantize_fuse_producers(q, build)
+        assert fused.structure() == structure([
+            node("attention", ["q", "k", "v", *STEP, *kv_in, "layers.0.o.input_scale"],
+                 ["layers.0.attn", "o.x_fp8"], **attrs, **kv_attr,
+                 out_qdtype="float8_e4m3fn"),
+            node("linear_fp8", ["o.x_fp8", "layers.0.o.weight", "layers.0.o.input_scale",
+                                "layers.0.o.weight_scale"], ["o"], dtype="float32")])
+        fused.verify()
+        assert fused.values["o.x_fp8"].dtype == "float8_e4m3fn"
+
+
+def test_attention_output_read_elsewhere_is_quantized_apart():
+    q, build, _ = _attention_then_o("auto")
+    q.values["layers.0.attn"].kind = "output"  # a second reader: the step's output
+    assert quantize_fuse_producers(q, build).structure() == q.structure()
+
+
 def test_the_whole_pipeline_quantizes():
     calib = Calibration(
         linears={"layers.0.gate_up.weight": LinearQuant(weight_scale=torch.tensor([0.01]),
