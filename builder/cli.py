@@ -132,6 +132,9 @@ def _fusion_lines(graph) -> list[str]:
     rope = sum(1 for n in graph.nodes if n.op == "attention" and n.attrs.get("rope"))
     if rope:
         lines.append(f"RoPE folded into attention's KV write: {rope}")
+    quantized = sum(1 for n in graph.nodes if n.op == "attention" and n.attrs.get("out_qdtype"))
+    if quantized:
+        lines.append(f"FP8 quantization of the output in attention: {quantized}")
     gathers = [n for n in graph.nodes if n.op == "gather_last"]
     if gathers:
         lines.append(f"last-token gathers before the LM head: {len(gathers)}")

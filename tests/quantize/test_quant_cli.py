@@ -55,6 +55,9 @@ def test_fp8_defaults_to_targets_that_run_it(ckpt, tmp_path):
                    "--calib-size", "2", "--calib-seq-len", "16")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "e" / "config.json").read_text())["build"]["targets"] == [89, 90]
+    shown = CliRunner().invoke(inspect_main, [str(tmp_path / "e")])
+    # The tiny model's 2 layers: the last one's o-projection reads gathered last tokens.
+    assert "FP8 quantization of the output in attention: 1" in shown.stdout, shown.stdout
 
 
 @pytest.mark.parametrize("args, pattern", [
