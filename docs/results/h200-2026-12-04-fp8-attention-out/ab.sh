@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-cd "$(dirname "$0")/.."
+# bash ab.sh tests fused | bash ab.sh notests nofuse   (one H200; the second without its tests)
+cd "$(dirname "$0")/../../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH=/tmp/site
 python3 -m pip install --no-build-isolation --no-deps -e . >/tmp/install.log 2>&1 || { tail -30 /tmp/install.log; exit 1; }
 ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
@@ -10,7 +11,7 @@ if [ "$1" = tests ]; then
   p2=$!
 fi
 t=$(date +%s)
-if [ "$2" = nofuse ]; then python3 .carry/nofuse_build.py --output /tmp/e $ARGS > "$OUT/build-$2.log" 2>&1
+if [ "$2" = nofuse ]; then python3 docs/results/h200-2026-12-04-fp8-attention-out/apart_build.py --output /tmp/e $ARGS > "$OUT/build-$2.log" 2>&1
 else engine-build --output /tmp/e $ARGS > "$OUT/build-$2.log" 2>&1; fi
 echo "build $2 rc $? $(( $(date +%s) - t )) s"; tail -3 "$OUT/build-$2.log"
 if [ "$1" = tests ]; then wait $p1; echo "attn tests rc $?"; tail -3 "$OUT/tests-attn.log"; wait $p2; echo "quant engine tests rc $?"; tail -3 "$OUT/tests-qeng.log"; fi
