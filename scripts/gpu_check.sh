@@ -46,24 +46,24 @@ declare -A shard_args
 for shard in "${shards[@]}"; do
   shard_args[$shard]=$($PY tests/gpu/shards.py "$shard") || exit 1
 done
-# An engine built on a CPU-only machine (tests/gpu/test_runtime_gpu.py): one carried here in
-# .carry/cpu-built (another machine's Triton), else one built here with the GPU hidden from the
-# build, as on a machine without one (Triton compiles for this GPU's SM on its own).
+# An engine built on a CPU-only machine (tests/gpu/test_runtime_gpu.py, in the shard "rest"):
+# one carried here in .carry/cpu-built (another machine's Triton), else one built here with the
+# GPU hidden from the build, as on a machine without one (Triton compiles for this GPU's SM on
+# its own); that build runs beside the speed check (one CPU core) and is waited for before the
+# tests.
+cpu_built_pid=""
 if [ -d .carry/cpu-built/engine ]; then
   export KILN_CPU_BUILT_ENGINE=$PWD/.carry/cpu-built
-else
+elif [[ " ${shards[*]} " == *" rest "* ]]; then
   sm=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-  if CUDA_VISIBLE_DEVICES="" $PY -c "import sys; sys.path.insert(0, 'tests')
+  (CUDA_VISIBLE_DEVICES="" $PY -c "import sys; sys.path.insert(0, 'tests')
 from pathlib import Path
 from kiln_testing import make_tiny_checkpoint
-make_tiny_checkpoint('llama', Path('/tmp/kiln-cpu-built/hf'))" >/tmp/kiln-cpu-built.log 2>&1 &&
-      CUDA_VISIBLE_DEVICES="" engine-build --checkpoint /tmp/kiln-cpu-built/hf --overwrite \
-        --output /tmp/kiln-cpu-built/engine --dtype float32 --target-sm "$sm" \
-        --max-seq-len 64 --quiet >>/tmp/kiln-cpu-built.log 2>&1; then
-    export KILN_CPU_BUILT_ENGINE=/tmp/kiln-cpu-built
-  else
-    echo "(no engine built with the GPU hidden, /tmp/kiln-cpu-built.log says why; its test skips)"
-  fi
+make_tiny_checkpoint('llama', Path('/tmp/kiln-cpu-built/hf'))" &&
+   CUDA_VISIBLE_DEVICES="" engine-build --checkpoint /tmp/kiln-cpu-built/hf --overwrite \
+     --output /tmp/kiln-cpu-built/engine --dtype float32 --target-sm "$sm" --max-seq-len 64 \
+     --quiet) >/tmp/kiln-cpu-built.log 2>&1 &
+  cpu_built_pid=$!
 fi
 # The speed check runs first, so its figures are in $LOG/speed.log even when the tests run
 # past a time limit (with each kernel's device time in a batch-1 decode step); its table is
@@ -74,6 +74,13 @@ if [ "${KILN_GPU_CHECK_SPEED:-1}" != 0 ]; then
   echo "== speed check (table at the end)"
   $PY tests/gpu/speed_check.py --profile >"$LOG/speed.log" 2>&1
   speed_rc=$?
+fi
+if [ -n "$cpu_built_pid" ]; then
+  if wait "$cpu_built_pid"; then
+    export KILN_CPU_BUILT_ENGINE=/tmp/kiln-cpu-built
+  else
+    echo "(no engine built with the GPU hidden, /tmp/kiln-cpu-built.log says why; its test skips)"
+  fi
 fi
 # KILN_PYTEST_ARGS: more pytest arguments, quoted as in a shell (KILN_PYTEST_ARGS="-k 'a or b'").
 eval "extra=(${KILN_PYTEST_ARGS:-})"
