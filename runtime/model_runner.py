@@ -65,8 +65,8 @@ class ModelRunner:
                             f"got {capacity_scheduler_policy!r}")
         engine = load_engine(engine_dir)
         build = engine.config.build
-        max_batch_size = cls._limit("max_batch_size", max_batch_size, build.max_batch_size)
-        max_num_tokens = cls._limit("max_num_tokens", max_num_tokens, build.max_num_tokens)
+        max_batch_size = build.limit("max_batch_size", max_batch_size)
+        max_num_tokens = build.limit("max_num_tokens", max_num_tokens)
         if not 0.0 < kv_cache_free_gpu_memory_fraction <= 1.0:
             raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                             f"{kv_cache_free_gpu_memory_fraction}")
@@ -92,15 +92,6 @@ class ModelRunner:
             tokens_per_block=build.tokens_per_block, enable_kv_cache_reuse=enable_kv_cache_reuse,
             capacity_scheduler_policy=capacity_scheduler_policy)
         return cls(engine, _core.Executor(config, backend), backend, device)
-
-    @staticmethod
-    def _limit(name: str, asked: int | None, built: int) -> int:
-        if asked is None:
-            return built
-        if not 1 <= asked <= built:
-            raise KilnError(f"{name}={asked} is outside what the engine was built for (1..{built}); "
-                            f"rebuild with a larger --{name.replace('_', '-')}")
-        return asked
 
     @staticmethod
     def _kv_block_bytes(engine: Engine) -> int:

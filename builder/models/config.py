@@ -214,6 +214,17 @@ class BuildConfig:
             raise KilnError(f"--max-seq-len {self.max_seq_len} exceeds the model's sliding window "
                             f"({model.sliding_window}); use --max-seq-len {model.sliding_window} or less")
 
+    def limit(self, name: str, asked: int | None) -> int:
+        """A runtime limit (max_batch_size, max_num_tokens) asked of an engine of this build:
+        the build's own when None, refused outside 1..the build's."""
+        built = getattr(self, name)
+        if asked is None:
+            return built
+        if not 1 <= asked <= built:
+            raise KilnError(f"{name}={asked} is outside what the engine was built for (1..{built}); "
+                            f"rebuild with a larger --{name.replace('_', '-')}")
+        return asked
+
     @property
     def max_blocks_per_seq(self) -> int:
         return -(-self.max_seq_len // self.tokens_per_block)

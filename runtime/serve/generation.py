@@ -39,6 +39,13 @@ class Choice:
     last_token_at: float = 0.0
 
 
+def _check_vocab(ids, limits: Limits, what: str, param: str) -> None:
+    bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"{what} has token id {bad}, outside the vocabulary "
+                          f"[0, {limits.vocab_size})", param)
+
+
 def completion_prompts(body: CompletionRequest, tokenizer, limits: Limits) -> list[list[int]]:
     p = body.prompt
     if isinstance(p, str):
@@ -54,10 +61,7 @@ def completion_prompts(body: CompletionRequest, tokenizer, limits: Limits) -> li
     for i, ids in enumerate(prompts):
         if not ids:
             raise bad_request(f"prompt {i} is empty (it encodes to no tokens)", "prompt")
-        bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
-        if bad is not None:
-            raise bad_request(f"prompt {i} has token id {bad}, outside the vocabulary "
-                              f"[0, {limits.vocab_size})", "prompt")
+        _check_vocab(ids, limits, f"prompt {i}", "prompt")
     return prompts
 
 
@@ -109,10 +113,7 @@ def _stop_token_ids(ids, limits: Limits) -> list[int]:
     if len(ids) > MAX_STOP:
         raise bad_request(f"stop_token_ids has {len(ids)} ids; pass at most {MAX_STOP}",
                           "stop_token_ids")
-    bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
-    if bad is not None:
-        raise bad_request(f"stop_token_ids has token id {bad}, outside the vocabulary "
-                          f"[0, {limits.vocab_size})", "stop_token_ids")
+    _check_vocab(ids, limits, "stop_token_ids", "stop_token_ids")
     return ids
 
 

@@ -57,15 +57,9 @@ def write_repository(engine_dir, output, options: RepositoryOptions | None = Non
     engine_dir = Path(engine_dir).resolve()
     engine = load_engine(engine_dir)
     build = engine.config.build
-    max_batch_size = (build.max_batch_size if options.max_batch_size is None
-                      else options.max_batch_size)
-    if not 1 <= max_batch_size <= build.max_batch_size:
-        raise KilnError(f"max_batch_size={max_batch_size} is outside what the engine was built "
-                        f"for (1..{build.max_batch_size}); rebuild with a larger --max-batch-size")
-    if options.max_num_tokens is not None and not 1 <= options.max_num_tokens <= build.max_num_tokens:
-        raise KilnError(f"max_num_tokens={options.max_num_tokens} is outside what the engine was "
-                        f"built for (1..{build.max_num_tokens}); rebuild with a larger "
-                        "--max-num-tokens")
+    max_batch_size = build.limit("max_batch_size", options.max_batch_size)
+    if options.max_num_tokens is not None:
+        build.limit("max_num_tokens", options.max_num_tokens)
     if not (engine.tokenizer_dir / "tokenizer.json").is_file():
         raise KilnError(f"the engine has no tokenizer ({engine.tokenizer_dir}/tokenizer.json is "
                         "missing); rebuild it from a checkpoint that has one")

@@ -136,7 +136,7 @@ def paged_step(gen: random.Random, tokens_per_block: int, num_blocks: int, prefi
 
 
 def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, out, rope_on,
-                  num_splits=None, slot_mapping=None, k_scale=None, v_scale=None):
+                  num_splits=None, slot_mapping=None, k_scale=None, v_scale=None, **fp8_out):
     """The attention op on the GPU kernels into `out`: rope_kv_kernel then the attention
     kernels, or (fused) as the plan runs it, RoPE and the KV write inside the decode kernel.
     Returns the q the attention kernels read (rotated by rope_kv_kernel unless fused).
@@ -153,7 +153,7 @@ def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, o
     attention.paged_attention(q, k_cache, stored, step["block_tables"], step["context_lens"],
                               step["query_start"], nq, head_dim, head_dim ** -0.5,
                               num_splits=num_splits, out=out, k_scale=k_scale, v_scale=v_scale,
-                              new_kv=new_kv if fused else None)
+                              new_kv=new_kv if fused else None, **fp8_out)
     if stored is not v_cache:
         v_cache.copy_(rope.v_cache_view(stored))
     return q
@@ -235,7 +235,7 @@ def check_attention_fp8_output(device, dtype, nq, nkv, head_dim, prefixes, q_len
     runs it: RoPE and the KV write inside, decodes first, then the flash kernel) against the
     same kernels' 16-bit output quantized by the reference (pack.to_fp8, saturating).
     Returns the e4m3 codes that differ."""
-    from kiln.builder.kernels import attention, rope
+    from kiln.builder.kernels import rope
     from kiln.quantize import pack
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -248,17 +248,13 @@ def check_attention_fp8_output(device, dtype, nq, nkv, head_dim, prefixes, q_len
     q, k, v = torch.split(qkv, [nq * head_dim, nkv * head_dim, nkv * head_dim], dim=1)
     table = torch.tensor(rope.inv_freq_table(dict(LLAMA3_ROPE, head_dim=head_dim)),
                          dtype=torch.float32, device=device)
-    new_kv = dict(k=k, v=v, positions=step["positions"], slot_mapping=step["slot_mapping"],
-                  inv_freq=table, rope=True)
-    args = (q, cache[0], cache[1], step["block_tables"], step["context_lens"],
-            step["query_start"], nq, head_dim, head_dim ** -0.5)
+    args = (True, q, k, v, step, cache[0], cache[1], table, nq, head_dim)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
-    attention.paged_attention(*args, num_splits=num_splits, out=out, new_kv=new_kv)
+    _attention_op(*args, out, True, num_splits)
     # The largest outputs map past 448: they saturate.
     scale = torch.tensor([out.float().abs().max().item() / 600], device=device)
     fp8 = torch.empty((t, nq * head_dim), dtype=torch.float8_e4m3fn, device=device)
-    attention.paged_attention(*args, num_splits=num_splits, out=torch.empty_like(out),
-                              new_kv=new_kv, out_fp8=fp8, out_scale=scale)
+    _attention_op(*args, torch.empty_like(out), True, num_splits, out_fp8=fp8, out_scale=scale)
     return _mismatches(fp8, pack.to_fp8(out.cpu(), scale.cpu()))
 
 
