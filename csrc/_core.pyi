@@ -20,6 +20,9 @@ class SamplingConfig:
     presence_penalty: float
     frequency_penalty: float
     seed: int | None
+    min_tokens: int
+    """until this many are generated, end_id and one-token stop words are never picked and no
+    stop word ends the request; 0 = off"""
     def __init__(
         self,
         *,
@@ -31,6 +34,7 @@ class SamplingConfig:
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         seed: int | None = None,
+        min_tokens: int = 0,
     ) -> None: ...
     def validate(self) -> str | None:
         """The problem with these values (one line), or None."""

@@ -140,12 +140,14 @@ void bindConfigs(py::module_& m)
 {
     py::class_<SamplingConfig>(m, "SamplingConfig", "How one request picks its tokens; temperature 0 = greedy.")
         .def(py::init([](float temperature, SizeType topK, float topP, float minP, float repetitionPenalty,
-                          float presencePenalty, float frequencyPenalty, std::optional<std::uint64_t> seed) {
-            return SamplingConfig{temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed};
+                          float presencePenalty, float frequencyPenalty, std::optional<std::uint64_t> seed,
+                          SizeType minTokens) {
+            return SamplingConfig{
+                temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed, minTokens};
         }),
             py::kw_only(), "temperature"_a = 1.0F, "top_k"_a = 0, "top_p"_a = 1.0F, "min_p"_a = 0.0F,
             "repetition_penalty"_a = 1.0F, "presence_penalty"_a = 0.0F, "frequency_penalty"_a = 0.0F,
-            "seed"_a = py::none())
+            "seed"_a = py::none(), "min_tokens"_a = 0)
         .def_readwrite("temperature", &SamplingConfig::temperature)
         .def_readwrite("top_k", &SamplingConfig::topK)
         .def_readwrite("top_p", &SamplingConfig::topP)
@@ -154,13 +156,14 @@ void bindConfigs(py::module_& m)
         .def_readwrite("presence_penalty", &SamplingConfig::presencePenalty)
         .def_readwrite("frequency_penalty", &SamplingConfig::frequencyPenalty)
         .def_readwrite("seed", &SamplingConfig::seed)
+        .def_readwrite("min_tokens", &SamplingConfig::minTokens)
         .def("validate", &SamplingConfig::validate, "The problem with these values (one line), or None.")
         .def("__repr__", [](SamplingConfig const& c) {
             std::ostringstream os;
             os << "temperature=" << c.temperature << ", top_k=" << c.topK << ", top_p=" << c.topP
                << ", min_p=" << c.minP << ", repetition_penalty=" << c.repetitionPenalty
                << ", presence_penalty=" << c.presencePenalty << ", frequency_penalty=" << c.frequencyPenalty
-               << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None");
+               << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None") << ", min_tokens=" << c.minTokens;
             return reprOf("SamplingConfig", os.str());
         });
 

@@ -23,12 +23,16 @@ from kiln.builder.cli import one_line_errors
 @click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop text (repeatable).")
+@click.option("--min-tokens", type=int, default=0, show_default=True,
+              help="Generate at least this many tokens before end of text or a stop ends it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @one_line_errors
 def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, min_p,
-             repetition_penalty, presence_penalty, frequency_penalty, seed, stop, device):
+             repetition_penalty, presence_penalty, frequency_penalty, seed, stop, min_tokens,
+             device):
     """Generate from a Kiln engine and stream the answer."""
     from kiln.runtime import ModelRunner
+    from kiln.runtime.serve.detokenizer import TextStream
 
     start = time.perf_counter()
     with ModelRunner.from_dir(engine_dir, device=None if device == "auto" else device) as runner:
@@ -39,20 +43,20 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
             top_k=1 if temperature == 0.0 else top_k, top_p=top_p, min_p=min_p,
             repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, random_seed=seed,
-            stop_words_list=list(stop) or None, streaming=True, return_dict=True)
-        shown, first, out = "", None, None
+            stop_words_list=list(stop) or None, streaming=True, return_dict=True,
+            min_tokens=min_tokens)
+        # A character split across tokens is held back until it completes.
+        text, sent, first, out = TextStream(runner.tokenizer.decode), len(ids), None, None
         for out in stream:
             n = int(out["sequence_lengths"][0, 0])
-            text = runner.tokenizer.decode(out["output_ids"][0, 0, len(ids): n].tolist())
             if first is None:
                 first = time.perf_counter()
-            if text.startswith(shown):  # hold back until a multi-byte character completes
-                sys.stdout.write(text[len(shown):])
-                sys.stdout.flush()
-                shown = text
+            sys.stdout.write(text.add(out["output_ids"][0, 0, sent: n].tolist(), False))
+            sys.stdout.flush()
+            sent = n
         done = time.perf_counter()
         new = int(out["sequence_lengths"][0, 0]) - len(ids)
-        sys.stdout.write("\n")
+        sys.stdout.write(text.add([], True) + "\n")
         sys.stdout.flush()
         click.echo(f"[{runner.device}: {new} tokens, load {loaded - start:.2f}s, first token "
                    f"{(first or done) - loaded:.2f}s, {new / max(done - loaded, 1e-9):.1f} tok/s, "

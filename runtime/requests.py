@@ -27,11 +27,12 @@ class GenerationParams:
     frequency_penalty: float
     random_seed: int | None
     output_log_probs: bool
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
         errors rather than a binding's TypeError; the executor checks the ranges."""
-        for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed"):
+        for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed", "min_tokens"):
             value = getattr(self, name)
             if value is None and name == "random_seed":
                 continue
@@ -60,7 +61,7 @@ class GenerationParams:
             temperature=0.0 if greedy else self.temperature, top_k=0 if greedy else self.top_k,
             top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            seed=seed)
+            seed=seed, min_tokens=self.min_tokens)
 
 
 def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]:

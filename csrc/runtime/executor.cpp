@@ -207,7 +207,7 @@ private:
             for (std::size_t i = 0; i < numRows; ++i)
             {
                 ScheduledSequence const& s = output.sequences[i];
-                if (s.samplesNextToken && !mStates.at(s.id).request.samplingConfig.isPlainGreedy())
+                if (s.samplesNextToken && !picksOnBackend(s.id))
                 {
                     logitRows.push_back(static_cast<SizeType>(i));
                 }
@@ -269,6 +269,15 @@ private:
         return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     }
 
+    /// Whether the backend may pick the request's next token (the argmax of the raw logits):
+    /// plain greedy, with no token held back (min_tokens).
+    bool picksOnBackend(IdType id) const
+    {
+        Request const& request = mStates.at(id).request;
+        return request.samplingConfig.isPlainGreedy()
+            && mScheduler.find(id)->numGeneratedTokens() >= request.samplingConfig.minTokens;
+    }
+
     void sampleAndUpdate(IdType id, float const* logits)
     {
         RequestState& state = mStates.at(id);
@@ -276,7 +285,8 @@ private:
         SampleResult result;
         try
         {
-            result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng);
+            result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng,
+                heldBackTokens(state.request, seq.numGeneratedTokens()));
         }
         catch (std::runtime_error const& e)
         {

@@ -61,20 +61,48 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return "sampling_config: " + *p;
     }
+    if (request.samplingConfig.minTokens > request.maxNewTokens)
+    {
+        return "sampling_config: min_tokens is " + std::to_string(request.samplingConfig.minTokens)
+            + " but max_new_tokens is " + std::to_string(request.maxNewTokens)
+            + "; min_tokens must not exceed it";
+    }
     return std::nullopt;
+}
+
+std::vector<TokenIdType> heldBackTokens(Request const& request, SizeType numGenerated)
+{
+    std::vector<TokenIdType> held;
+    if (numGenerated >= request.samplingConfig.minTokens)
+    {
+        return held;
+    }
+    if (request.endId >= 0)
+    {
+        held.push_back(request.endId);
+    }
+    for (auto const& word : request.stopWords)
+    {
+        if (word.size() == 1)
+        {
+            held.push_back(word.front());
+        }
+    }
+    return held;
 }
 
 FinishReason stopReason(
     Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen)
 {
     auto const numGenerated = static_cast<SizeType>(tokens.size()) - numPromptTokens;
-    if (numGenerated > 0 && request.endId >= 0 && tokens.back() == request.endId)
+    bool const mayStop = numGenerated >= request.samplingConfig.minTokens;
+    if (mayStop && numGenerated > 0 && request.endId >= 0 && tokens.back() == request.endId)
     {
         return FinishReason::kEndId;
     }
     for (auto const& word : request.stopWords)
     {
-        if (!word.empty() && static_cast<SizeType>(word.size()) <= numGenerated
+        if (mayStop && !word.empty() && static_cast<SizeType>(word.size()) <= numGenerated
             && std::equal(word.rbegin(), word.rend(), tokens.rbegin()))
         {
             return FinishReason::kStopWords;

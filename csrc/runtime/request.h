@@ -31,8 +31,13 @@ struct Request
 /// Lengths against max_seq_len and the KV pool are the scheduler's to check.
 [[nodiscard]] std::optional<std::string> validateRequest(Request const& request, SizeType vocabSize);
 
+/// @brief The tokens `request` may not pick as its next one, having generated `numGenerated`:
+/// end_id and its one-token stop words while it has fewer than min_tokens, else none.
+[[nodiscard]] std::vector<TokenIdType> heldBackTokens(Request const& request, SizeType numGenerated);
+
 /// @brief Why `request` stops now that its sequence is `tokens` (prompt first), or kNotFinished.
-/// End id first, then stop words (matched among generated tokens only), then the length limits.
+/// End id first, then stop words (matched among generated tokens only), then the length limits;
+/// before min_tokens are generated, only the length limits.
 [[nodiscard]] FinishReason stopReason(
     Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen);
 

@@ -176,10 +176,18 @@ Sampler::Sampler(SizeType vocabSize)
 }
 
 SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
-    std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng)
+    std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
+    std::vector<TokenIdType> const& heldBack)
 {
     mScratch.assign(logits, logits + mVocabSize);
     applyPenalties(mScratch, config, tokens, numPromptTokens);
+    for (TokenIdType const t : heldBack)
+    {
+        if (t >= 0 && t < mVocabSize)
+        {
+            mScratch[static_cast<std::size_t>(t)] = kMasked;
+        }
+    }
     if (config.isGreedy())
     {
         checkedMax(mScratch);

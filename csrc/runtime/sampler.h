@@ -45,10 +45,13 @@ public:
         return mVocabSize;
     }
 
-    /// @brief Picks the next token of a sequence whose tokens (prompt first) are `tokens`.
-    /// Throws std::runtime_error when the row holds NaN or no finite value.
+    /// @brief Picks the next token of a sequence whose tokens (prompt first) are `tokens`,
+    /// never one of `heldBack` (masked after the penalties; the log-probability is under the
+    /// distribution without them). Throws std::runtime_error when the row holds NaN or no
+    /// finite value.
     [[nodiscard]] SampleResult sample(float const* logits, SamplingConfig const& config,
-        std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng);
+        std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
+        std::vector<TokenIdType> const& heldBack = {});
 
 private:
     SizeType mVocabSize;

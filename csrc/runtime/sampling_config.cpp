@@ -45,6 +45,10 @@ std::optional<std::string> SamplingConfig::validate() const
     {
         return describe("frequency_penalty", frequencyPenalty, "in [-2, 2] (0 = off)");
     }
+    if (minTokens < 0)
+    {
+        return "min_tokens is " + std::to_string(minTokens) + " but must be >= 0 (0 = off)";
+    }
     return std::nullopt;
 }
 

@@ -21,6 +21,9 @@ struct SamplingConfig
     float presencePenalty = 0.0F;  ///< OpenAI: subtract once per generated token id
     float frequencyPenalty = 0.0F; ///< OpenAI: subtract per occurrence among generated tokens
     std::optional<std::uint64_t> seed; ///< per-request generator; unset = drawn by the executor
+    /// Until this many tokens are generated, end_id and the one-token stop words are never
+    /// picked and no stop word ends the request (vLLM's and TensorRT-LLM's min_tokens); 0 = off
+    SizeType minTokens = 0;
 
     /// @brief What is wrong with these values (one line), or nullopt when they are valid.
     [[nodiscard]] std::optional<std::string> validate() const;

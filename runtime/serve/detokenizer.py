@@ -37,25 +37,36 @@ class TextStream:
     """One request's text, token batch by token batch, cut at the first stop string.
 
     Text that could be the start of a stop string is held back until it is known not to be,
-    so a streamed answer never shows part of a stop string.
+    so a streamed answer never shows part of a stop string. With `min_tokens`, a stop string
+    counts only where it ends in the min_tokens-th token or later (vLLM's rule): the text of the
+    tokens before it is never cut.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()) -> None:
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
+                 min_tokens: int = 0) -> None:
         self.decode = decode
         self.stop = [s for s in stop if s]
         self.tail: list[int] = []  # the last CONTEXT_TOKENS tokens added
         self.text = ""          # all text decoded so far, up to the stop string when one matched
         self.sent = 0           # characters of self.text already handed out
         self.stopped = False    # a stop string matched; the request should end
+        self.min_tokens = min_tokens
+        self.count = 0          # tokens added
+        # A stop string must end past this many characters (the text of the first
+        # min_tokens - 1 tokens); None until those tokens are in.
+        self.floor: int | None = 0 if min_tokens <= 1 else None
 
     def add(self, new: Sequence[int], final: bool) -> str:
         """Appends tokens; returns the text now safe to send (possibly empty)."""
         if self.stopped:
             return ""
-        context = self.tail
-        self.tail = (context + list(new))[-CONTEXT_TOKENS:]
-        self.text += text_delta(self.decode, context, new, final)
-        if self.stop:
+        new = list(new)
+        if self.floor is None and self.count + len(new) >= self.min_tokens:
+            first = self.min_tokens - 1 - self.count
+            self._extend(new[:first], False)
+            self.floor, new = len(self.text), new[first:]
+        self._extend(new, final)
+        if self.stop and self.floor is not None:
             hit = self._first_stop()
             if hit is not None:
                 self.text, self.stopped = self.text[:hit], True
@@ -65,9 +76,18 @@ class TextStream:
         self.sent = max(ready, self.sent)
         return out
 
+    def _extend(self, new: list[int], final: bool) -> None:
+        if not new and not final:
+            return
+        context = self.tail
+        self.tail = (context + new)[-CONTEXT_TOKENS:]
+        self.text += text_delta(self.decode, context, new, final)
+        self.count += len(new)
+
     def _first_stop(self) -> int | None:
         # A match cannot start in text already sent: any tail that could begin one was held back.
-        hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
+        hits = [i for i in (self.text.find(s, max(self.sent, self.floor - len(s) + 1))
+                            for s in self.stop) if i >= 0]
         return min(hits) if hits else None
 
     def _held_back(self) -> int:

@@ -138,16 +138,23 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0, random_seed=body.seed,
-        output_log_probs=want_log_probs)
+        output_log_probs=want_log_probs, min_tokens=body.min_tokens)
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
     if problem:
         raise bad_request(problem, problem.split(" ", 1)[0])
+    if params.min_tokens > new_tokens:
+        limit = (f"{param} is {new_tokens}" if max_tokens is not None else
+                 f"the prompt leaves room for {new_tokens} in this model's context")
+        raise bad_request(f"min_tokens is {params.min_tokens} but {limit}; ask for at most "
+                          f"{new_tokens}", "min_tokens")
     expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(body.n)]
     try:
         # Streaming requests even for a single JSON answer: stop strings are matched on the text
         # as it grows, and the request is cancelled as soon as one matches.
+        # min_tokens holds back end of text and the one-token stops and keeps any stop from
+        # ending a request early, in the executor and in the stop strings' text match alike.
         # stop_token_ids end a request as its stop strings' tokens do (the executor's stop
         # words); the token stays in the output, its text too unless it is a special token.
         words = stops + [[t] for t in stop_ids]
@@ -155,7 +162,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                                  [words] * len(expanded) if words else None, True, tokenizer)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
-    return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops))
+    return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops, params.min_tokens))
             for i, ((k, p), r) in enumerate(zip(expanded, requests))]
 
 

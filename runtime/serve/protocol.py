@@ -40,8 +40,8 @@ class _Sampling(BaseModel):
     repetition_penalty: float | None = None
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
-    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     min_tokens: int = 0
+    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     use_beam_search: bool = False
@@ -59,8 +59,6 @@ class _Sampling(BaseModel):
         out = []
         if self.logit_bias:
             out.append(("logit_bias", "logit_bias is not supported; remove it"))
-        if self.min_tokens:
-            out.append(("min_tokens", "min_tokens is not supported; remove it"))
         if self.include_stop_str_in_output:
             out.append(("include_stop_str_in_output", "include_stop_str_in_output is not "
                                                       "supported; remove it"))

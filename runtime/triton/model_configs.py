@@ -56,6 +56,7 @@ SAMPLING_INPUTS = {
     "presence_penalty": _opt("presence_penalty", "TYPE_FP32"),
     "frequency_penalty": _opt("frequency_penalty", "TYPE_FP32"),
     "random_seed": _opt("random_seed", "TYPE_UINT64"),
+    "min_tokens": _opt("min_tokens", "TYPE_INT32"),
     "return_log_probs": _opt("return_log_probs", "TYPE_BOOL"),
     "stream": _opt("streaming", "TYPE_BOOL"),
 }

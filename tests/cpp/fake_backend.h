@@ -35,7 +35,15 @@ inline TokenIdType favouredToken(std::vector<TokenIdType> const& context, SizeTy
     return static_cast<TokenIdType>((last * 7 + position + sum % 13) % vocabSize);
 }
 
-/// What greedy decoding of the fake model yields for `request`, with the executor's stop rules.
+/// The fake model's logit of token `v` when it favours `favoured`.
+inline float fakeLogit(TokenIdType v, TokenIdType favoured)
+{
+    float const noise = static_cast<float>((v * 31 + favoured * 17) % 23) * 0.1F;
+    return v == favoured ? 5.0F + noise : noise;
+}
+
+/// What greedy decoding of the fake model yields for `request`, with the executor's stop rules
+/// (min_tokens: end_id and one-token stop words held back, no stop before it).
 struct Expected
 {
     std::vector<TokenIdType> tokens;
@@ -48,17 +56,33 @@ inline Expected expectedGreedy(Request const& request, SizeType maxSeqLen, SizeT
     std::vector<TokenIdType> context = request.inputTokenIds;
     while (true)
     {
-        TokenIdType const next = favouredToken(context, vocabSize);
+        TokenIdType const favoured = favouredToken(context, vocabSize);
+        bool const early = static_cast<SizeType>(e.tokens.size()) < request.samplingConfig.minTokens;
+        auto const held = [&](TokenIdType v) {
+            return early
+                && (v == request.endId
+                    || std::any_of(request.stopWords.begin(), request.stopWords.end(),
+                        [v](auto const& word) { return word.size() == 1 && word[0] == v; }));
+        };
+        TokenIdType next = -1;
+        for (TokenIdType v = 0; v < vocabSize; ++v)
+        {
+            if (!held(v) && (next < 0 || fakeLogit(v, favoured) > fakeLogit(next, favoured)))
+            {
+                next = v;
+            }
+        }
         e.tokens.push_back(next);
         context.push_back(next);
-        if (next == request.endId)
+        bool const mayStop = static_cast<SizeType>(e.tokens.size()) >= request.samplingConfig.minTokens;
+        if (mayStop && next == request.endId)
         {
             e.reason = FinishReason::kEndId;
             return e;
         }
         for (auto const& word : request.stopWords)
         {
-            if (word.size() <= e.tokens.size() && std::equal(word.rbegin(), word.rend(), e.tokens.rbegin()))
+            if (mayStop && word.size() <= e.tokens.size() && std::equal(word.rbegin(), word.rend(), e.tokens.rbegin()))
             {
                 e.reason = FinishReason::kStopWords;
                 return e;
@@ -116,8 +140,7 @@ public:
             TokenIdType const favoured = favouredToken(context, mVocabSize);
             for (TokenIdType v = 0; v < mVocabSize; ++v)
             {
-                float const noise = static_cast<float>((v * 31 + favoured * 17) % 23) * 0.1F;
-                logits.push_back(v == favoured ? 5.0F + noise : noise);
+                logits.push_back(fakeLogit(v, favoured));
             }
         }
         if (!pickGreedy)

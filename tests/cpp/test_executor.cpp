@@ -414,3 +414,67 @@ TEST(Executor, RejectsBadConfigs)
     EXPECT_THROW(Executor(smallConfig(), nullptr), std::invalid_argument);
     EXPECT_THROW(Executor(smallConfig(), std::make_shared<test::FakeBackend>(0, 4, 16)), std::invalid_argument);
 }
+
+TEST(Executor, MinTokensHoldsBackEndIdAndStopWordsOnEitherPickPath)
+{
+    Request base = greedy({7, 8, 9}, 20);
+    auto const full = test::expectedGreedy(base, 64, kVocab).tokens;
+    Request withEnd = base; // end_id held back for 6 tokens
+    withEnd.endId = full[1];
+    withEnd.samplingConfig.minTokens = 6;
+    Request oneToken = base; // a one-token stop word held back for 3
+    oneToken.stopWords = {{full[0]}};
+    oneToken.samplingConfig.minTokens = 3;
+    Request early = base; // a two-token stop word complete at token 4 of 6: ignored
+    early.stopWords = {{full[2], full[3]}};
+    early.samplingConfig.minTokens = 6;
+    Request atMin = early; // complete at token 4 of 4: it ends the request
+    atMin.samplingConfig.minTokens = 4;
+    for (bool const pickOnBackend : {false, true})
+    {
+        Fixture f;
+        f.backend->pickGreedy = pickOnBackend;
+        std::vector<Request> const requests{withEnd, oneToken, early, atMin};
+        std::vector<IdType> ids;
+        for (Request const& r : requests)
+        {
+            ids.push_back(f.executor.enqueueRequest(r));
+        }
+        f.responses.collect(f.executor, ids);
+        for (std::size_t i = 0; i < requests.size(); ++i)
+        {
+            auto const expected = test::expectedGreedy(requests[i], 64, kVocab);
+            EXPECT_EQ(f.responses.outcomes[ids[i]].tokens, expected.tokens) << i << " " << pickOnBackend;
+            EXPECT_EQ(f.responses.outcomes[ids[i]].final.finishReason, expected.reason) << i;
+        }
+        auto const& end = f.responses.outcomes[ids[0]].tokens;
+        ASSERT_GE(end.size(), 6U);
+        EXPECT_EQ(std::count(end.begin(), end.begin() + 6, withEnd.endId), 0);
+        auto const& one = f.responses.outcomes[ids[1]].tokens;
+        ASSERT_GE(one.size(), 3U);
+        EXPECT_EQ(std::count(one.begin(), one.begin() + 3, full[0]), 0);
+        auto const& ignored = f.responses.outcomes[ids[2]].tokens;
+        ASSERT_GT(ignored.size(), 4U);
+        EXPECT_TRUE(std::equal(full.begin(), full.begin() + 4, ignored.begin()));
+        EXPECT_EQ(f.responses.outcomes[ids[3]].tokens, std::vector<TokenIdType>(full.begin(), full.begin() + 4));
+        EXPECT_EQ(f.responses.outcomes[ids[3]].final.finishReason, FinishReason::kStopWords);
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    }
+}
+
+TEST(Executor, MinTokensOutOfRangeIsRefused)
+{
+    Fixture f;
+    Request tooMany = greedy({1, 2}, 4);
+    tooMany.samplingConfig.minTokens = 5;
+    Request negative = greedy({1, 2}, 4);
+    negative.samplingConfig.minTokens = -1;
+    IdType const a = f.executor.enqueueRequest(tooMany);
+    IdType const b = f.executor.enqueueRequest(negative);
+    f.responses.collect(f.executor, {a, b});
+    EXPECT_EQ(f.responses.outcomes[a].final.finishReason, FinishReason::kError);
+    EXPECT_NE(f.responses.outcomes[a].final.errorMessage.find("min_tokens is 5 but max_new_tokens is 4"),
+        std::string::npos)
+        << f.responses.outcomes[a].final.errorMessage;
+    EXPECT_NE(f.responses.outcomes[b].final.errorMessage.find("min_tokens is -1"), std::string::npos);
+}

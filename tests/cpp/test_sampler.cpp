@@ -191,3 +191,21 @@ TEST(SamplingConfig, ValidatesWithOneLineMessages)
     EXPECT_EQ(problem([](SamplingConfig& c) { c.frequencyPenalty = -2.5F; }),
         "frequency_penalty is -2.5 but must be in [-2, 2] (0 = off)");
 }
+
+TEST(Sampler, HeldBackTokensAreNeverPickedAndLeaveTheDistribution)
+{
+    Sampler sampler(4);
+    std::mt19937_64 rng(3);
+    Logits const logits{1.0F, 3.0F, 2.5F, 2.0F};
+    auto const g = sampler.sample(logits.data(), config(0.0F), {0}, 1, rng, {1, 9});
+    EXPECT_EQ(g.token, 2);
+    double const z = std::exp(1.0) + std::exp(2.5) + std::exp(2.0);
+    EXPECT_NEAR(g.logProb, 2.5 - std::log(z), 1e-6);
+    for (int i = 0; i < 200; ++i)
+    {
+        auto const s = sampler.sample(logits.data(), config(1.0F), {0}, 1, rng, {1, 2});
+        EXPECT_TRUE(s.token == 0 || s.token == 3) << s.token;
+    }
+    std::vector<TokenIdType> const all{0, 1, 2, 3};
+    EXPECT_THROW((void) sampler.sample(logits.data(), config(0.0F), {0}, 1, rng, all), std::runtime_error);
+}

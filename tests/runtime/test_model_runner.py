@@ -181,6 +181,27 @@ def test_stop_words_and_end_id(runners):
     assert out["finish_reasons"] == ["end_id"]
 
 
+def test_min_tokens_equals_huggingface_min_new_tokens(runners):
+    """min_tokens holds back end_id as HF's min_new_tokens does (its logits processor), and
+    keeps a stop word from ending the request before then."""
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (12,), seed=7)[0]
+    expected = hf_greedy(model, p, 12)
+    end = expected[2]
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=6, do_sample=False,
+                            eos_token_id=end, pad_token_id=end)[0, len(p):].tolist()
+    assert end not in hf[:6] and hf[:2] == expected[:2]
+    out = runner.generate([p], max_new_tokens=12, end_id=end, min_tokens=6, return_dict=True)
+    assert out["output_ids"][0, 0, len(p): out["sequence_lengths"][0, 0]].tolist() == hf[: hf.index(end) + 1 if end in hf else 12]
+    stop = expected[1:3]
+    out = runner.generate([p], max_new_tokens=12, end_id=-1, stop_words_list=[stop], min_tokens=5,
+                          return_dict=True)
+    generated = out["output_ids"][0, 0, len(p): out["sequence_lengths"][0, 0]].tolist()
+    assert generated[:3] == expected[:3] and len(generated) >= 5
+    assert out["finish_reasons"] == (["stop_words"] if len(generated) < 12 else ["length"])
+
+
 def test_seeded_sampling_is_reproducible(runners):
     runner, _ = runners("qwen3")
     batch = prompts(runner.vocab_size, (6, 6), seed=8)
@@ -245,6 +266,8 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
     (dict(stop_words_list=5), "stop_words_list must be a list of stop words"),
     (dict(stop_words_list=[3.5]), "stop word 3.5 is neither a string nor a list of token ids"),
+    (dict(min_tokens=5), "min_tokens is 5 but max_new_tokens is 4"),
+    (dict(min_tokens=1.5), "min_tokens must be an integer"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):
     runner, model = runners("llama")

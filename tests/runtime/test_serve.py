@@ -219,6 +219,28 @@ def test_stop_token_ids_end_the_completion(client, runners):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_min_tokens_holds_back_the_stops_until_then(client, runners):
+    """vLLM's min_tokens: the stop ids and end of text are not generated before min_tokens
+    tokens, and the answer is the reference executor's with the same rule."""
+    _, ref = runners
+    tok = ref.tokenizer
+    prompt = tok.encode(TEXTS[4])
+    ids, _ = generated(ref, prompt, 30)
+    at = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])
+    least = at + 4
+    expect, _ = generated(ref, prompt, 30, stop_words_list=[[ids[at]]], min_tokens=least)
+    assert len(expect) >= least and ids[at] not in expect[:least]
+    assert expect[:at] == ids[:at] and expect[at] != ids[at]
+    body = dict(model="tiny", prompt=TEXTS[4], max_tokens=30, temperature=0,
+                extra_body={"stop_token_ids": [ids[at]], "min_tokens": least})
+    out = client.completions.create(**body)
+    assert out.choices[0].text == tok.decode(expect)
+    assert out.usage.completion_tokens == len(expect)
+    assert out.choices[0].finish_reason == reason(expect, 30)
+    chunks = list(client.completions.create(**body, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == tok.decode(expect)
+
+
 def test_64_concurrent_streams_complete(live, runners):
     served, ref = runners
     tok = ref.tokenizer

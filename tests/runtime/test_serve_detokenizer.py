@@ -98,3 +98,21 @@ def test_no_stop_string_streams_everything(tokenizer):
     assert "".join(sent) == "a b c d e f" and not stream.stopped
     stream = TextStream(decode, ["f"])
     assert "".join(feed(stream, ids, [(0, len(ids))])) == "a b c d e " and stream.stopped
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_min_tokens_lets_stop_strings_count_only_from_that_token(tokenizer, seed):
+    """A stop string that ends before the min_tokens-th token is text like any other; the first
+    that ends in it or later cuts the answer, however the tokens arrive."""
+    rng = random.Random(200 + seed)
+    decode = decoder(tokenizer)
+    ids = tokenizer("one stop two stop three stop four", add_special_tokens=False)["input_ids"]
+    ends = [i + 1 for i in range(len(ids)) if decode(ids[: i + 1]).count("stop") >
+            decode(ids[:i]).count("stop")]  # tokens up to the end of each "stop"
+    assert len(ends) == 3
+    for min_tokens, expect in ((0, "one "), (ends[0], "one "), (ends[0] + 1, "one stop two "),
+                               (ends[1], "one stop two "), (ends[2] + 1, None)):
+        stream = TextStream(decode, ["stop"], min_tokens)
+        sent = "".join(feed(stream, ids, random_cuts(rng, len(ids))))
+        assert sent == (decode(ids) if expect is None else expect), min_tokens
+        assert stream.stopped == (expect is not None)

@@ -48,7 +48,7 @@ def one(value, dtype):
 def ensemble_inputs(text, max_tokens, **extra):
     inputs = {"text_input": strings(text), "max_tokens": one(max_tokens, np.int32)}
     for name, value in extra.items():
-        dtype = {"stop_words": None, "top_k": np.int32, "end_id": np.int32,
+        dtype = {"stop_words": None, "top_k": np.int32, "end_id": np.int32, "min_tokens": np.int32,
                  "random_seed": np.uint64, "stream": np.bool_, "return_log_probs": np.bool_,
                  "apply_chat_template": np.bool_}.get(name, np.float32)
         inputs[name] = strings(*value) if name == "stop_words" else one(value, dtype)
@@ -154,6 +154,15 @@ def test_chat_template_and_end_id(served):
     tokens = [t for c in chunks for t in c["output_ids"][0].tolist()]
     assert tokens == free[: free.index(free[3]) + 1]
     assert chunks[-1]["finish_reason"][0, 0] == b"end_id"
+    # min_tokens holds end_id back until then, through the engine model and the ensemble
+    held, _ = reference_ids(reference, prompt, 12, end_id=free[3], min_tokens=8, top_k=1)
+    assert len(held) >= 8 and free[3] not in held[:8]
+    chunks = list(engine_stream(server, prompt, 12, end_id=one(free[3], np.int32),
+                                min_tokens=one(8, np.int32)))
+    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == held
+    chunks = list(server.infer("ensemble", ensemble_inputs(TEXTS[1], 12, end_id=free[3],
+                                                           min_tokens=8, stream=False)))
+    assert chunks[0]["text_output"][0, 0].decode() == tok.decode(held)
 
 
 def test_stop_words(served):

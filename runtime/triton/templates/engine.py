@@ -151,6 +151,7 @@ class TritonPythonModel:
             presence_penalty=_scalar(request, "presence_penalty", 0.0, float),
             frequency_penalty=_scalar(request, "frequency_penalty", 0.0, float),
             random_seed=_scalar(request, "random_seed", None, int),
+            min_tokens=_scalar(request, "min_tokens", 0, int),
             output_log_probs=_scalar(request, "return_log_probs", False, bool))
         streaming = _scalar(request, "streaming", False, bool)
         stops = _stop_words(request)

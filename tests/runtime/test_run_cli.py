@@ -1,0 +1,51 @@
+"""engine-run: the streamed answer is ModelRunner.generate's, with its sampling options."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from kiln.runtime import ModelRunner
+from kiln.runtime.cli import run_main
+
+PROMPT = "the quick brown fox"
+
+
+def test_engine_run_streams_the_answer_of_generate(tiny_engine):
+    """Whole characters only, however the tokens split them; --stop and --min-tokens as
+    generate's stop_words_list and min_tokens."""
+    _, engine = tiny_engine("llama")
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        tok = runner.tokenizer
+
+        def answer(**kw):
+            out = runner.generate([ids], max_new_tokens=12, end_id=tok.eos_id, top_k=1,
+                                  return_dict=True, **kw)
+            return out["output_ids"][0, 0, len(ids): out["sequence_lengths"][0, 0]].tolist()
+
+        ids = tok.encode(PROMPT)
+        free = answer()
+        # a token of the answer that is a stop text of its own
+        at = next(i for i, t in enumerate(free) if i >= 1 and t not in free[:i]
+                  and tok.encode(tok.decode([t]), add_special_tokens=False) == [t])
+        stop = tok.decode([free[at]])
+        stopped = answer(stop_words_list=[stop])
+        held = answer(stop_words_list=[stop], min_tokens=at + 3)
+    assert stopped == free[: at + 1]
+    assert len(held) >= at + 3 and free[at] not in held[: at + 3]
+    for args, tokens in (([], free), (["--stop", stop], stopped),
+                         (["--stop", stop, "--min-tokens", str(at + 3)], held)):
+        result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                               "--max-new-tokens", "12", "--device", "cpu",
+                                               *args])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == tok.decode(tokens) + "\n", args
+        assert f"cpu: {len(tokens)} tokens" in result.stderr
+
+
+def test_engine_run_refuses_min_tokens_over_max_new_tokens(tiny_engine):
+    _, engine = tiny_engine("llama")
+    result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                           "--max-new-tokens", "4", "--min-tokens", "5",
+                                           "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "min_tokens is 5 but max_new_tokens is 4" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
