@@ -23,6 +23,8 @@ class SamplingConfig:
     min_tokens: int
     """until this many are generated, end_id and one-token stop words are never picked and no
     stop word ends the request; 0 = off"""
+    logit_bias: dict[int, float]
+    """added to these tokens' logits before the penalties (OpenAI's logit_bias, each in [-100, 100])"""
     def __init__(
         self,
         *,
@@ -35,6 +37,7 @@ class SamplingConfig:
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         min_tokens: int = 0,
+        logit_bias: dict[int, float] = ...,
     ) -> None: ...
     def validate(self) -> str | None:
         """The problem with these values (one line), or None."""

@@ -10,6 +10,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <mutex>
 #include <sstream>
 
@@ -141,13 +142,13 @@ void bindConfigs(py::module_& m)
     py::class_<SamplingConfig>(m, "SamplingConfig", "How one request picks its tokens; temperature 0 = greedy.")
         .def(py::init([](float temperature, SizeType topK, float topP, float minP, float repetitionPenalty,
                           float presencePenalty, float frequencyPenalty, std::optional<std::uint64_t> seed,
-                          SizeType minTokens) {
-            return SamplingConfig{
-                temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, seed, minTokens};
+                          SizeType minTokens, std::map<TokenIdType, float> const& logitBias) {
+            return SamplingConfig{temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty,
+                seed, minTokens, {logitBias.begin(), logitBias.end()}};
         }),
             py::kw_only(), "temperature"_a = 1.0F, "top_k"_a = 0, "top_p"_a = 1.0F, "min_p"_a = 0.0F,
             "repetition_penalty"_a = 1.0F, "presence_penalty"_a = 0.0F, "frequency_penalty"_a = 0.0F,
-            "seed"_a = py::none(), "min_tokens"_a = 0)
+            "seed"_a = py::none(), "min_tokens"_a = 0, "logit_bias"_a = std::map<TokenIdType, float>())
         .def_readwrite("temperature", &SamplingConfig::temperature)
         .def_readwrite("top_k", &SamplingConfig::topK)
         .def_readwrite("top_p", &SamplingConfig::topP)
@@ -157,13 +158,18 @@ void bindConfigs(py::module_& m)
         .def_readwrite("frequency_penalty", &SamplingConfig::frequencyPenalty)
         .def_readwrite("seed", &SamplingConfig::seed)
         .def_readwrite("min_tokens", &SamplingConfig::minTokens)
+        .def_property(
+            "logit_bias",
+            [](SamplingConfig const& c) { return std::map<TokenIdType, float>(c.logitBias.begin(), c.logitBias.end()); },
+            [](SamplingConfig& c, std::map<TokenIdType, float> const& bias) { c.logitBias.assign(bias.begin(), bias.end()); })
         .def("validate", &SamplingConfig::validate, "The problem with these values (one line), or None.")
         .def("__repr__", [](SamplingConfig const& c) {
             std::ostringstream os;
             os << "temperature=" << c.temperature << ", top_k=" << c.topK << ", top_p=" << c.topP
                << ", min_p=" << c.minP << ", repetition_penalty=" << c.repetitionPenalty
                << ", presence_penalty=" << c.presencePenalty << ", frequency_penalty=" << c.frequencyPenalty
-               << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None") << ", min_tokens=" << c.minTokens;
+               << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None") << ", min_tokens=" << c.minTokens
+               << ", logit_bias=" << c.logitBias.size() << " tokens";
             return reprOf("SamplingConfig", os.str());
         });
 

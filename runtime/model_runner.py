@@ -120,7 +120,8 @@ class ModelRunner:
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
-                 return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0):
+                 return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
+                 logit_bias: dict | None = None):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -128,7 +129,8 @@ class ModelRunner:
         dict with output_ids, sequence_lengths, log_probs, finish_reasons (and texts when the
         prompts were strings). Strings in give texts out. streaming=True yields partial results.
         min_tokens: until each request has generated this many tokens, end_id and one-token stop
-        words are never picked and no stop word ends it.
+        words are never picked and no stop word ends it. logit_bias: {token id: bias in
+        [-100, 100]} added to the model's logits before the penalties (OpenAI's).
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -137,7 +139,7 @@ class ModelRunner:
             pad_id = end_id if end_id >= 0 else 0
         params = GenerationParams(max_new_tokens, end_id, pad_id, temperature, top_k, top_p, min_p,
                                   repetition_penalty, presence_penalty, frequency_penalty,
-                                  random_seed, output_log_probs, min_tokens)
+                                  random_seed, output_log_probs, min_tokens, logit_bias)
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:

@@ -28,6 +28,7 @@ class GenerationParams:
     random_seed: int | None
     output_log_probs: bool
     min_tokens: int = 0
+    logit_bias: dict | None = None
 
     def __post_init__(self) -> None:
         """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
@@ -48,6 +49,22 @@ class GenerationParams:
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise KilnError(f"{name} must be a number, got {value!r}")
             setattr(self, name, float(value))
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise KilnError("logit_bias must be a dict of token id -> bias, got "
+                                f"{self.logit_bias!r}")
+            bias = {}
+            for token, value in self.logit_bias.items():
+                try:
+                    if isinstance(token, bool):
+                        raise TypeError
+                    token = operator.index(token)
+                except TypeError:
+                    raise KilnError(f"logit_bias key {token!r} is not a token id") from None
+                if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                    raise KilnError(f"logit_bias[{token}] must be a number, got {value!r}")
+                bias[token] = float(value)
+            self.logit_bias = bias
 
     def sampling_config(self, index: int) -> "_core.SamplingConfig":
         # Greedy (temperature 0 or top_k 1) is passed on as temperature 0, top_k 0; values out
@@ -61,7 +78,7 @@ class GenerationParams:
             temperature=0.0 if greedy else self.temperature, top_k=0 if greedy else self.top_k,
             top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            seed=seed, min_tokens=self.min_tokens)
+            seed=seed, min_tokens=self.min_tokens, logit_bias=self.logit_bias or {})
 
 
 def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]:

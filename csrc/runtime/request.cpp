@@ -61,6 +61,14 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return "sampling_config: " + *p;
     }
+    for (auto const& bias : request.samplingConfig.logitBias)
+    {
+        if (bias.first < 0 || bias.first >= vocabSize)
+        {
+            return "sampling_config: logit_bias has token id " + std::to_string(bias.first)
+                + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
+        }
+    }
     if (request.samplingConfig.minTokens > request.maxNewTokens)
     {
         return "sampling_config: min_tokens is " + std::to_string(request.samplingConfig.minTokens)

@@ -180,6 +180,13 @@ SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     std::vector<TokenIdType> const& heldBack)
 {
     mScratch.assign(logits, logits + mVocabSize);
+    for (auto const& [token, bias] : config.logitBias)
+    {
+        if (token >= 0 && token < mVocabSize)
+        {
+            mScratch[static_cast<std::size_t>(token)] += bias;
+        }
+    }
     applyPenalties(mScratch, config, tokens, numPromptTokens);
     for (TokenIdType const t : heldBack)
     {

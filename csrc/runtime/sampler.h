@@ -30,7 +30,8 @@ void applyTemperatureAndFilters(std::vector<float>& logits, SamplingConfig const
 
 /// @brief Picks next tokens on the CPU from one row of logits at a time.
 ///
-/// Greedy takes the argmax of the penalized logits (lowest id on ties, like torch.argmax).
+/// The logit bias is added first, then the penalties applied. Greedy takes the argmax of the
+/// result (lowest id on ties, like torch.argmax).
 /// Otherwise one uniform draw from the request's own generator picks from the processed
 /// distribution, so a seeded request samples the same tokens however it is batched.
 class Sampler

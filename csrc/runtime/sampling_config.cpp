@@ -49,6 +49,14 @@ std::optional<std::string> SamplingConfig::validate() const
     {
         return "min_tokens is " + std::to_string(minTokens) + " but must be >= 0 (0 = off)";
     }
+    for (auto const& [token, bias] : logitBias)
+    {
+        if (!(bias >= -100.0F && bias <= 100.0F))
+        {
+            std::string const name = "logit_bias[" + std::to_string(token) + "]";
+            return describe(name.c_str(), bias, "in [-100, 100]");
+        }
+    }
     return std::nullopt;
 }
 

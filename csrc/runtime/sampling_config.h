@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace kiln
 {
@@ -24,6 +26,9 @@ struct SamplingConfig
     /// Until this many tokens are generated, end_id and the one-token stop words are never
     /// picked and no stop word ends the request (vLLM's and TensorRT-LLM's min_tokens); 0 = off
     SizeType minTokens = 0;
+    /// (token, bias) pairs added to the model's logits before anything else (OpenAI's
+    /// logit_bias; each in [-100, 100])
+    std::vector<std::pair<TokenIdType, float>> logitBias;
 
     /// @brief What is wrong with these values (one line), or nullopt when they are valid.
     [[nodiscard]] std::optional<std::string> validate() const;
@@ -32,11 +37,12 @@ struct SamplingConfig
     {
         return temperature == 0.0F;
     }
-    /// @brief Greedy with no penalty: the token is the argmax of the raw logits, which a
+    /// @brief Greedy with no penalty or bias: the token is the argmax of the raw logits, which a
     /// backend may pick itself.
     [[nodiscard]] bool isPlainGreedy() const
     {
-        return isGreedy() && repetitionPenalty == 1.0F && presencePenalty == 0.0F && frequencyPenalty == 0.0F;
+        return isGreedy() && repetitionPenalty == 1.0F && presencePenalty == 0.0F && frequencyPenalty == 0.0F
+            && logitBias.empty();
     }
 };
 

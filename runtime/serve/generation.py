@@ -117,6 +117,20 @@ def _stop_token_ids(ids, limits: Limits) -> list[int]:
     return ids
 
 
+def _logit_bias(bias, limits: Limits) -> dict[int, float]:
+    """OpenAI's logit_bias (token ids as strings), its ids checked against the vocabulary;
+    the executor checks the biases' range."""
+    out = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+        out[token] = value
+    _check_vocab(list(out), limits, "logit_bias", "logit_bias")
+    return out
+
+
 def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
          want_log_probs: bool) -> list[Choice]:
     """The executor requests for `prompts`, n of each, with the body's sampling parameters."""
@@ -138,12 +152,13 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0, random_seed=body.seed,
-        output_log_probs=want_log_probs, min_tokens=body.min_tokens)
+        output_log_probs=want_log_probs, min_tokens=body.min_tokens,
+        logit_bias=_logit_bias(body.logit_bias, limits))
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
     if problem:
-        raise bad_request(problem, problem.split(" ", 1)[0])
+        raise bad_request(problem, problem.split(" ", 1)[0].split("[", 1)[0])
     if params.min_tokens > new_tokens:
         limit = (f"{param} is {new_tokens}" if max_tokens is not None else
                  f"the prompt leaves room for {new_tokens} in this model's context")

@@ -32,7 +32,7 @@ class _Sampling(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     user: str | None = None
     # extensions
     top_k: int | None = None
@@ -57,8 +57,6 @@ class _Sampling(BaseModel):
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, why) for each field asked for that the server cannot do."""
         out = []
-        if self.logit_bias:
-            out.append(("logit_bias", "logit_bias is not supported; remove it"))
         if self.include_stop_str_in_output:
             out.append(("include_stop_str_in_output", "include_stop_str_in_output is not "
                                                       "supported; remove it"))

@@ -478,3 +478,42 @@ TEST(Executor, MinTokensOutOfRangeIsRefused)
         << f.responses.outcomes[a].final.errorMessage;
     EXPECT_NE(f.responses.outcomes[b].final.errorMessage.find("min_tokens is -1"), std::string::npos);
 }
+
+TEST(Executor, LogitBiasSteersGreedyOnEitherPickPath)
+{
+    Request base = greedy({7, 8, 9}, 8);
+    auto const full = test::expectedGreedy(base, 64, kVocab).tokens;
+    Request banned = base; // the model's first pick biased away: the runner-up instead
+    banned.samplingConfig.logitBias = {{full[0], -100.0F}};
+    Request forced = base; // one token pushed above the model's pick at every step
+    forced.samplingConfig.logitBias = {{5, 100.0F}};
+    Request outside = base;
+    outside.samplingConfig.logitBias = {{kVocab, 1.0F}};
+    for (bool const pickOnBackend : {false, true})
+    {
+        Fixture f;
+        f.backend->pickGreedy = pickOnBackend;
+        IdType const a = f.executor.enqueueRequest(banned);
+        IdType const b = f.executor.enqueueRequest(forced);
+        IdType const c = f.executor.enqueueRequest(outside);
+        IdType const d = f.executor.enqueueRequest(base);
+        f.responses.collect(f.executor, {a, b, c, d});
+        auto const& first = f.responses.outcomes[a].tokens;
+        ASSERT_FALSE(first.empty());
+        TokenIdType runnerUp = full[0] == 0 ? 1 : 0;
+        for (TokenIdType v = 0; v < kVocab; ++v)
+        {
+            if (v != full[0] && test::fakeLogit(v, full[0]) > test::fakeLogit(runnerUp, full[0]))
+            {
+                runnerUp = v;
+            }
+        }
+        EXPECT_EQ(first[0], runnerUp) << pickOnBackend;
+        EXPECT_EQ(f.responses.outcomes[b].tokens, std::vector<TokenIdType>(8, 5)) << pickOnBackend;
+        EXPECT_EQ(f.responses.outcomes[c].final.finishReason, FinishReason::kError);
+        EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("logit_bias has token id 64, outside the vocabulary"),
+            std::string::npos);
+        EXPECT_EQ(f.responses.outcomes[d].tokens, full) << pickOnBackend;
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    }
+}

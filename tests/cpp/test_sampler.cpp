@@ -209,3 +209,23 @@ TEST(Sampler, HeldBackTokensAreNeverPickedAndLeaveTheDistribution)
     std::vector<TokenIdType> const all{0, 1, 2, 3};
     EXPECT_THROW((void) sampler.sample(logits.data(), config(0.0F), {0}, 1, rng, all), std::runtime_error);
 }
+
+TEST(Sampler, LogitBiasIsAddedBeforeThePenalties)
+{
+    Sampler sampler(4);
+    std::mt19937_64 rng(5);
+    Logits const logits{1.0F, 3.0F, 2.5F, 2.0F};
+    SamplingConfig c = config(0.0F);
+    c.logitBias = {{3, 1.5F}, {1, -100.0F}};
+    EXPECT_FALSE(c.isPlainGreedy());
+    auto const g = sampler.sample(logits.data(), c, {0}, 1, rng);
+    EXPECT_EQ(g.token, 3);
+    double const z = std::exp(1.0) + std::exp(3.0 - 100.0) + std::exp(2.5) + std::exp(3.5);
+    EXPECT_NEAR(g.logProb, 3.5 - std::log(z), 1e-6);
+    // the repetition penalty divides the biased logit of a seen token: 3.5 / 2 < 2.5
+    c.repetitionPenalty = 2.0F;
+    EXPECT_EQ(sampler.sample(logits.data(), c, {3}, 0, rng).token, 2);
+    c.logitBias = {{2, 101.0F}};
+    ASSERT_TRUE(c.validate().has_value());
+    EXPECT_NE(c.validate()->find("logit_bias[2] is 101 but must be in [-100, 100]"), std::string::npos);
+}

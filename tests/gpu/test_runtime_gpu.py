@@ -57,10 +57,10 @@ def test_request_that_never_fits_the_pool_fails_alone(core, sm, tiny_engine):
         assert runner.kv_cache_stats()["used_blocks"] == 0
 
 
-def test_min_tokens_equals_huggingface_beside_plain_greedy(core, sm, tiny_engine):
+def test_min_tokens_and_logit_bias_equal_huggingface_beside_plain_greedy(core, sm, tiny_engine):
     """A request short of its min_tokens has its logits sampled on the host with end_id held
-    back (HF's min_new_tokens), while a plain greedy request in the same steps takes the GPU's
-    pick."""
+    back (HF's min_new_tokens), one with a logit bias too (HF's sequence_bias), while a plain
+    greedy request in the same steps takes the GPU's pick."""
     ckpt, path = tiny_engine("llama", "float32", targets=(sm,))
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     p, other = prompts((12, 9), seed=8)
@@ -68,19 +68,30 @@ def test_min_tokens_equals_huggingface_beside_plain_greedy(core, sm, tiny_engine
     with torch.no_grad():
         hf = model.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=6,
                             do_sample=False, eos_token_id=end, pad_token_id=end)[0, len(p):]
+        bias = {end: -100.0, hf_greedy(model, other, 4)[3]: 4.0}
+        biased = model.generate(torch.tensor([other]), max_new_tokens=10, do_sample=False,
+                                sequence_bias={(t,): b for t, b in bias.items()},
+                                pad_token_id=0, eos_token_id=None)[0, len(other):].tolist()
+    assert biased != hf_greedy(model, other, 10)
     hf = hf.tolist()
     hf = hf[: hf.index(end) + 1] if end in hf else hf
     assert end not in hf[:6]
     with ModelRunner.from_dir(path, device="cuda") as runner:
         result = {}
-        worker = threading.Thread(target=lambda: result.update(
-            out=runner.generate([other], max_new_tokens=24, end_id=-1)))
-        worker.start()
+        workers = [threading.Thread(target=lambda: result.update(
+                       plain=runner.generate([other], max_new_tokens=24, end_id=-1))),
+                   threading.Thread(target=lambda: result.update(
+                       biased=runner.generate([other], max_new_tokens=10, end_id=-1,
+                                              logit_bias=bias)))]
+        for w in workers:
+            w.start()
         out = runner.generate([p], max_new_tokens=12, end_id=end, min_tokens=6, return_dict=True)
-        worker.join()
+        for w in workers:
+            w.join()
         assert runner.kv_cache_stats()["used_blocks"] == 0
     assert out["output_ids"][0, 0, len(p): out["sequence_lengths"][0, 0]].tolist() == hf
-    assert result["out"][0, 0].tolist() == other + hf_greedy(model, other, 24)
+    assert result["plain"][0, 0].tolist() == other + hf_greedy(model, other, 24)
+    assert result["biased"][0, 0].tolist() == other + biased
 
 
 def test_mixed_traffic_under_preemption_loses_nothing_and_leaks_no_block(core, sm, tiny_engine):

@@ -202,6 +202,23 @@ def test_min_tokens_equals_huggingface_min_new_tokens(runners):
     assert out["finish_reasons"] == (["stop_words"] if len(generated) < 12 else ["length"])
 
 
+def test_logit_bias_equals_huggingface_sequence_bias(runners):
+    """logit_bias as HF's sequence_bias on single tokens: one token banned, another favoured."""
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (12,), seed=9)[0]
+    expected = hf_greedy(model, p, 10)
+    bias = {expected[0]: -100.0, expected[3]: 3.0}
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False,
+                            sequence_bias={(t,): b for t, b in bias.items()},
+                            pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()
+    assert hf[0] != expected[0] and hf != expected
+    out = runner.generate([p], max_new_tokens=10, end_id=-1, logit_bias=bias, return_dict=True)
+    assert out["output_ids"][0, 0, len(p):].tolist() == hf
+    plain = runner.generate([p], max_new_tokens=10, end_id=-1, return_dict=True)
+    assert plain["output_ids"][0, 0, len(p):].tolist() == expected
+
+
 def test_seeded_sampling_is_reproducible(runners):
     runner, _ = runners("qwen3")
     batch = prompts(runner.vocab_size, (6, 6), seed=8)
@@ -268,6 +285,10 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(stop_words_list=[3.5]), "stop word 3.5 is neither a string nor a list of token ids"),
     (dict(min_tokens=5), "min_tokens is 5 but max_new_tokens is 4"),
     (dict(min_tokens=1.5), "min_tokens must be an integer"),
+    (dict(logit_bias={5: 101}), r"logit_bias\[5\] is 101 but must be in \[-100, 100\]"),
+    (dict(logit_bias={100000: 1}), "logit_bias has token id 100000, outside the vocabulary"),
+    (dict(logit_bias={"a": 1}), "logit_bias key 'a' is not a token id"),
+    (dict(logit_bias=[5]), "logit_bias must be a dict"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):
     runner, model = runners("llama")

@@ -241,6 +241,22 @@ def test_min_tokens_holds_back_the_stops_until_then(client, runners):
     assert "".join(c.choices[0].text for c in chunks) == tok.decode(expect)
 
 
+def test_logit_bias_steers_the_answer(client, runners):
+    """OpenAI's logit_bias: ids as strings, added to the logits; the answer is the reference
+    executor's with the same bias."""
+    _, ref = runners
+    tok = ref.tokenizer
+    prompt = tok.encode(TEXTS[2])
+    ids, _ = generated(ref, prompt, 12)
+    bias = {ids[0]: -100.0, ids[4]: 2.0}
+    expect, _ = generated(ref, prompt, 12, logit_bias=bias)
+    assert expect[0] != ids[0]
+    out = client.completions.create(model="tiny", prompt=TEXTS[2], max_tokens=12, temperature=0,
+                                    logit_bias={str(t): b for t, b in bias.items()})
+    assert out.choices[0].text == tok.decode(expect)
+    assert out.usage.completion_tokens == len(expect)
+
+
 def test_64_concurrent_streams_complete(live, runners):
     served, ref = runners
     tok = ref.tokenizer
