@@ -25,6 +25,8 @@ class SamplingConfig:
     stop word ends the request; 0 = off"""
     logit_bias: dict[int, float]
     """added to these tokens' logits before the penalties (OpenAI's logit_bias, each in [-100, 100])"""
+    allowed_token_ids: list[int]
+    """when not empty, the only tokens that may be picked (vLLM's allowed_token_ids)"""
     def __init__(
         self,
         *,
@@ -38,6 +40,7 @@ class SamplingConfig:
         seed: int | None = None,
         min_tokens: int = 0,
         logit_bias: dict[int, float] = ...,
+        allowed_token_ids: list[int] = ...,
     ) -> None: ...
     def validate(self) -> str | None:
         """The problem with these values (one line), or None."""

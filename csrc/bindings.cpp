@@ -142,13 +142,15 @@ void bindConfigs(py::module_& m)
     py::class_<SamplingConfig>(m, "SamplingConfig", "How one request picks its tokens; temperature 0 = greedy.")
         .def(py::init([](float temperature, SizeType topK, float topP, float minP, float repetitionPenalty,
                           float presencePenalty, float frequencyPenalty, std::optional<std::uint64_t> seed,
-                          SizeType minTokens, std::map<TokenIdType, float> const& logitBias) {
+                          SizeType minTokens, std::map<TokenIdType, float> const& logitBias,
+                          std::vector<TokenIdType> allowedTokenIds) {
             return SamplingConfig{temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty,
-                seed, minTokens, {logitBias.begin(), logitBias.end()}};
+                seed, minTokens, {logitBias.begin(), logitBias.end()}, std::move(allowedTokenIds)};
         }),
             py::kw_only(), "temperature"_a = 1.0F, "top_k"_a = 0, "top_p"_a = 1.0F, "min_p"_a = 0.0F,
             "repetition_penalty"_a = 1.0F, "presence_penalty"_a = 0.0F, "frequency_penalty"_a = 0.0F,
-            "seed"_a = py::none(), "min_tokens"_a = 0, "logit_bias"_a = std::map<TokenIdType, float>())
+            "seed"_a = py::none(), "min_tokens"_a = 0, "logit_bias"_a = std::map<TokenIdType, float>(),
+            "allowed_token_ids"_a = std::vector<TokenIdType>())
         .def_readwrite("temperature", &SamplingConfig::temperature)
         .def_readwrite("top_k", &SamplingConfig::topK)
         .def_readwrite("top_p", &SamplingConfig::topP)
@@ -162,6 +164,7 @@ void bindConfigs(py::module_& m)
             "logit_bias",
             [](SamplingConfig const& c) { return std::map<TokenIdType, float>(c.logitBias.begin(), c.logitBias.end()); },
             [](SamplingConfig& c, std::map<TokenIdType, float> const& bias) { c.logitBias.assign(bias.begin(), bias.end()); })
+        .def_readwrite("allowed_token_ids", &SamplingConfig::allowedTokenIds)
         .def("validate", &SamplingConfig::validate, "The problem with these values (one line), or None.")
         .def("__repr__", [](SamplingConfig const& c) {
             std::ostringstream os;
@@ -169,7 +172,8 @@ void bindConfigs(py::module_& m)
                << ", min_p=" << c.minP << ", repetition_penalty=" << c.repetitionPenalty
                << ", presence_penalty=" << c.presencePenalty << ", frequency_penalty=" << c.frequencyPenalty
                << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None") << ", min_tokens=" << c.minTokens
-               << ", logit_bias=" << c.logitBias.size() << " tokens";
+               << ", logit_bias=" << c.logitBias.size() << " tokens, allowed_token_ids=" << c.allowedTokenIds.size()
+               << " tokens";
             return reprOf("SamplingConfig", os.str());
         });
 

@@ -121,7 +121,7 @@ class ModelRunner:
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
-                 logit_bias: dict | None = None):
+                 logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -131,6 +131,7 @@ class ModelRunner:
         min_tokens: until each request has generated this many tokens, end_id and one-token stop
         words are never picked and no stop word ends it. logit_bias: {token id: bias in
         [-100, 100]} added to the model's logits before the penalties (OpenAI's).
+        allowed_token_ids: the only tokens that may be picked (vLLM's).
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -139,7 +140,8 @@ class ModelRunner:
             pad_id = end_id if end_id >= 0 else 0
         params = GenerationParams(max_new_tokens, end_id, pad_id, temperature, top_k, top_p, min_p,
                                   repetition_penalty, presence_penalty, frequency_penalty,
-                                  random_seed, output_log_probs, min_tokens, logit_bias)
+                                  random_seed, output_log_probs, min_tokens, logit_bias,
+                                  allowed_token_ids)
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:

@@ -29,6 +29,7 @@ class GenerationParams:
     output_log_probs: bool
     min_tokens: int = 0
     logit_bias: dict | None = None
+    allowed_token_ids: list | None = None
 
     def __post_init__(self) -> None:
         """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
@@ -65,6 +66,17 @@ class GenerationParams:
                     raise KilnError(f"logit_bias[{token}] must be a number, got {value!r}")
                 bias[token] = float(value)
             self.logit_bias = bias
+        if self.allowed_token_ids is not None:
+            if isinstance(self.allowed_token_ids, (str, bytes)) or not isinstance(
+                    self.allowed_token_ids, Sequence):
+                raise KilnError("allowed_token_ids must be a list of token ids, got "
+                                f"{self.allowed_token_ids!r}")
+            if not self.allowed_token_ids:
+                raise KilnError("allowed_token_ids is empty; allow at least one token or pass None")
+            if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool)
+                       for t in self.allowed_token_ids):
+                raise KilnError(f"allowed_token_ids must be token ids, got {self.allowed_token_ids!r}")
+            self.allowed_token_ids = [int(t) for t in self.allowed_token_ids]
 
     def sampling_config(self, index: int) -> "_core.SamplingConfig":
         # Greedy (temperature 0 or top_k 1) is passed on as temperature 0, top_k 0; values out
@@ -78,7 +90,8 @@ class GenerationParams:
             temperature=0.0 if greedy else self.temperature, top_k=0 if greedy else self.top_k,
             top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            seed=seed, min_tokens=self.min_tokens, logit_bias=self.logit_bias or {})
+            seed=seed, min_tokens=self.min_tokens, logit_bias=self.logit_bias or {},
+            allowed_token_ids=self.allowed_token_ids or [])
 
 
 def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]:

@@ -61,6 +61,14 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return "sampling_config: " + *p;
     }
+    for (TokenIdType const token : request.samplingConfig.allowedTokenIds)
+    {
+        if (token < 0 || token >= vocabSize)
+        {
+            return "sampling_config: allowed_token_ids has token id " + std::to_string(token)
+                + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
+        }
+    }
     for (auto const& bias : request.samplingConfig.logitBias)
     {
         if (bias.first < 0 || bias.first >= vocabSize)

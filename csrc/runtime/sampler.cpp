@@ -195,6 +195,18 @@ SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
             mScratch[static_cast<std::size_t>(t)] = kMasked;
         }
     }
+    if (!config.allowedTokenIds.empty())
+    {
+        mAllowed.assign(mScratch.size(), kMasked);
+        for (TokenIdType const t : config.allowedTokenIds)
+        {
+            if (t >= 0 && t < mVocabSize)
+            {
+                mAllowed[static_cast<std::size_t>(t)] = mScratch[static_cast<std::size_t>(t)];
+            }
+        }
+        mScratch.swap(mAllowed);
+    }
     if (config.isGreedy())
     {
         checkedMax(mScratch);

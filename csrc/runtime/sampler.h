@@ -30,8 +30,9 @@ void applyTemperatureAndFilters(std::vector<float>& logits, SamplingConfig const
 
 /// @brief Picks next tokens on the CPU from one row of logits at a time.
 ///
-/// The logit bias is added first, then the penalties applied. Greedy takes the argmax of the
-/// result (lowest id on ties, like torch.argmax).
+/// The logit bias is added first, then the penalties applied, then the held-back tokens and
+/// those outside the allowed set masked. Greedy takes the argmax of the result (lowest id on
+/// ties, like torch.argmax).
 /// Otherwise one uniform draw from the request's own generator picks from the processed
 /// distribution, so a seeded request samples the same tokens however it is batched.
 class Sampler
@@ -57,6 +58,7 @@ public:
 private:
     SizeType mVocabSize;
     std::vector<float> mScratch;
+    std::vector<float> mAllowed; ///< the allowed tokens' logits, the others masked
 };
 
 } // namespace kiln

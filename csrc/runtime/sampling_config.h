@@ -29,6 +29,8 @@ struct SamplingConfig
     /// (token, bias) pairs added to the model's logits before anything else (OpenAI's
     /// logit_bias; each in [-100, 100])
     std::vector<std::pair<TokenIdType, float>> logitBias;
+    /// When not empty, the only tokens that may be picked (vLLM's allowed_token_ids)
+    std::vector<TokenIdType> allowedTokenIds;
 
     /// @brief What is wrong with these values (one line), or nullopt when they are valid.
     [[nodiscard]] std::optional<std::string> validate() const;
@@ -37,12 +39,12 @@ struct SamplingConfig
     {
         return temperature == 0.0F;
     }
-    /// @brief Greedy with no penalty or bias: the token is the argmax of the raw logits, which a
+    /// @brief Greedy with no penalty, bias or allowed set: the token is the argmax of the raw logits, which a
     /// backend may pick itself.
     [[nodiscard]] bool isPlainGreedy() const
     {
         return isGreedy() && repetitionPenalty == 1.0F && presencePenalty == 0.0F && frequencyPenalty == 0.0F
-            && logitBias.empty();
+            && logitBias.empty() && allowedTokenIds.empty();
     }
 };
 

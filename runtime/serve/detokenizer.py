@@ -39,11 +39,12 @@ class TextStream:
     Text that could be the start of a stop string is held back until it is known not to be,
     so a streamed answer never shows part of a stop string. With `min_tokens`, a stop string
     counts only where it ends in the min_tokens-th token or later (vLLM's rule): the text of the
-    tokens before it is never cut.
+    tokens before it is never cut. `include_stop`: the stop string stays in the text (vLLM's
+    include_stop_str_in_output), and what follows it goes.
     """
 
     def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
-                 min_tokens: int = 0) -> None:
+                 min_tokens: int = 0, include_stop: bool = False) -> None:
         self.decode = decode
         self.stop = [s for s in stop if s]
         self.tail: list[int] = []  # the last CONTEXT_TOKENS tokens added
@@ -51,6 +52,7 @@ class TextStream:
         self.sent = 0           # characters of self.text already handed out
         self.stopped = False    # a stop string matched; the request should end
         self.min_tokens = min_tokens
+        self.include_stop = include_stop
         self.count = 0          # tokens added
         # A stop string must end past this many characters (the text of the first
         # min_tokens - 1 tokens); None until those tokens are in.
@@ -69,8 +71,9 @@ class TextStream:
         if self.stop and self.floor is not None:
             hit = self._first_stop()
             if hit is not None:
-                self.text, self.stopped = self.text[:hit], True
-                final = True
+                at, stop = hit
+                self.text = self.text[: at + (len(stop) if self.include_stop else 0)]
+                self.stopped = final = True
         ready = len(self.text) if final else len(self.text) - self._held_back()
         out = self.text[self.sent: max(ready, self.sent)]
         self.sent = max(ready, self.sent)
@@ -84,11 +87,13 @@ class TextStream:
         self.text += text_delta(self.decode, context, new, final)
         self.count += len(new)
 
-    def _first_stop(self) -> int | None:
+    def _first_stop(self) -> tuple[int, str] | None:
+        """(where, which) of the earliest stop string in the text not yet sent, the longest of
+        those starting there."""
         # A match cannot start in text already sent: any tail that could begin one was held back.
-        hits = [i for i in (self.text.find(s, max(self.sent, self.floor - len(s) + 1))
-                            for s in self.stop) if i >= 0]
-        return min(hits) if hits else None
+        hits = [(i, s) for i, s in ((self.text.find(s, max(self.sent, self.floor - len(s) + 1)), s)
+                                    for s in self.stop) if i >= 0]
+        return min(hits, key=lambda h: (h[0], -len(h[1]))) if hits else None
 
     def _held_back(self) -> int:
         """Length of the longest tail of the text that is a proper prefix of a stop string."""

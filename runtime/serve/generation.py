@@ -131,6 +131,31 @@ def _logit_bias(bias, limits: Limits) -> dict[int, float]:
     return out
 
 
+def _allowed(ids, limits: Limits) -> list[int] | None:
+    """vLLM's allowed_token_ids, checked against the vocabulary."""
+    if ids is None:
+        return None
+    if not ids:
+        raise bad_request("allowed_token_ids is empty; allow at least one token or leave it out",
+                          "allowed_token_ids")
+    _check_vocab(ids, limits, "allowed_token_ids", "allowed_token_ids")
+    return ids
+
+
+def _truncated(prompts: list[list[int]], keep: int | None, limits: Limits) -> list[list[int]]:
+    """vLLM's truncate_prompt_tokens: each prompt's last `keep` tokens (-1: the model's
+    context length)."""
+    if keep is None:
+        return prompts
+    if keep == -1:
+        keep = limits.max_seq_len
+    if keep < 1:
+        raise bad_request(f"truncate_prompt_tokens is {keep}; pass k >= 1 (keep each prompt's "
+                          "last k tokens) or -1 (the model's context length)",
+                          "truncate_prompt_tokens")
+    return [p[-keep:] for p in prompts]
+
+
 def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
          want_log_probs: bool) -> list[Choice]:
     """The executor requests for `prompts`, n of each, with the body's sampling parameters."""
@@ -139,6 +164,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     if body.n * len(prompts) > MAX_CHOICES:
         raise bad_request(f"{len(prompts)} prompts times n={body.n} asks for more than "
                           f"{MAX_CHOICES} completions in one request; split it", "n")
+    prompts = _truncated(prompts, body.truncate_prompt_tokens, limits)
     param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
     new_tokens = _max_tokens(max_tokens, max(len(p) for p in prompts), limits, param)
     stops = _stops(body.stop)
@@ -153,7 +179,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0, random_seed=body.seed,
         output_log_probs=want_log_probs, min_tokens=body.min_tokens,
-        logit_bias=_logit_bias(body.logit_bias, limits))
+        logit_bias=_logit_bias(body.logit_bias, limits),
+        allowed_token_ids=_allowed(body.allowed_token_ids, limits))
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
@@ -177,7 +204,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                                  [words] * len(expanded) if words else None, True, tokenizer)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
-    return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops, params.min_tokens))
+    return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops, params.min_tokens,
+                                               body.include_stop_str_in_output))
             for i, ((k, p), r) in enumerate(zip(expanded, requests))]
 
 

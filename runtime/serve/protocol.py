@@ -41,14 +41,14 @@ class _Sampling(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     min_tokens: int = 0
-    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     include_stop_str_in_output: bool = False
+    truncate_prompt_tokens: int | None = None
+    allowed_token_ids: list[int] | None = None
+    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     skip_special_tokens: bool = True
     use_beam_search: bool = False
     prompt_logprobs: int | None = None
-    truncate_prompt_tokens: int | None = None
     bad_words: list[str] | None = None
-    allowed_token_ids: list[int] | None = None
     guided_json: Any = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
@@ -57,21 +57,16 @@ class _Sampling(BaseModel):
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, why) for each field asked for that the server cannot do."""
         out = []
-        if self.include_stop_str_in_output:
-            out.append(("include_stop_str_in_output", "include_stop_str_in_output is not "
-                                                      "supported; remove it"))
         if not self.skip_special_tokens:
             out.append(("skip_special_tokens", "skip_special_tokens=false is not supported; "
                                                "special tokens are always left out of the text"))
         if self.use_beam_search:
             out.append(("use_beam_search", "beam search is not supported; remove "
                                            "use_beam_search"))
-        for name in ("prompt_logprobs", "truncate_prompt_tokens"):
-            if getattr(self, name) is not None:
-                out.append((name, f"{name} is not supported; remove it"))
-        for name in ("bad_words", "allowed_token_ids"):
-            if getattr(self, name):
-                out.append((name, f"{name} is not supported; remove it"))
+        if self.prompt_logprobs is not None:
+            out.append(("prompt_logprobs", "prompt_logprobs is not supported; remove it"))
+        if self.bad_words:
+            out.append(("bad_words", "bad_words is not supported; remove it"))
         for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
             if getattr(self, name) is not None:
                 out.append((name, f"structured output is not supported; remove {name}"))

@@ -479,7 +479,7 @@ TEST(Executor, MinTokensOutOfRangeIsRefused)
     EXPECT_NE(f.responses.outcomes[b].final.errorMessage.find("min_tokens is -1"), std::string::npos);
 }
 
-TEST(Executor, LogitBiasSteersGreedyOnEitherPickPath)
+TEST(Executor, LogitBiasAndAllowedTokensSteerGreedyOnEitherPickPath)
 {
     Request base = greedy({7, 8, 9}, 8);
     auto const full = test::expectedGreedy(base, 64, kVocab).tokens;
@@ -489,6 +489,10 @@ TEST(Executor, LogitBiasSteersGreedyOnEitherPickPath)
     forced.samplingConfig.logitBias = {{5, 100.0F}};
     Request outside = base;
     outside.samplingConfig.logitBias = {{kVocab, 1.0F}};
+    Request allowed = base; // two tokens allowed, the model's pick not among them
+    allowed.samplingConfig.allowedTokenIds = {static_cast<TokenIdType>((full[0] + 1) % kVocab), 3};
+    Request outsideAllowed = base;
+    outsideAllowed.samplingConfig.allowedTokenIds = {-1};
     for (bool const pickOnBackend : {false, true})
     {
         Fixture f;
@@ -497,7 +501,16 @@ TEST(Executor, LogitBiasSteersGreedyOnEitherPickPath)
         IdType const b = f.executor.enqueueRequest(forced);
         IdType const c = f.executor.enqueueRequest(outside);
         IdType const d = f.executor.enqueueRequest(base);
-        f.responses.collect(f.executor, {a, b, c, d});
+        IdType const e = f.executor.enqueueRequest(allowed);
+        IdType const g = f.executor.enqueueRequest(outsideAllowed);
+        f.responses.collect(f.executor, {a, b, c, d, e, g});
+        for (TokenIdType const t : f.responses.outcomes[e].tokens)
+        {
+            EXPECT_TRUE(t == allowed.samplingConfig.allowedTokenIds[0] || t == 3) << t;
+        }
+        EXPECT_EQ(f.responses.outcomes[e].tokens.size(), 8U);
+        EXPECT_NE(f.responses.outcomes[g].final.errorMessage.find("allowed_token_ids has token id -1"),
+            std::string::npos);
         auto const& first = f.responses.outcomes[a].tokens;
         ASSERT_FALSE(first.empty());
         TokenIdType runnerUp = full[0] == 0 ? 1 : 0;

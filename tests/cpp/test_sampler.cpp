@@ -229,3 +229,23 @@ TEST(Sampler, LogitBiasIsAddedBeforeThePenalties)
     ASSERT_TRUE(c.validate().has_value());
     EXPECT_NE(c.validate()->find("logit_bias[2] is 101 but must be in [-100, 100]"), std::string::npos);
 }
+
+TEST(Sampler, OnlyAllowedTokensArePicked)
+{
+    Sampler sampler(5);
+    std::mt19937_64 rng(9);
+    Logits const logits{1.0F, 3.0F, 2.5F, 2.0F, 0.5F};
+    SamplingConfig c = config(0.0F);
+    c.allowedTokenIds = {4, 3, 0};
+    EXPECT_FALSE(c.isPlainGreedy());
+    auto const g = sampler.sample(logits.data(), c, {0}, 1, rng);
+    EXPECT_EQ(g.token, 3);
+    EXPECT_NEAR(g.logProb, 2.0 - std::log(std::exp(1.0) + std::exp(2.0) + std::exp(0.5)), 1e-6);
+    c = config(1.0F);
+    c.allowedTokenIds = {4, 0};
+    for (int i = 0; i < 200; ++i)
+    {
+        auto const s = sampler.sample(logits.data(), c, {0}, 1, rng, {0});
+        EXPECT_EQ(s.token, 4); // 0 is held back, so 4 is all that is left
+    }
+}

@@ -219,6 +219,21 @@ def test_logit_bias_equals_huggingface_sequence_bias(runners):
     assert plain["output_ids"][0, 0, len(p):].tolist() == expected
 
 
+def test_allowed_token_ids_equal_huggingface_prefix_allowed_tokens(runners):
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (10,), seed=11)[0]
+    expected = hf_greedy(model, p, 8)
+    allowed = sorted({expected[1], expected[5], 7, 99} - {expected[0]})
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False,
+                            prefix_allowed_tokens_fn=lambda batch, ids: allowed,
+                            pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()
+    assert set(hf) <= set(allowed) and hf != expected
+    out = runner.generate([p], max_new_tokens=8, end_id=-1, allowed_token_ids=allowed,
+                          return_dict=True)
+    assert out["output_ids"][0, 0, len(p):].tolist() == hf
+
+
 def test_seeded_sampling_is_reproducible(runners):
     runner, _ = runners("qwen3")
     batch = prompts(runner.vocab_size, (6, 6), seed=8)
@@ -289,6 +304,9 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(logit_bias={100000: 1}), "logit_bias has token id 100000, outside the vocabulary"),
     (dict(logit_bias={"a": 1}), "logit_bias key 'a' is not a token id"),
     (dict(logit_bias=[5]), "logit_bias must be a dict"),
+    (dict(allowed_token_ids=[]), "allowed_token_ids is empty"),
+    (dict(allowed_token_ids=[3, 100000]), "allowed_token_ids has token id 100000, outside"),
+    (dict(allowed_token_ids="abc"), "allowed_token_ids must be a list of token ids"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):
     runner, model = runners("llama")

@@ -198,6 +198,46 @@ def test_stop_strings_cut_the_text(client, runners):
                                             temperature=0, stop=stop, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == expect
     assert chunks[-1].choices[0].finish_reason == "stop"
+    # vLLM's include_stop_str_in_output: the stop string stays, what follows it goes
+    kept = {"include_stop_str_in_output": True}
+    out = client.completions.create(model="tiny", prompt=TEXTS[4], max_tokens=30, temperature=0,
+                                    stop=[stop, "never-there"], extra_body=kept)
+    assert (out.choices[0].text, out.choices[0].finish_reason) == (expect + stop, "stop")
+    chunks = list(client.completions.create(model="tiny", prompt=TEXTS[4], max_tokens=30,
+                                            temperature=0, stop=stop, stream=True,
+                                            extra_body=kept))
+    assert "".join(c.choices[0].text for c in chunks) == expect + stop
+
+
+def test_truncate_prompt_tokens_keeps_the_last_ones(client, runners):
+    """vLLM's truncate_prompt_tokens: the answer to each prompt's last k tokens; -1 keeps
+    what the context holds."""
+    _, ref = runners
+    tok = ref.tokenizer
+    prompt = tok.encode(TEXTS[6] + " " + TEXTS[7])
+    k = len(prompt) // 2
+    expect, _ = generated(ref, prompt[-k:], 10)
+    out = client.completions.create(model="tiny", prompt=TEXTS[6] + " " + TEXTS[7], max_tokens=10,
+                                    temperature=0, extra_body={"truncate_prompt_tokens": k})
+    assert out.choices[0].text == tok.decode(expect)
+    assert out.usage.prompt_tokens == k
+    whole, _ = generated(ref, prompt, 10)
+    out = client.completions.create(model="tiny", prompt=TEXTS[6] + " " + TEXTS[7], max_tokens=10,
+                                    temperature=0, extra_body={"truncate_prompt_tokens": -1})
+    assert out.choices[0].text == tok.decode(whole) and out.usage.prompt_tokens == len(prompt)
+
+
+def test_allowed_token_ids_restrict_the_answer(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    prompt = tok.encode(TEXTS[3])
+    ids, _ = generated(ref, prompt, 10)
+    allowed = sorted({ids[2], ids[6], 40, 41} - {ids[0]})
+    expect, _ = generated(ref, prompt, 10, allowed_token_ids=allowed)
+    assert set(expect) <= set(allowed)
+    out = client.completions.create(model="tiny", prompt=TEXTS[3], max_tokens=10, temperature=0,
+                                    extra_body={"allowed_token_ids": allowed})
+    assert out.choices[0].text == tok.decode(expect)
 
 
 def test_stop_token_ids_end_the_completion(client, runners):

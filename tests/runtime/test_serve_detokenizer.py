@@ -116,3 +116,17 @@ def test_min_tokens_lets_stop_strings_count_only_from_that_token(tokenizer, seed
         sent = "".join(feed(stream, ids, random_cuts(rng, len(ids))))
         assert sent == (decode(ids) if expect is None else expect), min_tokens
         assert stream.stopped == (expect is not None)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_include_stop_keeps_the_stop_string_and_drops_what_follows(tokenizer, seed):
+    rng = random.Random(300 + seed)
+    decode = decoder(tokenizer)
+    ids = tokenizer("the value of the object is returned by the function call",
+                    add_special_tokens=False)["input_ids"]
+    stream = TextStream(decode, ["by the", "by", "never"], include_stop=True)
+    assert "".join(feed(stream, ids, random_cuts(rng, len(ids)))) == \
+        "the value of the object is returned by the"
+    assert stream.stopped
+    stream = TextStream(decode, ["the"], min_tokens=3, include_stop=True)
+    assert "".join(feed(stream, ids, random_cuts(rng, len(ids)))) == "the value of the"
