@@ -40,8 +40,8 @@ class EngineTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.hf(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def decode(self, ids: list[int]) -> str:
-        return self.hf.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def chat(self, user_message: str) -> list[int]:
         if not self.hf.chat_template:

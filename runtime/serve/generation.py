@@ -5,6 +5,7 @@ requests themselves are built by kiln.runtime.requests, as ModelRunner.generate 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from kiln import _core
@@ -37,6 +38,7 @@ class Choice:
     log_probs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     last_token_at: float = 0.0
+    echo: str = ""  # the prompt's text, put before the answer (completions' echo)
 
 
 def _check_vocab(ids, limits: Limits, what: str, param: str) -> None:
@@ -204,14 +206,25 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                                  [words] * len(expanded) if words else None, True, tokenizer)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
-    return [Choice(i, k, p, r, TextStream(tokenizer.decode, stops, params.min_tokens,
+    decode = (tokenizer.decode if body.skip_special_tokens else
+              functools.partial(tokenizer.decode, skip_special_tokens=False))
+    return [Choice(i, k, p, r, TextStream(decode, stops, params.min_tokens,
                                                body.include_stop_str_in_output))
             for i, ((k, p), r) in enumerate(zip(expanded, requests))]
 
 
 def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
     prompts = completion_prompts(body, tokenizer, limits)
-    return plan(body, prompts, body.max_tokens, tokenizer, limits, body.logprobs is not None)
+    choices = plan(body, prompts, body.max_tokens, tokenizer, limits, body.logprobs is not None)
+    if body.echo:
+        # A prompt sent as text comes back as sent; as token ids, or cut by
+        # truncate_prompt_tokens, as the text of the ids the model saw.
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        for c in choices:
+            sent = texts[c.prompt_index]
+            whole = isinstance(sent, str) and len(c.prompt) == len(prompts[c.prompt_index])
+            c.echo = sent if whole else tokenizer.decode(c.prompt)
+    return choices
 
 
 def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits) -> list[Choice]:

@@ -44,8 +44,8 @@ class _Sampling(BaseModel):
     include_stop_str_in_output: bool = False
     truncate_prompt_tokens: int | None = None
     allowed_token_ids: list[int] | None = None
-    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     skip_special_tokens: bool = True
+    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     use_beam_search: bool = False
     prompt_logprobs: int | None = None
     bad_words: list[str] | None = None
@@ -57,9 +57,6 @@ class _Sampling(BaseModel):
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, why) for each field asked for that the server cannot do."""
         out = []
-        if not self.skip_special_tokens:
-            out.append(("skip_special_tokens", "skip_special_tokens=false is not supported; "
-                                               "special tokens are always left out of the text"))
         if self.use_beam_search:
             out.append(("use_beam_search", "beam search is not supported; remove "
                                            "use_beam_search"))
@@ -83,8 +80,9 @@ class CompletionRequest(_Sampling):
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.echo:
-            out.append(("echo", "echo is not supported; remove it or set it to false"))
+        if self.echo and self.logprobs is not None:
+            out.append(("echo", "echo with logprobs needs the prompt's log-probabilities, which "
+                                "are not computed; drop one of them"))
         if self.best_of not in (None, 1):
             out.append(("best_of", "best_of > 1 is not supported; use n for several completions"))
         if self.suffix:

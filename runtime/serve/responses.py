@@ -67,7 +67,7 @@ class CompletionFormat(ResponseFormat):
                 "top_logprobs": None, "text_offset": None}
 
     def choice(self, c) -> dict:
-        return {"index": c.index, "text": c.text.text,
+        return {"index": c.index, "text": c.echo + c.text.text,
                 "logprobs": self._log_probs(c.tokens, c.log_probs),
                 "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
 
@@ -75,6 +75,12 @@ class CompletionFormat(ResponseFormat):
         return self._envelope(self.chunk_name, [{
             "index": c.index, "text": text, "logprobs": self._log_probs(tokens, log_probs),
             "finish_reason": FINISH_REASONS.get(finish_reason, finish_reason)}])
+
+    def start_chunks(self, choices) -> list[dict]:
+        """With echo, each choice's prompt text first."""
+        return [self._envelope(self.chunk_name, [{
+            "index": c.index, "text": c.echo, "logprobs": None, "finish_reason": None}])
+            for c in choices if c.echo]
 
 
 class ChatFormat(ResponseFormat):

@@ -240,6 +240,42 @@ def test_allowed_token_ids_restrict_the_answer(client, runners):
     assert out.choices[0].text == tok.decode(expect)
 
 
+def test_skip_special_tokens_false_keeps_them_in_the_text(client, runners):
+    """End of text forced (a logit bias, ignore_eos) is left out of the text by default and
+    spelled out with skip_special_tokens=false."""
+    _, ref = runners
+    tok = ref.tokenizer
+    eos = tok.eos_id
+    spelled = tok.hf.convert_ids_to_tokens(eos)
+    assert eos in tok.hf.all_special_ids and spelled
+    body = dict(model="tiny", prompt=TEXTS[1], max_tokens=3, temperature=0)
+    extra = {"ignore_eos": True, "logit_bias": {str(eos): 100}}
+    out = client.completions.create(**body, extra_body=extra)
+    assert out.choices[0].text == "" and out.usage.completion_tokens == 3
+    out = client.completions.create(**body, extra_body=extra | {"skip_special_tokens": False})
+    assert out.choices[0].text == spelled * 3
+    chunks = list(client.completions.create(**body, stream=True,
+                                            extra_body=extra | {"skip_special_tokens": False}))
+    assert "".join(c.choices[0].text for c in chunks) == spelled * 3
+
+
+def test_echo_puts_the_prompt_before_the_answer(client, runners):
+    _, ref = runners
+    tok = ref.tokenizer
+    answers = [tok.decode(generated(ref, tok.encode(t), 6)[0]) for t in TEXTS[:2]]
+    body = dict(model="tiny", max_tokens=6, temperature=0, echo=True)
+    out = client.completions.create(prompt=TEXTS[:2], **body)
+    assert [c.text for c in sorted(out.choices, key=lambda c: c.index)] == [
+        t + a for t, a in zip(TEXTS[:2], answers)]
+    assert out.usage.prompt_tokens == sum(len(tok.encode(t)) for t in TEXTS[:2])
+    chunks = list(client.completions.create(prompt=TEXTS[0], stream=True, **body))
+    assert chunks[0].choices[0].text == TEXTS[0]
+    assert "".join(c.choices[0].text for c in chunks) == TEXTS[0] + answers[0]
+    ids = tok.encode(TEXTS[1])
+    out = client.completions.create(prompt=ids, **body)  # token ids: their text
+    assert out.choices[0].text == tok.decode(ids) + answers[1]
+
+
 def test_stop_token_ids_end_the_completion(client, runners):
     """vLLM's stop_token_ids: generation ends on the first of them, which stays in the
     output (its text too, unless it is a special token), finish_reason "stop"."""
