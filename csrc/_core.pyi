@@ -9,6 +9,9 @@ import numpy.typing as npt
 
 def version() -> str: ...
 
+MAX_TOP_LOG_PROBS: int
+"""the most alternatives a request may ask for at each token"""
+
 class SamplingConfig:
     """How one request picks its tokens; temperature 0 = greedy (lowest id on ties)."""
 
@@ -92,6 +95,8 @@ class Request:
     streaming: bool
     return_log_probs: bool
     priority: int
+    num_top_log_probs: int
+    """with return_log_probs: this many most likely tokens at each generated one (at most 20)"""
     def __init__(
         self,
         input_token_ids: _Seq[int],
@@ -104,6 +109,7 @@ class Request:
         streaming: bool = False,
         return_log_probs: bool = False,
         priority: int = 0,
+        num_top_log_probs: int = 0,
     ) -> None: ...
 
 class Response:
@@ -115,6 +121,9 @@ class Response:
     def output_token_ids(self) -> list[int]: ...
     @property
     def log_probs(self) -> list[float]: ...
+    @property
+    def top_log_probs(self) -> list[list[tuple[int, float]]]:
+        """Per output token, when asked for: the most likely (token, log-probability) pairs."""
     @property
     def is_final(self) -> bool: ...
     @property

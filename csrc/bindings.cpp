@@ -213,13 +213,13 @@ void bindRequests(py::module_& m)
     py::class_<Request>(m, "Request", "One generation request.")
         .def(py::init([](std::vector<TokenIdType> inputTokenIds, SizeType maxNewTokens, SamplingConfig samplingConfig,
                           TokenIdType endId, TokenIdType padId, std::vector<std::vector<TokenIdType>> stopWords,
-                          bool streaming, bool returnLogProbs, SizeType priority) {
+                          bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
-                streaming, returnLogProbs, priority};
+                streaming, returnLogProbs, priority, numTopLogProbs};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
-            "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0)
+            "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0)
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -228,7 +228,8 @@ void bindRequests(py::module_& m)
         .def_readwrite("stop_words", &Request::stopWords)
         .def_readwrite("streaming", &Request::streaming)
         .def_readwrite("return_log_probs", &Request::returnLogProbs)
-        .def_readwrite("priority", &Request::priority);
+        .def_readwrite("priority", &Request::priority)
+        .def_readwrite("num_top_log_probs", &Request::numTopLogProbs);
 
     py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
         .def_readonly("request_id", &Response::requestId)
@@ -237,6 +238,20 @@ void bindRequests(py::module_& m)
         .def_readonly("is_final", &Response::isFinal)
         .def_readonly("finish_reason", &Response::finishReason)
         .def_readonly("error_message", &Response::errorMessage)
+        .def_property_readonly("top_log_probs",
+            [](Response const& r) {
+                std::vector<std::vector<std::pair<TokenIdType, float>>> out;
+                for (auto const& step : r.topLogProbs)
+                {
+                    auto& row = out.emplace_back();
+                    for (TokenLogProb const& t : step)
+                    {
+                        row.emplace_back(t.token, t.logProb);
+                    }
+                }
+                return out;
+            },
+            "Per output token, when asked for: the most likely (token, log-probability) pairs there.")
         .def_property_readonly("has_error", [](Response const& r) { return r.finishReason == FinishReason::kError; })
         .def("__repr__", [](Response const& r) {
             std::ostringstream os;
@@ -425,6 +440,7 @@ PYBIND11_MODULE(_core, m)
 {
     m.doc() = "Kiln runtime core: KV cache manager, scheduler, sampler and executor.";
     m.def("version", [] { return "0.1.0"; });
+    m.attr("MAX_TOP_LOG_PROBS") = kiln::kMaxTopLogProbs;
     py::register_exception_translator(&kiln::translateInvalidArgument);
     kiln::bindConfigs(m);
     kiln::bindRequests(m);

@@ -121,7 +121,8 @@ class ModelRunner:
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
-                 logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None):
+                 logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
+                 top_log_probs: int = 0):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -131,7 +132,9 @@ class ModelRunner:
         min_tokens: until each request has generated this many tokens, end_id and one-token stop
         words are never picked and no stop word ends it. logit_bias: {token id: bias in
         [-100, 100]} added to the model's logits before the penalties (OpenAI's).
-        allowed_token_ids: the only tokens that may be picked (vLLM's).
+        allowed_token_ids: the only tokens that may be picked (vLLM's). top_log_probs: with
+        output_log_probs and return_dict, "top_log_probs" holds per request, per generated token,
+        the this-many most likely (token, log-probability) pairs (at most 20).
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -141,7 +144,7 @@ class ModelRunner:
         params = GenerationParams(max_new_tokens, end_id, pad_id, temperature, top_k, top_p, min_p,
                                   repetition_penalty, presence_penalty, frequency_penalty,
                                   random_seed, output_log_probs, min_tokens, logit_bias,
-                                  allowed_token_ids)
+                                  allowed_token_ids, top_log_probs)
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:
@@ -156,6 +159,7 @@ class ModelRunner:
         index = {self.router.submit(r, responses)[0]: i for i, r in enumerate(requests)}
         generated: list[list[int]] = [[] for _ in requests]
         log_probs: list[list[float]] = [[] for _ in requests]
+        tops: list[list] = [[] for _ in requests]
         reasons = ["not_finished"] * len(requests)
         errors: dict[int, str] = {}
         pending = set(index)
@@ -168,22 +172,25 @@ class ModelRunner:
                     i = index[r.request_id]
                     generated[i] += r.output_token_ids
                     log_probs[i] += r.log_probs
+                    tops[i] += r.top_log_probs
                     if r.is_final:
                         pending.discard(r.request_id)
                         reasons[i] = r.finish_reason.name.lower()
                         if r.has_error:
                             errors[i] = r.error_message
                 if pending and requests[0].streaming:
-                    yield self._result(prompts, generated, log_probs, reasons, params, as_text, return_dict)
+                    yield self._result(prompts, generated, log_probs, tops, reasons, params,
+                                       as_text, return_dict)
         finally:
             for rid in pending:  # an abandoned stream must not keep its requests running
                 self.router.cancel(rid)
         if errors:
             first = min(errors)
             raise KilnError(f"request {first} of the batch failed: {errors[first]}")
-        yield self._result(prompts, generated, log_probs, reasons, params, as_text, return_dict)
+        yield self._result(prompts, generated, log_probs, tops, reasons, params, as_text,
+                           return_dict)
 
-    def _result(self, prompts, generated, log_probs, reasons, params, as_text, return_dict):
+    def _result(self, prompts, generated, log_probs, tops, reasons, params, as_text, return_dict):
         full = [list(p) + g for p, g in zip(prompts, generated)]
         width = max(len(f) for f in full)
         out = torch.full((len(full), 1, width), params.pad_id, dtype=torch.int32)
@@ -195,6 +202,7 @@ class ModelRunner:
             return texts if as_text else out
         return {"output_ids": out, "sequence_lengths": lengths,
                 "log_probs": log_probs if params.output_log_probs else None,
+                "top_log_probs": tops if params.top_log_probs else None,
                 "finish_reasons": list(reasons), "texts": texts}
 
     def shutdown(self) -> None:

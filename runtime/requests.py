@@ -30,11 +30,13 @@ class GenerationParams:
     min_tokens: int = 0
     logit_bias: dict | None = None
     allowed_token_ids: list | None = None
+    top_log_probs: int = 0
 
     def __post_init__(self) -> None:
         """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
         errors rather than a binding's TypeError; the executor checks the ranges."""
-        for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed", "min_tokens"):
+        for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed", "min_tokens",
+                     "top_log_probs"):
             value = getattr(self, name)
             if value is None and name == "random_seed":
                 continue
@@ -153,5 +155,6 @@ def make_requests(prompts, params: GenerationParams, stop_words_list, streaming:
     return [_core.Request(p, max_new_tokens=params.max_new_tokens,
                           sampling_config=params.sampling_config(i), end_id=params.end_id,
                           pad_id=params.pad_id, stop_words=stops[i], streaming=streaming,
-                          return_log_probs=params.output_log_probs)
+                          return_log_probs=params.output_log_probs,
+                          num_top_log_probs=params.top_log_probs)
             for i, p in enumerate(prompts)]

@@ -113,6 +113,7 @@ private:
         Request request;
         std::mt19937_64 rng;
         std::vector<float> logProbs;
+        std::vector<std::vector<TokenLogProb>> topLogProbs;
         SizeType numSent = 0; ///< generated tokens already in a response
     };
 
@@ -186,7 +187,7 @@ private:
         }
         auto const& seed = request.samplingConfig.seed;
         std::mt19937_64 rng(seed ? *seed : mSeeder());
-        mStates.emplace(id, RequestState{std::move(request), rng, {}, 0});
+        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0});
     }
 
     void step()
@@ -270,11 +271,11 @@ private:
     }
 
     /// Whether the backend may pick the request's next token (the argmax of the raw logits):
-    /// plain greedy, with no token held back (min_tokens).
+    /// plain greedy, with no token held back (min_tokens) and no alternatives asked for.
     bool picksOnBackend(IdType id) const
     {
         Request const& request = mStates.at(id).request;
-        return request.samplingConfig.isPlainGreedy()
+        return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0
             && mScheduler.find(id)->numGeneratedTokens() >= request.samplingConfig.minTokens;
     }
 
@@ -286,7 +287,7 @@ private:
         try
         {
             result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng,
-                heldBackTokens(state.request, seq.numGeneratedTokens()));
+                heldBackTokens(state.request, seq.numGeneratedTokens()), state.request.numTopLogProbs);
         }
         catch (std::runtime_error const& e)
         {
@@ -316,6 +317,10 @@ private:
         {
             state.logProbs.push_back(result.logProb);
         }
+        if (state.request.numTopLogProbs > 0)
+        {
+            state.topLogProbs.push_back(result.top);
+        }
         FinishReason const reason = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen);
         if (reason != FinishReason::kNotFinished)
         {
@@ -337,6 +342,10 @@ private:
             if (state.request.returnLogProbs)
             {
                 response.logProbs.assign(state.logProbs.begin() + state.numSent, state.logProbs.end());
+            }
+            if (state.request.numTopLogProbs > 0)
+            {
+                response.topLogProbs.assign(state.topLogProbs.begin() + state.numSent, state.topLogProbs.end());
             }
             state.numSent = seq->numGeneratedTokens();
         }

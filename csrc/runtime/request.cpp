@@ -77,6 +77,16 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
                 + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
         }
     }
+    if (request.numTopLogProbs < 0 || request.numTopLogProbs > kMaxTopLogProbs)
+    {
+        return "num_top_log_probs is " + std::to_string(request.numTopLogProbs) + " but must be in [0, "
+            + std::to_string(kMaxTopLogProbs) + "]";
+    }
+    if (request.numTopLogProbs > 0 && !request.returnLogProbs)
+    {
+        return "num_top_log_probs is " + std::to_string(request.numTopLogProbs)
+            + " but return_log_probs is false; ask for log-probabilities too";
+    }
     if (request.samplingConfig.minTokens > request.maxNewTokens)
     {
         return "sampling_config: min_tokens is " + std::to_string(request.samplingConfig.minTokens)

@@ -25,7 +25,13 @@ struct Request
     bool streaming = false;      ///< a response per step with the new tokens
     bool returnLogProbs = false; ///< log-probability of each generated token
     SizeType priority = 0;       ///< higher is admitted first; equal ones in arrival order
+    /// With returnLogProbs: at each generated token, this many most likely tokens and their
+    /// log-probabilities too (OpenAI's top_logprobs), at most kMaxTopLogProbs
+    SizeType numTopLogProbs = 0;
 };
+
+/// @brief The most alternatives a request may ask for at each token (vLLM's default max_logprobs).
+inline constexpr SizeType kMaxTopLogProbs = 20;
 
 /// @brief What is wrong with `request` for a model of `vocabSize` tokens (one line), or nullopt.
 /// Lengths against max_seq_len and the KV pool are the scheduler's to check.

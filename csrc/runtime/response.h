@@ -45,6 +45,9 @@ struct Response
     bool isFinal = false;
     FinishReason finishReason = FinishReason::kNotFinished;
     std::string errorMessage; ///< one line, when finishReason is kError
+    /// @brief One list per output token when the request asked for numTopLogProbs: the most
+    /// likely tokens there, most likely first.
+    std::vector<std::vector<TokenLogProb>> topLogProbs;
 };
 
 } // namespace kiln

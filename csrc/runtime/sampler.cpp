@@ -177,7 +177,34 @@ Sampler::Sampler(SizeType vocabSize)
 
 SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
-    std::vector<TokenIdType> const& heldBack)
+    std::vector<TokenIdType> const& heldBack, SizeType numTop)
+{
+    SampleResult result = pick(logits, config, tokens, numPromptTokens, rng, heldBack);
+    if (numTop > 0)
+    {
+        // mScratch holds the processed logits the pick was made from.
+        float const maxLogit = checkedMax(mScratch);
+        double const logSum = std::log(expSum(mScratch, maxLogit));
+        auto const n = std::min<std::size_t>(static_cast<std::size_t>(numTop), mScratch.size());
+        mOrder.resize(mScratch.size());
+        std::iota(mOrder.begin(), mOrder.end(), 0);
+        auto const higher = [this](TokenIdType a, TokenIdType b) {
+            float const la = mScratch[static_cast<std::size_t>(a)];
+            float const lb = mScratch[static_cast<std::size_t>(b)];
+            return la > lb || (la == lb && a < b);
+        };
+        std::partial_sort(mOrder.begin(), mOrder.begin() + static_cast<std::ptrdiff_t>(n), mOrder.end(), higher);
+        for (std::size_t i = 0; i < n && mScratch[static_cast<std::size_t>(mOrder[i])] != kMasked; ++i)
+        {
+            double const l = mScratch[static_cast<std::size_t>(mOrder[i])];
+            result.top.push_back({mOrder[i], static_cast<float>(l - maxLogit - logSum)});
+        }
+    }
+    return result;
+}
+
+SampleResult Sampler::pick(float const* logits, SamplingConfig const& config, std::vector<TokenIdType> const& tokens,
+    SizeType numPromptTokens, std::mt19937_64& rng, std::vector<TokenIdType> const& heldBack)
 {
     mScratch.assign(logits, logits + mVocabSize);
     for (auto const& [token, bias] : config.logitBias)
@@ -211,7 +238,7 @@ SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     {
         checkedMax(mScratch);
         auto const best = static_cast<TokenIdType>(std::max_element(mScratch.begin(), mScratch.end()) - mScratch.begin());
-        return {best, logSoftmaxAt(mScratch, best)};
+        return {best, logSoftmaxAt(mScratch, best), {}};
     }
     applyTemperatureAndFilters(mScratch, config);
     float const maxLogit = checkedMax(mScratch);
@@ -234,7 +261,7 @@ SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     }
     auto const logProb = static_cast<float>(
         static_cast<double>(mScratch[static_cast<std::size_t>(chosen)]) - maxLogit - std::log(sum));
-    return {chosen, logProb};
+    return {chosen, logProb, {}};
 }
 
 } // namespace kiln

@@ -9,11 +9,14 @@
 namespace kiln
 {
 
-/// @brief A picked token and its log-probability under the processed distribution.
+/// @brief A picked token and its log-probability under the processed distribution, and when
+/// asked for, the most likely tokens under it (most likely first, lowest id on ties; tokens the
+/// processing masked are left out).
 struct SampleResult
 {
     TokenIdType token = 0;
     float logProb = 0.0F;
+    std::vector<TokenLogProb> top;
 };
 
 /// @brief Applies the HF repetition penalty (over prompt and output tokens) and the OpenAI
@@ -49,16 +52,22 @@ public:
 
     /// @brief Picks the next token of a sequence whose tokens (prompt first) are `tokens`,
     /// never one of `heldBack` (masked after the penalties; the log-probability is under the
-    /// distribution without them). Throws std::runtime_error when the row holds NaN or no
-    /// finite value.
+    /// distribution without them), with the `numTop` most likely tokens. Throws
+    /// std::runtime_error when the row holds NaN or no finite value.
     [[nodiscard]] SampleResult sample(float const* logits, SamplingConfig const& config,
         std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
-        std::vector<TokenIdType> const& heldBack = {});
+        std::vector<TokenIdType> const& heldBack = {}, SizeType numTop = 0);
 
 private:
+    /// The token and its log-probability; leaves the processed logits in mScratch.
+    [[nodiscard]] SampleResult pick(float const* logits, SamplingConfig const& config,
+        std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
+        std::vector<TokenIdType> const& heldBack);
+
     SizeType mVocabSize;
     std::vector<float> mScratch;
     std::vector<float> mAllowed; ///< the allowed tokens' logits, the others masked
+    std::vector<TokenIdType> mOrder; ///< token ids, ordered for the most likely ones
 };
 
 } // namespace kiln

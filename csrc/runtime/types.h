@@ -14,4 +14,11 @@ using BlockIdType = std::int32_t;
 /// @brief The id the executor gives a request (never 0).
 using IdType = std::uint64_t;
 
+/// @brief A token and its log-probability.
+struct TokenLogProb
+{
+    TokenIdType token = 0;
+    float logProb = 0.0F;
+};
+
 } // namespace kiln

@@ -77,6 +77,7 @@ class Server:
             self._time_tokens(sub, c, len(new))
             c.tokens += new
             c.log_probs += r.log_probs
+            c.top_log_probs += r.top_log_probs
             text = c.text.add(new, r.is_final)
             if c.text.stopped and not r.is_final:
                 sub.stop(r.request_id)
@@ -84,7 +85,7 @@ class Server:
                 c.finish_reason = "stop" if c.text.stopped else r.finish_reason.name.lower()
                 self.metrics.finished.labels(c.finish_reason).inc()
                 live -= 1
-            yield c, text, new, list(r.log_probs), c.finish_reason
+            yield c, text, new, (list(r.log_probs), list(r.top_log_probs)), c.finish_reason
 
     def _time_tokens(self, sub: Submission, c, n: int) -> None:
         if not n:

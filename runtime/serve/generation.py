@@ -36,6 +36,7 @@ class Choice:
     text: TextStream
     tokens: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
+    top_log_probs: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
     last_token_at: float = 0.0
     echo: str = ""  # the prompt's text, put before the answer (completions' echo)
@@ -159,8 +160,9 @@ def _truncated(prompts: list[list[int]], keep: int | None, limits: Limits) -> li
 
 
 def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
-         want_log_probs: bool) -> list[Choice]:
-    """The executor requests for `prompts`, n of each, with the body's sampling parameters."""
+         want_log_probs: bool, top: int = 0) -> list[Choice]:
+    """The executor requests for `prompts`, n of each, with the body's sampling parameters;
+    `top`: the most likely tokens to list beside each generated one."""
     if not 1 <= body.n <= MAX_CHOICES:
         raise bad_request(f"n is {body.n}; it must be between 1 and {MAX_CHOICES}", "n")
     if body.n * len(prompts) > MAX_CHOICES:
@@ -182,7 +184,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         frequency_penalty=body.frequency_penalty or 0.0, random_seed=body.seed,
         output_log_probs=want_log_probs, min_tokens=body.min_tokens,
         logit_bias=_logit_bias(body.logit_bias, limits),
-        allowed_token_ids=_allowed(body.allowed_token_ids, limits))
+        allowed_token_ids=_allowed(body.allowed_token_ids, limits), top_log_probs=top)
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
@@ -213,9 +215,22 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
             for i, ((k, p), r) in enumerate(zip(expanded, requests))]
 
 
+def _top_count(asked: int | None, param: str) -> int:
+    """How many most likely tokens to list beside each generated one (OpenAI's logprobs=k for
+    completions, top_logprobs for chat)."""
+    if asked is None:
+        return 0
+    if not 0 <= asked <= _core.MAX_TOP_LOG_PROBS:
+        raise bad_request(f"{param} is {asked} but must be between 0 and "
+                          f"{_core.MAX_TOP_LOG_PROBS}", param)
+    return asked
+
+
 def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
     prompts = completion_prompts(body, tokenizer, limits)
-    choices = plan(body, prompts, body.max_tokens, tokenizer, limits, body.logprobs is not None)
+    top = _top_count(body.logprobs, "logprobs")
+    choices = plan(body, prompts, body.max_tokens, tokenizer, limits, body.logprobs is not None,
+                   top)
     if body.echo:
         # A prompt sent as text comes back as sent; as token ids, or cut by
         # truncate_prompt_tokens, as the text of the ids the model saw.
@@ -230,4 +245,7 @@ def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[
 def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
     prompt = chat_prompt(body, tokenizer)
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs)
+    top = _top_count(body.top_logprobs, "top_logprobs")
+    if top and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
+    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs, top)

@@ -87,9 +87,6 @@ class CompletionRequest(_Sampling):
             out.append(("best_of", "best_of > 1 is not supported; use n for several completions"))
         if self.suffix:
             out.append(("suffix", "suffix (insertion) is not supported; remove it"))
-        if self.logprobs not in (None, 0, 1):
-            out.append(("logprobs", f"logprobs={self.logprobs} is not supported; Kiln returns the "
-                                    "chosen token's log-probability only (use 0 or 1)"))
         return out
 
 
@@ -127,9 +124,6 @@ class ChatCompletionRequest(_Sampling):
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.top_logprobs:
-            out.append(("top_logprobs", "top_logprobs > 0 is not supported; Kiln returns the "
-                                        "chosen token's log-probability only"))
         if self.tools:
             out.append(("tools", "tool calling is not supported; remove tools"))
         if self.tool_choice not in (None, "none", "auto"):

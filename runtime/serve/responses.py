@@ -16,6 +16,14 @@ def usage(choices) -> dict:
             "total_tokens": prompt + completion}
 
 
+def _by_text(pairs) -> dict[str, float]:
+    """{text: log-probability}; of tokens that read the same, the first (most likely) one."""
+    out: dict[str, float] = {}
+    for text, lp in pairs:
+        out.setdefault(text, lp)
+    return out
+
+
 class ResponseFormat:
     object_name = ""
     chunk_name = ""
@@ -45,11 +53,16 @@ class ResponseFormat:
     def _token_texts(self, tokens) -> list[str]:
         return [self.tokenizer.decode([t]) for t in tokens]
 
+    def _alternatives(self, tops) -> list[list[tuple[str, float]]]:
+        """Per token, its most likely tokens as (text, log-probability)."""
+        return [[(self.tokenizer.decode([t]), lp) for t, lp in top] for top in tops]
+
     # per kind
     def choice(self, c) -> dict:
         raise NotImplementedError
 
     def chunk(self, c, text: str, tokens, log_probs, finish_reason: str | None) -> dict:
+        """`log_probs`: (the tokens' log-probabilities, their alternatives when asked for)."""
         raise NotImplementedError
 
     def start_chunks(self, choices) -> list[dict]:
@@ -63,12 +76,18 @@ class CompletionFormat(ResponseFormat):
     def _log_probs(self, tokens, log_probs) -> dict | None:
         if not self.want_log_probs:
             return None
-        return {"tokens": self._token_texts(tokens), "token_logprobs": list(log_probs),
-                "top_logprobs": None, "text_offset": None}
+        lps, tops = log_probs
+        texts = self._token_texts(tokens)
+        top = None
+        if tops:  # each position's alternatives and the token taken there (OpenAI's format)
+            top = [_by_text(alts + [(s, lp)])
+                   for alts, s, lp in zip(self._alternatives(tops), texts, lps)]
+        return {"tokens": texts, "token_logprobs": list(lps), "top_logprobs": top,
+                "text_offset": None}
 
     def choice(self, c) -> dict:
         return {"index": c.index, "text": c.echo + c.text.text,
-                "logprobs": self._log_probs(c.tokens, c.log_probs),
+                "logprobs": self._log_probs(c.tokens, (c.log_probs, c.top_log_probs)),
                 "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
 
     def chunk(self, c, text, tokens, log_probs, finish_reason) -> dict:
@@ -91,13 +110,16 @@ class ChatFormat(ResponseFormat):
     def _log_probs(self, tokens, log_probs) -> dict | None:
         if not self.want_log_probs:
             return None
+        lps, tops = log_probs
+        alternatives = self._alternatives(tops) if tops else [[] for _ in lps]
         return {"content": [{"token": s, "logprob": lp, "bytes": list(s.encode()),
-                             "top_logprobs": []}
-                            for s, lp in zip(self._token_texts(tokens), log_probs)]}
+                             "top_logprobs": [{"token": a, "logprob": alp,
+                                               "bytes": list(a.encode())} for a, alp in alts]}
+                            for s, lp, alts in zip(self._token_texts(tokens), lps, alternatives)]}
 
     def choice(self, c) -> dict:
         return {"index": c.index, "message": {"role": "assistant", "content": c.text.text},
-                "logprobs": self._log_probs(c.tokens, c.log_probs),
+                "logprobs": self._log_probs(c.tokens, (c.log_probs, c.top_log_probs)),
                 "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
 
     def start_chunks(self, choices) -> list[dict]:

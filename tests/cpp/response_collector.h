@@ -18,6 +18,7 @@ struct Outcome
 {
     std::vector<TokenIdType> tokens;
     std::vector<float> logProbs;
+    std::vector<std::vector<TokenLogProb>> topLogProbs;
     int numResponses = 0;
     int numFinals = 0;
     bool afterFinal = false; ///< a response arrived after the final one
@@ -35,6 +36,7 @@ public:
             o.afterFinal = o.afterFinal || o.numFinals > 0;
             o.tokens.insert(o.tokens.end(), r.outputTokenIds.begin(), r.outputTokenIds.end());
             o.logProbs.insert(o.logProbs.end(), r.logProbs.begin(), r.logProbs.end());
+            o.topLogProbs.insert(o.topLogProbs.end(), r.topLogProbs.begin(), r.topLogProbs.end());
             ++o.numResponses;
             if (r.isFinal)
             {

@@ -530,3 +530,57 @@ TEST(Executor, LogitBiasAndAllowedTokensSteerGreedyOnEitherPickPath)
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
     }
 }
+
+TEST(Executor, TopLogProbsComeWithEachTokenOnEitherPickPath)
+{
+    Request asked = greedy({7, 8, 9}, 6);
+    asked.returnLogProbs = true;
+    asked.numTopLogProbs = 3;
+    Request streamed = asked;
+    streamed.streaming = true;
+    Request without = asked;
+    without.returnLogProbs = false;
+    Request tooMany = asked;
+    tooMany.numTopLogProbs = 21;
+    auto const full = test::expectedGreedy(asked, 64, kVocab).tokens;
+    for (bool const pickOnBackend : {false, true})
+    {
+        Fixture f;
+        f.backend->pickGreedy = pickOnBackend;
+        IdType const a = f.executor.enqueueRequest(asked);
+        IdType const b = f.executor.enqueueRequest(streamed);
+        IdType const c = f.executor.enqueueRequest(without);
+        IdType const d = f.executor.enqueueRequest(tooMany);
+        f.responses.collect(f.executor, {a, b, c, d});
+        for (IdType const id : {a, b})
+        {
+            auto const& out = f.responses.outcomes[id];
+            EXPECT_EQ(out.tokens, full);
+            ASSERT_EQ(out.topLogProbs.size(), full.size()) << pickOnBackend;
+            std::vector<TokenIdType> context = asked.inputTokenIds;
+            for (std::size_t i = 0; i < full.size(); ++i)
+            {
+                ASSERT_EQ(out.topLogProbs[i].size(), 3U);
+                EXPECT_EQ(out.topLogProbs[i][0].token, full[i]);
+                EXPECT_NEAR(out.topLogProbs[i][0].logProb, out.logProbs[i], 1e-6);
+                TokenIdType const fav = test::favouredToken(context, kVocab);
+                for (std::size_t j = 1; j < 3; ++j)
+                {
+                    TokenIdType const t = out.topLogProbs[i][j].token;
+                    EXPECT_LE(out.topLogProbs[i][j].logProb, out.topLogProbs[i][j - 1].logProb);
+                    EXPECT_NE(t, full[i]);
+                    for (TokenIdType v = 0; v < kVocab; ++v) // nothing better left out
+                    {
+                        bool const listed = std::any_of(out.topLogProbs[i].begin(), out.topLogProbs[i].end(),
+                            [v](TokenLogProb const& x) { return x.token == v; });
+                        EXPECT_TRUE(listed || test::fakeLogit(v, fav) <= test::fakeLogit(t, fav));
+                    }
+                }
+                context.push_back(full[i]);
+            }
+        }
+        EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("return_log_probs is false"), std::string::npos);
+        EXPECT_NE(f.responses.outcomes[d].final.errorMessage.find("num_top_log_probs is 21 but must be in [0, 20]"),
+            std::string::npos);
+    }
+}

@@ -249,3 +249,33 @@ TEST(Sampler, OnlyAllowedTokensArePicked)
         EXPECT_EQ(s.token, 4); // 0 is held back, so 4 is all that is left
     }
 }
+
+TEST(Sampler, TopLogProbsAreTheMostLikelyUnderTheProcessedDistribution)
+{
+    Sampler sampler(6);
+    std::mt19937_64 rng(11);
+    Logits const logits{1.0F, 3.0F, 2.5F, 3.0F, 0.5F, -1.0F};
+    auto const g = sampler.sample(logits.data(), config(0.0F), {0}, 1, rng, {}, 3);
+    EXPECT_EQ(g.token, 1);
+    ASSERT_EQ(g.top.size(), 3U);
+    double z = 0.0;
+    for (float const l : logits)
+    {
+        z += std::exp(static_cast<double>(l));
+    }
+    std::vector<TokenIdType> const order{1, 3, 2}; // equal logits: the lower id first
+    for (std::size_t i = 0; i < 3; ++i)
+    {
+        EXPECT_EQ(g.top[i].token, order[i]);
+        EXPECT_NEAR(g.top[i].logProb, logits[static_cast<std::size_t>(order[i])] - std::log(z), 1e-6);
+    }
+    EXPECT_NEAR(g.top[0].logProb, g.logProb, 1e-7);
+    // top-k 2 masks all but two: only they are listed, under the renormalized distribution
+    SamplingConfig c = config(1.0F);
+    c.topK = 2;
+    auto const s = sampler.sample(logits.data(), c, {0}, 1, rng, {}, 5);
+    ASSERT_EQ(s.top.size(), 2U);
+    EXPECT_NEAR(s.top[0].logProb, std::log(0.5), 1e-6);
+    EXPECT_NEAR(s.top[1].logProb, std::log(0.5), 1e-6);
+    EXPECT_TRUE(sampler.sample(logits.data(), config(0.0F), {0}, 1, rng).top.empty());
+}

@@ -234,6 +234,26 @@ def test_allowed_token_ids_equal_huggingface_prefix_allowed_tokens(runners):
     assert out["output_ids"][0, 0, len(p):].tolist() == hf
 
 
+def test_top_log_probs_are_the_model_s_most_likely_tokens(runners):
+    """top_log_probs: per generated token, the k most likely tokens and their log-softmax of
+    HF's logits (greedy: the first is the token picked)."""
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (9,), seed=13)[0]
+    out = runner.generate([p], max_new_tokens=5, end_id=-1, output_log_probs=True,
+                          top_log_probs=4, return_dict=True)
+    tokens = out["output_ids"][0, 0, len(p):].tolist()
+    assert len(out["top_log_probs"][0]) == 5
+    with torch.no_grad():
+        logits = model(torch.tensor([p + tokens])).logits[0, len(p) - 1: -1].float()
+    want = torch.log_softmax(logits, dim=-1).topk(4)
+    for i, top in enumerate(out["top_log_probs"][0]):
+        assert [t for t, _ in top] == want.indices[i].tolist()
+        assert [lp for _, lp in top] == pytest.approx(want.values[i].tolist(), abs=1e-4)
+        assert top[0][0] == tokens[i] and top[0][1] == pytest.approx(out["log_probs"][0][i])
+    plain = runner.generate([p], max_new_tokens=5, end_id=-1, return_dict=True)
+    assert plain["top_log_probs"] is None and plain["output_ids"][0, 0, len(p):].tolist() == tokens
+
+
 def test_seeded_sampling_is_reproducible(runners):
     runner, _ = runners("qwen3")
     batch = prompts(runner.vocab_size, (6, 6), seed=8)
@@ -307,6 +327,8 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(allowed_token_ids=[]), "allowed_token_ids is empty"),
     (dict(allowed_token_ids=[3, 100000]), "allowed_token_ids has token id 100000, outside"),
     (dict(allowed_token_ids="abc"), "allowed_token_ids must be a list of token ids"),
+    (dict(top_log_probs=3), "num_top_log_probs is 3 but return_log_probs is false"),
+    (dict(top_log_probs=21, output_log_probs=True), r"num_top_log_probs is 21 but must be in \[0, 20\]"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):
     runner, model = runners("llama")

@@ -183,6 +183,37 @@ def test_seeded_sampling_n_and_log_probs(client, runners):
     assert [e.logprob for e in chat.choices[0].logprobs.content] == pytest.approx(g["log_probs"][0], abs=1e-4)
 
 
+def test_top_logprobs_list_the_most_likely_tokens(client, runners):
+    """Completions' logprobs=k and chat's top_logprobs: at each token its k most likely ones,
+    as the reference runner lists them."""
+    _, ref = runners
+    tok = ref.tokenizer
+    ids, g = generated(ref, tok.encode(TEXTS[2]), 6, output_log_probs=True, top_log_probs=3)
+    tops = g["top_log_probs"][0]
+    out = client.completions.create(model="tiny", prompt=TEXTS[2], max_tokens=6, temperature=0,
+                                    logprobs=3)
+    lp = out.choices[0].logprobs
+    assert lp.tokens == [tok.decode([t]) for t in ids]
+    for i, top in enumerate(lp.top_logprobs):
+        want = {}
+        for t, v in tops[i]:  # tokens that read the same: the most likely one
+            want.setdefault(tok.decode([t]), v)
+        assert top.keys() == want.keys() and lp.tokens[i] in top
+        assert [top[k] for k in want] == pytest.approx(list(want.values()), abs=1e-4)
+    chunks = list(client.completions.create(model="tiny", prompt=TEXTS[2], max_tokens=6,
+                                            temperature=0, logprobs=3, stream=True))
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.top_logprobs] \
+        == lp.top_logprobs
+    ids, g = generated(ref, tok.chat("x"), 5, output_log_probs=True, top_log_probs=2)
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                          max_tokens=5, temperature=0, logprobs=True,
+                                          top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert [[(a.token, round(a.logprob, 4)) for a in e.top_logprobs] for e in content] == [
+        [(tok.decode([t]), round(v, 4)) for t, v in top] for top in g["top_log_probs"][0]]
+    assert all(e.top_logprobs[0].token == e.token for e in content)
+
+
 def test_stop_strings_cut_the_text(client, runners):
     _, ref = runners
     tok = ref.tokenizer
