@@ -97,6 +97,8 @@ class Request:
     priority: int
     num_top_log_probs: int
     """with return_log_probs: this many most likely tokens at each generated one (at most 20)"""
+    bad_words: list[list[int]]
+    """sequences never generated (a word's last token is not picked after the rest of it)"""
     def __init__(
         self,
         input_token_ids: _Seq[int],
@@ -110,6 +112,7 @@ class Request:
         return_log_probs: bool = False,
         priority: int = 0,
         num_top_log_probs: int = 0,
+        bad_words: _Seq[_Seq[int]] = ...,
     ) -> None: ...
 
 class Response:

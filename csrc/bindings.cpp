@@ -213,13 +213,15 @@ void bindRequests(py::module_& m)
     py::class_<Request>(m, "Request", "One generation request.")
         .def(py::init([](std::vector<TokenIdType> inputTokenIds, SizeType maxNewTokens, SamplingConfig samplingConfig,
                           TokenIdType endId, TokenIdType padId, std::vector<std::vector<TokenIdType>> stopWords,
-                          bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs) {
+                          bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs,
+                          std::vector<std::vector<TokenIdType>> badWords) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
-                streaming, returnLogProbs, priority, numTopLogProbs};
+                streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords)};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
-            "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0)
+            "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0,
+            "bad_words"_a = std::vector<std::vector<TokenIdType>>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -229,7 +231,8 @@ void bindRequests(py::module_& m)
         .def_readwrite("streaming", &Request::streaming)
         .def_readwrite("return_log_probs", &Request::returnLogProbs)
         .def_readwrite("priority", &Request::priority)
-        .def_readwrite("num_top_log_probs", &Request::numTopLogProbs);
+        .def_readwrite("num_top_log_probs", &Request::numTopLogProbs)
+        .def_readwrite("bad_words", &Request::badWords);
 
     py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
         .def_readonly("request_id", &Response::requestId)

@@ -122,7 +122,7 @@ class ModelRunner:
                  random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
-                 top_log_probs: int = 0):
+                 top_log_probs: int = 0, bad_words_list=None):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -134,7 +134,8 @@ class ModelRunner:
         [-100, 100]} added to the model's logits before the penalties (OpenAI's).
         allowed_token_ids: the only tokens that may be picked (vLLM's). top_log_probs: with
         output_log_probs and return_dict, "top_log_probs" holds per request, per generated token,
-        the this-many most likely (token, log-probability) pairs (at most 20).
+        the this-many most likely (token, log-probability) pairs (at most 20). bad_words_list:
+        sequences never generated, given as stop_words_list is (TensorRT-LLM's).
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -145,7 +146,8 @@ class ModelRunner:
                                   repetition_penalty, presence_penalty, frequency_penalty,
                                   random_seed, output_log_probs, min_tokens, logit_bias,
                                   allowed_token_ids, top_log_probs)
-        requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer)
+        requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer,
+                                 bad_words_list)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:
             return stream

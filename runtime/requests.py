@@ -119,42 +119,44 @@ def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]
     return prompts, False
 
 
-def _stop_words(stop_words_list, batch: int, tokenizer) -> list[list[list[int]]]:
-    """Per request, its stop sequences. Accepts one list for all requests or one per request,
-    each a list of token-id sequences or strings."""
-    if stop_words_list is None or (isinstance(stop_words_list, (list, tuple))
-                                   and not stop_words_list):
+def _word_lists(words_list, batch: int, tokenizer,
+                what: str = "stop") -> list[list[list[int]]]:
+    """Per request, its stop sequences (or with `what` "bad", its bad words). Accepts one list
+    for all requests or one per request, each a list of token-id sequences or strings."""
+    name = f"{what}_words_list"
+    if words_list is None or (isinstance(words_list, (list, tuple)) and not words_list):
         return [[] for _ in range(batch)]
-    if not isinstance(stop_words_list, (list, tuple)):
-        raise KilnError("stop_words_list must be a list of stop words (strings or lists of "
-                        f"token ids), or one such list per prompt; got {stop_words_list!r}")
+    if not isinstance(words_list, (list, tuple)):
+        raise KilnError(f"{name} must be a list of {what} words (strings or lists of "
+                        f"token ids), or one such list per prompt; got {words_list!r}")
 
     def words(items) -> list[list[int]]:
         out = []
         for w in items:
             if not isinstance(w, (str, list, tuple)) or (
                     not isinstance(w, str) and not all(isinstance(t, numbers.Integral) for t in w)):
-                raise KilnError(f"stop word {w!r} is neither a string nor a list of token ids")
+                raise KilnError(f"{what} word {w!r} is neither a string nor a list of token ids")
             seq = tokenizer.encode(w, add_special_tokens=False) if isinstance(w, str) else list(w)
             if not seq:
-                raise KilnError("a stop word is empty; remove it")
+                raise KilnError(f"a {what} word is empty; remove it")
             out.append([int(t) for t in seq])
         return out
 
-    per_request = (len(stop_words_list) == batch and all(
+    per_request = (len(words_list) == batch and all(
         isinstance(x, (list, tuple)) and x and all(isinstance(w, (list, tuple, str)) for w in x)
-        for x in stop_words_list))
+        for x in words_list))
     if per_request:
-        return [words(x) for x in stop_words_list]
-    return [words(stop_words_list)] * batch
+        return [words(x) for x in words_list]
+    return [words(words_list)] * batch
 
 
 def make_requests(prompts, params: GenerationParams, stop_words_list, streaming: bool,
-                  tokenizer) -> list["_core.Request"]:
-    stops = _stop_words(stop_words_list, len(prompts), tokenizer)
+                  tokenizer, bad_words_list=None) -> list["_core.Request"]:
+    stops = _word_lists(stop_words_list, len(prompts), tokenizer)
+    bad = _word_lists(bad_words_list, len(prompts), tokenizer, "bad")
     return [_core.Request(p, max_new_tokens=params.max_new_tokens,
                           sampling_config=params.sampling_config(i), end_id=params.end_id,
                           pad_id=params.pad_id, stop_words=stops[i], streaming=streaming,
                           return_log_probs=params.output_log_probs,
-                          num_top_log_probs=params.top_log_probs)
+                          num_top_log_probs=params.top_log_probs, bad_words=bad[i])
             for i, p in enumerate(prompts)]

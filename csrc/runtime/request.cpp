@@ -57,6 +57,21 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
             }
         }
     }
+    for (std::size_t i = 0; i < request.badWords.size(); ++i)
+    {
+        std::string const name = "bad_words[" + std::to_string(i) + "]";
+        if (request.badWords[i].empty())
+        {
+            return name + " is empty; each bad word needs at least one token";
+        }
+        for (std::size_t j = 0; j < request.badWords[i].size(); ++j)
+        {
+            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", request.badWords[i][j], vocabSize, false))
+            {
+                return p;
+            }
+        }
+    }
     if (auto p = request.samplingConfig.validate())
     {
         return "sampling_config: " + *p;
@@ -96,22 +111,31 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     return std::nullopt;
 }
 
-std::vector<TokenIdType> heldBackTokens(Request const& request, SizeType numGenerated)
+std::vector<TokenIdType> heldBackTokens(
+    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens)
 {
     std::vector<TokenIdType> held;
-    if (numGenerated >= request.samplingConfig.minTokens)
+    auto const numGenerated = static_cast<std::size_t>(tokens.size()) - static_cast<std::size_t>(numPromptTokens);
+    if (static_cast<SizeType>(numGenerated) < request.samplingConfig.minTokens)
     {
-        return held;
-    }
-    if (request.endId >= 0)
-    {
-        held.push_back(request.endId);
-    }
-    for (auto const& word : request.stopWords)
-    {
-        if (word.size() == 1)
+        if (request.endId >= 0)
         {
-            held.push_back(word.front());
+            held.push_back(request.endId);
+        }
+        for (auto const& word : request.stopWords)
+        {
+            if (word.size() == 1)
+            {
+                held.push_back(word.front());
+            }
+        }
+    }
+    for (auto const& word : request.badWords)
+    {
+        std::size_t const rest = word.size() - 1;
+        if (!word.empty() && rest <= numGenerated && std::equal(word.begin(), word.end() - 1, tokens.end() - static_cast<std::ptrdiff_t>(rest)))
+        {
+            held.push_back(word.back());
         }
     }
     return held;

@@ -28,6 +28,9 @@ struct Request
     /// With returnLogProbs: at each generated token, this many most likely tokens and their
     /// log-probabilities too (OpenAI's top_logprobs), at most kMaxTopLogProbs
     SizeType numTopLogProbs = 0;
+    /// @brief Sequences never generated: a word's last token is not picked where the generated
+    /// tokens end with the rest of it (TensorRT-LLM's bad_words_list, vLLM's bad_words)
+    std::vector<std::vector<TokenIdType>> badWords;
 };
 
 /// @brief The most alternatives a request may ask for at each token (vLLM's default max_logprobs).
@@ -37,9 +40,11 @@ inline constexpr SizeType kMaxTopLogProbs = 20;
 /// Lengths against max_seq_len and the KV pool are the scheduler's to check.
 [[nodiscard]] std::optional<std::string> validateRequest(Request const& request, SizeType vocabSize);
 
-/// @brief The tokens `request` may not pick as its next one, having generated `numGenerated`:
-/// end_id and its one-token stop words while it has fewer than min_tokens, else none.
-[[nodiscard]] std::vector<TokenIdType> heldBackTokens(Request const& request, SizeType numGenerated);
+/// @brief The tokens `request` may not pick as its next one, its sequence being `tokens` (prompt
+/// first): end_id and its one-token stop words while it has generated fewer than min_tokens,
+/// and each bad word's last token where the generated tokens end with the rest of the word.
+[[nodiscard]] std::vector<TokenIdType> heldBackTokens(
+    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens);
 
 /// @brief Why `request` stops now that its sequence is `tokens` (prompt first), or kNotFinished.
 /// End id first, then stop words (matched among generated tokens only), then the length limits;

@@ -145,6 +145,20 @@ def _allowed(ids, limits: Limits) -> list[int] | None:
     return ids
 
 
+def _bad_words(words, tokenizer) -> list[list[int]]:
+    """vLLM's bad_words: each word's tokens, and those of the word after a space (as it reads
+    in the middle of a text) where they differ."""
+    out = []
+    for w in words or []:
+        if not w.strip():
+            raise bad_request("bad_words contains an empty word; remove it", "bad_words")
+        for text in (w, " " + w.lstrip()):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if ids and ids not in out:
+                out.append(ids)
+    return out
+
+
 def _truncated(prompts: list[list[int]], keep: int | None, limits: Limits) -> list[list[int]]:
     """vLLM's truncate_prompt_tokens: each prompt's last `keep` tokens (-1: the model's
     context length)."""
@@ -204,8 +218,10 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         # stop_token_ids end a request as its stop strings' tokens do (the executor's stop
         # words); the token stays in the output, its text too unless it is a special token.
         words = stops + [[t] for t in stop_ids]
+        bad = _bad_words(body.bad_words, tokenizer)
         requests = make_requests([p for _, p in expanded], params,
-                                 [words] * len(expanded) if words else None, True, tokenizer)
+                                 [words] * len(expanded) if words else None, True, tokenizer,
+                                 [bad] * len(expanded) if bad else None)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else

@@ -45,10 +45,10 @@ class _Sampling(BaseModel):
     truncate_prompt_tokens: int | None = None
     allowed_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
+    bad_words: list[str] | None = None
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     use_beam_search: bool = False
     prompt_logprobs: int | None = None
-    bad_words: list[str] | None = None
     guided_json: Any = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
@@ -62,8 +62,6 @@ class _Sampling(BaseModel):
                                            "use_beam_search"))
         if self.prompt_logprobs is not None:
             out.append(("prompt_logprobs", "prompt_logprobs is not supported; remove it"))
-        if self.bad_words:
-            out.append(("bad_words", "bad_words is not supported; remove it"))
         for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
             if getattr(self, name) is not None:
                 out.append((name, f"structured output is not supported; remove {name}"))

@@ -36,12 +36,14 @@ def _opt(name: str, data_type: str, dims=(1,)) -> TensorSpec:
 PREPROCESSING_INPUTS = (
     TensorSpec("text_input", "TYPE_STRING", (1,)),
     _opt("stop_words", "TYPE_STRING", (-1,)),
+    _opt("bad_words", "TYPE_STRING", (-1,)),
     _opt("apply_chat_template", "TYPE_BOOL"),
 )
 PREPROCESSING_OUTPUTS = (
     TensorSpec("input_ids", "TYPE_INT32", (-1,)),
     TensorSpec("input_lengths", "TYPE_INT32", (1,)),
     TensorSpec("stop_words_list", "TYPE_INT32", (2, -1)),
+    TensorSpec("bad_words_list", "TYPE_INT32", (2, -1)),
 )
 
 # ensemble input name -> engine model input name, for the inputs the ensemble passes straight on
@@ -65,6 +67,7 @@ ENGINE_INPUTS = (
     _opt("input_lengths", "TYPE_INT32"),
     TensorSpec("request_output_len", "TYPE_INT32", (1,)),
     _opt("stop_words_list", "TYPE_INT32", (2, -1)),
+    _opt("bad_words_list", "TYPE_INT32", (2, -1)),
     *SAMPLING_INPUTS.values(),
 )
 ENGINE_OUTPUTS = (
@@ -89,6 +92,7 @@ ENSEMBLE_INPUTS = (
     TensorSpec("text_input", "TYPE_STRING", (1,)),
     TensorSpec("max_tokens", "TYPE_INT32", (1,)),
     _opt("stop_words", "TYPE_STRING", (-1,)),
+    _opt("bad_words", "TYPE_STRING", (-1,)),
     _opt("apply_chat_template", "TYPE_BOOL"),
     *(TensorSpec(name, s.data_type, s.dims, True) for name, s in SAMPLING_INPUTS.items()),
 )
@@ -139,10 +143,11 @@ def engine_config(name: str, max_batch_size: int, parameters: dict) -> dict:
 def ensemble_config(engine_name: str, max_batch_size: int) -> dict:
     steps = [
         (PREPROCESSING, {"text_input": "text_input", "stop_words": "stop_words",
-                         "apply_chat_template": "apply_chat_template"},
+                         "bad_words": "bad_words", "apply_chat_template": "apply_chat_template"},
          {t.name: f"_{t.name}" for t in PREPROCESSING_OUTPUTS}),
         (engine_name, {"input_ids": "_input_ids", "input_lengths": "_input_lengths",
-                       "stop_words_list": "_stop_words_list", "request_output_len": "max_tokens",
+                       "stop_words_list": "_stop_words_list", "bad_words_list": "_bad_words_list",
+                       "request_output_len": "max_tokens",
                        **{s.name: name for name, s in SAMPLING_INPUTS.items()}},
          {t.name: f"_{t.name}" for t in POSTPROCESSING_INPUTS}),
         (POSTPROCESSING, {t.name: f"_{t.name}" for t in POSTPROCESSING_INPUTS},

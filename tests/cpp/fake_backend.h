@@ -58,11 +58,24 @@ inline Expected expectedGreedy(Request const& request, SizeType maxSeqLen, SizeT
     {
         TokenIdType const favoured = favouredToken(context, vocabSize);
         bool const early = static_cast<SizeType>(e.tokens.size()) < request.samplingConfig.minTokens;
+        auto const bad = [&](TokenIdType v) { // v would complete a bad word among the generated tokens
+            for (auto const& word : request.badWords)
+            {
+                std::vector<TokenIdType> tail(e.tokens);
+                tail.push_back(v);
+                if (word.size() <= tail.size() && std::equal(word.rbegin(), word.rend(), tail.rbegin()))
+                {
+                    return true;
+                }
+            }
+            return false;
+        };
         auto const held = [&](TokenIdType v) {
-            return early
-                && (v == request.endId
-                    || std::any_of(request.stopWords.begin(), request.stopWords.end(),
-                        [v](auto const& word) { return word.size() == 1 && word[0] == v; }));
+            return bad(v)
+                || (early
+                    && (v == request.endId
+                        || std::any_of(request.stopWords.begin(), request.stopWords.end(),
+                            [v](auto const& word) { return word.size() == 1 && word[0] == v; })));
         };
         TokenIdType next = -1;
         for (TokenIdType v = 0; v < vocabSize; ++v)

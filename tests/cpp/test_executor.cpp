@@ -584,3 +584,40 @@ TEST(Executor, TopLogProbsComeWithEachTokenOnEitherPickPath)
             std::string::npos);
     }
 }
+
+TEST(Executor, BadWordsAreNeverGeneratedOnEitherPickPath)
+{
+    Request base = greedy({7, 8, 9}, 10);
+    auto const full = test::expectedGreedy(base, 64, kVocab).tokens;
+    Request oneToken = base; // the model's third token, banned everywhere
+    oneToken.badWords = {{full[2]}};
+    Request twoTokens = base; // its second and third in a row, banned as a pair
+    twoTokens.badWords = {{full[1], full[2]}, {63, 62, 61}};
+    Request empty = base;
+    empty.badWords = {{}};
+    for (bool const pickOnBackend : {false, true})
+    {
+        Fixture f;
+        f.backend->pickGreedy = pickOnBackend;
+        IdType const a = f.executor.enqueueRequest(oneToken);
+        IdType const b = f.executor.enqueueRequest(twoTokens);
+        IdType const c = f.executor.enqueueRequest(empty);
+        IdType const d = f.executor.enqueueRequest(base);
+        f.responses.collect(f.executor, {a, b, c, d});
+        auto const& one = f.responses.outcomes[a].tokens;
+        EXPECT_EQ(one, test::expectedGreedy(oneToken, 64, kVocab).tokens) << pickOnBackend;
+        EXPECT_EQ(std::count(one.begin(), one.end(), full[2]), 0);
+        EXPECT_TRUE(std::equal(full.begin(), full.begin() + 2, one.begin()));
+        auto const& two = f.responses.outcomes[b].tokens;
+        EXPECT_EQ(two, test::expectedGreedy(twoTokens, 64, kVocab).tokens) << pickOnBackend;
+        EXPECT_EQ(two[1], full[1]);
+        EXPECT_NE(two[2], full[2]);
+        for (std::size_t i = 1; i < two.size(); ++i)
+        {
+            EXPECT_FALSE(two[i - 1] == full[1] && two[i] == full[2]) << i;
+        }
+        EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("bad_words[0] is empty"), std::string::npos);
+        EXPECT_EQ(f.responses.outcomes[d].tokens, full);
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    }
+}

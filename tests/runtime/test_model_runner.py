@@ -254,6 +254,22 @@ def test_top_log_probs_are_the_model_s_most_likely_tokens(runners):
     assert plain["top_log_probs"] is None and plain["output_ids"][0, 0, len(p):].tolist() == tokens
 
 
+def test_bad_words_equal_huggingface_bad_words_ids(runners):
+    """bad_words_list (TensorRT-LLM's) as HF's bad_words_ids: a one-token word never appears;
+    a two-token word's second token is never picked right after its first."""
+    runner, model = runners("llama")
+    p = prompts(runner.vocab_size, (12,), seed=17)[0]
+    expected = hf_greedy(model, p, 10)
+    bad = [[expected[1]], [expected[3], expected[4]]]
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False,
+                            bad_words_ids=bad, pad_token_id=0, eos_token_id=None)[0, len(p):]
+    hf = hf.tolist()
+    assert expected[1] not in hf and hf != expected
+    out = runner.generate([p], max_new_tokens=10, end_id=-1, bad_words_list=bad, return_dict=True)
+    assert out["output_ids"][0, 0, len(p):].tolist() == hf
+
+
 def test_seeded_sampling_is_reproducible(runners):
     runner, _ = runners("qwen3")
     batch = prompts(runner.vocab_size, (6, 6), seed=8)
@@ -328,6 +344,8 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(allowed_token_ids=[3, 100000]), "allowed_token_ids has token id 100000, outside"),
     (dict(allowed_token_ids="abc"), "allowed_token_ids must be a list of token ids"),
     (dict(top_log_probs=3), "num_top_log_probs is 3 but return_log_probs is false"),
+    (dict(bad_words_list=5), "bad_words_list must be a list of bad words"),
+    (dict(bad_words_list=[[3, 100000]]), r"bad_words\[0\]\[1\] is 100000, outside the vocabulary"),
     (dict(top_log_probs=21, output_log_probs=True), r"num_top_log_probs is 21 but must be in \[0, 20\]"),
 ])
 def test_bad_requests_fail_alone(runners, bad, message):

@@ -307,6 +307,25 @@ def test_echo_puts_the_prompt_before_the_answer(client, runners):
     assert out.choices[0].text == tok.decode(ids) + answers[1]
 
 
+def test_bad_words_never_appear(client, runners):
+    """vLLM's bad_words: each word's tokens (and those of the word after a space) are never
+    generated; the answer is the reference runner's with the same lists."""
+    _, ref = runners
+    tok = ref.tokenizer
+    prompt = tok.encode(TEXTS[5])
+    ids, _ = generated(ref, prompt, 12)
+    at = next(i for i, t in enumerate(ids) if i >= 1 and t not in ids[:i]
+              and tok.encode(tok.decode([t]), add_special_tokens=False) == [t])
+    word = tok.decode([ids[at]])
+    lists = [tok.encode(w, add_special_tokens=False) for w in (word, " " + word.lstrip())]
+    lists = [x for i, x in enumerate(lists) if x and x not in lists[:i]]
+    expect, _ = generated(ref, prompt, 12, bad_words_list=[lists])
+    assert ids[at] not in expect and expect[:at] == ids[:at]
+    out = client.completions.create(model="tiny", prompt=TEXTS[5], max_tokens=12, temperature=0,
+                                    extra_body={"bad_words": [word]})
+    assert out.choices[0].text == tok.decode(expect)
+
+
 def test_stop_token_ids_end_the_completion(client, runners):
     """vLLM's stop_token_ids: generation ends on the first of them, which stays in the
     output (its text too, unless it is a special token), finish_reason "stop"."""

@@ -58,6 +58,8 @@ BAD = [
     (COMPLETIONS, {"prompt": "x", "logit_bias": {"five": 1}}, 400, 400,
      "logit_bias key 'five' is not a token id"),
     (COMPLETIONS, {"prompt": "x", "allowed_token_ids": []}, 400, 400, "allowed_token_ids is empty"),
+    (COMPLETIONS, {"prompt": "x", "bad_words": ["ok", " "]}, 400, 400,
+     "bad_words contains an empty word; remove it"),
     (COMPLETIONS, {"prompt": "x", "allowed_token_ids": [4, 320]}, 400, 400,
      r"allowed_token_ids has token id 320, outside the vocabulary \[0, 320\)"),
     (COMPLETIONS, {"prompt": "x", "truncate_prompt_tokens": 0}, 400, 400,

@@ -51,7 +51,7 @@ def ensemble_inputs(text, max_tokens, **extra):
         dtype = {"stop_words": None, "top_k": np.int32, "end_id": np.int32, "min_tokens": np.int32,
                  "random_seed": np.uint64, "stream": np.bool_, "return_log_probs": np.bool_,
                  "apply_chat_template": np.bool_}.get(name, np.float32)
-        inputs[name] = strings(*value) if name == "stop_words" else one(value, dtype)
+        inputs[name] = strings(*value) if name in ("stop_words", "bad_words") else one(value, dtype)
     return inputs
 
 
@@ -188,6 +188,35 @@ def test_stop_words(served):
     assert pre["stop_words_list"].tolist() == [[a + b, [len(a), width] + [-1] * (width - 2)]]
     assert pre["input_ids"].tolist() == [tok.encode("x")]
     assert pre["input_lengths"].tolist() == [[len(tok.encode("x"))]]
+    assert pre["bad_words_list"].tolist() == [[[], []]]  # none asked for
+
+
+def test_bad_words(served):
+    """TensorRT-LLM's bad_words_list through the engine model, and bad_words (strings) through
+    preprocessing in the ensemble: the words are never generated."""
+    server, reference = served
+    tok = reference.tokenizer
+    prompt = tok.encode(TEXTS[3])
+    free, _ = reference_ids(reference, prompt, 12, end_id=-1, top_k=1)
+    bad = [[free[2]], [free[5], free[6]]]
+    expect, _ = reference_ids(reference, prompt, 12, end_id=-1, top_k=1, bad_words_list=[bad])
+    assert free[2] not in expect and expect != free
+    layout = np.array([[free[2], free[5], free[6]], [1, 3, -1]], dtype=np.int32)[None]
+    tokens = [t for c in engine_stream(server, prompt, 12, end_id=one(-1, np.int32),
+                                       bad_words_list=layout)
+              for t in c["output_ids"][0].tolist()]
+    assert tokens == expect
+    at = next(i for i, t in enumerate(free) if i >= 1 and t not in free[:i]
+              and tok.encode(tok.decode([t]), add_special_tokens=False) == [t])
+    word = tok.decode([free[at]])
+    pre = list(server.infer("preprocessing", {"text_input": strings(TEXTS[3]),
+                                              "bad_words": strings(word)}))[0]
+    assert pre["bad_words_list"].tolist() == [[[free[at]], [1]]]
+    expect, _ = reference_ids(reference, prompt, 12, end_id=-1, top_k=1,
+                              bad_words_list=[[[free[at]]]])
+    chunks = list(server.infer("ensemble", ensemble_inputs(TEXTS[3], 12, end_id=-1,
+                                                           bad_words=[word], stream=False)))
+    assert chunks[0]["text_output"][0, 0].decode() == tok.decode(expect)
 
 
 def wait_for_free_blocks(runner, timeout=5.0):

@@ -68,6 +68,7 @@ def test_engine_model_config(repo):
         "input_ids": ("TYPE_INT32", [-1], False), "input_lengths": ("TYPE_INT32", [1], True),
         "request_output_len": ("TYPE_INT32", [1], False),
         "stop_words_list": ("TYPE_INT32", [2, -1], True),
+        "bad_words_list": ("TYPE_INT32", [2, -1], True),
         "end_id": ("TYPE_INT32", [1], True), "pad_id": ("TYPE_INT32", [1], True),
         "runtime_top_k": ("TYPE_INT32", [1], True), "runtime_top_p": ("TYPE_FP32", [1], True),
         "runtime_min_p": ("TYPE_FP32", [1], True), "temperature": ("TYPE_FP32", [1], True),
@@ -90,10 +91,12 @@ def test_pre_and_postprocessing_configs(repo):
         assert params(c) == {"tokenizer_dir": str(engine / "tokenizer")}
     assert io(pre, "input") == {"text_input": ("TYPE_STRING", [1], False),
                                 "stop_words": ("TYPE_STRING", [-1], True),
+                                "bad_words": ("TYPE_STRING", [-1], True),
                                 "apply_chat_template": ("TYPE_BOOL", [1], True)}
     assert io(pre, "output") == {"input_ids": ("TYPE_INT32", [-1], False),
                                  "input_lengths": ("TYPE_INT32", [1], False),
-                                 "stop_words_list": ("TYPE_INT32", [2, -1], False)}
+                                 "stop_words_list": ("TYPE_INT32", [2, -1], False),
+                                 "bad_words_list": ("TYPE_INT32", [2, -1], False)}
     assert io(post, "output") == {"text_output": ("TYPE_STRING", [1], False),
                                   "out_finish_reason": ("TYPE_STRING", [1], False),
                                   "out_output_log_probs": ("TYPE_FP32", [-1], False)}
@@ -107,10 +110,12 @@ def test_ensemble_chains_the_three(repo):
     assert [(s.model_name, s.model_version) for s in steps] == [
         ("preprocessing", -1), ("tiny_llama", -1), ("postprocessing", -1)]
     assert dict(steps[0].input_map) == {"text_input": "text_input", "stop_words": "stop_words",
+                                        "bad_words": "bad_words",
                                         "apply_chat_template": "apply_chat_template"}
     assert dict(steps[1].input_map) == {
         "input_ids": "_input_ids", "input_lengths": "_input_lengths",
-        "stop_words_list": "_stop_words_list", "request_output_len": "max_tokens",
+        "stop_words_list": "_stop_words_list", "bad_words_list": "_bad_words_list",
+        "request_output_len": "max_tokens",
         "end_id": "end_id", "pad_id": "pad_id", "runtime_top_k": "top_k", "runtime_top_p": "top_p",
         "runtime_min_p": "min_p", "temperature": "temperature",
         "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",

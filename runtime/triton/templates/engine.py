@@ -52,20 +52,21 @@ def _scalar(request, name, default, cast):
     return cast(a.reshape(-1)[0])
 
 
-def _stop_words(request):
-    """TensorRT-LLM's stop_words_list [1, 2, L]: concatenated ids, then end offsets (-1 pads)."""
-    a = _array(request, "stop_words_list")
+def _words(request, name):
+    """TensorRT-LLM's stop_words_list or bad_words_list [1, 2, L]: concatenated ids, then end
+    offsets (-1 pads)."""
+    a = _array(request, name)
     if a is None or a.size == 0:
         return []
     if a.ndim != 3 or a.shape[:2] != (1, 2):
-        raise ValueError(f"stop_words_list must have shape [1, 2, L], got {list(a.shape)}")
+        raise ValueError(f"{name} must have shape [1, 2, L], got {list(a.shape)}")
     ids, offsets = a[0, 0].tolist(), a[0, 1].tolist()
     words, start = [], 0
     for end in offsets:
         if end < 0:
             break
         if not start < end <= len(ids):
-            raise ValueError(f"stop_words_list offsets {offsets} do not split {len(ids)} ids")
+            raise ValueError(f"{name} offsets {offsets} do not split {len(ids)} ids")
         words.append(ids[start:end])
         start = end
     return words
@@ -154,8 +155,10 @@ class TritonPythonModel:
             min_tokens=_scalar(request, "min_tokens", 0, int),
             output_log_probs=_scalar(request, "return_log_probs", False, bool))
         streaming = _scalar(request, "streaming", False, bool)
-        stops = _stop_words(request)
-        made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer)
+        stops = _words(request, "stop_words_list")
+        bad = _words(request, "bad_words_list")
+        made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
+                                  [bad] if bad else None)
         return made[0], len(prompt)
 
     # -- responses out ----------------------------------------------------------------------

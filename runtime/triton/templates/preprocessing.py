@@ -1,9 +1,9 @@
 """Kiln preprocessing for Triton's Python backend: text to token ids with the engine's tokenizer.
 
-Inputs: text_input, optional stop_words (strings) and apply_chat_template (wrap the text as one
-user message in the tokenizer's chat template). Outputs: input_ids (padded with 0 past each
-row's input_lengths) and stop_words_list in TensorRT-LLM's [2, L] layout. Parameter:
-tokenizer_dir.
+Inputs: text_input, optional stop_words and bad_words (strings) and apply_chat_template (wrap
+the text as one user message in the tokenizer's chat template). Outputs: input_ids (padded with
+0 past each row's input_lengths), stop_words_list and bad_words_list in TensorRT-LLM's [2, L]
+layout. Parameter: tokenizer_dir.
 """
 import json
 
@@ -17,7 +17,7 @@ def _texts(tensor):
             for row in tensor.as_numpy()]
 
 
-def _stop_words_list(words):
+def _words_list(words):
     """[[ids], ...] -> [2, L]: the ids concatenated, then each word's end offset, -1 padded."""
     flat, offsets = [], []
     for w in words:
@@ -62,25 +62,28 @@ class TritonPythonModel:
         texts = _texts(pb_utils.get_input_tensor_by_name(request, "text_input"))
         chat_t = pb_utils.get_input_tensor_by_name(request, "apply_chat_template")
         chat = [False] * len(texts) if chat_t is None else [bool(v) for v in chat_t.as_numpy().reshape(-1)]
-        stop_t = pb_utils.get_input_tensor_by_name(request, "stop_words")
-        stops = [[] for _ in texts] if stop_t is None else _texts(stop_t)
         ids = [self._encode(row[0], c) for row, c in zip(texts, chat)]
         width = max(len(x) for x in ids)
         input_ids = np.zeros((len(ids), width), dtype=np.int32)
         for i, x in enumerate(ids):
             input_ids[i, : len(x)] = x
-        lists = []
-        for row in stops:
-            words = [s for s in row if s != ""]  # an empty entry pads a shorter row
-            lists.append(_stop_words_list(
-                [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in words]))
-        width = max(x.shape[1] for x in lists)
-        stop_words_list = np.full((len(lists), 2, width), -1, dtype=np.int32)
-        for i, x in enumerate(lists):
-            stop_words_list[i, 0, :] = 0
-            stop_words_list[i, :, : x.shape[1]] = x
         return [
             pb_utils.Tensor("input_ids", input_ids),
             pb_utils.Tensor("input_lengths", np.array([[len(x)] for x in ids], dtype=np.int32)),
-            pb_utils.Tensor("stop_words_list", stop_words_list),
+            pb_utils.Tensor("stop_words_list", self._word_lists(request, "stop_words", len(ids))),
+            pb_utils.Tensor("bad_words_list", self._word_lists(request, "bad_words", len(ids))),
         ]
+
+    def _word_lists(self, request, name, batch):
+        """The STRING input `name` ([batch, k]; empty entries pad shorter rows) as TensorRT-LLM's
+        [batch, 2, L] word lists."""
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        rows = [[] for _ in range(batch)] if tensor is None else _texts(tensor)
+        lists = [_words_list([self.tokenizer(s, add_special_tokens=False)["input_ids"]
+                                   for s in row if s != ""]) for row in rows]
+        width = max(x.shape[1] for x in lists)
+        out = np.full((len(lists), 2, width), -1, dtype=np.int32)
+        for i, x in enumerate(lists):
+            out[i, 0, :] = 0
+            out[i, :, : x.shape[1]] = x
+        return out
