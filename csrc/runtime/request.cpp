@@ -76,20 +76,26 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return "sampling_config: " + *p;
     }
+    auto const outside = [vocabSize](char const* what, TokenIdType token) -> std::optional<std::string> {
+        if (token >= 0 && token < vocabSize)
+        {
+            return std::nullopt;
+        }
+        return std::string("sampling_config: ") + what + " has token id " + std::to_string(token)
+            + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
+    };
     for (TokenIdType const token : request.samplingConfig.allowedTokenIds)
     {
-        if (token < 0 || token >= vocabSize)
+        if (auto p = outside("allowed_token_ids", token))
         {
-            return "sampling_config: allowed_token_ids has token id " + std::to_string(token)
-                + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
+            return p;
         }
     }
     for (auto const& bias : request.samplingConfig.logitBias)
     {
-        if (bias.first < 0 || bias.first >= vocabSize)
+        if (auto p = outside("logit_bias", bias.first))
         {
-            return "sampling_config: logit_bias has token id " + std::to_string(bias.first)
-                + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")";
+            return p;
         }
     }
     if (request.numTopLogProbs < 0 || request.numTopLogProbs > kMaxTopLogProbs)
