@@ -94,6 +94,40 @@ def test_min_tokens_and_logit_bias_equal_huggingface_beside_plain_greedy(core, s
     assert result["biased"][0, 0].tolist() == other + biased
 
 
+def test_host_sampled_options_equal_the_reference_backend(core, sm, tiny_engine):
+    """Requests the host samples from the GPU's logits rows (allowed tokens, bad words, top
+    log-probabilities, a logit bias) give the CPU reference backend's tokens, and the same
+    log-probabilities, with plain greedy requests beside them."""
+    _, path = tiny_engine("llama", "float32", targets=(sm,))
+    p, q = prompts((11, 7), seed=12)
+    options = [dict(top_log_probs=4, output_log_probs=True),
+               dict(allowed_token_ids=list(range(40, 80)), output_log_probs=True),
+               dict(bad_words_list=[[p[-1]], [5, 6]], logit_bias={7: 3.0}),
+               dict()]
+
+    def run(device):
+        with ModelRunner.from_dir(path, device=device) as runner:
+            out = [runner.generate([p, q], max_new_tokens=10, end_id=-1, return_dict=True, **o)
+                   for o in options]
+            assert runner.kv_cache_stats()["used_blocks"] == 0
+        return out
+
+    for gpu, cpu in zip(run("cuda"), run("cpu")):
+        assert gpu["output_ids"].tolist() == cpu["output_ids"].tolist()
+        if cpu["log_probs"] is None:
+            assert gpu["log_probs"] is None
+        else:
+            for g, c in zip(gpu["log_probs"], cpu["log_probs"]):
+                assert g == pytest.approx(c, abs=1e-4)
+        if cpu["top_log_probs"] is None:
+            assert gpu["top_log_probs"] is None
+        else:
+            for g, c in zip(gpu["top_log_probs"], cpu["top_log_probs"]):
+                assert [[t for t, _ in step] for step in g] == [[t for t, _ in step] for step in c]
+                assert [v for step in g for _, v in step] == pytest.approx(
+                    [v for step in c for _, v in step], abs=1e-4)
+
+
 def test_mixed_traffic_under_preemption_loses_nothing_and_leaks_no_block(core, sm, tiny_engine):
     """kiln_testing.mixed_traffic on the plan executor, CUDA graphs on (tests/runtime: the CPU)."""
     ckpt, path = tiny_engine("llama", "float32", targets=(sm,))
