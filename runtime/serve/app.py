@@ -1,4 +1,5 @@
-"""The FastAPI app: OpenAI's completions, chat, models; health; Prometheus metrics.
+"""The FastAPI app: OpenAI's completions, chat, models; vLLM's tokenize and detokenize; health;
+Prometheus metrics.
 
 Every request goes to the runner's one executor. A handler waits for the first response before
 it answers, so a request the executor refuses still gets a 4xx, also when streaming; after that
@@ -20,14 +21,17 @@ from starlette.exceptions import HTTPException
 
 from kiln.runtime.serve.async_engine import AsyncEngine, Submission
 from kiln.runtime.serve.errors import ApiError, bad_request
-from kiln.runtime.serve.generation import Limits, plan_chat, plan_completion
+from kiln.runtime.serve.generation import (Limits, chat_prompt, check_vocab, plan_chat,
+                                           plan_completion)
 from kiln.runtime.serve.metrics import ServerMetrics, StatusCounter
-from kiln.runtime.serve.protocol import ChatCompletionRequest, CompletionRequest, parse
+from kiln.runtime.serve.protocol import (ChatCompletionRequest, CompletionRequest,
+                                         DetokenizeRequest, TokenizeRequest, parse)
 from kiln.runtime.serve.responses import ChatFormat, CompletionFormat
 
 log = logging.getLogger("kiln.serve")
 DISCONNECT_POLL_S = 0.25
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
+          "/tokenize", "/detokenize")
 
 
 class ClientGone(Exception):
@@ -214,6 +218,27 @@ def create_app(runner, *, model_name: str, max_queue_size: int = 512) -> FastAPI
         return {"object": "list", "data": [{
             "id": server.model_name, "object": "model", "created": 0, "owned_by": "kiln",
             "max_model_len": server.limits.max_seq_len}]}
+
+    @app.post("/tokenize")
+    @_guarded
+    async def tokenize(request: Request):
+        body = parse(TokenizeRequest, await _json(request))
+        server.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("pass either prompt or messages", "prompt")
+        tok = runner.tokenizer
+        ids = (tok.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+               if body.prompt is not None else
+               chat_prompt(body.messages, tok, body.add_generation_prompt))
+        return {"count": len(ids), "max_model_len": server.limits.max_seq_len, "tokens": ids}
+
+    @app.post("/detokenize")
+    @_guarded
+    async def detokenize(request: Request):
+        body = parse(DetokenizeRequest, await _json(request))
+        server.check_model(body.model)
+        check_vocab(body.tokens, server.limits, "tokens", "tokens")
+        return {"prompt": runner.tokenizer.decode(body.tokens)}
 
     @app.post("/v1/completions")
     @_guarded

@@ -42,7 +42,8 @@ class Choice:
     echo: str = ""  # the prompt's text, put before the answer (completions' echo)
 
 
-def _check_vocab(ids, limits: Limits, what: str, param: str) -> None:
+def check_vocab(ids, limits: Limits, what: str, param: str) -> None:
+    """A 400 naming `param` for the first id of `ids` outside the vocabulary."""
     bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
     if bad is not None:
         raise bad_request(f"{what} has token id {bad}, outside the vocabulary "
@@ -64,20 +65,22 @@ def completion_prompts(body: CompletionRequest, tokenizer, limits: Limits) -> li
     for i, ids in enumerate(prompts):
         if not ids:
             raise bad_request(f"prompt {i} is empty (it encodes to no tokens)", "prompt")
-        _check_vocab(ids, limits, f"prompt {i}", "prompt")
+        check_vocab(ids, limits, f"prompt {i}", "prompt")
     return prompts
 
 
-def chat_prompt(body: ChatCompletionRequest, tokenizer) -> list[int]:
-    if not body.messages:
+def chat_prompt(messages, tokenizer, add_generation_prompt: bool = True) -> list[int]:
+    """`messages` (ChatMessage) in the tokenizer's chat template, as token ids."""
+    if not messages:
         raise bad_request("messages is empty; pass at least one message", "messages")
     hf = tokenizer.hf
     if not hf.chat_template:
         raise bad_request("this model's tokenizer has no chat template; use /v1/completions",
                           "messages", "no_chat_template")
-    messages = [m.as_template_message() for m in body.messages]
+    messages = [m.as_template_message() for m in messages]
     try:
-        ids = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                     tokenize=True)
     except Exception as e:  # the template's own checks (roles, order) raise from Jinja
         raise bad_request(f"the chat template refused the messages: {e}", "messages") from None
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
@@ -116,7 +119,7 @@ def _stop_token_ids(ids, limits: Limits) -> list[int]:
     if len(ids) > MAX_STOP:
         raise bad_request(f"stop_token_ids has {len(ids)} ids; pass at most {MAX_STOP}",
                           "stop_token_ids")
-    _check_vocab(ids, limits, "stop_token_ids", "stop_token_ids")
+    check_vocab(ids, limits, "stop_token_ids", "stop_token_ids")
     return ids
 
 
@@ -130,7 +133,7 @@ def _logit_bias(bias, limits: Limits) -> dict[int, float]:
         except ValueError:
             raise bad_request(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
         out[token] = value
-    _check_vocab(list(out), limits, "logit_bias", "logit_bias")
+    check_vocab(list(out), limits, "logit_bias", "logit_bias")
     return out
 
 
@@ -141,7 +144,7 @@ def _allowed(ids, limits: Limits) -> list[int] | None:
     if not ids:
         raise bad_request("allowed_token_ids is empty; allow at least one token or leave it out",
                           "allowed_token_ids")
-    _check_vocab(ids, limits, "allowed_token_ids", "allowed_token_ids")
+    check_vocab(ids, limits, "allowed_token_ids", "allowed_token_ids")
     return ids
 
 
@@ -259,7 +262,7 @@ def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[
 
 
 def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
-    prompt = chat_prompt(body, tokenizer)
+    prompt = chat_prompt(body.messages, tokenizer)
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = _top_count(body.top_logprobs, "top_logprobs")
     if top and not body.logprobs:

@@ -141,6 +141,27 @@ class ChatCompletionRequest(_Sampling):
         return out
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize: a prompt, or chat messages in the chat template."""
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        return []
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's /detokenize: token ids to text."""
+    model: str | None = None
+    tokens: list[int]
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        return []
+
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
@@ -167,7 +188,7 @@ def _describe(errors: list[dict]) -> tuple[str, str | None]:
     return f"{where} is invalid: {errors[0]['msg']}", where
 
 
-def parse(model: type[_Sampling], body) -> _Sampling:
+def parse(model: type[BaseModel], body):
     """The request body as `model`, or a 400 naming the first bad field."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")

@@ -4,6 +4,7 @@ their 4xx; /metrics is Prometheus text."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -324,6 +325,32 @@ def test_bad_words_never_appear(client, runners):
     out = client.completions.create(model="tiny", prompt=TEXTS[5], max_tokens=12, temperature=0,
                                     extra_body={"bad_words": [word]})
     assert out.choices[0].text == tok.decode(expect)
+
+
+def test_tokenize_and_detokenize(live, runners):
+    """vLLM's /tokenize (a prompt, or messages in the chat template) and /detokenize."""
+    _, ref = runners
+    tok = ref.tokenizer
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        r = http.post("/tokenize", json={"prompt": TEXTS[0]}).json()
+        assert r == {"count": len(tok.encode(TEXTS[0])), "max_model_len": ref.max_seq_len,
+                     "tokens": tok.encode(TEXTS[0])}
+        bare = http.post("/tokenize", json={"prompt": TEXTS[0], "add_special_tokens": False})
+        assert bare.json()["tokens"] == tok.encode(TEXTS[0], add_special_tokens=False)
+        chat = http.post("/tokenize", json={"model": "tiny", "messages": [
+            {"role": "user", "content": "hello there"}]}).json()
+        assert chat["tokens"] == tok.chat("hello there")
+        ids = tok.encode(TEXTS[1], add_special_tokens=False)
+        assert http.post("/detokenize", json={"tokens": ids}).json() == {"prompt": tok.decode(ids)}
+        for path, body, message in (
+                ("/tokenize", {}, "pass either prompt or messages"),
+                ("/tokenize", {"prompt": "x", "messages": []}, "pass either prompt or messages"),
+                ("/detokenize", {"tokens": [1, 320]}, r"tokens has token id 320, outside"),
+                ("/detokenize", {"tokens": "abc"}, "tokens is invalid"),
+                ("/tokenize", {"prompt": "x", "model": "other"}, "model 'other' does not exist")):
+            r = http.post(path, json=body)
+            assert r.status_code in (400, 404), (path, body)
+            assert re.search(message, r.json()["error"]["message"]), r.json()
 
 
 def test_stop_token_ids_end_the_completion(client, runners):
