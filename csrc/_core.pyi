@@ -11,6 +11,8 @@ def version() -> str: ...
 
 MAX_TOP_LOG_PROBS: int
 """the most alternatives a request may ask for at each token"""
+MAX_CHOICES: int
+"""the most choices a request may give"""
 
 class SamplingConfig:
     """How one request picks its tokens; temperature 0 = greedy (lowest id on ties)."""
@@ -99,6 +101,8 @@ class Request:
     """with return_log_probs: this many most likely tokens at each generated one (at most 20)"""
     bad_words: list[list[int]]
     """sequences never generated (a word's last token is not picked after the rest of it)"""
+    choices: list[list[int]]
+    """when not empty, the output is one of these sequences (stops once it is one)"""
     def __init__(
         self,
         input_token_ids: _Seq[int],
@@ -113,6 +117,7 @@ class Request:
         priority: int = 0,
         num_top_log_probs: int = 0,
         bad_words: _Seq[_Seq[int]] = ...,
+        choices: _Seq[_Seq[int]] = ...,
     ) -> None: ...
 
 class Response:

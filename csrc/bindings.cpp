@@ -214,14 +214,16 @@ void bindRequests(py::module_& m)
         .def(py::init([](std::vector<TokenIdType> inputTokenIds, SizeType maxNewTokens, SamplingConfig samplingConfig,
                           TokenIdType endId, TokenIdType padId, std::vector<std::vector<TokenIdType>> stopWords,
                           bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs,
-                          std::vector<std::vector<TokenIdType>> badWords) {
+                          std::vector<std::vector<TokenIdType>> badWords,
+                          std::vector<std::vector<TokenIdType>> choices) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
-                streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords)};
+                streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices)};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
             "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0,
-            "bad_words"_a = std::vector<std::vector<TokenIdType>>())
+            "bad_words"_a = std::vector<std::vector<TokenIdType>>(),
+            "choices"_a = std::vector<std::vector<TokenIdType>>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -232,7 +234,8 @@ void bindRequests(py::module_& m)
         .def_readwrite("return_log_probs", &Request::returnLogProbs)
         .def_readwrite("priority", &Request::priority)
         .def_readwrite("num_top_log_probs", &Request::numTopLogProbs)
-        .def_readwrite("bad_words", &Request::badWords);
+        .def_readwrite("bad_words", &Request::badWords)
+        .def_readwrite("choices", &Request::choices);
 
     py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
         .def_readonly("request_id", &Response::requestId)
@@ -444,6 +447,7 @@ PYBIND11_MODULE(_core, m)
     m.doc() = "Kiln runtime core: KV cache manager, scheduler, sampler and executor.";
     m.def("version", [] { return "0.1.0"; });
     m.attr("MAX_TOP_LOG_PROBS") = kiln::kMaxTopLogProbs;
+    m.attr("MAX_CHOICES") = kiln::kMaxChoices;
     py::register_exception_translator(&kiln::translateInvalidArgument);
     kiln::bindConfigs(m);
     kiln::bindRequests(m);

@@ -151,12 +151,14 @@ def _word_lists(words_list, batch: int, tokenizer,
 
 
 def make_requests(prompts, params: GenerationParams, stop_words_list, streaming: bool,
-                  tokenizer, bad_words_list=None) -> list["_core.Request"]:
+                  tokenizer, bad_words_list=None, choices=None) -> list["_core.Request"]:
+    """`choices`: token sequences, one of which each output is (guided_choice)."""
     stops = _word_lists(stop_words_list, len(prompts), tokenizer)
     bad = _word_lists(bad_words_list, len(prompts), tokenizer, "bad")
     return [_core.Request(p, max_new_tokens=params.max_new_tokens,
                           sampling_config=params.sampling_config(i), end_id=params.end_id,
                           pad_id=params.pad_id, stop_words=stops[i], streaming=streaming,
                           return_log_probs=params.output_log_probs,
-                          num_top_log_probs=params.top_log_probs, bad_words=bad[i])
+                          num_top_log_probs=params.top_log_probs, bad_words=bad[i],
+                          choices=choices or [])
             for i, p in enumerate(prompts)]

@@ -271,11 +271,13 @@ private:
     }
 
     /// Whether the backend may pick the request's next token (the argmax of the raw logits):
-    /// plain greedy, with no token held back (min_tokens, bad words) and no alternatives asked for.
+    /// plain greedy, with no token held back (min_tokens, bad words), no choices and no
+    /// alternatives asked for.
     bool picksOnBackend(IdType id) const
     {
         Request const& request = mStates.at(id).request;
         return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0 && request.badWords.empty()
+            && request.choices.empty()
             && mScheduler.find(id)->numGeneratedTokens() >= request.samplingConfig.minTokens;
     }
 
@@ -287,7 +289,8 @@ private:
         try
         {
             result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng,
-                heldBackTokens(state.request, seq.tokens, seq.numPromptTokens), state.request.numTopLogProbs);
+                heldBackTokens(state.request, seq.tokens, seq.numPromptTokens), state.request.numTopLogProbs,
+                choiceTokens(state.request, seq.tokens, seq.numPromptTokens));
         }
         catch (std::runtime_error const& e)
         {

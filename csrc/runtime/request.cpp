@@ -72,6 +72,26 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
             }
         }
     }
+    if (request.choices.size() > kMaxChoices)
+    {
+        return "choices has " + std::to_string(request.choices.size()) + " sequences; pass at most "
+            + std::to_string(kMaxChoices);
+    }
+    for (std::size_t i = 0; i < request.choices.size(); ++i)
+    {
+        std::string const name = "choices[" + std::to_string(i) + "]";
+        if (request.choices[i].empty())
+        {
+            return name + " is empty; each choice needs at least one token";
+        }
+        for (std::size_t j = 0; j < request.choices[i].size(); ++j)
+        {
+            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", request.choices[i][j], vocabSize, false))
+            {
+                return p;
+            }
+        }
+    }
     if (auto p = request.samplingConfig.validate())
     {
         return "sampling_config: " + *p;
@@ -147,10 +167,36 @@ std::vector<TokenIdType> heldBackTokens(
     return held;
 }
 
+std::vector<TokenIdType> choiceTokens(
+    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens)
+{
+    std::vector<TokenIdType> next;
+    auto const generated = tokens.begin() + numPromptTokens;
+    auto const numGenerated = static_cast<std::size_t>(tokens.end() - generated);
+    for (auto const& choice : request.choices)
+    {
+        if (choice.size() > numGenerated && std::equal(generated, tokens.end(), choice.begin()))
+        {
+            next.push_back(choice[numGenerated]);
+        }
+    }
+    std::sort(next.begin(), next.end());
+    next.erase(std::unique(next.begin(), next.end()), next.end());
+    return next;
+}
+
 FinishReason stopReason(
     Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen)
 {
     auto const numGenerated = static_cast<SizeType>(tokens.size()) - numPromptTokens;
+    for (auto const& choice : request.choices)
+    {
+        if (static_cast<SizeType>(choice.size()) == numGenerated
+            && std::equal(choice.begin(), choice.end(), tokens.begin() + numPromptTokens))
+        {
+            return FinishReason::kStopWords;
+        }
+    }
     bool const mayStop = numGenerated >= request.samplingConfig.minTokens;
     if (mayStop && numGenerated > 0 && request.endId >= 0 && tokens.back() == request.endId)
     {

@@ -4,6 +4,7 @@
 #include "runtime/sampling_config.h"
 #include "runtime/types.h"
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,7 +32,14 @@ struct Request
     /// @brief Sequences never generated: a word's last token is not picked where the generated
     /// tokens end with the rest of it (TensorRT-LLM's bad_words_list, vLLM's bad_words)
     std::vector<std::vector<TokenIdType>> badWords;
+    /// @brief When not empty, the output is one of these sequences (vLLM's guided_choice): each
+    /// token is picked among those that continue one, and the request stops as soon as its
+    /// generated tokens are one (a choice that begins another is taken when complete)
+    std::vector<std::vector<TokenIdType>> choices;
 };
+
+/// @brief The most choices a request may give.
+inline constexpr std::size_t kMaxChoices = 1024;
 
 /// @brief The most alternatives a request may ask for at each token (vLLM's default max_logprobs).
 inline constexpr SizeType kMaxTopLogProbs = 20;
@@ -46,9 +54,15 @@ inline constexpr SizeType kMaxTopLogProbs = 20;
 [[nodiscard]] std::vector<TokenIdType> heldBackTokens(
     Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens);
 
+/// @brief With choices, the tokens that continue one of them after the generated tokens
+/// (sorted, unique); empty without choices.
+[[nodiscard]] std::vector<TokenIdType> choiceTokens(
+    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens);
+
 /// @brief Why `request` stops now that its sequence is `tokens` (prompt first), or kNotFinished.
 /// End id first, then stop words (matched among generated tokens only), then the length limits;
-/// before min_tokens are generated, only the length limits.
+/// before min_tokens are generated, only the length limits. A request with choices stops
+/// (kStopWords) once its generated tokens are one of them.
 [[nodiscard]] FinishReason stopReason(
     Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen);
 

@@ -177,9 +177,9 @@ Sampler::Sampler(SizeType vocabSize)
 
 SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
-    std::vector<TokenIdType> const& heldBack, SizeType numTop)
+    std::vector<TokenIdType> const& heldBack, SizeType numTop, std::vector<TokenIdType> const& only)
 {
-    SampleResult result = pick(logits, config, tokens, numPromptTokens, rng, heldBack);
+    SampleResult result = pick(logits, config, tokens, numPromptTokens, rng, heldBack, only);
     if (numTop > 0)
     {
         // mScratch holds the processed logits the pick was made from.
@@ -203,8 +203,22 @@ SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     return result;
 }
 
+void Sampler::keepOnly(std::vector<TokenIdType> const& keep)
+{
+    mAllowed.assign(mScratch.size(), kMasked);
+    for (TokenIdType const t : keep)
+    {
+        if (t >= 0 && t < mVocabSize)
+        {
+            mAllowed[static_cast<std::size_t>(t)] = mScratch[static_cast<std::size_t>(t)];
+        }
+    }
+    mScratch.swap(mAllowed);
+}
+
 SampleResult Sampler::pick(float const* logits, SamplingConfig const& config, std::vector<TokenIdType> const& tokens,
-    SizeType numPromptTokens, std::mt19937_64& rng, std::vector<TokenIdType> const& heldBack)
+    SizeType numPromptTokens, std::mt19937_64& rng, std::vector<TokenIdType> const& heldBack,
+    std::vector<TokenIdType> const& only)
 {
     mScratch.assign(logits, logits + mVocabSize);
     for (auto const& [token, bias] : config.logitBias)
@@ -224,15 +238,11 @@ SampleResult Sampler::pick(float const* logits, SamplingConfig const& config, st
     }
     if (!config.allowedTokenIds.empty())
     {
-        mAllowed.assign(mScratch.size(), kMasked);
-        for (TokenIdType const t : config.allowedTokenIds)
-        {
-            if (t >= 0 && t < mVocabSize)
-            {
-                mAllowed[static_cast<std::size_t>(t)] = mScratch[static_cast<std::size_t>(t)];
-            }
-        }
-        mScratch.swap(mAllowed);
+        keepOnly(config.allowedTokenIds);
+    }
+    if (!only.empty())
+    {
+        keepOnly(only);
     }
     if (config.isGreedy())
     {

@@ -52,17 +52,22 @@ public:
 
     /// @brief Picks the next token of a sequence whose tokens (prompt first) are `tokens`,
     /// never one of `heldBack` (masked after the penalties; the log-probability is under the
-    /// distribution without them), with the `numTop` most likely tokens. Throws
+    /// distribution without them) and, when `only` is not empty, one of those, with the `numTop`
+    /// most likely tokens. Throws
     /// std::runtime_error when the row holds NaN or no finite value.
     [[nodiscard]] SampleResult sample(float const* logits, SamplingConfig const& config,
         std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
-        std::vector<TokenIdType> const& heldBack = {}, SizeType numTop = 0);
+        std::vector<TokenIdType> const& heldBack = {}, SizeType numTop = 0,
+        std::vector<TokenIdType> const& only = {});
 
 private:
     /// The token and its log-probability; leaves the processed logits in mScratch.
     [[nodiscard]] SampleResult pick(float const* logits, SamplingConfig const& config,
         std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,
-        std::vector<TokenIdType> const& heldBack);
+        std::vector<TokenIdType> const& heldBack, std::vector<TokenIdType> const& only);
+
+    /// Masks every token of mScratch but those of `keep`.
+    void keepOnly(std::vector<TokenIdType> const& keep);
 
     SizeType mVocabSize;
     std::vector<float> mScratch;

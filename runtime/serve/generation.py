@@ -162,6 +162,27 @@ def _bad_words(words, tokenizer) -> list[list[int]]:
     return out
 
 
+def _choices(choices, tokenizer, new_tokens: int) -> list[list[int]] | None:
+    """vLLM's guided_choice: each string's tokens; the answer will be one of them."""
+    if choices is None:
+        return None
+    if not choices:
+        raise bad_request("guided_choice is empty; pass at least one choice", "guided_choice")
+    if len(choices) > _core.MAX_CHOICES:
+        raise bad_request(f"guided_choice has {len(choices)} choices; pass at most "
+                          f"{_core.MAX_CHOICES}", "guided_choice")
+    out = []
+    for c in choices:
+        ids = tokenizer.encode(c, add_special_tokens=False)
+        if not ids:
+            raise bad_request("guided_choice contains an empty choice; remove it", "guided_choice")
+        out.append(ids)
+    if min(len(ids) for ids in out) > new_tokens:
+        raise bad_request(f"every guided_choice is longer than the {new_tokens} tokens asked "
+                          "for; ask for more", "guided_choice")
+    return out
+
+
 def _truncated(prompts: list[list[int]], keep: int | None, limits: Limits) -> list[list[int]]:
     """vLLM's truncate_prompt_tokens: each prompt's last `keep` tokens (-1: the model's
     context length)."""
@@ -224,7 +245,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         bad = _bad_words(body.bad_words, tokenizer)
         requests = make_requests([p for _, p in expanded], params,
                                  [words] * len(expanded) if words else None, True, tokenizer,
-                                 [bad] * len(expanded) if bad else None)
+                                 [bad] * len(expanded) if bad else None,
+                                 _choices(body.guided_choice, tokenizer, new_tokens))
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else

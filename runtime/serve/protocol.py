@@ -46,12 +46,12 @@ class _Sampling(BaseModel):
     allowed_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     bad_words: list[str] | None = None
+    guided_choice: list[str] | None = None
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     use_beam_search: bool = False
     prompt_logprobs: int | None = None
     guided_json: Any = None
     guided_regex: str | None = None
-    guided_choice: list[str] | None = None
     guided_grammar: str | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
@@ -62,9 +62,10 @@ class _Sampling(BaseModel):
                                            "use_beam_search"))
         if self.prompt_logprobs is not None:
             out.append(("prompt_logprobs", "prompt_logprobs is not supported; remove it"))
-        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+        for name in ("guided_json", "guided_regex", "guided_grammar"):
             if getattr(self, name) is not None:
-                out.append((name, f"structured output is not supported; remove {name}"))
+                out.append((name, f"structured output other than guided_choice is not "
+                                  f"supported; remove {name}"))
         return out
 
 

@@ -621,3 +621,40 @@ TEST(Executor, BadWordsAreNeverGeneratedOnEitherPickPath)
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
     }
 }
+
+TEST(Executor, ChoicesMakeTheOutputOneOfThemOnEitherPickPath)
+{
+    Request base = greedy({7, 8, 9}, 10);
+    auto const full = test::expectedGreedy(base, 64, kVocab).tokens;
+    auto const other = [&](TokenIdType t) { return static_cast<TokenIdType>((t + 1) % kVocab); };
+    Request chosen = base;
+    // the model's first token starts two choices; its favourite second token neither
+    chosen.choices = {{full[0], other(full[1]), 3}, {full[0], 9}, {other(full[0]), full[1]}};
+    Request prefix = base; // {a} begins {a, b}: taken as soon as it is complete
+    prefix.choices = {{full[0], full[1]}, {full[0]}};
+    Request empty = base;
+    empty.choices = {{1}, {}};
+    for (bool const pickOnBackend : {false, true})
+    {
+        Fixture f;
+        f.backend->pickGreedy = pickOnBackend;
+        IdType const a = f.executor.enqueueRequest(chosen);
+        IdType const b = f.executor.enqueueRequest(prefix);
+        IdType const c = f.executor.enqueueRequest(empty);
+        IdType const d = f.executor.enqueueRequest(base);
+        f.responses.collect(f.executor, {a, b, c, d});
+        auto const& out = f.responses.outcomes[a];
+        // greedy among the two continuations of full[0]
+        std::vector<TokenIdType> const x{full[0], other(full[1]), 3};
+        std::vector<TokenIdType> const y{full[0], 9};
+        TokenIdType const fav = test::favouredToken({7, 8, 9, full[0]}, kVocab);
+        bool const xWins = test::fakeLogit(x[1], fav) > test::fakeLogit(9, fav)
+            || (test::fakeLogit(x[1], fav) == test::fakeLogit(9, fav) && x[1] < 9);
+        EXPECT_EQ(out.tokens, xWins ? x : y) << pickOnBackend;
+        EXPECT_EQ(out.final.finishReason, FinishReason::kStopWords);
+        EXPECT_EQ(f.responses.outcomes[b].tokens, std::vector<TokenIdType>{full[0]});
+        EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("choices[1] is empty"), std::string::npos);
+        EXPECT_EQ(f.responses.outcomes[d].tokens, full);
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    }
+}

@@ -353,6 +353,33 @@ def test_tokenize_and_detokenize(live, runners):
             assert re.search(message, r.json()["error"]["message"]), r.json()
 
 
+def test_guided_choice_answers_one_of_the_choices(client, runners):
+    """vLLM's guided_choice: the answer is one of the choices, each token the model's best
+    among those that continue one (worked out here a token at a time with allowed_token_ids)."""
+    _, ref = runners
+    tok = ref.tokenizer
+    options = ["the object", "a value returned", "the function call"]
+    seqs = [tok.encode(o, add_special_tokens=False) for o in options]
+    room = max(len(s) for s in seqs) + 2
+    for text, chat in ((TEXTS[2], False), ("which one?", True)):
+        prompt = tok.chat(text) if chat else tok.encode(text)
+        got = []
+        while got not in seqs:
+            allowed = sorted({s[len(got)] for s in seqs if s[: len(got)] == got and len(s) > len(got)})
+            got += generated(ref, prompt + got, 1, allowed_token_ids=allowed)[0]
+        if chat:
+            out = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": text}], max_tokens=room,
+                temperature=0, extra_body={"guided_choice": options})
+            answer = out.choices[0].message.content
+        else:
+            out = client.completions.create(model="tiny", prompt=text, max_tokens=room,
+                                            temperature=0, extra_body={"guided_choice": options})
+            answer = out.choices[0].text
+        assert answer == tok.decode(got) and answer in options
+        assert out.choices[0].finish_reason == "stop"
+
+
 def test_stop_token_ids_end_the_completion(client, runners):
     """vLLM's stop_token_ids: generation ends on the first of them, which stays in the
     output (its text too, unless it is a special token), finish_reason "stop"."""
