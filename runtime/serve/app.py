@@ -55,7 +55,8 @@ class Server:
                            code="model_not_found")
 
     async def events(self, sub: Submission, choices, request: Request | None):
-        """(choice, new text, new tokens, their log-probs, finish reason or None) per response.
+        """(choice, new text, new tokens, (their log-probs, their alternatives), finish reason or
+        None) per response.
 
         With `request`, polls for a disconnect while waiting (outside a streaming body, where
         Starlette watches for it instead and cancels the task)."""
