@@ -11,8 +11,8 @@ def version() -> str: ...
 
 MAX_TOP_LOG_PROBS: int
 """the most alternatives a request may ask for at each token"""
-MAX_CHOICES: int
-"""the most choices a request may give"""
+MAX_GUIDED_CHOICES: int
+"""the most choices a request may give (Request.choices)"""
 
 class SamplingConfig:
     """How one request picks its tokens; temperature 0 = greedy (lowest id on ties)."""

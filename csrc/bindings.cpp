@@ -447,7 +447,7 @@ PYBIND11_MODULE(_core, m)
     m.doc() = "Kiln runtime core: KV cache manager, scheduler, sampler and executor.";
     m.def("version", [] { return "0.1.0"; });
     m.attr("MAX_TOP_LOG_PROBS") = kiln::kMaxTopLogProbs;
-    m.attr("MAX_CHOICES") = kiln::kMaxChoices;
+    m.attr("MAX_GUIDED_CHOICES") = kiln::kMaxGuidedChoices;
     py::register_exception_translator(&kiln::translateInvalidArgument);
     kiln::bindConfigs(m);
     kiln::bindRequests(m);

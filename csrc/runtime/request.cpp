@@ -72,10 +72,10 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
             }
         }
     }
-    if (request.choices.size() > kMaxChoices)
+    if (request.choices.size() > kMaxGuidedChoices)
     {
         return "choices has " + std::to_string(request.choices.size()) + " sequences; pass at most "
-            + std::to_string(kMaxChoices);
+            + std::to_string(kMaxGuidedChoices);
     }
     for (std::size_t i = 0; i < request.choices.size(); ++i)
     {

@@ -39,7 +39,7 @@ struct Request
 };
 
 /// @brief The most choices a request may give.
-inline constexpr std::size_t kMaxChoices = 1024;
+inline constexpr std::size_t kMaxGuidedChoices = 1024;
 
 /// @brief The most alternatives a request may ask for at each token (vLLM's default max_logprobs).
 inline constexpr SizeType kMaxTopLogProbs = 20;
