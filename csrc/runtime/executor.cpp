@@ -54,7 +54,7 @@ public:
         IdType const id = mNextId++;
         if (mStopping)
         {
-            mResponses.push({{id, {}, {}, true, FinishReason::kError, "the executor is shut down; create a new one"}});
+            mResponses.push({{id, {}, {}, true, FinishReason::kError, "the executor is shut down; create a new one", {}}});
             return id;
         }
         mResponses.expect(id);
@@ -182,7 +182,7 @@ private:
         }
         if (problem)
         {
-            mOutbox.push_back({id, {}, {}, true, FinishReason::kError, "bad request: " + *problem});
+            mOutbox.push_back({id, {}, {}, true, FinishReason::kError, "bad request: " + *problem, {}});
             return;
         }
         auto const& seed = request.samplingConfig.seed;
@@ -276,9 +276,9 @@ private:
     bool picksOnBackend(IdType id) const
     {
         Request const& request = mStates.at(id).request;
+        SizeType const minTokens = request.samplingConfig.minTokens;
         return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0 && request.badWords.empty()
-            && request.choices.empty()
-            && mScheduler.find(id)->numGeneratedTokens() >= request.samplingConfig.minTokens;
+            && request.choices.empty() && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
 
     void sampleAndUpdate(IdType id, float const* logits)
@@ -308,7 +308,7 @@ private:
             finish(id, FinishReason::kError, "sampling failed: the backend returned NaN logits or a row with no finite value");
             return;
         }
-        accept(id, SampleResult{token, logProb});
+        accept(id, SampleResult{token, logProb, {}});
     }
 
     void accept(IdType id, SampleResult const& result)
@@ -337,7 +337,7 @@ private:
 
     Response takeUnsent(IdType id, RequestState& state, bool isFinal, FinishReason reason, std::string error)
     {
-        Response response{id, {}, {}, isFinal, reason, std::move(error)};
+        Response response{id, {}, {}, isFinal, reason, std::move(error), {}};
         if (Sequence const* seq = mScheduler.find(id))
         {
             auto const from = static_cast<std::size_t>(seq->numPromptTokens + state.numSent);
@@ -421,7 +421,7 @@ private:
         std::string const why = "the executor shut down before the request finished";
         for (auto const& entry : incoming)
         {
-            mOutbox.push_back({entry.first, {}, {}, true, FinishReason::kCancelled, why});
+            mOutbox.push_back({entry.first, {}, {}, true, FinishReason::kCancelled, why, {}});
         }
         std::vector<IdType> pending;
         for (auto const& entry : mStates)

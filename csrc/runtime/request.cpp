@@ -15,6 +15,28 @@ std::optional<std::string> checkToken(std::string const& what, TokenIdType token
     return what + " is " + std::to_string(token) + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")"
         + (allowNone ? " (use -1 for none)" : "");
 }
+
+/// What is wrong with the token sequences `words` (the request's `list`, each a `word`), or nullopt.
+std::optional<std::string> checkWords(std::string const& list, std::string const& word,
+    std::vector<std::vector<TokenIdType>> const& words, SizeType vocabSize)
+{
+    for (std::size_t i = 0; i < words.size(); ++i)
+    {
+        std::string const name = list + "[" + std::to_string(i) + "]";
+        if (words[i].empty())
+        {
+            return name + " is empty; each " + word + " needs at least one token";
+        }
+        for (std::size_t j = 0; j < words[i].size(); ++j)
+        {
+            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", words[i][j], vocabSize, false))
+            {
+                return p;
+            }
+        }
+    }
+    return std::nullopt;
+}
 } // namespace
 
 std::optional<std::string> validateRequest(Request const& request, SizeType vocabSize)
@@ -42,55 +64,22 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return p;
     }
-    for (std::size_t i = 0; i < request.stopWords.size(); ++i)
+    if (auto p = checkWords("stop_words", "stop word", request.stopWords, vocabSize))
     {
-        std::string const name = "stop_words[" + std::to_string(i) + "]";
-        if (request.stopWords[i].empty())
-        {
-            return name + " is empty; each stop word needs at least one token";
-        }
-        for (std::size_t j = 0; j < request.stopWords[i].size(); ++j)
-        {
-            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", request.stopWords[i][j], vocabSize, false))
-            {
-                return p;
-            }
-        }
+        return p;
     }
-    for (std::size_t i = 0; i < request.badWords.size(); ++i)
+    if (auto p = checkWords("bad_words", "bad word", request.badWords, vocabSize))
     {
-        std::string const name = "bad_words[" + std::to_string(i) + "]";
-        if (request.badWords[i].empty())
-        {
-            return name + " is empty; each bad word needs at least one token";
-        }
-        for (std::size_t j = 0; j < request.badWords[i].size(); ++j)
-        {
-            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", request.badWords[i][j], vocabSize, false))
-            {
-                return p;
-            }
-        }
+        return p;
     }
     if (request.choices.size() > kMaxGuidedChoices)
     {
         return "choices has " + std::to_string(request.choices.size()) + " sequences; pass at most "
             + std::to_string(kMaxGuidedChoices);
     }
-    for (std::size_t i = 0; i < request.choices.size(); ++i)
+    if (auto p = checkWords("choices", "choice", request.choices, vocabSize))
     {
-        std::string const name = "choices[" + std::to_string(i) + "]";
-        if (request.choices[i].empty())
-        {
-            return name + " is empty; each choice needs at least one token";
-        }
-        for (std::size_t j = 0; j < request.choices[i].size(); ++j)
-        {
-            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", request.choices[i][j], vocabSize, false))
-            {
-                return p;
-            }
-        }
+        return p;
     }
     if (auto p = request.samplingConfig.validate())
     {

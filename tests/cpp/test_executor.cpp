@@ -50,6 +50,26 @@ struct Fixture
     Executor executor;
     ResponseCollector responses;
 };
+
+/// Runs `requests` on a fresh executor twice, first sampling every token on the host, then with
+/// the backend picking greedy tokens as the GPU plan executor does, and hands `check` each run's
+/// fixture, the requests' ids (in order) and which of the two it was.
+template <typename Check>
+void onEitherPickPath(std::vector<Request> const& requests, Check const& check)
+{
+    for (bool const pickOnBackend : {false, true})
+    {
+        Fixture f;
+        f.backend->pickGreedy = pickOnBackend;
+        std::vector<IdType> ids;
+        for (Request const& r : requests)
+        {
+            ids.push_back(f.executor.enqueueRequest(r));
+        }
+        f.responses.collect(f.executor, ids);
+        check(f, ids, pickOnBackend);
+    }
+}
 } // namespace
 
 TEST(Executor, GreedyOutputsFollowTheModel)
@@ -430,17 +450,8 @@ TEST(Executor, MinTokensHoldsBackEndIdAndStopWordsOnEitherPickPath)
     early.samplingConfig.minTokens = 6;
     Request atMin = early; // complete at token 4 of 4: it ends the request
     atMin.samplingConfig.minTokens = 4;
-    for (bool const pickOnBackend : {false, true})
-    {
-        Fixture f;
-        f.backend->pickGreedy = pickOnBackend;
-        std::vector<Request> const requests{withEnd, oneToken, early, atMin};
-        std::vector<IdType> ids;
-        for (Request const& r : requests)
-        {
-            ids.push_back(f.executor.enqueueRequest(r));
-        }
-        f.responses.collect(f.executor, ids);
+    std::vector<Request> const requests{withEnd, oneToken, early, atMin};
+    onEitherPickPath(requests, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
         for (std::size_t i = 0; i < requests.size(); ++i)
         {
             auto const expected = test::expectedGreedy(requests[i], 64, kVocab);
@@ -459,7 +470,7 @@ TEST(Executor, MinTokensHoldsBackEndIdAndStopWordsOnEitherPickPath)
         EXPECT_EQ(f.responses.outcomes[ids[3]].tokens, std::vector<TokenIdType>(full.begin(), full.begin() + 4));
         EXPECT_EQ(f.responses.outcomes[ids[3]].final.finishReason, FinishReason::kStopWords);
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
-    }
+    });
 }
 
 TEST(Executor, MinTokensOutOfRangeIsRefused)
@@ -493,17 +504,13 @@ TEST(Executor, LogitBiasAndAllowedTokensSteerGreedyOnEitherPickPath)
     allowed.samplingConfig.allowedTokenIds = {static_cast<TokenIdType>((full[0] + 1) % kVocab), 3};
     Request outsideAllowed = base;
     outsideAllowed.samplingConfig.allowedTokenIds = {-1};
-    for (bool const pickOnBackend : {false, true})
-    {
-        Fixture f;
-        f.backend->pickGreedy = pickOnBackend;
-        IdType const a = f.executor.enqueueRequest(banned);
-        IdType const b = f.executor.enqueueRequest(forced);
-        IdType const c = f.executor.enqueueRequest(outside);
-        IdType const d = f.executor.enqueueRequest(base);
-        IdType const e = f.executor.enqueueRequest(allowed);
-        IdType const g = f.executor.enqueueRequest(outsideAllowed);
-        f.responses.collect(f.executor, {a, b, c, d, e, g});
+    onEitherPickPath({banned, forced, outside, base, allowed, outsideAllowed}, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        IdType const a = ids[0];
+        IdType const b = ids[1];
+        IdType const c = ids[2];
+        IdType const d = ids[3];
+        IdType const e = ids[4];
+        IdType const g = ids[5];
         for (TokenIdType const t : f.responses.outcomes[e].tokens)
         {
             EXPECT_TRUE(t == allowed.samplingConfig.allowedTokenIds[0] || t == 3) << t;
@@ -528,7 +535,7 @@ TEST(Executor, LogitBiasAndAllowedTokensSteerGreedyOnEitherPickPath)
             std::string::npos);
         EXPECT_EQ(f.responses.outcomes[d].tokens, full) << pickOnBackend;
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
-    }
+    });
 }
 
 TEST(Executor, TopLogProbsComeWithEachTokenOnEitherPickPath)
@@ -543,15 +550,11 @@ TEST(Executor, TopLogProbsComeWithEachTokenOnEitherPickPath)
     Request tooMany = asked;
     tooMany.numTopLogProbs = 21;
     auto const full = test::expectedGreedy(asked, 64, kVocab).tokens;
-    for (bool const pickOnBackend : {false, true})
-    {
-        Fixture f;
-        f.backend->pickGreedy = pickOnBackend;
-        IdType const a = f.executor.enqueueRequest(asked);
-        IdType const b = f.executor.enqueueRequest(streamed);
-        IdType const c = f.executor.enqueueRequest(without);
-        IdType const d = f.executor.enqueueRequest(tooMany);
-        f.responses.collect(f.executor, {a, b, c, d});
+    onEitherPickPath({asked, streamed, without, tooMany}, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        IdType const a = ids[0];
+        IdType const b = ids[1];
+        IdType const c = ids[2];
+        IdType const d = ids[3];
         for (IdType const id : {a, b})
         {
             auto const& out = f.responses.outcomes[id];
@@ -582,7 +585,7 @@ TEST(Executor, TopLogProbsComeWithEachTokenOnEitherPickPath)
         EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("return_log_probs is false"), std::string::npos);
         EXPECT_NE(f.responses.outcomes[d].final.errorMessage.find("num_top_log_probs is 21 but must be in [0, 20]"),
             std::string::npos);
-    }
+    });
 }
 
 TEST(Executor, BadWordsAreNeverGeneratedOnEitherPickPath)
@@ -595,15 +598,11 @@ TEST(Executor, BadWordsAreNeverGeneratedOnEitherPickPath)
     twoTokens.badWords = {{full[1], full[2]}, {63, 62, 61}};
     Request empty = base;
     empty.badWords = {{}};
-    for (bool const pickOnBackend : {false, true})
-    {
-        Fixture f;
-        f.backend->pickGreedy = pickOnBackend;
-        IdType const a = f.executor.enqueueRequest(oneToken);
-        IdType const b = f.executor.enqueueRequest(twoTokens);
-        IdType const c = f.executor.enqueueRequest(empty);
-        IdType const d = f.executor.enqueueRequest(base);
-        f.responses.collect(f.executor, {a, b, c, d});
+    onEitherPickPath({oneToken, twoTokens, empty, base}, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        IdType const a = ids[0];
+        IdType const b = ids[1];
+        IdType const c = ids[2];
+        IdType const d = ids[3];
         auto const& one = f.responses.outcomes[a].tokens;
         EXPECT_EQ(one, test::expectedGreedy(oneToken, 64, kVocab).tokens) << pickOnBackend;
         EXPECT_EQ(std::count(one.begin(), one.end(), full[2]), 0);
@@ -619,7 +618,7 @@ TEST(Executor, BadWordsAreNeverGeneratedOnEitherPickPath)
         EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("bad_words[0] is empty"), std::string::npos);
         EXPECT_EQ(f.responses.outcomes[d].tokens, full);
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
-    }
+    });
 }
 
 TEST(Executor, ChoicesMakeTheOutputOneOfThemOnEitherPickPath)
@@ -634,15 +633,11 @@ TEST(Executor, ChoicesMakeTheOutputOneOfThemOnEitherPickPath)
     prefix.choices = {{full[0], full[1]}, {full[0]}};
     Request empty = base;
     empty.choices = {{1}, {}};
-    for (bool const pickOnBackend : {false, true})
-    {
-        Fixture f;
-        f.backend->pickGreedy = pickOnBackend;
-        IdType const a = f.executor.enqueueRequest(chosen);
-        IdType const b = f.executor.enqueueRequest(prefix);
-        IdType const c = f.executor.enqueueRequest(empty);
-        IdType const d = f.executor.enqueueRequest(base);
-        f.responses.collect(f.executor, {a, b, c, d});
+    onEitherPickPath({chosen, prefix, empty, base}, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        IdType const a = ids[0];
+        IdType const b = ids[1];
+        IdType const c = ids[2];
+        IdType const d = ids[3];
         auto const& out = f.responses.outcomes[a];
         // greedy among the two continuations of full[0]
         std::vector<TokenIdType> const x{full[0], other(full[1]), 3};
@@ -656,5 +651,5 @@ TEST(Executor, ChoicesMakeTheOutputOneOfThemOnEitherPickPath)
         EXPECT_NE(f.responses.outcomes[c].final.errorMessage.find("choices[1] is empty"), std::string::npos);
         EXPECT_EQ(f.responses.outcomes[d].tokens, full);
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
-    }
+    });
 }
