@@ -35,7 +35,7 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.rounding import to_e4m3
+from kiln.builder.kernels.rounding import INTERPRETED, to_e4m3
 from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
 
 SMALL_M = 16
@@ -53,9 +53,11 @@ SMALL_CONFIGS_FP8 = ((16, 512, 4, 4, False), (32, 256, 4, 4, False), (16, 256, 2
 # weight a program per step (32, 64 and 32 values a thread), 512 to 1,024 programs for a
 # 4096-wide layer.
 GEMV_CONFIGS = ((8, 512, 4), (8, 1024, 4), (4, 512, 2))
-# FP8 weights: the same bytes a step (twice the values), and one configuration with twice the
-# rows, over which a folded prologue's work on x (the same in every program) is shared.
-GEMV_CONFIGS_FP8 = ((8, 1024, 4), (4, 1024, 2), (16, 1024, 8))
+# FP8 weights (read as words of four e4m3 values): the best of each Llama-3.1-8B layer at M = 1
+# on the H200 (tests/gpu/gemm_sweep.py --one-row-fp8: o and down 8 x 1024, q/k/v 8 x 512,
+# gate/up 16 x 512), and 16 rows a program, over which a folded prologue's work on x (the same
+# in every program) is shared.
+GEMV_CONFIGS_FP8 = ((8, 1024, 4), (8, 512, 4), (16, 512, 4), (16, 1024, 8))
 # gemv_kernel's PROLOGUE: what x is turned into before the product (constexprs, so the kernel
 # can compare with them).
 PLAIN, NORM, ADD_NORM, SILU_MUL = (tl.constexpr(p) for p in range(4))
@@ -178,6 +180,54 @@ def _weight_tile(w_rows, k0, col_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, EVE
         return tl.load(w_rows + k[None, :], mask=col_ok[:, None] & (k < K)[None, :], other=0.0)
 
 
+# Four e4m3 values (one 32-bit word, the first in its low byte) widened to float32: two
+# conversions to float16 pairs, then four to float32.
+_E4M3X4_TO_F32 = tl.constexpr("""{
+.reg .b16 lo, hi;
+.reg .b32 p, q;
+.reg .f16 h<4>;
+mov.b32 {lo, hi}, $4;
+cvt.rn.f16x2.e4m3x2 p, lo;
+cvt.rn.f16x2.e4m3x2 q, hi;
+mov.b32 {h0, h1}, p;
+mov.b32 {h2, h3}, q;
+cvt.f32.f16 $0, h0;
+cvt.f32.f16 $1, h1;
+cvt.f32.f16 $2, h2;
+cvt.f32.f16 $3, h3;
+}""")
+
+
+@triton.jit
+def _gemv_step(acc, squares, w, k, x_ptr, res_ptr, sum_ptr, g_ptr, K: tl.constexpr, sum_k,
+               inv_rms, inv_scale, PROLOGUE: tl.constexpr, QUANTIZE: tl.constexpr,
+               DT: tl.constexpr, Q_TYPE: tl.constexpr):
+    """(acc + w * a, squares): a the GEMM's input at positions k (gemv_kernel's prologue, then
+    its quantization), w ([BLOCK_N, len(k)] float32) the weight there; squares gains the
+    squares NORM and ADD_NORM sum when not quantizing."""
+    k_ok = k < K
+    a = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+    if PROLOGUE == SILU_MUL:
+        up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
+        act = (a / (1.0 + tl.exp(-a))).to(DT).to(tl.float32)
+        a = (act * up).to(DT).to(tl.float32)
+    if PROLOGUE == ADD_NORM:
+        r = tl.load(res_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        total = (a + r).to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + k, total, mask=k < sum_k)
+        a = total.to(tl.float32)
+    if PROLOGUE == NORM or PROLOGUE == ADD_NORM:
+        gamma = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        if QUANTIZE:
+            a = (gamma * (a * inv_rms).to(DT).to(tl.float32)).to(DT).to(tl.float32)
+        else:
+            squares += a * a
+            a = a * gamma
+    if QUANTIZE:
+        a = to_e4m3(a, inv_scale, Q_TYPE).to(tl.float32)
+    return acc + w * a[None, :], squares
+
+
 @triton.jit
 def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
                 act_ptr, act_scale_ptr, eps, N: tl.constexpr, K: tl.constexpr,
@@ -186,7 +236,8 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GLU: tl.constexpr = 0,
                 PDL: tl.constexpr = 0):
     """Row 0 of out, columns block program_id(0): prologue(x[0]) @ w.T (+ bias), the products
-    summed in float32 on CUDA cores ([BLOCK_N, BLOCK_K] partial sums, reduced once at the end).
+    summed in float32 on CUDA cores (partial sums a column of the weight tile, reduced once at
+    the end).
 
     PROLOGUE (x's first row turned into the GEMM's input a, as the kernel it replaces computes it):
       PLAIN     a = x
@@ -202,56 +253,80 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
     receives silu(y[:N/2]) * y[N/2:] (glu_store: rounded as silu_mul_kernel rounds y, e4m3 with
     act_scale as silu_mul_quant quantizes it), and out is not written; the program takes its
     BLOCK_N / 2 outputs' gate and up rows, interleaved.
+
+    An e4m3 weight is read as 32-bit words of four values on the GPU (PACKED), widened by
+    _E4M3X4_TO_F32: Triton's own conversion unpacks every byte first and re-packs pairs, which
+    made the loop issue-bound below the memory's rate. Word i of a row then meets a at
+    4i, 4i + 1, 4i + 2 and 4i + 3, computed as four strided vectors.
     """
+    PACKED: tl.constexpr = (w_ptr.dtype.element_ty == tl.float8e4nv and not INTERPRETED
+                            and K % 4 == 0)
+    P: tl.constexpr = 4 if PACKED else 1  # weight values a loaded element
+    WK: tl.constexpr = BLOCK_K // P
     EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
     cols, col_ok = _columns(N, BLOCK_N, GLU)
-    w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+    if PACKED:
+        w_rows = w_ptr.to(tl.pointer_type(tl.int32)) + cols.to(tl.int64)[:, None] * (K // 4)
+    else:
+        w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
     # The weight is no kernel's output: its first tile is read while the kernel waits for the
     # kernel before it (PDL), and each later tile one step ahead of its use.
-    w_next = _weight_tile(w_rows, 0, col_ok, K, BLOCK_K, EVEN)
+    w_next = _weight_tile(w_rows, 0, col_ok, K // P, WK, EVEN)
     enter(PDL)
     DT = out_ptr.dtype.element_ty
+    Q_TYPE = w_ptr.dtype.element_ty
     NORMED: tl.constexpr = PROLOGUE == NORM or PROLOGUE == ADD_NORM
     sum_k = tl.where(tl.program_id(0) == 0, K, 0)  # program 0 stores the residual sum
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, WK], dtype=tl.float32)
+    squares = tl.zeros([WK], dtype=tl.float32)
     inv_rms = 1.0
     if QUANTIZE and NORMED:
+        first = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             if PROLOGUE == ADD_NORM:
                 r = tl.load(res_ptr + k, mask=k < K, other=0.0).to(tl.float32)
                 a = (a + r).to(sum_ptr.dtype.element_ty).to(tl.float32)
-            squares += a * a
-        inv_rms = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
+            first += a * a
+        inv_rms = tl.math.rsqrt(tl.sum(first, axis=0) / K + eps)
+    inv_scale = 1.0
     if QUANTIZE:
         inv_scale = tl.math.div_rn(1.0, tl.load(a_scale_ptr))
     for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        a = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        if PROLOGUE == SILU_MUL:
-            up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
-            act = (a / (1.0 + tl.exp(-a))).to(DT).to(tl.float32)
-            a = (act * up).to(DT).to(tl.float32)
-        if PROLOGUE == ADD_NORM:
-            r = tl.load(res_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            total = (a + r).to(sum_ptr.dtype.element_ty)
-            tl.store(sum_ptr + k, total, mask=k < sum_k)
-            a = total.to(tl.float32)
-        if NORMED:
-            gamma = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            if QUANTIZE:
-                a = (gamma * (a * inv_rms).to(DT).to(tl.float32)).to(DT).to(tl.float32)
-            else:
-                squares += a * a
-                a = a * gamma
-        if QUANTIZE:
-            a = to_e4m3(a, inv_scale, w_ptr.dtype.element_ty).to(tl.float32)
         w = w_next
-        w_next = _weight_tile(w_rows, k0 + BLOCK_K, col_ok, K, BLOCK_K, EVEN)
-        acc += w.to(tl.float32) * a[None, :]
+        w_next = _weight_tile(w_rows, (k0 + BLOCK_K) // P, col_ok, K // P, WK, EVEN)
+        if PACKED:
+            k = k0 + 4 * tl.arange(0, WK)
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _E4M3X4_TO_F32, "=r,=r,=r,=r,r", [w],
+                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+            if x_ptr.dtype.element_ty == tl.float8e4nv:  # PLAIN: x's words widened alike
+                xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + k // 4, mask=k < K, other=0)
+                a0, a1, a2, a3 = tl.inline_asm_elementwise(
+                    _E4M3X4_TO_F32, "=r,=r,=r,=r,r", [xw],
+                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+                acc += w0 * a0[None, :]
+                acc += w1 * a1[None, :]
+                acc += w2 * a2[None, :]
+                acc += w3 * a3[None, :]
+            else:
+                acc, squares = _gemv_step(acc, squares, w0, k, x_ptr, res_ptr, sum_ptr, g_ptr,
+                                          K, sum_k, inv_rms, inv_scale, PROLOGUE, QUANTIZE, DT,
+                                          Q_TYPE)
+                acc, squares = _gemv_step(acc, squares, w1, k + 1, x_ptr, res_ptr, sum_ptr,
+                                          g_ptr, K, sum_k, inv_rms, inv_scale, PROLOGUE,
+                                          QUANTIZE, DT, Q_TYPE)
+                acc, squares = _gemv_step(acc, squares, w2, k + 2, x_ptr, res_ptr, sum_ptr,
+                                          g_ptr, K, sum_k, inv_rms, inv_scale, PROLOGUE,
+                                          QUANTIZE, DT, Q_TYPE)
+                acc, squares = _gemv_step(acc, squares, w3, k + 3, x_ptr, res_ptr, sum_ptr,
+                                          g_ptr, K, sum_k, inv_rms, inv_scale, PROLOGUE,
+                                          QUANTIZE, DT, Q_TYPE)
+        else:
+            acc, squares = _gemv_step(acc, squares, w.to(tl.float32), k0 + tl.arange(0, BLOCK_K),
+                                      x_ptr, res_ptr, sum_ptr, g_ptr, K, sum_k, inv_rms,
+                                      inv_scale, PROLOGUE, QUANTIZE, DT, Q_TYPE)
     y = tl.sum(acc, axis=1)
     if NORMED and not QUANTIZE:
         y = y * tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)

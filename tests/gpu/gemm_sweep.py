@@ -8,6 +8,7 @@ copies together exceed the L2 cache), as a decode step runs them; bytes = the we
     python tests/gpu/gemm_sweep.py [--configs 16:256:4:4,32:128:4:4] [--m 1]
                                    [--int4 16:64:128:4:3,...] [--gemv 8:128:4:1,...]
                                    [--mma 64:32:1:3:8[:S],...] [--skip-16bit]
+                                   [--one-row 8:512:4,...] [--one-row-fp8 8:1024:4,...]
 """
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ def main() -> None:
     parser.add_argument("--mma", default="",
                         help="also time the int4 tensor-core kernel with these WO_MMA configs "
                         "(BLOCK_N:BLOCK_H:warps:stages:BLOCK_M[:splits], comma separated)")
+    parser.add_argument("--one-row", default=None,
+                        help="the one-row kernel's (gemv_kernel) configurations BLOCK_N:BLOCK_K:"
+                        "warps for 16-bit weights (default: the shipped GEMV_CONFIGS)")
+    parser.add_argument("--one-row-fp8", default=None,
+                        help="the same for e4m3 weights and x (default: GEMV_CONFIGS_FP8)")
     parser.add_argument("--skip-16bit", action="store_true",
                         help="only the --int4/--gemv/--mma rows")
     args = parser.parse_args()
@@ -68,6 +74,10 @@ def main() -> None:
 
     def configs(text):
         return [tuple(int(v) for v in c.split(":")) for c in text.split(",") if c]
+
+    one_row = configs(args.one_row) if args.one_row is not None else gemm.GEMV_CONFIGS
+    one_row_fp8 = (configs(args.one_row_fp8) if args.one_row_fp8 is not None
+                   else gemm.GEMV_CONFIGS_FP8)
 
     fp8 = torch.cuda.get_device_capability() >= (8, 9)
     print(f"{'shape':<9}{'N':>7}{'K':>7}  {'kernel':<28}{'us':>8}{'TB/s':>7}")
@@ -87,6 +97,11 @@ def main() -> None:
         for c, cfg in enumerate(gemm.SMALL_CONFIGS):
             rows.append((f"small-M {':'.join(map(str, cfg))}",
                          lambda i, c=c: gemm.linear_small_m(x, ws[i], config=c, out=out)))
+        if args.m == 1:
+            gemm.GEMV_CONFIGS = tuple(one_row)
+            for c, cfg in enumerate(gemm.GEMV_CONFIGS):
+                rows.append((f"one-row {':'.join(map(str, cfg))}",
+                             lambda i, c=c: gemm.linear_gemv(x, ws[i], config=c, out=out)))
         for label, launch in rows:
             t = graph_time(launch, copies)
             print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{n * k * 2 / t / 1e12:>7.2f}",
@@ -110,6 +125,13 @@ def main() -> None:
                          lambda i, c=c: gemm.linear_small_m(xq, wq[i], config=c, out=out,
                                                             scales=(one, one),
                                                             dtype=torch.bfloat16)))
+        if args.m == 1:
+            gemm.GEMV_CONFIGS_FP8 = tuple(one_row_fp8)
+            for c, cfg in enumerate(gemm.GEMV_CONFIGS_FP8):
+                rows.append((f"one-row fp8 {':'.join(map(str, cfg))}",
+                             lambda i, c=c: gemm.linear_gemv(xq, wq[i], config=c, out=out,
+                                                             scales=(one, one),
+                                                             dtype=torch.bfloat16)))
         for label, launch in rows:
             t = graph_time(launch, copies8)
             print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{n * k / t / 1e12:>7.2f}",

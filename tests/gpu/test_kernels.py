@@ -196,10 +196,11 @@ def test_gemv(dtype, n, k, prologue, config):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fp8", [False, True], ids=["", "fp8"])
 @pytest.mark.parametrize("n,k,prologue", [(28672, 4096, "add_rmsnorm"), (28672, 4096, "plain"),
                                           (1000, 576, "rmsnorm"), (36, 72, "plain")])
-@pytest.mark.parametrize("config", range(len(GEMV_CONFIGS)))
+@pytest.mark.parametrize("fp8,config", [(False, c) for c in range(len(GEMV_CONFIGS))]
+                         + [(True, c) for c in range(len(GEMV_CONFIGS_FP8))],
+                         ids=lambda v: "fp8" if v is True else "" if v is False else str(v))
 def test_gemv_glu_equals_gemv_then_silu_mul(dtype, fp8, n, k, prologue, config):
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
@@ -221,7 +222,9 @@ def test_small_m_glu_equals_small_m_then_silu_mul(dtype, fp8, m, n, k, config):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,prologue", [(6144, 4096, "add_rmsnorm"), (4096, 4096, "quantize"),
                                           (28672, 4096, "add_rmsnorm"), (4096, 14336, "silu_mul"),
-                                          (1000, 576, "rmsnorm"), (50, 72, "fp8")])
+                                          (1000, 576, "rmsnorm"), (50, 72, "fp8"),
+                                          (6144, 4096, "fp8"), (4096, 14336, "fp8"),
+                                          (1000, 576, "fp8")])
 @pytest.mark.parametrize("config", range(len(GEMV_CONFIGS_FP8)))
 def test_gemv_fp8(dtype, n, k, prologue, config):
     if torch.cuda.get_device_capability() < (8, 9):
