@@ -199,6 +199,23 @@ cvt.f32.f16 $3, h3;
 
 
 @triton.jit
+def _e4m3_words(w):
+    """The four float32 values of each 32-bit word of e4m3 values in w, lowest byte first: in
+    PTX on the GPU; byte by byte in Triton's interpreter, which has no inline assembly."""
+    if INTERPRETED:
+        return (_e4m3_byte(w, 0), _e4m3_byte(w, 8), _e4m3_byte(w, 16), _e4m3_byte(w, 24))
+    else:
+        return tl.inline_asm_elementwise(
+            _E4M3X4_TO_F32, "=r,=r,=r,=r,r", [w],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _e4m3_byte(w, SHIFT: tl.constexpr):
+    return ((w >> SHIFT) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+
+
+@triton.jit
 def _gemv_step(acc, squares, w, k, x_ptr, res_ptr, sum_ptr, g_ptr, K: tl.constexpr, sum_k,
                inv_rms, inv_scale, PROLOGUE: tl.constexpr, QUANTIZE: tl.constexpr,
                DT: tl.constexpr, Q_TYPE: tl.constexpr):
@@ -254,13 +271,12 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
     act_scale as silu_mul_quant quantizes it), and out is not written; the program takes its
     BLOCK_N / 2 outputs' gate and up rows, interleaved.
 
-    An e4m3 weight is read as 32-bit words of four values on the GPU (PACKED), widened by
-    _E4M3X4_TO_F32: Triton's own conversion unpacks every byte first and re-packs pairs, which
-    made the loop issue-bound below the memory's rate. Word i of a row then meets a at
-    4i, 4i + 1, 4i + 2 and 4i + 3, computed as four strided vectors.
+    An e4m3 weight is read as 32-bit words of four values (PACKED), widened by _e4m3_words
+    (inline PTX on the GPU: Triton's own conversion unpacks every byte first and re-packs
+    pairs, which made the loop issue-bound below the memory's rate). Word i of a row then
+    meets a at 4i, 4i + 1, 4i + 2 and 4i + 3, computed as four strided vectors.
     """
-    PACKED: tl.constexpr = (w_ptr.dtype.element_ty == tl.float8e4nv and not INTERPRETED
-                            and K % 4 == 0)
+    PACKED: tl.constexpr = w_ptr.dtype.element_ty == tl.float8e4nv and K % 4 == 0
     P: tl.constexpr = 4 if PACKED else 1  # weight values a loaded element
     WK: tl.constexpr = BLOCK_K // P
     EVEN: tl.constexpr = K % BLOCK_K == 0 and N % BLOCK_N == 0
@@ -298,14 +314,10 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
         w_next = _weight_tile(w_rows, (k0 + BLOCK_K) // P, col_ok, K // P, WK, EVEN)
         if PACKED:
             k = k0 + 4 * tl.arange(0, WK)
-            w0, w1, w2, w3 = tl.inline_asm_elementwise(
-                _E4M3X4_TO_F32, "=r,=r,=r,=r,r", [w],
-                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+            w0, w1, w2, w3 = _e4m3_words(w)
             if x_ptr.dtype.element_ty == tl.float8e4nv:  # PLAIN: x's words widened alike
                 xw = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + k // 4, mask=k < K, other=0)
-                a0, a1, a2, a3 = tl.inline_asm_elementwise(
-                    _E4M3X4_TO_F32, "=r,=r,=r,=r,r", [xw],
-                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+                a0, a1, a2, a3 = _e4m3_words(xw)
                 acc += w0 * a0[None, :]
                 acc += w1 * a1[None, :]
                 acc += w2 * a2[None, :]
