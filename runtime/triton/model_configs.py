@@ -37,6 +37,8 @@ PREPROCESSING_INPUTS = (
     TensorSpec("text_input", "TYPE_STRING", (1,)),
     _opt("stop_words", "TYPE_STRING", (-1,)),
     _opt("bad_words", "TYPE_STRING", (-1,)),
+    _opt("embedding_bias_words", "TYPE_STRING", (-1,)),
+    _opt("embedding_bias_weights", "TYPE_FP32", (-1,)),
     _opt("apply_chat_template", "TYPE_BOOL"),
 )
 PREPROCESSING_OUTPUTS = (
@@ -44,6 +46,7 @@ PREPROCESSING_OUTPUTS = (
     TensorSpec("input_lengths", "TYPE_INT32", (1,)),
     TensorSpec("stop_words_list", "TYPE_INT32", (2, -1)),
     TensorSpec("bad_words_list", "TYPE_INT32", (2, -1)),
+    TensorSpec("embedding_bias", "TYPE_FP32", (-1,)),  # [vocab], or [0] when none asked for
 )
 
 # ensemble input name -> engine model input name, for the inputs the ensemble passes straight on
@@ -68,6 +71,7 @@ ENGINE_INPUTS = (
     TensorSpec("request_output_len", "TYPE_INT32", (1,)),
     _opt("stop_words_list", "TYPE_INT32", (2, -1)),
     _opt("bad_words_list", "TYPE_INT32", (2, -1)),
+    _opt("embedding_bias", "TYPE_FP32", (-1,)),
     *SAMPLING_INPUTS.values(),
 )
 ENGINE_OUTPUTS = (
@@ -93,6 +97,8 @@ ENSEMBLE_INPUTS = (
     TensorSpec("max_tokens", "TYPE_INT32", (1,)),
     _opt("stop_words", "TYPE_STRING", (-1,)),
     _opt("bad_words", "TYPE_STRING", (-1,)),
+    _opt("embedding_bias_words", "TYPE_STRING", (-1,)),
+    _opt("embedding_bias_weights", "TYPE_FP32", (-1,)),
     _opt("apply_chat_template", "TYPE_BOOL"),
     *(TensorSpec(name, s.data_type, s.dims, True) for name, s in SAMPLING_INPUTS.items()),
 )
@@ -143,10 +149,13 @@ def engine_config(name: str, max_batch_size: int, parameters: dict) -> dict:
 def ensemble_config(engine_name: str, max_batch_size: int) -> dict:
     steps = [
         (PREPROCESSING, {"text_input": "text_input", "stop_words": "stop_words",
-                         "bad_words": "bad_words", "apply_chat_template": "apply_chat_template"},
+                         "bad_words": "bad_words", "embedding_bias_words": "embedding_bias_words",
+                         "embedding_bias_weights": "embedding_bias_weights",
+                         "apply_chat_template": "apply_chat_template"},
          {t.name: f"_{t.name}" for t in PREPROCESSING_OUTPUTS}),
         (engine_name, {"input_ids": "_input_ids", "input_lengths": "_input_lengths",
                        "stop_words_list": "_stop_words_list", "bad_words_list": "_bad_words_list",
+                       "embedding_bias": "_embedding_bias",
                        "request_output_len": "max_tokens",
                        **{s.name: name for name, s in SAMPLING_INPUTS.items()}},
          {t.name: f"_{t.name}" for t in POSTPROCESSING_INPUTS}),

@@ -219,6 +219,88 @@ def test_bad_words(served):
     assert chunks[0]["text_output"][0, 0].decode() == tok.decode(expect)
 
 
+def test_embedding_bias(served):
+    """TensorRT-LLM's embedding_bias ([vocab], added to the logits) through the engine model, and
+    embedding_bias_words/weights through preprocessing in the ensemble: the same tokens as
+    ModelRunner with that logit_bias."""
+    server, reference = served
+    tok = reference.tokenizer
+    vocab = reference.vocab_size
+    prompt = tok.encode(TEXTS[5])
+    free, _ = reference_ids(reference, prompt, 10, end_id=-1, top_k=1)
+    pushed = next(t for t in range(3, vocab) if t not in free)
+    logit_bias = {pushed: 30.0, free[1]: -50.0}
+    expect, _ = reference_ids(reference, prompt, 10, end_id=-1, top_k=1, logit_bias=logit_bias)
+    assert expect != free and pushed in expect
+    dense = np.zeros((1, vocab), dtype=np.float32)
+    for token, bias in logit_bias.items():
+        dense[0, token] = bias
+    tokens = [t for c in engine_stream(server, prompt, 10, end_id=one(-1, np.int32),
+                                       embedding_bias=dense)
+              for t in c["output_ids"][0].tolist()]
+    assert tokens == expect
+    # A shorter vector biases the ids it covers; an empty one biases nothing.
+    short = dense[:, : max(logit_bias) + 1]
+    assert [t for c in engine_stream(server, prompt, 10, end_id=one(-1, np.int32),
+                                     embedding_bias=short)
+            for t in c["output_ids"][0].tolist()] == expect
+    assert [t for c in engine_stream(server, prompt, 10, end_id=one(-1, np.int32),
+                                     embedding_bias=np.zeros((1, 0), dtype=np.float32))
+            for t in c["output_ids"][0].tolist()] == free
+    # Preprocessing: each word's weight at each of its tokens (a token in two words gets both).
+    at = next(i for i, t in enumerate(free) if i >= 1 and t not in free[:i]
+              and tok.encode(tok.decode([t]), add_special_tokens=False) == [t])
+    word = tok.decode([free[at]])
+    pair = tok.encode("the value", add_special_tokens=False)
+    words = np.array([[word.encode(), b"the value", b""]], dtype=np.object_)
+    weights = np.array([[-60.0, 2.5, 0.0]], dtype=np.float32)
+    pre = list(server.infer("preprocessing", {"text_input": strings(TEXTS[5]),
+                                              "embedding_bias_words": words,
+                                              "embedding_bias_weights": weights}))[0]
+    width = len(server.models["preprocessing"].instance.tokenizer)  # the HF tokenizer's ids
+    want = np.zeros((1, width), dtype=np.float32)
+    want[0, free[at]] -= 60.0
+    for t in pair:
+        want[0, t] += 2.5
+    assert pre["embedding_bias"].shape == (1, width)
+    assert np.array_equal(pre["embedding_bias"], want)
+    none = list(server.infer("preprocessing", {"text_input": strings(TEXTS[5])}))[0]
+    assert none["embedding_bias"].shape == (1, 0)
+    bias = {int(t): float(want[0, t]) for t in np.flatnonzero(want[0])}
+    expect, _ = reference_ids(reference, prompt, 10, end_id=-1, top_k=1, logit_bias=bias)
+    assert free[at] not in expect
+    inputs = ensemble_inputs(TEXTS[5], 10, end_id=-1, stream=False)
+    inputs.update(embedding_bias_words=words, embedding_bias_weights=weights)
+    chunks = list(server.infer("ensemble", inputs))
+    assert chunks[0]["text_output"][0, 0].decode() == tok.decode(expect)
+
+
+def test_bad_embedding_bias_fails_alone(served):
+    server, reference = served
+    vocab = reference.vocab_size
+    prompt = [5, 6, 7]
+    with pytest.raises(ServerError, match=f"{vocab + 1} entries but the model's vocabulary has "
+                                          f"{vocab} tokens") as err:
+        list(engine_stream(server, prompt, 4,
+                           embedding_bias=np.ones((1, vocab + 1), dtype=np.float32)))
+    assert err.value.code == pb_utils.TritonError.INVALID_ARG
+    huge = np.zeros((1, vocab), dtype=np.float32)
+    huge[0, 7] = -np.inf
+    with pytest.raises(ServerError, match=r"embedding_bias\[7\] is -inf but each bias must lie "
+                                          r"within \[-100, 100\]"):
+        list(engine_stream(server, prompt, 4, embedding_bias=huge))
+    with pytest.raises(ServerError, match="2 embedding_bias_words but 1 embedding_bias_weights"):
+        list(server.infer("preprocessing", {
+            "text_input": strings("x"), "embedding_bias_words": strings("a", "b"),
+            "embedding_bias_weights": np.array([[1.0]], dtype=np.float32)}))
+    with pytest.raises(ServerError, match="go together"):
+        list(server.infer("preprocessing", {"text_input": strings("x"),
+                                            "embedding_bias_words": strings("a")}))
+    assert reference_ids(reference, prompt, 4, top_k=1)[0] == [
+        t for c in engine_stream(server, prompt, 4) for t in c["output_ids"][0].tolist()]
+    assert server.models["kiln"].instance.streams == {}
+
+
 def wait_for_free_blocks(runner, timeout=5.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -69,6 +69,7 @@ def test_engine_model_config(repo):
         "request_output_len": ("TYPE_INT32", [1], False),
         "stop_words_list": ("TYPE_INT32", [2, -1], True),
         "bad_words_list": ("TYPE_INT32", [2, -1], True),
+        "embedding_bias": ("TYPE_FP32", [-1], True),
         "end_id": ("TYPE_INT32", [1], True), "pad_id": ("TYPE_INT32", [1], True),
         "runtime_top_k": ("TYPE_INT32", [1], True), "runtime_top_p": ("TYPE_FP32", [1], True),
         "runtime_min_p": ("TYPE_FP32", [1], True), "temperature": ("TYPE_FP32", [1], True),
@@ -92,11 +93,14 @@ def test_pre_and_postprocessing_configs(repo):
     assert io(pre, "input") == {"text_input": ("TYPE_STRING", [1], False),
                                 "stop_words": ("TYPE_STRING", [-1], True),
                                 "bad_words": ("TYPE_STRING", [-1], True),
+                                "embedding_bias_words": ("TYPE_STRING", [-1], True),
+                                "embedding_bias_weights": ("TYPE_FP32", [-1], True),
                                 "apply_chat_template": ("TYPE_BOOL", [1], True)}
     assert io(pre, "output") == {"input_ids": ("TYPE_INT32", [-1], False),
                                  "input_lengths": ("TYPE_INT32", [1], False),
                                  "stop_words_list": ("TYPE_INT32", [2, -1], False),
-                                 "bad_words_list": ("TYPE_INT32", [2, -1], False)}
+                                 "bad_words_list": ("TYPE_INT32", [2, -1], False),
+                                 "embedding_bias": ("TYPE_FP32", [-1], False)}
     assert io(post, "output") == {"text_output": ("TYPE_STRING", [1], False),
                                   "out_finish_reason": ("TYPE_STRING", [1], False),
                                   "out_output_log_probs": ("TYPE_FP32", [-1], False)}
@@ -111,10 +115,13 @@ def test_ensemble_chains_the_three(repo):
         ("preprocessing", -1), ("tiny_llama", -1), ("postprocessing", -1)]
     assert dict(steps[0].input_map) == {"text_input": "text_input", "stop_words": "stop_words",
                                         "bad_words": "bad_words",
+                                        "embedding_bias_words": "embedding_bias_words",
+                                        "embedding_bias_weights": "embedding_bias_weights",
                                         "apply_chat_template": "apply_chat_template"}
     assert dict(steps[1].input_map) == {
         "input_ids": "_input_ids", "input_lengths": "_input_lengths",
         "stop_words_list": "_stop_words_list", "bad_words_list": "_bad_words_list",
+        "embedding_bias": "_embedding_bias",
         "request_output_len": "max_tokens",
         "end_id": "end_id", "pad_id": "pad_id", "runtime_top_k": "top_k", "runtime_top_p": "top_p",
         "runtime_min_p": "min_p", "temperature": "temperature",

@@ -6,7 +6,9 @@ requests whose clients cancelled. Parameters come from config.pbtxt: engine_dir,
 max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device.
 
 Decoding is greedy unless `temperature` > 0 is given; then runtime_top_k (0 = off),
-runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed. Responses
+runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed.
+embedding_bias (TensorRT-LLM's: one value a token id, added to the logits) becomes the
+executor's logit bias. Responses
 carry only generated tokens (never the prompt): in streaming mode the tokens new since the last
 response, otherwise all of them in one final response.
 """
@@ -153,6 +155,7 @@ class TritonPythonModel:
             frequency_penalty=_scalar(request, "frequency_penalty", 0.0, float),
             random_seed=_scalar(request, "random_seed", None, int),
             min_tokens=_scalar(request, "min_tokens", 0, int),
+            logit_bias=self._embedding_bias(request),
             output_log_probs=_scalar(request, "return_log_probs", False, bool))
         streaming = _scalar(request, "streaming", False, bool)
         stops = _words(request, "stop_words_list")
@@ -160,6 +163,23 @@ class TritonPythonModel:
         made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
                                   [bad] if bad else None)
         return made[0], len(prompt)
+
+    def _embedding_bias(self, request):
+        """TensorRT-LLM's embedding_bias ([1, V], added to the logits, V at most the model's
+        vocabulary) as the executor's logit bias: {token id: bias} of its nonzero entries."""
+        a = _array(request, "embedding_bias")
+        if a is None or a.size == 0:
+            return None
+        bias = a.reshape(-1).astype(np.float64)
+        vocab = self.runner.vocab_size
+        if bias.size > vocab:
+            raise ValueError(f"embedding_bias has {bias.size} entries but the model's vocabulary "
+                             f"has {vocab} tokens")
+        bad = np.flatnonzero(~(np.abs(bias) <= 100.0))
+        if bad.size:
+            raise ValueError(f"embedding_bias[{bad[0]}] is {bias[bad[0]]} but each bias must lie "
+                             "within [-100, 100]")
+        return {int(t): float(bias[t]) for t in np.flatnonzero(bias)}
 
     # -- responses out ----------------------------------------------------------------------
     def _send_loop(self):

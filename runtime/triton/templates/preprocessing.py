@@ -1,9 +1,12 @@
 """Kiln preprocessing for Triton's Python backend: text to token ids with the engine's tokenizer.
 
-Inputs: text_input, optional stop_words and bad_words (strings) and apply_chat_template (wrap
-the text as one user message in the tokenizer's chat template). Outputs: input_ids (padded with
-0 past each row's input_lengths), stop_words_list and bad_words_list in TensorRT-LLM's [2, L]
-layout. Parameter: tokenizer_dir.
+Inputs: text_input, optional stop_words and bad_words (strings), embedding_bias_words and
+embedding_bias_weights (a bias for each word's tokens, as TensorRT-LLM's preprocessing takes them)
+and apply_chat_template (wrap the text as one user message in the tokenizer's chat template).
+Outputs: input_ids (padded with 0 past each row's input_lengths), stop_words_list and
+bad_words_list in TensorRT-LLM's [2, L] layout, embedding_bias ([vocab]: each word's weight
+added at each of its tokens, ids without the tokenizer's special tokens; [0] when no word is
+given). Parameter: tokenizer_dir.
 """
 import json
 
@@ -72,7 +75,30 @@ class TritonPythonModel:
             pb_utils.Tensor("input_lengths", np.array([[len(x)] for x in ids], dtype=np.int32)),
             pb_utils.Tensor("stop_words_list", self._word_lists(request, "stop_words", len(ids))),
             pb_utils.Tensor("bad_words_list", self._word_lists(request, "bad_words", len(ids))),
+            pb_utils.Tensor("embedding_bias", self._embedding_bias(request, len(ids))),
         ]
+
+    def _embedding_bias(self, request, batch):
+        """[batch, vocab] float32: embedding_bias_weights[i] added at each token of
+        embedding_bias_words[i] (empty words pad shorter rows); [batch, 0] without words."""
+        words = pb_utils.get_input_tensor_by_name(request, "embedding_bias_words")
+        weights = pb_utils.get_input_tensor_by_name(request, "embedding_bias_weights")
+        if words is None and weights is None:
+            return np.zeros((batch, 0), dtype=np.float32)
+        if words is None or weights is None:
+            raise ValueError("embedding_bias_words and embedding_bias_weights go together; "
+                             "send both or neither")
+        word_rows, weight_rows = _texts(words), weights.as_numpy().reshape(batch, -1)
+        out = np.zeros((batch, len(self.tokenizer)), dtype=np.float32)
+        for row, (ws, vs) in enumerate(zip(word_rows, weight_rows)):
+            if len(ws) != len(vs):
+                raise ValueError(f"{len(ws)} embedding_bias_words but {len(vs)} "
+                                 "embedding_bias_weights; give one weight a word")
+            for word, weight in zip(ws, vs):
+                if word != "":
+                    for token in self.tokenizer(word, add_special_tokens=False)["input_ids"]:
+                        out[row, token] += weight
+        return out
 
     def _word_lists(self, request, name, batch):
         """The STRING input `name` ([batch, k]; empty entries pad shorter rows) as TensorRT-LLM's
