@@ -12,6 +12,7 @@ def version() -> str: ...
 MAX_TOP_LOG_PROBS: int
 """the most alternatives a request may ask for at each token"""
 MAX_GUIDED_CHOICES: int
+MAX_JSON_DEPTH: int
 """the most choices a request may give (Request.choices)"""
 
 class SamplingConfig:
@@ -103,6 +104,9 @@ class Request:
     """sequences never generated (a word's last token is not picked after the rest of it)"""
     choices: list[list[int]]
     """when not empty, the output is one of these sequences (stops once it is one)"""
+    json_object: bool
+    """the output is one JSON object (stops, STOP_WORDS, once it is complete); needs token_table"""
+    token_table: TokenTable | None
     def __init__(
         self,
         input_token_ids: _Seq[int],
@@ -118,7 +122,26 @@ class Request:
         num_top_log_probs: int = 0,
         bad_words: _Seq[_Seq[int]] = ...,
         choices: _Seq[_Seq[int]] = ...,
+        json_object: bool = False,
+        token_table: TokenTable | None = None,
     ) -> None: ...
+
+class JsonObjectPrefix:
+    """Whether a text read byte by byte can still grow into one JSON object, and whether it is one."""
+
+    def __init__(self) -> None: ...
+    def feed(self, bytes: bytes) -> bool:
+        """Reads the bytes; False as soon as one cannot continue a JSON object (the state is then spent)."""
+    @property
+    def complete(self) -> bool: ...
+    def copy(self) -> JsonObjectPrefix: ...
+
+class TokenTable:
+    """The bytes of each token id of a vocabulary (b'' for one never picked inside JSON)."""
+
+    def __init__(self, bytes: _Seq[bytes]) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, token: int) -> bytes: ...
 
 class Response:
     """New tokens of a request: per step when streaming, else all in the final response."""

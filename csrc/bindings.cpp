@@ -210,20 +210,54 @@ void bindRequests(py::module_& m)
         .value("ERROR", FinishReason::kError)
         .finalize();
 
+    py::class_<TokenTable, std::shared_ptr<TokenTable>>(
+        m, "TokenTable", "The bytes of each token id of a vocabulary (b'' for one never picked inside JSON).")
+        .def(py::init([](std::vector<py::bytes> const& bytes) {
+            auto table = std::make_shared<TokenTable>();
+            table->bytes.reserve(bytes.size());
+            for (py::bytes const& b : bytes)
+            {
+                table->bytes.emplace_back(b);
+            }
+            return table;
+        }),
+            "bytes"_a)
+        .def("__len__", [](TokenTable const& t) { return t.bytes.size(); })
+        .def("__getitem__", [](TokenTable const& t, std::size_t i) {
+            if (i >= t.bytes.size())
+            {
+                throw py::index_error("token id " + std::to_string(i) + " is past the table's "
+                    + std::to_string(t.bytes.size()) + " entries");
+            }
+            return py::bytes(t.bytes[i]);
+        });
+
+    py::class_<JsonObjectPrefix>(m, "JsonObjectPrefix",
+        "Whether a text read byte by byte can still grow into one JSON object, and whether it is one.")
+        .def(py::init<>())
+        .def(
+            "feed", [](JsonObjectPrefix& s, py::bytes const& b) { return s.feed(std::string_view(b)); }, "bytes"_a,
+            "Reads the bytes; False as soon as one cannot continue a JSON object (the state is then spent).")
+        .def_property_readonly("complete", &JsonObjectPrefix::complete)
+        .def("copy", [](JsonObjectPrefix const& s) { return s; });
+
     py::class_<Request>(m, "Request", "One generation request.")
         .def(py::init([](std::vector<TokenIdType> inputTokenIds, SizeType maxNewTokens, SamplingConfig samplingConfig,
                           TokenIdType endId, TokenIdType padId, std::vector<std::vector<TokenIdType>> stopWords,
                           bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs,
                           std::vector<std::vector<TokenIdType>> badWords,
-                          std::vector<std::vector<TokenIdType>> choices) {
+                          std::vector<std::vector<TokenIdType>> choices, bool jsonObject,
+                          std::shared_ptr<TokenTable> tokenTable) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
-                streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices)};
+                streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices),
+                jsonObject, std::move(tokenTable)};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
             "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0,
             "bad_words"_a = std::vector<std::vector<TokenIdType>>(),
-            "choices"_a = std::vector<std::vector<TokenIdType>>())
+            "choices"_a = std::vector<std::vector<TokenIdType>>(), "json_object"_a = false,
+            "token_table"_a = std::shared_ptr<TokenTable>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -235,7 +269,11 @@ void bindRequests(py::module_& m)
         .def_readwrite("priority", &Request::priority)
         .def_readwrite("num_top_log_probs", &Request::numTopLogProbs)
         .def_readwrite("bad_words", &Request::badWords)
-        .def_readwrite("choices", &Request::choices);
+        .def_readwrite("choices", &Request::choices)
+        .def_readwrite("json_object", &Request::jsonObject)
+        .def_property(
+            "token_table", [](Request const& r) { return std::const_pointer_cast<TokenTable>(r.tokenTable); },
+            [](Request& r, std::shared_ptr<TokenTable> table) { r.tokenTable = std::move(table); });
 
     py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
         .def_readonly("request_id", &Response::requestId)
@@ -448,6 +486,7 @@ PYBIND11_MODULE(_core, m)
     m.def("version", [] { return "0.1.0"; });
     m.attr("MAX_TOP_LOG_PROBS") = kiln::kMaxTopLogProbs;
     m.attr("MAX_GUIDED_CHOICES") = kiln::kMaxGuidedChoices;
+    m.attr("MAX_JSON_DEPTH") = kiln::kMaxJsonDepth;
     py::register_exception_translator(&kiln::translateInvalidArgument);
     kiln::bindConfigs(m);
     kiln::bindRequests(m);

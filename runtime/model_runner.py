@@ -122,7 +122,7 @@ class ModelRunner:
                  random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
-                 top_log_probs: int = 0, bad_words_list=None):
+                 top_log_probs: int = 0, bad_words_list=None, json_object: bool = False):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -135,7 +135,10 @@ class ModelRunner:
         allowed_token_ids: the only tokens that may be picked (vLLM's). top_log_probs: with
         output_log_probs and return_dict, "top_log_probs" holds per request, per generated token,
         the this-many most likely (token, log-probability) pairs (at most 20). bad_words_list:
-        sequences never generated, given as stop_words_list is (TensorRT-LLM's).
+        sequences never generated, given as stop_words_list is (TensorRT-LLM's). json_object:
+        each output is one JSON object (OpenAI's response_format json_object; each token is
+        picked among those that continue one, and a request stops, with finish reason
+        "stop_words", once its object is complete; the tokenizer gives the tokens' bytes).
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -147,7 +150,8 @@ class ModelRunner:
                                   random_seed, output_log_probs, min_tokens, logit_bias,
                                   allowed_token_ids, top_log_probs)
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer,
-                                 bad_words_list)
+                                 bad_words_list, json_table=self.tokenizer.token_table(
+                                     self.vocab_size) if json_object else None)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:
             return stream

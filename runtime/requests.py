@@ -151,8 +151,10 @@ def _word_lists(words_list, batch: int, tokenizer,
 
 
 def make_requests(prompts, params: GenerationParams, stop_words_list, streaming: bool,
-                  tokenizer, bad_words_list=None, choices=None) -> list["_core.Request"]:
-    """`choices`: token sequences, one of which each output is (guided_choice)."""
+                  tokenizer, bad_words_list=None, choices=None,
+                  json_table=None) -> list["_core.Request"]:
+    """`choices`: token sequences, one of which each output is (guided_choice). `json_table`
+    (the vocabulary's `_core.TokenTable`): each output is one JSON object."""
     stops = _word_lists(stop_words_list, len(prompts), tokenizer)
     bad = _word_lists(bad_words_list, len(prompts), tokenizer, "bad")
     return [_core.Request(p, max_new_tokens=params.max_new_tokens,
@@ -160,5 +162,6 @@ def make_requests(prompts, params: GenerationParams, stop_words_list, streaming:
                           pad_id=params.pad_id, stop_words=stops[i], streaming=streaming,
                           return_log_probs=params.output_log_probs,
                           num_top_log_probs=params.top_log_probs, bad_words=bad[i],
-                          choices=choices or [])
+                          choices=choices or [], json_object=json_table is not None,
+                          token_table=json_table)
             for i, p in enumerate(prompts)]

@@ -115,6 +115,7 @@ private:
         std::vector<float> logProbs;
         std::vector<std::vector<TokenLogProb>> topLogProbs;
         SizeType numSent = 0; ///< generated tokens already in a response
+        JsonObjectPrefix json;  ///< with jsonObject: the generated text read so far
     };
 
     static ExecutorConfig const& checked(ExecutorConfig const& config)
@@ -187,7 +188,7 @@ private:
         }
         auto const& seed = request.samplingConfig.seed;
         std::mt19937_64 rng(seed ? *seed : mSeeder());
-        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0});
+        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, {}});
     }
 
     void step()
@@ -271,26 +272,34 @@ private:
     }
 
     /// Whether the backend may pick the request's next token (the argmax of the raw logits):
-    /// plain greedy, with no token held back (min_tokens, bad words), no choices and no
-    /// alternatives asked for.
+    /// plain greedy, with no token held back (min_tokens, bad words), no choices, no JSON and
+    /// no alternatives asked for.
     bool picksOnBackend(IdType id) const
     {
         Request const& request = mStates.at(id).request;
         SizeType const minTokens = request.samplingConfig.minTokens;
         return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0 && request.badWords.empty()
-            && request.choices.empty() && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
+            && request.choices.empty() && !request.jsonObject
+            && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
 
     void sampleAndUpdate(IdType id, float const* logits)
     {
         RequestState& state = mStates.at(id);
         Sequence const& seq = *mScheduler.find(id);
+        std::vector<TokenIdType> only = state.request.jsonObject
+            ? jsonTokens(state.json, *state.request.tokenTable, mConfig.vocabSize)
+            : choiceTokens(state.request, seq.tokens, seq.numPromptTokens);
+        if (state.request.jsonObject && only.empty())
+        {
+            finish(id, FinishReason::kError, "sampling failed: no token of the vocabulary continues the JSON object");
+            return;
+        }
         SampleResult result;
         try
         {
             result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng,
-                heldBackTokens(state.request, seq.tokens, seq.numPromptTokens), state.request.numTopLogProbs,
-                choiceTokens(state.request, seq.tokens, seq.numPromptTokens));
+                heldBackTokens(state.request, seq.tokens, seq.numPromptTokens), state.request.numTopLogProbs, only);
         }
         catch (std::runtime_error const& e)
         {
@@ -311,6 +320,14 @@ private:
         accept(id, SampleResult{token, logProb, {}});
     }
 
+    /// Whether `token`'s bytes continue the request's JSON object (read into its state).
+    static bool continuesJson(RequestState& state, TokenIdType token)
+    {
+        auto const& bytes = state.request.tokenTable->bytes;
+        return token >= 0 && static_cast<std::size_t>(token) < bytes.size() && !bytes[static_cast<std::size_t>(token)].empty()
+            && state.json.feed(bytes[static_cast<std::size_t>(token)]);
+    }
+
     void accept(IdType id, SampleResult const& result)
     {
         RequestState& state = mStates.at(id);
@@ -324,7 +341,14 @@ private:
         {
             state.topLogProbs.push_back(result.top);
         }
-        FinishReason const reason = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen);
+        if (state.request.jsonObject && !continuesJson(state, result.token))
+        {
+            finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the JSON object");
+            return;
+        }
+        FinishReason const reason = state.request.jsonObject && state.json.complete()
+            ? FinishReason::kStopWords
+            : stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen);
         if (reason != FinishReason::kNotFinished)
         {
             finish(id, reason, "");

@@ -81,6 +81,14 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return p;
     }
+    if (request.jsonObject && !request.choices.empty())
+    {
+        return "choices and json_object do not combine; ask for one of them";
+    }
+    if (request.jsonObject && request.tokenTable == nullptr)
+    {
+        return "json_object needs the vocabulary's token bytes (token_table); pass the tokenizer's";
+    }
     if (auto p = request.samplingConfig.validate())
     {
         return "sampling_config: " + *p;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "runtime/json_object.h"
 #include "runtime/response.h"
 #include "runtime/sampling_config.h"
 #include "runtime/types.h"
@@ -36,6 +37,11 @@ struct Request
     /// token is picked among those that continue one, and the request stops as soon as its
     /// generated tokens are one (a choice that begins another is taken when complete)
     std::vector<std::vector<TokenIdType>> choices;
+    /// @brief The output is one JSON object (OpenAI's response_format json_object): each token
+    /// is picked among those whose bytes in `tokenTable` continue one, and the request stops
+    /// (kStopWords) once it is complete
+    bool jsonObject = false;
+    std::shared_ptr<TokenTable const> tokenTable; ///< the vocabulary's bytes, for jsonObject
 };
 
 /// @brief The most choices a request may give.

@@ -123,7 +123,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         words = stops + [[t] for t in stop_ids]
         requests = make_requests([p for _, p in expanded], params,
                                  [words] * len(expanded) if words else None, True, tokenizer,
-                                 [bad] * len(expanded) if bad else None, choices)
+                                 [bad] * len(expanded) if bad else None, choices,
+                                 parameters.json_table(body, tokenizer, limits, choices))
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln import _core
+from kiln.builder.errors import KilnError
 from kiln.runtime.serve.errors import ApiError, bad_request
 
 MAX_STOP = 16      # stop strings per request
@@ -124,6 +125,21 @@ def guided_choices(choices, tokenizer, new_tokens: int) -> list[list[int]] | Non
         raise bad_request(f"every guided_choice is longer than the {new_tokens} tokens asked "
                           "for; ask for more", "guided_choice")
     return out
+
+
+def json_table(body, tokenizer, limits: Limits, choices):
+    """The vocabulary's token table when the body asks for one JSON object (response_format
+    {"type": "json_object"}), else None."""
+    fmt = getattr(body, "response_format", None) or {}
+    if fmt.get("type") != "json_object":
+        return None
+    if choices is not None:
+        raise bad_request("guided_choice and response_format json_object do not combine; ask "
+                          "for one of them", "response_format")
+    try:
+        return tokenizer.token_table(limits.vocab_size)
+    except KilnError as e:
+        raise bad_request(str(e), "response_format") from None
 
 
 def truncated(prompts: list[list[int]], keep: int | None, limits: Limits) -> list[list[int]]:

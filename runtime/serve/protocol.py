@@ -47,6 +47,7 @@ class _Sampling(BaseModel):
     skip_special_tokens: bool = True
     bad_words: list[str] | None = None
     guided_choice: list[str] | None = None
+    response_format: dict | None = None  # {"type": "text"} or {"type": "json_object"}
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     use_beam_search: bool = False
     prompt_logprobs: int | None = None
@@ -64,8 +65,13 @@ class _Sampling(BaseModel):
             out.append(("prompt_logprobs", "prompt_logprobs is not supported; remove it"))
         for name in ("guided_json", "guided_regex", "guided_grammar"):
             if getattr(self, name) is not None:
-                out.append((name, f"structured output other than guided_choice is not "
-                                  f"supported; remove {name}"))
+                out.append((name, f"structured output other than guided_choice and "
+                                  f"response_format json_object is not supported; remove {name}"))
+        if self.response_format and self.response_format.get("type") not in (
+                None, "text", "json_object"):
+            out.append(("response_format", "of structured output only json_object is supported; "
+                                           "use response_format {\"type\": \"json_object\"} "
+                                           "or {\"type\": \"text\"}"))
         return out
 
 
@@ -117,7 +123,6 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: str | dict | None = None
     functions: list[dict] | None = None
     function_call: str | dict | None = None
-    response_format: dict | None = None
     modalities: list[str] | None = None
     prediction: dict | None = None
 
@@ -136,9 +141,6 @@ class ChatCompletionRequest(_Sampling):
         if self.prediction is not None:
             out.append(("prediction", "predicted outputs are not supported; remove "
                                       "prediction"))
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            out.append(("response_format", "structured output is not supported; use "
-                                           "response_format {\"type\": \"text\"}"))
         return out
 
 

@@ -653,3 +653,98 @@ TEST(Executor, ChoicesMakeTheOutputOneOfThemOnEitherPickPath)
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
     });
 }
+
+namespace
+{
+
+/// A vocabulary of kVocab tokens for JSON: structure, a few keys and values, and entries that
+/// never continue an object (empty, plain words, or a closing brace with a byte after it).
+std::shared_ptr<TokenTable const> jsonVocabulary()
+{
+    std::vector<std::string> const pieces = {"{", "}", "[", "]", "\"", ":", ",", " ", "\"a\"", "\"b\"", "1", "-2.5",
+        "true", "null", "{\"", "\":", "x", "}\n", "", "\"\\u00e9\"", "0", "e3", ".5", "]}", "\n", "fal", "se", "\"k"};
+    auto table = std::make_shared<TokenTable>();
+    for (SizeType t = 0; t < kVocab; ++t)
+    {
+        table->bytes.push_back(pieces[static_cast<std::size_t>(t) % pieces.size()]);
+    }
+    return table;
+}
+
+/// What greedy picks for a JSON request, with the fake backend's logits: the favourite of the
+/// tokens whose bytes continue the object (lowest id on ties), until it is complete.
+std::pair<std::vector<TokenIdType>, bool> expectedJson(Request const& request)
+{
+    std::vector<TokenIdType> context = request.inputTokenIds;
+    std::vector<TokenIdType> out;
+    JsonObjectPrefix state;
+    while (static_cast<SizeType>(out.size()) < request.maxNewTokens && !state.complete())
+    {
+        TokenIdType const fav = test::favouredToken(context, kVocab);
+        TokenIdType next = -1;
+        for (TokenIdType v = 0; v < kVocab; ++v)
+        {
+            JsonObjectPrefix copy = state;
+            std::string const& bytes = request.tokenTable->bytes[static_cast<std::size_t>(v)];
+            if (!bytes.empty() && copy.feed(bytes) && (next < 0 || test::fakeLogit(v, fav) > test::fakeLogit(next, fav)))
+            {
+                next = v;
+            }
+        }
+        EXPECT_GE(next, 0);
+        EXPECT_TRUE(state.feed(request.tokenTable->bytes[static_cast<std::size_t>(next)]));
+        out.push_back(next);
+        context.push_back(next);
+    }
+    return {out, state.complete()};
+}
+
+} // namespace
+
+TEST(Executor, JsonObjectOutputsAreJsonOnEitherPickPath)
+{
+    auto const table = jsonVocabulary();
+    std::vector<Request> requests;
+    for (std::vector<TokenIdType> const& prompt : std::vector<std::vector<TokenIdType>>{{7, 8, 9}, {30, 2}, {11}})
+    {
+        Request r = greedy(prompt, 24);
+        r.jsonObject = true;
+        r.tokenTable = table;
+        requests.push_back(r);
+    }
+    auto braces = std::make_shared<TokenTable>(); // only "{" (id 5) and "}" (id 9): "{}" and stop
+    braces->bytes.assign(static_cast<std::size_t>(kVocab), "");
+    braces->bytes[5] = "{";
+    braces->bytes[9] = "}";
+    Request shortest = greedy({1, 2}, 10);
+    shortest.jsonObject = true;
+    shortest.tokenTable = braces;
+    Request withChoices = requests[0];
+    withChoices.choices = {{1}};
+    Request noTable = greedy({1, 2}, 10);
+    noTable.jsonObject = true;
+    Request plain = greedy({7, 8, 9}, 10);
+    std::vector<Request> all = requests;
+    all.insert(all.end(), {shortest, withChoices, noTable, plain});
+    onEitherPickPath(all, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        int completed = 0;
+        for (std::size_t i = 0; i < requests.size(); ++i)
+        {
+            auto const& out = f.responses.outcomes[ids[i]];
+            auto const [tokens, complete] = expectedJson(requests[i]);
+            EXPECT_EQ(out.tokens, tokens) << i << " " << pickOnBackend;
+            EXPECT_EQ(out.final.finishReason, complete ? FinishReason::kStopWords : FinishReason::kLength) << i;
+            completed += complete ? 1 : 0;
+        }
+        EXPECT_GE(completed, 1); // the cases include an object closed before the length limit
+        auto const& braced = f.responses.outcomes[ids[3]];
+        EXPECT_EQ(braced.tokens, (std::vector<TokenIdType>{5, 9}));
+        EXPECT_EQ(braced.final.finishReason, FinishReason::kStopWords);
+        EXPECT_NE(f.responses.outcomes[ids[4]].final.errorMessage.find("choices and json_object do not combine"),
+            std::string::npos);
+        EXPECT_NE(f.responses.outcomes[ids[5]].final.errorMessage.find("json_object needs the vocabulary's token bytes"),
+            std::string::npos);
+        EXPECT_EQ(f.responses.outcomes[ids[6]].tokens, test::expectedGreedy(plain, 64, kVocab).tokens);
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    });
+}

@@ -380,6 +380,41 @@ def test_guided_choice_answers_one_of_the_choices(client, runners):
         assert out.choices[0].finish_reason == "stop"
 
 
+def test_response_format_json_object_answers_one_json_object(client, runners):
+    """response_format json_object: each token the model's best among those whose bytes continue
+    a JSON object (worked out here a token at a time with allowed_token_ids), the answer a JSON
+    object, finish_reason "stop"; a logit bias on the closing brace makes it close early."""
+    import json
+
+    from kiln import _core
+
+    _, ref = runners
+    tok = ref.tokenizer
+    table = tok.token_table(ref.vocab_size)
+    close = next(t for t in range(ref.vocab_size) if table[t] == b"}")
+    for text, chat in ((TEXTS[4], False), ("answer in JSON", True)):
+        prompt = tok.chat(text) if chat else tok.encode(text)
+        got, state = [], _core.JsonObjectPrefix()
+        while not state.complete:
+            allowed = [t for t in range(ref.vocab_size) if table[t] and state.copy().feed(table[t])]
+            got += generated(ref, prompt + got, 1, allowed_token_ids=allowed,
+                             logit_bias={close: 40.0})[0]
+            assert state.feed(table[got[-1]]) and len(got) < 30
+        extra = {"response_format": {"type": "json_object"}}
+        if chat:
+            out = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": text}], max_tokens=30,
+                temperature=0, logit_bias={str(close): 40}, **extra)
+            answer = out.choices[0].message.content
+        else:
+            out = client.completions.create(model="tiny", prompt=text, max_tokens=30,
+                                            temperature=0, logit_bias={str(close): 40},
+                                            extra_body=extra)
+            answer = out.choices[0].text
+        assert answer == tok.decode(got) and isinstance(json.loads(answer), dict)
+        assert out.choices[0].finish_reason == "stop"
+
+
 def test_stop_token_ids_end_the_completion(client, runners):
     """vLLM's stop_token_ids: generation ends on the first of them, which stays in the
     output (its text too, unless it is a special token), finish_reason "stop"."""
