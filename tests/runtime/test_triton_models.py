@@ -51,7 +51,10 @@ def ensemble_inputs(text, max_tokens, **extra):
         dtype = {"stop_words": None, "top_k": np.int32, "end_id": np.int32, "min_tokens": np.int32,
                  "random_seed": np.uint64, "stream": np.bool_, "return_log_probs": np.bool_,
                  "apply_chat_template": np.bool_}.get(name, np.float32)
-        inputs[name] = strings(*value) if name in ("stop_words", "bad_words") else one(value, dtype)
+        if name == "guided_decoding_guide_type":
+            inputs[name] = strings(value)
+        else:
+            inputs[name] = strings(*value) if name in ("stop_words", "bad_words") else one(value, dtype)
     return inputs
 
 
@@ -273,6 +276,27 @@ def test_embedding_bias(served):
     inputs.update(embedding_bias_words=words, embedding_bias_weights=weights)
     chunks = list(server.infer("ensemble", inputs))
     assert chunks[0]["text_output"][0, 0].decode() == tok.decode(expect)
+
+
+def test_guided_decoding_json(served):
+    """TensorRT-LLM's guided_decoding_guide_type "json": the engine model's and the ensemble's
+    output is ModelRunner's with json_object; another guide type fails alone."""
+    server, reference = served
+    tok = reference.tokenizer
+    prompt = tok.encode(TEXTS[6])
+    expect, out = reference_ids(reference, prompt, 16, end_id=-1, top_k=1, json_object=True)
+    assert expect != reference_ids(reference, prompt, 16, end_id=-1, top_k=1)[0]
+    chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32),
+                                guided_decoding_guide_type=strings("json")))
+    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == expect
+    reason = {"stop_words": b"stop_words", "length": b"length"}[out["finish_reasons"][0]]
+    assert chunks[-1]["finish_reason"][0, 0] == reason
+    whole = list(server.infer("ensemble", ensemble_inputs(TEXTS[6], 16, end_id=-1, stream=False,
+                                                          guided_decoding_guide_type="json")))
+    assert whole[0]["text_output"][0, 0].decode() == tok.decode(expect)
+    with pytest.raises(ServerError, match="guided_decoding_guide_type 'regex' is not supported") as err:
+        list(engine_stream(server, prompt, 4, guided_decoding_guide_type=strings("regex")))
+    assert err.value.code == pb_utils.TritonError.INVALID_ARG
 
 
 def test_bad_embedding_bias_fails_alone(served):

@@ -8,7 +8,7 @@ max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device
 Decoding is greedy unless `temperature` > 0 is given; then runtime_top_k (0 = off),
 runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed.
 embedding_bias (TensorRT-LLM's: one value a token id, added to the logits) becomes the
-executor's logit bias. Responses
+executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object. Responses
 carry only generated tokens (never the prompt): in streaming mode the tokens new since the last
 response, otherwise all of them in one final response.
 """
@@ -161,8 +161,20 @@ class TritonPythonModel:
         stops = _words(request, "stop_words_list")
         bad = _words(request, "bad_words_list")
         made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
-                                  [bad] if bad else None)
+                                  [bad] if bad else None, json_table=self._json_table(request))
         return made[0], len(prompt)
+
+    def _json_table(self, request):
+        """TensorRT-LLM's guided_decoding_guide_type "json": the output is one JSON object (the
+        vocabulary's token table, for the executor); None without a guide type."""
+        kind = _scalar(request, "guided_decoding_guide_type", None,
+                       lambda v: v.decode() if isinstance(v, bytes) else str(v))
+        if kind is None:
+            return None
+        if kind != "json":
+            raise ValueError(f"guided_decoding_guide_type {kind!r} is not supported; use \"json\" "
+                             "(one JSON object) or leave it out")
+        return self.runner.tokenizer.token_table(self.runner.vocab_size)
 
     def _embedding_bias(self, request):
         """TensorRT-LLM's embedding_bias ([1, V], added to the logits, V at most the model's
