@@ -12,6 +12,8 @@ class EngineTokenizer:
     def __init__(self, engine) -> None:
         self.dir = engine.tokenizer_dir
         self.model_eos = engine.config.model.eos_token_id
+        self._table = None  # token_table()'s
+        self._table_lock = threading.Lock()
 
     @cached_property
     def hf(self):
@@ -46,9 +48,6 @@ class EngineTokenizer:
                 from kiln import _core
                 self._table = _core.TokenTable(token_bytes(self.hf, vocab_size))
             return self._table
-
-    _table = None
-    _table_lock = threading.Lock()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.hf(text, add_special_tokens=add_special_tokens)["input_ids"]
