@@ -213,13 +213,13 @@ void bindRequests(py::module_& m)
     py::class_<TokenTable, std::shared_ptr<TokenTable>>(
         m, "TokenTable", "The bytes of each token id of a vocabulary (b'' for one never picked inside JSON).")
         .def(py::init([](std::vector<py::bytes> const& bytes) {
-            auto table = std::make_shared<TokenTable>();
-            table->bytes.reserve(bytes.size());
+            std::vector<std::string> values;
+            values.reserve(bytes.size());
             for (py::bytes const& b : bytes)
             {
-                table->bytes.emplace_back(b);
+                values.emplace_back(b);
             }
-            return table;
+            return std::make_shared<TokenTable>(std::move(values));
         }),
             "bytes"_a)
         .def("__len__", [](TokenTable const& t) { return t.bytes.size(); })

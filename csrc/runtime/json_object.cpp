@@ -221,16 +221,74 @@ bool JsonObjectPrefix::afterValue(unsigned char c)
     return (c == '}' || c == ']') && close(static_cast<char>(c));
 }
 
+namespace
+{
+
+std::array<std::vector<TokenIdType>, 256> firstBytes(std::vector<std::string> const& bytes)
+{
+    std::array<std::vector<TokenIdType>, 256> buckets;
+    for (std::size_t t = 0; t < bytes.size(); ++t)
+    {
+        if (!bytes[t].empty())
+        {
+            buckets[static_cast<unsigned char>(bytes[t][0])].push_back(static_cast<TokenIdType>(t));
+        }
+    }
+    return buckets;
+}
+
+std::vector<bool> plainTails(std::vector<std::string> const& bytes)
+{
+    std::vector<bool> plain(bytes.size());
+    for (std::size_t t = 0; t < bytes.size(); ++t)
+    {
+        plain[t] = !bytes[t].empty() && std::all_of(bytes[t].begin() + 1, bytes[t].end(), [](char ch) {
+            auto const c = static_cast<unsigned char>(ch);
+            return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+        });
+    }
+    return plain;
+}
+
+} // namespace
+
+TokenTable::TokenTable(std::vector<std::string> bytes)
+    : bytes(std::move(bytes))
+    , byFirstByte(firstBytes(this->bytes))
+    , plainTail(plainTails(this->bytes))
+{
+}
+
 std::vector<TokenIdType> jsonTokens(JsonObjectPrefix const& state, TokenTable const& table, SizeType vocabSize)
 {
-    std::vector<TokenIdType> tokens;
     auto const n = std::min(table.bytes.size(), static_cast<std::size_t>(std::max<SizeType>(vocabSize, 0)));
-    for (std::size_t t = 0; t < n; ++t)
+    std::vector<char> allowed(n, 0);
+    for (std::size_t b = 0; b < 256; ++b)
     {
-        JsonObjectPrefix next = state;
-        if (!table.bytes[t].empty() && next.feed(table.bytes[t]))
+        JsonObjectPrefix afterFirst = state;
+        if (table.byFirstByte[b].empty() || !afterFirst.feed(static_cast<unsigned char>(b)))
         {
-            tokens.push_back(static_cast<TokenIdType>(t));
+            continue;
+        }
+        bool const inString = afterFirst.inString();
+        for (TokenIdType const t : table.byFirstByte[b])
+        {
+            auto const i = static_cast<std::size_t>(t);
+            if (i >= n)
+            {
+                break; // ascending: the rest are past the vocabulary too
+            }
+            std::string const& bytes = table.bytes[i];
+            JsonObjectPrefix next = afterFirst;
+            allowed[i] = (inString && table.plainTail[i]) || next.feed(std::string_view(bytes).substr(1)) ? 1 : 0;
+        }
+    }
+    std::vector<TokenIdType> tokens;
+    for (std::size_t i = 0; i < n; ++i)
+    {
+        if (allowed[i] != 0)
+        {
+            tokens.push_back(static_cast<TokenIdType>(i));
         }
     }
     return tokens;

@@ -13,10 +13,19 @@ namespace kiln
 {
 
 /// @brief The bytes of each token id of a vocabulary (an empty entry: a token never picked
-/// where only JSON may follow, such as a special token). Shared by the requests that use it.
-struct TokenTable
+/// where only JSON may follow, such as a special token), indexed for jsonTokens. Shared, read
+/// only, by the requests that use it.
+class TokenTable
 {
-    std::vector<std::string> bytes;
+public:
+    explicit TokenTable(std::vector<std::string> bytes);
+
+    std::vector<std::string> const bytes;
+    /// The non-empty tokens by first byte, ascending.
+    std::array<std::vector<TokenIdType>, 256> const byFirstByte;
+    /// Whether a token's bytes after its first are printable ASCII other than '"' and '\'
+    /// (inside a string they change nothing).
+    std::vector<bool> const plainTail;
 };
 
 /// @brief The deepest nesting of objects and arrays JsonObjectPrefix takes.
@@ -40,6 +49,12 @@ public:
     [[nodiscard]] bool complete() const
     {
         return mMode == Mode::kDone;
+    }
+
+    /// @brief Whether the text is inside a string, past any escape or UTF-8 character begun.
+    [[nodiscard]] bool inString() const
+    {
+        return mMode == Mode::kString;
     }
 
 private:
@@ -82,7 +97,9 @@ private:
 };
 
 /// @brief The tokens (ascending) that keep `state` a prefix of a JSON object: those whose bytes
-/// in `table` all feed; ids past the table, and empty entries, are left out.
+/// in `table` all feed; ids past `vocabSize` or the table, and empty entries, are left out. Each
+/// first byte is tried once; a token whose tail is plain text needs no more where that byte
+/// leaves the text inside a string.
 [[nodiscard]] std::vector<TokenIdType> jsonTokens(JsonObjectPrefix const& state, TokenTable const& table, SizeType vocabSize);
 
 } // namespace kiln

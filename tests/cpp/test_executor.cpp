@@ -663,12 +663,12 @@ std::shared_ptr<TokenTable const> jsonVocabulary()
 {
     std::vector<std::string> const pieces = {"{", "}", "[", "]", "\"", ":", ",", " ", "\"a\"", "\"b\"", "1", "-2.5",
         "true", "null", "{\"", "\":", "x", "}\n", "", "\"\\u00e9\"", "0", "e3", ".5", "]}", "\n", "fal", "se", "\"k"};
-    auto table = std::make_shared<TokenTable>();
+    std::vector<std::string> bytes;
     for (SizeType t = 0; t < kVocab; ++t)
     {
-        table->bytes.push_back(pieces[static_cast<std::size_t>(t) % pieces.size()]);
+        bytes.push_back(pieces[static_cast<std::size_t>(t) % pieces.size()]);
     }
-    return table;
+    return std::make_shared<TokenTable>(std::move(bytes));
 }
 
 /// What greedy picks for a JSON request, with the fake backend's logits: the favourite of the
@@ -712,10 +712,10 @@ TEST(Executor, JsonObjectOutputsAreJsonOnEitherPickPath)
         r.tokenTable = table;
         requests.push_back(r);
     }
-    auto braces = std::make_shared<TokenTable>(); // only "{" (id 5) and "}" (id 9): "{}" and stop
-    braces->bytes.assign(static_cast<std::size_t>(kVocab), "");
-    braces->bytes[5] = "{";
-    braces->bytes[9] = "}";
+    std::vector<std::string> two(static_cast<std::size_t>(kVocab)); // only "{" (id 5) and "}" (id 9)
+    two[5] = "{";
+    two[9] = "}";
+    auto const braces = std::make_shared<TokenTable>(std::move(two)); // "{}", then stop
     Request shortest = greedy({1, 2}, 10);
     shortest.jsonObject = true;
     shortest.tokenTable = braces;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -102,7 +103,7 @@ TEST(JsonObjectPrefix, NestsUpToTheDepthLimit)
 
 TEST(JsonTokens, KeepsTheTokensWhoseBytesAllContinueTheObject)
 {
-    TokenTable const table{{"{", "}", "\"", "a", ":", "1", " ", "", "}\n", "{\"", "x", "1}", ",\"b"}};
+    TokenTable const table({"{", "}", "\"", "a", ":", "1", " ", "", "}\n", "{\"", "x", "1}", ",\"b"});
     JsonObjectPrefix state;
     EXPECT_EQ(kiln::jsonTokens(state, table, 13), (std::vector<TokenIdType>{0, 6, 9}));
     ASSERT_TRUE(state.feed(std::string_view("{\"a\":1")));
@@ -114,4 +115,48 @@ TEST(JsonTokens, KeepsTheTokensWhoseBytesAllContinueTheObject)
     ASSERT_TRUE(state.feed(std::string_view("}")));
     EXPECT_TRUE(state.complete());
     EXPECT_TRUE(kiln::jsonTokens(state, table, 13).empty());
+}
+
+TEST(JsonTokens, EqualFeedingEveryTokenFromEveryPrefix)
+{
+    // A vocabulary of random pieces over JSON's bytes, plain text, escapes and UTF-8 (whole and
+    // split characters), against the naive rule at every prefix of a few objects.
+    std::vector<std::string> const alphabet = {"{", "}", "[", "]", "\"", ":", ",", " ", "\n", "\\", "u", "0", "7",
+        "-", ".", "e", "+", "t", "r", "n", "a", "l", "f", "s", "x", "\xc3", "\xa9", "\xe2\x82\xac", "\x01", "/"};
+    std::mt19937 rng(7);
+    std::vector<std::string> pieces{""};
+    for (int i = 0; i < 3000; ++i)
+    {
+        std::string piece;
+        for (int j = 0, n = 1 + static_cast<int>(rng() % 5); j < n; ++j)
+        {
+            piece += alphabet[rng() % alphabet.size()];
+        }
+        pieces.push_back(piece);
+    }
+    TokenTable const table(pieces);
+    std::vector<std::string> const texts = {"{\"a\": [1, -2.5e+3, true, null, \"x\\u00e9\\n\"], \"b\": {}}",
+        "{\"k\":\"caf\xc3\xa9 \xe2\x82\xac\", \"n\":-0.5}"};
+    for (std::string const& text : texts)
+    {
+        JsonObjectPrefix state;
+        for (std::size_t i = 0; i <= text.size(); ++i)
+        {
+            std::vector<TokenIdType> naive;
+            for (std::size_t t = 0; t < pieces.size(); ++t)
+            {
+                JsonObjectPrefix next = state;
+                if (!pieces[t].empty() && next.feed(pieces[t]))
+                {
+                    naive.push_back(static_cast<TokenIdType>(t));
+                }
+            }
+            EXPECT_EQ(kiln::jsonTokens(state, table, static_cast<kiln::SizeType>(pieces.size())), naive)
+                << text.substr(0, i);
+            if (i < text.size())
+            {
+                ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i])));
+            }
+        }
+    }
 }
