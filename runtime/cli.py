@@ -25,11 +25,13 @@ from kiln.builder.cli import one_line_errors
 @click.option("--stop", multiple=True, help="Stop text (repeatable).")
 @click.option("--min-tokens", type=int, default=0, show_default=True,
               help="Generate at least this many tokens before end of text or a stop ends it.")
+@click.option("--json-object", is_flag=True,
+              help="Answer with one JSON object (each token picked among those that continue one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @one_line_errors
 def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, presence_penalty, frequency_penalty, seed, stop, min_tokens,
-             device):
+             json_object, device):
     """Generate from a Kiln engine and stream the answer."""
     from kiln.runtime import ModelRunner
     from kiln.runtime.serve.detokenizer import TextStream
@@ -44,7 +46,7 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
             repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, random_seed=seed,
             stop_words_list=list(stop) or None, streaming=True, return_dict=True,
-            min_tokens=min_tokens)
+            min_tokens=min_tokens, json_object=json_object)
         # A character split across tokens is held back until it completes.
         text, sent, first, out = TextStream(runner.tokenizer.decode), len(ids), None, None
         for out in stream:

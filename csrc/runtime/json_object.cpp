@@ -29,13 +29,27 @@ bool JsonObjectPrefix::feed(std::string_view bytes)
     return std::all_of(bytes.begin(), bytes.end(), [this](char c) { return feed(static_cast<unsigned char>(c)); });
 }
 
+bool JsonObjectPrefix::space(unsigned char c)
+{
+    if (!isSpace(c) || mSpaces == kMaxJsonWhitespace)
+    {
+        return false;
+    }
+    ++mSpaces;
+    return true;
+}
+
 bool JsonObjectPrefix::feed(unsigned char c)
 {
+    if (!isSpace(c))
+    {
+        mSpaces = 0;
+    }
     switch (mMode)
     {
-    case Mode::kStart: return isSpace(c) || (c == '{' && open('{'));
-    case Mode::kValue: return isSpace(c) || value(c);
-    case Mode::kArrayFirst: return isSpace(c) || (c == ']' ? close(']') : value(c));
+    case Mode::kStart: return c == '{' ? open('{') : space(c);
+    case Mode::kValue: return space(c) || (!isSpace(c) && value(c));
+    case Mode::kArrayFirst: return c == ']' ? close(']') : space(c) || (!isSpace(c) && value(c));
     case Mode::kObjectFirst:
         if (c == '}')
         {
@@ -49,14 +63,14 @@ bool JsonObjectPrefix::feed(unsigned char c)
             mMode = Mode::kString;
             return true;
         }
-        return isSpace(c);
+        return space(c);
     case Mode::kColon:
         if (c == ':')
         {
             mMode = Mode::kValue;
             return true;
         }
-        return isSpace(c);
+        return space(c);
     case Mode::kAfterValue: return afterValue(c);
     case Mode::kString:
         if (c == '"')
@@ -211,7 +225,7 @@ bool JsonObjectPrefix::afterValue(unsigned char c)
     mMode = Mode::kAfterValue;
     if (isSpace(c))
     {
-        return true;
+        return space(c);
     }
     if (c == ',')
     {

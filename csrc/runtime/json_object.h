@@ -31,10 +31,14 @@ public:
 /// @brief The deepest nesting of objects and arrays JsonObjectPrefix takes.
 inline constexpr std::size_t kMaxJsonDepth = 64;
 
+/// @brief The most whitespace bytes JsonObjectPrefix takes in a row between tokens (enough to
+/// indent a pretty-printed object; a model that would only write whitespace is moved on).
+inline constexpr std::uint8_t kMaxJsonWhitespace = 32;
+
 /// @brief Reads a text byte by byte and says whether it can still grow into one JSON object
-/// (RFC 8259: the top-level value an object; whitespace between tokens; strings valid UTF-8 with
-/// no raw control characters) and whether that object is complete. A plain value: copy it to
-/// try bytes ahead.
+/// (RFC 8259: the top-level value an object; whitespace between tokens, at most
+/// kMaxJsonWhitespace bytes in a row; strings valid UTF-8 with no raw control characters) and
+/// whether that object is complete. A plain value: copy it to try bytes ahead.
 class JsonObjectPrefix
 {
 public:
@@ -83,6 +87,7 @@ private:
         kDone,
     };
 
+    bool space(unsigned char c); ///< whitespace between tokens, within the run's limit
     bool open(char bracket);
     bool close(char bracket);
     bool value(unsigned char c);
@@ -92,6 +97,7 @@ private:
     bool mKey = false;            ///< the string being read is an object key
     std::uint8_t mPending = 0;    ///< hex digits or UTF-8 continuation bytes still due
     std::uint8_t mDepth = 0;
+    std::uint8_t mSpaces = 0; ///< whitespace bytes in a row just read between tokens
     char const* mLiteral = nullptr; ///< the rest of true, false or null
     std::array<char, kMaxJsonDepth> mStack{};
 };

@@ -101,6 +101,18 @@ TEST(JsonObjectPrefix, NestsUpToTheDepthLimit)
     EXPECT_EQ(read(closed), std::make_pair(closed.size(), true));
 }
 
+TEST(JsonObjectPrefix, TakesWhitespaceBetweenTokensInRunsOfAtMostTheLimit)
+{
+    std::string const run(kiln::kMaxJsonWhitespace, ' ');
+    std::string const text = run + "{" + run + "\"a\"" + run + ":" + run + "[" + run + "1" + run + "]" + run + "}";
+    EXPECT_EQ(read(text), std::make_pair(text.size(), true));
+    EXPECT_EQ(read(run + " {").first, run.size()); // one more in a row is refused
+    std::string const afterNumber = "{\"a\": 12" + run + "\n";
+    EXPECT_EQ(read(afterNumber).first, afterNumber.size() - 1);
+    std::string const inString = "{\"a\": \"" + run + run + "\"}"; // a string's spaces are its text
+    EXPECT_EQ(read(inString), std::make_pair(inString.size(), true));
+}
+
 TEST(JsonTokens, KeepsTheTokensWhoseBytesAllContinueTheObject)
 {
     TokenTable const table({"{", "}", "\"", "a", ":", "1", " ", "", "}\n", "{\"", "x", "1}", ",\"b"});

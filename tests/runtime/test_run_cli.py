@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
+from kiln import _core
 from kiln.runtime import ModelRunner
 from kiln.runtime.cli import run_main
 
@@ -10,8 +11,8 @@ PROMPT = "the quick brown fox"
 
 
 def test_engine_run_streams_the_answer_of_generate(tiny_engine):
-    """Whole characters only, however the tokens split them; --stop and --min-tokens as
-    generate's stop_words_list and min_tokens."""
+    """Whole characters only, however the tokens split them; --stop, --min-tokens and
+    --json-object as generate's stop_words_list, min_tokens and json_object."""
     _, engine = tiny_engine("llama")
     with ModelRunner.from_dir(engine, device="cpu") as runner:
         tok = runner.tokenizer
@@ -29,10 +30,14 @@ def test_engine_run_streams_the_answer_of_generate(tiny_engine):
         stop = tok.decode([free[at]])
         stopped = answer(stop_words_list=[stop])
         held = answer(stop_words_list=[stop], min_tokens=at + 3)
+        braced = answer(json_object=True)
     assert stopped == free[: at + 1]
+    table, state = tok.token_table(runner.vocab_size), _core.JsonObjectPrefix()
+    assert braced != free and all(state.feed(table[t]) for t in braced)
     assert len(held) >= at + 3 and free[at] not in held[: at + 3]
     for args, tokens in (([], free), (["--stop", stop], stopped),
-                         (["--stop", stop, "--min-tokens", str(at + 3)], held)):
+                         (["--stop", stop, "--min-tokens", str(at + 3)], held),
+                         (["--json-object"], braced)):
         result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
                                                "--max-new-tokens", "12", "--device", "cpu",
                                                *args])
