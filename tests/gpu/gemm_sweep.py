@@ -5,7 +5,7 @@ and configuration: cuBLASLt (torch), the small-M Triton kernel's configurations
 Each figure is a CUDA graph of back-to-back launches, each on another copy of the weight (the
 copies together exceed the L2 cache), as a decode step runs them; bytes = the weight's.
 
-    python tests/gpu/gemm_sweep.py [--configs 16:256:4:4,32:128:4:4] [--m 1]
+    python tests/gpu/gemm_sweep.py [--configs 16:256:4:4:0,64:128:4:4:1] [--m 1]
                                    [--int4 16:64:128:4:3,...] [--gemv 8:128:4:1,...]
                                    [--mma 64:32:1:3:8[:S],...] [--skip-16bit]
                                    [--one-row 8:512:4,...] [--one-row-fp8 8:1024:4,...]
@@ -17,9 +17,6 @@ import argparse
 import torch
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-CONFIGS = ("16:256:4:4,32:128:4:4,16:128:4:4,16:512:4:3,16:256:8:3,32:256:8:3,64:128:4:3,"
-           "16:128:2:6")
-CONFIGS_FP8 = "16:512:4:4,32:256:4:4,16:256:4:4,16:1024:4:3,32:512:8:3,64:256:4:3,16:256:2:6"
 
 
 def graph_time(launch, copies: int, reps: int = 64) -> float:
@@ -48,8 +45,11 @@ def graph_time(launch, copies: int, reps: int = 64) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default=CONFIGS)
-    parser.add_argument("--configs-fp8", default=CONFIGS_FP8)
+    parser.add_argument("--configs", default=None,
+                        help="the small-M kernel's configurations BLOCK_N:BLOCK_K:warps:stages:SWAP "
+                        "(SWAP 0 or 1) for 16-bit weights (default: the shipped SMALL_CONFIGS)")
+    parser.add_argument("--configs-fp8", default=None,
+                        help="the same for e4m3 weights and x (default: SMALL_CONFIGS_FP8)")
     parser.add_argument("--m", type=int, default=1)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--int4", default="",
@@ -75,6 +75,9 @@ def main() -> None:
     def configs(text):
         return [tuple(int(v) for v in c.split(":")) for c in text.split(",") if c]
 
+    small = configs(args.configs) if args.configs is not None else gemm.SMALL_CONFIGS
+    small_fp8 = (configs(args.configs_fp8) if args.configs_fp8 is not None
+                 else gemm.SMALL_CONFIGS_FP8)
     one_row = configs(args.one_row) if args.one_row is not None else gemm.GEMV_CONFIGS
     one_row_fp8 = (configs(args.one_row_fp8) if args.one_row_fp8 is not None
                    else gemm.GEMV_CONFIGS_FP8)
@@ -93,7 +96,7 @@ def main() -> None:
               for _ in range(copies)]
         out = torch.empty(args.m, n, device="cuda", dtype=torch.bfloat16)
         rows = [("cuBLASLt (torch.mm)", lambda i: torch.mm(x, ws[i].t(), out=out))]
-        gemm.SMALL_CONFIGS = tuple(configs(args.configs))
+        gemm.SMALL_CONFIGS = tuple(small)
         for c, cfg in enumerate(gemm.SMALL_CONFIGS):
             rows.append((f"small-M {':'.join(map(str, cfg))}",
                          lambda i, c=c: gemm.linear_small_m(x, ws[i], config=c, out=out)))
@@ -119,7 +122,7 @@ def main() -> None:
         rows.append(("cuBLASLt (_scaled_mm, M=16)",
                      lambda i: torch._scaled_mm(x16, wq[i].t(), one, one,
                                                 out_dtype=torch.bfloat16)))
-        gemm.SMALL_CONFIGS_FP8 = tuple(configs(args.configs_fp8))
+        gemm.SMALL_CONFIGS_FP8 = tuple(small_fp8)
         for c, cfg in enumerate(gemm.SMALL_CONFIGS_FP8):
             rows.append((f"small-M fp8 {':'.join(map(str, cfg))}",
                          lambda i, c=c: gemm.linear_small_m(xq, wq[i], config=c, out=out,
