@@ -138,7 +138,8 @@ def test_8bit_cache_v_tiles_reach_shared_memory_in_wide_copies(checkpoint, kv):
                         attrs={(i,): [["tt.divisibility", 16]] for i in entry["divisible"]})
         asm = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                              options={"num_warps": entry["num_warps"],
-                                      "num_stages": entry["num_stages"]}).asm
+                                      "num_stages": entry["num_stages"],
+                                      "enable_fp_fusion": True}).asm  # as aot.compile_spec
         ptx = asm["ptx"]
         # V's tile (_attend's v_t) copied as wide as it allows: 16 bytes, or its bytes over
         # the threads when fewer
