@@ -238,30 +238,29 @@ bool JsonObjectPrefix::afterValue(unsigned char c)
 namespace
 {
 
-std::array<std::vector<TokenIdType>, 256> firstBytes(std::vector<std::string> const& bytes)
+std::array<std::vector<TokenTable::Entry>, 256> firstBytes(std::vector<std::string> const& bytes)
 {
-    std::array<std::vector<TokenIdType>, 256> buckets;
+    std::array<std::vector<TokenTable::Entry>, 256> buckets;
     for (std::size_t t = 0; t < bytes.size(); ++t)
     {
-        if (!bytes[t].empty())
+        std::string const& b = bytes[t];
+        if (b.empty())
         {
-            buckets[static_cast<unsigned char>(bytes[t][0])].push_back(static_cast<TokenIdType>(t));
+            continue;
         }
-    }
-    return buckets;
-}
-
-std::vector<bool> plainTails(std::vector<std::string> const& bytes)
-{
-    std::vector<bool> plain(bytes.size());
-    for (std::size_t t = 0; t < bytes.size(); ++t)
-    {
-        plain[t] = !bytes[t].empty() && std::all_of(bytes[t].begin() + 1, bytes[t].end(), [](char ch) {
+        bool const plain = std::all_of(b.begin() + 1, b.end(), [](char ch) {
             auto const c = static_cast<unsigned char>(ch);
             return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
         });
+        auto const second = static_cast<std::int16_t>(b.size() > 1 ? static_cast<unsigned char>(b[1]) : -1);
+        buckets[static_cast<unsigned char>(b[0])].push_back({static_cast<TokenIdType>(t), second, plain});
     }
-    return plain;
+    for (auto& bucket : buckets)
+    {
+        std::stable_sort(bucket.begin(), bucket.end(),
+            [](TokenTable::Entry const& x, TokenTable::Entry const& y) { return x.second < y.second; });
+    }
+    return buckets;
 }
 
 } // namespace
@@ -269,7 +268,6 @@ std::vector<bool> plainTails(std::vector<std::string> const& bytes)
 TokenTable::TokenTable(std::vector<std::string> bytes)
     : bytes(std::move(bytes))
     , byFirstByte(firstBytes(this->bytes))
-    , plainTail(plainTails(this->bytes))
 {
 }
 
@@ -285,16 +283,32 @@ std::vector<TokenIdType> jsonTokens(JsonObjectPrefix const& state, TokenTable co
             continue;
         }
         bool const inString = afterFirst.inString();
-        for (TokenIdType const t : table.byFirstByte[b])
+        int group = -2; // the second byte of the tokens being read (they come grouped by it)
+        bool groupFeeds = false;
+        JsonObjectPrefix afterSecond;
+        for (TokenTable::Entry const& e : table.byFirstByte[b])
         {
-            auto const i = static_cast<std::size_t>(t);
+            auto const i = static_cast<std::size_t>(e.id);
             if (i >= n)
             {
-                break; // ascending: the rest are past the vocabulary too
+                continue;
             }
-            std::string const& bytes = table.bytes[i];
-            JsonObjectPrefix next = afterFirst;
-            allowed[i] = (inString && table.plainTail[i]) || next.feed(std::string_view(bytes).substr(1)) ? 1 : 0;
+            if (e.second < 0 || (inString && e.plainTail))
+            {
+                allowed[i] = 1;
+                continue;
+            }
+            if (e.second != group)
+            {
+                group = e.second;
+                afterSecond = afterFirst;
+                groupFeeds = afterSecond.feed(static_cast<unsigned char>(e.second));
+            }
+            if (groupFeeds)
+            {
+                JsonObjectPrefix next = afterSecond;
+                allowed[i] = next.feed(std::string_view(table.bytes[i]).substr(2)) ? 1 : 0;
+            }
         }
     }
     std::vector<TokenIdType> tokens;

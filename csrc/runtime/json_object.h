@@ -20,12 +20,19 @@ class TokenTable
 public:
     explicit TokenTable(std::vector<std::string> bytes);
 
+    /// What jsonTokens reads of a token before its bytes.
+    struct Entry
+    {
+        TokenIdType id;
+        std::int16_t second; ///< its second byte, -1 for a one-byte token
+        /// its bytes after the first are printable ASCII other than '"' and '\' (inside a string
+        /// they change nothing)
+        bool plainTail;
+    };
+
     std::vector<std::string> const bytes;
-    /// The non-empty tokens by first byte, ascending.
-    std::array<std::vector<TokenIdType>, 256> const byFirstByte;
-    /// Whether a token's bytes after its first are printable ASCII other than '"' and '\'
-    /// (inside a string they change nothing).
-    std::vector<bool> const plainTail;
+    /// The non-empty tokens by first byte, grouped by their second byte (one-byte tokens first).
+    std::array<std::vector<Entry>, 256> const byFirstByte;
 };
 
 /// @brief The deepest nesting of objects and arrays JsonObjectPrefix takes.
@@ -104,8 +111,8 @@ private:
 
 /// @brief The tokens (ascending) that keep `state` a prefix of a JSON object: those whose bytes
 /// in `table` all feed; ids past `vocabSize` or the table, and empty entries, are left out. Each
-/// first byte is tried once; a token whose tail is plain text needs no more where that byte
-/// leaves the text inside a string.
+/// first byte is tried once, and each second byte once after it; a token whose tail is plain
+/// text needs no more where its first byte leaves the text inside a string.
 [[nodiscard]] std::vector<TokenIdType> jsonTokens(JsonObjectPrefix const& state, TokenTable const& table, SizeType vocabSize);
 
 } // namespace kiln
