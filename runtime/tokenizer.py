@@ -86,9 +86,10 @@ def token_bytes(hf, vocab_size: int) -> list[bytes]:
     decoder = json.loads(hf.backend_tokenizer.to_str()).get("decoder") or {}
     parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
     kinds = {d.get("type") for d in parts}
-    marker = next((d.get("replacement") for d in parts if d.get("type") == "Metaspace"), None)
-    if marker is None and any(d.get("type") == "Replace" and d.get("content") == " " for d in parts):
-        marker = next(d["pattern"].get("String") for d in parts if d.get("type") == "Replace")
+    # SentencePiece's word marker: Metaspace's replacement, or what a Replace turns into a space
+    marker = next((d.get("replacement") if d.get("type") == "Metaspace" else d["pattern"].get("String")
+                   for d in parts if d.get("type") == "Metaspace"
+                   or (d.get("type") == "Replace" and d.get("content") == " ")), None)
     alphabet = _byte_level_alphabet()
     special = set(hf.all_special_ids) | {i for i, t in hf.added_tokens_decoder.items() if t.special}
     known = min(vocab_size, len(hf))

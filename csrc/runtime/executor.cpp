@@ -346,9 +346,8 @@ private:
             finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the JSON object");
             return;
         }
-        FinishReason const reason = state.request.jsonObject && state.json.complete()
-            ? FinishReason::kStopWords
-            : stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen);
+        FinishReason const reason
+            = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen, state.json.complete());
         if (reason != FinishReason::kNotFinished)
         {
             finish(id, reason, "");

@@ -182,8 +182,8 @@ std::vector<TokenIdType> choiceTokens(
     return next;
 }
 
-FinishReason stopReason(
-    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen)
+FinishReason stopReason(Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens,
+    SizeType maxSeqLen, bool objectClosed)
 {
     auto const numGenerated = static_cast<SizeType>(tokens.size()) - numPromptTokens;
     for (auto const& choice : request.choices)
@@ -193,6 +193,10 @@ FinishReason stopReason(
         {
             return FinishReason::kStopWords;
         }
+    }
+    if (request.jsonObject && objectClosed)
+    {
+        return FinishReason::kStopWords;
     }
     bool const mayStop = numGenerated >= request.samplingConfig.minTokens;
     if (mayStop && numGenerated > 0 && request.endId >= 0 && tokens.back() == request.endId)

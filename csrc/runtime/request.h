@@ -68,8 +68,9 @@ inline constexpr SizeType kMaxTopLogProbs = 20;
 /// @brief Why `request` stops now that its sequence is `tokens` (prompt first), or kNotFinished.
 /// End id first, then stop words (matched among generated tokens only), then the length limits;
 /// before min_tokens are generated, only the length limits. A request with choices stops
-/// (kStopWords) once its generated tokens are one of them.
-[[nodiscard]] FinishReason stopReason(
-    Request const& request, std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, SizeType maxSeqLen);
+/// (kStopWords) once its generated tokens are one of them, and a JSON one once `objectClosed`
+/// (its JsonObjectPrefix is complete).
+[[nodiscard]] FinishReason stopReason(Request const& request, std::vector<TokenIdType> const& tokens,
+    SizeType numPromptTokens, SizeType maxSeqLen, bool objectClosed = false);
 
 } // namespace kiln

@@ -96,15 +96,10 @@ def main() -> None:
               for _ in range(copies)]
         out = torch.empty(args.m, n, device="cuda", dtype=torch.bfloat16)
         rows = [("cuBLASLt (torch.mm)", lambda i: torch.mm(x, ws[i].t(), out=out))]
-        gemm.SMALL_CONFIGS = tuple(small)
-        for c, cfg in enumerate(gemm.SMALL_CONFIGS):
-            rows.append((f"small-M {':'.join(map(str, cfg))}",
-                         lambda i, c=c: gemm.linear_small_m(x, ws[i], config=c, out=out)))
+        gemm.SMALL_CONFIGS, gemm.GEMV_CONFIGS = tuple(small), tuple(one_row)
+        rows += kernel_rows("small-M", gemm.SMALL_CONFIGS, gemm.linear_small_m, x, ws, out)
         if args.m == 1:
-            gemm.GEMV_CONFIGS = tuple(one_row)
-            for c, cfg in enumerate(gemm.GEMV_CONFIGS):
-                rows.append((f"one-row {':'.join(map(str, cfg))}",
-                             lambda i, c=c: gemm.linear_gemv(x, ws[i], config=c, out=out)))
+            rows += kernel_rows("one-row", gemm.GEMV_CONFIGS, gemm.linear_gemv, x, ws, out)
         for label, launch in rows:
             t = graph_time(launch, copies)
             print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{n * k * 2 / t / 1e12:>7.2f}",
@@ -112,29 +107,23 @@ def main() -> None:
         if not fp8:
             continue
         wq = [w.float().clamp(-448, 448).to(torch.float8_e4m3fn) for w in ws]
+        rows = []
         del ws
         xq = x.float().to(torch.float8_e4m3fn)
         one = torch.ones(1, device="cuda")
         copies8 = len(wq)
-        rows = []
         x16 = torch.zeros(16, k, device="cuda", dtype=torch.float8_e4m3fn)
         x16[: args.m] = xq
         rows.append(("cuBLASLt (_scaled_mm, M=16)",
                      lambda i: torch._scaled_mm(x16, wq[i].t(), one, one,
                                                 out_dtype=torch.bfloat16)))
-        gemm.SMALL_CONFIGS_FP8 = tuple(small_fp8)
-        for c, cfg in enumerate(gemm.SMALL_CONFIGS_FP8):
-            rows.append((f"small-M fp8 {':'.join(map(str, cfg))}",
-                         lambda i, c=c: gemm.linear_small_m(xq, wq[i], config=c, out=out,
-                                                            scales=(one, one),
-                                                            dtype=torch.bfloat16)))
+        gemm.SMALL_CONFIGS_FP8, gemm.GEMV_CONFIGS_FP8 = tuple(small_fp8), tuple(one_row_fp8)
+        scaled = dict(scales=(one, one), dtype=torch.bfloat16)
+        rows += kernel_rows("small-M fp8", gemm.SMALL_CONFIGS_FP8, gemm.linear_small_m, xq, wq,
+                            out, **scaled)
         if args.m == 1:
-            gemm.GEMV_CONFIGS_FP8 = tuple(one_row_fp8)
-            for c, cfg in enumerate(gemm.GEMV_CONFIGS_FP8):
-                rows.append((f"one-row fp8 {':'.join(map(str, cfg))}",
-                             lambda i, c=c: gemm.linear_gemv(xq, wq[i], config=c, out=out,
-                                                             scales=(one, one),
-                                                             dtype=torch.bfloat16)))
+            rows += kernel_rows("one-row fp8", gemm.GEMV_CONFIGS_FP8, gemm.linear_gemv, xq, wq,
+                                out, **scaled)
         for label, launch in rows:
             t = graph_time(launch, copies8)
             print(f"{name:<9}{n:>7}{k:>7}  {label:<28}{t * 1e6:>8.1f}{n * k / t / 1e12:>7.2f}",
@@ -143,6 +132,14 @@ def main() -> None:
         torch.cuda.empty_cache()
         if args.int4 or args.gemv or args.mma:
             int4_rows(name, n, k, x, args.int4, args.gemv, args.mma)
+
+
+def kernel_rows(label: str, configs, linear, x, ws, out, **kw) -> list:
+    """(label, launch(i)) rows of one Triton kernel, one a configuration: `linear` (gemm's
+    linear_small_m or linear_gemv) with configuration c of `configs` on weight copy i."""
+    return [(f"{label} {':'.join(map(str, cfg))}",
+             lambda i, c=c: linear(x, ws[i], config=c, out=out, **kw))
+            for c, cfg in enumerate(configs)]
 
 
 def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,

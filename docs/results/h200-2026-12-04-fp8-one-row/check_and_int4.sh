@@ -3,6 +3,8 @@
 # FP8 KV and INT4 AWQ engines built from it; then each engine timed twice (FP8 INT4 FP8 INT4).
 cd "$(dirname "$0")/../../.."
 X=/tmp/x; mkdir -p $X
+LOG=$X SPEED_TIMEOUT=60
+. docs/results/fp8_ab.sh
 t=$(date +%s)
 (OUT=$X/check KILN_GPU_CHECK_SPEED=0 KILN_GPU_CHECK_SHARDS="small_m kernels gemv_glu small_m_glu fp8_small_m quant_kernels wo_paths wo_mma wo_shapes" bash scripts/gpu_check.sh > $X/check.log 2>&1) &
 pc=$!
@@ -18,15 +20,9 @@ wait $pf; echo "build fp8 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-fp
 wait $pi; echo "build int4 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-int4.log
 wait $pc; echo "check rc $? $(( $(date +%s) - t )) s"
 grep -E '^-- |passed|failed' $X/check.log | grep -E '^-- |[0-9]+ (passed|failed)'
-run() {
-  local name=$1 e=$2; shift 2
-  local t0=$(date +%s)
-  timeout 60 python3 tests/gpu/speed_check.py --engine $e --batches 1,8,64 --steps 128 "$@" > "$X/speed-$name.log" 2>&1
-  echo "== $name rc $? ($(( $(date +%s) - t0 )) s)"; grep -E "copy|graphs|roofline" "$X/speed-$name.log" | grep -E "TB/s|ms/step|roofline" | tail -9
-}
-run F1 /tmp/eF --profile --profile-batches 1
-run I1 /tmp/eI --profile --profile-batches 1
-run F2 /tmp/eF
-run I2 /tmp/eI
+speed F1 /tmp/eF --profile --profile-batches 1
+speed I1 /tmp/eI --profile --profile-batches 1
+speed F2 /tmp/eF
+speed I2 /tmp/eI
 echo "done $(( $(date +%s) - t )) s"
 tar -C $X -czf "$OUT/check_and_int4.tgz" .

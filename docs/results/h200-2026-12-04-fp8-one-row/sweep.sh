@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One H200, one call: the one-row kernel's FP8 path (e4m3 words widened in PTX) against the
 # kernel of before and the small-M and cuBLASLt choices on the decode GEMMs at M = 1, with the
-# one-row GPU tests beside it.
+# one-row GPU tests beside it (old_kernel.py says where the kernel of before comes from).
 cd "$(dirname "$0")/../../.."
 D=docs/results/h200-2026-12-04-fp8-one-row
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH=/tmp/site

@@ -3,39 +3,12 @@
 # (A: variant.diff reversed) and with its first weight tile read before the PDL wait (B), the
 # small-M GPU tests on B's kernels beside the builds, then each engine timed twice (A B A B).
 cd "$(dirname "$0")/../../.."
-D=docs/results/h200-2026-12-04-small-m-early-tile
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH=/tmp/site
-python3 -m pip install --no-build-isolation --no-deps -e . >/tmp/install.log 2>&1 || { tail -30 /tmp/install.log; exit 1; }
-nvidia-smi --query-gpu=name,clocks.sm,power.draw --format=csv,noheader
-ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
-t=$(date +%s)
-patch -s -R -p1 < $D/variant.diff || exit 1
-# A imports the kernels (their source is read then) before B's are put back.
-python3 -c "import sys, pathlib, kiln.builder.kernels.gemm, kiln.builder.kernels.pdl
-pathlib.Path('/tmp/A.imported').touch()
-from kiln.builder.cli import build_main
-sys.exit(build_main())" --output /tmp/eA $ARGS > "$OUT/build-A.log" 2>&1 &
-pa=$!
-while [ ! -e /tmp/A.imported ] && kill -0 $pa 2>/dev/null; do sleep 1; done
-patch -s -p1 < $D/variant.diff || exit 1
-engine-build --output /tmp/eB $ARGS > "$OUT/build-B.log" 2>&1 &
-pb=$!
-declare -A tp
-for s in small_m small_m_glu fp8_small_m; do
-  python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$OUT/tests-$s.log" 2>&1 &
-  tp[$s]=$!
-done
-wait $pa; echo "build A rc $? $(( $(date +%s) - t )) s"; tail -1 "$OUT/build-A.log"
-wait $pb; echo "build B rc $? $(( $(date +%s) - t )) s"; tail -1 "$OUT/build-B.log"
-for s in small_m small_m_glu fp8_small_m; do wait ${tp[$s]}; echo "tests $s rc $?"; tail -1 "$OUT/tests-$s.log"; done
-echo "tests done $(( $(date +%s) - t )) s"
-run() {
-  local name=$1 e=$2; shift 2
-  local t0=$(date +%s)
-  timeout 110 python3 tests/gpu/speed_check.py --engine $e --batches 1,8,64 --steps 128 "$@" > "$OUT/speed-$name.log" 2>&1
-  echo "== $name rc $? ($(( $(date +%s) - t0 )) s)"; grep -E "graphs|roofline" "$OUT/speed-$name.log" | grep -E "ms/step|roofline" | tail -8
+D=docs/results/h200-2026-12-04-small-m-early-tile HAS_VARIANT=1 LOG=$OUT
+. docs/results/fp8_ab.sh
+beside_builds() {
+  for s in small_m small_m_glu fp8_small_m; do
+    python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
+    tests[$s]=$!
+  done
 }
-run A1 /tmp/eA --profile --profile-batches 1
-run B1 /tmp/eB --profile --profile-batches 1
-run A2 /tmp/eA
-run B2 /tmp/eB
+ab_main

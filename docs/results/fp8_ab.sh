@@ -1,0 +1,54 @@
+# Shared by the one-call A/B scripts in docs/results (sourced, not run): FP8 + FP8 KV
+# Llama-3.1-8B-shaped engines built side by side from the tree without (A) and with (B) a
+# variant.diff, GPU tests on B's kernels beside the builds, then each engine timed twice
+# (A B A B). From the repository root, a script sets
+#   D            its folder, which holds variant.diff
+#   HAS_VARIANT  1: the tree holds B (A is the diff reversed); 0: it holds A
+#   LOG          where the logs go ($OUT, or a folder it then packs into $OUT)
+# and defines `beside_builds`, which starts its tests in the background, each pid in the
+# associative array `tests` under the name of its log (LOG/tests-NAME.log); then calls ab_main.
+# `speed NAME ENGINE [ARGS]` (one speed check, its headline figures echoed) serves alone too.
+
+FP8_ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
+SPEED_TIMEOUT=${SPEED_TIMEOUT:-110}
+declare -A tests
+
+kiln_install() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 && export PYTHONPATH=/tmp/site
+  python3 -m pip install --no-build-isolation --no-deps -e . >/tmp/install.log 2>&1 || { tail -30 /tmp/install.log; exit 1; }
+}
+
+speed() {
+  local name=$1 e=$2; shift 2
+  local t0=$(date +%s)
+  timeout $SPEED_TIMEOUT python3 tests/gpu/speed_check.py --engine $e --batches 1,8,64 --steps 128 "$@" > "$LOG/speed-$name.log" 2>&1
+  echo "== $name rc $? ($(( $(date +%s) - t0 )) s)"; grep -E "copy|graphs|roofline" "$LOG/speed-$name.log" | grep -E "TB/s|ms/step|roofline" | tail -9
+}
+
+ab_main() {
+  kiln_install
+  nvidia-smi --query-gpu=name,clocks.sm,power.draw --format=csv,noheader
+  local t=$(date +%s)
+  [ "$HAS_VARIANT" = 1 ] && { patch -s -R -p1 < $D/variant.diff || exit 1; }
+  # A imports the kernels (their source is read then) before B's are put in place.
+  python3 -c "import sys, pathlib, kiln.builder.kernels.gemm, kiln.builder.kernels.pdl
+pathlib.Path('/tmp/A.imported').touch()
+from kiln.builder.cli import build_main
+sys.exit(build_main())" --output /tmp/eA $FP8_ARGS > "$LOG/build-A.log" 2>&1 &
+  local pa=$!
+  while [ ! -e /tmp/A.imported ] && kill -0 $pa 2>/dev/null; do sleep 1; done
+  patch -s -p1 < $D/variant.diff || exit 1
+  engine-build --output /tmp/eB $FP8_ARGS > "$LOG/build-B.log" 2>&1 &
+  local pb=$!
+  beside_builds
+  wait $pa; echo "build A rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-A.log"
+  wait $pb; echo "build B rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-B.log"
+  local s
+  for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
+  echo "tests done $(( $(date +%s) - t )) s"
+  speed A1 /tmp/eA --profile --profile-batches 1
+  speed B1 /tmp/eB --profile --profile-batches 1
+  speed A2 /tmp/eA
+  speed B2 /tmp/eB
+  echo "done $(( $(date +%s) - t )) s"
+}
