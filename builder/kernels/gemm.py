@@ -526,7 +526,7 @@ def take_epilogue(node, ctx) -> dict | None:
 
 # -- direct launches ----------------------------------------------------------------------------
 
-def _glu_out(x, n: int, rows: int, dtype, glu: bool, act_scale, out):
+def glu_out(x, n: int, rows: int, dtype, glu: bool, act_scale, out):
     """(the tensor the kernel writes, the one whose dtype is the GEMM's: out, or with GLU an
     empty one) of a direct launch; with GLU, `out` is the SiLU-mul's output (made when None:
     e4m3 with `act_scale`)."""
@@ -550,7 +550,7 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
     n = w.shape[0]
     if m > SMALL_M:
         raise ValueError(f"the small-M GEMM takes at most {SMALL_M} rows, got {m}")
-    out, y = _glu_out(x, n, m, dtype, glu, act_scale, out)
+    out, y = glu_out(x, n, m, dtype, glu, act_scale, out)
     cfg = (SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS)[config]
     unused = w
     direct(small_m_gemm_kernel, x)[(-(-n // cfg[0]),)](
@@ -577,7 +577,7 @@ def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAI
     Returns (out, total)."""
     import torch
     n, k = w.shape
-    out, y = _glu_out(x, n, 1, dtype, glu, act_scale, out)
+    out, y = glu_out(x, n, 1, dtype, glu, act_scale, out)
     if prologue == ADD_NORM and total is None:
         total = x.new_empty((1, k))
     cfg = (GEMV_CONFIGS_FP8 if scales else GEMV_CONFIGS)[config]

@@ -23,7 +23,8 @@ linear_wo is a Gemm, so the executor times its ways to run per M and keeps the f
   - wo_mma_kernel for int4 in groups of a multiple of 64 (16-bit models), one block of 8 or
     16 rows or blocks of 32 or 64 rows up to M = 256: tensor cores on the weight dequantized
     in registers, two values an instruction (inline PTX), K split over S programs whose last
-    adds the partials in a fixed order;
+    adds the partials in a fixed order; for up to 16 rows also with each group's scale applied
+    to the MMAs' sums instead (SCALE_AFTER), and with a gate/up GEMM's SiLU-mul inside (GLU);
   - wo_gemm_kernel for M <= 16: one 16-row tensor-core block, the even columns of x against
     the low nibbles and the odd ones against the high nibbles, K split over S programs (S
     fills about two waves of the GPU's SMs) and the float32 partials added in a fixed order by
@@ -39,7 +40,7 @@ import triton.language as tl
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct, interpreting
-from kiln.builder.kernels.gemm import take_epilogue
+from kiln.builder.kernels.gemm import glu_out, glu_store, take_epilogue
 from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
@@ -58,13 +59,19 @@ WO_GEMV = (8, 128, 4, 1)
 # for wide layers, 8:256:8 for narrow ones; tests/gpu/gemm_sweep.py --gemv).
 WO_GEMV_M1 = (WO_GEMV, (8, 256, 8, 1), (8, 64, 2, 1))
 GEMV_MAX_M = SMALL_M
-# (BLOCK_N, BLOCK_H halfwords, num_warps, num_stages, BLOCK_M, most rows M) of the int4
-# tensor-core kernel; the executor keeps the fastest per shape and M, cuBLASLt on the
+# (BLOCK_N, BLOCK_H halfwords, num_warps, num_stages, BLOCK_M, most rows M, SCALE_AFTER) of
+# the int4 tensor-core kernel; the executor keeps the fastest per shape and M, cuBLASLt on the
 # dequantized weight included (on the H200 at M = 1, 32:64:1 for gate/up, 64:64:2 for qkv and
 # down; tests/gpu/gemm_sweep.py --mma). With 4 or 8 warps Triton issues warpgroup MMAs (wgmma),
-# the dequantized weight their register operand.
-WO_MMA = ((64, 64, 2, 3, 8, 8), (32, 64, 1, 3, 8, 8), (64, 64, 2, 3, 16, 16),
-          (64, 32, 4, 3, 32, 32), (64, 32, 4, 3, 64, 256), (128, 32, 8, 3, 64, 256))
+# the dequantized weight their register operand. SCALE_AFTER: each group's scale meets the
+# MMAs' sums, for few rows, where the weight's instructions are the step's: one a pair of
+# weights, not three (sm_90 SASS of the loop, AWQ's groups: 1.8-2.3 instructions a weight,
+# 2.5-2.7 with the weight rounded first).
+WO_MMA = ((64, 64, 2, 3, 8, 8, False), (32, 64, 1, 3, 8, 8, False),
+          (64, 64, 2, 3, 16, 16, False), (32, 32, 1, 3, 8, 8, True), (64, 32, 1, 3, 8, 8, True),
+          (64, 64, 2, 3, 8, 8, True), (128, 32, 2, 3, 8, 8, True), (64, 64, 2, 3, 16, 16, True),
+          (64, 32, 4, 3, 32, 32, False), (64, 32, 4, 3, 64, 256, False),
+          (128, 32, 8, 3, 64, 256, False))
 WO_DEQUANT = (16, 256, 4)
 SCALE_BLOCK = 1024
 
@@ -373,6 +380,19 @@ _INT4_BF16 = _int4_dequant_asm("fma.rn.bf16x2", 0x43004300, 0x3F803F80, 0xC308C3
 _INT4_F16 = _int4_dequant_asm("fma.rn.f16x2", 0x64006400, 0x3C003C00, 0xE408E408)
 
 
+def _int4_biased_asm(magic: int) -> tl.constexpr:
+    """Inline PTX for _int4_biased: one register $4 of two halfwords; out: $q the 16-bit
+    floats 2^e + u of nibble q of each, u in the mantissa's low bits (one LOP3 a pair)."""
+    lines = [".reg .b32 r<4>;"] + [f"shr.u32 r{q}, $4, {4 * q};" for q in (1, 2, 3)]
+    lines += [f"lop3.b32 ${q}, {f'r{q}' if q else '$4'}, 0x000F000F, {magic:#x}, 0xea;"
+              for q in range(4)]
+    return tl.constexpr("{\n" + "\n".join(lines) + "\n}")
+
+
+_INT4_BIASED_BF16 = _int4_biased_asm(0x43004300)  # 128 + u
+_INT4_BIASED_F16 = _int4_biased_asm(0x64006400)  # 1024 + u
+
+
 @triton.jit
 def _int4_values(hw, s, o, DT: tl.constexpr, ASM: tl.constexpr):
     """The dequantized values q = 0..3 of each halfword of hw ([BLOCK_N, BLOCK_H] uint16,
@@ -399,6 +419,29 @@ def _int4_values(hw, s, o, DT: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _int4_biased(hw, DT: tl.constexpr, ASM: tl.constexpr):
+    """The values q = 0..3 of each halfword of hw ([BLOCK_N, BLOCK_H] uint16) as 2^e + u in
+    DT, exactly: 128 + u in bfloat16, 1024 + u in float16 (where the 16-bit float's last
+    mantissa bit is worth 1). With ASM one instruction a pair; else through float32."""
+    if ASM:
+        if DT == tl.bfloat16:
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _INT4_BIASED_BF16, "=r,=r,=r,=r,r", [hw],
+                dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
+        else:
+            w0, w1, w2, w3 = tl.inline_asm_elementwise(
+                _INT4_BIASED_F16, "=r,=r,=r,=r,r", [hw],
+                dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=2)
+    else:
+        base = 128.0 if DT == tl.bfloat16 else 1024.0
+        w0 = ((hw & 0xF).to(tl.float32) + base).to(DT)
+        w1 = (((hw >> 4) & 0xF).to(tl.float32) + base).to(DT)
+        w2 = (((hw >> 8) & 0xF).to(tl.float32) + base).to(DT)
+        w3 = ((hw >> 12).to(tl.float32) + base).to(DT)
+    return w0, w1, w2, w3
+
+
+@triton.jit
 def _step_groups(ptr, cols64, col_ok, c, NG: tl.constexpr, GH: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
     """[BLOCK_N, BLOCK_H]: the group value (scale or offset) of each halfword of step c, read
@@ -415,11 +458,13 @@ def _step_groups(ptr, cols64, col_ok, c, NG: tl.constexpr, GH: tl.constexpr,
 
 @triton.jit(do_not_specialize=["num_splits"])
 def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr,
-                  pqs_ptr, bias_ptr, M, num_splits, X_STRIDE: tl.constexpr,
+                  pqs_ptr, bias_ptr, act_ptr, M, num_splits, X_STRIDE: tl.constexpr,
                   OUT_STRIDE: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
                   GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr,
                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_H: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = 0):
+                  BLOCK_H: tl.constexpr, ASM: tl.constexpr, SCALE_AFTER: tl.constexpr = False,
+                  PART_H: tl.constexpr = 0, GLU: tl.constexpr = False,
+                  ACT_STRIDE: tl.constexpr = 0, PDL: tl.constexpr = 0):
     """int4 on tensor cores: rows block program_id(0) (the blocks of one column block run
     side by side, so its weight is read from memory once), columns block program_id(1), K
     share program_id(2) of num_splits. out^T [BLOCK_N, BLOCK_M] = wd [BLOCK_N, K] @ x'^T, the
@@ -428,7 +473,16 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
     operands, value q of each halfword meeting x's columns 4i + q. With num_splits > 1 each
     program writes its float32 partial [BLOCK_M, BLOCK_N] of the [M, N] partial of its split
     and counts itself in its (rows, columns) block's count; the last of a block adds the
-    partials in split order (deterministic), writes the result and sets the count back to 0."""
+    partials in split order (deterministic), writes the result and sets the count back to 0.
+
+    SCALE_AFTER: a step is parts of PART_H halfwords within one group each (_scaled_part),
+    the operands the weight's values as 2^e + u (_int4_biased, one instruction a pair, exact)
+    and each group's scale and offset applied to the part's float32 sums: wd is not rounded
+    to the model's dtype first, so the result is the reference's within its rounding of wd.
+
+    GLU: the SiLU-mul after the GEMM too (a gate/up GEMM, w's first N / 2 rows the gates): a
+    column block is BLOCK_N / 2 gate and up rows, interleaved, whose silu(gate) * up goes to
+    act (glu_store, rounded as silu_mul_kernel rounds it); out is not written."""
     enter(PDL)
     H: tl.constexpr = K // 4
     NG: tl.constexpr = K // GROUP
@@ -437,43 +491,49 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
     DT = out_ptr.dtype.element_ty
     tile = tl.program_id(1)
     split = tl.program_id(2)
-    cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
+    if GLU:
+        pair = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2
+        cols = pair + (tl.arange(0, BLOCK_N) % 2) * (N // 2)
+        col_ok = pair < N // 2
+    else:
+        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
     cols64 = cols.to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     h_ptr = w_ptr.to(tl.pointer_type(tl.uint16))
-    kk = tl.arange(0, 4 * BLOCK_H)
     per = tl.cdiv(STEPS, num_splits)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for c in range(split * per, tl.minimum(STEPS, split * per + per)):
-        i = c * BLOCK_H + tl.arange(0, BLOCK_H)
-        hw = tl.load(h_ptr + cols64[:, None] * H + i[None, :], mask=col_ok[:, None], other=0)
-        s = _step_groups(scales_ptr, cols64, col_ok, c, NG, GH, BLOCK_N, BLOCK_H)
-        if HAS_OFFSET:
-            o = _step_groups(offsets_ptr, cols64, col_ok, c, NG, GH, BLOCK_N, BLOCK_H)
+        if SCALE_AFTER:
+            for p in tl.static_range(BLOCK_H // PART_H):
+                acc = _scaled_part(acc, h_ptr, x_ptr, scales_ptr, offsets_ptr, pqs_ptr, cols64,
+                                   col_ok, rows, row_ok, c * BLOCK_H + p * PART_H, H, NG, GH,
+                                   X_STRIDE, HAS_OFFSET, HAS_PQS, BLOCK_N, BLOCK_M, PART_H, DT,
+                                   ASM)
         else:
-            o = tl.full([BLOCK_N, BLOCK_H], -0.0, DT)
-        w0, w1, w2, w3 = _int4_values(hw, s, o, DT, ASM)
-        k = c * (4 * BLOCK_H) + kk
-        x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=row_ok[:, None],
-                    other=0.0)
-        if HAS_PQS:
-            x = (x.to(tl.float32) * tl.load(pqs_ptr + k)[None, :]).to(DT)
-        x_a, x_b = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_H, 2, 2]))  # column 4i + 2a + b
-        x0, x2 = tl.split(x_a)
-        x1, x3 = tl.split(x_b)
-        acc = tl.dot(w0, tl.trans(x0), acc)
-        acc = tl.dot(w1, tl.trans(x1), acc)
-        acc = tl.dot(w2, tl.trans(x2), acc)
-        acc = tl.dot(w3, tl.trans(x3), acc)
+            i = c * BLOCK_H + tl.arange(0, BLOCK_H)
+            hw = tl.load(h_ptr + cols64[:, None] * H + i[None, :], mask=col_ok[:, None],
+                         other=0)
+            s = _step_groups(scales_ptr, cols64, col_ok, c, NG, GH, BLOCK_N, BLOCK_H)
+            if HAS_OFFSET:
+                o = _step_groups(offsets_ptr, cols64, col_ok, c, NG, GH, BLOCK_N, BLOCK_H)
+            else:
+                o = tl.full([BLOCK_N, BLOCK_H], -0.0, DT)
+            w0, w1, w2, w3 = _int4_values(hw, s, o, DT, ASM)
+            x0, x1, x2, x3 = _x_quarters(x_ptr, pqs_ptr, rows, row_ok, c * BLOCK_H, X_STRIDE,
+                                         HAS_PQS, BLOCK_M, BLOCK_H, DT)
+            acc = tl.dot(w0, tl.trans(x0), acc)
+            acc = tl.dot(w1, tl.trans(x1), acc)
+            acc = tl.dot(w2, tl.trans(x2), acc)
+            acc = tl.dot(w3, tl.trans(x3), acc)
     mask = col_ok[:, None] & row_ok[None, :]
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    at = rows[None, :] * OUT_STRIDE + cols64[:, None]
     if num_splits == 1:
-        tl.store(out_ptr + at, (acc + bias[:, None]).to(DT), mask=mask)
+        _mma_out(out_ptr, act_ptr, acc + bias[:, None], rows, row_ok, cols64, mask, tile,
+                 OUT_STRIDE, N, BLOCK_N, BLOCK_M, GLU, ACT_STRIDE)
     else:
         part = partial_ptr + rows[None, :] * N + cols64[:, None]
         tl.store(part + split * M * N, acc, mask=mask)
@@ -484,8 +544,78 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
             total = bias[:, None] + tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             for s in range(0, num_splits):
                 total += tl.load(part + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + at, total.to(DT), mask=mask)
+            _mma_out(out_ptr, act_ptr, total, rows, row_ok, cols64, mask, tile, OUT_STRIDE, N,
+                     BLOCK_N, BLOCK_M, GLU, ACT_STRIDE)
             tl.store(count_ptr, 0)
+
+
+@triton.jit
+def _x_quarters(x_ptr, pqs_ptr, rows, row_ok, h0, X_STRIDE: tl.constexpr, HAS_PQS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, DT: tl.constexpr):
+    """x' [BLOCK_M, 4 * BLOCK_H] from column 4 * h0 (x times the pre-quant scale, rounded to
+    DT), as four [BLOCK_M, BLOCK_H]: quarter q holds columns 4i + q, those halfword i's value q
+    meets."""
+    k = 4 * h0 + tl.arange(0, 4 * BLOCK_H)
+    x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=row_ok[:, None], other=0.0)
+    if HAS_PQS:
+        x = (x.to(tl.float32) * tl.load(pqs_ptr + k)[None, :]).to(DT)
+    x_a, x_b = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_H, 2, 2]))  # column 4i + 2a + b
+    x0, x2 = tl.split(x_a)
+    x1, x3 = tl.split(x_b)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _scaled_part(acc, h_ptr, x_ptr, scales_ptr, offsets_ptr, pqs_ptr, cols64, col_ok, rows,
+                 row_ok, h0, H: tl.constexpr, NG: tl.constexpr, GH: tl.constexpr,
+                 X_STRIDE: tl.constexpr, HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, PART_H: tl.constexpr,
+                 DT: tl.constexpr, ASM: tl.constexpr):
+    """acc plus the PART_H halfwords from h0 (within one group) of each column times x', the
+    group's scale and offset applied to the MMAs' float32 sums: the operands are 2^e + u
+    (_int4_biased) and s * (sum (2^e + u) x - (2^e + 8) sum x) + o * sum x is added, sum x
+    taken by the same MMAs on an operand of ones."""
+    i = h0 + tl.arange(0, PART_H)
+    hw = tl.load(h_ptr + cols64[:, None] * H + i[None, :], mask=col_ok[:, None], other=0)
+    w0, w1, w2, w3 = _int4_biased(hw, DT, ASM)
+    x0, x1, x2, x3 = _x_quarters(x_ptr, pqs_ptr, rows, row_ok, h0, X_STRIDE, HAS_PQS, BLOCK_M,
+                                 PART_H, DT)
+    part = tl.dot(w0, tl.trans(x0))
+    part = tl.dot(w1, tl.trans(x1), part)
+    part = tl.dot(w2, tl.trans(x2), part)
+    part = tl.dot(w3, tl.trans(x3), part)
+    ones = tl.full([BLOCK_N, PART_H], 1.0, DT)
+    xs = tl.dot(ones, tl.trans(x0))
+    xs = tl.dot(ones, tl.trans(x1), xs)
+    xs = tl.dot(ones, tl.trans(x2), xs)
+    xs = tl.dot(ones, tl.trans(x3), xs)
+    if DT == tl.bfloat16:
+        biased_zero: tl.constexpr = 136.0  # 2^7 + 8
+    else:
+        biased_zero: tl.constexpr = 1032.0  # 2^10 + 8
+    g = cols64 * NG + h0 // GH
+    s = tl.load(scales_ptr + g, mask=col_ok, other=0.0).to(tl.float32)
+    acc += s[:, None] * (part - biased_zero * xs)
+    if HAS_OFFSET:
+        acc += tl.load(offsets_ptr + g, mask=col_ok, other=0.0).to(tl.float32)[:, None] * xs
+    return acc
+
+
+@triton.jit
+def _mma_out(out_ptr, act_ptr, y, rows, row_ok, cols64, mask, tile, OUT_STRIDE: tl.constexpr,
+             N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GLU: tl.constexpr,
+             ACT_STRIDE: tl.constexpr):
+    """Stores wo_mma_kernel's y ([BLOCK_N, BLOCK_M], out^T in float32) to out, or with GLU
+    (y's rows gate and up pairs) the SiLU-mul of y rounded to out's dtype to act."""
+    DT = out_ptr.dtype.element_ty
+    if GLU:
+        pairs = tl.permute(tl.reshape(y.to(DT).to(tl.float32), [BLOCK_N // 2, 2, BLOCK_M]),
+                           (0, 2, 1))
+        j = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        glu_store(pairs, act_ptr + rows[None, :] * ACT_STRIDE + j[:, None], act_ptr,
+                  (j < N // 2)[:, None] & row_ok[None, :], DT)
+    else:
+        tl.store(out_ptr + rows[None, :] * OUT_STRIDE + cols64[:, None], y.to(DT), mask=mask)
 
 
 @triton.jit
@@ -643,9 +773,12 @@ def mma_fits(bits: int, group: int, k: int, dtype: str) -> bool:
 
 
 def mma_constexprs(n: int, k: int, group: int, offsets: bool, pqs: bool, bias: bool,
-                   cfg: tuple, asm: bool = True) -> dict:
+                   cfg: tuple, asm: bool = True, act_stride: int | None = None) -> dict:
+    """wo_mma_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU."""
     return dict(N=n, K=k, GROUP=group, HAS_OFFSET=offsets, HAS_PQS=pqs, HAS_BIAS=bias,
-                BLOCK_M=cfg[4], BLOCK_N=cfg[0], BLOCK_H=_mma_block_h(k, group, cfg), ASM=asm)
+                BLOCK_M=cfg[4], BLOCK_N=cfg[0], BLOCK_H=_mma_block_h(k, group, cfg), ASM=asm,
+                SCALE_AFTER=cfg[6], PART_H=min(_mma_block_h(k, group, cfg), group // 4),
+                GLU=act_stride is not None, ACT_STRIDE=act_stride or 0)
 
 
 def _mma_block_h(k: int, group: int, cfg: tuple) -> int:
@@ -684,7 +817,9 @@ def plan_linear_wo(node, ctx):
     pre-quant scale too, when there is one), with the GEMV (1 row, 2 rows, groups of 4 rows up
     to SMALL_M), the split-K tensor-core kernel (M <= SMALL_M) and, for int4 in groups of a
     multiple of 64, wo_mma_kernel (each WO_MMA configuration up to its most rows) as
-    alternatives the executor times against it."""
+    alternatives the executor times against it. With the SiLU-mul after it taken
+    (take_epilogue), each runs that kernel's launch after it, and wo_mma_kernel's
+    configurations for up to SMALL_M rows are offered with it inside (GLU) too."""
     from kiln.builder.ops.quant import _wo_operands
     at, a = _wo_operands(node), node.attrs
     x, w, scales = node.inputs[:3]
@@ -701,6 +836,8 @@ def plan_linear_wo(node, ctx):
                 pqs_ptr=ctx.ptr(opt.get("pre_quant_scale", scales)),
                 bias_ptr=ctx.ptr(opt.get("bias", scales)), M=I32(m))  # absent ones: never read
     strides = dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out))
+    epilogue = take_epilogue(node, ctx)
+    after = [epilogue["launch"]] if epilogue else []
 
     alternatives = []
     if gemv_fits(bits, group, k):
@@ -711,7 +848,7 @@ def plan_linear_wo(node, ctx):
                 num_warps=cfg[2], num_stages=cfg[3],
                 args=dict(args, W_STRIDE=I32(k * bits // 32)),
                 constexprs=dict(strides, **gemv_constexprs(n, k, rows, bits, group, offsets,
-                                                           pqs, bias, cfg)))]})
+                                                           pqs, bias, cfg)))] + after})
     splits = ctx.derive(splits_formula(n, k))
     partials = ctx.scratch("quant_gemm_partials", str(MAX_SPLITS * SMALL_M * n * 4))
     _, bn, _, warps, stages = WO_SMALL
@@ -726,18 +863,26 @@ def plan_linear_wo(node, ctx):
                         args=dict(out_ptr=args["out_ptr"], partial_ptr=partials,
                                   bias_ptr=args["bias_ptr"], M=I32(m), num_splits=I32(splits)),
                         constexprs=dict(OUT_STRIDE=strides["OUT_STRIDE"], N=n, HAS_BIAS=bias,
-                                        BLOCK=REDUCE_BLOCK))]})
+                                        BLOCK=REDUCE_BLOCK))] + after})
     if mma_fits(bits, group, k, dtype):
         blocks = max(_cdiv(n, c[0]) * _cdiv(c[5], c[4]) for c in WO_MMA)
         counts = ctx.scratch("wo_mma_counts", str(4 * blocks), zeroed=True)
-        for cfg in WO_MMA:
+
+        def mma_launch(cfg, glu: bool):
             mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg, m))
-            alternatives.append({"max_m": cfg[5], "steps": [ctx.make_launch(
+            act = ctx.row_stride(epilogue["out"]) if glu else None
+            return ctx.make_launch(
                 wo_mma_kernel, grid=(_cdiv(m, cfg[4]), _cdiv(n, cfg[0]), mma_s),
                 num_warps=cfg[2], num_stages=cfg[3],
-                args=dict(args, partial_ptr=partials, count_ptr=counts, num_splits=I32(mma_s)),
-                constexprs=dict(strides, **mma_constexprs(n, k, group, offsets, pqs, bias,
-                                                          cfg)))]})
+                args=dict(args, partial_ptr=partials, count_ptr=counts, num_splits=I32(mma_s),
+                          act_ptr=ctx.ptr(epilogue["out"]) if glu else args["out_ptr"]),
+                constexprs=dict(strides, **mma_constexprs(n, k, group, offsets, pqs, bias, cfg,
+                                                          act_stride=act)))
+
+        for cfg in WO_MMA:
+            alternatives.append({"max_m": cfg[5], "steps": [mma_launch(cfg, False)] + after})
+        alternatives += [{"max_m": cfg[5], "steps": [mma_launch(cfg, True)]}
+                         for cfg in WO_MMA if epilogue and cfg[5] <= SMALL_M]
 
     prologue = []
     a_ref, lda = ctx.ref(x)[0], ctx.row_stride(x)
@@ -760,7 +905,7 @@ def plan_linear_wo(node, ctx):
     ctx.gemm(Gemm(a=a_ref, w=weight.ref, out=ctx.ref(out)[0],
                   bias=ctx.ref(opt["bias"])[0] if bias else None, m=m, n=n, k=k, lda=lda,
                   ldc=strides["OUT_STRIDE"], dtype=dtype, alternatives=alternatives,
-                  prologue=prologue))
+                  prologue=prologue, epilogue=after))
 
 
 # -- direct launches ----------------------------------------------------------------------------
@@ -782,18 +927,23 @@ def linear_w8a8(q, row_scale, w, w_scale, bias=None, dtype=None, out=None):
 def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_scale=None,
               bias=None, num_splits: int | None = None, out=None, path: str | None = None,
               gemv_config: tuple | None = None, mma_config: tuple | None = None,
-              workspace: tuple | None = None):
+              workspace: tuple | None = None, glu: bool = False):
     """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "mma"
     (int4 in groups of a multiple of 64, M up to the configuration's; mma_config: a WO_MMA
     entry, else the 16-row one; num_splits: S, else as the plan picks it;
     workspace: its float32 partials and int32 counts, the counts 0, else new ones), "splitk"
     (M <= SMALL_M; num_splits: S, else as the plan picks it) or "dequant" (the weight
     dequantized, then torch's matmul in the place of cuBLASLt); None: gemv for M <= 4 where
-    the weight allows it, splitk for M <= SMALL_M (or when num_splits is given), else dequant."""
+    the weight allows it, splitk for M <= SMALL_M (or when num_splits is given), else dequant.
+    `glu` (path "mma"): out[M, N / 2] = silu(y[:, :N/2]) * y[:, N/2:] of the product y, as
+    silu_mul rounds it."""
     import torch
     m, k = x.shape
     n = w.shape[0]
-    out = x.new_empty((m, n)) if out is None else out
+    if glu and path != "mma":
+        raise ValueError(f"the SiLU-mul runs inside the int4 tensor-core kernel only, not "
+                         f"path {path!r}")
+    out, y = glu_out(x, n, m, None, glu, None, out)
     dtype = str(x.dtype).split(".")[1]
     some = scales  # any tensor stands in for an absent operand: it is never read
     opt = (some if offsets is None else offsets,
@@ -831,9 +981,10 @@ def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_
             torch.empty(max(1, num_splits * m * n), dtype=torch.float32, device=x.device),
             torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=x.device))
         direct(wo_mma_kernel, x)[grid](
-            out, partials, counts, x, w, scales, *opt, m, num_splits, X_STRIDE=x.stride(0),
-            OUT_STRIDE=out.stride(0),
-            **mma_constexprs(n, k, group_size, *flags, cfg=cfg, asm=not interpreting()),
+            out if y is None else y, partials, counts, x, w, scales, *opt, out, m, num_splits,
+            X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0),
+            **mma_constexprs(n, k, group_size, *flags, cfg=cfg, asm=not interpreting(),
+                             act_stride=out.stride(0) if glu else None),
             num_warps=cfg[2], num_stages=cfg[3])
         return out
     if path == "dequant":

@@ -2,7 +2,8 @@
 rmsnorm / add_rmsnorm / silu_mul before a linear, and an FP8 quantization (quantize_fp8, or one
 fused into its producer) before a linear_fp8; and a silu_mul that alone reads the linear right
 before it (`fold_into_previous`: a gate/up GEMM's SiLU-mul, FP8-quantized after a linear_fp8,
-which then folds into that GEMM rather than into the one after). The GPU lowering runs the
+plain after a weight-only linear_wo, which then folds into that GEMM rather than into the one
+after). The GPU lowering runs the
 kernel inside the linear's GEMM step, where the one-row and small-M alternatives do both in one
 kernel (kernels/gemm.py, fold and take_epilogue), and the memory plan keeps the inputs of every
 node of that step alive to its end."""
@@ -15,12 +16,13 @@ FOLDABLE = {"linear": ("rmsnorm", "add_rmsnorm", "silu_mul"),
                            "silu_mul_quant")}
 
 
-EPILOGUES = {"linear": ("silu_mul",), "linear_fp8": ("silu_mul_quant",)}
+EPILOGUES = {"linear": ("silu_mul",), "linear_fp8": ("silu_mul_quant",),
+             "linear_wo": ("silu_mul",)}
 
 
 def _epilogue(node, nxt) -> bool:
     """Whether nxt is a SiLU-mul a GEMM kernel can write after node's product: any after a
-    linear, an FP8 one (static scale) after a linear_fp8."""
+    linear or a weight-only linear_wo, an FP8 one (static scale) after a linear_fp8."""
     if nxt.op not in EPILOGUES.get(node.op, ()):
         return False
     return nxt.op != "silu_mul_quant" or (nxt.attrs.get("qdtype") == "float8_e4m3fn"

@@ -188,6 +188,50 @@ def test_fp8_silu_mul_quant_is_the_gate_up_gemms_epilogue():
             assert main.kernel.constexprs["ACT_STRIDE"] == I
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_silu_mul_is_the_weight_only_gate_up_gemms_epilogue(bits):
+    """A SiLU-mul that alone reads a linear_wo runs inside that GEMM step: after cuBLASLt and
+    after each alternative as its own launch, and for int4 inside the tensor-core kernel (GLU)
+    in each configuration for up to 16 rows."""
+    from kiln.builder.kernels import quant_gemm
+    from kiln.builder.passes import fold_into_linears
+    g = Graph()
+    src = WeightSource(load=lambda dtype: None, describe="test")
+    g.add_value("x", DT, ("T", H), "input")
+    group = 128 if bits == 4 else H
+    w = g.add_weight("gate_up.weight", "uint8" if bits == 4 else "int8",
+                     (2 * I, H * bits // 8), src)
+    scale = g.add_weight("gate_up.weight_scale", DT, (2 * I, H // group), src)
+    g.call("linear_wo", ["x", w, scale], ["gate_up"], bits=bits, group_size=group,
+           offset=False, pre_quant_scale=False, bias=False)
+    g.call("silu_mul", ["gate_up"], ["act"])
+    g.values["act"].kind = "output"
+    g = fold_into_linears(g)
+    assert g.nodes[-1].attrs == {"fold_into_previous": True}
+    g.memory_plan = {"offsets": {"gate_up": 0, "act": 4096 * 16}, "views": {}}
+    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT,
+                                   max_num_tokens=64))
+    assert steps_of(ctx, "silu_mul") == []
+    (gemm,) = steps_of(ctx, "linear_wo")
+    (after,) = gemm.epilogue
+    assert after.kernel.fn.fn.__name__ == "silu_mul_kernel"
+    glu = [alt for alt in gemm.alternatives if len(alt["steps"]) == 1]
+    assert all(alt["steps"][-1] is after for alt in gemm.alternatives if alt not in glu)
+    small = [cfg for cfg in quant_gemm.WO_MMA if cfg[5] <= quant_gemm.SMALL_M]
+    assert len(glu) == (len(small) if bits == 4 else 0)
+    for alt, cfg in zip(glu, small):
+        main = alt["steps"][0]
+        c = main.kernel.constexprs
+        assert main.kernel.fn.fn.__name__ == "wo_mma_kernel" and alt["max_m"] == cfg[5]
+        assert (c["GLU"], c["ACT_STRIDE"], c["BLOCK_N"], c["SCALE_AFTER"]) == (
+            True, I, cfg[0], cfg[6])
+        assert main.to_json()["args"][9] == {"arena": 4096 * 16}  # act_ptr: the SiLU-mul's out
+    mmas = [alt["steps"][0] for alt in gemm.alternatives
+            if alt not in glu and alt["steps"][0].kernel.fn.fn.__name__ == "wo_mma_kernel"]
+    assert len(mmas) == (len(quant_gemm.WO_MMA) if bits == 4 else 0)
+    assert all(not m.kernel.constexprs["GLU"] for m in mmas)
+
+
 def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):
     w8a8 = steps_of(lowered, "linear_w8a8")
     assert [s.when for s in w8a8] == ["T <= 16", "T > 16"]
@@ -213,9 +257,10 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
                                 {"weight": "awq.weight_scale"}, {"weight": "awq.weight_offset"}]
     assert [prologue[i]["kernel"] for i in (0, 1)] == [scale.kernel.key, dequant.kernel.key]
     # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, split-K for
-    # up to 16, then the tensor-core kernel in its three shapes for up to 8 or 16 rows and
-    # three for more (row blocks of 32 and 64).
-    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16, 8, 8, 16, 32, 256, 256]
+    # up to 16, then the tensor-core kernel in its three shapes for up to 8 or 16 rows, five
+    # with the scales after the MMAs, and three for more (row blocks of 32 and 64).
+    assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16, 8, 8, 16, 8, 8, 8, 8, 16,
+                                                  32, 256, 256]
     gemvs = [alt["steps"][0] for alt in awq.alternatives[:5]]
     assert [g.kernel.constexprs["ROWS"] for g in gemvs] == [1, 1, 1, 2, 4]
     assert [g.kernel.constexprs["BLOCK_W"] for g in gemvs] == [H // 8] * 5  # K / 8 words: one tile
@@ -237,20 +282,28 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
     assert all(len(steps) == 1 for steps in mmas)
     mmas = [steps[0] for steps in mmas]
     assert all(m.kernel.fn.fn.__name__ == "wo_mma_kernel" and m.when is None for m in mmas)
-    block_m = [8, 8, 16, 32, 64, 64]
+    block_m = [8, 8, 16, 8, 8, 8, 8, 16, 32, 64, 64]
+    block_n = [64, 32, 64, 32, 64, 64, 128, 64, 64, 64, 128]
     assert [m.grid[:2] for m in mmas] == [
-        (f"cdiv(T, {bm})", str(I // bn)) for bm, bn in zip(block_m, [64, 32, 64, 64, 64, 128])]
+        (f"cdiv(T, {bm})", str(I // bn)) for bm, bn in zip(block_m, block_n)]
     assert all({"i32": m.grid[2]} in m.args for m in mmas)
     # S: about six programs an SM, at most one per step of K (256: 1 step of 64 halfwords, 2
-    # of 32), S * M within the partials' scratch (16 splits of 16 rows).
+    # of 32: a group a step where the scales come after), S * M within the partials' scratch
+    # (16 splits of 16 rows).
     assert [lowered.derived[m.grid[2]] for m in mmas] == [
         f"max(1, min(16, {steps}, cdiv(6 * NSM, {blocks} * cdiv(max(1, T), {bm})), "
         f"256 // max(1, T)))"
-        for steps, blocks, bm in zip([1, 1, 1, 2, 2, 2], [8, 16, 8, 8, 8, 4], block_m)]
+        for steps, blocks, bm in zip([1, 1, 1, 2, 2, 1, 2, 1, 2, 2, 2],
+                                     [I // bn for bn in block_n], block_m)]
     c = mmas[0].kernel.constexprs
     # K = 256: one step of 64 halfwords, two groups of 128.
     assert (c["GROUP"], c["BLOCK_H"], c["BLOCK_M"], c["BLOCK_N"], c["HAS_OFFSET"], c["HAS_PQS"],
-            c["ASM"]) == (128, 64, 8, 64, True, True, True)
+            c["ASM"], c["SCALE_AFTER"]) == (128, 64, 8, 64, True, True, True, False)
+    assert [m.kernel.constexprs["SCALE_AFTER"] for m in mmas] == [False] * 3 + [True] * 5 + [
+        False] * 3
+    # Scales after the MMAs: steps of one group (32 halfwords) or two, parts of one group.
+    assert [(m.kernel.constexprs["BLOCK_H"], m.kernel.constexprs["PART_H"])
+            for m in mmas[3:8]] == [(32, 32), (32, 32), (64, 32), (32, 32), (64, 32)]
     assert mmas[0].args[:3] == [{"arena": awq.out["arena"]}, {"scratch": "quant_gemm_partials"},
                                 {"scratch": "wo_mma_counts"}]
     assert lowered.zeroed_scratch == {"wo_mma_counts"}

@@ -7,7 +7,7 @@ copies together exceed the L2 cache), as a decode step runs them; bytes = the we
 
     python tests/gpu/gemm_sweep.py [--configs 16:256:4:4:0,64:128:4:4:1] [--m 1]
                                    [--int4 16:64:128:4:3,...] [--gemv 8:128:4:1,...]
-                                   [--mma 64:32:1:3:8[:S],...] [--skip-16bit]
+                                   [--mma 64:32:1:3:8[:S][:after],...] [--skip-16bit]
                                    [--one-row 8:512:4,...] [--one-row-fp8 8:1024:4,...]
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ def main() -> None:
                         "(BLOCK_N:BLOCK_W:warps:stages, comma separated)")
     parser.add_argument("--mma", default="",
                         help="also time the int4 tensor-core kernel with these WO_MMA configs "
-                        "(BLOCK_N:BLOCK_H:warps:stages:BLOCK_M[:splits], comma separated)")
+                        "(BLOCK_N:BLOCK_H:warps:stages:BLOCK_M[:splits][:after], comma "
+                        "separated; after: the scales applied after the MMAs)")
     parser.add_argument("--one-row", default=None,
                         help="the one-row kernel's (gemv_kernel) configurations BLOCK_N:BLOCK_K:"
                         "warps for 16-bit weights (default: the shipped GEMV_CONFIGS)")
@@ -147,7 +148,8 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
     """linear_wo (kernels/quant_gemm.py) on a packed int4 weight with bfloat16 group scales:
     the split-K kernel for each WO_SMALL configuration BLOCK_M:BLOCK_N:BLOCK_K:warps:stages
     (S as the plan picks it), the GEMV for each BLOCK_N:BLOCK_W:warps:stages, the tensor-core
-    kernel for each BLOCK_N:BLOCK_H:warps:stages:BLOCK_M (S given or as the plan picks it),
+    kernel for each BLOCK_N:BLOCK_H:warps:stages:BLOCK_M (S given or as the plan picks it;
+    ":after": the scales after the MMAs),
     the dequantization that precedes cuBLASLt for M > 16 (bytes: read and written) and the
     two together; bytes = the packed weight, its scales and its offsets (asymmetric groups, as
     calibration makes them)."""
@@ -182,12 +184,15 @@ def int4_rows(name: str, n: int, k: int, x, splitk_text: str, gemv_text: str,
                      nbytes))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for text in filter(None, mma_text.split(",")):
-        given = tuple(int(v) for v in text.split(":"))
-        cfg = given[:5] + (max(given[4], m),)
+        fields = text.split(":")
+        after = fields[-1] == "after"
+        given = tuple(int(v) for v in fields[:len(fields) - after])
+        cfg = given[:5] + (max(given[4], m), after)
         splits = given[5] if len(given) > 5 else quant_gemm.mma_splits(n, k, group, cfg, sms, m)
         space = (torch.empty(splits * m * n, device="cuda"),
                  torch.zeros(-(-m // cfg[4]) * n, device="cuda", dtype=torch.int32))
-        rows.append((f"int4 mma {':'.join(map(str, cfg[:5]))} S={splits}",
+        label = ':'.join(map(str, cfg[:5])) + (" after" if after else "")
+        rows.append((f"int4 mma {label} S={splits}",
                      lambda i, cfg=cfg, splits=splits, space=space: quant_gemm.linear_wo(
                          x, ws[i], scales, 4, group, offsets, out=out, path="mma",
                          mma_config=cfg, num_splits=splits, workspace=space),

@@ -182,6 +182,28 @@ def check_linear_wo(device, dtype, m, n, k, seed, bits, group, offset=False, pqs
     return rel_err(out, ref)
 
 
+def check_wo_glu(device, dtype, m, n, k, seed, config, offset=True, bias=False, splits=None):
+    """wo_mma_kernel with the SiLU-mul inside (GLU) against the same kernel then the SiLU-mul
+    (elementwise.silu_mul): ||out - ref|| / ||ref|| (0 on the GPU, the same arithmetic; Triton's
+    interpreter multiplies tiles with numpy, whose sums may round differently by a column's
+    place in the tile, which GLU changes). Nothing is written beyond the rows."""
+    from kiln.builder.kernels import elementwise, quant_gemm
+    g = torch.Generator().manual_seed(seed)
+    w, scales, offsets = wo_weight(g, n, k, 4, 128, offset, dtype)
+    x = _rand(g, (m, k), dtype, "cpu")
+    b = _rand(g, (n,), dtype, "cpu") if bias else None
+    x, w, scales = x.to(device), w.to(device), scales.to(device)
+    offsets = None if offsets is None else offsets.to(device)
+    b = None if b is None else b.to(device)
+    cfg = quant_gemm.WO_MMA[config]
+    common = dict(bias=b, path="mma", mma_config=cfg, num_splits=splits)
+    y = quant_gemm.linear_wo(x, w, scales, 4, 128, offsets, **common)
+    out = torch.full((m + 1, n // 2), float("nan"), dtype=dtype, device=device)
+    quant_gemm.linear_wo(x, w, scales, 4, 128, offsets, out=out[:m], glu=True, **common)
+    assert torch.isnan(out[m:].float()).all(), "the kernel wrote beyond its rows"
+    return rel_err(out[:m], elementwise.silu_mul(y))
+
+
 def check_dequantize(device, dtype, n, k, seed, bits, group, offset=False):
     """wo_dequant_kernel against pack.dequantize_weight in dtype: the fraction of elements
     that differ (0: bit for bit, as cuBLASLt's operand must be)."""
@@ -281,13 +303,39 @@ def interpreter_cases():
                       pqs=True, bias=True, path="mma", num_splits=3), TOL[dtype]),
                 (f"linear_wo-mma-g64-{d}", check_linear_wo,
                  dict(dtype=dtype, m=1, n=40, k=256, seed=28, bits=4, group=64, bias=True,
-                      path="mma", num_splits=1, mma_config=(64, 32, 2, 3, 8, 8)), TOL[dtype]),
+                      path="mma", num_splits=1, mma_config=(64, 32, 2, 3, 8, 8, False)),
+                 TOL[dtype]),
                 (f"linear_wo-mma-groups-split2-{d}", check_linear_wo,  # 4 groups a step
                  dict(dtype=dtype, m=5, n=72, k=1024, seed=29, bits=4, group=64, offset=True,
-                      path="mma", num_splits=2, mma_config=(64, 64, 2, 3, 8, 8)), TOL[dtype]),
+                      path="mma", num_splits=2, mma_config=(64, 64, 2, 3, 8, 8, False)),
+                 TOL[dtype]),
                 (f"linear_wo-mma-row-blocks-split2-{d}", check_linear_wo,  # 3 x 2 blocks
                  dict(dtype=dtype, m=40, n=72, k=512, seed=30, bits=4, group=128, offset=True,
-                      path="mma", num_splits=2, mma_config=(64, 32, 4, 3, 16, 64)), TOL[dtype]),
+                      path="mma", num_splits=2, mma_config=(64, 32, 4, 3, 16, 64, False)),
+                 TOL[dtype]),
+                # The scales after the MMAs: parts of one group (128: 32 halfwords, two a
+                # step of 64; 64: 16, the step of 32 halved for K = 448), offsets, the
+                # pre-quant scale and bias, K split unevenly.
+                (f"linear_wo-mma-after-awq-split3-{d}", check_linear_wo,
+                 dict(dtype=dtype, m=3, n=72, k=768, seed=31, bits=4, group=128, offset=True,
+                      pqs=True, bias=True, path="mma", num_splits=3,
+                      mma_config=(64, 64, 2, 3, 8, 8, True)), TOL[dtype]),
+                (f"linear_wo-mma-after-g64-{d}", check_linear_wo,
+                 dict(dtype=dtype, m=1, n=40, k=448, seed=32, bits=4, group=64, bias=True,
+                      path="mma", num_splits=1, mma_config=(32, 32, 1, 3, 8, 8, True)),
+                 TOL[dtype]),
+                # The SiLU-mul inside: a rounded-first and a scale-after configuration, K
+                # split and not, an odd number of pairs in the last column block.
+                (f"linear_wo-mma-glu-split3-{d}", check_wo_glu,
+                 dict(dtype=dtype, m=3, n=144, k=512, seed=34, config=0, bias=True, splits=3),
+                 TOL[dtype]),
+                (f"linear_wo-mma-glu-after-{d}", check_wo_glu,
+                 dict(dtype=dtype, m=1, n=80, k=256, seed=35, config=4, offset=False,
+                      splits=1), TOL[dtype]),
+                (f"linear_wo-mma-after-16-rows-{d}", check_linear_wo,
+                 dict(dtype=dtype, m=16, n=40, k=1536, seed=33, bits=4, group=128, offset=True,
+                      path="mma", num_splits=2, mma_config=(64, 32, 2, 3, 16, 16, True)),
+                 TOL[dtype]),
             ]
     return cases
 

@@ -95,6 +95,20 @@ def check_mma(variant, m, n, k, splits, config):
         assert err < TOL[dtype], (dtype, cfg, err)
 
 
+@pytest.mark.parametrize("config", SMALL_MMA)
+@pytest.mark.parametrize("m,n,splits", [(1, 28672, None), (5, 8288, None), (16, 3072, 3)])
+def test_wo_mma_glu_equals_wo_mma_then_silu_mul(m, n, splits, config):
+    """The int4 tensor-core kernel with the SiLU-mul inside (a gate/up GEMM's epilogue) gives
+    the kernel's own output then silu_mul bit for bit, in each configuration for up to 16 rows:
+    Llama's gate/up, an odd number of pairs in the last column block, K split unevenly."""
+    if m > quant_gemm.WO_MMA[config][5]:
+        pytest.skip(f"configuration {quant_gemm.WO_MMA[config]} takes fewer rows")
+    for dtype in (F16, BF16):
+        err = qc.check_wo_glu("cuda", dtype, m, n, 4096, seed=config + m, config=config,
+                              bias=m == 5, splits=splits)
+        assert err == 0.0, (dtype, quant_gemm.WO_MMA[config], err)
+
+
 @pytest.mark.parametrize("config", [2, len(quant_gemm.WO_MMA) - 1])
 def test_linear_wo_mma_counts_return_to_zero(config):
     """Split programs count themselves in a workspace the plan reuses: after each launch the

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One H200, one call: the int4 tensor-core kernel's GPU tests (wo_mma, wo_shapes: the scales
+# after the MMAs and the SiLU-mul inside) and the quantized-engine tests beside FP8 + FP8 KV and
+# INT4 AWQ engines built side by side; then gemm_sweep.py's int4 rows at M = 1 (the shipped
+# configurations, rounded first and scales after) and each engine's speed check with a profile.
+cd "$(dirname "$0")/../../.."
+X=/tmp/x; mkdir -p $X
+LOG=$X SPEED_TIMEOUT=60
+. docs/results/fp8_ab.sh
+kiln_install
+t=$(date +%s)
+for s in wo_mma wo_shapes quant_engines; do
+  python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
+  tests[$s]=$!
+done
+COMMON="--random-weights llama-3.1-8b --dtype bfloat16 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
+engine-build --output /tmp/eF $COMMON --quant fp8 --kv-cache-dtype fp8 > $X/build-fp8.log 2>&1 &
+pf=$!
+timeout 380 engine-build --output /tmp/eI $COMMON --quant int4_awq > $X/build-int4.log 2>&1 &
+pi=$!
+wait $pf; echo "build fp8 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-fp8.log
+wait $pi; echo "build int4 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-int4.log
+for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
+speed F1 /tmp/eF --profile --profile-batches 1
+speed I1 /tmp/eI --profile --profile-batches 1
+grep -E "wo_mma|wo_gemv|silu_mul|all kernels" $X/speed-I1.log | head -8
+# The executor's own timings per GEMM (speed-I1.log) compare the configurations in one process;
+# the sweep adds them per layer shape when time is left.
+MMA=64:64:2:3:8,32:64:1:3:8,32:32:1:3:8:after,64:32:1:3:8:after,64:64:2:3:8:after,128:32:2:3:8:after
+if [ $(( $(date +%s) - t )) -lt 480 ]; then
+  timeout 60 python3 tests/gpu/gemm_sweep.py --skip-16bit --mma $MMA > $X/sweep.log 2>&1
+  echo "sweep rc $? $(( $(date +%s) - t )) s"; grep "int4 mma" $X/sweep.log
+fi
+echo "done $(( $(date +%s) - t )) s"
+tar -C $X -czf "$OUT/int4_scale_after.tgz" .
