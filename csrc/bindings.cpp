@@ -232,14 +232,39 @@ void bindRequests(py::module_& m)
             return py::bytes(t.bytes[i]);
         });
 
-    py::class_<JsonObjectPrefix>(m, "JsonObjectPrefix",
-        "Whether a text read byte by byte can still grow into one JSON object, and whether it is one.")
+    py::class_<JsonSchemaNode>(m, "JsonSchemaNode",
+        "One node of a compiled JSON schema (kiln.runtime.json_schema.compile_schema makes them).")
         .def(py::init<>())
+        .def_readwrite("kinds", &JsonSchemaNode::kinds)
+        .def_readwrite("names", &JsonSchemaNode::names)
+        .def_readwrite("properties", &JsonSchemaNode::properties)
+        .def_readwrite("required", &JsonSchemaNode::required)
+        .def_readwrite("additional", &JsonSchemaNode::additional)
+        .def_readwrite("items", &JsonSchemaNode::items)
+        .def_readwrite("min_items", &JsonSchemaNode::minItems)
+        .def_readwrite("max_items", &JsonSchemaNode::maxItems)
+        .def_readwrite("literals", &JsonSchemaNode::literals)
+        .def_readwrite("any_of", &JsonSchemaNode::anyOf)
+        .def_property_readonly_static("ANY", [](py::object const&) { return JsonSchemaNode::kAny; })
+        .def_property_readonly_static("NONE", [](py::object const&) { return JsonSchemaNode::kNone; })
+        .def_property_readonly_static(
+            "MAX_PROPERTIES", [](py::object const&) { return JsonSchemaNode::kMaxProperties; });
+
+    py::class_<JsonSchema, std::shared_ptr<JsonSchema>>(m, "JsonSchema",
+        "A compiled JSON schema: node 0 is the top-level value's (an object or an array).")
+        .def(py::init<std::vector<JsonSchemaNode>>(), "nodes"_a)
+        .def("__len__", [](JsonSchema const& s) { return s.nodes.size(); });
+
+    py::class_<JsonObjectPrefix>(m, "JsonObjectPrefix",
+        "Whether a text read byte by byte can still grow into one JSON object (with a schema: one "
+        "JSON value valid against it), and whether it is one.")
+        .def(py::init([](std::shared_ptr<JsonSchema> const& schema) { return JsonObjectPrefix(schema.get()); }),
+            "schema"_a = std::shared_ptr<JsonSchema>(), py::keep_alive<1, 2>())
         .def(
             "feed", [](JsonObjectPrefix& s, py::bytes const& b) { return s.feed(std::string_view(b)); }, "bytes"_a,
-            "Reads the bytes; False as soon as one cannot continue a JSON object (the state is then spent).")
+            "Reads the bytes; False as soon as one cannot continue the JSON output (the state is then spent).")
         .def_property_readonly("complete", &JsonObjectPrefix::complete)
-        .def("copy", [](JsonObjectPrefix const& s) { return s; });
+        .def("copy", [](JsonObjectPrefix const& s) { return s; }, py::keep_alive<0, 1>());
 
     py::class_<Request>(m, "Request", "One generation request.")
         .def(py::init([](std::vector<TokenIdType> inputTokenIds, SizeType maxNewTokens, SamplingConfig samplingConfig,
@@ -247,17 +272,17 @@ void bindRequests(py::module_& m)
                           bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs,
                           std::vector<std::vector<TokenIdType>> badWords,
                           std::vector<std::vector<TokenIdType>> choices, bool jsonObject,
-                          std::shared_ptr<TokenTable> tokenTable) {
+                          std::shared_ptr<TokenTable> tokenTable, std::shared_ptr<JsonSchema> jsonSchema) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
                 streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices),
-                jsonObject, std::move(tokenTable)};
+                jsonObject, std::move(tokenTable), std::move(jsonSchema)};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
             "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0,
             "bad_words"_a = std::vector<std::vector<TokenIdType>>(),
             "choices"_a = std::vector<std::vector<TokenIdType>>(), "json_object"_a = false,
-            "token_table"_a = std::shared_ptr<TokenTable>())
+            "token_table"_a = std::shared_ptr<TokenTable>(), "json_schema"_a = std::shared_ptr<JsonSchema>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -273,7 +298,10 @@ void bindRequests(py::module_& m)
         .def_readwrite("json_object", &Request::jsonObject)
         .def_property(
             "token_table", [](Request const& r) { return std::const_pointer_cast<TokenTable>(r.tokenTable); },
-            [](Request& r, std::shared_ptr<TokenTable> table) { r.tokenTable = std::move(table); });
+            [](Request& r, std::shared_ptr<TokenTable> table) { r.tokenTable = std::move(table); })
+        .def_property(
+            "json_schema", [](Request const& r) { return std::const_pointer_cast<JsonSchema>(r.jsonSchema); },
+            [](Request& r, std::shared_ptr<JsonSchema> schema) { r.jsonSchema = std::move(schema); });
 
     py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
         .def_readonly("request_id", &Response::requestId)

@@ -27,15 +27,26 @@ from kiln.builder.cli import one_line_errors
               help="Generate at least this many tokens before end of text or a stop ends it.")
 @click.option("--json-object", is_flag=True,
               help="Answer with one JSON object (each token picked among those that continue one).")
+@click.option("--json-schema", "schema_path", type=click.Path(dir_okay=False), default=None,
+              help="Answer with one JSON value valid against the JSON schema in this file.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @one_line_errors
 def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, presence_penalty, frequency_penalty, seed, stop, min_tokens,
-             json_object, device):
+             json_object, schema_path, device):
     """Generate from a Kiln engine and stream the answer."""
+    from kiln.builder.errors import KilnError
     from kiln.runtime import ModelRunner
+    from kiln.runtime.json_schema import compile_schema
     from kiln.runtime.serve.detokenizer import TextStream
 
+    schema = None
+    if schema_path is not None:
+        try:
+            text = open(schema_path, encoding="utf-8").read()
+        except OSError as e:
+            raise KilnError(f"cannot read the JSON schema {schema_path}: {e.strerror}") from None
+        schema = compile_schema(text)
     start = time.perf_counter()
     with ModelRunner.from_dir(engine_dir, device=None if device == "auto" else device) as runner:
         ids = runner.tokenizer.chat(prompt) if chat else runner.tokenizer.encode(prompt)
@@ -46,7 +57,7 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
             repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, random_seed=seed,
             stop_words_list=list(stop) or None, streaming=True, return_dict=True,
-            min_tokens=min_tokens, json_object=json_object)
+            min_tokens=min_tokens, json_object=json_object, json_schema=schema)
         # A character split across tokens is held back until it completes.
         text, sent, first, out = TextStream(runner.tokenizer.decode), len(ids), None, None
         for out in stream:

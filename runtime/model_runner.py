@@ -10,6 +10,7 @@ import torch
 from kiln import _core
 from kiln.builder.engine import Engine, load_engine
 from kiln.builder.errors import KilnError
+from kiln.runtime.json_schema import compiled
 from kiln.runtime.router import ResponseRouter
 from kiln.runtime.requests import GenerationParams, make_requests, normalize_inputs
 
@@ -122,7 +123,8 @@ class ModelRunner:
                  random_seed: int | None = None, stop_words_list=None, streaming: bool = False,
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
-                 top_log_probs: int = 0, bad_words_list=None, json_object: bool = False):
+                 top_log_probs: int = 0, bad_words_list=None, json_object: bool = False,
+                 json_schema=None):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -139,6 +141,10 @@ class ModelRunner:
         each output is one JSON object (OpenAI's response_format json_object; each token is
         picked among those that continue one, and a request stops, with finish reason
         "stop_words", once its object is complete; the tokenizer gives the tokens' bytes).
+        json_schema: a JSON schema (a dict, its JSON text, or compiled by
+        kiln.runtime.json_schema.compile_schema): each output is one JSON value valid against
+        it, picked and stopped as for json_object (the schema's top-level value an object or an
+        array; what the schema language can say and kiln does not enforce is refused).
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -149,9 +155,14 @@ class ModelRunner:
                                   repetition_penalty, presence_penalty, frequency_penalty,
                                   random_seed, output_log_probs, min_tokens, logit_bias,
                                   allowed_token_ids, top_log_probs)
+        if json_object and json_schema is not None:
+            raise KilnError("json_object and json_schema do not combine; ask for one of them")
+        schema = None if json_schema is None else compiled(json_schema)
+        json_output = json_object or schema is not None
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer,
                                  bad_words_list, json_table=self.tokenizer.token_table(
-                                     self.vocab_size) if json_object else None)
+                                     self.vocab_size) if json_output else None,
+                                 json_schema=schema)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:
             return stream

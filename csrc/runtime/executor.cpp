@@ -115,7 +115,7 @@ private:
         std::vector<float> logProbs;
         std::vector<std::vector<TokenLogProb>> topLogProbs;
         SizeType numSent = 0; ///< generated tokens already in a response
-        JsonObjectPrefix json;  ///< with jsonObject: the generated text read so far
+        JsonObjectPrefix json; ///< with JSON output: the generated text read so far
     };
 
     static ExecutorConfig const& checked(ExecutorConfig const& config)
@@ -188,7 +188,8 @@ private:
         }
         auto const& seed = request.samplingConfig.seed;
         std::mt19937_64 rng(seed ? *seed : mSeeder());
-        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, {}});
+        JsonSchema const* schema = request.jsonSchema.get();
+        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, JsonObjectPrefix(schema)});
     }
 
     void step()
@@ -279,7 +280,7 @@ private:
         Request const& request = mStates.at(id).request;
         SizeType const minTokens = request.samplingConfig.minTokens;
         return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0 && request.badWords.empty()
-            && request.choices.empty() && !request.jsonObject
+            && request.choices.empty() && !request.jsonOutput()
             && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
 
@@ -287,12 +288,12 @@ private:
     {
         RequestState& state = mStates.at(id);
         Sequence const& seq = *mScheduler.find(id);
-        std::vector<TokenIdType> only = state.request.jsonObject
+        std::vector<TokenIdType> only = state.request.jsonOutput()
             ? jsonTokens(state.json, *state.request.tokenTable, mConfig.vocabSize)
             : choiceTokens(state.request, seq.tokens, seq.numPromptTokens);
-        if (state.request.jsonObject && only.empty())
+        if (state.request.jsonOutput() && only.empty())
         {
-            finish(id, FinishReason::kError, "sampling failed: no token of the vocabulary continues the JSON object");
+            finish(id, FinishReason::kError, "sampling failed: no token of the vocabulary continues the JSON output");
             return;
         }
         SampleResult result;
@@ -320,7 +321,7 @@ private:
         accept(id, SampleResult{token, logProb, {}});
     }
 
-    /// Whether `token`'s bytes continue the request's JSON object (read into its state).
+    /// Whether `token`'s bytes continue the request's JSON output (read into its state).
     static bool continuesJson(RequestState& state, TokenIdType token)
     {
         auto const& bytes = state.request.tokenTable->bytes;
@@ -341,9 +342,9 @@ private:
         {
             state.topLogProbs.push_back(result.top);
         }
-        if (state.request.jsonObject && !continuesJson(state, result.token))
+        if (state.request.jsonOutput() && !continuesJson(state, result.token))
         {
-            finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the JSON object");
+            finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the JSON output");
             return;
         }
         FinishReason const reason

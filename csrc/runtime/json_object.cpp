@@ -1,6 +1,10 @@
 #include "runtime/json_object.h"
 
 #include <algorithm>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
 
 namespace kiln
 {
@@ -22,7 +26,155 @@ bool isHex(unsigned char c)
     return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+bool has(std::array<std::uint64_t, 4> const& set, unsigned char c)
+{
+    return ((set[c >> 6] >> (c & 63)) & 1) != 0;
+}
+
+void add(std::array<std::uint64_t, 4>& set, unsigned char c)
+{
+    set[c >> 6] |= std::uint64_t{1} << (c & 63);
+}
+
+/// The bytes a value of these kinds may begin with.
+std::array<std::uint64_t, 4> kindBytes(std::uint8_t kinds)
+{
+    std::array<std::uint64_t, 4> set{};
+    auto const addAll = [&set](std::string_view bytes) {
+        for (char c : bytes)
+        {
+            add(set, static_cast<unsigned char>(c));
+        }
+    };
+    if (kinds & JsonSchemaNode::kObject)
+    {
+        addAll("{");
+    }
+    if (kinds & JsonSchemaNode::kArray)
+    {
+        addAll("[");
+    }
+    if (kinds & JsonSchemaNode::kString)
+    {
+        addAll("\"");
+    }
+    if (kinds & (JsonSchemaNode::kNumber | JsonSchemaNode::kInteger))
+    {
+        addAll("-0123456789");
+    }
+    if (kinds & JsonSchemaNode::kBoolean)
+    {
+        addAll("tf");
+    }
+    if (kinds & JsonSchemaNode::kNull)
+    {
+        addAll("n");
+    }
+    return set;
+}
+
+void check(bool ok, std::size_t node, std::string const& what)
+{
+    if (!ok)
+    {
+        throw std::invalid_argument("JSON schema node " + std::to_string(node) + ": " + what);
+    }
+}
+
+bool sortedUnique(std::vector<std::string> const& texts)
+{
+    return std::adjacent_find(texts.begin(), texts.end(), std::greater_equal<>()) == texts.end();
+}
+
 } // namespace
+
+JsonSchema::JsonSchema(std::vector<JsonSchemaNode> nodes)
+    : nodes(std::move(nodes))
+{
+    if (this->nodes.empty())
+    {
+        throw std::invalid_argument("a JSON schema needs at least its top-level node");
+    }
+    auto const count = static_cast<std::int32_t>(this->nodes.size());
+    auto const isNode = [count](std::int32_t i) { return i >= 0 && i < count; };
+    mFirstBytes.resize(this->nodes.size());
+    for (std::size_t i = 0; i < this->nodes.size(); ++i)
+    {
+        JsonSchemaNode const& n = this->nodes[i];
+        check(n.kinds != 0 && n.kinds <= JsonSchemaNode::kAnyKind, i, "kinds must be a non-empty set of the 7 kinds");
+        check(n.names.size() <= JsonSchemaNode::kMaxProperties, i,
+            "at most " + std::to_string(JsonSchemaNode::kMaxProperties) + " properties");
+        check(n.properties.size() == n.names.size(), i, "one property node per name");
+        check(sortedUnique(n.names), i, "names must be sorted and unique");
+        check(n.names.size() == 64 || (n.required >> n.names.size()) == 0, i, "required names a missing property");
+        check(std::all_of(n.properties.begin(), n.properties.end(),
+                  [&](std::int32_t p) { return p == JsonSchemaNode::kAny || isNode(p); }),
+            i, "a property's node is out of range");
+        check(n.additional == JsonSchemaNode::kNone || n.additional == JsonSchemaNode::kAny || isNode(n.additional),
+            i, "additional is out of range");
+        check(n.items == JsonSchemaNode::kAny || isNode(n.items), i, "items is out of range");
+        check(n.minItems >= 0 && (n.maxItems == -1 || n.maxItems >= n.minItems), i,
+            "min_items must be >= 0 and max_items -1 or >= min_items");
+        check(sortedUnique(n.literals), i, "literals must be sorted and unique");
+        check(std::none_of(n.literals.begin(), n.literals.end(), [](std::string const& t) { return t.empty(); }), i,
+            "a literal is empty");
+        check(n.literals.size() <= std::numeric_limits<std::uint16_t>::max(), i, "too many literals");
+        for (std::string const& t : n.literals)
+        {
+            add(mFirstBytes[i], static_cast<unsigned char>(t[0]));
+        }
+        if (n.literals.empty())
+        {
+            mFirstBytes[i] = kindBytes(n.kinds);
+        }
+    }
+    for (std::size_t i = 0; i < this->nodes.size(); ++i)
+    {
+        JsonSchemaNode const& n = this->nodes[i];
+        if (n.anyOf.empty())
+        {
+            continue;
+        }
+        std::array<std::uint64_t, 4> seen{};
+        for (std::int32_t alt : n.anyOf)
+        {
+            check(isNode(alt) && this->nodes[static_cast<std::size_t>(alt)].anyOf.empty(), i,
+                "an alternative must be a node that is not itself a union");
+            auto const& bytes = mFirstBytes[static_cast<std::size_t>(alt)];
+            for (std::size_t w = 0; w < 4; ++w)
+            {
+                check((seen[w] & bytes[w]) == 0, i, "two alternatives may begin with the same byte");
+                seen[w] |= bytes[w];
+            }
+        }
+        mFirstBytes[i] = seen;
+    }
+    auto const containers = kindBytes(JsonSchemaNode::kObject | JsonSchemaNode::kArray);
+    for (std::size_t w = 0; w < 4; ++w)
+    {
+        check((mFirstBytes[0][w] & ~containers[w]) == 0, 0, "the top-level value must be an object or an array");
+    }
+    check(this->nodes[0].literals.empty(), 0, "the top-level value must be an object or an array, not a literal");
+}
+
+std::int32_t JsonSchema::dispatch(std::int32_t node, unsigned char c) const
+{
+    JsonSchemaNode const& n = nodes[static_cast<std::size_t>(node)];
+    for (std::int32_t alt : n.anyOf)
+    {
+        if (has(mFirstBytes[static_cast<std::size_t>(alt)], c))
+        {
+            return alt;
+        }
+    }
+    return n.anyOf.empty() && has(mFirstBytes[static_cast<std::size_t>(node)], c) ? node : kNoValue;
+}
+
+JsonObjectPrefix::JsonObjectPrefix(JsonSchema const* schema)
+{
+    mSchema = schema;
+    mNode = schema != nullptr ? 0 : JsonSchemaNode::kAny;
+}
 
 bool JsonObjectPrefix::feed(std::string_view bytes)
 {
@@ -39,15 +191,141 @@ bool JsonObjectPrefix::space(unsigned char c)
     return true;
 }
 
+JsonSchemaNode const* JsonObjectPrefix::frameNode() const
+{
+    if (mSchema == nullptr || mDepth == 0 || mFrames[mDepth - 1].node == JsonSchemaNode::kAny)
+    {
+        return nullptr;
+    }
+    return &mSchema->nodes[static_cast<std::size_t>(mFrames[mDepth - 1].node)];
+}
+
+bool JsonObjectPrefix::mayAddProperty() const
+{
+    JsonSchemaNode const* n = frameNode();
+    if (n == nullptr || n->additional != JsonSchemaNode::kNone)
+    {
+        return true;
+    }
+    auto const all = n->names.size() == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n->names.size()) - 1;
+    return (all & ~mFrames[mDepth - 1].seen) != 0;
+}
+
+bool JsonObjectPrefix::match(std::vector<std::string> const& texts, unsigned char c)
+{
+    // The texts in [mLo, mHi) share their first mPos bytes, so those whose next byte is c
+    // follow each other (a text that ends there sorts first).
+    auto const at = [&](std::size_t i) {
+        return texts[i].size() > mPos ? static_cast<int>(static_cast<unsigned char>(texts[i][mPos])) : -1;
+    };
+    std::size_t lo = mLo;
+    while (lo < mHi && at(lo) < c)
+    {
+        ++lo;
+    }
+    std::size_t hi = lo;
+    while (hi < mHi && at(hi) == c)
+    {
+        ++hi;
+    }
+    if (lo == hi)
+    {
+        return false;
+    }
+    mLo = static_cast<std::uint16_t>(lo);
+    mHi = static_cast<std::uint16_t>(hi);
+    ++mPos;
+    if (!mKey)
+    {
+        return true;
+    }
+    // A key: while only declared properties may follow, one not yet read must still begin so.
+    JsonSchemaNode const* n = frameNode();
+    if (n->additional != JsonSchemaNode::kNone)
+    {
+        return true;
+    }
+    for (std::size_t i = mLo; i < mHi; ++i)
+    {
+        if (((mFrames[mDepth - 1].seen >> i) & 1) == 0)
+        {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool JsonObjectPrefix::keyStart()
+{
+    mKey = true;
+    mMode = Mode::kString;
+    mMatching = false;
+    JsonSchemaNode const* n = frameNode();
+    if (n == nullptr)
+    {
+        return true;
+    }
+    if (!n->names.empty())
+    {
+        mMatching = true;
+        mLo = 0;
+        mHi = static_cast<std::uint16_t>(n->names.size());
+        mPos = 0;
+    }
+    return mayAddProperty();
+}
+
+bool JsonObjectPrefix::keyEnd()
+{
+    mKey = false;
+    mMode = Mode::kColon;
+    JsonSchemaNode const* n = frameNode();
+    if (n == nullptr)
+    {
+        mNode = JsonSchemaNode::kAny;
+        return true;
+    }
+    bool const declared = mMatching && mLo < mHi && n->names[mLo].size() == mPos;
+    mMatching = false;
+    if (declared)
+    {
+        Frame& frame = mFrames[mDepth - 1];
+        if ((frame.seen >> mLo) & 1)
+        {
+            return false; // a property twice
+        }
+        frame.seen |= std::uint64_t{1} << mLo;
+        mNode = n->properties[mLo];
+        return true;
+    }
+    mNode = n->additional;
+    return n->additional != JsonSchemaNode::kNone;
+}
+
 bool JsonObjectPrefix::feed(unsigned char c)
 {
     if (!isSpace(c))
     {
         mSpaces = 0;
     }
+    if (mMatching && !(mMode == Mode::kString && c == '"') && !match(frameNode()->names, c))
+    {
+        // No declared name begins so: the key is another property's, where the object takes
+        // them (match fails otherwise).
+        if (frameNode()->additional == JsonSchemaNode::kNone)
+        {
+            return false;
+        }
+        mMatching = false;
+    }
     switch (mMode)
     {
-    case Mode::kStart: return c == '{' ? open('{') : space(c);
+    case Mode::kStart:
+        if (mSchema != nullptr)
+        {
+            return space(c) || (!isSpace(c) && value(c));
+        }
+        return c == '{' ? open('{', JsonSchemaNode::kAny) : space(c);
     case Mode::kValue: return space(c) || (!isSpace(c) && value(c));
     case Mode::kArrayFirst: return c == ']' ? close(']') : space(c) || (!isSpace(c) && value(c));
     case Mode::kObjectFirst:
@@ -56,14 +334,7 @@ bool JsonObjectPrefix::feed(unsigned char c)
             return close('}');
         }
         [[fallthrough]];
-    case Mode::kKey:
-        if (c == '"')
-        {
-            mKey = true;
-            mMode = Mode::kString;
-            return true;
-        }
-        return space(c);
+    case Mode::kKey: return c == '"' ? keyStart() : space(c);
     case Mode::kColon:
         if (c == ':')
         {
@@ -75,8 +346,11 @@ bool JsonObjectPrefix::feed(unsigned char c)
     case Mode::kString:
         if (c == '"')
         {
-            mMode = mKey ? Mode::kColon : Mode::kAfterValue;
-            mKey = false;
+            if (mKey)
+            {
+                return keyEnd();
+            }
+            mMode = Mode::kAfterValue;
             return true;
         }
         if (c == '\\')
@@ -92,15 +366,20 @@ bool JsonObjectPrefix::feed(unsigned char c)
         {
             return true;
         }
-        // The lead byte of a UTF-8 character of 2, 3 or 4 bytes (no overlong 2-byte forms).
+        // The lead byte of a UTF-8 character of 2, 3 or 4 bytes (RFC 3629: no overlong form, no
+        // UTF-16 surrogate, nothing past U+10FFFF), which narrows the next byte's range.
         mPending = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : 0;
+        mUtf8Lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+        mUtf8Hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
         mMode = Mode::kUtf8;
         return mPending > 0;
     case Mode::kUtf8:
-        if ((c & 0xC0) != 0x80)
+        if (c < mUtf8Lo || c > mUtf8Hi)
         {
             return false;
         }
+        mUtf8Lo = 0x80;
+        mUtf8Hi = 0xBF;
         if (--mPending == 0)
         {
             mMode = Mode::kString;
@@ -135,12 +414,12 @@ bool JsonObjectPrefix::feed(unsigned char c)
         {
             return true;
         }
-        if (c == '.' && mMode != Mode::kFraction)
+        if (c == '.' && mMode != Mode::kFraction && !mInteger)
         {
             mMode = Mode::kFractionDot;
             return true;
         }
-        if (c == 'e' || c == 'E')
+        if ((c == 'e' || c == 'E') && !mInteger)
         {
             mMode = Mode::kExponentE;
             return true;
@@ -170,27 +449,46 @@ bool JsonObjectPrefix::feed(unsigned char c)
             mMode = Mode::kAfterValue;
         }
         return true;
+    case Mode::kChoice:
+    {
+        auto const& literals = mSchema->nodes[static_cast<std::size_t>(mNode)].literals;
+        bool const ended = literals[mLo].size() == mPos; // one literal is whole
+        return match(literals, c) || (ended && afterValue(c));
+    }
     case Mode::kDone: return false;
     }
     return false;
 }
 
-bool JsonObjectPrefix::open(char bracket)
+bool JsonObjectPrefix::open(char bracket, std::int32_t node)
 {
     if (mDepth == kMaxJsonDepth)
     {
         return false;
     }
-    mStack[mDepth++] = bracket;
+    mFrames[mDepth++] = Frame{node, 0, 0, bracket};
     mMode = bracket == '{' ? Mode::kObjectFirst : Mode::kArrayFirst;
+    if (bracket == '[')
+    {
+        JsonSchemaNode const* n = frameNode();
+        mNode = n != nullptr ? n->items : JsonSchemaNode::kAny;
+    }
     return true;
 }
 
 bool JsonObjectPrefix::close(char bracket)
 {
-    if (mDepth == 0 || mStack[mDepth - 1] != (bracket == '}' ? '{' : '['))
+    if (mDepth == 0 || mFrames[mDepth - 1].bracket != (bracket == '}' ? '{' : '['))
     {
         return false;
+    }
+    if (JsonSchemaNode const* n = frameNode())
+    {
+        Frame const& frame = mFrames[mDepth - 1];
+        if (bracket == '}' ? (n->required & ~frame.seen) != 0 : static_cast<std::int32_t>(frame.count) < n->minItems)
+        {
+            return false; // a required property, or items, still due
+        }
     }
     --mDepth;
     mMode = mDepth == 0 ? Mode::kDone : Mode::kAfterValue;
@@ -199,10 +497,40 @@ bool JsonObjectPrefix::close(char bracket)
 
 bool JsonObjectPrefix::value(unsigned char c)
 {
+    if (mDepth > 0 && mFrames[mDepth - 1].bracket == '[')
+    {
+        JsonSchemaNode const* n = frameNode();
+        if (n != nullptr && n->maxItems >= 0 && static_cast<std::int32_t>(mFrames[mDepth - 1].count) >= n->maxItems)
+        {
+            return false;
+        }
+        ++mFrames[mDepth - 1].count;
+    }
+    std::int32_t node = mNode;
+    mInteger = false;
+    if (mSchema != nullptr && node != JsonSchemaNode::kAny)
+    {
+        node = mSchema->dispatch(node, c);
+        if (node == JsonSchema::kNoValue)
+        {
+            return false;
+        }
+        mNode = node;
+        JsonSchemaNode const& n = mSchema->nodes[static_cast<std::size_t>(node)];
+        if (!n.literals.empty())
+        {
+            mMode = Mode::kChoice;
+            mLo = 0;
+            mHi = static_cast<std::uint16_t>(n.literals.size());
+            mPos = 0;
+            return match(n.literals, c);
+        }
+        mInteger = (n.kinds & JsonSchemaNode::kNumber) == 0;
+    }
     switch (c)
     {
     case '{':
-    case '[': return open(static_cast<char>(c));
+    case '[': return open(static_cast<char>(c), node);
     case '"':
         mKey = false;
         mMode = Mode::kString;
@@ -229,8 +557,15 @@ bool JsonObjectPrefix::afterValue(unsigned char c)
     }
     if (c == ',')
     {
-        mMode = mStack[mDepth - 1] == '{' ? Mode::kKey : Mode::kValue;
-        return true;
+        if (mFrames[mDepth - 1].bracket == '{')
+        {
+            mMode = Mode::kKey;
+            return mayAddProperty();
+        }
+        JsonSchemaNode const* n = frameNode();
+        mMode = Mode::kValue;
+        mNode = n != nullptr ? n->items : JsonSchemaNode::kAny;
+        return n == nullptr || n->maxItems < 0 || static_cast<std::int32_t>(mFrames[mDepth - 1].count) < n->maxItems;
     }
     return (c == '}' || c == ']') && close(static_cast<char>(c));
 }

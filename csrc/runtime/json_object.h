@@ -2,8 +2,10 @@
 
 #include "runtime/types.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -38,37 +40,72 @@ public:
 /// @brief The deepest nesting of objects and arrays JsonObjectPrefix takes.
 inline constexpr std::size_t kMaxJsonDepth = 64;
 
+/// @brief One node of a compiled JSON schema (kiln.runtime.json_schema compiles them): what a
+/// value may be. A node index kAny stands for any JSON value.
+struct JsonSchemaNode
+{
+    static constexpr std::int32_t kAny = -1;  ///< as a node index: any JSON value
+    static constexpr std::int32_t kNone = -2; ///< as `additional`: no property but `names`
+    static constexpr std::size_t kMaxProperties = 64;
+
+    enum Kind : std::uint8_t
+    {
+        kObject = 1,
+        kArray = 2,
+        kString = 4,
+        kNumber = 8,
+        kInteger = 16, ///< a number without fraction or exponent
+        kBoolean = 32,
+        kNull = 64,
+        kAnyKind = 127,
+    };
+
+    std::uint8_t kinds = kAnyKind;
+    /// An object's declared properties, as JSON writes each name between its quotes, sorted
+    /// bytewise, at most kMaxProperties
+    std::vector<std::string> names;
+    std::vector<std::int32_t> properties; ///< the node of each name's value
+    std::uint64_t required = 0;           ///< bit i: names[i] must appear
+    std::int32_t additional = kNone;      ///< the node of any other property's value, or kNone
+    std::int32_t items = kAny;            ///< the node of an array's items
+    std::int32_t minItems = 0;
+    std::int32_t maxItems = -1; ///< -1: no limit
+    /// Not empty: the value is one of these texts, exactly (enum, const), sorted bytewise
+    std::vector<std::string> literals;
+    /// Not empty: the value is one of these nodes (none a union), told apart by its first byte
+    std::vector<std::int32_t> anyOf;
+};
+
+/// @brief A compiled JSON schema, read only and shared by the requests that use it: node 0 is
+/// the top-level value's, an object or an array.
+class JsonSchema
+{
+public:
+    /// @brief Checks the nodes (std::invalid_argument saying what is wrong).
+    explicit JsonSchema(std::vector<JsonSchemaNode> nodes);
+
+    /// @brief The node a value of `node` that begins with `c` is read against (a union's
+    /// alternative, or `node`), or kNoValue when none begins so.
+    [[nodiscard]] std::int32_t dispatch(std::int32_t node, unsigned char c) const;
+
+    static constexpr std::int32_t kNoValue = -3;
+
+    std::vector<JsonSchemaNode> const nodes;
+
+private:
+    std::vector<std::array<std::uint64_t, 4>> mFirstBytes; ///< per node, the bytes a value may begin with
+};
+
 /// @brief The most whitespace bytes JsonObjectPrefix takes in a row between tokens (enough to
 /// indent a pretty-printed object; a model that would only write whitespace is moved on).
 inline constexpr std::uint8_t kMaxJsonWhitespace = 32;
 
-/// @brief Reads a text byte by byte and says whether it can still grow into one JSON object
-/// (RFC 8259: the top-level value an object; whitespace between tokens, at most
-/// kMaxJsonWhitespace bytes in a row; strings valid UTF-8 with no raw control characters) and
-/// whether that object is complete. A plain value: copy it to try bytes ahead.
-class JsonObjectPrefix
+namespace detail
 {
-public:
-    /// @brief Reads `c`; false when the text read so far can no longer begin a JSON object (the
-    /// state is then unspecified).
-    bool feed(unsigned char c);
 
-    /// @brief Reads every byte of `bytes`; false as soon as one of them fails.
-    bool feed(std::string_view bytes);
-
-    /// @brief Whether the top-level object has been closed (nothing may follow it).
-    [[nodiscard]] bool complete() const
-    {
-        return mMode == Mode::kDone;
-    }
-
-    /// @brief Whether the text is inside a string, past any escape or UTF-8 character begun.
-    [[nodiscard]] bool inString() const
-    {
-        return mMode == Mode::kString;
-    }
-
-private:
+/// @brief JsonObjectPrefix's state but its open containers: copied whole, as bytes.
+struct JsonPrefixHead
+{
     enum class Mode : std::uint8_t
     {
         kStart,       ///< before the top-level object
@@ -91,22 +128,115 @@ private:
         kExponentSign,
         kExponent,
         kLiteral, ///< in true, false or null
+        kChoice,  ///< in one of a schema node's literals
         kDone,
     };
 
-    bool space(unsigned char c); ///< whitespace between tokens, within the run's limit
-    bool open(char bracket);
-    bool close(char bracket);
-    bool value(unsigned char c);
-    bool afterValue(unsigned char c);
-
+    JsonSchema const* mSchema = nullptr;
     Mode mMode = Mode::kStart;
     bool mKey = false;            ///< the string being read is an object key
+    bool mMatching = false;       ///< the key is matched against its object's declared names
+    bool mInteger = false;        ///< the number being read may have no fraction or exponent
     std::uint8_t mPending = 0;    ///< hex digits or UTF-8 continuation bytes still due
+    std::uint8_t mUtf8Lo = 0x80;  ///< the range of the next UTF-8 continuation byte
+    std::uint8_t mUtf8Hi = 0xBF;
     std::uint8_t mDepth = 0;
     std::uint8_t mSpaces = 0; ///< whitespace bytes in a row just read between tokens
     char const* mLiteral = nullptr; ///< the rest of true, false or null
-    std::array<char, kMaxJsonDepth> mStack{};
+    std::int32_t mNode = JsonSchemaNode::kAny; ///< the schema node of the value due or being read
+    /// Matching a key against names, or a value against literals: the texts [mLo, mHi) of the
+    /// list begin with the mPos bytes read
+    std::uint16_t mLo = 0;
+    std::uint16_t mHi = 0;
+    std::uint32_t mPos = 0;
+};
+
+} // namespace detail
+
+/// @brief Reads a text byte by byte and says whether it can still grow into one JSON object
+/// (RFC 8259: the top-level value an object; whitespace between tokens, at most
+/// kMaxJsonWhitespace bytes in a row; strings valid UTF-8 with no raw control characters) and
+/// whether that object is complete; with a schema, one JSON value valid against it (its
+/// top-level value an object or an array). A plain value: copy it to try bytes ahead (a copy
+/// takes only the containers open).
+class JsonObjectPrefix : private detail::JsonPrefixHead
+{
+public:
+    /// @brief `schema` (not owned; it must outlive the state and its copies): nullptr for any
+    /// JSON object.
+    explicit JsonObjectPrefix(JsonSchema const* schema = nullptr);
+    JsonObjectPrefix(JsonObjectPrefix const& other)
+        : detail::JsonPrefixHead(other)
+    {
+        copyFrames(other);
+    }
+
+    /// @brief Copies the state and only the containers open (a copy is made for each token tried).
+    JsonObjectPrefix& operator=(JsonObjectPrefix const& other)
+    {
+        detail::JsonPrefixHead::operator=(other);
+        copyFrames(other);
+        return *this;
+    }
+
+    /// @brief Reads `c`; false when the text read so far can no longer begin a JSON object (the
+    /// state is then unspecified).
+    bool feed(unsigned char c);
+
+    /// @brief Reads every byte of `bytes`; false as soon as one of them fails.
+    bool feed(std::string_view bytes);
+
+    /// @brief Whether the top-level object has been closed (nothing may follow it).
+    [[nodiscard]] bool complete() const
+    {
+        return mMode == Mode::kDone;
+    }
+
+    /// @brief Whether the text is inside a string any text may continue (not a key the schema
+    /// names, nor one of its literals), past any escape or UTF-8 character begun.
+    [[nodiscard]] bool inString() const
+    {
+        return mMode == Mode::kString && !mMatching;
+    }
+
+private:
+
+    /// An open object or array.
+    struct Frame
+    {
+        std::int32_t node;  ///< its schema node, or kAny
+        std::uint32_t count; ///< an array's items begun
+        std::uint64_t seen;  ///< an object's declared properties read (bit i: names[i])
+        char bracket;
+    };
+
+    /// The open containers of `other`: a few as a block of fixed size (moves the compiler
+    /// inlines), more one by one.
+    void copyFrames(JsonObjectPrefix const& other)
+    {
+        constexpr std::size_t kBlock = 4;
+        if (other.mDepth <= kBlock)
+        {
+            std::memcpy(mFrames.data(), other.mFrames.data(), kBlock * sizeof(Frame));
+        }
+        else
+        {
+            std::copy_n(other.mFrames.begin(), other.mDepth, mFrames.begin());
+        }
+    }
+
+    bool space(unsigned char c); ///< whitespace between tokens, within the run's limit
+    bool open(char bracket, std::int32_t node);
+    bool close(char bracket);
+    bool value(unsigned char c);
+    bool afterValue(unsigned char c);
+    bool keyStart();
+    bool keyEnd();
+    bool match(std::vector<std::string> const& texts, unsigned char c);
+    [[nodiscard]] JsonSchemaNode const* frameNode() const;
+    [[nodiscard]] bool mayAddProperty() const;
+
+    std::array<Frame, kMaxJsonDepth> mFrames;
 };
 
 /// @brief The tokens (ascending) that keep `state` a prefix of a JSON object: those whose bytes

@@ -81,13 +81,18 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return p;
     }
-    if (request.jsonObject && !request.choices.empty())
+    if (request.jsonObject && request.jsonSchema != nullptr)
     {
-        return "choices and json_object do not combine; ask for one of them";
+        return "json_object and json_schema do not combine; ask for one of them";
     }
-    if (request.jsonObject && request.tokenTable == nullptr)
+    char const* json = request.jsonSchema != nullptr ? "json_schema" : "json_object";
+    if (request.jsonOutput() && !request.choices.empty())
     {
-        return "json_object needs the vocabulary's token bytes (token_table); pass the tokenizer's";
+        return std::string("choices and ") + json + " do not combine; ask for one of them";
+    }
+    if (request.jsonOutput() && request.tokenTable == nullptr)
+    {
+        return std::string(json) + " needs the vocabulary's token bytes (token_table); pass the tokenizer's";
     }
     if (auto p = request.samplingConfig.validate())
     {
@@ -194,7 +199,7 @@ FinishReason stopReason(Request const& request, std::vector<TokenIdType> const& 
             return FinishReason::kStopWords;
         }
     }
-    if (request.jsonObject && objectClosed)
+    if (request.jsonOutput() && objectClosed)
     {
         return FinishReason::kStopWords;
     }

@@ -41,7 +41,16 @@ struct Request
     /// is picked among those whose bytes in `tokenTable` continue one, and the request stops
     /// (kStopWords) once it is complete
     bool jsonObject = false;
-    std::shared_ptr<TokenTable const> tokenTable; ///< the vocabulary's bytes, for jsonObject
+    std::shared_ptr<TokenTable const> tokenTable; ///< the vocabulary's bytes, for JSON output
+    /// @brief The output is one JSON value valid against this schema (OpenAI's response_format
+    /// json_schema, vLLM's guided_json), picked and stopped as for jsonObject
+    std::shared_ptr<JsonSchema const> jsonSchema;
+
+    /// @brief Whether the output is JSON (jsonObject or jsonSchema).
+    [[nodiscard]] bool jsonOutput() const
+    {
+        return jsonObject || jsonSchema != nullptr;
+    }
 };
 
 /// @brief The most choices a request may give.

@@ -113,6 +113,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(body.n)]
     bad = parameters.bad_words(body.bad_words, tokenizer)
     choices = parameters.guided_choices(body.guided_choice, tokenizer, new_tokens)
+    json_table, json_schema = parameters.json_output(body, tokenizer, limits, choices)
     try:
         # Streaming requests even for a single JSON answer: stop strings are matched on the text
         # as it grows, and the request is cancelled as soon as one matches.
@@ -123,8 +124,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         words = stops + [[t] for t in stop_ids]
         requests = make_requests([p for _, p in expanded], params,
                                  [words] * len(expanded) if words else None, True, tokenizer,
-                                 [bad] * len(expanded) if bad else None, choices,
-                                 parameters.json_table(body, tokenizer, limits, choices))
+                                 [bad] * len(expanded) if bad else None, choices, json_table,
+                                 json_schema)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else

@@ -127,19 +127,45 @@ def guided_choices(choices, tokenizer, new_tokens: int) -> list[list[int]] | Non
     return out
 
 
-def json_table(body, tokenizer, limits: Limits, choices):
-    """The vocabulary's token table when the body asks for one JSON object (response_format
-    {"type": "json_object"}), else None."""
+def json_output(body, tokenizer, limits: Limits, choices) -> tuple:
+    """(the vocabulary's token table, the compiled schema or None) when the body asks for JSON
+    output: one JSON object (response_format {"type": "json_object"}) or one value valid
+    against a schema (response_format {"type": "json_schema", "json_schema": {"schema": ...}},
+    or vLLM's guided_json); else (None, None)."""
     fmt = getattr(body, "response_format", None) or {}
-    if fmt.get("type") != "json_object":
-        return None
+    kind = fmt.get("type")
+    asked = [name for name, given in (("response_format", kind in ("json_object", "json_schema")),
+                                      ("guided_json", body.guided_json is not None)) if given]
+    if not asked:
+        return None, None
+    if len(asked) > 1:
+        raise bad_request("response_format and guided_json do not combine; ask for one of them",
+                          "guided_json")
+    param = asked[0]
     if choices is not None:
-        raise bad_request("guided_choice and response_format json_object do not combine; ask "
-                          "for one of them", "response_format")
+        what = f"response_format {kind}" if param == "response_format" else param
+        raise bad_request(f"guided_choice and {what} do not combine; ask for one of them", param)
+    schema = None
+    if param == "guided_json":
+        schema = _schema(body.guided_json, "guided_json")
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or "schema" not in spec:
+            raise bad_request("response_format json_schema needs {\"json_schema\": {\"name\": "
+                              "..., \"schema\": {...}}}", "response_format")
+        schema = _schema(spec["schema"], "response_format")
     try:
-        return tokenizer.token_table(limits.vocab_size)
+        return tokenizer.token_table(limits.vocab_size), schema
     except KilnError as e:
-        raise bad_request(str(e), "response_format") from None
+        raise bad_request(str(e), param) from None
+
+
+def _schema(schema, param: str):
+    from kiln.runtime.json_schema import compile_schema
+    try:
+        return compile_schema(schema)
+    except KilnError as e:
+        raise bad_request(str(e), param) from None
 
 
 def truncated(prompts: list[list[int]], keep: int | None, limits: Limits) -> list[list[int]]:

@@ -47,11 +47,13 @@ class _Sampling(BaseModel):
     skip_special_tokens: bool = True
     bad_words: list[str] | None = None
     guided_choice: list[str] | None = None
-    response_format: dict | None = None  # {"type": "text"} or {"type": "json_object"}
+    # {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema":
+    # {"name": ..., "schema": {...}, "strict": ...}}
+    response_format: dict | None = None
+    guided_json: Any = None  # vLLM's: a JSON schema (an object or its JSON text)
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     use_beam_search: bool = False
     prompt_logprobs: int | None = None
-    guided_json: Any = None
     guided_regex: str | None = None
     guided_grammar: str | None = None
 
@@ -63,15 +65,15 @@ class _Sampling(BaseModel):
                                            "use_beam_search"))
         if self.prompt_logprobs is not None:
             out.append(("prompt_logprobs", "prompt_logprobs is not supported; remove it"))
-        for name in ("guided_json", "guided_regex", "guided_grammar"):
+        for name in ("guided_regex", "guided_grammar"):
             if getattr(self, name) is not None:
-                out.append((name, f"structured output other than guided_choice and "
-                                  f"response_format json_object is not supported; remove {name}"))
+                out.append((name, f"structured output other than guided_choice, guided_json "
+                                  f"and response_format json_object or json_schema is not "
+                                  f"supported; remove {name}"))
         if self.response_format and self.response_format.get("type") not in (
-                None, "text", "json_object"):
-            out.append(("response_format", "of structured output only json_object is supported; "
-                                           "use response_format {\"type\": \"json_object\"} "
-                                           "or {\"type\": \"text\"}"))
+                None, "text", "json_object", "json_schema"):
+            out.append(("response_format", "response_format's type must be text, json_object or "
+                                           "json_schema"))
         return out
 
 

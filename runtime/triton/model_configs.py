@@ -64,6 +64,7 @@ SAMPLING_INPUTS = {
     "min_tokens": _opt("min_tokens", "TYPE_INT32"),
     "return_log_probs": _opt("return_log_probs", "TYPE_BOOL"),
     "guided_decoding_guide_type": _opt("guided_decoding_guide_type", "TYPE_STRING"),
+    "guided_decoding_guide": _opt("guided_decoding_guide", "TYPE_STRING"),
     "stream": _opt("streaming", "TYPE_BOOL"),
 }
 ENGINE_INPUTS = (

@@ -672,12 +672,13 @@ std::shared_ptr<TokenTable const> jsonVocabulary()
 }
 
 /// What greedy picks for a JSON request, with the fake backend's logits: the favourite of the
-/// tokens whose bytes continue the object (lowest id on ties), until it is complete.
+/// tokens whose bytes continue the object (valid against its schema, if any; lowest id on
+/// ties), until it is complete.
 std::pair<std::vector<TokenIdType>, bool> expectedJson(Request const& request)
 {
     std::vector<TokenIdType> context = request.inputTokenIds;
     std::vector<TokenIdType> out;
-    JsonObjectPrefix state;
+    JsonObjectPrefix state(request.jsonSchema.get());
     while (static_cast<SizeType>(out.size()) < request.maxNewTokens && !state.complete())
     {
         TokenIdType const fav = test::favouredToken(context, kVocab);
@@ -745,6 +746,59 @@ TEST(Executor, JsonObjectOutputsAreJsonOnEitherPickPath)
         EXPECT_NE(f.responses.outcomes[ids[5]].final.errorMessage.find("json_object needs the vocabulary's token bytes"),
             std::string::npos);
         EXPECT_EQ(f.responses.outcomes[ids[6]].tokens, test::expectedGreedy(plain, 64, kVocab).tokens);
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    });
+}
+
+TEST(Executor, JsonSchemaOutputsAreValuesOfTheSchemaOnEitherPickPath)
+{
+    // {"a": [numbers, at most 2], "b": boolean or null}, "a" required, nothing else.
+    std::vector<kiln::JsonSchemaNode> nodes(5);
+    nodes[0].kinds = kiln::JsonSchemaNode::kObject;
+    nodes[0].names = {"a", "b"};
+    nodes[0].properties = {1, 3};
+    nodes[0].required = 1;
+    nodes[1].kinds = kiln::JsonSchemaNode::kArray;
+    nodes[1].items = 2;
+    nodes[1].maxItems = 2;
+    nodes[2].kinds = kiln::JsonSchemaNode::kNumber;
+    nodes[3].kinds = kiln::JsonSchemaNode::kBoolean | kiln::JsonSchemaNode::kNull;
+    nodes[4].kinds = kiln::JsonSchemaNode::kString; // unused
+    auto const schema = std::make_shared<kiln::JsonSchema const>(std::move(nodes));
+    std::vector<std::string> bytes = jsonVocabulary()->bytes;
+    bytes[16] = "a"; // (the keys' letters on their own: a key begun with '"' must go on)
+    bytes[27] = "b";
+    auto const table = std::make_shared<TokenTable const>(std::move(bytes));
+    std::vector<Request> requests;
+    for (std::vector<TokenIdType> const& prompt : std::vector<std::vector<TokenIdType>>{{7, 8, 9}, {30, 2}, {4, 4}})
+    {
+        Request r = greedy(prompt, 30);
+        r.jsonSchema = schema;
+        r.tokenTable = table;
+        requests.push_back(r);
+    }
+    Request both = requests[0];
+    both.jsonObject = true;
+    std::vector<Request> all = requests;
+    all.push_back(both);
+    onEitherPickPath(all, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        int completed = 0;
+        for (std::size_t i = 0; i < requests.size(); ++i)
+        {
+            auto const& out = f.responses.outcomes[ids[i]];
+            auto const [tokens, complete] = expectedJson(requests[i]);
+            EXPECT_EQ(out.tokens, tokens) << i << " " << pickOnBackend;
+            EXPECT_EQ(out.final.finishReason, complete ? FinishReason::kStopWords : FinishReason::kLength) << i;
+            completed += complete ? 1 : 0;
+            JsonObjectPrefix plain; // a value of the schema is a JSON object too
+            for (TokenIdType t : out.tokens)
+            {
+                EXPECT_TRUE(plain.feed(table->bytes[static_cast<std::size_t>(t)])) << i;
+            }
+        }
+        EXPECT_GE(completed, 1);
+        EXPECT_NE(f.responses.outcomes[ids[3]].final.errorMessage.find("json_object and json_schema do not combine"),
+            std::string::npos);
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
     });
 }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -82,6 +83,10 @@ TEST(JsonObjectPrefix, RefusesTheFirstByteThatCannotContinueAnObject)
         {"{\"a\":\"\xc0\xaf\"}", 6},  // an overlong UTF-8 lead byte
         {"{\"a\":\"\xc3(\"}", 7},     // a missing continuation byte
         {"{\"a\":\"\xf5\x80\x80\x80\"}", 6},
+        {"{\"a\":\"\xe0\x9f\xbf\"}", 7},      // an overlong 3-byte form
+        {"{\"a\":\"\xed\xa0\x80\"}", 7},      // a UTF-16 surrogate
+        {"{\"a\":\"\xf0\x8f\xbf\xbf\"}", 7}, // an overlong 4-byte form
+        {"{\"a\":\"\xf4\x90\x80\x80\"}", 7}, // past U+10FFFF
     };
     for (Case const& c : cases)
     {
@@ -169,6 +174,197 @@ TEST(JsonTokens, EqualFeedingEveryTokenFromEveryPrefix)
             {
                 ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i])));
             }
+        }
+    }
+}
+
+namespace
+{
+
+using kiln::JsonSchema;
+using kiln::JsonSchemaNode;
+
+JsonSchemaNode kinds(std::uint8_t k)
+{
+    JsonSchemaNode n;
+    n.kinds = k;
+    return n;
+}
+
+/// {"name": string, "age": integer, "tags": [string, 1 to 2 of them], "color": "red" or
+/// "green", "ok": boolean or null}, name and age required, no other property.
+std::shared_ptr<JsonSchema const> person()
+{
+    std::vector<JsonSchemaNode> nodes(8);
+    nodes[0] = kinds(JsonSchemaNode::kObject);
+    nodes[0].names = {"age", "color", "name", "ok", "tags"};
+    nodes[0].properties = {1, 2, 3, 4, 5};
+    nodes[0].required = 0b101;
+    nodes[1] = kinds(JsonSchemaNode::kInteger);
+    nodes[2].literals = {"\"green\"", "\"red\""};
+    nodes[3] = kinds(JsonSchemaNode::kString);
+    nodes[4].anyOf = {6, 7};
+    nodes[5] = kinds(JsonSchemaNode::kArray);
+    nodes[5].items = 3;
+    nodes[5].minItems = 1;
+    nodes[5].maxItems = 2;
+    nodes[6] = kinds(JsonSchemaNode::kBoolean);
+    nodes[7] = kinds(JsonSchemaNode::kNull);
+    return std::make_shared<JsonSchema const>(std::move(nodes));
+}
+
+std::pair<std::size_t, bool> readWith(JsonSchema const& schema, std::string const& text)
+{
+    JsonObjectPrefix state(&schema);
+    for (std::size_t i = 0; i < text.size(); ++i)
+    {
+        if (!state.feed(static_cast<unsigned char>(text[i])))
+        {
+            return {i, false};
+        }
+    }
+    return {text.size(), state.complete()};
+}
+
+} // namespace
+
+TEST(JsonSchemaPrefix, TakesValuesOfTheSchemaWhole)
+{
+    auto const schema = person();
+    for (std::string const text : {"{\"name\":\"x\",\"age\":3}",
+             " { \"age\" : -12 , \"name\" : \"a b\", \"tags\": [\"a\", \"b\"], \"color\": \"red\", \"ok\": null }",
+             "{\"ok\":true,\"color\":\"green\",\"name\":\"\\u00e9\",\"tags\":[\"\"],\"age\":0}"})
+    {
+        JsonObjectPrefix state(schema.get());
+        for (std::size_t i = 0; i < text.size(); ++i)
+        {
+            ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i]))) << text << " at byte " << i;
+            EXPECT_EQ(state.complete(), i + 1 == text.size()) << text << " at byte " << i;
+        }
+    }
+}
+
+TEST(JsonSchemaPrefix, RefusesTheFirstByteOutsideTheSchema)
+{
+    auto const schema = person();
+    struct Case
+    {
+        std::string text;
+        std::size_t failsAt;
+    };
+    std::vector<Case> const cases = {
+        {"[]", 0},                                   // the top-level value is an object
+        {"{\"nme\":", 3},                            // no such property
+        {"{\"extra\":1}", 2},
+        {"{\"name\":\"x\",\"name\":", 13},           // a property twice
+        {"{\"name\":1}", 8},                         // a string is due
+        {"{\"age\":1.5}", 8},                        // an integer: no fraction
+        {"{\"age\":1e3}", 8},                        // nor exponent
+        {"{\"name\":\"x\"}", 11},                    // age is required
+        {"{\"color\":\"blue\"}", 10},                // not one of the literals
+        {"{\"color\":\"red\"x", 14},
+        {"{\"ok\":1}", 6},                           // neither boolean nor null
+        {"{\"tags\":[]}", 9},                        // at least one item
+        {"{\"tags\":[\"a\",\"b\",", 16},             // at most two
+        {"{\"tags\":[1]}", 9},                       // items are strings
+        {"{\"age\":1,\"color\":\"red\",\"name\":\"n\",\"ok\":null,\"tags\":[\"t\"],", 56}, // none left
+    };
+    for (Case const& c : cases)
+    {
+        auto const [fed, complete] = readWith(*schema, c.text);
+        EXPECT_EQ(fed, c.failsAt) << c.text;
+        EXPECT_FALSE(complete) << c.text;
+    }
+}
+
+TEST(JsonSchemaPrefix, OtherPropertiesTakeTheirNodeAndAnyNodeTakesAnything)
+{
+    std::vector<JsonSchemaNode> nodes(3);
+    nodes[0] = kinds(JsonSchemaNode::kObject);
+    nodes[0].names = {"a"};
+    nodes[0].properties = {JsonSchemaNode::kAny};
+    nodes[0].additional = 1;
+    nodes[1] = kinds(JsonSchemaNode::kArray);
+    nodes[1].items = 2;
+    nodes[2] = kinds(JsonSchemaNode::kNumber | JsonSchemaNode::kNull);
+    JsonSchema const schema(std::move(nodes));
+    EXPECT_EQ(readWith(schema, "{\"a\":{\"x\":[true]},\"ab\":[1.5,null],\"b\":[]}"), std::make_pair(std::size_t{41}, true));
+    EXPECT_EQ(readWith(schema, "{\"b\":[\"x\"]}").first, 6u);
+    EXPECT_EQ(readWith(schema, "{\"a\":1,\"a\":").first, 9u); // declared, and read already
+
+    std::vector<JsonSchemaNode> array(1, kinds(JsonSchemaNode::kArray));
+    JsonSchema const anyArray(std::move(array));
+    EXPECT_EQ(readWith(anyArray, "[1, {\"k\": [null]}, \"s\"]"), std::make_pair(std::size_t{23}, true));
+    EXPECT_EQ(readWith(anyArray, "{").first, 0u);
+}
+
+TEST(JsonSchema, RefusesNodesItCannotRead)
+{
+    auto const refused = [](std::vector<JsonSchemaNode> nodes, std::string const& why) {
+        try
+        {
+            JsonSchema const schema(std::move(nodes));
+            ADD_FAILURE() << "accepted; expected: " << why;
+        }
+        catch (std::invalid_argument const& e)
+        {
+            EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what() << " (expected: " << why << ")";
+        }
+    };
+    refused({}, "at least its top-level node");
+    refused({kinds(JsonSchemaNode::kString)}, "an object or an array");
+    JsonSchemaNode unsorted = kinds(JsonSchemaNode::kObject);
+    unsorted.names = {"b", "a"};
+    unsorted.properties = {-1, -1};
+    refused({unsorted}, "sorted and unique");
+    JsonSchemaNode union_;
+    union_.anyOf = {2, 3};
+    refused({kinds(JsonSchemaNode::kObject), union_, kinds(JsonSchemaNode::kNumber), kinds(JsonSchemaNode::kInteger)},
+        "may begin with the same byte");
+    JsonSchemaNode missing = kinds(JsonSchemaNode::kObject);
+    missing.required = 1;
+    refused({missing}, "required names a missing property");
+    JsonSchemaNode items = kinds(JsonSchemaNode::kArray);
+    items.items = 5;
+    refused({items}, "items is out of range");
+}
+
+TEST(JsonTokens, WithASchemaEqualFeedingEveryTokenFromEveryPrefix)
+{
+    // Keys and literals are matched byte by byte, so a plain tail inside them is not free.
+    std::vector<std::string> const alphabet = {"{", "}", "[", "]", "\"", ":", ",", " ", "a", "g", "e", "n", "m",
+        "t", "r", "u", "l", "1", "0", ".", "-", "d", "o", "c", "s", "name", "age", "\"red\"", "tags", "x"};
+    std::mt19937 rng(11);
+    std::vector<std::string> pieces{""};
+    for (int i = 0; i < 3000; ++i)
+    {
+        std::string piece;
+        for (int j = 0, n = 1 + static_cast<int>(rng() % 4); j < n; ++j)
+        {
+            piece += alphabet[rng() % alphabet.size()];
+        }
+        pieces.push_back(piece);
+    }
+    TokenTable const table(pieces);
+    auto const schema = person();
+    std::string const text = "{\"name\": \"a name\", \"tags\": [\"t\", \"u\"], \"color\": \"red\", \"age\": 10}";
+    JsonObjectPrefix state(schema.get());
+    for (std::size_t i = 0; i <= text.size(); ++i)
+    {
+        std::vector<TokenIdType> naive;
+        for (std::size_t t = 0; t < pieces.size(); ++t)
+        {
+            JsonObjectPrefix next = state;
+            if (!pieces[t].empty() && next.feed(pieces[t]))
+            {
+                naive.push_back(static_cast<TokenIdType>(t));
+            }
+        }
+        EXPECT_EQ(kiln::jsonTokens(state, table, static_cast<kiln::SizeType>(pieces.size())), naive)
+            << text.substr(0, i);
+        if (i < text.size())
+        {
+            ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i])));
         }
     }
 }

@@ -96,7 +96,8 @@ def test_min_tokens_and_logit_bias_equal_huggingface_beside_plain_greedy(core, s
 
 def test_host_sampled_options_equal_the_reference_backend(core, sm, tiny_engine):
     """Requests the host samples from the GPU's logits rows (allowed tokens, bad words, top
-    log-probabilities, a logit bias, a JSON object) give the CPU reference backend's tokens, and
+    log-probabilities, a logit bias, a JSON object, a JSON schema) give the CPU reference
+    backend's tokens, and
     the same log-probabilities, with plain greedy requests beside them."""
     _, path = tiny_engine("llama", "float32", targets=(sm,))
     p, q = prompts((11, 7), seed=12)
@@ -104,6 +105,8 @@ def test_host_sampled_options_equal_the_reference_backend(core, sm, tiny_engine)
                dict(allowed_token_ids=list(range(40, 80)), output_log_probs=True),
                dict(bad_words_list=[[p[-1]], [5, 6]], logit_bias={7: 3.0}),
                dict(json_object=True, output_log_probs=True),
+               dict(json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                 "required": ["ok"]}),
                dict()]
 
     def run(device):

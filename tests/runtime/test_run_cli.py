@@ -46,6 +46,35 @@ def test_engine_run_streams_the_answer_of_generate(tiny_engine):
         assert f"cpu: {len(tokens)} tokens" in result.stderr
 
 
+def test_engine_run_answers_with_a_value_of_the_json_schema(tiny_engine, tmp_path):
+    """--json-schema FILE as generate's json_schema; a schema kiln cannot enforce, or no file,
+    is a one-line error."""
+    import json
+
+    _, engine = tiny_engine("llama")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        tok = runner.tokenizer
+        ids = tok.encode(PROMPT)
+        out = runner.generate([ids], max_new_tokens=12, end_id=tok.eos_id, top_k=1,
+                              return_dict=True, json_schema=schema)
+        tokens = out["output_ids"][0, 0, len(ids): out["sequence_lengths"][0, 0]].tolist()
+    args = ["--engine", str(engine), "--prompt", PROMPT, "--max-new-tokens", "12", "--device",
+            "cpu"]
+    result = CliRunner().invoke(run_main, [*args, "--json-schema", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == tok.decode(tokens) + "\n"
+    path.write_text(json.dumps({"type": "object", "properties": {"n": {"minimum": 1}}}))
+    for extra, message in ((["--json-schema", str(path)], "'minimum' is not supported"),
+                           (["--json-schema", str(tmp_path / "none.json")],
+                            "cannot read the JSON schema")):
+        result = CliRunner().invoke(run_main, [*args, *extra])
+        assert result.exit_code != 0 and message in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_engine_run_refuses_min_tokens_over_max_new_tokens(tiny_engine):
     _, engine = tiny_engine("llama")
     result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,

@@ -415,6 +415,38 @@ def test_response_format_json_object_answers_one_json_object(client, runners):
         assert out.choices[0].finish_reason == "stop"
 
 
+def test_json_schema_answers_one_value_of_the_schema(client, runners):
+    """response_format json_schema (chat) and vLLM's guided_json (completions): the answer is
+    ModelRunner's with json_schema, a value the jsonschema package accepts, finish_reason
+    "stop" once it is complete."""
+    import json
+
+    import jsonschema
+
+    _, ref = runners
+    tok = ref.tokenizer
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                               "size": {"enum": ["S", "M", "L"]}},
+              "required": ["ok", "size"]}
+    for text, chat in (("answer in JSON", True), (TEXTS[4], False)):
+        prompt = tok.chat(text) if chat else tok.encode(text)
+        expect, out = generated(ref, prompt, 30, json_schema=schema)
+        if chat:
+            answer = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": text}], max_tokens=30,
+                temperature=0, response_format={"type": "json_schema", "json_schema": {
+                    "name": "answer", "schema": schema, "strict": True}})
+            got = answer.choices[0].message.content
+        else:
+            answer = client.completions.create(model="tiny", prompt=text, max_tokens=30,
+                                               temperature=0, extra_body={"guided_json": schema})
+            got = answer.choices[0].text
+        assert got == tok.decode(expect)
+        if out["finish_reasons"][0] == "stop_words":
+            jsonschema.validate(json.loads(got), schema)
+            assert answer.choices[0].finish_reason == "stop"
+
+
 def test_stop_token_ids_end_the_completion(client, runners):
     """vLLM's stop_token_ids: generation ends on the first of them, which stays in the
     output (its text too, unless it is a special token), finish_reason "stop"."""

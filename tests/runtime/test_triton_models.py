@@ -51,7 +51,7 @@ def ensemble_inputs(text, max_tokens, **extra):
         dtype = {"stop_words": None, "top_k": np.int32, "end_id": np.int32, "min_tokens": np.int32,
                  "random_seed": np.uint64, "stream": np.bool_, "return_log_probs": np.bool_,
                  "apply_chat_template": np.bool_}.get(name, np.float32)
-        if name == "guided_decoding_guide_type":
+        if name in ("guided_decoding_guide_type", "guided_decoding_guide"):
             inputs[name] = strings(value)
         else:
             inputs[name] = strings(*value) if name in ("stop_words", "bad_words") else one(value, dtype)
@@ -297,6 +297,39 @@ def test_guided_decoding_json(served):
     with pytest.raises(ServerError, match="guided_decoding_guide_type 'regex' is not supported") as err:
         list(engine_stream(server, prompt, 4, guided_decoding_guide_type=strings("regex")))
     assert err.value.code == pb_utils.TritonError.INVALID_ARG
+
+
+def test_guided_decoding_json_schema(served):
+    """guided_decoding_guide_type "json_schema" with the schema in guided_decoding_guide: the
+    engine model's and the ensemble's output is ModelRunner's with json_schema; a schema kiln
+    cannot enforce, or none, fails its request alone."""
+    import json
+
+    server, reference = served
+    tok = reference.tokenizer
+    prompt = tok.encode(TEXTS[6])
+    schema = json.dumps({"type": "object", "properties": {"id": {"type": "integer"},
+                                                          "on": {"type": "boolean"}},
+                         "required": ["on", "id"]})
+    expect, out = reference_ids(reference, prompt, 16, end_id=-1, top_k=1, json_schema=schema)
+    guide = dict(guided_decoding_guide_type=strings("json_schema"),
+                 guided_decoding_guide=strings(schema))
+    chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32), **guide))
+    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == expect
+    reason = {"stop_words": b"stop_words", "length": b"length"}[out["finish_reasons"][0]]
+    assert chunks[-1]["finish_reason"][0, 0] == reason
+    whole = list(server.infer("ensemble", ensemble_inputs(
+        TEXTS[6], 16, end_id=-1, stream=False, guided_decoding_guide_type="json_schema",
+        guided_decoding_guide=schema)))
+    assert whole[0]["text_output"][0, 0].decode() == tok.decode(expect)
+    for guide, message in (({"guided_decoding_guide_type": strings("json_schema")},
+                            "needs the schema in guided_decoding_guide"),
+                           ({"guided_decoding_guide_type": strings("json_schema"),
+                             "guided_decoding_guide": strings('{"type": "string"}')},
+                            "the top-level schema must describe an object or an array")):
+        with pytest.raises(ServerError, match=message) as err:
+            list(engine_stream(server, prompt, 4, **guide))
+        assert err.value.code == pb_utils.TritonError.INVALID_ARG
 
 
 def test_bad_embedding_bias_fails_alone(served):

@@ -77,6 +77,7 @@ def test_engine_model_config(repo):
         "frequency_penalty": ("TYPE_FP32", [1], True), "random_seed": ("TYPE_UINT64", [1], True),
         "min_tokens": ("TYPE_INT32", [1], True), "return_log_probs": ("TYPE_BOOL", [1], True),
         "guided_decoding_guide_type": ("TYPE_STRING", [1], True),
+        "guided_decoding_guide": ("TYPE_STRING", [1], True),
         "streaming": ("TYPE_BOOL", [1], True)}
     assert io(c, "output") == {
         "output_ids": ("TYPE_INT32", [-1], False), "context_ids": ("TYPE_INT32", [-1], False),
@@ -131,7 +132,8 @@ def test_ensemble_chains_the_three(repo):
         "frequency_penalty": "frequency_penalty", "random_seed": "random_seed",
         "min_tokens": "min_tokens",
         "return_log_probs": "return_log_probs",
-        "guided_decoding_guide_type": "guided_decoding_guide_type", "streaming": "stream"}
+        "guided_decoding_guide_type": "guided_decoding_guide_type",
+        "guided_decoding_guide": "guided_decoding_guide", "streaming": "stream"}
     assert dict(steps[2].output_map) == {"text_output": "text_output",
                                          "out_finish_reason": "finish_reason",
                                          "out_output_log_probs": "output_log_probs"}

@@ -8,7 +8,8 @@ max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device
 Decoding is greedy unless `temperature` > 0 is given; then runtime_top_k (0 = off),
 runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed.
 embedding_bias (TensorRT-LLM's: one value a token id, added to the logits) becomes the
-executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object. Responses
+executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object, and
+"json_schema" one JSON value valid against the schema in guided_decoding_guide. Responses
 carry only generated tokens (never the prompt): in streaming mode the tokens new since the last
 response, otherwise all of them in one final response.
 """
@@ -81,6 +82,7 @@ def _error(message, code):
 class TritonPythonModel:
     def initialize(self, args):
         from kiln.runtime import ModelRunner
+        from kiln.runtime.json_schema import compile_schema
         from kiln.runtime.requests import GenerationParams, make_requests
 
         self.config = json.loads(args["model_config"])
@@ -103,6 +105,7 @@ class TritonPythonModel:
             enable_kv_cache_reuse=p.get("enable_kv_cache_reuse", "true").lower() == "true",
             device=None if device == "auto" else device)
         self.make_params, self.make_requests = GenerationParams, make_requests
+        self.compile_schema = compile_schema
         eos = self.runner.tokenizer.eos_id
         self.default_end_id = -1 if eos is None else eos
         self.responses = queue.SimpleQueue()
@@ -160,21 +163,35 @@ class TritonPythonModel:
         streaming = _scalar(request, "streaming", False, bool)
         stops = _words(request, "stop_words_list")
         bad = _words(request, "bad_words_list")
+        table, schema = self._json_output(request)
         made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
-                                  [bad] if bad else None, json_table=self._json_table(request))
+                                  [bad] if bad else None, json_table=table, json_schema=schema)
         return made[0], len(prompt)
 
-    def _json_table(self, request):
-        """TensorRT-LLM's guided_decoding_guide_type "json": the output is one JSON object (the
-        vocabulary's token table, for the executor); None without a guide type."""
-        kind = _scalar(request, "guided_decoding_guide_type", None,
-                       lambda v: v.decode() if isinstance(v, bytes) else str(v))
+    def _json_output(self, request):
+        """TensorRT-LLM's guided decoding: guided_decoding_guide_type "json" (one JSON object)
+        or "json_schema" (one value valid against the schema in guided_decoding_guide), as
+        (the vocabulary's token table, the compiled schema or None); (None, None) without a
+        guide type."""
+        text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+        kind = _scalar(request, "guided_decoding_guide_type", None, text)
+        guide = _scalar(request, "guided_decoding_guide", None, text)
         if kind is None:
-            return None
-        if kind != "json":
+            if guide is not None:
+                raise ValueError("guided_decoding_guide needs guided_decoding_guide_type "
+                                 "\"json_schema\"")
+            return None, None
+        if kind not in ("json", "json_schema"):
             raise ValueError(f"guided_decoding_guide_type {kind!r} is not supported; use \"json\" "
-                             "(one JSON object) or leave it out")
-        return self.runner.tokenizer.token_table(self.runner.vocab_size)
+                             "(one JSON object), \"json_schema\" (with the schema in "
+                             "guided_decoding_guide) or leave it out")
+        schema = None
+        if kind == "json_schema":
+            if guide is None:
+                raise ValueError("guided_decoding_guide_type \"json_schema\" needs the schema in "
+                                 "guided_decoding_guide")
+            schema = self.compile_schema(guide)
+        return self.runner.tokenizer.token_table(self.runner.vocab_size), schema
 
     def _embedding_bias(self, request):
         """TensorRT-LLM's embedding_bias ([1, V], added to the logits, V at most the model's

@@ -1,0 +1,250 @@
+"""JSON-schema outputs (json_schema): what compile_schema takes and refuses, that every text the
+recognizer completes is valid against the schema (checked by the jsonschema package), and
+generation against HuggingFace's greedy pick among the tokens that continue a valid value."""
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import pytest
+import torch
+
+from kiln import _core
+from kiln.builder.errors import KilnError
+from kiln.runtime import ModelRunner
+from kiln.runtime.json_schema import SchemaError, compile_schema
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        "color": {"enum": ["red", "green", "bl\u00e9"]},
+        "pet": {"anyOf": [{"$ref": "#/$defs/Pet"}, {"type": "null"}]},
+        "score": {"type": ["number", "null"]},
+        "kind": {"const": "person"},
+    },
+    "required": ["name", "age", "kind"],
+    "$defs": {"Pet": {"type": "object", "properties": {"legs": {"type": "integer"},
+                                                        "tricks": {"type": "array"}},
+                      "required": ["legs"]}},
+}
+TREE = {  # recursion through $ref, as pydantic writes a model that holds itself
+    "$defs": {"Node": {"type": "object", "properties": {
+        "v": {"type": "boolean"},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}, "maxItems": 2}},
+        "required": ["v", "kids"]}},
+    "$ref": "#/$defs/Node",
+}
+OPEN = {"type": "object", "properties": {"id": {"type": "integer"}},
+        "additionalProperties": {"type": "array", "items": {"oneOf": [{"type": "string"},
+                                                                      {"type": "boolean"}]}}}
+ROWS = {"type": "array", "items": {"type": "object"}, "maxItems": 4}
+
+
+def feeds(schema, text: str) -> tuple[bool, bool]:
+    """(whether every byte of text feeds, whether the value is then complete)."""
+    state = _core.JsonObjectPrefix(schema)
+    return state.feed(text.encode()), state.complete
+
+
+@pytest.mark.parametrize("schema,valid,invalid", [
+    (PERSON,
+     ['{"name": "ann", "age": 31, "kind": "person"}',
+      '{"kind":"person","tags":["a","b","c"],"color":"bl\u00e9","name":"x","age":-2,'
+      '"pet":{"legs":4,"tricks":[1,{"a":[]}]},"score":null}',
+      '{"name":"","age":0,"kind":"person","pet":null,"score":-1.5e3}'],
+     ['{"name": "ann", "age": 31}',                                    # kind is required
+      '{"name": "ann", "age": 3.5, "kind": "person"}',                 # age is an integer
+      '{"name": "ann", "age": 3, "kind": "robot"}',                    # const
+      '{"name": "a", "age": 3, "kind": "person", "tags": []}',         # minItems
+      '{"name": "a", "age": 3, "kind": "person", "tags": ["a","b","c","d"]}',
+      '{"name": "a", "age": 3, "kind": "person", "color": "blue"}',
+      '{"name": "a", "age": 3, "kind": "person", "pet": {"tricks": []}}',
+      '{"name": "a", "age": 3, "kind": "person", "extra": 1}',        # no other property
+      '{"name": "a", "name": "b", "age": 3, "kind": "person"}',
+      '["name"]']),
+    (TREE,
+     ['{"v": true, "kids": []}', '{"kids": [{"v": false, "kids": [{"v": true, "kids": []}]}],'
+      ' "v": true}'],
+     ['{"v": true}', '{"v": 1, "kids": []}',
+      '{"v": true, "kids": [{"v": true, "kids": []}, {"v": true, "kids": []}, '
+      '{"v": true, "kids": []}]}']),
+    (OPEN,
+     ['{"id": 7, "x": ["a", true], "y": []}', '{}'],
+     ['{"id": "7"}', '{"x": [1]}', '{"x": "a"}']),
+    (ROWS, ['[]', '[{}, {"a": [1, "b"]}]'], ['[1]', '[{}, {}, {}, {}, {}]', '{}']),
+])
+def test_recognizer_takes_what_the_schema_allows(schema, valid, invalid):
+    compiled = compile_schema(schema)
+    for text in valid:
+        jsonschema.validate(json.loads(text), schema)
+        assert feeds(compiled, text) == (True, True), text
+    strict = dict(schema, additionalProperties=False) if "properties" in schema else schema
+    for text in invalid:
+        if not repeats_a_key(text):  # (JSON Schema sees only the last of a repeated key)
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(json.loads(text), strict)
+        assert feeds(compiled, text) != (True, True), text
+
+
+def repeats_a_key(text: str) -> bool:
+    def pairs(items):
+        if len({k for k, _ in items}) < len(items):
+            raise KeyError("repeated")
+        return dict(items)
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except KeyError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("schema", [PERSON, TREE, OPEN, ROWS], ids=["person", "tree", "open",
+                                                                    "rows"])
+def test_every_text_the_recognizer_completes_is_valid(schema):
+    """Random walks over the bytes the recognizer allows (closing ones favoured so walks end):
+    each completed text is valid JSON that the jsonschema package accepts."""
+    compiled = compile_schema(schema)
+    rng = random.Random(3)
+    alphabet = [bytes([b]) for b in range(256)]
+    completed = 0
+    for _ in range(60):
+        state, text = _core.JsonObjectPrefix(compiled), b""
+        while not state.complete and len(text) < 600:
+            allowed = [b for b in alphabet if state.copy().feed(b)]
+            assert allowed, text  # never a dead end
+            closing = [b for b in allowed if b in (b"}", b"]", b'"', b",")]
+            pick = rng.choice(closing if closing and rng.random() < 0.6 else allowed)
+            assert state.feed(pick)
+            text += pick
+        if state.complete:
+            completed += 1
+            value = json.loads(text.decode())
+            jsonschema.validate(value, schema)
+    assert completed >= 30
+
+
+@pytest.mark.parametrize("schema,fragment", [
+    ({"type": "string"}, "must describe an object or an array"),
+    ({"enum": [{"a": 1}]}, "must describe an object or an array"),
+    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}},
+     "schema.properties.a: the keyword 'pattern' is not supported"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
+     "'minimum' is not supported"),
+    ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]},
+     "two alternatives can both begin with '{'"),
+    ({"type": "object", "properties": {"n": {"anyOf": [{"type": "integer"},
+                                                       {"type": "number"}]}}},
+     "can both begin with '-'"),
+    ({"type": "object", "properties": {"a": {"anyOf": [{}, {"type": "null"}]}}},
+     "allows any value"),
+    ({"type": "object", "properties": {"a": {"$ref": "https://example.com/s"}}},
+     "only references within the schema"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}, "points at nothing"),
+    ({"$defs": {"A": {"$ref": "#/$defs/A"}}, "type": "object",
+      "properties": {"a": {"$ref": "#/$defs/A"}}}, "refers to itself"),
+    ({"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]}}, "type": "object",
+      "properties": {"a": {"$ref": "#/$defs/A"}}}, "a union that contains itself"),
+    ({"type": "object", "required": ["z"], "properties": {}}, "required names 'z'"),
+    ({"type": "array", "items": [{"type": "string"}]}, "tuple items"),
+    ({"type": "array", "minItems": 3, "maxItems": 2}, "maxItems 2 is below minItems 3"),
+    ({"type": "object", "properties": {"a": {"type": "text"}}}, "type 'text' is not one of"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "enum": ["x"]}}},
+     "no value of enum or const is of its type"),
+    ({"type": "object", "properties": {"a": False}}, "is false"),
+    ({"type": "object", "properties": {f"p{i}": {} for i in range(65)}}, "at most 64"),
+    ("{not json", "not valid JSON"),
+    ([1], "a JSON schema is a JSON object"),
+])
+def test_compile_refuses_what_it_cannot_enforce(schema, fragment):
+    with pytest.raises(SchemaError) as e:
+        compile_schema(schema)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_compile_reads_literals_names_and_defaults():
+    schema = compile_schema(json.dumps({  # its JSON text too
+        "type": "object", "title": "ignored", "description": "annotations are ignored",
+        "properties": {'q"uote': {"type": "integer", "enum": [3, 1, "x"]},
+                       "\u00e9": {"const": {"b": [1, 2], "a": None}}},
+        "required": ['q"uote']}))
+    top = schema  # names as JSON writes them, sorted as bytes; literals compact JSON
+    assert len(top) == 3
+    assert feeds(top, '{"q\\"uote": 1, "\u00e9": {"b":[1,2],"a":null}}') == (True, True)
+    assert feeds(top, '{"q\\"uote": "x"}')[0] is False  # "x" is not an integer
+    assert feeds(top, '{"\u00e9": {"b": [1, 2], "a": null}}')[0] is False  # not compact
+    # No properties: any property; properties without additionalProperties: only those.
+    assert feeds(compile_schema({"type": "object"}), '{"any": [1, {"x": null}]}') == (True, True)
+    assert feeds(compile_schema({"type": "object", "properties": {}}), '{"a"')[0] is False
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_engine):
+    """(HF model, runner) on the tiny Llama engine."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt, engine = tiny_engine("llama")
+    model = AutoModelForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        yield model, runner
+
+
+def hf_schema_greedy(model, table, schema, prompt: list[int], n: int) -> tuple[list[int], bool]:
+    """HF's greedy pick among the tokens whose bytes keep the text a prefix of a value valid
+    against the schema, until it is complete or n tokens are out."""
+    state, out = _core.JsonObjectPrefix(schema), []
+    while len(out) < n and not state.complete:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + out])).logits[0, -1]
+        allowed = torch.tensor([bool(table[t]) and state.copy().feed(table[t])
+                                for t in range(logits.numel())])
+        pick = int(torch.where(allowed, logits, -torch.inf).argmax())
+        assert state.feed(table[pick])
+        out.append(pick)
+    return out, state.complete
+
+
+SMALL = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                          "mood": {"enum": ["calm", "busy"]},
+                                          "n": {"type": ["integer", "null"]}},
+         "required": ["ok", "mood", "n"]}
+
+
+def test_json_schema_generation_equals_huggingface(tiny):
+    model, runner = tiny
+    tok = runner.tokenizer
+    table = tok.token_table(runner.vocab_size)
+    schema = compile_schema(SMALL)
+    prompts = [tok.encode(t) for t in ["the object", "class definitions", "In the module"]]
+    out = runner.generate(prompts, max_new_tokens=60, json_schema=schema, return_dict=True)
+    for i, prompt in enumerate(prompts):
+        want, complete = hf_schema_greedy(model, table, schema, prompt, 60)
+        got = out["output_ids"][i, 0, len(prompt): out["sequence_lengths"][i, 0]].tolist()
+        assert got == want, i
+        assert out["finish_reasons"][i] == ("stop_words" if complete else "length")
+        if complete:
+            jsonschema.validate(json.loads(tok.decode(got)), SMALL)
+    # Sampled, from a dict: every completed output is valid.
+    out = runner.generate(prompts, max_new_tokens=80, json_schema=SMALL, temperature=1.0,
+                          top_k=0, random_seed=5, return_dict=True)
+    for i, prompt in enumerate(prompts):
+        got = out["output_ids"][i, 0, len(prompt): out["sequence_lengths"][i, 0]].tolist()
+        if out["finish_reasons"][i] == "stop_words":
+            jsonschema.validate(json.loads(tok.decode(got)), SMALL)
+
+
+def test_bad_json_schema_requests_fail_with_one_line(tiny):
+    _, runner = tiny
+    with pytest.raises(KilnError, match="json_object and json_schema do not combine"):
+        runner.generate([[1, 2]], max_new_tokens=4, json_object=True, json_schema=SMALL)
+    with pytest.raises(SchemaError, match="'pattern' is not supported"):
+        runner.generate([[1, 2]], max_new_tokens=4, json_schema={
+            "type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}})
+    # The executor refuses a schema without the token table it reads tokens by, alone.
+    req = _core.Request([1, 2], max_new_tokens=4, json_schema=compile_schema(SMALL))
+    rid, q = runner.router.submit(req)
+    resp = q.get(timeout=30)
+    assert resp.is_final and "token_table" in resp.error_message
