@@ -5,7 +5,9 @@ JSON value valid against the schema.
 
 What is enforced: `type` (one or a list), `properties`, `required`, `additionalProperties`
 (absent beside `properties`: no other property, as OpenAI's strict mode and xgrammar read it),
-`items`, `minItems`, `maxItems`, `enum`, `const`, `anyOf` / `oneOf` whose alternatives begin
+`items`, `minItems`, `maxItems`, `minLength`, `maxLength` (characters: code points, so a
+surrogate pair of \\u escapes is one; such a pair is not begun at the last character a
+maxLength leaves), `enum`, `const`, `anyOf` / `oneOf` whose alternatives begin
 with different characters (an object or null, a string or a number...), and local `$ref`
 (`#`, `#/$defs/...`, `#/definitions/...`, recursion included). Annotations (title,
 description, default, examples...) are ignored; any other keyword is refused with one line
@@ -26,9 +28,11 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
                          "$comment", "deprecated", "readOnly", "writeOnly", "$defs",
                          "definitions"})
 SUPPORTED = frozenset({"type", "properties", "required", "additionalProperties", "items",
-                       "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref"})
+                       "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+                       "anyOf", "oneOf", "$ref"})
 OBJECT_KEYWORDS = ("properties", "required", "additionalProperties")
 ARRAY_KEYWORDS = ("items", "minItems", "maxItems")
+STRING_KEYWORDS = ("minLength", "maxLength")
 MAX_NODES = 4096
 # The characters a value of each kind begins with.
 _FIRST = {1: "{", 2: "[", 4: '"', 8: "-0123456789", 16: "-0123456789", 32: "tf", 64: "n"}
@@ -159,12 +163,15 @@ class _Compiler:
             self._object(n, schema, where)
         if n.kinds & KINDS["array"]:
             self._array(n, schema, where)
+        if n.kinds & KINDS["string"]:
+            n.min_length, n.max_length = self._bounds(schema, "minLength", "maxLength", where)
         return n
 
     def _kinds(self, schema: dict, keys: set, where: str) -> int:
         if "type" not in keys:
             kinds = ((KINDS["object"] if keys & set(OBJECT_KEYWORDS) else 0)
-                     | (KINDS["array"] if keys & set(ARRAY_KEYWORDS) else 0))
+                     | (KINDS["array"] if keys & set(ARRAY_KEYWORDS) else 0)
+                     | (KINDS["string"] if keys & set(STRING_KEYWORDS) else 0))
             return kinds or ALL_KINDS
         names = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         kinds = 0
@@ -225,16 +232,20 @@ class _Compiler:
             raise SchemaError(f"{where}.items as a list (tuple items) is not supported; give one "
                               f"schema for every item")
         n.items = self._node(items, f"{where}.items")
-        for key in ("minItems", "maxItems"):
+        n.min_items, n.max_items = self._bounds(schema, "minItems", "maxItems", where)
+
+    @staticmethod
+    def _bounds(schema: dict, low: str, high: str, where: str) -> tuple[int, int]:
+        """(schema[low] or 0, schema[high] or -1), checked."""
+        for key in (low, high):
             value = schema.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 0):
-                raise SchemaError(f"{where}.{key} must be a non-negative integer")
-        n.min_items = schema.get("minItems", 0)
-        n.max_items = schema.get("maxItems", -1)
-        if n.max_items != -1 and n.max_items < n.min_items:
-            raise SchemaError(f"{where}: maxItems {n.max_items} is below minItems "
-                              f"{n.min_items}")
+                                      or value < 0 or value >= 2 ** 31):
+                raise SchemaError(f"{where}.{key} must be a non-negative integer below 2^31")
+        lo, hi = schema.get(low, 0), schema.get(high, -1)
+        if hi != -1 and hi < lo:
+            raise SchemaError(f"{where}: {high} {hi} is below {low} {lo}")
+        return lo, hi
 
     def _union(self, alternatives, where: str):
         if not isinstance(alternatives, list) or not alternatives:

@@ -115,6 +115,8 @@ JsonSchema::JsonSchema(std::vector<JsonSchemaNode> nodes)
         check(n.items == JsonSchemaNode::kAny || isNode(n.items), i, "items is out of range");
         check(n.minItems >= 0 && (n.maxItems == -1 || n.maxItems >= n.minItems), i,
             "min_items must be >= 0 and max_items -1 or >= min_items");
+        check(n.minLength >= 0 && (n.maxLength == -1 || n.maxLength >= n.minLength), i,
+            "min_length must be >= 0 and max_length -1 or >= min_length");
         check(sortedUnique(n.literals), i, "literals must be sorted and unique");
         check(std::none_of(n.literals.begin(), n.literals.end(), [](std::string const& t) { return t.empty(); }), i,
             "a literal is empty");
@@ -255,11 +257,32 @@ bool JsonObjectPrefix::match(std::vector<std::string> const& texts, unsigned cha
     return false;
 }
 
+JsonSchemaNode const* JsonObjectPrefix::valueNode() const
+{
+    return mSchema == nullptr || mNode < 0 ? nullptr : &mSchema->nodes[static_cast<std::size_t>(mNode)];
+}
+
+bool JsonObjectPrefix::character()
+{
+    if (mKey)
+    {
+        return true;
+    }
+    JsonSchemaNode const* n = valueNode();
+    if (n != nullptr && n->maxLength >= 0 && mChars >= static_cast<std::uint32_t>(n->maxLength))
+    {
+        return false;
+    }
+    ++mChars;
+    return true;
+}
+
 bool JsonObjectPrefix::keyStart()
 {
     mKey = true;
     mMode = Mode::kString;
     mMatching = false;
+    mCapped = false;
     JsonSchemaNode const* n = frameNode();
     if (n == nullptr)
     {
@@ -350,21 +373,27 @@ bool JsonObjectPrefix::feed(unsigned char c)
             {
                 return keyEnd();
             }
+            JsonSchemaNode const* n = valueNode();
             mMode = Mode::kAfterValue;
-            return true;
+            return n == nullptr || mChars >= static_cast<std::uint32_t>(n->minLength);
         }
         if (c == '\\')
         {
             mMode = Mode::kEscape;
-            return true;
+            return character(); // (a low surrogate's escape is taken back when it is whole)
         }
         if (c < 0x20)
         {
             return false; // a raw control character: JSON wants it escaped
         }
+        mHighSurrogate = false;
         if (c < 0x80)
         {
-            return true;
+            return character();
+        }
+        if (!character())
+        {
+            return false;
         }
         // The lead byte of a UTF-8 character of 2, 3 or 4 bytes (RFC 3629: no overlong form, no
         // UTF-16 surrogate, nothing past U+10FFFF), which narrows the next byte's range.
@@ -389,9 +418,11 @@ bool JsonObjectPrefix::feed(unsigned char c)
         if (c == 'u')
         {
             mPending = 4;
+            mHex = 0;
             mMode = Mode::kUnicode;
             return true;
         }
+        mHighSurrogate = false;
         mMode = Mode::kString;
         return std::string_view("\"\\/bfnrt").find(static_cast<char>(c)) != std::string_view::npos;
     case Mode::kUnicode:
@@ -399,9 +430,17 @@ bool JsonObjectPrefix::feed(unsigned char c)
         {
             return false;
         }
+        mHex = static_cast<std::uint16_t>(mHex * 16 + (isDigit(c) ? c - '0' : (c | 0x20) - 'a' + 10));
         if (--mPending == 0)
         {
             mMode = Mode::kString;
+            // A low surrogate after a high one ends one character, counted at the first.
+            bool const low = mHex >= 0xDC00 && mHex <= 0xDFFF;
+            if (low && mHighSurrogate && !mKey)
+            {
+                --mChars;
+            }
+            mHighSurrogate = mHex >= 0xD800 && mHex <= 0xDBFF;
         }
         return true;
     case Mode::kMinus:
@@ -532,9 +571,15 @@ bool JsonObjectPrefix::value(unsigned char c)
     case '{':
     case '[': return open(static_cast<char>(c), node);
     case '"':
+    {
+        JsonSchemaNode const* n = valueNode();
         mKey = false;
         mMode = Mode::kString;
+        mChars = 0;
+        mHighSurrogate = false;
+        mCapped = n != nullptr && n->maxLength >= 0;
         return true;
+    }
     case '-': mMode = Mode::kMinus; return true;
     case '0': mMode = Mode::kZero; return true;
     case 't': mLiteral = "rue"; break;

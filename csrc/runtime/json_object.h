@@ -70,6 +70,9 @@ struct JsonSchemaNode
     std::int32_t items = kAny;            ///< the node of an array's items
     std::int32_t minItems = 0;
     std::int32_t maxItems = -1; ///< -1: no limit
+    /// A string's characters (code points: an escape is one, a surrogate pair of escapes one)
+    std::int32_t minLength = 0;
+    std::int32_t maxLength = -1; ///< -1: no limit
     /// Not empty: the value is one of these texts, exactly (enum, const), sorted bytewise
     std::vector<std::string> literals;
     /// Not empty: the value is one of these nodes (none a union), told apart by its first byte
@@ -140,8 +143,12 @@ struct JsonPrefixHead
     std::uint8_t mPending = 0;    ///< hex digits or UTF-8 continuation bytes still due
     std::uint8_t mUtf8Lo = 0x80;  ///< the range of the next UTF-8 continuation byte
     std::uint8_t mUtf8Hi = 0xBF;
+    bool mCapped = false;         ///< the string value being read has a maxLength
+    bool mHighSurrogate = false;  ///< the last character was a \uD800-\uDBFF escape
     std::uint8_t mDepth = 0;
     std::uint8_t mSpaces = 0; ///< whitespace bytes in a row just read between tokens
+    std::uint16_t mHex = 0;       ///< the \u escape's value so far
+    std::uint32_t mChars = 0;     ///< characters of the string value read
     char const* mLiteral = nullptr; ///< the rest of true, false or null
     std::int32_t mNode = JsonSchemaNode::kAny; ///< the schema node of the value due or being read
     /// Matching a key against names, or a value against literals: the texts [mLo, mHi) of the
@@ -193,10 +200,11 @@ public:
     }
 
     /// @brief Whether the text is inside a string any text may continue (not a key the schema
-    /// names, nor one of its literals), past any escape or UTF-8 character begun.
+    /// names, nor one of its literals, nor a string with a maxLength), past any escape or UTF-8
+    /// character begun.
     [[nodiscard]] bool inString() const
     {
-        return mMode == Mode::kString && !mMatching;
+        return mMode == Mode::kString && !mMatching && !mCapped;
     }
 
 private:
@@ -232,6 +240,8 @@ private:
     bool afterValue(unsigned char c);
     bool keyStart();
     bool keyEnd();
+    bool character(); ///< a string value's character begins: within its maxLength?
+    [[nodiscard]] JsonSchemaNode const* valueNode() const; ///< the value's node, nullptr for any
     bool match(std::vector<std::string> const& texts, unsigned char c);
     [[nodiscard]] JsonSchemaNode const* frameNode() const;
     [[nodiscard]] bool mayAddProperty() const;

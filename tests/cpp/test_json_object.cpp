@@ -191,8 +191,8 @@ JsonSchemaNode kinds(std::uint8_t k)
     return n;
 }
 
-/// {"name": string, "age": integer, "tags": [string, 1 to 2 of them], "color": "red" or
-/// "green", "ok": boolean or null}, name and age required, no other property.
+/// {"name": string of at most 8 characters, "age": integer, "tags": [string, 1 to 2 of them],
+/// "color": "red" or "green", "ok": boolean or null}, name and age required, no other property.
 std::shared_ptr<JsonSchema const> person()
 {
     std::vector<JsonSchemaNode> nodes(8);
@@ -203,6 +203,7 @@ std::shared_ptr<JsonSchema const> person()
     nodes[1] = kinds(JsonSchemaNode::kInteger);
     nodes[2].literals = {"\"green\"", "\"red\""};
     nodes[3] = kinds(JsonSchemaNode::kString);
+    nodes[3].maxLength = 8;
     nodes[4].anyOf = {6, 7};
     nodes[5] = kinds(JsonSchemaNode::kArray);
     nodes[5].items = 3;
@@ -296,6 +297,38 @@ TEST(JsonSchemaPrefix, OtherPropertiesTakeTheirNodeAndAnyNodeTakesAnything)
     JsonSchema const anyArray(std::move(array));
     EXPECT_EQ(readWith(anyArray, "[1, {\"k\": [null]}, \"s\"]"), std::make_pair(std::size_t{23}, true));
     EXPECT_EQ(readWith(anyArray, "{").first, 0u);
+}
+
+TEST(JsonSchemaPrefix, CountsAStringsCharactersAgainstItsLengths)
+{
+    std::vector<JsonSchemaNode> nodes(2);
+    nodes[0] = kinds(JsonSchemaNode::kObject);
+    nodes[0].names = {"s"};
+    nodes[0].properties = {1};
+    nodes[1] = kinds(JsonSchemaNode::kString);
+    nodes[1].minLength = 2;
+    nodes[1].maxLength = 3;
+    JsonSchema const schema(std::move(nodes));
+    auto const whole = [&](std::string const& text) { return readWith(schema, text) == std::make_pair(text.size(), true); };
+    EXPECT_TRUE(whole("{\"s\":\"ab\"}"));
+    EXPECT_TRUE(whole("{\"s\":\"abc\"}"));
+    EXPECT_TRUE(whole("{\"s\":\"\\n\\u0041\"}"));           // an escape is one character
+    EXPECT_TRUE(whole("{\"s\":\"\xc3\xa9\xe2\x82\xac\"}"));   // and a UTF-8 character one
+    EXPECT_TRUE(whole("{\"s\":\"\\ud83d\\ude00x\"}"));     // a surrogate pair of escapes one
+    EXPECT_EQ(readWith(schema, "{\"s\":\"a\"}").first, 7u);     // too short: not closed
+    EXPECT_EQ(readWith(schema, "{\"s\":\"\\ud83d\\ude00\"}").first, 18u);
+    EXPECT_EQ(readWith(schema, "{\"s\":\"abcd\"}").first, 9u);  // the fourth is refused
+    // A pair's second escape is not begun at the last character left (its escape counts until
+    // the pair is whole), so the limit is never passed.
+    EXPECT_EQ(readWith(schema, "{\"s\":\"ab\\ud83d\\ude00\"}").first, 14u);
+    // Keys are not counted.
+    std::vector<JsonSchemaNode> free(2);
+    free[0] = kinds(JsonSchemaNode::kObject);
+    free[0].additional = 1;
+    free[1] = kinds(JsonSchemaNode::kString);
+    free[1].maxLength = 1;
+    JsonSchema const anyKeys(std::move(free));
+    EXPECT_TRUE(readWith(anyKeys, "{\"long key\":\"x\"}").second);
 }
 
 TEST(JsonSchema, RefusesNodesItCannotRead)

@@ -18,7 +18,7 @@ from kiln.runtime.json_schema import SchemaError, compile_schema
 PERSON = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 12},
         "age": {"type": "integer"},
         "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
         "color": {"enum": ["red", "green", "bl\u00e9"]},
@@ -55,7 +55,7 @@ def feeds(schema, text: str) -> tuple[bool, bool]:
      ['{"name": "ann", "age": 31, "kind": "person"}',
       '{"kind":"person","tags":["a","b","c"],"color":"bl\u00e9","name":"x","age":-2,'
       '"pet":{"legs":4,"tricks":[1,{"a":[]}]},"score":null}',
-      '{"name":"","age":0,"kind":"person","pet":null,"score":-1.5e3}'],
+      '{"name":"\u00e9","age":0,"kind":"person","pet":null,"score":-1.5e3}'],
      ['{"name": "ann", "age": 31}',                                    # kind is required
       '{"name": "ann", "age": 3.5, "kind": "person"}',                 # age is an integer
       '{"name": "ann", "age": 3, "kind": "robot"}',                    # const
@@ -65,6 +65,8 @@ def feeds(schema, text: str) -> tuple[bool, bool]:
       '{"name": "a", "age": 3, "kind": "person", "pet": {"tricks": []}}',
       '{"name": "a", "age": 3, "kind": "person", "extra": 1}',        # no other property
       '{"name": "a", "name": "b", "age": 3, "kind": "person"}',
+      '{"name": "", "age": 3, "kind": "person"}',                     # minLength
+      '{"name": "abcdefghijklm", "age": 3, "kind": "person"}',        # maxLength
       '["name"]']),
     (TREE,
      ['{"v": true, "kids": []}', '{"kids": [{"v": false, "kids": [{"v": true, "kids": []}]}],'
@@ -127,6 +129,22 @@ def test_every_text_the_recognizer_completes_is_valid(schema):
     assert completed >= 30
 
 
+def test_string_lengths_count_characters_as_json_schema_does():
+    """minLength and maxLength count code points: an escape, a UTF-8 character and a surrogate
+    pair of escapes are one each, as the jsonschema package counts them."""
+    schema = {"type": "object", "properties": {"s": {"minLength": 2, "maxLength": 3}}}
+    compiled = compile_schema(schema)
+    for s in ["ab", "abc", "\\n\\u0041", "\u00e9\u20ac", "\\ud83d\\ude00x", "\U0001F600x",
+              "a", "\\ud83d\\ude00", "abcd", "\u00e9\u00e9\u00e9\u00e9"]:
+        text = '{"s": "%s"}' % s
+        try:
+            jsonschema.validate(json.loads(text), schema)
+            valid = True
+        except jsonschema.ValidationError:
+            valid = False
+        assert feeds(compiled, text) == (valid, valid), s
+
+
 @pytest.mark.parametrize("schema,fragment", [
     ({"type": "string"}, "must describe an object or an array"),
     ({"enum": [{"a": 1}]}, "must describe an object or an array"),
@@ -134,6 +152,8 @@ def test_every_text_the_recognizer_completes_is_valid(schema):
      "schema.properties.a: the keyword 'pattern' is not supported"),
     ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
      "'minimum' is not supported"),
+    ({"type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
+     "'format' is not supported"),
     ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]},
      "two alternatives can both begin with '{'"),
     ({"type": "object", "properties": {"n": {"anyOf": [{"type": "integer"},
@@ -151,6 +171,8 @@ def test_every_text_the_recognizer_completes_is_valid(schema):
     ({"type": "object", "required": ["z"], "properties": {}}, "required names 'z'"),
     ({"type": "array", "items": [{"type": "string"}]}, "tuple items"),
     ({"type": "array", "minItems": 3, "maxItems": 2}, "maxItems 2 is below minItems 3"),
+    ({"type": "object", "properties": {"a": {"maxLength": -1}}},
+     "schema.properties.a.maxLength must be a non-negative integer"),
     ({"type": "object", "properties": {"a": {"type": "text"}}}, "type 'text' is not one of"),
     ({"type": "object", "properties": {"a": {"type": "integer", "enum": ["x"]}}},
      "no value of enum or const is of its type"),
