@@ -135,6 +135,25 @@ def run_interpreted(args: list[str], timeout: int = 1200):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def hf_json_greedy(model, table, prompt: list[int], n: int, schema=None) -> tuple[list[int], bool]:
+    """HF's greedy pick among the tokens whose bytes (`table`: the tokenizer's token table) keep
+    the text a prefix of a JSON object, or of a value valid against the compiled `schema`, until
+    it is complete or n tokens are out: (the tokens, whether it is complete)."""
+    from kiln import _core
+
+    state = _core.JsonObjectPrefix() if schema is None else _core.JsonObjectPrefix(schema)
+    out = []
+    while len(out) < n and not state.complete:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + out])).logits[0, -1]
+        allowed = torch.tensor([bool(table[t]) and state.copy().feed(table[t])
+                                for t in range(logits.numel())])
+        pick = int(torch.where(allowed, logits, -torch.inf).argmax())
+        assert state.feed(table[pick])
+        out.append(pick)
+    return out, state.complete
+
+
 def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     """HF greedy continuation, teacher-forced past an end id so all n tokens are compared."""
     ids = list(prompt)

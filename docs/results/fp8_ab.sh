@@ -18,6 +18,19 @@ kiln_install() {
   python3 -m pip install --no-build-isolation --no-deps -e . >/tmp/install.log 2>&1 || { tail -30 /tmp/install.log; exit 1; }
 }
 
+# FP8 + FP8 KV (/tmp/eF) and INT4 AWQ (/tmp/eI) engines built side by side from the tree as it
+# is, their logs in LOG; the INT4 build cut at INT4_TIMEOUT seconds (default 330).
+build_fp8_int4() {
+  local common="--random-weights llama-3.1-8b --dtype bfloat16 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
+  local t=$(date +%s)
+  engine-build --output /tmp/eF $common --quant fp8 --kv-cache-dtype fp8 > "$LOG/build-fp8.log" 2>&1 &
+  local pf=$!
+  timeout ${INT4_TIMEOUT:-330} engine-build --output /tmp/eI $common --quant int4_awq > "$LOG/build-int4.log" 2>&1 &
+  local pi=$!
+  wait $pf; echo "build fp8 rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-fp8.log"
+  wait $pi; echo "build int4 rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-int4.log"
+}
+
 speed() {
   local name=$1 e=$2; shift 2
   local t0=$(date +%s)

@@ -700,6 +700,23 @@ std::pair<std::vector<TokenIdType>, bool> expectedJson(Request const& request)
     return {out, state.complete()};
 }
 
+/// Checks that the first requests.size() outcomes are expectedJson's, and returns how many of
+/// them completed their value before the length limit.
+int checkJsonOutcomes(ResponseCollector const& responses, std::vector<IdType> const& ids,
+    std::vector<Request> const& requests, bool pickOnBackend)
+{
+    int completed = 0;
+    for (std::size_t i = 0; i < requests.size(); ++i)
+    {
+        auto const& out = responses.outcomes.at(ids[i]);
+        auto const [tokens, complete] = expectedJson(requests[i]);
+        EXPECT_EQ(out.tokens, tokens) << i << " " << pickOnBackend;
+        EXPECT_EQ(out.final.finishReason, complete ? FinishReason::kStopWords : FinishReason::kLength) << i;
+        completed += complete ? 1 : 0;
+    }
+    return completed;
+}
+
 } // namespace
 
 TEST(Executor, JsonObjectOutputsAreJsonOnEitherPickPath)
@@ -728,16 +745,8 @@ TEST(Executor, JsonObjectOutputsAreJsonOnEitherPickPath)
     std::vector<Request> all = requests;
     all.insert(all.end(), {shortest, withChoices, noTable, plain});
     onEitherPickPath(all, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
-        int completed = 0;
-        for (std::size_t i = 0; i < requests.size(); ++i)
-        {
-            auto const& out = f.responses.outcomes[ids[i]];
-            auto const [tokens, complete] = expectedJson(requests[i]);
-            EXPECT_EQ(out.tokens, tokens) << i << " " << pickOnBackend;
-            EXPECT_EQ(out.final.finishReason, complete ? FinishReason::kStopWords : FinishReason::kLength) << i;
-            completed += complete ? 1 : 0;
-        }
-        EXPECT_GE(completed, 1); // the cases include an object closed before the length limit
+        // the cases include an object closed before the length limit
+        EXPECT_GE(checkJsonOutcomes(f.responses, ids, requests, pickOnBackend), 1);
         auto const& braced = f.responses.outcomes[ids[3]];
         EXPECT_EQ(braced.tokens, (std::vector<TokenIdType>{5, 9}));
         EXPECT_EQ(braced.final.finishReason, FinishReason::kStopWords);
@@ -782,21 +791,15 @@ TEST(Executor, JsonSchemaOutputsAreValuesOfTheSchemaOnEitherPickPath)
     std::vector<Request> all = requests;
     all.push_back(both);
     onEitherPickPath(all, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
-        int completed = 0;
+        EXPECT_GE(checkJsonOutcomes(f.responses, ids, requests, pickOnBackend), 1);
         for (std::size_t i = 0; i < requests.size(); ++i)
         {
-            auto const& out = f.responses.outcomes[ids[i]];
-            auto const [tokens, complete] = expectedJson(requests[i]);
-            EXPECT_EQ(out.tokens, tokens) << i << " " << pickOnBackend;
-            EXPECT_EQ(out.final.finishReason, complete ? FinishReason::kStopWords : FinishReason::kLength) << i;
-            completed += complete ? 1 : 0;
             JsonObjectPrefix plain; // a value of the schema is a JSON object too
-            for (TokenIdType t : out.tokens)
+            for (TokenIdType t : f.responses.outcomes[ids[i]].tokens)
             {
                 EXPECT_TRUE(plain.feed(table->bytes[static_cast<std::size_t>(t)])) << i;
             }
         }
-        EXPECT_GE(completed, 1);
         EXPECT_NE(f.responses.outcomes[ids[3]].final.errorMessage.find("json_object and json_schema do not combine"),
             std::string::npos);
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);

@@ -14,6 +14,48 @@ using kiln::TokenTable;
 namespace
 {
 
+/// 3000 random pieces of 1 to `longest` strings of `alphabet` each, after an empty one.
+std::vector<std::string> randomPieces(std::vector<std::string> const& alphabet, unsigned seed, unsigned longest)
+{
+    std::mt19937 rng(seed);
+    std::vector<std::string> pieces{""};
+    for (int i = 0; i < 3000; ++i)
+    {
+        std::string piece;
+        for (unsigned j = 0, n = 1 + static_cast<unsigned>(rng() % longest); j < n; ++j)
+        {
+            piece += alphabet[rng() % alphabet.size()];
+        }
+        pieces.push_back(piece);
+    }
+    return pieces;
+}
+
+/// At every prefix of `text` read into `state`, jsonTokens equals the naive rule: every piece
+/// whose bytes all feed.
+void expectTokensOfEveryPrefix(JsonObjectPrefix state, std::vector<std::string> const& pieces, std::string const& text)
+{
+    TokenTable const table(pieces);
+    for (std::size_t i = 0; i <= text.size(); ++i)
+    {
+        std::vector<TokenIdType> naive;
+        for (std::size_t t = 0; t < pieces.size(); ++t)
+        {
+            JsonObjectPrefix next = state;
+            if (!pieces[t].empty() && next.feed(pieces[t]))
+            {
+                naive.push_back(static_cast<TokenIdType>(t));
+            }
+        }
+        EXPECT_EQ(kiln::jsonTokens(state, table, static_cast<kiln::SizeType>(pieces.size())), naive)
+            << text.substr(0, i);
+        if (i < text.size())
+        {
+            ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i])));
+        }
+    }
+}
+
 /// How many bytes of `text` feed before one fails (text.size() when all do), and whether the
 /// object is then complete.
 std::pair<std::size_t, bool> read(std::string const& text)
@@ -140,41 +182,11 @@ TEST(JsonTokens, EqualFeedingEveryTokenFromEveryPrefix)
     // split characters), against the naive rule at every prefix of a few objects.
     std::vector<std::string> const alphabet = {"{", "}", "[", "]", "\"", ":", ",", " ", "\n", "\\", "u", "0", "7",
         "-", ".", "e", "+", "t", "r", "n", "a", "l", "f", "s", "x", "\xc3", "\xa9", "\xe2\x82\xac", "\x01", "/"};
-    std::mt19937 rng(7);
-    std::vector<std::string> pieces{""};
-    for (int i = 0; i < 3000; ++i)
+    std::vector<std::string> const pieces = randomPieces(alphabet, 7, 5);
+    for (std::string const text : {"{\"a\": [1, -2.5e+3, true, null, \"x\\u00e9\\n\"], \"b\": {}}",
+             "{\"k\":\"caf\xc3\xa9 \xe2\x82\xac\", \"n\":-0.5}"})
     {
-        std::string piece;
-        for (int j = 0, n = 1 + static_cast<int>(rng() % 5); j < n; ++j)
-        {
-            piece += alphabet[rng() % alphabet.size()];
-        }
-        pieces.push_back(piece);
-    }
-    TokenTable const table(pieces);
-    std::vector<std::string> const texts = {"{\"a\": [1, -2.5e+3, true, null, \"x\\u00e9\\n\"], \"b\": {}}",
-        "{\"k\":\"caf\xc3\xa9 \xe2\x82\xac\", \"n\":-0.5}"};
-    for (std::string const& text : texts)
-    {
-        JsonObjectPrefix state;
-        for (std::size_t i = 0; i <= text.size(); ++i)
-        {
-            std::vector<TokenIdType> naive;
-            for (std::size_t t = 0; t < pieces.size(); ++t)
-            {
-                JsonObjectPrefix next = state;
-                if (!pieces[t].empty() && next.feed(pieces[t]))
-                {
-                    naive.push_back(static_cast<TokenIdType>(t));
-                }
-            }
-            EXPECT_EQ(kiln::jsonTokens(state, table, static_cast<kiln::SizeType>(pieces.size())), naive)
-                << text.substr(0, i);
-            if (i < text.size())
-            {
-                ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i])));
-            }
-        }
+        expectTokensOfEveryPrefix(JsonObjectPrefix(), pieces, text);
     }
 }
 
@@ -367,37 +379,7 @@ TEST(JsonTokens, WithASchemaEqualFeedingEveryTokenFromEveryPrefix)
     // Keys and literals are matched byte by byte, so a plain tail inside them is not free.
     std::vector<std::string> const alphabet = {"{", "}", "[", "]", "\"", ":", ",", " ", "a", "g", "e", "n", "m",
         "t", "r", "u", "l", "1", "0", ".", "-", "d", "o", "c", "s", "name", "age", "\"red\"", "tags", "x"};
-    std::mt19937 rng(11);
-    std::vector<std::string> pieces{""};
-    for (int i = 0; i < 3000; ++i)
-    {
-        std::string piece;
-        for (int j = 0, n = 1 + static_cast<int>(rng() % 4); j < n; ++j)
-        {
-            piece += alphabet[rng() % alphabet.size()];
-        }
-        pieces.push_back(piece);
-    }
-    TokenTable const table(pieces);
-    auto const schema = person();
     std::string const text = "{\"name\": \"a name\", \"tags\": [\"t\", \"u\"], \"color\": \"red\", \"age\": 10}";
-    JsonObjectPrefix state(schema.get());
-    for (std::size_t i = 0; i <= text.size(); ++i)
-    {
-        std::vector<TokenIdType> naive;
-        for (std::size_t t = 0; t < pieces.size(); ++t)
-        {
-            JsonObjectPrefix next = state;
-            if (!pieces[t].empty() && next.feed(pieces[t]))
-            {
-                naive.push_back(static_cast<TokenIdType>(t));
-            }
-        }
-        EXPECT_EQ(kiln::jsonTokens(state, table, static_cast<kiln::SizeType>(pieces.size())), naive)
-            << text.substr(0, i);
-        if (i < text.size())
-        {
-            ASSERT_TRUE(state.feed(static_cast<unsigned char>(text[i])));
-        }
-    }
+    auto const schema = person();
+    expectTokensOfEveryPrefix(JsonObjectPrefix(schema.get()), randomPieces(alphabet, 11, 4), text);
 }

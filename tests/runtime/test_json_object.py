@@ -5,28 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from kiln import _core
-from kiln.runtime import ModelRunner
 from kiln.runtime.tokenizer import token_bytes
+from kiln_testing import hf_json_greedy
 
 TEXTS = ["the object", "a function returns", "class definitions", "In the module"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_engine):
-    """(HF model, runner) on the tiny Llama engine."""
-    from transformers import AutoModelForCausalLM
-
-    ckpt, engine = tiny_engine("llama")
-    model = AutoModelForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
-    with ModelRunner.from_dir(engine, device="cpu") as runner:
-        yield model, runner
-
-
-def test_byte_level_token_bytes_spell_the_text(tiny):
-    _, runner = tiny
+def test_byte_level_token_bytes_spell_the_text(hf_and_runner):
+    _, runner = hf_and_runner
     hf = runner.tokenizer.hf
     table = token_bytes(hf, runner.vocab_size + 5)
     assert len(table) == runner.vocab_size + 5 and table[-5:] == [b""] * 5
@@ -53,8 +40,8 @@ def test_sentencepiece_token_bytes():
                                    b' "a":', b"caf", b""]
 
 
-def test_token_table_is_made_once(tiny):
-    _, runner = tiny
+def test_token_table_is_made_once(hf_and_runner):
+    _, runner = hf_and_runner
     table = runner.tokenizer.token_table(runner.vocab_size)
     assert runner.tokenizer.token_table(runner.vocab_size) is table
     assert len(table) == runner.vocab_size and table[3] == token_bytes(runner.tokenizer.hf, 4)[3]
@@ -62,23 +49,8 @@ def test_token_table_is_made_once(tiny):
         table[runner.vocab_size]
 
 
-def hf_json_greedy(model, table, prompt: list[int], n: int) -> tuple[list[int], bool]:
-    """HF's greedy pick among the tokens whose bytes continue a JSON object, until it is complete
-    or n tokens are out."""
-    state, out = _core.JsonObjectPrefix(), []
-    while len(out) < n and not state.complete:
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + out])).logits[0, -1]
-        allowed = torch.tensor([bool(table[t]) and state.copy().feed(table[t])
-                                for t in range(logits.numel())])
-        pick = int(torch.where(allowed, logits, -torch.inf).argmax())
-        assert state.feed(table[pick])
-        out.append(pick)
-    return out, state.complete
-
-
-def test_json_object_generation_equals_huggingface(tiny):
-    model, runner = tiny
+def test_json_object_generation_equals_huggingface(hf_and_runner):
+    model, runner = hf_and_runner
     tok = runner.tokenizer
     table = tok.token_table(runner.vocab_size)
     prompts = [tok.encode(t) for t in TEXTS]

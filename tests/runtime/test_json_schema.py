@@ -8,12 +8,11 @@ import random
 
 import jsonschema
 import pytest
-import torch
 
 from kiln import _core
 from kiln.builder.errors import KilnError
-from kiln.runtime import ModelRunner
 from kiln.runtime.json_schema import SchemaError, compile_schema
+from kiln_testing import hf_json_greedy
 
 PERSON = {
     "type": "object",
@@ -203,47 +202,21 @@ def test_compile_reads_literals_names_and_defaults():
     assert feeds(compile_schema({"type": "object", "properties": {}}), '{"a"')[0] is False
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_engine):
-    """(HF model, runner) on the tiny Llama engine."""
-    from transformers import AutoModelForCausalLM
-
-    ckpt, engine = tiny_engine("llama")
-    model = AutoModelForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
-    with ModelRunner.from_dir(engine, device="cpu") as runner:
-        yield model, runner
-
-
-def hf_schema_greedy(model, table, schema, prompt: list[int], n: int) -> tuple[list[int], bool]:
-    """HF's greedy pick among the tokens whose bytes keep the text a prefix of a value valid
-    against the schema, until it is complete or n tokens are out."""
-    state, out = _core.JsonObjectPrefix(schema), []
-    while len(out) < n and not state.complete:
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + out])).logits[0, -1]
-        allowed = torch.tensor([bool(table[t]) and state.copy().feed(table[t])
-                                for t in range(logits.numel())])
-        pick = int(torch.where(allowed, logits, -torch.inf).argmax())
-        assert state.feed(table[pick])
-        out.append(pick)
-    return out, state.complete
-
-
 SMALL = {"type": "object", "properties": {"ok": {"type": "boolean"},
                                           "mood": {"enum": ["calm", "busy"]},
                                           "n": {"type": ["integer", "null"]}},
          "required": ["ok", "mood", "n"]}
 
 
-def test_json_schema_generation_equals_huggingface(tiny):
-    model, runner = tiny
+def test_json_schema_generation_equals_huggingface(hf_and_runner):
+    model, runner = hf_and_runner
     tok = runner.tokenizer
     table = tok.token_table(runner.vocab_size)
     schema = compile_schema(SMALL)
     prompts = [tok.encode(t) for t in ["the object", "class definitions", "In the module"]]
     out = runner.generate(prompts, max_new_tokens=60, json_schema=schema, return_dict=True)
     for i, prompt in enumerate(prompts):
-        want, complete = hf_schema_greedy(model, table, schema, prompt, 60)
+        want, complete = hf_json_greedy(model, table, prompt, 60, schema)
         got = out["output_ids"][i, 0, len(prompt): out["sequence_lengths"][i, 0]].tolist()
         assert got == want, i
         assert out["finish_reasons"][i] == ("stop_words" if complete else "length")
@@ -258,8 +231,8 @@ def test_json_schema_generation_equals_huggingface(tiny):
             jsonschema.validate(json.loads(tok.decode(got)), SMALL)
 
 
-def test_bad_json_schema_requests_fail_with_one_line(tiny):
-    _, runner = tiny
+def test_bad_json_schema_requests_fail_with_one_line(hf_and_runner):
+    _, runner = hf_and_runner
     with pytest.raises(KilnError, match="json_object and json_schema do not combine"):
         runner.generate([[1, 2]], max_new_tokens=4, json_object=True, json_schema=SMALL)
     with pytest.raises(SchemaError, match="'pattern' is not supported"):

@@ -11,13 +11,7 @@ pc=$!
 while ! grep -q '== pytest' $X/check.log 2>/dev/null && kill -0 $pc 2>/dev/null; do sleep 2; done
 echo "check installed $(( $(date +%s) - t )) s"
 export PYTHONPATH=/tmp/kiln-wheels
-COMMON="--random-weights llama-3.1-8b --dtype bfloat16 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
-engine-build --output /tmp/eF $COMMON --quant fp8 --kv-cache-dtype fp8 > $X/build-fp8.log 2>&1 &
-pf=$!
-timeout 330 engine-build --output /tmp/eI $COMMON --quant int4_awq > $X/build-int4.log 2>&1 &
-pi=$!
-wait $pf; echo "build fp8 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-fp8.log
-wait $pi; echo "build int4 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-int4.log
+build_fp8_int4
 wait $pc; echo "check rc $? $(( $(date +%s) - t )) s"
 grep -E '^-- |passed|failed' $X/check.log | grep -E '^-- |[0-9]+ (passed|failed)'
 speed F1 /tmp/eF --profile --profile-batches 1

@@ -13,13 +13,7 @@ for s in wo_mma wo_shapes quant_engines; do
   python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
   tests[$s]=$!
 done
-COMMON="--random-weights llama-3.1-8b --dtype bfloat16 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
-engine-build --output /tmp/eF $COMMON --quant fp8 --kv-cache-dtype fp8 > $X/build-fp8.log 2>&1 &
-pf=$!
-timeout 380 engine-build --output /tmp/eI $COMMON --quant int4_awq > $X/build-int4.log 2>&1 &
-pi=$!
-wait $pf; echo "build fp8 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-fp8.log
-wait $pi; echo "build int4 rc $? $(( $(date +%s) - t )) s"; tail -n 1 $X/build-int4.log
+INT4_TIMEOUT=380 build_fp8_int4
 for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
 speed F1 /tmp/eF --profile --profile-batches 1
 speed I1 /tmp/eI --profile --profile-batches 1
