@@ -7,7 +7,9 @@ What is enforced: `type` (one or a list), `properties`, `required`, `additionalP
 (absent beside `properties`: no other property, as OpenAI's strict mode and xgrammar read it),
 `items`, `minItems`, `maxItems`, `minLength`, `maxLength` (characters: code points, so a
 surrogate pair of \\u escapes is one; such a pair is not begun at the last character a
-maxLength leaves), `enum`, `const`, `anyOf` / `oneOf` whose alternatives begin
+maxLength leaves), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` on
+integers (within +-2^62; digits are picked only while some integer they begin is within),
+`enum`, `const`, `anyOf` / `oneOf` whose alternatives begin
 with different characters (an object or null, a string or a number...), and local `$ref`
 (`#`, `#/$defs/...`, `#/definitions/...`, recursion included). Annotations (title,
 description, default, examples...) are ignored; any other keyword is refused with one line
@@ -17,6 +19,7 @@ array.
 from __future__ import annotations
 
 import json
+import math
 
 from kiln import _core
 from kiln.builder.errors import KilnError
@@ -27,9 +30,10 @@ ALL_KINDS = 127
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id",
                          "$comment", "deprecated", "readOnly", "writeOnly", "$defs",
                          "definitions"})
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 SUPPORTED = frozenset({"type", "properties", "required", "additionalProperties", "items",
                        "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
-                       "anyOf", "oneOf", "$ref"})
+                       "anyOf", "oneOf", "$ref", *BOUNDS})
 OBJECT_KEYWORDS = ("properties", "required", "additionalProperties")
 ARRAY_KEYWORDS = ("items", "minItems", "maxItems")
 STRING_KEYWORDS = ("minLength", "maxLength")
@@ -165,7 +169,37 @@ class _Compiler:
             self._array(n, schema, where)
         if n.kinds & KINDS["string"]:
             n.min_length, n.max_length = self._bounds(schema, "minLength", "maxLength", where)
+        if keys & set(BOUNDS):
+            self._integer_bounds(n, schema, where)
         return n
+
+    @staticmethod
+    def _integer_bounds(n, schema: dict, where: str) -> None:
+        if n.kinds & KINDS["number"] or not n.kinds & KINDS["integer"]:
+            raise SchemaError(f"{where}: minimum and maximum are supported on type integer only "
+                              f"(not on number); make it an integer or remove them")
+        limit = _core.JsonSchemaNode.MAX_BOUND
+        lo, hi = -limit, limit
+        for key in BOUNDS:
+            value = schema.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise SchemaError(f"{where}.{key} must be a number")
+            if abs(value) >= limit:
+                raise SchemaError(f"{where}.{key} is {value}; bounds must lie within +-2^62")
+            if key == "minimum":
+                lo = max(lo, math.ceil(value))
+            elif key == "exclusiveMinimum":
+                lo = max(lo, math.floor(value) + 1)
+            elif key == "maximum":
+                hi = min(hi, math.floor(value))
+            else:
+                hi = min(hi, math.ceil(value) - 1)
+        if lo > hi:
+            raise SchemaError(f"{where}: no integer lies between its bounds ({lo} to {hi})")
+        n.minimum, n.maximum = lo, hi
 
     def _kinds(self, schema: dict, keys: set, where: str) -> int:
         if "type" not in keys:

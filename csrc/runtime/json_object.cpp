@@ -117,6 +117,12 @@ JsonSchema::JsonSchema(std::vector<JsonSchemaNode> nodes)
             "min_items must be >= 0 and max_items -1 or >= min_items");
         check(n.minLength >= 0 && (n.maxLength == -1 || n.maxLength >= n.minLength), i,
             "min_length must be >= 0 and max_length -1 or >= min_length");
+        check(-JsonSchemaNode::kMaxBound <= n.minimum && n.minimum <= n.maximum
+                && n.maximum <= JsonSchemaNode::kMaxBound,
+            i, "minimum must be <= maximum, both within +-2^62");
+        check((n.minimum == -JsonSchemaNode::kMaxBound && n.maximum == JsonSchemaNode::kMaxBound)
+                || (n.kinds & JsonSchemaNode::kNumber) == 0,
+            i, "bounds apply to integers only");
         check(sortedUnique(n.literals), i, "literals must be sorted and unique");
         check(std::none_of(n.literals.begin(), n.literals.end(), [](std::string const& t) { return t.empty(); }), i,
             "a literal is empty");
@@ -275,6 +281,61 @@ bool JsonObjectPrefix::character()
     }
     ++mChars;
     return true;
+}
+
+bool JsonObjectPrefix::withinBounds(bool digits, bool whole) const
+{
+    JsonSchemaNode const* n = valueNode();
+    if (n == nullptr || (n->minimum == -JsonSchemaNode::kMaxBound && n->maximum == JsonSchemaNode::kMaxBound))
+    {
+        return true;
+    }
+    // The magnitudes [lo, hi] the sign allows (-0 is 0).
+    std::int64_t const lo = mNegative ? std::max<std::int64_t>(-n->maximum, 0) : std::max<std::int64_t>(n->minimum, 0);
+    std::int64_t const hi = mNegative ? -n->minimum : n->maximum;
+    if (lo > hi)
+    {
+        return false;
+    }
+    auto const m = static_cast<std::int64_t>(mMagnitude);
+    if (!digits)
+    {
+        return true; // after '-': any magnitude may follow
+    }
+    if (m >= lo && m <= hi)
+    {
+        return true;
+    }
+    if (whole || m == 0 || m > hi)
+    {
+        return false; // no digit may follow (a leading 0), or more only grow it
+    }
+    // With k more digits: [m * 10^k, (m + 1) * 10^k - 1].
+    for (std::int64_t scale = 10; m <= hi / scale; scale *= 10)
+    {
+        if (m * scale <= hi && (m + 1) * scale - 1 >= lo)
+        {
+            return true;
+        }
+        if (scale > JsonSchemaNode::kMaxBound / 10)
+        {
+            break;
+        }
+    }
+    return false;
+}
+
+bool JsonObjectPrefix::digit(unsigned char c)
+{
+    if (!isDigit(c))
+    {
+        return false;
+    }
+    // Past every bound the magnitude stays one past the largest.
+    auto const cap = static_cast<std::uint64_t>(JsonSchemaNode::kMaxBound) + 1;
+    auto const d = static_cast<std::uint64_t>(c - '0');
+    mMagnitude = mMagnitude > (cap - d) / 10 ? cap : mMagnitude * 10 + d;
+    return withinBounds(true, false);
 }
 
 bool JsonObjectPrefix::keyStart()
@@ -445,13 +506,13 @@ bool JsonObjectPrefix::feed(unsigned char c)
         return true;
     case Mode::kMinus:
         mMode = c == '0' ? Mode::kZero : Mode::kInteger;
-        return isDigit(c);
+        return digit(c) && (mMode != Mode::kZero || withinBounds(true, true));
     case Mode::kZero:
     case Mode::kInteger:
     case Mode::kFraction:
         if (isDigit(c) && mMode != Mode::kZero)
         {
-            return true;
+            return mMode == Mode::kFraction || digit(c);
         }
         if (c == '.' && mMode != Mode::kFraction && !mInteger)
         {
@@ -463,7 +524,8 @@ bool JsonObjectPrefix::feed(unsigned char c)
             mMode = Mode::kExponentE;
             return true;
         }
-        return afterValue(c); // the number ended before c
+        // The number ended before c: an integer's value within its bounds?
+        return (mMode == Mode::kFraction || withinBounds(true, true)) && afterValue(c);
     case Mode::kFractionDot:
         mMode = Mode::kFraction;
         return isDigit(c);
@@ -580,14 +642,24 @@ bool JsonObjectPrefix::value(unsigned char c)
         mCapped = n != nullptr && n->maxLength >= 0;
         return true;
     }
-    case '-': mMode = Mode::kMinus; return true;
-    case '0': mMode = Mode::kZero; return true;
+    case '-':
+        mMode = Mode::kMinus;
+        mNegative = true;
+        mMagnitude = 0;
+        return withinBounds(false, false);
+    case '0':
+        mMode = Mode::kZero;
+        mNegative = false;
+        mMagnitude = 0;
+        return withinBounds(true, true);
     case 't': mLiteral = "rue"; break;
     case 'f': mLiteral = "alse"; break;
     case 'n': mLiteral = "ull"; break;
     default:
         mMode = Mode::kInteger;
-        return c >= '1' && c <= '9';
+        mNegative = false;
+        mMagnitude = 0;
+        return c >= '1' && c <= '9' && digit(c);
     }
     mMode = Mode::kLiteral;
     return true;

@@ -73,6 +73,10 @@ struct JsonSchemaNode
     /// A string's characters (code points: an escape is one, a surrogate pair of escapes one)
     std::int32_t minLength = 0;
     std::int32_t maxLength = -1; ///< -1: no limit
+    /// An integer's bounds (a node whose numbers are integers only), within +-kMaxBound
+    std::int64_t minimum = -kMaxBound;
+    std::int64_t maximum = kMaxBound;
+    static constexpr std::int64_t kMaxBound = std::int64_t{1} << 62;
     /// Not empty: the value is one of these texts, exactly (enum, const), sorted bytewise
     std::vector<std::string> literals;
     /// Not empty: the value is one of these nodes (none a union), told apart by its first byte
@@ -147,7 +151,9 @@ struct JsonPrefixHead
     bool mHighSurrogate = false;  ///< the last character was a \uD800-\uDBFF escape
     std::uint8_t mDepth = 0;
     std::uint8_t mSpaces = 0; ///< whitespace bytes in a row just read between tokens
+    bool mNegative = false;       ///< the number being read began with '-'
     std::uint16_t mHex = 0;       ///< the \u escape's value so far
+    std::uint64_t mMagnitude = 0; ///< an integer's digits read so far, as a number (capped)
     std::uint32_t mChars = 0;     ///< characters of the string value read
     char const* mLiteral = nullptr; ///< the rest of true, false or null
     std::int32_t mNode = JsonSchemaNode::kAny; ///< the schema node of the value due or being read
@@ -241,6 +247,10 @@ private:
     bool keyStart();
     bool keyEnd();
     bool character(); ///< a string value's character begins: within its maxLength?
+    /// With the digits read so far (none after '-'; `whole`: no more may follow), whether some
+    /// integer they begin lies within the value's node's bounds.
+    [[nodiscard]] bool withinBounds(bool digits, bool whole) const;
+    bool digit(unsigned char c); ///< an integer's next digit, if it keeps the bounds reachable
     [[nodiscard]] JsonSchemaNode const* valueNode() const; ///< the value's node, nullptr for any
     bool match(std::vector<std::string> const& texts, unsigned char c);
     [[nodiscard]] JsonSchemaNode const* frameNode() const;

@@ -383,3 +383,47 @@ TEST(JsonTokens, WithASchemaEqualFeedingEveryTokenFromEveryPrefix)
     auto const schema = person();
     expectTokensOfEveryPrefix(JsonObjectPrefix(schema.get()), randomPieces(alphabet, 11, 4), text);
 }
+
+TEST(JsonSchemaPrefix, KeepsIntegersWithinTheirBounds)
+{
+    std::vector<JsonSchemaNode> nodes(2);
+    nodes[0] = kinds(JsonSchemaNode::kArray);
+    nodes[0].items = 1;
+    nodes[1] = kinds(JsonSchemaNode::kInteger);
+    nodes[1].minimum = -12;
+    nodes[1].maximum = 305;
+    JsonSchema const schema(std::move(nodes));
+    auto const whole = [&](std::string const& text) { return readWith(schema, text) == std::make_pair(text.size(), true); };
+    for (std::string const text : {"[0]", "[-0]", "[305]", "[-12]", "[-2]", "[31]", "[7, 30, 300, -1, -9, 99]"})
+    {
+        EXPECT_TRUE(whole(text)) << text;
+    }
+    struct Case
+    {
+        std::string text;
+        std::size_t failsAt;
+    };
+    for (Case const& c : std::vector<Case>{
+             {"[306]", 3},  // 30 may still become 30..305, 306 is out
+             {"[310]", 3},
+             {"[4000]", 3}, // 400 is out, and longer only grows
+             {"[-13]", 3},
+             {"[-120]", 4},
+             {"[-00]", 3},  // no digit after a leading 0
+         })
+    {
+        EXPECT_EQ(readWith(schema, c.text).first, c.failsAt) << c.text;
+    }
+    // Positive only: '-' cannot begin a value.
+    std::vector<JsonSchemaNode> positive(2);
+    positive[0] = kinds(JsonSchemaNode::kArray);
+    positive[0].items = 1;
+    positive[1] = kinds(JsonSchemaNode::kInteger);
+    positive[1].minimum = 10;
+    positive[1].maximum = 10;
+    JsonSchema const ten(std::move(positive));
+    EXPECT_EQ(readWith(ten, "[-").first, 1u);
+    EXPECT_EQ(readWith(ten, "[9]").first, 1u); // 9 is below 10, and 9x is 90 or more
+    EXPECT_EQ(readWith(ten, "[10]"), std::make_pair(std::size_t{4}, true));
+    EXPECT_EQ(readWith(ten, "[1]").first, 2u); // 1 may become 10, but ']' ends it at 1
+}

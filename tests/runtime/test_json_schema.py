@@ -18,7 +18,7 @@ PERSON = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 12},
-        "age": {"type": "integer"},
+        "age": {"type": "integer", "minimum": -5, "exclusiveMaximum": 150},
         "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
         "color": {"enum": ["red", "green", "bl\u00e9"]},
         "pet": {"anyOf": [{"$ref": "#/$defs/Pet"}, {"type": "null"}]},
@@ -66,6 +66,8 @@ def feeds(schema, text: str) -> tuple[bool, bool]:
       '{"name": "a", "name": "b", "age": 3, "kind": "person"}',
       '{"name": "", "age": 3, "kind": "person"}',                     # minLength
       '{"name": "abcdefghijklm", "age": 3, "kind": "person"}',        # maxLength
+      '{"name": "a", "age": 150, "kind": "person"}',                  # exclusiveMaximum
+      '{"name": "a", "age": -6, "kind": "person"}',                   # minimum
       '["name"]']),
     (TREE,
      ['{"v": true, "kids": []}', '{"kids": [{"v": false, "kids": [{"v": true, "kids": []}]}],'
@@ -149,8 +151,12 @@ def test_string_lengths_count_characters_as_json_schema_does():
     ({"enum": [{"a": 1}]}, "must describe an object or an array"),
     ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}},
      "schema.properties.a: the keyword 'pattern' is not supported"),
-    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
-     "'minimum' is not supported"),
+    ({"type": "object", "properties": {"a": {"type": "number", "minimum": 0}}},
+     "minimum and maximum are supported on type integer only"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 2.5}}},
+     "no integer lies between its bounds (3 to 2)"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 2}}},
+     "'multipleOf' is not supported"),
     ({"type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
      "'format' is not supported"),
     ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]},
@@ -170,6 +176,8 @@ def test_string_lengths_count_characters_as_json_schema_does():
     ({"type": "object", "required": ["z"], "properties": {}}, "required names 'z'"),
     ({"type": "array", "items": [{"type": "string"}]}, "tuple items"),
     ({"type": "array", "minItems": 3, "maxItems": 2}, "maxItems 2 is below minItems 3"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "maximum": 2 ** 63}}},
+     "bounds must lie within +-2^62"),
     ({"type": "object", "properties": {"a": {"maxLength": -1}}},
      "schema.properties.a.maxLength must be a non-negative integer"),
     ({"type": "object", "properties": {"a": {"type": "text"}}}, "type 'text' is not one of"),
