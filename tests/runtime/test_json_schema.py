@@ -146,6 +146,50 @@ def test_string_lengths_count_characters_as_json_schema_does():
         assert feeds(compiled, text) == (valid, valid), s
 
 
+def test_a_pydantic_models_schema_is_enforced():
+    """The schema pydantic writes for a model (nested models through $defs, a str enum, a
+    recursive Optional, bounded int and str fields, defaults): every text the recognizer
+    completes is an instance the model itself accepts."""
+    from enum import Enum
+    from typing import Optional
+
+    from pydantic import BaseModel, Field
+
+    class Color(str, Enum):
+        red = "red"
+        blue = "blue"
+
+    class Pet(BaseModel):
+        name: str = Field(max_length=12)
+        legs: int = Field(default=4, ge=0, le=8)
+
+    class Person(BaseModel):
+        name: str = Field(description="full name")
+        age: int = Field(ge=0, lt=150)
+        color: Color
+        pets: list[Pet] = []
+        boss: Optional["Person"] = None
+        score: Optional[float] = None
+
+    schema = Person.model_json_schema()
+    compiled = compile_schema(schema)
+    rng = random.Random(9)
+    completed = 0
+    for _ in range(60):
+        state, text = _core.JsonObjectPrefix(compiled), b""
+        while not state.complete and len(text) < 800:
+            allowed = [bytes([b]) for b in range(256) if state.copy().feed(bytes([b]))]
+            closing = [b for b in allowed if b in (b"}", b"]", b'"', b",")]
+            pick = rng.choice(closing if closing and rng.random() < 0.7 else allowed)
+            assert state.feed(pick)
+            text += pick
+        if state.complete:
+            completed += 1
+            jsonschema.validate(json.loads(text.decode()), schema)
+            Person.model_validate_json(text)
+    assert completed >= 20
+
+
 @pytest.mark.parametrize("schema,fragment", [
     ({"type": "string"}, "must describe an object or an array"),
     ({"enum": [{"a": 1}]}, "must describe an object or an array"),
