@@ -320,6 +320,10 @@ def interpreter_cases():
                  dict(dtype=dtype, m=3, n=72, k=768, seed=31, bits=4, group=128, offset=True,
                       pqs=True, bias=True, path="mma", num_splits=3,
                       mma_config=(64, 64, 2, 3, 8, 8, True)), TOL[dtype]),
+                (f"linear_wo-mma-after-g64-4-parts-{d}", check_linear_wo,  # 64 halfwords
+                 dict(dtype=dtype, m=2, n=40, k=512, seed=36, bits=4, group=64, offset=True,
+                      path="mma", num_splits=1, mma_config=(64, 64, 2, 3, 8, 8, True)),
+                 TOL[dtype]),
                 (f"linear_wo-mma-after-g64-{d}", check_linear_wo,
                  dict(dtype=dtype, m=1, n=40, k=448, seed=32, bits=4, group=64, bias=True,
                       path="mma", num_splits=1, mma_config=(32, 32, 1, 3, 8, 8, True)),
