@@ -241,8 +241,9 @@ class _Compiler:
             raise SchemaError(f"{where}.properties has {len(props)} properties; at most {limit} "
                               f"are supported")
         # Names as JSON writes them between the quotes, sorted as bytes.
-        names = sorted(props, key=lambda name: json.dumps(name, ensure_ascii=False).encode())
-        n.names = [json.dumps(name, ensure_ascii=False)[1:-1] for name in names]
+        written = {name: json.dumps(name, ensure_ascii=False)[1:-1] for name in props}
+        names = sorted(props, key=lambda name: written[name].encode())
+        n.names = [written[name] for name in names]
         n.properties = [self._node(props[name], f"{where}.properties.{name}") for name in names]
         required = schema.get("required", [])
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):

@@ -252,6 +252,10 @@ def test_compile_reads_literals_names_and_defaults():
     # No properties: any property; properties without additionalProperties: only those.
     assert feeds(compile_schema({"type": "object"}), '{"any": [1, {"x": null}]}') == (True, True)
     assert feeds(compile_schema({"type": "object", "properties": {}}), '{"a"')[0] is False
+    # Names that begin alike, one a prefix of the others ("a" sorts before "a!" and "a b").
+    alike = compile_schema({"type": "object", "properties": {"a b": {}, "a": {}, "a!": {}}})
+    assert feeds(alike, '{"a!": 1, "a": 2, "a b": 3}') == (True, True)
+    assert feeds(alike, '{"a": 1, "a": 2}')[0] is False
 
 
 SMALL = {"type": "object", "properties": {"ok": {"type": "boolean"},
