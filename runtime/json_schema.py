@@ -1,7 +1,7 @@
 """JSON schemas for structured output (OpenAI's response_format json_schema, vLLM's guided_json,
-TensorRT-LLM's guided decoding "json_schema"): compile_schema turns one into the nodes the
-executor's recognizer reads (csrc/runtime/json_object.h), token by token, so the output is one
-JSON value valid against the schema.
+TensorRT-LLM's guided decoding "json_schema"): compile_schema turns one into the nodes
+(csrc/runtime/json_schema.h) the executor's recognizer (json_object.h) reads token by token,
+so the output is one JSON value valid against the schema.
 
 What is enforced: `type` (one or a list), `properties`, `required`, `additionalProperties`
 (absent beside `properties`: no other property, as OpenAI's strict mode and xgrammar read it),
