@@ -110,24 +110,31 @@ def repeats_a_key(text: str) -> bool:
 def test_every_text_the_recognizer_completes_is_valid(schema):
     """Random walks over the bytes the recognizer allows (closing ones favoured so walks end):
     each completed text is valid JSON that the jsonschema package accepts."""
-    compiled = compile_schema(schema)
-    rng = random.Random(3)
+    texts = completed_walks(compile_schema(schema), seed=3, limit=600, closing=0.6)
+    for text in texts:
+        jsonschema.validate(json.loads(text.decode()), schema)
+    assert len(texts) >= 30
+
+
+def completed_walks(compiled, seed: int, limit: int, closing: float, walks: int = 60):
+    """The texts that `walks` random walks over the bytes the recognizer allows complete
+    within `limit` bytes; a closing byte (} ] " ,) is picked with probability `closing` where
+    one is allowed, so that walks end. No walk may reach a dead end."""
+    rng = random.Random(seed)
     alphabet = [bytes([b]) for b in range(256)]
-    completed = 0
-    for _ in range(60):
+    texts = []
+    for _ in range(walks):
         state, text = _core.JsonObjectPrefix(compiled), b""
-        while not state.complete and len(text) < 600:
+        while not state.complete and len(text) < limit:
             allowed = [b for b in alphabet if state.copy().feed(b)]
-            assert allowed, text  # never a dead end
-            closing = [b for b in allowed if b in (b"}", b"]", b'"', b",")]
-            pick = rng.choice(closing if closing and rng.random() < 0.6 else allowed)
+            assert allowed, text
+            closers = [b for b in allowed if b in (b"}", b"]", b'"', b",")]
+            pick = rng.choice(closers if closers and rng.random() < closing else allowed)
             assert state.feed(pick)
             text += pick
         if state.complete:
-            completed += 1
-            value = json.loads(text.decode())
-            jsonschema.validate(value, schema)
-    assert completed >= 30
+            texts.append(text)
+    return texts
 
 
 def test_string_lengths_count_characters_as_json_schema_does():
@@ -172,22 +179,11 @@ def test_a_pydantic_models_schema_is_enforced():
         score: Optional[float] = None
 
     schema = Person.model_json_schema()
-    compiled = compile_schema(schema)
-    rng = random.Random(9)
-    completed = 0
-    for _ in range(60):
-        state, text = _core.JsonObjectPrefix(compiled), b""
-        while not state.complete and len(text) < 800:
-            allowed = [bytes([b]) for b in range(256) if state.copy().feed(bytes([b]))]
-            closing = [b for b in allowed if b in (b"}", b"]", b'"', b",")]
-            pick = rng.choice(closing if closing and rng.random() < 0.7 else allowed)
-            assert state.feed(pick)
-            text += pick
-        if state.complete:
-            completed += 1
-            jsonschema.validate(json.loads(text.decode()), schema)
-            Person.model_validate_json(text)
-    assert completed >= 20
+    texts = completed_walks(compile_schema(schema), seed=9, limit=800, closing=0.7)
+    for text in texts:
+        jsonschema.validate(json.loads(text.decode()), schema)
+        Person.model_validate_json(text)
+    assert len(texts) >= 20
 
 
 @pytest.mark.parametrize("schema,fragment", [
