@@ -18,8 +18,10 @@ array.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
+import threading
 
 from kiln import _core
 from kiln.builder.errors import KilnError
@@ -48,7 +50,9 @@ class SchemaError(KilnError, ValueError):
 
 def compile_schema(schema) -> "_core.JsonSchema":
     """The compiled form of `schema` (a dict, or its JSON text), shared by the requests that
-    use it. Raises SchemaError saying what is wrong and where."""
+    use it: the last CACHED_SCHEMAS schemas compiled are kept, keyed by their canonical JSON,
+    so a server's clients that send the same schema again reuse it (it is read only). Raises
+    SchemaError saying what is wrong and where."""
     if isinstance(schema, (str, bytes)):
         try:
             schema = json.loads(schema)
@@ -56,7 +60,25 @@ def compile_schema(schema) -> "_core.JsonSchema":
             raise SchemaError(f"the JSON schema is not valid JSON: {e}") from None
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON schema is a JSON object, got {type(schema).__name__}")
-    return _Compiler(schema).compile()
+    try:
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as e:
+        raise SchemaError(f"the JSON schema holds a value JSON cannot write: {e}") from None
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    done = _Compiler(schema).compile()  # (the schema as given: an enum's objects keep their order)
+    with _CACHE_LOCK:
+        _CACHE[key] = done
+        while len(_CACHE) > CACHED_SCHEMAS:
+            _CACHE.popitem(last=False)
+    return done
+
+
+CACHED_SCHEMAS = 64
+_CACHE: collections.OrderedDict[str, "_core.JsonSchema"] = collections.OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 def compiled(schema) -> "_core.JsonSchema":

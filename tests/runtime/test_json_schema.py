@@ -234,6 +234,15 @@ def test_compile_refuses_what_it_cannot_enforce(schema, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_schema_sent_again_is_compiled_once():
+    """The same schema, as a dict with its keys in another order or as JSON text, gives the
+    same compiled object; another schema another one."""
+    first = compile_schema(SMALL)
+    again = compile_schema(json.dumps(dict(reversed(list(SMALL.items())))))
+    assert again is first
+    assert compile_schema(dict(SMALL, required=["ok"])) is not first
+
+
 def test_compile_reads_literals_names_and_defaults():
     schema = compile_schema(json.dumps({  # its JSON text too
         "type": "object", "title": "ignored", "description": "annotations are ignored",
