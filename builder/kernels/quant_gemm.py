@@ -360,19 +360,28 @@ def wo_gemv_kernel(out_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr, pqs_ptr, bias
                  mask=col_ok & (tl.full([BLOCK_N], 3, tl.int32) < M))
 
 
+def _int4_biased_lines(magic: int) -> list[str]:
+    """PTX taking one register $4 of two halfwords (elements 4i..4i + 3 and 4i + 4..4i + 7 of a
+    row) to $q = the 16-bit floats 2^e + u of nibble q of each, a pair (one LOP3 a pair: u lies
+    in the mantissa's low bits of (u | magic))."""
+    lines = [".reg .b32 r<4>;"] + [f"shr.u32 r{q}, $4, {4 * q};" for q in (1, 2, 3)]
+    return lines + [f"lop3.b32 ${q}, {f'r{q}' if q else '$4'}, 0x000F000F, {magic:#x}, 0xea;"
+                    for q in range(4)]
+
+
+def _asm_block(lines: list[str]) -> tl.constexpr:
+    return tl.constexpr("{\n" + "\n".join(lines) + "\n}")
+
+
 def _int4_dequant_asm(fma: str, magic: int, one: int, minus_zero: int) -> tl.constexpr:
-    """Inline PTX for _int4_values: one register $4 of two halfwords (elements 4i..4i + 3 and
-    4i + 4..4i + 7 of a row), the group's scale $5 and offset $6 twice; out: $q the values q
-    and q + 4 as a pair. (u | magic) is the 16-bit float 2^e + u; one FMA takes 2^e + 8 off
+    """Inline PTX for _int4_values: _int4_biased_lines, then with the group's scale $5 and
+    offset $6 twice, $q the values q and q + 4 dequantized as a pair: one FMA takes 2^e + 8 off
     (exact), the next is the reference's one rounding of (u - 8) * scale + offset."""
-    lines = [".reg .b32 r<4>, one, bias;", f"mov.b32 one, {one:#x};",
-             f"mov.b32 bias, {minus_zero:#x};"]
-    lines += [f"shr.u32 r{q}, $4, {4 * q};" for q in (1, 2, 3)]
-    lines += [f"lop3.b32 ${q}, {f'r{q}' if q else '$4'}, 0x000F000F, {magic:#x}, 0xea;"
-              for q in range(4)]
+    lines = [".reg .b32 one, bias;", f"mov.b32 one, {one:#x};", f"mov.b32 bias, {minus_zero:#x};"]
+    lines += _int4_biased_lines(magic)
     lines += [f"{fma} ${q}, ${q}, one, bias;" for q in range(4)]
     lines += [f"{fma} ${q}, ${q}, $5, $6;" for q in range(4)]
-    return tl.constexpr("{\n" + "\n".join(lines) + "\n}")
+    return _asm_block(lines)
 
 
 # bfloat16: 128 + u, minus 136; float16: 1024 + u, minus 1032.
@@ -380,17 +389,8 @@ _INT4_BF16 = _int4_dequant_asm("fma.rn.bf16x2", 0x43004300, 0x3F803F80, 0xC308C3
 _INT4_F16 = _int4_dequant_asm("fma.rn.f16x2", 0x64006400, 0x3C003C00, 0xE408E408)
 
 
-def _int4_biased_asm(magic: int) -> tl.constexpr:
-    """Inline PTX for _int4_biased: one register $4 of two halfwords; out: $q the 16-bit
-    floats 2^e + u of nibble q of each, u in the mantissa's low bits (one LOP3 a pair)."""
-    lines = [".reg .b32 r<4>;"] + [f"shr.u32 r{q}, $4, {4 * q};" for q in (1, 2, 3)]
-    lines += [f"lop3.b32 ${q}, {f'r{q}' if q else '$4'}, 0x000F000F, {magic:#x}, 0xea;"
-              for q in range(4)]
-    return tl.constexpr("{\n" + "\n".join(lines) + "\n}")
-
-
-_INT4_BIASED_BF16 = _int4_biased_asm(0x43004300)  # 128 + u
-_INT4_BIASED_F16 = _int4_biased_asm(0x64006400)  # 1024 + u
+_INT4_BIASED_BF16 = _asm_block(_int4_biased_lines(0x43004300))  # 128 + u
+_INT4_BIASED_F16 = _asm_block(_int4_biased_lines(0x64006400))  # 1024 + u
 
 
 @triton.jit

@@ -115,6 +115,12 @@ JsonSchemaNode const* JsonObjectPrefix::valueNode() const
     return mSchema == nullptr || mNode < 0 ? nullptr : &mSchema->nodes[static_cast<std::size_t>(mNode)];
 }
 
+bool JsonObjectPrefix::capped() const
+{
+    JsonSchemaNode const* n = valueNode();
+    return n != nullptr && n->maxLength >= 0;
+}
+
 bool JsonObjectPrefix::character()
 {
     if (mKey)
@@ -190,7 +196,6 @@ bool JsonObjectPrefix::keyStart()
     mKey = true;
     mMode = Mode::kString;
     mMatching = false;
-    mCapped = false;
     JsonSchemaNode const* n = frameNode();
     if (n == nullptr)
     {
@@ -353,7 +358,7 @@ bool JsonObjectPrefix::feed(unsigned char c)
         return true;
     case Mode::kMinus:
         mMode = c == '0' ? Mode::kZero : Mode::kInteger;
-        return digit(c) && (mMode != Mode::kZero || withinBounds(true, true));
+        return digit(c); // ("-0" as "0": no digit may follow, and 0 is within bounds or not)
     case Mode::kZero:
     case Mode::kInteger:
     case Mode::kFraction:
@@ -480,15 +485,11 @@ bool JsonObjectPrefix::value(unsigned char c)
     case '{':
     case '[': return open(static_cast<char>(c), node);
     case '"':
-    {
-        JsonSchemaNode const* n = valueNode();
         mKey = false;
         mMode = Mode::kString;
         mChars = 0;
         mHighSurrogate = false;
-        mCapped = n != nullptr && n->maxLength >= 0;
         return true;
-    }
     case '-':
         mMode = Mode::kMinus;
         mNegative = true;

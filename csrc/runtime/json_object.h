@@ -85,7 +85,6 @@ struct JsonPrefixHead
     std::uint8_t mPending = 0;    ///< hex digits or UTF-8 continuation bytes still due
     std::uint8_t mUtf8Lo = 0x80;  ///< the range of the next UTF-8 continuation byte
     std::uint8_t mUtf8Hi = 0xBF;
-    bool mCapped = false;         ///< the string value being read has a maxLength
     bool mHighSurrogate = false;  ///< the last character was a \uD800-\uDBFF escape
     std::uint8_t mDepth = 0;
     std::uint8_t mSpaces = 0; ///< whitespace bytes in a row just read between tokens
@@ -148,7 +147,7 @@ public:
     /// character begun.
     [[nodiscard]] bool inString() const
     {
-        return mMode == Mode::kString && !mMatching && !mCapped;
+        return mMode == Mode::kString && !mMatching && (mKey || !capped());
     }
 
 private:
@@ -190,6 +189,7 @@ private:
     [[nodiscard]] bool withinBounds(bool digits, bool whole) const;
     bool digit(unsigned char c); ///< an integer's next digit, if it keeps the bounds reachable
     [[nodiscard]] JsonSchemaNode const* valueNode() const; ///< the value's node, nullptr for any
+    [[nodiscard]] bool capped() const; ///< the value's node has a maxLength
     bool match(std::vector<std::string> const& texts, unsigned char c);
     [[nodiscard]] JsonSchemaNode const* frameNode() const;
     [[nodiscard]] bool mayAddProperty() const;
