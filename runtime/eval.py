@@ -1,9 +1,12 @@
 """engine-eval: teacher-forced perplexity of an engine on a text, so that what quantization
 costs is a number.
 
-The text is cut into windows of `window` tokens; each window is prefilled as one fresh
-sequence, in chunks the plan is sized for, asking the step for the logits of every token
-(last_token_index lists every row of the chunk). Every token but a window's first is scored.
+The text is cut into windows of `window` tokens, each scored as one fresh sequence; every token
+but a window's first is scored. On the CPU reference backend a window is prefilled in chunks the
+plan is sized for, asking the step for the logits of every token (last_token_index lists every
+row of the chunk). A GPU plan returns one row of logits a sequence, so there the windows run side
+by side as sequences of their own, one token each a step (lockstep_steps): as many windows a step
+as the plan's batch and the cache take, the logits of each token read as it is decoded.
 """
 from __future__ import annotations
 
@@ -53,9 +56,42 @@ def window_steps(window_ids: list[int], rows: int, tokens_per_block: int, max_bl
         }
 
 
+def lockstep_steps(windows: list[list[int]], tokens_per_block: int, max_blocks: int):
+    """The steps that decode `windows` side by side, one token of each a step (window i in
+    blocks i * blocks_per_window ...): (t, live windows, step), the step's row j being window
+    live[j] at position t. A window drops out after its last token but one, whose logits
+    score the last."""
+    blocks = -(-max(len(w) for w in windows) // tokens_per_block)
+    table = np.zeros((len(windows), max_blocks), dtype=np.int32)
+    table[:, :blocks] = np.arange(len(windows) * blocks, dtype=np.int32).reshape(-1, blocks)
+    for t in range(max(len(w) for w in windows) - 1):
+        live = [i for i, w in enumerate(windows) if t < len(w) - 1]
+        n = len(live)
+        yield t, live, {
+            "input_ids": np.array([windows[i][t] for i in live], dtype=np.int32),
+            "positions": np.full(n, t, dtype=np.int32),
+            "slot_mapping": np.array([table[i, t // tokens_per_block] * tokens_per_block
+                                      + t % tokens_per_block for i in live], dtype=np.int64),
+            "block_tables": table[live],
+            "context_lens": np.full(n, t + 1, dtype=np.int32),
+            "query_start": np.arange(n + 1, dtype=np.int32),
+            "last_token_index": np.arange(n, dtype=np.int32),
+        }
+
+
+def _score(result: "Perplexity", logits, targets: list[int]) -> None:
+    logprobs = torch.log_softmax(torch.from_numpy(np.asarray(logits)).float(), dim=-1)
+    target = torch.tensor(targets, dtype=torch.long)
+    result.nll -= float(logprobs[: len(targets)].gather(1, target[:, None]).sum())
+    result.tokens += len(targets)
+
+
 def perplexity(engine: Engine, ids: list[int], window: int = DEFAULT_WINDOW, backend=None,
-               max_tokens: int | None = None, progress=None) -> Perplexity:
-    """Perplexity of `engine` on token ids; `backend` defaults to the CPU reference backend."""
+               max_tokens: int | None = None, progress=None,
+               lockstep: bool | None = None) -> Perplexity:
+    """Perplexity of `engine` on token ids; `backend` defaults to the CPU reference backend.
+    `lockstep`: decode the windows side by side a token a step (lockstep_steps), as a backend
+    returning one row of logits a sequence needs; None: for any backend but the reference one."""
     b = engine.config.build
     if window < 2:
         raise KilnError(f"--window must be at least 2 tokens, got {window}")
@@ -64,27 +100,34 @@ def perplexity(engine: Engine, ids: list[int], window: int = DEFAULT_WINDOW, bac
     if len(ids) < 2:
         raise KilnError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
     blocks = -(-window // b.tokens_per_block)
+    from kiln.runtime.reference import ReferenceBackend
     if backend is None:
-        from kiln.runtime.reference import ReferenceBackend
         backend = ReferenceBackend(engine, blocks)
     elif backend.num_blocks < blocks:
         raise KilnError(f"the backend holds {backend.num_blocks} KV blocks, a {window}-token "
                         f"window needs {blocks}; lower --window")
+    if lockstep is None:
+        lockstep = not isinstance(backend, ReferenceBackend)
     rows = min(b.max_num_tokens, b.max_batch_size)  # the plan's limits on tokens and logits rows
+    windows = [ids[begin: begin + window] for begin in range(0, len(ids) - 1, window)]
+    windows = [w for w in windows if len(w) >= 2]
     result = Perplexity(0, 0.0, 0)
-    for begin in range(0, len(ids) - 1, window):
-        chunk = ids[begin: begin + window]
-        if len(chunk) < 2:
-            break
+    if lockstep:
+        side_by_side = max(1, min(rows, backend.num_blocks // blocks))
+        for first in range(0, len(windows), side_by_side):
+            group = windows[first: first + side_by_side]
+            for t, live, step in lockstep_steps(group, b.tokens_per_block, b.max_blocks_per_seq):
+                _score(result, backend.forward(step), [group[i][t + 1] for i in live])
+            result.windows += len(group)
+            if progress:
+                progress(min((first + len(group)) * window, len(ids)), len(ids))
+        return result
+    for w, chunk in enumerate(windows):
         for start, step in window_steps(chunk, rows, b.tokens_per_block, b.max_blocks_per_seq):
-            logits = torch.from_numpy(np.asarray(backend.forward(step))).float()
-            targets = torch.tensor(chunk[start + 1: start + 1 + logits.shape[0]], dtype=torch.long)
-            logprobs = torch.log_softmax(logits[: targets.shape[0]], dim=-1)
-            result.nll -= float(logprobs.gather(1, targets[:, None]).sum())
-            result.tokens += targets.shape[0]
+            _score(result, backend.forward(step), chunk[start + 1: start + 1 + rows])
         result.windows += 1
         if progress:
-            progress(min(begin + window, len(ids)), len(ids))
+            progress(min((w + 1) * window, len(ids)), len(ids))
     return result
 
 

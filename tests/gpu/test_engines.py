@@ -88,6 +88,22 @@ def test_float32_engine_matches_huggingface(core, sm, tiny_engine, arch):
                                        atol=2e-4, rtol=0)
 
 
+def test_engine_eval_on_gpu_equals_the_reference_backend(core, sm, tiny_engine):
+    """engine-eval's GPU path (the windows side by side, a token each a step) scores what the
+    reference backend's chunked prefill scores: float32, so to 1e-4."""
+    from kiln.runtime.eval import perplexity
+
+    _, path = tiny_engine("llama", "float32", targets=(sm,))
+    engine = load_engine(path)
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(3, 320, (150,), generator=g).tolist()
+    gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS)
+    ours = perplexity(engine, ids, window=40, backend=gpu)
+    ref = perplexity(engine, ids, window=40)
+    assert (ours.tokens, ours.windows) == (ref.tokens, ref.windows) == (146, 4)
+    assert ours.value == pytest.approx(ref.value, rel=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_model_runner_on_gpu_is_greedy_huggingface(core, sm, tiny_engine, arch):
     from kiln.runtime import ModelRunner

@@ -55,6 +55,35 @@ def test_perplexity_equals_transformers(tiny):
     assert perplexity(engines[64], ids[:200], window=500).windows == 3
 
 
+def test_windows_side_by_side_equal_transformers(tiny):
+    """The GPU's way (lockstep_steps: the windows as sequences of their own, a token each a
+    step), run on the reference backend: the same perplexity, whether all windows fit one
+    batch or the cache holds two at a time (the last window shorter)."""
+    from kiln.runtime.reference import ReferenceBackend
+    ckpt, engines, ids = tiny
+    expected, count = hf_perplexity(ckpt, ids[:250], 80)
+    engine = engines[16]
+    for num_blocks in (64, 20):  # 80-token windows take 10 blocks of 8
+        backend = ReferenceBackend(engine, num_blocks)
+        result = perplexity(engine, ids[:250], window=80, backend=backend, lockstep=True)
+        assert (result.tokens, result.windows) == (count, 4) == (246, 4)
+        assert result.value == pytest.approx(expected, rel=1e-5)
+
+
+def test_lockstep_steps_lay_out_each_window_in_its_own_blocks():
+    from kiln.runtime.eval import lockstep_steps
+    windows = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    steps = list(lockstep_steps(windows, tokens_per_block=2, max_blocks=4))
+    assert [(t, live) for t, live, _ in steps] == [(0, [0, 1]), (1, [0, 1]), (2, [0]), (3, [0])]
+    _, _, step = steps[1]
+    assert step["input_ids"].tolist() == [6, 11] and step["positions"].tolist() == [1, 1]
+    assert step["block_tables"].tolist() == [[0, 1, 2, 0], [3, 4, 5, 0]]
+    assert step["slot_mapping"].tolist() == [1, 7] and step["context_lens"].tolist() == [2, 2]
+    _, _, step = steps[2]
+    assert step["slot_mapping"].tolist() == [2] and step["block_tables"].tolist() == [[0, 1, 2, 0]]
+    assert step["query_start"].tolist() == [0, 1] and step["last_token_index"].tolist() == [0]
+
+
 def test_max_tokens_and_errors(tiny):
     _, engines, ids = tiny
     assert perplexity(engines[16], ids, window=50, max_tokens=101).tokens == 98
