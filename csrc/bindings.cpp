@@ -129,6 +129,23 @@ void shutdownLiveExecutors()
     }
 }
 
+/// Per position, its (token, log-probability) pairs, as Python reads them.
+std::vector<std::vector<std::pair<TokenIdType, float>>> tokenLogProbPairs(
+    std::vector<std::vector<TokenLogProb>> const& positions)
+{
+    std::vector<std::vector<std::pair<TokenIdType, float>>> out;
+    out.reserve(positions.size());
+    for (auto const& position : positions)
+    {
+        auto& row = out.emplace_back();
+        for (TokenLogProb const& t : position)
+        {
+            row.emplace_back(t.token, t.logProb);
+        }
+    }
+    return out;
+}
+
 template <typename T>
 std::string reprOf(char const* name, T const& fields)
 {
@@ -277,17 +294,19 @@ void bindRequests(py::module_& m)
                           bool streaming, bool returnLogProbs, SizeType priority, SizeType numTopLogProbs,
                           std::vector<std::vector<TokenIdType>> badWords,
                           std::vector<std::vector<TokenIdType>> choices, bool jsonObject,
-                          std::shared_ptr<TokenTable> tokenTable, std::shared_ptr<JsonSchema> jsonSchema) {
+                          std::shared_ptr<TokenTable> tokenTable, std::shared_ptr<JsonSchema> jsonSchema,
+                          std::optional<SizeType> promptLogProbs) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
                 streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices),
-                jsonObject, std::move(tokenTable), std::move(jsonSchema)};
+                jsonObject, std::move(tokenTable), std::move(jsonSchema), promptLogProbs};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
             "streaming"_a = false, "return_log_probs"_a = false, "priority"_a = 0, "num_top_log_probs"_a = 0,
             "bad_words"_a = std::vector<std::vector<TokenIdType>>(),
             "choices"_a = std::vector<std::vector<TokenIdType>>(), "json_object"_a = false,
-            "token_table"_a = std::shared_ptr<TokenTable>(), "json_schema"_a = std::shared_ptr<JsonSchema>())
+            "token_table"_a = std::shared_ptr<TokenTable>(), "json_schema"_a = std::shared_ptr<JsonSchema>(),
+            "prompt_log_probs"_a = std::optional<SizeType>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -301,6 +320,8 @@ void bindRequests(py::module_& m)
         .def_readwrite("bad_words", &Request::badWords)
         .def_readwrite("choices", &Request::choices)
         .def_readwrite("json_object", &Request::jsonObject)
+        .def_readwrite("prompt_log_probs", &Request::promptLogProbs,
+            "None, or k: each prompt token's log-probability after the first, with the k most likely tokens there")
         .def_property(
             "token_table", [](Request const& r) { return std::const_pointer_cast<TokenTable>(r.tokenTable); },
             [](Request& r, std::shared_ptr<TokenTable> table) { r.tokenTable = std::move(table); })
@@ -313,21 +334,15 @@ void bindRequests(py::module_& m)
         .def_readonly("output_token_ids", &Response::outputTokenIds)
         .def_readonly("log_probs", &Response::logProbs)
         .def_readonly("is_final", &Response::isFinal)
+        .def_readonly("prompt_log_probs", &Response::promptLogProbs,
+            "In the first response, when asked for: the log-probability of each prompt token after the first.")
+        .def_property_readonly("prompt_top_log_probs",
+            [](Response const& r) { return tokenLogProbPairs(r.promptTopLogProbs); },
+            "In the first response, when asked for with k > 0: per prompt token after the first, the k most "
+            "likely (token, log-probability) pairs there.")
         .def_readonly("finish_reason", &Response::finishReason)
         .def_readonly("error_message", &Response::errorMessage)
-        .def_property_readonly("top_log_probs",
-            [](Response const& r) {
-                std::vector<std::vector<std::pair<TokenIdType, float>>> out;
-                for (auto const& step : r.topLogProbs)
-                {
-                    auto& row = out.emplace_back();
-                    for (TokenLogProb const& t : step)
-                    {
-                        row.emplace_back(t.token, t.logProb);
-                    }
-                }
-                return out;
-            },
+        .def_property_readonly("top_log_probs", [](Response const& r) { return tokenLogProbPairs(r.topLogProbs); },
             "Per output token, when asked for: the most likely (token, log-probability) pairs there.")
         .def_property_readonly("has_error", [](Response const& r) { return r.finishReason == FinishReason::kError; })
         .def("__repr__", [](Response const& r) {
@@ -402,7 +417,8 @@ void bindCacheAndScheduler(py::module_& m)
             "kv_cache"_a, py::kw_only(), "max_batch_size"_a, "max_num_tokens"_a, "max_seq_len"_a,
             "capacity_scheduler_policy"_a = "max_utilization", py::keep_alive<1, 2>())
         .def("check_fits", &Scheduler::checkFits, "num_prompt_tokens"_a, "max_new_tokens"_a)
-        .def("add_request", &Scheduler::addRequest, "request_id"_a, "prompt"_a, "max_new_tokens"_a, "priority"_a = 0)
+        .def("add_request", &Scheduler::addRequest, "request_id"_a, "prompt"_a, "max_new_tokens"_a, "priority"_a = 0,
+            "stepwise_prompt"_a = false)
         .def("schedule", &Scheduler::schedule)
         .def("update_computed", &Scheduler::updateComputed, "output"_a)
         .def("append_token", &Scheduler::appendToken, "request_id"_a, "token"_a)

@@ -23,6 +23,17 @@ std::string oneLine(std::string text)
     std::replace(text.begin(), text.end(), '\n', ' ');
     return text;
 }
+
+/// A response of request `id`, without tokens yet.
+Response makeResponse(IdType id, bool isFinal, FinishReason reason, std::string error)
+{
+    Response response;
+    response.requestId = id;
+    response.isFinal = isFinal;
+    response.finishReason = reason;
+    response.errorMessage = std::move(error);
+    return response;
+}
 } // namespace
 
 class Executor::Impl
@@ -54,7 +65,7 @@ public:
         IdType const id = mNextId++;
         if (mStopping)
         {
-            mResponses.push({{id, {}, {}, true, FinishReason::kError, "the executor is shut down; create a new one", {}}});
+            mResponses.push({makeResponse(id, true, FinishReason::kError, "the executor is shut down; create a new one")});
             return id;
         }
         mResponses.expect(id);
@@ -116,6 +127,10 @@ private:
         std::vector<std::vector<TokenLogProb>> topLogProbs;
         SizeType numSent = 0; ///< generated tokens already in a response
         JsonObjectPrefix json; ///< with JSON output: the generated text read so far
+        std::vector<float> promptLogProbs; ///< of prompt tokens 1, 2, ... as their logits come
+        std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
+        SizeType numPromptScored = 0; ///< prompt tokens after the first whose log-probability is known
+        bool sentAny = false; ///< a response went out (the first carries the prompt's log-probabilities)
     };
 
     static ExecutorConfig const& checked(ExecutorConfig const& config)
@@ -179,17 +194,18 @@ private:
         auto problem = validateRequest(request, mConfig.vocabSize);
         if (!problem)
         {
-            problem = mScheduler.addRequest(id, request.inputTokenIds, request.maxNewTokens, request.priority);
+            problem = mScheduler.addRequest(id, request.inputTokenIds, request.maxNewTokens, request.priority,
+                request.promptLogProbs.has_value());
         }
         if (problem)
         {
-            mOutbox.push_back({id, {}, {}, true, FinishReason::kError, "bad request: " + *problem, {}});
+            mOutbox.push_back(makeResponse(id, true, FinishReason::kError, "bad request: " + *problem));
             return;
         }
         auto const& seed = request.samplingConfig.seed;
         std::mt19937_64 rng(seed ? *seed : mSeeder());
         JsonSchema const* schema = request.jsonSchema.get();
-        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, JsonObjectPrefix(schema)});
+        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, JsonObjectPrefix(schema), {}, {}, 0, false});
     }
 
     void step()
@@ -207,10 +223,12 @@ private:
             StepInputs inputs = buildStepInputs(output, mScheduler, mKvCache, mConfig.maxBlocksPerSeq());
             std::size_t const numRows = output.sequences.size();
             std::vector<SizeType>& logitRows = inputs.logitRows.emplace();
+            std::vector<bool> scoresPrompt(numRows);
             for (std::size_t i = 0; i < numRows; ++i)
             {
                 ScheduledSequence const& s = output.sequences[i];
-                if (s.samplesNextToken && !picksOnBackend(s.id))
+                scoresPrompt[i] = scoresPromptToken(s);
+                if ((s.samplesNextToken && !picksOnBackend(s.id)) || scoresPrompt[i])
                 {
                     logitRows.push_back(static_cast<SizeType>(i));
                 }
@@ -234,21 +252,30 @@ private:
             for (std::size_t i = 0; i < numRows; ++i)
             {
                 ScheduledSequence const& s = output.sequences[i];
+                float const* row = nullptr; // this row's logits, when they came back
+                if (!picked)
+                {
+                    row = result.logits.data() + i * vocab;
+                }
+                else if (nextLogitRow < logitRows.size() && logitRows[nextLogitRow] == static_cast<SizeType>(i))
+                {
+                    row = result.logits.data() + nextLogitRow++ * vocab;
+                }
+                if (scoresPrompt[i])
+                {
+                    scorePromptToken(s, row);
+                }
                 if (!s.samplesNextToken)
                 {
                     continue;
                 }
-                if (picked && nextLogitRow < logitRows.size() && logitRows[nextLogitRow] == static_cast<SizeType>(i))
+                if (row != nullptr)
                 {
-                    sampleAndUpdate(s.id, result.logits.data() + nextLogitRow++ * vocab);
-                }
-                else if (picked)
-                {
-                    acceptPicked(s.id, result.tokens[i], result.logProbs[i]);
+                    sampleAndUpdate(s.id, row);
                 }
                 else
                 {
-                    sampleAndUpdate(s.id, result.logits.data() + i * vocab);
+                    acceptPicked(s.id, result.tokens[i], result.logProbs[i]);
                 }
             }
         }
@@ -282,6 +309,44 @@ private:
         return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0 && request.badWords.empty()
             && request.choices.empty() && !request.jsonOutput()
             && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
+    }
+
+    /// Whether this step's last token of `s` is a prompt position whose logits score the next
+    /// prompt token, not scored yet (a recomputation after preemption scores nothing twice).
+    bool scoresPromptToken(ScheduledSequence const& s) const
+    {
+        RequestState const& state = mStates.at(s.id);
+        if (!state.request.promptLogProbs)
+        {
+            return false;
+        }
+        SizeType const position = s.startPosition + s.numTokens - 1;
+        return position + 1 < mScheduler.find(s.id)->numPromptTokens
+            && position == state.numPromptScored;
+    }
+
+    /// Records the log-probability of the prompt token after `s`'s last one in this step.
+    void scorePromptToken(ScheduledSequence const& s, float const* logits)
+    {
+        RequestState& state = mStates.at(s.id);
+        Sequence const& seq = *mScheduler.find(s.id);
+        auto const next = static_cast<std::size_t>(s.startPosition + s.numTokens);
+        SampleResult result;
+        try
+        {
+            result = mSampler.score(logits, seq.tokens.at(next), *state.request.promptLogProbs);
+        }
+        catch (std::runtime_error const& e)
+        {
+            finish(s.id, FinishReason::kError, std::string("scoring the prompt failed: ") + e.what());
+            return;
+        }
+        ++state.numPromptScored;
+        state.promptLogProbs.push_back(result.logProb);
+        if (*state.request.promptLogProbs > 0)
+        {
+            state.promptTopLogProbs.push_back(std::move(result.top));
+        }
     }
 
     void sampleAndUpdate(IdType id, float const* logits)
@@ -361,7 +426,7 @@ private:
 
     Response takeUnsent(IdType id, RequestState& state, bool isFinal, FinishReason reason, std::string error)
     {
-        Response response{id, {}, {}, isFinal, reason, std::move(error), {}};
+        Response response = makeResponse(id, isFinal, reason, std::move(error));
         if (Sequence const* seq = mScheduler.find(id))
         {
             auto const from = static_cast<std::size_t>(seq->numPromptTokens + state.numSent);
@@ -375,6 +440,12 @@ private:
                 response.topLogProbs.assign(state.topLogProbs.begin() + state.numSent, state.topLogProbs.end());
             }
             state.numSent = seq->numGeneratedTokens();
+        }
+        if (!state.sentAny)
+        {
+            response.promptLogProbs = std::move(state.promptLogProbs);
+            response.promptTopLogProbs = std::move(state.promptTopLogProbs);
+            state.sentAny = true;
         }
         return response;
     }
@@ -445,7 +516,7 @@ private:
         std::string const why = "the executor shut down before the request finished";
         for (auto const& entry : incoming)
         {
-            mOutbox.push_back({entry.first, {}, {}, true, FinishReason::kCancelled, why, {}});
+            mOutbox.push_back(makeResponse(entry.first, true, FinishReason::kCancelled, why));
         }
         std::vector<IdType> pending;
         for (auto const& entry : mStates)

@@ -125,6 +125,11 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
         return "num_top_log_probs is " + std::to_string(request.numTopLogProbs) + " but must be in [0, "
             + std::to_string(kMaxTopLogProbs) + "]";
     }
+    if (request.promptLogProbs && (*request.promptLogProbs < 0 || *request.promptLogProbs > kMaxTopLogProbs))
+    {
+        return "prompt_log_probs is " + std::to_string(*request.promptLogProbs) + " but must be in [0, "
+            + std::to_string(kMaxTopLogProbs) + "] (or unset)";
+    }
     if (request.numTopLogProbs > 0 && !request.returnLogProbs)
     {
         return "num_top_log_probs is " + std::to_string(request.numTopLogProbs)

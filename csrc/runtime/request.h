@@ -45,6 +45,12 @@ struct Request
     /// @brief The output is one JSON value valid against this schema (OpenAI's response_format
     /// json_schema, vLLM's guided_json), picked and stopped as for jsonObject
     std::shared_ptr<JsonSchema const> jsonSchema;
+    /// @brief With a value k: the log-probability of each prompt token after the first under the
+    /// model's raw distribution given the tokens before it, and the k most likely tokens there
+    /// (vLLM's prompt_logprobs, the prompt's part of OpenAI's echo with logprobs). The prompt is
+    /// then computed one token a step and never taken from the prefix cache, so every position's
+    /// logits are read (at most kMaxTopLogProbs).
+    std::optional<SizeType> promptLogProbs;
 
     /// @brief Whether the output is JSON (jsonObject or jsonSchema).
     [[nodiscard]] bool jsonOutput() const

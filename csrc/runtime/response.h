@@ -48,6 +48,11 @@ struct Response
     /// @brief One list per output token when the request asked for numTopLogProbs: the most
     /// likely tokens there, most likely first.
     std::vector<std::vector<TokenLogProb>> topLogProbs;
+    /// @brief In a request's first response, when it asked for promptLogProbs: the log-probability
+    /// of each prompt token after the first (as far as the prompt was computed), and with k > 0 the
+    /// k most likely tokens at each of those positions.
+    std::vector<float> promptLogProbs;
+    std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
 };
 
 } // namespace kiln

@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 
 namespace kiln
 {
@@ -184,23 +185,47 @@ SampleResult Sampler::sample(float const* logits, SamplingConfig const& config,
     {
         // mScratch holds the processed logits the pick was made from.
         float const maxLogit = checkedMax(mScratch);
-        double const logSum = std::log(expSum(mScratch, maxLogit));
-        auto const n = std::min<std::size_t>(static_cast<std::size_t>(numTop), mScratch.size());
-        mOrder.resize(mScratch.size());
-        std::iota(mOrder.begin(), mOrder.end(), 0);
-        auto const higher = [this](TokenIdType a, TokenIdType b) {
-            float const la = mScratch[static_cast<std::size_t>(a)];
-            float const lb = mScratch[static_cast<std::size_t>(b)];
-            return la > lb || (la == lb && a < b);
-        };
-        std::partial_sort(mOrder.begin(), mOrder.begin() + static_cast<std::ptrdiff_t>(n), mOrder.end(), higher);
-        for (std::size_t i = 0; i < n && mScratch[static_cast<std::size_t>(mOrder[i])] != kMasked; ++i)
-        {
-            double const l = mScratch[static_cast<std::size_t>(mOrder[i])];
-            result.top.push_back({mOrder[i], static_cast<float>(l - maxLogit - logSum)});
-        }
+        appendTop(result, numTop, maxLogit, std::log(expSum(mScratch, maxLogit)));
     }
     return result;
+}
+
+SampleResult Sampler::score(float const* logits, TokenIdType token, SizeType numTop)
+{
+    if (token < 0 || token >= mVocabSize)
+    {
+        throw std::runtime_error("token " + std::to_string(token) + " is outside the vocabulary of "
+            + std::to_string(mVocabSize));
+    }
+    mScratch.assign(logits, logits + mVocabSize);
+    float const maxLogit = checkedMax(mScratch);
+    double const logSum = std::log(expSum(mScratch, maxLogit));
+    double const l = mScratch[static_cast<std::size_t>(token)];
+    SampleResult result{token, static_cast<float>(l - maxLogit - logSum), {}};
+    appendTop(result, numTop, maxLogit, logSum);
+    return result;
+}
+
+void Sampler::appendTop(SampleResult& result, SizeType numTop, float maxLogit, double logSum)
+{
+    auto const n = std::min<std::size_t>(static_cast<std::size_t>(std::max<SizeType>(numTop, 0)), mScratch.size());
+    if (n == 0)
+    {
+        return;
+    }
+    mOrder.resize(mScratch.size());
+    std::iota(mOrder.begin(), mOrder.end(), 0);
+    auto const higher = [this](TokenIdType a, TokenIdType b) {
+        float const la = mScratch[static_cast<std::size_t>(a)];
+        float const lb = mScratch[static_cast<std::size_t>(b)];
+        return la > lb || (la == lb && a < b);
+    };
+    std::partial_sort(mOrder.begin(), mOrder.begin() + static_cast<std::ptrdiff_t>(n), mOrder.end(), higher);
+    for (std::size_t i = 0; i < n && mScratch[static_cast<std::size_t>(mOrder[i])] != kMasked; ++i)
+    {
+        double const l = mScratch[static_cast<std::size_t>(mOrder[i])];
+        result.top.push_back({mOrder[i], static_cast<float>(l - maxLogit - logSum)});
+    }
 }
 
 void Sampler::keepOnly(std::vector<TokenIdType> const& keep)

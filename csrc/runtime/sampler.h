@@ -60,7 +60,16 @@ public:
         std::vector<TokenIdType> const& heldBack = {}, SizeType numTop = 0,
         std::vector<TokenIdType> const& only = {});
 
+    /// @brief `token`'s log-probability under the raw distribution of `logits` (no processing),
+    /// with the `numTop` most likely tokens there: a prompt token's score. Throws
+    /// std::runtime_error when the row holds NaN or no finite value.
+    [[nodiscard]] SampleResult score(float const* logits, TokenIdType token, SizeType numTop);
+
 private:
+    /// Appends the numTop most likely tokens of mScratch to result.top, under the distribution
+    /// whose largest logit is maxLogit and log-sum-exp relative to it logSum.
+    void appendTop(SampleResult& result, SizeType numTop, float maxLogit, double logSum);
+
     /// The token and its log-probability; leaves the processed logits in mScratch.
     [[nodiscard]] SampleResult pick(float const* logits, SamplingConfig const& config,
         std::vector<TokenIdType> const& tokens, SizeType numPromptTokens, std::mt19937_64& rng,

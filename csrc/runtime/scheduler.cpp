@@ -1,6 +1,7 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 
 namespace kiln
@@ -62,8 +63,22 @@ std::optional<std::string> Scheduler::checkFits(SizeType numPromptTokens, SizeTy
     return std::nullopt;
 }
 
+namespace
+{
+/// Most tokens the next chunk of `seq` may compute from `computed` on: those done before by
+/// the stepwise ones, then one a step until they are done.
+SizeType chunkCap(Sequence const& seq, SizeType computed)
+{
+    if (computed >= seq.stepwiseUntil)
+    {
+        return std::numeric_limits<SizeType>::max();
+    }
+    return computed < seq.stepwiseFrom ? seq.stepwiseFrom - computed : 1;
+}
+} // namespace
+
 std::optional<std::string> Scheduler::addRequest(
-    IdType id, std::vector<TokenIdType> prompt, SizeType maxNewTokens, SizeType priority)
+    IdType id, std::vector<TokenIdType> prompt, SizeType maxNewTokens, SizeType priority, bool stepwisePrompt)
 {
     if (auto problem = checkFits(static_cast<SizeType>(prompt.size()), maxNewTokens))
     {
@@ -80,6 +95,7 @@ std::optional<std::string> Scheduler::addRequest(
     seq.maxNewTokens = maxNewTokens;
     seq.priority = priority;
     seq.arrival = mNextArrival++;
+    seq.stepwiseUntil = stepwisePrompt ? seq.numPromptTokens - 1 : 0;
     mSequences.emplace(id, std::move(seq));
     insertWaiting(id);
     return std::nullopt;
@@ -131,7 +147,8 @@ void Scheduler::scheduleRunning(bool decodes, SchedulerOutput& output, SizeType&
             continue;
         }
         auto fits = [&] {
-            SizeType const want = std::min(seq.numRemainingTokens(), budget);
+            SizeType const want
+                = std::min({seq.numRemainingTokens(), budget, chunkCap(seq, seq.numComputedTokens)});
             return std::min(want, mKvCache->tokenCapacity(id) - seq.numComputedTokens);
         };
         SizeType numTokens = fits();
@@ -199,9 +216,18 @@ void Scheduler::admitWaiting(SchedulerOutput& output, SizeType& budget)
     {
         IdType const id = mWaiting.front();
         Sequence& seq = mSequences.at(id);
-        SizeType const reusable = mKvCache->numReusableTokens(seq.tokens);
-        SizeType const numTokens = std::min(static_cast<SizeType>(seq.tokens.size()) - reusable, budget);
-        if (!mKvCache->canAddSequence(seq.tokens, reusable + numTokens))
+        // A sequence still to read logits one token at a time reuses only tokens before them.
+        std::vector<TokenIdType> prefix;
+        bool const stepwise = seq.stepwiseFrom < seq.stepwiseUntil;
+        if (stepwise)
+        {
+            prefix.assign(seq.tokens.begin(), seq.tokens.begin() + seq.stepwiseFrom + 1);
+        }
+        std::vector<TokenIdType> const& lookup = stepwise ? prefix : seq.tokens;
+        SizeType const reusable = mKvCache->numReusableTokens(lookup);
+        SizeType const numTokens = std::min(
+            {static_cast<SizeType>(seq.tokens.size()) - reusable, budget, chunkCap(seq, reusable)});
+        if (!mKvCache->canAddSequence(lookup, reusable + numTokens))
         {
             return; // strict order: later requests wait behind this one
         }
@@ -211,7 +237,7 @@ void Scheduler::admitWaiting(SchedulerOutput& output, SizeType& budget)
         {
             return;
         }
-        seq.numComputedTokens = mKvCache->addSequence(id, seq.tokens, reusable + numTokens);
+        seq.numComputedTokens = mKvCache->addSequence(id, lookup, reusable + numTokens);
         if (noEvict)
         {
             reserved += std::max<SizeType>(0, finalBlocks(seq) - static_cast<SizeType>(mKvCache->blockIds(id).size()));
@@ -235,6 +261,7 @@ void Scheduler::updateComputed(SchedulerOutput const& output)
         }
         Sequence& seq = it->second;
         seq.numComputedTokens = s.startPosition + s.numTokens;
+        seq.stepwiseFrom = std::max(seq.stepwiseFrom, seq.numComputedTokens);
         mKvCache->cacheComputedBlocks(s.id, seq.tokens, seq.numComputedTokens);
     }
 }

@@ -55,7 +55,8 @@ struct SchedulerOutput
 ///
 /// Each step: running decodes first (one token each), then running prompt chunks, then waiting
 /// requests in order (higher priority first, then arrival) with chunked prefill, all within
-/// maxBatchSize sequences and maxNumTokens tokens. When a running sequence cannot get a block,
+/// maxBatchSize sequences and maxNumTokens tokens; a sequence reading the logits of each prompt
+/// token takes one token a step until it has them. When a running sequence cannot get a block,
 /// the newest running sequence is preempted: its blocks are freed and it goes back to waiting
 /// with its generated tokens, to be recomputed later. Admission never preempts. The scheduler
 /// decides only; it never runs the model.
@@ -73,8 +74,10 @@ public:
     /// @brief Why a request with this many prompt and new tokens can never run, or nullopt.
     [[nodiscard]] std::optional<std::string> checkFits(SizeType numPromptTokens, SizeType maxNewTokens) const;
     /// @brief Queues a request; returns the reason when it can never run (nothing is queued then).
-    [[nodiscard]] std::optional<std::string> addRequest(
-        IdType id, std::vector<TokenIdType> prompt, SizeType maxNewTokens, SizeType priority = 0);
+    /// `stepwisePrompt`: its prompt is computed one token a step (Sequence::stepwiseUntil), so
+    /// that the logits of every prompt position are read.
+    [[nodiscard]] std::optional<std::string> addRequest(IdType id, std::vector<TokenIdType> prompt,
+        SizeType maxNewTokens, SizeType priority = 0, bool stepwisePrompt = false);
     /// @brief Decides the next step and allocates its blocks.
     [[nodiscard]] SchedulerOutput schedule();
     /// @brief Records that a step ran: advances computed tokens and offers full blocks for reuse.

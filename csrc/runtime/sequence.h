@@ -19,6 +19,12 @@ struct Sequence
     SizeType priority = 0;      ///< higher is admitted first
     std::uint64_t arrival = 0;  ///< admission order among equal priorities
     SizeType numPreemptions = 0;
+    /// Tokens from stepwiseFrom up to stepwiseUntil are computed one a step, so the logits of each
+    /// are read (a request's prompt log-probabilities); stepwiseFrom follows the computed tokens,
+    /// so a preempted sequence recomputes those done already in chunks, and takes no more from the
+    /// prefix cache than them.
+    SizeType stepwiseFrom = 0;
+    SizeType stepwiseUntil = 0;
 
     /// @brief Tokens still to compute before the next token can be sampled.
     [[nodiscard]] SizeType numRemainingTokens() const

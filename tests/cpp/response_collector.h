@@ -19,6 +19,9 @@ struct Outcome
     std::vector<TokenIdType> tokens;
     std::vector<float> logProbs;
     std::vector<std::vector<TokenLogProb>> topLogProbs;
+    std::vector<float> promptLogProbs;
+    std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
+    int numWithPrompt = 0; ///< responses that carried prompt log-probabilities
     int numResponses = 0;
     int numFinals = 0;
     bool afterFinal = false; ///< a response arrived after the final one
@@ -37,6 +40,12 @@ public:
             o.tokens.insert(o.tokens.end(), r.outputTokenIds.begin(), r.outputTokenIds.end());
             o.logProbs.insert(o.logProbs.end(), r.logProbs.begin(), r.logProbs.end());
             o.topLogProbs.insert(o.topLogProbs.end(), r.topLogProbs.begin(), r.topLogProbs.end());
+            if (!r.promptLogProbs.empty())
+            {
+                ++o.numWithPrompt;
+                o.promptLogProbs = r.promptLogProbs;
+                o.promptTopLogProbs = r.promptTopLogProbs;
+            }
             ++o.numResponses;
             if (r.isFinal)
             {

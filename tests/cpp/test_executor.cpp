@@ -805,3 +805,129 @@ TEST(Executor, JsonSchemaOutputsAreValuesOfTheSchemaOnEitherPickPath)
         EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
     });
 }
+
+namespace
+{
+/// The fake model's log-softmax of token `v` after `context`.
+double fakeLogProb(std::vector<TokenIdType> const& context, TokenIdType v)
+{
+    TokenIdType const fav = test::favouredToken(context, kVocab);
+    double z = 0.0;
+    for (TokenIdType u = 0; u < kVocab; ++u)
+    {
+        z += std::exp(static_cast<double>(test::fakeLogit(u, fav)));
+    }
+    return test::fakeLogit(v, fav) - std::log(z);
+}
+
+/// Checks `out`'s prompt log-probabilities (and `k` alternatives each) against the fake model.
+void expectPromptScores(test::Outcome const& out, std::vector<TokenIdType> const& prompt, SizeType k)
+{
+    ASSERT_EQ(out.promptLogProbs.size(), prompt.size() - 1);
+    ASSERT_EQ(out.promptTopLogProbs.size(), k > 0 ? prompt.size() - 1 : 0U);
+    EXPECT_EQ(out.numWithPrompt, 1);
+    for (std::size_t p = 0; p + 1 < prompt.size(); ++p)
+    {
+        std::vector<TokenIdType> const context(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(p) + 1);
+        EXPECT_NEAR(out.promptLogProbs[p], fakeLogProb(context, prompt[p + 1]), 1e-4) << "position " << p;
+        if (k == 0)
+        {
+            continue;
+        }
+        auto const& top = out.promptTopLogProbs[p];
+        ASSERT_EQ(top.size(), static_cast<std::size_t>(k));
+        EXPECT_EQ(top[0].token, test::favouredToken(context, kVocab));
+        for (std::size_t j = 0; j < top.size(); ++j)
+        {
+            EXPECT_NEAR(top[j].logProb, fakeLogProb(context, top[j].token), 1e-4);
+            EXPECT_TRUE(j == 0 || top[j].logProb <= top[j - 1].logProb);
+        }
+    }
+}
+} // namespace
+
+TEST(Executor, PromptLogProbsScoreEveryPromptTokenOnEitherPickPath)
+{
+    Request asked = greedy({7, 3, 9, 1, 12, 5, 30, 2, 8}, 5);
+    asked.promptLogProbs = 2;
+    Request streamed = asked;
+    streamed.streaming = true;
+    Request tokenOnly = asked;
+    tokenOnly.promptLogProbs = 0;
+    Request sampled = asked; // a request sampled on the host, scored alike
+    sampled.samplingConfig.temperature = 0.7F;
+    sampled.samplingConfig.seed = 5;
+    Request single = greedy({4}, 3);
+    single.promptLogProbs = 1;
+    Request tooMany = asked;
+    tooMany.promptLogProbs = 21;
+    auto const full = test::expectedGreedy(asked, 64, kVocab).tokens;
+    onEitherPickPath({asked, streamed, tokenOnly, sampled, single, tooMany},
+        [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+            SCOPED_TRACE(pickOnBackend ? "backend picks" : "host samples");
+            for (IdType const id : {ids[0], ids[1]})
+            {
+                EXPECT_EQ(f.responses.outcomes[id].tokens, full);
+                expectPromptScores(f.responses.outcomes[id], asked.inputTokenIds, 2);
+            }
+            EXPECT_EQ(f.responses.outcomes[ids[1]].numResponses, 5);
+            expectPromptScores(f.responses.outcomes[ids[2]], asked.inputTokenIds, 0);
+            expectPromptScores(f.responses.outcomes[ids[3]], asked.inputTokenIds, 2);
+            EXPECT_EQ(f.responses.outcomes[ids[3]].tokens.size(), 5U);
+            auto const& one = f.responses.outcomes[ids[4]];
+            EXPECT_TRUE(one.promptLogProbs.empty() && one.promptTopLogProbs.empty());
+            EXPECT_EQ(one.tokens, test::expectedGreedy(single, 64, kVocab).tokens);
+            EXPECT_NE(f.responses.outcomes[ids[5]].final.errorMessage.find(
+                          "prompt_log_probs is 21 but must be in [0, 20]"),
+                std::string::npos);
+            EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+        });
+}
+
+TEST(Executor, PromptLogProbsTakeNothingFromThePrefixCacheAndSurvivePreemption)
+{
+    // A prompt cached by an earlier request is computed again, one token a step.
+    Fixture g;
+    Request const prompt20 = greedy({9, 8, 7, 6, 5, 4, 3, 2, 1, 9, 8, 7, 6, 5, 4, 3, 2, 1, 9, 8}, 2);
+    IdType const first = g.executor.enqueueRequest(prompt20);
+    g.responses.collect(g.executor, {first});
+    Request scored = prompt20;
+    scored.promptLogProbs = 0;
+    std::int64_t const stepsBefore = g.backend->numSteps();
+    IdType const second = g.executor.enqueueRequest(scored);
+    g.responses.collect(g.executor, {second});
+    expectPromptScores(g.responses.outcomes[second], prompt20.inputTokenIds, 0);
+    EXPECT_EQ(g.responses.outcomes[second].tokens, g.responses.outcomes[first].tokens);
+    EXPECT_EQ(g.backend->numSteps() - stepsBefore, 20 + 1); // a step per prompt token, then a decode
+    EXPECT_EQ(g.executor.getKvCacheStats().reusedTokens, 0);
+
+    // Requests preempted while scoring their prompts score each prompt token once, exactly.
+    ExecutorConfig config = smallConfig(64);
+    config.maxBatchSize = 6;
+    config.maxNumTokens = 64;
+    Fixture f(12, config);
+    std::atomic<bool> go{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        while (!go)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    std::vector<Request> requests;
+    std::vector<IdType> ids;
+    for (TokenIdType i = 0; i < 6; ++i)
+    {
+        requests.push_back(greedy({1, 2, 3, 4, 5, 6, 7, static_cast<TokenIdType>(10 + i), 3, 1}, 20));
+        requests.back().promptLogProbs = 1;
+        ids.push_back(f.executor.enqueueRequest(requests.back()));
+    }
+    go = true;
+    f.responses.collect(f.executor, ids);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+    {
+        EXPECT_EQ(f.responses.outcomes[ids[i]].tokens, test::expectedGreedy(requests[i], 64, kVocab).tokens);
+        expectPromptScores(f.responses.outcomes[ids[i]], requests[i].inputTokenIds, 1);
+    }
+    EXPECT_GT(f.executor.getLatestIterationStats().value().totalPreemptions, 0);
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+}

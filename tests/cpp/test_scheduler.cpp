@@ -34,9 +34,10 @@ public:
     {
     }
 
-    void add(IdType id, SizeType promptLen, SizeType maxNew, SizeType priority = 0, TokenIdType first = 1)
+    void add(IdType id, SizeType promptLen, SizeType maxNew, SizeType priority = 0, TokenIdType first = 1,
+        bool stepwisePrompt = false)
     {
-        ASSERT_EQ(scheduler.addRequest(id, prompt(promptLen, first), maxNew, priority), std::nullopt);
+        ASSERT_EQ(scheduler.addRequest(id, prompt(promptLen, first), maxNew, priority, stepwisePrompt), std::nullopt);
     }
 
     /// One step: what ran, as (id, tokens).
@@ -242,6 +243,46 @@ TEST(Scheduler, ReusesCachedPrefixOnAdmission)
     EXPECT_EQ(h.step(), (Step{{2, 2}}));
     EXPECT_EQ(h.last.sequences[0].startPosition, 8);
     EXPECT_EQ(h.kvCache.stats().reusedTokens, 8);
+}
+
+TEST(Scheduler, AStepwisePromptTakesATokenAStepAndRecomputesInChunks)
+{
+    // 6 blocks of 2 tokens, reuse on: request 1's 7-token prompt is cached first.
+    Harness h({4, 64, 64}, {6, 2, true});
+    h.add(1, 7, 1);
+    EXPECT_EQ(h.step(), (Step{{1, 7}}));
+    // The same prompt read a token a step takes nothing from the cache.
+    h.add(2, 7, 4, 0, 1, /*stepwisePrompt=*/true);
+    for (int i = 0; i < 6; ++i)
+    {
+        EXPECT_EQ(h.step(), (Step{{2, 1}})) << i;
+        EXPECT_EQ(h.last.sequences[0].startPosition, i);
+        EXPECT_EQ(h.last.sequences[0].samplesNextToken, i == 6);
+    }
+    EXPECT_EQ(h.kvCache.stats().reusedTokens, 0);
+    EXPECT_EQ(h.step(), (Step{{2, 1}}));
+    EXPECT_TRUE(h.last.sequences[0].samplesNextToken);
+
+    // Preempted after reading 2 of its 4 prompt positions' logits, request 1 recomputes those in
+    // one chunk, then goes on a token a step. 4 blocks of 2 tokens, no reuse.
+    Harness g({4, 64, 64}, {4, 2, false});
+    g.add(2, 3, 4);
+    g.add(1, 5, 1, 0, 1, true);
+    EXPECT_EQ(g.step(), (Step{{2, 3}, {1, 1}}));
+    EXPECT_EQ(g.step(), (Step{{2, 1}, {1, 1}}));
+    // Request 2 takes the last free block; request 1, the newest, is preempted.
+    EXPECT_EQ(g.step(), (Step{{2, 1}}));
+    EXPECT_EQ(g.last.preempted, (std::vector<IdType>{1}));
+    EXPECT_EQ(g.scheduler.find(1)->stepwiseFrom, 2);
+    EXPECT_EQ(g.step(), (Step{{2, 1}, {1, 2}}));
+    EXPECT_EQ(g.finished, (std::vector<IdType>{2}));
+    EXPECT_EQ(g.step(), (Step{{1, 1}}));
+    EXPECT_EQ(g.last.sequences[0].startPosition, 2);
+    EXPECT_EQ(g.step(), (Step{{1, 1}}));
+    EXPECT_FALSE(g.last.sequences[0].samplesNextToken);
+    EXPECT_EQ(g.step(), (Step{{1, 1}}));
+    EXPECT_TRUE(g.last.sequences[0].samplesNextToken);
+    EXPECT_EQ(g.finished, (std::vector<IdType>{2, 1}));
 }
 
 TEST(Scheduler, RejectsRequestsThatCanNeverRun)
