@@ -107,6 +107,11 @@ class Request:
     json_object: bool
     """the output is one JSON object (stops, STOP_WORDS, once it is complete); needs token_table"""
     token_table: TokenTable | None
+    json_schema: JsonSchema | None
+    """the output is one JSON value valid against this schema; needs token_table"""
+    prompt_log_probs: int | None
+    """k: each prompt token's log-probability after the first, with the k most likely tokens
+    there (the prompt is then computed one token a step, never from the prefix cache)"""
     def __init__(
         self,
         input_token_ids: _Seq[int],
@@ -124,7 +129,15 @@ class Request:
         choices: _Seq[_Seq[int]] = ...,
         json_object: bool = False,
         token_table: TokenTable | None = None,
+        json_schema: JsonSchema | None = None,
+        prompt_log_probs: int | None = None,
     ) -> None: ...
+
+class JsonSchema:
+    """A compiled JSON schema (kiln.runtime.json_schema.compile_schema makes one)."""
+
+    def __init__(self, nodes: _Seq[object]) -> None: ...
+    def __len__(self) -> int: ...
 
 class JsonObjectPrefix:
     """Whether a text read byte by byte can still grow into one JSON object, and whether it is one."""
@@ -155,6 +168,15 @@ class Response:
     @property
     def top_log_probs(self) -> list[list[tuple[int, float]]]:
         """Per output token, when asked for: the most likely (token, log-probability) pairs."""
+    @property
+    def prompt_log_probs(self) -> list[float]:
+        """In the first response, when asked for: each prompt token's log-probability after the first."""
+    @property
+    def prompt_ranks(self) -> list[int]:
+        """Beside prompt_log_probs: each of those tokens' rank there (1 + the tokens more likely)."""
+    @property
+    def prompt_top_log_probs(self) -> list[list[tuple[int, float]]]:
+        """Beside prompt_log_probs, with k > 0: the k most likely (token, log-probability) pairs."""
     @property
     def is_final(self) -> bool: ...
     @property
@@ -237,9 +259,11 @@ class Scheduler:
     ) -> None: ...
     def check_fits(self, num_prompt_tokens: int, max_new_tokens: int) -> str | None: ...
     def add_request(
-        self, request_id: int, prompt: _Seq[int], max_new_tokens: int, priority: int = 0
+        self, request_id: int, prompt: _Seq[int], max_new_tokens: int, priority: int = 0,
+        stepwise_prompt: bool = False,
     ) -> str | None:
-        """Queues a request; returns why it can never run instead (and queues nothing)."""
+        """Queues a request; returns why it can never run instead (and queues nothing).
+        stepwise_prompt: its prompt is computed one token a step (its logits all read)."""
     def schedule(self) -> SchedulerOutput: ...
     def update_computed(self, output: SchedulerOutput) -> None: ...
     def append_token(self, request_id: int, token: int) -> None: ...

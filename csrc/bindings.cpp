@@ -336,6 +336,8 @@ void bindRequests(py::module_& m)
         .def_readonly("is_final", &Response::isFinal)
         .def_readonly("prompt_log_probs", &Response::promptLogProbs,
             "In the first response, when asked for: the log-probability of each prompt token after the first.")
+        .def_readonly("prompt_ranks", &Response::promptRanks,
+            "Beside prompt_log_probs: each of those tokens' rank there (1 + the tokens more likely).")
         .def_property_readonly("prompt_top_log_probs",
             [](Response const& r) { return tokenLogProbPairs(r.promptTopLogProbs); },
             "In the first response, when asked for with k > 0: per prompt token after the first, the k most "

@@ -124,7 +124,7 @@ class ModelRunner:
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
                  top_log_probs: int = 0, bad_words_list=None, json_object: bool = False,
-                 json_schema=None):
+                 json_schema=None, prompt_log_probs: int | None = None):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -145,6 +145,12 @@ class ModelRunner:
         kiln.runtime.json_schema.compile_schema): each output is one JSON value valid against
         it, picked and stopped as for json_object (the schema's top-level value an object or an
         array; what the schema language can say and kiln does not enforce is refused).
+        prompt_log_probs: with return_dict, "prompt_log_probs" holds per request the
+        log-probability of each prompt token after the first given those before it (the model's
+        raw distribution, as vLLM's prompt_logprobs), and with a value k > 0
+        "prompt_top_log_probs" the k most likely (token, log-probability) pairs at each of those
+        positions (at most 20). Such a prompt is computed one token a step, never taken from
+        the prefix cache.
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -154,7 +160,7 @@ class ModelRunner:
         params = GenerationParams(max_new_tokens, end_id, pad_id, temperature, top_k, top_p, min_p,
                                   repetition_penalty, presence_penalty, frequency_penalty,
                                   random_seed, output_log_probs, min_tokens, logit_bias,
-                                  allowed_token_ids, top_log_probs)
+                                  allowed_token_ids, top_log_probs, prompt_log_probs)
         if json_object and json_schema is not None:
             raise KilnError("json_object and json_schema do not combine; ask for one of them")
         schema = None if json_schema is None else compiled(json_schema)
@@ -177,6 +183,7 @@ class ModelRunner:
         generated: list[list[int]] = [[] for _ in requests]
         log_probs: list[list[float]] = [[] for _ in requests]
         tops: list[list] = [[] for _ in requests]
+        prompt_scores: list[tuple[list, list]] = [([], []) for _ in requests]
         reasons = ["not_finished"] * len(requests)
         errors: dict[int, str] = {}
         pending = set(index)
@@ -190,24 +197,27 @@ class ModelRunner:
                     generated[i] += r.output_token_ids
                     log_probs[i] += r.log_probs
                     tops[i] += r.top_log_probs
+                    if r.prompt_log_probs:
+                        prompt_scores[i] = (list(r.prompt_log_probs), r.prompt_top_log_probs)
                     if r.is_final:
                         pending.discard(r.request_id)
                         reasons[i] = r.finish_reason.name.lower()
                         if r.has_error:
                             errors[i] = r.error_message
                 if pending and requests[0].streaming:
-                    yield self._result(prompts, generated, log_probs, tops, reasons, params,
-                                       as_text, return_dict)
+                    yield self._result(prompts, generated, log_probs, tops, prompt_scores,
+                                       reasons, params, as_text, return_dict)
         finally:
             for rid in pending:  # an abandoned stream must not keep its requests running
                 self.router.cancel(rid)
         if errors:
             first = min(errors)
             raise KilnError(f"request {first} of the batch failed: {errors[first]}")
-        yield self._result(prompts, generated, log_probs, tops, reasons, params, as_text,
-                           return_dict)
+        yield self._result(prompts, generated, log_probs, tops, prompt_scores, reasons, params,
+                           as_text, return_dict)
 
-    def _result(self, prompts, generated, log_probs, tops, reasons, params, as_text, return_dict):
+    def _result(self, prompts, generated, log_probs, tops, prompt_scores, reasons, params,
+                as_text, return_dict):
         full = [list(p) + g for p, g in zip(prompts, generated)]
         width = max(len(f) for f in full)
         out = torch.full((len(full), 1, width), params.pad_id, dtype=torch.int32)
@@ -220,6 +230,10 @@ class ModelRunner:
         return {"output_ids": out, "sequence_lengths": lengths,
                 "log_probs": log_probs if params.output_log_probs else None,
                 "top_log_probs": tops if params.top_log_probs else None,
+                "prompt_log_probs": ([lps for lps, _ in prompt_scores]
+                                     if params.prompt_log_probs is not None else None),
+                "prompt_top_log_probs": ([top for _, top in prompt_scores]
+                                         if params.prompt_log_probs else None),
                 "finish_reasons": list(reasons), "texts": texts}
 
     def shutdown(self) -> None:

@@ -31,14 +31,15 @@ class GenerationParams:
     logit_bias: dict | None = None
     allowed_token_ids: list | None = None
     top_log_probs: int = 0
+    prompt_log_probs: int | None = None  # k: each prompt token's log-probability, k alternatives
 
     def __post_init__(self) -> None:
         """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
         errors rather than a binding's TypeError; the executor checks the ranges."""
         for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed", "min_tokens",
-                     "top_log_probs"):
+                     "top_log_probs", "prompt_log_probs"):
             value = getattr(self, name)
-            if value is None and name == "random_seed":
+            if value is None and name in ("random_seed", "prompt_log_probs"):
                 continue
             try:
                 if isinstance(value, bool):
@@ -165,5 +166,6 @@ def make_requests(prompts, params: GenerationParams, stop_words_list, streaming:
                           num_top_log_probs=params.top_log_probs, bad_words=bad[i],
                           choices=choices or [],
                           json_object=json_table is not None and json_schema is None,
-                          token_table=json_table, json_schema=json_schema)
+                          token_table=json_table, json_schema=json_schema,
+                          prompt_log_probs=params.prompt_log_probs)
             for i, p in enumerate(prompts)]

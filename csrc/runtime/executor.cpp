@@ -128,6 +128,7 @@ private:
         SizeType numSent = 0; ///< generated tokens already in a response
         JsonObjectPrefix json; ///< with JSON output: the generated text read so far
         std::vector<float> promptLogProbs; ///< of prompt tokens 1, 2, ... as their logits come
+        std::vector<SizeType> promptRanks;
         std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
         SizeType numPromptScored = 0; ///< prompt tokens after the first whose log-probability is known
         bool sentAny = false; ///< a response went out (the first carries the prompt's log-probabilities)
@@ -205,7 +206,7 @@ private:
         auto const& seed = request.samplingConfig.seed;
         std::mt19937_64 rng(seed ? *seed : mSeeder());
         JsonSchema const* schema = request.jsonSchema.get();
-        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, JsonObjectPrefix(schema), {}, {}, 0, false});
+        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, JsonObjectPrefix(schema), {}, {}, {}, 0, false});
     }
 
     void step()
@@ -343,6 +344,7 @@ private:
         }
         ++state.numPromptScored;
         state.promptLogProbs.push_back(result.logProb);
+        state.promptRanks.push_back(result.rank);
         if (*state.request.promptLogProbs > 0)
         {
             state.promptTopLogProbs.push_back(std::move(result.top));
@@ -444,6 +446,7 @@ private:
         if (!state.sentAny)
         {
             response.promptLogProbs = std::move(state.promptLogProbs);
+            response.promptRanks = std::move(state.promptRanks);
             response.promptTopLogProbs = std::move(state.promptTopLogProbs);
             state.sentAny = true;
         }

@@ -52,6 +52,7 @@ struct Response
     /// of each prompt token after the first (as far as the prompt was computed), and with k > 0 the
     /// k most likely tokens at each of those positions.
     std::vector<float> promptLogProbs;
+    std::vector<SizeType> promptRanks; ///< of those tokens: 1 + the tokens more likely there
     std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
 };
 

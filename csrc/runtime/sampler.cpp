@@ -201,7 +201,11 @@ SampleResult Sampler::score(float const* logits, TokenIdType token, SizeType num
     float const maxLogit = checkedMax(mScratch);
     double const logSum = std::log(expSum(mScratch, maxLogit));
     double const l = mScratch[static_cast<std::size_t>(token)];
-    SampleResult result{token, static_cast<float>(l - maxLogit - logSum), {}};
+    SampleResult result{token, static_cast<float>(l - maxLogit - logSum), {}, 1};
+    for (float const other : mScratch)
+    {
+        result.rank += other > l ? 1 : 0;
+    }
     appendTop(result, numTop, maxLogit, logSum);
     return result;
 }

@@ -17,6 +17,7 @@ struct SampleResult
     TokenIdType token = 0;
     float logProb = 0.0F;
     std::vector<TokenLogProb> top;
+    SizeType rank = 0; ///< from score(): 1 + the tokens more likely than this one
 };
 
 /// @brief Applies the HF repetition penalty (over prompt and output tokens) and the OpenAI
@@ -60,8 +61,8 @@ public:
         std::vector<TokenIdType> const& heldBack = {}, SizeType numTop = 0,
         std::vector<TokenIdType> const& only = {});
 
-    /// @brief `token`'s log-probability under the raw distribution of `logits` (no processing),
-    /// with the `numTop` most likely tokens there: a prompt token's score. Throws
+    /// @brief `token`'s log-probability and rank under the raw distribution of `logits` (no
+    /// processing), with the `numTop` most likely tokens there: a prompt token's score. Throws
     /// std::runtime_error when the row holds NaN or no finite value.
     [[nodiscard]] SampleResult score(float const* logits, TokenIdType token, SizeType numTop);
 

@@ -83,6 +83,10 @@ class Server:
             c.tokens += new
             c.log_probs += r.log_probs
             c.top_log_probs += r.top_log_probs
+            if r.prompt_log_probs:
+                c.prompt_log_probs = list(r.prompt_log_probs)
+                c.prompt_ranks = list(r.prompt_ranks)
+                c.prompt_top_log_probs = r.prompt_top_log_probs
             text = c.text.add(new, r.is_final)
             if c.text.stopped and not r.is_final:
                 sub.stop(r.request_id)
@@ -132,11 +136,13 @@ class Server:
             for chunk in fmt.start_chunks(choices):
                 yield _sse(chunk)
             c, text, tokens, lps, reason = first
-            yield _sse(fmt.chunk(c, text, tokens, lps, reason))
+            for chunk in fmt.chunks(c, text, tokens, lps, reason):
+                yield _sse(chunk)
             # Starlette cancels this body when the client disconnects; `finally` cancels the
             # requests then.
             async for c, text, tokens, lps, reason in self.events(sub, choices, None):
-                yield _sse(fmt.chunk(c, text, tokens, lps, reason))
+                for chunk in fmt.chunks(c, text, tokens, lps, reason):
+                    yield _sse(chunk)
             if include_usage:
                 yield _sse(fmt.usage_chunk(choices))
             yield "data: [DONE]\n\n"
@@ -247,7 +253,8 @@ def create_app(runner, *, model_name: str, max_queue_size: int = 512) -> FastAPI
         body = parse(CompletionRequest, await _json(request))
         server.check_model(body.model)
         choices = plan_completion(body, runner.tokenizer, server.limits)
-        fmt = CompletionFormat(server.model_name, runner.tokenizer, body.logprobs is not None)
+        fmt = CompletionFormat(server.model_name, runner.tokenizer, body.logprobs is not None,
+                               body.logprobs or 0, body.prompt_logprobs)
         return await server.generate(request, body, choices, fmt)
 
     @app.post("/v1/chat/completions")
@@ -256,7 +263,8 @@ def create_app(runner, *, model_name: str, max_queue_size: int = 512) -> FastAPI
         body = parse(ChatCompletionRequest, await _json(request))
         server.check_model(body.model)
         choices = plan_chat(body, runner.tokenizer, server.limits)
-        fmt = ChatFormat(server.model_name, runner.tokenizer, body.logprobs)
+        fmt = ChatFormat(server.model_name, runner.tokenizer, body.logprobs,
+                         body.top_logprobs or 0, body.prompt_logprobs)
         return await server.generate(request, body, choices, fmt)
 
     return app

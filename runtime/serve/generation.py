@@ -34,6 +34,12 @@ class Choice:
     finish_reason: str | None = None
     last_token_at: float = 0.0
     echo: str = ""  # the prompt's text, put before the answer (completions' echo)
+    echo_sent: bool = False
+    # with prompt log-probabilities asked for: prompt tokens 1, 2, ...'s, their ranks, and the
+    # most likely tokens at each of those positions
+    prompt_log_probs: list[float] = field(default_factory=list)
+    prompt_ranks: list[int] = field(default_factory=list)
+    prompt_top_log_probs: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
 def completion_prompts(body: CompletionRequest, tokenizer, limits: Limits) -> list[list[int]]:
@@ -74,9 +80,10 @@ def chat_prompt(messages, tokenizer, add_generation_prompt: bool = True) -> list
 
 
 def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
-         want_log_probs: bool, top: int = 0) -> list[Choice]:
+         want_log_probs: bool, top: int = 0, prompt_top: int | None = None) -> list[Choice]:
     """The executor requests for `prompts`, n of each, with the body's sampling parameters;
-    `top`: the most likely tokens to list beside each generated one."""
+    `top`: the most likely tokens to list beside each generated one; `prompt_top`: with a
+    value, each prompt token is scored, with this many most likely tokens beside it."""
     if not 1 <= body.n <= MAX_CHOICES:
         raise bad_request(f"n is {body.n}; it must be between 1 and {MAX_CHOICES}", "n")
     if body.n * len(prompts) > MAX_CHOICES:
@@ -99,7 +106,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         output_log_probs=want_log_probs, min_tokens=body.min_tokens,
         logit_bias=parameters.logit_bias(body.logit_bias, limits),
         allowed_token_ids=parameters.allowed_token_ids(body.allowed_token_ids, limits),
-        top_log_probs=top)
+        top_log_probs=top, prompt_log_probs=prompt_top)
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
@@ -138,8 +145,11 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
 def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
     prompts = completion_prompts(body, tokenizer, limits)
     top = parameters.top_count(body.logprobs, "logprobs")
+    prompt_top = _prompt_top(body)
+    if body.echo and body.logprobs is not None:  # the prompt's tokens listed first, scored
+        prompt_top = max(top, prompt_top or 0)
     choices = plan(body, prompts, body.max_tokens, tokenizer, limits, body.logprobs is not None,
-                   top)
+                   top, prompt_top)
     if body.echo:
         # A prompt sent as text comes back as sent; as token ids, or cut by
         # truncate_prompt_tokens, as the text of the ids the model saw.
@@ -157,4 +167,11 @@ def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits) -> list[Ch
     top = parameters.top_count(body.top_logprobs, "top_logprobs")
     if top and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
-    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs, top)
+    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs, top, _prompt_top(body))
+
+
+def _prompt_top(body) -> int | None:
+    """vLLM's prompt_logprobs: None, or how many most likely tokens to list at each prompt one."""
+    if body.prompt_logprobs is None:
+        return None
+    return parameters.top_count(body.prompt_logprobs, "prompt_logprobs")

@@ -51,9 +51,9 @@ class _Sampling(BaseModel):
     # {"name": ..., "schema": {...}, "strict": ...}}
     response_format: dict | None = None
     guided_json: Any = None  # vLLM's: a JSON schema (an object or its JSON text)
+    prompt_logprobs: int | None = None  # vLLM's: each prompt token's log-probability, k more
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
     use_beam_search: bool = False
-    prompt_logprobs: int | None = None
     guided_regex: str | None = None
     guided_grammar: str | None = None
 
@@ -63,8 +63,9 @@ class _Sampling(BaseModel):
         if self.use_beam_search:
             out.append(("use_beam_search", "beam search is not supported; remove "
                                            "use_beam_search"))
-        if self.prompt_logprobs is not None:
-            out.append(("prompt_logprobs", "prompt_logprobs is not supported; remove it"))
+        if self.prompt_logprobs is not None and self.stream:
+            out.append(("prompt_logprobs", "prompt_logprobs is not available with stream; drop "
+                                           "one of them"))
         for name in ("guided_regex", "guided_grammar"):
             if getattr(self, name) is not None:
                 out.append((name, f"structured output other than guided_choice, guided_json "
@@ -87,9 +88,6 @@ class CompletionRequest(_Sampling):
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.echo and self.logprobs is not None:
-            out.append(("echo", "echo with logprobs needs the prompt's log-probabilities, which "
-                                "are not computed; drop one of them"))
         if self.best_of not in (None, 1):
             out.append(("best_of", "best_of > 1 is not supported; use n for several completions"))
         if self.suffix:

@@ -29,10 +29,14 @@ class ResponseFormat:
     chunk_name = ""
     id_prefix = ""
 
-    def __init__(self, model: str, tokenizer, want_log_probs: bool) -> None:
+    def __init__(self, model: str, tokenizer, want_log_probs: bool, top: int = 0,
+                 prompt_top: int | None = None) -> None:
+        """`top`: alternatives asked for beside each token; `prompt_top`: vLLM's prompt_logprobs."""
         self.model = model
         self.tokenizer = tokenizer
         self.want_log_probs = want_log_probs
+        self.top = top
+        self.prompt_top = prompt_top
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -53,9 +57,23 @@ class ResponseFormat:
     def _token_texts(self, tokens) -> list[str]:
         return [self.tokenizer.decode([t]) for t in tokens]
 
-    def _alternatives(self, tops) -> list[list[tuple[str, float]]]:
-        """Per token, its most likely tokens as (text, log-probability)."""
-        return [[(self.tokenizer.decode([t]), lp) for t, lp in top] for top in tops]
+    def _alternatives(self, tops, k: int | None = None) -> list[list[tuple[str, float]]]:
+        """Per token, its (k) most likely tokens as (text, log-probability)."""
+        return [[(self.tokenizer.decode([t]), lp) for t, lp in top[:k]] for top in tops]
+
+    def prompt_logprobs(self, c) -> list | None:
+        """vLLM's prompt_logprobs: None for the first prompt token, then per token {id: {logprob,
+        rank, decoded_token}} for it and the prompt_top most likely tokens there."""
+        out: list = [None]
+        for i, token in enumerate(c.prompt[1:]):
+            here = {str(token): {"logprob": c.prompt_log_probs[i], "rank": c.prompt_ranks[i],
+                                 "decoded_token": self.tokenizer.decode([token])}}
+            tops = c.prompt_top_log_probs[i] if c.prompt_top_log_probs else []
+            for rank, (t, lp) in enumerate(tops[: self.prompt_top], start=1):
+                here.setdefault(str(t), {"logprob": lp, "rank": rank,
+                                         "decoded_token": self.tokenizer.decode([t])})
+            out.append(here)
+        return out
 
     # per kind
     def choice(self, c) -> dict:
@@ -64,6 +82,10 @@ class ResponseFormat:
     def chunk(self, c, text: str, tokens, log_probs, finish_reason: str | None) -> dict:
         """`log_probs`: (the tokens' log-probabilities, their alternatives when asked for)."""
         raise NotImplementedError
+
+    def chunks(self, c, text: str, tokens, log_probs, finish_reason: str | None) -> list[dict]:
+        """The chunks a response of choice c streams."""
+        return [self.chunk(c, text, tokens, log_probs, finish_reason)]
 
     def start_chunks(self, choices) -> list[dict]:
         return []
@@ -79,27 +101,49 @@ class CompletionFormat(ResponseFormat):
         lps, tops = log_probs
         texts = self._token_texts(tokens)
         top = None
-        if tops:  # each position's alternatives and the token taken there (OpenAI's format)
+        if self.top and tops:  # each position's alternatives and the token taken there (OpenAI's)
             top = [_by_text(alts + [(s, lp)])
-                   for alts, s, lp in zip(self._alternatives(tops), texts, lps)]
+                   for alts, s, lp in zip(self._alternatives(tops, self.top), texts, lps)]
         return {"tokens": texts, "token_logprobs": list(lps), "top_logprobs": top,
                 "text_offset": None}
 
+    def _echo_log_probs(self, c) -> dict | None:
+        """With echo, the prompt's part of logprobs: its first token unscored (null), as OpenAI
+        lists it."""
+        tops = [[]] + list(c.prompt_top_log_probs) if self.top else []
+        scored = self._log_probs(c.prompt, ([None] + list(c.prompt_log_probs), tops))
+        if scored and scored["top_logprobs"]:
+            scored["top_logprobs"][0] = None
+        return scored
+
     def choice(self, c) -> dict:
-        return {"index": c.index, "text": c.echo + c.text.text,
-                "logprobs": self._log_probs(c.tokens, (c.log_probs, c.top_log_probs)),
+        log_probs = self._log_probs(c.tokens, (c.log_probs, c.top_log_probs))
+        if log_probs and c.echo:
+            prompt = self._echo_log_probs(c)
+            for key in ("tokens", "token_logprobs"):
+                log_probs[key] = prompt[key] + log_probs[key]
+            if self.top:
+                log_probs["top_logprobs"] = prompt["top_logprobs"] + (log_probs["top_logprobs"] or [])
+        body = {"index": c.index, "text": c.echo + c.text.text, "logprobs": log_probs,
                 "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
+        if self.prompt_top is not None:
+            body["prompt_logprobs"] = self.prompt_logprobs(c)
+        return body
 
     def chunk(self, c, text, tokens, log_probs, finish_reason) -> dict:
         return self._envelope(self.chunk_name, [{
             "index": c.index, "text": text, "logprobs": self._log_probs(tokens, log_probs),
             "finish_reason": FINISH_REASONS.get(finish_reason, finish_reason)}])
 
-    def start_chunks(self, choices) -> list[dict]:
-        """With echo, each choice's prompt text first."""
-        return [self._envelope(self.chunk_name, [{
-            "index": c.index, "text": c.echo, "logprobs": None, "finish_reason": None}])
-            for c in choices if c.echo]
+    def chunks(self, c, text, tokens, log_probs, finish_reason) -> list[dict]:
+        """With echo, a choice's prompt text (and its log-probabilities) first."""
+        out = []
+        if c.echo and not c.echo_sent:
+            c.echo_sent = True
+            out.append(self._envelope(self.chunk_name, [{
+                "index": c.index, "text": c.echo, "logprobs": self._echo_log_probs(c),
+                "finish_reason": None}]))
+        return out + [self.chunk(c, text, tokens, log_probs, finish_reason)]
 
 
 class ChatFormat(ResponseFormat):
@@ -116,6 +160,12 @@ class ChatFormat(ResponseFormat):
                              "top_logprobs": [{"token": a, "logprob": alp,
                                                "bytes": list(a.encode())} for a, alp in alts]}
                             for s, lp, alts in zip(self._token_texts(tokens), lps, alternatives)]}
+
+    def whole(self, choices) -> dict:
+        body = super().whole(choices)
+        if self.prompt_top is not None:  # one prompt for all choices (vLLM's place for it)
+            body["prompt_logprobs"] = self.prompt_logprobs(choices[0])
+        return body
 
     def choice(self, c) -> dict:
         return {"index": c.index, "message": {"role": "assistant", "content": c.text.text},

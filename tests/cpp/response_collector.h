@@ -20,6 +20,7 @@ struct Outcome
     std::vector<float> logProbs;
     std::vector<std::vector<TokenLogProb>> topLogProbs;
     std::vector<float> promptLogProbs;
+    std::vector<SizeType> promptRanks;
     std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
     int numWithPrompt = 0; ///< responses that carried prompt log-probabilities
     int numResponses = 0;
@@ -44,6 +45,7 @@ public:
             {
                 ++o.numWithPrompt;
                 o.promptLogProbs = r.promptLogProbs;
+                o.promptRanks = r.promptRanks;
                 o.promptTopLogProbs = r.promptTopLogProbs;
             }
             ++o.numResponses;

@@ -824,12 +824,19 @@ double fakeLogProb(std::vector<TokenIdType> const& context, TokenIdType v)
 void expectPromptScores(test::Outcome const& out, std::vector<TokenIdType> const& prompt, SizeType k)
 {
     ASSERT_EQ(out.promptLogProbs.size(), prompt.size() - 1);
+    ASSERT_EQ(out.promptRanks.size(), prompt.size() - 1);
     ASSERT_EQ(out.promptTopLogProbs.size(), k > 0 ? prompt.size() - 1 : 0U);
     EXPECT_EQ(out.numWithPrompt, 1);
     for (std::size_t p = 0; p + 1 < prompt.size(); ++p)
     {
         std::vector<TokenIdType> const context(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(p) + 1);
         EXPECT_NEAR(out.promptLogProbs[p], fakeLogProb(context, prompt[p + 1]), 1e-4) << "position " << p;
+        SizeType rank = 1;
+        for (TokenIdType v = 0; v < kVocab; ++v)
+        {
+            rank += fakeLogProb(context, v) > fakeLogProb(context, prompt[p + 1]) + 1e-9 ? 1 : 0;
+        }
+        EXPECT_EQ(out.promptRanks[p], rank) << "position " << p;
         if (k == 0)
         {
             continue;

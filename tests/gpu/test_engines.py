@@ -120,6 +120,26 @@ def test_model_runner_on_gpu_is_greedy_huggingface(core, sm, tiny_engine, arch):
         assert out["output_ids"][i, 0, : len(ids)].tolist() == ids
 
 
+def test_prompt_log_probs_on_gpu_equal_huggingface(core, sm, tiny_engine):
+    """Prompt log-probabilities through the GPU plan (a token a step, the logits of rows that
+    pick no token read back): HF's log-softmax of the float32 model's logits, to 1e-4."""
+    from kiln.runtime import ModelRunner
+
+    ckpt, path = tiny_engine("llama", "float32", targets=(sm,))
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(6)
+    batch = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (13, 7)]
+    with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=4096) as runner:
+        out = runner.generate(batch, max_new_tokens=3, end_id=-1, prompt_log_probs=2,
+                              return_dict=True)
+    for p, lps, tops in zip(batch, out["prompt_log_probs"], out["prompt_top_log_probs"]):
+        with torch.no_grad():
+            want = torch.log_softmax(model(torch.tensor([p])).logits[0, :-1].double(), -1)
+        assert lps == pytest.approx(want.gather(1, torch.tensor(p[1:])[:, None])[:, 0].tolist(),
+                                    abs=1e-4)
+        assert [[t for t, _ in top] for top in tops] == want.topk(2).indices.tolist()
+
+
 def test_smollm2_gguf_bfloat16_matches_huggingface(core, sm, tmp_path):
     """The bundled real model (SmolLM2-135M-Instruct, GGUF) as a bfloat16 engine: the logits of
     a real prompt's last token against HuggingFace's bfloat16 on the same GPU."""

@@ -254,6 +254,38 @@ def test_top_log_probs_are_the_model_s_most_likely_tokens(runners):
     assert plain["top_log_probs"] is None and plain["output_ids"][0, 0, len(p):].tolist() == tokens
 
 
+def test_prompt_log_probs_equal_huggingface_s_log_softmax(runners):
+    """prompt_log_probs: each prompt token after the first scored by HF's log-softmax of the
+    logits before it, with the k most likely tokens there; the generated tokens unchanged,
+    also for a prompt the prefix cache holds (it is computed again, a token a step)."""
+    runner, model = runners("qwen3")
+    batch = prompts(runner.vocab_size, (11, 1, 14), seed=23)
+    batch[2][:8] = batch[0][:8]  # a shared prefix, cached by the first
+    plain = runner.generate(batch, max_new_tokens=4, end_id=-1, return_dict=True)
+    out = runner.generate(batch, max_new_tokens=4, end_id=-1, prompt_log_probs=3,
+                          return_dict=True)
+    assert torch.equal(out["output_ids"], plain["output_ids"])
+    assert plain["prompt_log_probs"] is None and plain["prompt_top_log_probs"] is None
+    for p, lps, tops in zip(batch, out["prompt_log_probs"], out["prompt_top_log_probs"]):
+        assert len(lps) == len(tops) == len(p) - 1
+        if len(p) == 1:
+            continue
+        with torch.no_grad():
+            want = torch.log_softmax(model(torch.tensor([p])).logits[0, :-1].double(), -1)
+        assert lps == pytest.approx(want.gather(1, torch.tensor(p[1:])[:, None])[:, 0].tolist(),
+                                    abs=1e-4)
+        best = want.topk(3)
+        for i, top in enumerate(tops):
+            assert [t for t, _ in top] == best.indices[i].tolist()
+            assert [lp for _, lp in top] == pytest.approx(best.values[i].tolist(), abs=1e-4)
+    only = runner.generate([batch[0]], max_new_tokens=1, end_id=-1, prompt_log_probs=0,
+                           return_dict=True)
+    assert only["prompt_log_probs"][0] == pytest.approx(out["prompt_log_probs"][0], abs=1e-5)
+    assert only["prompt_top_log_probs"] is None
+    with pytest.raises(KilnError, match="prompt_log_probs is 21 but must be in"):
+        runner.generate([batch[0]], max_new_tokens=1, prompt_log_probs=21)
+
+
 def test_bad_words_equal_huggingface_bad_words_ids(runners):
     """bad_words_list (TensorRT-LLM's) as HF's bad_words_ids: a one-token word never appears;
     a two-token word's second token is never picked right after its first."""

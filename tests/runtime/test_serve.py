@@ -308,6 +308,78 @@ def test_echo_puts_the_prompt_before_the_answer(client, runners):
     assert out.choices[0].text == tok.decode(ids) + answers[1]
 
 
+def test_echo_with_logprobs_scores_the_prompt(client, live, runners):
+    """echo with logprobs (how lm-evaluation-harness scores a continuation over the completions
+    API): the prompt's tokens listed first, the first unscored, the rest scored as
+    ModelRunner's prompt_log_probs scores them; streamed, in the choice's first chunk."""
+    _, ref = runners
+    tok = ref.tokenizer
+    ids = tok.encode(TEXTS[3])
+    gen, want = generated(ref, ids, 5, prompt_log_probs=2, output_log_probs=True, top_log_probs=2)
+    body = dict(model="tiny", prompt=ids, max_tokens=5, temperature=0, echo=True, logprobs=2)
+    lp = client.completions.create(**body).choices[0].logprobs
+    texts = [tok.decode([t]) for t in ids + gen]
+    assert lp.tokens == texts
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(want["prompt_log_probs"][0] + want["log_probs"][0],
+                                                  abs=1e-5)
+    scores = [None] + want["prompt_log_probs"][0] + want["log_probs"][0]
+    for i, top in enumerate(want["prompt_top_log_probs"][0] + want["top_log_probs"][0], start=1):
+        expected = {}  # tokens that read the same: the most likely one's
+        for text, value in [(tok.decode([t]), v) for t, v in top] + [(texts[i], scores[i])]:
+            expected.setdefault(text, value)
+        assert lp.top_logprobs[i] == pytest.approx(expected, abs=1e-5)
+    chunks = list(client.completions.create(**body, stream=True))
+    first = chunks[0].choices[0]
+    assert first.text == tok.decode(ids) and first.logprobs.tokens == texts[: len(ids)]
+    assert first.logprobs.token_logprobs[1:] == pytest.approx(want["prompt_log_probs"][0], abs=1e-5)
+    assert "".join(c.choices[0].text for c in chunks) == tok.decode(ids + gen)
+    assert wait_until_idle(runners[0], live)
+
+
+def test_prompt_logprobs_as_vllm_lists_them(live, runners):
+    """vLLM's prompt_logprobs: null, then per prompt token {id: {logprob, rank,
+    decoded_token}} for it and the k most likely there; a choice's for completions, the
+    response's for chat."""
+    _, ref = runners
+    tok = ref.tokenizer
+    ids = tok.encode(TEXTS[2])
+    _, want = generated(ref, ids, 2, prompt_log_probs=3)
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        out = http.post("/v1/completions", json={"prompt": ids, "max_tokens": 2,
+                                                 "temperature": 0, "prompt_logprobs": 3}).json()
+    got = out["choices"][0]["prompt_logprobs"]
+    assert got[0] is None and len(got) == len(ids)
+    for i, here in enumerate(got[1:]):
+        token = str(ids[i + 1])
+        assert here[token]["logprob"] == pytest.approx(want["prompt_log_probs"][0][i], abs=1e-5)
+        assert here[token]["decoded_token"] == tok.decode([ids[i + 1]])
+        top = want["prompt_top_log_probs"][0][i]
+        assert here[token]["rank"] == next((r for r, (t, _) in enumerate(top, 1)
+                                            if str(t) == token), here[token]["rank"])
+        assert here[token]["rank"] >= 1 and (here[token]["rank"] > 3) == (token not in
+                                                                          {str(t) for t, _ in top})
+        for rank, (t, value) in enumerate(top, start=1):
+            assert here[str(t)]["logprob"] == pytest.approx(value, abs=1e-5)
+            assert here[str(t)]["rank"] == rank
+        assert len(here) == 3 + (here[token]["rank"] > 3)
+    assert "prompt_logprobs" not in http_post(live, "/v1/completions", {
+        "prompt": ids, "max_tokens": 1})["choices"][0]
+    chat = http_post(live, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": TEXTS[2]}], "max_tokens": 2,
+        "prompt_logprobs": 0})
+    scored = chat["prompt_logprobs"]
+    assert scored[0] is None and all(len(here) == 1 for here in scored[1:])
+    assert wait_until_idle(runners[0], live)
+
+
+def http_post(live, path: str, body: dict) -> dict:
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        r = http.post(path, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def test_bad_words_never_appear(client, runners):
     """vLLM's bad_words: each word's tokens (and those of the word after a space) are never
     generated; the answer is the reference runner's with the same lists."""
