@@ -420,7 +420,7 @@ void bindCacheAndScheduler(py::module_& m)
             "capacity_scheduler_policy"_a = "max_utilization", py::keep_alive<1, 2>())
         .def("check_fits", &Scheduler::checkFits, "num_prompt_tokens"_a, "max_new_tokens"_a)
         .def("add_request", &Scheduler::addRequest, "request_id"_a, "prompt"_a, "max_new_tokens"_a, "priority"_a = 0,
-            "stepwise_prompt"_a = false)
+            "stepwise_prompt"_a = false, "arrival"_a = py::none())
         .def("schedule", &Scheduler::schedule)
         .def("update_computed", &Scheduler::updateComputed, "output"_a)
         .def("append_token", &Scheduler::appendToken, "request_id"_a, "token"_a)

@@ -1,5 +1,6 @@
 #include "runtime/executor.h"
 
+#include "runtime/beam_search.h"
 #include "runtime/response_queue.h"
 #include "runtime/sampler.h"
 #include "runtime/scheduler.h"
@@ -132,6 +133,19 @@ private:
         std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
         SizeType numPromptScored = 0; ///< prompt tokens after the first whose log-probability is known
         bool sentAny = false; ///< a response went out (the first carries the prompt's log-probabilities)
+        /// With beam_width > 1: the search, the scheduler sequences of its running beams still to
+        /// report (the request's own before the first step) and the candidates of those that did.
+        std::optional<BeamSearch> beam;
+        std::vector<IdType> beamSeqs;
+        std::vector<std::optional<std::vector<TokenLogProb>>> beamRows;
+        std::uint64_t arrival = 0; ///< its place in the scheduler's order, kept by its beams
+    };
+
+    /// A running beam's scheduler sequence: its request and its index among the running beams.
+    struct BeamSeq
+    {
+        IdType owner = 0;
+        std::size_t beam = 0;
     };
 
     static ExecutorConfig const& checked(ExecutorConfig const& config)
@@ -206,7 +220,20 @@ private:
         auto const& seed = request.samplingConfig.seed;
         std::mt19937_64 rng(seed ? *seed : mSeeder());
         JsonSchema const* schema = request.jsonSchema.get();
-        mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0, JsonObjectPrefix(schema), {}, {}, {}, 0, false});
+        RequestState& state = mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0,
+                                                        JsonObjectPrefix(schema), {}, {}, {}, 0, false, {}, {}, {}, 0})
+                                  .first->second;
+        SamplingConfig const& sampling = state.request.samplingConfig;
+        if (sampling.beamWidth > 1)
+        {
+            auto const prompt = static_cast<SizeType>(state.request.inputTokenIds.size());
+            state.beam.emplace(sampling.beamWidth, prompt,
+                std::min(prompt + state.request.maxNewTokens, mConfig.maxSeqLen), sampling.lengthPenalty,
+                static_cast<EarlyStopping>(sampling.earlyStopping), state.request.endId, state.request.stopWords);
+            state.beamSeqs = {id};
+            state.beamRows.assign(1, std::nullopt);
+            state.arrival = mScheduler.find(id)->arrival;
+        }
     }
 
     void step()
@@ -289,7 +316,8 @@ private:
             // The step's KV writes are suspect, so its requests fail; everyone else carries on.
             for (ScheduledSequence const& s : output.sequences)
             {
-                finish(s.id, FinishReason::kError, "the backend failed in step " + std::to_string(mIteration) + ": " + *failure);
+                finish(ownerOf(s.id), FinishReason::kError,
+                    "the backend failed in step " + std::to_string(mIteration) + ": " + *failure);
             }
         }
         recordStats(output, microsSince(start), forwardMicros);
@@ -301,13 +329,13 @@ private:
     }
 
     /// Whether the backend may pick the request's next token (the argmax of the raw logits):
-    /// plain greedy, with no token held back (min_tokens, bad words), no choices, no JSON and
+    /// plain greedy and no beam search, with no token held back (min_tokens, bad words), no choices, no JSON and
     /// no alternatives asked for.
     bool picksOnBackend(IdType id) const
     {
-        Request const& request = mStates.at(id).request;
+        Request const& request = mStates.at(ownerOf(id)).request;
         SizeType const minTokens = request.samplingConfig.minTokens;
-        return request.samplingConfig.isPlainGreedy() && request.numTopLogProbs == 0 && request.badWords.empty()
+        return request.samplingConfig.isPlainGreedy() && request.samplingConfig.beamWidth == 1 && request.numTopLogProbs == 0 && request.badWords.empty()
             && request.choices.empty() && !request.jsonOutput()
             && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
@@ -316,7 +344,7 @@ private:
     /// prompt token, not scored yet (a recomputation after preemption scores nothing twice).
     bool scoresPromptToken(ScheduledSequence const& s) const
     {
-        RequestState const& state = mStates.at(s.id);
+        RequestState const& state = mStates.at(ownerOf(s.id));
         if (!state.request.promptLogProbs)
         {
             return false;
@@ -351,8 +379,98 @@ private:
         }
     }
 
+    /// The request a scheduler sequence belongs to: itself, or the one whose beam it runs.
+    IdType ownerOf(IdType id) const
+    {
+        auto const it = mBeamSeqs.find(id);
+        return it == mBeamSeqs.end() ? id : it->second.owner;
+    }
+
+    /// Records a running beam's candidates; once every running beam's are in, steps the search and
+    /// queues the beams it keeps (each its request's tokens so far: the prefix cache gives back the
+    /// full blocks they share, the rest is computed again) or ends the request.
+    void beamRow(IdType seqId, float const* logits)
+    {
+        IdType const owner = ownerOf(seqId);
+        RequestState& state = mStates.at(owner);
+        auto const it = mBeamSeqs.find(seqId);
+        std::size_t const beam = it == mBeamSeqs.end() ? 0 : it->second.beam;
+        try
+        {
+            state.beamRows.at(beam) = mSampler.score(logits, 0, state.beam->numCandidates()).top;
+        }
+        catch (std::runtime_error const& e)
+        {
+            finish(owner, FinishReason::kError, std::string("beam search failed: ") + e.what());
+            return;
+        }
+        // A beam that reported leaves the scheduler: it has nothing to compute until the step.
+        dropBeamSeq(state, seqId);
+        if (!state.beamSeqs.empty())
+        {
+            return;
+        }
+        std::vector<std::vector<TokenLogProb>> candidates;
+        for (auto& row : state.beamRows)
+        {
+            candidates.push_back(std::move(*row));
+        }
+        if (!state.beam->step(candidates))
+        {
+            finish(owner, beamFinishReason(state), "");
+            return;
+        }
+        auto const& running = state.beam->running();
+        state.beamRows.assign(running.size(), std::nullopt);
+        for (std::size_t b = 0; b < running.size(); ++b)
+        {
+            IdType const next = mNextBeamSeqId++;
+            std::vector<TokenIdType> tokens = state.request.inputTokenIds;
+            tokens.insert(tokens.end(), running[b].tokens.begin(), running[b].tokens.end());
+            if (auto problem = mScheduler.addRequest(next, std::move(tokens), 1, state.request.priority, false, state.arrival))
+            {
+                finish(owner, FinishReason::kError, "beam search failed: " + *problem);
+                return;
+            }
+            mBeamSeqs.emplace(next, BeamSeq{owner, b});
+            state.beamSeqs.push_back(next);
+        }
+    }
+
+    /// Removes a beam's scheduler sequence (its blocks go back to the pool, the full ones cached).
+    void dropBeamSeq(RequestState& state, IdType seqId)
+    {
+        mScheduler.removeRequest(seqId);
+        mBeamSeqs.erase(seqId);
+        state.beamSeqs.erase(std::remove(state.beamSeqs.begin(), state.beamSeqs.end(), seqId), state.beamSeqs.end());
+    }
+
+    /// Why a finished beam search stopped: as its best hypothesis ends.
+    static FinishReason beamFinishReason(RequestState const& state)
+    {
+        auto const& best = state.beam->hypotheses().front().tokens;
+        auto const& request = state.request;
+        if (request.endId >= 0 && !best.empty() && best.back() == request.endId)
+        {
+            return FinishReason::kEndId;
+        }
+        for (auto const& word : request.stopWords)
+        {
+            if (!word.empty() && word.size() <= best.size() && std::equal(word.rbegin(), word.rend(), best.rbegin()))
+            {
+                return FinishReason::kStopWords;
+            }
+        }
+        return FinishReason::kLength;
+    }
+
     void sampleAndUpdate(IdType id, float const* logits)
     {
+        if (mStates.at(ownerOf(id)).beam)
+        {
+            beamRow(id, logits);
+            return;
+        }
         RequestState& state = mStates.at(id);
         Sequence const& seq = *mScheduler.find(id);
         std::vector<TokenIdType> only = state.request.jsonOutput()
@@ -429,6 +547,19 @@ private:
     Response takeUnsent(IdType id, RequestState& state, bool isFinal, FinishReason reason, std::string error)
     {
         Response response = makeResponse(id, isFinal, reason, std::move(error));
+        if (state.beam)
+        {
+            if (reason != FinishReason::kError && reason != FinishReason::kCancelled)
+            {
+                response.beams = state.beam->hypotheses();
+                response.outputTokenIds = response.beams.front().tokens;
+                if (state.request.returnLogProbs)
+                {
+                    response.logProbs = response.beams.front().logProbs;
+                }
+            }
+            return response;
+        }
         if (Sequence const* seq = mScheduler.find(id))
         {
             auto const from = static_cast<std::size_t>(seq->numPromptTokens + state.numSent);
@@ -461,6 +592,10 @@ private:
             return;
         }
         mOutbox.push_back(takeUnsent(id, it->second, true, reason, error));
+        for (IdType const seqId : std::vector<IdType>(it->second.beamSeqs))
+        {
+            dropBeamSeq(it->second, seqId);
+        }
         mScheduler.removeRequest(id);
         mStates.erase(it);
     }
@@ -542,6 +677,8 @@ private:
     Sampler mSampler;
     std::mt19937_64 mSeeder;
     std::unordered_map<IdType, RequestState> mStates;
+    std::unordered_map<IdType, BeamSeq> mBeamSeqs; ///< the scheduler sequences of running beams
+    IdType mNextBeamSeqId = IdType{1} << 62;       ///< their ids, apart from request ids
     std::vector<Response> mOutbox;
     std::int64_t mIteration = 0;
     std::optional<IterationStats> mPendingStats;

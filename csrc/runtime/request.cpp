@@ -141,7 +141,43 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
             + " but max_new_tokens is " + std::to_string(request.maxNewTokens)
             + "; min_tokens must not exceed it";
     }
+    if (request.samplingConfig.beamWidth > 1)
+    {
+        return beamSearchConflict(request);
+    }
     return std::nullopt;
+}
+
+std::optional<std::string> beamSearchConflict(Request const& request)
+{
+    SamplingConfig const& c = request.samplingConfig;
+    char const* what = nullptr;
+    if (!c.isPlainGreedy())
+    {
+        what = "sampling (set temperature 0, with no penalty, logit bias or allowed tokens)";
+    }
+    else if (c.minTokens > 0)
+    {
+        what = "min_tokens";
+    }
+    else if (request.streaming)
+    {
+        what = "streaming";
+    }
+    else if (request.numTopLogProbs > 0 || request.promptLogProbs)
+    {
+        what = "top or prompt log-probabilities";
+    }
+    else if (!request.badWords.empty() || !request.choices.empty() || request.jsonOutput())
+    {
+        what = "bad words, choices or JSON output";
+    }
+    if (what == nullptr)
+    {
+        return std::nullopt;
+    }
+    return "beam search (beam_width " + std::to_string(c.beamWidth) + ") ranks by the model's own log-probabilities "
+        + "and returns its beams at the end, so it does not combine with " + what + "; drop one of them";
 }
 
 std::vector<TokenIdType> heldBackTokens(

@@ -69,6 +69,9 @@ inline constexpr SizeType kMaxTopLogProbs = 20;
 /// Lengths against max_seq_len and the KV pool are the scheduler's to check.
 [[nodiscard]] std::optional<std::string> validateRequest(Request const& request, SizeType vocabSize);
 
+/// @brief With beam_width > 1, what in `request` beam search does not combine with (one line), or nullopt.
+[[nodiscard]] std::optional<std::string> beamSearchConflict(Request const& request);
+
 /// @brief The tokens `request` may not pick as its next one, its sequence being `tokens` (prompt
 /// first): end_id and its one-token stop words while it has generated fewer than min_tokens,
 /// and each bad word's last token where the generated tokens end with the rest of the word.

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "runtime/beam_search.h"
 #include "runtime/types.h"
 
 #include <string>
@@ -54,6 +55,9 @@ struct Response
     std::vector<float> promptLogProbs;
     std::vector<SizeType> promptRanks; ///< of those tokens: 1 + the tokens more likely there
     std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
+    /// @brief With beam search, in the final response of a search that ended: its beam_width
+    /// hypotheses, best first (outputTokenIds, and logProbs when asked for, are the first's).
+    std::vector<BeamHypothesis> beams;
 };
 
 } // namespace kiln

@@ -57,6 +57,20 @@ std::optional<std::string> SamplingConfig::validate() const
             return describe(name.c_str(), bias, "in [-100, 100]");
         }
     }
+    if (beamWidth < 1 || beamWidth > kMaxBeamWidth)
+    {
+        return "beam_width is " + std::to_string(beamWidth) + " but must be in [1, " + std::to_string(kMaxBeamWidth)
+            + "] (1 = no beam search)";
+    }
+    if (!std::isfinite(lengthPenalty))
+    {
+        return describe("length_penalty", lengthPenalty, "finite (1 = scores divided by the length)");
+    }
+    if (earlyStopping < 0 || earlyStopping > 2)
+    {
+        return "early_stopping is " + std::to_string(earlyStopping)
+            + " but must be 0 (heuristic), 1 (once beam_width hypotheses are finished) or 2 (never)";
+    }
     return std::nullopt;
 }
 

@@ -11,6 +11,10 @@
 namespace kiln
 {
 
+/// @brief The most beams a beam search may ask for (it reads each beam's 2 x beam_width most
+/// likely tokens, as many as a request's top log-probabilities).
+inline constexpr SizeType kMaxBeamWidth = 10;
+
 /// @brief How one request picks its tokens. Defaults are "off", with temperature 1 (plain
 /// sampling, as in vLLM); temperature 0 means greedy.
 struct SamplingConfig
@@ -31,6 +35,14 @@ struct SamplingConfig
     std::vector<std::pair<TokenIdType, float>> logitBias;
     /// When not empty, the only tokens that may be picked (vLLM's allowed_token_ids)
     std::vector<TokenIdType> allowedTokenIds;
+    /// Beams of a beam search (TensorRT-LLM's beam_width); 1 = none. A beam search ranks by the
+    /// raw log-probabilities, so it needs plain greedy decoding otherwise (runtime/beam_search.h)
+    SizeType beamWidth = 1;
+    /// A finished hypothesis scores its cumulative log-probability / length^length_penalty
+    float lengthPenalty = 1.0F;
+    /// When a beam search ends: 1 as soon as beam_width hypotheses are finished, 0 once no
+    /// running beam can beat them (a heuristic), 2 never before the length limit (EarlyStopping)
+    SizeType earlyStopping = 1;
 
     /// @brief What is wrong with these values (one line), or nullopt when they are valid.
     [[nodiscard]] std::optional<std::string> validate() const;

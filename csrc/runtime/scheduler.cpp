@@ -77,8 +77,8 @@ SizeType chunkCap(Sequence const& seq, SizeType computed)
 }
 } // namespace
 
-std::optional<std::string> Scheduler::addRequest(
-    IdType id, std::vector<TokenIdType> prompt, SizeType maxNewTokens, SizeType priority, bool stepwisePrompt)
+std::optional<std::string> Scheduler::addRequest(IdType id, std::vector<TokenIdType> prompt, SizeType maxNewTokens,
+    SizeType priority, bool stepwisePrompt, std::optional<std::uint64_t> arrival)
 {
     if (auto problem = checkFits(static_cast<SizeType>(prompt.size()), maxNewTokens))
     {
@@ -94,7 +94,7 @@ std::optional<std::string> Scheduler::addRequest(
     seq.tokens = std::move(prompt);
     seq.maxNewTokens = maxNewTokens;
     seq.priority = priority;
-    seq.arrival = mNextArrival++;
+    seq.arrival = arrival ? *arrival : mNextArrival++;
     seq.stepwiseUntil = stepwisePrompt ? seq.numPromptTokens - 1 : 0;
     mSequences.emplace(id, std::move(seq));
     insertWaiting(id);

@@ -75,9 +75,12 @@ public:
     [[nodiscard]] std::optional<std::string> checkFits(SizeType numPromptTokens, SizeType maxNewTokens) const;
     /// @brief Queues a request; returns the reason when it can never run (nothing is queued then).
     /// `stepwisePrompt`: its prompt is computed one token a step (Sequence::stepwiseUntil), so
-    /// that the logits of every prompt position are read.
+    /// that the logits of every prompt position are read. `arrival`: its place among requests of
+    /// its priority, taken from an earlier sequence (a beam's continuation keeps its request's
+    /// place); by default after every request so far.
     [[nodiscard]] std::optional<std::string> addRequest(IdType id, std::vector<TokenIdType> prompt,
-        SizeType maxNewTokens, SizeType priority = 0, bool stepwisePrompt = false);
+        SizeType maxNewTokens, SizeType priority = 0, bool stepwisePrompt = false,
+        std::optional<std::uint64_t> arrival = std::nullopt);
     /// @brief Decides the next step and allocates its blocks.
     [[nodiscard]] SchedulerOutput schedule();
     /// @brief Records that a step ran: advances computed tokens and offers full blocks for reuse.

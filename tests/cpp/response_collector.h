@@ -22,6 +22,7 @@ struct Outcome
     std::vector<float> promptLogProbs;
     std::vector<SizeType> promptRanks;
     std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
+    std::vector<BeamHypothesis> beams;
     int numWithPrompt = 0; ///< responses that carried prompt log-probabilities
     int numResponses = 0;
     int numFinals = 0;
@@ -53,6 +54,7 @@ public:
             {
                 ++o.numFinals;
                 o.final = r;
+                o.beams = r.beams;
             }
         }
     }

@@ -1,7 +1,9 @@
 #include "fake_backend.h"
 #include "response_collector.h"
 
+#include "runtime/beam_search.h"
 #include "runtime/executor.h"
+#include "runtime/sampler.h"
 
 #include <gtest/gtest.h>
 
@@ -937,4 +939,167 @@ TEST(Executor, PromptLogProbsTakeNothingFromThePrefixCacheAndSurvivePreemption)
     }
     EXPECT_GT(f.executor.getLatestIterationStats().value().totalPreemptions, 0);
     EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+}
+
+namespace
+{
+Request beams(std::vector<TokenIdType> prompt, SizeType maxNew, SizeType width, TokenIdType endId = -1)
+{
+    Request r = greedy(std::move(prompt), maxNew);
+    r.samplingConfig.beamWidth = width;
+    r.endId = endId;
+    return r;
+}
+
+/// The fake model's beam search for `r`, run directly (BeamSearch fed the fake logits' scores).
+std::vector<BeamHypothesis> expectedBeams(Request const& r, SizeType maxSeqLen = 64)
+{
+    Sampler sampler(kVocab);
+    auto const prompt = static_cast<SizeType>(r.inputTokenIds.size());
+    BeamSearch search(r.samplingConfig.beamWidth, prompt, std::min(prompt + r.maxNewTokens, maxSeqLen),
+        r.samplingConfig.lengthPenalty, static_cast<EarlyStopping>(r.samplingConfig.earlyStopping), r.endId,
+        r.stopWords);
+    while (true)
+    {
+        std::vector<std::vector<TokenLogProb>> candidates;
+        for (BeamHypothesis const& beam : search.running())
+        {
+            std::vector<TokenIdType> context = r.inputTokenIds;
+            context.insert(context.end(), beam.tokens.begin(), beam.tokens.end());
+            TokenIdType const fav = test::favouredToken(context, kVocab);
+            std::vector<float> logits;
+            for (TokenIdType v = 0; v < kVocab; ++v)
+            {
+                logits.push_back(test::fakeLogit(v, fav));
+            }
+            candidates.push_back(sampler.score(logits.data(), 0, search.numCandidates()).top);
+        }
+        if (!search.step(candidates))
+        {
+            return search.hypotheses();
+        }
+    }
+}
+
+void expectBeams(test::Outcome const& out, Request const& r)
+{
+    auto const want = expectedBeams(r);
+    ASSERT_EQ(out.beams.size(), want.size());
+    for (std::size_t i = 0; i < want.size(); ++i)
+    {
+        EXPECT_EQ(out.beams[i].tokens, want[i].tokens) << "beam " << i;
+        EXPECT_FLOAT_EQ(out.beams[i].score, want[i].score);
+        EXPECT_FLOAT_EQ(out.beams[i].cumLogProb, want[i].cumLogProb);
+        EXPECT_TRUE(out.beams[i].finished);
+    }
+    EXPECT_EQ(out.tokens, want.front().tokens);
+    EXPECT_EQ(out.numResponses, 1);
+}
+} // namespace
+
+TEST(Executor, BeamSearchEqualsTheSearchRunDirectlyOnEitherPickPath)
+{
+    Request wide = beams({3, 9, 27, 17}, 7, 4);
+    wide.returnLogProbs = true;
+    // An end id the free search's best beam generates third, so the search meets it.
+    TokenIdType const endId = expectedBeams(beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 3)).front().tokens[2];
+    Request ended = beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 3, endId);
+    ended.samplingConfig.lengthPenalty = 0.5F;
+    Request heuristic = beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 2, endId);
+    heuristic.samplingConfig.earlyStopping = 0;
+    Request alongside = greedy({7, 7, 7}, 8); // a plain request in the same steps
+    onEitherPickPath({wide, ended, heuristic, alongside}, [&](Fixture& f, std::vector<IdType> const& ids, bool pickOnBackend) {
+        SCOPED_TRACE(pickOnBackend ? "backend picks" : "host samples");
+        expectBeams(f.responses.outcomes[ids[0]], wide);
+        expectBeams(f.responses.outcomes[ids[1]], ended);
+        expectBeams(f.responses.outcomes[ids[2]], heuristic);
+        EXPECT_EQ(f.responses.outcomes[ids[0]].logProbs, f.responses.outcomes[ids[0]].beams[0].logProbs);
+        EXPECT_EQ(f.responses.outcomes[ids[0]].final.finishReason, FinishReason::kLength);
+        EXPECT_EQ(f.responses.outcomes[ids[3]].tokens, test::expectedGreedy(alongside, 64, kVocab).tokens);
+        EXPECT_TRUE(f.responses.outcomes[ids[3]].beams.empty());
+        EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+    });
+    for (Request const& r : {ended, heuristic}) // the cases check endings by the end id
+    {
+        auto const found = expectedBeams(r);
+        EXPECT_TRUE(std::any_of(found.begin(), found.end(), [&](BeamHypothesis const& h) {
+            return h.tokens.back() == endId && h.tokens.size() < 9;
+        }));
+    }
+}
+
+TEST(Executor, BeamSearchInASmallPoolCancelledAndRefused)
+{
+    // A pool too small for every beam at once (9 beams of up to 5 blocks, 10 blocks) beside a
+    // plain request that grows: beams wait for blocks; they hold none from one step to the next
+    // (a beam is computed, reports and leaves the scheduler in one step), so nothing is preempted.
+    ExecutorConfig config = smallConfig(64);
+    config.maxBatchSize = 6;
+    config.maxNumTokens = 64;
+    Fixture f(10, config);
+    std::atomic<bool> go{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        while (!go)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    Request const plain = greedy({9, 9, 9, 9, 9}, 30);
+    IdType const plainId = f.executor.enqueueRequest(plain);
+    std::vector<Request> requests;
+    std::vector<IdType> ids;
+    for (TokenIdType i = 0; i < 3; ++i)
+    {
+        requests.push_back(beams({1, 2, 3, 4, 5, 6, 7, static_cast<TokenIdType>(10 + i)}, 12, 3));
+        ids.push_back(f.executor.enqueueRequest(requests.back()));
+    }
+    go = true;
+    f.responses.collect(f.executor, ids);
+    f.responses.collect(f.executor, {plainId});
+    for (std::size_t i = 0; i < ids.size(); ++i)
+    {
+        expectBeams(f.responses.outcomes[ids[i]], requests[i]);
+    }
+    EXPECT_EQ(f.responses.outcomes[plainId].tokens, test::expectedGreedy(plain, 64, kVocab).tokens);
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+
+    // Cancelled mid-search: a final cancelled response without beams, every block back.
+    Fixture g;
+    std::atomic<bool> release{false};
+    g.backend->onStep = [&](StepInputs const&) {
+        while (g.backend->numSteps() > 3 && !release)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    IdType const id = g.executor.enqueueRequest(beams({4, 5, 6}, 30, 3));
+    while (g.backend->numSteps() <= 3)
+    {
+        std::this_thread::sleep_for(milliseconds(1));
+    }
+    g.executor.cancelRequest(id);
+    release = true;
+    g.responses.collect(g.executor, {id});
+    EXPECT_EQ(g.responses.outcomes[id].final.finishReason, FinishReason::kCancelled);
+    EXPECT_TRUE(g.responses.outcomes[id].beams.empty());
+    EXPECT_EQ(g.executor.getKvCacheStats().usedBlocks, 0);
+
+    // What beam search does not combine with, and too many beams, are refused in one line.
+    Request streamed = beams({1, 2}, 4, 2);
+    streamed.streaming = true;
+    Request sampled = beams({1, 2}, 4, 2);
+    sampled.samplingConfig.temperature = 0.8F;
+    Request tooWide = beams({1, 2}, 4, 11);
+    std::vector<IdType> bad;
+    for (Request const& r : {streamed, sampled, tooWide})
+    {
+        bad.push_back(g.executor.enqueueRequest(r));
+    }
+    g.responses.collect(g.executor, bad);
+    auto message = [&](std::size_t i) { return g.responses.outcomes[bad[i]].final.errorMessage; };
+    EXPECT_NE(message(0).find("beam search (beam_width 2) ranks by the model's own log-probabilities and returns its "
+                              "beams at the end, so it does not combine with streaming"),
+        std::string::npos);
+    EXPECT_NE(message(1).find("does not combine with sampling (set temperature 0"), std::string::npos);
+    EXPECT_NE(message(2).find("beam_width is 11 but must be in [1, 10]"), std::string::npos);
 }
