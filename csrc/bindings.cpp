@@ -160,14 +160,17 @@ void bindConfigs(py::module_& m)
         .def(py::init([](float temperature, SizeType topK, float topP, float minP, float repetitionPenalty,
                           float presencePenalty, float frequencyPenalty, std::optional<std::uint64_t> seed,
                           SizeType minTokens, std::map<TokenIdType, float> const& logitBias,
-                          std::vector<TokenIdType> allowedTokenIds) {
+                          std::vector<TokenIdType> allowedTokenIds, SizeType beamWidth, float lengthPenalty,
+                          SizeType earlyStopping) {
             return SamplingConfig{temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty,
-                seed, minTokens, {logitBias.begin(), logitBias.end()}, std::move(allowedTokenIds)};
+                seed, minTokens, {logitBias.begin(), logitBias.end()}, std::move(allowedTokenIds), beamWidth,
+                lengthPenalty, earlyStopping};
         }),
             py::kw_only(), "temperature"_a = 1.0F, "top_k"_a = 0, "top_p"_a = 1.0F, "min_p"_a = 0.0F,
             "repetition_penalty"_a = 1.0F, "presence_penalty"_a = 0.0F, "frequency_penalty"_a = 0.0F,
             "seed"_a = py::none(), "min_tokens"_a = 0, "logit_bias"_a = std::map<TokenIdType, float>(),
-            "allowed_token_ids"_a = std::vector<TokenIdType>())
+            "allowed_token_ids"_a = std::vector<TokenIdType>(), "beam_width"_a = 1, "length_penalty"_a = 1.0F,
+            "early_stopping"_a = 1)
         .def_readwrite("temperature", &SamplingConfig::temperature)
         .def_readwrite("top_k", &SamplingConfig::topK)
         .def_readwrite("top_p", &SamplingConfig::topP)
@@ -182,6 +185,9 @@ void bindConfigs(py::module_& m)
             [](SamplingConfig const& c) { return std::map<TokenIdType, float>(c.logitBias.begin(), c.logitBias.end()); },
             [](SamplingConfig& c, std::map<TokenIdType, float> const& bias) { c.logitBias.assign(bias.begin(), bias.end()); })
         .def_readwrite("allowed_token_ids", &SamplingConfig::allowedTokenIds)
+        .def_readwrite("beam_width", &SamplingConfig::beamWidth)
+        .def_readwrite("length_penalty", &SamplingConfig::lengthPenalty)
+        .def_readwrite("early_stopping", &SamplingConfig::earlyStopping)
         .def("validate", &SamplingConfig::validate, "The problem with these values (one line), or None.")
         .def("__repr__", [](SamplingConfig const& c) {
             std::ostringstream os;
@@ -191,6 +197,11 @@ void bindConfigs(py::module_& m)
                << ", seed=" << (c.seed ? std::to_string(*c.seed) : "None") << ", min_tokens=" << c.minTokens
                << ", logit_bias=" << c.logitBias.size() << " tokens, allowed_token_ids=" << c.allowedTokenIds.size()
                << " tokens";
+            if (c.beamWidth > 1)
+            {
+                os << ", beam_width=" << c.beamWidth << ", length_penalty=" << c.lengthPenalty
+                   << ", early_stopping=" << c.earlyStopping;
+            }
             return reprOf("SamplingConfig", os.str());
         });
 
@@ -329,6 +340,18 @@ void bindRequests(py::module_& m)
             "json_schema", [](Request const& r) { return std::const_pointer_cast<JsonSchema>(r.jsonSchema); },
             [](Request& r, std::shared_ptr<JsonSchema> schema) { r.jsonSchema = std::move(schema); });
 
+    py::class_<BeamHypothesis>(m, "Beam", "One hypothesis of a beam search.")
+        .def_readonly("tokens", &BeamHypothesis::tokens, "Generated tokens, the end id or stop word included.")
+        .def_readonly("log_probs", &BeamHypothesis::logProbs, "Each token's log-probability.")
+        .def_readonly("cum_log_prob", &BeamHypothesis::cumLogProb, "Their sum.")
+        .def_readonly("score", &BeamHypothesis::score, "cum_log_prob / len(tokens) ** length_penalty: the ranking.")
+        .def_readonly("finished", &BeamHypothesis::finished)
+        .def("__repr__", [](BeamHypothesis const& b) {
+            std::ostringstream os;
+            os << "num_tokens=" << b.tokens.size() << ", cum_log_prob=" << b.cumLogProb << ", score=" << b.score;
+            return reprOf("Beam", os.str());
+        });
+
     py::class_<Response>(m, "Response", "Some or all new tokens of a request.")
         .def_readonly("request_id", &Response::requestId)
         .def_readonly("output_token_ids", &Response::outputTokenIds)
@@ -336,6 +359,8 @@ void bindRequests(py::module_& m)
         .def_readonly("is_final", &Response::isFinal)
         .def_readonly("prompt_log_probs", &Response::promptLogProbs,
             "In the first response, when asked for: the log-probability of each prompt token after the first.")
+        .def_readonly("beams", &Response::beams,
+            "With beam search, in the final response of a search that ended: its beam_width hypotheses, best first.")
         .def_readonly("prompt_ranks", &Response::promptRanks,
             "Beside prompt_log_probs: each of those tokens' rank there (1 + the tokens more likely).")
         .def_property_readonly("prompt_top_log_probs",
@@ -536,6 +561,7 @@ PYBIND11_MODULE(_core, m)
     m.doc() = "Kiln runtime core: KV cache manager, scheduler, sampler and executor.";
     m.def("version", [] { return "0.1.0"; });
     m.attr("MAX_TOP_LOG_PROBS") = kiln::kMaxTopLogProbs;
+    m.attr("MAX_BEAM_WIDTH") = kiln::kMaxBeamWidth;
     m.attr("MAX_GUIDED_CHOICES") = kiln::kMaxGuidedChoices;
     m.attr("MAX_JSON_DEPTH") = kiln::kMaxJsonDepth;
     py::register_exception_translator(&kiln::translateInvalidArgument);

@@ -124,7 +124,8 @@ class ModelRunner:
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
                  top_log_probs: int = 0, bad_words_list=None, json_object: bool = False,
-                 json_schema=None, prompt_log_probs: int | None = None):
+                 json_schema=None, prompt_log_probs: int | None = None, num_beams: int = 1,
+                 length_penalty: float = 1.0, early_stopping: int | bool | str = 1):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids
@@ -151,6 +152,14 @@ class ModelRunner:
         "prompt_top_log_probs" the k most likely (token, log-probability) pairs at each of those
         positions (at most 20). Such a prompt is computed one token a step, never taken from
         the prefix cache.
+        num_beams > 1 (at most 10): beam search, as HuggingFace's generate(num_beams=...,
+        do_sample=False) and TensorRT-LLM's beam_width: output_ids is [batch, num_beams, max_len]
+        with each prompt's beams best first, sequence_lengths [batch, num_beams], and with
+        return_dict "cum_log_probs" [batch][num_beams] and "log_probs" per beam. Hypotheses are
+        ranked by cum_log_prob / length ** length_penalty; early_stopping: 1 (True) ends a search
+        once num_beams hypotheses are finished, 0 (False) once no running beam can beat them, 2
+        ("never") at the length limit. Greedy only (no penalties, logit bias or allowed tokens),
+        no streaming.
         """
         prompts, as_text = normalize_inputs(batch_input_ids, self.tokenizer)
         if end_id is None:
@@ -160,7 +169,8 @@ class ModelRunner:
         params = GenerationParams(max_new_tokens, end_id, pad_id, temperature, top_k, top_p, min_p,
                                   repetition_penalty, presence_penalty, frequency_penalty,
                                   random_seed, output_log_probs, min_tokens, logit_bias,
-                                  allowed_token_ids, top_log_probs, prompt_log_probs)
+                                  allowed_token_ids, top_log_probs, prompt_log_probs, num_beams,
+                                  length_penalty, early_stopping)
         if json_object and json_schema is not None:
             raise KilnError("json_object and json_schema do not combine; ask for one of them")
         schema = None if json_schema is None else compiled(json_schema)
@@ -184,6 +194,7 @@ class ModelRunner:
         log_probs: list[list[float]] = [[] for _ in requests]
         tops: list[list] = [[] for _ in requests]
         prompt_scores: list[tuple[list, list]] = [([], []) for _ in requests]
+        beams: list[list] = [[] for _ in requests]
         reasons = ["not_finished"] * len(requests)
         errors: dict[int, str] = {}
         pending = set(index)
@@ -199,13 +210,15 @@ class ModelRunner:
                     tops[i] += r.top_log_probs
                     if r.prompt_log_probs:
                         prompt_scores[i] = (list(r.prompt_log_probs), r.prompt_top_log_probs)
+                    if r.beams:
+                        beams[i] = list(r.beams)
                     if r.is_final:
                         pending.discard(r.request_id)
                         reasons[i] = r.finish_reason.name.lower()
                         if r.has_error:
                             errors[i] = r.error_message
                 if pending and requests[0].streaming:
-                    yield self._result(prompts, generated, log_probs, tops, prompt_scores,
+                    yield self._result(prompts, generated, log_probs, tops, prompt_scores, beams,
                                        reasons, params, as_text, return_dict)
         finally:
             for rid in pending:  # an abandoned stream must not keep its requests running
@@ -213,22 +226,31 @@ class ModelRunner:
         if errors:
             first = min(errors)
             raise KilnError(f"request {first} of the batch failed: {errors[first]}")
-        yield self._result(prompts, generated, log_probs, tops, prompt_scores, reasons, params,
-                           as_text, return_dict)
+        yield self._result(prompts, generated, log_probs, tops, prompt_scores, beams, reasons,
+                           params, as_text, return_dict)
 
-    def _result(self, prompts, generated, log_probs, tops, prompt_scores, reasons, params,
+    def _result(self, prompts, generated, log_probs, tops, prompt_scores, beams, reasons, params,
                 as_text, return_dict):
-        full = [list(p) + g for p, g in zip(prompts, generated)]
-        width = max(len(f) for f in full)
-        out = torch.full((len(full), 1, width), params.pad_id, dtype=torch.int32)
-        for i, seq in enumerate(full):
-            out[i, 0, : len(seq)] = torch.tensor(seq, dtype=torch.int32)
-        lengths = torch.tensor([[len(f)] for f in full], dtype=torch.int32)
+        # Per prompt, its sequences: the one generated, or its beams best first.
+        outputs = [[list(b.tokens) for b in found] if params.num_beams > 1 and found else [g]
+                   for g, found in zip(generated, beams)]
+        full = [[list(p) + o for o in outs] for p, outs in zip(prompts, outputs)]
+        width = max(len(f) for seqs in full for f in seqs)
+        out = torch.full((len(full), params.num_beams, width), params.pad_id, dtype=torch.int32)
+        lengths = torch.zeros((len(full), params.num_beams), dtype=torch.int32)
+        for i, seqs in enumerate(full):
+            for b, seq in enumerate(seqs):
+                out[i, b, : len(seq)] = torch.tensor(seq, dtype=torch.int32)
+                lengths[i, b] = len(seq)
         texts = [self.tokenizer.decode(g) for g in generated] if as_text else None
         if not return_dict:
             return texts if as_text else out
+        if params.num_beams > 1:
+            log_probs = [[list(b.log_probs) for b in found] for found in beams]
         return {"output_ids": out, "sequence_lengths": lengths,
                 "log_probs": log_probs if params.output_log_probs else None,
+                "cum_log_probs": ([[b.cum_log_prob for b in found] for found in beams]
+                                  if params.num_beams > 1 else None),
                 "top_log_probs": tops if params.top_log_probs else None,
                 "prompt_log_probs": ([lps for lps, _ in prompt_scores]
                                      if params.prompt_log_probs is not None else None),

@@ -32,12 +32,15 @@ class GenerationParams:
     allowed_token_ids: list | None = None
     top_log_probs: int = 0
     prompt_log_probs: int | None = None  # k: each prompt token's log-probability, k alternatives
+    num_beams: int = 1               # beam search's width (TensorRT-LLM's beam_width); 1 = off
+    length_penalty: float = 1.0
+    early_stopping: int | bool | str = 1  # 1/True, 0/False (heuristic), 2/"never"
 
     def __post_init__(self) -> None:
         """Types, as Python ints and floats (numpy and 0-d torch values too), with one-line
         errors rather than a binding's TypeError; the executor checks the ranges."""
         for name in ("max_new_tokens", "end_id", "pad_id", "top_k", "random_seed", "min_tokens",
-                     "top_log_probs", "prompt_log_probs"):
+                     "top_log_probs", "prompt_log_probs", "num_beams"):
             value = getattr(self, name)
             if value is None and name in ("random_seed", "prompt_log_probs"):
                 continue
@@ -47,8 +50,15 @@ class GenerationParams:
                 setattr(self, name, operator.index(value))
             except TypeError:
                 raise KilnError(f"{name} must be an integer, got {value!r}") from None
+        stopping = {True: 1, False: 0, "never": 2}
+        if isinstance(self.early_stopping, (bool, str)) and self.early_stopping in stopping:
+            self.early_stopping = stopping[self.early_stopping]
+        elif not isinstance(self.early_stopping, numbers.Integral):
+            raise KilnError("early_stopping must be 1 (True), 0 (False) or 2 (\"never\"), got "
+                            f"{self.early_stopping!r}")
+        self.early_stopping = int(self.early_stopping)
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                     "frequency_penalty"):
+                     "frequency_penalty", "length_penalty"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise KilnError(f"{name} must be a number, got {value!r}")
@@ -94,7 +104,8 @@ class GenerationParams:
             top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             seed=seed, min_tokens=self.min_tokens, logit_bias=self.logit_bias or {},
-            allowed_token_ids=self.allowed_token_ids or [])
+            allowed_token_ids=self.allowed_token_ids or [], beam_width=self.num_beams,
+            length_penalty=self.length_penalty, early_stopping=self.early_stopping)
 
 
 def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]:

@@ -286,6 +286,55 @@ def test_prompt_log_probs_equal_huggingface_s_log_softmax(runners):
         runner.generate([batch[0]], max_new_tokens=1, prompt_log_probs=21)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_beam_search_equals_huggingface(runners, arch):
+    """num_beams: the beams of HF's generate(num_beams=W, num_return_sequences=W,
+    do_sample=False), best first, for early stopping True, False and "never" and two length
+    penalties, with an end id the search meets; each beam's cum_log_prob is the sum of HF's
+    log-softmax along it."""
+    runner, model = runners(arch)
+    batch = prompts(runner.vocab_size, (6, 11), seed=29)
+    free = runner.generate(batch, max_new_tokens=4, end_id=-1, num_beams=3)
+    eos = pad = int(free[0, 0, len(batch[0]) + 2])  # the best beam's third token; HF pads with it
+    cases = [(3, True, 1.0), (4, False, 1.0), (2, "never", 0.7), (3, True, 2.0)]
+    ended = 0  # beams that ended on the end id
+    for width, stopping, penalty in cases:
+        out = runner.generate(batch, max_new_tokens=7, end_id=eos, pad_id=pad, num_beams=width,
+                              early_stopping=stopping, length_penalty=penalty, return_dict=True,
+                              output_log_probs=True)
+        assert out["output_ids"].shape[:2] == (2, width)
+        for i, p in enumerate(batch):
+            with torch.no_grad():
+                hf = model.generate(torch.tensor([p]), max_new_tokens=7, num_beams=width,
+                                    num_return_sequences=width, do_sample=False,
+                                    early_stopping=stopping, length_penalty=penalty,
+                                    eos_token_id=eos, pad_token_id=pad)
+            ours = out["output_ids"][i]
+            assert torch.equal(ours[:, : hf.shape[1]].long(), hf), (width, stopping, penalty, i)
+            assert (ours[:, hf.shape[1]:] == pad).all()
+            for b in range(width):
+                seq = ours[b, : out["sequence_lengths"][i, b]].tolist()
+                ended += seq[-1] == eos and len(seq) < len(p) + 7
+                with torch.no_grad():
+                    lp = torch.log_softmax(model(torch.tensor([seq])).logits[0, len(p) - 1: -1]
+                                           .double(), -1)
+                want = lp.gather(1, torch.tensor(seq[len(p):])[:, None])[:, 0]
+                assert out["cum_log_probs"][i][b] == pytest.approx(want.sum().item(), abs=1e-4)
+                assert out["log_probs"][i][b] == pytest.approx(want.tolist(), abs=1e-4)
+    assert ended >= 1
+
+
+def test_beam_search_refusals(runners):
+    runner, _ = runners("llama")
+    p = prompts(runner.vocab_size, (5,), seed=2)[0]
+    with pytest.raises(KilnError, match="does not combine with sampling"):
+        runner.generate([p], max_new_tokens=3, num_beams=2, temperature=0.8, top_k=0)
+    with pytest.raises(KilnError, match="beam_width is 11 but must be in"):
+        runner.generate([p], max_new_tokens=3, num_beams=11)
+    with pytest.raises(KilnError, match="early_stopping must be 1"):
+        runner.generate([p], max_new_tokens=3, num_beams=2, early_stopping="sometimes")
+
+
 def test_bad_words_equal_huggingface_bad_words_ids(runners):
     """bad_words_list (TensorRT-LLM's) as HF's bad_words_ids: a one-token word never appears;
     a two-token word's second token is never picked right after its first."""
