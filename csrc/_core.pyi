@@ -11,6 +11,8 @@ def version() -> str: ...
 
 MAX_TOP_LOG_PROBS: int
 """the most alternatives a request may ask for at each token"""
+MAX_BEAM_WIDTH: int
+"""the most beams a beam search may ask for"""
 MAX_GUIDED_CHOICES: int
 MAX_JSON_DEPTH: int
 """the most choices a request may give (Request.choices)"""
@@ -33,6 +35,13 @@ class SamplingConfig:
     """added to these tokens' logits before the penalties (OpenAI's logit_bias, each in [-100, 100])"""
     allowed_token_ids: list[int]
     """when not empty, the only tokens that may be picked (vLLM's allowed_token_ids)"""
+    beam_width: int
+    """beams of a beam search (1 = none, at most MAX_BEAM_WIDTH); needs plain greedy otherwise"""
+    length_penalty: float
+    """a finished beam scores cum_log_prob / length ** length_penalty"""
+    early_stopping: int
+    """1: a beam search ends once beam_width hypotheses are finished; 0: once none running can
+    beat them; 2: never before the length limit"""
     def __init__(
         self,
         *,
@@ -47,6 +56,9 @@ class SamplingConfig:
         min_tokens: int = 0,
         logit_bias: dict[int, float] = ...,
         allowed_token_ids: list[int] = ...,
+        beam_width: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: int = 1,
     ) -> None: ...
     def validate(self) -> str | None:
         """The problem with these values (one line), or None."""
@@ -156,6 +168,21 @@ class TokenTable:
     def __len__(self) -> int: ...
     def __getitem__(self, token: int) -> bytes: ...
 
+class Beam:
+    """One hypothesis of a beam search."""
+
+    @property
+    def tokens(self) -> list[int]: ...
+    @property
+    def log_probs(self) -> list[float]: ...
+    @property
+    def cum_log_prob(self) -> float: ...
+    @property
+    def score(self) -> float:
+        """cum_log_prob / len(tokens) ** length_penalty: the ranking."""
+    @property
+    def finished(self) -> bool: ...
+
 class Response:
     """New tokens of a request: per step when streaming, else all in the final response."""
 
@@ -168,6 +195,9 @@ class Response:
     @property
     def top_log_probs(self) -> list[list[tuple[int, float]]]:
         """Per output token, when asked for: the most likely (token, log-probability) pairs."""
+    @property
+    def beams(self) -> list[Beam]:
+        """With beam search, in the final response of a search that ended: its beams, best first."""
     @property
     def prompt_log_probs(self) -> list[float]:
         """In the first response, when asked for: each prompt token's log-probability after the first."""

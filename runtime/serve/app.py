@@ -60,7 +60,9 @@ class Server:
 
         With `request`, polls for a disconnect while waiting (outside a streaming body, where
         Starlette watches for it instead and cancels the task)."""
-        by_id = dict(zip(sub.ids, choices))
+        by_id: dict[int, list] = {}
+        for rid, executor_request in zip(sub.ids, _requests(choices)):
+            by_id[rid] = [c for c in choices if c.request is executor_request]
         live = len(choices)
         checked = time.perf_counter()
         while live:
@@ -72,12 +74,25 @@ class Server:
                 r = await asyncio.wait_for(sub.get(), DISCONNECT_POLL_S) if request else await sub.get()
             except asyncio.TimeoutError:
                 continue
-            c = by_id[r.request_id]
-            if c.finish_reason is not None:  # the cancelled end of a request cut by a stop string
-                continue
             if r.has_error:
                 status = 400 if r.error_message.startswith("bad request: ") else 500
                 raise ApiError(status, r.error_message.removeprefix("bad request: "))
+            if r.beams:
+                for c in by_id[r.request_id]:
+                    beam = r.beams[c.beam]
+                    new = list(beam.tokens)
+                    self._time_tokens(sub, c, len(new))
+                    c.tokens += new
+                    c.log_probs += beam.log_probs
+                    text = c.text.add(new, True)
+                    c.finish_reason = "stop" if c.text.stopped else _beam_end(beam, c.request)
+                    self.metrics.finished.labels(c.finish_reason).inc()
+                    live -= 1
+                    yield c, text, new, (list(beam.log_probs), []), c.finish_reason
+                continue
+            c = by_id[r.request_id][0]
+            if c.finish_reason is not None:  # the cancelled end of a request cut by a stop string
+                continue
             new = list(r.output_token_ids)
             self._time_tokens(sub, c, len(new))
             c.tokens += new
@@ -109,7 +124,7 @@ class Server:
         self.metrics.generation_tokens.inc(n)
 
     async def generate(self, request: Request, body, choices, fmt):
-        sub = self.engine.submit([c.request for c in choices])
+        sub = self.engine.submit(_requests(choices))
         self.metrics.prompt_tokens.inc(sum({c.prompt_index: len(c.prompt) for c in choices}.values()))
         events = self.events(sub, choices, request)
         try:
@@ -151,6 +166,24 @@ class Server:
             yield _sse(e.body())
         finally:
             sub.close()
+
+
+def _requests(choices) -> list:
+    """The executor requests behind `choices`, each once (a beam search's serves n choices)."""
+    out = []
+    for c in choices:
+        if not any(r is c.request for r in out):
+            out.append(c.request)
+    return out
+
+
+def _beam_end(beam, request) -> str:
+    """A beam's finish reason: "stop" where it ends on the end id or a stop word."""
+    tokens = list(beam.tokens)
+    if tokens and tokens[-1] == request.end_id:
+        return "stop"
+    words = [list(w) for w in request.stop_words]
+    return "stop" if any(w and tokens[-len(w):] == w for w in words) else "length"
 
 
 def _sse(obj: dict) -> str:

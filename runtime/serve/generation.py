@@ -34,6 +34,7 @@ class Choice:
     finish_reason: str | None = None
     last_token_at: float = 0.0
     echo: str = ""  # the prompt's text, put before the answer (completions' echo)
+    beam: int | None = None  # with beam search: which of its request's beams this choice is
     echo_sent: bool = False
     # with prompt log-probabilities asked for: prompt tokens 1, 2, ...'s, their ranks, and the
     # most likely tokens at each of those positions
@@ -97,7 +98,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     end_id = -1 if body.ignore_eos or limits.eos_id is None else limits.eos_id
     params = GenerationParams(
         max_new_tokens=new_tokens, end_id=end_id, pad_id=max(end_id, 0),
-        temperature=1.0 if body.temperature is None else body.temperature,
+        temperature=(body.temperature if body.temperature is not None else
+                     0.0 if body.use_beam_search else 1.0),
         top_k=body.top_k or 0, top_p=1.0 if body.top_p is None else body.top_p,
         min_p=body.min_p or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
@@ -106,7 +108,12 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         output_log_probs=want_log_probs, min_tokens=body.min_tokens,
         logit_bias=parameters.logit_bias(body.logit_bias, limits),
         allowed_token_ids=parameters.allowed_token_ids(body.allowed_token_ids, limits),
-        top_log_probs=top, prompt_log_probs=prompt_top)
+        top_log_probs=top, prompt_log_probs=prompt_top,
+        num_beams=body.n if body.use_beam_search else 1, length_penalty=body.length_penalty,
+        early_stopping=body.early_stopping)
+    if body.use_beam_search and not 1 <= body.n <= _core.MAX_BEAM_WIDTH:
+        raise bad_request(f"n is {body.n}; beam search takes n beams, between 1 and "
+                          f"{_core.MAX_BEAM_WIDTH}", "n")
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
@@ -117,7 +124,9 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                  f"the prompt leaves room for {new_tokens} in this model's context")
         raise bad_request(f"min_tokens is {params.min_tokens} but {limit}; ask for at most "
                           f"{new_tokens}", "min_tokens")
-    expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(body.n)]
+    # Beam search: one request a prompt, whose n beams are its n choices.
+    copies = 1 if body.use_beam_search else body.n
+    expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(copies)]
     bad = parameters.bad_words(body.bad_words, tokenizer)
     choices = parameters.guided_choices(body.guided_choice, tokenizer, new_tokens)
     json_table, json_schema = parameters.json_output(body, tokenizer, limits, choices)
@@ -129,17 +138,23 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         # stop_token_ids end a request as its stop strings' tokens do (the executor's stop
         # words); the token stays in the output, its text too unless it is a special token.
         words = stops + [[t] for t in stop_ids]
+        # A beam search answers once, at its end.
         requests = make_requests([p for _, p in expanded], params,
-                                 [words] * len(expanded) if words else None, True, tokenizer,
+                                 [words] * len(expanded) if words else None,
+                                 not body.use_beam_search, tokenizer,
                                  [bad] * len(expanded) if bad else None, choices, json_table,
                                  json_schema)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else
               functools.partial(tokenizer.decode, skip_special_tokens=False))
-    return [Choice(i, k, p, r, TextStream(decode, stops, params.min_tokens,
-                                          body.include_stop_str_in_output))
-            for i, ((k, p), r) in enumerate(zip(expanded, requests))]
+    def stream():
+        return TextStream(decode, stops, params.min_tokens, body.include_stop_str_in_output)
+
+    if body.use_beam_search:
+        return [Choice(k * body.n + b, k, p, r, stream(), beam=b)
+                for k, ((_, p), r) in enumerate(zip(expanded, requests)) for b in range(body.n)]
+    return [Choice(i, k, p, r, stream()) for i, ((k, p), r) in enumerate(zip(expanded, requests))]
 
 
 def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:

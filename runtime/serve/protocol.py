@@ -52,17 +52,19 @@ class _Sampling(BaseModel):
     response_format: dict | None = None
     guided_json: Any = None  # vLLM's: a JSON schema (an object or its JSON text)
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's log-probability, k more
+    use_beam_search: bool = False  # vLLM's: n beams, the n choices
+    length_penalty: float = 1.0
+    early_stopping: bool | Literal["never"] = True
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
-    use_beam_search: bool = False
     guided_regex: str | None = None
     guided_grammar: str | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, why) for each field asked for that the server cannot do."""
         out = []
-        if self.use_beam_search:
-            out.append(("use_beam_search", "beam search is not supported; remove "
-                                           "use_beam_search"))
+        if self.use_beam_search and self.stream:
+            out.append(("use_beam_search", "beam search returns its beams at the end and does "
+                                           "not stream; drop stream or use_beam_search"))
         if self.prompt_logprobs is not None and self.stream:
             out.append(("prompt_logprobs", "prompt_logprobs is not available with stream; drop "
                                            "one of them"))

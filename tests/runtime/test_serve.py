@@ -373,6 +373,31 @@ def test_prompt_logprobs_as_vllm_lists_them(live, runners):
     assert wait_until_idle(runners[0], live)
 
 
+def test_beam_search_returns_the_beams_as_choices(client, live, runners):
+    """vLLM's use_beam_search: n beams of one search per prompt, best first, as the n choices,
+    equal to ModelRunner's beams."""
+    _, ref = runners
+    tok = ref.tokenizer
+    ids = [tok.encode(t) for t in TEXTS[4:6]]
+    want = ref.generate(ids, max_new_tokens=6, end_id=tok.eos_id, num_beams=3,
+                        length_penalty=0.5, return_dict=True, output_log_probs=True)
+    out = client.completions.create(model="tiny", prompt=ids, max_tokens=6, n=3, logprobs=0,
+                                    extra_body={"use_beam_search": True, "length_penalty": 0.5})
+    assert [c.index for c in out.choices] == list(range(6))
+    for c in out.choices:
+        k, b = divmod(c.index, 3)
+        beam = want["output_ids"][k, b, len(ids[k]): want["sequence_lengths"][k, b]].tolist()
+        assert c.text == tok.decode(beam)
+        assert c.logprobs.token_logprobs == pytest.approx(want["log_probs"][k][b], abs=1e-5)
+        assert c.finish_reason == ("stop" if beam[-1] == tok.eos_id else "length")
+    assert out.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in out.choices)
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": TEXTS[4]}], max_tokens=4, n=2,
+        extra_body={"use_beam_search": True})
+    assert len(chat.choices) == 2 and chat.choices[0].message.content != chat.choices[1].message.content
+    assert wait_until_idle(runners[0], live)
+
+
 def http_post(live, path: str, body: dict) -> dict:
     with httpx.Client(base_url=live.url, timeout=60) as http:
         r = http.post(path, json=body)
