@@ -140,6 +140,24 @@ def test_prompt_log_probs_on_gpu_equal_huggingface(core, sm, tiny_engine):
         assert [[t for t, _ in top] for top in tops] == want.topk(2).indices.tolist()
 
 
+def test_beam_search_on_gpu_equals_huggingface(core, sm, tiny_engine):
+    """Beam search through the GPU plan (each beam's continuation a sequence of its own, its
+    shared blocks from the prefix cache): HF's beams of the float32 model."""
+    from kiln.runtime import ModelRunner
+
+    ckpt, path = tiny_engine("llama", "float32", targets=(sm,))
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(8)
+    batch = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (9, 14)]
+    with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=4096) as runner:
+        out = runner.generate(batch, max_new_tokens=6, end_id=-1, num_beams=3, return_dict=True)
+    for i, p in enumerate(batch):
+        with torch.no_grad():
+            hf = model.generate(torch.tensor([p]), max_new_tokens=6, num_beams=3,
+                                num_return_sequences=3, do_sample=False, pad_token_id=0)
+        assert torch.equal(out["output_ids"][i, :, : hf.shape[1]].long(), hf)
+
+
 def test_smollm2_gguf_bfloat16_matches_huggingface(core, sm, tmp_path):
     """The bundled real model (SmolLM2-135M-Instruct, GGUF) as a bfloat16 engine: the logits of
     a real prompt's last token against HuggingFace's bfloat16 on the same GPU."""
