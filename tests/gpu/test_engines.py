@@ -154,7 +154,8 @@ def test_beam_search_on_gpu_equals_huggingface(core, sm, tiny_engine):
     for i, p in enumerate(batch):
         with torch.no_grad():
             hf = model.generate(torch.tensor([p]), max_new_tokens=6, num_beams=3,
-                                num_return_sequences=3, do_sample=False, pad_token_id=0)
+                                num_return_sequences=3, do_sample=False, pad_token_id=0,
+                                eos_token_id=None)
         assert torch.equal(out["output_ids"][i, :, : hf.shape[1]].long(), hf)
 
 
