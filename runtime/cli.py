@@ -29,11 +29,15 @@ from kiln.builder.cli import one_line_errors
               help="Answer with one JSON object (each token picked among those that continue one).")
 @click.option("--json-schema", "schema_path", type=click.Path(dir_okay=False), default=None,
               help="Answer with one JSON value valid against the JSON schema in this file.")
+@click.option("--num-beams", type=int, default=1, show_default=True,
+              help="Beam search of this many beams (greedy; each beam printed, best first).")
+@click.option("--length-penalty", type=float, default=1.0, show_default=True,
+              help="With --num-beams: beams score cum_log_prob / length ** length_penalty.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @one_line_errors
 def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, presence_penalty, frequency_penalty, seed, stop, min_tokens,
-             json_object, schema_path, device):
+             json_object, schema_path, num_beams, length_penalty, device):
     """Generate from a Kiln engine and stream the answer."""
     from kiln.builder.errors import KilnError
     from kiln.runtime import ModelRunner
@@ -51,6 +55,9 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
     with ModelRunner.from_dir(engine_dir, device=None if device == "auto" else device) as runner:
         ids = runner.tokenizer.chat(prompt) if chat else runner.tokenizer.encode(prompt)
         loaded = time.perf_counter()
+        if num_beams > 1:
+            _print_beams(runner, ids, num_beams, length_penalty, max_new_tokens, stop, loaded)
+            return
         stream = runner.generate(
             [ids], max_new_tokens=max_new_tokens, temperature=temperature,
             top_k=1 if temperature == 0.0 else top_k, top_p=top_p, min_p=min_p,
@@ -74,3 +81,17 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
         click.echo(f"[{runner.device}: {new} tokens, load {loaded - start:.2f}s, first token "
                    f"{(first or done) - loaded:.2f}s, {new / max(done - loaded, 1e-9):.1f} tok/s, "
                    f"finish: {out['finish_reasons'][0]}]", err=True)
+
+
+def _print_beams(runner, ids, num_beams, length_penalty, max_new_tokens, stop, loaded) -> None:
+    """A beam search's beams, best first, each with its cumulative log-probability."""
+    out = runner.generate([ids], max_new_tokens=max_new_tokens, num_beams=num_beams,
+                          length_penalty=length_penalty, stop_words_list=list(stop) or None,
+                          return_dict=True)
+    done = time.perf_counter()
+    for b in range(num_beams):
+        tokens = out["output_ids"][0, b, len(ids): out["sequence_lengths"][0, b]].tolist()
+        click.echo(f"[beam {b}, cum_log_prob {out['cum_log_probs'][0][b]:.3f}] "
+                   f"{runner.tokenizer.decode(tokens)}")
+    click.echo(f"[{runner.device}: {num_beams} beams, {done - loaded:.2f}s, "
+               f"finish: {out['finish_reasons'][0]}]", err=True)

@@ -83,3 +83,26 @@ def test_engine_run_refuses_min_tokens_over_max_new_tokens(tiny_engine):
     assert result.exit_code != 0
     assert "min_tokens is 5 but max_new_tokens is 4" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_engine_run_prints_the_beams_of_a_beam_search(tiny_engine):
+    """--num-beams: each beam of generate(num_beams=...) on a line, best first, with its
+    cumulative log-probability."""
+    _, engine = tiny_engine("llama")
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        tok = runner.tokenizer
+        ids = tok.encode(PROMPT)
+        out = runner.generate([ids], max_new_tokens=8, num_beams=3, length_penalty=0.5,
+                              return_dict=True)
+        beams = [tok.decode(out["output_ids"][0, b, len(ids): out["sequence_lengths"][0, b]]
+                            .tolist()) for b in range(3)]
+    result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                           "--max-new-tokens", "8", "--device", "cpu",
+                                           "--num-beams", "3", "--length-penalty", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "".join(
+        f"[beam {b}, cum_log_prob {out['cum_log_probs'][0][b]:.3f}] {beams[b]}\n" for b in range(3))
+    assert "cpu: 3 beams" in result.stderr
+    bad = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                        "--num-beams", "12", "--device", "cpu"])
+    assert bad.exit_code != 0 and "beam_width is 12 but must be in [1, 10]" in bad.output
