@@ -5,7 +5,8 @@ so the output is one JSON value valid against the schema.
 
 What is enforced: `type` (one or a list), `properties`, `required`, `additionalProperties`
 (absent beside `properties`: no other property, as OpenAI's strict mode and xgrammar read it),
-`items`, `minItems`, `maxItems`, `minLength`, `maxLength` (characters: code points, so a
+`minProperties`, `maxProperties`, `items`, `minItems`, `maxItems`, `minLength`, `maxLength`
+(characters: code points, so a
 surrogate pair of \\u escapes is one; such a pair is not begun at the last character a
 maxLength leaves), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` on
 integers (within +-2^62; digits are picked only while some integer they begin is within),
@@ -33,10 +34,12 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
                          "$comment", "deprecated", "readOnly", "writeOnly", "$defs",
                          "definitions"})
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-SUPPORTED = frozenset({"type", "properties", "required", "additionalProperties", "items",
+SUPPORTED = frozenset({"type", "properties", "required", "additionalProperties",
+                       "minProperties", "maxProperties", "items",
                        "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
                        "anyOf", "oneOf", "$ref", *BOUNDS})
-OBJECT_KEYWORDS = ("properties", "required", "additionalProperties")
+OBJECT_KEYWORDS = ("properties", "required", "additionalProperties", "minProperties",
+                   "maxProperties")
 ARRAY_KEYWORDS = ("items", "minItems", "maxItems")
 STRING_KEYWORDS = ("minLength", "maxLength")
 MAX_NODES = 4096
@@ -282,6 +285,14 @@ class _Compiler:
             n.additional = _core.JsonSchemaNode.NONE
         else:
             n.additional = self._node(extra, f"{where}.additionalProperties")
+        n.min_properties, n.max_properties = self._bounds(schema, "minProperties",
+                                                          "maxProperties", where)
+        if n.additional == _core.JsonSchemaNode.NONE and n.min_properties > len(props):
+            raise SchemaError(f"{where}.minProperties is {n.min_properties} but only "
+                              f"{len(props)} properties are allowed")
+        if 0 <= n.max_properties < len(set(required)):
+            raise SchemaError(f"{where}.maxProperties is {n.max_properties} but "
+                              f"{len(set(required))} properties are required")
 
     def _array(self, n, schema: dict, where: str) -> None:
         items = schema.get("items", True)

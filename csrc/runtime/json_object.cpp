@@ -58,7 +58,15 @@ JsonSchemaNode const* JsonObjectPrefix::frameNode() const
 bool JsonObjectPrefix::mayAddProperty() const
 {
     JsonSchemaNode const* n = frameNode();
-    if (n == nullptr || n->additional != JsonSchemaNode::kNone)
+    if (n == nullptr)
+    {
+        return true;
+    }
+    if (n->maxProperties >= 0 && static_cast<std::int32_t>(mFrames[mDepth - 1].count) >= n->maxProperties)
+    {
+        return false;
+    }
+    if (n->additional != JsonSchemaNode::kNone)
     {
         return true;
     }
@@ -223,9 +231,10 @@ bool JsonObjectPrefix::keyEnd()
     }
     bool const declared = mMatching && mLo < mHi && n->names[mLo].size() == mPos;
     mMatching = false;
+    Frame& frame = mFrames[mDepth - 1];
+    ++frame.count; // properties read
     if (declared)
     {
-        Frame& frame = mFrames[mDepth - 1];
         if ((frame.seen >> mLo) & 1)
         {
             return false; // a property twice
@@ -438,9 +447,10 @@ bool JsonObjectPrefix::close(char bracket)
     if (JsonSchemaNode const* n = frameNode())
     {
         Frame const& frame = mFrames[mDepth - 1];
-        if (bracket == '}' ? (n->required & ~frame.seen) != 0 : static_cast<std::int32_t>(frame.count) < n->minItems)
+        auto const count = static_cast<std::int32_t>(frame.count);
+        if (bracket == '}' ? (n->required & ~frame.seen) != 0 || count < n->minProperties : count < n->minItems)
         {
-            return false; // a required property, or items, still due
+            return false; // a required property, or properties or items, still due
         }
     }
     --mDepth;

@@ -156,7 +156,7 @@ private:
     struct Frame
     {
         std::int32_t node;  ///< its schema node, or kAny
-        std::uint32_t count; ///< an array's items begun
+        std::uint32_t count; ///< an array's items begun, an object's properties read
         std::uint64_t seen;  ///< an object's declared properties read (bit i: names[i])
         char bracket;
     };

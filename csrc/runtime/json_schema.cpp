@@ -99,6 +99,8 @@ JsonSchema::JsonSchema(std::vector<JsonSchemaNode> nodes)
         check(n.additional == JsonSchemaNode::kNone || n.additional == JsonSchemaNode::kAny || isNode(n.additional),
             i, "additional is out of range");
         check(n.items == JsonSchemaNode::kAny || isNode(n.items), i, "items is out of range");
+        check(n.minProperties >= 0 && (n.maxProperties == -1 || n.maxProperties >= n.minProperties), i,
+            "min_properties must be >= 0 and max_properties -1 or >= min_properties");
         check(n.minItems >= 0 && (n.maxItems == -1 || n.maxItems >= n.minItems), i,
             "min_items must be >= 0 and max_items -1 or >= min_items");
         check(n.minLength >= 0 && (n.maxLength == -1 || n.maxLength >= n.minLength), i,

@@ -35,6 +35,8 @@ struct JsonSchemaNode
     std::vector<std::int32_t> properties; ///< the node of each name's value
     std::uint64_t required = 0;           ///< bit i: names[i] must appear
     std::int32_t additional = kNone;      ///< the node of any other property's value, or kNone
+    std::int32_t minProperties = 0;       ///< an object's properties, declared or not
+    std::int32_t maxProperties = -1;      ///< -1: no limit
     std::int32_t items = kAny;            ///< the node of an array's items
     std::int32_t minItems = 0;
     std::int32_t maxItems = -1; ///< -1: no limit

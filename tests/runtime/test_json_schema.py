@@ -41,6 +41,11 @@ OPEN = {"type": "object", "properties": {"id": {"type": "integer"}},
         "additionalProperties": {"type": "array", "items": {"oneOf": [{"type": "string"},
                                                                       {"type": "boolean"}]}}}
 ROWS = {"type": "array", "items": {"type": "object"}, "maxItems": 4}
+CALLS = {"type": "object", "minProperties": 1, "maxProperties": 2, "additionalProperties": False,
+         "properties": {"f": {"type": "object", "properties": {"x": {"type": "integer"}},
+                              "required": ["x"]},
+                        "g": {"type": "object", "maxProperties": 1},
+                        "h": {"type": "null"}}}
 
 
 def feeds(schema, text: str) -> tuple[bool, bool]:
@@ -79,6 +84,8 @@ def feeds(schema, text: str) -> tuple[bool, bool]:
      ['{"id": 7, "x": ["a", true], "y": []}', '{}'],
      ['{"id": "7"}', '{"x": [1]}', '{"x": "a"}']),
     (ROWS, ['[]', '[{}, {"a": [1, "b"]}]'], ['[1]', '[{}, {}, {}, {}, {}]', '{}']),
+    (CALLS, ['{"f": {"x": 1}}', '{"g": {"a": [1]}, "h": null}', '{"h": null, "g": {}}'],
+     ['{}', '{"f": {"x": 1}, "g": {}, "h": null}', '{"g": {"a": 1, "b": 2}}', '{"k": 1}']),
 ])
 def test_recognizer_takes_what_the_schema_allows(schema, valid, invalid):
     compiled = compile_schema(schema)
@@ -105,8 +112,8 @@ def repeats_a_key(text: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("schema", [PERSON, TREE, OPEN, ROWS], ids=["person", "tree", "open",
-                                                                    "rows"])
+@pytest.mark.parametrize("schema", [PERSON, TREE, OPEN, ROWS, CALLS],
+                         ids=["person", "tree", "open", "rows", "calls"])
 def test_every_text_the_recognizer_completes_is_valid(schema):
     """Random walks over the bytes the recognizer allows (closing ones favoured so walks end):
     each completed text is valid JSON that the jsonschema package accepts."""
@@ -216,6 +223,10 @@ def test_a_pydantic_models_schema_is_enforced():
     ({"type": "object", "required": ["z"], "properties": {}}, "required names 'z'"),
     ({"type": "array", "items": [{"type": "string"}]}, "tuple items"),
     ({"type": "array", "minItems": 3, "maxItems": 2}, "maxItems 2 is below minItems 3"),
+    ({"type": "object", "properties": {"a": {}}, "minProperties": 2},
+     "minProperties is 2 but only 1 properties are allowed"),
+    ({"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a", "b"],
+      "maxProperties": 1}, "maxProperties is 1 but 2 properties are required"),
     ({"type": "object", "properties": {"a": {"type": "integer", "maximum": 2 ** 63}}},
      "bounds must lie within +-2^62"),
     ({"type": "object", "properties": {"a": {"maxLength": -1}}},
