@@ -27,6 +27,7 @@ from kiln.runtime.serve.metrics import ServerMetrics, StatusCounter
 from kiln.runtime.serve.protocol import (ChatCompletionRequest, CompletionRequest,
                                          DetokenizeRequest, TokenizeRequest, parse)
 from kiln.runtime.serve.responses import ChatFormat, CompletionFormat
+from kiln.runtime.serve.tools import PARSERS
 
 log = logging.getLogger("kiln.serve")
 DISCONNECT_POLL_S = 0.25
@@ -41,9 +42,11 @@ class ClientGone(Exception):
 class Server:
     """What the routes share: the engine, the model's limits, the metrics."""
 
-    def __init__(self, runner, model_name: str, max_queue_size: int) -> None:
+    def __init__(self, runner, model_name: str, max_queue_size: int,
+                 tool_parser: str | None = None) -> None:
         self.runner = runner
         self.model_name = model_name
+        self.tool_parser = tool_parser  # reads tool calls out of free text (tool_choice auto)
         self.engine = AsyncEngine(runner, max_queue_size)
         self.metrics = ServerMetrics(self.engine)
         self.limits = Limits(runner.vocab_size, runner.max_seq_len, runner.tokenizer.eos_id)
@@ -217,9 +220,14 @@ def _error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-def create_app(runner, *, model_name: str, max_queue_size: int = 512) -> FastAPI:
-    """The app over `runner` (a kiln.runtime.ModelRunner, owned by the caller)."""
-    server = Server(runner, model_name, max_queue_size)
+def create_app(runner, *, model_name: str, max_queue_size: int = 512,
+               tool_parser: str | None = None) -> FastAPI:
+    """The app over `runner` (a kiln.runtime.ModelRunner, owned by the caller); `tool_parser`
+    (kiln.runtime.serve.tools.PARSERS) lets chat requests leave tool calls to the model
+    (tool_choice auto)."""
+    if tool_parser is not None and tool_parser not in PARSERS:
+        raise ValueError(f"tool parser {tool_parser!r} is not one of {', '.join(PARSERS)}")
+    server = Server(runner, model_name, max_queue_size, tool_parser)
     app = FastAPI(title="Kiln", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     app.add_middleware(StatusCounter, metrics=server.metrics, routes=ROUTES)
@@ -295,7 +303,7 @@ def create_app(runner, *, model_name: str, max_queue_size: int = 512) -> FastAPI
     async def chat_completions(request: Request):
         body = parse(ChatCompletionRequest, await _json(request))
         server.check_model(body.model)
-        choices = plan_chat(body, runner.tokenizer, server.limits)
+        choices = plan_chat(body, runner.tokenizer, server.limits, server.tool_parser)
         fmt = ChatFormat(server.model_name, runner.tokenizer, body.logprobs,
                          body.top_logprobs or 0, body.prompt_logprobs)
         return await server.generate(request, body, choices, fmt)

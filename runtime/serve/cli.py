@@ -50,14 +50,22 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
+@click.option("--enable-auto-tool-choice", is_flag=True,
+              help="Let chat requests leave tool calls to the model (tool_choice auto); needs "
+                   "--tool-call-parser.")
+@click.option("--tool-call-parser", type=click.Choice(["hermes"]), default=None,
+              help="How tool calls are read out of the model's text: hermes (<tool_call> blocks).")
 @one_line_errors
 def serve_main(engine_dir, host, port, served_model_name, max_queue_size, max_batch_size,
                max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device,
-               log_level):
+               log_level, enable_auto_tool_choice, tool_call_parser):
     """Serve an engine over OpenAI's HTTP API (/v1/completions, /v1/chat/completions)."""
     _require_server_packages()
     if max_queue_size < 0:
         raise KilnError(f"--max-queue-size is {max_queue_size}; pass 0 or more")
+    if enable_auto_tool_choice != (tool_call_parser is not None):
+        raise KilnError("--enable-auto-tool-choice and --tool-call-parser go together; pass both "
+                        "(e.g. --enable-auto-tool-choice --tool-call-parser hermes) or neither")
     import uvicorn
 
     from kiln.runtime import ModelRunner
@@ -72,7 +80,8 @@ def serve_main(engine_dir, host, port, served_model_name, max_queue_size, max_ba
             device=None if device == "auto" else device)
         with runner:
             name = served_model_name or Path(engine_dir).resolve().name
-            app = create_app(runner, model_name=name, max_queue_size=max_queue_size)
+            app = create_app(runner, model_name=name, max_queue_size=max_queue_size,
+                             tool_parser=tool_call_parser)
             click.echo(f"serving {name!r} ({runner.device}) at "
                        f"http://{host}:{sock.getsockname()[1]}/v1", err=True)
             config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)

@@ -16,6 +16,7 @@ from kiln.runtime.serve.detokenizer import TextStream
 from kiln.runtime.serve.errors import bad_request
 from kiln.runtime.serve.parameters import Limits, check_vocab
 from kiln.runtime.serve.protocol import ChatCompletionRequest, CompletionRequest
+from kiln.runtime.serve.tools import ToolPlan, plan_tools
 
 MAX_CHOICES = 64   # n times the number of prompts, for one HTTP request
 
@@ -36,6 +37,8 @@ class Choice:
     echo: str = ""  # the prompt's text, put before the answer (completions' echo)
     beam: int | None = None  # with beam search: which of its request's beams this choice is
     echo_sent: bool = False
+    tools: "ToolPlan | None" = None  # what a chat request's tools make of the answer
+    sent: str = ""  # with tools: the answer's text streamed so far (as content or arguments)
     # with prompt log-probabilities asked for: prompt tokens 1, 2, ...'s, their ranks, and the
     # most likely tokens at each of those positions
     prompt_log_probs: list[float] = field(default_factory=list)
@@ -62,8 +65,10 @@ def completion_prompts(body: CompletionRequest, tokenizer, limits: Limits) -> li
     return prompts
 
 
-def chat_prompt(messages, tokenizer, add_generation_prompt: bool = True) -> list[int]:
-    """`messages` (ChatMessage) in the tokenizer's chat template, as token ids."""
+def chat_prompt(messages, tokenizer, add_generation_prompt: bool = True,
+                tools: list[dict] | None = None) -> list[int]:
+    """`messages` (ChatMessage) in the tokenizer's chat template, as token ids; `tools` (OpenAI's
+    form) passed to the template too."""
     if not messages:
         raise bad_request("messages is empty; pass at least one message", "messages")
     hf = tokenizer.hf
@@ -72,8 +77,9 @@ def chat_prompt(messages, tokenizer, add_generation_prompt: bool = True) -> list
                           "messages", "no_chat_template")
     messages = [m.as_template_message() for m in messages]
     try:
+        extra = {"tools": tools} if tools else {}
         ids = hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                     tokenize=True)
+                                     tokenize=True, **extra)
     except Exception as e:  # the template's own checks (roles, order) raise from Jinja
         raise bad_request(f"the chat template refused the messages: {e}", "messages") from None
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
@@ -81,7 +87,8 @@ def chat_prompt(messages, tokenizer, add_generation_prompt: bool = True) -> list
 
 
 def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limits: Limits,
-         want_log_probs: bool, top: int = 0, prompt_top: int | None = None) -> list[Choice]:
+         want_log_probs: bool, top: int = 0, prompt_top: int | None = None,
+         tools: "ToolPlan | None" = None) -> list[Choice]:
     """The executor requests for `prompts`, n of each, with the body's sampling parameters;
     `top`: the most likely tokens to list beside each generated one; `prompt_top`: with a
     value, each prompt token is scored, with this many most likely tokens beside it."""
@@ -130,6 +137,13 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     bad = parameters.bad_words(body.bad_words, tokenizer)
     choices = parameters.guided_choices(body.guided_choice, tokenizer, new_tokens)
     json_table, json_schema = parameters.json_output(body, tokenizer, limits, choices)
+    if tools is not None and tools.schema is not None:
+        if json_table is not None or choices is not None:
+            raise bad_request(f"tool_choice {tools.mode} writes the answer as JSON for the tools; "
+                              "it does not combine with response_format, guided_json or "
+                              "guided_choice", "tool_choice")
+        json_table, json_schema = parameters.json_output_for(tools.schema, tokenizer, limits,
+                                                             "tools")
     try:
         # Streaming requests even for a single JSON answer: stop strings are matched on the text
         # as it grows, and the request is cancelled as soon as one matches.
@@ -152,9 +166,15 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         return TextStream(decode, stops, params.min_tokens, body.include_stop_str_in_output)
 
     if body.use_beam_search:
-        return [Choice(k * body.n + b, k, p, r, stream(), beam=b)
-                for k, ((_, p), r) in enumerate(zip(expanded, requests)) for b in range(body.n)]
-    return [Choice(i, k, p, r, stream()) for i, ((k, p), r) in enumerate(zip(expanded, requests))]
+        choices = [Choice(k * body.n + b, k, p, r, stream(), beam=b)
+                   for k, ((_, p), r) in enumerate(zip(expanded, requests)) for b in range(body.n)]
+    else:
+        choices = [Choice(i, k, p, r, stream())
+                   for i, ((k, p), r) in enumerate(zip(expanded, requests))]
+    for c in choices:  # each choice's calls get ids of their own
+        c.tools = None if tools is None else ToolPlan(tools.mode, tools.tools,
+                                                      tools.template_tools, tools.name)
+    return choices
 
 
 def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
@@ -176,13 +196,16 @@ def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[
     return choices
 
 
-def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits) -> list[Choice]:
-    prompt = chat_prompt(body.messages, tokenizer)
+def plan_chat(body: ChatCompletionRequest, tokenizer, limits: Limits,
+              tool_parser: str | None = None) -> list[Choice]:
+    tools = plan_tools(body, tool_parser)
+    prompt = chat_prompt(body.messages, tokenizer, tools=tools.template_tools if tools else None)
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = parameters.top_count(body.top_logprobs, "top_logprobs")
     if top and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")
-    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs, top, _prompt_top(body))
+    return plan(body, [prompt], asked, tokenizer, limits, body.logprobs, top, _prompt_top(body),
+                tools)
 
 
 def _prompt_top(body) -> int | None:

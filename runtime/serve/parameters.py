@@ -160,6 +160,16 @@ def json_output(body, tokenizer, limits: Limits, choices) -> tuple:
         raise bad_request(str(e), param) from None
 
 
+def json_output_for(schema: dict, tokenizer, limits: Limits, param: str) -> tuple:
+    """(the vocabulary's token table, `schema` compiled) for an answer the server writes as
+    JSON itself (tool calls); problems are 400s naming `param`."""
+    compiled = _schema(schema, param)
+    try:
+        return tokenizer.token_table(limits.vocab_size), compiled
+    except KilnError as e:
+        raise bad_request(str(e), param) from None
+
+
 def _schema(schema, param: str):
     from kiln.runtime.json_schema import compile_schema
     try:

@@ -109,10 +109,11 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
 
     def as_template_message(self) -> dict:
+        from kiln.runtime.serve.tools import template_message
         msg = self.model_dump(exclude_none=True)
         if isinstance(self.content, list):
             msg["content"] = "".join(p.text for p in self.content)
-        return msg
+        return template_message(msg)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -123,6 +124,7 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = None
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None  # accepted: required may call several tools
     functions: list[dict] | None = None
     function_call: str | dict | None = None
     modalities: list[str] | None = None
@@ -130,13 +132,10 @@ class ChatCompletionRequest(_Sampling):
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.tools:
-            out.append(("tools", "tool calling is not supported; remove tools"))
-        if self.tool_choice not in (None, "none", "auto"):
-            out.append(("tool_choice", "tool calling is not supported; remove tool_choice"))
         if self.functions or self.function_call not in (None, "none", "auto"):
             param = "functions" if self.functions else "function_call"
-            out.append((param, f"function calling is not supported; remove {param}"))
+            out.append((param, f"the legacy functions and function_call are not supported; "
+                               f"pass them as tools and tool_choice"))
         if self.modalities and set(self.modalities) != {"text"}:
             out.append(("modalities", "only text output is supported; remove modalities or "
                                       "pass [\"text\"]"))

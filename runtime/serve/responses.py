@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 import uuid
 
+from kiln.runtime.serve.tools import HERMES_OPEN
+
 # The executor's finish reasons in OpenAI's words.
 FINISH_REASONS = {"end_id": "stop", "stop_words": "stop", "stop": "stop", "length": "length",
                   "cancelled": "abort"}
@@ -168,9 +170,16 @@ class ChatFormat(ResponseFormat):
         return body
 
     def choice(self, c) -> dict:
-        return {"index": c.index, "message": {"role": "assistant", "content": c.text.text},
+        message = {"role": "assistant", "content": c.text.text}
+        finish = FINISH_REASONS.get(c.finish_reason, c.finish_reason)
+        if c.tools is not None and c.tools.mode != "none":
+            message["content"], calls = c.tools.calls(c.text.text)
+            if calls:
+                message["tool_calls"] = calls
+                finish = "tool_calls" if c.tools.mode != "named" else finish
+        return {"index": c.index, "message": message,
                 "logprobs": self._log_probs(c.tokens, (c.log_probs, c.top_log_probs)),
-                "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
+                "finish_reason": finish}
 
     def start_chunks(self, choices) -> list[dict]:
         return [self._envelope(self.chunk_name, [{
@@ -178,7 +187,52 @@ class ChatFormat(ResponseFormat):
             "finish_reason": None}]) for c in choices]
 
     def chunk(self, c, text, tokens, log_probs, finish_reason) -> dict:
+        finish = FINISH_REASONS.get(finish_reason, finish_reason)
+        if c.tools is not None and c.tools.mode != "none":
+            delta, finish = _tool_delta(c, text, finish_reason is not None, finish)
+        else:
+            delta = {"content": text} if text or not finish_reason else {}
         return self._envelope(self.chunk_name, [{
-            "index": c.index, "delta": {"content": text} if text or not finish_reason else {},
-            "logprobs": self._log_probs(tokens, log_probs),
-            "finish_reason": FINISH_REASONS.get(finish_reason, finish_reason)}])
+            "index": c.index, "delta": delta, "logprobs": self._log_probs(tokens, log_probs),
+            "finish_reason": finish}])
+
+
+def _tool_delta(c, text: str, final: bool, finish: str | None) -> tuple[dict, str | None]:
+    """(a streamed chunk's delta, its finish reason) for a choice whose tools shape the answer:
+    a named call's arguments as they come (its id and name first); with required, the calls
+    at the end; with auto, the content until a call may begin, the calls at the end."""
+    plan, whole = c.tools, c.text.text
+    if plan.mode == "named":
+        call = {"index": 0, "function": {"arguments": text}}
+        if not plan.ids:
+            call.update(id=plan.call_id(0), type="function")
+            call["function"] = {"name": plan.name, "arguments": text}
+        return {"tool_calls": [call]} if text or call.get("id") else {}, finish
+    delta: dict = {}
+    if plan.mode == "auto":
+        start = whole.find(HERMES_OPEN)
+        safe = start if start >= 0 else len(whole) - _held_back(whole)
+        if final:
+            content, calls = plan.calls(whole)
+            safe = len(whole) if not calls else max(start, len(c.sent))
+        if safe > len(c.sent):
+            piece = whole[len(c.sent): safe]
+            c.sent = whole[:safe]
+            if not (final and start >= 0 and not piece.strip()):
+                delta["content"] = piece
+    if final:
+        _, calls = plan.calls(whole)
+        if calls:
+            delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(calls)]
+            finish = "tool_calls"
+        elif plan.mode == "required" and whole:
+            delta["content"] = whole
+    return delta, finish
+
+
+def _held_back(text: str) -> int:
+    """How many of text's last characters may begin a <tool_call> tag (not yet streamed)."""
+    for n in range(min(len(text), len(HERMES_OPEN) - 1), 0, -1):
+        if HERMES_OPEN.startswith(text[-n:]):
+            return n
+    return 0

@@ -15,6 +15,7 @@ from test_serve import LiveServer, generated
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 USER = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,24 @@ BAD = [
     (CHAT, {"messages": USER, "top_logprobs": 3}, 400, 400, "top_logprobs needs logprobs set to true"),
     (CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, 400,
      "top_logprobs is 21 but must be between 0 and 20"),
-    (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "unsupported_parameter", "tool calling"),
+    (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, 400,
+     r"tools\[0\] must be \{\"type\": \"function\", \"function\""),
+    (CHAT, {"messages": USER, "tools": [{"type": "function", "function": {"name": "a b"}}]}, 400, 400,
+     r"tools\[0\].function.name must be 1 to 64 letters"),
+    (CHAT, {"messages": USER, "tools": [TOOL, TOOL]}, 400, 400, "the name 'f' is given twice"),
+    (CHAT, {"messages": USER, "tools": [TOOL]}, 400, 400,
+     "tool_choice auto \\(the default with tools\\) needs a tool-call parser"),
+    (CHAT, {"messages": USER, "tools": [TOOL], "tool_choice": {"type": "function",
+                                                             "function": {"name": "g"}}}, 400, 400,
+     "tool_choice must name one of the tools"),
+    (CHAT, {"messages": USER, "tools": [TOOL], "tool_choice": "sometimes"}, 400, 400,
+     "tool_choice is 'sometimes'; it must be none, auto, required"),
+    (CHAT, {"messages": USER, "tools": [TOOL], "tool_choice": "required",
+            "response_format": {"type": "json_object"}}, 400, 400,
+     "tool_choice required writes the answer as JSON for the tools"),
+    (CHAT, {"messages": USER, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"a": {"format": "x"}}}}}],
+        "tool_choice": "required"}, 400, 400, "'format' is not supported"),
     (CHAT, {"messages": USER, "response_format": {"type": "json_schema", "json_schema": {}}}, 400,
      400, "response_format json_schema needs"),
     (CHAT, {"messages": USER, "response_format": {"type": "grammar"}}, 400,
@@ -118,10 +136,9 @@ BAD = [
     (CHAT, {"messages": USER, "guided_regex": "a+"}, 400, "unsupported_parameter",
      "structured output other than guided_choice, guided_json and response_format json_object "
      "or json_schema is not supported; remove guided_regex"),
-    (CHAT, {"messages": USER, "tool_choice": "required"}, 400, "unsupported_parameter",
-     "remove tool_choice"),
+    (CHAT, {"messages": USER, "tool_choice": "required"}, 400, 400, "tool_choice needs tools"),
     (CHAT, {"messages": USER, "functions": [{"name": "f"}]}, 400, "unsupported_parameter",
-     "function calling"),
+     "pass them as tools and tool_choice"),
     (CHAT, {"messages": USER, "modalities": ["text", "audio"]}, 400, "unsupported_parameter",
      "only text output"),
 ]

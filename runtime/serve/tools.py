@@ -1,0 +1,189 @@
+"""OpenAI tool calling on /v1/chat/completions, as vLLM serves it.
+
+The tools go to the chat template (`tools=`), so the model sees them as its template words
+them. `tool_choice` then decides the answer:
+- "none": plain text.
+- {"type": "function", "function": {"name": N}}: the answer is N's arguments, one JSON value
+  valid against N's `parameters` (the executor's JSON-schema output), returned as one call.
+- "required": one JSON object {name: arguments, ...} with at least one property, each a tool's
+  name and its arguments valid against that tool's `parameters`; each property is one call, in
+  the order written (so a tool is called at most once per answer).
+- "auto" (the default when tools are given): free text, read by the tool-call parser the server
+  was started with (`engine-serve --enable-auto-tool-choice --tool-call-parser hermes`: calls
+  written as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, as Hermes, Qwen2.5 and
+  their chat templates write them); without one, "auto" is refused as vLLM refuses it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from kiln.runtime.serve.errors import bad_request
+
+PARSERS = ("hermes",)
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+HERMES_OPEN = "<tool_call>"
+NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+@dataclass(slots=True)
+class ToolPlan:
+    """What a chat request's tools make of its answer."""
+    mode: str                     # "none", "named", "required" or "auto"
+    tools: dict[str, dict]        # name -> its parameters' schema
+    template_tools: list[dict]    # the tools as the chat template takes them
+    name: str | None = None       # the tool a named choice calls
+    ids: list[str] = field(default_factory=list)  # the calls' ids, made as they are first sent
+
+    @property
+    def schema(self) -> dict | None:
+        """The answer's JSON schema (named and required), else None."""
+        if self.mode == "named":
+            return self.tools[self.name]
+        if self.mode == "required":
+            defs, props = {}, {}
+            for i, (name, params) in enumerate(self.tools.items()):
+                props[name] = {"$ref": f"#/$defs/tool{i}"}
+                defs.update(_rooted(params, f"tool{i}"))
+            return {"type": "object", "properties": props, "additionalProperties": False,
+                    "minProperties": 1, "$defs": defs}
+        return None
+
+    def call_id(self, index: int) -> str:
+        while len(self.ids) <= index:
+            self.ids.append(f"call_{uuid.uuid4().hex[:24]}")
+        return self.ids[index]
+
+    def calls(self, text: str) -> tuple[str | None, list[dict]]:
+        """(the answer's content, its tool calls) from its whole text."""
+        if self.mode == "named":
+            return None, [self._call(0, self.name, text)]
+        if self.mode == "required":
+            try:
+                called = json.loads(text)  # in the order written (the schema allows no repeat)
+            except ValueError:  # cut short (max_tokens): no call, the text as it is
+                return text, []
+            return None, [self._call(i, name, json.dumps(args, ensure_ascii=False))
+                          for i, (name, args) in enumerate(called.items())]
+        if self.mode == "auto":
+            return hermes_calls(text, self)
+        return text, []
+
+    def _call(self, index: int, name: str, arguments: str) -> dict:
+        return {"id": self.call_id(index), "type": "function",
+                "function": {"name": name, "arguments": arguments}}
+
+
+def _rooted(schema: dict, key: str) -> dict:
+    """`schema` and its definitions as entries of another schema's $defs: itself under `key`,
+    each definition D under key__D, their references rewritten to match."""
+    def walk(x):
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        out = {}
+        for k, v in x.items():
+            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
+                part = v[1:].split("/")
+                v = (f"#/$defs/{key}" if v == "#" else
+                     f"#/$defs/{key}__{'/'.join(part[2:])}" if part[1:2] in (["$defs"],
+                                                                             ["definitions"])
+                     else v)
+            out[k] = v if k == "$ref" else walk(v)
+        return out
+
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    root = walk({k: v for k, v in schema.items() if k not in ("$defs", "definitions")})
+    return {key: root, **{f"{key}__{name}": walk(d) for name, d in defs.items()}}
+
+
+def hermes_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
+    """Hermes-style calls: each <tool_call> block holding {"name": ..., "arguments": ...} for
+    a tool of the request is a call; the text before the first block is the content. A block
+    that is not such JSON leaves the whole text as content."""
+    start = text.find(HERMES_OPEN)
+    if start < 0:
+        return text, []
+    calls = []
+    for body in _HERMES.findall(text[start:]):
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return text, []
+        if not isinstance(call, dict) or call.get("name") not in plan.tools:
+            return text, []
+        args = call.get("arguments", call.get("parameters", {}))
+        arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        calls.append(plan._call(len(calls), call["name"], arguments))
+    content = text[:start].strip()
+    return content or None, calls
+
+
+def plan_tools(body, parser: str | None) -> ToolPlan | None:
+    """The request's ToolPlan, checked (400s name the parameter), or None without tools."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none"):
+            raise bad_request("tool_choice needs tools; give the tools it may call", "tool_choice")
+        return None
+    tools, template = {}, []
+    for i, tool in enumerate(body.tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" \
+                or not isinstance(fn, dict):
+            raise bad_request(f"tools[{i}] must be {{\"type\": \"function\", \"function\": "
+                              "{\"name\": ..., \"parameters\": {...}}}", "tools")
+        name = fn.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise bad_request(f"tools[{i}].function.name must be 1 to 64 letters, digits, _ or -",
+                              "tools")
+        if name in tools:
+            raise bad_request(f"tools[{i}]: the name {name!r} is given twice", "tools")
+        params = fn.get("parameters", NO_PARAMETERS)
+        if not isinstance(params, dict):
+            raise bad_request(f"tools[{i}].function.parameters must be a JSON schema object",
+                              "tools")
+        tools[name] = params
+        template.append({"type": "function", "function": dict(fn, parameters=params)})
+    if choice is None:
+        choice = "auto"
+    if isinstance(choice, dict):
+        fn = choice.get("function") if choice.get("type") == "function" else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if name not in tools:
+            raise bad_request("tool_choice must name one of the tools: {\"type\": \"function\", "
+                              f"\"function\": {{\"name\": one of {sorted(tools)}}}}}",
+                              "tool_choice")
+        return ToolPlan("named", tools, template, name)
+    if choice not in ("none", "auto", "required"):
+        raise bad_request(f"tool_choice is {choice!r}; it must be none, auto, required or "
+                          "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
+    if choice == "auto" and parser is None:
+        raise bad_request("tool_choice auto (the default with tools) needs a tool-call parser: "
+                          "start engine-serve with --enable-auto-tool-choice --tool-call-parser "
+                          "hermes, or set tool_choice to required, none or a tool's name",
+                          "tool_choice")
+    return ToolPlan(choice, tools, template)
+
+
+def template_message(message: dict) -> dict:
+    """An assistant message's tool calls as chat templates read them: each call's arguments
+    as an object (OpenAI sends them as JSON text)."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            try:
+                call = dict(call, function=dict(fn, arguments=json.loads(fn["arguments"])))
+            except ValueError:
+                raise bad_request("a message's tool_calls[].function.arguments is not JSON",
+                                  "messages") from None
+        out.append(call)
+    return dict(message, tool_calls=out)
