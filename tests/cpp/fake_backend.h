@@ -6,8 +6,10 @@
 // the generated tokens.
 
 #include "runtime/backend.h"
+#include "runtime/beam_search.h"
 #include "runtime/request.h"
 #include "runtime/response.h"
+#include "runtime/sampler.h"
 
 #include <algorithm>
 #include <atomic>
@@ -40,6 +42,49 @@ inline float fakeLogit(TokenIdType v, TokenIdType favoured)
 {
     float const noise = static_cast<float>((v * 31 + favoured * 17) % 23) * 0.1F;
     return v == favoured ? 5.0F + noise : noise;
+}
+
+/// The fake model's log-softmax of token `v` after `context`.
+inline double fakeLogProb(SizeType vocabSize, std::vector<TokenIdType> const& context, TokenIdType v)
+{
+    TokenIdType const fav = favouredToken(context, vocabSize);
+    double z = 0.0;
+    for (TokenIdType u = 0; u < vocabSize; ++u)
+    {
+        z += std::exp(static_cast<double>(fakeLogit(u, fav)));
+    }
+    return fakeLogit(v, fav) - std::log(z);
+}
+
+/// The fake model's beam search for `r` run directly (BeamSearch fed the scores of the fake
+/// logits, as the executor's sampler scores them).
+inline std::vector<BeamHypothesis> expectedBeams(SizeType vocabSize, Request const& r, SizeType maxSeqLen = 64)
+{
+    Sampler sampler(vocabSize);
+    auto const prompt = static_cast<SizeType>(r.inputTokenIds.size());
+    BeamSearch search(r.samplingConfig.beamWidth, prompt, std::min(prompt + r.maxNewTokens, maxSeqLen),
+        r.samplingConfig.lengthPenalty, static_cast<EarlyStopping>(r.samplingConfig.earlyStopping), r.endId,
+        r.stopWords);
+    while (true)
+    {
+        std::vector<std::vector<TokenLogProb>> candidates;
+        for (BeamHypothesis const& beam : search.running())
+        {
+            std::vector<TokenIdType> context = r.inputTokenIds;
+            context.insert(context.end(), beam.tokens.begin(), beam.tokens.end());
+            TokenIdType const fav = favouredToken(context, vocabSize);
+            std::vector<float> logits;
+            for (TokenIdType v = 0; v < vocabSize; ++v)
+            {
+                logits.push_back(fakeLogit(v, fav));
+            }
+            candidates.push_back(sampler.score(logits.data(), 0, search.numCandidates()).top);
+        }
+        if (!search.step(candidates))
+        {
+            return search.hypotheses();
+        }
+    }
 }
 
 /// What greedy decoding of the fake model yields for `request`, with the executor's stop rules

@@ -810,18 +810,6 @@ TEST(Executor, JsonSchemaOutputsAreValuesOfTheSchemaOnEitherPickPath)
 
 namespace
 {
-/// The fake model's log-softmax of token `v` after `context`.
-double fakeLogProb(std::vector<TokenIdType> const& context, TokenIdType v)
-{
-    TokenIdType const fav = test::favouredToken(context, kVocab);
-    double z = 0.0;
-    for (TokenIdType u = 0; u < kVocab; ++u)
-    {
-        z += std::exp(static_cast<double>(test::fakeLogit(u, fav)));
-    }
-    return test::fakeLogit(v, fav) - std::log(z);
-}
-
 /// Checks `out`'s prompt log-probabilities (and `k` alternatives each) against the fake model.
 void expectPromptScores(test::Outcome const& out, std::vector<TokenIdType> const& prompt, SizeType k)
 {
@@ -832,11 +820,11 @@ void expectPromptScores(test::Outcome const& out, std::vector<TokenIdType> const
     for (std::size_t p = 0; p + 1 < prompt.size(); ++p)
     {
         std::vector<TokenIdType> const context(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(p) + 1);
-        EXPECT_NEAR(out.promptLogProbs[p], fakeLogProb(context, prompt[p + 1]), 1e-4) << "position " << p;
+        EXPECT_NEAR(out.promptLogProbs[p], test::fakeLogProb(kVocab, context, prompt[p + 1]), 1e-4) << "position " << p;
         SizeType rank = 1;
         for (TokenIdType v = 0; v < kVocab; ++v)
         {
-            rank += fakeLogProb(context, v) > fakeLogProb(context, prompt[p + 1]) + 1e-9 ? 1 : 0;
+            rank += test::fakeLogProb(kVocab, context, v) > test::fakeLogProb(kVocab, context, prompt[p + 1]) + 1e-9 ? 1 : 0;
         }
         EXPECT_EQ(out.promptRanks[p], rank) << "position " << p;
         if (k == 0)
@@ -848,7 +836,7 @@ void expectPromptScores(test::Outcome const& out, std::vector<TokenIdType> const
         EXPECT_EQ(top[0].token, test::favouredToken(context, kVocab));
         for (std::size_t j = 0; j < top.size(); ++j)
         {
-            EXPECT_NEAR(top[j].logProb, fakeLogProb(context, top[j].token), 1e-4);
+            EXPECT_NEAR(top[j].logProb, test::fakeLogProb(kVocab, context, top[j].token), 1e-4);
             EXPECT_TRUE(j == 0 || top[j].logProb <= top[j - 1].logProb);
         }
     }
@@ -951,39 +939,9 @@ Request beams(std::vector<TokenIdType> prompt, SizeType maxNew, SizeType width, 
     return r;
 }
 
-/// The fake model's beam search for `r`, run directly (BeamSearch fed the fake logits' scores).
-std::vector<BeamHypothesis> expectedBeams(Request const& r, SizeType maxSeqLen = 64)
-{
-    Sampler sampler(kVocab);
-    auto const prompt = static_cast<SizeType>(r.inputTokenIds.size());
-    BeamSearch search(r.samplingConfig.beamWidth, prompt, std::min(prompt + r.maxNewTokens, maxSeqLen),
-        r.samplingConfig.lengthPenalty, static_cast<EarlyStopping>(r.samplingConfig.earlyStopping), r.endId,
-        r.stopWords);
-    while (true)
-    {
-        std::vector<std::vector<TokenLogProb>> candidates;
-        for (BeamHypothesis const& beam : search.running())
-        {
-            std::vector<TokenIdType> context = r.inputTokenIds;
-            context.insert(context.end(), beam.tokens.begin(), beam.tokens.end());
-            TokenIdType const fav = test::favouredToken(context, kVocab);
-            std::vector<float> logits;
-            for (TokenIdType v = 0; v < kVocab; ++v)
-            {
-                logits.push_back(test::fakeLogit(v, fav));
-            }
-            candidates.push_back(sampler.score(logits.data(), 0, search.numCandidates()).top);
-        }
-        if (!search.step(candidates))
-        {
-            return search.hypotheses();
-        }
-    }
-}
-
 void expectBeams(test::Outcome const& out, Request const& r)
 {
-    auto const want = expectedBeams(r);
+    auto const want = test::expectedBeams(kVocab, r);
     ASSERT_EQ(out.beams.size(), want.size());
     for (std::size_t i = 0; i < want.size(); ++i)
     {
@@ -1002,7 +960,7 @@ TEST(Executor, BeamSearchEqualsTheSearchRunDirectlyOnEitherPickPath)
     Request wide = beams({3, 9, 27, 17}, 7, 4);
     wide.returnLogProbs = true;
     // An end id the free search's best beam generates third, so the search meets it.
-    TokenIdType const endId = expectedBeams(beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 3)).front().tokens[2];
+    TokenIdType const endId = test::expectedBeams(kVocab, beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 3)).front().tokens[2];
     Request ended = beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 3, endId);
     ended.samplingConfig.lengthPenalty = 0.5F;
     Request heuristic = beams({5, 1, 2, 60, 33, 8, 14, 2, 9}, 9, 2, endId);
@@ -1021,7 +979,7 @@ TEST(Executor, BeamSearchEqualsTheSearchRunDirectlyOnEitherPickPath)
     });
     for (Request const& r : {ended, heuristic}) // the cases check endings by the end id
     {
-        auto const found = expectedBeams(r);
+        auto const found = test::expectedBeams(kVocab, r);
         EXPECT_TRUE(std::any_of(found.begin(), found.end(), [&](BeamHypothesis const& h) {
             return h.tokens.back() == endId && h.tokens.size() < 9;
         }));

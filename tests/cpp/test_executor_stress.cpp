@@ -1,7 +1,8 @@
 // 10,000 random enqueue / cancel / poll operations against one executor with a small KV pool
-// (so preemption and prefix reuse happen), invalid requests and a backend that fails every step
-// holding a poisoned prompt. Afterwards every request has exactly one final response, every
-// completed output equals the model's greedy output, and every block is free.
+// (so preemption and prefix reuse happen), invalid requests, beam searches, requests scoring
+// their prompts, and a backend that fails every step holding a poisoned prompt. Afterwards every
+// request has exactly one final response, every completed output equals the model's (greedy
+// output, beams, prompt scores), and every block is free.
 #include "fake_backend.h"
 #include "response_collector.h"
 
@@ -82,6 +83,16 @@ TEST(ExecutorStress, TenThousandOperations)
             {
                 r.inputTokenIds.push_back(kVocab + 3); // rejected at once
             }
+            else if (flavour < 12)
+            {
+                r.samplingConfig.beamWidth = uniform(2, 3);
+                r.samplingConfig.earlyStopping = uniform(0, 2);
+                r.streaming = false;
+            }
+            else if (flavour < 20)
+            {
+                r.promptLogProbs = uniform(0, 2);
+            }
             IdType const id = executor.enqueueRequest(r);
             requests.emplace(id, r);
             ids.push_back(id);
@@ -103,6 +114,8 @@ TEST(ExecutorStress, TenThousandOperations)
     int completed = 0;
     int cancelled = 0;
     int failed = 0;
+    int beamSearches = 0;
+    int scoredPrompts = 0;
     for (IdType const id : ids)
     {
         auto const& o = responses.outcomes[id];
@@ -110,6 +123,38 @@ TEST(ExecutorStress, TenThousandOperations)
         ASSERT_FALSE(o.afterFinal) << "request " << id;
         Request const& r = requests.at(id);
         auto const expected = test::expectedGreedy(r, config.maxSeqLen, kVocab);
+        if (r.samplingConfig.beamWidth > 1)
+        {
+            ++beamSearches;
+            if (o.final.finishReason == FinishReason::kCancelled || o.final.finishReason == FinishReason::kError)
+            {
+                EXPECT_TRUE(o.tokens.empty() && o.beams.empty()) << "request " << id;
+                (o.final.finishReason == FinishReason::kCancelled ? cancelled : failed) += 1;
+                continue;
+            }
+            ++completed;
+            auto const want = test::expectedBeams(kVocab, r, config.maxSeqLen);
+            ASSERT_EQ(o.beams.size(), want.size()) << "request " << id;
+            for (std::size_t b = 0; b < want.size(); ++b)
+            {
+                EXPECT_EQ(o.beams[b].tokens, want[b].tokens) << "request " << id << " beam " << b;
+            }
+            EXPECT_EQ(o.tokens, want.front().tokens) << "request " << id;
+            continue;
+        }
+        if (r.promptLogProbs && o.final.finishReason != FinishReason::kCancelled
+            && o.final.finishReason != FinishReason::kError)
+        {
+            ++scoredPrompts;
+            ASSERT_EQ(o.promptLogProbs.size(), r.inputTokenIds.size() - 1) << "request " << id;
+            for (std::size_t p = 0; p + 1 < r.inputTokenIds.size(); ++p)
+            {
+                std::vector<TokenIdType> const context(
+                    r.inputTokenIds.begin(), r.inputTokenIds.begin() + static_cast<std::ptrdiff_t>(p) + 1);
+                EXPECT_NEAR(o.promptLogProbs[p], test::fakeLogProb(kVocab, context, r.inputTokenIds[p + 1]), 1e-4)
+                    << "request " << id << " position " << p;
+            }
+        }
         switch (o.final.finishReason)
         {
         case FinishReason::kCancelled: ++cancelled; break;
@@ -137,8 +182,11 @@ TEST(ExecutorStress, TenThousandOperations)
     EXPECT_GT(cancelled, 100);
     EXPECT_GT(failed, 50);
     EXPECT_GT(stats.totalPreemptions, 0);
+    EXPECT_GT(beamSearches, 100);
+    EXPECT_GT(scoredPrompts, 50);
     EXPECT_GT(stats.totalReusedTokens, 0);
     std::cout << "requests " << ids.size() << ", completed " << completed << ", cancelled " << cancelled
-              << ", failed " << failed << ", cancel calls " << numCancels << ", steps " << stats.iteration + 1
+              << ", failed " << failed << " (beam searches " << beamSearches << ", scored prompts " << scoredPrompts
+              << "), cancel calls " << numCancels << ", steps " << stats.iteration + 1
               << ", preemptions " << stats.totalPreemptions << ", reused tokens " << stats.totalReusedTokens << "\n";
 }
