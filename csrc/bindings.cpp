@@ -290,6 +290,19 @@ void bindRequests(py::module_& m)
         .def(py::init<std::vector<JsonSchemaNode>>(), "nodes"_a)
         .def("__len__", [](JsonSchema const& s) { return s.nodes.size(); });
 
+    py::class_<RegexDfa, std::shared_ptr<RegexDfa>>(m, "RegexDfa",
+        "A pattern's automaton over UTF-8 bytes (kiln.runtime.regex.compile_regex makes one); state 0 starts.")
+        .def(py::init<std::vector<std::int32_t>, std::vector<bool>>(), "next"_a, "accepting"_a)
+        .def_property_readonly("num_states", &RegexDfa::numStates)
+        .def(
+            "walk", [](RegexDfa const& d, std::int32_t state, py::bytes const& b) { return d.walk(state, std::string_view(b)); },
+            "state"_a, "bytes"_a, "The state after the bytes, or -1 (no match can follow).")
+        .def("accepting", &RegexDfa::accepting, "state"_a)
+        .def("closed", &RegexDfa::closed, "state"_a)
+        .def(
+            "tokens", [](RegexDfa const& d, std::int32_t state, TokenTable const& table, SizeType vocab) { return d.tokens(state, table, vocab); },
+            "state"_a, "table"_a, "vocab_size"_a, "The tokens whose bytes keep a match reachable from the state.");
+
     py::class_<JsonObjectPrefix>(m, "JsonObjectPrefix",
         "Whether a text read byte by byte can still grow into one JSON object (with a schema: one "
         "JSON value valid against it), and whether it is one.")
@@ -308,10 +321,10 @@ void bindRequests(py::module_& m)
                           std::vector<std::vector<TokenIdType>> badWords,
                           std::vector<std::vector<TokenIdType>> choices, bool jsonObject,
                           std::shared_ptr<TokenTable> tokenTable, std::shared_ptr<JsonSchema> jsonSchema,
-                          std::optional<SizeType> promptLogProbs) {
+                          std::optional<SizeType> promptLogProbs, std::shared_ptr<RegexDfa> regex) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
                 streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices),
-                jsonObject, std::move(tokenTable), std::move(jsonSchema), promptLogProbs};
+                jsonObject, std::move(tokenTable), std::move(jsonSchema), promptLogProbs, std::move(regex)};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
@@ -319,7 +332,7 @@ void bindRequests(py::module_& m)
             "bad_words"_a = std::vector<std::vector<TokenIdType>>(),
             "choices"_a = std::vector<std::vector<TokenIdType>>(), "json_object"_a = false,
             "token_table"_a = std::shared_ptr<TokenTable>(), "json_schema"_a = std::shared_ptr<JsonSchema>(),
-            "prompt_log_probs"_a = std::optional<SizeType>())
+            "prompt_log_probs"_a = std::optional<SizeType>(), "regex"_a = std::shared_ptr<RegexDfa>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -340,7 +353,10 @@ void bindRequests(py::module_& m)
             [](Request& r, std::shared_ptr<TokenTable> table) { r.tokenTable = std::move(table); })
         .def_property(
             "json_schema", [](Request const& r) { return std::const_pointer_cast<JsonSchema>(r.jsonSchema); },
-            [](Request& r, std::shared_ptr<JsonSchema> schema) { r.jsonSchema = std::move(schema); });
+            [](Request& r, std::shared_ptr<JsonSchema> schema) { r.jsonSchema = std::move(schema); })
+        .def_property(
+            "regex", [](Request const& r) { return std::const_pointer_cast<RegexDfa>(r.regex); },
+            [](Request& r, std::shared_ptr<RegexDfa> regex) { r.regex = std::move(regex); });
 
     py::class_<BeamHypothesis>(m, "Beam", "One hypothesis of a beam search.")
         .def_readonly("tokens", &BeamHypothesis::tokens, "Generated tokens, the end id or stop word included.")

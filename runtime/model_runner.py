@@ -11,6 +11,7 @@ from kiln import _core
 from kiln.builder.engine import Engine, load_engine
 from kiln.builder.errors import KilnError
 from kiln.runtime.json_schema import compiled
+from kiln.runtime.regex import compile_regex
 from kiln.runtime.router import ResponseRouter
 from kiln.runtime.requests import GenerationParams, make_requests, normalize_inputs
 
@@ -124,7 +125,8 @@ class ModelRunner:
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
                  top_log_probs: int = 0, bad_words_list=None, json_object: bool = False,
-                 json_schema=None, prompt_log_probs: int | None = None, num_beams: int = 1,
+                 json_schema=None, regex=None, prompt_log_probs: int | None = None,
+                 num_beams: int = 1,
                  length_penalty: float = 1.0, early_stopping: int | bool | str = 1):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
@@ -146,6 +148,10 @@ class ModelRunner:
         kiln.runtime.json_schema.compile_schema): each output is one JSON value valid against
         it, picked and stopped as for json_object (the schema's top-level value an object or an
         array; what the schema language can say and kiln does not enforce is refused).
+        regex: a pattern (or compiled by kiln.runtime.regex.compile_regex) the whole output
+        matches, as re.fullmatch reads it: each token is picked among those that keep a match
+        reachable, end_id only where the text matches, and a request stops ("stop_words") once
+        nothing may follow.
         prompt_log_probs: with return_dict, "prompt_log_probs" holds per request the
         log-probability of each prompt token after the first given those before it (the model's
         raw distribution, as vLLM's prompt_logprobs), and with a value k > 0
@@ -174,11 +180,16 @@ class ModelRunner:
         if json_object and json_schema is not None:
             raise KilnError("json_object and json_schema do not combine; ask for one of them")
         schema = None if json_schema is None else compiled(json_schema)
-        json_output = json_object or schema is not None
+        pattern = None if regex is None else (
+            regex if isinstance(regex, _core.RegexDfa) else compile_regex(regex))
+        if pattern is not None and (json_object or schema is not None):
+            raise KilnError(f"regex and {'json_object' if json_object else 'json_schema'} do "
+                            "not combine; ask for one of them")
+        guided = json_object or schema is not None or pattern is not None
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer,
                                  bad_words_list, json_table=self.tokenizer.token_table(
-                                     self.vocab_size) if json_output else None,
-                                 json_schema=schema)
+                                     self.vocab_size) if guided else None,
+                                 json_schema=schema, regex=pattern)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:
             return stream

@@ -128,6 +128,7 @@ private:
         std::vector<std::vector<TokenLogProb>> topLogProbs;
         SizeType numSent = 0; ///< generated tokens already in a response
         JsonObjectPrefix json; ///< with JSON output: the generated text read so far
+        std::int32_t regexState = 0; ///< with a regex: its automaton's state after the generated text
         std::vector<float> promptLogProbs; ///< of prompt tokens 1, 2, ... as their logits come
         std::vector<SizeType> promptRanks;
         std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
@@ -221,7 +222,7 @@ private:
         std::mt19937_64 rng(seed ? *seed : mSeeder());
         JsonSchema const* schema = request.jsonSchema.get();
         RequestState& state = mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0,
-                                                        JsonObjectPrefix(schema), {}, {}, {}, 0, false, {}, {}, {}, 0})
+                                                        JsonObjectPrefix(schema), 0, {}, {}, {}, 0, false, {}, {}, {}, 0})
                                   .first->second;
         SamplingConfig const& sampling = state.request.samplingConfig;
         if (sampling.beamWidth > 1)
@@ -336,7 +337,7 @@ private:
         Request const& request = mStates.at(ownerOf(id)).request;
         SizeType const minTokens = request.samplingConfig.minTokens;
         return request.samplingConfig.isPlainGreedy() && request.samplingConfig.beamWidth == 1 && request.numTopLogProbs == 0 && request.badWords.empty()
-            && request.choices.empty() && !request.jsonOutput()
+            && request.choices.empty() && !request.jsonOutput() && request.regex == nullptr
             && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
 
@@ -475,10 +476,13 @@ private:
         Sequence const& seq = *mScheduler.find(id);
         std::vector<TokenIdType> only = state.request.jsonOutput()
             ? jsonTokens(state.json, *state.request.tokenTable, mConfig.vocabSize)
-            : choiceTokens(state.request, seq.tokens, seq.numPromptTokens);
-        if (state.request.jsonOutput() && only.empty())
+            : state.request.regex ? regexTokens(state)
+                                  : choiceTokens(state.request, seq.tokens, seq.numPromptTokens);
+        if ((state.request.jsonOutput() || state.request.regex) && only.empty())
         {
-            finish(id, FinishReason::kError, "sampling failed: no token of the vocabulary continues the JSON output");
+            finish(id, FinishReason::kError,
+                std::string("sampling failed: no token of the vocabulary continues the ")
+                    + (state.request.regex ? "regex" : "JSON output"));
             return;
         }
         SampleResult result;
@@ -493,6 +497,23 @@ private:
             return;
         }
         accept(id, result);
+    }
+
+    /// The tokens that keep the request's regex matchable, and its end id where the text matches.
+    std::vector<TokenIdType> regexTokens(RequestState const& state) const
+    {
+        RegexDfa const& dfa = *state.request.regex;
+        std::vector<TokenIdType> out = dfa.tokens(state.regexState, *state.request.tokenTable, mConfig.vocabSize);
+        TokenIdType const end = state.request.endId;
+        if (end >= 0 && end < mConfig.vocabSize && dfa.accepting(state.regexState))
+        {
+            auto const at = std::lower_bound(out.begin(), out.end(), end);
+            if (at == out.end() || *at != end)
+            {
+                out.insert(at, end);
+            }
+        }
+        return out;
     }
 
     /// A greedy token the backend picked; -1 marks a row with NaN or no finite logit.
@@ -532,8 +553,21 @@ private:
             finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the JSON output");
             return;
         }
+        bool closed = state.json.complete();
+        if (state.request.regex && result.token != state.request.endId)
+        {
+            auto const& bytes = state.request.tokenTable->bytes;
+            auto const t = static_cast<std::size_t>(result.token);
+            state.regexState = t < bytes.size() ? state.request.regex->walk(state.regexState, bytes[t]) : RegexDfa::kDead;
+            if (state.regexState == RegexDfa::kDead)
+            {
+                finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the regex");
+                return;
+            }
+            closed = state.request.regex->closed(state.regexState);
+        }
         FinishReason const reason
-            = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen, state.json.complete());
+            = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen, closed);
         if (reason != FinishReason::kNotFinished)
         {
             finish(id, reason, "");

@@ -94,6 +94,15 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return std::string(json) + " needs the vocabulary's token bytes (token_table); pass the tokenizer's";
     }
+    if (request.regex != nullptr && (request.jsonOutput() || !request.choices.empty()))
+    {
+        return std::string("regex and ") + (request.jsonOutput() ? json : "choices")
+            + " do not combine; ask for one of them";
+    }
+    if (request.regex != nullptr && request.tokenTable == nullptr)
+    {
+        return "regex needs the vocabulary's token bytes (token_table); pass the tokenizer's";
+    }
     if (auto p = request.samplingConfig.validate())
     {
         return "sampling_config: " + *p;
@@ -168,9 +177,9 @@ std::optional<std::string> beamSearchConflict(Request const& request)
     {
         what = "top or prompt log-probabilities";
     }
-    else if (!request.badWords.empty() || !request.choices.empty() || request.jsonOutput())
+    else if (!request.badWords.empty() || !request.choices.empty() || request.jsonOutput() || request.regex)
     {
-        what = "bad words, choices or JSON output";
+        what = "bad words, choices, JSON or regex output";
     }
     if (what == nullptr)
     {
@@ -240,7 +249,7 @@ FinishReason stopReason(Request const& request, std::vector<TokenIdType> const& 
             return FinishReason::kStopWords;
         }
     }
-    if (request.jsonOutput() && objectClosed)
+    if ((request.jsonOutput() || request.regex) && objectClosed)
     {
         return FinishReason::kStopWords;
     }

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "runtime/json_object.h"
+#include "runtime/regex_dfa.h"
 #include "runtime/response.h"
 #include "runtime/sampling_config.h"
 #include "runtime/types.h"
@@ -51,6 +52,11 @@ struct Request
     /// then computed one token a step and never taken from the prefix cache, so every position's
     /// logits are read (at most kMaxTopLogProbs).
     std::optional<SizeType> promptLogProbs;
+
+    /// @brief The whole output matches this automaton's pattern (vLLM's guided_regex): each
+    /// token is picked among those whose bytes in `tokenTable` keep a match reachable, end_id
+    /// only where the text matches, and the request stops (kStopWords) once nothing may follow
+    std::shared_ptr<RegexDfa const> regex;
 
     /// @brief Whether the output is JSON (jsonObject or jsonSchema).
     [[nodiscard]] bool jsonOutput() const

@@ -1,0 +1,416 @@
+"""Regular expressions for structured output (vLLM's guided_regex, TensorRT-LLM's guided
+decoding "regex"): compile_regex turns a pattern into a DFA over UTF-8 bytes
+(`_core.RegexDfa`) that the executor walks token by token, so the whole output matches the
+pattern (as Python's re.fullmatch reads it with re.ASCII: \\d \\w \\s are ASCII classes, as
+in JSON-schema patterns).
+
+What is supported: literals (any Unicode character), `.` (any character but a newline),
+classes `[...]` and `[^...]` of characters and ASCII ranges, `\\d \\w \\s` and `\\D \\W \\S` (ASCII
+meanings), escapes (`\\n \\t \\r \\f \\v \\xHH \\uHHHH` and escaped punctuation), groups `(...)`,
+`(?:...)` and `(?P<name>...)`, alternation `|`, quantifiers `* + ? {n} {n,} {n,m}` (lazy ones
+match the same language), and `^` / `$` at the pattern's ends. Refused with one line naming
+it: backreferences, lookarounds, word boundaries, inline flags, possessive quantifiers, ranges
+with a non-ASCII end, and patterns whose automaton passes MAX_STATES states.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+
+from kiln import _core
+from kiln.builder.errors import KilnError
+
+MAX_STATES = 4096
+MAX_NFA = 100_000
+MAX_REPEAT = 1000
+CACHED = 64
+_DIGIT = frozenset(range(0x30, 0x3A))
+_WORD = frozenset([*range(0x30, 0x3A), *range(0x41, 0x5B), *range(0x61, 0x7B), 0x5F])
+_SPACE = frozenset(b" \t\n\r\f\v")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0"}
+# UTF-8 sequences of the characters from U+0080 up: lists of byte ranges
+_MULTIBYTE = [[(0xC2, 0xDF), (0x80, 0xBF)],
+              [(0xE0, 0xE0), (0xA0, 0xBF), (0x80, 0xBF)],
+              [(0xE1, 0xEC), (0x80, 0xBF), (0x80, 0xBF)],
+              [(0xED, 0xED), (0x80, 0x9F), (0x80, 0xBF)],
+              [(0xEE, 0xEF), (0x80, 0xBF), (0x80, 0xBF)],
+              [(0xF0, 0xF0), (0x90, 0xBF), (0x80, 0xBF), (0x80, 0xBF)],
+              [(0xF1, 0xF3), (0x80, 0xBF), (0x80, 0xBF), (0x80, 0xBF)],
+              [(0xF4, 0xF4), (0x80, 0x8F), (0x80, 0xBF), (0x80, 0xBF)]]
+
+
+class RegexError(KilnError, ValueError):
+    """A pattern compile_regex cannot enforce; its text is one line."""
+
+
+class CharSet:
+    """A set of characters: ASCII bytes, non-ASCII characters, and whether it holds every
+    non-ASCII character but those (a negated class, `.`)."""
+
+    def __init__(self, ascii_bytes=(), others=(), negated_others: bool = False) -> None:
+        self.ascii = frozenset(ascii_bytes)
+        self.others = frozenset(others)   # non-ASCII characters listed (or, negated, excluded)
+        self.negated_others = negated_others
+
+    def negate(self) -> "CharSet":
+        return CharSet(frozenset(range(128)) - self.ascii, self.others, not self.negated_others)
+
+    def union(self, other: "CharSet") -> "CharSet":
+        if self.negated_others or other.negated_others:
+            if self.negated_others and other.negated_others:
+                excluded = self.others & other.others
+            elif self.negated_others:
+                excluded = self.others - other.others
+            else:
+                excluded = other.others - self.others
+            return CharSet(self.ascii | other.ascii, excluded, True)
+        return CharSet(self.ascii | other.ascii, self.others | other.others)
+
+
+class _Nfa:
+    """Thompson's construction over bytes: fragments are (start, end) state pairs."""
+
+    def __init__(self) -> None:
+        self.edges: list[list[tuple[int, int, int]]] = []  # per state: (lo, hi, target)
+        self.eps: list[list[int]] = []
+
+    def state(self) -> int:
+        if len(self.edges) >= MAX_NFA:
+            raise RegexError(f"the pattern needs more than {MAX_NFA} automaton states; shorten "
+                             "its repetitions")
+        self.edges.append([])
+        self.eps.append([])
+        return len(self.edges) - 1
+
+    def path(self, ranges) -> tuple[int, int]:
+        start = cur = self.state()
+        for lo, hi in ranges:
+            nxt = self.state()
+            self.edges[cur].append((lo, hi, nxt))
+            cur = nxt
+        return start, cur
+
+    def chars(self, s: CharSet) -> tuple[int, int]:
+        start, end = self.state(), self.state()
+        for lo, hi in _byte_ranges(s.ascii):
+            self.edges[start].append((lo, hi, end))
+        if s.negated_others:
+            excluded = set(s.others)
+            for seq in _MULTIBYTE:
+                self._join(start, end, self.path(seq))
+            if excluded:  # every non-ASCII character but these: a subtraction on paths
+                raise RegexError("a negated class or `.` with non-ASCII characters left out is "
+                                 "not supported; list the characters allowed instead")
+        else:
+            for ch in sorted(s.others):
+                self._join(start, end, self.path([(b, b) for b in ch.encode()]))
+        return start, end
+
+    def _join(self, start: int, end: int, frag: tuple[int, int]) -> None:
+        self.eps[start].append(frag[0])
+        self.eps[frag[1]].append(end)
+
+
+def _byte_ranges(values) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for v in sorted(values):
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return out
+
+
+class _Parser:
+    """A recursive-descent parser of the supported syntax into a syntax tree:
+    ("chars", CharSet) | ("cat", [..]) | ("alt", [..]) | ("repeat", node, lo, hi|None)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.p = pattern
+        self.i = 0
+
+    def fail(self, what: str):
+        raise RegexError(f"the pattern {self.p!r} at {self.i}: {what}")
+
+    def parse(self):
+        if self.p.startswith("^"):
+            self.i = 1
+        node = self.alt()
+        if self.i < len(self.p):
+            self.fail("an unmatched ')'")
+        return node
+
+    def peek(self) -> str | None:
+        return self.p[self.i] if self.i < len(self.p) else None
+
+    def alt(self):
+        branches = [self.cat()]
+        while self.peek() == "|":
+            self.i += 1
+            branches.append(self.cat())
+        return branches[0] if len(branches) == 1 else ("alt", branches)
+
+    def cat(self):
+        items = []
+        while self.peek() not in (None, "|", ")"):
+            if self.p[self.i] == "$" and self._at_end():
+                self.i += 1
+                continue
+            items.append(self.quantified(self.atom()))
+        return ("cat", items)
+
+    def _at_end(self) -> bool:
+        rest = self.p[self.i + 1:]
+        return rest == "" or all(c == ")" for c in rest)
+
+    def quantified(self, node):
+        while True:
+            c = self.peek()
+            if c in ("*", "+", "?"):
+                self.i += 1
+                lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
+            elif c == "{" and (counted := self._counted()) is not None:
+                lo, hi = counted
+            else:
+                return node
+            if self.peek() == "?":  # lazy: the same language
+                self.i += 1
+            elif self.peek() == "+":
+                self.fail("possessive quantifiers are not supported")
+            node = ("repeat", node, lo, hi)
+
+    def _counted(self):
+        """{n}, {n,} or {n,m} at i as (lo, hi), consumed; None (nothing consumed) otherwise."""
+        end = self.p.find("}", self.i)
+        if end < 0:
+            return None
+        body = self.p[self.i + 1: end]
+        parts = body.split(",")
+        if len(parts) > 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1]
+                                                        and not parts[1].isdigit()):
+            return None
+        lo = int(parts[0])
+        hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None)
+        if (hi is not None and hi < lo) or max(lo, hi or 0) > MAX_REPEAT:
+            self.fail(f"repetition {{{body}}} must have min <= max <= {MAX_REPEAT}")
+        self.i = end + 1
+        return lo, hi
+
+    def atom(self):
+        c = self.p[self.i]
+        self.i += 1
+        if c == "(":
+            if self.p.startswith("?:", self.i):
+                self.i += 2
+            elif self.p.startswith("?P<", self.i):
+                close = self.p.find(">", self.i)
+                if close < 0:
+                    self.fail("an unterminated group name")
+                self.i = close + 1
+            elif self.peek() == "?":
+                self.fail("lookarounds, inline flags and other (?...) groups are not supported")
+            node = self.alt()
+            if self.peek() != ")":
+                self.fail("a missing ')'")
+            self.i += 1
+            return node
+        if c == "[":
+            return ("chars", self.char_class())
+        if c == ".":
+            return ("chars", CharSet([b"\n"[0]]).negate())
+        if c == "\\":
+            return ("chars", self.escape(in_class=False))
+        if c in "*+?":
+            self.fail(f"nothing to repeat before {c!r}")
+        if c == "^":
+            self.fail("'^' is supported only at the start")
+        if c == "$":
+            self.fail("'$' is supported only at the end")
+        if c == ")":
+            self.fail("an unmatched ')'")
+        return ("chars", _char(c))
+
+    def escape(self, in_class: bool) -> CharSet:
+        if self.i >= len(self.p):
+            self.fail("a trailing backslash")
+        c = self.p[self.i]
+        self.i += 1
+        if c in "dws":
+            return CharSet({"d": _DIGIT, "w": _WORD, "s": _SPACE}[c])
+        if c in "DWS":
+            return CharSet({"D": _DIGIT, "W": _WORD, "S": _SPACE}[c]).negate()
+        if c in _ESCAPES:
+            return _char(_ESCAPES[c])
+        if c in "xu":
+            n = 2 if c == "x" else 4
+            digits = self.p[self.i: self.i + n]
+            if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                self.fail(f"\\{c} needs {n} hex digits")
+            self.i += n
+            return _char(chr(int(digits, 16)))
+        if c.isalnum():
+            self.fail(f"\\{c} is not supported (backreferences, \\b, \\A, \\Z and the like)")
+        return _char(c)
+
+    def char_class(self) -> CharSet:
+        negated = self.peek() == "^"
+        if negated:
+            self.i += 1
+        out = CharSet()
+        first = True
+        while True:
+            if self.i >= len(self.p):
+                self.fail("an unterminated '['")
+            c = self.p[self.i]
+            if c == "]" and not first:
+                self.i += 1
+                break
+            first = False
+            if c == "\\":
+                self.i += 1
+                item = self.escape(in_class=True)
+                lo = _single(item)
+            else:
+                self.i += 1
+                item, lo = _char(c), c
+            if self.peek() == "-" and self.i + 1 < len(self.p) and self.p[self.i + 1] != "]":
+                if lo is None:
+                    self.fail("a class escape cannot begin a range")
+                self.i += 1
+                c2 = self.p[self.i]
+                self.i += 1
+                hi = _single(self.escape(in_class=True)) if c2 == "\\" else c2
+                if hi is None or hi < lo:
+                    self.fail(f"a bad range {lo!r}-{hi!r}")
+                if ord(hi) >= 128:
+                    self.fail("ranges with a non-ASCII end are not supported; list the "
+                              "characters")
+                item = CharSet(range(ord(lo), ord(hi) + 1))
+            out = out.union(item)
+        return out.negate() if negated else out
+
+
+def _char(c: str) -> CharSet:
+    return CharSet([ord(c)]) if ord(c) < 128 else CharSet((), [c])
+
+
+def _single(s: CharSet) -> str | None:
+    """The one character of s, or None."""
+    if s.negated_others or len(s.ascii) + len(s.others) != 1:
+        return None
+    return chr(next(iter(s.ascii))) if s.ascii else next(iter(s.others))
+
+
+def _build(nfa: _Nfa, node) -> tuple[int, int]:
+    kind = node[0]
+    if kind == "chars":
+        return nfa.chars(node[1])
+    if kind == "cat":
+        start = end = nfa.state()
+        for item in node[1]:
+            frag = _build(nfa, item)
+            nfa.eps[end].append(frag[0])
+            end = frag[1]
+        return start, end
+    if kind == "alt":
+        start, end = nfa.state(), nfa.state()
+        for branch in node[1]:
+            nfa._join(start, end, _build(nfa, branch))
+        return start, end
+    _, inner, lo, hi = node
+    start = end = nfa.state()
+    for _ in range(lo):
+        frag = _build(nfa, inner)
+        nfa.eps[end].append(frag[0])
+        end = frag[1]
+    if hi is None:  # a loop: zero or more further copies
+        frag = _build(nfa, inner)
+        nfa.eps[end].append(frag[0])
+        nfa.eps[frag[1]].append(frag[0])
+        tail = nfa.state()
+        nfa.eps[end].append(tail)
+        nfa.eps[frag[1]].append(tail)
+        return start, tail
+    for _ in range(hi - lo):  # optional copies, each skippable to the end
+        frag = _build(nfa, inner)
+        nfa.eps[end].append(frag[0])
+        skip = nfa.state()
+        nfa.eps[end].append(skip)
+        nfa.eps[frag[1]].append(skip)
+        end = skip
+    return start, end
+
+
+def _dfa(nfa: _Nfa, start: int, accept: int) -> tuple[list[list[int]], list[bool]]:
+    """Subset construction; states from which no accepting state can be reached are dropped
+    (their transitions are -1), so every live transition can still end in a match."""
+    def closure(states) -> frozenset:
+        seen, stack = set(states), list(states)
+        while stack:
+            for t in nfa.eps[stack.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        return frozenset(seen)
+
+    first = closure([start])
+    index = {first: 0}
+    sets, table = [first], []
+    while len(table) < len(sets):
+        current = sets[len(table)]
+        targets: dict[int, set] = collections.defaultdict(set)
+        for s in current:
+            for lo, hi, t in nfa.edges[s]:
+                for b in range(lo, hi + 1):
+                    targets[b].add(t)
+        row = [-1] * 256
+        for b, ts in targets.items():
+            nxt = closure(ts)
+            if nxt not in index:
+                if len(sets) >= MAX_STATES:
+                    raise RegexError(f"the pattern needs more than {MAX_STATES} automaton "
+                                     "states; simplify it")
+                index[nxt] = len(sets)
+                sets.append(nxt)
+            row[b] = index[nxt]
+        table.append(row)
+    accepting = [accept in s for s in sets]
+    # Keep the states that can still reach an accepting one.
+    live = set(i for i, a in enumerate(accepting) if a)
+    changed = True
+    while changed:
+        changed = False
+        for i, row in enumerate(table):
+            if i not in live and any(t in live for t in row if t >= 0):
+                live.add(i)
+                changed = True
+    if 0 not in live:
+        raise RegexError("the pattern matches no text")
+    order = sorted(live)
+    renumber = {old: new for new, old in enumerate(order)}
+    return ([[renumber.get(t, -1) for t in table[i]] for i in order],
+            [accepting[i] for i in order])
+
+
+_cache: collections.OrderedDict = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def compile_regex(pattern: str) -> "_core.RegexDfa":
+    """The DFA of `pattern` over UTF-8 bytes, shared by the requests that use it (the last
+    CACHED patterns are kept). Raises RegexError saying what is wrong and where."""
+    if not isinstance(pattern, str) or not pattern:
+        raise RegexError("the regex must be a non-empty string")
+    with _lock:
+        if pattern in _cache:
+            _cache.move_to_end(pattern)
+            return _cache[pattern]
+    nfa = _Nfa()
+    start, accept = _build(nfa, _Parser(pattern).parse())
+    table, accepting = _dfa(nfa, start, accept)
+    compiled = _core.RegexDfa([t for row in table for t in row], accepting)
+    with _lock:
+        _cache[pattern] = compiled
+        while len(_cache) > CACHED:
+            _cache.popitem(last=False)
+    return compiled
