@@ -121,6 +121,8 @@ class Request:
     token_table: TokenTable | None
     json_schema: JsonSchema | None
     """the output is one JSON value valid against this schema; needs token_table"""
+    regex: RegexDfa | None
+    """the whole output matches this pattern's automaton; needs token_table"""
     prompt_log_probs: int | None
     """k: each prompt token's log-probability after the first, with the k most likely tokens
     there (the prompt is then computed one token a step, never from the prefix cache)"""
@@ -143,7 +145,21 @@ class Request:
         token_table: TokenTable | None = None,
         json_schema: JsonSchema | None = None,
         prompt_log_probs: int | None = None,
+        regex: RegexDfa | None = None,
     ) -> None: ...
+
+class RegexDfa:
+    """A pattern's automaton over UTF-8 bytes (kiln.runtime.regex.compile_regex makes one)."""
+
+    def __init__(self, next: _Seq[int], accepting: _Seq[bool]) -> None: ...
+    @property
+    def num_states(self) -> int: ...
+    def walk(self, state: int, bytes: bytes) -> int:
+        """The state after the bytes, or -1 (no match can follow)."""
+    def accepting(self, state: int) -> bool: ...
+    def closed(self, state: int) -> bool: ...
+    def tokens(self, state: int, table: TokenTable, vocab_size: int) -> list[int]:
+        """The tokens whose bytes keep a match reachable from the state."""
 
 class JsonSchema:
     """A compiled JSON schema (kiln.runtime.json_schema.compile_schema makes one)."""

@@ -144,6 +144,15 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                               "guided_choice", "tool_choice")
         json_table, json_schema = parameters.json_output_for(tools.schema, tokenizer, limits,
                                                              "tools")
+    regex = None
+    if body.guided_regex is not None:
+        taken = ("guided_choice" if choices is not None else
+                 f"tool_choice {tools.mode}" if tools is not None and tools.schema else
+                 "response_format or guided_json" if json_table is not None else None)
+        if taken:
+            raise bad_request(f"guided_regex and {taken} do not combine; ask for one of them",
+                              "guided_regex")
+        json_table, regex = parameters.regex_output(body.guided_regex, tokenizer, limits)
     try:
         # Streaming requests even for a single JSON answer: stop strings are matched on the text
         # as it grows, and the request is cancelled as soon as one matches.
@@ -157,7 +166,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                                  [words] * len(expanded) if words else None,
                                  not body.use_beam_search, tokenizer,
                                  [bad] * len(expanded) if bad else None, choices, json_table,
-                                 json_schema)
+                                 json_schema, regex)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else

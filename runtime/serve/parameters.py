@@ -170,6 +170,16 @@ def json_output_for(schema: dict, tokenizer, limits: Limits, param: str) -> tupl
         raise bad_request(str(e), param) from None
 
 
+def regex_output(pattern, tokenizer, limits: Limits) -> tuple:
+    """(the vocabulary's token table, `pattern` compiled) for vLLM's guided_regex; problems
+    are 400s naming it."""
+    from kiln.runtime.regex import compile_regex
+    try:
+        return tokenizer.token_table(limits.vocab_size), compile_regex(pattern)
+    except KilnError as e:
+        raise bad_request(str(e), "guided_regex") from None
+
+
 def _schema(schema, param: str):
     from kiln.runtime.json_schema import compile_schema
     try:

@@ -68,11 +68,9 @@ class _Sampling(BaseModel):
         if self.prompt_logprobs is not None and self.stream:
             out.append(("prompt_logprobs", "prompt_logprobs is not available with stream; drop "
                                            "one of them"))
-        for name in ("guided_regex", "guided_grammar"):
-            if getattr(self, name) is not None:
-                out.append((name, f"structured output other than guided_choice, guided_json "
-                                  f"and response_format json_object or json_schema is not "
-                                  f"supported; remove {name}"))
+        if self.guided_grammar is not None:
+            out.append(("guided_grammar", "grammar-guided output is not supported; use "
+                                          "guided_regex, guided_json or guided_choice"))
         if self.response_format and self.response_format.get("type") not in (
                 None, "text", "json_object", "json_schema"):
             out.append(("response_format", "response_format's type must be text, json_object or "

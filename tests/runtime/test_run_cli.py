@@ -106,3 +106,20 @@ def test_engine_run_prints_the_beams_of_a_beam_search(tiny_engine):
     bad = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
                                         "--num-beams", "12", "--device", "cpu"])
     assert bad.exit_code != 0 and "beam_width is 12 but must be in [1, 10]" in bad.output
+
+
+def test_engine_run_answers_with_text_that_matches_the_regex(tiny_engine):
+    import re
+
+    _, engine = tiny_engine("llama")
+    pattern = r"[a-c]{2,5}-(on|off)"
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        tok = runner.tokenizer
+        ids = tok.encode(PROMPT)
+        out = runner.generate([ids], max_new_tokens=12, regex=pattern, return_dict=True)
+        tokens = out["output_ids"][0, 0, len(ids): out["sequence_lengths"][0, 0]].tolist()
+    result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                           "--max-new-tokens", "12", "--device", "cpu",
+                                           "--regex", pattern])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == tok.decode(tokens) + "\n" and re.fullmatch(pattern, tok.decode(tokens))

@@ -398,6 +398,23 @@ def test_beam_search_returns_the_beams_as_choices(client, live, runners):
     assert wait_until_idle(runners[0], live)
 
 
+def test_guided_regex_answers_match_the_pattern(client, runners):
+    """vLLM's guided_regex: the answer is ModelRunner's under the same pattern, and matches it;
+    streamed alike."""
+    import re
+    _, ref = runners
+    tok = ref.tokenizer
+    pattern = r"(cat|dog)s? x\d{2}"
+    ids, out = generated(ref, tok.encode(TEXTS[2]), 12, regex=pattern)
+    body = dict(model="tiny", prompt=TEXTS[2], max_tokens=12, temperature=0,
+                extra_body={"guided_regex": pattern})
+    answer = client.completions.create(**body).choices[0]
+    assert answer.text == tok.decode(ids) and re.fullmatch(pattern, answer.text, re.ASCII)
+    assert answer.finish_reason == "stop"
+    chunks = list(client.completions.create(**body, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == answer.text
+
+
 def http_post(live, path: str, body: dict) -> dict:
     with httpx.Client(base_url=live.url, timeout=60) as http:
         r = http.post(path, json=body)

@@ -294,9 +294,35 @@ def test_guided_decoding_json(served):
     whole = list(server.infer("ensemble", ensemble_inputs(TEXTS[6], 16, end_id=-1, stream=False,
                                                           guided_decoding_guide_type="json")))
     assert whole[0]["text_output"][0, 0].decode() == tok.decode(expect)
-    with pytest.raises(ServerError, match="guided_decoding_guide_type 'regex' is not supported") as err:
-        list(engine_stream(server, prompt, 4, guided_decoding_guide_type=strings("regex")))
+    with pytest.raises(ServerError, match="guided_decoding_guide_type 'ebnf' is not supported") as err:
+        list(engine_stream(server, prompt, 4, guided_decoding_guide_type=strings("ebnf")))
     assert err.value.code == pb_utils.TritonError.INVALID_ARG
+
+
+def test_guided_decoding_regex(served):
+    """guided_decoding_guide_type "regex" with the pattern in guided_decoding_guide: the output
+    is ModelRunner's with regex; a pattern kiln cannot enforce fails its request alone."""
+    server, reference = served
+    tok = reference.tokenizer
+    prompt = tok.encode(TEXTS[6])
+    pattern = r"(north|south) \d{1,2} km"
+    expect, out = reference_ids(reference, prompt, 16, end_id=-1, top_k=1, regex=pattern)
+    guide = dict(guided_decoding_guide_type=strings("regex"), guided_decoding_guide=strings(pattern))
+    chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32), **guide))
+    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == expect
+    assert out["finish_reasons"][0] == "stop_words" and chunks[-1]["finish_reason"][0, 0] == b"stop_words"
+    whole = list(server.infer("ensemble", ensemble_inputs(
+        TEXTS[6], 16, end_id=-1, stream=False, guided_decoding_guide_type="regex",
+        guided_decoding_guide=pattern)))
+    assert whole[0]["text_output"][0, 0].decode() == tok.decode(expect)
+    for guide, message in (({"guided_decoding_guide_type": strings("regex")},
+                            "needs the pattern in guided_decoding_guide"),
+                           ({"guided_decoding_guide_type": strings("regex"),
+                             "guided_decoding_guide": strings(r"(a)\1")},
+                            r"\\1 is not supported")):
+        with pytest.raises(ServerError, match=message) as err:
+            list(engine_stream(server, prompt, 4, **guide))
+        assert err.value.code == pb_utils.TritonError.INVALID_ARG
 
 
 def test_guided_decoding_json_schema(served):

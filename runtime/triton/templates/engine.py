@@ -8,8 +8,9 @@ max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device
 Decoding is greedy unless `temperature` > 0 is given; then runtime_top_k (0 = off),
 runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed.
 embedding_bias (TensorRT-LLM's: one value a token id, added to the logits) becomes the
-executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object, and
-"json_schema" one JSON value valid against the schema in guided_decoding_guide. Responses
+executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object,
+"json_schema" one JSON value valid against the schema in guided_decoding_guide, and "regex"
+text that matches the pattern in guided_decoding_guide. Responses
 carry only generated tokens (never the prompt): in streaming mode the tokens new since the last
 response, otherwise all of them in one final response.
 """
@@ -83,6 +84,7 @@ class TritonPythonModel:
     def initialize(self, args):
         from kiln.runtime import ModelRunner
         from kiln.runtime.json_schema import compile_schema
+        from kiln.runtime.regex import compile_regex
         from kiln.runtime.requests import GenerationParams, make_requests
 
         self.config = json.loads(args["model_config"])
@@ -106,6 +108,7 @@ class TritonPythonModel:
             device=None if device == "auto" else device)
         self.make_params, self.make_requests = GenerationParams, make_requests
         self.compile_schema = compile_schema
+        self.compile_regex = compile_regex
         eos = self.runner.tokenizer.eos_id
         self.default_end_id = -1 if eos is None else eos
         self.responses = queue.SimpleQueue()
@@ -163,35 +166,37 @@ class TritonPythonModel:
         streaming = _scalar(request, "streaming", False, bool)
         stops = _words(request, "stop_words_list")
         bad = _words(request, "bad_words_list")
-        table, schema = self._json_output(request)
+        table, schema, regex = self._guided(request)
         made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
-                                  [bad] if bad else None, json_table=table, json_schema=schema)
+                                  [bad] if bad else None, json_table=table, json_schema=schema,
+                                  regex=regex)
         return made[0], len(prompt)
 
-    def _json_output(self, request):
-        """TensorRT-LLM's guided decoding: guided_decoding_guide_type "json" (one JSON object)
-        or "json_schema" (one value valid against the schema in guided_decoding_guide), as
-        (the vocabulary's token table, the compiled schema or None); (None, None) without a
-        guide type."""
+    def _guided(self, request):
+        """TensorRT-LLM's guided decoding: guided_decoding_guide_type "json" (one JSON object),
+        "json_schema" (one value valid against the schema in guided_decoding_guide) or "regex"
+        (text matching the pattern in guided_decoding_guide), as (the vocabulary's token table,
+        the compiled schema or None, the compiled pattern or None); all None without a guide
+        type."""
         text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
         kind = _scalar(request, "guided_decoding_guide_type", None, text)
         guide = _scalar(request, "guided_decoding_guide", None, text)
         if kind is None:
             if guide is not None:
                 raise ValueError("guided_decoding_guide needs guided_decoding_guide_type "
-                                 "\"json_schema\"")
-            return None, None
-        if kind not in ("json", "json_schema"):
+                                 "\"json_schema\" or \"regex\"")
+            return None, None, None
+        if kind not in ("json", "json_schema", "regex"):
             raise ValueError(f"guided_decoding_guide_type {kind!r} is not supported; use \"json\" "
-                             "(one JSON object), \"json_schema\" (with the schema in "
-                             "guided_decoding_guide) or leave it out")
-        schema = None
-        if kind == "json_schema":
-            if guide is None:
-                raise ValueError("guided_decoding_guide_type \"json_schema\" needs the schema in "
-                                 "guided_decoding_guide")
-            schema = self.compile_schema(guide)
-        return self.runner.tokenizer.token_table(self.runner.vocab_size), schema
+                             "(one JSON object), \"json_schema\" or \"regex\" (with the schema "
+                             "or pattern in guided_decoding_guide) or leave it out")
+        if kind != "json" and guide is None:
+            what = "schema" if kind == "json_schema" else "pattern"
+            raise ValueError(f"guided_decoding_guide_type \"{kind}\" needs the {what} in "
+                             "guided_decoding_guide")
+        schema = self.compile_schema(guide) if kind == "json_schema" else None
+        regex = self.compile_regex(guide) if kind == "regex" else None
+        return self.runner.tokenizer.token_table(self.runner.vocab_size), schema, regex
 
     def _embedding_bias(self, request):
         """TensorRT-LLM's embedding_bias ([1, V], added to the logits, V at most the model's
