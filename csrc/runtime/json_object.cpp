@@ -1,6 +1,7 @@
 #include "runtime/json_object.h"
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 namespace kiln
@@ -578,7 +579,14 @@ std::array<std::vector<TokenTable::Entry>, 256> firstBytes(std::vector<std::stri
 TokenTable::TokenTable(std::vector<std::string> bytes)
     : bytes(std::move(bytes))
     , byFirstByte(firstBytes(this->bytes))
+    , serial(nextSerial())
 {
+}
+
+std::uint64_t TokenTable::nextSerial()
+{
+    static std::atomic<std::uint64_t> next{0};
+    return next++;
 }
 
 std::vector<TokenIdType> jsonTokens(JsonObjectPrefix const& state, TokenTable const& table, SizeType vocabSize)

@@ -36,6 +36,11 @@ public:
     std::vector<std::string> const bytes;
     /// The non-empty tokens by first byte, grouped by their second byte (one-byte tokens first).
     std::array<std::vector<Entry>, 256> const byFirstByte;
+    /// Tells this table from every other the process made (what is kept per table keys on it).
+    std::uint64_t const serial;
+
+private:
+    static std::uint64_t nextSerial();
 };
 
 /// @brief The deepest nesting of objects and arrays JsonObjectPrefix takes.

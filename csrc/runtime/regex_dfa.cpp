@@ -42,24 +42,32 @@ std::int32_t RegexDfa::walk(std::int32_t state, std::string_view bytes) const
     return state;
 }
 
-std::vector<TokenIdType> const& RegexDfa::tokens(
-    std::int32_t state, TokenTable const& table, SizeType vocabSize) const
+std::vector<TokenIdType> RegexDfa::tokens(std::int32_t state, TokenTable const& table, SizeType vocabSize) const
 {
-    std::lock_guard<std::mutex> lock(mMutex);
-    auto [it, added] = mTokens.try_emplace({&table, state});
-    if (added)
     {
-        auto const n = std::min<std::size_t>(table.bytes.size(), static_cast<std::size_t>(std::max<SizeType>(vocabSize, 0)));
-        for (std::size_t t = 0; t < n; ++t)
+        std::lock_guard<std::mutex> lock(mMutex);
+        auto const it = mTokens.find({table.serial, state});
+        if (it != mTokens.end())
         {
-            std::string const& bytes = table.bytes[t];
-            if (!bytes.empty() && walk(state, bytes) != kDead)
-            {
-                it->second.push_back(static_cast<TokenIdType>(t));
-            }
+            return it->second;
         }
     }
-    return it->second;
+    std::vector<TokenIdType> out;
+    auto const n = std::min<std::size_t>(table.bytes.size(), static_cast<std::size_t>(std::max<SizeType>(vocabSize, 0)));
+    for (std::size_t t = 0; t < n; ++t)
+    {
+        std::string const& bytes = table.bytes[t];
+        if (!bytes.empty() && walk(state, bytes) != kDead)
+        {
+            out.push_back(static_cast<TokenIdType>(t));
+        }
+    }
+    std::lock_guard<std::mutex> lock(mMutex);
+    if (mCachedTokens + out.size() <= kMaxCachedTokens && mTokens.try_emplace({table.serial, state}, out).second)
+    {
+        mCachedTokens += out.size();
+    }
+    return out;
 }
 
 } // namespace kiln

@@ -47,16 +47,20 @@ public:
     }
 
     /// @brief The tokens (ascending, ids below `vocabSize`) whose bytes in `table` lead from
-    /// `state` to a live state; worked out once per state and table, then kept.
-    [[nodiscard]] std::vector<TokenIdType> const& tokens(
-        std::int32_t state, TokenTable const& table, SizeType vocabSize) const;
+    /// `state` to a live state; worked out once per state and table and kept, up to
+    /// kMaxCachedTokens ids in all (past that, worked out each time).
+    [[nodiscard]] std::vector<TokenIdType> tokens(std::int32_t state, TokenTable const& table, SizeType vocabSize) const;
+
+    /// @brief The most token ids an automaton keeps for its states (64 MiB).
+    static constexpr std::size_t kMaxCachedTokens = std::size_t{16} << 20;
 
 private:
     std::vector<std::int32_t> mNext;
     std::vector<bool> mAccepting;
     std::vector<bool> mClosed;
     mutable std::mutex mMutex;
-    mutable std::map<std::pair<TokenTable const*, std::int32_t>, std::vector<TokenIdType>> mTokens;
+    mutable std::map<std::pair<std::uint64_t, std::int32_t>, std::vector<TokenIdType>> mTokens; ///< by table serial, state
+    mutable std::size_t mCachedTokens = 0;
 };
 
 } // namespace kiln
