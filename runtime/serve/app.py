@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from kiln.runtime.serve.async_engine import AsyncEngine, Submission
 from kiln.runtime.serve.errors import ApiError, bad_request
 from kiln.runtime.serve.generation import (Limits, chat_prompt, check_vocab, plan_chat,
-                                           plan_completion)
+                                           plan_completion, select_best)
 from kiln.runtime.serve.metrics import ServerMetrics, StatusCounter
 from kiln.runtime.serve.protocol import (ChatCompletionRequest, CompletionRequest,
                                          DetokenizeRequest, TokenizeRequest, parse)
@@ -142,7 +142,10 @@ class Server:
             finally:
                 sub.close()
             self.metrics.e2e.observe(time.perf_counter() - sub.submitted_at)
-            return JSONResponse(fmt.whole(choices))
+            best_of = getattr(body, "best_of", None)
+            shown = (select_best(choices, body.n)
+                     if best_of and best_of > body.n and not body.use_beam_search else choices)
+            return JSONResponse(fmt.whole(shown, counted=choices))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(self._stream(sub, choices, fmt, first, include_usage),
                                  media_type="text/event-stream",

@@ -91,12 +91,19 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
          tools: "ToolPlan | None" = None) -> list[Choice]:
     """The executor requests for `prompts`, n of each, with the body's sampling parameters;
     `top`: the most likely tokens to list beside each generated one; `prompt_top`: with a
-    value, each prompt token is scored, with this many most likely tokens beside it."""
+    value, each prompt token is scored, with this many most likely tokens beside it. A
+    completion's best_of > n makes best_of candidates a prompt (with beam search, best_of
+    beams), of which select_best keeps the n best."""
     if not 1 <= body.n <= MAX_CHOICES:
         raise bad_request(f"n is {body.n}; it must be between 1 and {MAX_CHOICES}", "n")
-    if body.n * len(prompts) > MAX_CHOICES:
-        raise bad_request(f"{len(prompts)} prompts times n={body.n} asks for more than "
-                          f"{MAX_CHOICES} completions in one request; split it", "n")
+    best_of = getattr(body, "best_of", None) or body.n
+    if best_of < body.n:
+        raise bad_request(f"best_of is {best_of} but must be at least n ({body.n})", "best_of")
+    if best_of * len(prompts) > MAX_CHOICES:
+        what = f"best_of={best_of}" if best_of > body.n else f"n={body.n}"
+        raise bad_request(f"{len(prompts)} prompts times {what} asks for more than "
+                          f"{MAX_CHOICES} completions in one request; split it",
+                          "best_of" if best_of > body.n else "n")
     prompts = parameters.truncated(prompts, body.truncate_prompt_tokens, limits)
     param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
     new_tokens = parameters.max_tokens(max_tokens, max(len(p) for p in prompts), limits, param)
@@ -112,15 +119,16 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0, random_seed=body.seed,
-        output_log_probs=want_log_probs, min_tokens=body.min_tokens,
+        output_log_probs=want_log_probs or best_of > body.n, min_tokens=body.min_tokens,
         logit_bias=parameters.logit_bias(body.logit_bias, limits),
         allowed_token_ids=parameters.allowed_token_ids(body.allowed_token_ids, limits),
         top_log_probs=top, prompt_log_probs=prompt_top,
-        num_beams=body.n if body.use_beam_search else 1, length_penalty=body.length_penalty,
+        num_beams=best_of if body.use_beam_search else 1, length_penalty=body.length_penalty,
         early_stopping=body.early_stopping)
-    if body.use_beam_search and not 1 <= body.n <= _core.MAX_BEAM_WIDTH:
-        raise bad_request(f"n is {body.n}; beam search takes n beams, between 1 and "
-                          f"{_core.MAX_BEAM_WIDTH}", "n")
+    if body.use_beam_search and not 1 <= best_of <= _core.MAX_BEAM_WIDTH:
+        what = "best_of" if best_of > body.n else "n"
+        raise bad_request(f"{what} is {best_of}; beam search takes that many beams, between 1 "
+                          f"and {_core.MAX_BEAM_WIDTH}", what)
     if params.top_k < 0:
         raise bad_request(f"top_k is {params.top_k} but must be >= 0 (0 = off)", "top_k")
     problem = params.sampling_config(0).validate()
@@ -132,7 +140,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         raise bad_request(f"min_tokens is {params.min_tokens} but {limit}; ask for at most "
                           f"{new_tokens}", "min_tokens")
     # Beam search: one request a prompt, whose n beams are its n choices.
-    copies = 1 if body.use_beam_search else body.n
+    copies = 1 if body.use_beam_search else best_of
     expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(copies)]
     bad = parameters.bad_words(body.bad_words, tokenizer)
     choices = parameters.guided_choices(body.guided_choice, tokenizer, new_tokens)
@@ -174,7 +182,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
     def stream():
         return TextStream(decode, stops, params.min_tokens, body.include_stop_str_in_output)
 
-    if body.use_beam_search:
+    if body.use_beam_search:  # the n best beams
         choices = [Choice(k * body.n + b, k, p, r, stream(), beam=b)
                    for k, ((_, p), r) in enumerate(zip(expanded, requests)) for b in range(body.n)]
     else:
@@ -184,6 +192,21 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         c.tools = None if tools is None else ToolPlan(tools.mode, tools.tools,
                                                       tools.template_tools, tools.name)
     return choices
+
+
+def select_best(choices: list[Choice], n: int) -> list[Choice]:
+    """Of each prompt's candidates (best_of of them), the n with the highest cumulative
+    log-probability, best first, numbered as n choices a prompt are."""
+    by_prompt: dict[int, list[Choice]] = {}
+    for c in choices:
+        by_prompt.setdefault(c.prompt_index, []).append(c)
+    out = []
+    for k in sorted(by_prompt):
+        ranked = sorted(by_prompt[k], key=lambda c: -sum(c.log_probs))[:n]
+        for j, c in enumerate(ranked):
+            c.index = k * n + j
+            out.append(c)
+    return out
 
 
 def plan_completion(body: CompletionRequest, tokenizer, limits: Limits) -> list[Choice]:

@@ -52,7 +52,7 @@ class _Sampling(BaseModel):
     response_format: dict | None = None
     guided_json: Any = None  # vLLM's: a JSON schema (an object or its JSON text)
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's log-probability, k more
-    use_beam_search: bool = False  # vLLM's: n beams, the n choices
+    use_beam_search: bool = False  # vLLM's: best_of (or n) beams, the n best the choices
     length_penalty: float = 1.0
     early_stopping: bool | Literal["never"] = True
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
@@ -88,8 +88,9 @@ class CompletionRequest(_Sampling):
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.best_of not in (None, 1):
-            out.append(("best_of", "best_of > 1 is not supported; use n for several completions"))
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            out.append(("best_of", "best_of > n picks the best completions at the end and "
+                                   "cannot be streamed; drop stream or best_of"))
         if self.suffix:
             out.append(("suffix", "suffix (insertion) is not supported; remove it"))
         return out

@@ -46,9 +46,10 @@ class ResponseFormat:
         return {"id": self.id, "object": name, "created": self.created, "model": self.model,
                 "choices": choices}
 
-    def whole(self, choices) -> dict:
+    def whole(self, choices, counted=None) -> dict:
+        """The answer of `choices`; `counted`: every candidate generated (best_of), for usage."""
         body = self._envelope(self.object_name, [self.choice(c) for c in choices])
-        body["usage"] = usage(choices)
+        body["usage"] = usage(counted if counted is not None else choices)
         return body
 
     def usage_chunk(self, choices) -> dict:
@@ -163,8 +164,8 @@ class ChatFormat(ResponseFormat):
                                                "bytes": list(a.encode())} for a, alp in alts]}
                             for s, lp, alts in zip(self._token_texts(tokens), lps, alternatives)]}
 
-    def whole(self, choices) -> dict:
-        body = super().whole(choices)
+    def whole(self, choices, counted=None) -> dict:
+        body = super().whole(choices, counted)
         if self.prompt_top is not None:  # one prompt for all choices (vLLM's place for it)
             body["prompt_logprobs"] = self.prompt_logprobs(choices[0])
         return body

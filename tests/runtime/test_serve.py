@@ -415,6 +415,33 @@ def test_guided_regex_answers_match_the_pattern(client, runners):
     assert "".join(c.choices[0].text for c in chunks) == answer.text
 
 
+def test_best_of_returns_the_n_most_likely_candidates(client, runners):
+    """best_of=4, n=2: the two of four seeded samples (seeds seed, seed + 1, ... as
+    ModelRunner gives a batch) with the highest cumulative log-probability, best first; usage
+    counts every candidate. With beam search, best_of beams of which the n best are returned."""
+    _, ref = runners
+    tok = ref.tokenizer
+    ids = tok.encode(TEXTS[7])
+    out = ref.generate([ids] * 4, max_new_tokens=6, end_id=tok.eos_id, temperature=1.0, top_k=0,
+                       random_seed=11, output_log_probs=True, return_dict=True)
+    samples = [(sum(out["log_probs"][i]),
+                out["output_ids"][i, 0, len(ids): out["sequence_lengths"][i, 0]].tolist())
+               for i in range(4)]
+    best = sorted(samples, key=lambda s: -s[0])[:2]
+    got = client.completions.create(model="tiny", prompt=TEXTS[7], max_tokens=6, n=2, best_of=4,
+                                    temperature=1.0, seed=11)
+    assert [c.text for c in got.choices] == [tok.decode(t) for _, t in best]
+    assert got.choices[0].logprobs is None
+    assert got.usage.completion_tokens == sum(len(t) for _, t in samples)
+    beams = ref.generate([ids], max_new_tokens=6, end_id=tok.eos_id, num_beams=4,
+                         return_dict=True)
+    got = client.completions.create(model="tiny", prompt=TEXTS[7], max_tokens=6, n=2, best_of=4,
+                                    extra_body={"use_beam_search": True})
+    assert [c.text for c in got.choices] == [
+        tok.decode(beams["output_ids"][0, b, len(ids): beams["sequence_lengths"][0, b]].tolist())
+        for b in range(2)]
+
+
 def http_post(live, path: str, body: dict) -> dict:
     with httpx.Client(base_url=live.url, timeout=60) as http:
         r = http.post(path, json=body)
