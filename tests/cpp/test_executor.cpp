@@ -53,6 +53,26 @@ struct Fixture
     ResponseCollector responses;
 };
 
+/// smallConfig with room for 6 sequences and 64 tokens a step (a small pool then preempts).
+ExecutorConfig wideConfig()
+{
+    ExecutorConfig c = smallConfig(64);
+    c.maxBatchSize = 6;
+    c.maxNumTokens = 64;
+    return c;
+}
+
+/// Holds every step of `f`'s backend until `go`, so the requests enqueued meanwhile arrive at once.
+void holdSteps(Fixture& f, std::atomic<bool> const& go)
+{
+    f.backend->onStep = [&go](StepInputs const&) {
+        while (!go)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+}
+
 /// Runs `requests` on a fresh executor twice, first sampling every token on the host, then with
 /// the backend picking greedy tokens as the GPU plan executor does, and hands `check` each run's
 /// fixture, the requests' ids (in order) and which of the two it was.
@@ -369,17 +389,9 @@ TEST(Executor, BadBackendPickFailsThatRequestOnly)
 
 TEST(Executor, PreemptionKeepsOutputsExactAndPrefixReuseSavesCompute)
 {
-    ExecutorConfig config = smallConfig(64);
-    config.maxBatchSize = 6;
-    config.maxNumTokens = 64;
-    Fixture f(12, config);
+    Fixture f(12, wideConfig());
     std::atomic<bool> go{false};
-    f.backend->onStep = [&](StepInputs const&) {
-        while (!go)
-        {
-            std::this_thread::sleep_for(milliseconds(1));
-        }
-    };
+    holdSteps(f, go);
     std::vector<Request> requests;
     std::vector<IdType> ids;
     for (TokenIdType i = 0; i < 6; ++i)
@@ -899,17 +911,9 @@ TEST(Executor, PromptLogProbsTakeNothingFromThePrefixCacheAndSurvivePreemption)
     EXPECT_EQ(g.executor.getKvCacheStats().reusedTokens, 0);
 
     // Requests preempted while scoring their prompts score each prompt token once, exactly.
-    ExecutorConfig config = smallConfig(64);
-    config.maxBatchSize = 6;
-    config.maxNumTokens = 64;
-    Fixture f(12, config);
+    Fixture f(12, wideConfig());
     std::atomic<bool> go{false};
-    f.backend->onStep = [&](StepInputs const&) {
-        while (!go)
-        {
-            std::this_thread::sleep_for(milliseconds(1));
-        }
-    };
+    holdSteps(f, go);
     std::vector<Request> requests;
     std::vector<IdType> ids;
     for (TokenIdType i = 0; i < 6; ++i)
@@ -991,17 +995,9 @@ TEST(Executor, BeamSearchInASmallPoolCancelledAndRefused)
     // A pool too small for every beam at once (9 beams of up to 5 blocks, 10 blocks) beside a
     // plain request that grows: beams wait for blocks; they hold none from one step to the next
     // (a beam is computed, reports and leaves the scheduler in one step), so nothing is preempted.
-    ExecutorConfig config = smallConfig(64);
-    config.maxBatchSize = 6;
-    config.maxNumTokens = 64;
-    Fixture f(10, config);
+    Fixture f(10, wideConfig());
     std::atomic<bool> go{false};
-    f.backend->onStep = [&](StepInputs const&) {
-        while (!go)
-        {
-            std::this_thread::sleep_for(milliseconds(1));
-        }
-    };
+    holdSteps(f, go);
     Request const plain = greedy({9, 9, 9, 9, 9}, 30);
     IdType const plainId = f.executor.enqueueRequest(plain);
     std::vector<Request> requests;
