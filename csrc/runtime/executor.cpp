@@ -290,6 +290,10 @@ private:
                 {
                     row = result.logits.data() + nextLogitRow++ * vocab;
                 }
+                if (mStates.count(ownerOf(s.id)) == 0)
+                {
+                    continue; // its request ended earlier in this loop (another of its beams failed)
+                }
                 if (scoresPrompt[i])
                 {
                     scorePromptToken(s, row);
@@ -330,14 +334,15 @@ private:
     }
 
     /// Whether the backend may pick the request's next token (the argmax of the raw logits):
-    /// plain greedy and no beam search, with no token held back (min_tokens, bad words), no choices, no JSON and
-    /// no alternatives asked for.
+    /// plain greedy and no beam search, with no token held back (min_tokens, bad words), no
+    /// choices, JSON or regex, and no alternatives asked for.
     bool picksOnBackend(IdType id) const
     {
         Request const& request = mStates.at(ownerOf(id)).request;
         SizeType const minTokens = request.samplingConfig.minTokens;
-        return request.samplingConfig.isPlainGreedy() && request.samplingConfig.beamWidth == 1 && request.numTopLogProbs == 0 && request.badWords.empty()
-            && request.choices.empty() && !request.jsonOutput() && request.regex == nullptr
+        return request.samplingConfig.isPlainGreedy() && request.samplingConfig.beamWidth == 1
+            && request.numTopLogProbs == 0 && request.badWords.empty() && request.choices.empty()
+            && !request.jsonOutput() && request.regex == nullptr
             && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
 

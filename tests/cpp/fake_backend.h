@@ -196,9 +196,10 @@ public:
                 context.push_back(mSlots[static_cast<std::size_t>(block) * mTokensPerBlock + pos % mTokensPerBlock]);
             }
             TokenIdType const favoured = favouredToken(context, mVocabSize);
+            bool const nan = nanRow && nanRow(step, b);
             for (TokenIdType v = 0; v < mVocabSize; ++v)
             {
-                logits.push_back(fakeLogit(v, favoured));
+                logits.push_back(nan ? std::nanf("") : fakeLogit(v, favoured));
             }
         }
         if (!pickGreedy)
@@ -246,6 +247,8 @@ public:
 
     /// When set, called first in every step (to pace or hold the executor).
     std::function<void(StepInputs const&)> onStep;
+    /// When set, the rows (sequence index) of a step for which it returns true get NaN logits.
+    std::function<bool(StepInputs const&, SizeType)> nanRow;
     /// When set, forward throws in the steps for which it returns true.
     std::function<bool(StepInputs const&)> failWhen;
 

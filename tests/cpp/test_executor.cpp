@@ -1057,3 +1057,35 @@ TEST(Executor, BeamSearchInASmallPoolCancelledAndRefused)
     EXPECT_NE(message(1).find("does not combine with sampling (set temperature 0"), std::string::npos);
     EXPECT_NE(message(2).find("beam_width is 11 but must be in [1, 10]"), std::string::npos);
 }
+
+TEST(Executor, ABeamWithNaNLogitsFailsItsSearchAloneAndFreesItsBlocks)
+{
+    // The second of three beams' rows in the first step after the prompt gets NaN logits (a
+    // beam there computes 3 tokens to a context of 7: the prompt's last 2, not in a full block,
+    // and its own): the search fails, its other beam in that step is skipped, and a plain
+    // request in the same steps finishes as the model says.
+    Fixture f;
+    auto const isBeam = [](StepInputs const& s, SizeType i) {
+        auto const at = static_cast<std::size_t>(i);
+        return s.contextLens[at] == 7 && s.queryStart[at + 1] - s.queryStart[at] == 3;
+    };
+    f.backend->nanRow = [isBeam](StepInputs const& s, SizeType b) {
+        SizeType seen = 0;
+        for (SizeType i = 0; i <= b; ++i)
+        {
+            seen += isBeam(s, i) ? 1 : 0;
+        }
+        return isBeam(s, b) && seen == 2;
+    };
+    Request const search = beams({3, 1, 4, 1, 5, 9}, 6, 3);
+    Request const plain = greedy({9, 8, 7}, 6);
+    IdType const a = f.executor.enqueueRequest(search);
+    IdType const b = f.executor.enqueueRequest(plain);
+    f.responses.collect(f.executor, {a, b});
+    EXPECT_EQ(f.responses.outcomes[a].final.finishReason, FinishReason::kError);
+    EXPECT_NE(f.responses.outcomes[a].final.errorMessage.find("beam search failed: the backend returned NaN logits"),
+        std::string::npos);
+    EXPECT_TRUE(f.responses.outcomes[a].beams.empty());
+    EXPECT_EQ(f.responses.outcomes[b].tokens, test::expectedGreedy(plain, 64, kVocab).tokens);
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+}
