@@ -133,8 +133,8 @@ class ChatCompletionRequest(_Sampling):
         out = super().unsupported()
         if self.functions or self.function_call not in (None, "none", "auto"):
             param = "functions" if self.functions else "function_call"
-            out.append((param, f"the legacy functions and function_call are not supported; "
-                               f"pass them as tools and tool_choice"))
+            out.append((param, "the legacy functions and function_call are not supported; "
+                               "pass them as tools and tool_choice"))
         if self.modalities and set(self.modalities) != {"text"}:
             out.append(("modalities", "only text output is supported; remove modalities or "
                                       "pass [\"text\"]"))

@@ -126,7 +126,8 @@ class CompletionFormat(ResponseFormat):
             for key in ("tokens", "token_logprobs"):
                 log_probs[key] = prompt[key] + log_probs[key]
             if self.top:
-                log_probs["top_logprobs"] = prompt["top_logprobs"] + (log_probs["top_logprobs"] or [])
+                generated = log_probs["top_logprobs"] or []
+                log_probs["top_logprobs"] = prompt["top_logprobs"] + generated
         body = {"index": c.index, "text": c.echo + c.text.text, "logprobs": log_probs,
                 "finish_reason": FINISH_REASONS.get(c.finish_reason, c.finish_reason)}
         if self.prompt_top is not None:

@@ -1,6 +1,7 @@
 r"""Regex-guided output: compile_regex's automaton accepts exactly what Python's re.fullmatch
-matches (re.ASCII: \d \w \s are ASCII classes), on texts chosen by hand and on random walks over the automaton; generation under a
-regex is HF's greedy pick among the tokens that keep a match reachable, and matches."""
+matches (re.ASCII: \d \w \s are ASCII classes), on texts chosen by hand and on random walks
+over the automaton; generation under a regex is HF's greedy pick among the tokens that keep a
+match reachable, and matches."""
 from __future__ import annotations
 
 import random
