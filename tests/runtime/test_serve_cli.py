@@ -76,6 +76,9 @@ def test_missing_engine_and_bad_options(tmp_path):
     result = CliRunner().invoke(serve_main, ["--engine", str(tmp_path), "--port", "0",
                                              "--max-queue-size", "-1"])
     one_line_error(result, "--max-queue-size is -1")
+    for flags in (["--enable-auto-tool-choice"], ["--tool-call-parser", "hermes"]):
+        result = CliRunner().invoke(serve_main, ["--engine", str(tmp_path), "--port", "0", *flags])
+        one_line_error(result, "--enable-auto-tool-choice and --tool-call-parser go together")
 
 
 def test_missing_server_packages_named_with_the_pip_command(monkeypatch, tmp_path):
