@@ -5,12 +5,13 @@ pattern (as Python's re.fullmatch reads it with re.ASCII: \\d \\w \\s are ASCII 
 in JSON-schema patterns).
 
 What is supported: literals (any Unicode character), `.` (any character but a newline),
-classes `[...]` and `[^...]` of characters and ASCII ranges, `\\d \\w \\s` and `\\D \\W \\S` (ASCII
-meanings), escapes (`\\n \\t \\r \\f \\v \\xHH \\uHHHH` and escaped punctuation), groups `(...)`,
+classes `[...]` and `[^...]` of characters and ranges (any code points: a range becomes the
+UTF-8 byte sequences of its code points), `\\d \\w \\s` and `\\D \\W \\S` (ASCII meanings),
+escapes (`\\n \\t \\r \\f \\v \\xHH \\uHHHH \\UHHHHHHHH` and escaped punctuation), groups `(...)`,
 `(?:...)` and `(?P<name>...)`, alternation `|`, quantifiers `* + ? {n} {n,} {n,m}` (lazy ones
 match the same language), and `^` / `$` at the pattern's ends. Refused with one line naming
-it: backreferences, lookarounds, word boundaries, inline flags, possessive quantifiers, ranges
-with a non-ASCII end, and patterns whose automaton passes MAX_STATES states.
+it: backreferences, lookarounds, word boundaries, inline flags, possessive quantifiers, and
+patterns whose automaton passes MAX_STATES states.
 """
 from __future__ import annotations
 
@@ -28,15 +29,7 @@ _DIGIT = frozenset(range(0x30, 0x3A))
 _WORD = frozenset([*range(0x30, 0x3A), *range(0x41, 0x5B), *range(0x61, 0x7B), 0x5F])
 _SPACE = frozenset(b" \t\n\r\f\v")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0"}
-# UTF-8 sequences of the characters from U+0080 up: lists of byte ranges
-_MULTIBYTE = [[(0xC2, 0xDF), (0x80, 0xBF)],
-              [(0xE0, 0xE0), (0xA0, 0xBF), (0x80, 0xBF)],
-              [(0xE1, 0xEC), (0x80, 0xBF), (0x80, 0xBF)],
-              [(0xED, 0xED), (0x80, 0x9F), (0x80, 0xBF)],
-              [(0xEE, 0xEF), (0x80, 0xBF), (0x80, 0xBF)],
-              [(0xF0, 0xF0), (0x90, 0xBF), (0x80, 0xBF), (0x80, 0xBF)],
-              [(0xF1, 0xF3), (0x80, 0xBF), (0x80, 0xBF), (0x80, 0xBF)],
-              [(0xF4, 0xF4), (0x80, 0x8F), (0x80, 0xBF), (0x80, 0xBF)]]
+MAX_CODEPOINT = 0x10FFFF
 
 
 class RegexError(KilnError, ValueError):
@@ -44,27 +37,64 @@ class RegexError(KilnError, ValueError):
 
 
 class CharSet:
-    """A set of characters: ASCII bytes, non-ASCII characters, and whether it holds every
-    non-ASCII character but those (a negated class, `.`)."""
+    """A set of characters: ASCII bytes, and code point ranges from U+0080 up (merged)."""
 
-    def __init__(self, ascii_bytes=(), others=(), negated_others: bool = False) -> None:
+    def __init__(self, ascii_bytes=(), ranges=()) -> None:
         self.ascii = frozenset(ascii_bytes)
-        self.others = frozenset(others)   # non-ASCII characters listed (or, negated, excluded)
-        self.negated_others = negated_others
+        self.ranges = _merged(ranges)
 
     def negate(self) -> "CharSet":
-        return CharSet(frozenset(range(128)) - self.ascii, self.others, not self.negated_others)
+        gaps, at = [], 0x80
+        for lo, hi in self.ranges:
+            if lo > at:
+                gaps.append((at, lo - 1))
+            at = hi + 1
+        if at <= MAX_CODEPOINT:
+            gaps.append((at, MAX_CODEPOINT))
+        return CharSet(frozenset(range(128)) - self.ascii, gaps)
 
     def union(self, other: "CharSet") -> "CharSet":
-        if self.negated_others or other.negated_others:
-            if self.negated_others and other.negated_others:
-                excluded = self.others & other.others
-            elif self.negated_others:
-                excluded = self.others - other.others
-            else:
-                excluded = other.others - self.others
-            return CharSet(self.ascii | other.ascii, excluded, True)
-        return CharSet(self.ascii | other.ascii, self.others | other.others)
+        return CharSet(self.ascii | other.ascii, self.ranges + other.ranges)
+
+
+def _merged(ranges) -> tuple:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
+    """The code points lo..hi (from U+0080 up; surrogates left out) as UTF-8 byte-range
+    sequences: each a list of (low, high) byte ranges, one a byte, whose every combination
+    is one of the code points and which together take each exactly once."""
+    out, stack = [], [(lo, hi)]
+    while stack:
+        s, e = stack.pop()
+        if s > e:
+            continue
+        if s <= 0xDFFF and e >= 0xD800:  # surrogates encode nothing
+            stack += [(s, 0xD7FF), (0xE000, e)]
+            continue
+        split = next((m for m in (0x7F, 0x7FF, 0xFFFF) if s <= m < e), None)
+        if split is not None:  # one encoded length at a time
+            stack += [(s, split), (split + 1, e)]
+            continue
+        for i in (1, 2, 3):  # then ranges whose continuation bytes run full
+            m = (1 << (6 * i)) - 1
+            if s & ~m != e & ~m:
+                if s & m:
+                    stack += [(s, s | m), ((s | m) + 1, e)]
+                    break
+                if e & m != m:
+                    stack += [(s, (e & ~m) - 1), (e & ~m, e)]
+                    break
+        else:
+            out.append(list(zip(chr(s).encode(), chr(e).encode())))
+    return out
 
 
 class _Nfa:
@@ -94,16 +124,9 @@ class _Nfa:
         start, end = self.state(), self.state()
         for lo, hi in _byte_ranges(s.ascii):
             self.edges[start].append((lo, hi, end))
-        if s.negated_others:
-            excluded = set(s.others)
-            for seq in _MULTIBYTE:
+        for lo, hi in s.ranges:
+            for seq in utf8_sequences(lo, hi):
                 self._join(start, end, self.path(seq))
-            if excluded:  # every non-ASCII character but these: a subtraction on paths
-                raise RegexError("a negated class or `.` with non-ASCII characters left out is "
-                                 "not supported; list the characters allowed instead")
-        else:
-            for ch in sorted(s.others):
-                self._join(start, end, self.path([(b, b) for b in ch.encode()]))
         return start, end
 
     def _join(self, start: int, end: int, frag: tuple[int, int]) -> None:
@@ -241,12 +264,14 @@ class _Parser:
             return CharSet({"D": _DIGIT, "W": _WORD, "S": _SPACE}[c]).negate()
         if c in _ESCAPES:
             return _char(_ESCAPES[c])
-        if c in "xu":
-            n = 2 if c == "x" else 4
+        if c in "xuU":
+            n = {"x": 2, "u": 4, "U": 8}[c]
             digits = self.p[self.i: self.i + n]
             if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 self.fail(f"\\{c} needs {n} hex digits")
             self.i += n
+            if int(digits, 16) > MAX_CODEPOINT:
+                self.fail(f"\\{c}{digits} is past U+10FFFF")
             return _char(chr(int(digits, 16)))
         if c.isalnum():
             self.fail(f"\\{c} is not supported (backreferences, \\b, \\A, \\Z and the like)")
@@ -282,23 +307,23 @@ class _Parser:
                 hi = _single(self.escape(in_class=True)) if c2 == "\\" else c2
                 if hi is None or hi < lo:
                     self.fail(f"a bad range {lo!r}-{hi!r}")
-                if ord(hi) >= 128:
-                    self.fail("ranges with a non-ASCII end are not supported; list the "
-                              "characters")
-                item = CharSet(range(ord(lo), ord(hi) + 1))
+                item = CharSet(range(ord(lo), min(ord(hi), 127) + 1),
+                               [(max(ord(lo), 128), ord(hi))] if ord(hi) >= 128 else [])
             out = out.union(item)
         return out.negate() if negated else out
 
 
 def _char(c: str) -> CharSet:
-    return CharSet([ord(c)]) if ord(c) < 128 else CharSet((), [c])
+    return CharSet([ord(c)]) if ord(c) < 128 else CharSet((), [(ord(c), ord(c))])
 
 
 def _single(s: CharSet) -> str | None:
     """The one character of s, or None."""
-    if s.negated_others or len(s.ascii) + len(s.others) != 1:
-        return None
-    return chr(next(iter(s.ascii))) if s.ascii else next(iter(s.others))
+    if s.ascii and not s.ranges and len(s.ascii) == 1:
+        return chr(next(iter(s.ascii)))
+    if not s.ascii and len(s.ranges) == 1 and s.ranges[0][0] == s.ranges[0][1]:
+        return chr(s.ranges[0][0])
+    return None
 
 
 def _build(nfa: _Nfa, node) -> tuple[int, int]:
