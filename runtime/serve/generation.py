@@ -190,7 +190,8 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                    for i, ((k, p), r) in enumerate(zip(expanded, requests))]
     for c in choices:  # each choice's calls get ids of their own
         c.tools = None if tools is None else ToolPlan(tools.mode, tools.tools,
-                                                      tools.template_tools, tools.name)
+                                                      tools.template_tools, tools.name,
+                                                      tools.parser)
     return choices
 
 

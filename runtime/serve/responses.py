@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 import uuid
 
-from kiln.runtime.serve.tools import HERMES_OPEN
 
 # The executor's finish reasons in OpenAI's words.
 FINISH_REASONS = {"end_id": "stop", "stop_words": "stop", "stop": "stop", "length": "length",
@@ -212,15 +211,11 @@ def _tool_delta(c, text: str, final: bool, finish: str | None) -> tuple[dict, st
         return {"tool_calls": [call]} if text or call.get("id") else {}, finish
     delta: dict = {}
     if plan.mode == "auto":
-        start = whole.find(HERMES_OPEN)
-        safe = start if start >= 0 else len(whole) - _held_back(whole)
-        if final:
-            content, calls = plan.calls(whole)
-            safe = len(whole) if not calls else max(start, len(c.sent))
+        safe = plan.content_end(whole, final)
         if safe > len(c.sent):
             piece = whole[len(c.sent): safe]
             c.sent = whole[:safe]
-            if not (final and start >= 0 and not piece.strip()):
+            if piece.strip() or not (final and plan.calls(whole)[1]):
                 delta["content"] = piece
     if final:
         _, calls = plan.calls(whole)
@@ -230,11 +225,3 @@ def _tool_delta(c, text: str, final: bool, finish: str | None) -> tuple[dict, st
         elif plan.mode == "required" and whole:
             delta["content"] = whole
     return delta, finish
-
-
-def _held_back(text: str) -> int:
-    """How many of text's last characters may begin a <tool_call> tag (not yet streamed)."""
-    for n in range(min(len(text), len(HERMES_OPEN) - 1), 0, -1):
-        if HERMES_OPEN.startswith(text[-n:]):
-            return n
-    return 0

@@ -9,9 +9,11 @@ them. `tool_choice` then decides the answer:
   name and its arguments valid against that tool's `parameters`; each property is one call, in
   the order written (so a tool is called at most once per answer).
 - "auto" (the default when tools are given): free text, read by the tool-call parser the server
-  was started with (`engine-serve --enable-auto-tool-choice --tool-call-parser hermes`: calls
-  written as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, as Hermes, Qwen2.5 and
-  their chat templates write them); without one, "auto" is refused as vLLM refuses it.
+  was started with (`engine-serve --enable-auto-tool-choice --tool-call-parser P`): `hermes`,
+  calls written as <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Hermes, Qwen2.5 and
+  their chat templates), or `llama3_json`, an answer that is one or more {"name": ...,
+  "parameters": {...}} objects separated by ";" (Llama 3.1-3.3's JSON tool calls, after an
+  optional <|python_tag|>); without one, "auto" is refused as vLLM refuses it.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from dataclasses import dataclass, field
 
 from kiln.runtime.serve.errors import bad_request
 
-PARSERS = ("hermes",)
+PARSERS = ("hermes", "llama3_json")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 HERMES_OPEN = "<tool_call>"
+PYTHON_TAG = "<|python_tag|>"
 NO_PARAMETERS = {"type": "object", "properties": {}}
 
 
@@ -36,6 +39,7 @@ class ToolPlan:
     tools: dict[str, dict]        # name -> its parameters' schema
     template_tools: list[dict]    # the tools as the chat template takes them
     name: str | None = None       # the tool a named choice calls
+    parser: str | None = None     # with auto: PARSERS' name
     ids: list[str] = field(default_factory=list)  # the calls' ids, made as they are first sent
 
     @property
@@ -69,8 +73,22 @@ class ToolPlan:
             return None, [self._call(i, name, json.dumps(args, ensure_ascii=False))
                           for i, (name, args) in enumerate(called.items())]
         if self.mode == "auto":
-            return hermes_calls(text, self)
+            return (llama3_calls if self.parser == "llama3_json" else hermes_calls)(text, self)
         return text, []
+
+    def content_end(self, text: str, final: bool) -> int:
+        """With auto, how much of the answer's text so far is content that may be streamed: up
+        to where a call begins or may still begin (all of it once final without calls)."""
+        if final:
+            if not self.calls(text)[1]:
+                return len(text)
+            return text.find(HERMES_OPEN) if self.parser == "hermes" else 0
+        if self.parser == "llama3_json":  # a call is the whole answer, from its first character
+            lead = text.lstrip()
+            maybe = lead == "" or lead.startswith(("{", PYTHON_TAG)) or PYTHON_TAG.startswith(lead)
+            return 0 if maybe else len(text)
+        start = text.find(HERMES_OPEN)
+        return start if start >= 0 else len(text) - held_back(text)
 
     def _call(self, index: int, name: str, arguments: str) -> dict:
         return {"id": self.call_id(index), "type": "function",
@@ -101,6 +119,46 @@ def _rooted(schema: dict, key: str) -> dict:
     return {key: root, **{f"{key}__{name}": walk(d) for name, d in defs.items()}}
 
 
+def held_back(text: str) -> int:
+    """How many of text's last characters may begin a <tool_call> tag (not yet streamed)."""
+    for n in range(min(len(text), len(HERMES_OPEN) - 1), 0, -1):
+        if HERMES_OPEN.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def _call_of(call, plan: ToolPlan) -> tuple[str, str] | None:
+    """(name, arguments as JSON text) of a parsed {"name", "arguments" | "parameters"} object
+    naming one of the request's tools, else None."""
+    if not isinstance(call, dict) or call.get("name") not in plan.tools:
+        return None
+    args = call.get("arguments", call.get("parameters", {}))
+    return call["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+
+
+def llama3_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
+    """Llama 3's JSON calls: the whole answer (after an optional <|python_tag|>) one or more
+    {"name": ..., "parameters": ...} objects separated by ";". Anything else is content."""
+    body = text.strip().removeprefix(PYTHON_TAG).strip()
+    decoder, at, calls = json.JSONDecoder(), 0, []
+    while body.startswith("{"):
+        try:
+            obj, end = decoder.raw_decode(body, at)
+        except ValueError:
+            return text, []
+        call = _call_of(obj, plan)
+        if call is None:
+            return text, []
+        calls.append(plan._call(len(calls), *call))
+        rest = body[end:].lstrip()
+        if not rest:
+            return None, calls
+        if not rest.startswith(";"):
+            return text, []
+        body, at = rest[1:].lstrip(), 0
+    return text, []
+
+
 def hermes_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
     """Hermes-style calls: each <tool_call> block holding {"name": ..., "arguments": ...} for
     a tool of the request is a call; the text before the first block is the content. A block
@@ -114,11 +172,10 @@ def hermes_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
             call = json.loads(body)
         except ValueError:
             return text, []
-        if not isinstance(call, dict) or call.get("name") not in plan.tools:
+        parsed = _call_of(call, plan)
+        if parsed is None:
             return text, []
-        args = call.get("arguments", call.get("parameters", {}))
-        arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-        calls.append(plan._call(len(calls), call["name"], arguments))
+        calls.append(plan._call(len(calls), *parsed))
     content = text[:start].strip()
     return content or None, calls
 
@@ -165,9 +222,9 @@ def plan_tools(body, parser: str | None) -> ToolPlan | None:
     if choice == "auto" and parser is None:
         raise bad_request("tool_choice auto (the default with tools) needs a tool-call parser: "
                           "start engine-serve with --enable-auto-tool-choice --tool-call-parser "
-                          "hermes, or set tool_choice to required, none or a tool's name",
-                          "tool_choice")
-    return ToolPlan(choice, tools, template)
+                          "hermes (or llama3_json), or set tool_choice to required, none or a "
+                          "tool's name", "tool_choice")
+    return ToolPlan(choice, tools, template, parser=parser if choice == "auto" else None)
 
 
 def template_message(message: dict) -> dict:

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from kiln.runtime import ModelRunner
-from kiln.runtime.serve.tools import ToolPlan, hermes_calls, plan_tools
+from kiln.runtime.serve.tools import ToolPlan, hermes_calls, llama3_calls, plan_tools
 from test_serve import LiveServer
 
 WEATHER = {"type": "object", "properties": {
@@ -134,6 +134,34 @@ def test_auto_reads_hermes_tool_calls(served, text, content, calls):
     assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == calls
 
 
+@pytest.mark.parametrize("text,content,calls", [
+    ('{"name": "get_time", "parameters": {"zone": "UTC"}}', None, [("get_time", {"zone": "UTC"})]),
+    ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Lima", "days": 3}}; '
+     '{"name": "get_time", "arguments": {"zone": "PET"}}', None,
+     [("get_weather", {"city": "Lima", "days": 3}), ("get_time", {"zone": "PET"})]),
+    ("Sunny, 21 degrees.", "Sunny, 21 degrees.", []),
+])
+def test_auto_reads_llama3_json_tool_calls(tiny_engine, text, content, calls):
+    """--tool-call-parser llama3_json: an answer that is JSON calls is calls (none of it
+    streamed as content); any other answer is content, streamed as it comes."""
+    _, engine = tiny_engine("llama", max_seq_len=256)
+    with ModelRunner.from_dir(engine, device="cpu") as runner, \
+            LiveServer(runner, tool_parser="llama3_json") as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        body = dict(model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=150, temperature=0,
+                    extra_body={"guided_choice": [text]})
+        message = client.chat.completions.create(**body).choices[0].message
+        chunks = list(client.chat.completions.create(**body, stream=True))
+    assert message.content == content
+    got = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+    assert got == calls
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (content or "")
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == calls
+    if not calls:  # content streamed as it came, not held to the end
+        assert sum(1 for c in chunks if c.choices[0].delta.content) > 1
+
+
 def test_a_conversation_with_tool_results_goes_to_the_template(served):
     """An assistant message's tool_calls (arguments as JSON text) and the tool's answer reach
     the chat template; tool_choice none answers in text."""
@@ -155,6 +183,10 @@ def test_hermes_parsing_and_plans():
         "<tool_call>{not json</tool_call>", [])
     content, calls = hermes_calls('ok<tool_call>{"name": "get_time", "arguments": "{}"}', plan)
     assert content == "ok" and calls[0]["function"] == {"name": "get_time", "arguments": "{}"}
+
+    assert llama3_calls('{"name": "get_time", "parameters": {}} trailing', plan)[1] == []
+    assert llama3_calls('{"name": "nope", "parameters": {}}', plan)[1] == []
+    assert llama3_calls("{broken", plan) == ("{broken", [])
 
     class Body:
         tools, tool_choice = None, None
