@@ -53,9 +53,11 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--enable-auto-tool-choice", is_flag=True,
               help="Let chat requests leave tool calls to the model (tool_choice auto); needs "
                    "--tool-call-parser.")
-@click.option("--tool-call-parser", type=click.Choice(["hermes", "llama3_json"]), default=None,
+@click.option("--tool-call-parser", type=click.Choice(["hermes", "llama3_json", "mistral"]),
+              default=None,
               help="How tool calls are read out of the model's text: hermes (<tool_call> "
-                   "blocks) or llama3_json (the answer one or more JSON calls).")
+                   "blocks), llama3_json (the answer one or more JSON calls) or mistral "
+                   "([TOOL_CALLS] and a JSON list).")
 @one_line_errors
 def serve_main(engine_dir, host, port, served_model_name, max_queue_size, max_batch_size,
                max_num_tokens, kv_cache_free_gpu_memory_fraction, enable_kv_cache_reuse, device,

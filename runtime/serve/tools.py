@@ -13,7 +13,9 @@ them. `tool_choice` then decides the answer:
   calls written as <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Hermes, Qwen2.5 and
   their chat templates), or `llama3_json`, an answer that is one or more {"name": ...,
   "parameters": {...}} objects separated by ";" (Llama 3.1-3.3's JSON tool calls, after an
-  optional <|python_tag|>); without one, "auto" is refused as vLLM refuses it.
+  optional <|python_tag|>), or `mistral`, [TOOL_CALLS] followed by a JSON list of {"name": ...,
+  "arguments": {...}} (Mistral's chat templates); without one, "auto" is refused as vLLM
+  refuses it.
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ from dataclasses import dataclass, field
 
 from kiln.runtime.serve.errors import bad_request
 
-PARSERS = ("hermes", "llama3_json")
+PARSERS = ("hermes", "llama3_json", "mistral")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 HERMES_OPEN = "<tool_call>"
+MISTRAL_OPEN = "[TOOL_CALLS]"
 PYTHON_TAG = "<|python_tag|>"
 NO_PARAMETERS = {"type": "object", "properties": {}}
 
@@ -73,22 +76,25 @@ class ToolPlan:
             return None, [self._call(i, name, json.dumps(args, ensure_ascii=False))
                           for i, (name, args) in enumerate(called.items())]
         if self.mode == "auto":
-            return (llama3_calls if self.parser == "llama3_json" else hermes_calls)(text, self)
+            parse = {"llama3_json": llama3_calls, "mistral": mistral_calls}.get(self.parser,
+                                                                              hermes_calls)
+            return parse(text, self)
         return text, []
 
     def content_end(self, text: str, final: bool) -> int:
         """With auto, how much of the answer's text so far is content that may be streamed: up
         to where a call begins or may still begin (all of it once final without calls)."""
+        tag = MISTRAL_OPEN if self.parser == "mistral" else HERMES_OPEN
         if final:
             if not self.calls(text)[1]:
                 return len(text)
-            return text.find(HERMES_OPEN) if self.parser == "hermes" else 0
+            return 0 if self.parser == "llama3_json" else text.find(tag)
         if self.parser == "llama3_json":  # a call is the whole answer, from its first character
             lead = text.lstrip()
             maybe = lead == "" or lead.startswith(("{", PYTHON_TAG)) or PYTHON_TAG.startswith(lead)
             return 0 if maybe else len(text)
-        start = text.find(HERMES_OPEN)
-        return start if start >= 0 else len(text) - held_back(text)
+        start = text.find(tag)
+        return start if start >= 0 else len(text) - held_back(text, tag)
 
     def _call(self, index: int, name: str, arguments: str) -> dict:
         return {"id": self.call_id(index), "type": "function",
@@ -119,12 +125,29 @@ def _rooted(schema: dict, key: str) -> dict:
     return {key: root, **{f"{key}__{name}": walk(d) for name, d in defs.items()}}
 
 
-def held_back(text: str) -> int:
-    """How many of text's last characters may begin a <tool_call> tag (not yet streamed)."""
-    for n in range(min(len(text), len(HERMES_OPEN) - 1), 0, -1):
-        if HERMES_OPEN.startswith(text[-n:]):
+def held_back(text: str, tag: str = HERMES_OPEN) -> int:
+    """How many of text's last characters may begin `tag` (not yet streamed)."""
+    for n in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-n:]):
             return n
     return 0
+
+
+def mistral_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
+    """Mistral's calls: [TOOL_CALLS] then a JSON list of {"name": ..., "arguments": ...} for
+    tools of the request; the text before it is the content. Anything else is content."""
+    start = text.find(MISTRAL_OPEN)
+    if start < 0:
+        return text, []
+    try:
+        listed = json.loads(text[start + len(MISTRAL_OPEN):])
+    except ValueError:
+        return text, []
+    parsed = [_call_of(call, plan) for call in listed] if isinstance(listed, list) else [None]
+    if not parsed or None in parsed:
+        return text, []
+    content = text[:start].strip()
+    return content or None, [plan._call(i, *call) for i, call in enumerate(parsed)]
 
 
 def _call_of(call, plan: ToolPlan) -> tuple[str, str] | None:
@@ -222,8 +245,8 @@ def plan_tools(body, parser: str | None) -> ToolPlan | None:
     if choice == "auto" and parser is None:
         raise bad_request("tool_choice auto (the default with tools) needs a tool-call parser: "
                           "start engine-serve with --enable-auto-tool-choice --tool-call-parser "
-                          "hermes (or llama3_json), or set tool_choice to required, none or a "
-                          "tool's name", "tool_choice")
+                          "hermes (or llama3_json, mistral), or set tool_choice to required, "
+                          "none or a tool's name", "tool_choice")
     return ToolPlan(choice, tools, template, parser=parser if choice == "auto" else None)
 
 

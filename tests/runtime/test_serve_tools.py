@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from kiln.runtime import ModelRunner
-from kiln.runtime.serve.tools import ToolPlan, hermes_calls, llama3_calls, plan_tools
+from kiln.runtime.serve.tools import (ToolPlan, hermes_calls, llama3_calls, mistral_calls,
+                                     plan_tools)
 from test_serve import LiveServer
 
 WEATHER = {"type": "object", "properties": {
@@ -134,19 +135,27 @@ def test_auto_reads_hermes_tool_calls(served, text, content, calls):
     assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == calls
 
 
-@pytest.mark.parametrize("text,content,calls", [
-    ('{"name": "get_time", "parameters": {"zone": "UTC"}}', None, [("get_time", {"zone": "UTC"})]),
-    ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Lima", "days": 3}}; '
+@pytest.mark.parametrize("parser,text,content,calls", [
+    ("llama3_json", '{"name": "get_time", "parameters": {"zone": "UTC"}}', None,
+     [("get_time", {"zone": "UTC"})]),
+    ("llama3_json",
+     '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Lima", "days": 3}}; '
      '{"name": "get_time", "arguments": {"zone": "PET"}}', None,
      [("get_weather", {"city": "Lima", "days": 3}), ("get_time", {"zone": "PET"})]),
-    ("Sunny, 21 degrees.", "Sunny, 21 degrees.", []),
+    ("llama3_json", "Sunny, 21 degrees.", "Sunny, 21 degrees.", []),
+    ("mistral", 'Checking. [TOOL_CALLS] [{"name": "get_time", "arguments": {"zone": "EST"}}, '
+     '{"name": "get_weather", "arguments": {"city": "Oslo", "days": 1}}]', "Checking.",
+     [("get_time", {"zone": "EST"}), ("get_weather", {"city": "Oslo", "days": 1})]),
+    ("mistral", "No tools needed here.", "No tools needed here.", []),
 ])
-def test_auto_reads_llama3_json_tool_calls(tiny_engine, text, content, calls):
-    """--tool-call-parser llama3_json: an answer that is JSON calls is calls (none of it
-    streamed as content); any other answer is content, streamed as it comes."""
+def test_auto_reads_llama3_json_and_mistral_tool_calls(tiny_engine, parser, text, content,
+                                                        calls):
+    """--tool-call-parser llama3_json (an answer that is JSON calls is calls, none of it
+    streamed as content) and mistral ([TOOL_CALLS] and a JSON list, the text before it the
+    content); any other answer is content, streamed as it comes."""
     _, engine = tiny_engine("llama", max_seq_len=256)
     with ModelRunner.from_dir(engine, device="cpu") as runner, \
-            LiveServer(runner, tool_parser="llama3_json") as server:
+            LiveServer(runner, tool_parser=parser) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         body = dict(model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=150, temperature=0,
                     extra_body={"guided_choice": [text]})
@@ -155,7 +164,7 @@ def test_auto_reads_llama3_json_tool_calls(tiny_engine, text, content, calls):
     assert message.content == content
     got = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
     assert got == calls
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (content or "")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == (content or "")
     deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
     assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == calls
     if not calls:  # content streamed as it came, not held to the end
@@ -187,6 +196,8 @@ def test_hermes_parsing_and_plans():
     assert llama3_calls('{"name": "get_time", "parameters": {}} trailing', plan)[1] == []
     assert llama3_calls('{"name": "nope", "parameters": {}}', plan)[1] == []
     assert llama3_calls("{broken", plan) == ("{broken", [])
+    assert mistral_calls('[TOOL_CALLS] {"name": "get_time"}', plan)[1] == []  # not a list
+    assert mistral_calls("[TOOL_CALLS] []", plan)[1] == []
 
     class Body:
         tools, tool_choice = None, None
