@@ -198,6 +198,9 @@ class Beam:
         """cum_log_prob / len(tokens) ** length_penalty: the ranking."""
     @property
     def finished(self) -> bool: ...
+    @property
+    def finish_reason(self) -> FinishReason:
+        """How it ends: END_ID, STOP_WORDS or LENGTH."""
 
 class Response:
     """New tokens of a request: per step when streaming, else all in the final response."""

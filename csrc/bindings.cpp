@@ -364,6 +364,7 @@ void bindRequests(py::module_& m)
         .def_readonly("cum_log_prob", &BeamHypothesis::cumLogProb, "Their sum.")
         .def_readonly("score", &BeamHypothesis::score, "cum_log_prob / len(tokens) ** length_penalty: the ranking.")
         .def_readonly("finished", &BeamHypothesis::finished)
+        .def_readonly("finish_reason", &BeamHypothesis::reason, "How it ends: END_ID, STOP_WORDS or LENGTH.")
         .def("__repr__", [](BeamHypothesis const& b) {
             std::ostringstream os;
             os << "num_tokens=" << b.tokens.size() << ", cum_log_prob=" << b.cumLogProb << ", score=" << b.score;

@@ -42,16 +42,21 @@ BeamSearch::BeamSearch(SizeType beamWidth, SizeType numPromptTokens, SizeType ma
     }
 }
 
-bool BeamSearch::ends(std::vector<TokenIdType> const& tokens) const
+FinishReason BeamSearch::endOf(std::vector<TokenIdType> const& tokens) const
 {
-    if (mNumPromptTokens + static_cast<SizeType>(tokens.size()) >= mMaxLength
-        || (mEndId >= 0 && !tokens.empty() && tokens.back() == mEndId))
+    if (mEndId >= 0 && !tokens.empty() && tokens.back() == mEndId)
     {
-        return true;
+        return FinishReason::kEndId;
     }
-    return std::any_of(mStopWords.begin(), mStopWords.end(), [&](std::vector<TokenIdType> const& word) {
-        return !word.empty() && word.size() <= tokens.size() && std::equal(word.rbegin(), word.rend(), tokens.rbegin());
-    });
+    if (std::any_of(mStopWords.begin(), mStopWords.end(), [&](std::vector<TokenIdType> const& word) {
+            return !word.empty() && word.size() <= tokens.size()
+                && std::equal(word.rbegin(), word.rend(), tokens.rbegin());
+        }))
+    {
+        return FinishReason::kStopWords;
+    }
+    return mNumPromptTokens + static_cast<SizeType>(tokens.size()) >= mMaxLength ? FinishReason::kLength
+                                                                                 : FinishReason::kNotFinished;
 }
 
 bool BeamSearch::step(std::vector<std::vector<TokenLogProb>> const& candidates)
@@ -82,22 +87,22 @@ bool BeamSearch::step(std::vector<std::vector<TokenLogProb>> const& candidates)
         }
     }
     std::vector<BeamHypothesis> top;
-    std::vector<bool> endsHere;
     for (std::size_t i : descending(scores))
     {
         if (top.size() == k)
         {
             break;
         }
-        endsHere.push_back(ends(all[i].tokens));
+        all[i].reason = endOf(all[i].tokens);
         top.push_back(std::move(all[i]));
     }
+    auto const ends = [](BeamHypothesis const& h) { return h.reason != FinishReason::kNotFinished; };
 
     // The best W that do not end run on.
     std::vector<float> running(top.size());
     for (std::size_t i = 0; i < top.size(); ++i)
     {
-        running[i] = top[i].score + (endsHere[i] ? kRuledOut : 0.0F);
+        running[i] = top[i].score + (ends(top[i]) ? kRuledOut : 0.0F);
     }
     std::vector<BeamHypothesis> next;
     for (std::size_t i : descending(running))
@@ -115,12 +120,13 @@ bool BeamSearch::step(std::vector<std::vector<TokenLogProb>> const& candidates)
     std::vector<BeamHypothesis> merged = mFinished;
     for (std::size_t i = 0; i < top.size(); ++i)
     {
-        bool const justFinished = endsHere[i] && i < width;
+        bool const justFinished = ends(top[i]) && i < width;
         float score = top[i].score / norm;
         score += full && mEarlyStopping == EarlyStopping::kWhenFull ? kRuledOut : 0.0F;
         score += mImprovable ? 0.0F : kRuledOut;
         score += justFinished ? 0.0F : kRuledOut;
-        merged.push_back(BeamHypothesis{top[i].tokens, top[i].logProbs, score, top[i].cumLogProb, justFinished});
+        merged.push_back(BeamHypothesis{top[i].tokens, top[i].logProbs, score, top[i].cumLogProb, justFinished,
+            justFinished ? top[i].reason : FinishReason::kNotFinished});
     }
     std::vector<float> mergedScores(merged.size());
     std::transform(merged.begin(), merged.end(), mergedScores.begin(), [](BeamHypothesis const& h) { return h.score; });
@@ -152,7 +158,7 @@ bool BeamSearch::step(std::vector<std::vector<TokenLogProb>> const& candidates)
     });
     bool const allFinished = std::all_of(mFinished.begin(), mFinished.end(), [](BeamHypothesis const& h) { return h.finished; });
     bool const open = !(allFinished && mEarlyStopping == EarlyStopping::kWhenFull);
-    bool const canContinue = !std::all_of(endsHere.begin(), endsHere.end(), [](bool e) { return e; });
+    bool const canContinue = !std::all_of(top.begin(), top.end(), ends);
     return mImprovable && open && canContinue;
 }
 

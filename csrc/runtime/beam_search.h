@@ -1,5 +1,6 @@
 #pragma once
 
+#include "runtime/finish_reason.h"
 #include "runtime/types.h"
 
 #include <vector>
@@ -23,6 +24,8 @@ struct BeamHypothesis
     float score = 0.0F;      ///< finished: cumLogProb / length^length_penalty; running: cumLogProb
     float cumLogProb = 0.0F; ///< the sum of its tokens' log-probabilities
     bool finished = false;
+    /// How it ends: on the end id, a stop word or the length limit (kNotFinished: it does not)
+    FinishReason reason = FinishReason::kNotFinished;
 };
 
 /// @brief Beam search over one prompt, step by step, as HuggingFace transformers' beam search
@@ -62,8 +65,9 @@ public:
     }
 
 private:
-    /// Whether generated tokens `tokens` end the hypothesis (end id, stop word, length limit).
-    [[nodiscard]] bool ends(std::vector<TokenIdType> const& tokens) const;
+    /// How generated tokens `tokens` end the hypothesis: end id, then stop word, then length
+    /// limit, as stopReason orders them; kNotFinished when they do not.
+    [[nodiscard]] FinishReason endOf(std::vector<TokenIdType> const& tokens) const;
 
     SizeType mWidth;
     SizeType mNumPromptTokens;

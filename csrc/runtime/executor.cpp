@@ -219,11 +219,10 @@ private:
             return;
         }
         auto const& seed = request.samplingConfig.seed;
-        std::mt19937_64 rng(seed ? *seed : mSeeder());
-        JsonSchema const* schema = request.jsonSchema.get();
-        RequestState& state = mStates.emplace(id, RequestState{std::move(request), rng, {}, {}, 0,
-                                                        JsonObjectPrefix(schema), 0, {}, {}, {}, 0, false, {}, {}, {}, 0})
-                                  .first->second;
+        RequestState& state = mStates[id];
+        state.rng.seed(seed ? *seed : mSeeder());
+        state.json = JsonObjectPrefix(request.jsonSchema.get());
+        state.request = std::move(request);
         SamplingConfig const& sampling = state.request.samplingConfig;
         if (sampling.beamWidth > 1)
         {
@@ -423,7 +422,7 @@ private:
         }
         if (!state.beam->step(candidates))
         {
-            finish(owner, beamFinishReason(state), "");
+            finish(owner, state.beam->hypotheses().front().reason, "");
             return;
         }
         auto const& running = state.beam->running();
@@ -449,25 +448,6 @@ private:
         mScheduler.removeRequest(seqId);
         mBeamSeqs.erase(seqId);
         state.beamSeqs.erase(std::remove(state.beamSeqs.begin(), state.beamSeqs.end(), seqId), state.beamSeqs.end());
-    }
-
-    /// Why a finished beam search stopped: as its best hypothesis ends.
-    static FinishReason beamFinishReason(RequestState const& state)
-    {
-        auto const& best = state.beam->hypotheses().front().tokens;
-        auto const& request = state.request;
-        if (request.endId >= 0 && !best.empty() && best.back() == request.endId)
-        {
-            return FinishReason::kEndId;
-        }
-        for (auto const& word : request.stopWords)
-        {
-            if (!word.empty() && word.size() <= best.size() && std::equal(word.rbegin(), word.rend(), best.rbegin()))
-            {
-                return FinishReason::kStopWords;
-            }
-        }
-        return FinishReason::kLength;
     }
 
     void sampleAndUpdate(IdType id, float const* logits)

@@ -88,7 +88,7 @@ class Server:
                     c.tokens += new
                     c.log_probs += beam.log_probs
                     text = c.text.add(new, True)
-                    c.finish_reason = "stop" if c.text.stopped else _beam_end(beam, c.request)
+                    c.finish_reason = "stop" if c.text.stopped else beam.finish_reason.name.lower()
                     self.metrics.finished.labels(c.finish_reason).inc()
                     live -= 1
                     yield c, text, new, (list(beam.log_probs), []), c.finish_reason
@@ -181,15 +181,6 @@ def _requests(choices) -> list:
         if not any(r is c.request for r in out):
             out.append(c.request)
     return out
-
-
-def _beam_end(beam, request) -> str:
-    """A beam's finish reason: "stop" where it ends on the end id or a stop word."""
-    tokens = list(beam.tokens)
-    if tokens and tokens[-1] == request.end_id:
-        return "stop"
-    words = [list(w) for w in request.stop_words]
-    return "stop" if any(w and tokens[-len(w):] == w for w in words) else "length"
 
 
 def _sse(obj: dict) -> str:

@@ -210,18 +210,17 @@ def _tool_delta(c, text: str, final: bool, finish: str | None) -> tuple[dict, st
             call["function"] = {"name": plan.name, "arguments": text}
         return {"tool_calls": [call]} if text or call.get("id") else {}, finish
     delta: dict = {}
+    calls = plan.calls(whole)[1] if final else None  # read once, from the whole answer
     if plan.mode == "auto":
-        safe = plan.content_end(whole, final)
+        safe = plan.content_end(whole, calls)
         if safe > len(c.sent):
             piece = whole[len(c.sent): safe]
             c.sent = whole[:safe]
-            if piece.strip() or not (final and plan.calls(whole)[1]):
+            if piece.strip() or not calls:
                 delta["content"] = piece
-    if final:
-        _, calls = plan.calls(whole)
-        if calls:
-            delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(calls)]
-            finish = "tool_calls"
-        elif plan.mode == "required" and whole:
-            delta["content"] = whole
+    if calls:
+        delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(calls)]
+        finish = "tool_calls"
+    elif final and plan.mode == "required" and whole:
+        delta["content"] = whole
     return delta, finish

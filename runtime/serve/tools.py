@@ -81,12 +81,13 @@ class ToolPlan:
             return parse(text, self)
         return text, []
 
-    def content_end(self, text: str, final: bool) -> int:
+    def content_end(self, text: str, calls: list | None = None) -> int:
         """With auto, how much of the answer's text so far is content that may be streamed: up
-        to where a call begins or may still begin (all of it once final without calls)."""
+        to where a call begins or may still begin; `calls`: the whole answer's (final), all of
+        it when there are none."""
         tag = MISTRAL_OPEN if self.parser == "mistral" else HERMES_OPEN
-        if final:
-            if not self.calls(text)[1]:
+        if calls is not None:
+            if not calls:
                 return len(text)
             return 0 if self.parser == "llama3_json" else text.find(tag)
         if self.parser == "llama3_json":  # a call is the whole answer, from its first character
