@@ -65,6 +65,9 @@ SAMPLING_INPUTS = {
     "return_log_probs": _opt("return_log_probs", "TYPE_BOOL"),
     "guided_decoding_guide_type": _opt("guided_decoding_guide_type", "TYPE_STRING"),
     "guided_decoding_guide": _opt("guided_decoding_guide", "TYPE_STRING"),
+    "beam_width": _opt("beam_width", "TYPE_INT32"),
+    "length_penalty": _opt("len_penalty", "TYPE_FP32"),
+    "early_stopping": _opt("early_stopping", "TYPE_BOOL"),
     "stream": _opt("streaming", "TYPE_BOOL"),
 }
 ENGINE_INPUTS = (
@@ -76,23 +79,31 @@ ENGINE_INPUTS = (
     _opt("embedding_bias", "TYPE_FP32", (-1,)),
     *SAMPLING_INPUTS.values(),
 )
+# The engine model's outputs are per beam, as TensorRT-LLM's ([beam, ...] after the batch
+# dimension; one beam without beam search). A beam search answers once, at the end: each beam's
+# tokens padded with pad_id to the longest, output_lengths saying how many are its own.
 ENGINE_OUTPUTS = (
-    TensorSpec("output_ids", "TYPE_INT32", (-1,)),        # tokens new in this response
-    TensorSpec("context_ids", "TYPE_INT32", (-1,)),       # the few sent before, to detokenize
-    TensorSpec("sequence_length", "TYPE_INT32", (1,)),    # prompt + generated so far
-    TensorSpec("output_log_probs", "TYPE_FP32", (-1,)),   # of output_ids, when asked for
-    TensorSpec("finish_reason", "TYPE_STRING", (1,)),     # "not_finished" until the last
+    TensorSpec("output_ids", "TYPE_INT32", (-1, -1)),       # tokens new in this response
+    TensorSpec("output_lengths", "TYPE_INT32", (-1,)),      # of each beam's row of output_ids
+    TensorSpec("context_ids", "TYPE_INT32", (-1, -1)),      # the few sent before, to detokenize
+    TensorSpec("sequence_length", "TYPE_INT32", (-1,)),     # prompt + generated so far
+    TensorSpec("output_log_probs", "TYPE_FP32", (-1, -1)),  # of output_ids, when asked for
+    TensorSpec("cum_log_probs", "TYPE_FP32", (-1,)),        # their sum so far, when asked for
+    TensorSpec("finish_reason", "TYPE_STRING", (-1,)),      # "not_finished" until the last
 )
 POSTPROCESSING_INPUTS = (
-    TensorSpec("output_ids", "TYPE_INT32", (-1,)),
-    TensorSpec("context_ids", "TYPE_INT32", (-1,)),
-    TensorSpec("finish_reason", "TYPE_STRING", (1,)),
-    TensorSpec("output_log_probs", "TYPE_FP32", (-1,)),
+    TensorSpec("output_ids", "TYPE_INT32", (-1, -1)),
+    TensorSpec("output_lengths", "TYPE_INT32", (-1,)),
+    TensorSpec("context_ids", "TYPE_INT32", (-1, -1)),
+    TensorSpec("finish_reason", "TYPE_STRING", (-1,)),
+    TensorSpec("output_log_probs", "TYPE_FP32", (-1, -1)),
+    TensorSpec("cum_log_probs", "TYPE_FP32", (-1,)),
 )
 POSTPROCESSING_OUTPUTS = (
-    TensorSpec("text_output", "TYPE_STRING", (1,)),
-    TensorSpec("out_finish_reason", "TYPE_STRING", (1,)),
-    TensorSpec("out_output_log_probs", "TYPE_FP32", (-1,)),
+    TensorSpec("text_output", "TYPE_STRING", (-1,)),
+    TensorSpec("out_finish_reason", "TYPE_STRING", (-1,)),
+    TensorSpec("out_output_log_probs", "TYPE_FP32", (-1, -1)),
+    TensorSpec("out_cum_log_probs", "TYPE_FP32", (-1,)),
 )
 ENSEMBLE_INPUTS = (
     TensorSpec("text_input", "TYPE_STRING", (1,)),
@@ -104,10 +115,11 @@ ENSEMBLE_INPUTS = (
     _opt("apply_chat_template", "TYPE_BOOL"),
     *(TensorSpec(name, s.data_type, s.dims, True) for name, s in SAMPLING_INPUTS.items()),
 )
-ENSEMBLE_OUTPUTS = (
-    TensorSpec("text_output", "TYPE_STRING", (1,)),
-    TensorSpec("finish_reason", "TYPE_STRING", (1,)),
-    TensorSpec("output_log_probs", "TYPE_FP32", (-1,)),
+ENSEMBLE_OUTPUTS = (  # one per beam
+    TensorSpec("text_output", "TYPE_STRING", (-1,)),
+    TensorSpec("finish_reason", "TYPE_STRING", (-1,)),
+    TensorSpec("output_log_probs", "TYPE_FP32", (-1, -1)),
+    TensorSpec("cum_log_probs", "TYPE_FP32", (-1,)),
 )
 
 
@@ -163,7 +175,7 @@ def ensemble_config(engine_name: str, max_batch_size: int) -> dict:
          {t.name: f"_{t.name}" for t in POSTPROCESSING_INPUTS}),
         (POSTPROCESSING, {t.name: f"_{t.name}" for t in POSTPROCESSING_INPUTS},
          {"text_output": "text_output", "out_finish_reason": "finish_reason",
-          "out_output_log_probs": "output_log_probs"}),
+          "out_output_log_probs": "output_log_probs", "out_cum_log_probs": "cum_log_probs"}),
     ]
     return {
         "name": ENSEMBLE,

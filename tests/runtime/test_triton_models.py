@@ -50,7 +50,8 @@ def ensemble_inputs(text, max_tokens, **extra):
     for name, value in extra.items():
         dtype = {"stop_words": None, "top_k": np.int32, "end_id": np.int32, "min_tokens": np.int32,
                  "random_seed": np.uint64, "stream": np.bool_, "return_log_probs": np.bool_,
-                 "apply_chat_template": np.bool_}.get(name, np.float32)
+                 "apply_chat_template": np.bool_, "beam_width": np.int32,
+                 "early_stopping": np.bool_}.get(name, np.float32)
         if name in ("guided_decoding_guide_type", "guided_decoding_guide"):
             inputs[name] = strings(value)
         else:
@@ -86,7 +87,7 @@ def test_concurrent_streams_equal_generate_and_share_one_executor(served):
         start.wait()
         tokens = []
         for out in engine_stream(server, prompts[i], lengths[i]):
-            tokens += out["output_ids"][0].tolist()
+            tokens += out["output_ids"][0, 0].tolist()
             counts[i] += 1
             assert out["sequence_length"][0, 0] == len(prompts[i]) + len(tokens)
         results[i] = (tokens, out["finish_reason"][0, 0])
@@ -139,10 +140,10 @@ def test_ensemble_whole_answer_sampling_parameters_and_log_probs(served):
         TEXTS[5], 16, random_seed=1234, return_log_probs=True, stream=False, **sampling)))
     assert len(chunks) == 1  # not streaming: one response
     assert chunks[0]["text_output"][0, 0].decode() == tok.decode(ids)
-    assert chunks[0]["output_log_probs"][0].tolist() == pytest.approx(out["log_probs"][0], abs=1e-4)
+    assert chunks[0]["output_log_probs"][0, 0].tolist() == pytest.approx(out["log_probs"][0], abs=1e-4)
     greedy = list(server.infer("ensemble", ensemble_inputs(TEXTS[5], 16, stream=False)))
     assert greedy[0]["text_output"][0, 0].decode() == tok.decode(reference_ids(reference, prompt, 16, top_k=1)[0])
-    assert greedy[0]["output_log_probs"].shape == (1, 0)
+    assert greedy[0]["output_log_probs"].shape == (1, 1, 0)
 
 
 def test_chat_template_and_end_id(served):
@@ -154,7 +155,7 @@ def test_chat_template_and_end_id(served):
     prompt = tok.encode(TEXTS[1])
     free, _ = reference_ids(reference, prompt, 12, end_id=-1, top_k=1)
     chunks = list(engine_stream(server, prompt, 12, end_id=one(free[3], np.int32)))
-    tokens = [t for c in chunks for t in c["output_ids"][0].tolist()]
+    tokens = [t for c in chunks for t in c["output_ids"][0, 0].tolist()]
     assert tokens == free[: free.index(free[3]) + 1]
     assert chunks[-1]["finish_reason"][0, 0] == b"end_id"
     # min_tokens holds end_id back until then, through the engine model and the ensemble
@@ -162,7 +163,7 @@ def test_chat_template_and_end_id(served):
     assert len(held) >= 8 and free[3] not in held[:8]
     chunks = list(engine_stream(server, prompt, 12, end_id=one(free[3], np.int32),
                                 min_tokens=one(8, np.int32)))
-    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == held
+    assert [t for c in chunks for t in c["output_ids"][0, 0].tolist()] == held
     chunks = list(server.infer("ensemble", ensemble_inputs(TEXTS[1], 12, end_id=free[3],
                                                            min_tokens=8, stream=False)))
     assert chunks[0]["text_output"][0, 0].decode() == tok.decode(held)
@@ -180,7 +181,7 @@ def test_stop_words(served):
     stop_list = np.array([[stop + [absent], [2, 3, -1]]], dtype=np.int32)
     tokens, reason = [], None
     for c in engine_stream(server, prompt, 20, end_id=one(-1, np.int32), stop_words_list=stop_list):
-        tokens += c["output_ids"][0].tolist()
+        tokens += c["output_ids"][0, 0].tolist()
         reason = c["finish_reason"][0, 0]
     assert tokens == free[: first + 2] and reason == b"stop_words"
     # preprocessing turns stop strings into that layout
@@ -207,7 +208,7 @@ def test_bad_words(served):
     layout = np.array([[free[2], free[5], free[6]], [1, 3, -1]], dtype=np.int32)[None]
     tokens = [t for c in engine_stream(server, prompt, 12, end_id=one(-1, np.int32),
                                        bad_words_list=layout)
-              for t in c["output_ids"][0].tolist()]
+              for t in c["output_ids"][0, 0].tolist()]
     assert tokens == expect
     at = next(i for i, t in enumerate(free) if i >= 1 and t not in free[:i]
               and tok.encode(tok.decode([t]), add_special_tokens=False) == [t])
@@ -240,16 +241,16 @@ def test_embedding_bias(served):
         dense[0, token] = bias
     tokens = [t for c in engine_stream(server, prompt, 10, end_id=one(-1, np.int32),
                                        embedding_bias=dense)
-              for t in c["output_ids"][0].tolist()]
+              for t in c["output_ids"][0, 0].tolist()]
     assert tokens == expect
     # A shorter vector biases the ids it covers; an empty one biases nothing.
     short = dense[:, : max(logit_bias) + 1]
     assert [t for c in engine_stream(server, prompt, 10, end_id=one(-1, np.int32),
                                      embedding_bias=short)
-            for t in c["output_ids"][0].tolist()] == expect
+            for t in c["output_ids"][0, 0].tolist()] == expect
     assert [t for c in engine_stream(server, prompt, 10, end_id=one(-1, np.int32),
                                      embedding_bias=np.zeros((1, 0), dtype=np.float32))
-            for t in c["output_ids"][0].tolist()] == free
+            for t in c["output_ids"][0, 0].tolist()] == free
     # Preprocessing: each word's weight at each of its tokens (a token in two words gets both).
     at = next(i for i, t in enumerate(free) if i >= 1 and t not in free[:i]
               and tok.encode(tok.decode([t]), add_special_tokens=False) == [t])
@@ -288,7 +289,7 @@ def test_guided_decoding_json(served):
     assert expect != reference_ids(reference, prompt, 16, end_id=-1, top_k=1)[0]
     chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32),
                                 guided_decoding_guide_type=strings("json")))
-    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == expect
+    assert [t for c in chunks for t in c["output_ids"][0, 0].tolist()] == expect
     reason = {"stop_words": b"stop_words", "length": b"length"}[out["finish_reasons"][0]]
     assert chunks[-1]["finish_reason"][0, 0] == reason
     whole = list(server.infer("ensemble", ensemble_inputs(TEXTS[6], 16, end_id=-1, stream=False,
@@ -309,7 +310,7 @@ def test_guided_decoding_regex(served):
     expect, out = reference_ids(reference, prompt, 16, end_id=-1, top_k=1, regex=pattern)
     guide = dict(guided_decoding_guide_type=strings("regex"), guided_decoding_guide=strings(pattern))
     chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32), **guide))
-    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == expect
+    assert [t for c in chunks for t in c["output_ids"][0, 0].tolist()] == expect
     assert out["finish_reasons"][0] == "stop_words" and chunks[-1]["finish_reason"][0, 0] == b"stop_words"
     whole = list(server.infer("ensemble", ensemble_inputs(
         TEXTS[6], 16, end_id=-1, stream=False, guided_decoding_guide_type="regex",
@@ -341,7 +342,7 @@ def test_guided_decoding_json_schema(served):
     guide = dict(guided_decoding_guide_type=strings("json_schema"),
                  guided_decoding_guide=strings(schema))
     chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32), **guide))
-    assert [t for c in chunks for t in c["output_ids"][0].tolist()] == expect
+    assert [t for c in chunks for t in c["output_ids"][0, 0].tolist()] == expect
     reason = {"stop_words": b"stop_words", "length": b"length"}[out["finish_reasons"][0]]
     assert chunks[-1]["finish_reason"][0, 0] == reason
     whole = list(server.infer("ensemble", ensemble_inputs(
@@ -356,6 +357,40 @@ def test_guided_decoding_json_schema(served):
         with pytest.raises(ServerError, match=message) as err:
             list(engine_stream(server, prompt, 4, **guide))
         assert err.value.code == pb_utils.TritonError.INVALID_ARG
+
+
+def test_beam_search(served):
+    """beam_width (TensorRT-LLM's) through the engine model and the ensemble: one answer with
+    every beam, best first, equal to ModelRunner's beam search (tokens, lengths, cumulative and
+    per-token log-probabilities, texts); streaming is refused."""
+    server, reference = served
+    tok = reference.tokenizer
+    prompt = tok.encode(TEXTS[6])
+    want = reference.generate([prompt], max_new_tokens=10, num_beams=3, length_penalty=0.8,
+                              early_stopping=False, end_id=tok.eos_id, output_log_probs=True,
+                              return_dict=True)
+    lengths = want["sequence_lengths"][0].tolist()
+    beams = [want["output_ids"][0, b, len(prompt): n].tolist() for b, n in enumerate(lengths)]
+    (out,) = list(engine_stream(server, prompt, 10, streaming=one(False, np.bool_),
+                                beam_width=one(3, np.int32), len_penalty=one(0.8, np.float32),
+                                early_stopping=one(False, np.bool_),
+                                return_log_probs=one(True, np.bool_)))
+    assert out["output_ids"].shape == (1, 3, max(len(b) for b in beams))
+    assert out["output_lengths"][0].tolist() == [len(b) for b in beams]
+    assert [row[:n].tolist() for row, n in zip(out["output_ids"][0], out["output_lengths"][0])] \
+        == beams
+    assert out["sequence_length"][0].tolist() == lengths
+    assert out["cum_log_probs"][0].tolist() == pytest.approx(want["cum_log_probs"][0], abs=1e-5)
+    for row, n, lps in zip(out["output_log_probs"][0], out["output_lengths"][0],
+                           want["log_probs"][0]):
+        assert row[:n].tolist() == pytest.approx(lps, abs=1e-5)
+    (text,) = list(server.infer("ensemble", ensemble_inputs(
+        TEXTS[6], 10, beam_width=3, length_penalty=0.8, early_stopping=False, stream=False)))
+    assert [t.decode() for t in text["text_output"][0]] == [tok.decode(b) for b in beams]
+    assert text["cum_log_probs"][0].tolist() == pytest.approx(want["cum_log_probs"][0], abs=1e-5)
+    assert text["finish_reason"].shape == (1, 3) and text["output_log_probs"].shape == (1, 3, 0)
+    with pytest.raises(ServerError, match="beam search answers once"):
+        list(engine_stream(server, prompt, 4, beam_width=one(2, np.int32)))
 
 
 def test_bad_embedding_bias_fails_alone(served):
@@ -380,7 +415,7 @@ def test_bad_embedding_bias_fails_alone(served):
         list(server.infer("preprocessing", {"text_input": strings("x"),
                                             "embedding_bias_words": strings("a")}))
     assert reference_ids(reference, prompt, 4, top_k=1)[0] == [
-        t for c in engine_stream(server, prompt, 4) for t in c["output_ids"][0].tolist()]
+        t for c in engine_stream(server, prompt, 4) for t in c["output_ids"][0, 0].tolist()]
     assert server.models["kiln"].instance.streams == {}
 
 
@@ -407,7 +442,7 @@ def test_cancellation_stops_generation_and_frees_blocks(served, model):
     tokens = 0
     with pytest.raises(ServerError) as err:
         for out in stream:
-            tokens += out["output_ids"].shape[1] if model == "kiln" else 1
+            tokens += out["output_ids"].shape[2] if model == "kiln" else 1
             if tokens >= 3:
                 cancelled.set()
     assert err.value.code == pb_utils.TritonError.CANCELLED
@@ -459,7 +494,7 @@ def test_malformed_engine_inputs_fail_alone(served):
     with pytest.raises(ServerError, match="input_lengths is 9"):
         list(engine_stream(server, prompt, 4, input_lengths=one(9, np.int32)))
     tokens = [t for c in engine_stream(server, prompt + [0, 0], 4, input_lengths=one(3, np.int32))
-              for t in c["output_ids"][0].tolist()]
+              for t in c["output_ids"][0, 0].tolist()]
     assert tokens == reference_ids(reference, prompt, 4, top_k=1)[0]
     assert server.models["kiln"].instance.streams == {}
 

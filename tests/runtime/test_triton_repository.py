@@ -78,11 +78,18 @@ def test_engine_model_config(repo):
         "min_tokens": ("TYPE_INT32", [1], True), "return_log_probs": ("TYPE_BOOL", [1], True),
         "guided_decoding_guide_type": ("TYPE_STRING", [1], True),
         "guided_decoding_guide": ("TYPE_STRING", [1], True),
+        "beam_width": ("TYPE_INT32", [1], True), "len_penalty": ("TYPE_FP32", [1], True),
+        "early_stopping": ("TYPE_BOOL", [1], True),
         "streaming": ("TYPE_BOOL", [1], True)}
+    # Per beam, as TensorRT-LLM's: [beam, tokens], [beam].
     assert io(c, "output") == {
-        "output_ids": ("TYPE_INT32", [-1], False), "context_ids": ("TYPE_INT32", [-1], False),
-        "sequence_length": ("TYPE_INT32", [1], False),
-        "output_log_probs": ("TYPE_FP32", [-1], False), "finish_reason": ("TYPE_STRING", [1], False)}
+        "output_ids": ("TYPE_INT32", [-1, -1], False),
+        "output_lengths": ("TYPE_INT32", [-1], False),
+        "context_ids": ("TYPE_INT32", [-1, -1], False),
+        "sequence_length": ("TYPE_INT32", [-1], False),
+        "output_log_probs": ("TYPE_FP32", [-1, -1], False),
+        "cum_log_probs": ("TYPE_FP32", [-1], False),
+        "finish_reason": ("TYPE_STRING", [-1], False)}
 
 
 def test_pre_and_postprocessing_configs(repo):
@@ -104,9 +111,10 @@ def test_pre_and_postprocessing_configs(repo):
                                  "stop_words_list": ("TYPE_INT32", [2, -1], False),
                                  "bad_words_list": ("TYPE_INT32", [2, -1], False),
                                  "embedding_bias": ("TYPE_FP32", [-1], False)}
-    assert io(post, "output") == {"text_output": ("TYPE_STRING", [1], False),
-                                  "out_finish_reason": ("TYPE_STRING", [1], False),
-                                  "out_output_log_probs": ("TYPE_FP32", [-1], False)}
+    assert io(post, "output") == {"text_output": ("TYPE_STRING", [-1], False),
+                                  "out_finish_reason": ("TYPE_STRING", [-1], False),
+                                  "out_output_log_probs": ("TYPE_FP32", [-1, -1], False),
+                                  "out_cum_log_probs": ("TYPE_FP32", [-1], False)}
 
 
 def test_ensemble_chains_the_three(repo):
@@ -133,16 +141,19 @@ def test_ensemble_chains_the_three(repo):
         "min_tokens": "min_tokens",
         "return_log_probs": "return_log_probs",
         "guided_decoding_guide_type": "guided_decoding_guide_type",
-        "guided_decoding_guide": "guided_decoding_guide", "streaming": "stream"}
+        "guided_decoding_guide": "guided_decoding_guide", "beam_width": "beam_width",
+        "len_penalty": "length_penalty", "early_stopping": "early_stopping", "streaming": "stream"}
     assert dict(steps[2].output_map) == {"text_output": "text_output",
                                          "out_finish_reason": "finish_reason",
-                                         "out_output_log_probs": "output_log_probs"}
+                                         "out_output_log_probs": "output_log_probs",
+                                         "out_cum_log_probs": "cum_log_probs"}
     inputs = io(c, "input")
     assert inputs["text_input"] == ("TYPE_STRING", [1], False)
     assert inputs["max_tokens"] == ("TYPE_INT32", [1], False)
     assert all(optional for name, (_, _, optional) in inputs.items()
                if name not in ("text_input", "max_tokens"))
-    assert set(io(c, "output")) == {"text_output", "finish_reason", "output_log_probs"}
+    assert set(io(c, "output")) == {"text_output", "finish_reason", "output_log_probs",
+                                    "cum_log_probs"}
 
 
 def test_a_field_outside_the_schema_is_refused(tmp_path):

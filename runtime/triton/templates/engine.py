@@ -10,9 +10,11 @@ runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_
 embedding_bias (TensorRT-LLM's: one value a token id, added to the logits) becomes the
 executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object,
 "json_schema" one JSON value valid against the schema in guided_decoding_guide, and "regex"
-text that matches the pattern in guided_decoding_guide. Responses
-carry only generated tokens (never the prompt): in streaming mode the tokens new since the last
-response, otherwise all of them in one final response.
+text that matches the pattern in guided_decoding_guide. beam_width > 1 runs a beam search
+(greedy; len_penalty, early_stopping as TensorRT-LLM's) that answers once, with every beam.
+Responses carry only generated tokens (never the prompt), per beam ([beam, tokens]; one beam
+without beam search): in streaming mode the tokens new since the last response, otherwise all
+of them in one final response.
 """
 import json
 import queue
@@ -32,13 +34,17 @@ NOT_FINISHED = "not_finished"
 class _Stream:
     """One Triton request in flight."""
 
-    __slots__ = ("sender", "prompt_len", "num_sent", "tail", "cancelling")
+    __slots__ = ("sender", "prompt_len", "pad_id", "log_probs", "num_sent", "tail",
+                 "cum_log_prob", "cancelling")
 
-    def __init__(self, sender, prompt_len):
+    def __init__(self, sender, prompt_len, params):
         self.sender = sender
         self.prompt_len = prompt_len
+        self.pad_id = params.pad_id
+        self.log_probs = params.output_log_probs  # asked for
         self.num_sent = 0       # generated tokens sent so far
         self.tail = []          # the last CONTEXT_TOKENS of them
+        self.cum_log_prob = 0.0  # of those sent, when log-probabilities are asked for
         self.cancelling = False
 
 
@@ -123,14 +129,14 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                kiln_request, prompt_len = self._to_kiln(request)
+                kiln_request, prompt_len, params = self._to_kiln(request)
             except Exception as e:  # any bad input fails its request alone
                 sender.send(_error(str(e), pb_utils.TritonError.INVALID_ARG),
                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             with self.lock:
                 rid, _ = self.runner.router.submit(kiln_request, self.responses)
-                self.streams[rid] = _Stream(sender, prompt_len)
+                self.streams[rid] = _Stream(sender, prompt_len, params)
         return None
 
     def _to_kiln(self, request):
@@ -150,9 +156,14 @@ class TritonPythonModel:
             raise ValueError("request_output_len is required")
         end_id = _scalar(request, "end_id", self.default_end_id, int)
         temperature = _scalar(request, "temperature", 0.0, float)
+        pad_id = _scalar(request, "pad_id", max(end_id, 0), int)
+        beams = _scalar(request, "beam_width", 1, int)
+        streaming = _scalar(request, "streaming", False, bool)
+        if beams > 1 and streaming:
+            raise ValueError("a beam search answers once, with every beam: send streaming "
+                             "false with beam_width > 1")
         params = self.make_params(
-            max_new_tokens=max_new, end_id=end_id,
-            pad_id=_scalar(request, "pad_id", max(end_id, 0), int),
+            max_new_tokens=max_new, end_id=end_id, pad_id=pad_id,
             temperature=temperature, top_k=_scalar(request, "runtime_top_k", 0, int),
             top_p=_scalar(request, "runtime_top_p", 1.0, float),
             min_p=_scalar(request, "runtime_min_p", 0.0, float),
@@ -162,15 +173,16 @@ class TritonPythonModel:
             random_seed=_scalar(request, "random_seed", None, int),
             min_tokens=_scalar(request, "min_tokens", 0, int),
             logit_bias=self._embedding_bias(request),
-            output_log_probs=_scalar(request, "return_log_probs", False, bool))
-        streaming = _scalar(request, "streaming", False, bool)
+            output_log_probs=_scalar(request, "return_log_probs", False, bool),
+            num_beams=beams, length_penalty=_scalar(request, "len_penalty", 1.0, float),
+            early_stopping=_scalar(request, "early_stopping", True, bool))
         stops = _words(request, "stop_words_list")
         bad = _words(request, "bad_words_list")
         table, schema, regex = self._guided(request)
         made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
                                   [bad] if bad else None, json_table=table, json_schema=schema,
                                   regex=regex)
-        return made[0], len(prompt)
+        return made[0], len(prompt), params
 
     def _guided(self, request):
         """TensorRT-LLM's guided decoding: guided_decoding_guide_type "json" (one JSON object),
@@ -249,18 +261,39 @@ class TritonPythonModel:
             stream.sender.send(_error("the request was cancelled", pb_utils.TritonError.CANCELLED),
                                flags=final)
             return
-        new = list(r.output_token_ids)
-        context = stream.tail
-        stream.tail = (context + new)[-CONTEXT_TOKENS:]
-        stream.num_sent += len(new)
+        # Per beam: (tokens, their log-probabilities, tokens before them, cumulative
+        # log-probability, generated so far, finish reason).
+        if r.beams:  # a beam search's one answer: every beam, best first
+            beams = [(list(b.tokens), list(b.log_probs) if stream.log_probs else [], [],
+                      b.cum_log_prob, len(b.tokens), b.finish_reason.name.lower())
+                     for b in r.beams]
+        else:
+            new, log_probs = list(r.output_token_ids), list(r.log_probs)
+            context = stream.tail
+            stream.tail = (context + new)[-CONTEXT_TOKENS:]
+            stream.num_sent += len(new)
+            stream.cum_log_prob += sum(log_probs)
+            beams = [(new, log_probs, context, stream.cum_log_prob, stream.num_sent,
+                      reason if r.is_final else NOT_FINISHED)]
+        width = max(len(b[0]) for b in beams)
+
+        def padded(rows, value):
+            return [row + [value] * (width - len(row)) for row in rows]
+
+        log_probs = padded([b[1] for b in beams], 0.0) if stream.log_probs else [[]] * len(beams)
+
         outputs = [
-            pb_utils.Tensor("output_ids", np.array([new], dtype=np.int32)),
-            pb_utils.Tensor("context_ids", np.array([context], dtype=np.int32)),
+            pb_utils.Tensor("output_ids", np.array([padded([b[0] for b in beams], stream.pad_id)],
+                                                   dtype=np.int32).reshape(1, len(beams), -1)),
+            pb_utils.Tensor("output_lengths", np.array([[len(b[0]) for b in beams]], dtype=np.int32)),
+            pb_utils.Tensor("context_ids", np.array([[b[2] for b in beams]], dtype=np.int32)
+                            .reshape(1, len(beams), -1)),
             pb_utils.Tensor("sequence_length",
-                            np.array([[stream.prompt_len + stream.num_sent]], dtype=np.int32)),
-            pb_utils.Tensor("output_log_probs", np.array([list(r.log_probs)], dtype=np.float32)),
-            pb_utils.Tensor("finish_reason",
-                            np.array([[reason if r.is_final else NOT_FINISHED]], dtype=np.object_)),
+                            np.array([[stream.prompt_len + b[4] for b in beams]], dtype=np.int32)),
+            pb_utils.Tensor("output_log_probs", np.array([log_probs], dtype=np.float32)
+                            .reshape(1, len(beams), -1)),
+            pb_utils.Tensor("cum_log_probs", np.array([[b[3] for b in beams]], dtype=np.float32)),
+            pb_utils.Tensor("finish_reason", np.array([[b[5] for b in beams]], dtype=np.object_)),
         ]
         stream.sender.send(pb_utils.InferenceResponse(output_tensors=outputs),
                            flags=final if r.is_final else 0)

@@ -2,7 +2,8 @@
 
 The engine model sends with each response the few tokens it sent before (context_ids), so this
 model stays stateless and still decodes characters split across responses correctly: a partial
-character is held back until it completes. finish_reason and output_log_probs pass through.
+character is held back until it completes. Each beam ([batch, beam, ...]) is decoded on its own,
+its first output_lengths tokens; finish_reason, output_log_probs and cum_log_probs pass through.
 Parameter: tokenizer_dir.
 """
 import json
@@ -40,14 +41,17 @@ class TritonPythonModel:
 
     def _one(self, request):
         ids, context = _input(request, "output_ids"), _input(request, "context_ids")
-        reasons = _input(request, "finish_reason")
+        lengths, reasons = _input(request, "output_lengths"), _input(request, "finish_reason")
         texts = []
-        for row, ctx, reason in zip(ids, context, reasons):
-            reason = reason[0].decode() if isinstance(reason[0], bytes) else str(reason[0])
-            texts.append([text_delta(self._decode, ctx.tolist(), row.tolist(),
-                                     final=reason != "not_finished").encode("utf-8")])
+        for rows, contexts, counts, whys in zip(ids, context, lengths, reasons):
+            texts.append([])
+            for row, ctx, n, why in zip(rows, contexts, counts, whys):
+                why = why.decode() if isinstance(why, bytes) else str(why)
+                texts[-1].append(text_delta(self._decode, ctx.tolist(), row[:n].tolist(),
+                                            final=why != "not_finished").encode("utf-8"))
         return [
             pb_utils.Tensor("text_output", np.array(texts, dtype=np.object_)),
             pb_utils.Tensor("out_finish_reason", reasons),
             pb_utils.Tensor("out_output_log_probs", _input(request, "output_log_probs")),
+            pb_utils.Tensor("out_cum_log_probs", _input(request, "cum_log_probs")),
         ]
