@@ -467,14 +467,12 @@ def fold(ctx, node, launch, prologue: int, x: str, res: str | None = None,
     linear runs it before cuBLASLt and first in each small-M alternative, and its one-row
     alternatives compute it as their `prologue` (PLAIN, NORM, ADD_NORM or SILU_MUL, on x, res,
     g, eps; `total` receives ADD_NORM's residual sum), then, for an FP8 quantization kernel
-    folded into linear_fp8, round it to e4m3 with `scale` (a linear_wo: quant_gemm.py's
-    plan_linear_wo, whose int4 tensor-core kernel takes NORM and ADD_NORM). False for an
-    unmarked node: the caller launches it."""
+    folded into linear_fp8, round it to e4m3 with `scale`. False for an unmarked node: the
+    caller launches it."""
     if not node.attrs.get("fold_into_next"):
         return False
     nxt = ctx.next_node
-    if (nxt is None or nxt.op not in ("linear", "linear_fp8", "linear_wo")
-            or nxt.inputs[0] != node.outputs[0]):
+    if nxt is None or nxt.op not in ("linear", "linear_fp8") or nxt.inputs[0] != node.outputs[0]:
         raise ValueError(f"{ctx.label}: marked fold_into_next, but {node.outputs[0]} does not "
                          "feed the next node's linear")
     ctx.folded[node.outputs[0]] = {"launch": launch, "prologue": prologue, "x": x, "res": res,

@@ -40,10 +40,10 @@ import triton.language as tl
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct, interpreting
-from kiln.builder.kernels.gemm import ADD_NORM, NORM, PLAIN, glu_out, glu_store, take_epilogue
+from kiln.builder.kernels.gemm import glu_out, glu_store, take_epilogue
 from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.spec import F32, I32, Gemm, Ptr
+from kiln.builder.kernels.spec import I32, Gemm, Ptr
 from kiln.builder.kernels.symbols import evaluate
 
 SMALL_M = 16
@@ -458,16 +458,13 @@ def _step_groups(ptr, cols64, col_ok, c, NG: tl.constexpr, GH: tl.constexpr,
 
 @triton.jit(do_not_specialize=["num_splits"])
 def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, offsets_ptr,
-                  pqs_ptr, bias_ptr, act_ptr, res_ptr, sum_ptr, g_ptr, squares_ptr, M,
-                  num_splits, eps, X_STRIDE: tl.constexpr,
+                  pqs_ptr, bias_ptr, act_ptr, M, num_splits, X_STRIDE: tl.constexpr,
                   OUT_STRIDE: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
                   GROUP: tl.constexpr, HAS_OFFSET: tl.constexpr, HAS_PQS: tl.constexpr,
                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_H: tl.constexpr, ASM: tl.constexpr, SCALE_AFTER: tl.constexpr = False,
                   PART_H: tl.constexpr = 0, GLU: tl.constexpr = False,
-                  ACT_STRIDE: tl.constexpr = 0, PROLOGUE: tl.constexpr = PLAIN,
-                  RES_STRIDE: tl.constexpr = 0, SUM_STRIDE: tl.constexpr = 0,
-                  PDL: tl.constexpr = 0):
+                  ACT_STRIDE: tl.constexpr = 0, PDL: tl.constexpr = 0):
     """int4 on tensor cores: rows block program_id(0) (the blocks of one column block run
     side by side, so its weight is read from memory once), columns block program_id(1), K
     share program_id(2) of num_splits. out^T [BLOCK_N, BLOCK_M] = wd [BLOCK_N, K] @ x'^T, the
@@ -485,17 +482,7 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
 
     GLU: the SiLU-mul after the GEMM too (a gate/up GEMM, w's first N / 2 rows the gates): a
     column block is BLOCK_N / 2 gate and up rows, interleaved, whose silu(gate) * up goes to
-    act (glu_store, rounded as silu_mul_kernel rounds it); out is not written.
-
-    PROLOGUE (gemm.py's, the RMSNorm before the GEMM folded into it; not with SCALE_AFTER):
-    NORM takes x' = rmsnorm(x) * g (* pre-quant scale), ADD_NORM the same of t = x + res
-    (rounded to sum's dtype), which the column block 0 programs store to sum_ptr, each its
-    rows and share of K. The MMAs multiply (t * g).to(DT) and each row's sum of squares
-    accumulates beside them (with splits, each program's share goes to squares_ptr, beside
-    its partial, for the last to add); the product is then scaled by the row's 1 / rms. For
-    bfloat16, whose range t * g keeps."""
-    tl.static_assert(PROLOGUE == PLAIN or not SCALE_AFTER, "a folded RMSNorm needs the weight "
-                     "rounded first")
+    act (glu_store, rounded as silu_mul_kernel rounds it); out is not written."""
     enter(PDL)
     H: tl.constexpr = K // 4
     NG: tl.constexpr = K // GROUP
@@ -517,8 +504,6 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
     h_ptr = w_ptr.to(tl.pointer_type(tl.uint16))
     per = tl.cdiv(STEPS, num_splits)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    squares = tl.zeros([BLOCK_M], dtype=tl.float32)
-    sum_m = tl.where(tile == 0, M, 0)  # the column block 0 programs store the residual sum
     for c in range(split * per, tl.minimum(STEPS, split * per + per)):
         if SCALE_AFTER:
             for p in tl.static_range(BLOCK_H // PART_H):
@@ -536,14 +521,8 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
             else:
                 o = tl.full([BLOCK_N, BLOCK_H], -0.0, DT)
             w0, w1, w2, w3 = _int4_values(hw, s, o, DT, ASM)
-            if PROLOGUE == PLAIN:
-                x = _x_tile(x_ptr, pqs_ptr, rows, row_ok, c * BLOCK_H, X_STRIDE, HAS_PQS,
-                            BLOCK_M, BLOCK_H, DT)
-            else:
-                x, squares = _x_normed(x_ptr, res_ptr, sum_ptr, g_ptr, pqs_ptr, rows, row_ok,
-                                       c * BLOCK_H, sum_m, squares, X_STRIDE, RES_STRIDE,
-                                       SUM_STRIDE, PROLOGUE, HAS_PQS, BLOCK_M, BLOCK_H, DT)
-            x0, x1, x2, x3 = _quarters(x, BLOCK_M, BLOCK_H)
+            x0, x1, x2, x3 = _x_quarters(x_ptr, pqs_ptr, rows, row_ok, c * BLOCK_H, X_STRIDE,
+                                         HAS_PQS, BLOCK_M, BLOCK_H, DT)
             acc = tl.dot(w0, tl.trans(x0), acc)
             acc = tl.dot(w1, tl.trans(x1), acc)
             acc = tl.dot(w2, tl.trans(x2), acc)
@@ -553,75 +532,33 @@ def wo_mma_kernel(out_ptr, partial_ptr, count_ptr, x_ptr, w_ptr, scales_ptr, off
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if num_splits == 1:
-        if PROLOGUE != PLAIN:
-            acc = acc * tl.math.rsqrt(squares / K + eps)[None, :]
         _mma_out(out_ptr, act_ptr, acc + bias[:, None], rows, row_ok, cols64, mask, tile,
                  OUT_STRIDE, N, BLOCK_N, BLOCK_M, GLU, ACT_STRIDE)
     else:
         part = partial_ptr + rows[None, :] * N + cols64[:, None]
         tl.store(part + split * M * N, acc, mask=mask)
-        block = tile * tl.num_programs(0) + tl.program_id(0)
-        shares = squares_ptr + block.to(tl.int64) * (num_splits * BLOCK_M) + tl.arange(0, BLOCK_M)
-        if PROLOGUE != PLAIN:
-            tl.store(shares + split * BLOCK_M, squares)
         tl.debug_barrier()
-        count_ptr += block
+        count_ptr += tile * tl.num_programs(0) + tl.program_id(0)
         if tl.atomic_add(count_ptr, 1, sem="acq_rel") == num_splits - 1:
             tl.debug_barrier()
-            total = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            total = bias[:, None] + tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             for s in range(0, num_splits):
                 total += tl.load(part + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            if PROLOGUE != PLAIN:
-                squares = tl.zeros([BLOCK_M], dtype=tl.float32)
-                for s in range(0, num_splits):
-                    squares += tl.load(shares + s * BLOCK_M, cache_modifier=".cg")
-                total = total * tl.math.rsqrt(squares / K + eps)[None, :]
-            _mma_out(out_ptr, act_ptr, total + bias[:, None], rows, row_ok, cols64, mask, tile,
-                     OUT_STRIDE, N, BLOCK_N, BLOCK_M, GLU, ACT_STRIDE)
+            _mma_out(out_ptr, act_ptr, total, rows, row_ok, cols64, mask, tile, OUT_STRIDE, N,
+                     BLOCK_N, BLOCK_M, GLU, ACT_STRIDE)
             tl.store(count_ptr, 0)
 
 
 @triton.jit
-def _x_tile(x_ptr, pqs_ptr, rows, row_ok, h0, X_STRIDE: tl.constexpr, HAS_PQS: tl.constexpr,
-            BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, DT: tl.constexpr):
-    """x' [BLOCK_M, 4 * BLOCK_H] from column 4 * h0: x times the pre-quant scale, rounded to
-    DT."""
+def _x_quarters(x_ptr, pqs_ptr, rows, row_ok, h0, X_STRIDE: tl.constexpr, HAS_PQS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, DT: tl.constexpr):
+    """x' [BLOCK_M, 4 * BLOCK_H] from column 4 * h0 (x times the pre-quant scale, rounded to
+    DT), as four [BLOCK_M, BLOCK_H]: quarter q holds columns 4i + q, those halfword i's value q
+    meets."""
     k = 4 * h0 + tl.arange(0, 4 * BLOCK_H)
     x = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=row_ok[:, None], other=0.0)
     if HAS_PQS:
         x = (x.to(tl.float32) * tl.load(pqs_ptr + k)[None, :]).to(DT)
-    return x
-
-
-@triton.jit
-def _x_normed(x_ptr, res_ptr, sum_ptr, g_ptr, pqs_ptr, rows, row_ok, h0, sum_m, squares,
-              X_STRIDE: tl.constexpr, RES_STRIDE: tl.constexpr, SUM_STRIDE: tl.constexpr,
-              PROLOGUE: tl.constexpr, HAS_PQS: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_H: tl.constexpr, DT: tl.constexpr):
-    """(t * g (* pre-quant scale) rounded to DT, squares plus each row's sum of t * t) for
-    [BLOCK_M, 4 * BLOCK_H] from column 4 * h0: t = x (NORM) or x + res rounded to sum's dtype,
-    stored there for the rows below sum_m (ADD_NORM)."""
-    k = 4 * h0 + tl.arange(0, 4 * BLOCK_H)
-    t = tl.load(x_ptr + rows[:, None] * X_STRIDE + k[None, :], mask=row_ok[:, None],
-                other=0.0).to(tl.float32)
-    if PROLOGUE == ADD_NORM:
-        r = tl.load(res_ptr + rows[:, None] * RES_STRIDE + k[None, :], mask=row_ok[:, None],
-                    other=0.0).to(tl.float32)
-        total = (t + r).to(sum_ptr.dtype.element_ty)
-        tl.store(sum_ptr + rows[:, None] * SUM_STRIDE + k[None, :], total,
-                 mask=(rows < sum_m)[:, None])
-        t = total.to(tl.float32)
-    squares += tl.sum(t * t, axis=1)
-    a = t * tl.load(g_ptr + k).to(tl.float32)[None, :]
-    if HAS_PQS:
-        a = a * tl.load(pqs_ptr + k)[None, :]
-    return a.to(DT), squares
-
-
-@triton.jit
-def _quarters(x, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
-    """x [BLOCK_M, 4 * BLOCK_H] as four [BLOCK_M, BLOCK_H]: quarter q holds columns 4i + q,
-    those halfword i's value q meets."""
     x_a, x_b = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_H, 2, 2]))  # column 4i + 2a + b
     x0, x2 = tl.split(x_a)
     x1, x3 = tl.split(x_b)
@@ -641,8 +578,8 @@ def _scaled_part(acc, h_ptr, x_ptr, scales_ptr, offsets_ptr, pqs_ptr, cols64, co
     i = h0 + tl.arange(0, PART_H)
     hw = tl.load(h_ptr + cols64[:, None] * H + i[None, :], mask=col_ok[:, None], other=0)
     w0, w1, w2, w3 = _int4_biased(hw, DT, ASM)
-    x0, x1, x2, x3 = _quarters(_x_tile(x_ptr, pqs_ptr, rows, row_ok, h0, X_STRIDE, HAS_PQS,
-                                       BLOCK_M, PART_H, DT), BLOCK_M, PART_H)
+    x0, x1, x2, x3 = _x_quarters(x_ptr, pqs_ptr, rows, row_ok, h0, X_STRIDE, HAS_PQS, BLOCK_M,
+                                 PART_H, DT)
     part = tl.dot(w0, tl.trans(x0))
     part = tl.dot(w1, tl.trans(x1), part)
     part = tl.dot(w2, tl.trans(x2), part)
@@ -836,29 +773,12 @@ def mma_fits(bits: int, group: int, k: int, dtype: str) -> bool:
 
 
 def mma_constexprs(n: int, k: int, group: int, offsets: bool, pqs: bool, bias: bool,
-                   cfg: tuple, asm: bool = True, act_stride: int | None = None,
-                   prologue: int = PLAIN, res_stride: int = 0, sum_stride: int = 0) -> dict:
-    """wo_mma_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU; `prologue`
-    (PLAIN, NORM or ADD_NORM) with the residual's and the sum's row strides."""
+                   cfg: tuple, asm: bool = True, act_stride: int | None = None) -> dict:
+    """wo_mma_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU."""
     return dict(N=n, K=k, GROUP=group, HAS_OFFSET=offsets, HAS_PQS=pqs, HAS_BIAS=bias,
                 BLOCK_M=cfg[4], BLOCK_N=cfg[0], BLOCK_H=_mma_block_h(k, group, cfg), ASM=asm,
                 SCALE_AFTER=cfg[6], PART_H=min(_mma_block_h(k, group, cfg), group // 4),
-                GLU=act_stride is not None, ACT_STRIDE=act_stride or 0, PROLOGUE=int(prologue),
-                RES_STRIDE=res_stride, SUM_STRIDE=sum_stride)
-
-
-def fold_fits(cfg: tuple, dtype: str) -> bool:
-    """Whether an RMSNorm before the GEMM folds into wo_mma_kernel with configuration cfg: up
-    to SMALL_M rows (decode steps), the weight rounded first, bfloat16 (t * g unnormalized
-    overflows float16 where the residual stream is large)."""
-    return cfg[5] <= SMALL_M and not cfg[6] and dtype == "bfloat16"
-
-
-def squares_bytes(n: int) -> int:
-    """wo_mma_kernel's scratch for a folded RMSNorm's sums of squares: MAX_SPLITS shares of
-    BLOCK_M rows for each (rows, columns) block of the configurations fold_fits."""
-    return 4 * MAX_SPLITS * max(_cdiv(n, c[0]) * _cdiv(c[5], c[4]) * c[4]
-                                for c in WO_MMA if c[5] <= SMALL_M and not c[6])
+                GLU=act_stride is not None, ACT_STRIDE=act_stride or 0)
 
 
 def _mma_block_h(k: int, group: int, cfg: tuple) -> int:
@@ -899,9 +819,7 @@ def plan_linear_wo(node, ctx):
     multiple of 64, wo_mma_kernel (each WO_MMA configuration up to its most rows) as
     alternatives the executor times against it. With the SiLU-mul after it taken
     (take_epilogue), each runs that kernel's launch after it, and wo_mma_kernel's
-    configurations for up to SMALL_M rows are offered with it inside (GLU) too. With an
-    RMSNorm before it folded (gemm.fold), each way runs that kernel's launch first, and for
-    bfloat16 the configurations fold_fits takes are offered with it inside too."""
+    configurations for up to SMALL_M rows are offered with it inside (GLU) too."""
     from kiln.builder.ops.quant import _wo_operands
     at, a = _wo_operands(node), node.attrs
     x, w, scales = node.inputs[:3]
@@ -918,8 +836,6 @@ def plan_linear_wo(node, ctx):
                 pqs_ptr=ctx.ptr(opt.get("pre_quant_scale", scales)),
                 bias_ptr=ctx.ptr(opt.get("bias", scales)), M=I32(m))  # absent ones: never read
     strides = dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out))
-    folded = ctx.folded.pop(x, None)
-    before = [folded["launch"]] if folded else []
     epilogue = take_epilogue(node, ctx)
     after = [epilogue["launch"]] if epilogue else []
 
@@ -948,49 +864,27 @@ def plan_linear_wo(node, ctx):
                                   bias_ptr=args["bias_ptr"], M=I32(m), num_splits=I32(splits)),
                         constexprs=dict(OUT_STRIDE=strides["OUT_STRIDE"], N=n, HAS_BIAS=bias,
                                         BLOCK=REDUCE_BLOCK))] + after})
-    mma = mma_fits(bits, group, k, dtype)
-    fold_configs = [c for c in WO_MMA if fold_fits(c, dtype)] if (
-        mma and folded and folded["prologue"] in (NORM, ADD_NORM)) else []
-    if mma:
+    if mma_fits(bits, group, k, dtype):
         blocks = max(_cdiv(n, c[0]) * _cdiv(c[5], c[4]) for c in WO_MMA)
         counts = ctx.scratch("wo_mma_counts", str(4 * blocks), zeroed=True)
-        squares = (ctx.scratch("wo_mma_squares", str(squares_bytes(n))) if fold_configs
-                   else args["scales_ptr"])  # never read without a fold
 
-        def mma_launch(cfg, glu: bool, fold: dict | None = None):
-            """wo_mma_kernel with cfg; `fold` (fold()'s record): the RMSNorm before it inside."""
-            fold = fold or {"prologue": PLAIN, "x": x}
-            unused = args["scales_ptr"]
-            ptr = lambda name: ctx.ptr(fold[name]) if fold.get(name) else unused  # noqa: E731
-            stride = lambda name: ctx.row_stride(fold[name]) if fold.get(name) else 0  # noqa
+        def mma_launch(cfg, glu: bool):
             mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg, m))
             act = ctx.row_stride(epilogue["out"]) if glu else None
             return ctx.make_launch(
                 wo_mma_kernel, grid=(_cdiv(m, cfg[4]), _cdiv(n, cfg[0]), mma_s),
                 num_warps=cfg[2], num_stages=cfg[3],
                 args=dict(args, partial_ptr=partials, count_ptr=counts, num_splits=I32(mma_s),
-                          act_ptr=ctx.ptr(epilogue["out"]) if glu else args["out_ptr"],
-                          x_ptr=ctx.ptr(fold["x"]), res_ptr=ptr("res"), sum_ptr=ptr("sum"),
-                          g_ptr=ptr("g"), squares_ptr=squares, eps=F32(fold.get("eps", 0.0))),
-                constexprs=dict(strides, X_STRIDE=stride("x"), **mma_constexprs(
-                    n, k, group, offsets, pqs, bias, cfg, act_stride=act,
-                    prologue=fold["prologue"], res_stride=stride("res"),
-                    sum_stride=stride("sum"))))
+                          act_ptr=ctx.ptr(epilogue["out"]) if glu else args["out_ptr"]),
+                constexprs=dict(strides, **mma_constexprs(n, k, group, offsets, pqs, bias, cfg,
+                                                          act_stride=act)))
 
         for cfg in WO_MMA:
             alternatives.append({"max_m": cfg[5], "steps": [mma_launch(cfg, False)] + after})
         alternatives += [{"max_m": cfg[5], "steps": [mma_launch(cfg, True)]}
                          for cfg in WO_MMA if epilogue and cfg[5] <= SMALL_M]
-    # The kernel folded into this GEMM runs first in each way above; wo_mma_kernel also takes
-    # an RMSNorm inside.
-    alternatives = [{"max_m": alt["max_m"], "steps": before + alt["steps"]}
-                    for alt in alternatives]
-    for cfg in fold_configs:
-        alternatives.append({"max_m": cfg[5], "steps": [mma_launch(cfg, False, folded)] + after})
-        if epilogue:
-            alternatives.append({"max_m": cfg[5], "steps": [mma_launch(cfg, True, folded)]})
 
-    prologue = list(before)
+    prologue = []
     a_ref, lda = ctx.ref(x)[0], ctx.row_stride(x)
     if pqs:
         scaled = Ptr(ctx.scratch("wo_scaled_x", str(ctx.build.max_num_tokens * k * size)).ref,
@@ -1033,8 +927,7 @@ def linear_w8a8(q, row_scale, w, w_scale, bias=None, dtype=None, out=None):
 def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_scale=None,
               bias=None, num_splits: int | None = None, out=None, path: str | None = None,
               gemv_config: tuple | None = None, mma_config: tuple | None = None,
-              workspace: tuple | None = None, glu: bool = False, prologue: int = PLAIN,
-              g=None, eps: float = 0.0, res=None, total=None):
+              workspace: tuple | None = None, glu: bool = False):
     """out = x' @ wd.T (+ bias) as the plan computes it. `path`: "gemv" (M <= 16), "mma"
     (int4 in groups of a multiple of 64, M up to the configuration's; mma_config: a WO_MMA
     entry, else the 16-row one; num_splits: S, else as the plan picks it;
@@ -1043,14 +936,13 @@ def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_
     dequantized, then torch's matmul in the place of cuBLASLt); None: gemv for M <= 4 where
     the weight allows it, splitk for M <= SMALL_M (or when num_splits is given), else dequant.
     `glu` (path "mma"): out[M, N / 2] = silu(y[:, :N/2]) * y[:, N/2:] of the product y, as
-    silu_mul rounds it. `prologue` (path "mma"; the plan folds it for bfloat16 only): NORM, x' = rmsnorm(x) * g (with
-    `eps`), or ADD_NORM, the same of x + res, which `total` receives; computed in the kernel."""
+    silu_mul rounds it."""
     import torch
     m, k = x.shape
     n = w.shape[0]
-    if (glu or prologue != PLAIN) and path != "mma":
-        raise ValueError(f"the SiLU-mul and RMSNorm run inside the int4 tensor-core kernel "
-                         f"only, not path {path!r}")
+    if glu and path != "mma":
+        raise ValueError(f"the SiLU-mul runs inside the int4 tensor-core kernel only, not "
+                         f"path {path!r}")
     out, y = glu_out(x, n, m, None, glu, None, out)
     dtype = str(x.dtype).split(".")[1]
     some = scales  # any tensor stands in for an absent operand: it is never read
@@ -1088,17 +980,11 @@ def linear_wo(x, w, scales, bits: int, group_size: int, offsets=None, pre_quant_
         partials, counts = workspace or (
             torch.empty(max(1, num_splits * m * n), dtype=torch.float32, device=x.device),
             torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=x.device))
-        squares = torch.empty(grid[0] * grid[1] * num_splits * cfg[4], dtype=torch.float32,
-                              device=x.device)
         direct(wo_mma_kernel, x)[grid](
-            out if y is None else y, partials, counts, x, w, scales, *opt, out,
-            some if res is None else res, some if total is None else total,
-            some if g is None else g, squares, m, num_splits, eps,
+            out if y is None else y, partials, counts, x, w, scales, *opt, out, m, num_splits,
             X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0),
             **mma_constexprs(n, k, group_size, *flags, cfg=cfg, asm=not interpreting(),
-                             act_stride=out.stride(0) if glu else None, prologue=prologue,
-                             res_stride=0 if res is None else res.stride(0),
-                             sum_stride=0 if total is None else total.stride(0)),
+                             act_stride=out.stride(0) if glu else None),
             num_warps=cfg[2], num_stages=cfg[3])
         return out
     if path == "dequant":

@@ -1,13 +1,11 @@
 """Mark each kernel whose output feeds only the linear right after it (`fold_into_next`): an
-rmsnorm / add_rmsnorm / silu_mul before a linear, an rmsnorm / add_rmsnorm before a weight-only
-linear_wo, and an FP8 quantization (quantize_fp8, or one fused into its producer) before a
-linear_fp8; and a silu_mul that alone reads the linear right
+rmsnorm / add_rmsnorm / silu_mul before a linear, and an FP8 quantization (quantize_fp8, or one
+fused into its producer) before a linear_fp8; and a silu_mul that alone reads the linear right
 before it (`fold_into_previous`: a gate/up GEMM's SiLU-mul, FP8-quantized after a linear_fp8,
 plain after a weight-only linear_wo, which then folds into that GEMM rather than into the one
 after). The GPU lowering runs the
-kernel inside the linear's GEMM step, where the one-row, small-M and int4 tensor-core
-alternatives do both in one kernel (kernels/gemm.py, fold and take_epilogue;
-kernels/quant_gemm.py), and the memory plan keeps the inputs of every
+kernel inside the linear's GEMM step, where the one-row and small-M alternatives do both in one
+kernel (kernels/gemm.py, fold and take_epilogue), and the memory plan keeps the inputs of every
 node of that step alive to its end."""
 from __future__ import annotations
 
@@ -15,8 +13,7 @@ from kiln.builder.ir import Graph
 
 FOLDABLE = {"linear": ("rmsnorm", "add_rmsnorm", "silu_mul"),
             "linear_fp8": ("quantize_fp8", "rmsnorm_quant", "add_rmsnorm_quant",
-                           "silu_mul_quant"),
-            "linear_wo": ("rmsnorm", "add_rmsnorm")}
+                           "silu_mul_quant")}
 
 
 EPILOGUES = {"linear": ("silu_mul",), "linear_fp8": ("silu_mul_quant",),

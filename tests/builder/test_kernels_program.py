@@ -29,8 +29,7 @@ seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, blocks, 
 gen = torch.Generator().manual_seed(11)
 for n in lengths:
     seqs.add(torch.randint(0, engine.config.model.vocab_size, (n,), generator=gen).tolist())
-alternative = None if sys.argv[4] == "none" else (
-    sys.argv[4] if sys.argv[4] == "folded" else int(sys.argv[4]))
+alternative = None if sys.argv[4] == "none" else int(sys.argv[4])
 ref = ReferenceBackend(engine, blocks)
 emu = ProgramEmulator(engine, blocks, gemm_alternative=alternative)
 errors = []
@@ -69,10 +68,9 @@ LONG = [[240, 5], [[0, 59], [1, 5]]] + [[[0, 64]]] * 2 + [[[0, 53], [1, 1]]] + [
 BOUND = {"float32": 1e-5, "float16": 1e-2}  # whole engines: 16-bit roundings add up
 
 
-def run(engine_dir: Path, schedule, gemm_alternative: int | str | None = None,
+def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
         picks_only_first: bool = False) -> list:
-    """`gemm_alternative`: each GEMM runs that alternative (kernels/gemm.py) where M allows
-    (ProgramEmulator's: an index or "folded").
+    """`gemm_alternative`: each GEMM runs that alternative (kernels/gemm.py) where M allows.
     `picks_only_first`: each step runs first as a step whose host reads only the greedy picks
     (no float32 logits written), whose picks must equal the full step's."""
     tests = str(Path(__file__).parents[1])
@@ -159,43 +157,6 @@ def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, altern
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
     ties = sum(err >= 1e-4 for err, *_ in results)
     assert ties <= (1 if "fp8" in (quant, kv) else 0), [f"{e[0]:.1e}" for e in results]
-
-
-def test_int4_program_with_the_rmsnorm_inside_the_gemm(tmp_path, monkeypatch):
-    """An INT4 AWQ engine whose decode steps run the int4 tensor-core kernel with the RMSNorm
-    (and residual add) before each qkv and gate/up GEMM inside it, and gate/up's SiLU-mul
-    after: the plan's pointers and strides for the folded kernel, against the reference
-    backend. The plan folds it for bfloat16 only, which the interpreter cannot multiply: the
-    engine is built in float16 with the fold allowed there (the kernel's arithmetic is the
-    same; its bfloat16 runs are tests/gpu/test_wo_kernels.py's)."""
-    pytest.importorskip("modelopt.torch.quantization", reason="needs nvidia-modelopt")
-    import torch
-
-    from kiln.builder.build import build_engine
-    from kiln.builder.engine.loader import load_engine
-    from kiln.builder.kernels import quant_gemm
-    from kiln.builder.models import BuildConfig
-    from kiln.quantize.calibrate import ModeloptCalibrator
-    from kiln_testing import make_tiny_checkpoint
-
-    monkeypatch.setattr(quant_gemm, "fold_fits",
-                        lambda cfg, dtype: cfg[5] <= quant_gemm.SMALL_M and not cfg[6])
-    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
-    calibrator = ModeloptCalibrator(
-        torch.randint(3, 320, (6, 32), generator=torch.Generator().manual_seed(0)), device="cpu")
-    build = BuildConfig(dtype="float16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
-                        tokens_per_block=4, targets=[90], quant="int4_awq", calibrator=calibrator)
-    build_engine(ckpt, tmp_path / "e", build, progress=False)
-    kernels = load_engine(tmp_path / "e").kernels
-    entries = [kernels["kernels"][a["steps"][0]["kernel"]] for g in kernels["program"]
-               for a in g.get("alternatives") or []]
-    folded = [e for e in entries if e["fn"].endswith("wo_mma_kernel")
-              and e["constexprs"]["PROLOGUE"]]
-    assert len(folded) == 2 * 3 * 3  # 2 layers; qkv: 3 configurations, gate/up: 3 x 2 (GLU)
-    for i, (err, _, picks_argmax, logprob_err) in enumerate(
-            run(tmp_path / "e", SINGLE, "folded")):
-        assert err < BOUND["float16"], f"step {i}: error {err:.2e}"
-        assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
 
 
 class KVScales:

@@ -232,57 +232,6 @@ def test_silu_mul_is_the_weight_only_gate_up_gemms_epilogue(bits):
     assert all(not m.kernel.constexprs["GLU"] for m in mmas)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_rmsnorm_folds_into_the_int4_gemm(dtype):
-    """An add_rmsnorm that alone feeds an int4 linear_wo (then a SiLU-mul) runs in that GEMM
-    step: first in each way (before cuBLASLt's dequantization and every alternative), and for
-    bfloat16 inside the tensor-core kernel (ADD_NORM) in each rounded-first configuration for
-    up to 16 rows, alone and with the SiLU-mul inside too, reading x, res and the norm's weight
-    and writing the residual sum; its sums of squares get scratch of their own."""
-    from kiln.builder.kernels import gemm as gemm_kernels
-    from kiln.builder.kernels import quant_gemm
-    from kiln.builder.passes import fold_into_linears
-    g = Graph()
-    src = WeightSource(load=lambda dtype: None, describe="test")
-    for name in ("x", "res"):
-        g.add_value(name, dtype, ("T", H), "input")
-    norm_w = g.add_weight("norm.weight", dtype, (H,), src)
-    g.call("add_rmsnorm", ["x", "res", norm_w], ["normed", "sum"], eps=1e-5)
-    w = g.add_weight("gate_up.weight", "uint8", (2 * I, H // 2), src)
-    scale = g.add_weight("gate_up.weight_scale", dtype, (2 * I, H // 128), src)
-    g.call("linear_wo", ["normed", w, scale], ["gate_up"], bits=4, group_size=128,
-           offset=False, pre_quant_scale=False, bias=False)
-    g.call("silu_mul", ["gate_up"], ["act"])
-    g.values["act"].kind = g.values["sum"].kind = "output"
-    g = fold_into_linears(g)
-    assert g.nodes[0].attrs["fold_into_next"]
-    offsets = {"normed": 0, "sum": 1 << 16, "gate_up": 2 << 16, "act": 3 << 16}
-    g.memory_plan = {"offsets": offsets, "views": {}}
-    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=dtype, kv_dtype=dtype,
-                                   max_num_tokens=64))
-    assert steps_of(ctx, "add_rmsnorm") == [] and steps_of(ctx, "silu_mul") == []
-    (gemm,) = steps_of(ctx, "linear_wo")
-    norm = gemm.prologue[0]
-    assert norm.kernel.fn.fn.__name__ == "add_rmsnorm_kernel"
-    assert [p.kernel.fn.fn.__name__ for p in gemm.prologue[1:]] == ["wo_dequant_kernel"]
-    inside = [alt for alt in gemm.alternatives if alt["steps"][0] is not norm]
-    assert all(alt["steps"][0] is norm for alt in gemm.alternatives if alt not in inside)
-    configs = [c for c in quant_gemm.WO_MMA if c[5] <= quant_gemm.SMALL_M and not c[6]]
-    assert len(inside) == (2 * len(configs) if dtype == "bfloat16" else 0)
-    for alt, (cfg, glu) in zip(inside, [(c, glu) for c in configs for glu in (False, True)]):
-        main = alt["steps"][0]
-        c = main.kernel.constexprs
-        assert main.kernel.fn.fn.__name__ == "wo_mma_kernel" and alt["max_m"] == cfg[5]
-        assert (c["PROLOGUE"], c["GLU"], c["BLOCK_N"], c["X_STRIDE"], c["RES_STRIDE"],
-                c["SUM_STRIDE"]) == (gemm_kernels.ADD_NORM, glu, cfg[0], H, H, H)
-        args = main.to_json()["args"]
-        assert args[3] == {"input": "x"}  # x_ptr: the norm's input, not its output
-        assert args[10:14] == [{"input": "res"}, {"arena": 1 << 16}, {"weight": "norm.weight"},
-                               {"scratch": "wo_mma_squares"}]
-        assert len(alt["steps"]) == (1 if glu else 2)
-    assert ("wo_mma_squares" in ctx.scratch_sizes) == (dtype == "bfloat16")
-
-
 def test_gemm_shapes_are_picked_per_step_by_row_count(lowered):
     w8a8 = steps_of(lowered, "linear_w8a8")
     assert [s.when for s in w8a8] == ["T <= 16", "T > 16"]

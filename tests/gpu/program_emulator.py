@@ -12,7 +12,6 @@ import importlib
 import numpy as np
 import torch
 
-from kiln.builder.kernels.direct import interpreting
 from kiln.builder.kernels.rope import v_transposed
 from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
@@ -26,12 +25,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ProgramEmulator:
     """`forward(step)` like a backend; `num_sms` plays NSM (it decides the KV splits).
     `gemm_alternative`: the index of the alternative each GEMM runs when M allows it (the C++
-    executor picks one by timing), or "folded": the first alternative that computes the kernel
-    before the GEMM inside its own (a PROLOGUE), where M allows one; None: every GEMM through
-    torch."""
+    executor picks one by timing); None: every GEMM through torch."""
 
     def __init__(self, engine, num_blocks: int, device: str = "cpu", num_sms: int = 132,
-                 gemm_alternative: int | str | None = None) -> None:
+                 gemm_alternative: int | None = None) -> None:
         self.gemm_alternative = gemm_alternative
         self.h = h = engine.kernels
         self.device, self.num_sms, self.num_blocks = device, num_sms, num_blocks
@@ -89,8 +86,6 @@ class ProgramEmulator:
         entry = self.h["kernels"][step["kernel"]]
         runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
         kwargs = dict(entry["constexprs"])
-        if kwargs.get("ASM") and interpreting():  # inline PTX: the same values in float32
-            kwargs["ASM"] = False
         for name, arg in zip(runtime, step["args"]):
             t = entry["signature"][name]
             if "i32" in arg:
@@ -102,23 +97,15 @@ class ProgramEmulator:
         self.fns[step["kernel"]][grid](**kwargs, num_warps=entry["num_warps"],
                                        num_stages=entry["num_stages"])
 
-    def _alternative(self, alternatives: list, m: int) -> dict | None:
-        """The alternative gemm_alternative names for m rows, or None (torch)."""
-        if self.gemm_alternative == "folded":
-            return next((a for a in alternatives if m <= a["max_m"] and self.h["kernels"][
-                a["steps"][0]["kernel"]]["constexprs"].get("PROLOGUE")), None)
-        if self.gemm_alternative is not None and self.gemm_alternative < len(alternatives):
-            alternative = alternatives[self.gemm_alternative]
-            return alternative if m <= alternative["max_m"] else None
-        return None
-
     def _gemm(self, g: dict, symbols: dict) -> None:
         m = evaluate(g["m"], symbols)
-        alternative = self._alternative(g.get("alternatives") or [], m)
-        if alternative is not None:
-            for step in alternative["steps"]:
-                self._launch(step, symbols)
-            return
+        alternatives = g.get("alternatives") or []
+        if self.gemm_alternative is not None and self.gemm_alternative < len(alternatives):
+            alternative = alternatives[self.gemm_alternative]
+            if m <= alternative["max_m"]:
+                for step in alternative["steps"]:
+                    self._launch(step, symbols)
+                return
         for step in g.get("prologue") or []:
             self._launch(step, symbols)
         dtype = DTYPES[g["dtype"]]

@@ -204,44 +204,6 @@ def check_wo_glu(device, dtype, m, n, k, seed, config, offset=True, bias=False, 
     return rel_err(out[:m], elementwise.silu_mul(y))
 
 
-def check_wo_norm(device, dtype, m, n, k, seed, config, add=True, offset=True, pqs=False,
-                  bias=False, splits=None, glu=False):
-    """wo_mma_kernel with the RMSNorm before it inside (ADD_NORM with `add`, else NORM) against
-    ops' add_rmsnorm / rmsnorm then linear_wo (then silu_mul with `glu`), x and res strided
-    rows, out poisoned: out's rel_err. add_rmsnorm's sum must come out exactly, and nothing is
-    written beyond the rows."""
-    from kiln.builder.kernels import gemm, quant_gemm
-    g = torch.Generator().manual_seed(seed)
-    w, scales, offsets = wo_weight(g, n, k, 4, 128, offset, dtype)
-    x = _rand(g, (m, k + 8), dtype, "cpu", 3.0)[:, 8:]  # a residual stream's scale
-    res = _rand(g, (m, k + 3), dtype, "cpu", 3.0)[:, :k]
-    gamma = _rand(g, (k,), dtype, "cpu", 0.1, 1.0)
-    p = (torch.rand(k, generator=g) + 0.5) if pqs else None
-    b = _rand(g, (n,), dtype, "cpu") if bias else None
-    if add:
-        a, want_total = _ref("add_rmsnorm", [x, res, gamma], {"eps": 1e-5}, n_out=2)
-    else:
-        (a,) = _ref("rmsnorm", [x, gamma], {"eps": 1e-5})
-    attrs = {"bits": 4, "group_size": 128, "offset": offset, "pre_quant_scale": pqs,
-             "bias": bias}
-    inputs = [a, w, scales] + [t for t in (offsets, p, b) if t is not None]
-    (ref,) = _ref("linear_wo", inputs, attrs)
-    if glu:
-        (ref,) = _ref("silu_mul", [ref])
-    dev = [None if t is None else t.to(device) for t in (x, res, gamma, w, scales, offsets, p, b)]
-    out = torch.full((m + 1, n // 2 if glu else n), float("nan"), dtype=dtype, device=device)
-    total = torch.full((m, k), float("nan"), dtype=dtype, device=device) if add else None
-    quant_gemm.linear_wo(dev[0], dev[3], dev[4], 4, 128, *dev[5:], num_splits=splits,
-                         out=out[:m], path="mma",
-                         mma_config=quant_gemm.WO_MMA[config], glu=glu,
-                         prologue=gemm.ADD_NORM if add else gemm.NORM, g=dev[2], eps=1e-5,
-                         res=dev[1] if add else None, total=total)
-    assert torch.isnan(out[m:].float()).all(), "the kernel wrote beyond its rows"
-    if add:
-        assert torch.equal(total.cpu(), want_total), "the residual sum differs from add_rmsnorm's"
-    return rel_err(out[:m], ref)
-
-
 def check_dequantize(device, dtype, n, k, seed, bits, group, offset=False):
     """wo_dequant_kernel against pack.dequantize_weight in dtype: the fraction of elements
     that differ (0: bit for bit, as cuBLASLt's operand must be)."""
@@ -378,20 +340,6 @@ def interpreter_cases():
                  dict(dtype=dtype, m=16, n=40, k=1536, seed=33, bits=4, group=128, offset=True,
                       path="mma", num_splits=2, mma_config=(64, 32, 2, 3, 16, 16, True)),
                  TOL[dtype]),
-            ]
-        if dtype != f32:  # the RMSNorm inside: K split and not, pre-quant scale, GLU
-            cases += [
-                (f"linear_wo-mma-add-norm-split3-{d}", check_wo_norm,
-                 dict(dtype=dtype, m=3, n=72, k=768, seed=37, config=0, pqs=True, bias=True,
-                      splits=3), TOL[dtype]),
-                (f"linear_wo-mma-norm-{d}", check_wo_norm,
-                 dict(dtype=dtype, m=1, n=40, k=512, seed=38, config=1, add=False,
-                      offset=False, splits=1), TOL[dtype]),
-                (f"linear_wo-mma-add-norm-glu-split2-{d}", check_wo_norm,
-                 dict(dtype=dtype, m=2, n=144, k=512, seed=39, config=0, splits=2, glu=True),
-                 TOL[dtype]),
-                (f"linear_wo-mma-add-norm-16-rows-{d}", check_wo_norm,
-                 dict(dtype=dtype, m=9, n=40, k=512, seed=40, config=2, splits=2), TOL[dtype]),
             ]
     return cases
 

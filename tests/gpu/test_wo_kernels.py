@@ -109,25 +109,6 @@ def test_wo_mma_glu_equals_wo_mma_then_silu_mul(m, n, splits, config):
         assert err == 0.0, (dtype, quant_gemm.WO_MMA[config], err)
 
 
-@pytest.mark.parametrize("config", [i for i, c in enumerate(quant_gemm.WO_MMA)
-                                    if quant_gemm.fold_fits(c, "bfloat16")])
-@pytest.mark.parametrize("m,n,splits,add,glu", [(1, 6144, None, True, False),
-                                                (1, 28672, None, True, True),
-                                                (1, 4096, 1, False, False),
-                                                (5, 8288, 3, True, True),
-                                                (16, 3072, None, True, False)])
-def test_wo_mma_rmsnorm_inside(m, n, splits, add, glu, config):
-    """The int4 tensor-core kernel with the RMSNorm before it inside (the residual add too,
-    and the SiLU-mul after it), against add_rmsnorm / rmsnorm then linear_wo, in each
-    configuration the plan folds it into: Llama's qkv and gate/up at one row, K whole and
-    split unevenly, an odd number of pairs, 16 rows."""
-    if m > quant_gemm.WO_MMA[config][5]:
-        pytest.skip(f"configuration {quant_gemm.WO_MMA[config]} takes fewer rows")
-    err = qc.check_wo_norm("cuda", BF16, m, n, 4096, seed=config + m, config=config, add=add,
-                           pqs=not add, bias=m == 5, splits=splits, glu=glu)
-    assert err < TOL[BF16], (quant_gemm.WO_MMA[config], err)
-
-
 @pytest.mark.parametrize("config", [2, len(quant_gemm.WO_MMA) - 1])
 def test_linear_wo_mma_counts_return_to_zero(config):
     """Split programs count themselves in a workspace the plan reuses: after each launch the

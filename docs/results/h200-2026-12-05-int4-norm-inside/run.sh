@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One H200, one device call (logs written into $OUT as they come): FP8 + FP8 KV and INT4 AWQ
+# One H200, one device call (logs written into $OUT as they come), from the repository root with
+# variant.diff applied to 69ce239 (as committed in a3efdeb, before the two changes to the loop
+# the diff also holds): FP8 + FP8 KV and INT4 AWQ
 # Llama-3.1-8B-shaped engines built side by side from this tree while the wo_shapes and
 # quant_engines GPU shards run (the int4 tensor-core kernel with the RMSNorm inside among
 # them), then each engine's speed check with a per-kernel profile at batch 1 (I then F).
