@@ -72,6 +72,12 @@ WO_MMA = ((64, 64, 2, 3, 8, 8, False), (32, 64, 1, 3, 8, 8, False),
           (64, 64, 2, 3, 8, 8, True), (128, 32, 2, 3, 8, 8, True), (64, 64, 2, 3, 16, 16, True),
           (64, 32, 4, 3, 32, 32, False), (64, 32, 4, 3, 64, 256, False),
           (128, 32, 8, 3, 64, 256, False))
+# Programs an SM wo_mma_kernel's K split aims at; the rounded-first configurations for up to
+# SMALL_M rows are also offered at MMA_FEWER_PER_SM (on the H200 at M = 1, gemm_sweep.py over S:
+# o 6.7 us at S = 4 against 7.2-8.7 at 9-16, down 13.3 at S = 9 against 16.4 at 16, q/k/v 8.4
+# at S = 6 against 8.6 at 9, gate/up best at S = 1: 2 to 7 programs an SM by shape).
+MMA_PER_SM = 6
+MMA_FEWER_PER_SM = (4, 2)
 WO_DEQUANT = (16, 256, 4)
 SCALE_BLOCK = 1024
 
@@ -790,13 +796,14 @@ def _mma_block_h(k: int, group: int, cfg: tuple) -> int:
     return bh if bh % gh == 0 or gh % bh == 0 else math.gcd(bh, gh)
 
 
-def mma_splits_formula(n: int, k: int, group: int, cfg: tuple, m: str) -> str:
-    """S of wo_mma_kernel at `m` rows: about six programs per SM, at least one step each, and
-    S * M <= MAX_SPLITS * SMALL_M (the partials' scratch)."""
+def mma_splits_formula(n: int, k: int, group: int, cfg: tuple, m: str,
+                       per_sm: int = MMA_PER_SM) -> str:
+    """S of wo_mma_kernel at `m` rows: about `per_sm` programs per SM, at least one step each,
+    and S * M <= MAX_SPLITS * SMALL_M (the partials' scratch)."""
     steps = k // 4 // _mma_block_h(k, group, cfg)
     rows = f"max(1, {m})"
     return (f"max(1, min({MAX_SPLITS}, {steps}, "
-            f"cdiv(6 * NSM, {-(-n // cfg[0])} * cdiv({rows}, {cfg[4]})), "
+            f"cdiv({per_sm} * NSM, {-(-n // cfg[0])} * cdiv({rows}, {cfg[4]})), "
             f"{MAX_SPLITS * SMALL_M} // {rows}))")
 
 
@@ -819,7 +826,9 @@ def plan_linear_wo(node, ctx):
     multiple of 64, wo_mma_kernel (each WO_MMA configuration up to its most rows) as
     alternatives the executor times against it. With the SiLU-mul after it taken
     (take_epilogue), each runs that kernel's launch after it, and wo_mma_kernel's
-    configurations for up to SMALL_M rows are offered with it inside (GLU) too."""
+    configurations for up to SMALL_M rows are offered with it inside (GLU) too. The
+    rounded-first ones for up to SMALL_M rows are offered again with K split for fewer programs
+    an SM (MMA_FEWER_PER_SM), each shape's best lying between 2 and 7."""
     from kiln.builder.ops.quant import _wo_operands
     at, a = _wo_operands(node), node.attrs
     x, w, scales = node.inputs[:3]
@@ -868,8 +877,8 @@ def plan_linear_wo(node, ctx):
         blocks = max(_cdiv(n, c[0]) * _cdiv(c[5], c[4]) for c in WO_MMA)
         counts = ctx.scratch("wo_mma_counts", str(4 * blocks), zeroed=True)
 
-        def mma_launch(cfg, glu: bool):
-            mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg, m))
+        def mma_launch(cfg, glu: bool, per_sm: int = MMA_PER_SM):
+            mma_s = ctx.derive(mma_splits_formula(n, k, group, cfg, m, per_sm))
             act = ctx.row_stride(epilogue["out"]) if glu else None
             return ctx.make_launch(
                 wo_mma_kernel, grid=(_cdiv(m, cfg[4]), _cdiv(n, cfg[0]), mma_s),
@@ -883,6 +892,12 @@ def plan_linear_wo(node, ctx):
             alternatives.append({"max_m": cfg[5], "steps": [mma_launch(cfg, False)] + after})
         alternatives += [{"max_m": cfg[5], "steps": [mma_launch(cfg, True)]}
                          for cfg in WO_MMA if epilogue and cfg[5] <= SMALL_M]
+        for per_sm in MMA_FEWER_PER_SM:
+            for cfg in (c for c in WO_MMA if c[5] <= SMALL_M and not c[6]):
+                alternatives.append({"max_m": cfg[5],
+                                     "steps": [mma_launch(cfg, False, per_sm)] + after})
+                if epilogue:
+                    alternatives.append({"max_m": cfg[5], "steps": [mma_launch(cfg, True, per_sm)]})
 
     prologue = []
     a_ref, lda = ctx.ref(x)[0], ctx.row_stride(x)

@@ -218,8 +218,10 @@ def test_silu_mul_is_the_weight_only_gate_up_gemms_epilogue(bits):
     glu = [alt for alt in gemm.alternatives if len(alt["steps"]) == 1]
     assert all(alt["steps"][-1] is after for alt in gemm.alternatives if alt not in glu)
     small = [cfg for cfg in quant_gemm.WO_MMA if cfg[5] <= quant_gemm.SMALL_M]
-    assert len(glu) == (len(small) if bits == 4 else 0)
-    for alt, cfg in zip(glu, small):
+    # Then the rounded-first ones again at fewer programs an SM, each also with it inside.
+    fewer = [cfg for cfg in small if not cfg[6]] * len(quant_gemm.MMA_FEWER_PER_SM)
+    assert len(glu) == (len(small) + len(fewer) if bits == 4 else 0)
+    for alt, cfg in zip(glu, small + fewer):
         main = alt["steps"][0]
         c = main.kernel.constexprs
         assert main.kernel.fn.fn.__name__ == "wo_mma_kernel" and alt["max_m"] == cfg[5]
@@ -228,7 +230,7 @@ def test_silu_mul_is_the_weight_only_gate_up_gemms_epilogue(bits):
         assert main.to_json()["args"][9] == {"arena": 4096 * 16}  # act_ptr: the SiLU-mul's out
     mmas = [alt["steps"][0] for alt in gemm.alternatives
             if alt not in glu and alt["steps"][0].kernel.fn.fn.__name__ == "wo_mma_kernel"]
-    assert len(mmas) == (len(quant_gemm.WO_MMA) if bits == 4 else 0)
+    assert len(mmas) == (len(quant_gemm.WO_MMA) + len(fewer) if bits == 4 else 0)
     assert all(not m.kernel.constexprs["GLU"] for m in mmas)
 
 
@@ -258,9 +260,10 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
     assert [prologue[i]["kernel"] for i in (0, 1)] == [scale.kernel.key, dequant.kernel.key]
     # The GEMV for 1 row (in three shapes), 2 rows and groups of 4 rows up to 16, split-K for
     # up to 16, then the tensor-core kernel in its three shapes for up to 8 or 16 rows, five
-    # with the scales after the MMAs, and three for more (row blocks of 32 and 64).
+    # with the scales after the MMAs, and three for more (row blocks of 32 and 64); then the
+    # first three again with K split for 4, then 2 programs an SM.
     assert [a["max_m"] for a in alternatives] == [1, 1, 1, 2, 16, 16, 8, 8, 16, 8, 8, 8, 8, 16,
-                                                  32, 256, 256]
+                                                  32, 256, 256] + [8, 8, 16] * 2
     gemvs = [alt["steps"][0] for alt in awq.alternatives[:5]]
     assert [g.kernel.constexprs["ROWS"] for g in gemvs] == [1, 1, 1, 2, 4]
     assert [g.kernel.constexprs["BLOCK_W"] for g in gemvs] == [H // 8] * 5  # K / 8 words: one tile
@@ -278,7 +281,13 @@ def test_linear_wo_is_cublaslt_on_the_dequantized_weight_with_gemv_splitk_and_mm
     awq_c = small.kernel.constexprs
     assert (awq_c["BITS"], awq_c["GROUP"], awq_c["HAS_OFFSET"], awq_c["HAS_PQS"],
             awq_c["PER_STEP"]) == (4, 128, True, True, True)
-    mmas = [alt["steps"] for alt in awq.alternatives[6:]]
+    fewer = [alt["steps"][0] for alt in awq.alternatives[17:]]
+    assert [m.kernel for m in fewer] == [alt["steps"][0].kernel
+                                         for alt in awq.alternatives[6:9]] * 2
+    assert [lowered.derived[m.grid[2]] for m in fewer] == [
+        f"max(1, min(16, 1, cdiv({per_sm} * NSM, {I // bn} * cdiv(max(1, T), {bm})), "
+        f"256 // max(1, T)))" for per_sm in (4, 2) for bn, bm in ((64, 8), (32, 8), (64, 16))]
+    mmas = [alt["steps"] for alt in awq.alternatives[6:17]]
     assert all(len(steps) == 1 for steps in mmas)
     mmas = [steps[0] for steps in mmas]
     assert all(m.kernel.fn.fn.__name__ == "wo_mma_kernel" and m.when is None for m in mmas)
