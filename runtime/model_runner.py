@@ -126,8 +126,8 @@ class ModelRunner:
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
                  top_log_probs: int = 0, bad_words_list=None, json_object: bool = False,
                  json_schema=None, regex=None, prompt_log_probs: int | None = None,
-                 num_beams: int = 1,
-                 length_penalty: float = 1.0, early_stopping: int | bool | str = 1):
+                 num_beams: int = 1, length_penalty: float = 1.0,
+                 early_stopping: int | bool | str = 1):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
 
         Defaults are greedy (top_k=1), as in TensorRT-LLM. Returns output_ids

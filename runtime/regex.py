@@ -240,9 +240,9 @@ class _Parser:
         if c == "[":
             return ("chars", self.char_class())
         if c == ".":
-            return ("chars", CharSet([b"\n"[0]]).negate())
+            return ("chars", _char("\n").negate())
         if c == "\\":
-            return ("chars", self.escape(in_class=False))
+            return ("chars", self.escape())
         if c in "*+?":
             self.fail(f"nothing to repeat before {c!r}")
         if c == "^":
@@ -253,7 +253,7 @@ class _Parser:
             self.fail("an unmatched ')'")
         return ("chars", _char(c))
 
-    def escape(self, in_class: bool) -> CharSet:
+    def escape(self) -> CharSet:
         if self.i >= len(self.p):
             self.fail("a trailing backslash")
         c = self.p[self.i]
@@ -293,7 +293,7 @@ class _Parser:
             first = False
             if c == "\\":
                 self.i += 1
-                item = self.escape(in_class=True)
+                item = self.escape()
                 lo = _single(item)
             else:
                 self.i += 1
@@ -304,7 +304,7 @@ class _Parser:
                 self.i += 1
                 c2 = self.p[self.i]
                 self.i += 1
-                hi = _single(self.escape(in_class=True)) if c2 == "\\" else c2
+                hi = _single(self.escape()) if c2 == "\\" else c2
                 if hi is None or hi < lo:
                     self.fail(f"a bad range {lo!r}-{hi!r}")
                 item = CharSet(range(ord(lo), min(ord(hi), 127) + 1),

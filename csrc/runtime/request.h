@@ -55,7 +55,7 @@ struct Request
 
     /// @brief The whole output matches this automaton's pattern (vLLM's guided_regex): each
     /// token is picked among those whose bytes in `tokenTable` keep a match reachable, end_id
-    /// only where the text matches, and the request stops (kStopWords) once nothing may follow
+    /// only where the text matches, and the request stops (kStopWords) once nothing may follow.
     std::shared_ptr<RegexDfa const> regex;
 
     /// @brief Whether the output is JSON (jsonObject or jsonSchema).

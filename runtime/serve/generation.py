@@ -6,7 +6,7 @@ requests themselves are built by kiln.runtime.requests, as ModelRunner.generate 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kiln import _core
 from kiln.builder.errors import KilnError
@@ -189,9 +189,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
         choices = [Choice(i, k, p, r, stream())
                    for i, ((k, p), r) in enumerate(zip(expanded, requests))]
     for c in choices:  # each choice's calls get ids of their own
-        c.tools = None if tools is None else ToolPlan(tools.mode, tools.tools,
-                                                      tools.template_tools, tools.name,
-                                                      tools.parser)
+        c.tools = None if tools is None else replace(tools, ids=[])
     return choices
 
 

@@ -154,20 +154,14 @@ def json_output(body, tokenizer, limits: Limits, choices) -> tuple:
             raise bad_request("response_format json_schema needs {\"json_schema\": {\"name\": "
                               "..., \"schema\": {...}}}", "response_format")
         schema = _schema(spec["schema"], "response_format")
-    try:
-        return tokenizer.token_table(limits.vocab_size), schema
-    except KilnError as e:
-        raise bad_request(str(e), param) from None
+    return _token_table(tokenizer, limits, param), schema
 
 
 def json_output_for(schema: dict, tokenizer, limits: Limits, param: str) -> tuple:
     """(the vocabulary's token table, `schema` compiled) for an answer the server writes as
     JSON itself (tool calls); problems are 400s naming `param`."""
     compiled = _schema(schema, param)
-    try:
-        return tokenizer.token_table(limits.vocab_size), compiled
-    except KilnError as e:
-        raise bad_request(str(e), param) from None
+    return _token_table(tokenizer, limits, param), compiled
 
 
 def regex_output(pattern, tokenizer, limits: Limits) -> tuple:
@@ -175,9 +169,19 @@ def regex_output(pattern, tokenizer, limits: Limits) -> tuple:
     are 400s naming it."""
     from kiln.runtime.regex import compile_regex
     try:
-        return tokenizer.token_table(limits.vocab_size), compile_regex(pattern)
+        compiled = compile_regex(pattern)
     except KilnError as e:
         raise bad_request(str(e), "guided_regex") from None
+    return _token_table(tokenizer, limits, "guided_regex"), compiled
+
+
+def _token_table(tokenizer, limits: Limits, param: str):
+    """The vocabulary's token bytes guided output needs; a tokenizer without them is a 400
+    naming `param`."""
+    try:
+        return tokenizer.token_table(limits.vocab_size)
+    except KilnError as e:
+        raise bad_request(str(e), param) from None
 
 
 def _schema(schema, param: str):

@@ -55,8 +55,8 @@ class _Sampling(BaseModel):
     use_beam_search: bool = False  # vLLM's: best_of (or n) beams, the n best the choices
     length_penalty: float = 1.0
     early_stopping: bool | Literal["never"] = True
+    guided_regex: str | None = None  # vLLM's: the whole output matches this pattern
     # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
-    guided_regex: str | None = None
     guided_grammar: str | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:

@@ -134,6 +134,16 @@ def held_back(text: str, tag: str = HERMES_OPEN) -> int:
     return 0
 
 
+def _answer(text: str, start: int, objects: list, plan: ToolPlan) -> tuple[str | None, list[dict]]:
+    """(the content before `start`, the calls) when `objects` are calls of the request's tools
+    ({"name", "arguments" | "parameters"}), at least one; else (the whole text, no calls)."""
+    parsed = [_call_of(obj, plan) for obj in objects]
+    if not parsed or None in parsed:
+        return text, []
+    content = text[:start].strip()
+    return content or None, [plan._call(i, *call) for i, call in enumerate(parsed)]
+
+
 def mistral_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
     """Mistral's calls: [TOOL_CALLS] then a JSON list of {"name": ..., "arguments": ...} for
     tools of the request; the text before it is the content. Anything else is content."""
@@ -144,11 +154,7 @@ def mistral_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
         listed = json.loads(text[start + len(MISTRAL_OPEN):])
     except ValueError:
         return text, []
-    parsed = [_call_of(call, plan) for call in listed] if isinstance(listed, list) else [None]
-    if not parsed or None in parsed:
-        return text, []
-    content = text[:start].strip()
-    return content or None, [plan._call(i, *call) for i, call in enumerate(parsed)]
+    return _answer(text, start, listed if isinstance(listed, list) else [None], plan)
 
 
 def _call_of(call, plan: ToolPlan) -> tuple[str, str] | None:
@@ -164,22 +170,19 @@ def llama3_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
     """Llama 3's JSON calls: the whole answer (after an optional <|python_tag|>) one or more
     {"name": ..., "parameters": ...} objects separated by ";". Anything else is content."""
     body = text.strip().removeprefix(PYTHON_TAG).strip()
-    decoder, at, calls = json.JSONDecoder(), 0, []
+    decoder, objects = json.JSONDecoder(), []
     while body.startswith("{"):
         try:
-            obj, end = decoder.raw_decode(body, at)
+            obj, end = decoder.raw_decode(body)
         except ValueError:
             return text, []
-        call = _call_of(obj, plan)
-        if call is None:
-            return text, []
-        calls.append(plan._call(len(calls), *call))
+        objects.append(obj)
         rest = body[end:].lstrip()
         if not rest:
-            return None, calls
+            return _answer(text, 0, objects, plan)
         if not rest.startswith(";"):
             return text, []
-        body, at = rest[1:].lstrip(), 0
+        body = rest[1:].lstrip()
     return text, []
 
 
@@ -190,18 +193,11 @@ def hermes_calls(text: str, plan: ToolPlan) -> tuple[str | None, list[dict]]:
     start = text.find(HERMES_OPEN)
     if start < 0:
         return text, []
-    calls = []
-    for body in _HERMES.findall(text[start:]):
-        try:
-            call = json.loads(body)
-        except ValueError:
-            return text, []
-        parsed = _call_of(call, plan)
-        if parsed is None:
-            return text, []
-        calls.append(plan._call(len(calls), *parsed))
-    content = text[:start].strip()
-    return content or None, calls
+    try:
+        objects = [json.loads(body) for body in _HERMES.findall(text[start:])]
+    except ValueError:
+        return text, []
+    return _answer(text, start, objects, plan)
 
 
 def plan_tools(body, parser: str | None) -> ToolPlan | None:

@@ -20,6 +20,7 @@ import json
 import queue
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -46,6 +47,16 @@ class _Stream:
         self.tail = []          # the last CONTEXT_TOKENS of them
         self.cum_log_prob = 0.0  # of those sent, when log-probabilities are asked for
         self.cancelling = False
+
+
+class _Beam(NamedTuple):
+    """What a response carries of one beam (the one sequence without beam search)."""
+    tokens: list          # generated, new in this response
+    log_probs: list       # theirs, when asked for
+    context: list         # the few sent before them, to detokenize
+    cum_log_prob: float   # of all generated so far
+    generated: int        # tokens generated so far
+    reason: str           # its finish reason, or NOT_FINISHED
 
 
 def _array(request, name):
@@ -261,39 +272,37 @@ class TritonPythonModel:
             stream.sender.send(_error("the request was cancelled", pb_utils.TritonError.CANCELLED),
                                flags=final)
             return
-        # Per beam: (tokens, their log-probabilities, tokens before them, cumulative
-        # log-probability, generated so far, finish reason).
         if r.beams:  # a beam search's one answer: every beam, best first
-            beams = [(list(b.tokens), list(b.log_probs) if stream.log_probs else [], [],
-                      b.cum_log_prob, len(b.tokens), b.finish_reason.name.lower())
-                     for b in r.beams]
+            beams = [_Beam(list(b.tokens), list(b.log_probs), [], b.cum_log_prob, len(b.tokens),
+                           b.finish_reason.name.lower()) for b in r.beams]
         else:
             new, log_probs = list(r.output_token_ids), list(r.log_probs)
             context = stream.tail
             stream.tail = (context + new)[-CONTEXT_TOKENS:]
             stream.num_sent += len(new)
             stream.cum_log_prob += sum(log_probs)
-            beams = [(new, log_probs, context, stream.cum_log_prob, stream.num_sent,
-                      reason if r.is_final else NOT_FINISHED)]
-        width = max(len(b[0]) for b in beams)
+            beams = [_Beam(new, log_probs, context, stream.cum_log_prob, stream.num_sent,
+                           reason if r.is_final else NOT_FINISHED)]
+        width = max(len(b.tokens) for b in beams)
 
-        def padded(rows, value):
-            return [row + [value] * (width - len(row)) for row in rows]
+        def rows(values, dtype):  # [1, beams, n]
+            return np.array([values], dtype=dtype).reshape(1, len(beams), -1)
 
-        log_probs = padded([b[1] for b in beams], 0.0) if stream.log_probs else [[]] * len(beams)
+        ids = [b.tokens + [stream.pad_id] * (width - len(b.tokens)) for b in beams]
+        log_probs = ([b.log_probs + [0.0] * (width - len(b.log_probs)) for b in beams]
+                     if stream.log_probs else [[] for _ in beams])
+        def each(values, dtype):  # [1, beams]
+            return np.array([values], dtype=dtype)
 
         outputs = [
-            pb_utils.Tensor("output_ids", np.array([padded([b[0] for b in beams], stream.pad_id)],
-                                                   dtype=np.int32).reshape(1, len(beams), -1)),
-            pb_utils.Tensor("output_lengths", np.array([[len(b[0]) for b in beams]], dtype=np.int32)),
-            pb_utils.Tensor("context_ids", np.array([[b[2] for b in beams]], dtype=np.int32)
-                            .reshape(1, len(beams), -1)),
+            pb_utils.Tensor("output_ids", rows(ids, np.int32)),
+            pb_utils.Tensor("output_lengths", each([len(b.tokens) for b in beams], np.int32)),
+            pb_utils.Tensor("context_ids", rows([b.context for b in beams], np.int32)),
             pb_utils.Tensor("sequence_length",
-                            np.array([[stream.prompt_len + b[4] for b in beams]], dtype=np.int32)),
-            pb_utils.Tensor("output_log_probs", np.array([log_probs], dtype=np.float32)
-                            .reshape(1, len(beams), -1)),
-            pb_utils.Tensor("cum_log_probs", np.array([[b[3] for b in beams]], dtype=np.float32)),
-            pb_utils.Tensor("finish_reason", np.array([[b[5] for b in beams]], dtype=np.object_)),
+                            each([stream.prompt_len + b.generated for b in beams], np.int32)),
+            pb_utils.Tensor("output_log_probs", rows(log_probs, np.float32)),
+            pb_utils.Tensor("cum_log_probs", each([b.cum_log_prob for b in beams], np.float32)),
+            pb_utils.Tensor("finish_reason", each([b.reason for b in beams], np.object_)),
         ]
         stream.sender.send(pb_utils.InferenceResponse(output_tensors=outputs),
                            flags=final if r.is_final else 0)
