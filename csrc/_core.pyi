@@ -123,6 +123,8 @@ class Request:
     """the output is one JSON value valid against this schema; needs token_table"""
     regex: RegexDfa | None
     """the whole output matches this pattern's automaton; needs token_table"""
+    grammar: Grammar | None
+    """the whole output is a sentence of this grammar; needs token_table"""
     prompt_log_probs: int | None
     """k: each prompt token's log-probability after the first, with the k most likely tokens
     there (the prompt is then computed one token a step, never from the prefix cache)"""
@@ -146,6 +148,7 @@ class Request:
         json_schema: JsonSchema | None = None,
         prompt_log_probs: int | None = None,
         regex: RegexDfa | None = None,
+        grammar: Grammar | None = None,
     ) -> None: ...
 
 class RegexDfa:
@@ -160,6 +163,25 @@ class RegexDfa:
     def closed(self, state: int) -> bool: ...
     def tokens(self, state: int, table: TokenTable, vocab_size: int) -> list[int]:
         """The tokens whose bytes keep a match reachable from the state."""
+
+class Grammar:
+    """A context-free grammar over UTF-8 bytes (kiln.runtime.grammar.compile_grammar makes one);
+    a state is the list of parse stacks that fit the text read so far."""
+
+    MAX_STACKS: int
+    def __init__(self, rules: _Seq[_Seq[_Seq[int]]], byte_sets: _Seq[bytes]) -> None: ...
+    @property
+    def num_rules(self) -> int: ...
+    def start(self) -> list[list[int]]:
+        """The state before any text."""
+    def advance(self, state: _Seq[_Seq[int]], bytes: bytes) -> list[list[int]]:
+        """The state after the bytes ([]: no sentence can follow)."""
+    @staticmethod
+    def accepting(state: _Seq[_Seq[int]]) -> bool: ...
+    @staticmethod
+    def closed(state: _Seq[_Seq[int]]) -> bool: ...
+    def tokens(self, state: _Seq[_Seq[int]], table: TokenTable, vocab_size: int) -> list[int]:
+        """The tokens whose bytes keep a sentence reachable from the state."""
 
 class JsonSchema:
     """A compiled JSON schema (kiln.runtime.json_schema.compile_schema makes one)."""

@@ -303,6 +303,31 @@ void bindRequests(py::module_& m)
             "tokens", [](RegexDfa const& d, std::int32_t state, TokenTable const& table, SizeType vocab) { return d.tokens(state, table, vocab); },
             "state"_a, "table"_a, "vocab_size"_a, "The tokens whose bytes keep a match reachable from the state.");
 
+    py::class_<Grammar, std::shared_ptr<Grammar>>(m, "Grammar",
+        "A context-free grammar over UTF-8 bytes (kiln.runtime.grammar.compile_grammar makes one); a state is "
+        "the list of parse stacks that fit the text read so far.")
+        .def(py::init([](std::vector<std::vector<Grammar::Alternative>> rules, std::vector<py::bytes> const& byteSets) {
+            std::vector<std::string> sets(byteSets.begin(), byteSets.end());
+            return std::make_shared<Grammar>(std::move(rules), sets);
+        }),
+            "rules"_a, "byte_sets"_a)
+        .def_property_readonly("num_rules", &Grammar::numRules)
+        .def("start", &Grammar::start, "The state before any text.")
+        .def(
+            "advance", [](Grammar const& g, Grammar::State const& state, py::bytes const& b) {
+                return g.advance(state, std::string_view(b));
+            },
+            "state"_a, "bytes"_a, "The state after the bytes ([]: no sentence can follow).")
+        .def_static("accepting", &Grammar::accepting, "state"_a, "Whether the text read so far is a sentence.")
+        .def_static("closed", &Grammar::closed, "state"_a, "Whether nothing may follow the text read so far.")
+        .def(
+            "tokens",
+            [](Grammar const& g, Grammar::State const& state, TokenTable const& table, SizeType vocab) {
+                return g.tokens(state, table, vocab);
+            },
+            "state"_a, "table"_a, "vocab_size"_a, "The tokens whose bytes keep a sentence reachable from the state.")
+        .def_property_readonly_static("MAX_STACKS", [](py::object const&) { return Grammar::kMaxStacks; });
+
     py::class_<JsonObjectPrefix>(m, "JsonObjectPrefix",
         "Whether a text read byte by byte can still grow into one JSON object (with a schema: one "
         "JSON value valid against it), and whether it is one.")
@@ -321,10 +346,12 @@ void bindRequests(py::module_& m)
                           std::vector<std::vector<TokenIdType>> badWords,
                           std::vector<std::vector<TokenIdType>> choices, bool jsonObject,
                           std::shared_ptr<TokenTable> tokenTable, std::shared_ptr<JsonSchema> jsonSchema,
-                          std::optional<SizeType> promptLogProbs, std::shared_ptr<RegexDfa> regex) {
+                          std::optional<SizeType> promptLogProbs, std::shared_ptr<RegexDfa> regex,
+                          std::shared_ptr<Grammar> grammar) {
             return Request{std::move(inputTokenIds), maxNewTokens, samplingConfig, endId, padId, std::move(stopWords),
                 streaming, returnLogProbs, priority, numTopLogProbs, std::move(badWords), std::move(choices),
-                jsonObject, std::move(tokenTable), std::move(jsonSchema), promptLogProbs, std::move(regex)};
+                jsonObject, std::move(tokenTable), std::move(jsonSchema), promptLogProbs, std::move(regex),
+                std::move(grammar)};
         }),
             "input_token_ids"_a, py::kw_only(), "max_new_tokens"_a = 16, "sampling_config"_a = SamplingConfig(),
             "end_id"_a = -1, "pad_id"_a = -1, "stop_words"_a = std::vector<std::vector<TokenIdType>>(),
@@ -332,7 +359,8 @@ void bindRequests(py::module_& m)
             "bad_words"_a = std::vector<std::vector<TokenIdType>>(),
             "choices"_a = std::vector<std::vector<TokenIdType>>(), "json_object"_a = false,
             "token_table"_a = std::shared_ptr<TokenTable>(), "json_schema"_a = std::shared_ptr<JsonSchema>(),
-            "prompt_log_probs"_a = std::optional<SizeType>(), "regex"_a = std::shared_ptr<RegexDfa>())
+            "prompt_log_probs"_a = std::optional<SizeType>(), "regex"_a = std::shared_ptr<RegexDfa>(),
+            "grammar"_a = std::shared_ptr<Grammar>())
         .def_readwrite("input_token_ids", &Request::inputTokenIds)
         .def_readwrite("max_new_tokens", &Request::maxNewTokens)
         .def_readwrite("sampling_config", &Request::samplingConfig)
@@ -356,7 +384,10 @@ void bindRequests(py::module_& m)
             [](Request& r, std::shared_ptr<JsonSchema> schema) { r.jsonSchema = std::move(schema); })
         .def_property(
             "regex", [](Request const& r) { return std::const_pointer_cast<RegexDfa>(r.regex); },
-            [](Request& r, std::shared_ptr<RegexDfa> regex) { r.regex = std::move(regex); });
+            [](Request& r, std::shared_ptr<RegexDfa> regex) { r.regex = std::move(regex); })
+        .def_property(
+            "grammar", [](Request const& r) { return std::const_pointer_cast<Grammar>(r.grammar); },
+            [](Request& r, std::shared_ptr<Grammar> grammar) { r.grammar = std::move(grammar); });
 
     py::class_<BeamHypothesis>(m, "Beam", "One hypothesis of a beam search.")
         .def_readonly("tokens", &BeamHypothesis::tokens, "Generated tokens, the end id or stop word included.")

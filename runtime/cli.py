@@ -31,6 +31,8 @@ from kiln.builder.cli import one_line_errors
               help="Answer with one JSON value valid against the JSON schema in this file.")
 @click.option("--regex", default=None,
               help="Answer with text that matches this regular expression (as re.fullmatch).")
+@click.option("--grammar", "grammar_path", type=click.Path(dir_okay=False), default=None,
+              help="Answer with a sentence of the EBNF grammar (GBNF, start rule root) in this file.")
 @click.option("--num-beams", type=int, default=1, show_default=True,
               help="Beam search of this many beams (greedy; each beam printed, best first).")
 @click.option("--length-penalty", type=float, default=1.0, show_default=True,
@@ -39,7 +41,7 @@ from kiln.builder.cli import one_line_errors
 @one_line_errors
 def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, presence_penalty, frequency_penalty, seed, stop, min_tokens,
-             json_object, schema_path, regex, num_beams, length_penalty, device):
+             json_object, schema_path, regex, grammar_path, num_beams, length_penalty, device):
     """Generate from a Kiln engine and stream the answer."""
     from kiln.builder.errors import KilnError
     from kiln.runtime import ModelRunner
@@ -53,6 +55,12 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
         except OSError as e:
             raise KilnError(f"cannot read the JSON schema {schema_path}: {e.strerror}") from None
         schema = compile_schema(text)
+    grammar = None
+    if grammar_path is not None:
+        try:
+            grammar = open(grammar_path, encoding="utf-8").read()
+        except OSError as e:
+            raise KilnError(f"cannot read the grammar {grammar_path}: {e.strerror}") from None
     start = time.perf_counter()
     with ModelRunner.from_dir(engine_dir, device=None if device == "auto" else device) as runner:
         ids = runner.tokenizer.chat(prompt) if chat else runner.tokenizer.encode(prompt)
@@ -66,7 +74,8 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
             repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, random_seed=seed,
             stop_words_list=list(stop) or None, streaming=True, return_dict=True,
-            min_tokens=min_tokens, json_object=json_object, json_schema=schema, regex=regex)
+            min_tokens=min_tokens, json_object=json_object, json_schema=schema, regex=regex,
+            grammar=grammar)
         # A character split across tokens is held back until it completes.
         text, sent, first, out = TextStream(runner.tokenizer.decode), len(ids), None, None
         for out in stream:

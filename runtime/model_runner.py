@@ -10,6 +10,7 @@ import torch
 from kiln import _core
 from kiln.builder.engine import Engine, load_engine
 from kiln.builder.errors import KilnError
+from kiln.runtime.grammar import compile_grammar
 from kiln.runtime.json_schema import compiled
 from kiln.runtime.regex import compile_regex
 from kiln.runtime.router import ResponseRouter
@@ -125,7 +126,7 @@ class ModelRunner:
                  return_dict: bool = False, output_log_probs: bool = False, min_tokens: int = 0,
                  logit_bias: dict | None = None, allowed_token_ids: Sequence[int] | None = None,
                  top_log_probs: int = 0, bad_words_list=None, json_object: bool = False,
-                 json_schema=None, regex=None, prompt_log_probs: int | None = None,
+                 json_schema=None, regex=None, grammar=None, prompt_log_probs: int | None = None,
                  num_beams: int = 1, length_penalty: float = 1.0,
                  early_stopping: int | bool | str = 1):
         """Generates for a batch of prompts (1-D int tensors, lists of ids, or strings).
@@ -152,6 +153,9 @@ class ModelRunner:
         matches, as re.fullmatch reads it: each token is picked among those that keep a match
         reachable, end_id only where the text matches, and a request stops ("stop_words") once
         nothing may follow.
+        grammar: EBNF text (GBNF, as xgrammar and llama.cpp read it; or compiled by
+        kiln.runtime.grammar.compile_grammar) whose `root` rule the whole output is a sentence
+        of, picked and stopped as for regex.
         prompt_log_probs: with return_dict, "prompt_log_probs" holds per request the
         log-probability of each prompt token after the first given those before it (the model's
         raw distribution, as vLLM's prompt_logprobs), and with a value k > 0
@@ -182,14 +186,18 @@ class ModelRunner:
         schema = None if json_schema is None else compiled(json_schema)
         pattern = None if regex is None else (
             regex if isinstance(regex, _core.RegexDfa) else compile_regex(regex))
-        if pattern is not None and (json_object or schema is not None):
-            raise KilnError(f"regex and {'json_object' if json_object else 'json_schema'} do "
-                            "not combine; ask for one of them")
-        guided = json_object or schema is not None or pattern is not None
+        rules = None if grammar is None else (
+            grammar if isinstance(grammar, _core.Grammar) else compile_grammar(grammar))
+        guides = [name for name, given in (("grammar", rules is not None),
+                                           ("regex", pattern is not None),
+                                           ("json_object", json_object),
+                                           ("json_schema", schema is not None)) if given]
+        if len(guides) > 1:
+            raise KilnError(f"{guides[0]} and {guides[1]} do not combine; ask for one of them")
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer,
                                  bad_words_list, json_table=self.tokenizer.token_table(
-                                     self.vocab_size) if guided else None,
-                                 json_schema=schema, regex=pattern)
+                                     self.vocab_size) if guides else None,
+                                 json_schema=schema, regex=pattern, grammar=rules)
         stream = self._run(prompts, requests, params, as_text, return_dict)
         if streaming:
             return stream

@@ -164,11 +164,12 @@ def _word_lists(words_list, batch: int, tokenizer,
 
 def make_requests(prompts, params: GenerationParams, stop_words_list, streaming: bool,
                   tokenizer, bad_words_list=None, choices=None, json_table=None,
-                  json_schema=None, regex=None) -> list["_core.Request"]:
+                  json_schema=None, regex=None, grammar=None) -> list["_core.Request"]:
     """`choices`: token sequences, one of which each output is (guided_choice). `json_table`
     (the vocabulary's `_core.TokenTable`): each output is one JSON object, or with
-    `json_schema` (a compiled `_core.JsonSchema`) one JSON value valid against it, or with
-    `regex` (a compiled `_core.RegexDfa`) text that matches it."""
+    `json_schema` (a compiled `_core.JsonSchema`) one JSON value valid against it, with
+    `regex` (a compiled `_core.RegexDfa`) text that matches it, or with `grammar` (a compiled
+    `_core.Grammar`) a sentence of it."""
     stops = _word_lists(stop_words_list, len(prompts), tokenizer)
     bad = _word_lists(bad_words_list, len(prompts), tokenizer, "bad")
     return [_core.Request(p, max_new_tokens=params.max_new_tokens,
@@ -178,7 +179,7 @@ def make_requests(prompts, params: GenerationParams, stop_words_list, streaming:
                           num_top_log_probs=params.top_log_probs, bad_words=bad[i],
                           choices=choices or [],
                           json_object=(json_table is not None and json_schema is None
-                                       and regex is None),
+                                       and regex is None and grammar is None),
                           token_table=json_table, json_schema=json_schema,
-                          prompt_log_probs=params.prompt_log_probs, regex=regex)
+                          prompt_log_probs=params.prompt_log_probs, regex=regex, grammar=grammar)
             for i, p in enumerate(prompts)]

@@ -129,6 +129,7 @@ private:
         SizeType numSent = 0; ///< generated tokens already in a response
         JsonObjectPrefix json; ///< with JSON output: the generated text read so far
         std::int32_t regexState = 0; ///< with a regex: its automaton's state after the generated text
+        Grammar::State grammarState; ///< with a grammar: its parses of the generated text
         std::vector<float> promptLogProbs; ///< of prompt tokens 1, 2, ... as their logits come
         std::vector<SizeType> promptRanks;
         std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
@@ -223,6 +224,10 @@ private:
         state.rng.seed(seed ? *seed : mSeeder());
         state.json = JsonObjectPrefix(request.jsonSchema.get());
         state.request = std::move(request);
+        if (state.request.grammar)
+        {
+            state.grammarState = state.request.grammar->start();
+        }
         SamplingConfig const& sampling = state.request.samplingConfig;
         if (sampling.beamWidth > 1)
         {
@@ -334,14 +339,14 @@ private:
 
     /// Whether the backend may pick the request's next token (the argmax of the raw logits):
     /// plain greedy and no beam search, with no token held back (min_tokens, bad words), no
-    /// choices, JSON or regex, and no alternatives asked for.
+    /// choices, JSON, regex or grammar, and no alternatives asked for.
     bool picksOnBackend(IdType id) const
     {
         Request const& request = mStates.at(ownerOf(id)).request;
         SizeType const minTokens = request.samplingConfig.minTokens;
         return request.samplingConfig.isPlainGreedy() && request.samplingConfig.beamWidth == 1
             && request.numTopLogProbs == 0 && request.badWords.empty() && request.choices.empty()
-            && !request.jsonOutput() && request.regex == nullptr
+            && !request.jsonOutput() && request.regex == nullptr && request.grammar == nullptr
             && (minTokens == 0 || mScheduler.find(id)->numGeneratedTokens() >= minTokens);
     }
 
@@ -459,22 +464,24 @@ private:
         }
         RequestState& state = mStates.at(id);
         Sequence const& seq = *mScheduler.find(id);
-        std::vector<TokenIdType> only = state.request.jsonOutput()
-            ? jsonTokens(state.json, *state.request.tokenTable, mConfig.vocabSize)
-            : state.request.regex ? regexTokens(state)
-                                  : choiceTokens(state.request, seq.tokens, seq.numPromptTokens);
-        if ((state.request.jsonOutput() || state.request.regex) && only.empty())
-        {
-            finish(id, FinishReason::kError,
-                std::string("sampling failed: no token of the vocabulary continues the ")
-                    + (state.request.regex ? "regex" : "JSON output"));
-            return;
-        }
+        Request const& request = state.request;
         SampleResult result;
         try
         {
-            result = mSampler.sample(logits, state.request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng,
-                heldBackTokens(state.request, seq.tokens, seq.numPromptTokens), state.request.numTopLogProbs, only);
+            std::vector<TokenIdType> only = request.jsonOutput()
+                ? jsonTokens(state.json, *request.tokenTable, mConfig.vocabSize)
+                : request.regex   ? regexTokens(state)
+                : request.grammar ? grammarTokens(state)
+                                  : choiceTokens(request, seq.tokens, seq.numPromptTokens);
+            if ((request.jsonOutput() || request.regex || request.grammar) && only.empty())
+            {
+                finish(id, FinishReason::kError,
+                    std::string("sampling failed: no token of the vocabulary continues the ")
+                        + (request.regex ? "regex" : request.grammar ? "grammar" : "JSON output"));
+                return;
+            }
+            result = mSampler.sample(logits, request.samplingConfig, seq.tokens, seq.numPromptTokens, state.rng,
+                heldBackTokens(request, seq.tokens, seq.numPromptTokens), request.numTopLogProbs, only);
         }
         catch (std::runtime_error const& e)
         {
@@ -491,6 +498,24 @@ private:
         std::vector<TokenIdType> out = dfa.tokens(state.regexState, *state.request.tokenTable, mConfig.vocabSize);
         TokenIdType const end = state.request.endId;
         if (end >= 0 && end < mConfig.vocabSize && dfa.accepting(state.regexState))
+        {
+            auto const at = std::lower_bound(out.begin(), out.end(), end);
+            if (at == out.end() || *at != end)
+            {
+                out.insert(at, end);
+            }
+        }
+        return out;
+    }
+
+    /// The tokens that keep a sentence of the request's grammar reachable, and its end id where
+    /// the text is one.
+    std::vector<TokenIdType> grammarTokens(RequestState const& state) const
+    {
+        Grammar const& grammar = *state.request.grammar;
+        std::vector<TokenIdType> out = grammar.tokens(state.grammarState, *state.request.tokenTable, mConfig.vocabSize);
+        TokenIdType const end = state.request.endId;
+        if (end >= 0 && end < mConfig.vocabSize && Grammar::accepting(state.grammarState))
         {
             auto const at = std::lower_bound(out.begin(), out.end(), end);
             if (at == out.end() || *at != end)
@@ -550,6 +575,28 @@ private:
                 return;
             }
             closed = state.request.regex->closed(state.regexState);
+        }
+        if (state.request.grammar && result.token != state.request.endId)
+        {
+            auto const& bytes = state.request.tokenTable->bytes;
+            auto const t = static_cast<std::size_t>(result.token);
+            try
+            {
+                state.grammarState = t < bytes.size() && !bytes[t].empty()
+                    ? state.request.grammar->advance(state.grammarState, bytes[t])
+                    : Grammar::State{};
+            }
+            catch (std::runtime_error const& e)
+            {
+                finish(id, FinishReason::kError, std::string("sampling failed: ") + e.what());
+                return;
+            }
+            if (state.grammarState.empty())
+            {
+                finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the grammar");
+                return;
+            }
+            closed = Grammar::closed(state.grammarState);
         }
         FinishReason const reason
             = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen, closed);

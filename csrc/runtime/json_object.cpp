@@ -574,11 +574,28 @@ std::array<std::vector<TokenTable::Entry>, 256> firstBytes(std::vector<std::stri
     return buckets;
 }
 
+std::vector<TokenIdType> bytewise(std::vector<std::string> const& bytes)
+{
+    std::vector<TokenIdType> ids;
+    for (std::size_t t = 0; t < bytes.size(); ++t)
+    {
+        if (!bytes[t].empty())
+        {
+            ids.push_back(static_cast<TokenIdType>(t));
+        }
+    }
+    std::sort(ids.begin(), ids.end(), [&bytes](TokenIdType x, TokenIdType y) {
+        return bytes[static_cast<std::size_t>(x)] < bytes[static_cast<std::size_t>(y)];
+    });
+    return ids;
+}
+
 } // namespace
 
 TokenTable::TokenTable(std::vector<std::string> bytes)
     : bytes(std::move(bytes))
     , byFirstByte(firstBytes(this->bytes))
+    , byBytes(bytewise(this->bytes))
     , serial(nextSerial())
 {
 }

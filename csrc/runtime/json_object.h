@@ -36,6 +36,9 @@ public:
     std::vector<std::string> const bytes;
     /// The non-empty tokens by first byte, grouped by their second byte (one-byte tokens first).
     std::array<std::vector<Entry>, 256> const byFirstByte;
+    /// The non-empty tokens in bytewise order of their bytes (a walk over them in this order
+    /// meets each shared prefix once in a row, as a trie would).
+    std::vector<TokenIdType> const byBytes;
     /// Tells this table from every other the process made (what is kept per table keys on it).
     std::uint64_t const serial;
 

@@ -44,17 +44,20 @@ std::int32_t RegexDfa::walk(std::int32_t state, std::string_view bytes) const
 
 std::vector<TokenIdType> RegexDfa::tokens(std::int32_t state, TokenTable const& table, SizeType vocabSize) const
 {
+    // Kept for the whole table; each caller gets the ids below its vocabulary size.
+    auto const below = [vocabSize](std::vector<TokenIdType> const& ids) {
+        return std::vector<TokenIdType>(ids.begin(), std::lower_bound(ids.begin(), ids.end(), vocabSize));
+    };
     {
         std::lock_guard<std::mutex> lock(mMutex);
         auto const it = mTokens.find({table.serial, state});
         if (it != mTokens.end())
         {
-            return it->second;
+            return below(it->second);
         }
     }
     std::vector<TokenIdType> out;
-    auto const n = std::min<std::size_t>(table.bytes.size(), static_cast<std::size_t>(std::max<SizeType>(vocabSize, 0)));
-    for (std::size_t t = 0; t < n; ++t)
+    for (std::size_t t = 0; t < table.bytes.size(); ++t)
     {
         std::string const& bytes = table.bytes[t];
         if (!bytes.empty() && walk(state, bytes) != kDead)
@@ -67,7 +70,7 @@ std::vector<TokenIdType> RegexDfa::tokens(std::int32_t state, TokenTable const& 
     {
         mCachedTokens += out.size();
     }
-    return out;
+    return below(out);
 }
 
 } // namespace kiln

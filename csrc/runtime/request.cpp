@@ -85,23 +85,25 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return "json_object and json_schema do not combine; ask for one of them";
     }
+    // At most one guide shapes the output; each of them reads the vocabulary's bytes but choices.
     char const* json = request.jsonSchema != nullptr ? "json_schema" : "json_object";
-    if (request.jsonOutput() && !request.choices.empty())
+    std::vector<char const*> guides;
+    for (auto const& [given, name] : {std::pair{request.grammar != nullptr, "grammar"},
+             std::pair{request.regex != nullptr, "regex"}, std::pair{!request.choices.empty(), "choices"},
+             std::pair{request.jsonOutput(), json}})
     {
-        return std::string("choices and ") + json + " do not combine; ask for one of them";
+        if (given)
+        {
+            guides.push_back(name);
+        }
     }
-    if (request.jsonOutput() && request.tokenTable == nullptr)
+    if (guides.size() > 1)
     {
-        return std::string(json) + " needs the vocabulary's token bytes (token_table); pass the tokenizer's";
+        return std::string(guides[0]) + " and " + guides[1] + " do not combine; ask for one of them";
     }
-    if (request.regex != nullptr && (request.jsonOutput() || !request.choices.empty()))
+    if (!guides.empty() && request.choices.empty() && request.tokenTable == nullptr)
     {
-        return std::string("regex and ") + (request.jsonOutput() ? json : "choices")
-            + " do not combine; ask for one of them";
-    }
-    if (request.regex != nullptr && request.tokenTable == nullptr)
-    {
-        return "regex needs the vocabulary's token bytes (token_table); pass the tokenizer's";
+        return std::string(guides[0]) + " needs the vocabulary's token bytes (token_table); pass the tokenizer's";
     }
     if (auto p = request.samplingConfig.validate())
     {
@@ -177,9 +179,10 @@ std::optional<std::string> beamSearchConflict(Request const& request)
     {
         what = "top or prompt log-probabilities";
     }
-    else if (!request.badWords.empty() || !request.choices.empty() || request.jsonOutput() || request.regex)
+    else if (!request.badWords.empty() || !request.choices.empty() || request.jsonOutput() || request.regex
+        || request.grammar)
     {
-        what = "bad words, choices, JSON or regex output";
+        what = "bad words, choices, JSON, regex or grammar output";
     }
     if (what == nullptr)
     {
@@ -249,7 +252,7 @@ FinishReason stopReason(Request const& request, std::vector<TokenIdType> const& 
             return FinishReason::kStopWords;
         }
     }
-    if ((request.jsonOutput() || request.regex) && objectClosed)
+    if ((request.jsonOutput() || request.regex || request.grammar) && objectClosed)
     {
         return FinishReason::kStopWords;
     }

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "runtime/grammar.h"
 #include "runtime/json_object.h"
 #include "runtime/regex_dfa.h"
 #include "runtime/response.h"
@@ -57,6 +58,10 @@ struct Request
     /// token is picked among those whose bytes in `tokenTable` keep a match reachable, end_id
     /// only where the text matches, and the request stops (kStopWords) once nothing may follow.
     std::shared_ptr<RegexDfa const> regex;
+
+    /// @brief The whole output is a sentence of this grammar (vLLM's guided_grammar,
+    /// TensorRT-LLM's ebnf_grammar guide): picked, ended and stopped as for regex.
+    std::shared_ptr<Grammar const> grammar;
 
     /// @brief Whether the output is JSON (jsonObject or jsonSchema).
     [[nodiscard]] bool jsonOutput() const

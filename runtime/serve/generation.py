@@ -152,15 +152,22 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                               "guided_choice", "tool_choice")
         json_table, json_schema = parameters.json_output_for(tools.schema, tokenizer, limits,
                                                              "tools")
-    regex = None
-    if body.guided_regex is not None:
+    regex = grammar = None
+    for param, text in (("guided_regex", body.guided_regex),
+                        ("guided_grammar", body.guided_grammar)):
+        if text is None:
+            continue
         taken = ("guided_choice" if choices is not None else
                  f"tool_choice {tools.mode}" if tools is not None and tools.schema else
+                 "guided_regex" if regex is not None else
                  "response_format or guided_json" if json_table is not None else None)
         if taken:
-            raise bad_request(f"guided_regex and {taken} do not combine; ask for one of them",
-                              "guided_regex")
-        json_table, regex = parameters.regex_output(body.guided_regex, tokenizer, limits)
+            raise bad_request(f"{param} and {taken} do not combine; ask for one of them", param)
+        json_table, compiled = parameters.text_guide(param, text, tokenizer, limits)
+        if param == "guided_regex":
+            regex = compiled
+        else:
+            grammar = compiled
     try:
         # Streaming requests even for a single JSON answer: stop strings are matched on the text
         # as it grows, and the request is cancelled as soon as one matches.
@@ -174,7 +181,7 @@ def plan(body, prompts: list[list[int]], max_tokens: int | None, tokenizer, limi
                                  [words] * len(expanded) if words else None,
                                  not body.use_beam_search, tokenizer,
                                  [bad] * len(expanded) if bad else None, choices, json_table,
-                                 json_schema, regex)
+                                 json_schema, regex, grammar)
     except KilnError as e:
         raise bad_request(str(e), "stop") from None
     decode = (tokenizer.decode if body.skip_special_tokens else

@@ -164,15 +164,16 @@ def json_output_for(schema: dict, tokenizer, limits: Limits, param: str) -> tupl
     return _token_table(tokenizer, limits, param), compiled
 
 
-def regex_output(pattern, tokenizer, limits: Limits) -> tuple:
-    """(the vocabulary's token table, `pattern` compiled) for vLLM's guided_regex; problems
-    are 400s naming it."""
+def text_guide(param: str, text, tokenizer, limits: Limits) -> tuple:
+    """(the vocabulary's token table, `text` compiled) for vLLM's guided_regex (a pattern) or
+    guided_grammar (EBNF, start rule root), `param`; problems are 400s naming it."""
+    from kiln.runtime.grammar import compile_grammar
     from kiln.runtime.regex import compile_regex
     try:
-        compiled = compile_regex(pattern)
+        compiled = (compile_regex if param == "guided_regex" else compile_grammar)(text)
     except KilnError as e:
-        raise bad_request(str(e), "guided_regex") from None
-    return _token_table(tokenizer, limits, "guided_regex"), compiled
+        raise bad_request(str(e), param) from None
+    return _token_table(tokenizer, limits, param), compiled
 
 
 def _token_table(tokenizer, limits: Limits, param: str):

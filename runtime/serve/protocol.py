@@ -56,8 +56,7 @@ class _Sampling(BaseModel):
     length_penalty: float = 1.0
     early_stopping: bool | Literal["never"] = True
     guided_regex: str | None = None  # vLLM's: the whole output matches this pattern
-    # vLLM's extensions the server cannot honour: refused when asked for (unsupported)
-    guided_grammar: str | None = None
+    guided_grammar: str | None = None  # vLLM's: the whole output is a sentence of this EBNF
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, why) for each field asked for that the server cannot do."""
@@ -68,9 +67,6 @@ class _Sampling(BaseModel):
         if self.prompt_logprobs is not None and self.stream:
             out.append(("prompt_logprobs", "prompt_logprobs is not available with stream; drop "
                                            "one of them"))
-        if self.guided_grammar is not None:
-            out.append(("guided_grammar", "grammar-guided output is not supported; use "
-                                          "guided_regex, guided_json or guided_choice"))
         if self.response_format and self.response_format.get("type") not in (
                 None, "text", "json_object", "json_schema"):
             out.append(("response_format", "response_format's type must be text, json_object or "

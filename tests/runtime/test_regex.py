@@ -127,3 +127,15 @@ def test_regex_generation_equals_huggingface(hf_and_runner, pattern):
         assert re.fullmatch(pattern, text, re.ASCII), text
     with pytest.raises(Exception, match="regex and json_object do not combine"):
         runner.generate([prompt], max_new_tokens=4, regex=pattern, json_object=True)
+
+
+def test_tokens_kept_for_a_state_answer_each_vocabulary_size():
+    """A state's tokens are kept for the whole table; a caller with a smaller vocabulary gets
+    those below it, whichever size asked first."""
+    from kiln import _core
+
+    table = _core.TokenTable([b"a", b"b", b"ab", b"c", b"aa", b"", b"ba"])
+    dfa = compile_regex(r"[ab]+c?")
+    assert dfa.tokens(0, table, 3) == [0, 1, 2]
+    assert dfa.tokens(0, table, 7) == [0, 1, 2, 4, 6]
+    assert dfa.tokens(0, table, 3) == [0, 1, 2]

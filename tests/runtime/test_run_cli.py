@@ -108,6 +108,29 @@ def test_engine_run_prints_the_beams_of_a_beam_search(tiny_engine):
     assert bad.exit_code != 0 and "beam_width is 12 but must be in [1, 10]" in bad.output
 
 
+def test_engine_run_answers_with_a_sentence_of_the_grammar(tiny_engine, tmp_path):
+    import re
+
+    _, engine = tiny_engine("llama")
+    grammar = 'root ::= word ("-" word)?\nword ::= [a-c]{2,4}'
+    with ModelRunner.from_dir(engine, device="cpu") as runner:
+        tok = runner.tokenizer
+        ids = tok.encode(PROMPT)
+        out = runner.generate([ids], max_new_tokens=12, grammar=grammar, return_dict=True)
+        tokens = out["output_ids"][0, 0, len(ids): out["sequence_lengths"][0, 0]].tolist()
+    path = tmp_path / "answer.gbnf"
+    path.write_text(grammar)
+    result = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                           "--max-new-tokens", "12", "--device", "cpu",
+                                           "--grammar", str(path)])
+    assert result.exit_code == 0, result.output
+    text = tok.decode([t for t in tokens if t != tok.eos_id])
+    assert result.stdout == text + "\n" and re.fullmatch(r"[a-c]{2,4}(-[a-c]{2,4})?", text)
+    missing = CliRunner().invoke(run_main, ["--engine", str(engine), "--prompt", PROMPT,
+                                            "--grammar", str(tmp_path / "none.gbnf")])
+    assert missing.exit_code != 0 and "cannot read the grammar" in missing.output
+
+
 def test_engine_run_answers_with_text_that_matches_the_regex(tiny_engine):
     import re
 

@@ -415,6 +415,27 @@ def test_guided_regex_answers_match_the_pattern(client, runners):
     assert "".join(c.choices[0].text for c in chunks) == answer.text
 
 
+def test_guided_grammar_answers_are_sentences_of_the_grammar(client, runners):
+    """vLLM's guided_grammar (EBNF): the answer is ModelRunner's under the same grammar, and a
+    sentence of it; streamed alike; chat too."""
+    import re
+    _, ref = runners
+    tok = ref.tokenizer
+    grammar = 'root ::= pet ("s")? " x" [0-9]{2}\npet ::= "cat" | "dog"'
+    ids, out = generated(ref, tok.encode(TEXTS[2]), 12, grammar=grammar)
+    body = dict(model="tiny", prompt=TEXTS[2], max_tokens=12, temperature=0,
+                extra_body={"guided_grammar": grammar})
+    answer = client.completions.create(**body).choices[0]
+    assert answer.text == tok.decode(ids) and re.fullmatch(r"(cat|dog)s? x\d{2}", answer.text)
+    assert answer.finish_reason == "stop"
+    chunks = list(client.completions.create(**body, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == answer.text
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": TEXTS[2]}], max_tokens=12,
+        temperature=0, extra_body={"guided_grammar": grammar})
+    assert re.fullmatch(r"(cat|dog)s? x\d{2}", chat.choices[0].message.content)
+
+
 def test_best_of_returns_the_n_most_likely_candidates(client, runners):
     """best_of=4, n=2: the two of four seeded samples (seeds seed, seed + 1, ... as
     ModelRunner gives a batch) with the highest cumulative log-probability, best first; usage

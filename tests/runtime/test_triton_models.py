@@ -3,6 +3,7 @@ over the real executor: streamed and whole answers equal ModelRunner.generate, c
 requests share one executor, cancellation frees KV blocks, bad requests fail alone."""
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -321,6 +322,35 @@ def test_guided_decoding_regex(served):
                            ({"guided_decoding_guide_type": strings("regex"),
                              "guided_decoding_guide": strings(r"(a)\1")},
                             r"\\1 is not supported")):
+        with pytest.raises(ServerError, match=message) as err:
+            list(engine_stream(server, prompt, 4, **guide))
+        assert err.value.code == pb_utils.TritonError.INVALID_ARG
+
+
+def test_guided_decoding_ebnf_grammar(served):
+    """guided_decoding_guide_type "ebnf_grammar" with the grammar in guided_decoding_guide: the
+    output is ModelRunner's with grammar; a grammar kiln cannot enforce fails its request
+    alone."""
+    server, reference = served
+    tok = reference.tokenizer
+    prompt = tok.encode(TEXTS[6])
+    grammar = 'root ::= dir " " [1-9] [0-9]? " km"\ndir ::= "north" | "south"'
+    expect, out = reference_ids(reference, prompt, 16, end_id=-1, top_k=1, grammar=grammar)
+    guide = dict(guided_decoding_guide_type=strings("ebnf_grammar"),
+                 guided_decoding_guide=strings(grammar))
+    chunks = list(engine_stream(server, prompt, 16, end_id=one(-1, np.int32), **guide))
+    assert [t for c in chunks for t in c["output_ids"][0, 0].tolist()] == expect
+    assert out["finish_reasons"][0] == "stop_words" and chunks[-1]["finish_reason"][0, 0] == b"stop_words"
+    whole = list(server.infer("ensemble", ensemble_inputs(
+        TEXTS[6], 16, end_id=-1, stream=False, guided_decoding_guide_type="ebnf_grammar",
+        guided_decoding_guide=grammar)))
+    text = whole[0]["text_output"][0, 0].decode()
+    assert text == tok.decode(expect) and re.fullmatch(r"(north|south) [1-9][0-9]? km", text)
+    for guide, message in (({"guided_decoding_guide_type": strings("ebnf_grammar")},
+                            "needs the grammar in guided_decoding_guide"),
+                           ({"guided_decoding_guide_type": strings("ebnf_grammar"),
+                             "guided_decoding_guide": strings('root ::= root "a" | "b"')},
+                            "rule 'root' is left-recursive")):
         with pytest.raises(ServerError, match=message) as err:
             list(engine_stream(server, prompt, 4, **guide))
         assert err.value.code == pb_utils.TritonError.INVALID_ARG

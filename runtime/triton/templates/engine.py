@@ -9,8 +9,9 @@ Decoding is greedy unless `temperature` > 0 is given; then runtime_top_k (0 = of
 runtime_top_p, runtime_min_p and the penalties shape sampling, seeded by random_seed.
 embedding_bias (TensorRT-LLM's: one value a token id, added to the logits) becomes the
 executor's logit bias; guided_decoding_guide_type "json" makes the output one JSON object,
-"json_schema" one JSON value valid against the schema in guided_decoding_guide, and "regex"
-text that matches the pattern in guided_decoding_guide. beam_width > 1 runs a beam search
+"json_schema" one JSON value valid against the schema in guided_decoding_guide, "regex"
+text that matches the pattern in guided_decoding_guide, and "ebnf_grammar" a sentence of the
+EBNF grammar there (GBNF, start rule root). beam_width > 1 runs a beam search
 (greedy; len_penalty, early_stopping as TensorRT-LLM's) that answers once, with every beam.
 Responses carry only generated tokens (never the prompt), per beam ([beam, tokens]; one beam
 without beam search): in streaming mode the tokens new since the last response, otherwise all
@@ -100,6 +101,7 @@ def _error(message, code):
 class TritonPythonModel:
     def initialize(self, args):
         from kiln.runtime import ModelRunner
+        from kiln.runtime.grammar import compile_grammar
         from kiln.runtime.json_schema import compile_schema
         from kiln.runtime.regex import compile_regex
         from kiln.runtime.requests import GenerationParams, make_requests
@@ -124,8 +126,10 @@ class TritonPythonModel:
             enable_kv_cache_reuse=p.get("enable_kv_cache_reuse", "true").lower() == "true",
             device=None if device == "auto" else device)
         self.make_params, self.make_requests = GenerationParams, make_requests
-        self.compile_schema = compile_schema
-        self.compile_regex = compile_regex
+        # guide type: (make_requests' keyword, its compiler, what guided_decoding_guide holds)
+        self.guides = {"json_schema": ("json_schema", compile_schema, "schema"),
+                       "regex": ("regex", compile_regex, "pattern"),
+                       "ebnf_grammar": ("grammar", compile_grammar, "grammar")}
         eos = self.runner.tokenizer.eos_id
         self.default_end_id = -1 if eos is None else eos
         self.responses = queue.SimpleQueue()
@@ -189,37 +193,36 @@ class TritonPythonModel:
             early_stopping=_scalar(request, "early_stopping", True, bool))
         stops = _words(request, "stop_words_list")
         bad = _words(request, "bad_words_list")
-        table, schema, regex = self._guided(request)
         made = self.make_requests([prompt], params, stops or None, streaming, self.runner.tokenizer,
-                                  [bad] if bad else None, json_table=table, json_schema=schema,
-                                  regex=regex)
+                                  [bad] if bad else None, **self._guided(request))
         return made[0], len(prompt), params
 
     def _guided(self, request):
-        """TensorRT-LLM's guided decoding: guided_decoding_guide_type "json" (one JSON object),
-        "json_schema" (one value valid against the schema in guided_decoding_guide) or "regex"
-        (text matching the pattern in guided_decoding_guide), as (the vocabulary's token table,
-        the compiled schema or None, the compiled pattern or None); all None without a guide
-        type."""
+        """TensorRT-LLM's guided decoding as make_requests' keywords: guided_decoding_guide_type
+        "json" (one JSON object), "json_schema" (one value valid against the schema in
+        guided_decoding_guide), "regex" (text matching the pattern there) or "ebnf_grammar" (a
+        sentence of the grammar there); none without a guide type."""
         text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
         kind = _scalar(request, "guided_decoding_guide_type", None, text)
         guide = _scalar(request, "guided_decoding_guide", None, text)
         if kind is None:
             if guide is not None:
                 raise ValueError("guided_decoding_guide needs guided_decoding_guide_type "
-                                 "\"json_schema\" or \"regex\"")
-            return None, None, None
-        if kind not in ("json", "json_schema", "regex"):
+                                 "\"json_schema\", \"regex\" or \"ebnf_grammar\"")
+            return {}
+        if kind != "json" and kind not in self.guides:
             raise ValueError(f"guided_decoding_guide_type {kind!r} is not supported; use \"json\" "
-                             "(one JSON object), \"json_schema\" or \"regex\" (with the schema "
-                             "or pattern in guided_decoding_guide) or leave it out")
-        if kind != "json" and guide is None:
-            what = "schema" if kind == "json_schema" else "pattern"
-            raise ValueError(f"guided_decoding_guide_type \"{kind}\" needs the {what} in "
-                             "guided_decoding_guide")
-        schema = self.compile_schema(guide) if kind == "json_schema" else None
-        regex = self.compile_regex(guide) if kind == "regex" else None
-        return self.runner.tokenizer.token_table(self.runner.vocab_size), schema, regex
+                             "(one JSON object), \"json_schema\", \"regex\" or \"ebnf_grammar\" "
+                             "(with the schema, pattern or grammar in guided_decoding_guide) or "
+                             "leave it out")
+        out = {"json_table": self.runner.tokenizer.token_table(self.runner.vocab_size)}
+        if kind != "json":
+            keyword, compile_guide, what = self.guides[kind]
+            if guide is None:
+                raise ValueError(f"guided_decoding_guide_type \"{kind}\" needs the {what} in "
+                                 "guided_decoding_guide")
+            out[keyword] = compile_guide(guide)
+        return out
 
     def _embedding_bias(self, request):
         """TensorRT-LLM's embedding_bias ([1, V], added to the logits, V at most the model's
