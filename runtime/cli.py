@@ -48,19 +48,14 @@ def run_main(engine_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p
     from kiln.runtime.json_schema import compile_schema
     from kiln.runtime.serve.detokenizer import TextStream
 
-    schema = None
-    if schema_path is not None:
+    def read(path, what):
         try:
-            text = open(schema_path, encoding="utf-8").read()
+            return open(path, encoding="utf-8").read()
         except OSError as e:
-            raise KilnError(f"cannot read the JSON schema {schema_path}: {e.strerror}") from None
-        schema = compile_schema(text)
-    grammar = None
-    if grammar_path is not None:
-        try:
-            grammar = open(grammar_path, encoding="utf-8").read()
-        except OSError as e:
-            raise KilnError(f"cannot read the grammar {grammar_path}: {e.strerror}") from None
+            raise KilnError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+    schema = None if schema_path is None else compile_schema(read(schema_path, "JSON schema"))
+    grammar = None if grammar_path is None else read(grammar_path, "grammar")
     start = time.perf_counter()
     with ModelRunner.from_dir(engine_dir, device=None if device == "auto" else device) as runner:
         ids = runner.tokenizer.chat(prompt) if chat else runner.tokenizer.encode(prompt)

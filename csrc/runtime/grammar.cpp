@@ -1,7 +1,9 @@
 #include "runtime/grammar.h"
 
 #include <algorithm>
+#include <map>
 #include <stdexcept>
+#include <string>
 #include <unordered_map>
 
 namespace kiln
@@ -236,22 +238,16 @@ Grammar::State Grammar::advance(State const& state, std::string_view bytes) cons
 
 std::vector<TokenIdType> Grammar::tokens(State const& state, TokenTable const& table, SizeType vocabSize) const
 {
-    auto const below = [vocabSize](std::vector<TokenIdType> const& ids) {
-        return std::vector<TokenIdType>(ids.begin(), std::lower_bound(ids.begin(), ids.end(), vocabSize));
-    };
-    {
-        std::lock_guard<std::mutex> lock(mMutex);
-        auto const it = mTokens.find({table.serial, state});
-        if (it != mTokens.end())
-        {
-            return below(it->second);
-        }
-    }
+    return mTokens.get(table, state, vocabSize, [&] { return walkTokens(state, table); });
+}
+
+std::vector<TokenIdType> Grammar::walkTokens(State const& state, TokenTable const& table) const
+{
     // The tokens in bytewise order, each walked on from the longest prefix it shares with the
     // walk before (whose states are kept by length); a prefix no sentence can follow skips
-    // every token that begins with it.
-    // The states met on the way are numbered and each step between them taken once: inside a
-    // string most bytes lead back to the state they left, so most steps are a lookup.
+    // every token that begins with it. The states met on the way are numbered and each step
+    // between them taken once: inside a string most bytes lead back to the state they left, so
+    // most steps are a lookup.
     std::vector<State> met{state};
     std::map<State, std::int32_t> number{{state, 0}};
     std::unordered_map<std::uint64_t, std::int32_t> steps; // (state << 8 | byte) -> state, -1: none
@@ -312,12 +308,7 @@ std::vector<TokenIdType> Grammar::tokens(State const& state, TokenTable const& t
         }
     }
     std::sort(out.begin(), out.end());
-    std::lock_guard<std::mutex> lock(mMutex);
-    if (mCachedTokens + out.size() <= kMaxCachedTokens && mTokens.try_emplace({table.serial, state}, out).second)
-    {
-        mCachedTokens += out.size();
-    }
-    return below(out);
+    return out;
 }
 
 } // namespace kiln

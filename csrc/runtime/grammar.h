@@ -1,12 +1,11 @@
 #pragma once
 
+#include "runtime/allowed_tokens.h"
 #include "runtime/json_object.h"
 #include "runtime/types.h"
 
 #include <array>
 #include <cstdint>
-#include <map>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,14 +65,11 @@ public:
     }
 
     /// @brief The tokens (ascending, ids below `vocabSize`) whose bytes in `table` lead from
-    /// `state` to a live state; worked out once per state and table and kept, up to
-    /// kMaxCachedTokens ids in all (past that, worked out each time).
+    /// `state` to a live state (kept: AllowedTokens).
     [[nodiscard]] std::vector<TokenIdType> tokens(State const& state, TokenTable const& table, SizeType vocabSize) const;
 
     /// @brief The most stacks a state may hold (a grammar ambiguous past it fails its request).
     static constexpr std::size_t kMaxStacks = 1024;
-    /// @brief The most token ids a grammar keeps for its states (64 MiB).
-    static constexpr std::size_t kMaxCachedTokens = std::size_t{16} << 20;
 
 private:
     static constexpr std::int32_t kEnd = INT32_MIN; ///< ends an alternative in mItems
@@ -83,14 +79,14 @@ private:
     void expand(Stack stack, State& out) const;
     [[nodiscard]] State step(State const& state, unsigned char byte) const;
     [[nodiscard]] bool matches(std::int32_t position, unsigned char byte) const;
+    /// The tokens of `table` whose bytes lead from `state` to a live state.
+    [[nodiscard]] std::vector<TokenIdType> walkTokens(State const& state, TokenTable const& table) const;
 
     std::vector<Item> mItems;                          ///< every alternative's items, each ended by kEnd
     std::vector<std::vector<std::int32_t>> mAlternatives; ///< per rule, where its alternatives start in mItems
     std::vector<std::array<std::uint64_t, 4>> mByteSets;
     State mStart;
-    mutable std::mutex mMutex;
-    mutable std::map<std::pair<std::uint64_t, State>, std::vector<TokenIdType>> mTokens; ///< by table serial, state
-    mutable std::size_t mCachedTokens = 0;
+    AllowedTokens<State> mTokens;
 };
 
 } // namespace kiln

@@ -44,33 +44,18 @@ std::int32_t RegexDfa::walk(std::int32_t state, std::string_view bytes) const
 
 std::vector<TokenIdType> RegexDfa::tokens(std::int32_t state, TokenTable const& table, SizeType vocabSize) const
 {
-    // Kept for the whole table; each caller gets the ids below its vocabulary size.
-    auto const below = [vocabSize](std::vector<TokenIdType> const& ids) {
-        return std::vector<TokenIdType>(ids.begin(), std::lower_bound(ids.begin(), ids.end(), vocabSize));
-    };
-    {
-        std::lock_guard<std::mutex> lock(mMutex);
-        auto const it = mTokens.find({table.serial, state});
-        if (it != mTokens.end())
+    return mTokens.get(table, state, vocabSize, [&] {
+        std::vector<TokenIdType> out;
+        for (std::size_t t = 0; t < table.bytes.size(); ++t)
         {
-            return below(it->second);
+            std::string const& bytes = table.bytes[t];
+            if (!bytes.empty() && walk(state, bytes) != kDead)
+            {
+                out.push_back(static_cast<TokenIdType>(t));
+            }
         }
-    }
-    std::vector<TokenIdType> out;
-    for (std::size_t t = 0; t < table.bytes.size(); ++t)
-    {
-        std::string const& bytes = table.bytes[t];
-        if (!bytes.empty() && walk(state, bytes) != kDead)
-        {
-            out.push_back(static_cast<TokenIdType>(t));
-        }
-    }
-    std::lock_guard<std::mutex> lock(mMutex);
-    if (mCachedTokens + out.size() <= kMaxCachedTokens && mTokens.try_emplace({table.serial, state}, out).second)
-    {
-        mCachedTokens += out.size();
-    }
-    return below(out);
+        return out;
+    });
 }
 
 } // namespace kiln

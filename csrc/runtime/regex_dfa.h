@@ -1,13 +1,11 @@
 #pragma once
 
+#include "runtime/allowed_tokens.h"
 #include "runtime/json_object.h"
 #include "runtime/types.h"
 
 #include <cstdint>
-#include <map>
-#include <mutex>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 namespace kiln
@@ -47,20 +45,14 @@ public:
     }
 
     /// @brief The tokens (ascending, ids below `vocabSize`) whose bytes in `table` lead from
-    /// `state` to a live state; worked out once per state and table and kept, up to
-    /// kMaxCachedTokens ids in all (past that, worked out each time).
+    /// `state` to a live state (kept: AllowedTokens).
     [[nodiscard]] std::vector<TokenIdType> tokens(std::int32_t state, TokenTable const& table, SizeType vocabSize) const;
-
-    /// @brief The most token ids an automaton keeps for its states (64 MiB).
-    static constexpr std::size_t kMaxCachedTokens = std::size_t{16} << 20;
 
 private:
     std::vector<std::int32_t> mNext;
     std::vector<bool> mAccepting;
     std::vector<bool> mClosed;
-    mutable std::mutex mMutex;
-    mutable std::map<std::pair<std::uint64_t, std::int32_t>, std::vector<TokenIdType>> mTokens; ///< by table serial, state
-    mutable std::size_t mCachedTokens = 0;
+    AllowedTokens<std::int32_t> mTokens;
 };
 
 } // namespace kiln

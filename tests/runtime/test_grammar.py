@@ -15,6 +15,7 @@ import torch
 from kiln import _core
 from kiln.builder.errors import KilnError
 from kiln.runtime.grammar import MAX_ITEMS, GrammarError, compile_grammar
+from test_regex import hf_guided_greedy
 
 
 def balanced(text: str) -> bool:
@@ -234,27 +235,6 @@ def test_the_extension_refuses_a_malformed_grammar():
         _core.Grammar([[[0]]], [bytes(8)])
 
 
-def hf_grammar_greedy(model, grammar, table, prompt: list[int], n: int, end_id: int):
-    """HF's greedy pick among the tokens that keep a sentence reachable (end_id where the text
-    is one), until nothing may follow, end_id, or n tokens."""
-    state, out = grammar.start(), []
-    while len(out) < n:
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + out])).logits[0, -1]
-        allowed = torch.zeros(logits.numel(), dtype=torch.bool)
-        allowed[grammar.tokens(state, table, logits.numel())] = True
-        if grammar.accepting(state):
-            allowed[end_id] = True
-        pick = int(torch.where(allowed, logits, -torch.inf).argmax())
-        out.append(pick)
-        if pick == end_id:
-            break
-        state = grammar.advance(state, table[pick])
-        if grammar.closed(state):
-            break
-    return out
-
-
 @pytest.mark.parametrize("text,check", [
     (ARITHMETIC, arithmetic),
     ('root ::= ("yes" | "no" | "maybe") " " [!?]', regular(r"(yes|no|maybe) [!?]")),
@@ -268,7 +248,7 @@ def test_grammar_generation_equals_huggingface(hf_and_runner, text, check):
     table = tok.token_table(runner.vocab_size)
     prompt = tok.encode("The answer is")
     grammar = compile_grammar(text)
-    want = hf_grammar_greedy(model, grammar, table, prompt, 24, tok.eos_id)
+    want = hf_guided_greedy(model, grammar, table, prompt, 24, tok.eos_id)
     out = runner.generate([prompt], max_new_tokens=24, grammar=text, return_dict=True)
     got = out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist()
     assert got == want

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from kiln import _core
 from kiln.runtime.regex import MAX_STATES, RegexError, compile_regex
 
 CASES = [
@@ -89,23 +90,25 @@ def test_compile_refuses_what_it_cannot_enforce(pattern, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
-def hf_regex_greedy(model, dfa, table, prompt: list[int], n: int, end_id: int):
-    """HF's greedy pick among the tokens that keep the regex matchable (end_id where the text
-    matches), until nothing may follow, end_id, or n tokens."""
-    state, out = 0, []
+def hf_guided_greedy(model, guide, table, prompt: list[int], n: int, end_id: int):
+    """HF's greedy pick among the tokens that keep a regex matchable or a grammar's sentence
+    reachable (`guide`, a RegexDfa or a Grammar; end_id where the text is whole), until nothing
+    may follow, end_id, or n tokens."""
+    regex = isinstance(guide, _core.RegexDfa)
+    state, out = (0 if regex else guide.start()), []
     while len(out) < n:
         with torch.no_grad():
             logits = model(torch.tensor([prompt + out])).logits[0, -1]
         allowed = torch.zeros(logits.numel(), dtype=torch.bool)
-        allowed[dfa.tokens(state, table, logits.numel())] = True
-        if dfa.accepting(state):
+        allowed[guide.tokens(state, table, logits.numel())] = True
+        if guide.accepting(state):
             allowed[end_id] = True
         pick = int(torch.where(allowed, logits, -torch.inf).argmax())
         out.append(pick)
         if pick == end_id:
             break
-        state = dfa.walk(state, table[pick])
-        if dfa.closed(state):
+        state = (guide.walk if regex else guide.advance)(state, table[pick])
+        if guide.closed(state):
             break
     return out
 
@@ -118,7 +121,7 @@ def test_regex_generation_equals_huggingface(hf_and_runner, pattern):
     table = tok.token_table(runner.vocab_size)
     prompt = tok.encode("The answer is")
     dfa = compile_regex(pattern)
-    want = hf_regex_greedy(model, dfa, table, prompt, 24, tok.eos_id)
+    want = hf_guided_greedy(model, dfa, table, prompt, 24, tok.eos_id)
     out = runner.generate([prompt], max_new_tokens=24, regex=pattern, return_dict=True)
     got = out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist()
     assert got == want
@@ -132,8 +135,6 @@ def test_regex_generation_equals_huggingface(hf_and_runner, pattern):
 def test_tokens_kept_for_a_state_answer_each_vocabulary_size():
     """A state's tokens are kept for the whole table; a caller with a smaller vocabulary gets
     those below it, whichever size asked first."""
-    from kiln import _core
-
     table = _core.TokenTable([b"a", b"b", b"ab", b"c", b"aa", b"", b"ba"])
     dfa = compile_regex(r"[ab]+c?")
     assert dfa.tokens(0, table, 3) == [0, 1, 2]
