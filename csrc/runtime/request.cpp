@@ -85,7 +85,7 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     {
         return "json_object and json_schema do not combine; ask for one of them";
     }
-    // At most one guide shapes the output; each of them reads the vocabulary's bytes but choices.
+    // At most one guide shapes the output; all but choices read the vocabulary's token bytes.
     char const* json = request.jsonSchema != nullptr ? "json_schema" : "json_object";
     std::vector<char const*> guides;
     for (auto const& [given, name] : {std::pair{request.grammar != nullptr, "grammar"},
