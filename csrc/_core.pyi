@@ -180,6 +180,9 @@ class Grammar:
     def accepting(state: _Seq[_Seq[int]]) -> bool: ...
     @staticmethod
     def closed(state: _Seq[_Seq[int]]) -> bool: ...
+    @staticmethod
+    def left_recursive(rules: _Seq[_Seq[_Seq[int]]]) -> int:
+        """A rule that can begin with itself, found depth first from rule 0; -1 if none."""
     def tokens(self, state: _Seq[_Seq[int]], table: TokenTable, vocab_size: int) -> list[int]:
         """The tokens whose bytes keep a sentence reachable from the state."""
 

@@ -320,6 +320,8 @@ void bindRequests(py::module_& m)
             "state"_a, "bytes"_a, "The state after the bytes ([]: no sentence can follow).")
         .def_static("accepting", &Grammar::accepting, "state"_a, "Whether the text read so far is a sentence.")
         .def_static("closed", &Grammar::closed, "state"_a, "Whether nothing may follow the text read so far.")
+        .def_static("left_recursive", &Grammar::leftRecursive, "rules"_a,
+            "A rule that can begin with itself, found depth first from rule 0; -1 if none.")
         .def(
             "tokens",
             [](Grammar const& g, Grammar::State const& state, TokenTable const& table, SizeType vocab) {

@@ -48,7 +48,7 @@ class _Rules:
         self.names: list[str] = []
         self.loops: set[int] = set()  # rules made for * and + and {n,}
         self.by_name: dict[str, int] = {}
-        self.first_use: dict[str, tuple[int, int]] = {}
+        self.first_use: dict[str, int] = {}  # where each name is first referred to
         self.sets: dict[bytes, int] = {}
         self.items = 0
 
@@ -202,7 +202,7 @@ class _Parser:
         if c in _NAME_START:
             self.i = at
             name = self.name()
-            self.rules.first_use.setdefault(name, (at, len(self.t)))
+            self.rules.first_use.setdefault(name, at)
             return [~self.rules.named(name)]
         if c in "*+?{":
             self.fail(f"nothing to repeat before {c!r}", at)
@@ -311,7 +311,8 @@ class _Parser:
 
 def _finished(rules: _Rules) -> list[list[list[int]]]:
     """The rules reachable from root, root first, with the alternatives that can never finish
-    dropped (those that need a rule with no finite sentence); refuses a root without one."""
+    dropped (those that need a rule with no finite sentence), renumbered; refuses a root
+    without one and left recursion, naming the rule."""
     alts = rules.alternatives
     productive = [False] * len(alts)
     changed = True
@@ -334,52 +335,18 @@ def _finished(rules: _Rules) -> list[list[list[int]]]:
                 if i < 0 and ~i not in index:
                     index[~i] = len(order)
                     order.append(~i)
-    _refuse_left_recursion(rules, kept, order)
-    return [[[i if i >= 0 else ~index[~i] for i in a] for a in kept[r]] for r in order]
-
-
-def _refuse_left_recursion(rules: _Rules, kept, order) -> None:
-    """A rule that can begin with itself would make a parse grow without reading a byte."""
-    nullable = [False] * len(kept)
-    changed = True
-    while changed:
-        changed = False
-        for r in order:
-            if not nullable[r] and any(all(i < 0 and nullable[~i] for i in a) for a in kept[r]):
-                nullable[r] = changed = True
-    first = {r: [] for r in order}
-    for r in order:
-        for a in kept[r]:
-            for i in a:
-                if i >= 0:
-                    break
-                first[r].append(~i)
-                if not nullable[~i]:
-                    break
-    state: dict[int, int] = {}  # 1: on the path, 2: done
-    for start in order:
-        if start in state:
-            continue
-        path = [(start, iter(first[start]))]
-        state[start] = 1
-        while path:
-            r, edges = path[-1]
-            nxt = next(edges, None)
-            if nxt is None:
-                state[r] = 2
-                path.pop()
-            elif state.get(nxt) == 1:
-                name = rules.names[nxt]
-                if nxt in rules.loops:
-                    raise GrammarError(f"rule {name!r} repeats something that can be empty (such "
-                                       "as (\"a\"?)*); write the repetition of what cannot be "
-                                       "empty, e.g. (\"a\")*")
-                raise GrammarError(f"rule {name!r} is left-recursive (it can begin with itself); "
-                                   f"write the repetition with '*', e.g. {name} ::= item "
-                                   f"(\"+\" item)*")
-            elif nxt not in state:
-                state[nxt] = 1
-                path.append((nxt, iter(first[nxt])))
+    out = [[[i if i >= 0 else ~index[~i] for i in a] for a in kept[r]] for r in order]
+    # A rule that can begin with itself would make a parse grow without reading a byte.
+    looping = _core.Grammar.left_recursive(out)
+    if looping >= 0:
+        name = rules.names[order[looping]]
+        if order[looping] in rules.loops:
+            raise GrammarError(f"rule {name!r} repeats something that can be empty (such as "
+                               "(\"a\"?)*); write the repetition of what cannot be empty, e.g. "
+                               "(\"a\")*")
+        raise GrammarError(f"rule {name!r} is left-recursive (it can begin with itself); write "
+                           f"the repetition with '*', e.g. {name} ::= item (\"+\" item)*")
+    return out
 
 
 _cache: collections.OrderedDict = collections.OrderedDict()
@@ -400,7 +367,7 @@ def compile_grammar(text: str) -> "_core.Grammar":
     rules = _Parser(text).parse()
     for name, r in rules.by_name.items():
         if rules.alternatives[r] is None:
-            at = rules.first_use[name][0]
+            at = rules.first_use[name]
             _Parser(text).fail(f"rule {name!r} is used but never defined", at)
     if ROOT not in rules.by_name:
         raise GrammarError("the grammar has no root rule; the output is a sentence of "

@@ -181,19 +181,17 @@ class ModelRunner:
                                   random_seed, output_log_probs, min_tokens, logit_bias,
                                   allowed_token_ids, top_log_probs, prompt_log_probs, num_beams,
                                   length_penalty, early_stopping)
-        if json_object and json_schema is not None:
-            raise KilnError("json_object and json_schema do not combine; ask for one of them")
+        guides = [name for name, given in (("grammar", grammar is not None),
+                                           ("regex", regex is not None),
+                                           ("json_object", json_object),
+                                           ("json_schema", json_schema is not None)) if given]
+        if len(guides) > 1:
+            raise KilnError(f"{guides[0]} and {guides[1]} do not combine; ask for one of them")
         schema = None if json_schema is None else compiled(json_schema)
         pattern = None if regex is None else (
             regex if isinstance(regex, _core.RegexDfa) else compile_regex(regex))
         rules = None if grammar is None else (
             grammar if isinstance(grammar, _core.Grammar) else compile_grammar(grammar))
-        guides = [name for name, given in (("grammar", rules is not None),
-                                           ("regex", pattern is not None),
-                                           ("json_object", json_object),
-                                           ("json_schema", schema is not None)) if given]
-        if len(guides) > 1:
-            raise KilnError(f"{guides[0]} and {guides[1]} do not combine; ask for one of them")
         requests = make_requests(prompts, params, stop_words_list, streaming, self.tokenizer,
                                  bad_words_list, json_table=self.tokenizer.token_table(
                                      self.vocab_size) if guides else None,

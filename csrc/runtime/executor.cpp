@@ -470,9 +470,8 @@ private:
         {
             std::vector<TokenIdType> only = request.jsonOutput()
                 ? jsonTokens(state.json, *request.tokenTable, mConfig.vocabSize)
-                : request.regex   ? regexTokens(state)
-                : request.grammar ? grammarTokens(state)
-                                  : choiceTokens(request, seq.tokens, seq.numPromptTokens);
+                : request.regex || request.grammar ? guideTokens(state)
+                                                   : choiceTokens(request, seq.tokens, seq.numPromptTokens);
             if ((request.jsonOutput() || request.regex || request.grammar) && only.empty())
             {
                 finish(id, FinishReason::kError,
@@ -491,31 +490,18 @@ private:
         accept(id, result);
     }
 
-    /// The tokens that keep the request's regex matchable, and its end id where the text matches.
-    std::vector<TokenIdType> regexTokens(RequestState const& state) const
+    /// The tokens that keep the request's regex matchable or a sentence of its grammar
+    /// reachable, and its end id where the text is whole.
+    std::vector<TokenIdType> guideTokens(RequestState const& state) const
     {
-        RegexDfa const& dfa = *state.request.regex;
-        std::vector<TokenIdType> out = dfa.tokens(state.regexState, *state.request.tokenTable, mConfig.vocabSize);
-        TokenIdType const end = state.request.endId;
-        if (end >= 0 && end < mConfig.vocabSize && dfa.accepting(state.regexState))
-        {
-            auto const at = std::lower_bound(out.begin(), out.end(), end);
-            if (at == out.end() || *at != end)
-            {
-                out.insert(at, end);
-            }
-        }
-        return out;
-    }
-
-    /// The tokens that keep a sentence of the request's grammar reachable, and its end id where
-    /// the text is one.
-    std::vector<TokenIdType> grammarTokens(RequestState const& state) const
-    {
-        Grammar const& grammar = *state.request.grammar;
-        std::vector<TokenIdType> out = grammar.tokens(state.grammarState, *state.request.tokenTable, mConfig.vocabSize);
-        TokenIdType const end = state.request.endId;
-        if (end >= 0 && end < mConfig.vocabSize && Grammar::accepting(state.grammarState))
+        Request const& request = state.request;
+        TokenTable const& table = *request.tokenTable;
+        std::vector<TokenIdType> out = request.regex ? request.regex->tokens(state.regexState, table, mConfig.vocabSize)
+                                                     : request.grammar->tokens(state.grammarState, table, mConfig.vocabSize);
+        bool const whole
+            = request.regex ? request.regex->accepting(state.regexState) : Grammar::accepting(state.grammarState);
+        TokenIdType const end = request.endId;
+        if (end >= 0 && end < mConfig.vocabSize && whole)
         {
             auto const at = std::lower_bound(out.begin(), out.end(), end);
             if (at == out.end() || *at != end)
@@ -545,6 +531,23 @@ private:
             && state.json.feed(bytes[static_cast<std::size_t>(token)]);
     }
 
+    /// Whether `token`'s bytes continue the request's regex or grammar (read into its state; a
+    /// grammar ambiguous past its limit there throws std::runtime_error).
+    static bool continuesGuide(RequestState& state, TokenIdType token)
+    {
+        auto const& bytes = state.request.tokenTable->bytes;
+        auto const t = static_cast<std::size_t>(token);
+        if (state.request.regex)
+        {
+            state.regexState = t < bytes.size() ? state.request.regex->walk(state.regexState, bytes[t]) : RegexDfa::kDead;
+            return state.regexState != RegexDfa::kDead;
+        }
+        state.grammarState = t < bytes.size() && !bytes[t].empty()
+            ? state.request.grammar->advance(state.grammarState, bytes[t])
+            : Grammar::State{};
+        return !state.grammarState.empty();
+    }
+
     void accept(IdType id, SampleResult const& result)
     {
         RequestState& state = mStates.at(id);
@@ -564,39 +567,25 @@ private:
             return;
         }
         bool closed = state.json.complete();
-        if (state.request.regex && result.token != state.request.endId)
+        if ((state.request.regex || state.request.grammar) && result.token != state.request.endId)
         {
-            auto const& bytes = state.request.tokenTable->bytes;
-            auto const t = static_cast<std::size_t>(result.token);
-            state.regexState = t < bytes.size() ? state.request.regex->walk(state.regexState, bytes[t]) : RegexDfa::kDead;
-            if (state.regexState == RegexDfa::kDead)
-            {
-                finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the regex");
-                return;
-            }
-            closed = state.request.regex->closed(state.regexState);
-        }
-        if (state.request.grammar && result.token != state.request.endId)
-        {
-            auto const& bytes = state.request.tokenTable->bytes;
-            auto const t = static_cast<std::size_t>(result.token);
             try
             {
-                state.grammarState = t < bytes.size() && !bytes[t].empty()
-                    ? state.request.grammar->advance(state.grammarState, bytes[t])
-                    : Grammar::State{};
+                if (!continuesGuide(state, result.token))
+                {
+                    finish(id, FinishReason::kError,
+                        std::string("sampling failed: the picked token does not continue the ")
+                            + (state.request.regex ? "regex" : "grammar"));
+                    return;
+                }
             }
             catch (std::runtime_error const& e)
             {
                 finish(id, FinishReason::kError, std::string("sampling failed: ") + e.what());
                 return;
             }
-            if (state.grammarState.empty())
-            {
-                finish(id, FinishReason::kError, "sampling failed: the picked token does not continue the grammar");
-                return;
-            }
-            closed = Grammar::closed(state.grammarState);
+            closed = state.request.regex ? state.request.regex->closed(state.regexState)
+                                         : Grammar::closed(state.grammarState);
         }
         FinishReason const reason
             = stopReason(state.request, seq.tokens, seq.numPromptTokens, mConfig.maxSeqLen, closed);

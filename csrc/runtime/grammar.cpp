@@ -8,12 +8,7 @@
 
 namespace kiln
 {
-namespace
-{
-
-/// Whether some rule can begin with itself (through rules that can match nothing), which
-/// would make expanding a stack never stop; -1 if none, else one such rule.
-std::int32_t leftRecursive(std::vector<std::vector<Grammar::Alternative>> const& rules)
+std::int32_t Grammar::leftRecursive(std::vector<std::vector<Alternative>> const& rules)
 {
     std::vector<bool> nullable(rules.size(), false);
     for (bool changed = true; changed;)
@@ -94,6 +89,9 @@ std::int32_t leftRecursive(std::vector<std::vector<Grammar::Alternative>> const&
     }
     return -1;
 }
+
+namespace
+{
 
 void normalize(Grammar::State& state)
 {
@@ -248,8 +246,8 @@ std::vector<TokenIdType> Grammar::walkTokens(State const& state, TokenTable cons
     // every token that begins with it. The states met on the way are numbered and each step
     // between them taken once: inside a string most bytes lead back to the state they left, so
     // most steps are a lookup.
-    std::vector<State> met{state};
     std::map<State, std::int32_t> number{{state, 0}};
+    std::vector<State const*> met{&number.begin()->first}; // by number
     std::unordered_map<std::uint64_t, std::int32_t> steps; // (state << 8 | byte) -> state, -1: none
     auto const next = [&](std::int32_t from, unsigned char byte) {
         auto const key = (static_cast<std::uint64_t>(from) << 8) | byte;
@@ -257,14 +255,14 @@ std::vector<TokenIdType> Grammar::walkTokens(State const& state, TokenTable cons
         {
             return it->second;
         }
-        State to = step(met[static_cast<std::size_t>(from)], byte);
+        State to = step(*met[static_cast<std::size_t>(from)], byte);
         std::int32_t id = -1;
         if (!to.empty())
         {
             auto const [it, fresh] = number.try_emplace(std::move(to), static_cast<std::int32_t>(met.size()));
             if (fresh)
             {
-                met.push_back(it->first);
+                met.push_back(&it->first);
             }
             id = it->second;
         }

@@ -68,6 +68,10 @@ public:
     /// `state` to a live state (kept: AllowedTokens).
     [[nodiscard]] std::vector<TokenIdType> tokens(State const& state, TokenTable const& table, SizeType vocabSize) const;
 
+    /// @brief A rule that can begin with itself (through rules that can match nothing), which
+    /// would make expanding a stack never stop, found depth first from rule 0; -1 if none.
+    [[nodiscard]] static std::int32_t leftRecursive(std::vector<std::vector<Alternative>> const& rules);
+
     /// @brief The most stacks a state may hold (a grammar ambiguous past it fails its request).
     static constexpr std::size_t kMaxStacks = 1024;
 
