@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
-ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3"]
+ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
+         "mistral-window", "qwen2-window"]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,12 @@ TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_la
             rms_norm_eps=1e-5)
 
 
+PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# LongRoPE factors for TINY's heads of 16 dims at partial_rotary_factor 0.75: 6 rotated pairs.
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5],
+            "long_factor": [1.5, 2.0, 3.0, 4.0, 5.0, 8.0]}
+
+
 def tiny_config(arch: str, **overrides):
     import transformers
 
@@ -32,10 +38,21 @@ def tiny_config(arch: str, **overrides):
         cfg = transformers.LlamaConfig(**kw, tie_word_embeddings=True)
     elif arch == "mistral":
         cfg = transformers.MistralConfig(**kw, sliding_window=None)
+    elif arch == "mistral-window":  # Mistral 7B v0.1's sliding window, on every layer
+        cfg = transformers.MistralConfig(**kw, sliding_window=16)
     elif arch == "qwen2":
         cfg = transformers.Qwen2Config(**kw, tie_word_embeddings=False)
+    elif arch == "qwen2-window":  # a sliding window on the layers from max_window_layers on
+        cfg = transformers.Qwen2Config(**kw, tie_word_embeddings=False, use_sliding_window=True,
+                                       sliding_window=16, max_window_layers=1)
     elif arch == "qwen3":
         cfg = transformers.Qwen3Config(**kw, head_dim=32, tie_word_embeddings=False)
+    elif arch == "phi3":  # q/k/v and gate/up stored fused
+        cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
+    elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied
+        cfg = transformers.Phi3Config(**kw, **PHI3_IDS, partial_rotary_factor=0.75,
+                                      original_max_position_embeddings=128, rope_scaling=LONGROPE,
+                                      tie_word_embeddings=True)
     else:
         raise ValueError(arch)
     for k, v in overrides.items():

@@ -12,19 +12,21 @@ from kiln.builder.errors import KilnError
 
 from .base import Checkpoint, one_line
 from .hf_files import load_bin, locate_weights, read_config, safetensors_header
-from .names import canonical_from_hf
+from .names import canonical_from_hf, fused_parts_from_hf, is_fused_hf
 from .prequantized import recognise as recognise_prequantized
 from .tokenizer import save_hf_tokenizer
 
 
 @dataclass(slots=True, frozen=True)
 class _Entry:
-    """Where one canonical tensor lives: file index, HF name, and its stored shape/dtype."""
+    """Where one canonical tensor lives: file index, HF name, and its stored shape/dtype;
+    `rows`: the rows [start, end) of a fused HF tensor it is."""
 
     file: int
     hf_name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    rows: tuple[int, int] | None = None
 
 
 class HFCheckpoint(Checkpoint):
@@ -70,11 +72,34 @@ class HFCheckpoint(Checkpoint):
                     raise KilnError(f"{path} lacks tensor {absent[0]!r} that the shard index "
                                     "lists for it; re-download the checkpoint")
             for hf_name, (shape, dtype) in metas.items():
+                if self._add_fused(index, hf_name, shape, dtype):
+                    continue
                 name = canonical_from_hf(hf_name)
                 if name is None and self.prequantized:
                     name = self.prequantized.canonical(hf_name)
                 if name is not None and name not in self._entries:
                     self._entries[name] = _Entry(index, hf_name, shape, dtype)
+
+    def _add_fused(self, index: int, hf_name: str, shape: tuple[int, ...], dtype) -> bool:
+        """Offers the parts of a fused q/k/v or gate/up tensor as their canonical tensors."""
+        if self.prequantized and is_fused_hf(hf_name):
+            raise KilnError(f"{self.path} is a pre-quantized checkpoint ({self.prequantized.method}) "
+                            f"with fused tensors ({hf_name}), which Kiln does not read; build from "
+                            "the unquantized checkpoint with --quant")
+        try:
+            parts = fused_parts_from_hf(hf_name, self.hf_config)
+        except KeyError as missing:
+            raise KilnError(f"config.json has no {missing.args[0]!r}, needed to split {hf_name}; "
+                            "is the checkpoint complete?") from None
+        if parts is None:
+            return False
+        if not shape or shape[0] != parts[-1][2]:
+            raise KilnError(f"tensor {hf_name} has shape {list(shape)} but config.json implies "
+                            f"{parts[-1][2]} rows; the checkpoint and its config.json do not match")
+        for name, start, end in parts:
+            self._entries.setdefault(name, _Entry(index, hf_name, (end - start, *shape[1:]), dtype,
+                                                  (start, end)))
+        return True
 
     def _settle_tied_head(self) -> None:
         # save_pretrained drops lm_head when it is tied; when config.json does not say, the
@@ -100,9 +125,12 @@ class HFCheckpoint(Checkpoint):
         entry = self._entries[name]
         handle = self._handles[entry.file]
         if self._kind == "safetensors":
+            if entry.rows:
+                return handle.get_slice(entry.hf_name)[entry.rows[0]:entry.rows[1]]
             return handle.get_tensor(entry.hf_name)
         # A fresh tensor, as safetensors gives: callers may modify it in place.
-        return handle[entry.hf_name].clone()
+        tensor = handle[entry.hf_name]
+        return (tensor[entry.rows[0]:entry.rows[1]] if entry.rows else tensor).clone()
 
     def save_tokenizer(self, out_dir: str | Path) -> None:
         save_hf_tokenizer(self.path, Path(out_dir), self.hf_config)

@@ -23,6 +23,35 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
+# Tensors some families store fused (Phi-3): q/k/v and gate/up, split by rows on reading.
+_HF_FUSED = re.compile(r"^(?:model\.)?layers\.(\d+)\.(?:self_attn\.(qkv)_proj|mlp\.(gate_up)_proj)\.(\w+)$")
+
+
+def is_fused_hf(hf_name: str) -> bool:
+    """Whether a HuggingFace tensor belongs to a fused q/k/v or gate/up module."""
+    return _HF_FUSED.match(hf_name) is not None
+
+
+def fused_parts_from_hf(hf_name: str, hf_config: dict) -> list[tuple[str, int, int]] | None:
+    """[(canonical name, first row, end row)] of a fused HuggingFace weight or bias, or None."""
+    match = _HF_FUSED.match(hf_name)
+    if not match or match.group(4) not in ("weight", "bias"):
+        return None
+    layer, qkv, _, kind = match.groups()
+    if qkv:
+        heads = int(hf_config["num_attention_heads"])
+        head_dim = int(hf_config.get("head_dim") or int(hf_config["hidden_size"]) // heads)
+        kv = int(hf_config.get("num_key_value_heads") or heads) * head_dim
+        sizes = (("q", heads * head_dim), ("k", kv), ("v", kv))
+    else:
+        sizes = (("gate", int(hf_config["intermediate_size"])), ("up", int(hf_config["intermediate_size"])))
+    parts, row = [], 0
+    for part, size in sizes:
+        parts.append((f"layers.{layer}.{part}.{kind}", row, row + size))
+        row += size
+    return parts
+
+
 _GGUF_LAYER = {
     "attn_norm": "attn_norm",
     "attn_q": "q",

@@ -122,9 +122,9 @@ def _fp8_cache_operand(q, IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
 def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
             qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
             TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-            KV_QUANT: tl.constexpr):
+            KV_QUANT: tl.constexpr, WINDOW: tl.constexpr = 0):
     """Online softmax over cached keys lo..hi-1 (lo a multiple of TILE) of one sequence (block
-    table at bt_ptr). An 8-bit cache's V (rope.v_transposed: [head_dim, tokens] a block) is
+    table at bt_ptr); with WINDOW, a query at position p sees the keys after p - WINDOW only. An 8-bit cache's V (rope.v_transposed: [head_dim, tokens] a block) is
     read keys-contiguous and masked by whole blocks only, so its tiles load 16 bytes a copy:
     the keys past hi in the last block (and any tile's blocks past it: block 0) are read
     too, and weigh 0 (p = 0). The executor zeroes the cache when it allocates it and every
@@ -147,6 +147,8 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
             visible = (j[None, :] <= q_pos[:, None]) & j_ok[None, :]
         else:
             visible = j_ok[None, :] & (q_pos[:, None] >= 0)
+        if WINDOW > 0:
+            visible = visible & (j[None, :] > q_pos[:, None] - WINDOW)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -174,7 +176,8 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
                            IEEE: tl.constexpr, KV_QUANT: tl.constexpr, out8_ptr=None,
                            out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
-                           OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0):
+                           OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0,
+                           WINDOW: tl.constexpr = 0):
     enter(PDL)
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     qblock = tl.program_id(0)
@@ -204,9 +207,12 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
         qk_scale = scale * 1.4426950408889634
         if KV_QUANT != 0:
             qk_scale = qk_scale * tl.load(k_scale_ptr)
+        lo = 0
+        if WINDOW > 0:  # from the tile of the block's first query's first visible key
+            lo = tl.maximum(prefix + first - WINDOW + 1, 0) // TILE * TILE
         acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
-                                prefix + t, 0, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
-                                True, IEEE, KV_QUANT)
+                                prefix + t, lo, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
+                                True, IEEE, KV_QUANT, WINDOW)
         if KV_QUANT != 0:
             acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
@@ -250,15 +256,19 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         V_STRIDE: tl.constexpr = 0, GROUP_PAD: tl.constexpr = 1,
                         HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0, out8_ptr=None,
                         out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
-                        OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0):
+                        OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0,
+                        WINDOW: tl.constexpr = 0):
     enter(PDL)
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     ctx_len = tl.load(context_lens_ptr + seq)
-    per = tl.cdiv(tl.cdiv(ctx_len, TILE), num_splits) * TILE
-    lo = split * per
+    base = 0
+    if WINDOW > 0:  # the splits share the window's tiles only
+        base = tl.maximum(ctx_len - WINDOW, 0) // TILE * TILE
+    per = tl.cdiv(tl.cdiv(ctx_len - base, TILE), num_splits) * TILE
+    lo = base + split * per
     hi = tl.minimum(ctx_len, lo + per)
     tok = tl.load(query_start_ptr + seq).to(tl.int64)
     if PROLOGUE:
@@ -282,11 +292,14 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * max_blocks
     q_pos = tl.zeros([BLOCK_M], dtype=tl.int32)
+    if WINDOW > 0:
+        q_pos += ctx_len - 1
     qk_scale = scale * 1.4426950408889634
     if KV_QUANT != 0:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
     acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
-                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT)
+                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT,
+                            WINDOW)
     if KV_QUANT != 0:
         acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
@@ -411,17 +424,22 @@ def decode_launches(cfg: dict, quant: int, fp32: bool, splits: str,
              .format(long=long)) for config, whens in cases.items()]
 
 
-def long_split_formula(splits: str) -> str:
+def _keys(window: int) -> str:
+    """The most keys a query of the step attends to."""
+    return f"min(MAXCTX, {window})" if window else "MAXCTX"
+
+
+def long_split_formula(splits: str, window: int = 0) -> str:
     """1 when a split of the step's longest context holds LONG_SPLIT_TOKENS or more."""
-    return f"cdiv(MAXCTX, {splits}) >= {LONG_SPLIT_TOKENS}"
+    return f"cdiv({_keys(window)}, {splits}) >= {LONG_SPLIT_TOKENS}"
 
 
-def splits_formula(nkv: int, tile: int) -> str:
+def splits_formula(nkv: int, tile: int, window: int = 0) -> str:
     """S: split the context when BD * NKV programs would leave the GPU under-filled; a split
     holds SPLIT_TOKENS or more, and at least one tile of `tile` keys (a split is whole tiles:
-    more splits than tiles would be empty)."""
+    more splits than tiles would be empty). With a sliding window, the window's keys."""
     return (f"max(1, min({MAX_SPLITS}, cdiv(2 * NSM, max(1, BD) * {nkv}), "
-            f"cdiv(MAXCTX, {max(SPLIT_TOKENS, tile)})))")
+            f"cdiv({_keys(window)}, {max(SPLIT_TOKENS, tile)})))")
 
 
 def partials_bytes_formula(nq: int, head_dim: int) -> str:
@@ -458,15 +476,16 @@ def plan_attention(node, ctx):
     out8_shape = dict(OUT8_STRIDE=ctx.row_stride(quantized[0]) if quantized else 0,
                       OUT_FP8=bool(quantized))
     # The leading BD sequences (decodes): RoPE, the KV write and attention in the decode kernel.
+    window = shape["WINDOW"] = a.get("window", 0)  # set where it hides keys (models/llama.py)
     dcfg = decode_config(nq, nkv, hd, ieee)
-    splits = ctx.derive(splits_formula(nkv, dcfg["TILE"]))
+    splits = ctx.derive(splits_formula(nkv, dcfg["TILE"], window))
     partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
     prologue = dict(q_in_ptr=ctx.ptr(q), k_ptr=ctx.ptr(k), v_ptr=ctx.ptr(v),
                     positions_ptr=ctx.ptr("positions"), slot_ptr=ctx.ptr("slot_mapping"),
                     inv_freq_ptr=rope_table(ctx, rope))
     # One launch, or with an 8-bit cache one per config (a step takes one of them).
     launches = decode_launches(dcfg, quant, ieee, splits,
-                               lambda: ctx.derive(long_split_formula(splits)))
+                               lambda: ctx.derive(long_split_formula(splits, window)))
     for (tile, warps, stages), when in launches:
         ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
                    num_stages=stages, when=when,
@@ -505,7 +524,7 @@ def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nk
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
                     k_scale=None, v_scale=None, new_kv: dict | None = None,
-                    out_fp8=None, out_scale=None):
+                    out_fp8=None, out_scale=None, window: int = 0):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
     tokens_per_block, hd], an 8-bit v_cache as rope.v_transposed stores it), launched as the
     plan launches it: the leading one-token sequences through the decode kernel (num_splits
@@ -517,7 +536,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     Without it, q is already rotated and the cache already holds the step's k and v.
     out_fp8 (float8_e4m3fn [T, nq*hd]) with out_scale (float32 [1]): the output is written
     there, quantized, as the plan writes an attention op's with out_qdtype (out then holds
-    only the rotated q)."""
+    only the rotated q). window: the attention op's sliding window (0: none)."""
     import torch
 
     t, b = q.shape[0], context_lens.shape[0]
@@ -530,7 +549,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     fp32 = q.dtype == torch.float32
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
-                 TPB=tpb, IEEE=fp32, KV_QUANT=quant)
+                 TPB=tpb, IEEE=fp32, KV_QUANT=quant, WINDOW=window)
     fp8 = dict(out8_ptr=out_fp8, out_scale_ptr=out_scale,
                OUT8_STRIDE=out_fp8.stride(0), OUT_FP8=True) if out_fp8 is not None else {}
     if bd > 0:
@@ -546,7 +565,8 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
         partials = torch.empty(bd * num_heads * splits * (head_dim + 2), dtype=torch.float32,
                                device=q.device)
         dcfg = decode_config(num_heads, nkv, head_dim, fp32)
-        long = evaluate(long_split_formula("S"), {"MAXCTX": int(context_lens.max()), "S": splits})
+        long = evaluate(long_split_formula("S", window),
+                        {"MAXCTX": int(context_lens.max()), "S": splits})
         tile, warps, stages = decode_launch(dcfg, quant, fp32, bool(long), splits > 1)
         direct(paged_decode_kernel, q)[(bd, nkv, splits)](
             out, partials, q_src, k_cache, v_cache, block_tables, context_lens, query_start,

@@ -197,8 +197,8 @@ def _constexprs(nq, nkv, head_dim, tpb, q_stride, q_out_stride, k_stride, v_stri
 
 
 def inv_freq_table(rope: dict) -> list[float]:
-    from kiln.builder.ops.rope import inv_freq
-    return inv_freq(rope["head_dim"], rope["theta"], rope.get("scaling")).tolist()
+    from kiln.builder.ops.rope import inv_freq_of
+    return inv_freq_of(rope).tolist()
 
 
 # -- lowering -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from kiln.builder.errors import KilnError
@@ -14,11 +15,13 @@ from kiln.quantize.mode import check_group_size, check_targets, quant_mode
 class ArchSpec:
     """What an architecture adds to the Llama decoder, as data rather than name checks.
 
-    A bias flag of None is read from the checkpoint's config (`attention_bias`, `mlp_bias`)."""
+    A bias flag of None is read from the checkpoint's config (`attention_bias`, `mlp_bias`).
+    `rope_aliases`: older names of a rope_scaling type in this family's configs."""
     qkv_bias: bool | None = None
     o_bias: bool | None = None
     mlp_bias: bool | None = None
     qk_norm: bool = False
+    rope_aliases: tuple[tuple[str, str], ...] = ()
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -26,6 +29,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "MistralForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False),
     "Qwen2ForCausalLM": ArchSpec(qkv_bias=True, o_bias=False, mlp_bias=False),
     "Qwen3ForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True),
+    # Phi-3, Phi-3.5 and Phi-4 (mini): q/k/v and gate/up stored fused (names.py splits them).
+    "Phi3ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False,
+                                rope_aliases=(("su", "longrope"), ("yarn", "longrope"))),
 }
 
 
@@ -33,17 +39,45 @@ def _flag(spec_value: bool | None, hf: dict, key: str) -> bool:
     return bool(hf.get(key, False)) if spec_value is None else spec_value
 
 
-def _rope_params(hf: dict) -> tuple[float, dict | None]:
-    """(theta, scaling) from either transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters)."""
+def _rope_params(hf: dict, spec: ArchSpec) -> tuple[float, dict | None, float]:
+    """(theta, scaling, partial_rotary_factor) from either transformers 4 (rope_theta,
+    rope_scaling, partial_rotary_factor) or 5 (rope_parameters)."""
     params = dict(hf.get("rope_parameters") or {})
     theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    fraction = params.pop("partial_rotary_factor", None) or hf.get("partial_rotary_factor") or 1.0
     scaling = hf.get("rope_scaling") or (params or None)
     if scaling:
-        scaling = dict(scaling)
-        scaling.setdefault("rope_type", scaling.pop("type", "default"))
+        scaling = {k: v for k, v in scaling.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        kind = scaling.pop("type", None)
+        kind = scaling.setdefault("rope_type", kind or "default")
+        scaling["rope_type"] = dict(spec.rope_aliases).get(kind, kind)
         if scaling["rope_type"] == "default":
             scaling = None
-    return theta, scaling
+        elif scaling["rope_type"] == "longrope":
+            scaling.setdefault("original_max_position_embeddings",
+                               hf.get("original_max_position_embeddings"))
+    return theta, scaling, float(fraction)
+
+
+def _sliding_layers(hf: dict, layers: int) -> list[int] | None:
+    """The layers a sliding window applies to: config.json's layer_types (transformers 5),
+    else Qwen2's rule (layers from max_window_layers on), else all (None)."""
+    if hf.get("layer_types"):
+        return [i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention"]
+    if "max_window_layers" in hf:
+        return list(range(int(hf["max_window_layers"]), layers))
+    return None
+
+
+def _check_longrope(scaling: dict, rotary_dim: int) -> None:
+    for key in ("short_factor", "long_factor"):
+        factors = scaling.get(key)
+        if not isinstance(factors, list) or len(factors) != rotary_dim // 2:
+            raise KilnError(f"rope_scaling longrope needs {key}: a list of {rotary_dim // 2} "
+                            f"numbers (one per rotated pair), got {factors!r}")
+    if not isinstance(scaling.get("original_max_position_embeddings"), int):
+        raise KilnError("rope_scaling longrope needs original_max_position_embeddings (the "
+                        "pretrained context) in config.json")
 
 
 @dataclass(slots=True)
@@ -68,6 +102,9 @@ class ModelConfig:
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    rotary_dim: int | None = None  # dims of a head RoPE rotates, where fewer than head_dim
+    # The layers whose attention is limited to sliding_window (None: all of them, when set).
+    sliding_layers: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -82,10 +119,16 @@ class ModelConfig:
                             f"of num_key_value_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise KilnError(f"model config: head_dim {self.head_dim} must be even for RoPE")
+        rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
+        if rotary % 2 or not 0 < rotary <= self.head_dim:
+            raise KilnError(f"model config: RoPE over {rotary} of {self.head_dim} head dims; it "
+                            "needs an even count from 2 to head_dim (partial_rotary_factor)")
         kind = (self.rope_scaling or {}).get("rope_type", "default")
         if kind not in SUPPORTED_ROPE_TYPES:
             raise KilnError(f"rope_scaling type {kind!r} is not supported; supported: "
                             f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+        if kind == "longrope":
+            _check_longrope(self.rope_scaling, rotary)
 
     @classmethod
     def from_hf(cls, hf: dict) -> "ModelConfig":
@@ -105,17 +148,21 @@ class ModelConfig:
         try:
             heads = int(hf["num_attention_heads"])
             hidden = int(hf["hidden_size"])
-            theta, scaling = _rope_params(hf)
+            head_dim = int(hf.get("head_dim") or hidden // heads)
+            theta, scaling, fraction = _rope_params(hf, spec)
             window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+            layers = int(hf["num_hidden_layers"])
+            sliding = _sliding_layers(hf, layers) if window else None
+            window = window if sliding != [] else None
             return cls(
                 architecture=arch,
                 vocab_size=int(hf["vocab_size"]),
                 hidden_size=hidden,
                 intermediate_size=int(hf["intermediate_size"]),
-                num_layers=int(hf["num_hidden_layers"]),
+                num_layers=layers,
                 num_heads=heads,
                 num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-                head_dim=int(hf.get("head_dim") or hidden // heads),
+                head_dim=head_dim,
                 rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
                 rope_theta=theta,
                 rope_scaling=scaling,
@@ -126,8 +173,10 @@ class ModelConfig:
                 mlp_bias=_flag(spec.mlp_bias, hf, "mlp_bias"),
                 qk_norm=spec.qk_norm,
                 sliding_window=int(window) if window else None,
+                sliding_layers=sliding or None,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
+                rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,
             )
         except KeyError as missing:
             raise KilnError(f"config.json has no {missing.args[0]!r}; is this a {arch} "
@@ -140,9 +189,40 @@ class ModelConfig:
     def from_json(cls, data: dict) -> "ModelConfig":
         return cls(**data)
 
-    @property
-    def rope_attrs(self) -> dict:
-        return {"head_dim": self.head_dim, "theta": self.rope_theta, "scaling": self.rope_scaling}
+    def rope_attrs(self, max_seq_len: int) -> dict:
+        """The rope ops' attrs for an engine of max_seq_len positions. LongRoPE's factors are
+        fixed per engine, as vLLM fixes them: the long set where the engine's sequences may run
+        past the pretrained context (HF switches a whole forward to it once any position does,
+        leaving earlier keys rotated by the short set), else the short set, where the engine
+        computes exactly what HF does."""
+        scaling = self.rope_scaling
+        if (scaling or {}).get("rope_type") == "longrope":
+            original = scaling["original_max_position_embeddings"]
+            factors = scaling["long_factor" if max_seq_len > original else "short_factor"]
+            scaling = {"rope_type": "longrope", "factors": list(factors),
+                       "attention_factor": self.longrope_attention_factor()}
+        attrs = {"head_dim": self.head_dim, "theta": self.rope_theta, "scaling": scaling}
+        if self.rotary_dim:
+            attrs["rotary_dim"] = self.rotary_dim
+        return attrs
+
+    def attention_window(self, layer: int, max_seq_len: int) -> int:
+        """A layer's sliding window where it hides keys from an engine of max_seq_len
+        positions, else 0."""
+        window = self.sliding_window
+        if not window or max_seq_len <= window:
+            return 0
+        return window if self.sliding_layers is None or layer in self.sliding_layers else 0
+
+    def longrope_attention_factor(self) -> float:
+        """The factor LongRoPE multiplies cos and sin by (q and k each): HF's default from the
+        context's stretch unless config.json gives one."""
+        s = self.rope_scaling
+        if s.get("attention_factor") is not None:
+            return float(s["attention_factor"])
+        original = s["original_max_position_embeddings"]
+        factor = s.get("factor") or self.max_position_embeddings / original
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
     def num_params(self) -> int:
         h, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
@@ -210,9 +290,6 @@ class BuildConfig:
             raise KilnError(f"--max-seq-len {self.max_seq_len} exceeds what the model supports "
                             f"({model.max_position_embeddings} positions); use --max-seq-len "
                             f"{model.max_position_embeddings} or less")
-        if model.sliding_window and self.max_seq_len > model.sliding_window:
-            raise KilnError(f"--max-seq-len {self.max_seq_len} exceeds the model's sliding window "
-                            f"({model.sliding_window}); use --max-seq-len {model.sliding_window} or less")
 
     def limit(self, name: str, asked: int | None) -> int:
         """A runtime limit (max_batch_size, max_num_tokens) asked of an engine of this build:

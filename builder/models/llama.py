@@ -1,12 +1,17 @@
-"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3) declared in the IR.
+"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3) declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 from kiln.builder.errors import KilnError
 from kiln.builder.ir import Graph, WeightSource
 from kiln.builder.models.config import BuildConfig, ModelConfig
+from kiln.builder.ops.rope import rotary_permutation
 
 STEP_INPUTS = {
     "input_ids": ("int32", ("T",)),
@@ -43,13 +48,64 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@dataclass(frozen=True, slots=True)
+class _HeadLayout:
+    """How q's and k's head dims are read from the checkpoint: permuted into partial RoPE's
+    order (ops.rope), and scaled by LongRoPE's attention_factor where HF multiplies the rotated
+    dims' cos and sin by it. The scale goes into the last map before RoPE (the q/k norms'
+    weights where the model has them, else the projections), so the kernels rotate by plain
+    cos and sin and the cache holds what HF's holds."""
+    head_dim: int
+    perm: torch.Tensor | None
+    scale: torch.Tensor | None  # [head_dim] in engine order
+    permuted: tuple[str, ...]   # names ending so are permuted
+    scaled: tuple[str, ...]     # ... and scaled
+
+    def source(self, ckpt, name: str) -> WeightSource:
+        if not name.endswith(self.permuted):
+            return _checkpoint_source(ckpt, name)
+        scale = self.scale if name.endswith(self.scaled) else None
+
+        def load(dtype):
+            w = ckpt.load(name, torch.float32)
+            heads = w.reshape(-1, self.head_dim, *w.shape[1:])
+            if self.perm is not None:
+                heads = heads[:, self.perm]
+            if scale is not None:
+                heads = heads * scale.reshape(-1, *[1] * (w.dim() - 1))
+            return heads.reshape(w.shape).to(dtype)
+
+        return WeightSource(load=load, describe=f"checkpoint:{name} (head dims as RoPE reads them)")
+
+
+def _head_layout(m: ModelConfig, rope: dict) -> _HeadLayout | None:
+    factor = (rope["scaling"] or {}).get("attention_factor", 1.0)
+    if not m.rotary_dim and factor == 1.0:
+        return None
+    hd = m.head_dim
+    perm = rotary_permutation(hd, m.rotary_dim) if m.rotary_dim else None
+    scale = None
+    if factor != 1.0:
+        r = (m.rotary_dim or hd) // 2
+        rotated = (torch.arange(hd) % (hd // 2)) < r  # pairs (j, j + hd/2), j < r, in engine order
+        scale = torch.where(rotated, torch.tensor(factor, dtype=torch.float32), torch.tensor(1.0))
+    projections = ("q.weight", "k.weight", "q.bias", "k.bias")
+    norms = ("q_norm.weight", "k_norm.weight")
+    return _HeadLayout(hd, perm, scale, projections + norms if m.qk_norm else projections,
+                       norms if m.qk_norm else projections)
+
+
 def _checkpoint_source(ckpt, name: str) -> WeightSource:
     return WeightSource(load=lambda dtype: ckpt.load(name, dtype), describe=f"checkpoint:{name}")
 
 
-def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt) -> None:
+def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) -> None:
     """Adds every weight, refusing a checkpoint whose tensors are missing or misshapen."""
     present = set(ckpt.names())
+    layout = _head_layout(m, rope)
+    if layout and getattr(ckpt, "prequantized", None):
+        raise KilnError("a pre-quantized checkpoint of a model with partial RoPE or LongRoPE is "
+                        "not read; build from the unquantized checkpoint with --quant")
     for name, shape in weight_shapes(m).items():
         if name not in present:
             raise KilnError(f"checkpoint has no tensor for {name} (a {m.architecture} with this "
@@ -58,7 +114,8 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt) -> None:
         if found != shape:
             raise KilnError(f"tensor {name} has shape {list(found)} but config.json implies "
                             f"{list(shape)}; the checkpoint and its config.json do not match")
-        graph.add_weight(name, dtype, shape, _checkpoint_source(ckpt, name))
+        source = layout.source(ckpt, name) if layout else _checkpoint_source(ckpt, name)
+        graph.add_weight(name, dtype, shape, source)
 
 
 def _params(prefix: str, bias: bool) -> list[str]:
@@ -70,7 +127,8 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     g = Graph()
     for name, (dtype, shape) in STEP_INPUTS.items():
         g.add_value(name, dtype, shape, "input")
-    declare_weights(g, m, build.dtype, ckpt)
+    rope = m.rope_attrs(build.max_seq_len)
+    declare_weights(g, m, build.dtype, ckpt, rope)
     eps, hd = m.rms_norm_eps, m.head_dim
     step = ["positions", "slot_mapping", "block_tables", "context_lens", "query_start"]
 
@@ -85,11 +143,12 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         if m.qk_norm:
             (q,) = g.call("head_rmsnorm", [q, p + "q_norm.weight"], [p + "q_normed"], eps=eps, head_dim=hd)
             (k,) = g.call("head_rmsnorm", [k, p + "k_norm.weight"], [p + "k_normed"], eps=eps, head_dim=hd)
-        (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **m.rope_attrs)
-        (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **m.rope_attrs)
+        (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **rope)
+        (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **rope)
+        window = m.attention_window(layer, build.max_seq_len)
         (a,) = g.call("attention", [q, k, v, *step], [p + "attn"], layer=layer,
                       num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=hd,
-                      scale=hd ** -0.5, rope=None)
+                      scale=hd ** -0.5, rope=None, **({"window": window} if window else {}))
         (o,) = g.call("linear", [a, *_params(p + "o", m.o_bias)], [p + "attn_out"])
         (h,) = g.call("add", [h, o], [p + "post_attn"])
         (x,) = g.call("rmsnorm", [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)

@@ -2,7 +2,8 @@
 
 Inputs: q, k, v, positions, slot_mapping, block_tables, context_lens, query_start.
 Each step token's k and v are written to its slot; then every query token at position p
-attends causally to its own sequence's cached positions 0..p.
+attends causally to its own sequence's cached positions 0..p; with attr `window` W (a sliding
+window), to positions p - W + 1..p only, as HF's sliding-window layers do.
 
 A quantized KV cache (attr kv_dtype "float8_e4m3fn" or "int8") adds two inputs, k_scale and
 v_scale (float32 [1] each): k and v are quantized with them on the way in and dequantized on
@@ -92,7 +93,10 @@ def _reference(node, inputs, ctx):
         vs = values.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)
         scores = (qs @ ks.transpose(1, 2)) * a["scale"]
         key_pos = torch.arange(keys.shape[0], device=positions.device)
-        mask = key_pos[None, :] > positions[start:end].long()[:, None]
+        q_pos = positions[start:end].long()[:, None]
+        mask = key_pos[None, :] > q_pos
+        if a.get("window"):
+            mask |= key_pos[None, :] <= q_pos - a["window"]
         scores = scores.masked_fill(mask[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[start:end] = (probs @ vs).transpose(0, 1).reshape(end - start, nq * hd).to(q.dtype)

@@ -1,4 +1,11 @@
-"""Rotary position embedding (rotate-half form, as HuggingFace's Llama), with rope scaling."""
+"""Rotary position embedding (rotate-half form, as HuggingFace's Llama), with rope scaling.
+
+A model that rotates only the first `rotary_dim` dims of a head (a partial_rotary_factor below
+1) is built with its q and k head dims permuted (`rotary_permutation`): the rotated pairs
+(i, i + rotary_dim / 2) become (i, i + head_dim / 2) and the dims left alone fill the other
+pairs, whose frequency is 0 (cos 1, sin 0: unchanged). Attention's q . k is a sum over a head's
+dims in any order, so the permutation changes nothing else, and every kernel rotates whole
+heads."""
 from __future__ import annotations
 
 import math
@@ -8,13 +15,24 @@ import torch
 from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
-def inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """The per-pair frequencies, computed exactly as transformers does (float32)."""
-    freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+def inv_freq(head_dim: int, theta: float, scaling: dict | None,
+             rotary_dim: int | None = None) -> torch.Tensor:
+    """The head_dim / 2 per-pair frequencies, computed exactly as transformers does (float32):
+    those of the first rotary_dim dims, then zeros for the pairs left unrotated."""
+    dim = rotary_dim or head_dim
+    freq = _rotary_freq(dim, theta, scaling)
+    return torch.cat((freq, torch.zeros(head_dim // 2 - dim // 2))) if dim < head_dim else freq
+
+
+def _rotary_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "longrope":  # the factors set chosen for the engine (ModelConfig.rope_attrs)
+        return 1.0 / (torch.tensor(scaling["factors"], dtype=torch.float32) * theta ** shape)
+    freq = 1.0 / (theta ** shape)
     if kind == "default":
         return freq
     if kind == "linear":
@@ -33,8 +51,21 @@ def inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
     raise ValueError(f"rope_type {kind!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
 
 
+def inv_freq_of(attrs: dict) -> torch.Tensor:
+    """inv_freq of a rope op's (or a kernel's rope) attrs."""
+    return inv_freq(attrs["head_dim"], attrs["theta"], attrs.get("scaling"), attrs.get("rotary_dim"))
+
+
+def rotary_permutation(head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """The order of a head's dims in the engine: new dim j holds HF's dim perm[j]. The rotated
+    pairs (i, i + rotary_dim / 2) land on (i, i + head_dim / 2); the rest fill the pairs after."""
+    r, h = rotary_dim // 2, head_dim // 2
+    rest = torch.arange(rotary_dim, head_dim)
+    return torch.cat((torch.arange(r), rest[: h - r], torch.arange(r, rotary_dim), rest[h - r:]))
+
+
 def cos_sin(positions: torch.Tensor, attrs: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    freq = inv_freq(attrs["head_dim"], attrs["theta"], attrs.get("scaling"))
+    freq = inv_freq_of(attrs)
     angles = positions.float()[:, None] * freq.to(positions.device)[None, :]
     emb = torch.cat((angles, angles), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)

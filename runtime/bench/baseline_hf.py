@@ -21,7 +21,14 @@ from kiln.runtime.bench.latency import LatencyResult
 from kiln.runtime.bench.metrics import RequestTiming, RunMetrics, summarize
 
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-               "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+               "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+               "Phi3ForCausalLM": "phi3"}
+# HF tensors a family stores fused: the HF names of their parts, in order.
+_FUSED = {"Phi3ForCausalLM": {"self_attn.qkv_proj.weight": ("self_attn.q_proj.weight",
+                                                             "self_attn.k_proj.weight",
+                                                             "self_attn.v_proj.weight"),
+                              "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight",
+                                                          "mlp.up_proj.weight")}}
 
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -47,6 +54,10 @@ def hf_config(m: ModelConfig):
         tie_word_embeddings=m.tie_word_embeddings, attention_bias=m.attention_bias,
         sliding_window=m.sliding_window, use_sliding_window=m.sliding_window is not None,
         bos_token_id=m.bos_token_id, eos_token_id=m.eos_token_id, pad_token_id=0)
+    if (m.rope_scaling or {}).get("rope_type") == "longrope":
+        kwargs["original_max_position_embeddings"] = m.rope_scaling["original_max_position_embeddings"]
+    if m.rotary_dim:
+        kwargs["partial_rotary_factor"] = m.rotary_dim / m.head_dim
     return transformers.AutoConfig.for_model(MODEL_TYPES[m.architecture], **kwargs)
 
 
@@ -56,6 +67,9 @@ def hf_state_dict(engine) -> dict[str, torch.Tensor]:
     quant = getattr(build, "quant", "none")
     if quant != "none":
         raise KilnError(f"the engine is quantized ({quant}); HF runs the unquantized model")
+    if m.rotary_dim or (m.rope_scaling or {}).get("rope_type") == "longrope":
+        raise KilnError("the engine's q and k head dims are laid out for its RoPE kernels "
+                        "(partial RoPE or LongRoPE), not as HF reads them")
     splits = {"qkv": (("q", "k", "v"), (m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim,
                                          m.num_kv_heads * m.head_dim)),
               "gate_up": (("gate", "up"), (m.intermediate_size, m.intermediate_size))}
@@ -84,6 +98,10 @@ def hf_state_dict(engine) -> dict[str, torch.Tensor]:
             raise KilnError(f"engine weight {name} has no HuggingFace counterpart")
     if m.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    for layer in range(m.num_layers):
+        prefix = f"model.layers.{layer}."
+        for fused, parts in _FUSED.get(m.architecture, {}).items():
+            state[prefix + fused] = torch.cat([state.pop(prefix + p) for p in parts])
     return state
 
 

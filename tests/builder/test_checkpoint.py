@@ -108,6 +108,87 @@ def test_hf_safetensors_every_arch(tmp_path, arch):
     assert len(names) == 3 + 2 * 9 + {"qwen2": 6, "qwen3": 4, "llama_bias": 8}.get(arch, 0) - (arch == "llama_tied")
 
 
+def phi3_expected(model) -> dict[str, torch.Tensor]:
+    """Phi-3's fused q/k/v and gate/up, split by rows as the config sizes them."""
+    out = {}
+    c = model.config
+    hd = c.hidden_size // c.num_attention_heads
+    for key, value in model.state_dict().items():
+        if "qkv_proj" in key or "gate_up_proj" in key:
+            layer = key.split(".")[2]
+            sizes = ({"q": c.num_attention_heads * hd, "k": c.num_key_value_heads * hd,
+                      "v": c.num_key_value_heads * hd} if "qkv_proj" in key else
+                     {"gate": c.intermediate_size, "up": c.intermediate_size})
+            for part, chunk in zip(sizes, torch.split(value, list(sizes.values()))):
+                out[f"layers.{layer}.{part}.weight"] = chunk
+        elif key == "model.embed_tokens.weight":
+            out["embed.weight"] = value
+        elif key == "model.norm.weight":
+            out["final_norm.weight"] = value
+        elif key == "lm_head.weight":
+            out["lm_head.weight"] = value
+        else:
+            _, _, layer, rest = key.split(".", 3)
+            module, leaf = rest.rsplit(".", 1)
+            out[f"layers.{layer}.{HF_LAYER_PARTS[module]}.{leaf}"] = value
+    return out
+
+
+def phi3_model(seed: int = 0):
+    config = transformers.Phi3Config(vocab_size=256, hidden_size=64, intermediate_size=96,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=128,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_hf_fused_qkv_and_gate_up_are_read_as_their_parts(tmp_path, fmt):
+    model = phi3_model()
+    if fmt == "safetensors":
+        model.save_pretrained(tmp_path)
+    else:
+        ckpt_save_bin(model, tmp_path)
+    expected = phi3_expected(model)
+    assert expected["layers.1.k.weight"].shape == (32, 64)
+    assert expected["layers.0.up.weight"].shape == (96, 64)
+    with open_checkpoint(tmp_path) as ckpt:
+        ckpt_assert_matches(ckpt, expected)
+
+
+def test_hf_fused_tensor_of_another_size_than_the_config_says_is_refused(tmp_path):
+    model = phi3_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["num_key_value_heads"] = 4
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KilnError, match=r"tensor model\.layers\.\d\.self_attn\.qkv_proj\.weight has shape "
+                                        r"\[128, 64\] but config\.json implies 192 rows"):
+        open_checkpoint(tmp_path)
+
+
+def test_hf_prequantized_with_fused_tensors_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    model = phi3_model()
+    model.config.save_pretrained(tmp_path)
+    state = {k: v for k, v in model.state_dict().items() if "_proj.weight" not in k}
+    state["model.layers.0.self_attn.qkv_proj.qweight"] = torch.zeros((64, 16), dtype=torch.int32)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 64,
+                                     "zero_point": True, "version": "gemm"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KilnError, match=r"pre-quantized checkpoint \(awq\) with fused tensors "
+                                        r"\(model\.layers\.0\.self_attn\.qkv_proj\.qweight\)"):
+        open_checkpoint(tmp_path)
+
+
 def test_hf_sharded_safetensors_bf16(tmp_path):
     model = ckpt_tiny_model("qwen3", seed=1).to(torch.bfloat16)
     model.save_pretrained(tmp_path, max_shard_size="40KB")

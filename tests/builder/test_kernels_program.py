@@ -80,7 +80,9 @@ def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama-bias", "float32"),
                                         ("qwen2", "float16"), ("qwen3", "float32"),
-                                        ("qwen3", "float16")])
+                                        ("qwen3", "float16"), ("phi3-longrope", "float32"),
+                                        ("mistral-window", "float32"),
+                                        ("qwen2-window", "float16")])
 def test_program_matches_reference_backend(tiny_engine, arch, dtype):
     _, engine = tiny_engine(arch, dtype, targets=(90,))
     # 16-bit builds: every step also as a greedy step, whose pick reads the LM head's output.
@@ -112,6 +114,17 @@ def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative
 
 def test_program_long_context_split_kv(tiny_engine):
     _, engine = tiny_engine("llama", "float32", targets=(90,), max_seq_len=256,
+                            tokens_per_block=16)
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(engine, LONG)):
+        assert err < BOUND["float32"] and same_argmax, f"step {i}: error {err:.2e}"
+        assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
+
+
+def test_program_long_context_in_a_sliding_window(tiny_engine):
+    """Prompt chunks and decodes 240 tokens in, each reading its window's tiles only (window
+    16, every layer; the step's split count follows the window: kernel_checks covers split
+    windows)."""
+    _, engine = tiny_engine("mistral-window", "float32", targets=(90,), max_seq_len=256,
                             tokens_per_block=16)
     for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(run(engine, LONG)):
         assert err < BOUND["float32"] and same_argmax, f"step {i}: error {err:.2e}"

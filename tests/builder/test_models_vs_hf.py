@@ -3,6 +3,7 @@ a prefill, a chunked prefill split over two steps, and 10 decode steps, 3 sequen
 different lengths batched in each step."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -13,7 +14,8 @@ from kiln.builder.models import BuildConfig
 from kiln.runtime.reference import ReferenceBackend
 from kiln_testing import PagedSequences, make_tiny_checkpoint
 
-ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3"]
+ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
+         "mistral-window", "qwen2-window"]
 BUILD = BuildConfig(dtype="float32", max_batch_size=4, max_seq_len=128, max_num_tokens=64,
                     tokens_per_block=4)
 
@@ -58,3 +60,29 @@ def test_engine_matches_huggingface(built):
                                 pad_token_id=0)
             # generate stops early if it meets the end id; the tokens up to there must agree.
             assert seqs.tokens[sid][: hf.shape[1]] == hf[0].tolist()
+
+
+def test_longrope_engine_past_the_pretrained_context_rotates_by_the_long_factors(tmp_path):
+    """An engine whose sequences may run past original_max_position_embeddings (128 here)
+    rotates every position by the long factors, as HF does for a sequence that long: a prompt
+    of 150 tokens, prefilled in chunks, agrees with HF at every position."""
+    ckpt = make_tiny_checkpoint("phi3-longrope", tmp_path / "hf", seed=5)
+    build = BuildConfig(dtype="float32", max_batch_size=2, max_seq_len=256, max_num_tokens=64,
+                        tokens_per_block=4)
+    build_engine(ckpt, tmp_path / "engine", build, progress=False)
+    engine = load_engine(tmp_path / "engine")
+    rope = next(n.attrs for n in engine.graph.nodes if n.op == "attention")["rope"]
+    assert rope["scaling"]["factors"] == [1.5, 2.0, 3.0, 4.0, 5.0, 8.0]
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    backend = ReferenceBackend.for_engine(engine, num_blocks=60)
+    seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, 60, seed=1)
+    tokens = torch.randint(0, 320, (150,), generator=torch.Generator().manual_seed(2)).tolist()
+    seqs.add(tokens)
+    rows = []
+    for start in range(0, 150, 50):
+        step = seqs.step([(0, 50)])
+        step["last_token_index"] = np.arange(50, dtype=np.int32)
+        rows.append(torch.from_numpy(backend.forward(step)))
+    with torch.no_grad():
+        ref = model(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(torch.cat(rows), ref, atol=1e-4, rtol=0)

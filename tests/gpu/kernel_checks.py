@@ -136,7 +136,8 @@ def paged_step(gen: random.Random, tokens_per_block: int, num_blocks: int, prefi
 
 
 def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, out, rope_on,
-                  num_splits=None, slot_mapping=None, k_scale=None, v_scale=None, **fp8_out):
+                  num_splits=None, slot_mapping=None, k_scale=None, v_scale=None, window=0,
+                  **fp8_out):
     """The attention op on the GPU kernels into `out`: rope_kv_kernel then the attention
     kernels, or (fused) as the plan runs it, RoPE and the KV write inside the decode kernel.
     Returns the q the attention kernels read (rotated by rope_kv_kernel unless fused).
@@ -153,17 +154,18 @@ def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, o
     attention.paged_attention(q, k_cache, stored, step["block_tables"], step["context_lens"],
                               step["query_start"], nq, head_dim, head_dim ** -0.5,
                               num_splits=num_splits, out=out, k_scale=k_scale, v_scale=v_scale,
-                              new_kv=new_kv if fused else None, **fp8_out)
+                              new_kv=new_kv if fused else None, window=window, **fp8_out)
     if stored is not v_cache:
         v_cache.copy_(rope.v_cache_view(stored))
     return q
 
 
 def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
-                    tokens_per_block=16, num_splits=None, rope_on=True, fused=False):
+                    tokens_per_block=16, num_splits=None, rope_on=True, fused=False, window=0):
     """RoPE + KV write + paged attention (the attention op) against the reference; returns
     (output error, cache error). fused: RoPE and the KV write as the plan runs them (inside
-    the decode kernel for a decode step), not by rope_kv_kernel first."""
+    the decode kernel for a decode step), not by rope_kv_kernel first. window: a sliding
+    window (the attention op's attr)."""
     from kiln.builder.kernels import rope
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -175,7 +177,8 @@ def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
     q, k, v = torch.split(qkv, [nq * head_dim, nkv * head_dim, nkv * head_dim], dim=1)
     attrs = {"layer": 0, "num_heads": nq, "num_kv_heads": nkv, "head_dim": head_dim,
              "scale": head_dim ** -0.5,
-             "rope": dict(LLAMA3_ROPE, head_dim=head_dim) if rope_on else None}
+             "rope": dict(LLAMA3_ROPE, head_dim=head_dim) if rope_on else None,
+             **({"window": window} if window else {})}
     ref_cache = cache.clone()
     inputs = [q, k, v] + [step[n] for n in ("positions", "slot_mapping", "block_tables",
                                              "context_lens", "query_start")]
@@ -188,7 +191,7 @@ def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
                          dtype=torch.float32, device=device)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
     _attention_op(fused, qd, kd, vd, dev, kc[0, 0], kc[0, 1], table, nq, head_dim, out, rope_on,
-                  num_splits)
+                  num_splits, window=window)
     slots = step["slot_mapping"]
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
     written = kc.cpu()[0, :, blocks, :, offs, :]
@@ -663,6 +666,31 @@ def interpreter_cases():
               seed=8, num_splits=2), 0),
         ("attention-norope-float32", check_attention,
          dict(dtype=f32, nq=4, nkv=4, head_dim=16, prefixes=[0], q_lens=[9], seed=7, rope_on=False), TOL[f32]),
+        # Sliding windows: keys before the window masked in the first tile it touches, and
+        # the tiles before it skipped (prefill blocks, decode splits).
+        ("attention-window-mixed-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=2, head_dim=32, prefixes=[40, 3, 0, 21, 90],
+              q_lens=[1, 1, 100, 5, 1], seed=17, window=37), TOL[f32]),
+        ("attention-window-mixed-fused-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=2, head_dim=32, prefixes=[40, 3, 0, 21, 90],
+              q_lens=[1, 1, 100, 5, 1], seed=17, window=37, fused=True), TOL[f32]),
+        ("attention-window-split3-fused-float32", check_attention,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[150, 5, 40], q_lens=[1, 1, 1],
+              seed=18, num_splits=3, window=70, fused=True), TOL[f32]),
+        ("attention-window-mixed-float16", check_attention,
+         dict(dtype=f16, nq=4, nkv=2, head_dim=32, prefixes=[90, 0, 21], q_lens=[1, 100, 5],
+              seed=19, window=64), TOL[f16]),
+        # A head_dim that is not a power of two (Phi-3's 96): padded to 128 in the kernels.
+        ("rope-hd96-float32", check_rope, dict(dtype=f32, tokens=5, heads=3, head_dim=96, seed=4), TOL[f32]),
+        ("attention-hd96-decodes-first-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=2, head_dim=96, prefixes=[40, 3, 0, 21], q_lens=[1, 1, 19, 5],
+              seed=15), TOL[f32]),
+        ("attention-hd96-decodes-first-fused-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=2, head_dim=96, prefixes=[40, 3, 0, 21], q_lens=[1, 1, 19, 5],
+              seed=15, fused=True), TOL[f32]),
+        ("attention-hd96-split3-fused-float32", check_attention,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=96, prefixes=[70, 5], q_lens=[1, 1], seed=16,
+              num_splits=3, fused=True), TOL[f32]),
         ("attention-fused-equals-unfused-float32", compare_fused_decode,
          dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5, 33], seed=8, num_splits=3), 0),
         ("attention-norope-fused-float32", check_attention,

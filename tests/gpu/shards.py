@@ -28,7 +28,8 @@ ATTENTION_A = ("test_attention", "test_attention_without_rope",
 ATTENTION_B = ("test_split_kv_decode", "test_split_kv_decode_quantized",
                "test_decode_with_rope_inside_equals_rope_kv_first",
                "test_attention_quantized_kv_cache",
-               "test_attention_quantized_kv_cache_other_dtypes")
+               "test_attention_quantized_kv_cache_other_dtypes",
+               "test_attention_in_a_sliding_window")
 # Names (prefixes) the "kernels" shard leaves to the shards above and below.
 KERNELS_ELSEWHERE = ("test_attention", "test_split_kv_decode", "test_decode_with_rope",
                      "test_kv_write", "test_gemv_glu", "test_small_m_glu", "test_small_m_gemm")

@@ -101,6 +101,19 @@ def test_attention_writes_its_output_as_fp8(dtype, splits):
                                          [1, 1, 1, 37, 1], seed=splits, num_splits=splits) == 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("splits", [1, 4])
+@pytest.mark.parametrize("fused", [False, True])
+def test_attention_in_a_sliding_window(dtype, splits, fused):
+    """Mistral-7B-v0.1's window (4,096) and a shorter one, over prompt chunks and decodes
+    whose context runs past it; head_dim 96 (Phi-3's) in the second."""
+    for nq, nkv, hd, window in ((32, 8, 128, 4096), (32, 32, 96, 1000)):
+        out, cache = kc.check_attention("cuda", dtype, nq, nkv, hd, [5000, 129, 3000, 0],
+                                        [1, 1, 300, 1200], seed=splits, tokens_per_block=32,
+                                        num_splits=splits, fused=fused, window=window)
+        assert out < kc.TOL[dtype] and cache < kc.TOL[dtype], (hd, window, out, cache)
+
+
 def test_attention_without_rope():
     out, cache = kc.check_attention("cuda", torch.bfloat16, 16, 4, 64, [10, 0], [30, 5], seed=3,
                                     rope_on=False)

@@ -33,7 +33,7 @@ WEIGHT_DTYPE = {"fp8": "float8_e4m3fn", "int8_sq": "int8", "int8_wo": "int8", "i
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("calib")
     return {arch: make_tiny_checkpoint(arch, root / arch, seed=i)
-            for i, arch in enumerate(["llama", "qwen2"])}
+            for i, arch in enumerate(["llama", "qwen2", "phi3-longrope"])}
 
 
 def engine_logits(engine, tokens: torch.Tensor) -> torch.Tensor:
@@ -90,6 +90,14 @@ def test_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, arch, qua
                 "int8_sq": {"linear_w8a8", "rmsnorm_quant", "add_rmsnorm_quant", "silu_mul_quant"}}
     assert expected.get(quant, {"linear_wo"}) <= ops
     assert "linear" in ops  # the LM head stays unquantized
+
+
+@pytest.mark.parametrize("quant", ["fp8", "int4_awq"])
+def test_partial_rope_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, quant):
+    """q and k read permuted and scaled for partial RoPE and LongRoPE (models/llama.py) are
+    what calibration sees and what the engine quantizes."""
+    engine, calibrator, _ = build(checkpoints["phi3-longrope"], tmp_path / "e", quant)
+    assert_agrees_with_modelopt(engine, calibrator)
 
 
 @pytest.mark.parametrize("quant, kv", [("none", "fp8"), ("none", "int8"), ("fp8", "fp8"),

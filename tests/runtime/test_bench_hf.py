@@ -10,7 +10,7 @@ from kiln.builder.errors import KilnError
 from kiln.runtime.bench.baseline_hf import hf_state_dict, load_hf_model, run_hf_throughput
 from kiln.runtime.bench.dataset import BenchRequest
 
-ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
+ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -39,6 +39,14 @@ def test_unmappable_weights_fall_back_to_random_ones_and_say_so(tiny_engine):
     assert load_hf_model(engine, "cpu")[1] == ("random weights of the same shape (engine weight "
                                                "layers.1.down.weight is stored as torch.int8, not "
                                                "the engine's float32)")
+
+
+def test_heads_laid_out_for_partial_rope_fall_back_to_random_weights(tiny_engine):
+    model, weights = load_hf_model(load_engine(tiny_engine("phi3-longrope")[1]), "cpu")
+    assert weights.startswith("random weights of the same shape (the engine's q and k head dims")
+    assert isinstance(model, transformers.Phi3ForCausalLM)
+    rope = model.config.rope_parameters
+    assert (rope["rope_type"], rope["partial_rotary_factor"]) == ("longrope", 0.75)
 
 
 def test_fused_weights_are_split_back(tiny_engine):

@@ -15,7 +15,7 @@ from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
 from kiln_testing import hf_greedy, mixed_traffic
 
-ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
+ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope"]
 
 
 def prompts(vocab: int, lengths, seed: int) -> list[list[int]]:

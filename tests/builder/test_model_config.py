@@ -1,0 +1,96 @@
+"""ModelConfig.from_hf on the config.json forms of the families Kiln builds, and its refusals."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kiln.builder.errors import KilnError
+from kiln.builder.models import ModelConfig
+from kiln.builder.ops.rope import inv_freq, rotary_permutation
+
+SHORT = [1.0 + i / 10 for i in range(48)]
+LONG = [2.0 + i for i in range(48)]
+
+
+def phi35_mini(**changes) -> dict:
+    """The layout of Phi-3.5-mini's config.json (transformers 4 names; factors made up)."""
+    config = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_act": "silu",
+              "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+              "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+              "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 262144,
+              "rope_scaling": {"type": "longrope", "short_factor": SHORT, "long_factor": LONG},
+              "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 32000}
+    return config | changes
+
+
+def test_phi3_longrope_picks_its_factors_by_the_engine_length():
+    m = ModelConfig.from_hf(phi35_mini())
+    assert (m.head_dim, m.rotary_dim, m.sliding_window) == (96, None, 262144)
+    assert m.rope_scaling["rope_type"] == "longrope"
+    short, long = m.rope_attrs(4096)["scaling"], m.rope_attrs(4097)["scaling"]
+    assert (short["factors"], long["factors"]) == (SHORT, LONG)
+    # HF's default: sqrt(1 + ln(131072 / 4096) / ln(4096)).
+    assert short["attention_factor"] == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)))
+    freq = inv_freq(96, 10000.0, short)
+    assert torch.equal(freq, 1.0 / (torch.tensor(SHORT) * 10000.0 ** (torch.arange(0, 96, 2).float() / 96)))
+    assert ModelConfig.from_hf(phi35_mini(rope_scaling={"type": "su", "short_factor": SHORT,
+                                                       "long_factor": LONG})).rope_scaling["rope_type"] == "longrope"
+
+
+def test_partial_rotary_factor_from_either_transformers_version():
+    v4 = phi35_mini(partial_rotary_factor=0.75, rope_scaling=None)
+    params = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}
+    v5 = phi35_mini(rope_scaling=None, rope_parameters=params)
+    for hf in (v4, v5):
+        m = ModelConfig.from_hf(hf)
+        assert (m.rotary_dim, m.rope_scaling) == (72, None)
+        attrs = m.rope_attrs(4096)
+        assert attrs["rotary_dim"] == 72
+        freq = inv_freq(96, 10000.0, None, 72)
+        assert freq.shape == (48,) and torch.equal(freq[36:], torch.zeros(12))
+        assert torch.equal(freq[:36], inv_freq(72, 10000.0, None))
+
+
+def test_rotary_permutation_pairs_the_rotated_dims_across_the_halves():
+    perm = rotary_permutation(16, 12).tolist()
+    # Pairs (i, i + 6) of the 12 rotated dims sit at (j, j + 8); dims 12..15 fill the rest.
+    assert perm == [0, 1, 2, 3, 4, 5, 12, 13, 6, 7, 8, 9, 10, 11, 14, 15]
+    assert sorted(perm) == list(range(16))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_scaling": {"type": "longrope", "short_factor": SHORT[:10], "long_factor": LONG}},
+     r"rope_scaling longrope needs short_factor: a list of 48 numbers \(one per rotated pair\)"),
+    ({"rope_scaling": {"type": "longrope", "short_factor": SHORT, "long_factor": LONG},
+      "original_max_position_embeddings": None},
+     r"rope_scaling longrope needs original_max_position_embeddings"),
+    ({"partial_rotary_factor": 0.01},
+     r"model config: RoPE over 0 of 96 head dims; it needs an even count from 2 to head_dim"),
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0}, "architectures": ["LlamaForCausalLM"]},
+     r"rope_scaling type 'yarn' is not supported; supported: default, linear, llama3, longrope"),
+])
+def test_bad_rope_configs_are_refused(change, message):
+    with pytest.raises(KilnError, match=message):
+        ModelConfig.from_hf(phi35_mini(**change))
+
+
+def test_sliding_window_layers_from_each_config_form():
+    qwen2 = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 320,
+             "use_sliding_window": True, "sliding_window": 32, "max_window_layers": 2}
+    m = ModelConfig.from_hf(qwen2)  # transformers 4: the layers from max_window_layers on
+    assert (m.sliding_window, m.sliding_layers) == (32, [2, 3])
+    assert [m.attention_window(i, 64) for i in range(4)] == [0, 0, 32, 32]
+    assert [m.attention_window(i, 32) for i in range(4)] == [0, 0, 0, 0]  # hides nothing
+    kinds = ["sliding_attention", "full_attention"] * 2  # transformers 5
+    assert ModelConfig.from_hf(qwen2 | {"layer_types": kinds}).sliding_layers == [0, 2]
+    none = ModelConfig.from_hf(qwen2 | {"layer_types": ["full_attention"] * 4})
+    assert (none.sliding_window, none.sliding_layers) == (None, None)
+    assert ModelConfig.from_hf(qwen2 | {"use_sliding_window": False}).sliding_window is None
+    mistral = qwen2 | {"architectures": ["MistralForCausalLM"]}
+    del mistral["use_sliding_window"], mistral["max_window_layers"]
+    m = ModelConfig.from_hf(mistral)  # every layer
+    assert (m.sliding_window, m.sliding_layers, m.attention_window(3, 4096)) == (32, None, 32)
