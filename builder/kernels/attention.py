@@ -176,8 +176,8 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
                            IEEE: tl.constexpr, KV_QUANT: tl.constexpr, out8_ptr=None,
                            out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
-                           OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0,
-                           WINDOW: tl.constexpr = 0):
+                           OUT_FP8: tl.constexpr = 0, WINDOW: tl.constexpr = 0,
+                           PDL: tl.constexpr = 0):
     enter(PDL)
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     qblock = tl.program_id(0)
@@ -256,8 +256,8 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         V_STRIDE: tl.constexpr = 0, GROUP_PAD: tl.constexpr = 1,
                         HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0, out8_ptr=None,
                         out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
-                        OUT_FP8: tl.constexpr = 0, PDL: tl.constexpr = 0,
-                        WINDOW: tl.constexpr = 0):
+                        OUT_FP8: tl.constexpr = 0, WINDOW: tl.constexpr = 0,
+                        PDL: tl.constexpr = 0):
     enter(PDL)
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     seq = tl.program_id(0)
