@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
-         "mistral-window", "qwen2-window"]
+         "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3"]
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,19 @@ def tiny_config(arch: str, **overrides):
                                        sliding_window=16, max_window_layers=1)
     elif arch == "qwen3":
         cfg = transformers.Qwen3Config(**kw, head_dim=32, tie_word_embeddings=False)
+    elif arch == "gemma":  # GELU-tanh MLP, RMSNorm by 1 + w, scaled embeddings, tied
+        cfg = transformers.GemmaConfig(**kw, head_dim=16, **PHI3_IDS)
+    elif arch == "gemma2":  # + sandwich norms, softcapped scores and logits, windows on even layers
+        cfg = transformers.Gemma2Config(**kw, head_dim=16, **PHI3_IDS, sliding_window=16,
+                                        query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                                        final_logit_softcapping=3.0)
+    elif arch == "gemma3":  # + q/k norms, the sliding layers' own RoPE base, linear scaling
+        cfg = transformers.Gemma3TextConfig(
+            **kw, head_dim=16, **PHI3_IDS, sliding_window=16, query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                "rope_theta": 1e6},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -38,6 +38,10 @@ class HFCheckpoint(Checkpoint):
         # A pre-quantized checkpoint Kiln reads (prequantized.py), else None; KilnError for
         # formats it does not read.
         self.prequantized = recognise_prequantized(directory, self.hf_config)
+        from kiln.builder.models.config import ARCHITECTURES
+
+        archs = self.hf_config.get("architectures") or [None]
+        self._sandwich = getattr(ARCHITECTURES.get(archs[0]), "sandwich_norms", False)
         weights = locate_weights(directory)
         self._kind = weights.kind
         self._handles: list = []
@@ -74,7 +78,7 @@ class HFCheckpoint(Checkpoint):
             for hf_name, (shape, dtype) in metas.items():
                 if self._add_fused(index, hf_name, shape, dtype):
                     continue
-                name = canonical_from_hf(hf_name)
+                name = canonical_from_hf(hf_name, self._sandwich)
                 if name is None and self.prequantized:
                     name = self.prequantized.canonical(hf_name)
                 if name is not None and name not in self._entries:

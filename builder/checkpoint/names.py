@@ -19,6 +19,9 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
         (r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qk])_norm\.weight$", "layers.{0}.{1}_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.post_attention_layernorm\.weight$", "layers.{0}.mlp_norm.weight"),
+        # Gemma 2 and 3 ("sandwich" norms): the MLP's input norm and its output's norm.
+        (r"^(?:model\.)?layers\.(\d+)\.pre_feedforward_layernorm\.weight$", "layers.{0}.mlp_norm.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.post_feedforward_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
     )
 )
@@ -76,8 +79,15 @@ _GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _LAYER_REQUIRED = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
 
 
-def canonical_from_hf(hf_name: str) -> str | None:
-    """The canonical name of a HuggingFace tensor, or None for tensors Kiln does not use."""
+_POST_ATTENTION = re.compile(r"^(?:model\.)?layers\.(\d+)\.post_attention_layernorm\.weight$")
+
+
+def canonical_from_hf(hf_name: str, sandwich_norms: bool = False) -> str | None:
+    """The canonical name of a HuggingFace tensor, or None for tensors Kiln does not use.
+    `sandwich_norms` (Gemma 2, 3): post_attention_layernorm normalizes the attention's output,
+    not the MLP's input."""
+    if sandwich_norms and (match := _POST_ATTENTION.match(hf_name)):
+        return f"layers.{match.group(1)}.attn_out_norm.weight"
     for pattern, template in _HF_PATTERNS:
         match = pattern.match(hf_name)
         if match:

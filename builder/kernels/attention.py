@@ -51,6 +51,7 @@ from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rope import (check_cache_layout, kv_quant, plan_rope_kv, rope_angles,
                                      rope_kv, rope_table, rotate_heads, write_kv_token)
 from kiln.builder.kernels.rounding import to_e4m3
+from kiln.builder.kernels.elementwise import tanh
 from kiln.builder.kernels.spec import F32, I32, pow2
 from kiln.builder.kernels.symbols import evaluate, leading_decodes
 
@@ -122,9 +123,10 @@ def _fp8_cache_operand(q, IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
 def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
             qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
             TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-            KV_QUANT: tl.constexpr, WINDOW: tl.constexpr = 0):
+            KV_QUANT: tl.constexpr, WINDOW: tl.constexpr = 0, SOFTCAP: tl.constexpr = 0.0):
     """Online softmax over cached keys lo..hi-1 (lo a multiple of TILE) of one sequence (block
-    table at bt_ptr); with WINDOW, a query at position p sees the keys after p - WINDOW only. An 8-bit cache's V (rope.v_transposed: [head_dim, tokens] a block) is
+    table at bt_ptr); with WINDOW, a query at position p sees the keys after p - WINDOW only;
+    with SOFTCAP, each score s (times scale) becomes SOFTCAP * tanh(s / SOFTCAP) (Gemma 2). An 8-bit cache's V (rope.v_transposed: [head_dim, tokens] a block) is
     read keys-contiguous and masked by whole blocks only, so its tiles load 16 bytes a copy:
     the keys past hi in the last block (and any tile's blocks past it: block 0) are read
     too, and weigh 0 (p = 0). The executor zeroes the cache when it allocates it and every
@@ -143,6 +145,8 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
         if KV_QUANT != 0:
             k = k.to(q.dtype)
         s = _dot(q, k, IEEE) * qk_scale
+        if SOFTCAP > 0:  # s is in log2 units: the cap too
+            s = (SOFTCAP * 1.4426950408889634) * tanh(s / (SOFTCAP * 1.4426950408889634))
         if CAUSAL:
             visible = (j[None, :] <= q_pos[:, None]) & j_ok[None, :]
         else:
@@ -177,7 +181,7 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
                            IEEE: tl.constexpr, KV_QUANT: tl.constexpr, out8_ptr=None,
                            out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
                            OUT_FP8: tl.constexpr = 0, WINDOW: tl.constexpr = 0,
-                           PDL: tl.constexpr = 0):
+                           SOFTCAP: tl.constexpr = 0.0, PDL: tl.constexpr = 0):
     enter(PDL)
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     qblock = tl.program_id(0)
@@ -212,7 +216,7 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
             lo = tl.maximum(prefix + first - WINDOW + 1, 0) // TILE * TILE
         acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
                                 prefix + t, lo, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
-                                True, IEEE, KV_QUANT, WINDOW)
+                                True, IEEE, KV_QUANT, WINDOW, SOFTCAP)
         if KV_QUANT != 0:
             acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
@@ -257,7 +261,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0, out8_ptr=None,
                         out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
                         OUT_FP8: tl.constexpr = 0, WINDOW: tl.constexpr = 0,
-                        PDL: tl.constexpr = 0):
+                        SOFTCAP: tl.constexpr = 0.0, PDL: tl.constexpr = 0):
     enter(PDL)
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     seq = tl.program_id(0)
@@ -299,7 +303,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
         qk_scale = qk_scale * tl.load(k_scale_ptr)
     acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
                             hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT,
-                            WINDOW)
+                            WINDOW, SOFTCAP)
     if KV_QUANT != 0:
         acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
@@ -477,6 +481,7 @@ def plan_attention(node, ctx):
                       OUT_FP8=bool(quantized))
     # The leading BD sequences (decodes): RoPE, the KV write and attention in the decode kernel.
     window = shape["WINDOW"] = a.get("window", 0)  # set where it hides keys (models/llama.py)
+    shape["SOFTCAP"] = float(a.get("softcap", 0.0))
     dcfg = decode_config(nq, nkv, hd, ieee)
     splits = ctx.derive(splits_formula(nkv, dcfg["TILE"], window))
     partials = ctx.scratch("attention_partials", partials_bytes_formula(nq, hd))
@@ -524,7 +529,7 @@ def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nk
 def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start, num_heads: int,
                     head_dim: int, scale: float, num_splits: int | None = None, out=None,
                     k_scale=None, v_scale=None, new_kv: dict | None = None,
-                    out_fp8=None, out_scale=None, window: int = 0):
+                    out_fp8=None, out_scale=None, window: int = 0, softcap: float = 0.0):
     """Attention of q [T, nq*hd] over the paged cache (k_cache/v_cache: [num_blocks, nkv,
     tokens_per_block, hd], an 8-bit v_cache as rope.v_transposed stores it), launched as the
     plan launches it: the leading one-token sequences through the decode kernel (num_splits
@@ -536,7 +541,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     Without it, q is already rotated and the cache already holds the step's k and v.
     out_fp8 (float8_e4m3fn [T, nq*hd]) with out_scale (float32 [1]): the output is written
     there, quantized, as the plan writes an attention op's with out_qdtype (out then holds
-    only the rotated q). window: the attention op's sliding window (0: none)."""
+    only the rotated q). window, softcap: the attention op's attrs (0: none)."""
     import torch
 
     t, b = q.shape[0], context_lens.shape[0]
@@ -549,7 +554,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start
     fp32 = q.dtype == torch.float32
     scales = (k_scale, v_scale) if quant else (k_cache, v_cache)
     shape = dict(Q_STRIDE=q_src.stride(0), OUT_STRIDE=out.stride(0), NKV=nkv, HEAD_DIM=head_dim,
-                 TPB=tpb, IEEE=fp32, KV_QUANT=quant, WINDOW=window)
+                 TPB=tpb, IEEE=fp32, KV_QUANT=quant, WINDOW=window, SOFTCAP=float(softcap))
     fp8 = dict(out8_ptr=out_fp8, out_scale_ptr=out_scale,
                OUT8_STRIDE=out_fp8.stride(0), OUT_FP8=True) if out_fp8 is not None else {}
     if bd > 0:

@@ -1,4 +1,5 @@
-"""Elementwise kernels over token-major rows: silu_mul, add, mul, silu, cast.
+"""Elementwise kernels over token-major rows: silu_mul, gelu_tanh_mul, add, mul, silu,
+gelu_tanh, scale, softcap, cast.
 
 References: kiln.builder.ops.elementwise (silu_mul is F.silu(x[:, :I]) * x[:, I:], each op
 rounded to the activation dtype as torch does). Grid: (rows, cdiv(width, BLOCK)).
@@ -11,10 +12,27 @@ import triton.language as tl
 from kiln.builder.kernels import gemm
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
+from kiln.builder.kernels.spec import F32
 
 BLOCK = 1024
 WARPS = 4
 ADD, MUL = 0, 1
+GELU_TANH, SCALE, SOFTCAP = 0, 1, 2  # unary_kernel's OP
+
+
+@triton.jit
+def tanh(x):
+    """tanh in float32 through e^-2|x| (which never overflows): (1 - t) / (1 + t), signed;
+    within ~1e-7 of torch's, exact far from 0."""
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def gelu_tanh(x):
+    """GELU's tanh approximation in float32, as torch writes it (gelu(approximate="tanh"))."""
+    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
 @triton.jit
@@ -28,6 +46,39 @@ def silu_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.const
     up = tl.load(x_ptr + row * X_STRIDE + WIDTH + col, mask=mask, other=0.0).to(tl.float32)
     act = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + row * OUT_STRIDE + col, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gelu_tanh_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+                         WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = col < WIDTH
+    gate = tl.load(x_ptr + row * X_STRIDE + col, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * X_STRIDE + WIDTH + col, mask=mask, other=0.0).to(tl.float32)
+    act = gelu_tanh(gate).to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * OUT_STRIDE + col, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def unary_kernel(out_ptr, x_ptr, arg, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+                 WIDTH: tl.constexpr, BLOCK: tl.constexpr, OP: tl.constexpr,
+                 PDL: tl.constexpr = 0):
+    """OP GELU_TANH: gelu_tanh(x); SCALE: x * arg (arg in the value's dtype); SOFTCAP:
+    arg * tanh(x / arg). In float32, rounded once."""
+    enter(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = col < WIDTH
+    x = tl.load(x_ptr + row * X_STRIDE + col, mask=mask, other=0.0).to(tl.float32)
+    if OP == 0:
+        y = gelu_tanh(x)
+    elif OP == 1:
+        y = x * arg
+    else:
+        y = arg * tanh(x / arg)
+    tl.store(out_ptr + row * OUT_STRIDE + col, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -120,7 +171,30 @@ def _plan_binary(op: int):
     return plan
 
 
+def _plan_unary_op(op: int, arg):
+    def plan(node, ctx):
+        (x,), (out,) = node.inputs, node.outputs
+        width = ctx.width(out)
+        ctx.launch(unary_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
+                   args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), arg=F32(arg(node))),
+                   constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
+                                   WIDTH=width, BLOCK=BLOCK, OP=op))
+    return plan
+
+
+def plan_gelu_tanh_mul(node, ctx):
+    (x,), (out,) = node.inputs, node.outputs
+    width = ctx.width(out)
+    ctx.launch(gelu_tanh_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
+               args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
+               constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
+                               WIDTH=width, BLOCK=BLOCK))
+
+
 plan_silu = _plan_unary(silu_kernel)
+plan_gelu_tanh = _plan_unary_op(GELU_TANH, lambda node: 0.0)
+plan_scale = _plan_unary_op(SCALE, lambda node: node.attrs["value"])
+plan_softcap = _plan_unary_op(SOFTCAP, lambda node: node.attrs["cap"])
 plan_cast = _plan_unary(cast_kernel)
 plan_add = _plan_binary(ADD)
 plan_mul = _plan_binary(MUL)
@@ -134,6 +208,23 @@ def silu_mul(x):
     direct(silu_mul_kernel, x)[_grid(x.shape[0], width)](
         out, x, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), WIDTH=width, BLOCK=BLOCK,
         num_warps=WARPS)
+    return out
+
+
+def gelu_tanh_mul(x):
+    width = x.shape[1] // 2
+    out = x.new_empty((x.shape[0], width))
+    direct(gelu_tanh_mul_kernel, x)[_grid(x.shape[0], width)](
+        out, x, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), WIDTH=width, BLOCK=BLOCK,
+        num_warps=WARPS)
+    return out
+
+
+def unary(x, op: int, arg: float = 0.0):
+    out = x.new_empty(x.shape)
+    direct(unary_kernel, x)[_grid(x.shape[0], x.shape[1])](
+        out, x, arg, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), WIDTH=x.shape[1],
+        BLOCK=BLOCK, OP=op, num_warps=WARPS)
     return out
 
 

@@ -16,12 +16,31 @@ class ArchSpec:
     """What an architecture adds to the Llama decoder, as data rather than name checks.
 
     A bias flag of None is read from the checkpoint's config (`attention_bias`, `mlp_bias`).
-    `rope_aliases`: older names of a rope_scaling type in this family's configs."""
+    `rope_aliases`: older names of a rope_scaling type in this family's configs.
+    Gemma's: `norm_offset` (every RMSNorm scales by 1 + weight), `embed_scale` (embeddings
+    times sqrt(hidden_size)), `sandwich_norms` (RMSNorms on the attention's and the MLP's
+    outputs too), `act_key` / `default_act` (the config key naming the MLP's activation and
+    its value where the key is absent or null), `sliding_every` (without layer_types, layer i
+    has the sliding window unless (i + 1) % sliding_every == 0; config.json's
+    sliding_window_pattern overrides it)."""
     qkv_bias: bool | None = None
     o_bias: bool | None = None
     mlp_bias: bool | None = None
     qk_norm: bool = False
     rope_aliases: tuple[tuple[str, str], ...] = ()
+    norm_offset: bool = False
+    embed_scale: bool = False
+    sandwich_norms: bool = False
+    act_key: str = "hidden_act"
+    default_act: str = "silu"
+    sliding_every: int | None = None
+
+
+_GEMMA = dict(qkv_bias=False, o_bias=False, mlp_bias=False, norm_offset=True, embed_scale=True,
+              act_key="hidden_activation", default_act="gelu_pytorch_tanh")
+# config.json's activation names -> the MLP's op (silu(gate) * up or gelu_tanh(gate) * up)
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_tanh": "gelu_tanh"}
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -32,6 +51,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Phi-3, Phi-3.5 and Phi-4 (mini): q/k/v and gate/up stored fused (names.py splits them).
     "Phi3ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False,
                                 rope_aliases=(("su", "longrope"), ("yarn", "longrope"))),
+    "GemmaForCausalLM": ArchSpec(**_GEMMA),
+    "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, sliding_every=2),
+    "Gemma3ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, qk_norm=True, sliding_every=6),
 }
 
 
@@ -39,10 +61,25 @@ def _flag(spec_value: bool | None, hf: dict, key: str) -> bool:
     return bool(hf.get(key, False)) if spec_value is None else spec_value
 
 
+def _local_rope_theta(hf: dict) -> float | None:
+    """The sliding-window layers' own RoPE base (Gemma 3): rope_local_base_freq, or
+    rope_parameters' sliding_attention entry (transformers 5), which must be unscaled."""
+    local = (hf.get("rope_parameters") or {}).get("sliding_attention")
+    if local:
+        if local.get("rope_type", "default") != "default":
+            raise KilnError(f"rope_parameters.sliding_attention is {local.get('rope_type')!r}; "
+                            "Kiln reads unscaled RoPE on sliding-window layers only")
+        return float(local["rope_theta"])
+    return float(hf["rope_local_base_freq"]) if hf.get("rope_local_base_freq") else None
+
+
 def _rope_params(hf: dict, spec: ArchSpec) -> tuple[float, dict | None, float]:
     """(theta, scaling, partial_rotary_factor) from either transformers 4 (rope_theta,
-    rope_scaling, partial_rotary_factor) or 5 (rope_parameters)."""
+    rope_scaling, partial_rotary_factor) or 5 (rope_parameters, per layer type where a model
+    has its full-attention layers' under full_attention)."""
     params = dict(hf.get("rope_parameters") or {})
+    if isinstance(params.get("full_attention"), dict):
+        params = dict(params["full_attention"])
     theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
     fraction = params.pop("partial_rotary_factor", None) or hf.get("partial_rotary_factor") or 1.0
     scaling = hf.get("rope_scaling") or (params or None)
@@ -59,14 +96,22 @@ def _rope_params(hf: dict, spec: ArchSpec) -> tuple[float, dict | None, float]:
     return theta, scaling, float(fraction)
 
 
-def _sliding_layers(hf: dict, layers: int) -> list[int] | None:
+def _sliding_layers(hf: dict, layers: int, spec: ArchSpec) -> list[int] | None:
     """The layers a sliding window applies to: config.json's layer_types (transformers 5),
-    else Qwen2's rule (layers from max_window_layers on), else all (None)."""
+    else the family's pattern (Gemma), else Qwen2's rule (layers from max_window_layers on),
+    else all (None)."""
     if hf.get("layer_types"):
         return [i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention"]
+    if spec.sliding_every:
+        every = int(hf.get("sliding_window_pattern") or spec.sliding_every)
+        return [i for i in range(layers) if (i + 1) % every]
     if "max_window_layers" in hf:
         return list(range(int(hf["max_window_layers"]), layers))
     return None
+
+
+def _positive(value) -> float | None:
+    return float(value) if value else None
 
 
 def _check_longrope(scaling: dict, rotary_dim: int) -> None:
@@ -105,6 +150,14 @@ class ModelConfig:
     rotary_dim: int | None = None  # dims of a head RoPE rotates, where fewer than head_dim
     # The layers whose attention is limited to sliding_window (None: all of them, when set).
     sliding_layers: list[int] | None = None
+    mlp_act: str = "silu"             # the MLP's act(gate) * up: "silu" or "gelu_tanh"
+    norm_offset: bool = False         # RMSNorms scale by 1 + weight (Gemma)
+    embed_scale: bool = False         # embeddings times sqrt(hidden_size) (Gemma)
+    sandwich_norms: bool = False      # RMSNorms on the attention's and MLP's outputs (Gemma 2, 3)
+    attn_scale: float | None = None   # query_pre_attn_scalar ** -0.5 where given, else hd ** -0.5
+    attn_softcap: float | None = None   # attention scores capped by C * tanh(s / C) (Gemma 2)
+    final_softcap: float | None = None  # the logits likewise
+    local_rope_theta: float | None = None  # the sliding-window layers' RoPE base (Gemma 3)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -141,10 +194,14 @@ class ModelConfig:
             raise KilnError(f"architecture {arch!r} is not supported; supported: "
                             f"{', '.join(ARCHITECTURES)}")
         spec = ARCHITECTURES[arch]
-        act = hf.get("hidden_act", hf.get("hidden_activation", "silu"))
-        if act not in ("silu", "swish"):
-            raise KilnError(f"config.json: hidden_act {act!r} is not supported; Kiln runs "
-                            f"{arch}'s MLP as silu(gate) * up (hidden_act 'silu')")
+        act = hf.get(spec.act_key) or spec.default_act
+        if act not in ACTIVATIONS:
+            raise KilnError(f"config.json: {spec.act_key} {act!r} is not supported; Kiln runs "
+                            f"{arch}'s MLP as act(gate) * up with {spec.act_key} "
+                            f"{' or '.join(repr(a) for a in ACTIVATIONS)}")
+        if hf.get("use_bidirectional_attention"):
+            raise KilnError("config.json: use_bidirectional_attention is set (an encoder); "
+                            "Kiln builds causal decoders only")
         try:
             heads = int(hf["num_attention_heads"])
             hidden = int(hf["hidden_size"])
@@ -152,7 +209,7 @@ class ModelConfig:
             theta, scaling, fraction = _rope_params(hf, spec)
             window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
             layers = int(hf["num_hidden_layers"])
-            sliding = _sliding_layers(hf, layers) if window else None
+            sliding = _sliding_layers(hf, layers, spec) if window else None
             window = window if sliding != [] else None
             return cls(
                 architecture=arch,
@@ -174,6 +231,15 @@ class ModelConfig:
                 qk_norm=spec.qk_norm,
                 sliding_window=int(window) if window else None,
                 sliding_layers=sliding or None,
+                mlp_act=ACTIVATIONS[act],
+                norm_offset=spec.norm_offset,
+                embed_scale=spec.embed_scale,
+                sandwich_norms=spec.sandwich_norms,
+                attn_scale=(float(hf["query_pre_attn_scalar"]) ** -0.5
+                            if hf.get("query_pre_attn_scalar") else None),
+                attn_softcap=_positive(hf.get("attn_logit_softcapping")),
+                final_softcap=_positive(hf.get("final_logit_softcapping")),
+                local_rope_theta=_local_rope_theta(hf) if window else None,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,
@@ -189,12 +255,19 @@ class ModelConfig:
     def from_json(cls, data: dict) -> "ModelConfig":
         return cls(**data)
 
-    def rope_attrs(self, max_seq_len: int) -> dict:
+    def sliding(self, layer: int) -> bool:
+        """Whether a layer is one of the sliding-window layers (whatever the engine's length)."""
+        return bool(self.sliding_window) and (self.sliding_layers is None
+                                              or layer in self.sliding_layers)
+
+    def rope_attrs(self, max_seq_len: int, layer: int = 0) -> dict:
         """The rope ops' attrs for an engine of max_seq_len positions. LongRoPE's factors are
         fixed per engine, as vLLM fixes them: the long set where the engine's sequences may run
         past the pretrained context (HF switches a whole forward to it once any position does,
         leaving earlier keys rotated by the short set), else the short set, where the engine
         computes exactly what HF does."""
+        if self.local_rope_theta and self.sliding(layer):
+            return {"head_dim": self.head_dim, "theta": self.local_rope_theta, "scaling": None}
         scaling = self.rope_scaling
         if (scaling or {}).get("rope_type") == "longrope":
             original = scaling["original_max_position_embeddings"]
@@ -210,9 +283,7 @@ class ModelConfig:
         """A layer's sliding window where it hides keys from an engine of max_seq_len
         positions, else 0."""
         window = self.sliding_window
-        if not window or max_seq_len <= window:
-            return 0
-        return window if self.sliding_layers is None or layer in self.sliding_layers else 0
+        return window if self.sliding(layer) and max_seq_len > window else 0
 
     def longrope_attention_factor(self) -> float:
         """The factor LongRoPE multiplies cos and sin by (q and k each): HF's default from the
@@ -227,7 +298,8 @@ class ModelConfig:
     def num_params(self) -> int:
         h, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
-        per_layer = attn + 3 * h * i + 2 * h
+        norms = (4 if self.sandwich_norms else 2) * h + (2 * hd if self.qk_norm else 0)
+        per_layer = attn + 3 * h * i + norms
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * per_layer + h + head
 

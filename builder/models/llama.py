@@ -1,4 +1,5 @@
-"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3) declared in the IR.
+"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3) declared
+in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from kiln.builder.errors import KilnError
-from kiln.builder.ir import Graph, WeightSource
+from kiln.builder.ir import Graph, WeightSource, torch_dtype
 from kiln.builder.models.config import BuildConfig, ModelConfig
 from kiln.builder.ops.rope import rotary_permutation
 
@@ -45,6 +46,8 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes |= {p + "gate.bias": (i,), p + "up.bias": (i,), p + "down.bias": (h,)}
         if m.qk_norm:
             shapes |= {p + "q_norm.weight": (hd,), p + "k_norm.weight": (hd,)}
+        if m.sandwich_norms:
+            shapes |= {p + "attn_out_norm.weight": (h,), p + "mlp_out_norm.weight": (h,)}
     return shapes
 
 
@@ -61,21 +64,14 @@ class _HeadLayout:
     permuted: tuple[str, ...]   # names ending so are permuted
     scaled: tuple[str, ...]     # ... and scaled
 
-    def source(self, ckpt, name: str) -> WeightSource:
-        if not name.endswith(self.permuted):
-            return _checkpoint_source(ckpt, name)
-        scale = self.scale if name.endswith(self.scaled) else None
-
-        def load(dtype):
-            w = ckpt.load(name, torch.float32)
-            heads = w.reshape(-1, self.head_dim, *w.shape[1:])
-            if self.perm is not None:
-                heads = heads[:, self.perm]
-            if scale is not None:
-                heads = heads * scale.reshape(-1, *[1] * (w.dim() - 1))
-            return heads.reshape(w.shape).to(dtype)
-
-        return WeightSource(load=load, describe=f"checkpoint:{name} (head dims as RoPE reads them)")
+    def apply(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        """w (float32) of a weight named so, in the engine's layout."""
+        heads = w.reshape(-1, self.head_dim, *w.shape[1:])
+        if self.perm is not None:
+            heads = heads[:, self.perm]
+        if self.scale is not None and name.endswith(self.scaled):
+            heads = heads * self.scale.reshape(-1, *[1] * (w.dim() - 1))
+        return heads.reshape(w.shape)
 
 
 def _head_layout(m: ModelConfig, rope: dict) -> _HeadLayout | None:
@@ -95,8 +91,20 @@ def _head_layout(m: ModelConfig, rope: dict) -> _HeadLayout | None:
                        norms if m.qk_norm else projections)
 
 
-def _checkpoint_source(ckpt, name: str) -> WeightSource:
-    return WeightSource(load=lambda dtype: ckpt.load(name, dtype), describe=f"checkpoint:{name}")
+def _source(ckpt, name: str, m: ModelConfig, layout: _HeadLayout | None) -> WeightSource:
+    """A weight read from the checkpoint as the engine computes with it: an RMSNorm's as
+    1 + weight where the family stores it so (Gemma), q's and k's in `layout`'s order."""
+    offset = m.norm_offset and name.endswith("norm.weight")
+    heads = layout is not None and name.endswith(layout.permuted)
+    if not (offset or heads):
+        return WeightSource(load=lambda dtype: ckpt.load(name, dtype), describe=f"checkpoint:{name}")
+
+    def load(dtype):
+        w = ckpt.load(name, torch.float32)
+        w = w + 1.0 if offset else w
+        return (layout.apply(name, w) if heads else w).to(dtype)
+
+    return WeightSource(load=load, describe=f"checkpoint:{name} (as the engine computes with it)")
 
 
 def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) -> None:
@@ -114,8 +122,7 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) 
         if found != shape:
             raise KilnError(f"tensor {name} has shape {list(found)} but config.json implies "
                             f"{list(shape)}; the checkpoint and its config.json do not match")
-        source = layout.source(ckpt, name) if layout else _checkpoint_source(ckpt, name)
-        graph.add_weight(name, dtype, shape, source)
+        graph.add_weight(name, dtype, shape, _source(ckpt, name, m, layout))
 
 
 def _params(prefix: str, bias: bool) -> list[str]:
@@ -133,6 +140,9 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     step = ["positions", "slot_mapping", "block_tables", "context_lens", "query_start"]
 
     (h,) = g.call("embedding", ["input_ids", "embed.weight"], ["embed"])
+    if m.embed_scale:  # HF multiplies by sqrt(hidden_size) rounded to the activations' dtype
+        value = float(torch.tensor(m.hidden_size ** 0.5, dtype=torch_dtype(build.dtype)))
+        (h,) = g.call("scale", [h], ["embed_scaled"], value=value)
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
         (x,) = g.call("rmsnorm", [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
@@ -143,25 +153,34 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         if m.qk_norm:
             (q,) = g.call("head_rmsnorm", [q, p + "q_norm.weight"], [p + "q_normed"], eps=eps, head_dim=hd)
             (k,) = g.call("head_rmsnorm", [k, p + "k_norm.weight"], [p + "k_normed"], eps=eps, head_dim=hd)
-        (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **rope)
-        (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **rope)
-        window = m.attention_window(layer, build.max_seq_len)
+        layer_rope = m.rope_attrs(build.max_seq_len, layer)
+        (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **layer_rope)
+        (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **layer_rope)
+        extra = {"window": m.attention_window(layer, build.max_seq_len),
+                 "softcap": m.attn_softcap}
         (a,) = g.call("attention", [q, k, v, *step], [p + "attn"], layer=layer,
                       num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=hd,
-                      scale=hd ** -0.5, rope=None, **({"window": window} if window else {}))
+                      scale=m.attn_scale or hd ** -0.5, rope=None,
+                      **{k: v for k, v in extra.items() if v})
         (o,) = g.call("linear", [a, *_params(p + "o", m.o_bias)], [p + "attn_out"])
+        if m.sandwich_norms:
+            (o,) = g.call("rmsnorm", [o, p + "attn_out_norm.weight"], [p + "attn_out_normed"], eps=eps)
         (h,) = g.call("add", [h, o], [p + "post_attn"])
         (x,) = g.call("rmsnorm", [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
         (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
         (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
-        (act,) = g.call("silu", [gate], [p + "gate_act"])
+        (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
         (act,) = g.call("mul", [act, up], [p + "mlp_act"])
         (d,) = g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
+        if m.sandwich_norms:
+            (d,) = g.call("rmsnorm", [d, p + "mlp_out_norm.weight"], [p + "mlp_out_normed"], eps=eps)
         (h,) = g.call("add", [h, d], [p + "out"])
     (n,) = g.call("rmsnorm", [h, "final_norm.weight"], ["final_norm"], eps=eps)
     head = "embed.weight" if m.tie_word_embeddings else "lm_head.weight"
     (logits,) = g.call("linear", [n, head], ["logits_all"])
     (last,) = g.call("gather_last", [logits, "last_token_index"], ["logits_last"])
+    if m.final_softcap:
+        (last,) = g.call("softcap", [last], ["logits_capped"], cap=m.final_softcap)
     g.call("cast", [last], ["logits"], dtype="float32")
     g.values["logits"].kind = "output"
     return g

@@ -3,7 +3,8 @@
 Inputs: q, k, v, positions, slot_mapping, block_tables, context_lens, query_start.
 Each step token's k and v are written to its slot; then every query token at position p
 attends causally to its own sequence's cached positions 0..p; with attr `window` W (a sliding
-window), to positions p - W + 1..p only, as HF's sliding-window layers do.
+window), to positions p - W + 1..p only, as HF's sliding-window layers do. With attr
+`softcap` C (Gemma 2), each scaled score s becomes C * tanh(s / C) before the softmax.
 
 A quantized KV cache (attr kv_dtype "float8_e4m3fn" or "int8") adds two inputs, k_scale and
 v_scale (float32 [1] each): k and v are quantized with them on the way in and dequantized on
@@ -92,6 +93,8 @@ def _reference(node, inputs, ctx):
         ks = keys.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)      # [nq, L, hd]
         vs = values.float().repeat_interleave(nq // nkv, dim=1).transpose(0, 1)
         scores = (qs @ ks.transpose(1, 2)) * a["scale"]
+        if a.get("softcap"):
+            scores = torch.tanh(scores / a["softcap"]) * a["softcap"]
         key_pos = torch.arange(keys.shape[0], device=positions.device)
         q_pos = positions[start:end].long()[:, None]
         mask = key_pos[None, :] > q_pos

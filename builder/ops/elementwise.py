@@ -1,4 +1,8 @@
-"""Elementwise ops: add, mul, silu, silu_mul, cast."""
+"""Elementwise ops: add, mul, silu, silu_mul, gelu_tanh, gelu_tanh_mul, scale, softcap, cast.
+
+gelu_tanh is GELU's tanh approximation (HF's gelu_pytorch_tanh: Gemma); scale multiplies by a
+constant rounded to the value's dtype (Gemma's embedding normalizer); softcap is
+cap * tanh(x / cap) (Gemma 2's final logits)."""
 from __future__ import annotations
 
 import torch
@@ -27,6 +31,21 @@ def _silu_mul(node, inputs, ctx):
     return [F.silu(gate) * up]
 
 
+def _gelu_tanh_mul(node, inputs, ctx):
+    gate, up = inputs[0].chunk(2, dim=-1)
+    return [F.gelu(gate, approximate="tanh") * up]
+
+
+def _scale(node, inputs, ctx):
+    x = inputs[0]
+    return [x * torch.tensor(node.attrs["value"], dtype=x.dtype)]
+
+
+def _softcap(node, inputs, ctx):
+    cap = node.attrs["cap"]
+    return [torch.tanh(inputs[0] / cap) * cap]
+
+
 def _cast_infer(node, graph):
     return [(node.attrs["dtype"], of(graph, node.inputs[0])[1])]
 
@@ -35,4 +54,8 @@ register("add", _binary_infer, lambda node, x, ctx: [x[0] + x[1]])
 register("mul", _binary_infer, lambda node, x, ctx: [x[0] * x[1]])
 register("silu", same_as_first, lambda node, x, ctx: [F.silu(x[0])])
 register("silu_mul", _silu_mul_infer, _silu_mul)
+register("gelu_tanh", same_as_first, lambda node, x, ctx: [F.gelu(x[0], approximate="tanh")])
+register("gelu_tanh_mul", _silu_mul_infer, _gelu_tanh_mul)
+register("scale", same_as_first, _scale)
+register("softcap", same_as_first, _softcap)
 register("cast", _cast_infer, lambda node, x, ctx: [x[0].to(torch_dtype(node.attrs["dtype"]))])

@@ -1,4 +1,5 @@
-"""Fuse mul(silu(x @ gate.T), x @ up.T) into one linear over [gate; up] and silu_mul.
+"""Fuse mul(act(x @ gate.T), x @ up.T) into one linear over [gate; up] and act_mul: silu_mul
+for SiLU, gelu_tanh_mul for GELU's tanh form (Gemma).
 
 Biased projections (Llama with mlp_bias) stay unfused."""
 from __future__ import annotations
@@ -6,15 +7,17 @@ from __future__ import annotations
 from kiln.builder.ir import Graph, Node
 from kiln.builder.passes._rewrite import concat_source, single_user
 
+FUSED = {"silu": "silu_mul", "gelu_tanh": "gelu_tanh_mul"}
+
 
 def fuse_gate_up(graph: Graph, build=None) -> Graph:
     g = graph.copy()
     made = g.producers()
     for mul in [n for n in g.nodes if n.op == "mul"]:
-        silu = made.get(mul.inputs[0])
-        if silu is None or silu.op != "silu" or not single_user(g, silu.outputs[0]):
+        act = made.get(mul.inputs[0])
+        if act is None or act.op not in FUSED or not single_user(g, act.outputs[0]):
             continue
-        gate, up = made.get(silu.inputs[0]), made.get(mul.inputs[1])
+        gate, up = made.get(act.inputs[0]), made.get(mul.inputs[1])
         if not (gate and up and gate.op == up.op == "linear" and gate.inputs[0] == up.inputs[0]
                 and len(gate.inputs) == len(up.inputs) == 2
                 and single_user(g, gate.outputs[0]) and single_user(g, up.outputs[0])):
@@ -27,7 +30,7 @@ def fuse_gate_up(graph: Graph, build=None) -> Graph:
         gu = g.add_value(f"{prefix}.gate_up", g.values[gate.outputs[0]].dtype,
                          (*g.values[gate.outputs[0]].shape[:-1], rows))
         first = g.nodes.index(gate)
-        g.nodes = [n for n in g.nodes if n not in (gate, up, silu, mul)]
+        g.nodes = [n for n in g.nodes if n not in (gate, up, act, mul)]
         g.nodes[first:first] = [Node("linear", [gate.inputs[0], fused_w], [gu]),
-                                Node("silu_mul", [gu], [mul.outputs[0]])]
+                                Node(FUSED[act.op], [gu], [mul.outputs[0]])]
     return g

@@ -8,7 +8,8 @@ from __future__ import annotations
 from kiln.builder.ir import Graph, Node
 from kiln.builder.passes._rewrite import single_user, toposort
 
-ROW_WISE = {"linear", "rmsnorm", "add", "cast", "silu", "mul", "silu_mul"}
+ROW_WISE = {"linear", "rmsnorm", "add", "cast", "silu", "mul", "silu_mul", "gelu_tanh",
+            "gelu_tanh_mul", "scale", "softcap"}
 
 
 def _row_operands(g: Graph, node: Node) -> list[int]:

@@ -189,6 +189,28 @@ def test_hf_prequantized_with_fused_tensors_is_refused(tmp_path):
         open_checkpoint(tmp_path)
 
 
+def test_hf_gemma2_norms_around_attention_and_mlp(tmp_path):
+    """Gemma 2 and 3's post_attention_layernorm normalizes the attention's output (Llama's is
+    the MLP's input norm, Gemma's pre_feedforward_layernorm)."""
+    config = transformers.Gemma2Config(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, head_dim=16, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param))
+    model.save_pretrained(tmp_path)
+    state = model.state_dict()
+    with open_checkpoint(tmp_path) as ckpt:
+        for hf, canonical in (("post_attention_layernorm", "attn_out_norm"),
+                              ("pre_feedforward_layernorm", "mlp_norm"),
+                              ("post_feedforward_layernorm", "mlp_out_norm"),
+                              ("input_layernorm", "attn_norm")):
+            assert torch.equal(ckpt.load(f"layers.1.{canonical}.weight"),
+                               state[f"model.layers.1.{hf}.weight"]), hf
+
+
 def test_hf_sharded_safetensors_bf16(tmp_path):
     model = ckpt_tiny_model("qwen3", seed=1).to(torch.bfloat16)
     model.save_pretrained(tmp_path, max_shard_size="40KB")

@@ -39,7 +39,7 @@ def private_cache(cache, monkeypatch):
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "bfloat16"), ("qwen3", "float16"),
-                                        ("qwen2", "float32")])
+                                        ("qwen2", "float32"), ("gemma2", "bfloat16")])
 def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtype):
     graph, build = plan_for(tmp_path_factory, arch, dtype)
     bundle = compile_plan(graph, build)
@@ -48,11 +48,16 @@ def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtyp
     assert header["targets"] == TARGETS and header["dtype"] == dtype
     kernels = header["kernels"]
     fns = {k["fn"].rsplit(".", 1)[1] for k in kernels.values()}
+    act_mul = "gelu_tanh_mul_kernel" if arch.startswith("gemma") else "silu_mul_kernel"
     assert {"gather_rows_kernel", "rmsnorm_kernel", "add_rmsnorm_kernel", "rope_kv_kernel",
             "paged_attention_kernel", "paged_decode_kernel", "paged_decode_reduce_kernel",
-            "silu_mul_kernel", "cast_kernel"} <= fns
+            act_mul, "cast_kernel"} <= fns
     if arch == "qwen3":
         assert "head_rmsnorm_kernel" in fns
+    if arch == "gemma2":  # scaled embeddings, GELU-tanh MLP, softcapped scores and logits
+        assert {"unary_kernel", "gelu_tanh_mul_kernel"} <= fns
+        assert {k["constexprs"]["SOFTCAP"] for k in kernels.values()
+                if k["fn"].endswith("paged_attention_kernel")} == {5.0}
     for entry in kernels.values():
         runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
         assert set(entry["sm"]) == {str(sm) for sm in TARGETS}

@@ -82,7 +82,8 @@ def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
                                         ("qwen2", "float16"), ("qwen3", "float32"),
                                         ("qwen3", "float16"), ("phi3-longrope", "float32"),
                                         ("mistral-window", "float32"),
-                                        ("qwen2-window", "float16")])
+                                        ("qwen2-window", "float16"), ("gemma2", "float32"),
+                                        ("gemma3", "float16")])
 def test_program_matches_reference_backend(tiny_engine, arch, dtype):
     _, engine = tiny_engine(arch, dtype, targets=(90,))
     # 16-bit builds: every step also as a greedy step, whose pick reads the LM head's output.
@@ -139,11 +140,15 @@ def test_program_long_context_in_a_sliding_window(tiny_engine):
 TIE_BOUND = 2e-2
 
 
-@pytest.mark.parametrize("quant,kv,alternative", [
-    ("fp8", "auto", None), ("int8_sq", "auto", None), ("int8_wo", "auto", None),
-    ("int4_awq", "auto", None), ("int4_gptq", "auto", None), ("none", "int8", None),
-    ("none", "fp8", None), ("fp8", "fp8", None), ("fp8", "fp8", 4), ("fp8", "auto", 8)])
-def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, alternative):
+@pytest.mark.parametrize("quant,kv,alternative,arch", [
+    ("fp8", "auto", None, "llama"), ("int8_sq", "auto", None, "llama"),
+    ("int8_wo", "auto", None, "llama"), ("int4_awq", "auto", None, "llama"),
+    ("int4_gptq", "auto", None, "llama"), ("none", "int8", None, "llama"),
+    ("none", "fp8", None, "llama"), ("fp8", "fp8", None, "llama"), ("fp8", "fp8", 4, "llama"),
+    ("fp8", "auto", 8, "llama"),
+    # GELU-tanh's output quantized by its own kernel (smoothed for int8_sq) before down
+    ("fp8", "auto", None, "gemma3"), ("int8_sq", "auto", None, "gemma3")])
+def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, alternative, arch):
     """The quantized kernels and their lowering, whole: the program of a calibrated engine
     against the quantized ops' torch references. With an `alternative`, one sequence's decode
     steps through FP8's one-row GEMMs: 4, the first configuration with the norm, SiLU-mul or
@@ -157,7 +162,7 @@ def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, altern
     from kiln.quantize.calibrate import ModeloptCalibrator
     from kiln_testing import make_tiny_checkpoint
 
-    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
+    ckpt = make_tiny_checkpoint(arch, tmp_path / "hf")
     calibrator = ModeloptCalibrator(
         torch.randint(3, 320, (6, 32), generator=torch.Generator().manual_seed(0)), device="cpu")
     build = BuildConfig(dtype="float32", max_batch_size=8, max_seq_len=128, max_num_tokens=64,

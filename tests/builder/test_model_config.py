@@ -94,3 +94,43 @@ def test_sliding_window_layers_from_each_config_form():
     del mistral["use_sliding_window"], mistral["max_window_layers"]
     m = ModelConfig.from_hf(mistral)  # every layer
     assert (m.sliding_window, m.sliding_layers, m.attention_window(3, 4096)) == (32, None, 32)
+
+
+def gemma3_v4(**changes) -> dict:
+    """Gemma-3-1B's config.json as transformers 4 wrote it."""
+    config = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+              "hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26,
+              "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+              "vocab_size": 262144, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+              "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256,
+              "rope_theta": 1000000, "rope_local_base_freq": 10000, "rope_scaling": None,
+              "sliding_window": 512, "sliding_window_pattern": 6,
+              "final_logit_softcapping": None, "attn_logit_softcapping": None}
+    return config | changes
+
+
+def test_gemma3_sliding_layers_take_their_own_rope_base():
+    m = ModelConfig.from_hf(gemma3_v4())
+    assert (m.mlp_act, m.norm_offset, m.embed_scale, m.sandwich_norms, m.qk_norm) == (
+        "gelu_tanh", True, True, True, True)
+    assert m.attn_scale == 256 ** -0.5 and (m.attn_softcap, m.final_softcap) == (None, None)
+    assert [i for i in range(26) if not m.sliding(i)] == [5, 11, 17, 23]
+    assert m.rope_attrs(4096, 0)["theta"] == 10000.0 and m.rope_attrs(4096, 5)["theta"] == 1e6
+    assert m.attention_window(0, 4096) == 512 and m.attention_window(5, 4096) == 0
+    assert m.attention_window(0, 512) == 0  # a 512-token engine: the window hides nothing
+
+
+def test_gemma_activation_and_encoder_refusals():
+    gemma = {"architectures": ["GemmaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16, "vocab_size": 320,
+             "hidden_act": "gelu", "hidden_activation": None}
+    assert ModelConfig.from_hf(gemma).mlp_act == "gelu_tanh"  # HF's Gemma: tanh GELU
+    with pytest.raises(KilnError, match=r"config\.json: hidden_activation 'gelu' is not supported; "
+                                        r"Kiln runs GemmaForCausalLM's MLP as act\(gate\) \* up"):
+        ModelConfig.from_hf(gemma | {"hidden_activation": "gelu"})
+    with pytest.raises(KilnError, match="use_bidirectional_attention is set"):
+        ModelConfig.from_hf(gemma3_v4(use_bidirectional_attention=True))
+    with pytest.raises(KilnError, match="rope_parameters.sliding_attention is 'linear'"):
+        ModelConfig.from_hf(gemma3_v4(rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}))

@@ -77,13 +77,26 @@ def check_silu_mul(device, dtype, rows, width, seed):
     return rel_err(elementwise.silu_mul(x), ref)
 
 
+def check_gelu_tanh_mul(device, dtype, rows, width, seed):
+    from kiln.builder.kernels import elementwise
+    g = torch.Generator().manual_seed(seed)
+    x = _rand(g, (rows, 2 * width), dtype, device, 4.0)  # both tails of the tanh
+    (ref,) = _ref("gelu_tanh_mul", [x])
+    return rel_err(elementwise.gelu_tanh_mul(x), ref)
+
+
 def check_elementwise(device, dtype, rows, width, seed):
     from kiln.builder.kernels import elementwise as ew
     g = torch.Generator().manual_seed(seed)
     a, b = _rand(g, (rows, width), dtype, device), _rand(g, (rows, width), dtype, device)
+    wide = a * 20.0  # scores and logits far into the softcap's tanh
+    scale = float(torch.tensor(48 ** 0.5, dtype=dtype))
     errs = [rel_err(ew.binary(a, b, ew.ADD), _ref("add", [a, b])[0]),
             rel_err(ew.binary(a, b, ew.MUL), _ref("mul", [a, b])[0]),
             rel_err(ew.silu(a), _ref("silu", [a])[0]),
+            rel_err(ew.unary(a, ew.GELU_TANH), _ref("gelu_tanh", [a])[0]),
+            rel_err(ew.unary(a, ew.SCALE, scale), _ref("scale", [a], {"value": scale})[0]),
+            rel_err(ew.unary(wide, ew.SOFTCAP, 3.0), _ref("softcap", [wide], {"cap": 3.0})[0]),
             rel_err(ew.cast(a, torch.float32), _ref("cast", [a], {"dtype": "float32"})[0])]
     return max(errs)
 
@@ -137,7 +150,7 @@ def paged_step(gen: random.Random, tokens_per_block: int, num_blocks: int, prefi
 
 def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, out, rope_on,
                   num_splits=None, slot_mapping=None, k_scale=None, v_scale=None, window=0,
-                  **fp8_out):
+                  softcap=0.0, **fp8_out):
     """The attention op on the GPU kernels into `out`: rope_kv_kernel then the attention
     kernels, or (fused) as the plan runs it, RoPE and the KV write inside the decode kernel.
     Returns the q the attention kernels read (rotated by rope_kv_kernel unless fused).
@@ -154,18 +167,20 @@ def _attention_op(fused, q, k, v, step, k_cache, v_cache, table, nq, head_dim, o
     attention.paged_attention(q, k_cache, stored, step["block_tables"], step["context_lens"],
                               step["query_start"], nq, head_dim, head_dim ** -0.5,
                               num_splits=num_splits, out=out, k_scale=k_scale, v_scale=v_scale,
-                              new_kv=new_kv if fused else None, window=window, **fp8_out)
+                              new_kv=new_kv if fused else None, window=window,
+                              softcap=softcap, **fp8_out)
     if stored is not v_cache:
         v_cache.copy_(rope.v_cache_view(stored))
     return q
 
 
 def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
-                    tokens_per_block=16, num_splits=None, rope_on=True, fused=False, window=0):
+                    tokens_per_block=16, num_splits=None, rope_on=True, fused=False, window=0,
+                    softcap=0.0):
     """RoPE + KV write + paged attention (the attention op) against the reference; returns
     (output error, cache error). fused: RoPE and the KV write as the plan runs them (inside
-    the decode kernel for a decode step), not by rope_kv_kernel first. window: a sliding
-    window (the attention op's attr)."""
+    the decode kernel for a decode step), not by rope_kv_kernel first. window, softcap: the
+    attention op's attrs."""
     from kiln.builder.kernels import rope
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -178,7 +193,7 @@ def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
     attrs = {"layer": 0, "num_heads": nq, "num_kv_heads": nkv, "head_dim": head_dim,
              "scale": head_dim ** -0.5,
              "rope": dict(LLAMA3_ROPE, head_dim=head_dim) if rope_on else None,
-             **({"window": window} if window else {})}
+             **({"window": window} if window else {}), **({"softcap": softcap} if softcap else {})}
     ref_cache = cache.clone()
     inputs = [q, k, v] + [step[n] for n in ("positions", "slot_mapping", "block_tables",
                                              "context_lens", "query_start")]
@@ -191,7 +206,7 @@ def check_attention(device, dtype, nq, nkv, head_dim, prefixes, q_lens, seed,
                          dtype=torch.float32, device=device)
     out = torch.full((t, nq * head_dim), float("nan"), dtype=dtype, device=device)
     _attention_op(fused, qd, kd, vd, dev, kc[0, 0], kc[0, 1], table, nq, head_dim, out, rope_on,
-                  num_splits, window=window)
+                  num_splits, window=window, softcap=softcap)
     slots = step["slot_mapping"]
     blocks, offs = slots // tokens_per_block, slots % tokens_per_block
     written = kc.cpu()[0, :, blocks, :, offs, :]
@@ -622,6 +637,8 @@ def interpreter_cases():
             (f"head_rmsnorm-{d}", check_head_rmsnorm,
              dict(dtype=dtype, rows=4, heads=6, head_dim=32, seed=3), TOL[dtype]),
             (f"silu_mul-{d}", check_silu_mul, dict(dtype=dtype, rows=3, width=1500, seed=1), TOL[dtype]),
+            (f"gelu_tanh_mul-{d}", check_gelu_tanh_mul, dict(dtype=dtype, rows=3, width=1500, seed=1),
+             TOL[dtype]),
             (f"elementwise-{d}", check_elementwise, dict(dtype=dtype, rows=3, width=1100, seed=2), TOL[dtype]),
             (f"gather-{d}", check_gather, dict(dtype=dtype, rows=7, width=300, seed=3), 0.0),
             (f"rope-{d}", check_rope, dict(dtype=dtype, tokens=5, heads=3, head_dim=64, seed=4), TOL[dtype]),
@@ -680,6 +697,13 @@ def interpreter_cases():
         ("attention-window-mixed-float16", check_attention,
          dict(dtype=f16, nq=4, nkv=2, head_dim=32, prefixes=[90, 0, 21], q_lens=[1, 100, 5],
               seed=19, window=64), TOL[f16]),
+        # Gemma 2's capped scores (a small cap, so that the tanh bends), in a window.
+        ("attention-softcap-window-fused-float32", check_attention,
+         dict(dtype=f32, nq=4, nkv=2, head_dim=32, prefixes=[40, 3, 0, 21, 90],
+              q_lens=[1, 1, 100, 5, 1], seed=20, window=37, softcap=0.5, fused=True), TOL[f32]),
+        ("attention-softcap-split3-float32", check_attention,
+         dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5], q_lens=[1, 1], seed=21,
+              num_splits=3, softcap=0.5), TOL[f32]),
         # A head_dim that is not a power of two (Phi-3's 96): padded to 128 in the kernels.
         ("rope-hd96-float32", check_rope, dict(dtype=f32, tokens=5, heads=3, head_dim=96, seed=4), TOL[f32]),
         ("attention-hd96-decodes-first-float32", check_attention,

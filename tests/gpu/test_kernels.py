@@ -34,6 +34,7 @@ def test_head_rmsnorm(dtype, heads, head_dim):
 @pytest.mark.parametrize("rows,width", [(1, 14336), (65, 8960), (300, 1536)])
 def test_silu_mul_and_elementwise(dtype, rows, width):
     assert kc.check_silu_mul("cuda", dtype, rows, width, seed=rows) < kc.TOL[dtype]
+    assert kc.check_gelu_tanh_mul("cuda", dtype, rows, width, seed=rows) < kc.TOL[dtype]
     assert kc.check_elementwise("cuda", dtype, rows, width, seed=rows + 2) < kc.TOL[dtype]
 
 
@@ -106,11 +107,14 @@ def test_attention_writes_its_output_as_fp8(dtype, splits):
 @pytest.mark.parametrize("fused", [False, True])
 def test_attention_in_a_sliding_window(dtype, splits, fused):
     """Mistral-7B-v0.1's window (4,096) and a shorter one, over prompt chunks and decodes
-    whose context runs past it; head_dim 96 (Phi-3's) in the second."""
-    for nq, nkv, hd, window in ((32, 8, 128, 4096), (32, 32, 96, 1000)):
+    whose context runs past it; head_dim 96 (Phi-3's) in the second; Gemma 2's shape (head_dim
+    256) with its scores softcapped (a cap small enough to bend them) in the third."""
+    for nq, nkv, hd, window, softcap in ((32, 8, 128, 4096, 0.0), (32, 32, 96, 1000, 0.0),
+                                         (16, 8, 256, 4096, 0.5)):
         out, cache = kc.check_attention("cuda", dtype, nq, nkv, hd, [5000, 129, 3000, 0],
                                         [1, 1, 300, 1200], seed=splits, tokens_per_block=32,
-                                        num_splits=splits, fused=fused, window=window)
+                                        num_splits=splits, fused=fused, window=window,
+                                        softcap=softcap)
         assert out < kc.TOL[dtype] and cache < kc.TOL[dtype], (hd, window, out, cache)
 
 

@@ -33,7 +33,7 @@ WEIGHT_DTYPE = {"fp8": "float8_e4m3fn", "int8_sq": "int8", "int8_wo": "int8", "i
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("calib")
     return {arch: make_tiny_checkpoint(arch, root / arch, seed=i)
-            for i, arch in enumerate(["llama", "qwen2", "phi3-longrope"])}
+            for i, arch in enumerate(["llama", "qwen2", "phi3-longrope", "gemma3"])}
 
 
 def engine_logits(engine, tokens: torch.Tensor) -> torch.Tensor:
@@ -92,11 +92,15 @@ def test_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, arch, qua
     assert "linear" in ops  # the LM head stays unquantized
 
 
-@pytest.mark.parametrize("quant", ["fp8", "int4_awq"])
-def test_partial_rope_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, quant):
-    """q and k read permuted and scaled for partial RoPE and LongRoPE (models/llama.py) are
-    what calibration sees and what the engine quantizes."""
-    engine, calibrator, _ = build(checkpoints["phi3-longrope"], tmp_path / "e", quant)
+@pytest.mark.parametrize("arch, quant", [("phi3-longrope", "fp8"), ("phi3-longrope", "int4_awq"),
+                                         ("gemma3", "fp8"), ("gemma3", "int8_sq"),
+                                         ("gemma3", "int4_awq")])
+def test_other_families_agree_with_modelopt_fake_quant(checkpoints, tmp_path, arch, quant):
+    """q and k read permuted and scaled for partial RoPE and LongRoPE (models/llama.py), and
+    Gemma's norms (1 + w), scaled embeddings and GELU-tanh MLP (whose output is quantized on
+    its own, not inside the activation's kernel), are what calibration sees and what the
+    engine quantizes."""
+    engine, calibrator, _ = build(checkpoints[arch], tmp_path / "e", quant)
     assert_agrees_with_modelopt(engine, calibrator)
 
 

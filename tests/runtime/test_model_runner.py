@@ -15,7 +15,8 @@ from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
 from kiln_testing import hf_greedy, mixed_traffic
 
-ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope"]
+ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope", "gemma2",
+         "gemma3"]
 
 
 def prompts(vocab: int, lengths, seed: int) -> list[list[int]]:
