@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
-         "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3"]
+         "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
+         "gemma3-vision"]
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,14 @@ def tiny_config(arch: str, **overrides):
             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
                                                 "rope_theta": 1e6},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    elif arch == "gemma3-vision":  # the multimodal checkpoint Gemma 3 4B+ ship as
+        text = dict(kw, head_dim=16, sliding_window=16, query_pre_attn_scalar=24,
+                    layer_types=["sliding_attention", "full_attention"])
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14)
+        cfg = transformers.Gemma3Config(text_config=text, vision_config=vision,
+                                        mm_tokens_per_image=4, image_token_index=300,
+                                        boi_token_index=301, eoi_token_index=302, **PHI3_IDS)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied
@@ -105,12 +113,13 @@ def make_tiny_checkpoint(arch: str, path: Path, seed: int = 0, **overrides) -> P
     torch.manual_seed(seed)
     cfg = tiny_config(arch, **overrides)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    text = getattr(cfg, "text_config", cfg)  # a multimodal model's language model
     with torch.no_grad():  # HF inits norms to ones and biases to zeros: randomize all
         for p in model.parameters():  # norms around 1, everything else around 0
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] in
-                                                 (cfg.hidden_size, getattr(cfg, "head_dim", 0)) else 0.0))
+                                                 (text.hidden_size, getattr(text, "head_dim", 0)) else 0.0))
     model.save_pretrained(path)
-    make_tiny_tokenizer(path, cfg.vocab_size)
+    make_tiny_tokenizer(path, text.vocab_size)
     return path
 
 

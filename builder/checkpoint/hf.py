@@ -11,7 +11,8 @@ from safetensors import safe_open
 from kiln.builder.errors import KilnError
 
 from .base import Checkpoint, one_line
-from .hf_files import load_bin, locate_weights, read_config, safetensors_header
+from .hf_files import (language_model_config, load_bin, locate_weights, read_config,
+                       safetensors_header)
 from .names import canonical_from_hf, fused_parts_from_hf, is_fused_hf
 from .prequantized import recognise as recognise_prequantized
 from .tokenizer import save_hf_tokenizer
@@ -34,10 +35,11 @@ class HFCheckpoint(Checkpoint):
 
     def __init__(self, directory: Path):
         self.path = directory
-        self.hf_config = read_config(directory)
+        raw = read_config(directory)
+        self.hf_config = language_model_config(raw)
         # A pre-quantized checkpoint Kiln reads (prequantized.py), else None; KilnError for
         # formats it does not read.
-        self.prequantized = recognise_prequantized(directory, self.hf_config)
+        self.prequantized = recognise_prequantized(directory, raw)
         from kiln.builder.models.config import ARCHITECTURES
 
         archs = self.hf_config.get("architectures") or [None]

@@ -43,6 +43,39 @@ class WeightFiles:
     weight_map: dict[str, Path] | None
 
 
+# Multimodal architectures whose language model Kiln builds on its own (text in, text out),
+# and the text model class of each text_config model_type.
+MULTIMODAL = ("Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration",
+              "LlavaForConditionalGeneration")
+TEXT_ARCHITECTURES = {"gemma3_text": "Gemma3ForCausalLM", "mistral": "MistralForCausalLM",
+                      "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def language_model_config(config: dict) -> dict:
+    """config.json of a multimodal checkpoint (MULTIMODAL) as its language model's own: the
+    text_config, completed with its class's defaults (a saved text_config keeps only what
+    differs from them) and the token ids the wrapper holds (over the text class's defaults). Any
+    other config as it is."""
+    archs = config.get("architectures") or []
+    if len(archs) != 1 or archs[0] not in MULTIMODAL:
+        return config
+    text = dict(config.get("text_config") or {})
+    kind = text.get("model_type")
+    if kind not in TEXT_ARCHITECTURES:
+        raise KilnError(f"config.json: {archs[0]}'s text_config is a {kind!r} model; Kiln builds "
+                        f"the language model of {', '.join(MULTIMODAL)} when it is one of "
+                        f"{', '.join(TEXT_ARCHITECTURES)}")
+    import transformers
+
+    text.pop("model_type")
+    full = transformers.AutoConfig.for_model(kind, **text).to_dict()
+    full["architectures"] = [TEXT_ARCHITECTURES[kind]]
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the wrapper's over defaults
+        if key not in text and config.get(key) is not None:
+            full[key] = config[key]
+    return full
+
+
 def read_config(directory: Path) -> dict:
     """config.json as a dict, or a KilnError naming what is wrong with it."""
     path = directory / "config.json"

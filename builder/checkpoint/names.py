@@ -79,6 +79,20 @@ _GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _LAYER_REQUIRED = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
 
 
+# A multimodal checkpoint's language model (hf_files.language_model_config): its tensors
+# under the wrapper's prefixes, transformers 4's and 5's; the vision tower's are not read.
+_WRAPPED_PREFIXES = (("language_model.model.", ""), ("model.language_model.", ""),
+                     ("language_model.lm_head.", "lm_head."))
+
+
+def unwrapped(hf_name: str) -> str:
+    """A tensor name of a multimodal checkpoint's language model as the bare model names it."""
+    for prefix, replacement in _WRAPPED_PREFIXES:
+        if hf_name.startswith(prefix):
+            return replacement + hf_name[len(prefix):]
+    return hf_name
+
+
 _POST_ATTENTION = re.compile(r"^(?:model\.)?layers\.(\d+)\.post_attention_layernorm\.weight$")
 
 
@@ -86,6 +100,7 @@ def canonical_from_hf(hf_name: str, sandwich_norms: bool = False) -> str | None:
     """The canonical name of a HuggingFace tensor, or None for tensors Kiln does not use.
     `sandwich_norms` (Gemma 2, 3): post_attention_layernorm normalizes the attention's output,
     not the MLP's input."""
+    hf_name = unwrapped(hf_name)
     if sandwich_norms and (match := _POST_ATTENTION.match(hf_name)):
         return f"layers.{match.group(1)}.attn_out_norm.weight"
     for pattern, template in _HF_PATTERNS:

@@ -27,6 +27,8 @@ import torch
 from kiln.builder.errors import KilnError
 from kiln.quantize import pack
 
+from .names import unwrapped
+
 PARTS = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}  # fused weights of the passes
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ packs columns col*8 + AWQ_ORDER[i] in nibble i
@@ -110,6 +112,7 @@ class Prequantized:
     def canonical(self, hf_name: str) -> str | None:
         """Canonical names of the quantization tensors: layers.{i}.{proj}.{qweight, scales,
         ...}, and layers.{i}.k_scale / v_scale."""
+        hf_name = unwrapped(hf_name)
         match = _QUANT_TENSOR.match(hf_name) or _ATTN_KV_SCALE.match(hf_name)
         if not match:
             return None

@@ -41,7 +41,20 @@ def save_hf_tokenizer(src: Path, out: Path, hf_config: dict) -> None:
                if hf_config.get(k) is not None}
         if ids:
             write_json(out / "generation_config.json", ids)
-    embed_chat_template(out)
+    embed_chat_template(out, _processor_template(src))
+
+
+def _processor_template(src: Path) -> str | None:
+    """The chat template a multimodal checkpoint keeps in chat_template.json (its processor's)."""
+    path = src / "chat_template.json"
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (ValueError, AttributeError) as error:
+        raise KilnError(f"{path} is not the JSON of a chat template ({one_line(error)}); "
+                        "re-download it or remove it") from None
+    return template if isinstance(template, str) else None
 
 
 def save_gguf_tokenizer(path: Path, out: Path, chat_template: str | None,
@@ -102,7 +115,7 @@ def embed_chat_template(out: Path, template: str | None = None) -> None:
     if not config:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
     jinja = out / "chat_template.jinja"
-    if template is None and jinja.is_file():
+    if jinja.is_file():  # the tokenizer's own template first
         template = jinja.read_text(encoding="utf-8")
     if template is not None and not config.get("chat_template"):
         config["chat_template"] = template

@@ -615,6 +615,26 @@ def test_hf_fast_tokenizer_copied_with_chat_template(tmp_path):
     assert loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi"
 
 
+def test_hf_processor_chat_template_is_taken_where_the_tokenizer_has_none(tmp_path):
+    """Multimodal checkpoints (Gemma 3) keep the template in chat_template.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    ckpt_tiny_model("llama").save_pretrained(src)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"]))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>").save_pretrained(src)
+    (src / "chat_template.json").write_text(json.dumps({"chat_template": TEMPLATE}))
+    with open_checkpoint(src) as ckpt:
+        ckpt.save_tokenizer(out)
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == TEMPLATE
+    (src / "chat_template.json").write_text("{nope")
+    with open_checkpoint(src) as ckpt, pytest.raises(KilnError, match="chat_template.json is not "
+                                                                      "the JSON of a chat template"):
+        ckpt.save_tokenizer(tmp_path / "out2")
+
+
 def test_hf_sentencepiece_tokenizer_converted(tmp_path):
     spm = pytest.importorskip("sentencepiece")
     pytest.importorskip("google.protobuf", reason="transformers needs protobuf to read tokenizer.model")

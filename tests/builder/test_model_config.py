@@ -134,3 +134,30 @@ def test_gemma_activation_and_encoder_refusals():
         ModelConfig.from_hf(gemma3_v4(rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}))
+
+
+def test_multimodal_checkpoint_builds_its_language_model():
+    """gemma-3-4b-it's config.json: a text_config that keeps only what differs from
+    Gemma3TextConfig's defaults, read with them filled in."""
+    from kiln.builder.checkpoint.hf_files import language_model_config
+
+    wrapper = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+               "eos_token_id": [1, 106], "text_config": {
+                   "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                   "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                   "sliding_window": 1024},
+               "vision_config": {"model_type": "siglip_vision_model"}}
+    m = ModelConfig.from_hf(language_model_config(wrapper))
+    assert (m.architecture, m.num_heads, m.num_kv_heads, m.head_dim, m.vocab_size) == (
+        "Gemma3ForCausalLM", 8, 4, 256, 262208)
+    assert m.eos_token_id == [1, 106] and m.tie_word_embeddings
+    assert m.rope_scaling == {"rope_type": "linear", "factor": 8.0} and m.rope_theta == 1e6
+    assert (m.local_rope_theta, m.sliding_window) == (10000.0, 1024)
+    assert [i for i in range(34) if not m.sliding(i)] == [5, 11, 17, 23, 29]
+    llava = {"architectures": ["LlavaForConditionalGeneration"],
+             "text_config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                             "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 320}}
+    assert ModelConfig.from_hf(language_model_config(llava)).architecture == "LlamaForCausalLM"
+    with pytest.raises(KilnError, match=r"LlavaForConditionalGeneration's text_config is a "
+                                        r"'phi3' model; Kiln builds the language model of"):
+        language_model_config(llava | {"text_config": {"model_type": "phi3"}})
