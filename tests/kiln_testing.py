@@ -68,6 +68,10 @@ def tiny_config(arch: str, **overrides):
         cfg = transformers.Gemma3Config(text_config=text, vision_config=vision,
                                         mm_tokens_per_image=4, image_token_index=300,
                                         boi_token_index=301, eoi_token_index=302, **PHI3_IDS)
+    elif arch == "granite":  # Llama with scalar multipliers on embeddings, scores, residual, logits
+        cfg = transformers.GraniteConfig(**kw, **PHI3_IDS, embedding_multiplier=12.0,
+                                         attention_multiplier=0.2, residual_multiplier=0.22,
+                                         logits_scaling=8.0, tie_word_embeddings=True)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -65,7 +65,7 @@ def gelu_tanh_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.
 def unary_kernel(out_ptr, x_ptr, arg, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
                  WIDTH: tl.constexpr, BLOCK: tl.constexpr, OP: tl.constexpr,
                  PDL: tl.constexpr = 0):
-    """OP GELU_TANH: gelu_tanh(x); SCALE: x * arg (arg in the value's dtype); SOFTCAP:
+    """OP GELU_TANH: gelu_tanh(x); SCALE: x * arg; SOFTCAP:
     arg * tanh(x / arg). In float32, rounded once."""
     enter(PDL)
     row = tl.program_id(0).to(tl.int64)

@@ -51,6 +51,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Phi-3, Phi-3.5 and Phi-4 (mini): q/k/v and gate/up stored fused (names.py splits them).
     "Phi3ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False,
                                 rope_aliases=(("su", "longrope"), ("yarn", "longrope"))),
+    # Granite 3: Llama with scalar multipliers (embedding_multiplier, attention_multiplier,
+    # residual_multiplier, logits_scaling), read from config.json wherever they are given.
+    "GraniteForCausalLM": ArchSpec(),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, sliding_every=2),
     "Gemma3ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, qk_norm=True, sliding_every=6),
@@ -114,6 +117,11 @@ def _positive(value) -> float | None:
     return float(value) if value else None
 
 
+def _multiplier(value) -> float | None:
+    """A scalar multiplier, None where it is absent or 1 (nothing to do)."""
+    return float(value) if value is not None and float(value) != 1.0 else None
+
+
 def _check_longrope(scaling: dict, rotary_dim: int) -> None:
     for key in ("short_factor", "long_factor"):
         factors = scaling.get(key)
@@ -158,6 +166,9 @@ class ModelConfig:
     attn_softcap: float | None = None   # attention scores capped by C * tanh(s / C) (Gemma 2)
     final_softcap: float | None = None  # the logits likewise
     local_rope_theta: float | None = None  # the sliding-window layers' RoPE base (Gemma 3)
+    embed_multiplier: float | None = None     # embeddings times this (Granite)
+    residual_multiplier: float | None = None  # attention and MLP outputs times this (Granite)
+    logits_scaling: float | None = None       # logits divided by this (Granite)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -236,10 +247,14 @@ class ModelConfig:
                 embed_scale=spec.embed_scale,
                 sandwich_norms=spec.sandwich_norms,
                 attn_scale=(float(hf["query_pre_attn_scalar"]) ** -0.5
-                            if hf.get("query_pre_attn_scalar") else None),
+                            if hf.get("query_pre_attn_scalar")
+                            else _positive(hf.get("attention_multiplier"))),
                 attn_softcap=_positive(hf.get("attn_logit_softcapping")),
                 final_softcap=_positive(hf.get("final_logit_softcapping")),
                 local_rope_theta=_local_rope_theta(hf) if window else None,
+                embed_multiplier=_multiplier(hf.get("embedding_multiplier")),
+                residual_multiplier=_multiplier(hf.get("residual_multiplier")),
+                logits_scaling=_multiplier(hf.get("logits_scaling")),
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,

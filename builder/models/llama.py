@@ -1,5 +1,5 @@
-"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3) declared
-in the IR.
+"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite)
+declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -91,17 +91,23 @@ def _head_layout(m: ModelConfig, rope: dict) -> _HeadLayout | None:
                        norms if m.qk_norm else projections)
 
 
+_RESIDUAL = ("o.weight", "o.bias", "down.weight", "down.bias")  # what writes the residual
+
+
 def _source(ckpt, name: str, m: ModelConfig, layout: _HeadLayout | None) -> WeightSource:
     """A weight read from the checkpoint as the engine computes with it: an RMSNorm's as
-    1 + weight where the family stores it so (Gemma), q's and k's in `layout`'s order."""
+    1 + weight where the family stores it so (Gemma), q's and k's in `layout`'s order, the
+    o and down projections times residual_multiplier (Granite)."""
     offset = m.norm_offset and name.endswith("norm.weight")
     heads = layout is not None and name.endswith(layout.permuted)
-    if not (offset or heads):
+    residual = m.residual_multiplier if name.endswith(_RESIDUAL) else None
+    if not (offset or heads or residual):
         return WeightSource(load=lambda dtype: ckpt.load(name, dtype), describe=f"checkpoint:{name}")
 
     def load(dtype):
         w = ckpt.load(name, torch.float32)
         w = w + 1.0 if offset else w
+        w = w * residual if residual else w
         return (layout.apply(name, w) if heads else w).to(dtype)
 
     return WeightSource(load=load, describe=f"checkpoint:{name} (as the engine computes with it)")
@@ -143,6 +149,8 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     if m.embed_scale:  # HF multiplies by sqrt(hidden_size) rounded to the activations' dtype
         value = float(torch.tensor(m.hidden_size ** 0.5, dtype=torch_dtype(build.dtype)))
         (h,) = g.call("scale", [h], ["embed_scaled"], value=value)
+    if m.embed_multiplier:
+        (h,) = g.call("scale", [h], ["embed_scaled"], value=m.embed_multiplier)
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
         (x,) = g.call("rmsnorm", [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
@@ -179,6 +187,8 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     head = "embed.weight" if m.tie_word_embeddings else "lm_head.weight"
     (logits,) = g.call("linear", [n, head], ["logits_all"])
     (last,) = g.call("gather_last", [logits, "last_token_index"], ["logits_last"])
+    if m.logits_scaling:
+        (last,) = g.call("scale", [last], ["logits_scaled"], value=1.0 / m.logits_scaling)
     if m.final_softcap:
         (last,) = g.call("softcap", [last], ["logits_capped"], cap=m.final_softcap)
     g.call("cast", [last], ["logits"], dtype="float32")

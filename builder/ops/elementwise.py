@@ -1,7 +1,8 @@
 """Elementwise ops: add, mul, silu, silu_mul, gelu_tanh, gelu_tanh_mul, scale, softcap, cast.
 
 gelu_tanh is GELU's tanh approximation (HF's gelu_pytorch_tanh: Gemma); scale multiplies by a
-constant rounded to the value's dtype (Gemma's embedding normalizer); softcap is
+constant (Gemma's embedding normalizer, rounded to the dtype by the model; Granite's
+multipliers); softcap is
 cap * tanh(x / cap) (Gemma 2's final logits)."""
 from __future__ import annotations
 
@@ -37,8 +38,7 @@ def _gelu_tanh_mul(node, inputs, ctx):
 
 
 def _scale(node, inputs, ctx):
-    x = inputs[0]
-    return [x * torch.tensor(node.attrs["value"], dtype=x.dtype)]
+    return [inputs[0] * node.attrs["value"]]  # the value in float32, the product rounded once
 
 
 def _softcap(node, inputs, ctx):
