@@ -72,6 +72,8 @@ def tiny_config(arch: str, **overrides):
         cfg = transformers.GraniteConfig(**kw, **PHI3_IDS, embedding_multiplier=12.0,
                                          attention_multiplier=0.2, residual_multiplier=0.22,
                                          logits_scaling=8.0, tie_word_embeddings=True)
+    elif arch == "olmo2":  # norms on the outputs only; q/k norms over whole projections
+        cfg = transformers.Olmo2Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -75,10 +75,14 @@ class Checkpoint(abc.ABC):
     def _check_complete(self) -> None:
         """Refuse a checkpoint that lacks any tensor the decoder needs; one of a model Kiln
         does not build (another architecture) is refused for that, not for its tensors."""
+        from kiln.builder.models.config import ARCHITECTURES
+
         num_layers = int(self.hf_config.get("num_hidden_layers", 0))
         tied = bool(self.hf_config.get("tie_word_embeddings", False))
+        archs = self.hf_config.get("architectures") or [None]
+        pre_norms = getattr(ARCHITECTURES.get(archs[0]), "pre_norms", True)
         present = self._names()
-        missing = [n for n in required_names(num_layers, tied) if n not in present]
+        missing = [n for n in required_names(num_layers, tied, pre_norms) if n not in present]
         if missing:
             if self.hf_config.get("architectures"):
                 from kiln.builder.models.config import ModelConfig

@@ -120,13 +120,15 @@ def canonical_from_gguf(gguf_name: str) -> str | None:
     return None
 
 
-def required_names(num_layers: int, tie_word_embeddings: bool) -> list[str]:
-    """The canonical tensors a llama-family checkpoint cannot do without."""
+def required_names(num_layers: int, tie_word_embeddings: bool, pre_norms: bool = True) -> list[str]:
+    """The canonical tensors a llama-family checkpoint cannot do without (`pre_norms`: the
+    norms on the attention's and MLP's inputs, which OLMo 2 has not)."""
     names = ["embed.weight", "final_norm.weight"]
     if not tie_word_embeddings:
         names.append("lm_head.weight")
+    parts = [p for p in _LAYER_REQUIRED if pre_norms or p not in ("attn_norm", "mlp_norm")]
     for i in range(num_layers):
-        names.extend(f"layers.{i}.{part}.weight" for part in _LAYER_REQUIRED)
+        names.extend(f"layers.{i}.{part}.weight" for part in parts)
     return names
 
 

@@ -22,7 +22,8 @@ class ArchSpec:
     outputs too), `act_key` / `default_act` (the config key naming the MLP's activation and
     its value where the key is absent or null), `sliding_every` (without layer_types, layer i
     has the sliding window unless (i + 1) % sliding_every == 0; config.json's
-    sliding_window_pattern overrides it)."""
+    sliding_window_pattern overrides it). OLMo 2's: no `pre_norms` (only the norms on the
+    outputs) and its q/k norms over each projection's full width (`qk_norm_full`)."""
     qkv_bias: bool | None = None
     o_bias: bool | None = None
     mlp_bias: bool | None = None
@@ -34,6 +35,8 @@ class ArchSpec:
     act_key: str = "hidden_act"
     default_act: str = "silu"
     sliding_every: int | None = None
+    pre_norms: bool = True       # RMSNorms on the attention's and the MLP's inputs (not OLMo 2)
+    qk_norm_full: bool = False   # the q/k norms over the whole projection, not each head
 
 
 _GEMMA = dict(qkv_bias=False, o_bias=False, mlp_bias=False, norm_offset=True, embed_scale=True,
@@ -54,6 +57,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Granite 3: Llama with scalar multipliers (embedding_multiplier, attention_multiplier,
     # residual_multiplier, logits_scaling), read from config.json wherever they are given.
     "GraniteForCausalLM": ArchSpec(),
+    "Olmo2ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True,
+                                 qk_norm_full=True, sandwich_norms=True, pre_norms=False),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, sliding_every=2),
     "Gemma3ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, qk_norm=True, sliding_every=6),
@@ -169,6 +174,8 @@ class ModelConfig:
     embed_multiplier: float | None = None     # embeddings times this (Granite)
     residual_multiplier: float | None = None  # attention and MLP outputs times this (Granite)
     logits_scaling: float | None = None       # logits divided by this (Granite)
+    pre_norms: bool = True        # RMSNorms on the attention's and MLP's inputs (not OLMo 2)
+    qk_norm_full: bool = False    # q/k norms over the whole projection (OLMo 2), not per head
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -255,6 +262,8 @@ class ModelConfig:
                 embed_multiplier=_multiplier(hf.get("embedding_multiplier")),
                 residual_multiplier=_multiplier(hf.get("residual_multiplier")),
                 logits_scaling=_multiplier(hf.get("logits_scaling")),
+                pre_norms=spec.pre_norms,
+                qk_norm_full=spec.qk_norm_full,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,
@@ -313,7 +322,9 @@ class ModelConfig:
     def num_params(self) -> int:
         h, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
-        norms = (4 if self.sandwich_norms else 2) * h + (2 * hd if self.qk_norm else 0)
+        norms = (2 * h if self.pre_norms else 0) + (2 * h if self.sandwich_norms else 0)
+        if self.qk_norm:
+            norms += (self.num_heads + self.num_kv_heads) * hd if self.qk_norm_full else 2 * hd
         per_layer = attn + 3 * h * i + norms
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * per_layer + h + head

@@ -1,5 +1,5 @@
-"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite)
-declared in the IR.
+"""The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite,
+OLMo 2) declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -33,8 +33,9 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (m.vocab_size, h)
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
-        shapes |= {p + "attn_norm.weight": (h,), p + "mlp_norm.weight": (h,),
-                   p + "q.weight": (m.num_heads * hd, h), p + "k.weight": (m.num_kv_heads * hd, h),
+        if m.pre_norms:
+            shapes |= {p + "attn_norm.weight": (h,), p + "mlp_norm.weight": (h,)}
+        shapes |= {p + "q.weight": (m.num_heads * hd, h), p + "k.weight": (m.num_kv_heads * hd, h),
                    p + "v.weight": (m.num_kv_heads * hd, h), p + "o.weight": (h, m.num_heads * hd),
                    p + "gate.weight": (i, h), p + "up.weight": (i, h), p + "down.weight": (h, i)}
         if m.attention_bias:
@@ -44,7 +45,10 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "o.bias"] = (h,)
         if m.mlp_bias:
             shapes |= {p + "gate.bias": (i,), p + "up.bias": (i,), p + "down.bias": (h,)}
-        if m.qk_norm:
+        if m.qk_norm and m.qk_norm_full:
+            shapes |= {p + "q_norm.weight": (m.num_heads * hd,),
+                       p + "k_norm.weight": (m.num_kv_heads * hd,)}
+        elif m.qk_norm:
             shapes |= {p + "q_norm.weight": (hd,), p + "k_norm.weight": (hd,)}
         if m.sandwich_norms:
             shapes |= {p + "attn_out_norm.weight": (h,), p + "mlp_out_norm.weight": (h,)}
@@ -153,12 +157,17 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         (h,) = g.call("scale", [h], ["embed_scaled"], value=m.embed_multiplier)
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
-        (x,) = g.call("rmsnorm", [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
+        x = h
+        if m.pre_norms:
+            (x,) = g.call("rmsnorm", [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
         qkv = []
         for part in ("q", "k", "v"):
             qkv += g.call("linear", [x, *_params(p + part, m.attention_bias)], [p + part])
         q, k, v = qkv
-        if m.qk_norm:
+        if m.qk_norm and m.qk_norm_full:
+            (q,) = g.call("rmsnorm", [q, p + "q_norm.weight"], [p + "q_normed"], eps=eps)
+            (k,) = g.call("rmsnorm", [k, p + "k_norm.weight"], [p + "k_normed"], eps=eps)
+        elif m.qk_norm:
             (q,) = g.call("head_rmsnorm", [q, p + "q_norm.weight"], [p + "q_normed"], eps=eps, head_dim=hd)
             (k,) = g.call("head_rmsnorm", [k, p + "k_norm.weight"], [p + "k_normed"], eps=eps, head_dim=hd)
         layer_rope = m.rope_attrs(build.max_seq_len, layer)
@@ -174,7 +183,9 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         if m.sandwich_norms:
             (o,) = g.call("rmsnorm", [o, p + "attn_out_norm.weight"], [p + "attn_out_normed"], eps=eps)
         (h,) = g.call("add", [h, o], [p + "post_attn"])
-        (x,) = g.call("rmsnorm", [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
+        x = h
+        if m.pre_norms:
+            (x,) = g.call("rmsnorm", [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
         (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
         (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
         (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
