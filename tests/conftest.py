@@ -10,7 +10,7 @@ from kiln_testing import make_tiny_checkpoint  # noqa: E402
 
 ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
          "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
-         "gemma3-vision", "granite", "olmo2"]
+         "gemma3-vision", "granite", "olmo2", "smollm3"]
 
 
 @pytest.fixture(scope="session")

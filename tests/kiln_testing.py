@@ -74,6 +74,9 @@ def tiny_config(arch: str, **overrides):
                                          logits_scaling=8.0, tie_word_embeddings=True)
     elif arch == "olmo2":  # norms on the outputs only; q/k norms over whole projections
         cfg = transformers.Olmo2Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
+    elif arch == "smollm3":  # no RoPE on every other layer (no_rope_layers' zeros)
+        cfg = transformers.SmolLM3Config(**kw, **PHI3_IDS, no_rope_layers=[1, 0],
+                                         tie_word_embeddings=True)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

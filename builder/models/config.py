@@ -37,6 +37,7 @@ class ArchSpec:
     sliding_every: int | None = None
     pre_norms: bool = True       # RMSNorms on the attention's and the MLP's inputs (not OLMo 2)
     qk_norm_full: bool = False   # the q/k norms over the whole projection, not each head
+    nope_every: int | None = None  # without no_rope_layers, every nope_every-th layer has no RoPE
 
 
 _GEMMA = dict(qkv_bias=False, o_bias=False, mlp_bias=False, norm_offset=True, embed_scale=True,
@@ -59,6 +60,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "GraniteForCausalLM": ArchSpec(),
     "Olmo2ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True,
                                  qk_norm_full=True, sandwich_norms=True, pre_norms=False),
+    # SmolLM3: Llama with no RoPE on some layers (no_rope_layers: 0 where a layer has none).
+    "SmolLM3ForCausalLM": ArchSpec(nope_every=4),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, sliding_every=2),
     "Gemma3ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, qk_norm=True, sliding_every=6),
@@ -116,6 +119,14 @@ def _sliding_layers(hf: dict, layers: int, spec: ArchSpec) -> list[int] | None:
     if "max_window_layers" in hf:
         return list(range(int(hf["max_window_layers"]), layers))
     return None
+
+
+def _nope_layers(hf: dict, layers: int, spec: ArchSpec) -> list[int] | None:
+    """The layers without RoPE: no_rope_layers' zeros, else every nope_every-th (SmolLM3)."""
+    if not spec.nope_every:
+        return None
+    flags = hf.get("no_rope_layers") or [int((i + 1) % spec.nope_every != 0) for i in range(layers)]
+    return [i for i, rope in enumerate(flags) if not rope] or None
 
 
 def _positive(value) -> float | None:
@@ -176,6 +187,7 @@ class ModelConfig:
     logits_scaling: float | None = None       # logits divided by this (Granite)
     pre_norms: bool = True        # RMSNorms on the attention's and MLP's inputs (not OLMo 2)
     qk_norm_full: bool = False    # q/k norms over the whole projection (OLMo 2), not per head
+    nope_layers: list[int] | None = None  # layers whose q and k take no RoPE (SmolLM3)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -264,6 +276,7 @@ class ModelConfig:
                 logits_scaling=_multiplier(hf.get("logits_scaling")),
                 pre_norms=spec.pre_norms,
                 qk_norm_full=spec.qk_norm_full,
+                nope_layers=_nope_layers(hf, layers, spec),
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,

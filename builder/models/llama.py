@@ -1,5 +1,5 @@
 """The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite,
-OLMo 2) declared in the IR.
+OLMo 2, SmolLM3) declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -170,9 +170,10 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         elif m.qk_norm:
             (q,) = g.call("head_rmsnorm", [q, p + "q_norm.weight"], [p + "q_normed"], eps=eps, head_dim=hd)
             (k,) = g.call("head_rmsnorm", [k, p + "k_norm.weight"], [p + "k_normed"], eps=eps, head_dim=hd)
-        layer_rope = m.rope_attrs(build.max_seq_len, layer)
-        (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **layer_rope)
-        (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **layer_rope)
+        if layer not in (m.nope_layers or ()):
+            layer_rope = m.rope_attrs(build.max_seq_len, layer)
+            (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **layer_rope)
+            (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **layer_rope)
         extra = {"window": m.attention_window(layer, build.max_seq_len),
                  "softcap": m.attn_softcap}
         (a,) = g.call("attention", [q, k, v, *step], [p + "attn"], layer=layer,

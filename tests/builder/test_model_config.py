@@ -161,3 +161,12 @@ def test_multimodal_checkpoint_builds_its_language_model():
     with pytest.raises(KilnError, match=r"LlavaForConditionalGeneration's text_config is a "
                                         r"'phi3' model; Kiln builds the language model of"):
         language_model_config(llava | {"text_config": {"model_type": "phi3"}})
+
+
+def test_smollm3_layers_without_rope():
+    smol = {"architectures": ["SmolLM3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 8, "num_attention_heads": 4, "vocab_size": 320}
+    assert ModelConfig.from_hf(smol).nope_layers == [3, 7]  # every fourth without the list
+    flags = [1, 0, 1, 1, 1, 1, 1, 0]
+    assert ModelConfig.from_hf(smol | {"no_rope_layers": flags}).nope_layers == [1, 7]
+    assert ModelConfig.from_hf(smol | {"no_rope_layers": [1] * 8}).nope_layers is None
