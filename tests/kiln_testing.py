@@ -45,6 +45,10 @@ def tiny_config(arch: str, **overrides):
     elif arch == "qwen2-window":  # a sliding window on the layers from max_window_layers on
         cfg = transformers.Qwen2Config(**kw, tie_word_embeddings=False, use_sliding_window=True,
                                        sliding_window=16, max_window_layers=1)
+    elif arch == "qwen2-yarn":  # YaRN, as Qwen2.5's long-context configs add it
+        cfg = transformers.Qwen2Config(**kw, tie_word_embeddings=False,
+                                       rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                     "original_max_position_embeddings": 32})
     elif arch == "qwen3":
         cfg = transformers.Qwen3Config(**kw, head_dim=32, tie_word_embeddings=False)
     elif arch == "gemma":  # GELU-tanh MLP, RMSNorm by 1 + w, scaled embeddings, tied

@@ -101,7 +101,7 @@ def _rope_params(hf: dict, spec: ArchSpec) -> tuple[float, dict | None, float]:
         scaling["rope_type"] = dict(spec.rope_aliases).get(kind, kind)
         if scaling["rope_type"] == "default":
             scaling = None
-        elif scaling["rope_type"] == "longrope":
+        elif scaling["rope_type"] in ("longrope", "yarn"):
             scaling.setdefault("original_max_position_embeddings",
                                hf.get("original_max_position_embeddings"))
     return theta, scaling, float(fraction)
@@ -212,6 +212,10 @@ class ModelConfig:
                             f"{', '.join(SUPPORTED_ROPE_TYPES)}")
         if kind == "longrope":
             _check_longrope(self.rope_scaling, rotary)
+        if kind == "yarn" and not (isinstance(self.rope_scaling.get("original_max_position_embeddings"), int)
+                                   and self.rope_scaling.get("factor")):
+            raise KilnError("rope_scaling yarn needs factor and original_max_position_embeddings "
+                            f"(the pretrained context), got {self.rope_scaling}")
 
     @classmethod
     def from_hf(cls, hf: dict) -> "ModelConfig":
@@ -311,6 +315,8 @@ class ModelConfig:
             factors = scaling["long_factor" if max_seq_len > original else "short_factor"]
             scaling = {"rope_type": "longrope", "factors": list(factors),
                        "attention_factor": self.longrope_attention_factor()}
+        elif (scaling or {}).get("rope_type") == "yarn":
+            scaling = dict(scaling, attention_factor=self.yarn_attention_factor())
         attrs = {"head_dim": self.head_dim, "theta": self.rope_theta, "scaling": scaling}
         if self.rotary_dim:
             attrs["rotary_dim"] = self.rotary_dim
@@ -321,6 +327,20 @@ class ModelConfig:
         positions, else 0."""
         window = self.sliding_window
         return window if self.sliding(layer) and max_seq_len > window else 0
+
+    def yarn_attention_factor(self) -> float:
+        """The factor YaRN multiplies cos and sin by: config.json's attention_factor, else
+        0.1 * ln(factor) + 1 (DeepSeek's mscale / mscale_all_dim ratio where both are given)."""
+        s = self.rope_scaling
+        if s.get("attention_factor") is not None:
+            return float(s["attention_factor"])
+
+        def mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if s.get("mscale") and s.get("mscale_all_dim"):
+            return mscale(s["factor"], s["mscale"]) / mscale(s["factor"], s["mscale_all_dim"])
+        return mscale(s["factor"])
 
     def longrope_attention_factor(self) -> float:
         """The factor LongRoPE multiplies cos and sin by (q and k each): HF's default from the

@@ -15,7 +15,7 @@ import torch
 from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope", "yarn")
 
 
 def inv_freq(head_dim: int, theta: float, scaling: dict | None,
@@ -35,6 +35,8 @@ def _rotary_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
     freq = 1.0 / (theta ** shape)
     if kind == "default":
         return freq
+    if kind == "yarn":
+        return _yarn(theta ** shape, dim, theta, scaling)
     if kind == "linear":
         return freq / scaling["factor"]
     if kind == "llama3":
@@ -49,6 +51,26 @@ def _rotary_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
         medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
         return torch.where(medium, smoothed, scaled)
     raise ValueError(f"rope_type {kind!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
+
+
+def _yarn(pos: torch.Tensor, dim: int, theta: float, scaling: dict) -> torch.Tensor:
+    """YaRN's frequencies, as transformers computes them: the slow ones interpolated by
+    `factor`, the fast ones kept, a linear ramp between (beta_fast, beta_slow rotations over
+    original_max_position_embeddings)."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+    fast, slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(fast), correction_dim(slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # the share of each frequency left as it is
+    return 1.0 / (factor * pos) * (1 - keep) + 1.0 / pos * keep
 
 
 def inv_freq_of(attrs: dict) -> torch.Tensor:

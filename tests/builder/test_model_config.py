@@ -69,8 +69,9 @@ def test_rotary_permutation_pairs_the_rotated_dims_across_the_halves():
      r"rope_scaling longrope needs original_max_position_embeddings"),
     ({"partial_rotary_factor": 0.01},
      r"model config: RoPE over 0 of 96 head dims; it needs an even count from 2 to head_dim"),
-    ({"rope_scaling": {"type": "yarn", "factor": 4.0}, "architectures": ["LlamaForCausalLM"]},
-     r"rope_scaling type 'yarn' is not supported; supported: default, linear, llama3, longrope"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 4.0}, "architectures": ["LlamaForCausalLM"]},
+     r"rope_scaling type 'dynamic' is not supported; supported: default, linear, llama3, "
+     r"longrope, yarn"),
 ])
 def test_bad_rope_configs_are_refused(change, message):
     with pytest.raises(KilnError, match=message):
@@ -170,3 +171,21 @@ def test_smollm3_layers_without_rope():
     flags = [1, 0, 1, 1, 1, 1, 1, 0]
     assert ModelConfig.from_hf(smol | {"no_rope_layers": flags}).nope_layers == [1, 7]
     assert ModelConfig.from_hf(smol | {"no_rope_layers": [1] * 8}).nope_layers is None
+
+
+def test_yarn_from_a_qwen_long_context_config():
+    qwen = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "intermediate_size": 18944,
+            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+            "vocab_size": 152064, "max_position_embeddings": 131072, "rope_theta": 1e6,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+    m = ModelConfig.from_hf(qwen)
+    scaling = m.rope_attrs(131072)["scaling"]
+    assert scaling["rope_type"] == "yarn"
+    assert scaling["attention_factor"] == pytest.approx(0.1 * math.log(4.0) + 1.0)
+    freq = inv_freq(128, 1e6, scaling)
+    plain = inv_freq(128, 1e6, None)
+    assert torch.equal(freq[:10], plain[:10])  # the fast pairs kept
+    assert torch.allclose(freq[-10:], plain[-10:] / 4.0)  # the slow ones interpolated
+    with pytest.raises(KilnError, match="rope_scaling yarn needs factor and "
+                                        "original_max_position_embeddings"):
+        ModelConfig.from_hf(qwen | {"rope_scaling": {"type": "yarn", "factor": 4.0}})
