@@ -81,6 +81,9 @@ def tiny_config(arch: str, **overrides):
     elif arch == "smollm3":  # no RoPE on every other layer (no_rope_layers' zeros)
         cfg = transformers.SmolLM3Config(**kw, **PHI3_IDS, no_rope_layers=[1, 0],
                                          tie_word_embeddings=True)
+    elif arch == "glm4":  # norms around attention and MLP, gate/up fused, interleaved half RoPE
+        cfg = transformers.Glm4Config(**kw, **PHI3_IDS, attention_bias=True,
+                                      partial_rotary_factor=0.5, tie_word_embeddings=False)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -43,7 +43,8 @@ class HFCheckpoint(Checkpoint):
         from kiln.builder.models.config import ARCHITECTURES
 
         archs = self.hf_config.get("architectures") or [None]
-        self._sandwich = getattr(ARCHITECTURES.get(archs[0]), "sandwich_norms", False)
+        self._post_attention_on_output = getattr(ARCHITECTURES.get(archs[0]),
+                                                 "post_attention_on_output", False)
         weights = locate_weights(directory)
         self._kind = weights.kind
         self._handles: list = []
@@ -80,7 +81,7 @@ class HFCheckpoint(Checkpoint):
             for hf_name, (shape, dtype) in metas.items():
                 if self._add_fused(index, hf_name, shape, dtype):
                     continue
-                name = canonical_from_hf(hf_name, self._sandwich)
+                name = canonical_from_hf(hf_name, self._post_attention_on_output)
                 if name is None and self.prequantized:
                     name = self.prequantized.canonical(hf_name)
                 if name is not None and name not in self._entries:

@@ -22,6 +22,9 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # Gemma 2 and 3 ("sandwich" norms): the MLP's input norm and its output's norm.
         (r"^(?:model\.)?layers\.(\d+)\.pre_feedforward_layernorm\.weight$", "layers.{0}.mlp_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.post_feedforward_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),
+        # GLM-4's names for the norms on the attention's and the MLP's outputs.
+        (r"^(?:model\.)?layers\.(\d+)\.post_self_attn_layernorm\.weight$", "layers.{0}.attn_out_norm.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.post_mlp_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
     )
 )
@@ -96,12 +99,12 @@ def unwrapped(hf_name: str) -> str:
 _POST_ATTENTION = re.compile(r"^(?:model\.)?layers\.(\d+)\.post_attention_layernorm\.weight$")
 
 
-def canonical_from_hf(hf_name: str, sandwich_norms: bool = False) -> str | None:
+def canonical_from_hf(hf_name: str, post_attention_on_output: bool = False) -> str | None:
     """The canonical name of a HuggingFace tensor, or None for tensors Kiln does not use.
-    `sandwich_norms` (Gemma 2, 3): post_attention_layernorm normalizes the attention's output,
-    not the MLP's input."""
+    `post_attention_on_output` (Gemma 2, 3, OLMo 2): post_attention_layernorm normalizes the
+    attention's output, not the MLP's input."""
     hf_name = unwrapped(hf_name)
-    if sandwich_norms and (match := _POST_ATTENTION.match(hf_name)):
+    if post_attention_on_output and (match := _POST_ATTENTION.match(hf_name)):
         return f"layers.{match.group(1)}.attn_out_norm.weight"
     for pattern, template in _HF_PATTERNS:
         match = pattern.match(hf_name)

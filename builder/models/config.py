@@ -38,6 +38,10 @@ class ArchSpec:
     pre_norms: bool = True       # RMSNorms on the attention's and the MLP's inputs (not OLMo 2)
     qk_norm_full: bool = False   # the q/k norms over the whole projection, not each head
     nope_every: int | None = None  # without no_rope_layers, every nope_every-th layer has no RoPE
+    rope_interleaved: bool = False  # RoPE pairs dims (2i, 2i + 1) (GLM), not (i, i + d / 2)
+    # HF's post_attention_layernorm normalizes the attention's output (Gemma 2, 3, OLMo 2), not
+    # the MLP's input
+    post_attention_on_output: bool = False
 
 
 _GEMMA = dict(qkv_bias=False, o_bias=False, mlp_bias=False, norm_offset=True, embed_scale=True,
@@ -59,12 +63,19 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # residual_multiplier, logits_scaling), read from config.json wherever they are given.
     "GraniteForCausalLM": ArchSpec(),
     "Olmo2ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True,
-                                 qk_norm_full=True, sandwich_norms=True, pre_norms=False),
+                                 qk_norm_full=True, sandwich_norms=True, pre_norms=False,
+                                 post_attention_on_output=True),
+    # GLM-4 (0414): norms around attention and MLP (post_self_attn_layernorm, post_mlp_layernorm),
+    # gate/up stored fused, RoPE on half of each head in interleaved pairs.
+    "Glm4ForCausalLM": ArchSpec(o_bias=False, mlp_bias=False, sandwich_norms=True,
+                                rope_interleaved=True),
     # SmolLM3: Llama with no RoPE on some layers (no_rope_layers: 0 where a layer has none).
     "SmolLM3ForCausalLM": ArchSpec(nope_every=4),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
-    "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, sliding_every=2),
-    "Gemma3ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, qk_norm=True, sliding_every=6),
+    "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
+                                  sliding_every=2),
+    "Gemma3ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
+                                  qk_norm=True, sliding_every=6),
 }
 
 
@@ -188,6 +199,7 @@ class ModelConfig:
     pre_norms: bool = True        # RMSNorms on the attention's and MLP's inputs (not OLMo 2)
     qk_norm_full: bool = False    # q/k norms over the whole projection (OLMo 2), not per head
     nope_layers: list[int] | None = None  # layers whose q and k take no RoPE (SmolLM3)
+    rope_interleaved: bool = False  # RoPE pairs (2i, 2i + 1) in HF's head layout (GLM)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -281,6 +293,7 @@ class ModelConfig:
                 pre_norms=spec.pre_norms,
                 qk_norm_full=spec.qk_norm_full,
                 nope_layers=_nope_layers(hf, layers, spec),
+                rope_interleaved=spec.rope_interleaved,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,

@@ -1,5 +1,5 @@
 """The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite,
-OLMo 2, SmolLM3) declared in the IR.
+OLMo 2, SmolLM3, GLM-4) declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -80,10 +80,11 @@ class _HeadLayout:
 
 def _head_layout(m: ModelConfig, rope: dict) -> _HeadLayout | None:
     factor = (rope["scaling"] or {}).get("attention_factor", 1.0)
-    if not m.rotary_dim and factor == 1.0:
+    if not (m.rotary_dim or m.rope_interleaved) and factor == 1.0:
         return None
     hd = m.head_dim
-    perm = rotary_permutation(hd, m.rotary_dim) if m.rotary_dim else None
+    perm = (rotary_permutation(hd, m.rotary_dim or hd, m.rope_interleaved)
+            if m.rotary_dim or m.rope_interleaved else None)
     scale = None
     if factor != 1.0:
         r = (m.rotary_dim or hd) // 2

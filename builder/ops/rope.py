@@ -1,9 +1,10 @@
 """Rotary position embedding (rotate-half form, as HuggingFace's Llama), with rope scaling.
 
 A model that rotates only the first `rotary_dim` dims of a head (a partial_rotary_factor below
-1) is built with its q and k head dims permuted (`rotary_permutation`): the rotated pairs
-(i, i + rotary_dim / 2) become (i, i + head_dim / 2) and the dims left alone fill the other
-pairs, whose frequency is 0 (cos 1, sin 0: unchanged). Attention's q . k is a sum over a head's
+1), or pairs interleaved dims (GLM), is built with its q and k head dims permuted
+(`rotary_permutation`): the rotated pairs (i, i + rotary_dim / 2), or (2i, 2i + 1), become
+(i, i + head_dim / 2) and the dims left alone fill the other pairs, whose frequency is 0 (cos 1,
+sin 0: unchanged). Attention's q . k is a sum over a head's
 dims in any order, so the permutation changes nothing else, and every kernel rotates whole
 heads."""
 from __future__ import annotations
@@ -78,12 +79,15 @@ def inv_freq_of(attrs: dict) -> torch.Tensor:
     return inv_freq(attrs["head_dim"], attrs["theta"], attrs.get("scaling"), attrs.get("rotary_dim"))
 
 
-def rotary_permutation(head_dim: int, rotary_dim: int) -> torch.Tensor:
+def rotary_permutation(head_dim: int, rotary_dim: int, interleaved: bool = False) -> torch.Tensor:
     """The order of a head's dims in the engine: new dim j holds HF's dim perm[j]. The rotated
-    pairs (i, i + rotary_dim / 2) land on (i, i + head_dim / 2); the rest fill the pairs after."""
+    pairs, (i, i + rotary_dim / 2) or with `interleaved` (GLM's) (2i, 2i + 1), land on
+    (i, i + head_dim / 2); the dims left alone fill the pairs after."""
     r, h = rotary_dim // 2, head_dim // 2
     rest = torch.arange(rotary_dim, head_dim)
-    return torch.cat((torch.arange(r), rest[: h - r], torch.arange(r, rotary_dim), rest[h - r:]))
+    first, second = ((torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2)) if interleaved
+                     else (torch.arange(r), torch.arange(r, rotary_dim)))
+    return torch.cat((first, rest[: h - r], second, rest[h - r:]))
 
 
 def cos_sin(positions: torch.Tensor, attrs: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

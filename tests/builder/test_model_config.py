@@ -189,3 +189,10 @@ def test_yarn_from_a_qwen_long_context_config():
     with pytest.raises(KilnError, match="rope_scaling yarn needs factor and "
                                         "original_max_position_embeddings"):
         ModelConfig.from_hf(qwen | {"rope_scaling": {"type": "yarn", "factor": 4.0}})
+
+
+def test_interleaved_rope_pairs_land_on_rotate_half_pairs():
+    # GLM: pairs (0, 1), (2, 3), (4, 5) of 6 rotated dims of 8; dims 6, 7 unrotated.
+    assert rotary_permutation(8, 6, interleaved=True).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert rotary_permutation(8, 8, interleaved=True).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert rotary_permutation(8, 4, interleaved=True).tolist() == [0, 2, 4, 5, 1, 3, 6, 7]
