@@ -84,6 +84,22 @@ def tiny_config(arch: str, **overrides):
     elif arch == "glm4":  # norms around attention and MLP, gate/up fused, interleaved half RoPE
         cfg = transformers.Glm4Config(**kw, **PHI3_IDS, attention_bias=True,
                                       partial_rotary_factor=0.5, tie_word_embeddings=False)
+    elif arch == "olmo3":  # OLMo 2 with a sliding window on some layers, biases
+        cfg = transformers.Olmo3Config(**kw, **PHI3_IDS, sliding_window=16, attention_bias=True,
+                                       layer_types=["sliding_attention", "full_attention"])
+    elif arch == "exaone4":  # output norms, per-head q/k norms, no RoPE on full-attention layers
+        cfg = transformers.Exaone4Config(**kw, **PHI3_IDS, sliding_window=16, head_dim=16,
+                                         layer_types=["sliding_attention", "full_attention"])
+    elif arch == "seed_oss":  # q/k/v biases, o's by its own flag
+        cfg = transformers.SeedOssConfig(**kw, **PHI3_IDS, head_dim=16, attention_bias=False,
+                                         attention_out_bias=True, tie_word_embeddings=False)
+    elif arch == "ernie4_5":  # GLM's interleaved RoPE over whole heads, biases by use_bias
+        cfg = transformers.Ernie4_5Config(**kw, **PHI3_IDS, head_dim=16, use_bias=True)
+    elif arch == "helium":
+        cfg = transformers.HeliumConfig(**kw, **PHI3_IDS, head_dim=16, attention_bias=True)
+    elif arch == "ministral":  # Mistral with layer_types' sliding-window layers
+        cfg = transformers.MinistralConfig(**kw, **PHI3_IDS, sliding_window=16, head_dim=16,
+                                           layer_types=["full_attention", "sliding_attention"])
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -15,7 +15,8 @@ from kiln.quantize.mode import check_group_size, check_targets, quant_mode
 class ArchSpec:
     """What an architecture adds to the Llama decoder, as data rather than name checks.
 
-    A bias flag of None is read from the checkpoint's config (`attention_bias`, `mlp_bias`).
+    A bias flag of None is read from the checkpoint's config (`attention_bias`, `mlp_bias`, or
+    the family's own key: `bias_keys`, (q/k/v, o, MLP)).
     `rope_aliases`: older names of a rope_scaling type in this family's configs.
     Gemma's: `norm_offset` (every RMSNorm scales by 1 + weight), `embed_scale` (embeddings
     times sqrt(hidden_size)), `sandwich_norms` (RMSNorms on the attention's and the MLP's
@@ -28,6 +29,7 @@ class ArchSpec:
     o_bias: bool | None = None
     mlp_bias: bool | None = None
     qk_norm: bool = False
+    bias_keys: tuple[str, str, str] = ("attention_bias", "attention_bias", "mlp_bias")
     rope_aliases: tuple[tuple[str, str], ...] = ()
     norm_offset: bool = False
     embed_scale: bool = False
@@ -39,11 +41,14 @@ class ArchSpec:
     qk_norm_full: bool = False   # the q/k norms over the whole projection, not each head
     nope_every: int | None = None  # without no_rope_layers, every nope_every-th layer has no RoPE
     rope_interleaved: bool = False  # RoPE pairs dims (2i, 2i + 1) (GLM), not (i, i + d / 2)
+    nope_full_layers: bool = False  # with sliding-window layers, the others take no RoPE (EXAONE 4)
     # HF's post_attention_layernorm normalizes the attention's output (Gemma 2, 3, OLMo 2), not
     # the MLP's input
     post_attention_on_output: bool = False
 
 
+_OLMO = dict(qk_norm=True, qk_norm_full=True, sandwich_norms=True, pre_norms=False,
+             post_attention_on_output=True, mlp_bias=False)
 _GEMMA = dict(qkv_bias=False, o_bias=False, mlp_bias=False, norm_offset=True, embed_scale=True,
               act_key="hidden_activation", default_act="gelu_pytorch_tanh")
 # config.json's activation names -> the MLP's op (silu(gate) * up or gelu_tanh(gate) * up)
@@ -62,9 +67,17 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Granite 3: Llama with scalar multipliers (embedding_multiplier, attention_multiplier,
     # residual_multiplier, logits_scaling), read from config.json wherever they are given.
     "GraniteForCausalLM": ArchSpec(),
-    "Olmo2ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True,
-                                 qk_norm_full=True, sandwich_norms=True, pre_norms=False,
-                                 post_attention_on_output=True),
+    "Olmo2ForCausalLM": ArchSpec(**_OLMO),
+    "Olmo3ForCausalLM": ArchSpec(**_OLMO),  # OLMo 2 with sliding-window layers (layer_types)
+    # EXAONE 4: OLMo 2's output norms, per-head q/k norms, no RoPE on full-attention layers.
+    "Exaone4ForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=True,
+                                   sandwich_norms=True, pre_norms=False,
+                                   post_attention_on_output=True, nope_full_layers=True),
+    "MinistralForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False),
+    "HeliumForCausalLM": ArchSpec(o_bias=False, rope_interleaved=True),  # Kyutai's
+    "SeedOssForCausalLM": ArchSpec(bias_keys=("attention_bias", "attention_out_bias", "mlp_bias")),
+    # ERNIE 4.5 (dense): biases by use_bias, RoPE in interleaved pairs.
+    "Ernie4_5ForCausalLM": ArchSpec(bias_keys=("use_bias",) * 3, rope_interleaved=True),
     # GLM-4 (0414): norms around attention and MLP (post_self_attn_layernorm, post_mlp_layernorm),
     # gate/up stored fused, RoPE on half of each head in interleaved pairs.
     "Glm4ForCausalLM": ArchSpec(o_bias=False, mlp_bias=False, sandwich_norms=True,
@@ -132,8 +145,14 @@ def _sliding_layers(hf: dict, layers: int, spec: ArchSpec) -> list[int] | None:
     return None
 
 
-def _nope_layers(hf: dict, layers: int, spec: ArchSpec) -> list[int] | None:
-    """The layers without RoPE: no_rope_layers' zeros, else every nope_every-th (SmolLM3)."""
+def _nope_layers(hf: dict, layers: int, spec: ArchSpec, sliding: list[int] | None) -> list[int] | None:
+    """The layers without RoPE: no_rope_layers' zeros, else every nope_every-th (SmolLM3); or,
+    where the model has a sliding window (`sliding`: its layers, None: all), the layers
+    without it (EXAONE 4)."""
+    if spec.nope_full_layers:
+        if not hf.get("sliding_window") or sliding is None:
+            return None
+        return [i for i in range(layers) if i not in sliding] or None
     if not spec.nope_every:
         return None
     flags = hf.get("no_rope_layers") or [int((i + 1) % spec.nope_every != 0) for i in range(layers)]
@@ -256,6 +275,7 @@ class ModelConfig:
             window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
             layers = int(hf["num_hidden_layers"])
             sliding = _sliding_layers(hf, layers, spec) if window else None
+            nope = _nope_layers(hf, layers, spec, sliding)
             window = window if sliding != [] else None
             return cls(
                 architecture=arch,
@@ -271,9 +291,9 @@ class ModelConfig:
                 rope_scaling=scaling,
                 max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                attention_bias=_flag(spec.qkv_bias, hf, "attention_bias"),
-                o_bias=_flag(spec.o_bias, hf, "attention_bias"),
-                mlp_bias=_flag(spec.mlp_bias, hf, "mlp_bias"),
+                attention_bias=_flag(spec.qkv_bias, hf, spec.bias_keys[0]),
+                o_bias=_flag(spec.o_bias, hf, spec.bias_keys[1]),
+                mlp_bias=_flag(spec.mlp_bias, hf, spec.bias_keys[2]),
                 qk_norm=spec.qk_norm,
                 sliding_window=int(window) if window else None,
                 sliding_layers=sliding or None,
@@ -292,7 +312,7 @@ class ModelConfig:
                 logits_scaling=_multiplier(hf.get("logits_scaling")),
                 pre_norms=spec.pre_norms,
                 qk_norm_full=spec.qk_norm_full,
-                nope_layers=_nope_layers(hf, layers, spec),
+                nope_layers=nope,
                 rope_interleaved=spec.rope_interleaved,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
