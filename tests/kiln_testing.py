@@ -100,6 +100,11 @@ def tiny_config(arch: str, **overrides):
     elif arch == "ministral":  # Mistral with layer_types' sliding-window layers
         cfg = transformers.MinistralConfig(**kw, **PHI3_IDS, sliding_window=16, head_dim=16,
                                            layer_types=["full_attention", "sliding_attention"])
+    elif arch == "cohere":  # LayerNorm, attention and MLP side by side, interleaved RoPE
+        cfg = transformers.CohereConfig(**kw, **PHI3_IDS, logit_scale=0.3)
+    elif arch == "cohere2":  # + sliding-window layers with RoPE, full-attention ones without
+        cfg = transformers.Cohere2Config(**kw, **PHI3_IDS, logit_scale=0.3, sliding_window=16,
+                                         layer_types=["sliding_attention", "full_attention"])
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

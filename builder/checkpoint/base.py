@@ -79,10 +79,12 @@ class Checkpoint(abc.ABC):
 
         num_layers = int(self.hf_config.get("num_hidden_layers", 0))
         tied = bool(self.hf_config.get("tie_word_embeddings", False))
-        archs = self.hf_config.get("architectures") or [None]
-        pre_norms = getattr(ARCHITECTURES.get(archs[0]), "pre_norms", True)
+        spec = ARCHITECTURES.get((self.hf_config.get("architectures") or [None])[0])
+        absent = (() if spec is None else
+                  ("attn_norm", "mlp_norm") if not spec.pre_norms else
+                  ("mlp_norm",) if spec.parallel_block else ())
         present = self._names()
-        missing = [n for n in required_names(num_layers, tied, pre_norms) if n not in present]
+        missing = [n for n in required_names(num_layers, tied, absent) if n not in present]
         if missing:
             if self.hf_config.get("architectures"):
                 from kiln.builder.models.config import ModelConfig

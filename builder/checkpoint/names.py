@@ -123,13 +123,14 @@ def canonical_from_gguf(gguf_name: str) -> str | None:
     return None
 
 
-def required_names(num_layers: int, tie_word_embeddings: bool, pre_norms: bool = True) -> list[str]:
-    """The canonical tensors a llama-family checkpoint cannot do without (`pre_norms`: the
-    norms on the attention's and MLP's inputs, which OLMo 2 has not)."""
+def required_names(num_layers: int, tie_word_embeddings: bool,
+                   absent: tuple[str, ...] = ()) -> list[str]:
+    """The canonical tensors a llama-family checkpoint cannot do without; `absent`: layer parts
+    the family has not (OLMo 2 no input norms, Cohere no MLP input norm)."""
     names = ["embed.weight", "final_norm.weight"]
     if not tie_word_embeddings:
         names.append("lm_head.weight")
-    parts = [p for p in _LAYER_REQUIRED if pre_norms or p not in ("attn_norm", "mlp_norm")]
+    parts = [p for p in _LAYER_REQUIRED if p not in absent]
     for i in range(num_layers):
         names.extend(f"layers.{i}.{part}.weight" for part in parts)
     return names

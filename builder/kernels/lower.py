@@ -18,6 +18,7 @@ PLANNERS = {
     "rmsnorm": norm.plan_rmsnorm,
     "add_rmsnorm": norm.plan_add_rmsnorm,
     "head_rmsnorm": norm.plan_head_rmsnorm,
+    "layernorm": norm.plan_layernorm,
     "rope": rope.plan_rope,
     "attention": attention.plan_attention,
     "linear": gemm.plan_linear,

@@ -1,4 +1,4 @@
-"""RMSNorm kernels: rmsnorm, residual add + rmsnorm, per-head rmsnorm.
+"""Norm kernels: rmsnorm, residual add + rmsnorm, per-head rmsnorm, layernorm.
 
 Reference: kiln.builder.ops.norm (HuggingFace LlamaRMSNorm): normalize in float32, round to
 the activation dtype, then multiply by the weight in that dtype. Rounding the normalized value
@@ -72,6 +72,23 @@ def head_rmsnorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr,
              mask=mask)
 
 
+@triton.jit
+def layernorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+                     H: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    """Cohere's LayerNorm of one row: centered, scaled by rsqrt(variance + eps) and the weight
+    in float32, rounded once (ops.norm.layer_norm)."""
+    enter(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x = tl.load(x_ptr + row * X_STRIDE + cols, mask=mask, other=0.0).to(tl.float32)
+    centered = tl.where(mask, x - tl.sum(x, axis=0) / H, 0.0)
+    inv = tl.math.rsqrt(tl.sum(centered * centered, axis=0) / H + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * OUT_STRIDE + cols, (w * (centered * inv)).to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
 def row_warps(block: int) -> int:
     """Warps for a one-row program of `block` elements: about 8 elements a thread."""
     return max(1, min(16, block // 256))
@@ -108,6 +125,17 @@ def plan_add_rmsnorm(node, ctx):
         ctx.program.append(launch)
 
 
+def plan_layernorm(node, ctx):
+    (x, w), (out,) = node.inputs, node.outputs
+    h = ctx.width(x)
+    block = pow2(h)
+    ctx.launch(layernorm_kernel, grid=(ctx.rows(out),), num_warps=row_warps(block),
+               args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
+                         eps=F32(node.attrs["eps"])),
+               constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out), H=h,
+                               BLOCK=block))
+
+
 def plan_head_rmsnorm(node, ctx):
     (x, w), (out,) = node.inputs, node.outputs
     hd = node.attrs["head_dim"]
@@ -127,6 +155,16 @@ def rmsnorm(x, w, eps: float, out=None):
     h = x.shape[1]
     block = pow2(h)
     direct(rmsnorm_kernel, x)[(x.shape[0],)](
+        out, x, w, eps, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), H=h, BLOCK=block,
+        num_warps=row_warps(block))
+    return out
+
+
+def layernorm(x, w, eps: float):
+    out = x.new_empty(x.shape)
+    h = x.shape[1]
+    block = pow2(h)
+    direct(layernorm_kernel, x)[(x.shape[0],)](
         out, x, w, eps, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), H=h, BLOCK=block,
         num_warps=row_warps(block))
     return out

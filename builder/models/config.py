@@ -42,6 +42,8 @@ class ArchSpec:
     nope_every: int | None = None  # without no_rope_layers, every nope_every-th layer has no RoPE
     rope_interleaved: bool = False  # RoPE pairs dims (2i, 2i + 1) (GLM), not (i, i + d / 2)
     nope_full_layers: bool = False  # with sliding-window layers, the others take no RoPE (EXAONE 4)
+    layer_norm: bool = False       # LayerNorm (mean and variance, no bias), not RMSNorm (Cohere)
+    parallel_block: bool = False   # attention and MLP both read the input norm's output (Cohere)
     # HF's post_attention_layernorm normalizes the attention's output (Gemma 2, 3, OLMo 2), not
     # the MLP's input
     post_attention_on_output: bool = False
@@ -49,6 +51,8 @@ class ArchSpec:
 
 _OLMO = dict(qk_norm=True, qk_norm_full=True, sandwich_norms=True, pre_norms=False,
              post_attention_on_output=True, mlp_bias=False)
+_COHERE = dict(o_bias=False, mlp_bias=False, layer_norm=True, parallel_block=True,
+               rope_interleaved=True)
 _GEMMA = dict(qkv_bias=False, o_bias=False, mlp_bias=False, norm_offset=True, embed_scale=True,
               act_key="hidden_activation", default_act="gelu_pytorch_tanh")
 # config.json's activation names -> the MLP's op (silu(gate) * up or gelu_tanh(gate) * up)
@@ -74,6 +78,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                                    sandwich_norms=True, pre_norms=False,
                                    post_attention_on_output=True, nope_full_layers=True),
     "MinistralForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False),
+    # Command R and R7B / A: LayerNorm, attention and MLP side by side on one norm's output,
+    # interleaved RoPE (on the sliding-window layers only, Cohere 2), logits times logit_scale.
+    "CohereForCausalLM": ArchSpec(**_COHERE),
+    "Cohere2ForCausalLM": ArchSpec(**_COHERE, nope_full_layers=True),
     "HeliumForCausalLM": ArchSpec(o_bias=False, rope_interleaved=True),  # Kyutai's
     "SeedOssForCausalLM": ArchSpec(bias_keys=("attention_bias", "attention_out_bias", "mlp_bias")),
     # ERNIE 4.5 (dense): biases by use_bias, RoPE in interleaved pairs.
@@ -219,6 +227,9 @@ class ModelConfig:
     qk_norm_full: bool = False    # q/k norms over the whole projection (OLMo 2), not per head
     nope_layers: list[int] | None = None  # layers whose q and k take no RoPE (SmolLM3)
     rope_interleaved: bool = False  # RoPE pairs (2i, 2i + 1) in HF's head layout (GLM)
+    layer_norm: bool = False        # the norms are LayerNorms (Cohere), not RMSNorms
+    parallel_block: bool = False    # attention and MLP side by side on the input norm (Cohere)
+    logit_scale: float | None = None  # logits times this (Cohere)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -264,6 +275,9 @@ class ModelConfig:
             raise KilnError(f"config.json: {spec.act_key} {act!r} is not supported; Kiln runs "
                             f"{arch}'s MLP as act(gate) * up with {spec.act_key} "
                             f"{' or '.join(repr(a) for a in ACTIVATIONS)}")
+        if hf.get("use_qk_norm"):
+            raise KilnError("config.json: use_qk_norm is set (Command R+'s per-head LayerNorms "
+                            "on q and k), which Kiln does not build")
         if hf.get("use_bidirectional_attention"):
             raise KilnError("config.json: use_bidirectional_attention is set (an encoder); "
                             "Kiln builds causal decoders only")
@@ -286,7 +300,7 @@ class ModelConfig:
                 num_heads=heads,
                 num_kv_heads=int(hf.get("num_key_value_heads") or heads),
                 head_dim=head_dim,
-                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                rms_norm_eps=float(hf.get("rms_norm_eps") or hf.get("layer_norm_eps") or 1e-6),
                 rope_theta=theta,
                 rope_scaling=scaling,
                 max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
@@ -314,6 +328,9 @@ class ModelConfig:
                 qk_norm_full=spec.qk_norm_full,
                 nope_layers=nope,
                 rope_interleaved=spec.rope_interleaved,
+                layer_norm=spec.layer_norm,
+                parallel_block=spec.parallel_block,
+                logit_scale=_multiplier(hf.get("logit_scale")),
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,
@@ -388,7 +405,8 @@ class ModelConfig:
     def num_params(self) -> int:
         h, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
-        norms = (2 * h if self.pre_norms else 0) + (2 * h if self.sandwich_norms else 0)
+        norms = ((h if self.parallel_block else 2 * h) if self.pre_norms else 0) + (
+            2 * h if self.sandwich_norms else 0)
         if self.qk_norm:
             norms += (self.num_heads + self.num_kv_heads) * hd if self.qk_norm_full else 2 * hd
         per_layer = attn + 3 * h * i + norms

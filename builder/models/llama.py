@@ -1,5 +1,5 @@
 """The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite,
-OLMo 2, SmolLM3, GLM-4) declared in the IR.
+OLMo 2 and 3, SmolLM3, GLM-4, EXAONE 4, ERNIE 4.5, Cohere, ...) declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -34,7 +34,9 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
         if m.pre_norms:
-            shapes |= {p + "attn_norm.weight": (h,), p + "mlp_norm.weight": (h,)}
+            shapes[p + "attn_norm.weight"] = (h,)
+        if m.pre_norms and not m.parallel_block:
+            shapes[p + "mlp_norm.weight"] = (h,)
         shapes |= {p + "q.weight": (m.num_heads * hd, h), p + "k.weight": (m.num_kv_heads * hd, h),
                    p + "v.weight": (m.num_kv_heads * hd, h), p + "o.weight": (h, m.num_heads * hd),
                    p + "gate.weight": (i, h), p + "up.weight": (i, h), p + "down.weight": (h, i)}
@@ -148,6 +150,7 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     rope = m.rope_attrs(build.max_seq_len)
     declare_weights(g, m, build.dtype, ckpt, rope)
     eps, hd = m.rms_norm_eps, m.head_dim
+    norm = "layernorm" if m.layer_norm else "rmsnorm"
     step = ["positions", "slot_mapping", "block_tables", "context_lens", "query_start"]
 
     (h,) = g.call("embedding", ["input_ids", "embed.weight"], ["embed"])
@@ -160,7 +163,8 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         p = f"layers.{layer}."
         x = h
         if m.pre_norms:
-            (x,) = g.call("rmsnorm", [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
+            (x,) = g.call(norm, [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
+        block_in = x
         qkv = []
         for part in ("q", "k", "v"):
             qkv += g.call("linear", [x, *_params(p + part, m.attention_bias)], [p + part])
@@ -183,23 +187,27 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
                       **{k: v for k, v in extra.items() if v})
         (o,) = g.call("linear", [a, *_params(p + "o", m.o_bias)], [p + "attn_out"])
         if m.sandwich_norms:
-            (o,) = g.call("rmsnorm", [o, p + "attn_out_norm.weight"], [p + "attn_out_normed"], eps=eps)
+            (o,) = g.call(norm, [o, p + "attn_out_norm.weight"], [p + "attn_out_normed"], eps=eps)
         (h,) = g.call("add", [h, o], [p + "post_attn"])
         x = h
-        if m.pre_norms:
-            (x,) = g.call("rmsnorm", [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
+        if m.parallel_block:  # the MLP reads what attention read; both outputs join h
+            x = block_in
+        elif m.pre_norms:
+            (x,) = g.call(norm, [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
         (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
         (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
         (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
         (act,) = g.call("mul", [act, up], [p + "mlp_act"])
         (d,) = g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
         if m.sandwich_norms:
-            (d,) = g.call("rmsnorm", [d, p + "mlp_out_norm.weight"], [p + "mlp_out_normed"], eps=eps)
+            (d,) = g.call(norm, [d, p + "mlp_out_norm.weight"], [p + "mlp_out_normed"], eps=eps)
         (h,) = g.call("add", [h, d], [p + "out"])
-    (n,) = g.call("rmsnorm", [h, "final_norm.weight"], ["final_norm"], eps=eps)
+    (n,) = g.call(norm, [h, "final_norm.weight"], ["final_norm"], eps=eps)
     head = "embed.weight" if m.tie_word_embeddings else "lm_head.weight"
     (logits,) = g.call("linear", [n, head], ["logits_all"])
     (last,) = g.call("gather_last", [logits, "last_token_index"], ["logits_last"])
+    if m.logit_scale:
+        (last,) = g.call("scale", [last], ["logits_scaled"], value=m.logit_scale)
     if m.logits_scaling:
         (last,) = g.call("scale", [last], ["logits_scaled"], value=1.0 / m.logits_scaling)
     if m.final_softcap:

@@ -1,4 +1,5 @@
-"""RMSNorm family: rmsnorm, add_rmsnorm (residual add fused), head_rmsnorm (per head)."""
+"""Norms: rmsnorm, add_rmsnorm (residual add fused), head_rmsnorm (per head), layernorm
+(Cohere's: mean and variance over the row, a weight and no bias)."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +13,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.to(torch.float32)
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HuggingFace's CohereLayerNorm: all in float32, rounded once."""
+    xf = x.to(torch.float32)
+    centered = xf - xf.mean(-1, keepdim=True)
+    xf = centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.to(torch.float32) * xf).to(x.dtype)
 
 
 def _rmsnorm_infer(node, graph):
@@ -53,3 +62,5 @@ def _head_rmsnorm(node, inputs, ctx):
 register("rmsnorm", _rmsnorm_infer, lambda node, x, ctx: [rms_norm(x[0], x[1], node.attrs["eps"])])
 register("add_rmsnorm", _add_rmsnorm_infer, _add_rmsnorm)
 register("head_rmsnorm", _head_rmsnorm_infer, _head_rmsnorm)
+register("layernorm", _rmsnorm_infer,
+         lambda node, x, ctx: [layer_norm(x[0], x[1], node.attrs["eps"])])

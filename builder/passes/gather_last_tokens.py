@@ -9,7 +9,7 @@ from kiln.builder.ir import Graph, Node
 from kiln.builder.passes._rewrite import single_user, toposort
 
 ROW_WISE = {"linear", "rmsnorm", "add", "cast", "silu", "mul", "silu_mul", "gelu_tanh",
-            "gelu_tanh_mul", "scale", "softcap"}
+            "gelu_tanh_mul", "scale", "softcap", "layernorm"}
 
 
 def _row_operands(g: Graph, node: Node) -> list[int]:

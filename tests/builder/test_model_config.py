@@ -196,3 +196,14 @@ def test_interleaved_rope_pairs_land_on_rotate_half_pairs():
     assert rotary_permutation(8, 6, interleaved=True).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
     assert rotary_permutation(8, 8, interleaved=True).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
     assert rotary_permutation(8, 4, interleaved=True).tolist() == [0, 2, 4, 5, 1, 3, 6, 7]
+
+
+def test_command_r_plus_q_k_layernorms_are_refused():
+    cohere = {"architectures": ["CohereForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 320,
+              "layer_norm_eps": 1e-5, "logit_scale": 0.0625}
+    m = ModelConfig.from_hf(cohere)
+    assert (m.layer_norm, m.parallel_block, m.rope_interleaved, m.logit_scale, m.rms_norm_eps) == (
+        True, True, True, 0.0625, 1e-5)
+    with pytest.raises(KilnError, match="use_qk_norm is set"):
+        ModelConfig.from_hf(cohere | {"use_qk_norm": True})

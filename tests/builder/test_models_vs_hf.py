@@ -17,7 +17,8 @@ from kiln_testing import PagedSequences, make_tiny_checkpoint
 ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
          "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
          "gemma3-vision", "granite", "olmo2", "smollm3",
-         "qwen2-yarn", "glm4", "olmo3", "exaone4", "seed_oss", "ernie4_5", "helium", "ministral"]
+         "qwen2-yarn", "glm4", "olmo3", "exaone4", "seed_oss", "ernie4_5", "helium", "ministral",
+         "cohere", "cohere2"]
 BUILD = BuildConfig(dtype="float32", max_batch_size=4, max_seq_len=128, max_num_tokens=64,
                     tokens_per_block=4)
 

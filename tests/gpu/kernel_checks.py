@@ -58,6 +58,15 @@ def check_add_rmsnorm(device, dtype, rows, width, seed):
     return max(rel_err(out, ref_out), rel_err(total, ref_total))
 
 
+def check_layernorm(device, dtype, rows, width, seed):
+    from kiln.builder.kernels import norm
+    g = torch.Generator().manual_seed(seed)
+    x = _rand(g, (rows, width), dtype, device) + 0.5  # off-centre rows: the mean matters
+    w = _rand(g, (width,), dtype, device, 0.2, 1.0)
+    (ref,) = _ref("layernorm", [x, w], {"eps": 1e-5})
+    return rel_err(norm.layernorm(x, w, 1e-5), ref)
+
+
 def check_head_rmsnorm(device, dtype, rows, heads, head_dim, seed):
     from kiln.builder.kernels import norm
     g = torch.Generator().manual_seed(seed)
@@ -633,6 +642,8 @@ def interpreter_cases():
                           dict(dtype=dtype, rows=rows, width=width, seed=rows), TOL[dtype]))
             cases.append((f"add_rmsnorm-{d}-{rows}x{width}", check_add_rmsnorm,
                           dict(dtype=dtype, rows=rows, width=width, seed=rows + 1), TOL[dtype]))
+            cases.append((f"layernorm-{d}-{rows}x{width}", check_layernorm,
+                          dict(dtype=dtype, rows=rows, width=width, seed=rows + 2), TOL[dtype]))
         cases += [
             (f"head_rmsnorm-{d}", check_head_rmsnorm,
              dict(dtype=dtype, rows=4, heads=6, head_dim=32, seed=3), TOL[dtype]),

@@ -22,6 +22,7 @@ def on_gpu(sm):
 def test_rmsnorm_and_add_rmsnorm(dtype, rows, width):
     assert kc.check_rmsnorm("cuda", dtype, rows, width, seed=rows) < kc.TOL[dtype]
     assert kc.check_add_rmsnorm("cuda", dtype, rows, width, seed=rows + 1) < kc.TOL[dtype]
+    assert kc.check_layernorm("cuda", dtype, rows, width, seed=rows + 2) < kc.TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
