@@ -105,6 +105,13 @@ def tiny_config(arch: str, **overrides):
     elif arch == "cohere2":  # + sliding-window layers with RoPE, full-attention ones without
         cfg = transformers.Cohere2Config(**kw, **PHI3_IDS, logit_scale=0.3, sliding_window=16,
                                          layer_types=["sliding_attention", "full_attention"])
+    elif arch == "qwen2_5_vl":  # the multimodal Qwen2.5-VL, text only: M-RoPE is plain RoPE
+        text = dict(kw, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                      out_hidden_size=64, fullatt_block_indexes=[0])
+        cfg = transformers.Qwen2_5_VLConfig(text_config=dict(text, **PHI3_IDS),
+                                            vision_config=vision, image_token_id=300,
+                                            video_token_id=301, vision_start_token_id=302)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied
@@ -142,6 +149,15 @@ def make_tiny_tokenizer(path: Path, vocab_size: int = TINY["vocab_size"]):
     return fast
 
 
+def hf_auto_class(arch: str):
+    """The transformers auto class that makes (and loads) a tiny checkpoint of `arch`."""
+    import transformers
+
+    if arch == "qwen2_5_vl":
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM
+
+
 def make_tiny_checkpoint(arch: str, path: Path, seed: int = 0, **overrides) -> Path:
     """A random HF model of the given family with a small tokenizer, saved with save_pretrained
     (float32)."""
@@ -149,7 +165,7 @@ def make_tiny_checkpoint(arch: str, path: Path, seed: int = 0, **overrides) -> P
 
     torch.manual_seed(seed)
     cfg = tiny_config(arch, **overrides)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = hf_auto_class(arch).from_config(cfg, dtype=torch.float32)
     text = getattr(cfg, "text_config", cfg)  # a multimodal model's language model
     with torch.no_grad():  # HF inits norms to ones and biases to zeros: randomize all
         for p in model.parameters():  # norms around 1, everything else around 0

@@ -44,34 +44,43 @@ class WeightFiles:
 
 
 # Multimodal architectures whose language model Kiln builds on its own (text in, text out),
-# and the text model class of each text_config model_type.
+# and the text model class of each text model_type. Qwen2-VL's and Qwen3-VL's M-RoPE rotates a
+# text-only sequence by its positions in every section: plain RoPE.
 MULTIMODAL = ("Gemma3ForConditionalGeneration", "Mistral3ForConditionalGeneration",
-              "LlavaForConditionalGeneration")
+              "LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+              "Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration")
 TEXT_ARCHITECTURES = {"gemma3_text": "Gemma3ForCausalLM", "mistral": "MistralForCausalLM",
-                      "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+                      "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                      "qwen2_vl_text": "Qwen2ForCausalLM", "qwen2_5_vl_text": "Qwen2ForCausalLM",
+                      "qwen3_vl_text": "Qwen3ForCausalLM"}
 
 
 def language_model_config(config: dict) -> dict:
     """config.json of a multimodal checkpoint (MULTIMODAL) as its language model's own: the
-    text_config, completed with its class's defaults (a saved text_config keeps only what
-    differs from them) and the token ids the wrapper holds (over the text class's defaults). Any
-    other config as it is."""
+    text config transformers makes of it (a saved text_config keeps only what differs from its
+    class's defaults; older Qwen2-VL configs hold the text fields at the top), with the token
+    ids the wrapper holds over the text class's defaults. Any other config as it is."""
     archs = config.get("architectures") or []
     if len(archs) != 1 or archs[0] not in MULTIMODAL:
         return config
-    text = dict(config.get("text_config") or {})
-    kind = text.get("model_type")
+    import transformers
+
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    try:
+        composite = transformers.AutoConfig.for_model(config.get("model_type"), **fields)
+    except (ValueError, TypeError, KeyError) as error:
+        raise KilnError(f"config.json of {archs[0]} cannot be read by transformers "
+                        f"{transformers.__version__} ({one_line(error)}); re-download it") from None
+    full = composite.get_text_config().to_dict()
+    kind = full.get("model_type")
     if kind not in TEXT_ARCHITECTURES:
         raise KilnError(f"config.json: {archs[0]}'s text_config is a {kind!r} model; Kiln builds "
                         f"the language model of {', '.join(MULTIMODAL)} when it is one of "
                         f"{', '.join(TEXT_ARCHITECTURES)}")
-    import transformers
-
-    text.pop("model_type")
-    full = transformers.AutoConfig.for_model(kind, **text).to_dict()
     full["architectures"] = [TEXT_ARCHITECTURES[kind]]
+    given = config.get("text_config") or {}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the wrapper's over defaults
-        if key not in text and config.get(key) is not None:
+        if key not in given and config.get(key) is not None:
             full[key] = config[key]
     return full
 

@@ -155,7 +155,7 @@ def test_multimodal_checkpoint_builds_its_language_model():
     assert m.rope_scaling == {"rope_type": "linear", "factor": 8.0} and m.rope_theta == 1e6
     assert (m.local_rope_theta, m.sliding_window) == (10000.0, 1024)
     assert [i for i in range(34) if not m.sliding(i)] == [5, 11, 17, 23, 29]
-    llava = {"architectures": ["LlavaForConditionalGeneration"],
+    llava = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
              "text_config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                              "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 320}}
     assert ModelConfig.from_hf(language_model_config(llava)).architecture == "LlamaForCausalLM"
