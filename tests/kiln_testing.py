@@ -112,6 +112,14 @@ def tiny_config(arch: str, **overrides):
         cfg = transformers.Qwen2_5_VLConfig(text_config=dict(text, **PHI3_IDS),
                                             vision_config=vision, image_token_id=300,
                                             video_token_id=301, vision_start_token_id=302)
+    elif arch == "qwen3_vl":  # Qwen3-VL, text only: Qwen3's q/k norms, interleaved M-RoPE
+        text = dict(kw, head_dim=16, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                   "mrope_interleaved": True})
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                      out_hidden_size=64, deepstack_visual_indexes=[0])
+        cfg = transformers.Qwen3VLConfig(text_config=dict(text, **PHI3_IDS), vision_config=vision,
+                                         image_token_id=300, video_token_id=301,
+                                         vision_start_token_id=302)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied
@@ -153,7 +161,7 @@ def hf_auto_class(arch: str):
     """The transformers auto class that makes (and loads) a tiny checkpoint of `arch`."""
     import transformers
 
-    if arch == "qwen2_5_vl":
+    if arch in ("qwen2_5_vl", "qwen3_vl"):
         return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM
 
