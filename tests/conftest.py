@@ -12,7 +12,8 @@ ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3
          "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
          "gemma3-vision", "granite", "olmo2", "smollm3",
          "qwen2-yarn", "glm4", "olmo3", "exaone4", "seed_oss", "ernie4_5", "helium", "ministral",
-         "cohere", "cohere2", "qwen2_5_vl", "qwen3_vl"]
+         "cohere", "cohere2", "qwen2_5_vl", "qwen3_vl",
+         "starcoder2"]
 
 
 @pytest.fixture(scope="session")

@@ -120,6 +120,8 @@ def tiny_config(arch: str, **overrides):
         cfg = transformers.Qwen3VLConfig(text_config=dict(text, **PHI3_IDS), vision_config=vision,
                                          image_token_id=300, video_token_id=301,
                                          vision_start_token_id=302)
+    elif arch == "starcoder2":  # LayerNorms with biases, ungated GELU-tanh MLP, biases, window
+        cfg = transformers.Starcoder2Config(**kw, **PHI3_IDS, sliding_window=16, use_bias=True)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -83,6 +83,7 @@ class Checkpoint(abc.ABC):
         absent = (() if spec is None else
                   ("attn_norm", "mlp_norm") if not spec.pre_norms else
                   ("mlp_norm",) if spec.parallel_block else ())
+        absent += () if spec is None or spec.gated_mlp else ("gate",)
         present = self._names()
         missing = [n for n in required_names(num_layers, tied, absent) if n not in present]
         if missing:

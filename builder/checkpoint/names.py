@@ -22,6 +22,12 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # Gemma 2 and 3 ("sandwich" norms): the MLP's input norm and its output's norm.
         (r"^(?:model\.)?layers\.(\d+)\.pre_feedforward_layernorm\.weight$", "layers.{0}.mlp_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.post_feedforward_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),
+        # StarCoder2: the norms' biases, its MLP's c_fc (up, ungated) and c_proj (down).
+        (r"^(?:model\.)?layers\.(\d+)\.input_layernorm\.bias$", "layers.{0}.attn_norm.bias"),
+        (r"^(?:model\.)?layers\.(\d+)\.post_attention_layernorm\.bias$", "layers.{0}.mlp_norm.bias"),
+        (r"^(?:model\.)?norm\.bias$", "final_norm.bias"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.c_fc\.(weight|bias)$", "layers.{0}.up.{1}"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.c_proj\.(weight|bias)$", "layers.{0}.down.{1}"),
         # GLM-4's names for the norms on the attention's and the MLP's outputs.
         (r"^(?:model\.)?layers\.(\d+)\.post_self_attn_layernorm\.weight$", "layers.{0}.attn_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.post_mlp_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),

@@ -73,10 +73,11 @@ def head_rmsnorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr,
 
 
 @triton.jit
-def layernorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                     H: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
-    """Cohere's LayerNorm of one row: centered, scaled by rsqrt(variance + eps) and the weight
-    in float32, rounded once (ops.norm.layer_norm)."""
+def layernorm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, eps, X_STRIDE: tl.constexpr,
+                     OUT_STRIDE: tl.constexpr, H: tl.constexpr, BLOCK: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, PDL: tl.constexpr = 0):
+    """LayerNorm of one row: centered, scaled by rsqrt(variance + eps) and the weight, plus the
+    bias where HAS_BIAS, in float32, rounded once (ops.norm.layer_norm)."""
     enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -84,9 +85,10 @@ def layernorm_kernel(out_ptr, x_ptr, w_ptr, eps, X_STRIDE: tl.constexpr, OUT_STR
     x = tl.load(x_ptr + row * X_STRIDE + cols, mask=mask, other=0.0).to(tl.float32)
     centered = tl.where(mask, x - tl.sum(x, axis=0) / H, 0.0)
     inv = tl.math.rsqrt(tl.sum(centered * centered, axis=0) / H + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * OUT_STRIDE + cols, (w * (centered * inv)).to(out_ptr.dtype.element_ty),
-             mask=mask)
+    y = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) * (centered * inv)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * OUT_STRIDE + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def row_warps(block: int) -> int:
@@ -126,14 +128,14 @@ def plan_add_rmsnorm(node, ctx):
 
 
 def plan_layernorm(node, ctx):
-    (x, w), (out,) = node.inputs, node.outputs
+    (x, w, *bias), (out,) = node.inputs, node.outputs
     h = ctx.width(x)
     block = pow2(h)
     ctx.launch(layernorm_kernel, grid=(ctx.rows(out),), num_warps=row_warps(block),
                args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w),
-                         eps=F32(node.attrs["eps"])),
+                         b_ptr=ctx.ptr(bias[0] if bias else w), eps=F32(node.attrs["eps"])),
                constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out), H=h,
-                               BLOCK=block))
+                               BLOCK=block, HAS_BIAS=bool(bias)))
 
 
 def plan_head_rmsnorm(node, ctx):
@@ -160,12 +162,13 @@ def rmsnorm(x, w, eps: float, out=None):
     return out
 
 
-def layernorm(x, w, eps: float):
+def layernorm(x, w, eps: float, bias=None):
     out = x.new_empty(x.shape)
     h = x.shape[1]
     block = pow2(h)
     direct(layernorm_kernel, x)[(x.shape[0],)](
-        out, x, w, eps, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), H=h, BLOCK=block,
+        out, x, w, w if bias is None else bias, eps, X_STRIDE=x.stride(0),
+        OUT_STRIDE=out.stride(0), H=h, BLOCK=block, HAS_BIAS=bias is not None,
         num_warps=row_warps(block))
     return out
 

@@ -44,6 +44,8 @@ class ArchSpec:
     nope_full_layers: bool = False  # with sliding-window layers, the others take no RoPE (EXAONE 4)
     layer_norm: bool = False       # LayerNorm (mean and variance, no bias), not RMSNorm (Cohere)
     parallel_block: bool = False   # attention and MLP both read the input norm's output (Cohere)
+    norm_bias: bool = False        # the LayerNorms have biases (StarCoder2)
+    gated_mlp: bool = True         # act(gate) * up; else act(up) alone (StarCoder2's c_fc)
     # HF's post_attention_layernorm normalizes the attention's output (Gemma 2, 3, OLMo 2), not
     # the MLP's input
     post_attention_on_output: bool = False
@@ -78,6 +80,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                                    sandwich_norms=True, pre_norms=False,
                                    post_attention_on_output=True, nope_full_layers=True),
     "MinistralForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False),
+    # StarCoder2: LayerNorms with biases, an MLP of c_fc, GELU-tanh and c_proj (not gated),
+    # biases by use_bias.
+    "Starcoder2ForCausalLM": ArchSpec(bias_keys=("use_bias",) * 3, layer_norm=True,
+                                      norm_bias=True, gated_mlp=False),
     # Command R and R7B / A: LayerNorm, attention and MLP side by side on one norm's output,
     # interleaved RoPE (on the sliding-window layers only, Cohere 2), logits times logit_scale.
     "CohereForCausalLM": ArchSpec(**_COHERE),
@@ -230,6 +236,8 @@ class ModelConfig:
     layer_norm: bool = False        # the norms are LayerNorms (Cohere), not RMSNorms
     parallel_block: bool = False    # attention and MLP side by side on the input norm (Cohere)
     logit_scale: float | None = None  # logits times this (Cohere)
+    norm_bias: bool = False         # the LayerNorms have biases (StarCoder2)
+    gated_mlp: bool = True          # the MLP is act(gate) * up; else act(up) (StarCoder2)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -300,7 +308,8 @@ class ModelConfig:
                 num_heads=heads,
                 num_kv_heads=int(hf.get("num_key_value_heads") or heads),
                 head_dim=head_dim,
-                rms_norm_eps=float(hf.get("rms_norm_eps") or hf.get("layer_norm_eps") or 1e-6),
+                rms_norm_eps=float(hf.get("rms_norm_eps") or hf.get("layer_norm_eps")
+                                   or hf.get("norm_epsilon") or 1e-6),
                 rope_theta=theta,
                 rope_scaling=scaling,
                 max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
@@ -331,6 +340,8 @@ class ModelConfig:
                 layer_norm=spec.layer_norm,
                 parallel_block=spec.parallel_block,
                 logit_scale=_multiplier(hf.get("logit_scale")),
+                norm_bias=spec.norm_bias,
+                gated_mlp=spec.gated_mlp,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,
@@ -409,7 +420,7 @@ class ModelConfig:
             2 * h if self.sandwich_norms else 0)
         if self.qk_norm:
             norms += (self.num_heads + self.num_kv_heads) * hd if self.qk_norm_full else 2 * hd
-        per_layer = attn + 3 * h * i + norms
+        per_layer = attn + (3 if self.gated_mlp else 2) * h * i + norms
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * per_layer + h + head
 

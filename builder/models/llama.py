@@ -29,24 +29,30 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every canonical weight the network reads, with the shape the config implies."""
     h, hd, i = m.hidden_size, m.head_dim, m.intermediate_size
     shapes = {"embed.weight": (m.vocab_size, h), "final_norm.weight": (h,)}
+    if m.norm_bias:
+        shapes["final_norm.bias"] = (h,)
     if not m.tie_word_embeddings:
         shapes["lm_head.weight"] = (m.vocab_size, h)
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
-        if m.pre_norms:
-            shapes[p + "attn_norm.weight"] = (h,)
-        if m.pre_norms and not m.parallel_block:
-            shapes[p + "mlp_norm.weight"] = (h,)
+        norms = ["attn_norm"] if m.pre_norms else []
+        norms += ["mlp_norm"] if m.pre_norms and not m.parallel_block else []
+        for norm in norms:
+            shapes |= {p + norm + ".weight": (h,), **({p + norm + ".bias": (h,)} if m.norm_bias else {})}
         shapes |= {p + "q.weight": (m.num_heads * hd, h), p + "k.weight": (m.num_kv_heads * hd, h),
                    p + "v.weight": (m.num_kv_heads * hd, h), p + "o.weight": (h, m.num_heads * hd),
-                   p + "gate.weight": (i, h), p + "up.weight": (i, h), p + "down.weight": (h, i)}
+                   p + "up.weight": (i, h), p + "down.weight": (h, i)}
+        if m.gated_mlp:
+            shapes[p + "gate.weight"] = (i, h)
         if m.attention_bias:
             shapes |= {p + "q.bias": (m.num_heads * hd,), p + "k.bias": (m.num_kv_heads * hd,),
                        p + "v.bias": (m.num_kv_heads * hd,)}
         if m.o_bias:
             shapes[p + "o.bias"] = (h,)
         if m.mlp_bias:
-            shapes |= {p + "gate.bias": (i,), p + "up.bias": (i,), p + "down.bias": (h,)}
+            shapes |= {p + "up.bias": (i,), p + "down.bias": (h,)}
+        if m.mlp_bias and m.gated_mlp:
+            shapes[p + "gate.bias"] = (i,)
         if m.qk_norm and m.qk_norm_full:
             shapes |= {p + "q_norm.weight": (m.num_heads * hd,),
                        p + "k_norm.weight": (m.num_kv_heads * hd,)}
@@ -151,6 +157,10 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
     declare_weights(g, m, build.dtype, ckpt, rope)
     eps, hd = m.rms_norm_eps, m.head_dim
     norm = "layernorm" if m.layer_norm else "rmsnorm"
+
+    def normed(x: str, weight: str, out: str) -> str:
+        bias = [weight[: -len("weight")] + "bias"] if m.norm_bias else []
+        return g.call(norm, [x, weight, *bias], [out], eps=eps)[0]
     step = ["positions", "slot_mapping", "block_tables", "context_lens", "query_start"]
 
     (h,) = g.call("embedding", ["input_ids", "embed.weight"], ["embed"])
@@ -163,7 +173,7 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         p = f"layers.{layer}."
         x = h
         if m.pre_norms:
-            (x,) = g.call(norm, [h, p + "attn_norm.weight"], [p + "attn_in"], eps=eps)
+            x = normed(h, p + "attn_norm.weight", p + "attn_in")
         block_in = x
         qkv = []
         for part in ("q", "k", "v"):
@@ -193,16 +203,20 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
         if m.parallel_block:  # the MLP reads what attention read; both outputs join h
             x = block_in
         elif m.pre_norms:
-            (x,) = g.call(norm, [h, p + "mlp_norm.weight"], [p + "mlp_in"], eps=eps)
-        (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
-        (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
-        (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
-        (act,) = g.call("mul", [act, up], [p + "mlp_act"])
+            x = normed(h, p + "mlp_norm.weight", p + "mlp_in")
+        if m.gated_mlp:
+            (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
+            (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
+            (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
+            (act,) = g.call("mul", [act, up], [p + "mlp_act"])
+        else:
+            (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
+            (act,) = g.call(m.mlp_act, [up], [p + "mlp_act"])
         (d,) = g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
         if m.sandwich_norms:
             (d,) = g.call(norm, [d, p + "mlp_out_norm.weight"], [p + "mlp_out_normed"], eps=eps)
         (h,) = g.call("add", [h, d], [p + "out"])
-    (n,) = g.call(norm, [h, "final_norm.weight"], ["final_norm"], eps=eps)
+    n = normed(h, "final_norm.weight", "final_norm")
     head = "embed.weight" if m.tie_word_embeddings else "lm_head.weight"
     (logits,) = g.call("linear", [n, head], ["logits_all"])
     (last,) = g.call("gather_last", [logits, "last_token_index"], ["logits_last"])

@@ -1,5 +1,5 @@
 """Norms: rmsnorm, add_rmsnorm (residual add fused), head_rmsnorm (per head), layernorm
-(Cohere's: mean and variance over the row, a weight and no bias)."""
+(mean and variance over the row, a weight, and a bias where a third input is given)."""
 from __future__ import annotations
 
 import torch
@@ -15,12 +15,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HuggingFace's CohereLayerNorm: all in float32, rounded once."""
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """HuggingFace's CohereLayerNorm (and torch's LayerNorm with `bias`): all in float32,
+    rounded once."""
     xf = x.to(torch.float32)
     centered = xf - xf.mean(-1, keepdim=True)
-    xf = centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight.to(torch.float32) * xf).to(x.dtype)
+    xf = weight.to(torch.float32) * (centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps))
+    return (xf if bias is None else xf + bias.to(torch.float32)).to(x.dtype)
+
+
+def _layernorm_infer(node, graph):
+    out = _rmsnorm_infer(node, graph)
+    if len(node.inputs) == 3:
+        expect(of(graph, node.inputs[2])[1] == of(graph, node.inputs[1])[1], node,
+               "bias does not match the weight")
+    return out
 
 
 def _rmsnorm_infer(node, graph):
@@ -62,5 +72,5 @@ def _head_rmsnorm(node, inputs, ctx):
 register("rmsnorm", _rmsnorm_infer, lambda node, x, ctx: [rms_norm(x[0], x[1], node.attrs["eps"])])
 register("add_rmsnorm", _add_rmsnorm_infer, _add_rmsnorm)
 register("head_rmsnorm", _head_rmsnorm_infer, _head_rmsnorm)
-register("layernorm", _rmsnorm_infer,
-         lambda node, x, ctx: [layer_norm(x[0], x[1], node.attrs["eps"])])
+register("layernorm", _layernorm_infer,
+         lambda node, x, ctx: [layer_norm(x[0], x[1], node.attrs["eps"], *x[2:])])

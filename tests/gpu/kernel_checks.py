@@ -63,8 +63,10 @@ def check_layernorm(device, dtype, rows, width, seed):
     g = torch.Generator().manual_seed(seed)
     x = _rand(g, (rows, width), dtype, device) + 0.5  # off-centre rows: the mean matters
     w = _rand(g, (width,), dtype, device, 0.2, 1.0)
+    b = _rand(g, (width,), dtype, device, 0.2)
     (ref,) = _ref("layernorm", [x, w], {"eps": 1e-5})
-    return rel_err(norm.layernorm(x, w, 1e-5), ref)
+    (ref_b,) = _ref("layernorm", [x, w, b], {"eps": 1e-5})
+    return max(rel_err(norm.layernorm(x, w, 1e-5), ref), rel_err(norm.layernorm(x, w, 1e-5, b), ref_b))
 
 
 def check_head_rmsnorm(device, dtype, rows, heads, head_dim, seed):

@@ -34,7 +34,7 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("calib")
     return {arch: make_tiny_checkpoint(arch, root / arch, seed=i)
             for i, arch in enumerate(["llama", "qwen2", "phi3-longrope", "gemma3", "gemma2",
-                                      "olmo2", "cohere2"])}
+                                      "olmo2", "cohere2", "starcoder2"])}
 
 
 def engine_logits(engine, tokens: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,8 @@ def test_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, arch, qua
                                          ("gemma3", "fp8"), ("gemma3", "int8_sq"),
                                          ("gemma3", "int4_awq"), ("gemma2", "fp8"),
                                          ("olmo2", "int8_sq"), ("cohere2", "int8_sq"),
-                                         ("cohere2", "int4_awq")])
+                                         ("cohere2", "int4_awq"), ("starcoder2", "fp8"),
+                                         ("starcoder2", "int4_awq")])
 def test_other_families_agree_with_modelopt_fake_quant(checkpoints, tmp_path, arch, quant):
     """q and k read permuted and scaled for partial RoPE and LongRoPE (models/llama.py), and
     Gemma's norms (1 + w), scaled embeddings and GELU-tanh MLP (whose output is quantized on

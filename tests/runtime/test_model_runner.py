@@ -17,7 +17,7 @@ from kiln_testing import hf_greedy, mixed_traffic
 
 ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope", "gemma2",
          "gemma3", "granite", "olmo2", "smollm3", "glm4", "olmo3", "exaone4", "seed_oss",
-         "ernie4_5", "helium", "ministral", "cohere", "cohere2"]
+         "ernie4_5", "helium", "ministral", "cohere", "cohere2", "starcoder2"]
 
 
 def prompts(vocab: int, lengths, seed: int) -> list[list[int]]:
