@@ -6,14 +6,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kiln_testing import make_tiny_checkpoint  # noqa: E402
+from kiln_testing import TINY_ARCHS, make_tiny_checkpoint  # noqa: E402
 
-ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
-         "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
-         "gemma3-vision", "granite", "olmo2", "smollm3",
-         "qwen2-yarn", "glm4", "olmo3", "exaone4", "seed_oss", "ernie4_5", "helium", "ministral",
-         "cohere", "cohere2", "qwen2_5_vl", "qwen3_vl",
-         "starcoder2"]
+ARCHS = TINY_ARCHS
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,12 @@ TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_la
             rms_norm_eps=1e-5)
 
 
+# Every tiny family, in the order that seeds its checkpoint (conftest, test_models_vs_hf).
+TINY_ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3",
+              "phi3-longrope", "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
+              "gemma3-vision", "granite", "olmo2", "smollm3", "qwen2-yarn", "glm4", "olmo3",
+              "exaone4", "seed_oss", "ernie4_5", "helium", "ministral", "cohere", "cohere2",
+              "qwen2_5_vl", "qwen3_vl", "starcoder2"]
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 # LongRoPE factors for TINY's heads of 16 dims at partial_rotary_factor 0.75: 6 rotated pairs.
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5],

@@ -36,29 +36,35 @@ def gelu_tanh(x):
 
 
 @triton.jit
-def silu_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
-    enter(PDL)
+def _act_mul_block(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+                   WIDTH: tl.constexpr, BLOCK: tl.constexpr, GELU: tl.constexpr):
+    """One block of act(x[:, :I]) * x[:, I:]: the activation rounded to the dtype, then the
+    product, as torch rounds each op."""
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH
     gate = tl.load(x_ptr + row * X_STRIDE + col, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * X_STRIDE + WIDTH + col, mask=mask, other=0.0).to(tl.float32)
-    act = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    if GELU:
+        act = gelu_tanh(gate)
+    else:
+        act = gate / (1.0 + tl.exp(-gate))
+    act = act.to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + row * OUT_STRIDE + col, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def silu_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+    enter(PDL)
+    _act_mul_block(out_ptr, x_ptr, X_STRIDE, OUT_STRIDE, WIDTH, BLOCK, False)
 
 
 @triton.jit
 def gelu_tanh_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
                          WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
     enter(PDL)
-    row = tl.program_id(0).to(tl.int64)
-    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = col < WIDTH
-    gate = tl.load(x_ptr + row * X_STRIDE + col, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * X_STRIDE + WIDTH + col, mask=mask, other=0.0).to(tl.float32)
-    act = gelu_tanh(gate).to(out_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(out_ptr + row * OUT_STRIDE + col, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+    _act_mul_block(out_ptr, x_ptr, X_STRIDE, OUT_STRIDE, WIDTH, BLOCK, True)
 
 
 @triton.jit
@@ -148,14 +154,17 @@ def plan_silu_mul(node, ctx):
         ctx.program.append(launch)
 
 
-def _plan_unary(kernel):
+def _plan_unary(kernel, op: int | None = None, arg=None):
+    """A row-wise kernel over the output's width (an act-mul's I); unary_kernel's OP and its
+    arg (a function of the node) where given."""
     def plan(node, ctx):
         (x,), (out,) = node.inputs, node.outputs
         width = ctx.width(out)
         ctx.launch(kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
-                   args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
+                   args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x),
+                             **({} if arg is None else {"arg": F32(arg(node))})),
                    constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
-                                   WIDTH=width, BLOCK=BLOCK))
+                                   WIDTH=width, BLOCK=BLOCK, **({} if op is None else {"OP": op})))
     return plan
 
 
@@ -171,30 +180,11 @@ def _plan_binary(op: int):
     return plan
 
 
-def _plan_unary_op(op: int, arg):
-    def plan(node, ctx):
-        (x,), (out,) = node.inputs, node.outputs
-        width = ctx.width(out)
-        ctx.launch(unary_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
-                   args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x), arg=F32(arg(node))),
-                   constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
-                                   WIDTH=width, BLOCK=BLOCK, OP=op))
-    return plan
-
-
-def plan_gelu_tanh_mul(node, ctx):
-    (x,), (out,) = node.inputs, node.outputs
-    width = ctx.width(out)
-    ctx.launch(gelu_tanh_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
-               args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
-               constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
-                               WIDTH=width, BLOCK=BLOCK))
-
-
 plan_silu = _plan_unary(silu_kernel)
-plan_gelu_tanh = _plan_unary_op(GELU_TANH, lambda node: 0.0)
-plan_scale = _plan_unary_op(SCALE, lambda node: node.attrs["value"])
-plan_softcap = _plan_unary_op(SOFTCAP, lambda node: node.attrs["cap"])
+plan_gelu_tanh_mul = _plan_unary(gelu_tanh_mul_kernel)
+plan_gelu_tanh = _plan_unary(unary_kernel, GELU_TANH, lambda node: 0.0)
+plan_scale = _plan_unary(unary_kernel, SCALE, lambda node: node.attrs["value"])
+plan_softcap = _plan_unary(unary_kernel, SOFTCAP, lambda node: node.attrs["cap"])
 plan_cast = _plan_unary(cast_kernel)
 plan_add = _plan_binary(ADD)
 plan_mul = _plan_binary(MUL)
@@ -202,22 +192,18 @@ plan_mul = _plan_binary(MUL)
 
 # -- direct launches ----------------------------------------------------------------------------
 
-def silu_mul(x):
+def silu_mul(x, kernel=silu_mul_kernel):
+    """act(x[:, :I]) * x[:, I:] through `kernel` (silu_mul_kernel or gelu_tanh_mul_kernel)."""
     width = x.shape[1] // 2
     out = x.new_empty((x.shape[0], width))
-    direct(silu_mul_kernel, x)[_grid(x.shape[0], width)](
+    direct(kernel, x)[_grid(x.shape[0], width)](
         out, x, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), WIDTH=width, BLOCK=BLOCK,
         num_warps=WARPS)
     return out
 
 
 def gelu_tanh_mul(x):
-    width = x.shape[1] // 2
-    out = x.new_empty((x.shape[0], width))
-    direct(gelu_tanh_mul_kernel, x)[_grid(x.shape[0], width)](
-        out, x, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), WIDTH=width, BLOCK=BLOCK,
-        num_warps=WARPS)
-    return out
+    return silu_mul(x, gelu_tanh_mul_kernel)
 
 
 def unary(x, op: int, arg: float = 0.0):

@@ -49,8 +49,16 @@ def ckpt_tiny_model(arch: str, seed: int = 0, **overrides):
 
 def ckpt_expected(model) -> dict[str, torch.Tensor]:
     out = {}
+    c = model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     for key, value in model.state_dict().items():
-        if key == "model.embed_tokens.weight":
+        if "qkv_proj" in key or "gate_up_proj" in key:  # Phi-3's fused tensors, split by rows
+            sizes = ({"q": c.num_attention_heads * hd, "k": c.num_key_value_heads * hd,
+                      "v": c.num_key_value_heads * hd} if "qkv_proj" in key else
+                     {"gate": c.intermediate_size, "up": c.intermediate_size})
+            for part, chunk in zip(sizes, torch.split(value, list(sizes.values()))):
+                out[f"layers.{key.split('.')[2]}.{part}.weight"] = chunk
+        elif key == "model.embed_tokens.weight":
             out["embed.weight"] = value
         elif key == "model.norm.weight":
             out["final_norm.weight"] = value
@@ -108,32 +116,6 @@ def test_hf_safetensors_every_arch(tmp_path, arch):
     assert len(names) == 3 + 2 * 9 + {"qwen2": 6, "qwen3": 4, "llama_bias": 8}.get(arch, 0) - (arch == "llama_tied")
 
 
-def phi3_expected(model) -> dict[str, torch.Tensor]:
-    """Phi-3's fused q/k/v and gate/up, split by rows as the config sizes them."""
-    out = {}
-    c = model.config
-    hd = c.hidden_size // c.num_attention_heads
-    for key, value in model.state_dict().items():
-        if "qkv_proj" in key or "gate_up_proj" in key:
-            layer = key.split(".")[2]
-            sizes = ({"q": c.num_attention_heads * hd, "k": c.num_key_value_heads * hd,
-                      "v": c.num_key_value_heads * hd} if "qkv_proj" in key else
-                     {"gate": c.intermediate_size, "up": c.intermediate_size})
-            for part, chunk in zip(sizes, torch.split(value, list(sizes.values()))):
-                out[f"layers.{layer}.{part}.weight"] = chunk
-        elif key == "model.embed_tokens.weight":
-            out["embed.weight"] = value
-        elif key == "model.norm.weight":
-            out["final_norm.weight"] = value
-        elif key == "lm_head.weight":
-            out["lm_head.weight"] = value
-        else:
-            _, _, layer, rest = key.split(".", 3)
-            module, leaf = rest.rsplit(".", 1)
-            out[f"layers.{layer}.{HF_LAYER_PARTS[module]}.{leaf}"] = value
-    return out
-
-
 def phi3_model(seed: int = 0):
     config = transformers.Phi3Config(vocab_size=256, hidden_size=64, intermediate_size=96,
                                      num_hidden_layers=2, num_attention_heads=4,
@@ -154,7 +136,7 @@ def test_hf_fused_qkv_and_gate_up_are_read_as_their_parts(tmp_path, fmt):
         model.save_pretrained(tmp_path)
     else:
         ckpt_save_bin(model, tmp_path)
-    expected = phi3_expected(model)
+    expected = ckpt_expected(model)
     assert expected["layers.1.k.weight"].shape == (32, 64)
     assert expected["layers.0.up.weight"].shape == (96, 64)
     with open_checkpoint(tmp_path) as ckpt:
