@@ -41,18 +41,16 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes |= {p + norm + ".weight": (h,), **({p + norm + ".bias": (h,)} if m.norm_bias else {})}
         shapes |= {p + "q.weight": (m.num_heads * hd, h), p + "k.weight": (m.num_kv_heads * hd, h),
                    p + "v.weight": (m.num_kv_heads * hd, h), p + "o.weight": (h, m.num_heads * hd),
+                   **({p + "gate.weight": (i, h)} if m.gated_mlp else {}),
                    p + "up.weight": (i, h), p + "down.weight": (h, i)}
-        if m.gated_mlp:
-            shapes[p + "gate.weight"] = (i, h)
         if m.attention_bias:
             shapes |= {p + "q.bias": (m.num_heads * hd,), p + "k.bias": (m.num_kv_heads * hd,),
                        p + "v.bias": (m.num_kv_heads * hd,)}
         if m.o_bias:
             shapes[p + "o.bias"] = (h,)
         if m.mlp_bias:
-            shapes |= {p + "up.bias": (i,), p + "down.bias": (h,)}
-        if m.mlp_bias and m.gated_mlp:
-            shapes[p + "gate.bias"] = (i,)
+            shapes |= {**({p + "gate.bias": (i,)} if m.gated_mlp else {}),
+                       p + "up.bias": (i,), p + "down.bias": (h,)}
         if m.qk_norm and m.qk_norm_full:
             shapes |= {p + "q_norm.weight": (m.num_heads * hd,),
                        p + "k_norm.weight": (m.num_kv_heads * hd,)}
@@ -65,9 +63,9 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 @dataclass(frozen=True, slots=True)
 class _HeadLayout:
-    """How q's and k's head dims are read from the checkpoint: permuted into partial RoPE's
-    order (ops.rope), and scaled by LongRoPE's attention_factor where HF multiplies the rotated
-    dims' cos and sin by it. The scale goes into the last map before RoPE (the q/k norms'
+    """How q's and k's head dims are read from the checkpoint: permuted into the kernels'
+    rotate-half order where RoPE is partial or interleaved (ops.rope), and scaled by LongRoPE's
+    or YaRN's attention_factor where HF multiplies the rotated dims' cos and sin by it. The scale goes into the last map before RoPE (the q/k norms'
     weights where the model has them, else the projections), so the kernels rotate by plain
     cos and sin and the cache holds what HF's holds."""
     head_dim: int
@@ -130,9 +128,11 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) 
     """Adds every weight, refusing a checkpoint whose tensors are missing or misshapen."""
     present = set(ckpt.names())
     layout = _head_layout(m, rope)
-    if layout and getattr(ckpt, "prequantized", None):
-        raise KilnError("a pre-quantized checkpoint of a model with partial RoPE or LongRoPE is "
-                        "not read; build from the unquantized checkpoint with --quant")
+    if (layout or m.residual_multiplier) and getattr(ckpt, "prequantized", None):
+        raise KilnError("a pre-quantized checkpoint of a model whose q/k or o/down weights Kiln "
+                        "lays out anew (partial or interleaved RoPE, LongRoPE, YaRN, Granite's "
+                        "residual multiplier) is not read; build from the unquantized checkpoint "
+                        "with --quant")
     for name, shape in weight_shapes(m).items():
         if name not in present:
             raise KilnError(f"checkpoint has no tensor for {name} (a {m.architecture} with this "

@@ -213,3 +213,13 @@ def test_act_order_gptq_is_refused_at_build(tmp_path):
     save_file(tensors, str(pre / "model.safetensors"))
     with pytest.raises(KilnError, match=r"g_idx is not in order \(act-order GPTQ\)"):
         build_engine(pre, tmp_path / "e", BuildConfig(**SMALL), progress=False)
+
+
+@pytest.mark.parametrize("arch", ["granite", "ernie4_5"])
+def test_prequantized_weights_kiln_would_lay_out_anew_are_refused(tmp_path, arch):
+    """Granite's o/down weights are read times residual_multiplier and ERNIE 4.5's q/k rows
+    permuted for its interleaved RoPE: a checkpoint's own int4 scales would no longer fit."""
+    pre, _ = write_int4_checkpoint(arch, tmp_path, "awq", group=32)
+    with pytest.raises(KilnError, match=r"a pre-quantized checkpoint of a model whose q/k or "
+                                        r"o/down weights Kiln lays out anew"):
+        build_engine(pre, tmp_path / "e", BuildConfig(**SMALL), progress=False)
