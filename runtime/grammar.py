@@ -24,7 +24,8 @@ import threading
 
 from kiln import _core
 from kiln.builder.errors import KilnError
-from kiln.runtime.regex import MAX_CODEPOINT, MAX_REPEAT, CharSet, utf8_sequences
+from kiln.runtime.regex import (MAX_CODEPOINT, MAX_REPEAT, CharSet, repeat_bounds, repeat_fits,
+                                utf8_sequences)
 
 MAX_ITEMS = 200_000
 CACHED = 64
@@ -188,7 +189,7 @@ class _Parser:
         if c == "[":
             return self.rules.chars(self.rule, self.char_class())
         if c == ".":
-            return self.rules.chars(self.rule, CharSet(range(128), [(0x80, MAX_CODEPOINT)]))
+            return self.rules.chars(self.rule, CharSet.span(0, MAX_CODEPOINT))
         if c == "(":
             if self.peek() == "=":
                 self.fail("lookahead assertions (= ...) are not supported")
@@ -224,16 +225,13 @@ class _Parser:
     def counted(self) -> tuple[int, int | None]:
         end = self.t.find("}", self.i)
         body = self.t[self.i: end] if end >= 0 else ""
-        parts = [p.strip() for p in body.split(",")]
-        if (end < 0 or len(parts) > 2 or not parts[0].isdigit()
-                or (len(parts) == 2 and parts[1] and not parts[1].isdigit())):
+        bounds = repeat_bounds(",".join(p.strip() for p in body.split(","))) if end >= 0 else None
+        if bounds is None:
             self.fail("a repetition is {n}, {n,} or {n,m} with whole numbers")
-        lo = int(parts[0])
-        hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None)
-        if (hi is not None and hi < lo) or max(lo, hi or 0) > MAX_REPEAT:
+        if not repeat_fits(*bounds):
             self.fail(f"repetition {{{body}}} must have min <= max <= {MAX_REPEAT}")
         self.i = end + 1
-        return lo, hi
+        return bounds
 
     def repeated(self, items: list[int], lo: int, hi: int | None) -> list[int]:
         """items lo times, then up to hi - lo times more (any number with hi None), as rules:
@@ -303,9 +301,7 @@ class _Parser:
                 hi = self.escape() if c2 == "\\" else c2
                 if hi < lo:
                     self.fail(f"a bad range {lo!r}-{hi!r}")
-            a, b = ord(lo), ord(hi)
-            out = out.union(CharSet(range(a, min(b, 127) + 1),
-                                    [(max(a, 128), b)] if b >= 128 else []))
+            out = out.union(CharSet.span(ord(lo), ord(hi)))
         return out.negate() if negated else out
 
 

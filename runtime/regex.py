@@ -43,6 +43,11 @@ class CharSet:
         self.ascii = frozenset(ascii_bytes)
         self.ranges = _merged(ranges)
 
+    @classmethod
+    def span(cls, lo: int, hi: int) -> "CharSet":
+        """The code points lo..hi."""
+        return cls(range(lo, min(hi, 127) + 1), [(max(lo, 128), hi)] if hi >= 128 else [])
+
     def negate(self) -> "CharSet":
         gaps, at = [], 0x80
         for lo, hi in self.ranges:
@@ -208,16 +213,13 @@ class _Parser:
         if end < 0:
             return None
         body = self.p[self.i + 1: end]
-        parts = body.split(",")
-        if len(parts) > 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1]
-                                                        and not parts[1].isdigit()):
+        bounds = repeat_bounds(body)
+        if bounds is None:
             return None
-        lo = int(parts[0])
-        hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None)
-        if (hi is not None and hi < lo) or max(lo, hi or 0) > MAX_REPEAT:
+        if not repeat_fits(*bounds):
             self.fail(f"repetition {{{body}}} must have min <= max <= {MAX_REPEAT}")
         self.i = end + 1
-        return lo, hi
+        return bounds
 
     def atom(self):
         c = self.p[self.i]
@@ -307,10 +309,24 @@ class _Parser:
                 hi = _single(self.escape()) if c2 == "\\" else c2
                 if hi is None or hi < lo:
                     self.fail(f"a bad range {lo!r}-{hi!r}")
-                item = CharSet(range(ord(lo), min(ord(hi), 127) + 1),
-                               [(max(ord(lo), 128), ord(hi))] if ord(hi) >= 128 else [])
+                item = CharSet.span(ord(lo), ord(hi))
             out = out.union(item)
         return out.negate() if negated else out
+
+
+def repeat_bounds(body: str) -> tuple[int, int | None] | None:
+    """The (lo, hi) of a repetition {body} that reads n, n, or n,m (hi None: no bound), else
+    None."""
+    parts = body.split(",")
+    if len(parts) > 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1]
+                                                    and not parts[1].isdigit()):
+        return None
+    lo = int(parts[0])
+    return lo, (lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None))
+
+
+def repeat_fits(lo: int, hi: int | None) -> bool:
+    return (hi is None or lo <= hi) and max(lo, hi or 0) <= MAX_REPEAT
 
 
 def _char(c: str) -> CharSet:

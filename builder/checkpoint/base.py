@@ -80,10 +80,7 @@ class Checkpoint(abc.ABC):
         num_layers = int(self.hf_config.get("num_hidden_layers", 0))
         tied = bool(self.hf_config.get("tie_word_embeddings", False))
         spec = ARCHITECTURES.get((self.hf_config.get("architectures") or [None])[0])
-        absent = (() if spec is None else
-                  ("attn_norm", "mlp_norm") if not spec.pre_norms else
-                  ("mlp_norm",) if spec.parallel_block else ())
-        absent += () if spec is None or spec.gated_mlp else ("gate",)
+        absent = () if spec is None else spec.absent_layer_parts
         present = self._names()
         missing = [n for n in required_names(num_layers, tied, absent) if n not in present]
         if missing:

@@ -46,6 +46,13 @@ class ArchSpec:
     parallel_block: bool = False   # attention and MLP both read the input norm's output (Cohere)
     norm_bias: bool = False        # the LayerNorms have biases (StarCoder2)
     gated_mlp: bool = True         # act(gate) * up; else act(up) alone (StarCoder2's c_fc)
+
+    @property
+    def absent_layer_parts(self) -> tuple[str, ...]:
+        """The canonical layer tensors this family has not (names.required_names)."""
+        norms = (("attn_norm", "mlp_norm") if not self.pre_norms else
+                 ("mlp_norm",) if self.parallel_block else ())
+        return norms + (() if self.gated_mlp else ("gate",))
     # HF's post_attention_layernorm normalizes the attention's output (Gemma 2, 3, OLMo 2), not
     # the MLP's input
     post_attention_on_output: bool = False

@@ -9,15 +9,11 @@ import transformers
 from kiln.builder.engine import load_engine
 from kiln.builder.errors import KilnError
 from kiln.runtime.reference import ReferenceBackend
-from kiln_testing import PagedSequences, hf_greedy
+from kiln_testing import TINY_ARCHS, PagedSequences, hf_greedy
 
 pytestmark = pytest.mark.gpu
 
-ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope",
-         "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3", "gemma3-vision", "granite",
-         "olmo2", "smollm3", "qwen2-yarn", "glm4", "olmo3", "exaone4", "seed_oss", "ernie4_5",
-         "helium", "ministral", "cohere", "cohere2", "qwen2_5_vl", "qwen3_vl",
-         "starcoder2"]
+ARCHS = TINY_ARCHS
 # ||gpu - reference|| / ||reference|| per step's logits. The 16-bit bounds are sanity bounds
 # (bfloat16 measured up to 4.1e-2 on the H100, Qwen2 with its random q/k biases); the real 16-bit
 # check is against the same model in float32, below.

@@ -15,7 +15,7 @@ import torch
 from kiln import _core
 from kiln.builder.errors import KilnError
 from kiln.runtime.grammar import MAX_ITEMS, GrammarError, compile_grammar
-from test_regex import hf_guided_greedy
+from test_regex import guided_run
 
 
 def balanced(text: str) -> bool:
@@ -244,19 +244,13 @@ def test_the_extension_refuses_a_malformed_grammar():
 ])
 def test_grammar_generation_equals_huggingface(hf_and_runner, text, check):
     model, runner = hf_and_runner
-    tok = runner.tokenizer
-    table = tok.token_table(runner.vocab_size)
-    prompt = tok.encode("The answer is")
-    grammar = compile_grammar(text)
-    want = hf_guided_greedy(model, grammar, table, prompt, 24, tok.eos_id)
-    out = runner.generate([prompt], max_new_tokens=24, grammar=text, return_dict=True)
-    got = out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist()
+    got, want, generated, finish = guided_run(model, runner, compile_grammar(text), grammar=text)
     assert got == want
-    generated = tok.decode([t for t in got if t != tok.eos_id])
-    if out["finish_reasons"][0] != "length" or "yes" in text:
-        assert out["finish_reasons"][0] == "stop_words" and check(generated), generated
+    if finish != "length" or "yes" in text:
+        assert finish == "stop_words" and check(generated), generated
     with pytest.raises(Exception, match="grammar and regex do not combine"):
-        runner.generate([prompt], max_new_tokens=4, grammar=text, regex="a")
+        runner.generate([runner.tokenizer.encode("The answer is")], max_new_tokens=4,
+                        grammar=text, regex="a")
 
 
 def test_the_executor_keeps_to_the_grammar_and_fails_only_its_too_ambiguous_request():

@@ -113,23 +113,30 @@ def hf_guided_greedy(model, guide, table, prompt: list[int], n: int, end_id: int
     return out
 
 
+def guided_run(model, runner, guide, **guided):
+    """(the runner's tokens after "The answer is" under `guided` (regex= or grammar=), HF's
+    greedy pick under the compiled `guide`, the runner's text, its finish reason), 24 tokens
+    at most."""
+    tok = runner.tokenizer
+    prompt = tok.encode("The answer is")
+    want = hf_guided_greedy(model, guide, tok.token_table(runner.vocab_size), prompt, 24,
+                            tok.eos_id)
+    out = runner.generate([prompt], max_new_tokens=24, return_dict=True, **guided)
+    got = out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist()
+    return got, want, tok.decode([t for t in got if t != tok.eos_id]), out["finish_reasons"][0]
+
+
 @pytest.mark.parametrize("pattern", [r"(red|green|blue) [0-9]{2}", r"[a-z ]{3,12}\.",
                                      r"\{\"n\": -?\d{1,3}\}"])
 def test_regex_generation_equals_huggingface(hf_and_runner, pattern):
     model, runner = hf_and_runner
-    tok = runner.tokenizer
-    table = tok.token_table(runner.vocab_size)
-    prompt = tok.encode("The answer is")
-    dfa = compile_regex(pattern)
-    want = hf_guided_greedy(model, dfa, table, prompt, 24, tok.eos_id)
-    out = runner.generate([prompt], max_new_tokens=24, regex=pattern, return_dict=True)
-    got = out["output_ids"][0, 0, len(prompt): out["sequence_lengths"][0, 0]].tolist()
+    got, want, text, finish = guided_run(model, runner, compile_regex(pattern), regex=pattern)
     assert got == want
-    text = tok.decode([t for t in got if t != tok.eos_id])
-    if out["finish_reasons"][0] != "length":
+    if finish != "length":
         assert re.fullmatch(pattern, text, re.ASCII), text
     with pytest.raises(Exception, match="regex and json_object do not combine"):
-        runner.generate([prompt], max_new_tokens=4, regex=pattern, json_object=True)
+        runner.generate([runner.tokenizer.encode("The answer is")], max_new_tokens=4,
+                        regex=pattern, json_object=True)
 
 
 def test_tokens_kept_for_a_state_answer_each_vocabulary_size():
