@@ -21,7 +21,8 @@ TINY_ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", 
               "phi3-longrope", "mistral-window", "qwen2-window", "gemma", "gemma2", "gemma3",
               "gemma3-vision", "granite", "olmo2", "smollm3", "qwen2-yarn", "glm4", "olmo3",
               "exaone4", "seed_oss", "ernie4_5", "helium", "ministral", "cohere", "cohere2",
-              "qwen2_5_vl", "qwen3_vl", "starcoder2"]
+              "qwen2_5_vl", "qwen3_vl", "starcoder2", "mixtral", "qwen3_moe", "olmoe",
+              "qwen2_moe"]
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 # LongRoPE factors for TINY's heads of 16 dims at partial_rotary_factor 0.75: 6 rotated pairs.
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5],
@@ -128,6 +129,21 @@ def tiny_config(arch: str, **overrides):
                                          vision_start_token_id=302)
     elif arch == "starcoder2":  # LayerNorms with biases, ungated GELU-tanh MLP, biases, window
         cfg = transformers.Starcoder2Config(**kw, **PHI3_IDS, sliding_window=16, use_bias=True)
+    elif arch == "mixtral":  # 2 of 4 experts a token, renormalized, weights kept in float32
+        cfg = transformers.MixtralConfig(**kw, num_local_experts=4, num_experts_per_tok=2,
+                                         tie_word_embeddings=False)
+    elif arch == "qwen3_moe":  # 3 of 8 experts, renormalized; per-head q/k norms
+        cfg = transformers.Qwen3MoeConfig(**kw, head_dim=16, num_experts=8, num_experts_per_tok=3,
+                                          moe_intermediate_size=32, norm_topk_prob=True,
+                                          tie_word_embeddings=False)
+    elif arch == "olmoe":  # 4 of 8 experts, not renormalized; q/k norms over whole projections
+        cfg = transformers.OlmoeConfig(**kw, **PHI3_IDS, num_experts=8, num_experts_per_tok=4,
+                                       norm_topk_prob=False)
+    elif arch == "qwen2_moe":  # + a gated shared expert; layer 0's MLP dense (mlp_only_layers)
+        cfg = transformers.Qwen2MoeConfig(**kw, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=32,
+                                          shared_expert_intermediate_size=96, mlp_only_layers=[0],
+                                          tie_word_embeddings=False)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -48,6 +48,10 @@ def build_hf_config(path: Path, metadata: dict[str, object], tensor_names: set[s
                             "convert the model again with llama.cpp's convert_hf_to_gguf.py")
         return value
 
+    if get("expert_count"):
+        raise KilnError(f"{path} holds a mixture-of-experts model ({get('expert_count')} experts), "
+                        "which Kiln does not read from GGUF; build from the HuggingFace "
+                        "checkpoint instead")
     if "token_embd.weight" not in tensor_shapes:
         raise KilnError(f"{path} has no token_embd.weight tensor; re-download the file")
     hidden = int(get("embedding_length", required=True))

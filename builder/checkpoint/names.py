@@ -32,6 +32,16 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^(?:model\.)?layers\.(\d+)\.post_self_attn_layernorm\.weight$", "layers.{0}.attn_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.post_mlp_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
+        # Mixtures of experts: the router, each expert's MLP (Mixtral's w1 gate, w3 up, w2
+        # down), Qwen2-MoE's shared expert and its gate.
+        (r"^(?:model\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight$", "layers.{0}.router.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$",
+         "layers.{0}.experts.{1}.{2}.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w1\.weight$", "layers.{0}.experts.{1}.gate.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w3\.weight$", "layers.{0}.experts.{1}.up.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w2\.weight$", "layers.{0}.experts.{1}.down.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_expert\.(gate|up|down)_proj\.weight$", "layers.{0}.shared.{1}.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_expert_gate\.weight$", "layers.{0}.shared_gate.weight"),
     )
 )
 

@@ -7,7 +7,7 @@ import hashlib
 import struct
 
 from kiln.builder.ir import Graph
-from kiln.builder.kernels import (attention, elementwise, gather, gemm, norm, quant, rope,
+from kiln.builder.kernels import (attention, elementwise, gather, gemm, moe, norm, quant, rope,
                                 sampling)
 from kiln.builder.kernels.spec import Gemm, KernelSpec, Launch, Ptr, kernel_spec
 from kiln.builder.kernels.symbols import STEP_SYMBOLS, check
@@ -31,6 +31,7 @@ PLANNERS = {
     "add": elementwise.plan_add,
     "mul": elementwise.plan_mul,
     "cast": elementwise.plan_cast,
+    "moe": moe.plan_moe,
     "split": lambda node, ctx: None,  # outputs are views of the input: nothing to run
     **quant.PLANNERS,
 }

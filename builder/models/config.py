@@ -46,13 +46,23 @@ class ArchSpec:
     parallel_block: bool = False   # attention and MLP both read the input norm's output (Cohere)
     norm_bias: bool = False        # the LayerNorms have biases (StarCoder2)
     gated_mlp: bool = True         # act(gate) * up; else act(up) alone (StarCoder2's c_fc)
+    # Mixture of experts (_moe_config): the config key of an expert's intermediate size; the
+    # top-k probabilities renormalized (None: by norm_topk_prob); the routing weights rounded
+    # to the activations' dtype (Qwen, OLMoE; not Mixtral); a shared expert beside the routed
+    # ones, gated by sigmoid (Qwen2-MoE).
+    moe: bool = False
+    moe_size_key: str = "moe_intermediate_size"
+    moe_renormalize: bool | None = None
+    moe_round_weights: bool = True
+    shared_expert: bool = False
 
     @property
     def absent_layer_parts(self) -> tuple[str, ...]:
         """The canonical layer tensors this family has not (names.required_names)."""
         norms = (("attn_norm", "mlp_norm") if not self.pre_norms else
                  ("mlp_norm",) if self.parallel_block else ())
-        return norms + (() if self.gated_mlp else ("gate",))
+        mlp = ("gate", "up", "down") if self.moe else () if self.gated_mlp else ("gate",)
+        return norms + mlp
     # HF's post_attention_layernorm normalizes the attention's output (Gemma 2, 3, OLMo 2), not
     # the MLP's input
     post_attention_on_output: bool = False
@@ -105,6 +115,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                                 rope_interleaved=True),
     # SmolLM3: Llama with no RoPE on some layers (no_rope_layers: 0 where a layer has none).
     "SmolLM3ForCausalLM": ArchSpec(nope_every=4),
+    # Mixtures of experts: each layer's MLP is top-k routed experts (ModelConfig.moe_layers).
+    "MixtralForCausalLM": ArchSpec(qkv_bias=False, o_bias=False, mlp_bias=False, moe=True,
+                                   moe_size_key="intermediate_size", moe_renormalize=True,
+                                   moe_round_weights=False),
+    "Qwen2MoeForCausalLM": ArchSpec(qkv_bias=True, o_bias=False, mlp_bias=False, moe=True,
+                                    shared_expert=True),
+    "Qwen3MoeForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True, moe=True),
+    "OlmoeForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True, qk_norm_full=True, moe=True,
+                                 moe_size_key="intermediate_size"),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
                                   sliding_every=2),
@@ -180,6 +199,31 @@ def _nope_layers(hf: dict, layers: int, spec: ArchSpec, sliding: list[int] | Non
     return [i for i, rope in enumerate(flags) if not rope] or None
 
 
+def _moe_config(hf: dict, spec: ArchSpec, layers: int) -> dict:
+    """ModelConfig's mixture-of-experts fields from config.json. Qwen's MoE layers: those
+    not in mlp_only_layers whose (index + 1) is a multiple of decoder_sparse_step; the others'
+    MLPs are dense, of intermediate_size."""
+    if hf.get("clip_qkv") is not None:
+        raise KilnError("config.json: clip_qkv is set (q, k and v clamped), which Kiln does not "
+                        "build")
+    # num_experts (Qwen, OLMoE), num_local_experts (Mixtral; transformers 5 writes it for all)
+    experts = int(hf.get("num_local_experts") or hf.get("num_experts") or 0)
+    if not experts:
+        return {}  # no experts: every layer's MLP is dense
+    step = int(hf.get("decoder_sparse_step") or 1)
+    dense = set(hf.get("mlp_only_layers") or ())
+    moe = [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
+    renormalize = (bool(hf.get("norm_topk_prob", False)) if spec.moe_renormalize is None
+                   else spec.moe_renormalize)
+    return dict(num_experts=experts,
+                experts_per_token=int(hf["num_experts_per_tok"]),
+                moe_intermediate_size=int(hf[spec.moe_size_key]),
+                moe_layers=None if len(moe) == layers else moe,
+                moe_renormalize=renormalize, moe_round_weights=spec.moe_round_weights,
+                shared_expert_size=(int(hf["shared_expert_intermediate_size"])
+                                    if spec.shared_expert else 0))
+
+
 def _positive(value) -> float | None:
     return float(value) if value else None
 
@@ -245,6 +289,16 @@ class ModelConfig:
     logit_scale: float | None = None  # logits times this (Cohere)
     norm_bias: bool = False         # the LayerNorms have biases (StarCoder2)
     gated_mlp: bool = True          # the MLP is act(gate) * up; else act(up) (StarCoder2)
+    # Mixture of experts (None: a dense model): the layers whose MLP routes each token to
+    # experts_per_token of num_experts experts of moe_intermediate_size (moe_layers None: all),
+    # the other layers' MLPs being dense; ops.moe says what the flags mean.
+    num_experts: int | None = None
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    moe_layers: list[int] | None = None
+    moe_renormalize: bool = True
+    moe_round_weights: bool = True
+    shared_expert_size: int = 0  # the shared expert's intermediate size (Qwen2-MoE), 0: none
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -263,6 +317,12 @@ class ModelConfig:
         if rotary % 2 or not 0 < rotary <= self.head_dim:
             raise KilnError(f"model config: RoPE over {rotary} of {self.head_dim} head dims; it "
                             "needs an even count from 2 to head_dim (partial_rotary_factor)")
+        if self.num_experts is not None and not (
+                1 <= self.experts_per_token <= self.num_experts and self.moe_intermediate_size > 0):
+            raise KilnError(f"model config: {self.experts_per_token} experts a token of "
+                            f"{self.num_experts}, each of intermediate size "
+                            f"{self.moe_intermediate_size}; each needs to be positive and no more "
+                            "experts a token than there are")
         kind = (self.rope_scaling or {}).get("rope_type", "default")
         if kind not in SUPPORTED_ROPE_TYPES:
             raise KilnError(f"rope_scaling type {kind!r} is not supported; supported: "
@@ -349,6 +409,7 @@ class ModelConfig:
                 logit_scale=_multiplier(hf.get("logit_scale")),
                 norm_bias=spec.norm_bias,
                 gated_mlp=spec.gated_mlp,
+                **(_moe_config(hf, spec, layers) if spec.moe else {}),
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 rotary_dim=int(head_dim * fraction) if int(head_dim * fraction) != head_dim else None,
@@ -363,6 +424,10 @@ class ModelConfig:
     @classmethod
     def from_json(cls, data: dict) -> "ModelConfig":
         return cls(**data)
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether a layer's MLP is the routed experts."""
+        return self.num_experts is not None and (self.moe_layers is None or layer in self.moe_layers)
 
     def sliding(self, layer: int) -> bool:
         """Whether a layer is one of the sliding-window layers (whatever the engine's length)."""
@@ -427,9 +492,16 @@ class ModelConfig:
             2 * h if self.sandwich_norms else 0)
         if self.qk_norm:
             norms += (self.num_heads + self.num_kv_heads) * hd if self.qk_norm_full else 2 * hd
-        per_layer = attn + (3 if self.gated_mlp else 2) * h * i + norms
+        per_layer = attn + norms
+        mlps = 0
+        for layer in range(self.num_layers):
+            if self.is_moe(layer):
+                shared = 3 * h * self.shared_expert_size + (h if self.shared_expert_size else 0)
+                mlps += self.num_experts * (3 * h * self.moe_intermediate_size + h) + shared
+            else:
+                mlps += (3 if self.gated_mlp else 2) * h * i
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
-        return self.vocab_size * h + self.num_layers * per_layer + h + head
+        return self.vocab_size * h + self.num_layers * per_layer + mlps + h + head
 
 
 BUILD_DTYPES = ("float32", "float16", "bfloat16")
@@ -486,6 +558,10 @@ class BuildConfig:
         check_targets(mode, self.quant, self.kv_cache_dtype, self.targets)
 
     def check_against(self, model: ModelConfig) -> None:
+        if model.num_experts is not None and self.quant != "none":
+            raise KilnError(f"--quant {self.quant} is not supported for mixture-of-experts models "
+                            f"({model.architecture}); build without --quant (the KV cache may "
+                            "still be quantized with --kv-cache-dtype)")
         if self.max_seq_len > model.max_position_embeddings:
             raise KilnError(f"--max-seq-len {self.max_seq_len} exceeds what the model supports "
                             f"({model.max_position_embeddings} positions); use --max-seq-len "

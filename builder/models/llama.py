@@ -1,5 +1,6 @@
 """The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite,
-OLMo 2 and 3, SmolLM3, GLM-4, EXAONE 4, ERNIE 4.5, Cohere, ...) declared in the IR.
+OLMo 2 and 3, SmolLM3, GLM-4, EXAONE 4, ERNIE 4.5, Cohere, ..., and the mixtures of experts
+Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE) declared in the IR.
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -40,15 +41,18 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
         for norm in norms:
             shapes |= {p + norm + ".weight": (h,), **({p + norm + ".bias": (h,)} if m.norm_bias else {})}
         shapes |= {p + "q.weight": (m.num_heads * hd, h), p + "k.weight": (m.num_kv_heads * hd, h),
-                   p + "v.weight": (m.num_kv_heads * hd, h), p + "o.weight": (h, m.num_heads * hd),
-                   **({p + "gate.weight": (i, h)} if m.gated_mlp else {}),
-                   p + "up.weight": (i, h), p + "down.weight": (h, i)}
+                   p + "v.weight": (m.num_kv_heads * hd, h), p + "o.weight": (h, m.num_heads * hd)}
+        if m.is_moe(layer):
+            shapes |= _expert_shapes(m, p)
+        else:
+            shapes |= {**({p + "gate.weight": (i, h)} if m.gated_mlp else {}),
+                       p + "up.weight": (i, h), p + "down.weight": (h, i)}
         if m.attention_bias:
             shapes |= {p + "q.bias": (m.num_heads * hd,), p + "k.bias": (m.num_kv_heads * hd,),
                        p + "v.bias": (m.num_kv_heads * hd,)}
         if m.o_bias:
             shapes[p + "o.bias"] = (h,)
-        if m.mlp_bias:
+        if m.mlp_bias and not m.is_moe(layer):
             shapes |= {**({p + "gate.bias": (i,)} if m.gated_mlp else {}),
                        p + "up.bias": (i,), p + "down.bias": (h,)}
         if m.qk_norm and m.qk_norm_full:
@@ -59,6 +63,35 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
         if m.sandwich_norms:
             shapes |= {p + "attn_out_norm.weight": (h,), p + "mlp_out_norm.weight": (h,)}
     return shapes
+
+
+def _expert_shapes(m: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
+    """A MoE layer's checkpoint tensors: the router, each expert's gate, up and down, and the
+    shared expert with its gate where the family has one."""
+    h, mi, si = m.hidden_size, m.moe_intermediate_size, m.shared_expert_size
+    shapes = {p + "router.weight": (m.num_experts, h)}
+    for e in range(m.num_experts):
+        shapes |= {f"{p}experts.{e}.gate.weight": (mi, h), f"{p}experts.{e}.up.weight": (mi, h),
+                   f"{p}experts.{e}.down.weight": (h, mi)}
+    if si:
+        shapes |= {p + "shared.gate.weight": (si, h), p + "shared.up.weight": (si, h),
+                   p + "shared.down.weight": (h, si), p + "shared_gate.weight": (1, h)}
+    return shapes
+
+
+def _stacked_experts(m: ModelConfig, ckpt, p: str) -> dict[str, tuple[tuple[int, ...], WeightSource]]:
+    """A MoE layer's experts as the moe op reads them: gate_up [E, 2I, H] (each expert's gate
+    rows, then its up rows) and down [E, H, I], stacked from the checkpoint's tensors."""
+    e, h, mi = m.num_experts, m.hidden_size, m.moe_intermediate_size
+
+    def stack(parts):
+        def load(dtype):
+            return torch.stack([torch.cat([ckpt.load(f"{p}experts.{i}.{part}.weight", dtype)
+                                           for part in parts]) for i in range(e)])
+        return WeightSource(load=load, describe=f"checkpoint:{p}experts.*.{'+'.join(parts)}")
+
+    return {p + "experts.gate_up.weight": ((e, 2 * mi, h), stack(("gate", "up"))),
+            p + "experts.down.weight": ((e, h, mi), stack(("down",)))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +174,47 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) 
         if found != shape:
             raise KilnError(f"tensor {name} has shape {list(found)} but config.json implies "
                             f"{list(shape)}; the checkpoint and its config.json do not match")
-        graph.add_weight(name, dtype, shape, _source(ckpt, name, m, layout))
+        if ".experts." not in name:  # the experts' tensors are read stacked, below
+            graph.add_weight(name, dtype, shape, _source(ckpt, name, m, layout))
+    for layer in range(m.num_layers):
+        if m.is_moe(layer):
+            for name, (shape, source) in _stacked_experts(m, ckpt, f"layers.{layer}.").items():
+                graph.add_weight(name, dtype, shape, source)
 
 
 def _params(prefix: str, bias: bool) -> list[str]:
     """A linear's weight, and its bias when the model has one."""
     return [prefix + ".weight"] + ([prefix + ".bias"] if bias else [])
+
+
+def _dense_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
+    """act(gate) * up, or act(up) where the MLP is not gated, then down."""
+    if m.gated_mlp:
+        (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
+        (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
+        (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
+        (act,) = g.call("mul", [act, up], [p + "mlp_act"])
+    else:
+        (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
+        (act,) = g.call(m.mlp_act, [up], [p + "mlp_act"])
+    return g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
+
+
+def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
+    """The routed experts (and the shared expert, gated) on x."""
+    (logits,) = g.call("linear", [x, p + "router.weight"], [p + "router_logits"])
+    shared = []
+    if m.shared_expert_size:
+        (gate,) = g.call("linear", [x, p + "shared.gate.weight"], [p + "shared.gate"])
+        (up,) = g.call("linear", [x, p + "shared.up.weight"], [p + "shared.up"])
+        (act,) = g.call(m.mlp_act, [gate], [p + "shared.gate_act"])
+        (act,) = g.call("mul", [act, up], [p + "shared.act"])
+        shared += g.call("linear", [act, p + "shared.down.weight"], [p + "shared.out"])
+        shared += g.call("linear", [x, p + "shared_gate.weight"], [p + "shared_gate"])
+    return g.call("moe", [x, logits, p + "experts.gate_up.weight", p + "experts.down.weight",
+                          *shared], [p + "mlp_out"], top_k=m.experts_per_token,
+                  renormalize=m.moe_renormalize, round_weights=m.moe_round_weights,
+                  act=m.mlp_act)
 
 
 def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
@@ -204,15 +272,7 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
             x = block_in
         elif m.pre_norms:
             x = normed(h, p + "mlp_norm.weight", p + "mlp_in")
-        if m.gated_mlp:
-            (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
-            (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
-            (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
-            (act,) = g.call("mul", [act, up], [p + "mlp_act"])
-        else:
-            (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
-            (act,) = g.call(m.mlp_act, [up], [p + "mlp_act"])
-        (d,) = g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
+        (d,) = (_moe_mlp if m.is_moe(layer) else _dense_mlp)(g, m, x, p)
         if m.sandwich_norms:
             (d,) = g.call(norm, [d, p + "mlp_out_norm.weight"], [p + "mlp_out_normed"], eps=eps)
         (h,) = g.call("add", [h, d], [p + "out"])

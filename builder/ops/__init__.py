@@ -47,4 +47,5 @@ def run(node: Node, inputs: list[torch.Tensor], ctx: StepContext) -> list[torch.
     return get(node.op).reference(node, inputs, ctx)
 
 
-from kiln.builder.ops import attention, elementwise, embedding, linear, norm, quant, rope  # noqa: E402,F401
+from kiln.builder.ops import (attention, elementwise, embedding, linear, moe, norm,  # noqa: E402,F401
+                              quant, rope)

@@ -73,12 +73,17 @@ def weight_bytes(engine) -> int:
 
 def decode_bytes_per_token(engine) -> int:
     """Weight bytes one batch-1 decode step reads: all of a weight, except a table that only
-    an embedding lookup reads, of which one row is read."""
+    an embedding lookup reads, of which one row is read, and a mixture of experts' stacked
+    expert weights, of which the token's top_k experts are read."""
     graph = engine.graph
     users: dict[str, set[str]] = {}
+    read_of_moe: dict[str, float] = {}  # expert stacks: the fraction a token reads
     for node in graph.nodes:
         for name in node.inputs:
             users.setdefault(name, set()).add(node.op)
+        if node.op == "moe":
+            for name in node.inputs[2:4]:
+                read_of_moe[name] = node.attrs["top_k"] / graph.values[name].shape[0]
     total = 0
     for name in graph.of_kind("weight"):
         value = graph.values[name]
@@ -87,6 +92,8 @@ def decode_bytes_per_token(engine) -> int:
             size *= d
         if users.get(name) == {"embedding"}:
             size //= value.shape[0]
+        elif users.get(name) == {"moe"}:
+            size = round(size * read_of_moe[name])
         total += size
     return total
 

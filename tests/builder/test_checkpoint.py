@@ -414,6 +414,20 @@ def test_gguf_f32_roundtrip_exact(tmp_path, arch, gguf_arch):
     assert config["attention_bias"] == (arch == "qwen2")
 
 
+def test_gguf_mixture_of_experts_refused(tmp_path):
+    """Mixtral's GGUF files say llama with an expert count: refused, not built as dense."""
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_block_count(1)
+    writer.add_expert_count(8)
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ckpt_error(tmp_path / "m.gguf", r"m\.gguf holds a mixture-of-experts model \(8 experts\), which "
+               "Kiln does not read from GGUF; build from the HuggingFace checkpoint instead")
+
+
 @pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
 def test_gguf_quantized_llama(tmp_path, qtype):
     model = ckpt_tiny_model("llama", seed=5)

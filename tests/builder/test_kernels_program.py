@@ -87,7 +87,9 @@ def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
                                         ("olmo2", "float16"), ("smollm3", "float32"),
                                         ("qwen2-yarn", "float32"), ("glm4", "float16"),
                                         ("exaone4", "float16"), ("ernie4_5", "float32"),
-                                        ("cohere2", "float16"), ("starcoder2", "float16")])
+                                        ("cohere2", "float16"), ("starcoder2", "float16"),
+                                        ("mixtral", "float32"), ("qwen3_moe", "float16"),
+                                        ("olmoe", "float32"), ("qwen2_moe", "float16")])
 def test_program_matches_reference_backend(tiny_engine, arch, dtype):
     _, engine = tiny_engine(arch, dtype, targets=(90,))
     # 16-bit builds: every step also as a greedy step, whose pick reads the LM head's output.

@@ -207,3 +207,58 @@ def test_command_r_plus_q_k_layernorms_are_refused():
         True, True, True, 0.0625, 1e-5)
     with pytest.raises(KilnError, match="use_qk_norm is set"):
         ModelConfig.from_hf(cohere | {"use_qk_norm": True})
+
+
+def qwen2_57b_a14b(**changes) -> dict:
+    """The layout of Qwen2-57B-A14B's config.json (transformers 4 names)."""
+    config = {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+              "hidden_act": "silu", "hidden_size": 3584, "intermediate_size": 18944,
+              "moe_intermediate_size": 2560, "shared_expert_intermediate_size": 20480,
+              "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": False,
+              "decoder_sparse_step": 1, "mlp_only_layers": [], "num_hidden_layers": 28,
+              "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151936,
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+              "sliding_window": 65536, "use_sliding_window": False, "tie_word_embeddings": False}
+    return config | changes
+
+
+def test_mixture_of_experts_configs():
+    m = ModelConfig.from_hf(qwen2_57b_a14b())
+    assert (m.num_experts, m.experts_per_token, m.moe_intermediate_size) == (64, 8, 2560)
+    assert (m.moe_layers, m.moe_renormalize, m.moe_round_weights) == (None, False, True)
+    assert m.shared_expert_size == 20480 and m.attention_bias and not m.o_bias
+    assert m.is_moe(0) and m.is_moe(27)
+    # Qwen's dense layers: mlp_only_layers, and those off decoder_sparse_step's multiples.
+    m = ModelConfig.from_hf(qwen2_57b_a14b(mlp_only_layers=[0, 5], decoder_sparse_step=2))
+    assert m.moe_layers == [i for i in range(1, 28, 2) if i != 5] and not m.is_moe(0)
+    # transformers 5 writes num_local_experts for every family; Mixtral renormalizes and
+    # keeps its routing weights in float32 whatever norm_topk_prob says.
+    mixtral = {"architectures": ["MixtralForCausalLM"], "hidden_size": 4096,
+               "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
+               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+               "vocab_size": 32000, "norm_topk_prob": False}
+    m = ModelConfig.from_hf(mixtral)
+    assert (m.num_experts, m.moe_intermediate_size, m.moe_renormalize, m.moe_round_weights) == (
+        8, 14336, True, False)
+    # 8 experts of 3 x 4096 x 14336 and a router each, 32 layers: Mixtral 8x7B's 46.7 B.
+    assert m.num_params() == pytest.approx(46.7e9, rel=2e-3)
+    # No experts: every MLP dense.
+    assert ModelConfig.from_hf(qwen2_57b_a14b(num_experts=0)).num_experts is None
+    with pytest.raises(KilnError, match=r"^model config: 9 experts a token of 8, each of "
+                                        r"intermediate size 14336; each needs"):
+        ModelConfig.from_hf(mixtral | {"num_experts_per_tok": 9})
+    olmoe = {"architectures": ["OlmoeForCausalLM"], "hidden_size": 2048, "intermediate_size": 1024,
+             "num_experts": 64, "num_experts_per_tok": 8, "num_hidden_layers": 16,
+             "num_attention_heads": 16, "vocab_size": 50304, "clip_qkv": 8.0}
+    with pytest.raises(KilnError, match=r"^config.json: clip_qkv is set"):
+        ModelConfig.from_hf(olmoe)
+
+
+def test_mixture_of_experts_refuses_quantization(tmp_path):
+    from kiln.builder.models import BuildConfig
+
+    m = ModelConfig.from_hf(qwen2_57b_a14b())
+    BuildConfig(dtype="bfloat16", max_seq_len=4096, kv_cache_dtype="fp8", targets=[90]).check_against(m)
+    with pytest.raises(KilnError, match=r"^--quant fp8 is not supported for mixture-of-experts "
+                                        r"models \(Qwen2MoeForCausalLM\); build without --quant"):
+        BuildConfig(dtype="bfloat16", max_seq_len=4096, quant="fp8", targets=[90]).check_against(m)

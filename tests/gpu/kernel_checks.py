@@ -634,6 +634,28 @@ def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False
     return rel_err(out[:1], ref)
 
 
+def check_moe(device, dtype, tokens, hidden, inter, experts, top_k, seed, renormalize=True,
+              round_weights=True, act="silu", shared=False, block_m=16):
+    """The MoE launches (kernels/moe.py) against ops.moe. The router's logits are distinct in
+    every row (a permutation of evenly spaced values, exact in every dtype), so that the top k
+    is one set whatever the softmax's last bits."""
+    from kiln.builder.kernels import moe
+
+    gen = torch.Generator().manual_seed(seed)
+    x = _rand(gen, (tokens, hidden), dtype, device)
+    logits = torch.stack([torch.randperm(experts, generator=gen) for _ in range(tokens)])
+    logits = (logits.float() * 0.0625 - 2.0).to(dtype).to(device)
+    gate_up = _rand(gen, (experts, 2 * inter, hidden), dtype, device, scale=hidden ** -0.5)
+    down = _rand(gen, (experts, hidden, inter), dtype, device, scale=inter ** -0.5)
+    extra = ([_rand(gen, (tokens, hidden), dtype, device), _rand(gen, (tokens, 1), dtype, device)]
+             if shared else [])
+    attrs = dict(top_k=top_k, renormalize=renormalize, round_weights=round_weights, act=act)
+    (ref,) = _ref("moe", [x, logits, gate_up, down, *extra], attrs)
+    out = moe.moe(x, logits, gate_up, down, top_k, renormalize, round_weights, act,
+                  *extra, block_m=block_m)
+    return rel_err(out, ref)
+
+
 def interpreter_cases():
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     cases = []
@@ -677,6 +699,16 @@ def interpreter_cases():
                   fused=True), TOL[dtype]),
         ]
     cases += [
+        # Mixtures of experts: blocks of 16 and 64 slots, experts left without tokens, top_k
+        # not a power of two, renormalized or not, the shared expert.
+        ("moe-float32", check_moe, dict(dtype=f32, tokens=9, hidden=64, inter=48, experts=8,
+                                         top_k=2, seed=30), TOL[f32]),
+        ("moe-block64-float32", check_moe,
+         dict(dtype=f32, tokens=40, hidden=32, inter=32, experts=6, top_k=3, seed=31,
+              renormalize=False, block_m=64), TOL[f32]),
+        ("moe-shared-gelu-float16", check_moe,
+         dict(dtype=f16, tokens=5, hidden=96, inter=40, experts=16, top_k=4, seed=32,
+              round_weights=False, act="gelu_tanh", shared=True), TOL[f16]),
         ("attention-split3-float32", check_attention,
          dict(dtype=f32, nq=6, nkv=2, head_dim=16, prefixes=[70, 5], q_lens=[1, 1], seed=6, num_splits=3), TOL[f32]),
         ("attention-split3-fused-float32", check_attention,

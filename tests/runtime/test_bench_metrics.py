@@ -126,7 +126,7 @@ def test_arrivals():
         Load(request_rate=0.0)
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama-tied"])
+@pytest.mark.parametrize("arch", ["llama", "llama-tied", "mixtral"])
 def test_decode_bytes_per_token(tiny_engine, arch):
     from kiln.builder.engine import load_engine
 
@@ -136,6 +136,10 @@ def test_decode_bytes_per_token(tiny_engine, arch):
     embed = engine.weights["embed.weight"]
     if arch == "llama":  # the table is only looked up: one row (64 floats) is read
         assert decode_bytes_per_token(engine) == total - embed.numel() * 4 + 64 * 4
+    elif arch == "mixtral":  # a token reads 2 of the 4 experts of each layer
+        experts = sum(t.numel() * 4 for name, t in engine.weights.items() if ".experts." in name)
+        assert experts == 2 * 4 * 3 * 128 * 64 * 4
+        assert decode_bytes_per_token(engine) == total - embed.numel() * 4 + 64 * 4 - experts // 2
     else:  # tied: the table is also the LM head, read whole
         assert decode_bytes_per_token(engine) == total
 

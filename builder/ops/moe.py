@@ -1,0 +1,76 @@
+"""Mixture of experts: moe(x, router_logits, gate_up, down[, shared, shared_gate]).
+
+Each token goes to the top_k experts of softmax(router_logits) (float32); an expert is an
+act(gate) * up MLP with weights gate_up [E, 2I, H] (the gate's I rows, then the up's) and
+down [E, H, I]; the token's output is the sum of its experts' outputs, each times its routing
+weight. As HuggingFace's Mixtral, Qwen2/3-MoE and OLMoE compute it:
+  - `renormalize`: the top_k probabilities are divided by their sum (norm_topk_prob);
+  - `round_weights`: the routing weights are rounded to the activations' dtype first (Qwen,
+    OLMoE; Mixtral keeps them in float32);
+  - an expert's output is rounded to the dtype after its down projection and again after the
+    weight; the token's sum is taken in the dtype, experts in ascending id order (index_add_);
+  - with `shared` (the shared expert's MLP output) and `shared_gate` ([T, 1] logits, Qwen2-MoE):
+    out + sigmoid(shared_gate) * shared, each op rounded to the dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kiln.builder.ops import register
+from kiln.builder.ops._shapes import expect, of
+
+ACTS = ("silu", "gelu_tanh")
+
+
+def _moe_infer(node, graph):
+    dtype, shape = of(graph, node.inputs[0])
+    _, logits = of(graph, node.inputs[1])
+    _, gate_up = of(graph, node.inputs[2])
+    _, down = of(graph, node.inputs[3])
+    expect(len(gate_up) == 3 and len(down) == 3 and gate_up[0] == down[0], node,
+           f"expert weights {gate_up} and {down} are not [E, 2I, H] and [E, H, I]")
+    experts, k = gate_up[0], node.attrs["top_k"]
+    expect(gate_up[2] == shape[-1] and down[1] == shape[-1] and gate_up[1] == 2 * down[2], node,
+           f"expert weights {gate_up} and {down} do not take width {shape[-1]}")
+    expect(logits == (*shape[:-1], experts), node, f"router logits {logits} are not [T, {experts}]")
+    expect(1 <= k <= experts, node, f"top_k {k} is not within 1..{experts}")
+    expect(node.attrs.get("act", "silu") in ACTS, node, f"act {node.attrs.get('act')!r}")
+    if len(node.inputs) > 4:
+        expect(len(node.inputs) == 6 and of(graph, node.inputs[4])[1] == shape
+               and of(graph, node.inputs[5])[1] == (*shape[:-1], 1), node,
+               "the shared expert takes its output [T, H] and its gate's logits [T, 1]")
+    return [(dtype, shape)]
+
+
+def route(logits: torch.Tensor, top_k: int, renormalize: bool,
+          round_to: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(expert ids [T, k], routing weights [T, k] float32) as HF's top-k routers pick them."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    if round_to is not None:
+        weights = weights.to(round_to).float()
+    return ids, weights
+
+
+def _moe(node, inputs, ctx):
+    x, logits, gate_up, down = inputs[:4]
+    a = node.attrs
+    ids, weights = route(logits, a["top_k"], a["renormalize"],
+                         x.dtype if a["round_weights"] else None)
+    act = F.silu if a.get("act", "silu") == "silu" else (lambda t: F.gelu(t, approximate="tanh"))
+    out = torch.zeros_like(x)
+    for e in sorted(set(ids.flatten().tolist())):
+        token, slot = torch.where(ids == e)
+        gate, up = F.linear(x[token], gate_up[e]).chunk(2, dim=-1)
+        y = F.linear(act(gate) * up, down[e])
+        out.index_add_(0, token, (y * weights[token, slot, None]).to(x.dtype))
+    if len(inputs) > 4:
+        shared, shared_gate = inputs[4:]
+        out = out + torch.sigmoid(shared_gate) * shared
+    return [out]
+
+
+register("moe", _moe_infer, _moe)
