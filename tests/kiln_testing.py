@@ -22,7 +22,7 @@ TINY_ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", 
               "gemma3-vision", "granite", "olmo2", "smollm3", "qwen2-yarn", "glm4", "olmo3",
               "exaone4", "seed_oss", "ernie4_5", "helium", "ministral", "cohere", "cohere2",
               "qwen2_5_vl", "qwen3_vl", "starcoder2", "mixtral", "qwen3_moe", "olmoe",
-              "qwen2_moe"]
+              "qwen2_moe", "granitemoe"]
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 # LongRoPE factors for TINY's heads of 16 dims at partial_rotary_factor 0.75: 6 rotated pairs.
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5],
@@ -144,6 +144,11 @@ def tiny_config(arch: str, **overrides):
                                           moe_intermediate_size=32,
                                           shared_expert_intermediate_size=96, mlp_only_layers=[0],
                                           tie_word_embeddings=False)
+    elif arch == "granitemoe":  # Granite's multipliers; experts stored stacked; 2 of 4
+        cfg = transformers.GraniteMoeConfig(**kw, **PHI3_IDS, num_local_experts=4,
+                                            num_experts_per_tok=2, embedding_multiplier=12.0,
+                                            attention_multiplier=0.2, residual_multiplier=0.22,
+                                            logits_scaling=8.0, tie_word_embeddings=True)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

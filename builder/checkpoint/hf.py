@@ -21,13 +21,21 @@ from .tokenizer import save_hf_tokenizer
 @dataclass(slots=True, frozen=True)
 class _Entry:
     """Where one canonical tensor lives: file index, HF name, and its stored shape/dtype;
-    `rows`: the rows [start, end) of a fused HF tensor it is."""
+    `rows`: the rows [start, end) of a fused HF tensor it is, of its `expert`-th matrix where
+    the tensor stacks a layer's experts."""
 
     file: int
     hf_name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     rows: tuple[int, int] | None = None
+    expert: int | None = None
+
+    def part(self, tensor):
+        """This entry's part of its HF tensor (a tensor or a safetensors slice)."""
+        if self.expert is not None:
+            return tensor[self.expert, self.rows[0]:self.rows[1]]
+        return tensor[self.rows[0]:self.rows[1]] if self.rows else tensor
 
 
 class HFCheckpoint(Checkpoint):
@@ -88,24 +96,28 @@ class HFCheckpoint(Checkpoint):
                     self._entries[name] = _Entry(index, hf_name, shape, dtype)
 
     def _add_fused(self, index: int, hf_name: str, shape: tuple[int, ...], dtype) -> bool:
-        """Offers the parts of a fused q/k/v or gate/up tensor as their canonical tensors."""
+        """Offers the parts of a fused q/k/v, gate/up or experts tensor as their canonical
+        tensors."""
         if self.prequantized and is_fused_hf(hf_name):
             raise KilnError(f"{self.path} is a pre-quantized checkpoint ({self.prequantized.method}) "
                             f"with fused tensors ({hf_name}), which Kiln does not read; build from "
                             "the unquantized checkpoint with --quant")
         try:
-            parts = fused_parts_from_hf(hf_name, self.hf_config)
+            fused = fused_parts_from_hf(hf_name, self.hf_config)
         except KeyError as missing:
             raise KilnError(f"config.json has no {missing.args[0]!r}, needed to split {hf_name}; "
                             "is the checkpoint complete?") from None
-        if parts is None:
+        if fused is None:
             return False
-        if not shape or shape[0] != parts[-1][2]:
+        lead, parts = fused
+        if tuple(shape[:len(lead)]) != lead:
+            implied = (f"{lead[0]} rows" if len(lead) == 1 else
+                       f"{lead[0]} experts of {lead[1]} rows")
             raise KilnError(f"tensor {hf_name} has shape {list(shape)} but config.json implies "
-                            f"{parts[-1][2]} rows; the checkpoint and its config.json do not match")
-        for name, start, end in parts:
-            self._entries.setdefault(name, _Entry(index, hf_name, (end - start, *shape[1:]), dtype,
-                                                  (start, end)))
+                            f"{implied}; the checkpoint and its config.json do not match")
+        for name, expert, start, end in parts:
+            self._entries.setdefault(name, _Entry(index, hf_name, (end - start, *shape[len(lead):]),
+                                                  dtype, (start, end), expert))
         return True
 
     def _settle_tied_head(self) -> None:
@@ -133,11 +145,10 @@ class HFCheckpoint(Checkpoint):
         handle = self._handles[entry.file]
         if self._kind == "safetensors":
             if entry.rows:
-                return handle.get_slice(entry.hf_name)[entry.rows[0]:entry.rows[1]]
+                return entry.part(handle.get_slice(entry.hf_name))
             return handle.get_tensor(entry.hf_name)
         # A fresh tensor, as safetensors gives: callers may modify it in place.
-        tensor = handle[entry.hf_name]
-        return (tensor[entry.rows[0]:entry.rows[1]] if entry.rows else tensor).clone()
+        return entry.part(handle[entry.hf_name]).clone()
 
     def save_tokenizer(self, out_dir: str | Path) -> None:
         save_hf_tokenizer(self.path, Path(out_dir), self.hf_config)

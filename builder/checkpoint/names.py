@@ -35,6 +35,7 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # Mixtures of experts: the router, each expert's MLP (Mixtral's w1 gate, w3 up, w2
         # down), Qwen2-MoE's shared expert and its gate.
         (r"^(?:model\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight$", "layers.{0}.router.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.router\.layer\.weight$", "layers.{0}.router.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$",
          "layers.{0}.experts.{1}.{2}.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w1\.weight$", "layers.{0}.experts.{1}.gate.weight"),
@@ -45,21 +46,35 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-# Tensors some families store fused (Phi-3): q/k/v and gate/up, split by rows on reading.
-_HF_FUSED = re.compile(r"^(?:model\.)?layers\.(\d+)\.(?:self_attn\.(qkv)_proj|mlp\.(gate_up)_proj)\.(\w+)$")
+# Tensors some families store fused, read as their parts: q/k/v and gate/up (Phi-3), split by
+# rows; each layer's experts stacked (Granite MoE's input_linear [E, 2I, H], gate then up, and
+# output_linear [E, H, I]), split by expert and rows.
+_HF_FUSED = re.compile(r"^(?:model\.)?layers\.(\d+)\.(?:self_attn\.(qkv)_proj|mlp\.(gate_up)_proj|"
+                       r"block_sparse_moe\.(input|output)_linear)\.(\w+)$")
 
 
 def is_fused_hf(hf_name: str) -> bool:
-    """Whether a HuggingFace tensor belongs to a fused q/k/v or gate/up module."""
+    """Whether a HuggingFace tensor belongs to a fused q/k/v, gate/up or experts module."""
     return _HF_FUSED.match(hf_name) is not None
 
 
-def fused_parts_from_hf(hf_name: str, hf_config: dict) -> list[tuple[str, int, int]] | None:
-    """[(canonical name, first row, end row)] of a fused HuggingFace weight or bias, or None."""
+def fused_parts_from_hf(hf_name: str, hf_config: dict
+                        ) -> tuple[tuple[int, ...], list[tuple[str, int | None, int, int]]] | None:
+    """(the fused tensor's leading dims as config.json implies them, [(canonical name, expert
+    index or None, first row, end row)]) of a fused HuggingFace weight or bias, or None."""
     match = _HF_FUSED.match(hf_name)
-    if not match or match.group(4) not in ("weight", "bias"):
+    if not match or match.group(5) not in ("weight", "bias"):
         return None
-    layer, qkv, _, kind = match.groups()
+    layer, qkv, _, experts, kind = match.groups()
+    if experts:
+        count = int(hf_config.get("num_local_experts") or hf_config["num_experts"])
+        width = int(hf_config["intermediate_size"])
+        sizes = ((("gate", width), ("up", width)) if experts == "input"
+                 else (("down", int(hf_config["hidden_size"])),))
+        rows = sum(size for _, size in sizes)
+        return (count, rows), [(f"layers.{layer}.experts.{e}.{part}.{kind}", e, start, start + size)
+                               for e in range(count)
+                               for (part, size), start in zip(sizes, (0, width))]
     if qkv:
         heads = int(hf_config["num_attention_heads"])
         head_dim = int(hf_config.get("head_dim") or int(hf_config["hidden_size"]) // heads)
@@ -69,9 +84,9 @@ def fused_parts_from_hf(hf_name: str, hf_config: dict) -> list[tuple[str, int, i
         sizes = (("gate", int(hf_config["intermediate_size"])), ("up", int(hf_config["intermediate_size"])))
     parts, row = [], 0
     for part, size in sizes:
-        parts.append((f"layers.{layer}.{part}.{kind}", row, row + size))
+        parts.append((f"layers.{layer}.{part}.{kind}", None, row, row + size))
         row += size
-    return parts
+    return (row,), parts
 
 
 _GGUF_LAYER = {

@@ -124,6 +124,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "Qwen3MoeForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True, moe=True),
     "OlmoeForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True, qk_norm_full=True, moe=True,
                                  moe_size_key="intermediate_size"),
+    # Granite 3 MoE: Granite's multipliers; each layer's experts stored stacked (names.py);
+    # softmax over the top-k logits, which is the top-k probabilities renormalized.
+    "GraniteMoeForCausalLM": ArchSpec(mlp_bias=False, moe=True,
+                                      moe_size_key="intermediate_size", moe_renormalize=True),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
                                   sliding_every=2),

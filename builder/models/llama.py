@@ -81,13 +81,15 @@ def _expert_shapes(m: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
 
 def _stacked_experts(m: ModelConfig, ckpt, p: str) -> dict[str, tuple[tuple[int, ...], WeightSource]]:
     """A MoE layer's experts as the moe op reads them: gate_up [E, 2I, H] (each expert's gate
-    rows, then its up rows) and down [E, H, I], stacked from the checkpoint's tensors."""
+    rows, then its up rows) and down [E, H, I], stacked from the checkpoint's tensors (as
+    _source reads them: Granite's residual multiplier on the down projections)."""
     e, h, mi = m.num_experts, m.hidden_size, m.moe_intermediate_size
 
     def stack(parts):
         def load(dtype):
-            return torch.stack([torch.cat([ckpt.load(f"{p}experts.{i}.{part}.weight", dtype)
-                                           for part in parts]) for i in range(e)])
+            return torch.stack([torch.cat([_source(ckpt, f"{p}experts.{i}.{part}.weight", m,
+                                                   None).load(dtype) for part in parts])
+                                for i in range(e)])
         return WeightSource(load=load, describe=f"checkpoint:{p}experts.*.{'+'.join(parts)}")
 
     return {p + "experts.gate_up.weight": ((e, 2 * mi, h), stack(("gate", "up"))),

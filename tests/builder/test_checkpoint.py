@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import gguf
 import numpy as np
@@ -141,6 +142,39 @@ def test_hf_fused_qkv_and_gate_up_are_read_as_their_parts(tmp_path, fmt):
     assert expected["layers.0.up.weight"].shape == (96, 64)
     with open_checkpoint(tmp_path) as ckpt:
         ckpt_assert_matches(ckpt, expected)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_hf_stacked_experts_are_read_as_each_experts_parts(tmp_path, fmt):
+    """Granite MoE stores each layer's experts stacked: input_linear [E, 2I, H] (gate rows,
+    then up rows) and output_linear [E, H, I]; each expert's gate, up and down come out."""
+    from safetensors.torch import load_file
+
+    from kiln_testing import make_tiny_checkpoint
+
+    make_tiny_checkpoint("granitemoe", tmp_path / "st")
+    stored = load_file(tmp_path / "st" / "model.safetensors")
+    directory = tmp_path / "st"
+    if fmt == "bin":
+        directory = tmp_path / "bin"
+        directory.mkdir()
+        shutil.copy(tmp_path / "st" / "config.json", directory)
+        torch.save(stored, directory / "pytorch_model.bin")
+    fused = stored["model.layers.1.block_sparse_moe.input_linear.weight"]
+    down = stored["model.layers.1.block_sparse_moe.output_linear.weight"]
+    assert fused.shape == (4, 256, 64) and down.shape == (4, 64, 128)
+    with open_checkpoint(directory) as ckpt:
+        for e in range(4):
+            assert torch.equal(ckpt.load(f"layers.1.experts.{e}.gate.weight"), fused[e, :128])
+            assert torch.equal(ckpt.load(f"layers.1.experts.{e}.up.weight"), fused[e, 128:])
+            assert torch.equal(ckpt.load(f"layers.1.experts.{e}.down.weight"), down[e])
+        assert ckpt.meta("layers.0.experts.3.up.weight")[0] == (128, 64)
+        assert torch.equal(ckpt.load("layers.0.router.weight"),
+                           stored["model.layers.0.block_sparse_moe.router.layer.weight"])
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(config | {"num_local_experts": 5}))
+    ckpt_error(directory, r"block_sparse_moe\.input_linear\.weight has shape \[4, 256, 64\] but "
+               r"config\.json implies 5 experts of 256 rows; the checkpoint and its config\.json")
 
 
 def test_hf_fused_tensor_of_another_size_than_the_config_says_is_refused(tmp_path):
