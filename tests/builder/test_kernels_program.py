@@ -154,7 +154,9 @@ TIE_BOUND = 2e-2
     ("none", "fp8", None, "llama"), ("fp8", "fp8", None, "llama"), ("fp8", "fp8", 4, "llama"),
     ("fp8", "auto", 8, "llama"),
     # GELU-tanh's output quantized by its own kernel (smoothed for int8_sq) before down
-    ("fp8", "auto", None, "gemma3"), ("int8_sq", "auto", None, "gemma3")])
+    ("fp8", "auto", None, "gemma3"), ("int8_sq", "auto", None, "gemma3"),
+    # a mixture of experts' FP8 KV cache (its GEMMs stay unquantized)
+    ("none", "fp8", None, "qwen3_moe")])
 def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, alternative, arch):
     """The quantized kernels and their lowering, whole: the program of a calibrated engine
     against the quantized ops' torch references. With an `alternative`, one sequence's decode
