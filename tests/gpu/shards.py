@@ -8,14 +8,20 @@ tests/gpu/test_shards.py checks on the CPU.
 
 Nine shards took 537 s on a 16-core H200 host (2026-12-04), the longest (the attention tests)
 501 s; the large ones are split by test function. The check is bound by the host's cores:
-the fourteen at once took ~470 s there, and with the ~100-s speed check more than a ten-minute
+fourteen at once took ~470 s there, and with the ~100-s speed check more than a ten-minute
 device call, which then runs them in two calls (KILN_GPU_CHECK_SHARDS in scripts/gpu_check.sh).
+The engines of the tiny families (three dtypes each, kernels compiled anew on a fresh host)
+are split by family into three shards.
 `--deselect` takes node-id prefixes: deselecting `test_attention` deselects every test whose
 name starts so.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kiln_testing import TINY_ARCHS  # noqa: E402
 
 K = "tests/gpu/test_kernels.py"
 Q = "tests/gpu/test_quant_kernels.py"
@@ -59,7 +65,13 @@ SHARDS: dict[str, list[str]] = {
                              "test_linear_wo_mma_counts_return_to_zero",
                              "test_linear_wo_splits_and_odd_shapes",
                              "test_wo_mma_glu_equals_wo_mma_then_silu_mul"]),
-    "engines": [ENGINES[0]],
+    # Every tiny family's engine in each dtype, in three shards of families (each family's
+    # 16-bit checks reuse its float32 engine, built once a shard); the other engine tests.
+    **{f"families_{part}": [f"{ENGINES[0]}::test_engine_matches_reference_backend[{arch}-{dtype}]"
+                            for arch in TINY_ARCHS[i::3]
+                            for dtype in ("float32", "bfloat16", "float16")]
+       for i, part in enumerate("abc")},
+    "engines": [ENGINES[0], *_deselect(ENGINES[0], ["test_engine_matches_reference_backend"])],
     "quant_engines": [ENGINES[1]],
     "rest": ["tests/gpu", "tests/quantize/test_gpu.py",
              *(f"--ignore={path}" for path in (K, Q, WO, *ENGINES))],
