@@ -9,12 +9,19 @@ import numpy as np
 
 from kiln.builder.errors import KilnError
 
-# GGUF architecture -> (HF class, HF model_type). llama.cpp also writes Mistral as "llama".
+# GGUF architecture -> (HF class, HF model_type). llama.cpp also writes Mistral as "llama", and
+# Mixtral as "llama" with an expert count (MIXTRAL).
 ARCHITECTURES = {
     "llama": ("LlamaForCausalLM", "llama"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "qwen2moe": ("Qwen2MoeForCausalLM", "qwen2_moe"),
+    "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3_moe"),
 }
+MIXTRAL = ("MixtralForCausalLM", "mixtral")
+# Whether llama.cpp renormalizes the top-k routing weights of an architecture's experts when
+# its file does not say (expert_weights_norm): as its graphs do.
+_EXPERT_WEIGHTS_NORM = {"llama": True, "qwen2moe": False, "qwen3moe": True}
 
 
 def field_value(field) -> object:
@@ -48,10 +55,6 @@ def build_hf_config(path: Path, metadata: dict[str, object], tensor_names: set[s
                             "convert the model again with llama.cpp's convert_hf_to_gguf.py")
         return value
 
-    if get("expert_count"):
-        raise KilnError(f"{path} holds a mixture-of-experts model ({get('expert_count')} experts), "
-                        "which Kiln does not read from GGUF; build from the HuggingFace "
-                        "checkpoint instead")
     if "token_embd.weight" not in tensor_shapes:
         raise KilnError(f"{path} has no token_embd.weight tensor; re-download the file")
     hidden = int(get("embedding_length", required=True))
@@ -69,7 +72,15 @@ def build_hf_config(path: Path, metadata: dict[str, object], tensor_names: set[s
                         "full-head RoPE only")
     theta = float(get("rope.freq_base", 10000.0))
     context = int(get("context_length", required=True))
-    hf_class, model_type = ARCHITECTURES[arch]
+    experts = int(get("expert_count", 0))
+    if experts and arch not in _EXPERT_WEIGHTS_NORM:
+        raise KilnError(f"{path} holds a {arch!r} mixture of experts ({experts} experts), which "
+                        "Kiln does not read from GGUF; build from the HuggingFace checkpoint "
+                        "instead")
+    if arch.endswith("moe") and not experts:
+        raise KilnError(f"{path} lacks GGUF metadata {arch}.expert_count; re-download the file "
+                        "or convert the model again with llama.cpp's convert_hf_to_gguf.py")
+    hf_class, model_type = MIXTRAL if experts and arch == "llama" else ARCHITECTURES[arch]
     config: dict = {
         "architectures": [hf_class],
         "model_type": model_type,
@@ -88,6 +99,14 @@ def build_hf_config(path: Path, metadata: dict[str, object], tensor_names: set[s
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
         "hidden_act": "silu",
     }
+    if experts:
+        ffn = config["intermediate_size"]
+        config |= {"num_experts": experts,
+                   "num_experts_per_tok": int(get("expert_used_count", required=True)),
+                   "moe_intermediate_size": int(get("expert_feed_forward_length", ffn)),
+                   "norm_topk_prob": bool(get("expert_weights_norm", _EXPERT_WEIGHTS_NORM[arch])),
+                   "shared_expert_intermediate_size":
+                       int(get("expert_shared_feed_forward_length", 0))}
     for key in ("bos", "eos", "padding"):
         value = metadata.get(f"tokenizer.ggml.{key}_token_id")
         if value is not None:

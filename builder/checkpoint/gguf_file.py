@@ -12,7 +12,7 @@ from kiln.builder.errors import KilnError
 
 from .base import Checkpoint, one_line
 from .gguf_config import build_hf_config, field_value
-from .names import canonical_from_gguf
+from .names import canonical_from_gguf, gguf_expert_parts
 from .prequantized import LINEARS
 from .tokenizer import save_gguf_tokenizer
 
@@ -46,6 +46,7 @@ class _Entry:
     shape: tuple[int, ...]  # HF order (GGUF lists dims fastest-first)
     dtype: torch.dtype  # as stored; quantized tensors report their dequantized float32
     unpermute_heads: int  # > 0: undo llama.cpp's Q/K row interleave over this many heads
+    expert: int | None = None  # the matrix of a layer's stacked experts this is
 
 
 def is_gguf(path: Path) -> bool:
@@ -83,7 +84,19 @@ class GGUFCheckpoint(Checkpoint):
         permuted = self._metadata["general.architecture"] == "llama"
         heads = {"q": self.hf_config["num_attention_heads"], "k": self.hf_config["num_key_value_heads"]}
         self._entries: dict[str, _Entry] = {}
+        self._stack: tuple[int, np.ndarray] | None = None  # the stacked experts last dequantized
+        experts = int(self.hf_config.get("num_experts", 0))
         for index, tensor in enumerate(self._reader.tensors):
+            parts = gguf_expert_parts(tensor.name, experts)
+            if parts is not None:
+                stacked = shapes[tensor.name]
+                if parts[0][1] is not None and stacked[0] != experts:
+                    raise KilnError(f"{path}: tensor {tensor.name} stacks {stacked[0]} experts, "
+                                    f"its metadata says {experts}; {_REDOWNLOAD}")
+                for name, expert in parts:
+                    shape = stacked if expert is None else stacked[1:]
+                    self._entries[name] = _Entry(index, shape, _stored_dtype(tensor), 0, expert)
+                continue
             name = canonical_from_gguf(tensor.name)
             if name is None:
                 continue
@@ -128,7 +141,14 @@ class GGUFCheckpoint(Checkpoint):
         if self._reader is None:
             raise KilnError(f"checkpoint {self.path} is closed; open it again to read {name!r}")
         entry = self._entries[name]
-        array = self._dequantize(self._reader.tensors[entry.index]).reshape(entry.shape)
+        if entry.expert is not None:  # each expert of a stack in turn: dequantized once
+            if self._stack is None or self._stack[0] != entry.index:
+                tensor = self._reader.tensors[entry.index]
+                self._stack = (entry.index, self._dequantize(tensor).reshape(
+                    -1, *entry.shape))
+            array = self._stack[1][entry.expert]
+        else:
+            array = self._dequantize(self._reader.tensors[entry.index]).reshape(entry.shape)
         if entry.unpermute_heads:
             array = _unpermute_rows(array, entry.unpermute_heads)
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
@@ -154,6 +174,7 @@ class GGUFCheckpoint(Checkpoint):
     def close(self) -> None:
         # Dropping the reader drops the last references to its numpy memory map.
         self._reader = None
+        self._stack = None
 
 
 def _stored_dtype(tensor) -> torch.dtype:

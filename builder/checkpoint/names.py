@@ -101,6 +101,12 @@ _GGUF_LAYER = {
     "ffn_gate": "gate",
     "ffn_up": "up",
     "ffn_down": "down",
+    # mixtures of experts: the router, the shared expert and its gate (Qwen2-MoE)
+    "ffn_gate_inp": "router",
+    "ffn_gate_shexp": "shared.gate",
+    "ffn_up_shexp": "shared.up",
+    "ffn_down_shexp": "shared.down",
+    "ffn_gate_inp_shexp": "shared_gate",
 }
 _GGUF_GLOBAL = {
     "token_embd.weight": "embed.weight",
@@ -108,6 +114,9 @@ _GGUF_GLOBAL = {
     "output.weight": "lm_head.weight",
 }
 _GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+# A layer's experts: stacked [E, rows, cols] (ffn_gate_exps), or one tensor each (older
+# Mixtral files: ffn_gate.3).
+_GGUF_EXPERTS = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)(?:_exps|\.(\d+))\.weight$")
 
 # Tensors every llama-family decoder layer must have; biases and q/k norms are optional.
 _LAYER_REQUIRED = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
@@ -142,6 +151,18 @@ def canonical_from_hf(hf_name: str, post_attention_on_output: bool = False) -> s
         if match:
             return template.format(*match.groups())
     return None
+
+
+def gguf_expert_parts(gguf_name: str, experts: int) -> list[tuple[str, int | None]] | None:
+    """[(canonical name, index in the stacked tensor or None)] of a llama.cpp experts tensor
+    (a layer's `experts` stacked, or one expert's), or None for other tensors."""
+    match = _GGUF_EXPERTS.match(gguf_name)
+    if not match:
+        return None
+    layer, part, one = match.groups()
+    if one is not None:
+        return [(f"layers.{layer}.experts.{one}.{part}.weight", None)]
+    return [(f"layers.{layer}.experts.{e}.{part}.weight", e) for e in range(experts)]
 
 
 def canonical_from_gguf(gguf_name: str) -> str | None:

@@ -448,18 +448,120 @@ def test_gguf_f32_roundtrip_exact(tmp_path, arch, gguf_arch):
     assert config["attention_bias"] == (arch == "qwen2")
 
 
-def test_gguf_mixture_of_experts_refused(tmp_path):
-    """Mixtral's GGUF files say llama with an expert count: refused, not built as dense."""
-    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
-    writer.add_block_count(1)
-    writer.add_expert_count(8)
+# HF -> llama.cpp names of the mixtures of experts' own tensors (the rest: GGUF_LAYER_PARTS).
+GGUF_MOE_PARTS = {"mlp.gate": "ffn_gate_inp", "block_sparse_moe.gate": "ffn_gate_inp",
+                  "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+                  **{f"mlp.shared_expert.{p}_proj": f"ffn_{p}_shexp" for p in ("gate", "up", "down")}}
+
+
+def ckpt_write_moe_gguf(hf_dir, path, arch: str, stacked: bool, qtype=Q.F32) -> None:
+    """A tiny HF mixture of experts as llama.cpp's convert_hf_to_gguf.py writes it: each
+    layer's experts stacked (ffn_gate_exps [E, I, H] ...), or one tensor each (older Mixtral
+    files: ffn_gate.0 ...); Q/K rows permuted for the "llama" graph."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    state = load_file(hf_dir / "model.safetensors")
+    experts = cfg.get("num_local_experts") or cfg["num_experts"]
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    writer.add_key_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_expert_count(experts)
+    writer.add_expert_used_count(cfg["num_experts_per_tok"])
+    if "moe_intermediate_size" in cfg:
+        writer.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    if cfg.get("shared_expert_intermediate_size"):
+        writer.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    out = {"token_embd.weight": state["model.embed_tokens.weight"],
+           "output_norm.weight": state["model.norm.weight"], "output.weight": state["lm_head.weight"]}
+    parts = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down", "w1": "gate", "w3": "up",
+             "w2": "down"}
+    for layer in range(cfg["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}."
+        for key, value in state.items():
+            if not key.startswith(prefix) or ".experts." in key:
+                continue
+            module, leaf = key[len(prefix):].rsplit(".", 1)
+            name = GGUF_MOE_PARTS.get(module) or GGUF_LAYER_PARTS[module]
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
+                heads = cfg["num_attention_heads" if "q_proj" in module else "num_key_value_heads"]
+                value = torch.from_numpy(llamacpp_permute(value.numpy(), heads))
+            out[f"blk.{layer}.{name}.{leaf}"] = value
+        moe = "block_sparse_moe" if arch == "llama" else "mlp"
+        for hf_part, part in parts.items():
+            per_expert = [state.get(f"{prefix}{moe}.experts.{e}.{hf_part}.weight")
+                          for e in range(experts)]
+            if per_expert[0] is None:
+                continue
+            if stacked:
+                out[f"blk.{layer}.ffn_{part}_exps.weight"] = torch.stack(per_expert)
+            else:
+                out |= {f"blk.{layer}.ffn_{part}.{e}.weight": w for e, w in enumerate(per_expert)}
+    for name, value in out.items():
+        array = value.float().numpy()
+        if array.ndim == 1 or qtype == Q.F32:
+            writer.add_tensor(name, array)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("arch,gguf_arch,stacked", [
+    ("qwen3_moe", "qwen3moe", True), ("qwen2_moe", "qwen2moe", True),
+    ("mixtral", "llama", True), ("mixtral", "llama", False)])
+def test_gguf_mixture_of_experts_reads_as_its_hf_checkpoint(tmp_path, arch, gguf_arch, stacked):
+    """A MoE GGUF gives the HF checkpoint's tensors and model config: the experts split from
+    their stacks (or read one by one), Mixtral's Q/K rows back in HF order."""
+    from kiln.builder.models import ModelConfig
+    from kiln_testing import make_tiny_checkpoint
+
+    hf_dir = make_tiny_checkpoint(arch, tmp_path / "hf")
+    if arch == "qwen2_moe":  # llama.cpp's qwen2moe graph has every layer's MLP routed
+        hf_dir = make_tiny_checkpoint(arch, tmp_path / "hf", mlp_only_layers=[])
+    ckpt_write_moe_gguf(hf_dir, tmp_path / "m.gguf", gguf_arch, stacked)
+    with open_checkpoint(hf_dir) as hf, open_checkpoint(tmp_path / "m.gguf") as ckpt:
+        assert sorted(ckpt.names()) == sorted(hf.names())
+        for name in hf.names():
+            assert torch.equal(ckpt.load(name, torch.float32), hf.load(name, torch.float32)), name
+        ours, theirs = ModelConfig.from_hf(ckpt.hf_config), ModelConfig.from_hf(hf.hf_config)
+    for field in ("architecture", "num_experts", "experts_per_token", "moe_intermediate_size",
+                  "moe_layers", "moe_renormalize", "moe_round_weights", "shared_expert_size",
+                  "intermediate_size", "qk_norm", "attention_bias"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+
+
+def test_gguf_mixture_of_experts_quantized_and_refused(tmp_path):
+    """Quantized stacks dequantize like any tensor; an expert count that is not the stacks' is
+    refused, as is an architecture whose experts Kiln does not read from GGUF."""
+    from kiln_testing import make_tiny_checkpoint
+
+    hf_dir = make_tiny_checkpoint("qwen3_moe", tmp_path / "hf")
+    ckpt_write_moe_gguf(hf_dir, tmp_path / "m.gguf", "qwen3moe", True, Q.Q8_0)
+    with open_checkpoint(hf_dir) as hf, open_checkpoint(tmp_path / "m.gguf") as ckpt:
+        want = hf.load("layers.1.experts.5.down.weight", torch.float32)
+        got = ckpt.load("layers.1.experts.5.down.weight", torch.float32)
+        assert got.shape == want.shape and 0 < (got - want).abs().max() < 0.01
+    writer = gguf.GGUFWriter(str(tmp_path / "d.gguf"), "deepseek2")
+    writer.add_expert_count(64)
     writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    ckpt_error(tmp_path / "m.gguf", r"m\.gguf holds a mixture-of-experts model \(8 experts\), which "
-               "Kiln does not read from GGUF; build from the HuggingFace checkpoint instead")
+    ckpt_error(tmp_path / "d.gguf", r"holds a 'deepseek2' model; Kiln reads GGUF architectures "
+               r"llama, qwen2, qwen3, qwen2moe, qwen3moe")
 
 
 @pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
