@@ -22,7 +22,7 @@ TINY_ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", 
               "gemma3-vision", "granite", "olmo2", "smollm3", "qwen2-yarn", "glm4", "olmo3",
               "exaone4", "seed_oss", "ernie4_5", "helium", "ministral", "cohere", "cohere2",
               "qwen2_5_vl", "qwen3_vl", "starcoder2", "mixtral", "qwen3_moe", "olmoe",
-              "qwen2_moe", "granitemoe"]
+              "qwen2_moe", "granitemoe", "glm4_moe"]
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 # LongRoPE factors for TINY's heads of 16 dims at partial_rotary_factor 0.75: 6 rotated pairs.
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5],
@@ -149,6 +149,14 @@ def tiny_config(arch: str, **overrides):
                                             num_experts_per_tok=2, embedding_multiplier=12.0,
                                             attention_multiplier=0.2, residual_multiplier=0.22,
                                             logits_scaling=8.0, tie_word_embeddings=True)
+    elif arch == "glm4_moe":  # sigmoid routing + correction bias, scaled; a plain shared
+        # expert; layer 0 dense; RoPE on half of each head; q/k norms; q/k/v biases
+        cfg = transformers.Glm4MoeConfig(**kw, **PHI3_IDS, n_routed_experts=8,
+                                         num_experts_per_tok=3, moe_intermediate_size=32,
+                                         n_shared_experts=1, first_k_dense_replace=1,
+                                         routed_scaling_factor=2.5, norm_topk_prob=True,
+                                         partial_rotary_factor=0.5, use_qk_norm=True,
+                                         attention_bias=True, tie_word_embeddings=False)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied
@@ -208,6 +216,9 @@ def make_tiny_checkpoint(arch: str, path: Path, seed: int = 0, **overrides) -> P
         for p in model.parameters():  # norms around 1, everything else around 0
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] in
                                                  (text.hidden_size, getattr(text, "head_dim", 0)) else 0.0))
+        for name, b in model.named_buffers():  # GLM-4.5's routers' biases: zeros at init
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn_like(b) * 0.2)
     model.save_pretrained(path)
     make_tiny_tokenizer(path, text.vocab_size)
     return path

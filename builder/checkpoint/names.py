@@ -32,8 +32,9 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^(?:model\.)?layers\.(\d+)\.post_self_attn_layernorm\.weight$", "layers.{0}.attn_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.post_mlp_layernorm\.weight$", "layers.{0}.mlp_out_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
-        # Mixtures of experts: the router, each expert's MLP (Mixtral's w1 gate, w3 up, w2
-        # down), Qwen2-MoE's shared expert and its gate.
+        # Mixtures of experts: the router (GLM-4.5's with its correction bias), each expert's
+        # MLP (Mixtral's w1 gate, w3 up, w2 down), the shared expert (Qwen2-MoE's shared_expert
+        # and its gate, GLM-4.5's shared_experts).
         (r"^(?:model\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight$", "layers.{0}.router.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.router\.layer\.weight$", "layers.{0}.router.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$",
@@ -41,7 +42,8 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w1\.weight$", "layers.{0}.experts.{1}.gate.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w3\.weight$", "layers.{0}.experts.{1}.up.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w2\.weight$", "layers.{0}.experts.{1}.down.weight"),
-        (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_expert\.(gate|up|down)_proj\.weight$", "layers.{0}.shared.{1}.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_experts?\.(gate|up|down)_proj\.weight$", "layers.{0}.shared.{1}.weight"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.gate\.e_score_correction_bias$", "layers.{0}.router.correction_bias"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_expert_gate\.weight$", "layers.{0}.shared_gate.weight"),
     )
 )

@@ -3,9 +3,10 @@ activation between them and the weighted sum of each token's experts.
 
 Reference: kiln.builder.ops.moe. A step's T tokens make T * TOPK slots (token t's j-th expert
 is slot t * TOPK + j). The launches, in order:
-  1. `moe_route_kernel`, a program a token: softmax over the router's logits in float32, the
-     TOPK largest (ties to the lower id), renormalized and rounded as the op says: the
-     expert ids and weights of each slot (scratch moe_ids, moe_weights).
+  1. `moe_route_kernel`, a program a token: softmax (or sigmoid) over the router's logits in
+     float32, the TOPK largest (ties to the lower id; sigmoid scores plus the correction bias
+     where the op has one), renormalized, scaled and rounded as the op says: the expert ids
+     and weights of each slot (scratch moe_ids, moe_weights).
   2. `moe_count_kernel`, a program an expert: how many slots chose it (moe_counts).
   3. `moe_place_kernel`, a program an expert: its slots, in ascending order, at its offset in
      moe_sorted, padded with the invalid slot T * TOPK to a multiple of BLOCK_M; each block of
@@ -34,7 +35,8 @@ from kiln.builder.kernels import elementwise
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.gemm import mma
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.spec import I32, Ptr, pow2
+from kiln.builder.kernels.spec import F32, I32, Ptr, pow2
+from kiln.builder.ops import moe as moe_op
 
 SMALL_T = 32
 # (BLOCK_M, when): the slot grouping of steps of few tokens and of the others.
@@ -45,21 +47,29 @@ SUM_BLOCK = 1024
 
 
 @triton.jit
-def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, LOGITS_STRIDE: tl.constexpr,
-                     E: tl.constexpr, BLOCK_E: tl.constexpr, TOPK: tl.constexpr,
-                     KP2: tl.constexpr, RENORMALIZE: tl.constexpr, ROUND: tl.constexpr,
+def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, bias_ptr, scale,
+                     LOGITS_STRIDE: tl.constexpr, E: tl.constexpr, BLOCK_E: tl.constexpr,
+                     TOPK: tl.constexpr, KP2: tl.constexpr, RENORMALIZE: tl.constexpr,
+                     ROUND: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr,
                      PDL: tl.constexpr = 0):
     """Token program_id(0)'s experts: ids_ptr[t * TOPK + j] (int32), weights_ptr (float32),
-    largest probability first. ROUND: the weights rounded to the logits' dtype."""
+    in the order picked. Softmax scores, or SIGMOID ones picked by score + bias (HAS_BIAS);
+    each weighted by its score (renormalized), times `scale`; ROUND: the weights rounded to
+    the logits' dtype."""
     enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     e = tl.arange(0, BLOCK_E)
     ok = e < E
     x = tl.load(logits_ptr + t * LOGITS_STRIDE + e, mask=ok, other=float("-inf")).to(tl.float32)
-    p = tl.exp(x - tl.max(x, axis=0))
-    p = tl.where(ok, p, 0.0)
-    p = p / tl.sum(p, axis=0)
-    left = tl.where(ok, p, -1.0)
+    if SIGMOID:
+        p = 1.0 / (1.0 + tl.exp(-x))
+    else:
+        p = tl.exp(x - tl.max(x, axis=0))
+        p = p / tl.sum(tl.where(ok, p, 0.0), axis=0)
+    choice = p
+    if HAS_BIAS:
+        choice = p + tl.load(bias_ptr + e, mask=ok, other=0.0)
+    left = tl.where(ok, choice, float("-inf"))
     j = tl.arange(0, KP2)
     top_w = tl.zeros([KP2], dtype=tl.float32)
     top_id = tl.zeros([KP2], dtype=tl.int32)
@@ -67,12 +77,16 @@ def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, LOGITS_STRIDE: tl.constex
     for r in tl.static_range(TOPK):
         best = tl.max(left, axis=0)
         pick = tl.min(tl.where(left == best, e, BLOCK_E), axis=0)
-        top_w = tl.where(j == r, best, top_w)
+        score = tl.sum(tl.where(e == pick, p, 0.0), axis=0)
+        top_w = tl.where(j == r, score, top_w)
         top_id = tl.where(j == r, pick, top_id)
-        total += best
-        left = tl.where(e == pick, -1.0, left)
+        total += score
+        left = tl.where(e == pick, float("-inf"), left)
     if RENORMALIZE:
+        if SIGMOID:
+            total += 1e-20
         top_w = top_w / total
+    top_w = top_w * scale
     if ROUND:
         top_w = top_w.to(logits_ptr.dtype.element_ty).to(tl.float32)
     tl.store(ids_ptr + t * TOPK + j, top_id, mask=j < TOPK)
@@ -190,7 +204,8 @@ def moe_sum_kernel(out_ptr, y_ptr, ids_ptr, shared_ptr, gate_ptr, OUT_STRIDE: tl
 # -- lowering -----------------------------------------------------------------------------------
 
 def plan_moe(node, ctx):
-    x, logits, gate_up, down, *shared = node.inputs
+    x, logits, gate_up, down = node.inputs[:4]
+    bias, shared = moe_op.extras(node)
     (out,) = node.outputs
     experts, two_i, hidden = ctx.graph.values[gate_up].shape
     inter, topk = two_i // 2, node.attrs["top_k"]
@@ -213,11 +228,16 @@ def plan_moe(node, ctx):
     act = scratch("moe_act", size * max_slots * inter, dtype)
     y = scratch("moe_y", size * max_slots * hidden, dtype)
     block_e = pow2(experts)
+    a = node.attrs
     ctx.launch(moe_route_kernel, grid=(rows,), num_warps=1,
-               args=dict(ids_ptr=ids, weights_ptr=weights, logits_ptr=ctx.ptr(logits)),
+               args=dict(ids_ptr=ids, weights_ptr=weights, logits_ptr=ctx.ptr(logits),
+                         bias_ptr=ctx.ptr(bias) if bias else weights,
+                         scale=F32(a.get("routed_scale", 1.0))),
                constexprs=dict(LOGITS_STRIDE=ctx.row_stride(logits), E=experts, BLOCK_E=block_e,
-                               TOPK=topk, KP2=max(2, pow2(topk)), RENORMALIZE=int(node.attrs["renormalize"]),
-                               ROUND=int(node.attrs["round_weights"])))
+                               TOPK=topk, KP2=max(2, pow2(topk)),
+                               RENORMALIZE=int(a["renormalize"]), ROUND=int(a["round_weights"]),
+                               SIGMOID=int(a.get("scoring") == "sigmoid"),
+                               HAS_BIAS=int(bias is not None)))
     ctx.launch(moe_count_kernel, grid=(experts,), num_warps=4,
                args=dict(counts_ptr=counts, ids_ptr=ids, slots=I32(slots)),
                constexprs=dict(SCAN=SCAN))
@@ -262,7 +282,8 @@ def plan_moe(node, ctx):
 # -- direct launches (tests) --------------------------------------------------------------------
 
 def moe(x, logits, gate_up, down, top_k: int, renormalize: bool, round_weights: bool,
-        act: str = "silu", shared=None, shared_gate=None, block_m: int = 16):
+        act: str = "silu", shared=None, shared_gate=None, block_m: int = 16,
+        scoring: str = "softmax", bias=None, routed_scale: float = 1.0):
     """ops.moe on torch tensors through the launches plan_moe makes, slots grouped in blocks
     of block_m rows."""
     t, hidden = x.shape
@@ -280,8 +301,10 @@ def moe(x, logits, gate_up, down, top_k: int, renormalize: bool, round_weights: 
     out = x.new_empty(t, hidden)
     block_e, kp2 = pow2(experts), max(2, pow2(top_k))
     direct(moe_route_kernel, x)[(t,)](
-        ids, weights, logits, LOGITS_STRIDE=logits.stride(0), E=experts, BLOCK_E=block_e,
-        TOPK=top_k, KP2=kp2, RENORMALIZE=int(renormalize), ROUND=int(round_weights), num_warps=1)
+        ids, weights, logits, weights if bias is None else bias, routed_scale,
+        LOGITS_STRIDE=logits.stride(0), E=experts, BLOCK_E=block_e, TOPK=top_k, KP2=kp2,
+        RENORMALIZE=int(renormalize), ROUND=int(round_weights), SIGMOID=int(scoring == "sigmoid"),
+        HAS_BIAS=int(bias is not None), num_warps=1)
     direct(moe_count_kernel, x)[(experts,)](counts, ids, slots, SCAN=SCAN)
     direct(moe_place_kernel, x)[(experts,)](sorted_slots, blocks, counts, ids, slots, E=experts,
                                             BLOCK_E=block_e, BLOCK_M=block_m, SCAN=SCAN)

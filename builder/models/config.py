@@ -49,12 +49,16 @@ class ArchSpec:
     # Mixture of experts (_moe_config): the config key of an expert's intermediate size; the
     # top-k probabilities renormalized (None: by norm_topk_prob); the routing weights rounded
     # to the activations' dtype (Qwen, OLMoE; not Mixtral); a shared expert beside the routed
-    # ones, gated by sigmoid (Qwen2-MoE).
+    # ones, "gated" by sigmoid (Qwen2-MoE) or "plain" (GLM-4.5); the router's scoring
+    # (ops.moe: "sigmoid" with the correction bias) and its GEMM in float32 (GLM-4.5).
     moe: bool = False
     moe_size_key: str = "moe_intermediate_size"
     moe_renormalize: bool | None = None
     moe_round_weights: bool = True
-    shared_expert: bool = False
+    shared_expert: str | None = None
+    moe_scoring: str = "softmax"
+    router_float32: bool = False
+    qk_norm_key: str | None = None  # the config key that turns the q/k norms on (GLM-4.5)
 
     @property
     def absent_layer_parts(self) -> tuple[str, ...]:
@@ -120,7 +124,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                                    moe_size_key="intermediate_size", moe_renormalize=True,
                                    moe_round_weights=False),
     "Qwen2MoeForCausalLM": ArchSpec(qkv_bias=True, o_bias=False, mlp_bias=False, moe=True,
-                                    shared_expert=True),
+                                    shared_expert="gated"),
     "Qwen3MoeForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True, moe=True),
     "OlmoeForCausalLM": ArchSpec(mlp_bias=False, qk_norm=True, qk_norm_full=True, moe=True,
                                  moe_size_key="intermediate_size"),
@@ -128,6 +132,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # softmax over the top-k logits, which is the top-k probabilities renormalized.
     "GraniteMoeForCausalLM": ArchSpec(mlp_bias=False, moe=True,
                                       moe_size_key="intermediate_size", moe_renormalize=True),
+    # GLM-4.5 / 4.6: sigmoid routing picked with a correction bias, scaled weights, a plain
+    # shared expert, the first layers dense, RoPE on part of each head, optional q/k norms.
+    "Glm4MoeForCausalLM": ArchSpec(o_bias=False, mlp_bias=False, moe=True, moe_round_weights=False,
+                                   shared_expert="plain", moe_scoring="sigmoid",
+                                   router_float32=True, qk_norm_key="use_qk_norm"),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
                                   sliding_every=2),
@@ -210,22 +219,34 @@ def _moe_config(hf: dict, spec: ArchSpec, layers: int) -> dict:
     if hf.get("clip_qkv") is not None:
         raise KilnError("config.json: clip_qkv is set (q, k and v clamped), which Kiln does not "
                         "build")
-    # num_experts (Qwen, OLMoE), num_local_experts (Mixtral; transformers 5 writes it for all)
-    experts = int(hf.get("num_local_experts") or hf.get("num_experts") or 0)
+    # num_experts (Qwen, OLMoE), num_local_experts (Mixtral; transformers 5 writes it for most),
+    # n_routed_experts (GLM-4.5)
+    experts = int(hf.get("num_local_experts") or hf.get("num_experts")
+                  or hf.get("n_routed_experts") or 0)
     if not experts:
         return {}  # no experts: every layer's MLP is dense
+    groups, chosen = int(hf.get("n_group") or 1), int(hf.get("topk_group") or 1)
+    if chosen < groups:
+        raise KilnError(f"config.json: the experts are routed within {chosen} of {groups} groups "
+                        "(n_group, topk_group), which Kiln does not build")
     step = int(hf.get("decoder_sparse_step") or 1)
-    dense = set(hf.get("mlp_only_layers") or ())
+    dense = set(hf.get("mlp_only_layers") or ()) | set(range(int(hf.get("first_k_dense_replace") or 0)))
     moe = [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
     renormalize = (bool(hf.get("norm_topk_prob", False)) if spec.moe_renormalize is None
                    else spec.moe_renormalize)
+    size = int(hf[spec.moe_size_key])
+    shared = {"gated": lambda: int(hf["shared_expert_intermediate_size"]),
+              "plain": lambda: size * int(hf.get("n_shared_experts") or 0),
+              None: lambda: 0}[spec.shared_expert]()
     return dict(num_experts=experts,
                 experts_per_token=int(hf["num_experts_per_tok"]),
-                moe_intermediate_size=int(hf[spec.moe_size_key]),
+                moe_intermediate_size=size,
                 moe_layers=None if len(moe) == layers else moe,
                 moe_renormalize=renormalize, moe_round_weights=spec.moe_round_weights,
-                shared_expert_size=(int(hf["shared_expert_intermediate_size"])
-                                    if spec.shared_expert else 0))
+                shared_expert_size=shared, shared_expert_gated=spec.shared_expert == "gated",
+                moe_scoring=spec.moe_scoring,
+                moe_routed_scale=_multiplier(hf.get("routed_scaling_factor")),
+                router_float32=spec.router_float32)
 
 
 def _positive(value) -> float | None:
@@ -302,7 +323,11 @@ class ModelConfig:
     moe_layers: list[int] | None = None
     moe_renormalize: bool = True
     moe_round_weights: bool = True
-    shared_expert_size: int = 0  # the shared expert's intermediate size (Qwen2-MoE), 0: none
+    shared_expert_size: int = 0  # the shared expert's intermediate size, 0: none
+    shared_expert_gated: bool = False  # its output times sigmoid(its gate's logit) (Qwen2-MoE)
+    moe_scoring: str = "softmax"       # "sigmoid": picked by score + correction bias (GLM-4.5)
+    moe_routed_scale: float | None = None  # the routing weights times this (GLM-4.5)
+    router_float32: bool = False       # the router's GEMM in float32 (GLM-4.5)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -354,7 +379,7 @@ class ModelConfig:
             raise KilnError(f"config.json: {spec.act_key} {act!r} is not supported; Kiln runs "
                             f"{arch}'s MLP as act(gate) * up with {spec.act_key} "
                             f"{' or '.join(repr(a) for a in ACTIVATIONS)}")
-        if hf.get("use_qk_norm"):
+        if hf.get("use_qk_norm") and not spec.qk_norm_key:
             raise KilnError("config.json: use_qk_norm is set (Command R+'s per-head LayerNorms "
                             "on q and k), which Kiln does not build")
         if hf.get("use_bidirectional_attention"):
@@ -388,7 +413,7 @@ class ModelConfig:
                 attention_bias=_flag(spec.qkv_bias, hf, spec.bias_keys[0]),
                 o_bias=_flag(spec.o_bias, hf, spec.bias_keys[1]),
                 mlp_bias=_flag(spec.mlp_bias, hf, spec.bias_keys[2]),
-                qk_norm=spec.qk_norm,
+                qk_norm=spec.qk_norm or bool(spec.qk_norm_key and hf.get(spec.qk_norm_key)),
                 sliding_window=int(window) if window else None,
                 sliding_layers=sliding or None,
                 mlp_act=ACTIVATIONS[act],
@@ -500,8 +525,9 @@ class ModelConfig:
         mlps = 0
         for layer in range(self.num_layers):
             if self.is_moe(layer):
-                shared = 3 * h * self.shared_expert_size + (h if self.shared_expert_size else 0)
-                mlps += self.num_experts * (3 * h * self.moe_intermediate_size + h) + shared
+                shared = 3 * h * self.shared_expert_size + (h if self.shared_expert_gated else 0)
+                bias = self.num_experts if self.moe_scoring == "sigmoid" else 0
+                mlps += self.num_experts * (3 * h * self.moe_intermediate_size + h) + shared + bias
             else:
                 mlps += (3 if self.gated_mlp else 2) * h * i
         head = 0 if self.tie_word_embeddings else self.vocab_size * h

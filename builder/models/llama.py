@@ -70,13 +70,25 @@ def _expert_shapes(m: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
     shared expert with its gate where the family has one."""
     h, mi, si = m.hidden_size, m.moe_intermediate_size, m.shared_expert_size
     shapes = {p + "router.weight": (m.num_experts, h)}
+    if m.moe_scoring == "sigmoid":
+        shapes[p + "router.correction_bias"] = (m.num_experts,)
     for e in range(m.num_experts):
         shapes |= {f"{p}experts.{e}.gate.weight": (mi, h), f"{p}experts.{e}.up.weight": (mi, h),
                    f"{p}experts.{e}.down.weight": (h, mi)}
     if si:
         shapes |= {p + "shared.gate.weight": (si, h), p + "shared.up.weight": (si, h),
-                   p + "shared.down.weight": (h, si), p + "shared_gate.weight": (1, h)}
+                   p + "shared.down.weight": (h, si)}
+    if m.shared_expert_gated:
+        shapes[p + "shared_gate.weight"] = (1, h)
     return shapes
+
+
+def _weight_dtype(m: ModelConfig, name: str, dtype: str) -> str:
+    """The dtype the engine holds a weight in: the build's, but float32 for a router whose
+    GEMM runs in float32 and for the routers' correction biases."""
+    if name.endswith("router.correction_bias") or (m.router_float32 and name.endswith("router.weight")):
+        return "float32"
+    return dtype
 
 
 def _stacked_experts(m: ModelConfig, ckpt, p: str) -> dict[str, tuple[tuple[int, ...], WeightSource]]:
@@ -177,7 +189,8 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) 
             raise KilnError(f"tensor {name} has shape {list(found)} but config.json implies "
                             f"{list(shape)}; the checkpoint and its config.json do not match")
         if ".experts." not in name:  # the experts' tensors are read stacked, below
-            graph.add_weight(name, dtype, shape, _source(ckpt, name, m, layout))
+            graph.add_weight(name, _weight_dtype(m, name, dtype), shape,
+                             _source(ckpt, name, m, layout))
     for layer in range(m.num_layers):
         if m.is_moe(layer):
             for name, (shape, source) in _stacked_experts(m, ckpt, f"layers.{layer}.").items():
@@ -203,20 +216,31 @@ def _dense_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
 
 
 def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
-    """The routed experts (and the shared expert, gated) on x."""
-    (logits,) = g.call("linear", [x, p + "router.weight"], [p + "router_logits"])
-    shared = []
+    """The routed experts on x, and the shared expert beside them: gated (Qwen2-MoE, inside
+    the moe op) or added (GLM-4.5)."""
+    router_in = x
+    if m.router_float32:
+        (router_in,) = g.call("cast", [x], [p + "router_in"], dtype="float32")
+    (logits,) = g.call("linear", [router_in, p + "router.weight"], [p + "router_logits"])
+    extra = [p + "router.correction_bias"] if m.moe_scoring == "sigmoid" else []
+    shared = None
     if m.shared_expert_size:
         (gate,) = g.call("linear", [x, p + "shared.gate.weight"], [p + "shared.gate"])
         (up,) = g.call("linear", [x, p + "shared.up.weight"], [p + "shared.up"])
         (act,) = g.call(m.mlp_act, [gate], [p + "shared.gate_act"])
         (act,) = g.call("mul", [act, up], [p + "shared.act"])
-        shared += g.call("linear", [act, p + "shared.down.weight"], [p + "shared.out"])
-        shared += g.call("linear", [x, p + "shared_gate.weight"], [p + "shared_gate"])
-    return g.call("moe", [x, logits, p + "experts.gate_up.weight", p + "experts.down.weight",
-                          *shared], [p + "mlp_out"], top_k=m.experts_per_token,
-                  renormalize=m.moe_renormalize, round_weights=m.moe_round_weights,
-                  act=m.mlp_act)
+        (shared,) = g.call("linear", [act, p + "shared.down.weight"], [p + "shared.out"])
+    if m.shared_expert_gated:
+        extra += [shared, *g.call("linear", [x, p + "shared_gate.weight"], [p + "shared_gate"])]
+    attrs = dict(top_k=m.experts_per_token, renormalize=m.moe_renormalize,
+                 round_weights=m.moe_round_weights, act=m.mlp_act, scoring=m.moe_scoring,
+                 bias=m.moe_scoring == "sigmoid", routed_scale=m.moe_routed_scale or 1.0)
+    routed = p + ("routed_out" if shared and not m.shared_expert_gated else "mlp_out")
+    (out,) = g.call("moe", [x, logits, p + "experts.gate_up.weight", p + "experts.down.weight",
+                            *extra], [routed], **attrs)
+    if shared and not m.shared_expert_gated:
+        return g.call("add", [out, shared], [p + "mlp_out"])
+    return [out]
 
 
 def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:

@@ -1,10 +1,14 @@
-"""Mixture of experts: moe(x, router_logits, gate_up, down[, shared, shared_gate]).
+"""Mixture of experts: moe(x, router_logits, gate_up, down[, bias][, shared, shared_gate]).
 
 Each token goes to the top_k experts of softmax(router_logits) (float32); an expert is an
 act(gate) * up MLP with weights gate_up [E, 2I, H] (the gate's I rows, then the up's) and
 down [E, H, I]; the token's output is the sum of its experts' outputs, each times its routing
-weight. As HuggingFace's Mixtral, Qwen2/3-MoE and OLMoE compute it:
-  - `renormalize`: the top_k probabilities are divided by their sum (norm_topk_prob);
+weight. As HuggingFace's Mixtral, Qwen2/3-MoE, OLMoE and GLM-4.5 compute it:
+  - `scoring` "sigmoid" (GLM-4.5, DeepSeek-V3's without groups): the scores are
+    sigmoid(logits) (float32), the top_k picked by score + `bias` ([E] float32, the
+    e_score_correction_bias) where the op has one, each weighted by its score;
+  - `renormalize`: the top_k weights are divided by their sum (norm_topk_prob; + 1e-20 for
+    sigmoid scores); then times `routed_scale` where given;
   - `round_weights`: the routing weights are rounded to the activations' dtype first (Qwen,
     OLMoE; Mixtral keeps them in float32);
   - an expert's output is rounded to the dtype after its down projection and again after the
@@ -21,6 +25,7 @@ from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
 
 ACTS = ("silu", "gelu_tanh")
+SCORINGS = ("softmax", "sigmoid")
 
 
 def _moe_infer(node, graph):
@@ -36,20 +41,45 @@ def _moe_infer(node, graph):
     expect(logits == (*shape[:-1], experts), node, f"router logits {logits} are not [T, {experts}]")
     expect(1 <= k <= experts, node, f"top_k {k} is not within 1..{experts}")
     expect(node.attrs.get("act", "silu") in ACTS, node, f"act {node.attrs.get('act')!r}")
-    if len(node.inputs) > 4:
-        expect(len(node.inputs) == 6 and of(graph, node.inputs[4])[1] == shape
-               and of(graph, node.inputs[5])[1] == (*shape[:-1], 1), node,
-               "the shared expert takes its output [T, H] and its gate's logits [T, 1]")
+    expect(node.attrs.get("scoring", "softmax") in SCORINGS, node,
+           f"scoring {node.attrs.get('scoring')!r}")
+    bias, shared = extras(node)
+    expect(len(node.inputs) == 4 + (bias is not None) + 2 * (shared is not None), node,
+           "inputs past down: the bias where the op has one, then the shared expert's pair")
+    if bias is not None:
+        expect(of(graph, bias) == ("float32", (experts,)), node, f"bias is not float32 [{experts}]")
+    if shared is not None:
+        expect(of(graph, shared[0])[1] == shape and of(graph, shared[1])[1] == (*shape[:-1], 1),
+               node, "the shared expert takes its output [T, H] and its gate's logits [T, 1]")
     return [(dtype, shape)]
 
 
-def route(logits: torch.Tensor, top_k: int, renormalize: bool,
-          round_to: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+def extras(node) -> tuple[str | None, tuple[str, str] | None]:
+    """(the correction bias, (the shared expert's output, its gate's logits)) of a moe node,
+    each None where it has none."""
+    rest = node.inputs[4:]
+    bias = rest[0] if node.attrs.get("bias") else None
+    shared = tuple(rest[1:] if bias else rest) or None
+    return bias, shared
+
+
+def route(logits: torch.Tensor, top_k: int, renormalize: bool, round_to: torch.dtype | None,
+          scoring: str = "softmax", bias: torch.Tensor | None = None,
+          routed_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(expert ids [T, k], routing weights [T, k] float32) as HF's top-k routers pick them."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
-    if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
+    if scoring == "sigmoid":
+        scores = torch.sigmoid(logits.float())
+        choice = scores if bias is None else scores + bias
+        ids = torch.topk(choice, top_k, dim=-1)[1]
+        weights = scores.gather(1, ids)
+        if renormalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    else:
+        weights, ids = torch.topk(torch.softmax(logits.float(), dim=-1), top_k, dim=-1)
+        if renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    if routed_scale != 1.0:
+        weights = weights * routed_scale
     if round_to is not None:
         weights = weights.to(round_to).float()
     return ids, weights
@@ -58,8 +88,11 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool,
 def _moe(node, inputs, ctx):
     x, logits, gate_up, down = inputs[:4]
     a = node.attrs
+    bias, shared = extras(node)
+    values = dict(zip(node.inputs, inputs))
     ids, weights = route(logits, a["top_k"], a["renormalize"],
-                         x.dtype if a["round_weights"] else None)
+                         x.dtype if a["round_weights"] else None, a.get("scoring", "softmax"),
+                         None if bias is None else values[bias], a.get("routed_scale", 1.0))
     act = F.silu if a.get("act", "silu") == "silu" else (lambda t: F.gelu(t, approximate="tanh"))
     out = torch.zeros_like(x)
     for e in sorted(set(ids.flatten().tolist())):
@@ -67,9 +100,8 @@ def _moe(node, inputs, ctx):
         gate, up = F.linear(x[token], gate_up[e]).chunk(2, dim=-1)
         y = F.linear(act(gate) * up, down[e])
         out.index_add_(0, token, (y * weights[token, slot, None]).to(x.dtype))
-    if len(inputs) > 4:
-        shared, shared_gate = inputs[4:]
-        out = out + torch.sigmoid(shared_gate) * shared
+    if shared is not None:
+        out = out + torch.sigmoid(values[shared[1]]) * values[shared[0]]
     return [out]
 
 

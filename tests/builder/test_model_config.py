@@ -262,3 +262,34 @@ def test_mixture_of_experts_refuses_quantization(tmp_path):
     with pytest.raises(KilnError, match=r"^--quant fp8 is not supported for mixture-of-experts "
                                         r"models \(Qwen2MoeForCausalLM\); build without --quant"):
         BuildConfig(dtype="bfloat16", max_seq_len=4096, quant="fp8", targets=[90]).check_against(m)
+
+
+def test_glm45_air_config():
+    """GLM-4.5-Air's config.json: sigmoid routing with a correction bias, a plain shared expert
+    of one expert's width, layer 0 dense, RoPE on half of each head, q/k norms off."""
+    air = {"architectures": ["Glm4MoeForCausalLM"], "hidden_size": 4096,
+           "intermediate_size": 10944, "moe_intermediate_size": 1408, "n_routed_experts": 128,
+           "num_experts_per_tok": 8, "n_shared_experts": 1, "first_k_dense_replace": 1,
+           "num_hidden_layers": 46, "num_attention_heads": 96, "num_key_value_heads": 8,
+           "head_dim": 128, "partial_rotary_factor": 0.5, "routed_scaling_factor": 1.0,
+           "norm_topk_prob": True, "use_qk_norm": False, "attention_bias": True, "n_group": 1,
+           "topk_group": 1, "vocab_size": 151552, "max_position_embeddings": 131072,
+           "rope_theta": 1000000.0, "tie_word_embeddings": False}
+    m = ModelConfig.from_hf(air)
+    assert (m.num_experts, m.experts_per_token, m.moe_scoring, m.moe_renormalize) == (
+        128, 8, "sigmoid", True)
+    assert (m.shared_expert_size, m.shared_expert_gated, m.router_float32) == (1408, False, True)
+    assert m.moe_layers == list(range(1, 46)) and m.moe_routed_scale is None
+    assert (m.rotary_dim, m.qk_norm, m.attention_bias, m.o_bias) == (64, False, True, False)
+    assert m.num_params() == pytest.approx(106.85e9, rel=1e-3)  # "106B total" (no MTP layer)
+    glm46 = air | {"use_qk_norm": True, "routed_scaling_factor": 2.5}
+    m = ModelConfig.from_hf(glm46)
+    assert m.qk_norm and m.moe_routed_scale == 2.5
+    with pytest.raises(KilnError, match=r"^config.json: the experts are routed within 4 of 8 "
+                                        r"groups \(n_group, topk_group\), which Kiln does not build"):
+        ModelConfig.from_hf(air | {"n_group": 8, "topk_group": 4})
+    # Command R+'s use_qk_norm stays refused
+    with pytest.raises(KilnError, match="use_qk_norm is set"):
+        ModelConfig.from_hf({"architectures": ["CohereForCausalLM"], "use_qk_norm": True,
+                             "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                             "num_attention_heads": 4, "vocab_size": 32})

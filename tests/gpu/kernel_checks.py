@@ -635,7 +635,7 @@ def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False
 
 
 def check_moe(device, dtype, tokens, hidden, inter, experts, top_k, seed, renormalize=True,
-              round_weights=True, act="silu", shared=False, block_m=16):
+              round_weights=True, act="silu", shared=False, block_m=16, sigmoid=False):
     """The MoE launches (kernels/moe.py) against ops.moe. The router's logits are distinct in
     every row (a permutation of evenly spaced values, exact in every dtype), so that the top k
     is one set whatever the softmax's last bits."""
@@ -650,9 +650,15 @@ def check_moe(device, dtype, tokens, hidden, inter, experts, top_k, seed, renorm
     extra = ([_rand(gen, (tokens, hidden), dtype, device), _rand(gen, (tokens, 1), dtype, device)]
              if shared else [])
     attrs = dict(top_k=top_k, renormalize=renormalize, round_weights=round_weights, act=act)
-    (ref,) = _ref("moe", [x, logits, gate_up, down, *extra], attrs)
+    routing = {}
+    if sigmoid:  # GLM-4.5's: scores plus a correction bias pick, scaled weights
+        attrs |= dict(scoring="sigmoid", bias=True, routed_scale=2.5)
+        routing = dict(scoring="sigmoid", bias=_rand(gen, (experts,), torch.float32, device, 0.3),
+                       routed_scale=2.5)
+    inputs = [x, logits, gate_up, down, *([routing["bias"]] if sigmoid else []), *extra]
+    (ref,) = _ref("moe", inputs, attrs)
     out = moe.moe(x, logits, gate_up, down, top_k, renormalize, round_weights, act,
-                  *extra, block_m=block_m)
+                  *extra, block_m=block_m, **routing)
     return rel_err(out, ref)
 
 
@@ -706,6 +712,9 @@ def interpreter_cases():
         ("moe-block64-float32", check_moe,
          dict(dtype=f32, tokens=40, hidden=32, inter=32, experts=6, top_k=3, seed=31,
               renormalize=False, block_m=64), TOL[f32]),
+        ("moe-sigmoid-bias-float32", check_moe,
+         dict(dtype=f32, tokens=7, hidden=64, inter=32, experts=16, top_k=4, seed=33,
+              round_weights=False, sigmoid=True), TOL[f32]),
         ("moe-shared-gelu-float16", check_moe,
          dict(dtype=f16, tokens=5, hidden=96, inter=40, experts=16, top_k=4, seed=32,
               round_weights=False, act="gelu_tanh", shared=True), TOL[f16]),
