@@ -43,7 +43,8 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w3\.weight$", "layers.{0}.experts.{1}.up.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w2\.weight$", "layers.{0}.experts.{1}.down.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_experts?\.(gate|up|down)_proj\.weight$", "layers.{0}.shared.{1}.weight"),
-        (r"^(?:model\.)?layers\.(\d+)\.mlp\.gate\.e_score_correction_bias$", "layers.{0}.router.correction_bias"),
+        (r"^(?:model\.)?layers\.(\d+)\.mlp\.(?:gate|moe_statics)\.e_score_correction_bias$",
+         "layers.{0}.router.correction_bias"),
         (r"^(?:model\.)?layers\.(\d+)\.mlp\.shared_expert_gate\.weight$", "layers.{0}.shared_gate.weight"),
     )
 )

@@ -57,6 +57,7 @@ class ArchSpec:
     moe_round_weights: bool = True
     shared_expert: str | None = None
     moe_scoring: str = "softmax"
+    moe_correction_bias: bool = False  # the router's e_score_correction_bias (GLM-4.5, ERNIE 4.5)
     router_float32: bool = False
     qk_norm_key: str | None = None  # the config key that turns the q/k norms on (GLM-4.5)
 
@@ -136,7 +137,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # shared expert, the first layers dense, RoPE on part of each head, optional q/k norms.
     "Glm4MoeForCausalLM": ArchSpec(o_bias=False, mlp_bias=False, moe=True, moe_round_weights=False,
                                    shared_expert="plain", moe_scoring="sigmoid",
-                                   router_float32=True, qk_norm_key="use_qk_norm"),
+                                   moe_correction_bias=True, router_float32=True,
+                                   qk_norm_key="use_qk_norm"),
+    # ERNIE 4.5 MoE: softmax scores picked with the correction bias, renormalized, the router
+    # in float32, plain shared experts, MoE layers from moe_layer_start_index to
+    # moe_layer_end_index every moe_layer_interval-th; interleaved RoPE as the dense ERNIE's.
+    "Ernie4_5_MoeForCausalLM": ArchSpec(bias_keys=("use_bias",) * 3, rope_interleaved=True,
+                                        moe=True, moe_renormalize=True, shared_expert="plain",
+                                        moe_correction_bias=True, router_float32=True),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
                                   sliding_every=2),
@@ -220,31 +228,37 @@ def _moe_config(hf: dict, spec: ArchSpec, layers: int) -> dict:
         raise KilnError("config.json: clip_qkv is set (q, k and v clamped), which Kiln does not "
                         "build")
     # num_experts (Qwen, OLMoE), num_local_experts (Mixtral; transformers 5 writes it for most),
-    # n_routed_experts (GLM-4.5)
+    # n_routed_experts (GLM-4.5), moe_num_experts (ERNIE 4.5)
     experts = int(hf.get("num_local_experts") or hf.get("num_experts")
-                  or hf.get("n_routed_experts") or 0)
+                  or hf.get("n_routed_experts") or hf.get("moe_num_experts") or 0)
     if not experts:
         return {}  # no experts: every layer's MLP is dense
     groups, chosen = int(hf.get("n_group") or 1), int(hf.get("topk_group") or 1)
     if chosen < groups:
         raise KilnError(f"config.json: the experts are routed within {chosen} of {groups} groups "
                         "(n_group, topk_group), which Kiln does not build")
-    step = int(hf.get("decoder_sparse_step") or 1)
-    dense = set(hf.get("mlp_only_layers") or ()) | set(range(int(hf.get("first_k_dense_replace") or 0)))
-    moe = [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
+    # Dense layers: Qwen's mlp_only_layers and those off decoder_sparse_step's multiples;
+    # GLM-4.5's first first_k_dense_replace; ERNIE 4.5's outside moe_layer_start_index ..
+    # moe_layer_end_index or off moe_layer_interval's multiples.
+    step = int(hf.get("decoder_sparse_step") or hf.get("moe_layer_interval") or 1)
+    first = int(hf.get("first_k_dense_replace") or hf.get("moe_layer_start_index") or 0)
+    last = int(hf["moe_layer_end_index"]) if hf.get("moe_layer_end_index") is not None else layers - 1
+    dense = set(hf.get("mlp_only_layers") or ())
+    moe = [i for i in range(first, last + 1) if i not in dense and (i + 1) % step == 0]
     renormalize = (bool(hf.get("norm_topk_prob", False)) if spec.moe_renormalize is None
                    else spec.moe_renormalize)
     size = int(hf[spec.moe_size_key])
     shared = {"gated": lambda: int(hf["shared_expert_intermediate_size"]),
-              "plain": lambda: size * int(hf.get("n_shared_experts") or 0),
+              "plain": lambda: size * int(hf.get("n_shared_experts")
+                                          or hf.get("moe_num_shared_experts") or 0),
               None: lambda: 0}[spec.shared_expert]()
     return dict(num_experts=experts,
-                experts_per_token=int(hf["num_experts_per_tok"]),
+                experts_per_token=int(hf.get("num_experts_per_tok") or hf["moe_k"]),
                 moe_intermediate_size=size,
                 moe_layers=None if len(moe) == layers else moe,
                 moe_renormalize=renormalize, moe_round_weights=spec.moe_round_weights,
                 shared_expert_size=shared, shared_expert_gated=spec.shared_expert == "gated",
-                moe_scoring=spec.moe_scoring,
+                moe_scoring=spec.moe_scoring, moe_correction_bias=spec.moe_correction_bias,
                 moe_routed_scale=_multiplier(hf.get("routed_scaling_factor")),
                 router_float32=spec.router_float32)
 
@@ -325,7 +339,8 @@ class ModelConfig:
     moe_round_weights: bool = True
     shared_expert_size: int = 0  # the shared expert's intermediate size, 0: none
     shared_expert_gated: bool = False  # its output times sigmoid(its gate's logit) (Qwen2-MoE)
-    moe_scoring: str = "softmax"       # "sigmoid": picked by score + correction bias (GLM-4.5)
+    moe_scoring: str = "softmax"       # or "sigmoid" (GLM-4.5)
+    moe_correction_bias: bool = False  # experts picked by score + the router's correction bias
     moe_routed_scale: float | None = None  # the routing weights times this (GLM-4.5)
     router_float32: bool = False       # the router's GEMM in float32 (GLM-4.5)
 
@@ -526,7 +541,7 @@ class ModelConfig:
         for layer in range(self.num_layers):
             if self.is_moe(layer):
                 shared = 3 * h * self.shared_expert_size + (h if self.shared_expert_gated else 0)
-                bias = self.num_experts if self.moe_scoring == "sigmoid" else 0
+                bias = self.num_experts if self.moe_correction_bias else 0
                 mlps += self.num_experts * (3 * h * self.moe_intermediate_size + h) + shared + bias
             else:
                 mlps += (3 if self.gated_mlp else 2) * h * i

@@ -70,7 +70,7 @@ def _expert_shapes(m: ModelConfig, p: str) -> dict[str, tuple[int, ...]]:
     shared expert with its gate where the family has one."""
     h, mi, si = m.hidden_size, m.moe_intermediate_size, m.shared_expert_size
     shapes = {p + "router.weight": (m.num_experts, h)}
-    if m.moe_scoring == "sigmoid":
+    if m.moe_correction_bias:
         shapes[p + "router.correction_bias"] = (m.num_experts,)
     for e in range(m.num_experts):
         shapes |= {f"{p}experts.{e}.gate.weight": (mi, h), f"{p}experts.{e}.up.weight": (mi, h),
@@ -159,6 +159,9 @@ def _source(ckpt, name: str, m: ModelConfig, layout: _HeadLayout | None) -> Weig
     offset = m.norm_offset and name.endswith("norm.weight")
     heads = layout is not None and name.endswith(layout.permuted)
     residual = m.residual_multiplier if name.endswith(_RESIDUAL) else None
+    if name.endswith("router.correction_bias"):
+        return WeightSource(load=lambda dtype: ckpt.load(name, dtype).reshape(-1),
+                            describe=f"checkpoint:{name} (flat)")
     if not (offset or heads or residual):
         return WeightSource(load=lambda dtype: ckpt.load(name, dtype), describe=f"checkpoint:{name}")
 
@@ -185,6 +188,8 @@ def declare_weights(graph: Graph, m: ModelConfig, dtype: str, ckpt, rope: dict) 
             raise KilnError(f"checkpoint has no tensor for {name} (a {m.architecture} with this "
                             "config needs it); is the checkpoint complete?")
         found = tuple(ckpt.meta(name)[0])
+        if name.endswith("router.correction_bias") and found == (1, *shape):
+            found = shape  # ERNIE 4.5 stores it [1, E]: read flat (_source)
         if found != shape:
             raise KilnError(f"tensor {name} has shape {list(found)} but config.json implies "
                             f"{list(shape)}; the checkpoint and its config.json do not match")
@@ -222,7 +227,7 @@ def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
     if m.router_float32:
         (router_in,) = g.call("cast", [x], [p + "router_in"], dtype="float32")
     (logits,) = g.call("linear", [router_in, p + "router.weight"], [p + "router_logits"])
-    extra = [p + "router.correction_bias"] if m.moe_scoring == "sigmoid" else []
+    extra = [p + "router.correction_bias"] if m.moe_correction_bias else []
     shared = None
     if m.shared_expert_size:
         (gate,) = g.call("linear", [x, p + "shared.gate.weight"], [p + "shared.gate"])
@@ -234,7 +239,7 @@ def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
         extra += [shared, *g.call("linear", [x, p + "shared_gate.weight"], [p + "shared_gate"])]
     attrs = dict(top_k=m.experts_per_token, renormalize=m.moe_renormalize,
                  round_weights=m.moe_round_weights, act=m.mlp_act, scoring=m.moe_scoring,
-                 bias=m.moe_scoring == "sigmoid", routed_scale=m.moe_routed_scale or 1.0)
+                 bias=m.moe_correction_bias, routed_scale=m.moe_routed_scale or 1.0)
     routed = p + ("routed_out" if shared and not m.shared_expert_gated else "mlp_out")
     (out,) = g.call("moe", [x, logits, p + "experts.gate_up.weight", p + "experts.down.weight",
                             *extra], [routed], **attrs)

@@ -5,8 +5,9 @@ act(gate) * up MLP with weights gate_up [E, 2I, H] (the gate's I rows, then the 
 down [E, H, I]; the token's output is the sum of its experts' outputs, each times its routing
 weight. As HuggingFace's Mixtral, Qwen2/3-MoE, OLMoE and GLM-4.5 compute it:
   - `scoring` "sigmoid" (GLM-4.5, DeepSeek-V3's without groups): the scores are
-    sigmoid(logits) (float32), the top_k picked by score + `bias` ([E] float32, the
-    e_score_correction_bias) where the op has one, each weighted by its score;
+    sigmoid(logits) (float32), not softmax(logits); the top_k are picked by score + `bias`
+    ([E] float32, the e_score_correction_bias: GLM-4.5, ERNIE 4.5) where the op has one, each
+    weighted by its score;
   - `renormalize`: the top_k weights are divided by their sum (norm_topk_prob; + 1e-20 for
     sigmoid scores); then times `routed_scale` where given;
   - `round_weights`: the routing weights are rounded to the activations' dtype first (Qwen,
@@ -67,17 +68,13 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool, round_to: torch.d
           scoring: str = "softmax", bias: torch.Tensor | None = None,
           routed_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(expert ids [T, k], routing weights [T, k] float32) as HF's top-k routers pick them."""
-    if scoring == "sigmoid":
-        scores = torch.sigmoid(logits.float())
-        choice = scores if bias is None else scores + bias
-        ids = torch.topk(choice, top_k, dim=-1)[1]
-        weights = scores.gather(1, ids)
-        if renormalize:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    else:
-        weights, ids = torch.topk(torch.softmax(logits.float(), dim=-1), top_k, dim=-1)
-        if renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+    sigmoid = scoring == "sigmoid"
+    scores = torch.sigmoid(logits.float()) if sigmoid else torch.softmax(logits.float(), dim=-1)
+    choice = scores if bias is None else scores + bias
+    ids = torch.topk(choice, top_k, dim=-1)[1]
+    weights = scores.gather(1, ids)
+    if renormalize:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + (1e-20 if sigmoid else 0.0))
     if routed_scale != 1.0:
         weights = weights * routed_scale
     if round_to is not None:

@@ -293,3 +293,23 @@ def test_glm45_air_config():
         ModelConfig.from_hf({"architectures": ["CohereForCausalLM"], "use_qk_norm": True,
                              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
                              "num_attention_heads": 4, "vocab_size": 32})
+
+
+def test_ernie45_moe_config():
+    """ERNIE-4.5-21B-A3B's config.json (its own key names): 6 of 64 experts, two experts' worth
+    of shared expert, layers 1 to 27 routed, interleaved RoPE, the router's correction bias."""
+    ernie = {"architectures": ["Ernie4_5_MoeForCausalLM"], "hidden_size": 2560,
+             "intermediate_size": 12288, "moe_intermediate_size": 1536, "moe_num_experts": 64,
+             "moe_k": 6, "moe_num_shared_experts": 2, "moe_layer_start_index": 1,
+             "moe_layer_end_index": 27, "moe_layer_interval": 1, "num_hidden_layers": 28,
+             "num_attention_heads": 20, "num_key_value_heads": 4, "head_dim": 128,
+             "vocab_size": 103424, "tie_word_embeddings": True, "rope_theta": 500000.0,
+             "max_position_embeddings": 131072, "use_bias": False}
+    m = ModelConfig.from_hf(ernie)
+    assert (m.num_experts, m.experts_per_token, m.shared_expert_size) == (64, 6, 3072)
+    assert m.moe_layers == list(range(1, 28)) and m.moe_correction_bias and m.router_float32
+    assert (m.moe_scoring, m.moe_renormalize, m.moe_round_weights) == ("softmax", True, True)
+    assert m.rope_interleaved and not m.attention_bias
+    assert m.num_params() == pytest.approx(21e9, rel=0.05)  # "21B total"
+    m = ModelConfig.from_hf(ernie | {"moe_layer_end_index": 20, "moe_layer_interval": 2})
+    assert m.moe_layers == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
