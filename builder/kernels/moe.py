@@ -4,8 +4,8 @@ activation between them and the weighted sum of each token's experts.
 Reference: kiln.builder.ops.moe. A step's T tokens make T * TOPK slots (token t's j-th expert
 is slot t * TOPK + j). The launches, in order:
   1. `moe_route_kernel`, a program a token: softmax (or sigmoid) over the router's logits in
-     float32, the TOPK largest (ties to the lower id; sigmoid scores plus the correction bias
-     where the op has one), renormalized, scaled and rounded as the op says: the expert ids
+     float32, the TOPK largest (ties to the lower id; scores plus the correction bias where
+     the op has one), renormalized, scaled and rounded as the op says: the expert ids
      and weights of each slot (scratch moe_ids, moe_weights).
   2. `moe_count_kernel`, a program an expert: how many slots chose it (moe_counts).
   3. `moe_place_kernel`, a program an expert: its slots, in ascending order, at its offset in

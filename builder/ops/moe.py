@@ -1,13 +1,14 @@
 """Mixture of experts: moe(x, router_logits, gate_up, down[, bias][, shared, shared_gate]).
 
-Each token goes to the top_k experts of softmax(router_logits) (float32); an expert is an
-act(gate) * up MLP with weights gate_up [E, 2I, H] (the gate's I rows, then the up's) and
-down [E, H, I]; the token's output is the sum of its experts' outputs, each times its routing
-weight. As HuggingFace's Mixtral, Qwen2/3-MoE, OLMoE and GLM-4.5 compute it:
+Each token goes to the top_k experts of its scores, softmax(router_logits) (float32); an
+expert is an act(gate) * up MLP with weights gate_up [E, 2I, H] (the gate's I rows, then the
+up's) and down [E, H, I]; the token's output is the sum of its experts' outputs, each times
+its routing weight, its score. As HuggingFace's Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE,
+GLM-4.5 and ERNIE 4.5 MoE compute it:
   - `scoring` "sigmoid" (GLM-4.5, DeepSeek-V3's without groups): the scores are
-    sigmoid(logits) (float32), not softmax(logits); the top_k are picked by score + `bias`
-    ([E] float32, the e_score_correction_bias: GLM-4.5, ERNIE 4.5) where the op has one, each
-    weighted by its score;
+    sigmoid(router_logits) (float32);
+  - `bias` (an input, [E] float32: the e_score_correction_bias of GLM-4.5 and ERNIE 4.5): the
+    top_k are picked by score + bias, still weighted by their scores;
   - `renormalize`: the top_k weights are divided by their sum (norm_topk_prob; + 1e-20 for
     sigmoid scores); then times `routed_scale` where given;
   - `round_weights`: the routing weights are rounded to the activations' dtype first (Qwen,
