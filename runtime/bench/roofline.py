@@ -72,10 +72,15 @@ def weight_bytes(engine) -> int:
 
 
 def decode_bytes_per_token(engine) -> int:
-    """Weight bytes one batch-1 decode step reads: all of a weight, except a table that only
-    an embedding lookup reads, of which one row is read, and a mixture of experts' stacked
-    expert weights, of which the token's top_k experts are read."""
-    graph = engine.graph
+    """Weight bytes one batch-1 decode step of the engine reads (graph_decode_bytes)."""
+    return graph_decode_bytes(engine.graph)
+
+
+def graph_decode_bytes(graph, table_row_only: bool = True) -> int:
+    """Weight bytes one batch-1 decode step of a plan reads: all of a weight, except a table
+    that only an embedding lookup reads, of which one row is read (all of it where not
+    `table_row_only`: a bound on the safe side), and a mixture of experts' stacked expert
+    weights, of which the token's top_k experts are read."""
     users: dict[str, set[str]] = {}
     read_of_moe: dict[str, float] = {}  # expert stacks: the fraction a token reads
     for node in graph.nodes:
@@ -90,7 +95,7 @@ def decode_bytes_per_token(engine) -> int:
         size = dtype_size(value.dtype)
         for d in value.shape:
             size *= d
-        if users.get(name) == {"embedding"}:
+        if users.get(name) == {"embedding"} and table_row_only:
             size //= value.shape[0]
         elif users.get(name) == {"moe"}:
             size = round(size * read_of_moe[name])

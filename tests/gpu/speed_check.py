@@ -251,6 +251,9 @@ def _batch_list(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="llama-3.1-8b")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="the in-memory engine's first N layers of --shape only (a large "
+                             "model's layers, e.g. --shape qwen3-30b-a3b --layers 8)")
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--engine", help="an engine directory (engine-build's --output) to time "
@@ -270,7 +273,9 @@ def main() -> None:
     from kiln.builder.kernels import compile_plan
     from kiln.builder.models import BuildConfig, ModelConfig, build_graph
     from kiln.builder.passes import run_pipeline
+    from kiln.builder.ir import torch_dtype
     from kiln.builder.random_weights import RandomCheckpoint
+    from kiln.runtime.bench.roofline import graph_decode_bytes
 
     largest = max(args.batches + (args.profile_batches if args.profile else []))
     # A mixed step's rows and tokens: P + D and P x L + D.
@@ -291,18 +296,19 @@ def main() -> None:
         build = BuildConfig(dtype="bfloat16", max_batch_size=max(64, rows_needed), max_seq_len=4096,
                             max_num_tokens=max(2048, tokens_needed), tokens_per_block=32,
                             targets=[major * 10 + minor])
-        with RandomCheckpoint(args.shape) as ckpt:
+        with RandomCheckpoint(args.shape, num_layers=args.layers) as ckpt:
             model = ModelConfig.from_hf(ckpt.hf_config)
             graph = run_pipeline(build_graph(model, build, ckpt), build)
             bundle = compile_plan(graph, build)
             t2 = time.perf_counter()
-            weights = {n: graph.sources[n].load(torch.bfloat16).contiguous()
+            weights = {n: graph.sources[n].load(torch_dtype(graph.values[n].dtype)).contiguous()
                        for n in graph.of_kind("weight")}
         t3 = time.perf_counter()
-        # Every weight is read once a step (the embedding table too: a bound on the safe side).
-        read_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+        # Every weight is read once a step (the embedding table too: a bound on the safe side),
+        # of a mixture of experts' experts the routed ones only.
+        read_bytes = graph_decode_bytes(graph, table_row_only=False)
         engine = InMemoryEngine(bundle, weights)
-        label = args.shape + " bf16"
+        label = args.shape + (f" {args.layers}L" if args.layers else "") + " bf16"
     if rows_needed > build.max_batch_size:
         sys.exit(f"the engine takes at most {build.max_batch_size} sequences; drop the larger "
                  "batches or build one for them")

@@ -7,7 +7,8 @@ import pytest
 from kiln.builder.errors import KilnError
 from kiln.runtime.bench.metrics import Distribution, RequestTiming, StepLog, summarize
 from kiln.runtime.bench.roofline import (Bandwidth, Roofline, decode_bytes_per_token,
-                                         measure_copy_bandwidth, weight_bytes)
+                                         graph_decode_bytes, measure_copy_bandwidth,
+                                         weight_bytes)
 from kiln.runtime.bench.throughput import Load
 
 # Times are multiples of 1/8 s, exact in binary; only the percentile interpolation rounds.
@@ -140,6 +141,7 @@ def test_decode_bytes_per_token(tiny_engine, arch):
         experts = sum(t.numel() * 4 for name, t in engine.weights.items() if ".experts." in name)
         assert experts == 2 * 4 * 3 * 128 * 64 * 4
         assert decode_bytes_per_token(engine) == total - embed.numel() * 4 + 64 * 4 - experts // 2
+        assert graph_decode_bytes(engine.graph, table_row_only=False) == total - experts // 2
     else:  # tied: the table is also the LM head, read whole
         assert decode_bytes_per_token(engine) == total
 
