@@ -386,23 +386,46 @@ def ckpt_head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
+def ckpt_gguf_writer(path, arch: str, cfg: dict):
+    """A GGUFWriter with the metadata every decoder's file has, from a config.json dict."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_key_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    return writer
+
+
+def ckpt_gguf_finish(writer, tensors: dict[str, np.ndarray], qtype=Q.F32) -> None:
+    """Adds the tensors (matrices stored as qtype) and writes the file."""
+    for name, array in tensors.items():
+        if array.ndim == 1 or qtype == Q.F32:
+            writer.add_tensor(name, array)
+        elif qtype == Q.F16:
+            writer.add_tensor(name, array.astype(np.float16))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def ckpt_write_gguf(model, path, arch: str, qtype=Q.F32, rope_freqs=None) -> None:
     cfg = model.config
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_key_length(ckpt_head_dim(cfg))
-    writer.add_rope_dimension_count(ckpt_head_dim(cfg))
-    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer = ckpt_gguf_writer(path, arch, cfg.to_dict())
     writer.add_bos_token_id(cfg.bos_token_id)
     writer.add_eos_token_id(cfg.eos_token_id)
+    tensors = {}
     if rope_freqs is not None:
-        writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
+        tensors["rope_freqs.weight"] = rope_freqs.astype(np.float32)
     for key, value in model.state_dict().items():
         if key == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
@@ -416,16 +439,8 @@ def ckpt_write_gguf(model, path, arch: str, qtype=Q.F32, rope_freqs=None) -> Non
             if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
                 heads = cfg.num_attention_heads if "q_proj" in module else cfg.num_key_value_heads
                 array = llamacpp_permute(array, heads)
-        if array.ndim == 1 or qtype == Q.F32:
-            writer.add_tensor(name, array)
-        elif qtype == Q.F16:
-            writer.add_tensor(name, array.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        tensors[name] = array
+    ckpt_gguf_finish(writer, tensors, qtype)
 
 
 @pytest.mark.parametrize("arch,gguf_arch", [("llama", "llama"), ("llama_tied", "llama"),
@@ -463,18 +478,7 @@ def ckpt_write_moe_gguf(hf_dir, path, arch: str, stacked: bool, qtype=Q.F32) -> 
     cfg = json.loads((hf_dir / "config.json").read_text())
     state = load_file(hf_dir / "model.safetensors")
     experts = cfg.get("num_local_experts") or cfg["num_experts"]
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(cfg["num_hidden_layers"])
-    writer.add_context_length(cfg["max_position_embeddings"])
-    writer.add_embedding_length(cfg["hidden_size"])
-    writer.add_feed_forward_length(cfg["intermediate_size"])
-    writer.add_head_count(cfg["num_attention_heads"])
-    writer.add_head_count_kv(cfg["num_key_value_heads"])
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    writer.add_key_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
-    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer = ckpt_gguf_writer(path, arch, cfg)
     writer.add_expert_count(experts)
     writer.add_expert_used_count(cfg["num_experts_per_tok"])
     if "moe_intermediate_size" in cfg:
@@ -506,16 +510,7 @@ def ckpt_write_moe_gguf(hf_dir, path, arch: str, stacked: bool, qtype=Q.F32) -> 
                 out[f"blk.{layer}.ffn_{part}_exps.weight"] = torch.stack(per_expert)
             else:
                 out |= {f"blk.{layer}.ffn_{part}.{e}.weight": w for e, w in enumerate(per_expert)}
-    for name, value in out.items():
-        array = value.float().numpy()
-        if array.ndim == 1 or qtype == Q.F32:
-            writer.add_tensor(name, array)
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    ckpt_gguf_finish(writer, {name: value.float().numpy() for name, value in out.items()}, qtype)
 
 
 @pytest.mark.parametrize("arch,gguf_arch,stacked", [
@@ -555,11 +550,7 @@ def test_gguf_mixture_of_experts_quantized_and_refused(tmp_path):
         assert got.shape == want.shape and 0 < (got - want).abs().max() < 0.01
     writer = gguf.GGUFWriter(str(tmp_path / "d.gguf"), "deepseek2")
     writer.add_expert_count(64)
-    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    ckpt_gguf_finish(writer, {"token_embd.weight": np.ones((4, 8), dtype=np.float32)})
     ckpt_error(tmp_path / "d.gguf", r"holds a 'deepseek2' model; Kiln reads GGUF architectures "
                r"llama, qwen2, qwen3, qwen2moe, qwen3moe")
 
@@ -644,11 +635,7 @@ def test_gguf_errors(tmp_path):
     split = tmp_path / "part.gguf"
     writer = gguf.GGUFWriter(str(split), "llama")
     writer.add_uint16("split.count", 2)
-    writer.add_tensor("blk.0.attn_norm.weight", np.ones(64, np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    ckpt_gguf_finish(writer, {"blk.0.attn_norm.weight": np.ones(64, np.float32)})
     ckpt_error(split, r"part.gguf is one part of a split GGUF; merge the parts")
     other = tmp_path / "gpt2.gguf"
     ckpt_write_gguf(model, other, "gpt2")
