@@ -22,7 +22,7 @@ TINY_ARCHS = ["llama", "llama-tied", "llama-bias", "mistral", "qwen2", "qwen3", 
               "gemma3-vision", "granite", "olmo2", "smollm3", "qwen2-yarn", "glm4", "olmo3",
               "exaone4", "seed_oss", "ernie4_5", "helium", "ministral", "cohere", "cohere2",
               "qwen2_5_vl", "qwen3_vl", "starcoder2", "mixtral", "qwen3_moe", "olmoe",
-              "qwen2_moe", "granitemoe", "glm4_moe", "ernie4_5_moe"]
+              "qwen2_moe", "granitemoe", "glm4_moe", "ernie4_5_moe", "phimoe"]
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 # LongRoPE factors for TINY's heads of 16 dims at partial_rotary_factor 0.75: 6 rotated pairs.
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5],
@@ -163,6 +163,16 @@ def tiny_config(arch: str, **overrides):
                                               num_experts_per_tok=3, moe_intermediate_size=32,
                                               moe_num_shared_experts=1, moe_layer_start_index=1,
                                               moe_layer_interval=1, use_bias=False)
+    elif arch == "phimoe":  # sparsemixer's 2 of 4; LayerNorms with biases; a biased LM
+        # head; LongRoPE with its own mscales
+        rope = {"rope_type": "longrope", "rope_theta": 1e4, "short_mscale": 1.2,
+                "long_mscale": 1.3, "original_max_position_embeddings": 128,
+                "short_factor": [1.0, 1.1, 1.3, 1.7, 2.0, 2.5, 3.0, 3.5],
+                "long_factor": [1.5, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0]}
+        cfg = transformers.PhimoeConfig(**kw, **PHI3_IDS, num_local_experts=4,
+                                        router_jitter_noise=0.3, attention_bias=True,
+                                        lm_head_bias=True, rope_parameters=rope,
+                                        tie_word_embeddings=False)
     elif arch == "phi3":  # q/k/v and gate/up stored fused
         cfg = transformers.Phi3Config(**kw, **PHI3_IDS, tie_word_embeddings=False)
     elif arch == "phi3-longrope":  # Phi-4-mini's form: RoPE on 3/4 of each head, LongRoPE, tied

@@ -14,7 +14,7 @@ _HF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # "model." is absent in checkpoints saved from the bare decoder (LlamaModel).
         (r"^(?:model\.)?embed_tokens\.weight$", "embed.weight"),
         (r"^(?:model\.)?norm\.weight$", "final_norm.weight"),
-        (r"^lm_head\.weight$", "lm_head.weight"),
+        (r"^lm_head\.(weight|bias)$", "lm_head.{0}"),
         (r"^(?:model\.)?layers\.(\d+)\.input_layernorm\.weight$", "layers.{0}.attn_norm.weight"),
         (r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)$", "layers.{0}.{1}.{2}"),
         (r"^(?:model\.)?layers\.(\d+)\.self_attn\.([qk])_norm\.weight$", "layers.{0}.{1}_norm.weight"),

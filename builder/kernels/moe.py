@@ -3,8 +3,8 @@ activation between them and the weighted sum of each token's experts.
 
 Reference: kiln.builder.ops.moe. A step's T tokens make T * TOPK slots (token t's j-th expert
 is slot t * TOPK + j). The launches, in order:
-  1. `moe_route_kernel`, a program a token: softmax (or sigmoid) over the router's logits in
-     float32, the TOPK largest (ties to the lower id; scores plus the correction bias where
+  1. `moe_route_kernel`, a program a token: softmax (or sigmoid, or sparsemixer) over the
+     router's logits in float32, the TOPK largest (ties to the lower id; scores plus the correction bias where
      the op has one), renormalized, scaled and rounded as the op says: the expert ids
      and weights of each slot (scratch moe_ids, moe_weights).
   2. `moe_count_kernel`, a program an expert: how many slots chose it (moe_counts).
@@ -39,6 +39,8 @@ from kiln.builder.kernels.spec import F32, I32, Ptr, pow2
 from kiln.builder.ops import moe as moe_op
 
 SMALL_T = 32
+SOFTMAX, SIGMOID, SPARSEMIXER = (tl.constexpr(i) for i in range(3))  # moe_route_kernel's SCORING
+SCORING = {"softmax": 0, "sigmoid": 1, "sparsemixer": 2}
 # (BLOCK_M, when): the slot grouping of steps of few tokens and of the others.
 PATHS = ((16, f"T <= {SMALL_T}"), (64, f"T > {SMALL_T}"))
 BLOCK_N, BLOCK_K, GEMM_WARPS, GEMM_STAGES = 64, 64, 4, 3
@@ -47,25 +49,28 @@ SUM_BLOCK = 1024
 
 
 @triton.jit
-def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, bias_ptr, scale,
+def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, bias_ptr, scale, eps,
                      LOGITS_STRIDE: tl.constexpr, E: tl.constexpr, BLOCK_E: tl.constexpr,
                      TOPK: tl.constexpr, KP2: tl.constexpr, RENORMALIZE: tl.constexpr,
-                     ROUND: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     ROUND: tl.constexpr, SCORING: tl.constexpr, HAS_BIAS: tl.constexpr,
                      PDL: tl.constexpr = 0):
     """Token program_id(0)'s experts: ids_ptr[t * TOPK + j] (int32), weights_ptr (float32),
-    in the order picked. Softmax scores, or SIGMOID ones picked by score + bias (HAS_BIAS);
-    each weighted by its score (renormalized), times `scale`; ROUND: the weights rounded to
-    the logits' dtype."""
+    in the order picked. SCORING SOFTMAX or SIGMOID: the scores' TOPK largest (plus the bias:
+    HAS_BIAS), each weighted by its score (renormalized), times `scale`; SPARSEMIXER: each
+    pick the largest logit m left, weighted by its softmax among those left within `eps` of
+    it (ops.moe.sparsemixer). ROUND: the weights rounded to the logits' dtype."""
     enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     e = tl.arange(0, BLOCK_E)
     ok = e < E
     x = tl.load(logits_ptr + t * LOGITS_STRIDE + e, mask=ok, other=float("-inf")).to(tl.float32)
-    if SIGMOID:
+    if SCORING == SIGMOID:
         p = 1.0 / (1.0 + tl.exp(-x))
-    else:
+    elif SCORING == SOFTMAX:
         p = tl.exp(x - tl.max(x, axis=0))
         p = p / tl.sum(tl.where(ok, p, 0.0), axis=0)
+    else:
+        p = x
     choice = p
     if HAS_BIAS:
         choice = p + tl.load(bias_ptr + e, mask=ok, other=0.0)
@@ -77,13 +82,18 @@ def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, bias_ptr, scale,
     for r in tl.static_range(TOPK):
         best = tl.max(left, axis=0)
         pick = tl.min(tl.where(left == best, e, BLOCK_E), axis=0)
-        score = tl.sum(tl.where(e == pick, p, 0.0), axis=0)
+        if SCORING == SPARSEMIXER:
+            far = (best - x) / tl.maximum(tl.abs(x), best) > 2 * eps  # NaN (0 / 0): near
+            near = (far == 0) & (left > float("-inf"))
+            score = 1.0 / tl.sum(tl.where(near, tl.exp(x - best), 0.0), axis=0)
+        else:
+            score = tl.sum(tl.where(e == pick, p, 0.0), axis=0)
         top_w = tl.where(j == r, score, top_w)
         top_id = tl.where(j == r, pick, top_id)
         total += score
         left = tl.where(e == pick, float("-inf"), left)
     if RENORMALIZE:
-        if SIGMOID:
+        if SCORING == SIGMOID:
             total += 1e-20
         top_w = top_w / total
     top_w = top_w * scale
@@ -232,11 +242,11 @@ def plan_moe(node, ctx):
     ctx.launch(moe_route_kernel, grid=(rows,), num_warps=1,
                args=dict(ids_ptr=ids, weights_ptr=weights, logits_ptr=ctx.ptr(logits),
                          bias_ptr=ctx.ptr(bias) if bias else weights,
-                         scale=F32(a.get("routed_scale", 1.0))),
+                         scale=F32(a.get("routed_scale", 1.0)), eps=F32(a.get("eps", 0.0))),
                constexprs=dict(LOGITS_STRIDE=ctx.row_stride(logits), E=experts, BLOCK_E=block_e,
                                TOPK=topk, KP2=max(2, pow2(topk)),
                                RENORMALIZE=int(a["renormalize"]), ROUND=int(a["round_weights"]),
-                               SIGMOID=int(a.get("scoring") == "sigmoid"),
+                               SCORING=SCORING[a.get("scoring", "softmax")],
                                HAS_BIAS=int(bias is not None)))
     ctx.launch(moe_count_kernel, grid=(experts,), num_warps=4,
                args=dict(counts_ptr=counts, ids_ptr=ids, slots=I32(slots)),
@@ -283,7 +293,7 @@ def plan_moe(node, ctx):
 
 def moe(x, logits, gate_up, down, top_k: int, renormalize: bool, round_weights: bool,
         act: str = "silu", shared=None, shared_gate=None, block_m: int = 16,
-        scoring: str = "softmax", bias=None, routed_scale: float = 1.0):
+        scoring: str = "softmax", bias=None, routed_scale: float = 1.0, eps: float = 0.0):
     """ops.moe on torch tensors through the launches plan_moe makes, slots grouped in blocks
     of block_m rows."""
     t, hidden = x.shape
@@ -301,9 +311,9 @@ def moe(x, logits, gate_up, down, top_k: int, renormalize: bool, round_weights: 
     out = x.new_empty(t, hidden)
     block_e, kp2 = pow2(experts), max(2, pow2(top_k))
     direct(moe_route_kernel, x)[(t,)](
-        ids, weights, logits, weights if bias is None else bias, routed_scale,
+        ids, weights, logits, weights if bias is None else bias, routed_scale, eps,
         LOGITS_STRIDE=logits.stride(0), E=experts, BLOCK_E=block_e, TOPK=top_k, KP2=kp2,
-        RENORMALIZE=int(renormalize), ROUND=int(round_weights), SIGMOID=int(scoring == "sigmoid"),
+        RENORMALIZE=int(renormalize), ROUND=int(round_weights), SCORING=SCORING[scoring],
         HAS_BIAS=int(bias is not None), num_warps=1)
     direct(moe_count_kernel, x)[(experts,)](counts, ids, slots, SCAN=SCAN)
     direct(moe_place_kernel, x)[(experts,)](sorted_slots, blocks, counts, ids, slots, E=experts,

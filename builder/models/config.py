@@ -145,6 +145,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "Ernie4_5_MoeForCausalLM": ArchSpec(bias_keys=("use_bias",) * 3, rope_interleaved=True,
                                         moe=True, moe_renormalize=True, shared_expert="plain",
                                         moe_correction_bias=True, router_float32=True),
+    # Phi-3.5-MoE: LayerNorms with biases, 2 of 16 experts by sparsemixer, an LM head with a
+    # bias (lm_head_bias), LongRoPE scaled by its short_mscale / long_mscale.
+    "PhimoeForCausalLM": ArchSpec(mlp_bias=False, layer_norm=True, norm_bias=True, moe=True,
+                                  moe_size_key="intermediate_size", moe_scoring="sparsemixer"),
     "GemmaForCausalLM": ArchSpec(**_GEMMA),
     "Gemma2ForCausalLM": ArchSpec(**_GEMMA, sandwich_norms=True, post_attention_on_output=True,
                                   sliding_every=2),
@@ -233,6 +237,9 @@ def _moe_config(hf: dict, spec: ArchSpec, layers: int) -> dict:
                   or hf.get("n_routed_experts") or hf.get("moe_num_experts") or 0)
     if not experts:
         return {}  # no experts: every layer's MLP is dense
+    if spec.moe_scoring == "sparsemixer" and int(hf.get("num_experts_per_tok") or 2) != 2:
+        raise KilnError(f"config.json: num_experts_per_tok {hf['num_experts_per_tok']}; "
+                        "sparsemixer routing picks 2 experts a token")
     groups, chosen = int(hf.get("n_group") or 1), int(hf.get("topk_group") or 1)
     if chosen < groups:
         raise KilnError(f"config.json: the experts are routed within {chosen} of {groups} groups "
@@ -260,7 +267,9 @@ def _moe_config(hf: dict, spec: ArchSpec, layers: int) -> dict:
                 shared_expert_size=shared, shared_expert_gated=spec.shared_expert == "gated",
                 moe_scoring=spec.moe_scoring, moe_correction_bias=spec.moe_correction_bias,
                 moe_routed_scale=_multiplier(hf.get("routed_scaling_factor")),
-                router_float32=spec.router_float32)
+                router_float32=spec.router_float32,
+                sparsemixer_eps=(float(hf.get("router_jitter_noise") or 0.0)
+                                 if spec.moe_scoring == "sparsemixer" else 0.0))
 
 
 def _positive(value) -> float | None:
@@ -343,6 +352,8 @@ class ModelConfig:
     moe_correction_bias: bool = False  # experts picked by score + the router's correction bias
     moe_routed_scale: float | None = None  # the routing weights times this (GLM-4.5)
     router_float32: bool = False       # the router's GEMM in float32 (GLM-4.5)
+    sparsemixer_eps: float = 0.0       # sparsemixer's jitter eps (router_jitter_noise)
+    lm_head_bias: bool = False         # the LM head has a bias (Phi-3.5-MoE)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -453,6 +464,7 @@ class ModelConfig:
                 logit_scale=_multiplier(hf.get("logit_scale")),
                 norm_bias=spec.norm_bias,
                 gated_mlp=spec.gated_mlp,
+                lm_head_bias=bool(hf.get("lm_head_bias", False)),
                 **(_moe_config(hf, spec, layers) if spec.moe else {}),
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
@@ -490,8 +502,10 @@ class ModelConfig:
         if (scaling or {}).get("rope_type") == "longrope":
             original = scaling["original_max_position_embeddings"]
             factors = scaling["long_factor" if max_seq_len > original else "short_factor"]
+            # Phi-3.5-MoE gives each factor set its own attention factor (mscale)
+            mscale = scaling.get("long_mscale" if max_seq_len > original else "short_mscale")
             scaling = {"rope_type": "longrope", "factors": list(factors),
-                       "attention_factor": self.longrope_attention_factor()}
+                       "attention_factor": mscale or self.longrope_attention_factor()}
         elif (scaling or {}).get("rope_type") == "yarn":
             scaling = dict(scaling, attention_factor=self.yarn_attention_factor())
         attrs = {"head_dim": self.head_dim, "theta": self.rope_theta, "scaling": scaling}

@@ -34,6 +34,8 @@ def weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["final_norm.bias"] = (h,)
     if not m.tie_word_embeddings:
         shapes["lm_head.weight"] = (m.vocab_size, h)
+    if m.lm_head_bias:
+        shapes["lm_head.bias"] = (m.vocab_size,)
     for layer in range(m.num_layers):
         p = f"layers.{layer}."
         norms = ["attn_norm"] if m.pre_norms else []
@@ -239,7 +241,8 @@ def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
         extra += [shared, *g.call("linear", [x, p + "shared_gate.weight"], [p + "shared_gate"])]
     attrs = dict(top_k=m.experts_per_token, renormalize=m.moe_renormalize,
                  round_weights=m.moe_round_weights, act=m.mlp_act, scoring=m.moe_scoring,
-                 bias=m.moe_correction_bias, routed_scale=m.moe_routed_scale or 1.0)
+                 bias=m.moe_correction_bias, routed_scale=m.moe_routed_scale or 1.0,
+                 eps=m.sparsemixer_eps)
     routed = p + ("routed_out" if shared and not m.shared_expert_gated else "mlp_out")
     (out,) = g.call("moe", [x, logits, p + "experts.gate_up.weight", p + "experts.down.weight",
                             *extra], [routed], **attrs)
@@ -308,8 +311,9 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
             (d,) = g.call(norm, [d, p + "mlp_out_norm.weight"], [p + "mlp_out_normed"], eps=eps)
         (h,) = g.call("add", [h, d], [p + "out"])
     n = normed(h, "final_norm.weight", "final_norm")
-    head = "embed.weight" if m.tie_word_embeddings else "lm_head.weight"
-    (logits,) = g.call("linear", [n, head], ["logits_all"])
+    head = ["embed.weight" if m.tie_word_embeddings else "lm_head.weight"]
+    head += ["lm_head.bias"] if m.lm_head_bias else []
+    (logits,) = g.call("linear", [n, *head], ["logits_all"])
     (last,) = g.call("gather_last", [logits, "last_token_index"], ["logits_last"])
     if m.logit_scale:
         (last,) = g.call("scale", [last], ["logits_scaled"], value=m.logit_scale)

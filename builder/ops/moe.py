@@ -6,7 +6,9 @@ up's) and down [E, H, I]; the token's output is the sum of its experts' outputs,
 its routing weight, its score. As HuggingFace's Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE,
 GLM-4.5 and ERNIE 4.5 MoE compute it:
   - `scoring` "sigmoid" (GLM-4.5, DeepSeek-V3's without groups): the scores are
-    sigmoid(router_logits) (float32);
+    sigmoid(router_logits) (float32); "sparsemixer" (Phi-3.5-MoE, top_k 2, `eps` its jitter):
+    each round picks the largest logit m left, and weights it by its softmax among the logits x
+    left that are near it, (m - x) / max(|x|, m) <= 2 eps;
   - `bias` (an input, [E] float32: the e_score_correction_bias of GLM-4.5 and ERNIE 4.5): the
     top_k are picked by score + bias, still weighted by their scores;
   - `renormalize`: the top_k weights are divided by their sum (norm_topk_prob; + 1e-20 for
@@ -27,7 +29,7 @@ from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
 
 ACTS = ("silu", "gelu_tanh")
-SCORINGS = ("softmax", "sigmoid")
+SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 
 
 def _moe_infer(node, graph):
@@ -65,10 +67,28 @@ def extras(node) -> tuple[str | None, tuple[str, str] | None]:
     return bias, shared
 
 
+def sparsemixer(logits: torch.Tensor, top_k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(expert ids, weights) of Phi-3.5-MoE's sparsemixer as HF computes it at inference."""
+    x = logits.float()
+    left = x.clone()
+    ids, weights = [], []
+    for _ in range(top_k):
+        best, pick = left.max(dim=-1, keepdim=True)
+        far = (best - x) / x.abs().clamp(min=best) > 2 * eps
+        gates = torch.softmax(left.masked_fill(far, float("-inf")), dim=-1)
+        ids.append(pick)
+        weights.append(gates.gather(1, pick))
+        left = left.scatter(1, pick, float("-inf"))
+    return torch.cat(ids, dim=-1), torch.cat(weights, dim=-1)
+
+
 def route(logits: torch.Tensor, top_k: int, renormalize: bool, round_to: torch.dtype | None,
           scoring: str = "softmax", bias: torch.Tensor | None = None,
-          routed_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+          routed_scale: float = 1.0, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(expert ids [T, k], routing weights [T, k] float32) as HF's top-k routers pick them."""
+    if scoring == "sparsemixer":
+        ids, weights = sparsemixer(logits, top_k, eps)
+        return ids, (weights if round_to is None else weights.to(round_to).float())
     sigmoid = scoring == "sigmoid"
     scores = torch.sigmoid(logits.float()) if sigmoid else torch.softmax(logits.float(), dim=-1)
     choice = scores if bias is None else scores + bias
@@ -90,7 +110,8 @@ def _moe(node, inputs, ctx):
     values = dict(zip(node.inputs, inputs))
     ids, weights = route(logits, a["top_k"], a["renormalize"],
                          x.dtype if a["round_weights"] else None, a.get("scoring", "softmax"),
-                         None if bias is None else values[bias], a.get("routed_scale", 1.0))
+                         None if bias is None else values[bias], a.get("routed_scale", 1.0),
+                         a.get("eps", 0.0))
     act = F.silu if a.get("act", "silu") == "silu" else (lambda t: F.gelu(t, approximate="tanh"))
     out = torch.zeros_like(x)
     for e in sorted(set(ids.flatten().tolist())):

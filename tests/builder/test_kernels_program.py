@@ -91,7 +91,8 @@ def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
                                         ("mixtral", "float32"), ("qwen3_moe", "float16"),
                                         ("olmoe", "float32"), ("qwen2_moe", "float16"),
                                         ("granitemoe", "float16"), ("glm4_moe", "float16"),
-                                        ("glm4_moe", "float32"), ("ernie4_5_moe", "float16")])
+                                        ("glm4_moe", "float32"), ("ernie4_5_moe", "float16"),
+                                        ("phimoe", "float32")])
 def test_program_matches_reference_backend(tiny_engine, arch, dtype):
     _, engine = tiny_engine(arch, dtype, targets=(90,))
     # 16-bit builds: every step also as a greedy step, whose pick reads the LM head's output.

@@ -313,3 +313,25 @@ def test_ernie45_moe_config():
     assert m.num_params() == pytest.approx(21e9, rel=0.05)  # "21B total"
     m = ModelConfig.from_hf(ernie | {"moe_layer_end_index": 20, "moe_layer_interval": 2})
     assert m.moe_layers == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+
+
+def test_phi35_moe_config():
+    """Phi-3.5-MoE's config.json: 2 of 16 experts by sparsemixer (router_jitter_noise its eps),
+    LayerNorms with biases, a biased LM head, LongRoPE whose attention factor is the set's own
+    mscale."""
+    moe = phi35_mini(architectures=["PhimoeForCausalLM"], hidden_size=4096, intermediate_size=6400,
+                     num_local_experts=16, num_experts_per_tok=2, router_jitter_noise=0.01,
+                     num_attention_heads=32, num_key_value_heads=8, attention_bias=True,
+                     lm_head_bias=True,
+                     rope_scaling={"type": "longrope", "short_factor": [1.0] * 64,
+                                   "long_factor": [2.0] * 64, "short_mscale": 1.243,
+                                   "long_mscale": 1.25})
+    m = ModelConfig.from_hf(moe)
+    assert (m.num_experts, m.experts_per_token, m.moe_scoring, m.sparsemixer_eps) == (
+        16, 2, "sparsemixer", 0.01)
+    assert m.layer_norm and m.norm_bias and m.lm_head_bias and m.attention_bias and m.o_bias
+    assert m.rope_attrs(4096)["scaling"]["attention_factor"] == 1.243
+    assert m.rope_attrs(8192)["scaling"]["attention_factor"] == 1.25
+    with pytest.raises(KilnError, match=r"^config.json: num_experts_per_tok 4; sparsemixer "
+                                        r"routing picks 2 experts a token"):
+        ModelConfig.from_hf(moe | {"num_experts_per_tok": 4})

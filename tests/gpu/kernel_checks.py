@@ -635,7 +635,8 @@ def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False
 
 
 def check_moe(device, dtype, tokens, hidden, inter, experts, top_k, seed, renormalize=True,
-              round_weights=True, act="silu", shared=False, block_m=16, sigmoid=False):
+              round_weights=True, act="silu", shared=False, block_m=16, sigmoid=False,
+              sparsemixer=False):
     """The MoE launches (kernels/moe.py) against ops.moe. The router's logits are distinct in
     every row (a permutation of evenly spaced values, exact in every dtype), so that the top k
     is one set whatever the softmax's last bits."""
@@ -655,6 +656,9 @@ def check_moe(device, dtype, tokens, hidden, inter, experts, top_k, seed, renorm
         attrs |= dict(scoring="sigmoid", bias=True, routed_scale=2.5)
         routing = dict(scoring="sigmoid", bias=_rand(gen, (experts,), torch.float32, device, 0.3),
                        routed_scale=2.5)
+    if sparsemixer:  # Phi-3.5-MoE's (top 2): logits close together, so that some are near
+        attrs |= dict(scoring="sparsemixer", eps=0.2)
+        routing = dict(scoring="sparsemixer", eps=0.2)
     inputs = [x, logits, gate_up, down, *([routing["bias"]] if sigmoid else []), *extra]
     (ref,) = _ref("moe", inputs, attrs)
     out = moe.moe(x, logits, gate_up, down, top_k, renormalize, round_weights, act,
@@ -715,6 +719,9 @@ def interpreter_cases():
         ("moe-sigmoid-bias-float32", check_moe,
          dict(dtype=f32, tokens=7, hidden=64, inter=32, experts=16, top_k=4, seed=33,
               round_weights=False, sigmoid=True), TOL[f32]),
+        ("moe-sparsemixer-float32", check_moe,
+         dict(dtype=f32, tokens=6, hidden=64, inter=32, experts=16, top_k=2, seed=34,
+              renormalize=False, sparsemixer=True), TOL[f32]),
         ("moe-shared-gelu-float16", check_moe,
          dict(dtype=f16, tokens=5, hidden=96, inter=40, experts=16, top_k=4, seed=32,
               round_weights=False, act="gelu_tanh", shared=True), TOL[f16]),

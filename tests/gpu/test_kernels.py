@@ -27,15 +27,19 @@ def test_rmsnorm_and_add_rmsnorm(dtype, rows, width):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens,block_m", [(1, 16), (7, 16), (100, 64), (300, 64)])
-@pytest.mark.parametrize("shape", ["qwen3-30b-a3b", "mixtral-shared", "glm-sigmoid"])
+@pytest.mark.parametrize("shape", ["qwen3-30b-a3b", "mixtral-shared", "glm-sigmoid",
+                                   "phi-sparsemixer"])
 def test_moe(dtype, tokens, block_m, shape):
     """Qwen3-30B-A3B's experts (8 of 128, 768 wide, hidden 2048); Mixtral's routing (2 of 8,
     weights in float32) with a shared expert, narrower; GLM-4.5's sigmoid routing with its
-    correction bias (8 of 64 here)."""
+    correction bias (8 of 64 here); Phi-3.5-MoE's sparsemixer (2 of 16, narrower)."""
     if shape == "qwen3-30b-a3b":
         kw = dict(hidden=2048, inter=768, experts=128, top_k=8)
     elif shape == "glm-sigmoid":
         kw = dict(hidden=2048, inter=512, experts=64, top_k=8, round_weights=False, sigmoid=True)
+    elif shape == "phi-sparsemixer":
+        kw = dict(hidden=1024, inter=1600, experts=16, top_k=2, renormalize=False,
+                  sparsemixer=True)
     else:
         kw = dict(hidden=1024, inter=2816, experts=8, top_k=2, round_weights=False, shared=True)
     assert kc.check_moe("cuda", dtype, tokens, seed=tokens, block_m=block_m, **kw) < kc.TOL[dtype]
