@@ -70,26 +70,25 @@ def fused_parts_from_hf(hf_name: str, hf_config: dict
         return None
     layer, qkv, _, experts, kind = match.groups()
     if experts:
-        count = int(hf_config.get("num_local_experts") or hf_config["num_experts"])
         width = int(hf_config["intermediate_size"])
         sizes = ((("gate", width), ("up", width)) if experts == "input"
                  else (("down", int(hf_config["hidden_size"])),))
-        rows = sum(size for _, size in sizes)
-        return (count, rows), [(f"layers.{layer}.experts.{e}.{part}.{kind}", e, start, start + size)
-                               for e in range(count)
-                               for (part, size), start in zip(sizes, (0, width))]
-    if qkv:
+    elif qkv:
         heads = int(hf_config["num_attention_heads"])
         head_dim = int(hf_config.get("head_dim") or int(hf_config["hidden_size"]) // heads)
         kv = int(hf_config.get("num_key_value_heads") or heads) * head_dim
         sizes = (("q", heads * head_dim), ("k", kv), ("v", kv))
     else:
         sizes = (("gate", int(hf_config["intermediate_size"])), ("up", int(hf_config["intermediate_size"])))
-    parts, row = [], 0
+    spans, row = [], 0
     for part, size in sizes:
-        parts.append((f"layers.{layer}.{part}.{kind}", None, row, row + size))
+        spans.append((part, row, row + size))
         row += size
-    return (row,), parts
+    if not experts:
+        return (row,), [(f"layers.{layer}.{part}.{kind}", None, a, b) for part, a, b in spans]
+    count = int(hf_config.get("num_local_experts") or hf_config["num_experts"])
+    return (count, row), [(f"layers.{layer}.experts.{e}.{part}.{kind}", e, a, b)
+                          for e in range(count) for part, a, b in spans]
 
 
 _GGUF_LAYER = {

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.builder.ir import dtype_size
 from kiln.builder.kernels import elementwise
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.gemm import mma
@@ -46,6 +47,8 @@ PATHS = ((16, f"T <= {SMALL_T}"), (64, f"T > {SMALL_T}"))
 BLOCK_N, BLOCK_K, GEMM_WARPS, GEMM_STAGES = 64, 64, 4, 3
 SCAN = 1024  # slots a count or place program reads at a time
 SUM_BLOCK = 1024
+# the activation between the GEMMs: the dense MLP's act-mul kernels
+ACT_KERNELS = {"silu": elementwise.silu_mul_kernel, "gelu_tanh": elementwise.gelu_tanh_mul_kernel}
 
 
 @triton.jit
@@ -211,19 +214,53 @@ def moe_sum_kernel(out_ptr, y_ptr, ids_ptr, shared_ptr, gate_ptr, OUT_STRIDE: tl
     tl.store(out_ptr + t * OUT_STRIDE + cols, acc.to(DT), mask=ok)
 
 
+# -- launch shapes, shared by the lowering and the direct launches ------------------------------
+
+def most_blocks(slots: int, experts: int, block_m: int) -> int:
+    """The most blocks of block_m rows `slots` slots make, each expert's padded on its own."""
+    return -(-(slots + experts * (block_m - 1)) // block_m)
+
+
+def route_constexprs(attrs: dict, experts: int, logits_stride: int, has_bias: bool) -> dict:
+    top_k = attrs["top_k"]
+    return dict(LOGITS_STRIDE=logits_stride, E=experts, BLOCK_E=pow2(experts), TOPK=top_k,
+                KP2=max(2, pow2(top_k)), RENORMALIZE=int(attrs["renormalize"]),
+                ROUND=int(attrs["round_weights"]), SCORING=SCORING[attrs.get("scoring", "softmax")],
+                HAS_BIAS=int(has_bias))
+
+
+def gemm_constexprs(a_stride: int, n: int, k: int, experts: int, top_k: int, gather: bool,
+                    block_m: int, ieee: bool) -> dict:
+    """moe_gemm_kernel's: gate_up's (gather, from the tokens) or down's (weighted)."""
+    return dict(A_STRIDE=a_stride, OUT_STRIDE=n, N=n, K=k, E=experts, TOPK=top_k,
+                GATHER=int(gather), WEIGHTED=int(not gather), BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+                BLOCK_K=BLOCK_K, IEEE=int(ieee))
+
+
+def sum_constexprs(out_stride: int, hidden: int, top_k: int, shared_stride: int = 0,
+                   gate_stride: int = 0, shared: bool = False) -> dict:
+    return dict(OUT_STRIDE=out_stride, SHARED_STRIDE=shared_stride, GATE_STRIDE=gate_stride,
+                H=hidden, TOPK=top_k, KP2=max(2, pow2(top_k)), SHARED=int(shared), BLOCK=SUM_BLOCK)
+
+
+def act_constexprs(inter: int) -> dict:
+    return dict(X_STRIDE=2 * inter, OUT_STRIDE=inter, WIDTH=inter, BLOCK=elementwise.BLOCK)
+
+
 # -- lowering -----------------------------------------------------------------------------------
 
 def plan_moe(node, ctx):
     x, logits, gate_up, down = node.inputs[:4]
     bias, shared = moe_op.extras(node)
     (out,) = node.outputs
+    a = node.attrs
     experts, two_i, hidden = ctx.graph.values[gate_up].shape
-    inter, topk = two_i // 2, node.attrs["top_k"]
-    dtype, size = ctx.dtype(x), {"float32": 4}.get(ctx.dtype(x), 2)
+    inter, topk = two_i // 2, a["top_k"]
+    dtype = ctx.dtype(x)
+    size = dtype_size(dtype)
     rows = ctx.rows(x)
     slots = f"({rows}) * {topk}"
     max_slots = ctx.build.max_num_tokens * topk
-    ieee = dtype == "float32"
 
     def scratch(name: str, nbytes: int, kind: str) -> Ptr:
         return Ptr(ctx.scratch(name, str(nbytes)).ref, kind)
@@ -231,114 +268,98 @@ def plan_moe(node, ctx):
     ids = scratch("moe_ids", 4 * max_slots, "int32")
     weights = scratch("moe_weights", 4 * max_slots, "float32")
     counts = scratch("moe_counts", 4 * (experts + 1), "int32")
-    most_blocks = {bm: -(-(max_slots + experts * (bm - 1)) // bm) for bm, _ in PATHS}
-    sorted_slots = scratch("moe_sorted", 4 * max(bm * n for bm, n in most_blocks.items()), "int32")
-    blocks = scratch("moe_blocks", 4 * max(most_blocks.values()), "int32")
+    blocks_of = {bm: most_blocks(max_slots, experts, bm) for bm, _ in PATHS}
+    sorted_slots = scratch("moe_sorted", 4 * max(bm * n for bm, n in blocks_of.items()), "int32")
+    blocks = scratch("moe_blocks", 4 * max(blocks_of.values()), "int32")
     inter_out = scratch("moe_inter", size * max_slots * two_i, dtype)
     act = scratch("moe_act", size * max_slots * inter, dtype)
     y = scratch("moe_y", size * max_slots * hidden, dtype)
-    block_e = pow2(experts)
-    a = node.attrs
     ctx.launch(moe_route_kernel, grid=(rows,), num_warps=1,
                args=dict(ids_ptr=ids, weights_ptr=weights, logits_ptr=ctx.ptr(logits),
                          bias_ptr=ctx.ptr(bias) if bias else weights,
                          scale=F32(a.get("routed_scale", 1.0)), eps=F32(a.get("eps", 0.0))),
-               constexprs=dict(LOGITS_STRIDE=ctx.row_stride(logits), E=experts, BLOCK_E=block_e,
-                               TOPK=topk, KP2=max(2, pow2(topk)),
-                               RENORMALIZE=int(a["renormalize"]), ROUND=int(a["round_weights"]),
-                               SCORING=SCORING[a.get("scoring", "softmax")],
-                               HAS_BIAS=int(bias is not None)))
+               constexprs=route_constexprs(a, experts, ctx.row_stride(logits), bias is not None))
     ctx.launch(moe_count_kernel, grid=(experts,), num_warps=4,
                args=dict(counts_ptr=counts, ids_ptr=ids, slots=I32(slots)),
                constexprs=dict(SCAN=SCAN))
 
-    def grouped(bm: str, when: str, a: Ptr, a_stride: int, w: str, o: Ptr, n: int, k: int,
+    def grouped(bm: int, when: str, a_ptr: Ptr, a_stride: int, w: str, o: Ptr, n: int, k: int,
                 gather: bool) -> None:
         ctx.launch(moe_gemm_kernel, when=when, num_warps=GEMM_WARPS, num_stages=GEMM_STAGES,
                    grid=(f"min(cdiv({slots} + {experts * (bm - 1)}, {bm}), {slots})",
                          f"cdiv({n}, {BLOCK_N})"),
-                   args=dict(out_ptr=o, a_ptr=a, w_ptr=ctx.ptr(w), sorted_ptr=sorted_slots,
+                   args=dict(out_ptr=o, a_ptr=a_ptr, w_ptr=ctx.ptr(w), sorted_ptr=sorted_slots,
                              blocks_ptr=blocks, counts_ptr=counts, weights_ptr=weights,
                              slots=I32(slots)),
-                   constexprs=dict(A_STRIDE=a_stride, OUT_STRIDE=n, N=n, K=k, E=experts,
-                                   TOPK=topk, GATHER=int(gather), WEIGHTED=int(not gather),
-                                   BLOCK_M=bm, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, IEEE=int(ieee)))
+                   constexprs=gemm_constexprs(a_stride, n, k, experts, topk, gather, bm,
+                                              dtype == "float32"))
 
     for bm, when in PATHS:
         ctx.launch(moe_place_kernel, grid=(experts,), num_warps=4, when=when,
                    args=dict(sorted_ptr=sorted_slots, blocks_ptr=blocks, counts_ptr=counts,
                              ids_ptr=ids, slots=I32(slots)),
-                   constexprs=dict(E=experts, BLOCK_E=block_e, BLOCK_M=bm, SCAN=SCAN))
+                   constexprs=dict(E=experts, BLOCK_E=pow2(experts), BLOCK_M=bm, SCAN=SCAN))
         grouped(bm, when, ctx.ptr(x), ctx.row_stride(x), gate_up, inter_out, two_i, hidden, True)
-    act_kernel = {"silu": elementwise.silu_mul_kernel,
-                  "gelu_tanh": elementwise.gelu_tanh_mul_kernel}[node.attrs.get("act", "silu")]
-    ctx.launch(act_kernel, grid=(slots, f"cdiv({inter}, {elementwise.BLOCK})"),
-               num_warps=elementwise.WARPS, args=dict(out_ptr=act, x_ptr=inter_out),
-               constexprs=dict(X_STRIDE=two_i, OUT_STRIDE=inter, WIDTH=inter,
-                               BLOCK=elementwise.BLOCK))
+    ctx.launch(ACT_KERNELS[a.get("act", "silu")], num_warps=elementwise.WARPS,
+               grid=(slots, f"cdiv({inter}, {elementwise.BLOCK})"),
+               args=dict(out_ptr=act, x_ptr=inter_out), constexprs=act_constexprs(inter))
     for bm, when in PATHS:
         grouped(bm, when, act, inter, down, y, hidden, inter, False)
     shared_args = (dict(shared_ptr=ctx.ptr(shared[0]), gate_ptr=ctx.ptr(shared[1])) if shared
                    else dict(shared_ptr=y, gate_ptr=y))
+    strides = (dict(shared_stride=ctx.row_stride(shared[0]), gate_stride=ctx.row_stride(shared[1]),
+                    shared=True) if shared else {})
     ctx.launch(moe_sum_kernel, grid=(rows, f"cdiv({hidden}, {SUM_BLOCK})"), num_warps=4,
                args=dict(out_ptr=ctx.ptr(out), y_ptr=y, ids_ptr=ids, **shared_args),
-               constexprs=dict(OUT_STRIDE=ctx.row_stride(out),
-                               SHARED_STRIDE=ctx.row_stride(shared[0]) if shared else 0,
-                               GATE_STRIDE=ctx.row_stride(shared[1]) if shared else 0,
-                               H=hidden, TOPK=topk, KP2=max(2, pow2(topk)), SHARED=int(bool(shared)),
-                               BLOCK=SUM_BLOCK))
+               constexprs=sum_constexprs(ctx.row_stride(out), hidden, topk, **strides))
 
 
 # -- direct launches (tests) --------------------------------------------------------------------
 
-def moe(x, logits, gate_up, down, top_k: int, renormalize: bool, round_weights: bool,
-        act: str = "silu", shared=None, shared_gate=None, block_m: int = 16,
-        scoring: str = "softmax", bias=None, routed_scale: float = 1.0, eps: float = 0.0):
-    """ops.moe on torch tensors through the launches plan_moe makes, slots grouped in blocks
-    of block_m rows."""
+def moe(x, logits, gate_up, down, attrs: dict, bias=None, shared=None, shared_gate=None,
+        block_m: int = 16):
+    """ops.moe (its attrs; `bias` where attrs["bias"], the shared expert's pair where given)
+    on torch tensors through the launches plan_moe makes, slots grouped in blocks of block_m
+    rows."""
     t, hidden = x.shape
     experts, two_i, _ = gate_up.shape
+    top_k = attrs["top_k"]
     slots = t * top_k
     dev = x.device
     ids = torch.empty(slots, dtype=torch.int32, device=dev)
     weights = torch.empty(slots, dtype=torch.float32, device=dev)
     counts = torch.empty(experts + 1, dtype=torch.int32, device=dev)
-    most = -(-(slots + experts * (block_m - 1)) // block_m)
+    most = most_blocks(slots, experts, block_m)
     sorted_slots = torch.empty(most * block_m, dtype=torch.int32, device=dev)
     blocks = torch.empty(most, dtype=torch.int32, device=dev)
     inter = x.new_empty(slots, two_i)
     y = x.new_empty(slots, hidden)
     out = x.new_empty(t, hidden)
-    block_e, kp2 = pow2(experts), max(2, pow2(top_k))
     direct(moe_route_kernel, x)[(t,)](
-        ids, weights, logits, weights if bias is None else bias, routed_scale, eps,
-        LOGITS_STRIDE=logits.stride(0), E=experts, BLOCK_E=block_e, TOPK=top_k, KP2=kp2,
-        RENORMALIZE=int(renormalize), ROUND=int(round_weights), SCORING=SCORING[scoring],
-        HAS_BIAS=int(bias is not None), num_warps=1)
+        ids, weights, logits, weights if bias is None else bias, attrs.get("routed_scale", 1.0),
+        attrs.get("eps", 0.0), **route_constexprs(attrs, experts, logits.stride(0), bias is not None),
+        num_warps=1)
     direct(moe_count_kernel, x)[(experts,)](counts, ids, slots, SCAN=SCAN)
     direct(moe_place_kernel, x)[(experts,)](sorted_slots, blocks, counts, ids, slots, E=experts,
-                                            BLOCK_E=block_e, BLOCK_M=block_m, SCAN=SCAN)
+                                            BLOCK_E=pow2(experts), BLOCK_M=block_m, SCAN=SCAN)
 
     def grouped(a, w, o, gather):
         n, k = w.shape[1], w.shape[2]
         direct(moe_gemm_kernel, x)[(min(most, slots), triton.cdiv(n, BLOCK_N))](
-            o, a, w, sorted_slots, blocks, counts, weights, slots, A_STRIDE=a.stride(0),
-            OUT_STRIDE=o.stride(0), N=n, K=k, E=experts, TOPK=top_k, GATHER=int(gather),
-            WEIGHTED=int(not gather), BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            IEEE=int(x.dtype == torch.float32), num_warps=GEMM_WARPS, num_stages=GEMM_STAGES)
+            o, a, w, sorted_slots, blocks, counts, weights, slots,
+            **gemm_constexprs(a.stride(0), n, k, experts, top_k, gather, block_m,
+                              x.dtype == torch.float32),
+            num_warps=GEMM_WARPS, num_stages=GEMM_STAGES)
 
     grouped(x, gate_up, inter, True)
-    width = two_i // 2
-    act_out = x.new_empty(slots, width)
-    kernel = {"silu": elementwise.silu_mul_kernel, "gelu_tanh": elementwise.gelu_tanh_mul_kernel}[act]
-    direct(kernel, x)[(slots, triton.cdiv(width, elementwise.BLOCK))](
-        act_out, inter, X_STRIDE=two_i, OUT_STRIDE=width, WIDTH=width, BLOCK=elementwise.BLOCK,
-        num_warps=elementwise.WARPS)
+    act_out = x.new_empty(slots, two_i // 2)
+    direct(ACT_KERNELS[attrs.get("act", "silu")], x)[
+        (slots, triton.cdiv(two_i // 2, elementwise.BLOCK))](
+        act_out, inter, **act_constexprs(two_i // 2), num_warps=elementwise.WARPS)
     grouped(act_out, down, y, False)
-    has_shared = shared is not None
+    strides = (dict(shared_stride=shared.stride(0), gate_stride=shared_gate.stride(0), shared=True)
+               if shared is not None else {})
     direct(moe_sum_kernel, x)[(t, triton.cdiv(hidden, SUM_BLOCK))](
-        out, y, ids, shared if has_shared else y, shared_gate if has_shared else y,
-        OUT_STRIDE=out.stride(0), SHARED_STRIDE=shared.stride(0) if has_shared else 0,
-        GATE_STRIDE=shared_gate.stride(0) if has_shared else 0, H=hidden, TOPK=top_k, KP2=kp2,
-        SHARED=int(has_shared), BLOCK=SUM_BLOCK, num_warps=4)
+        out, y, ids, y if shared is None else shared, y if shared is None else shared_gate,
+        **sum_constexprs(out.stride(0), hidden, top_k, **strides), num_warps=4)
     return out

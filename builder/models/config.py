@@ -255,10 +255,11 @@ def _moe_config(hf: dict, spec: ArchSpec, layers: int) -> dict:
     renormalize = (bool(hf.get("norm_topk_prob", False)) if spec.moe_renormalize is None
                    else spec.moe_renormalize)
     size = int(hf[spec.moe_size_key])
-    shared = {"gated": lambda: int(hf["shared_expert_intermediate_size"]),
-              "plain": lambda: size * int(hf.get("n_shared_experts")
-                                          or hf.get("moe_num_shared_experts") or 0),
-              None: lambda: 0}[spec.shared_expert]()
+    shared = 0
+    if spec.shared_expert == "gated":
+        shared = int(hf["shared_expert_intermediate_size"])
+    elif spec.shared_expert == "plain":  # n experts' worth
+        shared = size * int(hf.get("n_shared_experts") or hf.get("moe_num_shared_experts") or 0)
     return dict(num_experts=experts,
                 experts_per_token=int(hf.get("num_experts_per_tok") or hf["moe_k"]),
                 moe_intermediate_size=size,

@@ -1,6 +1,7 @@
 """The Llama decoder family (Llama 2/3/3.x, Mistral, Qwen2, Qwen3, Phi-3, Gemma 1-3, Granite,
-OLMo 2 and 3, SmolLM3, GLM-4, EXAONE 4, ERNIE 4.5, Cohere, ..., and the mixtures of experts
-Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE) declared in the IR.
+OLMo 2 and 3, SmolLM3, GLM-4, EXAONE 4, ERNIE 4.5, Cohere, ..., and the mixtures of experts:
+Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, GLM-4.5, ERNIE 4.5 MoE, Phi-3.5-MoE) declared in the
+IR (config.ARCHITECTURES lists them).
 
 The graph is written plainly, op by op, as HuggingFace computes it; fusion is the passes' job.
 """
@@ -114,9 +115,10 @@ def _stacked_experts(m: ModelConfig, ckpt, p: str) -> dict[str, tuple[tuple[int,
 class _HeadLayout:
     """How q's and k's head dims are read from the checkpoint: permuted into the kernels'
     rotate-half order where RoPE is partial or interleaved (ops.rope), and scaled by LongRoPE's
-    or YaRN's attention_factor where HF multiplies the rotated dims' cos and sin by it. The scale goes into the last map before RoPE (the q/k norms'
-    weights where the model has them, else the projections), so the kernels rotate by plain
-    cos and sin and the cache holds what HF's holds."""
+    or YaRN's attention_factor where HF multiplies the rotated dims' cos and sin by it. The
+    scale goes into the last map before RoPE (the q/k norms' weights where the model has them,
+    else the projections), so the kernels rotate by plain cos and sin and the cache holds what
+    HF's holds."""
     head_dim: int
     perm: torch.Tensor | None
     scale: torch.Tensor | None  # [head_dim] in engine order
@@ -209,17 +211,19 @@ def _params(prefix: str, bias: bool) -> list[str]:
     return [prefix + ".weight"] + ([prefix + ".bias"] if bias else [])
 
 
-def _dense_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
-    """act(gate) * up, or act(up) where the MLP is not gated, then down."""
+def _dense_mlp(g: Graph, m: ModelConfig, x: str, p: str, bias: bool | None = None) -> list[str]:
+    """act(gate) * up, or act(up) where the MLP is not gated, then down; with biases where the
+    model's MLPs have them (`bias`: otherwise)."""
+    bias = m.mlp_bias if bias is None else bias
     if m.gated_mlp:
-        (gate,) = g.call("linear", [x, *_params(p + "gate", m.mlp_bias)], [p + "gate"])
-        (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
+        (gate,) = g.call("linear", [x, *_params(p + "gate", bias)], [p + "gate"])
+        (up,) = g.call("linear", [x, *_params(p + "up", bias)], [p + "up"])
         (act,) = g.call(m.mlp_act, [gate], [p + "gate_act"])
         (act,) = g.call("mul", [act, up], [p + "mlp_act"])
     else:
-        (up,) = g.call("linear", [x, *_params(p + "up", m.mlp_bias)], [p + "up"])
+        (up,) = g.call("linear", [x, *_params(p + "up", bias)], [p + "up"])
         (act,) = g.call(m.mlp_act, [up], [p + "mlp_act"])
-    return g.call("linear", [act, *_params(p + "down", m.mlp_bias)], [p + "mlp_out"])
+    return g.call("linear", [act, *_params(p + "down", bias)], [p + "mlp_out"])
 
 
 def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
@@ -230,13 +234,7 @@ def _moe_mlp(g: Graph, m: ModelConfig, x: str, p: str) -> list[str]:
         (router_in,) = g.call("cast", [x], [p + "router_in"], dtype="float32")
     (logits,) = g.call("linear", [router_in, p + "router.weight"], [p + "router_logits"])
     extra = [p + "router.correction_bias"] if m.moe_correction_bias else []
-    shared = None
-    if m.shared_expert_size:
-        (gate,) = g.call("linear", [x, p + "shared.gate.weight"], [p + "shared.gate"])
-        (up,) = g.call("linear", [x, p + "shared.up.weight"], [p + "shared.up"])
-        (act,) = g.call(m.mlp_act, [gate], [p + "shared.gate_act"])
-        (act,) = g.call("mul", [act, up], [p + "shared.act"])
-        (shared,) = g.call("linear", [act, p + "shared.down.weight"], [p + "shared.out"])
+    (shared,) = _dense_mlp(g, m, x, p + "shared.", bias=False) if m.shared_expert_size else (None,)
     if m.shared_expert_gated:
         extra += [shared, *g.call("linear", [x, p + "shared_gate.weight"], [p + "shared_gate"])]
     attrs = dict(top_k=m.experts_per_token, renormalize=m.moe_renormalize,
@@ -291,12 +289,12 @@ def build_graph(m: ModelConfig, build: BuildConfig, ckpt) -> Graph:
             layer_rope = m.rope_attrs(build.max_seq_len, layer)
             (q,) = g.call("rope", [q, "positions"], [p + "q_rot"], **layer_rope)
             (k,) = g.call("rope", [k, "positions"], [p + "k_rot"], **layer_rope)
-        extra = {"window": m.attention_window(layer, build.max_seq_len),
-                 "softcap": m.attn_softcap}
+        optional = {"window": m.attention_window(layer, build.max_seq_len),
+                    "softcap": m.attn_softcap}
         (a,) = g.call("attention", [q, k, v, *step], [p + "attn"], layer=layer,
                       num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=hd,
                       scale=m.attn_scale or hd ** -0.5, rope=None,
-                      **{k: v for k, v in extra.items() if v})
+                      **{key: value for key, value in optional.items() if value})
         (o,) = g.call("linear", [a, *_params(p + "o", m.o_bias)], [p + "attn_out"])
         if m.sandwich_norms:
             (o,) = g.call(norm, [o, p + "attn_out_norm.weight"], [p + "attn_out_normed"], eps=eps)

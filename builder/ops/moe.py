@@ -58,13 +58,17 @@ def _moe_infer(node, graph):
     return [(dtype, shape)]
 
 
+def split_extras(items, has_bias) -> tuple:
+    """(the correction bias, (the shared expert's output, its gate's logits)) among a moe
+    node's inputs past down (names or tensors), each None where it has none."""
+    rest = list(items)
+    bias = rest.pop(0) if has_bias else None
+    return bias, (tuple(rest) or None)
+
+
 def extras(node) -> tuple[str | None, tuple[str, str] | None]:
-    """(the correction bias, (the shared expert's output, its gate's logits)) of a moe node,
-    each None where it has none."""
-    rest = node.inputs[4:]
-    bias = rest[0] if node.attrs.get("bias") else None
-    shared = tuple(rest[1:] if bias else rest) or None
-    return bias, shared
+    """split_extras of a moe node's input names."""
+    return split_extras(node.inputs[4:], node.attrs.get("bias"))
 
 
 def sparsemixer(logits: torch.Tensor, top_k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +110,10 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool, round_to: torch.d
 def _moe(node, inputs, ctx):
     x, logits, gate_up, down = inputs[:4]
     a = node.attrs
-    bias, shared = extras(node)
-    values = dict(zip(node.inputs, inputs))
+    bias, shared = split_extras(inputs[4:], a.get("bias"))
     ids, weights = route(logits, a["top_k"], a["renormalize"],
                          x.dtype if a["round_weights"] else None, a.get("scoring", "softmax"),
-                         None if bias is None else values[bias], a.get("routed_scale", 1.0),
-                         a.get("eps", 0.0))
+                         bias, a.get("routed_scale", 1.0), a.get("eps", 0.0))
     act = F.silu if a.get("act", "silu") == "silu" else (lambda t: F.gelu(t, approximate="tanh"))
     out = torch.zeros_like(x)
     for e in sorted(set(ids.flatten().tolist())):
@@ -120,7 +122,7 @@ def _moe(node, inputs, ctx):
         y = F.linear(act(gate) * up, down[e])
         out.index_add_(0, token, (y * weights[token, slot, None]).to(x.dtype))
     if shared is not None:
-        out = out + torch.sigmoid(values[shared[1]]) * values[shared[0]]
+        out = out + torch.sigmoid(shared[1]) * shared[0]
     return [out]
 
 

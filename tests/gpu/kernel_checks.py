@@ -651,18 +651,14 @@ def check_moe(device, dtype, tokens, hidden, inter, experts, top_k, seed, renorm
     extra = ([_rand(gen, (tokens, hidden), dtype, device), _rand(gen, (tokens, 1), dtype, device)]
              if shared else [])
     attrs = dict(top_k=top_k, renormalize=renormalize, round_weights=round_weights, act=act)
-    routing = {}
+    bias = None
     if sigmoid:  # GLM-4.5's: scores plus a correction bias pick, scaled weights
         attrs |= dict(scoring="sigmoid", bias=True, routed_scale=2.5)
-        routing = dict(scoring="sigmoid", bias=_rand(gen, (experts,), torch.float32, device, 0.3),
-                       routed_scale=2.5)
+        bias = _rand(gen, (experts,), torch.float32, device, 0.3)
     if sparsemixer:  # Phi-3.5-MoE's (top 2): logits close together, so that some are near
         attrs |= dict(scoring="sparsemixer", eps=0.2)
-        routing = dict(scoring="sparsemixer", eps=0.2)
-    inputs = [x, logits, gate_up, down, *([routing["bias"]] if sigmoid else []), *extra]
-    (ref,) = _ref("moe", inputs, attrs)
-    out = moe.moe(x, logits, gate_up, down, top_k, renormalize, round_weights, act,
-                  *extra, block_m=block_m, **routing)
+    (ref,) = _ref("moe", [x, logits, gate_up, down, *([bias] if sigmoid else []), *extra], attrs)
+    out = moe.moe(x, logits, gate_up, down, attrs, bias, *extra, block_m=block_m)
     return rel_err(out, ref)
 
 
