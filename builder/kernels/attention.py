@@ -265,8 +265,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         OUT_FP8: tl.constexpr = 0, WINDOW: tl.constexpr = 0,
                         SOFTCAP: tl.constexpr = 0.0, num_decodes=0, pf0_ptr=None, pf0_bytes=0,
                         pf1_ptr=None, pf1_bytes=0, pf2_ptr=None, pf2_bytes=0, pf3_ptr=None,
-                        pf3_bytes=0, PREFETCH: tl.constexpr = 0, LANES: tl.constexpr = 32,
-                        PDL: tl.constexpr = 0):
+                        pf3_bytes=0, PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = 0):
     enter(PDL)
     seq = tl.program_id(0)
     if PREFETCH > 0:
@@ -275,7 +274,7 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
             part = ((seq - num_decodes) * NKV + tl.program_id(1)) * splits + tl.program_id(2)
             prefetch(part, (tl.num_programs(0) - num_decodes) * NKV * splits, pf0_ptr,
                      pf0_bytes, pf1_ptr, pf1_bytes, pf2_ptr, pf2_bytes, pf3_ptr, pf3_bytes,
-                     PREFETCH, PDL, LANES)
+                     PREFETCH, PDL)
             return
     inv = _out_inv(out_scale_ptr, OUT_FP8)
     kvh = tl.program_id(1)
@@ -511,8 +510,7 @@ def plan_attention(node, ctx):
                    args=dict(common, **prologue, **out8, **pf_args, out_ptr=ctx.ptr(out),
                              partial_ptr=partials, max_blocks=I32("MAXBLK"),
                              num_splits=I32(splits)),
-                   constexprs=dict(shape, **out8_shape, **pf_shape, LANES=32 * warps, NQ=nq,
-                                   **dict(dcfg, TILE=tile),
+                   constexprs=dict(shape, **out8_shape, **pf_shape, NQ=nq, **dict(dcfg, TILE=tile),
                                    **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
                                                          ctx.row_stride(v), nq, nkv, hd, rope)))
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",

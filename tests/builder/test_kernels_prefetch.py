@@ -1,6 +1,7 @@
-"""--l2-prefetch-mb (kernels/prefetch.py): which weights a decode launch prefetches, its extra
-programs in the grid, the SM 90 instruction in its cubin, and a program that runs them equal to
-the reference backend (Triton's interpreter, where they prefetch nothing)."""
+"""--l2-prefetch-mb and --gemm-prefetch (kernels/prefetch.py): which weights a decode launch
+prefetches, its extra programs in the grid, and the SM 90 instruction in the cubins, where the
+PDL wait puts it. tests/builder/test_kernels_program.py runs such a program against the reference
+backend (Triton's interpreter, where nothing is prefetched)."""
 import json
 import subprocess
 
@@ -19,10 +20,11 @@ from kiln.builder.models import BuildConfig, ModelConfig, build_graph  # noqa: E
 from kiln.builder.passes import run_pipeline  # noqa: E402
 
 
-def plan_for(tmp_path_factory, mb: int, targets=(90,)):
+def plan_for(tmp_path_factory, mb: int, gemm_prefetch: bool = False):
     path = make_tiny_checkpoint("llama", tmp_path_factory.mktemp("llama"))
     build = BuildConfig(dtype="bfloat16", max_batch_size=4, max_seq_len=128, max_num_tokens=64,
-                        tokens_per_block=16, targets=list(targets), l2_prefetch_mb=mb)
+                        tokens_per_block=16, targets=[90], l2_prefetch_mb=mb,
+                        gemm_prefetch=gemm_prefetch)
     with open_checkpoint(path) as ckpt:
         model = ModelConfig.from_hf(ckpt.hf_config)
         return run_pipeline(build_graph(model, build, ckpt), build), build
@@ -38,7 +40,7 @@ def nbytes(graph, name):
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
-    return plan_for(tmp_path_factory, 1)
+    return plan_for(tmp_path_factory, 1, gemm_prefetch=True)
 
 
 def test_next_weights_are_the_following_linears_up_to_the_budget(plan):
@@ -89,13 +91,21 @@ def test_decode_launch_takes_the_ranges_and_more_rows(plan, tmp_path):
         assert weights and sizes == [nbytes(graph, w) for w in weights]  # all fit in 1 MiB
         meta = kernels[step["kernel"]]
         assert meta["constexprs"]["PREFETCH"] == len(weights)
-    # The cubin asks L2 for the bytes: Hopper's bulk prefetch (UBLKPF) in its SASS.
-    key = decodes[0]["kernel"]
-    cubin = tmp_path / "decode.cubin"
-    cubin.write_bytes(bundle.blobs[kernels[key]["sm"]["90"]["blob"]])
-    sass = _sass(cubin)
-    if sass is not None:
-        assert "UBLKPF.L2" in sass
+    # The cubins ask L2 for the bytes: Hopper's bulk prefetch (UBLKPF) in their SASS, after the
+    # PDL wait (ACQBULK) in the decode kernel, before it in the small-M GEMMs (gemm_prefetch).
+    for key, meta in kernels.items():
+        name = meta["fn"].rsplit(".", 1)[1]
+        if name not in ("paged_decode_kernel", "gemv_kernel", "small_m_gemm_kernel"):
+            continue
+        assert meta["constexprs"]["PREFETCH"]
+        cubin = tmp_path / f"{key}.cubin"
+        cubin.write_bytes(bundle.blobs[meta["sm"]["90"]["blob"]])
+        sass = _sass(cubin)
+        if sass is None:
+            continue
+        first, wait = sass.find("UBLKPF.L2"), sass.find("ACQBULK")
+        assert first >= 0 and wait >= 0, name
+        assert (first > wait) == (name == "paged_decode_kernel"), name
 
 
 def _sass(cubin):
@@ -119,6 +129,7 @@ def test_without_the_option_the_decode_launch_is_as_before(tmp_path_factory):
             assert step["grid"][0] == "BD"
             assert not any("weight" in a for a in step["args"])
             assert kernels[step["kernel"]]["constexprs"]["PREFETCH"] == 0
+    assert not any(meta["constexprs"].get("PREFETCH") for meta in kernels.values())
 
 
 def test_bad_budget_is_refused():
