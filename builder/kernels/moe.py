@@ -86,9 +86,11 @@ def moe_route_kernel(ids_ptr, weights_ptr, logits_ptr, bias_ptr, scale, eps,
         best = tl.max(left, axis=0)
         pick = tl.min(tl.where(left == best, e, BLOCK_E), axis=0)
         if SCORING == SPARSEMIXER:
-            far = (best - x) / tl.maximum(tl.abs(x), best) > 2 * eps  # NaN (0 / 0): near
+            # Divisions rounded as torch's (the GPU's `/` is approximate): a ratio exactly at
+            # the threshold stays near, as in the reference. NaN (0 / 0): near.
+            far = tl.math.div_rn(best - x, tl.maximum(tl.abs(x), best)) > 2 * eps
             near = (far == 0) & (left > float("-inf"))
-            score = 1.0 / tl.sum(tl.where(near, tl.exp(x - best), 0.0), axis=0)
+            score = tl.math.div_rn(1.0, tl.sum(tl.where(near, tl.exp(x - best), 0.0), axis=0))
         else:
             score = tl.sum(tl.where(e == pick, p, 0.0), axis=0)
         top_w = tl.where(j == r, score, top_w)

@@ -2,8 +2,8 @@
 # One device call: Llama-3.1-8B-shaped engines built side by side, one per VARIANTS entry
 # QUANT:MB[:g] (fp8: FP8 + FP8 KV; bf16: plain bfloat16; MB: --l2-prefetch-mb; g:
 # --gemm-prefetch), GPU test shards
-# ($SHARDS) beside the builds, then each engine's decode at batch 1 and 8 timed twice in turn,
-# the first round with a batch-1 per-kernel profile.
+# ($SHARDS, and EXTRA_TESTS: pytest arguments) beside the builds, then each engine's decode
+# timed twice in turn: at batch 1 and 8 with a batch-1 per-kernel profile, then at batch 1.
 cd "$(dirname "$0")/../../.."
 LOG=${LOG:-/tmp/l2pf}; mkdir -p "$LOG"  # the caller packs it into $OUT
 VARIANTS=${VARIANTS:-"fp8:0 fp8:24"}
@@ -26,6 +26,10 @@ for s in ${SHARDS:-}; do
   timeout ${TESTS_TIMEOUT:-330} python3 -m pytest -q -m gpu -p no:cacheprovider "${args[@]}" > "$LOG/tests-$s.log" 2>&1 &
   tests[$s]=$!
 done
+if [ -n "${EXTRA_TESTS:-}" ]; then  # pytest arguments of one more process
+  timeout ${TESTS_TIMEOUT:-330} python3 -m pytest -q -m gpu -p no:cacheprovider $EXTRA_TESTS > "$LOG/tests-extra.log" 2>&1 &
+  tests[extra]=$!
+fi
 for v in $VARIANTS; do
   wait ${builds[$v]}; echo "build $v rc $? $(( $(date +%s) - t )) s: $(tail -n 1 "$LOG/build-$(name $v).log")"
 done
@@ -40,5 +44,5 @@ speed() {
   grep -E "roofline|graphs \(ms|all kernels|paged_decode_kernel|gemv_kernel|small_m_gemm_kernel" "$LOG/speed-$name.log" | grep -v "^ *N=" | head -12
 }
 for v in $VARIANTS; do speed "$(name $v)-1" /tmp/e-$(name $v) --profile --profile-batches 1; done
-for v in $VARIANTS; do speed "$(name $v)-2" /tmp/e-$(name $v); done
+for v in $VARIANTS; do speed "$(name $v)-2" /tmp/e-$(name $v) --batches 1; done
 echo "done $(( $(date +%s) - t )) s"
