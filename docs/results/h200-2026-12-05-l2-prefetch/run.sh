@@ -3,7 +3,7 @@
 # QUANT:MB[:g] (fp8: FP8 + FP8 KV; bf16: plain bfloat16; MB: --l2-prefetch-mb; g:
 # --gemm-prefetch), GPU test shards
 # ($SHARDS, and EXTRA_TESTS: pytest arguments) beside the builds, then each engine's decode
-# timed twice in turn: at batch 1 and 8 with a batch-1 per-kernel profile, then at batch 1.
+# timed at batch 1 twice in turn, then at batch 1 and 8 with a batch-1 per-kernel profile.
 cd "$(dirname "$0")/../../.."
 LOG=${LOG:-/tmp/l2pf}; mkdir -p "$LOG"  # the caller packs it into $OUT
 VARIANTS=${VARIANTS:-"fp8:0 fp8:24"}
@@ -43,6 +43,8 @@ speed() {
   echo "== $name rc $? ($(( $(date +%s) - t0 )) s)"
   grep -E "roofline|graphs \(ms|all kernels|paged_decode_kernel|gemv_kernel|small_m_gemm_kernel" "$LOG/speed-$name.log" | grep -v "^ *N=" | head -12
 }
-for v in $VARIANTS; do speed "$(name $v)-1" /tmp/e-$(name $v) --profile --profile-batches 1; done
-for v in $VARIANTS; do speed "$(name $v)-2" /tmp/e-$(name $v) --batches 1; done
+for r in 1 2; do
+  for v in $VARIANTS; do speed "$(name $v)-$r" /tmp/e-$(name $v) --batches 1; done
+done
+for v in $VARIANTS; do speed "$(name $v)-p" /tmp/e-$(name $v) --profile --profile-batches 1; done
 echo "done $(( $(date +%s) - t )) s"
