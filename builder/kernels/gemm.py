@@ -35,7 +35,6 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.prefetch import prefetch_rows
 from kiln.builder.kernels.rounding import INTERPRETED, to_e4m3
 from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
 
@@ -80,16 +79,14 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
                         SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0,
                         GLU: tl.constexpr = 0, ACT_STRIDE: tl.constexpr = 0,
-                        PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = 0):
+                        PDL: tl.constexpr = 0):
     """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K: x @ w.T,
     or with SWAP (w @ x.T).T. SCALED: FP8 operands, widened to float16 for x @ w.T (every e4m3
     value is a float16 value) and multiplied in e4m3 with SWAP (on Hopper, wgmma's e4m3 MMA,
     whose own sums keep fewer bits than float32: each MMA's is added to the float32
     accumulator, as cuBLASLt does without fast accumulation, not all of K summed inside it).
     GLU: the SiLU-mul after the GEMM too, written to act (glu_store); the program then takes
-    BLOCK_N / 2 outputs' gate and up rows, interleaved, and out is not written. PREFETCH: the
-    heads of its weight rows asked into L2 before the PDL wait (prefetch.prefetch_rows)."""
-    prefetch_rows(w_ptr, N, K, BLOCK_N, GLU, PREFETCH, PDL)
+    BLOCK_N / 2 outputs' gate and up rows, interleaved, and out is not written."""
     enter(PDL)
     rows = tl.arange(0, BLOCK_M)
     cols, col_ok = _columns(N, BLOCK_N, GLU)
@@ -254,7 +251,7 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
                 PROLOGUE: tl.constexpr,
                 QUANTIZE: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GLU: tl.constexpr = 0,
-                PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = 0):
+                PDL: tl.constexpr = 0):
     """Row 0 of out, columns block program_id(0): prologue(x[0]) @ w.T (+ bias), the products
     summed in float32 on CUDA cores (partial sums a column of the weight tile, reduced once at
     the end).
@@ -289,9 +286,7 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
     else:
         w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
     # The weight is no kernel's output: its first tile is read while the kernel waits for the
-    # kernel before it (PDL), and each later tile one step ahead of its use; with PREFETCH the
-    # heads of its rows are asked into L2 first (prefetch.prefetch_rows).
-    prefetch_rows(w_ptr, N, K, BLOCK_N, GLU, PREFETCH, PDL)
+    # kernel before it (PDL), and each later tile one step ahead of its use.
     w_next = _weight_tile(w_rows, 0, col_ok, K // P, WK, EVEN)
     enter(PDL)
     DT = out_ptr.dtype.element_ty
@@ -360,26 +355,22 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
 
 
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
-                x_stride: int, out_stride: int, act_stride: int | None = None,
-                prefetch: bool = False) -> dict:
-    """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU;
-    `prefetch`: the build's gemm_prefetch."""
+                x_stride: int, out_stride: int, act_stride: int | None = None) -> dict:
+    """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU."""
     block_n, block_k, _, _, swap = config
     least = 32 if scaled and swap else 16  # the K of one MMA: 32 e4m3 values, 16 of 16 bits
     return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
                 BLOCK_M=SMALL_M, BLOCK_N=block_n,
                 BLOCK_K=max(least, min(block_k, triton.next_power_of_2(k))),
                 IEEE=dtype == "float32" and not scaled, SWAP=swap, GLU=act_stride is not None,
-                ACT_STRIDE=act_stride or 0, PREFETCH=prefetch)
+                ACT_STRIDE=act_stride or 0)
 
 
 def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool,
-                     quantize: bool = False, scaled: bool = False, glu: bool = False,
-                     prefetch: bool = False) -> dict:
+                     quantize: bool = False, scaled: bool = False, glu: bool = False) -> dict:
     return dict(N=n, K=k, PROLOGUE=int(prologue), QUANTIZE=quantize, SCALED=scaled,
                 HAS_BIAS=bias, BLOCK_N=config[0],
-                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))), GLU=glu,
-                PREFETCH=prefetch)
+                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))), GLU=glu)
 
 
 def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
@@ -403,8 +394,7 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
                       M=I32(ctx.rows(out))),
             constexprs=_constexprs(config, n, k, bias is not None, scales is not None,
                                    ctx.dtype(out), ctx.row_stride(x), ctx.row_stride(out),
-                                   ctx.row_stride(epilogue["out"]) if glu else None,
-                                   ctx.build.gemm_prefetch))
+                                   ctx.row_stride(epilogue["out"]) if glu else None))
 
     return [{"max_m": SMALL_M, "steps": steps}
             for config in (SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS)
@@ -454,7 +444,7 @@ def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None, folded: d
                       eps=F32(fold.get("eps", 0.0))),
             constexprs=_gemv_constexprs(config, n, k, fold["prologue"], bias is not None,
                                         bool(scales) and fold is folded, scales is not None,
-                                        glu, ctx.build.gemm_prefetch))
+                                        glu))
 
     def ways(config, fold: dict) -> list[list[Launch]]:
         return _ways(lambda glu: launch(config, fold, glu), epilogue)

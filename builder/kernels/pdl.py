@@ -6,8 +6,7 @@ kernel before it in the stream is still running. Every plan kernel takes a `PDL`
 it touches memory: it waits there until the previous kernel has finished and its writes are
 visible, so nothing reads or writes memory before its producers are done, while its launch and
 block start overlap the previous kernel's end. Only what no kernel writes may be read before
-it: the one-row GEMM (gemm.gemv_kernel, in WEIGHTS_FIRST) loads its first weight tile first,
-and the small-M GEMMs may ask L2 for the heads of their weight rows (prefetch.py).
+it: the one-row GEMM (gemm.gemv_kernel, in WEIGHTS_FIRST) loads its first weight tile first.
 With PDL = 2 it then also lets the next kernel launch at once (its blocks are placed and wait
 in turn), rather than as its own blocks exit.
 A kernel launched without the attribute, or on a GPU without the feature, runs the two
@@ -32,9 +31,8 @@ OFF, WAIT, WAIT_AND_RELEASE = 0, 1, 2
 HOLD = frozenset({"rope_kv_kernel", "paged_attention_kernel", "paged_decode_kernel",
                   "paged_decode_reduce_kernel"})
 
-# Kernels that read their weight (w_ptr, which no kernel writes) before enter(PDL), or ask L2
-# for it (prefetch.prefetch_rows).
-WEIGHTS_FIRST = frozenset({"gemv_kernel", "small_m_gemm_kernel"})
+# Kernels that read their weight (w_ptr, which no kernel writes) before enter(PDL).
+WEIGHTS_FIRST = frozenset({"gemv_kernel"})
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait

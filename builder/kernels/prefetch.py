@@ -107,29 +107,3 @@ def prefetch(part, parts, r0_ptr, r0_bytes, r1_ptr, r1_bytes, r2_ptr, r2_bytes, 
         if RANGES >= 4:
             _prefetch_range(r3_ptr, r3_bytes, part, parts)
 
-
-ROW_HEAD = tl.constexpr(2048)  # bytes of each of its weight rows a GEMM program asks for early
-
-
-@triton.jit
-def prefetch_rows(w_ptr, N: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                  GLU: tl.constexpr, ON: tl.constexpr, PDL: tl.constexpr):
-    """Before a small-M GEMM program's PDL wait (the build's gemm_prefetch): the first ROW_HEAD
-    bytes of each of its weight rows (gemm._columns's: BLOCK_N rows, or with GLU BLOCK_N / 2
-    gate and up pairs) asked into L2, so that the memory, idle at the end of the kernel before
-    it, fetches what the program's first steps read."""
-    ROW: tl.constexpr = K * (w_ptr.dtype.element_ty.primitive_bitwidth // 8)
-    if not INTERPRETED and ON and PDL >= 1 and ROW % 16 == 0:
-        base = w_ptr.to(tl.pointer_type(tl.int8))
-        for r0 in tl.static_range(0, BLOCK_N, LANES):
-            r = r0 + tl.arange(0, LANES)
-            if GLU:
-                pair = tl.program_id(0) * (BLOCK_N // 2) + r // 2
-                row = pair + (r % 2) * (N // 2)
-                ok = pair < N // 2
-            else:
-                row = tl.program_id(0) * BLOCK_N + r
-                ok = row < N
-            size = tl.where(ok & (r < BLOCK_N), tl.minimum(ROW, ROW_HEAD), 0)
-            tl.inline_asm_elementwise(_ASM, "=r,l,r", [base + row.to(tl.int64) * ROW, size],
-                                      dtype=tl.int32, is_pure=False, pack=1)

@@ -590,9 +590,6 @@ class BuildConfig:
     # MiB of the weights after each attention prefetched into L2 during it in small decode steps
     # (kernels/prefetch.py); 0: none.
     l2_prefetch_mb: int = 0
-    # The small-M GEMMs ask L2 for the heads of their weight rows before their PDL wait
-    # (kernels/prefetch.py: prefetch_rows).
-    gemm_prefetch: bool = False
     # Where quantization scales come from (kiln.quantize.calibrate): used by the quantize_*
     # passes, never serialized, like TensorRT's IBuilderConfig.int8_calibrator.
     calibrator: object = field(default=None, repr=False, compare=False,

@@ -18,7 +18,7 @@ H, I, DT = 256, 512, "bfloat16"
 def stand_in_build():
     """What lower() reads of a BuildConfig."""
     return SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64,
-                           l2_prefetch_mb=0, gemm_prefetch=False)
+                           l2_prefetch_mb=0)
 
 
 def quantized_graph() -> Graph:

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One device call: Llama-3.1-8B-shaped engines built side by side, one per VARIANTS entry
-# QUANT:MB[:g] (fp8: FP8 + FP8 KV; bf16: plain bfloat16; MB: --l2-prefetch-mb; g:
-# --gemm-prefetch), GPU test shards
-# ($SHARDS, and EXTRA_TESTS: pytest arguments) beside the builds, then each engine's decode
+# QUANT:MB (fp8: FP8 + FP8 KV; bf16: plain bfloat16; MB: --l2-prefetch-mb), GPU test shards
+# ($SHARDS, and EXTRA_TESTS: pytest arguments of more processes, ';' apart) beside the builds, then each engine's decode
 # timed at batch 1 twice in turn, then at batch 1 and 8 with a batch-1 per-kernel profile.
 cd "$(dirname "$0")/../../.."
 LOG=${LOG:-/tmp/l2pf}; mkdir -p "$LOG"  # the caller packs it into $OUT
@@ -15,9 +14,8 @@ BF16_ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --max-batch-size 64 --
 declare -A builds
 name() { echo "${1//:/-}"; }
 for v in $VARIANTS; do
-  IFS=: read -r quant mb g <<<"$v"
+  IFS=: read -r quant mb <<<"$v"
   args=$FP8_ARGS; [ "$quant" = bf16 ] && args=$BF16_ARGS
-  [ "$g" = g ] && args="$args --gemm-prefetch"
   engine-build --output /tmp/e-$(name $v) $args --l2-prefetch-mb $mb > "$LOG/build-$(name $v).log" 2>&1 &
   builds[$v]=$!
 done
@@ -26,10 +24,12 @@ for s in ${SHARDS:-}; do
   timeout ${TESTS_TIMEOUT:-330} python3 -m pytest -q -m gpu -p no:cacheprovider "${args[@]}" > "$LOG/tests-$s.log" 2>&1 &
   tests[$s]=$!
 done
-if [ -n "${EXTRA_TESTS:-}" ]; then  # pytest arguments of one more process
-  timeout ${TESTS_TIMEOUT:-330} python3 -m pytest -q -m gpu -p no:cacheprovider $EXTRA_TESTS > "$LOG/tests-extra.log" 2>&1 &
-  tests[extra]=$!
-fi
+IFS=';' read -r -a extra <<<"${EXTRA_TESTS:-}"  # pytest arguments of more processes, ';' apart
+for i in "${!extra[@]}"; do
+  eval "args=(${extra[$i]})"
+  timeout ${TESTS_TIMEOUT:-330} python3 -m pytest -q -m gpu -p no:cacheprovider "${args[@]}" > "$LOG/tests-extra$i.log" 2>&1 &
+  tests[extra$i]=$!
+done
 for v in $VARIANTS; do
   wait ${builds[$v]}; echo "build $v rc $? $(( $(date +%s) - t )) s: $(tail -n 1 "$LOG/build-$(name $v).log")"
 done
