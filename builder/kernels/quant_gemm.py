@@ -43,6 +43,7 @@ from kiln.builder.kernels.direct import direct, interpreting
 from kiln.builder.kernels.gemm import glu_out, glu_store, take_epilogue
 from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
+from kiln.builder.kernels.rounding import fma
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
 from kiln.builder.kernels.symbols import evaluate
 
@@ -140,7 +141,7 @@ def _dequant(u, s_ptr, o_ptr, cols64, col_ok, k, k_ok, c, DT: tl.constexpr, NG: 
     else:
         v = u.to(tl.float32)
     if HAS_OFFSET:
-        return tl.fma(v, s, tl.load(o_ptr + at, mask=ok, other=0.0).to(tl.float32)).to(DT)
+        return fma(v, s, tl.load(o_ptr + at, mask=ok, other=0.0).to(tl.float32)).to(DT)
     return (v * s).to(DT)
 
 
@@ -417,10 +418,10 @@ def _int4_values(hw, s, o, DT: tl.constexpr, ASM: tl.constexpr):
     else:
         sf = s.to(tl.float32)
         of = o.to(tl.float32)
-        w0 = tl.fma((hw & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
-        w1 = tl.fma(((hw >> 4) & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
-        w2 = tl.fma(((hw >> 8) & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
-        w3 = tl.fma((hw >> 12).to(tl.float32) - 8.0, sf, of).to(DT)
+        w0 = fma((hw & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
+        w1 = fma(((hw >> 4) & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
+        w2 = fma(((hw >> 8) & 0xF).to(tl.float32) - 8.0, sf, of).to(DT)
+        w3 = fma((hw >> 12).to(tl.float32) - 8.0, sf, of).to(DT)
     return w0, w1, w2, w3
 
 
@@ -648,8 +649,8 @@ def wo_dequant_kernel(out_ptr, w_ptr, scales_ptr, offsets_ptr, N: tl.constexpr,
         hi = (packed >> 4).to(tl.float32) - 8.0
         if HAS_OFFSET:
             o = tl.load(offsets_ptr + at, mask=ok, other=0.0).to(tl.float32)
-            lo = tl.fma(lo, s, o).to(DT)
-            hi = tl.fma(hi, s, o).to(DT)
+            lo = fma(lo, s, o).to(DT)
+            hi = fma(hi, s, o).to(DT)
         else:
             lo = (lo * s).to(DT)
             hi = (hi * s).to(DT)

@@ -25,6 +25,18 @@ def rint(x):
 
 
 @triton.jit
+def fma(a, b, c):
+    """a * b + c (float32) rounded once, as the GPU's fused multiply-add rounds it. The
+    interpreter's tl.fma rounds the product and the sum apart; there the product of the two
+    float32 values (exact in float64) and the sum are taken in float64 and rounded to float32,
+    as the torch references compute it (kiln.quantize.pack.dequantize_weight)."""
+    if INTERPRETED:
+        return (a.to(tl.float64) * b.to(tl.float64) + c.to(tl.float64)).to(tl.float32)
+    else:
+        return tl.fma(a, b, c)
+
+
+@triton.jit
 def e4m3_grid(x):
     """x (float32, within +-448) rounded to the float8_e4m3fn grid (to nearest even), as the cast
     to it rounds. The GPU's cast rounds by itself. Triton's interpreter drops the carry of a
