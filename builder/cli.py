@@ -63,9 +63,6 @@ def human_bytes(n: float) -> str:
 @click.option("--quant-group-size", type=int, default=None,
               help="int4_awq / int4_gptq: input channels per weight scale, 32, 64 or 128 (it "
                    "must divide every GEMM's K). Default: 128, or 64 / 32 where K needs it.")
-@click.option("--l2-prefetch-mb", type=int, default=0, show_default=True,
-              help="MiB of the weights after each attention asked into L2 while it runs, in "
-                   "decode steps of up to 16 tokens (SM 90+); 0: off.")
 @click.option("--calib-dataset", type=click.Path(), default=None,
               help="Calibration text (UTF-8 or .jsonl). Default: Python's pydoc_data.topics.")
 @click.option("--calib-size", type=int, default=32, show_default=True,
@@ -77,8 +74,7 @@ def human_bytes(n: float) -> str:
 @one_line_errors
 def build_main(checkpoint, random_weights, seed, random_layers, output, dtype, max_batch_size,
                max_seq_len, max_num_tokens, tokens_per_block, target_sm, quant, kv_cache_dtype,
-               quant_group_size, l2_prefetch_mb, calib_dataset, calib_size, calib_seq_len,
-               overwrite, quiet):
+               quant_group_size, calib_dataset, calib_size, calib_seq_len, overwrite, quiet):
     """Build a Kiln engine from a checkpoint (or from random weights of a named model shape)."""
     from kiln.builder.build import build_engine
     from kiln.builder.checkpoint import open_checkpoint
@@ -106,7 +102,7 @@ def build_main(checkpoint, random_weights, seed, random_layers, output, dtype, m
                         max_num_tokens=max_num_tokens, tokens_per_block=tokens_per_block,
                         targets=list(target_sm) or default_targets(quant, kv_cache_dtype),
                         quant=quant, kv_cache_dtype=kv_cache_dtype,
-                        quant_group_size=quant_group_size, l2_prefetch_mb=l2_prefetch_mb)
+                        quant_group_size=quant_group_size)
     calibration = CalibrationOptions(calib_dataset, calib_size, calib_seq_len)
     report = build_engine(checkpoint, output, build, overwrite=overwrite, progress=not quiet,
                           calibration=calibration)

@@ -48,8 +48,6 @@ import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
-from kiln.builder.kernels.prefetch import (MAX_RANGES, next_weights, prefetch,
-                                          prefetch_rows_formula)
 from kiln.builder.kernels.rope import (check_cache_layout, kv_quant, plan_rope_kv, rope_angles,
                                      rope_kv, rope_table, rotate_heads, write_kv_token)
 from kiln.builder.kernels.rounding import to_e4m3
@@ -263,20 +261,10 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
                         HALF_PAD: tl.constexpr = 1, ROPE: tl.constexpr = 0, out8_ptr=None,
                         out_scale_ptr=None, OUT8_STRIDE: tl.constexpr = 0,
                         OUT_FP8: tl.constexpr = 0, WINDOW: tl.constexpr = 0,
-                        SOFTCAP: tl.constexpr = 0.0, num_decodes=0, pf0_ptr=None, pf0_bytes=0,
-                        pf1_ptr=None, pf1_bytes=0, pf2_ptr=None, pf2_bytes=0, pf3_ptr=None,
-                        pf3_bytes=0, PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = 0):
+                        SOFTCAP: tl.constexpr = 0.0, PDL: tl.constexpr = 0):
     enter(PDL)
-    seq = tl.program_id(0)
-    if PREFETCH > 0:
-        if seq >= num_decodes:  # a row of prefetch programs (prefetch.py), after the BD rows
-            splits = tl.num_programs(2)
-            part = ((seq - num_decodes) * NKV + tl.program_id(1)) * splits + tl.program_id(2)
-            prefetch(part, (tl.num_programs(0) - num_decodes) * NKV * splits, pf0_ptr,
-                     pf0_bytes, pf1_ptr, pf1_bytes, pf2_ptr, pf2_bytes, pf3_ptr, pf3_bytes,
-                     PREFETCH, PDL)
-            return
     inv = _out_inv(out_scale_ptr, OUT_FP8)
+    seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     ctx_len = tl.load(context_lens_ptr + seq)
@@ -503,14 +491,13 @@ def plan_attention(node, ctx):
     # One launch, or with an 8-bit cache one per config (a step takes one of them).
     launches = decode_launches(dcfg, quant, ieee, splits,
                                lambda: ctx.derive(long_split_formula(splits, window)))
-    rows, pf_args, pf_shape = decode_prefetch(node, ctx, nkv, splits)
     for (tile, warps, stages), when in launches:
-        ctx.launch(paged_decode_kernel, grid=(rows, nkv, splits), num_warps=warps,
+        ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
                    num_stages=stages, when=when,
-                   args=dict(common, **prologue, **out8, **pf_args, out_ptr=ctx.ptr(out),
+                   args=dict(common, **prologue, **out8, out_ptr=ctx.ptr(out),
                              partial_ptr=partials, max_blocks=I32("MAXBLK"),
                              num_splits=I32(splits)),
-                   constexprs=dict(shape, **out8_shape, **pf_shape, NQ=nq, **dict(dcfg, TILE=tile),
+                   constexprs=dict(shape, **out8_shape, NQ=nq, **dict(dcfg, TILE=tile),
                                    **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
                                                          ctx.row_stride(v), nq, nkv, hd, rope)))
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",
@@ -528,25 +515,6 @@ def plan_attention(node, ctx):
                args=dict(common, **out8, out_ptr=ctx.ptr(out), num_seqs=I32("B"),
                          first_seq=I32("BD"), max_blocks=I32("MAXBLK")),
                constexprs=dict(shape, **out8_shape, **cfg))
-
-
-def decode_prefetch(node, ctx, nkv: int, splits: str) -> tuple[str, dict, dict]:
-    """(grid rows, args, constexprs) of the decode launch's prefetch programs (prefetch.py):
-    the weights after this attention, up to the build's l2_prefetch_mb; none when it is 0 or
-    nothing follows."""
-    ranges = next_weights(ctx.graph, node, ctx.build.l2_prefetch_mb << 20)
-    args, shape = {}, {"PREFETCH": len(ranges), "num_decodes": 0}
-    for i in range(MAX_RANGES):
-        name, nbytes = ranges[i] if i < len(ranges) else (None, 0)
-        if name is None:
-            shape.update({f"pf{i}_ptr": None, f"pf{i}_bytes": 0})
-        else:
-            args.update({f"pf{i}_ptr": ctx.ptr(name), f"pf{i}_bytes": I32(nbytes)})
-    if not ranges:
-        return "BD", args, shape
-    del shape["num_decodes"]
-    args["num_decodes"] = I32("BD")
-    return f"BD + {ctx.derive(prefetch_rows_formula(nkv, splits))}", args, shape
 
 
 def prologue_constexprs(q_stride: int, k_stride: int, v_stride: int, nq: int, nkv: int,

@@ -587,9 +587,6 @@ class BuildConfig:
     # int4: input channels per weight scale (32, 64 or 128); None: 128, or the largest of 64 and
     # 32 that divides a GEMM's K. Each linear_wo node's group_size attr is what it got.
     quant_group_size: int | None = None
-    # MiB of the weights after each attention prefetched into L2 during it in small decode steps
-    # (kernels/prefetch.py); 0: none.
-    l2_prefetch_mb: int = 0
     # Where quantization scales come from (kiln.quantize.calibrate): used by the quantize_*
     # passes, never serialized, like TensorRT's IBuilderConfig.int8_calibrator.
     calibrator: object = field(default=None, repr=False, compare=False,
@@ -618,8 +615,6 @@ class BuildConfig:
                             f"--kv-cache-dtype {self.kv_cache_dtype} ({int(mode)}); rebuild the engine")
         self.quant_mode = int(mode)
         check_group_size(self.quant, self.quant_group_size)
-        if not 0 <= self.l2_prefetch_mb <= 1024:
-            raise KilnError(f"--l2-prefetch-mb must be 0 to 1024 (MiB), got {self.l2_prefetch_mb}")
         check_targets(mode, self.quant, self.kv_cache_dtype, self.targets)
 
     def check_against(self, model: ModelConfig) -> None:

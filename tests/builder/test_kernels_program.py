@@ -122,19 +122,6 @@ def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
 
 
-def test_program_with_l2_prefetch_programs(tiny_engine):
-    """--l2-prefetch-mb: the decode launches of steps of up to 16 tokens carry rows of
-    prefetch programs after their BD rows (kernels/prefetch.py), which leave every output alone:
-    mixed steps, one sequence's one-row GEMMs, and split-KV decodes."""
-    _, engine = tiny_engine("llama", "float16", targets=(90,), max_seq_len=256,
-                            tokens_per_block=16, l2_prefetch_mb=1)
-    for schedule, alternative in ((MIXED, None), (SINGLE, 4), (LONG, None)):
-        for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(
-                run(engine, schedule, gemm_alternative=alternative)):
-            assert err < BOUND["float16"], f"step {i}: error {err:.2e}"
-            assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
-
-
 def test_program_long_context_split_kv(tiny_engine):
     _, engine = tiny_engine("llama", "float32", targets=(90,), max_seq_len=256,
                             tokens_per_block=16)

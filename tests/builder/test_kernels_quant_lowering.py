@@ -15,12 +15,6 @@ from kiln.builder.kernels.spec import Gemm, Launch  # noqa: E402
 H, I, DT = 256, 512, "bfloat16"
 
 
-def stand_in_build():
-    """What lower() reads of a BuildConfig."""
-    return SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64,
-                           l2_prefetch_mb=0)
-
-
 def quantized_graph() -> Graph:
     """One of each quantized op, shapes checked by the ops' inference."""
     g = Graph()
@@ -60,7 +54,7 @@ def quantized_graph() -> Graph:
 
 @pytest.fixture(scope="module")
 def lowered():
-    build = stand_in_build()
+    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
     return lower(quantized_graph(), build)
 
 
@@ -123,7 +117,7 @@ def test_fp8_quantization_folded_into_the_gemm():
     before cuBLASLt and the small-M kernels, and in the one-row kernel as its prologue, which
     quantizes x itself (the FP8 input is then never written at M = 1)."""
     from kiln.builder.passes import fold_into_linears
-    build = stand_in_build()
+    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
     g = fold_into_linears(quantized_graph())
     marked = [n.op for n in g.nodes if n.attrs.get("fold_into_next")]
     assert marked == ["add_rmsnorm_quant"]  # the only quantization feeding a linear_fp8 alone
@@ -170,7 +164,8 @@ def test_fp8_silu_mul_quant_is_the_gate_up_gemms_epilogue():
     g = fold_into_linears(g)
     assert g.nodes[-1].attrs == {"qdtype": "float8_e4m3fn", "fold_into_previous": True}
     g.memory_plan = {"offsets": {"gate_up": 0, "act": 4096 * 16}, "views": {}}
-    ctx = lower(g, stand_in_build())
+    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT,
+                                   max_num_tokens=64))
     assert steps_of(ctx, "silu_mul_quant") == []
     (gemm,) = steps_of(ctx, "linear_fp8")
     (after,) = gemm.epilogue
@@ -214,7 +209,8 @@ def test_silu_mul_is_the_weight_only_gate_up_gemms_epilogue(bits):
     g = fold_into_linears(g)
     assert g.nodes[-1].attrs == {"fold_into_previous": True}
     g.memory_plan = {"offsets": {"gate_up": 0, "act": 4096 * 16}, "views": {}}
-    ctx = lower(g, stand_in_build())
+    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT,
+                                   max_num_tokens=64))
     assert steps_of(ctx, "silu_mul") == []
     (gemm,) = steps_of(ctx, "linear_wo")
     (after,) = gemm.epilogue

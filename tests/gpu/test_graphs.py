@@ -126,27 +126,3 @@ def test_programmatic_launch_equals_serial_launch(core, sm, tiny_engine, graphs)
         advance(seqs, plan, serial)
     if graphs:
         assert gpu.graph_stats()["captured"] >= 1
-
-
-@pytest.mark.parametrize("graphs", [False, True])
-def test_l2_prefetch_leaves_the_logits_as_they_were(core, sm, tiny_engine, graphs):
-    """Decode steps whose attention launch prefetches the next GEMMs' weights into L2
-    (--l2-prefetch-mb, kernels/prefetch.py) give the logits of the engine without it, bit for
-    bit; steps of more than 16 tokens take no prefetch programs."""
-    build = dict(targets=(sm,), max_seq_len=256, max_num_tokens=256, tokens_per_block=16)
-    plain = load_engine(tiny_engine("llama", "bfloat16", **build)[1])
-    engine = load_engine(tiny_engine("llama", "bfloat16", l2_prefetch_mb=1, **build)[1])
-    kernels = engine.kernels["kernels"]
-    grids = [step["grid"] for step in engine.kernels["program"] if step["kind"] == "kernel"
-             and kernels[step["kernel"]]["fn"].endswith(".paged_decode_kernel")]
-    assert grids and all(g[0].startswith("BD + ") for g in grids), grids
-    gpus = [core.PlanExecutor(e, num_blocks=NUM_BLOCKS, cuda_graphs=graphs)
-            for e in (plain, engine)]
-    seqs = [sequences(e, (110, 10, 60, 33), seed=13) for e in (plain, engine)]
-    plans = [[(0, 110), (1, 10), (2, 60), (3, 33)]] + [[(s, 1) for s in range(4)]] * 6 \
-        + [[(1, 1), (3, 1)]] * 3 + [[(0, 1)]] * 3
-    for i, plan in enumerate(plans):
-        want, got = (gpu.forward(s.step(plan)) for gpu, s in zip(gpus, seqs))
-        assert np.array_equal(want, got), f"step {i}: the prefetch changed the logits"
-        for s in seqs:
-            advance(s, plan, want)
