@@ -5,7 +5,7 @@
 #   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in concurrent shards
 #      (tests/gpu/shards.py): kernels vs references, AOT cubins through the driver API, whole
 #      engines vs the reference backend, HuggingFace and modelopt's fake-quantized models.
-# Pure-Python packages the machine lacks can be carried as wheels in .whl/. Logs go to $OUT
+# Packages the machine lacks can be carried as wheels in .whl/ (scripts/carried_wheels.sh). Logs go to $OUT
 # (when set) or build/gpu-check; the speed table prints last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +14,8 @@ LOG=${OUT:-build/gpu-check}
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/kiln-wheels .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/kiln-wheels${PYTHONPATH:+:$PYTHONPATH}
-fi
+. scripts/carried_wheels.sh
+install_carried_wheels /tmp/kiln-wheels || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== install"
 # The install's log goes to $LOG only when the install fails: $LOG keeps to the speed log and

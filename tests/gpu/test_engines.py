@@ -18,6 +18,11 @@ ARCHS = TINY_ARCHS
 # (bfloat16 measured up to 4.1e-2 on the H100, Qwen2 with its random q/k biases); the real 16-bit
 # check is against the same model in float32, below.
 BOUND = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 8e-2}
+# Routed (MoE) families in bfloat16: their router's logits are bfloat16 too (OLMoE, GraniteMoE),
+# and where two experts' logits tie within an ulp, the GPU's GEMM and the reference's pick
+# different experts for a token; measured up to 1.14e-1 on the H200 (OLMoE), while each stays
+# within the float32 check below.
+ROUTED_BOUND = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1.6e-1}
 NUM_BLOCKS = 40
 SCHEDULE = ([[(0, 7), (1, 6), (2, 10)], [(1, 7), (2, 10), (0, 1)]]
             + [[(0, 1), (1, 1), (2, 1)]] * 10)
@@ -69,7 +74,8 @@ def test_engine_matches_reference_backend(core, sm, tiny_engine, arch, dtype):
         else:
             own, ours = rel(ref, steps[2][i]), rel(out, steps[2][i])
             assert ours < 2 * own + 1e-3, f"step {i}: {ours:.2e} from float32, reference {own:.2e}"
-            assert rel(out, ref) < BOUND[dtype], f"step {i}: error {rel(out, ref):.2e}"
+            bound = (ROUTED_BOUND if engine.config.model.num_experts else BOUND)[dtype]
+            assert rel(out, ref) < bound, f"step {i}: error {rel(out, ref):.2e}"
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
