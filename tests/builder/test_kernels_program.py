@@ -59,7 +59,7 @@ MIXED = [[7, 13, 20, 30], [[0, 7], [1, 6], [2, 10]], [[0, 1], [1, 7], [2, 5]],
          [[1, 1], [2, 5], [0, 1], [3, 30]]] + [[[0, 1], [1, 1], [2, 1], [3, 1]]] * 3
 # The quantized engines' schedule: three sequences, decodes first. On MIXED (four sequences) two
 # steps of the FP8 + FP8-cache engine come out ~1e-2 off, the same whichever kernel takes the
-# mixed steps' decodes; TIE_BOUND allows one such step.
+# mixed steps' decodes; TIE_BOUND and TIE_STEPS allow for such steps.
 QUANT_MIXED = [[7, 13, 20], [[0, 7], [1, 6], [2, 10]], [[0, 1], [1, 7], [2, 10]]] + [[[0, 1], [1, 1], [2, 1]]] * 3
 SINGLE = [[9], [[0, 9]]] + [[[0, 1]]] * 4  # one sequence: its decode steps are one-row GEMMs
 # One sequence of 240 tokens in chunks beside a short one, then decodes whose context
@@ -142,11 +142,15 @@ def test_program_long_context_in_a_sliding_window(tiny_engine):
 
 
 # Attention's float32 sums are taken in another order than the reference's (about 1e-7
-# apart). A value that sits that close to an e4m3 rounding boundary lands on the neighbouring
-# code, 1/16 to 1/8 of it away, which moves the logits by up to about 1e-2 (measured 8.7e-3 once
-# in three calibrations with an FP8 cache and FP8 activations). One such step is allowed where
-# the engine has e4m3 codes; the other steps must agree to 1e-4.
-TIE_BOUND = 2e-2
+# apart), and RoPE's rotation is a fused multiply-add, rounded once, where the reference rounds
+# the products and the sum (as on the GPU; Triton's interpreter does so from 3.9). A value that
+# sits that close to an e4m3 rounding boundary lands on the neighbouring code, 1/16 to 1/8 of it
+# away, which moves the logits by up to a few 1e-2 (measured 8.7e-3 once in three calibrations
+# with an FP8 cache and FP8 activations; 1.24e-2 and 2.26e-2 in two steps of Gemma 3's FP8 case
+# under Triton 3.9, whose run first parts from 3.8's in RoPE's kernel). Two such steps are allowed where the engine
+# has e4m3 codes; the other steps must agree to 1e-4.
+TIE_BOUND = 3e-2
+TIE_STEPS = 2
 
 
 @pytest.mark.parametrize("quant,kv,alternative,arch", [
@@ -185,7 +189,7 @@ def test_quantized_program_matches_reference_backend(tmp_path, quant, kv, altern
         assert err < TIE_BOUND, f"step {i}: error {err:.2e}"
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
     ties = sum(err >= 1e-4 for err, *_ in results)
-    assert ties <= (1 if "fp8" in (quant, kv) else 0), [f"{e[0]:.1e}" for e in results]
+    assert ties <= (TIE_STEPS if "fp8" in (quant, kv) else 0), [f"{e[0]:.1e}" for e in results]
 
 
 class KVScales:
