@@ -9,4 +9,5 @@ cmake -S . -B build/cpp -G Ninja -DKILN_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Releas
   -DPython_EXECUTABLE="$(command -v "$PY")" >/dev/null
 cmake --build build/cpp -j "$(nproc)"
 ctest --test-dir build/cpp --output-on-failure -j "$(nproc)"
-$PY -m pytest -q "$@"
+# -rs: each skip's reason, counted, so a change in what is skipped shows in the log.
+$PY -m pytest -q -rs "$@"
