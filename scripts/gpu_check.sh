@@ -5,8 +5,8 @@
 #   3. the GPU tests, pytest -m gpu tests/gpu tests/quantize/test_gpu.py in concurrent shards
 #      (tests/gpu/shards.py): kernels vs references, AOT cubins through the driver API, whole
 #      engines vs the reference backend, HuggingFace and modelopt's fake-quantized models.
-# Packages the machine lacks can be carried as wheels in .whl/ (scripts/carried_wheels.sh). Logs go to $OUT
-# (when set) or build/gpu-check; the speed table prints last.
+# Packages the machine lacks can be carried as wheels in .whl/ (scripts/carried_wheels.sh).
+# Logs go to $OUT (when set) or build/gpu-check; the speed table prints last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

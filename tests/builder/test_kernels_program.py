@@ -147,8 +147,8 @@ def test_program_long_context_in_a_sliding_window(tiny_engine):
 # sits that close to an e4m3 rounding boundary lands on the neighbouring code, 1/16 to 1/8 of it
 # away, which moves the logits by up to a few 1e-2 (measured 8.7e-3 once in three calibrations
 # with an FP8 cache and FP8 activations; 1.24e-2 and 2.26e-2 in two steps of Gemma 3's FP8 case
-# under Triton 3.9, whose run first parts from 3.8's in RoPE's kernel). Two such steps are allowed where the engine
-# has e4m3 codes; the other steps must agree to 1e-4.
+# under Triton 3.9, whose run first parts from 3.8's in RoPE's kernel). Two such steps are
+# allowed where the engine has e4m3 codes; the other steps must agree to 1e-4.
 TIE_BOUND = 3e-2
 TIE_STEPS = 2
 
