@@ -13,7 +13,7 @@ install_carried_wheels() {
     "$py" -c "import $mod" 2>/dev/null || wheels+=("$w")
   done
   [ "${#wheels[@]}" -gt 0 ] || return 0
-  echo "carried wheels: $(basename -a "${wheels[@]}" | sed 's/-py3-none-any.whl//; s/-cp3.*//' | tr '\n' ' ')"
+  echo "carried wheels:" $(basename -a "${wheels[@]}" | sed 's/-py3-none-any.whl//; s/-cp3.*//')
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$target" "${wheels[@]}" || return 1
   export PYTHONPATH=$target${PYTHONPATH:+:$PYTHONPATH}
