@@ -6,8 +6,9 @@
 #   HAS_VARIANT  1: the tree holds B (A is the diff reversed); 0: it holds A
 #   LOG          where the logs go ($OUT, or a folder it then packs into $OUT)
 # and defines `beside_builds`, which starts its tests in the background, each pid in the
-# associative array `tests` under the name of its log (LOG/tests-NAME.log); then calls ab_main.
-# `speed NAME ENGINE [ARGS]` (one speed check, its headline figures echoed) serves alone too.
+# associative array `tests` under the name of its log (LOG/tests-NAME.log; `shards_beside`
+# does so for GPU shards); then calls ab_main. `speed NAME ENGINE [ARGS]` (one speed check, its
+# headline figures echoed), `build_fp8_int4`, `shards_beside` and `wait_tests` serve alone too.
 
 FP8_ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
 SPEED_TIMEOUT=${SPEED_TIMEOUT:-110}
@@ -36,6 +37,25 @@ build_fp8_int4() {
   wait $pi; echo "build int4 rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-int4.log"
 }
 
+# GPU shards (tests/gpu/shards.py names) started in the background, each into
+# LOG/tests-NAME.log and the array `tests`; SHARD_TIMEOUT seconds each where set.
+shards_beside() {
+  local s
+  for s in "$@"; do
+    ${SHARD_TIMEOUT:+timeout $SHARD_TIMEOUT} python3 -m pytest -m gpu \
+      $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
+    tests[$s]=$!
+  done
+}
+
+# Waits for every test process in `tests`, each one's exit code and last line echoed.
+wait_tests() {
+  local s
+  for s in "${!tests[@]}"; do
+    wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"
+  done
+}
+
 speed() {
   local name=$1 e=$2; shift 2
   local t0=$(date +%s)
@@ -61,8 +81,7 @@ sys.exit(build_main())" --output /tmp/eA $FP8_ARGS > "$LOG/build-A.log" 2>&1 &
   beside_builds
   wait $pa; echo "build A rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-A.log"
   wait $pb; echo "build B rc $? $(( $(date +%s) - t )) s"; tail -n 1 "$LOG/build-B.log"
-  local s
-  for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
+  wait_tests
   echo "tests done $(( $(date +%s) - t )) s"
   speed A1 /tmp/eA --profile --profile-batches 1
   speed B1 /tmp/eB --profile --profile-batches 1

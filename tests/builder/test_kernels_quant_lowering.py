@@ -13,6 +13,8 @@ from kiln.builder.kernels.lower import lower  # noqa: E402
 from kiln.builder.kernels.spec import Gemm, Launch  # noqa: E402
 
 H, I, DT = 256, 512, "bfloat16"
+# What lower() reads of a BuildConfig.
+BUILD = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
 
 
 def quantized_graph() -> Graph:
@@ -54,8 +56,7 @@ def quantized_graph() -> Graph:
 
 @pytest.fixture(scope="module")
 def lowered():
-    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
-    return lower(quantized_graph(), build)
+    return lower(quantized_graph(), BUILD)
 
 
 def steps_of(ctx, op):
@@ -117,11 +118,10 @@ def test_fp8_quantization_folded_into_the_gemm():
     before cuBLASLt and the small-M kernels, and in the one-row kernel as its prologue, which
     quantizes x itself (the FP8 input is then never written at M = 1)."""
     from kiln.builder.passes import fold_into_linears
-    build = SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT, max_num_tokens=64)
     g = fold_into_linears(quantized_graph())
     marked = [n.op for n in g.nodes if n.attrs.get("fold_into_next")]
     assert marked == ["add_rmsnorm_quant"]  # the only quantization feeding a linear_fp8 alone
-    ctx = lower(g, build)
+    ctx = lower(g, BUILD)
     assert steps_of(ctx, "add_rmsnorm_quant") == []
     (gemm,) = steps_of(ctx, "linear_fp8")
     (norm,) = gemm.prologue
@@ -164,8 +164,7 @@ def test_fp8_silu_mul_quant_is_the_gate_up_gemms_epilogue():
     g = fold_into_linears(g)
     assert g.nodes[-1].attrs == {"qdtype": "float8_e4m3fn", "fold_into_previous": True}
     g.memory_plan = {"offsets": {"gate_up": 0, "act": 4096 * 16}, "views": {}}
-    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT,
-                                   max_num_tokens=64))
+    ctx = lower(g, BUILD)
     assert steps_of(ctx, "silu_mul_quant") == []
     (gemm,) = steps_of(ctx, "linear_fp8")
     (after,) = gemm.epilogue
@@ -209,8 +208,7 @@ def test_silu_mul_is_the_weight_only_gate_up_gemms_epilogue(bits):
     g = fold_into_linears(g)
     assert g.nodes[-1].attrs == {"fold_into_previous": True}
     g.memory_plan = {"offsets": {"gate_up": 0, "act": 4096 * 16}, "views": {}}
-    ctx = lower(g, SimpleNamespace(tokens_per_block=16, dtype=DT, kv_dtype=DT,
-                                   max_num_tokens=64))
+    ctx = lower(g, BUILD)
     assert steps_of(ctx, "silu_mul") == []
     (gemm,) = steps_of(ctx, "linear_wo")
     (after,) = gemm.epilogue

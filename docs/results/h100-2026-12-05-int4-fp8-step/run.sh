@@ -12,12 +12,9 @@ kiln_install
 t=$(date +%s)
 nvidia-smi --query-gpu=name,clocks.sm,power.draw --format=csv,noheader
 # TESTS=0: the engines and their speed only.
-[ "${TESTS:-1}" = 0 ] || for s in quant_kernels wo_paths; do
-  timeout 330 python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
-  tests[$s]=$!
-done
+[ "${TESTS:-1}" = 0 ] || SHARD_TIMEOUT=330 shards_beside quant_kernels wo_paths
 INT4_TIMEOUT=300 build_fp8_int4
-for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
+wait_tests
 echo "tests done $(( $(date +%s) - t )) s"
 speed I1 /tmp/eI --profile --profile-batches 1
 grep -E "wo_mma|wo_gemv|add_rmsnorm|silu_mul|all kernels" "$LOG/speed-I1.log" | head -8

@@ -6,9 +6,6 @@ cd "$(dirname "$0")/../../.."
 D=docs/results/h200-2026-12-04-fp8-one-row HAS_VARIANT=1 LOG=$OUT
 . docs/results/fp8_ab.sh
 beside_builds() {
-  for s in gemv_glu quant_engines; do
-    python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
-    tests[$s]=$!
-  done
+  shards_beside gemv_glu quant_engines
 }
 ab_main

@@ -9,12 +9,9 @@ LOG=$X SPEED_TIMEOUT=60
 . docs/results/fp8_ab.sh
 kiln_install
 t=$(date +%s)
-for s in wo_mma wo_shapes quant_engines; do
-  python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
-  tests[$s]=$!
-done
+shards_beside wo_mma wo_shapes quant_engines
 INT4_TIMEOUT=380 build_fp8_int4
-for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
+wait_tests
 speed F1 /tmp/eF --profile --profile-batches 1
 speed I1 /tmp/eI --profile --profile-batches 1
 grep -E "wo_mma|wo_gemv|silu_mul|all kernels" $X/speed-I1.log | head -8

@@ -17,12 +17,9 @@ if [ "${1:-}" = again ]; then
   echo "done $(( $(date +%s) - t )) s"; exit 0
 fi
 nvidia-smi --query-gpu=name,clocks.sm,power.draw --format=csv,noheader
-for s in wo_shapes quant_engines; do
-  python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1 &
-  tests[$s]=$!
-done
+shards_beside wo_shapes quant_engines
 INT4_TIMEOUT=330 build_fp8_int4
-for s in "${!tests[@]}"; do wait ${tests[$s]}; echo "tests $s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"; done
+wait_tests
 echo "tests done $(( $(date +%s) - t )) s"
 speed I1 /tmp/eI --profile --profile-batches 1
 grep -E "wo_mma|add_rmsnorm|silu_mul|all kernels" "$LOG/speed-I1.log" | head -6
