@@ -4,6 +4,9 @@
 (~/.cache/kiln/kernels, or $KILN_KERNEL_CACHE) is keyed by the Triton version, the kernel's
 source hash (JITFunction.cache_key covers the function and what it calls), the
 specialization and the SM, so a rebuild of an unchanged engine compiles nothing.
+
+`compile_specs` compiles what the cache lacks on several threads, one a core: Triton's passes
+and ptxas run outside the GIL, so they overlap.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +64,52 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
+def _paths(spec: KernelSpec, sm: int) -> tuple[Path, Path]:
     key = _cache_key(spec, sm)
-    cubin_path, meta_path = cache_dir() / f"{key}.cubin", cache_dir() / f"{key}.json"
-    if use_cache and cubin_path.is_file() and meta_path.is_file():
+    return cache_dir() / f"{key}.cubin", cache_dir() / f"{key}.json"
+
+
+def cached(spec: KernelSpec, sm: int) -> Compiled | None:
+    """The cache's entry for (spec, sm), or None (absent or damaged)."""
+    cubin_path, meta_path = _paths(spec, sm)
+    if cubin_path.is_file() and meta_path.is_file():
         try:
             return Compiled(cubin_path.read_bytes(), json.loads(meta_path.read_text()), cached=True)
         except (OSError, ValueError):
-            pass  # a damaged entry is rebuilt below
+            pass  # a damaged entry is rebuilt by compile_spec
+    return None
+
+
+def compile_workers() -> int:
+    """The threads compile_specs compiles on: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def compile_specs(jobs: list[tuple[KernelSpec, int]], progress=None) -> list[Compiled]:
+    """compile_spec of each (spec, sm), in order: cached entries read, the others compiled on
+    up to compile_workers() threads. `progress(done, total)` after each."""
+    results: list[Compiled | None] = [cached(spec, sm) for spec, sm in jobs]
+    missing = [i for i, r in enumerate(results) if r is None]
+    done = len(jobs) - len(missing)
+    if progress and done:
+        progress(done, len(jobs))
+    with ThreadPoolExecutor(max(1, min(len(missing), compile_workers()))) as pool:
+        futures = {pool.submit(compile_spec, *jobs[i]): i for i in missing}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            done += 1
+            if progress:
+                progress(done, len(jobs))
+    return results
+
+
+def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
+    cubin_path, meta_path = _paths(spec, sm)
+    if use_cache and (hit := cached(spec, sm)) is not None:
+        return hit
     attrs = {(i,): [["tt.divisibility", 16]] for i in spec.divisible}
     constexprs = dict(spec.constexprs)
     takes_pdl = pdl.PARAM in spec.signature

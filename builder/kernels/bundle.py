@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import triton
 
-from kiln.builder.kernels.aot import compile_spec
+from kiln.builder.kernels.aot import compile_specs
 from kiln.builder.kernels.lower import kernels_of, lower, program_json
 
 FORMAT = 1
@@ -55,20 +55,14 @@ def build_bundle(graph, build, progress=None):
 
     ctx = lower(graph, build)
     specs = kernels_of(ctx)
+    jobs = [(key, sm) for key in specs for sm in build.targets]
+    compiled = compile_specs([(specs[key], sm) for key, sm in jobs], progress)
     kernels, blobs = {}, {}
-    total, done = len(specs) * len(build.targets), 0
-    for key, spec in specs.items():
-        entry = spec.describe()
-        entry["sm"] = {}
-        for sm in build.targets:
-            compiled = compile_spec(spec, sm)
-            blob = f"kernels/{key}.sm{sm}"
-            blobs[blob] = compiled.cubin
-            entry["sm"][str(sm)] = dict(compiled.meta, blob=blob)
-            done += 1
-            if progress:
-                progress(done, total)
-        kernels[key] = entry
+    for (key, sm), one in zip(jobs, compiled):
+        entry = kernels.setdefault(key, dict(specs[key].describe(), sm={}))
+        blob = f"kernels/{key}.sm{sm}"
+        blobs[blob] = one.cubin
+        entry["sm"][str(sm)] = dict(one.meta, blob=blob)
     header = {
         "format": FORMAT,
         "triton": triton.__version__,

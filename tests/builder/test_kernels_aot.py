@@ -201,6 +201,25 @@ def test_second_compile_hits_the_cache(tmp_path_factory, monkeypatch):
     assert second.header == first.header and second.blobs == first.blobs
 
 
+def test_threads_compile_what_one_thread_would(tmp_path_factory, monkeypatch):
+    """What the cache lacks compiles on several threads (two here, whatever the machine): the
+    same cubins and metadata as compile_spec one at a time, in the jobs' order, the cache
+    filled, and cached entries read rather than compiled."""
+    from kiln.builder.kernels.lower import kernels_of, lower
+    graph, build = plan_for(tmp_path_factory, "qwen3", "bfloat16")
+    jobs = [(spec, 90) for spec in list(kernels_of(lower(graph, build)).values())[:6]]
+    monkeypatch.setenv("KILN_KERNEL_CACHE", str(tmp_path_factory.mktemp("threads")))
+    monkeypatch.setattr(aot, "compile_workers", lambda: 2)
+    here = [aot.compile_spec(spec, sm, use_cache=False) for spec, sm in jobs]
+    aot.compile_spec(*jobs[2])  # one already cached
+    done = []
+    there = aot.compile_specs(jobs, progress=lambda d, t: done.append((d, t)))
+    assert [(c.cubin, c.meta) for c in there] == [(c.cubin, c.meta) for c in here]
+    assert [c.cached for c in there] == [i == 2 for i in range(len(jobs))]
+    assert done[0] == (1, len(jobs)) and done[-1] == (len(jobs), len(jobs))
+    assert all(aot.cached(spec, sm) is not None for spec, sm in jobs)
+
+
 def test_no_triton_gives_an_empty_bundle(tmp_path_factory, monkeypatch):
     import kiln.builder.kernels as kernels
 
