@@ -12,6 +12,7 @@ from kiln.builder.errors import KilnError
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 # Decode tokens of the batch-1 probe that every throughput report sets against the roofline.
 PROBE_TOKENS = 64
+PROBE_WARMUP, PROBE_ITERATIONS = 1, 2
 
 
 @click.group(context_settings=CONTEXT)
@@ -310,7 +311,11 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         runs = [run_throughput(runner, requests, load) for load in loads]
         probe_len = min(PROBE_TOKENS, runner.max_seq_len - 1)
         prompt = requests[0].input_ids[: runner.max_seq_len - probe_len]
-        probe = run_latency(runner, prompt, probe_len, iterations=2, warmup=0)
+        # One untimed request first: a batch of one may be new to the runner here (the runs'
+        # smallest batch can be larger), and its first steps time the GEMM choices for one row
+        # and capture its CUDA graph, which the probe's decode rate must not hold.
+        probe = run_latency(runner, prompt, probe_len, iterations=PROBE_ITERATIONS,
+                            warmup=PROBE_WARMUP)
         engine, config = runner.engine, runner.executor.config
         kiln_batch = config.max_batch_size
     del runner  # its device memory goes back before HF needs it

@@ -123,6 +123,33 @@ def test_request_rate_to_stdout_json(setup):
     assert "Kiln — 400 requests/s (Poisson)" in result.stderr
 
 
+def test_throughput_probe_times_its_requests_after_an_untimed_one(setup, monkeypatch):
+    """The batch-1 probe set against the roofline sends one request first and times the next
+    ones only: its decode rate never holds a first batch of one's GEMM timing and capture."""
+    import kiln.runtime.bench.latency as latency
+    from kiln.runtime.bench import cli
+
+    engine, root, _ = setup
+    sent, kept = [], []
+    send, summarize = latency.run_throughput, latency.LatencyResult.of
+
+    def counted_send(runner, requests, *args):
+        sent.append(len(requests))
+        return send(runner, requests, *args)
+
+    def counted_summary(cls, timings, output_len):
+        kept.append(len(timings))
+        return summarize(timings, output_len)
+
+    monkeypatch.setattr(latency, "run_throughput", counted_send)
+    monkeypatch.setattr(latency.LatencyResult, "of", classmethod(counted_summary))
+    result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu",
+                    "--num-requests", "3", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert sent == [1] * (cli.PROBE_WARMUP + cli.PROBE_ITERATIONS) and cli.PROBE_WARMUP >= 1
+    assert kept == [cli.PROBE_ITERATIONS]
+
+
 def test_latency_with_baseline(setup):
     engine, _, _ = setup
     result = invoke("latency", "--engine", engine, "--device", "cpu", "--input-len", "9",
