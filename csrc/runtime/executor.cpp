@@ -666,6 +666,13 @@ private:
             mTotals.totalPrefillStepMicros += stepMicros;
             ++mTotals.totalPrefillSteps;
         }
+        else
+        {
+            for (ScheduledSequence const& seq : output.sequences)
+            {
+                mTotals.totalDecodeOnlyContextTokens += seq.startPosition + seq.numTokens;
+            }
+        }
         KvCacheStats const kv = mKvCache.stats();
         IterationStats stats = mTotals;
         stats.iteration = mIteration++;

@@ -28,6 +28,8 @@ struct IterationStats
     double totalPrefillStepMicros = 0;    ///< over the steps so far that computed prompt tokens
     std::int64_t totalPrefillSteps = 0;   ///< steps so far that computed prompt tokens
     std::int64_t totalDecodeTokens = 0;   ///< decode tokens computed so far
+    /// Keys the decode-only steps so far attended to: each step's sequences' context lengths summed.
+    std::int64_t totalDecodeOnlyContextTokens = 0;
 };
 
 } // namespace kiln

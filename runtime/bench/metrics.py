@@ -105,8 +105,9 @@ class StepLog:
 
     def timing(self) -> dict | None:
         """Where the run's step time went (None until a step is seen): steps that computed
-        prompt tokens and decode-only steps, their count and mean wall time, tokens a step, and
-        the backend's share of the step time."""
+        prompt tokens and decode-only steps, their count and mean wall time (a decode-only
+        step's keys too: its sequences' context lengths summed), tokens a step, and the
+        backend's share of the step time."""
         if self.last is None:
             return None
         if self.before is None and self.first_iteration != 0:
@@ -115,13 +116,15 @@ class StepLog:
         prefill = int(self._delta("total_prefill_steps"))
         step_us, prefill_us = self._delta("total_step_us"), self._delta("total_prefill_step_us")
         decode_only = steps - prefill
+        context = self._delta("total_decode_only_context_tokens")
         return {
             "with_prompt": {"count": prefill,
                             "ms_mean": prefill_us / prefill / 1e3 if prefill else None,
                             "prompt_tokens_mean": (self._delta("total_computed_prompt_tokens") / prefill
                                                    if prefill else None)},
             "decode_only": {"count": decode_only,
-                            "ms_mean": (step_us - prefill_us) / decode_only / 1e3 if decode_only else None},
+                            "ms_mean": (step_us - prefill_us) / decode_only / 1e3 if decode_only else None,
+                            "context_tokens_mean": context / decode_only if decode_only else None},
             "decode_tokens_mean": self._delta("total_decode_tokens") / steps if steps else 0.0,
             "step_s": step_us / 1e6,
             "forward_share": self._delta("total_forward_us") / step_us if step_us > 0 else None,

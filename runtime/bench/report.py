@@ -31,7 +31,9 @@ _LATENCY = {"type": "object",
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _STEP_KIND = {"type": "object", "required": ["count"],
               "properties": {"count": {"type": "integer"},
-                             "ms_mean": _NUM_OR_NULL, "prompt_tokens_mean": _NUM_OR_NULL}}
+                             "ms_mean": _NUM_OR_NULL, "prompt_tokens_mean": _NUM_OR_NULL,
+                             "context_tokens_mean": _NUM_OR_NULL,
+                             "memory_floor_ms": _NUM_OR_NULL}}
 _RUN = {"type": "object",
         "required": ["load", "metrics", "peak_batch", "peak_running", "preemptions", "kv_cache", "steps"],
         "properties": {
@@ -236,6 +238,14 @@ def _steps_line(steps: dict) -> str:
             f"tokens a step" + (f"; the backend {100 * share:.1f}% of it" if share is not None else ""))
 
 
+def _floor_line(d: dict) -> str:
+    """A decode-only step's mean time against its memory floor (roofline.decode_step_floor_s)."""
+    return (f"  decode-only steps attend to {d['context_tokens_mean']:,.0f} keys a step: the "
+            f"weights and their KV read once take {d['memory_floor_ms']:.2f} ms at the copy "
+            f"bandwidth, {100 * d['memory_floor_ms'] / d['ms_mean']:.1f}% of the "
+            f"{d['ms_mean']:.2f} ms they took")
+
+
 def render(doc: dict) -> str:
     lines = _header(doc)
     if doc["command"] == "throughput":
@@ -251,6 +261,8 @@ def render(doc: dict) -> str:
                       f"stats seen on {steps['seen']} of {steps['total']} steps"]
             if "with_prompt" in steps:
                 lines.append(_steps_line(steps))
+                if steps["decode_only"].get("memory_floor_ms"):
+                    lines.append(_floor_line(steps["decode_only"]))
             if run.get("graphs"):
                 g = run["graphs"]
                 lines.append(f"  CUDA graphs: {g['replays']} decode steps replayed, {g['captured']} "

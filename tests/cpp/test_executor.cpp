@@ -115,6 +115,20 @@ TEST(Executor, GreedyOutputsFollowTheModel)
     EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
 }
 
+TEST(Executor, DecodeOnlyStepsCountTheKeysTheyAttendTo)
+{
+    Fixture f;
+    // The prompt step (5 tokens) samples the first token; each of the 7 decode-only steps after
+    // it computes one token at context 6, 7, ..., 12.
+    IdType const id = f.executor.enqueueRequest(greedy({1, 2, 3, 4, 5}, 8));
+    f.responses.collect(f.executor, {id});
+    ASSERT_EQ(f.responses.outcomes[id].tokens.size(), 8U);
+    auto const stats = f.executor.getLatestIterationStats();
+    ASSERT_TRUE(stats.has_value());
+    EXPECT_EQ(stats->totalPrefillSteps, 1);
+    EXPECT_EQ(stats->totalDecodeOnlyContextTokens, 6 + 7 + 8 + 9 + 10 + 11 + 12);
+}
+
 TEST(Executor, StreamingEqualsNonStreamingAndLogProbsAreExact)
 {
     Fixture f;

@@ -79,12 +79,24 @@ def test_throughput_sweep_report(setup, sweep):
     roof = doc["roofline"]
     assert roof["fraction"] == roof["kiln_tokens_per_s"] / roof["tokens_per_s"]
     assert "host memcpy" in roof["bandwidth"]["method"]
+    # One request at a time: its decode-only steps attend to L + 1, ..., L + O - 1 keys.
+    decode = one["steps"]["decode_only"]
+    keys = sum(r.input_len + i for r in requests for i in range(1, r.output_tokens))
+    assert decode["context_tokens_mean"] * decode["count"] == pytest.approx(keys)
+    from kiln.builder.engine import load_engine
+    from kiln.runtime.bench.tuning import kv_bytes_per_token
+    config = load_engine(setup[0]).config
+    kv = kv_bytes_per_token(config.model, config.build.dtype, config.build.kv_cache_dtype)
+    assert decode["memory_floor_ms"] == pytest.approx(
+        1e3 * (roof["bytes_per_token"] + kv * decode["context_tokens_mean"])
+        / roof["bandwidth"]["bytes_per_s"])
     out = result.stdout
     for text in ("Kiln — concurrency 1", "Kiln — concurrency 3", "peak batch 1 ·",
                  "HuggingFace — transformers generate, static batches of up to 2, longest first; "
                  "the engine's weights (5 of 10 requests)", "Kiln/HF (best Kiln run): requests/s",
                  "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests",
                  "with prompt tokens (", "decode tokens a step; the backend",
+                 "decode-only steps attend to", "ms at the copy bandwidth,",
                  "max_utilization · prefix caching off"):
         assert text in out, text
 

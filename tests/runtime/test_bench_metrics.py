@@ -7,8 +7,8 @@ import pytest
 from kiln.builder.errors import KilnError
 from kiln.runtime.bench.metrics import Distribution, RequestTiming, StepLog, summarize
 from kiln.runtime.bench.roofline import (Bandwidth, Roofline, decode_bytes_per_token,
-                                         graph_decode_bytes, measure_copy_bandwidth,
-                                         weight_bytes)
+                                         decode_step_floor_s, graph_decode_bytes,
+                                         measure_copy_bandwidth, weight_bytes)
 from kiln.runtime.bench.throughput import Load
 
 # Times are multiples of 1/8 s, exact in binary; only the percentile interpolation rounds.
@@ -74,8 +74,9 @@ def test_step_log_peaks_and_coverage():
     assert (log.steps_seen, log.steps_total, log.preemptions) == (4, 6, 3)
 
 
-def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals):
-    """Stats of one step, with the executor's running totals updated in `totals`."""
+def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals, keys=0):
+    """Stats of one step, with the executor's running totals updated in `totals`; `keys`: a
+    decode-only step's sequences' context lengths summed."""
     totals["total_step_us"] += step_us
     totals["total_forward_us"] += forward_us
     totals["total_decode_tokens"] += decode_tokens
@@ -83,26 +84,29 @@ def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals
     if prefill_tokens:
         totals["total_prefill_step_us"] += step_us
         totals["total_prefill_steps"] += 1
+    else:
+        totals["total_decode_only_context_tokens"] += keys
     return _stats(iteration, 4, 4, 10) | {"step_us": step_us, "forward_us": forward_us} | totals
 
 
 def test_step_log_times_the_run_steps_only():
     totals = dict.fromkeys(("total_step_us", "total_forward_us", "total_decode_tokens",
                             "total_computed_prompt_tokens", "total_prefill_step_us",
-                            "total_prefill_steps"), 0)
-    warmup = _timed(0, 30, 0, 5000.0, 4000.0, totals)  # before the run
+                            "total_prefill_steps", "total_decode_only_context_tokens"), 0)
+    warmup = _timed(0, 0, 2, 5000.0, 4000.0, totals, keys=70)  # before the run
     log = StepLog()
     log.start(dict(warmup))
     steps = [_timed(1, 64, 0, 2000.0, 1900.0, totals), _timed(2, 16, 4, 1000.0, 900.0, totals),
-             _timed(3, 0, 4, 400.0, 300.0, totals), _timed(4, 0, 4, 600.0, 500.0, totals),
-             _timed(5, 0, 3, 500.0, 400.0, totals)]
+             _timed(3, 0, 4, 400.0, 300.0, totals, keys=100),
+             _timed(4, 0, 4, 600.0, 500.0, totals, keys=104),
+             _timed(5, 0, 3, 500.0, 400.0, totals, keys=81)]
     for i in (0, 2, 4):  # polling sees some steps only; the totals still count them all
         log.observe(dict(steps[i]))
     log.observe(dict(warmup))  # stale: from before the run
     t = log.timing()
     assert log.steps_total == 5 and log.steps_seen == 3
     assert t["with_prompt"] == {"count": 2, "ms_mean": 1.5, "prompt_tokens_mean": 40.0}
-    assert t["decode_only"] == {"count": 3, "ms_mean": 0.5}
+    assert t["decode_only"] == {"count": 3, "ms_mean": 0.5, "context_tokens_mean": 95.0}
     assert t["decode_tokens_mean"] == pytest.approx(15 / 5)
     assert t["step_s"] == pytest.approx(4.5e-3)
     assert t["forward_share"] == pytest.approx(4000 / 4500)
@@ -150,5 +154,7 @@ def test_roofline_math_and_cpu_bandwidth():
     r = Roofline(weight_bytes=2_000, bytes_per_token=1_000, bandwidth=Bandwidth(4e6, "test", 1))
     assert r.tokens_per_s == 4000.0 and r.fraction(1000.0) == 0.25
     assert r.to_json(1000.0)["fraction"] == 0.25 and r.to_json(None)["fraction"] is None
+    # A decode-only step: the weights once, then 300 keys' K and V at 100 bytes a key.
+    assert decode_step_floor_s(1_000, 100, 300.0, r.bandwidth) == (1_000 + 30_000) / 4e6
     bw = measure_copy_bandwidth("cpu", nbytes=16 << 20, iterations=2)
     assert bw.bytes_per_s > 1e8 and "host memcpy of 16 MiB" in bw.method and bw.buffer_bytes == 16 << 20
