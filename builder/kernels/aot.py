@@ -71,7 +71,10 @@ def _paths(spec: KernelSpec, sm: int) -> tuple[Path, Path]:
 
 def cached(spec: KernelSpec, sm: int) -> Compiled | None:
     """The cache's entry for (spec, sm), or None (absent or damaged)."""
-    cubin_path, meta_path = _paths(spec, sm)
+    return _read(*_paths(spec, sm))
+
+
+def _read(cubin_path: Path, meta_path: Path) -> Compiled | None:
     if cubin_path.is_file() and meta_path.is_file():
         try:
             return Compiled(cubin_path.read_bytes(), json.loads(meta_path.read_text()), cached=True)
@@ -89,18 +92,13 @@ def compile_workers() -> int:
 
 
 def compile_specs(jobs: list[tuple[KernelSpec, int]], progress=None) -> list[Compiled]:
-    """compile_spec of each (spec, sm), in order: cached entries read, the others compiled on
-    up to compile_workers() threads. `progress(done, total)` after each."""
-    results: list[Compiled | None] = [cached(spec, sm) for spec, sm in jobs]
-    missing = [i for i, r in enumerate(results) if r is None]
-    done = len(jobs) - len(missing)
-    if progress and done:
-        progress(done, len(jobs))
-    with ThreadPoolExecutor(max(1, min(len(missing), compile_workers()))) as pool:
-        futures = {pool.submit(compile_spec, *jobs[i]): i for i in missing}
-        for future in as_completed(futures):
+    """compile_spec of each (spec, sm), in order, on up to compile_workers() threads (a cached
+    entry is read, not compiled). `progress(done, total)` after each."""
+    results: list[Compiled | None] = [None] * len(jobs)
+    with ThreadPoolExecutor(max(1, min(len(jobs), compile_workers()))) as pool:
+        futures = {pool.submit(compile_spec, spec, sm): i for i, (spec, sm) in enumerate(jobs)}
+        for done, future in enumerate(as_completed(futures), 1):
             results[futures[future]] = future.result()
-            done += 1
             if progress:
                 progress(done, len(jobs))
     return results
@@ -108,7 +106,7 @@ def compile_specs(jobs: list[tuple[KernelSpec, int]], progress=None) -> list[Com
 
 def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
     cubin_path, meta_path = _paths(spec, sm)
-    if use_cache and (hit := cached(spec, sm)) is not None:
+    if use_cache and (hit := _read(cubin_path, meta_path)) is not None:
         return hit
     attrs = {(i,): [["tt.divisibility", 16]] for i in spec.divisible}
     constexprs = dict(spec.constexprs)

@@ -426,17 +426,16 @@ def _document(command: str, device: str, engine) -> dict:
 
 
 def _decode_floor(decode_only: dict | None, engine, roofline) -> None:
-    """Sets a run's decode-only steps' memory floor (roofline.decode_step_floor_s) in ms, for
-    a model whose layers attend to every key (a sliding window's layers read fewer)."""
-    from kiln.runtime.bench.roofline import decode_step_floor_s
+    """Sets a run's decode-only steps' memory floor (Roofline.decode_step_s) in ms, for a model
+    whose layers attend to every key (a sliding window's layers read fewer)."""
     from kiln.runtime.bench.tuning import kv_bytes_per_token
 
     model, build = engine.config.model, engine.config.build
     if not decode_only or not decode_only.get("context_tokens_mean") or model.sliding_window:
         return
     kv = kv_bytes_per_token(model, build.dtype, build.kv_cache_dtype)
-    decode_only["memory_floor_ms"] = 1e3 * decode_step_floor_s(
-        roofline.bytes_per_token, kv, decode_only["context_tokens_mean"], roofline.bandwidth)
+    decode_only["memory_floor_ms"] = 1e3 * roofline.decode_step_s(
+        kv, decode_only["context_tokens_mean"])
 
 
 def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: str | None) -> None:

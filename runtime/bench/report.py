@@ -239,7 +239,7 @@ def _steps_line(steps: dict) -> str:
 
 
 def _floor_line(d: dict) -> str:
-    """A decode-only step's mean time against its memory floor (roofline.decode_step_floor_s)."""
+    """A decode-only step's mean time against its memory floor (Roofline.decode_step_s)."""
     return (f"  decode-only steps attend to {d['context_tokens_mean']:,.0f} keys a step: the "
             f"weights and their KV read once take {d['memory_floor_ms']:.2f} ms at the copy "
             f"bandwidth, {100 * d['memory_floor_ms'] / d['ms_mean']:.1f}% of the "

@@ -122,10 +122,10 @@ class Roofline:
                 "kiln_tokens_per_s": kiln_tokens_per_s,
                 "fraction": None if kiln_tokens_per_s is None else self.fraction(kiln_tokens_per_s)}
 
+    def decode_step_s(self, kv_bytes_per_token: int, context_tokens: float) -> float:
+        """The least time of a decode-only step whose sequences attend to `context_tokens` keys
+        in all: the weights read once (as a batch-1 step reads them) and every key and value. A
+        memory floor: a step whose GEMMs are compute-bound (large batches) takes longer anyway."""
+        kv = kv_bytes_per_token * context_tokens
+        return (self.bytes_per_token + kv) / self.bandwidth.bytes_per_s
 
-def decode_step_floor_s(bytes_per_token: int, kv_bytes_per_token: int, context_tokens: float,
-                        bandwidth: Bandwidth) -> float:
-    """The least time of a decode-only step whose sequences attend to `context_tokens` keys in
-    all: the weights read once (as a batch-1 step reads them) and every key and value. A
-    memory floor: a step whose GEMMs are compute-bound (large batches) takes longer anyway."""
-    return (bytes_per_token + kv_bytes_per_token * context_tokens) / bandwidth.bytes_per_s

@@ -7,8 +7,8 @@ import pytest
 from kiln.builder.errors import KilnError
 from kiln.runtime.bench.metrics import Distribution, RequestTiming, StepLog, summarize
 from kiln.runtime.bench.roofline import (Bandwidth, Roofline, decode_bytes_per_token,
-                                         decode_step_floor_s, graph_decode_bytes,
-                                         measure_copy_bandwidth, weight_bytes)
+                                         graph_decode_bytes, measure_copy_bandwidth,
+                                         weight_bytes)
 from kiln.runtime.bench.throughput import Load
 
 # Times are multiples of 1/8 s, exact in binary; only the percentile interpolation rounds.
@@ -155,6 +155,6 @@ def test_roofline_math_and_cpu_bandwidth():
     assert r.tokens_per_s == 4000.0 and r.fraction(1000.0) == 0.25
     assert r.to_json(1000.0)["fraction"] == 0.25 and r.to_json(None)["fraction"] is None
     # A decode-only step: the weights once, then 300 keys' K and V at 100 bytes a key.
-    assert decode_step_floor_s(1_000, 100, 300.0, r.bandwidth) == (1_000 + 30_000) / 4e6
+    assert r.decode_step_s(100, 300.0) == (1_000 + 30_000) / 4e6
     bw = measure_copy_bandwidth("cpu", nbytes=16 << 20, iterations=2)
     assert bw.bytes_per_s > 1e8 and "host memcpy of 16 MiB" in bw.method and bw.buffer_bytes == 16 << 20
