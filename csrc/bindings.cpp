@@ -59,7 +59,10 @@ py::object toDict(std::optional<IterationStats> const& stats)
         "total_step_us"_a = s.totalStepMicros, "total_forward_us"_a = s.totalForwardMicros,
         "total_prefill_step_us"_a = s.totalPrefillStepMicros, "total_prefill_steps"_a = s.totalPrefillSteps,
         "total_decode_tokens"_a = s.totalDecodeTokens,
-        "total_decode_only_context_tokens"_a = s.totalDecodeOnlyContextTokens);
+        "total_decode_only_context_tokens"_a = s.totalDecodeOnlyContextTokens,
+        "total_prefill_step_decode_tokens"_a = s.totalPrefillStepDecodeTokens,
+        "total_prefill_step_sequences"_a = s.totalPrefillStepSequences,
+        "total_prefill_step_attention_pairs"_a = s.totalPrefillStepAttentionPairs);
 }
 
 std::optional<std::chrono::milliseconds> toTimeout(std::optional<double> timeoutMs)

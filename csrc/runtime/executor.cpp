@@ -665,6 +665,14 @@ private:
         {
             mTotals.totalPrefillStepMicros += stepMicros;
             ++mTotals.totalPrefillSteps;
+            mTotals.totalPrefillStepDecodeTokens += output.numDecodeTokens;
+            mTotals.totalPrefillStepSequences += static_cast<std::int64_t>(output.sequences.size());
+            for (ScheduledSequence const& seq : output.sequences)
+            {
+                // Positions start .. start + n - 1 attend to start + 1 .. start + n keys.
+                std::int64_t const n = seq.numTokens;
+                mTotals.totalPrefillStepAttentionPairs += n * seq.startPosition + n * (n + 1) / 2;
+            }
         }
         else
         {

@@ -30,6 +30,12 @@ struct IterationStats
     std::int64_t totalDecodeTokens = 0;   ///< decode tokens computed so far
     /// Keys the decode-only steps so far attended to: each step's sequences' context lengths summed.
     std::int64_t totalDecodeOnlyContextTokens = 0;
+    /// Of the steps so far that computed prompt tokens: the decode tokens they computed beside
+    /// them, the sequences they scheduled, and the (query, key) pairs their attention scored
+    /// (a token at position p attends to p + 1 keys).
+    std::int64_t totalPrefillStepDecodeTokens = 0;
+    std::int64_t totalPrefillStepSequences = 0;
+    std::int64_t totalPrefillStepAttentionPairs = 0;
 };
 
 } // namespace kiln

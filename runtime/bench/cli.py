@@ -285,7 +285,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
                baseline_max_requests, baseline_batch_size, plot_path):
     """Throughput and latency of a dataset: all at once, at a rate, or at fixed concurrency."""
     from kiln.runtime import ModelRunner
-    from kiln.runtime.bench import baseline_hf, report
+    from kiln.runtime.bench import baseline_hf, compute, report
     from kiln.runtime.bench.dataset import DatasetStats, check_fits, read_jsonl
     from kiln.runtime.bench.latency import run_latency
     from kiln.runtime.bench.throughput import Load, run_throughput, warm_up
@@ -318,7 +318,8 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
                             warmup=PROBE_WARMUP)
         engine, config = runner.engine, runner.executor.config
         kiln_batch = config.max_batch_size
-    del runner  # its device memory goes back before HF needs it
+    del runner  # its device memory goes back before the matmul and HF need it
+    rate = compute.engine_matmul_rate(device, engine.config.build)
     doc = _document("throughput", device, engine)
     doc["runtime"] = {"max_batch_size": config.max_batch_size,
                       "max_num_tokens": config.max_num_tokens,
@@ -338,7 +339,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         best = max(doc["runs"], key=lambda r: r["metrics"]["output_tokens_per_s"])["metrics"]
         doc["baseline"] = hf.to_json() | {"ratio": report.ratios(
             best, hf.metrics.to_json(), ("requests_per_s", "output_tokens_per_s", "total_tokens_per_s"))}
-    _finish(doc, engine, bandwidth, probe.decode_tokens_per_s, json_path)
+    _finish(doc, engine, bandwidth, probe.decode_tokens_per_s, json_path, rate)
     if plot_path:
         report.plot(doc, plot_path)
         click.echo(f"plot -> {plot_path}", err=True)
@@ -438,14 +439,22 @@ def _decode_floor(decode_only: dict | None, engine, roofline) -> None:
         kv, decode_only["context_tokens_mean"])
 
 
-def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: str | None) -> None:
+def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: str | None,
+            rate=None) -> None:
+    """`rate`: a throughput run's matmul rate, for its steps' compute floors."""
     from kiln.runtime.bench import report
+    from kiln.runtime.bench.compute import set_compute_floors
     from kiln.runtime.bench.roofline import Roofline, decode_bytes_per_token, weight_bytes
 
     roofline = Roofline(weight_bytes(engine), decode_bytes_per_token(engine), bandwidth)
     doc["roofline"] = roofline.to_json(kiln_tokens_per_s)
+    if "runs" in doc:
+        doc["matmul_rate"] = rate.to_json() if rate else None
     for run in doc.get("runs", []):
         _decode_floor(run["steps"].get("decode_only"), engine, roofline)
+        if rate:
+            set_compute_floors(run["steps"], engine.graph, bool(engine.config.model.sliding_window),
+                               rate)
     table = report.render(doc)
     if json_path == "-":
         click.echo(table, err=True)

@@ -105,9 +105,10 @@ class StepLog:
 
     def timing(self) -> dict | None:
         """Where the run's step time went (None until a step is seen): steps that computed
-        prompt tokens and decode-only steps, their count and mean wall time (a decode-only
-        step's keys too: its sequences' context lengths summed), tokens a step, and the
-        backend's share of the step time."""
+        prompt tokens and decode-only steps, their count and mean wall time, and what a step of
+        each computed on average: prompt and decode tokens, sequences, and the (query, key)
+        pairs its attention scored (a decode-only step's: its sequences' context lengths
+        summed); tokens a step, and the backend's share of the step time."""
         if self.last is None:
             return None
         if self.before is None and self.first_iteration != 0:
@@ -117,13 +118,22 @@ class StepLog:
         step_us, prefill_us = self._delta("total_step_us"), self._delta("total_prefill_step_us")
         decode_only = steps - prefill
         context = self._delta("total_decode_only_context_tokens")
+        alone = self._delta("total_decode_tokens") - self._delta("total_prefill_step_decode_tokens")
+
+        def per_prefill(key: str) -> float | None:
+            return self._delta(key) / prefill if prefill else None
+
         return {
             "with_prompt": {"count": prefill,
                             "ms_mean": prefill_us / prefill / 1e3 if prefill else None,
-                            "prompt_tokens_mean": (self._delta("total_computed_prompt_tokens") / prefill
-                                                   if prefill else None)},
+                            "prompt_tokens_mean": per_prefill("total_computed_prompt_tokens"),
+                            "decode_tokens_mean": per_prefill("total_prefill_step_decode_tokens"),
+                            "sequences_mean": per_prefill("total_prefill_step_sequences"),
+                            "attention_pairs_mean": per_prefill(
+                                "total_prefill_step_attention_pairs")},
             "decode_only": {"count": decode_only,
                             "ms_mean": (step_us - prefill_us) / decode_only / 1e3 if decode_only else None,
+                            "decode_tokens_mean": alone / decode_only if decode_only else None,
                             "context_tokens_mean": context / decode_only if decode_only else None},
             "decode_tokens_mean": self._delta("total_decode_tokens") / steps if steps else 0.0,
             "step_s": step_us / 1e6,

@@ -32,8 +32,15 @@ _NUM_OR_NULL = {"type": ["number", "null"]}
 _STEP_KIND = {"type": "object", "required": ["count"],
               "properties": {"count": {"type": "integer"},
                              "ms_mean": _NUM_OR_NULL, "prompt_tokens_mean": _NUM_OR_NULL,
+                             "decode_tokens_mean": _NUM_OR_NULL, "sequences_mean": _NUM_OR_NULL,
+                             "attention_pairs_mean": _NUM_OR_NULL,
                              "context_tokens_mean": _NUM_OR_NULL,
-                             "memory_floor_ms": _NUM_OR_NULL}}
+                             "memory_floor_ms": _NUM_OR_NULL, "tflop_mean": _NUM_OR_NULL,
+                             "compute_floor_ms": _NUM_OR_NULL}}
+_MATMUL = {"oneOf": [{"type": "null"},
+                     {"type": "object", "required": ["flops_per_s", "dtype", "method"],
+                      "properties": {"flops_per_s": {"type": "number"}, "dtype": {"type": "string"},
+                                     "method": {"type": "string"}}}]}
 _RUN = {"type": "object",
         "required": ["load", "metrics", "peak_batch", "peak_running", "preemptions", "kv_cache", "steps"],
         "properties": {
@@ -121,6 +128,7 @@ SCHEMA = {
                                                   "required": ["bytes_per_s", "method", "buffer_bytes"]},
                                     "tokens_per_s": {"type": "number"},
                                     "kiln_tokens_per_s": _NUM_OR_NULL, "fraction": _NUM_OR_NULL}},
+        "matmul_rate": _MATMUL,
     },
     "allOf": [{"if": {"properties": {"command": {"const": "throughput"}}},
                "then": {"required": ["dataset", "runs", "baseline"]},
@@ -246,6 +254,14 @@ def _floor_line(d: dict) -> str:
             f"{d['ms_mean']:.2f} ms they took")
 
 
+def _compute_line(k: dict, what: str) -> str:
+    """A kind of step's mean time against its FLOPs at the measured matmul rate."""
+    return (f"  {what} compute {si(k['tflop_mean'] * 1e12, 'FLOP')} a step: "
+            f"{k['compute_floor_ms']:.2f} ms at the matmul rate, "
+            f"{100 * k['compute_floor_ms'] / k['ms_mean']:.1f}% of the "
+            f"{k['ms_mean']:.2f} ms they took")
+
+
 def render(doc: dict) -> str:
     lines = _header(doc)
     if doc["command"] == "throughput":
@@ -263,6 +279,10 @@ def render(doc: dict) -> str:
                 lines.append(_steps_line(steps))
                 if steps["decode_only"].get("memory_floor_ms"):
                     lines.append(_floor_line(steps["decode_only"]))
+                for key, what in (("with_prompt", "steps with prompt tokens"),
+                                  ("decode_only", "decode-only steps")):
+                    if steps[key].get("compute_floor_ms"):
+                        lines.append(_compute_line(steps[key], what))
             if run.get("graphs"):
                 g = run["graphs"]
                 lines.append(f"  CUDA graphs: {g['replays']} decode steps replayed, {g['captured']} "
@@ -303,7 +323,12 @@ def render(doc: dict) -> str:
         if lat["ratio"]:
             lines.append("Kiln/HF: " + " · ".join(f"{key.replace('_', ' ')} {v:.2f}x"
                                                    for key, v in lat["ratio"].items()))
-    return "\n".join(lines + [""] + _roofline_lines(doc["roofline"]))
+    lines += [""] + _roofline_lines(doc["roofline"])
+    if doc.get("matmul_rate"):
+        m = doc["matmul_rate"]
+        lines.append(f"matmul rate (steps' compute floors): {si(m['flops_per_s'], 'FLOP/s')}, "
+                     f"{m['method']}")
+    return "\n".join(lines)
 
 
 # -- the plot -----------------------------------------------------------------------------

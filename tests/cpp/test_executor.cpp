@@ -129,6 +129,52 @@ TEST(Executor, DecodeOnlyStepsCountTheKeysTheyAttendTo)
     EXPECT_EQ(stats->totalDecodeOnlyContextTokens, 6 + 7 + 8 + 9 + 10 + 11 + 12);
 }
 
+TEST(Executor, PromptStepsCountTheirDecodesSequencesAndAttentionPairs)
+{
+    {
+        // A prompt of 20 tokens in chunks of 16 and 4 (maxNumTokens 16): positions 0..15 score
+        // 1 + ... + 16 pairs, 16..19 score 17 + ... + 20; then decodes at context 21 and 22.
+        Fixture f;
+        std::vector<TokenIdType> prompt;
+        for (TokenIdType t = 1; t <= 20; ++t)
+        {
+            prompt.push_back(t);
+        }
+        IdType const id = f.executor.enqueueRequest(greedy(prompt, 3));
+        f.responses.collect(f.executor, {id});
+        auto const stats = f.executor.getLatestIterationStats();
+        ASSERT_TRUE(stats.has_value());
+        EXPECT_EQ(stats->totalPrefillSteps, 2);
+        EXPECT_EQ(stats->totalPrefillStepSequences, 2);
+        EXPECT_EQ(stats->totalPrefillStepDecodeTokens, 0);
+        EXPECT_EQ(stats->totalPrefillStepAttentionPairs, 16 * 17 / 2 + (17 + 18 + 19 + 20));
+        EXPECT_EQ(stats->totalDecodeOnlyContextTokens, 21 + 22);
+    }
+    // A short request decodes beside a long prompt's chunks. However the steps fall, every
+    // computed position p scores p + 1 pairs once: prompt L and N new tokens compute positions
+    // 0 .. L + N - 2.
+    Fixture f;
+    std::atomic<bool> go{false};
+    holdSteps(f, go);
+    std::vector<TokenIdType> prompt(30);
+    for (std::size_t i = 0; i < prompt.size(); ++i)
+    {
+        prompt[i] = static_cast<TokenIdType>(1 + i);
+    }
+    IdType const a = f.executor.enqueueRequest(greedy({1, 2, 3}, 6));
+    IdType const b = f.executor.enqueueRequest(greedy(prompt, 2));
+    go = true;
+    f.responses.collect(f.executor, {a, b});
+    auto const stats = f.executor.getLatestIterationStats();
+    ASSERT_TRUE(stats.has_value());
+    EXPECT_EQ(stats->totalPreemptions, 0);
+    EXPECT_EQ(stats->totalPrefillStepAttentionPairs + stats->totalDecodeOnlyContextTokens, 8 * 9 / 2 + 31 * 32 / 2);
+    EXPECT_EQ(stats->totalDecodeTokens, 5 + 1);
+    EXPECT_GT(stats->totalPrefillStepDecodeTokens, 0); // b's 30 tokens take two steps at least
+    EXPECT_LE(stats->totalPrefillStepDecodeTokens, stats->totalDecodeTokens);
+    EXPECT_GT(stats->totalPrefillStepSequences, stats->totalPrefillSteps);
+}
+
 TEST(Executor, StreamingEqualsNonStreamingAndLogProbsAreExact)
 {
     Fixture f;

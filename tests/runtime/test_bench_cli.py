@@ -90,6 +90,23 @@ def test_throughput_sweep_report(setup, sweep):
     assert decode["memory_floor_ms"] == pytest.approx(
         1e3 * (roof["bytes_per_token"] + kv * decode["context_tokens_mean"])
         / roof["bandwidth"]["bytes_per_s"])
+    # One request at a time: its prompt step scores L (L + 1) / 2 pairs, alone; each step's
+    # FLOPs at the matmul rate measured in the run.
+    from kiln.runtime.bench.compute import graph_step_flops
+    prompt = one["steps"]["with_prompt"]
+    assert prompt["attention_pairs_mean"] * prompt["count"] == sum(
+        r.input_len * (r.input_len + 1) // 2 for r in requests)
+    assert prompt["decode_tokens_mean"] == 0 and decode["decode_tokens_mean"] == 1
+    rate = doc["matmul_rate"]
+    assert rate["dtype"] == "float32" and "matmul on the CPU" in rate["method"]
+    flops = graph_step_flops(load_engine(setup[0]).graph)
+    for kind, tokens, sequences, pairs in (
+            (prompt, prompt["prompt_tokens_mean"], prompt["sequences_mean"],
+             prompt["attention_pairs_mean"]),
+            (decode, 1, 1, decode["context_tokens_mean"])):
+        assert kind["tflop_mean"] == pytest.approx(flops.of(tokens, sequences, pairs) / 1e12)
+        assert kind["compute_floor_ms"] == pytest.approx(
+            1e3 * kind["tflop_mean"] * 1e12 / rate["flops_per_s"])
     out = result.stdout
     for text in ("Kiln — concurrency 1", "Kiln — concurrency 3", "peak batch 1 ·",
                  "HuggingFace — transformers generate, static batches of up to 2, longest first; "
@@ -97,6 +114,8 @@ def test_throughput_sweep_report(setup, sweep):
                  "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests",
                  "with prompt tokens (", "decode tokens a step; the backend",
                  "decode-only steps attend to", "ms at the copy bandwidth,",
+                 "steps with prompt tokens compute", "decode-only steps compute",
+                 "FLOP a step:", "ms at the matmul rate,", "matmul rate (steps' compute floors):",
                  "max_utilization · prefix caching off"):
         assert text in out, text
 
