@@ -8,9 +8,11 @@ attention 4 x heads x head_dim a (query, key) pair (the score and the value it w
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
+
+from kiln.runtime.bench.roofline import time_repeated
 
 GPU_MATMUL_N = 8192  # M = N = K of the timed GPU matmul (1.1 TFLOP)
 CPU_MATMUL_N = 1024
@@ -24,7 +26,7 @@ class MatmulRate:
     method: str
 
     def to_json(self) -> dict:
-        return {"flops_per_s": self.flops_per_s, "dtype": self.dtype, "method": self.method}
+        return asdict(self)
 
 
 def gemm_dtype(build) -> str | None:
@@ -74,24 +76,10 @@ def measure_matmul_rate(device: str, dtype: str, n: int | None = None,
 
         def run():
             return a @ b
-    run()
-    if device == "cuda":
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(iterations):
-            run()
-        end.record()
-        end.synchronize()
-        seconds = begin.elapsed_time(end) / 1e3
-        method = (f"{n} x {n} x {n} {dtype} matmul on {torch.cuda.get_device_name()}, timed with "
-                  f"CUDA events")
-    else:
-        import time
-        start = time.perf_counter()
-        for _ in range(iterations):
-            run()
-        seconds = time.perf_counter() - start
-        method = f"{n} x {n} x {n} {dtype} matmul on the CPU, host clock"
+    seconds = time_repeated(run, iterations, device)
+    where = torch.cuda.get_device_name() if device == "cuda" else "the CPU"
+    clock = "timed with CUDA events" if device == "cuda" else "host clock"
+    method = f"{n} x {n} x {n} {dtype} matmul on {where}, {clock}"
     del a, b
     if device == "cuda":
         torch.cuda.empty_cache()  # the runner sizes its KV cache from the memory left free
