@@ -32,9 +32,9 @@ for round in 1 2; do
       PYTHONPATH=/tmp/tree$tree timeout 200 python3 tests/gpu/attention_sweep.py --prologue \
         --cases "$CASES" --configs "$CONFIGS" --prefill "$PREFILL" \
         --prefill-configs "$PREFILL_CONFIGS" 2>&1 | tee "$LOG/sweep-$tree-$round.log" | grep -v "^ *$"
-    else  # the plan's configurations only
+    else  # the plan's prefill configuration only
       PYTHONPATH=/tmp/tree$tree timeout 120 python3 tests/gpu/attention_sweep.py --prologue \
-        --cases "$CASES" --configs 64:4:2,64:2:3 --prefill "$PREFILL" \
+        --cases "$CASES" --configs "$CONFIGS" --prefill "$PREFILL" \
         --prefill-configs 64:64:4:2 2>&1 | tee "$LOG/sweep-$tree-$round.log" | grep -v "^ *$"
     fi
   done
