@@ -61,8 +61,10 @@ py::object toDict(std::optional<IterationStats> const& stats)
         "total_decode_tokens"_a = s.totalDecodeTokens,
         "total_decode_only_context_tokens"_a = s.totalDecodeOnlyContextTokens,
         "total_prefill_step_decode_tokens"_a = s.totalPrefillStepDecodeTokens,
+        "total_prefill_step_decode_context_tokens"_a = s.totalPrefillStepDecodeContextTokens,
         "total_prefill_step_sequences"_a = s.totalPrefillStepSequences,
-        "total_prefill_step_attention_pairs"_a = s.totalPrefillStepAttentionPairs);
+        "total_prefill_step_prompt_context_tokens"_a = s.totalPrefillStepPromptContextTokens,
+        "total_prefill_step_prompt_attention_pairs"_a = s.totalPrefillStepPromptAttentionPairs);
 }
 
 std::optional<std::chrono::milliseconds> toTimeout(std::optional<double> timeoutMs)

@@ -669,9 +669,16 @@ private:
             mTotals.totalPrefillStepSequences += static_cast<std::int64_t>(output.sequences.size());
             for (ScheduledSequence const& seq : output.sequences)
             {
-                // Positions start .. start + n - 1 attend to start + 1 .. start + n keys.
                 std::int64_t const n = seq.numTokens;
-                mTotals.totalPrefillStepAttentionPairs += n * seq.startPosition + n * (n + 1) / 2;
+                std::int64_t const context = seq.startPosition + n;
+                if (seq.isDecode)
+                {
+                    mTotals.totalPrefillStepDecodeContextTokens += context;
+                    continue;
+                }
+                mTotals.totalPrefillStepPromptContextTokens += context;
+                // Positions start .. start + n - 1 attend to start + 1 .. start + n keys.
+                mTotals.totalPrefillStepPromptAttentionPairs += n * seq.startPosition + n * (n + 1) / 2;
             }
         }
         else

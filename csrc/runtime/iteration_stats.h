@@ -31,11 +31,15 @@ struct IterationStats
     /// Keys the decode-only steps so far attended to: each step's sequences' context lengths summed.
     std::int64_t totalDecodeOnlyContextTokens = 0;
     /// Of the steps so far that computed prompt tokens: the decode tokens they computed beside
-    /// them, the sequences they scheduled, and the (query, key) pairs their attention scored
-    /// (a token at position p attends to p + 1 keys).
+    /// the prompts and the keys those decodes attended to (their context lengths summed), the
+    /// sequences they scheduled, the prompt chunks' context lengths after the step summed (the
+    /// keys their attention reads) and the (query, key) pairs the chunks scored (a token at
+    /// position p attends to p + 1 keys).
     std::int64_t totalPrefillStepDecodeTokens = 0;
+    std::int64_t totalPrefillStepDecodeContextTokens = 0;
     std::int64_t totalPrefillStepSequences = 0;
-    std::int64_t totalPrefillStepAttentionPairs = 0;
+    std::int64_t totalPrefillStepPromptContextTokens = 0;
+    std::int64_t totalPrefillStepPromptAttentionPairs = 0;
 };
 
 } // namespace kiln

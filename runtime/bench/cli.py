@@ -426,24 +426,30 @@ def _document(command: str, device: str, engine) -> dict:
             "env": report.environment(device), "engine": report.engine_info(engine)}
 
 
-def _decode_floor(decode_only: dict | None, engine, roofline) -> None:
-    """Sets a run's decode-only steps' memory floor (Roofline.decode_step_s) in ms, for a model
-    whose layers attend to every key (a sliding window's layers read fewer)."""
+def _floors(steps: dict, engine, roofline, rate) -> None:
+    """Sets a run's decode-only steps' memory floor (Roofline.decode_step_s) and, with a matmul
+    rate, each kind of step's floor (compute.set_step_floors), in ms; for a model whose layers
+    attend to every key (a sliding window's layers read fewer)."""
+    from kiln.runtime.bench.compute import set_step_floors
     from kiln.runtime.bench.tuning import kv_bytes_per_token
 
     model, build = engine.config.model, engine.config.build
-    if not decode_only or not decode_only.get("context_tokens_mean") or model.sliding_window:
+    decode_only = steps.get("decode_only")
+    if not decode_only or model.sliding_window:
         return
     kv = kv_bytes_per_token(model, build.dtype, build.kv_cache_dtype)
-    decode_only["memory_floor_ms"] = 1e3 * roofline.decode_step_s(
-        kv, decode_only["context_tokens_mean"])
+    if decode_only.get("context_tokens_mean"):
+        decode_only["memory_floor_ms"] = 1e3 * roofline.decode_step_s(
+            kv, decode_only["context_tokens_mean"])
+    if rate:
+        set_step_floors(steps, engine.graph, roofline.bytes_per_token, kv,
+                        roofline.bandwidth.bytes_per_s, rate)
 
 
 def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: str | None,
             rate=None) -> None:
-    """`rate`: a throughput run's matmul rate, for its steps' compute floors."""
+    """`rate`: a throughput run's matmul rate, for its steps' floors."""
     from kiln.runtime.bench import report
-    from kiln.runtime.bench.compute import set_compute_floors
     from kiln.runtime.bench.roofline import Roofline, decode_bytes_per_token, weight_bytes
 
     roofline = Roofline(weight_bytes(engine), decode_bytes_per_token(engine), bandwidth)
@@ -451,10 +457,7 @@ def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: s
     if "runs" in doc:
         doc["matmul_rate"] = rate.to_json() if rate else None
     for run in doc.get("runs", []):
-        _decode_floor(run["steps"].get("decode_only"), engine, roofline)
-        if rate:
-            set_compute_floors(run["steps"], engine.graph, bool(engine.config.model.sliding_window),
-                               rate)
+        _floors(run["steps"], engine, roofline, rate)
     table = report.render(doc)
     if json_path == "-":
         click.echo(table, err=True)

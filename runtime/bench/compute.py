@@ -1,10 +1,13 @@
-"""A step's compute floor: the FLOPs it must do over the matmul rate measured in the same run.
+"""A step's floor: its GEMMs and its attention each at the larger of their FLOPs over the
+matmul rate and their bytes over the copy bandwidth, both measured in the same run.
 
-Steps of many tokens (prompt chunks, decode steps of thousands of sequences) are bound by the
-tensor cores, not by memory. Their floor is their GEMMs' and attention's FLOPs at the rate a
-large matmul reaches on the device, measured like the copy bandwidth (what the hardware does,
-rather than the datasheet's peak). FLOPs count 2 per multiply-add: a GEMM 2 K N a row; the
-attention 4 x heads x head_dim a (query, key) pair (the score and the value it weighs).
+The kernels of a step run one after another, so its floor is the sum of theirs, and each kind
+is bound by compute or by memory: the GEMMs read every weight once and do 2 K N FLOPs a row (a
+decode step of thousands of sequences is compute-bound, one of a hundred is not); a decode's
+attention reads its context's K and V (memory-bound); a prompt chunk's scores 4 x heads x
+head_dim FLOPs a (query, key) pair and reads its context once at least (compute-bound when
+long). The matmul rate is what a large matmul of random operands reaches on the device,
+measured like the copy bandwidth (what the hardware does, rather than the datasheet's peak).
 """
 from __future__ import annotations
 
@@ -95,8 +98,11 @@ class StepFlops:
     per_sequence: float
     per_pair: float
 
+    def gemm(self, tokens: float, sequences: float) -> float:
+        return self.per_token * tokens + self.per_sequence * sequences
+
     def of(self, tokens: float, sequences: float, pairs: float) -> float:
-        return self.per_token * tokens + self.per_sequence * sequences + self.per_pair * pairs
+        return self.gemm(tokens, sequences) + self.per_pair * pairs
 
 
 def graph_step_flops(graph) -> StepFlops:
@@ -124,20 +130,38 @@ def graph_step_flops(graph) -> StepFlops:
     return StepFlops(per["T"], per["B"], pair)
 
 
-def set_compute_floors(steps: dict, graph, sliding_window: bool, rate: MatmulRate) -> None:
+def _bound(flops: float, nbytes: float, rate: float, bandwidth: float) -> dict:
+    compute, memory = flops / rate, nbytes / bandwidth
+    return {"ms": 1e3 * max(compute, memory), "bound": "compute" if compute >= memory else "memory"}
+
+
+def set_step_floors(steps: dict, graph, weight_bytes: int, kv_bytes_per_token: int,
+                    bandwidth: float, rate: MatmulRate) -> None:
     """Sets a run's step statistics (metrics.StepLog.timing) each kind of step's mean FLOPs
-    (`tflop_mean`) and their time at `rate` (`compute_floor_ms`). A sliding window's attention
-    scores fewer pairs than the keys counted, so there it is left out: still a floor."""
+    (`tflop_mean`), its floor (`floor_ms`) and the floor's parts (`floor_parts`: the GEMMs, the
+    decodes' attention, the prompt chunks' attention; each its ms and what bounds it).
+    `weight_bytes`: what a step's GEMMs read (the batch-1 roofline's bytes a token); for a
+    model whose layers attend to every key (a sliding window's read fewer)."""
     flops = graph_step_flops(graph)
     prompt, decode = steps.get("with_prompt"), steps.get("decode_only")
     kinds = []
     if prompt and prompt.get("count"):
         kinds.append((prompt, prompt["prompt_tokens_mean"] + prompt["decode_tokens_mean"],
-                      prompt["sequences_mean"], prompt["attention_pairs_mean"]))
+                      prompt["sequences_mean"], prompt["decode_context_tokens_mean"],
+                      (prompt["prompt_attention_pairs_mean"], prompt["prompt_context_tokens_mean"])))
     if decode and decode.get("count"):
         kinds.append((decode, decode["decode_tokens_mean"], decode["decode_tokens_mean"],
-                      decode["context_tokens_mean"]))
-    for kind, tokens, sequences, pairs in kinds:
-        total = flops.of(tokens, sequences, 0.0 if sliding_window else pairs)
-        kind["tflop_mean"] = total / 1e12
-        kind["compute_floor_ms"] = 1e3 * total / rate.flops_per_s
+                      decode["context_tokens_mean"], None))
+    r = rate.flops_per_s
+    for kind, tokens, sequences, decode_keys, chunks in kinds:
+        parts = {"gemms": _bound(flops.gemm(tokens, sequences), weight_bytes, r, bandwidth),
+                 "decode_attention": _bound(flops.per_pair * decode_keys,
+                                            kv_bytes_per_token * decode_keys, r, bandwidth)}
+        pairs = decode_keys
+        if chunks:
+            parts["prompt_attention"] = _bound(flops.per_pair * chunks[0],
+                                               kv_bytes_per_token * chunks[1], r, bandwidth)
+            pairs += chunks[0]
+        kind["tflop_mean"] = flops.of(tokens, sequences, pairs) / 1e12
+        kind["floor_parts"] = parts
+        kind["floor_ms"] = sum(part["ms"] for part in parts.values())

@@ -106,9 +106,10 @@ class StepLog:
     def timing(self) -> dict | None:
         """Where the run's step time went (None until a step is seen): steps that computed
         prompt tokens and decode-only steps, their count and mean wall time, and what a step of
-        each computed on average: prompt and decode tokens, sequences, and the (query, key)
-        pairs its attention scored (a decode-only step's: its sequences' context lengths
-        summed); tokens a step, and the backend's share of the step time."""
+        each computed on average: decode tokens and the keys they attended to (their context
+        lengths summed); a prompt step's prompt tokens, sequences, the keys its prompt chunks
+        read (their context lengths) and the (query, key) pairs they scored; tokens a step,
+        and the backend's share of the step time."""
         if self.last is None:
             return None
         if self.before is None and self.first_iteration != 0:
@@ -128,9 +129,13 @@ class StepLog:
                             "ms_mean": prefill_us / prefill / 1e3 if prefill else None,
                             "prompt_tokens_mean": per_prefill("total_computed_prompt_tokens"),
                             "decode_tokens_mean": per_prefill("total_prefill_step_decode_tokens"),
+                            "decode_context_tokens_mean": per_prefill(
+                                "total_prefill_step_decode_context_tokens"),
                             "sequences_mean": per_prefill("total_prefill_step_sequences"),
-                            "attention_pairs_mean": per_prefill(
-                                "total_prefill_step_attention_pairs")},
+                            "prompt_context_tokens_mean": per_prefill(
+                                "total_prefill_step_prompt_context_tokens"),
+                            "prompt_attention_pairs_mean": per_prefill(
+                                "total_prefill_step_prompt_attention_pairs")},
             "decode_only": {"count": decode_only,
                             "ms_mean": (step_us - prefill_us) / decode_only / 1e3 if decode_only else None,
                             "decode_tokens_mean": alone / decode_only if decode_only else None,

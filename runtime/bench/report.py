@@ -32,11 +32,18 @@ _NUM_OR_NULL = {"type": ["number", "null"]}
 _STEP_KIND = {"type": "object", "required": ["count"],
               "properties": {"count": {"type": "integer"},
                              "ms_mean": _NUM_OR_NULL, "prompt_tokens_mean": _NUM_OR_NULL,
-                             "decode_tokens_mean": _NUM_OR_NULL, "sequences_mean": _NUM_OR_NULL,
-                             "attention_pairs_mean": _NUM_OR_NULL,
+                             "decode_tokens_mean": _NUM_OR_NULL,
+                             "decode_context_tokens_mean": _NUM_OR_NULL,
+                             "sequences_mean": _NUM_OR_NULL,
+                             "prompt_context_tokens_mean": _NUM_OR_NULL,
+                             "prompt_attention_pairs_mean": _NUM_OR_NULL,
                              "context_tokens_mean": _NUM_OR_NULL,
                              "memory_floor_ms": _NUM_OR_NULL, "tflop_mean": _NUM_OR_NULL,
-                             "compute_floor_ms": _NUM_OR_NULL}}
+                             "floor_ms": _NUM_OR_NULL,
+                             "floor_parts": {"type": "object", "additionalProperties": {
+                                 "type": "object", "required": ["ms", "bound"],
+                                 "properties": {"ms": {"type": "number"},
+                                                "bound": {"enum": ["compute", "memory"]}}}}}}
 _MATMUL = {"oneOf": [{"type": "null"},
                      {"type": "object", "required": ["flops_per_s", "dtype", "method"],
                       "properties": {"flops_per_s": {"type": "number"}, "dtype": {"type": "string"},
@@ -254,12 +261,15 @@ def _floor_line(d: dict) -> str:
             f"{d['ms_mean']:.2f} ms they took")
 
 
-def _compute_line(k: dict, what: str) -> str:
-    """A kind of step's mean time against its FLOPs at the measured matmul rate."""
-    return (f"  {what} compute {si(k['tflop_mean'] * 1e12, 'FLOP')} a step: "
-            f"{k['compute_floor_ms']:.2f} ms at the matmul rate, "
-            f"{100 * k['compute_floor_ms'] / k['ms_mean']:.1f}% of the "
-            f"{k['ms_mean']:.2f} ms they took")
+def _step_floor_line(k: dict, what: str) -> str:
+    """A kind of step's mean time against its floor (compute.set_step_floors), part by part."""
+    names = {"gemms": "GEMMs", "decode_attention": "decode attention",
+             "prompt_attention": "prompt attention"}
+    parts = ", ".join(f"{names[name]} {p['ms']:.2f} ms {p['bound']}-bound"
+                      for name, p in k["floor_parts"].items())
+    return (f"  {what}: {si(k['tflop_mean'] * 1e12, 'FLOP')} a step; floor {k['floor_ms']:.2f} ms "
+            f"({parts}), {100 * k['floor_ms'] / k['ms_mean']:.1f}% of the {k['ms_mean']:.2f} ms "
+            "they took")
 
 
 def render(doc: dict) -> str:
@@ -277,12 +287,13 @@ def render(doc: dict) -> str:
                       f"stats seen on {steps['seen']} of {steps['total']} steps"]
             if "with_prompt" in steps:
                 lines.append(_steps_line(steps))
-                if steps["decode_only"].get("memory_floor_ms"):
-                    lines.append(_floor_line(steps["decode_only"]))
                 for key, what in (("with_prompt", "steps with prompt tokens"),
                                   ("decode_only", "decode-only steps")):
-                    if steps[key].get("compute_floor_ms"):
-                        lines.append(_compute_line(steps[key], what))
+                    if steps[key].get("floor_ms"):
+                        lines.append(_step_floor_line(steps[key], what))
+                decode = steps["decode_only"]
+                if decode.get("memory_floor_ms") and not decode.get("floor_ms"):
+                    lines.append(_floor_line(decode))
             if run.get("graphs"):
                 g = run["graphs"]
                 lines.append(f"  CUDA graphs: {g['replays']} decode steps replayed, {g['captured']} "
@@ -326,7 +337,7 @@ def render(doc: dict) -> str:
     lines += [""] + _roofline_lines(doc["roofline"])
     if doc.get("matmul_rate"):
         m = doc["matmul_rate"]
-        lines.append(f"matmul rate (steps' compute floors): {si(m['flops_per_s'], 'FLOP/s')}, "
+        lines.append(f"matmul rate (the steps' floors): {si(m['flops_per_s'], 'FLOP/s')}, "
                      f"{m['method']}")
     return "\n".join(lines)
 

@@ -147,12 +147,14 @@ TEST(Executor, PromptStepsCountTheirDecodesSequencesAndAttentionPairs)
         EXPECT_EQ(stats->totalPrefillSteps, 2);
         EXPECT_EQ(stats->totalPrefillStepSequences, 2);
         EXPECT_EQ(stats->totalPrefillStepDecodeTokens, 0);
-        EXPECT_EQ(stats->totalPrefillStepAttentionPairs, 16 * 17 / 2 + (17 + 18 + 19 + 20));
+        EXPECT_EQ(stats->totalPrefillStepDecodeContextTokens, 0);
+        EXPECT_EQ(stats->totalPrefillStepPromptContextTokens, 16 + 20);
+        EXPECT_EQ(stats->totalPrefillStepPromptAttentionPairs, 16 * 17 / 2 + (17 + 18 + 19 + 20));
         EXPECT_EQ(stats->totalDecodeOnlyContextTokens, 21 + 22);
     }
     // A short request decodes beside a long prompt's chunks. However the steps fall, every
     // computed position p scores p + 1 pairs once: prompt L and N new tokens compute positions
-    // 0 .. L + N - 2.
+    // 0 .. L + N - 2, the prompt's in prompt chunks, the rest as decodes.
     Fixture f;
     std::atomic<bool> go{false};
     holdSteps(f, go);
@@ -168,11 +170,18 @@ TEST(Executor, PromptStepsCountTheirDecodesSequencesAndAttentionPairs)
     auto const stats = f.executor.getLatestIterationStats();
     ASSERT_TRUE(stats.has_value());
     EXPECT_EQ(stats->totalPreemptions, 0);
-    EXPECT_EQ(stats->totalPrefillStepAttentionPairs + stats->totalDecodeOnlyContextTokens, 8 * 9 / 2 + 31 * 32 / 2);
+    // A decode's pairs are its keys: the prompts' positions 0 .. 2 and 0 .. 29 score
+    // 3 * 4 / 2 + 30 * 31 / 2 pairs; a's decodes at positions 3 .. 7 and b's at 30 the rest.
+    EXPECT_EQ(stats->totalPrefillStepPromptAttentionPairs, 3 * 4 / 2 + 30 * 31 / 2);
+    EXPECT_EQ(stats->totalPrefillStepDecodeContextTokens + stats->totalDecodeOnlyContextTokens,
+        4 + 5 + 6 + 7 + 8 + 31);
     EXPECT_EQ(stats->totalDecodeTokens, 5 + 1);
     EXPECT_GT(stats->totalPrefillStepDecodeTokens, 0); // b's 30 tokens take two steps at least
     EXPECT_LE(stats->totalPrefillStepDecodeTokens, stats->totalDecodeTokens);
+    EXPECT_GT(stats->totalPrefillStepDecodeContextTokens, 0);
     EXPECT_GT(stats->totalPrefillStepSequences, stats->totalPrefillSteps);
+    // b's chunks end at 30 (one chunk) or within it (more): each ends where the next starts.
+    EXPECT_GE(stats->totalPrefillStepPromptContextTokens, 3 + 30);
 }
 
 TEST(Executor, StreamingEqualsNonStreamingAndLogProbsAreExact)

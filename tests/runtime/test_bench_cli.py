@@ -90,34 +90,58 @@ def test_throughput_sweep_report(setup, sweep):
     assert decode["memory_floor_ms"] == pytest.approx(
         1e3 * (roof["bytes_per_token"] + kv * decode["context_tokens_mean"])
         / roof["bandwidth"]["bytes_per_s"])
-    # One request at a time: its prompt step scores L (L + 1) / 2 pairs, alone; each step's
-    # FLOPs at the matmul rate measured in the run.
-    from kiln.runtime.bench.compute import graph_step_flops
+    # One request at a time: its prompt step reads L keys and scores L (L + 1) / 2 pairs, with
+    # no decode beside it; each kind of step at its floor (compute.set_step_floors, tested on
+    # its own), from the matmul rate measured in the run.
+    from kiln.runtime.bench.compute import MatmulRate, graph_step_flops, set_step_floors
     prompt = one["steps"]["with_prompt"]
-    assert prompt["attention_pairs_mean"] * prompt["count"] == sum(
+    assert prompt["prompt_attention_pairs_mean"] * prompt["count"] == sum(
         r.input_len * (r.input_len + 1) // 2 for r in requests)
-    assert prompt["decode_tokens_mean"] == 0 and decode["decode_tokens_mean"] == 1
+    assert prompt["prompt_context_tokens_mean"] * prompt["count"] == sum(r.input_len for r in requests)
+    assert prompt["decode_tokens_mean"] == prompt["decode_context_tokens_mean"] == 0
+    assert decode["decode_tokens_mean"] == 1 and prompt["sequences_mean"] == 1
     rate = doc["matmul_rate"]
     assert rate["dtype"] == "float32" and "matmul on the CPU" in rate["method"]
-    flops = graph_step_flops(load_engine(setup[0]).graph)
-    for kind, tokens, sequences, pairs in (
-            (prompt, prompt["prompt_tokens_mean"], prompt["sequences_mean"],
-             prompt["attention_pairs_mean"]),
-            (decode, 1, 1, decode["context_tokens_mean"])):
-        assert kind["tflop_mean"] == pytest.approx(flops.of(tokens, sequences, pairs) / 1e12)
-        assert kind["compute_floor_ms"] == pytest.approx(
-            1e3 * kind["tflop_mean"] * 1e12 / rate["flops_per_s"])
+    engine = load_engine(setup[0])
+    flops = graph_step_flops(engine.graph)
+    assert decode["tflop_mean"] * 1e12 == pytest.approx(flops.of(1, 1, decode["context_tokens_mean"]))
+    again = {k: {key: v for key, v in one["steps"][k].items()
+                 if key not in ("tflop_mean", "floor_ms", "floor_parts")}
+             for k in ("with_prompt", "decode_only")}
+    set_step_floors(again, engine.graph, roof["bytes_per_token"], kv,
+                    roof["bandwidth"]["bytes_per_s"], MatmulRate(**rate))
+    for k in ("with_prompt", "decode_only"):
+        assert one["steps"][k]["floor_ms"] == pytest.approx(again[k]["floor_ms"])
+        assert one["steps"][k]["floor_parts"].keys() == again[k]["floor_parts"].keys()
     out = result.stdout
     for text in ("Kiln — concurrency 1", "Kiln — concurrency 3", "peak batch 1 ·",
                  "HuggingFace — transformers generate, static batches of up to 2, longest first; "
                  "the engine's weights (5 of 10 requests)", "Kiln/HF (best Kiln run): requests/s",
                  "TTFT ms", "ITL ms", "E2E ms", "roofline (batch-1 decode):", "dataset  10 requests",
                  "with prompt tokens (", "decode tokens a step; the backend",
-                 "decode-only steps attend to", "ms at the copy bandwidth,",
-                 "steps with prompt tokens compute", "decode-only steps compute",
-                 "FLOP a step:", "ms at the matmul rate,", "matmul rate (steps' compute floors):",
+                 "steps with prompt tokens: ", "decode-only steps: ", "FLOP a step; floor ",
+                 "(GEMMs ", " ms memory-bound", "decode attention ", "prompt attention ",
+                 "ms they took",
+                 "matmul rate (the steps' floors):",
                  "max_utilization · prefix caching off"):
         assert text in out, text
+
+
+def test_without_a_matmul_rate_the_decode_steps_meet_their_memory_floor(sweep):
+    """An engine whose GEMM rate is not measured (int8_sq) still gets the decode-only steps'
+    memory floor line."""
+    from kiln.runtime.bench.report import render
+    _, doc = sweep
+    doc = copy.deepcopy(doc)
+    doc["matmul_rate"] = None
+    for run in doc["runs"]:
+        for kind in run["steps"]["with_prompt"], run["steps"]["decode_only"]:
+            for key in ("tflop_mean", "floor_ms", "floor_parts"):
+                kind.pop(key)
+    jsonschema.validate(doc, SCHEMA)
+    out = render(doc)
+    assert "decode-only steps attend to" in out and "ms at the copy bandwidth," in out
+    assert "floor " not in out and "matmul rate" not in out
 
 
 def test_plot_is_written(setup, sweep):

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kiln.builder.engine import load_engine
 from kiln.builder.models import BuildConfig
 from kiln.runtime.bench.compute import (MatmulRate, StepFlops, gemm_dtype, graph_step_flops,
-                                        measure_matmul_rate, set_compute_floors)
+                                        measure_matmul_rate, set_step_floors)
 from kiln.runtime.reference import ReferenceBackend
 
 
@@ -79,24 +79,42 @@ def test_a_mixture_counts_the_experts_a_token_reaches(tiny_engine):
                                                     + 2 * h * m.vocab_size)
 
 
-def test_floors_of_each_kind_of_step(llama):
+def test_each_kind_of_step_at_its_floor(llama):
+    """GEMMs and each attention at the larger of FLOPs / rate and bytes / bandwidth, summed."""
     engine, _ = llama
     flops = graph_step_flops(engine.graph)
-    rate = MatmulRate(2e12, "float32", "test")
-    for window in (False, True):  # a sliding window's attention is left out
-        steps = {"with_prompt": {"count": 2, "ms_mean": 9.0, "prompt_tokens_mean": 30.0,
-                                 "decode_tokens_mean": 2.0, "sequences_mean": 3.0,
-                                 "attention_pairs_mean": 500.0},
-                 "decode_only": {"count": 5, "ms_mean": 1.0, "decode_tokens_mean": 4.0,
-                                 "context_tokens_mean": 80.0},
-                 "decode_tokens_mean": 3.0}
-        set_compute_floors(steps, engine.graph, window, rate)
-        prompt, decode = steps["with_prompt"], steps["decode_only"]
-        assert prompt["tflop_mean"] * 1e12 == pytest.approx(flops.of(32, 3, 0 if window else 500))
-        assert decode["tflop_mean"] * 1e12 == pytest.approx(flops.of(4, 4, 0 if window else 80))
-        assert decode["compute_floor_ms"] == pytest.approx(decode["tflop_mean"] * 1e12 / 2e12 * 1e3)
+    rate, bandwidth, weights, kv = MatmulRate(2e12, "float32", "test"), 1e11, 10 ** 6, 1000
+    steps = {"with_prompt": {"count": 2, "ms_mean": 9.0, "prompt_tokens_mean": 30.0,
+                             "decode_tokens_mean": 2.0, "decode_context_tokens_mean": 80.0,
+                             "sequences_mean": 3.0, "prompt_context_tokens_mean": 30.0,
+                             "prompt_attention_pairs_mean": 465.0},
+             "decode_only": {"count": 5, "ms_mean": 1.0, "decode_tokens_mean": 4.0,
+                             "context_tokens_mean": 90.0},
+             "decode_tokens_mean": 3.0}
+    set_step_floors(steps, engine.graph, weights, kv, bandwidth, rate)
+
+    def part(f, nbytes):
+        c, m = f / 2e12, nbytes / bandwidth
+        return {"ms": 1e3 * max(c, m), "bound": "compute" if c >= m else "memory"}
+    prompt, decode = steps["with_prompt"], steps["decode_only"]
+    assert prompt["floor_parts"] == {
+        "gemms": part(flops.gemm(32, 3), weights),
+        "decode_attention": part(flops.per_pair * 80, kv * 80),
+        "prompt_attention": part(flops.per_pair * 465, kv * 30)}
+    assert decode["floor_parts"] == {"gemms": part(flops.gemm(4, 4), weights),
+                                     "decode_attention": part(flops.per_pair * 90, kv * 90)}
+    for kind in (prompt, decode):
+        assert kind["floor_ms"] == sum(p["ms"] for p in kind["floor_parts"].values())
+    assert prompt["tflop_mean"] * 1e12 == pytest.approx(flops.of(32, 3, 80 + 465))
+    assert decode["tflop_mean"] * 1e12 == pytest.approx(flops.of(4, 4, 90))
+    # This tiny model's bytes outweigh its FLOPs at these rates: every part memory-bound; at a
+    # slow enough matmul, every part compute-bound.
+    assert {p["bound"] for p in decode["floor_parts"].values()} == {"memory"}
+    set_step_floors(steps, engine.graph, weights, kv, bandwidth, MatmulRate(1e6, "float32", "slow"))
+    assert {p["bound"] for p in decode["floor_parts"].values()} == {"compute"}
+    assert decode["floor_ms"] == pytest.approx(1e3 * flops.of(4, 4, 90) / 1e6)
     empty = {"with_prompt": {"count": 0}, "decode_only": {"count": 0}}
-    set_compute_floors(empty, engine.graph, False, rate)
+    set_step_floors(empty, engine.graph, weights, kv, bandwidth, rate)
     assert empty == {"with_prompt": {"count": 0}, "decode_only": {"count": 0}}
 
 

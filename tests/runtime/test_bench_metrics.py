@@ -75,10 +75,10 @@ def test_step_log_peaks_and_coverage():
 
 
 def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals, keys=0,
-           sequences=0):
+           sequences=0, prompt_keys=0, pairs=0):
     """Stats of one step, with the executor's running totals updated in `totals`; `keys`: the
-    (query, key) pairs its attention scored (a decode-only step's sequences' context lengths
-    summed); `sequences`: a prompt step's sequences."""
+    keys its decodes attended to (their context lengths summed); a prompt step's `sequences`,
+    `prompt_keys` (its chunks' context lengths summed) and the `pairs` they scored."""
     totals["total_step_us"] += step_us
     totals["total_forward_us"] += forward_us
     totals["total_decode_tokens"] += decode_tokens
@@ -87,8 +87,10 @@ def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals
         totals["total_prefill_step_us"] += step_us
         totals["total_prefill_steps"] += 1
         totals["total_prefill_step_decode_tokens"] += decode_tokens
+        totals["total_prefill_step_decode_context_tokens"] += keys
         totals["total_prefill_step_sequences"] += sequences
-        totals["total_prefill_step_attention_pairs"] += keys
+        totals["total_prefill_step_prompt_context_tokens"] += prompt_keys
+        totals["total_prefill_step_prompt_attention_pairs"] += pairs
     else:
         totals["total_decode_only_context_tokens"] += keys
     return _stats(iteration, 4, 4, 10) | {"step_us": step_us, "forward_us": forward_us} | totals
@@ -98,14 +100,17 @@ def test_step_log_times_the_run_steps_only():
     totals = dict.fromkeys(("total_step_us", "total_forward_us", "total_decode_tokens",
                             "total_computed_prompt_tokens", "total_prefill_step_us",
                             "total_prefill_steps", "total_decode_only_context_tokens",
-                            "total_prefill_step_decode_tokens", "total_prefill_step_sequences",
-                            "total_prefill_step_attention_pairs"), 0)
+                            "total_prefill_step_decode_tokens",
+                            "total_prefill_step_decode_context_tokens",
+                            "total_prefill_step_sequences", "total_prefill_step_prompt_context_tokens",
+                            "total_prefill_step_prompt_attention_pairs"), 0)
     warmup = _timed(0, 0, 2, 5000.0, 4000.0, totals, keys=70)  # before the run
     log = StepLog()
     log.start(dict(warmup))
     # A prompt of 64 tokens (64 x 65 / 2 pairs); then one of 16 (136) beside 4 decodes at 60 keys.
-    steps = [_timed(1, 64, 0, 2000.0, 1900.0, totals, keys=2080, sequences=1),
-             _timed(2, 16, 4, 1000.0, 900.0, totals, keys=136 + 4 * 60, sequences=5),
+    steps = [_timed(1, 64, 0, 2000.0, 1900.0, totals, sequences=1, prompt_keys=64, pairs=2080),
+             _timed(2, 16, 4, 1000.0, 900.0, totals, keys=4 * 60, sequences=5, prompt_keys=16,
+                    pairs=136),
              _timed(3, 0, 4, 400.0, 300.0, totals, keys=100),
              _timed(4, 0, 4, 600.0, 500.0, totals, keys=104),
              _timed(5, 0, 3, 500.0, 400.0, totals, keys=81)]
@@ -115,8 +120,9 @@ def test_step_log_times_the_run_steps_only():
     t = log.timing()
     assert log.steps_total == 5 and log.steps_seen == 3
     assert t["with_prompt"] == {"count": 2, "ms_mean": 1.5, "prompt_tokens_mean": 40.0,
-                                "decode_tokens_mean": 2.0, "sequences_mean": 3.0,
-                                "attention_pairs_mean": (2080 + 376) / 2}
+                                "decode_tokens_mean": 2.0, "decode_context_tokens_mean": 120.0,
+                                "sequences_mean": 3.0, "prompt_context_tokens_mean": 40.0,
+                                "prompt_attention_pairs_mean": (2080 + 136) / 2}
     assert t["decode_only"] == {"count": 3, "ms_mean": 0.5, "decode_tokens_mean": 11 / 3,
                                 "context_tokens_mean": 95.0}
     assert t["decode_tokens_mean"] == pytest.approx(15 / 5)
