@@ -139,7 +139,8 @@ def set_step_floors(steps: dict, graph, weight_bytes: int, kv_bytes_per_token: i
                     bandwidth: float, rate: MatmulRate) -> None:
     """Sets a run's step statistics (metrics.StepLog.timing) each kind of step's mean FLOPs
     (`tflop_mean`), its floor (`floor_ms`) and the floor's parts (`floor_parts`: the GEMMs, the
-    decodes' attention, the prompt chunks' attention; each its ms and what bounds it).
+    decodes' attention where there are decodes, the prompt chunks' attention; each its ms and
+    what bounds it).
     `weight_bytes`: what a step's GEMMs read (the batch-1 roofline's bytes a token); for a
     model whose layers attend to every key (a sliding window's read fewer)."""
     flops = graph_step_flops(graph)
@@ -154,9 +155,10 @@ def set_step_floors(steps: dict, graph, weight_bytes: int, kv_bytes_per_token: i
                       decode["context_tokens_mean"], None))
     r = rate.flops_per_s
     for kind, tokens, sequences, decode_keys, chunks in kinds:
-        parts = {"gemms": _bound(flops.gemm(tokens, sequences), weight_bytes, r, bandwidth),
-                 "decode_attention": _bound(flops.per_pair * decode_keys,
-                                            kv_bytes_per_token * decode_keys, r, bandwidth)}
+        parts = {"gemms": _bound(flops.gemm(tokens, sequences), weight_bytes, r, bandwidth)}
+        if decode_keys:
+            parts["decode_attention"] = _bound(flops.per_pair * decode_keys,
+                                               kv_bytes_per_token * decode_keys, r, bandwidth)
         pairs = decode_keys
         if chunks:
             parts["prompt_attention"] = _bound(flops.per_pair * chunks[0],

@@ -113,6 +113,10 @@ def test_each_kind_of_step_at_its_floor(llama):
     set_step_floors(steps, engine.graph, weights, kv, bandwidth, MatmulRate(1e6, "float32", "slow"))
     assert {p["bound"] for p in decode["floor_parts"].values()} == {"compute"}
     assert decode["floor_ms"] == pytest.approx(1e3 * flops.of(4, 4, 90) / 1e6)
+    alone = {"with_prompt": dict(steps["with_prompt"], decode_tokens_mean=0.0,
+                                 decode_context_tokens_mean=0.0), "decode_only": {"count": 0}}
+    set_step_floors(alone, engine.graph, weights, kv, bandwidth, rate)  # prompts alone
+    assert alone["with_prompt"]["floor_parts"].keys() == {"gemms", "prompt_attention"}
     empty = {"with_prompt": {"count": 0}, "decode_only": {"count": 0}}
     set_step_floors(empty, engine.graph, weights, kv, bandwidth, rate)
     assert empty == {"with_prompt": {"count": 0}, "decode_only": {"count": 0}}
