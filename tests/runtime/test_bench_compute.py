@@ -131,6 +131,7 @@ def test_matmul_rate_on_the_cpu_and_the_gemm_dtype():
     assert rate.flops_per_s > 0 and rate.dtype == "float32"
     assert rate.method == "256 x 256 x 256 float32 matmul on the CPU, host clock"
     assert measure_matmul_rate("cpu", "float8_e4m3fn") is None
+    assert measure_matmul_rate("cpu", "bfloat16").method.startswith("256 x 256 x 256 bfloat16")
     assert gemm_dtype(BuildConfig(dtype="bfloat16")) == "bfloat16"
     assert gemm_dtype(BuildConfig(dtype="bfloat16", quant="fp8", targets=[89, 90])) == "float8_e4m3fn"
     assert gemm_dtype(BuildConfig(dtype="float16", quant="int4_awq")) == "float16"
