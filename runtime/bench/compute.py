@@ -147,25 +147,23 @@ def set_step_floors(steps: dict, graph, weight_bytes: int, kv_bytes_per_token: i
     model whose layers attend to every key (a sliding window's read fewer)."""
     flops = graph_step_flops(graph)
     prompt, decode = steps.get("with_prompt"), steps.get("decode_only")
-    kinds = []
+    kinds = []  # (stats, tokens, sequences, decodes' keys, prompt chunks' pairs and keys)
     if prompt and prompt.get("count"):
         kinds.append((prompt, prompt["prompt_tokens_mean"] + prompt["decode_tokens_mean"],
                       prompt["sequences_mean"], prompt["decode_context_tokens_mean"],
-                      (prompt["prompt_attention_pairs_mean"], prompt["prompt_context_tokens_mean"])))
+                      prompt["prompt_attention_pairs_mean"], prompt["prompt_context_tokens_mean"]))
     if decode and decode.get("count"):
         kinds.append((decode, decode["decode_tokens_mean"], decode["decode_tokens_mean"],
-                      decode["context_tokens_mean"], None))
+                      decode["context_tokens_mean"], 0.0, 0.0))
     r = rate.flops_per_s
-    for kind, tokens, sequences, decode_keys, chunks in kinds:
+    for kind, tokens, sequences, decode_keys, chunk_pairs, chunk_keys in kinds:
         parts = {"gemms": _bound(flops.gemm(tokens, sequences), weight_bytes, r, bandwidth)}
         if decode_keys:
             parts["decode_attention"] = _bound(flops.per_pair * decode_keys,
                                                kv_bytes_per_token * decode_keys, r, bandwidth)
-        pairs = decode_keys
-        if chunks:
-            parts["prompt_attention"] = _bound(flops.per_pair * chunks[0],
-                                               kv_bytes_per_token * chunks[1], r, bandwidth)
-            pairs += chunks[0]
-        kind["tflop_mean"] = flops.of(tokens, sequences, pairs) / 1e12
+        if chunk_keys:
+            parts["prompt_attention"] = _bound(flops.per_pair * chunk_pairs,
+                                               kv_bytes_per_token * chunk_keys, r, bandwidth)
+        kind["tflop_mean"] = flops.of(tokens, sequences, decode_keys + chunk_pairs) / 1e12
         kind["floor_parts"] = parts
         kind["floor_ms"] = sum(part["ms"] for part in parts.values())
