@@ -13,7 +13,7 @@
 # set runs capped at its own dataset's batch (`engine-bench throughput --max-batch-size`: what
 # the cache holds, or the batch that makes equal waves of a dataset whose requests finish
 # together); latency runs on it too. KILN_BENCH_SIZED=0 runs everything on the engine of max
-# batch 256 instead.
+# batch 256 instead. KILN_BENCH_BUILD_ONLY=1 builds the engine (and the datasets) and stops.
 # Results (JSON) and logs go to $OUT/bench (when set) or build/bench; each command's table prints
 # as it finishes.
 set -uo pipefail
@@ -67,6 +67,7 @@ else
   fi
 fi
 echo "engine build wall time: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+[ "${KILN_BENCH_BUILD_ONLY:-0}" = 1 ] && exit 0
 
 for what in "$@"; do
   if [ "$what" = latency ]; then
