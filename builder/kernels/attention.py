@@ -120,33 +120,33 @@ def _fp8_cache_operand(q, IEEE: tl.constexpr, KV_QUANT: tl.constexpr):
 
 
 @triton.jit
-def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, hi,
-            qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
-            TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-            KV_QUANT: tl.constexpr, WINDOW: tl.constexpr = 0, SOFTCAP: tl.constexpr = 0.0):
-    """Online softmax over cached keys lo..hi-1 (lo a multiple of TILE) of one sequence (block
-    table at bt_ptr); with WINDOW, a query at position p sees the keys after p - WINDOW only;
-    with SOFTCAP, each score s (times scale) becomes SOFTCAP * tanh(s / SOFTCAP) (Gemma 2). An 8-bit cache's V (rope.v_transposed: [head_dim, tokens] a block) is
-    read keys-contiguous and masked by whole blocks only, so its tiles load 16 bytes a copy:
-    the keys past hi in the last block (and any tile's blocks past it: block 0) are read
-    too, and weigh 0 (p = 0). The executor zeroes the cache when it allocates it and every
-    write stores a finite code (fp8 saturates), so 0 * v is 0 there."""
-    d_ok = d < HEAD_DIM
-    last_block = tl.cdiv(hi, TPB)
-    for start in range(lo, hi, TILE):
-        j = tl.multiple_of(start, TILE) + tl.arange(0, TILE)
+def _attend_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, start, hi,
+                 last_block, qk_scale, d, d_ok, NKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 TPB: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
+                 IEEE: tl.constexpr, KV_QUANT: tl.constexpr, WINDOW: tl.constexpr,
+                 SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+    """One tile of _attend's loop: keys start..start+TILE-1. Without MASKED every key of the
+    tile is below hi and visible to every row, so nothing is masked."""
+    j = tl.multiple_of(start, TILE) + tl.arange(0, TILE)
+    if MASKED:
         j_ok = j < hi
         block_ok = j // TPB < last_block if KV_QUANT != 0 else j_ok  # whole blocks for V^T
         block = tl.load(bt_ptr + j // TPB, mask=block_ok, other=0)
-        head = block.to(tl.int64) * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM)
-        kv = head + (j % TPB) * HEAD_DIM
+    else:
+        block = tl.load(bt_ptr + j // TPB)
+    head = block.to(tl.int64) * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM)
+    kv = head + (j % TPB) * HEAD_DIM
+    if MASKED:
         k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=j_ok[None, :] & d_ok[:, None],
                     other=0.0)
-        if KV_QUANT != 0:
-            k = k.to(q.dtype)
-        s = _dot(q, k, IEEE) * qk_scale
-        if SOFTCAP > 0:  # s is in log2 units: the cap too
-            s = (SOFTCAP * 1.4426950408889634) * tanh(s / (SOFTCAP * 1.4426950408889634))
+    else:
+        k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=d_ok[:, None], other=0.0)
+    if KV_QUANT != 0:
+        k = k.to(q.dtype)
+    s = _dot(q, k, IEEE) * qk_scale
+    if SOFTCAP > 0:  # s is in log2 units: the cap too
+        s = (SOFTCAP * 1.4426950408889634) * tanh(s / (SOFTCAP * 1.4426950408889634))
+    if MASKED:
         if CAUSAL:
             visible = (j[None, :] <= q_pos[:, None]) & j_ok[None, :]
         else:
@@ -156,18 +156,52 @@ def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, 
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if KV_QUANT != 0:
-            v_t = tl.load(v_cache_ptr + (head + j % TPB)[None, :] + d[:, None] * TPB,
-                          mask=d_ok[:, None], other=0.0)
-            v = tl.trans(v_t).to(q.dtype)
-        else:
-            v = tl.load(v_cache_ptr + kv[:, None] + d[None, :],
-                        mask=j_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p, v, IEEE)
-        m_i = m_new
+    else:  # every score finite: so is the new max
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = m_new
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if KV_QUANT != 0:
+        v_t = tl.load(v_cache_ptr + (head + j % TPB)[None, :] + d[:, None] * TPB,
+                      mask=d_ok[:, None], other=0.0)
+        v = tl.trans(v_t).to(q.dtype)
+    elif MASKED:
+        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :],
+                    mask=j_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=d_ok[None, :], other=0.0)
+    acc = acc * alpha[:, None] + _dot(p, v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo, full_hi, hi,
+            qk_scale, d, NKV: tl.constexpr, HEAD_DIM: tl.constexpr, TPB: tl.constexpr,
+            TILE: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+            KV_QUANT: tl.constexpr, WINDOW: tl.constexpr = 0, SOFTCAP: tl.constexpr = 0.0):
+    """Online softmax over cached keys lo..hi-1 (lo a multiple of TILE) of one sequence (block
+    table at bt_ptr); with WINDOW, a query at position p sees the keys after p - WINDOW only;
+    with SOFTCAP, each score s (times scale) becomes SOFTCAP * tanh(s / SOFTCAP) (Gemma 2).
+    The tiles below full_hi (lo + a multiple of TILE, <= hi) are visible to every row whole and
+    run without masks; the tiles from there to hi, masked. An 8-bit cache's V
+    (rope.v_transposed: [head_dim, tokens] a block) is read keys-contiguous and masked by whole
+    blocks only, so its tiles load 16 bytes a copy: the keys past hi in the last block (and any
+    tile's blocks past it: block 0) are read too, and weigh 0 (p = 0). The executor zeroes the
+    cache when it allocates it and every write stores a finite code (fp8 saturates), so 0 * v
+    is 0 there."""
+    d_ok = d < HEAD_DIM
+    last_block = tl.cdiv(hi, TPB)
+    for start in range(lo, full_hi, TILE):
+        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
+                                     q_pos, start, hi, last_block, qk_scale, d, d_ok, NKV,
+                                     HEAD_DIM, TPB, TILE, CAUSAL, IEEE, KV_QUANT, WINDOW,
+                                     SOFTCAP, False)
+    for start in range(full_hi, hi, TILE):
+        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
+                                     q_pos, start, hi, last_block, qk_scale, d, d_ok, NKV,
+                                     HEAD_DIM, TPB, TILE, CAUSAL, IEEE, KV_QUANT, WINDOW,
+                                     SOFTCAP, True)
     return acc, m_i, l_i
 
 
@@ -214,9 +248,11 @@ def paged_attention_kernel(out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_table
         lo = 0
         if WINDOW > 0:  # from the tile of the block's first query's first visible key
             lo = tl.maximum(prefix + first - WINDOW + 1, 0) // TILE * TILE
+        # Keys up to the block's first query are visible to all its rows.
+        full_hi = lo if WINDOW > 0 else (prefix + first + 1) // TILE * TILE
         acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh,
-                                prefix + t, lo, kv_end, qk_scale, d, NKV, HEAD_DIM, TPB, TILE,
-                                True, IEEE, KV_QUANT, WINDOW, SOFTCAP)
+                                prefix + t, lo, full_hi, kv_end, qk_scale, d, NKV, HEAD_DIM,
+                                TPB, TILE, True, IEEE, KV_QUANT, WINDOW, SOFTCAP)
         if KV_QUANT != 0:
             acc = acc * tl.load(v_scale_ptr)
         out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
@@ -301,9 +337,10 @@ def paged_decode_kernel(out_ptr, partial_ptr, q_ptr, k_cache_ptr, v_cache_ptr, b
     qk_scale = scale * 1.4426950408889634
     if KV_QUANT != 0:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
+    full_hi = lo if WINDOW > 0 else lo + tl.maximum(hi - lo, 0) // TILE * TILE
     acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos, lo,
-                            hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE, KV_QUANT,
-                            WINDOW, SOFTCAP)
+                            full_hi, hi, qk_scale, d, NKV, HEAD_DIM, TPB, TILE, False, IEEE,
+                            KV_QUANT, WINDOW, SOFTCAP)
     if KV_QUANT != 0:
         acc = acc * tl.load(v_scale_ptr)
     if num_splits == 1:
