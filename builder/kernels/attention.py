@@ -132,15 +132,15 @@ def _attend_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos,
         j_ok = j < hi
         block_ok = j // TPB < last_block if KV_QUANT != 0 else j_ok  # whole blocks for V^T
         block = tl.load(bt_ptr + j // TPB, mask=block_ok, other=0)
+        k_ok = j_ok[None, :] & d_ok[:, None]
+        v_ok = j_ok[:, None] & d_ok[None, :]
     else:
         block = tl.load(bt_ptr + j // TPB)
+        k_ok = d_ok[:, None]
+        v_ok = d_ok[None, :]
     head = block.to(tl.int64) * (NKV * TPB * HEAD_DIM) + kvh * (TPB * HEAD_DIM)
     kv = head + (j % TPB) * HEAD_DIM
-    if MASKED:
-        k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=j_ok[None, :] & d_ok[:, None],
-                    other=0.0)
-    else:
-        k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=d_ok[:, None], other=0.0)
+    k = tl.load(k_cache_ptr + kv[None, :] + d[:, None], mask=k_ok, other=0.0)
     if KV_QUANT != 0:
         k = k.to(q.dtype)
     s = _dot(q, k, IEEE) * qk_scale
@@ -154,23 +154,20 @@ def _attend_tile(q, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_ptr, kvh, q_pos,
         if WINDOW > 0:
             visible = visible & (j[None, :] > q_pos[:, None] - WINDOW)
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if MASKED:  # a row that has seen no key yet keeps -inf: exp2 of it must not be NaN
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:  # every score finite: so is the new max
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = m_new
     p = tl.exp2(s - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    if KV_QUANT != 0:
+    if KV_QUANT != 0:  # V^T: masked by whole blocks only (see _attend)
         v_t = tl.load(v_cache_ptr + (head + j % TPB)[None, :] + d[:, None] * TPB,
                       mask=d_ok[:, None], other=0.0)
         v = tl.trans(v_t).to(q.dtype)
-    elif MASKED:
-        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :],
-                    mask=j_ok[:, None] & d_ok[None, :], other=0.0)
     else:
-        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=d_ok[None, :], other=0.0)
+        v = tl.load(v_cache_ptr + kv[:, None] + d[None, :], mask=v_ok, other=0.0)
     acc = acc * alpha[:, None] + _dot(p, v, IEEE)
     return acc, m_new, l_i
 
