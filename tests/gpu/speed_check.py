@@ -358,7 +358,7 @@ def main() -> None:
                       f"{decodes} decodes at {context} tokens of context (serial launch)",
                       lambda: profile_mixed(gpu, model.vocab_size, spec, build.tokens_per_block,
                                             build.max_blocks_per_seq, build.max_num_tokens))
-    for m in args.batches:
+    for m in dict.fromkeys(args.batches + [p * n + d for p, n, d, _ in args.profile_mixed]):
         print(f"cuBLASLt algorithms at M={m}, then what each GEMM shape runs (chosen by timing):")
         for c in gpu.gemm_choices():
             if c["m"] == m:
