@@ -12,7 +12,7 @@
 # Logs and JSON into $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
-LOG=${OUT:-/tmp/h100-2026-12-06}; mkdir -p "$LOG"
+LOG=${OUT:-/tmp/h200-2026-12-06}; mkdir -p "$LOG"
 t0=$(date +%s); el() { echo $(( $(date +%s) - t0 )); }
 . scripts/carried_wheels.sh; install_carried_wheels /tmp/site >/dev/null
 python3 -m pip install --no-build-isolation --no-deps -e . >/tmp/install.log 2>&1 || { tail -5 /tmp/install.log; exit 1; }
