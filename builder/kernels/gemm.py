@@ -355,12 +355,13 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
 
 
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
-                x_stride: int, out_stride: int, act_stride: int | None = None) -> dict:
+                x_stride: int, out_stride: int, act_stride: int | None = None,
+                block_m: int = SMALL_M) -> dict:
     """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU."""
     block_n, block_k, _, _, swap = config
     least = 32 if scaled and swap else 16  # the K of one MMA: 32 e4m3 values, 16 of 16 bits
     return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
-                BLOCK_M=SMALL_M, BLOCK_N=block_n,
+                BLOCK_M=block_m, BLOCK_N=block_n,
                 BLOCK_K=max(least, min(block_k, triton.next_power_of_2(k))),
                 IEEE=dtype == "float32" and not scaled, SWAP=swap, GLU=act_stride is not None,
                 ACT_STRIDE=act_stride or 0)
@@ -541,15 +542,16 @@ def glu_out(x, n: int, rows: int, dtype, glu: bool, act_scale, out):
 
 
 def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtype=None,
-                   glu: bool = False, act_scale=None):
+                   glu: bool = False, act_scale=None, block_m: int = SMALL_M):
     """The M <= SMALL_M alternative `config` (an index into SMALL_CONFIGS, or SMALL_CONFIGS_FP8
     with `scales` = (a_scale, w_scale) float32 [1] tensors for FP8 x and w) on torch tensors;
     `dtype`: out's, when x is FP8. `glu`: out[M, N / 2] is silu_mul of that product y (as
-    silu_mul rounds it), quantized to e4m3 by `act_scale` when given (as silu_mul_quant)."""
+    silu_mul rounds it), quantized to e4m3 by `act_scale` when given (as silu_mul_quant).
+    `block_m` (a power of two of at least SMALL_M): the rows one program takes, all of x's."""
     m, k = x.shape
     n = w.shape[0]
-    if m > SMALL_M:
-        raise ValueError(f"the small-M GEMM takes at most {SMALL_M} rows, got {m}")
+    if m > block_m:
+        raise ValueError(f"the small-M GEMM takes at most {block_m} rows, got {m}")
     out, y = glu_out(x, n, m, dtype, glu, act_scale, out)
     cfg = (SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS)[config]
     unused = w
@@ -559,7 +561,7 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
         unused if act_scale is None else act_scale, m,
         **_constexprs(cfg, n, k, bias is not None, scales is not None,
                       str((out if y is None else y).dtype).split(".")[1], x.stride(0),
-                      out.stride(0), out.stride(0) if glu else None),
+                      out.stride(0), out.stride(0) if glu else None, block_m),
         num_warps=cfg[2], num_stages=cfg[3])
     return out
 

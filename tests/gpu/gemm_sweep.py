@@ -3,7 +3,9 @@ and configuration: cuBLASLt (torch), the small-M Triton kernel's configurations
 (kiln.builder.kernels.gemm), and for FP8 weights torch._scaled_mm beside the SCALED kernel.
 
 Each figure is a CUDA graph of back-to-back launches, each on another copy of the weight (the
-copies together exceed the L2 cache), as a decode step runs them; bytes = the weight's.
+copies together exceed the L2 cache), as a decode step runs them; bytes = the weight's. With
+--m above 16 the small-M kernel takes all the rows in one program (BLOCK_M the next power of
+two), each weight row read once.
 
     python tests/gpu/gemm_sweep.py [--configs 16:256:4:4:0,64:128:4:4:1] [--m 1]
                                    [--int4 16:64:128:4:3,...] [--gemv 8:128:4:1,...]
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import triton
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
@@ -84,6 +87,7 @@ def main() -> None:
                    else gemm.GEMV_CONFIGS_FP8)
 
     fp8 = torch.cuda.get_device_capability() >= (8, 9)
+    wide = {"block_m": triton.next_power_of_2(args.m)} if args.m > gemm.SMALL_M else {}
     print(f"{'shape':<9}{'N':>7}{'K':>7}  {'kernel':<28}{'us':>8}{'TB/s':>7}")
     for name in args.shapes.split(","):
         n, k = SHAPES[name]
@@ -98,7 +102,8 @@ def main() -> None:
         out = torch.empty(args.m, n, device="cuda", dtype=torch.bfloat16)
         rows = [("cuBLASLt (torch.mm)", lambda i: torch.mm(x, ws[i].t(), out=out))]
         gemm.SMALL_CONFIGS, gemm.GEMV_CONFIGS = tuple(small), tuple(one_row)
-        rows += kernel_rows("small-M", gemm.SMALL_CONFIGS, gemm.linear_small_m, x, ws, out)
+        rows += kernel_rows("small-M", gemm.SMALL_CONFIGS, gemm.linear_small_m, x, ws, out,
+                            **wide)
         if args.m == 1:
             rows += kernel_rows("one-row", gemm.GEMV_CONFIGS, gemm.linear_gemv, x, ws, out)
         for label, launch in rows:
@@ -113,15 +118,15 @@ def main() -> None:
         xq = x.float().to(torch.float8_e4m3fn)
         one = torch.ones(1, device="cuda")
         copies8 = len(wq)
-        x16 = torch.zeros(16, k, device="cuda", dtype=torch.float8_e4m3fn)
+        x16 = torch.zeros(max(16, args.m), k, device="cuda", dtype=torch.float8_e4m3fn)
         x16[: args.m] = xq
-        rows.append(("cuBLASLt (_scaled_mm, M=16)",
+        rows.append((f"cuBLASLt (_scaled_mm, M={len(x16)})",
                      lambda i: torch._scaled_mm(x16, wq[i].t(), one, one,
                                                 out_dtype=torch.bfloat16)))
         gemm.SMALL_CONFIGS_FP8, gemm.GEMV_CONFIGS_FP8 = tuple(small_fp8), tuple(one_row_fp8)
         scaled = dict(scales=(one, one), dtype=torch.bfloat16)
         rows += kernel_rows("small-M fp8", gemm.SMALL_CONFIGS_FP8, gemm.linear_small_m, xq, wq,
-                            out, **scaled)
+                            out, **scaled, **wide)
         if args.m == 1:
             rows += kernel_rows("one-row fp8", gemm.GEMV_CONFIGS_FP8, gemm.linear_gemv, xq, wq,
                                 out, **scaled)

@@ -126,8 +126,9 @@ def check_linear_w8a8(device, dtype, m, n, k, seed, bias=True):
     return rel_err(out, ref)
 
 
-def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True):
-    """linear_fp8's M <= 16 alternative (kernels/gemm.py, SCALED) on FP8 operands made by torch."""
+def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True, block_m=16):
+    """linear_fp8's M <= 16 alternative (kernels/gemm.py, SCALED) on FP8 operands made by torch;
+    `block_m`: the rows one program takes (all of them: m <= block_m)."""
     from kiln.builder.kernels import gemm
     g = torch.Generator().manual_seed(seed)
     q = (torch.randn((m, k), generator=g) * 40).to(torch.float8_e4m3fn)
@@ -137,7 +138,7 @@ def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True):
     b = [_rand(g, (n,), dtype, device)] if bias else []
     out = _poison(g, (m, n), dtype, device)
     gemm.linear_small_m(q.to(device), w.to(device), *b, config=config, out=out,
-                        scales=(x_scale.to(device), w_scale.to(device)))
+                        scales=(x_scale.to(device), w_scale.to(device)), block_m=block_m)
     name = str(dtype).split(".")[1]
     (ref,) = _ref("linear_fp8", [q, w, x_scale, w_scale, *b], {"dtype": name})
     return rel_err(out, ref)
@@ -249,6 +250,8 @@ def interpreter_cases():
              dict(dtype=dtype, m=5, n=136, k=200, seed=16, config=4), TOL[dtype]),
             (f"linear_fp8-small_m-swap-c5-{d}", check_linear_fp8_small_m,
              dict(dtype=dtype, m=1, n=256, k=512, seed=17, config=5, bias=False), TOL[dtype]),
+            (f"linear_fp8-small_m-swap-rows64-{d}", check_linear_fp8_small_m,
+             dict(dtype=dtype, m=40, n=128, k=256, seed=22, config=4, block_m=64), TOL[dtype]),
             (f"linear_w8a8-large-{d}", check_linear_w8a8,
              dict(dtype=dtype, m=40, n=136, k=192, seed=8, bias=False), TOL[dtype]),
             (f"linear_wo-int4-awq-split3-{d}", check_linear_wo,

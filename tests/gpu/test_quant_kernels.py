@@ -3,6 +3,7 @@ torch reference on the GPU, at real shapes: fp32/fp16/bf16 activations; fp8 wher
 it (sm_89+)."""
 import pytest
 import torch
+import triton
 
 import quant_kernel_checks as qc
 from kernel_checks import TOL
@@ -71,7 +72,23 @@ def test_linear_fp8_small_m(dtype, m, n, k, bias, config):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
     err = qc.check_linear_fp8_small_m("cuda", dtype, m, n, k, seed=m + n, config=config, bias=bias)
+    assert err < _fp8_small_m_bound(dtype, config), f"error {err:.2e}"
+
+
+@pytest.mark.parametrize("m", [40, 167])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336)])
+@pytest.mark.parametrize("config", [c for c, cfg in enumerate(SMALL_CONFIGS_FP8) if cfg[4]])
+def test_fp8_small_m_one_block_of_rows(m, n, k, config):
+    """The SWAP configurations with every row in one program (BLOCK_M the next power of two),
+    as tests/gpu/gemm_sweep.py --m times them."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    err = qc.check_linear_fp8_small_m("cuda", torch.bfloat16, m, n, k, seed=m + n, config=config,
+                                      block_m=triton.next_power_of_2(m))
+    assert err < _fp8_small_m_bound(torch.bfloat16, config), f"error {err:.2e}"
+
+
+def _fp8_small_m_bound(dtype, config: int) -> float:
     # SWAP multiplies in e4m3 on Hopper's tensor cores, whose sums within one MMA keep fewer
     # bits than float32 (measured up to 4.7e-5 on the H200; cuBLASLt's FP8 GEMM 1.3e-4).
-    bound = max(TOL[dtype], 1e-4) if SMALL_CONFIGS_FP8[config][4] else TOL[dtype]
-    assert err < bound, f"error {err:.2e}"
+    return max(TOL[dtype], 1e-4) if SMALL_CONFIGS_FP8[config][4] else TOL[dtype]
