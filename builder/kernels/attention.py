@@ -422,44 +422,55 @@ def decode_launch(cfg: dict, quant: int, fp32: bool, long: bool,
     A 16-bit cache: 64 keys a step on 4 warps, 2 stages, which reads the cache at 3.9-4.4 TB/s
     from 160 to 3,584 tokens a sequence (H200, Llama-3.1-8B heads; the copy bandwidth is 4.3).
     An 8-bit cache (V transposed, rope.v_transposed) moves half the bytes a key, so a program
-    is over sooner. When the step has sequences enough to fill the GPU unsplit (S = 1) and
-    they are short, 4-warp programs (six fit an SM by registers) leave the memory idle: those
-    steps take 32 keys a step on one warp per 16 x 128 float32 accumulator (~24 programs an
-    SM). H200, FP8 cache, us a layer (tests/gpu/attention_sweep.py) at 64 keys x 4 warps x
-    2 stages, 64 x 2 x 3 and 32 x 1 x 2: 2,048 sequences x 136 tokens 237 / 241 / 177; x 160
-    235 / 238 / 181; x 224 296 / 300 / 245; x 384 434 / 446 / 404; 1,000 x 768 426 / 436 /
-    395 (the 128/128 benchmark: 29,028 output tok/s from 27,459). A split context (batch 1:
-    a layer's decode 6.6 us on one warp against 5.9 on four, speed check) keeps 4 x 2; long
-    splits take 2 warps x 3 stages: in the engine (2048/2048, 250 sequences, FP8 + FP8 KV)
-    their decode steps took 19.35 ms against 19.78 with 128 keys x 4 warps x 2 stages, which
-    the kernel alone times faster (500 x 2,048: 579 / 530 us; 250 x 3,584: 503 / 469)."""
+    is over sooner. When the step has sequences enough to fill the GPU unsplit (S = 1),
+    4-warp programs (six fit an SM by registers) leave the memory idle: those steps take 32
+    keys a step on one warp per 16 x 128 float32 accumulator (~24 programs an SM), short
+    contexts or long. H200, FP8 cache, us a layer (tests/gpu/attention_sweep.py) at 64 keys x
+    4 warps x 2 stages, 64 x 2 x 3 and 32 x 1 x 2: 2,048 sequences x 136 tokens 237 / 241 /
+    177; x 160 235 / 238 / 181; x 224 296 / 300 / 245; x 384 434 / 446 / 404; 1,000 x 768
+    426 / 436 / 395 (the 128/128 benchmark: 29,028 output tok/s from 27,459); 500 x 2,048
+    579 / 530 / 528, 250 x 3,584 503 / 469 / 527. H100, in the engine (the FP8 2048/2048 run's
+    mean decode step, 167 sequences at 3,072 tokens): 353.5 us a layer on one warp against
+    380.5 on 2 x 3, the step's kernels 15.74 ms against 16.60 (the kernel alone: 100 x 3,072
+    225 / 278). A split context (batch 1: a layer's decode 6.6 us on one warp against 5.9 on
+    four, speed check) keeps 4 x 2; long splits take 2 warps x 3 stages (in the engine on an
+    H200, 2048/2048 at 250 sequences when those steps ran on it: 19.35 ms a decode step
+    against 19.78 with 128 keys x 4 warps x 2 stages)."""
     if not quant or fp32:
         return cfg["TILE"], 4, 2
-    if long:
-        return cfg["TILE"], 2, 3
-    if split:
-        return cfg["TILE"], 4, 2
-    return 32, max(1, cfg["BLOCK_M"] * cfg["DIM_PAD"] // 2048), 2
+    if not split:
+        return 32, max(1, cfg["BLOCK_M"] * cfg["DIM_PAD"] // 2048), 2
+    return (cfg["TILE"], 2, 3) if long else (cfg["TILE"], 4, 2)
 
 
 def decode_launches(cfg: dict, quant: int, fp32: bool, splits: str,
                     long_symbol) -> list[tuple[tuple[int, int, int], str | None]]:
     """[(decode_launch's config, the condition a step takes it on)]: one launch per distinct
     config (None: every step) over S and the long-split symbol, which long_symbol() names
-    (called only when the configs differ)."""
-    cases: dict[tuple, list[str]] = {}
-    for is_long in (False, True):
-        whole, split = (decode_launch(cfg, quant, fp32, is_long, v) for v in (False, True))
-        if whole == split:
-            cases.setdefault(whole, []).append(f"{{long}} == {int(is_long)}")
-        else:
-            cases.setdefault(whole, []).append(f"{{long}} == {int(is_long)} and {splits} == 1")
-            cases.setdefault(split, []).append(f"{{long}} == {int(is_long)} and {splits} > 1")
-    if len(cases) == 1:
-        return [(next(iter(cases)), None)]
-    long = long_symbol()
-    return [(config, (" or ".join(f"({w})" for w in whens) if len(whens) > 1 else whens[0])
-             .format(long=long)) for config, whens in cases.items()]
+    (called only when a condition needs it)."""
+    cells: dict[tuple, set[tuple[int, int]]] = {}
+    for is_long in (0, 1):
+        for is_split in (0, 1):
+            config = decode_launch(cfg, quant, fp32, bool(is_long), bool(is_split))
+            cells.setdefault(config, set()).add((is_long, is_split))
+    if len(cells) == 1:
+        return [(next(iter(cells)), None)]
+    split_when = {0: f"{splits} == 1", 1: f"{splits} > 1"}
+    names: list[str] = []
+
+    def long_is(value: int) -> str:
+        if not names:
+            names.append(long_symbol())
+        return f"{names[0]} == {value}"
+
+    def when(cases: set[tuple[int, int]]) -> str:
+        longs, splits_ = {c[0] for c in cases}, {c[1] for c in cases}
+        if cases != {(a, b) for a in longs for b in splits_}:  # three of the four cases
+            return " or ".join(f"({long_is(a)} and {split_when[b]})" for a, b in sorted(cases))
+        parts = [long_is(min(longs))] if len(longs) == 1 else []
+        return " and ".join(parts + ([split_when[min(splits_)]] if len(splits_) == 1 else []))
+
+    return [(config, when(cases)) for config, cases in cells.items()]
 
 
 def _keys(window: int) -> str:

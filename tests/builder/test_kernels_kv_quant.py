@@ -102,14 +102,14 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
                 header["kernels"][s["kernel"]]["num_stages"], s.get("when")) for s in decodes[:3]]
     splits = decodes[0]["grid"][2]
     if thrice:
-        # Short unsplit contexts: 32 keys a step on one warp (a 16 x 16 accumulator); short
-        # split ones 64 on 4 warps; long splits 64 on 2 warps, 3 stages.
+        # Unsplit contexts: 32 keys a step on one warp (a 16 x 16 accumulator); short split
+        # ones 64 on 4 warps; long splits 64 on 2 warps, 3 stages.
         long = decodes[2]["when"].split(" == ")[0]
         assert dict(header["derived"])[long] == (f"cdiv(MAXCTX, {splits}) >= "
                                                  f"{LONG_SPLIT_TOKENS}")
-        assert configs == [(32, 1, 2, f"{long} == 0 and {splits} == 1"),
+        assert configs == [(32, 1, 2, f"{splits} == 1"),
                            (64, 4, 2, f"{long} == 0 and {splits} > 1"),
-                           (64, 2, 3, f"{long} == 1")]
+                           (64, 2, 3, f"{long} == 1 and {splits} > 1")]
         # Exactly one of them runs in any step.
         for values in ({long: a, splits: b} for a in (0, 1) for b in (1, 2, 32)):
             assert sum(evaluate(w, values) for *_, w in configs) == 1

@@ -7,6 +7,7 @@ second executor to compare the C++ one with on a GPU.
 """
 from __future__ import annotations
 
+import collections
 import importlib
 
 import numpy as np
@@ -60,6 +61,7 @@ class ProgramEmulator:
             module, name = entry["fn"].rsplit(".", 1)
             self.fns[key] = getattr(importlib.import_module(module), name)
         self.inputs: dict[str, torch.Tensor] = {}
+        self.launched: collections.Counter = collections.Counter()  # kernel key: launches run
 
     def pointer(self, ref: dict, dtype: torch.dtype) -> torch.Tensor:
         """A tensor whose first element is the referenced address."""
@@ -84,6 +86,7 @@ class ProgramEmulator:
         if min(grid) <= 0:
             return
         entry = self.h["kernels"][step["kernel"]]
+        self.launched[step["kernel"]] += 1
         runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
         kwargs = dict(entry["constexprs"])
         for name, arg in zip(runtime, step["args"]):

@@ -20,9 +20,14 @@ ARCHS = TINY_ARCHS
 BOUND = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 8e-2}
 # Routed (MoE) families in bfloat16: their router's logits are bfloat16 too (OLMoE, GraniteMoE),
 # and where two experts' logits tie within an ulp, the GPU's GEMM and the reference's pick
-# different experts for a token; measured up to 1.14e-1 on the H200 (OLMoE), while each stays
-# within the float32 check below.
+# different experts for a token; measured up to 1.14e-1 on the H200 (OLMoE). Such a flip moves
+# one step's logits far from the float32 model's, on the GPU in some steps and on the CPU
+# reference in others (OLMoE on an H100, 2026-12-06: the reference 1.36e-1 and 1.05e-1 from
+# float32 in two steps where the GPU was 3.6e-2 and 2.8e-2, the GPU 7.8e-2 in a third where the
+# reference was 2.1e-2): the float32 check then holds over the schedule, and in every step but
+# ROUTED_FLIPS of them.
 ROUTED_BOUND = dict(BOUND, bfloat16=1.6e-1)
+ROUTED_FLIPS = 2
 NUM_BLOCKS = 40
 SCHEDULE = ([[(0, 7), (1, 6), (2, 10)], [(1, 7), (2, 10), (0, 1)]]
             + [[(0, 1), (1, 1), (2, 1)]] * 10)
@@ -56,7 +61,9 @@ def rel(out: np.ndarray, ref: np.ndarray) -> float:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_matches_reference_backend(core, sm, tiny_engine, arch, dtype):
     """float32: the GPU equals the reference to 1e-4. 16-bit: the GPU's distance from the
-    same model in float32 is at most twice the CPU reference's own 16-bit distance (+1e-3)."""
+    same model in float32 is at most twice the CPU reference's own 16-bit distance (+1e-3), in
+    every step and summed over the schedule (routed families in bfloat16: in every step but
+    ROUTED_FLIPS)."""
     engine = load_engine(tiny_engine(arch, dtype, targets=(sm,))[1])
     gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS)
     assert gpu.num_blocks == NUM_BLOCKS
@@ -65,6 +72,8 @@ def test_engine_matches_reference_backend(core, sm, tiny_engine, arch, dtype):
         exact = load_engine(tiny_engine(arch, "float32", targets=(sm,))[1])
         backends.append(ReferenceBackend(exact, NUM_BLOCKS))
     steps, _ = run_schedule(backends, engine)
+    routed = bool(engine.config.model.num_experts)
+    owns, ourses = [], []
     for i in range(len(SCHEDULE)):
         ref, out = steps[0][i], steps[1][i]
         assert out.shape == ref.shape and out.dtype == np.float32
@@ -72,10 +81,14 @@ def test_engine_matches_reference_backend(core, sm, tiny_engine, arch, dtype):
             assert rel(out, ref) < BOUND[dtype], f"step {i}: error {rel(out, ref):.2e}"
             assert (out.argmax(-1) == ref.argmax(-1)).all()
         else:
-            own, ours = rel(ref, steps[2][i]), rel(out, steps[2][i])
-            assert ours < 2 * own + 1e-3, f"step {i}: {ours:.2e} from float32, reference {own:.2e}"
-            bound = (ROUTED_BOUND if engine.config.model.num_experts else BOUND)[dtype]
+            owns.append(rel(ref, steps[2][i]))
+            ourses.append(rel(out, steps[2][i]))
+            bound = (ROUTED_BOUND if routed else BOUND)[dtype]
             assert rel(out, ref) < bound, f"step {i}: error {rel(out, ref):.2e}"
+    farther = [f"step {i}: {ours:.2e} from float32, reference {own:.2e}"
+               for i, (own, ours) in enumerate(zip(owns, ourses)) if ours >= 2 * own + 1e-3]
+    assert len(farther) <= (ROUTED_FLIPS if routed and dtype == "bfloat16" else 0), farther
+    assert sum(ourses) <= 2 * sum(owns) + 1e-3 * len(owns), (ourses, owns)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
