@@ -12,7 +12,7 @@ of one query token each (BD of the B, the step symbol) apart from the rest:
      program of the split that holds the new token writes that token's k and v into the cache
      before its loop reads them. A program owns one token, so a decode reads each K/V tile once
      for its GROUP query heads and nothing else. Over an 8-bit cache it has three launches, for
-     short unsplit contexts, short split ones and long splits, and a step takes one
+     unsplit contexts, short split ones and long splits, and a step takes one
      (decode_launch);
   2. for the sequences after them (prompt chunks, and any one-token sequence among them):
      rope_kv_kernel (rope.py), RoPE on q and k, k and v into the paged cache; then

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran on 2026-12-06 (h100-2026-12-06/, README.md); B is merged since, so variant.diff no longer
+# applies to the tree.
 # FP8 + FP8 KV engines (max batch 2,048) built from the tree (A: long unsplit decode steps
 # launch 64 keys x 2 warps x 3 stages) and with variant.diff (B: 32 x 1 x 2, the short unsplit
 # steps' launch), then each one's decode step of 167 sequences at 3,072 tokens (the 2048/2048
