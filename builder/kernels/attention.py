@@ -428,14 +428,14 @@ def decode_launch(cfg: dict, quant: int, fp32: bool, long: bool,
     contexts or long. H200, FP8 cache, us a layer (tests/gpu/attention_sweep.py) at 64 keys x
     4 warps x 2 stages, 64 x 2 x 3 and 32 x 1 x 2: 2,048 sequences x 136 tokens 237 / 241 /
     177; x 160 235 / 238 / 181; x 224 296 / 300 / 245; x 384 434 / 446 / 404; 1,000 x 768
-    426 / 436 / 395 (the 128/128 benchmark: 29,028 output tok/s from 27,459); 500 x 2,048
-    579 / 530 / 528, 250 x 3,584 503 / 469 / 527. H100, in the engine (the FP8 2048/2048 run's
-    mean decode step, 167 sequences at 3,072 tokens): 353.5 us a layer on one warp against
-    380.5 on 2 x 3, the step's kernels 15.74 ms against 16.60 (the kernel alone: 100 x 3,072
-    225 / 278). A split context (batch 1: a layer's decode 6.6 us on one warp against 5.9 on
-    four, speed check) keeps 4 x 2; long splits take 2 warps x 3 stages (in the engine on an
-    H200, 2048/2048 at 250 sequences when those steps ran on it: 19.35 ms a decode step
-    against 19.78 with 128 keys x 4 warps x 2 stages)."""
+    426 / 436 / 395 (the 128/128 benchmark: 29,028 output tok/s from 27,459). Long contexts
+    at 64 x 2 x 3 and 32 x 1 x 2: 500 x 2,048 579 / 528 and 250 x 3,584 503 / 527 on the H200;
+    on the H100, in the engine (the FP8 2048/2048 run's mean decode step, 167 sequences at
+    3,072 tokens), 380.5 / 353.5 us a layer, the step's kernels 16.60 / 15.74 ms (the kernel
+    alone at 100 x 3,072: 278 / 225). A split context (batch 1: a layer's decode 6.6 us on one
+    warp against 5.9 on four, speed check) keeps 4 x 2; long splits take 2 warps x 3 stages
+    (in the engine on an H200, 2048/2048 at 250 sequences when those steps ran on it: 19.35 ms
+    a decode step against 19.78 with 128 keys x 4 warps x 2 stages)."""
     if not quant or fp32:
         return cfg["TILE"], 4, 2
     if not split:
