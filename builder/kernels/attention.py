@@ -456,12 +456,9 @@ def decode_launches(cfg: dict, quant: int, fp32: bool, splits: str,
     if len(cells) == 1:
         return [(next(iter(cells)), None)]
     split_when = {0: f"{splits} == 1", 1: f"{splits} > 1"}
-    names: list[str] = []
 
-    def long_is(value: int) -> str:
-        if not names:
-            names.append(long_symbol())
-        return f"{names[0]} == {value}"
+    def long_is(value: int) -> str:  # long_symbol() names one symbol however often it is asked
+        return f"{long_symbol()} == {value}"
 
     def when(cases: set[tuple[int, int]]) -> str:
         longs, splits_ = {c[0] for c in cases}, {c[1] for c in cases}

@@ -126,9 +126,9 @@ def check_linear_w8a8(device, dtype, m, n, k, seed, bias=True):
     return rel_err(out, ref)
 
 
-def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True, block_m=16):
+def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True, block_m=None):
     """linear_fp8's M <= 16 alternative (kernels/gemm.py, SCALED) on FP8 operands made by torch;
-    `block_m`: the rows one program takes (all of them: m <= block_m)."""
+    `block_m`: the rows one program takes (all of them: m <= block_m; None: gemm.SMALL_M)."""
     from kiln.builder.kernels import gemm
     g = torch.Generator().manual_seed(seed)
     q = (torch.randn((m, k), generator=g) * 40).to(torch.float8_e4m3fn)
@@ -138,7 +138,8 @@ def check_linear_fp8_small_m(device, dtype, m, n, k, seed, config, bias=True, bl
     b = [_rand(g, (n,), dtype, device)] if bias else []
     out = _poison(g, (m, n), dtype, device)
     gemm.linear_small_m(q.to(device), w.to(device), *b, config=config, out=out,
-                        scales=(x_scale.to(device), w_scale.to(device)), block_m=block_m)
+                        scales=(x_scale.to(device), w_scale.to(device)),
+                        block_m=block_m or gemm.SMALL_M)
     name = str(dtype).split(".")[1]
     (ref,) = _ref("linear_fp8", [q, w, x_scale, w_scale, *b], {"dtype": name})
     return rel_err(out, ref)
