@@ -14,6 +14,9 @@
 # the cache holds, or the batch that makes equal waves of a dataset whose requests finish
 # together); latency runs on it too. KILN_BENCH_SIZED=0 runs everything on the engine of max
 # batch 256 instead. KILN_BENCH_BUILD_ONLY=1 builds the engine (and the datasets) and stops.
+# KILN_BENCH_KV_FRACTION (default 0.9) is the share of free memory the KV cache gets, in the
+# sizing and in the runs (trtllm-bench's --kv_cache_free_gpu_mem_fraction; TensorRT-LLM's
+# published throughput figures often take 0.95).
 # Results (JSON) and logs go to $OUT/bench (when set) or build/bench; each command's table prints
 # as it finishes.
 set -uo pipefail
@@ -28,6 +31,7 @@ BASELINE=()
 [ "$QUANT$KV" = noneauto ] && BASELINE=(--baseline hf)
 SM=${KILN_BENCH_SM:-$($PY -c "import torch; a, b = torch.cuda.get_device_capability(); print(a * 10 + b)")}
 SIZED=${KILN_BENCH_SIZED:-1}
+FRACTION=(--kv-cache-free-gpu-memory-fraction "${KILN_BENCH_KV_FRACTION:-0.9}")
 mkdir -p "$DIR" data
 export PYTHONUNBUFFERED=1
 rc=0
@@ -54,7 +58,7 @@ if [ "$SIZED" != 0 ] && [ ${#sizing[@]} -gt 0 ]; then
   E=${KILN_BENCH_ENGINE:-engines/llama-3.1-8b-$NAME-sized}
   if [ -z "${KILN_BENCH_ENGINE:-}" ] || [ ! -f "$E/config.json" ]; then
     echo "== engine-bench build $E"
-    $PY -m kiln.runtime.bench build "${sizing[@]}" "${BUILD[@]}" --output "$E" --quiet 2>&1 \
+    $PY -m kiln.runtime.bench build "${sizing[@]}" "${FRACTION[@]}" "${BUILD[@]}" --output "$E" --quiet 2>&1 \
       | tail -12 || exit 1
   fi
 else
@@ -81,7 +85,8 @@ for what in "$@"; do
   cap=()
   if [ "$SIZED" != 0 ]; then
     # This dataset's own batch: what the KV cache holds of its requests, or equal waves of them.
-    batch=$($PY -m kiln.runtime.bench build --print-only --dataset "$data" "${BUILD[@]}" --output "$E" \
+    batch=$($PY -m kiln.runtime.bench build --print-only --dataset "$data" "${FRACTION[@]}" "${BUILD[@]}" \
+      --output "$E" \
       | sed -n 's/.* run at batch \([0-9]*\)$/\1/p')
     [ -n "$batch" ] && cap=(--max-batch-size "$batch")
   fi
@@ -90,7 +95,7 @@ for what in "$@"; do
   [ ${#BASELINE[@]} -gt 0 ] && [ "${hf_n:-0}" != 0 ] \
     && hf=(--baseline hf --baseline-max-requests "$hf_n" --baseline-batch-size "$hf_b")
   $PY -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" "${cap[@]}" "${hf[@]}" \
-    --capacity-scheduler-policy "${KILN_BENCH_POLICY:-max_utilization}" \
+    --capacity-scheduler-policy "${KILN_BENCH_POLICY:-max_utilization}" "${FRACTION[@]}" \
     --json "$DIR/throughput-$isl-$osl$TAG.json" 2>&1 | tail -40 || rc=1
 done
 exit $rc
