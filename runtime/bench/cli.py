@@ -278,18 +278,24 @@ def _common(f):
 @click.option("--baseline-max-requests", type=int, help="Run only the first N requests through HF.")
 @click.option("--baseline-batch-size", type=int, help="HF static batch size. Default: Kiln's max batch.")
 @click.option("--plot", "plot_path", type=click.Path(), help="PNG of latency against throughput.")
+@click.option("--profile-steps", "profile_window", metavar="START:COUNT",
+              help="Record the GPU's kernels over COUNT of the run's steps from step START (0 its "
+                   "first) and print each step's wall, busy and kernel times (CUDA only; the "
+                   "trace perturbs the run's figures).")
 @one_line_errors
 def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_requests, concurrency,
                request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, capacity_scheduler_policy,
                kv_cache_reuse,
-               baseline_max_requests, baseline_batch_size, plot_path):
+               baseline_max_requests, baseline_batch_size, plot_path, profile_window):
     """Throughput and latency of a dataset: all at once, at a rate, or at fixed concurrency."""
     from kiln.runtime import ModelRunner
     from kiln.runtime.bench import baseline_hf, compute, report
     from kiln.runtime.bench.dataset import DatasetStats, check_fits, read_jsonl
     from kiln.runtime.bench.latency import run_latency
+    from kiln.runtime.bench.step_profile import StepProfiler, Window
     from kiln.runtime.bench.throughput import Load, run_throughput, warm_up
 
+    window = Window.parse(profile_window) if profile_window is not None else None
     requests = read_jsonl(dataset)
     if num_requests is not None:
         if num_requests < 1:
@@ -301,14 +307,15 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         if value is not None and (not baseline or value < 1):
             raise KilnError(f"{name} takes a positive count and applies with --baseline hf only")
     _check_outputs(json_path, plot_path)
-    device, bandwidth = _device_and_bandwidth(device)
+    device, bandwidth = _device_and_bandwidth(device, profile=window is not None)
     with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
                               max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,
                               kv_cache_free_gpu_memory_fraction=kv_fraction,
                               capacity_scheduler_policy=capacity_scheduler_policy) as runner:
         check_fits(requests, runner.max_seq_len, runner.vocab_size)
         warm_up(runner, requests, warmup, runner.vocab_size, seed)
-        runs = [run_throughput(runner, requests, load) for load in loads]
+        runs = [run_throughput(runner, requests, load,
+                               profiler=StepProfiler(window) if window else None) for load in loads]
         probe_len = min(PROBE_TOKENS, runner.max_seq_len - 1)
         prompt = requests[0].input_ids[: runner.max_seq_len - probe_len]
         # One untimed request first: a batch of one may be new to the runner here (the runs'
@@ -409,13 +416,16 @@ def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
             raise KilnError("--plot needs matplotlib: pip install matplotlib (or kiln[bench])")
 
 
-def _device_and_bandwidth(asked: str):
+def _device_and_bandwidth(asked: str, profile: bool = False):
     """The device the runner will use, and its copy bandwidth, measured before the runner
-    takes its memory."""
+    takes its memory; with `profile` (--profile-steps), a GPU."""
     from kiln.runtime.bench.roofline import measure_copy_bandwidth
     from kiln.runtime.model_runner import pick_device
 
     device = pick_device(None if asked == "auto" else asked)
+    if profile and device != "cuda":
+        raise KilnError(f"--profile-steps records the GPU's kernels; this run is on {device} "
+                        "(use --device cuda on a machine with a GPU)")
     return device, measure_copy_bandwidth(device)
 
 

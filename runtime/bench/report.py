@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from kiln.runtime.bench.step_profile import render_lines as profile_lines
+
 SCHEMA_ID = "kiln-engine-bench/1"
 
 _DIST = {"type": "object", "required": ["mean", "p50", "p90", "p99"],
@@ -48,6 +50,21 @@ _MATMUL = {"oneOf": [{"type": "null"},
                      {"type": "object", "required": ["flops_per_s", "dtype", "method"],
                       "properties": {"flops_per_s": {"type": "number"}, "dtype": {"type": "string"},
                                      "method": {"type": "string"}}}]}
+_PROFILE = {"oneOf": [
+    {"type": "object", "required": ["missed"], "properties": {"missed": {"type": "string"}}},
+    {"type": "object",
+     "required": ["window", "first_step", "steps", "with_prompt", "prompt_tokens_mean",
+                  "decode_tokens_mean", "step_ms", "forward_ms", "busy_ms", "kernels"],
+     "properties": {"window": {"type": "string"}, "first_step": {"type": "integer", "minimum": 0},
+                    "steps": {"type": "integer", "minimum": 1},
+                    "with_prompt": {"type": "integer", "minimum": 0},
+                    "prompt_tokens_mean": {"type": "number"}, "decode_tokens_mean": {"type": "number"},
+                    "step_ms": {"type": "number"}, "forward_ms": {"type": "number"},
+                    "busy_ms": {"type": "number", "minimum": 0},
+                    "kernels": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "us", "launches"],
+                        "properties": {"name": {"type": "string"}, "us": {"type": "number"},
+                                       "launches": {"type": "number"}}}}}}]}
 _RUN = {"type": "object",
         "required": ["load", "metrics", "peak_batch", "peak_running", "preemptions", "kv_cache", "steps"],
         "properties": {
@@ -75,7 +92,8 @@ _RUN = {"type": "object",
                 "properties": {"captured": {"type": "integer", "minimum": 0},
                                "replays": {"type": "integer", "minimum": 0},
                                "eager_steps": {"type": "integer", "minimum": 0},
-                               "capture_s": {"type": "number", "minimum": 0}}}]}}}
+                               "capture_s": {"type": "number", "minimum": 0}}}]},
+            "profile": _PROFILE}}
 _SUMMARY = {"type": "object", "required": ["mean", "stdev", "min", "max"],
             "properties": {k: {"type": "number"} for k in ("mean", "stdev", "min", "max")}}
 _RATIO = {"oneOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}]}
@@ -299,6 +317,9 @@ def render(doc: dict) -> str:
                 lines.append(f"  CUDA graphs: {g['replays']} decode steps replayed, {g['captured']} "
                              f"captured ({g['capture_s']:.2f} s of the host's), {g['eager_steps']} "
                              "steps launch by launch")
+            if run.get("profile"):
+                p = run["profile"]
+                lines += [f"  {p['missed']}"] if "missed" in p else profile_lines(p)
             lines += _latency_rows(run["metrics"])
         if len(doc["runs"]) > 1:
             lines += ["", f"  {'load':<28}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}"

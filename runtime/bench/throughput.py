@@ -63,6 +63,7 @@ class ThroughputRun:
     kv_total_blocks: int = 0
     tokens_per_block: int = 0
     graphs: dict | None = None
+    profile: dict | None = None  # step_profile.StepProfile.to_json, or {"missed": why}
 
     def to_json(self) -> dict:
         s = self.steps
@@ -74,7 +75,7 @@ class ThroughputRun:
                              "peak_fraction": s.peak_kv_blocks / max(self.kv_total_blocks, 1),
                              "tokens_per_block": self.tokens_per_block},
                 "steps": {"seen": s.steps_seen, "total": s.steps_total} | (s.timing() or {}),
-                "graphs": self.graphs}
+                "graphs": self.graphs} | ({"profile": self.profile} if self.profile else {})
 
 
 def graph_stats(backend) -> dict | None:
@@ -99,7 +100,9 @@ def make_request(r: BenchRequest) -> "_core.Request":
 
 
 def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
-                   clock=time.perf_counter) -> ThroughputRun:
+                   clock=time.perf_counter, profiler=None) -> ThroughputRun:
+    """`profiler`: a step_profile.StepProfiler, which traces the device over its window of the
+    run's steps."""
     n = len(requests)
     offsets = load.arrival_offsets(n)
     cap = load.concurrency or n
@@ -140,14 +143,22 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
                     break
             for r in batch:
                 finished += _record(r, now, requests, timings, index_of, live)
-            log.observe(runner.executor.get_latest_iteration_stats())
+            stats = runner.executor.get_latest_iteration_stats()
+            log.observe(stats)
+            if profiler is not None:
+                profiler.observe(stats, log.first_iteration)
     finally:
         for rid in live:  # an interrupted run must not leave requests running
             runner.router.cancel(rid)
+        if profiler is not None:
+            profiler.finish(runner.executor.get_latest_iteration_stats())
     kv = runner.executor.get_kv_cache_stats()
+    profile = None
+    if profiler is not None:
+        profile = profiler.result.to_json() if profiler.result else {"missed": profiler.missed()}
     return ThroughputRun(load, summarize(timings, start), timings, log, kv["total_blocks"],
                          runner.engine.config.build.tokens_per_block,
-                         graph_delta(graphs_before, graph_stats(runner.backend)))
+                         graph_delta(graphs_before, graph_stats(runner.backend)), profile)
 
 
 def _record(r, now: float, requests, timings, index_of, live) -> int:

@@ -169,3 +169,23 @@ def test_batch_of_hundreds_gives_the_tokens_of_small_batches(core, sm, tiny_engi
         narrow = runner.generate(batch, max_new_tokens=10, end_id=-1, return_dict=True)
     assert (wide["sequence_lengths"] == narrow["sequence_lengths"]).all()
     assert (wide["output_ids"] == narrow["output_ids"]).all()
+
+
+def test_a_throughput_run_s_steps_by_kernel(core, sm, tiny_engine):
+    """engine-bench's --profile-steps on the GPU: CUPTI sees the kernels the executor's thread
+    launches, the GPU is busy no longer than the steps took, and the run's tokens are whole."""
+    from kiln.runtime.bench.dataset import LengthDist, synthetic
+    from kiln.runtime.bench.step_profile import StepProfiler, Window
+    from kiln.runtime.bench.throughput import run_throughput
+
+    _, path = tiny_engine("llama", "float32", targets=(sm,))
+    requests = synthetic(8, LengthDist(12, 3), LengthDist(40, 4), vocab_size=320, seed=7)
+    with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=4096) as runner:
+        run = run_throughput(runner, requests, profiler=StepProfiler(Window(4, 10))).to_json()
+    assert run["metrics"]["total_output_tokens"] == sum(r.output_tokens for r in requests)
+    p = run["profile"]
+    assert p["steps"] >= 1 and p["first_step"] >= 4, p
+    names = [k["name"] for k in p["kernels"]]
+    assert any("decode" in n for n in names), names
+    assert 0 < p["busy_ms"] <= p["step_ms"] * 1.5, p  # the window's edges may catch part of a step
+    assert sum(k["us"] for k in p["kernels"]) > 0

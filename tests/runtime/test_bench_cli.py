@@ -229,6 +229,10 @@ def test_latency_with_baseline(setup):
                                         "with --baseline hf only"),
     (["--json", "/nonexistent/dir/t.json"], "--json /nonexistent/dir/t.json: its folder does not "
                                             "exist; create it or choose another path"),
+    (["--profile-steps", "5"], "--profile-steps takes START:COUNT, a step of the run (0 its first) "
+                               "and how many steps to profile from it (e.g. 100:10), got '5'"),
+    (["--profile-steps", "0:4"], "--profile-steps records the GPU's kernels; this run is on cpu "
+                                 "(use --device cuda on a machine with a GPU)"),
 ])
 def test_throughput_refusals(setup, args, message):
     engine, root, _ = setup

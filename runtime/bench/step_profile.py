@@ -1,0 +1,205 @@
+"""A throughput run's own steps by kernel: `engine-bench throughput --profile-steps START:COUNT`.
+
+The speed check times steps it builds itself. A run's steps differ: their batch grows and
+shrinks, their sequences' blocks lie scattered over the cache, and the executor schedules each
+step and streams every token it makes. This records the device's activity (CUPTI, through
+torch's profiler) while the run's steps START to START + COUNT - 1 execute, and says per step:
+the executor's wall time, the backend's share of it, how long the GPU was busy (kernels and
+copies, overlaps counted once) and each kernel's device time. A step's wall time well above its
+busy time is time the GPU waited on the host.
+
+The trace starts and stops between steps as the run's statistics reveal them, so the first and
+last step of the window may be caught in part; its figures are per whole step of the window
+(COUNT of ten or more keeps that error small). CUPTI's start takes the host a moment: take a
+run's throughput from a run without the profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.builder.errors import KilnError
+
+# Kernels listed by name, longest first; the rest are summed in one line.
+TOP_KERNELS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Steps START .. START + COUNT - 1 of a run, counted from its first step (0)."""
+    start: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Window":
+        parts = text.split(":")
+        try:
+            start, count = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+        except ValueError:
+            start = count = None
+        if start is None or start < 0 or count < 1:
+            raise KilnError(f"--profile-steps takes START:COUNT, a step of the run (0 its first) and "
+                            f"how many steps to profile from it (e.g. 100:10), got {text!r}")
+        return cls(start, count)
+
+    def describe(self) -> str:
+        return f"{self.start}:{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """One kernel or copy on the device, in microseconds of the trace's clock."""
+    name: str
+    start_us: float
+    end_us: float
+
+
+def busy_us(events: list[DeviceEvent]) -> float:
+    """How long the device ran anything: the union of the events' intervals."""
+    total, reach = 0.0, float("-inf")
+    for e in sorted(events, key=lambda e: e.start_us):
+        if e.end_us <= reach:
+            continue
+        total += e.end_us - max(e.start_us, reach)
+        reach = e.end_us
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class StepProfile:
+    """Per step of the window: what the executor measured and what the device ran."""
+    window: str
+    first_step: int  # of the run, 0 its first
+    steps: int
+    with_prompt: int
+    prompt_tokens_mean: float
+    decode_tokens_mean: float
+    step_ms: float
+    forward_ms: float
+    busy_ms: float
+    kernels: list[tuple[str, float, float]]  # (name, us a step, launches a step), longest first
+
+    def to_json(self) -> dict:
+        return {"window": self.window, "first_step": self.first_step, "steps": self.steps,
+                "with_prompt": self.with_prompt, "prompt_tokens_mean": self.prompt_tokens_mean,
+                "decode_tokens_mean": self.decode_tokens_mean, "step_ms": self.step_ms,
+                "forward_ms": self.forward_ms, "busy_ms": self.busy_ms,
+                "kernels": [{"name": n, "us": us, "launches": k} for n, us, k in self.kernels]}
+
+
+def summarize(window: Window, first_step: int, before: dict, after: dict,
+              events: list[DeviceEvent]) -> StepProfile:
+    """The profile of the steps after `before` up to `after` (the executor's statistics at the
+    trace's start and stop) from the device events recorded between them."""
+    steps = after["iteration"] - before["iteration"]
+    if steps < 1:
+        raise ValueError(f"a profile needs a step between iterations {before['iteration']} and "
+                         f"{after['iteration']}")
+
+    def per_step(key: str) -> float:
+        return (after[key] - before[key]) / steps
+
+    totals: dict[str, list[float]] = {}
+    for e in events:
+        entry = totals.setdefault(e.name, [0.0, 0])
+        entry[0] += e.end_us - e.start_us
+        entry[1] += 1
+    kernels = sorted(((name, us / steps, n / steps) for name, (us, n) in totals.items()),
+                     key=lambda k: -k[1])
+    return StepProfile(window.describe(), first_step, steps,
+                       int(after["total_prefill_steps"] - before["total_prefill_steps"]),
+                       per_step("total_computed_prompt_tokens"), per_step("total_decode_tokens"),
+                       per_step("total_step_us") / 1e3, per_step("total_forward_us") / 1e3,
+                       busy_us(events) / steps / 1e3, kernels)
+
+
+class TorchTrace:
+    """The device's kernels and copies, through torch's profiler (CUPTI): every stream of the
+    process, the executor's thread included."""
+
+    def __init__(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profile = profile(activities=[ProfilerActivity.CUDA])
+
+    def start(self) -> None:
+        self._profile.start()
+
+    def stop(self) -> None:
+        self._profile.stop()
+
+    def events(self) -> list[DeviceEvent]:
+        return [DeviceEvent(e.name, e.time_range.start, e.time_range.end)
+                for e in self._profile.events() if e.device_type.name == "CUDA"]
+
+
+class StepProfiler:
+    """Follows a run's statistics; traces the device over the window's steps."""
+
+    def __init__(self, window: Window, trace_factory=TorchTrace) -> None:
+        self.window = window
+        self._trace_factory = trace_factory
+        self._trace = None
+        self._before: dict | None = None
+        self._first_step = 0
+        self.result: StepProfile | None = None
+        self.steps_run = 0
+
+    def observe(self, stats: dict | None, run_first_iteration: int | None) -> None:
+        """Called with the executor's latest statistics as the run goes."""
+        if stats is None or run_first_iteration is None or self.result is not None:
+            return
+        done = stats["iteration"] - run_first_iteration + 1  # the run's steps finished
+        self.steps_run = max(self.steps_run, done)
+        if self._trace is None:
+            if done >= self.window.start:
+                self._trace = self._trace_factory()
+                self._before, self._first_step = stats, done
+                self._trace.start()
+        elif stats["iteration"] - self._before["iteration"] >= self.window.count:
+            self._stop(stats)
+
+    def finish(self, stats: dict | None) -> None:
+        """The run ended: a window still open closes at its last step."""
+        if self._trace is not None and self.result is None:
+            if stats is not None and stats["iteration"] > self._before["iteration"]:
+                self._stop(stats)
+            else:
+                self._trace.stop()
+
+    def _stop(self, stats: dict) -> None:
+        self._trace.stop()
+        self.result = summarize(self.window, self._first_step, self._before, stats,
+                                self._trace.events())
+
+    def missed(self) -> str | None:
+        """Why there is no profile, when the run ended before the window opened."""
+        if self.result is not None:
+            return None
+        if self._trace is not None:
+            return (f"no step profiled: the run ended with its step {self.steps_run - 1}, as "
+                    f"--profile-steps {self.window.describe()} began")
+        return (f"no step profiled: the run had {self.steps_run} steps and --profile-steps "
+                f"{self.window.describe()} begins at step {self.window.start}")
+
+
+def render_lines(p: dict) -> list[str]:
+    """The report's lines for a run's profile (StepProfile.to_json)."""
+    last = p["first_step"] + p["steps"] - 1
+    kinds = f"{p['with_prompt']} with prompt tokens" if p["with_prompt"] else "all decode-only"
+    busy = p["busy_ms"]
+    lines = [f"  steps {p['first_step']}-{last} by kernel (--profile-steps {p['window']}; "
+             f"{p['steps']} steps, {kinds}; {p['prompt_tokens_mean']:.0f} prompt and "
+             f"{p['decode_tokens_mean']:.0f} decode tokens a step):",
+             f"    a step {p['step_ms']:.2f} ms, the backend {p['forward_ms']:.2f}; the GPU busy "
+             f"{busy:.2f} ms ({100 * busy / p['step_ms']:.1f}%), idle {p['step_ms'] - busy:.2f}"]
+    kernels = p["kernels"]
+    total = sum(k["us"] for k in kernels)
+    lines.append(f"    {total:>11.1f} us {sum(k['launches'] for k in kernels):>7.1f}x  "
+                 "all kernels and copies (a step)")
+    for k in kernels[:TOP_KERNELS]:
+        lines.append(f"    {k['us']:>11.1f} us {k['launches']:>7.1f}x  {k['name'][:90]}")
+    rest = kernels[TOP_KERNELS:]
+    if rest:
+        lines.append(f"    {sum(k['us'] for k in rest):>11.1f} us {sum(k['launches'] for k in rest):>7.1f}x"
+                     f"  {len(rest)} others")
+    return lines

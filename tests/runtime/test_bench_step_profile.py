@@ -1,0 +1,128 @@
+"""engine-bench throughput --profile-steps: a run's own steps against the device's trace."""
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from kiln.builder.errors import KilnError
+from kiln.runtime.bench.dataset import LengthDist, synthetic
+from kiln.runtime.bench.step_profile import (DeviceEvent, StepProfiler, Window, busy_us,
+                                             render_lines, summarize)
+
+
+def test_window_parses_start_and_count():
+    assert Window.parse("100:10") == Window(100, 10)
+    assert Window.parse("0:1").describe() == "0:1"
+    for bad in ("5", "a:b", "-1:4", "3:0", "1:2:3", ""):
+        with pytest.raises(KilnError, match=r"--profile-steps takes START:COUNT.*got '"):
+            Window.parse(bad)
+
+
+def test_busy_time_counts_overlaps_once():
+    events = [DeviceEvent("a", 0, 10), DeviceEvent("b", 5, 12), DeviceEvent("c", 20, 25),
+              DeviceEvent("d", 21, 22), DeviceEvent("e", 12, 14)]
+    assert busy_us(events) == 14 + 5
+    assert busy_us([]) == 0
+    assert busy_us(list(reversed(events))) == 19
+
+
+def stats(iteration, steps_us, forward_us, prefill_steps=0, prompt=0, decode=0):
+    return {"iteration": iteration, "total_step_us": steps_us, "total_forward_us": forward_us,
+            "total_prefill_steps": prefill_steps, "total_computed_prompt_tokens": prompt,
+            "total_decode_tokens": decode}
+
+
+def test_summary_is_per_step_of_the_window():
+    before = stats(9, 1_000, 900, prefill_steps=3, prompt=300, decode=50)
+    after = stats(13, 41_000, 36_900, prefill_steps=4, prompt=400, decode=450)
+    events = [DeviceEvent("gemm", 0, 6_000), DeviceEvent("gemm", 10_000, 16_000),
+              DeviceEvent("attn", 16_000, 20_000), DeviceEvent("Memcpy HtoD", 19_000, 21_000)]
+    p = summarize(Window(7, 4), 7, before, after, events)
+    assert (p.steps, p.with_prompt, p.first_step) == (4, 1, 7)
+    assert (p.prompt_tokens_mean, p.decode_tokens_mean) == (25, 100)
+    assert (p.step_ms, p.forward_ms) == (10, 9)
+    assert p.busy_ms == pytest.approx((6_000 + 11_000) / 4 / 1e3)
+    assert p.kernels[0] == ("gemm", 3_000, 0.5) and p.kernels[1] == ("attn", 1_000, 0.25)
+    lines = render_lines(p.to_json())
+    assert lines[0].startswith("  steps 7-10 by kernel (--profile-steps 7:4; 4 steps, 1 with prompt")
+    assert "a step 10.00 ms, the backend 9.00; the GPU busy 4.25 ms (42.5%), idle 5.75" in lines[1]
+    assert "all kernels and copies" in lines[2] and "gemm" in lines[3]
+    with pytest.raises(ValueError, match="needs a step"):
+        summarize(Window(7, 4), 7, before, before, events)
+
+
+class FakeTrace:
+    """Stands for CUPTI: counts its starts and stops and hands back fixed events."""
+    made = []
+
+    def __init__(self):
+        self.started = self.stopped = 0
+        FakeTrace.made.append(self)
+
+    def start(self):
+        self.started += 1
+
+    def stop(self):
+        assert self.started == 1
+        self.stopped += 1
+
+    def events(self):
+        return [DeviceEvent("k", 0, 100), DeviceEvent("k", 150, 250)]
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_engine):
+    from kiln.runtime import ModelRunner
+
+    _, engine = tiny_engine("llama")
+    with ModelRunner.from_dir(engine, device="cpu") as r:
+        yield r
+
+
+def test_a_run_is_traced_over_its_window(runner):
+    """On the CPU backend, with the trace faked: the window opens after the run's step START,
+    closes COUNT steps later, and its figures come from the executor's own statistics."""
+    from kiln.runtime.bench.report import _RUN
+    from kiln.runtime.bench.throughput import run_throughput
+
+    FakeTrace.made.clear()
+    requests = synthetic(6, LengthDist(10, 3), LengthDist(20, 2), vocab_size=320, seed=3)
+    profiler = StepProfiler(Window(3, 4), trace_factory=FakeTrace)
+    run = run_throughput(runner, requests, profiler=profiler)
+    [trace] = FakeTrace.made
+    assert (trace.started, trace.stopped) == (1, 1)
+    p = run.to_json()["profile"]
+    jsonschema.validate(run.to_json(), _RUN)
+    total = run.to_json()["steps"]["total"]
+    # The statistics are polled as tokens stream, so the window may open a little late and
+    # close at its COUNT steps or at the run's end, whichever comes first.
+    assert p["first_step"] >= 3 and p["steps"] >= 1 and p["first_step"] + p["steps"] <= total
+    assert p["steps"] >= 4 or p["first_step"] + p["steps"] == total
+    assert 0 < p["forward_ms"] <= p["step_ms"]
+    assert p["kernels"] == [{"name": "k", "us": 200 / p["steps"], "launches": 2 / p["steps"]}]
+    assert p["busy_ms"] == pytest.approx(0.2 / p["steps"])
+    assert p["decode_tokens_mean"] > 0
+
+
+def test_a_window_past_the_run_is_said_so(runner):
+    from kiln.runtime.bench.throughput import run_throughput
+
+    FakeTrace.made.clear()
+    requests = synthetic(2, LengthDist(8), LengthDist(3), vocab_size=320, seed=4)
+    run = run_throughput(runner, requests, profiler=StepProfiler(Window(500, 10), FakeTrace))
+    assert FakeTrace.made == []
+    missed = run.to_json()["profile"]["missed"]
+    assert missed.startswith("no step profiled: the run had ")
+    assert missed.endswith("steps and --profile-steps 500:10 begins at step 500")
+
+
+def test_a_window_open_at_the_run_s_end_closes_there(runner):
+    from kiln.runtime.bench.throughput import run_throughput
+
+    FakeTrace.made.clear()
+    requests = synthetic(2, LengthDist(8), LengthDist(6), vocab_size=320, seed=5)
+    run = run_throughput(runner, requests, profiler=StepProfiler(Window(2, 1000), FakeTrace))
+    [trace] = FakeTrace.made
+    assert trace.stopped == 1
+    p = run.to_json()["profile"]
+    assert p["first_step"] + p["steps"] == run.to_json()["steps"]["total"]
