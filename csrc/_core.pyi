@@ -427,6 +427,10 @@ class PlanExecutor(Backend):
     """Whether kernels compiled for it (SM 90 and newer) launch with programmatic stream
     serialization, each starting while the one before finishes; setting it drops the captured
     graphs."""
+    fp8_fast_accumulation: bool
+    """Whether FP8 GEMMs run through cuBLASLt accumulate as the tensor cores do, without
+    promoting their partial sums to float32 along K (off by default); setting it drops the
+    captured graphs and the GEMM choices."""
     def graph_stats(self) -> dict[str, float]:
         """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
         capturing and instantiating them."""

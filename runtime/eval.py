@@ -131,7 +131,7 @@ def perplexity(engine: Engine, ids: list[int], window: int = DEFAULT_WINDOW, bac
     return result
 
 
-def _backend(engine: Engine, device: str):
+def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool = False):
     from kiln import _core
 
     has_gpu = hasattr(_core, "PlanExecutor") and torch.cuda.is_available() and engine.kernels
@@ -139,8 +139,13 @@ def _backend(engine: Engine, device: str):
         raise KilnError("--device cuda asked for, but there is no CUDA GPU, no GPU support in "
                         "kiln._core, or the engine has no GPU kernels; use --device cpu")
     if device == "cpu" or not has_gpu:
+        if fp8_fast_accumulation:
+            raise KilnError("--fp8-fast-accumulation applies to the GPU backend's FP8 GEMMs; this "
+                            "run is on the CPU (drop the flag or use --device cuda)")
         return None
-    return _core.PlanExecutor(engine, 0.9)
+    backend = _core.PlanExecutor(engine, 0.9)
+    backend.fp8_fast_accumulation = fp8_fast_accumulation
+    return backend
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,8 +158,10 @@ def _backend(engine: Engine, device: str):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--fp8-fast-accumulation", is_flag=True,
+              help="On the GPU, FP8 GEMMs accumulate without promoting partial sums to float32.")
 @one_line_errors
-def eval_main(engine_dir, text_file, window, max_tokens, device, as_json):
+def eval_main(engine_dir, text_file, window, max_tokens, device, as_json, fp8_fast_accumulation):
     """Teacher-forced perplexity of an engine on a text."""
     from kiln.builder.engine import load_engine
     from kiln.quantize.dataset import DEFAULT_NAME, read_text, tokenize
@@ -162,14 +169,15 @@ def eval_main(engine_dir, text_file, window, max_tokens, device, as_json):
     engine = load_engine(engine_dir)
     ids = tokenize(read_text(text_file, option="--text"), engine.tokenizer_dir)
     b = engine.config.build
-    backend = _backend(engine, device)
+    backend = _backend(engine, device, fp8_fast_accumulation)
     start = time.perf_counter()
     result = perplexity(engine, ids, window, backend, max_tokens)
     seconds = time.perf_counter() - start
     summary = {"engine": str(engine_dir), "text": text_file or DEFAULT_NAME,
                "quant": b.quant, "kv_cache_dtype": b.kv_cache_dtype, "dtype": b.dtype,
                "perplexity": result.value, "tokens": result.tokens, "windows": result.windows,
-               "window": min(window, b.max_seq_len), "seconds": round(seconds, 2)}
+               "window": min(window, b.max_seq_len), "seconds": round(seconds, 2),
+               "fp8_fast_accumulation": fp8_fast_accumulation}
     if as_json:
         click.echo(json.dumps(summary))
         return

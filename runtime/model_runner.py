@@ -57,10 +57,12 @@ class ModelRunner:
                  max_num_tokens: int | None = None, kv_cache_free_gpu_memory_fraction: float = 0.9,
                  enable_kv_cache_reuse: bool = True, max_tokens_in_paged_kv_cache: int | None = None,
                  device: str | None = None, cuda_graphs: bool = True,
-                 capacity_scheduler_policy: str = "max_utilization") -> "ModelRunner":
+                 capacity_scheduler_policy: str = "max_utilization",
+                 fp8_fast_accumulation: bool = False) -> "ModelRunner":
         """Loads an engine. The KV pool takes kv_cache_free_gpu_memory_fraction of free memory
         (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache.
-        On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False.
+        On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False, and FP8
+        GEMMs accumulate without promoting partial sums to float32 with fp8_fast_accumulation.
         capacity_scheduler_policy: "max_utilization" (admit while prompts fit, preempt the newest
         when out of blocks) or "guaranteed_no_evict" (admit only what can run to its full length)."""
         if capacity_scheduler_policy not in CAPACITY_POLICIES:
@@ -74,6 +76,9 @@ class ModelRunner:
             raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                             f"{kv_cache_free_gpu_memory_fraction}")
         device = pick_device(device, engine)
+        if fp8_fast_accumulation and device != "cuda":
+            raise KilnError(f"fp8_fast_accumulation applies to the GPU backend's FP8 GEMMs; this "
+                            f"runner is on {device}")
         max_blocks = None
         if max_tokens_in_paged_kv_cache is not None:
             if max_tokens_in_paged_kv_cache < build.tokens_per_block:
@@ -83,6 +88,7 @@ class ModelRunner:
         if device == "cuda":
             backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks,
                                          cuda_graphs=cuda_graphs)
+            backend.fp8_fast_accumulation = fp8_fast_accumulation
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1

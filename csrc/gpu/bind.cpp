@@ -432,6 +432,11 @@ void bind(py::module_& m)
         .def_property("programmatic_launch", &PlanExecutor::programmaticLaunch, &PlanExecutor::setProgrammaticLaunch,
             "Whether kernels compiled for it launch with programmatic stream serialization (setting it drops the "
             "captured graphs).")
+        .def_property("fp8_fast_accumulation", &PlanExecutor::fp8FastAccumulation,
+            &PlanExecutor::setFp8FastAccumulation,
+            "Whether FP8 GEMMs run through cuBLASLt accumulate without promoting their partial sums to "
+            "float32 along K (faster where compute-bound, less exact); setting it drops the captured graphs "
+            "and GEMM choices.")
         .def("graph_stats",
             [](PlanExecutor const& self)
             {

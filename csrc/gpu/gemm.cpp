@@ -81,12 +81,7 @@ GemmRunner::GemmRunner(std::string const& cublasLtPath, std::size_t workspaceByt
 
 GemmRunner::~GemmRunner()
 {
-    for (auto& [key, plan] : mPlans)
-    {
-        mApi->matrixLayoutDestroy(plan->a);
-        mApi->matrixLayoutDestroy(plan->b);
-        mApi->matrixLayoutDestroy(plan->c);
-    }
+    destroyPlans();
     for (auto& problem : mProblems)
     {
         mApi->matmulDescDestroy(problem->desc);
@@ -125,6 +120,7 @@ int GemmRunner::add(GemmProblem const& p)
             "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
         api.check(api.matmulDescSetAttribute(problem->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p.aScale, sizeof(p.aScale)),
             "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+        applyFastAccumulation(*problem);
     }
     if (p.bias != nullptr)
     {
@@ -139,6 +135,42 @@ int GemmRunner::add(GemmProblem const& p)
     }
     mProblems.push_back(std::move(problem));
     return static_cast<int>(mProblems.size()) - 1;
+}
+
+void GemmRunner::applyFastAccumulation(Problem& problem)
+{
+    std::int8_t const fast = mFp8FastAccumulation ? 1 : 0;
+    mApi->check(mApi->matmulDescSetAttribute(problem.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)),
+        "cublasLtMatmulDescSetAttribute(FAST_ACCUM)");
+}
+
+void GemmRunner::destroyPlans() noexcept
+{
+    for (auto& [key, plan] : mPlans)
+    {
+        mApi->matrixLayoutDestroy(plan->a);
+        mApi->matrixLayoutDestroy(plan->b);
+        mApi->matrixLayoutDestroy(plan->c);
+    }
+    mPlans.clear();
+}
+
+void GemmRunner::setFp8FastAccumulation(bool on)
+{
+    if (on == mFp8FastAccumulation)
+        return;
+    mFp8FastAccumulation = on;
+    for (auto& problem : mProblems)
+    {
+        if (problem->p.inType != problem->p.type)
+            applyFastAccumulation(*problem);
+    }
+    destroyPlans();
+}
+
+bool GemmRunner::fp8FastAccumulation() const
+{
+    return mFp8FastAccumulation;
 }
 
 GemmRunner::PlanKey GemmRunner::keyOf(Problem const& problem, int m)

@@ -71,6 +71,11 @@ public:
     /// and alignment, back to back (their outputs are overwritten), after `cold` evicts L2
     /// (made here when null).
     void prepare(std::vector<int> const& ids, int m, cudaStream_t stream, ColdL2 const* cold = nullptr);
+    /// @brief FP8 GEMMs accumulate as the tensor cores do, without promoting their partial
+    /// sums to float32 along K (cuBLASLt's FAST_ACCUM; CUTLASS's FP8FastAccum schedules). A
+    /// change forgets every (shape, M) choice: the algorithms differ between the two.
+    void setFp8FastAccumulation(bool on);
+    [[nodiscard]] bool fp8FastAccumulation() const;
     /// @brief Every (shape, M) chosen so far.
     [[nodiscard]] std::vector<GemmChoice> choices() const;
     /// @brief cuBLASLt's version number and library path.
@@ -91,11 +96,15 @@ private:
     static void choose(Plan& plan, std::size_t candidate, std::string const& how);
     float timeAlgo(std::vector<Problem const*> const& peers, Plan const& plan, cublasLtMatmulAlgo_t const& algo,
         cudaStream_t stream, ColdL2 const& cold);
+    /// Sets FAST_ACCUM on an FP8 problem's descriptor as mFp8FastAccumulation says.
+    void applyFastAccumulation(Problem& problem);
+    void destroyPlans() noexcept;
 
     std::unique_ptr<CublasLtApi> mApi;
     cublasLtHandle_t mHandle = nullptr;
     void* mWorkspace = nullptr;
     std::size_t mWorkspaceBytes = 0;
+    bool mFp8FastAccumulation = false;
     std::vector<std::unique_ptr<Problem>> mProblems;
     std::map<PlanKey, std::unique_ptr<Plan>> mPlans;
 };

@@ -270,6 +270,22 @@ public:
         return mProgrammaticLaunch;
     }
 
+    void setFp8FastAccumulation(bool on)
+    {
+        if (on == mGemm->fp8FastAccumulation())
+            return;
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+        dropGraphs();
+        mChosen.clear();
+        mAlternativeChoices.clear();
+        mGemm->setFp8FastAccumulation(on);
+    }
+
+    bool fp8FastAccumulation() const
+    {
+        return mGemm->fp8FastAccumulation();
+    }
+
     GraphStats graphStats() const
     {
         GraphStats stats = mGraphStats;
@@ -1270,6 +1286,16 @@ void PlanExecutor::setProgrammaticLaunch(bool on)
 bool PlanExecutor::programmaticLaunch() const
 {
     return mImpl->programmaticLaunch();
+}
+
+void PlanExecutor::setFp8FastAccumulation(bool on)
+{
+    mImpl->setFp8FastAccumulation(on);
+}
+
+bool PlanExecutor::fp8FastAccumulation() const
+{
+    return mImpl->fp8FastAccumulation();
 }
 
 bool PlanExecutor::cudaGraphs() const

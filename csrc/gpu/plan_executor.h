@@ -65,6 +65,10 @@ public:
     /// @brief Turns programmatic dependent launch on or off; drops the captured graphs.
     void setProgrammaticLaunch(bool on);
     [[nodiscard]] bool programmaticLaunch() const;
+    /// @brief FP8 GEMMs through cuBLASLt with fast accumulation (GemmRunner::setFp8FastAccumulation)
+    /// or not (the default); a change drops the captured graphs and the GEMM choices.
+    void setFp8FastAccumulation(bool on);
+    [[nodiscard]] bool fp8FastAccumulation() const;
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
 

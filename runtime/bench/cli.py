@@ -278,6 +278,9 @@ def _common(f):
 @click.option("--baseline-max-requests", type=int, help="Run only the first N requests through HF.")
 @click.option("--baseline-batch-size", type=int, help="HF static batch size. Default: Kiln's max batch.")
 @click.option("--plot", "plot_path", type=click.Path(), help="PNG of latency against throughput.")
+@click.option("--fp8-fast-accumulation", is_flag=True,
+              help="FP8 GEMMs (cuBLASLt) accumulate without promoting partial sums to float32 "
+                   "(GPU only; faster where compute-bound, less exact).")
 @click.option("--profile-steps", "profile_window", metavar="START:COUNT",
               help="Record the GPU's kernels over COUNT of the run's steps from step START (0 its "
                    "first) and print each step's wall, busy and kernel times (CUDA only; the "
@@ -286,7 +289,8 @@ def _common(f):
 def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_requests, concurrency,
                request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, capacity_scheduler_policy,
                kv_cache_reuse,
-               baseline_max_requests, baseline_batch_size, plot_path, profile_window):
+               baseline_max_requests, baseline_batch_size, plot_path, fp8_fast_accumulation,
+               profile_window):
     """Throughput and latency of a dataset: all at once, at a rate, or at fixed concurrency."""
     from kiln.runtime import ModelRunner
     from kiln.runtime.bench import baseline_hf, compute, report
@@ -307,11 +311,13 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         if value is not None and (not baseline or value < 1):
             raise KilnError(f"{name} takes a positive count and applies with --baseline hf only")
     _check_outputs(json_path, plot_path)
-    device, bandwidth = _device_and_bandwidth(device, profile=window is not None)
+    given = (("--profile-steps", window is not None), ("--fp8-fast-accumulation", fp8_fast_accumulation))
+    device, bandwidth = _device_and_bandwidth(device, tuple(flag for flag, on in given if on))
     with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
                               max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,
                               kv_cache_free_gpu_memory_fraction=kv_fraction,
-                              capacity_scheduler_policy=capacity_scheduler_policy) as runner:
+                              capacity_scheduler_policy=capacity_scheduler_policy,
+                              fp8_fast_accumulation=fp8_fast_accumulation) as runner:
         check_fits(requests, runner.max_seq_len, runner.vocab_size)
         warm_up(runner, requests, warmup, runner.vocab_size, seed)
         runs = [run_throughput(runner, requests, load,
@@ -332,7 +338,8 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
                       "max_num_tokens": config.max_num_tokens,
                       "kv_cache_free_gpu_memory_fraction": kv_fraction,
                       "capacity_scheduler_policy": config.capacity_scheduler_policy,
-                      "kv_cache_reuse": config.enable_kv_cache_reuse}
+                      "kv_cache_reuse": config.enable_kv_cache_reuse,
+                      "fp8_fast_accumulation": fp8_fast_accumulation}
     doc["dataset"] = DatasetStats.of(requests).to_json()
     doc["runs"] = [run.to_json() for run in runs]
     doc["baseline"] = None
@@ -416,15 +423,20 @@ def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
             raise KilnError("--plot needs matplotlib: pip install matplotlib (or kiln[bench])")
 
 
-def _device_and_bandwidth(asked: str, profile: bool = False):
+# Options that only mean something on the GPU, and what they do there.
+GPU_ONLY = {"--profile-steps": "records the GPU's kernels",
+            "--fp8-fast-accumulation": "applies to the GPU's FP8 GEMMs"}
+
+
+def _device_and_bandwidth(asked: str, gpu_only: tuple[str, ...] = ()):
     """The device the runner will use, and its copy bandwidth, measured before the runner
-    takes its memory; with `profile` (--profile-steps), a GPU."""
+    takes its memory; a GPU where options of GPU_ONLY were given (`gpu_only`)."""
     from kiln.runtime.bench.roofline import measure_copy_bandwidth
     from kiln.runtime.model_runner import pick_device
 
     device = pick_device(None if asked == "auto" else asked)
-    if profile and device != "cuda":
-        raise KilnError(f"--profile-steps records the GPU's kernels; this run is on {device} "
+    if gpu_only and device != "cuda":
+        raise KilnError(f"{gpu_only[0]} {GPU_ONLY[gpu_only[0]]}; this run is on {device} "
                         "(use --device cuda on a machine with a GPU)")
     return device, measure_copy_bandwidth(device)
 

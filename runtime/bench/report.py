@@ -127,7 +127,8 @@ SCHEMA = {
                                    "kv_cache_free_gpu_memory_fraction": {"type": "number"},
                                    "capacity_scheduler_policy": {
                                        "enum": ["max_utilization", "guaranteed_no_evict"]},
-                                   "kv_cache_reuse": {"type": "boolean"}}},
+                                   "kv_cache_reuse": {"type": "boolean"},
+                                   "fp8_fast_accumulation": {"type": "boolean"}}},
         "dataset": {"type": "object",
                     "required": ["num_requests", "input_len", "output_len", "total_input_tokens",
                                  "total_output_tokens"],
@@ -237,7 +238,8 @@ def _runtime_line(r: dict) -> str:
     return (f"runtime  max batch {r['max_batch_size']}, max tokens {r['max_num_tokens']} · KV cache "
             f"{r['kv_cache_free_gpu_memory_fraction']:g} of free memory · "
             f"{r['capacity_scheduler_policy']} · prefix caching "
-            f"{'on' if r['kv_cache_reuse'] else 'off'}")
+            f"{'on' if r['kv_cache_reuse'] else 'off'}"
+            + (" · FP8 fast accumulation" if r.get("fp8_fast_accumulation") else ""))
 
 
 def _dataset_line(d: dict) -> str:

@@ -47,10 +47,7 @@ def unquantized(ckpt, tmp_path_factory):
     return load_engine(out)
 
 
-@pytest.mark.parametrize("quant, kv", MODES)
-def test_quantized_engine_matches_reference(core, sm, ckpt, unquantized, tmp_path, quant, kv):
-    if "fp8" in (quant, kv) and sm < 89:
-        pytest.skip("FP8 needs SM 89 or newer")
+def build_quantized(ckpt, path, sm, quant, kv):
     from kiln.builder.build import build_engine
     from kiln.builder.models import BuildConfig
     from kiln.quantize.calibrate import ModeloptCalibrator
@@ -63,9 +60,11 @@ def test_quantized_engine_matches_reference(core, sm, ckpt, unquantized, tmp_pat
     build = BuildConfig(dtype="bfloat16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
                         tokens_per_block=4, targets=[sm], quant=quant, kv_cache_dtype=kv,
                         calibrator=calibrator)
-    build_engine(ckpt, tmp_path / "e", build, progress=False)
-    engine = load_engine(tmp_path / "e")
-    gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS)
+    build_engine(ckpt, path, build, progress=False)
+    return load_engine(path)
+
+
+def check_against_reference(engine, unquantized, gpu, quant):
     steps, _ = run_schedule([ReferenceBackend(engine, NUM_BLOCKS), gpu,
                              ReferenceBackend(unquantized, NUM_BLOCKS)], engine)
     for i, (ref, out, exact) in enumerate(zip(*steps)):
@@ -75,3 +74,29 @@ def test_quantized_engine_matches_reference(core, sm, ckpt, unquantized, tmp_pat
         if quant != "fp8":
             assert rel(out, ref) < BOUND, f"step {i}: error {rel(out, ref):.2e}"
     assert gpu.graph_stats()["replays"] > 0
+
+
+@pytest.mark.parametrize("quant, kv", MODES)
+def test_quantized_engine_matches_reference(core, sm, ckpt, unquantized, tmp_path, quant, kv):
+    if "fp8" in (quant, kv) and sm < 89:
+        pytest.skip("FP8 needs SM 89 or newer")
+    engine = build_quantized(ckpt, tmp_path / "e", sm, quant, kv)
+    gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS)
+    assert not gpu.fp8_fast_accumulation
+    check_against_reference(engine, unquantized, gpu, quant)
+
+
+@pytest.mark.parametrize("kv", ["auto", "fp8"])
+def test_fp8_fast_accumulation_matches_reference(core, sm, ckpt, unquantized, tmp_path, kv):
+    """FP8 GEMMs accumulating without promotion to float32 stay within the FP8 bound; turning
+    it on and off drops the captured graphs, and the GEMM choices are made again."""
+    if sm < 89:
+        pytest.skip("FP8 needs SM 89 or newer")
+    engine = build_quantized(ckpt, tmp_path / "e", sm, "fp8", kv)
+    gpu = core.PlanExecutor(engine, num_blocks=NUM_BLOCKS)
+    gpu.fp8_fast_accumulation = True
+    check_against_reference(engine, unquantized, gpu, "fp8")
+    assert gpu.graph_stats()["captured"] > 0 and gpu.gemm_choices()
+    gpu.fp8_fast_accumulation = False
+    assert gpu.graph_stats()["captured"] == 0 and not gpu.fp8_fast_accumulation
+    check_against_reference(engine, unquantized, gpu, "fp8")

@@ -103,6 +103,12 @@ def test_engine_eval_command(tiny, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["text"] == str(text) and summary["window"] == 64 and summary["tokens"] > 100
     assert summary["quant"] == "none" and summary["perplexity"] > 1
+    assert summary["fp8_fast_accumulation"] is False
+    fast = CliRunner().invoke(eval_main, [str(engines[64].path), "--device", "cpu",
+                                          "--fp8-fast-accumulation"])
+    assert fast.exit_code == 1
+    assert fast.stderr.strip() == ("error: --fp8-fast-accumulation applies to the GPU backend's FP8 "
+                                   "GEMMs; this run is on the CPU (drop the flag or use --device cuda)")
     result = CliRunner().invoke(eval_main, [str(engines[64].path), "--max-tokens", "40"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("perplexity ") and "on 39 tokens of pydoc_data.topics" in result.stdout

@@ -134,6 +134,9 @@ def test_guaranteed_no_evict_admits_only_what_can_finish(tiny_engine):
     with pytest.raises(KilnError, match="capacity_scheduler_policy must be one of max_utilization, "
                                         "guaranteed_no_evict, got 'static'"):
         ModelRunner.from_dir(engine, device="cpu", capacity_scheduler_policy="static")
+    with pytest.raises(KilnError, match="^fp8_fast_accumulation applies to the GPU backend's FP8 "
+                                        "GEMMs; this runner is on cpu$"):
+        ModelRunner.from_dir(engine, device="cpu", fp8_fast_accumulation=True)
 
 
 def test_streaming_yields_exactly_the_non_streaming_tokens(runners):
