@@ -22,8 +22,9 @@ echo "scaled_mm rc $? at $(el) s"; cat "$LOG/scaled-mm.log"
 timeout 300 python3 -m pytest -m gpu tests/gpu/test_quant_engines.py -k fast_accumulation -q -rs \
   -p no:cacheprovider > "$LOG/tests-fast-accumulation.log" 2>&1 &
 tests=$!
-E=engines/llama-3.1-8b-fp8-kvfp8-sized
-KILN_BENCH_QUANT=fp8 KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 220 \
+# Its own name: the 2048/2048 calls' engine (engines/llama-3.1-8b-fp8-kvfp8-sized) stays as it is.
+E=engines/llama-3.1-8b-fp8-kvfp8-128
+KILN_BENCH_ENGINE=$E KILN_BENCH_QUANT=fp8 KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 220 \
   bash scripts/bench_gpu.sh 128:128:3000:0:0 > "$LOG/build.log" 2>&1
 echo "build rc $? at $(el) s"; tail -3 "$LOG/build.log"
 wait $tests; echo "tests rc $?: $(tail -n 1 "$LOG/tests-fast-accumulation.log")"
