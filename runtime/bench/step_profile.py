@@ -64,6 +64,16 @@ def busy_us(events: list[DeviceEvent]) -> float:
     return total
 
 
+def by_name(events: list[DeviceEvent]) -> list[tuple[str, float, int]]:
+    """Each name's device time (us) and launches over the events, longest first."""
+    totals: dict[str, list] = {}
+    for e in events:
+        entry = totals.setdefault(e.name, [0.0, 0])
+        entry[0] += e.end_us - e.start_us
+        entry[1] += 1
+    return sorted(((name, us, n) for name, (us, n) in totals.items()), key=lambda k: -k[1])
+
+
 @dataclass(frozen=True, slots=True)
 class StepProfile:
     """Per step of the window: what the executor measured and what the device ran."""
@@ -98,13 +108,7 @@ def summarize(window: Window, first_step: int, before: dict, after: dict,
     def per_step(key: str) -> float:
         return (after[key] - before[key]) / steps
 
-    totals: dict[str, list[float]] = {}
-    for e in events:
-        entry = totals.setdefault(e.name, [0.0, 0])
-        entry[0] += e.end_us - e.start_us
-        entry[1] += 1
-    kernels = sorted(((name, us / steps, n / steps) for name, (us, n) in totals.items()),
-                     key=lambda k: -k[1])
+    kernels = [(name, us / steps, n / steps) for name, us, n in by_name(events)]
     return StepProfile(window.describe(), first_step, steps,
                        int(after["total_prefill_steps"] - before["total_prefill_steps"]),
                        per_step("total_computed_prompt_tokens"), per_step("total_decode_tokens"),

@@ -135,20 +135,15 @@ def kernel_times(run, steps: int) -> list[tuple[str, float, int]]:
     """Device time of each kernel (by name, CUPTI through torch's profiler) over `steps` calls
     of `run`: [(name, microseconds per call, launches per call)], largest first, after the
     total under the name "all kernels"."""
-    from torch.profiler import ProfilerActivity, profile
+    from kiln.runtime.bench.step_profile import TorchTrace, by_name
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            run()
-    totals: dict[str, list] = {}
-    for event in prof.events():
-        if event.device_type.name != "CUDA" or "memcpy" in event.name.lower():
-            continue
-        entry = totals.setdefault(event.name, [0.0, 0])
-        entry[0] += event.device_time
-        entry[1] += 1
-    rows = sorted(((name, us / steps, n // steps) for name, (us, n) in totals.items()),
-                  key=lambda r: -r[1])
+    trace = TorchTrace()
+    trace.start()
+    for _ in range(steps):
+        run()
+    trace.stop()
+    kernels = [e for e in trace.events() if "memcpy" not in e.name.lower()]
+    rows = [(name, us / steps, n // steps) for name, us, n in by_name(kernels)]
     return [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))] + rows
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from kiln.builder.errors import KilnError
 from kiln.runtime.bench.dataset import LengthDist, synthetic
-from kiln.runtime.bench.step_profile import (DeviceEvent, StepProfiler, Window, busy_us,
+from kiln.runtime.bench.step_profile import (DeviceEvent, StepProfiler, Window, busy_us, by_name,
                                              render_lines, summarize)
 
 
@@ -126,3 +126,10 @@ def test_a_window_open_at_the_run_s_end_closes_there(runner):
     assert trace.stopped == 1
     p = run.to_json()["profile"]
     assert p["first_step"] + p["steps"] == run.to_json()["steps"]["total"]
+
+
+def test_device_time_by_name_longest_first():
+    events = [DeviceEvent("a", 0, 2), DeviceEvent("b", 2, 8), DeviceEvent("a", 8, 11)]
+    assert by_name(events) == [("b", 6, 1), ("a", 5, 2)]
+    assert by_name(events + [DeviceEvent("a", 11, 13)]) == [("a", 7, 3), ("b", 6, 1)]
+    assert by_name([]) == []
