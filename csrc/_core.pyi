@@ -394,6 +394,11 @@ class Executor:
         (forever when None) for one; [] at once when nothing is in flight."""
     def cancel_request(self, request_id: int) -> None: ...
     def shutdown(self) -> None: ...
+    def pause(self) -> None:
+        """Holds the loop between two steps (returns once no step runs); requests keep
+        queueing. Pauses nest; each needs its resume(). Returns at once after shutdown."""
+    def resume(self) -> None:
+        """Ends one pause(); RuntimeError without one."""
     def get_latest_iteration_stats(self) -> dict[str, int | float] | None:
         """The last step's counts and running totals; step_us / forward_us time the step and
         its backend call, the total_* fields sum every step so far."""

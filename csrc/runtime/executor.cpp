@@ -98,7 +98,29 @@ public:
             mStopping = true;
         }
         mWorkCv.notify_all();
+        mHeldCv.notify_all();
         std::call_once(mJoined, [this] { mThread.join(); });
+    }
+
+    void pause()
+    {
+        std::unique_lock<std::mutex> lock(mMutex);
+        ++mPauses;
+        mWorkCv.notify_one();
+        mHeldCv.wait(lock, [this] { return mHeld || mStopping; });
+    }
+
+    void resume()
+    {
+        {
+            std::lock_guard<std::mutex> lock(mMutex);
+            if (mPauses == 0)
+            {
+                throw std::logic_error("resume() without a pause() to end");
+            }
+            --mPauses;
+        }
+        mWorkCv.notify_one();
     }
 
     std::optional<IterationStats> latestStats() const
@@ -183,8 +205,17 @@ private:
             {
                 std::unique_lock<std::mutex> lock(mMutex);
                 mWorkCv.wait(lock, [this] {
-                    return mStopping || !mIncoming.empty() || !mCancelled.empty() || mScheduler.hasUnfinished();
+                    return mStopping || mPauses > 0 || !mIncoming.empty() || !mCancelled.empty()
+                        || mScheduler.hasUnfinished();
                 });
+                if (mPauses > 0 && !mStopping)
+                {
+                    mHeld = true;
+                    mHeldCv.notify_all();
+                    mWorkCv.wait(lock, [this] { return mStopping || mPauses == 0; });
+                    mHeld = false;
+                    continue;
+                }
                 if (mStopping)
                 {
                     break;
@@ -764,6 +795,9 @@ private:
     // Shared state, guarded by mMutex.
     mutable std::mutex mMutex;
     std::condition_variable mWorkCv;
+    std::condition_variable mHeldCv; ///< the loop took up a pause
+    int mPauses = 0;                 ///< pause() calls not yet resumed
+    bool mHeld = false;              ///< the loop is held between steps
     std::deque<std::pair<IdType, Request>> mIncoming;
     std::vector<IdType> mCancelled;
     IdType mNextId = 1;
@@ -813,6 +847,16 @@ void Executor::cancelRequest(IdType id)
 void Executor::shutdown()
 {
     mImpl->shutdown();
+}
+
+void Executor::pause()
+{
+    mImpl->pause();
+}
+
+void Executor::resume()
+{
+    mImpl->resume();
 }
 
 std::optional<IterationStats> Executor::getLatestIterationStats() const

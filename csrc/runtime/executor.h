@@ -53,6 +53,13 @@ public:
     /// @brief Stops the loop after the current step; requests still pending get final
     /// "cancelled" responses, later enqueues get error responses. Idempotent.
     void shutdown();
+    /// @brief Holds the loop between two steps: returns once no step runs and none will start
+    /// until the matching resume(); requests keep queueing meanwhile. Pauses nest (each needs its
+    /// resume()). Returns at once when the executor is shut down.
+    void pause();
+    /// @brief Ends one pause(); the loop goes on when none is left. Throws std::logic_error
+    /// without a pause to end.
+    void resume();
 
     /// @brief Statistics of the latest step, or nullopt before the first one.
     [[nodiscard]] std::optional<IterationStats> getLatestIterationStats() const;

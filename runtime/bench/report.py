@@ -61,6 +61,7 @@ _PROFILE = {"oneOf": [
                     "prompt_tokens_mean": {"type": "number"}, "decode_tokens_mean": {"type": "number"},
                     "step_ms": {"type": "number"}, "forward_ms": {"type": "number"},
                     "busy_ms": {"type": "number", "minimum": 0},
+                    "held_ms": {"type": "number", "minimum": 0},
                     "kernels": {"type": "array", "items": {
                         "type": "object", "required": ["name", "us", "launches"],
                         "properties": {"name": {"type": "string"}, "us": {"type": "number"},

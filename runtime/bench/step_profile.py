@@ -8,13 +8,18 @@ the executor's wall time, the backend's share of it, how long the GPU was busy (
 copies, overlaps counted once) and each kernel's device time. A step's wall time well above its
 busy time is time the GPU waited on the host.
 
-The trace starts and stops between steps as the run's statistics reveal them, so the first and
-last step of the window may be caught in part; its figures are per whole step of the window
-(COUNT of ten or more keeps that error small). CUPTI's start takes the host a moment: take a
-run's throughput from a run without the profile.
+The trace starts and stops with the executor held between two steps (Executor.pause), so the
+window holds whole steps and nothing runs on the device while CUPTI attaches or flushes (a
+process-wide synchronisation, which a CUDA graph's capture on the executor's thread would not
+allow). The statistics are polled as tokens stream: the window opens at the first step boundary
+after they show step START, and closes at the first after they show COUNT steps traced (a step
+or two more at times), or at the run's end. The time held counts in the run's wall time
+(the report gives it): take a run's throughput from a run without the profile.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kiln.builder.errors import KilnError
@@ -87,17 +92,18 @@ class StepProfile:
     forward_ms: float
     busy_ms: float
     kernels: list[tuple[str, float, float]]  # (name, us a step, launches a step), longest first
+    held_ms: float = 0.0  # the executor held for the trace's start and stop (run's wall time)
 
     def to_json(self) -> dict:
         return {"window": self.window, "first_step": self.first_step, "steps": self.steps,
                 "with_prompt": self.with_prompt, "prompt_tokens_mean": self.prompt_tokens_mean,
                 "decode_tokens_mean": self.decode_tokens_mean, "step_ms": self.step_ms,
-                "forward_ms": self.forward_ms, "busy_ms": self.busy_ms,
+                "forward_ms": self.forward_ms, "busy_ms": self.busy_ms, "held_ms": self.held_ms,
                 "kernels": [{"name": n, "us": us, "launches": k} for n, us, k in self.kernels]}
 
 
 def summarize(window: Window, first_step: int, before: dict, after: dict,
-              events: list[DeviceEvent]) -> StepProfile:
+              events: list[DeviceEvent], held_ms: float = 0.0) -> StepProfile:
     """The profile of the steps after `before` up to `after` (the executor's statistics at the
     trace's start and stop) from the device events recorded between them."""
     steps = after["iteration"] - before["iteration"]
@@ -113,7 +119,7 @@ def summarize(window: Window, first_step: int, before: dict, after: dict,
                        int(after["total_prefill_steps"] - before["total_prefill_steps"]),
                        per_step("total_computed_prompt_tokens"), per_step("total_decode_tokens"),
                        per_step("total_step_us") / 1e3, per_step("total_forward_us") / 1e3,
-                       busy_us(events) / steps / 1e3, kernels)
+                       busy_us(events) / steps / 1e3, kernels, held_ms)
 
 
 class TorchTrace:
@@ -136,8 +142,23 @@ class TorchTrace:
                 for e in self._profile.events() if e.device_type.name == "CUDA"]
 
 
+@contextmanager
+def held(executor, clock=time.perf_counter):
+    """The executor held between two steps; yields its statistics as of the last step run and
+    a list that receives the seconds held."""
+    start = clock()
+    executor.pause()
+    spent: list[float] = []
+    try:
+        yield executor.get_latest_iteration_stats(), spent
+    finally:
+        executor.resume()
+        spent.append(clock() - start)
+
+
 class StepProfiler:
-    """Follows a run's statistics; traces the device over the window's steps."""
+    """Follows a run's statistics; traces the device over the window's steps, starting and
+    stopping the trace with the executor held between steps."""
 
     def __init__(self, window: Window, trace_factory=TorchTrace) -> None:
         self.window = window
@@ -145,11 +166,12 @@ class StepProfiler:
         self._trace = None
         self._before: dict | None = None
         self._first_step = 0
+        self._held_s = 0.0
         self.result: StepProfile | None = None
         self.steps_run = 0
 
-    def observe(self, stats: dict | None, run_first_iteration: int | None) -> None:
-        """Called with the executor's latest statistics as the run goes."""
+    def observe(self, executor, stats: dict | None, run_first_iteration: int | None) -> None:
+        """Called with the executor and its latest statistics as the run goes."""
         if stats is None or run_first_iteration is None or self.result is not None:
             return
         done = stats["iteration"] - run_first_iteration + 1  # the run's steps finished
@@ -157,23 +179,28 @@ class StepProfiler:
         if self._trace is None:
             if done >= self.window.start:
                 self._trace = self._trace_factory()
-                self._before, self._first_step = stats, done
-                self._trace.start()
+                with held(executor) as (now, spent):
+                    self._before = now
+                    self._first_step = now["iteration"] - run_first_iteration + 1
+                    self.steps_run = max(self.steps_run, self._first_step)
+                    self._trace.start()
+                self._held_s += spent[0]
         elif stats["iteration"] - self._before["iteration"] >= self.window.count:
-            self._stop(stats)
+            self._stop(executor)
 
-    def finish(self, stats: dict | None) -> None:
+    def finish(self, executor) -> None:
         """The run ended: a window still open closes at its last step."""
         if self._trace is not None and self.result is None:
-            if stats is not None and stats["iteration"] > self._before["iteration"]:
-                self._stop(stats)
-            else:
-                self._trace.stop()
+            self._stop(executor)
 
-    def _stop(self, stats: dict) -> None:
-        self._trace.stop()
-        self.result = summarize(self.window, self._first_step, self._before, stats,
-                                self._trace.events())
+    def _stop(self, executor) -> None:
+        with held(executor) as (now, spent):
+            self._trace.stop()
+        self._held_s += spent[0]
+        self.steps_run = max(self.steps_run, self._first_step + now["iteration"] - self._before["iteration"])
+        if now["iteration"] > self._before["iteration"]:
+            self.result = summarize(self.window, self._first_step, self._before, now,
+                                    self._trace.events(), 1e3 * self._held_s)
 
     def missed(self) -> str | None:
         """Why there is no profile, when the run ended before the window opened."""
@@ -195,7 +222,8 @@ def render_lines(p: dict) -> list[str]:
              f"{p['steps']} steps, {kinds}; {p['prompt_tokens_mean']:.0f} prompt and "
              f"{p['decode_tokens_mean']:.0f} decode tokens a step):",
              f"    a step {p['step_ms']:.2f} ms, the backend {p['forward_ms']:.2f}; the GPU busy "
-             f"{busy:.2f} ms ({100 * busy / p['step_ms']:.1f}%), idle {p['step_ms'] - busy:.2f}"]
+             f"{busy:.2f} ms ({100 * busy / p['step_ms']:.1f}%), idle {p['step_ms'] - busy:.2f}"
+             + (f"; the run held {p['held_ms']:.0f} ms for the trace" if p.get("held_ms") else "")]
     kernels = p["kernels"]
     total = sum(k["us"] for k in kernels)
     lines.append(f"    {total:>11.1f} us {sum(k['launches'] for k in kernels):>7.1f}x  "

@@ -146,12 +146,12 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
             stats = runner.executor.get_latest_iteration_stats()
             log.observe(stats)
             if profiler is not None:
-                profiler.observe(stats, log.first_iteration)
+                profiler.observe(runner.executor, stats, log.first_iteration)
     finally:
         for rid in live:  # an interrupted run must not leave requests running
             runner.router.cancel(rid)
         if profiler is not None:
-            profiler.finish(runner.executor.get_latest_iteration_stats())
+            profiler.finish(runner.executor)
     kv = runner.executor.get_kv_cache_stats()
     profile = None
     if profiler is not None:

@@ -357,6 +357,62 @@ TEST(Executor, ShutdownAnswersPendingRequests)
     f.executor.shutdown();
 }
 
+TEST(Executor, PauseHoldsTheLoopBetweenStepsUntilResumed)
+{
+    Fixture f;
+    std::atomic<bool> inStep{false};
+    std::atomic<bool> slow{true};
+    f.backend->onStep = [&](StepInputs const&) {
+        inStep = true;
+        if (slow)
+        {
+            std::this_thread::sleep_for(milliseconds(5));
+        }
+        inStep = false;
+    };
+    f.executor.pause(); // idle: returns at once
+    f.executor.resume();
+    EXPECT_THROW(f.executor.resume(), std::logic_error);
+
+    std::vector<IdType> ids;
+    for (TokenIdType t = 1; t <= 3; ++t)
+    {
+        ids.push_back(f.executor.enqueueRequest(greedy({t, t, t}, 20)));
+    }
+    while (f.backend->numSteps() < 2)
+    {
+        std::this_thread::sleep_for(milliseconds(1));
+    }
+    f.executor.pause();
+    EXPECT_FALSE(inStep); // returned between two steps
+    f.executor.pause();   // nested: held already
+    auto const held = f.backend->numSteps();
+    auto const stats = f.executor.getLatestIterationStats();
+    ASSERT_TRUE(stats.has_value());
+    EXPECT_EQ(stats->iteration, held - 1); // the stats are those of the last step run
+    IdType const late = f.executor.enqueueRequest(greedy({9}, 4)); // queues while held
+    f.executor.resume();
+    std::this_thread::sleep_for(milliseconds(30));
+    EXPECT_EQ(f.backend->numSteps(), held); // one pause still holds it
+    EXPECT_TRUE(f.executor.awaitResponses(late, milliseconds(0)).empty());
+    slow = false;
+    f.executor.resume();
+    ids.push_back(late);
+    f.responses.collect(f.executor, ids);
+    EXPECT_GT(f.backend->numSteps(), held);
+    for (IdType const id : ids)
+    {
+        EXPECT_EQ(f.responses.outcomes[id].final.finishReason, FinishReason::kLength);
+    }
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+
+    f.executor.pause(); // held while shutting down: shutdown still ends the loop
+    f.executor.shutdown();
+    f.executor.pause(); // and a pause after it returns at once
+    f.executor.resume();
+    f.executor.resume();
+}
+
 TEST(Executor, SeededSamplingIgnoresBatching)
 {
     Request seeded;

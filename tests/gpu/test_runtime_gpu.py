@@ -173,7 +173,9 @@ def test_batch_of_hundreds_gives_the_tokens_of_small_batches(core, sm, tiny_engi
 
 def test_a_throughput_run_s_steps_by_kernel(core, sm, tiny_engine):
     """engine-bench's --profile-steps on the GPU: CUPTI sees the kernels the executor's thread
-    launches, the GPU is busy no longer than the steps took, and the run's tokens are whole."""
+    launches, the GPU is busy no longer than the steps took, and the run's tokens are whole; the
+    trace starts and stops with the executor held (CUPTI attaching while the executor's thread
+    launches, or a synchronisation while it captures a graph, would fail)."""
     from kiln.runtime.bench.dataset import LengthDist, synthetic
     from kiln.runtime.bench.step_profile import StepProfiler, Window
     from kiln.runtime.bench.throughput import run_throughput
@@ -187,5 +189,7 @@ def test_a_throughput_run_s_steps_by_kernel(core, sm, tiny_engine):
     assert p["steps"] >= 1 and p["first_step"] >= 4, p
     names = [k["name"] for k in p["kernels"]]
     assert any("decode" in n for n in names), names
-    assert 0 < p["busy_ms"] <= p["step_ms"] * 1.5, p  # the window's edges may catch part of a step
+    # Whole steps: the trace starts and stops with the executor held between two.
+    assert 0 < p["busy_ms"] <= p["step_ms"] * 1.05, p
+    assert p["held_ms"] > 0, p
     assert sum(k["us"] for k in p["kernels"]) > 0

@@ -1,6 +1,8 @@
 """engine-bench throughput --profile-steps: a run's own steps against the device's trace."""
 from __future__ import annotations
 
+import time
+
 import jsonschema
 import pytest
 
@@ -52,18 +54,28 @@ def test_summary_is_per_step_of_the_window():
 
 
 class FakeTrace:
-    """Stands for CUPTI: counts its starts and stops and hands back fixed events."""
+    """Stands for CUPTI: counts its starts and stops and hands back fixed events. With
+    `executor` set, each start and stop checks that no step runs meanwhile."""
     made = []
+    executor = None
 
     def __init__(self):
         self.started = self.stopped = 0
         FakeTrace.made.append(self)
 
+    def _check_held(self):
+        if FakeTrace.executor is not None:
+            before = FakeTrace.executor.get_latest_iteration_stats()
+            time.sleep(0.05)  # a tiny model's step takes a few ms: held, none may end meanwhile
+            assert FakeTrace.executor.get_latest_iteration_stats() == before
+
     def start(self):
+        self._check_held()
         self.started += 1
 
     def stop(self):
         assert self.started == 1
+        self._check_held()
         self.stopped += 1
 
     def events(self):
@@ -86,18 +98,24 @@ def test_a_run_is_traced_over_its_window(runner):
     from kiln.runtime.bench.throughput import run_throughput
 
     FakeTrace.made.clear()
+    FakeTrace.executor = runner.executor
     requests = synthetic(6, LengthDist(10, 3), LengthDist(20, 2), vocab_size=320, seed=3)
     profiler = StepProfiler(Window(3, 4), trace_factory=FakeTrace)
-    run = run_throughput(runner, requests, profiler=profiler)
+    try:
+        run = run_throughput(runner, requests, profiler=profiler)
+    finally:
+        FakeTrace.executor = None
     [trace] = FakeTrace.made
     assert (trace.started, trace.stopped) == (1, 1)
     p = run.to_json()["profile"]
     jsonschema.validate(run.to_json(), _RUN)
     total = run.to_json()["steps"]["total"]
     # The statistics are polled as tokens stream, so the window may open a little late and
-    # close at its COUNT steps or at the run's end, whichever comes first.
+    # close a little after its COUNT steps, or at the run's end.
     assert p["first_step"] >= 3 and p["steps"] >= 1 and p["first_step"] + p["steps"] <= total
     assert p["steps"] >= 4 or p["first_step"] + p["steps"] == total
+    assert p["held_ms"] >= 2 * 50  # each check above sleeps 50 ms with the executor held
+    assert "the run held" in render_lines(p)[1]
     assert 0 < p["forward_ms"] <= p["step_ms"]
     assert p["kernels"] == [{"name": "k", "us": 200 / p["steps"], "launches": 2 / p["steps"]}]
     assert p["busy_ms"] == pytest.approx(0.2 / p["steps"])
@@ -126,6 +144,30 @@ def test_a_window_open_at_the_run_s_end_closes_there(runner):
     assert trace.stopped == 1
     p = run.to_json()["profile"]
     assert p["first_step"] + p["steps"] == run.to_json()["steps"]["total"]
+
+
+def test_the_executor_holds_between_steps_and_resumes(runner):
+    """Executor.pause on a run in flight: no step ends while held, the run finishes after, and
+    the pause nests."""
+    from kiln import _core
+
+    submitted = [runner.router.submit(_core.Request(list(range(1, 9)), max_new_tokens=30, end_id=-1))
+                 for _ in range(3)]
+    while (runner.executor.get_latest_iteration_stats() or {}).get("iteration", -1) < 2:
+        time.sleep(0.001)
+    runner.executor.pause()
+    runner.executor.pause()
+    held = runner.executor.get_latest_iteration_stats()
+    runner.executor.resume()
+    time.sleep(0.05)
+    assert runner.executor.get_latest_iteration_stats() == held
+    runner.executor.resume()
+    with pytest.raises(RuntimeError, match="resume"):
+        runner.executor.resume()
+    for _, q in submitted:
+        final = q.get(timeout=60)
+        assert final.is_final and not final.has_error and len(final.output_token_ids) == 30
+    assert runner.executor.get_latest_iteration_stats()["iteration"] > held["iteration"]
 
 
 def test_device_time_by_name_longest_first():
