@@ -131,8 +131,9 @@ def perplexity(engine: Engine, ids: list[int], window: int = DEFAULT_WINDOW, bac
     return result
 
 
-def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool = False):
+def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool | None = None):
     from kiln import _core
+    from kiln.runtime.model_runner import fp8_fast_accumulation_for
 
     has_gpu = hasattr(_core, "PlanExecutor") and torch.cuda.is_available() and engine.kernels
     if device == "cuda" and not has_gpu:
@@ -144,7 +145,8 @@ def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool = False):
                             "run is on the CPU (drop the flag or use --device cuda)")
         return None
     backend = _core.PlanExecutor(engine, 0.9)
-    backend.fp8_fast_accumulation = fp8_fast_accumulation
+    backend.fp8_fast_accumulation = fp8_fast_accumulation_for(fp8_fast_accumulation, "cuda",
+                                                              "--fp8-fast-accumulation")
     return backend
 
 
@@ -158,8 +160,9 @@ def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool = False):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@click.option("--fp8-fast-accumulation", is_flag=True,
-              help="On the GPU, FP8 GEMMs accumulate without promoting partial sums to float32.")
+@click.option("--fp8-fast-accumulation/--no-fp8-fast-accumulation", default=None,
+              help="On the GPU, FP8 GEMMs accumulate without promoting partial sums to float32 "
+                   "(the default there); --no-fp8-fast-accumulation promotes them.")
 @one_line_errors
 def eval_main(engine_dir, text_file, window, max_tokens, device, as_json, fp8_fast_accumulation):
     """Teacher-forced perplexity of an engine on a text."""
@@ -177,7 +180,8 @@ def eval_main(engine_dir, text_file, window, max_tokens, device, as_json, fp8_fa
                "quant": b.quant, "kv_cache_dtype": b.kv_cache_dtype, "dtype": b.dtype,
                "perplexity": result.value, "tokens": result.tokens, "windows": result.windows,
                "window": min(window, b.max_seq_len), "seconds": round(seconds, 2),
-               "fp8_fast_accumulation": fp8_fast_accumulation}
+               "fp8_fast_accumulation": bool(b.quant == "fp8" and backend is not None
+                                             and backend.fp8_fast_accumulation)}
     if as_json:
         click.echo(json.dumps(summary))
         return

@@ -278,9 +278,10 @@ def _common(f):
 @click.option("--baseline-max-requests", type=int, help="Run only the first N requests through HF.")
 @click.option("--baseline-batch-size", type=int, help="HF static batch size. Default: Kiln's max batch.")
 @click.option("--plot", "plot_path", type=click.Path(), help="PNG of latency against throughput.")
-@click.option("--fp8-fast-accumulation", is_flag=True,
-              help="FP8 GEMMs (cuBLASLt) accumulate without promoting partial sums to float32 "
-                   "(GPU only; faster where compute-bound, less exact).")
+@click.option("--fp8-fast-accumulation/--no-fp8-fast-accumulation", default=None,
+              help="FP8 GEMMs (cuBLASLt) accumulate without promoting partial sums to float32: "
+                   "the default on the GPU (faster where compute-bound); "
+                   "--no-fp8-fast-accumulation promotes them (more exact).")
 @click.option("--profile-steps", "profile_window", metavar="START:COUNT",
               help="Record the GPU's kernels over COUNT of the run's steps from step START (0 its "
                    "first) and print each step's wall, busy and kernel times (CUDA only; the "
@@ -311,7 +312,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         if value is not None and (not baseline or value < 1):
             raise KilnError(f"{name} takes a positive count and applies with --baseline hf only")
     _check_outputs(json_path, plot_path)
-    given = (("--profile-steps", window is not None), ("--fp8-fast-accumulation", fp8_fast_accumulation))
+    given = (("--profile-steps", window is not None), ("--fp8-fast-accumulation", fp8_fast_accumulation is True))
     device, bandwidth = _device_and_bandwidth(device, tuple(flag for flag, on in given if on))
     with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
                               max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,
@@ -330,6 +331,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         probe = run_latency(runner, prompt, probe_len, iterations=PROBE_ITERATIONS,
                             warmup=PROBE_WARMUP)
         engine, config = runner.engine, runner.executor.config
+        fast_accumulation = runner.fp8_fast_accumulation
         kiln_batch = config.max_batch_size
     del runner  # its device memory goes back before the matmul and HF need it
     rate = compute.engine_matmul_rate(device, engine.config.build)
@@ -339,7 +341,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
                       "kv_cache_free_gpu_memory_fraction": kv_fraction,
                       "capacity_scheduler_policy": config.capacity_scheduler_policy,
                       "kv_cache_reuse": config.enable_kv_cache_reuse,
-                      "fp8_fast_accumulation": fp8_fast_accumulation}
+                      "fp8_fast_accumulation": fast_accumulation}
     doc["dataset"] = DatasetStats.of(requests).to_json()
     doc["runs"] = [run.to_json() for run in runs]
     doc["baseline"] = None

@@ -262,8 +262,10 @@ def main() -> None:
     parser.add_argument("--profile-mixed", default=[], type=_mixed_list,
                         help="steps of prompts and decodes together to break down by kernel "
                              "(PROMPTS:PROMPT_LEN:DECODES:CONTEXT, comma list)")
-    parser.add_argument("--fp8-fast-accumulation", action="store_true",
-                        help="FP8 GEMMs through cuBLASLt accumulate without promotion to float32")
+    parser.add_argument("--fp8-fast-accumulation", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="FP8 GEMMs through cuBLASLt accumulate without promotion to float32, "
+                             "as the runtime's default (--no-fp8-fast-accumulation promotes)")
     args = parser.parse_args()
 
     from kiln import _core
@@ -321,8 +323,8 @@ def main() -> None:
                  ) + build.max_blocks_per_seq
     gpu = _core.PlanExecutor(engine, num_blocks=blocks)
     gpu.fp8_fast_accumulation = args.fp8_fast_accumulation
-    if args.fp8_fast_accumulation:
-        label += ", FP8 fast accumulation"
+    if build.quant == "fp8":
+        label += ", FP8 fast accumulation" if args.fp8_fast_accumulation else ", FP8 promoted accumulation"
     t4 = time.perf_counter()
     del engine
     if not args.engine:

@@ -100,3 +100,10 @@ def test_fp8_fast_accumulation_matches_reference(core, sm, ckpt, unquantized, tm
     gpu.fp8_fast_accumulation = False
     assert gpu.graph_stats()["captured"] == 0 and not gpu.fp8_fast_accumulation
     check_against_reference(engine, unquantized, gpu, "fp8")
+    # The runner's default on the GPU is fast accumulation; False promotes.
+    from kiln.runtime import ModelRunner
+    for asked, expected in ((None, True), (False, False), (True, True)):
+        with ModelRunner.from_dir(tmp_path / "e", device="cuda",
+                                  fp8_fast_accumulation=asked) as runner:
+            assert runner.fp8_fast_accumulation is expected
+            assert runner.backend.fp8_fast_accumulation is expected

@@ -109,6 +109,11 @@ def test_engine_eval_command(tiny, tmp_path):
     assert fast.exit_code == 1
     assert fast.stderr.strip() == ("error: --fp8-fast-accumulation applies to the GPU backend's FP8 "
                                    "GEMMs; this run is on the CPU (drop the flag or use --device cuda)")
+    promoted = CliRunner().invoke(eval_main, [str(engines[64].path), "--text", str(text),
+                                              "--window", "64", "--json", "--device", "cpu",
+                                              "--no-fp8-fast-accumulation"])
+    assert promoted.exit_code == 0, promoted.output
+    assert json.loads(promoted.stdout)["perplexity"] == summary["perplexity"]
     result = CliRunner().invoke(eval_main, [str(engines[64].path), "--max-tokens", "40"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("perplexity ") and "on 39 tokens of pydoc_data.topics" in result.stdout

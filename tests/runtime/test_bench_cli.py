@@ -166,7 +166,8 @@ def test_request_rate_to_stdout_json(setup):
     engine, root, _ = setup
     result = invoke("throughput", "--engine", engine, "--dataset", root / "d.jsonl", "--device", "cpu",
                     "--num-requests", "4", "--request-rate", "400", "--warmup", "0", "--json", "-",
-                    "--capacity-scheduler-policy", "guaranteed_no_evict", "--max-batch-size", "2")
+                    "--capacity-scheduler-policy", "guaranteed_no_evict", "--max-batch-size", "2",
+                    "--no-fp8-fast-accumulation")  # promoted: refused nowhere
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["runs"][0]["preemptions"] == 0 and doc["runs"][0]["peak_batch"] <= 2

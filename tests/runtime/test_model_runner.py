@@ -137,6 +137,9 @@ def test_guaranteed_no_evict_admits_only_what_can_finish(tiny_engine):
     with pytest.raises(KilnError, match="^fp8_fast_accumulation applies to the GPU backend's FP8 "
                                         "GEMMs; this runner is on cpu$"):
         ModelRunner.from_dir(engine, device="cpu", fp8_fast_accumulation=True)
+    for asked in (None, False):  # the default (fast on the GPU) and promoted: nothing to refuse
+        with ModelRunner.from_dir(engine, device="cpu", fp8_fast_accumulation=asked) as runner:
+            assert runner.fp8_fast_accumulation is False
 
 
 def test_streaming_yields_exactly_the_non_streaming_tokens(runners):
