@@ -54,6 +54,15 @@ std::vector<Response> ResponseQueue::take(std::optional<IdType> id, std::optiona
     {
         mReady.wait(lock, ready);
     }
+    if (!id)
+    {
+        // Everything: swapped out under the lock, moved out after it, so the executor's next
+        // push does not wait on the copy.
+        std::deque<Response> all;
+        all.swap(mResponses);
+        lock.unlock();
+        return {std::make_move_iterator(all.begin()), std::make_move_iterator(all.end())};
+    }
     // Keep the others in order for their own waiters.
     auto const taken
         = std::stable_partition(mResponses.begin(), mResponses.end(), [&](Response const& r) { return !matches(r); });
