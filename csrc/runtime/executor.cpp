@@ -104,6 +104,10 @@ public:
 
     void pause()
     {
+        if (std::this_thread::get_id() == mThread.get_id())
+        {
+            throw std::logic_error("pause() from the executor's own thread (its backend) would wait forever");
+        }
         std::unique_lock<std::mutex> lock(mMutex);
         ++mPauses;
         mWorkCv.notify_one();

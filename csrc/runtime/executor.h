@@ -55,7 +55,8 @@ public:
     void shutdown();
     /// @brief Holds the loop between two steps: returns once no step runs and none will start
     /// until the matching resume(); requests keep queueing meanwhile. Pauses nest (each needs its
-    /// resume()). Returns at once when the executor is shut down.
+    /// resume()). Returns at once when the executor is shut down. Throws std::logic_error from
+    /// the executor's own thread (a backend's forward).
     void pause();
     /// @brief Ends one pause(); the loop goes on when none is left. Throws std::logic_error
     /// without a pause to end.

@@ -406,6 +406,22 @@ TEST(Executor, PauseHoldsTheLoopBetweenStepsUntilResumed)
     }
     EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
 
+    std::atomic<bool> refused{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        try
+        {
+            f.executor.pause();
+        }
+        catch (std::logic_error const&)
+        {
+            refused = true;
+        }
+    };
+    IdType const own = f.executor.enqueueRequest(greedy({3}, 1));
+    f.responses.collect(f.executor, {own});
+    EXPECT_TRUE(refused); // from a backend's forward, a pause could never be taken up
+    EXPECT_EQ(f.responses.outcomes[own].final.finishReason, FinishReason::kLength);
+
     f.executor.pause(); // held while shutting down: shutdown still ends the loop
     f.executor.shutdown();
     f.executor.pause(); // and a pause after it returns at once
