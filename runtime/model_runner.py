@@ -44,7 +44,7 @@ def pick_device(device: str | None, engine: Engine | None = None) -> str:
 def fp8_fast_accumulation_for(asked: bool | None, device: str, what: str) -> bool:
     """Whether the GPU backend's FP8 GEMMs accumulate without promoting partial sums to float32:
     `asked`, or by default (None) on the GPU, as inference stacks run them (measured on an H100:
-    +4-5% on compute-bound steps, an error ~25 times under the e4m3 operands' own). `what`
+    +4-5% on compute-bound steps, an error 13-25 times under the e4m3 operands' own). `what`
     names the setting in the refusal of True on the CPU."""
     if asked and device != "cuda":
         raise KilnError(f"{what} applies to the GPU backend's FP8 GEMMs; this runner is on {device}")
