@@ -6,14 +6,24 @@ namespace kiln
 {
 namespace
 {
+bool inVocabulary(TokenIdType token, SizeType vocabSize, bool allowNone)
+{
+    return (allowNone && token == -1) || (token >= 0 && token < vocabSize);
+}
+
+std::string outsideVocabulary(std::string const& what, TokenIdType token, SizeType vocabSize, bool allowNone)
+{
+    return what + " is " + std::to_string(token) + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")"
+        + (allowNone ? " (use -1 for none)" : "");
+}
+
 std::optional<std::string> checkToken(std::string const& what, TokenIdType token, SizeType vocabSize, bool allowNone)
 {
-    if ((allowNone && token == -1) || (token >= 0 && token < vocabSize))
+    if (inVocabulary(token, vocabSize, allowNone))
     {
         return std::nullopt;
     }
-    return what + " is " + std::to_string(token) + ", outside the vocabulary [0, " + std::to_string(vocabSize) + ")"
-        + (allowNone ? " (use -1 for none)" : "");
+    return outsideVocabulary(what, token, vocabSize, allowNone);
 }
 
 /// What is wrong with the token sequences `words` (the request's `list`, each a `word`), or nullopt.
@@ -29,9 +39,9 @@ std::optional<std::string> checkWords(std::string const& list, std::string const
         }
         for (std::size_t j = 0; j < words[i].size(); ++j)
         {
-            if (auto p = checkToken(name + "[" + std::to_string(j) + "]", words[i][j], vocabSize, false))
+            if (!inVocabulary(words[i][j], vocabSize, false)) // the name is built only for the error
             {
-                return p;
+                return outsideVocabulary(name + "[" + std::to_string(j) + "]", words[i][j], vocabSize, false);
             }
         }
     }
@@ -47,9 +57,10 @@ std::optional<std::string> validateRequest(Request const& request, SizeType voca
     }
     for (std::size_t i = 0; i < request.inputTokenIds.size(); ++i)
     {
-        if (auto p = checkToken("input_token_ids[" + std::to_string(i) + "]", request.inputTokenIds[i], vocabSize, false))
+        if (!inVocabulary(request.inputTokenIds[i], vocabSize, false)) // the name is built only for the error
         {
-            return p;
+            return outsideVocabulary(
+                "input_token_ids[" + std::to_string(i) + "]", request.inputTokenIds[i], vocabSize, false);
         }
     }
     if (request.maxNewTokens < 1)

@@ -112,10 +112,14 @@ TEST(Scheduler, AdmitsByPriorityThenArrival)
     h.add(3, 2, 1, 0);
     h.add(4, 2, 1, 5);
     EXPECT_EQ(h.scheduler.waitingIds(), (std::vector<IdType>{2, 4, 1, 3}));
-    EXPECT_EQ(h.step(), (Step{{2, 2}}));
-    EXPECT_EQ(h.step(), (Step{{4, 2}}));
-    EXPECT_EQ(h.step(), (Step{{1, 2}}));
-    EXPECT_EQ(h.step(), (Step{{3, 2}}));
+    h.add(5, 2, 1, 3); // between the priorities waiting
+    h.add(6, 2, 1, 9); // ahead of all
+    h.add(7, 2, 1, 0); // last
+    EXPECT_EQ(h.scheduler.waitingIds(), (std::vector<IdType>{6, 2, 4, 5, 1, 3, 7}));
+    for (IdType const id : {6, 2, 4, 5, 1, 3, 7})
+    {
+        EXPECT_EQ(h.step(), (Step{{id, 2}}));
+    }
 }
 
 TEST(Scheduler, PreemptsTheNewestAndResumesItWithItsTokens)
