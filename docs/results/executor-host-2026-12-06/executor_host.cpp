@@ -1,7 +1,9 @@
 // The executor's own host time a step, with a backend that returns at once: N requests of
 // 128 prompt and 128 output tokens held back until all are queued (Executor::pause), greedy
 // picks "from the backend" as the GPU plan executor returns them, streaming or not, one thread
-// taking the responses as the runner's router does. Prints the decode-only steps' mean time:
+// taking the responses as the runner's router does. Prints how long the first response took
+// after the requests were released (admission and the first prompt step; with streaming
+// only: the non-streaming first response is a final one), and the decode-only steps' mean time:
 // scheduling, step inputs, accepting tokens and making responses (the backend's share ~0).
 // Build: g++ -O2 -std=c++20 -I csrc executor_host.cpp libkiln_runtime.a -lpthread
 #include "runtime/backend.h"
@@ -60,19 +62,26 @@ void run(int requests, bool streaming)
         r.streaming = streaming;
         static_cast<void>(executor.enqueueRequest(r));
     }
+    auto const queued = std::chrono::steady_clock::now();
     executor.resume();
     int finals = 0;
+    double firstMs = -1;
     while (finals < requests)
     {
         for (Response const& r : executor.awaitResponses(std::chrono::milliseconds(100)))
         {
             finals += r.isFinal ? 1 : 0;
+            if (firstMs < 0)
+            {
+                firstMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - queued).count();
+            }
         }
     }
     auto const s = *executor.getLatestIterationStats();
     double const decodeSteps = static_cast<double>(s.iteration + 1 - s.totalPrefillSteps);
-    std::printf("%5d requests, %-13s: %3.0f decode-only steps, %7.1f us each (backend %.1f us)\n", requests,
-        streaming ? "streaming" : "not streaming", decodeSteps,
+    std::printf("%5d requests, %-13s: first response %6.1f ms after they were released; %3.0f decode-only "
+                "steps, %7.1f us each (backend %.1f us)\n",
+        requests, streaming ? "streaming" : "not streaming", firstMs, decodeSteps,
         (s.totalStepMicros - s.totalPrefillStepMicros) / decodeSteps,
         (s.totalForwardMicros) / static_cast<double>(s.iteration + 1));
 }
