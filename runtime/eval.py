@@ -133,7 +133,7 @@ def perplexity(engine: Engine, ids: list[int], window: int = DEFAULT_WINDOW, bac
 
 def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool | None = None):
     from kiln import _core
-    from kiln.runtime.model_runner import fp8_fast_accumulation_for
+    from kiln.runtime.model_runner import fp8_fast_accumulation_on_gpu
 
     has_gpu = hasattr(_core, "PlanExecutor") and torch.cuda.is_available() and engine.kernels
     if device == "cuda" and not has_gpu:
@@ -145,8 +145,7 @@ def _backend(engine: Engine, device: str, fp8_fast_accumulation: bool | None = N
                             "run is on the CPU (drop the flag or use --device cuda)")
         return None
     backend = _core.PlanExecutor(engine, 0.9)
-    backend.fp8_fast_accumulation = fp8_fast_accumulation_for(fp8_fast_accumulation, "cuda",
-                                                              "--fp8-fast-accumulation")
+    backend.fp8_fast_accumulation = fp8_fast_accumulation_on_gpu(fp8_fast_accumulation)
     return backend
 
 
@@ -168,6 +167,7 @@ def eval_main(engine_dir, text_file, window, max_tokens, device, as_json, fp8_fa
     """Teacher-forced perplexity of an engine on a text."""
     from kiln.builder.engine import load_engine
     from kiln.quantize.dataset import DEFAULT_NAME, read_text, tokenize
+    from kiln.runtime.model_runner import runs_fp8_fast
 
     engine = load_engine(engine_dir)
     ids = tokenize(read_text(text_file, option="--text"), engine.tokenizer_dir)
@@ -180,8 +180,7 @@ def eval_main(engine_dir, text_file, window, max_tokens, device, as_json, fp8_fa
                "quant": b.quant, "kv_cache_dtype": b.kv_cache_dtype, "dtype": b.dtype,
                "perplexity": result.value, "tokens": result.tokens, "windows": result.windows,
                "window": min(window, b.max_seq_len), "seconds": round(seconds, 2),
-               "fp8_fast_accumulation": bool(b.quant == "fp8" and backend is not None
-                                             and backend.fp8_fast_accumulation)}
+               "fp8_fast_accumulation": runs_fp8_fast(engine, backend)}
     if as_json:
         click.echo(json.dumps(summary))
         return

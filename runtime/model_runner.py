@@ -41,14 +41,18 @@ def pick_device(device: str | None, engine: Engine | None = None) -> str:
     return device or ("cuda" if has_gpu else "cpu")
 
 
-def fp8_fast_accumulation_for(asked: bool | None, device: str, what: str) -> bool:
+def fp8_fast_accumulation_on_gpu(asked: bool | None) -> bool:
     """Whether the GPU backend's FP8 GEMMs accumulate without promoting partial sums to float32:
-    `asked`, or by default (None) on the GPU, as inference stacks run them (measured on an H100:
-    +4-5% on compute-bound steps, an error 13-25 times under the e4m3 operands' own). `what`
-    names the setting in the refusal of True on the CPU."""
-    if asked and device != "cuda":
-        raise KilnError(f"{what} applies to the GPU backend's FP8 GEMMs; this runner is on {device}")
-    return device == "cuda" if asked is None else asked
+    `asked`, or by default (None) yes, as inference stacks run them (measured on an H100: +4-5%
+    on compute-bound steps, an error 13-25 times under the e4m3 operands' own)."""
+    return True if asked is None else asked
+
+
+def runs_fp8_fast(engine: Engine, gpu_backend) -> bool:
+    """Whether the engine's FP8 GEMMs run with fast accumulation on `gpu_backend` (None: not
+    on the GPU; False for an engine without FP8 GEMMs)."""
+    return bool(gpu_backend is not None and engine.config.build.quant == "fp8"
+                and gpu_backend.fp8_fast_accumulation)
 
 
 class ModelRunner:
@@ -87,8 +91,9 @@ class ModelRunner:
             raise KilnError(f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got "
                             f"{kv_cache_free_gpu_memory_fraction}")
         device = pick_device(device, engine)
-        fp8_fast_accumulation = fp8_fast_accumulation_for(fp8_fast_accumulation, device,
-                                                          "fp8_fast_accumulation")
+        if fp8_fast_accumulation and device != "cuda":
+            raise KilnError(f"fp8_fast_accumulation applies to the GPU backend's FP8 GEMMs; this "
+                            f"runner is on {device}")
         max_blocks = None
         if max_tokens_in_paged_kv_cache is not None:
             if max_tokens_in_paged_kv_cache < build.tokens_per_block:
@@ -98,7 +103,7 @@ class ModelRunner:
         if device == "cuda":
             backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks,
                                          cuda_graphs=cuda_graphs)
-            backend.fp8_fast_accumulation = fp8_fast_accumulation
+            backend.fp8_fast_accumulation = fp8_fast_accumulation_on_gpu(fp8_fast_accumulation)
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1
@@ -130,8 +135,7 @@ class ModelRunner:
     @property
     def fp8_fast_accumulation(self) -> bool:
         """Whether the engine's FP8 GEMMs run with fast accumulation (False without any)."""
-        return (self.device == "cuda" and self.engine.config.build.quant == "fp8"
-                and self.backend.fp8_fast_accumulation)
+        return runs_fp8_fast(self.engine, self.backend if self.device == "cuda" else None)
 
     def kv_cache_stats(self) -> dict:
         return self.executor.get_kv_cache_stats()

@@ -142,20 +142,6 @@ class TorchTrace:
                 for e in self._profile.events() if e.device_type.name == "CUDA"]
 
 
-@contextmanager
-def held(executor, clock=time.perf_counter):
-    """The executor held between two steps; yields its statistics as of the last step run and
-    a list that receives the seconds held."""
-    start = clock()
-    executor.pause()
-    spent: list[float] = []
-    try:
-        yield executor.get_latest_iteration_stats(), spent
-    finally:
-        executor.resume()
-        spent.append(clock() - start)
-
-
 class StepProfiler:
     """Follows a run's statistics; traces the device over the window's steps, starting and
     stopping the trace with the executor held between steps."""
@@ -179,14 +165,25 @@ class StepProfiler:
         if self._trace is None:
             if done >= self.window.start:
                 self._trace = self._trace_factory()
-                with held(executor) as (now, spent):
+                with self._held(executor) as now:
                     self._before = now
                     self._first_step = now["iteration"] - run_first_iteration + 1
                     self.steps_run = max(self.steps_run, self._first_step)
                     self._trace.start()
-                self._held_s += spent[0]
         elif stats["iteration"] - self._before["iteration"] >= self.window.count:
             self._stop(executor)
+
+    @contextmanager
+    def _held(self, executor):
+        """The executor held between two steps, its statistics as of the last step run; the
+        time held counts in held_ms."""
+        start = time.perf_counter()
+        executor.pause()
+        try:
+            yield executor.get_latest_iteration_stats()
+        finally:
+            executor.resume()
+            self._held_s += time.perf_counter() - start
 
     def finish(self, executor) -> None:
         """The run ended: a window still open closes at its last step."""
@@ -194,9 +191,8 @@ class StepProfiler:
             self._stop(executor)
 
     def _stop(self, executor) -> None:
-        with held(executor) as (now, spent):
+        with self._held(executor) as now:
             self._trace.stop()
-        self._held_s += spent[0]
         self.steps_run = max(self.steps_run, self._first_step + now["iteration"] - self._before["iteration"])
         if now["iteration"] > self._before["iteration"]:
             self.result = summarize(self.window, self._first_step, self._before, now,
