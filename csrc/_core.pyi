@@ -446,6 +446,9 @@ class PlanExecutor(Backend):
         """The cuBLASLt algorithm chosen per (m, n, k, dtype, bias); then, with dtype "choice",
         what each GEMM shape with alternatives runs at m (cuBLASLt or a small-M kernel) and the
         times that decided it."""
+    def resident_programs(self) -> dict[str, int]:
+        """{symbol: programs of its kernel this GPU runs at once}: the plan's resident symbols
+        (occupancy a multiprocessor times NSM), fixed at load."""
     def describe(self) -> str: ...
 
 class _GpuModule:

@@ -424,8 +424,9 @@ def decode_launch(cfg: dict, quant: int, fp32: bool, long: bool,
     An 8-bit cache (V transposed, rope.v_transposed) moves half the bytes a key, so a program
     is over sooner. When the step has sequences enough to fill the GPU unsplit (S = 1),
     4-warp programs (six fit an SM by registers) leave the memory idle: those steps take 32
-    keys a step on one warp per 16 x 128 float32 accumulator (~24 programs an SM), short
-    contexts or long. H200, FP8 cache, us a layer (tests/gpu/attention_sweep.py) at 64 keys x
+    keys a step on one warp per 16 x 128 float32 accumulator (12 programs an SM on an H100, by
+    their 168 registers a thread), short contexts or long (for long ones decode_wide_launch
+    may take its place). H200, FP8 cache, us a layer (tests/gpu/attention_sweep.py) at 64 keys x
     4 warps x 2 stages, 64 x 2 x 3 and 32 x 1 x 2: 2,048 sequences x 136 tokens 237 / 241 /
     177; x 160 235 / 238 / 181; x 224 296 / 300 / 245; x 384 434 / 446 / 404; 1,000 x 768
     426 / 436 / 395 (the 128/128 benchmark: 29,028 output tok/s from 27,459). Long contexts
@@ -441,6 +442,30 @@ def decode_launch(cfg: dict, quant: int, fp32: bool, long: bool,
     if not split:
         return 32, max(1, cfg["BLOCK_M"] * cfg["DIM_PAD"] // 2048), 2
     return (cfg["TILE"], 2, 3) if long else (cfg["TILE"], 4, 2)
+
+
+def decode_wide_launch(cfg: dict, quant: int, fp32: bool) -> tuple[int, int, int] | None:
+    """The launch an 8-bit cache's unsplit steps of long contexts take in place of
+    decode_launch's (one warp a program: the narrow) where it leaves fewer of the GPU's
+    program slots idle: the same tile on twice the warps. None: no such launch (a 16-bit
+    cache, float32).
+
+    A step of BD sequences runs BD x NKV programs; the GPU runs R of a launch at once (its
+    occupancy, the resident symbol) and takes the next as programs end. Unsplit programs of one
+    wave's sequences are equally long, so they end together, and a last wave much smaller than
+    R runs alone with the memory idle. The step takes the wide launch when its waves pad fewer
+    programs: cdiv(P, R_wide) * R_wide < cdiv(P, R_narrow) * R_narrow. H100, FP8 cache,
+    Llama-3.1-8B heads at 3,072 tokens (tests/gpu/attention_sweep.py --prologue), us a layer,
+    narrow (168 registers: 12 an SM, 1,584 on 132 SMs) against wide (124: 8 an SM, 1,056):
+    100 sequences 233.7 / 230.1; 134 299.8 / 395.1; 167 363.8 / 437.6; 200 544.2 / 471.0; 225
+    602.1 / 501.2; 250 613.4 / 544.9; 275 635.9 / 685.9; 300 668.4 / 713.3; the rule picks
+    the faster at each (equal padding, 275 and 300: the narrow). Splitting instead costs the
+    reduction: 250 sequences at S = 2, 3, 4 576.8, 576.5, 581.1 on the narrow launch. Short
+    contexts keep the narrow launch (many short waves: a small last one costs little)."""
+    if not quant or fp32:
+        return None
+    tile, warps, stages = decode_launch(cfg, quant, fp32, True, False)
+    return tile, 2 * warps, stages
 
 
 def decode_launches(cfg: dict, quant: int, fp32: bool, splits: str,
@@ -533,15 +558,31 @@ def plan_attention(node, ctx):
     # One launch, or with an 8-bit cache one per config (a step takes one of them).
     launches = decode_launches(dcfg, quant, ieee, splits,
                                lambda: ctx.derive(long_split_formula(splits, window)))
-    for (tile, warps, stages), when in launches:
-        ctx.launch(paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps,
-                   num_stages=stages, when=when,
-                   args=dict(common, **prologue, **out8, out_ptr=ctx.ptr(out),
-                             partial_ptr=partials, max_blocks=I32("MAXBLK"),
-                             num_splits=I32(splits)),
-                   constexprs=dict(shape, **out8_shape, NQ=nq, **dict(dcfg, TILE=tile),
-                                   **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
-                                                         ctx.row_stride(v), nq, nkv, hd, rope)))
+
+    def decode(tile: int, warps: int, stages: int):
+        return ctx.make_launch(
+            paged_decode_kernel, grid=("BD", nkv, splits), num_warps=warps, num_stages=stages,
+            args=dict(common, **prologue, **out8, out_ptr=ctx.ptr(out), partial_ptr=partials,
+                      max_blocks=I32("MAXBLK"), num_splits=I32(splits)),
+            constexprs=dict(shape, **out8_shape, NQ=nq, **dict(dcfg, TILE=tile),
+                            **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
+                                                  ctx.row_stride(v), nq, nkv, hd, rope)))
+
+    made = [(decode(*config), config, when) for config, when in launches]
+    wide = decode_wide_launch(dcfg, quant, ieee)
+    if wide is not None:  # long unsplit steps: the narrow launch or the wide, by their waves
+        narrow = decode_launch(dcfg, quant, ieee, True, False)
+        wide_launch = decode(*wide)
+        rn = ctx.resident_programs(next(m for m, config, _ in made if config == narrow))
+        rw = ctx.resident_programs(wide_launch)
+        takes_wide = (f"{ctx.derive(long_split_formula(splits, window))} == 1 and "
+                      f"{splits} == 1 and cdiv(BD * {nkv}, {rw}) * {rw} < "
+                      f"cdiv(BD * {nkv}, {rn}) * {rn}")
+        made = [(m, config, f"not ({takes_wide})" if when is None else
+                 f"({when}) and not ({takes_wide})") if config == narrow else (m, config, when)
+                for m, config, when in made] + [(wide_launch, wide, takes_wide)]
+    for launch, _, when in made:
+        ctx.add(launch, when)
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",
                num_warps=4,
                args=dict(out8, out_ptr=ctx.ptr(out), partial_ptr=partials,

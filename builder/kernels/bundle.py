@@ -3,6 +3,7 @@
 Header layout (docs/architecture.md, "GPU plan executor"):
   format, triton, targets, dtype, limits, arena_bytes, kv_cache, step_inputs, outputs,
   select {ref, capacity} (greedy tokens then log-probs; null: none),
+  resident [[symbol, kernel id]] (programs of that kernel the GPU runs at once, counted at load),
   derived [[symbol, formula]], scratch {name: [size formulas]}, zeroed_scratch [names of
   scratch that holds zeros at load], constants {name: table},
   kernels {id: {fn, signature, constexprs, num_warps, num_stages,
@@ -76,6 +77,7 @@ def build_bundle(graph, build, progress=None):
         "step_inputs": {n: graph.values[n].dtype for n in graph.of_kind("input")},
         "outputs": _outputs(ctx),
         "select": ctx.select,
+        "resident": [[name, key] for name, key in ctx.resident.items()],
         "derived": [[name, formula] for name, formula in ctx.derived.items()],
         "scratch": ctx.scratch_sizes,
         "zeroed_scratch": sorted(ctx.zeroed_scratch),

@@ -52,6 +52,7 @@ class LoweringContext:
         self.scratch_sizes: dict[str, list[str]] = {}
         self.zeroed_scratch: set[str] = set()
         self.derived: dict[str, str] = {}
+        self.resident: dict[str, str] = {}  # symbol: the kernel (key) whose programs it counts
         self.select: dict | None = None  # the greedy pick over the logits (sampling.plan_select)
         self.label = ""
         self.next_node = None  # the node after the one being lowered
@@ -115,9 +116,24 @@ class LoweringContext:
             if existing == formula:
                 return name
         name = f"S{len(self.derived)}"
-        check(formula, set(STEP_SYMBOLS) | set(self.derived))
+        check(formula, self.symbols())
         self.derived[name] = formula
         return name
+
+    def resident_programs(self, launch: Launch) -> str:
+        """A symbol for how many programs of `launch`'s kernel the GPU runs at once (its
+        occupancy a multiprocessor, from its registers, shared memory and warps, times NSM),
+        which the plan executor counts at load; one a kernel."""
+        for name, key in self.resident.items():
+            if key == launch.kernel.key:
+                return name
+        name = f"R{len(self.resident)}"
+        self.resident[name] = launch.kernel.key
+        return name
+
+    def symbols(self) -> set[str]:
+        """The names an expression of the plan may read."""
+        return set(STEP_SYMBOLS) | set(self.resident) | set(self.derived)
 
     # -- program ------------------------------------------------------------------------------
     def launch(self, fn, grid: tuple, args: dict, constexprs: dict, num_warps: int,
@@ -130,7 +146,7 @@ class LoweringContext:
         """A checked launch, not yet in the program (e.g. a GEMM's alternative)."""
         spec, json_args = kernel_spec(fn, args, constexprs, num_warps, num_stages)
         grid3 = tuple(str(g) for g in grid) + ("1",) * (3 - len(grid))
-        names = set(STEP_SYMBOLS) | set(self.derived)
+        names = self.symbols()
         for g in grid3:
             check(g, names)
         for a in json_args:
@@ -139,6 +155,14 @@ class LoweringContext:
         if when is not None:
             check(when, names)
         return Launch(spec, grid3, json_args, when, self.label)
+
+    def add(self, launch: Launch, when: str | None = None) -> None:
+        """Appends a launch make_launch made, taken in the steps where `when` holds (None: in
+        every step)."""
+        if when is not None:
+            check(when, self.symbols())
+        launch.when = when
+        self.program.append(launch)
 
     def gemm(self, g: Gemm) -> None:
         g.label = self.label

@@ -8,8 +8,10 @@ Symbols of a step: T (tokens), B (sequences), MAXCTX (longest context after the 
 (most query tokens of one sequence), MAXBLK (block-table row length), NSM (the GPU's
 multiprocessors), BD (how many sequences, from the first, have one query token each: the
 decodes, which the scheduler puts first), LOGITS (1 when the host reads float32 logits rows
-after the step, 0 when it reads only the greedy picks); a plan may add derived symbols
-(evaluated in order, each from the ones before).
+after the step, 0 when it reads only the greedy picks). A plan may add resident symbols (R0,
+R1, ...: how many programs of one of its kernels the GPU runs at once, its occupancy a
+multiprocessor times NSM, which the executor counts when it loads the kernels) and derived
+symbols (evaluated in order, each from the ones before).
 """
 from __future__ import annotations
 

@@ -146,6 +146,14 @@ PlanSpec toPlan(py::object const& engine)
         p.select = SelectSpec{
             toRef(field(select, "ref", "select").cast<py::dict>()), field(select, "capacity", "select").cast<int>()};
     }
+    if (h.contains("resident"))
+    {
+        for (auto item : h["resident"].cast<py::list>())
+        {
+            auto pair = item.cast<py::list>();
+            p.resident.emplace_back(pair[0].cast<std::string>(), pair[1].cast<std::string>());
+        }
+    }
     for (auto item : field(h, "derived", "the header").cast<py::list>())
     {
         auto pair = item.cast<py::list>();
@@ -461,6 +469,9 @@ void bind(py::module_& m)
                 d["total"] = r.totalBytes;
                 return d;
             })
+        .def("resident_programs", &PlanExecutor::residentPrograms,
+            "{symbol: programs of its kernel this GPU runs at once}: the plan's resident symbols, "
+            "fixed at load")
         .def("gemm_choices",
             [](PlanExecutor const& self)
             {

@@ -35,6 +35,7 @@ DriverApi loadDriver()
     load(api.moduleUnload, "cuModuleUnload");
     load(api.moduleGetFunction, "cuModuleGetFunction");
     load(api.funcSetAttribute, "cuFuncSetAttribute");
+    load(api.occupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
     load(api.launchKernel, "cuLaunchKernel");
     load(api.launchKernelEx, "cuLaunchKernelEx");
     load(api.getErrorString, "cuGetErrorString");

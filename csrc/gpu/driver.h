@@ -14,6 +14,7 @@ struct DriverApi
     decltype(&cuModuleUnload) moduleUnload = nullptr;
     decltype(&cuModuleGetFunction) moduleGetFunction = nullptr;
     decltype(&cuFuncSetAttribute) funcSetAttribute = nullptr;
+    decltype(&cuOccupancyMaxActiveBlocksPerMultiprocessor) occupancyMaxActiveBlocksPerMultiprocessor = nullptr;
     decltype(&cuLaunchKernel) launchKernel = nullptr;
     decltype(&cuLaunchKernelEx) launchKernelEx = nullptr;
     decltype(&cuGetErrorString) getErrorString = nullptr;

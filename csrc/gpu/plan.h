@@ -142,6 +142,9 @@ struct PlanSpec
     std::map<std::string, std::string> stepInputs; ///< name -> dtype
     OutputSpec logits;
     std::optional<SelectSpec> select; ///< absent in engines built before the greedy pick
+    /// [symbol, kernel id]: how many programs of that kernel this GPU runs at once (its
+    /// occupancy a multiprocessor times NSM), fixed at load; derived symbols may read them.
+    std::vector<std::pair<std::string, std::string>> resident;
     std::vector<std::pair<std::string, std::string>> derived;
     std::map<std::string, std::vector<std::string>> scratch; ///< name -> size expressions (max wins)
     std::vector<std::string> zeroedScratch;                  ///< scratch that holds zeros at load

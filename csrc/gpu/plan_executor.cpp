@@ -168,6 +168,14 @@ public:
         {
             mSymbols.add(name);
         }
+        for (auto const& [name, kernel] : mSpec.resident)
+        {
+            if (mSymbols.find(name) >= 0)
+                throw std::invalid_argument("engine plan names symbol '" + name
+                    + "' twice: the engine is damaged; rebuild it with engine-build");
+            mSymbols.add(name);
+        }
+        mFirstDerived = mSymbols.size();
         for (auto const& [name, formula] : mSpec.derived)
         {
             mDerived.push_back(Expr::parse(formula, mSymbols));
@@ -179,6 +187,7 @@ public:
         try
         {
             loadKernels();
+            countResident();
             allocate(weights, options);
             resolveProgram();
             KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&mStream, cudaStreamNonBlocking));
@@ -230,7 +239,7 @@ public:
         }
         for (std::size_t i = 0; i < mDerived.size(); ++i)
         {
-            mValues[std::size(kStepSymbols) + i] = mDerived[i].eval(mValues);
+            mValues[mFirstDerived + i] = mDerived[i].eval(mValues);
         }
         upload(*inputs);
         if (graph)
@@ -296,6 +305,14 @@ public:
     MemoryReport memory() const
     {
         return mMemory;
+    }
+
+    std::map<std::string, std::int64_t> residentPrograms() const
+    {
+        std::map<std::string, std::int64_t> out;
+        for (std::size_t i = 0; i < mSpec.resident.size(); ++i)
+            out[mSpec.resident[i].first] = mValues[std::size(kStepSymbols) + i];
+        return out;
     }
 
     std::vector<GemmChoice> gemmChoices() const
@@ -399,6 +416,26 @@ private:
         }
     }
 
+    /// Each resident symbol's value: the programs of its kernel one multiprocessor holds at once
+    /// (registers, shared memory and warps, as the driver counts them) times NSM.
+    void countResident()
+    {
+        for (std::size_t i = 0; i < mSpec.resident.size(); ++i)
+        {
+            auto const& [name, id] = mSpec.resident[i];
+            auto const kernel = mKernels.find(id);
+            if (kernel == mKernels.end())
+                throw std::invalid_argument("engine plan symbol '" + name + "' counts kernel " + id
+                    + ", which the engine lacks: the engine is damaged; rebuild it with engine-build");
+            KernelBinary const& binary = *kernel->second.binary;
+            int perSm = 0;
+            mDriver.check(mDriver.occupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel->second.function,
+                              binary.numWarps * 32, static_cast<std::size_t>(binary.sharedBytes)),
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+            mValues[std::size(kStepSymbols) + i] = static_cast<std::int64_t>(std::max(perSm, 1)) * mValues[kNsm];
+        }
+    }
+
     std::size_t loadLimitValue(std::string const& formula) const
     {
         // Scratch sizes are evaluated for the largest step the engine accepts.
@@ -411,6 +448,8 @@ private:
         values[kNsm] = mProps.multiProcessorCount;
         values[kBd] = mSpec.maxBatchSize;
         values[kLogits] = 1;
+        std::copy_n(mValues.begin() + static_cast<std::ptrdiff_t>(std::size(kStepSymbols)), mSpec.resident.size(),
+            values.begin() + static_cast<std::ptrdiff_t>(std::size(kStepSymbols)));
         return static_cast<std::size_t>(std::max<std::int64_t>(0, Expr::parse(formula, mSymbols).eval(values)));
     }
 
@@ -1212,6 +1251,7 @@ private:
     int mCubinSm = 0;
     SymbolTable mSymbols;
     std::vector<Expr> mDerived;
+    std::size_t mFirstDerived = 0; // mValues' index of the first derived symbol, after the resident ones
     std::vector<std::int64_t> mValues;
     std::vector<CUmodule> mModules;
     std::map<std::string, ResolvedKernel> mKernels;
@@ -1316,6 +1356,11 @@ MemoryReport PlanExecutor::memory() const
 std::vector<GemmChoice> PlanExecutor::gemmChoices() const
 {
     return mImpl->gemmChoices();
+}
+
+std::map<std::string, std::int64_t> PlanExecutor::residentPrograms() const
+{
+    return mImpl->residentPrograms();
 }
 
 std::string PlanExecutor::describe() const

@@ -76,6 +76,8 @@ public:
     [[nodiscard]] MemoryReport memory() const;
     /// @brief cuBLASLt's algorithm per GEMM shape and M so far.
     [[nodiscard]] std::vector<GemmChoice> gemmChoices() const;
+    /// @brief The plan's resident symbols: {symbol, programs of its kernel this GPU runs at once}.
+    [[nodiscard]] std::map<std::string, std::int64_t> residentPrograms() const;
     /// @brief Device, SM of the cubins in use, cuBLASLt version.
     [[nodiscard]] std::string describe() const;
 

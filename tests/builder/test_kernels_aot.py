@@ -80,6 +80,8 @@ def test_program_references_resolve(tmp_path_factory):
     graph, build = plan_for(tmp_path_factory, "llama", "bfloat16")
     header = compile_plan(graph, build).header
     symbols = dict(T=64, B=4, MAXCTX=128, MAXQ=16, MAXBLK=8, NSM=132, BD=2, LOGITS=1)
+    for name, _ in header["resident"]:
+        symbols[name] = 132 * 8
     for name, formula in header["derived"]:
         symbols[name] = evaluate(formula, symbols)
     weights = set(graph.of_kind("weight"))

@@ -91,28 +91,39 @@ def test_kv_cache_dtype_reaches_header_and_kernels(checkpoint, kv):
         else:  # not read: any pointer will do, the cache's own
             assert (args["k_scale_ptr"], args["v_scale_ptr"]) == (args["k_cache_ptr"],
                                                                   args["v_cache_ptr"])
-    # An 8-bit cache's decode kernel: three launches a layer, the step's symbols pick one.
+    # An 8-bit cache's decode kernel: four launches a layer, the step's symbols pick one.
     thrice = bool(quant)
-    assert launches == {fn: [0, 0, 0, 1, 1, 1] if thrice and fn == "paged_decode_kernel"
+    assert launches == {fn: [0, 0, 0, 0, 1, 1, 1, 1] if thrice and fn == "paged_decode_kernel"
                         else [0, 1] for fn in KV_KERNELS}
     decodes = [s for s in header["program"] if s["kind"] == "kernel" and header["kernels"][
         s["kernel"]]["fn"].endswith(".paged_decode_kernel")]
     configs = [(header["kernels"][s["kernel"]]["constexprs"]["TILE"],
                 header["kernels"][s["kernel"]]["num_warps"],
-                header["kernels"][s["kernel"]]["num_stages"], s.get("when")) for s in decodes[:3]]
+                header["kernels"][s["kernel"]]["num_stages"], s.get("when")) for s in decodes[:4]]
     splits = decodes[0]["grid"][2]
     if thrice:
-        # Unsplit contexts: 32 keys a step on one warp (a 16 x 16 accumulator); short split
-        # ones 64 on 4 warps; long splits 64 on 2 warps, 3 stages.
+        # Unsplit contexts: 32 keys a step on one warp (a 16 x 16 accumulator), or for long
+        # ones on two where those programs' waves pad fewer (resident symbols: how many
+        # programs of each the GPU runs at once); short split ones 64 on 4 warps; long splits
+        # 64 on 2 warps, 3 stages.
         long = decodes[2]["when"].split(" == ")[0]
         assert dict(header["derived"])[long] == (f"cdiv(MAXCTX, {splits}) >= "
                                                  f"{LONG_SPLIT_TOKENS}")
-        assert configs == [(32, 1, 2, f"{splits} == 1"),
+        rn, rw = (name for name, _ in header["resident"])
+        assert header["resident"] == [[rn, decodes[0]["kernel"]], [rw, decodes[3]["kernel"]]]
+        wide = (f"{long} == 1 and {splits} == 1 and cdiv(BD * 2, {rw}) * {rw} < "
+                f"cdiv(BD * 2, {rn}) * {rn}")
+        assert configs == [(32, 1, 2, f"({splits} == 1) and not ({wide})"),
                            (64, 4, 2, f"{long} == 0 and {splits} > 1"),
-                           (64, 2, 3, f"{long} == 1 and {splits} > 1")]
-        # Exactly one of them runs in any step.
-        for values in ({long: a, splits: b} for a in (0, 1) for b in (1, 2, 32)):
+                           (64, 2, 3, f"{long} == 1 and {splits} > 1"),
+                           (32, 2, 2, wide)]
+        # Exactly one of them runs in any step; the wide one only for long unsplit steps
+        # whose programs (BD x 2) fill its waves better: with 12 and 8 slots, 7 or 12 sequences
+        # (14 programs: 24 slots against 16; 24: 24 against 24).
+        for a, b, bd in ((a, b, bd) for a in (0, 1) for b in (1, 2, 32) for bd in (7, 12)):
+            values = {long: a, splits: b, "BD": bd, rn: 12, rw: 8}
             assert sum(evaluate(w, values) for *_, w in configs) == 1
+            assert evaluate(wide, values) == (a == 1 and b == 1 and bd == 7)
     else:
         assert configs[0] == (64, 4, 2, None)
     # Whatever the launch's tile, a split holds 64 keys or more: the context splits no finer.
@@ -130,7 +141,7 @@ def test_8bit_cache_v_tiles_reach_shared_memory_in_wide_copies(checkpoint, kv):
 
     _, header = compiled(checkpoint, kv)
     entries = [e for e in header["kernels"].values() if e["fn"].endswith(".paged_decode_kernel")]
-    assert len(entries) == 3  # short unsplit, short split and long-split launches
+    assert len(entries) == 4  # unsplit (narrow and wide), short split and long-split launches
     for entry in entries:
         module, name = entry["fn"].rsplit(".", 1)
         src = ASTSource(fn=getattr(importlib.import_module(module), name),

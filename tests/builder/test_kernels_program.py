@@ -31,7 +31,10 @@ for n in lengths:
     seqs.add(torch.randint(0, engine.config.model.vocab_size, (n,), generator=gen).tolist())
 alternative = None if sys.argv[4] == "none" else int(sys.argv[4])
 ref = ReferenceBackend(engine, blocks)
-emu = ProgramEmulator(engine, blocks, gemm_alternative=alternative)
+options = json.loads(sys.argv[6])
+if "programs_per_sm" in options:
+    options["programs_per_sm"] = {int(k): v for k, v in options["programs_per_sm"].items()}
+emu = ProgramEmulator(engine, blocks, gemm_alternative=alternative, **options)
 errors = []
 picks_only = sys.argv[5] == "1"  # each step first as a greedy step: no float32 logits
 for plan in schedule:
@@ -69,14 +72,16 @@ BOUND = {"float32": 1e-5, "float16": 1e-2}  # whole engines: 16-bit roundings ad
 
 
 def run(engine_dir: Path, schedule, gemm_alternative: int | None = None,
-        picks_only_first: bool = False, launched: dict | None = None) -> list:
+        picks_only_first: bool = False, launched: dict | None = None, **emulator) -> list:
     """`gemm_alternative`: each GEMM runs that alternative (kernels/gemm.py) where M allows.
     `picks_only_first`: each step runs first as a step whose host reads only the greedy picks
     (no float32 logits written), whose picks must equal the full step's. `launched`, when
-    given, gains how many times each kernel (by its header key) ran."""
+    given, gains how many times each kernel (by its header key) ran. `emulator`: the
+    ProgramEmulator's num_sms and programs_per_sm."""
     tests = str(Path(__file__).parents[1])
     out = run_interpreted(["-c", RUN, str(engine_dir), json.dumps(schedule), tests,
-                           str(gemm_alternative).lower(), str(int(picks_only_first))])
+                           str(gemm_alternative).lower(), str(int(picks_only_first)),
+                           json.dumps(emulator)])
     if launched is not None:
         launched.update(out["launched"])
     return out["errors"]
@@ -249,3 +254,48 @@ def test_program_8bit_cache_decode_launch_per_split_length(tmp_path, monkeypatch
     configs = {(header["kernels"][k]["num_warps"], header["kernels"][k]["num_stages"])
                for k in decodes if launched.get(k)}
     assert configs == {(1, 2), (4, 2), (2, 3)}, configs
+
+
+# Three sequences, one GPU multiprocessor (NSM 1: every step unsplit) that holds 3 one-warp
+# decode programs or 2 two-warp ones: the long steps (a context of 12 tokens or more, with
+# LONG_SPLIT_TOKENS at 12) of 1 or 2 decodes (2 or 4 programs: 3 or 6 slots for the narrow
+# launch, 2 or 4 for the wide) take the wide launch, the long step of 3 (6 programs: 6 slots
+# either way) and the short step (8 tokens) the narrow one.
+WAVE_LAUNCHES = [[6, 19, 29], [[0, 6], [1, 19], [2, 29]], [[0, 1], [1, 1], [2, 1]],
+                 [[1, 1], [2, 1]], [[0, 1]], [[0, 1], [1, 1]], [[2, 1]]]
+
+
+def test_program_8bit_cache_long_unsplit_decodes_take_the_launch_whose_waves_pad_fewer(
+        tmp_path, monkeypatch):
+    """An 8-bit cache's unsplit decodes of long contexts run on one warp a program or on two,
+    whichever pads the step's programs (BD x NKV) to fewer whole waves of what the GPU holds at
+    once (the plan's resident symbols, which the emulator takes as num_sms x programs_per_sm);
+    both equal the reference backend."""
+    from kiln.builder.build import build_engine
+    from kiln.builder.engine.loader import load_engine
+    from kiln.builder.kernels import attention
+    from kiln.builder.models import BuildConfig
+    from kiln_testing import make_tiny_checkpoint
+
+    monkeypatch.setattr(attention, "LONG_SPLIT_TOKENS", 12)
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
+    build = BuildConfig(dtype="float16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
+                        tokens_per_block=4, targets=[90], kv_cache_dtype="int8",
+                        calibrator=KVScales())
+    build_engine(ckpt, tmp_path / "e", build, progress=False)
+    header = load_engine(tmp_path / "e").kernels
+    assert header["kv_cache"]["num_kv_heads"] == 2
+    narrow, wide = (key for _, key in header["resident"])
+    assert [header["kernels"][k]["num_warps"] for k in (narrow, wide)] == [1, 2]
+    layers = header["kv_cache"]["num_layers"]
+    launched = {}
+    results = run(tmp_path / "e", WAVE_LAUNCHES, launched=launched, num_sms=1,
+                  programs_per_sm={1: 3, 2: 2})
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
+        assert err < TIE_BOUND and same_argmax, f"step {i}: error {err:.2e}"
+        assert picks_argmax and logprob_err < 1e-3, f"step {i}: pick error {logprob_err:.2e}"
+    ties = sum(err >= BOUND["float16"] for err, *_ in results)
+    assert ties <= TIE_STEPS, [f"{e[0]:.1e}" for e in results]
+    # Decode steps: 3 long (narrow), 2 long (wide), 1 short (narrow), 2 long (wide), 1 long
+    # (wide); the prompt step runs no decode launch.
+    assert (launched.get(narrow, 0), launched.get(wide, 0)) == (2 * layers, 3 * layers)

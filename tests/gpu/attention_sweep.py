@@ -67,6 +67,21 @@ def main() -> None:
         prefill_sweep(args)
 
 
+def occupancy(kernel) -> str:
+    """A compiled kernel's registers a thread, shared bytes and programs an SM (the least of
+    the register file's, shared memory's and the 64-warp limit's), as the CUDA occupancy
+    calculator counts them for compute capability 9.0."""
+    try:
+        regs, shared, warps = kernel.n_regs, kernel.metadata.shared, kernel.metadata.num_warps
+    except AttributeError:
+        return ""
+    regs_a_warp = -(-max(regs, 1) * 32 // 256) * 256
+    by_regs = 65536 // (regs_a_warp * warps)
+    by_shared = (233472 // (shared + 1024)) if shared else 32
+    programs = min(by_regs, by_shared, 64 // warps, 32)
+    return f"{regs} regs, {shared} B shared: {programs} an SM"
+
+
 def scattered_tables(g, b: int, blocks_each: int):
     """Block tables [b, blocks_each] over a cache of one block more, in random order."""
     num_blocks = b * blocks_each + 1
@@ -119,7 +134,7 @@ def decode_sweep(args) -> None:
     from kiln.builder.kernels.rope import inv_freq_table, rope_kv, v_cache_stored
 
     print(f"{'kv':<6}{'B':>5}{'ctx':>6}{'S':>4}  {'TILE:warps:stages':<19}{'us':>9}{'TB/s':>7}"
-          f"{'  max err':>10}" + ("  (RoPE and the KV write inside)" if args.prologue else
+          f"{'  max err':>10}  occupancy" + ("  (RoPE and the KV write inside)" if args.prologue else
                                   "  (rope_kv_kernel, then decode)" if args.rope_first else ""))
     g = torch.Generator(device="cuda").manual_seed(0)
     inv_freq = torch.tensor(inv_freq_table(dict(head_dim=HD, theta=500000.0)),
@@ -171,14 +186,16 @@ def decode_sweep(args) -> None:
                 else:
                     q_src, prologue = q, (q,) * 6  # never read
 
+                compiled = []
+
                 def launch():
                     if args.rope_first:
                         rope_kv(q, new_k, new_v, positions, slots, kc, vc, inv_freq, HD,
                                 k_scale=ks, v_scale=vs, q_out=out)
-                    att.paged_decode_kernel[(b, NKV, splits)](
+                    compiled.append(att.paged_decode_kernel[(b, NKV, splits)](
                         out, partials, q_src, kc, vc, tables, lens, qstart, tables.stride(0),
                         splits, HD ** -0.5, *scales, *prologue, **shape, num_warps=warps,
-                        num_stages=stages)
+                        num_stages=stages))
                     if splits > 1:
                         att.paged_decode_reduce_kernel[(b, NQ)](
                             out, partials, qstart, splits, OUT_STRIDE=out.stride(0), NQ=NQ,
@@ -191,7 +208,8 @@ def decode_sweep(args) -> None:
                     continue
                 err = (out.float() - ref).abs().max().item()
                 print(f"{kv:<6}{b:>5}{ctx:>6}{splits:>4}  {config:<19}{seconds * 1e6:>9.1f}"
-                      f"{nbytes / seconds / 1e12:>7.2f}{err:>10.1e}", flush=True)
+                      f"{nbytes / seconds / 1e12:>7.2f}{err:>10.1e}  {occupancy(compiled[-1])}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,16 @@ class ProgramEmulator:
     executor picks one by timing); None: every GEMM through torch."""
 
     def __init__(self, engine, num_blocks: int, device: str = "cpu", num_sms: int = 132,
-                 gemm_alternative: int | None = None) -> None:
+                 gemm_alternative: int | None = None,
+                 programs_per_sm: dict[int, int] | None = None) -> None:
         self.gemm_alternative = gemm_alternative
         self.h = h = engine.kernels
+        # The resident symbols (programs of a kernel the GPU runs at once; the C++ executor asks
+        # the driver): NSM times programs_per_sm[the kernel's warps], by default 12 // warps.
+        per_sm = programs_per_sm or {}
+        self.resident = {name: num_sms * per_sm.get(h["kernels"][key]["num_warps"],
+                                                     max(1, 12 // h["kernels"][key]["num_warps"]))
+                         for name, key in h.get("resident", [])}
         self.device, self.num_sms, self.num_blocks = device, num_sms, num_blocks
         self.weights = {n: w.to(device) for n, w in engine.weights.items()}
         # 0xFF bytes are NaN in every float dtype: an activation read before it is written shows.
@@ -48,7 +55,7 @@ class ProgramEmulator:
         at_limit = {"T": lim["max_num_tokens"], "B": lim["max_batch_size"],
                     "MAXCTX": lim["max_seq_len"], "MAXQ": lim["max_num_tokens"],
                     "MAXBLK": lim["max_blocks_per_seq"], "NSM": num_sms,
-                    "BD": lim["max_batch_size"], "LOGITS": 1}
+                    "BD": lim["max_batch_size"], "LOGITS": 1, **self.resident}
         self.scratch = {name: torch.full((max(evaluate(f, at_limit) for f in sizes) // 4 + 1,),
                                          float("nan"), dtype=torch.float32, device=device)
                         for name, sizes in h["scratch"].items()}
@@ -134,7 +141,7 @@ class ProgramEmulator:
         symbols = {"T": len(step["input_ids"]), "B": len(step["context_lens"]),
                    "MAXCTX": int(step["context_lens"].max()), "MAXQ": int(np.diff(qs).max()),
                    "MAXBLK": step["block_tables"].shape[1], "NSM": self.num_sms,
-                   "BD": leading_decodes(qs), "LOGITS": int(logits)}
+                   "BD": leading_decodes(qs), "LOGITS": int(logits), **self.resident}
         for name, formula in self.h["derived"]:
             symbols[name] = evaluate(formula, symbols)
         for item in self.h["program"]:

@@ -107,3 +107,76 @@ def test_fp8_fast_accumulation_matches_reference(core, sm, ckpt, unquantized, tm
                                   fp8_fast_accumulation=asked) as runner:
             assert runner.fp8_fast_accumulation is expected
             assert runner.backend.fp8_fast_accumulation is expected
+
+
+def test_8bit_cache_long_unsplit_decodes_take_either_launch(core, sm, tmp_path, monkeypatch):
+    """An 8-bit cache's unsplit decode steps of long contexts run on one warp a program or on
+    two, whichever pads the step's BD x NKV programs to fewer whole waves of what this GPU
+    holds at once (the plan's resident symbols, which the executor counts at load); a step
+    taking either equals the reference backend. Llama-3.1-8B's attention heads (32 x 128, 8
+    KV heads: its decode launches) on one layer; LONG_SPLIT_TOKENS at 8 makes ~10-token
+    contexts long, and 33 or more sequences (264 programs, 2 x 132 SMs) keep a step unsplit."""
+    pytest.importorskip("modelopt.torch.quantization", reason="needs nvidia-modelopt")
+    from kiln.builder.build import build_engine
+    from kiln.builder.kernels import attention
+    from kiln.builder.kernels.symbols import evaluate
+    from kiln.builder.models import BuildConfig
+    from kiln.quantize.calibrate import ModeloptCalibrator
+    from kiln_testing import PagedSequences, make_tiny_checkpoint
+
+    monkeypatch.setattr(attention, "LONG_SPLIT_TOKENS", 8)
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf", hidden_size=256, intermediate_size=512,
+                                num_hidden_layers=1, num_attention_heads=32,
+                                num_key_value_heads=8, head_dim=128)
+    calibrator = ModeloptCalibrator(
+        torch.randint(3, 320, (6, 32), generator=torch.Generator().manual_seed(0)), device="cpu")
+    max_batch, blocks = 320, 320 * 5
+    build_engine(ckpt, tmp_path / "e", BuildConfig(
+        dtype="bfloat16", max_batch_size=max_batch, max_seq_len=64, max_num_tokens=4096,
+        tokens_per_block=4, targets=[sm], kv_cache_dtype="int8", calibrator=calibrator),
+        progress=False)
+    engine = load_engine(tmp_path / "e")
+    h = engine.kernels
+    gpu = core.PlanExecutor(engine, num_blocks=blocks)
+    resident = gpu.resident_programs()
+    (rn, narrow), (rw, wide) = h["resident"]
+    assert [h["kernels"][k]["num_warps"] for k in (narrow, wide)] == [1, 2]
+    nsm = torch.cuda.get_device_properties(0).multi_processor_count
+    assert set(resident) == {rn, rw} and all(v > 0 and v % nsm == 0 for v in resident.values())
+
+    def padded(programs, r):
+        return -(-programs // r) * r
+
+    # The first batch from 33 sequences up whose waves pad fewer on the wide launch, and the
+    # first after it that does not.
+    takes_wide = [bd for bd in range(33, max_batch + 1)
+                  if padded(8 * bd, resident[rw]) < padded(8 * bd, resident[rn])]
+    if not takes_wide:
+        pytest.skip(f"on this GPU the wide launch never pads fewer ({resident})")
+    wide_bd = takes_wide[0]
+    narrow_bd = next(bd for bd in range(wide_bd, max_batch + 1) if bd not in takes_wide)
+    whens = [(s["kernel"], s["when"]) for s in h["program"] if s["kind"] == "kernel"
+             and h["kernels"][s["kernel"]]["fn"].endswith(".paged_decode_kernel")]
+    count = max(wide_bd, narrow_bd)
+    seqs = PagedSequences(4, engine.config.build.max_blocks_per_seq, blocks, seed=5)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(count):
+        seqs.add(torch.randint(0, engine.config.model.vocab_size, (9,), generator=gen).tolist())
+    ref = ReferenceBackend(engine, blocks)
+    taken = set()
+    for plan in ([(i, 9) for i in range(count)], [(i, 1) for i in range(wide_bd)],
+                 [(i, 1) for i in range(narrow_bd)]):
+        step = seqs.step(plan)
+        a, b = np.asarray(ref.forward(step)), np.asarray(gpu.forward(step))
+        assert np.isfinite(b).all() and rel(b, a) < BOUND, f"{len(plan)} rows: {rel(b, a):.2e}"
+        for row, (sid, _) in enumerate(plan):
+            if seqs.computed[sid] == len(seqs.tokens[sid]):
+                seqs.tokens[sid].append(int(a[row].argmax()))
+        if plan[0][1] == 1:  # a decode step: the launch its symbols take
+            symbols = dict(resident, T=len(plan), B=len(plan), BD=len(plan), MAXQ=1, NSM=nsm,
+                           MAXCTX=int(step["context_lens"].max()), LOGITS=1,
+                           MAXBLK=step["block_tables"].shape[1])
+            for name, formula in h["derived"]:
+                symbols[name] = evaluate(formula, symbols)
+            taken |= {(len(plan), k) for k, when in whens if when and evaluate(when, symbols)}
+    assert taken == {(wide_bd, wide), (narrow_bd, narrow)}, (taken, resident)
