@@ -214,6 +214,34 @@ class KVScales:
                                       for i in layers})
 
 
+def int8_cache_engine(tmp_path, monkeypatch, long_split_tokens: int) -> dict:
+    """A tiny float16 Llama over an int8 cache (KVScales) built into tmp_path / "e" with
+    attention.LONG_SPLIT_TOKENS at `long_split_tokens`; its kernels header."""
+    from kiln.builder.build import build_engine
+    from kiln.builder.engine.loader import load_engine
+    from kiln.builder.kernels import attention
+    from kiln.builder.models import BuildConfig
+    from kiln_testing import make_tiny_checkpoint
+
+    monkeypatch.setattr(attention, "LONG_SPLIT_TOKENS", long_split_tokens)
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
+    build = BuildConfig(dtype="float16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
+                        tokens_per_block=4, targets=[90], kv_cache_dtype="int8",
+                        calibrator=KVScales())
+    build_engine(ckpt, tmp_path / "e", build, progress=False)
+    return load_engine(tmp_path / "e").kernels
+
+
+def check_within_ties(results) -> None:
+    """Every step within TIE_BOUND with the reference's argmax and its own greedy pick, and all
+    but TIE_STEPS within float16's bound."""
+    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
+        assert err < TIE_BOUND and same_argmax, f"step {i}: error {err:.2e}"
+        assert picks_argmax and logprob_err < 1e-3, f"step {i}: pick error {logprob_err:.2e}"
+    ties = sum(err >= BOUND["float16"] for err, *_ in results)
+    assert ties <= TIE_STEPS, [f"{e[0]:.1e}" for e in results]
+
+
 # A sequence of 124 tokens in chunks beside a short one's decodes. With splits of 61 tokens or
 # more long (LONG_SPLIT_TOKENS), an 8-bit cache's decodes take each of their launches: unsplit
 # (the second step: 9 tokens of context), a short split (the third: the step's longest context
@@ -228,29 +256,12 @@ def test_program_8bit_cache_decode_launch_per_split_length(tmp_path, monkeypatch
     SPLIT_LAUNCHES, and every step equals the reference backend: within float16's bound, but
     for up to TIE_STEPS steps within TIE_BOUND where a K or V value sits at an int8 rounding
     boundary (the fifth step here, 1.47e-2, whichever of the launches runs it)."""
-    from kiln.builder.build import build_engine
-    from kiln.builder.engine.loader import load_engine
-    from kiln.builder.kernels import attention
-    from kiln.builder.models import BuildConfig
-    from kiln_testing import make_tiny_checkpoint
-
-    monkeypatch.setattr(attention, "LONG_SPLIT_TOKENS", 61)
-    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
-    build = BuildConfig(dtype="float16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
-                        tokens_per_block=4, targets=[90], kv_cache_dtype="int8",
-                        calibrator=KVScales())
-    build_engine(ckpt, tmp_path / "e", build, progress=False)
-    header = load_engine(tmp_path / "e").kernels
+    header = int8_cache_engine(tmp_path, monkeypatch, long_split_tokens=61)
     assert sum(f.endswith(">= 61") for _, f in header["derived"]) == 1
     decodes = {s["kernel"] for s in header["program"] if s["kind"] == "kernel"
                and header["kernels"][s["kernel"]]["fn"].endswith(".paged_decode_kernel")}
     launched = {}
-    results = run(tmp_path / "e", SPLIT_LAUNCHES, launched=launched)
-    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
-        assert err < TIE_BOUND and same_argmax, f"step {i}: error {err:.2e}"
-        assert picks_argmax and logprob_err < 1e-3, f"step {i}: pick error {logprob_err:.2e}"
-    ties = sum(err >= BOUND["float16"] for err, *_ in results)
-    assert ties <= TIE_STEPS, [f"{e[0]:.1e}" for e in results]
+    check_within_ties(run(tmp_path / "e", SPLIT_LAUNCHES, launched=launched))
     configs = {(header["kernels"][k]["num_warps"], header["kernels"][k]["num_stages"])
                for k in decodes if launched.get(k)}
     assert configs == {(1, 2), (4, 2), (2, 3)}, configs
@@ -271,31 +282,14 @@ def test_program_8bit_cache_long_unsplit_decodes_take_the_launch_whose_waves_pad
     whichever pads the step's programs (BD x NKV) to fewer whole waves of what the GPU holds at
     once (the plan's resident symbols, which the emulator takes as num_sms x programs_per_sm);
     both equal the reference backend."""
-    from kiln.builder.build import build_engine
-    from kiln.builder.engine.loader import load_engine
-    from kiln.builder.kernels import attention
-    from kiln.builder.models import BuildConfig
-    from kiln_testing import make_tiny_checkpoint
-
-    monkeypatch.setattr(attention, "LONG_SPLIT_TOKENS", 12)
-    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
-    build = BuildConfig(dtype="float16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
-                        tokens_per_block=4, targets=[90], kv_cache_dtype="int8",
-                        calibrator=KVScales())
-    build_engine(ckpt, tmp_path / "e", build, progress=False)
-    header = load_engine(tmp_path / "e").kernels
+    header = int8_cache_engine(tmp_path, monkeypatch, long_split_tokens=12)
     assert header["kv_cache"]["num_kv_heads"] == 2
     narrow, wide = (key for _, key in header["resident"])
     assert [header["kernels"][k]["num_warps"] for k in (narrow, wide)] == [1, 2]
     layers = header["kv_cache"]["num_layers"]
     launched = {}
-    results = run(tmp_path / "e", WAVE_LAUNCHES, launched=launched, num_sms=1,
-                  programs_per_sm={1: 3, 2: 2})
-    for i, (err, same_argmax, picks_argmax, logprob_err) in enumerate(results):
-        assert err < TIE_BOUND and same_argmax, f"step {i}: error {err:.2e}"
-        assert picks_argmax and logprob_err < 1e-3, f"step {i}: pick error {logprob_err:.2e}"
-    ties = sum(err >= BOUND["float16"] for err, *_ in results)
-    assert ties <= TIE_STEPS, [f"{e[0]:.1e}" for e in results]
+    check_within_ties(run(tmp_path / "e", WAVE_LAUNCHES, launched=launched, num_sms=1,
+                          programs_per_sm={1: 3, 2: 2}))
     # Decode steps: 3 long (narrow), 2 long (wide), 1 short (narrow), 2 long (wide), 1 long
     # (wide); the prompt step runs no decode launch.
     assert (launched.get(narrow, 0), launched.get(wide, 0)) == (2 * layers, 3 * layers)
