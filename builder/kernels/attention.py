@@ -568,19 +568,18 @@ def plan_attention(node, ctx):
                             **prologue_constexprs(ctx.row_stride(q), ctx.row_stride(k),
                                                   ctx.row_stride(v), nq, nkv, hd, rope)))
 
-    made = [(decode(*config), config, when) for config, when in launches]
+    made = [[decode(*config), config, when] for config, when in launches]
     wide = decode_wide_launch(dcfg, quant, ieee)
     if wide is not None:  # long unsplit steps: the narrow launch or the wide, by their waves
-        narrow = decode_launch(dcfg, quant, ieee, True, False)
+        narrow = next(m for m in made if m[1] == decode_launch(dcfg, quant, ieee, True, False))
         wide_launch = decode(*wide)
-        rn = ctx.resident_programs(next(m for m, config, _ in made if config == narrow))
-        rw = ctx.resident_programs(wide_launch)
+        rn, rw = ctx.resident_programs(narrow[0]), ctx.resident_programs(wide_launch)
         takes_wide = (f"{ctx.derive(long_split_formula(splits, window))} == 1 and "
                       f"{splits} == 1 and cdiv(BD * {nkv}, {rw}) * {rw} < "
                       f"cdiv(BD * {nkv}, {rn}) * {rn}")
-        made = [(m, config, f"not ({takes_wide})" if when is None else
-                 f"({when}) and not ({takes_wide})") if config == narrow else (m, config, when)
-                for m, config, when in made] + [(wide_launch, wide, takes_wide)]
+        narrow[2] = f"not ({takes_wide})" if narrow[2] is None else \
+            f"({narrow[2]}) and not ({takes_wide})"
+        made.append([wide_launch, wide, takes_wide])
     for launch, _, when in made:
         ctx.add(launch, when)
     ctx.launch(paged_decode_reduce_kernel, grid=("BD", nq), when=f"{splits} > 1",

@@ -175,7 +175,6 @@ public:
                     + "' twice: the engine is damaged; rebuild it with engine-build");
             mSymbols.add(name);
         }
-        mFirstDerived = mSymbols.size();
         for (auto const& [name, formula] : mSpec.derived)
         {
             mDerived.push_back(Expr::parse(formula, mSymbols));
@@ -237,9 +236,11 @@ public:
                 mValues[kBd] = bucket;
             }
         }
+        // mValues: the step symbols, the resident ones, then the derived ones.
+        std::size_t const firstDerived = std::size(kStepSymbols) + mSpec.resident.size();
         for (std::size_t i = 0; i < mDerived.size(); ++i)
         {
-            mValues[mFirstDerived + i] = mDerived[i].eval(mValues);
+            mValues[firstDerived + i] = mDerived[i].eval(mValues);
         }
         upload(*inputs);
         if (graph)
@@ -1251,7 +1252,6 @@ private:
     int mCubinSm = 0;
     SymbolTable mSymbols;
     std::vector<Expr> mDerived;
-    std::size_t mFirstDerived = 0; // mValues' index of the first derived symbol, after the resident ones
     std::vector<std::int64_t> mValues;
     std::vector<CUmodule> mModules;
     std::map<std::string, ResolvedKernel> mKernels;
