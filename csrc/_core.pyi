@@ -439,6 +439,13 @@ class PlanExecutor(Backend):
     def graph_stats(self) -> dict[str, float]:
         """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
         capturing and instantiating them."""
+    def host_times(self) -> dict[str, dict[str, float]]:
+        """forward()'s host time so far by part, for steps run launch by launch ("eager") and as
+        CUDA graphs ("graph"): each {"steps", and microseconds: "prepare_us" (the step checked,
+        its symbols, a graph's padding), "upload_us" (inputs staged, copies enqueued),
+        "choose_us" (GEMM choices for rows new to the executor), "launch_us" (launches
+        enqueued, or a graph replayed or captured), "wait_us" (the stream synchronised: the
+        GPU's work), "finish_us" (outputs copied out)}."""
     def memory(self) -> dict[str, int]:
         """Bytes of weights, activations, workspace and KV cache, free memory before the KV
         cache was sized, and the total."""

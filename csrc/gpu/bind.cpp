@@ -456,6 +456,30 @@ void bind(py::module_& m)
                 d["capture_s"] = g.captureSeconds;
                 return d;
             })
+        .def("host_times",
+            [](PlanExecutor const& self)
+            {
+                auto const kind = [](StepHostTimes const& t)
+                {
+                    py::dict d;
+                    d["steps"] = t.steps;
+                    d["prepare_us"] = t.prepareMicros;
+                    d["upload_us"] = t.uploadMicros;
+                    d["choose_us"] = t.chooseMicros;
+                    d["launch_us"] = t.launchMicros;
+                    d["wait_us"] = t.waitMicros;
+                    d["finish_us"] = t.finishMicros;
+                    return d;
+                };
+                auto const [eager, graphed] = self.hostTimes();
+                py::dict d;
+                d["eager"] = kind(eager);
+                d["graph"] = kind(graphed);
+                return d;
+            },
+            "forward()'s host time so far by part, microseconds, for steps run launch by launch "
+            "('eager') and as CUDA graphs ('graph'): each {steps, prepare_us, upload_us, choose_us, "
+            "launch_us, wait_us, finish_us}")
         .def("memory",
             [](PlanExecutor const& self)
             {

@@ -216,6 +216,14 @@ public:
 
     StepOutput forward(StepInputs const& step)
     {
+        using Clock = std::chrono::steady_clock;
+        auto mark = Clock::now();
+        auto const lap = [&mark](double& micros)
+        {
+            auto const now = Clock::now();
+            micros += std::chrono::duration<double, std::micro>(now - mark).count();
+            mark = now;
+        };
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
         validate(step);
         // collect() copies every row's logits back unless the plan picks and the caller named rows.
@@ -242,7 +250,11 @@ public:
         {
             mValues[firstDerived + i] = mDerived[i].eval(mValues);
         }
+        StepHostTimes& host = graph ? mHostGraphed : mHostEager;
+        ++host.steps;
+        lap(host.prepareMicros);
         upload(*inputs);
+        lap(host.uploadMicros);
         if (graph)
         {
             runGraph();
@@ -250,10 +262,19 @@ public:
         else
         {
             prepareGemms();
+            lap(host.chooseMicros);
             runProgram();
             ++mGraphStats.eagerSteps;
         }
-        return collect(step);
+        lap(host.launchMicros);
+        StepOutput out = collect(step, [&] { lap(host.waitMicros); });
+        lap(host.finishMicros);
+        return out;
+    }
+
+    std::pair<StepHostTimes, StepHostTimes> hostTimes() const
+    {
+        return {mHostEager, mHostGraphed};
     }
 
     void setCudaGraphs(bool on)
@@ -1076,7 +1097,9 @@ private:
 
     /// Copies back what the caller reads: the greedy picks and the logits of
     /// step.logitRows when the plan picks and the caller asked so, else every row's logits.
-    StepOutput collect(StepInputs const& step)
+    /// `synchronised` is called once the stream has finished the step and the copies back.
+    template <typename Synchronised>
+    StepOutput collect(StepInputs const& step, Synchronised&& synchronised)
     {
         auto const rows = static_cast<std::size_t>(step.numSequences);
         auto const cols = static_cast<std::size_t>(mSpec.logits.cols);
@@ -1116,6 +1139,7 @@ private:
         }
         KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
         KILN_CUDA_CHECK(cudaGetLastError());
+        synchronised();
         StepOutput out;
         out.logits.resize(wanted.size() * cols);
         for (std::size_t i = 0; i < wanted.size(); ++i)
@@ -1280,6 +1304,8 @@ private:
     std::vector<std::size_t> mGraphSymbols;
     std::map<std::vector<std::int64_t>, cudaGraphExec_t> mGraphs;
     GraphStats mGraphStats;
+    StepHostTimes mHostEager;
+    StepHostTimes mHostGraphed;
     struct AlternativeChoice
     {
         int m = 0;
@@ -1346,6 +1372,11 @@ bool PlanExecutor::cudaGraphs() const
 GraphStats PlanExecutor::graphStats() const
 {
     return mImpl->graphStats();
+}
+
+std::pair<StepHostTimes, StepHostTimes> PlanExecutor::hostTimes() const
+{
+    return mImpl->hostTimes();
 }
 
 MemoryReport PlanExecutor::memory() const

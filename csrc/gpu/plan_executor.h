@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kiln::gpu
@@ -31,6 +32,19 @@ struct GraphStats
     std::int64_t replays = 0;
     std::int64_t eagerSteps = 0;
     double captureSeconds = 0.0; ///< host time capturing and instantiating, all graphs
+};
+
+/// @brief Host time forward() spent in each of its parts, in microseconds over the steps so far
+/// of one kind (launch by launch, or decode-only steps as CUDA graphs): what the GPU may wait on.
+struct StepHostTimes
+{
+    std::int64_t steps = 0;
+    double prepareMicros = 0; ///< the step checked, its symbols evaluated, padded to a graph bucket
+    double uploadMicros = 0;  ///< step inputs staged in pinned memory, their copies enqueued
+    double chooseMicros = 0;  ///< GEMM choices made for rows new to the executor (timed on the GPU)
+    double launchMicros = 0;  ///< launches enqueued, or a graph's replay (its capture included)
+    double waitMicros = 0;    ///< copies back enqueued and the stream synchronised: the GPU's work
+    double finishMicros = 0;  ///< outputs copied out of pinned memory
 };
 
 /// @brief The GPU backend: runs an engine's compiled plan (Triton cubins loaded through the
@@ -71,6 +85,8 @@ public:
     [[nodiscard]] bool fp8FastAccumulation() const;
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
+    /// @brief forward()'s host time by part so far: {steps launch by launch, steps as graphs}.
+    [[nodiscard]] std::pair<StepHostTimes, StepHostTimes> hostTimes() const;
 
     /// @brief Memory use as sized at load.
     [[nodiscard]] MemoryReport memory() const;

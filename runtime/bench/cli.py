@@ -322,7 +322,8 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         check_fits(requests, runner.max_seq_len, runner.vocab_size)
         warm_up(runner, requests, warmup, runner.vocab_size, seed)
         runs = [run_throughput(runner, requests, load,
-                               profiler=StepProfiler(window) if window else None) for load in loads]
+                               profiler=StepProfiler(window, backend=runner.backend) if window else None)
+                for load in loads]
         probe_len = min(PROBE_TOKENS, runner.max_seq_len - 1)
         prompt = requests[0].input_ids[: runner.max_seq_len - probe_len]
         # One untimed request first: a batch of one may be new to the runner here (the runs'

@@ -7,6 +7,7 @@ import platform
 
 import torch
 
+from kiln.runtime.bench.step_profile import HOST_PARTS, host_lines
 from kiln.runtime.bench.step_profile import render_lines as profile_lines
 
 SCHEMA_ID = "kiln-engine-bench/1"
@@ -50,6 +51,11 @@ _MATMUL = {"oneOf": [{"type": "null"},
                      {"type": "object", "required": ["flops_per_s", "dtype", "method"],
                       "properties": {"flops_per_s": {"type": "number"}, "dtype": {"type": "string"},
                                      "method": {"type": "string"}}}]}
+_HOST_KIND = {"type": "object", "required": ["steps", *HOST_PARTS],
+              "properties": {"steps": {"type": "integer", "minimum": 1}}
+              | {part: {"type": "number"} for part in HOST_PARTS}}
+_HOST = {"type": "object", "properties": {"eager": _HOST_KIND, "graph": _HOST_KIND},
+         "additionalProperties": False}
 _PROFILE = {"oneOf": [
     {"type": "object", "required": ["missed"], "properties": {"missed": {"type": "string"}}},
     {"type": "object",
@@ -62,10 +68,16 @@ _PROFILE = {"oneOf": [
                     "step_ms": {"type": "number"}, "forward_ms": {"type": "number"},
                     "busy_ms": {"type": "number", "minimum": 0},
                     "held_ms": {"type": "number", "minimum": 0},
+                    "host": _HOST,
                     "kernels": {"type": "array", "items": {
                         "type": "object", "required": ["name", "us", "launches"],
                         "properties": {"name": {"type": "string"}, "us": {"type": "number"},
-                                       "launches": {"type": "number"}}}}}}]}
+                                       "launches": {"type": "number"}}}},
+                    "gaps": {"type": "array", "items": {
+                        "type": "object", "required": ["before", "after", "us", "count"],
+                        "properties": {"before": {"type": "string"}, "after": {"type": "string"},
+                                       "us": {"type": "number", "minimum": 0},
+                                       "count": {"type": "number", "minimum": 0}}}}}}]}
 _RUN = {"type": "object",
         "required": ["load", "metrics", "peak_batch", "peak_running", "preemptions", "kv_cache", "steps"],
         "properties": {
@@ -94,7 +106,8 @@ _RUN = {"type": "object",
                                "replays": {"type": "integer", "minimum": 0},
                                "eager_steps": {"type": "integer", "minimum": 0},
                                "capture_s": {"type": "number", "minimum": 0}}}]},
-            "profile": _PROFILE}}
+            "profile": _PROFILE,
+            "host": _HOST}}
 _SUMMARY = {"type": "object", "required": ["mean", "stdev", "min", "max"],
             "properties": {k: {"type": "number"} for k in ("mean", "stdev", "min", "max")}}
 _RATIO = {"oneOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}]}
@@ -320,6 +333,7 @@ def render(doc: dict) -> str:
                 lines.append(f"  CUDA graphs: {g['replays']} decode steps replayed, {g['captured']} "
                              f"captured ({g['capture_s']:.2f} s of the host's), {g['eager_steps']} "
                              "steps launch by launch")
+            lines += host_lines(run.get("host"), "  ")
             if run.get("profile"):
                 p = run["profile"]
                 lines += [f"  {p['missed']}"] if "missed" in p else profile_lines(p)

@@ -16,6 +16,7 @@ from kiln import _core
 from kiln.builder.errors import KilnError
 from kiln.runtime.bench.dataset import BenchRequest
 from kiln.runtime.bench.metrics import RequestTiming, RunMetrics, StepLog, summarize
+from kiln.runtime.bench.step_profile import host_delta, host_times
 
 # A run with no response at all for this long has stalled: fail rather than hang.
 STALL_SECONDS = 600.0
@@ -64,6 +65,7 @@ class ThroughputRun:
     tokens_per_block: int = 0
     graphs: dict | None = None
     profile: dict | None = None  # step_profile.StepProfile.to_json, or {"missed": why}
+    host: dict | None = None  # host_delta: the backend's host time by part over the run
 
     def to_json(self) -> dict:
         s = self.steps
@@ -75,7 +77,8 @@ class ThroughputRun:
                              "peak_fraction": s.peak_kv_blocks / max(self.kv_total_blocks, 1),
                              "tokens_per_block": self.tokens_per_block},
                 "steps": {"seen": s.steps_seen, "total": s.steps_total} | (s.timing() or {}),
-                "graphs": self.graphs} | ({"profile": self.profile} if self.profile else {})
+                "graphs": self.graphs} | ({"profile": self.profile} if self.profile else {}) \
+            | ({"host": self.host} if self.host else {})
 
 
 def graph_stats(backend) -> dict | None:
@@ -112,6 +115,7 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
     log = StepLog()
     log.start(runner.executor.get_latest_iteration_stats())
     graphs_before = graph_stats(runner.backend)
+    host_before = host_times(runner.backend)
     sent = finished = 0
     live: set[int] = set()
     start = clock()
@@ -158,7 +162,8 @@ def run_throughput(runner, requests: list[BenchRequest], load: Load = Load(),
         profile = profiler.result.to_json() if profiler.result else {"missed": profiler.missed()}
     return ThroughputRun(load, summarize(timings, start), timings, log, kv["total_blocks"],
                          runner.engine.config.build.tokens_per_block,
-                         graph_delta(graphs_before, graph_stats(runner.backend)), profile)
+                         graph_delta(graphs_before, graph_stats(runner.backend)), profile,
+                         host_delta(host_before, host_times(runner.backend)))
 
 
 def _record(r, now: float, requests, timings, index_of, live) -> int:

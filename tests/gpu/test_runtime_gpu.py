@@ -183,8 +183,15 @@ def test_a_throughput_run_s_steps_by_kernel(core, sm, tiny_engine):
     _, path = tiny_engine("llama", "float32", targets=(sm,))
     requests = synthetic(8, LengthDist(12, 3), LengthDist(40, 4), vocab_size=320, seed=7)
     with ModelRunner.from_dir(path, device="cuda", max_tokens_in_paged_kv_cache=4096) as runner:
-        run = run_throughput(runner, requests, profiler=StepProfiler(Window(4, 10))).to_json()
+        run = run_throughput(runner, requests,
+                             profiler=StepProfiler(Window(4, 10), backend=runner.backend)).to_json()
     assert run["metrics"]["total_output_tokens"] == sum(r.output_tokens for r in requests)
+    # The backend's host time by part, over the run and over the window: every step is either
+    # kind, and its parts sum within the backend's own time of the steps.
+    host = run["host"]
+    assert sum(kind["steps"] for kind in host.values()) == run["steps"]["total"], host
+    for kind in host.values():
+        assert all(kind[key] >= 0 for key in kind) and kind["wait_us"] > 0, host
     p = run["profile"]
     assert p["steps"] >= 1 and p["first_step"] >= 4, p
     names = [k["name"] for k in p["kernels"]]
@@ -193,3 +200,11 @@ def test_a_throughput_run_s_steps_by_kernel(core, sm, tiny_engine):
     assert 0 < p["busy_ms"] <= p["step_ms"] * 1.05, p
     assert p["held_ms"] > 0, p
     assert sum(k["us"] for k in p["kernels"]) > 0
+    window = p["host"]
+    assert sum(kind["steps"] for kind in window.values()) == p["steps"], (window, p["steps"])
+    parts_ms = sum(kind["steps"] * sum(v for k, v in kind.items() if k != "steps")
+                   for kind in window.values()) / p["steps"] / 1e3
+    assert parts_ms <= p["forward_ms"] * 1.01 + 0.01, (window, p)
+    # The device's idle gaps, named by the kernels and copies around them (between steps too).
+    assert p["gaps"] and all(g["us"] > 0 and g["count"] > 0 for g in p["gaps"]), p["gaps"]
+    assert {g["after"] for g in p["gaps"]} <= {k["name"] for k in p["kernels"]}, p["gaps"]

@@ -9,7 +9,8 @@ import pytest
 from kiln.builder.errors import KilnError
 from kiln.runtime.bench.dataset import LengthDist, synthetic
 from kiln.runtime.bench.step_profile import (DeviceEvent, StepProfiler, Window, busy_us, by_name,
-                                             render_lines, summarize)
+                                             host_delta, host_lines, idle_gaps, render_lines,
+                                             summarize)
 
 
 def test_window_parses_start_and_count():
@@ -26,6 +27,54 @@ def test_busy_time_counts_overlaps_once():
     assert busy_us(events) == 14 + 5
     assert busy_us([]) == 0
     assert busy_us(list(reversed(events))) == 19
+
+
+def test_idle_gaps_are_named_by_the_events_around_them():
+    # a 0-10 overlapped by b 5-12; idle 12-20; c 20-25 with d inside it; idle 25-26; e 26-30;
+    # idle 30-40 before a again; b's end (12) closes the first gap's left side, not a's.
+    events = [DeviceEvent("a", 0, 10), DeviceEvent("b", 5, 12), DeviceEvent("c", 20, 25),
+              DeviceEvent("d", 21, 22), DeviceEvent("e", 26, 30), DeviceEvent("a", 40, 41),
+              DeviceEvent("b", 41, 42), DeviceEvent("c", 50, 51)]
+    gaps = idle_gaps(list(reversed(events)))
+    assert gaps == [("b", "c", 8 + 8, 2), ("e", "a", 10, 1), ("c", "e", 1, 1)]
+    assert sum(g[2] for g in gaps) == 51 - busy_us(events)
+    assert idle_gaps([]) == [] and idle_gaps(events[:1]) == []
+
+
+def host_reading(eager_steps, graph_steps, scale):
+    """A PlanExecutor.host_times reading: every part `scale` us a step so far, waits 100x."""
+    def kind(steps):
+        parts = {"prepare_us": 1, "upload_us": 2, "choose_us": 3, "launch_us": 4, "wait_us": 100,
+                 "finish_us": 5}
+        return {"steps": steps} | {k: v * scale * steps for k, v in parts.items()}
+    return {"eager": kind(eager_steps), "graph": kind(graph_steps)}
+
+
+def test_host_times_are_taken_a_step_by_kind_between_readings():
+    before, after = host_reading(3, 10, 2.0), host_reading(5, 10, 2.0)
+    assert host_delta(before, after) == {"eager": {"steps": 2, "prepare_us": 2, "upload_us": 4,
+                                                   "choose_us": 6, "launch_us": 8,
+                                                   "wait_us": 200, "finish_us": 10}}
+    assert host_delta(None, after) is None and host_delta(before, None) is None
+    assert host_delta(after, after) == {}
+    both = host_delta(host_reading(0, 0, 1.0), host_reading(4, 6, 1.0))
+    lines = host_lines(both, "  ")
+    assert lines == ["  host a step launch by launch (4 steps), us: prepare 1, upload 2, "
+                     "GEMM choices 3, launches 4, wait 100, copy out 5",
+                     "  host a step as CUDA graphs (6 steps), us: prepare 1, upload 2, "
+                     "GEMM choices 3, launches 4, wait 100, copy out 5"]
+    assert host_lines(None, "") == [] and host_lines({}, "") == []
+
+
+class FakeHostBackend:
+    """A backend keeping host times: each reading has two more steps launch by launch."""
+
+    def __init__(self):
+        self.readings = 0
+
+    def host_times(self):
+        self.readings += 1
+        return host_reading(2 * self.readings, 0, 1.0)
 
 
 def stats(iteration, steps_us, forward_us, prefill_steps=0, prompt=0, decode=0):
@@ -49,6 +98,10 @@ def test_summary_is_per_step_of_the_window():
     assert lines[0].startswith("  steps 7-10 by kernel (--profile-steps 7:4; 4 steps, 1 with prompt")
     assert "a step 10.00 ms, the backend 9.00; the GPU busy 4.25 ms (42.5%), idle 5.75" in lines[1]
     assert "all kernels and copies" in lines[2] and "gemm" in lines[3]
+    # idle 6,000-10,000 between the two GEMMs: 1,000 us a step of the window's four
+    assert p.gaps == [("gemm", "gemm", 1_000, 0.25)]
+    assert any("1000.0 us     0.2x  the device idle between events" in line for line in lines)
+    assert lines[-1].strip() == "1000.0 us     0.2x  gemm -> gemm"
     with pytest.raises(ValueError, match="needs a step"):
         summarize(Window(7, 4), 7, before, before, events)
 
@@ -100,7 +153,8 @@ def test_a_run_is_traced_over_its_window(runner):
     FakeTrace.made.clear()
     FakeTrace.executor = runner.executor
     requests = synthetic(6, LengthDist(10, 3), LengthDist(20, 2), vocab_size=320, seed=3)
-    profiler = StepProfiler(Window(3, 4), trace_factory=FakeTrace)
+    backend = FakeHostBackend()
+    profiler = StepProfiler(Window(3, 4), trace_factory=FakeTrace, backend=backend)
     try:
         run = run_throughput(runner, requests, profiler=profiler)
     finally:
@@ -120,6 +174,13 @@ def test_a_run_is_traced_over_its_window(runner):
     assert p["kernels"] == [{"name": "k", "us": 200 / p["steps"], "launches": 2 / p["steps"]}]
     assert p["busy_ms"] == pytest.approx(0.2 / p["steps"])
     assert p["decode_tokens_mean"] > 0
+    # The backend's host times over the window: read when the trace starts and stops.
+    assert backend.readings == 2
+    assert p["host"] == {"eager": {"steps": 2, "prepare_us": 1, "upload_us": 2, "choose_us": 3,
+                                   "launch_us": 4, "wait_us": 100, "finish_us": 5}}
+    assert any(line.startswith("    host a step launch by launch (2 steps)") for line in render_lines(p))
+    # The CPU backend keeps none: the run reports none.
+    assert "host" not in run.to_json()
 
 
 def test_a_window_past_the_run_is_said_so(runner):
