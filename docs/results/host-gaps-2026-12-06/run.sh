@@ -5,7 +5,8 @@
 # part over the run), one tracing steps 20-24 (prompt steps: 50 prompts of 128 beside ~1,000
 # decodes, launched kernel by kernel) and one tracing steps 80-87 (decode-only steps of ~3,000
 # sequences, CUDA graphs): per step, the device's idle gaps by the kernels around them and the
-# backend's host time by part (engine-bench throughput --profile-steps). The GPU tests of the
+# backend's host time by part (engine-bench throughput --profile-steps); decode steps of 2,048
+# and 3,008 graphed and eager (speed_check). The GPU tests of the
 # shards rest, engines and quant_engines after, with what time is left. Logs packed into
 # $OUT/logs.tgz (a call returns eight files at most).
 cd "$(dirname "$0")/../../.."
@@ -31,6 +32,11 @@ for run in plain:"" prompt:"--profile-steps 20:5" decode:"--profile-steps 80:8";
   echo "$name rc $? at $(( $(date +%s) - t0 )) s"
   grep -v "Warn\|_warn_once" "$LOG/run-$name.log" | grep -E -A32 "output tok/s" | grep -v "^roofline\|bandwidth:\|weights:\|matmul rate" | cut -c1-150
 done
+# Decode steps of 2,048 and 3,008 sequences after 128-token prompts, graphed and eager (at
+# 2,048 the eager step measured shorter than the graph, 54.80 against 55.86 ms, 2026-12-06).
+timeout 150 python3 tests/gpu/speed_check.py --engine $E --batches 2048,3008 --prompt 128 --steps 16 \
+  > "$LOG/speed.log" 2>&1
+echo "speed rc $? at $(( $(date +%s) - t0 )) s"; grep "ms/step" "$LOG/speed.log"
 left=$(( 585 - ($(date +%s) - t0) ))
 echo "shards with ${left} s left"
 [ "$left" -gt 60 ] && OUT=$LOG/shards KILN_GPU_CHECK_SHARDS="rest engines quant_engines" \
