@@ -216,14 +216,16 @@ public:
 
     StepOutput forward(StepInputs const& step)
     {
-        using Clock = std::chrono::steady_clock;
-        auto mark = Clock::now();
-        auto const lap = [&mark](double& micros)
-        {
-            auto const now = Clock::now();
-            micros += std::chrono::duration<double, std::micro>(now - mark).count();
-            mark = now;
-        };
+        start(step);
+        return finish();
+    }
+
+    /// Queues `step`'s work on the stream; finish() waits for it. `step` must live until then.
+    void start(StepInputs const& step)
+    {
+        if (mStarted != nullptr)
+            throw std::logic_error("PlanExecutor::start: the step before was not finished");
+        mMark = Clock::now();
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
         validate(step);
         // collect() copies every row's logits back unless the plan picks and the caller named rows.
@@ -267,9 +269,29 @@ public:
             ++mGraphStats.eagerSteps;
         }
         lap(host.launchMicros);
+        mStarted = &step;
+        mStartedHost = &host;
+    }
+
+    /// The output of the step start() queued, once the stream has run it.
+    StepOutput finish()
+    {
+        if (mStarted == nullptr)
+            throw std::logic_error("PlanExecutor::finish: no step was started");
+        StepInputs const& step = *std::exchange(mStarted, nullptr);
+        StepHostTimes& host = *mStartedHost;
+        mMark = Clock::now();
         StepOutput out = collect(step, [&] { lap(host.waitMicros); });
         lap(host.finishMicros);
         return out;
+    }
+
+    /// Adds the time since the last lap to `micros`.
+    void lap(double& micros)
+    {
+        auto const now = Clock::now();
+        micros += std::chrono::duration<double, std::micro>(now - mMark).count();
+        mMark = now;
     }
 
     std::pair<StepHostTimes, StepHostTimes> hostTimes() const
@@ -1306,6 +1328,10 @@ private:
     GraphStats mGraphStats;
     StepHostTimes mHostEager;
     StepHostTimes mHostGraphed;
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point mMark;                  ///< the host-time laps' last mark
+    StepInputs const* mStarted = nullptr;     ///< the step start() queued, until finish()
+    StepHostTimes* mStartedHost = nullptr;    ///< the host times it counts in
     struct AlternativeChoice
     {
         int m = 0;
@@ -1372,6 +1398,16 @@ bool PlanExecutor::cudaGraphs() const
 GraphStats PlanExecutor::graphStats() const
 {
     return mImpl->graphStats();
+}
+
+void PlanExecutor::start(StepInputs const& step)
+{
+    mImpl->start(step);
+}
+
+StepOutput PlanExecutor::finish()
+{
+    return mImpl->finish();
 }
 
 std::pair<StepHostTimes, StepHostTimes> PlanExecutor::hostTimes() const

@@ -73,6 +73,10 @@ public:
     /// @brief Runs one step. Throws std::invalid_argument for a step outside the engine's
     /// limits, std::runtime_error for a CUDA failure.
     [[nodiscard]] StepOutput forward(StepInputs const& step) override;
+    /// @brief Queues one step's work on the GPU and returns (see Backend::start).
+    void start(StepInputs const& step) override;
+    /// @brief Waits for the started step and returns its output (see Backend::finish).
+    [[nodiscard]] StepOutput finish() override;
     /// @brief Turns CUDA graphs for decode steps on or off (captured graphs are kept).
     void setCudaGraphs(bool on);
     [[nodiscard]] bool cudaGraphs() const;

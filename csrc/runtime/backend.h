@@ -3,6 +3,8 @@
 #include "runtime/step_inputs.h"
 #include "runtime/types.h"
 
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace kiln
@@ -23,7 +25,11 @@ struct StepOutput
 
 /// @brief Runs the model for one step. Owns the KV cache memory; the executor owns its layout.
 ///
-/// The executor calls forward from its own thread, one step at a time.
+/// The executor calls start() and then finish() from its own thread, one step at a time, and
+/// between the two does the host work that does not need the step's output (the step before's
+/// responses), so a backend that queues its work on a device overlaps the two. By default
+/// start() only takes the step and finish() runs forward(): a backend that computes on the
+/// host's thread runs after that work, as it would without the split.
 class Backend
 {
 public:
@@ -39,6 +45,24 @@ public:
     /// @brief Runs one step (see StepOutput). May throw: the step's requests then fail and the
     /// executor carries on.
     [[nodiscard]] virtual StepOutput forward(StepInputs const& step) = 0;
+    /// @brief Starts one step; `step` stays alive and unchanged until finish() returns. May
+    /// throw as forward() does (then no finish() follows).
+    virtual void start(StepInputs const& step)
+    {
+        mStarted = &step;
+    }
+    /// @brief The output of the step start() began, once it is ready. May throw as forward().
+    [[nodiscard]] virtual StepOutput finish()
+    {
+        if (mStarted == nullptr)
+        {
+            throw std::logic_error("Backend::finish without a started step");
+        }
+        return forward(*std::exchange(mStarted, nullptr));
+    }
+
+private:
+    StepInputs const* mStarted = nullptr; ///< the default start()'s step, until finish()
 };
 
 } // namespace kiln

@@ -161,6 +161,7 @@ private:
         std::vector<std::vector<TokenLogProb>> promptTopLogProbs;
         SizeType numPromptScored = 0; ///< prompt tokens after the first whose log-probability is known
         bool sentAny = false; ///< a response went out (the first carries the prompt's log-probabilities)
+        bool streamDue = false; ///< streaming: tokens accepted whose response is built with the next publication
         /// With beam_width > 1: the search, the scheduler sequences of its running beams still to
         /// report (the request's own before the first step) and the candidates of those that did.
         std::optional<BeamSearch> beam;
@@ -208,12 +209,25 @@ private:
             std::vector<IdType> cancelled;
             {
                 std::unique_lock<std::mutex> lock(mMutex);
-                mWorkCv.wait(lock, [this] {
+                auto const ready = [this] {
                     return mStopping || mPauses > 0 || !mIncoming.empty() || !mCancelled.empty()
                         || mScheduler.hasUnfinished();
-                });
+                };
+                // No step follows at once, or a hold is asked for: what the last step owes goes out
+                // now rather than while the next one runs.
+                if ((!ready() || mPauses > 0) && owesPublication())
+                {
+                    lock.unlock();
+                    publishOwed();
+                    continue;
+                }
+                mWorkCv.wait(lock, ready);
                 if (mPauses > 0 && !mStopping)
                 {
+                    if (owesPublication())
+                    {
+                        continue;
+                    }
                     mHeld = true;
                     mHeldCv.notify_all();
                     mWorkCv.wait(lock, [this] { return mStopping || mPauses == 0; });
@@ -236,7 +250,6 @@ private:
                 finish(id, FinishReason::kCancelled, "");
             }
             step();
-            publish();
         }
         drain();
     }
@@ -282,10 +295,12 @@ private:
         SchedulerOutput const output = mScheduler.schedule();
         if (output.empty())
         {
+            publishOwed();
             return;
         }
         double forwardMicros = 0;
         std::optional<std::string> failure;
+        bool published = false;
         try
         {
             StepInputs inputs = buildStepInputs(output, mScheduler, mKvCache, mConfig.maxBlocksPerSeq());
@@ -302,8 +317,14 @@ private:
                 }
             }
             auto const forwardStart = std::chrono::steady_clock::now();
-            StepOutput const result = mBackend->forward(inputs);
+            mBackend->start(inputs);
             forwardMicros = microsSince(forwardStart);
+            // While the backend runs this step: the responses and statistics of the one before.
+            publishOwed();
+            published = true;
+            auto const finishStart = std::chrono::steady_clock::now();
+            StepOutput const result = mBackend->finish();
+            forwardMicros += microsSince(finishStart);
             auto const vocab = static_cast<std::size_t>(mConfig.vocabSize);
             bool const picked = !result.tokens.empty();
             std::size_t const rows = picked ? logitRows.size() : numRows;
@@ -354,6 +375,10 @@ private:
         catch (std::exception const& e)
         {
             failure = oneLine(e.what());
+        }
+        if (!published)
+        {
+            publishOwed();
         }
         if (failure)
         {
@@ -628,9 +653,10 @@ private:
         {
             finish(id, reason, "");
         }
-        else if (state.request.streaming)
+        else if (state.request.streaming && !state.streamDue)
         {
-            mOutbox.push_back(takeUnsent(id, state, false, reason, ""));
+            state.streamDue = true;
+            mStreamDue.push_back(id);
         }
     }
 
@@ -680,6 +706,12 @@ private:
         if (it == mStates.end())
         {
             return;
+        }
+        if (it->second.streamDue)
+        {
+            // The tokens accepted before go out as they would have: in a response of their own.
+            mOutbox.push_back(takeUnsent(id, it->second, false, FinishReason::kNotFinished, ""));
+            it->second.streamDue = false;
         }
         mOutbox.push_back(takeUnsent(id, it->second, true, reason, error));
         for (IdType const seqId : std::vector<IdType>(it->second.beamSeqs))
@@ -738,10 +770,39 @@ private:
         stats.stepMicros = stepMicros;
         stats.forwardMicros = forwardMicros;
         mPendingStats = stats;
+        mStatsOwed = true;
+    }
+
+    /// Whether responses or statistics wait for publishOwed().
+    bool owesPublication() const
+    {
+        return mStatsOwed || !mOutbox.empty() || !mStreamDue.empty();
+    }
+
+    /// Builds the streaming responses owed for accepted tokens, then publishes everything owed.
+    /// A step calls it once its backend has started (so the host work runs beside the device's);
+    /// the loop, before it waits or holds.
+    void publishOwed()
+    {
+        for (IdType const id : mStreamDue)
+        {
+            auto const it = mStates.find(id);
+            if (it != mStates.end() && it->second.streamDue)
+            {
+                mOutbox.push_back(takeUnsent(id, it->second, false, FinishReason::kNotFinished, ""));
+                it->second.streamDue = false;
+            }
+        }
+        mStreamDue.clear();
+        if (mStatsOwed || !mOutbox.empty())
+        {
+            publish();
+        }
     }
 
     void publish()
     {
+        mStatsOwed = false;
         {
             // Stats first, so a client woken by a response sees the state that produced it.
             std::lock_guard<std::mutex> lock(mMutex);
@@ -778,7 +839,7 @@ private:
         {
             finish(id, FinishReason::kCancelled, why);
         }
-        publish();
+        publishOwed();
     }
 
     ExecutorConfig const mConfig;
@@ -792,6 +853,8 @@ private:
     std::unordered_map<IdType, BeamSeq> mBeamSeqs; ///< the scheduler sequences of running beams
     IdType mNextBeamSeqId = IdType{1} << 62;       ///< their ids, apart from request ids
     std::vector<Response> mOutbox;
+    std::vector<IdType> mStreamDue; ///< streaming requests owed a response for tokens accepted (streamDue)
+    bool mStatsOwed = false;        ///< a step's statistics not published yet
     std::int64_t mIteration = 0;
     std::optional<IterationStats> mPendingStats;
     IterationStats mTotals; ///< only its running totals are kept; each step's stats start from them

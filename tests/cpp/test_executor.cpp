@@ -429,6 +429,125 @@ TEST(Executor, PauseHoldsTheLoopBetweenStepsUntilResumed)
     f.executor.resume();
 }
 
+namespace
+{
+/// A backend that queues its step (as the GPU plan executor does) and computes it in finish():
+/// it records, as each step starts and finishes, which step's statistics the executor had
+/// published.
+class StartedBackend final : public Backend
+{
+public:
+    explicit StartedBackend(std::shared_ptr<test::FakeBackend> model)
+        : mModel(std::move(model))
+    {
+    }
+
+    [[nodiscard]] SizeType numBlocks() const override
+    {
+        return mModel->numBlocks();
+    }
+
+    [[nodiscard]] StepOutput forward(StepInputs const& step) override
+    {
+        return mModel->forward(step);
+    }
+
+    void start(StepInputs const& step) override
+    {
+        ASSERT_EQ(mStep, nullptr);
+        auto const stats = executor->getLatestIterationStats();
+        publishedAtStart.push_back(stats ? stats->iteration : -1);
+        mStep = &step;
+    }
+
+    [[nodiscard]] StepOutput finish() override
+    {
+        auto const stats = executor->getLatestIterationStats();
+        publishedAtFinish.push_back(stats ? stats->iteration : -1);
+        return mModel->forward(*std::exchange(mStep, nullptr));
+    }
+
+    Executor* executor = nullptr;
+    std::vector<std::int64_t> publishedAtStart;  ///< the executor's latest published step, at each start()
+    std::vector<std::int64_t> publishedAtFinish; ///< and at each finish()
+
+private:
+    std::shared_ptr<test::FakeBackend> mModel;
+    StepInputs const* mStep = nullptr;
+};
+} // namespace
+
+TEST(Executor, AStepsResponsesGoOutWhileTheNextStepRuns)
+{
+    // Between a step's start and finish the executor publishes the step before's statistics and
+    // builds and publishes its streamed responses: at start() of step k, step k - 2 is the last
+    // out; at its finish(), step k - 1.
+    // Outputs equal the synchronous backend's, a token a streamed response, and once the loop
+    // has nothing to run everything owed is out (statistics and responses of the last step).
+    ExecutorConfig const config = smallConfig();
+    auto model = std::make_shared<test::FakeBackend>(32, config.tokensPerBlock, config.vocabSize);
+    model->pickGreedy = true;
+    auto backend = std::make_shared<StartedBackend>(model);
+    Executor executor(config, backend);
+    backend->executor = &executor;
+    Request streamed = greedy({3, 1, 4, 1, 5}, 9);
+    streamed.streaming = true;
+    Request plain = greedy({2, 7, 1, 8}, 6);
+    IdType const a = executor.enqueueRequest(streamed);
+    IdType const b = executor.enqueueRequest(plain);
+    ResponseCollector responses;
+    responses.collect(executor, {a, b});
+    EXPECT_EQ(responses.outcomes[a].tokens, test::expectedGreedy(streamed, 64, kVocab).tokens);
+    EXPECT_EQ(responses.outcomes[a].numResponses, 9);
+    EXPECT_EQ(responses.outcomes[b].tokens, test::expectedGreedy(plain, 64, kVocab).tokens);
+    EXPECT_EQ(responses.outcomes[b].numResponses, 1);
+    auto const& seen = backend->publishedAtFinish;
+    ASSERT_GE(seen.size(), 9U);
+    ASSERT_EQ(backend->publishedAtStart.size(), seen.size());
+    for (std::size_t k = 0; k < seen.size(); ++k)
+    {
+        auto const before = static_cast<std::int64_t>(k) - 1;
+        EXPECT_EQ(backend->publishedAtStart[k], std::max<std::int64_t>(before - 1, -1)) << "at step " << k;
+        EXPECT_EQ(seen[k], before) << "at step " << k;
+    }
+    auto const stats = executor.getLatestIterationStats();
+    ASSERT_TRUE(stats.has_value());
+    EXPECT_EQ(stats->iteration, static_cast<std::int64_t>(seen.size()) - 1);
+    EXPECT_EQ(executor.getKvCacheStats().usedBlocks, 0);
+}
+
+TEST(Executor, ACancelBetweenStepsKeepsTheStreamedTokensInTheirOwnResponse)
+{
+    // A streamed token accepted in step k goes out with step k + 1; a cancel taken up between
+    // the two first sends it in a response of its own, then the final one with no token.
+    Fixture f;
+    std::atomic<bool> release{false};
+    f.backend->onStep = [&](StepInputs const&) {
+        while (f.backend->numSteps() > 3 && !release)
+        {
+            std::this_thread::sleep_for(milliseconds(1));
+        }
+    };
+    Request r = greedy({1, 2, 3}, 40);
+    r.streaming = true;
+    IdType const id = f.executor.enqueueRequest(r);
+    while (f.backend->numSteps() < 4)
+    {
+        std::this_thread::sleep_for(milliseconds(1));
+    }
+    f.executor.cancelRequest(id);
+    release = true;
+    f.responses.collect(f.executor, {id});
+    auto const& o = f.responses.outcomes[id];
+    EXPECT_EQ(o.final.finishReason, FinishReason::kCancelled);
+    EXPECT_TRUE(o.final.outputTokenIds.empty());
+    EXPECT_EQ(static_cast<std::size_t>(o.numResponses), o.tokens.size() + 1);
+    auto const full = test::expectedGreedy(r, 64, kVocab).tokens;
+    ASSERT_GE(o.tokens.size(), 3U);
+    EXPECT_EQ(o.tokens, std::vector<TokenIdType>(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(o.tokens.size())));
+    EXPECT_EQ(f.executor.getKvCacheStats().usedBlocks, 0);
+}
+
 TEST(Executor, SeededSamplingIgnoresBatching)
 {
     Request seeded;
