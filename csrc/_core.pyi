@@ -400,8 +400,9 @@ class Executor:
     def resume(self) -> None:
         """Ends one pause(); RuntimeError without one."""
     def get_latest_iteration_stats(self) -> dict[str, int | float] | None:
-        """The last step's counts and running totals; step_us / forward_us time the step and
-        its backend call, the total_* fields sum every step so far."""
+        """The last published step's counts and running totals (a step's are published while
+        the next one runs, or when none follows); step_us / forward_us time the step and its
+        backend calls, the total_* fields sum every step so far."""
     def get_kv_cache_stats(self) -> dict[str, int | float]: ...
     @property
     def config(self) -> ExecutorConfig: ...

@@ -21,8 +21,8 @@ struct IterationStats
     std::int64_t totalComputedPromptTokens = 0; ///< prefill tokens computed so far
     std::int64_t totalReusedTokens = 0;         ///< prompt tokens served from the prefix cache so far
     std::int64_t totalPreemptions = 0;
-    double stepMicros = 0;    ///< wall time of this step: scheduling, the backend, sampling
-    double forwardMicros = 0; ///< of which in the backend's forward
+    double stepMicros = 0;    ///< wall time of this step: scheduling, the backend, sampling, publishing the one before
+    double forwardMicros = 0; ///< of which in the backend's start and finish
     double totalStepMicros = 0;           ///< over every step so far
     double totalForwardMicros = 0;        ///< over every step so far
     double totalPrefillStepMicros = 0;    ///< over the steps so far that computed prompt tokens
