@@ -445,8 +445,9 @@ class PlanExecutor(Backend):
         CUDA graphs ("graph"): each {"steps", and microseconds: "prepare_us" (the step checked,
         its symbols, a graph's padding), "upload_us" (inputs staged, copies enqueued),
         "choose_us" (GEMM choices for rows new to the executor), "launch_us" (launches
-        enqueued, or a graph replayed or captured), "wait_us" (the stream synchronised: the
-        GPU's work), "finish_us" (outputs copied out)}."""
+        enqueued, or a graph replayed or captured), "beside_us" (the executor's own work
+        while the step's first launches ran), "wait_us" (the stream synchronised: the GPU's
+        work), "finish_us" (outputs copied out)}."""
     def memory(self) -> dict[str, int]:
         """Bytes of weights, activations, workspace and KV cache, free memory before the KV
         cache was sized, and the total."""

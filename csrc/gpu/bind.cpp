@@ -467,6 +467,7 @@ void bind(py::module_& m)
                     d["upload_us"] = t.uploadMicros;
                     d["choose_us"] = t.chooseMicros;
                     d["launch_us"] = t.launchMicros;
+                    d["beside_us"] = t.besideMicros;
                     d["wait_us"] = t.waitMicros;
                     d["finish_us"] = t.finishMicros;
                     return d;
@@ -479,7 +480,7 @@ void bind(py::module_& m)
             },
             "forward()'s host time so far by part, microseconds, for steps run launch by launch "
             "('eager') and as CUDA graphs ('graph'): each {steps, prepare_us, upload_us, choose_us, "
-            "launch_us, wait_us, finish_us}")
+            "launch_us, beside_us, wait_us, finish_us}")
         .def("memory",
             [](PlanExecutor const& self)
             {

@@ -216,12 +216,15 @@ public:
 
     StepOutput forward(StepInputs const& step)
     {
-        start(step);
+        start(step, [] {});
         return finish();
     }
 
-    /// Queues `step`'s work on the stream; finish() waits for it. `step` must live until then.
-    void start(StepInputs const& step)
+    /// Queues `step`'s work on the stream, calling `beside` once the GPU has work to run while the
+    /// caller does its own (after a graph's launch, or a step's first GEMM launched kernel by
+    /// kernel: the rest of its launches may wait on the stream's queue as long as the GPU takes);
+    /// finish() waits for it. `step` must live until then.
+    void start(StepInputs const& step, std::function<void()> const& beside)
     {
         if (mStarted != nullptr)
             throw std::logic_error("PlanExecutor::start: the step before was not finished");
@@ -257,6 +260,16 @@ public:
         lap(host.prepareMicros);
         upload(*inputs);
         lap(host.uploadMicros);
+        bool besideDone = false;
+        auto const besideNow = [&]
+        {
+            if (besideDone)
+                return;
+            besideDone = true;
+            lap(host.launchMicros);
+            beside();
+            lap(host.besideMicros);
+        };
         if (graph)
         {
             runGraph();
@@ -265,9 +278,10 @@ public:
         {
             prepareGemms();
             lap(host.chooseMicros);
-            runProgram();
+            runProgram(besideNow);
             ++mGraphStats.eagerSteps;
         }
+        besideNow();
         lap(host.launchMicros);
         mStarted = &step;
         mStartedHost = &host;
@@ -892,18 +906,21 @@ private:
         }
     }
 
-    void runProgram()
+    /// Launches the program; `afterFirstGemm` (when given) runs once its first GEMM is queued.
+    void runProgram(std::function<void()> const& afterFirstGemm = {})
     {
+        bool first = true;
         for (auto& item : mProgram)
         {
             if (auto* launch = std::get_if<ResolvedLaunch>(&item))
             {
                 run(*launch);
+                continue;
             }
-            else
-            {
-                runGemm(std::get<ResolvedGemm>(item));
-            }
+            runGemm(std::get<ResolvedGemm>(item));
+            if (first && afterFirstGemm)
+                afterFirstGemm();
+            first = false;
         }
     }
 
@@ -1400,9 +1417,9 @@ GraphStats PlanExecutor::graphStats() const
     return mImpl->graphStats();
 }
 
-void PlanExecutor::start(StepInputs const& step)
+void PlanExecutor::start(StepInputs const& step, std::function<void()> const& beside)
 {
-    mImpl->start(step);
+    mImpl->start(step, beside);
 }
 
 StepOutput PlanExecutor::finish()

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -43,6 +44,7 @@ struct StepHostTimes
     double uploadMicros = 0;  ///< step inputs staged in pinned memory, their copies enqueued
     double chooseMicros = 0;  ///< GEMM choices made for rows new to the executor (timed on the GPU)
     double launchMicros = 0;  ///< launches enqueued, or a graph's replay (its capture included)
+    double besideMicros = 0;  ///< the caller's own work while the step's first launches ran (start's `beside`)
     double waitMicros = 0;    ///< copies back enqueued and the stream synchronised: the GPU's work
     double finishMicros = 0;  ///< outputs copied out of pinned memory
 };
@@ -73,8 +75,9 @@ public:
     /// @brief Runs one step. Throws std::invalid_argument for a step outside the engine's
     /// limits, std::runtime_error for a CUDA failure.
     [[nodiscard]] StepOutput forward(StepInputs const& step) override;
-    /// @brief Queues one step's work on the GPU and returns (see Backend::start).
-    void start(StepInputs const& step) override;
+    /// @brief Queues one step's work on the GPU and returns; `beside` runs once the GPU has work
+    /// enough queued (see Backend::start).
+    void start(StepInputs const& step, std::function<void()> const& beside) override;
     /// @brief Waits for the started step and returns its output (see Backend::finish).
     [[nodiscard]] StepOutput finish() override;
     /// @brief Turns CUDA graphs for decode steps on or off (captured graphs are kept).

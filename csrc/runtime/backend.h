@@ -3,6 +3,7 @@
 #include "runtime/step_inputs.h"
 #include "runtime/types.h"
 
+#include <functional>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -25,11 +26,12 @@ struct StepOutput
 
 /// @brief Runs the model for one step. Owns the KV cache memory; the executor owns its layout.
 ///
-/// The executor calls start() and then finish() from its own thread, one step at a time, and
-/// between the two does the host work that does not need the step's output (the step before's
-/// responses), so a backend that queues its work on a device overlaps the two. By default
-/// start() only takes the step and finish() runs forward(): a backend that computes on the
-/// host's thread runs after that work, as it would without the split.
+/// The executor calls start() and then finish() from its own thread, one step at a time. Its
+/// host work that does not need the step's output (the step before's responses) runs in
+/// start()'s `beside` callback, which a backend that queues its work on a device calls once the
+/// device has work enough queued to run meanwhile. By default start() only takes the step and
+/// calls `beside` at once, and finish() runs forward(): a backend that computes on the host's
+/// thread runs after that work, as it would without the split.
 class Backend
 {
 public:
@@ -45,11 +47,14 @@ public:
     /// @brief Runs one step (see StepOutput). May throw: the step's requests then fail and the
     /// executor carries on.
     [[nodiscard]] virtual StepOutput forward(StepInputs const& step) = 0;
-    /// @brief Starts one step; `step` stays alive and unchanged until finish() returns. May
-    /// throw as forward() does (then no finish() follows).
-    virtual void start(StepInputs const& step)
+    /// @brief Starts one step and calls `beside` (which does not throw) once, as soon as the
+    /// step's work runs without the host; `step` stays alive and unchanged until finish()
+    /// returns. May throw as forward() does (then no finish() follows, and `beside` may not
+    /// have been called).
+    virtual void start(StepInputs const& step, std::function<void()> const& beside)
     {
         mStarted = &step;
+        beside();
     }
     /// @brief The output of the step start() began, once it is ready. May throw as forward().
     [[nodiscard]] virtual StepOutput finish()

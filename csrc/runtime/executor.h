@@ -18,8 +18,9 @@ namespace kiln
 
 /// @brief Serves requests with inflight batching over a backend, on a thread of its own.
 ///
-/// Each step: schedule -> backend start -> the step before's responses and statistics published
-/// -> backend finish -> sample -> update (append tokens, check stops, free finished requests).
+/// Each step: schedule -> backend start (the step before's responses and statistics published
+/// beside the step's work) -> backend finish -> sample -> update (append tokens, check stops,
+/// free finished requests).
 /// Every enqueued request gets exactly one final response: finished, failed
 /// (a bad request, or a backend error in one of its steps) or cancelled (by cancelRequest or
 /// shutdown). All public methods may be called from many threads at once.

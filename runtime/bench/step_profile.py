@@ -101,8 +101,10 @@ def idle_gaps(events: list[DeviceEvent]) -> list[tuple[str, str, float, int]]:
 
 
 # PlanExecutor.host_times' parts of a step, in the order forward() runs them, and their names.
-HOST_PARTS = ("prepare_us", "upload_us", "choose_us", "launch_us", "wait_us", "finish_us")
-HOST_PART_NAMES = ("prepare", "upload", "GEMM choices", "launches", "wait", "copy out")
+HOST_PARTS = ("prepare_us", "upload_us", "choose_us", "launch_us", "beside_us", "wait_us",
+              "finish_us")
+HOST_PART_NAMES = ("prepare", "upload", "GEMM choices", "launches", "the executor's beside them",
+                   "wait", "copy out")
 
 
 def host_times(backend) -> dict | None:

@@ -452,12 +452,15 @@ public:
         return mModel->forward(step);
     }
 
-    void start(StepInputs const& step) override
+    void start(StepInputs const& step, std::function<void()> const& beside) override
     {
         ASSERT_EQ(mStep, nullptr);
         auto const stats = executor->getLatestIterationStats();
         publishedAtStart.push_back(stats ? stats->iteration : -1);
         mStep = &step;
+        beside();
+        auto const after = executor->getLatestIterationStats();
+        publishedBeside.push_back(after ? after->iteration : -1);
     }
 
     [[nodiscard]] StepOutput finish() override
@@ -469,6 +472,7 @@ public:
 
     Executor* executor = nullptr;
     std::vector<std::int64_t> publishedAtStart;  ///< the executor's latest published step, at each start()
+    std::vector<std::int64_t> publishedBeside;   ///< once start() has called `beside`
     std::vector<std::int64_t> publishedAtFinish; ///< and at each finish()
 
 private:
@@ -479,9 +483,9 @@ private:
 
 TEST(Executor, AStepsResponsesGoOutWhileTheNextStepRuns)
 {
-    // Between a step's start and finish the executor publishes the step before's statistics and
-    // builds and publishes its streamed responses: at start() of step k, step k - 2 is the last
-    // out; at its finish(), step k - 1.
+    // In start()'s `beside` the executor publishes the step before's statistics and builds and
+    // publishes its streamed responses: at start() of step k, step k - 2 is the last out; once
+    // `beside` has run, and at finish(), step k - 1.
     // Outputs equal the synchronous backend's, a token a streamed response, and once the loop
     // has nothing to run everything owed is out (statistics and responses of the last step).
     ExecutorConfig const config = smallConfig();
@@ -504,10 +508,12 @@ TEST(Executor, AStepsResponsesGoOutWhileTheNextStepRuns)
     auto const& seen = backend->publishedAtFinish;
     ASSERT_GE(seen.size(), 9U);
     ASSERT_EQ(backend->publishedAtStart.size(), seen.size());
+    ASSERT_EQ(backend->publishedBeside.size(), seen.size());
     for (std::size_t k = 0; k < seen.size(); ++k)
     {
         auto const before = static_cast<std::int64_t>(k) - 1;
         EXPECT_EQ(backend->publishedAtStart[k], std::max<std::int64_t>(before - 1, -1)) << "at step " << k;
+        EXPECT_EQ(backend->publishedBeside[k], before) << "at step " << k;
         EXPECT_EQ(seen[k], before) << "at step " << k;
     }
     auto const stats = executor.getLatestIterationStats();

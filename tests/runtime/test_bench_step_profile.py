@@ -44,8 +44,8 @@ def test_idle_gaps_are_named_by_the_events_around_them():
 def host_reading(eager_steps, graph_steps, scale):
     """A PlanExecutor.host_times reading: every part `scale` us a step so far, waits 100x."""
     def kind(steps):
-        parts = {"prepare_us": 1, "upload_us": 2, "choose_us": 3, "launch_us": 4, "wait_us": 100,
-                 "finish_us": 5}
+        parts = {"prepare_us": 1, "upload_us": 2, "choose_us": 3, "launch_us": 4, "beside_us": 6,
+                 "wait_us": 100, "finish_us": 5}
         return {"steps": steps} | {k: v * scale * steps for k, v in parts.items()}
     return {"eager": kind(eager_steps), "graph": kind(graph_steps)}
 
@@ -54,15 +54,18 @@ def test_host_times_are_taken_a_step_by_kind_between_readings():
     before, after = host_reading(3, 10, 2.0), host_reading(5, 10, 2.0)
     assert host_delta(before, after) == {"eager": {"steps": 2, "prepare_us": 2, "upload_us": 4,
                                                    "choose_us": 6, "launch_us": 8,
-                                                   "wait_us": 200, "finish_us": 10}}
+                                                   "beside_us": 12, "wait_us": 200,
+                                                   "finish_us": 10}}
     assert host_delta(None, after) is None and host_delta(before, None) is None
     assert host_delta(after, after) == {}
     both = host_delta(host_reading(0, 0, 1.0), host_reading(4, 6, 1.0))
     lines = host_lines(both, "  ")
     assert lines == ["  host a step launch by launch (4 steps), us: prepare 1, upload 2, "
-                     "GEMM choices 3, launches 4, wait 100, copy out 5",
+                     "GEMM choices 3, launches 4, the executor's beside them 6, wait 100, "
+                     "copy out 5",
                      "  host a step as CUDA graphs (6 steps), us: prepare 1, upload 2, "
-                     "GEMM choices 3, launches 4, wait 100, copy out 5"]
+                     "GEMM choices 3, launches 4, the executor's beside them 6, wait 100, "
+                     "copy out 5"]
     assert host_lines(None, "") == [] and host_lines({}, "") == []
 
 
@@ -177,7 +180,8 @@ def test_a_run_is_traced_over_its_window(runner):
     # The backend's host times over the window: read when the trace starts and stops.
     assert backend.readings == 2
     assert p["host"] == {"eager": {"steps": 2, "prepare_us": 1, "upload_us": 2, "choose_us": 3,
-                                   "launch_us": 4, "wait_us": 100, "finish_us": 5}}
+                                   "launch_us": 4, "beside_us": 6, "wait_us": 100,
+                                   "finish_us": 5}}
     assert any(line.startswith("    host a step launch by launch (2 steps)") for line in render_lines(p))
     # The CPU backend keeps none: the run reports none.
     assert "host" not in run.to_json()
