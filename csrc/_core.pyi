@@ -441,7 +441,7 @@ class PlanExecutor(Backend):
         """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
         capturing and instantiating them."""
     def host_times(self) -> dict[str, dict[str, float]]:
-        """forward()'s host time so far by part, for steps run launch by launch ("eager") and as
+        """The host time of its steps so far by part, for steps run launch by launch ("eager") and as
         CUDA graphs ("graph"): each {"steps", and microseconds: "prepare_us" (the step checked,
         its symbols, a graph's padding), "upload_us" (inputs staged, copies enqueued),
         "choose_us" (GEMM choices for rows new to the executor), "launch_us" (launches

@@ -478,7 +478,7 @@ void bind(py::module_& m)
                 d["graph"] = kind(graphed);
                 return d;
             },
-            "forward()'s host time so far by part, microseconds, for steps run launch by launch "
+            "The host time of its steps so far by part, microseconds, for steps run launch by launch "
             "('eager') and as CUDA graphs ('graph'): each {steps, prepare_us, upload_us, choose_us, "
             "launch_us, beside_us, wait_us, finish_us}")
         .def("memory",

@@ -35,7 +35,7 @@ struct GraphStats
     double captureSeconds = 0.0; ///< host time capturing and instantiating, all graphs
 };
 
-/// @brief Host time forward() spent in each of its parts, in microseconds over the steps so far
+/// @brief Host time a step spent in each part of start() and finish(), in microseconds over the steps so far
 /// of one kind (launch by launch, or decode-only steps as CUDA graphs): what the GPU may wait on.
 struct StepHostTimes
 {
@@ -92,7 +92,7 @@ public:
     [[nodiscard]] bool fp8FastAccumulation() const;
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
-    /// @brief forward()'s host time by part so far: {steps launch by launch, steps as graphs}.
+    /// @brief The steps' host time by part so far: {steps launch by launch, steps as graphs}.
     [[nodiscard]] std::pair<StepHostTimes, StepHostTimes> hostTimes() const;
 
     /// @brief Memory use as sized at load.
