@@ -57,6 +57,8 @@ py::object toDict(std::optional<IterationStats> const& stats)
         "total_computed_prompt_tokens"_a = s.totalComputedPromptTokens, "total_reused_tokens"_a = s.totalReusedTokens,
         "total_preemptions"_a = s.totalPreemptions, "step_us"_a = s.stepMicros, "forward_us"_a = s.forwardMicros,
         "total_step_us"_a = s.totalStepMicros, "total_forward_us"_a = s.totalForwardMicros,
+        "total_schedule_us"_a = s.totalScheduleMicros, "total_beside_us"_a = s.totalBesideMicros,
+        "total_update_us"_a = s.totalUpdateMicros,
         "total_prefill_step_us"_a = s.totalPrefillStepMicros, "total_prefill_steps"_a = s.totalPrefillSteps,
         "total_decode_tokens"_a = s.totalDecodeTokens,
         "total_decode_only_context_tokens"_a = s.totalDecodeOnlyContextTokens,

@@ -299,6 +299,7 @@ private:
             return;
         }
         double forwardMicros = 0;
+        StepParts parts;
         std::optional<std::string> failure;
         bool published = false;
         try
@@ -316,19 +317,20 @@ private:
                     logitRows.push_back(static_cast<SizeType>(i));
                 }
             }
+            parts.scheduleMicros = microsSince(start);
             auto const forwardStart = std::chrono::steady_clock::now();
-            double besideMicros = 0;
             // While the backend runs this step: the responses and statistics of the one before.
             mBackend->start(inputs, [&] {
                 auto const besideStart = std::chrono::steady_clock::now();
                 publishOwed();
                 published = true;
-                besideMicros = microsSince(besideStart);
+                parts.besideMicros = microsSince(besideStart);
             });
-            forwardMicros = microsSince(forwardStart) - besideMicros;
+            forwardMicros = microsSince(forwardStart) - parts.besideMicros;
             auto const finishStart = std::chrono::steady_clock::now();
             StepOutput const result = mBackend->finish();
             forwardMicros += microsSince(finishStart);
+            auto const updateStart = std::chrono::steady_clock::now();
             auto const vocab = static_cast<std::size_t>(mConfig.vocabSize);
             bool const picked = !result.tokens.empty();
             std::size_t const rows = picked ? logitRows.size() : numRows;
@@ -375,6 +377,7 @@ private:
                     acceptPicked(s.id, result.tokens[i], result.logProbs[i]);
                 }
             }
+            parts.updateMicros = microsSince(updateStart);
         }
         catch (std::exception const& e)
         {
@@ -393,7 +396,7 @@ private:
                     "the backend failed in step " + std::to_string(mIteration) + ": " + *failure);
             }
         }
-        recordStats(output, microsSince(start), forwardMicros);
+        recordStats(output, microsSince(start), forwardMicros, parts);
     }
 
     static double microsSince(std::chrono::steady_clock::time_point start)
@@ -726,11 +729,22 @@ private:
         mStates.erase(it);
     }
 
-    void recordStats(SchedulerOutput const& output, double stepMicros, double forwardMicros)
+    /// The executor's own parts of a step's time (IterationStats::totalScheduleMicros ...).
+    struct StepParts
+    {
+        double scheduleMicros = 0;
+        double besideMicros = 0;
+        double updateMicros = 0;
+    };
+
+    void recordStats(SchedulerOutput const& output, double stepMicros, double forwardMicros, StepParts const& parts)
     {
         mTotals.totalComputedPromptTokens += output.numPrefillTokens;
         mTotals.totalStepMicros += stepMicros;
         mTotals.totalForwardMicros += forwardMicros;
+        mTotals.totalScheduleMicros += parts.scheduleMicros;
+        mTotals.totalBesideMicros += parts.besideMicros;
+        mTotals.totalUpdateMicros += parts.updateMicros;
         mTotals.totalDecodeTokens += output.numDecodeTokens;
         if (output.numPrefillTokens > 0)
         {

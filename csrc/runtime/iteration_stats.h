@@ -25,6 +25,12 @@ struct IterationStats
     double forwardMicros = 0; ///< of which in the backend's start and finish
     double totalStepMicros = 0;           ///< over every step so far
     double totalForwardMicros = 0;        ///< over every step so far
+    /// Over every step so far, the executor's own parts of the step time: scheduling the step and
+    /// building its inputs; the step before's responses built and published beside the backend's
+    /// work (Backend::start's callback); the step's output taken in (tokens accepted, stops).
+    double totalScheduleMicros = 0;
+    double totalBesideMicros = 0;
+    double totalUpdateMicros = 0;
     double totalPrefillStepMicros = 0;    ///< over the steps so far that computed prompt tokens
     std::int64_t totalPrefillSteps = 0;   ///< steps so far that computed prompt tokens
     std::int64_t totalDecodeTokens = 0;   ///< decode tokens computed so far

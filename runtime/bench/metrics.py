@@ -57,6 +57,12 @@ class Distribution:
         return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
 
 
+# The executor's own parts of a step (IterationStats' total_schedule_us ...): scheduling the step
+# and building its inputs, the step before's responses published beside the backend's work, the
+# step's output taken in.
+EXECUTOR_PARTS = ("schedule", "beside", "update")
+
+
 @dataclass(slots=True)
 class StepLog:
     """The executor's per-step stats, as seen by polling its latest ones during a run. The
@@ -109,7 +115,7 @@ class StepLog:
         each computed on average: decode tokens and the keys they attended to (their context
         lengths summed); a prompt step's prompt tokens, sequences, the keys its prompt chunks
         read (their context lengths) and the (query, key) pairs they scored; tokens a step,
-        and the backend's share of the step time."""
+        the backend's share of the step time and the executor's own parts of a step (us)."""
         if self.last is None:
             return None
         if self.before is None and self.first_iteration != 0:
@@ -143,7 +149,8 @@ class StepLog:
             "decode_tokens_mean": self._delta("total_decode_tokens") / steps if steps else 0.0,
             "step_s": step_us / 1e6,
             "forward_share": self._delta("total_forward_us") / step_us if step_us > 0 else None,
-        }
+        } | ({"executor_us": {part: self._delta(f"total_{part}_us") / steps for part in EXECUTOR_PARTS}}
+             if steps and all(f"total_{part}_us" in self.last for part in EXECUTOR_PARTS) else {})
 
 
 @dataclass(slots=True)

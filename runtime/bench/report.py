@@ -7,6 +7,7 @@ import platform
 
 import torch
 
+from kiln.runtime.bench.metrics import EXECUTOR_PARTS
 from kiln.runtime.bench.step_profile import HOST_PARTS, host_lines
 from kiln.runtime.bench.step_profile import render_lines as profile_lines
 
@@ -99,7 +100,10 @@ _RUN = {"type": "object",
                                      "with_prompt": _STEP_KIND, "decode_only": _STEP_KIND,
                                      "decode_tokens_mean": {"type": "number"},
                                      "step_s": {"type": "number"},
-                                     "forward_share": _NUM_OR_NULL}},
+                                     "forward_share": _NUM_OR_NULL,
+                                     "executor_us": {"type": "object", "required": list(EXECUTOR_PARTS),
+                                                     "properties": {p: {"type": "number"}
+                                                                    for p in EXECUTOR_PARTS}}}},
             "graphs": {"oneOf": [{"type": "null"}, {
                 "type": "object", "required": ["captured", "replays", "eager_steps", "capture_s"],
                 "properties": {"captured": {"type": "integer", "minimum": 0},
@@ -287,6 +291,16 @@ def _steps_line(steps: dict) -> str:
             f"tokens a step" + (f"; the backend {100 * share:.1f}% of it" if share is not None else ""))
 
 
+def _executor_line(steps: dict) -> str | None:
+    """The executor's own parts of a step (StepLog.timing's executor_us), when reported."""
+    parts = steps.get("executor_us")
+    if not parts:
+        return None
+    return (f"  the executor a step, us: scheduling and inputs {parts['schedule']:,.0f}, the step "
+            f"before's responses beside the backend {parts['beside']:,.0f}, the output taken in "
+            f"{parts['update']:,.0f}")
+
+
 def _floor_line(d: dict) -> str:
     """A decode-only step's mean time against its memory floor (Roofline.decode_step_s)."""
     return (f"  decode-only steps attend to {d['context_tokens_mean']:,.0f} keys a step: the "
@@ -321,6 +335,8 @@ def render(doc: dict) -> str:
                       f"stats seen on {steps['seen']} of {steps['total']} steps"]
             if "with_prompt" in steps:
                 lines.append(_steps_line(steps))
+                if executor := _executor_line(steps):
+                    lines.append(executor)
                 for key, what in (("with_prompt", "steps with prompt tokens"),
                                   ("decode_only", "decode-only steps")):
                     if steps[key].get("floor_ms"):

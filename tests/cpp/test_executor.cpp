@@ -520,6 +520,14 @@ TEST(Executor, AStepsResponsesGoOutWhileTheNextStepRuns)
     ASSERT_TRUE(stats.has_value());
     EXPECT_EQ(stats->iteration, static_cast<std::int64_t>(seen.size()) - 1);
     EXPECT_EQ(executor.getKvCacheStats().usedBlocks, 0);
+    // The executor's own parts of the steps, each measured, within the steps' time with the
+    // backend's.
+    EXPECT_GT(stats->totalScheduleMicros, 0.0);
+    EXPECT_GT(stats->totalBesideMicros, 0.0);
+    EXPECT_GT(stats->totalUpdateMicros, 0.0);
+    EXPECT_LE(stats->totalScheduleMicros + stats->totalBesideMicros + stats->totalUpdateMicros
+            + stats->totalForwardMicros,
+        stats->totalStepMicros);
 }
 
 TEST(Executor, ACancelBetweenStepsKeepsTheStreamedTokensInTheirOwnResponse)

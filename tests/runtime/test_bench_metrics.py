@@ -81,6 +81,9 @@ def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals
     `prompt_keys` (its chunks' context lengths summed) and the `pairs` they scored."""
     totals["total_step_us"] += step_us
     totals["total_forward_us"] += forward_us
+    if "total_schedule_us" in totals:  # the executor's own parts: a tenth, a twentieth, a fifth
+        for part, share in (("schedule", 0.1), ("beside", 0.05), ("update", 0.2)):
+            totals[f"total_{part}_us"] += share * step_us
     totals["total_decode_tokens"] += decode_tokens
     totals["total_computed_prompt_tokens"] += prefill_tokens
     if prefill_tokens:
@@ -128,10 +131,33 @@ def test_step_log_times_the_run_steps_only():
     assert t["decode_tokens_mean"] == pytest.approx(15 / 5)
     assert t["step_s"] == pytest.approx(4.5e-3)
     assert t["forward_share"] == pytest.approx(4000 / 4500)
+    assert "executor_us" not in t  # stats without the executor's parts
     # Without the stats from before the run, totals that include earlier steps give nothing.
     blind = StepLog()
     blind.observe(dict(steps[4]))
     assert blind.timing() is None
+
+
+def test_step_log_gives_the_executor_s_parts_a_step():
+    from kiln.runtime.bench.report import _executor_line
+
+    totals = dict.fromkeys(("total_step_us", "total_forward_us", "total_decode_tokens",
+                            "total_computed_prompt_tokens", "total_prefill_step_us",
+                            "total_prefill_steps", "total_decode_only_context_tokens",
+                            "total_prefill_step_decode_tokens",
+                            "total_prefill_step_decode_context_tokens",
+                            "total_prefill_step_sequences", "total_prefill_step_prompt_context_tokens",
+                            "total_prefill_step_prompt_attention_pairs", "total_schedule_us",
+                            "total_beside_us", "total_update_us"), 0)
+    log = StepLog()
+    log.start(dict(_timed(0, 0, 2, 9000.0, 8000.0, totals)))  # before the run: not counted
+    for i, step_us in enumerate((1000.0, 3000.0), start=1):
+        log.observe(dict(_timed(i, 0, 4, step_us, step_us / 2, totals, keys=40)))
+    t = log.timing()
+    assert t["executor_us"] == pytest.approx({"schedule": 200.0, "beside": 100.0, "update": 400.0})
+    assert _executor_line(t) == ("  the executor a step, us: scheduling and inputs 200, the step "
+                                 "before's responses beside the backend 100, the output taken in 400")
+    assert _executor_line({}) is None
 
 
 def test_arrivals():

@@ -183,8 +183,11 @@ def test_a_run_is_traced_over_its_window(runner):
                                    "launch_us": 4, "beside_us": 6, "wait_us": 100,
                                    "finish_us": 5}}
     assert any(line.startswith("    host a step launch by launch (2 steps)") for line in render_lines(p))
-    # The CPU backend keeps none: the run reports none.
+    # The CPU backend keeps none: the run reports none. The executor's own parts of a step
+    # are the executor's, on any backend.
     assert "host" not in run.to_json()
+    parts = run.to_json()["steps"]["executor_us"]
+    assert set(parts) == {"schedule", "beside", "update"} and all(v > 0 for v in parts.values())
 
 
 def test_a_window_past_the_run_is_said_so(runner):
