@@ -99,14 +99,20 @@ def _timed(iteration, prefill_tokens, decode_tokens, step_us, forward_us, totals
     return _stats(iteration, 4, 4, 10) | {"step_us": step_us, "forward_us": forward_us} | totals
 
 
+def _zero_totals(executor_parts: bool = False) -> dict:
+    """The executor's running totals before its first step (with its own parts of a step)."""
+    keys = ["total_step_us", "total_forward_us", "total_decode_tokens",
+            "total_computed_prompt_tokens", "total_prefill_step_us", "total_prefill_steps",
+            "total_decode_only_context_tokens", "total_prefill_step_decode_tokens",
+            "total_prefill_step_decode_context_tokens", "total_prefill_step_sequences",
+            "total_prefill_step_prompt_context_tokens", "total_prefill_step_prompt_attention_pairs"]
+    if executor_parts:
+        keys += ["total_schedule_us", "total_beside_us", "total_update_us"]
+    return dict.fromkeys(keys, 0)
+
+
 def test_step_log_times_the_run_steps_only():
-    totals = dict.fromkeys(("total_step_us", "total_forward_us", "total_decode_tokens",
-                            "total_computed_prompt_tokens", "total_prefill_step_us",
-                            "total_prefill_steps", "total_decode_only_context_tokens",
-                            "total_prefill_step_decode_tokens",
-                            "total_prefill_step_decode_context_tokens",
-                            "total_prefill_step_sequences", "total_prefill_step_prompt_context_tokens",
-                            "total_prefill_step_prompt_attention_pairs"), 0)
+    totals = _zero_totals()
     warmup = _timed(0, 0, 2, 5000.0, 4000.0, totals, keys=70)  # before the run
     log = StepLog()
     log.start(dict(warmup))
@@ -141,14 +147,7 @@ def test_step_log_times_the_run_steps_only():
 def test_step_log_gives_the_executor_s_parts_a_step():
     from kiln.runtime.bench.report import _executor_line
 
-    totals = dict.fromkeys(("total_step_us", "total_forward_us", "total_decode_tokens",
-                            "total_computed_prompt_tokens", "total_prefill_step_us",
-                            "total_prefill_steps", "total_decode_only_context_tokens",
-                            "total_prefill_step_decode_tokens",
-                            "total_prefill_step_decode_context_tokens",
-                            "total_prefill_step_sequences", "total_prefill_step_prompt_context_tokens",
-                            "total_prefill_step_prompt_attention_pairs", "total_schedule_us",
-                            "total_beside_us", "total_update_us"), 0)
+    totals = _zero_totals(executor_parts=True)
     log = StepLog()
     log.start(dict(_timed(0, 0, 2, 9000.0, 8000.0, totals)))  # before the run: not counted
     for i, step_us in enumerate((1000.0, 3000.0), start=1):
