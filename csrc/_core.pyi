@@ -439,13 +439,14 @@ class PlanExecutor(Backend):
     captured graphs and the GEMM choices."""
     def graph_stats(self) -> dict[str, float]:
         """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
-        capturing and instantiating them."""
+        capturing and instantiating them. A decode step of a launch shape not captured yet runs
+        launch by launch (an eager step) and its graph is captured after it."""
     def host_times(self) -> dict[str, dict[str, float]]:
         """The host time of its steps so far by part, for steps run launch by launch ("eager") and as
         CUDA graphs ("graph"): each {"steps", and microseconds: "prepare_us" (the step checked,
         its symbols, a graph's padding), "upload_us" (inputs staged, copies enqueued),
         "choose_us" (GEMM choices for rows new to the executor), "launch_us" (launches
-        enqueued, or a graph replayed or captured), "beside_us" (the executor's own work
+        enqueued, and a new launch shape's graph captured after them; or a graph replayed), "beside_us" (the executor's own work
         while the step's first launches ran), "wait_us" (the stream synchronised: the GPU's
         work), "finish_us" (outputs copied out)}."""
     def memory(self) -> dict[str, int]:

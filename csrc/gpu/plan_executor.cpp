@@ -190,6 +190,7 @@ public:
             allocate(weights, options);
             resolveProgram();
             KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&mStream, cudaStreamNonBlocking));
+            mLaunchStream = mStream;
         }
         catch (...)
         {
@@ -206,6 +207,8 @@ public:
             cudaStreamSynchronize(mStream);
             cudaStreamDestroy(mStream);
         }
+        if (mCaptureStream != nullptr)
+            cudaStreamDestroy(mCaptureStream);
         unload();
     }
 
@@ -255,7 +258,19 @@ public:
         {
             mValues[firstDerived + i] = mDerived[i].eval(mValues);
         }
-        StepHostTimes& host = graph ? mHostGraphed : mHostEager;
+        // A launch shape's first decode step runs launch by launch, its graph captured after its
+        // launches are queued, while the GPU runs them (capturing first would leave it idle).
+        cudaGraphExec_t replay = nullptr;
+        std::optional<std::vector<std::int64_t>> capture;
+        if (graph)
+        {
+            std::vector<std::int64_t> key = graphKey();
+            if (auto const it = mGraphs.find(key); it != mGraphs.end())
+                replay = it->second;
+            else if (mGraphs.size() < kMaxGraphs)
+                capture = std::move(key);
+        }
+        StepHostTimes& host = replay != nullptr ? mHostGraphed : mHostEager;
         ++host.steps;
         lap(host.prepareMicros);
         upload(*inputs);
@@ -270,9 +285,10 @@ public:
             beside();
             lap(host.besideMicros);
         };
-        if (graph)
+        if (replay != nullptr)
         {
-            runGraph();
+            KILN_CUDA_CHECK(cudaGraphLaunch(replay, mStream));
+            ++mGraphStats.replays;
         }
         else
         {
@@ -282,6 +298,8 @@ public:
             ++mGraphStats.eagerSteps;
         }
         besideNow();
+        if (capture)
+            captureGraph(std::move(*capture));
         lap(host.launchMicros);
         mStarted = &step;
         mStartedHost = &host;
@@ -943,7 +961,7 @@ private:
     {
         for (auto& launch : gemm.prologue)
             run(launch);
-        mGemm->run(gemm.id, static_cast<int>(m), mStream);
+        mGemm->run(gemm.id, static_cast<int>(m), mLaunchStream);
         for (auto& launch : gemm.epilogue)
             run(launch);
     }
@@ -1088,50 +1106,47 @@ private:
         return bestOfRuns(mStream, 3, once, cold) / static_cast<float>(peers.size());
     }
 
-    /// Replays the graph for this step's launch shape: the values of every symbol the program
-    /// reads. The first step of a shape captures it.
-    void runGraph()
+    /// The launch shape of this step: the values of every symbol the program reads.
+    std::vector<std::int64_t> graphKey() const
     {
         std::vector<std::int64_t> key;
         key.reserve(mGraphSymbols.size());
         for (std::size_t index : mGraphSymbols)
             key.push_back(mValues[index]);
-        auto it = mGraphs.find(key);
-        if (it == mGraphs.end())
+        return key;
+    }
+
+    /// Captures the program at this step's values as the graph of launch shape `key`, on a stream
+    /// of its own: nothing runs, so the step launched on mStream before it runs on meanwhile.
+    void captureGraph(std::vector<std::int64_t> key)
+    {
+        auto const captureStart = std::chrono::steady_clock::now();
+        if (mCaptureStream == nullptr)
+            KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&mCaptureStream, cudaStreamNonBlocking));
+        KILN_CUDA_CHECK(cudaStreamBeginCapture(mCaptureStream, cudaStreamCaptureModeThreadLocal));
+        cudaGraph_t graph = nullptr;
+        mLaunchStream = mCaptureStream;
+        try
         {
-            if (mGraphs.size() >= kMaxGraphs)
-            {
-                runProgram();
-                ++mGraphStats.eagerSteps;
-                return;
-            }
-            // The choices per M time candidates, which a capture cannot hold: now.
-            prepareGemms();
-            auto const captureStart = std::chrono::steady_clock::now();
-            KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
-            cudaGraph_t graph = nullptr;
-            try
-            {
-                runProgram();
-            }
-            catch (...)
-            {
-                cudaStreamEndCapture(mStream, &graph);
-                if (graph != nullptr)
-                    cudaGraphDestroy(graph);
-                throw;
-            }
-            KILN_CUDA_CHECK(cudaStreamEndCapture(mStream, &graph));
-            cudaGraphExec_t exec = nullptr;
-            cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
-            cudaGraphDestroy(graph);
-            KILN_CUDA_CHECK(instantiated);
-            mGraphStats.captureSeconds
-                += std::chrono::duration<double>(std::chrono::steady_clock::now() - captureStart).count();
-            it = mGraphs.emplace(std::move(key), exec).first;
+            runProgram();
         }
-        KILN_CUDA_CHECK(cudaGraphLaunch(it->second, mStream));
-        ++mGraphStats.replays;
+        catch (...)
+        {
+            mLaunchStream = mStream;
+            cudaStreamEndCapture(mCaptureStream, &graph);
+            if (graph != nullptr)
+                cudaGraphDestroy(graph);
+            throw;
+        }
+        mLaunchStream = mStream;
+        KILN_CUDA_CHECK(cudaStreamEndCapture(mCaptureStream, &graph));
+        cudaGraphExec_t exec = nullptr;
+        cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
+        cudaGraphDestroy(graph);
+        KILN_CUDA_CHECK(instantiated);
+        mGraphStats.captureSeconds
+            += std::chrono::duration<double>(std::chrono::steady_clock::now() - captureStart).count();
+        mGraphs.emplace(std::move(key), exec);
     }
 
     /// Copies back what the caller reads: the greedy picks and the logits of
@@ -1221,7 +1236,7 @@ private:
         {
             mDriver.check(mDriver.launchKernel(launch.function, static_cast<unsigned>(grid[0]),
                               static_cast<unsigned>(grid[1]), static_cast<unsigned>(grid[2]), launch.threads, 1, 1,
-                              launch.shared, mStream, launch.params.data(), nullptr),
+                              launch.shared, mLaunchStream, launch.params.data(), nullptr),
                 launch.label.c_str());
             return;
         }
@@ -1238,7 +1253,7 @@ private:
         config.blockDimY = 1;
         config.blockDimZ = 1;
         config.sharedMemBytes = launch.shared;
-        config.hStream = mStream;
+        config.hStream = mLaunchStream;
         config.attrs = &attribute;
         config.numAttrs = 1;
         mDriver.check(mDriver.launchKernelEx(&config, launch.function, launch.params.data(), nullptr),
@@ -1363,6 +1378,8 @@ private:
     std::vector<std::vector<std::size_t>> mShapeMembers;  ///< GEMM shape id -> its GEMMs' places in mProgram
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
+    cudaStream_t mCaptureStream = nullptr; ///< where graphs are captured (created at the first)
+    cudaStream_t mLaunchStream = nullptr;  ///< where run() and the GEMMs launch: mStream, or mCaptureStream while capturing
 };
 
 PlanExecutor::PlanExecutor(PlanSpec plan, std::vector<WeightData> const& weights, PlanExecutorOptions const& options)

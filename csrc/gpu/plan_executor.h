@@ -43,7 +43,7 @@ struct StepHostTimes
     double prepareMicros = 0; ///< the step checked, its symbols evaluated, padded to a graph bucket
     double uploadMicros = 0;  ///< step inputs staged in pinned memory, their copies enqueued
     double chooseMicros = 0;  ///< GEMM choices made for rows new to the executor (timed on the GPU)
-    double launchMicros = 0;  ///< launches enqueued, or a graph's replay (its capture included)
+    double launchMicros = 0;  ///< launches enqueued (and a new launch shape's graph captured after them), or a graph's replay
     double besideMicros = 0;  ///< the caller's own work while the step's first launches ran (start's `beside`)
     double waitMicros = 0;    ///< copies back enqueued and the stream synchronised: the GPU's work
     double finishMicros = 0;  ///< outputs copied out of pinned memory
