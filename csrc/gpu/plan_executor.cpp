@@ -190,7 +190,6 @@ public:
             allocate(weights, options);
             resolveProgram();
             KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&mStream, cudaStreamNonBlocking));
-            mLaunchStream = mStream;
         }
         catch (...)
         {
@@ -207,8 +206,6 @@ public:
             cudaStreamSynchronize(mStream);
             cudaStreamDestroy(mStream);
         }
-        if (mCaptureStream != nullptr)
-            cudaStreamDestroy(mCaptureStream);
         unload();
     }
 
@@ -258,19 +255,7 @@ public:
         {
             mValues[firstDerived + i] = mDerived[i].eval(mValues);
         }
-        // A launch shape's first decode step runs launch by launch, its graph captured after its
-        // launches are queued, while the GPU runs them (capturing first would leave it idle).
-        cudaGraphExec_t replay = nullptr;
-        std::optional<std::vector<std::int64_t>> capture;
-        if (graph)
-        {
-            std::vector<std::int64_t> key = graphKey();
-            if (auto const it = mGraphs.find(key); it != mGraphs.end())
-                replay = it->second;
-            else if (mGraphs.size() < kMaxGraphs)
-                capture = std::move(key);
-        }
-        StepHostTimes& host = replay != nullptr ? mHostGraphed : mHostEager;
+        StepHostTimes& host = graph ? mHostGraphed : mHostEager;
         ++host.steps;
         lap(host.prepareMicros);
         upload(*inputs);
@@ -285,10 +270,9 @@ public:
             beside();
             lap(host.besideMicros);
         };
-        if (replay != nullptr)
+        if (graph)
         {
-            KILN_CUDA_CHECK(cudaGraphLaunch(replay, mStream));
-            ++mGraphStats.replays;
+            runGraph();
         }
         else
         {
@@ -298,8 +282,6 @@ public:
             ++mGraphStats.eagerSteps;
         }
         besideNow();
-        if (capture)
-            captureGraph(std::move(*capture));
         lap(host.launchMicros);
         mStarted = &step;
         mStartedHost = &host;
@@ -404,6 +386,42 @@ public:
         return std::string(mProps.name) + " (sm_" + std::to_string(mSm) + ", " + std::to_string(mProps.multiProcessorCount)
             + " SMs), cubins for sm_" + std::to_string(mCubinSm) + ", " + mGemm->describe() + ", "
             + std::to_string(mNumBlocks) + " KV blocks";
+    }
+
+    /// Makes the GEMM choices and captures the graphs of greedy decode steps of every batch
+    /// bucket up to `maxBatchSize` whose launch shape does not depend on the context length (the
+    /// same for one cached token as for the engine's longest), so the steps that meet them later
+    /// leave the GPU no time idle for either. Returns how many were captured.
+    int captureGraphs(std::int64_t maxBatchSize)
+    {
+        if (!mCudaGraphs)
+            return 0;
+        KILN_CUDA_CHECK(cudaSetDevice(mDevice));
+        std::vector<std::int64_t> const saved = mValues;
+        std::int64_t const most = std::min<std::int64_t>({maxBatchSize, mSpec.maxBatchSize, mSpec.maxNumTokens});
+        int captured = 0;
+        try
+        {
+            for (std::int64_t b = 1, bucket = 0; b <= most; b = bucket + 1)
+            {
+                bucket = batchBucket(b);
+                decodeValues(bucket, mSpec.maxSeqLen);
+                std::vector<std::int64_t> key = graphKey();
+                decodeValues(bucket, 1);
+                if (graphKey() != key || mGraphs.count(key) != 0 || mGraphs.size() >= kMaxGraphs)
+                    continue;
+                prepareGemms();
+                captureGraph(std::move(key));
+                ++captured;
+            }
+        }
+        catch (...)
+        {
+            mValues = saved;
+            throw;
+        }
+        mValues = saved;
+        return captured;
     }
 
 private:
@@ -961,7 +979,7 @@ private:
     {
         for (auto& launch : gemm.prologue)
             run(launch);
-        mGemm->run(gemm.id, static_cast<int>(m), mLaunchStream);
+        mGemm->run(gemm.id, static_cast<int>(m), mStream);
         for (auto& launch : gemm.epilogue)
             run(launch);
     }
@@ -1106,7 +1124,29 @@ private:
         return bestOfRuns(mStream, 3, once, cold) / static_cast<float>(peers.size());
     }
 
-    /// The launch shape of this step: the values of every symbol the program reads.
+    /// Replays the graph for this step's launch shape: the values of every symbol the program
+    /// reads. The first step of a shape captures it.
+    void runGraph()
+    {
+        std::vector<std::int64_t> key = graphKey();
+        auto it = mGraphs.find(key);
+        if (it == mGraphs.end())
+        {
+            if (mGraphs.size() >= kMaxGraphs)
+            {
+                runProgram();
+                ++mGraphStats.eagerSteps;
+                return;
+            }
+            // The choices per M time candidates, which a capture cannot hold: now.
+            prepareGemms();
+            it = captureGraph(std::move(key));
+        }
+        KILN_CUDA_CHECK(cudaGraphLaunch(it->second, mStream));
+        ++mGraphStats.replays;
+    }
+
+    /// The launch shape of the step in mValues: the values of every symbol the program reads.
     std::vector<std::int64_t> graphKey() const
     {
         std::vector<std::int64_t> key;
@@ -1116,37 +1156,47 @@ private:
         return key;
     }
 
-    /// Captures the program at this step's values as the graph of launch shape `key`, on a stream
-    /// of its own: nothing runs, so the step launched on mStream before it runs on meanwhile.
-    void captureGraph(std::vector<std::int64_t> key)
+    /// Captures the program at mValues as the graph of launch shape `key` (its GEMM choices
+    /// made already).
+    std::map<std::vector<std::int64_t>, cudaGraphExec_t>::iterator captureGraph(std::vector<std::int64_t> key)
     {
         auto const captureStart = std::chrono::steady_clock::now();
-        if (mCaptureStream == nullptr)
-            KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&mCaptureStream, cudaStreamNonBlocking));
-        KILN_CUDA_CHECK(cudaStreamBeginCapture(mCaptureStream, cudaStreamCaptureModeThreadLocal));
+        KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
         cudaGraph_t graph = nullptr;
-        mLaunchStream = mCaptureStream;
         try
         {
             runProgram();
         }
         catch (...)
         {
-            mLaunchStream = mStream;
-            cudaStreamEndCapture(mCaptureStream, &graph);
+            cudaStreamEndCapture(mStream, &graph);
             if (graph != nullptr)
                 cudaGraphDestroy(graph);
             throw;
         }
-        mLaunchStream = mStream;
-        KILN_CUDA_CHECK(cudaStreamEndCapture(mCaptureStream, &graph));
+        KILN_CUDA_CHECK(cudaStreamEndCapture(mStream, &graph));
         cudaGraphExec_t exec = nullptr;
         cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
         cudaGraphDestroy(graph);
         KILN_CUDA_CHECK(instantiated);
         mGraphStats.captureSeconds
             += std::chrono::duration<double>(std::chrono::steady_clock::now() - captureStart).count();
-        mGraphs.emplace(std::move(key), exec);
+        return mGraphs.emplace(std::move(key), exec).first;
+    }
+
+    /// mValues for a greedy decode step of `b` sequences whose longest context is `maxCtx`.
+    void decodeValues(std::int64_t b, std::int64_t maxCtx)
+    {
+        mValues[kT] = b;
+        mValues[kB] = b;
+        mValues[kBd] = b;
+        mValues[kMaxQ] = 1;
+        mValues[kMaxCtx] = maxCtx;
+        mValues[kMaxBlk] = mSpec.maxBlocksPerSeq;
+        mValues[kLogits] = mSelect == 0 ? 1 : 0;
+        std::size_t const firstDerived = std::size(kStepSymbols) + mSpec.resident.size();
+        for (std::size_t i = 0; i < mDerived.size(); ++i)
+            mValues[firstDerived + i] = mDerived[i].eval(mValues);
     }
 
     /// Copies back what the caller reads: the greedy picks and the logits of
@@ -1236,7 +1286,7 @@ private:
         {
             mDriver.check(mDriver.launchKernel(launch.function, static_cast<unsigned>(grid[0]),
                               static_cast<unsigned>(grid[1]), static_cast<unsigned>(grid[2]), launch.threads, 1, 1,
-                              launch.shared, mLaunchStream, launch.params.data(), nullptr),
+                              launch.shared, mStream, launch.params.data(), nullptr),
                 launch.label.c_str());
             return;
         }
@@ -1253,7 +1303,7 @@ private:
         config.blockDimY = 1;
         config.blockDimZ = 1;
         config.sharedMemBytes = launch.shared;
-        config.hStream = mLaunchStream;
+        config.hStream = mStream;
         config.attrs = &attribute;
         config.numAttrs = 1;
         mDriver.check(mDriver.launchKernelEx(&config, launch.function, launch.params.data(), nullptr),
@@ -1378,8 +1428,6 @@ private:
     std::vector<std::vector<std::size_t>> mShapeMembers;  ///< GEMM shape id -> its GEMMs' places in mProgram
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
-    cudaStream_t mCaptureStream = nullptr; ///< where graphs are captured (created at the first)
-    cudaStream_t mLaunchStream = nullptr;  ///< where run() and the GEMMs launch: mStream, or mCaptureStream while capturing
 };
 
 PlanExecutor::PlanExecutor(PlanSpec plan, std::vector<WeightData> const& weights, PlanExecutorOptions const& options)
@@ -1427,6 +1475,11 @@ bool PlanExecutor::fp8FastAccumulation() const
 bool PlanExecutor::cudaGraphs() const
 {
     return mImpl->cudaGraphs();
+}
+
+int PlanExecutor::captureGraphs(std::int64_t maxBatchSize)
+{
+    return mImpl->captureGraphs(maxBatchSize);
 }
 
 GraphStats PlanExecutor::graphStats() const

@@ -43,7 +43,7 @@ struct StepHostTimes
     double prepareMicros = 0; ///< the step checked, its symbols evaluated, padded to a graph bucket
     double uploadMicros = 0;  ///< step inputs staged in pinned memory, their copies enqueued
     double chooseMicros = 0;  ///< GEMM choices made for rows new to the executor (timed on the GPU)
-    double launchMicros = 0;  ///< launches enqueued (and a new launch shape's graph captured after them), or a graph's replay
+    double launchMicros = 0;  ///< launches enqueued, or a graph's replay (its capture included)
     double besideMicros = 0;  ///< the caller's own work while the step's first launches ran (start's `beside`)
     double waitMicros = 0;    ///< copies back enqueued and the stream synchronised: the GPU's work
     double finishMicros = 0;  ///< outputs copied out of pinned memory
@@ -92,6 +92,12 @@ public:
     [[nodiscard]] bool fp8FastAccumulation() const;
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
+    /// @brief Captures, with their GEMM choices, the CUDA graphs of greedy decode steps of every
+    /// batch bucket up to `maxBatchSize` whose launch shape is the same at any context length
+    /// (at load: a step meeting a new shape otherwise waits for both); returns how many. Shapes
+    /// that depend on the context (a split KV, few sequences over long contexts) are captured
+    /// when first met, as are those of steps that return logits.
+    int captureGraphs(std::int64_t maxBatchSize);
     /// @brief The steps' host time by part so far: {steps launch by launch, steps as graphs}.
     [[nodiscard]] std::pair<StepHostTimes, StepHostTimes> hostTimes() const;
 

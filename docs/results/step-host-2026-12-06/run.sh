@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One H100 call (~550 s): two changes to the host time around a step (B, this tree) against the
+# One H100 call (~450 s), the second of two (the first: run-first.sh): the cost of choosing a
+# cuBLASLt algorithm for a new M (choice_cost.cpp), then two changes (B, this tree) against the
 # tree without them (A: variant.diff reversed), on BF16 + FP8 KV 128/128 (3,000 requests):
 #  - a new M above the timed range runs the cuBLASLt algorithm picked at a nearby M of the shape,
-#    checked with cublasLtMatmulAlgoCheck, where A called the heuristic for every new M (each
-#    step with prompt tokens spent 0.7-1.5 ms before its first launch: ../overlap-2026-12-06);
-#  - a decode step of a launch shape without a graph runs launch by launch and its graph is
-#    captured after its launches, while the GPU runs them, where A captured first (59 captures
-#    over the run, 0.25 s of host time with the GPU idle).
+#    checked with cublasLtMatmulAlgoCheck, where A called the heuristic for every new M;
+#  - ModelRunner captures the greedy decode graphs of its batch buckets at load, with their GEMM
+#    choices (those whose launch shape is the same at any context length), where A captured
+#    each, and made its choices, in the first step of its shape with the GPU idle (59 over the
+#    run: ~0.54 s of the 20.5, h100-2026-12-06-first).
 # One engine, sized as bench_gpu.sh sizes it; runs B A B A, then the graph and runtime GPU tests
 # on B. A is built as a wheel beside the build and installed for its runs; B's editable install
 # back for its. Logs packed into $OUT/logs.tgz.
@@ -26,6 +27,8 @@ mkdir -p /tmp/a && tar cf - --exclude=./.git --exclude=./build --exclude=./.whl 
 (python3 -m pip wheel --no-build-isolation --no-deps /tmp/a -w /tmp/a-wheel > "$LOG/wheel-a.log" 2>&1;
  echo "wheel A rc $?" >> "$LOG/wheel-a.log") &
 wheel=$!
+g++ -O2 -std=c++17 "$D/choice_cost.cpp" -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcublasLt \
+  -lcudart -o /tmp/choice_cost && /tmp/choice_cost > "$LOG/choice_cost.log" 2>&1; cat "$LOG/choice_cost.log"
 KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
   > "$LOG/build.log" 2>&1
 at "build rc $?"
@@ -39,7 +42,7 @@ bench() {  # bench NAME ENGINE
   timeout 100 python3 -m kiln.runtime.bench throughput --engine "$2" --dataset "$PWD/data/128-128-3000.jsonl" \
     --json "$LOG/run-$1.json" > "$LOG/run-$1.log" 2>&1
   at "$1 rc $?"
-  grep -E "output tok/s|steps [0-9.]+ s:|host a step|executor|TTFT" "$LOG/run-$1.log" | cut -c1-160
+  grep -E "output tok/s|steps [0-9.]+ s:|host a step|executor|TTFT|CUDA graphs|load" "$LOG/run-$1.log" | cut -c1-160
 }
 E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
 for n in B1 A1 B2; do bench $n "$E"; done
