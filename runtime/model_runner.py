@@ -104,8 +104,6 @@ class ModelRunner:
             backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks,
                                          cuda_graphs=cuda_graphs)
             backend.fp8_fast_accumulation = fp8_fast_accumulation_on_gpu(fp8_fast_accumulation)
-            # Decode steps' graphs and GEMM choices now, not in the steps that first need them.
-            backend.capture_graphs(max_batch_size)
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1

@@ -445,10 +445,6 @@ void bind(py::module_& m)
             "Whether FP8 GEMMs run through cuBLASLt accumulate without promoting their partial sums to "
             "float32 along K (faster where compute-bound, less exact); setting it drops the captured graphs "
             "and GEMM choices.")
-        .def("capture_graphs", &PlanExecutor::captureGraphs, py::arg("max_batch_size"),
-            py::call_guard<py::gil_scoped_release>(),
-            "Captures the CUDA graphs (and makes the GEMM choices) of greedy decode steps of every batch bucket up "
-            "to max_batch_size whose launch shape is the same at any context length; returns how many.")
         .def("graph_stats",
             [](PlanExecutor const& self)
             {

@@ -69,7 +69,6 @@ CublasLtApi::CublasLtApi(std::string const& fallback)
         bind(mHandle, preferenceDestroy, "cublasLtMatmulPreferenceDestroy", mPath);
         bind(mHandle, preferenceSetAttribute, "cublasLtMatmulPreferenceSetAttribute", mPath);
         bind(mHandle, algoGetHeuristic, "cublasLtMatmulAlgoGetHeuristic", mPath);
-        bind(mHandle, algoCheck, "cublasLtMatmulAlgoCheck", mPath);
         bind(mHandle, matmul, "cublasLtMatmul", mPath);
     }
     catch (...)

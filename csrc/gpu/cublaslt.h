@@ -44,7 +44,6 @@ public:
     decltype(&cublasLtMatmulPreferenceDestroy) preferenceDestroy = nullptr;
     decltype(&cublasLtMatmulPreferenceSetAttribute) preferenceSetAttribute = nullptr;
     decltype(&cublasLtMatmulAlgoGetHeuristic) algoGetHeuristic = nullptr;
-    decltype(&cublasLtMatmulAlgoCheck) algoCheck = nullptr;
     decltype(&cublasLtMatmul) matmul = nullptr;
 
 private:

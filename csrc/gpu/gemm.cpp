@@ -4,7 +4,6 @@
 #include "gpu/timing.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -44,10 +43,6 @@ std::uint32_t alignment(void const* p)
 constexpr int kCandidates = 8;
 constexpr int kTuneMaxM = 64;
 constexpr int kTuneReps = 3;
-// Above kTuneMaxM, a new M of a shape first tries the heuristic's pick at the nearest M within
-// M / kReuseSpan rows (cublasLtMatmulAlgoCheck: a few microseconds, where the heuristic takes
-// hundreds, and a step with prompt tokens meets a new M for each of its shapes).
-constexpr int kReuseSpan = 16;
 
 } // namespace
 
@@ -69,7 +64,6 @@ struct GemmRunner::Plan
     cublasLtMatrixLayout_t c = nullptr; // out: N x M column-major (ld = ldc)
     std::vector<cublasLtMatmulHeuristicResult_t> candidates; // the heuristic's, best first
     std::size_t tunedOver = 0;          // how many GEMMs the candidates were timed over (0: not timed)
-    bool reused = false;                // the algorithm is another M's, checked for this one
     cublasLtMatmulAlgo_t algo{};
     GemmChoice choice;
 };
@@ -153,7 +147,11 @@ void GemmRunner::applyFastAccumulation(Problem& problem)
 void GemmRunner::destroyPlans() noexcept
 {
     for (auto& [key, plan] : mPlans)
-        destroyLayouts(*plan);
+    {
+        mApi->matrixLayoutDestroy(plan->a);
+        mApi->matrixLayoutDestroy(plan->b);
+        mApi->matrixLayoutDestroy(plan->c);
+    }
     mPlans.clear();
 }
 
@@ -189,10 +187,7 @@ GemmRunner::Plan& GemmRunner::planFor(
     auto const key = keyOf(*peers.front(), m);
     auto it = mPlans.find(key);
     if (it == mPlans.end())
-    {
-        std::unique_ptr<Plan> plan = reusePlan(*peers.front(), m);
-        it = mPlans.emplace(key, plan ? std::move(plan) : makePlan(*peers.front(), m)).first;
-    }
+        it = mPlans.emplace(key, makePlan(*peers.front(), m)).first;
     Plan& plan = *it->second;
     if (plan.candidates.size() < 2 || m > kTuneMaxM)
         return plan;
@@ -232,77 +227,17 @@ GemmRunner::Plan& GemmRunner::planFor(
     return plan;
 }
 
-std::unique_ptr<GemmRunner::Plan> GemmRunner::newPlan(Problem const& problem, int m)
+std::unique_ptr<GemmRunner::Plan> GemmRunner::makePlan(Problem const& problem, int m)
 {
     GemmProblem const& p = problem.p;
     auto& api = *mApi;
     auto plan = std::make_unique<Plan>();
     plan->m = m;
     plan->problem = p;
-    try
-    {
-        api.check(api.matrixLayoutCreate(&plan->a, p.inType, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
-        api.check(api.matrixLayoutCreate(&plan->b, p.inType, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
-        api.check(api.matrixLayoutCreate(&plan->c, p.type, p.n, m, p.ldc), "cublasLtMatrixLayoutCreate(out)");
-    }
-    catch (...)
-    {
-        destroyLayouts(*plan);
-        throw;
-    }
-    return plan;
-}
+    api.check(api.matrixLayoutCreate(&plan->a, p.inType, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
+    api.check(api.matrixLayoutCreate(&plan->b, p.inType, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
+    api.check(api.matrixLayoutCreate(&plan->c, p.type, p.n, m, p.ldc), "cublasLtMatrixLayoutCreate(out)");
 
-void GemmRunner::destroyLayouts(Plan& plan) noexcept
-{
-    for (cublasLtMatrixLayout_t* layout : {&plan.a, &plan.b, &plan.c})
-    {
-        if (*layout != nullptr)
-            mApi->matrixLayoutDestroy(*layout);
-        *layout = nullptr;
-    }
-}
-
-std::unique_ptr<GemmRunner::Plan> GemmRunner::reusePlan(Problem const& problem, int m)
-{
-    if (m <= kTuneMaxM)
-        return nullptr;
-    PlanKey key = keyOf(problem, m);
-    Plan const* nearest = nullptr;
-    for (auto const& [other, plan] : mPlans)
-    {
-        std::get<6>(key) = std::get<6>(other);
-        int const distance = std::abs(plan->m - m);
-        if (other != key || plan->reused || plan->m <= kTuneMaxM || distance > m / kReuseSpan)
-            continue;
-        if (nearest == nullptr || distance < std::abs(nearest->m - m))
-            nearest = plan.get();
-    }
-    if (nearest == nullptr)
-        return nullptr;
-    std::unique_ptr<Plan> plan = newPlan(problem, m);
-    cublasLtMatmulHeuristicResult_t result{};
-    cublasLtMatmulAlgo_t const& algo = nearest->algo;
-    cublasStatus_t const status
-        = mApi->algoCheck(mHandle, problem.desc, plan->a, plan->b, plan->c, plan->c, &algo, &result);
-    if (status != CUBLAS_STATUS_SUCCESS || result.state != CUBLAS_STATUS_SUCCESS
-        || result.workspaceSize > mWorkspaceBytes)
-    {
-        destroyLayouts(*plan);
-        return nullptr;
-    }
-    result.algo = algo;
-    plan->candidates.assign(1, result);
-    plan->reused = true;
-    choose(*plan, 0, "the heuristic's first at M=" + std::to_string(nearest->m) + ", checked");
-    return plan;
-}
-
-std::unique_ptr<GemmRunner::Plan> GemmRunner::makePlan(Problem const& problem, int m)
-{
-    GemmProblem const& p = problem.p;
-    auto& api = *mApi;
-    std::unique_ptr<Plan> plan = newPlan(problem, m);
     cublasLtMatmulPreference_t pref = nullptr;
     api.check(api.preferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
     auto setPref = [&](cublasLtMatmulPreferenceAttributes_t attr, auto value, char const* what)
@@ -326,13 +261,11 @@ std::unique_ptr<GemmRunner::Plan> GemmRunner::makePlan(Problem const& problem, i
     catch (...)
     {
         api.preferenceDestroy(pref);
-        destroyLayouts(*plan);
         throw;
     }
     api.preferenceDestroy(pref);
     if (found == 0)
     {
-        destroyLayouts(*plan);
         throw std::runtime_error("cuBLASLt has no algorithm for a " + typeName(p.type) + " GEMM with M="
             + std::to_string(m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k));
     }

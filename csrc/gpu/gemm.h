@@ -48,9 +48,7 @@ struct GemmChoice
 /// column-major out^T[N, M] = w[K, N]^T @ a^T[K, M] (w transposed, a as is). The algorithm for
 /// each (shape, M) is chosen on first use and kept: cublasLtMatmulAlgoGetHeuristic's candidates,
 /// timed on the GPU for small M (decode-sized GEMMs, where the heuristic's first pick can leave
-/// half the GPU idle), its first pick otherwise; above the timed range a new M runs the pick of
-/// a nearby M of the shape when cuBLASLt accepts it there (a step with prompt tokens meets a new
-/// M every step, and the heuristic takes ~0.3 ms a call). A candidate is timed over every GEMM of the
+/// half the GPU idle), its first pick otherwise. A candidate is timed over every GEMM of the
 /// shape it is given, back to back, as a step runs them (each reads its own weight from memory).
 class GemmRunner
 {
@@ -94,12 +92,6 @@ private:
     Plan& planFor(std::vector<Problem const*> const& peers, int m, cudaStream_t stream, ColdL2 const* cold);
     /// A plan with the heuristic's candidates for `problem`'s shape at `m` rows, its first chosen.
     std::unique_ptr<Plan> makePlan(Problem const& problem, int m);
-    /// For `m` above the timed range: a plan running the algorithm the heuristic picked for the
-    /// shape at the nearest M within m / 16 rows, when cuBLASLt accepts it at `m`; else null.
-    std::unique_ptr<Plan> reusePlan(Problem const& problem, int m);
-    /// A plan of `problem`'s shape at `m` rows with its layouts and no candidates.
-    std::unique_ptr<Plan> newPlan(Problem const& problem, int m);
-    void destroyLayouts(Plan& plan) noexcept;
     /// Makes the plan's `candidate` its algorithm; `how` says how it was picked (for reports).
     static void choose(Plan& plan, std::size_t candidate, std::string const& how);
     float timeAlgo(std::vector<Problem const*> const& peers, Plan const& plan, cublasLtMatmulAlgo_t const& algo,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The first of two calls (its logs: h100-2026-12-06-first; the second: run.sh). Ran with a
-# variant.diff of the cuBLASLt change in today's and the graph capture of capture-behind.diff.
+# The first of two calls (its logs: h100-2026-12-06-first; the second: run.sh). Ran on commit
+# 7055896 with a variant.diff of its csrc/ against 9b97a02: the cuBLASLt part of today's
+# variant.diff and the capture of capture-behind.diff.
 # One H100 call (~550 s): two changes to the host time around a step (B, this tree) against the
 # tree without them (A: variant.diff reversed), on BF16 + FP8 KV 128/128 (3,000 requests):
 #  - a new M above the timed range runs the cuBLASLt algorithm picked at a nearby M of the shape,
