@@ -10,6 +10,9 @@
 # associative array `tests` under the name of its log (LOG/tests-NAME.log; `shards_beside`
 # does so for GPU shards); then calls ab_main. `speed NAME ENGINE [ARGS]` (one speed check, its
 # headline figures echoed), `build_fp8_int4`, `shards_beside` and `wait_tests` serve alone too.
+# For runtime changes timed on one engine with the A tree installed as a wheel: `one_call NAME`
+# (logs in /tmp/NAME, packed into $OUT/logs.tgz at exit; the install), `wheel_a_beside` (D set;
+# the tree holds B), `use A|B` and `throughput NAME ENGINE DATASET`.
 
 FP8_ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
 SPEED_TIMEOUT=${SPEED_TIMEOUT:-110}
@@ -95,4 +98,44 @@ sys.exit(build_main())" --output /tmp/eA $FP8_ARGS > "$LOG/build-A.log" 2>&1 &
   # The second pair only where the device's ten minutes leave room for it.
   [ $(( $(date +%s) - t )) -lt ${SECOND_PAIR_BEFORE:-100000} ] && { speed A2 /tmp/eA; speed B2 /tmp/eB; }
   echo "done $(( $(date +%s) - t )) s"
+}
+
+# The tree with $D/variant.diff reversed (A) copied to /tmp/a and built as a wheel in the
+# background (its log LOG/wheel-a.log, its pid in `wheel`): the runs install it in turn with
+# B's editable install.
+wheel_a_beside() {
+  mkdir -p /tmp/a && tar cf - --exclude=./.git --exclude=./build --exclude=./.whl --exclude=./engines \
+    --exclude=./data . | tar xf - -C /tmp/a && (cd /tmp/a && patch -s -R -p1 < "$D/variant.diff") || exit 1
+  (python3 -m pip wheel --no-build-isolation --no-deps /tmp/a -w /tmp/a-wheel > "$LOG/wheel-a.log" 2>&1
+   echo "wheel A rc $?" >> "$LOG/wheel-a.log") &
+  wheel=$!
+}
+
+# Installs A (the wheel wheel_a_beside built) or B (the tree, editable).
+use() {
+  if [ "$1" = A ]; then python3 -m pip install -q --no-deps --force-reinstall /tmp/a-wheel/*.whl > "$LOG/use.log" 2>&1
+  else python3 -m pip install -q --no-build-isolation --no-deps -e . > "$LOG/use.log" 2>&1; fi || { tail "$LOG/use.log"; exit 1; }
+}
+
+# One engine-bench throughput run on the tree its NAME starts with (A or B), into
+# LOG/run-NAME.json and .log, its headline lines echoed (with the seconds since T0 where set).
+throughput() {
+  local name=$1 engine=$2 dataset=$3
+  use "${name:0:1}"
+  timeout 100 python3 -m kiln.runtime.bench throughput --engine "$engine" --dataset "$dataset" \
+    --json "$LOG/run-$name.json" > "$LOG/run-$name.log" 2>&1
+  echo "$name rc $?${T0:+ at $(( $(date +%s) - T0 )) s}"
+  grep -E "output tok/s|steps [0-9.]+ s:|host a step|executor|TTFT|CUDA graphs" "$LOG/run-$name.log" | cut -c1-160
+}
+
+# The start of a one-call script: LOG=/tmp/NAME, packed into $OUT/logs.tgz when the script
+# exits; T0 and `at WHAT` (WHAT and the seconds since T0); Kiln installed; the GPU named.
+one_call() {
+  LOG=/tmp/$1; mkdir -p "$LOG"
+  trap "[ -n \"\${OUT:-}\" ] && tar czf \"\$OUT/logs.tgz\" -C /tmp $1" EXIT
+  T0=$(date +%s)
+  at() { echo "$1 at $(( $(date +%s) - T0 )) s"; }
+  kiln_install
+  nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+  at installed
 }

@@ -10,20 +10,9 @@
 # took the memory its calibration needed (the BF16 build failed; FP8 ran): now after it.
 cd "$(dirname "$0")/../../.."
 D=$PWD/docs/results/overlap-2026-12-06
-LOG=/tmp/overlap; mkdir -p "$LOG"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C /tmp overlap; }
-trap pack EXIT
-t0=$(date +%s)
-at() { echo "$1 at $(( $(date +%s) - t0 )) s"; }
 . docs/results/fp8_ab.sh
-kiln_install
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
-at installed
-mkdir -p /tmp/a && tar cf - --exclude=./.git --exclude=./build --exclude=./.whl --exclude=./engines --exclude=./data . \
-  | tar xf - -C /tmp/a && (cd /tmp/a && patch -s -R -p1 < "$D/variant.diff") || exit 1
-(python3 -m pip wheel --no-build-isolation --no-deps /tmp/a -w /tmp/a-wheel > "$LOG/wheel-a.log" 2>&1;
- echo "wheel A rc $?" >> "$LOG/wheel-a.log") &
-wheel=$!
+one_call overlap
+wheel_a_beside
 # GPU tests beside the build (RUN_TESTS=1) hold the memory the build's calibration needs: on an
 # 80 GB card they run after it.
 KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
@@ -35,21 +24,11 @@ if [ "${RUN_TESTS:-0}" = 1 ]; then
   at "tests rc $?"; tail -1 "$LOG/tests-runtime.log"
 fi
 wait $wheel; tail -1 "$LOG/wheel-a.log"
-use() {  # use A|B
-  if [ "$1" = A ]; then python3 -m pip install -q --no-deps --force-reinstall /tmp/a-wheel/*.whl > "$LOG/use.log" 2>&1
-  else python3 -m pip install -q --no-build-isolation --no-deps -e . > "$LOG/use.log" 2>&1; fi || { tail "$LOG/use.log"; exit 1; }
-}
-bench() {  # bench NAME ENGINE
-  use "${1:0:1}"
-  timeout 100 python3 -m kiln.runtime.bench throughput --engine "$2" --dataset "$PWD/data/128-128-3000.jsonl" \
-    --json "$LOG/run-$1.json" > "$LOG/run-$1.log" 2>&1
-  at "$1 rc $?"
-  grep -E "output tok/s|steps [0-9.]+ s:|host a step" "$LOG/run-$1.log" | cut -c1-160
-}
+bench() { throughput "$1" "$2" "$PWD/data/128-128-3000.jsonl"; }  # bench NAME ENGINE
 E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
 for n in B1 A1 B2; do bench $n "$E"; done
-[ $(( $(date +%s) - t0 )) -lt "${A2_BEFORE:-270}" ] && bench A2 "$E"
-if [ $(( $(date +%s) - t0 )) -lt "${FP8_BEFORE:-330}" ]; then
+[ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-270}" ] && bench A2 "$E"
+if [ $(( $(date +%s) - T0 )) -lt "${FP8_BEFORE:-330}" ]; then
   use B
   KILN_BENCH_QUANT=fp8 KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 170 bash scripts/bench_gpu.sh \
     128:128:3000:0:0 > "$LOG/build-fp8.log" 2>&1

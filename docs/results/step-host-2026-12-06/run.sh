@@ -10,52 +10,32 @@
 #    choices (those whose launch shape is the same at any context length), where A captured
 #    each, and made its choices, in the first step of its shape with the GPU idle (59 over the
 #    run: ~0.54 s of the 20.5, h100-2026-12-06-first).
-# One engine, sized as bench_gpu.sh sizes it; runs B A B A, then the graph and runtime GPU tests
-# on B (and the engines' tests, as time allows). A is built as a wheel beside the build and installed for its runs; B's editable install
-# back for its. Logs packed into $OUT/logs.tgz.
+# One engine, sized as bench_gpu.sh sizes it; runs B A B A, the load timed, then the graph,
+# runtime and engine GPU tests on B as time allows (LIMIT, default 590 s). A is built as a wheel
+# beside the build and installed for its runs; B's editable install back for its. Logs packed
+# into $OUT/logs.tgz.
 cd "$(dirname "$0")/../../.."
 D=$PWD/docs/results/step-host-2026-12-06
-LOG=/tmp/step-host; mkdir -p "$LOG"
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/logs.tgz" -C /tmp step-host; }
-trap pack EXIT
-t0=$(date +%s)
-at() { echo "$1 at $(( $(date +%s) - t0 )) s"; }
 . docs/results/fp8_ab.sh
-kiln_install
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
-at installed
+one_call step-host
 # ONLY_B=1: B's run alone (no wheel A, no A runs), for a call with little time.
-[ "${ONLY_B:-0}" = 1 ] || { mkdir -p /tmp/a && tar cf - --exclude=./.git --exclude=./build --exclude=./.whl --exclude=./engines --exclude=./data . \
-  | tar xf - -C /tmp/a && (cd /tmp/a && patch -s -R -p1 < "$D/variant.diff") || exit 1
-(python3 -m pip wheel --no-build-isolation --no-deps /tmp/a -w /tmp/a-wheel > "$LOG/wheel-a.log" 2>&1;
- echo "wheel A rc $?" >> "$LOG/wheel-a.log") &
-wheel=$!; }
+[ "${ONLY_B:-0}" = 1 ] || wheel_a_beside
 g++ -O2 -std=c++17 "$D/choice_cost.cpp" -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcublasLt \
   -lcudart -o /tmp/choice_cost && /tmp/choice_cost > "$LOG/choice_cost.log" 2>&1; cat "$LOG/choice_cost.log"
 KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
   > "$LOG/build.log" 2>&1
 at "build rc $?"
 [ "${ONLY_B:-0}" = 1 ] || { wait $wheel; tail -1 "$LOG/wheel-a.log"; }
-use() {  # use A|B
-  if [ "$1" = A ]; then python3 -m pip install -q --no-deps --force-reinstall /tmp/a-wheel/*.whl > "$LOG/use.log" 2>&1
-  else python3 -m pip install -q --no-build-isolation --no-deps -e . > "$LOG/use.log" 2>&1; fi || { tail "$LOG/use.log"; exit 1; }
-}
-bench() {  # bench NAME ENGINE
-  use "${1:0:1}"
-  timeout 100 python3 -m kiln.runtime.bench throughput --engine "$2" --dataset "$PWD/data/128-128-3000.jsonl" \
-    --json "$LOG/run-$1.json" > "$LOG/run-$1.log" 2>&1
-  at "$1 rc $?"
-  grep -E "output tok/s|steps [0-9.]+ s:|host a step|executor|TTFT|CUDA graphs|load" "$LOG/run-$1.log" | cut -c1-160
-}
+bench() { throughput "$1" "$2" "$PWD/data/128-128-3000.jsonl"; }  # bench NAME ENGINE
 E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
 if [ "${ONLY_B:-0}" = 1 ]; then bench B1 "$E"; else for n in B1 A1 B2; do bench $n "$E"; done; fi
-[ $(( $(date +%s) - t0 )) -lt "${A2_BEFORE:-420}" ] && bench A2 "$E"
+[ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-420}" ] && bench A2 "$E"
 use B
 timeout 60 python3 -c "import time; t = time.time()
 from kiln.runtime import ModelRunner
 r = ModelRunner.from_dir('$E', device='cuda', kv_cache_free_gpu_memory_fraction=0.9)
 print(f'ModelRunner.from_dir {time.time() - t:.2f} s', r.backend.graph_stats())" > "$LOG/load.log" 2>&1
 at "load rc $?"; tail -1 "$LOG/load.log"
-timeout $(( ${LIMIT:-590} - ($(date +%s) - t0) )) python3 -m pytest -q -m gpu tests/gpu/test_graphs.py \
+timeout $(( ${LIMIT:-590} - ($(date +%s) - T0) )) python3 -m pytest -q -m gpu tests/gpu/test_graphs.py \
   tests/gpu/test_runtime_gpu.py tests/gpu/test_engines.py -p no:cacheprovider > "$LOG/tests.log" 2>&1
 at "tests rc $?"; tail -3 "$LOG/tests.log"
