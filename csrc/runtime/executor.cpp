@@ -224,10 +224,6 @@ private:
                 mWorkCv.wait(lock, ready);
                 if (mPauses > 0 && !mStopping)
                 {
-                    if (owesPublication())
-                    {
-                        continue;
-                    }
                     mHeld = true;
                     mHeldCv.notify_all();
                     mWorkCv.wait(lock, [this] { return mStopping || mPauses == 0; });

@@ -62,15 +62,26 @@ ExecutorConfig wideConfig()
     return c;
 }
 
-/// Holds every step of `f`'s backend until `go`, so the requests enqueued meanwhile arrive at once.
-void holdSteps(Fixture& f, std::atomic<bool> const& go)
+/// Holds the steps of `f`'s backend after its first `after` until `go`: with none, so the requests
+/// enqueued meanwhile arrive at once; with some, so a test acts between two steps of a request.
+void holdSteps(Fixture& f, std::atomic<bool> const& go, std::int64_t after = 0)
 {
-    f.backend->onStep = [&go](StepInputs const&) {
-        while (!go)
+    auto* backend = f.backend.get();
+    f.backend->onStep = [&go, backend, after](StepInputs const&) {
+        while (backend->numSteps() > after && !go)
         {
             std::this_thread::sleep_for(milliseconds(1));
         }
     };
+}
+
+/// Waits until `f`'s backend has begun `steps` steps.
+void waitForSteps(Fixture& f, std::int64_t steps)
+{
+    while (f.backend->numSteps() < steps)
+    {
+        std::this_thread::sleep_for(milliseconds(1));
+    }
 }
 
 /// Runs `requests` on a fresh executor twice, first sampling every token on the host, then with
@@ -291,12 +302,7 @@ TEST(Executor, CancelMidStreamFreesBlocks)
 {
     Fixture f;
     std::atomic<bool> cancelled{false};
-    f.backend->onStep = [&](StepInputs const&) {
-        while (f.backend->numSteps() > 2 && !cancelled)
-        {
-            std::this_thread::sleep_for(milliseconds(1));
-        }
-    };
+    holdSteps(f, cancelled, 2);
     Request r = greedy({1, 2, 3}, 40);
     r.streaming = true;
     IdType const id = f.executor.enqueueRequest(r);
@@ -379,10 +385,7 @@ TEST(Executor, PauseHoldsTheLoopBetweenStepsUntilResumed)
     {
         ids.push_back(f.executor.enqueueRequest(greedy({t, t, t}, 20)));
     }
-    while (f.backend->numSteps() < 2)
-    {
-        std::this_thread::sleep_for(milliseconds(1));
-    }
+    waitForSteps(f, 2);
     f.executor.pause();
     EXPECT_FALSE(inStep); // returned between two steps
     f.executor.pause();   // nested: held already
@@ -536,19 +539,11 @@ TEST(Executor, ACancelBetweenStepsKeepsTheStreamedTokensInTheirOwnResponse)
     // the two first sends it in a response of its own, then the final one with no token.
     Fixture f;
     std::atomic<bool> release{false};
-    f.backend->onStep = [&](StepInputs const&) {
-        while (f.backend->numSteps() > 3 && !release)
-        {
-            std::this_thread::sleep_for(milliseconds(1));
-        }
-    };
+    holdSteps(f, release, 3);
     Request r = greedy({1, 2, 3}, 40);
     r.streaming = true;
     IdType const id = f.executor.enqueueRequest(r);
-    while (f.backend->numSteps() < 4)
-    {
-        std::this_thread::sleep_for(milliseconds(1));
-    }
+    waitForSteps(f, 4);
     f.executor.cancelRequest(id);
     release = true;
     f.responses.collect(f.executor, {id});
@@ -1294,17 +1289,9 @@ TEST(Executor, BeamSearchInASmallPoolCancelledAndRefused)
     // Cancelled mid-search: a final cancelled response without beams, every block back.
     Fixture g;
     std::atomic<bool> release{false};
-    g.backend->onStep = [&](StepInputs const&) {
-        while (g.backend->numSteps() > 3 && !release)
-        {
-            std::this_thread::sleep_for(milliseconds(1));
-        }
-    };
+    holdSteps(g, release, 3);
     IdType const id = g.executor.enqueueRequest(beams({4, 5, 6}, 30, 3));
-    while (g.backend->numSteps() <= 3)
-    {
-        std::this_thread::sleep_for(milliseconds(1));
-    }
+    waitForSteps(g, 4);
     g.executor.cancelRequest(id);
     release = true;
     g.responses.collect(g.executor, {id});
