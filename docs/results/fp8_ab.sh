@@ -12,7 +12,8 @@
 # headline figures echoed), `build_fp8_int4`, `shards_beside` and `wait_tests` serve alone too.
 # For runtime changes timed on one engine with the A tree installed as a wheel: `one_call NAME`
 # (logs in /tmp/NAME, packed into $OUT/logs.tgz at exit; the install), `wheel_a_beside` (D set;
-# the tree holds B), `use A|B` and `throughput NAME ENGINE DATASET`.
+# the tree holds B; VARIANT: B's diff where not D/variant.diff), `use A|B` and
+# `throughput NAME ENGINE DATASET`.
 
 FP8_ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
 SPEED_TIMEOUT=${SPEED_TIMEOUT:-110}
@@ -105,7 +106,7 @@ sys.exit(build_main())" --output /tmp/eA $FP8_ARGS > "$LOG/build-A.log" 2>&1 &
 # B's editable install.
 wheel_a_beside() {
   mkdir -p /tmp/a && tar cf - --exclude=./.git --exclude=./build --exclude=./.whl --exclude=./engines \
-    --exclude=./data . | tar xf - -C /tmp/a && (cd /tmp/a && patch -s -R -p1 < "$D/variant.diff") || exit 1
+    --exclude=./data . | tar xf - -C /tmp/a && (cd /tmp/a && patch -s -R -p1 < "${VARIANT:-$D/variant.diff}") || exit 1
   (python3 -m pip wheel --no-build-isolation --no-deps /tmp/a -w /tmp/a-wheel > "$LOG/wheel-a.log" 2>&1
    echo "wheel A rc $?" >> "$LOG/wheel-a.log") &
   wheel=$!

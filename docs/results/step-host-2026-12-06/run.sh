@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One H100 call (~450 s), the second of two (the first: run-first.sh; this one has not run): the
-# cost of choosing a cuBLASLt algorithm for a new M (choice_cost.cpp), then two changes (B: the
+# One H100 call (~450 s), the second of two (the first: run-first.sh; this one ran on an H200:
+# h200-2026-12-06-second): the cost of choosing a cuBLASLt algorithm for a new M
+# (choice_cost.cpp), then two changes (B: the
 # tree with variant.diff applied, `git apply docs/results/step-host-2026-12-06/variant.diff`
 # first) against the tree without them (A: variant.diff reversed), on BF16 + FP8 KV 128/128
 # (3,000 requests):
