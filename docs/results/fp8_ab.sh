@@ -12,8 +12,8 @@
 # headline figures echoed), `build_fp8_int4`, `shards_beside` and `wait_tests` serve alone too.
 # For runtime changes timed on one engine with the A tree installed as a wheel: `one_call NAME`
 # (logs in /tmp/NAME, packed into $OUT/logs.tgz at exit; the install), `wheel_a_beside` (D set;
-# the tree holds B; VARIANT: B's diff where not D/variant.diff), `use A|B` and
-# `throughput NAME ENGINE DATASET`.
+# the tree holds B; VARIANT: B's diff where not D/variant.diff), `use A|B`,
+# `throughput NAME ENGINE DATASET` and `kvfp8_128_abab`.
 
 FP8_ARGS="--random-weights llama-3.1-8b --dtype bfloat16 --quant fp8 --kv-cache-dtype fp8 --max-batch-size 64 --target-sm 90 --calib-size 4 --calib-seq-len 128 --quiet --overwrite"
 SPEED_TIMEOUT=${SPEED_TIMEOUT:-110}
@@ -127,6 +127,19 @@ throughput() {
     --json "$LOG/run-$name.json" > "$LOG/run-$name.log" 2>&1
   echo "$name rc $?${T0:+ at $(( $(date +%s) - T0 )) s}"
   grep -E "output tok/s|steps [0-9.]+ s:|host a step|executor|TTFT|CUDA graphs" "$LOG/run-$name.log" | cut -c1-160
+}
+
+# BF16 + FP8 KV 128/128 (3,000 requests) on one engine sized as bench_gpu.sh sizes it (E), once
+# wheel_a_beside's wheel is built: B1 A1 B2, then A2 while under A2_BEFORE seconds (default 420).
+kvfp8_128_abab() {
+  KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
+    > "$LOG/build.log" 2>&1
+  at "build rc $?"
+  wait $wheel; tail -1 "$LOG/wheel-a.log"
+  E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
+  local n
+  for n in B1 A1 B2; do throughput $n "$E" "$PWD/data/128-128-3000.jsonl"; done
+  [ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-420}" ] && throughput A2 "$E" "$PWD/data/128-128-3000.jsonl"
 }
 
 # The start of a one-call script: LOG=/tmp/NAME, packed into $OUT/logs.tgz when the script

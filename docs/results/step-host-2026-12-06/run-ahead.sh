@@ -16,14 +16,7 @@ VARIANT=$D/ahead.diff
 . docs/results/fp8_ab.sh
 one_call step-host-ahead
 wheel_a_beside
-KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
-  > "$LOG/build.log" 2>&1
-at "build rc $?"
-wait $wheel; tail -1 "$LOG/wheel-a.log"
-bench() { throughput "$1" "$2" "$PWD/data/128-128-3000.jsonl"; }  # bench NAME ENGINE
-E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
-for n in B1 A1 B2; do bench $n "$E"; done
-[ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-420}" ] && bench A2 "$E"
+kvfp8_128_abab
 load_time() {  # load_time A|B: ModelRunner.from_dir on that tree, timed
   use $1
   timeout 60 python3 -c "import time; t = time.time()
