@@ -130,16 +130,18 @@ throughput() {
 }
 
 # BF16 + FP8 KV 128/128 (3,000 requests) on one engine sized as bench_gpu.sh sizes it (E), once
-# wheel_a_beside's wheel is built: B1 A1 B2, then A2 while under A2_BEFORE seconds (default 420).
+# wheel_a_beside's wheel is built: B1 A1 B2, then A2 while under A2_BEFORE seconds (default 420);
+# with ONLY_B=1 (no wheel A), B1 alone.
 kvfp8_128_abab() {
   KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
     > "$LOG/build.log" 2>&1
   at "build rc $?"
-  wait $wheel; tail -1 "$LOG/wheel-a.log"
   E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
-  local n
-  for n in B1 A1 B2; do throughput $n "$E" "$PWD/data/128-128-3000.jsonl"; done
-  [ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-420}" ] && throughput A2 "$E" "$PWD/data/128-128-3000.jsonl"
+  local n data=$PWD/data/128-128-3000.jsonl
+  if [ "${ONLY_B:-0}" = 1 ]; then throughput B1 "$E" "$data"; return; fi
+  wait $wheel; tail -1 "$LOG/wheel-a.log"
+  for n in B1 A1 B2; do throughput $n "$E" "$data"; done
+  [ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-420}" ] && throughput A2 "$E" "$data"
 }
 
 # The start of a one-call script: LOG=/tmp/NAME, packed into $OUT/logs.tgz when the script

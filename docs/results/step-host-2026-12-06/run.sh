@@ -23,14 +23,7 @@ one_call step-host
 [ "${ONLY_B:-0}" = 1 ] || wheel_a_beside
 g++ -O2 -std=c++17 "$D/choice_cost.cpp" -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcublasLt \
   -lcudart -o /tmp/choice_cost && /tmp/choice_cost > "$LOG/choice_cost.log" 2>&1; cat "$LOG/choice_cost.log"
-KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 200 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
-  > "$LOG/build.log" 2>&1
-at "build rc $?"
-[ "${ONLY_B:-0}" = 1 ] || { wait $wheel; tail -1 "$LOG/wheel-a.log"; }
-bench() { throughput "$1" "$2" "$PWD/data/128-128-3000.jsonl"; }  # bench NAME ENGINE
-E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
-if [ "${ONLY_B:-0}" = 1 ]; then bench B1 "$E"; else for n in B1 A1 B2; do bench $n "$E"; done; fi
-[ $(( $(date +%s) - T0 )) -lt "${A2_BEFORE:-420}" ] && bench A2 "$E"
+kvfp8_128_abab
 use B
 timeout 60 python3 -c "import time; t = time.time()
 from kiln.runtime import ModelRunner
