@@ -437,6 +437,12 @@ class PlanExecutor(Backend):
     """Whether FP8 GEMMs run through cuBLASLt accumulate as the tensor cores do, without
     promoting their partial sums to float32 along K (off by default); setting it drops the
     captured graphs and the GEMM choices."""
+    def prepare_gemms_ahead(self, max_batch_size: int, max_num_tokens: int) -> int:
+        """Makes the cuBLASLt choices (its heuristic's pick) of the GEMMs of more rows than
+        Kiln's own alternatives take, at every decode batch bucket up to max_batch_size and
+        every 256 of a step's tokens up to max_num_tokens, running each once so its kernel is
+        loaded (ModelRunner does at load, so a step meeting a new M waits for neither);
+        returns how many."""
     def graph_stats(self) -> dict[str, float]:
         """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
         capturing and instantiating them."""

@@ -104,6 +104,8 @@ class ModelRunner:
             backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks,
                                          cuda_graphs=cuda_graphs)
             backend.fp8_fast_accumulation = fp8_fast_accumulation_on_gpu(fp8_fast_accumulation)
+            # The GEMM choices a step would otherwise make, and the kernels it would load, now.
+            backend.prepare_gemms_ahead(max_batch_size, max_num_tokens)
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1

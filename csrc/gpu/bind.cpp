@@ -445,6 +445,12 @@ void bind(py::module_& m)
             "Whether FP8 GEMMs run through cuBLASLt accumulate without promoting their partial sums to "
             "float32 along K (faster where compute-bound, less exact); setting it drops the captured graphs "
             "and GEMM choices.")
+        .def("prepare_gemms_ahead", &PlanExecutor::prepareGemmsAhead, py::arg("max_batch_size"),
+            py::arg("max_num_tokens"),
+            py::call_guard<py::gil_scoped_release>(),
+            "Makes the cuBLASLt choices of GEMMs past Kiln's own alternatives at every decode batch bucket up to "
+            "max_batch_size and every 256 tokens up to max_num_tokens, each run once so its kernel is loaded; "
+            "returns how many.")
         .def("graph_stats",
             [](PlanExecutor const& self)
             {

@@ -16,6 +16,7 @@
 #include <map>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <variant>
@@ -28,6 +29,8 @@ namespace
 constexpr std::size_t kAlign = 256;
 constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hopper
 constexpr std::size_t kMaxGraphs = 256;                // past it, new launch shapes run eagerly
+constexpr std::int64_t kAheadRows = 256;   // prepareGemmsAhead: a step's rows every this many
+constexpr std::int64_t kAheadMinRows = 64; // prepareGemmsAhead: GEMMs of more rows (GemmRunner times fewer)
 constexpr std::size_t kTimedGemms = 8; // GEMMs of one shape a candidate is timed over, back to back
 // BD: how many sequences, from the first, have one query token each (the step's decodes).
 // LOGITS: 1 when the step's float32 logits are copied back (some row asked for), else 0.
@@ -386,6 +389,67 @@ public:
         return std::string(mProps.name) + " (sm_" + std::to_string(mSm) + ", " + std::to_string(mProps.multiProcessorCount)
             + " SMs), cubins for sm_" + std::to_string(mCubinSm) + ", " + mGemm->describe() + ", "
             + std::to_string(mNumBlocks) + " KV blocks";
+    }
+
+    /// Makes, before any step, the choices of the GEMMs that run through cuBLASLt on its
+    /// heuristic's pick (more rows than Kiln's own alternatives and cuBLASLt's timed candidates
+    /// take), and runs each once so that the kernel it picked is loaded: at the rows of every
+    /// decode batch bucket up to `maxBatchSize` and of every multiple of kAheadRows up to
+    /// `maxNumTokens` (each at most the engine's). A step meeting such an M later neither asks the heuristic nor
+    /// loads a kernel before its launches (or inside its graph's capture). Returns the GEMMs
+    /// prepared.
+    int prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens)
+    {
+        KILN_CUDA_CHECK(cudaSetDevice(mDevice));
+        std::vector<std::int64_t> const saved = mValues;
+        std::int64_t const most = std::min<std::int64_t>({maxBatchSize, mSpec.maxBatchSize, mSpec.maxNumTokens});
+        std::set<std::int64_t> rows;
+        for (std::int64_t b = 1; b <= most; b = batchBucket(b) + 1)
+            rows.insert(batchBucket(b));
+        for (std::int64_t t = kAheadRows; t <= std::min<std::int64_t>(maxNumTokens, mSpec.maxNumTokens); t += kAheadRows)
+            rows.insert(t);
+        int prepared = 0;
+        try
+        {
+            for (std::int64_t const t : rows)
+            {
+                // The rows of a decode step of t sequences (at most the engine's batch): the
+                // layers' GEMMs take T, a GEMM of the last tokens B.
+                std::int64_t const b = std::min<std::int64_t>(t, mSpec.maxBatchSize);
+                mValues[kT] = t;
+                mValues[kB] = b;
+                mValues[kBd] = b;
+                mValues[kMaxQ] = 1;
+                mValues[kMaxCtx] = 1;
+                mValues[kMaxBlk] = mSpec.maxBlocksPerSeq;
+                mValues[kLogits] = 1;
+                std::size_t const firstDerived = std::size(kStepSymbols) + mSpec.resident.size();
+                for (std::size_t i = 0; i < mDerived.size(); ++i)
+                    mValues[firstDerived + i] = mDerived[i].eval(mValues);
+                for (auto& item : mProgram)
+                {
+                    auto* gemm = std::get_if<ResolvedGemm>(&item);
+                    if (gemm == nullptr)
+                        continue;
+                    auto const m = gemm->m.eval(mValues);
+                    if (m <= std::max<std::int64_t>(gemm->maxM, kAheadMinRows) || mChosen.count({gemm->shape, m}) != 0)
+                        continue;
+                    prepareCublasLt(timedPeers(*gemm), m, nullptr);
+                    mChosen.emplace(std::make_pair(gemm->shape, m), -1);
+                    // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
+                    mGemm->run(gemm->id, static_cast<int>(m), mStream);
+                    ++prepared;
+                }
+            }
+            KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+        }
+        catch (...)
+        {
+            mValues = saved;
+            throw;
+        }
+        mValues = saved;
+        return prepared;
     }
 
 private:
@@ -1410,6 +1474,11 @@ bool PlanExecutor::fp8FastAccumulation() const
 bool PlanExecutor::cudaGraphs() const
 {
     return mImpl->cudaGraphs();
+}
+
+int PlanExecutor::prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens)
+{
+    return mImpl->prepareGemmsAhead(maxBatchSize, maxNumTokens);
 }
 
 GraphStats PlanExecutor::graphStats() const

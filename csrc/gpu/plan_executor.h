@@ -90,6 +90,11 @@ public:
     /// or not (the default); a change drops the captured graphs and the GEMM choices.
     void setFp8FastAccumulation(bool on);
     [[nodiscard]] bool fp8FastAccumulation() const;
+    /// @brief Makes the cuBLASLt choices (the heuristic's) of GEMMs of more rows than Kiln's own
+    /// alternatives take, at every decode batch bucket up to `maxBatchSize` and every 256 of a
+    /// step's tokens up to `maxNumTokens`, running each once so its kernel is loaded (at load: a
+    /// step meeting a new M otherwise waits for both); returns the GEMMs prepared.
+    int prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens);
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
     /// @brief The steps' host time by part so far: {steps launch by launch, steps as graphs}.

@@ -82,6 +82,47 @@ def test_padded_batch_gives_the_unpadded_tokens(core, sm, tiny_engine):
     assert gpu.graph_stats()["captured"] == 1
 
 
+def test_gemms_prepared_ahead_leave_the_steps_no_choice(core, sm, tiny_engine):
+    """prepare_gemms_ahead (ModelRunner's at load) makes the cuBLASLt choices of more than 64
+    rows (fewer are timed when first met) of every decode batch bucket and every 256 of a
+    step's tokens: decode steps of 160 sequences (a bucket), launch by launch and replayed from
+    their graph, and steps of 256 prompt tokens then make none of their own, and the replay
+    equals the step run launch by launch, bit for bit."""
+    def choices():
+        return sorted((c["m"], c["n"], c["k"]) for c in gpu.gemm_choices() if c["m"] > 64)
+
+    engine = load_engine(tiny_engine("llama", "bfloat16", targets=(sm,), max_batch_size=192,
+                                     max_num_tokens=256, max_seq_len=64, tokens_per_block=16)[1])
+    gpu = core.PlanExecutor(engine, num_blocks=400)
+    prepared = gpu.prepare_gemms_ahead(192, 256)
+    assert prepared > 0
+    made = choices()
+    assert len(made) > 0 and {m for m, _, _ in made} >= {160, 192, 256}, made
+    assert gpu.prepare_gemms_ahead(192, 256) == 0  # all made already
+    build = engine.config.build
+    seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, 400, seed=17)
+    gen = torch.Generator().manual_seed(17)
+    for _ in range(160):
+        seqs.add(torch.randint(0, engine.config.model.vocab_size, (16,), generator=gen).tolist())
+    for first in range(0, 160, 16):  # 16 prompts of 16 tokens: 256 tokens a step
+        plan = [(s, 16) for s in range(first, first + 16)]
+        picks = gpu.run_step(seqs.step(plan), [])
+        for row, (sid, _) in enumerate(plan):
+            seqs.tokens[sid].append(int(picks["tokens"][row]))
+    for i in range(3):
+        plan = [(s, 1) for s in range(160)]
+        step = seqs.step(plan)
+        gpu.cuda_graphs = False
+        eager = gpu.run_step(step, [])
+        gpu.cuda_graphs = True
+        replayed = gpu.run_step(step, [])  # rewrites the same KV slots with the same values
+        assert np.array_equal(eager["tokens"], replayed["tokens"]), f"decode step {i}"
+        assert np.array_equal(eager["logprobs"], replayed["logprobs"]), f"decode step {i}"
+        for row, (sid, _) in enumerate(plan):
+            seqs.tokens[sid].append(int(eager["tokens"][row]))
+    assert choices() == made, "a step made a GEMM choice of more than 64 rows the load had not"
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_greedy_pick_is_argmax_and_log_softmax(core, sm, tiny_engine, dtype):
     engine = load_engine(tiny_engine("llama", dtype, targets=(sm,))[1])

@@ -8,7 +8,7 @@
 # newly picked algorithm at 1.8-2.4 ms against 6-12 us after, the heuristic at ~0.1 ms: a new
 # bucket's choices and capture in the run (A) should shrink to the capture alone. BF16 + FP8 KV
 # 128/128 (3,000 requests), one engine sized as bench_gpu.sh sizes it, B A B A; then the load
-# time of each, and the graph and runtime GPU tests as time allows (LIMIT, default 590 s). Logs
+# time of each, and the graph and runtime GPU tests as time allows (LIMIT, default 590 s; TESTS: the test files). Logs
 # packed into $OUT/logs.tgz.
 cd "$(dirname "$0")/../../.."
 D=$PWD/docs/results/step-host-2026-12-06
@@ -28,6 +28,6 @@ print(f'$1: ModelRunner.from_dir {time.time() - t:.2f} s,', len(r.backend.gemm_c
 }
 load_time A
 load_time B
-timeout $(( ${LIMIT:-590} - ($(date +%s) - T0) )) python3 -m pytest -q -m gpu tests/gpu/test_graphs.py \
-  tests/gpu/test_runtime_gpu.py -p no:cacheprovider > "$LOG/tests.log" 2>&1
+timeout $(( ${LIMIT:-590} - ($(date +%s) - T0) )) python3 -m pytest -q -m gpu \
+  ${TESTS:-tests/gpu/test_graphs.py tests/gpu/test_runtime_gpu.py} -p no:cacheprovider > "$LOG/tests.log" 2>&1
 at "tests rc $?"; tail -3 "$LOG/tests.log"
