@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import re
 import struct
 
 import pytest
@@ -73,6 +74,23 @@ def test_bit_flip_in_weights_refused(copy):
     _flip(copy / RANK_FILE, entry["offset"] + 17)
     with pytest.raises(KilnError, match="checksum mismatch in layers.1.down.weight: the file is corrupted"):
         load_engine(copy)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 64])
+def test_blob_checks_name_the_first_corrupted_blob_on_any_number_of_threads(copy, threads):
+    """verify_blobs checks the largest blobs first, on several threads; the error still names
+    the first corrupted blob in file order, and an intact file passes."""
+    rank = load_engine(copy).rank_file
+    rank.verify_blobs(threads)
+    weights = rank.header["weights"]
+    ordered = sorted(weights, key=lambda name: weights[name]["offset"])
+    largest = max(ordered, key=lambda name: weights[name]["nbytes"])
+    other = ordered[-1] if ordered[-1] != largest else ordered[0]
+    for name in (largest, other):
+        _flip(copy / RANK_FILE, weights[name]["offset"] + weights[name]["nbytes"] - 1)
+    first = min(largest, other, key=lambda name: weights[name]["offset"])
+    with pytest.raises(KilnError, match=f"checksum mismatch in {re.escape(first)}:"):
+        load_engine(copy, verify=False).rank_file.verify_blobs(threads)
 
 
 def test_bit_flip_in_header_refused(copy):
