@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One H100 call (~450 s), prepared and not run: B is the tree with ahead.diff applied (`git apply
-# docs/results/step-host-2026-12-06/ahead.diff` first), A the tree without it. ModelRunner makes,
+# One H100 call (~400 s; run 2026-12-07: h100-2026-12-07-ahead/): B is the tree, which holds
+# ahead.diff since 763a823 (before it: `git apply docs/results/step-host-2026-12-06/ahead.diff`
+# first), A the tree with it reversed. ModelRunner makes,
 # at load, the cuBLASLt choices (the heuristic's pick) of every GEMM of more than 64 rows at each
 # decode batch bucket and every 256 of a step's tokens, and runs each once so its kernel is
 # loaded (`PlanExecutor.prepare_gemms_ahead`); no graph is captured at load and no algorithm is
