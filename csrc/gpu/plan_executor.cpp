@@ -395,9 +395,9 @@ public:
     /// heuristic's pick (more rows than Kiln's own alternatives and cuBLASLt's timed candidates
     /// take), and runs each once so that the kernel it picked is loaded: at the rows of every
     /// decode batch bucket up to `maxBatchSize` and of every multiple of kAheadRows up to
-    /// `maxNumTokens` (each at most the engine's). A step meeting such an M later neither asks the heuristic nor
-    /// loads a kernel before its launches (or inside its graph's capture). Returns the GEMMs
-    /// prepared.
+    /// `maxNumTokens` (each at most the engine's). A step meeting such an M later neither asks
+    /// the heuristic nor loads a kernel before its launches (or inside its graph's capture).
+    /// Returns the GEMMs prepared.
     int prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens)
     {
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
