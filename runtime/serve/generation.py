@@ -37,6 +37,7 @@ class Choice:
     echo: str = ""  # the prompt's text, put before the answer (completions' echo)
     beam: int | None = None  # with beam search: which of its request's beams this choice is
     echo_sent: bool = False
+    streamed_chars: int = 0  # completions: the choice's text streamed so far (text_offset's start)
     tools: "ToolPlan | None" = None  # what a chat request's tools make of the answer
     sent: str = ""  # with tools: the answer's text streamed so far (as content or arguments)
     # with prompt log-probabilities asked for: prompt tokens 1, 2, ...'s, their ranks, and the

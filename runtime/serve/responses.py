@@ -97,7 +97,9 @@ class CompletionFormat(ResponseFormat):
     object_name = chunk_name = "text_completion"
     id_prefix = "cmpl"
 
-    def _log_probs(self, tokens, log_probs) -> dict | None:
+    def _log_probs(self, tokens, log_probs, offset: int = 0) -> dict | None:
+        """`offset`: where the first token's text starts in the choice's text (text_offset
+        counts on by each token's text, as vLLM's does)."""
         if not self.want_log_probs:
             return None
         lps, tops = log_probs
@@ -106,8 +108,12 @@ class CompletionFormat(ResponseFormat):
         if self.top and tops:  # each position's alternatives and the token taken there (OpenAI's)
             top = [_by_text(alts + [(s, lp)])
                    for alts, s, lp in zip(self._alternatives(tops, self.top), texts, lps)]
+        offsets = []
+        for text in texts:
+            offsets.append(offset)
+            offset += len(text)
         return {"tokens": texts, "token_logprobs": list(lps), "top_logprobs": top,
-                "text_offset": None}
+                "text_offset": offsets}
 
     def _echo_log_probs(self, c) -> dict | None:
         """With echo, the prompt's part of logprobs: its first token unscored (null), as OpenAI
@@ -119,10 +125,11 @@ class CompletionFormat(ResponseFormat):
         return scored
 
     def choice(self, c) -> dict:
-        log_probs = self._log_probs(c.tokens, (c.log_probs, c.top_log_probs))
+        prompt = self._echo_log_probs(c) if c.echo else None
+        after_prompt = sum(len(t) for t in prompt["tokens"]) if prompt else 0
+        log_probs = self._log_probs(c.tokens, (c.log_probs, c.top_log_probs), after_prompt)
         if log_probs and c.echo:
-            prompt = self._echo_log_probs(c)
-            for key in ("tokens", "token_logprobs"):
+            for key in ("tokens", "token_logprobs", "text_offset"):
                 log_probs[key] = prompt[key] + log_probs[key]
             if self.top:
                 generated = log_probs["top_logprobs"] or []
@@ -134,8 +141,11 @@ class CompletionFormat(ResponseFormat):
         return body
 
     def chunk(self, c, text, tokens, log_probs, finish_reason) -> dict:
+        """A streamed chunk's text_offset starts where the choice's text streamed so far ends."""
+        scored = self._log_probs(tokens, log_probs, c.streamed_chars)
+        c.streamed_chars += len(text)
         return self._envelope(self.chunk_name, [{
-            "index": c.index, "text": text, "logprobs": self._log_probs(tokens, log_probs),
+            "index": c.index, "text": text, "logprobs": scored,
             "finish_reason": FINISH_REASONS.get(finish_reason, finish_reason)}])
 
     def chunks(self, c, text, tokens, log_probs, finish_reason) -> list[dict]:
@@ -143,6 +153,7 @@ class CompletionFormat(ResponseFormat):
         out = []
         if c.echo and not c.echo_sent:
             c.echo_sent = True
+            c.streamed_chars += len(c.echo)
             out.append(self._envelope(self.chunk_name, [{
                 "index": c.index, "text": c.echo, "logprobs": self._echo_log_probs(c),
                 "finish_reason": None}]))

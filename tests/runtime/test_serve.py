@@ -203,8 +203,12 @@ def test_top_logprobs_list_the_most_likely_tokens(client, runners):
         assert [top[k] for k in want] == pytest.approx(list(want.values()), abs=1e-4)
     chunks = list(client.completions.create(model="tiny", prompt=TEXTS[2], max_tokens=6,
                                             temperature=0, logprobs=3, stream=True))
-    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.top_logprobs] \
-        == lp.top_logprobs
+    # Streamed, the same within rounding: a second request of the prompt can reuse its cached
+    # blocks and computes only its last token again, in a step of another shape.
+    streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.top_logprobs]
+    assert [s.keys() for s in streamed] == [t.keys() for t in lp.top_logprobs]
+    for s, t in zip(streamed, lp.top_logprobs):
+        assert s == pytest.approx(t, abs=1e-5)
     ids, g = generated(ref, tok.chat("x"), 5, output_log_probs=True, top_log_probs=2)
     chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
                                           max_tokens=5, temperature=0, logprobs=True,
@@ -329,12 +333,32 @@ def test_echo_with_logprobs_scores_the_prompt(client, live, runners):
         for text, value in [(tok.decode([t]), v) for t, v in top] + [(texts[i], scores[i])]:
             expected.setdefault(text, value)
         assert lp.top_logprobs[i] == pytest.approx(expected, abs=1e-5)
+    assert lp.text_offset == [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
     chunks = list(client.completions.create(**body, stream=True))
     first = chunks[0].choices[0]
     assert first.text == tok.decode(ids) and first.logprobs.tokens == texts[: len(ids)]
     assert first.logprobs.token_logprobs[1:] == pytest.approx(want["prompt_log_probs"][0], abs=1e-5)
     assert "".join(c.choices[0].text for c in chunks) == tok.decode(ids + gen)
+    streamed = 0  # each chunk's offsets start where the text streamed before it ends
+    for chunk in chunks:
+        choice = chunk.choices[0]
+        if choice.logprobs and choice.logprobs.tokens:
+            assert choice.logprobs.text_offset == [
+                streamed + sum(len(t) for t in choice.logprobs.tokens[:i])
+                for i in range(len(choice.logprobs.tokens))]
+        streamed += len(choice.text)
     assert wait_until_idle(runners[0], live)
+
+
+def test_completion_logprobs_give_each_token_its_text_offset(client, runners):
+    """OpenAI's text_offset without echo: where each generated token's text starts in the
+    answer (vLLM's count, by the tokens' texts)."""
+    _, ref = runners
+    tok = ref.tokenizer
+    lp = client.completions.create(model="tiny", prompt=TEXTS[2], max_tokens=6, temperature=0,
+                                   logprobs=0).choices[0].logprobs
+    assert len(lp.tokens) == 6
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
 
 
 def test_prompt_logprobs_as_vllm_lists_them(live, runners):
