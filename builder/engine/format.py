@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.builder.errors import KilnError
+from kiln.builder.host import usable_cpus
 
 MAGIC = b"KILNENG\0"
 FORMAT_VERSION = 2  # 2: int4 linear_wo groups carry float offsets, not integer zero points
@@ -51,7 +52,7 @@ class RankFile:
         def intact(item: tuple[str, dict]) -> bool:
             return f"{zlib.crc32(self.blob(item[1])):08x}" == item[1]["crc32"]
 
-        threads = min(threads or _usable_cpus(), VERIFY_THREADS, max(len(entries), 1))
+        threads = min(threads or usable_cpus(), VERIFY_THREADS, max(len(entries), 1))
         if threads > 1:
             largest_first = sorted(range(len(entries)), key=lambda i: -entries[i][1]["nbytes"])
             with ThreadPoolExecutor(threads) as pool:
@@ -63,13 +64,6 @@ class RankFile:
             if not ok:
                 raise KilnError(f"{self.path}: checksum mismatch in {name}: the file is "
                                 f"corrupted; {REBUILD}")
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def write_preamble_and_header(f, header: dict) -> int:

@@ -23,6 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from kiln.builder.host import usable_cpus
 from kiln.builder.kernels import pdl
 from kiln.builder.kernels.spec import KernelSpec, source_key
 
@@ -85,10 +86,7 @@ def _read(cubin_path: Path, meta_path: Path) -> Compiled | None:
 
 def compile_workers() -> int:
     """The threads compile_specs compiles on: the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def compile_specs(jobs: list[tuple[KernelSpec, int]], progress=None) -> list[Compiled]:

@@ -252,12 +252,7 @@ public:
                 mValues[kBd] = bucket;
             }
         }
-        // mValues: the step symbols, the resident ones, then the derived ones.
-        std::size_t const firstDerived = std::size(kStepSymbols) + mSpec.resident.size();
-        for (std::size_t i = 0; i < mDerived.size(); ++i)
-        {
-            mValues[firstDerived + i] = mDerived[i].eval(mValues);
-        }
+        evalDerived();
         StepHostTimes& host = graph ? mHostGraphed : mHostEager;
         ++host.steps;
         lap(host.prepareMicros);
@@ -423,9 +418,7 @@ public:
                 mValues[kMaxCtx] = 1;
                 mValues[kMaxBlk] = mSpec.maxBlocksPerSeq;
                 mValues[kLogits] = 1;
-                std::size_t const firstDerived = std::size(kStepSymbols) + mSpec.resident.size();
-                for (std::size_t i = 0; i < mDerived.size(); ++i)
-                    mValues[firstDerived + i] = mDerived[i].eval(mValues);
+                evalDerived();
                 for (auto& item : mProgram)
                 {
                     auto* gemm = std::get_if<ResolvedGemm>(&item);
@@ -434,8 +427,7 @@ public:
                     auto const m = gemm->m.eval(mValues);
                     if (m <= std::max<std::int64_t>(gemm->maxM, kAheadMinRows) || mChosen.count({gemm->shape, m}) != 0)
                         continue;
-                    prepareCublasLt(timedPeers(*gemm), m, nullptr);
-                    mChosen.emplace(std::make_pair(gemm->shape, m), -1);
+                    chooseHeuristic(*gemm, m);
                     // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
                     mGemm->run(gemm->id, static_cast<int>(m), mStream);
                     ++prepared;
@@ -1016,6 +1008,15 @@ private:
     /// algorithm, or an alternative), so the step itself only launches. Timing runs GEMMs on
     /// whatever their buffers hold; before the step nothing in them is live (the step inputs and
     /// the KV cache are never a GEMM's output), and the step rewrites them.
+    /// mValues holds the step symbols, the resident ones, then the derived ones: the derived
+    /// ones evaluated from those before them.
+    void evalDerived()
+    {
+        std::size_t const firstDerived = std::size(kStepSymbols) + mSpec.resident.size();
+        for (std::size_t i = 0; i < mDerived.size(); ++i)
+            mValues[firstDerived + i] = mDerived[i].eval(mValues);
+    }
+
     void prepareGemms()
     {
         for (auto& item : mProgram)
@@ -1031,9 +1032,15 @@ private:
                 choose(*gemm, m);
                 continue;
             }
-            prepareCublasLt(timedPeers(*gemm), m, nullptr);
-            mChosen.emplace(std::make_pair(gemm->shape, m), -1);
+            chooseHeuristic(*gemm, m);
         }
+    }
+
+    /// cuBLASLt's heuristic pick for `gemm`'s shape at `m` rows, with no alternative timed.
+    void chooseHeuristic(ResolvedGemm& gemm, std::int64_t m)
+    {
+        prepareCublasLt(timedPeers(gemm), m, nullptr);
+        mChosen.emplace(std::make_pair(gemm.shape, m), -1);
     }
 
     /// The GEMMs a choice for `gemm`'s shape is timed over: up to kTimedGemms of the program's
