@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <variant>
 
 namespace kiln::gpu
@@ -29,9 +30,36 @@ namespace
 constexpr std::size_t kAlign = 256;
 constexpr std::size_t kWorkspaceBytes = 32U << 20U; // cuBLASLt's advice for Hopper
 constexpr std::size_t kMaxGraphs = 256;                // past it, new launch shapes run eagerly
+constexpr unsigned kCopyThreads = 8;    // uploadWeights: threads copying into pinned staging
 constexpr std::int64_t kAheadRows = 256;   // prepareGemmsAhead: a step's rows every this many
 constexpr std::int64_t kAheadMinRows = 64; // prepareGemmsAhead: GEMMs of more rows (GemmRunner times fewer)
 constexpr std::size_t kTimedGemms = 8; // GEMMs of one shape a candidate is timed over, back to back
+/// std::memcpy of `n` bytes on up to kCopyThreads threads (the caller's among them), in slices
+/// of at least 8 MiB: one core copies from a memory-mapped file at a fraction of what a PCIe 5
+/// link takes.
+void copyOnThreads(char* to, char const* from, std::size_t n)
+{
+    constexpr std::size_t kMinSlice = 8U << 20U;
+    std::size_t const slices = std::min<std::size_t>(
+        {kCopyThreads, std::max(1U, std::thread::hardware_concurrency()), (n + kMinSlice - 1) / kMinSlice});
+    std::size_t const slice = slices == 0 ? n : (n + slices - 1) / slices;
+    std::vector<std::thread> threads;
+    try
+    {
+        for (std::size_t at = slice; at < n; at += slice)
+            threads.emplace_back([=] { std::memcpy(to + at, from + at, std::min(slice, n - at)); });
+    }
+    catch (...)
+    {
+        for (auto& t : threads)
+            t.join();
+        throw;
+    }
+    std::memcpy(to, from, std::min(slice, n));
+    for (auto& t : threads)
+        t.join();
+}
+
 // BD: how many sequences, from the first, have one query token each (the step's decodes).
 // LOGITS: 1 when the step's float32 logits are copied back (some row asked for), else 0.
 constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD", "LOGITS"};
@@ -672,7 +700,7 @@ private:
     }
 
     /// Weights go through two pinned staging buffers, so reading the next chunk from the
-    /// (memory-mapped) file overlaps the copy of the last.
+    /// (memory-mapped) file, on several threads, overlaps the copy of the last.
     void uploadWeights(std::vector<WeightData> const& weights)
     {
         constexpr std::size_t kChunk = 64U << 20U;
@@ -693,7 +721,7 @@ private:
                 {
                     std::size_t const n = std::min(kChunk, w.nbytes - at);
                     KILN_CUDA_CHECK(cudaEventSynchronize(done[turn]));
-                    std::memcpy(staging[turn].get<char>(), static_cast<char const*>(w.data) + at, n);
+                    copyOnThreads(staging[turn].get<char>(), static_cast<char const*>(w.data) + at, n);
                     KILN_CUDA_CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(mWeights.address() + offset + at),
                         staging[turn].get<char>(), n, cudaMemcpyHostToDevice, stream));
                     KILN_CUDA_CHECK(cudaEventRecord(done[turn], stream));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One GPU call (~300 s), prepared: the load of an 8B engine by part, A (the tree without
+# One GPU call (~130 s on an H100): the load of an 8B engine by part, A (the tree without
 # upload.diff) against B (with it: the weights copied into the pinned staging buffers on up to 8
-# threads). Apply it first (`git apply docs/results/load-2026-12-07/upload.diff`). Builds the
+# threads), on a tree that holds the diff (main since it merged; A: the diff reversed). Builds the
 # BF16 Llama-3.1-8B-shaped engine of bench_gpu.sh (max batch 256), then times, A B A B, in fresh
 # processes: the imports, load_engine (the blobs' CRC-32s on up to 16 threads since 7e9c184),
 # the PlanExecutor, prepare_gemms_ahead, and ModelRunner.from_dir whole; then the graph and
