@@ -6,20 +6,31 @@
 #      (tests/gpu/shards.py): kernels vs references, AOT cubins through the driver API, whole
 #      engines vs the reference backend, HuggingFace and modelopt's fake-quantized models.
 # Packages the machine lacks can be carried as wheels in .whl/ (scripts/carried_wheels.sh).
-# Logs go to $OUT (when set) or build/gpu-check; the speed table prints last.
+# Logs go to build/gpu-check; where $OUT is set (a lent machine's folder of files to return)
+# they are packed into $OUT/gpu-check-logs.tgz when the check ends, stopped by a signal too
+# (such a machine returns only a few files: a log a shard would leave some behind). The speed
+# table prints last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-LOG=${OUT:-build/gpu-check}
+LOG=build/gpu-check
+rm -rf "$LOG"
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
+if [ -n "${OUT:-}" ]; then
+  trap 'tar czf "$OUT/gpu-check-logs.tgz" -C build gpu-check' EXIT
+  trap 'exit 143' TERM INT
+fi
+# KILN_GPU_CHECK_LIMIT: seconds from here after which no shard goes on running (one still
+# running is stopped and reported, "cut at the limit"), so that a check under a call's time
+# limit ends by itself with its logs and table.
+deadline=$(( $(date +%s) + ${KILN_GPU_CHECK_LIMIT:-86400} ))
 
 . scripts/carried_wheels.sh
 install_carried_wheels /tmp/kiln-wheels || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== install"
-# The install's log goes to $LOG only when the install fails: $LOG keeps to the speed log and
-# the shards' logs (a machine that returns few files returns those).
+# The install's log goes to $LOG only when the install fails.
 if ! $PY -m pip install --no-build-isolation --no-deps -e . >/tmp/kiln-install.log 2>&1; then
   cp /tmp/kiln-install.log "$LOG/install.log"
   tail -40 "$LOG/install.log"
@@ -90,7 +101,9 @@ declare -A pids
 for shard in "${shards[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n; done
   # shellcheck disable=SC2086  # the shard's arguments are a word list
-  $PY -m pytest -m gpu ${shard_args[$shard]} -q -rs -p no:cacheprovider --durations=5 \
+  left=$(( deadline - $(date +%s) ))
+  [ "$left" -gt 0 ] || left=1
+  timeout "$left" $PY -m pytest -m gpu ${shard_args[$shard]} -q -rs -p no:cacheprovider --durations=5 \
     "${extra[@]}" >"$LOG/pytest-$shard.log" 2>&1 &
   pids[$shard]=$!
 done
@@ -98,7 +111,7 @@ tests_rc=0
 for shard in "${shards[@]}"; do
   wait "${pids[$shard]}"
   rc=$?
-  echo "-- $shard: rc $rc"
+  if [ "$rc" -eq 124 ]; then echo "-- $shard: cut at the limit (KILN_GPU_CHECK_LIMIT)"; else echo "-- $shard: rc $rc"; fi
   tail -12 "$LOG/pytest-$shard.log"
   # 5: every test of the shard deselected (KILN_PYTEST_ARGS="-k ...").
   [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ] && tests_rc=1
