@@ -4,23 +4,34 @@ Field names and defaults follow OpenAI's API; `top_k`, `min_p`, `repetition_pena
 `ignore_eos` and `stop_token_ids` are the extensions vLLM made familiar (pass them through the
 client's extra_body). Fields the server cannot honour, OpenAI's or vLLM's, are refused with a
 400 rather than silently ignored; fields that change nothing in the output (`user`, `store`,
-`metadata`, ...) are accepted and ignored.
+`metadata`, ...) are accepted and ignored. Values are taken as JSON types them, as OpenAI takes
+them: `"max_tokens": true`, `"n": "2"`, `"stream": "yes"` or `"max_tokens": 16.0` are a 400, not
+read as 1, 2, true and 16.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kiln.runtime.serve.errors import ApiError, bad_request
 
 
-class StreamOptions(BaseModel):
+_INT64 = 2 ** 63  # a seed is a signed 64-bit integer, as vLLM takes it
+# Roles whose message says something only in its content: one without content is a mistake.
+_CONTENT_REQUIRED = {"system", "developer", "user", "tool"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Sampling(_Strict):
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     n: int = 1
@@ -29,7 +40,7 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-_INT64, le=_INT64 - 1)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
@@ -92,16 +103,22 @@ class CompletionRequest(_Sampling):
         return out
 
 
-class TextPart(BaseModel):
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... reach the chat template
+class ChatMessage(_Strict):
+    model_config = ConfigDict(extra="allow", strict=True)  # name, tool_call_id, ... reach the chat template
 
     role: str
     content: str | list[TextPart] | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self):
+        if self.content is None and self.role in _CONTENT_REQUIRED:
+            raise ValueError(f"a {self.role} message needs its content; pass content")
+        return self
 
     def as_template_message(self) -> dict:
         from kiln.runtime.serve.tools import template_message
@@ -140,7 +157,7 @@ class ChatCompletionRequest(_Sampling):
         return out
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Strict):
     """vLLM's /tokenize: a prompt, or chat messages in the chat template."""
     model: str | None = None
     prompt: str | None = None
@@ -152,7 +169,7 @@ class TokenizeRequest(BaseModel):
         return []
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(_Strict):
     """vLLM's /detokenize: token ids to text."""
     model: str | None = None
     tokens: list[int]
@@ -184,6 +201,8 @@ def _describe(errors: list[dict]) -> tuple[str, str | None]:
         return f"{where} must be one of: {' | '.join(dict.fromkeys(tried))}", where
     if errors[0]["type"] == "missing":
         return f"{where} is required", where
+    if errors[0]["type"] == "value_error":  # a model's own check: its message says it all
+        return f"{where}: {errors[0]['ctx']['error']}", where
     return f"{where} is invalid: {errors[0]['msg']}", where
 
 
