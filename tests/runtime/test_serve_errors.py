@@ -93,7 +93,7 @@ BAD = [
     (CHAT, {"messages": [{"role": "user", "content": 7}]}, 400, 400, r"messages\.0\.content must be one of"),
     (CHAT, {"messages": [{"role": "system", "content": "be brief"}, {"role": "user"}]}, 400, 400,
      r"messages\.1: a user message needs its content; pass content"),
-    (CHAT, {"messages": [{"role": "user", "content": "hi", "name": 5}], "stream_options": {
+    (CHAT, {"messages": USER, "stream_options": {
         "include_usage": 1}}, 400, 400, r"stream_options\.include_usage is invalid"),
     (CHAT, {"messages": USER, "top_logprobs": 3}, 400, 400, "top_logprobs needs logprobs set to true"),
     (CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, 400,
