@@ -1,6 +1,7 @@
 """engine-build's work: checkpoint -> graph -> passes -> kernels -> engine directory."""
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import importlib.util
 import os
@@ -59,6 +60,10 @@ def _compile_kernels(plan, build: BuildConfig) -> KernelBundle:
     return compile_plan(plan, build)
 
 
+# A full disk or quota while writing the engine: the user's to fix, said in one line.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
 def _prepare_output(output: Path, checkpoint: Path, overwrite: bool) -> Path:
     if output.exists() and not overwrite:
         raise KilnError(f"output directory {output} exists; pass --overwrite to replace it")
@@ -67,7 +72,11 @@ def _prepare_output(output: Path, checkpoint: Path, overwrite: bool) -> Path:
         raise KilnError(f"output directory {output} holds the checkpoint; choose another --output")
     staging = output.parent / f".{output.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise KilnError(f"cannot create the output directory {output}: {e.strerror or e}; pass "
+                        "--output a path in a directory you can write to") from None
     return staging
 
 
@@ -119,8 +128,11 @@ def build_engine(checkpoint: str | Path | Checkpoint, output: str | Path, build:
             if output.exists():
                 shutil.rmtree(output)
             staging.rename(output)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+                raise KilnError(f"writing the engine to {output} failed: {e.strerror}; free space "
+                                "there or pass --output another disk") from None
             raise
     report.engine_bytes = size
     report.build = build

@@ -66,6 +66,31 @@ def test_output_exists_without_overwrite(ckpt, tmp_path):
     assert result.exit_code == 0 and (out / RANK_FILE).is_file()
 
 
+def test_output_that_cannot_be_created(ckpt, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    assert_one_line_error(build("--checkpoint", ckpt, "--output", tmp_path / "a-file" / "engine"),
+                          "cannot create the output directory .*a-file/engine: Not a directory; "
+                          "pass --output a path in a directory you can write to")
+
+
+def test_disk_full_while_writing(ckpt, tmp_path, monkeypatch):
+    """A full disk is said in one line, and the half-written engine is removed."""
+    import errno
+    import os
+
+    import kiln.builder.build as build_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(build_module, "write_rank_file", full)
+    out = tmp_path / "engine"
+    assert_one_line_error(build("--checkpoint", ckpt, "--output", out, "--max-seq-len", "64"),
+                          "writing the engine to .*engine failed: No space left on device; free "
+                          "space there or pass --output another disk")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_checkpoint(tmp_path):
     assert_one_line_error(build("--checkpoint", tmp_path / "nope", "--output", tmp_path / "e"),
                           "checkpoint path .*nope does not exist")
