@@ -7,6 +7,7 @@ import operator
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy
 import torch
 
 from kiln import _core
@@ -125,9 +126,18 @@ def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]
             if p.dim() != 1 or p.dtype.is_floating_point:
                 raise KilnError(f"prompt {i} is a {p.dim()}-D {p.dtype} tensor; pass 1-D integer tensors")
             p = p.tolist()
-        if isinstance(p, str) or not all(isinstance(t, int) for t in p):
-            raise KilnError(f"prompt {i} mixes types; pass all prompts as strings or all as token ids")
-        prompts.append(list(p))
+        if isinstance(p, str):
+            raise KilnError(f"prompt {i} is a string among token-id prompts; pass all prompts as "
+                            "strings or all as token ids")
+        if not isinstance(p, Sequence) and not hasattr(p, "__array__"):
+            raise KilnError(f"prompt {i} is a {type(p).__name__}; pass a list of token ids, a 1-D "
+                            "integer tensor or array, or a string")
+        ids = []
+        for j, t in enumerate(p):
+            if isinstance(t, (bool, numpy.bool_)) or not isinstance(t, (numbers.Integral, numpy.integer)):
+                raise KilnError(f"prompt {i} has {t!r} at position {j}; token ids are integers")
+            ids.append(int(t))
+        prompts.append(ids)
     return prompts, False
 
 

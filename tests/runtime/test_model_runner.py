@@ -60,6 +60,18 @@ def test_greedy_equals_huggingface_alone_and_batched(runners, arch):
     assert out["finish_reasons"] == ["length"] * 4
 
 
+def test_prompts_as_numpy_arrays_and_integers(runners):
+    """A prompt may be a 1-D integer array or a list of numpy integers, as from a tokenizer's
+    return_tensors="np"."""
+    runner, model = runners("llama")
+    batch = prompts(runner.vocab_size, (7, 12), seed=3)
+    expected = [hf_greedy(model, p, 6) for p in batch]
+    out = runner.generate([np.array(batch[0], dtype=np.int64), [np.int32(t) for t in batch[1]]],
+                          max_new_tokens=6, end_id=-1)
+    for i, p in enumerate(batch):
+        assert out[i, 0, : len(p) + 6].tolist() == p + expected[i]
+
+
 def test_requests_arriving_mid_flight_get_the_same_tokens(runners):
     runner, model = runners("llama")
     batch = prompts(runner.vocab_size, (11, 23, 6, 40, 15, 8), seed=5)
@@ -414,6 +426,10 @@ def test_eight_threads_enqueue_at_once(runners):
     (dict(batch=[[5] * 200]), "max_seq_len"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(batch=[[5, 100000]]), "vocab"),
+    (dict(batch=[[5, 2.0]]), "prompt 0 has 2.0 at position 1; token ids are integers"),
+    (dict(batch=[[5, True]]), "prompt 0 has True at position 1; token ids are integers"),
+    (dict(batch=[[5, 6], "text"]), "prompt 1 is a string among token-id prompts"),
+    (dict(batch=[[5, 6], 7]), "prompt 1 is a int; pass a list of token ids"),
     (dict(temperature=-1.0, top_k=0), "temperature"),
     (dict(temperature=-1.0), "temperature"),  # with the default top_k=1 (greedy) too
     (dict(temperature=float("nan")), "temperature"),
