@@ -70,6 +70,10 @@ def test_prompts_as_numpy_arrays_and_integers(runners):
                           max_new_tokens=6, end_id=-1)
     for i, p in enumerate(batch):
         assert out[i, 0, : len(p) + 6].tolist() == p + expected[i]
+    rows = runner.generate(np.array([batch[0], batch[1][:7]]), max_new_tokens=6, end_id=-1)
+    assert rows[0, 0, :13].tolist() == batch[0] + expected[0]
+    with pytest.raises(KilnError, match="or a 2-D integer tensor or array"):
+        runner.generate(np.ones((2, 3)), max_new_tokens=6)
 
 
 def test_requests_arriving_mid_flight_get_the_same_tokens(runners):
