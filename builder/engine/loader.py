@@ -29,7 +29,10 @@ class EngineConfig:
             data = json.loads(path.read_text())
         except ValueError:
             raise KilnError(f"{path} is not valid JSON: the engine is corrupted; {REBUILD}") from None
-        version = data.get("format_version")
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version is None and isinstance(data, dict) and "model_type" in data:
+            raise KilnError(f"{path.parent} is a HuggingFace checkpoint, not a Kiln engine; build "
+                            f"one from it with engine-build --checkpoint {path.parent}")
         if version != FORMAT_VERSION:
             raise KilnError(f"{path}: engine format version {version}, this Kiln reads version "
                             f"{FORMAT_VERSION}; {REBUILD}")

@@ -38,7 +38,7 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--engine", "engine_dir", required=True, type=click.Path(), help="Engine directory.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--served-model-name", default=None,
               help="Model id clients name in requests. Default: the engine directory's name.")
 @click.option("--max-queue-size", type=int, default=512, show_default=True,

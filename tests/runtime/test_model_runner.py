@@ -13,7 +13,7 @@ import transformers
 
 from kiln.builder.errors import KilnError
 from kiln.runtime import ModelRunner
-from kiln_testing import hf_greedy, mixed_traffic
+from kiln_testing import hf_greedy, make_tiny_checkpoint, mixed_traffic
 
 ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3", "phi3-longrope", "gemma2",
          "gemma3", "granite", "olmo2", "smollm3", "glm4", "olmo3", "exaone4", "seed_oss",
@@ -553,6 +553,10 @@ def test_refused_engine_directory(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(KilnError, match="config.json is missing"):
         ModelRunner.from_dir(tmp_path / "e")
+    hf = make_tiny_checkpoint("llama", tmp_path / "hf")
+    with pytest.raises(KilnError, match=f"^{hf} is a HuggingFace checkpoint, not a Kiln engine; "
+                                        f"build one from it with engine-build --checkpoint {hf}$"):
+        ModelRunner.from_dir(hf)
 
 
 def test_smollm2_greedy_equals_huggingface(smollm2):

@@ -76,6 +76,8 @@ def test_missing_engine_and_bad_options(tmp_path):
     result = CliRunner().invoke(serve_main, ["--engine", str(tmp_path), "--port", "0",
                                              "--max-queue-size", "-1"])
     one_line_error(result, "--max-queue-size is -1")
+    result = CliRunner().invoke(serve_main, ["--engine", str(tmp_path), "--port", "99999"])
+    assert result.exit_code == 2 and "'--port': 99999 is not in the range 0<=x<=65535" in result.output
     for flags in (["--enable-auto-tool-choice"], ["--tool-call-parser", "hermes"]):
         result = CliRunner().invoke(serve_main, ["--engine", str(tmp_path), "--port", "0", *flags])
         one_line_error(result, "--enable-auto-tool-choice and --tool-call-parser go together")
