@@ -95,8 +95,10 @@ def perplexity(engine: Engine, ids: list[int], window: int = DEFAULT_WINDOW, bac
     b = engine.config.build
     if window < 2:
         raise KilnError(f"--window must be at least 2 tokens, got {window}")
+    if max_tokens is not None and max_tokens < 2:
+        raise KilnError(f"--max-tokens must be at least 2 tokens, got {max_tokens}")
     window = min(window, b.max_seq_len)
-    ids = ids[:max_tokens] if max_tokens else ids
+    ids = ids[:max_tokens] if max_tokens is not None else ids
     if len(ids) < 2:
         raise KilnError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
     blocks = -(-window // b.tokens_per_block)

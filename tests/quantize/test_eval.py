@@ -91,6 +91,8 @@ def test_max_tokens_and_errors(tiny):
         perplexity(engines[16], ids[:1])
     with pytest.raises(KilnError, match="--window must be at least 2 tokens"):
         perplexity(engines[16], ids, window=1)
+    with pytest.raises(KilnError, match="--max-tokens must be at least 2 tokens, got 0"):
+        perplexity(engines[16], ids, max_tokens=0)
 
 
 def test_engine_eval_command(tiny, tmp_path):
