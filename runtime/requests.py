@@ -112,9 +112,8 @@ class GenerationParams:
 def normalize_inputs(batch_input_ids, tokenizer) -> tuple[list[list[int]], bool]:
     """A batch of prompts as lists of ids; True when they came as strings."""
     if isinstance(batch_input_ids, (str, torch.Tensor)) or not isinstance(batch_input_ids, Sequence):
-        if isinstance(batch_input_ids, numpy.ndarray):  # as a tensor: rows of integer ids
-            batch_input_ids = torch.from_numpy(batch_input_ids) if batch_input_ids.dtype.kind in "iu" \
-                else torch.empty(0)
+        if isinstance(batch_input_ids, numpy.ndarray) and batch_input_ids.dtype.kind in "iu":
+            batch_input_ids = torch.from_numpy(batch_input_ids)  # rows of integer ids, as a tensor's
         if isinstance(batch_input_ids, torch.Tensor) and batch_input_ids.dim() == 2 \
                 and not batch_input_ids.dtype.is_floating_point:
             return [row.tolist() for row in batch_input_ids], False

@@ -31,7 +31,7 @@ class StreamOptions(_Strict):
 
 
 class _Sampling(_Strict):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore")  # strict, as _Strict
 
     model: str | None = None
     n: int = 1
@@ -109,7 +109,7 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
-    model_config = ConfigDict(extra="allow", strict=True)  # name, tool_call_id, ... reach the chat template
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... reach the chat template
 
     role: str
     content: str | list[TextPart] | None = None
