@@ -80,10 +80,14 @@ def write_repository(engine_dir, output, options: RepositoryOptions | None = Non
         mc.POSTPROCESSING: (mc.postprocessing_config(max_batch_size, tokenizer_dir), "postprocessing.py"),
         mc.ENSEMBLE: (mc.ensemble_config(options.name, max_batch_size), None),
     }
-    for name, (config, template) in models.items():
-        version = out / name / "1"
-        version.mkdir(parents=True)
-        (out / name / "config.pbtxt").write_text(to_pbtxt(config))
-        if template:
-            shutil.copyfile(TEMPLATES / template, version / "model.py")
+    try:
+        for name, (config, template) in models.items():
+            version = out / name / "1"
+            version.mkdir(parents=True)
+            (out / name / "config.pbtxt").write_text(to_pbtxt(config))
+            if template:
+                shutil.copyfile(TEMPLATES / template, version / "model.py")
+    except OSError as e:
+        raise KilnError(f"cannot write the model repository {out}: {e.strerror or e}; pass "
+                        "--output a path in a directory you can write to") from None
     return out

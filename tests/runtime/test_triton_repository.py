@@ -185,6 +185,9 @@ def test_cli_writes_and_refuses(tiny_engine, tmp_path):
     one_line_error(invoke("--engine", engine, "--output", tmp_path / "r"), "already exists; pass --overwrite")
     assert invoke("--engine", engine, "--output", tmp_path / "r", "--overwrite").exit_code == 0
     one_line_error(invoke("--engine", tmp_path / "none", "--output", tmp_path / "s"), "does not exist")
+    (tmp_path / "a-file").write_text("x")
+    one_line_error(invoke("--engine", engine, "--output", tmp_path / "a-file" / "r"),
+                   "cannot write the model repository .*a-file/r: Not a directory; pass --output")
     one_line_error(invoke("--engine", engine, "--output", tmp_path / "s", "--name", "ensemble"),
                    "cannot name the engine model")
     one_line_error(invoke("--engine", engine, "--output", tmp_path / "s", "--max-batch-size", "99"),
