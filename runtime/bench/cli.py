@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -50,7 +52,8 @@ def _emit(ctx, requests) -> None:
             click.echo(json.dumps({"task_id": r.task_id, "input_ids": r.input_ids,
                                    "output_tokens": r.output_tokens}))
     else:
-        write_jsonl(output, requests)
+        with _writing("--output", output):
+            write_jsonl(output, requests)
     click.echo(f"dataset: {DatasetStats.of(requests).describe()}"
                + ("" if output == "-" else f" -> {output}"), err=True)
 
@@ -358,7 +361,8 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
             best, hf.metrics.to_json(), ("requests_per_s", "output_tokens_per_s", "total_tokens_per_s"))}
     _finish(doc, engine, bandwidth, probe.decode_tokens_per_s, json_path, rate)
     if plot_path:
-        report.plot(doc, plot_path)
+        with _writing("--plot", plot_path):
+            report.plot(doc, plot_path)
         click.echo(f"plot -> {plot_path}", err=True)
 
 
@@ -420,6 +424,10 @@ def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
     for option, path in (("--json", json_path), ("--plot", plot_path)):
         if path and path != "-" and not Path(path).resolve().parent.is_dir():
             raise KilnError(f"{option} {path}: its folder does not exist; create it or choose another path")
+        if path and path != "-" and Path(path).is_dir():
+            raise KilnError(f"{option} {path} is a folder; pass a file's path")
+        if path and path != "-" and not os.access(Path(path).resolve().parent, os.W_OK):
+            raise KilnError(f"{option} {path}: its folder is not writable; choose another path")
     if plot_path:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
@@ -490,5 +498,16 @@ def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: s
         return
     click.echo(table)
     if json_path:
-        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
+        with _writing("--json", json_path):
+            Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
         click.echo(f"json -> {json_path}", err=True)
+
+
+@contextmanager
+def _writing(option: str, path: str):
+    """An output that cannot be written, said in one line (its run's table is printed above)."""
+    try:
+        yield
+    except OSError as e:
+        raise KilnError(f"{option} {path}: cannot write it ({e.strerror or e}); choose another "
+                        "path") from None

@@ -230,6 +230,7 @@ def test_latency_with_baseline(setup):
                                         "with --baseline hf only"),
     (["--json", "/nonexistent/dir/t.json"], "--json /nonexistent/dir/t.json: its folder does not "
                                             "exist; create it or choose another path"),
+    (["--json", "/"], "--json / is a folder; pass a file's path"),
     (["--profile-steps", "5"], "--profile-steps takes START:COUNT, a step of the run (0 its first) "
                                "and how many steps to profile from it (e.g. 100:10), got '5'"),
     (["--profile-steps", "0:4"], "--profile-steps records the GPU's kernels; this run is on cpu "

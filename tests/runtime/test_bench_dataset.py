@@ -126,6 +126,12 @@ def test_prepare_token_norm_dist_cli(tiny_engine, tmp_path):
     bad = CliRunner().invoke(bench_main, ["prepare", "token-norm-dist", "--num-requests", "2",
                                           "--input-mean", "3", "--output-mean", "2"])
     assert bad.exit_code == 1 and bad.stderr.strip() == "error: pass exactly one of --engine DIR and --vocab-size N"
+    to_folder = CliRunner().invoke(bench_main, ["prepare", "--output", str(tmp_path), "token-norm-dist",
+                                                "--num-requests", "2", "--input-mean", "3",
+                                                "--output-mean", "2", "--vocab-size", "10"])
+    assert to_folder.exit_code == 1
+    assert to_folder.stderr.strip() == (f"error: --output {tmp_path}: cannot write it (Is a directory); "
+                                        "choose another path")
 
 
 def test_prepare_text_cli_uses_the_engines_tokenizer(tiny_engine, tmp_path):
