@@ -17,7 +17,7 @@ from tqdm import tqdm
 from kiln.builder.checkpoint import Checkpoint, open_checkpoint
 from kiln.builder.engine.format import FORMAT_VERSION
 from kiln.builder.engine.writer import RANK_FILE, KernelBundle, write_config, write_rank_file
-from kiln.builder.errors import KilnError
+from kiln.builder.errors import KilnError, os_error_as
 from kiln.builder.ir import dtype_size
 from kiln.builder.models import BuildConfig, ModelConfig, build_graph
 from kiln.builder.passes import run_pipeline
@@ -72,11 +72,9 @@ def _prepare_output(output: Path, checkpoint: Path, overwrite: bool) -> Path:
         raise KilnError(f"output directory {output} holds the checkpoint; choose another --output")
     staging = output.parent / f".{output.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with os_error_as(f"cannot create the output directory {output}: {{reason}}; pass --output a "
+                     "path in a directory you can write to"):
         staging.mkdir(parents=True)
-    except OSError as e:
-        raise KilnError(f"cannot create the output directory {output}: {e.strerror or e}; pass "
-                        "--output a path in a directory you can write to") from None
     return staging
 
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from kiln.builder.cli import one_line_errors
-from kiln.builder.errors import KilnError
+from kiln.builder.errors import KilnError, os_error_as
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 # Decode tokens of the batch-1 probe that every throughput report sets against the roofline.
@@ -52,7 +51,7 @@ def _emit(ctx, requests) -> None:
             click.echo(json.dumps({"task_id": r.task_id, "input_ids": r.input_ids,
                                    "output_tokens": r.output_tokens}))
     else:
-        with _writing("--output", output):
+        with os_error_as(_UNWRITABLE.format(option="--output", path=output)):
             write_jsonl(output, requests)
     click.echo(f"dataset: {DatasetStats.of(requests).describe()}"
                + ("" if output == "-" else f" -> {output}"), err=True)
@@ -361,7 +360,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
             best, hf.metrics.to_json(), ("requests_per_s", "output_tokens_per_s", "total_tokens_per_s"))}
     _finish(doc, engine, bandwidth, probe.decode_tokens_per_s, json_path, rate)
     if plot_path:
-        with _writing("--plot", plot_path):
+        with os_error_as(_UNWRITABLE.format(option="--plot", path=plot_path)):
             report.plot(doc, plot_path)
         click.echo(f"plot -> {plot_path}", err=True)
 
@@ -422,16 +421,23 @@ def _concurrencies(text: str | None) -> list[int | None]:
 def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
     """Refuse unwritable outputs before a long run, not after it."""
     for option, path in (("--json", json_path), ("--plot", plot_path)):
-        if path and path != "-" and not Path(path).resolve().parent.is_dir():
+        if not path or path == "-":
+            continue
+        folder = Path(path).resolve().parent
+        if not folder.is_dir():
             raise KilnError(f"{option} {path}: its folder does not exist; create it or choose another path")
-        if path and path != "-" and Path(path).is_dir():
+        if Path(path).is_dir():
             raise KilnError(f"{option} {path} is a folder; pass a file's path")
-        if path and path != "-" and not os.access(Path(path).resolve().parent, os.W_OK):
+        if not os.access(folder, os.W_OK):
             raise KilnError(f"{option} {path}: its folder is not writable; choose another path")
     if plot_path:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             raise KilnError("--plot needs matplotlib: pip install matplotlib (or kiln[bench])")
+
+
+# An output that cannot be written, said in one line (after a run, its table is printed above).
+_UNWRITABLE = "{option} {path}: cannot write it ({{reason}}); choose another path"
 
 
 # Options that only mean something on the GPU, and what they do there.
@@ -498,16 +504,7 @@ def _finish(doc: dict, engine, bandwidth, kiln_tokens_per_s: float, json_path: s
         return
     click.echo(table)
     if json_path:
-        with _writing("--json", json_path):
+        with os_error_as(_UNWRITABLE.format(option="--json", path=json_path)):
             Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
         click.echo(f"json -> {json_path}", err=True)
 
-
-@contextmanager
-def _writing(option: str, path: str):
-    """An output that cannot be written, said in one line (its run's table is printed above)."""
-    try:
-        yield
-    except OSError as e:
-        raise KilnError(f"{option} {path}: cannot write it ({e.strerror or e}); choose another "
-                        "path") from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.builder.engine import load_engine
-from kiln.builder.errors import KilnError
+from kiln.builder.errors import KilnError, os_error_as
 from kiln.runtime.triton import model_configs as mc
 from kiln.runtime.triton.pbtxt import to_pbtxt
 
@@ -80,14 +80,12 @@ def write_repository(engine_dir, output, options: RepositoryOptions | None = Non
         mc.POSTPROCESSING: (mc.postprocessing_config(max_batch_size, tokenizer_dir), "postprocessing.py"),
         mc.ENSEMBLE: (mc.ensemble_config(options.name, max_batch_size), None),
     }
-    try:
+    with os_error_as(f"cannot write the model repository {out}: {{reason}}; pass --output a path "
+                     "in a directory you can write to"):
         for name, (config, template) in models.items():
             version = out / name / "1"
             version.mkdir(parents=True)
             (out / name / "config.pbtxt").write_text(to_pbtxt(config))
             if template:
                 shutil.copyfile(TEMPLATES / template, version / "model.py")
-    except OSError as e:
-        raise KilnError(f"cannot write the model repository {out}: {e.strerror or e}; pass "
-                        "--output a path in a directory you can write to") from None
     return out
