@@ -428,7 +428,8 @@ class PlanExecutor(Backend):
         """Runs one step as the executor does: {"tokens", "logprobs"} of the greedy pick per row
         (empty when the engine has none) and "logits" [len(logit_rows), vocab]."""
     cuda_graphs: bool
-    """Whether decode-only steps run as CUDA graphs (captured per launch shape on first use)."""
+    """Whether decode-only steps run as CUDA graphs (captured per launch shape on first use, or
+    by capture_graphs)."""
     programmatic_launch: bool
     """Whether kernels compiled for it (SM 90 and newer) launch with programmatic stream
     serialization, each starting while the one before finishes; setting it drops the captured
@@ -443,6 +444,12 @@ class PlanExecutor(Backend):
         every 256 of a step's tokens up to max_num_tokens, running each once so its kernel is
         loaded (ModelRunner does at load, so a step meeting a new M waits for neither);
         returns how many."""
+    def capture_graphs(self, max_batch_size: int) -> int:
+        """Captures the CUDA graphs, with their GEMM choices, of greedy decode steps of every
+        batch bucket up to max_batch_size whose launch shape is the same at any context length
+        (ModelRunner does at load, so a step meeting a new batch bucket does not wait for
+        either); returns how many. Shapes that depend on the context, and those of steps that
+        return logits, are captured when first met."""
     def graph_stats(self) -> dict[str, float]:
         """{"captured", "replays", "eager_steps"} so far, and "capture_s": the host's seconds
         capturing and instantiating them."""

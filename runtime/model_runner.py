@@ -106,6 +106,8 @@ class ModelRunner:
             backend.fp8_fast_accumulation = fp8_fast_accumulation_on_gpu(fp8_fast_accumulation)
             # The GEMM choices a step would otherwise make, and the kernels it would load, now.
             backend.prepare_gemms_ahead(max_batch_size, max_num_tokens)
+            # Decode steps' graphs and GEMM choices now, not in the steps that first need them.
+            backend.capture_graphs(max_batch_size)
         else:
             from kiln.runtime.reference import ReferenceBackend
             need = max_batch_size * build.max_blocks_per_seq + 1

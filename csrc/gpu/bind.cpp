@@ -451,6 +451,10 @@ void bind(py::module_& m)
             "Makes the cuBLASLt choices of GEMMs past Kiln's own alternatives at every decode batch bucket up to "
             "max_batch_size and every 256 tokens up to max_num_tokens, each run once so its kernel is loaded; "
             "returns how many.")
+        .def("capture_graphs", &PlanExecutor::captureGraphs, py::arg("max_batch_size"),
+            py::call_guard<py::gil_scoped_release>(),
+            "Captures the CUDA graphs (and makes the GEMM choices) of greedy decode steps of every batch bucket up "
+            "to max_batch_size whose launch shape is the same at any context length; returns how many.")
         .def("graph_stats",
             [](PlanExecutor const& self)
             {

@@ -472,6 +472,42 @@ public:
         return prepared;
     }
 
+    /// Makes the GEMM choices and captures the graphs of greedy decode steps of every batch
+    /// bucket up to `maxBatchSize` whose launch shape does not depend on the context length (the
+    /// same for one cached token as for the engine's longest), so the steps that meet them later
+    /// leave the GPU no time idle for either. Returns how many were captured.
+    int captureGraphs(std::int64_t maxBatchSize)
+    {
+        if (!mCudaGraphs)
+            return 0;
+        KILN_CUDA_CHECK(cudaSetDevice(mDevice));
+        std::vector<std::int64_t> const saved = mValues;
+        std::int64_t const most = std::min<std::int64_t>({maxBatchSize, mSpec.maxBatchSize, mSpec.maxNumTokens});
+        int captured = 0;
+        try
+        {
+            for (std::int64_t b = 1, bucket = 0; b <= most; b = bucket + 1)
+            {
+                bucket = batchBucket(b);
+                decodeValues(bucket, mSpec.maxSeqLen);
+                std::vector<std::int64_t> key = graphKey();
+                decodeValues(bucket, 1);
+                if (graphKey() != key || mGraphs.count(key) != 0 || mGraphs.size() >= kMaxGraphs)
+                    continue;
+                prepareGemms();
+                captureGraph(std::move(key));
+                ++captured;
+            }
+        }
+        catch (...)
+        {
+            mValues = saved;
+            throw;
+        }
+        mValues = saved;
+        return captured;
+    }
+
 private:
     void dropGraphs() noexcept
     {
@@ -1191,10 +1227,7 @@ private:
     /// reads. The first step of a shape captures it.
     void runGraph()
     {
-        std::vector<std::int64_t> key;
-        key.reserve(mGraphSymbols.size());
-        for (std::size_t index : mGraphSymbols)
-            key.push_back(mValues[index]);
+        std::vector<std::int64_t> key = graphKey();
         auto it = mGraphs.find(key);
         if (it == mGraphs.end())
         {
@@ -1206,31 +1239,61 @@ private:
             }
             // The choices per M time candidates, which a capture cannot hold: now.
             prepareGemms();
-            auto const captureStart = std::chrono::steady_clock::now();
-            KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
-            cudaGraph_t graph = nullptr;
-            try
-            {
-                runProgram();
-            }
-            catch (...)
-            {
-                cudaStreamEndCapture(mStream, &graph);
-                if (graph != nullptr)
-                    cudaGraphDestroy(graph);
-                throw;
-            }
-            KILN_CUDA_CHECK(cudaStreamEndCapture(mStream, &graph));
-            cudaGraphExec_t exec = nullptr;
-            cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
-            cudaGraphDestroy(graph);
-            KILN_CUDA_CHECK(instantiated);
-            mGraphStats.captureSeconds
-                += std::chrono::duration<double>(std::chrono::steady_clock::now() - captureStart).count();
-            it = mGraphs.emplace(std::move(key), exec).first;
+            it = captureGraph(std::move(key));
         }
         KILN_CUDA_CHECK(cudaGraphLaunch(it->second, mStream));
         ++mGraphStats.replays;
+    }
+
+    /// The launch shape of the step in mValues: the values of every symbol the program reads.
+    std::vector<std::int64_t> graphKey() const
+    {
+        std::vector<std::int64_t> key;
+        key.reserve(mGraphSymbols.size());
+        for (std::size_t index : mGraphSymbols)
+            key.push_back(mValues[index]);
+        return key;
+    }
+
+    /// Captures the program at mValues as the graph of launch shape `key` (its GEMM choices
+    /// made already).
+    std::map<std::vector<std::int64_t>, cudaGraphExec_t>::iterator captureGraph(std::vector<std::int64_t> key)
+    {
+        auto const captureStart = std::chrono::steady_clock::now();
+        KILN_CUDA_CHECK(cudaStreamBeginCapture(mStream, cudaStreamCaptureModeThreadLocal));
+        cudaGraph_t graph = nullptr;
+        try
+        {
+            runProgram();
+        }
+        catch (...)
+        {
+            cudaStreamEndCapture(mStream, &graph);
+            if (graph != nullptr)
+                cudaGraphDestroy(graph);
+            throw;
+        }
+        KILN_CUDA_CHECK(cudaStreamEndCapture(mStream, &graph));
+        cudaGraphExec_t exec = nullptr;
+        cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
+        cudaGraphDestroy(graph);
+        KILN_CUDA_CHECK(instantiated);
+        mGraphStats.captureSeconds
+            += std::chrono::duration<double>(std::chrono::steady_clock::now() - captureStart).count();
+        return mGraphs.emplace(std::move(key), exec).first;
+    }
+
+    /// mValues for a greedy decode step of `b` sequences whose longest context is `maxCtx`.
+    void decodeValues(std::int64_t b, std::int64_t maxCtx)
+    {
+        mValues[kT] = b;
+        mValues[kB] = b;
+        mValues[kBd] = b;
+        mValues[kMaxQ] = 1;
+        mValues[kMaxCtx] = maxCtx;
+        mValues[kMaxBlk] = mSpec.maxBlocksPerSeq;
+        mValues[kLogits] = mSelect == 0 ? 1 : 0;
+        evalDerived();
     }
 
     /// Copies back what the caller reads: the greedy picks and the logits of
@@ -1514,6 +1577,11 @@ bool PlanExecutor::cudaGraphs() const
 int PlanExecutor::prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens)
 {
     return mImpl->prepareGemmsAhead(maxBatchSize, maxNumTokens);
+}
+
+int PlanExecutor::captureGraphs(std::int64_t maxBatchSize)
+{
+    return mImpl->captureGraphs(maxBatchSize);
 }
 
 GraphStats PlanExecutor::graphStats() const

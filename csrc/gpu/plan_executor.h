@@ -97,6 +97,12 @@ public:
     int prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens);
     /// @brief Graphs captured and replayed so far.
     [[nodiscard]] GraphStats graphStats() const;
+    /// @brief Captures, with their GEMM choices, the CUDA graphs of greedy decode steps of every
+    /// batch bucket up to `maxBatchSize` whose launch shape is the same at any context length
+    /// (at load: a step meeting a new shape otherwise waits for both); returns how many. Shapes
+    /// that depend on the context (a split KV, few sequences over long contexts) are captured
+    /// when first met, as are those of steps that return logits.
+    int captureGraphs(std::int64_t maxBatchSize);
     /// @brief The steps' host time by part so far: {steps launch by launch, steps as graphs}.
     [[nodiscard]] std::pair<StepHostTimes, StepHostTimes> hostTimes() const;
 

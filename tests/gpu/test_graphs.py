@@ -123,6 +123,46 @@ def test_gemms_prepared_ahead_leave_the_steps_no_choice(core, sm, tiny_engine):
     assert choices() == made, "a step made a GEMM choice of more than 64 rows the load had not"
 
 
+def test_graphs_captured_at_load_serve_the_decode_steps(core, sm, tiny_engine):
+    """capture_graphs (ModelRunner's at load) captures the greedy decode shapes that are the same
+    at any context length: at 144 sequences (its bucket of 160) the KV is never split, and the
+    steps that meet it replay the graph captured before, bit for bit the step run launch by
+    launch; shapes that depend on the context (few sequences) are left to their first step."""
+    engine = load_engine(tiny_engine("llama", "bfloat16", targets=(sm,), max_batch_size=192,
+                                     max_num_tokens=192, max_seq_len=64, tokens_per_block=16)[1])
+    gpu = core.PlanExecutor(engine, num_blocks=200)
+    captured = gpu.capture_graphs(192)
+    stats = gpu.graph_stats()
+    assert stats["captured"] == captured and stats["replays"] == 0 and stats["eager_steps"] == 0
+    assert 1 <= captured < 25, captured  # not the buckets below 2 * SMs / KV heads sequences
+    build = engine.config.build
+    seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, 200, seed=17)
+    gen = torch.Generator().manual_seed(17)
+    for _ in range(144):
+        seqs.add(torch.randint(0, engine.config.model.vocab_size,
+                               (int(torch.randint(3, 12, (1,), generator=gen)),), generator=gen).tolist())
+    for first in range(0, 144, 16):  # prompts 16 at a time: at most 192 tokens a step
+        plan = [(s, len(seqs.tokens[s])) for s in range(first, first + 16)]
+        picks = gpu.run_step(seqs.step(plan), [])
+        for row, (sid, _) in enumerate(plan):
+            seqs.tokens[sid].append(int(picks["tokens"][row]))
+    before = gpu.graph_stats()
+    for i in range(4):
+        plan = [(s, 1) for s in range(144)]
+        step = seqs.step(plan)
+        gpu.cuda_graphs = False
+        eager = gpu.run_step(step, [])
+        gpu.cuda_graphs = True
+        replayed = gpu.run_step(step, [])  # rewrites the same KV slots with the same values
+        assert np.array_equal(eager["tokens"], replayed["tokens"]), f"decode step {i}"
+        assert np.array_equal(eager["logprobs"], replayed["logprobs"]), f"decode step {i}"
+        for row, (sid, _) in enumerate(plan):
+            seqs.tokens[sid].append(int(eager["tokens"][row]))
+    stats = gpu.graph_stats()
+    assert stats["captured"] == captured, "a decode step captured a graph the load had not"
+    assert stats["replays"] - before["replays"] == 4
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_greedy_pick_is_argmax_and_log_softmax(core, sm, tiny_engine, dtype):
     engine = load_engine(tiny_engine("llama", dtype, targets=(sm,))[1])
