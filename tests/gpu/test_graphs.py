@@ -82,6 +82,23 @@ def test_padded_batch_gives_the_unpadded_tokens(core, sm, tiny_engine):
     assert gpu.graph_stats()["captured"] == 1
 
 
+def decode_eager_then_replayed(gpu, seqs, num_seqs: int, steps: int):
+    """`steps` greedy decode steps of sequences 0..num_seqs-1, each run launch by launch and
+    then as a CUDA graph (rewriting the same KV slots with the same values): the two equal bit
+    for bit; the eager step's picks are appended."""
+    for i in range(steps):
+        plan = [(s, 1) for s in range(num_seqs)]
+        step = seqs.step(plan)
+        gpu.cuda_graphs = False
+        eager = gpu.run_step(step, [])
+        gpu.cuda_graphs = True
+        replayed = gpu.run_step(step, [])
+        assert np.array_equal(eager["tokens"], replayed["tokens"]), f"decode step {i}"
+        assert np.array_equal(eager["logprobs"], replayed["logprobs"]), f"decode step {i}"
+        for row, (sid, _) in enumerate(plan):
+            seqs.tokens[sid].append(int(eager["tokens"][row]))
+
+
 def test_gemms_prepared_ahead_leave_the_steps_no_choice(core, sm, tiny_engine):
     """prepare_gemms_ahead (ModelRunner's at load) makes the cuBLASLt choices of more than 64
     rows (fewer are timed when first met) of every decode batch bucket and every 256 of a
@@ -109,17 +126,7 @@ def test_gemms_prepared_ahead_leave_the_steps_no_choice(core, sm, tiny_engine):
         picks = gpu.run_step(seqs.step(plan), [])
         for row, (sid, _) in enumerate(plan):
             seqs.tokens[sid].append(int(picks["tokens"][row]))
-    for i in range(3):
-        plan = [(s, 1) for s in range(160)]
-        step = seqs.step(plan)
-        gpu.cuda_graphs = False
-        eager = gpu.run_step(step, [])
-        gpu.cuda_graphs = True
-        replayed = gpu.run_step(step, [])  # rewrites the same KV slots with the same values
-        assert np.array_equal(eager["tokens"], replayed["tokens"]), f"decode step {i}"
-        assert np.array_equal(eager["logprobs"], replayed["logprobs"]), f"decode step {i}"
-        for row, (sid, _) in enumerate(plan):
-            seqs.tokens[sid].append(int(eager["tokens"][row]))
+    decode_eager_then_replayed(gpu, seqs, 160, 3)
     assert choices() == made, "a step made a GEMM choice of more than 64 rows the load had not"
 
 
@@ -147,17 +154,7 @@ def test_graphs_captured_at_load_serve_the_decode_steps(core, sm, tiny_engine):
         for row, (sid, _) in enumerate(plan):
             seqs.tokens[sid].append(int(picks["tokens"][row]))
     before = gpu.graph_stats()
-    for i in range(4):
-        plan = [(s, 1) for s in range(144)]
-        step = seqs.step(plan)
-        gpu.cuda_graphs = False
-        eager = gpu.run_step(step, [])
-        gpu.cuda_graphs = True
-        replayed = gpu.run_step(step, [])  # rewrites the same KV slots with the same values
-        assert np.array_equal(eager["tokens"], replayed["tokens"]), f"decode step {i}"
-        assert np.array_equal(eager["logprobs"], replayed["logprobs"]), f"decode step {i}"
-        for row, (sid, _) in enumerate(plan):
-            seqs.tokens[sid].append(int(eager["tokens"][row]))
+    decode_eager_then_replayed(gpu, seqs, 144, 4)
     stats = gpu.graph_stats()
     assert stats["captured"] == captured, "a decode step captured a graph the load had not"
     assert stats["replays"] - before["replays"] == 4
