@@ -6,7 +6,8 @@ kernel's rate from the fusion's gain). TMA descriptors made in the kernel; with 
 warp specialization of the tile loop.
 
     python docs/results/glu-gemm-2026-12-07/glu_sweep.py [--m 1024,3008,8192]
-        [--glu 128:64:64:4:8:8:0,...] [--plain 128:256:64:3:8:8:0,...] [--check]
+        [--glu 128:64:64:4:8:8:0,...] [--pairs 128:128:64:3:8:8:0,...]
+        [--plain 128:256:64:3:8:8:0,...] [--others qkv,o,down] [--check]
 
 Configurations BM:BN:BK:stages:warps:GROUP_M:WS (GLU's BN counts output columns: a tile reads
 2 x BN weight rows). Prints us, TFLOP/s (of the gate/up product's 2 * M * 2I * K) and, for
@@ -148,12 +149,12 @@ def check_interpreted(glu_cfgs, pair_cfgs, plain_cfgs) -> None:
         x = torch.randn(m, k, generator=g).bfloat16()
         w = (torch.randn(2 * i, k, generator=g) * 0.1).bfloat16()
         want = reference(x, w)
+        scale = want.float().abs().max().item()
         for cfg in glu_cfgs:
             small = (32, min(cfg[1], 64), 64, *cfg[3:])
             out = torch.empty(m, i, dtype=torch.bfloat16)
             launch(x, w, out, small, True, 4)
             err = (out.float() - want.float()).abs().max().item()
-            scale = want.float().abs().max().item()
             assert err <= 0.02 * scale, (m, i, k, cfg, err, scale)
             print(f"interpreted GLU {m}x{i}x{k} {small}: max diff {err:.3g} of {scale:.3g}")
         for cfg in pair_cfgs:
@@ -173,6 +174,32 @@ def check_interpreted(glu_cfgs, pair_cfgs, plain_cfgs) -> None:
             print(f"interpreted plain {m}x{2 * i}x{k} {small}: max diff {err:.3g}")
 
 
+# The layer's other GEMMs as (N, K): out[M, N] = x[M, K] @ w.T.
+OTHERS = {"qkv": (6144, 4096), "o": (4096, 4096), "down": (4096, 14336)}
+
+
+def other_rows(name: str, m: int, cfgs, num_sms: int, g) -> None:
+    """cuBLASLt against the plain Triton GEMM (w as [2 x N / 2, K]) on one of OTHERS."""
+    n, k = OTHERS[name]
+    x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).bfloat16()
+    ref = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    flop = 2 * m * n * k
+    t = timed(lambda: torch.mm(x, w.t(), out=ref))
+    print(f"{m:>6}  {name + ' cuBLASLt':<40}{t * 1e6:>9.1f}{flop / t / 1e12:>9.1f}", flush=True)
+    for cfg in cfgs:
+        out = torch.empty_like(ref)
+        label = f"{name} triton plain {':'.join(map(str, cfg))}"
+        try:
+            t = timed(lambda: launch(x, w, out, cfg, False, num_sms))
+        except Exception as e:  # a configuration the compiler or the GPU refuses
+            print(f"{m:>6}  {label:<40}  failed: {type(e).__name__}", flush=True)
+            continue
+        diff = (out.float() - ref.float()).abs().max().item() / ref.float().abs().max().item()
+        print(f"{m:>6}  {label:<40}{t * 1e6:>9.1f}{flop / t / 1e12:>9.1f}  {diff:>9.2e}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", default="1024,2048,3008,4096,8192")
@@ -183,6 +210,9 @@ def main() -> None:
                         help="GLU over w's rows interleaved (gate j, up j), one product a tile")
     parser.add_argument("--plain", default="128:256:64:3:8:8:0,128:128:64:4:8:8:0,"
                         "128:256:64:3:8:8:1")
+    parser.add_argument("--others", default="",
+                        help="also time the plain Triton GEMM against cuBLASLt on these other "
+                        "layer GEMMs (qkv, o, down; comma separated) at the same M")
     parser.add_argument("--check", action="store_true",
                         help="with TRITON_INTERPRET=1: small shapes in Triton's interpreter")
     args = parser.parse_args()
@@ -229,6 +259,8 @@ def main() -> None:
                       flush=True)
         del x, mid, base
         torch.cuda.empty_cache()
+        for name in (v for v in args.others.split(",") if v):
+            other_rows(name, m, plain_cfgs, num_sms, g)
 
 
 if __name__ == "__main__":
