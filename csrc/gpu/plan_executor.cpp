@@ -60,6 +60,30 @@ void copyOnThreads(char* to, char const* from, std::size_t n)
         t.join();
 }
 
+/// Restores the step values it was given when it goes out of scope (the load-time preparations
+/// set their own, then leave those of the last step as they were).
+class ValuesRestored
+{
+public:
+    explicit ValuesRestored(std::vector<std::int64_t>& values)
+        : mValues(values)
+        , mSaved(values)
+    {
+    }
+
+    ValuesRestored(ValuesRestored const&) = delete;
+    ValuesRestored& operator=(ValuesRestored const&) = delete;
+
+    ~ValuesRestored()
+    {
+        mValues = mSaved;
+    }
+
+private:
+    std::vector<std::int64_t>& mValues;
+    std::vector<std::int64_t> const mSaved;
+};
+
 // BD: how many sequences, from the first, have one query token each (the step's decodes).
 // LOGITS: 1 when the step's float32 logits are copied back (some row asked for), else 0.
 constexpr char const* kStepSymbols[] = {"T", "B", "MAXCTX", "MAXQ", "MAXBLK", "NSM", "BD", "LOGITS"};
@@ -424,51 +448,33 @@ public:
     int prepareGemmsAhead(std::int64_t maxBatchSize, std::int64_t maxNumTokens)
     {
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
-        std::vector<std::int64_t> const saved = mValues;
-        std::int64_t const most = std::min<std::int64_t>({maxBatchSize, mSpec.maxBatchSize, mSpec.maxNumTokens});
+        ValuesRestored const restored(mValues);
         std::set<std::int64_t> rows;
-        for (std::int64_t b = 1; b <= most; b = batchBucket(b) + 1)
-            rows.insert(batchBucket(b));
+        for (std::int64_t const bucket : decodeBuckets(maxBatchSize))
+            rows.insert(bucket);
         for (std::int64_t t = kAheadRows; t <= std::min<std::int64_t>(maxNumTokens, mSpec.maxNumTokens); t += kAheadRows)
             rows.insert(t);
         int prepared = 0;
-        try
+        for (std::int64_t const t : rows)
         {
-            for (std::int64_t const t : rows)
+            // The rows of a decode step of t sequences (at most the engine's batch): the
+            // layers' GEMMs take T, a GEMM of the last tokens B.
+            decodeValues(t, 1, 1);
+            for (auto& item : mProgram)
             {
-                // The rows of a decode step of t sequences (at most the engine's batch): the
-                // layers' GEMMs take T, a GEMM of the last tokens B.
-                std::int64_t const b = std::min<std::int64_t>(t, mSpec.maxBatchSize);
-                mValues[kT] = t;
-                mValues[kB] = b;
-                mValues[kBd] = b;
-                mValues[kMaxQ] = 1;
-                mValues[kMaxCtx] = 1;
-                mValues[kMaxBlk] = mSpec.maxBlocksPerSeq;
-                mValues[kLogits] = 1;
-                evalDerived();
-                for (auto& item : mProgram)
-                {
-                    auto* gemm = std::get_if<ResolvedGemm>(&item);
-                    if (gemm == nullptr)
-                        continue;
-                    auto const m = gemm->m.eval(mValues);
-                    if (m <= std::max<std::int64_t>(gemm->maxM, kAheadMinRows) || mChosen.count({gemm->shape, m}) != 0)
-                        continue;
-                    chooseHeuristic(*gemm, m);
-                    // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
-                    mGemm->run(gemm->id, static_cast<int>(m), mStream);
-                    ++prepared;
-                }
+                auto* gemm = std::get_if<ResolvedGemm>(&item);
+                if (gemm == nullptr)
+                    continue;
+                auto const m = gemm->m.eval(mValues);
+                if (m <= std::max<std::int64_t>(gemm->maxM, kAheadMinRows) || mChosen.count({gemm->shape, m}) != 0)
+                    continue;
+                chooseHeuristic(*gemm, m);
+                // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
+                mGemm->run(gemm->id, static_cast<int>(m), mStream);
+                ++prepared;
             }
-            KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
         }
-        catch (...)
-        {
-            mValues = saved;
-            throw;
-        }
-        mValues = saved;
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
         return prepared;
     }
 
@@ -481,30 +487,20 @@ public:
         if (!mCudaGraphs)
             return 0;
         KILN_CUDA_CHECK(cudaSetDevice(mDevice));
-        std::vector<std::int64_t> const saved = mValues;
-        std::int64_t const most = std::min<std::int64_t>({maxBatchSize, mSpec.maxBatchSize, mSpec.maxNumTokens});
+        ValuesRestored const restored(mValues);
+        std::int64_t const logits = mSelect == 0 ? 1 : 0; // a greedy step's, as start() sets it
         int captured = 0;
-        try
+        for (std::int64_t const bucket : decodeBuckets(maxBatchSize))
         {
-            for (std::int64_t b = 1, bucket = 0; b <= most; b = bucket + 1)
-            {
-                bucket = batchBucket(b);
-                decodeValues(bucket, mSpec.maxSeqLen);
-                std::vector<std::int64_t> key = graphKey();
-                decodeValues(bucket, 1);
-                if (graphKey() != key || mGraphs.count(key) != 0 || mGraphs.size() >= kMaxGraphs)
-                    continue;
-                prepareGemms();
-                captureGraph(std::move(key));
-                ++captured;
-            }
+            decodeValues(bucket, mSpec.maxSeqLen, logits);
+            std::vector<std::int64_t> key = graphKey();
+            decodeValues(bucket, 1, logits);
+            if (graphKey() != key || mGraphs.count(key) != 0 || mGraphs.size() >= kMaxGraphs)
+                continue;
+            prepareGemms();
+            captureGraph(std::move(key));
+            ++captured;
         }
-        catch (...)
-        {
-            mValues = saved;
-            throw;
-        }
-        mValues = saved;
         return captured;
     }
 
@@ -1283,17 +1279,29 @@ private:
         return mGraphs.emplace(std::move(key), exec).first;
     }
 
-    /// mValues for a greedy decode step of `b` sequences whose longest context is `maxCtx`.
-    void decodeValues(std::int64_t b, std::int64_t maxCtx)
+    /// mValues for a decode step of `t` tokens, one a sequence (B at most the engine's batch),
+    /// whose longest context is `maxCtx`, with LOGITS `logits`.
+    void decodeValues(std::int64_t t, std::int64_t maxCtx, std::int64_t logits)
     {
-        mValues[kT] = b;
+        std::int64_t const b = std::min<std::int64_t>(t, mSpec.maxBatchSize);
+        mValues[kT] = t;
         mValues[kB] = b;
         mValues[kBd] = b;
         mValues[kMaxQ] = 1;
         mValues[kMaxCtx] = maxCtx;
         mValues[kMaxBlk] = mSpec.maxBlocksPerSeq;
-        mValues[kLogits] = mSelect == 0 ? 1 : 0;
+        mValues[kLogits] = logits;
         evalDerived();
+    }
+
+    /// The decode batch buckets up to `maxBatchSize` (at most the engine's batch and tokens).
+    std::vector<std::int64_t> decodeBuckets(std::int64_t maxBatchSize) const
+    {
+        std::int64_t const most = std::min<std::int64_t>({maxBatchSize, mSpec.maxBatchSize, mSpec.maxNumTokens});
+        std::vector<std::int64_t> buckets;
+        for (std::int64_t b = 1; b <= most; b = buckets.back() + 1)
+            buckets.push_back(batchBucket(b));
+        return buckets;
     }
 
     /// Copies back what the caller reads: the greedy picks and the logits of
