@@ -130,11 +130,18 @@ def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
             "params": params, "num_extra_params": len(params) - len(runtime),
             "pdl": pdl_mode != pdl.OFF,
             "global_scratch_size": getattr(md, "global_scratch_size", 0),
+            "global_scratch_align": getattr(md, "global_scratch_align", 1),
             "profile_scratch_size": getattr(md, "profile_scratch_size", 0),
             "triton": triton.__version__}
-    if meta["global_scratch_size"] or meta["profile_scratch_size"]:
-        raise RuntimeError(f"{spec.qualname} needs global scratch memory, which the plan "
-                           "executor does not provide")
+    # Global scratch (a kernel's TMA descriptors made in the kernel: 128 bytes each, a program's
+    # own) is the first of the trailing pointers; each launch names a plan scratch buffer for it
+    # (Launch.global_scratch), grid programs x global_scratch_size bytes.
+    if meta["profile_scratch_size"]:
+        raise RuntimeError(f"{spec.qualname} needs profiling scratch memory, which the plan "
+                           "executor does not provide: compile it without instrumentation")
+    if meta["global_scratch_size"] and meta["num_extra_params"] < 1:
+        raise RuntimeError(f"{spec.qualname} needs global scratch but its entry takes no "
+                           "scratch pointer")
     cubin = kernel.asm["cubin"]
     if use_cache:
         _write_atomic(cubin_path, cubin)

@@ -6,8 +6,9 @@ Header layout (docs/architecture.md, "GPU plan executor"):
   resident [[symbol, kernel id]] (programs of that kernel the GPU runs at once, counted at load),
   derived [[symbol, formula]], scratch {name: [size formulas]}, zeroed_scratch [names of
   scratch that holds zeros at load], constants {name: table},
-  kernels {id: {fn, signature, constexprs, num_warps, num_stages,
-                sm: {"90": {blob, name, shared, params, num_extra_params}}}},
+  kernels {id: {fn, signature, constexprs, num_warps, num_stages, min_sm (where set: no
+                binaries for older targets), sm: {"90": {blob, name, shared, params,
+                num_extra_params, global_scratch_size, ...}}}},
   program [{kind: "kernel", kernel, grid, args, when} | {kind: "gemm", ...}]
 """
 from __future__ import annotations
@@ -56,14 +57,18 @@ def build_bundle(graph, build, progress=None):
 
     ctx = lower(graph, build)
     specs = kernels_of(ctx)
-    jobs = [(key, sm) for key in specs for sm in build.targets]
+    jobs = [(key, sm) for key in specs for sm in build.targets if sm >= specs[key].min_sm]
     compiled = compile_specs([(specs[key], sm) for key, sm in jobs], progress)
     kernels, blobs = {}, {}
+    for key in specs:
+        kernels[key] = dict(specs[key].describe(), sm={})
     for (key, sm), one in zip(jobs, compiled):
-        entry = kernels.setdefault(key, dict(specs[key].describe(), sm={}))
+        entry = kernels[key]
         blob = f"kernels/{key}.sm{sm}"
         blobs[blob] = one.cubin
         entry["sm"][str(sm)] = dict(one.meta, blob=blob)
+    program = program_json(ctx)
+    _check_global_scratch(program, kernels)
     header = {
         "format": FORMAT,
         "triton": triton.__version__,
@@ -83,6 +88,29 @@ def build_bundle(graph, build, progress=None):
         "zeroed_scratch": sorted(ctx.zeroed_scratch),
         "constants": ctx.constants,
         "kernels": kernels,
-        "program": program_json(ctx),
+        "program": program,
     }
     return KernelBundle(header=header, blobs=blobs)
+
+
+def _launches(program: list[dict]):
+    for step in program:
+        if step["kind"] == "kernel":
+            yield step
+            continue
+        yield from step.get("prologue") or []
+        yield from step.get("epilogue") or []
+        for alternative in step.get("alternatives") or []:
+            yield from alternative["steps"]
+
+
+def _check_global_scratch(program: list[dict], kernels: dict) -> None:
+    """Every launch of a kernel compiled to need Triton's global scratch names the plan scratch
+    it gets (the executor checks its size against the grid at each launch)."""
+    for step in _launches(program):
+        needs = max((meta.get("global_scratch_size", 0)
+                     for meta in kernels[step["kernel"]]["sm"].values()), default=0)
+        if needs and not step.get("global_scratch"):
+            raise RuntimeError(f"{kernels[step['kernel']]['fn']} ({step['label']}) needs "
+                               f"{needs} bytes of global scratch a program, which its launch "
+                               "does not give it (LoweringContext.global_scratch)")

@@ -37,14 +37,21 @@ def gelu_tanh(x):
 
 @triton.jit
 def _act_mul_block(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                   WIDTH: tl.constexpr, BLOCK: tl.constexpr, GELU: tl.constexpr):
-    """One block of act(x[:, :I]) * x[:, I:]: the activation rounded to the dtype, then the
+                   WIDTH: tl.constexpr, BLOCK: tl.constexpr, GELU: tl.constexpr,
+                   PAIRS: tl.constexpr):
+    """One block of act(x[:, :I]) * x[:, I:] (PAIRS: act(x[:, 0::2]) * x[:, 1::2], the gate/up
+    rows interleaved by passes/fuse_gate_up.py): the activation rounded to the dtype, then the
     product, as torch rounds each op."""
     row = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < WIDTH
-    gate = tl.load(x_ptr + row * X_STRIDE + col, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * X_STRIDE + WIDTH + col, mask=mask, other=0.0).to(tl.float32)
+    if PAIRS:  # one contiguous [BLOCK, 2] load, split in registers
+        pair = 2 * col[:, None] + tl.arange(0, 2)[None, :]
+        gate, up = tl.split(tl.load(x_ptr + row * X_STRIDE + pair, mask=mask[:, None],
+                                    other=0.0).to(tl.float32))
+    else:
+        gate = tl.load(x_ptr + row * X_STRIDE + col, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * X_STRIDE + WIDTH + col, mask=mask, other=0.0).to(tl.float32)
     if GELU:
         act = gelu_tanh(gate)
     else:
@@ -55,16 +62,18 @@ def _act_mul_block(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.conste
 
 @triton.jit
 def silu_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+                    WIDTH: tl.constexpr, BLOCK: tl.constexpr, PAIRS: tl.constexpr = 0,
+                    PDL: tl.constexpr = 0):
     enter(PDL)
-    _act_mul_block(out_ptr, x_ptr, X_STRIDE, OUT_STRIDE, WIDTH, BLOCK, False)
+    _act_mul_block(out_ptr, x_ptr, X_STRIDE, OUT_STRIDE, WIDTH, BLOCK, False, PAIRS)
 
 
 @triton.jit
 def gelu_tanh_mul_kernel(out_ptr, x_ptr, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
-                         WIDTH: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = 0):
+                         WIDTH: tl.constexpr, BLOCK: tl.constexpr, PAIRS: tl.constexpr = 0,
+                         PDL: tl.constexpr = 0):
     enter(PDL)
-    _act_mul_block(out_ptr, x_ptr, X_STRIDE, OUT_STRIDE, WIDTH, BLOCK, True)
+    _act_mul_block(out_ptr, x_ptr, X_STRIDE, OUT_STRIDE, WIDTH, BLOCK, True, PAIRS)
 
 
 @triton.jit
@@ -133,14 +142,17 @@ def _grid(rows, width: int) -> tuple:
 
 # -- lowering -----------------------------------------------------------------------------------
 
-def silu_mul_launch(node, ctx):
+def act_mul_launch(node, ctx, kernel=None):
+    """The launch of an act-mul node (silu_mul_kernel unless `kernel`), over its gate/up rows
+    as the node lays them out (its `pairs`)."""
     (x,), (out,) = node.inputs, node.outputs
     width = ctx.width(out)
     return ctx.make_launch(
-        silu_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
+        kernel or silu_mul_kernel, grid=_grid(ctx.rows(out), width), num_warps=WARPS,
         args=dict(out_ptr=ctx.ptr(out), x_ptr=ctx.ptr(x)),
         constexprs=dict(X_STRIDE=ctx.row_stride(x), OUT_STRIDE=ctx.row_stride(out),
-                        WIDTH=width, BLOCK=BLOCK))
+                        WIDTH=width, BLOCK=BLOCK, PAIRS=int(bool(node.attrs.get("pairs")))))
+
 
 
 def plan_silu_mul(node, ctx):
@@ -149,8 +161,9 @@ def plan_silu_mul(node, ctx):
             raise ValueError(f"{ctx.label}: marked fold_into_previous, but the linear before "
                              "it did not take it")
         return
-    launch = silu_mul_launch(node, ctx)
-    if not gemm.fold(ctx, node, launch, gemm.SILU_MUL, node.inputs[0]):
+    launch = act_mul_launch(node, ctx)
+    prologue = gemm.SILU_MUL_PAIRS if node.attrs.get("pairs") else gemm.SILU_MUL
+    if not gemm.fold(ctx, node, launch, prologue, node.inputs[0]):
         ctx.program.append(launch)
 
 
@@ -181,7 +194,8 @@ def _plan_binary(op: int):
 
 
 plan_silu = _plan_unary(silu_kernel)
-plan_gelu_tanh_mul = _plan_unary(gelu_tanh_mul_kernel)
+def plan_gelu_tanh_mul(node, ctx):
+    ctx.program.append(act_mul_launch(node, ctx, gelu_tanh_mul_kernel))
 plan_gelu_tanh = _plan_unary(unary_kernel, GELU_TANH, lambda node: 0.0)
 plan_scale = _plan_unary(unary_kernel, SCALE, lambda node: node.attrs["value"])
 plan_softcap = _plan_unary(unary_kernel, SOFTCAP, lambda node: node.attrs["cap"])
@@ -192,18 +206,19 @@ plan_mul = _plan_binary(MUL)
 
 # -- direct launches ----------------------------------------------------------------------------
 
-def silu_mul(x, kernel=silu_mul_kernel):
-    """act(x[:, :I]) * x[:, I:] through `kernel` (silu_mul_kernel or gelu_tanh_mul_kernel)."""
+def silu_mul(x, kernel=silu_mul_kernel, pairs: bool = False):
+    """act(x[:, :I]) * x[:, I:] through `kernel` (silu_mul_kernel or gelu_tanh_mul_kernel); with
+    `pairs`, act(x[:, 0::2]) * x[:, 1::2]."""
     width = x.shape[1] // 2
     out = x.new_empty((x.shape[0], width))
     direct(kernel, x)[_grid(x.shape[0], width)](
         out, x, X_STRIDE=x.stride(0), OUT_STRIDE=out.stride(0), WIDTH=width, BLOCK=BLOCK,
-        num_warps=WARPS)
+        PAIRS=int(pairs), num_warps=WARPS)
     return out
 
 
-def gelu_tanh_mul(x):
-    return silu_mul(x, gelu_tanh_mul_kernel)
+def gelu_tanh_mul(x, pairs: bool = False):
+    return silu_mul(x, gelu_tanh_mul_kernel, pairs)
 
 
 def unary(x, op: int, arg: float = 0.0):

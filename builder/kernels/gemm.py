@@ -60,7 +60,10 @@ GEMV_CONFIGS = ((8, 512, 4), (8, 1024, 4), (4, 512, 2))
 GEMV_CONFIGS_FP8 = ((8, 1024, 4), (8, 512, 4), (16, 512, 4), (16, 1024, 8))
 # gemv_kernel's PROLOGUE: what x is turned into before the product (constexprs, so the kernel
 # can compare with them).
-PLAIN, NORM, ADD_NORM, SILU_MUL = (tl.constexpr(p) for p in range(4))
+PLAIN, NORM, ADD_NORM, SILU_MUL, SILU_MUL_PAIRS = (tl.constexpr(p) for p in range(5))
+# GLU's values: no SiLU-mul after the GEMM; after it over [gate; up] rows (the program gathers
+# its outputs' gate and up rows); after it over rows in pairs (gate j, up j: passes/fuse_gate_up).
+NO_GLU, GLU_HALVES, GLU_PAIRS = 0, 1, 2
 
 
 @triton.jit
@@ -143,9 +146,10 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
 
 @triton.jit
 def _columns(N: tl.constexpr, BLOCK_N: tl.constexpr, GLU: tl.constexpr):
-    """(the weight rows of program_id(0), which of them exist): BLOCK_N consecutive ones, or
-    with GLU (w's first N / 2 rows the gates) BLOCK_N / 2 gate and up pairs, interleaved."""
-    if GLU:
+    """(the weight rows of program_id(0), which of them exist): BLOCK_N consecutive ones (also
+    with GLU_PAIRS, whose rows are BLOCK_N / 2 gate and up pairs already), or with GLU_HALVES
+    (w's first N / 2 rows the gates) BLOCK_N / 2 gate and up pairs gathered, interleaved."""
+    if GLU == 1:
         pair = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N) // 2
         return pair + (tl.arange(0, BLOCK_N) % 2) * (N // 2), pair < N // 2
     else:
@@ -223,9 +227,14 @@ def _gemv_step(acc, squares, w, k, x_ptr, res_ptr, sum_ptr, g_ptr, K: tl.constex
     its quantization), w ([BLOCK_N, len(k)] float32) the weight there; squares gains the
     squares NORM and ADD_NORM sum when not quantizing."""
     k_ok = k < K
-    a = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-    if PROLOGUE == SILU_MUL:
-        up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
+    if PROLOGUE == SILU_MUL_PAIRS:  # x's gate j and up j side by side
+        a = tl.load(x_ptr + 2 * k, mask=k_ok, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + 2 * k + 1, mask=k_ok, other=0.0).to(tl.float32)
+    else:
+        a = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        if PROLOGUE == SILU_MUL:
+            up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
+    if PROLOGUE == SILU_MUL or PROLOGUE == SILU_MUL_PAIRS:
         act = (a / (1.0 + tl.exp(-a))).to(DT).to(tl.float32)
         a = (act * up).to(DT).to(tl.float32)
     if PROLOGUE == ADD_NORM:
@@ -262,14 +271,16 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
                 scaled by 1 / rms at the end
       ADD_NORM  the same on t = x + res (rounded to sum's dtype); program 0 stores t to sum_ptr
       SILU_MUL  a = silu(x[:K]) * x[K:2K], rounded as silu_mul_kernel rounds it
+      SILU_MUL_PAIRS  the same of x[0::2] and x[1::2] (the gate/up rows in pairs)
     QUANTIZE: a is then rounded to e4m3 with 1 / a_scale, as the FP8 quantization kernels do
     (quant.py: their norms round as rmsnorm_quant_kernel does, so 1 / rms is found first, in a
     pass over x that the main loop then reads again from cache). SCALED: FP8 operands (x already
     e4m3 without QUANTIZE), out = (a @ w.T) * (a_scale * w_scale) (+ bias).
-    GLU: the SiLU-mul after the GEMM too (a gate/up GEMM, w's first N / 2 rows the gates): act
-    receives silu(y[:N/2]) * y[N/2:] (glu_store: rounded as silu_mul_kernel rounds y, e4m3 with
-    act_scale as silu_mul_quant quantizes it), and out is not written; the program takes its
-    BLOCK_N / 2 outputs' gate and up rows, interleaved.
+    GLU: the SiLU-mul after the GEMM too (a gate/up GEMM, w's first N / 2 rows the gates, or
+    with GLU_PAIRS its rows in gate and up pairs): act receives silu(gate) * up (glu_store:
+    rounded as silu_mul_kernel rounds y, e4m3 with act_scale as silu_mul_quant quantizes it),
+    and out is not written; the program takes its BLOCK_N / 2 outputs' gate and up rows,
+    interleaved.
 
     An e4m3 weight is read as 32-bit words of four values (PACKED), widened by _e4m3_words
     (inline PTX on the GPU: Triton's own conversion unpacks every byte first and re-packs
@@ -354,21 +365,28 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
         tl.store(out_ptr + cols, y.to(DT), mask=col_ok)
 
 
+def _glu(glu: bool, epilogue: dict | None) -> int:
+    """A GEMM kernel's GLU for an epilogue taken inside (`glu`) or not."""
+    if not glu:
+        return NO_GLU
+    return GLU_PAIRS if epilogue.get("pairs") else GLU_HALVES
+
+
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
                 x_stride: int, out_stride: int, act_stride: int | None = None,
-                block_m: int = SMALL_M) -> dict:
-    """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for GLU."""
+                block_m: int = SMALL_M, glu: int = NO_GLU) -> dict:
+    """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for `glu`."""
     block_n, block_k, _, _, swap = config
     least = 32 if scaled and swap else 16  # the K of one MMA: 32 e4m3 values, 16 of 16 bits
     return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
                 BLOCK_M=block_m, BLOCK_N=block_n,
                 BLOCK_K=max(least, min(block_k, triton.next_power_of_2(k))),
-                IEEE=dtype == "float32" and not scaled, SWAP=swap, GLU=act_stride is not None,
+                IEEE=dtype == "float32" and not scaled, SWAP=swap, GLU=glu,
                 ACT_STRIDE=act_stride or 0)
 
 
 def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool,
-                     quantize: bool = False, scaled: bool = False, glu: bool = False) -> dict:
+                     quantize: bool = False, scaled: bool = False, glu: int = NO_GLU) -> dict:
     return dict(N=n, K=k, PROLOGUE=int(prologue), QUANTIZE=quantize, SCALED=scaled,
                 HAS_BIAS=bias, BLOCK_N=config[0],
                 BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))), GLU=glu)
@@ -395,7 +413,8 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
                       M=I32(ctx.rows(out))),
             constexprs=_constexprs(config, n, k, bias is not None, scales is not None,
                                    ctx.dtype(out), ctx.row_stride(x), ctx.row_stride(out),
-                                   ctx.row_stride(epilogue["out"]) if glu else None))
+                                   ctx.row_stride(epilogue["out"]) if glu else None,
+                                   glu=_glu(glu, epilogue)))
 
     return [{"max_m": SMALL_M, "steps": steps}
             for config in (SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS)
@@ -445,7 +464,7 @@ def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None, folded: d
                       eps=F32(fold.get("eps", 0.0))),
             constexprs=_gemv_constexprs(config, n, k, fold["prologue"], bias is not None,
                                         bool(scales) and fold is folded, scales is not None,
-                                        glu))
+                                        _glu(glu, epilogue)))
 
     def ways(config, fold: dict) -> list[list[Launch]]:
         return _ways(lambda glu: launch(config, fold, glu), epilogue)
@@ -492,11 +511,46 @@ def plan_linear(node, ctx):
     alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
                     for alt in small_m_alternatives(ctx, x, w, out, bias, epilogue=epilogue)]
     alternatives += gemv_alternatives(ctx, x, w, out, bias, folded, epilogue=epilogue)
+    alternatives += [{"min_m": alt["min_m"], "max_m": alt["max_m"], "steps": prologue + alt["steps"]}
+                     for alt in tma_alternatives(ctx, x, w, out, bias, epilogue)]
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
                   alternatives=alternatives, prologue=prologue,
                   epilogue=[epilogue["launch"]] if epilogue else []))
+
+
+def tma_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
+                     epilogue: dict | None = None) -> list[dict]:
+    """The alternative for many rows (tma_gemm.py: from MIN_M rows to the build's tokens) of a
+    16-bit unbiased gate/up GEMM whose SiLU-mul reads its rows in pairs, for the targets with
+    TMA (SM 90 and newer; on older GPUs the executor leaves it out): the kernel writing
+    silu(gate) * up (GLU), in place of cuBLASLt and the SiLU-mul's launch. The plain kernel
+    is offered nowhere: on the H100, at 2,048 to 8,192 rows, it ran 1-15% behind cuBLASLt on
+    every Llama-3.1-8B GEMM but q/k/v at 8,192 rows (7% ahead), gate/up's included
+    (docs/results/glu-gemm-2026-12-07)."""
+    from kiln.builder.kernels import tma_gemm
+    n, k = (int(d) for d in ctx.graph.values[w].shape)
+    rows = ctx.rows(out)
+    if (bias is not None or epilogue is None or not epilogue["pairs"] or epilogue["scale"]
+            or max(ctx.build.targets) < tma_gemm.MIN_SM
+            or ctx.build.max_num_tokens < tma_gemm.MIN_M):
+        return []
+
+    act = epilogue["out"]
+    if (any(ctx.ptr(v).align % 16 for v in (x, w, act))  # TMA: 16-byte aligned bases
+            or not tma_gemm.fits(n, k, ctx.row_stride(x), ctx.row_stride(act), ctx.dtype(out),
+                                 True)):
+        return []
+    _, _, _, stages, warps, _ = tma_gemm.CONFIG_GLU
+    launch = ctx.make_launch(
+        tma_gemm.tma_gemm_kernel, grid=(tma_gemm.grid_formula(rows, n, True),),
+        num_warps=warps, num_stages=stages,
+        args=dict(out_ptr=ctx.ptr(act), x_ptr=ctx.ptr(x), w_ptr=ctx.ptr(w), M=I32(rows)),
+        constexprs=tma_gemm.constexprs(n, k, ctx.row_stride(x), ctx.row_stride(act), True),
+        min_sm=tma_gemm.MIN_SM)
+    ctx.global_scratch(launch, "NSM", tma_gemm.DESCRIPTOR_BYTES)
+    return [{"min_m": tma_gemm.MIN_M, "max_m": ctx.build.max_num_tokens, "steps": [launch]}]
 
 
 def take_epilogue(node, ctx) -> dict | None:
@@ -507,16 +561,17 @@ def take_epilogue(node, ctx) -> dict | None:
     nxt = ctx.next_node
     if nxt is None or not nxt.attrs.get("fold_into_previous"):
         return None
-    from kiln.builder.kernels.elementwise import silu_mul_launch
+    from kiln.builder.kernels.elementwise import act_mul_launch
     from kiln.builder.kernels.quant import FP8, fp8_rows_launch
     if nxt.inputs[0] != node.outputs[0]:
         raise ValueError(f"{ctx.label}: the next node is marked fold_into_previous, but does not "
                          f"read {node.outputs[0]}")
     if nxt.op == "silu_mul":
-        epilogue = {"launch": silu_mul_launch(nxt, ctx), "scale": None}
+        epilogue = {"launch": act_mul_launch(nxt, ctx), "scale": None,
+                    "pairs": bool(nxt.attrs.get("pairs"))}
     elif nxt.op == "silu_mul_quant" and nxt.attrs.get("qdtype") == FP8 and len(nxt.inputs) == 2:
         epilogue = {"launch": fp8_rows_launch(ctx, nxt, nxt.inputs[0], nxt.inputs[1], True),
-                    "scale": nxt.inputs[1]}
+                    "scale": nxt.inputs[1], "pairs": False}
     else:
         raise ValueError(f"{ctx.label}: the next node ({nxt.op}) is marked fold_into_previous, "
                          "but a GEMM takes in only a SiLU-mul or an FP8 SiLU-mul quantization")
@@ -542,12 +597,14 @@ def glu_out(x, n: int, rows: int, dtype, glu: bool, act_scale, out):
 
 
 def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtype=None,
-                   glu: bool = False, act_scale=None, block_m: int = SMALL_M):
+                   glu: bool = False, act_scale=None, block_m: int = SMALL_M,
+                   pairs: bool = False):
     """The M <= SMALL_M alternative `config` (an index into SMALL_CONFIGS, or SMALL_CONFIGS_FP8
     with `scales` = (a_scale, w_scale) float32 [1] tensors for FP8 x and w) on torch tensors;
     `dtype`: out's, when x is FP8. `glu`: out[M, N / 2] is silu_mul of that product y (as
-    silu_mul rounds it), quantized to e4m3 by `act_scale` when given (as silu_mul_quant).
-    `block_m` (a power of two of at least SMALL_M): the rows one program takes, all of x's."""
+    silu_mul rounds it), quantized to e4m3 by `act_scale` when given (as silu_mul_quant); with
+    `pairs`, w's gate and up rows in pairs. `block_m` (a power of two of at least SMALL_M): the
+    rows one program takes, all of x's."""
     m, k = x.shape
     n = w.shape[0]
     if m > block_m:
@@ -561,21 +618,23 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
         unused if act_scale is None else act_scale, m,
         **_constexprs(cfg, n, k, bias is not None, scales is not None,
                       str((out if y is None else y).dtype).split(".")[1], x.stride(0),
-                      out.stride(0), out.stride(0) if glu else None, block_m),
+                      out.stride(0), out.stride(0) if glu else None, block_m,
+                      _glu(glu, {"pairs": pairs})),
         num_warps=cfg[2], num_stages=cfg[3])
     return out
 
 
 def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAIN, g=None,
                 eps: float = 0.0, res=None, total=None, scales=None, dtype=None,
-                glu: bool = False, act_scale=None):
+                glu: bool = False, act_scale=None, pairs: bool = False):
     """gemv_kernel with configuration `config` (an index into GEMV_CONFIGS, or GEMV_CONFIGS_FP8
     with `scales` = (a_scale, w_scale) float32 [1] tensors for an FP8 w) on torch tensors:
     out[1, N] = prologue(x[:1]) @ w.T (+ bias), the prologue's operands as gemv_kernel names
     them (`total`, made when None, receives x + res with ADD_NORM). With `scales`, an FP8 x is
     the quantized input; any other x is quantized after the prologue. `dtype`: out's, when x is
     FP8. `glu`: out[1, N / 2] = silu(y[:, :N/2]) * y[:, N/2:] of that product y, as
-    silu_mul rounds it, quantized to e4m3 by `act_scale` when given (as silu_mul_quant).
+    silu_mul rounds it, quantized to e4m3 by `act_scale` when given (as silu_mul_quant); with
+    `pairs`, of y[:, 0::2] and y[:, 1::2] (w's gate and up rows in pairs).
     Returns (out, total)."""
     import torch
     n, k = w.shape
@@ -591,6 +650,6 @@ def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAI
         unused if bias is None else bias, *(scales or (unused, unused)),
         out if glu else unused, unused if act_scale is None else act_scale, eps,
         **_gemv_constexprs(cfg, n, k, prologue, bias is not None, quantize, scales is not None,
-                           glu),
+                           _glu(glu, {"pairs": pairs})),
         num_warps=cfg[2], num_stages=3)
     return out, total

@@ -110,6 +110,16 @@ class LoweringContext:
             sizes.append(nbytes)
         return Ptr({"scratch": name}, "float32")
 
+    def global_scratch(self, launch: Launch, programs: str, per_program: int) -> Launch:
+        """`launch` given Triton's global scratch (its kernel makes TMA descriptors in the kernel,
+        128 bytes each, a program's own): one plan buffer shared by every such launch, sized
+        for `programs` (an expression, at most the grid's programs) x `per_program` bytes. The
+        executor checks each launch's grid against it."""
+        name = "triton_global_scratch"
+        self.scratch(name, f"{per_program} * ({programs})")
+        launch.global_scratch = name
+        return launch
+
     def derive(self, formula: str) -> str:
         """A per-step symbol computed from the step's symbols; equal formulas share one."""
         for name, existing in self.derived.items():
@@ -142,9 +152,11 @@ class LoweringContext:
                                              when))
 
     def make_launch(self, fn, grid: tuple, args: dict, constexprs: dict, num_warps: int,
-                    num_stages: int = 1, when: str | None = None) -> Launch:
-        """A checked launch, not yet in the program (e.g. a GEMM's alternative)."""
+                    num_stages: int = 1, when: str | None = None, min_sm: int = 0) -> Launch:
+        """A checked launch, not yet in the program (e.g. a GEMM's alternative); `min_sm`: its
+        kernel compiles for SM min_sm and newer only (KernelSpec.min_sm: a GEMM alternative's)."""
         spec, json_args = kernel_spec(fn, args, constexprs, num_warps, num_stages)
+        spec.min_sm = min_sm
         grid3 = tuple(str(g) for g in grid) + ("1",) * (3 - len(grid))
         names = self.symbols()
         for g in grid3:

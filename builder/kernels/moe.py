@@ -246,7 +246,8 @@ def sum_constexprs(out_stride: int, hidden: int, top_k: int, shared_stride: int 
 
 
 def act_constexprs(inter: int) -> dict:
-    return dict(X_STRIDE=2 * inter, OUT_STRIDE=inter, WIDTH=inter, BLOCK=elementwise.BLOCK)
+    return dict(X_STRIDE=2 * inter, OUT_STRIDE=inter, WIDTH=inter, BLOCK=elementwise.BLOCK,
+                PAIRS=0)
 
 
 # -- lowering -----------------------------------------------------------------------------------

@@ -48,15 +48,22 @@ class KernelSpec:
     divisible: tuple[int, ...]  # indices of pointer params known to be 16-byte aligned
     num_warps: int
     num_stages: int
+    # The oldest SM it compiles for (a Hopper kernel: 90), 0: every target. An engine holds it
+    # for its targets from min_sm on; on an older GPU the executor leaves out the GEMM
+    # alternatives that launch it.
+    min_sm: int = 0
 
     @property
     def qualname(self) -> str:
         return f"{self.fn.fn.__module__}.{self.fn.fn.__name__}"
 
     def describe(self) -> dict:
-        return {"fn": self.qualname, "signature": self.signature, "constexprs": self.constexprs,
-                "divisible": list(self.divisible), "num_warps": self.num_warps,
-                "num_stages": self.num_stages}
+        out = {"fn": self.qualname, "signature": self.signature, "constexprs": self.constexprs,
+               "divisible": list(self.divisible), "num_warps": self.num_warps,
+               "num_stages": self.num_stages}
+        if self.min_sm:
+            out["min_sm"] = self.min_sm
+        return out
 
     @property
     def key(self) -> str:
@@ -72,10 +79,17 @@ class Launch:
     args: list[dict]
     when: str | None = None
     label: str = ""
+    # The plan scratch buffer a kernel that needs Triton's global scratch (TMA descriptors made
+    # in the kernel) gets as its first trailing pointer, sized for the grid's programs
+    # (LoweringContext.global_scratch).
+    global_scratch: str | None = None
 
     def to_json(self) -> dict:
-        return {"kind": "kernel", "label": self.label, "kernel": self.kernel.key,
-                "grid": list(self.grid), "args": self.args, "when": self.when}
+        out = {"kind": "kernel", "label": self.label, "kernel": self.kernel.key,
+               "grid": list(self.grid), "args": self.args, "when": self.when}
+        if self.global_scratch is not None:
+            out["global_scratch"] = self.global_scratch
+        return out
 
 
 @dataclass(slots=True)
@@ -88,7 +102,8 @@ class Gemm:
 
     `alternatives`: launches that compute the same output for M <= max_m, each
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
-    the fastest. `prologue`: launches that write cuBLASLt's operands (a weight dequantized into
+    the fastest. One for many rows also has "min_m" (> 1: it takes min_m <= M <= max_m), and
+    is chosen per band of M (powers of two), not per M. `prologue`: launches that write cuBLASLt's operands (a weight dequantized into
     scratch, or a norm or SiLU-mul folded into the GEMM, which each alternative runs or
     computes itself); they run, and are timed, only when cuBLASLt runs. `epilogue`: launches
     after cuBLASLt (a gate/up GEMM's SiLU-mul), likewise run or computed by each alternative."""
@@ -117,8 +132,9 @@ class Gemm:
         if self.in_dtype is not None:
             out.update(in_dtype=self.in_dtype, a_scale=self.a_scale, w_scale=self.w_scale)
         if self.alternatives:
-            out["alternatives"] = [{"max_m": alt["max_m"],
-                                    "steps": [step.to_json() for step in alt["steps"]]}
+            out["alternatives"] = [dict({"max_m": alt["max_m"],
+                                         "steps": [step.to_json() for step in alt["steps"]]},
+                                        **({"min_m": alt["min_m"]} if "min_m" in alt else {}))
                                    for alt in self.alternatives]
         if self.prologue:
             out["prologue"] = [step.to_json() for step in self.prologue]

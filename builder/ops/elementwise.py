@@ -27,13 +27,21 @@ def _silu_mul_infer(node, graph):
     return [(dtype, (*shape[:-1], width // 2))]
 
 
+def gate_and_up(node, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An act-mul's two halves of x[..., 2I]: [gate; up], or with the node's `pairs` (the gate/up
+    linear's rows interleaved by fuse_gate_up) gate j and up j side by side."""
+    if node.attrs.get("pairs"):
+        return x[..., 0::2], x[..., 1::2]
+    return x.chunk(2, dim=-1)
+
+
 def _silu_mul(node, inputs, ctx):
-    gate, up = inputs[0].chunk(2, dim=-1)
+    gate, up = gate_and_up(node, inputs[0])
     return [F.silu(gate) * up]
 
 
 def _gelu_tanh_mul(node, inputs, ctx):
-    gate, up = inputs[0].chunk(2, dim=-1)
+    gate, up = gate_and_up(node, inputs[0])
     return [F.gelu(gate, approximate="tanh") * up]
 
 

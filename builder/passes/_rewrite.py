@@ -13,6 +13,17 @@ def concat_source(graph: Graph, names: list[str], dim: int = 0) -> WeightSource:
                         describe="concat(" + ", ".join(names) + ")")
 
 
+def interleave_source(graph: Graph, names: list[str]) -> WeightSource:
+    """A weight of the rows of two others taken in turn (row 2j the first's row j, row 2j + 1 the
+    second's), interleaved when (and only when) it is loaded."""
+    parts = [graph.sources[n] for n in names]
+
+    def load(dtype):
+        a, b = (p.load(dtype) for p in parts)
+        return torch.stack((a, b), dim=1).reshape(a.shape[0] * 2, *a.shape[1:])
+    return WeightSource(load=load, describe="interleave(" + ", ".join(names) + ")")
+
+
 def single_user(graph: Graph, value: str) -> bool:
     users = graph.consumers()[value]
     return len(users) == 1 and graph.values[value].kind != "output"

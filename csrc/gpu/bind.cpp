@@ -89,6 +89,8 @@ LaunchStep toLaunch(py::dict const& s, std::string const& label)
         throw std::invalid_argument("engine kernels header: a grid needs 3 dimensions");
     std::copy(grid.begin(), grid.end(), l.grid.begin());
     l.when = s["when"].is_none() ? std::string() : s["when"].cast<std::string>();
+    if (s.contains("global_scratch"))
+        l.globalScratch = s["global_scratch"].cast<std::string>();
     for (auto a : field(s, "args", "a launch").cast<py::list>())
     {
         auto d = a.cast<py::dict>();
@@ -169,6 +171,8 @@ PlanSpec toPlan(py::object const& engine)
     for (auto [id, entry] : field(h, "kernels", "the header").cast<py::dict>())
     {
         KernelDesc desc;
+        if (entry.cast<py::dict>().contains("min_sm"))
+            desc.minSm = entry.cast<py::dict>()["min_sm"].cast<int>();
         for (auto [sm, meta] : field(entry.cast<py::dict>(), "sm", "a kernel").cast<py::dict>())
         {
             auto m = meta.cast<py::dict>();
@@ -178,7 +182,8 @@ PlanSpec toPlan(py::object const& engine)
                 field(m, "shared", "a kernel").cast<int>(),
                 field(m, "params", "a kernel").cast<std::vector<std::string>>(),
                 field(m, "num_extra_params", "a kernel").cast<int>(),
-                m.contains("pdl") && m["pdl"].cast<bool>()};
+                m.contains("pdl") && m["pdl"].cast<bool>(),
+                m.contains("global_scratch_size") ? m["global_scratch_size"].cast<std::int64_t>() : 0};
         }
         p.kernels[id.cast<std::string>()] = std::move(desc);
     }
@@ -215,6 +220,8 @@ PlanSpec toPlan(py::object const& engine)
                     auto a = alt.cast<py::dict>();
                     GemmAlternative alternative;
                     alternative.maxM = field(a, "max_m", "a gemm alternative").cast<int>();
+                    if (a.contains("min_m"))
+                        alternative.minM = a["min_m"].cast<int>();
                     for (auto step : field(a, "steps", "a gemm alternative").cast<py::list>())
                         alternative.steps.push_back(toLaunch(step.cast<py::dict>(), label));
                     g.alternatives.push_back(std::move(alternative));

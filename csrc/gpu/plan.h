@@ -55,14 +55,20 @@ struct KernelBinary
     int numWarps = 4;
     int sharedBytes = 0;
     std::vector<std::string> params; ///< PTX parameter types ("u64", "u32", "f32"), scratch included
-    int numExtraParams = 0;          ///< trailing scratch pointers Triton adds: passed as null
+    int numExtraParams = 0;          ///< trailing scratch pointers Triton adds: null but the global scratch
     bool pdl = false;                ///< waits on its predecessor first: may launch programmatically
+    /// Bytes of Triton's global scratch each program uses (TMA descriptors made in the kernel):
+    /// the first trailing pointer, to grid programs x this many bytes; 0: none.
+    std::int64_t globalScratchBytes = 0;
 };
 
 /// @brief A kernel specialization with its binaries, keyed by SM (80, 89, 90, ...).
 struct KernelDesc
 {
     std::map<int, KernelBinary> bySm;
+    /// The oldest SM it has binaries for (a Hopper kernel: 90), 0: every target. On an older GPU
+    /// it is not loaded, and the GEMM alternatives that launch it are left out.
+    int minSm = 0;
 };
 
 struct LaunchStep
@@ -72,11 +78,15 @@ struct LaunchStep
     std::array<std::string, 3> grid;
     std::vector<KernelArg> args;
     std::string when; ///< empty: always
+    /// The scratch buffer given as the kernel's global scratch (KernelBinary::globalScratchBytes).
+    std::string globalScratch;
 };
 
-/// @brief Launches that compute a GEMM's output for M <= maxM, in place of cuBLASLt.
+/// @brief Launches that compute a GEMM's output for minM <= M <= maxM, in place of cuBLASLt. One
+/// with minM > 1 (a GEMM for many rows) is chosen per band of M, not per M (PlanExecutor).
 struct GemmAlternative
 {
+    int minM = 1;
     int maxM = 0;
     std::vector<LaunchStep> steps;
 };

@@ -147,10 +147,13 @@ struct ResolvedLaunch
     std::vector<std::pair<std::size_t, Expr>> intArgs; // slot index, expression
     std::vector<std::uint64_t> slots;                  // one 8-byte slot per parameter
     std::vector<void*> params;
+    std::int64_t scratchPerProgram = 0; // Triton's global scratch: bytes a program (0: none)
+    std::int64_t scratchCapacity = 0;   // and the bytes of the buffer it is given
 };
 
 struct ResolvedAlternative
 {
+    int minM = 1;
     int maxM = 0;
     std::vector<ResolvedLaunch> steps;
 };
@@ -164,6 +167,7 @@ struct ResolvedGemm
     int k = 0;
     int shape = 0; ///< GEMMs of equal shape (and alternatives) share their choices
     int maxM = 0;  ///< the most rows any alternative takes (0: none)
+    int bandFrom = 0; ///< the fewest rows an alternative for many rows takes (0: none): chosen per band
     std::vector<ResolvedAlternative> alternatives;
     std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
     std::vector<ResolvedLaunch> epilogue; ///< runs after cuBLASLt only
@@ -394,6 +398,7 @@ public:
         KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
         dropGraphs();
         mChosen.clear();
+        mBandChosen.clear();
         mAlternativeChoices.clear();
         mGemm->setFp8FastAccumulation(on);
     }
@@ -466,10 +471,21 @@ public:
                 if (gemm == nullptr)
                     continue;
                 auto const m = gemm->m.eval(mValues);
-                if (m <= std::max<std::int64_t>(gemm->maxM, kAheadMinRows) || mChosen.count({gemm->shape, m}) != 0)
+                if (mChosen.count({gemm->shape, m}) != 0)
+                    continue;
+                // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
+                if (gemm->bandFrom > 0 && m >= gemm->bandFrom && m <= gemm->maxM)
+                {
+                    // Timed alone: the step inputs hold no step of these rows for the kernels
+                    // before it to read.
+                    chooseAt(*gemm, m, false);
+                    runGemm(*gemm);
+                    ++prepared;
+                    continue;
+                }
+                if (m <= std::max<std::int64_t>(gemm->maxM, kAheadMinRows))
                     continue;
                 chooseHeuristic(*gemm, m);
-                // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
                 mGemm->run(gemm->id, static_cast<int>(m), mStream);
                 ++prepared;
             }
@@ -497,6 +513,8 @@ public:
             decodeValues(bucket, 1, logits);
             if (graphKey() != key || mGraphs.count(key) != 0 || mGraphs.size() >= kMaxGraphs)
                 continue;
+            // The choices run the kernels before each GEMM: on a step's worth of inputs.
+            uploadPadRows(bucket);
             prepareGemms();
             captureGraph(std::move(key));
             ++captured;
@@ -535,11 +553,15 @@ private:
     /// version not above it (sm_80 code runs on sm_86 and sm_89).
     void loadKernels()
     {
+        // The engine's targets: the SMs of a kernel built for every one of them.
         std::vector<int> available;
-        if (!mSpec.kernels.empty())
+        for (auto const& [id, desc] : mSpec.kernels)
         {
-            for (auto const& [sm, binary] : mSpec.kernels.begin()->second.bySm)
+            if (desc.minSm != 0)
+                continue;
+            for (auto const& [sm, binary] : desc.bySm)
                 available.push_back(sm);
+            break;
         }
         int chosen = -1;
         for (int sm : available)
@@ -567,6 +589,8 @@ private:
         for (auto const& [id, desc] : mSpec.kernels)
         {
             auto const it = desc.bySm.find(chosen);
+            if (it == desc.bySm.end() && desc.minSm > chosen)
+                continue; // a newer GPU's kernel: its alternatives are left out (resolveProgram)
             if (it == desc.bySm.end())
                 throw std::runtime_error("engine kernel " + id + " has no cubin for sm_" + std::to_string(chosen)
                     + ": the engine is damaged; rebuild it with engine-build");
@@ -689,6 +713,7 @@ private:
         mScratch = DeviceMemory(scratchBytes);
         for (auto const& [name, offset] : scratchOffsets)
             mScratchPtr[name] = mScratch.address() + offset;
+        mScratchSize = scratchSizes;
         for (auto const& name : mSpec.zeroedScratch)
         {
             if (!scratchSizes.count(name))
@@ -849,7 +874,20 @@ private:
             else
                 launch.intArgs.emplace_back(i, Expr::parse(arg.expr, mSymbols));
         }
-        // Trailing scratch pointers stay 0 (null).
+        // Trailing scratch pointers stay 0 (null), but the global scratch of a kernel that needs
+        // it (the first of them), given the plan buffer its launch names.
+        if (binary.globalScratchBytes > 0)
+        {
+            auto const buffer = mScratchSize.find(step.globalScratch);
+            if (step.globalScratch.empty() || buffer == mScratchSize.end() || binary.numExtraParams < 1)
+                throw std::runtime_error(step.label + ": " + binary.name + " needs "
+                    + std::to_string(binary.globalScratchBytes)
+                    + " bytes of global scratch a program, which the plan does not give it: the engine is "
+                      "damaged; rebuild it");
+            launch.slots[step.args.size()] = mScratchPtr.at(step.globalScratch);
+            launch.scratchPerProgram = binary.globalScratchBytes;
+            launch.scratchCapacity = static_cast<std::int64_t>(buffer->second);
+        }
         for (auto& slot : launch.slots)
             launch.params.push_back(&slot);
         return launch;
@@ -901,14 +939,24 @@ private:
                 for (auto const& step : g.epilogue)
                     shape += "/epilogue:" + step.kernel;
                 auto const shapeId = mShapeIds.emplace(shape, static_cast<int>(mShapeIds.size())).first->second;
-                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, {}, {}, {}, {}};
+                ResolvedGemm gemm{g.label, mGemm->add(problem), Expr::parse(g.m, mSymbols), g.n, g.k, shapeId, 0, 0, {}, {}, {}, {}};
                 for (auto const& alternative : g.alternatives)
                 {
-                    ResolvedAlternative resolved{alternative.maxM, {}};
+                    bool const loaded = std::all_of(alternative.steps.begin(), alternative.steps.end(),
+                        [&](LaunchStep const& step)
+                        { return mKernels.count(step.kernel) != 0 || mSpec.kernels.count(step.kernel) == 0; });
+                    if (!loaded)
+                        continue; // it launches a kernel for newer GPUs (KernelDesc::minSm)
+                    if (alternative.minM < 1 || alternative.minM > alternative.maxM)
+                        throw std::runtime_error(g.label + ": an alternative for " + std::to_string(alternative.minM)
+                            + " to " + std::to_string(alternative.maxM) + " rows: the engine is damaged; rebuild it");
+                    ResolvedAlternative resolved{alternative.minM, alternative.maxM, {}};
                     for (auto const& step : alternative.steps)
                         resolved.steps.push_back(resolveLaunch(step));
                     gemm.alternatives.push_back(std::move(resolved));
                     gemm.maxM = std::max(gemm.maxM, alternative.maxM);
+                    if (alternative.minM > 1)
+                        gemm.bandFrom = gemm.bandFrom == 0 ? alternative.minM : std::min(gemm.bandFrom, alternative.minM);
                 }
                 for (auto const& step : g.prologue)
                     gemm.prologue.push_back(resolveLaunch(step));
@@ -1009,6 +1057,18 @@ private:
         mPadded.numSequences = static_cast<SizeType>(bucket);
     }
 
+    /// The step inputs of a decode step of `rows` pad rows (pad()), for the choices made before
+    /// any step (captureGraphs): the kernels a choice runs before each GEMM then read in bounds.
+    void uploadPadRows(std::int64_t rows)
+    {
+        StepInputs none;
+        none.maxBlocksPerSeq = mSpec.maxBlocksPerSeq;
+        none.queryStart.push_back(0);
+        pad(none, rows);
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream)); // the pinned staging buffer is free
+        upload(mPadded);
+    }
+
     void upload(StepInputs const& step)
     {
         for (auto const& [name, input] : mInputs)
@@ -1089,11 +1149,42 @@ private:
                 continue;
             if (m <= gemm->maxM)
             {
-                choose(*gemm, m);
+                chooseAt(*gemm, m);
                 continue;
             }
             chooseHeuristic(*gemm, m);
         }
+    }
+
+    /// The band of M an alternative for many rows is chosen for: (band / 2, band], a power of two.
+    static std::int64_t rowBand(std::int64_t m)
+    {
+        std::int64_t band = 1;
+        while (band < m)
+            band *= 2;
+        return band;
+    }
+
+    /// choose() at `m`, but where an alternative for many rows takes it, once a band of M: the
+    /// first M of a band met is timed, and its choice kept for every M of the band (their times
+    /// differ little; steps with prompt tokens, each of its own M, would each time anew).
+    void chooseAt(ResolvedGemm& gemm, std::int64_t m, bool lead = true)
+    {
+        if (gemm.bandFrom == 0 || m < gemm.bandFrom)
+        {
+            choose(gemm, m, lead);
+            return;
+        }
+        auto const band = std::make_pair(gemm.shape, rowBand(m));
+        auto const known = mBandChosen.find(band);
+        if (known == mBandChosen.end())
+        {
+            choose(gemm, m, lead);
+            mBandChosen.emplace(band, mChosen.at({gemm.shape, m}));
+            return;
+        }
+        prepareCublasLt(timedPeers(gemm), m, nullptr);
+        mChosen.emplace(std::make_pair(gemm.shape, m), known->second);
     }
 
     /// cuBLASLt's heuristic pick for `gemm`'s shape at `m` rows, with no alternative timed.
@@ -1136,17 +1227,18 @@ private:
     /// program is prepared in order), since programmatic launch overlaps the two: a kernel that
     /// starts reading its weight while a light kernel finishes gains what it cannot after a
     /// GEMM, and one whose blocks wait on a GEMM's may slow it. That item's time alone is taken
-    /// off. Decided by prepareGemms before a step (m > 0): timing writes those GEMMs' and
-    /// kernels' outputs, which the step rewrites before reading (the decode kernel's K and V of
-    /// this step's tokens included).
-    void choose(ResolvedGemm& gemm, std::int64_t m)
+    /// off (without `lead`, the GEMMs are timed alone: where the step inputs hold no step of
+    /// these rows for those items to read). Decided by prepareGemms before a step (m > 0):
+    /// timing writes those GEMMs' and kernels' outputs, which the step rewrites before reading
+    /// (the decode kernel's K and V of this step's tokens included).
+    void choose(ResolvedGemm& gemm, std::int64_t m, bool lead = true)
     {
         auto const peers = timedPeers(gemm);
         ColdL2 const cold;
         prepareCublasLt(peers, m, &cold);
         auto const before = [&](ResolvedGemm& g)
         {
-            if (!g.before)
+            if (!lead || !g.before)
                 return;
             auto& item = mProgram[*g.before];
             if (auto* launch = std::get_if<ResolvedLaunch>(&item))
@@ -1160,8 +1252,8 @@ private:
             if (rows > 0 && mChosen.count({previous.shape, rows}) != 0)
                 runGemm(previous);
         };
-        bool const led
-            = std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
+        bool const led = lead
+            && std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
         float const leadUs = led ? timeEach(peers, cold, before) : 0.0F;
         int best = -1;
         float bestUs = timeEach(peers, cold,
@@ -1174,7 +1266,7 @@ private:
         std::vector<std::pair<int, float>> times{{-1, bestUs}}; // (alternative, us a GEMM); -1: cuBLASLt
         for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {
-            if (m > gemm.alternatives[i].maxM)
+            if (m > gemm.alternatives[i].maxM || m < gemm.alternatives[i].minM)
                 continue;
             float const us = timeEach(peers, cold,
                                  [&](ResolvedGemm& g)
@@ -1195,7 +1287,7 @@ private:
         if (times.size() > 1)
         {
             std::ostringstream report;
-            report << (best < 0 ? "cuBLASLt" : "kiln small-M #" + std::to_string(best)) << " (timed over "
+            report << (best < 0 ? "cuBLASLt" : "kiln #" + std::to_string(best)) << " (timed over "
                    << peers.size() << " GEMMs" << (led ? " after what runs before each" : "")
                    << ", us a GEMM:" << std::fixed << std::setprecision(1);
             for (auto const& [index, us] : times)
@@ -1382,6 +1474,10 @@ private:
             if (grid[d] <= 0)
                 return;
         }
+        if (launch.scratchPerProgram > 0 && grid[0] * grid[1] * grid[2] * launch.scratchPerProgram > launch.scratchCapacity)
+            throw std::runtime_error(launch.label + ": " + std::to_string(grid[0] * grid[1] * grid[2])
+                + " programs need more global scratch than the plan's " + std::to_string(launch.scratchCapacity)
+                + " bytes: the engine is damaged; rebuild it");
         for (auto const& [slot, expr] : launch.intArgs)
         {
             auto const value = static_cast<std::int32_t>(expr.eval(mValues));
@@ -1499,6 +1595,7 @@ private:
     std::map<std::string, InputRegion> mInputs;
     std::map<std::string, CUdeviceptr> mWeightPtr;
     std::map<std::string, CUdeviceptr> mScratchPtr;
+    std::map<std::string, std::size_t> mScratchSize;
     std::map<std::string, CUdeviceptr> mConstPtr;
     std::size_t mBlockElems = 0;
     int mNumBlocks = 0;
@@ -1530,6 +1627,8 @@ private:
     std::vector<AlternativeChoice> mAlternativeChoices;
     std::map<std::string, int> mShapeIds;                    ///< a GEMM shape's description -> its id
     std::map<std::pair<int, std::int64_t>, int> mChosen; ///< (GEMM shape id, M) -> choice (-1: cuBLASLt)
+    /// (GEMM shape id, band of M) -> choice, where an alternative for many rows takes the band (chooseAt)
+    std::map<std::pair<int, std::int64_t>, int> mBandChosen;
     std::vector<std::vector<std::size_t>> mShapeMembers;  ///< GEMM shape id -> its GEMMs' places in mProgram
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;

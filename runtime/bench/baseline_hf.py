@@ -61,6 +61,19 @@ def hf_config(m: ModelConfig):
     return transformers.AutoConfig.for_model(MODEL_TYPES[m.architecture], **kwargs)
 
 
+def paired_weights(graph) -> set[str]:
+    """The fused gate/up weights whose rows the engine holds in pairs: those of the linears
+    whose act-mul is marked `pairs`."""
+    producer = {out: node for node in graph.nodes for out in node.outputs}
+    paired = set()
+    for node in graph.nodes:
+        if node.attrs.get("pairs"):
+            linear = producer.get(node.inputs[0])
+            if linear is not None and linear.op == "linear":
+                paired.add(linear.inputs[1])
+    return paired
+
+
 def hf_state_dict(engine) -> dict[str, torch.Tensor]:
     """The engine's weights under HF names; KilnError on a weight with no HF counterpart."""
     m, build = engine.config.model, engine.config.build
@@ -73,6 +86,7 @@ def hf_state_dict(engine) -> dict[str, torch.Tensor]:
     splits = {"qkv": (("q", "k", "v"), (m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim,
                                          m.num_kv_heads * m.head_dim)),
               "gate_up": (("gate", "up"), (m.intermediate_size, m.intermediate_size))}
+    paired = paired_weights(engine.graph)
     state: dict[str, torch.Tensor] = {}
     for name, tensor in engine.weights.items():
         if tensor.dtype != getattr(torch, build.dtype):
@@ -90,6 +104,8 @@ def hf_state_dict(engine) -> dict[str, torch.Tensor]:
             if tensor.shape[0] != sum(sizes):
                 raise KilnError(f"engine weight {name} has {tensor.shape[0]} rows, the model's "
                                 f"config implies {sum(sizes)}")
+            if name in paired:  # row 2j gate j, row 2j + 1 up j (passes/fuse_gate_up.py)
+                tensor = torch.cat((tensor[0::2], tensor[1::2]))
             for piece, chunk in zip(names, torch.split(tensor, sizes)):
                 state[prefix + _LAYER_NAMES[f"{piece}.{kind}"]] = chunk
         elif f"{part}.{kind}" in _LAYER_NAMES:

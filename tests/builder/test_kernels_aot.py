@@ -60,7 +60,9 @@ def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtyp
                 if k["fn"].endswith("paged_attention_kernel")} == {5.0}
     for entry in kernels.values():
         runtime = [n for n, t in entry["signature"].items() if t != "constexpr"]
-        assert set(entry["sm"]) == {str(sm) for sm in TARGETS}
+        # A Hopper kernel (min_sm 90: the TMA GEMM) has binaries for the targets it runs on.
+        assert set(entry["sm"]) == {str(sm) for sm in TARGETS if sm >= entry.get("min_sm", 0)}
+        assert ("min_sm" in entry) == entry["fn"].endswith("tma_gemm_kernel")
         for sm, meta in entry["sm"].items():
             cubin = bundle.blobs[meta["blob"]]
             assert aot.cubin_sm(cubin) == int(sm)
@@ -70,6 +72,8 @@ def test_compile_plan_makes_cubins_for_every_target(tmp_path_factory, arch, dtyp
             # Triton appends scratch pointers after the signature's runtime parameters.
             assert len(meta["params"]) == len(runtime) + meta["num_extra_params"]
             assert meta["params"][len(runtime):] == ["u64"] * meta["num_extra_params"]
+            # TMA descriptors made in the kernel: 128 bytes each in Triton's global scratch.
+            assert meta["global_scratch_size"] == (384 if "min_sm" in entry else 0)
             for name, ptx in zip(runtime, meta["params"]):
                 t = entry["signature"][name]
                 assert ptx == {"i32": "u32", "fp32": "f32"}.get(t, "u64"), (name, t, ptx)
@@ -86,6 +90,7 @@ def test_program_references_resolve(tmp_path_factory):
         symbols[name] = evaluate(formula, symbols)
     weights = set(graph.of_kind("weight"))
     gemms = 0
+    tma = 0
     folded = 0
     epilogues = []
     for step in header["program"]:
@@ -123,19 +128,32 @@ def test_program_references_resolve(tmp_path_factory):
             # each small-M alternative and inside the one-row kernel, which is also offered
             # after that kernel's own launch; gate_up's SiLU-mul is cuBLASLt's epilogue, and
             # each small-M and one-row configuration comes with it inside (GLU) and before its
-            # launch.
+            # launch. In this 16-bit build the gate/up rows come in pairs: GLU_PAIRS.
             fn = lambda s: header["kernels"][s["kernel"]]["fn"].rsplit(".", 1)[1]  # noqa: E731
             before = fn(prologue[0]) if prologue else None
             kinds = {None: gemm.PLAIN, "rmsnorm_kernel": gemm.NORM,
                      "add_rmsnorm_kernel": gemm.ADD_NORM}
-            ways = [(True, []), (False, epilogue)] if epilogue else [(False, [])]
+            ways = ([(gemm.GLU_PAIRS, []), (gemm.NO_GLU, epilogue)] if epilogue
+                    else [(gemm.NO_GLU, [])])
             want = [(prologue, "small_m_gemm_kernel", post, None, glu)
                     for _ in SMALL_CONFIGS for glu, post in ways]
             for pre, kind in [([], before)] + ([(prologue, None)] if prologue else []):
                 want += [(pre, "gemv_kernel", post, int(kinds[kind]), glu)
                          for _ in GEMV_CONFIGS for glu, post in ways]
+            # Then, for a gate/up GEMM that fits its tiles, the alternative for many rows
+            # (tma_gemm.py): the GLU over the pairs.
+            many = [alt for alt in step["alternatives"] if "min_m" in alt]
+            tma_ways = [(1, [])]
+            if many:
+                assert [(a["steps"][:len(prologue)], fn(a["steps"][len(prologue)]),
+                         a["steps"][len(prologue) + 1:],
+                         header["kernels"][a["steps"][len(prologue)]["kernel"]]["constexprs"]["GLU"],
+                         a["min_m"], a["max_m"], a["steps"][len(prologue)]["global_scratch"])
+                        for a in many] == [(prologue, "tma_gemm_kernel", post, glu, 17, 64,
+                                            "triton_global_scratch") for glu, post in tma_ways]
+                tma += 1
             got = []
-            for alt in step["alternatives"]:
+            for alt in step["alternatives"][:len(step["alternatives"]) - len(many)]:
                 i = next(j for j, s in enumerate(alt["steps"])
                          if fn(s) in ("small_m_gemm_kernel", "gemv_kernel"))
                 main = alt["steps"][i]
@@ -145,7 +163,7 @@ def test_program_references_resolve(tmp_path_factory):
             assert got == want
             small = len(SMALL_CONFIGS) * len(ways)
             assert [alt["max_m"] for alt in step["alternatives"]] \
-                == [16] * small + [1] * (len(want) - small)
+                == [16] * small + [1] * (len(want) - small) + [64] * len(many)
             folded += bool(prologue)
             epilogues += [fn(e) for e in epilogue]
         else:
@@ -153,6 +171,9 @@ def test_program_references_resolve(tmp_path_factory):
             assert all(evaluate(g, symbols) >= 1 for g in step["grid"])
     assert gemms == 4 * header["kv_cache"]["num_layers"] + 1  # qkv, o, gate_up, down; lm_head
     assert folded == 2 * header["kv_cache"]["num_layers"] + 1
+    # Of this tiny model's GEMMs only gate_up (N 256, K 64) fits the TMA GEMM's tiles.
+    assert tma == header["kv_cache"]["num_layers"]
+    assert header["scratch"]["triton_global_scratch"] == ["384 * (NSM)"]
     assert epilogues == ["silu_mul_kernel"] * header["kv_cache"]["num_layers"]
     assert not any(fn in header["kernels"][s["kernel"]]["fn"] for fn in ("norm", "silu_mul")
                    for s in header["program"] if s["kind"] == "kernel")

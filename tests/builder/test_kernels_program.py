@@ -29,7 +29,8 @@ seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, blocks, 
 gen = torch.Generator().manual_seed(11)
 for n in lengths:
     seqs.add(torch.randint(0, engine.config.model.vocab_size, (n,), generator=gen).tolist())
-alternative = None if sys.argv[4] == "none" else int(sys.argv[4])
+alternative = {"none": None}.get(sys.argv[4], sys.argv[4])
+alternative = int(alternative) if str(alternative).isdigit() else alternative
 ref = ReferenceBackend(engine, blocks)
 options = json.loads(sys.argv[6])
 if "programs_per_sm" in options:
@@ -129,6 +130,34 @@ def test_program_small_m_gemm_alternatives(tiny_engine, arch, dtype, alternative
         assert err < BOUND[dtype], f"step {i}: error {err:.2e}"
         assert same_argmax or dtype != "float32"
         assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
+
+
+def test_program_tma_gemm_alternatives(tmp_path, dtype="float16"):
+    """Steps of 17 rows and more through the gate/up GEMM's alternative for many rows
+    (tma_gemm.py; a layer wide enough for its tiles), writing silu(gate) * up over its rows in
+    pairs. In float16: Triton's interpreter multiplies the attention's bfloat16 tiles wrongly."""
+    from kiln.builder.build import build_engine
+    from kiln.builder.models import BuildConfig
+    from kiln_testing import make_tiny_checkpoint
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf", hidden_size=256,
+                                intermediate_size=512, num_attention_heads=4,
+                                num_key_value_heads=2)
+    build_engine(ckpt, tmp_path / "engine", BuildConfig(
+        dtype=dtype, max_batch_size=8, max_seq_len=128, max_num_tokens=64, tokens_per_block=4,
+        targets=[90]), progress=False)
+    launched = {}
+    results = run(tmp_path / "engine", MIXED, gemm_alternative="tma_gemm_kernel",
+                  launched=launched)
+    for i, (err, _, picks_argmax, logprob_err) in enumerate(results):
+        assert err < 2e-2, f"step {i}: error {err:.2e}"
+        assert picks_argmax and logprob_err < 1e-5, f"step {i}: pick error {logprob_err:.2e}"
+    from kiln.builder.engine import load_engine
+    kernels = load_engine(tmp_path / "engine").kernels["kernels"]
+    ran = {kernels[key]["constexprs"]["GLU"]: n for key, n in launched.items()
+           if kernels[key]["fn"].endswith("tma_gemm_kernel")}
+    # The steps of 23 and 37 tokens, the first layer's gate/up (the last layer's takes the last
+    # tokens only): the GLU.
+    assert ran == {1: 2}
 
 
 def test_program_long_context_split_kv(tiny_engine):

@@ -26,7 +26,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ProgramEmulator:
     """`forward(step)` like a backend; `num_sms` plays NSM (it decides the KV splits).
     `gemm_alternative`: the index of the alternative each GEMM runs when M allows it (the C++
-    executor picks one by timing); None: every GEMM through torch."""
+    executor picks one by timing), or a kernel's name (the first alternative that launches it);
+    None: every GEMM through torch."""
 
     def __init__(self, engine, num_blocks: int, device: str = "cpu", num_sms: int = 132,
                  gemm_alternative: int | None = None,
@@ -110,9 +111,16 @@ class ProgramEmulator:
     def _gemm(self, g: dict, symbols: dict) -> None:
         m = evaluate(g["m"], symbols)
         alternatives = g.get("alternatives") or []
-        if self.gemm_alternative is not None and self.gemm_alternative < len(alternatives):
-            alternative = alternatives[self.gemm_alternative]
-            if m <= alternative["max_m"]:
+        if isinstance(self.gemm_alternative, str):  # the first that launches that kernel
+            named = [i for i, alt in enumerate(alternatives)
+                     if any(self.h["kernels"][s["kernel"]]["fn"].endswith(self.gemm_alternative)
+                            for s in alt["steps"])]
+            chosen = named[0] if named else len(alternatives)
+        else:
+            chosen = self.gemm_alternative
+        if chosen is not None and chosen < len(alternatives):
+            alternative = alternatives[chosen]
+            if alternative.get("min_m", 1) <= m <= alternative["max_m"]:
                 for step in alternative["steps"]:
                     self._launch(step, symbols)
                 return

@@ -7,7 +7,8 @@ import transformers
 
 from kiln.builder.engine import load_engine
 from kiln.builder.errors import KilnError
-from kiln.runtime.bench.baseline_hf import hf_state_dict, load_hf_model, run_hf_throughput
+from kiln.runtime.bench.baseline_hf import (hf_state_dict, load_hf_model, paired_weights,
+                                            run_hf_throughput)
 from kiln.runtime.bench.dataset import BenchRequest
 
 ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "phi3"]
@@ -25,6 +26,20 @@ def test_hf_model_from_the_engine_equals_the_checkpoint(tiny_engine, arch):
     ids = torch.randint(0, model.config.vocab_size, (2, 37), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_hf_model_from_a_16_bit_engine_equals_the_checkpoint(tiny_engine, dtype):
+    """A 16-bit engine holds its gate/up rows in pairs (passes/fuse_gate_up.py): mapped back,
+    they are HF's gate and up again."""
+    ckpt, engine_dir = tiny_engine("llama", dtype)
+    engine = load_engine(engine_dir)
+    assert paired_weights(engine.graph) == {f"layers.{i}.gate_up.weight" for i in range(2)}
+    model, weights = load_hf_model(engine, "cpu")
+    assert weights == "the engine's weights"
+    want = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype))
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.state_dict().items())
 
 
 def test_unmappable_weights_fall_back_to_random_ones_and_say_so(tiny_engine):

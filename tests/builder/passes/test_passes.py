@@ -1,6 +1,7 @@
 """Each pass: a Before graph, the pass, an After graph, structural equality."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from graphs import HD, I, NKV, NQ, ROPE, STEP, H, V, attention_attrs, inputs, weight
@@ -66,6 +67,35 @@ def test_fuse_gate_up():
     w = after.sources["l.gate_up.weight"].load(torch.float32)
     assert torch.equal(w, torch.cat([before.sources["l.gate.weight"].load(torch.float32),
                                      before.sources["l.up.weight"].load(torch.float32)]))
+
+
+@pytest.mark.parametrize("dtype,quant,pairs", [("bfloat16", "none", True),
+                                               ("float16", "none", True),
+                                               ("float32", "none", False),
+                                               ("bfloat16", "fp8", False)])
+def test_fuse_gate_up_pairs_rows_in_16_bit_unquantized_builds(dtype, quant, pairs):
+    """A 16-bit build with unquantized linears takes the gate and up rows in turn and marks the
+    SiLU-mul `pairs`; whichever layout, the SiLU-mul's reference gives the unfused result."""
+    before = base()
+    weight(before, "l.gate.weight", I, H)
+    weight(before, "l.up.weight", I, H)
+    before.call("linear", ["x", "l.gate.weight"], ["g"])
+    before.call("linear", ["x", "l.up.weight"], ["u"])
+    before.call("silu", ["g"], ["s"])
+    before.call("mul", ["s", "u"], ["m"])
+    after = fuse_gate_up(before, BuildConfig(dtype=dtype, quant=quant, targets=(90,)))
+    act = after.nodes[-1]
+    assert act.op == "silu_mul" and bool(act.attrs.get("pairs")) is pairs
+    gate, up = (before.sources[f"l.{p}.weight"].load(torch.float32) for p in ("gate", "up"))
+    w = after.sources["l.gate_up.weight"].load(torch.float32)
+    if pairs:
+        assert torch.equal(w[0::2], gate) and torch.equal(w[1::2], up)
+    else:
+        assert torch.equal(w, torch.cat([gate, up]))
+    x = torch.randn(5, H, generator=torch.Generator().manual_seed(0))
+    from kiln.builder.ops.elementwise import _silu_mul
+    fused = _silu_mul(act, [x @ w.T], None)[0]
+    assert torch.allclose(fused, torch.nn.functional.silu(x @ gate.T) * (x @ up.T), atol=1e-6)
 
 
 def test_fold_rope_into_attention():
