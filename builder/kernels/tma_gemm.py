@@ -14,10 +14,12 @@ so that a weight tile stays in L2 for the row blocks that reuse it; one program 
 the tiles (the grid is min(NSM, tiles)). The TMA descriptors are made in the kernel, in
 Triton's global scratch: 128 bytes each, a program's own (LoweringContext.global_scratch).
 
-On the H100, at a 128/128 run's row counts (3,008 and 8,192) of the Llama-3.1-8B gate/up shape
-(N 28,672, K 4,096), the plain kernel with 128 x 256 x 64 tiles and 3 stages ran at cuBLASLt's
-rate (959 / 2,654 us against 942 / 2,769; docs/results/glu-gemm-2026-12-07). It is offered as an
-alternative for M > SMALL_M (tensor-core tiles of 128 rows), beside cuBLASLt and its SiLU-mul.
+On an H100, at a 128/128 run's row counts, the Llama-3.1-8B gate/up shape (N 28,672, K 4,096,
+bfloat16) with GLU took 637.9 / 1,042.3 / 2,816.2 us at 2,048 / 3,008 / 8,192 rows against
+cuBLASLt then silu_mul_kernel's 733.8 / 1,021.1 / 3,034.8 (docs/results/glu-gemm-2026-12-07):
+ahead but at 3,008 rows, where 24 row blocks of 128 make 20.4 waves of tiles over 132 SMs. It
+is offered as an alternative for more than SMALL_M rows, beside cuBLASLt and the SiLU-mul's
+launch; the executor keeps the faster per band of M.
 """
 from __future__ import annotations
 

@@ -32,4 +32,9 @@ throughput B1 "$E" "$data"
 timeout 60 python3 docs/results/tma-glu-2026-12-07/choices.py "$E" > "$LOG/choices.log" 2>&1
 at "choices rc $?"; cat "$LOG/choices.log" | cut -c1-220 | head -30
 [ $(( $(date +%s) - T0 )) -lt "${B2_BEFORE:-470}" ] && throughput B2 "$E" "$data"
+# Tiles that fill the last wave at 3,008 rows (the decode-only steps'): 64-row blocks.
+[ $(( $(date +%s) - T0 )) -lt "${SWEEP_BEFORE:-400}" ] && SWEEP_TIMEOUT=90 \
+  bash docs/results/glu-gemm-2026-12-07/run.sh --m 3008 --glu "" --plain "" \
+  --pairs 64:128:64:3:4:8:0,64:128:64:4:4:8:0,128:128:64:3:8:4:0 > "$LOG/sweep-3008.log" 2>&1 \
+  && tail -6 "$LOG/sweep-3008.log"
 at done
