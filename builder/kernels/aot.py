@@ -130,7 +130,6 @@ def compile_spec(spec: KernelSpec, sm: int, use_cache: bool = True) -> Compiled:
             "params": params, "num_extra_params": len(params) - len(runtime),
             "pdl": pdl_mode != pdl.OFF,
             "global_scratch_size": getattr(md, "global_scratch_size", 0),
-            "global_scratch_align": getattr(md, "global_scratch_align", 1),
             "profile_scratch_size": getattr(md, "profile_scratch_size", 0),
             "triton": triton.__version__}
     # Global scratch (a kernel's TMA descriptors made in the kernel: 128 bytes each, a program's

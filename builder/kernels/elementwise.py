@@ -154,7 +154,6 @@ def act_mul_launch(node, ctx, kernel=None):
                         WIDTH=width, BLOCK=BLOCK, PAIRS=int(bool(node.attrs.get("pairs")))))
 
 
-
 def plan_silu_mul(node, ctx):
     if node.attrs.get("fold_into_previous"):  # the gate/up linear before it runs it
         if ctx.epilogues.pop(node.outputs[0], None) is None:
@@ -193,9 +192,11 @@ def _plan_binary(op: int):
     return plan
 
 
-plan_silu = _plan_unary(silu_kernel)
 def plan_gelu_tanh_mul(node, ctx):
     ctx.program.append(act_mul_launch(node, ctx, gelu_tanh_mul_kernel))
+
+
+plan_silu = _plan_unary(silu_kernel)
 plan_gelu_tanh = _plan_unary(unary_kernel, GELU_TANH, lambda node: 0.0)
 plan_scale = _plan_unary(unary_kernel, SCALE, lambda node: node.attrs["value"])
 plan_softcap = _plan_unary(unary_kernel, SOFTCAP, lambda node: node.attrs["cap"])

@@ -511,7 +511,7 @@ def plan_linear(node, ctx):
     alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
                     for alt in small_m_alternatives(ctx, x, w, out, bias, epilogue=epilogue)]
     alternatives += gemv_alternatives(ctx, x, w, out, bias, folded, epilogue=epilogue)
-    alternatives += [{"min_m": alt["min_m"], "max_m": alt["max_m"], "steps": prologue + alt["steps"]}
+    alternatives += [dict(alt, steps=prologue + alt["steps"])
                      for alt in tma_alternatives(ctx, x, w, out, bias, epilogue)]
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
@@ -528,7 +528,8 @@ def tma_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
     silu(gate) * up (GLU), in place of cuBLASLt and the SiLU-mul's launch. The plain kernel
     is offered nowhere: on the H100, at 2,048 to 8,192 rows, it ran 1-15% behind cuBLASLt on
     every Llama-3.1-8B GEMM but q/k/v at 8,192 rows (7% ahead), gate/up's included
-    (docs/results/glu-gemm-2026-12-07)."""
+    (docs/results/glu-gemm-2026-12-07); in a 128/128 run on an H100 the executor kept cuBLASLt
+    and the SiLU-mul's launch over the GLU at every band of M (docs/results/tma-glu-2026-12-07)."""
     from kiln.builder.kernels import tma_gemm
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     rows = ctx.rows(out)

@@ -103,9 +103,10 @@ class Gemm:
     `alternatives`: launches that compute the same output for M <= max_m, each
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
     the fastest. One for many rows also has "min_m" (> 1: it takes min_m <= M <= max_m), and
-    is chosen per band of M (powers of two), not per M. `prologue`: launches that write cuBLASLt's operands (a weight dequantized into
-    scratch, or a norm or SiLU-mul folded into the GEMM, which each alternative runs or
-    computes itself); they run, and are timed, only when cuBLASLt runs. `epilogue`: launches
+    is chosen per band of M (powers of two), not per M. `prologue`: launches that write
+    cuBLASLt's operands (a weight dequantized into scratch, or a norm or SiLU-mul folded into
+    the GEMM, which each alternative runs or computes itself); they run, and are timed, only
+    when cuBLASLt runs. `epilogue`: launches
     after cuBLASLt (a gate/up GEMM's SiLU-mul), likewise run or computed by each alternative."""
     a: dict
     w: dict

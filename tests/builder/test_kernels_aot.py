@@ -145,12 +145,12 @@ def test_program_references_resolve(tmp_path_factory):
             many = [alt for alt in step["alternatives"] if "min_m" in alt]
             tma_ways = [(1, [])]
             if many:
-                assert [(a["steps"][:len(prologue)], fn(a["steps"][len(prologue)]),
-                         a["steps"][len(prologue) + 1:],
-                         header["kernels"][a["steps"][len(prologue)]["kernel"]]["constexprs"]["GLU"],
-                         a["min_m"], a["max_m"], a["steps"][len(prologue)]["global_scratch"])
-                        for a in many] == [(prologue, "tma_gemm_kernel", post, glu, 17, 64,
-                                            "triton_global_scratch") for glu, post in tma_ways]
+                main = [a["steps"][len(prologue)] for a in many]
+                assert [(a["steps"][:len(prologue)], fn(s), a["steps"][len(prologue) + 1:],
+                         header["kernels"][s["kernel"]]["constexprs"]["GLU"], a["min_m"],
+                         a["max_m"], s["global_scratch"]) for a, s in zip(many, main)] \
+                    == [(prologue, "tma_gemm_kernel", post, glu, 17, 64, "triton_global_scratch")
+                        for glu, post in tma_ways]
                 tma += 1
             got = []
             for alt in step["alternatives"][:len(step["alternatives"]) - len(many)]:
