@@ -23,17 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.builder.kernels.tma_gemm import _tile  # GROUP_M row blocks at a time
+
 I_FULL, K_FULL = 14336, 4096
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n) of tile_id, GROUP_M row blocks at a time (weight tiles reused in L2)."""
-    in_group = GROUP_M * num_pid_n
-    first_m = (tile_id // in_group) * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    return first_m + (tile_id % in_group) % size_m, (tile_id % in_group) // size_m
 
 
 @triton.jit

@@ -51,14 +51,20 @@ def test_fuse_qkv_leaves_other_linears():
     assert fuse_qkv(g).structure() == g.structure()
 
 
+def gate_up_mlp():
+    """x's gate and up linears, SiLU of the gate times the up, unfused."""
+    g = base()
+    weight(g, "l.gate.weight", I, H)
+    weight(g, "l.up.weight", I, H)
+    g.call("linear", ["x", "l.gate.weight"], ["g"])
+    g.call("linear", ["x", "l.up.weight"], ["u"])
+    g.call("silu", ["g"], ["s"])
+    g.call("mul", ["s", "u"], ["m"])
+    return g
+
+
 def test_fuse_gate_up():
-    before = base()
-    weight(before, "l.gate.weight", I, H)
-    weight(before, "l.up.weight", I, H)
-    before.call("linear", ["x", "l.gate.weight"], ["g"])
-    before.call("linear", ["x", "l.up.weight"], ["u"])
-    before.call("silu", ["g"], ["s"])
-    before.call("mul", ["s", "u"], ["m"])
+    before = gate_up_mlp()
     after = fuse_gate_up(before)
     assert [(n.op, n.inputs, n.outputs) for n in after.nodes[1:]] == [
         ("linear", ["x", "l.gate_up.weight"], ["l.gate_up"]),
@@ -76,13 +82,7 @@ def test_fuse_gate_up():
 def test_fuse_gate_up_pairs_rows_in_16_bit_unquantized_builds(dtype, quant, pairs):
     """A 16-bit build with unquantized linears takes the gate and up rows in turn and marks the
     SiLU-mul `pairs`; whichever layout, the SiLU-mul's reference gives the unfused result."""
-    before = base()
-    weight(before, "l.gate.weight", I, H)
-    weight(before, "l.up.weight", I, H)
-    before.call("linear", ["x", "l.gate.weight"], ["g"])
-    before.call("linear", ["x", "l.up.weight"], ["u"])
-    before.call("silu", ["g"], ["s"])
-    before.call("mul", ["s", "u"], ["m"])
+    before = gate_up_mlp()
     after = fuse_gate_up(before, BuildConfig(dtype=dtype, quant=quant, targets=(90,)))
     act = after.nodes[-1]
     assert act.op == "silu_mul" and bool(act.attrs.get("pairs")) is pairs
