@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 
 from kiln.builder.kernels.aot import compile_specs
-from kiln.builder.kernels.lower import kernels_of, lower, program_json
+from kiln.builder.kernels.lower import kernels_of, launches_of, lower, program_json
 
 FORMAT = 1
 
@@ -67,8 +67,7 @@ def build_bundle(graph, build, progress=None):
         blob = f"kernels/{key}.sm{sm}"
         blobs[blob] = one.cubin
         entry["sm"][str(sm)] = dict(one.meta, blob=blob)
-    program = program_json(ctx)
-    _check_global_scratch(program, kernels)
+    _check_global_scratch(ctx, kernels)
     header = {
         "format": FORMAT,
         "triton": triton.__version__,
@@ -88,29 +87,19 @@ def build_bundle(graph, build, progress=None):
         "zeroed_scratch": sorted(ctx.zeroed_scratch),
         "constants": ctx.constants,
         "kernels": kernels,
-        "program": program,
+        "program": program_json(ctx),
     }
     return KernelBundle(header=header, blobs=blobs)
 
 
-def _launches(program: list[dict]):
-    for step in program:
-        if step["kind"] == "kernel":
-            yield step
-            continue
-        yield from step.get("prologue") or []
-        yield from step.get("epilogue") or []
-        for alternative in step.get("alternatives") or []:
-            yield from alternative["steps"]
-
-
-def _check_global_scratch(program: list[dict], kernels: dict) -> None:
+def _check_global_scratch(ctx, kernels: dict) -> None:
     """Every launch of a kernel compiled to need Triton's global scratch names the plan scratch
     it gets (the executor checks its size against the grid at each launch)."""
-    for step in _launches(program):
-        needs = max((meta.get("global_scratch_size", 0)
-                     for meta in kernels[step["kernel"]]["sm"].values()), default=0)
-        if needs and not step.get("global_scratch"):
-            raise RuntimeError(f"{kernels[step['kernel']]['fn']} ({step['label']}) needs "
-                               f"{needs} bytes of global scratch a program, which its launch "
-                               "does not give it (LoweringContext.global_scratch)")
+    for launch in launches_of(ctx):
+        entry = kernels[launch.kernel.key]
+        needs = max((meta.get("global_scratch_size", 0) for meta in entry["sm"].values()),
+                    default=0)
+        if needs and not launch.global_scratch:
+            raise RuntimeError(f"{entry['fn']} ({launch.label}) needs {needs} bytes of global "
+                               "scratch a program, which its launch does not give it "
+                               "(LoweringContext.global_scratch)")

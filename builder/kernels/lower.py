@@ -219,10 +219,14 @@ def _logits_source(ctx: LoweringContext, last: list) -> str:
     return node.inputs[0]
 
 
+def launches_of(ctx: LoweringContext) -> list[Launch]:
+    """Every launch of the program, the GEMMs' prologues, epilogues and alternatives included."""
+    return [launch for step in ctx.program
+            for launch in (step.launches() if isinstance(step, Gemm) else [step])]
+
+
 def kernels_of(ctx: LoweringContext) -> dict[str, KernelSpec]:
-    launches = [launch for step in ctx.program
-                for launch in (step.launches() if isinstance(step, Gemm) else [step])]
-    return {launch.kernel.key: launch.kernel for launch in launches}
+    return {launch.kernel.key: launch.kernel for launch in launches_of(ctx)}
 
 
 def program_json(ctx: LoweringContext) -> list[dict]:

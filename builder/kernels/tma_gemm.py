@@ -130,21 +130,21 @@ def linear_tma(x, w, glu: bool = False, out=None, num_sms: int | None = None):
     import torch
 
     from kiln.builder.kernels.direct import direct, interpreting
+    from kiln.builder.kernels.symbols import evaluate
     m, k = x.shape
     n = w.shape[0]
-    if not fits(n, k, x.stride(0), (n // 2 if glu else n), str(x.dtype).removeprefix("torch."),
-                glu):
-        raise ValueError(f"tma_gemm_kernel does not take a {n} x {k} weight (glu={glu})")
     if out is None:
         out = x.new_empty((m, n // 2 if glu else n))
-    bm, bn, _, stages, warps, _ = CONFIG_GLU if glu else CONFIG
+    if not fits(n, k, x.stride(0), out.stride(0), str(x.dtype).removeprefix("torch."), glu):
+        raise ValueError(f"tma_gemm_kernel does not take a {n} x {k} weight (glu={glu})")
+    _, _, _, stages, warps, _ = CONFIG_GLU if glu else CONFIG
     if num_sms is None:
         num_sms = 4 if interpreting() else torch.cuda.get_device_properties(
             x.device).multi_processor_count
     if not interpreting():
         triton.set_allocator(_allocator)
-    tiles = triton.cdiv(m, bm) * ((n // 2 if glu else n) // bn)
-    direct(tma_gemm_kernel, x)[(min(num_sms, tiles),)](
+    grid = (evaluate(grid_formula(str(m), n, glu), {"NSM": num_sms}),)
+    direct(tma_gemm_kernel, x)[grid](
         out, x, w, m, **constexprs(n, k, x.stride(0), out.stride(0), glu),
         num_warps=warps, num_stages=stages)
     return out

@@ -172,6 +172,12 @@ struct ResolvedGemm
     std::vector<ResolvedLaunch> prologue; ///< runs before cuBLASLt only
     std::vector<ResolvedLaunch> epilogue; ///< runs after cuBLASLt only
     std::optional<std::size_t> before;    ///< the program's item right before it
+
+    /// Whether an alternative for many rows takes `m`: its choice is made per band of M.
+    [[nodiscard]] bool banded(std::int64_t m) const
+    {
+        return bandFrom > 0 && m >= bandFrom && m <= maxM;
+    }
 };
 
 /// The step inputs' host fields, by ABI name.
@@ -474,7 +480,7 @@ public:
                 if (mChosen.count({gemm->shape, m}) != 0)
                     continue;
                 // Nothing in the GEMM's buffers is live before a step (as for prepareGemms).
-                if (gemm->bandFrom > 0 && m >= gemm->bandFrom && m <= gemm->maxM)
+                if (gemm->banded(m))
                 {
                     // Timed alone: the step inputs hold no step of these rows for the kernels
                     // before it to read.
@@ -1170,7 +1176,7 @@ private:
     /// differ little; steps with prompt tokens, each of its own M, would each time anew).
     void chooseAt(ResolvedGemm& gemm, std::int64_t m, bool lead = true)
     {
-        if (gemm.bandFrom == 0 || m < gemm.bandFrom)
+        if (!gemm.banded(m))
         {
             choose(gemm, m, lead);
             return;
