@@ -72,12 +72,15 @@ class ModelRunner:
                  enable_kv_cache_reuse: bool = True, max_tokens_in_paged_kv_cache: int | None = None,
                  device: str | None = None, cuda_graphs: bool = True,
                  capacity_scheduler_policy: str = "max_utilization",
-                 fp8_fast_accumulation: bool | None = None) -> "ModelRunner":
+                 fp8_fast_accumulation: bool | None = None,
+                 kernels_from_rows: int = 0) -> "ModelRunner":
         """Loads an engine. The KV pool takes kv_cache_free_gpu_memory_fraction of free memory
         (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache.
         On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False, and FP8
         GEMMs accumulate without promoting partial sums to float32 unless fp8_fast_accumulation
-        is False (None: fast on the GPU; True is refused on the CPU).
+        is False (None: fast on the GPU; True is refused on the CPU). kernels_from_rows: from this
+        many rows a GEMM runs Kiln's own kernel where the engine has one that takes them, rather
+        than cuBLASLt (0: the executor times the two against each other and keeps the faster).
         capacity_scheduler_policy: "max_utilization" (admit while prompts fit, preempt the newest
         when out of blocks) or "guaranteed_no_evict" (admit only what can run to its full length)."""
         if capacity_scheduler_policy not in CAPACITY_POLICIES:
@@ -94,6 +97,12 @@ class ModelRunner:
         if fp8_fast_accumulation and device != "cuda":
             raise KilnError(f"fp8_fast_accumulation applies to the GPU backend's FP8 GEMMs; this "
                             f"runner is on {device}")
+        if kernels_from_rows < 0:
+            raise KilnError(f"kernels_from_rows must be 0 (timed choices) or a number of rows, got "
+                            f"{kernels_from_rows}")
+        if kernels_from_rows and device != "cuda":
+            raise KilnError(f"kernels_from_rows applies to the GPU backend's GEMMs; this runner is "
+                            f"on {device}")
         max_blocks = None
         if max_tokens_in_paged_kv_cache is not None:
             if max_tokens_in_paged_kv_cache < build.tokens_per_block:
@@ -104,6 +113,7 @@ class ModelRunner:
             backend = _core.PlanExecutor(engine, kv_cache_free_gpu_memory_fraction, max_blocks,
                                          cuda_graphs=cuda_graphs)
             backend.fp8_fast_accumulation = fp8_fast_accumulation_on_gpu(fp8_fast_accumulation)
+            backend.kernels_from_rows = kernels_from_rows
             # The GEMM choices a step would otherwise make, and the kernels it would load, now.
             backend.prepare_gemms_ahead(max_batch_size, max_num_tokens)
             # Decode steps' graphs and GEMM choices now, not in the steps that first need them.

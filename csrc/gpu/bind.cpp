@@ -452,6 +452,10 @@ void bind(py::module_& m)
             "Whether FP8 GEMMs run through cuBLASLt accumulate without promoting their partial sums to "
             "float32 along K (faster where compute-bound, less exact); setting it drops the captured graphs "
             "and GEMM choices.")
+        .def_property("kernels_from_rows", &PlanExecutor::kernelsFromRows, &PlanExecutor::setKernelsFromRows,
+            "From this many rows, a GEMM for which the engine has a kernel of Kiln's own that takes them runs it "
+            "rather than cuBLASLt (the fastest of them if several); 0 (the default): cuBLASLt and those kernels are "
+            "timed against each other at every M. Setting it drops the captured graphs and GEMM choices.")
         .def("prepare_gemms_ahead", &PlanExecutor::prepareGemmsAhead, py::arg("max_batch_size"),
             py::arg("max_num_tokens"),
             py::call_guard<py::gil_scoped_release>(),

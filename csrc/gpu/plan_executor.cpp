@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <iomanip>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -412,6 +413,26 @@ public:
     bool fp8FastAccumulation() const
     {
         return mGemm->fp8FastAccumulation();
+    }
+
+    void setKernelsFromRows(std::int64_t rows)
+    {
+        if (rows < 0)
+            throw std::invalid_argument("kernels_from_rows must be 0 (every choice timed) or a number of rows, got "
+                + std::to_string(rows));
+        if (rows == mKernelsFrom)
+            return;
+        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
+        dropGraphs();
+        mChosen.clear();
+        mBandChosen.clear();
+        mAlternativeChoices.clear();
+        mKernelsFrom = rows;
+    }
+
+    std::int64_t kernelsFromRows() const
+    {
+        return mKernelsFrom;
     }
 
     GraphStats graphStats() const
@@ -1261,18 +1282,28 @@ private:
         bool const led = lead
             && std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
         float const leadUs = led ? timeEach(peers, cold, before) : 0.0F;
+        auto const takes = [m](ResolvedAlternative const& a) { return m >= a.minM && m <= a.maxM; };
+        // From mKernelsFrom rows an alternative that takes m runs rather than cuBLASLt, the
+        // fastest of them (setKernelsFromRows).
+        bool const preferred = mKernelsFrom > 0 && m >= mKernelsFrom
+            && std::any_of(gemm.alternatives.begin(), gemm.alternatives.end(), takes);
         int best = -1;
-        float bestUs = timeEach(peers, cold,
-                           [&](ResolvedGemm& g)
-                           {
-                               before(g);
-                               runCublasLt(g, m);
-                           })
-            - leadUs;
-        std::vector<std::pair<int, float>> times{{-1, bestUs}}; // (alternative, us a GEMM); -1: cuBLASLt
+        float bestUs = std::numeric_limits<float>::infinity();
+        std::vector<std::pair<int, float>> times; // (alternative, us a GEMM); -1: cuBLASLt
+        if (!preferred)
+        {
+            bestUs = timeEach(peers, cold,
+                         [&](ResolvedGemm& g)
+                         {
+                             before(g);
+                             runCublasLt(g, m);
+                         })
+                - leadUs;
+            times.emplace_back(-1, bestUs);
+        }
         for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {
-            if (m > gemm.alternatives[i].maxM || m < gemm.alternatives[i].minM)
+            if (!takes(gemm.alternatives[i]))
                 continue;
             float const us = timeEach(peers, cold,
                                  [&](ResolvedGemm& g)
@@ -1290,14 +1321,19 @@ private:
             }
         }
         mChosen.emplace(std::make_pair(gemm.shape, m), best);
-        if (times.size() > 1)
+        if (times.size() > 1 || preferred)
         {
             std::ostringstream report;
-            report << (best < 0 ? "cuBLASLt" : "kiln #" + std::to_string(best)) << " (timed over "
-                   << peers.size() << " GEMMs" << (led ? " after what runs before each" : "")
+            report << (best < 0 ? "cuBLASLt" : "kiln #" + std::to_string(best))
+                   << (preferred ? " (preferred from " + std::to_string(mKernelsFrom) + " rows; " : " (")
+                   << "timed over " << peers.size() << " GEMMs" << (led ? " after what runs before each" : "")
                    << ", us a GEMM:" << std::fixed << std::setprecision(1);
+            char const* separator = " ";
             for (auto const& [index, us] : times)
-                report << (index < 0 ? std::string(" cuBLASLt ") : ", #" + std::to_string(index) + " ") << us;
+            {
+                report << separator << (index < 0 ? std::string("cuBLASLt ") : "#" + std::to_string(index) + " ") << us;
+                separator = ", ";
+            }
             report << ")";
             mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label, report.str()});
         }
@@ -1635,6 +1671,9 @@ private:
     std::map<std::pair<int, std::int64_t>, int> mChosen; ///< (GEMM shape id, M) -> choice (-1: cuBLASLt)
     /// (GEMM shape id, band of M) -> choice, where an alternative for many rows takes the band (chooseAt)
     std::map<std::pair<int, std::int64_t>, int> mBandChosen;
+    /// GEMMs of at least this many rows run an alternative that takes them rather than cuBLASLt
+    /// (0: cuBLASLt and the alternatives timed against each other at every M)
+    std::int64_t mKernelsFrom = 0;
     std::vector<std::vector<std::size_t>> mShapeMembers;  ///< GEMM shape id -> its GEMMs' places in mProgram
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
@@ -1680,6 +1719,16 @@ void PlanExecutor::setFp8FastAccumulation(bool on)
 bool PlanExecutor::fp8FastAccumulation() const
 {
     return mImpl->fp8FastAccumulation();
+}
+
+void PlanExecutor::setKernelsFromRows(std::int64_t rows)
+{
+    mImpl->setKernelsFromRows(rows);
+}
+
+std::int64_t PlanExecutor::kernelsFromRows() const
+{
+    return mImpl->kernelsFromRows();
 }
 
 bool PlanExecutor::cudaGraphs() const

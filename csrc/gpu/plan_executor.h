@@ -90,6 +90,12 @@ public:
     /// or not (the default); a change drops the captured graphs and the GEMM choices.
     void setFp8FastAccumulation(bool on);
     [[nodiscard]] bool fp8FastAccumulation() const;
+    /// @brief From `rows` rows, a GEMM for which the engine has a kernel of Kiln's own (an
+    /// alternative that takes those rows) runs it rather than cuBLASLt, the fastest of them if
+    /// several; 0 (the default): cuBLASLt and the alternatives are timed against each other at
+    /// every M. A change drops the captured graphs and the GEMM choices.
+    void setKernelsFromRows(std::int64_t rows);
+    [[nodiscard]] std::int64_t kernelsFromRows() const;
     /// @brief Makes the cuBLASLt choices (the heuristic's) of GEMMs of more rows than Kiln's own
     /// alternatives take, at every decode batch bucket up to `maxBatchSize` and every 256 of a
     /// step's tokens up to `maxNumTokens`, running each once so its kernel is loaded (at load: a

@@ -288,12 +288,16 @@ def _common(f):
               help="Record the GPU's kernels over COUNT of the run's steps from step START (0 its "
                    "first) and print each step's wall, busy and kernel times (CUDA only; the "
                    "trace perturbs the run's figures).")
+@click.option("--kernels-from-rows", type=click.IntRange(min=0), default=0, show_default=True,
+              help="From this many rows a GEMM runs Kiln's own kernel where the engine has one "
+                   "that takes them, rather than cuBLASLt (0: the faster of the two, timed at "
+                   "load). CUDA only.")
 @one_line_errors
 def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_requests, concurrency,
                request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, capacity_scheduler_policy,
                kv_cache_reuse,
                baseline_max_requests, baseline_batch_size, plot_path, fp8_fast_accumulation,
-               profile_window):
+               profile_window, kernels_from_rows):
     """Throughput and latency of a dataset: all at once, at a rate, or at fixed concurrency."""
     from kiln.runtime import ModelRunner
     from kiln.runtime.bench import baseline_hf, compute, report
@@ -314,13 +318,15 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
         if value is not None and (not baseline or value < 1):
             raise KilnError(f"{name} takes a positive count and applies with --baseline hf only")
     _check_outputs(json_path, plot_path)
-    given = (("--profile-steps", window is not None), ("--fp8-fast-accumulation", fp8_fast_accumulation is True))
+    given = (("--profile-steps", window is not None), ("--fp8-fast-accumulation", fp8_fast_accumulation is True),
+             ("--kernels-from-rows", kernels_from_rows > 0))
     device, bandwidth = _device_and_bandwidth(device, tuple(flag for flag, on in given if on))
     with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
                               max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,
                               kv_cache_free_gpu_memory_fraction=kv_fraction,
                               capacity_scheduler_policy=capacity_scheduler_policy,
-                              fp8_fast_accumulation=fp8_fast_accumulation) as runner:
+                              fp8_fast_accumulation=fp8_fast_accumulation,
+                              kernels_from_rows=kernels_from_rows) as runner:
         check_fits(requests, runner.max_seq_len, runner.vocab_size)
         warm_up(runner, requests, warmup, runner.vocab_size, seed)
         runs = [run_throughput(runner, requests, load,
@@ -344,7 +350,8 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
                       "kv_cache_free_gpu_memory_fraction": kv_fraction,
                       "capacity_scheduler_policy": config.capacity_scheduler_policy,
                       "kv_cache_reuse": config.enable_kv_cache_reuse,
-                      "fp8_fast_accumulation": fast_accumulation}
+                      "fp8_fast_accumulation": fast_accumulation,
+                      "kernels_from_rows": kernels_from_rows}
     doc["dataset"] = DatasetStats.of(requests).to_json()
     doc["runs"] = [run.to_json() for run in runs]
     doc["baseline"] = None
@@ -442,7 +449,8 @@ _UNWRITABLE = "{option} {path}: cannot write it ({{reason}}); choose another pat
 
 # Options that only mean something on the GPU, and what they do there.
 GPU_ONLY = {"--profile-steps": "records the GPU's kernels",
-            "--fp8-fast-accumulation": "applies to the GPU's FP8 GEMMs"}
+            "--fp8-fast-accumulation": "applies to the GPU's FP8 GEMMs",
+            "--kernels-from-rows": "chooses the GPU's GEMM kernels"}
 
 
 def _device_and_bandwidth(asked: str, gpu_only: tuple[str, ...] = ()):

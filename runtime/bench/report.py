@@ -146,7 +146,8 @@ SCHEMA = {
                                    "capacity_scheduler_policy": {
                                        "enum": ["max_utilization", "guaranteed_no_evict"]},
                                    "kv_cache_reuse": {"type": "boolean"},
-                                   "fp8_fast_accumulation": {"type": "boolean"}}},
+                                   "fp8_fast_accumulation": {"type": "boolean"},
+                                   "kernels_from_rows": {"type": "integer", "minimum": 0}}},
         "dataset": {"type": "object",
                     "required": ["num_requests", "input_len", "output_len", "total_input_tokens",
                                  "total_output_tokens"],
@@ -257,7 +258,9 @@ def _runtime_line(r: dict) -> str:
             f"{r['kv_cache_free_gpu_memory_fraction']:g} of free memory · "
             f"{r['capacity_scheduler_policy']} · prefix caching "
             f"{'on' if r['kv_cache_reuse'] else 'off'}"
-            + (" · FP8 fast accumulation" if r.get("fp8_fast_accumulation") else ""))
+            + (" · FP8 fast accumulation" if r.get("fp8_fast_accumulation") else "")
+            + (f" · Kiln's GEMM kernels from {r['kernels_from_rows']} rows"
+               if r.get("kernels_from_rows") else ""))
 
 
 def _dataset_line(d: dict) -> str:

@@ -75,7 +75,8 @@ def test_throughput_sweep_report(setup, sweep):
                               "max_num_tokens": doc["engine"]["max_num_tokens"],
                               "kv_cache_free_gpu_memory_fraction": 0.9,
                               "capacity_scheduler_policy": "max_utilization",
-                              "kv_cache_reuse": False, "fp8_fast_accumulation": False}
+                              "kv_cache_reuse": False, "fp8_fast_accumulation": False,
+                              "kernels_from_rows": 0}
     roof = doc["roofline"]
     assert roof["fraction"] == roof["kiln_tokens_per_s"] / roof["tokens_per_s"]
     assert "host memcpy" in roof["bandwidth"]["method"]
@@ -237,6 +238,8 @@ def test_latency_with_baseline(setup):
                                  "(use --device cuda on a machine with a GPU)"),
     (["--fp8-fast-accumulation"], "--fp8-fast-accumulation applies to the GPU's FP8 GEMMs; this run "
                                   "is on cpu (use --device cuda on a machine with a GPU)"),
+    (["--kernels-from-rows", "4096"], "--kernels-from-rows chooses the GPU's GEMM kernels; this run is "
+                                      "on cpu (use --device cuda on a machine with a GPU)"),
 ])
 def test_throughput_refusals(setup, args, message):
     engine, root, _ = setup

@@ -156,6 +156,12 @@ def test_guaranteed_no_evict_admits_only_what_can_finish(tiny_engine):
     for asked in (None, False):  # the default (fast on the GPU) and promoted: nothing to refuse
         with ModelRunner.from_dir(engine, device="cpu", fp8_fast_accumulation=asked) as runner:
             assert runner.fp8_fast_accumulation is False
+    with pytest.raises(KilnError, match="^kernels_from_rows applies to the GPU backend's GEMMs; this "
+                                        "runner is on cpu$"):
+        ModelRunner.from_dir(engine, device="cpu", kernels_from_rows=4096)
+    with pytest.raises(KilnError, match="^kernels_from_rows must be 0 \\(timed choices\\) or a number "
+                                        "of rows, got -1$"):
+        ModelRunner.from_dir(engine, device="cpu", kernels_from_rows=-1)
 
 
 def test_streaming_yields_exactly_the_non_streaming_tokens(runners):
