@@ -398,15 +398,22 @@ public:
         return mProgrammaticLaunch;
     }
 
-    void setFp8FastAccumulation(bool on)
+    /// Forgets the GEMM choices and the graphs captured with them, once the GPU is done with
+    /// what was queued: for a setting that changes what a choice would be.
+    void dropChoices()
     {
-        if (on == mGemm->fp8FastAccumulation())
-            return;
         KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
         dropGraphs();
         mChosen.clear();
         mBandChosen.clear();
         mAlternativeChoices.clear();
+    }
+
+    void setFp8FastAccumulation(bool on)
+    {
+        if (on == mGemm->fp8FastAccumulation())
+            return;
+        dropChoices();
         mGemm->setFp8FastAccumulation(on);
     }
 
@@ -418,15 +425,11 @@ public:
     void setKernelsFromRows(std::int64_t rows)
     {
         if (rows < 0)
-            throw std::invalid_argument("kernels_from_rows must be 0 (every choice timed) or a number of rows, got "
+            throw std::invalid_argument("kernels_from_rows must be 0 (timed choices) or a number of rows, got "
                 + std::to_string(rows));
         if (rows == mKernelsFrom)
             return;
-        KILN_CUDA_CHECK(cudaStreamSynchronize(mStream));
-        dropGraphs();
-        mChosen.clear();
-        mBandChosen.clear();
-        mAlternativeChoices.clear();
+        dropChoices();
         mKernelsFrom = rows;
     }
 

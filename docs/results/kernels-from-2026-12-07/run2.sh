@@ -5,17 +5,7 @@
 cd "$(dirname "$0")/../../.."
 . docs/results/fp8_ab.sh
 one_call kernels-from-2
-KILN_BENCH_KV=fp8 KILN_BENCH_BUILD_ONLY=1 timeout 240 bash scripts/bench_gpu.sh 128:128:3000:0:0 \
-  > "$LOG/build.log" 2>&1
-at "build rc $?: $(tail -n 1 "$LOG/build.log")"
-E=$PWD/engines/llama-3.1-8b-bf16-kvfp8-sized
-data=$PWD/data/128-128-3000.jsonl
-run() {  # NAME ROWS
-  timeout 100 python3 -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" \
-    --kernels-from-rows "$2" --json "$LOG/run-$1.json" > "$LOG/run-$1.log" 2>&1
-  at "$1 (kernels from $2 rows) rc $?"
-  grep -E "output tok/s|steps [0-9.]+ s:" "$LOG/run-$1.log" | cut -c1-160
-}
+. docs/results/kernels-from-2026-12-07/common.sh
 for v in T3:0 F3:2048 K3:4096 T4:0 F4:2048 K4:4096; do
   [ $(( $(date +%s) - T0 )) -lt "${RUNS_BEFORE:-330}" ] || break
   run "${v%%:*}" "${v#*:}"
