@@ -438,11 +438,13 @@ class PlanExecutor(Backend):
     """Whether FP8 GEMMs run through cuBLASLt accumulate as the tensor cores do, without
     promoting their partial sums to float32 along K (off by default); setting it drops the
     captured graphs and the GEMM choices."""
-    kernels_from_rows: int
-    """From this many rows a GEMM with a kernel of Kiln's own that takes them (an alternative
-    in the plan) runs it rather than cuBLASLt, the fastest of them if several, untimed against
-    cuBLASLt; 0 (the default): the two are timed against each other at every M. Setting it drops
-    the captured graphs and the GEMM choices; a negative value raises KilnError."""
+    kernels_from_rows: int | None
+    """None (the default): a GEMM runs a kernel of Kiln's own (an alternative in the plan)
+    untimed against cuBLASLt where the engine prefers it (from the rows its plan gives,
+    `preferred_from_m`), and the faster of the two, timed, elsewhere; 0: timed at every M; N:
+    from N rows a GEMM with a kernel of Kiln's own that takes them runs it, the fastest of them
+    if several. Setting it drops the captured graphs and the GEMM choices; a negative value
+    raises KilnError."""
     def prepare_gemms_ahead(self, max_batch_size: int, max_num_tokens: int) -> int:
         """Makes the cuBLASLt choices (its heuristic's pick) of the GEMMs of more rows than
         Kiln's own alternatives take, at every decode batch bucket up to max_batch_size and

@@ -73,14 +73,16 @@ class ModelRunner:
                  device: str | None = None, cuda_graphs: bool = True,
                  capacity_scheduler_policy: str = "max_utilization",
                  fp8_fast_accumulation: bool | None = None,
-                 kernels_from_rows: int = 0) -> "ModelRunner":
+                 kernels_from_rows: int | None = None) -> "ModelRunner":
         """Loads an engine. The KV pool takes kv_cache_free_gpu_memory_fraction of free memory
         (on the CPU: of a quarter of available RAM), capped at max_tokens_in_paged_kv_cache.
         On the GPU, decode-only steps run as CUDA graphs unless cuda_graphs is False, and FP8
         GEMMs accumulate without promoting partial sums to float32 unless fp8_fast_accumulation
         is False (None: fast on the GPU; True is refused on the CPU). kernels_from_rows: from this
         many rows a GEMM runs Kiln's own kernel where the engine has one that takes them, rather
-        than cuBLASLt (0: the executor times the two against each other and keeps the faster).
+        than cuBLASLt; 0: the executor times the two against each other at every M and keeps the
+        faster; None (the default): Kiln's kernel where the engine prefers it (from the rows its
+        plan gives), timed against cuBLASLt elsewhere.
         capacity_scheduler_policy: "max_utilization" (admit while prompts fit, preempt the newest
         when out of blocks) or "guaranteed_no_evict" (admit only what can run to its full length)."""
         if capacity_scheduler_policy not in CAPACITY_POLICIES:
@@ -97,10 +99,10 @@ class ModelRunner:
         if fp8_fast_accumulation and device != "cuda":
             raise KilnError(f"fp8_fast_accumulation applies to the GPU backend's FP8 GEMMs; this "
                             f"runner is on {device}")
-        if kernels_from_rows < 0:
-            raise KilnError(f"kernels_from_rows must be 0 (timed choices) or a number of rows, got "
-                            f"{kernels_from_rows}")
-        if kernels_from_rows and device != "cuda":
+        if kernels_from_rows is not None and kernels_from_rows < 0:
+            raise KilnError(f"kernels_from_rows must be None (the engine's preferences), 0 (every "
+                            f"choice timed) or a number of rows, got {kernels_from_rows}")
+        if kernels_from_rows is not None and device != "cuda":
             raise KilnError(f"kernels_from_rows applies to the GPU backend's GEMMs; this runner is "
                             f"on {device}")
         max_blocks = None

@@ -529,7 +529,9 @@ def tma_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
     is offered nowhere: on the H100, at 2,048 to 8,192 rows, it ran 1-15% behind cuBLASLt on
     every Llama-3.1-8B GEMM but q/k/v at 8,192 rows (7% ahead), gate/up's included
     (docs/results/glu-gemm-2026-12-07); in a 128/128 run on an H100 the executor kept cuBLASLt
-    and the SiLU-mul's launch over the GLU at every band of M (docs/results/tma-glu-2026-12-07)."""
+    and the SiLU-mul's launch over the GLU at every band of M (docs/results/tma-glu-2026-12-07),
+    whose run was faster with the GLU from 4,096 rows: it is preferred from
+    tma_gemm.PREFERRED_FROM_M rows where the build takes that many."""
     from kiln.builder.kernels import tma_gemm
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     rows = ctx.rows(out)
@@ -551,7 +553,10 @@ def tma_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
         constexprs=tma_gemm.constexprs(n, k, ctx.row_stride(x), ctx.row_stride(act), True),
         min_sm=tma_gemm.MIN_SM)
     ctx.global_scratch(launch, "NSM", tma_gemm.DESCRIPTOR_BYTES)
-    return [{"min_m": tma_gemm.MIN_M, "max_m": ctx.build.max_num_tokens, "steps": [launch]}]
+    alternative = {"min_m": tma_gemm.MIN_M, "max_m": ctx.build.max_num_tokens, "steps": [launch]}
+    if tma_gemm.PREFERRED_FROM_M <= ctx.build.max_num_tokens:
+        alternative["preferred_from_m"] = tma_gemm.PREFERRED_FROM_M
+    return [alternative]
 
 
 def take_epilogue(node, ctx) -> dict | None:

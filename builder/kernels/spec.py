@@ -103,7 +103,9 @@ class Gemm:
     `alternatives`: launches that compute the same output for M <= max_m, each
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
     the fastest. One for many rows also has "min_m" (> 1: it takes min_m <= M <= max_m), and
-    is chosen per band of M (powers of two), not per M. `prologue`: launches that write
+    is chosen per band of M (powers of two), not per M; one with "preferred_from_m" runs from
+    that many rows untimed against cuBLASLt (the kernel's own knowledge of where it is faster in
+    a run than the load's short timings rank it; PlanExecutor.kernels_from_rows overrides). `prologue`: launches that write
     cuBLASLt's operands (a weight dequantized into scratch, or a norm or SiLU-mul folded into
     the GEMM, which each alternative runs or computes itself); they run, and are timed, only
     when cuBLASLt runs. `epilogue`: launches
@@ -135,7 +137,8 @@ class Gemm:
         if self.alternatives:
             out["alternatives"] = [dict({"max_m": alt["max_m"],
                                          "steps": [step.to_json() for step in alt["steps"]]},
-                                        **({"min_m": alt["min_m"]} if "min_m" in alt else {}))
+                                        **{key: alt[key] for key in ("min_m", "preferred_from_m")
+                                           if key in alt})
                                    for alt in self.alternatives]
         if self.prologue:
             out["prologue"] = [step.to_json() for step in self.prologue]

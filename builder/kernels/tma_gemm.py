@@ -19,7 +19,8 @@ bfloat16) with GLU took 637.9 / 1,042.3 / 2,816.2 us at 2,048 / 3,008 / 8,192 ro
 cuBLASLt then silu_mul_kernel's 733.8 / 1,021.1 / 3,034.8 (docs/results/glu-gemm-2026-12-07):
 ahead but at 3,008 rows, where 24 row blocks of 128 make 20.4 waves of tiles over 132 SMs. It
 is offered as an alternative for more than SMALL_M rows, beside cuBLASLt and the SiLU-mul's
-launch; the executor keeps the faster per band of M.
+launch; the executor keeps the faster per band of M, and from PREFERRED_FROM_M rows runs it
+untimed.
 """
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ CONFIG_GLU = (128, 128, 64, 3, 8, 8)
 DESCRIPTOR_BYTES = 3 * 128
 # The rows from which it is offered: above the small-M alternatives'.
 MIN_M = 17
+# The rows from which the engine prefers the GLU to cuBLASLt and the SiLU-mul's launch, untimed
+# against them (plan: an alternative's preferred_from_m). At load each choice is timed in
+# millisecond bursts on a GPU at its top clock, where the GLU ran 5-12% behind on an H100; a
+# 128/128 run holds the GPU at its power limit, where the GLU, which never writes the [M, 2I]
+# product, ran its whole run 0.4-0.8% faster from 4,096 rows on two H100s (19,474.4 against
+# 19,327.8 output tok/s on one, 19,231.2 against 19,161.4 on the other; 2,048 rows gained no
+# more: docs/results/kernels-from-2026-12-07). Below it, at a decode step's ~3,000 rows, its last
+# wave of tiles is a third full.
+PREFERRED_FROM_M = 4096
 # TMA and wgmma: Hopper and newer.
 MIN_SM = 90
 

@@ -222,6 +222,8 @@ PlanSpec toPlan(py::object const& engine)
                     alternative.maxM = field(a, "max_m", "a gemm alternative").cast<int>();
                     if (a.contains("min_m"))
                         alternative.minM = a["min_m"].cast<int>();
+                    if (a.contains("preferred_from_m"))
+                        alternative.preferredFromM = a["preferred_from_m"].cast<int>();
                     for (auto step : field(a, "steps", "a gemm alternative").cast<py::list>())
                         alternative.steps.push_back(toLaunch(step.cast<py::dict>(), label));
                     g.alternatives.push_back(std::move(alternative));
@@ -453,9 +455,10 @@ void bind(py::module_& m)
             "float32 along K (faster where compute-bound, less exact); setting it drops the captured graphs "
             "and GEMM choices.")
         .def_property("kernels_from_rows", &PlanExecutor::kernelsFromRows, &PlanExecutor::setKernelsFromRows,
-            "From this many rows, a GEMM for which the engine has a kernel of Kiln's own that takes them runs it "
-            "rather than cuBLASLt (the fastest of them if several); 0 (the default): cuBLASLt and those kernels are "
-            "timed against each other at every M. Setting it drops the captured graphs and GEMM choices.")
+            "None (the default): a GEMM runs a kernel of Kiln's own untimed against cuBLASLt where the engine "
+            "prefers it (from the rows its plan gives), and the faster of the two is timed elsewhere; 0: timed at "
+            "every M; N: from N rows a GEMM with a kernel of Kiln's own that takes them runs it (the fastest of "
+            "them if several). Setting it drops the captured graphs and GEMM choices.")
         .def("prepare_gemms_ahead", &PlanExecutor::prepareGemmsAhead, py::arg("max_batch_size"),
             py::arg("max_num_tokens"),
             py::call_guard<py::gil_scoped_release>(),

@@ -83,11 +83,15 @@ struct LaunchStep
 };
 
 /// @brief Launches that compute a GEMM's output for minM <= M <= maxM, in place of cuBLASLt. One
-/// with minM > 1 (a GEMM for many rows) is chosen per band of M, not per M (PlanExecutor).
+/// with minM > 1 (a GEMM for many rows) is chosen per band of M, not per M (PlanExecutor). From
+/// preferredFromM rows (0: none) the engine prefers it to cuBLASLt: it runs untimed against
+/// cuBLASLt there, where a run at the GPU's power limit measured it faster than the load's short
+/// timings rank it (PlanExecutor::setKernelsFromRows overrides).
 struct GemmAlternative
 {
     int minM = 1;
     int maxM = 0;
+    int preferredFromM = 0;
     std::vector<LaunchStep> steps;
 };
 

@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 #include <thread>
 #include <variant>
 
@@ -156,6 +157,7 @@ struct ResolvedAlternative
 {
     int minM = 1;
     int maxM = 0;
+    int preferredFromM = 0; ///< GemmAlternative::preferredFromM
     std::vector<ResolvedLaunch> steps;
 };
 
@@ -422,18 +424,19 @@ public:
         return mGemm->fp8FastAccumulation();
     }
 
-    void setKernelsFromRows(std::int64_t rows)
+    void setKernelsFromRows(std::optional<std::int64_t> rows)
     {
-        if (rows < 0)
-            throw std::invalid_argument("kernels_from_rows must be 0 (timed choices) or a number of rows, got "
-                + std::to_string(rows));
+        if (rows && *rows < 0)
+            throw std::invalid_argument("kernels_from_rows must be None (the engine's preferences), 0 (every "
+                                        "choice timed) or a number of rows, got "
+                + std::to_string(*rows));
         if (rows == mKernelsFrom)
             return;
         dropChoices();
         mKernelsFrom = rows;
     }
 
-    std::int64_t kernelsFromRows() const
+    std::optional<std::int64_t> kernelsFromRows() const
     {
         return mKernelsFrom;
     }
@@ -977,10 +980,11 @@ private:
                         { return mKernels.count(step.kernel) != 0 || mSpec.kernels.count(step.kernel) == 0; });
                     if (!loaded)
                         continue; // it launches a kernel for newer GPUs (KernelDesc::minSm)
-                    if (alternative.minM < 1 || alternative.minM > alternative.maxM)
+                    if (alternative.minM < 1 || alternative.minM > alternative.maxM || alternative.preferredFromM < 0)
                         throw std::runtime_error(g.label + ": an alternative for " + std::to_string(alternative.minM)
-                            + " to " + std::to_string(alternative.maxM) + " rows: the engine is damaged; rebuild it");
-                    ResolvedAlternative resolved{alternative.minM, alternative.maxM, {}};
+                            + " to " + std::to_string(alternative.maxM) + " rows, preferred from "
+                            + std::to_string(alternative.preferredFromM) + ": the engine is damaged; rebuild it");
+                    ResolvedAlternative resolved{alternative.minM, alternative.maxM, alternative.preferredFromM, {}};
                     for (auto const& step : alternative.steps)
                         resolved.steps.push_back(resolveLaunch(step));
                     gemm.alternatives.push_back(std::move(resolved));
@@ -1195,6 +1199,29 @@ private:
         return band;
     }
 
+    /// The alternatives of `gemm` preferred to cuBLASLt at `m` rows (untimed against it): from
+    /// kernels_from_rows rows every one that takes m where that is set, else those the engine
+    /// prefers from m or fewer rows (GemmAlternative::preferredFromM).
+    std::vector<int> preferredAt(ResolvedGemm const& gemm, std::int64_t m) const
+    {
+        std::vector<int> preferred;
+        for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
+        {
+            auto const& a = gemm.alternatives[i];
+            std::int64_t const from = mKernelsFrom ? *mKernelsFrom : a.preferredFromM;
+            if (m >= a.minM && m <= a.maxM && from > 0 && m >= from)
+                preferred.push_back(static_cast<int>(i));
+        }
+        return preferred;
+    }
+
+    /// Where a preferred choice's preference came from, for its report.
+    std::string preference() const
+    {
+        return mKernelsFrom ? "preferred from " + std::to_string(*mKernelsFrom) + " rows"
+                            : "preferred by the engine";
+    }
+
     /// choose() at `m`, but where an alternative for many rows takes it, once a band of M: the
     /// first M of a band met is timed, and its choice kept for every M of the band (their times
     /// differ little; steps with prompt tokens, each of its own M, would each time anew).
@@ -1205,7 +1232,8 @@ private:
             choose(gemm, m, lead);
             return;
         }
-        auto const band = std::make_pair(gemm.shape, rowBand(m));
+        // A band's rows where an alternative is preferred are chosen apart from the rest.
+        auto const band = std::make_tuple(gemm.shape, rowBand(m), !preferredAt(gemm, m).empty());
         auto const known = mBandChosen.find(band);
         if (known == mBandChosen.end())
         {
@@ -1213,7 +1241,8 @@ private:
             mBandChosen.emplace(band, mChosen.at({gemm.shape, m}));
             return;
         }
-        prepareCublasLt(timedPeers(gemm), m, nullptr);
+        if (known->second < 0)
+            prepareCublasLt(timedPeers(gemm), m, nullptr);
         mChosen.emplace(std::make_pair(gemm.shape, m), known->second);
     }
 
@@ -1263,9 +1292,21 @@ private:
     /// (the decode kernel's K and V of this step's tokens included).
     void choose(ResolvedGemm& gemm, std::int64_t m, bool lead = true)
     {
+        auto const takes = [m](ResolvedAlternative const& a) { return m >= a.minM && m <= a.maxM; };
+        // Where alternatives are preferred, the fastest of them runs (one alone, untimed), not
+        // timed against cuBLASLt.
+        auto const preferred = preferredAt(gemm, m);
+        if (preferred.size() == 1)
+        {
+            mChosen.emplace(std::make_pair(gemm.shape, m), preferred.front());
+            mAlternativeChoices.push_back({static_cast<int>(m), gemm.n, gemm.k, gemm.label,
+                "kiln #" + std::to_string(preferred.front()) + " (" + preference() + ", untimed)"});
+            return;
+        }
         auto const peers = timedPeers(gemm);
         ColdL2 const cold;
-        prepareCublasLt(peers, m, &cold);
+        if (preferred.empty())
+            prepareCublasLt(peers, m, &cold);
         auto const before = [&](ResolvedGemm& g)
         {
             if (!lead || !g.before)
@@ -1285,15 +1326,10 @@ private:
         bool const led = lead
             && std::any_of(peers.begin(), peers.end(), [](ResolvedGemm const* g) { return g->before.has_value(); });
         float const leadUs = led ? timeEach(peers, cold, before) : 0.0F;
-        auto const takes = [m](ResolvedAlternative const& a) { return m >= a.minM && m <= a.maxM; };
-        // From mKernelsFrom rows an alternative that takes m runs rather than cuBLASLt, the
-        // fastest of them (setKernelsFromRows).
-        bool const preferred = mKernelsFrom > 0 && m >= mKernelsFrom
-            && std::any_of(gemm.alternatives.begin(), gemm.alternatives.end(), takes);
         int best = -1;
         float bestUs = std::numeric_limits<float>::infinity();
         std::vector<std::pair<int, float>> times; // (alternative, us a GEMM); -1: cuBLASLt
-        if (!preferred)
+        if (preferred.empty())
         {
             bestUs = timeEach(peers, cold,
                          [&](ResolvedGemm& g)
@@ -1306,7 +1342,9 @@ private:
         }
         for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
         {
-            if (!takes(gemm.alternatives[i]))
+            if (!takes(gemm.alternatives[i])
+                || (!preferred.empty()
+                    && std::find(preferred.begin(), preferred.end(), static_cast<int>(i)) == preferred.end()))
                 continue;
             float const us = timeEach(peers, cold,
                                  [&](ResolvedGemm& g)
@@ -1324,11 +1362,11 @@ private:
             }
         }
         mChosen.emplace(std::make_pair(gemm.shape, m), best);
-        if (times.size() > 1 || preferred)
+        if (times.size() > 1 || !preferred.empty())
         {
             std::ostringstream report;
             report << (best < 0 ? "cuBLASLt" : "kiln #" + std::to_string(best))
-                   << (preferred ? " (preferred from " + std::to_string(mKernelsFrom) + " rows; " : " (")
+                   << (preferred.empty() ? " (" : " (" + preference() + "; ")
                    << "timed over " << peers.size() << " GEMMs" << (led ? " after what runs before each" : "")
                    << ", us a GEMM:" << std::fixed << std::setprecision(1);
             char const* separator = " ";
@@ -1672,11 +1710,13 @@ private:
     std::vector<AlternativeChoice> mAlternativeChoices;
     std::map<std::string, int> mShapeIds;                    ///< a GEMM shape's description -> its id
     std::map<std::pair<int, std::int64_t>, int> mChosen; ///< (GEMM shape id, M) -> choice (-1: cuBLASLt)
-    /// (GEMM shape id, band of M) -> choice, where an alternative for many rows takes the band (chooseAt)
-    std::map<std::pair<int, std::int64_t>, int> mBandChosen;
+    /// (GEMM shape id, band of M, whether an alternative is preferred there) -> choice, where an
+    /// alternative for many rows takes the band (chooseAt)
+    std::map<std::tuple<int, std::int64_t, bool>, int> mBandChosen;
     /// GEMMs of at least this many rows run an alternative that takes them rather than cuBLASLt
-    /// (0: cuBLASLt and the alternatives timed against each other at every M)
-    std::int64_t mKernelsFrom = 0;
+    /// (0: cuBLASLt and the alternatives timed against each other at every M; nullopt: where the
+    /// engine prefers an alternative, GemmAlternative::preferredFromM)
+    std::optional<std::int64_t> mKernelsFrom;
     std::vector<std::vector<std::size_t>> mShapeMembers;  ///< GEMM shape id -> its GEMMs' places in mProgram
     StepInputs mPadded;
     cudaStream_t mStream = nullptr;
@@ -1724,12 +1764,12 @@ bool PlanExecutor::fp8FastAccumulation() const
     return mImpl->fp8FastAccumulation();
 }
 
-void PlanExecutor::setKernelsFromRows(std::int64_t rows)
+void PlanExecutor::setKernelsFromRows(std::optional<std::int64_t> rows)
 {
     mImpl->setKernelsFromRows(rows);
 }
 
-std::int64_t PlanExecutor::kernelsFromRows() const
+std::optional<std::int64_t> PlanExecutor::kernelsFromRows() const
 {
     return mImpl->kernelsFromRows();
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -92,10 +93,11 @@ public:
     [[nodiscard]] bool fp8FastAccumulation() const;
     /// @brief From `rows` rows, a GEMM for which the engine has a kernel of Kiln's own (an
     /// alternative that takes those rows) runs it rather than cuBLASLt, the fastest of them if
-    /// several; 0 (the default): cuBLASLt and the alternatives are timed against each other at
-    /// every M. A change drops the captured graphs and the GEMM choices.
-    void setKernelsFromRows(std::int64_t rows);
-    [[nodiscard]] std::int64_t kernelsFromRows() const;
+    /// several; 0: cuBLASLt and the alternatives are timed against each other at every M;
+    /// nullopt (the default): the engine's own preferences (GemmAlternative::preferredFromM),
+    /// timed elsewhere. A change drops the captured graphs and the GEMM choices.
+    void setKernelsFromRows(std::optional<std::int64_t> rows);
+    [[nodiscard]] std::optional<std::int64_t> kernelsFromRows() const;
     /// @brief Makes the cuBLASLt choices (the heuristic's) of GEMMs of more rows than Kiln's own
     /// alternatives take, at every decode batch bucket up to `maxBatchSize` and every 256 of a
     /// step's tokens up to `maxNumTokens`, running each once so its kernel is loaded (at load: a

@@ -288,10 +288,11 @@ def _common(f):
               help="Record the GPU's kernels over COUNT of the run's steps from step START (0 its "
                    "first) and print each step's wall, busy and kernel times (CUDA only; the "
                    "trace perturbs the run's figures).")
-@click.option("--kernels-from-rows", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--kernels-from-rows", type=click.IntRange(min=0), default=None,
               help="From this many rows a GEMM runs Kiln's own kernel where the engine has one "
-                   "that takes them, rather than cuBLASLt (0: the faster of the two, timed at "
-                   "load). CUDA only.")
+                   "that takes them, rather than cuBLASLt; 0: the faster of the two, timed at "
+                   "load, at every M. Default: Kiln's kernel where the engine prefers it, timed "
+                   "elsewhere. CUDA only.")
 @one_line_errors
 def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_requests, concurrency,
                request_rate, warmup, max_batch_size, max_num_tokens, kv_fraction, capacity_scheduler_policy,
@@ -319,7 +320,7 @@ def throughput(engine_dir, device, baseline, json_path, seed, dataset, num_reque
             raise KilnError(f"{name} takes a positive count and applies with --baseline hf only")
     _check_outputs(json_path, plot_path)
     given = (("--profile-steps", window is not None), ("--fp8-fast-accumulation", fp8_fast_accumulation is True),
-             ("--kernels-from-rows", kernels_from_rows > 0))
+             ("--kernels-from-rows", kernels_from_rows is not None))
     device, bandwidth = _device_and_bandwidth(device, tuple(flag for flag, on in given if on))
     with ModelRunner.from_dir(engine_dir, device=device, max_batch_size=max_batch_size,
                               max_num_tokens=max_num_tokens, enable_kv_cache_reuse=kv_cache_reuse,

@@ -147,7 +147,8 @@ SCHEMA = {
                                        "enum": ["max_utilization", "guaranteed_no_evict"]},
                                    "kv_cache_reuse": {"type": "boolean"},
                                    "fp8_fast_accumulation": {"type": "boolean"},
-                                   "kernels_from_rows": {"type": "integer", "minimum": 0}}},
+                                   "kernels_from_rows": {"type": ["integer", "null"],
+                                                         "minimum": 0}}},
         "dataset": {"type": "object",
                     "required": ["num_requests", "input_len", "output_len", "total_input_tokens",
                                  "total_output_tokens"],
@@ -259,8 +260,14 @@ def _runtime_line(r: dict) -> str:
             f"{r['capacity_scheduler_policy']} · prefix caching "
             f"{'on' if r['kv_cache_reuse'] else 'off'}"
             + (" · FP8 fast accumulation" if r.get("fp8_fast_accumulation") else "")
-            + (f" · Kiln's GEMM kernels from {r['kernels_from_rows']} rows"
-               if r.get("kernels_from_rows") else ""))
+            + _kernels_from(r.get("kernels_from_rows")))
+
+
+def _kernels_from(rows: int | None) -> str:
+    """The runtime line's word on --kernels-from-rows (None: the engine's preferences)."""
+    if rows is None:
+        return ""
+    return f" · Kiln's GEMM kernels from {rows} rows" if rows else " · every GEMM choice timed"
 
 
 def _dataset_line(d: dict) -> str:

@@ -19,10 +19,10 @@ from kiln.builder.passes import run_pipeline  # noqa: E402
 TARGETS = [80, 89, 90]
 
 
-def plan_for(tmp_path_factory, arch: str, dtype: str):
+def plan_for(tmp_path_factory, arch: str, dtype: str, max_num_tokens: int = 64):
     path = make_tiny_checkpoint(arch, tmp_path_factory.mktemp(arch))
-    build = BuildConfig(dtype=dtype, max_batch_size=4, max_seq_len=128, max_num_tokens=64,
-                        tokens_per_block=16, targets=TARGETS)
+    build = BuildConfig(dtype=dtype, max_batch_size=4, max_seq_len=128,
+                        max_num_tokens=max_num_tokens, tokens_per_block=16, targets=TARGETS)
     with open_checkpoint(path) as ckpt:
         model = ModelConfig.from_hf(ckpt.hf_config)
         return run_pipeline(build_graph(model, build, ckpt), build), build
@@ -151,6 +151,8 @@ def test_program_references_resolve(tmp_path_factory):
                          a["max_m"], s["global_scratch"]) for a, s in zip(many, main)] \
                     == [(prologue, "tma_gemm_kernel", post, glu, 17, 64, "triton_global_scratch")
                         for glu, post in tma_ways]
+                # Preferred from more rows than this build's steps take: not marked.
+                assert not any("preferred_from_m" in a for a in step["alternatives"])
                 tma += 1
             got = []
             for alt in step["alternatives"][:len(step["alternatives"]) - len(many)]:
@@ -296,3 +298,21 @@ def test_a_kernel_that_never_waits_is_refused():
     assert not aot.compile_spec(spec, 80, use_cache=False).meta["pdl"]
     with pytest.raises(RuntimeError, match="never waits on its predecessor"):
         aot.compile_spec(spec, 90, use_cache=False)
+
+
+def test_glu_kernel_preferred_from_its_rows_where_the_build_takes_them(tmp_path_factory):
+    """The gate/up GEMM's GLU kernel is marked preferred from tma_gemm.PREFERRED_FROM_M rows in
+    a build whose steps take that many (the executor then runs it there untimed against
+    cuBLASLt); no other alternative is."""
+    from kiln.builder.kernels import tma_gemm
+    from kiln.builder.kernels.lower import lower, program_json
+    graph, build = plan_for(tmp_path_factory, "llama", "bfloat16", tma_gemm.PREFERRED_FROM_M)
+    program = program_json(lower(graph, build))
+    preferred = [(step["label"], alt["min_m"], alt["max_m"], alt["preferred_from_m"])
+                 for step in program if step["kind"] == "gemm"
+                 for alt in step.get("alternatives", []) if "preferred_from_m" in alt]
+    gate_ups = sum(1 for step in program if step["kind"] == "gemm" and "gate_up" in step["label"])
+    assert gate_ups >= 1 and len(preferred) == gate_ups
+    assert all("gate_up" in label and (low, high, rows) == (tma_gemm.MIN_M, build.max_num_tokens,
+                                                           tma_gemm.PREFERRED_FROM_M)
+               for label, low, high, rows in preferred)

@@ -46,51 +46,86 @@ def test_tma_gemm_glu_equals_plain_then_silu_mul(dtype, m, i, k):
     assert torch.equal(got, want), f"{(got.float() - want.float()).abs().max().item():.3g} apart"
 
 
+def _engine(tmp_path, sm, **limits):
+    """A tiny Llama engine whose gate/up GEMM fits the TMA kernel's tiles (N 1,024, K 256)."""
+    from kiln.builder.build import build_engine
+    from kiln.builder.engine import load_engine
+    from kiln.builder.models import BuildConfig
+    from kiln_testing import make_tiny_checkpoint
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf", hidden_size=256, intermediate_size=512,
+                                num_attention_heads=4, num_key_value_heads=2)
+    build_engine(ckpt, tmp_path / "engine", BuildConfig(dtype="bfloat16", targets=[sm], **limits),
+                 progress=False)
+    return load_engine(tmp_path / "engine")
+
+
+def _steps(engine, gpu, prompts, num_blocks):
+    """The logits of a prompt step of `prompts` (lengths) and of the decode step after it."""
+    from kiln_testing import PagedSequences
+    build = engine.config.build
+    seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, num_blocks, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    for n in prompts:
+        seqs.add(torch.randint(0, engine.config.model.vocab_size, (n,), generator=gen).tolist())
+    out = []
+    for plan in ([(i, n) for i, n in enumerate(prompts)], [(i, 1) for i in range(len(prompts))]):
+        full = gpu.run_step(seqs.step(plan), list(range(len(prompts))))
+        out.append(torch.from_numpy(full["logits"]))
+        for row, (sid, _) in enumerate(plan):
+            seqs.tokens[sid].append(int(full["tokens"][row]))
+    return out
+
+
+def _glu_choices(gpu, m):
+    return [c["algorithm"] for c in gpu.gemm_choices()
+            if c["dtype"] == "choice" and (c["m"], c["n"], c["k"]) == (m, 1024, 256)]
+
+
+def _close(want, got):
+    for a, b in zip(want, got):
+        err = (b - a).abs().max().item() / a.abs().max().item()
+        assert err < 2e-2, f"relative error {err:.2e}"
+
+
 def test_kernels_from_rows_runs_the_glu_kernel(core, sm, tmp_path):
     """PlanExecutor.kernels_from_rows: from that many rows the gate/up GEMM runs the GLU kernel
     (an alternative that takes those rows) rather than cuBLASLt and silu_mul, untimed against
     them, and the steps' logits are the timed choices' within bfloat16's rounding; 0 again drops
-    those choices."""
-    from kiln.builder.build import build_engine
-    from kiln.builder.engine import load_engine
+    those choices. An engine whose steps take fewer rows than the GLU is preferred from leaves
+    every choice to the timing by default (None)."""
     from kiln.builder.errors import KilnError
-    from kiln.builder.models import BuildConfig
-    from kiln_testing import PagedSequences, make_tiny_checkpoint
-    ckpt = make_tiny_checkpoint("llama", tmp_path / "hf", hidden_size=256, intermediate_size=512,
-                                num_attention_heads=4, num_key_value_heads=2)
-    build_engine(ckpt, tmp_path / "engine", BuildConfig(
-        dtype="bfloat16", max_batch_size=8, max_seq_len=128, max_num_tokens=64,
-        tokens_per_block=4, targets=[sm]), progress=False)
-    engine = load_engine(tmp_path / "engine")
-    timed, preferred = (core.PlanExecutor(engine, num_blocks=64) for _ in range(2))
+    engine = _engine(tmp_path, sm, max_batch_size=8, max_seq_len=128, max_num_tokens=64,
+                     tokens_per_block=4)
+    default, timed, preferred = (core.PlanExecutor(engine, num_blocks=64) for _ in range(3))
+    timed.kernels_from_rows = 0
     preferred.kernels_from_rows = 17
-    assert (timed.kernels_from_rows, preferred.kernels_from_rows) == (0, 17)
-
-    def steps(gpu):
-        build = engine.config.build
-        seqs = PagedSequences(build.tokens_per_block, build.max_blocks_per_seq, 64, seed=3)
-        gen = torch.Generator().manual_seed(3)
-        for n in (23, 37):
-            seqs.add(torch.randint(0, engine.config.model.vocab_size, (n,), generator=gen).tolist())
-        out = []
-        for plan in ([(0, 23), (1, 37)], [(0, 1), (1, 1)]):
-            full = gpu.run_step(seqs.step(plan), [0, 1])
-            out.append(torch.from_numpy(full["logits"]))
-            for row, (sid, _) in enumerate(plan):
-                seqs.tokens[sid].append(int(full["tokens"][row]))
-        return out
-
-    def glu_choices(gpu):
-        return [c["algorithm"] for c in gpu.gemm_choices()
-                if c["dtype"] == "choice" and (c["m"], c["n"], c["k"]) == (60, 1024, 256)]
-
-    for want, got in zip(steps(timed), steps(preferred)):
-        err = (got - want).abs().max().item() / want.abs().max().item()
-        assert err < 2e-2, f"relative error {err:.2e}"
-    (choice,) = glu_choices(preferred)
-    assert "kiln #" in choice and "preferred from 17 rows" in choice, choice
-    assert all("preferred" not in c for c in glu_choices(timed))
+    assert (default.kernels_from_rows, timed.kernels_from_rows, preferred.kernels_from_rows) \
+        == (None, 0, 17)
+    want = _steps(engine, timed, (23, 37), 64)
+    _close(want, _steps(engine, preferred, (23, 37), 64))
+    _close(want, _steps(engine, default, (23, 37), 64))
+    (choice,) = _glu_choices(preferred, 60)
+    assert "kiln #" in choice and "preferred from 17 rows, untimed" in choice, choice
+    assert all("preferred" not in c for c in _glu_choices(timed, 60) + _glu_choices(default, 60))
     preferred.kernels_from_rows = 0
-    assert glu_choices(preferred) == []
-    with pytest.raises(KilnError, match="kernels_from_rows must be 0"):
+    assert _glu_choices(preferred, 60) == []
+    with pytest.raises(KilnError, match="kernels_from_rows must be None"):
         preferred.kernels_from_rows = -1
+
+
+def test_engine_prefers_the_glu_kernel_from_its_rows(core, sm, tmp_path):
+    """From tma_gemm.PREFERRED_FROM_M rows the engine marks the gate/up GEMM's GLU kernel
+    preferred: by default a step of that many rows runs it untimed against cuBLASLt and
+    silu_mul, within bfloat16's rounding of the timed choices (kernels_from_rows 0), and a
+    decode step of fewer rows is timed as before."""
+    from kiln.builder.kernels import tma_gemm
+    rows = tma_gemm.PREFERRED_FROM_M
+    engine = _engine(tmp_path, sm, max_batch_size=32, max_seq_len=160, max_num_tokens=rows,
+                     tokens_per_block=16)
+    prompts = (rows // 32,) * 32
+    default, timed = (core.PlanExecutor(engine, num_blocks=512) for _ in range(2))
+    timed.kernels_from_rows = 0
+    _close(_steps(engine, timed, prompts, 512), _steps(engine, default, prompts, 512))
+    (choice,) = _glu_choices(default, rows)
+    assert "kiln #" in choice and "preferred by the engine, untimed" in choice, choice
+    assert all("preferred" not in c for c in _glu_choices(timed, rows) + _glu_choices(default, 32))

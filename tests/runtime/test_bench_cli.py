@@ -76,7 +76,7 @@ def test_throughput_sweep_report(setup, sweep):
                               "kv_cache_free_gpu_memory_fraction": 0.9,
                               "capacity_scheduler_policy": "max_utilization",
                               "kv_cache_reuse": False, "fp8_fast_accumulation": False,
-                              "kernels_from_rows": 0}
+                              "kernels_from_rows": None}
     roof = doc["roofline"]
     assert roof["fraction"] == roof["kiln_tokens_per_s"] / roof["tokens_per_s"]
     assert "host memcpy" in roof["bandwidth"]["method"]
@@ -240,6 +240,8 @@ def test_latency_with_baseline(setup):
                                   "is on cpu (use --device cuda on a machine with a GPU)"),
     (["--kernels-from-rows", "4096"], "--kernels-from-rows chooses the GPU's GEMM kernels; this run is "
                                       "on cpu (use --device cuda on a machine with a GPU)"),
+    (["--kernels-from-rows", "0"], "--kernels-from-rows chooses the GPU's GEMM kernels; this run is "
+                                   "on cpu (use --device cuda on a machine with a GPU)"),
 ])
 def test_throughput_refusals(setup, args, message):
     engine, root, _ = setup
@@ -296,3 +298,20 @@ def test_graph_counts_are_the_runs_own(setup):
     jsonschema.validate(doc, SCHEMA)
     assert ("CUDA graphs: 8 decode steps replayed, 3 captured (0.75 s of the host's), 2 steps "
             "launch by launch") in report.render(doc)
+
+
+def test_runtime_line_says_how_the_gemm_kernels_were_chosen():
+    """None (the engine's preferences) says nothing; 0 and a row count say what was asked."""
+    from kiln.runtime.bench import report
+
+    runtime = {"max_batch_size": 8, "max_num_tokens": 64, "kv_cache_free_gpu_memory_fraction": 0.9,
+               "capacity_scheduler_policy": "max_utilization", "kv_cache_reuse": False,
+               "fp8_fast_accumulation": False}
+    lines = {rows: report._runtime_line(dict(runtime, kernels_from_rows=rows)) for rows in (None, 0, 4096)}
+    assert lines[None].endswith("prefix caching off")
+    assert lines[0] == lines[None] + " · every GEMM choice timed"
+    assert lines[4096] == lines[None] + " · Kiln's GEMM kernels from 4096 rows"
+    for rows in (None, 0, 4096):
+        jsonschema.validate(dict(runtime, kernels_from_rows=rows), SCHEMA["properties"]["runtime"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(runtime, kernels_from_rows=-1), SCHEMA["properties"]["runtime"])

@@ -159,8 +159,10 @@ def test_guaranteed_no_evict_admits_only_what_can_finish(tiny_engine):
     with pytest.raises(KilnError, match="^kernels_from_rows applies to the GPU backend's GEMMs; this "
                                         "runner is on cpu$"):
         ModelRunner.from_dir(engine, device="cpu", kernels_from_rows=4096)
-    with pytest.raises(KilnError, match="^kernels_from_rows must be 0 \\(timed choices\\) or a number "
-                                        "of rows, got -1$"):
+    with pytest.raises(KilnError, match="^kernels_from_rows applies to the GPU backend's GEMMs"):
+        ModelRunner.from_dir(engine, device="cpu", kernels_from_rows=0)
+    with pytest.raises(KilnError, match="^kernels_from_rows must be None \\(the engine's preferences\\), "
+                                        "0 \\(every choice timed\\) or a number of rows, got -1$"):
         ModelRunner.from_dir(engine, device="cpu", kernels_from_rows=-1)
 
 
