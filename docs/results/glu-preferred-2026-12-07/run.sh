@@ -12,7 +12,9 @@ trap "[ -n \"\${OUT:-}\" ] && tar czf \"\$OUT/logs.tgz\" -C /tmp glu-preferred" 
 T0=$(date +%s)
 at() { echo "$1 at $(( $(date +%s) - T0 )) s"; }
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
-kiln_install > "$LOG/install.log" 2>&1 &
+# The carried wheels' path is set in this shell; the editable install runs beside.
+. scripts/carried_wheels.sh; install_carried_wheels /tmp/site > /dev/null
+python3 -m pip install --no-build-isolation --no-deps -e . > "$LOG/install.log" 2>&1 &
 install=$!
 OUT=$LOG LIMIT=${MICRO_LIMIT:-170} bash docs/results/residual-prefetch-2026-12-07/run.sh > "$LOG/micro.log" 2>&1
 at "kernel measurements rc $?"; grep -v "Warning\|warn" "$LOG/micro.log" | tail -30
@@ -32,7 +34,7 @@ for pass in 1 2; do
     name=${v%%:*}$pass rows=${v#*:}
     timeout 100 python3 -m kiln.runtime.bench throughput --engine "$E" --dataset "$data" \
       ${rows:+--kernels-from-rows $rows} --json "$LOG/run-$name.json" > "$LOG/run-$name.log" 2>&1
-    at "$name (kernels from ${rows:-the engine's marks}) rc $?"
+    at "$name (kernels from ${rows:-the engine marks}) rc $?"
     grep -E "output tok/s|steps [0-9.]+ s:|TTFT|runtime" "$LOG/run-$name.log" | cut -c1-160
   done
 done
