@@ -104,12 +104,12 @@ class Gemm:
     {"max_m": int, "steps": [Launch]}; the executor times them against cuBLASLt per M and runs
     the fastest. One for many rows also has "min_m" (> 1: it takes min_m <= M <= max_m), and
     is chosen per band of M (powers of two), not per M; one with "preferred_from_m" runs from
-    that many rows untimed against cuBLASLt (the kernel's own knowledge of where it is faster in
-    a run than the load's short timings rank it; PlanExecutor.kernels_from_rows overrides). `prologue`: launches that write
-    cuBLASLt's operands (a weight dequantized into scratch, or a norm or SiLU-mul folded into
-    the GEMM, which each alternative runs or computes itself); they run, and are timed, only
-    when cuBLASLt runs. `epilogue`: launches
-    after cuBLASLt (a gate/up GEMM's SiLU-mul), likewise run or computed by each alternative."""
+    that many rows untimed against cuBLASLt (the kernel's own knowledge of where a run finds it
+    faster than the load's short timings rank it; PlanExecutor.kernels_from_rows overrides).
+    `prologue`: launches that write cuBLASLt's operands (a weight dequantized into scratch, or
+    a norm or SiLU-mul folded into the GEMM, which each alternative runs or computes itself);
+    they run, and are timed, only when cuBLASLt runs. `epilogue`: launches after cuBLASLt (a
+    gate/up GEMM's SiLU-mul), likewise run or computed by each alternative."""
     a: dict
     w: dict
     out: dict

@@ -42,10 +42,11 @@ MIN_M = 17
 # against them (plan: an alternative's preferred_from_m). At load each choice is timed in
 # millisecond bursts on a GPU at its top clock, where the GLU ran 5-12% behind on an H100; a
 # 128/128 run holds the GPU at its power limit, where the GLU, which never writes the [M, 2I]
-# product, ran its whole run 0.4-0.8% faster from 4,096 rows on two H100s (19,474.4 against
-# 19,327.8 output tok/s on one, 19,231.2 against 19,161.4 on the other; 2,048 rows gained no
-# more: docs/results/kernels-from-2026-12-07). Below it, at a decode step's ~3,000 rows, its last
-# wave of tiles is a third full.
+# product, ran its whole run 0.4-0.8% faster from 4,096 rows on three H100s (19,474.4 against
+# 19,327.8 output tok/s, 19,231.2 against 19,161.4, 19,081.6 against 18,971.7; 2,048 rows gained
+# no more: docs/results/kernels-from-2026-12-07, glu-preferred-2026-12-07). At 4,352 rows the
+# load's burst timed the two level and the power limit the GLU 5.7% ahead; at 2,080 it is behind
+# in both.
 PREFERRED_FROM_M = 4096
 # TMA and wgmma: Hopper and newer.
 MIN_SM = 90

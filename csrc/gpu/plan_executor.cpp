@@ -20,8 +20,8 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
-#include <tuple>
 #include <thread>
+#include <tuple>
 #include <variant>
 
 namespace kiln::gpu
