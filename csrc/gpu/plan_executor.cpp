@@ -1292,7 +1292,6 @@ private:
     /// (the decode kernel's K and V of this step's tokens included).
     void choose(ResolvedGemm& gemm, std::int64_t m, bool lead = true)
     {
-        auto const takes = [m](ResolvedAlternative const& a) { return m >= a.minM && m <= a.maxM; };
         // Where alternatives are preferred, the fastest of them runs (one alone, untimed), not
         // timed against cuBLASLt.
         auto const preferred = preferredAt(gemm, m);
@@ -1340,25 +1339,27 @@ private:
                 - leadUs;
             times.emplace_back(-1, bestUs);
         }
-        for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
+        // The candidates: the preferred alternatives, else every one that takes m.
+        std::vector<int> candidates = preferred;
+        if (preferred.empty())
+            for (std::size_t i = 0; i < gemm.alternatives.size(); ++i)
+                if (m >= gemm.alternatives[i].minM && m <= gemm.alternatives[i].maxM)
+                    candidates.push_back(static_cast<int>(i));
+        for (int const i : candidates)
         {
-            if (!takes(gemm.alternatives[i])
-                || (!preferred.empty()
-                    && std::find(preferred.begin(), preferred.end(), static_cast<int>(i)) == preferred.end()))
-                continue;
             float const us = timeEach(peers, cold,
                                  [&](ResolvedGemm& g)
                                  {
                                      before(g);
-                                     for (auto& launch : g.alternatives[i].steps)
+                                     for (auto& launch : g.alternatives[static_cast<std::size_t>(i)].steps)
                                          run(launch);
                                  })
                 - leadUs;
-            times.emplace_back(static_cast<int>(i), us);
+            times.emplace_back(i, us);
             if (us < bestUs)
             {
                 bestUs = us;
-                best = static_cast<int>(i);
+                best = i;
             }
         }
         mChosen.emplace(std::make_pair(gemm.shape, m), best);
