@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
+from kiln.builder.ops.linear import residual_of
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rounding import INTERPRETED, to_e4m3
 from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
@@ -77,19 +78,22 @@ def mma(a, b, acc, IEEE: tl.constexpr):
 
 @triton.jit
 def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, act_ptr,
-                        act_scale_ptr, M, X_STRIDE: tl.constexpr, OUT_STRIDE: tl.constexpr,
+                        act_scale_ptr, out_res_ptr, M, X_STRIDE: tl.constexpr,
+                        OUT_STRIDE: tl.constexpr,
                         N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                         SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr = 0,
                         GLU: tl.constexpr = 0, ACT_STRIDE: tl.constexpr = 0,
-                        PDL: tl.constexpr = 0):
+                        OUT_RES_STRIDE: tl.constexpr = 0, PDL: tl.constexpr = 0):
     """Rows 0..M-1 (M <= BLOCK_M) of out, columns block program_id(0), over the whole K: x @ w.T,
     or with SWAP (w @ x.T).T. SCALED: FP8 operands, widened to float16 for x @ w.T (every e4m3
     value is a float16 value) and multiplied in e4m3 with SWAP (on Hopper, wgmma's e4m3 MMA,
     whose own sums keep fewer bits than float32: each MMA's is added to the float32
     accumulator, as cuBLASLt does without fast accumulation, not all of K summed inside it).
     GLU: the SiLU-mul after the GEMM too, written to act (glu_store); the program then takes
-    BLOCK_N / 2 outputs' gate and up rows, interleaved, and out is not written."""
+    BLOCK_N / 2 outputs' gate and up rows, interleaved, and out is not written. OUT_RES_STRIDE
+    (> 0: the row stride of out_res): out is then the product rounded to out's dtype plus the
+    residual out_res, rounded again (a linear with a residual: ops/linear.py)."""
     enter(PDL)
     rows = tl.arange(0, BLOCK_M)
     cols, col_ok = _columns(N, BLOCK_N, GLU)
@@ -140,8 +144,13 @@ def small_m_gemm_kernel(out_ptr, x_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_pt
         glu_store(y, act_ptr + rows[:, None] * ACT_STRIDE + j[None, :], act_scale_ptr,
                   row_ok[:, None] & (j < N // 2)[None, :], out_ptr.dtype.element_ty)
     else:
-        tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :],
-                 acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+        mask = row_ok[:, None] & col_ok[None, :]
+        y = acc.to(out_ptr.dtype.element_ty)
+        if OUT_RES_STRIDE:
+            r = tl.load(out_res_ptr + rows[:, None] * OUT_RES_STRIDE + cols[None, :], mask=mask,
+                        other=0.0)
+            y = (y.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * OUT_STRIDE + cols[None, :], y, mask=mask)
 
 
 @triton.jit
@@ -256,11 +265,11 @@ def _gemv_step(acc, squares, w, k, x_ptr, res_ptr, sum_ptr, g_ptr, K: tl.constex
 
 @triton.jit
 def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
-                act_ptr, act_scale_ptr, eps, N: tl.constexpr, K: tl.constexpr,
+                act_ptr, act_scale_ptr, out_res_ptr, eps, N: tl.constexpr, K: tl.constexpr,
                 PROLOGUE: tl.constexpr,
                 QUANTIZE: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GLU: tl.constexpr = 0,
-                PDL: tl.constexpr = 0):
+                OUT_RES: tl.constexpr = 0, PDL: tl.constexpr = 0):
     """Row 0 of out, columns block program_id(0): prologue(x[0]) @ w.T (+ bias), the products
     summed in float32 on CUDA cores (partial sums a column of the weight tile, reduced once at
     the end).
@@ -280,7 +289,8 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
     with GLU_PAIRS its rows in gate and up pairs): act receives silu(gate) * up (glu_store:
     rounded as silu_mul_kernel rounds y, e4m3 with act_scale as silu_mul_quant quantizes it),
     and out is not written; the program takes its BLOCK_N / 2 outputs' gate and up rows,
-    interleaved.
+    interleaved. OUT_RES: out is the product rounded to out's dtype plus out_res's row 0 (the
+    residual of a linear with one: ops/linear.py), rounded again.
 
     An e4m3 weight is read as 32-bit words of four values (PACKED), widened by _e4m3_words
     (inline PTX on the GPU: Triton's own conversion unpacks every byte first and re-packs
@@ -362,6 +372,9 @@ def gemv_kernel(out_ptr, sum_ptr, x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, a_scal
         glu_store(tl.reshape(y.to(DT).to(tl.float32), [BLOCK_N // 2, 2]), act_ptr + j,
                   act_scale_ptr, j < N // 2, DT)
     else:
+        if OUT_RES:
+            r = tl.load(out_res_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            y = y.to(DT).to(tl.float32) + r
         tl.store(out_ptr + cols, y.to(DT), mask=col_ok)
 
 
@@ -374,30 +387,35 @@ def _glu(glu: bool, epilogue: dict | None) -> int:
 
 def _constexprs(config: tuple, n: int, k: int, bias: bool, scaled: bool, dtype: str,
                 x_stride: int, out_stride: int, act_stride: int | None = None,
-                block_m: int = SMALL_M, glu: int = NO_GLU) -> dict:
-    """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for `glu`."""
+                block_m: int = SMALL_M, glu: int = NO_GLU, out_res_stride: int = 0) -> dict:
+    """small_m_gemm_kernel's; `act_stride`: the SiLU-mul output's row stride, for `glu`;
+    `out_res_stride`: the residual's, for a GEMM that adds one (0: none)."""
     block_n, block_k, _, _, swap = config
     least = 32 if scaled and swap else 16  # the K of one MMA: 32 e4m3 values, 16 of 16 bits
     return dict(X_STRIDE=x_stride, OUT_STRIDE=out_stride, N=n, K=k, HAS_BIAS=bias, SCALED=scaled,
                 BLOCK_M=block_m, BLOCK_N=block_n,
                 BLOCK_K=max(least, min(block_k, triton.next_power_of_2(k))),
                 IEEE=dtype == "float32" and not scaled, SWAP=swap, GLU=glu,
-                ACT_STRIDE=act_stride or 0)
+                ACT_STRIDE=act_stride or 0, OUT_RES_STRIDE=out_res_stride)
 
 
 def _gemv_constexprs(config: tuple, n: int, k: int, prologue: int, bias: bool,
-                     quantize: bool = False, scaled: bool = False, glu: int = NO_GLU) -> dict:
+                     quantize: bool = False, scaled: bool = False, glu: int = NO_GLU,
+                     out_res: bool = False) -> dict:
     return dict(N=n, K=k, PROLOGUE=int(prologue), QUANTIZE=quantize, SCALED=scaled,
                 HAS_BIAS=bias, BLOCK_N=config[0],
-                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))), GLU=glu)
+                BLOCK_K=max(16, min(config[1], triton.next_power_of_2(k))), GLU=glu,
+                OUT_RES=out_res)
 
 
 def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
                          scales: tuple[str, str] | None = None,
-                         epilogue: dict | None = None) -> list[dict]:
+                         epilogue: dict | None = None,
+                         residual: str | None = None) -> list[dict]:
     """The Gemm alternatives of out = x @ w.T (+ bias) for M <= SMALL_M; `scales`: FP8's
     (a_scale, w_scale) values. `epilogue` (take_epilogue()'s): each configuration then comes
-    twice, with the SiLU-mul inside (GLU) and before the SiLU-mul's own launch."""
+    twice, with the SiLU-mul inside (GLU) and before the SiLU-mul's own launch. `residual`: the
+    value a linear with a residual adds to its product (ops/linear.py)."""
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     unused = ctx.ptr(w)  # stands in for an absent operand: never read
 
@@ -410,11 +428,13 @@ def small_m_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
                       a_scale_ptr=ctx.ptr(scales[0]) if scales else unused,
                       w_scale_ptr=ctx.ptr(scales[1]) if scales else unused,
                       **_act_args(ctx, epilogue if glu else None, unused),
+                      out_res_ptr=ctx.ptr(residual) if residual else unused,
                       M=I32(ctx.rows(out))),
             constexprs=_constexprs(config, n, k, bias is not None, scales is not None,
                                    ctx.dtype(out), ctx.row_stride(x), ctx.row_stride(out),
                                    ctx.row_stride(epilogue["out"]) if glu else None,
-                                   glu=_glu(glu, epilogue)))
+                                   glu=_glu(glu, epilogue),
+                                   out_res_stride=ctx.row_stride(residual) if residual else 0))
 
     return [{"max_m": SMALL_M, "steps": steps}
             for config in (SMALL_CONFIGS_FP8 if scales else SMALL_CONFIGS)
@@ -440,14 +460,16 @@ def _ways(launch, epilogue: dict | None) -> list[list[Launch]]:
 
 def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None, folded: dict | None,
                       scales: tuple[str, str] | None = None,
-                      epilogue: dict | None = None) -> list[dict]:
+                      epilogue: dict | None = None,
+                      residual: str | None = None) -> list[dict]:
     """The one-row alternatives of out = prologue(x) @ w.T (+ bias), one per GEMV_CONFIGS (FP8:
     GEMV_CONFIGS_FP8, `scales` = (a_scale, w_scale), a kernel folded into it quantizing x);
     `folded`: the kernel before the GEMM as fold() records it (None: x is the GEMM's input).
     With one, each configuration is also offered after that kernel's own launch, reading x:
     each of the GEMV's programs redoes the prologue over all of x, which may cost more than
     the launch it saves. `epilogue` (take_epilogue()'s): each configuration then comes twice, with
-    the SiLU-mul inside (GLU, writing its output) and before the SiLU-mul's own launch."""
+    the SiLU-mul inside (GLU, writing its output) and before the SiLU-mul's own launch.
+    `residual`: the value a linear with a residual adds to its product (OUT_RES)."""
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     unused = ctx.ptr(w)  # stands in for an absent operand: never read or written
 
@@ -461,10 +483,11 @@ def gemv_alternatives(ctx, x: str, w: str, out: str, bias: str | None, folded: d
                       a_scale_ptr=ctx.ptr(scales[0]) if scales else unused,
                       w_scale_ptr=ctx.ptr(scales[1]) if scales else unused,
                       **_act_args(ctx, epilogue if glu else None, unused),
+                      out_res_ptr=ctx.ptr(residual) if residual else unused,
                       eps=F32(fold.get("eps", 0.0))),
             constexprs=_gemv_constexprs(config, n, k, fold["prologue"], bias is not None,
                                         bool(scales) and fold is folded, scales is not None,
-                                        _glu(glu, epilogue)))
+                                        _glu(glu, epilogue), residual is not None))
 
     def ways(config, fold: dict) -> list[list[Launch]]:
         return _ways(lambda glu: launch(config, fold, glu), epilogue)
@@ -500,24 +523,40 @@ def fold(ctx, node, launch, prologue: int, x: str, res: str | None = None,
     return True
 
 
+def residual_args(ctx, node, epilogue: dict | None) -> dict:
+    """Gemm's residual and ldr for a linear with a residual (ops/linear.py), else nothing;
+    such a GEMM writes the sum, so no SiLU-mul can follow it."""
+    residual = residual_of(node)
+    if residual is None:
+        return {}
+    if epilogue is not None:
+        raise ValueError(f"{ctx.label}: a GEMM that adds a residual takes no epilogue")
+    return dict(residual=ctx.ref(residual)[0], ldr=ctx.row_stride(residual))
+
+
 def plan_linear(node, ctx):
     x, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) == 3 else None
+    residual = residual_of(node)
+    bias = node.inputs[2] if len(node.inputs) - bool(residual) == 3 else None
     (out,) = node.outputs
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     folded = ctx.folded.pop(x, None)
     prologue = [folded["launch"]] if folded else []
     epilogue = take_epilogue(node, ctx)
     alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
-                    for alt in small_m_alternatives(ctx, x, w, out, bias, epilogue=epilogue)]
-    alternatives += gemv_alternatives(ctx, x, w, out, bias, folded, epilogue=epilogue)
-    alternatives += [dict(alt, steps=prologue + alt["steps"])
-                     for alt in tma_alternatives(ctx, x, w, out, bias, epilogue)]
+                    for alt in small_m_alternatives(ctx, x, w, out, bias, epilogue=epilogue,
+                                                    residual=residual)]
+    alternatives += gemv_alternatives(ctx, x, w, out, bias, folded, epilogue=epilogue,
+                                      residual=residual)
+    if residual is None:
+        alternatives += [dict(alt, steps=prologue + alt["steps"])
+                         for alt in tma_alternatives(ctx, x, w, out, bias, epilogue)]
     ctx.gemm(Gemm(a=ctx.ref(x)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(x), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
                   alternatives=alternatives, prologue=prologue,
-                  epilogue=[epilogue["launch"]] if epilogue else []))
+                  epilogue=[epilogue["launch"]] if epilogue else [],
+                  **residual_args(ctx, node, epilogue)))
 
 
 def tma_alternatives(ctx, x: str, w: str, out: str, bias: str | None,
@@ -604,13 +643,14 @@ def glu_out(x, n: int, rows: int, dtype, glu: bool, act_scale, out):
 
 def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtype=None,
                    glu: bool = False, act_scale=None, block_m: int = SMALL_M,
-                   pairs: bool = False):
+                   pairs: bool = False, out_res=None):
     """The M <= SMALL_M alternative `config` (an index into SMALL_CONFIGS, or SMALL_CONFIGS_FP8
     with `scales` = (a_scale, w_scale) float32 [1] tensors for FP8 x and w) on torch tensors;
     `dtype`: out's, when x is FP8. `glu`: out[M, N / 2] is silu_mul of that product y (as
     silu_mul rounds it), quantized to e4m3 by `act_scale` when given (as silu_mul_quant); with
     `pairs`, w's gate and up rows in pairs. `block_m` (a power of two of at least SMALL_M): the
-    rows one program takes, all of x's."""
+    rows one program takes, all of x's. `out_res`: a residual [M, N] added to the product
+    (rounded to out's dtype first, as a linear with a residual rounds it)."""
     m, k = x.shape
     n = w.shape[0]
     if m > block_m:
@@ -621,18 +661,19 @@ def linear_small_m(x, w, bias=None, config: int = 0, out=None, scales=None, dtyp
     direct(small_m_gemm_kernel, x)[(-(-n // cfg[0]),)](
         out if y is None else y, x, w, unused if bias is None else bias,
         *(scales or (unused, unused)), out if glu else unused,
-        unused if act_scale is None else act_scale, m,
+        unused if act_scale is None else act_scale, unused if out_res is None else out_res, m,
         **_constexprs(cfg, n, k, bias is not None, scales is not None,
                       str((out if y is None else y).dtype).split(".")[1], x.stride(0),
                       out.stride(0), out.stride(0) if glu else None, block_m,
-                      _glu(glu, {"pairs": pairs})),
+                      _glu(glu, {"pairs": pairs}),
+                      0 if out_res is None else out_res.stride(0)),
         num_warps=cfg[2], num_stages=cfg[3])
     return out
 
 
 def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAIN, g=None,
                 eps: float = 0.0, res=None, total=None, scales=None, dtype=None,
-                glu: bool = False, act_scale=None, pairs: bool = False):
+                glu: bool = False, act_scale=None, pairs: bool = False, out_res=None):
     """gemv_kernel with configuration `config` (an index into GEMV_CONFIGS, or GEMV_CONFIGS_FP8
     with `scales` = (a_scale, w_scale) float32 [1] tensors for an FP8 w) on torch tensors:
     out[1, N] = prologue(x[:1]) @ w.T (+ bias), the prologue's operands as gemv_kernel names
@@ -640,8 +681,9 @@ def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAI
     the quantized input; any other x is quantized after the prologue. `dtype`: out's, when x is
     FP8. `glu`: out[1, N / 2] = silu(y[:, :N/2]) * y[:, N/2:] of that product y, as
     silu_mul rounds it, quantized to e4m3 by `act_scale` when given (as silu_mul_quant); with
-    `pairs`, of y[:, 0::2] and y[:, 1::2] (w's gate and up rows in pairs).
-    Returns (out, total)."""
+    `pairs`, of y[:, 0::2] and y[:, 1::2] (w's gate and up rows in pairs). `out_res`: a
+    residual [1, N] added to the product (rounded to out's dtype first, as a linear with a
+    residual rounds it). Returns (out, total)."""
     import torch
     n, k = w.shape
     out, y = glu_out(x, n, 1, dtype, glu, act_scale, out)
@@ -654,8 +696,9 @@ def linear_gemv(x, w, bias=None, config: int = 0, out=None, prologue: int = PLAI
         out if y is None else y, unused if total is None else total, x,
         unused if res is None else res, unused if g is None else g, w,
         unused if bias is None else bias, *(scales or (unused, unused)),
-        out if glu else unused, unused if act_scale is None else act_scale, eps,
+        out if glu else unused, unused if act_scale is None else act_scale,
+        unused if out_res is None else out_res, eps,
         **_gemv_constexprs(cfg, n, k, prologue, bias is not None, quantize, scales is not None,
-                           _glu(glu, {"pairs": pairs})),
+                           _glu(glu, {"pairs": pairs}), out_res is not None),
         num_warps=cfg[2], num_stages=3)
     return out, total

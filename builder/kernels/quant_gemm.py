@@ -41,11 +41,12 @@ from kiln.builder.errors import KilnError
 from kiln.builder.ir import dtype_size
 from kiln.builder.kernels.direct import direct, interpreting
 from kiln.builder.kernels.gemm import glu_out, glu_store, take_epilogue
-from kiln.builder.kernels.gemm import gemv_alternatives, mma, small_m_alternatives
+from kiln.builder.kernels.gemm import gemv_alternatives, mma, residual_args, small_m_alternatives
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rounding import fma
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
 from kiln.builder.kernels.symbols import evaluate
+from kiln.builder.ops.linear import residual_of
 
 SMALL_M = 16
 MAX_SPLITS = 16
@@ -725,7 +726,8 @@ def splits_for(n: int, k: int, num_sms: int) -> int:
 
 def plan_linear_fp8(node, ctx):
     q, w, x_scale, w_scale = node.inputs[:4]
-    bias = node.inputs[4] if len(node.inputs) == 5 else None
+    residual = residual_of(node)
+    bias = node.inputs[4] if len(node.inputs) - bool(residual) == 5 else None
     (out,) = node.outputs
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     if k % 16 or n % 16:
@@ -739,14 +741,16 @@ def plan_linear_fp8(node, ctx):
     scales = (x_scale, w_scale)
     epilogue = take_epilogue(node, ctx)
     alternatives = [{"max_m": alt["max_m"], "steps": prologue + alt["steps"]}
-                    for alt in small_m_alternatives(ctx, q, w, out, bias, scales, epilogue)]
-    alternatives += gemv_alternatives(ctx, q, w, out, bias, folded, scales, epilogue)
+                    for alt in small_m_alternatives(ctx, q, w, out, bias, scales, epilogue,
+                                                    residual)]
+    alternatives += gemv_alternatives(ctx, q, w, out, bias, folded, scales, epilogue, residual)
     ctx.gemm(Gemm(a=ctx.ref(q)[0], w=ctx.ref(w)[0], out=ctx.ref(out)[0],
                   bias=ctx.ref(bias)[0] if bias else None, m=ctx.rows(out), n=n, k=k,
                   lda=ctx.row_stride(q), ldc=ctx.row_stride(out), dtype=ctx.dtype(out),
                   in_dtype="float8_e4m3fn", a_scale=ctx.ref(x_scale)[0],
                   w_scale=ctx.ref(w_scale)[0], alternatives=alternatives, prologue=prologue,
-                  epilogue=[epilogue["launch"]] if epilogue else []))
+                  epilogue=[epilogue["launch"]] if epilogue else [],
+                  **residual_args(ctx, node, epilogue)))
 
 
 def plan_linear_w8a8(node, ctx):

@@ -106,6 +106,8 @@ class Gemm:
     is chosen per band of M (powers of two), not per M; one with "preferred_from_m" runs from
     that many rows untimed against cuBLASLt (the kernel's own knowledge of where a run finds it
     faster than the load's short timings rank it; PlanExecutor.kernels_from_rows overrides).
+    `residual` (a linear with one, ops/linear.py; `ldr` its row stride): added to the product
+    rounded to `dtype` (cuBLASLt's C with beta 1), each alternative adding it likewise.
     `prologue`: launches that write cuBLASLt's operands (a weight dequantized into scratch, or
     a norm or SiLU-mul folded into the GEMM, which each alternative runs or computes itself);
     they run, and are timed, only when cuBLASLt runs. `epilogue`: launches after cuBLASLt (a
@@ -127,6 +129,8 @@ class Gemm:
     alternatives: list[dict] = field(default_factory=list)
     prologue: list[Launch] = field(default_factory=list)
     epilogue: list[Launch] = field(default_factory=list)
+    residual: dict | None = None
+    ldr: int = 0
 
     def to_json(self) -> dict:
         out = {"kind": "gemm", "label": self.label, "a": self.a, "w": self.w, "out": self.out,
@@ -134,6 +138,8 @@ class Gemm:
                "lda": self.lda, "ldc": self.ldc, "dtype": self.dtype}
         if self.in_dtype is not None:
             out.update(in_dtype=self.in_dtype, a_scale=self.a_scale, w_scale=self.w_scale)
+        if self.residual is not None:
+            out.update(residual=self.residual, ldr=self.ldr)
         if self.alternatives:
             out["alternatives"] = [dict({"max_m": alt["max_m"],
                                          "steps": [step.to_json() for step in alt["steps"]]},

@@ -5,7 +5,7 @@ ops"); number formats and packing are kiln.quantize.pack's. Scales are dequantiz
 
   quantize_fp8      x, scale[1]                          -> q fp8                 (static)
   quantize_int8     x, (smoother[K])                     -> q int8, row_scale[T]  (per token)
-  linear_fp8        q, w fp8[N,K], x_scale[1], w_scale[1], (bias)          -> [T,N] dtype
+  linear_fp8        q, w fp8[N,K], x_scale[1], w_scale[1], (bias), (residual) -> [T,N] dtype
   linear_w8a8       q, row_scale[T], w int8[N,K], w_scale[N], (bias)       -> [T,N] dtype
   linear_wo         x, w, scales[N,K/G], (offsets[N,K/G]), (pre_quant_scale[K]), (bias) -> [T,N]
   rmsnorm_quant     x, w, (scale)            -> q (fp8) | q, row_scale (int8)
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kiln.builder.ir import torch_dtype
 from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
+from kiln.builder.ops.linear import expect_residual
 from kiln.builder.ops.norm import rms_norm
 from kiln.quantize import pack
 
@@ -85,17 +86,24 @@ def _linear_fp8_infer(node, graph):
            f"needs fp8 x [.., K] and fp8 w [N, K]; got {xd}{list(xs)} and {wd}{list(ws)}")
     _expect_scalar(node, graph, 2, "x_scale")
     _expect_scalar(node, graph, 3, "w_scale")
-    _expect_bias(node, graph, 4, ws[0])
-    return _gemm_out(node, graph, xs, ws[0])
+    if len(node.inputs) - bool(node.attrs.get("residual")) == 5:
+        _expect_bias(node, graph, 4, ws[0])
+    out = _gemm_out(node, graph, xs, ws[0])
+    expect_residual(node, graph, out[0])
+    return out
 
 
 def _linear_fp8(node, inputs, ctx):
+    """(x @ w.T) * (x_scale * w_scale) (+ bias), rounded to dtype; with `residual`, then plus the
+    residual (its last input), rounded again (ops/linear.py)."""
+    residual = node.attrs.get("residual")
     q, w, x_scale, w_scale = inputs[:4]
     acc = q.float() @ w.float().T
     y = acc * (x_scale.float() * w_scale.float())
-    if len(inputs) == 5:
+    if len(inputs) - bool(residual) == 5:
         y = y + inputs[4].float()
-    return [y.to(torch_dtype(node.attrs["dtype"]))]
+    y = y.to(torch_dtype(node.attrs["dtype"]))
+    return [y + inputs[-1] if residual else y]
 
 
 def _linear_w8a8_infer(node, graph):

@@ -6,6 +6,7 @@ from typing import Callable
 from kiln.builder.ir import Graph
 from kiln.builder.passes.drop_dead_values import drop_dead_values
 from kiln.builder.passes.fold_into_linears import fold_into_linears
+from kiln.builder.passes.fold_residual_into_linears import fold_residual_into_linears
 from kiln.builder.passes.fold_rope_into_attention import fold_rope_into_attention
 from kiln.builder.passes.fuse_add_rmsnorm import fuse_add_rmsnorm
 from kiln.builder.passes.fuse_gate_up import fuse_gate_up
@@ -32,8 +33,10 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("quantize_linears", quantize_linears),
     ("quantize_kv_cache", quantize_kv_cache),
     ("quantize_fuse_producers", quantize_fuse_producers),
-    # Phase 5: clean up, mark the norms the GEMMs take in, and lay out memory.
+    # Phase 5: clean up, the residual adds into the GEMMs before them, mark the norms the GEMMs
+    # take in, and lay out memory.
     ("drop_dead_values", drop_dead_values),
+    ("fold_residual_into_linears", fold_residual_into_linears),
     ("fold_into_linears", fold_into_linears),
     ("plan_memory", plan_memory),
 ]

@@ -201,6 +201,11 @@ PlanSpec toPlan(py::object const& engine)
             g.out = toRef(field(s, "out", "a gemm").cast<py::dict>());
             if (!s["bias"].is_none())
                 g.bias = toRef(s["bias"].cast<py::dict>());
+            if (s.contains("residual") && !s["residual"].is_none())
+            {
+                g.residual = toRef(s["residual"].cast<py::dict>());
+                g.ldr = field(s, "ldr", "a gemm with a residual").cast<int>();
+            }
             g.m = field(s, "m", "a gemm").cast<std::string>();
             g.n = field(s, "n", "a gemm").cast<int>();
             g.k = field(s, "k", "a gemm").cast<int>();

@@ -53,6 +53,7 @@ struct GemmRunner::Problem
     std::uint32_t alignA = 256; // the weight (cuBLASLt's A)
     std::uint32_t alignB = 256; // the activation (cuBLASLt's B)
     std::uint32_t alignC = 256;
+    std::uint32_t alignR = 256; // the residual (cuBLASLt's C), where the problem has one
 };
 
 struct GemmRunner::Plan
@@ -62,6 +63,7 @@ struct GemmRunner::Plan
     cublasLtMatrixLayout_t a = nullptr; // w: K x N column-major, transposed by the op
     cublasLtMatrixLayout_t b = nullptr; // activations: K x M column-major (ld = lda)
     cublasLtMatrixLayout_t c = nullptr; // out: N x M column-major (ld = ldc)
+    cublasLtMatrixLayout_t r = nullptr; // the residual, cuBLASLt's C: N x M (ld = ldr); null: c
     std::vector<cublasLtMatmulHeuristicResult_t> candidates; // the heuristic's, best first
     std::size_t tunedOver = 0;          // how many GEMMs the candidates were timed over (0: not timed)
     cublasLtMatmulAlgo_t algo{};
@@ -103,6 +105,12 @@ int GemmRunner::add(GemmProblem const& p)
     problem->alignA = alignment(p.w);
     problem->alignB = alignment(p.a);
     problem->alignC = alignment(p.out);
+    if (p.residual != nullptr)
+    {
+        if (p.ldr < p.n)
+            throw std::invalid_argument("a GEMM's residual needs a row stride of at least N");
+        problem->alignR = alignment(p.residual);
+    }
     auto& api = *mApi;
     api.check(api.matmulDescCreate(&problem->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     cublasOperation_t const transA = CUBLAS_OP_T;
@@ -151,6 +159,8 @@ void GemmRunner::destroyPlans() noexcept
         mApi->matrixLayoutDestroy(plan->a);
         mApi->matrixLayoutDestroy(plan->b);
         mApi->matrixLayoutDestroy(plan->c);
+        if (plan->r != nullptr)
+            mApi->matrixLayoutDestroy(plan->r);
     }
     mPlans.clear();
 }
@@ -178,7 +188,8 @@ GemmRunner::PlanKey GemmRunner::keyOf(Problem const& problem, int m)
     GemmProblem const& p = problem.p;
     return std::make_tuple(static_cast<int>(p.type) * 1000 + static_cast<int>(p.inType), p.n, p.k, p.lda, p.ldc,
         p.bias != nullptr, m,
-        static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)));
+        static_cast<int>(problem.alignA * 1000 + problem.alignB * 10 + (problem.alignC >= 16)),
+        p.residual != nullptr ? p.ldr * 2 + (problem.alignR >= 16) : -1);
 }
 
 GemmRunner::Plan& GemmRunner::planFor(
@@ -237,6 +248,9 @@ std::unique_ptr<GemmRunner::Plan> GemmRunner::makePlan(Problem const& problem, i
     api.check(api.matrixLayoutCreate(&plan->a, p.inType, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
     api.check(api.matrixLayoutCreate(&plan->b, p.inType, p.k, m, p.lda), "cublasLtMatrixLayoutCreate(a)");
     api.check(api.matrixLayoutCreate(&plan->c, p.type, p.n, m, p.ldc), "cublasLtMatrixLayoutCreate(out)");
+    if (p.residual != nullptr)
+        api.check(api.matrixLayoutCreate(&plan->r, p.type, p.n, m, p.ldr), "cublasLtMatrixLayoutCreate(residual)");
+    cublasLtMatrixLayout_t const cLayout = plan->r != nullptr ? plan->r : plan->c;
 
     cublasLtMatmulPreference_t pref = nullptr;
     api.check(api.preferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
@@ -252,10 +266,11 @@ std::unique_ptr<GemmRunner::Plan> GemmRunner::makePlan(Problem const& problem, i
             "preference MAX_WORKSPACE_BYTES");
         setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, problem.alignA, "preference MIN_ALIGNMENT_A");
         setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, problem.alignB, "preference MIN_ALIGNMENT_B");
-        setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, problem.alignC, "preference MIN_ALIGNMENT_C");
+        setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, p.residual != nullptr ? problem.alignR : problem.alignC,
+            "preference MIN_ALIGNMENT_C");
         setPref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, problem.alignC, "preference MIN_ALIGNMENT_D");
         api.check(api.algoGetHeuristic(
-                      mHandle, problem.desc, plan->a, plan->b, plan->c, plan->c, pref, kCandidates, results, &found),
+                      mHandle, problem.desc, plan->a, plan->b, cLayout, plan->c, pref, kCandidates, results, &found),
             "cublasLtMatmulAlgoGetHeuristic");
     }
     catch (...)
@@ -309,25 +324,13 @@ void GemmRunner::run(int id, int m, cudaStream_t stream)
     // A plan, once made, is tuned already (prepare() retunes it over more GEMMs, run() never).
     auto const known = mPlans.find(keyOf(problem, m));
     Plan& plan = known != mPlans.end() ? *known->second : planFor({&problem}, m, stream, nullptr);
-    float const alpha = 1.0F;
-    float const beta = 0.0F;
-    GemmProblem const& p = problem.p;
-    mApi->check(mApi->matmul(mHandle, problem.desc, &alpha, p.w, plan.a, p.a, plan.b, &beta, p.out, plan.c, p.out,
-                    plan.c, &plan.algo, mWorkspace, mWorkspaceBytes, stream),
-        "cublasLtMatmul");
+    mApi->check(matmul(problem, plan, plan.algo, stream), "cublasLtMatmul");
 }
 
 float GemmRunner::timeAlgo(std::vector<Problem const*> const& peers, Plan const& plan,
     cublasLtMatmulAlgo_t const& algo, cudaStream_t stream, ColdL2 const& cold)
 {
-    float const alpha = 1.0F;
-    float const beta = 0.0F;
-    auto once = [&](Problem const& problem)
-    {
-        GemmProblem const& p = problem.p;
-        return mApi->matmul(mHandle, problem.desc, &alpha, p.w, plan.a, p.a, plan.b, &beta, p.out, plan.c, p.out,
-            plan.c, &algo, mWorkspace, mWorkspaceBytes, stream);
-    };
+    auto once = [&](Problem const& problem) { return matmul(problem, plan, algo, stream); };
     if (once(*peers.front()) != CUBLAS_STATUS_SUCCESS) // a candidate that does not run is skipped
     {
         return -1.0F;
@@ -338,6 +341,18 @@ float GemmRunner::timeAlgo(std::vector<Problem const*> const& peers, Plan const&
             mApi->check(once(*peer), "cublasLtMatmul (timing)");
     };
     return bestOfRuns(stream, kTuneReps, all, cold) / static_cast<float>(peers.size());
+}
+
+cublasStatus_t GemmRunner::matmul(
+    Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo, cudaStream_t stream)
+{
+    // out = w^T-product (+ bias) (+ the residual: cuBLASLt's C with beta 1, its own layout).
+    float const alpha = 1.0F;
+    GemmProblem const& p = problem.p;
+    bool const residual = p.residual != nullptr;
+    float const beta = residual ? 1.0F : 0.0F;
+    return mApi->matmul(mHandle, problem.desc, &alpha, p.w, plan.a, p.a, plan.b, &beta, residual ? p.residual : p.out,
+        residual ? plan.r : plan.c, p.out, plan.c, &algo, mWorkspace, mWorkspaceBytes, stream);
 }
 
 std::vector<GemmChoice> GemmRunner::choices() const

@@ -31,6 +31,8 @@ struct GemmProblem
     void const* bias = nullptr;
     void const* aScale = nullptr; ///< device float32: a's per-tensor dequantization scale (FP8)
     void const* wScale = nullptr; ///< device float32: w's
+    void const* residual = nullptr; ///< added to the product (cuBLASLt's C, beta 1); null: none
+    int ldr = 0;                    ///< the residual's row stride
 };
 
 /// @brief The algorithm cuBLASLt's heuristic chose for one shape and M, for reports.
@@ -84,7 +86,7 @@ public:
 private:
     struct Plan;
     struct Problem;
-    using PlanKey = std::tuple<int, int, int, int, int, bool, int, int>;
+    using PlanKey = std::tuple<int, int, int, int, int, bool, int, int, int>;
     static PlanKey keyOf(Problem const& problem, int m);
     /// The plan of peers[0]'s shape at `m` rows. For small M its candidates are timed, each
     /// over those of `peers` of that shape back to back after `cold` evicts L2 (made here when
@@ -98,6 +100,9 @@ private:
         cudaStream_t stream, ColdL2 const& cold);
     /// Sets FAST_ACCUM on an FP8 problem's descriptor as mFp8FastAccumulation says.
     void applyFastAccumulation(Problem& problem);
+    /// @brief One cublasLtMatmul of `problem` with `plan`'s layouts and `algo` on `stream`.
+    cublasStatus_t matmul(Problem const& problem, Plan const& plan, cublasLtMatmulAlgo_t const& algo,
+        cudaStream_t stream);
     void destroyPlans() noexcept;
 
     std::unique_ptr<CublasLtApi> mApi;

@@ -117,6 +117,9 @@ struct GemmStep
     std::string inDtype; ///< a's and w's when they differ ("float8_e4m3fn"); empty: dtype
     std::optional<BufferRef> aScale; ///< FP8: float32 per-tensor dequantization scale of a
     std::optional<BufferRef> wScale; ///< FP8: the same for w
+    /// A linear with a residual: out = (a @ w^T)(rounded) + residual, cuBLASLt's C with beta 1
+    std::optional<BufferRef> residual;
+    int ldr = 0; ///< the residual's row stride
     std::vector<GemmAlternative> alternatives;
     std::vector<LaunchStep> prologue;
     std::vector<LaunchStep> epilogue;

@@ -956,14 +956,16 @@ private:
                 GemmProblem problem{outType, inType, g.n, g.k, g.lda, g.ldc,
                     reinterpret_cast<void const*>(resolve(g.a, g.label)),
                     reinterpret_cast<void const*>(resolve(g.w, g.label)), reinterpret_cast<void*>(resolve(g.out, g.label)),
-                    g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale};
+                    g.bias ? reinterpret_cast<void const*>(resolve(*g.bias, g.label)) : nullptr, aScale, wScale,
+                    g.residual ? reinterpret_cast<void const*>(resolve(*g.residual, g.label)) : nullptr, g.ldr};
                 // The choice is an index into the alternatives: only GEMMs that offer the same
                 // kernels (and prologue) may share it; and those with the same rows, so that the
                 // GEMMs a choice is timed over all have its M (the layers' GEMMs, not the last
                 // layer's on the last tokens only).
                 std::string shape = g.dtype + "/" + g.inDtype + "/" + std::to_string(g.n) + "x"
                     + std::to_string(g.k) + "/" + std::to_string(g.lda) + "/" + std::to_string(g.ldc)
-                    + (g.bias ? "/bias" : "") + "/rows:" + g.m;
+                    + (g.bias ? "/bias" : "") + (g.residual ? "/residual:" + std::to_string(g.ldr) : "")
+                    + "/rows:" + g.m;
                 for (auto const& alternative : g.alternatives)
                     for (auto const& step : alternative.steps)
                         shape += "/" + step.kernel;

@@ -492,26 +492,30 @@ def check_sampling(device, vocab, seed, draws=64):
     return bad
 
 
-def check_small_m_gemm(device, dtype, m, n, k, seed, config, bias=True):
+def check_small_m_gemm(device, dtype, m, n, k, seed, config, bias=True, residual=False):
     """The M <= 16 alternative of a linear (kernels/gemm.py) against ops' linear, x a strided
-    view and out poisoned; the worst of out's rel_err and that of any row M.. it wrote."""
+    view and out poisoned; the worst of out's rel_err and that of any row M.. it wrote.
+    `residual`: a linear with a residual (a strided view) added to its product."""
     from kiln.builder.kernels import gemm
     g = torch.Generator().manual_seed(seed)
     wide = _rand(g, (m, k + 24), dtype, device)
     x = wide[:, 8:8 + k]
     w = _rand(g, (n, k), dtype, device, k ** -0.5)
     b = _rand(g, (n,), dtype, device) if bias else None
+    res = _rand(g, (m, n + 8), dtype, device)[:, 4:4 + n] if residual else None
     out = torch.full((m + 2, n), float("nan"), dtype=dtype, device=device)
-    gemm.linear_small_m(x, w, b, config=config, out=out[:m])
-    (ref,) = _ref("linear", [x, w] + ([b] if bias else []))
+    gemm.linear_small_m(x, w, b, config=config, out=out[:m], out_res=res)
+    (ref,) = _ref("linear", [x, w] + ([b] if bias else []) + ([res] if residual else []),
+                  {"residual": True} if residual else None)
     assert torch.isnan(out[m:]).all(), "the kernel wrote rows beyond M"
     return rel_err(out[:m], ref)
 
 
-def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
+def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False, residual=False):
     """The one-row alternative of a linear (gemv_kernel) against ops' `prologue` ("plain",
     "rmsnorm", "add_rmsnorm" or "silu_mul") then linear, x the first row of a strided view and
-    out poisoned: out's rel_err; add_rmsnorm's sum must come out exactly."""
+    out poisoned: out's rel_err; add_rmsnorm's sum must come out exactly. `residual`: a linear
+    with a residual added to its product."""
     from kiln.builder.kernels import gemm
     g = torch.Generator().manual_seed(seed)
     width = 2 * k if prologue == "silu_mul" else k
@@ -521,12 +525,13 @@ def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
     gamma = _rand(g, (k,), dtype, device, 0.1, 1.0)
     w = _rand(g, (n, k), dtype, device, k ** -0.5)
     b = _rand(g, (n,), dtype, device) if bias else None
+    out_res = _rand(g, (1, n), dtype, device) if residual else None
     out = torch.full((2, n), float("nan"), dtype=dtype, device=device)
     total = torch.full((1, k), float("nan"), dtype=dtype, device=device)
     kind = {"plain": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM,
             "silu_mul": gemm.SILU_MUL}[prologue]
     gemm.linear_gemv(x, w, b, config=config, out=out[:1], prologue=kind, g=gamma, eps=1e-5,
-                     res=res, total=total)
+                     res=res, total=total, out_res=out_res)
     if prologue == "add_rmsnorm":
         a, want_total = _ref("add_rmsnorm", [x[:1], res, gamma], {"eps": 1e-5}, n_out=2)
         assert torch.equal(total.cpu(), want_total), "the residual sum differs from add_rmsnorm's"
@@ -536,7 +541,8 @@ def check_gemv(device, dtype, n, k, seed, config, prologue="plain", bias=False):
         (a,) = _ref("silu_mul", [x[:1]])
     else:
         a = x[:1]
-    (ref,) = _ref("linear", [a, w] + ([b] if bias else []))
+    (ref,) = _ref("linear", [a, w] + ([b] if bias else []) + ([out_res] if residual else []),
+                  {"residual": True} if residual else None)
     assert torch.isnan(out[1:]).all(), "the kernel wrote beyond row 0"
     return rel_err(out[:1], ref)
 
@@ -587,7 +593,8 @@ def check_glu(device, dtype, n, k, seed, config, kernel="gemv", m=1, fp8=False,
 
 
 # Cases the CPU interpreter can run in reasonable time: (name, check, kwargs, bound).
-def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False):
+def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False,
+                   residual=False):
     """linear_fp8's one-row alternative (gemv_kernel, SCALED) against ops' FP8 quantization
     `prologue` then linear_fp8: "fp8" (x already quantized), "quantize" (quantize_fp8),
     "rmsnorm", "add_rmsnorm" (*_quant) or "silu_mul" (silu_mul_quant), x the first row of a
@@ -606,18 +613,20 @@ def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False
     a_scale = torch.tensor([{"rmsnorm": 2.5, "add_rmsnorm": 2.5, "silu_mul": 3.0}.get(
         prologue, 5.0) / 448]).to(device)
     b = [_rand(g, (n,), dtype, device)] if bias else []
+    out_res = _rand(g, (1, n), dtype, device) if residual else None
     out = torch.full((2, n), float("nan"), dtype=dtype, device=device)
     total = torch.full((1, k), float("nan"), dtype=dtype, device=device)
     attrs = {"eps": 1e-5, "qdtype": "float8_e4m3fn"}
     if prologue == "fp8":
         (q,) = _ref("quantize_fp8", [x[:1], a_scale])
         gemm.linear_gemv(q.to(device), w, *b, config=config, out=out[:1],
-                         scales=(a_scale, w_scale), dtype=dtype)
+                         scales=(a_scale, w_scale), dtype=dtype, out_res=out_res)
     else:
         kind = {"quantize": gemm.PLAIN, "rmsnorm": gemm.NORM, "add_rmsnorm": gemm.ADD_NORM,
                 "silu_mul": gemm.SILU_MUL}[prologue]
         gemm.linear_gemv(x, w, *b, config=config, out=out[:1], prologue=kind, g=gamma,
-                         eps=1e-5, res=res, total=total, scales=(a_scale, w_scale))
+                         eps=1e-5, res=res, total=total, scales=(a_scale, w_scale),
+                         out_res=out_res)
         if prologue == "add_rmsnorm":
             q, want_total = _ref("add_rmsnorm_quant", [x[:1], res, gamma, a_scale], attrs,
                                  n_out=2)
@@ -629,7 +638,8 @@ def check_gemv_fp8(device, dtype, n, k, seed, config, prologue="fp8", bias=False
         else:
             (q,) = _ref("quantize_fp8", [x[:1], a_scale])
     name = str(dtype).split(".")[1]
-    (ref,) = _ref("linear_fp8", [q, w, a_scale, w_scale, *b], {"dtype": name})
+    extra = ([out_res], {"residual": True}) if residual else ([], {})
+    (ref,) = _ref("linear_fp8", [q, w, a_scale, w_scale, *b, *extra[0]], {"dtype": name, **extra[1]})
     assert torch.isnan(out[1:]).all(), "the kernel wrote beyond row 0"
     return rel_err(out[:1], ref)
 
@@ -826,6 +836,18 @@ def interpreter_cases():
             cases.append((f"small_m_gemm-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
                           dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias),
                           TOL[dtype]))
+        # A linear with a residual (passes/fold_residual_into_linears.py): the plain and the
+        # SWAP forms, and the one-row kernel after each of its prologues.
+        for m, n, k, config, bias in [(5, 50, 72, 1, True), (7, 100, 200, 4, False)]:
+            cases.append((f"small_m_gemm_residual-{d}-{m}x{n}x{k}-c{config}", check_small_m_gemm,
+                          dict(dtype=dtype, m=m, n=n, k=k, seed=m + n, config=config, bias=bias,
+                               residual=True), TOL[dtype]))
+        for name, check, prologues in [("gemv", check_gemv, ("plain", "rmsnorm", "silu_mul")),
+                                       ("gemv_fp8", check_gemv_fp8, ("fp8", "rmsnorm"))]:
+            for prologue in prologues:
+                cases.append((f"{name}_residual-{d}-{prologue}", check,
+                              dict(dtype=dtype, n=48, k=256, seed=7, config=0, prologue=prologue,
+                                   bias=prologue == "plain", residual=True), TOL[dtype]))
         shared = [(64, 256, 0, "add_rmsnorm", False), (50, 72, 1, "rmsnorm", True),
                   (96, 1100, 2, "silu_mul", False)]
         for name, check, extra in [

@@ -136,7 +136,11 @@ class ProgramEmulator:
         if g.get("in_dtype"):  # FP8: per-tensor dequantization scales
             y = y * (self.pointer(g["a_scale"], torch.float32)[0]
                      * self.pointer(g["w_scale"], torch.float32)[0])
-        out.copy_((y if bias is None else y + bias.float()).to(dtype))
+        y = (y if bias is None else y + bias.float()).to(dtype)
+        if g.get("residual"):  # a linear with a residual: the product rounded, then the sum
+            res = torch.as_strided(self.pointer(g["residual"], dtype), (m, g["n"]), (g["ldr"], 1))
+            y = (y.float() + res.float()).to(dtype)
+        out.copy_(y)
         for step in g.get("epilogue") or []:
             self._launch(step, symbols)
 

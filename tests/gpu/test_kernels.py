@@ -234,6 +234,25 @@ def test_gemv(dtype, n, k, prologue, config):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(4096, 4096), (4096, 14336), (50, 72)])
+def test_gemm_adds_its_residual(dtype, n, k):
+    """A linear with a residual (passes/fold_residual_into_linears.py: the o and down
+    projections) through every small-M configuration at 7 and 16 rows and every one-row one
+    after each of its prologues: the product rounded, then the residual added, as ops' linear
+    with `residual` computes it."""
+    for m in (7, 16):
+        for config in range(len(SMALL_CONFIGS)):
+            err = kc.check_small_m_gemm("cuda", dtype, m, n, k, seed=m + n, config=config,
+                                        bias=n == 50, residual=True)
+            assert err < kc.TOL[dtype], f"small-M {m} rows, config {config}: error {err:.2e}"
+    for prologue in ("plain", "rmsnorm", "silu_mul"):
+        for config in range(len(GEMV_CONFIGS)):
+            err = kc.check_gemv("cuda", dtype, n, k, seed=n + k, config=config, prologue=prologue,
+                                bias=n == 50, residual=True)
+            assert err < kc.TOL[dtype], f"one-row {prologue}, config {config}: error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,prologue", [(28672, 4096, "add_rmsnorm"), (28672, 4096, "plain"),
                                           (1000, 576, "rmsnorm"), (36, 72, "plain")])
 @pytest.mark.parametrize("fp8,config", [(False, c) for c in range(len(GEMV_CONFIGS))]
@@ -270,3 +289,17 @@ def test_gemv_fp8(dtype, n, k, prologue, config):
     err = kc.check_gemv_fp8("cuda", dtype, n, k, seed=n + k, config=config, prologue=prologue,
                             bias=n == 1000)
     assert err < kc.TOL[dtype], f"error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,prologue", [(4096, 4096, "fp8"), (4096, 14336, "silu_mul"),
+                                          (50, 72, "rmsnorm")])
+def test_gemv_fp8_adds_its_residual(dtype, n, k, prologue):
+    """linear_fp8 with a residual (the FP8 o and down projections) through every one-row
+    configuration: the scaled product rounded, then the residual added."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89 or newer (Ada, Hopper)")
+    for config in range(len(GEMV_CONFIGS_FP8)):
+        err = kc.check_gemv_fp8("cuda", dtype, n, k, seed=n + k, config=config,
+                                prologue=prologue, bias=n == 50, residual=True)
+        assert err < kc.TOL[dtype], f"config {config}: error {err:.2e}"

@@ -318,7 +318,7 @@ def test_pipeline_order_and_disabled_pass_is_a_no_op():
     assert [name for name, _ in PIPELINE] == [
         "fuse_qkv", "fuse_gate_up", "fold_rope_into_attention", "gather_last_tokens",
         "fuse_add_rmsnorm", "quantize_linears", "quantize_kv_cache", "quantize_fuse_producers",
-        "drop_dead_values", "fold_into_linears", "plan_memory"]
+        "drop_dead_values", "fold_residual_into_linears", "fold_into_linears", "plan_memory"]
     g = base()
     weight(g, "gate.weight", I, H)
     weight(g, "up.weight", I, H)
@@ -330,3 +330,89 @@ def test_pipeline_order_and_disabled_pass_is_a_no_op():
     build = BuildConfig(dtype="float32", max_num_tokens=4, max_batch_size=1, max_seq_len=32)
     assert "silu_mul" in run_pipeline(g, build).ops()
     assert "silu_mul" not in run_pipeline(g, build, disabled=frozenset({"fuse_gate_up"})).ops()
+
+
+def residual_layer(quant: bool = False) -> Graph:
+    """An o-projection whose output only the add + RMSNorm after it reads, then a linear of the
+    norm; with `quant`, the FP8 forms (linear_fp8, add_rmsnorm_quant)."""
+    from kiln.builder.ir import WeightSource
+    g = base()
+    weight(g, "norm.weight", H)
+    weight(g, "u.weight", H, H)
+
+    def fp8(name, *shape, scale=False):
+        seed = sum(map(ord, name))
+        g.add_weight(name, "float32" if scale else "float8_e4m3fn", shape, WeightSource(
+            load=lambda dtype: (torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+                                * 0.1 + 0.02 if scale else
+                                torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+                                ).to(dtype), describe=name))
+
+    if quant:
+        fp8("o.weight", H, H)
+        for name in ("o.x_scale", "o.w_scale", "n.scale"):
+            fp8(name, 1, scale=True)
+        g.call("quantize_fp8", ["x", "o.x_scale"], ["xq"])
+        g.call("linear_fp8", ["xq", "o.weight", "o.x_scale", "o.w_scale"], ["y"],
+               dtype="float32")
+        g.call("add_rmsnorm_quant", ["y", "x", "norm.weight", "n.scale"], ["q", "h"], eps=1e-6,
+               qdtype="float8_e4m3fn")
+        g.call("linear_fp8", ["q", "o.weight", "n.scale", "o.w_scale"], ["z"], dtype="float32")
+    else:
+        weight(g, "o.weight", H, H)
+        g.call("linear", ["x", "o.weight"], ["y"])
+        g.call("add_rmsnorm", ["y", "x", "norm.weight"], ["n", "h"], eps=1e-6)
+        g.call("linear", ["n", "u.weight"], ["z"])
+    g.call("add", ["z", "h"], ["out"])
+    g.values["out"].kind = "output"
+    return g
+
+
+def evaluate(g: Graph) -> torch.Tensor:
+    """The graph's output by the ops' references, for input ids drawn from a fixed seed."""
+    from kiln.builder import ops
+    env = {"input_ids": torch.randint(0, V, (5,), generator=torch.Generator().manual_seed(1))}
+    for name in g.of_kind("weight"):
+        env[name] = g.sources[name].load(getattr(torch, g.values[name].dtype))
+    for node in g.nodes:
+        env.update(zip(node.outputs, ops.run(node, [env[i] for i in node.inputs], None)))
+    return env["out"]
+
+
+@pytest.mark.parametrize("quant", [False, True])
+def test_fold_residual_into_linears(quant):
+    """The GEMM before an add + RMSNorm that alone reads its output adds the residual itself;
+    the norm becomes an RMSNorm of the sum, and the graph computes the same values."""
+    from kiln.builder.passes import fold_residual_into_linears
+    before = residual_layer(quant)
+    after = fold_residual_into_linears(before)
+    after.verify()
+    gemm, norm = after.nodes[-4:-2]
+    if quant:
+        assert (gemm.op, gemm.inputs, gemm.outputs, gemm.attrs) == (
+            "linear_fp8", ["xq", "o.weight", "o.x_scale", "o.w_scale", "x"], ["h"],
+            {"dtype": "float32", "residual": True})
+        assert (norm.op, norm.inputs, norm.outputs) == (
+            "rmsnorm_quant", ["h", "norm.weight", "n.scale"], ["q"])
+    else:
+        assert (gemm.op, gemm.inputs, gemm.outputs, gemm.attrs) == (
+            "linear", ["x", "o.weight", "x"], ["h"], {"residual": True})
+        assert (norm.op, norm.inputs, norm.outputs, norm.attrs) == (
+            "rmsnorm", ["h", "norm.weight"], ["n"], {"eps": 1e-6})
+    assert "y" not in after.values
+    want = evaluate(before)
+    assert torch.isfinite(want).all() and torch.equal(evaluate(after), want)
+
+
+def test_fold_residual_into_linears_leaves_other_readers():
+    """A GEMM output read by anything besides the norm, or a norm whose x is no GEMM's, stays."""
+    from kiln.builder.passes import fold_residual_into_linears
+    g = residual_layer()
+    g.call("add", ["y", "x"], ["also"])
+    g.values["also"].kind = "output"
+    assert fold_residual_into_linears(g).structure() == g.structure()
+    g = base()
+    weight(g, "norm.weight", H)
+    g.call("add_rmsnorm", ["x", "x", "norm.weight"], ["n", "h"], eps=1e-6)
+    g.values["n"].kind = "output"
+    assert fold_residual_into_linears(g).structure() == g.structure()
