@@ -21,7 +21,8 @@ from kiln.builder.errors import KilnError
 from kiln.builder.host import usable_cpus
 
 MAGIC = b"KILNENG\0"
-FORMAT_VERSION = 2  # 2: int4 linear_wo groups carry float offsets, not integer zero points
+FORMAT_VERSION = 3  # 2: int4 linear_wo groups carry float offsets, not integer zero points;
+# 3: a linear may add a residual (its last input; a plan GEMM's `residual`)
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIQ")  # magic, version, header length
 REBUILD = "rebuild it with engine-build"

@@ -193,7 +193,7 @@ def test_inspect_refuses_wrong_format_version(engine_copy):
     cfg["format_version"] = 0
     (engine_copy / "config.json").write_text(json.dumps(cfg))
     assert_one_line_error(CliRunner().invoke(inspect_main, [str(engine_copy)]),
-                          "engine format version 0, this Kiln reads version 2; rebuild it")
+                          "engine format version 0, this Kiln reads version 3; rebuild it")
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

@@ -110,15 +110,15 @@ def test_wrong_version_in_rank_file_refused(copy):
     data = bytearray(rank.read_bytes())
     struct.pack_into("<I", data, len(MAGIC), 7)
     rank.write_bytes(bytes(data))
-    with pytest.raises(KilnError, match="engine format version 7, this Kiln reads version 2"):
+    with pytest.raises(KilnError, match="engine format version 7, this Kiln reads version 3"):
         load_engine(copy)
 
 
 def test_wrong_version_in_config_refused(copy):
     cfg = json.loads((copy / "config.json").read_text())
-    cfg["format_version"] = 3
+    cfg["format_version"] = 4
     (copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(KilnError, match="config.json: engine format version 3, this Kiln reads version 2"):
+    with pytest.raises(KilnError, match="config.json: engine format version 4, this Kiln reads version 3"):
         load_engine(copy)
 
 
