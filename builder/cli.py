@@ -126,6 +126,9 @@ def _fusion_lines(graph) -> list[str]:
                      ("silu_mul", "gate/up projections + SiLU-and-multiply")):
         if counts.get(op):
             lines.append(f"{what}: {counts[op]}")
+    residual = sum(1 for n in graph.nodes if n.attrs.get("residual"))
+    if residual:
+        lines.append(f"residual adds inside the GEMM before them: {residual}")
     qkv = sum(1 for n in graph.nodes if n.op == "split")
     if qkv:
         lines.append(f"q/k/v projections into one GEMM: {qkv}")

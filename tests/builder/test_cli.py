@@ -50,7 +50,8 @@ def test_build_summary_and_inspect(ckpt, tmp_path):
     assert "phases" in result.stdout and "write weights" in result.stdout
     shown = CliRunner().invoke(inspect_main, [str(out)])
     assert shown.exit_code == 0, shown.output
-    for text in ("max_seq_len: 128", "add_rmsnorm", "q/k/v projections into one GEMM: 2",
+    for text in ("max_seq_len: 128", "residual adds inside the GEMM before them: 4",
+                 "q/k/v projections into one GEMM: 2",
                  "RoPE folded into attention's KV write: 2",
                  "gate/up projections + SiLU-and-multiply: 2", "memory plan: activation arena",
                  "64 tokens x 64 sequences"):
