@@ -101,7 +101,7 @@ def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
         assert launch.to_json()["args"][1:3] == [{"arena": 0}, {"weight": "qkv.weight"}]
         assert launch.to_json()["args"][4:] == [{"weight": "in_scale"},
                                                 {"weight": "qkv.weight_scale"}] + [
-            {"weight": "qkv.weight"}] * 2 + [{"i32": "T"}]  # no SiLU-mul output: the weight
+            {"weight": "qkv.weight"}] * 3 + [{"i32": "T"}]  # no SiLU-mul, no residual: the weight
     for launch in launches[len(SMALL_CONFIGS_FP8):]:
         c = launch.kernel.constexprs
         assert launch.kernel.fn.fn.__name__ == "gemv_kernel"
@@ -109,8 +109,8 @@ def test_linear_fp8_is_a_scaled_cublaslt_gemm(lowered):
         args = launch.to_json()["args"]
         assert args[1:7] == [{"weight": "qkv.weight"}, {"arena": 0}] + [
             {"weight": "qkv.weight"}] * 4  # x is the FP8 input; unused operands: the weight
-        assert args[7:11] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"}] + [
-            {"weight": "qkv.weight"}] * 2
+        assert args[7:12] == [{"weight": "in_scale"}, {"weight": "qkv.weight_scale"}] + [
+            {"weight": "qkv.weight"}] * 3  # no SiLU-mul, no residual
 
 
 def test_fp8_quantization_folded_into_the_gemm():
