@@ -11,7 +11,7 @@ from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
 
 
-def residual_of(node, graph=None) -> str | None:
+def residual_of(node) -> str | None:
     """The residual a GEMM node adds (its last input), or None."""
     return node.inputs[-1] if node.attrs.get("residual") else None
 
