@@ -87,9 +87,15 @@ def test_engine_agrees_with_modelopt_fake_quant(checkpoints, tmp_path, arch, qua
     assert str(w.dtype).removeprefix("torch.") == WEIGHT_DTYPE[quant]
     assert report.num_kernels > 0  # the GPU program, for both targets
     ops = set(engine.graph.ops())
-    expected = {"fp8": {"linear_fp8", "rmsnorm_quant", "add_rmsnorm_quant", "silu_mul_quant"},
+    # FP8: every residual add inside the o and down GEMMs (fold_residual_into_linears); the
+    # int8 SmoothQuant GEMMs keep theirs in the norm.
+    expected = {"fp8": {"linear_fp8", "rmsnorm_quant", "silu_mul_quant"},
                 "int8_sq": {"linear_w8a8", "rmsnorm_quant", "add_rmsnorm_quant", "silu_mul_quant"}}
     assert expected.get(quant, {"linear_wo"}) <= ops
+    if quant == "fp8":
+        assert "add_rmsnorm_quant" not in ops
+        assert sum(1 for n in engine.graph.nodes if n.op == "linear_fp8"
+                   and n.attrs.get("residual")) == 2 * engine.config.model.num_layers
     assert "linear" in ops  # the LM head stays unquantized
 
 
