@@ -270,7 +270,9 @@ def test_the_whole_pipeline_quantizes():
                                                      input_scale=torch.tensor([0.04]))})
     build = build_config("fp8", calib)
     plan = run_pipeline(before(), build)
+    # The down projection adds the residual itself (fold_residual_into_linears).
     assert plan.ops() == ["embedding", "rmsnorm_quant", "linear_fp8", "silu_mul_quant",
-                          "linear_fp8", "add_rmsnorm", "linear"]
+                          "linear_fp8", "rmsnorm", "linear"]
+    assert plan.nodes[4].attrs.get("residual")
     assert build.calibrator.calls == 1
     assert "layers.0.mlp_in" not in plan.values and plan.memory_plan is not None
