@@ -14,6 +14,9 @@ if [ "${STAGE:-tests}" = tests ]; then
   timeout 200 python3 -m pytest -m gpu tests/gpu/test_kernels.py -k residual -q -rs \
     -p no:cacheprovider > "$LOG/tests-kernels.log" 2>&1
   at "kernel tests rc $?: $(tail -n 1 "$LOG/tests-kernels.log")"
+  timeout 120 python3 -m pytest -m gpu tests/gpu/test_tma_gemm.py -q -rs \
+    -p no:cacheprovider > "$LOG/tests-tma.log" 2>&1
+  at "tma gemm tests rc $?: $(tail -n 1 "$LOG/tests-tma.log")"
   for s in engines quant_engines; do
     timeout 220 python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs \
       -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1
