@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU calls on the tree of this branch (B; A: variant.diff reversed, built as a wheel beside).
-#   STAGE=tests (~6 min): the GPU tests of the GEMMs that add a residual (test_kernels.py
-#     -k residual), the engine-against-reference shards engines and quant_engines, and the
-#     BF16 speed check (batch 1, TTFT).
+#   STAGE=tests (~9 min): the GPU tests of the GEMMs that add a residual (test_kernels.py
+#     -k residual) and test_tma_gemm.py beside scripts/gpu_check.sh with the shards SHARDS
+#     (default: the engines against the reference, one of the tiny families' three shards and
+#     the small-M GEMMs) and the speed check (BF16 batch 1, TTFT).
 #   STAGE=runs (~8 min): BF16 + FP8 KV 128/128 (3,000 requests) on the engine sized as
 #     scripts/bench_gpu.sh sizes it, built by each tree (the pass runs at build time): B A B A.
 # Logs in $OUT/logs.tgz.
@@ -11,19 +12,22 @@ D=docs/results/residual-gemm-2026-12-07
 . docs/results/fp8_ab.sh
 one_call "residual-gemm-${STAGE:-tests}"
 if [ "${STAGE:-tests}" = tests ]; then
-  timeout 200 python3 -m pytest -m gpu tests/gpu/test_kernels.py -k residual -q -rs \
+  # The engine shards (every tiny family's engine against the reference: families_*), the
+  # small-M GEMMs without a residual, and the speed check; beside the shards (after the speed
+  # check, which they would disturb) the GEMMs that add a residual and the TMA GEMMs (their choices).
+  KILN_GPU_CHECK_SHARDS="${SHARDS:-engines quant_engines families_a small_m fp8_small_m}" \
+    KILN_GPU_CHECK_LIMIT=${LIMIT:-470} bash scripts/gpu_check.sh > "$LOG/gpu-check.log" 2>&1 &
+  check=$!
+  while ! grep -q "^== pytest" "$LOG/gpu-check.log" 2>/dev/null && kill -0 $check; do sleep 2; done
+  timeout 300 python3 -m pytest -m gpu tests/gpu/test_kernels.py -k residual -q -rs \
     -p no:cacheprovider > "$LOG/tests-kernels.log" 2>&1
-  at "kernel tests rc $?: $(tail -n 1 "$LOG/tests-kernels.log")"
-  timeout 120 python3 -m pytest -m gpu tests/gpu/test_tma_gemm.py -q -rs \
+  timeout 150 python3 -m pytest -m gpu tests/gpu/test_tma_gemm.py -q -rs \
     -p no:cacheprovider > "$LOG/tests-tma.log" 2>&1
-  at "tma gemm tests rc $?: $(tail -n 1 "$LOG/tests-tma.log")"
-  for s in engines quant_engines; do
-    timeout 220 python3 -m pytest -m gpu $(python3 tests/gpu/shards.py $s) -q -rs \
-      -p no:cacheprovider > "$LOG/tests-$s.log" 2>&1
-    at "$s rc $?: $(tail -n 1 "$LOG/tests-$s.log")"
-  done
-  timeout 120 python3 tests/gpu/speed_check.py --batches 1,8 --steps 64 > "$LOG/speed.log" 2>&1
-  at "speed rc $?"; grep -E "graphs \(ms|roofline|first token" "$LOG/speed.log"
+  at "kernel tests: $(tail -n 1 "$LOG/tests-kernels.log"); tma: $(tail -n 1 "$LOG/tests-tma.log")"
+  wait $check
+  at "gpu check rc $?"
+  cp -r build/gpu-check "$LOG/"
+  grep -E "^-- |passed|failed|graphs \(ms|roofline|first token" "$LOG/gpu-check.log" | tail -30
   exit 0
 fi
 wheel_a_beside
