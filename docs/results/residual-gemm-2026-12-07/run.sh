@@ -19,9 +19,9 @@ if [ "${STAGE:-tests}" = tests ]; then
     KILN_GPU_CHECK_LIMIT=${LIMIT:-470} bash scripts/gpu_check.sh > "$LOG/gpu-check.log" 2>&1 &
   check=$!
   while ! grep -q "^== pytest" "$LOG/gpu-check.log" 2>/dev/null && kill -0 $check; do sleep 2; done
-  timeout 300 python3 -m pytest -m gpu tests/gpu/test_kernels.py -k residual -q -rs \
+  timeout 240 python3 -m pytest -m gpu tests/gpu/test_kernels.py -k residual -q -rs \
     -p no:cacheprovider > "$LOG/tests-kernels.log" 2>&1
-  timeout 150 python3 -m pytest -m gpu tests/gpu/test_tma_gemm.py -q -rs \
+  timeout 100 python3 -m pytest -m gpu tests/gpu/test_tma_gemm.py -q -rs \
     -p no:cacheprovider > "$LOG/tests-tma.log" 2>&1
   at "kernel tests: $(tail -n 1 "$LOG/tests-kernels.log"); tma: $(tail -n 1 "$LOG/tests-tma.log")"
   wait $check
