@@ -5,7 +5,8 @@
 #     (default: the engines against the reference, one of the tiny families' three shards and
 #     the small-M GEMMs) and the speed check (BF16 batch 1, TTFT).
 #   STAGE=runs (~8 min): BF16 + FP8 KV 128/128 (3,000 requests) on the engine sized as
-#     scripts/bench_gpu.sh sizes it, built by each tree (the pass runs at build time): B A B A.
+#     scripts/bench_gpu.sh sizes it, built by each tree (the pass runs at build time): B A B A
+#     (BESIDE=1: the residual's kernel tests and the engines shard while B is built).
 # Logs in $OUT/logs.tgz.
 cd "$(dirname "$0")/../../.."
 D=docs/results/residual-gemm-2026-12-07
@@ -37,8 +38,22 @@ build() {  # NAME: the sized engine built by the tree installed now, moved to en
   at "build $1 rc $?: $(tail -n 1 "$LOG/build-$1.log")"
   rm -rf "engines/$1"; mv engines/llama-3.1-8b-bf16-kvfp8-sized "engines/$1"
 }
+# BESIDE=1: the residual's kernel tests and the engines shard run while B's engine and A's
+# wheel are built (one call for both where the device's time is short); done before A is used.
+if [ "${BESIDE:-0}" = 1 ]; then
+  timeout 200 python3 -m pytest -m gpu tests/gpu/test_kernels.py -k residual -q -rs \
+    -p no:cacheprovider > "$LOG/tests-kernels.log" 2>&1 &
+  k=$!
+  timeout 200 python3 -m pytest -m gpu $(python3 tests/gpu/shards.py engines) -q -rs \
+    -p no:cacheprovider > "$LOG/tests-engines.log" 2>&1 &
+  e=$!
+fi
 build B
 grep -c '"residual"' engines/B/*.json 2>/dev/null | head -3
+if [ "${BESIDE:-0}" = 1 ]; then
+  wait $k; at "kernel tests rc $?: $(tail -n 1 "$LOG/tests-kernels.log")"
+  wait $e; at "engines rc $?: $(tail -n 1 "$LOG/tests-engines.log")"
+fi
 wait $wheel; tail -n 1 "$LOG/wheel-a.log"
 use A; build A
 data=$PWD/data/128-128-3000.jsonl
