@@ -49,7 +49,6 @@ if [ "${BESIDE:-0}" = 1 ]; then
   e=$!
 fi
 build B
-grep -c '"residual"' engines/B/*.json 2>/dev/null | head -3
 if [ "${BESIDE:-0}" = 1 ]; then
   wait $k; at "kernel tests rc $?: $(tail -n 1 "$LOG/tests-kernels.log")"
   wait $e; at "engines rc $?: $(tail -n 1 "$LOG/tests-engines.log")"
