@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU calls on the tree of this branch (B; A: variant.diff reversed, built as a wheel beside).
+# GPU calls on the tree with the residual add inside the GEMM (B; A: variant.diff reversed, built as a wheel beside).
 #   STAGE=tests (~9 min): the GPU tests of the GEMMs that add a residual (test_kernels.py
 #     -k residual) and test_tma_gemm.py beside scripts/gpu_check.sh with the shards SHARDS
 #     (default: the engines against the reference, one of the tiny families' three shards and
