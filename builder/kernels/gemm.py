@@ -34,10 +34,10 @@ import triton
 import triton.language as tl
 
 from kiln.builder.kernels.direct import direct
-from kiln.builder.ops.linear import residual_of
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rounding import INTERPRETED, to_e4m3
 from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
+from kiln.builder.ops.linear import residual_of
 
 SMALL_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages, SWAP): the alternatives offered for M <= SMALL_M,
