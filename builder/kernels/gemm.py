@@ -37,7 +37,7 @@ from kiln.builder.kernels.direct import direct
 from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rounding import INTERPRETED, to_e4m3
 from kiln.builder.kernels.spec import F32, I32, Gemm, Launch
-from kiln.builder.ops.linear import residual_of
+from kiln.builder.ops.linear import operands, residual_of
 
 SMALL_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages, SWAP): the alternatives offered for M <= SMALL_M,
@@ -535,9 +535,9 @@ def residual_args(ctx, node, epilogue: dict | None) -> dict:
 
 
 def plan_linear(node, ctx):
-    x, w = node.inputs[0], node.inputs[1]
+    x, w, *bias = operands(node, node.inputs)
+    bias = bias[0] if bias else None
     residual = residual_of(node)
-    bias = node.inputs[2] if len(node.inputs) - bool(residual) == 3 else None
     (out,) = node.outputs
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     folded = ctx.folded.pop(x, None)

@@ -46,7 +46,7 @@ from kiln.builder.kernels.pdl import enter
 from kiln.builder.kernels.rounding import fma
 from kiln.builder.kernels.spec import I32, Gemm, Ptr
 from kiln.builder.kernels.symbols import evaluate
-from kiln.builder.ops.linear import residual_of
+from kiln.builder.ops.linear import operands, residual_of
 
 SMALL_M = 16
 MAX_SPLITS = 16
@@ -725,9 +725,9 @@ def splits_for(n: int, k: int, num_sms: int) -> int:
 # -- lowering -----------------------------------------------------------------------------------
 
 def plan_linear_fp8(node, ctx):
-    q, w, x_scale, w_scale = node.inputs[:4]
+    q, w, x_scale, w_scale, *bias = operands(node, node.inputs)
+    bias = bias[0] if bias else None
     residual = residual_of(node)
-    bias = node.inputs[4] if len(node.inputs) - bool(residual) == 5 else None
     (out,) = node.outputs
     n, k = (int(d) for d in ctx.graph.values[w].shape)
     if k % 16 or n % 16:

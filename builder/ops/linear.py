@@ -16,6 +16,11 @@ def residual_of(node) -> str | None:
     return node.inputs[-1] if node.attrs.get("residual") else None
 
 
+def operands(node, inputs: list) -> list:
+    """`inputs` (the node's input names or their tensors) less the residual it adds, if any."""
+    return inputs[:-1] if node.attrs.get("residual") else inputs
+
+
 def expect_residual(node, graph, out) -> None:
     """A residual input, where the node has one, shaped and typed as its output `out`."""
     res = residual_of(node)
@@ -29,7 +34,7 @@ def _linear_infer(node, graph):
     _, wshape = of(graph, node.inputs[1])
     expect(len(wshape) == 2 and wshape[1] == shape[-1], node,
            f"weight {wshape} does not take width {shape[-1]}")
-    if len(node.inputs) - bool(node.attrs.get("residual")) == 3:
+    if len(operands(node, node.inputs)) == 3:
         expect(of(graph, node.inputs[2])[1] == (wshape[0],), node, "bias does not match weight")
     out = (dtype, (*shape[:-1], wshape[0]))
     expect_residual(node, graph, out)
@@ -37,11 +42,9 @@ def _linear_infer(node, graph):
 
 
 def _linear(node, inputs, ctx):
-    residual = node.attrs.get("residual")
-    x, w = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) - bool(residual) == 3 else None
-    y = torch.nn.functional.linear(x, w, bias)
-    return [y + inputs[-1] if residual else y]
+    x, w, *bias = operands(node, inputs)
+    y = torch.nn.functional.linear(x, w, *bias)
+    return [y + inputs[-1] if node.attrs.get("residual") else y]
 
 
 def _split_infer(node, graph):

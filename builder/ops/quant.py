@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kiln.builder.ir import torch_dtype
 from kiln.builder.ops import register
 from kiln.builder.ops._shapes import expect, of
-from kiln.builder.ops.linear import expect_residual
+from kiln.builder.ops.linear import expect_residual, operands
 from kiln.builder.ops.norm import rms_norm
 from kiln.quantize import pack
 
@@ -86,7 +86,7 @@ def _linear_fp8_infer(node, graph):
            f"needs fp8 x [.., K] and fp8 w [N, K]; got {xd}{list(xs)} and {wd}{list(ws)}")
     _expect_scalar(node, graph, 2, "x_scale")
     _expect_scalar(node, graph, 3, "w_scale")
-    if len(node.inputs) - bool(node.attrs.get("residual")) == 5:
+    if len(operands(node, node.inputs)) == 5:
         _expect_bias(node, graph, 4, ws[0])
     out = _gemm_out(node, graph, xs, ws[0])
     expect_residual(node, graph, out[0])
@@ -96,14 +96,13 @@ def _linear_fp8_infer(node, graph):
 def _linear_fp8(node, inputs, ctx):
     """(x @ w.T) * (x_scale * w_scale) (+ bias), rounded to dtype; with `residual`, then plus the
     residual (its last input), rounded again (ops/linear.py)."""
-    residual = node.attrs.get("residual")
-    q, w, x_scale, w_scale = inputs[:4]
+    q, w, x_scale, w_scale, *bias = operands(node, inputs)
     acc = q.float() @ w.float().T
     y = acc * (x_scale.float() * w_scale.float())
-    if len(inputs) - bool(residual) == 5:
-        y = y + inputs[4].float()
+    if bias:
+        y = y + bias[0].float()
     y = y.to(torch_dtype(node.attrs["dtype"]))
-    return [y + inputs[-1] if residual else y]
+    return [y + inputs[-1] if node.attrs.get("residual") else y]
 
 
 def _linear_w8a8_infer(node, graph):
