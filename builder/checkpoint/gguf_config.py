@@ -24,23 +24,6 @@ MIXTRAL = ("MixtralForCausalLM", "mixtral")
 _EXPERT_WEIGHTS_NORM = {"llama": True, "qwen2moe": False, "qwen3moe": True}
 
 
-def field_value(field) -> object:
-    """A gguf ReaderField as a Python value: scalar, str, or list of either."""
-    from gguf import GGUFValueType
-
-    def part(index: int, kind) -> object:
-        data = field.parts[index]
-        if kind == GGUFValueType.STRING:
-            return bytes(data).decode("utf-8", errors="replace")
-        if kind == GGUFValueType.FLOAT32:  # shortest decimal that is the same float32: 1e-05
-            return float(str(data[0]))
-        return data.tolist()[0]
-
-    if field.types[0] == GGUFValueType.ARRAY:
-        return [part(i, field.types[-1]) for i in field.data]
-    return part(field.data[0], field.types[0])
-
-
 def build_hf_config(path: Path, metadata: dict[str, object], tensor_names: set[str],
                     tensor_shapes: dict[str, tuple[int, ...]], rope_freqs: np.ndarray | None) -> dict:
     arch = metadata.get("general.architecture")

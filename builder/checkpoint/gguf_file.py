@@ -11,7 +11,8 @@ import torch
 from kiln.builder.errors import KilnError
 
 from .base import Checkpoint, one_line
-from .gguf_config import build_hf_config, field_value
+from .gguf_config import build_hf_config
+from .gguf_format import GGUFFile, TensorInfo, Truncated
 from .names import canonical_from_gguf, gguf_expert_parts
 from .prequantized import LINEARS
 from .tokenizer import save_gguf_tokenizer
@@ -20,29 +21,9 @@ GGUF_MAGIC = b"GGUF"
 _REDOWNLOAD = "re-download the file"
 
 
-class _Truncated(Exception):
-    def __init__(self, needed: int):
-        self.needed = needed
-
-
-def _checked_reader_class():
-    import gguf
-
-    class CheckedReader(gguf.GGUFReader):
-        # Every header and tensor read goes through _get; the stock reader silently returns
-        # short arrays past the end of a truncated file, which this turns into one clear error.
-        def _get(self, offset, dtype, count=1, override_order=None):
-            end = int(offset) + int(np.dtype(dtype).itemsize) * int(count)
-            if end > len(self.data):
-                raise _Truncated(end)
-            return super()._get(offset, dtype, count, override_order)
-
-    return CheckedReader
-
-
 @dataclass(slots=True, frozen=True)
 class _Entry:
-    index: int  # position in the reader's tensor list; entries hold no view of the memory map
+    index: int  # position in the file's tensor table; entries hold no view of the memory map
     shape: tuple[int, ...]  # HF order (GGUF lists dims fastest-first)
     dtype: torch.dtype  # as stored; quantized tensors report their dequantized float32
     unpermute_heads: int  # > 0: undo llama.cpp's Q/K row interleave over this many heads
@@ -66,15 +47,12 @@ class GGUFCheckpoint(Checkpoint):
                             f"{GGUF_MAGIC!r}); pass a .gguf file made by llama.cpp or a "
                             "HuggingFace model directory")
         self._reader = self._open_reader(path)
-        fields = self._reader.fields
-        self._metadata = {key: field_value(field) for key, field in fields.items()
-                          if not key.startswith("tokenizer.ggml.") or key.endswith("_id")}
+        self._metadata = self._reader.fields
         if int(self._metadata.get("split.count", 1)) > 1:
             raise KilnError(f"{path} is one part of a split GGUF; merge the parts into one file "
                             "with `llama-gguf-split --merge` and pass that")
         tensors = {t.name: t for t in self._reader.tensors}
-        shapes = {name: tuple(int(d) for d in reversed(t.shape.tolist()))
-                  for name, t in tensors.items()}
+        shapes = {name: tuple(reversed(t.dims)) for name, t in tensors.items()}
         rope_freqs = tensors.get("rope_freqs.weight")
         self.hf_config = build_hf_config(
             path, self._metadata, set(tensors), shapes,
@@ -107,14 +85,18 @@ class GGUFCheckpoint(Checkpoint):
         self.block_size = self._linear_block_size()
 
     @staticmethod
-    def _open_reader(path: Path):
+    def _open_reader(path: Path) -> GGUFFile:
+        # The tokenizer's token and merge lists are read by save_tokenizer, not here.
+        def keep(key: str) -> bool:
+            return not key.startswith("tokenizer.ggml.") or key.endswith("_id")
+
         try:
-            return _checked_reader_class()(path, "r")
-        except _Truncated as error:
+            return GGUFFile(path, keep)
+        except Truncated as error:
             size = path.stat().st_size
             raise KilnError(f"{path} is truncated: it needs at least {error.needed} bytes but "
                             f"has {size}; {_REDOWNLOAD}") from None
-        except Exception as error:  # the reader raises ValueError, KeyError, IndexError, ...
+        except Exception as error:  # ValueError, OSError (an empty file cannot be mapped), ...
             raise KilnError(f"{path} is not a readable GGUF file ({one_line(error)}); "
                             f"{_REDOWNLOAD}") from None
 
@@ -122,9 +104,9 @@ class GGUFCheckpoint(Checkpoint):
         """Input channels per quantization block shared by every decoder linear weight (32 for
         Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; 256 for K-quants), None where they differ or are
         floats: the groups an int4 build of the file has natively (--quant-group-size)."""
-        from gguf import GGML_QUANT_SIZES
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
-        sizes = {GGML_QUANT_SIZES[self._reader.tensors[entry.index].tensor_type][0]
+        sizes = {GGML_QUANT_SIZES[Q(self._reader.tensors[entry.index].tensor_type)][0]
                  for name, entry in self._entries.items()
                  if name.startswith("layers.") and name.split(".")[2] in LINEARS}
         size = sizes.pop() if len(sizes) == 1 else 1
@@ -154,14 +136,15 @@ class GGUFCheckpoint(Checkpoint):
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
         return tensor if entry.dtype == torch.float32 else tensor.to(entry.dtype)
 
-    def _dequantize(self, tensor) -> np.ndarray:
-        from gguf import quants
+    def _dequantize(self, tensor: TensorInfo) -> np.ndarray:
+        from gguf import GGMLQuantizationType, quants
 
+        kind = GGMLQuantizationType(tensor.tensor_type)
         try:
-            return quants.dequantize(tensor.data, tensor.tensor_type)
+            return quants.dequantize(self._reader.data(tensor), kind)
         except NotImplementedError:
             raise KilnError(f"{self.path}: tensor {tensor.name} is stored as "
-                            f"{tensor.tensor_type.name}, which the gguf package cannot "
+                            f"{kind.name}, which the gguf package cannot "
                             "dequantize; use a file quantized as Q4_0/Q4_1/Q5/Q8_0/K-quants "
                             "or F16") from None
 
@@ -172,7 +155,9 @@ class GGUFCheckpoint(Checkpoint):
                             self._metadata.get("tokenizer.chat_template"), generation)
 
     def close(self) -> None:
-        # Dropping the reader drops the last references to its numpy memory map.
+        # Dropping the file drops the last references to its memory map.
+        if self._reader is not None:
+            self._reader.close()
         self._reader = None
         self._stack = None
 
