@@ -281,6 +281,23 @@ class PagedSequences:
                 "last_token_index": np.array(last, np.int32)}
 
 
+def write_gguf_tensors(writer, tensors: dict) -> None:
+    """Adds {name: (array, gguf quantization type)} to a gguf.GGUFWriter and writes the file:
+    F32 and F16 stored as such, other types quantized by gguf."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    for name, (array, qtype) in tensors.items():
+        if qtype in (Q.F32, Q.F16):
+            writer.add_tensor(name, array.astype(np.float32 if qtype == Q.F32 else np.float16))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def run_interpreted(args: list[str], timeout: int = 1200):
     """Runs `python *args` with TRITON_INTERPRET=1 (every Triton kernel on the CPU, in Triton's
     interpreter) and returns the JSON of its last output line."""

@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType as Q
 
 from kiln.builder.checkpoint import find_bundled_gguf, open_checkpoint
 from kiln.builder.errors import KilnError
+from kiln_testing import write_gguf_tensors
 
 ARCHS = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
@@ -404,18 +405,9 @@ def ckpt_gguf_writer(path, arch: str, cfg: dict):
 
 
 def ckpt_gguf_finish(writer, tensors: dict[str, np.ndarray], qtype=Q.F32) -> None:
-    """Adds the tensors (matrices stored as qtype) and writes the file."""
-    for name, array in tensors.items():
-        if array.ndim == 1 or qtype == Q.F32:
-            writer.add_tensor(name, array)
-        elif qtype == Q.F16:
-            writer.add_tensor(name, array.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    """Adds the tensors (matrices stored as qtype, vectors as F32) and writes the file."""
+    write_gguf_tensors(writer, {name: (array, Q.F32 if array.ndim == 1 else qtype)
+                                for name, array in tensors.items()})
 
 
 def ckpt_write_gguf(model, path, arch: str, qtype=Q.F32, rope_freqs=None) -> None:

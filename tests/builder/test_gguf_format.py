@@ -7,6 +7,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
 from kiln.builder.checkpoint.gguf_format import GGUFFile, Truncated
+from kiln_testing import write_gguf_tensors
 
 
 def reference_value(field):
@@ -52,15 +53,7 @@ def write(path, endianess=gguf.GGUFEndian.LITTLE, alignment=None):
                "c.q8_0": (rng.standard_normal((4, 64)).astype(np.float32), Q.Q8_0),
                "d.q4_1": (rng.standard_normal((2, 3, 64)).astype(np.float32), Q.Q4_1),
                "e.vec": (rng.standard_normal(7).astype(np.float32), Q.F32)}
-    for name, (array, qtype) in tensors.items():
-        if qtype in (Q.F32, Q.F16):
-            writer.add_tensor(name, array)
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gguf_tensors(writer, tensors)
 
 
 def assert_same_as_gguf(path, keep=lambda key: True):
