@@ -104,9 +104,9 @@ class GGUFCheckpoint(Checkpoint):
         """Input channels per quantization block shared by every decoder linear weight (32 for
         Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; 256 for K-quants), None where they differ or are
         floats: the groups an int4 build of the file has natively (--quant-group-size)."""
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+        from gguf import GGML_QUANT_SIZES
 
-        sizes = {GGML_QUANT_SIZES[Q(self._reader.tensors[entry.index].tensor_type)][0]
+        sizes = {GGML_QUANT_SIZES[self._reader.tensors[entry.index].tensor_type][0]
                  for name, entry in self._entries.items()
                  if name.startswith("layers.") and name.split(".")[2] in LINEARS}
         size = sizes.pop() if len(sizes) == 1 else 1
@@ -137,14 +137,13 @@ class GGUFCheckpoint(Checkpoint):
         return tensor if entry.dtype == torch.float32 else tensor.to(entry.dtype)
 
     def _dequantize(self, tensor: TensorInfo) -> np.ndarray:
-        from gguf import GGMLQuantizationType, quants
+        from gguf import quants
 
-        kind = GGMLQuantizationType(tensor.tensor_type)
         try:
-            return quants.dequantize(self._reader.data(tensor), kind)
+            return quants.dequantize(self._reader.data(tensor), tensor.tensor_type)
         except NotImplementedError:
             raise KilnError(f"{self.path}: tensor {tensor.name} is stored as "
-                            f"{kind.name}, which the gguf package cannot "
+                            f"{tensor.tensor_type.name}, which the gguf package cannot "
                             "dequantize; use a file quantized as Q4_0/Q4_1/Q5/Q8_0/K-quants "
                             "or F16") from None
 

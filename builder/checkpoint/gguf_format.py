@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -24,8 +25,8 @@ DEFAULT_ALIGNMENT = 32
 _STRING, _ARRAY, _FLOAT32 = 8, 9, 6
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
             12: "d"}
-# Tensor types stored as plain numbers (gguf.GGMLQuantizationType values); the rest are blocks
-# of bytes, which gguf.quants.dequantize reads as uint8 rows.
+# Tensor types stored as plain numbers; the rest are blocks of bytes, which
+# gguf.quants.dequantize reads as uint8 rows.
 _PLAIN = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27: np.int64,
           28: np.float64}
 
@@ -41,7 +42,7 @@ class Truncated(Exception):
 @dataclass(slots=True, frozen=True)
 class TensorInfo:
     name: str
-    tensor_type: int  # a gguf.GGMLQuantizationType value
+    tensor_type: GGMLQuantizationType
     dims: tuple[int, ...]  # GGUF's order: fastest-varying first
     offset: int  # from the start of the file
 
@@ -65,7 +66,6 @@ class GGUFFile:
             version = struct.unpack(self._order + "I", struct.pack("<I", version))[0]
         if version not in VERSIONS:
             raise ValueError(f"GGUF version {version} (readable: {', '.join(map(str, VERSIONS))})")
-        self.version = version
         tensor_count, kv_count = self._read("Q"), self._read("Q")
         self.fields: dict[str, object] = {}
         for _ in range(kv_count):
@@ -94,15 +94,12 @@ class GGUFFile:
         """The tensor's bytes in the map as gguf.quants.dequantize takes them: plain types as
         their numbers, [rows..., elements]; block-quantized ones as uint8 [rows..., bytes]."""
         dims = tuple(reversed(info.dims))
-        count = int(np.prod(dims, dtype=np.int64))
+        stored = self._map[info.offset:info.offset + self._nbytes(info)]
         plain = _PLAIN.get(info.tensor_type)
         if plain is not None:
-            dtype = np.dtype(plain).newbyteorder(self._order)
-            flat = self._map[info.offset:info.offset + count * dtype.itemsize].view(dtype)
-            return flat.reshape(dims)
-        block, size = _block(info.tensor_type)
-        shape = (*dims[:-1], dims[-1] // block * size)
-        return self._map[info.offset:info.offset + self._nbytes(info)].reshape(shape)
+            return stored.view(np.dtype(plain).newbyteorder(self._order)).reshape(dims)
+        block, size = GGML_QUANT_SIZES[info.tensor_type]
+        return stored.reshape(*dims[:-1], dims[-1] // block * size)
 
     def close(self) -> None:
         # Tensors already read keep their own views of the map alive.
@@ -113,7 +110,7 @@ class GGUFFile:
         plain = _PLAIN.get(info.tensor_type)
         if plain is not None:
             return count * np.dtype(plain).itemsize
-        block, size = _block(info.tensor_type)
+        block, size = GGML_QUANT_SIZES[info.tensor_type]
         if info.dims and info.dims[0] % block:
             raise ValueError(f"tensor {info.name}: {info.dims[0]} values a row is not a whole "
                              f"number of its type's {block}-value blocks")
@@ -123,6 +120,10 @@ class GGUFFile:
         name = self._string()
         dims = tuple(self._read("Q") for _ in range(self._read("I")))
         kind = self._read("I")
+        try:
+            kind = GGMLQuantizationType(kind)
+        except ValueError:
+            raise ValueError(f"tensor {name}: unknown tensor type {kind}") from None
         return name, kind, dims, self._read("Q")
 
     def _check(self, end: int) -> None:
@@ -187,12 +188,3 @@ class GGUFFile:
         else:
             raise ValueError(f"unknown metadata value type {kind}")
 
-
-def _block(tensor_type: int) -> tuple[int, int]:
-    """(values a block, bytes a block) of a block-quantized tensor type."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    try:
-        return GGML_QUANT_SIZES[GGMLQuantizationType(tensor_type)]
-    except (ValueError, KeyError):
-        raise ValueError(f"unknown tensor type {tensor_type}") from None
