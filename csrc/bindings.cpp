@@ -566,15 +566,7 @@ void bindExecutor(py::module_& m)
     py::class_<Executor, std::shared_ptr<Executor>>(m, "Executor", "Inflight-batching executor over a backend.")
         .def(py::init(&makeExecutor), "config"_a, "backend"_a)
         .def("enqueue_request", &Executor::enqueueRequest, "request"_a, py::call_guard<py::gil_scoped_release>())
-        .def("enqueue_requests", [](Executor& e, std::vector<Request> const& requests) {
-            py::gil_scoped_release release;
-            std::vector<IdType> ids;
-            for (Request const& r : requests)
-            {
-                ids.push_back(e.enqueueRequest(r));
-            }
-            return ids;
-        }, "requests"_a)
+        .def("enqueue_requests", &Executor::enqueueRequests, "requests"_a, py::call_guard<py::gil_scoped_release>())
         .def("await_responses", [](Executor& e, std::optional<IdType> id, Ms timeoutMs) {
             py::gil_scoped_release release;
             return id ? e.awaitResponses(*id, toTimeout(timeoutMs)) : e.awaitResponses(toTimeout(timeoutMs));

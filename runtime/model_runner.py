@@ -248,7 +248,7 @@ class ModelRunner:
 
     def _run(self, prompts, requests, params, as_text, return_dict) -> Iterator:
         responses: queue.SimpleQueue = queue.SimpleQueue()
-        index = {self.router.submit(r, responses)[0]: i for i, r in enumerate(requests)}
+        index = {rid: i for i, rid in enumerate(self.router.submit_many(requests, responses)[0])}
         generated: list[list[int]] = [[] for _ in requests]
         log_probs: list[list[float]] = [[] for _ in requests]
         tops: list[list] = [[] for _ in requests]

@@ -57,19 +57,28 @@ class ResponseRouter:
                ) -> tuple[int, queue.SimpleQueue]:
         """Enqueues a request; its responses arrive in `q` (a new queue unless given, so one
         caller can share a queue among its requests), the final one last."""
+        rids, q = self.submit_many([request], q)
+        return rids[0], q
+
+    def submit_many(self, requests: "list[_core.Request]", q: queue.SimpleQueue | None = None,
+                    ) -> tuple[list[int], queue.SimpleQueue]:
+        """Enqueues requests together (Executor.enqueue_requests: the loop takes none of them
+        before it has them all, so a batch's prompts share its first steps); their responses
+        arrive in one queue, `q` or a new one. Returns their ids in order and the queue."""
         q = q if q is not None else queue.SimpleQueue()
         if self._closed.is_set():
             raise KilnError(SHUT_DOWN)
-        rid = self.executor.enqueue_request(request)
+        rids = self.executor.enqueue_requests(list(requests))
         with self._lock:
-            if self._closed.is_set():  # closed since the check above, its sweep already done
-                self.executor.cancel_request(rid)
-                self._deliver(rid, q, ClosedResponse(rid))
-                return rid, q
-            self._queues[rid] = q
-            for r in self._early.pop(rid, []):
-                self._deliver(rid, q, r)
-        return rid, q
+            for rid in rids:
+                if self._closed.is_set():  # closed since the check above, its sweep already done
+                    self.executor.cancel_request(rid)
+                    self._deliver(rid, q, ClosedResponse(rid))
+                    continue
+                self._queues[rid] = q
+                for r in self._early.pop(rid, []):
+                    self._deliver(rid, q, r)
+        return rids, q
 
     def cancel(self, rid: int) -> None:
         self.executor.cancel_request(rid)

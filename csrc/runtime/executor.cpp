@@ -60,19 +60,27 @@ public:
     Impl(Impl const&) = delete;
     Impl& operator=(Impl const&) = delete;
 
-    IdType enqueue(Request const& request)
+    /// Queues `requests` at once: the loop takes none of them before it can take them all.
+    std::vector<IdType> enqueue(std::vector<Request> const& requests)
     {
+        std::vector<IdType> ids;
+        ids.reserve(requests.size());
         std::lock_guard<std::mutex> lock(mMutex);
-        IdType const id = mNextId++;
-        if (mStopping)
+        for (Request const& request : requests)
         {
-            mResponses.push({makeResponse(id, true, FinishReason::kError, "the executor is shut down; create a new one")});
-            return id;
+            IdType const id = mNextId++;
+            ids.push_back(id);
+            if (mStopping)
+            {
+                mResponses.push(
+                    {makeResponse(id, true, FinishReason::kError, "the executor is shut down; create a new one")});
+                continue;
+            }
+            mResponses.expect(id);
+            mIncoming.emplace_back(id, request);
         }
-        mResponses.expect(id);
-        mIncoming.emplace_back(id, request);
         mWorkCv.notify_one();
-        return id;
+        return ids;
     }
 
     std::vector<Response> await(std::optional<IdType> id, std::optional<std::chrono::milliseconds> timeout)
@@ -907,7 +915,12 @@ Executor& Executor::operator=(Executor&&) noexcept = default;
 
 IdType Executor::enqueueRequest(Request const& request)
 {
-    return mImpl->enqueue(request);
+    return mImpl->enqueue({request}).front();
+}
+
+std::vector<IdType> Executor::enqueueRequests(std::vector<Request> const& requests)
+{
+    return mImpl->enqueue(requests);
 }
 
 std::vector<Response> Executor::awaitResponses(std::optional<std::chrono::milliseconds> timeout)

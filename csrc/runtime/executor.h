@@ -41,6 +41,9 @@ public:
     /// @brief Queues a request and returns its id. Never throws for the request's content: a bad
     /// request gets a final error response naming the problem.
     [[nodiscard]] IdType enqueueRequest(Request const& request);
+    /// @brief Queues requests together, their ids in order: no step takes some of them before
+    /// the loop has them all (a batch's prompts share its first steps, as the scheduler allows).
+    [[nodiscard]] std::vector<IdType> enqueueRequests(std::vector<Request> const& requests);
     /// @brief Every ready response, waiting up to `timeout` (forever when unset) for at least one;
     /// returns at once, empty, when no request is in flight.
     [[nodiscard]] std::vector<Response> awaitResponses(

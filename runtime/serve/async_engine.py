@@ -86,9 +86,9 @@ class AsyncEngine:
                            f"{RETRY_AFTER_S} s", code="overloaded",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
         sub = Submission(self, asyncio.get_running_loop())
-        for r in requests:
-            rid, _ = self.router.submit(r, sub)
-            sub.ids.append(rid)
-            sub.pending.add(rid)
-            self.in_flight += 1
+        # A request's choices together: they share its first steps.
+        rids, _ = self.router.submit_many(requests, sub)
+        sub.ids += rids
+        sub.pending.update(rids)
+        self.in_flight += len(rids)
         return sub

@@ -224,6 +224,44 @@ def test_eight_threads_enqueue_at_once(executor):
         assert tokens == expected_greedy(prompt, 8)
 
 
+def test_requests_enqueued_together_share_the_first_step():
+    # Each step gives the loop time to take a request enqueued one at a time: a batch enqueued
+    # together is taken whole, its prompts in one step (they fit its tokens and sequences).
+    backend = FakeBackend(num_blocks=64)
+    backend.before_step = lambda step: time.sleep(0.002)
+    prompts = [[(i * 7) % 60 + 1, i + 2] for i in range(16)]
+    with Executor(config(max_batch_size=16, max_num_tokens=32), backend) as ex:
+        for _ in range(3):
+            backend.steps.clear()
+            ids = ex.enqueue_requests([greedy(p, 3) for p in prompts])
+            done = collect(ex, ids, timeout_s=30)
+            assert [done[rid].output_token_ids for rid in ids] == [expected_greedy(p, 3) for p in prompts]
+            assert backend.steps[0]["context_lens"].shape == (16,)
+            assert len(backend.steps) == 3
+
+
+def test_router_submits_a_batch_together():
+    from kiln.runtime.router import ResponseRouter
+
+    backend = FakeBackend(num_blocks=64)
+    backend.before_step = lambda step: time.sleep(0.002)
+    prompts = [[(i * 11) % 60 + 1, i + 3, 7] for i in range(12)]
+    with Executor(config(max_batch_size=16, max_num_tokens=64), backend) as ex:
+        router = ResponseRouter(ex)
+        rids, q = router.submit_many([greedy(p, 4) for p in prompts])
+        tokens, pending = {rid: [] for rid in rids}, set(rids)
+        while pending:
+            r = q.get(timeout=30)
+            tokens[r.request_id] += r.output_token_ids
+            if r.is_final:
+                pending.remove(r.request_id)
+        assert [tokens[rid] for rid in rids] == [expected_greedy(p, 4) for p in prompts]
+        assert backend.steps[0]["context_lens"].shape == (12,)
+        router.close()
+        with pytest.raises(KilnError, match="shut down"):
+            router.submit_many([greedy(prompts[0], 2)])
+
+
 def test_bad_requests_get_errors_while_others_finish(executor):
     bad = [
         (greedy([], 4), "bad request: input_token_ids is empty; pass at least one token"),
