@@ -11,6 +11,17 @@ from kiln_testing import TINY_ARCHS, make_tiny_checkpoint  # noqa: E402
 ARCHS = TINY_ARCHS
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer_cache(tmp_path_factory):
+    """Tokenizers rebuilt from GGUF files (kiln.builder.checkpoint.tokenizer) kept in the
+    session's own folder, not the user's cache."""
+    patch = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("tokenizers")
+    patch.setenv("KILN_TOKENIZER_CACHE", str(folder))
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory):
     """tiny_engine(arch, dtype="float32", **build) -> (checkpoint dir, engine dir), cached."""

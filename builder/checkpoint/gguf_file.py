@@ -48,6 +48,7 @@ class GGUFCheckpoint(Checkpoint):
                             "HuggingFace model directory")
         self._reader = self._open_reader(path)
         self._metadata = self._reader.fields
+        self._header_digest = self._reader.header_digest()  # what the tokenizer is made from
         if int(self._metadata.get("split.count", 1)) > 1:
             raise KilnError(f"{path} is one part of a split GGUF; merge the parts into one file "
                             "with `llama-gguf-split --merge` and pass that")
@@ -150,8 +151,8 @@ class GGUFCheckpoint(Checkpoint):
     def save_tokenizer(self, out_dir: str | Path) -> None:
         generation = {k: self.hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                       if k in self.hf_config}
-        save_gguf_tokenizer(self.path, Path(out_dir),
-                            self._metadata.get("tokenizer.chat_template"), generation)
+        save_gguf_tokenizer(self.path, Path(out_dir), self._metadata.get("tokenizer.chat_template"),
+                            generation, self._header_digest)
 
     def close(self) -> None:
         # Dropping the file drops the last references to its memory map.

@@ -10,6 +10,7 @@ a float (a float32 as the shortest decimal that is the same float32: 1e-05), or 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import sys
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class GGUFFile:
             else:
                 self._skip(kind)
         infos = [self._tensor_info() for _ in range(tensor_count)]
+        self.header_size = self._offset  # the header, metadata and tensor table: what describes the file
         alignment = self.fields.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"general.alignment {alignment!r} is not a power of two")
@@ -100,6 +102,10 @@ class GGUFFile:
             return stored.view(np.dtype(plain).newbyteorder(self._order)).reshape(dims)
         block, size = GGML_QUANT_SIZES[info.tensor_type]
         return stored.reshape(*dims[:-1], dims[-1] // block * size)
+
+    def header_digest(self) -> str:
+        """SHA-256 of the bytes before the tensor data (metadata, tokenizer and tensor table)."""
+        return hashlib.sha256(self._data[:self.header_size]).hexdigest()
 
     def close(self) -> None:
         # Tensors already read keep their own views of the map alive.

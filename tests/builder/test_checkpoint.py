@@ -14,6 +14,7 @@ import transformers
 from gguf import GGMLQuantizationType as Q
 
 from kiln.builder.checkpoint import find_bundled_gguf, open_checkpoint
+from kiln.builder.checkpoint.gguf_format import GGUFFile
 from kiln.builder.errors import KilnError
 from kiln_testing import write_gguf_tensors
 
@@ -684,6 +685,58 @@ def test_smollm2_tokenizer(ckpt_smollm2_hf, tmp_path):
     chat = [{"role": "user", "content": "What is 2+2?"}]
     assert (tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
             == reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+
+def test_gguf_tokenizer_kept_for_the_next_build(ckpt_smollm2_hf, tmp_path, monkeypatch):
+    path = ckpt_smollm2_hf[0]
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KILN_TOKENIZER_CACHE", str(cache))
+
+    def save(out):
+        with open_checkpoint(path) as ckpt:
+            ckpt.save_tokenizer(tmp_path / out)
+        return {f.name: f.read_bytes() for f in (tmp_path / out).iterdir()}
+
+    first = save("first")
+    (entry,) = cache.iterdir()
+    assert sorted(f.name for f in entry.iterdir()) == ["chat_template.jinja", "tokenizer.json",
+                                                         "tokenizer_config.json"]
+
+    def convert(*args, **kwargs):
+        raise AssertionError("the tokenizer was converted again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(transformers.AutoTokenizer, "from_pretrained", convert)
+        assert save("second") == first
+    (entry / "tokenizer.json").unlink()  # a damaged entry: converted and kept again
+    assert save("third") == first
+    assert (entry / "tokenizer.json").read_bytes() == first["tokenizer.json"]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache's folder would be")
+    monkeypatch.setenv("KILN_TOKENIZER_CACHE", str(blocked))
+    assert save("fourth") == first  # an unwritable cache costs the conversion only
+
+
+def test_gguf_header_digest_follows_the_metadata(tmp_path):
+    # A byte of the metadata changes the digest; one of the tensor data does not.
+    path = tmp_path / "m.gguf"
+    ckpt_write_gguf(ckpt_tiny_model("llama", seed=7), path, "llama")
+    data = path.read_bytes()
+
+    def digest(changed_at):
+        changed = bytearray(data)
+        if changed_at is not None:
+            changed[changed_at] ^= 0x20
+        path.write_bytes(bytes(changed))
+        reader = GGUFFile(path)
+        try:
+            assert reader.header_size <= min(t.offset for t in reader.tensors)
+            return reader.header_digest()
+        finally:
+            reader.close()
+
+    assert digest(None) != digest(data.index(b"llama", 24) + 1)
+    assert digest(None) == digest(len(data) - 1)
 
 
 def test_find_bundled_gguf_absent(monkeypatch):
