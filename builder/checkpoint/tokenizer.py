@@ -116,7 +116,7 @@ def _keep(out: Path, entry: Path) -> None:
     place); a cache that cannot be written costs the next build the conversion, nothing more."""
     staged = None
     try:
-        if entry.is_dir():  # damaged: no tokenizer.json, or _copy_files would have taken it
+        if entry.is_dir() and not (entry / "tokenizer.json").is_file():  # damaged
             shutil.rmtree(entry)
         entry.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(dir=entry.parent, prefix=entry.name + "."))
